@@ -1,0 +1,217 @@
+"""The one owner of FlyteGPT's configuration: the TOML file and the environment.
+
+The file says *what* to index and how to answer; the environment holds secrets and
+deployment settings (tokens, endpoints), so a config file can be committed and shared.
+Every table forbids unknown keys: a typo must be an error that names the key, not a
+setting that silently does nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SourceKind = Literal["docs", "code", "slack_export", "slack_api", "git"]
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the offending key or path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    """One source of knowledge. `path` is resolved against the config file's folder."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: SourceKind
+    path: Path | None = None
+    package: str | None = None  # code: the folder of an installed Python package
+    include: list[str] = []
+    exclude: list[str] = []
+    url: str | None = None  # template with {path}, {start}, {end}
+    workspace_url: str | None = None  # slack: permalinks are built from it
+    # git: a repository URL and a ref, then read as `as_kind` (docs or code)
+    repo: str | None = None
+    ref: str = "HEAD"
+    as_kind: Literal["docs", "code"] | None = None
+    # slack_api: channel names or ids to read (empty: every channel the bot is in)
+    channels: list[str] = []
+    skip_tests: bool = True  # code: skip tests, vendored and binary files
+
+    @model_validator(mode="after")
+    def _needs_location(self) -> "SourceConfig":
+        if self.kind in ("docs", "slack_export") and self.path is None:
+            raise ValueError(f"source {self.name!r} ({self.kind}) needs 'path'")
+        if self.kind == "code" and self.path is None and self.package is None:
+            raise ValueError(f"source {self.name!r} (code) needs 'path' or 'package'")
+        if self.kind == "git" and (self.repo is None or self.as_kind is None):
+            raise ValueError(f"source {self.name!r} (git) needs 'repo' and 'as_kind'")
+        return self
+
+    def root(self) -> Path:
+        """The folder (or zip) this source reads, checked to exist."""
+        if self.package is not None and self.path is None:
+            spec = importlib.util.find_spec(self.package)
+            if spec is None or not spec.submodule_search_locations:
+                raise ConfigError(
+                    f"source {self.name!r}: package {self.package!r} is not installed"
+                )
+            return Path(next(iter(spec.submodule_search_locations)))
+        assert self.path is not None
+        if not self.path.exists():
+            raise ConfigError(f"source {self.name!r}: path does not exist: {self.path}")
+        return self.path
+
+
+class IndexConfig(_Strict):
+    store: str = ".flytegpt/store"  # a local folder or an fsspec URL (s3://, gs://)
+    # "auto": exact search below `approximate_threshold` chunks, approximate above it
+    index_type: Literal["auto", "flat", "hnsw", "ivfpq"] = "auto"
+    approximate_threshold: int = 200_000
+    cache_dir: str | None = None  # local copy of remote versions (the bot downloads here)
+
+
+class EmbeddingsConfig(_Strict):
+    model: str = DEFAULT_MODEL
+    batch_size: int = 32
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    backend: Literal["torch", "onnx", "openvino"] = "torch"
+
+
+class RetrievalConfig(_Strict):
+    k: int = 10
+    dense_weight: float = 0.5  # fused score = w * dense + (1 - w) * keyword (min-max normalised)
+    max_per_source: int = 2  # at most this many chunks of one source id in the results
+    candidates: int = 50  # candidates taken from each retriever before fusion
+
+
+class AnswerConfig(_Strict):
+    token_budget: int = 2000  # tokens of sources in the prompt
+    min_score: float = 0.0  # below this fused score nothing counts as relevant
+    max_question_chars: int = 4000
+    history_turns: int = 6
+    timeout_s: float = 60.0
+    max_retries: int = 2
+    temperature: float = 0.0
+
+
+class BotConfig(_Strict):
+    thread_followups: bool = True
+    allowed_channels: list[str] = []  # empty: every channel the bot is in
+    workers: int = 4
+    queue_size: int = 32
+    user_rate_limit: int = 10  # questions per user per minute
+    reload_interval_s: float = 60.0
+    feedback_db: str = ".flytegpt/feedback.sqlite3"
+    http_port: int = 8080
+    json_logs: bool = False
+
+
+class Config(_Strict):
+    sources: list[SourceConfig] = []
+    index: IndexConfig = IndexConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    answer: AnswerConfig = AnswerConfig()
+    bot: BotConfig = BotConfig()
+    base_dir: Path = Path(".")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Config":
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate source names: {', '.join(dupes)}")
+        return self
+
+    def with_store(self, store: str | None) -> "Config":
+        if store is None:
+            return self
+        return self.model_copy(update={"index": self.index.model_copy(update={"store": store})})
+
+
+class Settings(BaseSettings):
+    """Secrets and deployment settings, from the environment only (never from the file)."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    openai_api_key: SecretStr | None = Field(default=None, alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")
+    chat_model: str = Field(default="gpt-4o-mini", alias="FLYTEGPT_CHAT_MODEL")
+    slack_bot_token: SecretStr | None = Field(default=None, alias="SLACK_BOT_TOKEN")
+    slack_app_token: SecretStr | None = Field(default=None, alias="SLACK_APP_TOKEN")
+    slack_api_url: str | None = Field(default=None, alias="SLACK_API_URL")
+
+
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    for source in raw.get("sources", []) or []:
+        if isinstance(source, dict) and source.get("path") is not None:
+            source["path"] = (base / str(source["path"])).resolve()
+    index = raw.get("index")
+    if isinstance(index, dict):
+        store = index.get("store")
+        if isinstance(store, str) and "://" not in store:
+            index["store"] = str((base / store).resolve())
+    return raw
+
+
+def _describe(error: ValidationError, raw: dict) -> str:
+    lines = []
+    for err in error.errors():
+        loc = list(err["loc"])
+        if loc and loc[0] == "sources" and len(loc) > 1 and isinstance(loc[1], int):
+            name = (raw.get("sources") or [{}])[loc[1]].get("name", f"#{loc[1] + 1}")
+            where = f"sources[{name}]" + "".join(f".{p}" for p in loc[2:])
+        else:
+            where = ".".join(str(p) for p in loc) or "config"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{where}'")
+        else:
+            lines.append(f"{where}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def parse_config(raw: dict, base_dir: Path) -> Config:
+    """Validate an already-parsed TOML/dict configuration; relative paths are under `base_dir`."""
+    raw = _resolve_paths(dict(raw), base_dir)
+    raw["base_dir"] = base_dir
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, raw)) from None
+    for source in config.sources:
+        if source.kind in ("docs", "code", "slack_export") and (
+            source.path is not None or source.package is not None
+        ):
+            source.root()  # raises ConfigError naming the missing path or package
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a FlyteGPT TOML file. Errors name the file and the key or path at fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    try:
+        return parse_config(raw, path.resolve().parent)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def sample_config_path() -> Path:
+    """The bundled sample corpus's configuration: the embedded default of `make demo`."""
+    return Path(__file__).parent / "sample" / "flytegpt.toml"

@@ -1,0 +1,74 @@
+"""The records that flow through ingest: documents from sources, chunks for the index.
+
+A document is what a person would open (a doc page, a Slack thread, a source file);
+a chunk is the piece of it that is embedded, retrieved and cited. Both are plain,
+JSON-serialisable dataclasses so that Flyte tasks and the index artifact can carry them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+DocKind = Literal["docs", "code", "slack"]
+
+
+@dataclass(frozen=True)
+class Document:
+    source: str  # the source's configured name
+    locator: str  # path relative to the source root; Slack: "<channel name>/<thread_ts>"
+    kind: DocKind
+    title: str
+    url: str  # a URL a person can open (code: without the line anchor; chunks add it)
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. format="md", language="python"
+
+    @property
+    def source_id(self) -> str:
+        return f"{self.source}:{self.locator}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Document":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    source_id: str  # "<source name>:<locator>", the id eval gold lists use
+    kind: DocKind
+    title: str  # page title + heading path, "module.Class.method", thread title
+    url: str  # code: with #Lstart-Lend
+    text: str  # what is shown and cited
+    embed_text: str  # what is embedded and keyword-indexed (text plus its context)
+    start_line: int | None = None
+    end_line: int | None = None
+
+    def content_key(self, model_id: str) -> str:
+        """Content address of this chunk's embedding: same model + same text = same vector."""
+        h = hashlib.sha256()
+        h.update(model_id.encode())
+        h.update(b"\0")
+        h.update(self.embed_text.encode())
+        return h.hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Chunk":
+        return cls(**d)
+
+
+@dataclass
+class LoadReport:
+    """What a loader read and what it had to skip, for the ingest summary."""
+
+    documents: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
+
+    def skip(self, name: str, reason: str) -> None:
+        self.skipped.append((name, reason))
