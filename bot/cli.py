@@ -1,0 +1,203 @@
+"""`flytegpt`: the command line. Heavy libraries load inside commands, so `--help` is instant."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ingest.config import Config, ConfigError, load_config, sample_config_path
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: os.environ.get("FLYTEGPT_CONFIG") or str(sample_config_path()),
+    show_default="$FLYTEGPT_CONFIG or the bundled sample corpus",
+    help="FlyteGPT TOML configuration.",
+)
+store_option = click.option("--store", default=None, help="Index store (folder or fsspec URL); overrides [index] store.")
+
+
+def load(config_path: Path, store: str | None) -> Config:
+    """Load the configuration, turning its errors into a clean CLI message."""
+    try:
+        return load_config(config_path).with_store(store)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def open_searcher(config: Config):
+    from ingest.artifact import ArtifactError
+    from ingest.search import HybridSearcher
+
+    try:
+        return HybridSearcher.open(config)
+    except ArtifactError as e:
+        raise click.ClickException(f"{e}\nBuild an index first: flytegpt ingest --config ... --store {config.index.store}") from None
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """FlyteGPT: answers about an open-source project from its Slack history, docs and code."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@main.command()
+@config_option
+@store_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> None:
+    """Build and publish a new index version from the configured sources."""
+    from ingest.pipeline import run_ingest
+
+    config = load(config_path, store)
+    try:
+        summary = run_ingest(config, progress=not quiet and not as_json)
+    except (ConfigError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+        return
+    _print_summary(summary)
+
+
+def _print_summary(summary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"Published index version {summary.version}")
+    for col in ("source", "kind", "documents", "chunks", "skipped"):
+        table.add_column(col, justify="right" if col not in ("source", "kind") else "left")
+    for s in summary.sources:
+        table.add_row(s.name, s.kind, str(s.documents), str(s.chunks), str(len(s.skipped)))
+    console.print(table)
+    for s in summary.sources:
+        for name, reason in s.skipped:
+            console.print(f"[yellow]skipped[/] {s.name}: {name}: {reason}")
+    total = summary.total_seconds
+    embed = summary.timings.get("embed", 0.0)
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.timings.items())
+    console.print(
+        f"embeddings: {summary.embeddings_computed} computed, {summary.embeddings_reused} reused "
+        f"({summary.model_id} on {summary.device})"
+    )
+    console.print(f"time: {total:.1f}s ({stages}); {summary.chunks / max(total, 1e-9):.0f} chunks/s, "
+                  f"embedding {100 * embed / max(total, 1e-9):.0f}% of it")
+    console.print(f"store: {summary.store}  LATEST -> {summary.version}")
+
+
+@main.command()
+@click.argument("question")
+@config_option
+@store_option
+@click.option("--k", default=10, show_default=True, help="How many chunks to show.")
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "keyword"]), default="hybrid", show_default=True)
+def search(question: str, config_path: Path, store: str | None, k: int, mode: str) -> None:
+    """Show the ranked chunks for a question: rank, score, source id, title, URL."""
+    from rich.console import Console
+    from rich.table import Table
+
+    searcher = open_searcher(load(config_path, store))
+    fn = {"hybrid": searcher.search, "dense": searcher.dense_search, "keyword": searcher.keyword_search}[mode]
+    table = Table(title=f"{mode} search, index {searcher.version}")
+    for col in ("rank", "score", "source id", "title", "url"):
+        table.add_column(col, overflow="fold")
+    for hit in fn(question, k):
+        table.add_row(str(hit.rank), f"{hit.score:.3f}", hit.chunk.source_id, hit.chunk.title, hit.chunk.url)
+    Console().print(table)
+
+
+@main.command(name="eval")
+@click.argument("questions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@config_option
+@store_option
+@click.option("--k", default=10, show_default=True, help="Chunks retrieved per question (metrics use the top 10).")
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "keyword"]), default="hybrid", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the metrics.")
+@click.option("--misses", is_flag=True, help="List the questions whose gold is not in the top 10.")
+def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: str, as_json: bool, misses: bool) -> None:
+    """Retrieval metrics (recall@5/10, MRR@10, coverage@10, recall@8000c) on a JSONL question set."""
+    from ingest.evaluation import METRICS, QuestionFileError, evaluate, load_questions
+
+    try:
+        qs = load_questions(questions)
+    except QuestionFileError as e:
+        raise click.ClickException(str(e)) from None
+    searcher = open_searcher(load(config_path, store))
+    fn = {"hybrid": searcher.search, "dense": searcher.dense_search, "keyword": searcher.keyword_search}[mode]
+    report = evaluate(qs, lambda q: [h.chunk for h in fn(q, max(k, 10))])
+    header = f"{'':12}{'n':>4}" + "".join(f"{m:>14}" for m in METRICS)
+    click.echo(f"{mode} retrieval, index {searcher.version}")
+    click.echo(header)
+    rows = [("overall", report)] + list(report["by_kind"].items())
+    for name, r in rows:
+        click.echo(f"{name:12}{r['n']:>4}" + "".join(f"{r[m]:>14.3f}" for m in METRICS))
+    if misses:
+        for q in report["questions"]:
+            if not q["recall@10"]:
+                click.echo(f"miss {q['id']} ({q['kind']}): gold {q['gold']} top {q['top'][:5]}")
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in report.items() if k != "questions"}))
+
+
+@main.command()
+@config_option
+@store_option
+def demo(config_path: Path, store: str | None) -> None:
+    """Answer the sample questions that ship with the configuration's corpus."""
+    from ingest.evaluation import load_questions
+
+    config = load(config_path, store)
+    questions_file = config_path.parent / "QUESTIONS.jsonl"
+    questions = [q.question for q in load_questions(questions_file)] if questions_file.exists() else []
+    if not questions:
+        raise click.ClickException(f"no sample questions next to {config_path}")
+    searcher = open_searcher(config)
+    try:
+        from bot.cli_answer import print_answer
+        from bot.answering import Answerer
+        from ingest.config import Settings
+    except ImportError:  # answering not installed: show the ranked sources
+        for q in questions:
+            click.echo(f"\n> {q}")
+            for hit in searcher.search(q, 5):
+                click.echo(f"  {hit.rank}. {hit.score:.3f} {hit.chunk.title} — {hit.chunk.url}")
+        return
+    answerer = Answerer(config, Settings(), lambda: searcher)
+    for q in questions:
+        click.echo(f"\n> {q}\n")
+        print_answer(answerer.answer(q))
+
+
+def _add_optional_commands() -> None:
+    """Commands that live beside their feature (answering, serving)."""
+    try:
+        from bot.cli_answer import ask, chat
+
+        main.add_command(ask)
+        main.add_command(chat)
+    except ImportError:
+        pass
+    try:
+        from bot.cli_serve import feedback, serve
+
+        main.add_command(serve)
+        main.add_command(feedback)
+    except ImportError:
+        pass
+
+
+_add_optional_commands()
+
+if __name__ == "__main__":
+    sys.exit(main())

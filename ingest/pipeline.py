@@ -1,0 +1,242 @@
+"""The ingest pipeline: sources -> documents -> chunks -> embeddings -> a published index version.
+
+Each stage is a plain function so the Flyte workflow can run them as separate (cached) tasks
+and `flytegpt ingest` can run them in one process. Only `publish` moves `LATEST`, and it
+runs last: a failure anywhere before it leaves the served version untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable
+
+from ingest.config import Config
+from ingest.models import Chunk, Document, LoadReport
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ingest.artifact import ModelInfo
+    from ingest.embedding import Embedder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceSummary:
+    name: str
+    kind: str
+    documents: int = 0
+    chunks: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest did, for the closing summary and for benchmarks."""
+
+    version: str
+    store: str
+    sources: list[SourceSummary]
+    embeddings_computed: int
+    embeddings_reused: int
+    timings: dict[str, float]  # seconds per stage
+    model_id: str
+    device: str
+
+    @property
+    def chunks(self) -> int:
+        return sum(s.chunks for s in self.sources)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.timings.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "store": self.store,
+            "chunks": self.chunks,
+            "sources": [s.__dict__ for s in self.sources],
+            "embeddings_computed": self.embeddings_computed,
+            "embeddings_reused": self.embeddings_reused,
+            "timings": self.timings,
+            "model_id": self.model_id,
+            "device": self.device,
+        }
+
+
+def collect(config: Config, *, progress: bool = True) -> tuple[list[Document], dict[str, LoadReport]]:
+    """Read every configured source. A broken file is reported and skipped, never fatal."""
+    from ingest.sources import load_source
+
+    documents: list[Document] = []
+    reports: dict[str, LoadReport] = {}
+    for source in config.sources:
+        report = LoadReport()
+        docs = list(
+            _progress(
+                load_source(source, report, store=config.index.store),
+                enabled=progress,
+                desc=f"reading {source.name}",
+                unit="doc",
+            )
+        )
+        report.documents = len(docs)
+        for name, reason in report.skipped:
+            log.warning("%s: skipped %s: %s", source.name, name, reason)
+        documents.extend(docs)
+        reports[source.name] = report
+    return documents, reports
+
+
+def chunk_documents(documents: list[Document]) -> list[Chunk]:
+    from ingest.chunking import chunk_documents as _chunk
+
+    return _chunk(documents)
+
+
+def embed_chunks(
+    chunks: list[Chunk],
+    config: Config,
+    *,
+    embedder: "Embedder | None" = None,
+    progress: bool = True,
+) -> tuple["np.ndarray", dict]:
+    """Embed chunks, reusing every vector the store's content-addressed cache already holds."""
+    import numpy as np
+
+    from ingest.embedding import Embedder
+    from ingest.embedding_cache import EmbeddingCache
+
+    embedder = embedder or Embedder.from_config(config.embeddings)
+    keys = [c.content_key(embedder.model_id) for c in chunks]
+    cache = EmbeddingCache(config.index.store, embedder.model_id, embedder.dimension)
+    found = cache.lookup(keys)
+    # One text may occur in several chunks (same boilerplate in two files): embed it once.
+    missing: dict[str, str] = {}
+    for key, chunk in zip(keys, chunks):
+        if key not in found and key not in missing:
+            missing[key] = chunk.embed_text
+    if missing:
+        fresh = embedder.embed_documents(list(missing.values()), progress=progress)
+        cache.add(list(missing.keys()), fresh)
+        cache.flush()
+        found.update(zip(missing.keys(), fresh))
+    vectors = np.empty((len(chunks), embedder.dimension), dtype=np.float32)
+    for i, key in enumerate(keys):
+        vectors[i] = found[key]
+    stats = {"computed": len(missing), "reused": len(chunks) - len(missing)}
+    return vectors, stats
+
+
+def model_info(embedder: "Embedder") -> "ModelInfo":
+    from ingest.artifact import ModelInfo
+
+    return ModelInfo(model_id=embedder.model_id, dimension=embedder.dimension, normalized=embedder.normalized)
+
+
+def build_version(
+    chunks: list[Chunk],
+    vectors: "np.ndarray",
+    config: Config,
+    *,
+    embedder_info: "ModelInfo",
+    stats: dict,
+) -> str:
+    """Write a complete version folder (not yet served: `publish` moves LATEST)."""
+    from ingest.artifact import write_version
+
+    return write_version(
+        config.index.store,
+        chunks,
+        vectors,
+        embedder_info,
+        index_type=config.index.index_type,
+        approximate_threshold=config.index.approximate_threshold,
+        stats=stats,
+    )
+
+
+def publish(config: Config, version: str) -> None:
+    from ingest.artifact import publish as _publish
+
+    _publish(config.index.store, version)
+
+
+def run_ingest(
+    config: Config, *, progress: bool = True, embedder: "Embedder | None" = None
+) -> IngestSummary:
+    """Run every stage in this process and publish the new version."""
+    from ingest.embedding import Embedder
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    documents, reports = collect(config, progress=progress)
+    timings["collect"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    chunks = chunk_documents(documents)
+    timings["chunk"] = time.perf_counter() - t
+    if not chunks:
+        raise ValueError("no chunks: every source was empty or skipped; nothing to publish")
+
+    t = time.perf_counter()
+    embedder = embedder or Embedder.from_config(config.embeddings)
+    timings["load model"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    vectors, embed_stats = embed_chunks(chunks, config, embedder=embedder, progress=progress)
+    timings["embed"] = time.perf_counter() - t
+
+    sources = _source_summaries(config, documents, chunks, reports)
+    stats = {
+        "embeddings": embed_stats,
+        "sources": {s.name: {"documents": s.documents, "chunks": s.chunks, "skipped": len(s.skipped)} for s in sources},
+    }
+    t = time.perf_counter()
+    version = build_version(chunks, vectors, config, embedder_info=model_info(embedder), stats=stats)
+    timings["build"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    publish(config, version)
+    timings["publish"] = time.perf_counter() - t
+
+    return IngestSummary(
+        version=version,
+        store=config.index.store,
+        sources=sources,
+        embeddings_computed=embed_stats["computed"],
+        embeddings_reused=embed_stats["reused"],
+        timings=timings,
+        model_id=embedder.model_id,
+        device=embedder.device,
+    )
+
+
+def _source_summaries(
+    config: Config, documents: list[Document], chunks: list[Chunk], reports: dict[str, LoadReport]
+) -> list[SourceSummary]:
+    doc_counts = Counter(d.source for d in documents)
+    chunk_counts = Counter(c.source_id.split(":", 1)[0] for c in chunks)
+    return [
+        SourceSummary(
+            name=s.name,
+            kind=s.kind,
+            documents=doc_counts[s.name],
+            chunks=chunk_counts[s.name],
+            skipped=list(reports.get(s.name, LoadReport()).skipped),
+        )
+        for s in config.sources
+    ]
+
+
+def _progress(items: Iterable, *, enabled: bool, desc: str, unit: str) -> Iterable:
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit=unit, leave=False)

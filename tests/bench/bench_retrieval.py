@@ -1,0 +1,148 @@
+"""Retrieval quality on the shared dev set: the seed pipeline vs FlyteGPT, in one run.
+
+    python tests/bench/bench_retrieval.py [--store DIR] [--questions ../shared/eval/dev.jsonl]
+
+The seed pipeline is rebuilt as it was: LangChain's SlackDirectoryLoader (one document per
+message), CharacterTextSplitter() defaults for docs, PythonCodeTextSplitter for code, the same
+embedding model and FAISS similarity top-k. FlyteGPT is measured hybrid, dense-only and
+keyword-only over an index built with `flytegpt ingest` of the same corpus (reused from --store
+when it is already there; the embedding cache makes a rebuild cheap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))
+
+from ingest.config import load_config  # noqa: E402
+from ingest.evaluation import METRICS, evaluate, load_questions  # noqa: E402
+from ingest.models import Chunk  # noqa: E402
+
+TARGETS = {"recall@5": 0.90, "mrr@10": 0.80, "coverage@10": 0.80, "recall@8000c": 0.92}
+
+
+def seed_chunks(config) -> list[Chunk]:
+    """The seed's documents and chunks, each mapped to the source id the gold lists use."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from langchain_community.document_loaders import SlackDirectoryLoader
+    from langchain_text_splitters import CharacterTextSplitter, PythonCodeTextSplitter
+
+    chunks: list[Chunk] = []
+    text_splitter = CharacterTextSplitter()
+    code_splitter = PythonCodeTextSplitter()
+    for source in config.sources:
+        root = source.root()
+        if source.kind == "slack_export":
+            thread_of = _thread_of_message(root)
+            for doc in SlackDirectoryLoader(str(root), workspace_url=source.workspace_url).load():
+                channel, ts = doc.metadata["channel"], doc.metadata["timestamp"]
+                sid = f"{source.name}:{channel}/{thread_of.get((channel, ts), ts)}"
+                for piece in text_splitter.split_text(doc.page_content) or [doc.page_content]:
+                    chunks.append(Chunk(sid, "slack", channel, doc.metadata["source"], piece, piece))
+        elif source.kind == "docs":
+            for path in sorted(root.rglob("*")):
+                if path.is_file() and path.name not in ("SOURCE.md", "LICENSE") and path.suffix in (".md", ".rst", ".txt"):
+                    rel = path.relative_to(root).as_posix()
+                    for piece in text_splitter.split_text(path.read_text(errors="ignore")):
+                        chunks.append(Chunk(f"{source.name}:{rel}", "docs", rel, rel, piece, piece))
+        elif source.kind == "code":
+            for path in sorted(root.rglob("*.py")):
+                rel = path.relative_to(root).as_posix()
+                for piece in code_splitter.split_text(path.read_text(errors="ignore")):
+                    chunks.append(Chunk(f"{source.name}:{rel}", "code", rel, rel, piece, piece))
+    return chunks
+
+
+def _thread_of_message(export: Path) -> dict[tuple[str, str], str]:
+    """(channel, message ts) -> thread ts, read from the export for scoring only."""
+    import zipfile
+
+    out: dict[tuple[str, str], str] = {}
+    with zipfile.ZipFile(export) as z:
+        for name in z.namelist():
+            if name.count("/") == 1 and name.endswith(".json"):
+                channel = name.split("/")[0]
+                for m in json.loads(z.read(name)):
+                    out[(channel, m["ts"])] = m.get("thread_ts", m["ts"])
+    return out
+
+
+def dense_retriever(chunks: list[Chunk], embedder):
+    import faiss
+    import numpy as np
+
+    vectors = embedder.embed_documents([c.embed_text for c in chunks], progress=True)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def retrieve(question: str) -> list[Chunk]:
+        _, ids = index.search(embedder.embed_query(question)[None, :], 10)
+        return [chunks[i] for i in ids[0] if i >= 0]
+
+    return retrieve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(SHARED / "eval" / "flytegpt.eval.toml"))
+    parser.add_argument("--questions", default=str(SHARED / "eval" / "dev.jsonl"))
+    parser.add_argument("--store", default=str(ROOT / ".flytegpt" / "bench-store"))
+    parser.add_argument("--skip-seed", action="store_true")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
+    args = parser.parse_args()
+
+    from ingest.artifact import read_latest
+    from ingest.embedding import Embedder
+    from ingest.pipeline import run_ingest
+    from ingest.search import HybridSearcher
+
+    config = load_config(args.config).with_store(args.store)
+    questions = load_questions(args.questions)
+    embedder = Embedder.from_config(config.embeddings)
+    t = time.perf_counter()
+    summary = run_ingest(config, progress=True, embedder=embedder)
+    print(f"ingest: {summary.chunks} chunks, {summary.embeddings_computed} embedded, "
+          f"{summary.embeddings_reused} reused, {time.perf_counter() - t:.1f}s -> {read_latest(args.store)}")
+    searcher = HybridSearcher.open(config, embedder=embedder)
+
+    results = {}
+    if not args.skip_seed:
+        t = time.perf_counter()
+        chunks = seed_chunks(config)
+        print(f"seed: {len(chunks)} chunks")
+        results["seed (LangChain, dense)"] = evaluate(questions, dense_retriever(chunks, embedder))
+        print(f"seed built and evaluated in {time.perf_counter() - t:.1f}s")
+    results["flytegpt dense"] = evaluate(questions, lambda q: [h.chunk for h in searcher.dense_search(q, 10)])
+    results["flytegpt keyword"] = evaluate(questions, lambda q: [h.chunk for h in searcher.keyword_search(q, 10)])
+    results["flytegpt hybrid"] = evaluate(questions, lambda q: [h.chunk for h in searcher.search(q, 10)])
+
+    print(f"\n{len(questions)} questions, {args.questions}")
+    print(f"{'retriever':26}{'kind':>8}{'n':>4}" + "".join(f"{m:>14}" for m in METRICS))
+    for name, r in results.items():
+        for kind, row in [("all", r)] + list(r["by_kind"].items()):
+            print(f"{name:26}{kind:>8}{row['n']:>4}" + "".join(f"{row[m]:>14.3f}" for m in METRICS))
+    ours = results["flytegpt hybrid"]
+    print("\ntargets (overall): " + ", ".join(
+        f"{m} {ours[m]:.3f} {'>=' if ours[m] >= t else '<'} {t}" for m, t in TARGETS.items()))
+    code, docs = ours["by_kind"].get("code", {}), ours["by_kind"].get("docs", {})
+    print(f"targets (kind): docs recall@5 {docs.get('recall@5', 0):.3f} (>= 0.88), "
+          f"code recall@5 {code.get('recall@5', 0):.3f} (>= 0.80), code mrr@10 {code.get('mrr@10', 0):.3f} (>= 0.60)")
+    if args.json:
+        print(json.dumps({k: {m: v for m, v in r.items() if m != "questions"} for k, r in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
