@@ -1,0 +1,247 @@
+"""Source files -> chunks along the code's own structure, with exact line ranges.
+
+Python is split with `ast` into top-level functions and classes (large classes into their
+methods), so a chunk is a unit a person would link to, its decorators and docstring stay
+with it, and its line range is exact for the `#Lstart-Lend` link. The embedded text adds
+what the code alone lacks for a question in words: the file path, the dotted module name,
+the module docstring's first line and the enclosing class.
+Other languages (and Python that does not parse) go through LangChain's language-aware
+splitters, with line ranges computed from the split offsets.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from ingest.models import Chunk, Document
+from ingest.sources._files import fill_lines
+
+# The embedding model reads ~256 tokens (~1,000 characters of code): merging neighbours
+# beyond that would hide the later ones from dense search.
+CODE_TARGET = 1000  # characters: small neighbours are merged up to this size
+TINY = 300  # a span this small joins a neighbour even past CODE_TARGET
+CLASS_SPLIT = 2500  # a class larger than this is split into its methods
+CODE_MAX = 2500  # a single function larger than this is split into parts
+
+_SPLITTER_LANGUAGES = {
+    "python": "PYTHON", "go": "GO", "js": "JS", "ts": "TS", "java": "JAVA", "rust": "RUST",
+    "kotlin": "KOTLIN", "scala": "SCALA", "ruby": "RUBY", "php": "PHP", "c": "C", "cpp": "CPP",
+    "csharp": "CSHARP", "swift": "SWIFT", "proto": "PROTO", "lua": "LUA", "r": "R",
+}
+
+
+@dataclass
+class _Span:
+    start: int  # 1-based, inclusive
+    end: int
+    name: str  # "module", a function or class name, or a method name
+    cls: str | None = None  # enclosing class name
+    cls_sig: str | None = None  # the enclosing class's "class X(Base):" line(s)
+
+
+def chunk_code(doc: Document) -> list[Chunk]:
+    """Chunks of one source file."""
+    language = doc.meta.get("language", "")
+    if language == "python":
+        try:
+            tree = ast.parse(doc.text)
+        except (SyntaxError, ValueError):
+            return _splitter_chunks(doc, "python")
+        return _python_chunks(doc, tree)
+    return _splitter_chunks(doc, language)
+
+
+# --- python -------------------------------------------------------------------------------
+
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _python_chunks(doc: Document, tree: ast.Module) -> list[Chunk]:
+    lines = doc.text.split("\n")
+    doc_line = (ast.get_docstring(tree) or "").strip().split("\n", 1)[0]
+    spans: list[_Span] = []
+    for span, node in _level_spans(tree.body, lines, 1, len(lines), None, None):
+        if isinstance(node, ast.ClassDef) and _size(lines, span) > CLASS_SPLIT:
+            sig = _signature(lines, node)
+            inner = _level_spans(node.body, lines, span.start, span.end, node.name, sig)
+            # the class line, its docstring and attributes before the first method: the header
+            first_def = next((s for s, n in inner if n is not None), None)
+            rest: list[_Span] = []
+            header_end = span.end if first_def is None else first_def.start - 1
+            for s, n in inner:
+                if s.start > header_end:
+                    rest.append(s)
+            spans.append(_trim(_Span(span.start, header_end, node.name, node.name, sig), lines))
+            spans.extend(rest)
+        else:
+            spans.append(span)
+    chunks: list[Chunk] = []
+    for group in _merge(spans, lines):
+        chunks.extend(_python_group_chunks(doc, lines, group, doc_line))
+    return chunks
+
+
+def _level_spans(
+    body: list[ast.stmt], lines: list[str], lo: int, hi: int, cls: str | None, cls_sig: str | None
+) -> list[tuple[_Span, ast.AST | None]]:
+    """Contiguous spans covering lines lo..hi: one per def, others gathered between defs."""
+    out: list[tuple[_Span, ast.AST | None]] = []
+    pos = lo
+    for node in body:
+        if not isinstance(node, _DEFS):
+            continue
+        start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+        while start - 1 >= pos and lines[start - 2].strip().startswith("#"):
+            start -= 1  # comments right above a def belong to it
+        end = node.end_lineno or node.lineno
+        if start > pos and _has_code(lines, pos, start - 1):
+            out.append((_Span(pos, start - 1, "module" if cls is None else cls, cls, cls_sig), None))
+        out.append((_Span(start, end, node.name, cls, cls_sig), node))
+        pos = end + 1
+    if pos <= hi and _has_code(lines, pos, hi):
+        out.append((_Span(pos, hi, "module" if cls is None else cls, cls, cls_sig), None))
+    return [(_trim(s, lines), n) for s, n in out]
+
+
+def _has_code(lines: list[str], a: int, b: int) -> bool:
+    return any(ln.strip() for ln in lines[a - 1 : b])
+
+
+def _trim(span: _Span, lines: list[str]) -> _Span:
+    """Drop blank lines at both ends so line ranges point at code."""
+    while span.start < span.end and not lines[span.start - 1].strip():
+        span.start += 1
+    while span.end > span.start and not lines[span.end - 1].strip():
+        span.end -= 1
+    return span
+
+
+def _size(lines: list[str], span: _Span) -> int:
+    return sum(len(ln) + 1 for ln in lines[span.start - 1 : span.end])
+
+
+def _signature(lines: list[str], node: ast.ClassDef) -> str:
+    out = []
+    for ln in lines[node.lineno - 1 : node.lineno + 4]:
+        out.append(ln.rstrip())
+        if ln.rstrip().endswith(":"):
+            break
+    return "\n".join(out).strip()
+
+
+def _merge(spans: list[_Span], lines: list[str]) -> list[list[_Span]]:
+    """Consecutive small spans of the same class (or both top level) share a chunk."""
+    groups: list[list[_Span]] = []
+    size = 0
+    for s in spans:
+        n = _size(lines, s)
+        limit = CODE_MAX if min(n, size) < TINY else CODE_TARGET
+        if groups and groups[-1][-1].cls == s.cls and size + n <= limit:
+            groups[-1].append(s)
+            size += n
+        else:
+            groups.append([s])
+            size = n
+    return groups
+
+
+def _python_group_chunks(doc: Document, lines: list[str], group: list[_Span], doc_line: str) -> list[Chunk]:
+    module = doc.meta.get("module") or doc.locator
+    first, last = group[0], group[-1]
+    cls = first.cls
+    names: list[str] = []
+    for s in group:
+        if s.name not in ("module", cls) and s.name not in names:
+            names.append(s.name)
+    prefix = f"{module}.{cls}" if cls else module
+    if not names:
+        title = prefix if cls else f"{module} (module)"
+    else:
+        title = f"{prefix}.{names[0]}" + "".join(f", {n}" for n in names[1:4]) + (" ..." if len(names) > 4 else "")
+    header = [doc.locator, f"module {module}" + (f": {doc_line}" if doc_line else "")]
+    if cls and first.cls_sig and first.name != cls:
+        header.append(first.cls_sig)
+    span = _Span(first.start, last.end, first.name, cls, first.cls_sig)
+    text = "\n".join(lines[span.start - 1 : span.end])
+    if len(text) <= CODE_MAX or len(group) > 1:
+        return [_chunk(doc, title, header, text, span.start, span.end)]
+    # one big function: parts of it, each with the def line as context
+    sig = lines[span.start - 1].strip()
+    for ln in lines[span.start - 1 : span.end]:
+        if ln.lstrip().startswith(("def ", "async def ", "class ")):
+            sig = ln.strip()
+            break
+    out = []
+    for k, (a, b, piece) in enumerate(_pack_lines(_split_lines(text, "python", CODE_TARGET)), 1):
+        start, end = span.start + a - 1, span.start + b - 1
+        extra = [] if k == 1 else [sig]
+        piece = "\n".join(lines[start - 1 : end])  # whole lines, indentation kept
+        out.append(_chunk(doc, f"{title} (part {k})", header + extra, piece, start, end))
+    return out
+
+
+def _chunk(doc: Document, title: str, header: list[str], text: str, start: int, end: int) -> Chunk:
+    embed = "\n".join([title, *header]) + "\n\n" + text
+    return Chunk(
+        source_id=doc.source_id,
+        kind="code",
+        title=title,
+        url=fill_lines(doc.url, start, end),
+        text=text,
+        embed_text=embed,
+        start_line=start,
+        end_line=end,
+    )
+
+
+# --- other languages ----------------------------------------------------------------------
+
+
+def _split_lines(text: str, language: str, size: int) -> list[tuple[int, int, str]]:
+    """(first line, last line, piece) with 1-based line numbers relative to `text`."""
+    from langchain_text_splitters import Language, RecursiveCharacterTextSplitter
+
+    name = _SPLITTER_LANGUAGES.get(language)
+    if name:
+        splitter = RecursiveCharacterTextSplitter.from_language(Language[name], chunk_size=size, chunk_overlap=0)
+    else:
+        splitter = RecursiveCharacterTextSplitter(chunk_size=size, chunk_overlap=0)
+    out = []
+    cursor = 0
+    for piece in splitter.split_text(text):
+        offset = text.find(piece, cursor)
+        if offset < 0:  # the splitter stripped something unexpected: search from the start
+            offset = max(text.find(piece), 0)
+        start = text.count("\n", 0, offset) + 1
+        end = start + piece.count("\n")
+        out.append((start, end, piece))
+        cursor = offset + len(piece)
+    return out
+
+
+def _pack_lines(parts: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Re-join neighbouring small pieces of one split so no part is a stray few lines."""
+    out: list[tuple[int, int, str]] = []
+    for a, b, piece in parts:
+        if out and len(out[-1][2]) + len(piece) + 1 <= CODE_TARGET + TINY:
+            pa, _, prev = out[-1]
+            gap = "\n" * (a - out[-1][1])
+            out[-1] = (pa, b, prev + gap + piece)
+        else:
+            out.append((a, b, piece))
+    return out
+
+
+def _splitter_chunks(doc: Document, language: str) -> list[Chunk]:
+    module = doc.meta.get("module")
+    header = [doc.locator] + ([f"module {module}"] if module else [])
+    chunks = []
+    lines = doc.text.split("\n")
+    for start, end, _ in _pack_lines(_split_lines(doc.text, language, CODE_TARGET)):
+        piece = "\n".join(lines[start - 1 : end])  # whole lines, indentation kept
+        if not piece.strip():
+            continue
+        title = f"{doc.locator} (lines {start}-{end})"
+        chunks.append(_chunk(doc, title, header, piece, start, end))
+    return chunks

@@ -1,0 +1,62 @@
+"""File-tree helpers shared by the docs and code loaders: walking, globs, URLs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from fnmatch import fnmatch
+from pathlib import Path
+from urllib.parse import quote
+
+
+def glob_match(rel: str, patterns: Iterable[str]) -> bool:
+    """True when a pattern matches the relative path, its basename or one of its folders.
+
+    Matching the basename and the folders as well as the whole path lets a config say
+    `exclude = ["LICENSE", "_templates"]` and mean it at any depth, which is what people write.
+    """
+    parts = rel.split("/")
+    for pattern in patterns:
+        pattern = pattern.rstrip("/")
+        if fnmatch(rel, pattern) or fnmatch(parts[-1], pattern):
+            return True
+        if any(fnmatch(part, pattern) for part in parts[:-1]):
+            return True
+        if fnmatch(rel, pattern + "/*"):  # a folder given as a path prefix: "docs/api"
+            return True
+    return False
+
+
+def walk_files(root: Path, include: list[str], exclude: list[str]) -> Iterator[tuple[Path, str]]:
+    """(file, posix path relative to root) in a stable order, hidden entries skipped."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if include and not glob_match(rel, include):
+                continue
+            if exclude and glob_match(rel, exclude):
+                continue
+            yield path, rel
+
+
+def render_url(template: str | None, rel: str, path: Path) -> str:
+    """The page URL from the source's template ({path} filled), or a file:// URI without one.
+
+    {start}/{end} stay in place: chunks fill them once they know their line range.
+    """
+    if template:
+        return template.replace("{path}", quote(rel, safe="/"))
+    return path.resolve().as_uri()
+
+
+def fill_lines(url: str, start: int, end: int) -> str:
+    """Fill {start}/{end} in a code URL; a URL without them gets a #Lstart-Lend anchor."""
+    if "{start}" in url or "{end}" in url:
+        return url.replace("{start}", str(start)).replace("{end}", str(end))
+    if "#" in url:
+        return url
+    return f"{url}#L{start}-L{end}"

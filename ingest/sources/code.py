@@ -1,0 +1,95 @@
+"""Source trees -> one Document per source file, tests, vendored and binary files left out.
+
+Tests and vendored copies would answer "how does X work" with a mock or somebody else's
+code; binaries and huge generated files carry no words to retrieve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from ingest.config import SourceConfig
+from ingest.models import Document, LoadReport
+from ingest.sources._files import glob_match, render_url, walk_files
+
+LANGUAGES = {
+    ".py": "python", ".pyi": "python", ".go": "go", ".js": "js", ".jsx": "js", ".mjs": "js",
+    ".ts": "ts", ".tsx": "ts", ".java": "java", ".kt": "kotlin", ".scala": "scala",
+    ".rs": "rust", ".rb": "ruby", ".php": "php", ".c": "c", ".h": "c", ".cc": "cpp",
+    ".cpp": "cpp", ".hpp": "cpp", ".cs": "csharp", ".swift": "swift", ".proto": "proto",
+    ".lua": "lua", ".sh": "shell", ".r": "r", ".R": "r",
+}
+MAX_BYTES = 1_000_000
+SKIPPED_DIRS = ["tests", "test", "__tests__", "vendor", "third_party", "node_modules",
+                "site-packages", "__pycache__", "dist", "build", "*.egg-info"]
+SKIPPED_FILES = ["test_*.py", "*_test.py", "*_test.go", "conftest.py", "*.test.ts", "*.spec.ts",
+                 "*.test.js", "*.spec.js", "*.min.js", "*_pb2.py", "*_pb2_grpc.py"]
+
+
+def _skipped(rel: str) -> str | None:
+    parts = rel.split("/")
+    if any(glob_match(p, SKIPPED_DIRS) for p in parts[:-1]):
+        return "test or vendored folder"
+    if glob_match(parts[-1], SKIPPED_FILES):
+        return "test or generated file"
+    return None
+
+
+def _is_binary(path: Path) -> bool:
+    with path.open("rb") as f:
+        return b"\0" in f.read(8192)
+
+
+def module_name(rel: str, package: str | None) -> str:
+    """Dotted module name of a Python file: "core/task.py" in flytekit -> "flytekit.core.task"."""
+    parts = rel.removesuffix(".pyi").removesuffix(".py").split("/")
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    if package:
+        parts = [*package.split("."), *parts]
+    return ".".join(p for p in parts if p)
+
+
+def load_code(source: SourceConfig, report: LoadReport, *, store: str | None = None) -> Iterator[Document]:
+    """Every source file under the root (a folder or an installed package's folder)."""
+    root = source.root()
+    # a folder that is itself a Python package names its modules after itself
+    package = source.package if source.path is None else (root.name if (root / "__init__.py").exists() else None)
+    for path, rel in walk_files(root, source.include, source.exclude):
+        language = LANGUAGES.get(path.suffix) or LANGUAGES.get(path.suffix.lower())
+        if language is None:
+            continue
+        if source.skip_tests:
+            why = _skipped(rel)
+            if why:
+                continue
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            report.skip(rel, f"larger than {MAX_BYTES} bytes")
+            continue
+        if size == 0:
+            continue
+        if _is_binary(path):
+            report.skip(rel, "binary file")
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            report.skip(rel, "not UTF-8 text")
+            continue
+        if not text.strip():
+            continue
+        meta = {"language": language, "path": rel}
+        if language == "python":
+            meta["module"] = module_name(rel, package)
+        report.documents += 1
+        yield Document(
+            source=source.name,
+            locator=rel,
+            kind="code",
+            title=meta.get("module") or rel,
+            url=render_url(source.url, rel, path),
+            text=text,
+            meta=meta,
+        )

@@ -1,0 +1,44 @@
+"""Documentation trees (Markdown, MyST, reStructuredText) -> one Document per page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ingest.config import SourceConfig
+from ingest.doc_sections import detect_format, page_title
+from ingest.models import Document, LoadReport
+from ingest.sources._files import render_url, walk_files
+
+DOC_EXTENSIONS = {".md": "md", ".markdown": "md", ".myst": "myst", ".rst": "rst", ".txt": "txt"}
+MAX_BYTES = 2_000_000  # bigger "pages" are generated dumps, not documentation
+
+
+def load_docs(source: SourceConfig, report: LoadReport, *, store: str | None = None) -> Iterator[Document]:
+    """Every prose page under the source root that the include/exclude globs admit."""
+    root = source.root()
+    for path, rel in walk_files(root, source.include, source.exclude):
+        fmt = DOC_EXTENSIONS.get(path.suffix.lower())
+        if fmt is None:
+            continue
+        if path.stat().st_size > MAX_BYTES:
+            report.skip(rel, f"larger than {MAX_BYTES} bytes")
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            report.skip(rel, "not UTF-8 text")
+            continue
+        if not text.strip():
+            report.skip(rel, "empty")
+            continue
+        title = page_title(text, detect_format(rel)) or path.stem.replace("_", " ")
+        report.documents += 1
+        yield Document(
+            source=source.name,
+            locator=rel,
+            kind="docs",
+            title=title,
+            url=render_url(source.url, rel, path),
+            text=text,
+            meta={"format": fmt},
+        )

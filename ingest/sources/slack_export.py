@@ -1,0 +1,278 @@
+"""Slack workspace exports (zip or folder) -> one Document per thread.
+
+A thread is the unit people search for: the question and the answers that resolve it.
+Indexing single messages (as LangChain's SlackDirectoryLoader does) separates answers
+from their questions, so retrieval finds "yes, that fixed it" without the context.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ingest.config import SourceConfig
+from ingest.models import Document, LoadReport
+
+_DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.json$")
+# Subtypes that carry what a person wrote; everything else (joins, leaves, topic changes,
+# pins, bot posts, tombstones ...) is channel noise.
+_KEPT_SUBTYPES = {None, "", "thread_broadcast", "file_share", "me_message"}
+_TITLE_CHARS = 90
+
+
+class _Tree:
+    """Read-only view over the export, a folder or a zip, rooted at the folder holding channels.json."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._zip: zipfile.ZipFile | None = None
+        self.prefix = ""
+        if path.is_file():
+            self._zip = zipfile.ZipFile(path)
+            names = [n for n in self._zip.namelist() if not _junk(n)]
+            self._names = names
+            if "channels.json" not in names:
+                # Exports re-zipped by hand often put everything under one top folder.
+                tops = {n.split("/", 1)[0] for n in names if "/" in n}
+                for top in sorted(tops):
+                    if f"{top}/channels.json" in names or f"{top}/users.json" in names:
+                        self.prefix = top + "/"
+                        break
+                else:
+                    if len(tops) == 1 and all("/" in n for n in names):
+                        self.prefix = next(iter(tops)) + "/"
+        else:
+            self._names = [
+                p.relative_to(path).as_posix() for p in sorted(path.rglob("*")) if p.is_file()
+            ]
+            self._names = [n for n in self._names if not _junk(n)]
+
+    def files(self) -> list[str]:
+        """Paths relative to the export root."""
+        n = len(self.prefix)
+        return sorted(name[n:] for name in self._names if name.startswith(self.prefix) and not name.endswith("/"))
+
+    def read(self, rel: str) -> bytes:
+        if self._zip is not None:
+            return self._zip.read(self.prefix + rel)
+        return (self.path / rel).read_bytes()
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+
+def _junk(name: str) -> bool:
+    parts = PurePosixPath(name).parts
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+@dataclass
+class _Directory:
+    """Names needed to render messages: users and channels by id."""
+
+    users: dict[str, str] = field(default_factory=dict)
+    channel_names: dict[str, str] = field(default_factory=dict)  # id -> name
+    channel_ids: dict[str, str] = field(default_factory=dict)  # name -> id
+    bots: set[str] = field(default_factory=set)  # user ids of bot users
+
+    def user(self, uid: str, profile: dict | None = None) -> str:
+        if uid in self.users:
+            return self.users[uid]
+        if profile:
+            for key in ("display_name", "real_name", "name"):
+                if profile.get(key):
+                    return str(profile[key])
+        return uid
+
+
+def _load_json(tree: _Tree, rel: str, report: LoadReport) -> Any:
+    try:
+        return json.loads(tree.read(rel).decode("utf-8"))
+    except KeyError:
+        return None
+    except (ValueError, UnicodeDecodeError) as e:
+        report.skip(rel, f"invalid JSON: {e}")
+        return None
+
+
+def _directory(tree: _Tree, files: list[str], report: LoadReport) -> _Directory:
+    d = _Directory()
+    users = _load_json(tree, "users.json", report) if "users.json" in files else None
+    for u in users if isinstance(users, list) else []:
+        if not isinstance(u, dict) or "id" not in u:
+            continue
+        profile = u.get("profile") or {}
+        name = (
+            profile.get("display_name")
+            or profile.get("real_name")
+            or u.get("real_name")
+            or u.get("name")
+            or u["id"]
+        )
+        d.users[u["id"]] = str(name)
+        if u.get("is_bot") or u.get("is_app_user"):
+            d.bots.add(u["id"])
+    for meta_file in ("channels.json", "groups.json"):
+        if meta_file not in files:
+            continue
+        channels = _load_json(tree, meta_file, report)
+        for c in channels if isinstance(channels, list) else []:
+            if isinstance(c, dict) and c.get("id") and c.get("name"):
+                d.channel_names[c["id"]] = c["name"]
+                d.channel_ids[c["name"]] = c["id"]
+    return d
+
+
+_MARKUP = re.compile(r"<([^<>\n]+)>")
+
+
+def render_markup(text: str, d: _Directory) -> str:
+    """Slack's `<...>` markup and entity escapes as readable text."""
+
+    def sub(m: re.Match) -> str:
+        inner = m.group(1)
+        target, _, label = inner.partition("|")
+        if target.startswith("@"):
+            return "@" + (label or d.user(target[1:]))
+        if target.startswith("#"):
+            return "#" + (label or d.channel_names.get(target[1:], target[1:]))
+        if target.startswith("!"):
+            if label:
+                return label
+            word = target[1:].split("^", 1)[0]
+            return "@" + word if word in ("here", "channel", "everyone") else ""
+        if target.startswith("mailto:"):
+            return label or target[len("mailto:") :]
+        if label and label != target:
+            return f"{label} ({target})"
+        return target
+
+    return html.unescape(_MARKUP.sub(sub, text))
+
+
+def _ts_key(ts: str) -> tuple[int, int]:
+    sec, _, frac = ts.partition(".")
+    return int(sec or 0), int((frac or "0").ljust(6, "0")[:6])
+
+
+def _valid_ts(ts: Any) -> bool:
+    return isinstance(ts, str) and re.fullmatch(r"\d+(\.\d+)?", ts) is not None
+
+
+def _is_noise(msg: dict, d: _Directory) -> bool:
+    if msg.get("type", "message") != "message":
+        return True
+    if msg.get("subtype") not in _KEPT_SUBTYPES:
+        return True
+    if msg.get("bot_id") or msg.get("bot_profile") or msg.get("user") in d.bots:
+        return True
+    return not (msg.get("text") or "").strip()
+
+
+def permalink(workspace_url: str | None, channel_id: str | None, ts: str, team: str | None = None) -> str:
+    """The URL that opens a thread in Slack."""
+    if workspace_url and channel_id:
+        return f"{workspace_url.rstrip('/')}/archives/{channel_id}/p{ts.replace('.', '')}"
+    if team and channel_id:
+        return f"https://app.slack.com/client/{team}/{channel_id}/thread/{channel_id}-{ts}"
+    if channel_id:
+        return f"https://slack.com/app_redirect?channel={channel_id}"
+    return f"slack:{ts}"
+
+
+def _title(first_text: str, channel: str, date: str) -> str:
+    line = next((ln.strip() for ln in first_text.splitlines() if ln.strip()), "")
+    if not line:
+        return f"#{channel} thread, {date}"
+    first_sentence = re.split(r"(?<=[.?!])\s+", line, maxsplit=1)[0]
+    if 20 <= len(first_sentence) <= _TITLE_CHARS:
+        return first_sentence
+    if len(line) <= _TITLE_CHARS:
+        return line
+    cut = line[:_TITLE_CHARS].rsplit(" ", 1)[0]
+    return (cut or line[:_TITLE_CHARS]).rstrip(" ,;:") + " ..."
+
+
+def load_slack_export(source: SourceConfig, report: LoadReport, *, store: str | None = None) -> Iterator[Document]:
+    """Documents for every thread of every channel in the export, in channel and time order."""
+    tree = _Tree(source.root())
+    try:
+        files = tree.files()
+        d = _directory(tree, files, report)
+        by_channel: dict[str, list[str]] = {}
+        for rel in files:
+            parts = rel.split("/")
+            if len(parts) != 2 or not parts[1].endswith(".json"):
+                continue
+            if not _DAY_FILE.match(parts[1]):
+                report.skip(rel, "not a day file (<channel>/<YYYY-MM-DD>.json)")
+                continue
+            by_channel.setdefault(parts[0], []).append(rel)
+        for channel in sorted(by_channel):
+            yield from _channel_documents(source, report, tree, d, channel, by_channel[channel])
+    finally:
+        tree.close()
+
+
+def _read_day(tree: _Tree, rel: str, report: LoadReport) -> list[dict] | None:
+    data = _load_json(tree, rel, report)
+    if data is None:
+        return None
+    if not isinstance(data, list):
+        report.skip(rel, f"expected a list of messages, got {type(data).__name__}")
+        return None
+    bad = sum(1 for m in data if not isinstance(m, dict) or not _valid_ts(m.get("ts")))
+    if bad:
+        report.skip(rel, f"{bad} of {len(data)} messages have no valid 'ts'")
+        return None
+    return data
+
+
+def _channel_documents(
+    source: SourceConfig, report: LoadReport, tree: _Tree, d: _Directory, channel: str, day_files: list[str]
+) -> Iterator[Document]:
+    # Replies can sit in later day files than their parent: group across the whole channel.
+    messages: dict[str, dict] = {}
+    for rel in sorted(day_files):
+        day = _read_day(tree, rel, report)
+        for msg in day or []:
+            if not _is_noise(msg, d):
+                messages.setdefault(msg["ts"], msg)
+    threads: dict[str, list[dict]] = {}
+    for msg in messages.values():
+        root = msg.get("thread_ts") if _valid_ts(msg.get("thread_ts")) else msg["ts"]
+        threads.setdefault(root, []).append(msg)
+    channel_id = d.channel_ids.get(channel)
+    for root in sorted(threads, key=_ts_key):
+        msgs = sorted(threads[root], key=lambda m: _ts_key(m["ts"]))
+        lines = []
+        for m in msgs:
+            author = d.user(m.get("user", ""), m.get("user_profile")) or "unknown"
+            # blank lines separate messages in the document text (the chunker splits there)
+            body = re.sub(r"\n\s*\n", "\n", render_markup(m.get("text", ""), d).strip())
+            lines.append(f"{author}: {body}")
+        date = datetime.fromtimestamp(_ts_key(root)[0], tz=timezone.utc).strftime("%Y-%m-%d")
+        parent_text = render_markup(msgs[0].get("text", ""), d)
+        report.documents += 1
+        yield Document(
+            source=source.name,
+            locator=f"{channel}/{root}",
+            kind="slack",
+            title=_title(parent_text, channel, date),
+            url=permalink(source.workspace_url, channel_id, root, msgs[0].get("team")),
+            text="\n\n".join(lines),
+            meta={
+                "channel": channel,
+                "thread_ts": root,
+                "reply_count": len(msgs) - 1,
+                "date": date,
+            },
+        )
