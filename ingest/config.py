@@ -46,6 +46,9 @@ class SourceConfig(_Strict):
     as_kind: Literal["docs", "code"] | None = None
     # slack_api: channel names or ids to read (empty: every channel the bot is in)
     channels: list[str] = []
+    # slack_api: threads started up to this many days before the last ingest are re-checked
+    # for new replies (Slack's history lists thread parents, not replies, by time)
+    reply_lookback_days: float = 30.0
     skip_tests: bool = True  # code: skip tests, vendored and binary files
 
     @model_validator(mode="after")
@@ -93,16 +96,28 @@ class RetrievalConfig(_Strict):
     dense_weight: float = 0.5  # fused score = w * dense + (1 - w) * keyword (min-max normalised)
     max_per_source: int = 2  # at most this many chunks of one source id in the results
     candidates: int = 50  # candidates taken from each retriever before fusion
+    # "minmax": scores min-max normalised over the candidates, weighted by dense_weight (0..1);
+    # "rrf": reciprocal rank fusion, w / (rrf_k + dense rank) + (1 - w) / (rrf_k + keyword rank)
+    fusion: Literal["minmax", "rrf"] = "minmax"
+    rrf_k: int = 60
 
 
 class AnswerConfig(_Strict):
     token_budget: int = 2000  # tokens of sources in the prompt
     min_score: float = 0.0  # below this fused score nothing counts as relevant
+    # Below this best cosine similarity (question vs any retrieved chunk) nothing counts as
+    # relevant. The fused score is min-max normalised per query, so it is high even for
+    # off-topic questions; the raw cosine is not. 0.25: on the eval corpus every dev
+    # question's best cosine is >= 0.33, and 9 of 12 off-topic questions score below 0.25.
+    min_similarity: float = 0.25
     max_question_chars: int = 4000
     history_turns: int = 6
     timeout_s: float = 60.0
     max_retries: int = 2
     temperature: float = 0.0
+    retry_backoff_s: float = 0.5  # first wait between model retries; doubles each time
+    retry_max_wait_s: float = 5.0  # cap on any wait, including a server's Retry-After
+    max_sources: int = 6  # numbered sources in one prompt (after de-duplication by source)
 
 
 class BotConfig(_Strict):

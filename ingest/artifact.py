@@ -1,0 +1,413 @@
+"""The index artifact: the one owner of its format (ingest writes it, the bot reads it).
+
+    <store>/<version>/manifest.json   format, model id + dimension + normalisation, index type,
+                                      chunk count, counts per source, stats, sha256 + size of every file
+    <store>/<version>/dense.faiss     faiss.serialize_index bytes (inner product on normalised vectors)
+    <store>/<version>/chunks.jsonl.gz one Chunk.to_dict() per line, row i = FAISS id i = BM25 doc i
+    <store>/<version>/keyword/...     bm25s arrays (.npy, allow_pickle=False) + JSON
+    <store>/LATEST                    the published version id, written last, atomically
+
+No pickle anywhere: everything is JSON, .npy of plain dtypes, or FAISS's own format.
+The manifest is written after every other file of a version, and LATEST after a
+version has been opened and verified, so a reader that follows LATEST always finds a
+complete version. A version id is `<UTC time>-<8 hex of the content hash>`: sortable,
+and the same content written in the same second is the same version.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ingest.keyword import KeywordIndex
+from ingest.models import Chunk
+from ingest.store import atomic_write, get_fs, is_local, join, list_dir, read_bytes
+
+if TYPE_CHECKING:
+    import faiss
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+DENSE_FILE = "dense.faiss"
+CHUNKS_FILE = "chunks.jsonl.gz"
+KEYWORD_DIR = "keyword"
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 40
+HNSW_EF_SEARCH = 64
+_VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+
+
+class ArtifactError(Exception):
+    """An index version that must not be served; the message says which file or field and why."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_id: str
+    dimension: int
+    normalized: bool = True
+
+
+@dataclass
+class IndexVersion:
+    version: str
+    manifest: dict[str, Any]
+    chunks: list[Chunk]
+    dense: "faiss.Index"
+    keyword: KeywordIndex
+    device: str = field(default="cpu")  # where FAISS searches: "cpu" or "gpu"
+
+    @property
+    def model(self) -> ModelInfo:
+        m = self.manifest["model"]
+        return ModelInfo(m["model_id"], int(m["dimension"]), bool(m["normalized"]))
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _build_dense(vectors: np.ndarray, index_type: str, approximate_threshold: int):
+    import faiss
+
+    n, d = vectors.shape
+    if index_type == "auto":
+        index_type = "hnsw" if n >= approximate_threshold else "flat"
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(d)
+        params: dict[str, Any] = {}
+    elif index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
+    elif index_type == "ivfpq":
+        raise NotImplementedError("index_type 'ivfpq' is not implemented yet; use 'flat' or 'hnsw'")
+    else:
+        raise ValueError(f"unknown index_type {index_type!r} (auto, flat, hnsw, ivfpq)")
+    if n:
+        index.add(vectors)
+    if index_type == "hnsw":
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    return index, {"type": index_type, "metric": "inner_product", "ntotal": int(index.ntotal), **params}
+
+
+def _chunks_bytes(chunks: list[Chunk]) -> bytes:
+    lines = "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in chunks)
+    # mtime=0: the same chunks give the same bytes, hence the same content hash
+    return gzip.compress(lines.encode("utf-8"), compresslevel=6, mtime=0)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_version(
+    store: str,
+    chunks: list[Chunk],
+    vectors: np.ndarray,
+    model: ModelInfo,
+    *,
+    index_type: str = "auto",
+    approximate_threshold: int = 200_000,
+    stats: dict | None = None,
+) -> str:
+    """Write a complete version folder (manifest last) and return its id. Does not publish."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape != (len(chunks), model.dimension):
+        raise ValueError(
+            f"vectors have shape {vectors.shape}, expected ({len(chunks)}, {model.dimension})"
+        )
+    if not np.isfinite(vectors).all():
+        raise ValueError("vectors contain NaN or infinite values")
+
+    dense, index_info = _build_dense(vectors, index_type, approximate_threshold)
+    keyword = KeywordIndex.build([c.embed_text for c in chunks])
+    files: dict[str, bytes] = {
+        DENSE_FILE: faiss.serialize_index(dense).tobytes(),
+        CHUNKS_FILE: _chunks_bytes(chunks),
+    }
+    files.update({f"{KEYWORD_DIR}/{name}": data for name, data in keyword.to_files().items()})
+    entries = {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in sorted(files.items())}
+
+    content = hashlib.sha256(
+        json.dumps([model.model_id, model.dimension, entries], sort_keys=True).encode()
+    ).hexdigest()
+    now = datetime.now(timezone.utc)
+    version = now.strftime("%Y%m%dT%H%M%SZ") + "-" + content[:8]
+
+    fs, root = get_fs(store)
+    folder = join(root, version)
+    if read_bytes(fs, join(folder, MANIFEST)) is not None:
+        log.info("index version %s already exists (same content)", version)
+        return version
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        "created_at": now.isoformat(timespec="seconds"),
+        "model": {"model_id": model.model_id, "dimension": model.dimension, "normalized": model.normalized},
+        "index": index_info,
+        "chunk_count": len(chunks),
+        "counts": dict(sorted(Counter(c.source_id.split(":", 1)[0] for c in chunks).items())),
+        "stats": stats or {},
+        "files": entries,
+    }
+    for name, data in files.items():
+        atomic_write(fs, join(folder, name), data)
+    atomic_write(fs, join(folder, MANIFEST), json.dumps(manifest, indent=1).encode())
+    log.info("wrote index version %s (%d chunks, %s index) to %s", version, len(chunks), index_info["type"], store)
+    return version
+
+
+def publish(store: str, version: str) -> None:
+    """Point LATEST at `version`, after opening and verifying it; a bad version leaves LATEST alone."""
+    open_version(store, version)
+    fs, root = get_fs(store)
+    atomic_write(fs, join(root, LATEST), (version + "\n").encode())
+    log.info("published index version %s in %s", version, store)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_latest(store: str) -> str | None:
+    """The published version id, or None when nothing has been published yet."""
+    fs, root = get_fs(store)
+    fs.invalidate_cache(root)
+    data = read_bytes(fs, join(root, LATEST))
+    if data is None:
+        return None
+    version = data.decode("utf-8", "replace").strip()
+    return version or None
+
+
+def list_versions(store: str) -> list[str]:
+    """Complete versions (those with a manifest), oldest first."""
+    fs, root = get_fs(store)
+    fs.invalidate_cache()  # object stores: a cached listing of a version folder may predate its manifest
+    names = sorted(
+        os.path.basename(e["name"].rstrip("/"))
+        for e in list_dir(fs, root)
+        if e.get("type") == "directory"
+    )
+    return [n for n in names if _VERSION_RE.match(n) and fs.exists(join(root, n, MANIFEST))]
+
+
+def prune(store: str, keep: int = 3) -> list[str]:
+    """Delete all but the newest `keep` versions; LATEST's version is never deleted."""
+    fs, root = get_fs(store)
+    versions = list_versions(store)
+    latest = read_latest(store)
+    keep_set = set(versions[-keep:]) if keep > 0 else set()
+    if latest:
+        keep_set.add(latest)
+    removed = [v for v in versions if v not in keep_set]
+    for version in removed:
+        if read_latest(store) == version:  # published meanwhile: keep it
+            continue
+        fs.rm(join(root, version), recursive=True)
+        log.info("pruned index version %s", version)
+    return removed
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_file(version: str, name: str, path: str, entry: dict) -> str | None:
+    """None if the local file matches the manifest entry, else what is wrong with it."""
+    if not os.path.isfile(path):
+        return f"version {version}: file {name} is missing"
+    size = os.path.getsize(path)
+    if size != entry["bytes"]:
+        what = "truncated" if size < entry["bytes"] else "larger than recorded"
+        return f"version {version}: file {name} is {what}: expected {entry['bytes']} bytes, found {size}"
+    digest = _file_sha256(path)
+    if digest != entry["sha256"]:
+        return f"version {version}: checksum mismatch in {name}: expected sha256 {entry['sha256']}, found {digest}"
+    return None
+
+
+def _download(fs, remote: str, local: str) -> None:
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    tmp = f"{local}.part-{os.getpid()}"
+    try:
+        fs.get_file(remote, tmp)
+        os.replace(tmp, local)
+    except FileNotFoundError:
+        pass  # reported as missing by the check that follows
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _read_manifest(fs, folder: str, version: str, store: str) -> dict[str, Any]:
+    data = read_bytes(fs, join(folder, MANIFEST))
+    if data is None:
+        raise ArtifactError(f"version {version}: {MANIFEST} not found in {store} (incomplete or unknown version)")
+    try:
+        manifest = json.loads(data)
+        manifest["model"]["model_id"], manifest["model"]["dimension"], manifest["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"version {version}: {MANIFEST} is not a valid manifest ({e})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"version {version}: {MANIFEST} format_version: expected {FORMAT_VERSION}, "
+            f"found {manifest.get('format_version')}"
+        )
+    if manifest.get("version") != version:
+        raise ArtifactError(f"version {version}: {MANIFEST} version: expected {version}, found {manifest.get('version')}")
+    return manifest
+
+
+def _check_model(manifest: dict, version: str, expect_model: str | None, expect_dimension: int | None) -> None:
+    model = manifest["model"]
+    if expect_model is not None and model["model_id"] != expect_model:
+        raise ArtifactError(
+            f"version {version}: model mismatch: expected {expect_model}, the index was built with {model['model_id']}"
+        )
+    if expect_dimension is not None and int(model["dimension"]) != expect_dimension:
+        raise ArtifactError(
+            f"version {version}: dimension mismatch: expected {expect_dimension}, the index has {model['dimension']}"
+        )
+
+
+def _load_chunks(path: str, version: str) -> list[Chunk]:
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return [Chunk.from_dict(json.loads(line)) for line in f if line.strip()]
+    except (OSError, ValueError, TypeError, EOFError) as e:
+        raise ArtifactError(f"version {version}: {CHUNKS_FILE} cannot be read ({e})") from None
+
+
+def _to_search_device(index):
+    """faiss-gpu when GPUs are present (exact indexes only), CPU otherwise; logged either way."""
+    import faiss
+
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if gpus > 0 and isinstance(index, faiss.IndexFlat):
+        try:
+            gpu_index = faiss.index_cpu_to_all_gpus(index)
+            log.info("FAISS: searching on %d GPU(s)", gpus)
+            return gpu_index, "gpu"
+        except Exception as e:  # a broken CUDA setup must not stop the bot
+            log.warning("FAISS: moving the index to GPU failed (%s); searching on CPU", e)
+            return index, "cpu"
+    log.info("FAISS: searching on CPU (%s)", "no GPU" if gpus == 0 else f"{type(index).__name__} stays on CPU")
+    return index, "cpu"
+
+
+def open_version(
+    store: str,
+    version: str | None = None,
+    *,
+    expect_model: str | None = None,
+    expect_dimension: int | None = None,
+    cache_dir: str | None = None,
+) -> IndexVersion:
+    """Open and verify a version (LATEST by default): checksums, model, dimension, counts.
+
+    Remote files are downloaded to `cache_dir/<version>/` when given (kept for the next
+    start; a cached copy that fails its checksum is fetched again), else to a temporary
+    folder removed after loading.
+    """
+    import faiss
+
+    fs, root = get_fs(store)
+    if version is None:
+        version = read_latest(store)
+        if version is None:
+            raise ArtifactError(f"no published index in {store}: {LATEST} not found (run `flytegpt ingest` first)")
+    folder = join(root, version)
+    manifest = _read_manifest(fs, folder, version, store)
+    _check_model(manifest, version, expect_model, expect_dimension)
+    entries: dict[str, dict] = manifest["files"]
+    for required in (DENSE_FILE, CHUNKS_FILE, f"{KEYWORD_DIR}/tokenizer.json"):
+        if required not in entries:
+            raise ArtifactError(f"version {version}: {MANIFEST} does not list {required}")
+
+    tmp: str | None = None
+    if is_local(fs):
+        base = folder
+    else:
+        if cache_dir:
+            base = os.path.join(os.path.abspath(cache_dir), version)
+        else:
+            base = tmp = tempfile.mkdtemp(prefix="flytegpt-index-")
+    try:
+        for name, entry in entries.items():
+            local = os.path.join(base, *name.split("/"))
+            problem = _check_file(version, name, local, entry)
+            if problem and not is_local(fs):  # not cached yet, or a stale/partial copy
+                _download(fs, join(folder, name), local)
+                problem = _check_file(version, name, local, entry)
+            if problem:
+                raise ArtifactError(problem)
+
+        dimension = int(manifest["model"]["dimension"])
+        count = int(manifest["chunk_count"])
+        try:
+            dense = faiss.read_index(os.path.join(base, DENSE_FILE))
+        except RuntimeError as e:
+            raise ArtifactError(f"version {version}: {DENSE_FILE} is not a FAISS index ({e})") from None
+        if dense.d != dimension:
+            raise ArtifactError(f"version {version}: {DENSE_FILE} dimension: expected {dimension} (manifest), found {dense.d}")
+        if dense.ntotal != count:
+            raise ArtifactError(f"version {version}: {DENSE_FILE} ntotal: expected {count} (chunk_count), found {dense.ntotal}")
+        chunks = _load_chunks(os.path.join(base, CHUNKS_FILE), version)
+        if len(chunks) != count:
+            raise ArtifactError(f"version {version}: {CHUNKS_FILE} rows: expected {count} (chunk_count), found {len(chunks)}")
+        try:
+            keyword = KeywordIndex.load(os.path.join(base, KEYWORD_DIR))
+        except (OSError, ValueError, KeyError) as e:
+            raise ArtifactError(f"version {version}: {KEYWORD_DIR}/ cannot be loaded ({e})") from None
+        if keyword.num_docs != count:
+            raise ArtifactError(
+                f"version {version}: {KEYWORD_DIR}/ documents: expected {count} (chunk_count), found {keyword.num_docs}"
+            )
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    if manifest["index"].get("type") == "hnsw":
+        dense.hnsw.efSearch = int(manifest["index"].get("efSearch", HNSW_EF_SEARCH))
+    dense, device = _to_search_device(dense)
+    return IndexVersion(version=version, manifest=manifest, chunks=chunks, dense=dense, keyword=keyword, device=device)
+
+
+def version_summary(index: IndexVersion) -> str:
+    """One line for logs and the CLI."""
+    m = index.manifest
+    return (
+        f"{index.version}: {m['chunk_count']} chunks, model {m['model']['model_id']} "
+        f"({m['model']['dimension']}d), {m['index']['type']} index on {index.device}"
+    )
+
+
+__all__ = [
+    "ArtifactError", "ModelInfo", "IndexVersion", "write_version", "publish", "read_latest",
+    "list_versions", "open_version", "prune", "version_summary", "FORMAT_VERSION",
+]

@@ -1,0 +1,138 @@
+"""Content-addressed embedding cache in the index store, so re-ingest cost follows change.
+
+Layout: `<store>/embeddings/<model slug>/<shard>.npz`, each shard holding `keys`
+(fixed-width ASCII, the chunk's content key) and `vectors` (float32). Shards are only
+ever added (one per flush) and merged when there are many, so concurrent ingests can't
+corrupt each other, and a shard that does not load is skipped: it is only a cache.
+No pickle: arrays are plain dtypes and loading uses allow_pickle=False.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import secrets
+import time
+import zipfile
+from typing import Sequence
+
+import numpy as np
+
+from ingest.store import atomic_write, get_fs, join, list_dir
+
+log = logging.getLogger(__name__)
+
+COMPACT_ABOVE = 16  # shards; more than this and flush() merges them into one
+
+
+def model_slug(model_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "__", model_id).strip("_") or "model"
+
+
+def _shard_name() -> str:
+    # sortable by time, unique across concurrent writers
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{secrets.token_hex(4)}.npz"
+
+
+class EmbeddingCache:
+    """Vectors by content key (`Chunk.content_key(model_id)`) for one model."""
+
+    def __init__(self, store: str, model_id: str, dimension: int) -> None:
+        self.model_id = model_id
+        self.dimension = dimension
+        self.fs, root = get_fs(store)
+        self.folder = join(root, "embeddings", model_slug(model_id))
+        self._vectors: dict[str, np.ndarray] | None = None  # everything known, loaded once per run
+        self._shards: list[str] = []  # shard paths read into _vectors
+        self._pending: dict[str, np.ndarray] = {}
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._vectors is None:
+            self._vectors = {}
+            paths = sorted(
+                e["name"] for e in list_dir(self.fs, self.folder)
+                if e["name"].endswith(".npz") and e.get("type") == "file"
+            )
+            for path in paths:
+                shard = self._read_shard(path)
+                if shard is not None:
+                    keys, vectors = shard
+                    self._vectors.update(zip(keys, vectors))
+                    self._shards.append(path)
+        return self._vectors
+
+    def _read_shard(self, path: str) -> tuple[list[str], np.ndarray] | None:
+        try:
+            with np.load(io.BytesIO(self.fs.cat_file(path)), allow_pickle=False) as npz:
+                keys = npz["keys"]
+                vectors = npz["vectors"]
+            if vectors.ndim != 2 or vectors.shape != (len(keys), self.dimension):
+                raise ValueError(
+                    f"shape {vectors.shape}, expected ({len(keys)}, {self.dimension})"
+                )
+            return [k.decode("ascii") for k in keys.tolist()], vectors.astype(np.float32, copy=False)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+            log.warning("embedding cache: skipping unreadable shard %s (%s)", path, e)
+            return None
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached vectors among `keys` (missing keys are simply absent)."""
+        known = self._load()
+        return {k: known[k] for k in keys if k in known}
+
+    def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(keys), self.dimension):
+            raise ValueError(
+                f"embedding cache: got vectors of shape {vectors.shape} for {len(keys)} keys, "
+                f"dimension {self.dimension}"
+            )
+        known = self._load()
+        for key, vector in zip(keys, vectors):
+            if key not in known:
+                self._pending[key] = vector
+                known[key] = vector
+
+    def _write_shard(self, items: dict[str, np.ndarray]) -> str:
+        keys = np.array([k.encode("ascii") for k in items], dtype=f"S{max(map(len, items))}")
+        vectors = np.stack(list(items.values())).astype(np.float32, copy=False)
+        buf = io.BytesIO()
+        np.savez(buf, keys=keys, vectors=vectors)
+        path = join(self.folder, _shard_name())
+        atomic_write(self.fs, path, buf.getvalue())
+        return path
+
+    def flush(self) -> None:
+        """Persist what was added since the last flush as one new shard; merge if many."""
+        if not self._pending:
+            return
+        self._shards.append(self._write_shard(self._pending))
+        log.info("embedding cache: stored %d new vectors", len(self._pending))
+        self._pending = {}
+        if len(self._shards) > COMPACT_ABOVE:
+            self.compact()
+
+    def compact(self) -> None:
+        """Merge every shard this run has read or written into one, then delete the old ones.
+
+        The merged shard is written before anything is deleted, so a crash loses nothing.
+        """
+        known = self._load()
+        if self._pending:
+            self._shards.append(self._write_shard(self._pending))
+            self._pending = {}
+        if len(self._shards) <= 1 or not known:
+            return
+        old = list(self._shards)
+        merged = self._write_shard(known)
+        for path in old:
+            try:
+                self.fs.rm_file(path)
+            except FileNotFoundError:
+                pass
+        self._shards = [merged]
+        log.info("embedding cache: merged %d shards into one (%d vectors)", len(old), len(known))

@@ -1,0 +1,169 @@
+"""BM25 keyword index (bm25s) with a tokenizer that understands code identifiers.
+
+Questions about Flyte name identifiers (`with_overrides`, `FlyteFile`,
+`flytekit.core.task`) that prose writes as words ("with overrides", "flyte file"),
+so an identifier yields its parts *and* its joined form. Question words ("how do I
+use ...") carry no topic, so the stopword list is much larger than bm25s' "en".
+
+Saved with bm25s' own `save` (numpy .npy written with allow_pickle=False + JSON)
+into files the artifact checksums; loaded with allow_pickle=False.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+# Bump when the splitting rules or STOPWORDS change: an index built with other rules
+# can't be queried with these.
+TOKENIZER_VERSION = 1
+TOKENIZER_FILE = "tokenizer.json"
+
+# Prose stopwords plus the words every question has ("how do I use ...", "is there a way
+# to get ..."): they match everything and rank nothing. Topic words (task, file, run,
+# version, default, type, cache, ...) stay.
+STOPWORDS: frozenset[str] = frozenset(
+    """
+    a about above after again against all also am an and any anyone anything are aren as at
+    be because been before being below between both but by
+    can cannot could couldn did didn do does doesn doing don done during each either else
+    etc even ever every few for from further get gets getting got had hadn has hasn have
+    haven having he hello help her here hers herself hey hi him himself his how however
+    i ie if im in into is isn it its itself just know let like ll looking m may me might
+    mightn mine more most much must mustn my myself need needed needs neither no nor not now
+    of off on once one only or other others otherwise our ours ourselves out over own
+    per perhaps please possible probably quite re really right s same seem seems shall
+    shan she should shouldn so some someone something somehow still such sure t than thank
+    thanks that the their theirs them themselves then there these they thing things this
+    those though through thus to too tried try trying under until up us use used uses
+    using ve very via want wanted wants was wasn way ways we were weren what whatever when
+    whenever where whether which while who whom whose why will with within without won
+    would wouldn y yes yet you your yours yourself yourselves
+    """.split()
+)
+
+# An identifier-ish run: words, numbers, snake_case, dotted.paths, kebab-case.
+_TOKEN = re.compile(r"[A-Za-z0-9_]+(?:[.\-/][A-Za-z0-9_]+)*")
+_SEPARATORS = re.compile(r"[._\-/]+")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+@lru_cache(maxsize=200_000)
+def _expand(raw: str) -> tuple[str, ...]:
+    """Tokens of one identifier-ish run, before stemming: its parts, then its joined form."""
+    parts = [p for piece in _SEPARATORS.split(raw) if piece for p in _CAMEL.split(piece)]
+    words = [p.lower() for p in parts if len(p) > 1 and p.lower() not in STOPWORDS]
+    if len(parts) > 1:
+        joined = raw.lower().strip("._-/")
+        # FlyteFile -> "flytefile" (camel joins with nothing), map_task -> "map_task"
+        words.append(joined)
+    return tuple(words)
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercased, stemmed tokens of `text`; identifiers give their parts and their whole."""
+    out: list[str] = []
+    for match in _TOKEN.finditer(text):
+        out.extend(_expand(match.group()))
+    if not out:
+        return out
+    stemmer = _stemmer()
+    # Stem plain words (and camel-case joins, consistently on both sides); snake_case and
+    # dotted identifiers keep their separators and stay exactly as written.
+    return [stemmer.stemWord(t) if t.isalpha() else t for t in out]
+
+
+def tokenize_many(texts: Sequence[str], *, progress: bool = False) -> list[list[str]]:
+    if progress:
+        from tqdm.auto import tqdm
+
+        texts = tqdm(texts, desc="keyword index", unit="chunk")
+    return [tokenize(t) for t in texts]
+
+
+class KeywordIndex:
+    """BM25 over chunk texts; document ids are row numbers, like the FAISS index."""
+
+    def __init__(self, bm25, num_docs: int) -> None:
+        self._bm25 = bm25
+        self.num_docs = num_docs
+
+    @classmethod
+    def build(cls, texts: Sequence[str], *, progress: bool = False) -> "KeywordIndex":
+        import bm25s
+
+        corpus = tokenize_many(texts, progress=progress)
+        bm25 = bm25s.BM25()
+        if any(corpus):
+            bm25.index(corpus, show_progress=False)
+        else:  # bm25s can't index an empty vocabulary; one placeholder token scores nothing
+            bm25.index([["\x00"]] * max(len(corpus), 1), show_progress=False)
+        return cls(bm25, len(texts))
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every document for `query` (zeros when no query word is indexed)."""
+        ids = self._bm25.get_tokens_ids([t for t in tokenize(query)])
+        if not ids or self.num_docs == 0:
+            return np.zeros(self.num_docs, dtype=np.float32)
+        return np.asarray(self._bm25.get_scores(ids), dtype=np.float32)[: self.num_docs]
+
+    def search(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, scores), best first, documents with a zero score left out."""
+        scores = self.scores(query)
+        k = min(k, len(scores))
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        top = top[scores[top] > 0]
+        return top.astype(np.int64), scores[top]
+
+    def to_files(self) -> dict[str, bytes]:
+        """The index as named files (relative names), for the artifact to checksum and store."""
+        with tempfile.TemporaryDirectory(prefix="flytegpt-bm25-") as tmp:
+            self._bm25.save(tmp, allow_pickle=False, show_progress=False)
+            files = {
+                name: (Path(tmp) / name).read_bytes()
+                for name in sorted(os.listdir(tmp))
+                if (Path(tmp) / name).is_file()
+            }
+        files[TOKENIZER_FILE] = json.dumps(
+            {
+                "tokenizer": "flytegpt-identifiers",
+                "version": TOKENIZER_VERSION,
+                "stemmer": "english",
+                "num_docs": self.num_docs,
+                "stopwords": sorted(STOPWORDS),
+            },
+            indent=1,
+        ).encode()
+        return files
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "KeywordIndex":
+        """Load files written by `to_files` from a local folder (never unpickles)."""
+        import bm25s
+
+        folder = Path(folder)
+        info = json.loads((folder / TOKENIZER_FILE).read_text())
+        if info.get("version") != TOKENIZER_VERSION:
+            raise ValueError(
+                f"keyword index tokenizer version {info.get('version')}, this code uses "
+                f"{TOKENIZER_VERSION}: re-ingest to rebuild the index"
+            )
+        bm25 = bm25s.BM25.load(str(folder), allow_pickle=False, mmap=False, show_progress=False)
+        return cls(bm25, int(info["num_docs"]))

