@@ -1,0 +1,76 @@
+"""The answer records and the errors a caller (CLI, Slack, Flyte) turns into replies.
+
+Plain frozen dataclasses so the Slack layer, feedback store and bulk workflow can
+serialise them without knowing anything about LangChain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Mode = Literal["llm", "offline", "not_found"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: Literal["user", "assistant"]
+    text: str
+
+
+@dataclass(frozen=True)
+class Citation:
+    n: int
+    title: str
+    url: str
+    source_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: str
+    standalone_question: str
+    text: str  # Markdown with [n] markers that match `citations`
+    citations: list[Citation]  # ordered by n, only cited sources
+    mode: Mode
+    index_version: str | None
+    note: str | None = field(default=None)  # e.g. why a model answer fell back to quoting
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "standalone_question": self.standalone_question,
+            "answer": self.text,
+            "mode": self.mode,
+            "citations": [c.to_dict() for c in self.citations],
+            "index_version": self.index_version,
+            "note": self.note,
+        }
+
+
+class QuestionRejected(ValueError):
+    """The question is empty or too long; str(e) is safe to show to the user."""
+
+
+class IndexNotReady(RuntimeError):
+    """No index is loaded yet (first ingest not done, or still loading)."""
+
+    def __init__(self, message: str = "The knowledge base is not ready yet. Please try again in a minute.") -> None:
+        super().__init__(message)
+
+
+class ModelUnavailable(RuntimeError):
+    """The chat model failed after bounded retries.
+
+    `related` lets the caller still point the user at the best sources found, so an
+    outage degrades to links instead of an error. str(e) never contains the
+    provider's raw error text (it can echo keys or internal URLs); that is in `detail`.
+    """
+
+    def __init__(self, message: str, related: list[Citation] | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.related: list[Citation] = list(related or [])
+        self.detail = detail

@@ -1,0 +1,136 @@
+"""`flytegpt ask` and `flytegpt chat`: the answering path from a terminal.
+
+Standalone click commands (the lead registers them on the `flytegpt` group). Heavy
+libraries load inside the commands so `flytegpt --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import click
+
+from ingest.config import Config, ConfigError, load_config, sample_config_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bot.answering import Answer, Answerer, Citation
+
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: os.environ.get("FLYTEGPT_CONFIG") or str(sample_config_path()),
+    show_default="$FLYTEGPT_CONFIG or the bundled sample corpus",
+    help="FlyteGPT TOML configuration.",
+)
+_store_option = click.option("--store", default=None, help="Index store (folder or fsspec URL); overrides [index] store.")
+
+
+def _load(config_path: Path, store: str | None) -> Config:
+    try:
+        return load_config(config_path).with_store(store)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def make_answerer(config: Config) -> "Answerer":
+    """An Answerer over the store's LATEST index, with the environment's model settings."""
+    from bot.answering import Answerer
+    from ingest.config import Settings
+
+    try:
+        from ingest.artifact import ArtifactError
+        from ingest.search import HybridSearcher
+
+        searcher = HybridSearcher.open(config)
+    except (ArtifactError, FileNotFoundError) as e:
+        raise click.ClickException(
+            f"{e}\nBuild an index first: flytegpt ingest --config ... --store {config.index.store}"
+        ) from None
+    return Answerer(config, Settings(), lambda: searcher)
+
+
+def format_sources(citations: "list[Citation]") -> str:
+    return "\n".join(f"[{c.n}] {c.title} — {c.url}" for c in citations)
+
+
+def print_answer(answer: "Answer", echo: Callable[[str], None] | None = None) -> None:
+    """The answer as Markdown (rendered with rich on a terminal), then its sources, one per line."""
+    if echo is None and sys.stdout.isatty():
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        Console().print(Markdown(answer.text))
+    else:
+        (echo or click.echo)(answer.text)
+    if answer.citations:
+        (echo or click.echo)("\nSources:\n" + format_sources(answer.citations))
+
+
+def _answer_or_explain(answerer: "Answerer", question: str, history=()) -> "Answer | None":
+    """One question; a user-facing message instead of a traceback for the expected failures."""
+    from bot.answering import IndexNotReady, ModelUnavailable, QuestionRejected
+
+    try:
+        return answerer.answer(question, history)
+    except QuestionRejected as e:
+        click.echo(str(e), err=True)
+    except IndexNotReady as e:
+        click.echo(str(e), err=True)
+    except ModelUnavailable as e:
+        click.echo(str(e), err=True)
+        if e.related:
+            click.echo("\nThe most relevant sources I found:\n" + format_sources(e.related))
+    return None
+
+
+@click.command()
+@click.argument("question")
+@_config_option
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as one JSON object.")
+def ask(question: str, config_path: Path, store: str | None, as_json: bool) -> None:
+    """Answer one question with numbered citations (offline quoting when no model is configured)."""
+    answerer = make_answerer(_load(config_path, store))
+    answer = _answer_or_explain(answerer, question)
+    if answer is None:
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(answer.to_dict(), ensure_ascii=False))
+    else:
+        print_answer(answer)
+
+
+@click.command()
+@_config_option
+@_store_option
+def chat(config_path: Path, store: str | None) -> None:
+    """An interactive conversation: follow-up questions are read in the context of earlier ones."""
+    from bot.answering import Turn
+
+    config = _load(config_path, store)
+    answerer = make_answerer(config)
+    mode = "model" if answerer.llm_enabled else "offline quoting (no model configured)"
+    click.echo(f"FlyteGPT chat, {mode}. Type 'exit' or press Ctrl-D to quit.")
+    history: list[Turn] = []
+    while True:
+        try:
+            question = input("\nyou> ")
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            break
+        if question.strip().lower() in ("exit", "quit", ":q"):
+            break
+        if not question.strip():
+            continue
+        answer = _answer_or_explain(answerer, question, history)
+        if answer is None:
+            continue
+        click.echo()
+        print_answer(answer)
+        history += [Turn("user", question), Turn("assistant", answer.text)]
+        history = history[-2 * max(1, config.answer.history_turns) :]

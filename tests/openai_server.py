@@ -1,0 +1,200 @@
+"""An OpenAI-compatible chat-completions server on 127.0.0.1 for tests.
+
+Real HTTP, so the real `ChatOpenAI` (and the real openai client underneath) is what gets
+tested. It records every request body it receives, and can be scripted per request:
+a fixed reply, a reply computed from the request, HTTP errors (500, 429 + Retry-After),
+or hanging past the client's timeout. Plain and streaming (SSE) responses.
+
+    with OpenAIStandIn() as server:
+        server.reply = "Use RayJobConfig [1]."
+        server.script(Fail(500), Reply("ok"))     # next two requests, then `reply` again
+        ChatOpenAI(base_url=server.base_url, api_key="x", ...)
+        server.requests[-1]["messages"]
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+
+@dataclass
+class Reply:
+    text: str | Callable[[dict], str]
+
+
+@dataclass
+class Fail:
+    status: int = 500
+    retry_after: float | None = None
+    message: str = "stand-in failure"
+
+
+@dataclass
+class Hang:
+    seconds: float = 30.0  # longer than the client's timeout; released early on close()
+
+
+@dataclass
+class Recorded:
+    body: dict
+    headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def messages(self) -> list[dict]:
+        return self.body.get("messages", [])
+
+    def text_of(self, role: str) -> str:
+        return "\n".join(str(m.get("content", "")) for m in self.messages if m.get("role") == role)
+
+
+class OpenAIStandIn:
+    def __init__(self) -> None:
+        self.reply: str | Callable[[dict], str] = "OK"
+        self.requests: list[Recorded] = []
+        self._script: deque = deque()
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    # ---- control --------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def script(self, *steps: Reply | Fail | Hang) -> None:
+        """Behaviours for the next requests, in order; afterwards `reply` answers."""
+        with self._lock:
+            self._script.extend(steps)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._script.clear()
+            self.requests.clear()
+            self.reply = "OK"
+
+    def start(self) -> "OpenAIStandIn":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._closing.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> "OpenAIStandIn":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _next(self, body: dict, headers: dict[str, str]) -> Reply | Fail | Hang:
+        with self._lock:
+            self.requests.append(Recorded(body, headers))
+            return self._script.popleft() if self._script else Reply(self.reply)
+
+    # ---- HTTP -----------------------------------------------------------------
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def _json(self, status: int, payload: dict, extra: dict[str, str] | None = None) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b"{}"
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+                    return
+                body = json.loads(raw or b"{}")
+                step = server._next(body, {k.lower(): v for k, v in self.headers.items()})
+                if isinstance(step, Hang):
+                    server._closing.wait(step.seconds)
+                    try:
+                        self._json(500, {"error": {"message": "hung", "type": "server_error"}})
+                    except OSError:
+                        pass
+                    return
+                if isinstance(step, Fail):
+                    extra = {}
+                    if step.retry_after is not None:
+                        extra["Retry-After"] = f"{step.retry_after:g}"
+                    self._json(step.status, {"error": {"message": step.message, "type": "server_error"}}, extra)
+                    return
+                text = step.text(body) if callable(step.text) else step.text
+                model = body.get("model", "stand-in")
+                if body.get("stream"):
+                    self._stream(text, model)
+                else:
+                    self._json(
+                        200,
+                        {
+                            "id": "chatcmpl-standin",
+                            "object": "chat.completion",
+                            "created": int(time.time()),
+                            "model": model,
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "message": {"role": "assistant", "content": text},
+                                    "finish_reason": "stop",
+                                }
+                            ],
+                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                        },
+                    )
+
+            def _stream(self, text: str, model: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                pieces = [text[i : i + 8] for i in range(0, len(text), 8)] or [""]
+                for i, piece in enumerate(pieces):
+                    delta: dict[str, Any] = {"content": piece}
+                    if i == 0:
+                        delta["role"] = "assistant"
+                    chunk = {
+                        "id": "chatcmpl-standin",
+                        "object": "chat.completion.chunk",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                    }
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                end = {
+                    "id": "chatcmpl-standin",
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                }
+                self.wfile.write(f"data: {json.dumps(end)}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
+
+        return Handler
