@@ -163,41 +163,22 @@ def demo(config_path: Path, store: str | None) -> None:
     if not questions:
         raise click.ClickException(f"no sample questions next to {config_path}")
     searcher = open_searcher(config)
-    try:
-        from bot.cli_answer import print_answer
-        from bot.answering import Answerer
-        from ingest.config import Settings
-    except ImportError:  # answering not installed: show the ranked sources
-        for q in questions:
-            click.echo(f"\n> {q}")
-            for hit in searcher.search(q, 5):
-                click.echo(f"  {hit.rank}. {hit.score:.3f} {hit.chunk.title} — {hit.chunk.url}")
-        return
+    from bot.answering import Answerer
+    from bot.cli_answer import print_answer
+    from ingest.config import Settings
+
     answerer = Answerer(config, Settings(), lambda: searcher)
     for q in questions:
         click.echo(f"\n> {q}\n")
         print_answer(answerer.answer(q))
 
 
-def _add_optional_commands() -> None:
-    """Commands that live beside their feature (answering, serving)."""
-    try:
-        from bot.cli_answer import ask, chat
 
-        main.add_command(ask)
-        main.add_command(chat)
-    except ImportError:
-        pass
-    try:
-        from bot.cli_serve import feedback, serve
+from bot.cli_answer import ask, chat  # noqa: E402  (commands that live beside their feature)
+from bot.cli_serve import feedback_group, serve_cmd  # noqa: E402
 
-        main.add_command(serve)
-        main.add_command(feedback)
-    except ImportError:
-        pass
-
-
-_add_optional_commands()
+for _command in (ask, chat, serve_cmd, feedback_group):
+    main.add_command(_command)
 
 if __name__ == "__main__":
     sys.exit(main())

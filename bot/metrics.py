@@ -1,0 +1,40 @@
+"""Prometheus metrics of the bot, on their own registry (tests can run several bots)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.questions = Counter("flytegpt_questions", "Questions accepted for answering", ["surface"], registry=r)
+        self.answers = Counter("flytegpt_answers", "Answers posted", ["mode"], registry=r)
+        self.failures = Counter("flytegpt_failures", "Questions that got no regular answer", ["reason"], registry=r)
+        self.latency = Histogram(
+            "flytegpt_answer_seconds", "From the event arriving to the answer posted", registry=r,
+            buckets=(0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60, 120),
+        )
+        self.duplicates = Counter("flytegpt_duplicate_events", "Events dropped as duplicates", ["kind"], registry=r)
+        self.busy = Counter("flytegpt_busy", "Questions refused because the worker queue was full", registry=r)
+        self.rate_limited = Counter("flytegpt_rate_limited", "Questions refused by the per-user limit", registry=r)
+        self.feedback = Counter("flytegpt_feedback", "Feedback votes", ["vote"], registry=r)
+        self.pending = Gauge("flytegpt_worker_pending", "Answers running or queued", registry=r)
+        self.index = Info("flytegpt_index", "The index version being served", registry=r)
+        self.index_loaded = Gauge("flytegpt_index_loaded", "1 when an index is loaded", registry=r)
+        self.reloads = Counter("flytegpt_index_reloads", "Index versions swapped in", registry=r)
+        self.reloads_refused = Counter("flytegpt_index_reloads_refused",
+                                       "Index versions refused (failed verification or loading)", registry=r)
+        self.socket_connected = Gauge("flytegpt_socket_connected", "1 while the Socket Mode connection is up",
+                                      registry=r)
+
+    def set_index(self, version: str | None) -> None:
+        self.index.info({"version": version or ""})
+        self.index_loaded.set(1 if version else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,119 @@
+"""Hot reload: serve a newly published index version without a restart.
+
+An APScheduler job polls the store's LATEST. A new version is opened and verified in the
+background (checksums, model id, dimension: `ingest.artifact.open_version`), wrapped in a
+HybridSearcher and swapped into the IndexHolder in one assignment. Answers already
+running keep the searcher they took, and the old one is freed when they finish. A version
+that fails verification is refused, logged and counted, remembered so that it is not
+re-downloaded on every poll, and the current index keeps serving.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bot.index_holder import IndexHolder
+    from bot.metrics import Metrics
+    from ingest.config import Config
+    from ingest.embedding import Embedder
+
+log = logging.getLogger(__name__)
+
+
+class Reloader:
+    def __init__(self, config: "Config", holder: "IndexHolder", *, metrics: "Metrics | None" = None,
+                 embedder: "Embedder | None" = None,
+                 interval_s: float | None = None) -> None:
+        self.config, self.holder, self.metrics = config, holder, metrics
+        self.interval_s = config.bot.reload_interval_s if interval_s is None else interval_s
+        self._embedder = embedder
+        self._lock = threading.Lock()  # one load at a time (poll job, manual calls)
+        self.refused: dict[str, str] = {}  # version -> why
+        self._scheduler = None
+
+    @property
+    def store(self) -> str:
+        return self.config.index.store
+
+    def embedder(self) -> "Embedder":
+        """The query embedder, loaded once (the model is the same for every version)."""
+        if self._embedder is None:
+            from ingest.embedding import Embedder
+
+            self._embedder = Embedder.from_config(self.config.embeddings)
+        return self._embedder
+
+    def check_once(self) -> bool:
+        """Load and swap in LATEST if it is new; True when a new version is now served."""
+        from ingest.artifact import ArtifactError, open_version, read_latest
+
+        with self._lock:
+            try:
+                latest = read_latest(self.store)
+            except Exception as e:  # noqa: BLE001 - a store hiccup: try again next poll
+                log.warning("reading LATEST failed", extra={"store": self.store, "error": str(e)})
+                return False
+            if latest is None or latest == self.holder.version or latest in self.refused:
+                return False
+            log.info("new index version found, loading", extra={"version": latest})
+            try:
+                embedder = self.embedder()
+                index = open_version(self.store, latest, expect_model=embedder.model_id,
+                                     expect_dimension=embedder.dimension, cache_dir=self.config.index.cache_dir)
+                from ingest.search import HybridSearcher
+
+                searcher = HybridSearcher(index, embedder, self.config.retrieval)
+            except ArtifactError as e:
+                self.refused[latest] = str(e)
+                if self.metrics:
+                    self.metrics.reloads_refused.inc()
+                log.error("index version refused; still serving the previous one",
+                          extra={"version": latest, "serving": self.holder.version, "reason": str(e)})
+                return False
+            except Exception as e:  # noqa: BLE001 - e.g. a network error: count it, retry next poll
+                if self.metrics:
+                    self.metrics.reloads_refused.inc()
+                log.exception("loading index version failed", extra={"version": latest, "error": str(e)})
+                return False
+            old = self.holder.swap(searcher)
+            if self.metrics:
+                self.metrics.reloads.inc()
+                self.metrics.set_index(latest)
+            log.info("index version swapped in", extra={"version": latest,
+                                                        "previous": getattr(old, "version", None),
+                                                        "chunks": len(index.chunks)})
+            del old, index, searcher
+            gc.collect()  # the old FAISS index and chunk table go as soon as no answer holds them
+            _trim_heap()
+            return True
+
+    def start(self, *, run_now: bool = True) -> None:
+        """Poll in the background every interval (and once right away)."""
+        from datetime import datetime
+
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self._scheduler = BackgroundScheduler(daemon=True)
+        first: dict[str, Any] = {"next_run_time": datetime.now()} if run_now else {}
+        self._scheduler.add_job(self.check_once, "interval", seconds=self.interval_s, id="flytegpt-reload",
+                                max_instances=1, coalesce=True, **first)
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+
+
+def _trim_heap() -> None:
+    """Give freed index memory back to the OS (glibc keeps it otherwise), so RSS shows the swap."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass

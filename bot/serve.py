@@ -1,0 +1,162 @@
+"""`flytegpt serve`: the Slack app over Socket Mode, hot reload, and a health/metrics endpoint.
+
+Start-up order is chosen so that the bot is useful as early as possible and never blocks
+on the index: tokens are checked first (a clear error naming the variable), the Socket
+Mode connection opens, and the index loads in the background. Until it is loaded the bot
+answers "index not ready" and /readyz says 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bot.slack.app import FlyteGPTBot
+    from ingest.config import Config, Settings
+    from ingest.embedding import Embedder
+
+log = logging.getLogger(__name__)
+
+
+class BotServer:
+    """Everything `serve` runs; `start()` returns once connected, `stop()` undoes it."""
+
+    def __init__(self, config: "Config", settings: "Settings", *, port: int | None = None,
+                 host: str = "0.0.0.0", ping_interval: float = 5.0, embedder: "Embedder | None" = None,
+                 answerer: Any = None, reload_interval_s: float | None = None) -> None:
+        from bot.index_holder import IndexHolder
+        from bot.metrics import Metrics
+        from bot.slack.app import check_tokens
+
+        self.config, self.settings = config, settings
+        self.bot_token, self.app_token = check_tokens(settings)  # fail fast, before any connection
+        self.port = config.bot.http_port if port is None else port
+        self.host, self.ping_interval = host, ping_interval
+        self.metrics = Metrics()
+        self.holder = IndexHolder()
+        self._embedder, self._answerer = embedder, answerer
+        self._reload_interval = reload_interval_s
+        self.bot: "FlyteGPTBot | None" = None
+        self.handler: Any = None
+        self.reloader: Any = None
+        self.http: ThreadingHTTPServer | None = None
+        self._stopped = threading.Event()
+
+    # --- health ---------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """Process alive and the Socket Mode connection up."""
+        connected = bool(self.handler is not None and self.handler.client.is_connected())
+        self.metrics.socket_connected.set(1 if connected else 0)
+        return connected
+
+    def ready(self) -> bool:
+        """An index is loaded: questions get real answers."""
+        return self.holder.ready
+
+    def start(self) -> "BotServer":
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+        from slack_sdk.errors import SlackApiError
+
+        from bot.answering import Answerer
+        from bot.reload import Reloader
+        from bot.slack.app import SlackTokenError, build_app, make_client
+
+        client = make_client(self.settings)
+        answerer = self._answerer or Answerer(self.config, self.settings, self.holder.get)
+        self.bot = build_app(self.config, self.settings, answerer, self.holder, client=client, metrics=self.metrics)
+        self.reloader = Reloader(self.config, self.holder, metrics=self.metrics, embedder=self._embedder,
+                                 interval_s=self._reload_interval)
+        self.http = self._start_http()
+        self.handler = SocketModeHandler(self.bot.app, self.app_token, web_client=client,
+                                         ping_interval=self.ping_interval)
+        try:
+            self.handler.connect()
+        except SlackApiError as e:
+            self.stop()
+            raise SlackTokenError(f"Slack rejected SLACK_APP_TOKEN: {e.response.get('error')} "
+                                  "(an app-level token with connections:write, Socket Mode enabled)") from None
+        self.reloader.start(run_now=True)
+        log.info("FlyteGPT is running", extra={"http_port": self.http.server_address[1],
+                                               "store": self.config.index.store,
+                                               "llm": getattr(answerer, "llm_enabled", None)})
+        return self
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.reloader is not None:
+            self.reloader.stop()
+        if self.handler is not None:
+            try:
+                self.handler.close()
+            except Exception:  # noqa: BLE001 - closing a dead socket
+                log.debug("socket close failed", exc_info=True)
+        if self.bot is not None:
+            self.bot.close(wait=True)
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+
+    def wait(self) -> None:
+        """Block until stop() (SIGTERM/SIGINT call it when run from the CLI)."""
+        self._stopped.wait()
+
+    @property
+    def http_port(self) -> int:
+        assert self.http is not None
+        return self.http.server_address[1]
+
+    def _start_http(self) -> ThreadingHTTPServer:
+        server = self
+        from bot.metrics import CONTENT_TYPE_LATEST
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/healthz":
+                    ok = server.healthy()
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"socket not connected\n")
+                elif path == "/readyz":
+                    ok = server.ready()
+                    body = f"ok {server.holder.version}\n" if ok else "index not loaded\n"
+                    self._send(200 if ok else 503, body.encode())
+                elif path == "/metrics":
+                    server.healthy()  # refresh the connection gauge
+                    if server.bot is not None:
+                        server.metrics.pending.set(server.bot.pool.pending)
+                    self._send(200, server.metrics.render(), CONTENT_TYPE_LATEST)
+                else:
+                    self._send(404, b"not found\n")
+
+            def _send(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        httpd = ThreadingHTTPServer((self.host, self.port), Handler)
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, daemon=True, name="flytegpt-http").start()
+        return httpd
+
+
+def serve(config: "Config", settings: "Settings", *, port: int | None = None) -> None:
+    """Run until SIGTERM/SIGINT (Kubernetes stops pods with SIGTERM)."""
+    server = BotServer(config, settings, port=port)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: threading.Thread(target=server.stop, daemon=True).start())
+    server.start()
+    try:
+        server.wait()
+    finally:
+        server.stop()

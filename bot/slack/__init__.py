@@ -1,0 +1,1 @@
+"""The Slack side of FlyteGPT: the Bolt app, rendering, thread history, feedback."""

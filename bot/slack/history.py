@@ -1,0 +1,119 @@
+"""Thread memory read from the thread itself.
+
+The conversation so far lives in Slack (`conversations.replies`), not in the process, so
+a restart or a second replica answers a follow-up just as well. Reads are cached per
+thread (bounded LRU with a TTL) because a busy thread would otherwise cost one API call
+per message; an entry is refreshed when it does not yet contain the message being
+answered, and dropped when the bot posts in the thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from slack_sdk import WebClient
+
+    from bot.answering import Turn
+
+log = logging.getLogger(__name__)
+
+
+class ThreadHistory:
+    def __init__(self, client: "WebClient", *, max_threads: int = 512, ttl_s: float = 60.0,
+                 max_messages: int = 1000) -> None:
+        self.client = client
+        self.max_threads, self.ttl_s, self.max_messages = max_threads, ttl_s, max_messages
+        self._cache: OrderedDict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.fetches = 0  # API reads, for tests and metrics
+
+    def messages(self, channel: str, thread_ts: str, *, must_include: str | None = None) -> list[dict[str, Any]]:
+        """The thread's messages, oldest first (cached)."""
+        key = (channel, thread_ts)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit and now - hit[0] <= self.ttl_s and (
+                must_include is None or any(m.get("ts") == must_include for m in hit[1])
+            ):
+                self._cache.move_to_end(key)
+                return hit[1]
+        msgs = self._fetch(channel, thread_ts)
+        with self._lock:
+            self._cache[key] = (time.monotonic(), msgs)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.max_threads:
+                self._cache.popitem(last=False)
+        return msgs
+
+    def invalidate(self, channel: str, thread_ts: str) -> None:
+        with self._lock:
+            self._cache.pop((channel, thread_ts), None)
+
+    def _fetch(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        from slack_sdk.errors import SlackApiError
+
+        self.fetches += 1
+        out: list[dict[str, Any]] = []
+        cursor = None
+        try:
+            while True:
+                resp = self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200, cursor=cursor)
+                out.extend(resp.get("messages") or [])
+                cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+                if not cursor or len(out) >= self.max_messages:
+                    break
+        except SlackApiError as e:  # thread deleted, no access: answer without history
+            log.warning("conversations.replies failed", extra={"channel": channel, "error": e.response.get("error")})
+        return out[-self.max_messages:]
+
+    @staticmethod
+    def is_bot_message(msg: dict[str, Any], bot_user_id: str | None, bot_id: str | None) -> bool:
+        return bool((bot_id and msg.get("bot_id") == bot_id) or (bot_user_id and msg.get("user") == bot_user_id))
+
+    def bot_participated(self, channel: str, thread_ts: str, bot_user_id: str | None, bot_id: str | None,
+                         *, current_ts: str | None = None) -> bool:
+        """Whether the bot has posted in this thread (a follow-up there is for the bot)."""
+        return any(self.is_bot_message(m, bot_user_id, bot_id)
+                   for m in self.messages(channel, thread_ts, must_include=current_ts))
+
+    def turns(self, channel: str, thread_ts: str, *, before_ts: str, bot_user_id: str | None,
+              bot_id: str | None, max_turns: int) -> list["Turn"]:
+        """The conversation before `before_ts` as Turns (the bot's answers as assistant turns)."""
+        from bot.answering import Turn
+
+        turns: list[Turn] = []
+        for m in self.messages(channel, thread_ts, must_include=before_ts):
+            if float(m.get("ts", 0)) >= float(before_ts):
+                continue
+            if self.is_bot_message(m, bot_user_id, bot_id):
+                text = answer_text(m)
+                if text:
+                    turns.append(Turn("assistant", text))
+            elif m.get("bot_id") or m.get("subtype") not in (None, "thread_broadcast", "file_share"):
+                continue  # other bots, joins, edits: not part of the conversation
+            else:
+                text = strip_mentions(m.get("text", ""), bot_user_id)
+                if text:
+                    turns.append(Turn("user", text))
+        return turns[-max_turns:] if max_turns > 0 else []
+
+
+def answer_text(msg: dict[str, Any]) -> str:
+    """The answer part of one of our messages: its section blocks (not the sources list)."""
+    sections = [b["text"]["text"] for b in msg.get("blocks") or []
+                if b.get("type") == "section" and isinstance(b.get("text"), dict)]
+    return "\n\n".join(sections) if sections else (msg.get("text") or "")
+
+
+def strip_mentions(text: str, bot_user_id: str | None) -> str:
+    """Remove the bot's own mention(s) from a question; other mentions stay."""
+    if bot_user_id:
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", " ", text)
+    return re.sub(r"[ \t]{2,}", " ", text).strip()

@@ -1,0 +1,404 @@
+"""The one owner of how answers look in Slack: Markdown -> mrkdwn, Block Kit, Slack's size limits.
+
+The model writes Markdown (it is good at it); Slack speaks mrkdwn, which differs in the
+details that matter (`*bold*`, `<url|label>`, `& < >` escaped, no headings or tables).
+The conversion walks markdown-it-py's syntax tree, so nested emphasis, code spans with
+asterisks or links with brackets cannot confuse it the way regexes would. Escaping every
+piece of model text also means the model cannot produce `<!channel>` or a user mention.
+
+Slack's limits (50 blocks, 3,000 characters per section, 40,000 of `text`, 2,000 per
+button value) are enforced here by splitting into sections and, when needed, into
+several messages; every message carries fallback `text` for notifications and history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from urllib.parse import quote
+
+from markdown_it import MarkdownIt
+from markdown_it.tree import SyntaxTreeNode
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    ButtonElement,
+    ContextBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+if TYPE_CHECKING:  # bot.answering imports heavy libraries; rendering needs only the shapes
+    from bot.answering import Answer, Citation
+
+MAX_BLOCKS = 50
+MAX_SECTION_CHARS = 3000
+MAX_TEXT_CHARS = 40000
+MAX_BUTTON_VALUE = 2000
+# Headroom under the hard limits: the fallback text joins sections with separators.
+SECTION_BUDGET = 2900
+MESSAGE_TEXT_BUDGET = 36000
+TITLE_CHARS = 150
+
+ACTION_FEEDBACK_UP = "flytegpt_feedback_up"
+ACTION_FEEDBACK_DOWN = "flytegpt_feedback_down"
+ACTION_SHARE = "flytegpt_share"
+
+_md = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
+_SAFE_SCHEMES = ("http://", "https://", "mailto:")
+
+
+@dataclass
+class SlackMessage:
+    """One chat message: fallback `text` (always set) and Block Kit `blocks` as dicts."""
+
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"text": self.text, "blocks": self.blocks}
+
+
+@dataclass
+class _Piece:
+    """One top-level Markdown block rendered to mrkdwn; `code` keeps a code block's body."""
+
+    text: str
+    code: str | None = None
+
+
+def escape(text: str) -> str:
+    """Slack's three control characters; everything else is literal in mrkdwn."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _safe_url(url: str) -> str | None:
+    url = url.strip()
+    if not url.lower().startswith(_SAFE_SCHEMES):
+        return None
+    # `|` and `>` end the link in mrkdwn; spaces and `<` are not valid in a URL anyway;
+    # `&` is written as `&amp;`, the form Slack itself uses inside links.
+    return quote(url, safe=":/?#[]@!$&'()*+,;=%~-._").replace("&", "&amp;")
+
+
+def link(url: str, label: str | None = None) -> str:
+    """`<url|label>`, or just the escaped label when the URL is not a web/mail link."""
+    safe = _safe_url(url)
+    label_text = escape(label) if label else None
+    if safe is None:
+        return label_text or escape(url)
+    if not label_text or label == url:
+        return f"<{safe}>"
+    return f"<{safe}|{label_text.replace('|', '¦')}>"
+
+
+def _code_fence(body: str) -> str:
+    body = escape(body.rstrip("\n").replace("```", "ˋˋˋ"))
+    return f"```\n{body}\n```"
+
+
+def _inline(node: SyntaxTreeNode, *, plain: bool = False) -> str:
+    """Render inline children; `plain` drops emphasis (headings are bold already)."""
+    out: list[str] = []
+    for child in node.children:
+        t = child.type
+        if t == "text":
+            out.append(escape(child.content))
+        elif t in ("softbreak", "hardbreak"):
+            out.append("\n")
+        elif t == "code_inline":
+            out.append(f"`{escape(child.content.replace('`', chr(39)))}`")
+        elif t in ("em", "strong", "s"):
+            inner = _inline(child, plain=plain)
+            mark = {"em": "_", "strong": "*", "s": "~"}[t]
+            out.append(inner if plain or not inner.strip() else f"{mark}{inner}{mark}")
+        elif t == "link":
+            label = _text_of(child)
+            out.append(link(str(child.attrs.get("href", "")), label))
+        elif t == "image":
+            label = _text_of(child) or str(child.attrs.get("alt", "")) or "image"
+            out.append(link(str(child.attrs.get("src", "")), label))
+        else:  # html_inline cannot occur with html disabled; keep any unknown node's text
+            out.append(escape(child.content or _text_of(child)))
+    return "".join(out)
+
+
+def _text_of(node: SyntaxTreeNode) -> str:
+    """The plain text under a node (link labels, table cells)."""
+    if node.type in ("text", "code_inline"):
+        return node.content
+    if node.type in ("softbreak", "hardbreak"):
+        return " "
+    return "".join(_text_of(c) for c in node.children)
+
+
+def _indent(text: str, first: str, rest: str) -> str:
+    lines = text.split("\n")
+    return "\n".join([first + lines[0]] + [(rest + ln) if ln else ln for ln in lines[1:]])
+
+
+def _table(node: SyntaxTreeNode) -> str:
+    rows: list[list[str]] = []
+    for section in node.children:
+        for tr in section.children:
+            rows.append([_text_of(cell).strip() for cell in tr.children])
+    if not rows:
+        return ""
+    ncols = max(len(r) for r in rows)
+    rows = [r + [""] * (ncols - len(r)) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(ncols)]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return _code_fence("\n".join(lines))
+
+
+def _block(node: SyntaxTreeNode, depth: int = 0) -> str:
+    t = node.type
+    if t == "paragraph":
+        return _inline(node.children[0]) if node.children else ""
+    if t == "inline":
+        return _inline(node)
+    if t == "heading":
+        inner = _inline(node.children[0], plain=True) if node.children else ""
+        return f"*{inner}*" if inner.strip() else ""
+    if t in ("bullet_list", "ordered_list"):
+        items = []
+        number = int(node.attrs.get("start", 1) or 1)
+        for i, item in enumerate(node.children):
+            body = "\n".join(b for b in (_block(c, depth + 1) for c in item.children) if b)
+            if t == "bullet_list":
+                marker = "•" if depth % 2 == 0 else "◦"
+            else:
+                marker = f"{number + i}."
+            items.append(_indent(body, f"{marker} ", " " * (len(marker) + 1)))
+        return "\n".join(items)
+    if t == "blockquote":
+        body = "\n".join(b for b in (_block(c, depth) for c in node.children) if b)
+        return "\n".join("> " + ln for ln in body.split("\n"))
+    if t in ("fence", "code_block"):
+        return _code_fence(node.content)
+    if t == "hr":
+        return "───────"
+    if t == "table":
+        return _table(node)
+    # html_block and anything unknown: keep the text, escaped
+    return escape(node.content or _text_of(node))
+
+
+def _pieces(markdown: str) -> list[_Piece]:
+    root = SyntaxTreeNode(_md.parse(markdown or ""))
+    pieces = []
+    for node in root.children:
+        text = _block(node)
+        if not text.strip():
+            continue
+        code = node.content if node.type in ("fence", "code_block") else None
+        pieces.append(_Piece(text, code))
+    return pieces
+
+
+def markdown_to_mrkdwn(markdown: str) -> str:
+    """Convert Markdown (as models write it) to Slack mrkdwn."""
+    return "\n\n".join(p.text for p in _pieces(markdown))
+
+
+# --- splitting to Slack's limits -------------------------------------------------------
+
+
+def _safe_cut(text: str, limit: int) -> int:
+    """A cut position <= limit that does not split a `<link>` or an `&entity;`."""
+    cut = limit
+    for sep in ("\n", " "):
+        pos = text.rfind(sep, 0, limit)
+        if pos > limit // 2:
+            cut = pos
+            break
+    open_lt, close_gt = text.rfind("<", 0, cut), text.rfind(">", 0, cut)
+    if open_lt > close_gt and open_lt > 0:
+        cut = open_lt
+    amp = text.rfind("&", max(0, cut - 6), cut)
+    if amp != -1 and ";" not in text[amp:cut]:
+        cut = amp if amp > 0 else cut
+    return max(cut, 1)
+
+
+def _split_text(text: str, limit: int) -> list[str]:
+    out = []
+    while len(text) > limit:
+        cut = _safe_cut(text, limit)
+        out.append(text[:cut].rstrip())
+        text = text[cut:].lstrip("\n ")
+    if text:
+        out.append(text)
+    return out
+
+
+def _split_code(code: str, limit: int) -> list[str]:
+    """Split a code block by lines, each part a complete fenced block."""
+    overhead = len(_code_fence(""))
+    parts: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in code.rstrip("\n").split("\n"):
+        for seg in _split_text(line, limit - overhead - 1) or [""]:
+            escaped = len(escape(seg)) + 1
+            if current and size + escaped > limit - overhead:
+                parts.append(_code_fence("\n".join(current)))
+                current, size = [], 0
+            current.append(seg)
+            size += escaped
+    if current:
+        parts.append(_code_fence("\n".join(current)))
+    # escaping can grow a part past the limit in pathological cases; cut those as text
+    return [q for p in parts for q in (_split_text(p, limit) if len(p) > limit else [p])]
+
+
+def split_sections(mrkdwn_pieces: Iterable[_Piece], limit: int = SECTION_BUDGET) -> list[str]:
+    """Pack rendered blocks into section texts of at most `limit` characters."""
+    sections: list[str] = []
+    current = ""
+    for piece in mrkdwn_pieces:
+        parts = [piece.text]
+        if len(piece.text) > limit:
+            parts = _split_code(piece.code, limit) if piece.code is not None else _split_text(piece.text, limit)
+        for part in parts:
+            if current and len(current) + 2 + len(part) <= limit:
+                current = f"{current}\n\n{part}"
+            else:
+                if current:
+                    sections.append(current)
+                current = part
+    if current:
+        sections.append(current)
+    return sections
+
+
+def markdown_sections(markdown: str, limit: int = SECTION_BUDGET) -> list[str]:
+    """Markdown -> mrkdwn section texts, each within Slack's per-section limit."""
+    return split_sections(_pieces(markdown), limit)
+
+
+# --- Block Kit ---------------------------------------------------------------------------
+
+
+def _short(title: str, n: int = TITLE_CHARS) -> str:
+    title = " ".join((title or "").split())
+    return title if len(title) <= n else title[: n - 1] + "…"
+
+
+def source_lines(citations: Sequence["Citation"]) -> list[str]:
+    """`[n] <url|title>` per cited source, compact."""
+    lines = []
+    for c in citations:
+        title = _short(c.title or c.source_id)
+        lines.append(f"[{c.n}] {link(c.url, title) if c.url else escape(title)}")
+    return lines
+
+
+def _sources_blocks(citations: Sequence["Citation"], heading: str) -> tuple[list[dict], str]:
+    lines = source_lines(citations)
+    if not lines:
+        return [], ""
+    text = f"*{heading}*\n" + "\n".join(lines)
+    blocks = [
+        ContextBlock(elements=[MarkdownTextObject(text=part, verbatim=True)]).to_dict()
+        for part in _split_text(text, SECTION_BUDGET)
+    ]
+    return blocks, text
+
+
+def _actions_block(feedback_id: str, *, share: bool) -> dict:
+    if len(feedback_id) > MAX_BUTTON_VALUE:
+        raise ValueError("feedback id too long for a button value")
+    elements = [
+        ButtonElement(text=PlainTextObject(text="👍 Helpful", emoji=True),
+                      action_id=ACTION_FEEDBACK_UP, value=feedback_id),
+        ButtonElement(text=PlainTextObject(text="👎 Not helpful", emoji=True),
+                      action_id=ACTION_FEEDBACK_DOWN, value=feedback_id),
+    ]
+    if share:
+        elements.append(ButtonElement(text=PlainTextObject(text="Share in channel"),
+                                      action_id=ACTION_SHARE, value=feedback_id, style="primary"))
+    return ActionsBlock(block_id=f"flytegpt_actions_{feedback_id}"[:255], elements=elements).to_dict()
+
+
+def _section(text: str) -> dict:
+    return SectionBlock(text=MarkdownTextObject(text=text, verbatim=True)).to_dict()
+
+
+def _pack(sections: list[str], tail_blocks: list[dict], tail_text: str,
+          head_blocks: list[dict] | None = None, head_text: str = "") -> list[SlackMessage]:
+    """Spread sections over as few messages as Slack's block and text limits allow.
+
+    The head (question context) goes on the first message, the tail (sources, buttons) on
+    the last, so the buttons sit under the end of the answer.
+    """
+    head_blocks = head_blocks or []
+    messages: list[SlackMessage] = []
+    blocks: list[dict] = list(head_blocks)
+    texts: list[str] = [head_text] if head_text else []
+    size = len(head_text)
+    for sec in sections:
+        if blocks and (len(blocks) + 1 > MAX_BLOCKS or size + len(sec) + 2 > MESSAGE_TEXT_BUDGET):
+            messages.append(SlackMessage("\n\n".join(texts), blocks))
+            blocks, texts, size = [], [], 0
+        blocks.append(_section(sec))
+        texts.append(sec)
+        size += len(sec) + 2
+    if tail_blocks:
+        if blocks and (len(blocks) + len(tail_blocks) > MAX_BLOCKS
+                       or size + len(tail_text) + 2 > MESSAGE_TEXT_BUDGET):
+            messages.append(SlackMessage("\n\n".join(texts), blocks))
+            blocks, texts = [], []
+        blocks.extend(tail_blocks)
+        if tail_text:
+            texts.append(tail_text)
+    if blocks or not messages:
+        messages.append(SlackMessage("\n\n".join(texts) or " ", blocks))
+    for m in messages:  # belt and braces: the fallback text never exceeds Slack's limit
+        if len(m.text) > MAX_TEXT_CHARS:
+            m.text = m.text[: MAX_TEXT_CHARS - 1] + "…"
+    return messages
+
+
+def render_answer(answer: "Answer", *, feedback_id: str | None = None, share: bool = False,
+                  question: str | None = None, shared_by: str | None = None) -> list[SlackMessage]:
+    """An answer as one or more Slack messages: text sections, sources, feedback buttons.
+
+    `question` adds a quoted context line first (slash-command answers, where the
+    question itself is not visible in the channel); `shared_by` (a user id) says who
+    shared it there.
+    """
+    head_blocks, head_text = [], ""
+    if question:
+        head_text = f"> {escape(_short(question, 300))}"
+        if shared_by:
+            head_text += f"\n_shared by <@{escape(shared_by)}>_"
+        head_blocks = [ContextBlock(elements=[MarkdownTextObject(text=head_text, verbatim=True)]).to_dict()]
+    sections = markdown_sections(answer.text) or [escape("(empty answer)")]
+    tail, tail_text = _sources_blocks(answer.citations, "Sources")
+    if feedback_id:
+        tail.append(_actions_block(feedback_id, share=share))
+    return _pack(sections, tail, tail_text, head_blocks, head_text)
+
+
+def render_apology(related: Sequence["Citation"], reason: str | None = None) -> list[SlackMessage]:
+    """The model failed: say so briefly and still give the best sources found."""
+    text = reason or ("Sorry, I couldn't reach the language model to write an answer just now. "
+                      "These sources look most relevant to your question:" if related else
+                      "Sorry, I couldn't reach the language model to write an answer just now. "
+                      "Please try again in a minute.")
+    tail, tail_text = _sources_blocks(related, "Best sources")
+    return _pack([escape(text)], tail, tail_text)
+
+
+def render_notice(text: str, *, mrkdwn: bool = False) -> SlackMessage:
+    """A short notice (busy, rate limited, index not ready); plain text unless `mrkdwn`
+    says it is already safe mrkdwn (e.g. our own `<#channel>` links)."""
+    sections = _split_text(text if mrkdwn else escape(text), SECTION_BUDGET)
+    return _pack(sections, [], "")[0]
+
+
+def render_markdown_notice(markdown: str) -> SlackMessage:
+    """A short notice written in Markdown (usage help)."""
+    return _pack(markdown_sections(markdown), [], "")[0]

@@ -1,0 +1,673 @@
+"""A Slack stand-in on 127.0.0.1: the Web API over HTTP, Socket Mode over a websocket, response URLs.
+
+The real slack_sdk / slack-bolt code talks to it through `WebClient(base_url=emu.api_url)`;
+nothing here knows about FlyteGPT. It records every Web API call, every Socket Mode ack
+(with its latency) and every response_url post, keeps channel messages so
+`conversations.replies/history` return what was posted (with cursor pagination), can be
+scripted to answer 429 + Retry-After, and can drop or refresh the websocket to test
+reconnects. It also checks Slack's message limits and records violations.
+
+    with SlackEmulator() as emu:
+        client = WebClient(token="xoxb-test", base_url=emu.api_url)
+        ...
+        d = emu.mention("how do I cache a task?")
+        emu.wait_ack(d.envelope_id)
+        emu.wait_for(lambda: emu.bot_messages(thread_ts=d.ts))
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlparse
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import ServerConnection, serve
+
+MAX_BLOCKS = 50
+MAX_SECTION_TEXT = 3000
+MAX_TEXT = 40000
+MAX_BUTTON_VALUE = 2000
+RESPONSE_URL_MAX_POSTS = 5
+
+
+@dataclass
+class Call:
+    method: str
+    args: dict[str, Any]
+    token: str | None
+    at: float  # time.monotonic()
+
+
+@dataclass
+class Ack:
+    envelope_id: str
+    payload: Any
+    at: float
+    latency: float  # seconds from envelope sent to ack received
+
+
+@dataclass
+class Delivered:
+    """What the emulator sent: the envelope id, the event (if any) and the message ts."""
+
+    envelope_id: str
+    body: dict[str, Any]
+    ts: str | None = None
+    channel: str | None = None
+    response_url: str | None = None
+
+
+@dataclass
+class _Scripted:
+    status: int
+    error: str
+    retry_after: int | None
+    times: int
+
+
+@dataclass
+class _Channel:
+    id: str
+    name: str
+    is_im: bool = False
+    is_private: bool = False
+    is_member: bool = True
+    is_archived: bool = False
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "is_channel": not self.is_im, "is_im": self.is_im,
+            "is_private": self.is_private, "is_member": self.is_member,
+            "is_archived": self.is_archived, "created": 1_600_000_000,
+        }
+
+
+class SlackEmulator:
+    """Web API + Socket Mode + response_url stand-in. Use as a context manager."""
+
+    def __init__(self, *, team_id: str = "T0EMU", bot_user_id: str = "UBOT", bot_id: str = "BBOT",
+                 app_id: str = "AEMU", page_size: int = 100) -> None:
+        self.team_id, self.bot_user_id, self.bot_id, self.app_id = team_id, bot_user_id, bot_id, app_id
+        self.page_size = page_size
+        self.calls: list[Call] = []
+        self.acks: dict[str, list[Ack]] = {}
+        self.sent: dict[str, float] = {}
+        self.response_posts: dict[str, list[dict[str, Any]]] = {}
+        self.ephemerals: list[dict[str, Any]] = []
+        self.reactions: list[dict[str, Any]] = []
+        self.violations: list[str] = []
+        self.users: dict[str, dict[str, Any]] = {}
+        self.channels: dict[str, _Channel] = {}
+        self.connects = 0  # websocket connections ever opened
+        self.delays: dict[str, float] = {}  # method -> seconds to sleep before answering
+        self.rejected_tokens: set[str] = set()  # well-formed tokens Slack would refuse (revoked)
+        self._scripted: dict[str, list[_Scripted]] = {}
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._connections: list[ServerConnection] = []
+        self._send_locks: dict[int, threading.Lock] = {}
+        self._last_ts = 0.0
+        self._ids = itertools.count(1)
+        self._http: ThreadingHTTPServer | None = None
+        self._ws = None
+        self._threads: list[threading.Thread] = []
+        self.add_channel("C0GENERAL", "general")
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> "SlackEmulator":
+        emu = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                emu._http_request(self)
+
+            def do_POST(self) -> None:
+                emu._http_request(self)
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._http.daemon_threads = True
+        self._ws = serve(self._ws_handler, "127.0.0.1", 0, ping_interval=None, max_size=2**24)
+        for target in (self._http.serve_forever, self._ws.serve_forever):
+            t = threading.Thread(target=target, daemon=True, name="slack-emulator")
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        self.drop_connections()
+        if self._ws is not None:
+            self._ws.shutdown()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def __enter__(self) -> "SlackEmulator":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def http_port(self) -> int:
+        assert self._http is not None
+        return self._http.server_address[1]
+
+    @property
+    def ws_port(self) -> int:
+        assert self._ws is not None
+        return self._ws.socket.getsockname()[1]
+
+    @property
+    def api_url(self) -> str:
+        """The WebClient base_url (SLACK_API_URL)."""
+        return f"http://127.0.0.1:{self.http_port}/api/"
+
+    # --- seeding ---------------------------------------------------------------------
+
+    def add_channel(self, channel_id: str, name: str, *, is_im: bool = False, is_private: bool = False,
+                    is_member: bool = True, is_archived: bool = False) -> None:
+        with self._lock:
+            self.channels.setdefault(channel_id, _Channel(channel_id, name, is_im, is_private, is_member, is_archived))
+
+    def add_user(self, user_id: str, name: str, real_name: str | None = None, *, is_bot: bool = False) -> None:
+        with self._lock:
+            self.users[user_id] = {
+                "id": user_id, "name": name, "real_name": real_name or name, "is_bot": is_bot,
+                "profile": {"display_name": name, "real_name": real_name or name},
+            }
+
+    def new_ts(self) -> str:
+        """A unique, increasing Slack timestamp."""
+        with self._lock:
+            now = max(time.time(), self._last_ts + 0.000001)
+            self._last_ts = now
+            return f"{now:.6f}"
+
+    def seed_message(self, channel: str, text: str, *, user: str = "U0USER", ts: str | None = None,
+                     thread_ts: str | None = None, **extra: Any) -> dict[str, Any]:
+        """Put a message in a channel's history (no event is delivered)."""
+        with self._lock:
+            if channel not in self.channels:
+                self.add_channel(channel, channel.lower())
+            msg: dict[str, Any] = {"type": "message", "user": user, "text": text, "ts": ts or self.new_ts()}
+            if thread_ts:
+                msg["thread_ts"] = thread_ts
+            msg.update(extra)
+            msgs = self.channels[channel].messages
+            msgs.append(msg)
+            msgs.sort(key=lambda m: float(m["ts"]))
+            self._changed.notify_all()
+            return msg
+
+    # --- scripting -------------------------------------------------------------------
+
+    def script_error(self, method: str, *, status: int = 429, error: str = "ratelimited",
+                     retry_after: int | None = 1, times: int = 1) -> None:
+        """The next `times` calls of `method` fail (429 + Retry-After by default)."""
+        with self._lock:
+            self._scripted.setdefault(method, []).append(_Scripted(status, error, retry_after, times))
+
+    # --- queries ---------------------------------------------------------------------
+
+    def calls_to(self, method: str) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if c.method == method]
+
+    def bot_messages(self, channel: str | None = None, thread_ts: str | None = None) -> list[dict[str, Any]]:
+        """Messages the app posted with chat.postMessage (current state, after updates)."""
+        with self._lock:
+            out = []
+            for ch in self.channels.values():
+                if channel and ch.id != channel:
+                    continue
+                for m in ch.messages:
+                    if m.get("bot_id") == self.bot_id and (thread_ts is None or m.get("thread_ts") == thread_ts):
+                        out.append(dict(m, channel=ch.id))
+            return out
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+        """Poll until predicate() is truthy; return its value or raise TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"condition not met within {timeout}s")
+            time.sleep(interval)
+
+    def wait_ack(self, envelope_id: str, timeout: float = 5.0) -> Ack:
+        return self.wait_for(lambda: (self.acks.get(envelope_id) or [None])[0], timeout)
+
+    def wait_connected(self, count: int = 1, timeout: float = 10.0) -> None:
+        """Wait until `count` connections have been opened in total and one is live."""
+        self.wait_for(lambda: self.connects >= count and self.live_connections() > 0, timeout)
+
+    def live_connections(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    # --- Socket Mode -----------------------------------------------------------------
+
+    def _ws_handler(self, conn: ServerConnection) -> None:
+        with self._lock:
+            self._connections.append(conn)
+            self._send_locks[id(conn)] = threading.Lock()
+            self.connects += 1
+        try:
+            self._ws_send(conn, {
+                "type": "hello", "num_connections": len(self._connections),
+                "debug_info": {"host": "emulator", "approximate_connection_time": 18060},
+                "connection_info": {"app_id": self.app_id},
+            })
+            for raw in conn:
+                now = time.monotonic()
+                try:
+                    msg = json.loads(raw)
+                except ValueError:
+                    self.violations.append(f"non-JSON websocket message: {raw!r:.200}")
+                    continue
+                envelope_id = msg.get("envelope_id")
+                if envelope_id:
+                    with self._lock:
+                        sent = self.sent.get(envelope_id, now)
+                        self.acks.setdefault(envelope_id, []).append(
+                            Ack(envelope_id, msg.get("payload"), now, now - sent))
+                        self._changed.notify_all()
+        except ConnectionClosed:
+            pass
+        finally:
+            with self._lock:
+                if conn in self._connections:
+                    self._connections.remove(conn)
+
+    def _ws_send(self, conn: ServerConnection, message: dict[str, Any]) -> None:
+        lock = self._send_locks.get(id(conn)) or threading.Lock()
+        with lock:
+            conn.send(json.dumps(message))
+
+    def send_envelope(self, type_: str, payload: dict[str, Any], *, envelope_id: str | None = None,
+                      retry_attempt: int = 0, retry_reason: str = "",
+                      accepts_response_payload: bool = False, timeout: float = 10.0) -> str:
+        """Deliver one envelope on the newest live connection; returns its envelope_id."""
+        envelope_id = envelope_id or str(uuid.uuid4())
+        envelope = {"envelope_id": envelope_id, "type": type_, "payload": payload,
+                    "accepts_response_payload": accepts_response_payload}
+        if type_ == "events_api":
+            envelope["retry_attempt"] = retry_attempt
+            envelope["retry_reason"] = retry_reason
+        conn = self.wait_for(lambda: self._connections[-1] if self._connections else None, timeout)
+        with self._lock:
+            self.sent[envelope_id] = time.monotonic()
+        self._ws_send(conn, envelope)
+        return envelope_id
+
+    def drop_connections(self) -> None:
+        """Close every websocket from the server side (a network drop as the client sees it)."""
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            try:
+                conn.close(code=1001, reason="going away")
+            except Exception:  # already closed
+                pass
+
+    def send_disconnect(self, reason: str = "refresh_requested") -> None:
+        """Slack's `disconnect` message: the client must open a new connection."""
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            self._ws_send(conn, {"type": "disconnect", "reason": reason,
+                                 "debug_info": {"host": "emulator"}})
+
+    # --- event helpers ---------------------------------------------------------------
+
+    def event_body(self, event: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+        return {
+            "token": "verification-token", "team_id": self.team_id, "api_app_id": self.app_id,
+            "event": event, "type": "event_callback",
+            "event_id": event_id or f"Ev{next(self._ids):08d}", "event_time": int(time.time()),
+            "authorizations": [{"enterprise_id": None, "team_id": self.team_id, "user_id": self.bot_user_id,
+                                "is_bot": True, "is_enterprise_install": False}],
+            "is_ext_shared_channel": False,
+        }
+
+    def send_event(self, event: dict[str, Any], *, event_id: str | None = None, retry_attempt: int = 0,
+                   retry_reason: str = "") -> Delivered:
+        body = self.event_body(event, event_id)
+        envelope_id = self.send_envelope("events_api", body, retry_attempt=retry_attempt, retry_reason=retry_reason)
+        return Delivered(envelope_id, body, event.get("ts"), event.get("channel"))
+
+    def post_user_message(self, text: str, *, channel: str = "C0GENERAL", user: str = "U0USER",
+                          thread_ts: str | None = None, channel_type: str = "channel",
+                          **extra: Any) -> dict[str, Any]:
+        """Store a user's message in the channel and return the `message` event for it."""
+        if channel not in self.channels:
+            self.add_channel(channel, channel.lower(), is_im=channel_type == "im")
+        msg = self.seed_message(channel, text, user=user, thread_ts=thread_ts,
+                                client_msg_id=str(uuid.uuid4()), team=self.team_id, **extra)
+        event = {k: v for k, v in msg.items()}
+        event.update({"channel": channel, "event_ts": msg["ts"], "channel_type": channel_type})
+        return event
+
+    def mention(self, text: str, *, channel: str = "C0GENERAL", user: str = "U0USER",
+                thread_ts: str | None = None, event_id: str | None = None,
+                also_message: bool = False) -> Delivered:
+        """A user writes `<@bot> text`: stores the message, delivers `app_mention`
+        (and, with also_message, the `message` event Slack sends for the same message)."""
+        msg = self.post_user_message(f"<@{self.bot_user_id}> {text}", channel=channel, user=user,
+                                     thread_ts=thread_ts)
+        event = {k: v for k, v in msg.items() if k != "channel_type"}
+        event["type"] = "app_mention"
+        delivered = self.send_event(event, event_id=event_id)
+        if also_message:
+            self.send_event(msg)
+        return delivered
+
+    def message(self, text: str, *, channel: str = "C0GENERAL", user: str = "U0USER",
+                thread_ts: str | None = None, channel_type: str = "channel", event_id: str | None = None,
+                **extra: Any) -> Delivered:
+        """A plain `message` event (DMs: channel_type='im'; bots: bot_id=..., subtype='bot_message')."""
+        event = self.post_user_message(text, channel=channel, user=user, thread_ts=thread_ts,
+                                       channel_type=channel_type, **extra)
+        return self.send_event(event, event_id=event_id)
+
+    def response_url(self) -> str:
+        rid = f"R{next(self._ids):08d}"
+        with self._lock:
+            self.response_posts[rid] = []
+        return f"http://127.0.0.1:{self.http_port}/response/{rid}"
+
+    @staticmethod
+    def response_id(url: str) -> str:
+        return url.rstrip("/").rsplit("/", 1)[-1]
+
+    def slash_command(self, text: str, *, command: str = "/flytegpt", channel: str = "C0GENERAL",
+                      user: str = "U0USER") -> Delivered:
+        url = self.response_url()
+        payload = {
+            "token": "verification-token", "team_id": self.team_id, "team_domain": "emu",
+            "channel_id": channel, "channel_name": self.channels.get(channel, _Channel(channel, channel)).name,
+            "user_id": user, "user_name": user.lower(), "command": command, "text": text,
+            "api_app_id": self.app_id, "is_enterprise_install": "false", "response_url": url,
+            "trigger_id": f"{next(self._ids)}.trigger",
+        }
+        envelope_id = self.send_envelope("slash_commands", payload, accepts_response_payload=True)
+        return Delivered(envelope_id, payload, None, channel, url)
+
+    def block_action(self, action_id: str, value: str, *, channel: str = "C0GENERAL", user: str = "U0USER",
+                     message: dict[str, Any] | None = None, response_url: str | None = None,
+                     ephemeral: bool = False) -> Delivered:
+        """A click on a button (block_actions) in `message` (a posted message) or an ephemeral one."""
+        url = response_url or self.response_url()
+        container: dict[str, Any] = {"type": "message", "channel_id": channel, "is_ephemeral": ephemeral}
+        if message:
+            container["message_ts"] = message["ts"]
+        payload: dict[str, Any] = {
+            "type": "block_actions", "team": {"id": self.team_id, "domain": "emu"},
+            "user": {"id": user, "username": user.lower(), "team_id": self.team_id},
+            "api_app_id": self.app_id, "token": "verification-token", "container": container,
+            "trigger_id": f"{next(self._ids)}.trigger", "channel": {"id": channel, "name": channel.lower()},
+            "response_url": url,
+            "actions": [{"action_id": action_id, "block_id": "b1", "value": value, "type": "button",
+                         "action_ts": f"{time.time():.6f}", "text": {"type": "plain_text", "text": "x"}}],
+        }
+        if message:
+            payload["message"] = message
+        envelope_id = self.send_envelope("interactive", payload, accepts_response_payload=False)
+        return Delivered(envelope_id, payload, message.get("ts") if message else None, channel, url)
+
+    # --- HTTP ------------------------------------------------------------------------
+
+    def _http_request(self, req: BaseHTTPRequestHandler) -> None:
+        parsed = urlparse(req.path)
+        length = int(req.headers.get("Content-Length") or 0)
+        raw = req.rfile.read(length) if length else b""
+        args: dict[str, Any] = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        ctype = req.headers.get("Content-Type", "")
+        if raw:
+            if "json" in ctype:
+                args.update(json.loads(raw))
+            else:
+                args.update({k: v[-1] for k, v in parse_qs(raw.decode()).items()})
+        for key in ("blocks", "attachments"):
+            if isinstance(args.get(key), str):
+                try:
+                    args[key] = json.loads(args[key])
+                except ValueError:
+                    pass
+        auth = req.headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else args.pop("token", None)
+
+        if parsed.path.startswith("/response/"):
+            status, body = self._response_url(self.response_id(parsed.path), args)
+            self._reply(req, status, body, "text/plain")
+            return
+        if not parsed.path.startswith("/api/"):
+            self._reply(req, 404, "not found", "text/plain")
+            return
+        method = parsed.path[len("/api/"):]
+        with self._lock:
+            self.calls.append(Call(method, args, token, time.monotonic()))
+            self._changed.notify_all()
+            scripted = self._scripted.get(method)
+            script = None
+            if scripted:
+                script = scripted[0]
+                script.times -= 1
+                if script.times <= 0:
+                    scripted.pop(0)
+        if method in self.delays:
+            time.sleep(self.delays[method])
+        if script is not None:
+            headers = {"Retry-After": str(script.retry_after)} if script.retry_after is not None else {}
+            self._reply(req, script.status, json.dumps({"ok": False, "error": script.error}),
+                        "application/json", headers)
+            return
+        want = "xapp-" if method == "apps.connections.open" else "xoxb-"
+        if not token or not token.startswith(want) or token in self.rejected_tokens:
+            result: dict[str, Any] = {"ok": False, "error": "invalid_auth" if token else "not_authed"}
+        else:
+            handler = getattr(self, "_api_" + method.replace(".", "_"), None)
+            result = handler(args) if handler else {"ok": False, "error": "unknown_method"}
+        self._reply(req, 200, json.dumps(result), "application/json")
+
+    @staticmethod
+    def _reply(req: BaseHTTPRequestHandler, status: int, body: str, ctype: str,
+               headers: dict[str, str] | None = None) -> None:
+        data = body.encode()
+        req.send_response(status)
+        req.send_header("Content-Type", ctype + "; charset=utf-8")
+        req.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            req.send_header(k, v)
+        req.end_headers()
+        req.wfile.write(data)
+
+    def _response_url(self, rid: str, args: dict[str, Any]) -> tuple[int, str]:
+        with self._lock:
+            posts = self.response_posts.get(rid)
+            if posts is None:
+                return 404, "no_such_url"
+            if len(posts) >= RESPONSE_URL_MAX_POSTS:
+                self.violations.append(f"response_url {rid} used more than {RESPONSE_URL_MAX_POSTS} times")
+                return 404, "used_url"
+            self._check_message(args, "response_url")
+            posts.append(dict(args, _at=time.monotonic()))
+            self._changed.notify_all()
+            return 200, "ok"
+
+    def _check_message(self, args: dict[str, Any], where: str) -> str | None:
+        """Slack's size rules; returns an error code and records a violation when broken."""
+        problems: list[str] = []
+        if args.get("delete_original"):
+            return None
+        text = args.get("text")
+        blocks = args.get("blocks") or []
+        if not text:
+            problems.append("no fallback text")
+        elif len(text) > MAX_TEXT:
+            problems.append(f"text of {len(text)} chars")
+        if len(blocks) > MAX_BLOCKS:
+            problems.append(f"{len(blocks)} blocks")
+        for b in blocks:
+            t = (b.get("text") or {}).get("text", "")
+            if len(t) > MAX_SECTION_TEXT:
+                problems.append(f"{b.get('type')} text of {len(t)} chars")
+            for el in b.get("elements", []) or []:
+                if len(str(el.get("value", ""))) > MAX_BUTTON_VALUE:
+                    problems.append("button value over 2000 chars")
+                if len((el.get("text") or "") if isinstance(el.get("text"), str) else "") > MAX_SECTION_TEXT:
+                    problems.append("context element too long")
+        if problems:
+            self.violations.append(f"{where}: " + "; ".join(problems))
+            return "invalid_blocks" if blocks else "msg_too_long"
+        return None
+
+    # --- Web API methods -------------------------------------------------------------
+
+    def _api_auth_test(self, args: dict) -> dict:
+        return {"ok": True, "url": "https://emu.slack.com/", "team": "Emulator", "user": "flytegpt",
+                "team_id": self.team_id, "user_id": self.bot_user_id, "bot_id": self.bot_id,
+                "is_enterprise_install": False}
+
+    def _api_apps_connections_open(self, args: dict) -> dict:
+        return {"ok": True, "url": f"ws://127.0.0.1:{self.ws_port}/link/?ticket={uuid.uuid4()}"}
+
+    def _api_chat_postMessage(self, args: dict) -> dict:
+        channel = args.get("channel")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        error = self._check_message(args, "chat.postMessage")
+        if error:
+            return {"ok": False, "error": error}
+        extra = {k: args[k] for k in ("blocks", "unfurl_links", "unfurl_media", "reply_broadcast", "metadata")
+                 if k in args}
+        msg = self.seed_message(channel, args.get("text", ""), user=self.bot_user_id,
+                                thread_ts=args.get("thread_ts"), bot_id=self.bot_id, app_id=self.app_id, **extra)
+        return {"ok": True, "channel": channel, "ts": msg["ts"], "message": msg}
+
+    def _api_chat_update(self, args: dict) -> dict:
+        with self._lock:
+            ch = self.channels.get(args.get("channel", ""))
+            for m in ch.messages if ch else []:
+                if m["ts"] == args.get("ts"):
+                    error = self._check_message(args, "chat.update")
+                    if error:
+                        return {"ok": False, "error": error}
+                    m["text"] = args.get("text", m.get("text"))
+                    if "blocks" in args:
+                        m["blocks"] = args["blocks"]
+                    m["edited"] = {"user": self.bot_user_id, "ts": self.new_ts()}
+                    return {"ok": True, "channel": ch.id, "ts": m["ts"], "text": m["text"]}
+        return {"ok": False, "error": "message_not_found"}
+
+    def _api_chat_postEphemeral(self, args: dict) -> dict:
+        error = self._check_message(args, "chat.postEphemeral")
+        if error:
+            return {"ok": False, "error": error}
+        with self._lock:
+            self.ephemerals.append(dict(args, _at=time.monotonic()))
+        return {"ok": True, "message_ts": self.new_ts()}
+
+    def _api_chat_getPermalink(self, args: dict) -> dict:
+        ts = str(args.get("message_ts", "")).replace(".", "")
+        return {"ok": True, "channel": args.get("channel"),
+                "permalink": f"https://emu.slack.com/archives/{args.get('channel')}/p{ts}"}
+
+    def _api_reactions_add(self, args: dict) -> dict:
+        with self._lock:
+            key = (args.get("channel"), args.get("timestamp"), args.get("name"))
+            if any((r["channel"], r["timestamp"], r["name"]) == key for r in self.reactions):
+                return {"ok": False, "error": "already_reacted"}
+            self.reactions.append({"channel": key[0], "timestamp": key[1], "name": key[2], "_at": time.monotonic()})
+        return {"ok": True}
+
+    def _api_assistant_threads_setStatus(self, args: dict) -> dict:
+        return {"ok": True}
+
+    def _api_users_info(self, args: dict) -> dict:
+        uid = args.get("user", "")
+        user = self.users.get(uid) or {"id": uid, "name": uid.lower(), "real_name": uid,
+                                       "profile": {"display_name": uid.lower(), "real_name": uid}}
+        return {"ok": True, "user": user}
+
+    def _api_users_list(self, args: dict) -> dict:
+        return self._page("members", list(self.users.values()), args)
+
+    def _api_conversations_info(self, args: dict) -> dict:
+        ch = self.channels.get(args.get("channel", ""))
+        return {"ok": True, "channel": ch.info()} if ch else {"ok": False, "error": "channel_not_found"}
+
+    def _api_conversations_list(self, args: dict) -> dict:
+        types = set(str(args.get("types", "public_channel")).split(","))
+        exclude_archived = str(args.get("exclude_archived", "false")).lower() in ("true", "1")
+        with self._lock:
+            chans = []
+            for ch in self.channels.values():
+                kind = "im" if ch.is_im else ("private_channel" if ch.is_private else "public_channel")
+                if kind in types and not (exclude_archived and ch.is_archived):
+                    chans.append(ch.info())
+        return self._page("channels", chans, args)
+
+    def _page(self, key: str, items: list, args: dict) -> dict:
+        """Slack's cursor pagination: opaque `next_cursor`, empty on the last page."""
+        limit = int(args.get("limit") or self.page_size) or self.page_size
+        cursor = str(args.get("cursor") or "")
+        start = int(cursor[len("dXNlcjo"):]) if cursor.startswith("dXNlcjo") else 0
+        page = items[start:start + limit]
+        more = start + limit < len(items)
+        return {"ok": True, key: page, "has_more": more,
+                "response_metadata": {"next_cursor": f"dXNlcjo{start + limit}" if more else ""}}
+
+    def _api_conversations_history(self, args: dict) -> dict:
+        with self._lock:
+            ch = self.channels.get(args.get("channel", ""))
+            if ch is None:
+                return {"ok": False, "error": "channel_not_found"}
+            oldest, latest = float(args.get("oldest") or 0), float(args.get("latest") or 1e12)
+            inclusive = str(args.get("inclusive", "false")).lower() in ("true", "1")
+            top = []
+            for m in ch.messages:
+                ts = float(m["ts"])
+                in_range = (oldest <= ts <= latest) if inclusive else (oldest < ts < latest)
+                if not in_range or (m.get("thread_ts") and m["thread_ts"] != m["ts"]):
+                    continue
+                item = dict(m)
+                replies = [r for r in ch.messages if r.get("thread_ts") == m["ts"] and r["ts"] != m["ts"]]
+                if replies:
+                    item.update(thread_ts=m["ts"], reply_count=len(replies), latest_reply=replies[-1]["ts"],
+                                reply_users=sorted({r.get("user", "") for r in replies}))
+                top.append(item)
+            top.reverse()  # newest first, as Slack returns them
+        return self._page("messages", top, args)
+
+    def _api_conversations_replies(self, args: dict) -> dict:
+        with self._lock:
+            ch = self.channels.get(args.get("channel", ""))
+            if ch is None:
+                return {"ok": False, "error": "channel_not_found"}
+            root = str(args.get("ts", ""))
+            thread = [dict(m) for m in ch.messages if m["ts"] == root or m.get("thread_ts") == root]
+            if not thread:
+                return {"ok": False, "error": "thread_not_found"}
+            parent = thread[0]
+            if len(thread) > 1 and parent["ts"] == root:
+                parent.update(thread_ts=root, reply_count=len(thread) - 1, latest_reply=thread[-1]["ts"])
+        return self._page("messages", thread, args)
