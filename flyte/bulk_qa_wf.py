@@ -1,0 +1,116 @@
+"""Bulk Q&A: many questions -> a JSON and a Markdown report of answers with their sources.
+
+The seed's "bulk inference", on the published index: useful to review answer quality after
+a re-ingest, or to answer a backlog of questions at once. Answering is bot.answering's, the
+same code the Slack bot runs; one failing question becomes an `error` entry, not a failed run.
+
+The chat model's key is a Flyte Secret, never an input (flyte/credentials.py). Locally, export
+OPENAI_API_KEY; without a key the report is written by the offline answerer (quoted sources,
+labelled mode "offline").
+
+Run locally:
+    pyflyte run flyte/bulk_qa_wf.py bulk_qa_wf --config_path ingest/sample/flytegpt.toml \
+        --store /tmp/store --questions '["How do I cache a task?"]'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import List, NamedTuple, Optional
+
+from flytekit import current_context, task, workflow
+from flytekit.types.file import FlyteFile
+
+from flyte import credentials, resources
+from flyte.handoff import load_task_config
+from flyte.image import IMAGE
+
+log = logging.getLogger(__name__)
+
+
+class Reports(NamedTuple):
+    json_report: FlyteFile
+    markdown_report: FlyteFile
+
+
+def parse_questions(text: str) -> list[str]:
+    """One question per line; JSONL lines with a "question" field (the eval format) work too."""
+    questions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("{"):
+            try:
+                line = str(json.loads(line)["question"]).strip()
+            except (ValueError, KeyError, TypeError):
+                pass
+        if line:
+            questions.append(line)
+    return questions
+
+
+@task(container_image=IMAGE, requests=resources.ANSWER, secret_requests=[credentials.OPENAI_API_KEY])
+def answer_questions(
+    config_path: str,
+    store: str,
+    version: str,
+    questions: Optional[List[str]],
+    questions_file: Optional[FlyteFile],
+    openai_base_url: str,
+    chat_model: str,
+) -> Reports:
+    """Answer every question on one index version (LATEST unless `version` is given)."""
+    from bot.answering import Answerer, write_report
+    from ingest.config import Settings
+    from ingest.search import HybridSearcher
+
+    asked = [q.strip() for q in questions or [] if q.strip()]
+    if questions_file is not None:
+        asked += parse_questions(Path(questions_file.download()).read_text(encoding="utf-8"))
+    if not asked:
+        raise ValueError("no questions: pass --questions and/or --questions_file")
+
+    # Explicit values over the environment: nothing leaks into the process (local runs share it).
+    overrides: dict[str, str | None] = {"OPENAI_API_KEY": credentials.secret_value(credentials.OPENAI_API_KEY)}
+    if openai_base_url:
+        overrides["OPENAI_BASE_URL"] = openai_base_url
+    if chat_model:
+        overrides["FLYTEGPT_CHAT_MODEL"] = chat_model
+    settings = Settings(**overrides)
+    config = load_task_config(config_path, store)
+    searcher = HybridSearcher.open(config, version or None)
+    answerer = Answerer(config, settings, lambda: searcher)
+    log.info("answering %d questions on index %s (%s)", len(asked), searcher.version,
+             "chat model" if answerer.llm_enabled else "offline")
+    results = answerer.answer_many(asked)
+
+    out = Path(current_context().working_directory) / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(results, out / "answers.json", format="json")
+    write_report(results, out / "answers.md", format="markdown")
+    return Reports(FlyteFile(str(out / "answers.json")), FlyteFile(str(out / "answers.md")))
+
+
+@workflow
+def bulk_qa_wf(
+    config_path: str = "ingest/sample/flytegpt.toml",
+    store: str = "",
+    questions: Optional[List[str]] = None,
+    questions_file: Optional[FlyteFile] = None,
+    version: str = "",
+    openai_base_url: str = "",
+    chat_model: str = "",
+) -> Reports:
+    """Answer a list of questions and/or a file of them (one per line, or JSONL with "question")."""
+    return answer_questions(
+        config_path=config_path,
+        store=store,
+        version=version,
+        questions=questions,
+        questions_file=questions_file,
+        openai_base_url=openai_base_url,
+        chat_model=chat_model,
+    )

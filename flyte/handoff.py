@@ -1,0 +1,106 @@
+"""How Flyte tasks load the configuration and hand data to each other.
+
+Intermediate files (documents, chunks, vectors) are written into the index store under
+`<store>/flyte-work/`, named by the sha256 of their content, and passed on as FlyteFiles
+pointing there. Two things follow, locally and on a cluster alike:
+- the files are durable (flytekit's local cache keeps a FlyteFile's *path*; a temp dir
+  would vanish and turn the next cache hit into an error), and
+- a file's URI changes exactly when its content does, so the cache key of the next task
+  (computed from its inputs' URIs) is a content hash: same documents, same chunks, cache hit.
+Files are read and written with the store's own fsspec settings (ingest.store), so an
+S3-compatible endpoint configured for the store works for these files too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from ingest.config import Config, ConfigError, load_config, parse_config
+from ingest.store import get_fs, is_local, join, read_bytes
+
+if TYPE_CHECKING:
+    import numpy as np
+    from flytekit.types.file import FlyteFile
+
+WORK_DIR = "flyte-work"
+
+
+def load_task_config(config_path: str, store: str = "") -> Config:
+    """The configuration a task runs with; `store` (when not empty) overrides [index] store.
+
+    `config_path` is a file in the task image (e.g. the bundled `ingest/sample/flytegpt.toml`,
+    relative to the working directory) or an fsspec URL (s3://.../flytegpt.toml); paths inside
+    a URL-loaded config are relative to the task's working directory.
+    """
+    if "://" in config_path:
+        fs, path = get_fs(config_path)
+        data = read_bytes(fs, path)
+        if data is None:
+            raise ConfigError(f"config file not found: {config_path}")
+        try:
+            config = parse_config(tomllib.loads(data.decode("utf-8")), Path.cwd())
+        except (tomllib.TOMLDecodeError, ConfigError) as e:
+            raise ConfigError(f"{config_path}: {e}") from None
+    else:
+        config = load_config(config_path)
+    if store:
+        config = config.with_store(store if "://" in store else str(Path(store).expanduser().resolve()))
+    return config
+
+
+def settings_json(config: Config) -> str:
+    """The parts of the configuration later stages need (not the sources), as task-input text."""
+    return config.model_dump_json(include={"index", "embeddings"})
+
+
+def config_from_settings(settings: str) -> Config:
+    return Config.model_validate_json(settings)
+
+
+def write_work_file(store: str, stage: str, data: bytes, suffix: str) -> str:
+    """Store `data` at `<store>/flyte-work/<stage>/<sha256><suffix>` (once) and return its location."""
+    fs, root = get_fs(store)
+    digest = hashlib.sha256(data).hexdigest()
+    path = join(root, WORK_DIR, stage, digest + suffix)
+    if not fs.exists(path):
+        # Content-addressed: a concurrent writer can only write the same bytes.
+        fs.makedirs(join(root, WORK_DIR, stage), exist_ok=True)
+        fs.pipe_file(path, data)
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def read_work_file(ff: "FlyteFile | str") -> bytes:
+    """The content of a FlyteFile input (its original URI, read with the store's fsspec settings)."""
+    uri = ff if isinstance(ff, str) else (ff.remote_source or str(ff.path))
+    fs, path = get_fs(uri)
+    data = read_bytes(fs, path)
+    if data is None:
+        raise FileNotFoundError(f"{uri} is missing from the index store (was {WORK_DIR}/ cleaned up?)")
+    return data
+
+
+def to_jsonl(records: Iterable[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode()
+
+
+def from_jsonl(data: bytes) -> list[dict]:
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+def npy_bytes(vectors: "np.ndarray") -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_load(data: bytes) -> "np.ndarray":
+    import numpy as np
+
+    return np.load(io.BytesIO(data), allow_pickle=False)

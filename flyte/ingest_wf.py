@@ -1,0 +1,206 @@
+"""The re-ingest workflow: collect -> chunk -> embed (GPU) -> build -> publish, and its nightly schedule.
+
+Each task calls one stage of ingest.pipeline, so `flytegpt ingest` and this workflow build
+the same index. Caching works in two layers:
+- Flyte's task cache: chunk, embed and build are `cache=True`, their inputs are
+  content-addressed files (flyte/handoff.py), and their cache versions hash the code and model
+  they depend on (flyte/cache.py). An unchanged corpus skips all three.
+- the store's embedding cache, inside the embed task: a changed corpus embeds only the chunks
+  whose text is new.
+`collect` is never cached: reading the sources is how the nightly run sees new material.
+`publish` is never cached either and runs last: if anything before it fails, LATEST still
+names the previous, complete version.
+
+Run locally (CPU):
+    pyflyte run flyte/ingest_wf.py ingest_wf --config_path ingest/sample/flytegpt.toml --store /tmp/store
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import NamedTuple
+
+from flytekit import CronSchedule, LaunchPlan, task, workflow
+from flytekit.types.file import FlyteFile
+
+from flyte import cache, credentials, resources
+from flyte.image import IMAGE
+from flyte.handoff import (
+    config_from_settings,
+    from_jsonl,
+    load_task_config,
+    npy_bytes,
+    npy_load,
+    read_work_file,
+    settings_json,
+    to_jsonl,
+    write_work_file,
+)
+
+log = logging.getLogger(__name__)
+
+# The launch plan's fixed inputs, set when the workflow is registered (see README "Run it on Flyte").
+NIGHTLY_CONFIG = os.environ.get("FLYTEGPT_CONFIG", "ingest/sample/flytegpt.toml")
+NIGHTLY_STORE = os.environ.get("FLYTEGPT_STORE", "s3://my-flytegpt-bucket/flytegpt/store")
+NIGHTLY_CRON = os.environ.get("FLYTEGPT_CRON", "0 3 * * *")  # daily, 03:00 UTC
+
+
+class Collected(NamedTuple):
+    documents: FlyteFile
+    settings: str  # JSON: [index] + [embeddings] of the config, for the later stages
+    store: str  # the resolved index store
+    source_stats: str  # JSON: per source, documents read and files skipped
+
+
+class Embedded(NamedTuple):
+    vectors: FlyteFile
+    model: str  # JSON: ingest.artifact.ModelInfo of the embedder
+    embed_stats: str  # JSON: embeddings computed / reused
+
+
+@task(
+    container_image=IMAGE,
+    requests=resources.COLLECT,
+    retries=2,
+    secret_requests=[credentials.SLACK_BOT_TOKEN],
+)
+def collect(config_path: str, store: str) -> Collected:
+    """Read every source (git clones, Slack API since the last cursor, docs, code) into documents."""
+    from ingest import pipeline
+
+    config = load_task_config(config_path, store)
+    with credentials.secrets_in_env(credentials.SLACK_BOT_TOKEN):  # for slack_api sources
+        documents, reports = pipeline.collect(config, progress=False)
+    stats = {
+        name: {"documents": r.documents, "skipped": len(r.skipped)} for name, r in sorted(reports.items())
+    }
+    log.info("collected %d documents: %s", len(documents), stats)
+    path = write_work_file(
+        config.index.store, "documents", to_jsonl(d.to_dict() for d in documents), ".jsonl"
+    )
+    return Collected(FlyteFile(path), settings_json(config), config.index.store, json.dumps(stats))
+
+
+@task(
+    container_image=IMAGE,
+    requests=resources.CHUNK,
+    cache=True,
+    cache_version=cache.CHUNK_VERSION,
+)
+def chunk(documents: FlyteFile, store: str) -> FlyteFile:
+    """Split documents into chunks (headings for prose, functions/classes for code, whole threads)."""
+    from ingest import pipeline
+    from ingest.models import Document
+
+    docs = [Document.from_dict(d) for d in from_jsonl(read_work_file(documents))]
+    chunks = pipeline.chunk_documents(docs)
+    if not chunks:
+        raise ValueError("no chunks: every source was empty or skipped; nothing to publish")
+    log.info("%d documents -> %d chunks", len(docs), len(chunks))
+    return FlyteFile(write_work_file(store, "chunks", to_jsonl(c.to_dict() for c in chunks), ".jsonl"))
+
+
+@task(
+    container_image=IMAGE,
+    requests=resources.EMBED,
+    limits=resources.EMBED_LIMITS,
+    accelerator=resources.embed_accelerator(),
+    cache=True,
+    cache_version=cache.EMBED_VERSION,
+)
+def embed(chunks: FlyteFile, settings: str) -> Embedded:
+    """Embed the chunks on the GPU when the pod has one (device "auto"), reusing cached vectors."""
+    from ingest import pipeline
+    from ingest.embedding import Embedder
+    from ingest.models import Chunk
+
+    config = config_from_settings(settings)
+    items = [Chunk.from_dict(c) for c in from_jsonl(read_work_file(chunks))]
+    embedder = Embedder.from_config(config.embeddings)
+    vectors, stats = pipeline.embed_chunks(items, config, embedder=embedder, progress=False)
+    log.info("embedded %d chunks on %s: %s", len(items), embedder.device, stats)
+    info = pipeline.model_info(embedder)
+    path = write_work_file(config.index.store, "vectors", npy_bytes(vectors), ".npy")
+    model = json.dumps({"model_id": info.model_id, "dimension": info.dimension, "normalized": info.normalized})
+    return Embedded(FlyteFile(path), model, json.dumps({**stats, "device": embedder.device}))
+
+
+@task(
+    container_image=IMAGE,
+    requests=resources.BUILD,
+    cache=True,
+    cache_version=cache.BUILD_VERSION,
+    # Counters describe how the inputs were made, not what they are: they must not break a cache hit.
+    cache_ignore_input_vars=("source_stats", "embed_stats"),
+)
+def build(
+    chunks: FlyteFile, vectors: FlyteFile, model: str, settings: str, source_stats: str, embed_stats: str
+) -> str:
+    """Write a complete index version (dense + keyword + chunk table + manifest). Not yet served."""
+    from collections import Counter
+
+    from ingest import pipeline
+    from ingest.artifact import ModelInfo
+    from ingest.models import Chunk
+
+    config = config_from_settings(settings)
+    items = [Chunk.from_dict(c) for c in from_jsonl(read_work_file(chunks))]
+    matrix = npy_load(read_work_file(vectors))
+    per_source = Counter(c.source_id.split(":", 1)[0] for c in items)
+    sources = {
+        name: {**s, "chunks": per_source.get(name, 0)} for name, s in json.loads(source_stats).items()
+    }
+    stats = {"embeddings": json.loads(embed_stats), "sources": sources}
+    version = pipeline.build_version(
+        items, matrix, config, embedder_info=ModelInfo(**json.loads(model)), stats=stats
+    )
+    log.info("built index version %s in %s", version, config.index.store)
+    return version
+
+
+@task(container_image=IMAGE, requests=resources.PUBLISH, retries=2)
+def publish(version: str, store: str) -> str:
+    """Move LATEST to `version` after verifying it; the bots polling LATEST then hot-reload it."""
+    from ingest.artifact import ArtifactError, list_versions
+    from ingest.artifact import publish as publish_version
+
+    if version not in list_versions(store):
+        # A cached `build` can return a version that was pruned since; say how to recover.
+        raise ArtifactError(
+            f"index version {version} is not in {store} (pruned or deleted after it was built); "
+            "re-run with the cache overwritten (pyflyte run --overwrite-cache, or `overwrite cache` in the UI)"
+        )
+    publish_version(store, version)
+    log.info("published %s in %s", version, store)
+    return version
+
+
+@workflow
+def ingest_wf(config_path: str = NIGHTLY_CONFIG, store: str = "") -> str:
+    """Rebuild the index from the configured sources and publish it; returns the version id.
+
+    `config_path`: a FlyteGPT TOML file in the image (or an fsspec URL); `store`: the index
+    store (a bucket URL on a cluster), overriding the config's [index] store when not empty.
+    """
+    collected = collect(config_path=config_path, store=store)
+    chunks = chunk(documents=collected.documents, store=collected.store)
+    embedded = embed(chunks=chunks, settings=collected.settings)
+    version = build(
+        chunks=chunks,
+        vectors=embedded.vectors,
+        model=embedded.model,
+        settings=collected.settings,
+        source_stats=collected.source_stats,
+        embed_stats=embedded.embed_stats,
+    )
+    return publish(version=version, store=collected.store)
+
+
+nightly_reingest = LaunchPlan.get_or_create(
+    workflow=ingest_wf,
+    name="nightly_reingest",
+    schedule=CronSchedule(schedule=NIGHTLY_CRON),
+    fixed_inputs={"config_path": NIGHTLY_CONFIG, "store": NIGHTLY_STORE},
+)

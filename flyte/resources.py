@@ -1,0 +1,48 @@
+"""What each task asks the cluster for. One place, so sizing is reviewed together.
+
+Registration-time settings (environment):
+  FLYTEGPT_GPU   the accelerator for the embed task: T4 (default), L4, A10G, A100, H100, V100,
+                 or "any" to take whatever GPU the cluster schedules
+"""
+
+from __future__ import annotations
+
+import os
+
+from flytekit import Resources
+from flytekit.extras import accelerators
+
+ACCELERATORS = {
+    "T4": accelerators.T4,
+    "L4": accelerators.L4,
+    "A10G": accelerators.A10G,
+    "A100": accelerators.A100,
+    "H100": accelerators.H100,
+    "V100": accelerators.V100,
+}
+
+
+def embed_accelerator(name: str | None = None) -> accelerators.BaseAccelerator | None:
+    """The GPU type for the embed task; a small model like MiniLM does not need more than a T4."""
+    name = (name or os.environ.get("FLYTEGPT_GPU") or "T4").upper()
+    if name == "ANY":
+        return None
+    try:
+        return ACCELERATORS[name]
+    except KeyError:
+        raise ValueError(f"FLYTEGPT_GPU={name!r}: choose one of {', '.join(ACCELERATORS)} or 'any'") from None
+
+
+# Reading sources: git clones and Slack API calls are I/O bound.
+COLLECT = Resources(cpu="1", mem="2Gi")
+# Splitting text: CPU only, memory for the documents of a large corpus.
+CHUNK = Resources(cpu="2", mem="4Gi")
+# Embedding: one GPU; the CPUs feed it tokenised batches, the memory holds torch + the vectors.
+EMBED = Resources(cpu="4", mem="16Gi", gpu="1")
+EMBED_LIMITS = Resources(mem="16Gi", gpu="1")  # Kubernetes schedules GPUs by their limit
+# Building the FAISS + keyword index: CPU and memory, roughly 2 KiB per chunk plus the vectors.
+BUILD = Resources(cpu="2", mem="8Gi")
+# Moving LATEST: a single small write.
+PUBLISH = Resources(cpu="500m", mem="512Mi")
+# Bulk Q&A: loads the index and the query embedder; the chat model runs elsewhere.
+ANSWER = Resources(cpu="2", mem="4Gi")
