@@ -88,14 +88,23 @@ class EmbeddingsConfig(_Strict):
     model: str = DEFAULT_MODEL
     batch_size: int = 32
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    # "torch": sentence-transformers (fp16 on CUDA); "onnx": a local int8 export run by
+    # onnxruntime on CPU (model id gets "#onnx-int8-v<N>"); "auto": onnx on CPU when onnxruntime
+    # is installed, torch on a GPU (see ingest/embedding.py, tests/bench/bench_embed.py)
+    backend: Literal["auto", "torch", "onnx", "openvino"] = "torch"
+    gpu_batch_size: int = 256  # texts per forward pass on CUDA (fp16, length-sorted)
+    onnx_cache_dir: str | None = None  # int8 exports; None: $FLYTEGPT_ONNX_CACHE or ~/.cache/flytegpt/onnx
 
 
 class RetrievalConfig(_Strict):
     k: int = 10
-    dense_weight: float = 0.5  # fused score = w * dense + (1 - w) * keyword (min-max normalised)
-    max_per_source: int = 2  # at most this many chunks of one source id in the results
-    candidates: int = 50  # candidates taken from each retriever before fusion
+    # Tuned on ../shared/eval/dev.jsonl (tests/bench/bench_retrieval.py): min-max fusion with
+    # dense weighted 0.6, sources ranked by their best chunk + 0.1 x their second best, one chunk per
+    # source in the results, 100 candidates from each retriever.
+    dense_weight: float = 0.6  # fused score = w * dense + (1 - w) * keyword (min-max normalised)
+    max_per_source: int = 1  # at most this many chunks of one source id in the results
+    candidates: int = 100  # candidates taken from each retriever before fusion
+    source_bonus: float = 0.1  # a source scores its best chunk + source_bonus x its second best
     # "minmax": scores min-max normalised over the candidates, weighted by dense_weight (0..1);
     # "rrf": reciprocal rank fusion, w / (rrf_k + dense rank) + (1 - w) / (rrf_k + keyword rank)
     fusion: Literal["minmax", "rrf"] = "minmax"

@@ -55,6 +55,29 @@ def _cap(order: list[int], chunks: list[Chunk], k: int, max_per_source: int) -> 
     return picked
 
 
+def _by_source(ids: list[int], fused: dict[int, float], chunks: list[Chunk], bonus: float) -> list[tuple[int, float]]:
+    """Order chunks with each source's best chunk scored for the whole source.
+
+    Users (and the eval) are served sources — a page, a thread, a module. A source with two
+    matching passages is more likely to answer than a source with one lucky chunk, so a
+    source's best chunk scores best + bonus x second best. Every score is divided by
+    (1 + bonus), which keeps them in [0, 1] and the order inside a source unchanged.
+    Returns (chunk id, score), best first.
+    """
+    position = {i: p for p, i in enumerate(ids)}  # ties: dense order first
+    seen: dict[str, int] = {}
+    score = {i: fused[i] / (1 + bonus) for i in ids}
+    for i in sorted(ids, key=lambda i: (-fused[i], position[i])):
+        sid = chunks[i].source_id
+        if sid not in seen:
+            seen[sid] = i
+        elif seen[sid] >= 0:
+            best = seen[sid]
+            score[best] = (fused[best] + bonus * fused[i]) / (1 + bonus)
+            seen[sid] = -1  # only the second best counts
+    return sorted(((i, score[i]) for i in ids), key=lambda t: (-t[1], position[t[0]]))
+
+
 class HybridSearcher:
     """Searches one opened index version; safe to share between threads."""
 
@@ -198,7 +221,9 @@ class HybridSearcher:
             kn = _minmax(np.array([kw[i] for i in union], dtype=np.float64))
             fused = {i: float(w * a + (1 - w) * b) for i, a, b in zip(union, dn, kn)}
 
-        position = {i: p for p, i in enumerate(union)}  # ties: dense order first
-        order = sorted(union, key=lambda i: (-fused[i], position[i]))
-        picked = _cap(order, self.index.chunks, k, cap)
-        return self._hits(picked, fused, dense, kw)
+        # The bonus is on the min-max scale (0..1); RRF scores are ~1/60 apart, so none there.
+        bonus = cfg.source_bonus if cfg.fusion == "minmax" else 0.0
+        order = _by_source(union, fused, self.index.chunks, bonus)
+        picked = _cap([i for i, _ in order], self.index.chunks, k, cap)
+        scores = dict(order)
+        return self._hits(picked, scores, dense, kw)

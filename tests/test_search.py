@@ -122,3 +122,14 @@ def test_open_refuses_another_model(tmp_path: Path, embedder) -> None:
         HybridSearcher.open(Config(index=IndexConfig(store=store)), embedder=embedder)
     with pytest.raises(ValueError, match="other/model"):
         HybridSearcher(open_version(store), embedder, RetrievalConfig())
+
+
+def test_a_source_with_two_matching_passages_outranks_one_lucky_chunk() -> None:
+    from ingest.search import _by_source
+
+    chunks = [_chunk("docs:a.md", "A", "one"), _chunk("docs:a.md", "A2", "two"), _chunk("docs:b.md", "B", "three")]
+    fused = {0: 0.80, 1: 0.75, 2: 0.82}
+    order = [i for i, _ in _by_source([0, 1, 2], fused, chunks, bonus=0.1)]
+    assert order == [0, 2, 1]  # a.md (0.80 + 0.075) beats b.md (0.82); a.md's second chunk stays behind
+    assert [i for i, _ in _by_source([0, 1, 2], fused, chunks, bonus=0.0)] == [2, 0, 1]
+    assert all(0.0 <= s <= 1.0 for _, s in _by_source([0, 1, 2], {0: 1.0, 1: 1.0, 2: 0.5}, chunks, bonus=0.1))
