@@ -10,36 +10,8 @@ from pathlib import Path
 
 import click
 
-from ingest.config import Config, ConfigError, load_config, sample_config_path
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=lambda: os.environ.get("FLYTEGPT_CONFIG") or str(sample_config_path()),
-    show_default="$FLYTEGPT_CONFIG or the bundled sample corpus",
-    help="FlyteGPT TOML configuration.",
-)
-store_option = click.option("--store", default=None, help="Index store (folder or fsspec URL); overrides [index] store.")
-
-
-def load(config_path: Path, store: str | None) -> Config:
-    """Load the configuration, turning its errors into a clean CLI message."""
-    try:
-        return load_config(config_path).with_store(store)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-
-
-def open_searcher(config: Config):
-    from ingest.artifact import ArtifactError
-    from ingest.search import HybridSearcher
-
-    try:
-        return HybridSearcher.open(config)
-    except ArtifactError as e:
-        raise click.ClickException(f"{e}\nBuild an index first: flytegpt ingest --config ... --store {config.index.store}") from None
-
+from bot.cli_options import config_option, load, open_searcher, store_option
+from ingest.config import ConfigError
 
 @click.group()
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
@@ -47,7 +19,10 @@ def main(verbose: int) -> None:
     """FlyteGPT: answers about an open-source project from its Slack history, docs and code."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bm25s").setLevel(max(level, logging.INFO))  # it logs every build at DEBUG
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers' per-tensor "Loading weights" bar says nothing useful; ours show real work.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @main.command()
@@ -162,12 +137,9 @@ def demo(config_path: Path, store: str | None) -> None:
     questions = [q.question for q in load_questions(questions_file)] if questions_file.exists() else []
     if not questions:
         raise click.ClickException(f"no sample questions next to {config_path}")
-    searcher = open_searcher(config)
-    from bot.answering import Answerer
-    from bot.cli_answer import print_answer
-    from ingest.config import Settings
+    from bot.cli_answer import make_answerer, print_answer
 
-    answerer = Answerer(config, Settings(), lambda: searcher)
+    answerer = make_answerer(config)
     for q in questions:
         click.echo(f"\n> {q}\n")
         print_answer(answerer.answer(q))

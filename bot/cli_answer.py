@@ -7,50 +7,24 @@ libraries load inside the commands so `flytegpt --help` stays instant.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import click
 
-from ingest.config import Config, ConfigError, load_config, sample_config_path
+from bot.cli_options import config_option, load, open_searcher, store_option
+from ingest.config import Config
 
 if TYPE_CHECKING:  # pragma: no cover
     from bot.answering import Answer, Answerer, Citation
-
-_config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=lambda: os.environ.get("FLYTEGPT_CONFIG") or str(sample_config_path()),
-    show_default="$FLYTEGPT_CONFIG or the bundled sample corpus",
-    help="FlyteGPT TOML configuration.",
-)
-_store_option = click.option("--store", default=None, help="Index store (folder or fsspec URL); overrides [index] store.")
-
-
-def _load(config_path: Path, store: str | None) -> Config:
-    try:
-        return load_config(config_path).with_store(store)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-
 
 def make_answerer(config: Config) -> "Answerer":
     """An Answerer over the store's LATEST index, with the environment's model settings."""
     from bot.answering import Answerer
     from ingest.config import Settings
 
-    try:
-        from ingest.artifact import ArtifactError
-        from ingest.search import HybridSearcher
-
-        searcher = HybridSearcher.open(config)
-    except (ArtifactError, FileNotFoundError) as e:
-        raise click.ClickException(
-            f"{e}\nBuild an index first: flytegpt ingest --config ... --store {config.index.store}"
-        ) from None
+    searcher = open_searcher(config)
     return Answerer(config, Settings(), lambda: searcher)
 
 
@@ -90,12 +64,12 @@ def _answer_or_explain(answerer: "Answerer", question: str, history=()) -> "Answ
 
 @click.command()
 @click.argument("question")
-@_config_option
-@_store_option
+@config_option
+@store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as one JSON object.")
 def ask(question: str, config_path: Path, store: str | None, as_json: bool) -> None:
     """Answer one question with numbered citations (offline quoting when no model is configured)."""
-    answerer = make_answerer(_load(config_path, store))
+    answerer = make_answerer(load(config_path, store))
     answer = _answer_or_explain(answerer, question)
     if answer is None:
         sys.exit(1)
@@ -106,13 +80,13 @@ def ask(question: str, config_path: Path, store: str | None, as_json: bool) -> N
 
 
 @click.command()
-@_config_option
-@_store_option
+@config_option
+@store_option
 def chat(config_path: Path, store: str | None) -> None:
     """An interactive conversation: follow-up questions are read in the context of earlier ones."""
     from bot.answering import Turn
 
-    config = _load(config_path, store)
+    config = load(config_path, store)
     answerer = make_answerer(config)
     mode = "model" if answerer.llm_enabled else "offline quoting (no model configured)"
     click.echo(f"FlyteGPT chat, {mode}. Type 'exit' or press Ctrl-D to quit.")

@@ -7,14 +7,14 @@ import sys
 
 import click
 
+from bot.cli_options import config_option, load, store_option
+
 
 @click.command("serve")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
-              default=lambda: os.environ.get("FLYTEGPT_CONFIG"), show_default="$FLYTEGPT_CONFIG",
-              help="FlyteGPT TOML configuration.")
-@click.option("--store", default=None, help="Index store (folder or s3://...); overrides [index].store.")
+@config_option
+@store_option
 @click.option("--port", type=int, default=None, help="Port of /healthz, /readyz, /metrics (default: [bot].http_port).")
-def serve_cmd(config_path: str, store: str | None, port: int | None) -> None:
+def serve_cmd(config_path, store: str | None, port: int | None) -> None:
     """Run the Slack bot (Socket Mode) with hot index reload, health and metrics.
 
     Needs SLACK_BOT_TOKEN (xoxb-) and SLACK_APP_TOKEN (xapp-); OPENAI_API_KEY /
@@ -26,10 +26,10 @@ def serve_cmd(config_path: str, store: str | None, port: int | None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from bot.logs import setup_logging
     from bot.serve import serve
-    from ingest.config import ConfigError, Settings, load_config
+    from ingest.config import ConfigError, Settings
 
+    config = load(config_path, store)
     try:
-        config = load_config(config_path).with_store(store)
         setup_logging(json_logs=config.bot.json_logs)
         serve(config, Settings(), port=port)
     except ConfigError as e:  # includes missing/malformed Slack tokens

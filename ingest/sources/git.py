@@ -33,13 +33,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-from ingest.config import SourceConfig
+from ingest.config import ConfigError, SourceConfig
 from ingest.models import Document, LoadReport
 
 GIT_TIMEOUT_S = 900  # a large repository over a slow link, but never a hung nightly run
 
 
-class GitSourceError(RuntimeError):
+class GitSourceError(ConfigError):
     """The repository could not be fetched at the ref (the message carries git's own error)."""
 
 
