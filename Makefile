@@ -12,7 +12,7 @@ $(BIN)/flytegpt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,fast]"
 	touch $@
 
 venv: $(BIN)/flytegpt

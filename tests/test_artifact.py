@@ -242,7 +242,7 @@ def test_index_types(tmp_path: Path) -> None:
     _, ids = index.dense.search(make_vectors(40, seed=0), 1)
     assert (ids[:, 0] == np.arange(40)).mean() > 0.9
     auto = build(str(tmp_path / "auto"), n=40, seed=3, approximate_threshold=20, publish_it=False)
-    assert open_version(str(tmp_path / "auto"), auto).manifest["index"]["type"] == "hnsw"
+    assert open_version(str(tmp_path / "auto"), auto).manifest["index"]["type"] == "ivf"  # measured: bench_index.py
     with pytest.raises(NotImplementedError):
         build(store, index_type="ivfpq")
 
