@@ -36,7 +36,7 @@ def run(*args: str) -> "object":
 def ingest_json(corpus: Path, store: str) -> dict:
     result = run("ingest", "--config", str(corpus / "flytegpt.toml"), "--store", store, "--json")
     assert result.exit_code == 0, result.output
-    return json.loads(result.output.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])  # --json: stdout is JSON only
 
 
 def test_ingest_then_reingest_embeds_only_what_changed(corpus: Path, store: str):
@@ -85,7 +85,7 @@ def test_eval_json_last_line(corpus: Path, store: str):
     result = run("eval", str(corpus / "QUESTIONS.jsonl"), "--config", str(corpus / "flytegpt.toml"),
                  "--store", store, "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output.strip().splitlines()[-1])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(report) == {"n", "recall@5", "recall@10", "mrr@10", "coverage@10", "recall@8000c", "by_kind"}
     assert report["n"] >= 3 and report["recall@5"] >= 0.75  # the sample questions are answerable
 
