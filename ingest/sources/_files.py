@@ -8,6 +8,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 from urllib.parse import quote
 
+from ingest.models import LoadReport
+
 
 def glob_match(rel: str, patterns: Iterable[str]) -> bool:
     """True when a pattern matches the relative path, its basename or one of its folders.
@@ -60,3 +62,26 @@ def fill_lines(url: str, start: int, end: int) -> str:
     if "#" in url:
         return url
     return f"{url}#L{start}-L{end}"
+
+
+def read_text(path: Path, rel: str, report: LoadReport, *, max_bytes: int) -> str | None:
+    """A file's text, or None after reporting why it was skipped (empty files are skipped quietly).
+
+    Too big, binary or not UTF-8 is reported so the ingest summary says what was left out.
+    """
+    size = path.stat().st_size
+    if size > max_bytes:
+        report.skip(rel, f"larger than {max_bytes} bytes")
+        return None
+    if size == 0:
+        return None
+    with path.open("rb") as f:
+        if b"\0" in f.read(8192):
+            report.skip(rel, "binary file")
+            return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        report.skip(rel, "not UTF-8 text")
+        return None
+    return text if text.strip() else None

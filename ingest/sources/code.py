@@ -7,11 +7,10 @@ code; binaries and huge generated files carry no words to retrieve.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 from ingest.config import SourceConfig
 from ingest.models import Document, LoadReport
-from ingest.sources._files import glob_match, render_url, walk_files
+from ingest.sources._files import glob_match, read_text, render_url, walk_files
 
 LANGUAGES = {
     ".py": "python", ".pyi": "python", ".go": "go", ".js": "js", ".jsx": "js", ".mjs": "js",
@@ -34,11 +33,6 @@ def _skipped(rel: str) -> str | None:
     if glob_match(parts[-1], SKIPPED_FILES):
         return "test or generated file"
     return None
-
-
-def _is_binary(path: Path) -> bool:
-    with path.open("rb") as f:
-        return b"\0" in f.read(8192)
 
 
 def module_name(rel: str, package: str | None) -> str:
@@ -64,21 +58,8 @@ def load_code(source: SourceConfig, report: LoadReport, *, store: str | None = N
             why = _skipped(rel)
             if why:
                 continue
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            report.skip(rel, f"larger than {MAX_BYTES} bytes")
-            continue
-        if size == 0:
-            continue
-        if _is_binary(path):
-            report.skip(rel, "binary file")
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            report.skip(rel, "not UTF-8 text")
-            continue
-        if not text.strip():
+        text = read_text(path, rel, report, max_bytes=MAX_BYTES)
+        if text is None:
             continue
         meta = {"language": language, "path": rel}
         if language == "python":

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from ingest.config import SourceConfig
 from ingest.doc_sections import detect_format, page_title
 from ingest.models import Document, LoadReport
-from ingest.sources._files import render_url, walk_files
+from ingest.sources._files import read_text, render_url, walk_files
 
 DOC_EXTENSIONS = {".md": "md", ".markdown": "md", ".myst": "myst", ".rst": "rst", ".txt": "txt"}
 MAX_BYTES = 2_000_000  # bigger "pages" are generated dumps, not documentation
@@ -20,16 +20,8 @@ def load_docs(source: SourceConfig, report: LoadReport, *, store: str | None = N
         fmt = DOC_EXTENSIONS.get(path.suffix.lower())
         if fmt is None:
             continue
-        if path.stat().st_size > MAX_BYTES:
-            report.skip(rel, f"larger than {MAX_BYTES} bytes")
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            report.skip(rel, "not UTF-8 text")
-            continue
-        if not text.strip():
-            report.skip(rel, "empty")
+        text = read_text(path, rel, report, max_bytes=MAX_BYTES)
+        if text is None:
             continue
         title = page_title(text, detect_format(rel)) or path.stem.replace("_", " ")
         report.documents += 1
