@@ -39,12 +39,17 @@ class Reloader:
     def store(self) -> str:
         return self.config.index.store
 
-    def embedder(self) -> "Embedder":
-        """The query embedder, loaded once (the model is the same for every version)."""
-        if self._embedder is None:
-            from ingest.embedding import Embedder
+    def embedder(self, model_id: str | None = None) -> "Embedder":
+        """The query embedder for an index built with `model_id`, loaded once per model.
 
-            self._embedder = Embedder.from_config(self.config.embeddings)
+        The id comes from the version's manifest, not from the config: an index embedded on a
+        GPU node with PyTorch, or with int8 ONNX, gets the matching query embedder here.
+        """
+        from ingest.embedding import Embedder
+
+        if self._embedder is None or (model_id is not None and self._embedder.model_id != model_id):
+            self._embedder = (Embedder.for_model_id(model_id, self.config.embeddings) if model_id
+                              else Embedder.from_config(self.config.embeddings))
         return self._embedder
 
     def check_once(self) -> bool:
@@ -61,13 +66,12 @@ class Reloader:
                 return False
             log.info("new index version found, loading", extra={"version": latest})
             try:
-                embedder = self.embedder()
-                index = open_version(self.store, latest, expect_model=embedder.model_id,
-                                     expect_dimension=embedder.dimension, cache_dir=self.config.index.cache_dir)
+                index = open_version(self.store, latest, cache_dir=self.config.index.cache_dir)
                 from ingest.search import HybridSearcher
 
-                searcher = HybridSearcher(index, embedder, self.config.retrieval)
-            except ArtifactError as e:
+                # raises ValueError when the model's dimension does not match the index
+                searcher = HybridSearcher(index, self.embedder(index.model.model_id), self.config.retrieval)
+            except (ArtifactError, ValueError) as e:
                 self.refused[latest] = str(e)
                 if self.metrics:
                     self.metrics.reloads_refused.inc()

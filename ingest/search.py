@@ -105,19 +105,21 @@ class HybridSearcher:
 
     @classmethod
     def open(cls, config: Config, version: str | None = None, embedder: "Embedder | None" = None) -> "HybridSearcher":
-        """Open `version` (LATEST by default) of the configured store, checked against the configured model."""
-        if embedder is None:
-            from ingest.embedding import Embedder
+        """Open `version` (LATEST by default) of the configured store with a query embedder that matches it."""
+        if embedder is not None:
+            index = open_version(
+                config.index.store,
+                version,
+                expect_model=embedder.model_id,
+                expect_dimension=embedder.dimension,
+                cache_dir=config.index.cache_dir,
+            )
+            return cls(index, embedder, config.retrieval)
+        from ingest.embedding import Embedder
 
-            embedder = Embedder.from_config(config.embeddings)
-        index = open_version(
-            config.index.store,
-            version,
-            expect_model=embedder.model_id,
-            expect_dimension=embedder.dimension,
-            cache_dir=config.index.cache_dir,
-        )
-        return cls(index, embedder, config.retrieval)
+        # The manifest names the model (and backend) the vectors came from; queries must match it.
+        index = open_version(config.index.store, version, cache_dir=config.index.cache_dir)
+        return cls(index, Embedder.for_model_id(index.model.model_id, config.embeddings), config.retrieval)
 
     # ------------------------------------------------------------ retrievers
 
