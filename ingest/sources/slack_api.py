@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ingest.config import ConfigError, Settings, SourceConfig
 from ingest.models import Document, LoadReport
-from ingest.sources.slack_export import _Directory, _is_noise, _title, _ts_key, permalink, render_markup
+from ingest.sources.slack_export import Directory, is_noise, thread_document, ts_key
 from ingest.store import atomic_write, get_fs, join, read_bytes
 
 if TYPE_CHECKING:
@@ -91,10 +91,10 @@ class _State:
         atomic_write(self.fs, self.cursor_path, json.dumps(cursor, indent=1, sort_keys=True).encode())
 
 
-def _directory(client: "WebClient", report: LoadReport) -> _Directory:
+def _directory(client: "WebClient", report: LoadReport) -> Directory:
     from slack_sdk.errors import SlackApiError
 
-    d = _Directory()
+    d = Directory()
     try:
         for page in client.users_list(limit=PAGE_LIMIT):
             for u in page.get("members", []):
@@ -108,7 +108,7 @@ def _directory(client: "WebClient", report: LoadReport) -> _Directory:
     return d
 
 
-def _channels(client: "WebClient", source: SourceConfig, d: _Directory, report: LoadReport) -> list[tuple[str, str]]:
+def _channels(client: "WebClient", source: SourceConfig, d: Directory, report: LoadReport) -> list[tuple[str, str]]:
     """(id, name) of the channels to read: the configured ones, or every channel the bot is in."""
     listed: list[dict] = []
     for page in client.conversations_list(types="public_channel,private_channel", exclude_archived=True,
@@ -138,28 +138,10 @@ def _activity(msg: dict) -> float:
 
 
 def _thread_document(
-    source: SourceConfig, channel_id: str, channel: str, root: str, messages: list[dict], d: _Directory
+    source: SourceConfig, channel_id: str, channel: str, root: str, messages: list[dict], d: Directory
 ) -> Document | None:
-    """One thread as the slack_export loader renders it (same text, title and URL scheme)."""
-    msgs = sorted((m for m in messages if not _is_noise(m, d)), key=lambda m: _ts_key(m["ts"]))
-    if not msgs:
-        return None
-    lines = []
-    for m in msgs:
-        author = d.user(m.get("user", ""), m.get("user_profile")) or "unknown"
-        body = re.sub(r"\n\s*\n", "\n", render_markup(m.get("text", ""), d).strip())
-        lines.append(f"{author}: {body}")
-    date = datetime.fromtimestamp(_ts_key(root)[0], tz=timezone.utc).strftime("%Y-%m-%d")
-    return Document(
-        source=source.name,
-        locator=f"{channel}/{root}",
-        kind="slack",
-        title=_title(render_markup(msgs[0].get("text", ""), d), channel, date),
-        url=permalink(source.workspace_url, channel_id, root, msgs[0].get("team")),
-        text="\n\n".join(lines),
-        meta={"channel": channel, "channel_id": channel_id, "thread_ts": root,
-              "reply_count": len(msgs) - 1, "date": date},
-    )
+    msgs = [m for m in messages if not is_noise(m, d)]
+    return thread_document(source, channel, channel_id, root, msgs, d) if msgs else None
 
 
 def _replies(client: "WebClient", channel_id: str, root: str) -> list[dict]:
@@ -211,7 +193,7 @@ def load_slack_api(
 
     wanted = {cid for cid, _ in channels}
     docs = [Document.from_dict(v) for k, v in state.threads.items() if k.split("/", 1)[0] in wanted]
-    docs.sort(key=lambda doc: (doc.meta.get("channel", ""), _ts_key(doc.meta["thread_ts"])))
+    docs.sort(key=lambda doc: (doc.meta.get("channel", ""), ts_key(doc.meta["thread_ts"])))
     log.info("%s: %d threads, %d fetched since the last ingest", source.name, len(docs), fetched)
     for doc in docs:
         report.documents += 1

@@ -75,7 +75,7 @@ def _junk(name: str) -> bool:
 
 
 @dataclass
-class _Directory:
+class Directory:
     """Names needed to render messages: users and channels by id."""
 
     users: dict[str, str] = field(default_factory=dict)
@@ -103,8 +103,8 @@ def _load_json(tree: _Tree, rel: str, report: LoadReport) -> Any:
         return None
 
 
-def _directory(tree: _Tree, files: list[str], report: LoadReport) -> _Directory:
-    d = _Directory()
+def _directory(tree: _Tree, files: list[str], report: LoadReport) -> Directory:
+    d = Directory()
     users = _load_json(tree, "users.json", report) if "users.json" in files else None
     for u in users if isinstance(users, list) else []:
         if not isinstance(u, dict) or "id" not in u:
@@ -134,7 +134,7 @@ def _directory(tree: _Tree, files: list[str], report: LoadReport) -> _Directory:
 _MARKUP = re.compile(r"<([^<>\n]+)>")
 
 
-def render_markup(text: str, d: _Directory) -> str:
+def render_markup(text: str, d: Directory) -> str:
     """Slack's `<...>` markup and entity escapes as readable text."""
 
     def sub(m: re.Match) -> str:
@@ -158,7 +158,7 @@ def render_markup(text: str, d: _Directory) -> str:
     return html.unescape(_MARKUP.sub(sub, text))
 
 
-def _ts_key(ts: str) -> tuple[int, int]:
+def ts_key(ts: str) -> tuple[int, int]:
     sec, _, frac = ts.partition(".")
     return int(sec or 0), int((frac or "0").ljust(6, "0")[:6])
 
@@ -167,7 +167,7 @@ def _valid_ts(ts: Any) -> bool:
     return isinstance(ts, str) and re.fullmatch(r"\d+(\.\d+)?", ts) is not None
 
 
-def _is_noise(msg: dict, d: _Directory) -> bool:
+def is_noise(msg: dict, d: Directory) -> bool:
     if msg.get("type", "message") != "message":
         return True
     if msg.get("subtype") not in _KEPT_SUBTYPES:
@@ -237,42 +237,48 @@ def _read_day(tree: _Tree, rel: str, report: LoadReport) -> list[dict] | None:
 
 
 def _channel_documents(
-    source: SourceConfig, report: LoadReport, tree: _Tree, d: _Directory, channel: str, day_files: list[str]
+    source: SourceConfig, report: LoadReport, tree: _Tree, d: Directory, channel: str, day_files: list[str]
 ) -> Iterator[Document]:
     # Replies can sit in later day files than their parent: group across the whole channel.
     messages: dict[str, dict] = {}
     for rel in sorted(day_files):
         day = _read_day(tree, rel, report)
         for msg in day or []:
-            if not _is_noise(msg, d):
+            if not is_noise(msg, d):
                 messages.setdefault(msg["ts"], msg)
     threads: dict[str, list[dict]] = {}
     for msg in messages.values():
         root = msg.get("thread_ts") if _valid_ts(msg.get("thread_ts")) else msg["ts"]
         threads.setdefault(root, []).append(msg)
     channel_id = d.channel_ids.get(channel)
-    for root in sorted(threads, key=_ts_key):
-        msgs = sorted(threads[root], key=lambda m: _ts_key(m["ts"]))
-        lines = []
-        for m in msgs:
-            author = d.user(m.get("user", ""), m.get("user_profile")) or "unknown"
-            # blank lines separate messages in the document text (the chunker splits there)
-            body = re.sub(r"\n\s*\n", "\n", render_markup(m.get("text", ""), d).strip())
-            lines.append(f"{author}: {body}")
-        date = datetime.fromtimestamp(_ts_key(root)[0], tz=timezone.utc).strftime("%Y-%m-%d")
-        parent_text = render_markup(msgs[0].get("text", ""), d)
+    for root in sorted(threads, key=ts_key):
         report.documents += 1
-        yield Document(
-            source=source.name,
-            locator=f"{channel}/{root}",
-            kind="slack",
-            title=_title(parent_text, channel, date),
-            url=permalink(source.workspace_url, channel_id, root, msgs[0].get("team")),
-            text="\n\n".join(lines),
-            meta={
-                "channel": channel,
-                "thread_ts": root,
-                "reply_count": len(msgs) - 1,
-                "date": date,
-            },
-        )
+        yield thread_document(source, channel, channel_id, root, threads[root], d)
+
+
+def thread_document(
+    source: SourceConfig, channel: str, channel_id: str | None, root: str, messages: list[dict], d: "Directory"
+) -> Document:
+    """One thread (parent + replies, noise already dropped) as one Document.
+
+    The slack_api source renders threads with this too, so an exported thread and the same
+    thread read through the Web API give the same text, title and URL.
+    """
+    msgs = sorted(messages, key=lambda m: ts_key(m["ts"]))
+    lines = []
+    for m in msgs:
+        author = d.user(m.get("user", ""), m.get("user_profile")) or "unknown"
+        # blank lines separate messages in the document text (the chunker splits there)
+        body = re.sub(r"\n\s*\n", "\n", render_markup(m.get("text", ""), d).strip())
+        lines.append(f"{author}: {body}")
+    date = datetime.fromtimestamp(ts_key(root)[0], tz=timezone.utc).strftime("%Y-%m-%d")
+    return Document(
+        source=source.name,
+        locator=f"{channel}/{root}",
+        kind="slack",
+        title=_title(render_markup(msgs[0].get("text", ""), d), channel, date),
+        url=permalink(source.workspace_url, channel_id, root, msgs[0].get("team")),
+        text="\n\n".join(lines),
+        meta={"channel": channel, "channel_id": channel_id, "thread_ts": root,
+              "reply_count": len(msgs) - 1, "date": date},
+    )
