@@ -90,7 +90,7 @@ def test_rst_heading_paths_code_blocks_and_noise():
 
 
 def test_rst_titles_in_nested_paths():
-    body = "text " * 150
+    body = "text " * 200  # each section is bigger than DOC_MIN, so none is merged
     text = f"Top\n===\n\n{body}\n\nSub\n---\n\n{body}\n\nSubsub\n~~~~~~\n\n{body}\n\nOther\n=====\n\n{body}\n"
     titles = [c.title for c in chunk_document(_page(text, "page.rst", title="Top"))]
     assert titles == ["Top", "Top > Sub", "Top > Sub > Subsub", "Top > Other"]

@@ -74,8 +74,10 @@ def test_search_shows_ranked_chunks_with_source_ids_and_urls(corpus: Path, store
     result = run("search", "how do I invalidate the cache", "--config", str(corpus / "flytegpt.toml"),
                  "--store", store, "--k", "3")
     assert result.exit_code == 0, result.output
-    first_row = next(line for line in result.output.splitlines() if line.strip("│ ").startswith("1 "))
-    assert "sample-docs:caching.md" in first_row and "caching.md" in first_row.split("sample-docs:caching.md")[1]
+    rows = [line for line in result.output.splitlines() if line.strip("│ ")[:1].isdigit()]
+    assert [row.strip("│ ").split()[0] for row in rows] == ["1", "2", "3"]
+    caching = next(row for row in rows if "sample-docs:caching.md" in row)  # id, then its URL
+    assert "caching.md" in caching.split("sample-docs:caching.md")[1]
     for column in ("rank", "score", "source id", "title", "url"):
         assert column in result.output
 
