@@ -160,16 +160,18 @@ def _fence_end(lines: list[str], i: int, opener: str) -> int:
     return len(lines) - 1
 
 
+def _flush(para: list[str], blocks: list[Block]) -> None:
+    """Close the paragraph being collected (if it holds any text) as a prose block."""
+    text = "\n".join(para).strip("\n")
+    if text.strip():
+        blocks.append(Block(clean_roles(text)))
+    para.clear()
+
+
 def _md_blocks(lines: list[str]) -> list[Block]:
     """Paragraphs and fenced blocks, noise directives removed, code fences marked as code."""
     blocks: list[Block] = []
     para: list[str] = []
-
-    def flush() -> None:
-        text = "\n".join(para).strip("\n")
-        if text.strip():
-            blocks.append(Block(clean_roles(text)))
-        para.clear()
 
     i = 0
     while i < len(lines):
@@ -177,7 +179,7 @@ def _md_blocks(lines: list[str]) -> list[Block]:
         fence = _FENCE.match(line)
         if fence:
             end = _fence_end(lines, i, fence.group(2))
-            flush()
+            _flush(para, blocks)
             info = fence.group(3).strip()
             directive = _DIRECTIVE_INFO.match(info)
             name = directive.group(1) if directive else None
@@ -203,11 +205,11 @@ def _md_blocks(lines: list[str]) -> list[Block]:
             i += 1
             continue
         if not line.strip():
-            flush()
+            _flush(para, blocks)
         else:
             para.append(line)
         i += 1
-    flush()
+    _flush(para, blocks)
     return blocks
 
 
@@ -306,12 +308,6 @@ def _rst_blocks(lines: list[str]) -> list[Block]:
     blocks: list[Block] = []
     para: list[str] = []
 
-    def flush() -> None:
-        text = "\n".join(para).strip("\n")
-        if text.strip():
-            blocks.append(Block(clean_roles(text)))
-        para.clear()
-
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -320,7 +316,7 @@ def _rst_blocks(lines: list[str]) -> list[Block]:
             indent = len(d.group(1))
             end = _indented_end(lines, i, indent)
             name = d.group(2)
-            flush()
+            _flush(para, blocks)
             if name in DROP_DIRECTIVES:
                 i = end
                 continue
@@ -354,11 +350,11 @@ def _rst_blocks(lines: list[str]) -> list[Block]:
                     blocks.append(Block(clean_roles(text), is_code=True))
                     i = end
                     continue
-            flush()
+            _flush(para, blocks)
         else:
             para.append(line)
         i += 1
-    flush()
+    _flush(para, blocks)
     return blocks
 
 
