@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,11 +52,14 @@ KEYWORD_DIR = "keyword"
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 64
-INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")
+INDEX_TYPES = ("flat", "ivf", "hnsw")
 # IVF: lists probed per query and k-means settings, chosen with tests/bench/bench_index.py
 IVF_NPROBE = 32
 IVF_TRAIN_PER_LIST = 40
 IVF_TRAIN_ITERATIONS = 10
+_CHUNKS_PER_WRITE = 1024  # chunks serialised per write to the gzip stream of chunks.jsonl.gz
+_GZIP_LEVEL = 6
+_GZIP_HEADER = gzip.compress(b"", compresslevel=_GZIP_LEVEL, mtime=0)[:10]  # gzip.compress's own header
 _VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
 
@@ -158,7 +164,7 @@ def build_dense_index(vectors: np.ndarray, index_type: str = "auto", approximate
         if n:
             index.add(vectors)
         index.hnsw.efSearch = HNSW_EF_SEARCH
-    elif index_type == "ivf":
+    else:  # ivf
         nlist = ivf_nlist(n)
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -171,8 +177,6 @@ def build_dense_index(vectors: np.ndarray, index_type: str = "auto", approximate
         nprobe = min(nlist, IVF_NPROBE)
         index.nprobe = nprobe
         params = {"nlist": nlist, "nprobe": nprobe, "train_size": int(size)}
-    else:  # ivfpq: listed in the config for later; IVF-PQ missed recall@10 >= 0.95 without a flat refine
-        raise NotImplementedError(f"index_type {index_type!r} is not implemented; use flat, ivf or hnsw")
     info = {"type": index_type, "metric": "inner_product", "ntotal": int(index.ntotal), **params}
     if index_type != "flat":
         info["built_on"] = built_on
@@ -180,9 +184,29 @@ def build_dense_index(vectors: np.ndarray, index_type: str = "auto", approximate
 
 
 def _chunks_bytes(chunks: list[Chunk]) -> bytes:
-    lines = "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in chunks)
-    # mtime=0: the same chunks give the same bytes, hence the same content hash
-    return gzip.compress(lines.encode("utf-8"), compresslevel=6, mtime=0)
+    """chunks.jsonl.gz, compressed as it is serialised: only the compressed bytes are ever whole.
+
+    Byte for byte what gzip.compress(whole JSON Lines text, 6, mtime=0) gives (its header, one
+    raw deflate stream, CRC-32 + size trailer), so a version's content hash does not depend on
+    how it was written; mtime=0: the same chunks give the same bytes.
+    """
+    out = io.BytesIO()
+    out.write(_GZIP_HEADER)
+    deflate = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    crc = size = 0
+    for start in range(0, len(chunks), _CHUNKS_PER_WRITE):
+        part = chunks[start : start + _CHUNKS_PER_WRITE]
+        data = "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in part).encode("utf-8")
+        crc, size = zlib.crc32(data, crc), size + len(data)
+        out.write(deflate.compress(data))
+    out.write(deflate.flush())
+    out.write(struct.pack("<LL", crc, size & 0xFFFFFFFF))
+    return out.getvalue()
+
+
+def _all_finite(vectors: np.ndarray, rows: int = 65_536) -> bool:
+    """np.isfinite in row blocks: its boolean temporary stays small at a million vectors."""
+    return all(np.isfinite(vectors[i : i + rows]).all() for i in range(0, len(vectors), rows))
 
 
 def _sha256(data: bytes) -> str:
@@ -207,11 +231,10 @@ def write_version(
         raise ValueError(
             f"vectors have shape {vectors.shape}, expected ({len(chunks)}, {model.dimension})"
         )
-    if not np.isfinite(vectors).all():
+    if not _all_finite(vectors):
         raise ValueError("vectors contain NaN or infinite values")
 
     dense, index_info = build_dense_index(vectors, index_type, approximate_threshold)
-    keyword = KeywordIndex.build([c.embed_text for c in chunks])
     fs, root = get_fs(store)
     # The dense index goes to a temporary file and is hashed from there: at 1M vectors it is
     # ~1.5 GB, and serialising it to bytes would hold it in memory twice more.
@@ -222,7 +245,9 @@ def write_version(
     os.close(fd)
     try:
         faiss.write_index(dense, dense_tmp)
+        # The FAISS copy of the vectors is on disk now; drop it before BM25 builds its own arrays.
         del dense
+        keyword = KeywordIndex.build([c.embed_text for c in chunks])
         return _write_files(fs, root, store, chunks, keyword, dense_tmp, model, index_info, stats)
     finally:
         if os.path.exists(dense_tmp):

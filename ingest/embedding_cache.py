@@ -9,7 +9,6 @@ No pickle: arrays are plain dtypes and loading uses allow_pickle=False.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import secrets
@@ -19,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ingest.store import atomic_write, get_fs, join, list_dir
+from ingest.store import atomic_writer, get_fs, join, list_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,9 @@ class EmbeddingCache:
         self.folder = join(root, "embeddings", model_slug(model_id))
         self._vectors: dict[str, np.ndarray] | None = None  # everything known, loaded once per run
         self._shards: list[str] = []  # shard paths read into _vectors
-        self._pending: dict[str, np.ndarray] = {}
+        # Added since the last flush, as the caller's blocks (keys, vectors): a shard is written
+        # from them without stacking one small array per row into a second copy.
+        self._pending: list[tuple[list[str], np.ndarray]] = []
 
     def _load(self) -> dict[str, np.ndarray]:
         if self._vectors is None:
@@ -64,7 +65,8 @@ class EmbeddingCache:
 
     def _read_shard(self, path: str) -> tuple[list[str], np.ndarray] | None:
         try:
-            with np.load(io.BytesIO(self.fs.cat_file(path)), allow_pickle=False) as npz:
+            # Opened, not read whole: np.load reads the members from the file (no bytes copy).
+            with self.fs.open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
                 keys = npz["keys"]
                 vectors = npz["vectors"]
             if vectors.ndim != 2 or vectors.shape != (len(keys), self.dimension):
@@ -85,6 +87,7 @@ class EmbeddingCache:
         return {k: known[k] for k in keys if k in known}
 
     def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Remember new vectors; the block is kept as given (no per-row copies) until `flush`."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(keys), self.dimension):
             raise ValueError(
@@ -92,27 +95,39 @@ class EmbeddingCache:
                 f"dimension {self.dimension}"
             )
         known = self._load()
-        for key, vector in zip(keys, vectors):
-            if key not in known:
-                self._pending[key] = vector
-                known[key] = vector
+        # First occurrence of each key not cached yet: the same text may come twice in `keys`.
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key not in known and key not in first:
+                first[key] = i
+        if not first:
+            return
+        if len(first) < len(keys):
+            keys, vectors = list(first), vectors[list(first.values())]
+        known.update(zip(keys, vectors))
+        self._pending.append((list(keys), vectors))
 
-    def _write_shard(self, items: dict[str, np.ndarray]) -> str:
-        keys = np.array([k.encode("ascii") for k in items], dtype=f"S{max(map(len, items))}")
-        vectors = np.stack(list(items.values())).astype(np.float32, copy=False)
-        buf = io.BytesIO()
-        np.savez(buf, keys=keys, vectors=vectors)
+    def _write_shard(self, keys: Sequence[str], vectors: np.ndarray) -> str:
+        """Write one shard; on a local store the arrays stream to the file (no in-memory copy)."""
+        key_array = np.array([k.encode("ascii") for k in keys], dtype=f"S{max(map(len, keys))}")
         path = join(self.folder, _shard_name())
-        atomic_write(self.fs, path, buf.getvalue())
+        with atomic_writer(self.fs, path) as f:
+            np.savez(f, keys=key_array, vectors=np.ascontiguousarray(vectors, dtype=np.float32))
         return path
+
+    def _write_pending(self) -> int:
+        keys = [k for block_keys, _ in self._pending for k in block_keys]
+        blocks = [v for _, v in self._pending]
+        vectors = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        self._shards.append(self._write_shard(keys, vectors))
+        self._pending = []
+        return len(keys)
 
     def flush(self) -> None:
         """Persist what was added since the last flush as one new shard; merge if many."""
         if not self._pending:
             return
-        self._shards.append(self._write_shard(self._pending))
-        log.info("embedding cache: stored %d new vectors", len(self._pending))
-        self._pending = {}
+        log.info("embedding cache: stored %d new vectors", self._write_pending())
         if len(self._shards) > COMPACT_ABOVE:
             self.compact()
 
@@ -123,12 +138,11 @@ class EmbeddingCache:
         """
         known = self._load()
         if self._pending:
-            self._shards.append(self._write_shard(self._pending))
-            self._pending = {}
+            self._write_pending()
         if len(self._shards) <= 1 or not known:
             return
         old = list(self._shards)
-        merged = self._write_shard(known)
+        merged = self._write_shard(list(known), np.stack(list(known.values())))
         for path in old:
             try:
                 self.fs.rm_file(path)

@@ -11,7 +11,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from ingest.config import Config
 from ingest.models import Chunk, Document, LoadReport
@@ -69,27 +69,32 @@ class IngestSummary:
         }
 
 
-def collect(config: Config, *, progress: bool = True) -> tuple[list[Document], dict[str, LoadReport]]:
-    """Read every configured source. A broken file is reported and skipped, never fatal."""
+def iter_documents(
+    config: Config, reports: dict[str, LoadReport], *, progress: bool = True
+) -> Iterator[Document]:
+    """Every configured source's documents, one at a time; `reports` gets one entry per source.
+
+    A broken file is reported and skipped, never fatal.
+    """
     from ingest.sources import load_source
 
-    documents: list[Document] = []
-    reports: dict[str, LoadReport] = {}
     for source in config.sources:
         report = LoadReport()
-        docs = list(
-            _progress(
-                load_source(source, report, store=config.index.store),
-                enabled=progress,
-                desc=f"reading {source.name}",
-                unit="doc",
-            )
-        )
-        report.documents = len(docs)
+        reports[source.name] = report
+        count = 0
+        docs = load_source(source, report, store=config.index.store)
+        for doc in _progress(docs, enabled=progress, desc=f"reading {source.name}", unit="doc"):
+            count += 1
+            yield doc
+        report.documents = count
         for name, reason in report.skipped:
             log.warning("%s: skipped %s: %s", source.name, name, reason)
-        documents.extend(docs)
-        reports[source.name] = report
+
+
+def collect(config: Config, *, progress: bool = True) -> tuple[list[Document], dict[str, LoadReport]]:
+    """Read every configured source. A broken file is reported and skipped, never fatal."""
+    reports: dict[str, LoadReport] = {}
+    documents = list(iter_documents(config, reports, progress=progress))
     return documents, reports
 
 
@@ -99,6 +104,30 @@ def chunk_documents(documents: list[Document]) -> list[Chunk]:
     return _chunk(documents)
 
 
+def collect_chunks(
+    config: Config, *, progress: bool = True
+) -> tuple[list[Chunk], dict[str, LoadReport], Counter, dict[str, float]]:
+    """Read and chunk in one pass: (chunks, reports, documents per source, timings).
+
+    Each document is dropped as soon as it is chunked, so the whole corpus never sits in
+    memory twice (documents and chunks); the timings still split reading from chunking.
+    """
+    from ingest.chunking import chunk_document
+
+    reports: dict[str, LoadReport] = {}
+    doc_counts: Counter = Counter()
+    chunks: list[Chunk] = []
+    chunking = 0.0
+    t = time.perf_counter()
+    for doc in iter_documents(config, reports, progress=progress):
+        doc_counts[doc.source] += 1
+        c = time.perf_counter()
+        chunks.extend(chunk_document(doc))
+        chunking += time.perf_counter() - c
+    total = time.perf_counter() - t
+    return chunks, reports, doc_counts, {"collect": total - chunking, "chunk": chunking}
+
+
 def embed_chunks(
     chunks: list[Chunk],
     config: Config,
@@ -106,7 +135,12 @@ def embed_chunks(
     embedder: "Embedder | None" = None,
     progress: bool = True,
 ) -> tuple["np.ndarray", dict]:
-    """Embed chunks, reusing every vector the store's content-addressed cache already holds."""
+    """Embed chunks, reusing every vector the store's content-addressed cache already holds.
+
+    Memory: the vectors exist once. A full ingest (nothing cached, no repeated text) returns
+    the embedder's own output array; otherwise one array is filled row by row from the cache
+    and the new vectors. The new vectors go to the cache as one block, streamed to its shard.
+    """
     import numpy as np
 
     from ingest.embedding import Embedder
@@ -117,19 +151,21 @@ def embed_chunks(
     cache = EmbeddingCache(config.index.store, embedder.model_id, embedder.dimension)
     found = cache.lookup(keys)
     # One text may occur in several chunks (same boilerplate in two files): embed it once.
-    missing: dict[str, str] = {}
-    for key, chunk in zip(keys, chunks):
+    missing: dict[str, int] = {}  # content key -> its first row
+    for i, key in enumerate(keys):
         if key not in found and key not in missing:
-            missing[key] = chunk.embed_text
+            missing[key] = i
+    fresh = embedder.embed_documents([chunks[i].embed_text for i in missing.values()], progress=progress)
     if missing:
-        fresh = embedder.embed_documents(list(missing.values()), progress=progress)
-        cache.add(list(missing.keys()), fresh)
+        cache.add(list(missing), fresh)
         cache.flush()
-        found.update(zip(missing.keys(), fresh))
+    stats = {"computed": len(missing), "reused": len(chunks) - len(missing)}
+    if len(missing) == len(chunks):
+        return fresh, stats
+    position = {key: j for j, key in enumerate(missing)}
     vectors = np.empty((len(chunks), embedder.dimension), dtype=np.float32)
     for i, key in enumerate(keys):
-        vectors[i] = found[key]
-    stats = {"computed": len(missing), "reused": len(chunks) - len(missing)}
+        vectors[i] = found[key] if key in found else fresh[position[key]]
     return vectors, stats
 
 
@@ -173,16 +209,10 @@ def run_ingest(
     """Run every stage in this process and publish the new version."""
     from ingest.embedding import Embedder
 
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    documents, reports = collect(config, progress=progress)
-    timings["collect"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    chunks = chunk_documents(documents)
-    timings["chunk"] = time.perf_counter() - t
+    chunks, reports, doc_counts, timings = collect_chunks(config, progress=progress)
     if not chunks:
         raise ValueError("no chunks: every source was empty or skipped; nothing to publish")
+    sources = _source_summaries(config, doc_counts, chunks, reports)
 
     t = time.perf_counter()
     embedder = embedder or Embedder.from_config(config.embeddings)
@@ -192,7 +222,6 @@ def run_ingest(
     vectors, embed_stats = embed_chunks(chunks, config, embedder=embedder, progress=progress)
     timings["embed"] = time.perf_counter() - t
 
-    sources = _source_summaries(config, documents, chunks, reports)
     stats = {
         "embeddings": embed_stats,
         "sources": {s.name: {"documents": s.documents, "chunks": s.chunks, "skipped": len(s.skipped)} for s in sources},
@@ -200,6 +229,8 @@ def run_ingest(
     t = time.perf_counter()
     version = build_version(chunks, vectors, config, embedder_info=model_info(embedder), stats=stats)
     timings["build"] = time.perf_counter() - t
+    # publish opens and verifies the whole version: free the build's copy of it first.
+    del chunks, vectors
 
     t = time.perf_counter()
     publish(config, version)
@@ -218,9 +249,8 @@ def run_ingest(
 
 
 def _source_summaries(
-    config: Config, documents: list[Document], chunks: list[Chunk], reports: dict[str, LoadReport]
+    config: Config, doc_counts: Counter, chunks: list[Chunk], reports: dict[str, LoadReport]
 ) -> list[SourceSummary]:
-    doc_counts = Counter(d.source for d in documents)
     chunk_counts = Counter(c.source_id.split(":", 1)[0] for c in chunks)
     return [
         SourceSummary(

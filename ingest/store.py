@@ -8,10 +8,12 @@ and listings are never served from a stale cache.
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import tempfile
-from typing import Any
+from contextlib import contextmanager
+from typing import IO, Any, Iterator
 
 import fsspec
 
@@ -53,24 +55,39 @@ def join(*parts: str) -> str:
 
 def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write `data` so that a concurrent reader sees the old file or the new one, never half."""
-    if is_local(fs):
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="." + os.path.basename(path))
+    with atomic_writer(fs, path) as f:
+        f.write(data)
+
+
+@contextmanager
+def atomic_writer(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[IO[bytes]]:
+    """A binary file to write `path` through, atomically like `atomic_write`.
+
+    For writers that stream (np.savez, gzip): on a local store the bytes go straight to a
+    temporary file in the same folder, so a large file is never held in memory whole. An
+    object store gets one PUT of the buffered bytes on success and nothing on an error
+    (a streamed upload would commit a partial object when the writer fails).
+    """
+    if not is_local(fs):
+        buf = io.BytesIO()
+        yield buf
+        fs.pipe_file(path, buf.getvalue())
+        return
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="." + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-    else:
-        fs.pipe_file(path, data)
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:

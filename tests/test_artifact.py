@@ -243,7 +243,7 @@ def test_index_types(tmp_path: Path) -> None:
     assert (ids[:, 0] == np.arange(40)).mean() > 0.9
     auto = build(str(tmp_path / "auto"), n=40, seed=3, approximate_threshold=20, publish_it=False)
     assert open_version(str(tmp_path / "auto"), auto).manifest["index"]["type"] == "ivf"  # measured: bench_index.py
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="unknown index_type 'ivfpq'"):
         build(store, index_type="ivfpq")
 
 
@@ -259,3 +259,20 @@ def test_list_versions_and_prune_keep_latest(tmp_path: Path) -> None:
     assert set(removed) == set(versions) - {oldest, sorted(versions)[-1]}
     assert (tmp_path / "20990101T000000Z-0000000f").exists()
     assert read_latest(store) == oldest
+
+
+def test_chunks_file_is_gzip_compress_of_the_whole_text() -> None:
+    """Compressing while serialising gives the very bytes of one gzip.compress: same content hash."""
+    import gzip
+
+    chunks = make_chunks(2 * artifact._CHUNKS_PER_WRITE + 3, tag="é ✓")
+    whole = "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in chunks).encode("utf-8")
+    assert artifact._chunks_bytes(chunks) == gzip.compress(whole, compresslevel=6, mtime=0)
+    assert artifact._chunks_bytes([]) == gzip.compress(b"", compresslevel=6, mtime=0)
+
+
+def test_non_finite_vectors_found_in_any_block() -> None:
+    vectors = make_vectors(10)
+    assert artifact._all_finite(vectors, rows=3)
+    vectors[9, 7] = np.inf  # in the last, partial block
+    assert not artifact._all_finite(vectors, rows=3)

@@ -71,3 +71,14 @@ def test_the_shared_eval_config_loads_as_it_is():
     config = load_config(SHARED_EVAL)
     assert [s.name for s in config.sources] == ["flyte-docs", "flytesnacks-docs", "flyte-slack", "flytekit"]
     assert config.sources[3].root().name == "flytekit"
+
+
+def test_an_index_type_that_is_not_built_is_a_config_error(tmp_path) -> None:
+    from ingest.config import ConfigError, load_config
+
+    path = tmp_path / "flytegpt.toml"
+    path.write_text('[index]\nindex_type = "ivfpq"\n')
+    with pytest.raises(ConfigError, match="index_type"):
+        load_config(path)
+    path.write_text('[index]\nindex_type = "ivf"\n')
+    assert load_config(path).index.index_type == "ivf"

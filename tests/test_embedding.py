@@ -175,3 +175,65 @@ def test_cache_compacts_many_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     found = EmbeddingCache(store, "test/model", 8).lookup(keys)
     assert len(found) == 8
     np.testing.assert_array_equal(np.stack([found[k] for k in keys]), vectors)
+
+
+def test_cache_add_keeps_blocks_and_writes_each_key_once(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    keys, vectors = _keys(6), _vectors(6)
+    cache = EmbeddingCache(store, "test/model", 8)
+    cache.add(keys[:2], vectors[:2])
+    # a repeated key and two already known ones: only keys 2..4 are new, each stored once
+    cache.add([keys[1], keys[2], keys[2], keys[3], keys[0], keys[4]],
+              np.stack([vectors[1], vectors[2], vectors[5], vectors[3], vectors[0], vectors[4]]))
+    cache.flush()  # two blocks, one shard
+    (shard,) = (tmp_path / "embeddings").rglob("*.npz")
+    with np.load(shard, allow_pickle=False) as npz:
+        assert [k.decode() for k in npz["keys"]] == keys[:5]
+        np.testing.assert_array_equal(npz["vectors"], vectors[:5])  # the first occurrence of keys[2] won
+
+
+def test_failed_shard_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = EmbeddingCache(str(tmp_path), "test/model", 8)
+    cache.add(_keys(3), _vectors(3))
+
+    def broken_savez(file, **arrays) -> None:
+        file.write(b"PK half a shard")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        cache.flush()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no shard, no temp file
+
+
+# ---------------------------------------------------------------- embed_chunks (cache + model)
+
+
+def _chunk(text: str, i: int) -> Chunk:
+    return Chunk(source_id=f"docs:{i}.md", kind="docs", title="t", url="u", text=text, embed_text=text)
+
+
+def test_embed_chunks_matches_one_call_and_reuses_the_cache(tmp_path: Path, embedder: Embedder) -> None:
+    from ingest.config import Config, IndexConfig
+    from ingest.pipeline import embed_chunks
+
+    config = Config(index=IndexConfig(store=str(tmp_path / "store")))
+    texts = TEXTS + [TEXTS[0]]  # the same text in two chunks is embedded once
+    chunks = [_chunk(t, i) for i, t in enumerate(texts)]
+    vectors, stats = embed_chunks(chunks, config, embedder=embedder, progress=False)
+    assert stats == {"computed": len(TEXTS), "reused": 1}
+    np.testing.assert_allclose(vectors, embedder.embed_documents(texts), atol=1e-4)
+    np.testing.assert_array_equal(vectors[-1], vectors[0])
+
+    # a new chunk in the middle: only it is embedded, every other row comes from the cache, in order
+    more = chunks[:2] + [_chunk("Launch plans schedule workflows with cron expressions.", 99)] + chunks[2:]
+    again, stats = embed_chunks(more, config, embedder=embedder, progress=False)
+    assert stats == {"computed": 1, "reused": len(more) - 1}
+    np.testing.assert_array_equal(np.delete(again, 2, axis=0), vectors)
+    np.testing.assert_allclose(again[2], embedder.embed_query(more[2].embed_text), atol=1e-4)
+
+    # unchanged chunks: nothing computed, and the model is never loaded
+    fresh = Embedder(embedder.model_id, device="cpu")
+    same, stats = embed_chunks(more, config, embedder=fresh, progress=False)
+    assert stats == {"computed": 0, "reused": len(more)} and not fresh.loaded
+    np.testing.assert_array_equal(same, again)

@@ -209,5 +209,5 @@ def test_index_type_by_size_is_recorded(tmp_path: Path) -> None:
     _, ids = opened.dense.search(vectors[:5], 1)
     assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]
     assert not [p for p in (tmp_path / "store").iterdir() if p.name.startswith(".tmp-")]  # temp file moved
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="unknown index_type"):
         write_version(store, _chunks(50), _vectors(50), model, index_type="ivfpq")
