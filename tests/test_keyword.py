@@ -89,3 +89,13 @@ def test_empty_and_stopword_only_corpus() -> None:
     index = KeywordIndex.build(["how do I", "what is it"])
     assert index.num_docs == 2
     assert index.search("anything", 5)[0].size == 0
+
+
+def test_tokenize_many_shares_one_string_per_distinct_token() -> None:
+    from ingest.keyword import tokenize, tokenize_many
+
+    texts = ["Caching tasks with cache_version", "cache_version and caching again"]
+    lists = tokenize_many(texts)
+    assert lists == [tokenize(t) for t in texts]
+    first = {t: t for t in lists[0]}
+    assert all(t is first[t] for t in lists[1] if t in first)  # one object, not one per occurrence
