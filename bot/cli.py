@@ -19,7 +19,6 @@ def main(verbose: int) -> None:
     """FlyteGPT: answers about an open-source project from its Slack history, docs and code."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("bm25s").setLevel(max(level, logging.INFO))  # it logs every build at DEBUG
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # transformers' per-tensor "Loading weights" bar says nothing useful; ours show real work.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -64,7 +63,8 @@ def _print_summary(summary) -> None:
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.timings.items())
     console.print(
         f"embeddings: {summary.embeddings_computed} computed, {summary.embeddings_reused} reused "
-        f"({summary.model_id} on {summary.device})"
+        f"({summary.model_id} on {summary.device}"
+        f"{f', {summary.backend} {summary.precision}' if summary.backend else ''})"
     )
     console.print(f"time: {total:.1f}s ({stages}); {summary.chunks / max(total, 1e-9):.0f} chunks/s, "
                   f"embedding {100 * embed / max(total, 1e-9):.0f}% of it")

@@ -120,11 +120,12 @@ def embed(chunks: FlyteFile, settings: str) -> Embedded:
     items = [Chunk.from_dict(c) for c in from_jsonl(read_work_file(chunks))]
     embedder = Embedder.from_config(config.embeddings)
     vectors, stats = pipeline.embed_chunks(items, config, embedder=embedder, progress=False)
-    log.info("embedded %d chunks on %s: %s", len(items), embedder.device, stats)
+    precision = embedder.precision if embedder.loaded else ""
+    log.info("embedded %d chunks on %s %s: %s", len(items), embedder.device, precision, stats)
     info = pipeline.model_info(embedder)
     path = write_work_file(config.index.store, "vectors", npy_bytes(vectors), ".npy")
     model = json.dumps({"model_id": info.model_id, "dimension": info.dimension, "normalized": info.normalized})
-    return Embedded(FlyteFile(path), model, json.dumps({**stats, "device": embedder.device}))
+    return Embedded(FlyteFile(path), model, json.dumps({**stats, "device": embedder.device, "precision": precision}))
 
 
 @task(

@@ -5,11 +5,17 @@ work offline; any other name is handed to SentenceTransformer as is (a hub id or
 local folder). The model is only loaded when something is embedded: a re-ingest whose
 chunks are all in the embedding cache never pays for importing torch.
 
-Backends: "torch" (sentence-transformers; fp16 on CUDA), "onnx" (a local int8 export run by
-onnxruntime, see ingest/onnx_export.py; CPU only) and "auto": onnx on a CPU when onnxruntime
-is installed and the model can be exported, torch otherwise. The int8 vectors are not the
-torch vectors, so the model id says which: "<model>#onnx-int8-v2" (cache keys, manifests);
-`Embedder.for_model_id` builds the query embedder that matches an index's manifest.
+Backends:
+- "openvino": a local fp32 ONNX export run by OpenVINO on a CPU (ingest/openvino_runner.py),
+  bf16 where the CPU has it: the fastest faithful CPU path;
+- "torch": sentence-transformers; fp16 on CUDA, bf16 on CPUs that compute it natively;
+- "onnx": a local int8 export run by onnxruntime (ingest/onnx_export.py), CPU only;
+- "auto" (the default): openvino on a CPU when it is installed and the model exports, torch
+  otherwise (and always on a GPU).
+OpenVINO's and PyTorch's vectors (fp32, bf16, fp16) agree to a cosine of 0.9999 and share the
+plain model id, so an index built by one is searched with the other. The int8 vectors are
+not those vectors, so the model id says which: "<model>#onnx-int8-v2" (cache keys,
+manifests); `Embedder.for_model_id` builds the query embedder that matches an index.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PACKAGED_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
-# Texts handed to the model per encode() call: bounds memory and drives the progress bar.
+# Texts handed to the model per encode() call (at least _CALL_TEXTS, or _CALL_BATCHES batches):
+# bounds memory and drives the progress bar.
 _CALL_BATCHES = 8
+_CALL_TEXTS = 256
 
 
 @functools.cache
@@ -101,35 +109,93 @@ def accelerator_possible() -> bool:
     return platform.system() == "Darwin" and platform.machine() == "arm64"  # Apple MPS
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX).
+
+    There, bf16 matmuls run at about twice the fp32 rate, and all-MiniLM-L6-v2's vectors stay
+    within cosine 0.9999 of fp32 (tests/bench/bench_embed.py). Elsewhere bf16 is emulated and
+    slower than fp32, so "auto" must not pick it.
+    """
+    import torch
+
+    get = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
+    try:
+        caps = get() if get is not None else {}
+    except Exception:  # noqa: BLE001 - an unknown CPU means fp32, not a failed ingest
+        return False
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def resolve_precision(precision: str, backend: str, device: str) -> str:
+    """The number format the model computes in: 'fp32', 'bf16', 'fp16' or 'int8' (onnx).
+
+    Half precision keeps the plain model id: its vectors match fp32 to a cosine of 0.9999+,
+    closer than two fp32 runs on different hardware need to be for retrieval.
+    """
+    if backend == "onnx":
+        return "int8"
+    if backend == "openvino":
+        if precision == "auto":
+            from ingest.openvino_runner import openvino_bf16
+
+            return "bf16" if openvino_bf16() else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"backend 'openvino' computes in 'fp32' or 'bf16', not {precision!r}")
+        return precision
+    gpu = device.startswith("cuda")
+    if precision == "auto":
+        if gpu:
+            return "fp16"
+        return "bf16" if device == "cpu" and cpu_has_native_bf16() else "fp32"
+    if precision == "fp16" and not gpu:
+        raise ValueError(f"precision 'fp16' needs a CUDA device, not {device!r}: use 'bf16' or 'fp32' on a CPU")
+    if precision == "bf16" and not (gpu or device == "cpu"):
+        raise ValueError(f"precision 'bf16' runs on CUDA or a CPU, not {device!r}")
+    return precision
+
+
+CPU_ONLY_BACKENDS = ("onnx", "openvino")
+
+
 def resolve_backend(backend: str, device: str, model_path: str) -> str:
-    """'auto' -> onnx on CPU when onnxruntime is installed and the model exports, else torch."""
+    """'auto' -> openvino on a CPU when it is installed and the model exports, else torch.
+
+    Decided without importing torch or OpenVINO: a fully cached re-ingest must stay cheap.
+    """
     if backend != "auto":
         return backend
     if device != "cpu":
         return "torch"  # CUDA: fp16 PyTorch with large batches; MPS: PyTorch
-    from ingest.onnx_export import NotExportable, check_exportable, onnx_runtime_available
+    from ingest.onnx_export import NotExportable, check_exportable
+    from ingest.openvino_runner import openvino_available
 
-    if not onnx_runtime_available():
-        log.info("onnxruntime is not installed: embedding with PyTorch (pip install onnxruntime onnx for ~2x on CPU)")
+    if not openvino_available():
+        log.info("OpenVINO is not installed: embedding with PyTorch (pip install openvino: ~1.4x faster on a CPU)")
         return "torch"
     try:
         check_exportable(model_path)
     except NotExportable as e:
         log.info("embedding with PyTorch: %s", e)
         return "torch"
-    return "onnx"
+    return "openvino"
 
 
-def split_model_id(model_id: str) -> tuple[str, str]:
-    """'m#onnx-int8-v2' -> ('m', 'onnx'); 'm' -> ('m', 'torch'). Another export recipe is an error."""
+def split_model_id(model_id: str) -> tuple[str, bool]:
+    """'m#onnx-int8-v2' -> ('m', True); 'm' -> ('m', False). Another export recipe is an error."""
     if model_id.endswith(ONNX_SUFFIX):
-        return model_id[: -len(ONNX_SUFFIX)], "onnx"
+        return model_id[: -len(ONNX_SUFFIX)], True
     if "#" in model_id:
         raise ValueError(
-            f"model id {model_id!r}: this FlyteGPT makes {ONNX_SUFFIX} (or plain torch) vectors; "
+            f"model id {model_id!r}: this FlyteGPT makes {ONNX_SUFFIX} (or plain) vectors; "
             "re-ingest to rebuild the index with them"
         )
-    return model_id, "torch"
+    return model_id, False
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _dimension_from_folder(path: str) -> int | None:
@@ -167,10 +233,11 @@ class Embedder:
         model: str = DEFAULT_MODEL,
         *,
         device: str = "auto",
-        batch_size: int = 32,
-        backend: str = "torch",
+        batch_size: int = 8,
+        backend: str = "auto",
         gpu_batch_size: int = 256,
         onnx_cache_dir: str | None = None,
+        precision: str = "auto",
     ) -> None:
         self.model_name = normalize_model_id(model)
         self.model_path = resolve_model_path(model)
@@ -181,9 +248,11 @@ class Embedder:
         self._backend: str | None = None
         self._requested_device = device
         self._device: str | None = None
+        self._requested_precision = precision
+        self._precision: str | None = None
         self._dimension: int | None = None
         self._model: "SentenceTransformer | None" = None
-        self._onnx = None  # OnnxEncoder
+        self._onnx = None  # OnnxEncoder or OpenVinoEncoder: an exported graph
         # Hugging Face fast tokenizers raise "Already borrowed" when one instance is
         # used from several threads at once; the bot answers on a worker pool.
         self._lock = threading.Lock()
@@ -192,22 +261,23 @@ class Embedder:
     def from_config(cls, cfg: EmbeddingsConfig) -> "Embedder":
         return cls(
             cfg.model, device=cfg.device, batch_size=cfg.batch_size, backend=cfg.backend,
-            gpu_batch_size=cfg.gpu_batch_size, onnx_cache_dir=cfg.onnx_cache_dir,
+            gpu_batch_size=cfg.gpu_batch_size, onnx_cache_dir=cfg.onnx_cache_dir, precision=cfg.precision,
         )
 
     @classmethod
     def for_model_id(cls, model_id: str, cfg: EmbeddingsConfig | None = None) -> "Embedder":
         """The query embedder for an index whose manifest records `model_id`.
 
-        The backend follows the id (an int8 index gets int8 queries); device and batch
-        settings come from `cfg`. An index built on a GPU (torch) and served on a CPU gets
-        a torch query embedder, whatever `backend` the config says.
+        An int8 index gets int8 queries, whatever the config says. Any other index was built
+        by PyTorch or OpenVINO, whose vectors agree, so queries use the configured backend
+        ("auto" if the config asks for int8): an index built on a GPU is served on a CPU.
         """
         cfg = cfg or EmbeddingsConfig()
-        name, backend = split_model_id(model_id)
-        device = "cpu" if backend == "onnx" else cfg.device
+        name, int8 = split_model_id(model_id)
+        backend = "onnx" if int8 else ("auto" if cfg.backend == "onnx" else cfg.backend)
+        device = "cpu" if int8 else cfg.device
         return cls(name, device=device, batch_size=cfg.batch_size, backend=backend,
-                   gpu_batch_size=cfg.gpu_batch_size, onnx_cache_dir=cfg.onnx_cache_dir)
+                   gpu_batch_size=cfg.gpu_batch_size, onnx_cache_dir=cfg.onnx_cache_dir, precision=cfg.precision)
 
     @property
     def device(self) -> str:
@@ -220,16 +290,23 @@ class Embedder:
 
     @property
     def backend(self) -> str:
-        """The backend in use: 'torch', 'onnx' or 'openvino' ('auto' resolved)."""
+        """The backend in use: 'torch', 'openvino' or 'onnx' ('auto' resolved)."""
         if self._backend is None:
             requested = self._requested_backend
-            if requested == "onnx" and self._requested_device not in ("auto", "cpu"):
-                raise ValueError(f"backend 'onnx' runs on CPU only, device {self._requested_device!r} was asked")
-            device = "cpu" if requested == "onnx" else self.device
+            if requested in CPU_ONLY_BACKENDS and self._requested_device not in ("auto", "cpu"):
+                raise ValueError(f"backend {requested!r} runs on CPU only, device {self._requested_device!r} was asked")
+            device = "cpu" if requested in CPU_ONLY_BACKENDS else self.device
             self._backend = resolve_backend(requested, device, self.model_path)
-            if self._backend == "onnx":
+            if self._backend in CPU_ONLY_BACKENDS:
                 self._device = "cpu"
         return self._backend
+
+    @property
+    def precision(self) -> str:
+        """'fp32', 'bf16', 'fp16' or 'int8' ('auto' resolved for this machine)."""
+        if self._precision is None:
+            self._precision = resolve_precision(self._requested_precision, self.backend, self.device)
+        return self._precision
 
     @property
     def model_id(self) -> str:
@@ -266,37 +343,58 @@ class Embedder:
         self._dimension = dim
 
     def _load(self):
-        """The loaded model: an OnnxEncoder or a SentenceTransformer."""
-        backend = self.backend
+        """The loaded model: an OnnxEncoder, an OpenVinoEncoder or a SentenceTransformer."""
         with self._lock:
-            if backend == "onnx" and self._onnx is None:
-                from ingest.onnx_export import OnnxEncoder, ensure_export
+            if self.backend == "openvino" and self._onnx is None:
+                try:
+                    self._onnx = self._load_openvino()
+                except Exception as e:  # noqa: BLE001 - same vectors from PyTorch: slower, not broken
+                    log.warning("OpenVINO could not load %s (%s); embedding with PyTorch", self.model_id, e)
+                    self._backend, self._precision = "torch", None
+            if self.backend == "onnx" and self._onnx is None:
+                from ingest.onnx_export import OnnxEncoder, ensure_export, onnx_runtime_available
+
+                if not onnx_runtime_available():
+                    raise RuntimeError("backend 'onnx' needs onnxruntime: pip install 'flytegpt[fast]'")
 
                 folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir)
                 self._onnx = OnnxEncoder(folder)
                 self._check_dimension(self._onnx.dimension)
                 log.info("embedding model %s loaded from %s (onnxruntime int8, CPU, batch %d)",
                          self.model_id, folder, self.batch_size)
-            elif backend != "onnx" and self._model is None:
-                from sentence_transformers import SentenceTransformer
+            elif self.backend == "torch" and self._model is None:
+                self._model = self._load_torch()
+        return self._model if self.backend == "torch" else self._onnx
 
-                kwargs = {} if backend == "torch" else {"backend": backend}
-                model = SentenceTransformer(self.model_path, device=self.device, **kwargs)
-                fp16 = backend == "torch" and self.device.startswith("cuda")
-                if fp16:
-                    model.half()  # fp16 vectors match fp32 to cosine > 0.999: same model id
-                self._check_dimension(_model_dimension(model))
-                self._model = model
-                log.info(
-                    "embedding model %s loaded from %s on %s (backend %s%s, batch %d)",
-                    self.model_id, self.model_path, self.device, backend, ", fp16" if fp16 else "", self.batch_size,
-                )
-        return self._onnx if backend == "onnx" else self._model
+    def _load_openvino(self):
+        from ingest.onnx_export import ensure_export
+        from ingest.openvino_runner import OpenVinoEncoder
+
+        folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir, kind="fp32")
+        encoder = OpenVinoEncoder(folder, precision=self.precision)
+        self._check_dimension(encoder.dimension)
+        log.info("embedding model %s loaded from %s (OpenVINO, CPU, %s, batch %d)",
+                 self.model_id, folder, self.precision, self.batch_size)
+        return encoder
+
+    def _load_torch(self) -> "SentenceTransformer":
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(self.model_path, device=self.device)
+        precision = self.precision
+        if precision != "fp32":
+            # Half-precision weights, not autocast: autocast re-casts every weight on
+            # every call, which costs a tenth of the time on a CPU.
+            model.to(torch_dtype(precision))
+        self._check_dimension(_model_dimension(model))
+        log.info("embedding model %s loaded from %s on %s (PyTorch, %s, batch %d)",
+                 self.model_id, self.model_path, self.device, precision, self.batch_size)
+        return model
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         model = self._load()
         with self._lock:
-            if self.backend == "onnx":
+            if self.backend != "torch":
                 return model.encode(texts, batch_size=self.batch_size)
             vectors = model.encode(
                 texts,
@@ -305,7 +403,10 @@ class Embedder:
                 convert_to_numpy=True,
                 normalize_embeddings=True,
             )
-        return np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self.precision != "fp32":  # normalised in half precision: make it exact in fp32
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
 
     def embed_documents(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Embed many texts, longest first, in the caller's order.
@@ -318,7 +419,7 @@ class Embedder:
         if n == 0:
             return out
         order = sorted(range(n), key=lambda i: -len(texts[i]))
-        step = self.batch_size * _CALL_BATCHES
+        step = max(self.batch_size * _CALL_BATCHES, _CALL_TEXTS)
         bar = None
         if progress:
             from tqdm.auto import tqdm

@@ -12,6 +12,7 @@ into files the artifact checksums; loaded with allow_pickle=False.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -102,6 +103,16 @@ def tokenize_many(texts: Sequence[str], *, progress: bool = False) -> list[list[
     return [[vocab.setdefault(t, t) for t in tokenize(text)] for text in texts]
 
 
+def _bm25s():
+    """bm25s, imported on first use; it sets its own logger to DEBUG on import, which would
+    print a line per index build whatever the application's log level is."""
+    import bm25s
+
+    if logging.getLogger("bm25s").level == logging.DEBUG:
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
 class KeywordIndex:
     """BM25 over chunk texts; document ids are row numbers, like the FAISS index."""
 
@@ -111,8 +122,7 @@ class KeywordIndex:
 
     @classmethod
     def build(cls, texts: Sequence[str], *, progress: bool = False) -> "KeywordIndex":
-        import bm25s
-
+        bm25s = _bm25s()
         corpus = tokenize_many(texts, progress=progress)
         bm25 = bm25s.BM25()
         if any(corpus):
@@ -163,8 +173,7 @@ class KeywordIndex:
     @classmethod
     def load(cls, folder: str | Path) -> "KeywordIndex":
         """Load files written by `to_files` from a local folder (never unpickles)."""
-        import bm25s
-
+        bm25s = _bm25s()
         folder = Path(folder)
         info = json.loads((folder / TOKENIZER_FILE).read_text())
         if info.get("version") != TOKENIZER_VERSION:

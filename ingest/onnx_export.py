@@ -1,22 +1,21 @@
-"""A local int8 ONNX export of a sentence-transformers model, and the encoder that runs it.
+"""Local ONNX exports of a sentence-transformers model, and the onnxruntime encoder for int8.
 
-Why: on a CPU, onnxruntime with int8 weights (per-channel, MatMul only) embeds 2-3x
-faster than PyTorch fp32 with retrieval quality within 0.01 (see tests/bench/bench_embed.py),
-and serving a query needs neither torch nor sentence-transformers (seconds of start-up).
+Two exports, both made here from the model folder on disk with torch's ONNX exporter (no
+download, no optimum), both Transformer -> mean pooling -> L2 norm in one graph:
+- "fp32": the plain graph. OpenVINO runs it (ingest/openvino_runner.py), fusing it and
+  computing in bf16 on CPUs that have it: ~2.7x PyTorch fp32 on 2 cores with vectors within
+  cosine 0.9999 of it, so they keep the plain model id.
+- "int8": fused by onnxruntime's BERT optimizer, then dynamically quantised (int8 weights
+  per channel, activations per tensor per batch): ~2.5x PyTorch fp32, but the vectors move
+  (mean cosine 0.994) and dev MRR@10 moves by 0.01-0.02 from build to build, so they get
+  their own model id ("#onnx-int8-v2"). A text's int8 vector also moves a little with its
+  batch neighbours: the activation scale is the batch's.
 
-The export is made here, from the model folder on disk, with torch's ONNX exporter and
-onnxruntime's dynamic quantiser: no download, no optimum. It is cached under
-`<cache root>/<model slug>-<weights sha256[:12]>-v<EXPORT_VERSION>/` (model.onnx,
-tokenizer.json, meta.json) and written to a temporary folder first, then renamed, so a
-crashed or concurrent export never leaves a half-written model behind.
-
-Only the plain Transformer -> mean Pooling (-> Normalize) pipeline is exported (pooling
-and L2 normalisation are part of the graph); other models stay on PyTorch.
-
-Dynamic int8 quantisation computes activation scales per batch, so a text's vector moves a
-little with its batch neighbours (cosine >= 0.98 to itself embedded alone, mean 0.995):
-the same size as the int8 error itself, and retrieval stays within 0.01 of torch. Batches
-of one would remove that at ~35% of the throughput.
+Each is cached under `<cache root>/<model slug>-<weights sha256[:12]>[-fp32]-v<N>/`
+(model.onnx, tokenizer.json, meta.json), written to a temporary folder first and then
+renamed, so a crashed or concurrent export never leaves a half-written model behind.
+Only the plain Transformer -> mean Pooling (-> Normalize) pipeline is exported; other
+models stay on PyTorch.
 """
 
 from __future__ import annotations
@@ -35,7 +34,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 2  # bump when the export recipe changes: vectors may change with it
+EXPORT_VERSION = 2  # bump when the int8 export recipe changes: vectors may change with it
+FP32_EXPORT_VERSION = 1  # the same for the fp32 graph OpenVINO runs
 QUANTIZATION = "int8"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -109,28 +109,38 @@ def weights_fingerprint(model_path: str) -> str:
     return h.hexdigest()
 
 
-def export_dir(model_id: str, model_path: str, cache_root: str | Path | None = None) -> Path:
+KINDS = ("int8", "fp32")
+
+
+def export_dir(model_id: str, model_path: str, cache_root: str | Path | None = None, kind: str = "int8") -> Path:
+    """The cache folder of one export: the int8 graph (onnxruntime) or the fp32 graph (OpenVINO)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown export kind {kind!r} ({', '.join(KINDS)})")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "__", model_id).strip("_") or "model"
     root = Path(cache_root) if cache_root else default_cache_root()
-    return root / f"{slug}-{weights_fingerprint(model_path)[:12]}-v{EXPORT_VERSION}"
+    fingerprint = weights_fingerprint(model_path)[:12]
+    if kind == "int8":
+        return root / f"{slug}-{fingerprint}-v{EXPORT_VERSION}"
+    return root / f"{slug}-{fingerprint}-fp32-v{FP32_EXPORT_VERSION}"
 
 
 def _complete(folder: Path) -> bool:
     return all((folder / f).is_file() for f in (MODEL_FILE, TOKENIZER_FILE, META_FILE))
 
 
-def ensure_export(model_id: str, model_path: str, cache_root: str | Path | None = None) -> Path:
-    """The cached int8 export of `model_path`, made now (~10 s on 2 cores) if missing."""
+def ensure_export(model_id: str, model_path: str, cache_root: str | Path | None = None, kind: str = "int8") -> Path:
+    """The cached export of `model_path`, made now if missing (fp32 ~5 s, int8 ~10 s on 2 cores)."""
     facts = check_exportable(model_path)
-    target = export_dir(model_id, model_path, cache_root)
+    target = export_dir(model_id, model_path, cache_root, kind)
     if _complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared (an image, a volume)
     try:
-        log.info("exporting %s to int8 ONNX in %s (once per model)", model_id, target)
-        export_int8(model_path, tmp, max_seq_length=facts["max_seq_length"], model_id=model_id)
+        log.info("exporting %s to %s ONNX in %s (once per model)", model_id, kind, target)
+        export = export_int8 if kind == "int8" else export_fp32
+        export(model_path, tmp, max_seq_length=facts["max_seq_length"], model_id=model_id)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -141,29 +151,19 @@ def ensure_export(model_id: str, model_path: str, cache_root: str | Path | None 
     return target
 
 
-def export_int8(model_path: str, out: Path, *, max_seq_length: int, model_id: str = "") -> None:
-    """Export Transformer + mean pooling + L2 norm to ONNX, fuse, then quantise weights to int8.
-
-    Measured on 2 cores (same run): eager attention exported, then fused by onnxruntime's
-    BERT optimizer (Attention, SkipLayerNorm, BiasGelu), then int8 is ~1.7x the unfused
-    int8 graph. Per-channel weights matter: per-tensor int8 drops the mean cosine to the
-    fp32 vectors to ~0.93 on this model, per-channel keeps it at ~0.994.
-    """
+def _torch_export(model_path: str, onnx_file: Path):
+    """Transformer + mean pooling + L2 norm as one ONNX graph; returns (tokenizer, model config)."""
     import inspect
     import warnings
 
-    import onnx
-    import onnxruntime
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers import optimizer
     from transformers import AutoModel, AutoTokenizer
 
-    out.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if not getattr(tokenizer, "is_fast", False):
         raise NotExportable(f"{model_path}: no fast tokenizer (tokenizer.json) to run without transformers")
-    # eager attention exports as plain MatMul/Softmax, which the optimizer fuses into Attention
+    # eager attention exports as plain MatMul/Softmax, which both onnxruntime's BERT optimizer
+    # and OpenVINO fuse into their own attention kernels
     model = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()
     takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
 
@@ -179,25 +179,71 @@ def export_int8(model_path: str, out: Path, *, max_seq_length: int, model_id: st
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
-    fp32 = out / "model.fp32.onnx"
     dummy = torch.ones(2, 16, dtype=torch.long)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            Pooled(model), (dummy, torch.ones_like(dummy)), str(fp32),
+            Pooled(model), (dummy, torch.ones_like(dummy)), str(onnx_file),
             input_names=["input_ids", "attention_mask"], output_names=["embedding"],
             dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
                           "embedding": {0: "batch"}},
             opset_version=17, dynamo=False,
         )
+    return tokenizer, model.config
+
+
+def _write_meta(out: Path, tokenizer, model_config, *, model_id: str, quantization: str,
+                max_seq_length: int, export_version: int, **extra) -> None:
+    import onnx
+    import torch
+
+    tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
+    meta = {
+        "source_model": model_id,
+        "export_version": export_version,
+        "quantization": quantization,
+        "max_seq_length": max_seq_length,
+        "pad_token_id": int(tokenizer.pad_token_id or 0),
+        "dimension": int(model_config.hidden_size),
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
+        "sha256": hashlib.sha256((out / MODEL_FILE).read_bytes()).hexdigest(),
+        **extra,
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def export_fp32(model_path: str, out: Path, *, max_seq_length: int, model_id: str = "") -> None:
+    """The plain fp32 graph, for OpenVINO: it fuses the graph itself and picks bf16 where the CPU has it."""
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer, config = _torch_export(model_path, out / MODEL_FILE)
+    _write_meta(out, tokenizer, config, model_id=model_id, quantization="none",
+                max_seq_length=max_seq_length, export_version=FP32_EXPORT_VERSION)
+
+
+def export_int8(model_path: str, out: Path, *, max_seq_length: int, model_id: str = "") -> None:
+    """Export to ONNX, fuse with onnxruntime's BERT optimizer, then quantise weights to int8.
+
+    Measured on 2 cores (same run): eager attention exported, then fused by onnxruntime's
+    BERT optimizer (Attention, SkipLayerNorm, BiasGelu), then int8 is ~1.7x the unfused
+    int8 graph. Per-channel weights matter: per-tensor int8 drops the mean cosine to the
+    fp32 vectors to ~0.93 on this model, per-channel keeps it at ~0.994.
+    """
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    fp32 = out / "model.fp32.onnx"
+    tokenizer, config = _torch_export(model_path, fp32)
     fused = out / "model.fused.onnx"
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # optimizer and quantiser log one line per tensor on the root logger
     try:
         opt = optimizer.optimize_model(
-            str(fp32), model_type="bert", num_heads=int(getattr(model.config, "num_attention_heads", 0)),
-            hidden_size=int(getattr(model.config, "hidden_size", 0)),
+            str(fp32), model_type="bert", num_heads=int(getattr(config, "num_attention_heads", 0)),
+            hidden_size=int(getattr(config, "hidden_size", 0)),
         )
         fusions = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
         opt.save_model_to_file(str(fused))
@@ -211,58 +257,65 @@ def export_int8(model_path: str, out: Path, *, max_seq_length: int, model_id: st
         root.setLevel(level)
     fused.unlink()
     fp32.unlink()
-    tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
-    meta = {
-        "source_model": model_id,
-        "export_version": EXPORT_VERSION,
-        "quantization": QUANTIZATION,
-        "fusions": fusions,
-        "max_seq_length": max_seq_length,
-        "pad_token_id": int(tokenizer.pad_token_id or 0),
-        "dimension": int(model.config.hidden_size),
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
-        "sha256": hashlib.sha256((out / MODEL_FILE).read_bytes()).hexdigest(),
-    }
-    (out / META_FILE).write_text(json.dumps(meta, indent=1))
+    _write_meta(out, tokenizer, config, model_id=model_id, quantization=QUANTIZATION,
+                max_seq_length=max_seq_length, export_version=EXPORT_VERSION, fusions=fusions,
+                onnxruntime=onnxruntime.__version__)
+
+
+def padded_batches(tokenizer, texts: Sequence[str], batch_size: int, pad_id: int):
+    """(row indices, input_ids, attention_mask) per batch, longest texts first.
+
+    The whole call is tokenised at once (Rust, parallel) and batches are formed by token
+    count, so each batch is padded only to its own longest text.
+    """
+    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=True)
+    lengths = np.array([len(e.ids) for e in encodings])
+    order = np.argsort(-lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = int(lengths[idx[0]])
+        ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        for row, i in enumerate(idx):
+            n = lengths[i]
+            ids[row, :n] = encodings[i].ids
+            mask[row, :n] = 1
+        yield idx, ids, mask
+
+
+def load_tokenizer(folder: Path, max_seq_length: int):
+    """The export's fast tokenizer, truncating at the model's length and never padding."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+    tokenizer.enable_truncation(max_seq_length)
+    tokenizer.no_padding()
+    return tokenizer
 
 
 class OnnxEncoder:
-    """Runs an export: tokenise a whole call at once (Rust, parallel), pad per batch, run."""
+    """Runs an int8 export with onnxruntime: tokenise a whole call at once, pad per batch, run."""
 
     def __init__(self, folder: str | Path, *, threads: int | None = None) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         folder = Path(folder)
         self.meta = json.loads((folder / META_FILE).read_text())
         self.max_seq_length = int(self.meta["max_seq_length"])
         self.dimension = int(self.meta["dimension"])
         self.pad_id = int(self.meta.get("pad_token_id", 0))
-        self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
-        self.tokenizer.enable_truncation(self.max_seq_length)
-        self.tokenizer.no_padding()
+        self.tokenizer = load_tokenizer(folder, self.max_seq_length)
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1
         if threads:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(folder / MODEL_FILE), opts, providers=["CPUExecutionProvider"])
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Vectors in input order; batches are formed by token count so padding stays small."""
+    def encode(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
+        """Vectors in input order."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
-        lengths = np.array([len(e.ids) for e in encodings])
-        order = np.argsort(-lengths, kind="stable")
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            width = int(lengths[idx[0]])
-            ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                n = lengths[i]
-                ids[row, :n] = encodings[i].ids
-                mask[row, :n] = 1
+        for idx, ids, mask in padded_batches(self.tokenizer, texts, batch_size, self.pad_id):
             out[idx] = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out

@@ -46,6 +46,8 @@ class IngestSummary:
     timings: dict[str, float]  # seconds per stage
     model_id: str
     device: str
+    precision: str = ""  # what the model computed in ("" when nothing was embedded)
+    backend: str = ""  # what ran the model: openvino, torch, onnx ("" when nothing was embedded)
 
     @property
     def chunks(self) -> int:
@@ -66,6 +68,8 @@ class IngestSummary:
             "timings": self.timings,
             "model_id": self.model_id,
             "device": self.device,
+            "precision": self.precision,
+            "backend": self.backend,
         }
 
 
@@ -245,6 +249,8 @@ def run_ingest(
         timings=timings,
         model_id=embedder.model_id,
         device=embedder.device,
+        precision=embedder.precision if embedder.loaded else "",
+        backend=embedder.backend if embedder.loaded else "",
     )
 
 

@@ -82,7 +82,7 @@ def test_order_preserved_after_length_sorting(embedder: Embedder) -> None:
 
 
 def test_small_batches_and_empty_input(embedder: Embedder) -> None:
-    small = Embedder(embedder.model_id, device="cpu", batch_size=2)
+    small = Embedder(embedder.model_id, device="cpu", batch_size=2, precision=embedder.precision)
     small._model = embedder._model  # reuse the loaded weights; only batching differs
     np.testing.assert_allclose(small.embed_documents(TEXTS), embedder.embed_documents(TEXTS), atol=1e-4)
     assert embedder.embed_documents([]).shape == (0, 384)

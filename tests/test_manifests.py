@@ -11,11 +11,13 @@ import shutil
 import subprocess
 import tomllib
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
 
 from ingest.config import BotConfig, Settings, parse_config
+from ingest.onnx_export import default_cache_root
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
@@ -145,6 +147,11 @@ def test_env_names_are_the_ones_settings_reads() -> None:
     # The config file the bot reads is the mounted ConfigMap.
     mounts = {m["name"]: m["mountPath"] for m in _container()["volumeMounts"]}
     assert env["FLYTEGPT_CONFIG"]["value"] == f"{mounts['config']}/flytegpt.toml"
+    # The embedder's ONNX exports are kept on the writable, persistent data volume.
+    onnx_cache = env["FLYTEGPT_ONNX_CACHE"]["value"]
+    assert onnx_cache.startswith(mounts["data"] + "/")
+    with mock.patch.dict("os.environ", {"FLYTEGPT_ONNX_CACHE": onnx_cache}):
+        assert str(default_cache_root()) == onnx_cache
 
 
 def test_no_setting_is_passed_as_an_empty_string() -> None:

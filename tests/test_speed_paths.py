@@ -1,4 +1,4 @@
-"""Speed paths: backend and device choice, the int8 ONNX export, GPU fallbacks, index type by size."""
+"""Speed paths: backend, device and precision choice, the int8 ONNX export, GPU fallbacks, index type by size."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from ingest import artifact, embedding
 from ingest.artifact import ModelInfo, build_dense_index, choose_index_type, open_version, write_version
 from ingest.config import DEFAULT_MODEL, EmbeddingsConfig
-from ingest.embedding import Embedder, resolve_backend, resolve_model_path, split_model_id
+from ingest.embedding import Embedder, resolve_backend, resolve_model_path, resolve_precision, split_model_id
 from ingest.models import Chunk
 from ingest.onnx_export import ONNX_SUFFIX, NotExportable, check_exportable
 
@@ -32,11 +32,17 @@ SENTENCES = [
 # ---------------------------------------------------------------- backend and device choice
 
 
-def test_auto_backend_is_onnx_on_cpu_and_torch_on_gpu() -> None:
-    assert resolve_backend("auto", "cpu", PACKAGED) == "onnx"
+def test_auto_backend_is_openvino_on_cpu_and_torch_on_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_backend("auto", "cpu", PACKAGED) == "openvino"
     assert resolve_backend("auto", "cuda", PACKAGED) == "torch"
     assert resolve_backend("auto", "mps", PACKAGED) == "torch"
-    assert resolve_backend("torch", "cpu", PACKAGED) == "torch"  # explicit choice kept
+    assert resolve_backend("torch", "cpu", PACKAGED) == "torch"  # explicit choices kept
+    assert resolve_backend("onnx", "cpu", PACKAGED) == "onnx"
+    # without OpenVINO installed, PyTorch
+    from ingest import openvino_runner
+
+    monkeypatch.setattr(openvino_runner, "openvino_available", lambda: False)
+    assert resolve_backend("auto", "cpu", PACKAGED) == "torch"
 
 
 def test_auto_backend_falls_back_to_torch_for_other_pipelines(tmp_path: Path) -> None:
@@ -55,19 +61,24 @@ def test_auto_backend_falls_back_to_torch_for_other_pipelines(tmp_path: Path) ->
     assert check_exportable(PACKAGED) == {"max_seq_length": 256, "dimension": 384}
 
 
-def test_model_id_names_the_backend() -> None:
-    onnx = Embedder(DEFAULT_MODEL, device="cpu", backend="auto")
+def test_model_id_names_int8_vectors_only() -> None:
+    onnx = Embedder(DEFAULT_MODEL, device="cpu", backend="onnx")
     assert onnx.backend == "onnx" and onnx.model_id == DEFAULT_MODEL + ONNX_SUFFIX
+    # OpenVINO and PyTorch vectors agree to 4 decimals: one model id, one embedding cache
+    auto = Embedder(DEFAULT_MODEL, device="cpu")
+    assert auto.backend == "openvino" and auto.model_id == DEFAULT_MODEL and not auto.loaded
     assert Embedder(DEFAULT_MODEL, device="cpu", backend="torch").model_id == DEFAULT_MODEL
-    assert split_model_id(DEFAULT_MODEL + ONNX_SUFFIX) == (DEFAULT_MODEL, "onnx")
-    assert split_model_id(DEFAULT_MODEL) == (DEFAULT_MODEL, "torch")
+    assert split_model_id(DEFAULT_MODEL + ONNX_SUFFIX) == (DEFAULT_MODEL, True)
+    assert split_model_id(DEFAULT_MODEL) == (DEFAULT_MODEL, False)
     with pytest.raises(ValueError, match="re-ingest"):
         split_model_id(DEFAULT_MODEL + "#onnx-int8-v0")
     # the bot's query embedder follows the index, whatever the config's backend
     cfg = EmbeddingsConfig(backend="torch", device="auto")
     q = Embedder.for_model_id(DEFAULT_MODEL + ONNX_SUFFIX, cfg)
     assert q.model_id == DEFAULT_MODEL + ONNX_SUFFIX and q.device == "cpu"
-    assert Embedder.for_model_id(DEFAULT_MODEL, EmbeddingsConfig(backend="onnx")).model_id == DEFAULT_MODEL
+    plain = Embedder.for_model_id(DEFAULT_MODEL, EmbeddingsConfig(backend="onnx"))
+    assert plain.model_id == DEFAULT_MODEL and plain.backend != "onnx"
+    assert Embedder.for_model_id(DEFAULT_MODEL, cfg).backend == "torch"  # an explicit backend is kept
 
 
 def test_gpu_settings_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,13 +88,63 @@ def test_gpu_settings_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Embedder(DEFAULT_MODEL, device="cpu", backend="torch", batch_size=32).batch_size == 32
     with pytest.raises(ValueError, match="CPU only"):
         Embedder(DEFAULT_MODEL, device="cuda", backend="onnx").backend
+    with pytest.raises(ValueError, match="CPU only"):
+        Embedder(DEFAULT_MODEL, device="cuda", backend="openvino").backend
     # 'auto' on a machine without a GPU driver: CPU, decided without asking torch
     monkeypatch.setattr(embedding, "accelerator_possible", lambda: False)
     monkeypatch.setattr(embedding, "select_device", lambda requested: pytest.fail("torch was asked"))
     assert Embedder(DEFAULT_MODEL, device="auto", backend="auto").device == "cpu"
 
 
-def test_fully_cached_embed_never_imports_torch_or_onnxruntime(tmp_path: Path) -> None:
+def test_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedding, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", "torch", "cpu") == "bf16"
+    assert Embedder(DEFAULT_MODEL, device="cpu", backend="torch").precision == "bf16"
+    monkeypatch.setattr(embedding, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", "torch", "cpu") == "fp32"  # emulated bf16 would be slower
+    assert resolve_precision("auto", "torch", "cuda") == "fp16"
+    assert resolve_precision("auto", "torch", "mps") == "fp32"
+    assert resolve_precision("bf16", "torch", "cpu") == "bf16"  # an explicit choice is kept
+    assert resolve_precision("fp32", "torch", "cuda") == "fp32"
+    assert resolve_precision("auto", "onnx", "cpu") == "int8"
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        resolve_precision("fp16", "torch", "cpu")
+    # OpenVINO decides bf16 from its own CPU plugin's capabilities
+    from ingest import openvino_runner
+
+    for has_bf16, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(openvino_runner, "openvino_bf16", lambda: has_bf16)
+        assert resolve_precision("auto", "openvino", "cpu") == expected
+    assert resolve_precision("fp32", "openvino", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="'fp32' or 'bf16'"):
+        resolve_precision("fp16", "openvino", "cpu")
+    # half precision keeps the plain model id: its vectors are the fp32 vectors to 4 decimals
+    cfg = EmbeddingsConfig(device="cpu", precision="bf16")
+    assert Embedder.from_config(cfg).model_id == DEFAULT_MODEL
+    assert Embedder.for_model_id(DEFAULT_MODEL, cfg).precision == "bf16"
+
+
+def test_bf16_detection_survives_an_old_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    assert isinstance(embedding.cpu_has_native_bf16(), bool)
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
+    assert embedding.cpu_has_native_bf16() is False
+
+
+@pytest.mark.slow
+def test_bf16_vectors_match_fp32() -> None:
+    fp32 = Embedder(DEFAULT_MODEL, device="cpu", backend="torch", precision="fp32")
+    bf16 = Embedder(DEFAULT_MODEL, device="cpu", backend="torch", precision="bf16")
+    ref, ours = fp32.embed_documents(SENTENCES), bf16.embed_documents(SENTENCES)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert (ours * ref).sum(1).min() > 0.999
+    query = bf16.embed_query(SENTENCES[0])
+    assert query.dtype == np.float32 and float(query @ ref[0]) > 0.999
+
+
+def test_fully_cached_embed_never_imports_a_model_runtime(tmp_path: Path) -> None:
     """A re-ingest whose chunks are all cached must not pay for loading a model."""
     script = f"""
 import sys, numpy as np
@@ -101,12 +162,54 @@ cache.add([c.content_key(e.model_id) for c in chunks], np.eye(5, e.dimension, dt
 cache.flush()
 vectors, stats = embed_chunks(chunks, config, embedder=Embedder.from_config(config.embeddings), progress=False)
 assert stats == {{"computed": 0, "reused": 5}}, stats
-print(sorted(m for m in ("torch", "onnxruntime", "sentence_transformers", "transformers") if m in sys.modules))
+print(sorted(m for m in ("torch", "onnxruntime", "openvino", "sentence_transformers", "transformers") if m in sys.modules))
 """
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------- OpenVINO (the default on a CPU)
+
+
+@pytest.fixture(scope="module")
+def ov_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("ov-cache"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision, floor", [("fp32", 0.9999), ("bf16", 0.999)])
+def test_openvino_vectors_are_the_pytorch_vectors(ov_cache: str, embedder: Embedder, precision: str, floor: float) -> None:
+    ov = Embedder(DEFAULT_MODEL, device="cpu", backend="openvino", precision=precision, onnx_cache_dir=ov_cache)
+    ours, ref = ov.embed_documents(SENTENCES), embedder.embed_documents(SENTENCES)
+    assert ov.backend == "openvino" and ov.precision == precision and ov.model_id == embedder.model_id
+    assert ours.shape == (len(SENTENCES), 384) and ours.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert (ours * ref).sum(1).min() >= floor  # the long text is cut at 256 tokens, as PyTorch does
+    # a query alone (one request) and the same text in a batch (the async queue) agree
+    assert float(ov.embed_query(SENTENCES[1]) @ ours[1]) >= floor
+    many = ov.embed_documents(SENTENCES * 5)  # several batches in flight, answers in input order
+    assert (many * np.tile(ours, (5, 1))).sum(1).min() >= floor
+    folder = next(p for p in Path(ov_cache).iterdir() if p.name.endswith("-fp32-v1"))
+    assert json.loads((folder / "meta.json").read_text())["quantization"] == "none"
+
+
+def test_openvino_failure_falls_back_to_pytorch(
+    ov_cache: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ingest import openvino_runner
+
+    def broken(folder, *, precision):
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp: unsupported CPU")
+
+    monkeypatch.setattr(openvino_runner, "OpenVinoEncoder", broken)
+    e = Embedder(DEFAULT_MODEL, device="cpu", precision="fp32", onnx_cache_dir=ov_cache)
+    assert e.backend == "openvino"
+    with caplog.at_level(logging.WARNING, logger="ingest.embedding"):
+        vector = e.embed_query("how do I cache a task?")
+    assert e.backend == "torch" and e.model_id == DEFAULT_MODEL and vector.shape == (384,)
+    assert "OpenVINO could not load" in caplog.text and "unsupported CPU" in caplog.text
 
 
 # ---------------------------------------------------------------- the int8 ONNX export

@@ -123,7 +123,10 @@ def main() -> None:
         t = time.perf_counter()
         chunks = seed_chunks(config)
         print(f"seed: {len(chunks)} chunks")
-        results["seed (LangChain, dense)"] = evaluate(questions, dense_retriever(chunks, embedder))
+        # the seed embedded in fp32 with PyTorch, whatever this machine's default precision is
+        seed_embedder = Embedder.from_config(
+            config.embeddings.model_copy(update={"backend": "torch", "precision": "fp32"}))
+        results["seed (LangChain, dense)"] = evaluate(questions, dense_retriever(chunks, seed_embedder))
         print(f"seed built and evaluated in {time.perf_counter() - t:.1f}s")
     results["flytegpt dense"] = evaluate(questions, lambda q: [h.chunk for h in searcher.dense_search(q, 10)])
     results["flytegpt keyword"] = evaluate(questions, lambda q: [h.chunk for h in searcher.keyword_search(q, 10)])
