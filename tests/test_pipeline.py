@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from ingest.config import load_config, sample_config_path
 from ingest.pipeline import chunk_documents, collect, collect_chunks
 
 
-def test_collect_chunks_equals_collect_then_chunk() -> None:
-    config = load_config(sample_config_path())
+def test_collect_chunks_equals_collect_then_chunk(tmp_path: Path) -> None:
+    config = load_config(sample_config_path()).with_store(str(tmp_path / "store"))
     documents, reports = collect(config, progress=False)
     chunks, streamed_reports, doc_counts, timings = collect_chunks(config, progress=True)
     assert chunks and chunks == chunk_documents(documents)  # same chunks, same order
