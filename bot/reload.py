@@ -15,6 +15,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ingest.heap import trim_heap
+
 if TYPE_CHECKING:
     from bot.index_holder import IndexHolder
     from bot.metrics import Metrics
@@ -92,7 +94,7 @@ class Reloader:
                                                         "chunks": len(index.chunks)})
             del old, index, searcher
             gc.collect()  # the old FAISS index and chunk table go as soon as no answer holds them
-            _trim_heap()
+            trim_heap()  # so RSS shows the swap
             return True
 
     def start(self, *, run_now: bool = True) -> None:
@@ -111,13 +113,3 @@ class Reloader:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
-
-
-def _trim_heap() -> None:
-    """Give freed index memory back to the OS (glibc keeps it otherwise), so RSS shows the swap."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        pass

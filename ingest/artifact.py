@@ -222,8 +222,12 @@ def write_version(
     index_type: str = "auto",
     approximate_threshold: int = 200_000,
     stats: dict | None = None,
+    keyword: KeywordIndex | None = None,
 ) -> str:
-    """Write a complete version folder (manifest last) and return its id. Does not publish."""
+    """Write a complete version folder (manifest last) and return its id. Does not publish.
+
+    `keyword`: the chunks' BM25 index, when the caller built it already (built here otherwise).
+    """
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -233,6 +237,8 @@ def write_version(
         )
     if not _all_finite(vectors):
         raise ValueError("vectors contain NaN or infinite values")
+    if keyword is not None and keyword.num_docs != len(chunks):
+        raise ValueError(f"the keyword index has {keyword.num_docs} documents for {len(chunks)} chunks")
 
     dense, index_info = build_dense_index(vectors, index_type, approximate_threshold)
     fs, root = get_fs(store)
@@ -247,7 +253,8 @@ def write_version(
         faiss.write_index(dense, dense_tmp)
         # The FAISS copy of the vectors is on disk now; drop it before BM25 builds its own arrays.
         del dense
-        keyword = KeywordIndex.build([c.embed_text for c in chunks])
+        if keyword is None:
+            keyword = KeywordIndex.build([c.embed_text for c in chunks])
         return _write_files(fs, root, store, chunks, keyword, dense_tmp, model, index_info, stats)
     finally:
         if os.path.exists(dense_tmp):

@@ -42,8 +42,10 @@ class ChunkCache:
         self.fs, root = get_fs(store)
         self.folder = join(root, FOLDER)
         self.path = join(self.folder, f"{chunking_version()}.jsonl.gz")
-        self._known: dict[str, list[dict]] | None = None
-        self._seen: dict[str, list[dict]] = {}  # this ingest's documents: what save() writes
+        self._known: dict[str, list[dict]] | None = None  # the last ingest's, consumed as matched
+        # This ingest's documents, what save() writes: references to the chunks the caller
+        # keeps anyway, so the cache adds no copy of the corpus to an ingest's memory.
+        self._seen: dict[str, list[Chunk]] = {}
         self.hits = 0
 
     def _load(self) -> dict[str, list[dict]]:
@@ -52,9 +54,10 @@ class ChunkCache:
             data = read_bytes(self.fs, self.path)
             if data is not None:
                 try:
-                    for line in gzip.decompress(data).decode().splitlines():
-                        entry = json.loads(line)
-                        self._known[entry["key"]] = entry["chunks"]
+                    with gzip.open(io.BytesIO(data), "rt", encoding="utf-8") as lines:
+                        for line in lines:
+                            entry = json.loads(line)
+                            self._known[entry["key"]] = entry["chunks"]
                 except (OSError, EOFError, ValueError, KeyError, TypeError) as e:
                     log.warning("chunk cache %s is unreadable (%s): chunking every document", self.path, e)
                     self._known = {}
@@ -63,18 +66,17 @@ class ChunkCache:
     def chunks(self, doc: Document, make) -> list[Chunk]:
         """`doc`'s chunks: the cached ones if it is unchanged, else `make(doc)` (and remembered)."""
         key = document_key(doc)
-        cached = self._load().get(key)
+        cached = self._load().pop(key, None)
+        chunks = None
         if cached is not None:
             try:
                 chunks = [Chunk.from_dict(c) for c in cached]
+                self.hits += 1
             except TypeError:  # an entry of another shape: make it again
                 chunks = None
-            if chunks is not None:
-                self.hits += 1
-                self._seen[key] = cached
-                return chunks
-        chunks = make(doc)
-        self._seen[key] = [c.to_dict() for c in chunks]
+        if chunks is None:
+            chunks = make(doc)
+        self._seen[key] = chunks
         return chunks
 
     def save(self) -> None:
@@ -84,7 +86,8 @@ class ChunkCache:
                 with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
                     text = io.TextIOWrapper(gz, encoding="utf-8")
                     for key, chunks in self._seen.items():
-                        text.write(json.dumps({"key": key, "chunks": chunks}, ensure_ascii=False) + "\n")
+                        entry = {"key": key, "chunks": [c.to_dict() for c in chunks]}
+                        text.write(json.dumps(entry, ensure_ascii=False) + "\n")
                     text.flush()
                     text.detach()
             for entry in list_dir(self.fs, self.folder):

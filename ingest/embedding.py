@@ -20,9 +20,6 @@ manifests); `Embedder.for_model_id` builds the query embedder that matches an in
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import json
 import logging
 import os
@@ -34,6 +31,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ingest.config import DEFAULT_MODEL, EmbeddingsConfig
+from ingest.heap import trim_heap
 from ingest.onnx_export import ONNX_SUFFIX
 
 if TYPE_CHECKING:
@@ -46,26 +44,6 @@ _PACKAGED_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 # bounds memory and drives the progress bar.
 _CALL_BATCHES = 8
 _CALL_TEXTS = 256
-
-
-@functools.cache
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        return None
-
-
-def _trim_heap() -> None:
-    """Give the memory freed by one encode() call back to the OS.
-
-    glibc keeps freed blocks inside the process, and each call's activations have other
-    shapes, so without this an ingest's RSS creeps up with every call, i.e. with the corpus
-    (tests/bench/bench_memory.py). A trim takes ~10 ms; one call embeds 256 texts in ~10 s on a CPU.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def normalize_model_id(name: str) -> str:
@@ -429,7 +407,7 @@ class Embedder:
             for start in range(0, n, step):
                 idx = order[start : start + step]
                 out[idx] = self._encode([texts[i] for i in idx])
-                _trim_heap()
+                trim_heap()  # this call's activations, before the next call's
                 if bar is not None:
                     bar.update(len(idx))
         finally:

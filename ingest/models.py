@@ -36,7 +36,7 @@ class Document:
         return cls(**d)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a corpus holds tens of thousands of these
 class Chunk:
     source_id: str  # "<source name>:<locator>", the id eval gold lists use
     kind: DocKind

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from ingest.config import Config
+from ingest.heap import trim_heap
 from ingest.models import Chunk, Document, LoadReport
 
 if TYPE_CHECKING:
     import numpy as np
 
     from ingest.artifact import ModelInfo
+    from ingest.keyword import KeywordIndex
     from ingest.embedding import Embedder
 
 log = logging.getLogger(__name__)
@@ -172,6 +174,7 @@ def embed_chunks(
     if missing:
         cache.add(list(missing), fresh)
         cache.flush()
+        trim_heap()  # writing the shard copied the new vectors once; don't keep that copy's pages
     stats = {"computed": len(missing), "reused": len(chunks) - len(missing)}
     if len(missing) == len(chunks):
         return fresh, stats
@@ -195,6 +198,7 @@ def build_version(
     *,
     embedder_info: "ModelInfo",
     stats: dict,
+    keyword: "KeywordIndex | None" = None,
 ) -> str:
     """Write a complete version folder (not yet served: `publish` moves LATEST)."""
     from ingest.artifact import write_version
@@ -207,6 +211,7 @@ def build_version(
         index_type=config.index.index_type,
         approximate_threshold=config.index.approximate_threshold,
         stats=stats,
+        keyword=keyword,
     )
 
 
@@ -227,6 +232,15 @@ def run_ingest(
         raise ValueError("no chunks: every source was empty or skipped; nothing to publish")
     sources = _source_summaries(config, doc_counts, chunks, reports)
 
+    # BM25 first: its build's transient token lists then come and go while memory holds only
+    # the chunks, instead of on top of the vectors and FAISS's copy of them.
+    from ingest.keyword import KeywordIndex
+
+    t = time.perf_counter()
+    keyword = KeywordIndex.build([c.embed_text for c in chunks])
+    trim_heap()
+    timings["build"] = time.perf_counter() - t
+
     t = time.perf_counter()
     embedder = embedder or Embedder.from_config(config.embeddings)
     timings["load model"] = time.perf_counter() - t
@@ -240,10 +254,11 @@ def run_ingest(
         "sources": {s.name: {"documents": s.documents, "chunks": s.chunks, "skipped": len(s.skipped)} for s in sources},
     }
     t = time.perf_counter()
-    version = build_version(chunks, vectors, config, embedder_info=model_info(embedder), stats=stats)
-    timings["build"] = time.perf_counter() - t
+    version = build_version(chunks, vectors, config, embedder_info=model_info(embedder), stats=stats,
+                            keyword=keyword)
+    timings["build"] += time.perf_counter() - t
     # publish opens and verifies the whole version: free the build's copy of it first.
-    del chunks, vectors
+    del chunks, vectors, keyword
 
     t = time.perf_counter()
     publish(config, version)

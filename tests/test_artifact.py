@@ -93,6 +93,21 @@ def test_same_content_same_second_is_one_version(tmp_path: Path) -> None:
     assert write_version(store, make_chunks(4, "x"), make_vectors(4), MODEL)[-8:] != a[-8:]
 
 
+def test_a_prebuilt_keyword_index_is_the_same_version(tmp_path: Path) -> None:
+    """The pipeline builds BM25 before embedding (lower peak memory): same files, same version."""
+    from ingest.keyword import KeywordIndex
+
+    store = str(tmp_path)
+    chunks = make_chunks(6)
+    inside = write_version(store, chunks, make_vectors(6), MODEL)
+    given = write_version(store, chunks, make_vectors(6), MODEL,
+                          keyword=KeywordIndex.build([c.embed_text for c in chunks]))
+    assert given[-8:] == inside[-8:]
+    with pytest.raises(ValueError, match="5 documents for 6 chunks"):
+        write_version(store, chunks, make_vectors(6), MODEL,
+                      keyword=KeywordIndex.build([c.embed_text for c in chunks[:5]]))
+
+
 def test_rejects_bad_vectors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"expected \(4, 8\)"):
         write_version(str(tmp_path), make_chunks(4), make_vectors(3), MODEL)

@@ -1,7 +1,7 @@
 """Peak RSS of an ingest against corpus size and embedding batch size.
 
-    python tests/bench/bench_memory.py [--sizes 2000,4000,8000] [--batch 32] [--other-batch 128]
-                                       [--backend torch] [--config F]
+    python tests/bench/bench_memory.py [--sizes 2000,4000,8000] [--batch 8] [--other-batch 64]
+                                       [--backend auto] [--config F]
 
 Generates a synthetic Slack export (one short thread = one chunk, ~200 characters, seeded
 vocabulary) of each size in a temporary folder, runs `flytegpt ingest --json` on it into an
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-# The process must hold the index once (FAISS vectors, chunk texts, BM25 arrays) at the end of
-# a build; anything more than twice that is a copy the pipeline keeps that it should not.
-VERDICT_FACTOR = 2.0
+# An ingest must hold the index it builds, as a reader holds it once opened (FAISS vectors, the
+# chunk table as Python objects, BM25 arrays), plus one transient copy of the vectors (the
+# embedder's output next to FAISS's own); growth beyond that per chunk is a copy it should not keep.
 THREADS_PER_CHANNEL = 500
 _WORDS = (
     "task workflow cache map launch plan register execution node pod image container version file "
@@ -61,6 +61,7 @@ class Run:
     wall_s: float
     peak_mib: float
     index_bytes: dict[str, int]  # vectors, text, keyword: what the published index holds
+    reader_mib: float  # RSS a fresh process adds by opening the published version (what the bot holds)
 
 
 def write_slack_export(folder: Path, threads: int, seed: int = 0) -> None:
@@ -150,14 +151,30 @@ def index_bytes(store: Path, version: str) -> dict[str, int]:
     return {"vectors": vectors, "text": text, "keyword": keyword}
 
 
+def reader_mib(store: Path, version: str) -> float:
+    """RSS that opening `version` adds to a fresh process with the libraries already imported."""
+    script = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "def rss():\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) / 1024\n"
+        "import faiss, bm25s, numpy\n"
+        "from ingest.artifact import open_version\n"
+        "before = rss(); index = open_version(%r, %r); print(rss() - before)\n"
+    ) % (str(ROOT), str(store), version)
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def run_one(tmp: Path, label: str, config: Path, batch: int) -> Run:
     store = tmp / f"store-{label}-b{batch}".replace(" ", "-")  # an empty store: nothing cached
     summary, wall, peak = ingest(config, store)
-    run = Run(label, summary["chunks"], batch, wall, peak, index_bytes(store, summary["version"]))
+    run = Run(label, summary["chunks"], batch, wall, peak, index_bytes(store, summary["version"]),
+              reader_mib(store, summary["version"]))
     total = sum(run.index_bytes.values()) / 2**20
     print(f"{label:>16}: {run.chunks:>6} chunks, batch {batch:>3}: peak RSS {peak:7.1f} MiB, "
           f"{wall:6.1f}s wall, index holds {total:6.1f} MiB "
-          f"({summary['model_id']} on {summary['device']})", flush=True)
+          f"({summary['model_id']} on {summary['device']}, {summary.get('backend')} {summary.get('precision')})",
+          flush=True)
     return run
 
 
@@ -179,8 +196,8 @@ def report(runs: list[Run], batch: int) -> None:
     """Growth per 10k chunks (least squares) against the index's own bytes, and the verdict."""
     series = [r for r in runs if r.batch == batch]
     x = np.array([r.chunks for r in series], dtype=float)
-    y = np.array([r.peak_mib for r in series])
-    slope = float(np.polyfit(x, y, 1)[0]) * 10_000
+    slope = float(np.polyfit(x, np.array([r.peak_mib for r in series]), 1)[0]) * 10_000
+    reader = float(np.polyfit(x, np.array([r.reader_mib for r in series]), 1)[0]) * 10_000
     per_10k = {k: v / series[-1].chunks * 10_000 / 2**20 for k, v in series[-1].index_bytes.items()}
     own = sum(per_10k.values())
     print(f"\ngrowth: {slope:.1f} MiB of peak RSS per 10k chunks (batch {batch}, "
@@ -191,18 +208,21 @@ def report(runs: list[Run], batch: int) -> None:
     for r in others:
         same = next(s for s in series if s.chunks == r.chunks)
         print(f"batch {r.batch} vs {batch} at {r.chunks} chunks: {r.peak_mib - same.peak_mib:+.1f} MiB")
-    ratio = slope / own
-    ok = ratio <= VERDICT_FACTOR
-    print(f"VERDICT: {'PASS' if ok else 'FAIL'}: peak RSS grows {ratio:.2f}x the index's own bytes per chunk "
-          f"(target <= {VERDICT_FACTOR:g}x: the index once, plus at most one transient copy)")
+    print(f"a reader (the bot) holds {reader:.1f} MiB per 10k chunks of the opened index "
+          f"({reader / own:.2f}x its bytes: Python objects for the chunk table)")
+    allowed = reader + per_10k["vectors"]
+    ok = slope <= allowed
+    print(f"VERDICT: {'PASS' if ok else 'FAIL'}: the ingest's peak grows {slope:.1f} MiB per 10k chunks, "
+          f"{slope / own:.2f}x the index's bytes; allowed: what a reader holds plus one copy of the vectors, "
+          f"{allowed:.1f} MiB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="2000,4000,8000", help="threads (= chunks) per synthetic corpus")
-    parser.add_argument("--batch", type=int, default=32, help="embeddings batch size of the size series")
-    parser.add_argument("--other-batch", type=int, default=128, help="second batch size, at the smallest size")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    parser.add_argument("--batch", type=int, default=8, help="embeddings batch size of the size series")
+    parser.add_argument("--other-batch", type=int, default=64, help="second batch size, at the smallest size")
+    parser.add_argument("--backend", default="auto", choices=["auto", "openvino", "torch", "onnx"])
     parser.add_argument("--config", type=Path, help="ingest this config's sources (per batch size) instead")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment for the ingests, e.g. MALLOC_MMAP_THRESHOLD_=131072")
