@@ -108,6 +108,24 @@ def serialized_mib(index) -> float:
         return os.path.getsize(f.name) / 2**20
 
 
+def open_in_fresh_process(store: str, version: str) -> tuple[float, float, str]:
+    """(RSS MiB before, after opening `version`, index type) in a new process, libraries imported."""
+    import subprocess
+
+    script = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "def rss():\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) / 1024\n"
+        "import faiss, bm25s, numpy\n"
+        "from ingest.artifact import open_version\n"
+        "before = rss(); index = open_version(%r, %r); after = rss()\n"
+        "print(before, after, index.manifest['index']['type'])\n" % (str(ROOT), str(store), version)
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    before, after, kind = out.stdout.split()
+    return float(before), float(after), kind
+
+
 def bot_rss(args) -> int:
     """RSS of a fresh process that opens an index version of --bot-rss chunks (what the bot holds)."""
     from ingest.artifact import ModelInfo, write_version
@@ -128,24 +146,12 @@ def bot_rss(args) -> int:
                                 approximate_threshold=args.threshold)
         build = time.perf_counter() - t
         del chunks, vectors
-        script = (
-            "import sys; sys.path.insert(0, %r)\n"
-            "def rss():\n"
-            "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) / 1024\n"
-            "import faiss, bm25s, numpy\n"
-            "from ingest.artifact import open_version\n"
-            "before = rss(); index = open_version(%r, %r); after = rss()\n"
-            "print(before, after, index.manifest['index']['type'])\n" % (str(ROOT), store, version)
-        )
-        import subprocess
-
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-        before, after, kind = out.stdout.split()
+        before, after, kind = open_in_fresh_process(store, version)
         size = sum(f.stat().st_size for f in Path(store, version).rglob("*") if f.is_file()) / 2**20
-    grown = float(after) - float(before)
+    grown = after - before
     print(f"{n:,} chunks ({kind} index): version written in {build:.0f}s, {size:.0f} MiB on disk; "
           f"a process opening it grows by {grown:.0f} MiB RSS = {grown * 100_000 / n:.0f} MiB per 100k chunks "
-          f"(plus the query embedder and the libraries: {float(before):.0f} MiB before opening)")
+          f"(plus the query embedder and the libraries: {before:.0f} MiB before opening)")
     return 0
 
 

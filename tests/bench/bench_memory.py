@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 # An ingest must hold the index it builds, as a reader holds it once opened (FAISS vectors, the
 # chunk table as Python objects, BM25 arrays), plus one transient copy of the vectors (the
 # embedder's output next to FAISS's own); growth beyond that per chunk is a copy it should not keep.
@@ -153,16 +154,10 @@ def index_bytes(store: Path, version: str) -> dict[str, int]:
 
 def reader_mib(store: Path, version: str) -> float:
     """RSS that opening `version` adds to a fresh process with the libraries already imported."""
-    script = (
-        "import sys; sys.path.insert(0, %r)\n"
-        "def rss():\n"
-        "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) / 1024\n"
-        "import faiss, bm25s, numpy\n"
-        "from ingest.artifact import open_version\n"
-        "before = rss(); index = open_version(%r, %r); print(rss() - before)\n"
-    ) % (str(ROOT), str(store), version)
-    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    from bench_index import open_in_fresh_process
+
+    before, after, _ = open_in_fresh_process(str(store), version)
+    return after - before
 
 
 def run_one(tmp: Path, label: str, config: Path, batch: int) -> Run:
