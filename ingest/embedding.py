@@ -148,7 +148,7 @@ def resolve_backend(backend: str, device: str, model_path: str) -> str:
     from ingest.openvino_runner import openvino_available
 
     if not openvino_available():
-        log.info("OpenVINO is not installed: embedding with PyTorch (pip install openvino: ~1.4x faster on a CPU)")
+        log.info("OpenVINO is not installed: embedding with PyTorch (with openvino, 1.5-2.7x faster on a CPU)")
         return "torch"
     try:
         check_exportable(model_path)
