@@ -162,6 +162,32 @@ def test_embedding_cache_on_s3(endpoint: str) -> None:
     np.testing.assert_array_equal(np.stack([found[k] for k in keys]), _vectors(5))
 
 
+def test_chunk_cache_on_s3(endpoint: str, s3, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingest import chunk_cache
+    from ingest.chunk_cache import ChunkCache
+    from ingest.models import Document
+
+    store = f"s3://{BUCKET}/chunks/index"
+    docs = [Document("docs", f"p{i}.md", "docs", f"P{i}", "u", f"page {i}") for i in range(3)]
+
+    def make(doc: Document) -> list[Chunk]:
+        return [Chunk(doc.source_id, "docs", doc.title, doc.url, doc.text, doc.text)]
+
+    first = ChunkCache(store)
+    made = [first.chunks(d, make) for d in docs]
+    first.save()
+    again = ChunkCache(store)
+    assert [again.chunks(d, lambda d: pytest.fail("chunked again")) for d in docs] == made
+    assert again.hits == 3
+    # a new chunker version replaces the object; the old one is deleted from the bucket
+    monkeypatch.setattr(chunk_cache, "chunking_version", lambda: "feedfacefeedface")
+    newer = ChunkCache(store)
+    [newer.chunks(d, make) for d in docs]
+    newer.save()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="chunks/index/")["Contents"]]
+    assert keys == ["chunks/index/chunk-cache/feedfacefeedface.jsonl.gz"] and newer.hits == 0
+
+
 def test_endpoint_comes_from_environment(endpoint: str) -> None:
     from ingest.store import get_fs
 
