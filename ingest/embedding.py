@@ -339,19 +339,22 @@ class Embedder:
                     log.warning("OpenVINO could not load %s (%s); embedding with PyTorch", self.model_id, e)
                     self._backend, self._precision = "torch", None
             if self.backend == "onnx" and self._onnx is None:
-                from ingest.onnx_export import OnnxEncoder, ensure_export, onnx_runtime_available
-
-                if not onnx_runtime_available():
-                    raise RuntimeError("backend 'onnx' needs onnxruntime: pip install 'flytegpt[fast]'")
-
-                folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir)
-                self._onnx = OnnxEncoder(folder)
-                self._check_dimension(self._onnx.dimension)
-                log.info("embedding model %s loaded from %s (onnxruntime int8, CPU, batch %d)",
-                         self.model_id, folder, self.batch_size)
+                self._onnx = self._load_onnx()
             elif self.backend == "torch" and self._model is None:
                 self._model = self._load_torch()
         return self._model if self.backend == "torch" else self._onnx
+
+    def _load_onnx(self):
+        from ingest.onnx_export import OnnxEncoder, ensure_export, onnx_runtime_available
+
+        if not onnx_runtime_available():
+            raise RuntimeError("backend 'onnx' needs onnxruntime: pip install 'flytegpt[fast]'")
+        folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir)
+        encoder = OnnxEncoder(folder)
+        self._check_dimension(encoder.dimension)
+        log.info("embedding model %s loaded from %s (onnxruntime int8, CPU, batch %d)",
+                 self.model_id, folder, self.batch_size)
+        return encoder
 
     def _load_openvino(self):
         from ingest.onnx_export import ensure_export

@@ -262,60 +262,61 @@ def export_int8(model_path: str, out: Path, *, max_seq_length: int, model_id: st
                 onnxruntime=onnxruntime.__version__)
 
 
-def padded_batches(tokenizer, texts: Sequence[str], batch_size: int, pad_id: int):
-    """(row indices, input_ids, attention_mask) per batch, longest texts first.
+class ExportedGraph:
+    """What every runner of an export reads from its folder: the meta, the tokenizer, and the
+    texts as padded batches.
 
     The whole call is tokenised at once (Rust, parallel) and batches are formed by token
-    count, so each batch is padded only to its own longest text.
+    count, longest first, so each batch is padded only to its own longest text.
     """
-    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=True)
-    lengths = np.array([len(e.ids) for e in encodings])
-    order = np.argsort(-lengths, kind="stable")
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = int(lengths[idx[0]])
-        ids = np.full((len(idx), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(idx), width), dtype=np.int64)
-        for row, i in enumerate(idx):
-            n = lengths[i]
-            ids[row, :n] = encodings[i].ids
-            mask[row, :n] = 1
-        yield idx, ids, mask
+
+    def __init__(self, folder: str | Path) -> None:
+        from tokenizers import Tokenizer
+
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / META_FILE).read_text())
+        self.max_seq_length = int(self.meta["max_seq_length"])
+        self.dimension = int(self.meta["dimension"])
+        self.pad_id = int(self.meta.get("pad_token_id", 0))
+        self.tokenizer = Tokenizer.from_file(str(self.folder / TOKENIZER_FILE))
+        self.tokenizer.enable_truncation(self.max_seq_length)
+        self.tokenizer.no_padding()
+
+    def batches(self, texts: Sequence[str], batch_size: int):
+        """(row indices, input_ids, attention_mask) per batch."""
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        lengths = np.array([len(e.ids) for e in encodings])
+        order = np.argsort(-lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = int(lengths[idx[0]])
+            ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                n = lengths[i]
+                ids[row, :n] = encodings[i].ids
+                mask[row, :n] = 1
+            yield idx, ids, mask
 
 
-def load_tokenizer(folder: Path, max_seq_length: int):
-    """The export's fast tokenizer, truncating at the model's length and never padding."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
-    tokenizer.enable_truncation(max_seq_length)
-    tokenizer.no_padding()
-    return tokenizer
-
-
-class OnnxEncoder:
-    """Runs an int8 export with onnxruntime: tokenise a whole call at once, pad per batch, run."""
+class OnnxEncoder(ExportedGraph):
+    """Runs an int8 export with onnxruntime."""
 
     def __init__(self, folder: str | Path, *, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        folder = Path(folder)
-        self.meta = json.loads((folder / META_FILE).read_text())
-        self.max_seq_length = int(self.meta["max_seq_length"])
-        self.dimension = int(self.meta["dimension"])
-        self.pad_id = int(self.meta.get("pad_token_id", 0))
-        self.tokenizer = load_tokenizer(folder, self.max_seq_length)
+        super().__init__(folder)
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(folder / MODEL_FILE), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.folder / MODEL_FILE), opts, providers=["CPUExecutionProvider"])
 
     def encode(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
         """Vectors in input order."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
-        for idx, ids, mask in padded_batches(self.tokenizer, texts, batch_size, self.pad_id):
+        for idx, ids, mask in self.batches(texts, batch_size):
             out[idx] = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out

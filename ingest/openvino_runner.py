@@ -15,7 +15,6 @@ the ONNX file directly (`Core.read_model`), not converted with OpenVINO's conver
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import threading
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ingest.onnx_export import META_FILE, MODEL_FILE, load_tokenizer, padded_batches
+from ingest.onnx_export import MODEL_FILE, ExportedGraph
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ def openvino_bf16() -> bool:
         return False
 
 
-class OpenVinoEncoder:
+class OpenVinoEncoder(ExportedGraph):
     """Texts -> L2-normalised float32 vectors with an fp32 export compiled for the CPU."""
 
     def __init__(self, folder: str | Path, *, precision: str = "fp32") -> None:
@@ -54,16 +53,11 @@ class OpenVinoEncoder:
 
         if precision not in _HINTS:
             raise ValueError(f"OpenVINO runs fp32 or bf16, not {precision!r}")
-        folder = Path(folder)
-        self.meta = json.loads((folder / META_FILE).read_text())
-        self.max_seq_length = int(self.meta["max_seq_length"])
-        self.dimension = int(self.meta["dimension"])
-        self.pad_id = int(self.meta.get("pad_token_id", 0))
+        super().__init__(folder)
         self.precision = precision
-        self.tokenizer = load_tokenizer(folder, self.max_seq_length)
         core = ov.Core()
         self.compiled = core.compile_model(
-            core.read_model(str(folder / MODEL_FILE)), "CPU",
+            core.read_model(str(self.folder / MODEL_FILE)), "CPU",
             {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "THROUGHPUT",
              # The plugin keeps the kernels it made for each input shape (5,000 by default); every
              # batch has its own padded width, so an ingest's RSS crept up with the corpus.
@@ -81,7 +75,7 @@ class OpenVinoEncoder:
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
-        batches = padded_batches(self.tokenizer, texts, batch_size, self.pad_id)
+        batches = self.batches(texts, batch_size)
         with self._lock:
             if len(texts) <= batch_size:  # one batch (a query): no queue round trip
                 idx, ids, mask = next(batches)

@@ -226,6 +226,7 @@ def run_ingest(
 ) -> IngestSummary:
     """Run every stage in this process and publish the new version."""
     from ingest.embedding import Embedder
+    from ingest.keyword import KeywordIndex
 
     chunks, reports, doc_counts, timings = collect_chunks(config, progress=progress)
     if not chunks:
@@ -234,8 +235,6 @@ def run_ingest(
 
     # BM25 first: its build's transient token lists then come and go while memory holds only
     # the chunks, instead of on top of the vectors and FAISS's copy of them.
-    from ingest.keyword import KeywordIndex
-
     t = time.perf_counter()
     keyword = KeywordIndex.build([c.embed_text for c in chunks])
     trim_heap()
