@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from bot.cli_options import config_option, load, open_searcher, store_option
-from ingest.config import ConfigError
+from flytegpt.bot.cli_options import config_option, load, open_searcher, store_option
+from flytegpt.ingest.config import ConfigError
 
 @click.group()
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
@@ -31,7 +31,7 @@ def main(verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> None:
     """Build and publish a new index version from the configured sources."""
-    from ingest.pipeline import run_ingest
+    from flytegpt.ingest.pipeline import run_ingest
 
     config = load(config_path, store)
     try:
@@ -102,7 +102,7 @@ def search(question: str, config_path: Path, store: str | None, k: int, mode: st
 @click.option("--misses", is_flag=True, help="List the questions whose gold is not in the top 10.")
 def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: str, as_json: bool, misses: bool) -> None:
     """Retrieval metrics (recall@5/10, MRR@10, coverage@10, recall@8000c) on a JSONL question set."""
-    from ingest.evaluation import METRICS, QuestionFileError, evaluate, load_questions
+    from flytegpt.ingest.evaluation import METRICS, QuestionFileError, evaluate, load_questions
 
     try:
         qs = load_questions(questions)
@@ -130,14 +130,14 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
 @store_option
 def demo(config_path: Path, store: str | None) -> None:
     """Answer the sample questions that ship with the configuration's corpus."""
-    from ingest.evaluation import load_questions
+    from flytegpt.ingest.evaluation import load_questions
 
     config = load(config_path, store)
     questions_file = config_path.parent / "QUESTIONS.jsonl"
     questions = [q.question for q in load_questions(questions_file)] if questions_file.exists() else []
     if not questions:
         raise click.ClickException(f"no sample questions next to {config_path}")
-    from bot.cli_answer import make_answerer, print_answer
+    from flytegpt.bot.cli_answer import make_answerer, print_answer
 
     answerer = make_answerer(config)
     for q in questions:
@@ -146,8 +146,8 @@ def demo(config_path: Path, store: str | None) -> None:
 
 
 
-from bot.cli_answer import ask, chat  # noqa: E402  (commands that live beside their feature)
-from bot.cli_serve import feedback_group, serve_cmd  # noqa: E402
+from flytegpt.bot.cli_answer import ask, chat  # noqa: E402  (commands that live beside their feature)
+from flytegpt.bot.cli_serve import feedback_group, serve_cmd  # noqa: E402
 
 for _command in (ask, chat, serve_cmd, feedback_group):
     main.add_command(_command)

@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Callable
 
 import click
 
-from bot.cli_options import config_option, load, open_searcher, store_option
-from ingest.config import Config
+from flytegpt.bot.cli_options import config_option, load, open_searcher, store_option
+from flytegpt.ingest.config import Config
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bot.answering import Answer, Answerer, Citation
+    from flytegpt.bot.answering import Answer, Answerer, Citation
 
 def make_answerer(config: Config) -> "Answerer":
     """An Answerer over the store's LATEST index, with the environment's model settings."""
-    from bot.answering import Answerer
-    from ingest.config import Settings
+    from flytegpt.bot.answering import Answerer
+    from flytegpt.ingest.config import Settings
 
     searcher = open_searcher(config)
     return Answerer(config, Settings(), lambda: searcher)
@@ -47,7 +47,7 @@ def print_answer(answer: "Answer", echo: Callable[[str], None] | None = None) ->
 
 def _answer_or_explain(answerer: "Answerer", question: str, history=()) -> "Answer | None":
     """One question; a user-facing message instead of a traceback for the expected failures."""
-    from bot.answering import IndexNotReady, ModelUnavailable, QuestionRejected
+    from flytegpt.bot.answering import IndexNotReady, ModelUnavailable, QuestionRejected
 
     try:
         return answerer.answer(question, history)
@@ -84,7 +84,7 @@ def ask(question: str, config_path: Path, store: str | None, as_json: bool) -> N
 @store_option
 def chat(config_path: Path, store: str | None) -> None:
     """An interactive conversation: follow-up questions are read in the context of earlier ones."""
-    from bot.answering import Turn
+    from flytegpt.bot.answering import Turn
 
     config = load(config_path, store)
     answerer = make_answerer(config)

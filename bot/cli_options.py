@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ingest.config import Config, ConfigError, load_config, sample_config_path
+from flytegpt.ingest.config import Config, ConfigError, load_config, sample_config_path
 
 if TYPE_CHECKING:
-    from ingest.search import HybridSearcher
+    from flytegpt.ingest.search import HybridSearcher
 
 config_option = click.option(
     "--config",
@@ -34,8 +34,8 @@ def load(config_path: Path, store: str | None) -> Config:
 
 def open_searcher(config: Config) -> "HybridSearcher":
     """The store's LATEST index, or a message that says how to build one."""
-    from ingest.artifact import ArtifactError
-    from ingest.search import HybridSearcher
+    from flytegpt.ingest.artifact import ArtifactError
+    from flytegpt.ingest.search import HybridSearcher
 
     try:
         return HybridSearcher.open(config)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from bot.cli_options import config_option, load, store_option
+from flytegpt.bot.cli_options import config_option, load, store_option
 
 
 @click.command("serve")
@@ -24,9 +24,9 @@ def serve_cmd(config_path, store: str | None, port: int | None) -> None:
     # query beats intra-op parallelism fighting over the cores (p95 under a 50-question burst on
     # 2 cores: 2.7 s -> 2.0 s). Must be set before torch/faiss load; an explicit value wins.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from bot.logs import setup_logging
-    from bot.serve import serve
-    from ingest.config import ConfigError, Settings
+    from flytegpt.bot.logs import setup_logging
+    from flytegpt.bot.serve import serve
+    from flytegpt.ingest.config import ConfigError, Settings
 
     config = load(config_path, store)
     try:
@@ -47,7 +47,7 @@ def feedback_group() -> None:
 @click.option("--out", "out_path", required=True, help="JSONL file to write ('-' for stdout).")
 def export_cmd(db_path: str, out_path: str) -> None:
     """Write every vote with its question, answer, sources and index version as JSONL."""
-    from bot.slack.feedback import export_feedback
+    from flytegpt.bot.slack.feedback import export_feedback
 
     try:
         n = export_feedback(db_path, out_path)

@@ -11,7 +11,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ingest.search import HybridSearcher
+    from flytegpt.ingest.search import HybridSearcher
 
 
 class IndexHolder:

@@ -15,13 +15,13 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ingest.heap import trim_heap
+from flytegpt.ingest.heap import trim_heap
 
 if TYPE_CHECKING:
-    from bot.index_holder import IndexHolder
-    from bot.metrics import Metrics
-    from ingest.config import Config
-    from ingest.embedding import Embedder
+    from flytegpt.bot.index_holder import IndexHolder
+    from flytegpt.bot.metrics import Metrics
+    from flytegpt.ingest.config import Config
+    from flytegpt.ingest.embedding import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Reloader:
         The id comes from the version's manifest, not from the config: an index embedded on a
         GPU node with PyTorch, or with int8 ONNX, gets the matching query embedder here.
         """
-        from ingest.embedding import Embedder
+        from flytegpt.ingest.embedding import Embedder
 
         if self._embedder is None or (model_id is not None and self._embedder.model_id != model_id):
             self._embedder = (Embedder.for_model_id(model_id, self.config.embeddings) if model_id
@@ -56,7 +56,7 @@ class Reloader:
 
     def check_once(self) -> bool:
         """Load and swap in LATEST if it is new; True when a new version is now served."""
-        from ingest.artifact import ArtifactError, open_version, read_latest
+        from flytegpt.ingest.artifact import ArtifactError, open_version, read_latest
 
         with self._lock:
             try:
@@ -69,7 +69,7 @@ class Reloader:
             log.info("new index version found, loading", extra={"version": latest})
             try:
                 index = open_version(self.store, latest, cache_dir=self.config.index.cache_dir)
-                from ingest.search import HybridSearcher
+                from flytegpt.ingest.search import HybridSearcher
 
                 # raises ValueError when the model's dimension does not match the index
                 searcher = HybridSearcher(index, self.embedder(index.model.model_id), self.config.retrieval)

@@ -15,9 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bot.slack.app import FlyteGPTBot
-    from ingest.config import Config, Settings
-    from ingest.embedding import Embedder
+    from flytegpt.bot.slack.app import FlyteGPTBot
+    from flytegpt.ingest.config import Config, Settings
+    from flytegpt.ingest.embedding import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,9 @@ class BotServer:
     def __init__(self, config: "Config", settings: "Settings", *, port: int | None = None,
                  host: str = "0.0.0.0", ping_interval: float = 5.0, embedder: "Embedder | None" = None,
                  answerer: Any = None, reload_interval_s: float | None = None) -> None:
-        from bot.index_holder import IndexHolder
-        from bot.metrics import Metrics
-        from bot.slack.app import check_tokens
+        from flytegpt.bot.index_holder import IndexHolder
+        from flytegpt.bot.metrics import Metrics
+        from flytegpt.bot.slack.app import check_tokens
 
         self.config, self.settings = config, settings
         self.bot_token, self.app_token = check_tokens(settings)  # fail fast, before any connection
@@ -62,9 +62,9 @@ class BotServer:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
         from slack_sdk.errors import SlackApiError
 
-        from bot.answering import Answerer
-        from bot.reload import Reloader
-        from bot.slack.app import SlackTokenError, build_app, make_client
+        from flytegpt.bot.answering import Answerer
+        from flytegpt.bot.reload import Reloader
+        from flytegpt.bot.slack.app import SlackTokenError, build_app, make_client
 
         client = make_client(self.settings)
         answerer = self._answerer or Answerer(self.config, self.settings, self.holder.get)
@@ -114,7 +114,7 @@ class BotServer:
 
     def _start_http(self) -> ThreadingHTTPServer:
         server = self
-        from bot.metrics import CONTENT_TYPE_LATEST
+        from flytegpt.bot.metrics import CONTENT_TYPE_LATEST
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:

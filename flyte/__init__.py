@@ -1,4 +1,5 @@
 """Orchestration on Flyte: the nightly re-ingest, bulk Q&A, the task image and a dev workspace.
 
-Modules here import `ingest` and `bot`; nothing outside `flyte/` imports them.
+Installed as `flytegpt.flyte` (never a top-level `flyte`: that is the Flyte 2 SDK's name).
+Modules here import `flytegpt.ingest` and `flytegpt.bot`; nothing outside `flyte/` imports them.
 """

@@ -1,7 +1,7 @@
 """Bulk Q&A: many questions -> a JSON and a Markdown report of answers with their sources.
 
 The seed's "bulk inference", on the published index: useful to review answer quality after
-a re-ingest, or to answer a backlog of questions at once. Answering is bot.answering's, the
+a re-ingest, or to answer a backlog of questions at once. Answering is flytegpt.bot.answering's, the
 same code the Slack bot runs; one failing question becomes an `error` entry, not a failed run.
 
 The chat model's key is a Flyte Secret, never an input (flyte/credentials.py). Locally, export
@@ -9,7 +9,7 @@ OPENAI_API_KEY; without a key the report is written by the offline answerer (quo
 labelled mode "offline").
 
 Run locally:
-    pyflyte run flyte/bulk_qa_wf.py bulk_qa_wf --config_path ingest/sample/flytegpt.toml \
+    python -m flytegpt.flyte bulk_qa_wf --config_path ingest/sample/flytegpt.toml \
         --store /tmp/store --questions '["How do I cache a task?"]'
 """
 
@@ -23,9 +23,9 @@ from typing import List, NamedTuple, Optional
 from flytekit import current_context, task, workflow
 from flytekit.types.file import FlyteFile
 
-from flyte import credentials, resources
-from flyte.handoff import load_task_config
-from flyte.image import IMAGE
+from flytegpt.flyte import credentials, resources
+from flytegpt.flyte.handoff import load_task_config
+from flytegpt.flyte.image import IMAGE
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,9 @@ def answer_questions(
     chat_model: str,
 ) -> Reports:
     """Answer every question on one index version (LATEST unless `version` is given)."""
-    from bot.answering import Answerer, write_report
-    from ingest.config import Settings
-    from ingest.search import HybridSearcher
+    from flytegpt.bot.answering import Answerer, write_report
+    from flytegpt.ingest.config import Settings
+    from flytegpt.ingest.search import HybridSearcher
 
     asked = [q.strip() for q in questions or [] if q.strip()]
     if questions_file is not None:

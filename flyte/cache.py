@@ -12,8 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
-from ingest.code_version import CHUNKING_CODE, code_version
-from ingest.config import DEFAULT_MODEL
+from flytegpt.ingest.code_version import CHUNKING_CODE, code_version
+from flytegpt.ingest.config import DEFAULT_MODEL
 
 # Each cached task, and the modules (globs relative to the `ingest` package) that decide its output.
 CHUNK_MODULES = (*CHUNKING_CODE, "pipeline.py", "sources/*.py")

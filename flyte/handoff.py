@@ -20,8 +20,8 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from ingest.config import Config, ConfigError, load_config, parse_config
-from ingest.store import get_fs, is_local, join, read_bytes
+from flytegpt.ingest.config import Config, ConfigError, load_config, parse_config
+from flytegpt.ingest.store import get_fs, is_local, join, read_bytes
 
 if TYPE_CHECKING:
     import numpy as np

@@ -5,6 +5,8 @@ is CUDA so the embed task can use the GPU; CPU tasks run fine on it. Dependencie
 pyproject.toml (the project's one list) plus its `gpu` extra (faiss on CUDA) and the object
 store extras, installed in a layer of their own so a code change rebuilds only the last layer.
 
+Build and push it (Docker with buildx): `python -m flytegpt.flyte.image`.
+
 Registration-time settings (environment):
   FLYTEGPT_IMAGE_REGISTRY   where the image is pushed (default: the Flyte sandbox's localhost:30000)
 """
@@ -70,3 +72,10 @@ IMAGE = ImageSpec(
 
 # The optional development workspace (flyte/workspace.py): the same image plus VS Code support.
 WORKSPACE_IMAGE = IMAGE.with_packages(["flytekitplugins-flyteinteractive"])
+
+
+if __name__ == "__main__":
+    from flytekit.image_spec.image_spec import ImageBuildEngine
+
+    ImageBuildEngine.build(IMAGE)
+    print(IMAGE.image_name())

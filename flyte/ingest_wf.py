@@ -12,7 +12,7 @@ the same index. Caching works in two layers:
 names the previous, complete version.
 
 Run locally (CPU):
-    pyflyte run flyte/ingest_wf.py ingest_wf --config_path ingest/sample/flytegpt.toml --store /tmp/store
+    python -m flytegpt.flyte ingest_wf --config_path ingest/sample/flytegpt.toml --store /tmp/store
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import NamedTuple
 from flytekit import CronSchedule, LaunchPlan, task, workflow
 from flytekit.types.file import FlyteFile
 
-from flyte import cache, credentials, resources
-from flyte.image import IMAGE
-from flyte.handoff import (
+from flytegpt.flyte import cache, credentials, resources
+from flytegpt.flyte.image import IMAGE
+from flytegpt.flyte.handoff import (
     config_from_settings,
     from_jsonl,
     load_task_config,
@@ -68,7 +68,7 @@ class Embedded(NamedTuple):
 )
 def collect(config_path: str, store: str) -> Collected:
     """Read every source (git clones, Slack API since the last cursor, docs, code) into documents."""
-    from ingest import pipeline
+    from flytegpt.ingest import pipeline
 
     config = load_task_config(config_path, store)
     with credentials.secrets_in_env(credentials.SLACK_BOT_TOKEN):  # for slack_api sources
@@ -91,8 +91,8 @@ def collect(config_path: str, store: str) -> Collected:
 )
 def chunk(documents: FlyteFile, store: str) -> FlyteFile:
     """Split documents into chunks (headings for prose, functions/classes for code, whole threads)."""
-    from ingest import pipeline
-    from ingest.models import Document
+    from flytegpt.ingest import pipeline
+    from flytegpt.ingest.models import Document
 
     docs = [Document.from_dict(d) for d in from_jsonl(read_work_file(documents))]
     chunks = pipeline.chunk_documents(docs)
@@ -112,9 +112,9 @@ def chunk(documents: FlyteFile, store: str) -> FlyteFile:
 )
 def embed(chunks: FlyteFile, settings: str) -> Embedded:
     """Embed the chunks on the GPU when the pod has one (device "auto"), reusing cached vectors."""
-    from ingest import pipeline
-    from ingest.embedding import Embedder
-    from ingest.models import Chunk
+    from flytegpt.ingest import pipeline
+    from flytegpt.ingest.embedding import Embedder
+    from flytegpt.ingest.models import Chunk
 
     config = config_from_settings(settings)
     items = [Chunk.from_dict(c) for c in from_jsonl(read_work_file(chunks))]
@@ -142,9 +142,9 @@ def build(
     """Write a complete index version (dense + keyword + chunk table + manifest). Not yet served."""
     from collections import Counter
 
-    from ingest import pipeline
-    from ingest.artifact import ModelInfo
-    from ingest.models import Chunk
+    from flytegpt.ingest import pipeline
+    from flytegpt.ingest.artifact import ModelInfo
+    from flytegpt.ingest.models import Chunk
 
     config = config_from_settings(settings)
     items = [Chunk.from_dict(c) for c in from_jsonl(read_work_file(chunks))]
@@ -164,14 +164,14 @@ def build(
 @task(container_image=IMAGE, requests=resources.PUBLISH, retries=2)
 def publish(version: str, store: str) -> str:
     """Move LATEST to `version` after verifying it; the bots polling LATEST then hot-reload it."""
-    from ingest.artifact import ArtifactError, list_versions
-    from ingest.artifact import publish as publish_version
+    from flytegpt.ingest.artifact import ArtifactError, list_versions
+    from flytegpt.ingest.artifact import publish as publish_version
 
     if version not in list_versions(store):
         # A cached `build` can return a version that was pruned since; say how to recover.
         raise ArtifactError(
             f"index version {version} is not in {store} (pruned or deleted after it was built); "
-            "re-run with the cache overwritten (pyflyte run --overwrite-cache, or `overwrite cache` in the UI)"
+            "re-run with the cache overwritten (python -m flytegpt.flyte ingest_wf --overwrite-cache, or `overwrite cache` in the UI)"
         )
     publish_version(store, version)
     log.info("published %s in %s", version, store)

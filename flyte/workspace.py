@@ -8,7 +8,7 @@ without activity, and "resume task" in VS Code runs the function below for real.
 It is opt-in: the task exists only when the `interactive` extra is installed
 (`pip install -e '.[interactive]'`), so a plain install never registers a GPU pod.
 
-    pyflyte run --remote flyte/workspace.py dev_workspace --store s3://bucket/flytegpt/store
+    register it with the other entities (README), then launch flytegpt.flyte.workspace.dev_workspace
     # then open the VS Code link on the execution page
 """
 
@@ -18,9 +18,9 @@ import json
 
 from flytekit import task
 
-from flyte import resources
-from flyte.handoff import load_task_config
-from flyte.image import WORKSPACE_IMAGE
+from flytegpt.flyte import resources
+from flytegpt.flyte.handoff import load_task_config
+from flytegpt.flyte.image import WORKSPACE_IMAGE
 
 try:  # the extra; without it this module defines no task
     from flytekitplugins.flyteinteractive import vscode
@@ -35,7 +35,7 @@ def environment_report(config_path: str, store: str) -> str:
     import faiss
     import torch
 
-    from ingest.artifact import list_versions, read_latest
+    from flytegpt.ingest.artifact import list_versions, read_latest
 
     config = load_task_config(config_path, store)
     return json.dumps(

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ingest.keyword import KeywordIndex
-from ingest.models import Chunk
-from ingest.store import atomic_write, get_fs, is_local, join, list_dir, read_bytes
+from flytegpt.ingest.keyword import KeywordIndex
+from flytegpt.ingest.models import Chunk
+from flytegpt.ingest.store import atomic_write, get_fs, is_local, join, list_dir, read_bytes
 
 if TYPE_CHECKING:
     import faiss

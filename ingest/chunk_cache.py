@@ -20,9 +20,9 @@ import io
 import json
 import logging
 
-from ingest.code_version import chunking_version
-from ingest.models import Chunk, Document
-from ingest.store import atomic_writer, get_fs, join, list_dir, read_bytes
+from flytegpt.ingest.code_version import chunking_version
+from flytegpt.ingest.models import Chunk, Document
+from flytegpt.ingest.store import atomic_writer, get_fs, join, list_dir, read_bytes
 
 log = logging.getLogger(__name__)
 

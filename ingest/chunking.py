@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ingest.doc_sections import detect_format, parse_sections
-from ingest.models import Chunk, Document
+from flytegpt.ingest.doc_sections import detect_format, parse_sections
+from flytegpt.ingest.models import Chunk, Document
 
 # Measured on ../shared/eval/dev.jsonl (MRR@10 0.789 -> 0.804 from 1200/450): sections of a
 # page are merged up to ~1,500 characters, so a chunk carries a whole topic and its heading
@@ -37,7 +37,7 @@ def chunk_document(doc: Document) -> list[Chunk]:
     if doc.kind == "slack":
         return _slack_chunks(doc)
     if doc.kind == "code":
-        from ingest.code_chunking import chunk_code
+        from flytegpt.ingest.code_chunking import chunk_code
 
         return chunk_code(doc)
     return _doc_chunks(doc)

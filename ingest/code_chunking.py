@@ -15,8 +15,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from ingest.models import Chunk, Document
-from ingest.sources._files import fill_lines
+from flytegpt.ingest.models import Chunk, Document
+from flytegpt.ingest.sources._files import fill_lines
 
 # The embedding model reads ~256 tokens (~1,000 characters of code): merging neighbours
 # beyond that would hide the later ones from dense search.

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ingest.config import DEFAULT_MODEL, EmbeddingsConfig
-from ingest.heap import trim_heap
-from ingest.onnx_export import ONNX_SUFFIX
+from flytegpt.ingest.config import DEFAULT_MODEL, EmbeddingsConfig
+from flytegpt.ingest.heap import trim_heap
+from flytegpt.ingest.onnx_export import ONNX_SUFFIX
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -123,7 +123,7 @@ def resolve_precision(precision: str, backend: str, device: str) -> str:
         return "int8"
     if backend == "openvino":
         if precision == "auto":
-            from ingest.openvino_runner import openvino_bf16
+            from flytegpt.ingest.openvino_runner import openvino_bf16
 
             return "bf16" if openvino_bf16() else "fp32"
         if precision not in ("fp32", "bf16"):
@@ -153,8 +153,8 @@ def resolve_backend(backend: str, device: str, model_path: str) -> str:
         return backend
     if device != "cpu":
         return "torch"  # CUDA: fp16 PyTorch with large batches; MPS: PyTorch
-    from ingest.onnx_export import NotExportable, check_exportable
-    from ingest.openvino_runner import openvino_available
+    from flytegpt.ingest.onnx_export import NotExportable, check_exportable
+    from flytegpt.ingest.openvino_runner import openvino_available
 
     if not openvino_available():
         log.info("OpenVINO is not installed: embedding with PyTorch (with openvino, 1.5-2.7x faster on a CPU)")
@@ -345,7 +345,7 @@ class Embedder:
         return self._model if self.backend == "torch" else self._onnx
 
     def _load_onnx(self):
-        from ingest.onnx_export import OnnxEncoder, ensure_export, onnx_runtime_available
+        from flytegpt.ingest.onnx_export import OnnxEncoder, ensure_export, onnx_runtime_available
 
         if not onnx_runtime_available():
             raise RuntimeError("backend 'onnx' needs onnxruntime: pip install 'flytegpt[fast]'")
@@ -357,8 +357,8 @@ class Embedder:
         return encoder
 
     def _load_openvino(self):
-        from ingest.onnx_export import ensure_export
-        from ingest.openvino_runner import OpenVinoEncoder
+        from flytegpt.ingest.onnx_export import ensure_export
+        from flytegpt.ingest.openvino_runner import OpenVinoEncoder
 
         folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir, kind="fp32")
         encoder = OpenVinoEncoder(folder, precision=self.precision)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ingest.store import atomic_writer, get_fs, join, list_dir
+from flytegpt.ingest.store import atomic_writer, get_fs, join, list_dir
 
 log = logging.getLogger(__name__)
 

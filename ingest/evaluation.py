@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from ingest.models import Chunk
+from flytegpt.ingest.models import Chunk
 
 METRICS = ("recall@5", "recall@10", "mrr@10", "coverage@10", "recall@8000c")
 CONTEXT_CHARS = 8000

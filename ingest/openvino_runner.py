@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ingest.onnx_export import MODEL_FILE, ExportedGraph
+from flytegpt.ingest.onnx_export import MODEL_FILE, ExportedGraph
 
 log = logging.getLogger(__name__)
 

@@ -13,16 +13,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from ingest.config import Config
-from ingest.heap import trim_heap
-from ingest.models import Chunk, Document, LoadReport
+from flytegpt.ingest.config import Config
+from flytegpt.ingest.heap import trim_heap
+from flytegpt.ingest.models import Chunk, Document, LoadReport
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ingest.artifact import ModelInfo
-    from ingest.keyword import KeywordIndex
-    from ingest.embedding import Embedder
+    from flytegpt.ingest.artifact import ModelInfo
+    from flytegpt.ingest.keyword import KeywordIndex
+    from flytegpt.ingest.embedding import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def iter_documents(
 
     A broken file is reported and skipped, never fatal.
     """
-    from ingest.sources import load_source
+    from flytegpt.ingest.sources import load_source
 
     for source in config.sources:
         report = LoadReport()
@@ -105,7 +105,7 @@ def collect(config: Config, *, progress: bool = True) -> tuple[list[Document], d
 
 
 def chunk_documents(documents: list[Document]) -> list[Chunk]:
-    from ingest.chunking import chunk_documents as _chunk
+    from flytegpt.ingest.chunking import chunk_documents as _chunk
 
     return _chunk(documents)
 
@@ -120,8 +120,8 @@ def collect_chunks(
     A document that did not change since the last ingest into this store gets its chunks
     from the store's chunk cache (ingest/chunk_cache.py) instead of being chunked again.
     """
-    from ingest.chunk_cache import ChunkCache
-    from ingest.chunking import chunk_document
+    from flytegpt.ingest.chunk_cache import ChunkCache
+    from flytegpt.ingest.chunking import chunk_document
 
     reports: dict[str, LoadReport] = {}
     doc_counts: Counter = Counter()
@@ -158,8 +158,8 @@ def embed_chunks(
     """
     import numpy as np
 
-    from ingest.embedding import Embedder
-    from ingest.embedding_cache import EmbeddingCache
+    from flytegpt.ingest.embedding import Embedder
+    from flytegpt.ingest.embedding_cache import EmbeddingCache
 
     embedder = embedder or Embedder.from_config(config.embeddings)
     keys = [c.content_key(embedder.model_id) for c in chunks]
@@ -186,7 +186,7 @@ def embed_chunks(
 
 
 def model_info(embedder: "Embedder") -> "ModelInfo":
-    from ingest.artifact import ModelInfo
+    from flytegpt.ingest.artifact import ModelInfo
 
     return ModelInfo(model_id=embedder.model_id, dimension=embedder.dimension, normalized=embedder.normalized)
 
@@ -201,7 +201,7 @@ def build_version(
     keyword: "KeywordIndex | None" = None,
 ) -> str:
     """Write a complete version folder (not yet served: `publish` moves LATEST)."""
-    from ingest.artifact import write_version
+    from flytegpt.ingest.artifact import write_version
 
     return write_version(
         config.index.store,
@@ -216,7 +216,7 @@ def build_version(
 
 
 def publish(config: Config, version: str) -> None:
-    from ingest.artifact import publish as _publish
+    from flytegpt.ingest.artifact import publish as _publish
 
     _publish(config.index.store, version)
 
@@ -225,8 +225,8 @@ def run_ingest(
     config: Config, *, progress: bool = True, embedder: "Embedder | None" = None
 ) -> IngestSummary:
     """Run every stage in this process and publish the new version."""
-    from ingest.embedding import Embedder
-    from ingest.keyword import KeywordIndex
+    from flytegpt.ingest.embedding import Embedder
+    from flytegpt.ingest.keyword import KeywordIndex
 
     chunks, reports, doc_counts, timings = collect_chunks(config, progress=progress)
     if not chunks:

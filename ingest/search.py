@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ingest.artifact import IndexVersion, open_version
-from ingest.config import Config, RetrievalConfig
-from ingest.models import Chunk
+from flytegpt.ingest.artifact import IndexVersion, open_version
+from flytegpt.ingest.config import Config, RetrievalConfig
+from flytegpt.ingest.models import Chunk
 
 if TYPE_CHECKING:
-    from ingest.embedding import Embedder
+    from flytegpt.ingest.embedding import Embedder
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class HybridSearcher:
                 cache_dir=config.index.cache_dir,
             )
             return cls(index, embedder, config.retrieval)
-        from ingest.embedding import Embedder
+        from flytegpt.ingest.embedding import Embedder
 
         # The manifest names the model (and backend) the vectors came from; queries must match it.
         index = open_version(config.index.store, version, cache_dir=config.index.cache_dir)

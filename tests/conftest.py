@@ -30,7 +30,7 @@ def embedder():
     Not the machine's default (OpenVINO, bf16 where the CPU has it): tests compare vectors to
     1e-4 and must give the same results on every CPU; tests/test_speed_paths.py covers the rest.
     """
-    from ingest.config import EmbeddingsConfig
-    from ingest.embedding import Embedder
+    from flytegpt.ingest.config import EmbeddingsConfig
+    from flytegpt.ingest.embedding import Embedder
 
     return Embedder.from_config(EmbeddingsConfig(device="cpu", backend="torch", precision="fp32"))

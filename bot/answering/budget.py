@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ingest.search import Hit
+    from flytegpt.ingest.search import Hit
 
 _TIKTOKEN_ENCODING = "o200k_base"
 _TIKTOKEN_URL = f"https://openaipublic.blob.core.windows.net/encodings/{_TIKTOKEN_ENCODING}.tiktoken"

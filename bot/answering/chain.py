@@ -20,8 +20,8 @@ from .offline import offline_answer
 from .types import Answer, Citation, IndexNotReady, ModelUnavailable, QuestionRejected, Turn
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ingest.config import Config, Settings
-    from ingest.search import HybridSearcher
+    from flytegpt.ingest.config import Config, Settings
+    from flytegpt.ingest.search import HybridSearcher
 
 log = logging.getLogger(__name__)
 

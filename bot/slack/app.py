@@ -25,7 +25,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
-from ingest.config import ConfigError
+from flytegpt.ingest.config import ConfigError
 
 from . import render
 from .dedupe import Deduper
@@ -35,9 +35,9 @@ from .ratelimit import RateLimiter
 from .workers import WorkerPool
 
 if TYPE_CHECKING:
-    from bot.index_holder import IndexHolder
-    from bot.metrics import Metrics
-    from ingest.config import Config, Settings
+    from flytegpt.bot.index_holder import IndexHolder
+    from flytegpt.bot.metrics import Metrics
+    from flytegpt.ingest.config import Config, Settings
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class FlyteGPTBot:
                  holder: "IndexHolder | None" = None, *, client: WebClient | None = None,
                  metrics: "Metrics | None" = None, feedback: FeedbackStore | None = None,
                  side_workers: int = 2) -> None:
-        from bot.metrics import Metrics
+        from flytegpt.bot.metrics import Metrics
 
         self.config, self.settings = config, settings
         self.answerer, self.holder = answerer, holder
@@ -390,7 +390,7 @@ class FlyteGPTBot:
     # --- answering (answer pool) ----------------------------------------------------
 
     def _answer(self, q: Question) -> None:
-        from bot.answering import IndexNotReady, ModelUnavailable, QuestionRejected
+        from flytegpt.bot.answering import IndexNotReady, ModelUnavailable, QuestionRejected
 
         self.metrics.pending.set(self.pool.pending)
         try:
@@ -474,7 +474,7 @@ class _StoredAnswer:
 
     @classmethod
     def from_row(cls, row: dict) -> "_StoredAnswer":
-        from bot.answering import Citation
+        from flytegpt.bot.answering import Citation
 
         cites = [Citation(int(s["n"]), s.get("title", ""), s.get("url", ""), s.get("source_id", ""))
                  for s in row["sources"]]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from slack_sdk import WebClient
 
-    from bot.answering import Turn
+    from flytegpt.bot.answering import Turn
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class ThreadHistory:
     def turns(self, channel: str, thread_ts: str, *, before_ts: str, bot_user_id: str | None,
               bot_id: str | None, max_turns: int) -> list["Turn"]:
         """The conversation before `before_ts` as Turns (the bot's answers as assistant turns)."""
-        from bot.answering import Turn
+        from flytegpt.bot.answering import Turn
 
         turns: list[Turn] = []
         for m in self.messages(channel, thread_ts, must_include=before_ts):

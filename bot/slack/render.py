@@ -29,7 +29,7 @@ from slack_sdk.models.blocks import (
 )
 
 if TYPE_CHECKING:  # bot.answering imports heavy libraries; rendering needs only the shapes
-    from bot.answering import Answer, Citation
+    from flytegpt.bot.answering import Answer, Citation
 
 MAX_BLOCKS = 50
 MAX_SECTION_CHARS = 3000

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ingest.config import SourceConfig
-from ingest.models import Document, LoadReport
+from flytegpt.ingest.config import SourceConfig
+from flytegpt.ingest.models import Document, LoadReport
 
 
 def load_source(source: SourceConfig, report: LoadReport, *, store: str | None = None) -> Iterator[Document]:
     """The documents of one source; problems with single files go to `report`, not exceptions."""
     if source.kind == "docs":
-        from ingest.sources.docs import load_docs as loader
+        from flytegpt.ingest.sources.docs import load_docs as loader
     elif source.kind == "code":
-        from ingest.sources.code import load_code as loader
+        from flytegpt.ingest.sources.code import load_code as loader
     elif source.kind == "slack_export":
-        from ingest.sources.slack_export import load_slack_export as loader
+        from flytegpt.ingest.sources.slack_export import load_slack_export as loader
     elif source.kind == "git":
-        from ingest.sources.git import load_git as loader
+        from flytegpt.ingest.sources.git import load_git as loader
     elif source.kind == "slack_api":
-        from ingest.sources.slack_api import load_slack_api as loader
+        from flytegpt.ingest.sources.slack_api import load_slack_api as loader
     else:  # pragma: no cover - the config's Literal type rejects other kinds
         raise ValueError(f"source {source.name!r}: unknown kind {source.kind!r}")
     return loader(source, report, store=store)

@@ -8,7 +8,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from urllib.parse import quote
 
-from ingest.models import LoadReport
+from flytegpt.ingest.models import LoadReport
 
 
 def glob_match(rel: str, patterns: Iterable[str]) -> bool:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ingest.config import SourceConfig
-from ingest.models import Document, LoadReport
-from ingest.sources._files import glob_match, read_text, render_url, walk_files
+from flytegpt.ingest.config import SourceConfig
+from flytegpt.ingest.models import Document, LoadReport
+from flytegpt.ingest.sources._files import glob_match, read_text, render_url, walk_files
 
 LANGUAGES = {
     ".py": "python", ".pyi": "python", ".go": "go", ".js": "js", ".jsx": "js", ".mjs": "js",

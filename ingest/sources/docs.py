@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ingest.config import SourceConfig
-from ingest.doc_sections import detect_format, page_title
-from ingest.models import Document, LoadReport
-from ingest.sources._files import read_text, render_url, walk_files
+from flytegpt.ingest.config import SourceConfig
+from flytegpt.ingest.doc_sections import detect_format, page_title
+from flytegpt.ingest.models import Document, LoadReport
+from flytegpt.ingest.sources._files import read_text, render_url, walk_files
 
 DOC_EXTENSIONS = {".md": "md", ".markdown": "md", ".myst": "myst", ".rst": "rst", ".txt": "txt"}
 MAX_BYTES = 2_000_000  # bigger "pages" are generated dumps, not documentation

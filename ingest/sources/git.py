@@ -33,8 +33,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-from ingest.config import ConfigError, SourceConfig
-from ingest.models import Document, LoadReport
+from flytegpt.ingest.config import ConfigError, SourceConfig
+from flytegpt.ingest.models import Document, LoadReport
 
 GIT_TIMEOUT_S = 900  # a large repository over a slow link, but never a hung nightly run
 
@@ -105,9 +105,9 @@ def load_git(
     """
     assert source.repo is not None and source.as_kind is not None  # the config validator ensures it
     if source.as_kind == "docs":
-        from ingest.sources.docs import load_docs as loader
+        from flytegpt.ingest.sources.docs import load_docs as loader
     else:
-        from ingest.sources.code import load_code as loader
+        from flytegpt.ingest.sources.code import load_code as loader
 
     with ExitStack() as stack:
         if workdir is None:

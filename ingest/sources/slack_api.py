@@ -27,10 +27,10 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ingest.config import ConfigError, Settings, SourceConfig
-from ingest.models import Document, LoadReport
-from ingest.sources.slack_export import Directory, is_noise, thread_document, ts_key
-from ingest.store import atomic_write, get_fs, join, read_bytes
+from flytegpt.ingest.config import ConfigError, Settings, SourceConfig
+from flytegpt.ingest.models import Document, LoadReport
+from flytegpt.ingest.sources.slack_export import Directory, is_noise, thread_document, ts_key
+from flytegpt.ingest.store import atomic_write, get_fs, join, read_bytes
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient

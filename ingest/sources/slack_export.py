@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ingest.config import SourceConfig
-from ingest.models import Document, LoadReport
+from flytegpt.ingest.config import SourceConfig
+from flytegpt.ingest.models import Document, LoadReport
 
 _DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.json$")
 # Subtypes that carry what a person wrote; everything else (joins, leaves, topic changes,

@@ -44,13 +44,13 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="passes over the questions")
     args = ap.parse_args()
 
-    from openai_server import OpenAIStandIn
+    from support.openai_server import OpenAIStandIn
 
-    from bot.answering import Answerer
-    from ingest.artifact import read_latest
-    from ingest.config import Settings, load_config
-    from ingest.pipeline import run_ingest
-    from ingest.search import HybridSearcher
+    from flytegpt.bot.answering import Answerer
+    from flytegpt.ingest.artifact import read_latest
+    from flytegpt.ingest.config import Settings, load_config
+    from flytegpt.ingest.pipeline import run_ingest
+    from flytegpt.ingest.search import HybridSearcher
 
     config = load_config(args.config).with_store(args.store)
     if read_latest(config.index.store) is None:

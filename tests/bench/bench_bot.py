@@ -31,10 +31,10 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from openai_server import OpenAIStandIn  # noqa: E402
-from slack_emulator import SlackEmulator  # noqa: E402
+from support.openai_server import OpenAIStandIn  # noqa: E402
+from support.slack_emulator import SlackEmulator  # noqa: E402
 
-from ingest.config import Settings, load_config  # noqa: E402
+from flytegpt.ingest.config import Settings, load_config  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -52,7 +52,7 @@ def pct(values: list[float], p: float) -> float:
 
 def publish_new_version(store: str, base: str) -> str:
     """What a nightly re-ingest does to the store: a new version (here: one chunk fewer), published."""
-    from ingest.artifact import open_version, publish, write_version
+    from flytegpt.ingest.artifact import open_version, publish, write_version
 
     current = open_version(store, base)
     n = len(current.chunks) - 1
@@ -91,10 +91,10 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "skipped: already running" during a load
-    from bot.serve import BotServer
-    from ingest.artifact import prune, read_latest
-    from ingest.embedding import Embedder
-    from ingest.pipeline import run_ingest
+    from flytegpt.bot.serve import BotServer
+    from flytegpt.ingest.artifact import prune, read_latest
+    from flytegpt.ingest.embedding import Embedder
+    from flytegpt.ingest.pipeline import run_ingest
 
     config = load_config(args.config).with_store(args.store)
     # Every mention of the burst must be queued, not refused as busy: queue >= burst.

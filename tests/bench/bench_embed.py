@@ -63,9 +63,9 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from ingest.config import load_config
-    from ingest.embedding import Embedder, resolve_model_path
-    from ingest.pipeline import chunk_documents, collect
+    from flytegpt.ingest.config import load_config
+    from flytegpt.ingest.embedding import Embedder, resolve_model_path
+    from flytegpt.ingest.pipeline import chunk_documents, collect
 
     config = load_config(args.config)
     args.backend = args.backend or config.embeddings.backend
@@ -119,9 +119,9 @@ def main() -> int:
 
 
 def quality(args, config) -> bool:
-    from ingest.evaluation import METRICS, evaluate, load_questions
-    from ingest.pipeline import run_ingest
-    from ingest.search import HybridSearcher
+    from flytegpt.ingest.evaluation import METRICS, evaluate, load_questions
+    from flytegpt.ingest.pipeline import run_ingest
+    from flytegpt.ingest.search import HybridSearcher
 
     questions = load_questions(args.questions)
     results = {}
@@ -179,8 +179,8 @@ def seed_ingest(config, model, out: str) -> tuple[int, int, float]:
 
 
 def end_to_end(args, config, seed_model) -> bool:
-    from ingest.artifact import open_version
-    from ingest.pipeline import run_ingest
+    from flytegpt.ingest.artifact import open_version
+    from flytegpt.ingest.pipeline import run_ingest
 
     tokenizer, max_len = seed_model.tokenizer, seed_model.max_seq_length
     rows = []

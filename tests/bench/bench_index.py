@@ -48,10 +48,10 @@ def real_vectors(args) -> tuple[np.ndarray, np.ndarray]:
     vpath, qpath = cache / "eval-vectors.npy", cache / "eval-questions.npy"
     if vpath.exists() and qpath.exists():
         return np.load(vpath), np.load(qpath)
-    from ingest.config import load_config
-    from ingest.embedding import Embedder
-    from ingest.evaluation import load_questions
-    from ingest.pipeline import chunk_documents, collect, embed_chunks
+    from flytegpt.ingest.config import load_config
+    from flytegpt.ingest.embedding import Embedder
+    from flytegpt.ingest.evaluation import load_questions
+    from flytegpt.ingest.pipeline import chunk_documents, collect, embed_chunks
 
     config = load_config(args.config).with_store(args.store)
     embedder = Embedder.from_config(config.embeddings)
@@ -117,7 +117,7 @@ def open_in_fresh_process(store: str, version: str) -> tuple[float, float, str]:
         "def rss():\n"
         "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) / 1024\n"
         "import faiss, bm25s, numpy\n"
-        "from ingest.artifact import open_version\n"
+        "from flytegpt.ingest.artifact import open_version\n"
         "before = rss(); index = open_version(%r, %r); after = rss()\n"
         "print(before, after, index.manifest['index']['type'])\n" % (str(ROOT), str(store), version)
     )
@@ -128,10 +128,10 @@ def open_in_fresh_process(store: str, version: str) -> tuple[float, float, str]:
 
 def bot_rss(args) -> int:
     """RSS of a fresh process that opens an index version of --bot-rss chunks (what the bot holds)."""
-    from ingest.artifact import ModelInfo, write_version
-    from ingest.config import load_config
-    from ingest.models import Chunk
-    from ingest.pipeline import chunk_documents, collect
+    from flytegpt.ingest.artifact import ModelInfo, write_version
+    from flytegpt.ingest.config import load_config
+    from flytegpt.ingest.models import Chunk
+    from flytegpt.ingest.pipeline import chunk_documents, collect
 
     base, _ = real_vectors(args)
     documents, _ = collect(load_config(args.config), progress=False)
@@ -174,7 +174,7 @@ def main() -> int:
 
     import faiss
 
-    from ingest.artifact import build_dense_index
+    from flytegpt.ingest.artifact import build_dense_index
 
     base, questions = real_vectors(args)
     base = base.astype(np.float32)
@@ -213,7 +213,7 @@ def main() -> int:
     del ivf
 
     if args.hnsw:
-        from ingest import artifact
+        from flytegpt.ingest import artifact
 
         n = args.hnsw_n or len(vectors)
         sub = vectors[:n]

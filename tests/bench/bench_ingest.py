@@ -28,7 +28,7 @@ def run_ingest(config: str, store: str) -> tuple[dict, float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "ingest", "--config", config, "--store", store, "--json"],
+        [sys.executable, "-m", "flytegpt.bot.cli", "ingest", "--config", config, "--store", store, "--json"],
         cwd=ROOT, check=True, capture_output=True, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
     )

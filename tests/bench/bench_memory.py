@@ -102,7 +102,7 @@ def write_config(path: Path, export: Path, batch: int, backend: str) -> None:
 
 def with_batch(config: Path, batch: int, out: Path) -> None:
     """A copy of a real config with `[embeddings] batch_size` set (paths made absolute)."""
-    from ingest.config import load_config
+    from flytegpt.ingest.config import load_config
 
     cfg = load_config(config)
     lines = []
@@ -122,7 +122,7 @@ EXTRA_ENV: dict[str, str] = {}  # --env KEY=VALUE, for every child (e.g. MALLOC_
 def ingest(config: Path, store: Path) -> tuple[dict, float, float]:
     """`flytegpt ingest --json` in a fresh child: (summary, wall seconds, the child's peak RSS MiB)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **EXTRA_ENV}
-    cmd = [sys.executable, "-m", "bot.cli", "ingest", "--config", str(config), "--store", str(store), "--json"]
+    cmd = [sys.executable, "-m", "flytegpt.bot.cli", "ingest", "--config", str(config), "--store", str(store), "--json"]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err)

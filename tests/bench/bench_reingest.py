@@ -59,7 +59,7 @@ def ingest(config: Path, store: Path) -> tuple[dict, float, float]:
     t = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "ingest", "--config", str(config), "--store", str(store), "--json"],
+            [sys.executable, "-m", "flytegpt.bot.cli", "ingest", "--config", str(config), "--store", str(store), "--json"],
             cwd=ROOT, stdout=out, stderr=err,
             env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
         )
@@ -82,7 +82,7 @@ def main() -> int:
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from ingest.config import load_config
+    from flytegpt.ingest.config import load_config
 
     config = load_config(args.config)
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
-from ingest.config import load_config  # noqa: E402
-from ingest.evaluation import METRICS, evaluate, load_questions  # noqa: E402
-from ingest.models import Chunk  # noqa: E402
+from flytegpt.ingest.config import load_config  # noqa: E402
+from flytegpt.ingest.evaluation import METRICS, evaluate, load_questions  # noqa: E402
+from flytegpt.ingest.models import Chunk  # noqa: E402
 
 TARGETS = {"recall@5": 0.90, "mrr@10": 0.80, "coverage@10": 0.80, "recall@8000c": 0.92}
 
@@ -104,10 +104,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
     args = parser.parse_args()
 
-    from ingest.artifact import read_latest
-    from ingest.embedding import Embedder
-    from ingest.pipeline import run_ingest
-    from ingest.search import HybridSearcher
+    from flytegpt.ingest.artifact import read_latest
+    from flytegpt.ingest.embedding import Embedder
+    from flytegpt.ingest.pipeline import run_ingest
+    from flytegpt.ingest.search import HybridSearcher
 
     config = load_config(args.config).with_store(args.store)
     questions = load_questions(args.questions)

@@ -1,0 +1,302 @@
+"""The Answerer with the real ChatOpenAI over HTTP against the OpenAI stand-in."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from support.answering_support import ALL, EVIL_DOC, INJECTION, RAY_CODE, RAY_DOC, RAY_SLACK, WordSearcher
+from support.openai_server import Fail, Hang, OpenAIStandIn, Reply
+
+from flytegpt.bot.answering import (
+    Answerer,
+    IndexNotReady,
+    ModelUnavailable,
+    QuestionRejected,
+    Turn,
+    answer_many,
+    write_report,
+)
+from flytegpt.bot.answering import prompts
+from flytegpt.ingest.config import AnswerConfig, Config, Settings
+
+SECRET = "sk-test-secret-value-123"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with OpenAIStandIn() as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def _fresh(server):
+    server.reset()
+    yield
+
+
+def make(server, chunks=ALL, with_dense=False, **answer):
+    opts = dict(timeout_s=2.0, max_retries=2, retry_backoff_s=0.05, retry_max_wait_s=3.0, min_score=0.2)
+    opts.update(answer)
+    config = Config(answer=AnswerConfig(**opts))
+    settings = Settings(OPENAI_API_KEY=SECRET, OPENAI_BASE_URL=server.base_url, FLYTEGPT_CHAT_MODEL="stand-in-model")
+    searcher = WordSearcher(list(chunks), with_dense=with_dense)
+    return Answerer(config, settings, lambda: searcher), searcher
+
+
+def test_sources_are_in_the_prompt_and_citations_resolve(server):
+    server.reply = "Install the plugin [2]. Configure workers with `RayJobConfig` [3], see also [1-2]."
+    answerer, searcher = make(server)
+    a = answerer.answer("How do I use ray workers with RayJobConfig?")
+
+    assert len(server.requests) == 1
+    req = server.requests[0]
+    assert req.body["model"] == "stand-in-model"
+    assert req.messages[0]["role"] == "system" and req.messages[0]["content"] == prompts.ANSWER_SYSTEM
+    human = req.text_of("user")
+    for c in (RAY_DOC, RAY_CODE, RAY_SLACK):
+        assert c.text.splitlines()[0] in human
+    assert searcher.queries == ["How do I use ray workers with RayJobConfig?"]
+
+    assert a.mode == "llm" and a.index_version == "v-test"
+    # renumbered by first use: old 2 -> 1, old 3 -> 2, old 1 -> 3
+    assert a.text == "Install the plugin [1]. Configure workers with `RayJobConfig` [2], see also [1][3]."
+    sent = {int(line.split('"')[1]): line for line in human.splitlines() if line.startswith("<source n=")}
+    by_title = {c.title: c for c in (RAY_DOC, RAY_CODE, RAY_SLACK)}
+    for cit in a.citations:
+        assert cit.url == by_title[cit.title].url and cit.source_id == by_title[cit.title].source_id
+    assert [c.n for c in a.citations] == [1, 2, 3]
+    old_two = next(line for n, line in sent.items() if n == 2)
+    assert a.citations[0].title in old_two
+
+
+def test_bogus_citations_dropped_and_uncited_sources_not_listed(server):
+    server.reply = "Use RayJobConfig [7]. Install the plugin [1][12]. Nothing else [0]."
+    answerer, _ = make(server)
+    a = answerer.answer("how do I use ray?")
+    assert a.text == "Use RayJobConfig. Install the plugin [1]. Nothing else."
+    assert len(a.citations) == 1 and a.citations[0].n == 1
+
+
+def test_answer_without_citations_is_kept_with_no_links(server):
+    server.reply = "I don't know based on the sources."
+    answerer, _ = make(server)
+    a = answerer.answer("how do I use ray?")
+    assert a.mode == "llm" and a.citations == [] and a.text == "I don't know based on the sources."
+
+
+def test_nothing_relevant_means_no_model_call(server):
+    answerer, _ = make(server)
+    a = answerer.answer("zebra migration patterns")
+    assert a.mode == "not_found"
+    assert a.text.startswith(prompts.NOT_FOUND)
+    assert server.requests == []
+
+
+def test_below_threshold_lists_the_closest_links_without_model(server):
+    answerer, _ = make(server, min_score=0.9)
+    a = answerer.answer("ray zebra giraffe elephant")
+    assert a.mode == "not_found" and server.requests == []
+    assert a.citations and a.citations[0].url.startswith("https://")
+    assert "[1]" in a.text
+
+
+def test_low_similarity_means_no_model_call(server):
+    answerer, _ = make(server, with_dense=True, min_score=0.0, min_similarity=0.6)
+    a = answerer.answer("ray zebra giraffe")  # best overlap 1/3
+    assert a.mode == "not_found" and server.requests == []
+    server.reply = "Install it [1]."
+    assert answerer.answer("ray plugin").mode == "llm"
+
+
+def test_condensed_question_is_used_for_retrieval(server):
+    server.script(Reply("How many Ray workers can a Flyte task use?"), Reply("Set replicas [1]."))
+    answerer, searcher = make(server)
+    history = [Turn("user", "how do I use ray on flyte?"), Turn("assistant", "Install flytekitplugins-ray [1].")]
+    a = answerer.answer("and how many workers?", history)
+
+    assert len(server.requests) == 2
+    condense, answer = server.requests
+    assert condense.messages[0]["content"] == prompts.CONDENSE_SYSTEM
+    assert "how do I use ray on flyte?" in condense.text_of("user")
+    assert "and how many workers?" in condense.text_of("user")
+    assert searcher.queries == ["How many Ray workers can a Flyte task use?"]
+    assert "Question: How many Ray workers can a Flyte task use?" in answer.text_of("user")
+    assert a.standalone_question == "How many Ray workers can a Flyte task use?"
+    assert a.question == "and how many workers?"
+
+
+def test_no_condense_call_without_history(server):
+    server.reply = "Install it [1]."
+    answerer, searcher = make(server)
+    answerer.answer("how do I use ray?")
+    assert len(server.requests) == 1
+    assert server.requests[0].messages[0]["content"] == prompts.ANSWER_SYSTEM
+    assert searcher.queries == ["how do I use ray?"]
+
+
+def test_500_then_success(server):
+    server.script(Fail(500))
+    server.reply = "Install it [1]."
+    answerer, _ = make(server)
+    a = answerer.answer("how do I use ray?")
+    assert a.mode == "llm" and a.text == "Install it [1]."
+    assert len(server.requests) == 2
+
+
+def test_429_retry_after_is_honoured(server):
+    server.script(Fail(429, retry_after=1))
+    server.reply = "Install it [1]."
+    answerer, _ = make(server, retry_backoff_s=0.01)
+    a = answerer.answer("how do I use ray?")
+    assert a.mode == "llm"
+    first, second = server.requests
+    assert second.at - first.at >= 0.9
+
+
+def test_retry_after_is_capped(server):
+    server.script(Fail(429, retry_after=120))
+    server.reply = "Install it [1]."
+    answerer, _ = make(server, retry_max_wait_s=0.2)
+    start = time.monotonic()
+    assert answerer.answer("how do I use ray?").mode == "llm"
+    assert time.monotonic() - start < 5
+
+
+def test_persistent_500_raises_model_unavailable_with_related_then_recovers(server):
+    server.script(Fail(500), Fail(500), Fail(500))
+    answerer, _ = make(server)
+    with pytest.raises(ModelUnavailable) as err:
+        answerer.answer("how do I use ray?")
+    assert len(server.requests) == 3  # 1 + max_retries
+    assert "HTTP 500" in str(err.value) and SECRET not in str(err.value)
+    assert {c.url for c in err.value.related} <= {RAY_DOC.url, RAY_CODE.url, RAY_SLACK.url}
+    assert err.value.related
+
+    server.reply = "Now it works [1]."
+    assert answerer.answer("how do I use ray?").text == "Now it works [1]."
+
+
+def test_client_error_is_not_retried(server):
+    server.script(Fail(401, message="bad key"))
+    answerer, _ = make(server)
+    with pytest.raises(ModelUnavailable, match="HTTP 401"):
+        answerer.answer("how do I use ray?")
+    assert len(server.requests) == 1
+
+
+def test_timeout_raises_model_unavailable(server):
+    server.script(Hang(10), Hang(10))
+    answerer, _ = make(server, timeout_s=0.5, max_retries=1)
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailable, match="timed out") as err:
+        answerer.answer("how do I use ray?")
+    assert time.monotonic() - start < 4
+    assert err.value.related
+
+
+def test_condense_failure_raises_with_related(server):
+    server.script(Fail(503), Fail(503), Fail(503))
+    answerer, _ = make(server)
+    with pytest.raises(ModelUnavailable) as err:
+        answerer.answer("how do I use ray?", [Turn("user", "hi"), Turn("assistant", "hello")])
+    assert err.value.related
+
+
+@pytest.mark.parametrize("question", ["", "   \n\t ", "x" * 101])
+def test_rejected_questions_send_nothing(server, question):
+    answerer, searcher = make(server, max_question_chars=100)
+    with pytest.raises(QuestionRejected) as err:
+        answerer.answer(question)
+    assert str(err.value)
+    assert server.requests == [] and searcher.queries == []
+
+
+def test_index_not_ready(server):
+    config = Config()
+    answerer = Answerer(config, Settings(OPENAI_BASE_URL=server.base_url), lambda: None)
+    with pytest.raises(IndexNotReady):
+        answerer.answer("how do I use ray?")
+    assert server.requests == []
+
+
+def test_prompt_injection_stays_inside_the_source_block(server):
+    server.reply = "Ray tips [1]."
+    answerer, _ = make(server, chunks=[EVIL_DOC, RAY_DOC])
+    answerer.answer("ray tips for flyte")
+    req = server.requests[0]
+    assert [m["role"] for m in req.messages] == ["system", "user"]
+    assert req.messages[0]["content"] == prompts.ANSWER_SYSTEM
+    human = req.text_of("user")
+    start, end = human.index("\n<sources>\n"), human.rindex("\n</sources>\n")
+    pos = human.index("IGNORE ALL PREVIOUS INSTRUCTIONS")
+    assert start < pos < end
+    # the source cannot close its own block or forge another one
+    assert "</source><source" not in human
+    assert human.count("<source n=") == 2
+    # no configuration in any prompt
+    body = str(req.body["messages"])
+    assert SECRET not in body and server.base_url not in body and "stand-in-model" not in body
+    assert INJECTION.split("</source>")[0] in human
+
+
+def test_empty_model_output_retried_once_then_offline_fallback(server):
+    server.script(Reply(""), Reply("   "))
+    answerer, _ = make(server)
+    a = answerer.answer("how do I use ray?")
+    assert len(server.requests) == 2
+    assert a.mode == "offline" and a.text.startswith(prompts.MODEL_EMPTY_NOTE)
+    assert a.citations and all(c.url.startswith("https://") for c in a.citations)
+
+
+def test_empty_then_text_is_an_answer(server):
+    server.script(Reply(""))
+    server.reply = "Install it [1]."
+    answerer, _ = make(server)
+    assert answerer.answer("how do I use ray?").mode == "llm"
+
+
+def test_offline_answerer_is_deterministic_and_calls_nothing(server):
+    config = Config(answer=AnswerConfig(min_score=0.2))
+    searcher = WordSearcher(list(ALL))
+    answerer = Answerer(config, Settings(), lambda: searcher)
+    assert not answerer.llm_enabled
+    a = answerer.answer("how do I use ray workers?")
+    b = answerer.answer("how do I use ray workers?")
+    assert a == b and a.mode == "offline"
+    assert a.text.startswith(prompts.OFFLINE_HEADER)
+    assert "```python" in a.text  # code kept as code
+    assert [c.n for c in a.citations] == list(range(1, len(a.citations) + 1))
+    for c in a.citations:
+        assert f"[{c.n}]" in a.text
+    assert server.requests == []
+
+
+def test_streaming_works_with_the_stand_in(server):
+    from langchain_openai import ChatOpenAI
+
+    server.reply = "Streaming answer with citations [1]."
+    model = ChatOpenAI(model="m", base_url=server.base_url, api_key="x", streaming=True, max_retries=0)
+    pieces = [c.content for c in model.stream("hi")]
+    assert len(pieces) > 2
+    assert "".join(pieces) == "Streaming answer with citations [1]."
+    assert server.requests[0].body.get("stream") is True
+
+
+def test_bulk_isolates_failures_and_writes_reports(server, tmp_path):
+    server.script(Reply("Install it [1]."), Fail(500), Fail(500))
+    answerer, _ = make(server, max_retries=1)
+    results = answer_many(answerer, ["how do I use ray?", "", "ray again?", "zebra"])
+    assert [r["mode"] for r in results] == ["llm", "error", "error", "not_found"]
+    assert results[0]["citations"][0]["url"] == RAY_DOC.url
+    assert results[1]["error"] and results[2]["error"]
+    assert results[2]["citations"]  # related sources even on error
+    assert answerer.answer_many(["how do I use ray?"])[0]["mode"] == "llm"
+
+    import json
+
+    write_report(results, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())[0]["question"] == "how do I use ray?"
+    write_report(results, tmp_path / "r.md", format="markdown")
+    md = (tmp_path / "r.md").read_text()
+    assert RAY_DOC.url in md and "**Error:**" in md

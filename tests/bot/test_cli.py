@@ -1,0 +1,117 @@
+"""`flytegpt ingest / search / eval / demo` as a user runs them, on a copy of the sample corpus."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flytegpt.bot.cli import main
+from flytegpt.ingest.config import sample_config_path
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A private copy of the bundled sample corpus (tests change files in it)."""
+    root = tmp_path_factory.mktemp("corpus") / "sample"
+    shutil.copytree(sample_config_path().parent, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(corpus: Path, tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("store"))
+
+
+def run(*args: str) -> "object":
+    # wide enough that rich's tables don't wrap ids and URLs
+    return CliRunner().invoke(main, list(args), catch_exceptions=False, env={"COLUMNS": "300"})
+
+
+def ingest_json(corpus: Path, store: str) -> dict:
+    result = run("ingest", "--config", str(corpus / "flytegpt.toml"), "--store", store, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])  # --json: stdout is JSON only
+
+
+def test_ingest_then_reingest_embeds_only_what_changed(corpus: Path, store: str):
+    first = ingest_json(corpus, store)
+    counts = {s["name"]: s for s in first["sources"]}
+    assert set(counts) == {"sample-docs", "sample-code", "sample-slack"}
+    assert all(s["documents"] > 0 and s["chunks"] > 0 for s in counts.values())
+    assert first["embeddings_computed"] == first["chunks"] and first["embeddings_reused"] == 0
+    assert (Path(store) / "LATEST").read_text().strip() == first["version"]
+
+    again = ingest_json(corpus, store)
+    assert again["embeddings_computed"] == 0 and again["embeddings_reused"] == first["chunks"]
+
+    page = corpus / "docs" / "secrets.md"
+    page.write_text(page.read_text() + "\n\n## Rotating secrets\n\nRotate a secret by updating it in the cluster; tasks read it at start.\n")
+    changed = ingest_json(corpus, store)
+    assert 0 < changed["embeddings_computed"] <= 3  # only chunks of the changed page
+    assert changed["embeddings_reused"] >= first["chunks"] - 2
+
+
+def test_ingest_summary_names_a_malformed_day_file_and_keeps_the_rest(corpus: Path, tmp_path: Path):
+    bad = tmp_path / "sample"
+    shutil.copytree(corpus, bad)
+    (bad / "slack" / "flyte-support" / "2024-05-01.json").write_text("[{not json")
+    result = run("ingest", "--config", str(bad / "flytegpt.toml"), "--store", str(tmp_path / "store"), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "2024-05-01.json" in result.output and "skipped" in result.output
+    summary = ingest_json(bad, str(tmp_path / "store"))
+    slack = next(s for s in summary["sources"] if s["name"] == "sample-slack")
+    assert len(slack["skipped"]) == 1 and slack["documents"] > 0
+
+
+def test_search_shows_ranked_chunks_with_source_ids_and_urls(corpus: Path, store: str):
+    ingest_json(corpus, store)
+    result = run("search", "how do I invalidate the cache", "--config", str(corpus / "flytegpt.toml"),
+                 "--store", store, "--k", "3")
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.strip("│ ")[:1].isdigit()]
+    assert [row.strip("│ ").split()[0] for row in rows] == ["1", "2", "3"]
+    caching = next(row for row in rows if "sample-docs:caching.md" in row)  # id, then its URL
+    assert "caching.md" in caching.split("sample-docs:caching.md")[1]
+    for column in ("rank", "score", "source id", "title", "url"):
+        assert column in result.output
+
+
+def test_eval_json_last_line(corpus: Path, store: str):
+    ingest_json(corpus, store)
+    result = run("eval", str(corpus / "QUESTIONS.jsonl"), "--config", str(corpus / "flytegpt.toml"),
+                 "--store", store, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(report) == {"n", "recall@5", "recall@10", "mrr@10", "coverage@10", "recall@8000c", "by_kind"}
+    assert report["n"] >= 3 and report["recall@5"] >= 0.75  # the sample questions are answerable
+
+
+def test_demo_answers_the_sample_questions_offline(corpus: Path, store: str):
+    ingest_json(corpus, store)
+    result = run("demo", "--config", str(corpus / "flytegpt.toml"), "--store", store)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("> ") >= 3
+    assert "No language model is configured" in result.output
+    assert "[1] " in result.output
+
+
+def test_config_errors_are_messages_not_tracebacks(tmp_path: Path):
+    config = tmp_path / "flytegpt.toml"
+    config.write_text('[[sources]]\nname = "d"\nkind = "docs"\npath = "docs"\nurl_tmpl = "x"\n')
+    result = CliRunner().invoke(main, ["ingest", "--config", str(config)])
+    assert result.exit_code != 0
+    assert "unknown key 'sources[d].url_tmpl'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_search_without_an_index_says_how_to_build_one(corpus: Path, tmp_path: Path):
+    result = CliRunner().invoke(main, ["search", "anything", "--config", str(corpus / "flytegpt.toml"),
+                                       "--store", str(tmp_path / "empty")])
+    assert result.exit_code != 0
+    assert "flytegpt ingest" in result.output and "Traceback" not in result.output

@@ -1,0 +1,139 @@
+"""Hot reload: new index versions are picked up while the bot answers; bad ones are refused."""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+from support.slack_harness import ANSWER, CACHE_Q, BotHarness, build_sample_index, tuned
+
+from flytegpt.bot.index_holder import IndexHolder
+from flytegpt.bot.metrics import Metrics
+from flytegpt.bot.reload import Reloader
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def built_store(tmp_path_factory, embedder) -> Path:
+    store = tmp_path_factory.mktemp("store-v1")
+    build_sample_index(store, embedder)
+    return store
+
+
+@pytest.fixture
+def config(built_store, tmp_path):
+    """A private copy of the store (tests publish into it) and a tuned config."""
+    from flytegpt.ingest.config import load_config, sample_config_path
+
+    store = tmp_path / "store"
+    shutil.copytree(built_store, store)
+    base = load_config(sample_config_path()).with_store(str(store))
+    return tuned(base, feedback_db=tmp_path / "feedback.sqlite3", bot={"workers": 4})
+
+
+def publish_variant(store: str, base: str, drop: int = 1) -> str:
+    """Publish a new, different version (`base`'s chunks minus `drop`), as a re-ingest would."""
+    from flytegpt.ingest.artifact import open_version, publish, write_version
+
+    current = open_version(store, base)
+    n = len(current.chunks) - drop
+    vectors = current.dense.reconstruct_n(0, n)
+    time.sleep(1.0)  # version ids carry the time in seconds
+    version = write_version(store, current.chunks[:n], vectors, current.model)
+    publish(store, version)
+    return version
+
+
+def publish_corrupt(store: str) -> str:
+    """A version whose FAISS file does not match its manifest checksum, made LATEST by force
+    (as a broken upload or a bad disk would leave it; `publish` itself refuses such versions)."""
+    from flytegpt.ingest.artifact import DENSE_FILE, read_latest
+
+    good = read_latest(store)
+    bad = "20990101T000000Z-0badc0de"
+    shutil.copytree(Path(store) / good, Path(store) / bad)
+    manifest = json.loads((Path(store) / bad / "manifest.json").read_text())
+    manifest["version"] = bad
+    (Path(store) / bad / "manifest.json").write_text(json.dumps(manifest))
+    dense = Path(store) / bad / DENSE_FILE
+    data = bytearray(dense.read_bytes())
+    data[-16:] = bytes(16)
+    dense.write_bytes(bytes(data))
+    (Path(store) / "LATEST").write_text(bad + "\n")
+    return bad
+
+
+def test_reloader_swaps_and_refuses(config, embedder):
+    holder, metrics = IndexHolder(), Metrics()
+    reloader = Reloader(config, holder, metrics=metrics, embedder=embedder)
+    assert reloader.check_once() and holder.ready
+    v1 = holder.version
+    assert not reloader.check_once()  # same version: nothing to do
+
+    bad = publish_corrupt(config.index.store)
+    assert not reloader.check_once()
+    assert holder.version == v1  # the old one keeps serving
+    assert metrics.reloads_refused._value.get() == 1
+    assert bad in reloader.refused and "dense.faiss" in reloader.refused[bad]
+    assert not reloader.check_once() and metrics.reloads_refused._value.get() == 1  # not retried each poll
+
+    v2 = publish_variant(config.index.store, v1)
+    assert reloader.check_once() and holder.version == v2 != v1
+    assert metrics.reloads._value.get() == 2
+    assert b'flytegpt_index_info{version="%s"} 1.0' % v2.encode() in metrics.render()
+
+
+def test_new_version_published_while_questions_are_in_flight(config, embedder):
+    holder, metrics = IndexHolder(), Metrics()
+    reloader = Reloader(config, holder, metrics=metrics, embedder=embedder, interval_s=0.2)
+    assert reloader.check_once()
+    v1 = holder.version
+    old_ref = weakref.ref(holder.get())
+    started = threading.Semaphore(0)
+
+    def slow_reply(body: dict) -> str:
+        started.release()
+        time.sleep(0.4)
+        return ANSWER
+
+    with BotHarness(config, holder) as h:
+        h.llm.reply = slow_reply
+        reloader.start(run_now=False)
+        try:
+            sent = [h.emu.mention(f"{CACHE_Q} ({i})", user=f"U0USER{i}") for i in range(8)]
+            for d in sent:
+                assert h.emu.wait_ack(d.envelope_id).latency < 3.0
+            assert started.acquire(timeout=10) and started.acquire(timeout=10)  # answers under way
+            v2 = publish_variant(config.index.store, v1)
+            for d in sent:
+                [answer] = h.wait_answers(thread_ts=d.ts, timeout=30)
+                assert "cache_version" in answer["text"], answer["text"]  # no failed answer
+            h.emu.wait_for(lambda: holder.version == v2, timeout=10)
+            after = h.emu.mention(CACHE_Q, user="U0LATE")
+            [late] = h.wait_answers(thread_ts=after.ts)
+            h.idle()
+        finally:
+            reloader.stop()
+        versions = [h.bot.feedback.get_answer(_answer_id(m))["index_version"] for m in h.answers()]
+        by_ts = {m["thread_ts"]: v for m, v in zip(h.answers(), versions)}
+        assert by_ts[after.ts] == v2  # the new version is served afterwards
+        assert v1 in [by_ts[d.ts] for d in sent]  # the ones in flight finished on the old index
+        assert set(versions) <= {v1, v2}
+        failures = sum(s.value for m in h.bot.metrics.failures.collect() for s in m.samples
+                       if s.name.endswith("_total"))
+        assert failures == 0
+        assert h.emu.violations == []
+    gc.collect()
+    assert old_ref() is None  # the old index was released
+
+
+def _answer_id(message: dict) -> str:
+    actions = [b for b in message["blocks"] if b["type"] == "actions"][0]
+    return actions["elements"][0]["value"]

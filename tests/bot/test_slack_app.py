@@ -1,0 +1,294 @@
+"""End to end: the real Bolt app over Socket Mode against the Slack emulator, real answering.
+
+The index is the bundled sample corpus (built once for this module); the chat model is
+the OpenAI-compatible stand-in. Each test checks what a Slack user would see.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+
+import pytest
+from support.openai_server import Fail, Reply
+from support.slack_harness import ANSWER, CACHE_Q, STANDALONE, BotHarness, build_sample_index, tuned
+
+from flytegpt.bot.index_holder import IndexHolder
+from flytegpt.bot.slack import render
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory, embedder):
+    """(config, searcher) over an index of the sample corpus, built once."""
+    from flytegpt.ingest.search import HybridSearcher
+
+    config = build_sample_index(tmp_path_factory.mktemp("store"), embedder)
+    return config, HybridSearcher.open(config, embedder=embedder)
+
+
+@pytest.fixture
+def make_harness(sample, tmp_path):
+    """Start a bot: make_harness(bot={...}, answer={...}, empty=True) tunes it."""
+    running = []
+
+    def make(*, bot: dict | None = None, answer: dict | None = None, empty: bool = False) -> BotHarness:
+        config, searcher = sample
+        config = tuned(config, feedback_db=tmp_path / "feedback.sqlite3", bot=bot, answer=answer)
+        h = BotHarness(config, IndexHolder(None if empty else searcher)).start()
+        running.append(h)
+        return h
+
+    yield make
+    for h in running:
+        h.stop()
+        assert h.emu.violations == []
+
+
+@pytest.fixture
+def harness(make_harness):
+    return make_harness()
+
+
+def _blocks(msg: dict, kind: str) -> list[dict]:
+    return [b for b in msg.get("blocks", []) if b["type"] == kind]
+
+
+def test_mention_is_answered_in_thread_with_sources(harness, sample):
+    emu = harness.emu
+    d = emu.mention(CACHE_Q)
+    assert emu.wait_ack(d.envelope_id).latency < 3.0
+    [answer] = harness.wait_answers(thread_ts=d.ts)
+    # picked up: 👀 on the question
+    assert emu.wait_for(lambda: [r for r in emu.reactions if r["timestamp"] == d.ts and r["name"] == "eyes"])
+    call = emu.calls_to("chat.postMessage")[-1].args
+    assert call["thread_ts"] == d.ts and call["unfurl_links"] is False and call["unfurl_media"] is False
+    assert call.get("reply_broadcast") in (False, None)
+    section = _blocks(answer, "section")[0]["text"]["text"]
+    assert section == "Bump *`cache_version`* in the task decorator to invalidate the cache [1]."
+    sources = _blocks(answer, "context")[0]["elements"][0]["text"]
+    # [1] is a link for web URLs; the sample docs live on disk (file://), which Slack can't open
+    assert re.fullmatch(r"\*Sources\*\n\[1\] (<https?://[^|>]+\|[^>]+>|[^<>\n]+)", sources), sources
+    buttons = _blocks(answer, "actions")[0]["elements"]
+    assert {b["action_id"] for b in buttons} == {render.ACTION_FEEDBACK_UP, render.ACTION_FEEDBACK_DOWN}
+    # the model saw the retrieved sources
+    assert "cache" in harness.llm.requests[-1].text_of("user").lower()
+    # the answer is stored for feedback with its index version
+    row = harness.bot.feedback.get_answer(buttons[0]["value"])
+    assert row["question"] == CACHE_Q and row["index_version"] == sample[1].version and row["sources"]
+    assert harness.bot.metrics.answers.labels("llm")._value.get() == 1
+
+
+def test_followup_in_thread_uses_history(harness):
+    emu = harness.emu
+    first = emu.mention(CACHE_Q)
+    harness.wait_answers(thread_ts=first.ts)
+    # a reply in the thread, without a mention: the bot already answered there
+    emu.message("and for map tasks?", thread_ts=first.ts)
+    answers = harness.wait_answers(2, thread_ts=first.ts)
+    assert len(answers) == 2
+    condense = [r for r in harness.llm.requests if "standalone question" in r.text_of("system")]
+    assert len(condense) == 1
+    convo = condense[0].text_of("user")
+    assert "invalidate the cache" in convo and "cache_version" in convo and "and for map tasks?" in convo
+    assert STANDALONE in harness.llm.requests[-1].text_of("user")  # retrieval + answer used the condensed question
+    # a mention in the same thread is a follow-up too
+    emu.mention("what about dynamic workflows?", thread_ts=first.ts)
+    harness.wait_answers(3, thread_ts=first.ts)
+
+
+def test_thread_reply_where_bot_did_not_answer_is_ignored(harness):
+    emu = harness.emu
+    root = emu.seed_message("C0GENERAL", "team lunch?", user="U1")["ts"]
+    d = emu.message("yes please", thread_ts=root, user="U2")
+    emu.wait_ack(d.envelope_id)
+    harness.idle()
+    assert harness.answers() == [] and emu.reactions == []
+
+
+def test_thread_followups_can_be_turned_off(make_harness):
+    harness = make_harness(bot={"thread_followups": False})
+    emu = harness.emu
+    first = emu.mention(CACHE_Q)
+    harness.wait_answers(thread_ts=first.ts)
+    emu.message("and for map tasks?", thread_ts=first.ts)
+    time.sleep(0.2)
+    harness.idle()
+    assert len(harness.answers(thread_ts=first.ts)) == 1
+
+
+def test_direct_message_is_answered_in_the_dm(harness):
+    emu = harness.emu
+    emu.add_channel("D0DIRECT01", "dm", is_im=True)
+    d = emu.message(CACHE_Q, channel="D0DIRECT01", channel_type="im")
+    [answer] = harness.wait_answers(channel="D0DIRECT01")
+    assert "thread_ts" not in answer  # a DM is already a private conversation
+    assert "cache_version" in answer["text"]
+    assert emu.wait_ack(d.envelope_id).latency < 3.0
+
+
+def test_slash_command_acks_then_answers_via_response_url(harness):
+    emu = harness.emu
+    d = emu.slash_command("how do I invalidate the cache?")
+    ack = emu.wait_ack(d.envelope_id)
+    assert ack.latency < 3.0 and ack.payload == {"text": "Looking into it…", "response_type": "ephemeral"}
+    rid = emu.response_id(d.response_url)
+    [post] = emu.wait_for(lambda: emu.response_posts[rid])
+    assert post["response_type"] == "ephemeral" and "cache_version" in post["text"]
+    assert post["blocks"][0]["type"] == "context"  # the question, since only the asker saw it
+    actions = _blocks(post, "actions")[0]["elements"]
+    share = [a for a in actions if a["action_id"] == render.ACTION_SHARE][0]
+    assert harness.answers() == []  # nothing in the channel yet
+
+    click = emu.block_action(render.ACTION_SHARE, share["value"], ephemeral=True, user="U0USER")
+    assert emu.wait_ack(click.envelope_id).latency < 3.0
+    crid = emu.response_id(click.response_url)
+    posts = emu.wait_for(lambda: len(emu.response_posts[crid]) >= 2 and emu.response_posts[crid])
+    assert posts[0]["response_type"] == "in_channel" and "cache_version" in posts[0]["text"]
+    assert "shared by <@U0USER>" in posts[0]["blocks"][0]["elements"][0]["text"]
+    assert posts[1].get("delete_original") is True
+
+
+@pytest.mark.parametrize("text", ["", "help"])
+def test_slash_command_usage(harness, text):
+    emu = harness.emu
+    d = emu.slash_command(text)
+    ack = emu.wait_ack(d.envelope_id)
+    assert ack.payload["response_type"] == "ephemeral" and "/flytegpt" in ack.payload["text"]
+    harness.idle()
+    assert emu.response_posts[emu.response_id(d.response_url)] == [] and harness.llm.requests == []
+
+
+def test_feedback_is_recorded_and_acknowledged(harness, tmp_path):
+    emu = harness.emu
+    d = emu.mention(CACHE_Q)
+    [answer] = harness.wait_answers(thread_ts=d.ts)
+    value = _blocks(answer, "actions")[0]["elements"][0]["value"]
+    assert len(value) < 30  # a compact id, never the payload
+    click = emu.block_action(render.ACTION_FEEDBACK_UP, value, message=answer, user="U0VOTER")
+    assert emu.wait_ack(click.envelope_id).latency < 3.0
+    rid = emu.response_id(click.response_url)
+    [thanks] = emu.wait_for(lambda: emu.response_posts[rid])
+    assert thanks["text"] == "Thanks for the feedback!" and thanks["response_type"] == "ephemeral"
+    db = sqlite3.connect(harness.config.bot.feedback_db)
+    rows = db.execute("SELECT v.vote, v.user, v.channel, v.created_at, a.question, a.index_version "
+                      "FROM votes v JOIN answers a ON a.id = v.answer_id").fetchall()
+    assert len(rows) == 1
+    vote, user, channel, at, question, version = rows[0]
+    assert (vote, user, channel, question) == ("up", "U0VOTER", "C0GENERAL", CACHE_Q)
+    assert version and abs(at - time.time()) < 60
+
+
+def test_each_message_is_answered_once(harness):
+    emu = harness.emu
+    # the same event delivered again (a Socket Mode retry) ...
+    d = emu.mention(CACHE_Q, event_id="Ev0DUPLICATE")
+    emu.send_event(d.body["event"], event_id="Ev0DUPLICATE", retry_attempt=1, retry_reason="timeout")
+    # ... and app_mention + message for one message, in both orders
+    e = emu.mention("how do I use secrets?", also_message=True)
+    msg = emu.post_user_message("<@UBOT> how do I read from S3?")
+    emu.send_event(msg)
+    emu.send_event(dict(msg, type="app_mention", channel_type=None))
+    harness.wait_answers(thread_ts=d.ts)
+    harness.wait_answers(thread_ts=e.ts)
+    harness.wait_answers(thread_ts=msg["ts"])
+    harness.idle()
+    for ts in (d.ts, e.ts, msg["ts"]):
+        assert len(harness.answers(thread_ts=ts)) == 1
+    assert len(harness.answers()) == 3
+    assert harness.bot.metrics.duplicates.labels("event")._value.get() == 1
+
+
+def test_ignores_its_own_and_other_bots_messages(harness):
+    emu = harness.emu
+    emu.add_channel("D0DIRECT02", "dm", is_im=True)
+    emu.message("I am a bot", channel="D0DIRECT02", channel_type="im", user="U0OTHERBOT",
+                bot_id="B0OTHER", subtype="bot_message")
+    emu.message("echo", channel="D0DIRECT02", channel_type="im", user="UBOT", bot_id="BBOT")
+    ev = emu.post_user_message("<@UBOT> loop?", user="U0OTHERBOT", bot_id="B0OTHER")
+    emu.send_event(dict(ev, type="app_mention"))
+    time.sleep(0.3)
+    harness.idle()
+    assert harness.emu.calls_to("chat.postMessage") == [] and harness.llm.requests == []
+    assert harness.emu.reactions == []
+
+
+def test_model_failure_gives_apology_with_sources(harness):
+    harness.llm.script(Fail(500), Fail(500))
+    d = harness.emu.mention(CACHE_Q)
+    [answer] = harness.wait_answers(thread_ts=d.ts)
+    text = answer["text"]
+    assert text.startswith("Sorry, I couldn't write an answer") and "Best sources" in text
+    assert "<http" in _blocks(answer, "context")[0]["elements"][0]["text"]
+    assert harness.bot.metrics.failures.labels("model_unavailable")._value.get() == 1
+
+
+def test_no_index_yet_says_not_ready(make_harness):
+    harness = make_harness(empty=True)
+    d = harness.emu.mention(CACHE_Q)
+    [answer] = harness.wait_answers(thread_ts=d.ts)
+    assert "not ready" in answer["text"]
+
+
+def test_reconnects_after_the_socket_is_dropped(harness):
+    emu = harness.emu
+    emu.drop_connections()
+    emu.wait_connected(2, timeout=15)
+    d = emu.mention(CACHE_Q)
+    assert emu.wait_ack(d.envelope_id).latency < 3.0
+    harness.wait_answers(thread_ts=d.ts)
+    emu.send_disconnect("refresh_requested")  # Slack asks the client to move to a new connection
+    emu.wait_connected(3, timeout=15)
+    d = emu.mention("how do I use secrets?")
+    harness.wait_answers(thread_ts=d.ts)
+
+
+def test_slack_429_is_retried_after_retry_after(harness):
+    harness.emu.script_error("chat.postMessage", status=429, retry_after=1, times=1)
+    d = harness.emu.mention(CACHE_Q)
+    [answer] = harness.wait_answers(thread_ts=d.ts)
+    posts = harness.emu.calls_to("chat.postMessage")
+    assert len(posts) == 2 and posts[1].at - posts[0].at >= 0.9
+
+
+def test_busy_when_the_queue_is_full(make_harness):
+    harness = make_harness(bot={"workers": 1, "queue_size": 1})
+    gate = threading.Event()
+    harness.llm.script(*[Reply(lambda body: (gate.wait(20), ANSWER)[1]) for _ in range(2)])
+    emu = harness.emu
+    sent = [emu.mention(f"question {i} about caching", user=f"U0USER{i}") for i in range(4)]
+    for d in sent:
+        assert emu.wait_ack(d.envelope_id).latency < 3.0
+    busy = emu.wait_for(lambda: [m for m in harness.answers() if "answering a lot of questions" in m["text"]])
+    assert len(busy) == 2
+    gate.set()
+    emu.wait_for(lambda: len([m for m in harness.answers() if "cache_version" in m["text"]]) == 2, 20)
+    assert harness.bot.metrics.busy._value.get() == 2
+
+
+def test_rate_limit_and_length_limit(make_harness):
+    harness = make_harness(bot={"user_rate_limit": 2}, answer={"max_question_chars": 200})
+    emu = harness.emu
+    for i in range(3):
+        emu.mention(f"caching question {i}")
+    emu.wait_for(lambda: emu.ephemerals)
+    assert "faster than I can answer" in emu.ephemerals[0]["text"] and emu.ephemerals[0]["user"] == "U0USER"
+    harness.wait_answers(2)
+    d = emu.mention("why " * 100, user="U0OTHER")
+    [answer] = harness.wait_answers(thread_ts=d.ts)
+    assert "too long" in answer["text"]
+
+
+def test_channel_allowlist(make_harness):
+    harness = make_harness(bot={"allowed_channels": ["C0ALLOWED1"]})
+    emu = harness.emu
+    emu.add_channel("C0ALLOWED1", "flyte-help")
+    emu.mention(CACHE_Q)  # in #general: not allowed
+    emu.wait_for(lambda: emu.ephemerals)
+    assert "<#C0ALLOWED1>" in emu.ephemerals[0]["text"]
+    d = emu.mention(CACHE_Q, channel="C0ALLOWED1")
+    harness.wait_answers(thread_ts=d.ts)
+    assert harness.answers(channel="C0GENERAL") == []

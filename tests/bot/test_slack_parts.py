@@ -1,0 +1,184 @@
+"""The bot's building blocks: de-dup, rate limit, bounded pool, feedback store, history, logs, tokens."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+from slack_sdk import WebClient
+
+from flytegpt.bot.answering import Answer, Citation, Turn
+from flytegpt.bot.cli_serve import feedback_group
+from flytegpt.bot.logs import RedactingFilter, redact, setup_logging
+from flytegpt.bot.slack.app import SlackTokenError, api_base_url, check_tokens, make_client
+from flytegpt.bot.slack.dedupe import Deduper, SeenCache
+from flytegpt.bot.slack.feedback import FeedbackStore
+from flytegpt.bot.slack.history import ThreadHistory, strip_mentions
+from flytegpt.bot.slack.ratelimit import RateLimiter
+from flytegpt.bot.slack.workers import WorkerPool
+from flytegpt.ingest.config import Settings
+from support.slack_emulator import SlackEmulator
+
+
+def test_seen_cache_is_bounded_and_expires():
+    cache = SeenCache(max_items=3, ttl_s=0.2)
+    assert cache.first("a") and not cache.first("a")
+    for k in "bcd":
+        cache.first(k)
+    assert len(cache) == 3 and "a" not in cache  # evicted, oldest first
+    time.sleep(0.25)
+    assert cache.first("b")  # expired
+
+
+def test_deduper_events_and_messages():
+    d = Deduper()
+    assert d.new_event("Ev1") and not d.new_event("Ev1") and d.new_event(None)
+    assert d.claim_message("C1", "1.0") and not d.claim_message("C1", "1.0") and d.claim_message("C2", "1.0")
+
+
+def test_rate_limiter_window():
+    rl = RateLimiter(limit=2, window_s=0.3)
+    assert rl.allow("u") and rl.allow("u")
+    wait = rl.check("u")
+    assert 0 < wait <= 0.3
+    assert rl.allow("v")
+    time.sleep(0.32)
+    assert rl.allow("u")
+    assert RateLimiter(limit=0).allow("anyone")
+
+
+def test_worker_pool_is_bounded():
+    pool = WorkerPool(workers=1, queue_size=1)
+    gate = threading.Event()
+    ran = []
+    assert pool.submit(lambda: (gate.wait(5), ran.append(1)))
+    assert pool.submit(lambda: ran.append(2))
+    assert not pool.submit(lambda: ran.append(3))  # full: refused at once
+    assert pool.pending == 2
+    gate.set()
+    assert pool.wait_idle(5)
+    assert ran == [1, 2]
+    assert pool.submit(lambda: ran.append(4)) and pool.wait_idle(5)
+    pool.submit(lambda: 1 / 0)  # a failing task does not kill the pool
+    assert pool.wait_idle(5) and pool.submit(lambda: ran.append(5)) and pool.wait_idle(5)
+    assert ran[-1] == 5
+    pool.shutdown()
+    assert not pool.submit(lambda: None)
+
+
+def test_feedback_store_and_export(tmp_path):
+    db = tmp_path / "fb" / "feedback.sqlite3"
+    store = FeedbackStore(db)
+    ans = Answer("how to cache?", "how to cache?", "Use cache=True [1].",
+                 [Citation(1, "Caching", "https://e.org/c", "docs:c.md")], "llm", "v7")
+    fid = store.record_answer(ans, surface="mention", channel="C1", thread_ts="1.0", user="U1")
+    assert len(fid) <= 16
+    assert store.get_answer(fid)["sources"][0]["url"] == "https://e.org/c"
+    assert store.record_vote(fid, "up", user="U2", channel="C1")
+    assert store.record_vote(fid, "down", user="U2", channel="C1")  # changed mind: replaces
+    assert store.record_vote(fid, "up", user="U3", channel="C1")
+    assert not store.record_vote("nope", "up", user="U2", channel="C1")
+    rows = store.votes()
+    assert [(r["user"], r["vote"]) for r in rows] == [("U2", "down"), ("U3", "up")]
+    assert rows[0]["index_version"] == "v7" and rows[0]["question"] == "how to cache?"
+    store.close()
+
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(feedback_group, ["export", "--db", str(db), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 2 and lines[0]["sources"][0]["n"] == 1 and lines[0]["voted_at"].endswith("+00:00")
+    missing = CliRunner().invoke(feedback_group, ["export", "--db", str(tmp_path / "x.db"), "--out", str(out)])
+    assert missing.exit_code != 0 and "not found" in missing.output
+
+
+def test_tokens_are_checked_by_name(monkeypatch):
+    with pytest.raises(SlackTokenError, match="SLACK_BOT_TOKEN is not set"):
+        check_tokens(Settings())
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxp-user-token")
+    with pytest.raises(SlackTokenError, match="SLACK_BOT_TOKEN is malformed.*xoxb-"):
+        check_tokens(Settings())
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
+    with pytest.raises(SlackTokenError, match="SLACK_APP_TOKEN is not set"):
+        check_tokens(Settings())
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xoxb-wrong")
+    with pytest.raises(SlackTokenError, match="SLACK_APP_TOKEN is malformed.*xapp-"):
+        check_tokens(Settings())
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-1")
+    assert check_tokens(Settings()) == ("xoxb-1", "xapp-1")
+    monkeypatch.setenv("SLACK_API_URL", "http://127.0.0.1:9/api")
+    assert api_base_url(Settings()) == "http://127.0.0.1:9/api/"
+
+
+def test_web_client_honours_retry_after(monkeypatch):
+    with SlackEmulator() as emu:
+        monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+        monkeypatch.setenv("SLACK_API_URL", emu.api_url)
+        client = make_client(Settings())
+        emu.script_error("chat.postMessage", status=429, retry_after=1, times=1)
+        t0 = time.monotonic()
+        resp = client.chat_postMessage(channel="C0GENERAL", text="hi")
+        assert resp["ok"] and time.monotonic() - t0 >= 0.9
+        assert len(emu.calls_to("chat.postMessage")) == 2
+
+
+def test_thread_history_cache_and_turns():
+    with SlackEmulator() as emu:
+        client = WebClient(token="xoxb-test", base_url=emu.api_url)
+        root = emu.seed_message("C0GENERAL", "<@UBOT> how do I cache?", user="U1")["ts"]
+        emu.seed_message("C0GENERAL", "Use cache=True [1].", user="UBOT", thread_ts=root, bot_id="BBOT",
+                         blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": "Use cache=True [1]."}},
+                                 {"type": "context", "elements": [{"type": "mrkdwn", "text": "*Sources*"}]}])
+        emu.seed_message("C0GENERAL", "noise from a bot", user="UOTHER", thread_ts=root, bot_id="BOTHER")
+        follow = emu.seed_message("C0GENERAL", "<@UBOT> and for map tasks?", user="U1", thread_ts=root)["ts"]
+        hist = ThreadHistory(client, ttl_s=60)
+        turns = hist.turns("C0GENERAL", root, before_ts=follow, bot_user_id="UBOT", bot_id="BBOT", max_turns=6)
+        assert turns == [Turn("user", "how do I cache?"), Turn("assistant", "Use cache=True [1].")]
+        assert hist.bot_participated("C0GENERAL", root, "UBOT", "BBOT", current_ts=follow)
+        assert hist.fetches == 1  # cached
+        later = emu.seed_message("C0GENERAL", "one more", user="U1", thread_ts=root)["ts"]
+        hist.turns("C0GENERAL", root, before_ts=later, bot_user_id="UBOT", bot_id="BBOT", max_turns=6)
+        assert hist.fetches == 2  # the cached copy did not have the new message
+        assert hist.turns("C0GENERAL", root, before_ts=later, bot_user_id="UBOT", bot_id="BBOT",
+                          max_turns=1) == [Turn("user", "and for map tasks?")]
+        assert strip_mentions("<@UBOT>  hi <@U2>", "UBOT") == "hi <@U2>"
+
+
+def test_emulator_pagination_for_loaders():
+    """conversations.list/history/replies page with cursors (helper E's slack_api source uses them)."""
+    with SlackEmulator(page_size=2) as emu:
+        for i in range(3):
+            emu.add_channel(f"C{i}XXXXXX", f"chan{i}")
+        client = WebClient(token="xoxb-test", base_url=emu.api_url)
+        names = []
+        for page in client.conversations_list(types="public_channel", limit=2):
+            names += [c["name"] for c in page["channels"]]
+        assert names == ["general", "chan0", "chan1", "chan2"]
+        root = emu.seed_message("C0XXXXXX", "q", user="U1")["ts"]
+        for i in range(3):
+            emu.seed_message("C0XXXXXX", f"r{i}", user="U2", thread_ts=root)
+        emu.seed_message("C0XXXXXX", "later", user="U1")
+        hist = [m for page in client.conversations_history(channel="C0XXXXXX", limit=1) for m in page["messages"]]
+        assert [m["text"] for m in hist] == ["later", "q"] and hist[1]["reply_count"] == 3
+        replies = [m["text"] for page in client.conversations_replies(channel="C0XXXXXX", ts=root, limit=2)
+                   for m in page["messages"]]
+        assert replies == ["q", "r0", "r1", "r2"]
+
+
+def test_logs_redact_tokens():
+    assert redact("token xoxb-123-456-abcdef and xapp-1-A0-xyz1 and sk-proj-abcdefgh") == \
+        "token xoxb-*** and xapp-*** and sk-***"
+    stream = io.StringIO()
+    handler = setup_logging(json_logs=True, stream=stream)
+    try:
+        logging.getLogger("flytegpt.test").warning("using %s", "xoxb-1111-2222-secret", extra={"t": "xapp-1-2-3456"})
+        line = json.loads(stream.getvalue().strip().splitlines()[-1])
+        assert line["message"] == "using xoxb-***" and line["t"] == "xapp-***" and line["level"] == "warning"
+        assert any(isinstance(f, RedactingFilter) for f in handler.filters)
+    finally:
+        logging.getLogger().removeHandler(handler)

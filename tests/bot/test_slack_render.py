@@ -1,0 +1,143 @@
+"""Markdown -> mrkdwn and Block Kit within Slack's limits."""
+
+from __future__ import annotations
+
+from flytegpt.bot.answering import Answer, Citation
+from flytegpt.bot.slack import render
+from flytegpt.bot.slack.render import markdown_to_mrkdwn as mrkdwn
+
+
+def _answer(text: str, citations: list[Citation] | None = None) -> Answer:
+    return Answer("q?", "q?", text, citations or [], "llm", "v1")
+
+
+def test_inline_formatting():
+    assert mrkdwn("**bold** and *it* and _it2_ and ~~gone~~") == "*bold* and _it_ and _it2_ and ~gone~"
+    assert mrkdwn("`a*b*c` stays code") == "`a*b*c` stays code"
+    assert mrkdwn("see [the docs](https://docs.flyte.org/x?a=1&b=2)") == \
+        "see <https://docs.flyte.org/x?a=1&amp;b=2|the docs>"
+    assert mrkdwn("<https://flyte.org>") == "<https://flyte.org>"
+
+
+def test_escaping_blocks_mentions_and_html():
+    out = mrkdwn("a < b && c > d <!channel> <@U123> <b>x</b>")
+    assert "<!channel>" not in out and "<@U123>" not in out and "<b>" not in out
+    assert out == "a &lt; b &amp;&amp; c &gt; d &lt;!channel&gt; &lt;@U123&gt; &lt;b&gt;x&lt;/b&gt;"
+
+
+def test_unsafe_or_odd_links():
+    assert "<javascript" not in mrkdwn("[x](javascript:alert(1))")
+    assert mrkdwn("[x](ftp://files.example.org/a)") == "x"  # only web and mail links become links
+    out = mrkdwn("[a|b](https://e.org/p|q>r)")
+    assert out == "<https://e.org/p%7Cq%3Er|a¦b>"
+
+
+def test_headings_lists_quotes_code_tables():
+    md = """# Caching *tasks*
+
+Intro
+
+- one **x**
+  - nested
+- two
+
+3. three
+4. four
+
+> quoted
+> more
+
+```python
+@task(cache=True)
+def f(x: int) -> int:  # a < b
+    return x
+```
+
+| a | bb |
+|---|----|
+| 1 | 2 |
+
+---
+"""
+    out = mrkdwn(md)
+    assert out.startswith("*Caching tasks*\n\nIntro")
+    assert "• one *x*\n  ◦ nested\n• two" in out
+    assert "3. three\n4. four" in out
+    assert "> quoted\n> more" in out
+    assert "```\n@task(cache=True)\ndef f(x: int) -&gt; int:  # a &lt; b\n    return x\n```" in out
+    assert "```\na | bb\n--+---\n1 | 2\n```" in out
+    assert "#" not in out.replace("# a", "")  # no Markdown heading syntax left
+
+
+def test_citation_markers_stay_plain():
+    assert mrkdwn("Use `cache_version` [1][2].") == "Use `cache_version` [1][2]."
+
+
+def test_answer_blocks_sources_and_buttons():
+    cites = [Citation(1, "Caching | Flyte docs", "https://docs.flyte.org/caching", "docs:caching.md"),
+             Citation(2, "flytekit/core/task.py", "https://github.com/f/f/blob/m/task.py#L1-L9", "code:task.py")]
+    [msg] = render.render_answer(_answer("Use **cache=True** [1] [2].", cites), feedback_id="fb123")
+    assert msg.text.startswith("Use *cache=True* [1] [2].")
+    assert "[1] <https://docs.flyte.org/caching|Caching ¦ Flyte docs>" in msg.text
+    kinds = [b["type"] for b in msg.blocks]
+    assert kinds == ["section", "context", "actions"]
+    actions = msg.blocks[-1]["elements"]
+    assert [a["action_id"] for a in actions] == [render.ACTION_FEEDBACK_UP, render.ACTION_FEEDBACK_DOWN]
+    assert all(a["value"] == "fb123" for a in actions)
+
+
+def test_share_button_and_question_context():
+    [msg] = render.render_answer(_answer("ok"), feedback_id="id1", share=True, question="how <do> I?")
+    assert msg.blocks[0]["type"] == "context"
+    assert msg.blocks[0]["elements"][0]["text"] == "> how &lt;do&gt; I?"
+    assert msg.blocks[-1]["elements"][-1]["action_id"] == render.ACTION_SHARE
+
+
+def _check_limits(messages: list[render.SlackMessage]) -> None:
+    for m in messages:
+        assert m.text and len(m.text) <= render.MAX_TEXT_CHARS
+        assert len(m.blocks) <= render.MAX_BLOCKS
+        for b in m.blocks:
+            if b["type"] == "section":
+                assert len(b["text"]["text"]) <= render.MAX_SECTION_CHARS
+            for el in b.get("elements", []):
+                assert len(el.get("value", "")) <= render.MAX_BUTTON_VALUE
+                if isinstance(el.get("text"), str):
+                    assert len(el["text"]) <= render.MAX_SECTION_CHARS
+
+
+def test_long_answer_is_split_within_limits():
+    para = ("Flyte caches task outputs keyed by inputs & cache_version. " * 40).strip()
+    code = "\n".join(f"line_{i} = {i}  # <comment>" for i in range(600))
+    md = "\n\n".join([para] * 60) + f"\n\n```python\n{code}\n```\n\n" + ("word " * 5000)
+    cites = [Citation(i, f"Source {i} " + "t" * 300, f"https://e.org/{i}", f"s:{i}") for i in range(1, 40)]
+    messages = render.render_answer(_answer(md, cites), feedback_id="abc")
+    assert len(messages) > 1
+    _check_limits(messages)
+    assert messages[-1].blocks[-1]["type"] == "actions"  # buttons under the end of the answer
+    assert all(m.blocks[-1]["type"] != "actions" for m in messages[:-1])
+    # split code blocks stay fenced
+    for m in messages:
+        for b in m.blocks:
+            if b["type"] == "section":
+                assert b["text"]["text"].count("```") % 2 == 0
+    # nothing lost: every code line is somewhere
+    joined = "\n".join(m.text for m in messages)
+    assert "line_599 = 599" in joined and "line_0 = 0" in joined
+
+
+def test_one_huge_line_is_cut_without_breaking_entities():
+    text = "a&b<c>" * 2000
+    sections = render.markdown_sections(text)
+    assert len(sections) > 1
+    for s in sections:
+        assert len(s) <= render.SECTION_BUDGET
+        assert not s.endswith("&") and not s.endswith("&amp")
+
+
+def test_apology_and_notices():
+    msgs = render.render_apology([Citation(1, "Ray", "https://e.org/ray", "d:ray")], "Sorry, no model.")
+    assert msgs[0].blocks[0]["text"]["text"] == "Sorry, no model."
+    assert "Best sources" in msgs[0].text and "<https://e.org/ray|Ray>" in msgs[0].text
+    notice = render.render_notice("busy <now>")
+    assert notice.text == "busy &lt;now&gt;" and notice.blocks[0]["type"] == "section"

@@ -1,0 +1,102 @@
+"""Bulk Q&A on flytekit's local executor, against an index the ingest workflow published.
+
+Offline (no key: the offline answerer, labelled as such) and with the chat model's key coming
+through flytekit's secret mechanism to the OpenAI-compatible stand-in on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from support.openai_server import OpenAIStandIn
+
+from flytegpt.ingest.artifact import read_latest
+from flytegpt.ingest.config import sample_config_path
+
+pytestmark = pytest.mark.slow  # runs the workflow: embeds real text
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The sample corpus ingested once by the workflow (in-process, task cache off)."""
+    tmp = tmp_path_factory.mktemp("bulk")
+    shutil.copytree(sample_config_path().parent, tmp / "sample")
+    config, store = tmp / "sample" / "flytegpt.toml", tmp / "store"
+    saved = {k: os.environ.get(k) for k in ("FLYTE_LOCAL_CACHE_ENABLED", "HOME")}
+    os.environ.update(FLYTE_LOCAL_CACHE_ENABLED="false", HOME=str(tmp))
+    try:
+        from flytegpt.flyte.ingest_wf import ingest_wf
+
+        version = ingest_wf(config_path=str(config), store=str(store))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return {"config": str(config), "store": str(store), "version": version, "tmp": tmp}
+
+
+SETTINGS_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "FLYTEGPT_CHAT_MODEL")
+
+
+@pytest.fixture()
+def local(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("FLYTE_LOCAL_CACHE_ENABLED", "false")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in (*SETTINGS_ENV, "_FSEC_FLYTEGPT_OPENAI_API_KEY", "FLYTEGPT_OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    leaked = [v for v in SETTINGS_ENV if v in os.environ]
+    assert not leaked, f"the task left {leaked} in the test process"
+
+
+def test_questions_and_a_question_file_give_json_and_markdown_reports(
+    published: dict, local: None, tmp_path: Path
+) -> None:
+    from flytekit.types.file import FlyteFile
+
+    from flytegpt.flyte.bulk_qa_wf import bulk_qa_wf
+
+    qfile = tmp_path / "questions.jsonl"
+    qfile.write_text('{"question": "How do I make a task retry?", "gold": []}\n# a comment\n'
+                     "How can a task read an API token?\n")
+    reports = bulk_qa_wf(config_path=published["config"], store=published["store"],
+                         questions=["How do I cache a task?"], questions_file=FlyteFile(str(qfile)))
+    results = json.loads(Path(reports.json_report.path).read_text())
+    assert [r["question"] for r in results] == [
+        "How do I cache a task?", "How do I make a task retry?", "How can a task read an API token?"
+    ]
+    assert all(r["mode"] == "offline" for r in results)  # no key: offline, and it says so
+    assert all(r["index_version"] == published["version"] == read_latest(published["store"]) for r in results)
+    assert results[0]["citations"] and all(c["url"] for c in results[0]["citations"])
+    markdown = Path(reports.markdown_report.path).read_text()
+    assert "How do I cache a task?" in markdown and results[0]["citations"][0]["url"] in markdown
+
+
+def test_the_chat_model_key_arrives_as_a_flyte_secret(
+    published: dict, local: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flytegpt.flyte.bulk_qa_wf import bulk_qa_wf
+
+    # flytekit's local form of the `flytegpt/openai_api_key` secret (never a workflow input).
+    monkeypatch.setenv("_FSEC_FLYTEGPT_OPENAI_API_KEY", "sk-from-the-secret")
+    with OpenAIStandIn() as server:
+        server.reply = "Set `cache=True` and a `cache_version` [1]."
+        reports = bulk_qa_wf(config_path=published["config"], store=published["store"],
+                             questions=["How do I cache a task?"], openai_base_url=server.base_url)
+        (result,) = json.loads(Path(reports.json_report.path).read_text())
+        assert result["mode"] == "llm" and result["answer"].startswith("Set `cache=True`")
+        assert result["citations"][0]["n"] == 1
+        assert server.requests[-1].headers.get("authorization") == "Bearer sk-from-the-secret"
+
+
+def test_no_questions_is_an_error(published: dict, local: None) -> None:
+    from flytegpt.flyte.bulk_qa_wf import bulk_qa_wf
+
+    with pytest.raises(Exception, match="no questions"):
+        bulk_qa_wf(config_path=published["config"], store=published["store"], questions=["  "])

@@ -1,0 +1,52 @@
+"""The task image, checked offline: flytekit's own builder writes the Docker build context
+(Dockerfile, requirements, copied source) without Docker; building and pushing need a daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.paths import ROOT
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flytekit.image_spec.default_builder import create_docker_context
+
+    from flytegpt.flyte.image import IMAGE
+
+    ctx = tmp_path_factory.mktemp("image")
+    create_docker_context(IMAGE, ctx)
+    return ctx
+
+
+def test_cuda_base_with_git_and_the_gpu_dependencies(context: Path) -> None:
+    from flytegpt.flyte.image import CUDA_BASE_IMAGE
+
+    dockerfile = (context / "Dockerfile").read_text()
+    assert f"FROM {CUDA_BASE_IMAGE}" in dockerfile and "nvidia/cuda" in CUDA_BASE_IMAGE
+    assert "git ca-certificates" in dockerfile  # the git source shells out to git
+    reqs = (context / "requirements_uv.txt").read_text().split()
+    assert "faiss-gpu-cu12" in reqs and not any(r.startswith("faiss-cpu") for r in reqs)
+    assert any(r.startswith("torch") for r in reqs) and any(r.startswith("flytekit") for r in reqs)
+    assert "s3fs" in reqs and "gcsfs" in reqs  # an index store in a bucket
+    assert "HF_HUB_OFFLINE=1" in dockerfile
+
+
+def test_the_project_is_copied_then_installed_on_top_of_the_dependency_layer(context: Path) -> None:
+    dockerfile = (context / "Dockerfile").read_text()
+    deps, copy, install = (dockerfile.index("--requirement requirements_uv.txt"),
+                           dockerfile.index("COPY --chown=flytekit ./src /root"),
+                           dockerfile.index("uv pip install --no-deps /root"))
+    assert deps < copy < install
+    src = context / "src"
+    for needed in ("pyproject.toml", "flyte/ingest_wf.py", "ingest/pipeline.py", "bot/answering/__init__.py",
+                   "ingest/sample/flytegpt.toml"):
+        assert (src / needed).is_file(), needed
+    assert not (src / ".venv").exists() and not (src / ".git").exists()
+
+
+def test_the_image_is_named_in_one_place() -> None:
+    root = ROOT / "flyte"
+    defining = [p.name for p in root.glob("*.py") if "ImageSpec(" in p.read_text()]
+    assert defining == ["image.py"]

@@ -1,0 +1,199 @@
+"""The ingest workflow on flytekit's local executor: CPU, the bundled sample corpus, a temp store.
+
+- `python -m flytegpt.flyte ingest_wf` (a subprocess, as a maintainer runs it) publishes a version; the same inputs
+  again are served from flytekit's local cache (per-test $HOME); a changed document misses the
+  task cache but re-embeds only its own chunks (the store's embedding cache).
+- A run whose build fails half-way (the disk fills up while the version is written) leaves
+  LATEST on the previous, complete version.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flytegpt.ingest.artifact import list_versions, open_version, read_latest
+from flytegpt.ingest.config import sample_config_path
+
+pytestmark = pytest.mark.slow  # runs the workflow: embeds real text
+
+from support.paths import ROOT
+
+
+def copy_sample(tmp_path: Path) -> Path:
+    """The sample corpus copied, so a test may edit a document; returns its config path."""
+    dest = tmp_path / "sample"
+    shutil.copytree(sample_config_path().parent, dest)
+    return dest / "flytegpt.toml"
+
+
+def pyflyte_run(config: Path, store: Path, home: Path, *args: str) -> tuple[str, str]:
+    """(the workflow's output, the full log) of `python -m flytegpt.flyte ingest_wf ...`."""
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "FLYTE_SDK_LOGGING_LEVEL": "20",  # INFO: flytekit logs "Cache hit" / "Cache miss" per task
+        "HF_HUB_OFFLINE": "1",
+    }
+    env.pop("FLYTE_LOCAL_CACHE_ENABLED", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flytegpt.flyte", "ingest_wf", *args, "--config_path", str(config), "--store", str(store)],
+        cwd=home, env=env, capture_output=True, text=True, timeout=240,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    return proc.stdout.strip().splitlines()[-1].strip(), log
+
+
+def test_local_run_publishes_then_caches_then_reembeds_only_changes(tmp_path: Path) -> None:
+    config, store, home = copy_sample(tmp_path), tmp_path / "store", tmp_path / "home"
+    home.mkdir()
+
+    version, log = pyflyte_run(config, store, home)
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", version), version
+    assert read_latest(str(store)) == version
+    index = open_version(str(store))  # verifies checksums, model and dimension
+    assert set(index.manifest["counts"]) == {"sample-docs", "sample-code", "sample-slack"}
+    stats = index.manifest["stats"]
+    assert stats["embeddings"]["computed"] > 0 and stats["embeddings"]["device"] == "cpu"
+    assert stats["sources"]["sample-docs"]["documents"] > 0
+    assert log.count("Cache miss") == 3 and "Cache hit" not in log
+    assert (home / ".flyte" / "local-cache").is_dir()  # the per-test cache, not the developer's
+
+    # Same inputs: chunk, embed and build come from the local cache; collect and publish run.
+    again, log = pyflyte_run(config, store, home)
+    assert again == version and read_latest(str(store)) == version
+    assert log.count("Cache hit") == 3 and "Cache miss" not in log
+    assert list_versions(str(store)) == [version]
+
+    # One page changes: the task cache misses, the embedding cache re-embeds only that page.
+    page = sorted((config.parent / "docs").rglob("*.md"))[0]
+    page.write_text(page.read_text() + "\n\n## Added tonight\n\nA brand-new paragraph about retries.\n")
+    changed, log = pyflyte_run(config, store, home)
+    assert changed != version and read_latest(str(store)) == changed
+    assert log.count("Cache miss") == 3
+    embeddings = open_version(str(store)).manifest["stats"]["embeddings"]
+    assert 0 < embeddings["computed"] <= 3 < embeddings["reused"], embeddings
+
+
+@pytest.fixture()
+def no_local_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FLYTE_LOCAL_CACHE_ENABLED", "false")  # read by flytekit on every task call
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+def test_failed_build_leaves_latest_on_the_previous_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_local_cache: None
+) -> None:
+    from flytegpt.flyte.ingest_wf import ingest_wf
+
+    config, store = copy_sample(tmp_path), tmp_path / "store"
+    first = ingest_wf(config_path=str(config), store=str(store))  # in-process, local executor
+    assert read_latest(str(store)) == first
+
+    # Tonight's corpus changed, and the disk fills up after the first file of the new version.
+    page = sorted((config.parent / "docs").rglob("*.md"))[0]
+    page.write_text(page.read_text() + "\n\n## Tonight\n\nSomething new.\n")
+    real_replace = os.replace
+    written: list[str] = []
+
+    def replace_until_disk_full(src, dst, *a, **kw):
+        rel = os.path.relpath(dst, store)
+        if re.match(r"\d{8}T\d{6}Z-", rel):  # a file of a version folder
+            if written:
+                raise OSError(errno.ENOSPC, "No space left on device", dst)
+            written.append(rel)
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", replace_until_disk_full)
+    with pytest.raises(Exception, match="No space left on device"):
+        ingest_wf(config_path=str(config), store=str(store))
+    monkeypatch.setattr(os, "replace", real_replace)
+
+    partial = written[0].split("/")[0]
+    assert (store / partial).is_dir() and not (store / partial / "manifest.json").exists()
+    assert read_latest(str(store)) == first  # the bot keeps serving the complete version
+    assert list_versions(str(store)) == [first]
+    assert open_version(str(store)).version == first
+
+    # The next run (disk freed) publishes normally.
+    fixed = ingest_wf(config_path=str(config), store=str(store))
+    assert fixed != first and read_latest(str(store)) == fixed
+
+
+def test_publish_task_refuses_a_version_that_does_not_verify(
+    tmp_path: Path, no_local_cache: None
+) -> None:
+    from flytegpt.ingest.artifact import ArtifactError
+
+    from flytegpt.flyte.ingest_wf import ingest_wf, publish
+
+    config, store = copy_sample(tmp_path), tmp_path / "store"
+    good = ingest_wf(config_path=str(config), store=str(store))
+    bad = store / "20000101T000000Z-deadbeef"
+    shutil.copytree(store / good, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    (bad / "dense.faiss").write_bytes(b"truncated")  # a corrupted upload
+    (bad / "manifest.json").write_text(json.dumps({**manifest, "version": bad.name}))
+    with pytest.raises(ArtifactError):
+        publish(version=bad.name, store=str(store))
+    with pytest.raises(ArtifactError, match="not in"):
+        publish(version="20000101T000000Z-00000000", store=str(store))
+    assert read_latest(str(store)) == good
+
+
+def test_nightly_sources_git_and_slack_api_through_the_workflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_local_cache: None
+) -> None:
+    """The fresh sources of the nightly run: a git repository (file://) and Slack's Web API."""
+    from support.slack_emulator import SlackEmulator
+
+    from flytegpt.flyte.ingest_wf import ingest_wf
+
+    work, bare = tmp_path / "repo", tmp_path / "repo.git"
+    (work / "docs").mkdir(parents=True)
+    (work / "docs" / "retries.md").write_text("# Retries\n\nSet `retries=3` on a task to retry it.\n")
+    git_env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@e", "GIT_CONFIG_GLOBAL": "/dev/null"}
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "docs"]):
+        subprocess.run(["git", *cmd], cwd=work, env=git_env, check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], env=git_env, check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True).stdout.strip()
+
+    config = tmp_path / "nightly.toml"
+    config.write_text(
+        f'[[sources]]\nname = "upstream-docs"\nkind = "git"\nrepo = "{bare.as_uri()}"\nref = "main"\n'
+        'as_kind = "docs"\nurl = "https://github.com/example/repo/blob/{commit}/{path}"\n\n'
+        '[[sources]]\nname = "community"\nkind = "slack_api"\nchannels = ["flyte-support"]\n'
+        'workspace_url = "https://example.slack.com"\n'
+    )
+    store = tmp_path / "store"
+    with SlackEmulator() as emu:
+        emu.add_channel("C0SUP", "flyte-support")
+        emu.seed_message("C0SUP", "How do I retry a task on failure?", user="U1", ts="1700000000.000100")
+        emu.seed_message("C0SUP", "Use retries=3.", user="U2", ts="1700000060.000100", thread_ts="1700000000.000100")
+        # the bot token arrives the way a Flyte secret does locally, never as an input
+        monkeypatch.setenv("_FSEC_FLYTEGPT_SLACK_BOT_TOKEN", "xoxb-nightly")
+        monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+        monkeypatch.setenv("SLACK_API_URL", emu.api_url)
+
+        first = ingest_wf(config_path=str(config), store=str(store))
+        index = open_version(str(store))
+        assert index.manifest["counts"] == {"community": 1, "upstream-docs": 1}
+        git_chunk = next(c for c in index.chunks if c.source_id.startswith("upstream-docs:"))
+        assert git_chunk.url.startswith(f"https://github.com/example/repo/blob/{commit}/docs/retries.md")
+        assert "SLACK_BOT_TOKEN" not in os.environ  # the secret was only exposed during collect
+
+        emu.seed_message("C0SUP", "Can I retry only on OOM?", user="U1", ts="1700000100.000100")
+        second = ingest_wf(config_path=str(config), store=str(store))
+        assert second != first and read_latest(str(store)) == second
+        assert open_version(str(store)).manifest["counts"] == {"community": 2, "upstream-docs": 1}
+        assert len(emu.calls_to("conversations.replies")) == 1  # the old thread was not re-read

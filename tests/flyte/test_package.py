@@ -1,0 +1,202 @@
+"""`pyflyte package` serialises every Flyte entity offline; the compiled specs say what a cluster gets.
+
+One packaging run (in a subprocess, from the repository root, as a maintainer would type it)
+feeds all the assertions: the GPU request and accelerator of the embed task, cache settings
+with code-derived versions, the nightly cron schedule and fixed inputs, the chat model key as
+a secret request, and no secret anywhere among inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from support.paths import ROOT
+REGISTRY = "registry.example.com/flytegpt-ci"
+STORE = "s3://example-bucket/flytegpt/store"
+SECRETISH = re.compile(r"key|token|secret|password|credential", re.I)
+
+
+def _package(tmp_path: Path, extra_pythonpath: str | None = None) -> dict:
+    from flyteidl.admin import launch_plan_pb2, task_pb2, workflow_pb2
+
+    out = tmp_path / "flytegpt.tgz"
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "FLYTEGPT_IMAGE_REGISTRY": REGISTRY,
+        "FLYTEGPT_GPU": "L4",
+        "FLYTEGPT_STORE": STORE,
+        "FLYTE_IMG_FAST_FAIL": "false",
+        "DOCKER_HOST": "unix:///nonexistent.sock",  # the image-exists probe must not find a daemon
+    }
+    env.pop("FLYTEGPT_CRON", None)
+    if extra_pythonpath:
+        env["PYTHONPATH"] = extra_pythonpath
+    pyflyte = str(Path(sys.executable).parent / "pyflyte")
+    proc = subprocess.run(
+        [pyflyte, "--pkgs", "flytegpt.flyte", "package", "--image", "ghcr.io/example/unused:1", "-o", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    entities: dict = {"task": {}, "workflow": {}, "launch_plan": {}}
+    with tarfile.open(out) as tar:
+        for member in tar.getmembers():
+            data = tar.extractfile(member).read()
+            kind = member.name.rsplit("_", 1)[1]  # <n>_<name>_<resource type>.pb
+            if kind == "1.pb":
+                spec = task_pb2.TaskSpec.FromString(data)
+                entities["task"][spec.template.id.name] = spec
+            elif kind == "2.pb":
+                spec = workflow_pb2.WorkflowSpec.FromString(data)
+                entities["workflow"][spec.template.id.name] = spec
+            elif kind == "3.pb":
+                spec = launch_plan_pb2.LaunchPlan.FromString(data)
+                entities["launch_plan"][spec.id.name] = spec
+    return entities
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    # A stand-in for the optional plugin: it re-exports flytekit's own @vscode, as the real one does.
+    shim = tmp_path_factory.mktemp("shim")
+    (shim / "flytekitplugins" / "flyteinteractive").mkdir(parents=True)
+    (shim / "flytekitplugins" / "flyteinteractive" / "__init__.py").write_text(
+        "from flytekit.interactive import vscode  # noqa: F401\n"
+    )
+    return _package(tmp_path_factory.mktemp("pkg"), extra_pythonpath=str(shim))
+
+
+def _requests(task) -> dict[str, str]:
+    from flyteidl.core import tasks_pb2
+
+    names = tasks_pb2.Resources.ResourceName
+    return {names.Name(r.name): r.value for r in task.template.container.resources.requests}
+
+
+def _limits(task) -> dict[str, str]:
+    from flyteidl.core import tasks_pb2
+
+    names = tasks_pb2.Resources.ResourceName
+    return {names.Name(r.name): r.value for r in task.template.container.resources.limits}
+
+
+def test_everything_is_packaged(specs: dict) -> None:
+    assert set(specs["task"]) >= {
+        "flytegpt.flyte.ingest_wf.collect", "flytegpt.flyte.ingest_wf.chunk", "flytegpt.flyte.ingest_wf.embed",
+        "flytegpt.flyte.ingest_wf.build", "flytegpt.flyte.ingest_wf.publish", "flytegpt.flyte.bulk_qa_wf.answer_questions",
+    }
+    assert {"flytegpt.flyte.ingest_wf.ingest_wf", "flytegpt.flyte.bulk_qa_wf.bulk_qa_wf"} <= set(specs["workflow"])
+    assert "nightly_reingest" in specs["launch_plan"]
+
+
+def test_embed_task_requests_a_gpu_of_the_chosen_type(specs: dict) -> None:
+    embed = specs["task"]["flytegpt.flyte.ingest_wf.embed"]
+    assert _requests(embed)["GPU"] == "1"
+    assert _limits(embed)["GPU"] == "1"
+    assert embed.template.extended_resources.gpu_accelerator.device == "nvidia-l4"  # FLYTEGPT_GPU=L4
+    for name in ("collect", "chunk", "build", "publish"):
+        task = specs["task"][f"flytegpt.flyte.ingest_wf.{name}"]
+        assert "GPU" not in _requests(task), f"{name} should not hold a GPU"
+        assert not task.template.extended_resources.HasField("gpu_accelerator")
+
+
+def test_cache_settings_use_code_derived_versions(specs: dict) -> None:
+    from flytegpt.flyte import cache
+
+    expected = {"chunk": cache.CHUNK_VERSION, "embed": cache.EMBED_VERSION, "build": cache.BUILD_VERSION}
+    for name, version in expected.items():
+        meta = specs["task"][f"flytegpt.flyte.ingest_wf.{name}"].template.metadata
+        assert meta.discoverable, name
+        assert meta.discovery_version == version and re.fullmatch(r"[0-9a-f]{16}", version)
+    assert list(specs["task"]["flytegpt.flyte.ingest_wf.build"].template.metadata.cache_ignore_input_vars) == [
+        "source_stats", "embed_stats"
+    ]
+    # Reading sources and moving LATEST must happen on every run.
+    for name in ("collect", "publish"):
+        assert not specs["task"][f"flytegpt.flyte.ingest_wf.{name}"].template.metadata.discoverable
+
+
+def test_every_task_runs_in_the_one_image(specs: dict) -> None:
+    images = {name: t.template.container.image for name, t in specs["task"].items()}
+    main = {img for name, img in images.items() if not name.startswith("flytegpt.flyte.workspace.")}
+    assert len(main) == 1, images
+    (image,) = main
+    assert image.startswith(f"{REGISTRY}/flytegpt:")
+
+
+def test_publish_runs_after_build(specs: dict) -> None:
+    wf = specs["workflow"]["flytegpt.flyte.ingest_wf.ingest_wf"].template
+    node_of = {n.task_node.reference_id.name.rsplit(".", 1)[1]: n for n in wf.nodes}
+    assert node_of["build"].id in node_of["publish"].upstream_node_ids
+    publish_inputs = {b.var: b.binding.promise.node_id for b in node_of["publish"].inputs}
+    assert publish_inputs["version"] == node_of["build"].id  # LATEST can only name what build wrote
+
+
+def test_nightly_launch_plan_is_a_daily_cron_with_fixed_inputs(specs: dict) -> None:
+    lp = specs["launch_plan"]["nightly_reingest"]
+    assert lp.spec.workflow_id.name == "flytegpt.flyte.ingest_wf.ingest_wf"
+    cron = lp.spec.entity_metadata.schedule.cron_schedule.schedule
+    minute, hour, dom, month, dow = cron.split()
+    assert (dom, month, dow) == ("*", "*", "*") and minute.isdigit() and hour.isdigit()  # once a day
+    fixed = {k: v.scalar.primitive.string_value for k, v in lp.spec.fixed_inputs.literals.items()}
+    assert fixed == {"config_path": "ingest/sample/flytegpt.toml", "store": STORE}
+
+
+def _secrets(task) -> list[tuple[str, str, str]]:
+    return [(s.group, s.key, s.env_var) for s in task.template.security_context.secrets]
+
+
+def test_secrets_are_requested_as_env_vars_settings_reads(specs: dict) -> None:
+    from flyteidl.core import security_pb2
+
+    from flytegpt.ingest.config import Settings
+
+    aliases = {f.alias for f in Settings.model_fields.values()}
+    expected = {
+        "flytegpt.flyte.bulk_qa_wf.answer_questions": [("flytegpt", "openai_api_key", "OPENAI_API_KEY")],
+        "flytegpt.flyte.ingest_wf.collect": [("flytegpt", "slack_bot_token", "SLACK_BOT_TOKEN")],
+    }
+    for name, task in specs["task"].items():
+        assert _secrets(task) == expected.get(name, []), name
+        for secret in task.template.security_context.secrets:
+            assert secret.mount_requirement == security_pb2.Secret.MountType.ENV_VAR
+            assert secret.env_var in aliases
+
+
+def test_no_secrets_among_inputs(specs: dict) -> None:
+    for kind in ("task", "workflow"):
+        for name, spec in specs[kind].items():
+            inputs = spec.template.interface.inputs.variables
+            assert not [v for v in inputs if SECRETISH.search(v)], f"{kind} {name} takes a secret-like input"
+    for name, lp in specs["launch_plan"].items():
+        text = str(lp.spec.fixed_inputs) + str(lp.spec.default_inputs)
+        assert not re.search(r"xox[abp]-|xapp-|sk-[A-Za-z0-9]", text), f"launch plan {name} holds a token"
+        for var in list(lp.spec.fixed_inputs.literals) + list(lp.spec.default_inputs.parameters):
+            assert not SECRETISH.search(var)
+
+
+def test_dev_workspace_is_a_gpu_task_when_the_extra_is_installed(specs: dict) -> None:
+    task = specs["task"]["flytegpt.flyte.workspace.dev_workspace"]
+    assert _requests(task)["GPU"] == "1"
+    assert task.template.container.image.startswith(f"{REGISTRY}/flytegpt:")
+
+
+def test_dev_workspace_is_absent_without_the_extra() -> None:
+    try:
+        import flytekitplugins.flyteinteractive  # noqa: F401
+
+        pytest.skip("the interactive extra is installed here")
+    except ImportError:
+        pass
+    import flytegpt.flyte.workspace
+
+    assert flytegpt.flyte.workspace.dev_workspace is None

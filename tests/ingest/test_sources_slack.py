@@ -1,0 +1,141 @@
+"""Slack export loader: threads, names, noise, permalinks, malformed day files, zip layouts."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from flytegpt.ingest.config import SourceConfig
+from flytegpt.ingest.models import LoadReport
+from flytegpt.ingest.sources import load_source
+from support.paths import FIXTURES
+
+FIXTURE = FIXTURES / "sources" / "slack"
+T1 = "1672567200.000100"
+T2 = "1675245600.000100"
+
+
+def _load(path: Path, workspace_url: str | None = "https://acme.slack.com"):
+    source = SourceConfig(name="s", kind="slack_export", path=path, workspace_url=workspace_url)
+    report = LoadReport()
+    return {d.locator: d for d in load_source(source, report)}, report
+
+
+def _zip(folder: Path, target: Path, top: str = "") -> Path:
+    with zipfile.ZipFile(target, "w") as z:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                z.write(f, top + f.relative_to(folder).as_posix())
+    return target
+
+
+def test_one_document_per_thread_with_replies_across_day_files():
+    docs, report = _load(FIXTURE)
+    assert set(docs) == {
+        f"general/{T1}",
+        "general/1672620000.000600",
+        "general/1672620100.000700",
+        f"help/{T2}",
+    }
+    thread = docs[f"general/{T1}"]
+    assert thread.source_id == f"s:general/{T1}"
+    assert thread.kind == "slack"
+    messages = thread.text.split("\n\n")
+    assert [m.split(":", 1)[0] for m in messages] == ["alice", "Bob B", "alice"]
+    assert messages[-1] == "alice: Thanks, that worked!"  # from the next day's file
+    assert thread.meta["reply_count"] == 2
+    assert thread.meta["channel"] == "general"
+    assert thread.meta["thread_ts"] == T1
+    assert thread.meta["date"] == "2023-01-01"
+    assert report.documents == 4
+
+
+def test_mentions_and_markup_become_readable():
+    docs, _ = _load(FIXTURE)
+    text = docs[f"general/{T1}"].text
+    assert "<@" not in text and "&amp;" not in text and "&lt;" not in text
+    assert "cc @Bob B" in text and ", @alice." in text
+    assert "the docs (https://example.org/docs)" in text
+    assert "#help" in text and "@here" in text
+    assert "second line & more" in text and "<and>" in text
+    assert "https://example.org/caching" in text
+
+
+def test_authors_fall_back_to_profile_then_id():
+    docs, _ = _load(FIXTURE)
+    assert docs["general/1672620000.000600"].text.startswith("carol: ")
+    assert docs["general/1672620100.000700"].text.startswith("U9: ")
+
+
+def test_noise_and_bots_are_dropped():
+    docs, _ = _load(FIXTURE)
+    everything = "\n".join(d.text for d in docs.values())
+    for noise in ("has joined", "has left", "build passed", "I am a bot user"):
+        assert noise not in everything
+
+
+def test_title_is_the_first_line_of_the_parent():
+    docs, _ = _load(FIXTURE)
+    assert docs[f"general/{T1}"].title == "How do I cache a task?"  # first sentence of the first line
+    assert docs[f"help/{T2}"].title == "Pods fail with OOMKilled"
+
+
+def test_permalinks():
+    docs, _ = _load(FIXTURE)
+    assert docs[f"general/{T1}"].url == "https://acme.slack.com/archives/C100/p1672567200000100"
+    # a message without replies is its own thread and gets a permalink too
+    assert docs["general/1672620000.000600"].url == "https://acme.slack.com/archives/C100/p1672620000000600"
+    assert docs[f"help/{T2}"].url == "https://acme.slack.com/archives/C200/p1675245600000100"
+
+
+def test_without_workspace_url_the_url_still_opens_the_channel():
+    docs, _ = _load(FIXTURE, workspace_url=None)
+    url = docs[f"general/{T1}"].url
+    assert url.startswith("https://") and "C100" in url
+
+
+def test_malformed_day_files_are_reported_and_skipped():
+    docs, report = _load(FIXTURE)
+    skipped = dict(report.skipped)
+    assert "invalid JSON" in skipped["general/2023-01-03.json"]
+    assert "list" in skipped["help/2023-02-02.json"]
+    assert "ts" in skipped["help/2023-02-03.json"]
+    assert "help/notes.txt" not in skipped  # not JSON: not part of the export, silently ignored
+    assert f"help/{T2}" in docs  # the rest of the channel is ingested
+
+
+def test_zip_and_folder_give_the_same_documents(tmp_path):
+    folder_docs, folder_report = _load(FIXTURE)
+    zip_docs, zip_report = _load(_zip(FIXTURE, tmp_path / "export.zip"))
+    assert zip_docs == folder_docs
+    assert sorted(zip_report.skipped) == sorted(folder_report.skipped)
+
+
+def test_zip_with_everything_under_one_top_folder(tmp_path):
+    path = _zip(FIXTURE, tmp_path / "export.zip", top="Acme Slack export Jan 1 2023/")
+    docs, _ = _load(path)
+    folder_docs, _ = _load(FIXTURE)
+    assert docs == folder_docs
+
+
+def test_zip_with_a_top_folder_and_no_metadata_files(tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(FIXTURE / "help", bare / "help")
+    docs, _ = _load(_zip(bare, tmp_path / "bare.zip", top="export/"))
+    assert set(docs) == {f"help/{T2}"}
+    assert docs[f"help/{T2}"].text.startswith("U2: ")  # no users.json: ids stay
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_macos_junk_is_ignored(tmp_path, zipped):
+    folder = tmp_path / "export"
+    shutil.copytree(FIXTURE, folder)
+    (folder / "__MACOSX" / "general").mkdir(parents=True)
+    (folder / "__MACOSX" / "general" / "2023-01-01.json").write_bytes(b"\x00\x05junk")
+    path = _zip(folder, tmp_path / "export.zip") if zipped else folder
+    docs, report = _load(path)
+    assert len(docs) == 4
+    assert not any("__MACOSX" in name for name, _ in report.skipped)

@@ -1,0 +1,316 @@
+"""Speed paths: backend, device and precision choice, the int8 ONNX export, GPU fallbacks, index type by size."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flytegpt.ingest import artifact, embedding
+from flytegpt.ingest.artifact import ModelInfo, build_dense_index, choose_index_type, open_version, write_version
+from flytegpt.ingest.config import DEFAULT_MODEL, EmbeddingsConfig
+from flytegpt.ingest.embedding import Embedder, resolve_backend, resolve_model_path, resolve_precision, split_model_id
+from flytegpt.ingest.models import Chunk
+from flytegpt.ingest.onnx_export import ONNX_SUFFIX, NotExportable, check_exportable
+
+from support.paths import ROOT
+PACKAGED = resolve_model_path(DEFAULT_MODEL)
+SENTENCES = [
+    "How do I cache a Flyte task between runs?",
+    "FlyteFile uploads a local file to the blob store and passes a reference downstream.",
+    "ok",
+    "map_task runs a task over a list of inputs in parallel. " * 80,  # longer than 256 tokens
+]
+
+
+# ---------------------------------------------------------------- backend and device choice
+
+
+def test_auto_backend_is_openvino_on_cpu_and_torch_on_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_backend("auto", "cpu", PACKAGED) == "openvino"
+    assert resolve_backend("auto", "cuda", PACKAGED) == "torch"
+    assert resolve_backend("auto", "mps", PACKAGED) == "torch"
+    assert resolve_backend("torch", "cpu", PACKAGED) == "torch"  # explicit choices kept
+    assert resolve_backend("onnx", "cpu", PACKAGED) == "onnx"
+    # without OpenVINO installed, PyTorch
+    from flytegpt.ingest import openvino_runner
+
+    monkeypatch.setattr(openvino_runner, "openvino_available", lambda: False)
+    assert resolve_backend("auto", "cpu", PACKAGED) == "torch"
+
+
+def test_auto_backend_falls_back_to_torch_for_other_pipelines(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+    ]))
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 8, "pooling_mode_mean_tokens": True}))
+    with pytest.raises(NotExportable, match="Dense"):
+        check_exportable(str(tmp_path))
+    assert resolve_backend("auto", "cpu", str(tmp_path)) == "torch"
+    assert check_exportable(PACKAGED) == {"max_seq_length": 256, "dimension": 384}
+
+
+def test_model_id_names_int8_vectors_only() -> None:
+    onnx = Embedder(DEFAULT_MODEL, device="cpu", backend="onnx")
+    assert onnx.backend == "onnx" and onnx.model_id == DEFAULT_MODEL + ONNX_SUFFIX
+    # OpenVINO and PyTorch vectors agree to 4 decimals: one model id, one embedding cache
+    auto = Embedder(DEFAULT_MODEL, device="cpu")
+    assert auto.backend == "openvino" and auto.model_id == DEFAULT_MODEL and not auto.loaded
+    assert Embedder(DEFAULT_MODEL, device="cpu", backend="torch").model_id == DEFAULT_MODEL
+    assert split_model_id(DEFAULT_MODEL + ONNX_SUFFIX) == (DEFAULT_MODEL, True)
+    assert split_model_id(DEFAULT_MODEL) == (DEFAULT_MODEL, False)
+    with pytest.raises(ValueError, match="re-ingest"):
+        split_model_id(DEFAULT_MODEL + "#onnx-int8-v0")
+    # the bot's query embedder follows the index, whatever the config's backend
+    cfg = EmbeddingsConfig(backend="torch", device="auto")
+    q = Embedder.for_model_id(DEFAULT_MODEL + ONNX_SUFFIX, cfg)
+    assert q.model_id == DEFAULT_MODEL + ONNX_SUFFIX and q.device == "cpu"
+    plain = Embedder.for_model_id(DEFAULT_MODEL, EmbeddingsConfig(backend="onnx"))
+    assert plain.model_id == DEFAULT_MODEL and plain.backend != "onnx"
+    assert Embedder.for_model_id(DEFAULT_MODEL, cfg).backend == "torch"  # an explicit backend is kept
+
+
+def test_gpu_settings_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    e = Embedder(DEFAULT_MODEL, device="cuda", backend="auto", batch_size=32, gpu_batch_size=512)
+    assert e.backend == "torch" and e.device == "cuda" and e.batch_size == 512  # fp16, large batches
+    assert e.model_id == DEFAULT_MODEL and not e.loaded
+    assert Embedder(DEFAULT_MODEL, device="cpu", backend="torch", batch_size=32).batch_size == 32
+    with pytest.raises(ValueError, match="CPU only"):
+        Embedder(DEFAULT_MODEL, device="cuda", backend="onnx").backend
+    with pytest.raises(ValueError, match="CPU only"):
+        Embedder(DEFAULT_MODEL, device="cuda", backend="openvino").backend
+    # 'auto' on a machine without a GPU driver: CPU, decided without asking torch
+    monkeypatch.setattr(embedding, "accelerator_possible", lambda: False)
+    monkeypatch.setattr(embedding, "select_device", lambda requested: pytest.fail("torch was asked"))
+    assert Embedder(DEFAULT_MODEL, device="auto", backend="auto").device == "cpu"
+
+
+def test_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedding, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", "torch", "cpu") == "bf16"
+    assert Embedder(DEFAULT_MODEL, device="cpu", backend="torch").precision == "bf16"
+    monkeypatch.setattr(embedding, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", "torch", "cpu") == "fp32"  # emulated bf16 would be slower
+    assert resolve_precision("auto", "torch", "cuda") == "fp16"
+    assert resolve_precision("auto", "torch", "mps") == "fp32"
+    assert resolve_precision("bf16", "torch", "cpu") == "bf16"  # an explicit choice is kept
+    assert resolve_precision("fp32", "torch", "cuda") == "fp32"
+    assert resolve_precision("auto", "onnx", "cpu") == "int8"
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        resolve_precision("fp16", "torch", "cpu")
+    # OpenVINO decides bf16 from its own CPU plugin's capabilities
+    from flytegpt.ingest import openvino_runner
+
+    for has_bf16, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(openvino_runner, "openvino_bf16", lambda: has_bf16)
+        assert resolve_precision("auto", "openvino", "cpu") == expected
+    assert resolve_precision("fp32", "openvino", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="'fp32' or 'bf16'"):
+        resolve_precision("fp16", "openvino", "cpu")
+    # half precision keeps the plain model id: its vectors are the fp32 vectors to 4 decimals
+    cfg = EmbeddingsConfig(device="cpu", precision="bf16")
+    assert Embedder.from_config(cfg).model_id == DEFAULT_MODEL
+    assert Embedder.for_model_id(DEFAULT_MODEL, cfg).precision == "bf16"
+
+
+def test_bf16_detection_survives_an_old_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    assert isinstance(embedding.cpu_has_native_bf16(), bool)
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
+    assert embedding.cpu_has_native_bf16() is False
+
+
+@pytest.mark.slow
+def test_bf16_vectors_match_fp32() -> None:
+    fp32 = Embedder(DEFAULT_MODEL, device="cpu", backend="torch", precision="fp32")
+    bf16 = Embedder(DEFAULT_MODEL, device="cpu", backend="torch", precision="bf16")
+    ref, ours = fp32.embed_documents(SENTENCES), bf16.embed_documents(SENTENCES)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert (ours * ref).sum(1).min() > 0.999
+    query = bf16.embed_query(SENTENCES[0])
+    assert query.dtype == np.float32 and float(query @ ref[0]) > 0.999
+
+
+def test_fully_cached_embed_never_imports_a_model_runtime(tmp_path: Path) -> None:
+    """A re-ingest whose chunks are all cached must not pay for loading a model."""
+    script = f"""
+import sys, numpy as np
+sys.path.insert(0, {str(ROOT)!r})
+from flytegpt.ingest.config import Config, EmbeddingsConfig, IndexConfig
+from flytegpt.ingest.embedding import Embedder
+from flytegpt.ingest.embedding_cache import EmbeddingCache
+from flytegpt.ingest.models import Chunk
+from flytegpt.ingest.pipeline import embed_chunks
+config = Config(index=IndexConfig(store={str(tmp_path / 'store')!r}), embeddings=EmbeddingsConfig(backend="auto"))
+chunks = [Chunk(f"docs:{{i}}.md", "docs", "t", "u", f"text {{i}}", f"text {{i}}") for i in range(5)]
+e = Embedder.from_config(config.embeddings)
+cache = EmbeddingCache(config.index.store, e.model_id, e.dimension)
+cache.add([c.content_key(e.model_id) for c in chunks], np.eye(5, e.dimension, dtype=np.float32))
+cache.flush()
+vectors, stats = embed_chunks(chunks, config, embedder=Embedder.from_config(config.embeddings), progress=False)
+assert stats == {{"computed": 0, "reused": 5}}, stats
+print(sorted(m for m in ("torch", "onnxruntime", "openvino", "sentence_transformers", "transformers") if m in sys.modules))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------- OpenVINO (the default on a CPU)
+
+
+@pytest.fixture(scope="module")
+def ov_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("ov-cache"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision, floor", [("fp32", 0.9999), ("bf16", 0.999)])
+def test_openvino_vectors_are_the_pytorch_vectors(ov_cache: str, embedder: Embedder, precision: str, floor: float) -> None:
+    ov = Embedder(DEFAULT_MODEL, device="cpu", backend="openvino", precision=precision, onnx_cache_dir=ov_cache)
+    ours, ref = ov.embed_documents(SENTENCES), embedder.embed_documents(SENTENCES)
+    assert ov.backend == "openvino" and ov.precision == precision and ov.model_id == embedder.model_id
+    assert ours.shape == (len(SENTENCES), 384) and ours.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert (ours * ref).sum(1).min() >= floor  # the long text is cut at 256 tokens, as PyTorch does
+    # a query alone (one request) and the same text in a batch (the async queue) agree
+    assert float(ov.embed_query(SENTENCES[1]) @ ours[1]) >= floor
+    many = ov.embed_documents(SENTENCES * 5)  # several batches in flight, answers in input order
+    assert (many * np.tile(ours, (5, 1))).sum(1).min() >= floor
+    folder = next(p for p in Path(ov_cache).iterdir() if p.name.endswith("-fp32-v1"))
+    assert json.loads((folder / "meta.json").read_text())["quantization"] == "none"
+
+
+def test_openvino_failure_falls_back_to_pytorch(
+    ov_cache: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flytegpt.ingest import openvino_runner
+
+    def broken(folder, *, precision):
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp: unsupported CPU")
+
+    monkeypatch.setattr(openvino_runner, "OpenVinoEncoder", broken)
+    e = Embedder(DEFAULT_MODEL, device="cpu", precision="fp32", onnx_cache_dir=ov_cache)
+    assert e.backend == "openvino"
+    with caplog.at_level(logging.WARNING, logger="flytegpt.ingest.embedding"):
+        vector = e.embed_query("how do I cache a task?")
+    assert e.backend == "torch" and e.model_id == DEFAULT_MODEL and vector.shape == (384,)
+    assert "OpenVINO could not load" in caplog.text and "unsupported CPU" in caplog.text
+
+
+# ---------------------------------------------------------------- the int8 ONNX export
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    return Embedder(DEFAULT_MODEL, device="cpu", backend="onnx", onnx_cache_dir=str(cache))
+
+
+def test_onnx_export_round_trip(onnx_embedder: Embedder) -> None:
+    torch_embedder = Embedder(DEFAULT_MODEL, device="cpu", backend="torch")
+    ours = onnx_embedder.embed_documents(SENTENCES)
+    ref = torch_embedder.embed_documents(SENTENCES)
+    assert ours.shape == (len(SENTENCES), 384) and ours.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-4)
+    cosine = (ours * ref).sum(axis=1)
+    sentences = [i for i, t in enumerate(SENTENCES) if len(t.split()) > 3]
+    assert cosine[sentences].min() >= 0.99, cosine  # the long text is truncated to 256 tokens like torch does
+    assert cosine.min() >= 0.95, cosine  # a one-word text moves most under int8 (measured 0.966)
+    # order kept: each row is nearest to its own torch vector
+    assert ((ours @ ref.T).argmax(axis=1) == np.arange(len(SENTENCES))).all()
+    # int8 activation scales are computed per batch: a text alone is close to, not equal to, itself in a batch
+    assert float(onnx_embedder.embed_query(SENTENCES[1]) @ ours[1]) >= 0.98
+    assert onnx_embedder.embed_documents([]).shape == (0, 384)
+
+    folders = list(Path(onnx_embedder.onnx_cache_dir).iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("sentence-transformers__all-MiniLM-L6-v2-")
+    meta = json.loads((folders[0] / "meta.json").read_text())
+    assert meta["source_model"] == DEFAULT_MODEL and meta["quantization"] == "int8"
+    assert meta["max_seq_length"] == 256 and meta["fusions"].get("Attention", 0) > 0
+
+
+def test_onnx_export_is_cached_and_reused(onnx_embedder: Embedder) -> None:
+    from flytegpt.ingest.onnx_export import ensure_export
+
+    onnx_embedder.embed_query("warm")
+    folder = ensure_export(DEFAULT_MODEL, PACKAGED, onnx_embedder.onnx_cache_dir)
+    before = (folder / "model.onnx").stat().st_mtime_ns
+    again = ensure_export(DEFAULT_MODEL, PACKAGED, onnx_embedder.onnx_cache_dir)
+    assert again == folder and (folder / "model.onnx").stat().st_mtime_ns == before
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".export-")]  # no temp folder left
+
+
+# ---------------------------------------------------------------- FAISS: GPU fallback, index type by size
+
+
+def _vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _chunks(n: int) -> list[Chunk]:
+    return [Chunk(f"docs:{i}.md", "docs", f"t{i}", f"u{i}", f"text number {i}", f"text number {i}") for i in range(n)]
+
+
+def test_gpu_build_failure_falls_back_to_cpu(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import faiss
+
+    def broken(index):
+        raise RuntimeError("CUDA driver version is insufficient")
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", broken)
+    with caplog.at_level(logging.INFO, logger="flytegpt.ingest.artifact"):
+        index, info = build_dense_index(_vectors(200), "ivf", 0)
+        _, device = artifact._to_search_device(index)
+    assert info["built_on"] == "cpu" and index.ntotal == 200 and device == "cpu"
+    assert "building on GPU failed (CUDA driver version is insufficient); building on CPU" in caplog.text
+    assert "moving the index to GPU failed" in caplog.text
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: (_ for _ in ()).throw(RuntimeError("no driver")))
+    assert artifact.gpu_count() == 0
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="flytegpt.ingest.artifact"):
+        caplog.clear()
+        build_dense_index(_vectors(200), "ivf", 0)
+    assert "building the index on CPU (no GPU)" in caplog.text
+
+
+def test_index_type_by_size_is_recorded(tmp_path: Path) -> None:
+    assert choose_index_type(99, "auto", 100) == "flat"
+    assert choose_index_type(100, "auto", 100) == "ivf"
+    assert choose_index_type(10, "hnsw", 100) == "hnsw"
+    with pytest.raises(ValueError, match="unknown index_type"):
+        choose_index_type(10, "annoy", 100)
+
+    store = str(tmp_path / "store")
+    model = ModelInfo("test/model", 16)
+    small = write_version(store, _chunks(50), _vectors(50), model, approximate_threshold=100)
+    vectors = _vectors(400, seed=1)
+    big = write_version(store, _chunks(400), vectors, model, approximate_threshold=100)
+    assert open_version(store, small).manifest["index"]["type"] == "flat"
+    opened = open_version(store, big)
+    info = opened.manifest["index"]
+    assert info["type"] == "ivf" and info["ntotal"] == 400 and info["built_on"] == "cpu"
+    assert info["nlist"] == artifact.ivf_nlist(400) and info["nprobe"] >= 1
+    np.testing.assert_allclose(opened.dense.reconstruct(7), vectors[7])  # exact scores for keyword hits
+    _, ids = opened.dense.search(vectors[:5], 1)
+    assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]
+    assert not [p for p in (tmp_path / "store").iterdir() if p.name.startswith(".tmp-")]  # temp file moved
+    with pytest.raises(ValueError, match="unknown index_type"):
+        write_version(store, _chunks(50), _vectors(50), model, index_type="ivfpq")

@@ -1,0 +1,197 @@
+"""An s3:// index store against a real S3-compatible server (moto in server mode) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+pytest.importorskip("moto")
+pytest.importorskip("s3fs")
+boto3 = pytest.importorskip("boto3")
+
+from flytegpt.ingest.artifact import (  # noqa: E402
+    ArtifactError,
+    ModelInfo,
+    list_versions,
+    open_version,
+    prune,
+    publish,
+    read_latest,
+    write_version,
+)
+from flytegpt.ingest.embedding_cache import EmbeddingCache  # noqa: E402
+from flytegpt.ingest.models import Chunk  # noqa: E402
+
+BUCKET = "flytegpt-test"
+MODEL = ModelInfo("test/model", 8, True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _moto_server() -> str | None:
+    local = Path(sys.executable).parent / "moto_server"
+    return str(local) if local.exists() else shutil.which("moto_server")
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    server = _moto_server()
+    if server is None:
+        pytest.skip("moto_server is not installed")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.skip("moto_server did not start")
+                time.sleep(0.2)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            mp.setenv("FLYTEGPT_S3_ENDPOINT_URL", url)
+            for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+                mp.delenv(var, raising=False)
+            # s3fs's mkdir sends a location constraint moto rejects: create the bucket with boto3
+            boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+            yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
+def _chunks(n: int, tag: str = "") -> list[Chunk]:
+    return [
+        Chunk(source_id=f"docs:page{i % 3}.md", kind="docs", title=f"t{i}", url="u", text=f"text {i}", embed_text=f"chunk {i} {tag}")
+        for i in range(n)
+    ]
+
+
+def _vectors(n: int, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_write_publish_open_on_s3(endpoint: str, s3, tmp_path: Path) -> None:
+    store = f"s3://{BUCKET}/roundtrip/index"
+    assert read_latest(store) is None
+    version = write_version(store, _chunks(9), _vectors(9), MODEL, stats={"computed": 9})
+    assert read_latest(store) is None
+    publish(store, version)
+    assert read_latest(store) == version
+    assert list_versions(store) == [version]
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="roundtrip/")["Contents"]}
+    assert f"roundtrip/index/{version}/manifest.json" in keys and "roundtrip/index/LATEST" in keys
+
+    index = open_version(store, expect_model="test/model", expect_dimension=8)
+    assert index.chunks == _chunks(9) and index.dense.ntotal == 9
+    _, ids = index.dense.search(_vectors(9), 1)
+    assert (ids[:, 0] == np.arange(9)).all()
+
+    # with a cache folder the files stay local for the next start
+    cache = tmp_path / "cache"
+    open_version(store, cache_dir=str(cache))
+    cached = cache / version / "dense.faiss"
+    assert cached.is_file()
+    cached.write_bytes(b"stale partial download")  # a bad local copy is fetched again
+    assert len(open_version(store, cache_dir=str(cache)).chunks) == 9
+    assert cached.stat().st_size == index.manifest["files"]["dense.faiss"]["bytes"]
+
+
+def test_s3_checksum_mismatch_and_bad_publish(endpoint: str, s3) -> None:
+    store = f"s3://{BUCKET}/bad/index"
+    good = write_version(store, _chunks(4), _vectors(4), MODEL)
+    publish(store, good)
+    bad = write_version(store, _chunks(5, "b"), _vectors(5, seed=1), MODEL)
+    key = f"bad/index/{bad}/dense.faiss"
+    data = bytearray(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    data[-1] ^= 0xFF
+    s3.put_object(Bucket=BUCKET, Key=key, Body=bytes(data))
+    with pytest.raises(ArtifactError, match=r"checksum mismatch in dense\.faiss"):
+        open_version(store, bad)
+    with pytest.raises(ArtifactError, match=r"dense\.faiss"):
+        publish(store, bad)
+    assert read_latest(store) == good
+    with pytest.raises(ArtifactError, match="model mismatch"):
+        open_version(store, expect_model="another/model")
+
+
+def test_prune_on_s3(endpoint: str) -> None:
+    store = f"s3://{BUCKET}/prune/index"
+    versions = [write_version(store, _chunks(3, str(i)), _vectors(3, seed=i), MODEL) for i in range(3)]
+    publish(store, sorted(versions)[0])
+    prune(store, keep=1)
+    assert list_versions(store) == sorted({sorted(versions)[0], sorted(versions)[-1]})
+
+
+def test_embedding_cache_on_s3(endpoint: str) -> None:
+    store = f"s3://{BUCKET}/cache/index"
+    keys = [f"{i:064x}" for i in range(5)]
+    cache = EmbeddingCache(store, "test/model", 8)
+    assert cache.lookup(keys) == {}
+    cache.add(keys, _vectors(5))
+    cache.flush()
+    found = EmbeddingCache(store, "test/model", 8).lookup(keys)
+    assert set(found) == set(keys)
+    np.testing.assert_array_equal(np.stack([found[k] for k in keys]), _vectors(5))
+
+
+def test_chunk_cache_on_s3(endpoint: str, s3, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flytegpt.ingest import chunk_cache
+    from flytegpt.ingest.chunk_cache import ChunkCache
+    from flytegpt.ingest.models import Document
+
+    store = f"s3://{BUCKET}/chunks/index"
+    docs = [Document("docs", f"p{i}.md", "docs", f"P{i}", "u", f"page {i}") for i in range(3)]
+
+    def make(doc: Document) -> list[Chunk]:
+        return [Chunk(doc.source_id, "docs", doc.title, doc.url, doc.text, doc.text)]
+
+    first = ChunkCache(store)
+    made = [first.chunks(d, make) for d in docs]
+    first.save()
+    again = ChunkCache(store)
+    assert [again.chunks(d, lambda d: pytest.fail("chunked again")) for d in docs] == made
+    assert again.hits == 3
+    # a new chunker version replaces the object; the old one is deleted from the bucket
+    monkeypatch.setattr(chunk_cache, "chunking_version", lambda: "feedfacefeedface")
+    newer = ChunkCache(store)
+    [newer.chunks(d, make) for d in docs]
+    newer.save()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="chunks/index/")["Contents"]]
+    assert keys == ["chunks/index/chunk-cache/feedfacefeedface.jsonl.gz"] and newer.hits == 0
+
+
+def test_endpoint_comes_from_environment(endpoint: str) -> None:
+    from flytegpt.ingest.store import get_fs
+
+    fs, root = get_fs(f"s3://{BUCKET}/x")
+    assert root == f"{BUCKET}/x"
+    assert os.environ["FLYTEGPT_S3_ENDPOINT_URL"] == endpoint
+    assert fs.client_kwargs.get("endpoint_url") == endpoint

@@ -1,0 +1,1 @@
+"""Test harnesses: the Slack emulator, the OpenAI stand-in, shared fixtures and paths."""

@@ -1,0 +1,109 @@
+"""The real FlyteGPT Slack app wired to stand-ins on 127.0.0.1, for the test_slack_* files.
+
+Real pieces: slack-bolt + slack_sdk (Socket Mode builtin client, WebClient with its retry
+handlers), the Answerer with ChatOpenAI, HybridSearcher over an index of the bundled
+sample corpus. Stand-ins: the Slack emulator and the OpenAI-compatible server.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from support.openai_server import OpenAIStandIn
+from support.slack_emulator import SlackEmulator
+
+from flytegpt.ingest.config import Config, Settings, load_config, sample_config_path
+
+CACHE_Q = "I changed my task's code but the cached result is still returned. How do I invalidate the cache?"
+ANSWER = "Bump **`cache_version`** in the task decorator to invalidate the cache [1]."
+STANDALONE = "How do I invalidate the cache of a map task?"
+
+
+def build_sample_index(store: Path, embedder: Any) -> Config:
+    """Ingest the bundled sample corpus into `store` (publishes LATEST)."""
+    from flytegpt.ingest.pipeline import run_ingest
+
+    config = load_config(sample_config_path()).with_store(str(store))
+    run_ingest(config, progress=False, embedder=embedder)
+    return config
+
+
+def tuned(config: Config, *, feedback_db: Path, bot: dict | None = None, answer: dict | None = None) -> Config:
+    """The config with [bot]/[answer] keys overridden (fast retries for tests)."""
+    answer_defaults = {"max_retries": 0, "retry_backoff_s": 0.01, "timeout_s": 10.0}
+    return config.model_copy(update={
+        "bot": config.bot.model_copy(update={"feedback_db": str(feedback_db), **(bot or {})}),
+        "answer": config.answer.model_copy(update={**answer_defaults, **(answer or {})}),
+    })
+
+
+def llm_reply(body: dict) -> str:
+    """The stand-in model: condenses follow-ups, answers with a citation otherwise."""
+    system = str(body["messages"][0].get("content", ""))
+    return STANDALONE if "standalone question" in system else ANSWER
+
+
+class BotHarness:
+    """Emulator + model stand-in + the bot connected over Socket Mode."""
+
+    def __init__(self, config: Config, holder: Any, *, ping_interval: float = 1.0,
+                 answerer: Any = None) -> None:
+        self.config, self.holder = config, holder
+        self.ping_interval = ping_interval
+        self.emu = SlackEmulator()
+        self.llm = OpenAIStandIn()
+        self.llm.reply = llm_reply
+        self._answerer = answerer
+        self.bot: Any = None
+        self.handler: Any = None
+
+    def settings(self) -> Settings:
+        return Settings(OPENAI_BASE_URL=self.llm.base_url, OPENAI_API_KEY="sk-test-key",
+                        SLACK_BOT_TOKEN="xoxb-test-token", SLACK_APP_TOKEN="xapp-test-token",
+                        SLACK_API_URL=self.emu.api_url)
+
+    def start(self) -> "BotHarness":
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        from flytegpt.bot.answering import Answerer
+        from flytegpt.bot.slack.app import build_app, make_client
+
+        self.emu.start()
+        self.llm.start()
+        settings = self.settings()
+        answerer = self._answerer or Answerer(self.config, settings, self.holder.get)
+        self.bot = build_app(self.config, settings, answerer, self.holder, client=make_client(settings))
+        self.handler = SocketModeHandler(self.bot.app, "xapp-test-token", web_client=self.bot.client,
+                                         ping_interval=self.ping_interval)
+        self.handler.connect()
+        self.emu.wait_connected(1, timeout=10)
+        return self
+
+    def stop(self) -> None:
+        if self.handler is not None:
+            # slack_sdk's close joins its polling threads (seconds); nothing waits on it here
+            self.handler.client.auto_reconnect_enabled = False
+            threading.Thread(target=self.handler.close, daemon=True).start()
+        if self.bot is not None:
+            self.bot.close(wait=False)
+        self.llm.close()
+        self.emu.stop()
+
+    def __enter__(self) -> "BotHarness":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def idle(self, timeout: float = 15.0) -> None:
+        """Wait until the side pool and the answer pool have nothing left to do."""
+        for _ in range(2):  # side tasks can submit answers and answers can submit side tasks
+            assert self.bot.side.wait_idle(timeout) and self.bot.pool.wait_idle(timeout)
+
+    def answers(self, **kw: Any) -> list[dict]:
+        return self.emu.bot_messages(**kw)
+
+    def wait_answers(self, n: int = 1, timeout: float = 15.0, **kw: Any) -> list[dict]:
+        return self.emu.wait_for(lambda: (a := self.answers(**kw)) and len(a) >= n and a, timeout)
