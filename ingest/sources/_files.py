@@ -29,10 +29,47 @@ def glob_match(rel: str, patterns: Iterable[str]) -> bool:
     return False
 
 
-def walk_files(root: Path, include: list[str], exclude: list[str]) -> Iterator[tuple[Path, str]]:
-    """(file, posix path relative to root) in a stable order, hidden entries skipped."""
+def printable_name(rel: str) -> str:
+    """A path for reports and logs, also when its bytes are not UTF-8 (shown as U+FFFD)."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def is_utf8_name(rel: str) -> bool:
+    """False for a name os.walk decoded with surrogate escapes: it would break every JSON write."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def inside(path: Path, root: Path) -> bool:
+    """True when `path`, with every symbolic link resolved, is `root` or lies under it."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def walk_files(root: Path, include: list[str], exclude: list[str], report: LoadReport) -> Iterator[tuple[Path, str]]:
+    """(file, posix path relative to root) in a stable order, hidden entries skipped.
+
+    Nothing outside the root is read: a symbolic link whose target leaves the root (a link to
+    /etc/passwd in a docs tree) is skipped and reported, as is a file whose name is not UTF-8.
+    Folder links are never followed; the real folder, when inside the root, is walked anyway.
+    """
+    real_root = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        names = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = []
+        for name in names:
+            folder = Path(dirpath) / name
+            rel = folder.relative_to(root).as_posix()
+            if folder.is_symlink():
+                if not inside(folder, real_root):
+                    report.skip(printable_name(rel), "symbolic link to a folder outside the source root")
+                continue
+            dirnames.append(name)
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
@@ -41,6 +78,12 @@ def walk_files(root: Path, include: list[str], exclude: list[str]) -> Iterator[t
             if include and not glob_match(rel, include):
                 continue
             if exclude and glob_match(rel, exclude):
+                continue
+            if not is_utf8_name(rel):
+                report.skip(printable_name(rel), "file name is not valid UTF-8")
+                continue
+            if path.is_symlink() and not inside(path, real_root):
+                report.skip(rel, "symbolic link to a file outside the source root")
                 continue
             yield path, rel
 
@@ -69,7 +112,14 @@ def read_text(path: Path, rel: str, report: LoadReport, *, max_bytes: int) -> st
 
     Too big, binary or not UTF-8 is reported so the ingest summary says what was left out.
     """
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+    except OSError as e:  # a dangling link, or the file went away during the walk
+        report.skip(rel, f"cannot be read: {e.strerror or e}")
+        return None
+    if not path.is_file():
+        report.skip(rel, "not a regular file")
+        return None
     if size > max_bytes:
         report.skip(rel, f"larger than {max_bytes} bytes")
         return None

@@ -50,7 +50,7 @@ def load_code(source: SourceConfig, report: LoadReport, *, store: str | None = N
     root = source.root()
     # a folder that is itself a Python package names its modules after itself
     package = source.package if source.path is None else (root.name if (root / "__init__.py").exists() else None)
-    for path, rel in walk_files(root, source.include, source.exclude):
+    for path, rel in walk_files(root, source.include, source.exclude, report):
         language = LANGUAGES.get(path.suffix) or LANGUAGES.get(path.suffix.lower())
         if language is None:
             continue

@@ -16,7 +16,7 @@ MAX_BYTES = 2_000_000  # bigger "pages" are generated dumps, not documentation
 def load_docs(source: SourceConfig, report: LoadReport, *, store: str | None = None) -> Iterator[Document]:
     """Every prose page under the source root that the include/exclude globs admit."""
     root = source.root()
-    for path, rel in walk_files(root, source.include, source.exclude):
+    for path, rel in walk_files(root, source.include, source.exclude, report):
         fmt = DOC_EXTENSIONS.get(path.suffix.lower())
         if fmt is None:
             continue

@@ -11,14 +11,16 @@ import html
 import json
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from flytegpt.ingest.config import SourceConfig
+from flytegpt.ingest.config import ConfigError, SourceConfig
 from flytegpt.ingest.models import Document, LoadReport
+from flytegpt.ingest.sources._files import inside, is_utf8_name, printable_name
 
 _DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.json$")
 # Subtypes that carry what a person wrote; everything else (joins, leaves, topic changes,
@@ -27,15 +29,27 @@ _KEPT_SUBTYPES = {None, "", "thread_broadcast", "file_share", "me_message"}
 _TITLE_CHARS = 90
 
 
+class ExportError(ConfigError):
+    """The export as a whole cannot be read (not a zip, truncated); the message names the file."""
+
+
 class _Tree:
-    """Read-only view over the export, a folder or a zip, rooted at the folder holding channels.json."""
+    """Read-only view over the export, a folder or a zip, rooted at the folder holding channels.json.
+
+    Nothing outside the export is read: in a folder, links that leave it are skipped and
+    reported (`self.skipped`); a zip is only read member by member, never extracted.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self._zip: zipfile.ZipFile | None = None
         self.prefix = ""
+        self.skipped: list[tuple[str, str]] = []
         if path.is_file():
-            self._zip = zipfile.ZipFile(path)
+            try:
+                self._zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+                raise ExportError(f"{path} is not a readable zip file ({e})") from None
             names = [n for n in self._zip.namelist() if not _junk(n)]
             self._names = names
             if "channels.json" not in names:
@@ -49,10 +63,22 @@ class _Tree:
                     if len(tops) == 1 and all("/" in n for n in names):
                         self.prefix = next(iter(tops)) + "/"
         else:
-            self._names = [
-                p.relative_to(path).as_posix() for p in sorted(path.rglob("*")) if p.is_file()
-            ]
-            self._names = [n for n in self._names if not _junk(n)]
+            self._names = self._folder_names(path)
+
+    def _folder_names(self, path: Path) -> list[str]:
+        real_root = path.resolve()
+        names = []
+        for p in sorted(path.rglob("*")):
+            rel = p.relative_to(path).as_posix()
+            if _junk(rel) or not p.is_file():
+                continue
+            if not is_utf8_name(rel):
+                self.skipped.append((printable_name(rel), "file name is not valid UTF-8"))
+            elif not inside(p, real_root):
+                self.skipped.append((rel, "symbolic link to a file outside the export"))
+            else:
+                names.append(rel)
+        return names
 
     def files(self) -> list[str]:
         """Paths relative to the export root."""
@@ -60,18 +86,44 @@ class _Tree:
         return sorted(name[n:] for name in self._names if name.startswith(self.prefix) and not name.endswith("/"))
 
     def read(self, rel: str) -> bytes:
-        if self._zip is not None:
+        """A member's bytes; KeyError when missing, CorruptMember when its data is damaged."""
+        if self._zip is None:
+            return (self.path / rel).read_bytes()
+        try:
             return self._zip.read(self.prefix + rel)
-        return (self.path / rel).read_bytes()
+        except KeyError:
+            raise
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
+            # bad CRC, a corrupt deflate stream, a truncated member, an unsupported method
+            # or an encrypted member: this file is lost, the others are still good
+            raise CorruptMember(f"corrupt zip member: {e}") from None
 
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
 
 
+class CorruptMember(Exception):
+    """One file of a zip export cannot be decompressed; the rest of the archive is fine."""
+
+
 def _junk(name: str) -> bool:
     parts = PurePosixPath(name).parts
     return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+def display_name(user: dict) -> str | None:
+    """The name Slack shows for a person: display name, else real name, else account name.
+
+    `user` is a users.list / users.json member or a message's `user_profile`; both the export
+    and the Web API source name authors with this one rule.
+    """
+    profile = user.get("profile") or {}
+    for value in (profile.get("display_name"), profile.get("real_name"),
+                  user.get("display_name"), user.get("real_name"), user.get("name")):
+        if value:
+            return str(value)
+    return None
 
 
 @dataclass
@@ -83,20 +135,28 @@ class Directory:
     channel_ids: dict[str, str] = field(default_factory=dict)  # name -> id
     bots: set[str] = field(default_factory=set)  # user ids of bot users
 
+    def add_user(self, member: Any) -> None:
+        """Remember a users.list / users.json member (entries without an id are ignored)."""
+        if not isinstance(member, dict) or not member.get("id"):
+            return
+        uid = str(member["id"])
+        self.users[uid] = display_name(member) or uid
+        if member.get("is_bot") or member.get("is_app_user"):
+            self.bots.add(uid)
+
     def user(self, uid: str, profile: dict | None = None) -> str:
         if uid in self.users:
             return self.users[uid]
-        if profile:
-            for key in ("display_name", "real_name", "name"):
-                if profile.get(key):
-                    return str(profile[key])
-        return uid
+        return (display_name(profile) if profile else None) or uid
 
 
 def _load_json(tree: _Tree, rel: str, report: LoadReport) -> Any:
     try:
         return json.loads(tree.read(rel).decode("utf-8"))
     except KeyError:
+        return None
+    except CorruptMember as e:
+        report.skip(rel, str(e))
         return None
     except (ValueError, UnicodeDecodeError) as e:
         report.skip(rel, f"invalid JSON: {e}")
@@ -107,19 +167,7 @@ def _directory(tree: _Tree, files: list[str], report: LoadReport) -> Directory:
     d = Directory()
     users = _load_json(tree, "users.json", report) if "users.json" in files else None
     for u in users if isinstance(users, list) else []:
-        if not isinstance(u, dict) or "id" not in u:
-            continue
-        profile = u.get("profile") or {}
-        name = (
-            profile.get("display_name")
-            or profile.get("real_name")
-            or u.get("real_name")
-            or u.get("name")
-            or u["id"]
-        )
-        d.users[u["id"]] = str(name)
-        if u.get("is_bot") or u.get("is_app_user"):
-            d.bots.add(u["id"])
+        d.add_user(u)
     for meta_file in ("channels.json", "groups.json"):
         if meta_file not in files:
             continue
@@ -203,7 +251,12 @@ def _title(first_text: str, channel: str, date: str) -> str:
 
 def load_slack_export(source: SourceConfig, report: LoadReport, *, store: str | None = None) -> Iterator[Document]:
     """Documents for every thread of every channel in the export, in channel and time order."""
-    tree = _Tree(source.root())
+    try:
+        tree = _Tree(source.root())
+    except ExportError as e:
+        raise ExportError(f"source {source.name!r}: {e}") from None
+    for name, why in tree.skipped:
+        report.skip(name, why)
     try:
         files = tree.files()
         d = _directory(tree, files, report)
