@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from flytegpt.bot import messages
+
 Mode = Literal["llm", "offline", "not_found"]
 
 
@@ -58,7 +60,7 @@ class QuestionRejected(ValueError):
 class IndexNotReady(RuntimeError):
     """No index is loaded yet (first ingest not done, or still loading)."""
 
-    def __init__(self, message: str = "The knowledge base is not ready yet. Please try again in a minute.") -> None:
+    def __init__(self, message: str = messages.INDEX_NOT_READY) -> None:
         super().__init__(message)
 
 

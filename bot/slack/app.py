@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any, Callable
 from slack_bolt import App
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
+from flytegpt.bot import messages
+from flytegpt.bot.messages import BUSY, COMMAND, FAILED, INDEX_NOT_READY, LOOKING, THANKS, USAGE
 from flytegpt.ingest.config import ConfigError
+from flytegpt.ingest.slack_client import api_base_url, make_web_client
 
 from . import render
 from .dedupe import Deduper
@@ -41,20 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COMMAND = "/flytegpt"
 PICKED_UP_REACTION = "eyes"
-LOOKING = "Looking into it…"
-BUSY = "I'm answering a lot of questions right now. Please ask again in a minute."
-INDEX_NOT_READY = "The knowledge base (index) is not ready yet. Please try again in a minute."
-FAILED = "Sorry, something went wrong while answering. Please try again."
-THANKS = "Thanks for the feedback!"
-USAGE = f"""*FlyteGPT* answers questions about Flyte from the docs, the code and Slack history, with sources.
-
-• `{COMMAND} how do I cache a task with a custom hash?` (only you see the answer; you can share it)
-• mention me in a channel: `@FlyteGPT your question` (I answer in the thread; follow-ups there keep the context)
-• or send me a direct message.
-
-Use 👍/👎 under an answer to tell us whether it helped."""
 RESPONSE_URL_POSTS = 4  # Slack allows 5 per response_url; keep one spare
 _ANSWERABLE_SUBTYPES = (None, "file_share", "thread_broadcast")
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
@@ -81,28 +70,10 @@ def check_tokens(settings: "Settings", *, need_app_token: bool = True) -> tuple[
     return bot, app
 
 
-def api_base_url(settings: "Settings") -> str | None:
-    """SLACK_API_URL (GovSlack, tests) normalised to what WebClient expects."""
-    url = (settings.slack_api_url or "").strip()
-    if not url:
-        return None
-    return url if url.endswith("/") else url + "/"
-
-
-def make_client(settings: "Settings", *, max_retries: int = 3) -> WebClient:
-    """A WebClient that honours Retry-After on 429 and retries dropped connections."""
+def make_client(settings: "Settings", **kwargs: Any) -> WebClient:
+    """The project's WebClient (retries, timeouts: ingest/slack_client.py) with the checked bot token."""
     token, _ = check_tokens(settings, need_app_token=False)
-    kwargs: dict[str, Any] = {}
-    base = api_base_url(settings)
-    if base:
-        kwargs["base_url"] = base
-    return WebClient(
-        token=token,
-        timeout=30,
-        retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=max_retries),
-                        ConnectionErrorRetryHandler(max_retry_count=2)],
-        **kwargs,
-    )
+    return make_web_client(settings, token, **kwargs)
 
 
 @dataclass
@@ -231,10 +202,8 @@ class FlyteGPTBot:
         channel = event["channel"]
         if self.allowed and channel not in self.allowed:
             if mentioned and self._claim(event):
-                names = ", ".join(f"<#{c}>" for c in sorted(self.allowed))
-                self._side(self._ephemeral, channel, event["user"],
-                           f"I only answer questions in {names}, or in a direct message.", event.get("thread_ts"),
-                           True)
+                self._side(self._ephemeral, channel, event["user"], messages.only_in_channels(list(self.allowed)),
+                           event.get("thread_ts"), True)
             return
         if not self._claim(event):
             return
@@ -260,13 +229,12 @@ class FlyteGPTBot:
             return
         channel, user = command.get("channel_id", ""), command.get("user_id", "")
         if self.allowed and channel not in self.allowed and not channel.startswith("D"):
-            names = ", ".join(f"<#{c}>" for c in sorted(self.allowed))
-            ack(text=f"I only answer questions in {names}, or in a direct message.", response_type="ephemeral")
+            ack(text=messages.only_in_channels(list(self.allowed)), response_type="ephemeral")
             return
         wait = self.limiter.check(user)
         if wait:
             self.metrics.rate_limited.inc()
-            ack(text=self._rate_text(wait), response_type="ephemeral")
+            ack(text=messages.rate_limited(wait), response_type="ephemeral")
             return
         q = Question("command", text, channel, user, response_url=command.get("response_url"))
         if not self.pool.submit(self._answer, q):
@@ -290,16 +258,12 @@ class FlyteGPTBot:
     def _side(self, fn: Callable, *args: Any) -> bool:
         return self.side.submit(fn, *args)
 
-    @staticmethod
-    def _rate_text(wait: float) -> str:
-        return f"You're asking questions faster than I can answer them. Please wait {int(wait) + 1} s and ask again."
-
     def _dispatch(self, q: Question) -> None:
         """Rate limit, then the answer pool (or a busy notice); the 👀 shows it was picked up."""
         wait = self.limiter.check(q.user)
         if wait:
             self.metrics.rate_limited.inc()
-            self._side(self._ephemeral, q.channel, q.user, self._rate_text(wait), q.thread_ts)
+            self._side(self._ephemeral, q.channel, q.user, messages.rate_limited(wait), q.thread_ts)
             return
         if not self.pool.submit(self._answer, q):
             self.metrics.busy.inc()
@@ -341,7 +305,7 @@ class FlyteGPTBot:
         known = self.feedback.record_vote(answer_id, vote, user=user, channel=channel)  # type: ignore[arg-type]
         if known:
             self.metrics.feedback.labels(vote).inc()
-        text = THANKS if known else "Sorry, I couldn't find that answer any more, so the vote was not recorded."
+        text = THANKS if known else messages.VOTE_UNKNOWN_ANSWER
         self._respond(body, text, channel, user)
 
     def _respond(self, body: dict, text: str, channel: str | None, user: str) -> None:
@@ -364,28 +328,28 @@ class FlyteGPTBot:
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
         stored = self.feedback.get_answer(answer_id)
         if stored is None:
-            self._respond(body, "Sorry, that answer is no longer available to share.", channel, user)
+            self._respond(body, messages.SHARE_GONE, channel, user)
             return
         answer = _StoredAnswer.from_row(stored)
-        messages = render.render_answer(answer, feedback_id=answer_id, share=False,
+        posts = render.render_answer(answer, feedback_id=answer_id, share=False,
                                         question=stored["question"], shared_by=user or None)
         url = body.get("response_url")
         try:
             if url:
                 hook = WebhookClient(url, timeout=15)
-                for m in messages[:RESPONSE_URL_POSTS - 1]:
+                for m in posts[:RESPONSE_URL_POSTS - 1]:
                     resp = hook.send(text=m.text, blocks=m.blocks, response_type="in_channel",
                                      replace_original=False)
                     if resp.status_code != 200:
                         raise RuntimeError(f"response_url answered {resp.status_code}: {resp.body}")
                 hook.send(delete_original=True)
             elif channel:
-                for m in messages:
+                for m in posts:
                     self.client.chat_postMessage(channel=channel, unfurl_links=False, unfurl_media=False,
                                                  **m.kwargs())
         except Exception:  # noqa: BLE001
             log.exception("sharing an answer failed")
-            self._respond(body, "Sorry, I couldn't share that answer.", channel, user)
+            self._respond(body, messages.SHARE_FAILED, channel, user)
 
     # --- answering (answer pool) ----------------------------------------------------
 
@@ -411,9 +375,9 @@ class FlyteGPTBot:
         except ModelUnavailable as e:
             self.metrics.failures.labels("model_unavailable").inc()
             log.warning("model unavailable: apology with sources", extra={"related": len(e.related)})
-            reason = f"Sorry, I couldn't write an answer: {e}"
+            reason = messages.NO_ANSWER_WRITTEN.format(reason=e)
             if e.related:
-                reason += " Meanwhile, these sources look most relevant:"
+                reason += messages.MEANWHILE_SOURCES
             self._deliver(q, render.render_apology(e.related, reason))
             return
         except Exception:  # noqa: BLE001 - the user must hear back, whatever broke
@@ -423,30 +387,30 @@ class FlyteGPTBot:
             return
         answer_id = self.feedback.record_answer(answer, surface=q.surface, channel=q.channel,
                                                 thread_ts=q.thread_ts, user=q.user)
-        messages = render.render_answer(answer, feedback_id=answer_id, share=q.surface == "command",
+        posts = render.render_answer(answer, feedback_id=answer_id, share=q.surface == "command",
                                         question=q.text if q.surface == "command" else None)
-        if self._deliver(q, messages):
+        if self._deliver(q, posts):
             self.metrics.answers.labels(answer.mode).inc()
             self.metrics.latency.observe(time.monotonic() - q.received)
             log.info("answered", extra={"surface": q.surface, "mode": answer.mode, "answer_id": answer_id,
                                         "index_version": answer.index_version,
                                         "seconds": round(time.monotonic() - q.received, 3)})
 
-    def _deliver(self, q: Question, messages: list[render.SlackMessage]) -> bool:
-        """Post messages where the question came from; False when Slack refused them."""
+    def _deliver(self, q: Question, posts: list[render.SlackMessage]) -> bool:
+        """Post the messages where the question came from; False when Slack refused them."""
         try:
             if q.response_url:
                 hook = WebhookClient(q.response_url, timeout=15)
-                if len(messages) > RESPONSE_URL_POSTS:
-                    messages = messages[:RESPONSE_URL_POSTS - 1] + [
-                        render.render_notice("(The answer was too long to show completely here.)")]
-                for m in messages:
+                if len(posts) > RESPONSE_URL_POSTS:
+                    posts = posts[:RESPONSE_URL_POSTS - 1] + [
+                        render.render_notice(messages.TRUNCATED)]
+                for m in posts:
                     resp = hook.send(text=m.text, blocks=m.blocks, response_type="ephemeral",
                                      replace_original=False)
                     if resp.status_code != 200:
                         raise RuntimeError(f"response_url answered {resp.status_code}: {resp.body}")
             else:
-                for m in messages:
+                for m in posts:
                     extra: dict[str, Any] = {"thread_ts": q.thread_ts, "reply_broadcast": False} if q.thread_ts else {}
                     self.client.chat_postMessage(channel=q.channel, unfurl_links=False, unfurl_media=False,
                                                  **extra, **m.kwargs())

@@ -16,6 +16,8 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from .render import answer_text
+
 if TYPE_CHECKING:
     from slack_sdk import WebClient
 
@@ -103,13 +105,6 @@ class ThreadHistory:
                 if text:
                     turns.append(Turn("user", text))
         return turns[-max_turns:] if max_turns > 0 else []
-
-
-def answer_text(msg: dict[str, Any]) -> str:
-    """The answer part of one of our messages: its section blocks (not the sources list)."""
-    sections = [b["text"]["text"] for b in msg.get("blocks") or []
-                if b.get("type") == "section" and isinstance(b.get("text"), dict)]
-    return "\n\n".join(sections) if sections else (msg.get("text") or "")
 
 
 def strip_mentions(text: str, bot_user_id: str | None) -> str:

@@ -28,6 +28,8 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from flytegpt.bot import messages
+
 if TYPE_CHECKING:  # bot.answering imports heavy libraries; rendering needs only the shapes
     from flytegpt.bot.answering import Answer, Citation
 
@@ -311,13 +313,13 @@ def _actions_block(feedback_id: str, *, share: bool) -> dict:
     if len(feedback_id) > MAX_BUTTON_VALUE:
         raise ValueError("feedback id too long for a button value")
     elements = [
-        ButtonElement(text=PlainTextObject(text="👍 Helpful", emoji=True),
+        ButtonElement(text=PlainTextObject(text=messages.BUTTON_HELPFUL, emoji=True),
                       action_id=ACTION_FEEDBACK_UP, value=feedback_id),
-        ButtonElement(text=PlainTextObject(text="👎 Not helpful", emoji=True),
+        ButtonElement(text=PlainTextObject(text=messages.BUTTON_NOT_HELPFUL, emoji=True),
                       action_id=ACTION_FEEDBACK_DOWN, value=feedback_id),
     ]
     if share:
-        elements.append(ButtonElement(text=PlainTextObject(text="Share in channel"),
+        elements.append(ButtonElement(text=PlainTextObject(text=messages.BUTTON_SHARE),
                                       action_id=ACTION_SHARE, value=feedback_id, style="primary"))
     return ActionsBlock(block_id=f"flytegpt_actions_{feedback_id}"[:255], elements=elements).to_dict()
 
@@ -373,10 +375,10 @@ def render_answer(answer: "Answer", *, feedback_id: str | None = None, share: bo
     if question:
         head_text = f"> {escape(_short(question, 300))}"
         if shared_by:
-            head_text += f"\n_shared by <@{escape(shared_by)}>_"
+            head_text += "\n_" + messages.SHARED_BY.format(user=f"<@{escape(shared_by)}>") + "_"
         head_blocks = [ContextBlock(elements=[MarkdownTextObject(text=head_text, verbatim=True)]).to_dict()]
-    sections = markdown_sections(answer.text) or [escape("(empty answer)")]
-    tail, tail_text = _sources_blocks(answer.citations, "Sources")
+    sections = markdown_sections(answer.text) or [escape(messages.EMPTY_ANSWER)]
+    tail, tail_text = _sources_blocks(answer.citations, messages.SOURCES_HEADING)
     if feedback_id:
         tail.append(_actions_block(feedback_id, share=share))
     return _pack(sections, tail, tail_text, head_blocks, head_text)
@@ -384,11 +386,8 @@ def render_answer(answer: "Answer", *, feedback_id: str | None = None, share: bo
 
 def render_apology(related: Sequence["Citation"], reason: str | None = None) -> list[SlackMessage]:
     """The model failed: say so briefly and still give the best sources found."""
-    text = reason or ("Sorry, I couldn't reach the language model to write an answer just now. "
-                      "These sources look most relevant to your question:" if related else
-                      "Sorry, I couldn't reach the language model to write an answer just now. "
-                      "Please try again in a minute.")
-    tail, tail_text = _sources_blocks(related, "Best sources")
+    text = reason or (messages.MODEL_UNREACHABLE_WITH_SOURCES if related else messages.MODEL_UNREACHABLE)
+    tail, tail_text = _sources_blocks(related, messages.BEST_SOURCES_HEADING)
     return _pack([escape(text)], tail, tail_text)
 
 
@@ -402,3 +401,13 @@ def render_notice(text: str, *, mrkdwn: bool = False) -> SlackMessage:
 def render_markdown_notice(markdown: str) -> SlackMessage:
     """A short notice written in Markdown (usage help)."""
     return _pack(markdown_sections(markdown), [], "")[0]
+
+
+def answer_text(msg: dict[str, Any]) -> str:
+    """Read back what render_answer wrote: the answer's section blocks, not the sources list.
+
+    Thread history uses it to give the model the bot's earlier answers as assistant turns.
+    """
+    sections = [b["text"]["text"] for b in msg.get("blocks") or []
+                if b.get("type") == "section" and isinstance(b.get("text"), dict)]
+    return "\n\n".join(sections) if sections else (msg.get("text") or "")

@@ -12,7 +12,7 @@ threads with activity after the cursor (or never seen), updates the snapshot, mo
 cursor, and emits every thread of the snapshot: unchanged threads without any API call.
 The snapshot is written before the cursor, so a crash in between only re-fetches.
 
-Rate limits: slack_sdk's RateLimitErrorRetryHandler waits out 429 + Retry-After.
+Rate limits and Slack's transient errors: the shared client's retry handlers (ingest/slack_client.py).
 Needs SLACK_BOT_TOKEN (scopes channels:history, groups:history, channels:read, groups:read,
 users:read) and optionally SLACK_API_URL (another Web API base URL), via ingest.config.Settings.
 Without a store (`store=None`) nothing is remembered and all history is read.
@@ -43,16 +43,13 @@ CURSOR_FORMAT = 1
 
 
 def make_client(settings: Settings) -> "WebClient":
-    """A WebClient on the configured base URL that waits out rate limits instead of failing."""
-    from slack_sdk import WebClient
-    from slack_sdk.http_retry import RateLimitErrorRetryHandler
+    """The project's WebClient (ingest/slack_client.py), waiting out long rate limits."""
+    from flytegpt.ingest.slack_client import make_web_client
 
     if settings.slack_bot_token is None:
         raise ConfigError("slack_api sources need SLACK_BOT_TOKEN in the environment")
-    base_url = settings.slack_api_url or "https://slack.com/api/"
-    client = WebClient(token=settings.slack_bot_token.get_secret_value(), base_url=base_url.rstrip("/") + "/")
-    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES))
-    return client
+    return make_web_client(settings, settings.slack_bot_token.get_secret_value(),
+                           rate_limit_retries=RATE_LIMIT_RETRIES)
 
 
 class _State:
@@ -98,11 +95,7 @@ def _directory(client: "WebClient", report: LoadReport) -> Directory:
     try:
         for page in client.users_list(limit=PAGE_LIMIT):
             for u in page.get("members", []):
-                profile = u.get("profile") or {}
-                name = profile.get("display_name") or profile.get("real_name") or u.get("real_name") or u.get("name")
-                d.users[u["id"]] = str(name or u["id"])
-                if u.get("is_bot") or u.get("is_app_user"):
-                    d.bots.add(u["id"])
+                d.add_user(u)
     except SlackApiError as e:  # e.g. missing users:read: messages keep user ids, nothing else breaks
         report.skip("users.list", f"user names unavailable: {e.response.get('error')}")
     return d

@@ -182,3 +182,30 @@ def test_logs_redact_tokens():
         assert any(isinstance(f, RedactingFilter) for f in handler.filters)
     finally:
         logging.getLogger().removeHandler(handler)
+
+
+def test_web_client_retries_slack_server_trouble_then_gives_up(monkeypatch):
+    """5xx and transient `ok: false` errors are retried with backoff; a caller's error is not."""
+    from slack_sdk.errors import SlackApiError
+
+    from flytegpt.ingest.sources.slack_api import make_client as ingest_client
+
+    with SlackEmulator() as emu:
+        monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+        monkeypatch.setenv("SLACK_API_URL", emu.api_url)
+        client = make_client(Settings(), backoff_factor_s=0.01)
+        emu.script_error("chat.postMessage", status=503, error="service_unavailable", retry_after=None, times=1)
+        emu.script_error("chat.postMessage", status=200, error="internal_error", retry_after=None, times=1)
+        assert client.chat_postMessage(channel="C0GENERAL", text="hi")["ok"]
+        assert len(emu.calls_to("chat.postMessage")) == 3
+        emu.script_error("chat.postMessage", status=200, error="fatal_error", retry_after=None, times=4)
+        with pytest.raises(SlackApiError, match="fatal_error"):
+            client.chat_postMessage(channel="C0GENERAL", text="hi")
+        assert len(emu.calls_to("chat.postMessage")) == 3 + 4  # the first try and 3 retries
+        with pytest.raises(SlackApiError, match="channel_not_found"):
+            client.chat_postMessage(channel="", text="hi")
+        assert len(emu.calls_to("chat.postMessage")) == 3 + 4 + 1  # not retried
+        # the ingest source gets the same client (base URL, retry policy)
+        ingested = ingest_client(Settings())
+        assert ingested.base_url == client.base_url
+        assert [type(h) for h in ingested.retry_handlers] == [type(h) for h in client.retry_handlers]

@@ -1,0 +1,72 @@
+"""Every sentence FlyteGPT says to a user, in one place.
+
+Wording is product, not plumbing: keeping it here means one voice, one spelling of each
+notice, and a reviewer can read everything a user may see in a minute. Plain strings are
+plain text (the Slack layer escapes them); those marked mrkdwn/Markdown are sent as such.
+"""
+
+from __future__ import annotations
+
+COMMAND = "/flytegpt"
+
+# --- the usage text (Markdown: rendered with the answer converter, so **bold** is bold) ---
+USAGE = f"""**FlyteGPT** answers questions about Flyte from the docs, the code and Slack history, with sources.
+
+• `{COMMAND} how do I cache a task with a custom hash?` (only you see the answer; you can share it)
+• mention me in a channel: `@FlyteGPT your question` (I answer in the thread; follow-ups there keep the context)
+• or send me a direct message.
+
+Use 👍/👎 under an answer to tell us whether it helped."""
+
+# --- while and instead of answering ---------------------------------------------------
+LOOKING = "Looking into it…"
+BUSY = "I'm answering a lot of questions right now. Please ask again in a minute."
+INDEX_NOT_READY = "The knowledge base (index) is not ready yet. Please try again in a minute."
+FAILED = "Sorry, something went wrong while answering. Please try again."
+RESTARTED = ("Sorry, I was restarted before I could finish answering your question. "
+             "Please ask it again.")
+POST_FAILED = "Sorry, Slack did not accept my answer just now. Please ask again in a minute."
+TRUNCATED = "(The answer was too long to show completely here.)"
+EMPTY_ANSWER = "(empty answer)"
+
+# --- questions the answerer refuses ------------------------------------------------------
+EMPTY_QUESTION = "Please ask a question: the message was empty."
+TOO_LONG_QUESTION = "That question is too long ({length} characters; the limit is {limit}). Please shorten it."
+
+# --- when the model cannot answer -------------------------------------------------------
+MODEL_UNAVAILABLE = "The language model is not available right now ({reason}). Please try again in a few minutes."
+NO_ANSWER_WRITTEN = "Sorry, I couldn't write an answer: {reason}"
+MEANWHILE_SOURCES = " Meanwhile, these sources look most relevant:"
+MODEL_UNREACHABLE_WITH_SOURCES = ("Sorry, I couldn't reach the language model to write an answer just now. "
+                                  "These sources look most relevant to your question:")
+MODEL_UNREACHABLE = ("Sorry, I couldn't reach the language model to write an answer just now. "
+                     "Please try again in a minute.")
+
+# --- limits ------------------------------------------------------------------------------
+ONLY_IN_CHANNELS = "I only answer questions in {channels}, or in a direct message."  # mrkdwn: <#C…> links
+
+
+def rate_limited(wait_s: float) -> str:
+    """The per-user limit was hit; `wait_s` until the next question is accepted."""
+    return f"You're asking questions faster than I can answer them. Please wait {int(wait_s) + 1} s and ask again."
+
+
+def only_in_channels(channel_ids: list[str]) -> str:
+    """mrkdwn: the allowed channels as Slack channel links."""
+    return ONLY_IN_CHANNELS.format(channels=", ".join(f"<#{c}>" for c in sorted(channel_ids)))
+
+
+# --- feedback and sharing ------------------------------------------------------------------
+THANKS = "Thanks for the feedback!"
+VOTE_UNKNOWN_ANSWER = "Sorry, I couldn't find that answer any more, so the vote was not recorded."
+VOTE_NOT_STORED = "Sorry, I couldn't save your vote just now. Please try again later."
+SHARE_GONE = "Sorry, that answer is no longer available to share."
+SHARE_FAILED = "Sorry, I couldn't share that answer."
+
+# --- labels in an answer's blocks ----------------------------------------------------------
+SOURCES_HEADING = "Sources"
+BEST_SOURCES_HEADING = "Best sources"
+BUTTON_HELPFUL = "👍 Helpful"
+BUTTON_NOT_HELPFUL = "👎 Not helpful"
+BUTTON_SHARE = "Share in channel"
+SHARED_BY = "shared by {user}"  # {user}: a <@U…> mention

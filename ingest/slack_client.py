@@ -1,0 +1,91 @@
+"""The one way this project builds a Slack WebClient (the bot and the `slack_api` source).
+
+Both talk to the same Web API with the same failure modes, so they share the base URL
+rule (SLACK_API_URL for GovSlack or a test stand-in), the timeout and the retry policy:
+- 429: wait out Retry-After (slack_sdk's RateLimitErrorRetryHandler);
+- dropped or reset connections (ConnectionErrorRetryHandler);
+- Slack's own trouble: an HTTP 5xx, or `ok: false` with a transient error code such as
+  `internal_error` or `fatal_error`, retried with exponential backoff and jitter.
+Anything else (`channel_not_found`, `invalid_auth`, ...) is the caller's error and fails
+at once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from slack_sdk import WebClient
+from slack_sdk.http_retry import RetryHandler
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
+
+if TYPE_CHECKING:
+    from slack_sdk.http_retry.request import HttpRequest
+    from slack_sdk.http_retry.response import HttpResponse
+    from slack_sdk.http_retry.state import RetryState
+
+    from flytegpt.ingest.config import Settings
+
+DEFAULT_API_URL = "https://slack.com/api/"
+TIMEOUT_S = 30
+RATE_LIMIT_RETRIES = 3
+SERVER_ERROR_RETRIES = 3
+CONNECTION_RETRIES = 2
+BACKOFF_FACTOR_S = 0.5  # first wait; doubles with each retry (plus jitter)
+# Error codes Slack documents as transient ("try again"): retrying can succeed.
+TRANSIENT_ERRORS = frozenset({"internal_error", "fatal_error", "ratelimited", "service_unavailable",
+                              "request_timeout"})
+
+
+def api_base_url(settings: "Settings") -> str:
+    """SLACK_API_URL (GovSlack, tests) or Slack's own, with the trailing slash WebClient needs."""
+    url = (settings.slack_api_url or "").strip() or DEFAULT_API_URL
+    return url if url.endswith("/") else url + "/"
+
+
+class ServerTroubleRetryHandler(RetryHandler):
+    """Retries an HTTP 5xx and an `ok: false` answer whose error is in TRANSIENT_ERRORS."""
+
+    def _can_retry(self, *, state: "RetryState", request: "HttpRequest",
+                   response: "HttpResponse | None" = None, error: Exception | None = None) -> bool:
+        if response is None:
+            return False
+        if response.status_code >= 500:
+            return True
+        if response.status_code == 429:
+            return False  # RateLimitErrorRetryHandler's, with Retry-After
+        return _error_code(response) in TRANSIENT_ERRORS
+
+
+def _error_code(response: "HttpResponse") -> str | None:
+    body: Any = response.body
+    if not body and response.data:
+        try:
+            body = json.loads(response.data)
+        except ValueError:
+            return None
+    return body.get("error") if isinstance(body, dict) and body.get("ok") is False else None
+
+
+def retry_handlers(*, rate_limit_retries: int = RATE_LIMIT_RETRIES, server_error_retries: int = SERVER_ERROR_RETRIES,
+                   backoff_factor_s: float = BACKOFF_FACTOR_S) -> list[RetryHandler]:
+    """The retry policy above, as slack_sdk handlers (first match wins)."""
+    backoff = BackoffRetryIntervalCalculator(backoff_factor=backoff_factor_s)
+    return [RateLimitErrorRetryHandler(max_retry_count=rate_limit_retries),
+            ConnectionErrorRetryHandler(max_retry_count=CONNECTION_RETRIES, interval_calculator=backoff),
+            ServerTroubleRetryHandler(max_retry_count=server_error_retries, interval_calculator=backoff)]
+
+
+def make_web_client(settings: "Settings", token: str, *, rate_limit_retries: int = RATE_LIMIT_RETRIES,
+                    server_error_retries: int = SERVER_ERROR_RETRIES, backoff_factor_s: float = BACKOFF_FACTOR_S,
+                    timeout_s: int = TIMEOUT_S) -> WebClient:
+    """A WebClient on the configured base URL with the shared retry policy.
+
+    The token is passed in (not read from `settings`) because each caller checks it its own
+    way: the bot names the variable and its prefix, an ingest source names the source.
+    """
+    return WebClient(token=token, base_url=api_base_url(settings), timeout=timeout_s,
+                     retry_handlers=retry_handlers(rate_limit_retries=rate_limit_retries,
+                                                   server_error_retries=server_error_retries,
+                                                   backoff_factor_s=backoff_factor_s))
