@@ -3,7 +3,8 @@
 Real HTTP, so the real `ChatOpenAI` (and the real openai client underneath) is what gets
 tested. It records every request body it receives, and can be scripted per request:
 a fixed reply, a reply computed from the request, HTTP errors (500, 429 + Retry-After),
-or hanging past the client's timeout. Plain and streaming (SSE) responses.
+or hanging past the client's timeout. Plain and streaming (SSE) responses; `Slow` streams a
+reply token by token with a delay (and can hang half-way), as a real model writes.
 
     with OpenAIStandIn() as server:
         server.reply = "Use RayJobConfig [1]."
@@ -41,6 +42,21 @@ class Hang:
 
 
 @dataclass
+class Slow:
+    """A reply that takes its time: `tokens` pieces, `delay` seconds apart.
+
+    Streamed, every piece is one SSE event (the first after `delay` too, as a model's
+    time to first token); not streamed, the whole reply comes after tokens x delay.
+    `hang_after` stops the stream after that many pieces and hangs (until close()).
+    """
+
+    text: str | Callable[[dict], str]
+    tokens: int = 40
+    delay: float = 0.1
+    hang_after: int | None = None
+
+
+@dataclass
 class Recorded:
     body: dict
     headers: dict[str, str]
@@ -59,6 +75,9 @@ class OpenAIStandIn:
         self.reply: str | Callable[[dict], str] = "OK"
         self.requests: list[Recorded] = []
         self._script: deque = deque()
+        # every reply without a scripted step: streamed as `stream_tokens` pieces `token_delay` apart
+        self.token_delay: float = 0.0
+        self.stream_tokens: int | None = None
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -71,7 +90,7 @@ class OpenAIStandIn:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
 
-    def script(self, *steps: Reply | Fail | Hang) -> None:
+    def script(self, *steps: Reply | Fail | Hang | Slow) -> None:
         """Behaviours for the next requests, in order; afterwards `reply` answers."""
         with self._lock:
             self._script.extend(steps)
@@ -81,6 +100,7 @@ class OpenAIStandIn:
             self._script.clear()
             self.requests.clear()
             self.reply = "OK"
+            self.token_delay, self.stream_tokens = 0.0, None
 
     def start(self) -> "OpenAIStandIn":
         self._thread.start()
@@ -97,10 +117,14 @@ class OpenAIStandIn:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _next(self, body: dict, headers: dict[str, str]) -> Reply | Fail | Hang:
+    def _next(self, body: dict, headers: dict[str, str]) -> Reply | Fail | Hang | Slow:
         with self._lock:
             self.requests.append(Recorded(body, headers))
-            return self._script.popleft() if self._script else Reply(self.reply)
+            if self._script:
+                return self._script.popleft()
+            if self.token_delay or self.stream_tokens:
+                return Slow(self.reply, tokens=self.stream_tokens or 40, delay=self.token_delay)
+            return Reply(self.reply)
 
     # ---- HTTP -----------------------------------------------------------------
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -145,6 +169,11 @@ class OpenAIStandIn:
                     return
                 text = step.text(body) if callable(step.text) else step.text
                 model = body.get("model", "stand-in")
+                if isinstance(step, Slow) and body.get("stream"):
+                    self._stream(text, model, step)
+                    return
+                if isinstance(step, Slow):
+                    server._closing.wait(step.tokens * step.delay)
                 if body.get("stream"):
                     self._stream(text, model)
                 else:
@@ -166,14 +195,25 @@ class OpenAIStandIn:
                         },
                     )
 
-            def _stream(self, text: str, model: str) -> None:
+            def _stream(self, text: str, model: str, slow: Slow | None = None) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                pieces = [text[i : i + 8] for i in range(0, len(text), 8)] or [""]
+                if slow is None:
+                    pieces = [text[i : i + 8] for i in range(0, len(text), 8)] or [""]
+                else:
+                    size = -(-len(text) // max(1, slow.tokens)) or 1
+                    pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
                 for i, piece in enumerate(pieces):
+                    if slow is not None:
+                        if slow.hang_after is not None and i >= slow.hang_after:
+                            server._closing.wait(3600)
+                            self.close_connection = True
+                            return
+                        if server._closing.wait(slow.delay):
+                            return
                     delta: dict[str, Any] = {"content": piece}
                     if i == 0:
                         delta["role"] = "assistant"
@@ -185,6 +225,8 @@ class OpenAIStandIn:
                         "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
                     }
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    if slow is not None:
+                        self.wfile.flush()
                 end = {
                     "id": "chatcmpl-standin",
                     "object": "chat.completion.chunk",

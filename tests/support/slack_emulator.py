@@ -7,6 +7,14 @@ nothing here knows about FlyteGPT. It records every Web API call, every Socket M
 scripted to answer 429 + Retry-After, and can drop or refresh the websocket to test
 reconnects. It also checks Slack's message limits and records violations.
 
+Streaming (`chat.startStream` / `appendStream` / `stopStream`) follows Slack's documented
+rules: both `recipient_*` ids outside a DM, 12,000 characters of markdown a call (and per
+streamed message), no append or stop after stop, no `chat.update` while streaming, blocks
+on stopStream parsed with slack_sdk's Block Kit models; `fail_streaming()` makes
+startStream answer `not_allowed`, `method_deprecated` or `unknown_method`. The assistant
+panel: `open_assistant_thread()`, `change_assistant_context()`, `assistant_message()` and
+the `assistant.threads.setStatus/setSuggestedPrompts/setTitle` methods.
+
     with SlackEmulator() as emu:
         client = WebClient(token="xoxb-test", base_url=emu.api_url)
         ...
@@ -35,6 +43,9 @@ MAX_SECTION_TEXT = 3000
 MAX_TEXT = 40000
 MAX_BUTTON_VALUE = 2000
 RESPONSE_URL_MAX_POSTS = 5
+MAX_MARKDOWN_TEXT = 12000  # chat.*Stream: markdown_text per call (Slack's documented limit)
+MAX_STREAM_MESSAGE = 12000  # markdown characters one streamed message holds in total
+MAX_SUGGESTED_PROMPTS = 4
 
 
 @dataclass
@@ -70,6 +81,17 @@ class _Scripted:
     error: str
     retry_after: int | None
     times: int
+
+
+@dataclass
+class _Stream:
+    """A message being streamed (chat.startStream ... chat.stopStream)."""
+
+    channel: str
+    ts: str
+    message: dict[str, Any]
+    state: str = "streaming"  # "streaming" | "stopped"
+    calls: int = 0  # startStream + appendStream + stopStream calls that reached it
 
 
 @dataclass
@@ -109,6 +131,10 @@ class SlackEmulator:
         self.connects = 0  # websocket connections ever opened
         self.delays: dict[str, float] = {}  # method -> seconds to sleep before answering
         self.rejected_tokens: set[str] = set()  # well-formed tokens Slack would refuse (revoked)
+        self.streams: dict[str, _Stream] = {}  # ts -> a message streamed with chat.startStream
+        self.stream_failure: str | None = None  # set by fail_streaming(): chat.startStream's error
+        self.stream_message_limit = MAX_STREAM_MESSAGE  # markdown characters in one streamed message
+        self.assistant_calls: list[dict[str, Any]] = []  # assistant.threads.* calls, with "method"
         self._scripted: dict[str, list[_Scripted]] = {}
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -223,7 +249,29 @@ class SlackEmulator:
         with self._lock:
             self._scripted.setdefault(method, []).append(_Scripted(status, error, retry_after, times))
 
+    def fail_streaming(self, error: str | None = "not_allowed") -> None:
+        """chat.startStream answers `{"ok": false, "error": error}` until called with None.
+
+        Slack's answers where streaming is not available: `not_allowed` (workspace or
+        surface), `method_deprecated`, `unknown_method` (an older Slack or GovSlack).
+        """
+        with self._lock:
+            self.stream_failure = error
+
     # --- queries ---------------------------------------------------------------------
+
+    def streamed(self, ts: str) -> "_Stream | None":
+        with self._lock:
+            return self.streams.get(ts)
+
+    def stream_calls(self) -> list[Call]:
+        """chat.startStream/appendStream/stopStream calls, in order."""
+        with self._lock:
+            return [c for c in self.calls if c.method in ("chat.startStream", "chat.appendStream", "chat.stopStream")]
+
+    def assistant_calls_to(self, method: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [c for c in self.assistant_calls if c["method"] == method]
 
     def calls_to(self, method: str) -> list[Call]:
         with self._lock:
@@ -387,6 +435,40 @@ class SlackEmulator:
         event = self.post_user_message(text, channel=channel, user=user, thread_ts=thread_ts,
                                        channel_type=channel_type, **extra)
         return self.send_event(event, event_id=event_id)
+
+    # --- the assistant panel (Agents & AI Apps) ----------------------------------------
+
+    def open_assistant_thread(self, *, user: str = "U0USER", channel: str = "D0ASSIST",
+                              context: dict[str, Any] | None = None) -> Delivered:
+        """The user opens the app's side panel: Slack makes a DM thread and sends
+        `assistant_thread_started`. Returns the delivery; `.ts` is the thread's ts."""
+        if channel not in self.channels:
+            self.add_channel(channel, channel.lower(), is_im=True)
+        root = self.seed_message(channel, "", user=self.bot_user_id, bot_id=self.bot_id,
+                                 subtype="assistant_app_thread")
+        event = {"type": "assistant_thread_started",
+                 "assistant_thread": {"user_id": user, "context": context or {}, "channel_id": channel,
+                                      "thread_ts": root["ts"]},
+                 "event_ts": self.new_ts()}
+        delivered = self.send_event(event)
+        delivered.ts, delivered.channel = root["ts"], channel
+        return delivered
+
+    def change_assistant_context(self, thread_ts: str, *, user: str = "U0USER", channel: str = "D0ASSIST",
+                                 context: dict[str, Any] | None = None) -> Delivered:
+        """The user switched channels with the panel open: `assistant_thread_context_changed`."""
+        event = {"type": "assistant_thread_context_changed",
+                 "assistant_thread": {"user_id": user, "context": context or {}, "channel_id": channel,
+                                      "thread_ts": thread_ts},
+                 "event_ts": self.new_ts()}
+        delivered = self.send_event(event)
+        delivered.ts, delivered.channel = thread_ts, channel
+        return delivered
+
+    def assistant_message(self, text: str, thread_ts: str, *, user: str = "U0USER",
+                          channel: str = "D0ASSIST") -> Delivered:
+        """The user writes in the panel: a `message` event in the assistant DM thread."""
+        return self.message(text, channel=channel, user=user, thread_ts=thread_ts, channel_type="im")
 
     def response_url(self) -> str:
         rid = f"R{next(self._ids):08d}"
@@ -568,6 +650,8 @@ class SlackEmulator:
             ch = self.channels.get(args.get("channel", ""))
             for m in ch.messages if ch else []:
                 if m["ts"] == args.get("ts"):
+                    if m.get("streaming"):
+                        return {"ok": False, "error": "streaming_state_conflict"}
                     error = self._check_message(args, "chat.update")
                     if error:
                         return {"ok": False, "error": error}
@@ -599,8 +683,170 @@ class SlackEmulator:
             self.reactions.append({"channel": key[0], "timestamp": key[1], "name": key[2], "_at": time.monotonic()})
         return {"ok": True}
 
-    def _api_assistant_threads_setStatus(self, args: dict) -> dict:
+    # --- streaming (chat.startStream / appendStream / stopStream) --------------------------
+
+    def _stream_text(self, args: dict) -> tuple[str, str | None]:
+        """The markdown a stream call adds (markdown_text and markdown_text chunks), or an error."""
+        parts: list[str] = []
+        if args.get("markdown_text") is not None:
+            parts.append(str(args["markdown_text"]))
+        chunks = args.get("chunks")
+        if isinstance(chunks, str):
+            try:
+                chunks = json.loads(chunks)
+            except ValueError:
+                return "", "invalid_chunks"
+        for chunk in chunks or []:
+            kind = chunk.get("type") if isinstance(chunk, dict) else None
+            if kind == "markdown_text" and isinstance(chunk.get("text"), str):
+                parts.append(chunk["text"])
+            elif kind in ("task_update", "plan_update", "blocks"):
+                if kind == "task_update" and not (chunk.get("id") and chunk.get("title") and chunk.get("status")):
+                    return "", "invalid_chunks"
+            else:
+                return "", "invalid_chunks"
+        if any(len(p) > MAX_MARKDOWN_TEXT for p in parts):
+            self.violations.append(f"stream: markdown_text over {MAX_MARKDOWN_TEXT} chars")
+            return "", "msg_too_long"
+        return "".join(parts), None
+
+    def _open_stream(self, args: dict) -> tuple["_Stream | None", str | None]:
+        ts = str(args.get("ts") or "")
+        stream = self.streams.get(ts)
+        if stream is None:
+            return None, "message_not_found"
+        if stream.channel != args.get("channel"):
+            return None, "channel_not_found"
+        if stream.state != "streaming":
+            return None, "message_not_in_streaming_state"
+        return stream, None
+
+    def _grow(self, stream: _Stream, text: str) -> str | None:
+        if len(stream.message["text"]) + len(text) > self.stream_message_limit:
+            self.violations.append(f"stream {stream.ts}: message over {self.stream_message_limit} chars")
+            return "msg_too_long"
+        stream.message["text"] += text
+        stream.calls += 1
+        self._changed.notify_all()
+        return None
+
+    def _api_chat_startStream(self, args: dict) -> dict:
+        with self._lock:
+            if self.stream_failure:
+                return {"ok": False, "error": self.stream_failure}
+            channel = self.channels.get(args.get("channel") or "")
+            if channel is None:
+                return {"ok": False, "error": "channel_not_found"}
+            if not channel.is_im:  # Slack: both are required outside a DM
+                for key in ("recipient_team_id", "recipient_user_id"):
+                    if not args.get(key):
+                        return {"ok": False, "error": f"missing_{key}"}
+            text, error = self._stream_text(args)
+            if error:
+                return {"ok": False, "error": error}
+            msg = self.seed_message(channel.id, "", user=self.bot_user_id, thread_ts=args.get("thread_ts"),
+                                    bot_id=self.bot_id, app_id=self.app_id, streaming=True)
+            stream = _Stream(channel.id, msg["ts"], msg)
+            self.streams[msg["ts"]] = stream
+            error = self._grow(stream, text)
+            if error:
+                return {"ok": False, "error": error}
+            return {"ok": True, "channel": channel.id, "ts": msg["ts"]}
+
+    def _api_chat_appendStream(self, args: dict) -> dict:
+        with self._lock:
+            stream, error = self._open_stream(args)
+            if error or stream is None:
+                return {"ok": False, "error": error}
+            text, error = self._stream_text(args)
+            if error:
+                return {"ok": False, "error": error}
+            if not text and not args.get("chunks"):
+                return {"ok": False, "error": "no_text"}
+            error = self._grow(stream, text)
+            return {"ok": False, "error": error} if error else {"ok": True, "channel": stream.channel,
+                                                                "ts": stream.ts}
+
+    def _api_chat_stopStream(self, args: dict) -> dict:
+        with self._lock:
+            stream, error = self._open_stream(args)
+            if error or stream is None:
+                return {"ok": False, "error": error}
+            text, error = self._stream_text(args)
+            if error:
+                return {"ok": False, "error": error}
+            blocks = args.get("blocks")
+            if blocks is not None:
+                error = self._check_blocks(blocks, "chat.stopStream")
+                if error:
+                    return {"ok": False, "error": error}
+            error = self._grow(stream, text)
+            if error:
+                return {"ok": False, "error": error}
+            stream.state = "stopped"
+            stream.message.pop("streaming", None)
+            if blocks:
+                stream.message["blocks"] = blocks
+            if args.get("metadata"):
+                stream.message["metadata"] = args["metadata"]
+            return {"ok": True, "channel": stream.channel, "ts": stream.ts, "message": dict(stream.message)}
+
+    def _check_blocks(self, blocks: Any, where: str) -> str | None:
+        """Blocks as Slack's own SDK models parse them, and Slack's per-message limits."""
+        from slack_sdk.models.blocks import Block
+
+        if isinstance(blocks, str):
+            try:
+                blocks = json.loads(blocks)
+            except ValueError:
+                return "invalid_blocks_format"
+        problems = []
+        if not isinstance(blocks, list) or len(blocks) > MAX_BLOCKS:
+            problems.append("not a list of at most 50 blocks")
+        else:
+            for b in blocks:
+                try:
+                    parsed = Block.parse(b)
+                    if parsed is None or parsed.to_dict() is None:
+                        problems.append(f"unknown block {b.get('type')}")
+                except Exception as e:  # slack_sdk raises SlackObjectFormationError and friends
+                    problems.append(f"{b.get('type')}: {e}")
+        if problems:
+            self.violations.append(f"{where}: " + "; ".join(problems))
+            return "invalid_blocks"
+        return None
+
+    # --- assistant.threads.* ------------------------------------------------------------
+
+    def _assistant_call(self, method: str, args: dict, *required: str) -> dict:
+        for key in ("channel_id", "thread_ts", *required):
+            if args.get(key) is None:
+                return {"ok": False, "error": "invalid_arguments"}
+        if args.get("channel_id") not in self.channels:
+            return {"ok": False, "error": "channel_not_found"}
+        with self._lock:
+            self.assistant_calls.append(dict(args, method=method, _at=time.monotonic()))
+            self._changed.notify_all()
         return {"ok": True}
+
+    def _api_assistant_threads_setStatus(self, args: dict) -> dict:
+        return self._assistant_call("setStatus", args, "status")  # "" clears the status
+
+    def _api_assistant_threads_setTitle(self, args: dict) -> dict:
+        return self._assistant_call("setTitle", args, "title")
+
+    def _api_assistant_threads_setSuggestedPrompts(self, args: dict) -> dict:
+        prompts = args.get("prompts")
+        if isinstance(prompts, str):
+            try:
+                prompts = args["prompts"] = json.loads(prompts)
+            except ValueError:
+                return {"ok": False, "error": "invalid_arguments"}
+        if (not isinstance(prompts, list) or not 1 <= len(prompts) <= MAX_SUGGESTED_PROMPTS
+                or not all(isinstance(p, dict) and p.get("title") and p.get("message") for p in prompts)):
+            self.violations.append(f"assistant.threads.setSuggestedPrompts: bad prompts {prompts!r:.200}")
+            return {"ok": False, "error": "invalid_arguments"}
+        return self._assistant_call("setSuggestedPrompts", args)
 
     def _api_users_info(self, args: dict) -> dict:
         uid = args.get("user", "")
