@@ -408,6 +408,14 @@ def _read_manifest(fs, folder: str, version: str, store: str) -> dict[str, Any]:
     return manifest
 
 
+def read_manifest(store: str, version: str) -> dict[str, Any]:
+    """A version's manifest alone (counts, model, created_at), checked but without its files:
+    for listing the versions of a store, not for serving one."""
+    check_version_id(version, store)
+    fs, root = get_fs(store)
+    return _read_manifest(fs, join(root, version), version, store)
+
+
 def _check_model(manifest: dict, version: str, expect_model: str | None, expect_dimension: int | None) -> None:
     model = manifest["model"]
     if expect_model is not None and model["model_id"] != expect_model:
@@ -546,6 +554,6 @@ def version_summary(index: IndexVersion) -> str:
 
 __all__ = [
     "ArtifactError", "ModelInfo", "IndexVersion", "write_version", "publish", "read_latest",
-    "list_versions", "open_version", "prune", "version_summary", "FORMAT_VERSION",
+    "list_versions", "open_version", "read_manifest", "prune", "version_summary", "FORMAT_VERSION",
     "choose_index_type", "gpu_count", "ivf_nlist", "build_dense_index",
 ]

@@ -150,6 +150,16 @@ class BotConfig(_Strict):
     feedback_db: str = ".flytegpt/feedback.sqlite3"
     http_port: int = 8080
     json_logs: bool = False
+    # The maintainers' report (`flytegpt report`, the weekly_report Flyte task). Channels whose
+    # questions it shows, by id; None: the allowed channels (empty: every channel).
+    report_channels: list[str] | None = None
+    report_dms: bool = False  # DMs and the assistant panel are private: left out unless true
+    # A copy of the feedback database (local path or fsspec URL) that `flytegpt feedback
+    # snapshot` writes and the weekly_report task reads; the task cannot see the bot's volume.
+    feedback_snapshot: str | None = None
+    # Knowledge gaps: two questions share a topic above this cosine similarity (average linkage)
+    report_topic_similarity: float = Field(default=0.4, ge=0.0, le=1.0)
+    report_eval_questions: str | None = None  # JSONL eval questions: metrics per index version
 
 
 class Config(_Strict):

@@ -1,27 +1,44 @@
-"""Feedback: which answers helped, stored with everything needed to learn from them.
+"""Feedback and question log: which answers helped, and what the bot was asked.
 
-When an answer is posted, its question, text, sources and index version are stored
-under a short random id; the 👍/👎 buttons carry only that id (button values are capped
-at 2,000 characters, and a payload in a button would be visible to any client). A click
-records the vote with user, channel and time. One vote per user per answer: a second
-click replaces the first, so changing your mind does not count twice.
+Every question the bot handles is one row of `answers`, whatever became of it: answered
+(with its text, cited sources and index version), not found, or failed (the model or
+anything else). The row's short random id is what the 👍/👎 buttons carry (button values
+are capped at 2,000 characters, and a payload in a button would be visible to any
+client). A click records the vote with user, channel and time. One vote per user per
+answer: a second click replaces the first, so changing your mind does not count twice.
+
+The maintainers' report (flytegpt.bot.report) reads this database: outcome, surface,
+latency, index version and cited sources of every question.
+
+The schema is versioned with SQLite's `PRAGMA user_version`. Version 0 is the first
+release's schema (no version set); opening a database applies the missing migrations in
+one transaction, so an existing database keeps every row and gains the new columns.
+A database written by a newer FlyteGPT is refused rather than guessed at.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
+import tempfile
 import threading
 import time
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Iterable, Literal
 
 Vote = Literal["up", "down"]
+# What became of a question. "answered" includes the offline answerer's quoted passages.
+Outcome = Literal["answered", "not_found", "model_failed", "failed"]
+OUTCOMES: tuple[str, ...] = ("answered", "not_found", "model_failed", "failed")
 
-_SCHEMA = """
+SCHEMA_VERSION = 1
+
+# Version 0: the schema of the first release, created as it was then; migrations take it on.
+_SCHEMA_V0 = """
 CREATE TABLE IF NOT EXISTS answers (
     id TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
@@ -46,9 +63,72 @@ CREATE TABLE IF NOT EXISTS votes (
 );
 """
 
+# MIGRATIONS[n] takes a database from version n to n + 1.
+MIGRATIONS: tuple[str, ...] = (
+    # 0 -> 1: every question is logged, not only answers. Rows of version 0 were all answers;
+    # their outcome follows from the answering mode.
+    """
+    ALTER TABLE answers ADD COLUMN outcome TEXT NOT NULL DEFAULT 'answered';
+    ALTER TABLE answers ADD COLUMN latency_s REAL;
+    ALTER TABLE answers ADD COLUMN permalink TEXT;
+    ALTER TABLE answers ADD COLUMN failure TEXT;
+    UPDATE answers SET outcome = 'not_found' WHERE mode = 'not_found';
+    CREATE INDEX IF NOT EXISTS answers_created_at ON answers(created_at);
+    """,
+)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+class FeedbackDatabaseError(RuntimeError):
+    """The database cannot be used: not SQLite, or written by a newer FlyteGPT."""
+
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat()
+
+
+def thread_permalink(workspace_url: str | None, channel: str | None, thread_ts: str | None) -> str | None:
+    """The Slack link to a thread (`https://<team>.slack.com/archives/<channel>/p<ts>`), or None."""
+    if not workspace_url or not channel or not thread_ts:
+        return None
+    return f"{workspace_url.rstrip('/')}/archives/{channel}/p{thread_ts.replace('.', '')}"
+
+
+def _source_dicts(citations: Iterable[Any]) -> list[dict[str, Any]]:
+    return [asdict(c) if is_dataclass(c) else dict(c) for c in citations]
+
+
+def migrate(conn: sqlite3.Connection, path: str = "") -> int:
+    """Bring the database on `conn` to SCHEMA_VERSION; returns the version it had before.
+
+    One IMMEDIATE transaction: two processes opening the same old database migrate it once,
+    and a failure leaves it as it was.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        before = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if before > SCHEMA_VERSION:
+            raise FeedbackDatabaseError(
+                f"{path or 'the feedback database'} has schema version {before}, newer than this FlyteGPT "
+                f"understands ({SCHEMA_VERSION}); upgrade FlyteGPT or use another database file")
+        if before < SCHEMA_VERSION:
+            for statement in _statements(_SCHEMA_V0):  # no-op on an existing version-0 database
+                conn.execute(statement)
+            for step in MIGRATIONS[before:]:
+                for statement in _statements(step):
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return before
+
+
+def _statements(script: str) -> list[str]:
+    """A script's statements, for running one by one inside an explicit transaction
+    (executescript would commit it)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
 
 
 class FeedbackStore:
@@ -60,39 +140,73 @@ class FeedbackStore:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
-        with self._lock:
-            if self.path != ":memory:":
-                self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(_SCHEMA)
+        try:
+            with self._lock:
+                if self.path != ":memory:":
+                    self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA busy_timeout = 5000")
+                self.migrated_from = migrate(self._conn, self.path)
+        except sqlite3.DatabaseError as e:
+            self._conn.close()
+            raise FeedbackDatabaseError(f"{self.path} is not a usable feedback database: {e}") from None
+        except BaseException:
+            self._conn.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
-    def record_answer(self, answer: Any, *, surface: str, channel: str | None = None,
-                      thread_ts: str | None = None, user: str | None = None) -> str:
-        """Store an answer about to be posted; returns the id its buttons carry."""
-        answer_id = secrets.token_urlsafe(9)
-        sources = [asdict(c) if is_dataclass(c) else dict(c) for c in getattr(answer, "citations", [])]
+    @property
+    def schema_version(self) -> int:
         with self._lock:
-            self._conn.execute(
-                "INSERT INTO answers VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (answer_id, time.time(), surface, channel, thread_ts, user, answer.question,
-                 getattr(answer, "standalone_question", None), answer.text, json.dumps(sources),
-                 getattr(answer, "index_version", None), getattr(answer, "mode", None)),
-            )
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # --- writing ----------------------------------------------------------------------
+
+    def _insert(self, row: dict[str, Any]) -> str:
+        answer_id = secrets.token_urlsafe(9)
+        row = {"id": answer_id, "created_at": time.time(), **row}
+        cols = ", ".join(row)
+        with self._lock:
+            self._conn.execute(f"INSERT INTO answers ({cols}) VALUES ({', '.join('?' * len(row))})",
+                               tuple(row.values()))
         return answer_id
 
-    def get_answer(self, answer_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            cur = self._conn.execute("SELECT * FROM answers WHERE id = ?", (answer_id,))
-            row = cur.fetchone()
-            cols = [d[0] for d in cur.description]
-        if row is None:
-            return None
-        d = dict(zip(cols, row))
-        d["sources"] = json.loads(d["sources"])
-        return d
+    def record_answer(self, answer: Any, *, surface: str, channel: str | None = None,
+                      thread_ts: str | None = None, user: str | None = None,
+                      latency_s: float | None = None, permalink: str | None = None) -> str:
+        """Store an answer about to be posted; returns the id its buttons carry.
+
+        A "not found" answer is logged with outcome not_found, any other as answered.
+        """
+        mode = getattr(answer, "mode", None)
+        return self._insert({
+            "surface": surface, "channel": channel, "thread_ts": thread_ts, "user": user,
+            "question": answer.question, "standalone_question": getattr(answer, "standalone_question", None),
+            "answer": answer.text, "sources": json.dumps(_source_dicts(getattr(answer, "citations", []))),
+            "index_version": getattr(answer, "index_version", None), "mode": mode,
+            "outcome": "not_found" if mode == "not_found" else "answered",
+            "latency_s": latency_s, "permalink": permalink,
+        })
+
+    def record_question(self, question: str, *, outcome: Outcome, surface: str, channel: str | None = None,
+                        thread_ts: str | None = None, user: str | None = None, latency_s: float | None = None,
+                        index_version: str | None = None, related: Iterable[Any] = (),
+                        failure: str | None = None, reply: str = "", permalink: str | None = None) -> str:
+        """Log a question that got no answer (the model or something else failed).
+
+        `related`: sources offered instead of an answer (not citations); `failure`: a short
+        kind such as "model_unavailable" or "index_not_ready", never an exception's text.
+        """
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+        return self._insert({
+            "surface": surface, "channel": channel, "thread_ts": thread_ts, "user": user,
+            "question": question, "answer": reply, "sources": json.dumps(_source_dicts(related)),
+            "index_version": index_version, "outcome": outcome, "latency_s": latency_s,
+            "failure": failure, "permalink": permalink,
+        })
 
     def record_vote(self, answer_id: str, vote: Vote, *, user: str, channel: str | None) -> bool:
         """False when the answer id is unknown (e.g. an old message from another database)."""
@@ -108,6 +222,53 @@ class FeedbackStore:
                 (answer_id, user, vote, channel, time.time()),
             )
         return True
+
+    # --- reading ----------------------------------------------------------------------
+
+    def get_answer(self, answer_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            cur = self._conn.execute("SELECT * FROM answers WHERE id = ?", (answer_id,))
+            row = cur.fetchone()
+            cols = [d[0] for d in cur.description]
+        if row is None:
+            return None
+        d = dict(zip(cols, row))
+        d["sources"] = json.loads(d["sources"])
+        return d
+
+    def questions(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+        """Every logged question in [since, until), oldest first, with its 👍/👎 counts.
+
+        The rows the report aggregates; `sources` is decoded, `user` is included for
+        counting distinct askers and must never be shown.
+        """
+        where, args = [], []
+        if since is not None:
+            where.append("a.created_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("a.created_at < ?")
+            args.append(until)
+        sql = ("SELECT a.id, a.created_at, a.surface, a.channel, a.thread_ts, a.user, a.question, "
+               "a.standalone_question, a.sources, a.index_version, a.mode, a.outcome, a.latency_s, "
+               "a.permalink, a.failure, "
+               "(SELECT COUNT(*) FROM votes v WHERE v.answer_id = a.id AND v.vote = 'up'), "
+               "(SELECT COUNT(*) FROM votes v WHERE v.answer_id = a.id AND v.vote = 'down') "
+               "FROM answers a" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY a.created_at, a.id")
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        keys = ("id", "created_at", "surface", "channel", "thread_ts", "user", "question", "standalone_question",
+                "sources", "index_version", "mode", "outcome", "latency_s", "permalink", "failure", "up", "down")
+        out = []
+        for r in rows:
+            d = dict(zip(keys, r))
+            try:
+                d["sources"] = json.loads(d["sources"] or "[]")
+            except ValueError:
+                d["sources"] = []
+            out.append(d)
+        return out
 
     def votes(self) -> list[dict[str, Any]]:
         """Every vote joined with its answer, oldest first (the export rows)."""
@@ -133,6 +294,18 @@ class FeedbackStore:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         return len(rows)
 
+    # --- copies -----------------------------------------------------------------------
+
+    def backup_to(self, dest: str | Path) -> None:
+        """A consistent copy of the database in `dest` (SQLite's online backup: the bot keeps
+        writing meanwhile, the copy is one point in time, WAL content included)."""
+        target = sqlite3.connect(str(dest))
+        try:
+            with self._lock:
+                self._conn.backup(target)
+        finally:
+            target.close()
+
 
 def export_feedback(db_path: str | Path, out_path: str | Path) -> int:
     """`flytegpt feedback export`: the votes in `db_path` as JSONL in `out_path` ("-" = stdout)."""
@@ -149,3 +322,29 @@ def export_feedback(db_path: str | Path, out_path: str | Path) -> int:
             return store.export_jsonl(f)
     finally:
         store.close()
+
+
+def export_snapshot(db_path: str | Path, target: str) -> int:
+    """Copy the live database to `target` (a local path or an fsspec URL such as
+    s3://bucket/flytegpt/feedback.sqlite3), atomically; returns the bytes written.
+
+    This is how the database reaches the weekly report task, which cannot open the bot's
+    volume: the bot (or a cron job beside it) exports a snapshot, the task reads it.
+    """
+    from flytegpt.ingest.store import atomic_writer, get_fs
+
+    if not Path(db_path).is_file():
+        raise FileNotFoundError(f"feedback database not found: {db_path}")
+    store = FeedbackStore(db_path)
+    fd, tmp = tempfile.mkstemp(prefix="flytegpt-feedback-", suffix=".sqlite3")
+    os.close(fd)
+    try:
+        store.backup_to(tmp)
+        data = Path(tmp).read_bytes()
+        fs, path = get_fs(target)
+        with atomic_writer(fs, path) as f:
+            f.write(data)
+        return len(data)
+    finally:
+        store.close()
+        os.unlink(tmp)

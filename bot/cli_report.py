@@ -1,0 +1,63 @@
+"""`flytegpt report` (the maintainers' HTML report) and `flytegpt feedback snapshot`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from flytegpt.bot.cli_options import config_option, load, store_option
+
+
+@click.command("report")
+@click.option("--db", "db", required=True,
+              help="The bot's feedback database ([bot] feedback_db), or a snapshot of it (a path or an fsspec URL).")
+@config_option
+@store_option
+@click.option("--since", default="30d", show_default=True, help="The period: 30d, 2w, 12h ...")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML file to write.")
+@click.option("--no-store", is_flag=True, help="Only the question log: no sources or index sections.")
+@click.option("--eval", "eval_questions", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="An eval question file (JSONL): retrieval metrics per index version ([bot] report_eval_questions).")
+def report_cmd(db: str, config_path: Path, store: str | None, since: str, out_path: Path, no_store: bool,
+               eval_questions: str | None) -> None:
+    """Write the maintainers' report: questions per day, knowledge gaps, cited and never-cited
+    sources, the index over time and answer latency, as one self-contained HTML page.
+
+    Privacy follows [bot] report_channels and report_dms; Slack user ids are never shown.
+    """
+    from flytegpt.bot.report import ReportOptions, build_report, render_page
+    from flytegpt.bot.slack.feedback import FeedbackDatabaseError
+
+    config = load(config_path, store)
+    try:
+        options = ReportOptions.from_config(config, since=since, eval_questions=eval_questions)
+        report = build_report(db, store=None if no_store else config.index.store, options=options, config=config)
+    except (ValueError, FileNotFoundError, FeedbackDatabaseError) as e:
+        raise click.ClickException(str(e)) from None
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(render_page(report), encoding="utf-8")
+    t = report.totals
+    click.echo(f"wrote {out_path}: {t['questions']} questions ({t['answered']} answered, {t['not_found']} not found, "
+               f"{t['model_failed'] + t['failed']} failed), {len(report.topics)} gap topics", err=True)
+
+
+@click.command("snapshot")
+@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
+              help="The feedback SQLite database ([bot] feedback_db).")
+@click.option("--to", "target", default=None,
+              help="Where the copy goes (a path or an fsspec URL); default [bot] feedback_snapshot.")
+@config_option
+def snapshot_cmd(db_path: str, target: str | None, config_path: Path) -> None:
+    """Copy the live database (consistent, while the bot runs) to where the weekly report reads it."""
+    from flytegpt.bot.slack.feedback import FeedbackDatabaseError, export_snapshot
+
+    target = target or load(config_path, None).bot.feedback_snapshot
+    if not target:
+        raise click.ClickException("no target: pass --to or set [bot] feedback_snapshot")
+    try:
+        n = export_snapshot(db_path, target)
+    except (FileNotFoundError, FeedbackDatabaseError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {n:,} bytes to {target}", err=True)

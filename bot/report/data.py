@@ -1,0 +1,152 @@
+"""What the report reads: the question log (privacy-filtered) and the index store.
+
+The bot's database is never written by the report: it is copied with SQLite's backup API
+into a temporary file, and that copy is opened (and migrated, when an older bot wrote it).
+A database may be a local file or an fsspec URL (the snapshot the bot exports).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from flytegpt.bot.slack.feedback import FeedbackStore
+
+log = logging.getLogger(__name__)
+
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+_MENTION = re.compile(r"<[@!](?:[UW][A-Z0-9]+|subteam\^[A-Z0-9]+)(?:\|[^>]*)?>")
+PRIVATE_SURFACES = ("dm", "panel")  # the assistant panel is a DM with the app
+SURFACE_NAMES = {"command": "slash"}  # the bot's internal name for /flytegpt
+
+
+def load_questions(db: str, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+    """The logged questions in [since, until) from a database file or URL (read only)."""
+    with tempfile.TemporaryDirectory(prefix="flytegpt-report-") as tmp:
+        copy = os.path.join(tmp, "feedback.sqlite3")
+        if "://" in db and not db.startswith("file://"):
+            from flytegpt.ingest.store import get_fs
+
+            fs, path = get_fs(db)
+            if not fs.exists(path):
+                raise FileNotFoundError(f"feedback database not found: {db}")
+            fs.get_file(path, copy)
+        else:
+            path = db.removeprefix("file://")
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"feedback database not found: {db}")
+            src = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+            dst = sqlite3.connect(copy)
+            try:
+                src.backup(dst)
+            except sqlite3.DatabaseError as e:
+                raise ValueError(f"{db} is not an SQLite database: {e}") from None
+            finally:
+                dst.close()
+                src.close()
+        store = FeedbackStore(copy)
+        try:
+            return store.questions(since, until)
+        finally:
+            store.close()
+
+
+def mask_mentions(text: str) -> str:
+    """Slack user and group mentions in a question become "@someone": ids are never shown."""
+    return _MENTION.sub("@someone", text or "")
+
+
+def surface_of(row: dict[str, Any]) -> str:
+    s = row.get("surface") or "unknown"
+    return SURFACE_NAMES.get(s, s)
+
+
+def is_private(row: dict[str, Any]) -> bool:
+    """A DM, the assistant panel, or /flytegpt typed in a DM (channel ids of DMs start with D)."""
+    return surface_of(row) in PRIVATE_SURFACES or (row.get("channel") or "").startswith("D")
+
+
+@dataclass
+class PrivacyFilter:
+    """Which questions the report may show: channels in `channels` (None: all), DMs if `dms`."""
+
+    channels: set[str] | None
+    dms: bool = False
+    ignored_names: list[str] = field(default_factory=list)  # entries that are not channel ids
+
+    @classmethod
+    def from_config(cls, report_channels: list[str] | None, allowed_channels: list[str], dms: bool) -> "PrivacyFilter":
+        entries = allowed_channels if report_channels is None else report_channels
+        if not entries:
+            return cls(None, dms)
+        ids = {e for e in entries if _CHANNEL_ID.match(e)}
+        # names need Slack to resolve; the report runs offline, so they match nothing (safe side)
+        return cls(ids, dms, sorted(e for e in entries if not _CHANNEL_ID.match(e)))
+
+    def split(self, rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """(rows to show, how many were left out and why)."""
+        shown, left_out = [], {"dm": 0, "channel": 0}
+        for r in rows:
+            if is_private(r):
+                if not self.dms:
+                    left_out["dm"] += 1
+                    continue
+            elif self.channels is not None and r.get("channel") not in self.channels:
+                left_out["channel"] += 1
+                continue
+            shown.append(r)
+        return shown, left_out
+
+
+@dataclass
+class SourceInfo:
+    source_id: str
+    kind: str
+    title: str
+    url: str
+
+
+@dataclass
+class IndexHistory:
+    versions: list[dict[str, Any]]  # manifests, oldest first
+    latest: str | None
+    model_id: str | None
+    catalog: dict[str, SourceInfo]  # every source id of the latest version
+
+
+def read_index_history(store: str, *, max_versions: int = 50) -> IndexHistory:
+    """Manifests of the store's versions and the source catalog of LATEST (its chunk table)."""
+    from flytegpt.ingest.artifact import ArtifactError, list_versions, open_version, read_latest, read_manifest
+
+    versions = []
+    for v in list_versions(store)[-max_versions:]:
+        try:
+            versions.append(read_manifest(store, v))
+        except ArtifactError as e:
+            log.warning("report: skipping index version %s: %s", v, e)
+    latest = read_latest(store)
+    catalog: dict[str, SourceInfo] = {}
+    model_id = None
+    if latest:
+        index = open_version(store, latest)
+        model_id = index.model.model_id
+        for c in index.chunks:
+            if c.source_id not in catalog:
+                catalog[c.source_id] = SourceInfo(c.source_id, c.kind, _source_title(c), c.url.split("#", 1)[0])
+        del index
+    return IndexHistory(versions, latest, model_id, catalog)
+
+
+def _source_title(chunk: Any) -> str:
+    """What a person calls the whole source: the page title, the file path, the thread title."""
+    if chunk.kind == "docs":
+        return chunk.title.split(" > ")[0]
+    if chunk.kind == "code":
+        return chunk.source_id.split(":", 1)[-1]
+    return chunk.title

@@ -1,0 +1,162 @@
+"""The question log's schema: versioned, migrated from the first release without losing a row."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from flytegpt.bot.answering import Citation
+from flytegpt.bot.answering.types import Answer
+from flytegpt.bot.slack.feedback import (
+    SCHEMA_VERSION, FeedbackDatabaseError, FeedbackStore, export_feedback, export_snapshot,
+)
+
+# The CREATE statements of the first release's bot/slack/feedback.py (git 523e4e2), verbatim.
+FIRST_RELEASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    surface TEXT,
+    channel TEXT,
+    thread_ts TEXT,
+    user TEXT,
+    question TEXT NOT NULL,
+    standalone_question TEXT,
+    answer TEXT NOT NULL,
+    sources TEXT NOT NULL,
+    index_version TEXT,
+    mode TEXT
+);
+CREATE TABLE IF NOT EXISTS votes (
+    answer_id TEXT NOT NULL REFERENCES answers(id),
+    user TEXT NOT NULL,
+    vote TEXT NOT NULL CHECK (vote IN ('up', 'down')),
+    channel TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (answer_id, user)
+);
+"""
+
+SOURCES = json.dumps([{"n": 1, "title": "Caching", "url": "https://d/caching", "source_id": "docs:caching.md"}])
+
+
+def first_release_db(path: Path, answers: int = 40) -> None:
+    """A database exactly as the first release left it, journal mode WAL included."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(FIRST_RELEASE_SCHEMA)
+    for i in range(answers):
+        mode = "not_found" if i % 4 == 0 else ("offline" if i % 4 == 1 else "llm")
+        conn.execute("INSERT INTO answers VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                     (f"a{i}", 1_700_000_000 + i, "mention" if i % 2 else "command", "C1", f"17000.{i}",
+                      f"U{i}", f"question {i}", f"standalone {i}", f"answer {i}", SOURCES, "v1", mode))
+        if i % 3 == 0:
+            conn.execute("INSERT INTO votes VALUES (?,?,?,?,?)", (f"a{i}", "U9", "down" if i % 2 else "up", "C1",
+                                                                  1_700_000_100 + i))
+    conn.close()
+
+
+def dump(path: Path) -> tuple[list, list]:
+    conn = sqlite3.connect(path)
+    try:
+        answers = conn.execute("SELECT id, created_at, surface, channel, thread_ts, user, question, "
+                               "standalone_question, answer, sources, index_version, mode FROM answers ORDER BY id"
+                               ).fetchall()
+        votes = conn.execute("SELECT * FROM votes ORDER BY answer_id, user").fetchall()
+    finally:
+        conn.close()
+    return answers, votes
+
+
+def test_a_first_release_database_is_migrated_and_keeps_every_row(tmp_path: Path) -> None:
+    db = tmp_path / "feedback.sqlite3"
+    first_release_db(db)
+    before = dump(db)
+    assert len(before[0]) == 40 and len(before[1]) == 14
+
+    store = FeedbackStore(db)
+    try:
+        assert store.migrated_from == 0 and store.schema_version == SCHEMA_VERSION
+        rows = {r["id"]: r for r in store.questions()}
+        # every old row is still there, with the outcome its mode implies
+        assert len(rows) == 40
+        assert rows["a0"]["outcome"] == "not_found" and rows["a1"]["outcome"] == "answered"
+        assert rows["a2"]["mode"] == "llm" and rows["a2"]["outcome"] == "answered"
+        assert rows["a3"]["down"] == 1 and rows["a0"]["up"] == 1
+        assert rows["a5"]["sources"][0]["source_id"] == "docs:caching.md"
+        assert rows["a5"]["latency_s"] is None
+        # the new code writes the new columns beside the old rows
+        new_id = store.record_question("is the model up?", outcome="model_failed", surface="mention",
+                                       channel="C1", latency_s=2.5, failure="model_unavailable")
+        assert store.record_vote("a7", "up", user="U1", channel="C1")
+    finally:
+        store.close()
+    after = dump(db)
+    assert [r for r in after[0] if r[0] != new_id] == before[0]  # old rows byte for byte
+    assert set(before[1]) <= set(after[1]) and len(after[1]) == 15
+    assert export_feedback(db, tmp_path / "votes.jsonl") == 15
+
+    again = FeedbackStore(db)  # a second open migrates nothing
+    try:
+        assert again.migrated_from == SCHEMA_VERSION
+        assert len(again.questions()) == 41
+    finally:
+        again.close()
+
+
+def test_a_new_database_has_the_current_schema_and_logs_every_outcome(tmp_path: Path) -> None:
+    store = FeedbackStore(tmp_path / "new.sqlite3")
+    try:
+        assert store.schema_version == SCHEMA_VERSION
+        answer = Answer("how to cache?", "how to cache?", "Use cache=True [1].",
+                        [Citation(1, "Caching", "https://d/caching", "docs:caching.md")], "llm", "v2")
+        a = store.record_answer(answer, surface="panel", channel="D1", thread_ts="1.2", user="U1", latency_s=1.25,
+                                permalink="https://x.slack.com/archives/D1/p12")
+        nf = store.record_answer(Answer("q", "q", "I couldn't find this.", [], "not_found", "v2"), surface="mention")
+        failed = store.record_question("q2", outcome="failed", surface="slash", failure="index_not_ready")
+        with pytest.raises(ValueError, match="outcome must be one of"):
+            store.record_question("q3", outcome="exploded", surface="mention")  # type: ignore[arg-type]
+        rows = {r["id"]: r for r in store.questions()}
+    finally:
+        store.close()
+    assert rows[a]["outcome"] == "answered" and rows[a]["latency_s"] == 1.25 and rows[a]["surface"] == "panel"
+    assert rows[a]["sources"][0]["source_id"] == "docs:caching.md" and rows[a]["index_version"] == "v2"
+    assert rows[a]["permalink"].endswith("/p12")
+    assert rows[nf]["outcome"] == "not_found"
+    assert rows[failed]["outcome"] == "failed" and rows[failed]["failure"] == "index_not_ready"
+
+
+def test_a_database_from_a_newer_release_or_not_a_database_is_refused_clearly(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.sqlite3"
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    conn.close()
+    with pytest.raises(FeedbackDatabaseError, match="newer than this FlyteGPT"):
+        FeedbackStore(newer)
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(FeedbackDatabaseError, match="junk.sqlite3 is not a usable feedback database"):
+        FeedbackStore(junk)
+    assert junk.read_bytes() == b"this is not sqlite" * 100  # left as it was
+
+
+def test_a_snapshot_is_a_consistent_copy_written_to_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "live.sqlite3"
+    first_release_db(db, answers=10)
+    live = FeedbackStore(db)  # the bot has it open (WAL), and keeps writing
+    try:
+        live.record_question("still writing", outcome="failed", surface="mention")
+        target = tmp_path / "store" / "feedback" / "feedback.sqlite3"
+        assert export_snapshot(db, str(target)) > 0
+        live.record_question("after the snapshot", outcome="failed", surface="mention")
+    finally:
+        live.close()
+    copy = FeedbackStore(target)
+    try:
+        texts = [r["question"] for r in copy.questions()]
+    finally:
+        copy.close()
+    assert len(texts) == 11 and "still writing" in texts and "after the snapshot" not in texts
