@@ -30,7 +30,7 @@ class BotServer:
                  answerer: Any = None, reload_interval_s: float | None = None) -> None:
         from flytegpt.bot.index_holder import IndexHolder
         from flytegpt.bot.metrics import Metrics
-        from flytegpt.bot.slack.app import check_tokens
+        from flytegpt.bot.slack.client import check_tokens
 
         self.config, self.settings = config, settings
         self.bot_token, self.app_token = check_tokens(settings)  # fail fast, before any connection
@@ -64,7 +64,8 @@ class BotServer:
 
         from flytegpt.bot.answering import Answerer
         from flytegpt.bot.reload import Reloader
-        from flytegpt.bot.slack.app import SlackTokenError, build_app, make_client
+        from flytegpt.bot.slack.app import build_app
+        from flytegpt.bot.slack.client import SlackTokenError, make_client
 
         client = make_client(self.settings)
         answerer = self._answerer or Answerer(self.config, self.settings, self.holder.get)

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from .render import answer_text
+from .blocks import answer_text
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient

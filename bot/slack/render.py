@@ -1,4 +1,4 @@
-"""The one owner of how answers look in Slack: Markdown -> mrkdwn, Block Kit, Slack's size limits.
+"""Model Markdown -> Slack mrkdwn, cut into sections that fit Slack's per-section limit.
 
 The model writes Markdown (it is good at it); Slack speaks mrkdwn, which differs in the
 details that matter (`*bold*`, `<url|label>`, `& < >` escaped, no headings or tables).
@@ -6,59 +6,25 @@ The conversion walks markdown-it-py's syntax tree, so nested emphasis, code span
 asterisks or links with brackets cannot confuse it the way regexes would. Escaping every
 piece of model text also means the model cannot produce `<!channel>` or a user mention.
 
-Slack's limits (50 blocks, 3,000 characters per section, 40,000 of `text`, 2,000 per
-button value) are enforced here by splitting into sections and, when needed, into
-several messages; every message carries fallback `text` for notifications and history.
+A section holds at most 3,000 characters; longer answers are cut between blocks, and a
+code block that is too long is cut into complete fenced blocks. blocks.py packs the
+sections into messages.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Iterable
 from urllib.parse import quote
 
 from markdown_it import MarkdownIt
 from markdown_it.tree import SyntaxTreeNode
-from slack_sdk.models.blocks import (
-    ActionsBlock,
-    ButtonElement,
-    ContextBlock,
-    MarkdownTextObject,
-    PlainTextObject,
-    SectionBlock,
-)
-
-from flytegpt.bot import messages
-
-if TYPE_CHECKING:  # bot.answering imports heavy libraries; rendering needs only the shapes
-    from flytegpt.bot.answering import Answer, Citation
-
-MAX_BLOCKS = 50
 MAX_SECTION_CHARS = 3000
-MAX_TEXT_CHARS = 40000
-MAX_BUTTON_VALUE = 2000
-# Headroom under the hard limits: the fallback text joins sections with separators.
+# Headroom under the hard limit: the fallback text joins sections with separators.
 SECTION_BUDGET = 2900
-MESSAGE_TEXT_BUDGET = 36000
-TITLE_CHARS = 150
-
-ACTION_FEEDBACK_UP = "flytegpt_feedback_up"
-ACTION_FEEDBACK_DOWN = "flytegpt_feedback_down"
-ACTION_SHARE = "flytegpt_share"
 
 _md = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
 _SAFE_SCHEMES = ("http://", "https://", "mailto:")
-
-
-@dataclass
-class SlackMessage:
-    """One chat message: fallback `text` (always set) and Block Kit `blocks` as dicts."""
-
-    text: str
-    blocks: list[dict[str, Any]] = field(default_factory=list)
-
-    def kwargs(self) -> dict[str, Any]:
-        return {"text": self.text, "blocks": self.blocks}
 
 
 @dataclass
@@ -224,7 +190,7 @@ def _safe_cut(text: str, limit: int) -> int:
     return max(cut, 1)
 
 
-def _split_text(text: str, limit: int) -> list[str]:
+def split_text(text: str, limit: int) -> list[str]:
     out = []
     while len(text) > limit:
         cut = _safe_cut(text, limit)
@@ -242,7 +208,7 @@ def _split_code(code: str, limit: int) -> list[str]:
     current: list[str] = []
     size = 0
     for line in code.rstrip("\n").split("\n"):
-        for seg in _split_text(line, limit - overhead - 1) or [""]:
+        for seg in split_text(line, limit - overhead - 1) or [""]:
             escaped = len(escape(seg)) + 1
             if current and size + escaped > limit - overhead:
                 parts.append(_code_fence("\n".join(current)))
@@ -252,7 +218,7 @@ def _split_code(code: str, limit: int) -> list[str]:
     if current:
         parts.append(_code_fence("\n".join(current)))
     # escaping can grow a part past the limit in pathological cases; cut those as text
-    return [q for p in parts for q in (_split_text(p, limit) if len(p) > limit else [p])]
+    return [q for p in parts for q in (split_text(p, limit) if len(p) > limit else [p])]
 
 
 def split_sections(mrkdwn_pieces: Iterable[_Piece], limit: int = SECTION_BUDGET) -> list[str]:
@@ -262,7 +228,7 @@ def split_sections(mrkdwn_pieces: Iterable[_Piece], limit: int = SECTION_BUDGET)
     for piece in mrkdwn_pieces:
         parts = [piece.text]
         if len(piece.text) > limit:
-            parts = _split_code(piece.code, limit) if piece.code is not None else _split_text(piece.text, limit)
+            parts = _split_code(piece.code, limit) if piece.code is not None else split_text(piece.text, limit)
         for part in parts:
             if current and len(current) + 2 + len(part) <= limit:
                 current = f"{current}\n\n{part}"
@@ -278,136 +244,3 @@ def split_sections(mrkdwn_pieces: Iterable[_Piece], limit: int = SECTION_BUDGET)
 def markdown_sections(markdown: str, limit: int = SECTION_BUDGET) -> list[str]:
     """Markdown -> mrkdwn section texts, each within Slack's per-section limit."""
     return split_sections(_pieces(markdown), limit)
-
-
-# --- Block Kit ---------------------------------------------------------------------------
-
-
-def _short(title: str, n: int = TITLE_CHARS) -> str:
-    title = " ".join((title or "").split())
-    return title if len(title) <= n else title[: n - 1] + "…"
-
-
-def source_lines(citations: Sequence["Citation"]) -> list[str]:
-    """`[n] <url|title>` per cited source, compact."""
-    lines = []
-    for c in citations:
-        title = _short(c.title or c.source_id)
-        lines.append(f"[{c.n}] {link(c.url, title) if c.url else escape(title)}")
-    return lines
-
-
-def _sources_blocks(citations: Sequence["Citation"], heading: str) -> tuple[list[dict], str]:
-    lines = source_lines(citations)
-    if not lines:
-        return [], ""
-    text = f"*{heading}*\n" + "\n".join(lines)
-    blocks = [
-        ContextBlock(elements=[MarkdownTextObject(text=part, verbatim=True)]).to_dict()
-        for part in _split_text(text, SECTION_BUDGET)
-    ]
-    return blocks, text
-
-
-def _actions_block(feedback_id: str, *, share: bool) -> dict:
-    if len(feedback_id) > MAX_BUTTON_VALUE:
-        raise ValueError("feedback id too long for a button value")
-    elements = [
-        ButtonElement(text=PlainTextObject(text=messages.BUTTON_HELPFUL, emoji=True),
-                      action_id=ACTION_FEEDBACK_UP, value=feedback_id),
-        ButtonElement(text=PlainTextObject(text=messages.BUTTON_NOT_HELPFUL, emoji=True),
-                      action_id=ACTION_FEEDBACK_DOWN, value=feedback_id),
-    ]
-    if share:
-        elements.append(ButtonElement(text=PlainTextObject(text=messages.BUTTON_SHARE),
-                                      action_id=ACTION_SHARE, value=feedback_id, style="primary"))
-    return ActionsBlock(block_id=f"flytegpt_actions_{feedback_id}"[:255], elements=elements).to_dict()
-
-
-def _section(text: str) -> dict:
-    return SectionBlock(text=MarkdownTextObject(text=text, verbatim=True)).to_dict()
-
-
-def _pack(sections: list[str], tail_blocks: list[dict], tail_text: str,
-          head_blocks: list[dict] | None = None, head_text: str = "") -> list[SlackMessage]:
-    """Spread sections over as few messages as Slack's block and text limits allow.
-
-    The head (question context) goes on the first message, the tail (sources, buttons) on
-    the last, so the buttons sit under the end of the answer.
-    """
-    head_blocks = head_blocks or []
-    messages: list[SlackMessage] = []
-    blocks: list[dict] = list(head_blocks)
-    texts: list[str] = [head_text] if head_text else []
-    size = len(head_text)
-    for sec in sections:
-        if blocks and (len(blocks) + 1 > MAX_BLOCKS or size + len(sec) + 2 > MESSAGE_TEXT_BUDGET):
-            messages.append(SlackMessage("\n\n".join(texts), blocks))
-            blocks, texts, size = [], [], 0
-        blocks.append(_section(sec))
-        texts.append(sec)
-        size += len(sec) + 2
-    if tail_blocks:
-        if blocks and (len(blocks) + len(tail_blocks) > MAX_BLOCKS
-                       or size + len(tail_text) + 2 > MESSAGE_TEXT_BUDGET):
-            messages.append(SlackMessage("\n\n".join(texts), blocks))
-            blocks, texts = [], []
-        blocks.extend(tail_blocks)
-        if tail_text:
-            texts.append(tail_text)
-    if blocks or not messages:
-        messages.append(SlackMessage("\n\n".join(texts) or " ", blocks))
-    for m in messages:  # belt and braces: the fallback text never exceeds Slack's limit
-        if len(m.text) > MAX_TEXT_CHARS:
-            m.text = m.text[: MAX_TEXT_CHARS - 1] + "…"
-    return messages
-
-
-def render_answer(answer: "Answer", *, feedback_id: str | None = None, share: bool = False,
-                  question: str | None = None, shared_by: str | None = None) -> list[SlackMessage]:
-    """An answer as one or more Slack messages: text sections, sources, feedback buttons.
-
-    `question` adds a quoted context line first (slash-command answers, where the
-    question itself is not visible in the channel); `shared_by` (a user id) says who
-    shared it there.
-    """
-    head_blocks, head_text = [], ""
-    if question:
-        head_text = f"> {escape(_short(question, 300))}"
-        if shared_by:
-            head_text += "\n_" + messages.SHARED_BY.format(user=f"<@{escape(shared_by)}>") + "_"
-        head_blocks = [ContextBlock(elements=[MarkdownTextObject(text=head_text, verbatim=True)]).to_dict()]
-    sections = markdown_sections(answer.text) or [escape(messages.EMPTY_ANSWER)]
-    tail, tail_text = _sources_blocks(answer.citations, messages.SOURCES_HEADING)
-    if feedback_id:
-        tail.append(_actions_block(feedback_id, share=share))
-    return _pack(sections, tail, tail_text, head_blocks, head_text)
-
-
-def render_apology(related: Sequence["Citation"], reason: str | None = None) -> list[SlackMessage]:
-    """The model failed: say so briefly and still give the best sources found."""
-    text = reason or (messages.MODEL_UNREACHABLE_WITH_SOURCES if related else messages.MODEL_UNREACHABLE)
-    tail, tail_text = _sources_blocks(related, messages.BEST_SOURCES_HEADING)
-    return _pack([escape(text)], tail, tail_text)
-
-
-def render_notice(text: str, *, mrkdwn: bool = False) -> SlackMessage:
-    """A short notice (busy, rate limited, index not ready); plain text unless `mrkdwn`
-    says it is already safe mrkdwn (e.g. our own `<#channel>` links)."""
-    sections = _split_text(text if mrkdwn else escape(text), SECTION_BUDGET)
-    return _pack(sections, [], "")[0]
-
-
-def render_markdown_notice(markdown: str) -> SlackMessage:
-    """A short notice written in Markdown (usage help)."""
-    return _pack(markdown_sections(markdown), [], "")[0]
-
-
-def answer_text(msg: dict[str, Any]) -> str:
-    """Read back what render_answer wrote: the answer's section blocks, not the sources list.
-
-    Thread history uses it to give the model the bot's earlier answers as assistant turns.
-    """
-    sections = [b["text"]["text"] for b in msg.get("blocks") or []
-                if b.get("type") == "section" and isinstance(b.get("text"), dict)]
-    return "\n\n".join(sections) if sections else (msg.get("text") or "")

@@ -17,7 +17,7 @@ from support.slack_harness import CACHE_Q, build_sample_index
 from flytegpt.bot.cli_serve import serve_cmd
 from flytegpt.bot.logs import setup_logging
 from flytegpt.bot.serve import BotServer
-from flytegpt.bot.slack.app import SlackTokenError
+from flytegpt.bot.slack.client import SlackTokenError
 from flytegpt.ingest.config import Settings, load_config, sample_config_path
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,7 +16,7 @@ from support.openai_server import Fail, Reply
 from support.slack_harness import ANSWER, CACHE_Q, STANDALONE, BotHarness, build_sample_index, tuned
 
 from flytegpt.bot.index_holder import IndexHolder
-from flytegpt.bot.slack import render
+from flytegpt.bot.slack import blocks
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,7 +73,7 @@ def test_mention_is_answered_in_thread_with_sources(harness, sample):
     # [1] is a link for web URLs; the sample docs live on disk (file://), which Slack can't open
     assert re.fullmatch(r"\*Sources\*\n\[1\] (<https?://[^|>]+\|[^>]+>|[^<>\n]+)", sources), sources
     buttons = _blocks(answer, "actions")[0]["elements"]
-    assert {b["action_id"] for b in buttons} == {render.ACTION_FEEDBACK_UP, render.ACTION_FEEDBACK_DOWN}
+    assert {b["action_id"] for b in buttons} == {blocks.ACTION_FEEDBACK_UP, blocks.ACTION_FEEDBACK_DOWN}
     # the model saw the retrieved sources
     assert "cache" in harness.llm.requests[-1].text_of("user").lower()
     # the answer is stored for feedback with its index version
@@ -140,10 +140,10 @@ def test_slash_command_acks_then_answers_via_response_url(harness):
     assert post["response_type"] == "ephemeral" and "cache_version" in post["text"]
     assert post["blocks"][0]["type"] == "context"  # the question, since only the asker saw it
     actions = _blocks(post, "actions")[0]["elements"]
-    share = [a for a in actions if a["action_id"] == render.ACTION_SHARE][0]
+    share = [a for a in actions if a["action_id"] == blocks.ACTION_SHARE][0]
     assert harness.answers() == []  # nothing in the channel yet
 
-    click = emu.block_action(render.ACTION_SHARE, share["value"], ephemeral=True, user="U0USER")
+    click = emu.block_action(blocks.ACTION_SHARE, share["value"], ephemeral=True, user="U0USER")
     assert emu.wait_ack(click.envelope_id).latency < 3.0
     crid = emu.response_id(click.response_url)
     posts = emu.wait_for(lambda: len(emu.response_posts[crid]) >= 2 and emu.response_posts[crid])
@@ -168,7 +168,7 @@ def test_feedback_is_recorded_and_acknowledged(harness, tmp_path):
     [answer] = harness.wait_answers(thread_ts=d.ts)
     value = _blocks(answer, "actions")[0]["elements"][0]["value"]
     assert len(value) < 30  # a compact id, never the payload
-    click = emu.block_action(render.ACTION_FEEDBACK_UP, value, message=answer, user="U0VOTER")
+    click = emu.block_action(blocks.ACTION_FEEDBACK_UP, value, message=answer, user="U0VOTER")
     assert emu.wait_ack(click.envelope_id).latency < 3.0
     rid = emu.response_id(click.response_url)
     [thanks] = emu.wait_for(lambda: emu.response_posts[rid])

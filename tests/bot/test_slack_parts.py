@@ -15,7 +15,7 @@ from slack_sdk import WebClient
 from flytegpt.bot.answering import Answer, Citation, Turn
 from flytegpt.bot.cli_serve import feedback_group
 from flytegpt.bot.logs import RedactingFilter, redact, setup_logging
-from flytegpt.bot.slack.app import SlackTokenError, api_base_url, check_tokens, make_client
+from flytegpt.bot.slack.client import SlackTokenError, api_base_url, check_tokens, make_client
 from flytegpt.bot.slack.dedupe import Deduper, SeenCache
 from flytegpt.bot.slack.feedback import FeedbackStore
 from flytegpt.bot.slack.history import ThreadHistory, strip_mentions

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flytegpt.bot.answering import Answer, Citation
-from flytegpt.bot.slack import render
+from flytegpt.bot.slack import blocks, render
 from flytegpt.bot.slack.render import markdown_to_mrkdwn as mrkdwn
 
 
@@ -76,32 +76,32 @@ def test_citation_markers_stay_plain():
 def test_answer_blocks_sources_and_buttons():
     cites = [Citation(1, "Caching | Flyte docs", "https://docs.flyte.org/caching", "docs:caching.md"),
              Citation(2, "flytekit/core/task.py", "https://github.com/f/f/blob/m/task.py#L1-L9", "code:task.py")]
-    [msg] = render.render_answer(_answer("Use **cache=True** [1] [2].", cites), feedback_id="fb123")
+    [msg] = blocks.render_answer(_answer("Use **cache=True** [1] [2].", cites), feedback_id="fb123")
     assert msg.text.startswith("Use *cache=True* [1] [2].")
     assert "[1] <https://docs.flyte.org/caching|Caching ¦ Flyte docs>" in msg.text
     kinds = [b["type"] for b in msg.blocks]
     assert kinds == ["section", "context", "actions"]
     actions = msg.blocks[-1]["elements"]
-    assert [a["action_id"] for a in actions] == [render.ACTION_FEEDBACK_UP, render.ACTION_FEEDBACK_DOWN]
+    assert [a["action_id"] for a in actions] == [blocks.ACTION_FEEDBACK_UP, blocks.ACTION_FEEDBACK_DOWN]
     assert all(a["value"] == "fb123" for a in actions)
 
 
 def test_share_button_and_question_context():
-    [msg] = render.render_answer(_answer("ok"), feedback_id="id1", share=True, question="how <do> I?")
+    [msg] = blocks.render_answer(_answer("ok"), feedback_id="id1", share=True, question="how <do> I?")
     assert msg.blocks[0]["type"] == "context"
     assert msg.blocks[0]["elements"][0]["text"] == "> how &lt;do&gt; I?"
-    assert msg.blocks[-1]["elements"][-1]["action_id"] == render.ACTION_SHARE
+    assert msg.blocks[-1]["elements"][-1]["action_id"] == blocks.ACTION_SHARE
 
 
-def _check_limits(messages: list[render.SlackMessage]) -> None:
+def _check_limits(messages: list[blocks.SlackMessage]) -> None:
     for m in messages:
-        assert m.text and len(m.text) <= render.MAX_TEXT_CHARS
-        assert len(m.blocks) <= render.MAX_BLOCKS
+        assert m.text and len(m.text) <= blocks.MAX_TEXT_CHARS
+        assert len(m.blocks) <= blocks.MAX_BLOCKS
         for b in m.blocks:
             if b["type"] == "section":
                 assert len(b["text"]["text"]) <= render.MAX_SECTION_CHARS
             for el in b.get("elements", []):
-                assert len(el.get("value", "")) <= render.MAX_BUTTON_VALUE
+                assert len(el.get("value", "")) <= blocks.MAX_BUTTON_VALUE
                 if isinstance(el.get("text"), str):
                     assert len(el["text"]) <= render.MAX_SECTION_CHARS
 
@@ -111,7 +111,7 @@ def test_long_answer_is_split_within_limits():
     code = "\n".join(f"line_{i} = {i}  # <comment>" for i in range(600))
     md = "\n\n".join([para] * 60) + f"\n\n```python\n{code}\n```\n\n" + ("word " * 5000)
     cites = [Citation(i, f"Source {i} " + "t" * 300, f"https://e.org/{i}", f"s:{i}") for i in range(1, 40)]
-    messages = render.render_answer(_answer(md, cites), feedback_id="abc")
+    messages = blocks.render_answer(_answer(md, cites), feedback_id="abc")
     assert len(messages) > 1
     _check_limits(messages)
     assert messages[-1].blocks[-1]["type"] == "actions"  # buttons under the end of the answer
@@ -136,8 +136,8 @@ def test_one_huge_line_is_cut_without_breaking_entities():
 
 
 def test_apology_and_notices():
-    msgs = render.render_apology([Citation(1, "Ray", "https://e.org/ray", "d:ray")], "Sorry, no model.")
+    msgs = blocks.render_apology([Citation(1, "Ray", "https://e.org/ray", "d:ray")], "Sorry, no model.")
     assert msgs[0].blocks[0]["text"]["text"] == "Sorry, no model."
     assert "Best sources" in msgs[0].text and "<https://e.org/ray|Ray>" in msgs[0].text
-    notice = render.render_notice("busy <now>")
+    notice = blocks.render_notice("busy <now>")
     assert notice.text == "busy &lt;now&gt;" and notice.blocks[0]["type"] == "section"

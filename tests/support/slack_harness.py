@@ -68,7 +68,8 @@ class BotHarness:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
         from flytegpt.bot.answering import Answerer
-        from flytegpt.bot.slack.app import build_app, make_client
+        from flytegpt.bot.slack.app import build_app
+        from flytegpt.bot.slack.client import make_client
 
         self.emu.start()
         self.llm.start()

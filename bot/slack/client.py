@@ -1,0 +1,42 @@
+"""The bot's Slack credentials: token checks that name the variable, and its WebClient."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from slack_sdk import WebClient
+
+from flytegpt.ingest.config import ConfigError
+from flytegpt.ingest.slack_client import api_base_url, make_web_client
+
+if TYPE_CHECKING:
+    from flytegpt.ingest.config import Settings
+
+__all__ = ["SlackTokenError", "api_base_url", "check_tokens", "make_client"]
+
+
+class SlackTokenError(ConfigError):
+    """A Slack token is missing or malformed; the message names the variable."""
+
+
+def check_tokens(settings: "Settings", *, need_app_token: bool = True) -> tuple[str, str | None]:
+    """The bot and app tokens from the environment, or an error naming what is wrong."""
+
+    def get(name: str, value: Any, prefix: str, what: str) -> str:
+        token = value.get_secret_value().strip() if value is not None else ""
+        if not token:
+            raise SlackTokenError(f"{name} is not set: export the {what} (it starts with '{prefix}')")
+        if not token.startswith(prefix):
+            raise SlackTokenError(f"{name} is malformed: a {what} starts with '{prefix}'")
+        return token
+
+    bot = get("SLACK_BOT_TOKEN", settings.slack_bot_token, "xoxb-", "bot token (OAuth & Permissions)")
+    app = (get("SLACK_APP_TOKEN", settings.slack_app_token, "xapp-", "app-level token with connections:write")
+           if need_app_token else None)
+    return bot, app
+
+
+def make_client(settings: "Settings", **kwargs: Any) -> WebClient:
+    """The project's WebClient (retries, timeouts: ingest/slack_client.py) with the checked bot token."""
+    token, _ = check_tokens(settings, need_app_token=False)
+    return make_web_client(settings, token, **kwargs)

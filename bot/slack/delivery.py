@@ -1,0 +1,116 @@
+"""Delivery: the one way replies reach Slack.
+
+A question came either from a conversation (mention, thread follow-up, DM: the answer is
+posted with chat.postMessage, in the thread when there is one) or from the slash command
+(the answer goes to its response_url, which Slack accepts at most 5 times). `send` is the
+one helper that knows both; `post` is what the answer job calls with a question and the
+rendered answer. The small notices around an answer (👀, ephemeral notices, replies to
+button clicks) are here too, so every Slack write of the bot is in this module.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.webhook import WebhookClient
+
+from flytegpt.bot import messages
+
+from .blocks import SlackMessage, render_notice
+
+if TYPE_CHECKING:
+    from slack_sdk import WebClient
+
+    from flytegpt.bot.metrics import Metrics
+
+    from .history import ThreadHistory
+    from .question import Question
+
+log = logging.getLogger(__name__)
+
+PICKED_UP_REACTION = "eyes"
+RESPONSE_URL_POSTS = 4  # Slack allows 5 per response_url; keep one spare
+WEBHOOK_TIMEOUT_S = 15
+
+
+class DeliveryError(RuntimeError):
+    """Slack did not accept a reply (after the client's retries)."""
+
+
+class Delivery:
+    def __init__(self, client: "WebClient", history: "ThreadHistory", metrics: "Metrics") -> None:
+        self.client, self.history, self.metrics = client, history, metrics
+
+    # --- answers ----------------------------------------------------------------------
+
+    def post(self, q: "Question", replies: Sequence[SlackMessage]) -> bool:
+        """Post replies where the question came from; False (logged, counted) when Slack refused."""
+        try:
+            self.send(replies, channel=q.channel, thread_ts=q.thread_ts, response_url=q.response_url)
+            return True
+        except Exception:  # noqa: BLE001 - reported to the caller as False
+            self.metrics.failures.labels("post_failed").inc()
+            log.exception("posting the answer failed", extra={"channel": q.channel})
+            return False
+
+    def notice(self, q: "Question", text: str) -> bool:
+        """A short plain-text notice where the answer would have gone."""
+        return self.post(q, [render_notice(text)])
+
+    def send(self, replies: Sequence[SlackMessage], *, channel: str, thread_ts: str | None = None,
+             response_url: str | None = None, response_type: Literal["ephemeral", "in_channel"] = "ephemeral",
+             max_url_posts: int = RESPONSE_URL_POSTS) -> None:
+        """Post to a response_url (at most `max_url_posts` posts) or with chat.postMessage; raises on refusal."""
+        if response_url:
+            replies = list(replies)
+            if len(replies) > max_url_posts:
+                replies = replies[:max_url_posts - 1] + [render_notice(messages.TRUNCATED)]
+            hook = WebhookClient(response_url, timeout=WEBHOOK_TIMEOUT_S)
+            for m in replies:
+                resp = hook.send(text=m.text, blocks=m.blocks, response_type=response_type, replace_original=False)
+                if resp.status_code != 200:
+                    raise DeliveryError(f"response_url answered {resp.status_code}: {resp.body}")
+            return
+        for m in replies:
+            where: dict[str, Any] = {"thread_ts": thread_ts, "reply_broadcast": False} if thread_ts else {}
+            self.client.chat_postMessage(channel=channel, unfurl_links=False, unfurl_media=False, **where,
+                                         **m.kwargs())
+        if thread_ts:
+            self.history.invalidate(channel, thread_ts)
+
+    def delete_original(self, response_url: str) -> None:
+        """Remove the ephemeral message a button was clicked in (after sharing it)."""
+        WebhookClient(response_url, timeout=WEBHOOK_TIMEOUT_S).send(delete_original=True)
+
+    # --- small notices ----------------------------------------------------------------
+
+    def react(self, channel: str, ts: str) -> None:
+        """👀 on the question: it was picked up."""
+        try:
+            self.client.reactions_add(channel=channel, timestamp=ts, name=PICKED_UP_REACTION)
+        except SlackApiError as e:
+            if e.response.get("error") != "already_reacted":
+                log.info("reaction failed", extra={"error": e.response.get("error")})
+
+    def ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None,
+                  mrkdwn: bool = False) -> None:
+        """A notice only `user` sees."""
+        msg = render_notice(text, mrkdwn=mrkdwn)
+        try:
+            self.client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts, **msg.kwargs())
+        except SlackApiError as e:
+            log.warning("ephemeral notice failed", extra={"error": e.response.get("error")})
+
+    def respond(self, body: dict, text: str, channel: str | None, user: str) -> None:
+        """An ephemeral reply to a button click: via its response_url, else chat.postEphemeral."""
+        url = body.get("response_url")
+        if url:
+            try:
+                self.send([render_notice(text)], channel=channel or "", response_url=url)
+                return
+            except Exception as e:  # noqa: BLE001 - fall back to the Web API
+                log.info("response_url failed, using chat.postEphemeral", extra={"error": str(e)})
+        if channel:
+            self.ephemeral(channel, user, text)

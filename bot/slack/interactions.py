@@ -1,0 +1,80 @@
+"""Button clicks under an answer: 👍/👎 votes and "Share in channel" (slash-command answers)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flytegpt.bot import messages
+
+from . import blocks
+from .delivery import RESPONSE_URL_POSTS
+
+if TYPE_CHECKING:
+    from flytegpt.bot.metrics import Metrics
+
+    from .delivery import Delivery
+    from .feedback import FeedbackStore, Vote
+
+log = logging.getLogger(__name__)
+
+
+def _who_and_where(body: dict) -> tuple[str, str | None]:
+    user = (body.get("user") or {}).get("id", "")
+    channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+    return user, channel
+
+
+class Interactions:
+    def __init__(self, feedback: "FeedbackStore", delivery: "Delivery", metrics: "Metrics") -> None:
+        self.feedback, self.delivery, self.metrics = feedback, delivery, metrics
+
+    def vote(self, body: dict, answer_id: str, vote: "Vote") -> None:
+        """Store a vote and tell the voter whether it counted."""
+        user, channel = _who_and_where(body)
+        known = self.feedback.record_vote(answer_id, vote, user=user, channel=channel)
+        if known:
+            self.metrics.feedback.labels(vote).inc()
+        self.delivery.respond(body, messages.THANKS if known else messages.VOTE_UNKNOWN_ANSWER, channel, user)
+
+    def share(self, body: dict, answer_id: str) -> None:
+        """Post a /flytegpt answer (ephemeral so far) for everyone in the channel."""
+        user, channel = _who_and_where(body)
+        stored = self.feedback.get_answer(answer_id)
+        if stored is None:
+            self.delivery.respond(body, messages.SHARE_GONE, channel, user)
+            return
+        replies = blocks.render_answer(_StoredAnswer.from_row(stored), feedback_id=answer_id, share=False,
+                                       question=stored["question"], shared_by=user or None)
+        url = body.get("response_url")
+        try:
+            if url:
+                # one post of the response_url is kept for removing the ephemeral original
+                self.delivery.send(replies, channel=channel or "", response_url=url, response_type="in_channel",
+                                   max_url_posts=RESPONSE_URL_POSTS - 1)
+                self.delivery.delete_original(url)
+            elif channel:
+                self.delivery.send(replies, channel=channel)
+        except Exception:  # noqa: BLE001
+            log.exception("sharing an answer failed")
+            self.delivery.respond(body, messages.SHARE_FAILED, channel, user)
+
+
+@dataclass(frozen=True)
+class _StoredAnswer:
+    """An answer read back from the feedback store (for sharing), shaped like Answer."""
+
+    question: str
+    text: str
+    citations: list
+    mode: str
+    index_version: str | None
+
+    @classmethod
+    def from_row(cls, row: dict) -> "_StoredAnswer":
+        from flytegpt.bot.answering import Citation
+
+        cites = [Citation(int(s["n"]), s.get("title", ""), s.get("url", ""), s.get("source_id", ""))
+                 for s in row["sources"]]
+        return cls(row["question"], row["answer"], cites, row.get("mode") or "", row.get("index_version"))

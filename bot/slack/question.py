@@ -1,0 +1,24 @@
+"""A question on its way from a Slack event to its answer: who asked, where, and where to reply."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+Surface = Literal["mention", "dm", "followup", "command"]
+
+
+@dataclass
+class Question:
+    """What routing hands to the answer job, and delivery needs to reply in the right place."""
+
+    surface: Surface
+    text: str
+    channel: str
+    user: str
+    ts: str | None = None  # the user's message
+    thread_ts: str | None = None  # where the answer goes (None: top level, e.g. a DM)
+    history_root: str | None = None  # the thread whose messages are the history
+    response_url: str | None = None  # slash commands
+    received: float = field(default_factory=time.monotonic)

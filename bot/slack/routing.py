@@ -1,0 +1,188 @@
+"""Event routing: which Slack events become questions, and which pool runs them.
+
+Listeners do no I/O: they ack at once (Slack's 3 s), de-duplicate, filter and hand the
+work to pools. Bolt runs listeners on a small executor and waits for the ack there, so a
+listener that called Slack or the model would delay the acks of every other event.
+
+- the answer pool (config.bot.workers, config.bot.queue_size) runs the answer job; when
+  it is full the user is told the bot is busy instead of waiting in an endless queue;
+- a small side pool does the cheap Slack calls (👀 reaction, busy and rate-limit notices,
+  button clicks) and decides whether a thread reply is a follow-up for us (that needs the
+  thread's history).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable
+
+from flytegpt.bot import messages
+
+from . import blocks
+from .history import strip_mentions
+from .question import Question
+
+if TYPE_CHECKING:
+    from slack_bolt import App
+
+    from flytegpt.bot.metrics import Metrics
+    from flytegpt.ingest.config import Config
+
+    from .dedupe import Deduper
+    from .delivery import Delivery
+    from .history import ThreadHistory
+    from .interactions import Interactions
+    from .ratelimit import RateLimiter
+    from .workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+_ANSWERABLE_SUBTYPES = (None, "file_share", "thread_broadcast")
+
+
+class EventRouter:
+    def __init__(self, config: "Config", *, bot_user_id: str, allowed: set[str], deduper: "Deduper",
+                 limiter: "RateLimiter", pool: "WorkerPool", side: "WorkerPool", history: "ThreadHistory",
+                 delivery: "Delivery", interactions: "Interactions", metrics: "Metrics",
+                 answer: Callable[[Question], None], bot_id: str | None = None) -> None:
+        self.config, self.bot_user_id, self.bot_id, self.allowed = config, bot_user_id, bot_id, allowed
+        self.deduper, self.limiter, self.pool, self.side = deduper, limiter, pool, side
+        self.history, self.delivery, self.interactions = history, delivery, interactions
+        self.metrics, self.answer = metrics, answer
+
+    def register(self, app: "App") -> None:
+        app.event("app_mention")(self.on_mention)
+        app.event("message")(self.on_message)
+        app.command(messages.COMMAND)(self.on_command)
+        app.action(blocks.ACTION_FEEDBACK_UP)(self.on_feedback)
+        app.action(blocks.ACTION_FEEDBACK_DOWN)(self.on_feedback)
+        app.action(blocks.ACTION_SHARE)(self.on_share)
+
+    # --- listeners (no I/O here) ----------------------------------------------------
+
+    def on_mention(self, ack: Callable, body: dict, event: dict) -> None:
+        ack()
+        if not self._new_event(body) or self._from_bot(event):
+            return
+        if event.get("subtype") not in _ANSWERABLE_SUBTYPES:
+            return
+        self._accept_channel_message(event, mentioned=True)
+
+    def on_message(self, ack: Callable, body: dict, event: dict) -> None:
+        ack()
+        if not self._new_event(body) or self._from_bot(event):
+            return
+        if event.get("subtype") not in _ANSWERABLE_SUBTYPES:
+            return  # edits, deletions, joins ...
+        if event.get("channel_type") == "im":
+            if not self._claim(event):
+                return
+            text = strip_mentions(event.get("text", ""), self.bot_user_id)
+            thread = event.get("thread_ts")
+            self._dispatch(Question("dm", text, event["channel"], event["user"], event["ts"],
+                                    thread_ts=thread, history_root=thread))
+            return
+        if self._mentions_me(event):
+            self._accept_channel_message(event, mentioned=True)  # the app_mention twin; first one wins
+            return
+        thread = event.get("thread_ts")
+        if self.config.bot.thread_followups and thread and thread != event.get("ts"):
+            self._accept_channel_message(event, mentioned=False)
+
+    def on_command(self, ack: Callable, command: dict) -> None:
+        from .blocks import render_markdown_notice
+
+        text = (command.get("text") or "").strip()
+        if not text or text.lower() in ("help", "-h", "--help", "?"):
+            ack(text=render_markdown_notice(messages.USAGE).text, response_type="ephemeral")
+            return
+        channel, user = command.get("channel_id", ""), command.get("user_id", "")
+        if self.allowed and channel not in self.allowed and not channel.startswith("D"):
+            ack(text=messages.only_in_channels(list(self.allowed)), response_type="ephemeral")
+            return
+        wait = self.limiter.check(user)
+        if wait:
+            self.metrics.rate_limited.inc()
+            ack(text=messages.rate_limited(wait), response_type="ephemeral")
+            return
+        q = Question("command", text, channel, user, response_url=command.get("response_url"))
+        if not self.pool.submit(self.answer, q):
+            self.metrics.busy.inc()
+            ack(text=messages.BUSY, response_type="ephemeral")
+            return
+        self.metrics.questions.labels("command").inc()
+        ack(text=messages.LOOKING, response_type="ephemeral")
+
+    def on_feedback(self, ack: Callable, body: dict, action: dict) -> None:
+        ack()
+        vote = "up" if action.get("action_id") == blocks.ACTION_FEEDBACK_UP else "down"
+        self.side.submit(self.interactions.vote, body, action.get("value", ""), vote)
+
+    def on_share(self, ack: Callable, body: dict, action: dict) -> None:
+        ack()
+        self.side.submit(self.interactions.share, body, action.get("value", ""))
+
+    # --- filters ------------------------------------------------------------------------
+
+    def _new_event(self, body: dict) -> bool:
+        if self.deduper.new_event(body.get("event_id")):
+            return True
+        self.metrics.duplicates.labels("event").inc()
+        log.info("duplicate event dropped", extra={"event_id": body.get("event_id")})
+        return False
+
+    def _from_bot(self, event: dict) -> bool:
+        return bool(event.get("bot_id") or event.get("subtype") == "bot_message"
+                    or event.get("user") in (None, self.bot_user_id))
+
+    def _mentions_me(self, event: dict) -> bool:
+        return f"<@{self.bot_user_id}" in (event.get("text") or "")
+
+    def _claim(self, event: dict) -> bool:
+        if self.deduper.claim_message(event["channel"], event["ts"]):
+            return True
+        self.metrics.duplicates.labels("message").inc()
+        return False
+
+    def _accept_channel_message(self, event: dict, *, mentioned: bool) -> None:
+        channel = event["channel"]
+        if self.allowed and channel not in self.allowed:
+            if mentioned and self._claim(event):
+                self.side.submit(self.delivery.ephemeral, channel, event["user"],
+                                 messages.only_in_channels(list(self.allowed)), event.get("thread_ts"), True)
+            return
+        if not self._claim(event):
+            return
+        thread = event.get("thread_ts") or event["ts"]
+        q = Question("mention" if mentioned else "followup", strip_mentions(event.get("text", ""), self.bot_user_id),
+                     channel, event["user"], event["ts"], thread_ts=thread, history_root=event.get("thread_ts"))
+        if mentioned:
+            self._dispatch(q)
+        elif not self.side.submit(self._triage_followup, q):
+            log.warning("side pool full: thread reply not checked", extra={"channel": channel})
+
+    # --- dispatch -----------------------------------------------------------------------
+
+    def _dispatch(self, q: Question) -> None:
+        """Rate limit, then the answer pool (or a busy notice); the 👀 shows it was picked up."""
+        wait = self.limiter.check(q.user)
+        if wait:
+            self.metrics.rate_limited.inc()
+            self.side.submit(self.delivery.ephemeral, q.channel, q.user, messages.rate_limited(wait), q.thread_ts)
+            return
+        if not self.pool.submit(self.answer, q):
+            self.metrics.busy.inc()
+            log.warning("worker queue full: busy reply", extra={"channel": q.channel})
+            self.side.submit(self.delivery.notice, q, messages.BUSY)
+            return
+        self.metrics.questions.labels(q.surface).inc()
+        self.metrics.pending.set(self.pool.pending)
+        if q.ts:
+            self.side.submit(self.delivery.react, q.channel, q.ts)
+
+    def _triage_followup(self, q: Question) -> None:
+        """A thread reply without a mention is for us only where we already answered."""
+        assert q.history_root is not None
+        if self.history.bot_participated(q.channel, q.history_root, self.bot_user_id, self.bot_id,
+                                         current_ts=q.ts):
+            self._dispatch(q)
