@@ -138,6 +138,13 @@ class AnswerConfig(_Strict):
     retry_backoff_s: float = 0.5  # first wait between model retries; doubles each time
     retry_max_wait_s: float = 5.0  # cap on any wait, including a server's Retry-After
     max_sources: int = 6  # numbered sources in one prompt (after de-duplication by source)
+    # One overall deadline per answer, from the question to the model's last word (condensing,
+    # retries and waits included); past it the asker gets the best passages with a note that
+    # the model did not answer. Well under a minute: nobody waits longer in a chat.
+    deadline_s: float = Field(default=45.0, ge=1.0, le=600.0)
+    # Cap on the model's answer (tokens), so a runaway answer cannot fill a thread. ~1,000
+    # tokens is ~4,000 characters, longer than any good chat answer.
+    max_tokens: int = Field(default=1024, ge=16, le=32_768)
 
 
 class BotConfig(_Strict):
@@ -150,6 +157,16 @@ class BotConfig(_Strict):
     feedback_db: str = ".flytegpt/feedback.sqlite3"
     http_port: int = 8080
     json_logs: bool = False
+    # Answers appear as the model writes them (chat.startStream/appendStream/stopStream);
+    # false: one chat.postMessage when the answer is complete (also the automatic fallback
+    # where Slack refuses streaming).
+    streaming: bool = True
+    # Offered when someone opens the assistant panel (Slack shows at most 4).
+    suggested_prompts: list[str] = Field(default=[
+        "How do I cache a task's outputs?",
+        "How do I run a map task over a list of inputs?",
+        "How do I request a GPU for a task?",
+    ], max_length=4)
     # The maintainers' report (`flytegpt report`, the weekly_report Flyte task). Channels whose
     # questions it shows, by id; None: the allowed channels (empty: every channel).
     report_channels: list[str] | None = None

@@ -3,6 +3,11 @@
 LangChain runnables do the prompt/model/parser plumbing; the retry loop is ours because
 it has to honour Retry-After with a cap (the openai client would wait up to minutes,
 which a Slack user will not), and because an empty completion is a failure we retry too.
+
+Every answer has one deadline (`[answer] deadline_s`) that covers condensing, retries,
+waits and the model's writing: each model call gets what is left of it as its timeout.
+Past the deadline the asker gets the best passages, with a note that the model did not
+answer, instead of a worker held for (retries + 1) x timeout.
 """
 
 from __future__ import annotations
@@ -11,13 +16,16 @@ import email.utils
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from . import prompts
-from .budget import Source, dedupe_hits, fit_sources
+from .budget import Source, dedupe_hits, pack_sources
 from .citations import process_citations, source_citations
+from .live import Delta, LiveCitations, Progress
 from .offline import offline_answer
 from .types import Answer, Citation, IndexNotReady, ModelUnavailable, QuestionRejected, Turn
+
+Event = Progress | Delta | Answer
 
 if TYPE_CHECKING:  # pragma: no cover
     from flytegpt.ingest.config import Config, Settings
@@ -30,8 +38,34 @@ _RELATED = 3
 _CONDENSED_MAX_CHARS = 1000
 
 
+_MIN_CALL_S = 0.05  # a model call with less time than this left is not started
+
+
 class _EmptyCompletion(Exception):
     pass
+
+
+class _NoAnswerInTime(Exception):
+    """The deadline passed, or the model stopped mid-answer; `partial` is what it wrote."""
+
+    def __init__(self, partial: str = "", reason: str = "deadline") -> None:
+        super().__init__(reason)
+        self.partial, self.reason = partial, reason
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+    def timeout(self, per_call: float) -> float:
+        """The timeout for the next model call; _NoAnswerInTime when nothing is left."""
+        left = self.remaining()
+        if left < _MIN_CALL_S:
+            raise _NoAnswerInTime()
+        return min(per_call, left)
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -68,21 +102,48 @@ class Answerer:
         self._searcher = searcher
         self.llm_enabled: bool = settings.openai_api_key is not None or settings.openai_base_url is not None
         self._lock = threading.Lock()
-        self._chains: tuple[Any, Any] | None = None
+        self._chat: Any = None
 
     # ---- public API -------------------------------------------------------------
     def answer(self, question: str, history: Sequence[Turn] = ()) -> Answer:
+        """The whole answer at once (CLI, bulk Q&A, Slack without streaming)."""
+        for event in self._events(question, history, stream=False):
+            if isinstance(event, Answer):
+                return event
+        raise AssertionError("the answer path ended without an answer")  # pragma: no cover
+
+    def stream(self, question: str, history: Sequence[Turn] = ()) -> Iterator[Event]:
+        """The answer as it is written: Progress steps, Delta texts, then the final Answer.
+
+        The deltas are cleaned as they come (LiveCitations), so their concatenation is the
+        start of Answer.text unless the model's later text changed an earlier marker's
+        meaning; the final Answer is authoritative. Answers without a model (offline,
+        not found) come as one Answer with no deltas. Errors raise as in `answer`.
+        """
+        return self._events(question, history, stream=True)
+
+    def answer_many(self, questions: Sequence[str]) -> list[dict]:
+        from .bulk import answer_many
+
+        return answer_many(self, questions)
+
+    def _events(self, question: str, history: Sequence[Turn], *, stream: bool) -> Iterator[Event]:
         question = self.validate(question)
         searcher = self._searcher()
         if searcher is None:
             raise IndexNotReady()
         version = getattr(searcher, "version", None)
+        deadline = _Deadline(self.config.answer.deadline_s)
         history = list(history)[-self.config.answer.history_turns :] if self.config.answer.history_turns else []
+        yield Progress("searching")
 
-        standalone = question
+        standalone, late = question, False
         if history and self.llm_enabled:
-            standalone = self._condense(question, history, searcher)
-        elif history:
+            try:
+                standalone = self._condense(question, history, searcher, deadline)
+            except _NoAnswerInTime:
+                late = True
+        if history and standalone == question and (late or not self.llm_enabled):
             # No model to rewrite with: the last user turn adds the missing subject.
             last_user = next((t.text for t in reversed(history) if t.role == "user"), "")
             standalone = f"{last_user.strip()} {question}".strip() if last_user else question
@@ -90,27 +151,45 @@ class Answerer:
         hits = searcher.search(standalone, self.config.retrieval.k)
         sources = dedupe_hits(hits, self.config.answer.max_sources)
         if not self._relevant(hits):
-            return self._not_found(question, standalone, sources, version)
-
+            yield self._not_found(question, standalone, sources, version)
+            return
         if not self.llm_enabled:
             text, citations = offline_answer(standalone, sources)
-            return Answer(question, standalone, text, citations, "offline", version)
+            yield Answer(question, standalone, text, citations, "offline", version)
+            return
+        if late:
+            yield self._too_late(question, standalone, sources, version)
+            return
 
-        fitted = fit_sources(sources, self.config.answer.token_budget)
-        _, answer_chain = self._get_chains()
+        fitted = pack_sources(sources, standalone, self.config.answer.token_budget)
+        yield Progress("writing", len(fitted))
         inputs = {"sources": prompts.format_sources(fitted), "question": standalone}
         try:
-            raw = self._invoke(answer_chain, inputs, fitted)
+            if stream:
+                raw = yield from self._stream_answer(inputs, fitted, deadline)
+            else:
+                raw = self._invoke(self._chain(prompts.answer_prompt(), deadline), inputs, fitted,
+                                   deadline=deadline)
         except _EmptyCompletion:
             text, citations = offline_answer(standalone, sources, header=prompts.MODEL_EMPTY_NOTE)
-            return Answer(question, standalone, text, citations, "offline", version, note="empty model output")
+            yield Answer(question, standalone, text, citations, "offline", version, note="empty model output")
+            return
+        except _NoAnswerInTime as e:
+            if not e.partial.strip():
+                yield self._too_late(question, standalone, sources, version)
+                return
+            text, citations = process_citations(e.partial, fitted)
+            note = prompts.MODEL_STOPPED_NOTE if e.reason == "stopped" else prompts.MODEL_DEADLINE_PARTIAL_NOTE
+            yield Answer(question, standalone, f"{text}\n\n{note}", citations, "llm", version, note=e.reason)
+            return
         text, citations = process_citations(raw, fitted)
-        return Answer(question, standalone, text, citations, "llm", version)
+        yield Answer(question, standalone, text, citations, "llm", version)
 
-    def answer_many(self, questions: Sequence[str]) -> list[dict]:
-        from .bulk import answer_many
-
-        return answer_many(self, questions)
+    def _too_late(self, question: str, standalone: str, sources: list[Source], version: str | None) -> Answer:
+        log.warning("no model answer within the deadline: offline passages",
+                    extra={"deadline_s": self.config.answer.deadline_s})
+        text, citations = offline_answer(standalone, sources, header=prompts.MODEL_DEADLINE_NOTE)
+        return Answer(question, standalone, text, citations, "offline", version, note="deadline")
 
     def validate(self, question: str) -> str:
         """The question, stripped; QuestionRejected before any search or model call."""
@@ -147,11 +226,11 @@ class Answerer:
         citations = [Citation(i, s.title, s.url, s.source_id) for i, s in enumerate(closest, start=1)]
         return Answer(question, standalone, "\n".join(lines), citations, "not_found", version)
 
-    def _condense(self, question: str, history: list[Turn], searcher: "HybridSearcher") -> str:
-        condense_chain, _ = self._get_chains()
+    def _condense(self, question: str, history: list[Turn], searcher: "HybridSearcher", deadline: _Deadline) -> str:
         inputs = {"history": prompts.format_history(history), "question": question}
         try:
-            out = self._invoke(condense_chain, inputs, related_for=(searcher, question))
+            out = self._invoke(self._chain(prompts.condense_prompt(), deadline), inputs,
+                               related_for=(searcher, question), deadline=deadline)
         except _EmptyCompletion:
             return question
         out = out.strip().strip('"').strip()
@@ -160,17 +239,18 @@ class Answerer:
                 out = out[len(prefix) :].strip()
         return out[:_CONDENSED_MAX_CHARS] if out else question
 
-    def _get_chains(self) -> tuple[Any, Any]:
+    def _model(self) -> Any:
         with self._lock:
-            if self._chains is None:
-                from langchain_core.output_parsers import StrOutputParser
+            if self._chat is None:
+                self._chat = self._chat_model()
+            return self._chat
 
-                model = self._chat_model()
-                self._chains = (
-                    prompts.condense_prompt() | model | StrOutputParser(),
-                    prompts.answer_prompt() | model | StrOutputParser(),
-                )
-            return self._chains
+    def _chain(self, prompt: Any, deadline: _Deadline) -> Callable[[], Any]:
+        """prompt | model | parser, built per attempt so each call's timeout is what the deadline leaves."""
+        from langchain_core.output_parsers import StrOutputParser
+
+        model = self._model()
+        return lambda: prompt | model.bind(timeout=deadline.timeout(self.config.answer.timeout_s)) | StrOutputParser()
 
     def _chat_model(self) -> Any:
         from langchain_openai import ChatOpenAI
@@ -184,59 +264,131 @@ class Answerer:
             timeout=self.config.answer.timeout_s,
             max_retries=0,  # our loop below retries, with a capped Retry-After
             temperature=self.config.answer.temperature,
+            max_tokens=self.config.answer.max_tokens,
         )
+
+    def _stream_answer(self, inputs: dict, fitted: list[Source], deadline: _Deadline) -> Iterator[Event]:
+        """Stream the answer: yields Deltas, returns the raw text (for `yield from`).
+
+        Retried like `_invoke` while nothing was shown; once text was shown a failure
+        cannot be retried without showing it twice, so it ends the answer (_NoAnswerInTime
+        with the partial text). A stall is bounded by the call's timeout (what the deadline
+        left when the call started); the deadline itself is checked at every piece.
+        """
+        import openai
+
+        chain = self._chain(prompts.answer_prompt(), deadline)
+        retries = _Retries(self.config.answer, deadline)
+        while True:
+            live = LiveCitations(fitted)
+            pieces = None
+            try:
+                pieces = chain().stream(inputs)
+                for piece in pieces:
+                    new = live.feed(piece) if piece else ""
+                    if new:
+                        yield Delta(new)
+                    if deadline.remaining() <= 0:
+                        raise _NoAnswerInTime(live.raw)
+            except (openai.APIStatusError, openai.APIConnectionError) as e:
+                if live.raw.strip():
+                    late = deadline.remaining() < _MIN_CALL_S
+                    log.warning("chat model stopped mid-answer", extra={"error": type(e).__name__})
+                    raise _NoAnswerInTime(live.raw, "deadline" if late else "stopped") from None
+                if retries.failed(e):
+                    continue
+                break
+            finally:
+                if pieces is not None:
+                    pieces.close()
+            if live.raw.strip():
+                return live.raw
+            retries.empty()
+        raise retries.unavailable()
 
     def _invoke(
         self,
-        chain: Any,
+        chain: Callable[[], Any],
         inputs: dict,
         related: list[Source] | None = None,
         related_for: tuple["HybridSearcher", str] | None = None,
+        deadline: _Deadline | None = None,
     ) -> str:
         """Run a chain with bounded retries; ModelUnavailable (with related sources) at the end."""
         import openai
 
-        cfg = self.config.answer
-        failures = empties = 0
-        reason = "no answer"
-        detail = ""
+        retries = _Retries(self.config.answer, deadline or _Deadline(self.config.answer.deadline_s))
         while True:
-            wait: float | None = None
             try:
-                out = chain.invoke(inputs)
-                if out and out.strip():
-                    return out
-                empties += 1
-                if empties >= 2:
-                    raise _EmptyCompletion()
-                log.warning("chat model returned an empty answer; retrying once")
-                continue
-            except openai.APIStatusError as e:
-                status = e.status_code
-                reason, detail = f"HTTP {status}", str(e)
-                if status not in _RETRYABLE_STATUS and status < 500:
-                    break  # 400/401/404: retrying cannot help
-                wait = _retry_after(getattr(e.response, "headers", None))
-            except openai.APITimeoutError as e:
-                reason, detail = "timed out", str(e)
-            except openai.APIConnectionError as e:
-                reason, detail = "connection failed", str(e)
-            if failures >= cfg.max_retries:
+                out = chain().invoke(inputs)
+            except (openai.APIStatusError, openai.APIConnectionError) as e:
+                if retries.failed(e):
+                    continue
                 break
-            delay = cfg.retry_backoff_s * (2**failures) if wait is None else wait
-            delay = min(delay, cfg.retry_max_wait_s)
-            failures += 1
-            log.warning("chat model failed (%s); retry %d/%d in %.1fs", reason, failures, cfg.max_retries, delay)
-            time.sleep(delay)
-        log.error("chat model unavailable after %d attempts: %s %s", failures + 1, reason, detail)
+            if out and out.strip():
+                return out
+            retries.empty()
         if related is None and related_for is not None:
             searcher, q = related_for
             try:
                 related = dedupe_hits(searcher.search(q, self.config.retrieval.k), _RELATED)
             except Exception:  # noqa: BLE001 - the model error is the one to report
                 related = []
-        raise ModelUnavailable(
-            prompts.MODEL_UNAVAILABLE.format(reason=reason),
+        raise retries.unavailable(related)
+
+
+class _Retries:
+    """The retry policy of one model call: bounded attempts, a capped Retry-After, all within the deadline."""
+
+    def __init__(self, cfg: Any, deadline: _Deadline) -> None:
+        self.cfg, self.deadline = cfg, deadline
+        self.failures = self.empties = 0
+        self.reason, self.detail = "no answer", ""
+
+    def empty(self) -> None:
+        """An empty completion: retried once, then _EmptyCompletion."""
+        self.empties += 1
+        if self.empties >= 2:
+            raise _EmptyCompletion()
+        log.warning("chat model returned an empty answer; retrying once")
+
+    def failed(self, e: Exception) -> bool:
+        """After a failed call: wait and return True to try again, False to give up.
+
+        _NoAnswerInTime when the deadline leaves no room for another call.
+        """
+        import openai
+
+        wait: float | None = None
+        if isinstance(e, openai.APIStatusError):
+            status = e.status_code
+            self.reason, self.detail = f"HTTP {status}", str(e)
+            if status not in _RETRYABLE_STATUS and status < 500:
+                return False  # 400/401/404: retrying cannot help
+            wait = _retry_after(getattr(e.response, "headers", None))
+        elif isinstance(e, openai.APITimeoutError):
+            self.reason, self.detail = "timed out", str(e)
+            if self.deadline.remaining() < _MIN_CALL_S:
+                raise _NoAnswerInTime() from None
+        else:
+            self.reason, self.detail = "connection failed", str(e)
+        if self.failures >= self.cfg.max_retries:
+            return False
+        delay = self.cfg.retry_backoff_s * (2**self.failures) if wait is None else wait
+        delay = min(delay, self.cfg.retry_max_wait_s)
+        if delay >= self.deadline.remaining() - _MIN_CALL_S:
+            raise _NoAnswerInTime() from None
+        self.failures += 1
+        log.warning("chat model failed (%s); retry %d/%d in %.1fs", self.reason, self.failures,
+                    self.cfg.max_retries, delay)
+        time.sleep(delay)
+        return True
+
+    def unavailable(self, related: Sequence[Source] | None = None) -> ModelUnavailable:
+        """The error to raise after giving up; its message never holds the provider's raw text."""
+        log.error("chat model unavailable after %d attempts: %s %s", self.failures + 1, self.reason, self.detail)
+        return ModelUnavailable(
+            prompts.MODEL_UNAVAILABLE.format(reason=self.reason),
             related=source_citations(list(related or [])[:_RELATED]),
-            detail=detail,
+            detail=self.detail,
         )

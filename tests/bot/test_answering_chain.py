@@ -192,7 +192,122 @@ def test_timeout_raises_model_unavailable(server):
     with pytest.raises(ModelUnavailable, match="timed out") as err:
         answerer.answer("how do I use ray?")
     assert time.monotonic() - start < 4
+    assert len(server.requests) == 2  # the first call and max_retries=1 retry, no more
     assert err.value.related
+
+
+def test_hung_model_gives_offline_passages_at_the_deadline(server):
+    # Without a deadline a hung model holds the worker for (retries + 1) x timeout = 6 x 1.2 s.
+    server.script(*[Hang(30)] * 6)
+    answerer, _ = make(server, timeout_s=1.2, deadline_s=2.0, max_retries=5, retry_backoff_s=0.05)
+    start = time.monotonic()
+    a = answerer.answer("how do I use ray?")
+    elapsed = time.monotonic() - start
+    # 1st call times out at 1.2 s, the retry gets the 0.75 s the deadline leaves, then no more
+    assert len(server.requests) == 2
+    assert a.mode == "offline" and a.note == "deadline"
+    assert a.text.startswith(prompts.MODEL_DEADLINE_NOTE)
+    assert a.citations and all(f"[{c.n}]" in a.text for c in a.citations)
+    assert elapsed < 2.0 + 1.5  # the deadline, plus generous slack for a loaded machine
+
+
+def test_hung_condense_still_answers_from_passages(server):
+    server.script(Hang(30), Hang(30), Hang(30))
+    answerer, searcher = make(server, timeout_s=1.0, deadline_s=1.5, max_retries=5, retry_backoff_s=0.05)
+    history = [Turn("user", "how do I use ray on flyte?"), Turn("assistant", "Install flytekitplugins-ray [1].")]
+    a = answerer.answer("and the workers?", history)
+    assert len(server.requests) == 2
+    assert all(r.messages[0]["content"] == prompts.CONDENSE_SYSTEM for r in server.requests)
+    assert a.mode == "offline" and a.note == "deadline"
+    assert searcher.queries == ["how do I use ray on flyte? and the workers?"]
+
+
+def test_model_output_is_capped(server):
+    server.reply = "Install it [1]."
+    answerer, _ = make(server, max_tokens=300)
+    answerer.answer("how do I use ray?")
+    body = server.requests[0].body
+    assert body.get("max_completion_tokens", body.get("max_tokens")) == 300
+
+
+@pytest.mark.parametrize("key,value", [("deadline_s", 0), ("deadline_s", 10_000), ("max_tokens", 0)])
+def test_deadline_and_cap_are_range_checked(key, value):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=key):
+        Config(answer={key: value})
+
+
+def _collect(events):
+    from flytegpt.bot.answering.live import Delta, Progress
+
+    progress, deltas, final = [], [], None
+    for e in events:
+        if isinstance(e, Progress):
+            progress.append(e.stage)
+        elif isinstance(e, Delta):
+            deltas.append(e.text)
+        else:
+            final = e
+    return progress, deltas, final
+
+
+def test_streamed_deltas_are_clean_and_add_up_to_the_answer(server):
+    from support.openai_server import Slow
+
+    reply = ("Install the plugin [2]. Bogus [7] claim. Configure `RayJobConfig` [3] with workers [2][12]. "
+             "See [the guide](https://made.up/guide).")
+    server.script(Slow(reply, tokens=30, delay=0.0))
+    answerer, _ = make(server)
+    progress, deltas, a = _collect(answerer.stream("How do I use ray workers with RayJobConfig?"))
+    assert progress == ["searching", "writing"]
+    assert len(deltas) > 3 and "".join(deltas) == a.text
+    assert a.text == ("Install the plugin [1]. Bogus claim. Configure `RayJobConfig` [2] with workers [1]. "
+                      "See the guide.")
+    assert server.requests[0].body["stream"] is True
+    shown = ""
+    for d in deltas:  # no delta ever showed an invalid or not yet renumbered marker
+        shown += d
+        assert "[7]" not in shown and "[3]" not in shown and "made.up" not in shown
+
+
+def test_stream_that_hangs_half_way_keeps_what_was_written(server):
+    from support.openai_server import Slow
+
+    server.script(Slow("Install the plugin [1]. Then configure the workers of the cluster.", tokens=10,
+                       delay=0.02, hang_after=4))
+    answerer, _ = make(server, timeout_s=0.6, deadline_s=5.0)
+    _, deltas, a = _collect(answerer.stream("how do I use ray?"))
+    assert len(server.requests) == 1  # text was shown: no retry that would show it twice
+    assert deltas and a.text.startswith("".join(deltas))
+    assert a.text.endswith(prompts.MODEL_STOPPED_NOTE) and a.note == "stopped"
+    assert a.citations and a.mode == "llm"
+
+
+def test_stream_failing_before_any_text_is_retried(server):
+    server.script(Fail(500))
+    server.reply = "Install it [1]."
+    answerer, _ = make(server)
+    _, deltas, a = _collect(answerer.stream("how do I use ray?"))
+    assert len(server.requests) == 2 and "".join(deltas) == a.text == "Install it [1]."
+
+
+def test_stream_of_a_hung_model_ends_at_the_deadline_with_passages(server):
+    server.script(*[Hang(30)] * 4)
+    answerer, _ = make(server, timeout_s=1.2, deadline_s=2.0, max_retries=3, retry_backoff_s=0.05)
+    _, deltas, a = _collect(answerer.stream("how do I use ray?"))
+    assert len(server.requests) == 2 and deltas == []
+    assert a.mode == "offline" and a.text.startswith(prompts.MODEL_DEADLINE_NOTE)
+
+
+def test_offline_and_not_found_stream_as_one_answer(server):
+    config = Config(answer=AnswerConfig(min_score=0.2))
+    searcher = WordSearcher(list(ALL))
+    answerer = Answerer(config, Settings(), lambda: searcher)
+    for q, mode in (("how do I use ray workers?", "offline"), ("zebra migration", "not_found")):
+        _, deltas, a = _collect(answerer.stream(q))
+        assert deltas == [] and a.mode == mode
+    assert server.requests == []
 
 
 def test_condense_failure_raises_with_related(server):
