@@ -25,6 +25,7 @@ import click
 WORKFLOWS = {
     "ingest_wf": "flytegpt.flyte.ingest_wf",
     "bulk_qa_wf": "flytegpt.flyte.bulk_qa_wf",
+    "report_wf": "flytegpt.flyte.report_wf",
 }
 
 
