@@ -48,7 +48,7 @@ class SourceConfig(_Strict):
     channels: list[str] = []
     # slack_api: threads started up to this many days before the last ingest are re-checked
     # for new replies (Slack's history lists thread parents, not replies, by time)
-    reply_lookback_days: float = 30.0
+    reply_lookback_days: float = Field(default=30.0, ge=0, le=3650)
     skip_tests: bool = True  # code: skip tests, vendored and binary files
 
     @model_validator(mode="after")
@@ -81,8 +81,11 @@ class IndexConfig(_Strict):
     # "auto": exact search (flat) below `approximate_threshold` chunks, IVF above it. IVF-PQ was
     # measured and left out: it missed recall@10 >= 0.95 at 1M without a flat re-rank, which
     # gives back the memory it saves (tests/bench/bench_index.py).
-    index_type: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
-    approximate_threshold: int = 200_000
+    index_type: Literal["auto", "flat", "ivf"] = "auto"
+    approximate_threshold: int = Field(default=200_000, ge=1, le=10_000_000_000)
+    # Versions kept in the store after a publish (oldest deleted first), besides the one LATEST
+    # names and the one it named before (bots may still serve it until their next poll).
+    keep_versions: int = Field(default=7, ge=1, le=1000)
     cache_dir: str | None = None  # local copy of remote versions (the bot downloads here)
 
 
@@ -90,54 +93,52 @@ class EmbeddingsConfig(_Strict):
     model: str = DEFAULT_MODEL
     # texts per forward pass on a CPU. Small batches stay in the CPU's cache: 8 embeds ~10% more
     # per second than 32 in fp32, bf16 and int8 alike, and holds less memory (bench_embed.py)
-    batch_size: int = 8
+    batch_size: int = Field(default=8, ge=1, le=4096)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    # "auto" (default): OpenVINO on a CPU (the fp32 graph, bf16 where the CPU has it: ~2.7x
-    # PyTorch fp32 on 2 cores with the same vectors), PyTorch on a GPU or when OpenVINO is
-    # missing. "torch": sentence-transformers. "openvino": force it. "onnx": int8 onnxruntime,
-    # ~2.5x but the vectors move (model id "#onnx-int8-v<N>"; dev MRR@10 -0.01 to -0.02).
-    # See ingest/embedding.py and tests/bench/bench_embed.py.
-    backend: Literal["auto", "torch", "openvino", "onnx"] = "auto"
+    # "auto" (default): OpenVINO on a CPU (an fp32 ONNX export of the model, same vectors as
+    # PyTorch), PyTorch on a GPU or when OpenVINO is missing. "torch", "openvino": force one.
+    # Speeds: README "Performance"; see ingest/embedding.py.
+    backend: Literal["auto", "torch", "openvino"] = "auto"
     # "auto": fp16 on CUDA; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX), whose vectors
     # are within cosine 0.9999 of fp32 at ~2x the speed; fp32 elsewhere.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    gpu_batch_size: int = 256  # texts per forward pass on CUDA (fp16, length-sorted)
+    gpu_batch_size: int = Field(default=256, ge=1, le=65536)  # texts per forward pass on CUDA (fp16, length-sorted)
     onnx_cache_dir: str | None = None  # ONNX exports; None: $FLYTEGPT_ONNX_CACHE or ~/.cache/flytegpt/onnx
 
 
 class RetrievalConfig(_Strict):
-    k: int = 10
+    k: int = Field(default=10, ge=1, le=1000)  # results per search
     # Tuned on ../shared/eval/dev.jsonl (tests/bench/bench_retrieval.py): min-max fusion with
     # dense weighted 0.6 (0.5-0.6 all meet the targets), a source scored by its best dense and its
     # best keyword match (fused) + 0.1 x its second best chunk, one chunk per source in the
     # results, 100 candidates from each retriever.
-    dense_weight: float = 0.6  # fused score = w * dense + (1 - w) * keyword (min-max normalised)
-    max_per_source: int = 1  # at most this many chunks of one source id in the results
-    candidates: int = 100  # candidates taken from each retriever before fusion
-    source_bonus: float = 0.1  # a source scores its best matches + source_bonus x its second best chunk
-    # "minmax": scores min-max normalised over the candidates, weighted by dense_weight (0..1);
-    # "rrf": reciprocal rank fusion, w / (rrf_k + dense rank) + (1 - w) / (rrf_k + keyword rank)
-    fusion: Literal["minmax", "rrf"] = "minmax"
-    rrf_k: int = 60
+    dense_weight: float = Field(default=0.6, ge=0.0, le=1.0)  # fused score = w * dense + (1 - w) * keyword (min-max normalised)
+    max_per_source: int = Field(default=1, ge=1, le=1000)  # at most this many chunks of one source id in the results
+    candidates: int = Field(default=100, ge=1, le=100_000)  # candidates taken from each retriever before fusion
+    source_bonus: float = Field(default=0.1, ge=0.0, le=10.0)  # a source scores its best matches + source_bonus x its second best chunk
+    # a page's (or module's) outline chunk adds this x its fused score to its source's score
+    outline_weight: float = Field(default=0.0, ge=0.0, le=10.0)
 
 
 class AnswerConfig(_Strict):
-    token_budget: int = 2000  # tokens of sources in the prompt
-    min_score: float = 0.0  # below this fused score nothing counts as relevant
+    token_budget: int = Field(default=2000, ge=100, le=1_000_000)  # tokens of sources in the prompt
+    min_score: float = Field(default=0.0, ge=0.0, le=10.0)  # below this fused score nothing counts as relevant
     # Below this best cosine similarity (question vs any retrieved chunk) nothing counts as
     # relevant. The fused score is min-max normalised per query, so it is high even for
     # off-topic questions; the raw cosine is not. 0.25: on the eval corpus every dev
     # question's best cosine is >= 0.37 (0.33 with the earlier, smaller docs chunks), and 9 of 12
     # off-topic questions score below 0.25.
-    min_similarity: float = 0.25
-    max_question_chars: int = 4000
-    history_turns: int = 6
-    timeout_s: float = 60.0
-    max_retries: int = 2
-    temperature: float = 0.0
-    retry_backoff_s: float = 0.5  # first wait between model retries; doubles each time
-    retry_max_wait_s: float = 5.0  # cap on any wait, including a server's Retry-After
-    max_sources: int = 6  # numbered sources in one prompt (after de-duplication by source)
+    min_similarity: float = Field(default=0.25, ge=-1.0, le=1.0)
+    max_question_chars: int = Field(default=4000, ge=1, le=1_000_000)
+    history_turns: int = Field(default=6, ge=0, le=100)  # earlier turns a follow-up is read with
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)  # one model call
+    max_retries: int = Field(default=2, ge=0, le=20)  # model calls retried after a failure
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    retry_backoff_s: float = Field(default=0.5, ge=0, le=60)  # first wait between model retries; doubles each time
+    retry_max_wait_s: float = Field(default=5.0, ge=0, le=600)  # cap on any wait, including a server's Retry-After
+    # numbered sources in one prompt (after de-duplication by source); all ten retrieved sources,
+    # cut to excerpts when they don't fit token_budget whole (bot/answering/budget.py)
+    max_sources: int = Field(default=10, ge=1, le=50)
     # One overall deadline per answer, from the question to the model's last word (condensing,
     # retries and waits included); past it the asker gets the best passages with a note that
     # the model did not answer. Well under a minute: nobody waits longer in a chat.
@@ -150,12 +151,12 @@ class AnswerConfig(_Strict):
 class BotConfig(_Strict):
     thread_followups: bool = True
     allowed_channels: list[str] = []  # empty: every channel the bot is in
-    workers: int = 4
-    queue_size: int = 32
-    user_rate_limit: int = 10  # questions per user per minute
-    reload_interval_s: float = 60.0
+    workers: int = Field(default=4, ge=1, le=256)  # answers computed at once
+    queue_size: int = Field(default=32, ge=1, le=100_000)  # questions waiting for a worker
+    user_rate_limit: int = Field(default=10, ge=0, le=10_000)  # questions per user per minute; 0: no limit
+    reload_interval_s: float = Field(default=60.0, gt=0, le=86_400)  # LATEST polled this often
     feedback_db: str = ".flytegpt/feedback.sqlite3"
-    http_port: int = 8080
+    http_port: int = Field(default=8080, ge=0, le=65535)  # /healthz, /readyz, /metrics; 0: any free port
     json_logs: bool = False
     # Answers appear as the model writes them (chat.startStream/appendStream/stopStream);
     # false: one chat.postMessage when the answer is complete (also the automatic fallback
@@ -227,12 +228,17 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
     return raw
 
 
+def _nth(items: object, i: int) -> object:
+    return items[i] if isinstance(items, list) and 0 <= i < len(items) else None
+
+
 def _describe(error: ValidationError, raw: dict) -> str:
     lines = []
     for err in error.errors():
         loc = list(err["loc"])
         if loc and loc[0] == "sources" and len(loc) > 1 and isinstance(loc[1], int):
-            name = (raw.get("sources") or [{}])[loc[1]].get("name", f"#{loc[1] + 1}")
+            entry = _nth(raw.get("sources"), loc[1])
+            name = entry.get("name", f"#{loc[1] + 1}") if isinstance(entry, dict) else f"#{loc[1] + 1}"
             where = f"sources[{name}]" + "".join(f".{p}" for p in loc[2:])
         else:
             where = ".".join(str(p) for p in loc) or "config"
@@ -245,6 +251,10 @@ def _describe(error: ValidationError, raw: dict) -> str:
 
 def parse_config(raw: dict, base_dir: Path) -> Config:
     """Validate an already-parsed TOML/dict configuration; relative paths are under `base_dir`."""
+    sources = raw.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
+        raise ConfigError("sources: expected a list of tables ([[sources]] entries), "
+                          f"found {type(sources).__name__ if not isinstance(sources, list) else 'a list with other values'}")
     raw = _resolve_paths(dict(raw), base_dir)
     raw["base_dir"] = base_dir
     try:
@@ -268,6 +278,10 @@ def load_config(path: str | Path) -> Config:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): TOML files are UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e.strerror or e}") from None
     try:
         return parse_config(raw, path.resolve().parent)
     except ConfigError as e:
