@@ -5,14 +5,14 @@ BIN    := $(VENV)/bin
 STORE  ?= .flytegpt/store
 SAMPLE := ingest/sample/flytegpt.toml
 
-.PHONY: venv demo test browser bench eval clean
+.PHONY: venv demo test bench eval clean
 
 # torch is installed first and pinned to the CPU build: an unpinned torch pulls several GB of CUDA.
 $(BIN)/flytegpt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,fast]"
 	touch $@
 
 venv: $(BIN)/flytegpt
@@ -21,15 +21,8 @@ demo: venv
 	HF_HUB_OFFLINE=1 $(BIN)/flytegpt ingest --config $(SAMPLE) --store $(STORE)
 	HF_HUB_OFFLINE=1 $(BIN)/flytegpt demo --config $(SAMPLE) --store $(STORE)
 
-test: venv browser
+test: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
-
-# Headless Chromium for the report's browser test (tests/bot/test_report_browser.py), from the
-# distribution's packages where apt is available; without it that test is skipped and says why.
-browser:
-	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
-	  echo "chromium could not be installed: the report's browser test will be skipped"
 
 bench: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_retrieval.py

@@ -17,8 +17,10 @@ from flytegpt.ingest.config import ConfigError
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """FlyteGPT: answers about an open-source project from its Slack history, docs and code."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from flytegpt.bot.logs import setup_logging
+
+    # redacting like the server's: a provider's error body can echo the API key
+    setup_logging(level=logging.WARNING - 10 * min(verbose, 2), fmt="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # transformers' per-tensor "Loading weights" bar says nothing useful; ours show real work.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -31,12 +33,14 @@ def main(verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> None:
     """Build and publish a new index version from the configured sources."""
+    from flytegpt.ingest.artifact import ArtifactError
     from flytegpt.ingest.pipeline import run_ingest
+    from flytegpt.ingest.store import StoreLockError
 
     config = load(config_path, store)
     try:
         summary = run_ingest(config, progress=not quiet and not as_json)
-    except (ConfigError, ValueError) as e:
+    except (ConfigError, ValueError, ArtifactError, StoreLockError) as e:
         raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(summary.to_dict()))

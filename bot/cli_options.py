@@ -33,13 +33,24 @@ def load(config_path: Path, store: str | None) -> Config:
 
 
 def open_searcher(config: Config) -> "HybridSearcher":
-    """The store's LATEST index, or a message that says how to build one."""
-    from flytegpt.ingest.artifact import ArtifactError
+    """The store's LATEST index with its query embedder, or a message that says what is wrong."""
+    from flytegpt.ingest.artifact import ArtifactError, open_version
+    from flytegpt.ingest.embedding import Embedder
     from flytegpt.ingest.search import HybridSearcher
 
     try:
-        return HybridSearcher.open(config)
+        index = open_version(config.index.store, cache_dir=config.index.cache_dir)
     except (ArtifactError, FileNotFoundError) as e:
         raise click.ClickException(
             f"{e}\nBuild an index first: flytegpt ingest --config ... --store {config.index.store}"
+        ) from None
+    model_id = index.model.model_id
+    try:
+        embedder = Embedder.for_model_id(model_id, config.embeddings)
+        return HybridSearcher(index, embedder, config.retrieval)
+    except Exception as e:  # noqa: BLE001 - whatever the model library raises, the user needs the model named
+        raise click.ClickException(
+            f"index version {index.version} was embedded with {model_id!r}, which cannot be loaded here "
+            f"({type(e).__name__}: {e}).\nInstall or cache that model, or re-ingest with [embeddings] model set "
+            "to one that is available."
         ) from None

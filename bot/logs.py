@@ -1,8 +1,11 @@
-"""Structured logging that never prints a token.
+"""Structured logging that never prints a secret.
 
-Slack and OpenAI tokens can reach a log line in many ways (an exception repr, a debug
-dump of a request, a misconfigured URL); the redaction filter sits on the handler, so it
-sees every record from every library, not only ours.
+Slack and OpenAI tokens can reach a log line in many ways (an exception repr, a provider's
+401 body echoing the key, a debug dump of request headers, a dict passed as `extra`). The
+redaction filter sits on the handlers, so it sees every record from every library, not
+only ours, and it redacts two things: the configured secret values themselves (whatever
+their shape: an OpenAI-compatible server's key need not start with `sk-`) and anything
+shaped like a known token.
 """
 
 from __future__ import annotations
@@ -11,19 +14,63 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
+from flytegpt.ingest.config import Settings
+
+# Known shapes: Slack bot/user/app tokens, OpenAI-style keys, bearer credentials.
 _TOKEN = re.compile(r"\b(xox[abposr]-|xapp-|sk-)[A-Za-z0-9_\-]{4,}")
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9_\-.~+/=]{8,}")
+_MIN_SECRET_CHARS = 8  # shorter "secrets" (a test's "x") would blank out ordinary words
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+_PLAIN = (str, int, float, bool, type(None))
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Redact these exact values from every log line from now on (empty and short ones ignored)."""
+    with _secrets_lock:
+        _secrets.update(v for v in values if v and len(v) >= _MIN_SECRET_CHARS)
+
+
+def settings_secrets(settings: Settings) -> list[str]:
+    """The secret values of `settings` (every SecretStr field: API key, Slack tokens, ...)."""
+    values = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if hasattr(value, "get_secret_value"):
+            values.append(value.get_secret_value())
+    return values
 
 
 def redact(text: str) -> str:
-    """Replace anything shaped like a Slack or OpenAI token by its prefix and '***'."""
-    return _TOKEN.sub(lambda m: m.group(1) + "***", text)
+    """Replace the registered secrets by '***' and token-shaped text by its prefix and '***'."""
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    text = _TOKEN.sub(lambda m: m.group(1) + "***", text)
+    return _BEARER.sub(lambda m: m.group(1) + "***", text)
+
+
+def _redacted_value(value: Any) -> Any:
+    """An `extra` value safe to print: strings redacted, anything else as its redacted repr."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, _PLAIN):
+        return value
+    return redact(repr(value))
 
 
 class RedactingFilter(logging.Filter):
+    """Rewrites each record in place: message, arguments, traceback, stack and extras."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
@@ -34,9 +81,12 @@ class RedactingFilter(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
+            record.exc_info = None  # formatters would otherwise format the live exception again
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         for key, value in list(vars(record).items()):
-            if key not in _STD_ATTRS and isinstance(value, str):
-                setattr(record, key, redact(value))
+            if key not in _STD_ATTRS and not key.startswith("_"):
+                setattr(record, key, _redacted_value(value))
         return True
 
 
@@ -52,11 +102,13 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STD_ATTRS and not key.startswith("_"):
-                out[key] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+                out[key] = value if isinstance(value, _PLAIN) else repr(value)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             out["exception"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = record.stack_info
         return json.dumps(out, ensure_ascii=False)
 
 
@@ -67,17 +119,29 @@ class _ExtrasFormatter(logging.Formatter):
         return base + ("  " + " ".join(f"{k}={v}" for k, v in extras.items()) if extras else "")
 
 
-def setup_logging(*, json_logs: bool = False, level: int | str = logging.INFO, stream: Any = None) -> logging.Handler:
-    """Configure the root logger: one handler (replacing others), redaction, text or JSON lines."""
+def setup_logging(*, json_logs: bool = False, level: int | str = logging.INFO, stream: Any = None,
+                  settings: Settings | None = None, fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s",
+                  ) -> logging.Handler:
+    """Configure the root logger: one handler (replacing others), redaction, text or JSON lines.
+
+    The secrets of `settings` (the environment's by default) are registered for redaction,
+    and the redaction filter is put on every handler already configured anywhere, so a
+    library's own handler cannot print what ours would hide.
+    """
+    register_secrets(settings_secrets(settings if settings is not None else Settings()))
+    redacting = RedactingFilter()
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonFormatter() if json_logs else
-                         _ExtrasFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(redacting)
+    handler.setFormatter(JsonFormatter() if json_logs else _ExtrasFormatter(fmt))
     root = logging.getLogger()
-    for old in list(root.handlers):  # the server owns the process's logging: one handler
+    for old in list(root.handlers):  # the process's logging has one owner: one handler
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    for logger in list(logging.root.manager.loggerDict.values()):
+        for other in getattr(logger, "handlers", []):
+            if not any(isinstance(f, RedactingFilter) for f in other.filters):
+                other.addFilter(redacting)
     for noisy in ("urllib3", "httpx", "httpcore", "openai", "websockets"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # "skipped: maximum number of running instances" while a big version downloads is expected

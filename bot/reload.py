@@ -45,14 +45,29 @@ class Reloader:
         """The query embedder for an index built with `model_id`, loaded once per model.
 
         The id comes from the version's manifest, not from the config: an index embedded on a
-        GPU node with PyTorch, or with int8 ONNX, gets the matching query embedder here.
+        GPU node with PyTorch gets the matching query embedder here.
         """
         from flytegpt.ingest.embedding import Embedder
 
         if self._embedder is None or (model_id is not None and self._embedder.model_id != model_id):
-            self._embedder = (Embedder.for_model_id(model_id, self.config.embeddings) if model_id
-                              else Embedder.from_config(self.config.embeddings))
+            candidate = (Embedder.for_model_id(model_id, self.config.embeddings) if model_id
+                         else Embedder.from_config(self.config.embeddings))
+            candidate.dimension  # loads the model (unless its folder says the dimension): fails here, not later
+            self._embedder = candidate
         return self._embedder
+
+    def _embedder_for(self, index) -> "Embedder":
+        """The query embedder for `index`; a model that cannot be loaded refuses the version."""
+        from flytegpt.ingest.artifact import ArtifactError
+
+        model_id = index.model.model_id
+        try:
+            return self.embedder(model_id)
+        except Exception as e:  # noqa: BLE001 - whatever the model library raises
+            raise ArtifactError(
+                f"version {index.version}: its embedding model {model_id!r} cannot be loaded "
+                f"({type(e).__name__}: {e})"
+            ) from None
 
     def check_once(self) -> bool:
         """Load and swap in LATEST if it is new; True when a new version is now served."""
@@ -71,8 +86,9 @@ class Reloader:
                 index = open_version(self.store, latest, cache_dir=self.config.index.cache_dir)
                 from flytegpt.ingest.search import HybridSearcher
 
+                embedder = self._embedder_for(index)
                 # raises ValueError when the model's dimension does not match the index
-                searcher = HybridSearcher(index, self.embedder(index.model.model_id), self.config.retrieval)
+                searcher = HybridSearcher(index, embedder, self.config.retrieval)
             except (ArtifactError, ValueError) as e:
                 self.refused[latest] = str(e)
                 if self.metrics:

@@ -36,7 +36,7 @@ import numpy as np
 
 from flytegpt.ingest.keyword import KeywordIndex
 from flytegpt.ingest.models import Chunk
-from flytegpt.ingest.store import atomic_write, get_fs, is_local, join, list_dir, read_bytes
+from flytegpt.ingest.store import atomic_write, get_fs, is_local, join, list_dir, read_bytes, store_lock
 
 if TYPE_CHECKING:
     import faiss
@@ -49,10 +49,10 @@ LATEST = "LATEST"
 DENSE_FILE = "dense.faiss"
 CHUNKS_FILE = "chunks.jsonl.gz"
 KEYWORD_DIR = "keyword"
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 40
-HNSW_EF_SEARCH = 64
-INDEX_TYPES = ("flat", "ivf", "hnsw")
+INDEX_TYPES = ("flat", "ivf")
+PUBLISH_LOCK = "publish.lock"
+WORK_DIR = "flyte-work"  # the Flyte tasks' intermediates (flyte/handoff.py), pruned with old versions
+DEFAULT_KEEP_VERSIONS = 7  # [index] keep_versions
 # IVF: lists probed per query and k-means settings, chosen with tests/bench/bench_index.py
 IVF_NPROBE = 32
 IVF_TRAIN_PER_LIST = 40
@@ -61,6 +61,8 @@ _CHUNKS_PER_WRITE = 1024  # chunks serialised per write to the gzip stream of ch
 _GZIP_LEVEL = 6
 _GZIP_HEADER = gzip.compress(b"", compresslevel=_GZIP_LEVEL, mtime=0)[:10]  # gzip.compress's own header
 _VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # no separators, no leading dot
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ArtifactError(Exception):
@@ -157,13 +159,6 @@ def build_dense_index(vectors: np.ndarray, index_type: str = "auto", approximate
         index = faiss.IndexFlatIP(d)
         if n:
             index.add(vectors)
-    elif index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
-        if n:
-            index.add(vectors)
-        index.hnsw.efSearch = HNSW_EF_SEARCH
     else:  # ivf
         nlist = ivf_nlist(n)
         quantizer = faiss.IndexFlatIP(d)
@@ -223,10 +218,13 @@ def write_version(
     approximate_threshold: int = 200_000,
     stats: dict | None = None,
     keyword: KeywordIndex | None = None,
+    sources_read_at: datetime | None = None,
 ) -> str:
     """Write a complete version folder (manifest last) and return its id. Does not publish.
 
     `keyword`: the chunks' BM25 index, when the caller built it already (built here otherwise).
+    `sources_read_at`: when the ingest began reading its sources; `publish` refuses to move
+    LATEST from a version made of newer sources to this one (defaults to the write time).
     """
     import faiss
 
@@ -255,14 +253,16 @@ def write_version(
         del dense
         if keyword is None:
             keyword = KeywordIndex.build([c.embed_text for c in chunks])
-        return _write_files(fs, root, store, chunks, keyword, dense_tmp, model, index_info, stats)
+        return _write_files(fs, root, store, chunks, keyword, dense_tmp, model, index_info, stats,
+                            sources_read_at)
     finally:
         if os.path.exists(dense_tmp):
             os.unlink(dense_tmp)
 
 
 def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: KeywordIndex, dense_tmp: str,
-                 model: ModelInfo, index_info: dict, stats: dict | None) -> str:
+                 model: ModelInfo, index_info: dict, stats: dict | None,
+                 sources_read_at: datetime | None) -> str:
     files: dict[str, bytes] = {CHUNKS_FILE: _chunks_bytes(chunks)}
     files.update({f"{KEYWORD_DIR}/{name}": data for name, data in keyword.to_files().items()})
     entries = {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in files.items()}
@@ -284,6 +284,7 @@ def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: Keywor
         "format_version": FORMAT_VERSION,
         "version": version,
         "created_at": now.isoformat(timespec="seconds"),
+        "sources_read_at": (sources_read_at or now).astimezone(timezone.utc).isoformat(timespec="seconds"),
         "model": {"model_id": model.model_id, "dimension": model.dimension, "normalized": model.normalized},
         "index": index_info,
         "chunk_count": len(chunks),
@@ -303,26 +304,97 @@ def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: Keywor
     return version
 
 
-def publish(store: str, version: str) -> None:
-    """Point LATEST at `version`, after opening and verifying it; a bad version leaves LATEST alone."""
-    open_version(store, version)
+def publish(store: str, version: str, *, keep_versions: int = DEFAULT_KEEP_VERSIONS, force: bool = False) -> None:
+    """Point LATEST at `version` after opening and verifying it, then prune old versions.
+
+    A bad version leaves LATEST alone. Two ingests into one store are serialised by a lock
+    file (ingest.store.store_lock), and inside it LATEST only moves forward: a version made
+    of sources read before those of the version LATEST names is refused (`force` overrides,
+    for a deliberate rollback). Retention (`prune`) runs after the move; its failures are
+    logged, never fatal to the publish.
+    """
+    check_version_id(version, f"publish {store}")
+    new_manifest = open_version(store, version).manifest
     fs, root = get_fs(store)
-    atomic_write(fs, join(root, LATEST), (version + "\n").encode())
+    with store_lock(fs, join(root, PUBLISH_LOCK)):
+        previous = _current_latest(store)
+        if previous not in (None, version) and not force:
+            _refuse_older(store, previous, version, new_manifest)
+        atomic_write(fs, join(root, LATEST), (version + "\n").encode())
     log.info("published index version %s in %s", version, store)
+    try:
+        prune(store, keep_versions, protect={previous} if previous else set())
+    except Exception as e:  # noqa: BLE001 - a store that refuses deletes grows; the new version still serves
+        log.warning("pruning old index versions in %s failed: %s", store, e)
+
+
+def _current_latest(store: str) -> str | None:
+    """LATEST as it stands; an unreadable LATEST counts as none (publishing repairs it)."""
+    try:
+        return read_latest(store)
+    except ArtifactError as e:
+        log.warning("replacing an unreadable %s: %s", LATEST, e)
+        return None
+
+
+def _content_time(manifest: dict[str, Any]) -> datetime | None:
+    stamp = manifest.get("sources_read_at") or manifest.get("created_at")
+    try:
+        parsed = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _refuse_older(store: str, current: str, version: str, new_manifest: dict[str, Any]) -> None:
+    """Raise when `version` was made from older sources than the version LATEST names."""
+    try:
+        current_manifest = read_manifest(store, current)
+    except ArtifactError:
+        return  # LATEST names a version that is gone or broken: anything verified is better
+    now_time, new_time = _content_time(current_manifest), _content_time(new_manifest)
+    if now_time is not None and new_time is not None and new_time < now_time:
+        raise ArtifactError(
+            f"not published: {LATEST} in {store} names {current}, made from sources read at "
+            f"{now_time.isoformat()}, newer than {version} ({new_time.isoformat()}); another ingest "
+            f"published meanwhile. {version} stays in the store unpublished."
+        )
 
 
 # ---------------------------------------------------------------- reading
 
 
+def check_version_id(version: str, where: str) -> str:
+    """`version` if it is a version id (`<UTC time>-<8 hex>`), else an ArtifactError.
+
+    Version ids come from LATEST, manifests, listings and callers; they are joined to store
+    paths, so anything else (`../x`, an absolute path, a NUL byte) is refused first.
+    """
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
+        raise ArtifactError(f"{where}: {version!r} is not an index version id (YYYYMMDDTHHMMSSZ-xxxxxxxx)")
+    return version
+
+
 def read_latest(store: str) -> str | None:
-    """The published version id, or None when nothing has been published yet."""
+    """The published version id, or None when nothing has been published yet.
+
+    A LATEST that is not a version id (a NUL byte, a path, garbage) is an ArtifactError.
+    """
     fs, root = get_fs(store)
     fs.invalidate_cache(root)
     data = read_bytes(fs, join(root, LATEST))
     if data is None:
         return None
-    version = data.decode("utf-8", "replace").strip()
-    return version or None
+    where = f"{LATEST} in {store}"
+    if b"\0" in data:
+        raise ArtifactError(f"{where} contains NUL bytes, not a version id: publish a version again to repair it")
+    try:
+        version = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{where} is not UTF-8 text, not a version id: publish a version again to repair it") from None
+    if not version:
+        return None
+    return check_version_id(version, where)
 
 
 def list_versions(store: str) -> list[str]:
@@ -337,21 +409,80 @@ def list_versions(store: str) -> list[str]:
     return [n for n in names if _VERSION_RE.match(n) and fs.exists(join(root, n, MANIFEST))]
 
 
-def prune(store: str, keep: int = 3) -> list[str]:
-    """Delete all but the newest `keep` versions; LATEST's version is never deleted."""
+def prune(store: str, keep: int = DEFAULT_KEEP_VERSIONS, *, protect: set[str] = frozenset()) -> list[str]:
+    """Delete versions beyond the newest `keep`, oldest first; returns the deleted ids.
+
+    Never deleted: the version LATEST names and those in `protect` (publish passes the
+    version LATEST named before it, which running bots may still serve until their next
+    poll). Then `WORK_DIR` files older than the oldest version kept are deleted too: the
+    Flyte intermediates of versions that are gone.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, not {keep}")
     fs, root = get_fs(store)
     versions = list_versions(store)
-    latest = read_latest(store)
-    keep_set = set(versions[-keep:]) if keep > 0 else set()
+    keep_set = set(versions[-keep:]) | set(protect)
+    latest = _current_latest(store)
     if latest:
         keep_set.add(latest)
-    removed = [v for v in versions if v not in keep_set]
-    for version in removed:
-        if read_latest(store) == version:  # published meanwhile: keep it
+    removed = []
+    for version in versions:
+        if version in keep_set or _current_latest(store) == version:  # published meanwhile: keep it
             continue
         fs.rm(join(root, version), recursive=True)
-        log.info("pruned index version %s", version)
+        removed.append(version)
+        log.info("pruned index version %s from %s", version, store)
+    kept = [v for v in versions if v not in removed]
+    if kept:
+        try:
+            oldest = _content_time(read_manifest(store, kept[0]))
+        except ArtifactError:
+            oldest = None
+        if oldest is not None:
+            prune_work_files(store, before=oldest)
     return removed
+
+
+def prune_work_files(store: str, *, before: datetime) -> list[str]:
+    """Delete files under `<store>/flyte-work/` last modified before `before`; returns their paths.
+
+    The Flyte tasks (flyte/handoff.py) pass content-addressed intermediates through this
+    folder; once the versions they were made for are pruned, nothing reads them (a cached
+    task whose file is gone says so and is re-run with the cache overwritten).
+    """
+    fs, root = get_fs(store)
+    folder = join(root, WORK_DIR)
+    fs.invalidate_cache(folder)
+    try:
+        entries = fs.find(folder, detail=True)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for path, info in sorted(entries.items()):
+        modified = _modified(fs, path, info)
+        if modified is not None and modified < before:
+            try:
+                fs.rm_file(path)
+            except FileNotFoundError:
+                continue  # removed by a concurrent prune
+            removed.append(path)
+    if removed:
+        log.info("pruned %d intermediate files from %s", len(removed), folder)
+    return removed
+
+
+def _modified(fs, path: str, info: dict[str, Any]) -> datetime | None:
+    stamp = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    if stamp is None:
+        try:
+            return fs.modified(path)
+        except (NotImplementedError, OSError):
+            return None
+    if isinstance(stamp, (int, float)):
+        return datetime.fromtimestamp(stamp, tz=timezone.utc)
+    if isinstance(stamp, str):
+        stamp = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 
 
 def _file_sha256(path: str) -> str:
@@ -395,9 +526,10 @@ def _read_manifest(fs, folder: str, version: str, store: str) -> dict[str, Any]:
         raise ArtifactError(f"version {version}: {MANIFEST} not found in {store} (incomplete or unknown version)")
     try:
         manifest = json.loads(data)
-        manifest["model"]["model_id"], manifest["model"]["dimension"], manifest["files"]
-    except (ValueError, KeyError, TypeError) as e:
+    except ValueError as e:
         raise ArtifactError(f"version {version}: {MANIFEST} is not a valid manifest ({e})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"version {version}: {MANIFEST} is not a valid manifest (not a JSON object)")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"version {version}: {MANIFEST} format_version: expected {FORMAT_VERSION}, "
@@ -405,7 +537,51 @@ def _read_manifest(fs, folder: str, version: str, store: str) -> dict[str, Any]:
         )
     if manifest.get("version") != version:
         raise ArtifactError(f"version {version}: {MANIFEST} version: expected {version}, found {manifest.get('version')}")
+    _check_manifest_fields(manifest, f"version {version}: {MANIFEST}")
     return manifest
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_manifest_fields(manifest: dict[str, Any], where: str) -> None:
+    """Every field a reader uses has its type, and every file name stays inside the version.
+
+    File names are joined to the version folder (and, for a remote store, to a local cache
+    folder), so only the version's own layout is accepted: `<name>` or `keyword/<name>`,
+    no `..`, no absolute path, no other separators.
+    """
+    model = manifest.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("model_id"), str) or not model["model_id"]:
+        raise ArtifactError(f"{where} model.model_id: expected a model id, found {model!r:.200}")
+    if not _is_int(model.get("dimension"), 1):
+        raise ArtifactError(f"{where} model.dimension: expected a positive integer, found {model.get('dimension')!r:.100}")
+    if not _is_int(manifest.get("chunk_count"), 0):
+        raise ArtifactError(f"{where} chunk_count: expected an integer >= 0, found {manifest.get('chunk_count')!r:.100}")
+    index = manifest.get("index")
+    if not isinstance(index, dict) or index.get("type") not in INDEX_TYPES:
+        found = index.get("type") if isinstance(index, dict) else index
+        raise ArtifactError(f"{where} index.type: expected one of {', '.join(INDEX_TYPES)}, found {found!r:.100}")
+    if "nprobe" in index and not _is_int(index["nprobe"], 1):
+        raise ArtifactError(f"{where} index.nprobe: expected a positive integer, found {index['nprobe']!r:.100}")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{where} files: expected an object of file entries, found {type(files).__name__}")
+    for name, entry in files.items():
+        _check_file_name(name, where)
+        if not isinstance(entry, dict) or not _is_int(entry.get("bytes"), 0) \
+                or not isinstance(entry.get("sha256"), str) or not _SHA256_RE.fullmatch(entry["sha256"]):
+            raise ArtifactError(f"{where} files[{name!r}]: expected {{\"sha256\": 64 hex digits, \"bytes\": an integer}}")
+
+
+def _check_file_name(name: Any, where: str) -> None:
+    parts = name.split("/") if isinstance(name, str) else []
+    ok = (len(parts) == 1 and _FILE_NAME_RE.fullmatch(parts[0]) is not None) or (
+        len(parts) == 2 and parts[0] == KEYWORD_DIR and _FILE_NAME_RE.fullmatch(parts[1]) is not None
+    )
+    if not ok:
+        raise ArtifactError(f"{where} files: {name!r:.200} is not a file name of an index version")
 
 
 def read_manifest(store: str, version: str) -> dict[str, Any]:
@@ -436,16 +612,24 @@ def _load_chunks(path: str, version: str) -> list[Chunk]:
         raise ArtifactError(f"version {version}: {CHUNKS_FILE} cannot be read ({e})") from None
 
 
+def _check_index_type(dense, kind: str, version: str) -> None:
+    """The FAISS file must hold the index type the manifest records (search settings depend on it)."""
+    import faiss
+
+    expected = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVF}[kind]
+    if not isinstance(dense, expected):
+        raise ArtifactError(
+            f"version {version}: {DENSE_FILE} holds a {type(dense).__name__}, the manifest says index type {kind!r}"
+        )
+
+
 def _apply_search_params(dense, info: dict) -> None:
     """Search settings recorded in the manifest (FAISS does not keep all of them in the file)."""
     import faiss
 
-    kind = info.get("type")
-    if kind == "hnsw":
-        dense.hnsw.efSearch = int(info.get("efSearch", HNSW_EF_SEARCH))
-    elif kind == "ivf":
+    if info.get("type") == "ivf":
         ivf = faiss.extract_index_ivf(dense)
-        ivf.nprobe = int(info.get("nprobe", IVF_NPROBE))
+        ivf.nprobe = info.get("nprobe", IVF_NPROBE)
         ivf.make_direct_map()  # reconstruct(): exact scores for keyword-only candidates
 
 
@@ -487,6 +671,7 @@ def open_version(
         version = read_latest(store)
         if version is None:
             raise ArtifactError(f"no published index in {store}: {LATEST} not found (run `flytegpt ingest` first)")
+    check_version_id(version, store)
     folder = join(root, version)
     manifest = _read_manifest(fs, folder, version, store)
     _check_model(manifest, version, expect_model, expect_dimension)
@@ -519,6 +704,7 @@ def open_version(
             dense = faiss.read_index(os.path.join(base, DENSE_FILE))
         except RuntimeError as e:
             raise ArtifactError(f"version {version}: {DENSE_FILE} is not a FAISS index ({e})") from None
+        _check_index_type(dense, manifest["index"]["type"], version)
         if dense.d != dimension:
             raise ArtifactError(f"version {version}: {DENSE_FILE} dimension: expected {dimension} (manifest), found {dense.d}")
         if dense.ntotal != count:
@@ -543,17 +729,8 @@ def open_version(
     return IndexVersion(version=version, manifest=manifest, chunks=chunks, dense=dense, keyword=keyword, device=device)
 
 
-def version_summary(index: IndexVersion) -> str:
-    """One line for logs and the CLI."""
-    m = index.manifest
-    return (
-        f"{index.version}: {m['chunk_count']} chunks, model {m['model']['model_id']} "
-        f"({m['model']['dimension']}d), {m['index']['type']} index on {index.device}"
-    )
-
-
 __all__ = [
     "ArtifactError", "ModelInfo", "IndexVersion", "write_version", "publish", "read_latest",
-    "list_versions", "open_version", "read_manifest", "prune", "version_summary", "FORMAT_VERSION",
+    "list_versions", "open_version", "read_manifest", "prune", "FORMAT_VERSION", "check_version_id",
     "choose_index_type", "gpu_count", "ivf_nlist", "build_dense_index",
 ]

@@ -32,7 +32,9 @@ FOLDER = "chunk-cache"
 def document_key(doc: Document) -> str:
     """sha256 of everything a document's chunks are made from."""
     body = json.dumps(doc.to_dict(), sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()
+    # surrogatepass: a name os.walk decoded with surrogate escapes (not UTF-8) still has a key;
+    # the sources report and skip such files, and the key must not be what fails first
+    return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class ChunkCache:

@@ -95,10 +95,12 @@ class EmbeddingsConfig(_Strict):
     # per second than 32 in fp32, bf16 and int8 alike, and holds less memory (bench_embed.py)
     batch_size: int = Field(default=8, ge=1, le=4096)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    # "auto" (default): OpenVINO on a CPU (an fp32 ONNX export of the model, same vectors as
-    # PyTorch), PyTorch on a GPU or when OpenVINO is missing. "torch", "openvino": force one.
-    # Speeds: README "Performance"; see ingest/embedding.py.
-    backend: Literal["auto", "torch", "openvino"] = "auto"
+    # "auto" (default): OpenVINO on a CPU (the fp32 graph, bf16 where the CPU has it: ~2.7x
+    # PyTorch fp32 on 2 cores with the same vectors), PyTorch on a GPU or when OpenVINO is
+    # missing. "torch": sentence-transformers. "openvino": force it. "onnx": int8 onnxruntime,
+    # ~2.5x but the vectors move (model id "#onnx-int8-v<N>"; dev MRR@10 -0.01 to -0.02).
+    # See ingest/embedding.py and tests/bench/bench_embed.py.
+    backend: Literal["auto", "torch", "openvino", "onnx"] = "auto"
     # "auto": fp16 on CUDA; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX), whose vectors
     # are within cosine 0.9999 of fp32 at ~2x the speed; fp32 elsewhere.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -116,8 +118,10 @@ class RetrievalConfig(_Strict):
     max_per_source: int = Field(default=1, ge=1, le=1000)  # at most this many chunks of one source id in the results
     candidates: int = Field(default=100, ge=1, le=100_000)  # candidates taken from each retriever before fusion
     source_bonus: float = Field(default=0.1, ge=0.0, le=10.0)  # a source scores its best matches + source_bonus x its second best chunk
-    # a page's (or module's) outline chunk adds this x its fused score to its source's score
-    outline_weight: float = Field(default=0.0, ge=0.0, le=10.0)
+    # "minmax": scores min-max normalised over the candidates, weighted by dense_weight (0..1);
+    # "rrf": reciprocal rank fusion, w / (rrf_k + dense rank) + (1 - w) / (rrf_k + keyword rank)
+    fusion: Literal["minmax", "rrf"] = "minmax"
+    rrf_k: int = Field(default=60, ge=1, le=100_000)
 
 
 class AnswerConfig(_Strict):
@@ -136,9 +140,7 @@ class AnswerConfig(_Strict):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     retry_backoff_s: float = Field(default=0.5, ge=0, le=60)  # first wait between model retries; doubles each time
     retry_max_wait_s: float = Field(default=5.0, ge=0, le=600)  # cap on any wait, including a server's Retry-After
-    # numbered sources in one prompt (after de-duplication by source); all ten retrieved sources,
-    # cut to excerpts when they don't fit token_budget whole (bot/answering/budget.py)
-    max_sources: int = Field(default=10, ge=1, le=50)
+    max_sources: int = Field(default=6, ge=1, le=50)  # numbered sources in one prompt (after de-duplication by source)
     # One overall deadline per answer, from the question to the model's last word (condensing,
     # retries and waits included); past it the asker gets the best passages with a note that
     # the model did not answer. Well under a minute: nobody waits longer in a chat.
@@ -175,7 +177,6 @@ class BotConfig(_Strict):
     # A copy of the feedback database (local path or fsspec URL) that `flytegpt feedback
     # snapshot` writes and the weekly_report task reads; the task cannot see the bot's volume.
     feedback_snapshot: str | None = None
-    feedback_snapshot_interval_h: float = Field(default=24.0, ge=0.1, le=168.0)  # how often the bot copies it
     # Knowledge gaps: two questions share a topic above this cosine similarity (average linkage)
     report_topic_similarity: float = Field(default=0.4, ge=0.0, le=1.0)
     report_eval_questions: str | None = None  # JSONL eval questions: metrics per index version

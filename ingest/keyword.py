@@ -126,7 +126,12 @@ class KeywordIndex:
         corpus = tokenize_many(texts, progress=progress)
         bm25 = bm25s.BM25()
         if any(corpus):
-            bm25.index(corpus, show_progress=False)
+            # Token ids in sorted token order: bm25s numbers tokens in set order, which
+            # changes with PYTHONHASHSEED, so the same chunks gave different index files.
+            vocab = {t: i for i, t in enumerate(sorted({t for doc in corpus for t in doc}))}
+            ids = [[vocab[t] for t in doc] for doc in corpus]
+            del corpus
+            bm25.index((ids, vocab), show_progress=False)
         else:  # bm25s can't index an empty vocabulary; one placeholder token scores nothing
             bm25.index([["\x00"]] * max(len(corpus), 1), show_progress=False)
         return cls(bm25, len(texts))

@@ -9,13 +9,20 @@ and listings are never served from a stale cache.
 from __future__ import annotations
 
 import io
+import json
+import logging
 import os
 import posixpath
+import socket
 import tempfile
+import time
+import uuid
 from contextlib import contextmanager
 from typing import IO, Any, Iterator
 
 import fsspec
+
+log = logging.getLogger(__name__)
 
 S3_ENDPOINT_ENV = ("FLYTEGPT_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
@@ -105,3 +112,100 @@ def list_dir(fs: fsspec.AbstractFileSystem, path: str) -> list[dict[str, Any]]:
         return fs.ls(path, detail=True)
     except FileNotFoundError:
         return []
+
+
+class StoreLockError(RuntimeError):
+    """Another process holds the store's lock and did not release it in time."""
+
+
+LOCK_STALE_AFTER_S = 300.0  # a holder that died without removing its lock: how long until it is broken
+LOCK_WAIT_S = 120.0  # how long a second publisher waits for the first
+
+
+@contextmanager
+def store_lock(fs: fsspec.AbstractFileSystem, path: str, *, stale_after_s: float = LOCK_STALE_AFTER_S,
+               wait_s: float = LOCK_WAIT_S, poll_s: float = 0.2) -> Iterator[None]:
+    """Hold the lock file `path` while the block runs: one holder at a time, across machines.
+
+    The file is created whole and exclusively (a hard link of a written temporary file on a
+    local store; `If-None-Match: *` on S3 through s3fs's "xb" mode) and holds who took it and when. A lock whose holder is gone is broken:
+    on the same host when its process no longer exists, anywhere after `stale_after_s`.
+    Only the holder's own lock is removed at the end.
+    """
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "at": time.time()}
+    mine = json.dumps(me).encode()
+    deadline = time.monotonic() + wait_s
+    while True:
+        if _create_exclusive(fs, path, mine):
+            break
+        held = read_bytes(fs, path)
+        holder = _lock_holder(held)
+        if held is not None and _stale(holder, stale_after_s):
+            if read_bytes(fs, path) == held:  # nobody broke and re-took it meanwhile
+                log.warning("breaking a stale lock %s held by %s", path, holder or held[:200])
+                _remove(fs, path)
+            continue
+        if time.monotonic() >= deadline:
+            raise StoreLockError(
+                f"{path} is held by {holder.get('host', '?')} pid {holder.get('pid', '?')} since "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(holder.get('at', 0)))}: another "
+                f"publish is running (delete the file if that process is gone)"
+            )
+        time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        if read_bytes(fs, path) == mine:
+            _remove(fs, path)
+
+
+def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Create `path` holding `data`, whole, unless it exists: False when it does."""
+    if not is_local(fs):
+        try:
+            with fs.open(path, "xb") as f:
+                f.write(data)
+            return True
+        except FileExistsError:
+            return False
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-lock-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.link(tmp, path)  # atomic, fails if the lock exists: readers never see it half-written
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def _lock_holder(data: bytes | None) -> dict[str, Any]:
+    try:
+        holder = json.loads(data or b"")
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _stale(holder: dict[str, Any], stale_after_s: float) -> bool:
+    at = holder.get("at")
+    if not isinstance(at, (int, float)) or time.time() - at > stale_after_s:
+        return True  # unreadable (a holder that died mid-write) or too old
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return False
+
+
+def _remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 _MENTION = re.compile(r"<[@!](?:[UW][A-Z0-9]+|subteam\^[A-Z0-9]+)(?:\|[^>]*)?>")
 PRIVATE_SURFACES = ("dm", "panel")  # the assistant panel is a DM with the app
-SURFACE_NAMES = {"command": "slash", "assistant": "panel"}  # the bot's names for /flytegpt and the panel
+SURFACE_NAMES = {"command": "slash"}  # the bot's internal name for /flytegpt
 
 
 def load_questions(db: str, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:

@@ -234,12 +234,3 @@ def test_cli_writes_a_page_with_every_section(db: Path, embedder, tmp_path: Path
     bad = CliRunner().invoke(main, ["report", "--db", str(db), "--config", str(config), "--no-store",
                                     "--since", "soon", "--out", str(out)])
     assert bad.exit_code != 0 and "--since must be a positive duration" in bad.output
-
-
-def test_the_assistant_panel_is_private_like_a_dm() -> None:
-    from flytegpt.bot.report.data import is_private, surface_of
-
-    panel = {"surface": "assistant", "channel": "D01DM0001"}
-    assert surface_of(panel) == "panel" and is_private(panel)
-    shown, left_out = PrivacyFilter(None, False).split([panel, {"surface": "mention", "channel": "C01ASK001"}])
-    assert len(shown) == 1 and left_out == {"dm": 1, "channel": 0}

@@ -222,7 +222,10 @@ def test_concurrent_writer_and_reader(tmp_path: Path) -> None:
         t.join(timeout=120)
     assert not errors, errors
     assert len(opened) >= 2  # the reader really saw LATEST move
-    assert len(list_versions(store)) == 25
+    # publishing prunes: the last keep_versions remain, plus LATEST and the one before it
+    remaining = list_versions(store)
+    assert artifact.DEFAULT_KEEP_VERSIONS <= len(remaining) <= artifact.DEFAULT_KEEP_VERSIONS + 2
+    assert read_latest(store) in remaining
 
 
 def test_no_pickle_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,16 +253,16 @@ def test_no_pickle_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_index_types(tmp_path: Path) -> None:
     store = str(tmp_path)
-    hnsw = build(store, n=40, index_type="hnsw", publish_it=False)
-    index = open_version(store, hnsw)
-    assert index.manifest["index"]["type"] == "hnsw" and index.manifest["index"]["M"] == 32
-    assert index.dense.hnsw.efSearch == index.manifest["index"]["efSearch"]
+    flat = build(store, n=40, index_type="flat", publish_it=False)
+    index = open_version(store, flat)
+    assert index.manifest["index"]["type"] == "flat"
     _, ids = index.dense.search(make_vectors(40, seed=0), 1)
-    assert (ids[:, 0] == np.arange(40)).mean() > 0.9
+    assert (ids[:, 0] == np.arange(40)).all()
     auto = build(str(tmp_path / "auto"), n=40, seed=3, approximate_threshold=20, publish_it=False)
     assert open_version(str(tmp_path / "auto"), auto).manifest["index"]["type"] == "ivf"  # measured: bench_index.py
-    with pytest.raises(ValueError, match="unknown index_type 'ivfpq'"):
-        build(store, index_type="ivfpq")
+    for unknown in ("ivfpq", "hnsw"):  # measured and left out (README, bench_index.py)
+        with pytest.raises(ValueError, match=f"unknown index_type '{unknown}'"):
+            build(store, index_type=unknown)
 
 
 def test_list_versions_and_prune_keep_latest(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -95,3 +96,12 @@ def test_an_unreadable_cache_is_ignored(corpus, monkeypatch: pytest.MonkeyPatch,
     assert again == first and made  # chunked afresh, same result
     assert "unreadable" in caplog.text
     assert len(_cache_lines(config.index.store)) > 0  # and rewritten whole
+
+
+def test_document_key_of_a_name_that_is_not_utf8() -> None:
+    from flytegpt.ingest.chunk_cache import document_key
+    from flytegpt.ingest.models import Document
+
+    name = os.fsdecode(b"caf\xe9.md")  # as os.walk gives a Latin-1 name: a lone surrogate
+    key = document_key(Document("docs", name, "docs", "t", "u", "text"))
+    assert len(key) == 64 and key != document_key(Document("docs", "caf.md", "docs", "t", "u", "text"))

@@ -1,0 +1,135 @@
+"""No secret reaches a log: the configured values themselves (any shape) and known token shapes,
+in messages, structured extras, exception tracebacks, through the CLI and a model-backed answer."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.answering_support import ALL, WordSearcher
+from support.openai_server import Fail, OpenAIStandIn
+from support.slack_harness import build_sample_index
+
+from flytegpt.bot import logs
+from flytegpt.bot.logs import setup_logging
+from flytegpt.ingest.config import Settings, load_config, sample_config_path
+
+# Keys an OpenAI-compatible server (vLLM, a gateway) may hand out: no "sk-" prefix to recognise.
+API_KEY = "local-gateway-key-7f3a9c2e51b04d"
+BOT_TOKEN = "xoxb-1111-2222-abcdefabcdef"
+APP_TOKEN = "corp-app-token-0c9d8e7f6a5b"
+
+
+@pytest.fixture()
+def captured():
+    """setup_logging at DEBUG into a buffer, with this test's secrets configured; undone after."""
+    stream = io.StringIO()
+    settings = Settings(OPENAI_API_KEY=API_KEY, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN)
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    handler = setup_logging(level=logging.DEBUG, stream=stream, settings=settings)
+    try:
+        yield stream, handler
+    finally:
+        root.removeHandler(handler)
+        for old in before[0]:
+            root.addHandler(old)
+        root.setLevel(before[1])
+
+
+def _assert_clean(text: str) -> None:
+    for secret in (API_KEY, BOT_TOKEN, APP_TOKEN, "abcdefabcdef", "eyJhbGciOiJIUzI1NiJ9.payload"):
+        assert secret not in text, f"{secret!r} leaked into: {text[:2000]}"
+
+
+def test_configured_secrets_are_redacted_whatever_their_prefix(captured) -> None:
+    stream, _ = captured
+    logging.getLogger("flytegpt.t").warning("provider said: Incorrect API key provided: %s", API_KEY)
+    logging.getLogger("flytegpt.t").info("app token %s", APP_TOKEN)
+    out = stream.getvalue()
+    _assert_clean(out)
+    assert "Incorrect API key provided: ***" in out
+
+
+@pytest.mark.parametrize("json_logs", [True, False], ids=["json", "text"])
+def test_structured_extras_are_redacted(json_logs: bool) -> None:
+    stream = io.StringIO()
+    settings = Settings(OPENAI_API_KEY=API_KEY)
+    handler = setup_logging(json_logs=json_logs, level=logging.DEBUG, stream=stream, settings=settings)
+    try:
+        headers = {"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.payload", "X-Api-Key": API_KEY}
+        logging.getLogger("flytegpt.t").debug(
+            "request sent", extra={"headers": headers, "tokens": [BOT_TOKEN], "url": f"https://x/?key={API_KEY}",
+                                   "attempt": 2})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    out = stream.getvalue()
+    _assert_clean(out)
+    if json_logs:
+        line = json.loads(out.strip().splitlines()[-1])
+        assert line["attempt"] == 2 and line["url"] == "https://x/?key=***"
+        assert "Bearer ***" in line["headers"] and "***" in line["tokens"]
+
+
+def test_exception_tracebacks_are_redacted(captured) -> None:
+    stream, _ = captured
+
+    def call_provider() -> None:
+        raise PermissionError(f"401 Unauthorized: key {API_KEY} is invalid (token {BOT_TOKEN})")
+
+    try:
+        call_provider()
+    except PermissionError:
+        logging.getLogger("flytegpt.t").exception("the model call failed")
+    logging.getLogger("flytegpt.t").warning("where", stack_info=True, extra={"error": ValueError(API_KEY)})
+    out = stream.getvalue()
+    _assert_clean(out)
+    assert "Traceback (most recent call last)" in out and "call_provider" in out
+
+
+def test_model_backed_answer_at_debug_with_the_key_echoed_in_a_401(captured) -> None:
+    """The provider's 401 body names the key; the chain logs the body; the key stays out."""
+    from flytegpt.bot.answering import Answerer, ModelUnavailable
+
+    stream, _ = captured
+    config = load_config(sample_config_path())
+    config = config.model_copy(update={"answer": config.answer.model_copy(update={"max_retries": 0})})
+    with OpenAIStandIn() as llm:
+        llm.script(Fail(status=401, message=f"Incorrect API key provided: {API_KEY}. Find your key at ..."))
+        settings = Settings(OPENAI_API_KEY=API_KEY, OPENAI_BASE_URL=llm.base_url)
+        answerer = Answerer(config, settings, lambda: WordSearcher(ALL))
+        with pytest.raises(ModelUnavailable):
+            answerer.answer("how do I use ray with flyte?")
+        assert llm.requests and llm.requests[0].headers["authorization"] == f"Bearer {API_KEY}"
+    out = stream.getvalue()
+    assert "401" in out  # the failure is logged...
+    _assert_clean(out)  # ...without the key
+
+
+def test_flytegpt_ask_redacts_like_the_server(tmp_path: Path, embedder) -> None:
+    """`flytegpt -vv ask` (DEBUG) against a provider that echoes the key in its 401."""
+    store = tmp_path / "store"
+    build_sample_index(store, embedder)
+    with OpenAIStandIn() as llm:
+        llm.script(*[Fail(status=401, message=f"Incorrect API key provided: {API_KEY}")] * 3)
+        env = {**os.environ, "OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": llm.base_url,
+               "SLACK_BOT_TOKEN": BOT_TOKEN}
+        out = subprocess.run(
+            [sys.executable, "-m", "flytegpt.bot.cli", "-vv", "ask", "how do I cache a task?",
+             "--config", str(sample_config_path()), "--store", str(store)],
+            capture_output=True, text=True, env=env, timeout=300,
+        )
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "DEBUG" in out.stderr and "401" in out.stderr  # verbose, and the failure is there
+    _assert_clean(out.stdout + out.stderr)
+
+
+def test_short_values_are_not_treated_as_secrets() -> None:
+    logs.register_secrets(["x", "", None])
+    assert logs.redact("a fix for x and y") == "a fix for x and y"

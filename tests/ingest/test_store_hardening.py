@@ -1,0 +1,296 @@
+"""The index store under attack and under accident: names from LATEST and manifests, two
+ingests racing for LATEST, retention, reproducible files.
+
+Every name read from the store is joined to a path, so each is validated first; a store
+that is damaged gives a message naming the file and field, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flytegpt.bot.cli import main
+from flytegpt.ingest import artifact
+from flytegpt.ingest.artifact import (
+    ArtifactError,
+    list_versions,
+    open_version,
+    prune,
+    prune_work_files,
+    publish,
+    read_latest,
+    write_version,
+)
+from flytegpt.ingest.config import sample_config_path
+from flytegpt.ingest.store import StoreLockError, get_fs, store_lock
+
+from .test_artifact import MODEL, make_chunks, make_vectors
+
+
+def _build(store: str, seed: int, *, sources_read_at: datetime | None = None) -> str:
+    return write_version(store, make_chunks(6, str(seed)), make_vectors(6, seed=seed), MODEL,
+                         sources_read_at=sources_read_at)
+
+
+def _edit_manifest(store: Path, version: str, edit) -> None:
+    path = store / version / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _search(store: Path) -> object:
+    return CliRunner().invoke(main, ["search", "cache", "--config", str(sample_config_path()), "--store", str(store)])
+
+
+# ---------------------------------------------------------------- names from LATEST and manifests
+
+
+@pytest.mark.parametrize("latest", ["../evil/20260101T000000Z-00000000", "/etc", "20260101T000000Z-0000000g",
+                                    "..", "20260101T000000Z-00000000/../../x"])
+def test_latest_naming_anything_but_a_version_is_refused(tmp_path: Path, latest: str) -> None:
+    store = tmp_path / "store"
+    evil = tmp_path / "evil" / "20260101T000000Z-00000000"
+    evil.mkdir(parents=True)  # a plausible version outside the store
+    store.mkdir()
+    (store / "LATEST").write_text(latest + "\n")
+    with pytest.raises(ArtifactError, match="is not an index version id"):
+        read_latest(str(store))
+    with pytest.raises(ArtifactError, match="is not an index version id"):
+        open_version(str(store))
+
+
+def test_latest_with_nul_bytes_is_a_clear_error_and_publish_repairs_it(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    version = _build(str(store), 1)
+    (store / "LATEST").write_bytes(version.encode() + b"\0\0\n")
+    with pytest.raises(ArtifactError, match="LATEST in .* contains NUL bytes"):
+        read_latest(str(store))
+    result = _search(store)
+    assert result.exit_code == 1 and "contains NUL bytes" in result.output
+    assert "Traceback" not in result.output
+    publish(str(store), version)  # an unreadable LATEST does not block publishing a good version
+    assert read_latest(str(store)) == version
+
+
+def test_explicit_version_argument_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="is not an index version id"):
+        open_version(str(tmp_path), "../../etc")
+    with pytest.raises(ArtifactError, match="is not an index version id"):
+        publish(str(tmp_path), "../x")
+
+
+@pytest.mark.parametrize("name", ["../../outside.txt", "/etc/passwd", "keyword/../../x", "sub/dir/file",
+                                  "other/file", ".hidden", "keyword\\..\\x", ""])
+def test_manifest_file_names_outside_the_version_layout_are_refused(tmp_path: Path, name: str) -> None:
+    store = tmp_path / "store"
+    version = _build(str(store), 1)
+    secret = tmp_path / "outside.txt"
+    secret.write_text("secret")
+    entry = {"sha256": hashlib.sha256(b"secret").hexdigest(), "bytes": 6}
+    _edit_manifest(store, version, lambda m: m["files"].update({name: entry}))
+    with pytest.raises(ArtifactError, match="is not a file name of an index version"):
+        open_version(str(store), version)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(chunk_count="six"), r"chunk_count: expected an integer >= 0, found 'six'"),
+        (lambda m: m.update(chunk_count=6.5), r"chunk_count: expected an integer"),
+        (lambda m: m.update(chunk_count=True), r"chunk_count: expected an integer"),
+        (lambda m: m["model"].update(dimension="8"), r"model\.dimension: expected a positive integer"),
+        (lambda m: m.update(model="test/model"), r"model\.model_id: expected a model id"),
+        (lambda m: m["index"].update(type="hnsw"), r"index\.type: expected one of flat, ivf, found 'hnsw'"),
+        (lambda m: m["index"].update(type="ivf"), r"dense\.faiss holds a IndexFlatIP, the manifest says index type 'ivf'"),
+        (lambda m: m["files"]["dense.faiss"].update(bytes="12"), r"files\['dense\.faiss'\]: expected"),
+        (lambda m: m["files"]["dense.faiss"].update(sha256="../x"), r"files\['dense\.faiss'\]: expected"),
+        (lambda m: m.update(files=["dense.faiss"]), r"files: expected an object"),
+    ],
+    ids=["chunk_count-str", "chunk_count-float", "chunk_count-bool", "dimension-str", "model-not-object",
+         "index-type-unknown", "index-type-vs-file", "bytes-str", "sha-path", "files-list"],
+)
+def test_malformed_manifest_fields_are_messages(tmp_path: Path, edit, message: str) -> None:
+    store = tmp_path / "store"
+    version = _build(str(store), 1)
+    publish(str(store), version)
+    _edit_manifest(store, version, edit)
+    with pytest.raises(ArtifactError, match=message):
+        open_version(str(store), version)
+    result = _search(store)  # the CLI: a message, exit 1, no traceback
+    assert result.exit_code == 1 and version in result.output and "Traceback" not in result.output
+
+
+def test_manifest_naming_a_model_that_cannot_be_loaded(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    version = _build(str(store), 1)  # built "with" test/model, which no hub or folder has
+    publish(str(store), version)
+    result = _search(store)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"index version {version} was embedded with 'test/model', which cannot be loaded" in result.output
+
+
+def test_reloader_refuses_a_version_whose_model_cannot_be_loaded(tmp_path: Path) -> None:
+    from flytegpt.bot.index_holder import IndexHolder
+    from flytegpt.bot.reload import Reloader
+    from flytegpt.ingest.config import load_config
+
+    store = tmp_path / "store"
+    version = _build(str(store), 1)
+    publish(str(store), version)
+    config = load_config(sample_config_path()).with_store(str(store))
+    reloader = Reloader(config, IndexHolder())
+    assert reloader.check_once() is False
+    assert "embedding model 'test/model' cannot be loaded" in reloader.refused[version]
+    assert reloader.check_once() is False  # remembered: not loaded again on every poll
+
+
+# ---------------------------------------------------------------- two ingests, one store
+
+
+def test_publish_refuses_to_move_latest_back_to_older_sources(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    now = datetime.now(timezone.utc)
+    older = _build(store, 1, sources_read_at=now - timedelta(minutes=10))  # read first, finished last
+    newer = _build(store, 2, sources_read_at=now - timedelta(minutes=5))
+    publish(store, newer)
+    with pytest.raises(ArtifactError, match=f"not published: LATEST .* names {newer}.*{older} stays in the store"):
+        publish(store, older)
+    assert read_latest(store) == newer
+    publish(store, newer)  # publishing the same version again is fine (a cached Flyte run)
+    publish(store, older, force=True)  # a deliberate rollback
+    assert read_latest(store) == older
+
+
+def test_concurrent_publishers_are_serialised_and_latest_ends_on_the_newest(tmp_path: Path) -> None:
+    """Two processes publish alternately; the lock keeps each read-compare-write whole."""
+    store = tmp_path / "store"
+    now = datetime.now(timezone.utc)
+    versions = [_build(str(store), i, sources_read_at=now + timedelta(seconds=i)) for i in range(8)]
+    script = textwrap.dedent("""
+        import sys
+        from flytegpt.ingest.artifact import ArtifactError, publish
+        store, *versions = sys.argv[1:]
+        for v in versions:
+            try:
+                publish(store, v, keep_versions=100)
+            except ArtifactError as e:
+                assert "not published" in str(e), e
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(store), *versions[i::2]]) for i in (0, 1)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert read_latest(str(store)) == versions[-1]
+    assert not (store / "publish.lock").exists()
+
+
+def test_lock_waits_for_the_holder_and_breaks_a_stale_one(tmp_path: Path) -> None:
+    fs, root = get_fs(str(tmp_path))
+    lock = f"{root}/publish.lock"
+    order: list[str] = []
+    with store_lock(fs, lock):
+        waiter = threading.Thread(target=lambda: _hold(fs, lock, order))
+        waiter.start()
+        time.sleep(0.5)
+        order.append("first done")
+    waiter.join(timeout=30)
+    assert order == ["first done", "second"]
+    with store_lock(fs, lock):
+        with pytest.raises(StoreLockError, match=r"publish\.lock is held by .* pid"):
+            with store_lock(fs, lock, wait_s=0.3):
+                pass
+    # a holder that died: its process is gone (same host) or its lock is old (any host)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    Path(lock).write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout), "at": time.time()}))
+    with store_lock(fs, lock, wait_s=0.5):
+        pass
+    Path(lock).write_text(json.dumps({"host": "elsewhere", "pid": 1, "at": time.time() - 3600}))
+    with store_lock(fs, lock, wait_s=0.5):
+        pass
+    assert not Path(lock).exists()
+
+
+def _hold(fs, lock: str, order: list[str]) -> None:
+    with store_lock(fs, lock, wait_s=20):
+        order.append("second")
+
+
+def test_same_inputs_give_byte_identical_index_files_whatever_the_hash_seed(tmp_path: Path) -> None:
+    """Built twice in fresh interpreters with different PYTHONHASHSEED: the same bytes."""
+    script = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, sys.argv[2])
+        from test_artifact import MODEL, make_chunks, make_vectors
+        from flytegpt.ingest.artifact import write_version
+        from flytegpt.ingest.models import Chunk
+        words = "cache task workflow map_task with_overrides FlyteFile launch plan schedule secret".split()
+        chunks = [Chunk(c.source_id, c.kind, c.title, c.url, c.text, c.embed_text + " " + " ".join(words[i % 7:]))
+                  for i, c in enumerate(make_chunks(60))]
+        print(write_version(sys.argv[1], chunks, make_vectors(60), MODEL))
+    """)
+    tests_dir = str(Path(__file__).parent)
+    files = []
+    for seed in ("1", "2"):
+        store = tmp_path / f"store{seed}"
+        out = subprocess.run([sys.executable, "-c", script, str(store), tests_dir], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed}, timeout=120)
+        assert out.returncode == 0, out.stderr
+        folder = store / out.stdout.strip()
+        files.append({p.relative_to(folder).as_posix(): p.read_bytes()
+                      for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"})
+    assert set(files[0]) == set(files[1]) and "keyword/vocab.index.json" in files[0]
+    different = [name for name in files[0] if files[0][name] != files[1][name]]
+    assert different == []
+
+
+# ---------------------------------------------------------------- retention
+
+
+def test_publish_keeps_the_last_versions_latest_and_the_previous_one(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    base = datetime.now(timezone.utc)
+    versions = [_build(store, i, sources_read_at=base + timedelta(seconds=i)) for i in range(6)]
+    # publish an older version first: it is "the previous one" when the newest is published
+    publish(store, versions[1], keep_versions=100)
+    previous = versions[1]
+    publish(store, versions[5], keep_versions=2)
+    remaining = set(list_versions(store))
+    assert remaining == set(sorted(versions)[-2:]) | {versions[5], previous}
+    assert read_latest(store) == versions[5]
+
+
+def test_prune_deletes_oldest_first_never_latest_nor_protected(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    versions = sorted(_build(store, i) for i in range(5))
+    publish(store, versions[0], keep_versions=100)
+    removed = prune(store, 1, protect={versions[1]})
+    assert removed == versions[2:4]  # oldest first
+    assert set(list_versions(store)) == {versions[0], versions[1], versions[4]}
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        prune(store, 0)
+
+
+def test_old_flyte_work_files_are_pruned_after_publish(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    work = store / artifact.WORK_DIR
+    (work / "documents").mkdir(parents=True)
+    old_file, new_file = work / "documents" / "old.jsonl", work / "documents" / "new.jsonl"
+    old_file.write_text("old")
+    week_ago = time.time() - 7 * 86400
+    os.utime(old_file, (week_ago, week_ago))
+    version = _build(str(store), 1)
+    new_file.write_text("new")
+    publish(str(store), version)
+    assert not old_file.exists() and new_file.exists()
+    assert prune_work_files(str(tmp_path / "no-such-store"), before=datetime.now(timezone.utc)) == []
