@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -217,8 +218,11 @@ def test_cli_writes_a_page_with_every_section(db: Path, embedder, tmp_path: Path
     config.write_text('[bot]\nreport_channels = ["C01ASK001"]\n[embeddings]\nbackend = "torch"\nprecision = "fp32"\n'
                       'device = "cpu"\n')
     out = tmp_path / "out" / "report.html"
+    questions = tmp_path / "eval.jsonl"
+    questions.write_text('{"question": "How do I push my image to a container registry?", "gold": ["docs:registry.md"]}\n'
+                         '{"question": "hash of the inputs for the cache key", "gold": ["code:cache.py"]}\n')
     result = CliRunner().invoke(main, ["report", "--db", str(db), "--config", str(config), "--store", store,
-                                       "--since", "3650d", "--out", str(out)])
+                                       "--since", "3650d", "--out", str(out), "--eval", str(questions)])
     assert result.exit_code == 0, result.output
     page = out.read_text()
     for chart in ("outcomes-per-day", "votes-per-day", "surfaces-per-day", "gap-topics", "most-cited",
@@ -226,6 +230,12 @@ def test_cli_writes_a_page_with_every_section(db: Path, embedder, tmp_path: Path
         assert f'data-chart="{chart}"' in page
     assert "2 of the 4 sources in the published index were never cited" in page
     assert "registry.md" in page and "(LATEST)" in page
+    # metrics per version: the first version has no code chunk, so it misses the code question
+    rows = re.findall(r"<tr><td[^>]*>(\d{8}T\d{6}Z-[0-9a-f]{8}).*?</tr>", page)
+    cells = re.findall(r"<tr><td[^>]*>\d{8}T\d{6}Z-[0-9a-f]{8}.*?</tr>", page)
+    assert len(rows) == 2 and "MRR@10" in page
+    recall10 = [re.findall(r'<td class="n">([01]\.\d{3})</td>', c)[1] for c in cells]
+    assert recall10 == ["1.000", "0.500"]  # newest first
     assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
     bad = CliRunner().invoke(main, ["report", "--db", str(tmp_path / "missing.sqlite3"), "--config", str(config),
@@ -234,3 +244,12 @@ def test_cli_writes_a_page_with_every_section(db: Path, embedder, tmp_path: Path
     bad = CliRunner().invoke(main, ["report", "--db", str(db), "--config", str(config), "--no-store",
                                     "--since", "soon", "--out", str(out)])
     assert bad.exit_code != 0 and "--since must be a positive duration" in bad.output
+
+
+def test_the_assistant_panel_is_private_like_a_dm() -> None:
+    from flytegpt.bot.report.data import is_private, surface_of
+
+    panel = {"surface": "assistant", "channel": "D01DM0001"}
+    assert surface_of(panel) == "panel" and is_private(panel)
+    shown, left_out = PrivacyFilter(None, False).split([panel, {"surface": "mention", "channel": "C01ASK001"}])
+    assert len(shown) == 1 and left_out == {"dm": 1, "channel": 0}
