@@ -95,17 +95,18 @@ class EmbeddingsConfig(_Strict):
     # per second than 32 in fp32, bf16 and int8 alike, and holds less memory (bench_embed.py)
     batch_size: int = Field(default=8, ge=1, le=4096)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    # "auto" (default): OpenVINO on a CPU (the fp32 graph, bf16 where the CPU has it: ~2.7x
-    # PyTorch fp32 on 2 cores with the same vectors), PyTorch on a GPU or when OpenVINO is
-    # missing. "torch": sentence-transformers. "openvino": force it. "onnx": int8 onnxruntime,
-    # ~2.5x but the vectors move (model id "#onnx-int8-v<N>"; dev MRR@10 -0.01 to -0.02).
-    # See ingest/embedding.py and tests/bench/bench_embed.py.
-    backend: Literal["auto", "torch", "openvino", "onnx"] = "auto"
+    # "auto" (default): OpenVINO on a CPU (an fp32 ONNX export of the model, same vectors as
+    # PyTorch), PyTorch on a GPU or when OpenVINO is missing. "torch", "openvino": force one.
+    # Speeds: README "Performance"; see ingest/embedding.py.
+    backend: Literal["auto", "torch", "openvino"] = "auto"
     # "auto": fp16 on CUDA; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX), whose vectors
     # are within cosine 0.9999 of fp32 at ~2x the speed; fp32 elsewhere.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gpu_batch_size: int = Field(default=256, ge=1, le=65536)  # texts per forward pass on CUDA (fp16, length-sorted)
     onnx_cache_dir: str | None = None  # ONNX exports; None: $FLYTEGPT_ONNX_CACHE or ~/.cache/flytegpt/onnx
+    # new vectors per embedding-cache shard written while an ingest embeds: a killed ingest
+    # loses at most this many, and each shard costs one file in the store
+    cache_shard_size: int = Field(default=1024, ge=1, le=1_000_000)
 
 
 class RetrievalConfig(_Strict):
