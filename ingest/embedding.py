@@ -7,15 +7,12 @@ chunks are all in the embedding cache never pays for importing torch.
 
 Backends:
 - "openvino": a local fp32 ONNX export run by OpenVINO on a CPU (ingest/openvino_runner.py),
-  bf16 where the CPU has it: the fastest faithful CPU path;
-- "torch": sentence-transformers; fp16 on CUDA, bf16 on CPUs that compute it natively;
-- "onnx": a local int8 export run by onnxruntime (ingest/onnx_export.py), CPU only;
+  computing in fp32 or bf16: the fastest faithful CPU path;
+- "torch": sentence-transformers; fp16 on CUDA, fp32 or bf16 on a CPU;
 - "auto" (the default): openvino on a CPU when it is installed and the model exports, torch
   otherwise (and always on a GPU).
 OpenVINO's and PyTorch's vectors (fp32, bf16, fp16) agree to a cosine of 0.9999 and share the
-plain model id, so an index built by one is searched with the other. The int8 vectors are
-not those vectors, so the model id says which: "<model>#onnx-int8-v2" (cache keys,
-manifests); `Embedder.for_model_id` builds the query embedder that matches an index.
+plain model id, so an index built by one is searched with the other.
 """
 
 from __future__ import annotations
@@ -26,13 +23,12 @@ import os
 import platform
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from flytegpt.ingest.config import DEFAULT_MODEL, EmbeddingsConfig
 from flytegpt.ingest.heap import trim_heap
-from flytegpt.ingest.onnx_export import ONNX_SUFFIX
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -114,13 +110,11 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(precision: str, backend: str, device: str) -> str:
-    """The number format the model computes in: 'fp32', 'bf16', 'fp16' or 'int8' (onnx).
+    """The number format the model computes in: 'fp32', 'bf16' or 'fp16'.
 
     Half precision keeps the plain model id: its vectors match fp32 to a cosine of 0.9999+,
     closer than two fp32 runs on different hardware need to be for retrieval.
     """
-    if backend == "onnx":
-        return "int8"
     if backend == "openvino":
         if precision == "auto":
             from flytegpt.ingest.openvino_runner import openvino_bf16
@@ -141,7 +135,7 @@ def resolve_precision(precision: str, backend: str, device: str) -> str:
     return precision
 
 
-CPU_ONLY_BACKENDS = ("onnx", "openvino")
+CPU_ONLY_BACKENDS = ("openvino",)
 
 
 def resolve_backend(backend: str, device: str, model_path: str) -> str:
@@ -157,7 +151,7 @@ def resolve_backend(backend: str, device: str, model_path: str) -> str:
     from flytegpt.ingest.openvino_runner import openvino_available
 
     if not openvino_available():
-        log.info("OpenVINO is not installed: embedding with PyTorch (with openvino, 1.5-2.7x faster on a CPU)")
+        log.info("OpenVINO is not installed: embedding with PyTorch (pip install openvino: faster on a CPU)")
         return "torch"
     try:
         check_exportable(model_path)
@@ -165,18 +159,6 @@ def resolve_backend(backend: str, device: str, model_path: str) -> str:
         log.info("embedding with PyTorch: %s", e)
         return "torch"
     return "openvino"
-
-
-def split_model_id(model_id: str) -> tuple[str, bool]:
-    """'m#onnx-int8-v2' -> ('m', True); 'm' -> ('m', False). Another export recipe is an error."""
-    if model_id.endswith(ONNX_SUFFIX):
-        return model_id[: -len(ONNX_SUFFIX)], True
-    if "#" in model_id:
-        raise ValueError(
-            f"model id {model_id!r}: this FlyteGPT makes {ONNX_SUFFIX} (or plain) vectors; "
-            "re-ingest to rebuild the index with them"
-        )
-    return model_id, False
 
 
 def torch_dtype(precision: str):
@@ -239,7 +221,7 @@ class Embedder:
         self._precision: str | None = None
         self._dimension: int | None = None
         self._model: "SentenceTransformer | None" = None
-        self._onnx = None  # OnnxEncoder or OpenVinoEncoder: an exported graph
+        self._openvino = None  # an OpenVinoEncoder
         # Hugging Face fast tokenizers raise "Already borrowed" when one instance is
         # used from several threads at once; the bot answers on a worker pool.
         self._lock = threading.Lock()
@@ -255,16 +237,16 @@ class Embedder:
     def for_model_id(cls, model_id: str, cfg: EmbeddingsConfig | None = None) -> "Embedder":
         """The query embedder for an index whose manifest records `model_id`.
 
-        An int8 index gets int8 queries, whatever the config says. Any other index was built
-        by PyTorch or OpenVINO, whose vectors agree, so queries use the configured backend
-        ("auto" if the config asks for int8): an index built on a GPU is served on a CPU.
+        Every backend makes the same vectors, so queries use the configured backend and
+        precision: an index built on a GPU is served on a CPU. An id with a recipe suffix
+        ("<model>#onnx-int8-v2") was made by an int8 backend this FlyteGPT no longer has.
         """
-        cfg = cfg or EmbeddingsConfig()
-        name, int8 = split_model_id(model_id)
-        backend = "onnx" if int8 else ("auto" if cfg.backend == "onnx" else cfg.backend)
-        device = "cpu" if int8 else cfg.device
-        return cls(name, device=device, batch_size=cfg.batch_size, backend=backend,
-                   gpu_batch_size=cfg.gpu_batch_size, onnx_cache_dir=cfg.onnx_cache_dir, precision=cfg.precision)
+        if "#" in model_id:
+            raise ValueError(
+                f"model id {model_id!r}: the index was embedded by a backend this FlyteGPT does not have; "
+                "re-ingest to rebuild it"
+            )
+        return cls.from_config((cfg or EmbeddingsConfig()).model_copy(update={"model": model_id}))
 
     @property
     def device(self) -> str:
@@ -277,7 +259,7 @@ class Embedder:
 
     @property
     def backend(self) -> str:
-        """The backend in use: 'torch', 'openvino' or 'onnx' ('auto' resolved)."""
+        """The backend in use: 'torch' or 'openvino' ('auto' resolved)."""
         if self._backend is None:
             requested = self._requested_backend
             if requested in CPU_ONLY_BACKENDS and self._requested_device not in ("auto", "cpu"):
@@ -290,15 +272,15 @@ class Embedder:
 
     @property
     def precision(self) -> str:
-        """'fp32', 'bf16', 'fp16' or 'int8' ('auto' resolved for this machine)."""
+        """'fp32', 'bf16' or 'fp16' ('auto' resolved for this machine)."""
         if self._precision is None:
             self._precision = resolve_precision(self._requested_precision, self.backend, self.device)
         return self._precision
 
     @property
     def model_id(self) -> str:
-        """The configured model, plus '#onnx-int8-v<export version>' for vectors of the int8 export."""
-        return self.model_name + (ONNX_SUFFIX if self.backend == "onnx" else "")
+        """The configured model's id: every backend and precision makes its vectors."""
+        return self.model_name
 
     @property
     def batch_size(self) -> int:
@@ -319,7 +301,7 @@ class Embedder:
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None or self._onnx is not None
+        return self._model is not None or self._openvino is not None
 
     def _check_dimension(self, dim: int) -> None:
         if self._dimension is not None and dim != self._dimension:
@@ -330,37 +312,23 @@ class Embedder:
         self._dimension = dim
 
     def _load(self):
-        """The loaded model: an OnnxEncoder, an OpenVinoEncoder or a SentenceTransformer."""
+        """The loaded model: an OpenVinoEncoder or a SentenceTransformer."""
         with self._lock:
-            if self.backend == "openvino" and self._onnx is None:
+            if self.backend == "openvino" and self._openvino is None:
                 try:
-                    self._onnx = self._load_openvino()
+                    self._openvino = self._load_openvino()
                 except Exception as e:  # noqa: BLE001 - same vectors from PyTorch: slower, not broken
                     log.warning("OpenVINO could not load %s (%s); embedding with PyTorch", self.model_id, e)
                     self._backend, self._precision = "torch", None
-            if self.backend == "onnx" and self._onnx is None:
-                self._onnx = self._load_onnx()
-            elif self.backend == "torch" and self._model is None:
+            if self.backend == "torch" and self._model is None:
                 self._model = self._load_torch()
-        return self._model if self.backend == "torch" else self._onnx
-
-    def _load_onnx(self):
-        from flytegpt.ingest.onnx_export import OnnxEncoder, ensure_export, onnx_runtime_available
-
-        if not onnx_runtime_available():
-            raise RuntimeError("backend 'onnx' needs onnxruntime: pip install 'flytegpt[fast]'")
-        folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir)
-        encoder = OnnxEncoder(folder)
-        self._check_dimension(encoder.dimension)
-        log.info("embedding model %s loaded from %s (onnxruntime int8, CPU, batch %d)",
-                 self.model_id, folder, self.batch_size)
-        return encoder
+        return self._model if self.backend == "torch" else self._openvino
 
     def _load_openvino(self):
         from flytegpt.ingest.onnx_export import ensure_export
         from flytegpt.ingest.openvino_runner import OpenVinoEncoder
 
-        folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir, kind="fp32")
+        folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir)
         encoder = OpenVinoEncoder(folder, precision=self.precision)
         self._check_dimension(encoder.dimension)
         log.info("embedding model %s loaded from %s (OpenVINO, CPU, %s, batch %d)",
@@ -398,11 +366,19 @@ class Embedder:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
 
-    def embed_documents(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+    def embed_documents(
+        self,
+        texts: Sequence[str],
+        *,
+        progress: bool = False,
+        on_block: Callable[[list[int], np.ndarray], None] | None = None,
+    ) -> np.ndarray:
         """Embed many texts, longest first, in the caller's order.
 
         Sorting the whole input by length (sentence-transformers only sorts inside one
         encode() call) keeps padding low in every batch: a cheap win on CPU.
+        `on_block(rows, vectors)` sees each encode call's rows as soon as they are done, so a
+        caller can persist work before the whole input is through.
         """
         n = len(texts)
         out = np.empty((n, self.dimension), dtype=np.float32)
@@ -420,6 +396,8 @@ class Embedder:
                 idx = order[start : start + step]
                 out[idx] = self._encode([texts[i] for i in idx])
                 trim_heap()  # this call's activations, before the next call's
+                if on_block is not None:
+                    on_block(idx, out[idx])
                 if bar is not None:
                     bar.update(len(idx))
         finally:

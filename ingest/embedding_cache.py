@@ -4,6 +4,8 @@ Layout: `<store>/embeddings/<model slug>/<shard>.npz`, each shard holding `keys`
 (fixed-width ASCII, the chunk's content key) and `vectors` (float32). Shards are only
 ever added (one per flush) and merged when there are many, so concurrent ingests can't
 corrupt each other, and a shard that does not load is skipped: it is only a cache.
+An ingest flushes a shard every `[embeddings] cache_shard_size` new vectors while it embeds,
+so a killed ingest loses at most the vectors of one shard and the next run continues.
 No pickle: arrays are plain dtypes and loading uses allow_pickle=False.
 """
 
@@ -115,6 +117,11 @@ class EmbeddingCache:
             np.savez(f, keys=key_array, vectors=np.ascontiguousarray(vectors, dtype=np.float32))
         return path
 
+    @property
+    def pending(self) -> int:
+        """Vectors added since the last flush."""
+        return sum(len(keys) for keys, _ in self._pending)
+
     def _write_pending(self) -> int:
         keys = [k for block_keys, _ in self._pending for k in block_keys]
         blocks = [v for _, v in self._pending]
@@ -123,12 +130,15 @@ class EmbeddingCache:
         self._pending = []
         return len(keys)
 
-    def flush(self) -> None:
-        """Persist what was added since the last flush as one new shard; merge if many."""
-        if not self._pending:
-            return
-        log.info("embedding cache: stored %d new vectors", self._write_pending())
-        if len(self._shards) > COMPACT_ABOVE:
+    def flush(self, *, compact: bool = True) -> None:
+        """Persist what was added since the last flush as one new shard; merge if many.
+
+        `compact=False` while an ingest is still embedding: merging rewrites every shard, so it
+        waits for the last flush.
+        """
+        if self._pending:
+            log.info("embedding cache: stored %d new vectors", self._write_pending())
+        if compact and len(self._shards) > COMPACT_ABOVE:
             self.compact()
 
     def compact(self) -> None:

@@ -11,16 +11,16 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from flytegpt.ingest.config import Config
 from flytegpt.ingest.heap import trim_heap
-from flytegpt.ingest.models import Chunk, Document, LoadReport
+from flytegpt.ingest.models import Chunk, Document, LoadReport, ModelInfo
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from flytegpt.ingest.artifact import ModelInfo
     from flytegpt.ingest.keyword import KeywordIndex
     from flytegpt.ingest.embedding import Embedder
 
@@ -104,10 +104,30 @@ def collect(config: Config, *, progress: bool = True) -> tuple[list[Document], d
     return documents, reports
 
 
-def chunk_documents(documents: list[Document]) -> list[Chunk]:
-    from flytegpt.ingest.chunking import chunk_documents as _chunk
+def chunk_all(documents: Iterable[Document], store: str) -> tuple[list[Chunk], float]:
+    """Every document's chunks, in order: (chunks, seconds spent chunking).
 
-    return _chunk(documents)
+    A document that did not change since the last ingest into this store gets its chunks
+    from the store's chunk cache (ingest/chunk_cache.py) instead of being chunked again.
+    `documents` may be a stream that reads the sources: that time is not counted.
+    """
+    from flytegpt.ingest.chunk_cache import ChunkCache
+    from flytegpt.ingest.chunking import chunk_document
+
+    cache = ChunkCache(store)
+    chunks: list[Chunk] = []
+    chunking = 0.0
+    count = 0
+    for doc in documents:
+        count += 1
+        t = time.perf_counter()
+        chunks.extend(cache.chunks(doc, chunk_document))
+        chunking += time.perf_counter() - t
+    t = time.perf_counter()
+    cache.save()
+    chunking += time.perf_counter() - t
+    log.info("chunked %d documents, %d unchanged ones from the chunk cache", count - cache.hits, cache.hits)
+    return chunks, chunking
 
 
 def collect_chunks(
@@ -117,30 +137,22 @@ def collect_chunks(
 
     Each document is dropped as soon as it is chunked, so the whole corpus never sits in
     memory twice (documents and chunks); the timings still split reading from chunking.
-    A document that did not change since the last ingest into this store gets its chunks
-    from the store's chunk cache (ingest/chunk_cache.py) instead of being chunked again.
     """
-    from flytegpt.ingest.chunk_cache import ChunkCache
-    from flytegpt.ingest.chunking import chunk_document
-
     reports: dict[str, LoadReport] = {}
-    doc_counts: Counter = Counter()
-    chunks: list[Chunk] = []
-    cache = ChunkCache(config.index.store)
-    chunking = 0.0
     t = time.perf_counter()
-    for doc in iter_documents(config, reports, progress=progress):
-        doc_counts[doc.source] += 1
-        c = time.perf_counter()
-        chunks.extend(cache.chunks(doc, chunk_document))
-        chunking += time.perf_counter() - c
-    c = time.perf_counter()
-    cache.save()
-    chunking += time.perf_counter() - c
+    chunks, chunking = chunk_all(iter_documents(config, reports, progress=progress), config.index.store)
     total = time.perf_counter() - t
-    log.info("chunked %d documents, %d unchanged ones from the chunk cache",
-             sum(doc_counts.values()) - cache.hits, cache.hits)
+    doc_counts = Counter({name: r.documents for name, r in reports.items()})
     return chunks, reports, doc_counts, {"collect": total - chunking, "chunk": chunking}
+
+
+def source_stats(reports: dict[str, LoadReport], chunks: Iterable[Chunk]) -> dict[str, dict[str, int]]:
+    """Per source, in configuration order: documents read, chunks made, files skipped."""
+    per_source = Counter(c.source for c in chunks)
+    return {
+        name: {"documents": r.documents, "chunks": per_source.get(name, 0), "skipped": len(r.skipped)}
+        for name, r in reports.items()
+    }
 
 
 def embed_chunks(
@@ -152,9 +164,11 @@ def embed_chunks(
 ) -> tuple["np.ndarray", dict]:
     """Embed chunks, reusing every vector the store's content-addressed cache already holds.
 
+    New vectors go to the cache while embedding goes, a shard every `cache_shard_size` of
+    them: a killed ingest keeps what it embedded (but one shard) and the next run continues.
     Memory: the vectors exist once. A full ingest (nothing cached, no repeated text) returns
     the embedder's own output array; otherwise one array is filled row by row from the cache
-    and the new vectors. The new vectors go to the cache as one block, streamed to its shard.
+    and the new vectors.
     """
     import numpy as np
 
@@ -170,11 +184,19 @@ def embed_chunks(
     for i, key in enumerate(keys):
         if key not in found and key not in missing:
             missing[key] = i
-    fresh = embedder.embed_documents([chunks[i].embed_text for i in missing.values()], progress=progress)
-    if missing:
-        cache.add(list(missing), fresh)
-        cache.flush()
-        trim_heap()  # writing the shard copied the new vectors once; don't keep that copy's pages
+    missing_keys = list(missing)
+    shard_size = config.embeddings.cache_shard_size
+
+    def keep(rows: list[int], vectors: "np.ndarray") -> None:
+        cache.add([missing_keys[r] for r in rows], vectors)
+        if cache.pending >= shard_size:
+            cache.flush(compact=False)
+            trim_heap()  # writing the shard copied its vectors once; don't keep that copy's pages
+
+    fresh = embedder.embed_documents(
+        [chunks[i].embed_text for i in missing.values()], progress=progress, on_block=keep
+    )
+    cache.flush()
     stats = {"computed": len(missing), "reused": len(chunks) - len(missing)}
     if len(missing) == len(chunks):
         return fresh, stats
@@ -185,9 +207,7 @@ def embed_chunks(
     return vectors, stats
 
 
-def model_info(embedder: "Embedder") -> "ModelInfo":
-    from flytegpt.ingest.artifact import ModelInfo
-
+def model_info(embedder: "Embedder") -> ModelInfo:
     return ModelInfo(model_id=embedder.model_id, dimension=embedder.dimension, normalized=embedder.normalized)
 
 
@@ -196,11 +216,16 @@ def build_version(
     vectors: "np.ndarray",
     config: Config,
     *,
-    embedder_info: "ModelInfo",
+    embedder_info: ModelInfo,
     stats: dict,
     keyword: "KeywordIndex | None" = None,
+    sources_read_at: "datetime | None" = None,
 ) -> str:
-    """Write a complete version folder (not yet served: `publish` moves LATEST)."""
+    """Write a complete version folder (not yet served: `publish` moves LATEST).
+
+    `sources_read_at`: when reading the sources began; publish never moves LATEST back to
+    a version made of older sources than the one it names.
+    """
     from flytegpt.ingest.artifact import write_version
 
     return write_version(
@@ -212,13 +237,15 @@ def build_version(
         approximate_threshold=config.index.approximate_threshold,
         stats=stats,
         keyword=keyword,
+        sources_read_at=sources_read_at,
     )
 
 
 def publish(config: Config, version: str) -> None:
+    """Move LATEST (guarded against a concurrent ingest), then keep `[index] keep_versions`."""
     from flytegpt.ingest.artifact import publish as _publish
 
-    _publish(config.index.store, version)
+    _publish(config.index.store, version, keep_versions=config.index.keep_versions)
 
 
 def run_ingest(
@@ -228,15 +255,21 @@ def run_ingest(
     from flytegpt.ingest.embedding import Embedder
     from flytegpt.ingest.keyword import KeywordIndex
 
-    chunks, reports, doc_counts, timings = collect_chunks(config, progress=progress)
+    sources_read_at = datetime.now(timezone.utc)
+    chunks, reports, _, timings = collect_chunks(config, progress=progress)
     if not chunks:
         raise ValueError("no chunks: every source was empty or skipped; nothing to publish")
-    sources = _source_summaries(config, doc_counts, chunks, reports)
+    per_source = source_stats(reports, chunks)
+    kinds = {s.name: s.kind for s in config.sources}
+    sources = [
+        SourceSummary(name, kinds[name], s["documents"], s["chunks"], list(reports[name].skipped))
+        for name, s in per_source.items()
+    ]
 
     # BM25 first: its build's transient token lists then come and go while memory holds only
     # the chunks, instead of on top of the vectors and FAISS's copy of them.
     t = time.perf_counter()
-    keyword = KeywordIndex.build([c.embed_text for c in chunks])
+    keyword = KeywordIndex.from_chunks(chunks)
     trim_heap()
     timings["build"] = time.perf_counter() - t
 
@@ -250,11 +283,11 @@ def run_ingest(
 
     stats = {
         "embeddings": embed_stats,
-        "sources": {s.name: {"documents": s.documents, "chunks": s.chunks, "skipped": len(s.skipped)} for s in sources},
+        "sources": per_source,
     }
     t = time.perf_counter()
     version = build_version(chunks, vectors, config, embedder_info=model_info(embedder), stats=stats,
-                            keyword=keyword)
+                            keyword=keyword, sources_read_at=sources_read_at)
     timings["build"] += time.perf_counter() - t
     # publish opens and verifies the whole version: free the build's copy of it first.
     del chunks, vectors, keyword
@@ -275,22 +308,6 @@ def run_ingest(
         precision=embedder.precision if embedder.loaded else "",
         backend=embedder.backend if embedder.loaded else "",
     )
-
-
-def _source_summaries(
-    config: Config, doc_counts: Counter, chunks: list[Chunk], reports: dict[str, LoadReport]
-) -> list[SourceSummary]:
-    chunk_counts = Counter(c.source_id.split(":", 1)[0] for c in chunks)
-    return [
-        SourceSummary(
-            name=s.name,
-            kind=s.kind,
-            documents=doc_counts[s.name],
-            chunks=chunk_counts[s.name],
-            skipped=list(reports.get(s.name, LoadReport()).skipped),
-        )
-        for s in config.sources
-    ]
 
 
 def _progress(items: Iterable, *, enabled: bool, desc: str, unit: str) -> Iterable:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -257,3 +258,48 @@ def test_embed_chunks_matches_one_call_and_reuses_the_cache(tmp_path: Path, embe
     same, stats = embed_chunks(more, config, embedder=fresh, progress=False)
     assert stats == {"computed": 0, "reused": len(more)} and not fresh.loaded
     np.testing.assert_array_equal(same, again)
+
+
+@pytest.mark.slow
+def test_a_killed_ingest_keeps_its_shards_and_the_rerun_embeds_only_the_rest(tmp_path: Path) -> None:
+    """kill -9 right after the first cache shard is written; the next run embeds only what is missing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    script = f"""
+import logging, os, signal, sys, json
+from flytegpt.ingest.config import Config, EmbeddingsConfig, IndexConfig
+from flytegpt.ingest.models import Chunk
+from flytegpt.ingest.pipeline import embed_chunks
+
+class KillAfterFirstShard(logging.Handler):
+    def emit(self, record):
+        if sys.argv[1] == "kill" and "stored" in record.getMessage():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+log = logging.getLogger("flytegpt.ingest.embedding_cache")
+log.setLevel(logging.INFO)
+log.addHandler(KillAfterFirstShard())
+config = Config(index=IndexConfig(store={str(store)!r}),
+                embeddings=EmbeddingsConfig(device="cpu", backend="torch", precision="fp32", cache_shard_size=100))
+chunks = [Chunk(f"docs:{{i}}.md", "docs", "t", "u", "x", f"sentence number {{i}} about flyte task {{i % 7}}")
+          for i in range(600)]
+vectors, stats = embed_chunks(chunks, config, progress=False)
+print(json.dumps(stats))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    killed = subprocess.run([sys.executable, "-c", script, "kill"], capture_output=True, text=True, env=env, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    shards = list((store / "embeddings").rglob("*.npz"))
+    assert len(shards) == 1  # the first shard survived the kill
+    with np.load(shards[0], allow_pickle=False) as npz:
+        kept = len(npz["keys"])
+    assert 100 <= kept < 600
+
+    rerun = subprocess.run([sys.executable, "-c", script, "run"], capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    stats = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert stats == {"computed": 600 - kept, "reused": kept}
