@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flytegpt.ingest.keyword import KeywordIndex
-from flytegpt.ingest.models import Chunk
+from flytegpt.ingest.models import Chunk, ModelInfo
 from flytegpt.ingest.store import atomic_write, get_fs, is_local, join, list_dir, read_bytes, store_lock
 
 if TYPE_CHECKING:
@@ -69,13 +69,6 @@ class ArtifactError(Exception):
     """An index version that must not be served; the message says which file or field and why."""
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    model_id: str
-    dimension: int
-    normalized: bool = True
-
-
 @dataclass
 class IndexVersion:
     version: str
@@ -87,8 +80,7 @@ class IndexVersion:
 
     @property
     def model(self) -> ModelInfo:
-        m = self.manifest["model"]
-        return ModelInfo(m["model_id"], int(m["dimension"]), bool(m["normalized"]))
+        return ModelInfo.from_dict(self.manifest["model"])
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -285,10 +277,10 @@ def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: Keywor
         "version": version,
         "created_at": now.isoformat(timespec="seconds"),
         "sources_read_at": (sources_read_at or now).astimezone(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"model_id": model.model_id, "dimension": model.dimension, "normalized": model.normalized},
+        "model": model.to_dict(),
         "index": index_info,
         "chunk_count": len(chunks),
-        "counts": dict(sorted(Counter(c.source_id.split(":", 1)[0] for c in chunks).items())),
+        "counts": dict(sorted(Counter(c.source for c in chunks).items())),
         "stats": stats or {},
         "files": entries,
     }
