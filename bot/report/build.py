@@ -240,7 +240,7 @@ def build_report(db: str, *, store: str | None = None, options: ReportOptions | 
     `embedder`: the model that clusters the gap questions; by default the one the store's
     LATEST manifest names (the index's own model), else the configured one.
     """
-    from flytegpt.ingest.config import Config, EmbeddingsConfig
+    from flytegpt.ingest.config import Config
 
     options = options or ReportOptions()
     config = config or Config()
@@ -256,8 +256,10 @@ def build_report(db: str, *, store: str | None = None, options: ReportOptions | 
     history = read_index_history(store) if store else None
     if history is None:
         notes.append("No index store given: the sources and index sections are empty.")
-    elif history.latest is None:
-        notes.append(f"No published index in {store}.")
+    else:
+        notes.extend(history.problems)
+        if history.latest is None and not history.problems:
+            notes.append(f"No published index in {store}.")
 
     embedders: dict[str, "Embedder"] = {}
 
@@ -267,13 +269,18 @@ def build_report(db: str, *, store: str | None = None, options: ReportOptions | 
         if embedder is not None and embedder.model_id == model_id:
             return embedder
         if model_id not in embedders:
-            embedders[model_id] = Embedder.for_model_id(model_id, config.embeddings or EmbeddingsConfig())
+            embedders[model_id] = Embedder.for_model_id(model_id, config.embeddings)
         return embedders[model_id]
 
     gap_model = (history.model_id if history and history.model_id else None) or \
         (embedder.model_id if embedder is not None else config.embeddings.model)
-    topics = knowledge_gaps(rows, embedder_for(gap_model) if gap_rows(rows) else None,
-                            options.topic_similarity, options.workspace_url)
+    try:
+        topics = knowledge_gaps(rows, embedder_for(gap_model) if gap_rows(rows) else None,
+                                options.topic_similarity, options.workspace_url)
+    except Exception as e:  # noqa: BLE001 - whatever the model library raises: list the questions ungrouped
+        log.warning("report: embedding the gap questions failed: %s", e)
+        notes.append(f"The gap questions are not grouped: the model {gap_model!r} could not embed them ({e}).")
+        topics = knowledge_gaps(rows, None, options.topic_similarity, options.workspace_url)
 
     days = day_range(start, now)
     outcomes = list(OUTCOMES)

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 _MENTION = re.compile(r"<[@!](?:[UW][A-Z0-9]+|subteam\^[A-Z0-9]+)(?:\|[^>]*)?>")
 PRIVATE_SURFACES = ("dm", "panel")  # the assistant panel is a DM with the app
-SURFACE_NAMES = {"command": "slash"}  # the bot's internal name for /flytegpt
+SURFACE_NAMES = {"command": "slash", "assistant": "panel"}  # the bot's names for /flytegpt and the panel
 
 
 def load_questions(db: str, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
@@ -118,29 +118,37 @@ class IndexHistory:
     latest: str | None
     model_id: str | None
     catalog: dict[str, SourceInfo]  # every source id of the latest version
+    problems: list[str] = field(default_factory=list)  # what could not be read, for the page
 
 
 def read_index_history(store: str, *, max_versions: int = 50) -> IndexHistory:
     """Manifests of the store's versions and the source catalog of LATEST (its chunk table)."""
     from flytegpt.ingest.artifact import ArtifactError, list_versions, open_version, read_latest, read_manifest
 
+    problems: list[str] = []
     versions = []
     for v in list_versions(store)[-max_versions:]:
         try:
             versions.append(read_manifest(store, v))
         except ArtifactError as e:
-            log.warning("report: skipping index version %s: %s", v, e)
-    latest = read_latest(store)
+            problems.append(f"index version {v} left out: {e}")
     catalog: dict[str, SourceInfo] = {}
     model_id = None
-    if latest:
-        index = open_version(store, latest)
-        model_id = index.model.model_id
-        for c in index.chunks:
-            if c.source_id not in catalog:
-                catalog[c.source_id] = SourceInfo(c.source_id, c.kind, _source_title(c), c.url.split("#", 1)[0])
-        del index
-    return IndexHistory(versions, latest, model_id, catalog)
+    try:
+        latest = read_latest(store)
+        if latest:
+            index = open_version(store, latest)
+            model_id = index.model.model_id
+            for c in index.chunks:
+                if c.source_id not in catalog:
+                    catalog[c.source_id] = SourceInfo(c.source_id, c.kind, _source_title(c), c.url.split("#", 1)[0])
+            del index
+    except ArtifactError as e:  # a damaged LATEST: the rest of the report still stands
+        latest = None
+        problems.append(f"the published index cannot be read, so the source sections are empty: {e}")
+    for p in problems:
+        log.warning("report: %s", p)
+    return IndexHistory(versions, latest, model_id, catalog, problems)
 
 
 def _source_title(chunk: Any) -> str:

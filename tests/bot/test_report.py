@@ -253,3 +253,30 @@ def test_the_assistant_panel_is_private_like_a_dm() -> None:
     assert surface_of(panel) == "panel" and is_private(panel)
     shown, left_out = PrivacyFilter(None, False).split([panel, {"surface": "mention", "channel": "C01ASK001"}])
     assert len(shown) == 1 and left_out == {"dm": 1, "channel": 0}
+
+
+class BrokenModel:
+    model_id = "test/broken"
+
+    def embed_documents(self, texts):
+        raise RuntimeError("the model's weights are missing")
+
+
+def test_a_model_that_cannot_embed_leaves_the_gaps_ungrouped_with_a_note(db: Path) -> None:
+    r = build_report(str(db), options=ReportOptions(since_s=7 * DAY), embedder=BrokenModel(), now=NOW)  # type: ignore[arg-type]
+    assert len(r.topics) == 5 and all(t.size == 1 for t in r.topics)  # 4 not found + 1 voted down
+    assert any("could not embed them (the model's weights are missing)" in n for n in r.notes)
+    assert "the model&#x27;s weights are missing" in render_page(r)
+
+
+@pytest.mark.slow
+def test_a_damaged_index_version_is_a_note_not_a_failed_report(db: Path, embedder, tmp_path: Path) -> None:
+    from flytegpt.ingest.artifact import read_latest
+
+    store = _store_with_two_versions(tmp_path, embedder)
+    chunks = Path(store) / read_latest(store) / "chunks.jsonl.gz"
+    chunks.write_bytes(chunks.read_bytes()[:-8])  # truncated
+    r = build_report(str(db), store=store, options=ReportOptions(since_s=7 * DAY), embedder=embedder, now=NOW)
+    assert any("the published index cannot be read" in n and "chunks.jsonl.gz" in n for n in r.notes)
+    assert r.catalog_size == 0 and len(r.versions) == 2 and r.totals["questions"] == 8
+    assert r.topics  # still clustered, with the configured model
