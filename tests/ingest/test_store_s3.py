@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
+from support.tools import find_executable, missing_tool
 
-pytest.importorskip("moto")
-pytest.importorskip("s3fs")
-boto3 = pytest.importorskip("boto3")
+try:
+    import boto3
+    import moto  # noqa: F401
+    import s3fs  # noqa: F401
+except ImportError as e:  # the dev extra installs them
+    missing_tool(f"{e.name} is not installed")
 
 from flytegpt.ingest.artifact import (  # noqa: E402
     ArtifactError,
@@ -41,16 +43,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _moto_server() -> str | None:
-    local = Path(sys.executable).parent / "moto_server"
-    return str(local) if local.exists() else shutil.which("moto_server")
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    server = _moto_server()
+    server = find_executable("moto_server")
     if server is None:
-        pytest.skip("moto_server is not installed")
+        missing_tool("moto_server is not installed")
     port = _free_port()
     proc = subprocess.Popen(
         [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -64,7 +63,7 @@ def endpoint() -> Iterator[str]:
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.skip("moto_server did not start")
+                    missing_tool("moto_server did not start")
                 time.sleep(0.2)
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("AWS_ACCESS_KEY_ID", "testing")

@@ -7,7 +7,6 @@ BotConfig.http_port, and the configuration parser itself.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -18,6 +17,7 @@ import yaml
 
 from flytegpt.ingest.config import BotConfig, Settings, parse_config
 from flytegpt.ingest.onnx_export import default_cache_root
+from support.tools import find_executable, missing_tool
 
 from support.paths import ROOT
 MANIFESTS = ROOT / "manifests"
@@ -84,11 +84,13 @@ def _kustomizations() -> list[Path]:
     return sorted(p.parent for p in MANIFESTS.rglob("kustomization.yaml"))
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with built-in kustomize) not installed")
 @pytest.mark.parametrize("folder", _kustomizations(), ids=lambda p: str(p.relative_to(MANIFESTS)))
 def test_kustomize_renders_valid_resources(folder: Path) -> None:
     """What `kubectl apply -k` would send: patches applied, images and namespace set."""
-    out = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    kubectl = find_executable("kubectl")
+    if kubectl is None:
+        missing_tool("kubectl (with built-in kustomize) is not installed")
+    out = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
     kinds = {d["kind"] for d in docs}
