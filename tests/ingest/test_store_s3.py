@@ -194,3 +194,54 @@ def test_endpoint_comes_from_environment(endpoint: str) -> None:
     assert root == f"{BUCKET}/x"
     assert os.environ["FLYTEGPT_S3_ENDPOINT_URL"] == endpoint
     assert fs.client_kwargs.get("endpoint_url") == endpoint
+
+
+def test_s3_names_from_latest_and_manifests_are_validated(endpoint: str, s3, tmp_path: Path) -> None:
+    """A manifest entry `../../x` must not make the reader write outside its cache folder."""
+    import json
+
+    store = f"s3://{BUCKET}/traversal/index"
+    version = write_version(store, _chunks(4), _vectors(4), MODEL)
+    publish(store, version)
+    key = f"traversal/index/{version}/manifest.json"
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    dense = manifest["files"]["dense.faiss"]
+    manifest["files"]["../../../escaped.faiss"] = dense
+    s3.put_object(Bucket=BUCKET, Key="traversal/escaped.faiss", Body=b"x")
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(manifest).encode())
+    cache = tmp_path / "deep" / "cache"
+    with pytest.raises(ArtifactError, match="is not a file name of an index version"):
+        open_version(store, cache_dir=str(cache))
+    assert not list(tmp_path.rglob("escaped.faiss"))
+
+    s3.put_object(Bucket=BUCKET, Key="traversal/index/LATEST", Body=b"../evil/20260101T000000Z-00000000\n")
+    with pytest.raises(ArtifactError, match="is not an index version id"):
+        read_latest(store)
+
+
+def test_s3_publish_lock_is_exclusive(endpoint: str) -> None:
+    from flytegpt.ingest.store import StoreLockError, get_fs, store_lock
+
+    fs, root = get_fs(f"s3://{BUCKET}/locking")
+    lock = f"{root}/publish.lock"
+    with store_lock(fs, lock):
+        assert fs.exists(lock)
+        with pytest.raises(StoreLockError, match="publish.lock is held by"):
+            with store_lock(fs, lock, wait_s=0.5):
+                pass
+    fs.invalidate_cache()
+    assert not fs.exists(lock)
+
+
+def test_s3_old_work_files_are_pruned(endpoint: str) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from flytegpt.ingest.artifact import prune_work_files
+    from flytegpt.ingest.store import get_fs
+
+    store = f"s3://{BUCKET}/work/index"
+    fs, root = get_fs(store)
+    fs.pipe_file(f"{root}/flyte-work/chunks/a.jsonl", b"a")
+    now = datetime.now(timezone.utc)
+    assert prune_work_files(store, before=now - timedelta(hours=1)) == []
+    assert prune_work_files(store, before=now + timedelta(minutes=5)) == [f"{root}/flyte-work/chunks/a.jsonl"]
