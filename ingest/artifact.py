@@ -296,17 +296,22 @@ def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: Keywor
     return version
 
 
-def publish(store: str, version: str, *, keep_versions: int = DEFAULT_KEEP_VERSIONS, force: bool = False) -> None:
+def publish(store: str, version: str, *, keep_versions: int = DEFAULT_KEEP_VERSIONS, force: bool = False,
+            sources_read_at: datetime | None = None) -> None:
     """Point LATEST at `version` after opening and verifying it, then prune old versions.
 
     A bad version leaves LATEST alone. Two ingests into one store are serialised by a lock
     file (ingest.store.store_lock), and inside it LATEST only moves forward: a version made
     of sources read before those of the version LATEST names is refused (`force` overrides,
-    for a deliberate rollback). Retention (`prune`) runs after the move; its failures are
-    logged, never fatal to the publish.
+    for a deliberate rollback). `sources_read_at`: when this run read its sources, for a
+    caller that publishes a version built earlier from the same content (a Flyte task-cache
+    hit); the version's manifest says otherwise. Retention (`prune`) runs after the move; its
+    failures are logged, never fatal to the publish.
     """
     check_version_id(version, f"publish {store}")
     new_manifest = open_version(store, version).manifest
+    if sources_read_at is not None:
+        new_manifest = {**new_manifest, "sources_read_at": sources_read_at.astimezone(timezone.utc).isoformat()}
     fs, root = get_fs(store)
     with store_lock(fs, join(root, PUBLISH_LOCK)):
         previous = _current_latest(store)

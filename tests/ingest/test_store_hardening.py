@@ -294,3 +294,17 @@ def test_old_flyte_work_files_are_pruned_after_publish(tmp_path: Path) -> None:
     publish(str(store), version)
     assert not old_file.exists() and new_file.exists()
     assert prune_work_files(str(tmp_path / "no-such-store"), before=datetime.now(timezone.utc)) == []
+
+
+def test_a_cached_older_version_published_by_a_run_that_read_its_sources_now(tmp_path: Path) -> None:
+    """The sources went back to an earlier state and the Flyte build was a cache hit: the old
+    version is what tonight's run read, so the run's own read time is what counts."""
+    store = str(tmp_path / "store")
+    now = datetime.now(timezone.utc)
+    cached = _build(store, 1, sources_read_at=now - timedelta(days=2))
+    newer = _build(store, 2, sources_read_at=now - timedelta(days=1))
+    publish(store, newer)
+    with pytest.raises(ArtifactError, match="not published"):
+        publish(store, cached)
+    publish(store, cached, sources_read_at=now)
+    assert read_latest(store) == cached
