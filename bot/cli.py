@@ -20,7 +20,8 @@ def main(verbose: int) -> None:
     from flytegpt.bot.logs import setup_logging
 
     # redacting like the server's: a provider's error body can echo the API key
-    setup_logging(level=logging.WARNING - 10 * min(verbose, 2), fmt="%(levelname)s %(name)s: %(message)s")
+    setup_logging(level=logging.WARNING - 10 * min(verbose, 2), fmt="%(levelname)s %(name)s: %(message)s",
+                  replace=False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # transformers' per-tensor "Loading weights" bar says nothing useful; ours show real work.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

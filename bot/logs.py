@@ -121,15 +121,20 @@ class _ExtrasFormatter(logging.Formatter):
 
 def setup_logging(*, json_logs: bool = False, level: int | str = logging.INFO, stream: Any = None,
                   settings: Settings | None = None, fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s",
-                  ) -> logging.Handler:
+                  replace: bool = True) -> logging.Handler | None:
     """Configure the root logger: one handler (replacing others), redaction, text or JSON lines.
 
     The secrets of `settings` (the environment's by default) are registered for redaction,
     and the redaction filter is put on every handler already configured anywhere, so a
-    library's own handler cannot print what ours would hide.
+    library's own handler cannot print what ours would hide. `replace=False` (the CLI): when
+    the process has logging set up already (a host application, a test runner), only the
+    filter is added and None is returned.
     """
     register_secrets(settings_secrets(settings if settings is not None else Settings()))
     redacting = RedactingFilter()
+    if not replace and logging.getLogger().handlers:
+        _filter_every_handler(redacting)
+        return None
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(redacting)
     handler.setFormatter(JsonFormatter() if json_logs else _ExtrasFormatter(fmt))
@@ -138,12 +143,17 @@ def setup_logging(*, json_logs: bool = False, level: int | str = logging.INFO, s
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    for logger in list(logging.root.manager.loggerDict.values()):
-        for other in getattr(logger, "handlers", []):
-            if not any(isinstance(f, RedactingFilter) for f in other.filters):
-                other.addFilter(redacting)
+    _filter_every_handler(redacting)
     for noisy in ("urllib3", "httpx", "httpcore", "openai", "websockets"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # "skipped: maximum number of running instances" while a big version downloads is expected
     logging.getLogger("apscheduler").setLevel(max(logging.ERROR, root.level))
     return handler
+
+
+def _filter_every_handler(redacting: RedactingFilter) -> None:
+    loggers = [logging.getLogger(), *logging.root.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(redacting)

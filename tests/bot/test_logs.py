@@ -133,3 +133,25 @@ def test_flytegpt_ask_redacts_like_the_server(tmp_path: Path, embedder) -> None:
 def test_short_values_are_not_treated_as_secrets() -> None:
     logs.register_secrets(["x", "", None])
     assert logs.redact("a fix for x and y") == "a fix for x and y"
+
+
+def test_cli_inside_a_host_keeps_its_handlers_and_redacts_them(monkeypatch) -> None:
+    """Run in-process (a host application, a test runner), the CLI adds redaction to the
+    handlers it finds instead of replacing them."""
+    from click.testing import CliRunner
+
+    from flytegpt.bot.cli import main
+
+    stream = io.StringIO()
+    host = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(host)
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    try:
+        result = CliRunner().invoke(main, ["-vv", "ask", "--help"])
+        assert result.exit_code == 0
+        assert host in root.handlers
+        root.warning("key is %s", API_KEY)
+    finally:
+        root.removeHandler(host)
+    assert "key is ***" in stream.getvalue()
