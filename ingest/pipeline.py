@@ -269,7 +269,7 @@ def run_ingest(
     # BM25 first: its build's transient token lists then come and go while memory holds only
     # the chunks, instead of on top of the vectors and FAISS's copy of them.
     t = time.perf_counter()
-    keyword = KeywordIndex.from_chunks(chunks)
+    keyword = KeywordIndex.build([c.embed_text for c in chunks])
     trim_heap()
     timings["build"] = time.perf_counter() - t
 
