@@ -114,11 +114,11 @@ def test_open_from_config(store: str, embedder) -> None:
 
 
 def test_open_picks_the_query_embedder_the_index_was_built_with(store: str) -> None:
-    # an index embedded with PyTorch (e.g. on a GPU node) served by a bot configured for int8 ONNX:
-    # its queries are embedded in the index's vector space (PyTorch or OpenVINO), never int8
+    # an index embedded with PyTorch (e.g. on a GPU node) served by a bot configured for OpenVINO:
+    # its queries are embedded in the index's vector space
     from flytegpt.ingest.config import EmbeddingsConfig
 
-    config = Config(index=IndexConfig(store=store), embeddings=EmbeddingsConfig(backend="onnx", device="cpu"))
+    config = Config(index=IndexConfig(store=store), embeddings=EmbeddingsConfig(backend="openvino", device="cpu"))
     searcher = HybridSearcher.open(config)
     assert searcher.embedder.model_id == open_version(store).model.model_id
     assert searcher.embedder.backend in ("openvino", "torch")
