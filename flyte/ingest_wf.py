@@ -51,12 +51,12 @@ class Collected(NamedTuple):
     documents: FlyteFile
     settings: str  # JSON: [index] + [embeddings] of the config, for the later stages
     store: str  # the resolved index store
-    source_stats: str  # JSON: per source, documents read and files skipped
+    source_stats: str  # JSON: per source, its LoadReport (documents read, files skipped)
 
 
 class Embedded(NamedTuple):
     vectors: FlyteFile
-    model: str  # JSON: ingest.artifact.ModelInfo of the embedder
+    model: str  # JSON: ingest.models.ModelInfo of the embedder
     embed_stats: str  # JSON: embeddings computed / reused
 
 
@@ -73,10 +73,9 @@ def collect(config_path: str, store: str) -> Collected:
     config = load_task_config(config_path, store)
     with credentials.secrets_in_env(credentials.SLACK_BOT_TOKEN):  # for slack_api sources
         documents, reports = pipeline.collect(config, progress=False)
-    stats = {
-        name: {"documents": r.documents, "skipped": len(r.skipped)} for name, r in sorted(reports.items())
-    }
-    log.info("collected %d documents: %s", len(documents), stats)
+    stats = {name: r.to_dict() for name, r in reports.items()}
+    log.info("collected %d documents: %s", len(documents),
+             {name: r.documents for name, r in reports.items()})
     path = write_work_file(
         config.index.store, "documents", to_jsonl(d.to_dict() for d in documents), ".jsonl"
     )
@@ -90,15 +89,18 @@ def collect(config_path: str, store: str) -> Collected:
     cache_version=cache.CHUNK_VERSION,
 )
 def chunk(documents: FlyteFile, store: str) -> FlyteFile:
-    """Split documents into chunks (headings for prose, functions/classes for code, whole threads)."""
+    """Split documents into chunks (headings for prose, functions/classes for code, whole threads).
+
+    Unchanged documents take their chunks from the store's chunk cache, as `flytegpt ingest` does.
+    """
     from flytegpt.ingest import pipeline
     from flytegpt.ingest.models import Document
 
-    docs = [Document.from_dict(d) for d in from_jsonl(read_work_file(documents))]
-    chunks = pipeline.chunk_documents(docs)
+    docs = (Document.from_dict(d) for d in from_jsonl(read_work_file(documents)))
+    chunks, _ = pipeline.chunk_all(docs, store)
     if not chunks:
         raise ValueError("no chunks: every source was empty or skipped; nothing to publish")
-    log.info("%d documents -> %d chunks", len(docs), len(chunks))
+    log.info("%d chunks", len(chunks))
     return FlyteFile(write_work_file(store, "chunks", to_jsonl(c.to_dict() for c in chunks), ".jsonl"))
 
 
@@ -120,12 +122,11 @@ def embed(chunks: FlyteFile, settings: str) -> Embedded:
     items = [Chunk.from_dict(c) for c in from_jsonl(read_work_file(chunks))]
     embedder = Embedder.from_config(config.embeddings)
     vectors, stats = pipeline.embed_chunks(items, config, embedder=embedder, progress=False)
-    precision = embedder.precision if embedder.loaded else ""
-    log.info("embedded %d chunks on %s %s: %s", len(items), embedder.device, precision, stats)
-    info = pipeline.model_info(embedder)
+    how = {"device": embedder.device, **embedder.describe()}
+    log.info("embedded %d chunks: %s, %s", len(items), stats, how)
     path = write_work_file(config.index.store, "vectors", npy_bytes(vectors), ".npy")
-    model = json.dumps({"model_id": info.model_id, "dimension": info.dimension, "normalized": info.normalized})
-    return Embedded(FlyteFile(path), model, json.dumps({**stats, "device": embedder.device, "precision": precision}))
+    model = json.dumps(pipeline.model_info(embedder).to_dict())
+    return Embedded(FlyteFile(path), model, json.dumps({**stats, **how}))
 
 
 @task(
@@ -140,22 +141,16 @@ def build(
     chunks: FlyteFile, vectors: FlyteFile, model: str, settings: str, source_stats: str, embed_stats: str
 ) -> str:
     """Write a complete index version (dense + keyword + chunk table + manifest). Not yet served."""
-    from collections import Counter
-
     from flytegpt.ingest import pipeline
-    from flytegpt.ingest.artifact import ModelInfo
-    from flytegpt.ingest.models import Chunk
+    from flytegpt.ingest.models import Chunk, LoadReport, ModelInfo
 
     config = config_from_settings(settings)
     items = [Chunk.from_dict(c) for c in from_jsonl(read_work_file(chunks))]
     matrix = npy_load(read_work_file(vectors))
-    per_source = Counter(c.source_id.split(":", 1)[0] for c in items)
-    sources = {
-        name: {**s, "chunks": per_source.get(name, 0)} for name, s in json.loads(source_stats).items()
-    }
-    stats = {"embeddings": json.loads(embed_stats), "sources": sources}
+    reports = {name: LoadReport.from_dict(r) for name, r in json.loads(source_stats).items()}
+    stats = {"embeddings": json.loads(embed_stats), "sources": pipeline.source_stats(reports, items)}
     version = pipeline.build_version(
-        items, matrix, config, embedder_info=ModelInfo(**json.loads(model)), stats=stats
+        items, matrix, config, embedder_info=ModelInfo.from_dict(json.loads(model)), stats=stats
     )
     log.info("built index version %s in %s", version, config.index.store)
     return version

@@ -17,6 +17,7 @@ plain model id, so an index built by one is searched with the other.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ from flytegpt.ingest.heap import trim_heap
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+    from flytegpt.ingest.autotune import Choice
 
 log = logging.getLogger(__name__)
 
@@ -92,42 +95,23 @@ def accelerator_possible() -> bool:
     return platform.system() == "Darwin" and platform.machine() == "arm64"  # Apple MPS
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX).
-
-    There, bf16 matmuls run at about twice the fp32 rate, and all-MiniLM-L6-v2's vectors stay
-    within cosine 0.9999 of fp32 (tests/bench/bench_embed.py). Elsewhere bf16 is emulated and
-    slower than fp32, so "auto" must not pick it.
-    """
-    import torch
-
-    get = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
-    try:
-        caps = get() if get is not None else {}
-    except Exception:  # noqa: BLE001 - an unknown CPU means fp32, not a failed ingest
-        return False
-    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
-
-
 def resolve_precision(precision: str, backend: str, device: str) -> str:
-    """The number format the model computes in: 'fp32', 'bf16' or 'fp16'.
+    """The number format the model computes in: 'fp32', 'bf16', 'fp16', or 'auto' where it is
+    measured when the model loads (a CPU: which of fp32 and bf16 is faster depends on the CPU,
+    not on its flags; ingest/autotune.py).
 
     Half precision keeps the plain model id: its vectors match fp32 to a cosine of 0.9999+,
     closer than two fp32 runs on different hardware need to be for retrieval.
     """
     if backend == "openvino":
-        if precision == "auto":
-            from flytegpt.ingest.openvino_runner import openvino_bf16
-
-            return "bf16" if openvino_bf16() else "fp32"
-        if precision not in ("fp32", "bf16"):
+        if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"backend 'openvino' computes in 'fp32' or 'bf16', not {precision!r}")
         return precision
     gpu = device.startswith("cuda")
     if precision == "auto":
         if gpu:
             return "fp16"
-        return "bf16" if device == "cpu" and cpu_has_native_bf16() else "fp32"
+        return "auto" if device == "cpu" else "fp32"
     if precision == "fp16" and not gpu:
         raise ValueError(f"precision 'fp16' needs a CUDA device, not {device!r}: use 'bf16' or 'fp32' on a CPU")
     if precision == "bf16" and not (gpu or device == "cpu"):
@@ -221,6 +205,7 @@ class Embedder:
         self._precision: str | None = None
         self._dimension: int | None = None
         self._model: "SentenceTransformer | None" = None
+        self.autotune: "Choice | None" = None  # what "auto" measured and chose, once loaded
         self._openvino = None  # an OpenVinoEncoder
         # Hugging Face fast tokenizers raise "Already borrowed" when one instance is
         # used from several threads at once; the bot answers on a worker pool.
@@ -272,10 +257,26 @@ class Embedder:
 
     @property
     def precision(self) -> str:
-        """'fp32', 'bf16' or 'fp16' ('auto' resolved for this machine)."""
+        """'fp32', 'bf16' or 'fp16' ('auto' resolved for this machine: on a CPU, by loading the
+        model and measuring)."""
         if self._precision is None:
-            self._precision = resolve_precision(self._requested_precision, self.backend, self.device)
+            precision = resolve_precision(self._requested_precision, self.backend, self.device)
+            if precision == "auto":
+                self._load()  # sets _precision
+            else:
+                self._precision = precision
+        assert self._precision is not None
         return self._precision
+
+    def describe(self) -> dict:
+        """How the vectors were made, for the manifest and benchmarks ({} before the model loaded)."""
+        if not self.loaded:
+            return {}
+        info = {"backend": self.backend, "precision": self.precision, "device": self.device,
+                "batch_size": self.batch_size}
+        if self.autotune is not None:
+            info["autotune"] = self.autotune.to_dict()
+        return info
 
     @property
     def model_id(self) -> str:
@@ -324,29 +325,72 @@ class Embedder:
                 self._model = self._load_torch()
         return self._model if self.backend == "torch" else self._openvino
 
+    def _autotune_file(self) -> Path:
+        from flytegpt.ingest.autotune import CACHE_FILE
+        from flytegpt.ingest.onnx_export import default_cache_root
+
+        return Path(self.onnx_cache_dir or default_cache_root()) / CACHE_FILE
+
     def _load_openvino(self):
+        import openvino
+
+        from flytegpt.ingest import autotune
         from flytegpt.ingest.onnx_export import ensure_export
-        from flytegpt.ingest.openvino_runner import OpenVinoEncoder
+        from flytegpt.ingest.openvino_runner import OpenVinoEncoder, openvino_bf16
 
         folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir)
-        encoder = OpenVinoEncoder(folder, precision=self.precision)
+        precision = resolve_precision(self._requested_precision, "openvino", "cpu")
+        if precision != "auto":
+            encoder = OpenVinoEncoder(folder, precision=precision)
+        else:
+            # bf16 is a candidate only where the CPU plugin computes it; elsewhere it means fp32.
+            precisions = ["fp32", "bf16"] if openvino_bf16() else ["fp32"]
+            meta = json.loads((folder / "meta.json").read_text())
+            self.autotune, encoder = autotune.choose(
+                {f"openvino {p}": functools.partial(OpenVinoEncoder, folder, precision=p) for p in precisions},
+                "openvino fp32",
+                facts={**autotune.machine_facts(), "openvino": openvino.get_version(), "export": meta["sha256"]},
+                cache_file=self._autotune_file(),
+                batch_size=self.batch_size,
+            )
+        self._precision = encoder.precision
         self._check_dimension(encoder.dimension)
         log.info("embedding model %s loaded from %s (OpenVINO, CPU, %s, batch %d)",
                  self.model_id, folder, self.precision, self.batch_size)
         return encoder
 
     def _load_torch(self) -> "SentenceTransformer":
+        precision = resolve_precision(self._requested_precision, "torch", self.device)
+        if precision != "auto":
+            model = self._torch_model(precision)
+        else:
+            import torch
+
+            from flytegpt.ingest import autotune
+
+            self.autotune, model = autotune.choose(
+                {f"torch {p}": functools.partial(self._torch_model, p) for p in ("fp32", "bf16")},
+                "torch fp32",
+                facts={**autotune.machine_facts(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "model": self.model_name},
+                cache_file=self._autotune_file(),
+                batch_size=self.batch_size,
+            )
+            precision = self.autotune.choice.split()[-1]
+        self._precision = precision
+        self._check_dimension(_model_dimension(model))
+        log.info("embedding model %s loaded from %s on %s (PyTorch, %s, batch %d)",
+                 self.model_id, self.model_path, self.device, precision, self.batch_size)
+        return model
+
+    def _torch_model(self, precision: str) -> "SentenceTransformer":
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(self.model_path, device=self.device)
-        precision = self.precision
         if precision != "fp32":
             # Half-precision weights, not autocast: autocast re-casts every weight on
             # every call, which costs a tenth of the time on a CPU.
             model.to(torch_dtype(precision))
-        self._check_dimension(_model_dimension(model))
-        log.info("embedding model %s loaded from %s on %s (PyTorch, %s, batch %d)",
-                 self.model_id, self.model_path, self.device, precision, self.batch_size)
         return model
 
     def _encode(self, texts: list[str]) -> np.ndarray:

@@ -47,6 +47,11 @@ class Chunk:
     start_line: int | None = None
     end_line: int | None = None
 
+    @property
+    def source(self) -> str:
+        """The configured name of the source this chunk came from."""
+        return self.source_id.split(":", 1)[0]
+
     def content_key(self, model_id: str) -> str:
         """Content address of this chunk's embedding: same model + same text = same vector."""
         h = hashlib.sha256()
@@ -63,6 +68,22 @@ class Chunk:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """The embedding model an index was built with: what a reader checks before serving it."""
+
+    model_id: str
+    dimension: int
+    normalized: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelInfo":
+        return cls(str(d["model_id"]), int(d["dimension"]), bool(d["normalized"]))
+
+
 @dataclass
 class LoadReport:
     """What a loader read and what it had to skip, for the ingest summary."""
@@ -72,3 +93,10 @@ class LoadReport:
 
     def skip(self, name: str, reason: str) -> None:
         self.skipped.append((name, reason))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"documents": self.documents, "skipped": [list(s) for s in self.skipped]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LoadReport":
+        return cls(int(d["documents"]), [(str(n), str(r)) for n, r in d["skipped"]])

@@ -1,21 +1,13 @@
-"""Local ONNX exports of a sentence-transformers model, and the onnxruntime encoder for int8.
+"""A local ONNX export of a sentence-transformers model, the graph OpenVINO runs on a CPU.
 
-Two exports, both made here from the model folder on disk with torch's ONNX exporter (no
-download, no optimum), both Transformer -> mean pooling -> L2 norm in one graph:
-- "fp32": the plain graph. OpenVINO runs it (ingest/openvino_runner.py), fusing it and
-  computing in bf16 on CPUs that have it: ~2.7x PyTorch fp32 on 2 cores with vectors within
-  cosine 0.9999 of it, so they keep the plain model id.
-- "int8": fused by onnxruntime's BERT optimizer, then dynamically quantised (int8 weights
-  per channel, activations per tensor per batch): ~2.5x PyTorch fp32, but the vectors move
-  (mean cosine 0.994) and dev MRR@10 moves by 0.01-0.02 from build to build, so they get
-  their own model id ("#onnx-int8-v2"). A text's int8 vector also moves a little with its
-  batch neighbours: the activation scale is the batch's.
+Made here from the model folder on disk with torch's ONNX exporter (no download, no optimum):
+Transformer -> mean pooling -> L2 norm in one fp32 graph. OpenVINO fuses it and picks its own
+compute precision (ingest/openvino_runner.py), so one export serves fp32 and bf16.
 
-Each is cached under `<cache root>/<model slug>-<weights sha256[:12]>[-fp32]-v<N>/`
-(model.onnx, tokenizer.json, meta.json), written to a temporary folder first and then
-renamed, so a crashed or concurrent export never leaves a half-written model behind.
-Only the plain Transformer -> mean Pooling (-> Normalize) pipeline is exported; other
-models stay on PyTorch.
+Cached under `<cache root>/<model slug>-<weights sha256[:12]>-fp32-v<N>/` (model.onnx,
+tokenizer.json, meta.json), written to a temporary folder first and then renamed, so a
+crashed or concurrent export never leaves a half-written model behind. Only the plain
+Transformer -> mean Pooling (-> Normalize) pipeline is exported; other models stay on PyTorch.
 """
 
 from __future__ import annotations
@@ -34,15 +26,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 2  # bump when the int8 export recipe changes: vectors may change with it
-FP32_EXPORT_VERSION = 1  # the same for the fp32 graph OpenVINO runs
-QUANTIZATION = "int8"
+EXPORT_VERSION = 1  # bump when the export recipe changes: vectors may change with it
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "meta.json"
-# Model-id suffix: int8 vectors are not torch vectors, and a new export recipe may move them,
-# so the embedding cache and the manifest must tell them apart.
-ONNX_SUFFIX = f"#onnx-{QUANTIZATION}-v{EXPORT_VERSION}"
 
 
 class NotExportable(ValueError):
@@ -56,12 +43,6 @@ def default_cache_root() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "flytegpt" / "onnx"
-
-
-def onnx_runtime_available() -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers"))
 
 
 def check_exportable(model_path: str) -> dict:
@@ -109,38 +90,29 @@ def weights_fingerprint(model_path: str) -> str:
     return h.hexdigest()
 
 
-KINDS = ("int8", "fp32")
-
-
-def export_dir(model_id: str, model_path: str, cache_root: str | Path | None = None, kind: str = "int8") -> Path:
-    """The cache folder of one export: the int8 graph (onnxruntime) or the fp32 graph (OpenVINO)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown export kind {kind!r} ({', '.join(KINDS)})")
+def export_dir(model_id: str, model_path: str, cache_root: str | Path | None = None) -> Path:
+    """The cache folder of the model's export."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "__", model_id).strip("_") or "model"
     root = Path(cache_root) if cache_root else default_cache_root()
-    fingerprint = weights_fingerprint(model_path)[:12]
-    if kind == "int8":
-        return root / f"{slug}-{fingerprint}-v{EXPORT_VERSION}"
-    return root / f"{slug}-{fingerprint}-fp32-v{FP32_EXPORT_VERSION}"
+    return root / f"{slug}-{weights_fingerprint(model_path)[:12]}-fp32-v{EXPORT_VERSION}"
 
 
 def _complete(folder: Path) -> bool:
     return all((folder / f).is_file() for f in (MODEL_FILE, TOKENIZER_FILE, META_FILE))
 
 
-def ensure_export(model_id: str, model_path: str, cache_root: str | Path | None = None, kind: str = "int8") -> Path:
-    """The cached export of `model_path`, made now if missing (fp32 ~5 s, int8 ~10 s on 2 cores)."""
+def ensure_export(model_id: str, model_path: str, cache_root: str | Path | None = None) -> Path:
+    """The cached export of `model_path`, made now if missing (once per model and machine)."""
     facts = check_exportable(model_path)
-    target = export_dir(model_id, model_path, cache_root, kind)
+    target = export_dir(model_id, model_path, cache_root)
     if _complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared (an image, a volume)
     try:
-        log.info("exporting %s to %s ONNX in %s (once per model)", model_id, kind, target)
-        export = export_int8 if kind == "int8" else export_fp32
-        export(model_path, tmp, max_seq_length=facts["max_seq_length"], model_id=model_id)
+        log.info("exporting %s to ONNX in %s (once per model)", model_id, target)
+        export_fp32(model_path, tmp, max_seq_length=facts["max_seq_length"], model_id=model_id)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -162,8 +134,7 @@ def _torch_export(model_path: str, onnx_file: Path):
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if not getattr(tokenizer, "is_fast", False):
         raise NotExportable(f"{model_path}: no fast tokenizer (tokenizer.json) to run without transformers")
-    # eager attention exports as plain MatMul/Softmax, which both onnxruntime's BERT optimizer
-    # and OpenVINO fuse into their own attention kernels
+    # eager attention exports as plain MatMul/Softmax, which OpenVINO fuses into its attention kernel
     model = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()
     takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
 
@@ -192,74 +163,29 @@ def _torch_export(model_path: str, onnx_file: Path):
     return tokenizer, model.config
 
 
-def _write_meta(out: Path, tokenizer, model_config, *, model_id: str, quantization: str,
-                max_seq_length: int, export_version: int, **extra) -> None:
+def _write_meta(out: Path, tokenizer, model_config, *, model_id: str, max_seq_length: int) -> None:
     import onnx
     import torch
 
     tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
     meta = {
         "source_model": model_id,
-        "export_version": export_version,
-        "quantization": quantization,
+        "export_version": EXPORT_VERSION,
+        "quantization": "none",
         "max_seq_length": max_seq_length,
         "pad_token_id": int(tokenizer.pad_token_id or 0),
         "dimension": int(model_config.hidden_size),
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
         "sha256": hashlib.sha256((out / MODEL_FILE).read_bytes()).hexdigest(),
-        **extra,
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
 
 
 def export_fp32(model_path: str, out: Path, *, max_seq_length: int, model_id: str = "") -> None:
-    """The plain fp32 graph, for OpenVINO: it fuses the graph itself and picks bf16 where the CPU has it."""
+    """The plain fp32 graph, for OpenVINO: it fuses the graph itself and picks its compute precision."""
     out.mkdir(parents=True, exist_ok=True)
     tokenizer, config = _torch_export(model_path, out / MODEL_FILE)
-    _write_meta(out, tokenizer, config, model_id=model_id, quantization="none",
-                max_seq_length=max_seq_length, export_version=FP32_EXPORT_VERSION)
-
-
-def export_int8(model_path: str, out: Path, *, max_seq_length: int, model_id: str = "") -> None:
-    """Export to ONNX, fuse with onnxruntime's BERT optimizer, then quantise weights to int8.
-
-    Measured on 2 cores (same run): eager attention exported, then fused by onnxruntime's
-    BERT optimizer (Attention, SkipLayerNorm, BiasGelu), then int8 is ~1.7x the unfused
-    int8 graph. Per-channel weights matter: per-tensor int8 drops the mean cosine to the
-    fp32 vectors to ~0.93 on this model, per-channel keeps it at ~0.994.
-    """
-    import onnx
-    import onnxruntime
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers import optimizer
-
-    out.mkdir(parents=True, exist_ok=True)
-    fp32 = out / "model.fp32.onnx"
-    tokenizer, config = _torch_export(model_path, fp32)
-    fused = out / "model.fused.onnx"
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # optimizer and quantiser log one line per tensor on the root logger
-    try:
-        opt = optimizer.optimize_model(
-            str(fp32), model_type="bert", num_heads=int(getattr(config, "num_attention_heads", 0)),
-            hidden_size=int(getattr(config, "hidden_size", 0)),
-        )
-        fusions = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
-        opt.save_model_to_file(str(fused))
-        del opt
-        quantize_dynamic(
-            str(fused), str(out / MODEL_FILE), weight_type=QuantType.QInt8, per_channel=True,
-            op_types_to_quantize=["MatMul", "Attention"],
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops have no inferred type
-        )
-    finally:
-        root.setLevel(level)
-    fused.unlink()
-    fp32.unlink()
-    _write_meta(out, tokenizer, config, model_id=model_id, quantization=QUANTIZATION,
-                max_seq_length=max_seq_length, export_version=EXPORT_VERSION, fusions=fusions,
-                onnxruntime=onnxruntime.__version__)
+    _write_meta(out, tokenizer, config, model_id=model_id, max_seq_length=max_seq_length)
 
 
 class ExportedGraph:
@@ -297,26 +223,3 @@ class ExportedGraph:
                 ids[row, :n] = encodings[i].ids
                 mask[row, :n] = 1
             yield idx, ids, mask
-
-
-class OnnxEncoder(ExportedGraph):
-    """Runs an int8 export with onnxruntime."""
-
-    def __init__(self, folder: str | Path, *, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        super().__init__(folder)
-        opts = ort.SessionOptions()
-        opts.inter_op_num_threads = 1
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.folder / MODEL_FILE), opts, providers=["CPUExecutionProvider"])
-
-    def encode(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
-        """Vectors in input order."""
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        if not texts:
-            return out
-        for idx, ids, mask in self.batches(texts, batch_size):
-            out[idx] = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        return out

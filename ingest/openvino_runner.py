@@ -1,10 +1,8 @@
 """Runs the fp32 ONNX export with OpenVINO on a CPU: the fast, faithful CPU path.
 
-Why OpenVINO: it fuses the graph (attention, GELU, layer norms) and, on CPUs with native
-bf16 (AVX512-BF16, AMX), computes in bf16 by itself. On the 2-core build machine that embeds
-~2.7x as many chunks per second as sentence-transformers on PyTorch fp32, with vectors within
-cosine 0.9999 of PyTorch's (tests/bench/bench_embed.py). On CPUs without bf16 it runs fp32,
-still ~1.5x PyTorch.
+Why OpenVINO: it fuses the graph (attention, GELU, layer norms) and can compute in bf16 on
+CPUs that have it, with vectors within cosine 0.9999 of PyTorch's. Whether bf16 is faster
+than fp32 depends on the CPU, not on its flags alone: "auto" measures (ingest/autotune.py).
 
 Documents go through an async queue of infer requests (THROUGHPUT hint: one stream per
 couple of cores), so tokenising and padding the next batch overlaps the running one and
@@ -61,8 +59,8 @@ class OpenVinoEncoder(ExportedGraph):
             {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "THROUGHPUT",
              # The plugin keeps the kernels it made for each input shape (5,000 by default); every
              # batch has its own padded width, so an ingest's RSS crept up with the corpus.
-             # Batches come longest first, so neighbours share shapes: 32 keeps RSS ~20 MiB lower at
-             # the same speed (tests/bench/bench_memory.py).
+             # Batches come longest first, so neighbours share shapes: 32 keeps RSS flat at the
+             # same speed (tests/bench/bench_memory.py).
              "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_SHAPES},
         )
         requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))

@@ -49,7 +49,8 @@ class IngestSummary:
     model_id: str
     device: str
     precision: str = ""  # what the model computed in ("" when nothing was embedded)
-    backend: str = ""  # what ran the model: openvino, torch, onnx ("" when nothing was embedded)
+    backend: str = ""  # what ran the model: openvino or torch ("" when nothing was embedded)
+    autotune: dict | None = None  # what "auto" measured and chose (ingest/autotune.py), if it did
 
     @property
     def chunks(self) -> int:
@@ -72,6 +73,7 @@ class IngestSummary:
             "device": self.device,
             "precision": self.precision,
             "backend": self.backend,
+            "autotune": self.autotune,
         }
 
 
@@ -282,7 +284,7 @@ def run_ingest(
     timings["embed"] = time.perf_counter() - t
 
     stats = {
-        "embeddings": embed_stats,
+        "embeddings": {**embed_stats, **embedder.describe()},
         "sources": per_source,
     }
     t = time.perf_counter()
@@ -307,6 +309,7 @@ def run_ingest(
         device=embedder.device,
         precision=embedder.precision if embedder.loaded else "",
         backend=embedder.backend if embedder.loaded else "",
+        autotune=embedder.autotune.to_dict() if embedder.autotune else None,
     )
 
 

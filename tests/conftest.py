@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# ONNX exports (OpenVINO's fp32 graph, the int8 graph) go to a folder of this test run, not
+# ONNX exports (the graph OpenVINO runs) go to a folder of this test run, not
 # ~/.cache; child processes (the CLI, flytekit) inherit it, so each graph is made once per run.
 if "FLYTEGPT_ONNX_CACHE" not in os.environ:
     import atexit

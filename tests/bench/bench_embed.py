@@ -54,7 +54,7 @@ def main() -> int:
     ap.add_argument("--questions", default=str(SHARED / "eval" / "dev.jsonl"))
     ap.add_argument("--store", default=str(ROOT / ".flytegpt" / "perf-store"))
     ap.add_argument("--sample", type=int, default=256, help="chunks timed per pipeline")
-    ap.add_argument("--backend", default=None, help="ours: auto, openvino, torch, onnx (default: the config's)")
+    ap.add_argument("--backend", default=None, help="ours: auto, openvino, torch (default: the config's)")
     ap.add_argument("--precision", default=None, help="ours: auto, fp32, bf16, fp16 (default: the config's)")
     ap.add_argument("--end-to-end", action="store_true", help="also time the full ingests from empty stores")
     ap.add_argument("--skip-quality", action="store_true")
@@ -65,7 +65,8 @@ def main() -> int:
 
     from flytegpt.ingest.config import load_config
     from flytegpt.ingest.embedding import Embedder, resolve_model_path
-    from flytegpt.ingest.pipeline import chunk_documents, collect
+    from flytegpt.ingest.chunking import chunk_documents
+    from flytegpt.ingest.pipeline import collect
 
     config = load_config(args.config)
     args.backend = args.backend or config.embeddings.backend

@@ -51,7 +51,8 @@ def real_vectors(args) -> tuple[np.ndarray, np.ndarray]:
     from flytegpt.ingest.config import load_config
     from flytegpt.ingest.embedding import Embedder
     from flytegpt.ingest.evaluation import load_questions
-    from flytegpt.ingest.pipeline import chunk_documents, collect, embed_chunks
+    from flytegpt.ingest.chunking import chunk_documents
+    from flytegpt.ingest.pipeline import collect, embed_chunks
 
     config = load_config(args.config).with_store(args.store)
     embedder = Embedder.from_config(config.embeddings)
@@ -131,7 +132,8 @@ def bot_rss(args) -> int:
     from flytegpt.ingest.artifact import ModelInfo, write_version
     from flytegpt.ingest.config import load_config
     from flytegpt.ingest.models import Chunk
-    from flytegpt.ingest.pipeline import chunk_documents, collect
+    from flytegpt.ingest.chunking import chunk_documents
+    from flytegpt.ingest.pipeline import collect
 
     base, _ = real_vectors(args)
     documents, _ = collect(load_config(args.config), progress=False)

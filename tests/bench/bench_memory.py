@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="2000,4000,8000", help="threads (= chunks) per synthetic corpus")
     parser.add_argument("--batch", type=int, default=8, help="embeddings batch size of the size series")
     parser.add_argument("--other-batch", type=int, default=64, help="second batch size, at the smallest size")
-    parser.add_argument("--backend", default="auto", choices=["auto", "openvino", "torch", "onnx"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "openvino", "torch"])
     parser.add_argument("--config", type=Path, help="ingest this config's sources (per batch size) instead")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment for the ingests, e.g. MALLOC_MMAP_THRESHOLD_=131072")

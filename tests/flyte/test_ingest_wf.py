@@ -64,6 +64,9 @@ def test_local_run_publishes_then_caches_then_reembeds_only_changes(tmp_path: Pa
     assert set(index.manifest["counts"]) == {"sample-docs", "sample-code", "sample-slack"}
     stats = index.manifest["stats"]
     assert stats["embeddings"]["computed"] > 0 and stats["embeddings"]["device"] == "cpu"
+    # what "auto" measured and chose on this machine is in the manifest
+    auto = stats["embeddings"]["autotune"]
+    assert auto["choice"] == f"openvino {stats['embeddings']['precision']}" and auto["reason"]
     assert stats["sources"]["sample-docs"]["documents"] > 0
     assert log.count("Cache miss") == 3 and "Cache hit" not in log
     assert (home / ".flyte" / "local-cache").is_dir()  # the per-test cache, not the developer's

@@ -6,7 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 from flytegpt.ingest.config import load_config, sample_config_path
-from flytegpt.ingest.pipeline import chunk_documents, collect, collect_chunks
+from flytegpt.ingest.chunking import chunk_documents
+from flytegpt.ingest.pipeline import collect, collect_chunks
 
 
 def test_collect_chunks_equals_collect_then_chunk(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Speed paths: backend, device and precision choice, the int8 ONNX export, GPU fallbacks, index type by size."""
+"""Speed paths: backend, device and precision choice, the OpenVINO path, GPU fallbacks, index type by size."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from flytegpt.ingest import artifact, embedding
 from flytegpt.ingest.artifact import ModelInfo, build_dense_index, choose_index_type, open_version, write_version
 from flytegpt.ingest.config import DEFAULT_MODEL, EmbeddingsConfig
-from flytegpt.ingest.embedding import Embedder, resolve_backend, resolve_model_path, resolve_precision, split_model_id
+from flytegpt.ingest.embedding import Embedder, resolve_backend, resolve_model_path, resolve_precision
 from flytegpt.ingest.models import Chunk
-from flytegpt.ingest.onnx_export import ONNX_SUFFIX, NotExportable, check_exportable
+from flytegpt.ingest.onnx_export import NotExportable, check_exportable
 
 from support.paths import ROOT
 PACKAGED = resolve_model_path(DEFAULT_MODEL)
@@ -37,7 +38,6 @@ def test_auto_backend_is_openvino_on_cpu_and_torch_on_gpu(monkeypatch: pytest.Mo
     assert resolve_backend("auto", "cuda", PACKAGED) == "torch"
     assert resolve_backend("auto", "mps", PACKAGED) == "torch"
     assert resolve_backend("torch", "cpu", PACKAGED) == "torch"  # explicit choices kept
-    assert resolve_backend("onnx", "cpu", PACKAGED) == "onnx"
     # without OpenVINO installed, PyTorch
     from flytegpt.ingest import openvino_runner
 
@@ -61,24 +61,20 @@ def test_auto_backend_falls_back_to_torch_for_other_pipelines(tmp_path: Path) ->
     assert check_exportable(PACKAGED) == {"max_seq_length": 256, "dimension": 384}
 
 
-def test_model_id_names_int8_vectors_only() -> None:
-    onnx = Embedder(DEFAULT_MODEL, device="cpu", backend="onnx")
-    assert onnx.backend == "onnx" and onnx.model_id == DEFAULT_MODEL + ONNX_SUFFIX
+def test_every_backend_shares_the_model_id() -> None:
     # OpenVINO and PyTorch vectors agree to 4 decimals: one model id, one embedding cache
     auto = Embedder(DEFAULT_MODEL, device="cpu")
     assert auto.backend == "openvino" and auto.model_id == DEFAULT_MODEL and not auto.loaded
     assert Embedder(DEFAULT_MODEL, device="cpu", backend="torch").model_id == DEFAULT_MODEL
-    assert split_model_id(DEFAULT_MODEL + ONNX_SUFFIX) == (DEFAULT_MODEL, True)
-    assert split_model_id(DEFAULT_MODEL) == (DEFAULT_MODEL, False)
-    with pytest.raises(ValueError, match="re-ingest"):
-        split_model_id(DEFAULT_MODEL + "#onnx-int8-v0")
-    # the bot's query embedder follows the index, whatever the config's backend
+    # the bot's query embedder for an index: the configured backend, the index's model
     cfg = EmbeddingsConfig(backend="torch", device="auto")
-    q = Embedder.for_model_id(DEFAULT_MODEL + ONNX_SUFFIX, cfg)
-    assert q.model_id == DEFAULT_MODEL + ONNX_SUFFIX and q.device == "cpu"
-    plain = Embedder.for_model_id(DEFAULT_MODEL, EmbeddingsConfig(backend="onnx"))
-    assert plain.model_id == DEFAULT_MODEL and plain.backend != "onnx"
-    assert Embedder.for_model_id(DEFAULT_MODEL, cfg).backend == "torch"  # an explicit backend is kept
+    assert Embedder.for_model_id(DEFAULT_MODEL, cfg).backend == "torch"
+    assert Embedder.for_model_id("acme/other", cfg).model_id == "acme/other"
+    # an index embedded by the int8 onnxruntime backend of earlier releases: re-ingest
+    with pytest.raises(ValueError, match="re-ingest"):
+        Embedder.for_model_id(DEFAULT_MODEL + "#onnx-int8-v2", cfg)
+    with pytest.raises(ValidationError):
+        EmbeddingsConfig(backend="onnx")
 
 
 def test_gpu_settings_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,8 +83,6 @@ def test_gpu_settings_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert e.model_id == DEFAULT_MODEL and not e.loaded
     assert Embedder(DEFAULT_MODEL, device="cpu", backend="torch", batch_size=32).batch_size == 32
     with pytest.raises(ValueError, match="CPU only"):
-        Embedder(DEFAULT_MODEL, device="cuda", backend="onnx").backend
-    with pytest.raises(ValueError, match="CPU only"):
         Embedder(DEFAULT_MODEL, device="cuda", backend="openvino").backend
     # 'auto' on a machine without a GPU driver: CPU, decided without asking torch
     monkeypatch.setattr(embedding, "accelerator_possible", lambda: False)
@@ -96,40 +90,22 @@ def test_gpu_settings_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Embedder(DEFAULT_MODEL, device="auto", backend="auto").device == "cpu"
 
 
-def test_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedding, "cpu_has_native_bf16", lambda: True)
-    assert resolve_precision("auto", "torch", "cpu") == "bf16"
-    assert Embedder(DEFAULT_MODEL, device="cpu", backend="torch").precision == "bf16"
-    monkeypatch.setattr(embedding, "cpu_has_native_bf16", lambda: False)
-    assert resolve_precision("auto", "torch", "cpu") == "fp32"  # emulated bf16 would be slower
+def test_precision_auto_is_measured_on_a_cpu_and_fixed_elsewhere() -> None:
+    assert resolve_precision("auto", "torch", "cpu") == "auto"  # measured when the model loads
+    assert resolve_precision("auto", "openvino", "cpu") == "auto"
     assert resolve_precision("auto", "torch", "cuda") == "fp16"
     assert resolve_precision("auto", "torch", "mps") == "fp32"
     assert resolve_precision("bf16", "torch", "cpu") == "bf16"  # an explicit choice is kept
     assert resolve_precision("fp32", "torch", "cuda") == "fp32"
-    assert resolve_precision("auto", "onnx", "cpu") == "int8"
+    assert resolve_precision("fp32", "openvino", "cpu") == "fp32"
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_precision("fp16", "torch", "cpu")
-    # OpenVINO decides bf16 from its own CPU plugin's capabilities
-    from flytegpt.ingest import openvino_runner
-
-    for has_bf16, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(openvino_runner, "openvino_bf16", lambda: has_bf16)
-        assert resolve_precision("auto", "openvino", "cpu") == expected
-    assert resolve_precision("fp32", "openvino", "cpu") == "fp32"
     with pytest.raises(ValueError, match="'fp32' or 'bf16'"):
         resolve_precision("fp16", "openvino", "cpu")
     # half precision keeps the plain model id: its vectors are the fp32 vectors to 4 decimals
     cfg = EmbeddingsConfig(device="cpu", precision="bf16")
     assert Embedder.from_config(cfg).model_id == DEFAULT_MODEL
     assert Embedder.for_model_id(DEFAULT_MODEL, cfg).precision == "bf16"
-
-
-def test_bf16_detection_survives_an_old_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
-    assert isinstance(embedding.cpu_has_native_bf16(), bool)
-    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
-    assert embedding.cpu_has_native_bf16() is False
 
 
 @pytest.mark.slow
@@ -195,6 +171,19 @@ def test_openvino_vectors_are_the_pytorch_vectors(ov_cache: str, embedder: Embed
     assert json.loads((folder / "meta.json").read_text())["quantization"] == "none"
 
 
+@pytest.mark.slow
+def test_export_is_cached_and_reused(ov_cache: str) -> None:
+    from flytegpt.ingest.onnx_export import ensure_export
+
+    folder = ensure_export(DEFAULT_MODEL, PACKAGED, ov_cache)
+    before = (folder / "model.onnx").stat().st_mtime_ns
+    again = ensure_export(DEFAULT_MODEL, PACKAGED, ov_cache)
+    assert again == folder and (folder / "model.onnx").stat().st_mtime_ns == before
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".export-")]  # no temp folder left
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["source_model"] == DEFAULT_MODEL and meta["max_seq_length"] == 256
+
+
 def test_openvino_failure_falls_back_to_pytorch(
     ov_cache: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -210,49 +199,6 @@ def test_openvino_failure_falls_back_to_pytorch(
         vector = e.embed_query("how do I cache a task?")
     assert e.backend == "torch" and e.model_id == DEFAULT_MODEL and vector.shape == (384,)
     assert "OpenVINO could not load" in caplog.text and "unsupported CPU" in caplog.text
-
-
-# ---------------------------------------------------------------- the int8 ONNX export
-
-
-@pytest.fixture(scope="module")
-def onnx_embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
-    cache = tmp_path_factory.mktemp("onnx-cache")
-    return Embedder(DEFAULT_MODEL, device="cpu", backend="onnx", onnx_cache_dir=str(cache))
-
-
-def test_onnx_export_round_trip(onnx_embedder: Embedder) -> None:
-    torch_embedder = Embedder(DEFAULT_MODEL, device="cpu", backend="torch")
-    ours = onnx_embedder.embed_documents(SENTENCES)
-    ref = torch_embedder.embed_documents(SENTENCES)
-    assert ours.shape == (len(SENTENCES), 384) and ours.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-4)
-    cosine = (ours * ref).sum(axis=1)
-    sentences = [i for i, t in enumerate(SENTENCES) if len(t.split()) > 3]
-    assert cosine[sentences].min() >= 0.99, cosine  # the long text is truncated to 256 tokens like torch does
-    assert cosine.min() >= 0.95, cosine  # a one-word text moves most under int8 (measured 0.966)
-    # order kept: each row is nearest to its own torch vector
-    assert ((ours @ ref.T).argmax(axis=1) == np.arange(len(SENTENCES))).all()
-    # int8 activation scales are computed per batch: a text alone is close to, not equal to, itself in a batch
-    assert float(onnx_embedder.embed_query(SENTENCES[1]) @ ours[1]) >= 0.98
-    assert onnx_embedder.embed_documents([]).shape == (0, 384)
-
-    folders = list(Path(onnx_embedder.onnx_cache_dir).iterdir())
-    assert len(folders) == 1 and folders[0].name.startswith("sentence-transformers__all-MiniLM-L6-v2-")
-    meta = json.loads((folders[0] / "meta.json").read_text())
-    assert meta["source_model"] == DEFAULT_MODEL and meta["quantization"] == "int8"
-    assert meta["max_seq_length"] == 256 and meta["fusions"].get("Attention", 0) > 0
-
-
-def test_onnx_export_is_cached_and_reused(onnx_embedder: Embedder) -> None:
-    from flytegpt.ingest.onnx_export import ensure_export
-
-    onnx_embedder.embed_query("warm")
-    folder = ensure_export(DEFAULT_MODEL, PACKAGED, onnx_embedder.onnx_cache_dir)
-    before = (folder / "model.onnx").stat().st_mtime_ns
-    again = ensure_export(DEFAULT_MODEL, PACKAGED, onnx_embedder.onnx_cache_dir)
-    assert again == folder and (folder / "model.onnx").stat().st_mtime_ns == before
-    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".export-")]  # no temp folder left
 
 
 # ---------------------------------------------------------------- FAISS: GPU fallback, index type by size
@@ -294,7 +240,7 @@ def test_gpu_build_failure_falls_back_to_cpu(monkeypatch: pytest.MonkeyPatch, ca
 def test_index_type_by_size_is_recorded(tmp_path: Path) -> None:
     assert choose_index_type(99, "auto", 100) == "flat"
     assert choose_index_type(100, "auto", 100) == "ivf"
-    assert choose_index_type(10, "hnsw", 100) == "hnsw"
+    assert choose_index_type(10, "flat", 100) == "flat"  # an explicit type is kept
     with pytest.raises(ValueError, match="unknown index_type"):
         choose_index_type(10, "annoy", 100)
 

@@ -1,0 +1,200 @@
+"""Which way of running the embedding model is fastest on this machine, decided by measuring it.
+
+CPU flags do not say it: on one CPU with native bf16 OpenVINO embeds about twice as fast in
+bf16 as in fp32, on another with the same flags bf16 is slower than fp32. So "auto" runs each
+candidate (e.g. OpenVINO fp32 and bf16) on a few batches of fixed texts with the real model,
+interleaved and repeated so a change of load on a shared machine hits every candidate, and
+keeps the fastest. The baseline (fp32) is kept unless another candidate is faster by a clear
+margin: noise must never make "auto" slower than fp32.
+
+The result is cached per machine and model in `autotune.json` beside the ONNX exports
+(`[embeddings] onnx_cache_dir`, `$FLYTEGPT_ONNX_CACHE`, or ~/.cache/flytegpt/onnx), not in the
+index store: the answer belongs to the machine, a store is shared by machines of different
+kinds (GPU nodes, laptops, the bot's pods), and the bot may only read the store. The key holds
+the CPU model, its flags, the CPUs this process may use, the runtime's version and the model's
+export, so a new CPU, container limit, OpenVINO release or model measures again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+log = logging.getLogger(__name__)
+
+CACHE_FILE = "autotune.json"
+# A candidate must beat the baseline by this much to be chosen: two runs of one candidate on a
+# shared 2-core machine differ by 5-10%.
+MARGIN = 0.10
+ROUNDS = 3  # timed passes per candidate, interleaved; the median counts
+
+
+class Encoder(Protocol):
+    def encode(self, texts: Sequence[str], batch_size: int = 8) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What "auto" chose, why, and what it measured (texts per second per candidate)."""
+
+    choice: str  # a candidate label, e.g. "openvino bf16"
+    reason: str
+    rates: dict[str, float] = field(default_factory=dict)
+    measured: bool = True  # False: read from the cache file
+    key: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide(rates: Mapping[str, float], baseline: str, margin: float = MARGIN) -> tuple[str, str]:
+    """(label, reason): the fastest candidate if it beats `baseline` by `margin`, else `baseline`.
+
+    A candidate that could not be measured is absent from `rates`; if the baseline is absent,
+    the fastest of the others wins.
+    """
+    if not rates:
+        raise ValueError("no candidate could be measured")
+    best = max(rates, key=lambda k: rates[k])
+    if baseline not in rates:
+        return best, f"{best}: {rates[best]:.1f} texts/s ({baseline} could not run)"
+    base = rates[baseline]
+    if best == baseline:
+        return baseline, f"{baseline} is the fastest ({base:.1f} texts/s)"
+    if rates[best] >= base * (1 + margin):
+        return best, f"{best} {rates[best]:.1f} texts/s = {rates[best] / base:.2f}x {baseline} ({base:.1f})"
+    return baseline, (
+        f"{best} {rates[best]:.1f} texts/s is not clearly faster than {baseline} {base:.1f} "
+        f"(needs +{margin:.0%}): keeping {baseline}"
+    )
+
+
+def measure(
+    encoders: Mapping[str, Encoder], texts: Sequence[str], batch_size: int, rounds: int = ROUNDS
+) -> dict[str, float]:
+    """Texts per second of each encoder: one warm-up pass, then `rounds` timed passes, interleaved
+    (the order reverses every round), median. An encoder that fails is left out, with a warning."""
+    alive = dict(encoders)
+    for label, enc in list(alive.items()):
+        try:
+            enc.encode(texts, batch_size=batch_size)  # compiles the kernels of every batch shape
+        except Exception as e:  # noqa: BLE001 - a candidate this CPU cannot run is not chosen
+            log.warning("autotune: %s failed (%s); not a candidate", label, e)
+            del alive[label]
+    times: dict[str, list[float]] = {label: [] for label in alive}
+    order = list(alive)
+    for r in range(rounds):
+        for label in order if r % 2 == 0 else reversed(order):
+            t = time.perf_counter()
+            alive[label].encode(texts, batch_size=batch_size)
+            times[label].append(time.perf_counter() - t)
+    return {label: len(texts) / statistics.median(ts) for label, ts in times.items()}
+
+
+def sample_texts(tokens: Sequence[int] = (256, 192, 128, 64), per_length: int = 4) -> list[str]:
+    """Fixed texts the lengths of real chunks: most are cut at the model's 256-token window."""
+    words = ("flyte task workflow cache version map_task container image secret resources "
+             "launch plan schedule FlyteFile dataclass retries timeout node execution").split()
+    out = []
+    for n in tokens:
+        for i in range(per_length):
+            out.append(" ".join(words[(i + j) % len(words)] for j in range(n - 2)))  # ~1 token a word
+    return out
+
+
+def machine_facts() -> dict[str, Any]:
+    """What makes one machine embed at another speed than the next: CPU, flags, usable CPUs."""
+    model, flags = "", ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                name = name.strip()
+                if name == "model name" and not model:
+                    model = value.strip()
+                elif name in ("flags", "Features") and not flags:
+                    flags = " ".join(sorted(value.split()))
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return {"cpu": model, "flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16], "cpus": cpus,
+            "system": platform.system(), "machine": platform.machine()}
+
+
+def cache_key(facts: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def read_cached(path: Path, key: str) -> Choice | None:
+    try:
+        entry = json.loads(path.read_text())[key]
+        return Choice(entry["choice"], entry["reason"], dict(entry["rates"]), measured=False, key=key)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_cached(path: Path, choice: Choice, facts: Mapping[str, Any]) -> None:
+    """Add `choice` to the cache file (atomic rename); a file that cannot be written is only logged."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            entries = json.loads(path.read_text())
+            if not isinstance(entries, dict):
+                entries = {}
+        except (OSError, ValueError):
+            entries = {}
+        entries[choice.key] = {"choice": choice.choice, "reason": choice.reason, "rates": choice.rates,
+                               "facts": dict(facts), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        fd, tmp = tempfile.mkstemp(prefix=".autotune-", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(entries, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("autotune: could not write %s (%s); the next run measures again", path, e)
+
+
+def choose(
+    candidates: Mapping[str, Callable[[], Encoder]],
+    baseline: str,
+    *,
+    facts: Mapping[str, Any],
+    cache_file: Path,
+    batch_size: int,
+    texts: Sequence[str] | None = None,
+) -> tuple[Choice, Encoder]:
+    """The chosen candidate and its encoder: from the cache file when this machine and model were
+    measured before (only that candidate is built), else measured now (every candidate built)."""
+    key = cache_key({**facts, "candidates": sorted(candidates), "baseline": baseline, "batch_size": batch_size})
+    if len(candidates) == 1:
+        (label, make), = candidates.items()
+        return Choice(label, f"{label} is the only candidate on this machine", measured=False, key=key), make()
+    cached = read_cached(cache_file, key)
+    if cached is not None and cached.choice in candidates:
+        log.info("embedding: auto chose %s (measured before on this machine: %s)", cached.choice, cached.reason)
+        return cached, candidates[cached.choice]()
+    encoders: dict[str, Encoder] = {}
+    for label, make in candidates.items():
+        try:
+            encoders[label] = make()
+        except Exception as e:  # noqa: BLE001 - e.g. a precision this CPU plugin refuses
+            log.warning("autotune: %s could not be loaded (%s); not a candidate", label, e)
+    t = time.perf_counter()
+    rates = measure(encoders, texts or sample_texts(), batch_size)
+    label, reason = decide(rates, baseline)
+    choice = Choice(label, reason, {k: round(v, 2) for k, v in rates.items()}, measured=True, key=key)
+    log.info("embedding: auto chose %s after measuring for %.1fs: %s", label, time.perf_counter() - t, reason)
+    write_cached(cache_file, choice, facts)
+    return choice, encoders[label]

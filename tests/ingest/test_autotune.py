@@ -1,0 +1,153 @@
+"""precision/backend "auto": the choice by measured rates, its cache per machine, and the Embedder using it.
+
+Rates are injected: what is tested is the decision and what is kept, never a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from flytegpt.ingest import autotune, embedding, openvino_runner
+from flytegpt.ingest.autotune import Choice, choose, decide, measure
+from flytegpt.ingest.config import DEFAULT_MODEL
+from flytegpt.ingest.embedding import Embedder
+
+FACTS = {"cpu": "Test CPU", "flags_sha256": "abc", "cpus": 2}
+
+
+def test_the_faster_precision_wins_only_by_a_clear_margin() -> None:
+    base = "openvino fp32"
+    # AMD EPYC-like: bf16 about twice as fast
+    assert decide({base: 30.0, "openvino bf16": 60.0}, base)[0] == "openvino bf16"
+    # Xeon-like: bf16 slower than fp32 -> fp32, whatever the CPU flags say
+    label, reason = decide({base: 33.8, "openvino bf16": 23.0}, base)
+    assert label == base and "fastest" in reason
+    # a few percent is noise on a shared machine: never risk being slower than fp32
+    label, reason = decide({base: 30.0, "openvino bf16": 32.0}, base)
+    assert label == base and "not clearly faster" in reason
+    assert decide({base: 30.0, "openvino bf16": 33.0}, base, margin=0.10)[0] == "openvino bf16"
+    # the baseline could not run: the fastest of the rest
+    assert decide({"openvino bf16": 10.0, "openvino int8": 12.0}, base)[0] == "openvino int8"
+    with pytest.raises(ValueError, match="no candidate"):
+        decide({}, base)
+
+
+class FakeEncoder:
+    def __init__(self, label: str, built: list[str], fail: bool = False) -> None:
+        self.label, self.fail, self.calls = label, fail, 0
+        built.append(label)
+
+    def encode(self, texts, batch_size: int = 8):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("unsupported on this CPU")
+        return [[0.0]] * len(texts)
+
+
+def _candidates(built: list[str], failing: str = "") -> dict:
+    return {label: (lambda label=label: FakeEncoder(label, built, fail=label == failing))
+            for label in ("openvino fp32", "openvino bf16")}
+
+
+def test_choice_is_measured_once_per_machine_then_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "autotune.json"
+    rates = {"openvino fp32": 20.0, "openvino bf16": 45.0}
+    monkeypatch.setattr(autotune, "measure", lambda encoders, texts, batch_size: {k: rates[k] for k in encoders})
+    built: list[str] = []
+    with caplog.at_level(logging.INFO, logger="flytegpt.ingest.autotune"):
+        choice, encoder = choose(_candidates(built), "openvino fp32", facts=FACTS, cache_file=cache, batch_size=8)
+    assert choice.choice == "openvino bf16" and choice.measured and encoder.label == "openvino bf16"
+    assert choice.rates == rates and sorted(built) == ["openvino bf16", "openvino fp32"]
+    assert "auto chose openvino bf16" in caplog.text and "2.25x" in caplog.text
+    entry = json.loads(cache.read_text())[choice.key]
+    assert entry["choice"] == "openvino bf16" and entry["facts"]["cpu"] == "Test CPU"
+
+    # the same machine and model: read from the file, only the chosen candidate is built
+    monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("measured again"))
+    built.clear()
+    again, encoder = choose(_candidates(built), "openvino fp32", facts=FACTS, cache_file=cache, batch_size=8)
+    assert not again.measured and again.choice == "openvino bf16" and built == ["openvino bf16"]
+    assert again.rates == rates
+
+    # another CPU (or flags, container CPUs, runtime version, model export): measured again
+    monkeypatch.setattr(autotune, "measure", lambda encoders, texts, batch_size: {"openvino fp32": 30.0,
+                                                                                  "openvino bf16": 20.0})
+    other, _ = choose(_candidates([]), "openvino fp32", facts={**FACTS, "cpu": "Intel Xeon"},
+                      cache_file=cache, batch_size=8)
+    assert other.measured and other.choice == "openvino fp32" and other.key != choice.key
+    assert len(json.loads(cache.read_text())) == 2
+
+
+def test_a_candidate_that_fails_is_not_chosen(tmp_path: Path) -> None:
+    built: list[str] = []
+    choice, encoder = choose(_candidates(built, failing="openvino bf16"), "openvino fp32", facts=FACTS,
+                             cache_file=tmp_path / "autotune.json", batch_size=4, texts=["a b c"] * 8)
+    assert choice.choice == "openvino fp32" and set(choice.rates) == {"openvino fp32"}
+    # a candidate that cannot even be built
+    def broken():
+        raise RuntimeError("no bf16 kernels")
+
+    choice, _ = choose({"openvino fp32": lambda: FakeEncoder("openvino fp32", []), "openvino bf16": broken},
+                       "openvino fp32", facts={**FACTS, "cpus": 1}, cache_file=tmp_path / "autotune.json",
+                       batch_size=4, texts=["a"] * 4)
+    assert choice.choice == "openvino fp32"
+
+
+def test_measure_runs_every_candidate_interleaved_after_a_warm_up() -> None:
+    built: list[str] = []
+    encoders = {label: make() for label, make in _candidates(built).items()}
+    rates = measure(encoders, ["text"] * 8, batch_size=4, rounds=3)
+    assert set(rates) == set(encoders) and all(r > 0 for r in rates.values())
+    assert [e.calls for e in encoders.values()] == [4, 4]  # warm-up + 3 rounds each
+
+
+def test_an_unwritable_cache_only_costs_a_new_measurement(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with caplog.at_level(logging.WARNING, logger="flytegpt.ingest.autotune"):
+        choice, _ = choose(_candidates([]), "openvino fp32", facts=FACTS, cache_file=blocked / "autotune.json",
+                           batch_size=4, texts=["a"] * 4)
+    assert choice.measured and "could not write" in caplog.text
+    (tmp_path / "bad.json").write_text("{not json")
+    assert autotune.read_cached(tmp_path / "bad.json", choice.key) is None
+
+
+def test_only_one_candidate_means_no_measurement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("measured"))
+    choice, _ = choose({"openvino fp32": lambda: FakeEncoder("openvino fp32", [])}, "openvino fp32",
+                       facts=FACTS, cache_file=tmp_path / "a.json", batch_size=8)
+    assert choice.choice == "openvino fp32" and "only candidate" in choice.reason
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("faster", ["fp32", "bf16"])
+def test_the_embedder_runs_what_auto_chose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, faster: str) -> None:
+    """The real model on OpenVINO, with the measured rates injected: the embedder computes in the winner."""
+    monkeypatch.setattr(openvino_runner, "openvino_bf16", lambda: True)
+    monkeypatch.setattr(Embedder, "_autotune_file", lambda self: tmp_path / "autotune.json")
+    slow, fast = 20.0, 50.0
+    monkeypatch.setattr(autotune, "measure", lambda encoders, texts, batch_size: {
+        k: (fast if k.endswith(faster) else slow) for k in encoders})
+    e = Embedder(DEFAULT_MODEL, device="cpu")
+    assert e.backend == "openvino" and not e.loaded
+    assert e.precision == faster and e.loaded  # asking for the precision loads and decides
+    info = e.describe()
+    assert info["backend"] == "openvino" and info["precision"] == faster
+    assert info["autotune"]["choice"] == f"openvino {faster}" and info["autotune"]["measured"]
+    assert e.embed_query("how do I cache a task?").shape == (384,)
+    # an explicit precision is never measured
+    monkeypatch.setattr(autotune, "choose", lambda *a, **k: pytest.fail("measured"))
+    fixed = Embedder(DEFAULT_MODEL, device="cpu", precision="fp32")
+    assert fixed.precision == "fp32" and fixed.autotune is None
+
+
+def test_choice_round_trips_as_json() -> None:
+    c = Choice("openvino bf16", "why", {"openvino fp32": 1.0, "openvino bf16": 2.0}, True, "k")
+    assert json.loads(json.dumps(c.to_dict())) == c.to_dict()
+    assert embedding.Embedder(DEFAULT_MODEL, device="cpu").describe() == {}  # nothing loaded, nothing to say
