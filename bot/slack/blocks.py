@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 from slack_sdk.models.blocks import (
     ActionsBlock,
     ButtonElement,
+    ContextActionsBlock,
     ContextBlock,
+    FeedbackButtonObject,
+    FeedbackButtonsElement,
     MarkdownTextObject,
     PlainTextObject,
     SectionBlock,
@@ -38,6 +41,7 @@ TITLE_CHARS = 150
 ACTION_FEEDBACK_UP = "flytegpt_feedback_up"
 ACTION_FEEDBACK_DOWN = "flytegpt_feedback_down"
 ACTION_SHARE = "flytegpt_share"
+ACTION_FEEDBACK = "flytegpt_feedback"  # Block Kit feedback_buttons; the value is "up:<id>" or "down:<id>"
 
 
 @dataclass
@@ -150,6 +154,25 @@ def render_answer(answer: "Answer", *, feedback_id: str | None = None, share: bo
     if feedback_id:
         tail.append(_actions_block(feedback_id, share=share))
     return _pack(sections, tail, tail_text, head_blocks, head_text)
+
+
+def streamed_answer_tail(citations: Sequence["Citation"], feedback_id: str | None) -> list[dict]:
+    """The blocks chat.stopStream puts under a streamed answer: sources, then 👍/👎.
+
+    The buttons are Block Kit's `feedback_buttons` in a `context_actions` block, the
+    form Slack gives AI answers; a click sends ACTION_FEEDBACK with "up:<id>"/"down:<id>".
+    """
+    tail, _ = _sources_blocks(citations, messages.SOURCES_HEADING)
+    if feedback_id:
+        if len(feedback_id) + 5 > MAX_BUTTON_VALUE:
+            raise ValueError("feedback id too long for a button value")
+        buttons = FeedbackButtonsElement(
+            action_id=ACTION_FEEDBACK,
+            positive_button=FeedbackButtonObject(text=messages.BUTTON_HELPFUL, value=f"up:{feedback_id}"),
+            negative_button=FeedbackButtonObject(text=messages.BUTTON_NOT_HELPFUL, value=f"down:{feedback_id}"))
+        tail.append(ContextActionsBlock(block_id=f"flytegpt_feedback_{feedback_id}"[:255],
+                                        elements=[buttons]).to_dict())
+    return tail
 
 
 def render_apology(related: Sequence["Citation"], reason: str | None = None) -> list[SlackMessage]:

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-Surface = Literal["mention", "dm", "followup", "command"]
+Surface = Literal["mention", "dm", "followup", "command", "assistant"]
 
 
 @dataclass
@@ -21,4 +21,5 @@ class Question:
     thread_ts: str | None = None  # where the answer goes (None: top level, e.g. a DM)
     history_root: str | None = None  # the thread whose messages are the history
     response_url: str | None = None  # slash commands
+    team: str | None = None  # the asker's workspace (a streamed reply in a channel names its recipient)
     received: float = field(default_factory=time.monotonic)

@@ -61,6 +61,8 @@ class Recorded:
     body: dict
     headers: dict[str, str]
     at: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None  # streamed replies: when the first piece was sent
+    done_at: float | None = None  # when the reply was complete
 
     @property
     def messages(self) -> list[dict]:
@@ -117,14 +119,19 @@ class OpenAIStandIn:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _next(self, body: dict, headers: dict[str, str]) -> Reply | Fail | Hang | Slow:
+    def _next(self, body: dict, headers: dict[str, str]) -> tuple[Recorded, Reply | Fail | Hang | Slow]:
         with self._lock:
-            self.requests.append(Recorded(body, headers))
-            if self._script:
-                return self._script.popleft()
-            if self.token_delay or self.stream_tokens:
-                return Slow(self.reply, tokens=self.stream_tokens or 40, delay=self.token_delay)
-            return Reply(self.reply)
+            rec = Recorded(body, headers)
+            self.requests.append(rec)
+            return rec, self._step()
+
+    def _step(self) -> Reply | Fail | Hang | Slow:
+        """The next behaviour (called with the lock held)."""
+        if self._script:
+            return self._script.popleft()
+        if self.token_delay or self.stream_tokens:
+            return Slow(self.reply, tokens=self.stream_tokens or 40, delay=self.token_delay)
+        return Reply(self.reply)
 
     # ---- HTTP -----------------------------------------------------------------
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -153,7 +160,7 @@ class OpenAIStandIn:
                     self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
                     return
                 body = json.loads(raw or b"{}")
-                step = server._next(body, {k.lower(): v for k, v in self.headers.items()})
+                rec, step = server._next(body, {k.lower(): v for k, v in self.headers.items()})
                 if isinstance(step, Hang):
                     server._closing.wait(step.seconds)
                     try:
@@ -170,7 +177,7 @@ class OpenAIStandIn:
                 text = step.text(body) if callable(step.text) else step.text
                 model = body.get("model", "stand-in")
                 if isinstance(step, Slow) and body.get("stream"):
-                    self._stream(text, model, step)
+                    self._stream(text, model, step, rec)
                     return
                 if isinstance(step, Slow):
                     server._closing.wait(step.tokens * step.delay)
@@ -195,7 +202,7 @@ class OpenAIStandIn:
                         },
                     )
 
-            def _stream(self, text: str, model: str, slow: Slow | None = None) -> None:
+            def _stream(self, text: str, model: str, slow: Slow | None = None, rec: Recorded | None = None) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
@@ -227,6 +234,8 @@ class OpenAIStandIn:
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     if slow is not None:
                         self.wfile.flush()
+                    if rec is not None and rec.first_token_at is None:
+                        rec.first_token_at = time.monotonic()
                 end = {
                     "id": "chatcmpl-standin",
                     "object": "chat.completion.chunk",
@@ -237,6 +246,8 @@ class OpenAIStandIn:
                 self.wfile.write(f"data: {json.dumps(end)}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
+                if rec is not None:
+                    rec.done_at = time.monotonic()
                 self.close_connection = True
 
         return Handler

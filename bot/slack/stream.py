@@ -1,0 +1,264 @@
+"""Streaming an answer into Slack while the model writes it.
+
+Slack's streaming methods (`chat.startStream` / `appendStream` / `stopStream`) show a
+message that grows in place. `StreamedReply` is one answer on its way through them:
+
+- the first text starts the stream at once (the first words are what a user waits for);
+  after that, text is buffered and appended at most every 0.5 s, once 256 characters
+  are waiting or the oldest has waited 1 s, so a 1,500-character answer takes a handful
+  of calls instead of one per token (appendStream has a rate tier like every method; a
+  429 is waited out by the WebClient's RateLimitErrorRetryHandler);
+- a message holds at most 12,000 characters of Markdown (Slack's limit per call, and
+  what we keep a streamed message to); a longer answer stops the message at a line
+  break (closing an open code fence) and continues in a second streamed message;
+- `finish` appends what the model's final text adds and stops the stream with the
+  sources and feedback buttons as blocks. When the final text is not a continuation
+  of what was shown (a citation that only turned out invalid at the end), or the
+  stream broke half-way, the streamed messages are replaced with the final rendering;
+- exactly one answer: when Slack refuses streaming before anything was shown
+  (`not_allowed`, `method_deprecated`, `unknown_method`, any error of the first call),
+  `finish` says so and the caller posts the answer with chat.postMessage instead. Once
+  something was shown, nothing is ever posted a second time.
+
+slack_sdk's `ChatStream` helper buffers by size only and restarts a stream on `stop()`
+after a failed start, which is the double answer this module exists to prevent; so the
+three methods are called directly, through the same WebClient (and its retry policy).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from slack_sdk.errors import SlackApiError
+
+if TYPE_CHECKING:
+    from slack_sdk import WebClient
+
+    from flytegpt.bot.answering.live import Progress
+
+    from .blocks import SlackMessage
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_MARKDOWN = 12_000  # characters of Markdown in one streamed message
+MIN_CHARS = 256  # an append waits for this much text ...
+MIN_INTERVAL_S = 0.5  # ... and never comes sooner than this after the previous call ...
+MAX_WAIT_S = 1.0  # ... unless text has waited this long
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+_SLACK_SPECIAL = re.compile(r"<(?=[!@#])")  # <!here>, <@U…>, <#C…>: never a live mention from model text
+_ZWSP = "\u200b"
+
+
+def neutralize(markdown: str) -> str:
+    """Model text cannot ping a channel or a person: `<!here>` is shown, not sent."""
+    return _SLACK_SPECIAL.sub("<" + _ZWSP, markdown)
+
+
+def _open_fence(text: str) -> tuple[str, str] | None:
+    """The opening line and marker of a code fence still open at the end of `text`."""
+    fence: tuple[str, str] | None = None
+    for line in text.split("\n"):
+        m = _FENCE.match(line)
+        if not m:
+            continue
+        marker = m.group(1)
+        if fence is None:
+            fence = (line.strip(), marker)
+        elif marker[0] == fence[1][0] and len(marker) >= len(fence[1]) and not m.group(2).strip():
+            fence = None
+    return fence
+
+
+def _cut(text: str, room: int) -> int:
+    """Where to end a message that has `room` characters left: a paragraph, line or word break."""
+    for sep in ("\n\n", "\n", " "):
+        pos = text.rfind(sep, 0, room)
+        if pos > room // 2:
+            return pos + len(sep)
+    return max(1, room)
+
+
+class StreamedReply:
+    """One answer streamed as a thread reply (see the module docstring)."""
+
+    def __init__(self, client: "WebClient", *, channel: str, thread_ts: str, user: str, team: str | None,
+                 is_dm: bool, limit: int = MAX_MESSAGE_MARKDOWN, min_chars: int = MIN_CHARS,
+                 min_interval_s: float = MIN_INTERVAL_S, max_wait_s: float = MAX_WAIT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client, self.channel, self.thread_ts = client, channel, thread_ts
+        self.recipient = {} if is_dm else {"recipient_team_id": team, "recipient_user_id": user}
+        self.limit, self.min_chars = limit, min_chars
+        self.min_interval_s, self.max_wait_s, self.clock = min_interval_s, max_wait_s, clock
+        self.state = "new"  # new -> streaming -> done; or refused (nothing shown) / broken (half shown)
+        self.messages: list[str] = []  # ts of every streamed message, in order
+        self.shown = ""  # every text handed to append(): what the user sees or is about to
+        self.calls = 0  # Slack calls made for this reply
+        self._buffer = ""
+        self._message_text = ""  # Markdown in the current message
+        self._open = False  # the current message is still streaming
+        self._last_call = 0.0
+        self._oldest = 0.0  # when the oldest buffered text arrived
+
+    @property
+    def started(self) -> bool:
+        return bool(self.messages)
+
+    @property
+    def refused(self) -> bool:
+        return self.state == "refused"
+
+    # --- while the model writes ---------------------------------------------------------
+
+    def append(self, text: str) -> None:
+        if not text:
+            return
+        self.shown += text
+        if self.state not in ("new", "streaming"):
+            return
+        now = self.clock()
+        if not self._buffer:
+            self._oldest = now
+        self._buffer += text
+        waited = now - self._last_call
+        if not self.started or (waited >= self.min_interval_s
+                                and (len(self._buffer) >= self.min_chars or now - self._oldest >= self.max_wait_s)):
+            self._flush()
+
+    def _flush(self) -> None:
+        # a trailing "<" may become "<!here>" with the next piece: it waits for that piece
+        keep = 1 if self._buffer.endswith("<") else 0
+        text, self._buffer = self._buffer[: len(self._buffer) - keep], self._buffer[len(self._buffer) - keep:]
+        if text:
+            self._guarded(lambda: self._send(text))
+
+    def _guarded(self, action: Callable[[], None]) -> bool:
+        """Run a stream call; a failure marks the reply refused (nothing shown) or broken."""
+        try:
+            action()
+            return True
+        except Exception as e:  # noqa: BLE001 - SlackApiError, or the connection after retries
+            error = e.response.get("error") if isinstance(e, SlackApiError) else type(e).__name__
+            if not self.started:
+                self.state = "refused"
+                log.info("streaming refused: posting the answer instead", extra={"error": error})
+            else:
+                self.state = "broken"
+                log.warning("streaming failed half-way", extra={"error": error, "messages": len(self.messages)})
+            return False
+
+    def _call(self, method: Callable[..., Any], **kwargs: Any) -> Any:
+        self.calls += 1
+        self._last_call = self.clock()
+        return method(**kwargs)
+
+    def _send(self, text: str, *, stop: bool = False, blocks: list[dict] | None = None) -> None:
+        """Stream `text`, starting and continuing messages as the limit requires; raises on refusal."""
+        while True:
+            room = self.limit - len(self._message_text)
+            if len(text) <= room:
+                part, text = text, ""
+            else:  # room for closing an open fence is kept
+                cut = _cut(text, room - 16)
+                part, text = text[:cut], text[cut:]
+                fence = _open_fence(self._message_text + part)
+                if fence:
+                    part, text = part.rstrip("\n") + "\n" + fence[1], fence[0] + "\n" + text
+            last = not text
+            md = neutralize(part) or None
+            if not self._open:
+                resp = self._call(self.client.chat_startStream, channel=self.channel, thread_ts=self.thread_ts,
+                                  markdown_text=md, **self.recipient)
+                self.messages.append(resp["ts"])
+                self.state, self._open, self._message_text = "streaming", True, part
+                if last and stop:
+                    self._call(self.client.chat_stopStream, channel=self.channel, ts=self.messages[-1],
+                               blocks=blocks)
+                    self._open = False
+            elif last and stop:
+                self._call(self.client.chat_stopStream, channel=self.channel, ts=self.messages[-1],
+                           markdown_text=md, blocks=blocks)
+                self._message_text += part
+                self._open = False
+            elif md:
+                self._call(self.client.chat_appendStream, channel=self.channel, ts=self.messages[-1],
+                           markdown_text=md)
+                self._message_text += part
+            if last:
+                return
+            # this message is full: stop it, the rest goes into the next one
+            self._call(self.client.chat_stopStream, channel=self.channel, ts=self.messages[-1])
+            self._open, self._message_text = False, ""
+
+    # --- the end ------------------------------------------------------------------------
+
+    def finish(self, final_text: str, blocks: list[dict], replacement: Sequence["SlackMessage"]) -> bool:
+        """End the reply with `final_text` (Markdown) and `blocks` under it.
+
+        False when nothing was shown because Slack refused streaming: the caller posts the
+        answer itself. True otherwise, also when the streamed messages had to be replaced
+        by `replacement` (the final answer rendered as ordinary messages).
+        """
+        if self.state == "refused":
+            return False
+        if self.state == "new":
+            if self._guarded(lambda: self._send(final_text, stop=True, blocks=blocks)):
+                self.state = "done"
+                return True
+            return self._repair(replacement) if self.started else False
+        if self.state == "streaming" and final_text.startswith(self.shown):
+            rest = self._buffer + final_text[len(self.shown):]
+            self._buffer = ""
+            if self._guarded(lambda: self._send(rest, stop=True, blocks=blocks)):
+                self.state = "done"
+                return True
+        elif self.state == "streaming":
+            log.info("final answer differs from the streamed text: replacing it")
+        return self._repair(replacement)
+
+    def fail(self, notice: str) -> None:
+        """Something broke after text was shown: end the stream with `notice`, no second message."""
+        if self.state != "streaming":
+            return
+        self._buffer = ""
+        if self._guarded(lambda: self._send("\n\n" + notice, stop=True)):
+            self.state = "done"
+
+    def _repair(self, replacement: Sequence["SlackMessage"]) -> bool:
+        """Replace the streamed messages with the final answer's ordinary rendering."""
+        if self._open:
+            try:
+                self._call(self.client.chat_stopStream, channel=self.channel, ts=self.messages[-1])
+            except Exception as e:  # noqa: BLE001 - e.g. already stopped by Slack; chat.update still works
+                log.info("stopping a broken stream failed", extra={"error": str(e)})
+            self._open = False
+        self.state = "done"
+        try:
+            for i, ts in enumerate(self.messages):
+                if i < len(replacement):
+                    self._call(self.client.chat_update, channel=self.channel, ts=ts, **replacement[i].kwargs())
+                else:
+                    self._call(self.client.chat_delete, channel=self.channel, ts=ts)
+            for m in replacement[len(self.messages):]:
+                self._call(self.client.chat_postMessage, channel=self.channel, thread_ts=self.thread_ts,
+                           reply_broadcast=False, unfurl_links=False, unfurl_media=False, **m.kwargs())
+        except Exception:  # noqa: BLE001 - what was streamed stays; never a second full answer
+            log.exception("replacing a streamed answer failed")
+        return True
+
+
+ASSISTANT_STATUS = {
+    "searching": "is searching the docs, code and Slack history…",
+    "writing": "is reading {sources} sources and writing…",
+}
+
+
+def assistant_status(client: "WebClient", channel: str, thread_ts: str, progress: "Progress") -> None:
+    """The panel's status line ("FlyteGPT is searching …") for a step of the answer."""
+    status = ASSISTANT_STATUS[progress.stage].format(sources=progress.sources)
+    try:
+        client.assistant_threads_setStatus(channel_id=channel, thread_ts=thread_ts, status=status)
+    except Exception as e:  # noqa: BLE001 - a status is a courtesy; the answer still comes
+        log.info("assistant status failed", extra={"error": str(e)})
