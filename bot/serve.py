@@ -43,6 +43,7 @@ class BotServer:
         self.bot: "FlyteGPTBot | None" = None
         self.handler: Any = None
         self.reloader: Any = None
+        self.snapshots: Any = None  # copies of the feedback database for the weekly report
         self.http: ThreadingHTTPServer | None = None
         self._stopped = threading.Event()
 
@@ -82,6 +83,10 @@ class BotServer:
             raise SlackTokenError(f"Slack rejected SLACK_APP_TOKEN: {e.response.get('error')} "
                                   "(an app-level token with connections:write, Socket Mode enabled)") from None
         self.reloader.start(run_now=True)
+        from flytegpt.bot.report.snapshot import SnapshotJob
+
+        self.snapshots = SnapshotJob(self.config)
+        self.snapshots.start()
         log.info("FlyteGPT is running", extra={"http_port": self.http.server_address[1],
                                                "store": self.config.index.store,
                                                "llm": getattr(answerer, "llm_enabled", None)})
@@ -93,6 +98,8 @@ class BotServer:
         self._stopped.set()
         if self.reloader is not None:
             self.reloader.stop()
+        if self.snapshots is not None:
+            self.snapshots.stop()
         if self.handler is not None:
             try:
                 self.handler.close()

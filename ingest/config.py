@@ -178,6 +178,7 @@ class BotConfig(_Strict):
     # A copy of the feedback database (local path or fsspec URL) that `flytegpt feedback
     # snapshot` writes and the weekly_report task reads; the task cannot see the bot's volume.
     feedback_snapshot: str | None = None
+    feedback_snapshot_interval_h: float = Field(default=24.0, ge=0.1, le=168.0)  # how often the bot copies it
     # Knowledge gaps: two questions share a topic above this cosine similarity (average linkage)
     report_topic_similarity: float = Field(default=0.4, ge=0.0, le=1.0)
     report_eval_questions: str | None = None  # JSONL eval questions: metrics per index version
