@@ -23,6 +23,13 @@ class Metrics:
         self.busy = Counter("flytegpt_busy", "Questions refused because the worker queue was full", registry=r)
         self.rate_limited = Counter("flytegpt_rate_limited", "Questions refused by the per-user limit", registry=r)
         self.feedback = Counter("flytegpt_feedback", "Feedback votes", ["vote"], registry=r)
+        self.feedback_store_errors = Counter(
+            "flytegpt_feedback_store_errors", "Feedback database operations that failed (answers were still posted)",
+            ["op"], registry=r)
+        self.malformed_events = Counter("flytegpt_malformed_events", "Slack events ignored as malformed",
+                                        ["type"], registry=r)
+        self.restart_notices = Counter("flytegpt_restart_notices",
+                                       "Unfinished questions told to ask again at shutdown", registry=r)
         self.pending = Gauge("flytegpt_worker_pending", "Answers running or queued", registry=r)
         self.index = Info("flytegpt_index", "The index version being served", registry=r)
         self.index_loaded = Gauge("flytegpt_index_loaded", "1 when an index is loaded", registry=r)

@@ -9,8 +9,10 @@ answers "index not ready" and /readyz says 503.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,12 @@ if TYPE_CHECKING:
     from flytegpt.ingest.embedding import Embedder
 
 log = logging.getLogger(__name__)
+
+SOCKET_CLOSE_BUDGET_S = 3.0  # waited for slack_sdk's socket close beyond the drain deadline
+# What stop() takes beyond [bot] shutdown_grace_s: the "ask again" notices
+# (shutdown.NOTICE_BUDGET_S), the socket close and the HTTP server. shutdown_grace_s plus this
+# must fit in the pod's terminationGracePeriodSeconds (tests/bot/test_serve.py checks the manifest).
+SHUTDOWN_OVERHEAD_S = 8.0
 
 
 class BotServer:
@@ -45,7 +53,10 @@ class BotServer:
         self.reloader: Any = None
         self.snapshots: Any = None  # copies of the feedback database for the weekly report
         self.http: ThreadingHTTPServer | None = None
-        self._stopped = threading.Event()
+        self._stopped = threading.Event()  # set when stop() has finished
+        self._stop_lock = threading.Lock()
+        self._stopping = False
+        self.drained = True  # every answer finished before the stop deadline
 
     # --- health ---------------------------------------------------------------------
 
@@ -93,23 +104,44 @@ class BotServer:
         return self
 
     def stop(self) -> None:
-        if self._stopped.is_set():
+        """Graceful stop (SIGTERM): no new questions, running answers until [bot] shutdown_grace_s,
+        unfinished askers told to ask again (bot/slack/shutdown.py). Returns within
+        shutdown_grace_s + SHUTDOWN_OVERHEAD_S; `drained` says whether every answer finished."""
+        from flytegpt.bot.slack.shutdown import drain
+
+        with self._stop_lock:
+            if self._stopping:
+                first = False
+            else:
+                self._stopping = first = True
+        if not first:
+            self._stopped.wait(self.config.bot.shutdown_grace_s + SHUTDOWN_OVERHEAD_S)
             return
-        self._stopped.set()
+        deadline = time.monotonic() + self.config.bot.shutdown_grace_s
+        log.info("stopping: finishing answers in flight", extra={"grace_s": self.config.bot.shutdown_grace_s})
+        closing = threading.Thread(target=self._close_socket, daemon=True, name="flytegpt-socket-close")
+        closing.start()  # no new events; slack_sdk's close can take seconds, so beside the drain
         if self.reloader is not None:
             self.reloader.stop()
         if self.snapshots is not None:
             self.snapshots.stop()
-        if self.handler is not None:
-            try:
-                self.handler.close()
-            except Exception:  # noqa: BLE001 - closing a dead socket
-                log.debug("socket close failed", exc_info=True)
         if self.bot is not None:
-            self.bot.close(wait=True)
+            self.drained = drain(self.bot, deadline)
+            self.bot.close(wait=False)
+        closing.join(max(0.0, deadline - time.monotonic()) + SOCKET_CLOSE_BUDGET_S)
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
+        self._stopped.set()
+
+    def _close_socket(self) -> None:
+        if self.handler is None:
+            return
+        try:
+            self.handler.client.auto_reconnect_enabled = False
+            self.handler.close()
+        except Exception:  # noqa: BLE001 - closing a dead socket
+            log.debug("socket close failed", exc_info=True)
 
     def wait(self) -> None:
         """Block until stop() (SIGTERM/SIGINT call it when run from the CLI)."""
@@ -159,12 +191,23 @@ class BotServer:
 
 
 def serve(config: "Config", settings: "Settings", *, port: int | None = None) -> None:
-    """Run until SIGTERM/SIGINT (Kubernetes stops pods with SIGTERM)."""
+    """Run until SIGTERM/SIGINT (Kubernetes stops pods with SIGTERM), then stop gracefully.
+
+    An answer still running after the stop deadline (a hung model) would keep the process
+    alive (the pool's threads are joined at exit) past the pod's grace period; its asker has
+    been told to ask again, so the process ends without waiting for it.
+    """
     server = BotServer(config, settings, port=port)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: threading.Thread(target=server.stop, daemon=True).start())
+        signal.signal(sig, lambda *_: threading.Thread(target=server.stop, daemon=True,
+                                                       name="flytegpt-stop").start())
     server.start()
     try:
         server.wait()
     finally:
         server.stop()
+    if not server.drained:
+        log.warning("exiting with answers still running (their askers were told to ask again)")
+        logging.shutdown()
+        os._exit(0)
+    log.info("stopped")

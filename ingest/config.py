@@ -161,6 +161,10 @@ class BotConfig(_Strict):
     feedback_db: str = ".flytegpt/feedback.sqlite3"
     http_port: int = Field(default=8080, ge=0, le=65535)  # /healthz, /readyz, /metrics; 0: any free port
     json_logs: bool = False
+    # On SIGTERM running answers get this long to finish; then each unfinished asker is told to
+    # ask again. Plus the bot's own shutdown steps (bot/serve.py SHUTDOWN_OVERHEAD_S) this must fit
+    # in the pod's terminationGracePeriodSeconds (manifests/base/deployment.yaml: 30 s).
+    shutdown_grace_s: float = Field(default=20.0, ge=0, le=3600)
     # Answers appear as the model writes them (chat.startStream/appendStream/stopStream);
     # false: one chat.postMessage when the answer is complete (also the automatic fallback
     # where Slack refuses streaming).

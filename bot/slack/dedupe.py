@@ -1,24 +1,38 @@
-"""Exactly one answer per user message.
+"""Exactly one answer per user message, across restarts and replicas.
 
 Socket Mode re-sends an event when an ack is late, Slack may deliver it on any of the
 app's open connections (or to another replica's), and one message can arrive both as
 `app_mention` and as `message`. Bolt does not filter any of that, so we remember what we
 have seen: event ids, and the (channel, ts) of every message we decided to answer.
-The memory is bounded in size and time (Slack stops retrying after minutes).
+
+Memory alone forgets at a restart, and Slack keeps retrying an event for minutes, so a
+retry reaching the restarted process (or a second replica on the same volume) would be
+answered again. The ids are therefore also kept in a small SQLite file next to the
+feedback database, for an hour (Slack stops retrying after minutes); the first process
+to insert a key wins. If that file cannot be used, the in-memory check still works and
+the failure is logged: de-duplication never stops the bot from answering.
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Hashable
+
+log = logging.getLogger(__name__)
+
+SEEN_TTL_S = 3600.0
+_PRUNE_EVERY = 500  # inserts between deletions of expired keys
 
 
 class SeenCache:
     """A bounded, time-limited set with an atomic "first time?" check."""
 
-    def __init__(self, max_items: int = 10_000, ttl_s: float = 3600.0) -> None:
+    def __init__(self, max_items: int = 10_000, ttl_s: float = SEEN_TTL_S) -> None:
         self.max_items, self.ttl_s = max_items, ttl_s
         self._items: OrderedDict[Hashable, float] = OrderedDict()
         self._lock = threading.Lock()
@@ -51,17 +65,84 @@ class SeenCache:
             self._items.popitem(last=False)
 
 
+class SeenStore:
+    """The persistent half: keys in SQLite with their wall-clock time, shared by processes."""
+
+    def __init__(self, path: str | Path, ttl_s: float = SEEN_TTL_S) -> None:
+        self.path, self.ttl_s = str(path), ttl_s
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=2.0)
+        self._lock = threading.Lock()
+        self._inserts = 0
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, at REAL NOT NULL)")
+            self._prune()
+
+    def first(self, key: str) -> bool:
+        """True when this process is the first to record `key` within the TTL."""
+        now = time.time()
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT INTO seen VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET at = excluded.at "
+                "WHERE seen.at < ?", (key, now, now - self.ttl_s))
+            self._inserts += 1
+            if self._inserts % _PRUNE_EVERY == 0:
+                self._prune()
+            return cur.rowcount == 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _prune(self) -> None:
+        self._conn.execute("DELETE FROM seen WHERE at < ?", (time.time() - self.ttl_s,))
+
+
+def seen_path_for(feedback_db: str) -> str | None:
+    """The de-dup file beside the feedback database (None for an in-memory database)."""
+    if feedback_db == ":memory:":
+        return None
+    db = Path(feedback_db)
+    return str(db.with_name(db.stem + ".seen-events.sqlite3"))
+
+
 class Deduper:
     """The two checks the bot needs: per delivery (event_id) and per message (channel, ts)."""
 
-    def __init__(self, max_items: int = 10_000, ttl_s: float = 3600.0) -> None:
+    def __init__(self, max_items: int = 10_000, ttl_s: float = SEEN_TTL_S, *, path: str | None = None) -> None:
         self.events = SeenCache(max_items, ttl_s)
         self.messages = SeenCache(max_items, ttl_s)
+        self.store: SeenStore | None = None
+        if path:
+            try:
+                self.store = SeenStore(path, ttl_s)
+            except (sqlite3.Error, OSError) as e:
+                log.error("seen-events database unusable: de-duplicating in memory only",
+                          extra={"path": path, "error": str(e)})
 
     def new_event(self, event_id: str | None) -> bool:
         """False when this event id was already delivered (a retry or a second connection)."""
-        return True if not event_id else self.events.first(event_id)
+        if not event_id:
+            return True
+        return self.events.first(event_id) and self._first_stored(f"event:{event_id}")
 
     def claim_message(self, channel: str, ts: str) -> bool:
-        """True for the one handler that gets to answer this message."""
-        return self.messages.first((channel, ts))
+        """True for the one handler (in any process sharing the file) that gets to answer this message."""
+        return self.messages.first((channel, ts)) and self._first_stored(f"message:{channel}:{ts}")
+
+    def close(self) -> None:
+        if self.store is not None:
+            try:
+                self.store.close()
+            except sqlite3.Error:
+                pass
+
+    def _first_stored(self, key: str) -> bool:
+        if self.store is None:
+            return True
+        try:
+            return self.store.first(key)
+        except sqlite3.Error as e:  # locked for too long, disk gone: answer rather than drop
+            log.warning("seen-events database failed: relying on memory", extra={"error": str(e)})
+            return True

@@ -17,6 +17,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
 from flytegpt.bot import messages
+from flytegpt.ingest.slack_client import retry_handlers
 
 from .blocks import SlackMessage, render_notice
 
@@ -35,6 +36,17 @@ RESPONSE_URL_POSTS = 4  # Slack allows 5 per response_url; keep one spare
 WEBHOOK_TIMEOUT_S = 15
 
 
+def _webhook(url: str) -> WebhookClient:
+    """A response_url client with the same retries as the Web API client."""
+    return WebhookClient(url, timeout=WEBHOOK_TIMEOUT_S, retry_handlers=retry_handlers())
+
+
+def _slack_error(e: Exception) -> str:
+    if isinstance(e, SlackApiError):
+        return str(e.response.get("error"))
+    return f"{type(e).__name__}: {e}"
+
+
 class DeliveryError(RuntimeError):
     """Slack did not accept a reply (after the client's retries)."""
 
@@ -45,15 +57,21 @@ class Delivery:
 
     # --- answers ----------------------------------------------------------------------
 
-    def post(self, q: "Question", replies: Sequence[SlackMessage]) -> bool:
-        """Post replies where the question came from; False (logged, counted) when Slack refused."""
+    def post(self, q: "Question", replies: Sequence[SlackMessage], *, tell_on_failure: bool = True) -> bool:
+        """Post replies where the question came from; False (logged, counted) when Slack refused.
+
+        The client has already retried Slack's transient errors; when the post still fails the
+        asker gets a short notice instead of silence (if Slack takes that one).
+        """
         try:
             self.send(replies, channel=q.channel, thread_ts=q.thread_ts, response_url=q.response_url)
             return True
-        except Exception:  # noqa: BLE001 - reported to the caller as False
+        except Exception as e:  # noqa: BLE001 - reported to the caller as False
             self.metrics.failures.labels("post_failed").inc()
-            log.exception("posting the answer failed", extra={"channel": q.channel})
-            return False
+            log.error("posting the answer failed", extra={"channel": q.channel, "error": _slack_error(e)})
+        if tell_on_failure:
+            self.post(q, [render_notice(messages.POST_FAILED)], tell_on_failure=False)
+        return False
 
     def notice(self, q: "Question", text: str) -> bool:
         """A short plain-text notice where the answer would have gone."""
@@ -67,7 +85,7 @@ class Delivery:
             replies = list(replies)
             if len(replies) > max_url_posts:
                 replies = replies[:max_url_posts - 1] + [render_notice(messages.TRUNCATED)]
-            hook = WebhookClient(response_url, timeout=WEBHOOK_TIMEOUT_S)
+            hook = _webhook(response_url)
             for m in replies:
                 resp = hook.send(text=m.text, blocks=m.blocks, response_type=response_type, replace_original=False)
                 if resp.status_code != 200:
@@ -82,7 +100,7 @@ class Delivery:
 
     def delete_original(self, response_url: str) -> None:
         """Remove the ephemeral message a button was clicked in (after sharing it)."""
-        WebhookClient(response_url, timeout=WEBHOOK_TIMEOUT_S).send(delete_original=True)
+        _webhook(response_url).send(delete_original=True)
 
     # --- small notices ----------------------------------------------------------------
 

@@ -83,6 +83,11 @@ class FeedbackDatabaseError(RuntimeError):
     """The database cannot be used: not SQLite, or written by a newer FlyteGPT."""
 
 
+def new_answer_id() -> str:
+    """A short random id for an answer row (what the feedback buttons carry)."""
+    return secrets.token_urlsafe(9)
+
+
 def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat()
 
@@ -164,8 +169,8 @@ class FeedbackStore:
 
     # --- writing ----------------------------------------------------------------------
 
-    def _insert(self, row: dict[str, Any]) -> str:
-        answer_id = secrets.token_urlsafe(9)
+    def _insert(self, row: dict[str, Any], answer_id: str | None = None) -> str:
+        answer_id = answer_id or new_answer_id()
         row = {"id": answer_id, "created_at": time.time(), **row}
         cols = ", ".join(row)
         with self._lock:
@@ -175,8 +180,10 @@ class FeedbackStore:
 
     def record_answer(self, answer: Any, *, surface: str, channel: str | None = None,
                       thread_ts: str | None = None, user: str | None = None,
-                      latency_s: float | None = None, permalink: str | None = None) -> str:
-        """Store an answer about to be posted; returns the id its buttons carry.
+                      latency_s: float | None = None, permalink: str | None = None,
+                      answer_id: str | None = None) -> str:
+        """Store an answer; returns the id its buttons carry (`answer_id` when the caller chose it,
+        e.g. to post the answer before storing it).
 
         A "not found" answer is logged with outcome not_found, any other as answered.
         """
@@ -188,7 +195,7 @@ class FeedbackStore:
             "index_version": getattr(answer, "index_version", None), "mode": mode,
             "outcome": "not_found" if mode == "not_found" else "answered",
             "latency_s": latency_s, "permalink": permalink,
-        })
+        }, answer_id)
 
     def record_question(self, question: str, *, outcome: Outcome, surface: str, channel: str | None = None,
                         thread_ts: str | None = None, user: str | None = None, latency_s: float | None = None,

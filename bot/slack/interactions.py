@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from flytegpt.bot.metrics import Metrics
 
     from .delivery import Delivery
-    from .feedback import FeedbackStore, Vote
+    from .feedback import Vote
+    from .recording import AnswerRecorder
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +28,23 @@ def _who_and_where(body: dict) -> tuple[str, str | None]:
 
 
 class Interactions:
-    def __init__(self, feedback: "FeedbackStore", delivery: "Delivery", metrics: "Metrics") -> None:
-        self.feedback, self.delivery, self.metrics = feedback, delivery, metrics
+    def __init__(self, recorder: "AnswerRecorder", delivery: "Delivery", metrics: "Metrics") -> None:
+        self.recorder, self.delivery, self.metrics = recorder, delivery, metrics
 
     def vote(self, body: dict, answer_id: str, vote: "Vote") -> None:
         """Store a vote and tell the voter whether it counted."""
         user, channel = _who_and_where(body)
-        known = self.feedback.record_vote(answer_id, vote, user=user, channel=channel)
-        if known:
+        result = self.recorder.record_vote(answer_id, vote, user=user, channel=channel)
+        if result == "stored":
             self.metrics.feedback.labels(vote).inc()
-        self.delivery.respond(body, messages.THANKS if known else messages.VOTE_UNKNOWN_ANSWER, channel, user)
+        reply = {"stored": messages.THANKS, "unknown": messages.VOTE_UNKNOWN_ANSWER}.get(result,
+                                                                                        messages.VOTE_NOT_STORED)
+        self.delivery.respond(body, reply, channel, user)
 
     def share(self, body: dict, answer_id: str) -> None:
         """Post a /flytegpt answer (ephemeral so far) for everyone in the channel."""
         user, channel = _who_and_where(body)
-        stored = self.feedback.get_answer(answer_id)
+        stored = self.recorder.get_answer(answer_id)
         if stored is None:
             self.delivery.respond(body, messages.SHARE_GONE, channel, user)
             return

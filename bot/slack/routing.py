@@ -44,11 +44,11 @@ class EventRouter:
     def __init__(self, config: "Config", *, bot_user_id: str, allowed: set[str], deduper: "Deduper",
                  limiter: "RateLimiter", pool: "WorkerPool", side: "WorkerPool", history: "ThreadHistory",
                  delivery: "Delivery", interactions: "Interactions", metrics: "Metrics",
-                 answer: Callable[[Question], None], bot_id: str | None = None) -> None:
+                 submit: Callable[[Question], bool], bot_id: str | None = None) -> None:
         self.config, self.bot_user_id, self.bot_id, self.allowed = config, bot_user_id, bot_id, allowed
         self.deduper, self.limiter, self.pool, self.side = deduper, limiter, pool, side
         self.history, self.delivery, self.interactions = history, delivery, interactions
-        self.metrics, self.answer = metrics, answer
+        self.metrics, self.submit = metrics, submit
 
     def register(self, app: "App") -> None:
         app.event("app_mention")(self.on_mention)
@@ -57,6 +57,7 @@ class EventRouter:
         app.action(blocks.ACTION_FEEDBACK_UP)(self.on_feedback)
         app.action(blocks.ACTION_FEEDBACK_DOWN)(self.on_feedback)
         app.action(blocks.ACTION_SHARE)(self.on_share)
+        app.action(blocks.ACTION_FEEDBACK)(self.on_feedback_buttons)
 
     # --- listeners (no I/O here) ----------------------------------------------------
 
@@ -64,7 +65,7 @@ class EventRouter:
         ack()
         if not self._new_event(body) or self._from_bot(event):
             return
-        if event.get("subtype") not in _ANSWERABLE_SUBTYPES:
+        if event.get("subtype") not in _ANSWERABLE_SUBTYPES or not self._well_formed(event):
             return
         self._accept_channel_message(event, mentioned=True)
 
@@ -74,6 +75,8 @@ class EventRouter:
             return
         if event.get("subtype") not in _ANSWERABLE_SUBTYPES:
             return  # edits, deletions, joins ...
+        if not self._well_formed(event):
+            return
         if event.get("channel_type") == "im":
             if not self._claim(event):
                 return
@@ -106,7 +109,7 @@ class EventRouter:
             ack(text=messages.rate_limited(wait), response_type="ephemeral")
             return
         q = Question("command", text, channel, user, response_url=command.get("response_url"))
-        if not self.pool.submit(self.answer, q):
+        if not self.submit(q):
             self.metrics.busy.inc()
             ack(text=messages.BUSY, response_type="ephemeral")
             return
@@ -117,6 +120,18 @@ class EventRouter:
         ack()
         vote = "up" if action.get("action_id") == blocks.ACTION_FEEDBACK_UP else "down"
         self.side.submit(self.interactions.vote, body, action.get("value", ""), vote)
+
+    def on_feedback_buttons(self, ack: Callable, body: dict, action: dict) -> None:
+        """Block Kit feedback_buttons under a streamed answer: the value is "up:<id>" or "down:<id>"."""
+        ack()
+        vote, _, answer_id = str(action.get("value", "")).partition(":")
+        if vote in ("up", "down") and answer_id:
+            self.side.submit(self.interactions.vote, body, answer_id, vote)
+
+    def accept_question(self, body: dict, event: dict, q: Question) -> None:
+        """A question another listener built (the assistant panel): de-duplicated and dispatched like the rest."""
+        if self._new_event(body) and self._claim(event):
+            self._dispatch(q)
 
     def on_share(self, ack: Callable, body: dict, action: dict) -> None:
         ack()
@@ -133,7 +148,19 @@ class EventRouter:
 
     def _from_bot(self, event: dict) -> bool:
         return bool(event.get("bot_id") or event.get("subtype") == "bot_message"
-                    or event.get("user") in (None, self.bot_user_id))
+                    or event.get("user") == self.bot_user_id)
+
+    def _well_formed(self, event: dict) -> bool:
+        """A message we could answer has a channel, a ts, a user and text (or none): else ignore and count."""
+        ids_ok = all(isinstance(event.get(k), str) and event.get(k) for k in ("channel", "ts", "user"))
+        text_ok = isinstance(event.get("text", ""), str)
+        thread_ok = event.get("thread_ts") is None or isinstance(event["thread_ts"], str)
+        if ids_ok and text_ok and thread_ok:
+            return True
+        kind = str(event.get("type") or "unknown")[:40]
+        self.metrics.malformed_events.labels(kind).inc()
+        log.warning("malformed event ignored", extra={"event_type": kind, "keys": sorted(map(str, event))[:20]})
+        return False
 
     def _mentions_me(self, event: dict) -> bool:
         return f"<@{self.bot_user_id}" in (event.get("text") or "")
@@ -155,7 +182,8 @@ class EventRouter:
             return
         thread = event.get("thread_ts") or event["ts"]
         q = Question("mention" if mentioned else "followup", strip_mentions(event.get("text", ""), self.bot_user_id),
-                     channel, event["user"], event["ts"], thread_ts=thread, history_root=event.get("thread_ts"))
+                     channel, event["user"], event["ts"], thread_ts=thread, history_root=event.get("thread_ts"),
+                     team=event.get("user_team") or event.get("team"))
         if mentioned:
             self._dispatch(q)
         elif not self.side.submit(self._triage_followup, q):
@@ -170,14 +198,14 @@ class EventRouter:
             self.metrics.rate_limited.inc()
             self.side.submit(self.delivery.ephemeral, q.channel, q.user, messages.rate_limited(wait), q.thread_ts)
             return
-        if not self.pool.submit(self.answer, q):
+        if not self.submit(q):
             self.metrics.busy.inc()
             log.warning("worker queue full: busy reply", extra={"channel": q.channel})
             self.side.submit(self.delivery.notice, q, messages.BUSY)
             return
         self.metrics.questions.labels(q.surface).inc()
         self.metrics.pending.set(self.pool.pending)
-        if q.ts:
+        if q.ts and q.surface != "assistant":  # the panel shows a status line instead
             self.side.submit(self.delivery.react, q.channel, q.ts)
 
     def _triage_followup(self, q: Question) -> None:

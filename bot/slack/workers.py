@@ -62,6 +62,10 @@ class WorkerPool:
         with self._lock:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
+    def close_intake(self) -> None:
+        """Refuse new tasks from now on; queued and running ones go on."""
+        self._closed = True
+
     def shutdown(self, wait: bool = True, timeout: float | None = 30.0) -> None:
         self._closed = True
         if wait:

@@ -6,19 +6,23 @@ import io
 import logging
 import shutil
 import urllib.error
+import threading
 import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.openai_server import Hang, OpenAIStandIn
+from support.paths import ROOT
 from support.slack_emulator import SlackEmulator
-from support.slack_harness import CACHE_Q, build_sample_index
+from support.slack_harness import ANSWER, CACHE_Q, build_sample_index
 
+from flytegpt.bot import messages
 from flytegpt.bot.cli_serve import serve_cmd
 from flytegpt.bot.logs import setup_logging
-from flytegpt.bot.serve import BotServer
+from flytegpt.bot.serve import SHUTDOWN_OVERHEAD_S, BotServer
 from flytegpt.bot.slack.client import SlackTokenError
-from flytegpt.ingest.config import Settings, load_config, sample_config_path
+from flytegpt.ingest.config import Config, Settings, load_config, sample_config_path
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,6 +40,13 @@ def _get(url: str) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def _ready(port: int) -> bool:
+    try:
+        return _get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+    except OSError:  # not listening yet
+        return False
 
 
 def test_missing_or_malformed_tokens_fail_at_start(tmp_path, monkeypatch):
@@ -116,3 +127,137 @@ def test_serve_health_ready_metrics_and_late_index(built_store, embedder, tmp_pa
     logs = log_stream.getvalue()
     assert "index version swapped in" in logs
     assert "test-token" not in logs  # tokens never reach the logs, even at DEBUG
+
+
+# --- stopping: SIGTERM while answers are in flight -------------------------------------------------------------
+
+
+def _stop_config(store: Path, tmp_path: Path, grace_s: float) -> Config:
+    base = load_config(sample_config_path()).with_store(str(store))
+    return base.model_copy(update={
+        "bot": base.bot.model_copy(update={"feedback_db": str(tmp_path / "fb.sqlite3"), "shutdown_grace_s": grace_s,
+                                           "streaming": False}),
+        "answer": base.answer.model_copy(update={"max_retries": 0, "timeout_s": 60.0}),
+    })
+
+
+def test_stop_finishes_answers_in_time_and_tells_the_others(built_store, embedder, tmp_path):
+    config = _stop_config(built_store, tmp_path, grace_s=5.0)
+    quick, hung = threading.Event(), threading.Event()
+
+    def model(body: dict) -> str:
+        asked = "\n".join(str(m.get("content", "")) for m in body["messages"] if m.get("role") == "user")
+        (hung if "QUESTION-THAT-HANGS" in asked else quick).wait(60)
+        return ANSWER
+
+    with SlackEmulator() as emu, OpenAIStandIn() as llm:
+        llm.reply = model
+        settings = Settings(SLACK_BOT_TOKEN="xoxb-test", SLACK_APP_TOKEN="xapp-test", SLACK_API_URL=emu.api_url,
+                            OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="sk-test-key")
+        server = BotServer(config, settings, port=0, host="127.0.0.1", ping_interval=1.0, embedder=embedder)
+        server.start()
+        try:
+            emu.wait_connected()
+            emu.wait_for(server.ready, timeout=30)
+            finishing = emu.mention(CACHE_Q)
+            hanging = emu.mention("QUESTION-THAT-HANGS: how do I use secrets?", user="U0OTHER")
+            emu.wait_for(lambda: len(llm.requests) == 2, timeout=30)  # both answers are with the model
+            stopper = threading.Thread(target=server.stop)
+            stopper.start()  # what SIGTERM does
+            emu.wait_for(lambda: server._stopping)
+            quick.set()  # this answer finishes within the grace period ...
+            [answer] = emu.wait_for(lambda: emu.bot_messages(thread_ts=finishing.ts), timeout=20)
+            # ... this one does not: its asker is told, in the thread, to ask again
+            [notice] = emu.wait_for(lambda: emu.bot_messages(thread_ts=hanging.ts), timeout=30)
+            stopper.join(30)
+            assert not stopper.is_alive()
+            assert "cache_version" in answer["text"] and notice["text"] == messages.RESTARTED
+            assert server.drained is False and server.metrics.restart_notices._value.get() == 1
+            # the database stays open for the answer still running; when it ends, it posts nothing
+            assert server.bot.feedback.store is not None
+            hung.set()
+            assert server.bot.pool.wait_idle(30)
+            assert len(emu.bot_messages(thread_ts=hanging.ts)) == 1
+            assert server.bot.metrics.feedback_store_errors.labels("answer")._value.get() == 0
+        finally:
+            hung.set()
+            quick.set()
+            server.stop()
+        assert emu.violations == []
+
+
+def test_shutdown_fits_in_the_pods_grace_period():
+    """[bot] shutdown_grace_s (default and the manifest's config) plus the bot's own steps < the pod's grace."""
+    import tomllib
+
+    import yaml
+
+    from flytegpt.bot.serve import SHUTDOWN_OVERHEAD_S, SOCKET_CLOSE_BUDGET_S
+    from flytegpt.bot.slack.shutdown import NOTICE_BUDGET_S
+    from flytegpt.ingest.config import BotConfig
+
+    base = ROOT / "manifests" / "base"
+    deployment = yaml.safe_load((base / "deployment.yaml").read_text())
+    pod_grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    configmap = yaml.safe_load((base / "configmap.yaml").read_text())
+    configured = tomllib.loads(configmap["data"]["flytegpt.toml"])["bot"].get("shutdown_grace_s")
+    assert SHUTDOWN_OVERHEAD_S >= NOTICE_BUDGET_S + SOCKET_CLOSE_BUDGET_S
+    for grace in (BotConfig().shutdown_grace_s, configured):
+        assert grace is not None and grace + SHUTDOWN_OVERHEAD_S <= pod_grace
+
+
+def test_sigterm_with_a_hung_model_exits_within_the_grace_period(built_store, tmp_path):
+    """The real `flytegpt serve` process: SIGTERM with an answer stuck in the model."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import socket
+
+    grace = 2.0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "flytegpt.toml"
+    config.write_text(f"""
+[index]
+store = "{built_store}"
+[embeddings]
+backend = "torch"
+device = "cpu"
+[answer]
+max_retries = 0
+timeout_s = 120
+[bot]
+feedback_db = "{tmp_path / 'fb.sqlite3'}"
+http_port = {port}
+shutdown_grace_s = {grace}
+streaming = false
+""")
+    with SlackEmulator() as emu, OpenAIStandIn() as llm:
+        llm.script(Hang(seconds=120))
+        env = dict(os.environ, SLACK_BOT_TOKEN="xoxb-test", SLACK_APP_TOKEN="xapp-test", SLACK_API_URL=emu.api_url,
+                   OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="sk-test-key", HF_HUB_OFFLINE="1")
+        proc = subprocess.Popen([sys.executable, "-m", "flytegpt.bot.cli", "serve", "--config", str(config)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            emu.wait_connected(timeout=60)
+            emu.wait_for(lambda: _ready(port), timeout=60)
+            d = emu.mention(CACHE_Q)
+            try:
+                emu.wait_for(lambda: llm.requests, timeout=90)  # the answer is stuck with the model
+            except TimeoutError:
+                proc.kill()
+                raise AssertionError(proc.communicate()[0].decode(errors="replace")[-3000:]) from None
+            proc.send_signal(signal.SIGTERM)
+            # Kubernetes would kill it at shutdown_grace_s + the bot's own steps: it must be gone by then
+            rc = proc.wait(timeout=grace + SHUTDOWN_OVERHEAD_S)
+            output = proc.stdout.read().decode(errors="replace")
+            assert rc == 0, output
+            [notice] = emu.bot_messages(thread_ts=d.ts)
+            assert notice["text"] == messages.RESTARTED
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -16,6 +16,7 @@ from support.openai_server import Fail, Reply
 from support.slack_harness import ANSWER, CACHE_Q, STANDALONE, BotHarness, build_sample_index, tuned
 
 from flytegpt.bot.index_holder import IndexHolder
+from flytegpt.bot import messages
 from flytegpt.bot.slack import blocks
 
 pytestmark = pytest.mark.timeout(120)
@@ -292,3 +293,141 @@ def test_channel_allowlist(make_harness):
     d = emu.mention(CACHE_Q, channel="C0ALLOWED1")
     harness.wait_answers(thread_ts=d.ts)
     assert harness.answers(channel="C0GENERAL") == []
+
+
+# --- faults: the feedback database, Slack errors, malformed events, restarts ---------------------------------
+
+
+def _say(harness, text: str, **kw):
+    """Mention the bot and wait for the ack (so 'nothing happened' checks are meaningful)."""
+    d = harness.emu.mention(text, **kw)
+    harness.emu.wait_ack(d.envelope_id)
+    return d
+
+
+def test_locked_feedback_database_never_holds_back_the_answer(make_harness):
+    harness = make_harness(bot={"streaming": False})
+    emu = harness.emu
+    locker = sqlite3.connect(harness.config.bot.feedback_db, isolation_level=None, timeout=0)
+    locker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock (or the disk hangs)
+    try:
+        d = _say(harness, CACHE_Q)
+        # the answer is in the thread while the database is still locked: posted first, stored after
+        [answer] = harness.wait_answers(thread_ts=d.ts)
+        assert "cache_version" in answer["text"]
+        value = _blocks(answer, "actions")[0]["elements"][0]["value"]
+        click = emu.block_action(blocks.ACTION_FEEDBACK_UP, value, message=answer, user="U0VOTER")
+        rid = emu.response_id(click.response_url)
+        [reply] = emu.wait_for(lambda: emu.response_posts[rid], timeout=20)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    # the vote could not be stored, and the voter is told so instead of being thanked
+    assert reply["text"] == messages.VOTE_NOT_STORED
+    errors = harness.bot.metrics.feedback_store_errors
+    assert errors.labels("answer")._value.get() == 1 and errors.labels("vote")._value.get() == 1
+    assert harness.bot.metrics.answers.labels("llm")._value.get() == 1
+
+
+def test_feedback_database_deleted_under_the_bot(make_harness, tmp_path):
+    harness = make_harness(bot={"streaming": False})
+    emu = harness.emu
+    first = _say(harness, CACHE_Q)
+    [answer] = harness.wait_answers(thread_ts=first.ts)
+    db = harness.config.bot.feedback_db
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / ("feedback.sqlite3" + suffix)).unlink(missing_ok=True)
+    value = _blocks(answer, "actions")[0]["elements"][0]["value"]
+    click = emu.block_action(blocks.ACTION_FEEDBACK_UP, value, message=answer, user="U0VOTER")
+    rid = emu.response_id(click.response_url)
+    [reply] = emu.wait_for(lambda: emu.response_posts[rid])
+    assert reply["text"] != messages.THANKS and "vote" in reply["text"]
+    # later answers are stored again, in a new database file
+    second = _say(harness, "how do I use secrets?")
+    [answer2] = harness.wait_answers(thread_ts=second.ts)
+    value2 = _blocks(answer2, "actions")[0]["elements"][0]["value"]
+    harness.idle()
+    rows = sqlite3.connect(db).execute("SELECT id FROM answers").fetchall()
+    assert rows == [(value2,)]
+
+
+def test_unusable_feedback_database_at_start_still_answers(make_harness, tmp_path):
+    db = tmp_path / "feedback.sqlite3"
+    db.write_bytes(b"this is not a database " * 100)
+    harness = make_harness(bot={"streaming": False})
+    emu = harness.emu
+    d = _say(harness, CACHE_Q)
+    [answer] = harness.wait_answers(thread_ts=d.ts)
+    value = _blocks(answer, "actions")[0]["elements"][0]["value"]
+    click = emu.block_action(blocks.ACTION_FEEDBACK_DOWN, value, message=answer, user="U0VOTER")
+    rid = emu.response_id(click.response_url)
+    [reply] = emu.wait_for(lambda: emu.response_posts[rid])
+    assert reply["text"] == messages.VOTE_NOT_STORED
+    assert harness.bot.metrics.feedback_store_errors.labels("open")._value.get() == 1
+
+
+@pytest.mark.parametrize("status,error", [(500, "internal_error"), (503, "service_unavailable"),
+                                          (200, "internal_error"), (200, "fatal_error"), (429, "ratelimited")])
+def test_slack_errors_on_posting_are_retried(make_harness, status, error):
+    harness = make_harness(bot={"streaming": False})
+    harness.emu.script_error("chat.postMessage", status=status, error=error, retry_after=0, times=2)
+    d = _say(harness, CACHE_Q)
+    [answer] = harness.wait_answers(thread_ts=d.ts)
+    assert "cache_version" in answer["text"]
+    assert len(harness.emu.calls_to("chat.postMessage")) == 3  # two failures, then the answer
+
+
+def test_slack_refusing_the_answer_tells_the_asker(make_harness):
+    harness = make_harness(bot={"streaming": False})
+    emu = harness.emu
+    emu.script_error("chat.postMessage", status=500, error="internal_error", retry_after=None, times=4)
+    d = _say(harness, CACHE_Q)
+    [notice] = harness.wait_answers(thread_ts=d.ts)
+    assert notice["text"] == messages.POST_FAILED
+    assert len(emu.calls_to("chat.postMessage")) == 4 + 1  # the answer: 1 try + 3 retries; then the notice
+    assert harness.bot.metrics.failures.labels("post_failed")._value.get() == 1
+
+
+MALFORMED = [
+    {"type": "app_mention", "user": "U0USER", "text": "<@UBOT> hi"},  # no channel, no ts
+    {"type": "app_mention", "user": "U0USER", "text": None, "channel": "C0GENERAL", "ts": "1.000001"},
+    {"type": "app_mention", "text": "<@UBOT> who am I?", "channel": "C0GENERAL", "ts": "1.000002"},  # no user
+    {"type": "message", "user": "U0USER", "text": None, "channel": "D0DIRECT09", "channel_type": "im",
+     "ts": "1.000003"},
+    {"type": "message", "user": "U0USER", "text": "hi", "channel": "D0DIRECT09", "channel_type": "im", "ts": 1.5},
+    {"type": "app_mention", "user": "U0USER", "text": "<@UBOT> q", "channel": "C0GENERAL", "ts": "1.000005",
+     "thread_ts": ["x"]},
+]
+
+
+def test_malformed_events_are_ignored_and_counted(harness):
+    emu = harness.emu
+    sent = [emu.send_event(e) for e in MALFORMED]
+    for d in sent:
+        emu.wait_ack(d.envelope_id)
+    harness.idle()
+    assert harness.answers() == [] and emu.reactions == [] and harness.llm.requests == []
+    counted = harness.bot.metrics.malformed_events
+    assert counted.labels("app_mention")._value.get() + counted.labels("message")._value.get() == len(MALFORMED)
+    d = _say(harness, CACHE_Q)  # and the bot still answers
+    harness.wait_answers(thread_ts=d.ts)
+
+
+def test_retry_after_a_restart_is_not_answered_twice(make_harness):
+    first = make_harness(bot={"streaming": False})
+    d = first.emu.mention(CACHE_Q, event_id="Ev0RESTART")
+    first.wait_answers(thread_ts=d.ts)
+    first.idle()
+    # a restarted (or second) process on the same volume gets Slack's retry of that event, and the app_mention's
+    # `message` twin under another event id
+    second = make_harness(bot={"streaming": False})
+    second.emu.channels["C0GENERAL"].messages.append(dict(d.body["event"], type="message"))
+    retry = second.emu.send_event(d.body["event"], event_id="Ev0RESTART", retry_attempt=1, retry_reason="timeout")
+    twin = second.emu.send_event(dict(d.body["event"], type="message", channel_type="channel"),
+                                 event_id="Ev0TWIN")
+    second.emu.wait_ack(retry.envelope_id)
+    second.emu.wait_ack(twin.envelope_id)
+    second.idle()
+    assert second.answers() == [] and second.llm.requests == []
+    assert second.bot.metrics.duplicates.labels("event")._value.get() == 1
+    assert second.bot.metrics.duplicates.labels("message")._value.get() == 1

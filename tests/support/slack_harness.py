@@ -31,10 +31,15 @@ def build_sample_index(store: Path, embedder: Any) -> Config:
 
 
 def tuned(config: Config, *, feedback_db: Path, bot: dict | None = None, answer: dict | None = None) -> Config:
-    """The config with [bot]/[answer] keys overridden (fast retries for tests)."""
+    """The config with [bot]/[answer] keys overridden (fast retries for tests).
+
+    Answers are posted whole (`streaming` off) unless a test asks for streaming: the routing
+    and delivery tests read posted messages; test_streaming.py covers streamed answers.
+    """
     answer_defaults = {"max_retries": 0, "retry_backoff_s": 0.01, "timeout_s": 10.0}
+    bot_defaults = {"feedback_db": str(feedback_db), "streaming": False}
     return config.model_copy(update={
-        "bot": config.bot.model_copy(update={"feedback_db": str(feedback_db), **(bot or {})}),
+        "bot": config.bot.model_copy(update={**bot_defaults, **(bot or {})}),
         "answer": config.answer.model_copy(update={**answer_defaults, **(answer or {})}),
     })
 
@@ -75,7 +80,9 @@ class BotHarness:
         self.llm.start()
         settings = self.settings()
         answerer = self._answerer or Answerer(self.config, settings, self.holder.get)
-        self.bot = build_app(self.config, settings, answerer, self.holder, client=make_client(settings))
+        # Slack's transient errors are retried as in production, with short waits
+        client = make_client(settings, backoff_factor_s=0.05)
+        self.bot = build_app(self.config, settings, answerer, self.holder, client=client)
         self.handler = SocketModeHandler(self.bot.app, "xapp-test-token", web_client=self.bot.client,
                                          ping_interval=self.ping_interval)
         self.handler.connect()
