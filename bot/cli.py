@@ -51,6 +51,7 @@ def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> 
 
 def _print_summary(summary) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -62,7 +63,8 @@ def _print_summary(summary) -> None:
     console.print(table)
     for s in summary.sources:
         for name, reason in s.skipped:
-            console.print(f"[yellow]skipped[/] {s.name}: {name}: {reason}")
+            # file names and reasons come from the corpus: printed as text, never as markup
+            console.print(f"[yellow]skipped[/] {escape(s.name)}: {escape(name)}: {escape(reason)}")
     total = summary.total_seconds
     embed = summary.timings.get("embed", 0.0)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.timings.items())
@@ -85,6 +87,7 @@ def _print_summary(summary) -> None:
 def search(question: str, config_path: Path, store: str | None, k: int, mode: str) -> None:
     """Show the ranked chunks for a question: rank, score, source id, title, URL."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     searcher = open_searcher(load(config_path, store))
@@ -93,7 +96,7 @@ def search(question: str, config_path: Path, store: str | None, k: int, mode: st
     for col in ("rank", "score", "source id", "title", "url"):
         table.add_column(col, overflow="fold")
     for hit in fn(question, k):
-        table.add_row(str(hit.rank), f"{hit.score:.3f}", hit.chunk.source_id, hit.chunk.title, hit.chunk.url)
+        table.add_row(str(hit.rank), f"{hit.score:.3f}", *map(escape, (hit.chunk.source_id, hit.chunk.title, hit.chunk.url)))
     Console().print(table)
 
 

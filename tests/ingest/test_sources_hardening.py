@@ -211,3 +211,23 @@ def test_one_display_name_rule_for_exports_and_the_web_api() -> None:
     # a message's user_profile (a user unknown to the directory) follows the same rule
     assert d.user("U9", {"display_name": "", "real_name": "Ann", "name": "ann"}) == "Ann"
     assert display_name({"profile": {"display_name": "Dee"}, "real_name": "D"}) == "Dee"
+
+
+def test_names_and_titles_from_the_corpus_are_printed_as_text(tmp_path: Path) -> None:
+    """A skipped file named `a[/b]c.md` and a page titled with `[/b]` once crashed rich's markup."""
+    root = tmp_path / "docs"
+    (root / "a[").mkdir(parents=True)
+    (root / "a[" / "b]c.md").write_bytes(b"\0binary")
+    (root / "page.md").write_text("# Closing [/b] tags\n\nRich markup in a heading about tasks and caching.\n")
+    config = tmp_path / "flytegpt.toml"
+    config.write_text('[[sources]]\nname = "d"\nkind = "docs"\npath = "docs"\n')
+    store = str(tmp_path / "store")
+    runner = CliRunner()
+    result = runner.invoke(main, ["ingest", "--config", str(config), "--store", store, "--quiet"],
+                           env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "a[/b]c.md: binary file" in result.output
+    result = runner.invoke(main, ["search", "closing tags", "--config", str(config), "--store", store],
+                           env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "Closing [/b] tags" in result.output
