@@ -16,6 +16,8 @@ from support.openai_server import Fail, Reply
 from support.slack_harness import ANSWER, CACHE_Q, STANDALONE, BotHarness, build_sample_index, tuned
 
 from flytegpt.bot.index_holder import IndexHolder
+from slack_sdk.models.blocks import Block
+
 from flytegpt.bot import messages
 from flytegpt.bot.slack import blocks
 
@@ -115,8 +117,8 @@ def test_thread_followups_can_be_turned_off(make_harness):
     emu = harness.emu
     first = emu.mention(CACHE_Q)
     harness.wait_answers(thread_ts=first.ts)
-    emu.message("and for map tasks?", thread_ts=first.ts)
-    time.sleep(0.2)
+    reply = emu.message("and for map tasks?", thread_ts=first.ts)
+    emu.wait_ack(reply.envelope_id)  # delivered and handled before silence is checked
     harness.idle()
     assert len(harness.answers(thread_ts=first.ts)) == 1
 
@@ -206,12 +208,13 @@ def test_each_message_is_answered_once(harness):
 def test_ignores_its_own_and_other_bots_messages(harness):
     emu = harness.emu
     emu.add_channel("D0DIRECT02", "dm", is_im=True)
-    emu.message("I am a bot", channel="D0DIRECT02", channel_type="im", user="U0OTHERBOT",
-                bot_id="B0OTHER", subtype="bot_message")
-    emu.message("echo", channel="D0DIRECT02", channel_type="im", user="UBOT", bot_id="BBOT")
+    sent = [emu.message("I am a bot", channel="D0DIRECT02", channel_type="im", user="U0OTHERBOT",
+                        bot_id="B0OTHER", subtype="bot_message"),
+            emu.message("echo", channel="D0DIRECT02", channel_type="im", user="UBOT", bot_id="BBOT")]
     ev = emu.post_user_message("<@UBOT> loop?", user="U0OTHERBOT", bot_id="B0OTHER")
-    emu.send_event(dict(ev, type="app_mention"))
-    time.sleep(0.3)
+    sent.append(emu.send_event(dict(ev, type="app_mention")))
+    for d in sent:  # delivered and handled before silence is checked
+        emu.wait_ack(d.envelope_id)
     harness.idle()
     assert harness.emu.calls_to("chat.postMessage") == [] and harness.llm.requests == []
     assert harness.emu.reactions == []
@@ -263,7 +266,8 @@ def test_busy_when_the_queue_is_full(make_harness):
     sent = [emu.mention(f"question {i} about caching", user=f"U0USER{i}") for i in range(4)]
     for d in sent:
         assert emu.wait_ack(d.envelope_id).latency < 3.0
-    busy = emu.wait_for(lambda: [m for m in harness.answers() if "answering a lot of questions" in m["text"]])
+    busy = emu.wait_for(lambda: len(b := [m for m in harness.answers() if "answering a lot of questions" in m["text"]])
+                        >= 2 and b)
     assert len(busy) == 2
     gate.set()
     emu.wait_for(lambda: len([m for m in harness.answers() if "cache_version" in m["text"]]) == 2, 20)
@@ -431,3 +435,89 @@ def test_retry_after_a_restart_is_not_answered_twice(make_harness):
     assert second.answers() == [] and second.llm.requests == []
     assert second.bot.metrics.duplicates.labels("event")._value.get() == 1
     assert second.bot.metrics.duplicates.labels("message")._value.get() == 1
+
+
+# --- what reaches Slack: the model's text neutralised, long answers within Slack's limits -------------------
+
+LOUD = ("Ping <!channel> and <!here> and <!everyone>, ask <@U0BOSS> or <#C0SECRET>, "
+        "see <https://evil.example/x|the docs> [1].")
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_model_cannot_mention_or_link_in_what_is_posted(make_harness, streaming):
+    harness = make_harness(bot={"streaming": streaming})
+    harness.llm.reply = LOUD
+    d = _say(harness, CACHE_Q)
+    [answer] = harness.wait_answers(thread_ts=d.ts)
+    harness.idle()
+    posted = [c.args for c in harness.emu.calls
+              if c.method in ("chat.postMessage", "chat.startStream", "chat.appendStream", "chat.stopStream",
+                              "chat.update")]
+    assert posted
+    # streamed Markdown: link rules are the streaming module's (stream.py), checked in test_streaming.py
+    forbidden = ("<!channel>", "<!here>", "<!everyone>", "<@U0BOSS>", "<#C0SECRET>") + (() if streaming else
+                                                                                          ("<https://evil",))
+    for args in posted:
+        for text in _texts(args):
+            for live in forbidden:
+                assert live not in text, (live, text)
+    assert "U0BOSS" in _all_text(answer)  # the words are still there, as text
+
+
+def _texts(args: dict) -> list[str]:
+    """Every string Slack would render from a call: text, markdown_text, chunks, block texts."""
+    out = [str(args.get(k)) for k in ("text", "markdown_text") if args.get(k)]
+    chunks = args.get("chunks")
+    if isinstance(chunks, str):
+        import json
+
+        chunks = json.loads(chunks)
+    for c in chunks or []:
+        out += [str(v) for v in c.values() if isinstance(v, str)]
+    out += _block_texts(args.get("blocks") or [])
+    return out
+
+
+def _block_texts(node) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "text" and isinstance(v, str)] + \
+            [t for k, v in node.items() for t in _block_texts(v) if k != "text" or not isinstance(v, str)]
+    if isinstance(node, list):
+        return [t for v in node for t in _block_texts(v)]
+    return []
+
+
+def _all_text(msg: dict) -> str:
+    return "\n".join([msg.get("text") or ""] + _block_texts(msg.get("blocks") or []))
+
+
+LONG = "\n\n".join(f"Step {i}: set `cache_version` and keep the signature stable. " + "More detail here. " * 40
+                    for i in range(120))  # ~100,000 characters: several messages
+
+
+def test_long_answer_is_spread_over_several_messages(make_harness):
+    harness = make_harness(bot={"streaming": False})
+    harness.llm.reply = LONG + " [1]"
+    d = _say(harness, CACHE_Q)
+    answers = harness.emu.wait_for(lambda: (a := harness.answers(thread_ts=d.ts)) and
+                                   any(_blocks(m, "actions") for m in a) and a, timeout=30)
+    assert len(answers) >= 3
+    for m in answers:
+        for b in m.get("blocks", []):
+            assert Block.parse(b).to_dict() == b
+    text = "\n".join(t for m in answers for t in _block_texts(m.get("blocks") or []))
+    assert "Step 0:" in text and "Step 119:" in text  # nothing lost
+    assert _blocks(answers[-1], "actions") and not any(_blocks(m, "actions") for m in answers[:-1])
+    assert harness.emu.violations == []
+
+
+def test_long_answer_to_the_slash_command_keeps_to_five_posts(harness):
+    harness.llm.reply = LONG * 2 + " [1]"
+    emu = harness.emu
+    d = emu.slash_command("how do I invalidate the cache?")
+    emu.wait_ack(d.envelope_id)
+    rid = emu.response_id(d.response_url)
+    posts = emu.wait_for(lambda: (p := emu.response_posts[rid]) and "too long" in p[-1]["text"] and p, timeout=30)
+    harness.idle()
+    assert len(emu.response_posts[rid]) <= 5 and emu.violations == []
+    assert "Step 0:" in posts[0]["text"]
