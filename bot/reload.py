@@ -108,10 +108,21 @@ class Reloader:
             log.info("index version swapped in", extra={"version": latest,
                                                         "previous": getattr(old, "version", None),
                                                         "chunks": len(index.chunks)})
+            self._prune_cache(latest, getattr(old, "version", None))
             del old, index, searcher
             gc.collect()  # the old FAISS index and chunk table go as soon as no answer holds them
             trim_heap()  # so RSS shows the swap
             return True
+
+    def _prune_cache(self, serving: str, previous: str | None) -> None:
+        """Local copies of other versions go once a new one serves (they are loaded in memory)."""
+        from flytegpt.ingest.artifact import prune_cache
+
+        if self.config.index.cache_dir:
+            try:
+                prune_cache(self.config.index.cache_dir, {serving, previous} - {None})
+            except OSError as e:  # a full or read-only volume must not stop the reload
+                log.warning("pruning the index cache failed", extra={"error": str(e)})
 
     def start(self, *, run_now: bool = True) -> None:
         """Poll in the background every interval (and once right away)."""

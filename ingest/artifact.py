@@ -440,6 +440,26 @@ def prune(store: str, keep: int = DEFAULT_KEEP_VERSIONS, *, protect: set[str] = 
     return removed
 
 
+def prune_cache(cache_dir: str, keep: set[str]) -> list[str]:
+    """Delete the local copies of versions (`open_version`'s `cache_dir/<version>/`) not in `keep`.
+
+    A bot on a remote store downloads each version it serves into its cache folder; without
+    this a nightly ingest fills the bot's volume. Only version-named folders are touched.
+    """
+    try:
+        entries = list(os.scandir(cache_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False) and _VERSION_RE.fullmatch(entry.name) and entry.name not in keep:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    if removed:
+        log.info("removed %d cached index versions from %s", len(removed), cache_dir)
+    return sorted(removed)
+
+
 def prune_work_files(store: str, *, before: datetime) -> list[str]:
     """Delete files under `<store>/flyte-work/` last modified before `before`; returns their paths.
 

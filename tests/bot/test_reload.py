@@ -137,3 +137,22 @@ def test_new_version_published_while_questions_are_in_flight(config, embedder):
 def _answer_id(message: dict) -> str:
     actions = [b for b in message["blocks"] if b["type"] == "actions"][0]
     return actions["elements"][0]["value"]
+
+
+def test_swapping_in_a_version_drops_other_cached_copies(config, embedder, tmp_path):
+    """A bot on a remote store keeps local copies in [index] cache_dir: after a swap only the
+    served version and the previous one remain, so nightly versions do not fill its volume."""
+    cache = tmp_path / "index-cache"
+    stale = ["20240101T000000Z-0000000a", "20240102T000000Z-0000000b"]
+    for name in (*stale, "not-a-version"):
+        (cache / name).mkdir(parents=True)
+    config = config.model_copy(update={"index": config.index.model_copy(update={"cache_dir": str(cache)})})
+    holder = IndexHolder()
+    reloader = Reloader(config, holder, embedder=embedder)
+    assert reloader.check_once()
+    v1 = holder.version
+    (cache / v1).mkdir()
+    v2 = publish_variant(config.index.store, v1)
+    (cache / v2).mkdir()
+    assert reloader.check_once() and holder.version == v2
+    assert sorted(p.name for p in cache.iterdir()) == sorted([v1, v2, "not-a-version"])
