@@ -70,3 +70,7 @@ BUTTON_HELPFUL = "👍 Helpful"
 BUTTON_NOT_HELPFUL = "👎 Not helpful"
 BUTTON_SHARE = "Share in channel"
 SHARED_BY = "shared by {user}"  # {user}: a <@U…> mention
+
+# --- the assistant panel's status line (Slack shows "FlyteGPT <status>") ---------------------
+STATUS_SEARCHING = "is searching the docs, code and Slack history…"
+STATUS_WRITING = "is reading {sources} sources and writing…"

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from slack_sdk.errors import SlackApiError
 
+from flytegpt.bot import messages
+
 if TYPE_CHECKING:
     from slack_sdk import WebClient
 
@@ -156,6 +158,7 @@ class StreamedReply:
 
     def _send(self, text: str, *, stop: bool = False, blocks: list[dict] | None = None) -> None:
         """Stream `text`, starting and continuing messages as the limit requires; raises on refusal."""
+        text = neutralize(text)  # before measuring: what Slack counts is what is sent
         while True:
             room = self.limit - len(self._message_text)
             if len(text) <= room:
@@ -167,7 +170,7 @@ class StreamedReply:
                 if fence:
                     part, text = part.rstrip("\n") + "\n" + fence[1], fence[0] + "\n" + text
             last = not text
-            md = neutralize(part) or None
+            md = part or None
             if not self._open:
                 resp = self._call(self.client.chat_startStream, channel=self.channel, thread_ts=self.thread_ts,
                                   markdown_text=md, **self.recipient)
@@ -249,10 +252,7 @@ class StreamedReply:
         return True
 
 
-ASSISTANT_STATUS = {
-    "searching": "is searching the docs, code and Slack history…",
-    "writing": "is reading {sources} sources and writing…",
-}
+ASSISTANT_STATUS = {"searching": messages.STATUS_SEARCHING, "writing": messages.STATUS_WRITING}
 
 
 def assistant_status(client: "WebClient", channel: str, thread_ts: str, progress: "Progress") -> None:

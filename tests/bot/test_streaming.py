@@ -114,3 +114,281 @@ def test_assistant_thread_methods(emu):
     assert [x["method"] for x in emu.assistant_calls] == ["setSuggestedPrompts", "setStatus", "setTitle"]
     assert error_of(lambda: c.assistant_threads_setSuggestedPrompts(
         channel_id=d.channel, thread_ts=d.ts, prompts=[{"title": "t", "message": "m"}] * 5)) == "invalid_arguments"
+
+
+# --- the bot, end to end: real Bolt app, real Answerer + ChatOpenAI, emulator + model stand-in ---
+
+import sqlite3  # noqa: E402
+
+from support.openai_server import Slow  # noqa: E402
+from support.slack_harness import ANSWER, CACHE_Q, BotHarness, build_sample_index, llm_reply, tuned  # noqa: E402
+
+from flytegpt.bot.index_holder import IndexHolder  # noqa: E402
+from flytegpt.bot.slack import blocks  # noqa: E402
+from flytegpt.bot.slack.stream import MAX_MESSAGE_MARKDOWN  # noqa: E402
+
+FINAL = "Bump **`cache_version`** in the task decorator to invalidate the cache [1]."
+LONG_ANSWER = ("Caching in Flyte keys a task's outputs by its inputs and its `cache_version` [1]. " * 18).strip()
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory, embedder):
+    from flytegpt.ingest.search import HybridSearcher
+
+    config = build_sample_index(tmp_path_factory.mktemp("store"), embedder)
+    return config, HybridSearcher.open(config, embedder=embedder)
+
+
+@pytest.fixture
+def make_bot(sample, tmp_path):
+    running = []
+
+    def make(*, bot: dict | None = None, answer: dict | None = None, answerer=None) -> BotHarness:
+        config, searcher = sample
+        config = tuned(config, feedback_db=tmp_path / "feedback.sqlite3", bot={"streaming": True, **(bot or {})},
+                       answer=answer)
+        h = BotHarness(config, IndexHolder(searcher), answerer=answerer).start()
+        running.append(h)
+        return h
+
+    yield make
+    for h in running:
+        h.stop()
+        assert h.emu.violations == []
+
+
+@pytest.fixture
+def bot(make_bot):
+    return make_bot()
+
+
+def slow_model(h: BotHarness, text: str = LONG_ANSWER, tokens: int = 20, delay: float = 0.05) -> None:
+    """The answer model writes `text` in `tokens` pieces; the condense model answers at once."""
+    h.llm.reply = lambda body: STANDALONE_OR(body, text)
+    h.llm.token_delay, h.llm.stream_tokens = delay, tokens
+
+
+def STANDALONE_OR(body: dict, text: str) -> str:  # noqa: N802 - reads as a sentence at the call site
+    reply = llm_reply(body)
+    return text if reply == ANSWER else reply
+
+
+def finished(h: BotHarness, thread_ts: str, n: int = 1, timeout: float = 30.0) -> list[dict]:
+    """The bot's messages in a thread once `n` of them exist and none is still streaming."""
+    return h.emu.wait_for(lambda: (m := h.answers(thread_ts=thread_ts)) and len(m) >= n
+                          and not any(x.get("streaming") for x in m) and m, timeout)
+
+
+def kinds(msg: dict) -> list[str]:
+    return [b["type"] for b in msg.get("blocks") or []]
+
+
+def test_mention_streams_with_sources_and_feedback_buttons(bot):
+    emu = bot.emu
+    slow_model(bot)
+    d = emu.mention(CACHE_Q)
+    [msg] = finished(bot, d.ts)
+    calls = emu.stream_calls()
+    start, stop = calls[0], calls[-1]
+    assert start.method == "chat.startStream" and stop.method == "chat.stopStream"
+    assert start.args["thread_ts"] == d.ts
+    assert (start.args["recipient_team_id"], start.args["recipient_user_id"]) == ("T0EMU", "U0USER")
+    appends = [c for c in calls if c.method == "chat.appendStream"]
+    assert appends, "the answer grew in place"
+    # what was shown first is the start of the answer, and it was shown while the model was writing
+    assert LONG_ANSWER.startswith(start.args["markdown_text"])
+    assert stop.at - start.at > 0.3
+    assert msg["text"] == LONG_ANSWER and emu.calls_to("chat.postMessage") == []
+    # buffered: ~20 model pieces, far fewer Slack calls
+    assert len(calls) <= 8
+    assert all(len(c.args.get("markdown_text") or "") >= 100 for c in appends[:-1])
+    # sources and Block Kit feedback buttons under the answer
+    assert kinds(msg) == ["context", "context_actions"]
+    assert msg["blocks"][0]["elements"][0]["text"].startswith("*Sources*\n[1] ")
+    buttons = msg["blocks"][1]["elements"][0]
+    assert buttons["type"] == "feedback_buttons" and buttons["action_id"] == blocks.ACTION_FEEDBACK
+    assert emu.wait_for(lambda: [r for r in emu.reactions if r["timestamp"] == d.ts and r["name"] == "eyes"])
+    # a click on 👍 is stored in the feedback database with the answer
+    click = emu.block_action(blocks.ACTION_FEEDBACK, buttons["positive_button"]["value"], message=msg,
+                             user="U0VOTER")
+    [thanks] = emu.wait_for(lambda: emu.response_posts[emu.response_id(click.response_url)])
+    assert thanks["text"] == "Thanks for the feedback!"
+    db = sqlite3.connect(bot.config.bot.feedback_db)
+    rows = db.execute("SELECT v.vote, v.user, a.question, a.answer FROM votes v JOIN answers a "
+                      "ON a.id = v.answer_id").fetchall()
+    assert rows == [("up", "U0VOTER", CACHE_Q, LONG_ANSWER)]
+
+
+def test_thread_follow_up_streams_with_the_thread_as_context(bot):
+    emu = bot.emu
+    first = emu.mention(CACHE_Q)
+    finished(bot, first.ts)
+    slow_model(bot, text="For map tasks set `cache_version` on the mapped task [1].", tokens=5, delay=0.02)
+    emu.message("and for map tasks?", thread_ts=first.ts)
+    answers = finished(bot, first.ts, n=2)
+    assert answers[1]["text"] == "For map tasks set `cache_version` on the mapped task [1]."
+    condense = [r for r in bot.llm.requests if "standalone question" in str(r.messages[0]["content"])]
+    assert condense and FINAL.split(" [")[0].replace("**", "") in condense[-1].text_of("user").replace("*", "")
+    starts = emu.calls_to("chat.startStream")
+    assert len(starts) == 2 and starts[1].args["thread_ts"] == first.ts
+    assert emu.calls_to("chat.postMessage") == []
+
+
+def test_direct_message_streams_as_a_reply_without_recipients(bot):
+    emu = bot.emu
+    emu.add_channel("D0DIRECT01", "dm", is_im=True)
+    d = emu.message(CACHE_Q, channel="D0DIRECT01", channel_type="im")
+    [msg] = finished(bot, d.ts)
+    assert msg["channel"] == "D0DIRECT01" and msg["text"] == FINAL
+    start = emu.calls_to("chat.startStream")[0].args
+    assert "recipient_user_id" not in start and start["thread_ts"] == d.ts
+
+
+def test_assistant_panel(bot):
+    emu = bot.emu
+    opened = emu.open_assistant_thread(context={"channel_id": "C0GENERAL", "team_id": "T0EMU"})
+    [prompts] = emu.wait_for(lambda: emu.assistant_calls_to("setSuggestedPrompts"))
+    assert [p["message"] for p in prompts["prompts"]] == bot.config.bot.suggested_prompts
+    assert prompts["thread_ts"] == opened.ts
+    slow_model(bot, text=FINAL, tokens=6, delay=0.05)
+    d = emu.assistant_message(CACHE_Q, opened.ts)
+    [msg] = finished(bot, opened.ts)
+    assert msg["text"] == FINAL and kinds(msg) == ["context", "context_actions"]
+    [title] = emu.assistant_calls_to("setTitle")
+    assert title["title"] == CACHE_Q[:79] + "…" and title["thread_ts"] == opened.ts
+    statuses = [c["status"] for c in emu.assistant_calls_to("setStatus")]
+    assert statuses[0] == "is searching the docs, code and Slack history…" and "writing" in statuses[-1]
+    # the status came before the answer's first words
+    first_status = emu.assistant_calls_to("setStatus")[0]["_at"]
+    assert first_status < emu.calls_to("chat.startStream")[0].at
+    assert not [r for r in emu.reactions if r["timestamp"] == d.ts]  # the status replaces 👀
+    emu.change_assistant_context(opened.ts, context={"channel_id": "C0OTHER", "team_id": "T0EMU"})
+    emu.wait_for(lambda: bot.bot.panel.contexts.get(opened.ts, {}).get("channel_id") == "C0OTHER")
+    assert emu.calls_to("chat.update") == []  # the context is not written into a message
+
+
+def test_slash_command_keeps_its_response_url(bot):
+    emu = bot.emu
+    d = emu.slash_command("how do I invalidate the cache?")
+    rid = emu.response_id(d.response_url)
+    [post] = emu.wait_for(lambda: emu.response_posts[rid])
+    assert post["response_type"] == "ephemeral" and "cache_version" in post["text"]
+    assert blocks.ACTION_SHARE in str(post["blocks"])
+    assert emu.stream_calls() == []
+
+
+@pytest.mark.parametrize("error", ["not_allowed", "method_deprecated", "unknown_method"])
+def test_no_streaming_means_one_posted_answer(bot, error):
+    emu = bot.emu
+    emu.fail_streaming(error)
+    slow_model(bot, text=FINAL, tokens=6, delay=0.02)
+    d = emu.mention(CACHE_Q)
+    [msg] = bot.wait_answers(thread_ts=d.ts)
+    bot.idle()
+    assert len(emu.calls_to("chat.startStream")) == 1  # tried once, then never again for this answer
+    assert [c.method for c in emu.stream_calls()] == ["chat.startStream"] and emu.streams == {}
+    assert len(bot.answers(thread_ts=d.ts)) == 1 and len(emu.calls_to("chat.postMessage")) == 1
+    assert "cache_version" in msg["text"] and "actions" in kinds(msg)
+
+
+def test_answer_longer_than_a_message_continues_in_a_second_one(bot):
+    emu = bot.emu
+    para = "Flyte caches a task's outputs when `cache=True` and the `cache_version` is unchanged [1]. " * 12
+    code = "```python\n" + "\n".join(f"@task(cache=True, cache_version='{i}')\ndef t{i}(): ..." for i in range(150)) + "\n```"
+    text = "\n\n".join([para.strip()] * 10 + [code] + [para.strip()] * 3)
+    assert len(text) > MAX_MESSAGE_MARKDOWN + 2000
+    slow_model(bot, text=text, tokens=30, delay=0.01)
+    d = emu.mention(CACHE_Q)
+    msgs = finished(bot, d.ts, n=2)
+    assert len(msgs) == 2 and all(len(m["text"]) <= MAX_MESSAGE_MARKDOWN for m in msgs)
+    assert "blocks" not in msgs[0] and kinds(msgs[1]) == ["context", "context_actions"]
+    # every message is valid Markdown on its own: code fences are balanced
+    assert all(m["text"].count("```") % 2 == 0 for m in msgs)
+    joined = msgs[0]["text"] + "\n\n" + msgs[1]["text"]
+    assert joined.replace("```\n```python\n", "").replace("\n```\n\n```python", "\n").replace(" ", "") \
+        .replace("\n", "") == text.replace(" ", "").replace("\n", "")
+    assert emu.calls_to("chat.postMessage") == []
+
+
+def test_rate_limited_append_is_retried_after_retry_after(bot):
+    emu = bot.emu
+    slow_model(bot, tokens=20, delay=0.05)
+    emu.script_error("chat.appendStream", status=429, retry_after=1)
+    d = emu.mention(CACHE_Q)
+    [msg] = finished(bot, d.ts)
+    assert msg["text"] == LONG_ANSWER and kinds(msg) == ["context", "context_actions"]
+    first, second = emu.calls_to("chat.appendStream")[:2]
+    assert second.at - first.at >= 0.9 and first.args == second.args  # the same text, sent again
+    assert emu.calls_to("chat.postMessage") == []
+
+
+def test_streamed_text_is_fixed_when_the_final_answer_differs(bot):
+    emu = bot.emu
+    # the model appends a source list of its own: while streaming it looks like text,
+    # at the end it is recognised and removed (the bot lists the sources itself)
+    slow_model(bot, text=FINAL + "\n\nSources:\n[1] https://made.up/page\n[7] nowhere", tokens=12, delay=0.03)
+    d = emu.mention(CACHE_Q)
+    [update] = emu.wait_for(lambda: emu.calls_to("chat.update"), timeout=30)
+    [msg] = finished(bot, d.ts)
+    assert "Sources:\n[1] https" not in msg["text"] and "made.up" not in str(msg)
+    assert "cache_version" in msg["text"] and "[1]" in msg["text"] and "[7]" not in msg["text"]
+    assert "context" in kinds(msg) and ("context_actions" in kinds(msg) or "actions" in kinds(msg))
+    assert emu.calls_to("chat.postMessage") == [] and len(bot.answers(thread_ts=d.ts)) == 1
+
+
+def test_model_text_cannot_ping_the_channel(bot):
+    emu = bot.emu
+    slow_model(bot, text="Ask <!channel> or <@U0ADMIN> about `cache_version` [1].", tokens=4, delay=0.01)
+    d = emu.mention(CACHE_Q)
+    [msg] = finished(bot, d.ts)
+    assert "<!channel>" not in msg["text"] and "<@U0ADMIN>" not in msg["text"]
+    assert "channel" in msg["text"] and "cache_version" in msg["text"]
+
+
+def test_offline_and_not_found_answers_are_one_streamed_text(make_bot, sample):
+    from flytegpt.bot.answering import Answerer
+    from flytegpt.bot.answering import prompts as answer_prompts
+    from flytegpt.ingest.config import Settings
+
+    config, searcher = sample
+    offline = Answerer(config, Settings(), lambda: searcher)
+    h = make_bot(answerer=offline)
+    d = h.emu.mention(CACHE_Q)
+    [msg] = finished(h, d.ts)
+    assert msg["text"].startswith(answer_prompts.OFFLINE_HEADER)
+    assert [c.method for c in h.emu.stream_calls()] == ["chat.startStream", "chat.stopStream"]
+    d = h.emu.mention("best pizza in new york?")
+    [msg] = finished(h, d.ts)
+    assert msg["text"].startswith(answer_prompts.NOT_FOUND)
+
+
+def test_streaming_can_be_switched_off(make_bot):
+    h = make_bot(bot={"streaming": False})
+    d = h.emu.mention(CACHE_Q)
+    [msg] = h.wait_answers(thread_ts=d.ts)
+    assert h.emu.stream_calls() == [] and "actions" in kinds(msg)
+
+
+def test_slack_app_manifest_matches_what_the_bot_handles():
+    """manifests/slack-app-manifest.json is what users paste into "Create app from manifest"."""
+    import json
+
+    from support.paths import ROOT
+
+    from flytegpt.bot import messages
+    from flytegpt.ingest.config import BotConfig
+
+    manifest = json.loads((ROOT / "manifests" / "slack-app-manifest.json").read_text())
+    settings, features = manifest["settings"], manifest["features"]
+    assert settings["socket_mode_enabled"] is True and settings["interactivity"]["is_enabled"] is True
+    assert set(settings["event_subscriptions"]["bot_events"]) >= {
+        "app_mention", "message.im", "message.channels", "assistant_thread_started",
+        "assistant_thread_context_changed"}
+    # chat:write covers chat.postMessage and the streaming methods; assistant:write the panel
+    assert set(manifest["oauth_config"]["scopes"]["bot"]) >= {
+        "app_mentions:read", "assistant:write", "chat:write", "reactions:write", "channels:history",
+        "im:history", "commands"}
+    [command] = features["slash_commands"]
+    assert command["command"] == messages.COMMAND
+    prompts = features["assistant_view"]["suggested_prompts"]
+    assert [p["message"] for p in prompts] == BotConfig().suggested_prompts
