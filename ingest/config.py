@@ -107,6 +107,10 @@ class EmbeddingsConfig(_Strict):
     # new vectors per embedding-cache shard written while an ingest embeds: a killed ingest
     # loses at most this many, and each shard costs one file in the store
     cache_shard_size: int = Field(default=1024, ge=1, le=1_000_000)
+    # The Flyte workflow embeds a corpus of more than `fanout_above` chunks in shards of
+    # `fanout_shard_size` chunks, one GPU task each (map_task), cached by the shard's content.
+    fanout_above: int = Field(default=200_000, ge=1, le=1_000_000_000)
+    fanout_shard_size: int = Field(default=100_000, ge=1, le=1_000_000_000)
 
 
 class RetrievalConfig(_Strict):
