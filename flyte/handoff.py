@@ -92,6 +92,14 @@ def from_jsonl(data: bytes) -> list[dict]:
     return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
+def split_jsonl(data: bytes, above: int, size: int) -> list[bytes]:
+    """`data` (JSON lines) as one piece when it has at most `above` lines, else pieces of `size` lines."""
+    lines = data.splitlines(keepends=True)
+    if len(lines) <= above:
+        return [data]
+    return [b"".join(lines[i : i + size]) for i in range(0, len(lines), size)]
+
+
 def npy_bytes(vectors: "np.ndarray") -> bytes:
     import numpy as np
 

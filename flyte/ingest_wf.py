@@ -1,4 +1,5 @@
-"""The re-ingest workflow: collect -> chunk -> embed (GPU) -> build -> publish, and its nightly schedule.
+"""The re-ingest workflow: collect -> chunk -> shard -> embed (GPU, one task per shard) -> merge -> build
+-> publish, and its nightly schedule.
 
 Each task calls one stage of ingest.pipeline, so `flytegpt ingest` and this workflow build
 the same index. Caching works in two layers:
@@ -7,6 +8,9 @@ the same index. Caching works in two layers:
   they depend on (flyte/cache.py). An unchanged corpus skips all three.
 - the store's embedding cache, inside the embed task: a changed corpus embeds only the chunks
   whose text is new.
+A corpus of more than `[embeddings] fanout_above` chunks is embedded in shards of
+`fanout_shard_size` chunks, each its own GPU task (`map_task`), cached by the shard's content;
+`merge` puts the vectors back in chunk order. A smaller corpus is one shard: one embed task.
 `collect` is never cached: reading the sources is how the nightly run sees new material.
 `publish` is never cached either and runs last: if anything before it fails, LATEST still
 names the previous, complete version.
@@ -17,12 +21,13 @@ Run locally (CPU):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 from typing import NamedTuple
 
-from flytekit import CronSchedule, LaunchPlan, task, workflow
+from flytekit import CronSchedule, LaunchPlan, map_task, task, workflow
 from flytekit.types.file import FlyteFile
 
 from flytegpt.flyte import cache, credentials, resources
@@ -35,6 +40,7 @@ from flytegpt.flyte.handoff import (
     npy_load,
     read_work_file,
     settings_json,
+    split_jsonl,
     to_jsonl,
     write_work_file,
 )
@@ -52,6 +58,7 @@ class Collected(NamedTuple):
     settings: str  # JSON: [index] + [embeddings] of the config, for the later stages
     store: str  # the resolved index store
     source_stats: str  # JSON: per source, its LoadReport (documents read, files skipped)
+    read_at: str  # ISO time the sources were read: publish never moves LATEST back to older sources
 
 
 class Embedded(NamedTuple):
@@ -68,8 +75,11 @@ class Embedded(NamedTuple):
 )
 def collect(config_path: str, store: str) -> Collected:
     """Read every source (git clones, Slack API since the last cursor, docs, code) into documents."""
+    from datetime import datetime, timezone
+
     from flytegpt.ingest import pipeline
 
+    read_at = datetime.now(timezone.utc).isoformat()
     config = load_task_config(config_path, store)
     with credentials.secrets_in_env(credentials.SLACK_BOT_TOKEN):  # for slack_api sources
         documents, reports = pipeline.collect(config, progress=False)
@@ -79,7 +89,7 @@ def collect(config_path: str, store: str) -> Collected:
     path = write_work_file(
         config.index.store, "documents", to_jsonl(d.to_dict() for d in documents), ".jsonl"
     )
-    return Collected(FlyteFile(path), settings_json(config), config.index.store, json.dumps(stats))
+    return Collected(FlyteFile(path), settings_json(config), config.index.store, json.dumps(stats), read_at)
 
 
 @task(
@@ -106,14 +116,33 @@ def chunk(documents: FlyteFile, store: str) -> FlyteFile:
 
 @task(
     container_image=IMAGE,
+    requests=resources.CHUNK,
+    cache=True,
+    cache_version=cache.SHARD_VERSION,
+)
+def shard(chunks: FlyteFile, settings: str) -> list[FlyteFile]:
+    """The chunk table as the embed step's shards: itself when small, else consecutive pieces."""
+    config = config_from_settings(settings)
+    parts = split_jsonl(read_work_file(chunks), config.embeddings.fanout_above, config.embeddings.fanout_shard_size)
+    if len(parts) == 1:
+        return [chunks]
+    log.info("%d shards of up to %d chunks", len(parts), config.embeddings.fanout_shard_size)
+    return [FlyteFile(write_work_file(config.index.store, "chunk-shards", part, ".jsonl")) for part in parts]
+
+
+@task(
+    container_image=IMAGE,
     requests=resources.EMBED,
     limits=resources.EMBED_LIMITS,
     accelerator=resources.embed_accelerator(),
     cache=True,
     cache_version=cache.EMBED_VERSION,
 )
-def embed(chunks: FlyteFile, settings: str) -> Embedded:
-    """Embed the chunks on the GPU when the pod has one (device "auto"), reusing cached vectors."""
+def embed(chunks: FlyteFile, settings: str) -> str:
+    """Embed one shard on the GPU when the pod has one (device "auto"), reusing cached vectors.
+
+    Returns JSON (a mapped task has one output): the vectors' file, the model, the counts.
+    """
     from flytegpt.ingest import pipeline
     from flytegpt.ingest.embedding import Embedder
     from flytegpt.ingest.models import Chunk
@@ -125,8 +154,28 @@ def embed(chunks: FlyteFile, settings: str) -> Embedded:
     how = {"device": embedder.device, **embedder.describe()}
     log.info("embedded %d chunks: %s, %s", len(items), stats, how)
     path = write_work_file(config.index.store, "vectors", npy_bytes(vectors), ".npy")
-    model = json.dumps(pipeline.model_info(embedder).to_dict())
-    return Embedded(FlyteFile(path), model, json.dumps({**stats, **how}))
+    return json.dumps({"vectors": path, "model": pipeline.model_info(embedder).to_dict(), "stats": {**stats, **how}})
+
+
+@task(container_image=IMAGE, requests=resources.BUILD)
+def merge(parts: list[str], store: str) -> Embedded:
+    """The shards' vectors as one matrix in chunk order, the model they share, and summed counts."""
+    import numpy as np
+
+    shards = [json.loads(p) for p in parts]
+    models = {json.dumps(s["model"], sort_keys=True) for s in shards}
+    if len(models) != 1:
+        raise ValueError(f"the shards were embedded with different models: {sorted(models)}")
+    if len(shards) == 1:
+        vectors = FlyteFile(shards[0]["vectors"])
+    else:
+        matrix = np.concatenate([npy_load(read_work_file(s["vectors"])) for s in shards])
+        vectors = FlyteFile(write_work_file(store, "vectors", npy_bytes(matrix), ".npy"))
+    stats = dict(shards[0]["stats"])
+    for key in ("computed", "reused"):
+        stats[key] = sum(s["stats"][key] for s in shards)
+    stats["shards"] = len(shards)
+    return Embedded(vectors, json.dumps(shards[0]["model"]), json.dumps(stats))
 
 
 @task(
@@ -135,12 +184,15 @@ def embed(chunks: FlyteFile, settings: str) -> Embedded:
     cache=True,
     cache_version=cache.BUILD_VERSION,
     # Counters describe how the inputs were made, not what they are: they must not break a cache hit.
-    cache_ignore_input_vars=("source_stats", "embed_stats"),
+    cache_ignore_input_vars=("source_stats", "embed_stats", "sources_read_at"),
 )
 def build(
-    chunks: FlyteFile, vectors: FlyteFile, model: str, settings: str, source_stats: str, embed_stats: str
+    chunks: FlyteFile, vectors: FlyteFile, model: str, settings: str, source_stats: str, embed_stats: str,
+    sources_read_at: str,
 ) -> str:
     """Write a complete index version (dense + keyword + chunk table + manifest). Not yet served."""
+    from datetime import datetime
+
     from flytegpt.ingest import pipeline
     from flytegpt.ingest.models import Chunk, LoadReport, ModelInfo
 
@@ -150,17 +202,26 @@ def build(
     reports = {name: LoadReport.from_dict(r) for name, r in json.loads(source_stats).items()}
     stats = {"embeddings": json.loads(embed_stats), "sources": pipeline.source_stats(reports, items)}
     version = pipeline.build_version(
-        items, matrix, config, embedder_info=ModelInfo.from_dict(json.loads(model)), stats=stats
+        items, matrix, config, embedder_info=ModelInfo.from_dict(json.loads(model)), stats=stats,
+        sources_read_at=datetime.fromisoformat(sources_read_at),
     )
     log.info("built index version %s in %s", version, config.index.store)
     return version
 
 
 @task(container_image=IMAGE, requests=resources.PUBLISH, retries=2)
-def publish(version: str, store: str) -> str:
-    """Move LATEST to `version` after verifying it; the bots polling LATEST then hot-reload it."""
+def publish(version: str, store: str, settings: str = "", sources_read_at: str = "") -> str:
+    """Move LATEST to `version` after verifying it, then prune old versions ([index] keep_versions);
+    the bots polling LATEST then hot-reload it.
+
+    `sources_read_at`: when this run read its sources. A cached `build` returns the version an
+    earlier run made of the same content; it is as new as tonight's sources.
+    """
+    from datetime import datetime
+
     from flytegpt.ingest.artifact import ArtifactError, list_versions
     from flytegpt.ingest.artifact import publish as publish_version
+    from flytegpt.ingest.config import IndexConfig
 
     if version not in list_versions(store):
         # A cached `build` can return a version that was pruned since; say how to recover.
@@ -168,7 +229,9 @@ def publish(version: str, store: str) -> str:
             f"index version {version} is not in {store} (pruned or deleted after it was built); "
             "re-run with the cache overwritten (python -m flytegpt.flyte ingest_wf --overwrite-cache, or `overwrite cache` in the UI)"
         )
-    publish_version(store, version)
+    keep = config_from_settings(settings).index.keep_versions if settings else IndexConfig().keep_versions
+    read_at = datetime.fromisoformat(sources_read_at) if sources_read_at else None
+    publish_version(store, version, keep_versions=keep, sources_read_at=read_at)
     log.info("published %s in %s", version, store)
     return version
 
@@ -182,7 +245,9 @@ def ingest_wf(config_path: str = NIGHTLY_CONFIG, store: str = "") -> str:
     """
     collected = collect(config_path=config_path, store=store)
     chunks = chunk(documents=collected.documents, store=collected.store)
-    embedded = embed(chunks=chunks, settings=collected.settings)
+    shards = shard(chunks=chunks, settings=collected.settings)
+    parts = map_task(functools.partial(embed, settings=collected.settings))(chunks=shards)
+    embedded = merge(parts=parts, store=collected.store)
     version = build(
         chunks=chunks,
         vectors=embedded.vectors,
@@ -190,8 +255,10 @@ def ingest_wf(config_path: str = NIGHTLY_CONFIG, store: str = "") -> str:
         settings=collected.settings,
         source_stats=collected.source_stats,
         embed_stats=embedded.embed_stats,
+        sources_read_at=collected.read_at,
     )
-    return publish(version=version, store=collected.store)
+    return publish(version=version, store=collected.store, settings=collected.settings,
+                   sources_read_at=collected.read_at)
 
 
 nightly_reingest = LaunchPlan.get_or_create(

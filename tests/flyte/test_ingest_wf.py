@@ -68,13 +68,13 @@ def test_local_run_publishes_then_caches_then_reembeds_only_changes(tmp_path: Pa
     auto = stats["embeddings"]["autotune"]
     assert auto["choice"] == f"openvino {stats['embeddings']['precision']}" and auto["reason"]
     assert stats["sources"]["sample-docs"]["documents"] > 0
-    assert log.count("Cache miss") == 3 and "Cache hit" not in log
+    assert log.count("Cache miss") == 4 and "Cache hit" not in log  # chunk, shard, embed (mapped), build
     assert (home / ".flyte" / "local-cache").is_dir()  # the per-test cache, not the developer's
 
-    # Same inputs: chunk, embed and build come from the local cache; collect and publish run.
+    # Same inputs: chunk, shard, embed and build come from the local cache; collect, merge and publish run.
     again, log = pyflyte_run(config, store, home)
     assert again == version and read_latest(str(store)) == version
-    assert log.count("Cache hit") == 3 and "Cache miss" not in log
+    assert log.count("Cache hit") == 4 and "Cache miss" not in log
     assert list_versions(str(store)) == [version]
 
     # One page changes: the task cache misses, the embedding cache re-embeds only that page.
@@ -82,9 +82,42 @@ def test_local_run_publishes_then_caches_then_reembeds_only_changes(tmp_path: Pa
     page.write_text(page.read_text() + "\n\n## Added tonight\n\nA brand-new paragraph about retries.\n")
     changed, log = pyflyte_run(config, store, home)
     assert changed != version and read_latest(str(store)) == changed
-    assert log.count("Cache miss") == 3
+    assert log.count("Cache miss") == 4
     embeddings = open_version(str(store)).manifest["stats"]["embeddings"]
     assert 0 < embeddings["computed"] <= 3 < embeddings["reused"], embeddings
+
+
+def test_a_large_corpus_is_embedded_in_shards_and_merged_in_order(tmp_path: Path) -> None:
+    """More chunks than fanout_above: one embed task per shard (map_task), vectors merged in chunk order;
+    the same index as one embed task makes. Run as a maintainer would, with a tiny shard size."""
+    import numpy as np
+
+    home = tmp_path / "home"
+    home.mkdir()
+    whole = copy_sample(tmp_path)
+    version, _ = pyflyte_run(whole, tmp_path / "store-whole", home)
+    reference = open_version(str(tmp_path / "store-whole"), version)
+
+    sharded = tmp_path / "sharded.toml"
+    sharded.write_text(whole.read_text().replace('path = "', f'path = "{whole.parent}/')
+                       + "\n[embeddings]\nfanout_above = 10\nfanout_shard_size = 8\n")
+    store = tmp_path / "store-sharded"
+    version, log = pyflyte_run(sharded, store, home)
+    index = open_version(str(store), version)
+    n = len(index.chunks)
+    shards = -(-n // 8)
+    assert n > 10 and shards >= 2
+    assert len(list((store / "flyte-work" / "chunk-shards").iterdir())) == shards
+    embeddings = index.manifest["stats"]["embeddings"]
+    assert embeddings["shards"] == shards and embeddings["computed"] + embeddings["reused"] == n
+    assert [c.to_dict() for c in index.chunks] == [c.to_dict() for c in reference.chunks]
+    ours = np.stack([index.dense.reconstruct(i) for i in range(n)])
+    ref = np.stack([reference.dense.reconstruct(i) for i in range(n)])
+    assert (ours * ref).sum(1).min() >= 0.999  # row i is chunk i's vector in both
+
+    # the same shards again: the mapped embed step is a cache hit
+    again, log = pyflyte_run(sharded, store, home)
+    assert again == version and "map_embed" in log and "Cache miss" not in log
 
 
 @pytest.fixture()

@@ -91,19 +91,28 @@ def _limits(task) -> dict[str, str]:
 
 def test_everything_is_packaged(specs: dict) -> None:
     assert set(specs["task"]) >= {
-        "flytegpt.flyte.ingest_wf.collect", "flytegpt.flyte.ingest_wf.chunk", "flytegpt.flyte.ingest_wf.embed",
-        "flytegpt.flyte.ingest_wf.build", "flytegpt.flyte.ingest_wf.publish", "flytegpt.flyte.bulk_qa_wf.answer_questions",
+        "flytegpt.flyte.ingest_wf.collect", "flytegpt.flyte.ingest_wf.chunk", "flytegpt.flyte.ingest_wf.shard",
+        "flytegpt.flyte.ingest_wf.embed", "flytegpt.flyte.ingest_wf.merge", "flytegpt.flyte.ingest_wf.build",
+        "flytegpt.flyte.ingest_wf.publish", "flytegpt.flyte.bulk_qa_wf.answer_questions",
     }
+    assert _mapped_embed(specs)  # the embed step over shards
     assert {"flytegpt.flyte.ingest_wf.ingest_wf", "flytegpt.flyte.bulk_qa_wf.bulk_qa_wf"} <= set(specs["workflow"])
     assert "nightly_reingest" in specs["launch_plan"]
 
 
+def _mapped_embed(specs: dict):
+    """The task each shard of the embed step runs (map_task over `embed`)."""
+    names = [n for n in specs["task"] if n.startswith("flytegpt.flyte.ingest_wf.map_embed_")]
+    assert len(names) == 1, names
+    return specs["task"][names[0]]
+
+
 def test_embed_task_requests_a_gpu_of_the_chosen_type(specs: dict) -> None:
-    embed = specs["task"]["flytegpt.flyte.ingest_wf.embed"]
-    assert _requests(embed)["GPU"] == "1"
-    assert _limits(embed)["GPU"] == "1"
-    assert embed.template.extended_resources.gpu_accelerator.device == "nvidia-l4"  # FLYTEGPT_GPU=L4
-    for name in ("collect", "chunk", "build", "publish"):
+    for embed in (specs["task"]["flytegpt.flyte.ingest_wf.embed"], _mapped_embed(specs)):
+        assert _requests(embed)["GPU"] == "1"
+        assert _limits(embed)["GPU"] == "1"
+        assert embed.template.extended_resources.gpu_accelerator.device == "nvidia-l4"  # FLYTEGPT_GPU=L4
+    for name in ("collect", "chunk", "shard", "merge", "build", "publish"):
         task = specs["task"][f"flytegpt.flyte.ingest_wf.{name}"]
         assert "GPU" not in _requests(task), f"{name} should not hold a GPU"
         assert not task.template.extended_resources.HasField("gpu_accelerator")
@@ -112,16 +121,20 @@ def test_embed_task_requests_a_gpu_of_the_chosen_type(specs: dict) -> None:
 def test_cache_settings_use_code_derived_versions(specs: dict) -> None:
     from flytegpt.flyte import cache
 
-    expected = {"chunk": cache.CHUNK_VERSION, "embed": cache.EMBED_VERSION, "build": cache.BUILD_VERSION}
+    expected = {"chunk": cache.CHUNK_VERSION, "shard": cache.SHARD_VERSION, "embed": cache.EMBED_VERSION,
+                "build": cache.BUILD_VERSION}
     for name, version in expected.items():
         meta = specs["task"][f"flytegpt.flyte.ingest_wf.{name}"].template.metadata
         assert meta.discoverable, name
         assert meta.discovery_version == version and re.fullmatch(r"[0-9a-f]{16}", version)
+    # every shard is its own cache entry on a cluster: the mapped task carries embed's cache settings
+    mapped = _mapped_embed(specs).template.metadata
+    assert mapped.discoverable and mapped.discovery_version == cache.EMBED_VERSION
     assert list(specs["task"]["flytegpt.flyte.ingest_wf.build"].template.metadata.cache_ignore_input_vars) == [
-        "source_stats", "embed_stats"
+        "source_stats", "embed_stats", "sources_read_at"
     ]
-    # Reading sources and moving LATEST must happen on every run.
-    for name in ("collect", "publish"):
+    # Reading sources, merging shards (I/O only) and moving LATEST happen on every run.
+    for name in ("collect", "merge", "publish"):
         assert not specs["task"][f"flytegpt.flyte.ingest_wf.{name}"].template.metadata.discoverable
 
 
@@ -135,10 +148,23 @@ def test_every_task_runs_in_the_one_image(specs: dict) -> None:
 
 def test_publish_runs_after_build(specs: dict) -> None:
     wf = specs["workflow"]["flytegpt.flyte.ingest_wf.ingest_wf"].template
-    node_of = {n.task_node.reference_id.name.rsplit(".", 1)[1]: n for n in wf.nodes}
+    node_of = {n.task_node.reference_id.name.rsplit(".", 1)[1]: n for n in wf.nodes if n.HasField("task_node")}
     assert node_of["build"].id in node_of["publish"].upstream_node_ids
     publish_inputs = {b.var: b.binding.promise.node_id for b in node_of["publish"].inputs}
     assert publish_inputs["version"] == node_of["build"].id  # LATEST can only name what build wrote
+
+
+def test_embed_fans_out_over_the_shards(specs: dict) -> None:
+    wf = specs["workflow"]["flytegpt.flyte.ingest_wf.ingest_wf"].template
+    (mapped,) = [n for n in wf.nodes if n.HasField("array_node")]
+    node_of = {n.task_node.reference_id.name.rsplit(".", 1)[1]: n for n in wf.nodes if n.HasField("task_node")}
+    assert mapped.array_node.node.task_node.reference_id.name.startswith("flytegpt.flyte.ingest_wf.map_embed_")
+    assert list(mapped.array_node.bound_inputs) == ["settings"]  # the same settings for every shard
+    assert mapped.array_node.min_success_ratio == 1  # every shard, or no index
+    inputs = {b.var: b.binding.promise.node_id for b in mapped.inputs}
+    assert inputs["chunks"] == node_of["shard"].id
+    merge_inputs = {b.var: b.binding.promise.node_id for b in node_of["merge"].inputs}
+    assert merge_inputs["parts"] == mapped.id
 
 
 def test_nightly_launch_plan_is_a_daily_cron_with_fixed_inputs(specs: dict) -> None:
