@@ -1,16 +1,21 @@
-"""The answer job: one question in, one reply out, whatever happens in between.
+"""The answer job: one question in, exactly one reply out, whatever happens in between.
 
 Runs on the answer pool. It reads the thread's history, asks the answerer, turns every
 way that can fail into a reply the user understands (rejected, index not ready, model
-down, anything else), stores the answer for feedback, and hands the rendered messages to
-delivery.
+down, anything else), hands the rendered messages to delivery and then stores the answer
+for feedback (best-effort: the database never costs a user their answer).
+
+Every question between `submit` and its reply is tracked, so a shutdown can tell the
+askers it could not finish (`abandon_unfinished`); whichever of the job and the shutdown
+claims a question first is the one that replies, so nobody gets both.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from flytegpt.bot import messages
 
@@ -21,9 +26,9 @@ if TYPE_CHECKING:
     from flytegpt.ingest.config import Config
 
     from .delivery import Delivery
-    from .feedback import FeedbackStore
     from .history import ThreadHistory
     from .question import Question
+    from .recording import AnswerRecorder
     from .stream import StreamedReply
     from .workers import WorkerPool
 
@@ -32,14 +37,48 @@ log = logging.getLogger(__name__)
 
 class AnswerJob:
     def __init__(self, config: "Config", answerer: Any, *, history: "ThreadHistory", delivery: "Delivery",
-                 feedback: "FeedbackStore", metrics: "Metrics", pool: "WorkerPool",
+                 recorder: "AnswerRecorder", metrics: "Metrics", pool: "WorkerPool",
                  bot_user_id: str, bot_id: str | None) -> None:
         self.config, self.answerer = config, answerer
-        self.history, self.delivery, self.feedback = history, delivery, feedback
+        self.history, self.delivery, self.recorder = history, delivery, recorder
         self.metrics, self.pool = metrics, pool
         self.bot_user_id, self.bot_id = bot_user_id, bot_id
+        self._lock = threading.Lock()
+        self._open: dict[int, "Question"] = {}  # submitted, not yet replied to
+        self._claimed: set[int] = set()
+
+    # --- the question's life ----------------------------------------------------------------
+
+    def submit(self, q: "Question") -> bool:
+        """Queue the question on the answer pool; False when the pool is full or closed."""
+        with self._lock:
+            self._open[id(q)] = q
+        if self.pool.submit(self, q):
+            return True
+        self._forget(q)
+        return False
+
+    def abandon_unfinished(self) -> list["Question"]:
+        """Claim every question not replied to yet (shutdown): their jobs will not reply."""
+        with self._lock:
+            left = [q for k, q in self._open.items() if k not in self._claimed]
+            self._claimed.update(id(q) for q in left)
+        return left
+
+    @property
+    def unfinished(self) -> int:
+        with self._lock:
+            return len(self._open)
 
     def __call__(self, q: "Question") -> None:
+        try:
+            self._answer(q)
+        finally:
+            self._forget(q)
+
+    # --- answering ------------------------------------------------------------------------------
+
+    def _answer(self, q: "Question") -> None:
         from flytegpt.bot.answering import IndexNotReady, ModelUnavailable, QuestionRejected
 
         self.metrics.pending.set(self.pool.pending)
@@ -48,11 +87,11 @@ class AnswerJob:
             answer = self._get_answer(q, streamed)
         except QuestionRejected as e:
             self.metrics.failures.labels("rejected").inc()
-            self.delivery.notice(q, str(e))
+            self._reply(q, [blocks.render_notice(str(e))])
             return
         except IndexNotReady as e:
             self.metrics.failures.labels("index_not_ready").inc()
-            self.delivery.notice(q, str(e) or messages.INDEX_NOT_READY)
+            self._reply(q, [blocks.render_notice(str(e) or messages.INDEX_NOT_READY)])
             return
         except ModelUnavailable as e:
             self.metrics.failures.labels("model_unavailable").inc()
@@ -60,7 +99,7 @@ class AnswerJob:
             reason = messages.NO_ANSWER_WRITTEN.format(reason=e)
             if e.related:
                 reason += messages.MEANWHILE_SOURCES
-            self.delivery.post(q, blocks.render_apology(e.related, reason))
+            self._reply(q, blocks.render_apology(e.related, reason))
             return
         except Exception:  # noqa: BLE001 - the user must hear back, whatever broke
             self.metrics.failures.labels("error").inc()
@@ -68,25 +107,36 @@ class AnswerJob:
             if streamed is not None and streamed.started:
                 streamed.fail(messages.FAILED)  # the notice ends the half-shown answer: one reply
                 return
-            self.delivery.notice(q, messages.FAILED)
+            self._reply(q, [blocks.render_notice(messages.FAILED)])
             return
-        answer_id = self.feedback.record_answer(answer, surface=q.surface, channel=q.channel,
-                                                thread_ts=q.thread_ts, user=q.user)
+        answer_id = self.recorder.new_id()
         command = q.surface == "command"
         replies = blocks.render_answer(answer, feedback_id=answer_id, share=command,
                                        question=q.text if command else None)
         tail = blocks.streamed_answer_tail(answer.citations, answer_id) if streamed is not None else None
-        if self._deliver(q, replies, streamed=streamed, final_text=answer.text, tail=tail):
-            seconds = time.monotonic() - q.received
-            self.metrics.answers.labels(answer.mode).inc()
-            self.metrics.latency.observe(seconds)
-            log.info("answered", extra={"surface": q.surface, "mode": answer.mode, "answer_id": answer_id,
-                                        "index_version": answer.index_version, "seconds": round(seconds, 3)})
+        if not self._reply(q, replies, streamed=streamed, final_text=answer.text, tail=tail):
+            self.recorder.forget(answer_id)
+            return
+        seconds = time.monotonic() - q.received
+        self.metrics.answers.labels(answer.mode).inc()
+        self.metrics.latency.observe(seconds)
+        log.info("answered", extra={"surface": q.surface, "mode": answer.mode, "answer_id": answer_id,
+                                    "index_version": answer.index_version, "seconds": round(seconds, 3)})
+        self.recorder.record_answer(answer_id, answer, surface=q.surface, channel=q.channel,
+                                    thread_ts=q.thread_ts, user=q.user, latency_s=round(seconds, 3))
 
-    def _deliver(self, q: "Question", replies: list, *, streamed: "StreamedReply | None", final_text: str,
-                 tail: list[dict] | None) -> bool:
-        """A streamed answer is finished in its stream; only when Slack refused streaming
-        before anything was shown is it posted the ordinary way (one answer, never two)."""
+    def _reply(self, q: "Question", replies: Sequence[blocks.SlackMessage], *, streamed: "StreamedReply | None" = None,
+               final_text: str = "", tail: list[dict] | None = None) -> bool:
+        """Post unless a shutdown already told the asker to ask again; True when posted.
+
+        A streamed answer is finished in its stream; only when Slack refused streaming
+        before anything was shown is it posted the ordinary way (one answer, never two).
+        """
+        with self._lock:
+            if id(q) in self._claimed:
+                log.info("finished after shutdown gave up on it: not posted", extra={"channel": q.channel})
+                return False
+            self._claimed.add(id(q))
         if streamed is not None and streamed.finish(final_text, tail or [], replies):
             self.history.invalidate(q.channel, streamed.thread_ts)
             return True
@@ -132,6 +182,11 @@ class AnswerJob:
             else:
                 answer = event
         return answer
+
+    def _forget(self, q: "Question") -> None:
+        with self._lock:
+            self._open.pop(id(q), None)
+            self._claimed.discard(id(q))
 
     def _history(self, q: "Question") -> list:
         if not (q.history_root and q.ts):

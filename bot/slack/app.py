@@ -22,11 +22,12 @@ from slack_sdk.errors import SlackApiError
 from .answer_job import AnswerJob
 from .assistant import AssistantPanel
 from .client import SlackTokenError, api_base_url, check_tokens, make_client
-from .dedupe import Deduper
+from .dedupe import Deduper, seen_path_for
 from .delivery import Delivery
 from .feedback import FeedbackStore
 from .history import ThreadHistory
 from .interactions import Interactions
+from .recording import AnswerRecorder
 from .question import Question
 from .ratelimit import RateLimiter
 from .routing import EventRouter
@@ -64,20 +65,21 @@ class FlyteGPTBot:
         self.bot_user_id: str = auth["user_id"]
         self.bot_id: str | None = auth.get("bot_id")
         self.metrics = metrics or Metrics()
-        self.feedback = feedback or FeedbackStore(config.bot.feedback_db)
+        self.feedback = AnswerRecorder(config.bot.feedback_db, self.metrics, store=feedback)
         self.pool = WorkerPool(config.bot.workers, config.bot.queue_size)
         self.side = WorkerPool(side_workers, 512, name="flytegpt-side")
         self.history = ThreadHistory(self.client)
+        self.deduper = Deduper(path=seen_path_for(config.bot.feedback_db))
         self.delivery = Delivery(self.client, self.history, self.metrics)
         self.answer_job = AnswerJob(config, answerer, history=self.history, delivery=self.delivery,
-                                    feedback=self.feedback, metrics=self.metrics, pool=self.pool,
+                                    recorder=self.feedback, metrics=self.metrics, pool=self.pool,
                                     bot_user_id=self.bot_user_id, bot_id=self.bot_id)
         self.interactions = Interactions(self.feedback, self.delivery, self.metrics)
         self.router = EventRouter(config, bot_user_id=self.bot_user_id, bot_id=self.bot_id,
                                   allowed=self._resolve_allowlist(config.bot.allowed_channels),
-                                  deduper=Deduper(), limiter=RateLimiter(config.bot.user_rate_limit, 60.0),
+                                  deduper=self.deduper, limiter=RateLimiter(config.bot.user_rate_limit, 60.0),
                                   pool=self.pool, side=self.side, history=self.history, delivery=self.delivery,
-                                  interactions=self.interactions, metrics=self.metrics, answer=self.answer_job)
+                                  interactions=self.interactions, metrics=self.metrics, submit=self.answer_job.submit)
         self.app = App(client=self.client, process_before_response=False, logger=logging.getLogger("slack_bolt"))
         self.router.register(self.app)
         self.panel = AssistantPanel(config, self.router, self.side, bot_user_id=self.bot_user_id)
@@ -102,9 +104,14 @@ class FlyteGPTBot:
         return ids
 
     def close(self, wait: bool = True) -> None:
+        """Stop the pools; the databases are closed only when no answer still runs."""
         self.pool.shutdown(wait=wait)
         self.side.shutdown(wait=wait)
-        self.feedback.close()
+        if self.pool.pending == 0:
+            self.feedback.close()
+            self.deduper.close()
+        else:
+            log.warning("answers still running: databases left open for them", extra={"running": self.pool.pending})
 
 
 def build_app(config: "Config", settings: "Settings", answerer: Any, holder: "IndexHolder | None" = None,

@@ -44,11 +44,11 @@ class EventRouter:
     def __init__(self, config: "Config", *, bot_user_id: str, allowed: set[str], deduper: "Deduper",
                  limiter: "RateLimiter", pool: "WorkerPool", side: "WorkerPool", history: "ThreadHistory",
                  delivery: "Delivery", interactions: "Interactions", metrics: "Metrics",
-                 answer: Callable[[Question], None], bot_id: str | None = None) -> None:
+                 submit: Callable[[Question], bool], bot_id: str | None = None) -> None:
         self.config, self.bot_user_id, self.bot_id, self.allowed = config, bot_user_id, bot_id, allowed
         self.deduper, self.limiter, self.pool, self.side = deduper, limiter, pool, side
         self.history, self.delivery, self.interactions = history, delivery, interactions
-        self.metrics, self.answer = metrics, answer
+        self.metrics, self.submit = metrics, submit
 
     def register(self, app: "App") -> None:
         app.event("app_mention")(self.on_mention)
@@ -65,7 +65,7 @@ class EventRouter:
         ack()
         if not self._new_event(body) or self._from_bot(event):
             return
-        if event.get("subtype") not in _ANSWERABLE_SUBTYPES:
+        if event.get("subtype") not in _ANSWERABLE_SUBTYPES or not self._well_formed(event):
             return
         self._accept_channel_message(event, mentioned=True)
 
@@ -75,6 +75,8 @@ class EventRouter:
             return
         if event.get("subtype") not in _ANSWERABLE_SUBTYPES:
             return  # edits, deletions, joins ...
+        if not self._well_formed(event):
+            return
         if event.get("channel_type") == "im":
             if not self._claim(event):
                 return
@@ -107,7 +109,7 @@ class EventRouter:
             ack(text=messages.rate_limited(wait), response_type="ephemeral")
             return
         q = Question("command", text, channel, user, response_url=command.get("response_url"))
-        if not self.pool.submit(self.answer, q):
+        if not self.submit(q):
             self.metrics.busy.inc()
             ack(text=messages.BUSY, response_type="ephemeral")
             return
@@ -146,7 +148,19 @@ class EventRouter:
 
     def _from_bot(self, event: dict) -> bool:
         return bool(event.get("bot_id") or event.get("subtype") == "bot_message"
-                    or event.get("user") in (None, self.bot_user_id))
+                    or event.get("user") == self.bot_user_id)
+
+    def _well_formed(self, event: dict) -> bool:
+        """A message we could answer has a channel, a ts, a user and text (or none): else ignore and count."""
+        ids_ok = all(isinstance(event.get(k), str) and event.get(k) for k in ("channel", "ts", "user"))
+        text_ok = isinstance(event.get("text", ""), str)
+        thread_ok = event.get("thread_ts") is None or isinstance(event["thread_ts"], str)
+        if ids_ok and text_ok and thread_ok:
+            return True
+        kind = str(event.get("type") or "unknown")[:40]
+        self.metrics.malformed_events.labels(kind).inc()
+        log.warning("malformed event ignored", extra={"event_type": kind, "keys": sorted(map(str, event))[:20]})
+        return False
 
     def _mentions_me(self, event: dict) -> bool:
         return f"<@{self.bot_user_id}" in (event.get("text") or "")
@@ -184,7 +198,7 @@ class EventRouter:
             self.metrics.rate_limited.inc()
             self.side.submit(self.delivery.ephemeral, q.channel, q.user, messages.rate_limited(wait), q.thread_ts)
             return
-        if not self.pool.submit(self.answer, q):
+        if not self.submit(q):
             self.metrics.busy.inc()
             log.warning("worker queue full: busy reply", extra={"channel": q.channel})
             self.side.submit(self.delivery.notice, q, messages.BUSY)

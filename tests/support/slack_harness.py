@@ -80,7 +80,9 @@ class BotHarness:
         self.llm.start()
         settings = self.settings()
         answerer = self._answerer or Answerer(self.config, settings, self.holder.get)
-        self.bot = build_app(self.config, settings, answerer, self.holder, client=make_client(settings))
+        # Slack's transient errors are retried as in production, with short waits
+        client = make_client(settings, backoff_factor_s=0.05)
+        self.bot = build_app(self.config, settings, answerer, self.holder, client=client)
         self.handler = SocketModeHandler(self.bot.app, "xapp-test-token", web_client=self.bot.client,
                                          ping_interval=self.ping_interval)
         self.handler.connect()
