@@ -40,7 +40,7 @@ def _nice_max(v: float) -> float:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:g}" if float(v).is_integer() else f"{v:.2f}"
+    return f"{v:g}" if float(v).is_integer() else f"{v:.2f}".rstrip("0").rstrip(".")
 
 
 def _legend(names: Sequence[str], x: float, y: float) -> str:

@@ -160,3 +160,25 @@ def test_a_snapshot_is_a_consistent_copy_written_to_the_store(tmp_path: Path) ->
     finally:
         copy.close()
     assert len(texts) == 11 and "still writing" in texts and "after the snapshot" not in texts
+
+
+def test_the_bot_copies_its_database_where_the_report_task_reads_it(tmp_path: Path, caplog) -> None:
+    from flytegpt.bot.report.snapshot import SnapshotJob
+    from flytegpt.ingest.config import Config
+
+    db = tmp_path / "feedback.sqlite3"
+    first_release_db(db, answers=3)
+    target = tmp_path / "bucket" / "feedback.sqlite3"
+    config = Config.model_validate({"bot": {"feedback_db": str(db), "feedback_snapshot": str(target)}})
+    job = SnapshotJob(config)
+    assert job.enabled and job.run_once()
+    copy = FeedbackStore(target)
+    try:
+        assert len(copy.questions()) == 3
+    finally:
+        copy.close()
+    (tmp_path / "file").write_text("x")  # a target under a file cannot be written: logged, not raised
+    broken = Config.model_validate({"bot": {"feedback_db": str(db), "feedback_snapshot": str(tmp_path / "file" / "x")}})
+    assert SnapshotJob(broken).run_once() is False
+    assert "feedback snapshot failed" in caplog.text
+    assert not SnapshotJob(Config()).enabled
