@@ -168,6 +168,12 @@ def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> 
             return True
         except FileExistsError:
             return False
+        except (NotImplementedError, ValueError):  # a filesystem without exclusive create
+            log.warning("%s: no exclusive create on this store; the lock is best effort", path)
+            if fs.exists(path):
+                return False
+            fs.pipe_file(path, data)
+            return read_bytes(fs, path) == data
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-lock-")

@@ -308,3 +308,23 @@ def test_a_cached_older_version_published_by_a_run_that_read_its_sources_now(tmp
         publish(store, cached)
     publish(store, cached, sources_read_at=now)
     assert read_latest(store) == cached
+
+
+def test_lock_on_a_filesystem_without_exclusive_create() -> None:
+    """Some fsspec backends refuse mode "xb": the lock falls back to check-then-write."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class NoExclusiveCreate(MemoryFileSystem):
+        protocol = "noexcl"
+
+        def _open(self, path, mode="rb", **kwargs):
+            if "x" in mode:
+                raise NotImplementedError("File mode not supported")
+            return super()._open(path, mode, **kwargs)
+
+    fs = NoExclusiveCreate()
+    with store_lock(fs, "/store/publish.lock"):
+        with pytest.raises(StoreLockError, match="is held by"):
+            with store_lock(fs, "/store/publish.lock", wait_s=0.3):
+                pass
+    assert not fs.exists("/store/publish.lock")
