@@ -149,7 +149,8 @@ def render_answer(answer: "Answer", *, feedback_id: str | None = None, share: bo
         if shared_by:
             head_text += "\n_" + messages.SHARED_BY.format(user=f"<@{escape(shared_by)}>") + "_"
         head_blocks = [ContextBlock(elements=[MarkdownTextObject(text=head_text, verbatim=True)]).to_dict()]
-    sections = markdown_sections(answer.text) or [escape(messages.EMPTY_ANSWER)]
+    sources = [c.url for c in answer.citations if c.url]
+    sections = markdown_sections(answer.text, links=sources) or [escape(messages.EMPTY_ANSWER)]
     tail, tail_text = _sources_blocks(answer.citations, messages.SOURCES_HEADING)
     if feedback_id:
         tail.append(_actions_block(feedback_id, share=share))

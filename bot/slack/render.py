@@ -65,8 +65,26 @@ def _code_fence(body: str) -> str:
     return f"```\n{body}\n```"
 
 
-def _inline(node: SyntaxTreeNode, *, plain: bool = False) -> str:
-    """Render inline children; `plain` drops emphasis (headings are bold already)."""
+def link_key(url: str) -> str:
+    """The form in which a model-written link is compared with the given sources' URLs."""
+    # markdown-it percent-encodes a link's href; the sources' URLs get the same treatment
+    return _md.normalizeLink(url.strip()).split("#", 1)[0].rstrip("/")
+
+
+def _model_link(url: str, label: str, links: frozenset[str]) -> str:
+    """A link the model wrote: live only when it points at a given source, else its words.
+
+    Made-up links (`[x](https://…)`, `<https://…>`, `mailto:`) are broken links or phishing
+    waiting to happen; as text (in `verbatim` blocks) Slack does not make them live either.
+    """
+    if link_key(url) in links:
+        return link(url, label)
+    return escape(label or url)
+
+
+def _inline(node: SyntaxTreeNode, *, plain: bool = False, links: frozenset[str] = frozenset()) -> str:
+    """Render inline children; `plain` drops emphasis (headings are bold already); `links`: the
+    link_key of every URL that may stay a live link."""
     out: list[str] = []
     for child in node.children:
         t = child.type
@@ -77,15 +95,14 @@ def _inline(node: SyntaxTreeNode, *, plain: bool = False) -> str:
         elif t == "code_inline":
             out.append(f"`{escape(child.content.replace('`', chr(39)))}`")
         elif t in ("em", "strong", "s"):
-            inner = _inline(child, plain=plain)
+            inner = _inline(child, plain=plain, links=links)
             mark = {"em": "_", "strong": "*", "s": "~"}[t]
             out.append(inner if plain or not inner.strip() else f"{mark}{inner}{mark}")
         elif t == "link":
-            label = _text_of(child)
-            out.append(link(str(child.attrs.get("href", "")), label))
+            out.append(_model_link(str(child.attrs.get("href", "")), _text_of(child), links))
         elif t == "image":
             label = _text_of(child) or str(child.attrs.get("alt", "")) or "image"
-            out.append(link(str(child.attrs.get("src", "")), label))
+            out.append(_model_link(str(child.attrs.get("src", "")), label, links))
         else:  # html_inline cannot occur with html disabled; keep any unknown node's text
             out.append(escape(child.content or _text_of(child)))
     return "".join(out)
@@ -105,7 +122,8 @@ def _indent(text: str, first: str, rest: str) -> str:
     return "\n".join([first + lines[0]] + [(rest + ln) if ln else ln for ln in lines[1:]])
 
 
-def _table(node: SyntaxTreeNode) -> str:
+def _table_text(node: SyntaxTreeNode) -> str:
+    """A Markdown table as aligned plain-text rows (Slack has no tables; shown as code)."""
     rows: list[list[str]] = []
     for section in node.children:
         for tr in section.children:
@@ -117,23 +135,23 @@ def _table(node: SyntaxTreeNode) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(ncols)]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
-    return _code_fence("\n".join(lines))
+    return "\n".join(lines)
 
 
-def _block(node: SyntaxTreeNode, depth: int = 0) -> str:
+def _block(node: SyntaxTreeNode, depth: int = 0, links: frozenset[str] = frozenset()) -> str:
     t = node.type
     if t == "paragraph":
-        return _inline(node.children[0]) if node.children else ""
+        return _inline(node.children[0], links=links) if node.children else ""
     if t == "inline":
-        return _inline(node)
+        return _inline(node, links=links)
     if t == "heading":
-        inner = _inline(node.children[0], plain=True) if node.children else ""
+        inner = _inline(node.children[0], plain=True, links=links) if node.children else ""
         return f"*{inner}*" if inner.strip() else ""
     if t in ("bullet_list", "ordered_list"):
         items = []
         number = int(node.attrs.get("start", 1) or 1)
         for i, item in enumerate(node.children):
-            body = "\n".join(b for b in (_block(c, depth + 1) for c in item.children) if b)
+            body = "\n".join(b for b in (_block(c, depth + 1, links) for c in item.children) if b)
             if t == "bullet_list":
                 marker = "•" if depth % 2 == 0 else "◦"
             else:
@@ -141,33 +159,41 @@ def _block(node: SyntaxTreeNode, depth: int = 0) -> str:
             items.append(_indent(body, f"{marker} ", " " * (len(marker) + 1)))
         return "\n".join(items)
     if t == "blockquote":
-        body = "\n".join(b for b in (_block(c, depth) for c in node.children) if b)
+        body = "\n".join(b for b in (_block(c, depth, links) for c in node.children) if b)
         return "\n".join("> " + ln for ln in body.split("\n"))
     if t in ("fence", "code_block"):
         return _code_fence(node.content)
     if t == "hr":
         return "───────"
     if t == "table":
-        return _table(node)
+        return _code_fence(_table_text(node))
     # html_block and anything unknown: keep the text, escaped
     return escape(node.content or _text_of(node))
 
 
-def _pieces(markdown: str) -> list[_Piece]:
+def _pieces(markdown: str, links: frozenset[str] = frozenset()) -> list[_Piece]:
     root = SyntaxTreeNode(_md.parse(markdown or ""))
     pieces = []
     for node in root.children:
-        text = _block(node)
+        text = _block(node, links=links)
         if not text.strip():
             continue
-        code = node.content if node.type in ("fence", "code_block") else None
+        code = None  # what a code block holds, so a long one is cut into complete fenced blocks
+        if node.type in ("fence", "code_block"):
+            code = node.content
+        elif node.type == "table":
+            code = _table_text(node)
         pieces.append(_Piece(text, code))
     return pieces
 
 
-def markdown_to_mrkdwn(markdown: str) -> str:
-    """Convert Markdown (as models write it) to Slack mrkdwn."""
-    return "\n\n".join(p.text for p in _pieces(markdown))
+def markdown_to_mrkdwn(markdown: str, links: Iterable[str] = ()) -> str:
+    """Convert Markdown (as models write it) to Slack mrkdwn; only links to `links` stay live."""
+    return "\n\n".join(p.text for p in _pieces(markdown, _keys(links)))
+
+
+def _keys(urls: Iterable[str]) -> frozenset[str]:
+    return frozenset(link_key(u) for u in urls if u)
 
 
 # --- splitting to Slack's limits -------------------------------------------------------
@@ -190,12 +216,31 @@ def _safe_cut(text: str, limit: int) -> int:
     return max(cut, 1)
 
 
-def split_text(text: str, limit: int) -> list[str]:
+def _open_code(text: str) -> str | None:
+    """The code mark `text` ends inside of: "```" (a fenced block), "`" (a code span) or None."""
+    if text.count("```") % 2:
+        return "```"
+    if text.replace("```", "").count("`") % 2:
+        return "`"
+    return None
+
+
+def split_text(text: str, limit: int, *, balance_code: bool = True) -> list[str]:
+    """Cut text into parts of at most `limit` characters, between words where possible.
+
+    A cut inside a code span or a fenced block closes it at the end of the part and opens it
+    again at the start of the next, so no part has an unmatched backtick or fence.
+    """
     out = []
     while len(text) > limit:
-        cut = _safe_cut(text, limit)
-        out.append(text[:cut].rstrip())
-        text = text[cut:].lstrip("\n ")
+        cut = _safe_cut(text, max(1, limit - 4))  # room to close a code mark
+        part, text = text[:cut].rstrip(), text[cut:].lstrip("\n ")
+        mark = _open_code(part) if balance_code else None
+        if mark == "```":
+            part, text = part + "\n```", "```\n" + text
+        elif mark == "`":
+            part, text = part + "`", "`" + text
+        out.append(part)
     if text:
         out.append(text)
     return out
@@ -208,7 +253,7 @@ def _split_code(code: str, limit: int) -> list[str]:
     current: list[str] = []
     size = 0
     for line in code.rstrip("\n").split("\n"):
-        for seg in split_text(line, limit - overhead - 1) or [""]:
+        for seg in split_text(line, limit - overhead - 1, balance_code=False) or [""]:
             escaped = len(escape(seg)) + 1
             if current and size + escaped > limit - overhead:
                 parts.append(_code_fence("\n".join(current)))
@@ -241,6 +286,7 @@ def split_sections(mrkdwn_pieces: Iterable[_Piece], limit: int = SECTION_BUDGET)
     return sections
 
 
-def markdown_sections(markdown: str, limit: int = SECTION_BUDGET) -> list[str]:
-    """Markdown -> mrkdwn section texts, each within Slack's per-section limit."""
-    return split_sections(_pieces(markdown), limit)
+def markdown_sections(markdown: str, limit: int = SECTION_BUDGET, links: Iterable[str] = ()) -> list[str]:
+    """Markdown -> mrkdwn section texts, each within Slack's per-section limit; only links to
+    `links` (the given sources' URLs) stay live."""
+    return split_sections(_pieces(markdown, _keys(links)), limit)

@@ -205,8 +205,12 @@ class EventRouter:
             return
         self.metrics.questions.labels(q.surface).inc()
         self.metrics.pending.set(self.pool.pending)
-        if q.ts and q.surface != "assistant":  # the panel shows a status line instead
+        if q.ts and q.surface != "assistant" and self._answerable_length(q):  # the panel shows a status instead
             self.side.submit(self.delivery.react, q.channel, q.ts)
+
+    def _answerable_length(self, q: Question) -> bool:
+        """No 👀 on a question the answerer will turn down as empty or too long (it says why)."""
+        return 0 < len(q.text.strip()) <= self.config.answer.max_question_chars
 
     def _triage_followup(self, q: Question) -> None:
         """A thread reply without a mention is for us only where we already answered."""

@@ -285,6 +285,8 @@ def test_rate_limit_and_length_limit(make_harness):
     d = emu.mention("why " * 100, user="U0OTHER")
     [answer] = harness.wait_answers(thread_ts=d.ts)
     assert "too long" in answer["text"]
+    harness.idle()
+    assert not [r for r in emu.reactions if r["timestamp"] == d.ts]  # rejected at once: no 👀
 
 
 def test_channel_allowlist(make_harness):
@@ -448,8 +450,9 @@ def test_model_cannot_mention_or_link_in_what_is_posted(make_harness, streaming)
     harness = make_harness(bot={"streaming": streaming})
     harness.llm.reply = LOUD
     d = _say(harness, CACHE_Q)
-    [answer] = harness.wait_answers(thread_ts=d.ts)
+    harness.wait_answers(thread_ts=d.ts)
     harness.idle()
+    [answer] = harness.answers(thread_ts=d.ts)  # as it stands once the answer is complete
     posted = [c.args for c in harness.emu.calls
               if c.method in ("chat.postMessage", "chat.startStream", "chat.appendStream", "chat.stopStream",
                               "chat.update")]

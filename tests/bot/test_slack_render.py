@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+from slack_sdk.models.blocks import Block
+
+from flytegpt.bot import messages
 from flytegpt.bot.answering import Answer, Citation
 from flytegpt.bot.slack import blocks, render
 from flytegpt.bot.slack.render import markdown_to_mrkdwn as mrkdwn
@@ -14,9 +19,10 @@ def _answer(text: str, citations: list[Citation] | None = None) -> Answer:
 def test_inline_formatting():
     assert mrkdwn("**bold** and *it* and _it2_ and ~~gone~~") == "*bold* and _it_ and _it2_ and ~gone~"
     assert mrkdwn("`a*b*c` stays code") == "`a*b*c` stays code"
-    assert mrkdwn("see [the docs](https://docs.flyte.org/x?a=1&b=2)") == \
+    given = ["https://docs.flyte.org/x?a=1&b=2", "https://flyte.org/"]
+    assert mrkdwn("see [the docs](https://docs.flyte.org/x?a=1&b=2)", given) == \
         "see <https://docs.flyte.org/x?a=1&amp;b=2|the docs>"
-    assert mrkdwn("<https://flyte.org>") == "<https://flyte.org>"
+    assert mrkdwn("<https://flyte.org>", given) == "<https://flyte.org>"
 
 
 def test_escaping_blocks_mentions_and_html():
@@ -28,7 +34,7 @@ def test_escaping_blocks_mentions_and_html():
 def test_unsafe_or_odd_links():
     assert "<javascript" not in mrkdwn("[x](javascript:alert(1))")
     assert mrkdwn("[x](ftp://files.example.org/a)") == "x"  # only web and mail links become links
-    out = mrkdwn("[a|b](https://e.org/p|q>r)")
+    out = mrkdwn("[a|b](https://e.org/p|q>r)", ["https://e.org/p|q>r"])
     assert out == "<https://e.org/p%7Cq%3Er|a¦b>"
 
 
@@ -141,3 +147,71 @@ def test_apology_and_notices():
     assert "Best sources" in msgs[0].text and "<https://e.org/ray|Ray>" in msgs[0].text
     notice = blocks.render_notice("busy <now>")
     assert notice.text == "busy &lt;now&gt;" and notice.blocks[0]["type"] == "section"
+
+
+# --- issue 14's rendering defects ------------------------------------------------------------------
+
+
+def _round_trips(messages: list[blocks.SlackMessage]) -> None:
+    """Every block is what slack_sdk's own Block Kit models make of it."""
+    for m in messages:
+        for b in m.blocks:
+            assert Block.parse(b).to_dict() == b
+
+
+def _code_marks_balanced(text: str) -> None:
+    assert text.count("```") % 2 == 0, text[:80]
+    assert text.replace("```", "").count("`") % 2 == 0, text[:80]
+
+
+def test_long_table_splits_into_complete_code_blocks():
+    rows = "\n".join(f"| `task_{i}` | cache version {i} with a longer description |" for i in range(200))
+    md = "Here is the table:\n\n| task | notes |\n|---|---|\n" + rows + "\n\nAnd after it."
+    sections = render.markdown_sections(md)
+    assert len(sections) > 2
+    for sec in sections:
+        _code_marks_balanced(sec)
+        assert len(sec) <= render.SECTION_BUDGET
+    table_rows = [ln for sec in sections for ln in sec.split("\n") if ln.startswith("task_")]
+    assert len(table_rows) == 200  # every row, inside a fence (no Markdown pipes, no backticks)
+    msgs = blocks.render_answer(_answer(md), feedback_id="fb")
+    _round_trips(msgs)
+
+
+def test_huge_inline_code_span_never_leaves_a_backtick_open():
+    span = " ".join(f"arg{i}=value{i}" for i in range(400))  # ~5,000 characters in one code span
+    md = f"Call it like `{span}` and you are done."
+    sections = render.markdown_sections(md)
+    assert len(sections) >= 2
+    for sec in sections:
+        _code_marks_balanced(sec)
+        assert len(sec) <= render.SECTION_BUDGET
+    assert "arg399=value399" in sections[-1] or any("arg399=value399" in s for s in sections)
+
+
+def test_long_fenced_block_in_a_list_item_stays_balanced():
+    code = "\n".join(f"    x_{i} = compute({i})  # step" for i in range(400))
+    md = "1. First do this:\n\n    ```python\n" + code + "\n    ```\n2. Then that."
+    for sec in render.markdown_sections(md):
+        _code_marks_balanced(sec)
+
+
+def test_only_links_to_given_sources_are_live():
+    cites = [Citation(1, "Caching", "https://docs.flyte.org/caching", "docs:caching.md")]
+    md = ("See [the docs](https://docs.flyte.org/caching#versions) [1], <https://evil.example/login>, "
+          "[mail us](mailto:help@evil.example), <mailto:x@evil.example>, [made up](https://made.up/x) "
+          "and ![img](https://evil.example/i.png).")
+    [msg] = blocks.render_answer(_answer(md, cites), feedback_id="fb")
+    text = msg.blocks[0]["text"]["text"]
+    assert "<https://docs.flyte.org/caching#versions|the docs>" in text  # a given source: live
+    live = [m for m in re.findall(r"<([^>]*)>", text)]
+    assert live == ["https://docs.flyte.org/caching#versions|the docs"]
+    for words in ("https://evil.example/login", "mail us", "x@evil.example", "made up", "img"):
+        assert words in text
+    _round_trips([msg])
+
+
+def test_usage_text_is_bold_not_italic():
+    notice = blocks.render_markdown_notice(messages.USAGE)
+    assert notice.text.startswith("*FlyteGPT* answers")
+    _round_trips([notice])

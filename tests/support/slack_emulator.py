@@ -617,10 +617,24 @@ class SlackEmulator:
                     problems.append("button value over 2000 chars")
                 if len((el.get("text") or "") if isinstance(el.get("text"), str) else "") > MAX_SECTION_TEXT:
                     problems.append("context element too long")
+            problems += self._round_trip_problems(b)
         if problems:
             self.violations.append(f"{where}: " + "; ".join(problems))
             return "invalid_blocks" if blocks else "msg_too_long"
         return None
+
+    @staticmethod
+    def _round_trip_problems(block: Any) -> list[str]:
+        """A posted block must be exactly what slack_sdk's Block Kit models make of it."""
+        from slack_sdk.models.blocks import Block
+
+        try:
+            parsed = Block.parse(block)
+            if parsed is None or parsed.to_dict() != block:
+                return [f"{block.get('type')} block does not round-trip through slack_sdk's Block Kit models"]
+        except Exception as e:  # slack_sdk raises SlackObjectFormationError and friends
+            return [f"{block.get('type')} block: {e}"]
+        return []
 
     # --- Web API methods -------------------------------------------------------------
 
