@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from flytegpt.bot import messages
 
 from . import blocks
+from .feedback import thread_permalink
 
 if TYPE_CHECKING:
     from flytegpt.bot.metrics import Metrics
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 class AnswerJob:
     def __init__(self, config: "Config", answerer: Any, *, history: "ThreadHistory", delivery: "Delivery",
                  recorder: "AnswerRecorder", metrics: "Metrics", pool: "WorkerPool",
-                 bot_user_id: str, bot_id: str | None) -> None:
+                 bot_user_id: str, bot_id: str | None, workspace_url: str | None = None) -> None:
         self.config, self.answerer = config, answerer
+        self.workspace_url = workspace_url  # auth.test's team URL: thread links in the question log
         self.history, self.delivery, self.recorder = history, delivery, recorder
         self.metrics, self.pool = metrics, pool
         self.bot_user_id, self.bot_id = bot_user_id, bot_id
@@ -88,10 +90,12 @@ class AnswerJob:
         except QuestionRejected as e:
             self.metrics.failures.labels("rejected").inc()
             self._reply(q, [blocks.render_notice(str(e))])
+            self._log_unanswered(q, "failed", "rejected")
             return
         except IndexNotReady as e:
             self.metrics.failures.labels("index_not_ready").inc()
             self._reply(q, [blocks.render_notice(str(e) or messages.INDEX_NOT_READY)])
+            self._log_unanswered(q, "failed", "index_not_ready")
             return
         except ModelUnavailable as e:
             self.metrics.failures.labels("model_unavailable").inc()
@@ -100,14 +104,16 @@ class AnswerJob:
             if e.related:
                 reason += messages.MEANWHILE_SOURCES
             self._reply(q, blocks.render_apology(e.related, reason))
+            self._log_unanswered(q, "model_failed", "model_unavailable", related=e.related)
             return
         except Exception:  # noqa: BLE001 - the user must hear back, whatever broke
             self.metrics.failures.labels("error").inc()
             log.exception("answering failed")
             if streamed is not None and streamed.started:
                 streamed.fail(messages.FAILED)  # the notice ends the half-shown answer: one reply
-                return
-            self._reply(q, [blocks.render_notice(messages.FAILED)])
+            else:
+                self._reply(q, [blocks.render_notice(messages.FAILED)])
+            self._log_unanswered(q, "failed", "error")
             return
         answer_id = self.recorder.new_id()
         command = q.surface == "command"
@@ -122,8 +128,21 @@ class AnswerJob:
         self.metrics.latency.observe(seconds)
         log.info("answered", extra={"surface": q.surface, "mode": answer.mode, "answer_id": answer_id,
                                     "index_version": answer.index_version, "seconds": round(seconds, 3)})
-        self.recorder.record_answer(answer_id, answer, surface=q.surface, channel=q.channel,
-                                    thread_ts=q.thread_ts, user=q.user, latency_s=round(seconds, 3))
+        self.recorder.record_answer(answer_id, answer, **self._where(q, seconds))
+
+    # --- the question log (the maintainers' report reads it) ------------------------------
+
+    def _where(self, q: "Question", seconds: float) -> dict[str, Any]:
+        """Where and how fast a question was handled: the columns every logged question has."""
+        return {"surface": q.surface, "channel": q.channel, "thread_ts": q.thread_ts, "user": q.user,
+                "latency_s": round(seconds, 3),
+                "permalink": thread_permalink(self.workspace_url, q.channel, q.thread_ts or q.ts)}
+
+    def _log_unanswered(self, q: "Question", outcome: str, failure: str, related: Sequence[Any] = ()) -> None:
+        """Log a question the bot could not answer (best-effort, like every feedback write)."""
+        self.recorder.record_question(q.text, outcome=outcome, failure=failure, related=related,
+                                      index_version=getattr(self.answerer, "index_version", None),
+                                      **self._where(q, time.monotonic() - q.received))
 
     def _reply(self, q: "Question", replies: Sequence[blocks.SlackMessage], *, streamed: "StreamedReply | None" = None,
                final_text: str = "", tail: list[dict] | None = None) -> bool:

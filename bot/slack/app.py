@@ -73,7 +73,8 @@ class FlyteGPTBot:
         self.delivery = Delivery(self.client, self.history, self.metrics)
         self.answer_job = AnswerJob(config, answerer, history=self.history, delivery=self.delivery,
                                     recorder=self.feedback, metrics=self.metrics, pool=self.pool,
-                                    bot_user_id=self.bot_user_id, bot_id=self.bot_id)
+                                    bot_user_id=self.bot_user_id, bot_id=self.bot_id,
+                                    workspace_url=auth.get("url"))
         self.interactions = Interactions(self.feedback, self.delivery, self.metrics)
         self.router = EventRouter(config, bot_user_id=self.bot_user_id, bot_id=self.bot_id,
                                   allowed=self._resolve_allowlist(config.bot.allowed_channels),

@@ -89,6 +89,18 @@ class AnswerRecorder:
         finally:
             self._settle(answer_id)
 
+    def record_question(self, question: str, **fields: Any) -> bool:
+        """Log a question that got no answer (for the maintainers' report); False when that failed."""
+        store = self._current("question")
+        if store is None:
+            return False
+        try:
+            store.record_question(question, **fields)
+            return True
+        except _FAILURES as e:
+            self._failed("question", e)
+            return False
+
     def record_vote(self, answer_id: str, vote: "Vote", *, user: str, channel: str | None) -> VoteResult:
         """"stored", "unknown" (no such answer in this database) or "failed" (not stored)."""
         with self._lock:

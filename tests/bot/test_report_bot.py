@@ -1,0 +1,90 @@
+"""The running bot logs what the report needs for every question it handles, and the report reads it.
+
+The real Bolt app over Socket Mode against the Slack emulator, real answering over the
+sample corpus, the OpenAI-compatible stand-in as the model.
+"""
+
+from __future__ import annotations
+
+import pytest
+from support.openai_server import Fail
+from support.slack_harness import CACHE_Q, BotHarness, build_sample_index, tuned
+
+from flytegpt.bot.index_holder import IndexHolder
+from flytegpt.bot.report import ReportOptions, build_report, render_page
+from flytegpt.bot.report.data import PrivacyFilter
+from flytegpt.bot.slack import blocks
+from flytegpt.bot.slack.feedback import FeedbackStore
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
+
+OFF_TOPIC = "Which spices go into a traditional lasagna recipe?"
+FAILING = "How do I run a map task over a list of files?"
+
+
+@pytest.fixture()
+def harness(tmp_path, embedder):
+    from flytegpt.ingest.search import HybridSearcher
+
+    config = build_sample_index(tmp_path / "store", embedder)
+    searcher = HybridSearcher.open(config, embedder=embedder)
+    h = BotHarness(tuned(config, feedback_db=tmp_path / "feedback.sqlite3"), IndexHolder(searcher)).start()
+    yield h
+    h.stop()
+    assert h.emu.violations == []
+
+
+def test_every_question_is_logged_with_outcome_surface_latency_version_sources_and_thread(harness, embedder):
+    emu = harness.emu
+    version = harness.holder.version
+    asked = emu.mention(CACHE_Q)
+    [answer] = harness.wait_answers(thread_ts=asked.ts)
+    down = [e for e in blocks_of(answer, "actions")[0]["elements"] if e["action_id"] == blocks.ACTION_FEEDBACK_DOWN]
+    click = emu.block_action(blocks.ACTION_FEEDBACK_DOWN, down[0]["value"], message=answer, user="U0VOTER")
+    emu.wait_ack(click.envelope_id)
+
+    lost = emu.mention(OFF_TOPIC)
+    harness.wait_answers(thread_ts=lost.ts)
+    emu.slash_command("how do I invalidate the cache?")
+    emu.add_channel("D0DIRECT01", "dm", is_im=True)
+    emu.message(CACHE_Q, channel="D0DIRECT01", channel_type="im")
+    harness.wait_answers(channel="D0DIRECT01")
+    harness.idle()
+    harness.llm.script(Fail(500), Fail(500))  # the model is down for the last question
+    failed = emu.mention(FAILING)
+    harness.wait_answers(thread_ts=failed.ts)
+    harness.idle()
+
+    store = FeedbackStore(harness.config.bot.feedback_db)
+    try:
+        logged = store.questions()
+    finally:
+        store.close()
+    assert len(logged) == 5
+    rows = {(r["question"], r["surface"]): r for r in logged}
+    answered = rows[CACHE_Q, "mention"]
+    assert rows[CACHE_Q, "dm"]["channel"] == "D0DIRECT01" and rows[CACHE_Q, "dm"]["outcome"] == "answered"
+    assert answered["outcome"] == "answered" and answered["index_version"] == version
+    assert answered["channel"] == "C0GENERAL" and answered["latency_s"] > 0 and answered["down"] == 1
+    assert answered["permalink"] == f"https://emu.slack.com/archives/C0GENERAL/p{asked.ts.replace('.', '')}"
+    assert any(s["source_id"] for s in answered["sources"])
+    assert rows[OFF_TOPIC, "mention"]["outcome"] == "not_found" and rows[OFF_TOPIC, "mention"]["index_version"] == version
+    slash = rows["how do I invalidate the cache?", "command"]
+    assert slash["surface"] == "command" and slash["outcome"] == "answered" and slash["permalink"] is None
+    failed_row = rows[FAILING, "mention"]
+    assert failed_row["outcome"] == "model_failed" and failed_row["failure"] == "model_unavailable"
+    assert failed_row["latency_s"] > 0 and failed_row["sources"]  # the sources offered instead of an answer
+    assert failed_row["permalink"].endswith(f"p{failed.ts.replace('.', '')}")
+
+    report = build_report(harness.config.bot.feedback_db, store=harness.config.index.store,
+                          options=ReportOptions(privacy=PrivacyFilter(None, dms=False)), embedder=embedder)
+    assert report.totals["questions"] == 4 and report.left_out["dm"] == 1  # the DM is private
+    assert (report.totals["answered"], report.totals["not_found"], report.totals["model_failed"]) == (2, 1, 1)
+    assert {q["question"] for t in report.topics for q in t.questions} == {CACHE_Q, OFF_TOPIC}
+    page = render_page(report)
+    assert "U0USER" not in page and "U0VOTER" not in page
+    assert f"p{lost.ts.replace('.', '')}" in page  # the gap question links to its thread
+
+
+def blocks_of(msg: dict, kind: str) -> list[dict]:
+    return [b for b in msg.get("blocks", []) if b["type"] == kind]
