@@ -116,9 +116,20 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
         qs = load_questions(questions)
     except QuestionFileError as e:
         raise click.ClickException(str(e)) from None
-    searcher = open_searcher(load(config_path, store))
+    config = load(config_path, store)
+    searcher = open_searcher(config)
     fn = {"hybrid": searcher.search, "dense": searcher.dense_search, "keyword": searcher.keyword_search}[mode]
-    report = evaluate(qs, lambda q: [h.chunk for h in fn(q, max(k, 10))])
+
+    def retrieve(q: str) -> list:
+        hits = fn(q, max(k, 10))
+        if mode != "hybrid":
+            return [h.chunk for h in hits]
+        # recall@8000c counts what the answerer's prompt holds of each source: 8,000 characters
+        from flytegpt.bot.answering.budget import CharCounter, context_chunks
+
+        return context_chunks(hits, q, config.answer.token_budget, CharCounter())
+
+    report = evaluate(qs, retrieve)
     header = f"{'':12}{'n':>4}" + "".join(f"{m:>14}" for m in METRICS)
     click.echo(f"{mode} retrieval, index {searcher.version}")
     click.echo(header)

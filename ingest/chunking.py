@@ -9,6 +9,7 @@ words of a question.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -22,6 +23,20 @@ DOC_TARGET = 1500  # characters per docs chunk
 DOC_MIN = 800  # smaller pieces are merged into a neighbour
 DOC_MAX = 2 * DOC_TARGET  # a code block up to this size stays whole
 SLACK_MAX = 4000  # longer threads are split on message boundaries
+OUTLINE_MAX = 2000  # characters of a page's outline chunk
+OUTLINE_INTRO = 300  # characters of the page's first paragraph in its outline
+# A heading naming one setting of a generated configuration reference: "max-ttl-hours (int)"
+_SETTING = re.compile(r"^([A-Za-z0-9_.\-]+) \((.+)\)$")
+REFERENCE_MIN_SETTINGS = 20  # a page with at least this many setting headings is a reference
+REFERENCE_TARGET = 800  # characters of settings of one parent per chunk
+
+# Outline chunks (a page's or a module's table of contents) carry this title suffix: they are
+# evidence that a source is about a topic, not a passage to quote (search.py).
+OUTLINE_SUFFIX = " (outline)"
+
+
+def is_outline(chunk: Chunk) -> bool:
+    return chunk.title.endswith(OUTLINE_SUFFIX)
 
 
 def chunk_documents(docs: Iterable[Document]) -> list[Chunk]:
@@ -61,11 +76,11 @@ def _text_splitter(fmt: str, size: int):
     return RecursiveCharacterTextSplitter.from_language(language, chunk_size=size, chunk_overlap=0)
 
 
-def _doc_pieces(doc: Document, fmt: str) -> list[_Piece]:
+def _doc_pieces(doc: Document, sections, fmt: str) -> list[_Piece]:
     """Blocks of every section, long prose split, long code split, in page order."""
     pieces: list[_Piece] = []
     splitter = None
-    for section in parse_sections(doc.text, fmt):
+    for section in sections:
         first = True
         for block in section.blocks:
             limit = DOC_MAX if block.is_code else DOC_TARGET
@@ -114,26 +129,133 @@ def _doc_title(doc: Document, path: tuple[str, ...]) -> str:
 
 def _doc_chunks(doc: Document) -> list[Chunk]:
     fmt = detect_format(doc.locator) if doc.meta.get("format") != "rst" else "rst"
+    sections = parse_sections(doc.text, fmt)
+    if _is_reference(sections):
+        return _reference_chunks(doc, sections)
     chunks = []
-    for group in _pack(_doc_pieces(doc, fmt)):
+    for group in _pack(_doc_pieces(doc, sections, fmt)):
         text = "\n\n".join(p.text for p in group).strip()
         if not text:
             continue
         title = _doc_title(doc, group[0].path)
-        chunks.append(
-            Chunk(
-                source_id=doc.source_id,
-                kind=doc.kind,
-                title=title,
-                url=doc.url,
-                text=text,
-                embed_text=f"{title}\n\n{text}",
-            )
-        )
+        chunks.append(_docs_chunk(doc, title, text))
     if not chunks and doc.text.strip():  # a page that is all directives: keep its words anyway
-        text = doc.text.strip()[:DOC_MAX]
-        chunks.append(Chunk(doc.source_id, doc.kind, doc.title, doc.url, text, f"{doc.title}\n\n{text}"))
+        chunks.append(_docs_chunk(doc, doc.title, doc.text.strip()[:DOC_MAX]))
+    outline = _outline_chunk(doc, sections)
+    return chunks + ([outline] if outline else [])
+
+
+def _docs_chunk(doc: Document, title: str, text: str) -> Chunk:
+    return Chunk(doc.source_id, doc.kind, title, doc.url, text, f"{title}\n\n{text}")
+
+
+def _outline_chunk(doc: Document, sections) -> Chunk | None:
+    """The page as its title and the heading path of every section.
+
+    A short how-to question ("how do I run a bash script in a workflow?") names what a page
+    is about, which its title and headings say better than any one of its sections; a Slack
+    thread or a function that shares a few words must not outrank it.
+    """
+    lines: list[str] = []
+    for section in sections:
+        path = section.path[1:] if section.path and section.path[0] == doc.title else section.path
+        line = " > ".join(path)
+        if line and line not in lines:
+            lines.append(line)
+    if not doc.title:
+        return None
+    intro = _intro(sections)
+    text = "\n".join([doc.title, *([intro] if intro else []), *lines])[:OUTLINE_MAX]
+    return _docs_chunk(doc, doc.title + OUTLINE_SUFFIX, text)
+
+
+def _intro(sections) -> str:
+    """The page's first paragraph of prose (what the page is for), cut at OUTLINE_INTRO characters."""
+    for section in sections:
+        for block in section.blocks:
+            if block.is_code or block.text == section.heading or block.text.lstrip().startswith((":", "..", "{")):
+                continue
+            text = " ".join(block.text.split())
+            if len(text) >= 40:
+                return text if len(text) <= OUTLINE_INTRO else text[:OUTLINE_INTRO].rsplit(" ", 1)[0] + " ..."
+    return ""
+
+
+# --- configuration references --------------------------------------------------------------
+
+
+def _is_reference(sections) -> bool:
+    """A generated configuration reference: most headings name a setting and its type."""
+    settings = sum(1 for s in sections if s.path and _SETTING.match(s.path[-1]))
+    return settings >= REFERENCE_MIN_SETTINGS and 2 * settings >= len(sections)
+
+
+def _reference_chunks(doc: Document, sections) -> list[Chunk]:
+    """Settings grouped by their parent (a section or a type), up to REFERENCE_TARGET characters,
+    each chunk titled with the key paths it holds ("plugins.k8s: inject-finalizer, ...").
+
+    A pasted setting or error names one entry; packed ~1,500 characters at a time by page
+    order, the chunk's heading path names only its first entry and unrelated entries dilute
+    it. The key path is built from the headings: a field "k8s (config.K8sPluginConfig)" under
+    "Section: plugins" is "plugins.k8s", and the type section "config.K8sPluginConfig" that
+    lists its fields further down continues that path.
+    """
+    type_path: dict[str, str] = {}
+    chunks: list[Chunk] = []
+    group: list[tuple[str, str]] = []  # (key path, entry text) of one parent
+    parent = None
+
+    def flush() -> None:
+        if not group:
+            return
+        keys = [k for k, _ in group]
+        head = keys[0].rsplit(".", 1)[0] if "." in keys[0] else ""
+        names = ", ".join(k.rsplit(".", 1)[-1] for k in keys)
+        title = f"{doc.title} > {head}: {names}" if head else f"{doc.title} > {names}"
+        text = "\n\n".join(t for _, t in group)
+        chunks.append(Chunk(doc.source_id, doc.kind, title, doc.url, text, f"{title}\n{' '.join(keys)}\n\n{text}"))
+        group.clear()
+
+    size = 0
+    for section in sections:
+        path = section.path[1:] if section.path and section.path[0] == doc.title else section.path
+        key = _key_path(path, type_path)
+        body = section.text if not section.heading else "\n\n".join(b.text for b in section.blocks[1:])
+        if not body.strip():
+            continue  # a section or type heading with nothing of its own
+        if key is None:
+            flush()
+            chunks.append(_docs_chunk(doc, _doc_title(doc, section.path), section.text[:DOC_MAX]))
+            continue
+        name = key[0]
+        this_parent = name.rsplit(".", 1)[0] if "." in name else ""
+        text = section.text[:DOC_MAX]
+        if group and (this_parent != parent or size + len(text) > REFERENCE_TARGET):
+            flush()
+            size = 0
+        parent = this_parent
+        group.append((name, text))
+        size += len(text) + 2
+    flush()
     return chunks
+
+
+def _key_path(path: tuple[str, ...], type_path: dict[str, str]) -> tuple[str, str] | None:
+    """(dotted key path, type) of a setting heading path; records where each type is used."""
+    if not path or not (m := _SETTING.match(path[-1])):
+        return None
+    name, kind = m.group(1), m.group(2).rstrip("_")
+    prefix: list[str] = []
+    for part in path[:-1]:
+        if part.startswith("Section: "):
+            prefix = [part.removeprefix("Section: ").strip()]
+        elif (field := _SETTING.match(part)) is not None:
+            prefix.append(field.group(1))
+        elif part in type_path:  # a type's field list: continue from where the type is used
+            prefix = [type_path[part]]
+    key = ".".join([*prefix, name])
+    type_path.setdefault(kind, key)
+    return key, kind
 
 
 # --- slack --------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
+from flytegpt.ingest.chunking import OUTLINE_SUFFIX
+from flytegpt.ingest.languages import language_named
 from flytegpt.ingest.models import Chunk, Document
 from flytegpt.ingest.sources._files import fill_lines
 
@@ -27,12 +29,6 @@ CODE_MAX = 2500  # a single function larger than this is split into parts
 OUTLINE_DOC = 600  # characters of the module docstring in a file's outline chunk
 OUTLINE_METHODS = 12  # method names listed per class in the outline
 OUTLINE_MAX = 2000  # characters of a file's outline chunk
-
-_SPLITTER_LANGUAGES = {
-    "python": "PYTHON", "go": "GO", "js": "JS", "ts": "TS", "java": "JAVA", "rust": "RUST",
-    "kotlin": "KOTLIN", "scala": "SCALA", "ruby": "RUBY", "php": "PHP", "c": "C", "cpp": "CPP",
-    "csharp": "CSHARP", "swift": "SWIFT", "proto": "PROTO", "lua": "LUA", "r": "R",
-}
 
 
 @dataclass
@@ -109,7 +105,7 @@ def _outline_chunk(doc: Document, tree: ast.Module, lines: list[str], doc_line: 
                 entry += " (" + ", ".join(methods[:OUTLINE_METHODS]) + ")"
         entries.append(entry)
     text = "\n".join(e for e in entries if e)[:OUTLINE_MAX]
-    return _chunk(doc, f"{module} (outline)", _header(doc, module, doc_line), text, 1, len(lines))
+    return _chunk(doc, module + OUTLINE_SUFFIX, _header(doc, module, doc_line), text, 1, len(lines))
 
 
 def _header(doc: Document, module: str, doc_line: str) -> list[str]:
@@ -236,9 +232,11 @@ def _split_lines(text: str, language: str, size: int) -> list[tuple[int, int, st
     """(first line, last line, piece) with 1-based line numbers relative to `text`."""
     from langchain_text_splitters import Language, RecursiveCharacterTextSplitter
 
-    name = _SPLITTER_LANGUAGES.get(language)
-    if name:
-        splitter = RecursiveCharacterTextSplitter.from_language(Language[name], chunk_size=size, chunk_overlap=0)
+    known = language_named(language)
+    if known is not None and known.splitter:
+        splitter = RecursiveCharacterTextSplitter.from_language(
+            Language[known.splitter], chunk_size=size, chunk_overlap=0
+        )
     else:
         splitter = RecursiveCharacterTextSplitter(chunk_size=size, chunk_overlap=0)
     out = []

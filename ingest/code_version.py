@@ -14,7 +14,7 @@ from typing import Iterable
 
 INGEST_ROOT = Path(__file__).resolve().parent
 # The modules (globs relative to the ingest package) whose code decides a document's chunks.
-CHUNKING_CODE = ("models.py", "chunking.py", "code_chunking.py", "doc_sections.py")
+CHUNKING_CODE = ("models.py", "chunking.py", "code_chunking.py", "doc_sections.py", "languages.py")
 
 
 def code_version(modules: Iterable[str], *, root: Path | None = None, extra: str = "") -> str:

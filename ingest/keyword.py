@@ -63,10 +63,26 @@ def _stemmer():
     return Stemmer.Stemmer("english")
 
 
+def identifier_parts(raw: str) -> list[str]:
+    """`with_overrides` -> with, overrides; `FlyteFile` -> Flyte, File; `core.task` -> core, task."""
+    return [p for piece in _SEPARATORS.split(raw) if piece for p in _CAMEL.split(piece)]
+
+
+def words(text: str) -> list[str]:
+    """The topic words of `text`, lowercased and unstemmed: identifiers split into their parts,
+    stopwords and single letters dropped. What the offline answerer matches passages with."""
+    return [
+        w
+        for match in _TOKEN.finditer(text)
+        for w in (p.lower() for p in identifier_parts(match.group()))
+        if len(w) > 1 and w not in STOPWORDS
+    ]
+
+
 @lru_cache(maxsize=200_000)
 def _expand(raw: str) -> tuple[str, ...]:
     """Tokens of one identifier-ish run, before stemming: its parts, then its joined form."""
-    parts = [p for piece in _SEPARATORS.split(raw) if piece for p in _CAMEL.split(piece)]
+    parts = identifier_parts(raw)
     words = [p.lower() for p in parts if len(p) > 1 and p.lower() not in STOPWORDS]
     if len(parts) > 1:
         joined = raw.lower().strip("._-/")

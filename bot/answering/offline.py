@@ -11,6 +11,8 @@ import re
 import textwrap
 from typing import Sequence
 
+from flytegpt.ingest.keyword import words
+
 from . import prompts
 from .budget import Source
 from .types import Citation
@@ -18,12 +20,6 @@ from .types import Citation
 MAX_PASSAGES = 3
 _PROSE_CHARS = 500  # per passage: a few sentences
 _CODE_LINES = 12
-_STOP = frozenset(
-    "the and for with how what when where which who why does can could should would this that "
-    "from into are was were have has had not but you your use using there their them then than "
-    "get set all any way about its it's flyte".split()
-)
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]+")
 _FENCE_BLOCK = re.compile(r"^(```|~~~)[^\n]*\n.*?^\1[^\n]*$", re.S | re.M)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`\[(*_])")
 _RST_CODE = re.compile(
@@ -45,18 +41,13 @@ def _rst_code_to_fences(text: str) -> str:
 
 
 def query_terms(question: str) -> set[str]:
-    terms = set()
-    for w in _WORD.findall(question):
-        for part in re.split(r"_|(?<=[a-z])(?=[A-Z])", w):
-            part = part.lower()
-            if len(part) >= 3 and part not in _STOP:
-                terms.add(part)
-    return terms
+    """The question's topic words (the keyword index's stopwords and identifier splitting)."""
+    return {w for w in words(question) if len(w) >= 3}
 
 
 def _score(text: str, terms: set[str]) -> int:
-    words = {w.lower() for w in _WORD.findall(text)}
-    return sum(1 for t in terms if t in words or any(w.startswith(t) for w in words))
+    found = set(words(text))
+    return sum(1 for t in terms if t in found or any(w.startswith(t) for w in found))
 
 
 def _units(text: str) -> list[tuple[bool, str]]:

@@ -9,16 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from flytegpt.ingest.config import SourceConfig
+from flytegpt.ingest.languages import language_of_path
 from flytegpt.ingest.models import Document, LoadReport
 from flytegpt.ingest.sources._files import glob_match, read_text, render_url, walk_files
 
-LANGUAGES = {
-    ".py": "python", ".pyi": "python", ".go": "go", ".js": "js", ".jsx": "js", ".mjs": "js",
-    ".ts": "ts", ".tsx": "ts", ".java": "java", ".kt": "kotlin", ".scala": "scala",
-    ".rs": "rust", ".rb": "ruby", ".php": "php", ".c": "c", ".h": "c", ".cc": "cpp",
-    ".cpp": "cpp", ".hpp": "cpp", ".cs": "csharp", ".swift": "swift", ".proto": "proto",
-    ".lua": "lua", ".sh": "shell", ".r": "r", ".R": "r",
-}
 MAX_BYTES = 1_000_000
 SKIPPED_DIRS = ["tests", "test", "__tests__", "vendor", "third_party", "node_modules",
                 "site-packages", "__pycache__", "dist", "build", "*.egg-info"]
@@ -51,9 +45,10 @@ def load_code(source: SourceConfig, report: LoadReport, *, store: str | None = N
     # a folder that is itself a Python package names its modules after itself
     package = source.package if source.path is None else (root.name if (root / "__init__.py").exists() else None)
     for path, rel in walk_files(root, source.include, source.exclude, report):
-        language = LANGUAGES.get(path.suffix) or LANGUAGES.get(path.suffix.lower())
-        if language is None:
+        known = language_of_path(rel)
+        if known is None:
             continue
+        language = known.name
         if source.skip_tests:
             why = _skipped(rel)
             if why:

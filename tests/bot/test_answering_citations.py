@@ -1,11 +1,11 @@
-"""Citation post-processing, source de-duplication and the token budget."""
+"""Citation post-processing, source de-duplication and packing sources into the token budget."""
 
 from __future__ import annotations
 
 import pytest
 from support.answering_support import RAY_CODE, RAY_DOC, Hit, chunk
 
-from flytegpt.bot.answering.budget import Source, count_tokens, dedupe_hits, fit_sources, token_counter
+from flytegpt.bot.answering.budget import CharCounter, Source, count_tokens, dedupe_hits, pack_sources, token_counter
 from flytegpt.bot.answering.citations import process_citations
 
 
@@ -59,18 +59,63 @@ def test_dedupe_keeps_best_and_merges_two_chunks_of_one_source():
     assert out[1].language == "python"
 
 
-def test_fit_sources_respects_the_budget():
-    long = Source(1, "a:1", "A", "u", "word " * 3000, 1.0, "docs")
-    short = Source(2, "b:1", "B", "u", "short answer text here", 0.9, "slack")
-    kept = fit_sources([long, short], 500)
-    assert [s.source_id for s in kept] == ["a:1"]
-    assert count_tokens(kept[0].text) <= 510
-    kept = fit_sources([short, long], 500)
-    assert [s.source_id for s in kept] == ["b:1", "a:1"]
-    assert sum(count_tokens(s.text) for s in kept) <= 520
-    assert [s.n for s in kept] == [1, 2]
+def _filler(i: int, paragraphs: int = 6) -> str:
+    return "\n\n".join(f"Paragraph {j} of source {i} talks about deployment notes and cluster sizing." * 3 for j in range(paragraphs))
+
+
+def test_packing_fits_every_source_when_they_fit_whole():
+    small = [Source(i, f"s:{i}", f"T{i}", "u", f"short text {i}", 1.0, "docs") for i in range(1, 4)]
+    kept = pack_sources(small, "anything", 500)
+    assert [s.text for s in kept] == [s.text for s in small] and [s.n for s in kept] == [1, 2, 3]
+
+
+def test_packed_context_includes_the_source_at_rank_seven_within_the_budget():
+    budget = 2000
+    answer = "To enable the KubeRay operator, set enabled-plugins to include ray in the propeller config."
+    texts = [_filler(i, 9) for i in range(1, 11)]
+    parts = texts[6].split("\n\n")
+    texts[6] = "\n\n".join(parts[:3] + [answer] + parts[3:])  # in the middle of rank 7
+    ranked = [Source(i, f"s:{i}", f"T{i}", "u", t, 1.0 - i / 100, "docs") for i, t in enumerate(texts, 1)]
+    # whole chunks best-first would spend the budget before rank 7
+    assert sum(count_tokens(s.text) for s in ranked[:6]) > budget
+    kept = pack_sources(ranked, "How do I enable the KubeRay operator (ray plugin)?", budget)
+    assert [s.source_id for s in kept] == [f"s:{i}" for i in range(1, 11)]
+    assert sum(count_tokens(s.text) for s in kept) <= budget
+    assert answer in kept[6].text
+    assert "[...]" in kept[6].text  # cut to an excerpt, marked as such
+    # better ranks get at least as much of the budget
+    assert count_tokens(kept[0].text) >= count_tokens(kept[9].text)
+
+
+def test_packing_a_character_budget_for_the_eval():
+    ranked = [Source(i, f"s:{i}", f"T{i}", "u", _filler(i, 12), 1.0, "docs") for i in range(1, 11)]
+    kept = pack_sources(ranked, "cluster sizing", 2000, CharCounter())
+    assert len(kept) == 10 and sum(len(s.text) for s in kept) <= 8000
+
+
+def test_one_source_longer_than_the_budget_keeps_its_best_passage():
+    text = "\n\n".join(["unrelated words here " * 40] * 5 + ["the secret key is mounted under /etc/secrets"] + ["more filler " * 40] * 5)
+    kept = pack_sources([Source(1, "a:1", "A", "u", text, 1.0, "docs")], "where is the secret mounted?", 100)
+    assert "/etc/secrets" in kept[0].text and count_tokens(kept[0].text) <= 100
 
 
 def test_a_real_tokenizer_is_used_offline():
     assert token_counter().name != "chars/4"
     assert count_tokens("RayJobConfig worker_node_config") > 4
+
+
+def test_the_offline_answerer_uses_the_keyword_index_stopwords_and_identifier_splitting():
+    from flytegpt.bot.answering.offline import query_terms
+    from flytegpt.ingest.keyword import STOPWORDS
+
+    assert query_terms("Is there a way to use with_overrides on my FlyteFile?") == {"overrides", "flyte", "file"}
+    assert not query_terms("how would I do that, is there anything?") & STOPWORDS
+
+
+def test_code_sources_are_fenced_with_the_language_table_names():
+    def lang(path: str) -> str:
+        return Source(1, f"code:{path}", "t", "u", "x", 1.0, "code").language
+
+    assert (lang("web/app.js"), lang("web/app.TS"), lang("deploy.sh"), lang("api.proto")) == (
+        "javascript", "typescript", "bash", "protobuf")
+    assert lang("notes.txt") == ""

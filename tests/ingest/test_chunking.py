@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flytegpt.ingest.chunking import DOC_MAX, SLACK_MAX, chunk_document, chunk_documents
+from flytegpt.ingest.chunking import DOC_MAX, REFERENCE_TARGET, SLACK_MAX, chunk_document, chunk_documents, is_outline
 from flytegpt.ingest.config import SourceConfig, load_config, sample_config_path
 from flytegpt.ingest.models import Document, LoadReport
 from flytegpt.ingest.sources import load_source
@@ -20,6 +20,11 @@ FIXTURES = FIXTURE_ROOT / "sources"
 def _docs(kind: str, path: Path, **kw) -> dict[str, Document]:
     source = SourceConfig(name="x", kind=kind, path=path, **kw)
     return {d.locator: d for d in load_source(source, LoadReport())}
+
+
+def _passages(chunks):
+    """The chunks to quote: a docs page's outline is evidence for search, not a passage."""
+    return [c for c in chunks if not is_outline(c)]
 
 
 def _page(text: str, locator: str = "page.md", title: str = "Page") -> Document:
@@ -47,7 +52,7 @@ def test_markdown_heading_paths_and_noise():
 def test_markdown_sections_become_separate_chunks_when_large():
     body = "word " * 200
     text = f"# Caching\n\nIntro {body}\n\n## Custom hashing\n\n{body}\n\n### Deep\n\n{body}\n\nSetext\n------\n\n{body}\n"
-    chunks = chunk_document(_page(text, title="Caching"))
+    chunks = _passages(chunk_document(_page(text, title="Caching")))
     assert [c.title for c in chunks] == [
         "Caching",  # the page title is not repeated in the heading path
         "Caching > Custom hashing",
@@ -59,9 +64,9 @@ def test_markdown_sections_become_separate_chunks_when_large():
 
 def test_small_sections_are_merged_and_long_ones_split():
     small = "# T\n\n" + "".join(f"## S{i}\n\nshort text {i}.\n\n" for i in range(5))
-    assert len(chunk_document(_page(small))) == 1
+    assert len(_passages(chunk_document(_page(small)))) == 1
     long = "# T\n\n## Long\n\n" + "\n\n".join("A sentence about caching and versions. " * 8 for _ in range(12))
-    chunks = chunk_document(_page(long, title="T"))
+    chunks = _passages(chunk_document(_page(long, title="T")))
     assert len(chunks) > 2
     assert all(len(c.text) <= DOC_MAX for c in chunks)
     assert all(c.title == "T > Long" for c in chunks[1:])
@@ -92,8 +97,61 @@ def test_rst_heading_paths_code_blocks_and_noise():
 def test_rst_titles_in_nested_paths():
     body = "text " * 200  # each section is bigger than DOC_MIN, so none is merged
     text = f"Top\n===\n\n{body}\n\nSub\n---\n\n{body}\n\nSubsub\n~~~~~~\n\n{body}\n\nOther\n=====\n\n{body}\n"
-    titles = [c.title for c in chunk_document(_page(text, "page.rst", title="Top"))]
+    titles = [c.title for c in _passages(chunk_document(_page(text, "page.rst", title="Top")))]
     assert titles == ["Top", "Top > Sub", "Top > Sub > Subsub", "Top > Other"]
+
+
+def test_a_page_gets_an_outline_of_its_title_first_paragraph_and_headings():
+    body = "word " * 200
+    text = (f"# Shell tasks\n\nRun bash scripts in a workflow with ShellTask.\n\n{body}\n\n"
+            f"## Define a task\n\n{body}\n\n### Outputs\n\n{body}\n")
+    chunks = chunk_document(_page(text, title="Shell tasks"))
+    outlines = [c for c in chunks if is_outline(c)]
+    assert len(outlines) == 1 and chunks[-1] is outlines[0]
+    assert outlines[0].title == "Shell tasks (outline)"
+    assert outlines[0].text.split("\n") == [
+        "Shell tasks", "Run bash scripts in a workflow with ShellTask.", "Define a task", "Define a task > Outputs"]
+    assert outlines[0].source_id == chunks[0].source_id
+    assert not any(is_outline(c) for c in chunks[:-1])
+
+
+def _reference_page(n: int = 24) -> str:
+    """A generated configuration reference in the layout Flyte's config docs use."""
+    rule = lambda ch: ch * 40  # noqa: E731
+    out = ["#" * 30, "Flyte Propeller Configuration", "#" * 30, "", "- `propeller <#section-propeller>`_", ""]
+    out += ["Section: propeller", rule("="), ""]
+    for i in range(n):
+        out += [f"setting-{i} (int)", rule("-"), "", f"Description of setting {i}.", "",
+                "**Default Value**: ", "", ".. code-block:: yaml", "", f'  "{i}"', ""]
+    out += ["kube-client-config (`config.KubeClientConfig`_)", rule("-"), "", "Configuration to control the Kubernetes client", ""]
+    out += ["config.KubeClientConfig", rule("^"), "", "qps (float32)", rule('"'), "", "Max queries per second to the kube apiserver.", "",
+            "**Default Value**: ", "", ".. code-block:: yaml", "", '  "100"', ""]
+    return "\n".join(out)
+
+
+def test_a_configuration_reference_is_split_by_setting_with_key_paths():
+    doc = _page(_reference_page(), "generated/flytepropeller_config.rst", title="Flyte Propeller Configuration")
+    chunks = chunk_document(doc)
+    entries = [c for c in chunks if "propeller: " in c.title]
+    # settings of one parent share a chunk up to a small size, each named in its title
+    assert len(entries) > 3 and all(len(c.text) <= 2 * REFERENCE_TARGET for c in entries)
+    holder = next(c for c in entries if "setting-7," in c.title + ",")
+    assert holder.title.startswith("Flyte Propeller Configuration > propeller: ")
+    assert "Description of setting 7." in holder.text and '"7"' in holder.text
+    assert "propeller.setting-7" in holder.embed_text
+    assert not any("Description of setting 7." in c.text for c in chunks if c is not holder)
+    # a type's field list continues the key path of the field that uses the type
+    qps = next(c for c in chunks if "Max queries per second" in c.text)
+    assert qps.title == "Flyte Propeller Configuration > propeller.kube-client-config: qps"
+    assert "propeller.kube-client-config.qps" in qps.embed_text
+    assert all(c.source_id == doc.source_id for c in chunks)
+    assert not any(is_outline(c) for c in chunks)
+
+
+def test_a_page_with_a_few_setting_like_headings_is_prose():
+    text = "# Tuning\n\n" + "".join(f"## workers (int)\n\nabout workers {i}.\n\n" for i in range(3))
+    chunks = chunk_document(_page(text, title="Tuning"))
+    assert [c.title for c in chunks] == ["Tuning", "Tuning (outline)"]
 
 
 # --- code ---------------------------------------------------------------------------------
@@ -265,3 +323,17 @@ def test_eval_config_loads_and_every_source_yields_documents():
             if n >= 20:
                 break
         assert n > 0, source.name
+
+
+def test_one_language_table_for_loading_and_splitting_code():
+    from langchain_text_splitters import Language as SplitterLanguage
+
+    from flytegpt.ingest.languages import LANGUAGES, language_of_path
+
+    for lang in LANGUAGES:
+        assert lang.splitter is None or SplitterLanguage[lang.splitter]
+    assert language_of_path("src/app.JSX").name == "javascript" and language_of_path("README.md") is None
+    text = "function a() {\n  return 1;\n}\n\n" * 120
+    doc = Document("c", "web/app.js", "code", "app.js", "https://git/{path}#L{start}-L{end}", text, {"language": "javascript"})
+    chunks = chunk_document(doc)
+    assert len(chunks) > 1 and all(c.text.startswith("function a()") for c in chunks)

@@ -99,3 +99,11 @@ def test_tokenize_many_shares_one_string_per_distinct_token() -> None:
     assert lists == [tokenize(t) for t in texts]
     first = {t: t for t in lists[0]}
     assert all(t is first[t] for t in lists[1] if t in first)  # one object, not one per occurrence
+
+
+def test_words_are_the_unstemmed_topic_words_the_offline_answerer_matches() -> None:
+    from flytegpt.ingest.keyword import words
+
+    assert words("How do I use with_overrides on a FlyteFile?") == ["overrides", "flyte", "file"]
+    assert words("Is there a way to get the flytekit.core.task module?") == ["flytekit", "core", "task", "module"]
+    assert not set(words("how can I do it, is there anything?")) & STOPWORDS

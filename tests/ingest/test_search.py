@@ -79,11 +79,6 @@ def test_hybrid_beats_or_equals_each_retriever(searcher: HybridSearcher) -> None
     assert hybrid == 1.0
 
 
-def test_reciprocal_rank_fusion(searcher: HybridSearcher) -> None:
-    rrf = HybridSearcher(searcher.index, searcher.embedder, RetrievalConfig(max_per_source=0, fusion="rrf"))
-    assert _mrr(rrf.search) >= max(_mrr(searcher.dense_search), _mrr(searcher.keyword_search))
-
-
 def test_hits_are_ranked_and_scored(searcher: HybridSearcher) -> None:
     hits = searcher.search("exit code 137", k=5)
     assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
@@ -164,3 +159,121 @@ def test_a_source_scores_its_best_meaning_and_its_best_identifier_match_together
     order = _by_source(ids, fused, chunks, bonus=0.0, source_score=source)
     assert [i for i, _ in order] == [0, 2, 1]  # a.py first, served by its best chunk
     assert all(0.0 <= s <= 1.0 for _, s in order)
+
+
+# --- pages, configuration references and their passages, through the real chunker -------------
+
+_SHELL_PAGE = """# Shell tasks
+
+To execute bash scripts within Flyte, use the ShellTask class: a task whose body is a script.
+
+## Define a shell task
+
+Give ShellTask a name, the script to run and the inputs it reads; the script's placeholders
+are filled with the task's inputs when it runs.
+
+## Outputs
+
+A shell task can return files it writes; declare them with OutputLocation.
+"""
+
+_WORKFLOWS_PAGE = """# Workflows
+
+Workflows connect tasks: the outputs of one task become the inputs of the next. A workflow
+body is evaluated when it is registered, not when it runs.
+
+## Running workflows
+
+Run a workflow locally with pyflyte run, or on a cluster with pyflyte run --remote.
+"""
+
+_THREAD = (
+    "Q: A task in my workflow runs a bash script that calls python, and the script fails with "
+    "'python: command not found'. The same script runs fine on my laptop.\n\n"
+    "A: The task's image has no python on its PATH; install it in the Dockerfile and push the image again."
+)
+
+
+def _reference_page(n: int = 24) -> str:
+    """A generated configuration reference in the layout of Flyte's config docs."""
+    rule = lambda ch: ch * 40  # noqa: E731
+    out = ["#" * 30, "Flyte Propeller Configuration", "#" * 30, "", "Section: plugins", rule("="), ""]
+    out += ["k8s (`config.K8sPluginConfig`_)", rule("-"), "", "Kubernetes plugin settings.", "", "config.K8sPluginConfig", rule("^"), ""]
+    names = [f"setting-{i}" for i in range(n)] + ["image-pull-backoff-grace-period", "inject-finalizer"]
+    for name in names:
+        out += [f"{name} (int)", rule('"'), "", f"What {name} controls for task pods.", "",
+                "**Default Value**: ", "", ".. code-block:: yaml", "", '  "3m0s"', ""]
+    return "\n".join(out)
+
+
+_TROUBLESHOOT_PAGE = """# Troubleshooting
+
+## ImagePullBackOff
+
+A task pod in ImagePullBackOff cannot pull its image: check the image name and the registry
+credentials of the pod's service account. Pods wait in this state until the image can be pulled.
+"""
+
+
+def _page_docs() -> list:
+    from flytegpt.ingest.models import Document
+
+    def page(locator: str, title: str, text: str) -> Document:
+        fmt = "rst" if locator.endswith(".rst") else "md"
+        return Document("docs", locator, "docs", title, f"https://docs/{locator}", text, {"format": fmt})
+
+    return [
+        page("shell_tasks.md", "Shell tasks", _SHELL_PAGE),
+        page("workflows.md", "Workflows", _WORKFLOWS_PAGE),
+        page("troubleshoot.md", "Troubleshooting", _TROUBLESHOOT_PAGE),
+        page("generated/propeller_config.rst", "Flyte Propeller Configuration", _reference_page()),
+        Document("slack", "help/7.0", "slack", "bash script fails in a task", "https://slack/7", _THREAD, {"channel": "help"}),
+    ]
+
+
+def _searcher_over(chunks: list[Chunk], folder: Path, embedder) -> HybridSearcher:
+    store = str(folder / "store")
+    vectors = embedder.embed_documents([c.embed_text for c in chunks])
+    publish(store, write_version(store, chunks, vectors, ModelInfo(embedder.model_id, embedder.dimension, True)))
+    return HybridSearcher(open_version(store), embedder, RetrievalConfig())
+
+
+@pytest.fixture(scope="module")
+def page_searcher(tmp_path_factory: pytest.TempPathFactory, embedder) -> HybridSearcher:
+    from flytegpt.ingest.chunking import chunk_documents
+
+    return _searcher_over(chunk_documents(_page_docs()), tmp_path_factory.mktemp("pages"), embedder)
+
+
+def test_a_short_how_to_question_finds_the_page_about_it_before_a_thread_sharing_its_words(
+    page_searcher: HybridSearcher, tmp_path: Path, embedder
+) -> None:
+    from flytegpt.ingest.chunking import chunk_documents, is_outline
+
+    question = "How do I run a bash script as a task?"
+    hits = page_searcher.search(question, 5)
+    assert [h.chunk.source_id for h in hits[:2]] == ["docs:shell_tasks.md", "slack:help/7.0"]
+    # the page is served by a passage to quote, never by its outline
+    assert not any(is_outline(h.chunk) for h in hits)
+    assert "ShellTask" in hits[0].chunk.text
+    # it is the page's outline that puts it first: without outlines the thread wins
+    passages = [c for c in chunk_documents(_page_docs()) if not is_outline(c)]
+    without = _searcher_over(passages, tmp_path, embedder).search(question, 5)
+    assert without[0].chunk.source_id == "slack:help/7.0"
+
+
+def test_a_pasted_setting_finds_its_configuration_reference_entry(page_searcher: HybridSearcher) -> None:
+    hits = page_searcher.search("image-pull-backoff-grace-period: 3m0s  what does this do?", 3)
+    assert hits[0].chunk.source_id == "docs:generated/propeller_config.rst"
+    assert "plugins.k8s" in hits[0].chunk.title and "image-pull-backoff-grace-period" in hits[0].chunk.title
+    assert "What image-pull-backoff-grace-period controls" in hits[0].chunk.text
+
+
+def test_a_source_found_only_by_its_outline_is_served_by_its_first_passage(page_searcher: HybridSearcher) -> None:
+    from flytegpt.ingest.chunking import is_outline
+
+    outline = next(i for i, c in enumerate(page_searcher.chunks) if is_outline(c) and c.source_id == "docs:workflows.md")
+    picked = page_searcher._passages([outline], [outline], {outline: 0.5})
+    chunk = page_searcher.chunks[picked[0]]
+    assert chunk.source_id == "docs:workflows.md" and not is_outline(chunk)
+    assert chunk.text.startswith("# Workflows")
