@@ -392,3 +392,26 @@ def test_slack_app_manifest_matches_what_the_bot_handles():
     assert command["command"] == messages.COMMAND
     prompts = features["assistant_view"]["suggested_prompts"]
     assert [p["message"] for p in prompts] == BotConfig().suggested_prompts
+
+
+def test_panel_question_delivered_twice_is_answered_once(bot):
+    emu = bot.emu
+    opened = emu.open_assistant_thread()
+    d = emu.assistant_message(CACHE_Q, opened.ts)
+    retry = emu.send_event(d.body["event"], event_id=d.body["event_id"], retry_attempt=1, retry_reason="timeout")
+    emu.wait_ack(retry.envelope_id)
+    finished(bot, opened.ts)
+    bot.idle()
+    assert len(bot.answers(thread_ts=opened.ts)) == 1 and len(emu.calls_to("chat.startStream")) == 1
+
+
+def test_model_that_stops_half_way_ends_the_same_message_with_a_note(make_bot):
+    from flytegpt.bot.answering import prompts as answer_prompts
+
+    h = make_bot(answer={"timeout_s": 1.0})
+    h.llm.script(Slow(LONG_ANSWER, tokens=20, delay=0.02, hang_after=8))
+    d = h.emu.mention(CACHE_Q)
+    [msg] = finished(h, d.ts)
+    assert msg["text"].startswith(LONG_ANSWER[:200]) and msg["text"].endswith(answer_prompts.MODEL_STOPPED_NOTE)
+    assert kinds(msg) == ["context", "context_actions"]
+    assert h.emu.calls_to("chat.postMessage") == [] and len(h.llm.requests) == 1
