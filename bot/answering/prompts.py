@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+from flytegpt.bot import messages
+
 if TYPE_CHECKING:  # pragma: no cover
     from langchain_core.prompts import ChatPromptTemplate
 
@@ -58,9 +60,10 @@ MODEL_EMPTY_NOTE = "_The language model returned an empty answer, so here are th
 MODEL_DEADLINE_NOTE = "_The language model did not answer in time, so here are the most relevant passages instead:_"
 MODEL_DEADLINE_PARTIAL_NOTE = "_(The language model ran out of time before finishing this answer.)_"
 MODEL_STOPPED_NOTE = "_(The language model stopped before finishing this answer.)_"
-MODEL_UNAVAILABLE = "The language model is not available right now ({reason}). Please try again in a few minutes."
-EMPTY_QUESTION = "Please ask a question: the message was empty."
-TOO_LONG_QUESTION = "That question is too long ({length} characters; the limit is {limit}). Please shorten it."
+# the notices that are not part of an answer's text have one owner, bot/messages.py
+MODEL_UNAVAILABLE = messages.MODEL_UNAVAILABLE
+EMPTY_QUESTION = messages.EMPTY_QUESTION
+TOO_LONG_QUESTION = messages.TOO_LONG_QUESTION
 
 _HISTORY_TURN_CHARS = 1200
 
