@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from flytegpt.bot import messages
 
@@ -39,9 +39,11 @@ log = logging.getLogger(__name__)
 class AnswerJob:
     def __init__(self, config: "Config", answerer: Any, *, history: "ThreadHistory", delivery: "Delivery",
                  recorder: "AnswerRecorder", metrics: "Metrics", pool: "WorkerPool",
-                 bot_user_id: str, bot_id: str | None, workspace_url: str | None = None) -> None:
+                 bot_user_id: str, bot_id: str | None, workspace_url: str | None = None,
+                 index_version: Callable[[], str | None] = lambda: None) -> None:
         self.config, self.answerer = config, answerer
         self.workspace_url = workspace_url  # auth.test's team URL: thread links in the question log
+        self.index_version = index_version  # the version served now, for questions without an answer
         self.history, self.delivery, self.recorder = history, delivery, recorder
         self.metrics, self.pool = metrics, pool
         self.bot_user_id, self.bot_id = bot_user_id, bot_id
@@ -141,7 +143,7 @@ class AnswerJob:
     def _log_unanswered(self, q: "Question", outcome: str, failure: str, related: Sequence[Any] = ()) -> None:
         """Log a question the bot could not answer (best-effort, like every feedback write)."""
         self.recorder.record_question(q.text, outcome=outcome, failure=failure, related=related,
-                                      index_version=getattr(self.answerer, "index_version", None),
+                                      index_version=self.index_version(),
                                       **self._where(q, time.monotonic() - q.received))
 
     def _reply(self, q: "Question", replies: Sequence[blocks.SlackMessage], *, streamed: "StreamedReply | None" = None,

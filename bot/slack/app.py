@@ -74,7 +74,8 @@ class FlyteGPTBot:
         self.answer_job = AnswerJob(config, answerer, history=self.history, delivery=self.delivery,
                                     recorder=self.feedback, metrics=self.metrics, pool=self.pool,
                                     bot_user_id=self.bot_user_id, bot_id=self.bot_id,
-                                    workspace_url=auth.get("url"))
+                                    workspace_url=auth.get("url"),
+                                    index_version=lambda: holder.version if holder is not None else None)
         self.interactions = Interactions(self.feedback, self.delivery, self.metrics)
         self.router = EventRouter(config, bot_user_id=self.bot_user_id, bot_id=self.bot_id,
                                   allowed=self._resolve_allowlist(config.bot.allowed_channels),

@@ -74,6 +74,7 @@ def test_every_question_is_logged_with_outcome_surface_latency_version_sources_a
     failed_row = rows[FAILING, "mention"]
     assert failed_row["outcome"] == "model_failed" and failed_row["failure"] == "model_unavailable"
     assert failed_row["latency_s"] > 0 and failed_row["sources"]  # the sources offered instead of an answer
+    assert failed_row["index_version"] == version
     assert failed_row["permalink"].endswith(f"p{failed.ts.replace('.', '')}")
 
     report = build_report(harness.config.bot.feedback_db, store=harness.config.index.store,
