@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.tools import missing_tool
 
 from flytegpt.bot.answering import Citation
 from flytegpt.bot.answering.types import Answer
@@ -78,7 +79,7 @@ class DevTools:
 def browser(tmp_path: Path):
     binary = chromium_binary()
     if binary is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; `make test` does it where apt exists)")
+        missing_tool("Chromium is not installed (apt-get install chromium; `make test` does it where apt exists)")
     proc = subprocess.Popen(
         [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
