@@ -182,3 +182,24 @@ def test_the_bot_copies_its_database_where_the_report_task_reads_it(tmp_path: Pa
     assert SnapshotJob(broken).run_once() is False
     assert "feedback snapshot failed" in caplog.text
     assert not SnapshotJob(Config()).enabled
+
+
+def test_feedback_snapshot_command(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from flytegpt.bot.cli import main
+
+    db = tmp_path / "feedback.sqlite3"
+    first_release_db(db, answers=2)
+    config = tmp_path / "flytegpt.toml"
+    config.write_text(f'[bot]\nfeedback_snapshot = "{tmp_path / "copies" / "db.sqlite3"}"\n')
+    result = CliRunner().invoke(main, ["feedback", "snapshot", "--db", str(db), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert len(dump(tmp_path / "copies" / "db.sqlite3")[0]) == 2
+    bare = tmp_path / "bare.toml"
+    bare.write_text("")
+    result = CliRunner().invoke(main, ["feedback", "snapshot", "--db", str(db), "--config", str(bare)])
+    assert result.exit_code != 0 and "pass --to or set [bot] feedback_snapshot" in result.output
+    result = CliRunner().invoke(main, ["feedback", "snapshot", "--db", str(tmp_path / "none.sqlite3"),
+                                       "--to", str(tmp_path / "x.sqlite3"), "--config", str(bare)])
+    assert result.exit_code != 0 and "feedback database not found" in result.output
