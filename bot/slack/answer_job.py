@@ -50,6 +50,7 @@ class AnswerJob:
         self._lock = threading.Lock()
         self._open: dict[int, "Question"] = {}  # submitted, not yet replied to
         self._claimed: set[int] = set()
+        self._abandoned: set[int] = set()  # claimed by a shutdown, already logged
 
     # --- the question's life ----------------------------------------------------------------
 
@@ -63,10 +64,15 @@ class AnswerJob:
         return False
 
     def abandon_unfinished(self) -> list["Question"]:
-        """Claim every question not replied to yet (shutdown): their jobs will not reply."""
+        """Claim every question not replied to yet (shutdown): their jobs will not reply.
+
+        They are logged as failed ("shutdown"), so the report counts what restarts cost."""
         with self._lock:
             left = [q for k, q in self._open.items() if k not in self._claimed]
             self._claimed.update(id(q) for q in left)
+            self._abandoned.update(id(q) for q in left)
+        for q in left:
+            self._log_unanswered(q, "failed", "shutdown")
         return left
 
     @property
@@ -141,7 +147,12 @@ class AnswerJob:
                 "permalink": thread_permalink(self.workspace_url, q.channel, q.thread_ts or q.ts)}
 
     def _log_unanswered(self, q: "Question", outcome: str, failure: str, related: Sequence[Any] = ()) -> None:
-        """Log a question the bot could not answer (best-effort, like every feedback write)."""
+        """Log a question the bot could not answer (best-effort, like every feedback write).
+
+        Once a shutdown has logged a question, its job's own late failure is not logged again."""
+        with self._lock:
+            if id(q) in self._abandoned and failure != "shutdown":
+                return
         self.recorder.record_question(q.text, outcome=outcome, failure=failure, related=related,
                                       index_version=self.index_version(),
                                       **self._where(q, time.monotonic() - q.received))
@@ -208,6 +219,7 @@ class AnswerJob:
         with self._lock:
             self._open.pop(id(q), None)
             self._claimed.discard(id(q))
+            self._abandoned.discard(id(q))
 
     def _history(self, q: "Question") -> list:
         if not (q.history_root and q.ts):

@@ -89,3 +89,34 @@ def test_every_question_is_logged_with_outcome_surface_latency_version_sources_a
 
 def blocks_of(msg: dict, kind: str) -> list[dict]:
     return [b for b in msg.get("blocks", []) if b["type"] == kind]
+
+
+def test_a_question_cut_off_by_a_shutdown_is_logged_as_failed(harness):
+    import time
+
+    from support.openai_server import Hang
+
+    from flytegpt.bot.slack.shutdown import drain
+
+    harness.llm.script(Hang(seconds=60))
+    asked = harness.emu.mention(CACHE_Q)
+    harness.emu.wait_for(lambda: harness.llm.requests, timeout=30)  # stuck with the model
+    assert drain(harness.bot, time.monotonic() + 0.5) is False
+    [notice] = harness.wait_answers(thread_ts=asked.ts)
+    store = FeedbackStore(harness.config.bot.feedback_db)
+    try:
+        [row] = store.questions()
+    finally:
+        store.close()
+    assert (row["question"], row["outcome"], row["failure"]) == (CACHE_Q, "failed", "shutdown")
+    assert row["latency_s"] > 0 and row["index_version"] == harness.holder.version
+    harness.llm.close()  # the model gives up: the job's own failure comes after the shutdown's notice
+    failures = harness.bot.metrics.failures
+    harness.emu.wait_for(lambda: sum(failures.labels(k)._value.get() for k in ("model_unavailable", "error")) >= 1,
+                         timeout=30)
+    harness.idle()
+    store = FeedbackStore(harness.config.bot.feedback_db)
+    try:
+        assert len(store.questions()) == 1  # logged once
+    finally:
+        store.close()
