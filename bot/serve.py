@@ -71,13 +71,12 @@ class BotServer:
         return self.holder.ready
 
     def start(self) -> "BotServer":
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
         from slack_sdk.errors import SlackApiError
 
         from flytegpt.bot.answering import Answerer
         from flytegpt.bot.reload import Reloader
         from flytegpt.bot.slack.app import build_app
-        from flytegpt.bot.slack.client import SlackTokenError, make_client
+        from flytegpt.bot.slack.client import SlackTokenError, make_client, socket_mode_handler
 
         client = make_client(self.settings)
         answerer = self._answerer or Answerer(self.config, self.settings, self.holder.get)
@@ -85,8 +84,7 @@ class BotServer:
         self.reloader = Reloader(self.config, self.holder, metrics=self.metrics, embedder=self._embedder,
                                  interval_s=self._reload_interval)
         self.http = self._start_http()
-        self.handler = SocketModeHandler(self.bot.app, self.app_token, web_client=client,
-                                         ping_interval=self.ping_interval)
+        self.handler = socket_mode_handler(self.bot.app, self.app_token, client, ping_interval=self.ping_interval)
         try:
             self.handler.connect()
         except SlackApiError as e:

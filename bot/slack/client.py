@@ -12,7 +12,7 @@ from flytegpt.ingest.slack_client import api_base_url, make_web_client
 if TYPE_CHECKING:
     from flytegpt.ingest.config import Settings
 
-__all__ = ["SlackTokenError", "api_base_url", "check_tokens", "make_client"]
+__all__ = ["SlackTokenError", "api_base_url", "check_tokens", "make_client", "socket_mode_handler"]
 
 
 class SlackTokenError(ConfigError):
@@ -40,3 +40,16 @@ def make_client(settings: "Settings", **kwargs: Any) -> WebClient:
     """The project's WebClient (retries, timeouts: ingest/slack_client.py) with the checked bot token."""
     token, _ = check_tokens(settings, need_app_token=False)
     return make_web_client(settings, token, **kwargs)
+
+
+def socket_mode_handler(app: Any, app_token: str, client: WebClient, *, ping_interval: float = 5.0) -> Any:
+    """The Socket Mode connection for a Bolt app: slack_sdk's websocket-client based client.
+
+    When Slack moves the app to a new connection (`disconnect`, refresh_requested) the SDK's
+    builtin client acks the first events on the new connection only once the old one has
+    closed: ~3 s in tests/bench/bench_socket_handover.py, Slack's limit for an ack; this client
+    acks at once (~5 ms).
+    """
+    from slack_bolt.adapter.socket_mode.websocket_client import SocketModeHandler
+
+    return SocketModeHandler(app, app_token, web_client=client, ping_interval=ping_interval)

@@ -1,6 +1,6 @@
 """The real FlyteGPT Slack app wired to stand-ins on 127.0.0.1, for the test_slack_* files.
 
-Real pieces: slack-bolt + slack_sdk (Socket Mode builtin client, WebClient with its retry
+Real pieces: slack-bolt + slack_sdk (the Socket Mode client the bot uses, WebClient with its retry
 handlers), the Answerer with ChatOpenAI, HybridSearcher over an index of the bundled
 sample corpus. Stand-ins: the Slack emulator and the OpenAI-compatible server.
 """
@@ -70,11 +70,10 @@ class BotHarness:
                         SLACK_API_URL=self.emu.api_url)
 
     def start(self) -> "BotHarness":
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
 
         from flytegpt.bot.answering import Answerer
         from flytegpt.bot.slack.app import build_app
-        from flytegpt.bot.slack.client import make_client
+        from flytegpt.bot.slack.client import make_client, socket_mode_handler
 
         self.emu.start()
         self.llm.start()
@@ -83,7 +82,7 @@ class BotHarness:
         # Slack's transient errors are retried as in production, with short waits
         client = make_client(settings, backoff_factor_s=0.05)
         self.bot = build_app(self.config, settings, answerer, self.holder, client=client)
-        self.handler = SocketModeHandler(self.bot.app, "xapp-test-token", web_client=self.bot.client,
+        self.handler = socket_mode_handler(self.bot.app, "xapp-test-token", self.bot.client,
                                          ping_interval=self.ping_interval)
         self.handler.connect()
         self.emu.wait_connected(1, timeout=10)
