@@ -71,11 +71,13 @@ class SeenStore:
     def __init__(self, path: str | Path, ttl_s: float = SEEN_TTL_S) -> None:
         self.path, self.ttl_s = str(path), ttl_s
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=2.0)
+        # Short lock wait: this runs on Bolt's listener threads; on timeout memory decides.
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=0.5)
         self._lock = threading.Lock()
         self._inserts = 0
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # no fsync per event; survives a process crash
             self._conn.execute("CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, at REAL NOT NULL)")
             self._prune()
 

@@ -1,7 +1,7 @@
 """Event routing: which Slack events become questions, and which pool runs them.
 
-Listeners do no I/O: they ack at once (Slack's 3 s), de-duplicate, filter and hand the
-work to pools. Bolt runs listeners on a small executor and waits for the ack there, so a
+Listeners make no network calls: they ack at once (Slack's 3 s), de-duplicate (memory, then
+a local SQLite insert), filter and hand the work to pools. Bolt runs listeners on a small executor and waits for the ack there, so a
 listener that called Slack or the model would delay the acks of every other event.
 
 - the answer pool (config.bot.workers, config.bot.queue_size) runs the answer job; when

@@ -209,3 +209,26 @@ def test_web_client_retries_slack_server_trouble_then_gives_up(monkeypatch):
         ingested = ingest_client(Settings())
         assert ingested.base_url == client.base_url
         assert [type(h) for h in ingested.retry_handlers] == [type(h) for h in client.retry_handlers]
+
+
+def test_deduper_remembers_across_processes_and_expires(tmp_path):
+    path = str(tmp_path / "fb.seen-events.sqlite3")
+    first, second = Deduper(path=path), Deduper(path=path)  # two processes on one volume
+    assert first.new_event("Ev1") and not second.new_event("Ev1")
+    assert second.claim_message("C1", "1.0") and not first.claim_message("C1", "1.0")
+    first.close()
+    restarted = Deduper(path=path)
+    assert not restarted.new_event("Ev1") and restarted.new_event("Ev2")
+    expired = Deduper(path=path, ttl_s=0.0)  # past the retry window a key counts as new again
+    time.sleep(0.01)
+    assert expired.new_event("Ev2")
+    for d in (second, restarted, expired):
+        d.close()
+
+
+def test_deduper_without_a_usable_file_uses_memory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    d = Deduper(path=str(blocker / "seen.sqlite3"))  # its folder cannot be created
+    assert d.store is None
+    assert d.new_event("Ev1") and not d.new_event("Ev1")
