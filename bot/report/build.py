@@ -86,6 +86,7 @@ class Report:
     catalog_size: int
     versions: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)  # failed questions by kind (model_unavailable, busy ...)
 
 
 def _day(t: float) -> str:
@@ -304,4 +305,6 @@ def build_report(db: str, *, store: str | None = None, options: ReportOptions | 
         per_day_votes=per_day(rows, days, vote_of, ("up", "down")),
         per_day_surface=per_day(rows, days, surface_of, SURFACES),
         latency=latency_table(rows), topics=topics, most_cited=most, least_cited=least, never_cited=never,
-        catalog_size=len(history.catalog) if history else 0, versions=versions, notes=notes)
+        catalog_size=len(history.catalog) if history else 0, versions=versions, notes=notes,
+        failures=dict(Counter(r.get("failure") or "unknown" for r in rows
+                              if r.get("outcome") in ("model_failed", "failed")).most_common()))

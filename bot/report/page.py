@@ -55,6 +55,9 @@ def _summary(r: Report) -> str:
              ("model failed", t["model_failed"]), ("failed", t["failed"]), ("voted up", t["up"]),
              ("voted down", t["down"]), ("people asking", t["askers"])]
     html = '<div class="cards">' + "".join(f'<div class="card"><b>{v:,}</b>{escape(k)}</div>' for k, v in cards) + "</div>"
+    if r.failures:
+        kinds = ", ".join(f"{n:,} {escape(k.replace('_', ' '))}" for k, n in r.failures.items())
+        html += f'<p class="muted">Questions without an answer, by cause: {kinds}.</p>'
     left = r.left_out
     if left.get("dm") or left.get("channel"):
         html += (f'<p class="muted">Left out for privacy: {left.get("dm", 0):,} questions in DMs or the assistant '

@@ -95,6 +95,8 @@ def test_figures_per_day_outcome_surface_and_vote(db: Path) -> None:
     assert r.totals == {"questions": 7, "answered": 2, "not_found": 4, "model_failed": 1, "failed": 0,
                         "up": 1, "down": 1, "askers": 3}
     assert r.left_out == {"dm": 2, "channel": 1}  # the 40-day-old question is outside the period
+    assert r.failures == {"model_unavailable": 1}
+    assert "by cause: 1 model unavailable" in render_page(r)
     day = {d: i for i, d in enumerate(r.days)}
     assert r.per_day_outcome["answered"][day["2026-11-30"]] == 2
     assert r.per_day_outcome["not_found"][day["2026-11-29"]] == 2
