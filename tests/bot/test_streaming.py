@@ -415,3 +415,20 @@ def test_model_that_stops_half_way_ends_the_same_message_with_a_note(make_bot):
     assert msg["text"].startswith(LONG_ANSWER[:200]) and msg["text"].endswith(answer_prompts.MODEL_STOPPED_NOTE)
     assert kinds(msg) == ["context", "context_actions"]
     assert h.emu.calls_to("chat.postMessage") == [] and len(h.llm.requests) == 1
+
+
+def test_stream_that_slack_ends_half_way_is_replaced_in_place(bot):
+    emu = bot.emu
+    slow_model(bot, tokens=20, delay=0.05)
+    # the second append finds the stream gone (Slack ends streams on its own after a while)
+    emu.script_error("chat.appendStream", status=200, error="message_not_in_streaming_state", retry_after=None,
+                     times=1)
+    d = emu.mention(CACHE_Q)
+    emu.wait_for(lambda: emu.calls_to("chat.update"), timeout=30)
+    bot.idle()
+    [msg] = bot.answers(thread_ts=d.ts)
+    assert len(emu.calls_to("chat.appendStream")) == 1  # nothing more was sent into the broken stream
+    assert "cache_version" in msg["text"] and msg["text"].count("Caching in Flyte") == LONG_ANSWER.count(
+        "Caching in Flyte")
+    assert [b["type"] for b in msg["blocks"]][-2:] == ["context", "actions"]  # the ordinary rendering
+    assert emu.calls_to("chat.postMessage") == []
