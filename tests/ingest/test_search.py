@@ -277,3 +277,29 @@ def test_a_source_found_only_by_its_outline_is_served_by_its_first_passage(page_
     chunk = page_searcher.chunks[picked[0]]
     assert chunk.source_id == "docs:workflows.md" and not is_outline(chunk)
     assert chunk.text.startswith("# Workflows")
+
+
+def test_a_short_question_weighs_a_sources_outline_a_long_one_does_not(page_searcher: HybridSearcher) -> None:
+    plain = HybridSearcher(page_searcher.index, page_searcher.embedder, RetrievalConfig(outline_weight=0.0))
+
+    def page_score(searcher: HybridSearcher, question: str) -> float:
+        return next(h.score for h in searcher.search(question, 5) if h.chunk.source_id == "docs:shell_tasks.md")
+
+    short = "How do I run a bash script as a task?"  # 4 topic words
+    assert page_score(page_searcher, short) > page_score(plain, short)
+    long = "My bash script task fails on the cluster but the same script runs locally, why is that?"
+    assert page_score(page_searcher, long) == pytest.approx(page_score(plain, long))
+
+
+def test_an_outline_adds_its_weighted_score_to_its_source() -> None:
+    import numpy as np
+
+    from flytegpt.ingest.search import _source_fused
+
+    chunks = [_chunk("docs:a.md", "A", "x"), _chunk("docs:a.md", "A (outline)", "A\nB"), _chunk("slack:t/1.0", "T", "y")]
+    dense, keyword = np.array([0.6, 0.8, 0.9]), np.array([0.4, 0.2, 0.5])
+    plain = _source_fused([0, 1, 2], dense, keyword, 0.5, chunks)
+    assert plain == pytest.approx({"docs:a.md": 0.5 * 0.8 + 0.5 * 0.4, "slack:t/1.0": 0.7})
+    weighted = _source_fused([0, 1, 2], dense, keyword, 0.5, chunks, outline_weight=0.2)
+    assert weighted["docs:a.md"] == pytest.approx(plain["docs:a.md"] + 0.2 * 0.5)
+    assert weighted["slack:t/1.0"] == pytest.approx(0.7)
