@@ -45,3 +45,36 @@ def test_bad_question_file_names_the_line(tmp_path):
     path.write_text('{"question": "a", "gold": ["x:1"]}\n{"question": "b"}\n')
     with pytest.raises(QuestionFileError, match=r"q\.jsonl:2"):
         load_questions(path)
+
+
+def test_the_project_dev_question_file_is_well_formed():
+    """tests/eval/dev_howto.jsonl: the format of ../shared/eval/dev.jsonl, ids unique, kinds
+    matching the gold ids' sources, and (when the eval corpus is beside the checkout) every gold
+    document present in it."""
+    import json
+    import zipfile
+
+    from support.paths import ROOT, SHARED
+
+    path = ROOT / "tests" / "eval" / "dev_howto.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    assert len(rows) >= 40 and len({r["id"] for r in rows}) == len(rows)
+    assert len(load_questions(path)) == len(rows)
+    sources = {"flyte-docs": "docs", "flytesnacks-docs": "docs", "flyte-slack": "slack", "flytekit": "code"}
+    for r in rows:
+        assert r["question"].strip() and r["gold"] and 1 <= len(r["answer_facts"]) <= 4, r["id"]
+        kinds = {sources[g.split(":", 1)[0]] for g in r["gold"]}
+        assert r["kind"] == (kinds.pop() if len(kinds) == 1 else "mixed"), r["id"]
+    corpus = SHARED / "corpus"
+    if not corpus.is_dir():
+        pytest.skip("../shared/corpus is not present")
+    with zipfile.ZipFile(corpus / "flyte-slack-export.zip") as z:
+        threads = {
+            f"{name.split('/')[0]}/{m.get('thread_ts', m['ts'])}"
+            for name in z.namelist() if name.count("/") == 1 and name.endswith(".json")
+            for m in json.loads(z.read(name))
+        }
+    for r in rows:
+        for gold in r["gold"]:
+            source, locator = gold.split(":", 1)
+            assert (locator in threads) if source == "flyte-slack" else (corpus / source / locator).is_file(), gold
