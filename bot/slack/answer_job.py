@@ -206,7 +206,7 @@ class AnswerJob:
         answer = None
         for event in self.answerer.stream(q.text, history):
             if isinstance(event, Delta):
-                if streamed is not None:
+                if streamed is not None and not self._given_up(q):  # told to ask again: show no more
                     streamed.append(event.text)
             elif isinstance(event, Progress):
                 if panel:
@@ -214,6 +214,11 @@ class AnswerJob:
             else:
                 answer = event
         return answer
+
+    def _given_up(self, q: "Question") -> bool:
+        """A shutdown has told this asker to ask again (before the job replied)."""
+        with self._lock:
+            return id(q) in self._abandoned
 
     def _forget(self, q: "Question") -> None:
         with self._lock:

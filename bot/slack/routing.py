@@ -1,8 +1,9 @@
 """Event routing: which Slack events become questions, and which pool runs them.
 
 Listeners make no network calls: they ack at once (Slack's 3 s), de-duplicate (memory, then
-a local SQLite insert), filter and hand the work to pools. Bolt runs listeners on a small executor and waits for the ack there, so a
-listener that called Slack or the model would delay the acks of every other event.
+a local SQLite insert), filter and hand the work to pools. Bolt runs listeners on a small
+executor and waits for the ack there, so a listener that called Slack or the model would
+delay the acks of every other event.
 
 - the answer pool (config.bot.workers, config.bot.queue_size) runs the answer job; when
   it is full the user is told the bot is busy instead of waiting in an endless queue;

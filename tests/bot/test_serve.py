@@ -132,17 +132,18 @@ def test_serve_health_ready_metrics_and_late_index(built_store, embedder, tmp_pa
 # --- stopping: SIGTERM while answers are in flight -------------------------------------------------------------
 
 
-def _stop_config(store: Path, tmp_path: Path, grace_s: float) -> Config:
+def _stop_config(store: Path, tmp_path: Path, grace_s: float, streaming: bool = False) -> Config:
     base = load_config(sample_config_path()).with_store(str(store))
     return base.model_copy(update={
         "bot": base.bot.model_copy(update={"feedback_db": str(tmp_path / "fb.sqlite3"), "shutdown_grace_s": grace_s,
-                                           "streaming": False}),
+                                           "streaming": streaming}),
         "answer": base.answer.model_copy(update={"max_retries": 0, "timeout_s": 60.0}),
     })
 
 
-def test_stop_finishes_answers_in_time_and_tells_the_others(built_store, embedder, tmp_path):
-    config = _stop_config(built_store, tmp_path, grace_s=5.0)
+@pytest.mark.parametrize("streaming", [False, True])
+def test_stop_finishes_answers_in_time_and_tells_the_others(built_store, embedder, tmp_path, streaming):
+    config = _stop_config(built_store, tmp_path, grace_s=5.0, streaming=streaming)
     quick, hung = threading.Event(), threading.Event()
 
     def model(body: dict) -> str:
@@ -166,7 +167,8 @@ def test_stop_finishes_answers_in_time_and_tells_the_others(built_store, embedde
             stopper.start()  # what SIGTERM does
             emu.wait_for(lambda: server._stopping)
             quick.set()  # this answer finishes within the grace period ...
-            [answer] = emu.wait_for(lambda: emu.bot_messages(thread_ts=finishing.ts), timeout=20)
+            emu.wait_for(lambda: "cache_version" in _thread_text(emu, finishing.ts), timeout=20)
+            [answer] = emu.bot_messages(thread_ts=finishing.ts)
             # ... this one does not: its asker is told, in the thread, to ask again
             [notice] = emu.wait_for(lambda: emu.bot_messages(thread_ts=hanging.ts), timeout=30)
             stopper.join(30)
@@ -184,6 +186,10 @@ def test_stop_finishes_answers_in_time_and_tells_the_others(built_store, embedde
             quick.set()
             server.stop()
         assert emu.violations == []
+
+
+def _thread_text(emu: SlackEmulator, ts: str) -> str:
+    return "\n".join(m.get("text") or "" for m in emu.bot_messages(thread_ts=ts))
 
 
 def test_shutdown_fits_in_the_pods_grace_period():
