@@ -52,6 +52,7 @@ MAX_WAIT_S = 1.0  # ... unless text has waited this long
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 _SLACK_SPECIAL = re.compile(r"<(?=[!@#])")  # <!here>, <@U…>, <#C…>: never a live mention from model text
 _ZWSP = "\u200b"
+_FENCE_ROOM = 16  # characters kept free at a message's end for closing an open code fence
 
 
 def neutralize(markdown: str) -> str:
@@ -163,8 +164,10 @@ class StreamedReply:
             room = self.limit - len(self._message_text)
             if len(text) <= room:
                 part, text = text, ""
+            elif room <= _FENCE_ROOM:  # full: the rest goes into the next message
+                part = ""
             else:  # room for closing an open fence is kept
-                cut = _cut(text, room - 16)
+                cut = _cut(text, room - _FENCE_ROOM)
                 part, text = text[:cut], text[cut:]
                 fence = _open_fence(self._message_text + part)
                 if fence:

@@ -433,3 +433,26 @@ def test_stream_that_slack_ends_half_way_is_replaced_in_place(bot):
         "Caching in Flyte")
     assert [b["type"] for b in msg["blocks"]][-2:] == ["context", "actions"]  # the ordinary rendering
     assert emu.calls_to("chat.postMessage") == []
+
+
+@pytest.mark.parametrize("first", [1, 60, 95, 100, 150])
+def test_messages_split_within_the_limit_with_balanced_fences(emu, first):
+    """Wherever the first piece ends, every streamed message stays within its limit and
+    a code block cut between two messages is closed in the first and reopened in the next."""
+    from flytegpt.bot.slack.stream import StreamedReply
+
+    emu.stream_message_limit = 100
+    root = emu.seed_message("D0DM", "question")
+    text = "a" * 150 + " word" * 10 + "\n```py\n" + "x = 1\n" * 30 + "```\nend"
+    reply = StreamedReply(client(emu), channel="D0DM", thread_ts=root["ts"], user="U0USER", team="T0EMU",
+                          is_dm=True, limit=100)
+    reply.append(text[:first])
+    reply.append(text[first:first + 40])
+    assert reply.finish(text, [{"type": "divider"}], []) is True
+    msgs = emu.bot_messages(thread_ts=root["ts"])
+    assert len(msgs) >= 3 and all(len(m["text"]) <= 100 for m in msgs) and emu.violations == []
+    assert all(m["text"].count("```") % 2 == 0 for m in msgs)
+    assert msgs[-1]["blocks"] == [{"type": "divider"}] and all("blocks" not in m for m in msgs[:-1])
+    joined = "".join(m["text"] for m in msgs).replace("```py\n", "").replace("```", "")
+    assert joined.replace("\n", "").replace(" ", "") == text.replace("```py\n", "").replace("```", "") \
+        .replace("\n", "").replace(" ", "")
