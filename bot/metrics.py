@@ -30,6 +30,10 @@ class Metrics:
                                         ["type"], registry=r)
         self.restart_notices = Counter("flytegpt_restart_notices",
                                        "Unfinished questions told to ask again at shutdown", registry=r)
+        self.streamed = Counter(
+            "flytegpt_streamed_answers", "Answers meant to stream, by outcome: streamed; replaced (the final text "
+            "rewrote the streamed one); refused (Slack refused streaming, the answer was posted whole)",
+            ["outcome"], registry=r)
         self.pending = Gauge("flytegpt_worker_pending", "Answers running or queued", registry=r)
         self.index = Info("flytegpt_index", "The index version being served", registry=r)
         self.index_loaded = Gauge("flytegpt_index_loaded", "1 when an index is loaded", registry=r)

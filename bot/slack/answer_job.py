@@ -169,9 +169,12 @@ class AnswerJob:
                 log.info("finished after shutdown gave up on it: not posted", extra={"channel": q.channel})
                 return False
             self._claimed.add(id(q))
-        if streamed is not None and streamed.finish(final_text, tail or [], replies):
-            self.history.invalidate(q.channel, streamed.thread_ts)
-            return True
+        if streamed is not None:
+            finished = streamed.finish(final_text, tail or [], replies)
+            self.metrics.streamed.labels(streamed.outcome).inc()
+            if finished:
+                self.history.invalidate(q.channel, streamed.thread_ts)
+                return True
         return self.delivery.post(q, replies)
 
     # --- streaming ------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ class StreamedReply:
         self.limit, self.min_chars = limit, min_chars
         self.min_interval_s, self.max_wait_s, self.clock = min_interval_s, max_wait_s, clock
         self.state = "new"  # new -> streaming -> done; or refused (nothing shown) / broken (half shown)
+        self.replaced = False  # the streamed messages were rewritten with the final rendering
         self.messages: list[str] = []  # ts of every streamed message, in order
         self.shown = ""  # every text handed to append(): what the user sees or is about to
         self.calls = 0  # Slack calls made for this reply
@@ -112,6 +113,11 @@ class StreamedReply:
     @property
     def refused(self) -> bool:
         return self.state == "refused"
+
+    @property
+    def outcome(self) -> str:
+        """How the answer reached Slack: "streamed", "replaced" or "refused" (posted whole instead)."""
+        return "refused" if self.refused else "replaced" if self.replaced else "streamed"
 
     # --- while the model writes ---------------------------------------------------------
 
@@ -240,7 +246,7 @@ class StreamedReply:
             except Exception as e:  # noqa: BLE001 - e.g. already stopped by Slack; chat.update still works
                 log.info("stopping a broken stream failed", extra={"error": str(e)})
             self._open = False
-        self.state = "done"
+        self.state, self.replaced = "done", True
         try:
             for i, ts in enumerate(self.messages):
                 if i < len(replacement):

@@ -218,6 +218,12 @@ def test_mention_streams_with_sources_and_feedback_buttons(bot):
     rows = db.execute("SELECT v.vote, v.user, a.question, a.answer FROM votes v JOIN answers a "
                       "ON a.id = v.answer_id").fetchall()
     assert rows == [("up", "U0VOTER", CACHE_Q, LONG_ANSWER)]
+    assert streamed_count(bot, "streamed") == 1
+
+
+def streamed_count(h: BotHarness, outcome: str) -> float:
+    """flytegpt_streamed_answers_total{outcome} as /metrics shows it."""
+    return h.bot.metrics.streamed.labels(outcome)._value.get()
 
 
 def test_thread_follow_up_streams_with_the_thread_as_context(bot):
@@ -290,6 +296,7 @@ def test_no_streaming_means_one_posted_answer(bot, error):
     assert [c.method for c in emu.stream_calls()] == ["chat.startStream"] and emu.streams == {}
     assert len(bot.answers(thread_ts=d.ts)) == 1 and len(emu.calls_to("chat.postMessage")) == 1
     assert "cache_version" in msg["text"] and "actions" in kinds(msg)
+    assert streamed_count(bot, "refused") == 1 and streamed_count(bot, "streamed") == 0
 
 
 def test_answer_longer_than_a_message_continues_in_a_second_one(bot):
@@ -334,6 +341,7 @@ def test_streamed_text_is_fixed_when_the_final_answer_differs(bot):
     assert "Sources:\n[1] https" not in msg["text"] and "made.up" not in str(msg)
     assert "cache_version" in msg["text"] and "[1]" in msg["text"] and "[7]" not in msg["text"]
     assert "context" in kinds(msg) and ("context_actions" in kinds(msg) or "actions" in kinds(msg))
+    assert streamed_count(bot, "replaced") == 1
     assert emu.calls_to("chat.postMessage") == [] and len(bot.answers(thread_ts=d.ts)) == 1
 
 
