@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from . import prompts
 from .budget import Source, dedupe_hits, pack_sources
-from .citations import process_citations, source_citations
-from .live import Delta, LiveCitations, Progress
+from .citations import source_citations
+from .live import Delta, LiveCitations, Progress, clean_answer
 from .offline import offline_answer
 from .types import Answer, Citation, IndexNotReady, ModelUnavailable, QuestionRejected, Turn
 
@@ -178,11 +178,11 @@ class Answerer:
             if not e.partial.strip():
                 yield self._too_late(question, standalone, sources, version)
                 return
-            text, citations = process_citations(e.partial, fitted)
+            text, citations = clean_answer(e.partial, fitted)
             note = prompts.MODEL_STOPPED_NOTE if e.reason == "stopped" else prompts.MODEL_DEADLINE_PARTIAL_NOTE
             yield Answer(question, standalone, f"{text}\n\n{note}", citations, "llm", version, note=e.reason)
             return
-        text, citations = process_citations(raw, fitted)
+        text, citations = clean_answer(raw, fitted)
         yield Answer(question, standalone, text, citations, "llm", version)
 
     def _too_late(self, question: str, standalone: str, sources: list[Source], version: str | None) -> Answer:

@@ -9,13 +9,32 @@ but rare cases, the start of the final text, and the caller can tell when it is 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from .budget import Source
-from .citations import process_citations
+from .citations import _split_code, process_citations
+from .types import Citation
 
 Stage = Literal["searching", "writing"]
+_AUTOLINK = re.compile(r"<((?:https?|mailto):[^<>\s]+)>", re.I)
+_AUTOLINK_START = re.compile(r"<[A-Za-z][A-Za-z0-9+.-]*(?::[^<>\s]*)?")  # what may still become one
+
+
+def clean_answer(raw: str, sources: Sequence[Source]) -> tuple[str, list[Citation]]:
+    """The model's Markdown made safe to show: `process_citations`, and autolinks
+    (`<https://…>`, `<mailto:…>`) live only when they point at a given source; any other
+    is shown as code, which Slack never turns into a link. Code is left as written.
+    """
+    text, citations = process_citations(raw, sources)
+    known = {s.url.split("#", 1)[0].rstrip("/") for s in sources if s.url}
+
+    def unlink(m: re.Match) -> str:
+        url = m.group(1)
+        return m.group(0) if url.split("#", 1)[0].rstrip("/") in known else f"`{url}`"
+
+    return "".join(seg if code else _AUTOLINK.sub(unlink, seg) for code, seg in _split_code(text)), citations
 
 
 @dataclass(frozen=True)
@@ -38,8 +57,12 @@ def _stable_end(raw: str) -> int:
 
     A trailing `[` that is not closed yet may become a citation (`[1]`), a citation
     range (`[1-3]`) or a link (`[x](url)`); a closed `[..]` at the very end may still
-    turn out to be a link label. Both wait for the next piece.
+    turn out to be a link label; an open `<` may become an autolink. They wait for the
+    next piece.
     """
+    lt = raw.rfind("<")
+    if lt != -1 and _AUTOLINK_START.fullmatch(raw[lt:]):
+        raw = raw[:lt]
     start = raw.rfind("[")
     if start == -1:
         return len(raw)
@@ -71,7 +94,7 @@ class LiveCitations:
         self.raw += piece
         if self.diverged:
             return ""
-        text, _ = process_citations(self.raw[: _stable_end(self.raw)], self.sources)
+        text, _ = clean_answer(self.raw[: _stable_end(self.raw)], self.sources)
         if not text.startswith(self.shown):
             self.diverged = True
             return ""

@@ -415,3 +415,21 @@ def test_bulk_isolates_failures_and_writes_reports(server, tmp_path):
     write_report(results, tmp_path / "r.md", format="markdown")
     md = (tmp_path / "r.md").read_text()
     assert RAY_DOC.url in md and "**Error:**" in md
+
+
+def test_only_source_autolinks_stay_links_live_and_final(server):
+    from support.openai_server import Slow
+
+    reply = (f"See <{RAY_DOC.url}> [1], not <https://made.up/ray> or <mailto:admin@evil.example>; "
+             "in code `<https://made.up/ok>` stays. If a < b the text goes on [1].")
+    server.script(Slow(reply, tokens=25, delay=0.0))
+    answerer, _ = make(server)
+    _, deltas, a = _collect(answerer.stream("how do I use ray?"))
+    assert "".join(deltas) == a.text  # shown as it was written, never rewritten at the end
+    assert f"<{RAY_DOC.url}>" in a.text
+    assert "`https://made.up/ray`" in a.text and "`mailto:admin@evil.example`" in a.text
+    assert "`<https://made.up/ok>`" in a.text and "If a < b the text goes on [1]." in a.text
+    shown = ""
+    for d in deltas:
+        shown += d
+        assert "<https://made.up/ray" not in shown and "<mailto:" not in shown
