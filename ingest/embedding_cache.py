@@ -49,6 +49,7 @@ class EmbeddingCache:
         # Added since the last flush, as the caller's blocks (keys, vectors): a shard is written
         # from them without stacking one small array per row into a second copy.
         self._pending: list[tuple[list[str], np.ndarray]] = []
+        self._written: set[str] = set()  # keys added with hold=False: in a shard, not in _vectors
 
     def _load(self) -> dict[str, np.ndarray]:
         if self._vectors is None:
@@ -88,8 +89,12 @@ class EmbeddingCache:
         known = self._load()
         return {k: known[k] for k in keys if k in known}
 
-    def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
-        """Remember new vectors; the block is kept as given (no per-row copies) until `flush`."""
+    def add(self, keys: Sequence[str], vectors: np.ndarray, *, hold: bool = True) -> None:
+        """Remember new vectors; the block is kept as given (no per-row copies) until `flush`.
+
+        `hold=False`: after the flush only the keys are remembered, not the vectors (a caller
+        that keeps its own copy, such as an ingest's output array, needs no second one).
+        """
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(keys), self.dimension):
             raise ValueError(
@@ -100,13 +105,16 @@ class EmbeddingCache:
         # First occurrence of each key not cached yet: the same text may come twice in `keys`.
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
-            if key not in known and key not in first:
+            if key not in known and key not in self._written and key not in first:
                 first[key] = i
         if not first:
             return
         if len(first) < len(keys):
             keys, vectors = list(first), vectors[list(first.values())]
-        known.update(zip(keys, vectors))
+        if hold:
+            known.update(zip(keys, vectors))
+        else:
+            self._written.update(keys)
         self._pending.append((list(keys), vectors))
 
     def _write_shard(self, keys: Sequence[str], vectors: np.ndarray) -> str:
@@ -144,19 +152,33 @@ class EmbeddingCache:
     def compact(self) -> None:
         """Merge every shard this run has read or written into one, then delete the old ones.
 
-        The merged shard is written before anything is deleted, so a crash loses nothing.
+        The shards are read back from the store (vectors added with hold=False are not in
+        memory). The merged shard is written before anything is deleted, so a crash loses nothing.
         """
-        known = self._load()
         if self._pending:
             self._write_pending()
-        if len(self._shards) <= 1 or not known:
+        if len(self._shards) <= 1:
             return
         old = list(self._shards)
-        merged = self._write_shard(list(known), np.stack(list(known.values())))
+        keys: list[str] = []
+        blocks: list[np.ndarray] = []
+        seen: set[str] = set()
+        for path in old:
+            shard = self._read_shard(path)
+            if shard is None:
+                continue
+            rows = [i for i, key in enumerate(shard[0]) if key not in seen]
+            seen.update(shard[0][i] for i in rows)
+            keys.extend(shard[0][i] for i in rows)
+            blocks.append(shard[1][rows])
+        if not keys:
+            return
+        merged = self._write_shard(keys, np.concatenate(blocks))
+        del blocks
         for path in old:
             try:
                 self.fs.rm_file(path)
             except FileNotFoundError:
                 pass
         self._shards = [merged]
-        log.info("embedding cache: merged %d shards into one (%d vectors)", len(old), len(known))
+        log.info("embedding cache: merged %d shards into one (%d vectors)", len(old), len(keys))

@@ -303,3 +303,25 @@ print(json.dumps(stats))
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     stats = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert stats == {"computed": 600 - kept, "reused": kept}
+
+
+def test_vectors_added_without_holding_are_written_once_and_survive_compaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ingest keeps its own array of new vectors: the cache writes them and keeps only their keys."""
+    monkeypatch.setattr(embedding_cache, "COMPACT_ABOVE", 2)
+    store = str(tmp_path)
+    keys, vectors = _keys(9), _vectors(9)
+    cache = EmbeddingCache(store, "test/model", 8)
+    cache.add(keys[:3], vectors[:3])  # held: an earlier run's shard
+    cache.flush(compact=False)
+    for i in range(3, 9, 2):
+        cache.add(keys[i : i + 2], vectors[i : i + 2], hold=False)
+        cache.add(keys[i : i + 1], vectors[i : i + 1], hold=False)  # already written: ignored
+        cache.flush(compact=False)
+    assert len(list((tmp_path / "embeddings").rglob("*.npz"))) == 4
+    cache.add(keys[8:], vectors[8:], hold=False)
+    cache.flush()  # more than COMPACT_ABOVE shards: merged from the files
+    (shard,) = (tmp_path / "embeddings").rglob("*.npz")
+    found = EmbeddingCache(store, "test/model", 8).lookup(keys)
+    np.testing.assert_array_equal(np.stack([found[k] for k in keys]), vectors)
