@@ -11,6 +11,8 @@ Backends:
 - "torch": sentence-transformers; fp16 on CUDA, fp32 or bf16 on a CPU;
 - "auto" (the default): openvino on a CPU when it is installed and the model exports, torch
   otherwise (and always on a GPU).
+Precision "auto": fp16 on CUDA; on a CPU, whichever of fp32 and bf16 embeds faster on this
+machine, measured once when the model first loads and cached (ingest/autotune.py).
 OpenVINO's and PyTorch's vectors (fp32, bf16, fp16) agree to a cosine of 0.9999 and share the
 plain model id, so an index built by one is searched with the other.
 """
