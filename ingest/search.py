@@ -4,7 +4,10 @@ Dense search finds paraphrases ("API token" ~ "secret"); BM25 finds the exact
 identifiers a question names (`with_overrides`, `FlyteFile`) that a small embedding
 model blurs. Each retriever proposes `candidates`; every candidate gets both scores,
 the scores are fused, and at most `max_per_source` chunks of one source id are kept
-so one long page or file can't crowd out the other sources.
+so one long page or file can't crowd out the other sources. Sources (a page, a thread, a
+module) are ranked, not chunks: a source scores its best dense and best keyword match, its
+second best chunk, and for a short question its outline (chunking.py); an outline is never
+returned as a passage.
 """
 
 from __future__ import annotations
