@@ -73,6 +73,8 @@ def _print_summary(summary) -> None:
         f"({summary.model_id} on {summary.device}"
         f"{f', {summary.backend} {summary.precision}' if summary.backend else ''})"
     )
+    if summary.autotune:
+        console.print(f"precision auto: {summary.autotune['reason']}")
     console.print(f"time: {total:.1f}s ({stages}); {summary.chunks / max(total, 1e-9):.0f} chunks/s, "
                   f"embedding {100 * embed / max(total, 1e-9):.0f}% of it")
     console.print(f"store: {summary.store}  LATEST -> {summary.version}")
