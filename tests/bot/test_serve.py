@@ -109,6 +109,8 @@ def test_serve_health_ready_metrics_and_late_index(built_store, embedder, tmp_pa
                 [answer] = emu.wait_for(lambda: emu.bot_messages(thread_ts=d.ts), timeout=20)
                 assert "cache" in answer["text"].lower()  # offline mode: no model configured, passages quoted
 
+                # a streamed answer shows before it is complete (and counted): wait for the count
+                emu.wait_for(lambda: 'flytegpt_answers_total{mode="offline"} 1.0' in _get(url + "/metrics")[1])
                 status, metrics = _get(url + "/metrics")
                 assert status == 200
                 assert f'flytegpt_index_info{{version="{version}"}} 1.0' in metrics

@@ -527,3 +527,13 @@ def test_long_answer_to_the_slash_command_keeps_to_five_posts(harness):
     harness.idle()
     assert len(emu.response_posts[rid]) <= 5 and emu.violations == []
     assert "Step 0:" in posts[0]["text"]
+
+
+def test_response_url_errors_are_retried(harness):
+    emu = harness.emu
+    emu.script_error("response_url", status=500, error="internal_error", retry_after=None, times=2)
+    d = emu.slash_command("how do I invalidate the cache?")
+    emu.wait_ack(d.envelope_id)
+    rid = emu.response_id(d.response_url)
+    [post] = emu.wait_for(lambda: emu.response_posts[rid], timeout=20)
+    assert "cache_version" in post["text"] and emu.response_failures == 2

@@ -130,6 +130,7 @@ class SlackEmulator:
         self.channels: dict[str, _Channel] = {}
         self.connects = 0  # websocket connections ever opened
         self.delays: dict[str, float] = {}  # method -> seconds to sleep before answering
+        self.response_failures = 0  # response_url posts answered with a scripted error
         self.rejected_tokens: set[str] = set()  # well-formed tokens Slack would refuse (revoked)
         self.streams: dict[str, _Stream] = {}  # ts -> a message streamed with chat.startStream
         self.stream_failure: str | None = None  # set by fail_streaming(): chat.startStream's error
@@ -538,6 +539,12 @@ class SlackEmulator:
         token = auth[7:] if auth.startswith("Bearer ") else args.pop("token", None)
 
         if parsed.path.startswith("/response/"):
+            failure = self._take_scripted("response_url")  # script_error("response_url", status=500)
+            if failure is not None:
+                with self._lock:
+                    self.response_failures += 1
+                self._reply(req, failure.status, failure.error, "text/plain")
+                return
             status, body = self._response_url(self.response_id(parsed.path), args)
             self._reply(req, status, body, "text/plain")
             return
@@ -581,6 +588,17 @@ class SlackEmulator:
             req.send_header(k, v)
         req.end_headers()
         req.wfile.write(data)
+
+    def _take_scripted(self, method: str) -> _Scripted | None:
+        with self._lock:
+            scripted = self._scripted.get(method)
+            if not scripted:
+                return None
+            script = scripted[0]
+            script.times -= 1
+            if script.times <= 0:
+                scripted.pop(0)
+            return script
 
     def _response_url(self, rid: str, args: dict[str, Any]) -> tuple[int, str]:
         with self._lock:
