@@ -48,18 +48,6 @@ def _builtin(app: App, client: WebClient) -> Any:
     return SocketModeHandler(app, "xapp-bench", web_client=client, ping_interval=1.0)
 
 
-def _builtin_quick_swap(app: App, client: WebClient) -> Any:
-    from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-    from flytegpt.bot.slack.socket import QuickSwapSocketModeClient
-
-    handler = SocketModeHandler(app, "xapp-bench", web_client=client, ping_interval=1.0)
-    handler.client.close()
-    handler.client = QuickSwapSocketModeClient(app_token="xapp-bench", web_client=client, ping_interval=1.0)
-    handler.client.socket_mode_request_listeners.append(handler.handle)
-    return handler
-
-
 def _websocket_client(app: App, client: WebClient) -> Any:
     from slack_bolt.adapter.socket_mode.websocket_client import SocketModeHandler
 
