@@ -112,7 +112,7 @@ class EventRouter:
         q = Question("command", text, channel, user, response_url=command.get("response_url"))
         if not self.submit(q):
             self.metrics.busy.inc()
-            ack(text=messages.BUSY, response_type="ephemeral")
+            ack(text=self._refusal(), response_type="ephemeral")
             return
         self.metrics.questions.labels("command").inc()
         ack(text=messages.LOOKING, response_type="ephemeral")
@@ -202,12 +202,16 @@ class EventRouter:
         if not self.submit(q):
             self.metrics.busy.inc()
             log.warning("worker queue full: busy reply", extra={"channel": q.channel})
-            self.side.submit(self.delivery.notice, q, messages.BUSY)
+            self.side.submit(self.delivery.notice, q, self._refusal())
             return
         self.metrics.questions.labels(q.surface).inc()
         self.metrics.pending.set(self.pool.pending)
         if q.ts and q.surface != "assistant" and self._answerable_length(q):  # the panel shows a status instead
             self.side.submit(self.delivery.react, q.channel, q.ts)
+
+    def _refusal(self) -> str:
+        """Why the answer pool said no: full, or closed because the bot is stopping."""
+        return messages.RESTARTED if self.pool.closed else messages.BUSY
 
     def _answerable_length(self, q: Question) -> bool:
         """No 👀 on a question the answerer will turn down as empty or too long (it says why)."""

@@ -62,6 +62,11 @@ class WorkerPool:
         with self._lock:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
+    @property
+    def closed(self) -> bool:
+        """No new tasks are taken (shutting down)."""
+        return self._closed
+
     def close_intake(self) -> None:
         """Refuse new tasks from now on; queued and running ones go on."""
         self._closed = True

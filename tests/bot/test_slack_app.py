@@ -537,3 +537,12 @@ def test_response_url_errors_are_retried(harness):
     rid = emu.response_id(d.response_url)
     [post] = emu.wait_for(lambda: emu.response_posts[rid], timeout=20)
     assert "cache_version" in post["text"] and emu.response_failures == 2
+
+
+def test_question_arriving_while_stopping_is_told_to_ask_again(harness):
+    harness.bot.pool.close_intake()  # the first step of a SIGTERM (bot/slack/shutdown.py)
+    d = _say(harness, CACHE_Q)
+    [notice] = harness.wait_answers(thread_ts=d.ts)
+    assert notice["text"] == messages.RESTARTED and harness.llm.requests == []
+    c = harness.emu.slash_command("how do I invalidate the cache?")
+    assert harness.emu.wait_ack(c.envelope_id).payload["text"] == messages.RESTARTED
