@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
-from support.tools import find_executable, missing_tool
+from support.moto_s3 import moto_endpoint
+from support.tools import missing_tool
 
 try:
     import boto3
@@ -37,47 +35,10 @@ BUCKET = "flytegpt-test"
 MODEL = ModelInfo("test/model", 8, True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-
-
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    server = find_executable("moto_server")
-    if server is None:
-        missing_tool("moto_server is not installed")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    missing_tool("moto_server did not start")
-                time.sleep(0.2)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-            mp.setenv("FLYTEGPT_S3_ENDPOINT_URL", url)
-            for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-                mp.delenv(var, raising=False)
-            # s3fs's mkdir sends a location constraint moto rejects: create the bucket with boto3
-            boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-            yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with moto_endpoint(BUCKET) as url:
+        yield url
 
 
 @pytest.fixture
