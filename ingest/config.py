@@ -118,16 +118,14 @@ class RetrievalConfig(_Strict):
     # Tuned on ../shared/eval/dev.jsonl and tests/eval/dev_howto.jsonl (tests/bench/bench_retrieval.py):
     # min-max fusion with dense weighted 0.6, a source scored by its best dense and its best
     # keyword match (fused) + 0.1 x its second best chunk, one chunk per source in the results,
-    # 60 candidates from each retriever (100 trades dev MRR@10 0.816 -> 0.812 and coverage
-    # 0.849 -> 0.842 for dev_howto recall@5 0.855 -> 0.870 and MRR@10 0.715 -> 0.721).
+    # 60 candidates from each retriever. The figures behind each choice: README, "How well it retrieves".
     dense_weight: float = Field(default=0.6, ge=0.0, le=1.0)  # fused score = w * dense + (1 - w) * keyword (min-max normalised)
     max_per_source: int = Field(default=1, ge=0, le=1000)  # at most this many chunks of one source id in the results (0: no cap)
     candidates: int = Field(default=60, ge=1, le=100_000)  # candidates taken from each retriever before fusion
     source_bonus: float = Field(default=0.1, ge=0.0, le=10.0)  # a source scores its best matches + source_bonus x its second best chunk
     # A question of at most `short_question_words` topic words (stopwords left out) is about a
     # topic: a source's outline (page title, first paragraph, headings; a module's contents) then
-    # adds outline_weight x its fused score. dev_howto how-to pages MRR@10 0.60 -> 0.65, dev held;
-    # for every question (no length limit) it cost dev MRR@10 0.814 -> 0.790 at 0.1.
+    # adds outline_weight x its fused score (for every question it hurt the longer ones).
     outline_weight: float = Field(default=0.2, ge=0.0, le=10.0)
     short_question_words: int = Field(default=5, ge=0, le=1000)
 

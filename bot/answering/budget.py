@@ -120,10 +120,6 @@ def token_counter() -> TokenCounter:
         return CharCounter()
 
 
-def count_tokens(text: str) -> int:
-    return token_counter().count(text)
-
-
 @dataclass(frozen=True)
 class Source:
     """One numbered source in a prompt: the best chunk of a document, maybe merged with a second."""

@@ -37,10 +37,6 @@ def _link(text: str, url: str | None) -> str:
     return escape(text)
 
 
-def _num(v: Any) -> str:
-    return f"{v:,}" if isinstance(v, int) else f"{v:.2f}"
-
-
 def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
     head = "".join(f'<th class="{"n" if i in numeric else ""}">{escape(h)}</th>' for i, h in enumerate(headers))
     body = "".join(

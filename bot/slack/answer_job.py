@@ -75,11 +75,6 @@ class AnswerJob:
             self._log_unanswered(q, "failed", "shutdown")
         return left
 
-    @property
-    def unfinished(self) -> int:
-        with self._lock:
-            return len(self._open)
-
     def __call__(self, q: "Question") -> None:
         try:
             self._answer(q)

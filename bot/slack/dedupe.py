@@ -23,6 +23,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Hashable
 
+from flytegpt.bot import sqlite_files
+
 log = logging.getLogger(__name__)
 
 SEEN_TTL_S = 3600.0
@@ -70,14 +72,12 @@ class SeenStore:
 
     def __init__(self, path: str | Path, ttl_s: float = SEEN_TTL_S) -> None:
         self.path, self.ttl_s = str(path), ttl_s
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # Short lock wait: this runs on Bolt's listener threads; on timeout memory decides.
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=0.5)
+        self._conn = sqlite_files.connect(self.path, timeout_s=0.5)
         self._lock = threading.Lock()
         self._inserts = 0
         with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")  # no fsync per event; survives a process crash
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # fewer syncs per event; survives a process crash
             self._conn.execute("CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, at REAL NOT NULL)")
             self._prune()
 

@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Iterable, Literal
 
+from flytegpt.bot import sqlite_files
+
 Vote = Literal["up", "down"]
 # What became of a question. "answered" includes the offline answerer's quoted passages.
 Outcome = Literal["answered", "not_found", "model_failed", "failed"]
@@ -141,15 +143,13 @@ class FeedbackStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._conn = sqlite_files.connect(self.path)
+        except sqlite3.DatabaseError as e:
+            raise FeedbackDatabaseError(f"{self.path} is not a usable feedback database: {e}") from None
         self._lock = threading.Lock()
         try:
             with self._lock:
-                if self.path != ":memory:":
-                    self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA busy_timeout = 5000")
                 self.migrated_from = migrate(self._conn, self.path)
         except sqlite3.DatabaseError as e:
             self._conn.close()

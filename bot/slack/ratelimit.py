@@ -19,9 +19,6 @@ class RateLimiter:
         self._hits: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def allow(self, user: str) -> bool:
-        return self.check(user) == 0.0
-
     def check(self, user: str) -> float:
         """0.0 when allowed (and counted); otherwise seconds until the user may ask again."""
         if self.limit <= 0:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 from support.answering_support import RAY_CODE, RAY_DOC, Hit, chunk
 
-from flytegpt.bot.answering.budget import CharCounter, Source, count_tokens, dedupe_hits, pack_sources, token_counter
+from flytegpt.bot.answering.budget import CharCounter, Source, dedupe_hits, pack_sources, token_counter
 from flytegpt.bot.answering.citations import process_citations
+
+
+def count_tokens(text: str) -> int:
+    return token_counter().count(text)
 
 
 def sources(n: int) -> list[Source]:
