@@ -39,6 +39,7 @@ def test_every_question_is_logged_with_outcome_surface_latency_version_sources_a
     version = harness.holder.version
     asked = emu.mention(CACHE_Q)
     [answer] = harness.wait_answers(thread_ts=asked.ts)
+    harness.idle()  # the answer is stored right after it is posted
     down = [e for e in blocks_of(answer, "actions")[0]["elements"] if e["action_id"] == blocks.ACTION_FEEDBACK_DOWN]
     click = emu.block_action(blocks.ACTION_FEEDBACK_DOWN, down[0]["value"], message=answer, user="U0VOTER")
     emu.wait_ack(click.envelope_id)

@@ -80,6 +80,7 @@ def test_mention_is_answered_in_thread_with_sources(harness, sample):
     # the model saw the retrieved sources
     assert "cache" in harness.llm.requests[-1].text_of("user").lower()
     # the answer is stored for feedback with its index version
+    harness.idle()  # the answer is stored right after it is posted
     row = harness.bot.feedback.get_answer(buttons[0]["value"])
     assert row["question"] == CACHE_Q and row["index_version"] == sample[1].version and row["sources"]
     assert harness.bot.metrics.answers.labels("llm")._value.get() == 1
@@ -145,6 +146,7 @@ def test_slash_command_acks_then_answers_via_response_url(harness):
     actions = _blocks(post, "actions")[0]["elements"]
     share = [a for a in actions if a["action_id"] == blocks.ACTION_SHARE][0]
     assert harness.answers() == []  # nothing in the channel yet
+    harness.idle()  # the answer is stored right after it is posted
 
     click = emu.block_action(blocks.ACTION_SHARE, share["value"], ephemeral=True, user="U0USER")
     assert emu.wait_ack(click.envelope_id).latency < 3.0
@@ -171,6 +173,7 @@ def test_feedback_is_recorded_and_acknowledged(harness, tmp_path):
     [answer] = harness.wait_answers(thread_ts=d.ts)
     value = _blocks(answer, "actions")[0]["elements"][0]["value"]
     assert len(value) < 30  # a compact id, never the payload
+    harness.idle()  # the answer is stored right after it is posted
     click = emu.block_action(blocks.ACTION_FEEDBACK_UP, value, message=answer, user="U0VOTER")
     assert emu.wait_ack(click.envelope_id).latency < 3.0
     rid = emu.response_id(click.response_url)
@@ -343,6 +346,7 @@ def test_feedback_database_deleted_under_the_bot(make_harness, tmp_path):
     emu = harness.emu
     first = _say(harness, CACHE_Q)
     [answer] = harness.wait_answers(thread_ts=first.ts)
+    harness.idle()  # the answer is stored right after it is posted
     db = harness.config.bot.feedback_db
     for suffix in ("", "-wal", "-shm"):
         (tmp_path / ("feedback.sqlite3" + suffix)).unlink(missing_ok=True)
@@ -367,6 +371,7 @@ def test_unusable_feedback_database_at_start_still_answers(make_harness, tmp_pat
     emu = harness.emu
     d = _say(harness, CACHE_Q)
     [answer] = harness.wait_answers(thread_ts=d.ts)
+    harness.idle()  # the answer is stored right after it is posted
     value = _blocks(answer, "actions")[0]["elements"][0]["value"]
     click = emu.block_action(blocks.ACTION_FEEDBACK_DOWN, value, message=answer, user="U0VOTER")
     rid = emu.response_id(click.response_url)

@@ -210,6 +210,7 @@ def test_mention_streams_with_sources_and_feedback_buttons(bot):
     assert buttons["type"] == "feedback_buttons" and buttons["action_id"] == blocks.ACTION_FEEDBACK
     assert emu.wait_for(lambda: [r for r in emu.reactions if r["timestamp"] == d.ts and r["name"] == "eyes"])
     # a click on 👍 is stored in the feedback database with the answer
+    bot.idle()  # the answer is stored right after it is posted
     click = emu.block_action(blocks.ACTION_FEEDBACK, buttons["positive_button"]["value"], message=msg,
                              user="U0VOTER")
     [thanks] = emu.wait_for(lambda: emu.response_posts[emu.response_id(click.response_url)])
