@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from flytegpt.ingest.config import Config, ConfigError, load_config, parse_config
-from flytegpt.ingest.store import get_fs, is_local, join, read_bytes
+from flytegpt.ingest.store import WORK_DIR, get_fs, is_local, join, read_bytes
 
 if TYPE_CHECKING:
     import numpy as np
     from flytekit.types.file import FlyteFile
-
-WORK_DIR = "flyte-work"
 
 
 def load_task_config(config_path: str, store: str = "") -> Config:

@@ -36,7 +36,7 @@ import numpy as np
 
 from flytegpt.ingest.keyword import KeywordIndex
 from flytegpt.ingest.models import Chunk, ModelInfo
-from flytegpt.ingest.store import atomic_write, get_fs, is_local, join, list_dir, read_bytes, store_lock
+from flytegpt.ingest.store import WORK_DIR, atomic_write, get_fs, is_local, join, list_dir, read_bytes, store_lock
 
 if TYPE_CHECKING:
     import faiss
@@ -51,7 +51,6 @@ CHUNKS_FILE = "chunks.jsonl.gz"
 KEYWORD_DIR = "keyword"
 INDEX_TYPES = ("flat", "ivf")
 PUBLISH_LOCK = "publish.lock"
-WORK_DIR = "flyte-work"  # the Flyte tasks' intermediates (flyte/handoff.py), pruned with old versions
 DEFAULT_KEEP_VERSIONS = 7  # [index] keep_versions
 # IVF: lists probed per query and k-means settings, chosen with tests/bench/bench_index.py
 IVF_NPROBE = 32

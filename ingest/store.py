@@ -118,6 +118,8 @@ class StoreLockError(RuntimeError):
     """Another process holds the store's lock and did not release it in time."""
 
 
+WORK_DIR = "flyte-work"  # the Flyte tasks' intermediates (flyte/handoff.py), pruned with old versions (artifact.prune)
+
 LOCK_STALE_AFTER_S = 300.0  # a holder that died without removing its lock: how long until it is broken
 LOCK_WAIT_S = 120.0  # how long a second publisher waits for the first
 

@@ -36,19 +36,12 @@ from flytegpt.ingest.artifact import (
 from flytegpt.ingest.config import sample_config_path
 from flytegpt.ingest.store import StoreLockError, get_fs, store_lock
 
-from .test_artifact import MODEL, make_chunks, make_vectors
+from .test_artifact import MODEL, _edit_manifest, make_chunks, make_vectors
 
 
 def _build(store: str, seed: int, *, sources_read_at: datetime | None = None) -> str:
     return write_version(store, make_chunks(6, str(seed)), make_vectors(6, seed=seed), MODEL,
                          sources_read_at=sources_read_at)
-
-
-def _edit_manifest(store: Path, version: str, edit) -> None:
-    path = store / version / "manifest.json"
-    manifest = json.loads(path.read_text())
-    edit(manifest)
-    path.write_text(json.dumps(manifest))
 
 
 def _search(store: Path) -> object:
