@@ -20,7 +20,6 @@ except ImportError as e:  # the dev extra installs them
 
 from flytegpt.ingest.artifact import (  # noqa: E402
     ArtifactError,
-    ModelInfo,
     list_versions,
     open_version,
     prune,
@@ -31,8 +30,9 @@ from flytegpt.ingest.artifact import (  # noqa: E402
 from flytegpt.ingest.embedding_cache import EmbeddingCache  # noqa: E402
 from flytegpt.ingest.models import Chunk  # noqa: E402
 
+from .test_artifact import MODEL, make_chunks, make_vectors  # noqa: E402
+
 BUCKET = "flytegpt-test"
-MODEL = ModelInfo("test/model", 8, True)
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +46,10 @@ def s3(endpoint: str):
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
 
-def _chunks(n: int, tag: str = "") -> list[Chunk]:
-    return [
-        Chunk(source_id=f"docs:page{i % 3}.md", kind="docs", title=f"t{i}", url="u", text=f"text {i}", embed_text=f"chunk {i} {tag}")
-        for i in range(n)
-    ]
-
-
-def _vectors(n: int, seed: int = 0) -> np.ndarray:
-    v = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
 def test_write_publish_open_on_s3(endpoint: str, s3, tmp_path: Path) -> None:
     store = f"s3://{BUCKET}/roundtrip/index"
     assert read_latest(store) is None
-    version = write_version(store, _chunks(9), _vectors(9), MODEL, stats={"computed": 9})
+    version = write_version(store, make_chunks(9), make_vectors(9), MODEL, stats={"computed": 9})
     assert read_latest(store) is None
     publish(store, version)
     assert read_latest(store) == version
@@ -70,8 +58,8 @@ def test_write_publish_open_on_s3(endpoint: str, s3, tmp_path: Path) -> None:
     assert f"roundtrip/index/{version}/manifest.json" in keys and "roundtrip/index/LATEST" in keys
 
     index = open_version(store, expect_model="test/model", expect_dimension=8)
-    assert index.chunks == _chunks(9) and index.dense.ntotal == 9
-    _, ids = index.dense.search(_vectors(9), 1)
+    assert index.chunks == make_chunks(9) and index.dense.ntotal == 9
+    _, ids = index.dense.search(make_vectors(9), 1)
     assert (ids[:, 0] == np.arange(9)).all()
 
     # with a cache folder the files stay local for the next start
@@ -86,9 +74,9 @@ def test_write_publish_open_on_s3(endpoint: str, s3, tmp_path: Path) -> None:
 
 def test_s3_checksum_mismatch_and_bad_publish(endpoint: str, s3) -> None:
     store = f"s3://{BUCKET}/bad/index"
-    good = write_version(store, _chunks(4), _vectors(4), MODEL)
+    good = write_version(store, make_chunks(4), make_vectors(4), MODEL)
     publish(store, good)
-    bad = write_version(store, _chunks(5, "b"), _vectors(5, seed=1), MODEL)
+    bad = write_version(store, make_chunks(5, "b"), make_vectors(5, seed=1), MODEL)
     key = f"bad/index/{bad}/dense.faiss"
     data = bytearray(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
     data[-1] ^= 0xFF
@@ -104,7 +92,7 @@ def test_s3_checksum_mismatch_and_bad_publish(endpoint: str, s3) -> None:
 
 def test_prune_on_s3(endpoint: str) -> None:
     store = f"s3://{BUCKET}/prune/index"
-    versions = [write_version(store, _chunks(3, str(i)), _vectors(3, seed=i), MODEL) for i in range(3)]
+    versions = [write_version(store, make_chunks(3, str(i)), make_vectors(3, seed=i), MODEL) for i in range(3)]
     publish(store, sorted(versions)[0])
     prune(store, keep=1)
     assert list_versions(store) == sorted({sorted(versions)[0], sorted(versions)[-1]})
@@ -115,11 +103,11 @@ def test_embedding_cache_on_s3(endpoint: str) -> None:
     keys = [f"{i:064x}" for i in range(5)]
     cache = EmbeddingCache(store, "test/model", 8)
     assert cache.lookup(keys) == {}
-    cache.add(keys, _vectors(5))
+    cache.add(keys, make_vectors(5))
     cache.flush()
     found = EmbeddingCache(store, "test/model", 8).lookup(keys)
     assert set(found) == set(keys)
-    np.testing.assert_array_equal(np.stack([found[k] for k in keys]), _vectors(5))
+    np.testing.assert_array_equal(np.stack([found[k] for k in keys]), make_vectors(5))
 
 
 def test_chunk_cache_on_s3(endpoint: str, s3, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,7 +150,7 @@ def test_s3_names_from_latest_and_manifests_are_validated(endpoint: str, s3, tmp
     import json
 
     store = f"s3://{BUCKET}/traversal/index"
-    version = write_version(store, _chunks(4), _vectors(4), MODEL)
+    version = write_version(store, make_chunks(4), make_vectors(4), MODEL)
     publish(store, version)
     key = f"traversal/index/{version}/manifest.json"
     manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
