@@ -13,9 +13,8 @@ import time
 
 import pytest
 from support.openai_server import Fail, Reply
-from support.slack_harness import ANSWER, CACHE_Q, STANDALONE, BotHarness, build_sample_index, tuned
+from support.slack_harness import ANSWER, CACHE_Q, STANDALONE, harness_factory, open_sample
 
-from flytegpt.bot.index_holder import IndexHolder
 from slack_sdk.models.blocks import Block
 
 from flytegpt.bot import messages
@@ -27,28 +26,14 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory, embedder):
     """(config, searcher) over an index of the sample corpus, built once."""
-    from flytegpt.ingest.search import HybridSearcher
-
-    config = build_sample_index(tmp_path_factory.mktemp("store"), embedder)
-    return config, HybridSearcher.open(config, embedder=embedder)
+    return open_sample(tmp_path_factory.mktemp("store"), embedder)
 
 
 @pytest.fixture
 def make_harness(sample, tmp_path):
     """Start a bot: make_harness(bot={...}, answer={...}, empty=True) tunes it."""
-    running = []
-
-    def make(*, bot: dict | None = None, answer: dict | None = None, empty: bool = False) -> BotHarness:
-        config, searcher = sample
-        config = tuned(config, feedback_db=tmp_path / "feedback.sqlite3", bot=bot, answer=answer)
-        h = BotHarness(config, IndexHolder(None if empty else searcher)).start()
-        running.append(h)
-        return h
-
-    yield make
-    for h in running:
-        h.stop()
-        assert h.emu.violations == []
+    with harness_factory(sample, tmp_path / "feedback.sqlite3") as make:
+        yield make
 
 
 @pytest.fixture

@@ -121,40 +121,23 @@ def test_assistant_thread_methods(emu):
 import sqlite3  # noqa: E402
 
 from support.openai_server import Slow  # noqa: E402
-from support.slack_harness import ANSWER, CACHE_Q, BotHarness, build_sample_index, llm_reply, tuned  # noqa: E402
+from support.slack_harness import ANSWER, CACHE_Q, BotHarness, harness_factory, llm_reply, open_sample  # noqa: E402
 
-from flytegpt.bot.index_holder import IndexHolder  # noqa: E402
 from flytegpt.bot.slack import blocks  # noqa: E402
 from flytegpt.bot.slack.stream import MAX_MESSAGE_MARKDOWN  # noqa: E402
 
-FINAL = "Bump **`cache_version`** in the task decorator to invalidate the cache [1]."
 LONG_ANSWER = ("Caching in Flyte keys a task's outputs by its inputs and its `cache_version` [1]. " * 18).strip()
 
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory, embedder):
-    from flytegpt.ingest.search import HybridSearcher
-
-    config = build_sample_index(tmp_path_factory.mktemp("store"), embedder)
-    return config, HybridSearcher.open(config, embedder=embedder)
+    return open_sample(tmp_path_factory.mktemp("store"), embedder)
 
 
 @pytest.fixture
 def make_bot(sample, tmp_path):
-    running = []
-
-    def make(*, bot: dict | None = None, answer: dict | None = None, answerer=None) -> BotHarness:
-        config, searcher = sample
-        config = tuned(config, feedback_db=tmp_path / "feedback.sqlite3", bot={"streaming": True, **(bot or {})},
-                       answer=answer)
-        h = BotHarness(config, IndexHolder(searcher), answerer=answerer).start()
-        running.append(h)
-        return h
-
-    yield make
-    for h in running:
-        h.stop()
-        assert h.emu.violations == []
+    with harness_factory(sample, tmp_path / "feedback.sqlite3", bot_defaults={"streaming": True}) as make:
+        yield make
 
 
 @pytest.fixture
@@ -236,7 +219,7 @@ def test_thread_follow_up_streams_with_the_thread_as_context(bot):
     answers = finished(bot, first.ts, n=2)
     assert answers[1]["text"] == "For map tasks set `cache_version` on the mapped task [1]."
     condense = [r for r in bot.llm.requests if "standalone question" in str(r.messages[0]["content"])]
-    assert condense and FINAL.split(" [")[0].replace("**", "") in condense[-1].text_of("user").replace("*", "")
+    assert condense and ANSWER.split(" [")[0].replace("**", "") in condense[-1].text_of("user").replace("*", "")
     starts = emu.calls_to("chat.startStream")
     assert len(starts) == 2 and starts[1].args["thread_ts"] == first.ts
     assert emu.calls_to("chat.postMessage") == []
@@ -247,7 +230,7 @@ def test_direct_message_streams_as_a_reply_without_recipients(bot):
     emu.add_channel("D0DIRECT01", "dm", is_im=True)
     d = emu.message(CACHE_Q, channel="D0DIRECT01", channel_type="im")
     [msg] = finished(bot, d.ts)
-    assert msg["channel"] == "D0DIRECT01" and msg["text"] == FINAL
+    assert msg["channel"] == "D0DIRECT01" and msg["text"] == ANSWER
     start = emu.calls_to("chat.startStream")[0].args
     assert "recipient_user_id" not in start and start["thread_ts"] == d.ts
 
@@ -258,10 +241,10 @@ def test_assistant_panel(bot):
     [prompts] = emu.wait_for(lambda: emu.assistant_calls_to("setSuggestedPrompts"))
     assert [p["message"] for p in prompts["prompts"]] == bot.config.bot.suggested_prompts
     assert prompts["thread_ts"] == opened.ts
-    slow_model(bot, text=FINAL, tokens=6, delay=0.05)
+    slow_model(bot, text=ANSWER, tokens=6, delay=0.05)
     d = emu.assistant_message(CACHE_Q, opened.ts)
     [msg] = finished(bot, opened.ts)
-    assert msg["text"] == FINAL and kinds(msg) == ["context", "context_actions"]
+    assert msg["text"] == ANSWER and kinds(msg) == ["context", "context_actions"]
     [title] = emu.assistant_calls_to("setTitle")
     assert title["title"] == CACHE_Q[:79] + "…" and title["thread_ts"] == opened.ts
     statuses = [c["status"] for c in emu.assistant_calls_to("setStatus")]
@@ -289,7 +272,7 @@ def test_slash_command_keeps_its_response_url(bot):
 def test_no_streaming_means_one_posted_answer(bot, error):
     emu = bot.emu
     emu.fail_streaming(error)
-    slow_model(bot, text=FINAL, tokens=6, delay=0.02)
+    slow_model(bot, text=ANSWER, tokens=6, delay=0.02)
     d = emu.mention(CACHE_Q)
     [msg] = bot.wait_answers(thread_ts=d.ts)
     bot.idle()
@@ -335,7 +318,7 @@ def test_streamed_text_is_fixed_when_the_final_answer_differs(bot):
     emu = bot.emu
     # the model appends a source list of its own: while streaming it looks like text,
     # at the end it is recognised and removed (the bot lists the sources itself)
-    slow_model(bot, text=FINAL + "\n\nSources:\n[1] https://made.up/page\n[7] nowhere", tokens=12, delay=0.03)
+    slow_model(bot, text=ANSWER + "\n\nSources:\n[1] https://made.up/page\n[7] nowhere", tokens=12, delay=0.03)
     d = emu.mention(CACHE_Q)
     [update] = emu.wait_for(lambda: emu.calls_to("chat.update"), timeout=30)
     [msg] = finished(bot, d.ts)

@@ -8,6 +8,8 @@ sample corpus. Stand-ins: the Slack emulator and the OpenAI-compatible server.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,14 @@ def build_sample_index(store: Path, embedder: Any) -> Config:
     config = load_config(sample_config_path()).with_store(str(store))
     run_ingest(config, progress=False, embedder=embedder)
     return config
+
+
+def open_sample(store: Path, embedder: Any) -> tuple[Config, Any]:
+    """(config, searcher) over a fresh index of the sample corpus in `store`."""
+    from flytegpt.ingest.search import HybridSearcher
+
+    config = build_sample_index(store, embedder)
+    return config, HybridSearcher.open(config, embedder=embedder)
 
 
 def tuned(config: Config, *, feedback_db: Path, bot: dict | None = None, answer: dict | None = None) -> Config:
@@ -114,3 +124,29 @@ class BotHarness:
 
     def wait_answers(self, n: int = 1, timeout: float = 15.0, **kw: Any) -> list[dict]:
         return self.emu.wait_for(lambda: (a := self.answers(**kw)) and len(a) >= n and a, timeout)
+
+
+@contextmanager
+def harness_factory(sample: tuple[Config, Any], feedback_db: Path, *,
+                    bot_defaults: dict | None = None) -> Iterator[Callable[..., BotHarness]]:
+    """Yields make(bot=, answer=, empty=, answerer=) that starts a tuned bot; stops them all on exit
+    and checks the emulator saw no Slack API violations."""
+    from flytegpt.bot.index_holder import IndexHolder
+
+    running: list[BotHarness] = []
+
+    def make(*, bot: dict | None = None, answer: dict | None = None, empty: bool = False,
+             answerer: Any = None) -> BotHarness:
+        config, searcher = sample
+        config = tuned(config, feedback_db=feedback_db, bot={**(bot_defaults or {}), **(bot or {})}, answer=answer)
+        h = BotHarness(config, IndexHolder(None if empty else searcher), answerer=answerer).start()
+        running.append(h)
+        return h
+
+    try:
+        yield make
+    finally:
+        for h in running:
+            h.stop()
+    for h in running:
+        assert h.emu.violations == []
