@@ -53,6 +53,23 @@ def _legend(names: Sequence[str], x: float, y: float) -> str:
     return "".join(parts)
 
 
+def _open_svg(name: str, title: str, width: int, height: int) -> list[str]:
+    """The chart's opening tag and accessible title, shared by every chart kind."""
+    return [f'<svg data-chart="{escape(name)}" role="img" aria-label="{escape(title)}" '
+            f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">',
+            f"<title>{escape(title)}</title>"]
+
+
+def _y_grid(left: float, right_x: float, top: float, plot_h: float, ymax: float) -> list[str]:
+    """Grid lines with their value labels at 0, half and the top of the y axis."""
+    out = []
+    for frac in (0, 0.5, 1):
+        y = top + plot_h * (1 - frac)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right_x}" y2="{y:.1f}" class="grid"/>'
+                   f'<text x="{left - 4}" y="{y + 4:.1f}" class="axis" text-anchor="end">{_fmt(ymax * frac)}</text>')
+    return out
+
+
 def stacked_bars(name: str, categories: Sequence[str], series: Mapping[str, Sequence[float]], *,
                  title: str, width: int = 900, height: int = 260, stacked: bool = True) -> str:
     """Bars per category (e.g. a day), one segment per series; side by side when not stacked."""
@@ -65,13 +82,8 @@ def stacked_bars(name: str, categories: Sequence[str], series: Mapping[str, Sequ
     ymax = _nice_max(max(totals or [0]))
     slot = plot_w / n
     bar_w = max(slot * 0.8, 1.0)
-    out = [f'<svg data-chart="{escape(name)}" role="img" aria-label="{escape(title)}" '
-           f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">',
-           f"<title>{escape(title)}</title>", _legend(names, left, 14)]
-    for frac in (0, 0.5, 1):
-        y = top + plot_h * (1 - frac)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" class="grid"/>'
-                   f'<text x="{left - 4}" y="{y + 4:.1f}" class="axis" text-anchor="end">{_fmt(ymax * frac)}</text>')
+    out = _open_svg(name, title, width, height) + [_legend(names, left, 14)]
+    out += _y_grid(left, width - right, top, plot_h, ymax)
     label_every = max(1, n // 15)
     for i, cat in enumerate(categories):
         x0 = left + i * slot + (slot - bar_w) / 2
@@ -105,9 +117,7 @@ def horizontal_bars(name: str, rows: Sequence[tuple[str, float]], *, title: str,
     height = top + len(rows) * (bar_h + gap) + 8
     vmax = max([v for _, v in rows] or [0]) or 1
     plot_w = width - label_w - 70
-    out = [f'<svg data-chart="{escape(name)}" role="img" aria-label="{escape(title)}" '
-           f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">',
-           f"<title>{escape(title)}</title>"]
+    out = _open_svg(name, title, width, height)
     for i, (text, v) in enumerate(rows):
         y = top + i * (bar_h + gap)
         w = max(plot_w * v / vmax, 1.0)
@@ -130,13 +140,8 @@ def lines(name: str, categories: Sequence[str], series: Mapping[str, Sequence[fl
     ymax = _nice_max(max([v for s in names for v in series[s]] or [0]))
     n = len(categories)
     step = plot_w / max(n - 1, 1)
-    out = [f'<svg data-chart="{escape(name)}" role="img" aria-label="{escape(title)}" '
-           f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">',
-           f"<title>{escape(title)}</title>", _legend(names, left, 14)]
-    for frac in (0, 0.5, 1):
-        y = top + plot_h * (1 - frac)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" class="grid"/>'
-                   f'<text x="{left - 4}" y="{y + 4:.1f}" class="axis" text-anchor="end">{_fmt(ymax * frac)}</text>')
+    out = _open_svg(name, title, width, height) + [_legend(names, left, 14)]
+    out += _y_grid(left, width - right, top, plot_h, ymax)
     for j, s in enumerate(names):
         pts = [(left + i * step if n > 1 else left + plot_w / 2, top + plot_h * (1 - series[s][i] / ymax))
                for i in range(n)]
