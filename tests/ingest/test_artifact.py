@@ -22,31 +22,7 @@ from flytegpt.ingest.artifact import (
     write_version,
 )
 from flytegpt.ingest.models import Chunk
-
-MODEL = ModelInfo("test/model", 8, True)
-
-
-def make_chunks(n: int, tag: str = "") -> list[Chunk]:
-    sources = ["docs:a.md", "docs:b.md", "slack:general/1.0", "code:pkg/x.py"]
-    return [
-        Chunk(
-            source_id=sources[i % len(sources)],
-            kind="code" if i % 4 == 3 else "docs",
-            title=f"title {i}",
-            url=f"https://example.org/{i}",
-            text=f"chunk {i} {tag} text",
-            embed_text=f"embedded chunk number {i} {tag}" + (" with_overrides" if i == 1 else ""),
-            start_line=i if i % 4 == 3 else None,
-            end_line=i + 5 if i % 4 == 3 else None,
-        )
-        for i in range(n)
-    ]
-
-
-def make_vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
-    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
+from support.index_data import MODEL, edit_manifest, make_chunks, make_vectors
 
 def build(store: str, n: int = 10, seed: int = 0, publish_it: bool = True, **kw) -> str:
     version = write_version(store, make_chunks(n, str(seed)), make_vectors(n, seed=seed), MODEL, **kw)
@@ -150,22 +126,15 @@ def test_wrong_model_and_dimension(tmp_path: Path) -> None:
         open_version(store, expect_dimension=384)
 
 
-def _edit_manifest(store: Path, version: str, edit) -> None:
-    path = store / version / "manifest.json"
-    manifest = json.loads(path.read_text())
-    edit(manifest)
-    path.write_text(json.dumps(manifest))
-
-
 def test_manifest_disagreeing_with_files(tmp_path: Path) -> None:
     version = build(str(tmp_path))
-    _edit_manifest(tmp_path, version, lambda m: m["model"].update(dimension=16))
+    edit_manifest(tmp_path, version, lambda m: m["model"].update(dimension=16))
     with pytest.raises(ArtifactError, match=r"dense\.faiss dimension: expected 16 \(manifest\), found 8"):
         open_version(str(tmp_path))
-    _edit_manifest(tmp_path, version, lambda m: (m["model"].update(dimension=8), m.update(chunk_count=11)))
+    edit_manifest(tmp_path, version, lambda m: (m["model"].update(dimension=8), m.update(chunk_count=11)))
     with pytest.raises(ArtifactError, match=r"dense\.faiss ntotal: expected 11 \(chunk_count\), found 10"):
         open_version(str(tmp_path))
-    _edit_manifest(tmp_path, version, lambda m: m.update(chunk_count=10, format_version=99))
+    edit_manifest(tmp_path, version, lambda m: m.update(chunk_count=10, format_version=99))
     with pytest.raises(ArtifactError, match="format_version: expected 1, found 99"):
         open_version(str(tmp_path))
 

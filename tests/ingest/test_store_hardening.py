@@ -36,7 +36,7 @@ from flytegpt.ingest.artifact import (
 from flytegpt.ingest.config import sample_config_path
 from flytegpt.ingest.store import StoreLockError, get_fs, store_lock
 
-from .test_artifact import MODEL, _edit_manifest, make_chunks, make_vectors
+from support.index_data import MODEL, edit_manifest, make_chunks, make_vectors
 
 
 def _build(store: str, seed: int, *, sources_read_at: datetime | None = None) -> str:
@@ -93,7 +93,7 @@ def test_manifest_file_names_outside_the_version_layout_are_refused(tmp_path: Pa
     secret = tmp_path / "outside.txt"
     secret.write_text("secret")
     entry = {"sha256": hashlib.sha256(b"secret").hexdigest(), "bytes": 6}
-    _edit_manifest(store, version, lambda m: m["files"].update({name: entry}))
+    edit_manifest(store, version, lambda m: m["files"].update({name: entry}))
     with pytest.raises(ArtifactError, match="is not a file name of an index version"):
         open_version(str(store), version)
 
@@ -119,7 +119,7 @@ def test_malformed_manifest_fields_are_messages(tmp_path: Path, edit, message: s
     store = tmp_path / "store"
     version = _build(str(store), 1)
     publish(str(store), version)
-    _edit_manifest(store, version, edit)
+    edit_manifest(store, version, edit)
     with pytest.raises(ArtifactError, match=message):
         open_version(str(store), version)
     result = _search(store)  # the CLI: a message, exit 1, no traceback
@@ -224,7 +224,7 @@ def test_same_inputs_give_byte_identical_index_files_whatever_the_hash_seed(tmp_
     script = textwrap.dedent("""
         import sys
         sys.path.insert(0, sys.argv[2])
-        from test_artifact import MODEL, make_chunks, make_vectors
+        from support.index_data import MODEL, make_chunks, make_vectors
         from flytegpt.ingest.artifact import write_version
         from flytegpt.ingest.models import Chunk
         words = "cache task workflow map_task with_overrides FlyteFile launch plan schedule secret".split()
@@ -232,7 +232,7 @@ def test_same_inputs_give_byte_identical_index_files_whatever_the_hash_seed(tmp_
                   for i, c in enumerate(make_chunks(60))]
         print(write_version(sys.argv[1], chunks, make_vectors(60), MODEL))
     """)
-    tests_dir = str(Path(__file__).parent)
+    tests_dir = str(Path(__file__).parents[1])  
     files = []
     for seed in ("1", "2"):
         store = tmp_path / f"store{seed}"

@@ -30,7 +30,7 @@ from flytegpt.ingest.artifact import (  # noqa: E402
 from flytegpt.ingest.embedding_cache import EmbeddingCache  # noqa: E402
 from flytegpt.ingest.models import Chunk  # noqa: E402
 
-from .test_artifact import MODEL, make_chunks, make_vectors  # noqa: E402
+from support.index_data import MODEL, make_chunks, make_vectors  # noqa: E402
 
 BUCKET = "flytegpt-test"
 
