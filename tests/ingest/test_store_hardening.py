@@ -232,7 +232,7 @@ def test_same_inputs_give_byte_identical_index_files_whatever_the_hash_seed(tmp_
                   for i, c in enumerate(make_chunks(60))]
         print(write_version(sys.argv[1], chunks, make_vectors(60), MODEL))
     """)
-    tests_dir = str(Path(__file__).parents[1])  
+    tests_dir = str(Path(__file__).parents[1])  # the folder that holds `support`
     files = []
     for seed in ("1", "2"):
         store = tmp_path / f"store{seed}"
