@@ -141,6 +141,10 @@ class AnswerJob:
                 "latency_s": round(seconds, 3),
                 "permalink": thread_permalink(self.workspace_url, q.channel, q.thread_ts or q.ts)}
 
+    def turned_away(self, q: "Question", failure: str) -> None:
+        """Log a question refused before answering (rate limit, full queue), so the report counts it."""
+        self._log_unanswered(q, "failed", failure)
+
     def _log_unanswered(self, q: "Question", outcome: str, failure: str, related: Sequence[Any] = ()) -> None:
         """Log a question the bot could not answer (best-effort, like every feedback write).
 

@@ -85,7 +85,8 @@ class FlyteGPTBot:
                                   allowed=self._resolve_allowlist(config.bot.allowed_channels),
                                   deduper=self.deduper, limiter=RateLimiter(config.bot.user_rate_limit, 60.0),
                                   pool=self.pool, side=self.side, history=self.history, delivery=self.delivery,
-                                  interactions=self.interactions, metrics=self.metrics, submit=self.answer_job.submit)
+                                  interactions=self.interactions, metrics=self.metrics, submit=self.answer_job.submit,
+                                  turned_away=self.answer_job.turned_away)
         self.app = App(client=self.client, process_before_response=False, logger=logging.getLogger("slack_bolt"))
         self.router.register(self.app)
         self.panel = AssistantPanel(config, self.router, self.side, bot_user_id=self.bot_user_id)

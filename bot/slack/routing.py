@@ -45,11 +45,13 @@ class EventRouter:
     def __init__(self, config: "Config", *, bot_user_id: str, allowed: set[str], deduper: "Deduper",
                  limiter: "RateLimiter", pool: "WorkerPool", side: "WorkerPool", history: "ThreadHistory",
                  delivery: "Delivery", interactions: "Interactions", metrics: "Metrics",
-                 submit: Callable[[Question], bool], bot_id: str | None = None) -> None:
+                 submit: Callable[[Question], bool], turned_away: Callable[[Question, str], None],
+                 bot_id: str | None = None) -> None:
         self.config, self.bot_user_id, self.bot_id, self.allowed = config, bot_user_id, bot_id, allowed
         self.deduper, self.limiter, self.pool, self.side = deduper, limiter, pool, side
         self.history, self.delivery, self.interactions = history, delivery, interactions
         self.metrics, self.submit = metrics, submit
+        self.turned_away = turned_away  # logs a refused question for the report
 
     def register(self, app: "App") -> None:
         app.event("app_mention")(self.on_mention)
@@ -108,11 +110,13 @@ class EventRouter:
         if wait:
             self.metrics.rate_limited.inc()
             ack(text=messages.rate_limited(wait), response_type="ephemeral")
+            self.side.submit(self.turned_away, Question("command", text, channel, user), "rate_limited")
             return
         q = Question("command", text, channel, user, response_url=command.get("response_url"))
         if not self.submit(q):
             self.metrics.busy.inc()
             ack(text=self._refusal(), response_type="ephemeral")
+            self.side.submit(self.turned_away, q, "busy")
             return
         self.metrics.questions.labels("command").inc()
         ack(text=messages.LOOKING, response_type="ephemeral")
@@ -198,11 +202,13 @@ class EventRouter:
         if wait:
             self.metrics.rate_limited.inc()
             self.side.submit(self.delivery.ephemeral, q.channel, q.user, messages.rate_limited(wait), q.thread_ts)
+            self.side.submit(self.turned_away, q, "rate_limited")
             return
         if not self.submit(q):
             self.metrics.busy.inc()
             log.warning("worker queue full: busy reply", extra={"channel": q.channel})
             self.side.submit(self.delivery.notice, q, self._refusal())
+            self.side.submit(self.turned_away, q, "busy")
             return
         self.metrics.questions.labels(q.surface).inc()
         self.metrics.pending.set(self.pool.pending)

@@ -121,3 +121,29 @@ def test_a_question_cut_off_by_a_shutdown_is_logged_as_failed(harness):
         assert len(store.questions()) == 1  # logged once
     finally:
         store.close()
+
+
+def test_questions_turned_away_by_the_rate_limit_are_logged(tmp_path, embedder):
+    from flytegpt.ingest.search import HybridSearcher
+
+    config = build_sample_index(tmp_path / "store", embedder)
+    searcher = HybridSearcher.open(config, embedder=embedder)
+    config = tuned(config, feedback_db=tmp_path / "feedback.sqlite3", bot={"user_rate_limit": 1})
+    h = BotHarness(config, IndexHolder(searcher)).start()
+    try:
+        first = h.emu.mention(CACHE_Q)
+        h.wait_answers(thread_ts=first.ts)
+        second = h.emu.mention(OFF_TOPIC)  # the same user again within the minute
+        h.emu.wait_ack(second.envelope_id)
+        h.emu.wait_for(lambda: h.bot.metrics.rate_limited._value.get() == 1)
+        h.idle()
+    finally:
+        h.stop()
+    store = FeedbackStore(config.bot.feedback_db)
+    try:
+        rows = {r["question"]: r for r in store.questions()}
+    finally:
+        store.close()
+    assert rows[CACHE_Q]["outcome"] == "answered"
+    assert (rows[OFF_TOPIC]["outcome"], rows[OFF_TOPIC]["failure"]) == ("failed", "rate_limited")
+    assert rows[OFF_TOPIC]["surface"] == "mention"
