@@ -75,9 +75,41 @@ def _print_summary(summary) -> None:
     )
     if summary.autotune:
         console.print(f"precision auto: {summary.autotune['reason']}")
+    if summary.tuning:
+        from flytegpt.ingest.tuning import TuneReport
+
+        console.print(f"tuned model: {escape(TuneReport.from_dict(summary.tuning).describe())}")
     console.print(f"time: {total:.1f}s ({stages}); {summary.chunks / max(total, 1e-9):.0f} chunks/s, "
                   f"embedding {100 * embed / max(total, 1e-9):.0f}% of it")
     console.print(f"store: {summary.store}  LATEST -> {summary.version}")
+
+
+@main.command()
+@config_option
+@store_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def tune(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> None:
+    """Fine-tune the embedding model on pairs from the corpus and store it (no index is built).
+
+    `flytegpt ingest` with `[tuning] enabled = "on"` (or "auto" on a GPU) does this itself and
+    embeds with the result; run this to see the held-out figures first.
+    """
+    from flytegpt.ingest.pipeline import collect_chunks
+    from flytegpt.ingest.tuning import TuningError, ensure_tuned
+
+    config = load(config_path, store)
+    try:
+        chunks, *_ = collect_chunks(config, progress=not quiet and not as_json)
+        report = ensure_tuned(chunks, config, progress=not quiet and not as_json)
+    except (ConfigError, ValueError, TuningError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    click.echo(report.describe())
+    if not report.refused:
+        click.echo(f"stored in {config.index.store}; set [tuning] enabled = \"on\" so `flytegpt ingest` embeds with it")
 
 
 @main.command()

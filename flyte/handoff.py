@@ -53,7 +53,7 @@ def load_task_config(config_path: str, store: str = "") -> Config:
 
 def settings_json(config: Config) -> str:
     """The parts of the configuration later stages need (not the sources), as task-input text."""
-    return config.model_dump_json(include={"index", "embeddings"})
+    return config.model_dump_json(include={"index", "embeddings", "tuning"})
 
 
 def config_from_settings(settings: str) -> Config:

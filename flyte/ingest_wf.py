@@ -1,11 +1,11 @@
-"""The re-ingest workflow: collect -> chunk -> shard -> embed (GPU, one task per shard) -> merge -> build
--> publish, and its nightly schedule.
+"""The re-ingest workflow: collect -> chunk -> tune (GPU) -> shard -> embed (GPU, one task per shard) -> merge
+-> build -> publish, and its nightly schedule.
 
 Each task calls one stage of ingest.pipeline, so `flytegpt ingest` and this workflow build
 the same index. Caching works in two layers:
-- Flyte's task cache: chunk, embed and build are `cache=True`, their inputs are
+- Flyte's task cache: chunk, tune, embed and build are `cache=True`, their inputs are
   content-addressed files (flyte/handoff.py), and their cache versions hash the code and model
-  they depend on (flyte/cache.py). An unchanged corpus skips all three.
+  they depend on (flyte/cache.py). An unchanged corpus skips all four.
 - the store's embedding cache, inside the embed task: a changed corpus embeds only the chunks
   whose text is new.
 A corpus of more than `[embeddings] fanout_above` chunks is embedded in shards of
@@ -51,6 +51,13 @@ log = logging.getLogger(__name__)
 NIGHTLY_CONFIG = os.environ.get("FLYTEGPT_CONFIG", "ingest/sample/flytegpt.toml")
 NIGHTLY_STORE = os.environ.get("FLYTEGPT_STORE", "s3://my-flytegpt-bucket/flytegpt/store")
 NIGHTLY_CRON = os.environ.get("FLYTEGPT_CRON", "0 3 * * *")  # daily, 03:00 UTC
+
+
+# The GPU tasks (tune, embed): a GPU of the chosen type (flyte/resources.py), cached by content.
+gpu_task = functools.partial(
+    task, container_image=IMAGE, requests=resources.EMBED, limits=resources.EMBED_LIMITS,
+    accelerator=resources.embed_accelerator(), cache=True,
+)
 
 
 class Collected(NamedTuple):
@@ -130,26 +137,37 @@ def shard(chunks: FlyteFile, settings: str) -> list[FlyteFile]:
     return [FlyteFile(write_work_file(config.index.store, "chunk-shards", part, ".jsonl")) for part in parts]
 
 
-@task(
-    container_image=IMAGE,
-    requests=resources.EMBED,
-    limits=resources.EMBED_LIMITS,
-    accelerator=resources.embed_accelerator(),
-    cache=True,
-    cache_version=cache.EMBED_VERSION,
-)
-def embed(chunks: FlyteFile, settings: str) -> str:
-    """Embed one shard on the GPU when the pod has one (device "auto"), reusing cached vectors.
-
-    Returns JSON (a mapped task has one output): the vectors' file, the model, the counts.
-    """
+@gpu_task(cache_version=cache.TUNE_VERSION)
+def tune(chunks: FlyteFile, settings: str) -> str:
+    """Fine-tune the embedding model on the corpus's own pairs when `[tuning] enabled` asks ("auto":
+    on a GPU, i.e. on this task's pod), store it, and return ingest.tuning's report as JSON ("" when
+    not tuning). A stored model that still covers the corpus is reused (ingest/tuning.py)."""
     from flytegpt.ingest import pipeline
-    from flytegpt.ingest.embedding import Embedder
     from flytegpt.ingest.models import Chunk
 
     config = config_from_settings(settings)
     items = [Chunk.from_dict(c) for c in from_jsonl(read_work_file(chunks))]
-    embedder = Embedder.from_config(config.embeddings)
+    report = pipeline.tune(items, config, progress=False)
+    if report is None:
+        return ""
+    log.info("tuning: %s", report.describe())
+    return json.dumps(report.to_dict())
+
+
+@gpu_task(cache_version=cache.EMBED_VERSION)
+def embed(chunks: FlyteFile, settings: str, tuned: str = "") -> str:
+    """Embed one shard on the GPU when the pod has one (device "auto"), reusing cached vectors,
+    with the tuned model when `tuned` (the tune task's report) names one.
+
+    Returns JSON (a mapped task has one output): the vectors' file, the model, the counts.
+    """
+    from flytegpt.ingest import pipeline
+    from flytegpt.ingest.models import Chunk
+    from flytegpt.ingest.tuning import TuneReport
+
+    config = config_from_settings(settings)
+    items = [Chunk.from_dict(c) for c in from_jsonl(read_work_file(chunks))]
+    embedder = pipeline.embedder_for(config, TuneReport.from_dict(json.loads(tuned)) if tuned else None)
     vectors, stats = pipeline.embed_chunks(items, config, embedder=embedder, progress=False)
     how = {"device": embedder.device, **embedder.describe()}
     log.info("embedded %d chunks: %s, %s", len(items), stats, how)
@@ -245,8 +263,9 @@ def ingest_wf(config_path: str = NIGHTLY_CONFIG, store: str = "") -> str:
     """
     collected = collect(config_path=config_path, store=store)
     chunks = chunk(documents=collected.documents, store=collected.store)
+    tuned = tune(chunks=chunks, settings=collected.settings)
     shards = shard(chunks=chunks, settings=collected.settings)
-    parts = map_task(functools.partial(embed, settings=collected.settings))(chunks=shards)
+    parts = map_task(functools.partial(embed, settings=collected.settings, tuned=tuned))(chunks=shards)
     embedded = merge(parts=parts, store=collected.store)
     version = build(
         chunks=chunks,

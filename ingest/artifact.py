@@ -436,7 +436,23 @@ def prune(store: str, keep: int = DEFAULT_KEEP_VERSIONS, *, protect: set[str] = 
             oldest = None
         if oldest is not None:
             prune_work_files(store, before=oldest)
+    if removed:
+        _prune_models(store, kept)
     return removed
+
+
+def _prune_models(store: str, kept: list[str]) -> None:
+    """Tuned models (ingest/tuning.py) that no kept version was embedded with go with the versions."""
+    from flytegpt.ingest.tuning import prune_models
+
+    names = set()
+    for version in kept:
+        try:
+            names.add(str(read_manifest(store, version)["model"]["model_id"]))
+        except (ArtifactError, KeyError, TypeError):
+            return  # a manifest that can't be read: keep every model rather than guess
+    for model_id in prune_models(store, names):
+        log.info("pruned tuned model %s from %s", model_id, store)
 
 
 def prune_cache(cache_dir: str, keep: set[str]) -> list[str]:

@@ -35,7 +35,7 @@ CACHE_FILE = "autotune.json"
 # A candidate must beat the baseline by this much to be chosen: two runs of one candidate on a
 # shared 2-core machine differ by 5-10%.
 MARGIN = 0.10
-ROUNDS = 3  # timed passes per candidate, interleaved; the median counts
+ROUNDS = 3  # timed passes per candidate at most, interleaved; the median counts
 
 
 class Encoder(Protocol):
@@ -79,25 +79,42 @@ def decide(rates: Mapping[str, float], baseline: str, margin: float = MARGIN) ->
 
 
 def measure(
-    encoders: Mapping[str, Encoder], texts: Sequence[str], batch_size: int, rounds: int = ROUNDS
+    encoders: Mapping[str, Encoder],
+    texts: Sequence[str],
+    batch_size: int,
+    rounds: int = ROUNDS,
+    *,
+    baseline: str | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    """Texts per second of each encoder: one warm-up pass, then `rounds` timed passes, interleaved
-    (the order reverses every round), median. An encoder that fails is left out, with a warning."""
+    """Texts per second of each encoder: up to `rounds` timed passes, interleaved (the order
+    reverses every round), median. An encoder that fails is left out, with a warning.
+
+    No separate warm-up: OpenVINO's first pass over these shapes measured within 0-17% of the
+    next ones (slower, never faster), so at worst it plays against a candidate, never for one.
+    With `baseline`, the measurement stops after two rounds when each round alone leads to the
+    same decision (`decide`): a clear case costs two passes per candidate, a close one `rounds`.
+    """
     alive = dict(encoders)
-    for label, enc in list(alive.items()):
-        try:
-            enc.encode(texts, batch_size=batch_size)  # compiles the kernels of every batch shape
-        except Exception as e:  # noqa: BLE001 - a candidate this CPU cannot run is not chosen
-            log.warning("autotune: %s failed (%s); not a candidate", label, e)
-            del alive[label]
     times: dict[str, list[float]] = {label: [] for label in alive}
-    order = list(alive)
+    decisions: set[str] = set()
     for r in range(rounds):
-        for label in order if r % 2 == 0 else reversed(order):
-            t = time.perf_counter()
-            alive[label].encode(texts, batch_size=batch_size)
-            times[label].append(time.perf_counter() - t)
-    return {label: len(texts) / statistics.median(ts) for label, ts in times.items()}
+        for label in list(alive) if r % 2 == 0 else list(reversed(alive)):
+            t = clock()
+            try:
+                alive[label].encode(texts, batch_size=batch_size)
+            except Exception as e:  # noqa: BLE001 - a candidate this CPU cannot run is not chosen
+                if r > 0:
+                    raise
+                log.warning("autotune: %s failed (%s); not a candidate", label, e)
+                del alive[label], times[label]
+                continue
+            times[label].append(clock() - t)
+        if baseline is not None and times:
+            decisions.add(decide({label: len(texts) / max(ts[r], 1e-9) for label, ts in times.items()}, baseline)[0])
+            if r >= 1 and len(decisions) == 1:
+                break
+    return {label: len(texts) / max(statistics.median(ts), 1e-9) for label, ts in times.items()}
 
 
 def sample_texts(tokens: Sequence[int] = (256, 192, 128, 64), per_length: int = 4) -> list[str]:
@@ -192,7 +209,7 @@ def choose(
         except Exception as e:  # noqa: BLE001 - e.g. a precision this CPU plugin refuses
             log.warning("autotune: %s could not be loaded (%s); not a candidate", label, e)
     t = time.perf_counter()
-    rates = measure(encoders, texts or sample_texts(), batch_size)
+    rates = measure(encoders, texts or sample_texts(), batch_size, baseline=baseline)
     label, reason = decide(rates, baseline)
     choice = Choice(label, reason, {k: round(v, 2) for k, v in rates.items()}, measured=True, key=key)
     log.info("embedding: auto chose %s after measuring for %.1fs: %s", label, time.perf_counter() - t, reason)

@@ -130,6 +130,25 @@ class RetrievalConfig(_Strict):
     short_question_words: int = Field(default=5, ge=0, le=1000)
 
 
+class TuningConfig(_Strict):
+    """Domain tuning of the embedding model (ingest/tuning.py; figures: README "How well it retrieves")."""
+
+    # "auto": tune where the embedding runs on a GPU (seconds to minutes); on a CPU-only machine
+    # it takes minutes per thousand pairs, so "on" asks for it there. "off": the base model.
+    enabled: Literal["auto", "on", "off"] = "auto"
+    epochs: float = Field(default=1.0, gt=0, le=20)
+    batch_size: int = Field(default=32, ge=2, le=4096)  # pairs per step; the others are each pair's negatives
+    learning_rate: float = Field(default=2e-5, gt=0, le=1e-2)
+    max_seq_length: int = Field(default=128, ge=16, le=512)  # tokens per text while training
+    held_out: float = Field(default=0.1, ge=0.0, lt=1.0)  # share of pairs kept out of training to judge it
+    max_pairs: int = Field(default=50_000, ge=0, le=10_000_000)  # a random sample above this (0: all)
+    min_pairs: int = Field(default=200, ge=1, le=10_000_000)  # fewer: the corpus is too small to tune on
+    # a stored tuned model is reused while its training pairs cover this share of today's pairs
+    reuse_overlap: float = Field(default=0.9, ge=0.0, le=1.0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # CPU training; "auto" times both on the first steps
+    seed: int = 0
+
+
 class AnswerConfig(_Strict):
     token_budget: int = Field(default=2000, ge=100, le=1_000_000)  # tokens of sources in the prompt
     min_score: float = Field(default=0.0, ge=0.0, le=10.0)  # below this fused score nothing counts as relevant
@@ -200,6 +219,7 @@ class Config(_Strict):
     index: IndexConfig = IndexConfig()
     embeddings: EmbeddingsConfig = EmbeddingsConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    tuning: TuningConfig = TuningConfig()
     answer: AnswerConfig = AnswerConfig()
     bot: BotConfig = BotConfig()
     base_dir: Path = Path(".")

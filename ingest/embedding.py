@@ -159,17 +159,13 @@ def _dimension_from_folder(path: str) -> int | None:
     Only trusted for the plain Transformer -> Pooling (-> Normalize) pipeline; any
     other module (Dense, ...) may change the dimension, so those load the model.
     """
-    folder = Path(path)
+    from flytegpt.ingest.onnx_export import pooling_facts
+
     try:
-        modules = json.loads((folder / "modules.json").read_text())
-        kinds = {m["type"].rsplit(".", 1)[-1] for m in modules}
-        if not kinds <= {"Transformer", "Pooling", "Normalize"}:
-            return None
-        pooling = next(m for m in modules if m["type"].endswith("Pooling"))
-        cfg = json.loads((folder / pooling["path"] / "config.json").read_text())
-        return int(cfg["word_embedding_dimension"])
+        kinds, _, dimension = pooling_facts(Path(path))
     except (OSError, ValueError, KeyError, StopIteration, TypeError):
         return None
+    return dimension if set(kinds) <= {"Transformer", "Pooling", "Normalize"} else None
 
 
 def _model_dimension(model: "SentenceTransformer") -> int:
@@ -193,9 +189,11 @@ class Embedder:
         gpu_batch_size: int = 256,
         onnx_cache_dir: str | None = None,
         precision: str = "auto",
+        model_path: str | None = None,
     ) -> None:
         self.model_name = normalize_model_id(model)
-        self.model_path = resolve_model_path(model)
+        # a tuned model's id names it; its files are wherever the store put them (ingest/tuning.py)
+        self.model_path = model_path or resolve_model_path(model)
         self._batch_size = batch_size
         self.gpu_batch_size = gpu_batch_size
         self.onnx_cache_dir = onnx_cache_dir
@@ -214,26 +212,39 @@ class Embedder:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, cfg: EmbeddingsConfig) -> "Embedder":
+    def from_config(cls, cfg: EmbeddingsConfig, *, model_path: str | None = None) -> "Embedder":
         return cls(
             cfg.model, device=cfg.device, batch_size=cfg.batch_size, backend=cfg.backend,
             gpu_batch_size=cfg.gpu_batch_size, onnx_cache_dir=cfg.onnx_cache_dir, precision=cfg.precision,
+            model_path=model_path,
         )
 
     @classmethod
-    def for_model_id(cls, model_id: str, cfg: EmbeddingsConfig | None = None) -> "Embedder":
+    def for_model_id(
+        cls, model_id: str, cfg: EmbeddingsConfig | None = None, *, store: str | None = None,
+        cache_dir: str | None = None,
+    ) -> "Embedder":
         """The query embedder for an index whose manifest records `model_id`.
 
         Every backend makes the same vectors, so queries use the configured backend and
-        precision: an index built on a GPU is served on a CPU. An id with a recipe suffix
-        ("<model>#onnx-int8-v2") was made by an int8 backend this FlyteGPT no longer has.
+        precision: an index built on a GPU is served on a CPU. A tuned model
+        ("flytegpt-tuned/...") is loaded from `store`, where the ingest that tuned it put it.
+        An id with a recipe suffix ("<model>#onnx-int8-v2") was made by an int8 backend this
+        FlyteGPT no longer has.
         """
         if "#" in model_id:
             raise ValueError(
                 f"model id {model_id!r}: the index was embedded by a backend this FlyteGPT does not have; "
                 "re-ingest to rebuild it"
             )
-        return cls.from_config((cfg or EmbeddingsConfig()).model_copy(update={"model": model_id}))
+        cfg = (cfg or EmbeddingsConfig()).model_copy(update={"model": model_id})
+        from flytegpt.ingest import tuning
+
+        if not tuning.is_tuned(model_id):
+            return cls.from_config(cfg)
+        if store is None:
+            raise ValueError(f"model id {model_id!r} is a tuned model: it is loaded from the index store, none given")
+        return cls.from_config(cfg, model_path=str(tuning.local_model(store, model_id, cache_dir)))
 
     @property
     def device(self) -> str:

@@ -45,34 +45,54 @@ def default_cache_root() -> Path:
     return Path(base) / "flytegpt" / "onnx"
 
 
+def pooling_facts(folder: Path) -> tuple[list[str], list[str], int]:
+    """(module kinds, pooling modes, output dimension) of a sentence-transformers model folder.
+
+    sentence-transformers 6 writes the pooling config as `pooling_mode: "mean"` and
+    `embedding_dimension`; earlier releases as `pooling_mode_mean_tokens: true` and
+    `word_embedding_dimension`. A model tuned here (ingest/tuning.py) is saved in the new form.
+    Raises OSError, ValueError, KeyError, StopIteration or TypeError on a folder that is not one.
+    """
+    modules = json.loads((folder / "modules.json").read_text())
+    kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+    pooling = next(m for m in modules if m["type"].endswith("Pooling"))
+    cfg = json.loads((folder / pooling["path"] / "config.json").read_text())
+    if "pooling_mode" in cfg:
+        modes = [cfg["pooling_mode"]] if isinstance(cfg["pooling_mode"], str) else list(cfg["pooling_mode"])
+    else:
+        modes = [k.removeprefix("pooling_mode_").removesuffix("_tokens") for k, v in cfg.items()
+                 if k.startswith("pooling_mode_") and v]
+    dimension = int(cfg.get("embedding_dimension") or cfg["word_embedding_dimension"])
+    return kinds, modes, dimension
+
+
 def check_exportable(model_path: str) -> dict:
     """The pipeline facts the export needs (max_seq_length); raises NotExportable otherwise."""
     folder = Path(model_path)
     if not (folder / "config.json").is_file():
         raise NotExportable(f"{model_path} is not a local model folder")
     try:
-        modules = json.loads((folder / "modules.json").read_text())
-        kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
-        pooling = next(m for m in modules if m["type"].endswith("Pooling"))
-        pcfg = json.loads((folder / pooling["path"] / "config.json").read_text())
-    except (OSError, ValueError, KeyError, StopIteration) as e:
+        kinds, modes, dimension = pooling_facts(folder)
+    except (OSError, ValueError, KeyError, StopIteration, TypeError) as e:
         raise NotExportable(f"{model_path}: cannot read the sentence-transformers pipeline ({e})") from None
     if kinds[:2] != ["Transformer", "Pooling"] or not set(kinds[2:]) <= {"Normalize"}:
         raise NotExportable(f"{model_path}: pipeline {kinds} is not Transformer -> Pooling (-> Normalize)")
-    other = [k for k, v in pcfg.items() if k.startswith("pooling_mode_") and v and k != "pooling_mode_mean_tokens"]
-    if not pcfg.get("pooling_mode_mean_tokens") or other:
-        raise NotExportable(f"{model_path}: only mean pooling is exported, found {other or 'none'}")
+    if modes != ["mean"]:
+        raise NotExportable(f"{model_path}: only mean pooling is exported, found {modes or 'none'}")
     max_len = 512
     try:
         max_len = int(json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"])
     except (OSError, ValueError, KeyError):
-        pass
+        try:  # sentence-transformers 6 keeps it as the tokenizer's model_max_length
+            max_len = int(json.loads((folder / "tokenizer_config.json").read_text())["model_max_length"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     try:
         max_pos = int(json.loads((folder / "config.json").read_text()).get("max_position_embeddings", max_len))
         max_len = min(max_len, max_pos)
     except (OSError, ValueError):
         pass
-    return {"max_seq_length": max_len, "dimension": int(pcfg["word_embedding_dimension"])}
+    return {"max_seq_length": max_len, "dimension": dimension}
 
 
 def weights_fingerprint(model_path: str) -> str:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from flytegpt.ingest.keyword import KeywordIndex
     from flytegpt.ingest.embedding import Embedder
+    from flytegpt.ingest.tuning import TuneReport
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class IngestSummary:
     precision: str = ""  # what the model computed in ("" when nothing was embedded)
     backend: str = ""  # what ran the model: openvino or torch ("" when nothing was embedded)
     autotune: dict | None = None  # what "auto" measured and chose (ingest/autotune.py), if it did
+    tuning: dict | None = None  # ingest/tuning.py's TuneReport, when the model was tuned (or reused)
 
     @property
     def chunks(self) -> int:
@@ -74,6 +76,7 @@ class IngestSummary:
             "precision": self.precision,
             "backend": self.backend,
             "autotune": self.autotune,
+            "tuning": self.tuning,
         }
 
 
@@ -209,6 +212,28 @@ def embed_chunks(
     return vectors, stats
 
 
+def tune(chunks: list[Chunk], config: Config, *, progress: bool = True) -> "TuneReport | None":
+    """The domain-tuned model for these chunks when `[tuning] enabled` asks for one (else None)."""
+    from flytegpt.ingest import tuning
+
+    if not tuning.should_tune(config):
+        return None
+    return tuning.ensure_tuned(chunks, config, progress=progress)
+
+
+def embedder_for(config: Config, tuned: "TuneReport | None") -> "Embedder":
+    """The configured embedder, or the tuned model's when there is one (a refused tuning: the base).
+
+    The tuned model is loaded from the store, where `tune` put it: the Flyte embed task runs in
+    another pod than the tune task."""
+    from flytegpt.ingest.embedding import Embedder
+
+    if tuned is None or tuned.refused:
+        return Embedder.from_config(config.embeddings)
+    return Embedder.for_model_id(tuned.model_id, config.embeddings, store=config.index.store,
+                                 cache_dir=config.index.cache_dir)
+
+
 def model_info(embedder: "Embedder") -> ModelInfo:
     return ModelInfo(model_id=embedder.model_id, dimension=embedder.dimension, normalized=embedder.normalized)
 
@@ -254,7 +279,6 @@ def run_ingest(
     config: Config, *, progress: bool = True, embedder: "Embedder | None" = None
 ) -> IngestSummary:
     """Run every stage in this process and publish the new version."""
-    from flytegpt.ingest.embedding import Embedder
     from flytegpt.ingest.keyword import KeywordIndex
 
     sources_read_at = datetime.now(timezone.utc)
@@ -275,8 +299,14 @@ def run_ingest(
     trim_heap()
     timings["build"] = time.perf_counter() - t
 
+    tuned = None
+    if embedder is None:
+        t = time.perf_counter()
+        tuned = tune(chunks, config, progress=progress)
+        if tuned is not None:
+            timings["tune"] = time.perf_counter() - t
     t = time.perf_counter()
-    embedder = embedder or Embedder.from_config(config.embeddings)
+    embedder = embedder or embedder_for(config, tuned)
     timings["load model"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -310,6 +340,7 @@ def run_ingest(
         precision=embedder.precision if embedder.loaded else "",
         backend=embedder.backend if embedder.loaded else "",
         autotune=embedder.autotune.to_dict() if embedder.autotune else None,
+        tuning=tuned.to_dict() if tuned is not None else None,
     )
 
 

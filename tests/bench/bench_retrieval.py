@@ -136,28 +136,44 @@ def _print(path: str, n: int, results: dict[str, dict]) -> None:
             print(f"{name:30}{group:>18}{row['n']:>4}" + "".join(f"{row[m]:>14.3f}" for m in METRICS))
 
 
+def _ingest(config):
+    """`flytegpt ingest` of the corpus into the config's store (cached vectors and models reused),
+    and a searcher over it as the bot opens one: the query model named by the manifest."""
+    from flytegpt.ingest.artifact import read_latest
+    from flytegpt.ingest.pipeline import run_ingest
+    from flytegpt.ingest.search import HybridSearcher
+
+    t = time.perf_counter()
+    summary = run_ingest(config, progress=True)
+    tuned = f", model {summary.model_id}" if summary.tuning else ""
+    print(f"ingest: {summary.chunks} chunks, {summary.embeddings_computed} embedded, "
+          f"{summary.embeddings_reused} reused{tuned}, {time.perf_counter() - t:.1f}s -> "
+          f"{read_latest(config.index.store)}")
+    return HybridSearcher.open(config)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(SHARED / "eval" / "flytegpt.eval.toml"))
     parser.add_argument("--questions", nargs="+", default=DEFAULT_QUESTIONS)
     parser.add_argument("--store", default=str(ROOT / ".flytegpt" / "bench-store"))
     parser.add_argument("--skip-seed", action="store_true")
+    parser.add_argument("--no-tuned", dest="tuned", action="store_false",
+                        help="skip the domain-tuned model's rows (ingest/tuning.py; minutes on a CPU the first time)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
     args = parser.parse_args()
 
-    from flytegpt.ingest.artifact import read_latest
     from flytegpt.ingest.embedding import Embedder
-    from flytegpt.ingest.pipeline import run_ingest
-    from flytegpt.ingest.search import HybridSearcher
 
     config = load_config(args.config).with_store(args.store)
     question_sets = {path: load_questions(path) for path in args.questions}
-    embedder = Embedder.from_config(config.embeddings)
-    t = time.perf_counter()
-    summary = run_ingest(config, progress=True, embedder=embedder)
-    print(f"ingest: {summary.chunks} chunks, {summary.embeddings_computed} embedded, "
-          f"{summary.embeddings_reused} reused, {time.perf_counter() - t:.1f}s -> {read_latest(args.store)}")
-    searcher = HybridSearcher.open(config, embedder=embedder)
+    base = config.model_copy(update={"tuning": config.tuning.model_copy(update={"enabled": "off"})})
+    searchers = {"flytegpt": _ingest(base)}
+    if args.tuned:
+        # its own store: the base index above stays as it is
+        tuned = config.with_store(args.store.rstrip("/") + "-tuned")
+        tuned = tuned.model_copy(update={"tuning": config.tuning.model_copy(update={"enabled": "on"})})
+        searchers["flytegpt tuned"] = _ingest(tuned)
 
     seed = None
     if not args.skip_seed:
@@ -175,12 +191,16 @@ def main() -> None:
         results = {}
         if seed is not None:
             results["seed (LangChain, dense)"] = evaluate(questions, seed)
-        results["flytegpt dense"] = evaluate(questions, lambda q: [h.chunk for h in searcher.dense_search(q, 10)])
-        results["flytegpt keyword"] = evaluate(questions, lambda q: [h.chunk for h in searcher.keyword_search(q, 10)])
-        results["flytegpt hybrid, whole chunks"] = evaluate(questions, lambda q: [h.chunk for h in searcher.search(q, 10)])
-        results["flytegpt hybrid"] = evaluate(questions, packed_retriever(searcher, config.answer.token_budget))
+        for name, searcher in searchers.items():
+            results[f"{name} dense"] = evaluate(questions, lambda q: [h.chunk for h in searcher.dense_search(q, 10)])
+            if name == "flytegpt":  # the keyword index is the same for every model
+                results["flytegpt keyword"] = evaluate(
+                    questions, lambda q: [h.chunk for h in searcher.keyword_search(q, 10)])
+            results[f"{name} hybrid, whole chunks"] = evaluate(
+                questions, lambda q: [h.chunk for h in searcher.search(q, 10)])
+            results[f"{name} hybrid"] = evaluate(questions, packed_retriever(searcher, config.answer.token_budget))
         _print(path, len(questions), results)
-        ours = results["flytegpt hybrid"]
+        ours = results["flytegpt tuned hybrid" if args.tuned else "flytegpt hybrid"]
         print("targets (overall): " + ", ".join(
             f"{m} {ours[m]:.3f} {'>=' if ours[m] >= t else '<'} {t}" for m, t in TARGETS.items()))
         everything[path] = {k: {m: v for m, v in r.items() if m != "questions"} for k, r in results.items()}

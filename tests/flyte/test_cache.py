@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flytegpt.flyte.cache import BUILD_VERSION, CHUNK_VERSION, EMBED_VERSION, cache_version
+from flytegpt.flyte.cache import BUILD_VERSION, CHUNK_VERSION, EMBED_VERSION, TUNE_VERSION, cache_version
 
 
 def _tree(root: Path) -> Path:
@@ -37,5 +37,5 @@ def test_model_and_missing_modules_count(tmp_path: Path) -> None:
 
 
 def test_tasks_get_distinct_versions_of_the_real_code() -> None:
-    assert len({CHUNK_VERSION, EMBED_VERSION, BUILD_VERSION}) == 3
-    assert all(v != "0.0.0" and len(v) == 16 for v in (CHUNK_VERSION, EMBED_VERSION, BUILD_VERSION))
+    assert len({CHUNK_VERSION, EMBED_VERSION, BUILD_VERSION, TUNE_VERSION}) == 4
+    assert all(v != "0.0.0" and len(v) == 16 for v in (CHUNK_VERSION, EMBED_VERSION, BUILD_VERSION, TUNE_VERSION))

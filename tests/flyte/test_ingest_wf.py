@@ -68,13 +68,13 @@ def test_local_run_publishes_then_caches_then_reembeds_only_changes(tmp_path: Pa
     auto = stats["embeddings"]["autotune"]
     assert auto["choice"] == f"openvino {stats['embeddings']['precision']}" and auto["reason"]
     assert stats["sources"]["sample-docs"]["documents"] > 0
-    assert log.count("Cache miss") == 4 and "Cache hit" not in log  # chunk, shard, embed (mapped), build
+    assert log.count("Cache miss") == 5 and "Cache hit" not in log  # chunk, tune, shard, embed (mapped), build
     assert (home / ".flyte" / "local-cache").is_dir()  # the per-test cache, not the developer's
 
-    # Same inputs: chunk, shard, embed and build come from the local cache; collect, merge and publish run.
+    # Same inputs: chunk, tune, shard, embed and build come from the local cache; collect, merge and publish run.
     again, log = pyflyte_run(config, store, home)
     assert again == version and read_latest(str(store)) == version
-    assert log.count("Cache hit") == 4 and "Cache miss" not in log
+    assert log.count("Cache hit") == 5 and "Cache miss" not in log
     assert list_versions(str(store)) == [version]
 
     # One page changes: the task cache misses, the embedding cache re-embeds only that page.
@@ -82,7 +82,7 @@ def test_local_run_publishes_then_caches_then_reembeds_only_changes(tmp_path: Pa
     page.write_text(page.read_text() + "\n\n## Added tonight\n\nA brand-new paragraph about retries.\n")
     changed, log = pyflyte_run(config, store, home)
     assert changed != version and read_latest(str(store)) == changed
-    assert log.count("Cache miss") == 4
+    assert log.count("Cache miss") == 5
     embeddings = open_version(str(store)).manifest["stats"]["embeddings"]
     assert 0 < embeddings["computed"] <= 3 < embeddings["reused"], embeddings
 
@@ -118,6 +118,29 @@ def test_a_large_corpus_is_embedded_in_shards_and_merged_in_order(tmp_path: Path
     # the same shards again: the mapped embed step is a cache hit
     again, log = pyflyte_run(sharded, store, home)
     assert again == version and "map_embed" in log and "Cache miss" not in log
+
+
+def test_the_workflow_tunes_the_model_then_embeds_with_it(tmp_path: Path) -> None:
+    """[tuning] enabled: the tune task stores the tuned model, the embed task (another pod on a
+    cluster) loads it from the store, and the bot serves the index with it."""
+    from flytegpt.ingest.config import load_config
+    from flytegpt.ingest.search import HybridSearcher
+
+    home = tmp_path / "home"
+    home.mkdir()
+    sample = copy_sample(tmp_path)
+    config = tmp_path / "tuned.toml"
+    config.write_text(sample.read_text().replace('path = "', f'path = "{sample.parent}/')
+                      + '\n[tuning]\nenabled = "on"\nbatch_size = 4\nmax_seq_length = 32\nmin_pairs = 5\n'
+                      + "held_out = 0.0\n")
+    store = tmp_path / "store"
+    version, log = pyflyte_run(config, store, home)
+    index = open_version(str(store), version)
+    model_id = index.manifest["model"]["model_id"]
+    assert model_id.startswith("flytegpt-tuned/all-MiniLM-L6-v2-"), model_id
+    assert (store / "models" / model_id.removeprefix("flytegpt-tuned/") / "tune.json").is_file()
+    searcher = HybridSearcher.open(load_config(config).with_store(str(store)))
+    assert searcher.embedder.model_id == model_id and searcher.search("How do I cache a task?")
 
 
 @pytest.fixture()

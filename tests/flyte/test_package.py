@@ -93,6 +93,7 @@ def test_everything_is_packaged(specs: dict) -> None:
     assert set(specs["task"]) >= {
         "flytegpt.flyte.ingest_wf.collect", "flytegpt.flyte.ingest_wf.chunk", "flytegpt.flyte.ingest_wf.shard",
         "flytegpt.flyte.ingest_wf.embed", "flytegpt.flyte.ingest_wf.merge", "flytegpt.flyte.ingest_wf.build",
+        "flytegpt.flyte.ingest_wf.tune",
         "flytegpt.flyte.ingest_wf.publish", "flytegpt.flyte.bulk_qa_wf.answer_questions",
     }
     assert _mapped_embed(specs)  # the embed step over shards
@@ -108,7 +109,8 @@ def _mapped_embed(specs: dict):
 
 
 def test_embed_task_requests_a_gpu_of_the_chosen_type(specs: dict) -> None:
-    for embed in (specs["task"]["flytegpt.flyte.ingest_wf.embed"], _mapped_embed(specs)):
+    for embed in (specs["task"]["flytegpt.flyte.ingest_wf.embed"], _mapped_embed(specs),
+                  specs["task"]["flytegpt.flyte.ingest_wf.tune"]):
         assert _requests(embed)["GPU"] == "1"
         assert _limits(embed)["GPU"] == "1"
         assert embed.template.extended_resources.gpu_accelerator.device == "nvidia-l4"  # FLYTEGPT_GPU=L4
@@ -122,7 +124,7 @@ def test_cache_settings_use_code_derived_versions(specs: dict) -> None:
     from flytegpt.flyte import cache
 
     expected = {"chunk": cache.CHUNK_VERSION, "shard": cache.SHARD_VERSION, "embed": cache.EMBED_VERSION,
-                "build": cache.BUILD_VERSION}
+                "build": cache.BUILD_VERSION, "tune": cache.TUNE_VERSION}
     for name, version in expected.items():
         meta = specs["task"][f"flytegpt.flyte.ingest_wf.{name}"].template.metadata
         assert meta.discoverable, name
@@ -159,10 +161,11 @@ def test_embed_fans_out_over_the_shards(specs: dict) -> None:
     (mapped,) = [n for n in wf.nodes if n.HasField("array_node")]
     node_of = {n.task_node.reference_id.name.rsplit(".", 1)[1]: n for n in wf.nodes if n.HasField("task_node")}
     assert mapped.array_node.node.task_node.reference_id.name.startswith("flytegpt.flyte.ingest_wf.map_embed_")
-    assert list(mapped.array_node.bound_inputs) == ["settings"]  # the same settings for every shard
+    # the same settings and the same (tuned) model for every shard
+    assert sorted(mapped.array_node.bound_inputs) == ["settings", "tuned"]
     assert mapped.array_node.min_success_ratio == 1  # every shard, or no index
     inputs = {b.var: b.binding.promise.node_id for b in mapped.inputs}
-    assert inputs["chunks"] == node_of["shard"].id
+    assert inputs["chunks"] == node_of["shard"].id and inputs["tuned"] == node_of["tune"].id
     merge_inputs = {b.var: b.binding.promise.node_id for b in node_of["merge"].inputs}
     assert merge_inputs["parts"] == mapped.id
 

@@ -58,7 +58,7 @@ def test_choice_is_measured_once_per_machine_then_read_back(
 ) -> None:
     cache = tmp_path / "autotune.json"
     rates = {"openvino fp32": 20.0, "openvino bf16": 45.0}
-    monkeypatch.setattr(autotune, "measure", lambda encoders, texts, batch_size: {k: rates[k] for k in encoders})
+    monkeypatch.setattr(autotune, "measure", lambda encoders, texts, batch_size, **_: {k: rates[k] for k in encoders})
     built: list[str] = []
     with caplog.at_level(logging.INFO, logger="flytegpt.ingest.autotune"):
         choice, encoder = choose(_candidates(built), "openvino fp32", facts=FACTS, cache_file=cache, batch_size=8)
@@ -76,7 +76,7 @@ def test_choice_is_measured_once_per_machine_then_read_back(
     assert again.rates == rates
 
     # another CPU (or flags, container CPUs, runtime version, model export): measured again
-    monkeypatch.setattr(autotune, "measure", lambda encoders, texts, batch_size: {"openvino fp32": 30.0,
+    monkeypatch.setattr(autotune, "measure", lambda encoders, texts, batch_size, **_: {"openvino fp32": 30.0,
                                                                                   "openvino bf16": 20.0})
     other, _ = choose(_candidates([]), "openvino fp32", facts={**FACTS, "cpu": "Intel Xeon"},
                       cache_file=cache, batch_size=8)
@@ -99,12 +99,51 @@ def test_a_candidate_that_fails_is_not_chosen(tmp_path: Path) -> None:
     assert choice.choice == "openvino fp32"
 
 
-def test_measure_runs_every_candidate_interleaved_after_a_warm_up() -> None:
+def test_measure_runs_every_candidate_interleaved() -> None:
     built: list[str] = []
     encoders = {label: make() for label, make in _candidates(built).items()}
     rates = measure(encoders, ["text"] * 8, batch_size=4, rounds=3)
     assert set(rates) == set(encoders) and all(r > 0 for r in rates.values())
-    assert [e.calls for e in encoders.values()] == [4, 4]  # warm-up + 3 rounds each
+    assert [e.calls for e in encoders.values()] == [3, 3]  # 3 rounds each
+
+
+class Clock:
+    """A clock that only moves when a fake encoder works: each candidate costs its own seconds."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _timed(clock: Clock, costs: dict[str, list[float]]) -> dict[str, FakeEncoder]:
+    encoders = {}
+    for label, cost in costs.items():
+        enc = FakeEncoder(label, [])
+
+        def encode(texts, batch_size=8, enc=enc, cost=cost):
+            clock.now += cost[min(enc.calls, len(cost) - 1)]
+            enc.calls += 1
+            return [[0.0]] * len(texts)
+
+        enc.encode = encode
+        encoders[label] = enc
+    return encoders
+
+
+def test_a_clear_case_stops_after_two_rounds_a_close_one_takes_three() -> None:
+    clock = Clock()
+    # bf16 twice as fast in every round: two rounds say the same, the third is not needed
+    clear = _timed(clock, {"openvino fp32": [1.0], "openvino bf16": [0.5]})
+    rates = measure(clear, ["t"] * 10, batch_size=4, baseline="openvino fp32", clock=clock)
+    assert [e.calls for e in clear.values()] == [2, 2]  # 2 rounds
+    assert rates == {"openvino fp32": 10.0, "openvino bf16": 20.0}
+    # round 1 says bf16, round 2 says fp32 (a load spike): a third round and the median decide
+    close = _timed(clock, {"openvino fp32": [1.0, 1.0, 1.0], "openvino bf16": [0.5, 2.0, 0.5]})
+    rates = measure(close, ["t"] * 10, batch_size=4, baseline="openvino fp32", clock=clock)
+    assert [e.calls for e in close.values()] == [3, 3]
+    assert decide(rates, "openvino fp32")[0] == "openvino bf16"
 
 
 def test_an_unwritable_cache_only_costs_a_new_measurement(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -132,7 +171,7 @@ def test_the_embedder_runs_what_auto_chose(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(openvino_runner, "openvino_bf16", lambda: True)
     monkeypatch.setattr(Embedder, "_autotune_file", lambda self: tmp_path / "autotune.json")
     slow, fast = 20.0, 50.0
-    monkeypatch.setattr(autotune, "measure", lambda encoders, texts, batch_size: {
+    monkeypatch.setattr(autotune, "measure", lambda encoders, texts, batch_size, **_: {
         k: (fast if k.endswith(faster) else slow) for k in encoders})
     e = Embedder(DEFAULT_MODEL, device="cpu")
     assert e.backend == "openvino" and not e.loaded
