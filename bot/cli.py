@@ -37,11 +37,12 @@ def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> 
     from flytegpt.ingest.artifact import ArtifactError
     from flytegpt.ingest.pipeline import run_ingest
     from flytegpt.ingest.store import StoreLockError
+    from flytegpt.ingest.tuning import TuningError
 
     config = load(config_path, store)
     try:
         summary = run_ingest(config, progress=not quiet and not as_json)
-    except (ConfigError, ValueError, ArtifactError, StoreLockError) as e:
+    except (ConfigError, ValueError, ArtifactError, StoreLockError, TuningError) as e:
         raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(summary.to_dict()))

@@ -218,7 +218,13 @@ def tune(chunks: list[Chunk], config: Config, *, progress: bool = True) -> "Tune
 
     if not tuning.should_tune(config):
         return None
-    return tuning.ensure_tuned(chunks, config, progress=progress)
+    try:
+        return tuning.ensure_tuned(chunks, config, progress=progress)
+    except tuning.TooFewPairs as e:
+        if config.tuning.enabled == "on":
+            raise
+        log.warning("not tuning: %s", e)  # "auto" on a GPU with a small corpus: the base model
+        return None
 
 
 def embedder_for(config: Config, tuned: "TuneReport | None") -> "Embedder":

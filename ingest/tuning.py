@@ -61,6 +61,10 @@ class TuningError(RuntimeError):
     """A tuned model that cannot be made or found, with what to do about it."""
 
 
+class TooFewPairs(TuningError):
+    """The corpus is too small to tune on."""
+
+
 @dataclass(frozen=True)
 class Pair:
     anchor: str  # stands in for a question
@@ -147,6 +151,15 @@ def _pair(chunk: Chunk) -> Pair | None:
     return None
 
 
+def sample_pairs(pairs: Sequence[Pair], max_pairs: int) -> list[Pair]:
+    """At most `max_pairs` (0: all): those with the smallest keys, a sample that stays the same as
+    the corpus grows, so a stored model's pairs still cover tomorrow's sample (the reuse check)."""
+    if not max_pairs or len(pairs) <= max_pairs:
+        return list(pairs)
+    keep = {p.key for p in sorted(pairs, key=lambda p: p.key)[:max_pairs]}
+    return [p for p in pairs if p.key in keep]
+
+
 def split_held_out(pairs: Sequence[Pair], share: float) -> tuple[list[Pair], list[Pair]]:
     """(train, held out): a pair is held out by its key's hash, the same pair in every run."""
     if share <= 0:
@@ -206,7 +219,7 @@ def train(model: "SentenceTransformer", pairs: Sequence[Pair], cfg: TuningConfig
     """Fine-tune `model` in place on `pairs`; returns the precision it trained in.
 
     On a CPU the first steps are timed in fp32 and in bf16 autocast (per token) and the faster
-    one trains the rest: which is faster depends on the CPU, not on its flags. CUDA: fp16 autocast.
+    one trains the rest: which is faster depends on the CPU, not on its flags. CUDA: fp32.
     """
     import torch
     from sentence_transformers.losses import MultipleNegativesRankingLoss
@@ -224,7 +237,8 @@ def train(model: "SentenceTransformer", pairs: Sequence[Pair], cfg: TuningConfig
     window = model.max_seq_length
     model.max_seq_length = cfg.max_seq_length
     cuda = device.startswith("cuda")
-    precision = "fp16" if cuda else cfg.precision if cfg.precision != "auto" else "fp32"
+    # a GPU trains MiniLM on a corpus's pairs in seconds in fp32: no loss scaling to get wrong
+    precision = "fp32" if cuda else cfg.precision if cfg.precision != "auto" else "fp32"
     trial = {"fp32": [], "bf16": []}  # CPU "auto": (seconds, tokens) of the timed steps
     bar = None
     if progress:
@@ -241,7 +255,7 @@ def train(model: "SentenceTransformer", pairs: Sequence[Pair], cfg: TuningConfig
             features = [_features(model, [p.anchor for p in batch], device),
                         _features(model, [p.positive for p in batch], device)]
             t = time.perf_counter()
-            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+            dtype = {"bf16": torch.bfloat16}.get(precision)
             with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
                 loss = loss_fn(features, None)
             loss.backward()
@@ -403,11 +417,9 @@ def ensure_tuned(chunks: Sequence[Chunk], config: Config, *, progress: bool = Tr
     base = normalize_model_id(config.embeddings.model)
     if is_tuned(base):
         raise TuningError(f"[embeddings] model {base} is already a tuned model; name its base model to tune")
-    pairs = training_pairs(chunks)
-    if cfg.max_pairs and len(pairs) > cfg.max_pairs:
-        pairs = random.Random(cfg.seed).sample(pairs, cfg.max_pairs)
+    pairs = sample_pairs(training_pairs(chunks), cfg.max_pairs)
     if len(pairs) < cfg.min_pairs:
-        raise TuningError(f"only {len(pairs)} training pairs in this corpus ([tuning] min_pairs = {cfg.min_pairs}): "
+        raise TooFewPairs(f"only {len(pairs)} training pairs in this corpus ([tuning] min_pairs = {cfg.min_pairs}): "
                           "too few to tune on; set [tuning] enabled = \"off\"")
     train_pairs, held = split_held_out(pairs, cfg.held_out)
     keys = [p.key for p in pairs]

@@ -57,6 +57,15 @@ def test_held_out_pairs_are_the_same_every_run(sample_chunks: list[Chunk]) -> No
     assert tuning.split_held_out(pairs, 0.0) == (pairs, [])
 
 
+def test_a_capped_sample_stays_the_same_as_the_corpus_grows() -> None:
+    pairs = [tuning.Pair(f"question {i}", f"answer {i}", "docs") for i in range(1000)]
+    today = tuning.sample_pairs(pairs, 100)
+    grown = tuning.sample_pairs(pairs + [tuning.Pair(f"new {i}", f"new answer {i}", "slack") for i in range(50)], 100)
+    assert len(today) == len(grown) == 100
+    assert len({p.key for p in today} & {p.key for p in grown}) >= 90  # the reuse check still finds the model
+    assert tuning.sample_pairs(pairs, 0) == pairs
+
+
 def test_the_model_id_names_the_base_the_settings_and_the_pairs(sample_chunks: list[Chunk]) -> None:
     pairs = tuning.training_pairs(sample_chunks)
     cfg = TuningConfig()
@@ -121,9 +130,26 @@ def test_a_tuned_model_that_ranks_the_held_out_pairs_worse_is_refused(
     assert "refused" in report.describe()
 
 
-def test_too_small_a_corpus_is_a_clear_error(tmp_path: Path, sample_chunks: list[Chunk]) -> None:
+def test_too_small_a_corpus_is_an_error_when_asked_for_and_skipped_on_auto(
+    tmp_path: Path, sample_chunks: list[Chunk], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flytegpt.bot.cli import main
+    from flytegpt.ingest import pipeline
+
     with pytest.raises(tuning.TuningError, match=r"only \d+ training pairs.*enabled = \"off\""):
         tuning.ensure_tuned(sample_chunks, sample(tmp_path, min_pairs=10_000), progress=False)
+    # `flytegpt ingest` with tuning "on": the message, no traceback, nothing published
+    config = tmp_path / "flytegpt.toml"
+    config.write_text(sample_config_path().read_text().replace('path = "', f'path = "{sample_config_path().parent}/')
+                      + '\n[tuning]\nenabled = "on"\nmin_pairs = 10000\n')
+    result = CliRunner().invoke(main, ["ingest", "--config", str(config), "--store", str(tmp_path / "s"), "--quiet"])
+    assert result.exit_code == 1 and "training pairs" in result.output and "Traceback" not in result.output
+    assert not artifact.list_versions(str(tmp_path / "s"))
+    # "auto" on a GPU machine (pretended) with the sample corpus: the base model, and a warning
+    monkeypatch.setattr(tuning, "should_tune", lambda config: True)
+    with caplog.at_level("WARNING", logger="flytegpt.ingest.pipeline"):
+        assert pipeline.tune(sample_chunks, sample(tmp_path, enabled="auto", min_pairs=10_000), progress=False) is None
+    assert "not tuning: only" in caplog.text
 
 
 def test_auto_tunes_only_where_a_gpu_embeds(tmp_path: Path) -> None:
