@@ -51,6 +51,7 @@ class AnswerJob:
         self._open: dict[int, "Question"] = {}  # submitted, not yet replied to
         self._claimed: set[int] = set()
         self._abandoned: set[int] = set()  # claimed by a shutdown, already logged
+        self._streams: dict[int, "StreamedReply"] = {}  # the answers being streamed, by question
 
     # --- the question's life ----------------------------------------------------------------
 
@@ -75,6 +76,11 @@ class AnswerJob:
             self._log_unanswered(q, "failed", "shutdown")
         return left
 
+    def stream_of(self, q: "Question") -> "StreamedReply | None":
+        """The reply streaming this question's answer, if one is (a shutdown ends it with its notice)."""
+        with self._lock:
+            return self._streams.get(id(q))
+
     def __call__(self, q: "Question") -> None:
         try:
             self._answer(q)
@@ -88,6 +94,9 @@ class AnswerJob:
 
         self.metrics.pending.set(self.pool.pending)
         streamed = self._streamed_reply(q)
+        if streamed is not None:
+            with self._lock:
+                self._streams[id(q)] = streamed
         try:
             answer = self._get_answer(q, streamed)
         except QuestionRejected as e:
@@ -227,6 +236,7 @@ class AnswerJob:
             self._open.pop(id(q), None)
             self._claimed.discard(id(q))
             self._abandoned.discard(id(q))
+            self._streams.pop(id(q), None)
 
     def _history(self, q: "Question") -> list:
         if not (q.history_root and q.ts):

@@ -39,12 +39,19 @@ def drain(bot: "FlyteGPTBot", deadline: float) -> bool:
 
 
 def _notify(bot: "FlyteGPTBot", questions: list) -> None:
-    """One notice per asker, in parallel, bounded by NOTICE_BUDGET_S in total."""
+    """One notice per asker, in parallel, bounded by NOTICE_BUDGET_S in total.
+
+    An answer already half-shown in a stream gets the notice at its end, and the stream is
+    stopped: one message, not a streaming one left open beside a second one."""
     threads = []
     for q in questions:
         bot.metrics.restart_notices.inc()
-        t = threading.Thread(target=bot.delivery.post, args=(q, [_restarted()]), kwargs={"tell_on_failure": False},
-                             daemon=True, name="flytegpt-restart-notice")
+        stream = bot.answer_job.stream_of(q)
+        if stream is not None and stream.started:
+            target, args, kwargs = stream.fail, (messages.RESTARTED,), {}
+        else:
+            target, args, kwargs = bot.delivery.post, (q, [_restarted()]), {"tell_on_failure": False}
+        t = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True, name="flytegpt-restart-notice")
         t.start()
         threads.append(t)
     end = time.monotonic() + NOTICE_BUDGET_S

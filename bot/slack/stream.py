@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -105,6 +106,8 @@ class StreamedReply:
         self._open = False  # the current message is still streaming
         self._last_call = 0.0
         self._oldest = 0.0  # when the oldest buffered text arrived
+        # the answer's worker appends and finishes; a shutdown may end the stream (fail) meanwhile
+        self._lock = threading.RLock()
 
     @property
     def started(self) -> bool:
@@ -122,6 +125,10 @@ class StreamedReply:
     # --- while the model writes ---------------------------------------------------------
 
     def append(self, text: str) -> None:
+        with self._lock:
+            self._append(text)
+
+    def _append(self, text: str) -> None:
         if not text:
             return
         self.shown += text
@@ -213,6 +220,10 @@ class StreamedReply:
         answer itself. True otherwise, also when the streamed messages had to be replaced
         by `replacement` (the final answer rendered as ordinary messages).
         """
+        with self._lock:
+            return self._finish(final_text, blocks, replacement)
+
+    def _finish(self, final_text: str, blocks: list[dict], replacement: Sequence["SlackMessage"]) -> bool:
         if self.state == "refused":
             return False
         if self.state == "new":
@@ -231,12 +242,14 @@ class StreamedReply:
         return self._repair(replacement)
 
     def fail(self, notice: str) -> None:
-        """Something broke after text was shown: end the stream with `notice`, no second message."""
-        if self.state != "streaming":
-            return
-        self._buffer = ""
-        if self._guarded(lambda: self._send("\n\n" + notice, stop=True)):
-            self.state = "done"
+        """Something broke (or the bot is stopping) after text was shown: end the stream with
+        `notice`, no second message. What was buffered but not sent yet goes first."""
+        with self._lock:
+            if self.state != "streaming":
+                return
+            rest, self._buffer = self._buffer, ""
+            if self._guarded(lambda: self._send(rest + "\n\n" + notice, stop=True)):
+                self.state = "done"
 
     def _repair(self, replacement: Sequence["SlackMessage"]) -> bool:
         """Replace the streamed messages with the final answer's ordinary rendering."""

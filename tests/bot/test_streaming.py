@@ -410,6 +410,28 @@ def test_model_that_stops_half_way_ends_the_same_message_with_a_note(make_bot):
     assert h.emu.calls_to("chat.postMessage") == [] and len(h.llm.requests) == 1
 
 
+def test_stopping_ends_a_half_shown_answer_in_its_own_stream(make_bot):
+    """SIGTERM while an answer is streaming: the shown text ends with the restart notice and the
+    stream is stopped; no second message, and the answer's late end posts nothing."""
+    import time
+
+    from flytegpt.bot import messages
+    from flytegpt.bot.slack import shutdown
+
+    h = make_bot()
+    h.llm.script(Slow(LONG_ANSWER, tokens=20, delay=0.02, hang_after=8))  # the model hangs half-way
+    d = h.emu.mention(CACHE_Q)
+    h.emu.wait_for(lambda: h.emu.calls_to("chat.startStream"), timeout=30)
+    assert shutdown.drain(h.bot, deadline=time.monotonic() + 0.5) is False  # what the SIGTERM handler runs
+    [msg] = finished(h, d.ts)
+    assert msg["text"].startswith(LONG_ANSWER[:40]) and msg["text"].endswith(messages.RESTARTED)
+    assert h.emu.streamed(msg["ts"]).state == "stopped"
+    assert h.emu.calls_to("chat.postMessage") == [] and h.bot.metrics.restart_notices._value.get() == 1
+    h.llm.close()  # the hung model call ends: the job gives up without a second word
+    assert h.bot.pool.wait_idle(30)
+    assert len(h.answers(thread_ts=d.ts)) == 1 and h.emu.violations == []
+
+
 def test_stream_that_slack_ends_half_way_is_replaced_in_place(bot):
     emu = bot.emu
     slow_model(bot, tokens=20, delay=0.05)
