@@ -109,19 +109,23 @@ class Reloader:
             log.info("index version swapped in", extra={"version": latest,
                                                         "previous": getattr(old, "version", None),
                                                         "chunks": len(index.chunks)})
-            self._prune_cache(latest, getattr(old, "version", None))
+            models = {index.model.model_id} | ({old.index.model.model_id} if old is not None else set())
+            self._prune_cache(latest, getattr(old, "version", None), models)
             del old, index, searcher
             gc.collect()  # the old FAISS index and chunk table go as soon as no answer holds them
             trim_heap()  # so RSS shows the swap
             return True
 
-    def _prune_cache(self, serving: str, previous: str | None) -> None:
-        """Local copies of other versions go once a new one serves (they are loaded in memory)."""
+    def _prune_cache(self, serving: str, previous: str | None, models: set[str]) -> None:
+        """Local copies of other versions, and of tuned models they alone used, go once a new
+        version serves (what serves is loaded in memory)."""
         from flytegpt.ingest.artifact import prune_cache
+        from flytegpt.ingest.tuning import prune_local_models
 
         if self.config.index.cache_dir:
             try:
                 prune_cache(self.config.index.cache_dir, {serving, previous} - {None})
+                prune_local_models(self.config.index.cache_dir, models)
             except OSError as e:  # a full or read-only volume must not stop the reload
                 log.warning("pruning the index cache failed", extra={"error": str(e)})
 

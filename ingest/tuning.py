@@ -394,6 +394,20 @@ def prune_models(store: str, keep: set[str]) -> list[str]:
     return removed
 
 
+def prune_local_models(cache_dir: str, keep: set[str]) -> list[str]:
+    """Delete the local copies (`local_model`'s `<cache_dir>/models/`) of tuned models not in `keep`."""
+    folder = Path(cache_dir) / MODELS_DIR
+    slugs = {_slug(m) for m in keep if is_tuned(m)}
+    removed = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if entry.is_dir() and entry.name not in slugs:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    if removed:
+        log.info("removed %d cached tuned models from %s", len(removed), folder)
+    return removed
+
+
 # ------------------------------------------------------------------ the step
 
 

@@ -181,6 +181,11 @@ def test_a_remote_store_s_model_is_copied_to_the_cache_once(tmp_path: Path) -> N
         tuning.local_model(store, "flytegpt-tuned/m-2", str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="tuned model"):
         Embedder.for_model_id("flytegpt-tuned/m-1")  # no store to load it from
+    # a bot that serves another model now drops the copy (a half-finished download too)
+    (tmp_path / "cache" / "models" / ".download-x").mkdir()
+    assert tuning.prune_local_models(str(tmp_path / "cache"), {"flytegpt-tuned/m-1"}) == [".download-x"]
+    assert tuning.prune_local_models(str(tmp_path / "cache"), {"sentence-transformers/all-MiniLM-L6-v2"}) == ["m-1"]
+    assert tuning.prune_local_models(str(tmp_path / "nothing-here"), set()) == []
 
 
 def test_pruning_versions_prunes_the_models_only_they_used(tmp_path: Path) -> None:
