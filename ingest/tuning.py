@@ -433,8 +433,9 @@ def ensure_tuned(chunks: Sequence[Chunk], config: Config, *, progress: bool = Tr
         raise TuningError(f"[embeddings] model {base} is already a tuned model; name its base model to tune")
     pairs = sample_pairs(training_pairs(chunks), cfg.max_pairs)
     if len(pairs) < cfg.min_pairs:
-        raise TooFewPairs(f"only {len(pairs)} training pairs in this corpus ([tuning] min_pairs = {cfg.min_pairs}): "
-                          "too few to tune on; set [tuning] enabled = \"off\"")
+        raise TooFewPairs(f"only {len(pairs)} training pairs in this corpus, fewer than [tuning] min_pairs = "
+                          f"{cfg.min_pairs}: too few to tune on (lower min_pairs to tune anyway, or set "
+                          "[tuning] enabled = \"auto\" to embed with the base model)")
     train_pairs, held = split_held_out(pairs, cfg.held_out)
     keys = [p.key for p in pairs]
     counts = {k: sum(1 for p in train_pairs if p.kind == k) for k in ("docs", "slack", "code")}
