@@ -160,6 +160,10 @@ class AnswerConfig(_Strict):
     min_similarity: float = Field(default=0.25, ge=-1.0, le=1.0)
     max_question_chars: int = Field(default=4000, ge=1, le=1_000_000)
     history_turns: int = Field(default=6, ge=0, le=100)  # earlier turns a follow-up is read with
+    # With a chat model: a thread's first question is searched together with the model's search terms
+    # for it (one short extra call, at most a quarter of deadline_s; skipped when it fails). Off by
+    # default: retrieval's figures are measured without it (README "How well it retrieves").
+    rewrite_query: bool = False
     timeout_s: float = Field(default=60.0, gt=0, le=3600)  # one model call
     max_retries: int = Field(default=2, ge=0, le=20)  # model calls retried after a failure
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)

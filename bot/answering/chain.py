@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 _RETRYABLE_STATUS = {408, 409, 429}
 _RELATED = 3
 _CONDENSED_MAX_CHARS = 1000
+_REWRITE_MAX_CHARS = 300  # the search terms a rewrite may add
 
 
 _MIN_CALL_S = 0.05  # a model call with less time than this left is not started
@@ -148,7 +149,10 @@ class Answerer:
             last_user = next((t.text for t in reversed(history) if t.role == "user"), "")
             standalone = f"{last_user.strip()} {question}".strip() if last_user else question
 
-        hits = searcher.search(standalone, self.config.retrieval.k)
+        query = standalone
+        if self.config.answer.rewrite_query and self.llm_enabled and not history:
+            query = self._rewrite(standalone, deadline)
+        hits = searcher.search(query, self.config.retrieval.k)
         sources = dedupe_hits(hits, self.config.answer.max_sources)
         if not self._relevant(hits):
             yield self._not_found(question, standalone, sources, version)
@@ -238,6 +242,20 @@ class Answerer:
             if out.lower().startswith(prefix.lower()):
                 out = out[len(prefix) :].strip()
         return out[:_CONDENSED_MAX_CHARS] if out else question
+
+    def _rewrite(self, question: str, deadline: _Deadline) -> str:
+        """The question plus the model's search terms for it (`[answer] rewrite_query`): a vague
+        question or a pasted error names the feature or setting it is about. Best-effort: with at
+        most a quarter of the answer's time and no answer-breaking error, else the question alone."""
+        budget = _Deadline(min(deadline.remaining() / 4, self.config.answer.timeout_s))
+        try:
+            out = self._invoke(self._chain(prompts.rewrite_prompt(), budget), {"question": question},
+                               related=[], deadline=budget)
+        except Exception as e:  # noqa: BLE001 - the rewrite only helps; the answer must not depend on it
+            log.info("query rewrite skipped: %s", type(e).__name__)
+            return question
+        terms = " ".join(out.split())[:_REWRITE_MAX_CHARS]
+        return f"{question}\n{terms}" if terms else question
 
     def _model(self) -> Any:
         with self._lock:

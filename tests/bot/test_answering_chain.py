@@ -135,6 +135,38 @@ def test_no_condense_call_without_history(server):
     assert searcher.queries == ["how do I use ray?"]
 
 
+def test_query_rewrite_adds_the_model_s_search_terms(server):
+    server.script(Reply("RayJobConfig worker replicas"), Reply("Set replicas [1]."))
+    answerer, searcher = make(server, rewrite_query=True)
+    a = answerer.answer("how big can my cluster get?")
+    rewrite, answer = server.requests
+    assert rewrite.messages[0]["content"] == prompts.REWRITE_SYSTEM
+    assert "how big can my cluster get?" in rewrite.text_of("user")
+    # searched with the question and the terms; the model still answers the question as asked
+    assert searcher.queries == ["how big can my cluster get?\nRayJobConfig worker replicas"]
+    assert "Question: how big can my cluster get?" in answer.text_of("user")
+    assert a.mode == "llm" and a.standalone_question == "how big can my cluster get?"
+
+
+@pytest.mark.parametrize("failure", [[Fail(500)] * 3, [Reply("")] * 2, [Hang(30)]])
+def test_a_failed_query_rewrite_searches_the_question_alone(server, failure):
+    server.script(*failure, Reply("Set replicas [1]."))
+    answerer, searcher = make(server, rewrite_query=True, timeout_s=1.0, deadline_s=8.0)
+    a = answerer.answer("how do I use ray workers?")
+    assert searcher.queries == ["how do I use ray workers?"]
+    assert a.mode == "llm" and "replicas" in a.text
+    assert server.requests[-1].messages[0]["content"] == prompts.ANSWER_SYSTEM
+
+
+def test_no_rewrite_for_a_follow_up_or_by_default(server):
+    server.script(Reply("How many Ray workers can a Flyte task use?"), Reply("Set replicas [1]."))
+    answerer, searcher = make(server, rewrite_query=True)
+    history = [Turn("user", "how do I use ray on flyte?"), Turn("assistant", "Install flytekitplugins-ray [1].")]
+    answerer.answer("and how many workers?", history)  # condensed: one call before the answer, not two
+    assert [r.messages[0]["content"] for r in server.requests] == [prompts.CONDENSE_SYSTEM, prompts.ANSWER_SYSTEM]
+    assert Config().answer.rewrite_query is False
+
+
 def test_500_then_success(server):
     server.script(Fail(500))
     server.reply = "Install it [1]."
