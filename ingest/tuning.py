@@ -452,13 +452,13 @@ def ensure_tuned(chunks: Sequence[Chunk], config: Config, *, progress: bool = Tr
     device = select_device(config.embeddings.device)
     t = time.perf_counter()
     model = SentenceTransformer(resolve_model_path(config.embeddings.model), device=device)
-    before = mrr(model, held)
+    before = round(mrr(model, held), 4) if held else None  # None: nothing held out ([tuning] held_out = 0)
     precision = train(model, train_pairs, cfg, device=device, progress=progress)
-    after = mrr(model, held)
+    after = round(mrr(model, held), 4) if held else None
     report = TuneReport(model_id=model_id, base_model=base, pairs=counts, held_out=len(held),
-                        held_out_mrr_base=round(before, 4), held_out_mrr_tuned=round(after, 4),
+                        held_out_mrr_base=before, held_out_mrr_tuned=after,
                         seconds=round(time.perf_counter() - t, 1), device=device, precision=precision)
-    if held and after < before:
+    if before is not None and after is not None and after < before:
         report.refused = True
         log.warning("%s", report.describe())
         return report

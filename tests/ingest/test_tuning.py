@@ -86,6 +86,7 @@ def test_an_index_built_with_a_tuned_model_is_served_with_it(tmp_path: Path) -> 
     report = tuning.TuneReport.from_dict(first.tuning)
     assert first.model_id == report.model_id and tuning.is_tuned(first.model_id)
     assert not report.reused and sum(report.pairs.values()) >= 5
+    assert report.held_out == 0 and report.held_out_mrr_base is None and "held-out" not in report.describe()
     info = json.loads((store / "models" / report.model_id.removeprefix("flytegpt-tuned/") / "tune.json").read_text())
     assert info["base_model"] == "sentence-transformers/all-MiniLM-L6-v2" and info["settings"]["batch_size"] == 4
     assert artifact.read_manifest(str(store), first.version)["model"]["model_id"] == report.model_id
