@@ -325,6 +325,7 @@ def test_streamed_text_is_fixed_when_the_final_answer_differs(bot):
     assert "Sources:\n[1] https" not in msg["text"] and "made.up" not in str(msg)
     assert "cache_version" in msg["text"] and "[1]" in msg["text"] and "[7]" not in msg["text"]
     assert "context" in kinds(msg) and ("context_actions" in kinds(msg) or "actions" in kinds(msg))
+    bot.idle()  # the outcome is counted right after the last Slack call: wait for the job to end
     assert streamed_count(bot, "replaced") == 1
     assert emu.calls_to("chat.postMessage") == [] and len(bot.answers(thread_ts=d.ts)) == 1
 
