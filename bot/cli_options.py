@@ -46,8 +46,7 @@ def open_searcher(config: Config) -> "HybridSearcher":
         ) from None
     model_id = index.model.model_id
     try:
-        embedder = Embedder.for_model_id(model_id, config.embeddings, store=config.index.store,
-                                         cache_dir=config.index.cache_dir)
+        embedder = Embedder.for_index(model_id, config)
         return HybridSearcher(index, embedder, config.retrieval)
     except Exception as e:  # noqa: BLE001 - whatever the model library raises, the user needs the model named
         raise click.ClickException(

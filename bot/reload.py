@@ -50,8 +50,7 @@ class Reloader:
         from flytegpt.ingest.embedding import Embedder
 
         if self._embedder is None or (model_id is not None and self._embedder.model_id != model_id):
-            candidate = (Embedder.for_model_id(model_id, self.config.embeddings, store=self.config.index.store,
-                                                cache_dir=self.config.index.cache_dir) if model_id
+            candidate = (Embedder.for_index(model_id, self.config) if model_id
                          else Embedder.from_config(self.config.embeddings))
             candidate.dimension  # loads the model (unless its folder says the dimension): fails here, not later
             self._embedder = candidate
@@ -120,14 +119,16 @@ class Reloader:
         """Local copies of other versions, and of tuned models they alone used, go once a new
         version serves (what serves is loaded in memory)."""
         from flytegpt.ingest.artifact import prune_cache
+        from flytegpt.ingest.store import get_fs, is_local
         from flytegpt.ingest.tuning import prune_local_models
 
-        if self.config.index.cache_dir:
-            try:
+        try:
+            if self.config.index.cache_dir:
                 prune_cache(self.config.index.cache_dir, {serving, previous} - {None})
+            if not is_local(get_fs(self.store)[0]):  # only a remote store's models are copied (local_model)
                 prune_local_models(self.config.index.cache_dir, models)
-            except OSError as e:  # a full or read-only volume must not stop the reload
-                log.warning("pruning the index cache failed", extra={"error": str(e)})
+        except OSError as e:  # a full or read-only volume must not stop the reload
+            log.warning("pruning the index cache failed", extra={"error": str(e)})
 
     def start(self, *, run_now: bool = True) -> None:
         """Poll in the background every interval (and once right away)."""

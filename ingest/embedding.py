@@ -36,6 +36,8 @@ from flytegpt.ingest.heap import trim_heap
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from flytegpt.ingest.config import Config
+
     from flytegpt.ingest.autotune import Choice
 
 log = logging.getLogger(__name__)
@@ -245,6 +247,12 @@ class Embedder:
         if store is None:
             raise ValueError(f"model id {model_id!r} is a tuned model: it is loaded from the index store, none given")
         return cls.from_config(cfg, model_path=str(tuning.local_model(store, model_id, cache_dir)))
+
+    @classmethod
+    def for_index(cls, model_id: str, config: "Config") -> "Embedder":
+        """`for_model_id` for an index in `config`'s store: a tuned model comes from that store."""
+        return cls.for_model_id(model_id, config.embeddings, store=config.index.store,
+                                cache_dir=config.index.cache_dir)
 
     @property
     def device(self) -> str:

@@ -236,8 +236,7 @@ def embedder_for(config: Config, tuned: "TuneReport | None") -> "Embedder":
 
     if tuned is None or tuned.refused:
         return Embedder.from_config(config.embeddings)
-    return Embedder.for_model_id(tuned.model_id, config.embeddings, store=config.index.store,
-                                 cache_dir=config.index.cache_dir)
+    return Embedder.for_index(tuned.model_id, config)
 
 
 def model_info(embedder: "Embedder") -> ModelInfo:

@@ -164,8 +164,7 @@ class HybridSearcher:
 
         # The manifest names the model (and backend) the vectors came from; queries must match it.
         index = open_version(config.index.store, version, cache_dir=config.index.cache_dir)
-        return cls(index, Embedder.for_model_id(
-            index.model.model_id, config.embeddings, store=config.index.store, cache_dir=config.index.cache_dir), config.retrieval)
+        return cls(index, Embedder.for_index(index.model.model_id, config), config.retrieval)
 
     # ------------------------------------------------------------ retrievers
 

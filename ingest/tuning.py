@@ -301,7 +301,7 @@ def _models_root(store: str) -> tuple:
 
 
 def stored_models(store: str) -> list[dict]:
-    """The complete tuned models in the store: each one's tune.json plus its pair keys' count."""
+    """The complete tuned models in the store: each one's tune.json."""
     fs, root = _models_root(store)
     out = []
     for entry in list_dir(fs, root):
@@ -337,14 +337,36 @@ def _reusable(store: str, base_model: str, cfg: TuningConfig, keys: set[str]) ->
     return None
 
 
-def _upload(store: str, model_id: str, folder: Path, info: dict, keys: Sequence[str]) -> None:
+def _cache_root(cache_dir: str | None) -> Path:
+    """Where the local copies of a remote store's tuned models are: `<cache_dir>/models/`, or
+    ~/.cache/flytegpt/models beside the ONNX exports."""
+    from flytegpt.ingest.onnx_export import default_cache_root
+
+    return Path(cache_dir) / MODELS_DIR if cache_dir else default_cache_root().parent / MODELS_DIR
+
+
+def _save(model: "SentenceTransformer", store: str, model_id: str, info: dict, keys: Sequence[str],
+          cache_dir: str | None) -> Path:
+    """Write a tuned model where readers find it and return its local folder.
+
+    A local store gets it in place; a remote store gets a local copy first (the one this
+    process then embeds with), uploaded from there. tune.json comes last: until it exists a
+    folder is incomplete and every reader ignores it.
+    """
     fs, root = _models_root(store)
     target = join(root, _slug(model_id))
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != REPORT_FILE:
-            atomic_write(fs, join(target, path.relative_to(folder).as_posix()), path.read_bytes())
-    atomic_write(fs, join(target, PAIRS_FILE), "\n".join(keys).encode())
-    atomic_write(fs, join(target, REPORT_FILE), json.dumps(info, indent=1).encode())  # last: now complete
+    folder = Path(target) if is_local(fs) else _cache_root(cache_dir) / _slug(model_id)
+    model.save(str(folder))
+    (folder / PAIRS_FILE).write_text("\n".join(keys))
+    report = json.dumps(info, indent=1).encode()
+    if not is_local(fs):
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.name != REPORT_FILE:
+                atomic_write(fs, join(target, path.relative_to(folder).as_posix()), path.read_bytes())
+    atomic_write(fs, join(target, REPORT_FILE), report)  # last: the store's copy is complete
+    if not is_local(fs):
+        (folder / REPORT_FILE).write_bytes(report)  # and so is the local one
+    return folder
 
 
 def local_model(store: str, model_id: str, cache_dir: str | None = None) -> Path:
@@ -352,21 +374,18 @@ def local_model(store: str, model_id: str, cache_dir: str | None = None) -> Path
     local, else a copy in `cache_dir` (default: ~/.cache/flytegpt/models) made once."""
     fs, root = _models_root(store)
     source = join(root, _slug(model_id))
+    target = None if is_local(fs) else _cache_root(cache_dir) / _slug(model_id)
+    if target is not None and (target / REPORT_FILE).is_file():
+        return target  # copied before: the store is not asked again
     if read_bytes(fs, join(source, REPORT_FILE)) is None:
         raise TuningError(
             f"tuned model {model_id} is not in {store} ({MODELS_DIR}/{_slug(model_id)}/{REPORT_FILE} missing): "
             "the index was built from a store that had it; re-ingest to rebuild the index"
         )
-    if is_local(fs):
+    if target is None:
         return Path(source)
-    from flytegpt.ingest.onnx_export import default_cache_root
-
-    base = Path(cache_dir) / MODELS_DIR if cache_dir else default_cache_root().parent / MODELS_DIR
-    target = base / _slug(model_id)
-    if (target / REPORT_FILE).is_file():
-        return target
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=base))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
     try:
         for entry in fs.find(source, detail=False):
             rel = entry[len(source):].lstrip("/")
@@ -394,9 +413,9 @@ def prune_models(store: str, keep: set[str]) -> list[str]:
     return removed
 
 
-def prune_local_models(cache_dir: str, keep: set[str]) -> list[str]:
-    """Delete the local copies (`local_model`'s `<cache_dir>/models/`) of tuned models not in `keep`."""
-    folder = Path(cache_dir) / MODELS_DIR
+def prune_local_models(cache_dir: str | None, keep: set[str]) -> list[str]:
+    """Delete the local copies (`local_model`'s) of tuned models not in `keep`."""
+    folder = _cache_root(cache_dir)
     slugs = {_slug(m) for m in keep if is_tuned(m)}
     removed = []
     for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -465,9 +484,6 @@ def ensure_tuned(chunks: Sequence[Chunk], config: Config, *, progress: bool = Tr
     info = {**report.to_dict(), "settings": _settings(cfg), "recipe": RECIPE_VERSION,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     info.pop("path")
-    with tempfile.TemporaryDirectory(prefix="flytegpt-tune-") as tmp:
-        model.save(tmp)
-        _upload(config.index.store, model_id, Path(tmp), info, keys)
-    report.path = str(local_model(config.index.store, model_id, config.index.cache_dir))
+    report.path = str(_save(model, config.index.store, model_id, info, keys, config.index.cache_dir))
     log.info("tuning: %s", report.describe())
     return report

@@ -270,8 +270,7 @@ def build_report(db: str, *, store: str | None = None, options: ReportOptions | 
         if embedder is not None and embedder.model_id == model_id:
             return embedder
         if model_id not in embedders:
-            embedders[model_id] = Embedder.for_model_id(model_id, config.embeddings, store=config.index.store,
-                                                           cache_dir=config.index.cache_dir)
+            embedders[model_id] = Embedder.for_index(model_id, config)
         return embedders[model_id]
 
     gap_model = (history.model_id if history and history.model_id else None) or \

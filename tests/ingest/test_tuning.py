@@ -189,6 +189,27 @@ def test_a_remote_store_s_model_is_copied_to_the_cache_once(tmp_path: Path) -> N
     assert tuning.prune_local_models(str(tmp_path / "nothing-here"), set()) == []
 
 
+def test_a_model_tuned_for_a_remote_store_is_uploaded_from_its_local_copy(tmp_path: Path) -> None:
+    store = "memory://tuning-test/remote-store"
+    config = sample(tmp_path / "unused")
+    config = config.model_copy(update={"index": config.index.model_copy(
+        update={"store": store, "cache_dir": str(tmp_path / "cache")})})
+    chunks, *_ = collect_chunks(sample(tmp_path / "chunks"), progress=False)
+    report = tuning.ensure_tuned(chunks, config, progress=False)
+    local = tmp_path / "cache" / "models" / report.model_id.removeprefix("flytegpt-tuned/")
+    assert Path(report.path) == local and (local / "tune.json").is_file()
+    [stored] = tuning.stored_models(store)  # complete in the store: every file, tune.json last
+    assert stored["model_id"] == report.model_id
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    remote = {p.rsplit("/", 1)[-1] for p in fs.find(f"/tuning-test/remote-store/models/{local.name}")}
+    assert {p.name for p in local.rglob("*") if p.is_file()} == remote
+    # the next ingest reuses it, from the local copy
+    again = tuning.ensure_tuned(chunks, config, progress=False)
+    assert again.reused and again.path == report.path
+
+
 def test_pruning_versions_prunes_the_models_only_they_used(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
     chunks, vectors = make_chunks(4), make_vectors(4)
