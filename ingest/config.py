@@ -128,6 +128,10 @@ class RetrievalConfig(_Strict):
     # adds outline_weight x its fused score (for every question it hurt the longer ones).
     outline_weight: float = Field(default=0.2, ge=0.0, le=10.0)
     short_question_words: int = Field(default=5, ge=0, le=1000)
+    # ... and a docs page adds this to its score: the page about a topic is its canonical answer,
+    # while Slack threads and functions that share a word or two with it are about one case of it.
+    # Not when the question names an identifier (snake_case, dotted) or a number: it asks about that.
+    short_question_docs_bonus: float = Field(default=0.15, ge=0.0, le=10.0)
 
 
 class TuningConfig(_Strict):

@@ -79,6 +79,16 @@ def words(text: str) -> list[str]:
     ]
 
 
+_EXACT_NAME = re.compile(r"\w_\w|[A-Za-z_]\w+\.[A-Za-z_]\w+|^\d{2,}$")
+
+
+def names_exact_term(text: str) -> bool:
+    """Whether `text` names a snake_case or dotted identifier or a number (`map_task`,
+    `FLYTE_AWS_ENDPOINT`, `flytekit.core`, exit code `137`): such a question asks about that
+    exact term, wherever it is written, more than about a topic."""
+    return any(_EXACT_NAME.search(m.group()) for m in _TOKEN.finditer(text))
+
+
 @lru_cache(maxsize=200_000)
 def _expand(raw: str) -> tuple[str, ...]:
     """Tokens of one identifier-ish run, before stemming: its parts, then its joined form."""

@@ -6,8 +6,8 @@ model blurs. Each retriever proposes `candidates`; every candidate gets both sco
 the scores are fused, and at most `max_per_source` chunks of one source id are kept
 so one long page or file can't crowd out the other sources. Sources (a page, a thread, a
 module) are ranked, not chunks: a source scores its best dense and best keyword match, its
-second best chunk, and for a short question its outline (chunking.py); an outline is never
-returned as a passage.
+second best chunk, and for a short question its outline (chunking.py) and, for a docs page, a
+fixed bonus; an outline is never returned as a passage.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from flytegpt.ingest.artifact import IndexVersion, open_version
 from flytegpt.ingest.chunking import is_outline
 from flytegpt.ingest.config import Config, RetrievalConfig
-from flytegpt.ingest.keyword import words
+from flytegpt.ingest.keyword import names_exact_term, words
 from flytegpt.ingest.models import Chunk
 
 if TYPE_CHECKING:
@@ -87,6 +87,12 @@ def _source_fused(
         if outline_weight and is_outline(chunks[i]):
             outline[sid] = w * float(d) + (1 - w) * float(k)
     return {sid: w * best_d[sid] + (1 - w) * best_k[sid] + outline_weight * outline.get(sid, 0.0) for sid in best_d}
+
+
+def _add_to_kind(source_score: dict[str, float], ids: list[int], chunks: list[Chunk], kind: str, bonus: float) -> None:
+    """Add `bonus` to the score of every source of `kind` among `ids` (in place)."""
+    for sid in {chunks[i].source_id for i in ids if chunks[i].kind == kind}:
+        source_score[sid] += bonus
 
 
 def _by_source(
@@ -302,6 +308,8 @@ class HybridSearcher:
         # that is about it, as its outline says, counts for more than one passage sharing words.
         short = len(words(query)) <= cfg.short_question_words
         source_score = _source_fused(union, dn, kn, w, self.index.chunks, cfg.outline_weight if short else 0.0)
+        if short and cfg.short_question_docs_bonus and not names_exact_term(query):
+            _add_to_kind(source_score, union, self.index.chunks, "docs", cfg.short_question_docs_bonus)
         order = _by_source(union, fused, self.index.chunks, cfg.source_bonus, source_score)
         scores = dict(order)
         picked = self._passages(_cap([i for i, _ in order], self.index.chunks, k, cap), [i for i, _ in order], scores)

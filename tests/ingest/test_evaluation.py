@@ -47,18 +47,19 @@ def test_bad_question_file_names_the_line(tmp_path):
         load_questions(path)
 
 
-def test_the_project_dev_question_file_is_well_formed():
-    """tests/eval/dev_howto.jsonl: the format of ../shared/eval/dev.jsonl, ids unique, kinds
-    matching the gold ids' sources, and (when the eval corpus is beside the checkout) every gold
-    document present in it."""
+@pytest.mark.parametrize("name, at_least", [("dev_howto.jsonl", 40), ("check_faq.jsonl", 30)])
+def test_the_project_question_files_are_well_formed(name: str, at_least: int):
+    """tests/eval/*.jsonl: the format of ../shared/eval/dev.jsonl, ids unique, kinds matching the
+    gold ids' sources, and (when the eval corpus is beside the checkout) every gold document
+    present in it."""
     import json
     import zipfile
 
     from support.paths import ROOT, SHARED
 
-    path = ROOT / "tests" / "eval" / "dev_howto.jsonl"
+    path = ROOT / "tests" / "eval" / name
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    assert len(rows) >= 40 and len({r["id"] for r in rows}) == len(rows)
+    assert len(rows) >= at_least and len({r["id"] for r in rows}) == len(rows)
     assert len(load_questions(path)) == len(rows)
     sources = {"flyte-docs": "docs", "flytesnacks-docs": "docs", "flyte-slack": "slack", "flytekit": "code"}
     for r in rows:

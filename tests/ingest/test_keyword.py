@@ -107,3 +107,15 @@ def test_words_are_the_unstemmed_topic_words_the_offline_answerer_matches() -> N
     assert words("How do I use with_overrides on a FlyteFile?") == ["overrides", "flyte", "file"]
     assert words("Is there a way to get the flytekit.core.task module?") == ["flytekit", "core", "task", "module"]
     assert not set(words("how can I do it, is there anything?")) & STOPWORDS
+
+
+def test_a_question_names_an_exact_term_when_it_holds_an_identifier_or_a_number() -> None:
+    from flytegpt.ingest.keyword import names_exact_term
+
+    for question in ("where do I set FLYTE_AWS_ENDPOINT", "How do I use map_task?", "what is flytekit.core.task",
+                     "what does exit code 137 mean", "Received message larger than max (4194304)"):
+        assert names_exact_term(question), question
+    # product names and abbreviations are words, not exact terms
+    for question in ("How do I query Google BigQuery?", "How do I wrap my tasks, e.g. to log?", "what is flytekit?",
+                     "How do I use FlyteFile", "How do I get 1 GPU"):
+        assert not names_exact_term(question), question

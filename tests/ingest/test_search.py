@@ -231,11 +231,11 @@ def _page_docs() -> list:
     ]
 
 
-def _searcher_over(chunks: list[Chunk], folder: Path, embedder) -> HybridSearcher:
+def _searcher_over(chunks: list[Chunk], folder: Path, embedder, retrieval: RetrievalConfig | None = None) -> HybridSearcher:
     store = str(folder / "store")
     vectors = embedder.embed_documents([c.embed_text for c in chunks])
     publish(store, write_version(store, chunks, vectors, ModelInfo(embedder.model_id, embedder.dimension, True)))
-    return HybridSearcher(open_version(store), embedder, RetrievalConfig())
+    return HybridSearcher(open_version(store), embedder, retrieval or RetrievalConfig())
 
 
 @pytest.fixture(scope="module")
@@ -256,10 +256,27 @@ def test_a_short_how_to_question_finds_the_page_about_it_before_a_thread_sharing
     # the page is served by a passage to quote, never by its outline
     assert not any(is_outline(h.chunk) for h in hits)
     assert "ShellTask" in hits[0].chunk.text
-    # it is the page's outline that puts it first: without outlines the thread wins
+    # page-level evidence puts it first: without outlines and without the docs bonus the thread wins
     passages = [c for c in chunk_documents(_page_docs()) if not is_outline(c)]
-    without = _searcher_over(passages, tmp_path, embedder).search(question, 5)
-    assert without[0].chunk.source_id == "slack:help/7.0"
+    plain = _searcher_over(passages, tmp_path / "plain", embedder, RetrievalConfig(short_question_docs_bonus=0.0))
+    assert plain.search(question, 5)[0].chunk.source_id == "slack:help/7.0"
+    # ... and either one alone is enough
+    bonus_only = HybridSearcher(plain.index, embedder, RetrievalConfig())
+    assert bonus_only.search(question, 5)[0].chunk.source_id == "docs:shell_tasks.md"
+    outline_only = HybridSearcher(page_searcher.index, embedder, RetrievalConfig(short_question_docs_bonus=0.0))
+    assert outline_only.search(question, 5)[0].chunk.source_id == "docs:shell_tasks.md"
+
+
+def test_the_docs_bonus_is_for_short_questions_about_a_topic_not_an_exact_term(store: str, embedder) -> None:
+    # a number or an identifier is looked up where it is written (here: Slack threads), bonus or not
+    with_bonus = HybridSearcher(open_version(store), embedder, RetrievalConfig(short_question_docs_bonus=1.0))
+    assert with_bonus.search("what does exit code 137 mean", 3)[0].chunk.source_id == "slack:help/5.0"
+    assert with_bonus.search("where do I set FLYTE_AWS_ENDPOINT", 3)[0].chunk.source_id == "slack:help/6.0"
+    # the same question without its exact term is about a topic: the docs page wins
+    assert with_bonus.search("what does the exit code mean", 3)[0].chunk.source_id == "docs:errors.md"
+    # a long question gets no bonus
+    long = "our pods keep dying a few minutes into the run with exit code 137 and get restarted, what is killing them"
+    assert with_bonus.search(long, 3)[0].chunk.source_id == "slack:help/5.0"
 
 
 def test_a_pasted_setting_finds_its_configuration_reference_entry(page_searcher: HybridSearcher) -> None:
