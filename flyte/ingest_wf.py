@@ -1,5 +1,6 @@
 """The re-ingest workflow: collect -> chunk -> tune (GPU) -> shard -> embed (GPU, one task per shard) -> merge
--> build -> publish, and its nightly schedule.
+-> build -> publish, and its nightly schedule. With `[tuning] enabled = "off"` the tune task is
+skipped (a workflow conditional), so no GPU pod is held for it.
 
 Each task calls one stage of ingest.pipeline, so `flytegpt ingest` and this workflow build
 the same index. Caching works in two layers:
@@ -27,7 +28,7 @@ import logging
 import os
 from typing import NamedTuple
 
-from flytekit import CronSchedule, LaunchPlan, map_task, task, workflow
+from flytekit import CronSchedule, LaunchPlan, conditional, map_task, task, workflow
 from flytekit.types.file import FlyteFile
 
 from flytegpt.flyte import cache, credentials, resources
@@ -66,6 +67,7 @@ class Collected(NamedTuple):
     store: str  # the resolved index store
     source_stats: str  # JSON: per source, its LoadReport (documents read, files skipped)
     read_at: str  # ISO time the sources were read: publish never moves LATEST back to older sources
+    tuning: bool  # [tuning] enabled is not "off": the tune task runs (and decides "auto" on its GPU pod)
 
 
 class Embedded(NamedTuple):
@@ -96,7 +98,8 @@ def collect(config_path: str, store: str) -> Collected:
     path = write_work_file(
         config.index.store, "documents", to_jsonl(d.to_dict() for d in documents), ".jsonl"
     )
-    return Collected(FlyteFile(path), settings_json(config), config.index.store, json.dumps(stats), read_at)
+    return Collected(FlyteFile(path), settings_json(config), config.index.store, json.dumps(stats), read_at,
+                     config.tuning.enabled != "off")
 
 
 @task(
@@ -152,6 +155,12 @@ def tune(chunks: FlyteFile, settings: str) -> str:
         return ""
     log.info("tuning: %s", report.describe())
     return json.dumps(report.to_dict())
+
+
+@task(container_image=IMAGE, requests=resources.PUBLISH)
+def untuned() -> str:
+    """The tune step's output when tuning is off: no report, the base model embeds."""
+    return ""
 
 
 @gpu_task(cache_version=cache.EMBED_VERSION)
@@ -263,7 +272,13 @@ def ingest_wf(config_path: str = NIGHTLY_CONFIG, store: str = "") -> str:
     """
     collected = collect(config_path=config_path, store=store)
     chunks = chunk(documents=collected.documents, store=collected.store)
-    tuned = tune(chunks=chunks, settings=collected.settings)
+    tuned = (
+        conditional("tuning")
+        .if_(collected.tuning.is_true())
+        .then(tune(chunks=chunks, settings=collected.settings))
+        .else_()
+        .then(untuned())
+    )
     shards = shard(chunks=chunks, settings=collected.settings)
     parts = map_task(functools.partial(embed, settings=collected.settings, tuned=tuned))(chunks=shards)
     embedded = merge(parts=parts, store=collected.store)

@@ -69,6 +69,7 @@ def test_local_run_publishes_then_caches_then_reembeds_only_changes(tmp_path: Pa
     assert auto["choice"] == f"openvino {stats['embeddings']['precision']}" and auto["reason"]
     assert stats["sources"]["sample-docs"]["documents"] > 0
     assert log.count("Cache miss") == 5 and "Cache hit" not in log  # chunk, tune, shard, embed (mapped), build
+    assert re.search(r"ingest_wf\.tune\b", log) and "ingest_wf.untuned" not in log  # "auto": the GPU pod decides
     assert (home / ".flyte" / "local-cache").is_dir()  # the per-test cache, not the developer's
 
     # Same inputs: chunk, tune, shard, embed and build come from the local cache; collect, merge and publish run.
@@ -100,9 +101,12 @@ def test_a_large_corpus_is_embedded_in_shards_and_merged_in_order(tmp_path: Path
 
     sharded = tmp_path / "sharded.toml"
     sharded.write_text(whole.read_text().replace('path = "', f'path = "{whole.parent}/')
-                       + "\n[embeddings]\nfanout_above = 10\nfanout_shard_size = 8\n")
+                       + "\n[embeddings]\nfanout_above = 10\nfanout_shard_size = 8\n"
+                       + '\n[tuning]\nenabled = "off"\n')
     store = tmp_path / "store-sharded"
     version, log = pyflyte_run(sharded, store, home)
+    # tuning off: the GPU tune task is skipped (the conditional takes the CPU branch)
+    assert "ingest_wf.untuned" in log and not re.search(r"ingest_wf\.tune\b", log)
     index = open_version(str(store), version)
     n = len(index.chunks)
     shards = -(-n // 8)

@@ -165,7 +165,12 @@ def test_embed_fans_out_over_the_shards(specs: dict) -> None:
     assert sorted(mapped.array_node.bound_inputs) == ["settings", "tuned"]
     assert mapped.array_node.min_success_ratio == 1  # every shard, or no index
     inputs = {b.var: b.binding.promise.node_id for b in mapped.inputs}
-    assert inputs["chunks"] == node_of["shard"].id and inputs["tuned"] == node_of["tune"].id
+    # the model comes from the "tuning" branch: the GPU tune task when tuning is not "off", else a CPU no-op
+    (branch,) = [n for n in wf.nodes if n.HasField("branch_node")]
+    assert inputs["chunks"] == node_of["shard"].id and inputs["tuned"] == branch.id
+    ifelse = branch.branch_node.if_else
+    assert ifelse.case.then_node.task_node.reference_id.name == "flytegpt.flyte.ingest_wf.tune"
+    assert ifelse.else_node.task_node.reference_id.name == "flytegpt.flyte.ingest_wf.untuned"
     merge_inputs = {b.var: b.binding.promise.node_id for b in node_of["merge"].inputs}
     assert merge_inputs["parts"] == mapped.id
 
