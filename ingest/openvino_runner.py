@@ -21,10 +21,13 @@ from typing import Sequence
 import numpy as np
 
 from flytegpt.ingest.onnx_export import MODEL_FILE, ExportedGraph
+from flytegpt.ingest.quantize import MODEL_XML, int8_dir
 
 log = logging.getLogger(__name__)
 
-_HINTS = {"fp32": "f32", "bf16": "bf16"}
+# precision -> OpenVINO's compute precision; "int8*": the int8 model (ingest/quantize.py) with the
+# layers it leaves out of int8 in fp32 or bf16
+_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8-bf16": "bf16"}
 RUNTIME_CACHE_SHAPES = 32
 
 
@@ -44,18 +47,19 @@ def openvino_bf16() -> bool:
 
 
 class OpenVinoEncoder(ExportedGraph):
-    """Texts -> L2-normalised float32 vectors with an fp32 export compiled for the CPU."""
+    """Texts -> L2-normalised float32 vectors with an export (fp32, or its int8 model) compiled for the CPU."""
 
     def __init__(self, folder: str | Path, *, precision: str = "fp32") -> None:
         import openvino as ov
 
         if precision not in _HINTS:
-            raise ValueError(f"OpenVINO runs fp32 or bf16, not {precision!r}")
+            raise ValueError(f"OpenVINO runs {', '.join(_HINTS)}, not {precision!r}")
         super().__init__(folder)
         self.precision = precision
+        model = int8_dir(self.folder) / MODEL_XML if precision.startswith("int8") else self.folder / MODEL_FILE
         core = ov.Core()
         self.compiled = core.compile_model(
-            core.read_model(str(self.folder / MODEL_FILE)), "CPU",
+            core.read_model(str(model)), "CPU",
             {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "THROUGHPUT",
              # The plugin keeps the kernels it made for each input shape (5,000 by default); every
              # batch has its own padded width, so an ingest's RSS crept up with the corpus.

@@ -1,0 +1,144 @@
+"""The int8 model (ingest/quantize.py): made once from the corpus's own chunks with NNCF, checked
+against the fp32 vectors, and offered to precision "auto" only where that check passes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flytegpt.ingest import quantize
+from flytegpt.ingest.config import DEFAULT_MODEL, EmbeddingsConfig
+from flytegpt.ingest.embedding import Embedder, resolve_model_path
+from flytegpt.ingest.onnx_export import MODEL_FILE, ensure_export
+from flytegpt.ingest.quantize import CHECK_FILE, MODEL_XML, ensure_int8, int8_dir, read_check, split_texts
+
+PACKAGED = resolve_model_path(DEFAULT_MODEL)
+
+
+def sample_texts() -> list[str]:
+    """Texts of the bundled sample corpus: its chunks and their sentences (about 200)."""
+    from flytegpt.ingest.chunking import chunk_documents
+    from flytegpt.ingest.config import load_config, sample_config_path
+    from flytegpt.ingest.pipeline import collect
+
+    chunks = chunk_documents(collect(load_config(sample_config_path()), progress=False)[0])
+    sentences = {s.strip() for c in chunks for s in re.split(r"(?<=[.!?])\s+|\n", c.text) if len(s.strip()) > 30}
+    return [c.text for c in chunks] + sorted(sentences)
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_export(DEFAULT_MODEL, PACKAGED, tmp_path_factory.mktemp("onnx"))
+
+
+def test_calibration_and_check_texts_are_picked_by_hash_whatever_the_order() -> None:
+    texts = [f"text number {i}" for i in range(300)]
+    calibration, check = split_texts(texts)
+    assert (calibration, check) == split_texts(list(reversed(texts)) + texts[:10])  # order, duplicates
+    assert len(calibration) == quantize.CALIBRATION_TEXTS and len(check) == quantize.CHECK_TEXTS
+    assert not set(calibration) & set(check)  # the check is on texts it was not calibrated on
+    assert split_texts(texts[:191]) is None  # too few to calibrate and judge
+    assert split_texts(["the same text"] * 500) is None
+
+
+@pytest.mark.slow
+def test_the_int8_model_is_made_once_checked_against_fp32_and_reused(
+    export: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flytegpt.ingest.openvino_runner import OpenVinoEncoder
+
+    texts = sample_texts()
+    assert len(set(texts)) >= quantize.CALIBRATION_TEXTS + quantize.CHECK_TEXTS
+    check = ensure_int8(export, texts)
+    assert check is not None and "fp32" in check.mean_cosine
+    assert 0.99 < check.mean_cosine["fp32"] <= 1.0 and check.min_cosine["fp32"] <= check.mean_cosine["fp32"]
+    assert (check.calibration_texts, check.check_texts) == (128, 64) and check.recipe == quantize.RECIPE
+    folder = int8_dir(export)
+    assert (folder / MODEL_XML).is_file() and (folder / CHECK_FILE).is_file()
+    assert not [p for p in export.iterdir() if p.name.startswith(".int8-")]  # no temp folder left
+    # the graph really is quantised: its linear layers' weights are stored as int8
+    assert (folder / MODEL_XML).read_text().count('element_type="i8"') >= 24  # 6 layers x (q, k, v, out, ffn in)
+
+    # made once: the next ingest reads the check and never imports NNCF
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    assert ensure_int8(export, texts) == check == read_check(export)
+
+    # its vectors are what the check says, in input order, through the encoder the embedder uses
+    int8, fp32 = OpenVinoEncoder(export, precision="int8"), OpenVinoEncoder(export, precision="fp32")
+    ours, ref = int8.encode(texts), fp32.encode(texts)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    cosine = (ours * ref).sum(1)
+    assert cosine.mean() > 0.99 and cosine.min() > 0.95
+
+
+def _stand_in_int8(export: Path, mean_cosine: dict[str, float]) -> None:
+    """An "int8 model" that is the fp32 graph saved as IR, with the check given: for the choice
+    logic, which must follow the check whatever the model (the real one is made above)."""
+    import openvino as ov
+
+    folder = int8_dir(export)
+    folder.mkdir()
+    ov.save_model(ov.Core().read_model(str(export / MODEL_FILE)), str(folder / MODEL_XML), compress_to_fp16=False)
+    (folder / CHECK_FILE).write_text(json.dumps({"mean_cosine": mean_cosine, "min_cosine": mean_cosine,
+                                                 "calibration_texts": 128, "check_texts": 64}))
+
+
+def test_auto_measures_int8_only_where_its_check_passes(tmp_path: Path) -> None:
+    cache = tmp_path / "onnx"
+    export = ensure_export(DEFAULT_MODEL, PACKAGED, cache)
+    _stand_in_int8(export, {"fp32": 0.9995, "bf16": 0.998})
+    sentences = ["How do I cache a Flyte task?", "FlyteFile uploads a file to the blob store."]
+
+    auto = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=str(cache)))
+    auto.embed_documents(sentences)
+    assert "openvino int8" in auto.autotune.rates  # measured beside fp32 (and bf16 where the CPU has it)
+    assert "openvino int8-bf16" not in auto.autotune.rates  # its check failed: never a candidate
+    assert auto.describe()["int8"]["mean_cosine"] == {"fp32": 0.9995, "bf16": 0.998}  # in the manifest
+
+    off = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=str(cache), auto_int8=False))
+    off.embed_documents(sentences)
+    assert not [label for label in off.autotune.rates if "int8" in label] and "int8" not in off.describe()
+
+    explicit = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=str(cache), precision="int8"))
+    assert explicit.embed_documents(sentences).shape == (2, 384) and explicit.precision == "int8"
+
+
+def test_int8_that_cannot_be_made_means_fp32_with_a_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = str(tmp_path / "onnx")
+    few = ["How do I cache a Flyte task?", "FlyteFile uploads a file to the blob store."]
+    with caplog.at_level(logging.WARNING, logger="flytegpt.ingest.embedding"):
+        e = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=cache, precision="int8"))
+        assert e.embed_documents(few).shape == (2, 384)
+    assert e.precision == "fp32" and "at least 192 of the corpus's chunks" in caplog.text
+    # "auto" makes it only for an embedding of int8_min_texts or more: it pays for itself there
+    texts = [f"Flyte task number {i} caches its outputs in the blob store." for i in range(200)]
+    small = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=cache, int8_min_texts=201))
+    small.embed_documents(texts)
+    assert "int8" not in small.describe() and not list(Path(cache).glob("*/int8-*"))
+
+    # NNCF failing (or a read-only export cache) costs the int8 candidate, not the ingest
+    def broken(*args, **kwargs):
+        raise RuntimeError("nncf: unsupported graph")
+
+    monkeypatch.setattr(quantize, "_quantize", broken)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flytegpt.ingest.embedding"):
+        auto = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=cache, int8_min_texts=200))
+        assert auto.embed_documents(texts).shape == (200, 384)
+    assert "could not make an int8 model" in caplog.text and "unsupported graph" in caplog.text
+    assert auto.precision in ("fp32", "bf16") and not list(Path(cache).glob("*/int8-*"))  # nothing half-made
+
+    monkeypatch.setattr(quantize, "nncf_available", lambda: False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flytegpt.ingest.embedding"):
+        e = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=str(tmp_path / "other"), precision="int8"))
+        e.embed_documents(texts)
+    assert e.precision == "fp32" and "NNCF is not installed" in caplog.text
