@@ -434,10 +434,14 @@ def test_retry_after_a_restart_is_not_answered_twice(make_harness):
                                  event_id="Ev0TWIN")
     second.emu.wait_ack(retry.envelope_id)
     second.emu.wait_ack(twin.envelope_id)
+    # Bolt acks before its listener thread runs: wait for both to be counted (a race seen once in CI)
+    duplicates = second.bot.metrics.duplicates
+    second.emu.wait_for(lambda: duplicates.labels("event")._value.get() >= 1
+                        and duplicates.labels("message")._value.get() >= 1, 15.0)
     second.idle()
     assert second.answers() == [] and second.llm.requests == []
-    assert second.bot.metrics.duplicates.labels("event")._value.get() == 1
-    assert second.bot.metrics.duplicates.labels("message")._value.get() == 1
+    assert duplicates.labels("event")._value.get() == 1
+    assert duplicates.labels("message")._value.get() == 1
 
 
 # --- what reaches Slack: the model's text neutralised, long answers within Slack's limits -------------------
