@@ -99,12 +99,16 @@ class EmbeddingsConfig(_Strict):
     # PyTorch), PyTorch on a GPU or when OpenVINO is missing. "torch", "openvino": force one.
     # Speeds: README "Performance"; see ingest/embedding.py.
     backend: Literal["auto", "torch", "openvino"] = "auto"
-    # "auto": fp16 on CUDA; on a CPU whichever of fp32 and bf16 is faster here, measured
-    # (ingest/autotune.py). "int8"/"int8-bf16" (never chosen by "auto"): OpenVINO's int8 model
-    # (ingest/quantize.py), made once per model and machine from 64 of the corpus's chunks (NNCF,
-    # 12-30 s), with the layers it keeps out of int8 in fp32/bf16; its own model id and embedding
-    # cache; fp32 with a warning where it can't be made or its check fails.
+    # "auto": fp16 on CUDA; on a CPU the fastest of fp32, bf16 and (auto_int8) int8, measured
+    # (ingest/autotune.py). "int8"/"int8-bf16": OpenVINO's int8 model (ingest/quantize.py) with
+    # the layers it keeps out of int8 in fp32/bf16; where it can't be made, fp32 with a warning.
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8", "int8-bf16"] = "auto"
+    # "auto" on a CPU also measures an int8 model, made once per model and machine from 128 of the
+    # corpus's chunks (NNCF, 12-30 s), and only when its vectors keep a mean cosine >= 0.999 to fp32.
+    auto_int8: bool = True
+    # ... made only by an embedding of at least this many texts: it pays for itself only there
+    # (a Flyte pod's cache dies with it; a laptop's or a server's is kept).
+    int8_min_texts: int = Field(default=1000, ge=128, le=100_000_000)
     gpu_batch_size: int = Field(default=256, ge=1, le=65536)  # texts per forward pass on CUDA (fp16, length-sorted)
     onnx_cache_dir: str | None = None  # ONNX exports; None: $FLYTEGPT_ONNX_CACHE or ~/.cache/flytegpt/onnx
     # new vectors per embedding-cache shard written while an ingest embeds: a killed ingest

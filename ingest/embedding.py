@@ -11,14 +11,12 @@ Backends:
 - "torch": sentence-transformers; fp16 on CUDA, fp32 or bf16 on a CPU;
 - "auto" (the default): openvino on a CPU when it is installed and the model exports, torch
   otherwise (and always on a GPU).
-Precision "auto": fp16 on CUDA; on a CPU, whichever of fp32 and bf16 embeds faster on this
-machine, measured once when the model first loads and cached (ingest/autotune.py).
-OpenVINO's and PyTorch's vectors (fp32, bf16, fp16) agree to a cosine of 0.9999 and share the
-plain model id, so an index built by one is searched with the other.
-Precision "int8"/"int8-bf16" (asked for, never chosen by "auto"): OpenVINO's int8 model, made
-on the machine from the corpus's own chunks (ingest/quantize.py). Its vectors keep a cosine of
-0.999 to fp32 but moved one dev question across the top-5 cut, so they get their own model id
-("<model>#int8-<recipe>") and embedding cache.
+Precision "auto": fp16 on CUDA; on a CPU, whichever of fp32, bf16 and int8 embeds fastest on
+this machine, measured once when the model first loads and cached (ingest/autotune.py). The
+int8 model is made from the first large batch of the corpus's own chunks (ingest/quantize.py)
+and only offered when its vectors keep a mean cosine >= 0.999 to fp32.
+OpenVINO's and PyTorch's vectors (fp32, bf16, fp16; int8 at >= 0.999) agree closely enough to
+share the plain model id, so an index built by one is searched with the other.
 """
 
 from __future__ import annotations
@@ -198,6 +196,8 @@ class Embedder:
         onnx_cache_dir: str | None = None,
         precision: str = "auto",
         model_path: str | None = None,
+        auto_int8: bool = True,
+        int8_min_texts: int = 1000,
     ) -> None:
         self.model_name = normalize_model_id(model)
         # a tuned model's id names it; its files are wherever the store put them (ingest/tuning.py)
@@ -215,8 +215,10 @@ class Embedder:
         self._model: "SentenceTransformer | None" = None
         self.autotune: "Choice | None" = None  # what "auto" measured and chose, once loaded
         self._openvino = None  # an OpenVinoEncoder
-        self.int8_check = None  # the int8 model's check (ingest/quantize.py), when int8 was asked for
-        self._calibration: Sequence[str] = ()  # the first texts embedded, to make the int8 model from
+        self.auto_int8 = auto_int8
+        self.int8_min_texts = int8_min_texts
+        self.int8_check = None  # the int8 model's check (ingest/quantize.py), when one was considered
+        self._calibration: Sequence[str] = ()  # the first large batch of texts, to make the int8 model from
         # Hugging Face fast tokenizers raise "Already borrowed" when one instance is
         # used from several threads at once; the bot answers on a worker pool.
         self._lock = threading.Lock()
@@ -226,7 +228,7 @@ class Embedder:
         return cls(
             cfg.model, device=cfg.device, batch_size=cfg.batch_size, backend=cfg.backend,
             gpu_batch_size=cfg.gpu_batch_size, onnx_cache_dir=cfg.onnx_cache_dir, precision=cfg.precision,
-            model_path=model_path,
+            model_path=model_path, auto_int8=cfg.auto_int8, int8_min_texts=cfg.int8_min_texts,
         )
 
     @classmethod
@@ -239,24 +241,15 @@ class Embedder:
         Every backend makes the same vectors, so queries use the configured backend and
         precision: an index built on a GPU is served on a CPU. A tuned model
         ("flytegpt-tuned/...") is loaded from `store`, where the ingest that tuned it put it.
-        An index embedded by the int8 model ("<model>#int8-<recipe>") is searched by an int8 query
-        embedder (fp32, within cosine 0.999, where the int8 model was never made on this machine).
-        Another recipe suffix ("<model>#onnx-int8-v2") was made by an int8 path this FlyteGPT no
-        longer has.
+        An id with a recipe suffix ("<model>#onnx-int8-v2") was made by an int8 backend this
+        FlyteGPT no longer has.
         """
-        from flytegpt.ingest.quantize import ID_SUFFIX
-
-        cfg = cfg or EmbeddingsConfig()
-        if model_id.endswith(ID_SUFFIX):
-            precision = cfg.precision if cfg.precision.startswith("int8") else "int8"
-            cfg = cfg.model_copy(update={"precision": precision})
-            model_id = model_id[: -len(ID_SUFFIX)]
         if "#" in model_id:
             raise ValueError(
                 f"model id {model_id!r}: the index was embedded by a backend this FlyteGPT does not have; "
                 "re-ingest to rebuild it"
             )
-        cfg = cfg.model_copy(update={"model": model_id})
+        cfg = (cfg or EmbeddingsConfig()).model_copy(update={"model": model_id})
         from flytegpt.ingest import tuning
 
         if not tuning.is_tuned(model_id):
@@ -320,12 +313,7 @@ class Embedder:
 
     @property
     def model_id(self) -> str:
-        """The configured model's id: every backend and precision makes its vectors, but for int8,
-        whose vectors have their own id (and embedding cache)."""
-        if self._requested_precision.startswith("int8"):
-            from flytegpt.ingest.quantize import ID_SUFFIX
-
-            return self.model_name + ID_SUFFIX
+        """The configured model's id: every backend and precision makes its vectors."""
         return self.model_name
 
     @property
@@ -385,42 +373,55 @@ class Embedder:
 
         folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir)
         precision = resolve_precision(self._requested_precision, "openvino", "cpu")
-        if precision.startswith("int8") and not self._int8_ready(folder, precision):
-            log.warning("embedding: no int8 model of %s that keeps the vectors here (%s); embedding in fp32 "
-                        "(within cosine 0.999 of it)", self.model_name, self._int8_why())
+        if precision.startswith("int8") and precision not in self._int8_precisions(
+                folder, [precision.partition("-")[2] or "fp32"], self._calibration):
+            log.warning("embedding: no int8 model of %s that keeps the vectors here (%s); embedding in fp32",
+                        self.model_id, self._int8_why())
             precision = "fp32"
-        self._calibration = ()
         if precision != "auto":
             encoder = OpenVinoEncoder(folder, precision=precision)
         else:
             # bf16 is a candidate only where the CPU plugin computes it; elsewhere it means fp32.
             precisions = ["fp32", "bf16"] if openvino_bf16() else ["fp32"]
+            if self.auto_int8:
+                # made only for a large embedding (it pays for itself there); reused once made
+                texts = self._calibration if len(self._calibration) >= self.int8_min_texts else ()
+                precisions += self._int8_precisions(folder, precisions, texts)
             meta = json.loads((folder / "meta.json").read_text())
+            facts = {**autotune.machine_facts(), "openvino": openvino.get_version(), "export": meta["sha256"]}
+            if any(p.startswith("int8") for p in precisions):
+                from flytegpt.ingest.quantize import RECIPE
+
+                facts["int8"] = RECIPE
             self.autotune, encoder = autotune.choose(
                 {f"openvino {p}": functools.partial(OpenVinoEncoder, folder, precision=p) for p in precisions},
                 "openvino fp32",
-                facts={**autotune.machine_facts(), "openvino": openvino.get_version(), "export": meta["sha256"]},
+                facts=facts,
                 cache_file=self._autotune_file(),
                 batch_size=self.batch_size,
             )
+        self._calibration = ()
         self._precision = encoder.precision
         self._check_dimension(encoder.dimension)
         log.info("embedding model %s loaded from %s (OpenVINO, CPU, %s, batch %d)",
                  self.model_id, folder, self.precision, self.batch_size)
         return encoder
 
-    def _int8_ready(self, folder: Path, precision: str) -> bool:
-        """Whether the int8 model runs here with vectors within a mean cosine of 0.999 of fp32, in
-        `precision` ("int8": the layers kept out of int8 in fp32; "int8-bf16": in bf16); made now
-        from the texts being embedded when it never was. A failure only means fp32."""
+    def _int8_precisions(self, folder: Path, rests: list[str], texts: Sequence[str]) -> list[str]:
+        """The int8 precisions ("int8", "int8-bf16") whose vectors keep a mean cosine >= 0.999 to
+        fp32 here, for each of `rests`; the int8 model is made now from `texts` (the corpus's
+        chunks being embedded) when it never was. A failure only means no int8."""
         from flytegpt.ingest import quantize
 
         try:
-            self.int8_check = quantize.ensure_int8(folder, self._calibration)
-        except Exception as e:  # noqa: BLE001 - e.g. a read-only export cache: fp32 still works
-            log.warning("embedding: could not make an int8 model of %s (%s)", self.model_name, e)
+            self.int8_check = quantize.ensure_int8(folder, texts)
+        except Exception as e:  # noqa: BLE001 - e.g. a read-only export cache: fp32/bf16 still work
+            log.warning("embedding: could not make an int8 model of %s (%s)", self.model_id, e)
             self.int8_check = None
-        return self.int8_check is not None and self.int8_check.passes(precision.partition("-")[2] or "fp32")
+        check = self.int8_check
+        if check is None:
+            return []
+        return ["int8" if rest == "fp32" else f"int8-{rest}" for rest in rests if check.passes(rest)]
 
     def _int8_why(self) -> str:
         from flytegpt.ingest import quantize
@@ -526,8 +527,8 @@ class Embedder:
         return out
 
     def load_for(self, texts: Sequence[str]) -> None:
-        """Load the model as an embedding of `texts` would (with an int8 precision, the int8 model is
-        made from them when it never was), without embedding them: for benchmarks."""
+        """Load the model as an embedding of `texts` would (on a CPU with precision "auto", the int8
+        model is made from them when they are enough), without embedding them: for benchmarks."""
         if not self.loaded:
             self._calibration = texts
             self._load()
