@@ -106,8 +106,9 @@ class EmbeddingsConfig(_Strict):
     # "auto" on a CPU also measures an int8 model, made once per model and machine from 128 of the
     # corpus's chunks (NNCF, 12-30 s), and only when its vectors keep a mean cosine >= 0.999 to fp32.
     auto_int8: bool = True
-    # ... made only by an embedding of at least this many texts: it pays for itself only there
-    # (a Flyte pod's cache dies with it; a laptop's or a server's is kept).
+    # ... made only by an embedding of at least this many texts: a small or incremental ingest
+    # never waits for it (the first large one on a machine does, once; a Flyte CPU pod, whose
+    # cache dies with it, each time: auto_int8 = false there).
     int8_min_texts: int = Field(default=1000, ge=128, le=100_000_000)
     gpu_batch_size: int = Field(default=256, ge=1, le=65536)  # texts per forward pass on CUDA (fp16, length-sorted)
     onnx_cache_dir: str | None = None  # ONNX exports; None: $FLYTEGPT_ONNX_CACHE or ~/.cache/flytegpt/onnx

@@ -384,7 +384,7 @@ class Embedder:
             # bf16 is a candidate only where the CPU plugin computes it; elsewhere it means fp32.
             precisions = ["fp32", "bf16"] if openvino_bf16() else ["fp32"]
             if self.auto_int8:
-                # made only for a large embedding (it pays for itself there); reused once made
+                # made only by a large embedding (a small one never waits for it); reused once made
                 texts = self._calibration if len(self._calibration) >= self.int8_min_texts else ()
                 precisions += self._int8_precisions(folder, precisions, texts)
             meta = json.loads((folder / "meta.json").read_text())

@@ -118,7 +118,7 @@ def test_int8_that_cannot_be_made_means_fp32_with_a_reason(
         e = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=cache, precision="int8"))
         assert e.embed_documents(few).shape == (2, 384)
     assert e.precision == "fp32" and "at least 128 of the corpus's chunks" in caplog.text
-    # "auto" makes it only for an embedding of int8_min_texts or more: it pays for itself there
+    # "auto" makes it only for an embedding of int8_min_texts or more: a small one never waits
     texts = [f"Flyte task number {i} caches its outputs in the blob store." for i in range(200)]
     small = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=cache, int8_min_texts=201))
     small.embed_documents(texts)
