@@ -103,8 +103,9 @@ class EmbeddingsConfig(_Strict):
     # (ingest/autotune.py). "int8"/"int8-bf16": OpenVINO's int8 model (ingest/quantize.py) with
     # the layers it keeps out of int8 in fp32/bf16; where it can't be made, fp32 with a warning.
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8", "int8-bf16"] = "auto"
-    # "auto" on a CPU also measures an int8 model, made once per model and machine from 128 of the
-    # corpus's chunks (NNCF, 12-30 s), and only when its vectors keep a mean cosine >= 0.999 to fp32.
+    # "auto" on a CPU also measures an int8 model, made once per model and machine from 64 of the
+    # corpus's chunks (NNCF, 12-30 s), and only when its vectors keep a mean cosine >= 0.999 to fp32
+    # on 64 others.
     auto_int8: bool = True
     # ... made only by an embedding of at least this many texts: a small or incremental ingest
     # never waits for it (the first large one on a machine does, once; a Flyte CPU pod, whose

@@ -356,6 +356,7 @@ class Embedder:
                     self._backend, self._precision = "torch", None
             if self.backend == "torch" and self._model is None:
                 self._model = self._load_torch()
+            self._calibration = ()  # only a load makes the int8 model from them
         return self._model if self.backend == "torch" else self._openvino
 
     def _autotune_file(self) -> Path:
@@ -367,14 +368,13 @@ class Embedder:
     def _load_openvino(self):
         import openvino
 
-        from flytegpt.ingest import autotune
+        from flytegpt.ingest import autotune, quantize
         from flytegpt.ingest.onnx_export import ensure_export
         from flytegpt.ingest.openvino_runner import OpenVinoEncoder, openvino_bf16
 
         folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir)
         precision = resolve_precision(self._requested_precision, "openvino", "cpu")
-        if precision.startswith("int8") and precision not in self._int8_precisions(
-                folder, [precision.partition("-")[2] or "fp32"], self._calibration):
+        if precision.startswith("int8") and not self._int8_precisions(folder, [precision], self._calibration):
             log.warning("embedding: no int8 model of %s that keeps the vectors here (%s); embedding in fp32",
                         self.model_id, self._int8_why())
             precision = "fp32"
@@ -386,13 +386,11 @@ class Embedder:
             if self.auto_int8:
                 # made only by a large embedding (a small one never waits for it); reused once made
                 texts = self._calibration if len(self._calibration) >= self.int8_min_texts else ()
-                precisions += self._int8_precisions(folder, precisions, texts)
+                precisions += self._int8_precisions(folder, [quantize.int8_precision(p) for p in precisions], texts)
             meta = json.loads((folder / "meta.json").read_text())
             facts = {**autotune.machine_facts(), "openvino": openvino.get_version(), "export": meta["sha256"]}
             if any(p.startswith("int8") for p in precisions):
-                from flytegpt.ingest.quantize import RECIPE
-
-                facts["int8"] = RECIPE
+                facts["int8"] = quantize.RECIPE
             self.autotune, encoder = autotune.choose(
                 {f"openvino {p}": functools.partial(OpenVinoEncoder, folder, precision=p) for p in precisions},
                 "openvino fp32",
@@ -400,17 +398,16 @@ class Embedder:
                 cache_file=self._autotune_file(),
                 batch_size=self.batch_size,
             )
-        self._calibration = ()
         self._precision = encoder.precision
         self._check_dimension(encoder.dimension)
         log.info("embedding model %s loaded from %s (OpenVINO, CPU, %s, batch %d)",
                  self.model_id, folder, self.precision, self.batch_size)
         return encoder
 
-    def _int8_precisions(self, folder: Path, rests: list[str], texts: Sequence[str]) -> list[str]:
-        """The int8 precisions ("int8", "int8-bf16") whose vectors keep a mean cosine >= 0.999 to
-        fp32 here, for each of `rests`; the int8 model is made now from `texts` (the corpus's
-        chunks being embedded) when it never was. A failure only means no int8."""
+    def _int8_precisions(self, folder: Path, wanted: list[str], texts: Sequence[str]) -> list[str]:
+        """Those of the int8 precisions `wanted` ("int8", "int8-bf16") whose vectors keep a mean
+        cosine >= 0.999 to fp32 here; the int8 model is made now from `texts` (the corpus's chunks
+        being embedded) when it never was. A failure only means no int8."""
         from flytegpt.ingest import quantize
 
         try:
@@ -421,7 +418,7 @@ class Embedder:
         check = self.int8_check
         if check is None:
             return []
-        return ["int8" if rest == "fp32" else f"int8-{rest}" for rest in rests if check.passes(rest)]
+        return [p for p in wanted if check.passes(quantize.rest_of(p))]
 
     def _int8_why(self) -> str:
         from flytegpt.ingest import quantize

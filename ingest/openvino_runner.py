@@ -49,14 +49,17 @@ def openvino_bf16() -> bool:
 class OpenVinoEncoder(ExportedGraph):
     """Texts -> L2-normalised float32 vectors with an export (fp32, or its int8 model) compiled for the CPU."""
 
-    def __init__(self, folder: str | Path, *, precision: str = "fp32") -> None:
+    def __init__(self, folder: str | Path, *, precision: str = "fp32", model_file: str | Path | None = None) -> None:
+        """`model_file`: another graph of the same export (ingest/quantize.py checks an int8 model
+        with it before it is in place); by default the export's own, or its int8 model."""
         import openvino as ov
 
         if precision not in _HINTS:
             raise ValueError(f"OpenVINO runs {', '.join(_HINTS)}, not {precision!r}")
         super().__init__(folder)
         self.precision = precision
-        model = int8_dir(self.folder) / MODEL_XML if precision.startswith("int8") else self.folder / MODEL_FILE
+        model = model_file or (int8_dir(self.folder) / MODEL_XML if precision.startswith("int8")
+                               else self.folder / MODEL_FILE)
         core = ov.Core()
         self.compiled = core.compile_model(
             core.read_model(str(model)), "CPU",

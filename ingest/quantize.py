@@ -33,8 +33,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
 RECIPE = "sq0.7-ffo-att-l0-v3"  # bump when the recipe changes
@@ -48,6 +46,16 @@ SMOOTH_QUANT_ALPHA = 0.7
 # export names, onnx_export.py).
 KEEP_PATTERNS = [r".*layer\.\d+/output/dense/MatMul", r".*layer\.\d+/attention/output/dense/MatMul", r".*layer\.0/.*"]
 REST_PRECISIONS = ("fp32", "bf16")  # what the layers left out of int8 compute in
+
+
+def int8_precision(rest: str) -> str:
+    """The precision label of the int8 model with the layers it keeps out of int8 in `rest`."""
+    return "int8" if rest == "fp32" else f"int8-{rest}"
+
+
+def rest_of(precision: str) -> str:
+    """What the layers kept out of int8 compute in, for an int8 precision label."""
+    return precision.partition("-")[2] or "fp32"
 
 
 def nncf_available() -> bool:
@@ -112,27 +120,41 @@ def ensure_int8(export: Path, texts: Sequence[str] = ()) -> Int8Check | None:
 
 
 def _make(export: Path, calibration: list[str], check: list[str]) -> Int8Check:
+    """Quantise, save and check into a temp folder, then rename it into place: model files first,
+    the check last, so a crash or a concurrent ingest never leaves a check without its model."""
     import openvino as ov
 
-    from flytegpt.ingest.onnx_export import MODEL_FILE, ExportedGraph
+    from flytegpt.ingest.onnx_export import MODEL_FILE
+    from flytegpt.ingest.openvino_runner import OpenVinoEncoder
 
     t = time.perf_counter()
     log.info("quantising %s to int8 (NNCF, %d of the corpus's chunks; once per model and machine)",
              export.name, len(calibration))
-    graph = ExportedGraph(export)
-    core = ov.Core()
-    model = _quantize(core.read_model(str(export / MODEL_FILE)), graph, calibration)
-    reference = _run(core, core.read_model(str(export / MODEL_FILE)), "fp32", graph, check)
-    means, mins = {}, {}
-    for rest in REST_PRECISIONS:
+    reference = OpenVinoEncoder(export, precision="fp32")
+    tmp = Path(tempfile.mkdtemp(prefix=".int8-", dir=export))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared (an image, a volume)
+    try:
+        model = _quantize(ov.Core().read_model(str(export / MODEL_FILE)), reference, calibration)
+        ov.save_model(model, str(tmp / MODEL_XML), compress_to_fp16=False)
+        expected = reference.encode(check)
+        means, mins = {}, {}
+        for rest in REST_PRECISIONS:
+            try:
+                int8 = OpenVinoEncoder(export, precision=int8_precision(rest), model_file=tmp / MODEL_XML)
+                cos = (int8.encode(check) * expected).sum(1)
+            except Exception as e:  # noqa: BLE001 - a precision this CPU plugin refuses is simply not offered
+                log.info("int8 with the rest in %s could not run here (%s)", rest, e)
+                continue
+            means[rest], mins[rest] = round(float(cos.mean()), 6), round(float(cos.min()), 6)
+        result = Int8Check(means, mins, len(calibration), len(check), round(time.perf_counter() - t, 1))
+        (tmp / CHECK_FILE).write_text(json.dumps(result.to_dict(), indent=1))
         try:
-            cos = (_run(core, model, rest, graph, check) * reference).sum(1)
-        except Exception as e:  # noqa: BLE001 - a precision this CPU plugin refuses is simply not offered
-            log.info("int8 with the rest in %s could not run here (%s)", rest, e)
-            continue
-        means[rest], mins[rest] = round(float(cos.mean()), 6), round(float(cos.min()), 6)
-    result = Int8Check(means, mins, len(calibration), len(check), round(time.perf_counter() - t, 1))
-    _save(export, model, result)
+            os.rename(tmp, int8_dir(export))
+        except OSError:
+            if read_check(export) is None:  # a concurrent maker won only if it finished
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     verdict = {r: ("kept" if result.passes(r) else "refused") for r in means}
     log.info("int8 model of %s: mean cosine to fp32 %s (needs >= %s): %s, made in %.0fs",
              export.name, means, MIN_COSINE, verdict, result.seconds)
@@ -158,32 +180,3 @@ def _quantize(model, graph, calibration: list[str]):
             smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)
         ),
     )
-
-
-def _run(core, model, rest: str, graph, texts: list[str]) -> np.ndarray:
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[rest]})
-    request = compiled.create_infer_request()
-    out = np.empty((len(texts), graph.dimension), dtype=np.float32)
-    for idx, ids, mask in graph.batches(texts, 8):
-        out[idx] = request.infer({"input_ids": ids, "attention_mask": mask})[0]
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-
-def _save(export: Path, model, result: Int8Check) -> None:
-    """Model files first, the check last, into a temp folder renamed into place: a crash or a
-    concurrent ingest never leaves a check without its model."""
-    import openvino as ov
-
-    target = int8_dir(export)
-    tmp = Path(tempfile.mkdtemp(prefix=".int8-", dir=export))
-    os.chmod(tmp, 0o755)
-    try:
-        ov.save_model(model, str(tmp / MODEL_XML), compress_to_fp16=False)
-        (tmp / CHECK_FILE).write_text(json.dumps(result.to_dict(), indent=1))
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if read_check(export) is None:  # a concurrent maker won only if it finished
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -67,6 +67,7 @@ def _source_fused(
     w: float,
     chunks: list[Chunk],
     outline_weight: float = 0.0,
+    docs_bonus: float = 0.0,
 ) -> dict[str, float]:
     """Each source's fused score from its best dense and its best keyword match.
 
@@ -74,8 +75,8 @@ def _source_fused(
     and whose other function names its identifiers is a good source even if no single chunk
     is good at both; a page whose outline (title, first paragraph, headings) matches the
     question's meaning and whose section names its words likewise. A source's outline also
-    adds `outline_weight` x its own fused score (search() sets it for short questions).
-    `dense` and `keyword` are normalised scores, aligned with `ids`.
+    adds `outline_weight` x its own fused score, and a docs page `docs_bonus` (search() sets both
+    for short questions). `dense` and `keyword` are normalised scores, aligned with `ids`.
     """
     best_d: dict[str, float] = {}
     best_k: dict[str, float] = {}
@@ -86,13 +87,9 @@ def _source_fused(
         best_k[sid] = max(best_k.get(sid, 0.0), float(k))
         if outline_weight and is_outline(chunks[i]):
             outline[sid] = w * float(d) + (1 - w) * float(k)
-    return {sid: w * best_d[sid] + (1 - w) * best_k[sid] + outline_weight * outline.get(sid, 0.0) for sid in best_d}
-
-
-def _add_to_kind(source_score: dict[str, float], ids: list[int], chunks: list[Chunk], kind: str, bonus: float) -> None:
-    """Add `bonus` to the score of every source of `kind` among `ids` (in place)."""
-    for sid in {chunks[i].source_id for i in ids if chunks[i].kind == kind}:
-        source_score[sid] += bonus
+    docs = {chunks[i].source_id for i in ids if chunks[i].kind == "docs"} if docs_bonus else set()
+    return {sid: w * best_d[sid] + (1 - w) * best_k[sid] + outline_weight * outline.get(sid, 0.0)
+            + (docs_bonus if sid in docs else 0.0) for sid in best_d}
 
 
 def _by_source(
@@ -306,10 +303,11 @@ class HybridSearcher:
         fused = {i: float(w * a + (1 - w) * b) for i, a, b in zip(union, dn, kn)}
         # A short question names a topic ("how do I run a bash script?"): the page or module
         # that is about it, as its outline says, counts for more than one passage sharing words.
+        # ... and a page about a topic is its canonical answer, unless the question names an exact term.
         short = len(words(query)) <= cfg.short_question_words
-        source_score = _source_fused(union, dn, kn, w, self.index.chunks, cfg.outline_weight if short else 0.0)
-        if short and cfg.short_question_docs_bonus and not names_exact_term(query):
-            _add_to_kind(source_score, union, self.index.chunks, "docs", cfg.short_question_docs_bonus)
+        topic = short and not names_exact_term(query)
+        source_score = _source_fused(union, dn, kn, w, self.index.chunks, cfg.outline_weight if short else 0.0,
+                                     cfg.short_question_docs_bonus if topic else 0.0)
         order = _by_source(union, fused, self.index.chunks, cfg.source_bonus, source_score)
         scores = dict(order)
         picked = self._passages(_cap([i for i, _ in order], self.index.chunks, k, cap), [i for i, _ in order], scores)
