@@ -193,6 +193,19 @@ def test_each_message_is_answered_once(harness):
     assert harness.bot.metrics.duplicates.labels("event")._value.get() == 1
 
 
+def test_an_event_lost_in_transit_is_answered_when_slack_sends_it_again(harness):
+    emu = harness.emu
+    emu.redeliver_after = 0.5
+    emu.lose_envelopes = 1  # e.g. sent on a connection the client was replacing: no ack, Slack retries it
+    d = emu.mention(CACHE_Q)
+    assert emu.acks.get(d.envelope_id) is None
+    [answer] = harness.wait_answers(thread_ts=d.ts)
+    assert emu.wait_ack(d.envelope_id) and len(emu.redeliveries) == 1
+    harness.idle()
+    assert len(harness.answers(thread_ts=d.ts)) == 1 and "cache" in answer["text"].lower()
+    assert harness.bot.metrics.duplicates.labels("event")._value.get() == 0
+
+
 def test_ignores_its_own_and_other_bots_messages(harness):
     emu = harness.emu
     emu.add_channel("D0DIRECT02", "dm", is_im=True)

@@ -5,7 +5,9 @@ nothing here knows about FlyteGPT. It records every Web API call, every Socket M
 (with its latency) and every response_url post, keeps channel messages so
 `conversations.replies/history` return what was posted (with cursor pagination), can be
 scripted to answer 429 + Retry-After, and can drop or refresh the websocket to test
-reconnects. It also checks Slack's message limits and records violations.
+reconnects. With `redeliver_after=s` it does what Slack does with an `events_api` envelope
+nobody acks (e.g. sent on a connection the client was just replacing): it sends the event
+again, up to 3 times, with `retry_attempt` 1..3, `retry_reason` "timeout" and a new envelope id. It also checks Slack's message limits and records violations.
 
 Streaming (`chat.startStream` / `appendStream` / `stopStream`) follows Slack's documented
 rules: both `recipient_*` ids outside a DM, 12,000 characters of markdown a call (and per
@@ -116,7 +118,7 @@ class SlackEmulator:
     """Web API + Socket Mode + response_url stand-in. Use as a context manager."""
 
     def __init__(self, *, team_id: str = "T0EMU", bot_user_id: str = "UBOT", bot_id: str = "BBOT",
-                 app_id: str = "AEMU", page_size: int = 100) -> None:
+                 app_id: str = "AEMU", page_size: int = 100, redeliver_after: float | None = None) -> None:
         self.team_id, self.bot_user_id, self.bot_id, self.app_id = team_id, bot_user_id, bot_id, app_id
         self.page_size = page_size
         self.calls: list[Call] = []
@@ -129,6 +131,11 @@ class SlackEmulator:
         self.users: dict[str, dict[str, Any]] = {}
         self.channels: dict[str, _Channel] = {}
         self.connects = 0  # websocket connections ever opened
+        self.redeliver_after = redeliver_after  # seconds without an ack before an event is sent again
+        self.redeliveries: list[str] = []  # envelope ids of events sent again because nobody acked
+        self._next_delivery: dict[str, str] = {}  # envelope id -> the envelope that re-sent its event
+        self._timers: list[threading.Timer] = []
+        self.lose_envelopes = 0  # the next n envelopes never reach the client (a connection dying under them)
         self.delays: dict[str, float] = {}  # method -> seconds to sleep before answering
         self.response_failures = 0  # response_url posts answered with a scripted error
         self.rejected_tokens: set[str] = set()  # well-formed tokens Slack would refuse (revoked)
@@ -175,6 +182,8 @@ class SlackEmulator:
         return self
 
     def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
         self.drop_connections()
         if self._ws is not None:
             self._ws.shutdown()
@@ -302,7 +311,17 @@ class SlackEmulator:
             time.sleep(interval)
 
     def wait_ack(self, envelope_id: str, timeout: float = 5.0) -> Ack:
-        return self.wait_for(lambda: (self.acks.get(envelope_id) or [None])[0], timeout)
+        """The first ack of this envelope or of an envelope that re-sent its event."""
+        def acked() -> Ack | None:
+            with self._lock:
+                current: str | None = envelope_id
+                while current is not None:
+                    if self.acks.get(current):
+                        return self.acks[current][0]
+                    current = self._next_delivery.get(current)
+            return None
+
+        return self.wait_for(acked, timeout)
 
     def wait_connected(self, count: int = 1, timeout: float = 10.0) -> None:
         """Wait until `count` connections have been opened in total and one is live."""
@@ -364,8 +383,33 @@ class SlackEmulator:
         conn = self.wait_for(lambda: self._connections[-1] if self._connections else None, timeout)
         with self._lock:
             self.sent[envelope_id] = time.monotonic()
-        self._ws_send(conn, envelope)
+        if type_ == "events_api" and self.redeliver_after is not None and retry_attempt < 3:
+            timer = threading.Timer(self.redeliver_after, self._redeliver_unacked,
+                                    args=(envelope_id, payload, retry_attempt + 1))
+            timer.daemon = True
+            self._timers.append(timer)
+            timer.start()
+        with self._lock:
+            lost, self.lose_envelopes = self.lose_envelopes > 0, max(0, self.lose_envelopes - 1)
+        try:
+            if not lost:
+                self._ws_send(conn, envelope)
+        except ConnectionClosed:
+            if self.redeliver_after is None:
+                raise  # without redelivery a lost event is the caller's problem
         return envelope_id
+
+    def _redeliver_unacked(self, envelope_id: str, payload: dict[str, Any], attempt: int) -> None:
+        with self._lock:
+            if self.acks.get(envelope_id):
+                return
+        try:
+            again = self.send_envelope("events_api", payload, retry_attempt=attempt, retry_reason="timeout")
+        except TimeoutError:  # no connection came back: Slack gives up on the event too
+            return
+        with self._lock:
+            self._next_delivery[envelope_id] = again
+            self.redeliveries.append(again)
 
     def drop_connections(self) -> None:
         """Close every websocket from the server side (a network drop as the client sees it)."""
