@@ -100,12 +100,13 @@ class EmbeddingsConfig(_Strict):
     # Speeds: README "Performance"; see ingest/embedding.py.
     backend: Literal["auto", "torch", "openvino"] = "auto"
     # "auto": fp16 on CUDA; on a CPU the fastest of fp32, bf16 and (auto_int8) int8, measured
-    # (ingest/autotune.py). "int8"/"int8-bf16": OpenVINO's int8 model (ingest/quantize.py) with
-    # the layers it keeps out of int8 in fp32/bf16; where it can't be made, fp32 with a warning.
-    precision: Literal["auto", "fp32", "bf16", "fp16", "int8", "int8-bf16"] = "auto"
-    # "auto" on a CPU also measures an int8 model, made once per model and machine from 64 of the
-    # corpus's chunks (NNCF, 12-30 s), and only when its vectors keep a mean cosine >= 0.999 to fp32
-    # on 64 others.
+    # (ingest/autotune.py). "int8"/"int8-bf16": OpenVINO's calibrated int8 model (ingest/quantize.py)
+    # with the layers it keeps out of int8 in fp32/bf16; "int8-dq": int8 weights, activations
+    # quantised at run time. Where they can't be made, fp32 with a warning.
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8", "int8-bf16", "int8-dq"] = "auto"
+    # "auto" on a CPU also measures the int8 models, made once per model and machine from 64 of the
+    # corpus's chunks (NNCF, 15-35 s), each only when its vectors keep a mean cosine >= 0.999 to
+    # fp32 on 64 others.
     auto_int8: bool = True
     # ... made only by an embedding of at least this many texts: a small or incremental ingest
     # never waits for it (the first large one on a machine does, once; a Flyte CPU pod, whose

@@ -110,8 +110,11 @@ def resolve_precision(precision: str, backend: str, device: str) -> str:
     closer than two fp32 runs on different hardware need to be for retrieval.
     """
     if backend == "openvino":
-        if precision not in ("auto", "fp32", "bf16", "int8", "int8-bf16"):
-            raise ValueError(f"backend 'openvino' computes in 'fp32', 'bf16', 'int8' or 'int8-bf16', not {precision!r}")
+        from flytegpt.ingest.quantize import KINDS
+
+        if precision not in ("auto", "fp32", "bf16", *KINDS):
+            raise ValueError(f"backend 'openvino' computes in 'fp32', 'bf16' or {', '.join(map(repr, KINDS))}, "
+                             f"not {precision!r}")
         return precision
     if precision.startswith("int8"):
         raise ValueError(f"precision {precision!r} runs on OpenVINO (a CPU), not on backend {backend!r}")
@@ -386,7 +389,7 @@ class Embedder:
             if self.auto_int8:
                 # made only by a large embedding (a small one never waits for it); reused once made
                 texts = self._calibration if len(self._calibration) >= self.int8_min_texts else ()
-                precisions += self._int8_precisions(folder, [quantize.int8_precision(p) for p in precisions], texts)
+                precisions += self._int8_precisions(folder, quantize.candidates(precisions), texts)
             meta = json.loads((folder / "meta.json").read_text())
             facts = {**autotune.machine_facts(), "openvino": openvino.get_version(), "export": meta["sha256"]}
             if any(p.startswith("int8") for p in precisions):
@@ -405,7 +408,7 @@ class Embedder:
         return encoder
 
     def _int8_precisions(self, folder: Path, wanted: list[str], texts: Sequence[str]) -> list[str]:
-        """Those of the int8 precisions `wanted` ("int8", "int8-bf16") whose vectors keep a mean
+        """Those of the int8 precisions `wanted` (quantize.KINDS) whose vectors keep a mean
         cosine >= 0.999 to fp32 here; the int8 model is made now from `texts` (the corpus's chunks
         being embedded) when it never was. A failure only means no int8."""
         from flytegpt.ingest import quantize
@@ -418,7 +421,7 @@ class Embedder:
         check = self.int8_check
         if check is None:
             return []
-        return [p for p in wanted if check.passes(quantize.rest_of(p))]
+        return [p for p in wanted if check.passes(p)]
 
     def _int8_why(self) -> str:
         from flytegpt.ingest import quantize

@@ -21,13 +21,13 @@ from typing import Sequence
 import numpy as np
 
 from flytegpt.ingest.onnx_export import MODEL_FILE, ExportedGraph
-from flytegpt.ingest.quantize import MODEL_XML, int8_dir
+from flytegpt.ingest.quantize import KINDS, Int8Kind, int8_dir
 
 log = logging.getLogger(__name__)
 
-# precision -> OpenVINO's compute precision; "int8*": the int8 model (ingest/quantize.py) with the
-# layers it leaves out of int8 in fp32 or bf16
-_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8-bf16": "bf16"}
+# precision -> how it runs; "int8*": an int8 model of the export (ingest/quantize.py)
+_FLOAT = {"fp32": Int8Kind("", "f32"), "bf16": Int8Kind("", "bf16")}
+PRECISIONS = tuple(_FLOAT) + tuple(KINDS)
 RUNTIME_CACHE_SHAPES = 32
 
 
@@ -54,16 +54,18 @@ class OpenVinoEncoder(ExportedGraph):
         with it before it is in place); by default the export's own, or its int8 model."""
         import openvino as ov
 
-        if precision not in _HINTS:
-            raise ValueError(f"OpenVINO runs {', '.join(_HINTS)}, not {precision!r}")
+        kind = _FLOAT.get(precision) or KINDS.get(precision)
+        if kind is None:
+            raise ValueError(f"OpenVINO runs {', '.join(PRECISIONS)}, not {precision!r}")
         super().__init__(folder)
         self.precision = precision
-        model = model_file or (int8_dir(self.folder) / MODEL_XML if precision.startswith("int8")
-                               else self.folder / MODEL_FILE)
+        model = model_file or (int8_dir(self.folder) / kind.model if kind.model else self.folder / MODEL_FILE)
         core = ov.Core()
+        # int8 weights ("int8-dq"): the activations are quantised at run time in groups of this many
+        dynamic = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": kind.dynamic_group} if kind.dynamic_group else {}
         self.compiled = core.compile_model(
             core.read_model(str(model)), "CPU",
-            {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "THROUGHPUT",
+            {"INFERENCE_PRECISION_HINT": kind.hint, "PERFORMANCE_HINT": "THROUGHPUT", **dynamic,
              # The plugin keeps the kernels it made for each input shape (5,000 by default); every
              # batch has its own padded width, so an ingest's RSS crept up with the corpus.
              # Batches come longest first, so neighbours share shapes: 32 keeps RSS flat at the

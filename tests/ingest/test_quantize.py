@@ -16,7 +16,7 @@ from flytegpt.ingest import quantize
 from flytegpt.ingest.config import DEFAULT_MODEL, EmbeddingsConfig
 from flytegpt.ingest.embedding import Embedder, resolve_model_path
 from flytegpt.ingest.onnx_export import MODEL_FILE, ensure_export
-from flytegpt.ingest.quantize import CHECK_FILE, MODEL_XML, ensure_int8, int8_dir, read_check, split_texts
+from flytegpt.ingest.quantize import CHECK_FILE, MODEL_XML, WEIGHTS_XML, ensure_int8, int8_dir, read_check, split_texts
 
 PACKAGED = resolve_model_path(DEFAULT_MODEL)
 
@@ -56,25 +56,30 @@ def test_the_int8_model_is_made_once_checked_against_fp32_and_reused(
     texts = sample_texts()
     assert len(set(texts)) >= quantize.CALIBRATION_TEXTS + quantize.CHECK_TEXTS
     check = ensure_int8(export, texts)
-    assert check is not None and "fp32" in check.mean_cosine
-    assert 0.99 < check.mean_cosine["fp32"] <= 1.0 and check.min_cosine["fp32"] <= check.mean_cosine["fp32"]
+    assert check is not None and {"int8", "int8-dq"} <= set(check.mean_cosine)  # int8-bf16 where the CPU has bf16
+    for label in check.mean_cosine:
+        assert 0.99 < check.mean_cosine[label] <= 1.0 and check.min_cosine[label] <= check.mean_cosine[label]
     assert (check.calibration_texts, check.check_texts) == (64, 64) and check.recipe == quantize.RECIPE
     folder = int8_dir(export)
-    assert (folder / MODEL_XML).is_file() and (folder / CHECK_FILE).is_file()
+    assert (folder / MODEL_XML).is_file() and (folder / WEIGHTS_XML).is_file() and (folder / CHECK_FILE).is_file()
     assert not [p for p in export.iterdir() if p.name.startswith(".int8-")]  # no temp folder left
-    # the graph really is quantised: its linear layers' weights are stored as int8
-    assert (folder / MODEL_XML).read_text().count('element_type="i8"') >= 20  # layers 1-5 x (q, k, v, ffn in)
+    # the graphs really are quantised: the static model's linear layers hold int8 weights (layers
+    # 1-5 x q, k, v, ffn in); the dynamic one's all of them (6 x 6) and the embeddings, as unsigned
+    # int8 with a zero point (asymmetric)
+    assert (folder / MODEL_XML).read_text().count('element_type="i8"') >= 20
+    assert (folder / WEIGHTS_XML).read_text().count('element_type="u8"') >= 36
 
     # made once: the next ingest reads the check and never imports NNCF
     monkeypatch.setitem(sys.modules, "nncf", None)
     assert ensure_int8(export, texts) == check == read_check(export)
 
-    # its vectors are what the check says, in input order, through the encoder the embedder uses
-    int8, fp32 = OpenVinoEncoder(export, precision="int8"), OpenVinoEncoder(export, precision="fp32")
-    ours, ref = int8.encode(texts), fp32.encode(texts)
-    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
-    cosine = (ours * ref).sum(1)
-    assert cosine.mean() > 0.99 and cosine.min() > 0.95
+    # their vectors are what the check says, in input order, through the encoder the embedder uses
+    ref = OpenVinoEncoder(export, precision="fp32").encode(texts)
+    for label in ("int8", "int8-dq"):
+        ours = OpenVinoEncoder(export, precision=label).encode(texts)
+        np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+        cosine = (ours * ref).sum(1)
+        assert cosine.mean() > 0.99 and cosine.min() > 0.95, label
 
 
 def _stand_in_int8(export: Path, mean_cosine: dict[str, float]) -> None:
@@ -84,7 +89,8 @@ def _stand_in_int8(export: Path, mean_cosine: dict[str, float]) -> None:
 
     folder = int8_dir(export)
     folder.mkdir()
-    ov.save_model(ov.Core().read_model(str(export / MODEL_FILE)), str(folder / MODEL_XML), compress_to_fp16=False)
+    for name in (MODEL_XML, WEIGHTS_XML):
+        ov.save_model(ov.Core().read_model(str(export / MODEL_FILE)), str(folder / name), compress_to_fp16=False)
     (folder / CHECK_FILE).write_text(json.dumps({"mean_cosine": mean_cosine, "min_cosine": mean_cosine,
                                                  "calibration_texts": 64, "check_texts": 64}))
 
@@ -92,21 +98,24 @@ def _stand_in_int8(export: Path, mean_cosine: dict[str, float]) -> None:
 def test_auto_measures_int8_only_where_its_check_passes(tmp_path: Path) -> None:
     cache = tmp_path / "onnx"
     export = ensure_export(DEFAULT_MODEL, PACKAGED, cache)
-    _stand_in_int8(export, {"fp32": 0.9995, "bf16": 0.998})
+    checked = {"int8": 0.9995, "int8-bf16": 0.998, "int8-dq": 0.9993}
+    _stand_in_int8(export, checked)
     sentences = ["How do I cache a Flyte task?", "FlyteFile uploads a file to the blob store."]
 
     auto = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=str(cache)))
     auto.embed_documents(sentences)
-    assert "openvino int8" in auto.autotune.rates  # measured beside fp32 (and bf16 where the CPU has it)
-    assert "openvino int8-bf16" not in auto.autotune.rates  # its check failed: never a candidate
-    assert auto.describe()["int8"]["mean_cosine"] == {"fp32": 0.9995, "bf16": 0.998}  # in the manifest
+    # measured beside fp32 (and bf16 where the CPU has it) ...
+    assert {"openvino int8", "openvino int8-dq"} <= set(auto.autotune.rates)
+    assert "openvino int8-bf16" not in auto.autotune.rates  # ... but not the one whose check failed
+    assert auto.describe()["int8"]["mean_cosine"] == checked  # in the manifest
 
     off = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=str(cache), auto_int8=False))
     off.embed_documents(sentences)
     assert not [label for label in off.autotune.rates if "int8" in label] and "int8" not in off.describe()
 
-    explicit = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=str(cache), precision="int8"))
-    assert explicit.embed_documents(sentences).shape == (2, 384) and explicit.precision == "int8"
+    for label in ("int8", "int8-dq"):
+        explicit = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=str(cache), precision=label))
+        assert explicit.embed_documents(sentences).shape == (2, 384) and explicit.precision == label
 
 
 def test_int8_that_cannot_be_made_means_fp32_with_a_reason(

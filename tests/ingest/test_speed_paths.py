@@ -100,11 +100,12 @@ def test_precision_auto_is_measured_on_a_cpu_and_fixed_elsewhere() -> None:
     assert resolve_precision("fp32", "openvino", "cpu") == "fp32"
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_precision("fp16", "torch", "cpu")
-    with pytest.raises(ValueError, match="'fp32', 'bf16', 'int8' or 'int8-bf16'"):
+    with pytest.raises(ValueError, match="'fp32', 'bf16' or 'int8', 'int8-bf16', 'int8-dq'"):
         resolve_precision("fp16", "openvino", "cpu")
     assert resolve_precision("int8", "openvino", "cpu") == "int8"
+    assert resolve_precision("int8-dq", "openvino", "cpu") == "int8-dq"
     with pytest.raises(ValueError, match="runs on OpenVINO"):
-        resolve_precision("int8", "torch", "cpu")
+        resolve_precision("int8-dq", "torch", "cpu")
     # half precision keeps the plain model id: its vectors are the fp32 vectors to 4 decimals
     cfg = EmbeddingsConfig(device="cpu", precision="bf16")
     assert Embedder.from_config(cfg).model_id == DEFAULT_MODEL
