@@ -58,7 +58,7 @@ def main() -> int:
     ap.add_argument("--store", default=str(ROOT / ".flytegpt" / "perf-store"))
     ap.add_argument("--sample", type=int, default=256, help="chunks timed per pipeline")
     ap.add_argument("--backend", default=None, help="ours: auto, openvino, torch (default: the config's)")
-    ap.add_argument("--precision", default=None, help="ours: auto, fp32, bf16, fp16, int8, int8-bf16 (default: the config's)")
+    ap.add_argument("--precision", default=None, help="ours: auto, fp32, bf16, fp16, int8, int8-bf16, int8-dq (default: the config's)")
     ap.add_argument("--end-to-end", action="store_true", help="also time the full ingests from empty stores")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--repeat", type=int, default=3, help="rounds of the throughput and end-to-end comparisons")

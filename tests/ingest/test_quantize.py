@@ -47,6 +47,13 @@ def test_calibration_and_check_texts_are_picked_by_hash_whatever_the_order() -> 
     assert split_texts(["the same text"] * 500) is None
 
 
+def test_int8_candidates_follow_the_float_precisions_the_cpu_runs() -> None:
+    # without bf16 the calibrated model runs its float layers in fp32 only; the dynamic one has none
+    assert quantize.candidates(["fp32"]) == ["int8", "int8-dq"]
+    assert quantize.candidates(["fp32", "bf16"]) == ["int8", "int8-bf16", "int8-dq"]
+    assert set(quantize.KINDS) == {"int8", "int8-bf16", "int8-dq"}
+
+
 @pytest.mark.slow
 def test_the_int8_model_is_made_once_checked_against_fp32_and_reused(
     export: Path, monkeypatch: pytest.MonkeyPatch
