@@ -21,13 +21,14 @@ from typing import Sequence
 import numpy as np
 
 from flytegpt.ingest.onnx_export import MODEL_FILE, ExportedGraph
-from flytegpt.ingest.quantize import KINDS, Int8Kind, int8_dir
+from flytegpt.ingest.quantize import KINDS, int8_dir
 
 log = logging.getLogger(__name__)
 
-# precision -> how it runs; "int8*": an int8 model of the export (ingest/quantize.py)
-_FLOAT = {"fp32": Int8Kind("", "f32"), "bf16": Int8Kind("", "bf16")}
-PRECISIONS = tuple(_FLOAT) + tuple(KINDS)
+# float precision -> OpenVINO's INFERENCE_PRECISION_HINT; the int8 labels (ingest/quantize.py)
+# run an int8 model of the export with its other layers in one of these
+_HINTS = {"fp32": "f32", "bf16": "bf16"}
+PRECISIONS = (*_HINTS, *KINDS)
 RUNTIME_CACHE_SHAPES = 32
 
 
@@ -54,18 +55,19 @@ class OpenVinoEncoder(ExportedGraph):
         with it before it is in place); by default the export's own, or its int8 model."""
         import openvino as ov
 
-        kind = _FLOAT.get(precision) or KINDS.get(precision)
-        if kind is None:
+        if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO runs {', '.join(PRECISIONS)}, not {precision!r}")
         super().__init__(folder)
         self.precision = precision
-        model = model_file or (int8_dir(self.folder) / kind.model if kind.model else self.folder / MODEL_FILE)
-        core = ov.Core()
+        kind = KINDS.get(precision)
+        model = model_file or (int8_dir(self.folder) / kind.model if kind else self.folder / MODEL_FILE)
         # int8 weights ("int8-dq"): the activations are quantised at run time in groups of this many
-        dynamic = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": kind.dynamic_group} if kind.dynamic_group else {}
+        dynamic = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": kind.dynamic_group} if kind and kind.dynamic_group else {}
+        core = ov.Core()
         self.compiled = core.compile_model(
             core.read_model(str(model)), "CPU",
-            {"INFERENCE_PRECISION_HINT": kind.hint, "PERFORMANCE_HINT": "THROUGHPUT", **dynamic,
+            {"INFERENCE_PRECISION_HINT": _HINTS[kind.rest if kind else precision], "PERFORMANCE_HINT": "THROUGHPUT",
+             **dynamic,
              # The plugin keeps the kernels it made for each input shape (5,000 by default); every
              # batch has its own padded width, so an ingest's RSS crept up with the corpus.
              # Batches come longest first, so neighbours share shapes: 32 keeps RSS flat at the

@@ -58,25 +58,24 @@ KEEP_PATTERNS = [r".*layer\.\d+/output/dense/MatMul", r".*layer\.\d+/attention/o
 
 @dataclass(frozen=True)
 class Int8Kind:
-    """How one int8 precision label runs: which model file, what OpenVINO computes the rest in."""
+    """How one int8 precision label runs: which model file, what the layers not in int8 compute in."""
 
     model: str
-    hint: str  # OpenVINO's INFERENCE_PRECISION_HINT: what the layers not in int8 compute in
+    rest: str  # "fp32" or "bf16"
     dynamic_group: int = 0  # OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE (0: off)
 
 
 KINDS = {
-    "int8": Int8Kind(MODEL_XML, "f32"),
+    "int8": Int8Kind(MODEL_XML, "fp32"),
     "int8-bf16": Int8Kind(MODEL_XML, "bf16"),
-    "int8-dq": Int8Kind(WEIGHTS_XML, "f32", DYNAMIC_GROUP),
+    "int8-dq": Int8Kind(WEIGHTS_XML, "fp32", DYNAMIC_GROUP),
 }
 
 
 def candidates(rests: Sequence[str]) -> list[str]:
     """The int8 labels worth measuring where "auto" measures these float precisions: the static
     model with its float layers in each of them, and the dynamic one (its rest is always fp32)."""
-    return [label for label, kind in KINDS.items()
-            if {"f32": "fp32", "bf16": "bf16"}[kind.hint] in rests]
+    return [label for label, kind in KINDS.items() if kind.rest in rests]
 
 
 def nncf_available() -> bool:
@@ -85,7 +84,7 @@ def nncf_available() -> bool:
 
 @dataclass(frozen=True)
 class Int8Check:
-    """How close the int8 model's vectors are to the fp32 export's, per precision of the rest."""
+    """How close the int8 models' vectors are to the fp32 export's, per precision label (KINDS)."""
 
     mean_cosine: dict[str, float] = field(default_factory=dict)  # precision label -> mean over the check texts
     min_cosine: dict[str, float] = field(default_factory=dict)
@@ -151,14 +150,17 @@ def _make(export: Path, calibration: list[str], check: list[str]) -> Int8Check:
     t = time.perf_counter()
     log.info("quantising %s to int8 (NNCF, %d of the corpus's chunks; once per model and machine)",
              export.name, len(calibration))
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # a progress bar per statistic otherwise
     reference = OpenVinoEncoder(export, precision="fp32")
+    core = ov.Core()
     tmp = Path(tempfile.mkdtemp(prefix=".int8-", dir=export))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared (an image, a volume)
     try:
-        model = _quantize(ov.Core().read_model(str(export / MODEL_FILE)), reference, calibration)
-        ov.save_model(model, str(tmp / MODEL_XML), compress_to_fp16=False)
-        ov.save_model(_compress_weights(ov.Core().read_model(str(export / MODEL_FILE))), str(tmp / WEIGHTS_XML),
-                      compress_to_fp16=False)
+        # each from its own read of the fp32 graph: NNCF may change the model it is given
+        static = _quantize(core.read_model(str(export / MODEL_FILE)), reference, calibration)
+        ov.save_model(static, str(tmp / MODEL_XML), compress_to_fp16=False)
+        dynamic = _compress_weights(core.read_model(str(export / MODEL_FILE)))
+        ov.save_model(dynamic, str(tmp / WEIGHTS_XML), compress_to_fp16=False)
         expected = reference.encode(check)
         means, mins = {}, {}
         for label, kind in KINDS.items():
@@ -191,7 +193,6 @@ def _quantize(model, graph, calibration: list[str]):
         AdvancedSmoothQuantParameters,
     )
 
-    logging.getLogger("nncf").setLevel(logging.WARNING)  # a progress bar per statistic otherwise
     samples = [{"input_ids": ids, "attention_mask": mask} for _, ids, mask in graph.batches(calibration, 1)]
     return nncf.quantize(
         model,
@@ -208,5 +209,4 @@ def _quantize(model, graph, calibration: list[str]):
 def _compress_weights(model):
     import nncf
 
-    logging.getLogger("nncf").setLevel(logging.WARNING)
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)

@@ -64,7 +64,7 @@ def test_missing_or_malformed_tokens_fail_at_start(tmp_path, monkeypatch):
 def test_tokens_slack_rejects_fail_at_start(tmp_path):
     config = load_config(sample_config_path()).with_store(str(tmp_path / "store"))
     config = config.model_copy(update={"bot": config.bot.model_copy(update={"feedback_db": str(tmp_path / "f.db")})})
-    with SlackEmulator(redeliver_after=5.0) as emu:
+    with SlackEmulator() as emu:
         emu.rejected_tokens = {"xoxb-revoked", "xapp-revoked"}
         for bot, app, var in (("xoxb-revoked", "xapp-ok", "SLACK_BOT_TOKEN"), ("xoxb-ok", "xapp-revoked", "SLACK_APP_TOKEN")):
             server = BotServer(config, Settings(SLACK_BOT_TOKEN=bot, SLACK_APP_TOKEN=app, SLACK_API_URL=emu.api_url),
@@ -83,7 +83,7 @@ def test_serve_health_ready_metrics_and_late_index(built_store, embedder, tmp_pa
     log_stream = io.StringIO()
     handler = setup_logging(level=logging.DEBUG, stream=log_stream)
     try:
-        with SlackEmulator(redeliver_after=5.0) as emu:
+        with SlackEmulator() as emu:
             settings = Settings(SLACK_BOT_TOKEN="xoxb-test-token-1234", SLACK_APP_TOKEN="xapp-test-token-5678",
                                 SLACK_API_URL=emu.api_url)
             server = BotServer(config, settings, port=0, host="127.0.0.1", ping_interval=1.0, embedder=embedder)
@@ -153,7 +153,7 @@ def test_stop_finishes_answers_in_time_and_tells_the_others(built_store, embedde
         (hung if "QUESTION-THAT-HANGS" in asked else quick).wait(60)
         return ANSWER
 
-    with SlackEmulator(redeliver_after=5.0) as emu, OpenAIStandIn() as llm:
+    with SlackEmulator() as emu, OpenAIStandIn() as llm:
         llm.reply = model
         settings = Settings(SLACK_BOT_TOKEN="xoxb-test", SLACK_APP_TOKEN="xapp-test", SLACK_API_URL=emu.api_url,
                             OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="sk-test-key")
@@ -243,7 +243,7 @@ http_port = {port}
 shutdown_grace_s = {grace}
 streaming = false
 """)
-    with SlackEmulator(redeliver_after=5.0) as emu, OpenAIStandIn() as llm:
+    with SlackEmulator() as emu, OpenAIStandIn() as llm:
         llm.script(Hang(seconds=120))
         env = dict(os.environ, SLACK_BOT_TOKEN="xoxb-test", SLACK_APP_TOKEN="xapp-test", SLACK_API_URL=emu.api_url,
                    OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="sk-test-key", HF_HUB_OFFLINE="1")

@@ -239,7 +239,7 @@ def test_nightly_sources_git_and_slack_api_through_the_workflow(
         'workspace_url = "https://example.slack.com"\n'
     )
     store = tmp_path / "store"
-    with SlackEmulator(redeliver_after=5.0) as emu:
+    with SlackEmulator() as emu:
         emu.add_channel("C0SUP", "flyte-support")
         emu.seed_message("C0SUP", "How do I retry a task on failure?", user="U1", ts="1700000000.000100")
         emu.seed_message("C0SUP", "Use retries=3.", user="U2", ts="1700000060.000100", thread_ts="1700000000.000100")

@@ -53,7 +53,7 @@ def test_bot_hot_reloads_versions_the_workflow_publishes(
     config = config.model_copy(update={"bot": config.bot.model_copy(update={
         "feedback_db": str(tmp_path / "feedback.sqlite3"), "reload_interval_s": 0.2, "http_port": 0})})
 
-    with SlackEmulator(redeliver_after=5.0) as emu:
+    with SlackEmulator() as emu:
         settings = Settings(SLACK_BOT_TOKEN="xoxb-test", SLACK_APP_TOKEN="xapp-test", SLACK_API_URL=emu.api_url)
         server = BotServer(config, settings, host="127.0.0.1", embedder=embedder, ping_interval=1.0).start()
         try:

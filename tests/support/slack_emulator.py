@@ -5,9 +5,10 @@ nothing here knows about FlyteGPT. It records every Web API call, every Socket M
 (with its latency) and every response_url post, keeps channel messages so
 `conversations.replies/history` return what was posted (with cursor pagination), can be
 scripted to answer 429 + Retry-After, and can drop or refresh the websocket to test
-reconnects. With `redeliver_after=s` it does what Slack does with an `events_api` envelope
-nobody acks (e.g. sent on a connection the client was just replacing): it sends the event
-again, up to 3 times, with `retry_attempt` 1..3, `retry_reason` "timeout" and a new envelope id. It also checks Slack's message limits and records violations.
+reconnects. Like Slack, it sends an `events_api` envelope nobody acked within `redeliver_after`
+seconds (e.g. one sent on a connection the client was just replacing) again, up to 3 times, with
+`retry_attempt` 1..3, `retry_reason` "timeout" and a new envelope id (None: never). It also
+checks Slack's message limits and records violations.
 
 Streaming (`chat.startStream` / `appendStream` / `stopStream`) follows Slack's documented
 rules: both `recipient_*` ids outside a DM, 12,000 characters of markdown a call (and per
@@ -118,7 +119,7 @@ class SlackEmulator:
     """Web API + Socket Mode + response_url stand-in. Use as a context manager."""
 
     def __init__(self, *, team_id: str = "T0EMU", bot_user_id: str = "UBOT", bot_id: str = "BBOT",
-                 app_id: str = "AEMU", page_size: int = 100, redeliver_after: float | None = None) -> None:
+                 app_id: str = "AEMU", page_size: int = 100, redeliver_after: float | None = 5.0) -> None:
         self.team_id, self.bot_user_id, self.bot_id, self.app_id = team_id, bot_user_id, bot_id, app_id
         self.page_size = page_size
         self.calls: list[Call] = []

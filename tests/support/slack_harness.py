@@ -67,7 +67,7 @@ class BotHarness:
                  answerer: Any = None) -> None:
         self.config, self.holder = config, holder
         self.ping_interval = ping_interval
-        self.emu = SlackEmulator(redeliver_after=5.0)  # as Slack: an unacked event comes again
+        self.emu = SlackEmulator()
         self.llm = OpenAIStandIn()
         self.llm.reply = llm_reply
         self._answerer = answerer
