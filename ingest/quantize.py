@@ -142,6 +142,7 @@ def ensure_int8(export: Path, texts: Sequence[str] = ()) -> Int8Check | None:
 def _make(export: Path, calibration: list[str], check: list[str]) -> Int8Check:
     """Quantise, save and check into a temp folder, then rename it into place: model files first,
     the check last, so a crash or a concurrent ingest never leaves a check without its model."""
+    import nncf  # noqa: F401 - imported first: importing it sets its logger to INFO
     import openvino as ov
 
     from flytegpt.ingest.onnx_export import MODEL_FILE
@@ -150,7 +151,7 @@ def _make(export: Path, calibration: list[str], check: list[str]) -> Int8Check:
     t = time.perf_counter()
     log.info("quantising %s to int8 (NNCF, %d of the corpus's chunks; once per model and machine)",
              export.name, len(calibration))
-    logging.getLogger("nncf").setLevel(logging.WARNING)  # a progress bar per statistic otherwise
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # a line per layer it leaves in float otherwise
     reference = OpenVinoEncoder(export, precision="fp32")
     core = ov.Core()
     tmp = Path(tempfile.mkdtemp(prefix=".int8-", dir=export))
