@@ -91,27 +91,28 @@ def names_exact_term(text: str) -> bool:
 
 @lru_cache(maxsize=200_000)
 def _expand(raw: str) -> tuple[str, ...]:
-    """Tokens of one identifier-ish run, before stemming: its parts, then its joined form."""
+    """Tokens of one identifier-ish run: its parts, then its joined form; stemmed once per
+    distinct run (an ingest tokenises ~100 runs per chunk, few of them distinct)."""
     parts = identifier_parts(raw)
     words = [p.lower() for p in parts if len(p) > 1 and p.lower() not in STOPWORDS]
     if len(parts) > 1:
         joined = raw.lower().strip("._-/")
         # FlyteFile -> "flytefile" (camel joins with nothing), map_task -> "map_task"
         words.append(joined)
-    return tuple(words)
+    if not words:
+        return ()
+    stemmer = _stemmer()
+    # Stem plain words (and camel-case joins, consistently on both sides); snake_case and
+    # dotted identifiers keep their separators and stay exactly as written.
+    return tuple(stemmer.stemWord(w) if w.isalpha() else w for w in words)
 
 
 def tokenize(text: str) -> list[str]:
     """Lowercased, stemmed tokens of `text`; identifiers give their parts and their whole."""
     out: list[str] = []
-    for match in _TOKEN.finditer(text):
-        out.extend(_expand(match.group()))
-    if not out:
-        return out
-    stemmer = _stemmer()
-    # Stem plain words (and camel-case joins, consistently on both sides); snake_case and
-    # dotted identifiers keep their separators and stay exactly as written.
-    return [stemmer.stemWord(t) if t.isalpha() else t for t in out]
+    for raw in _TOKEN.findall(text):
+        out.extend(_expand(raw))
+    return out
 
 
 def tokenize_many(texts: Sequence[str], *, progress: bool = False) -> list[list[str]]:

@@ -61,7 +61,8 @@ class Chunk:
         return h.hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # every field is a scalar: asdict's deep copy cost a re-ingest ~0.3 s per 10k chunks
+        return {name: getattr(self, name) for name in self.__slots__}  # the fields, in order
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Chunk":
