@@ -15,6 +15,10 @@ it does for this model and corpus is checked when it is made, on 64 other chunks
 whose vectors keep a mean cosine of MIN_COSINE or more, in the precision it would run in, is
 ever used; it then shares the model id and the embedding cache. A refusal is remembered too, so
 the quantisation (both models: 15-35 s on 2 cores) runs once per export and recipe, not once per ingest.
+The check is kept per machine (CPU, its flags, OpenVINO's version): the same int8 model gives
+other vectors on another CPU (mean cosine 0.9993 with AVX-512 VNNI, 0.9973 with AVX2 only), so an
+export cache copied to another machine (an image, a shared volume) is checked again there, on
+the corpus's chunks, without being made again.
 
 A second int8 model needs no calibration: every weight in int8 (NNCF weight compression,
 asymmetric, per output channel) with the activations quantised at run time by OpenVINO's CPU
@@ -22,8 +26,8 @@ plugin, per token in groups of DYNAMIC_GROUP values ("int8-dq"). Its vectors kee
 of 0.9993 too, and it leaves no linear layer in float, so it is the int8 that helps where bf16 does not
 (the static model's float layers then run in fp32). It is made and checked with the other.
 
-Stored beside the export, `<export>/int8-<RECIPE>/`: model.xml/.bin, weights.xml/.bin and
-check.json (written last).
+Stored beside the export, `<export>/int8-<RECIPE>/`: model.xml/.bin, weights.xml/.bin (the folder
+is renamed into place whole) and one `check-<machine>.json` per machine that checked them.
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ log = logging.getLogger(__name__)
 RECIPE = "sq0.7-ffo-att-l0-v3+w8a-dq64"  # bump when a recipe changes
 MODEL_XML = "model.xml"  # static int8 (calibrated)
 WEIGHTS_XML = "weights.xml"  # int8 weights, activations quantised at run time
-CHECK_FILE = "check.json"
 DYNAMIC_GROUP = 64  # activation values per quantisation group (32, OpenVINO's default: 8% slower, same retrieval)
 MIN_COSINE = 0.999
 CALIBRATION_TEXTS = 64
@@ -104,10 +107,24 @@ def int8_dir(export: Path) -> Path:
     return Path(export) / f"int8-{RECIPE}"
 
 
+def machine_key() -> str:
+    """Whose check a check file is: the vectors of one int8 model depend on the CPU's kernels."""
+    import openvino as ov
+
+    from flytegpt.ingest.autotune import cache_key, machine_facts
+
+    return cache_key({**machine_facts(), "openvino": ov.get_version()})
+
+
+def check_file(export: Path) -> Path:
+    """This machine's check of the export's int8 models."""
+    return int8_dir(export) / f"check-{machine_key()}.json"
+
+
 def read_check(export: Path) -> Int8Check | None:
-    """The check of an int8 model made earlier (None: never made, or unreadable)."""
+    """This machine's check of int8 models made earlier (None: not made, or not checked here)."""
     try:
-        data = json.loads((int8_dir(export) / CHECK_FILE).read_text())
+        data = json.loads(check_file(export).read_text())
         return Int8Check(**{k: data[k] for k in Int8Check.__dataclass_fields__ if k in data})
     except (OSError, ValueError, TypeError):
         return None
@@ -131,17 +148,21 @@ def ensure_int8(export: Path, texts: Sequence[str] = ()) -> Int8Check | None:
     done = read_check(export)
     if done is not None:
         return done
-    if not nncf_available():
+    made = (int8_dir(export) / MODEL_XML).is_file() and (int8_dir(export) / WEIGHTS_XML).is_file()
+    if not made and not nncf_available():
         return None
     split = split_texts(texts)
     if split is None:
         return None
+    if made:  # on another machine: check them here, on texts picked the same way
+        log.info("checking the int8 models of %s on this machine (made on another one)", export.name)
+        return _save_check(export, _check(Path(export), int8_dir(export), split[1], time.perf_counter(), 0))
     return _make(Path(export), *split)
 
 
 def _make(export: Path, calibration: list[str], check: list[str]) -> Int8Check:
-    """Quantise, save and check into a temp folder, then rename it into place: model files first,
-    the check last, so a crash or a concurrent ingest never leaves a check without its model."""
+    """Quantise and save into a temp folder, then rename it into place whole (a crash or a
+    concurrent ingest never leaves half a model), then check it on this machine."""
     import nncf  # noqa: F401 - imported first: importing it sets its logger to INFO
     import openvino as ov
 
@@ -149,7 +170,7 @@ def _make(export: Path, calibration: list[str], check: list[str]) -> Int8Check:
     from flytegpt.ingest.openvino_runner import OpenVinoEncoder
 
     t = time.perf_counter()
-    log.info("quantising %s to int8 (NNCF, %d of the corpus's chunks; once per model and machine)",
+    log.info("quantising %s to int8 (NNCF, %d of the corpus's chunks; once per model)",
              export.name, len(calibration))
     logging.getLogger("nncf").setLevel(logging.WARNING)  # a line per layer it leaves in float otherwise
     reference = OpenVinoEncoder(export, precision="fp32")
@@ -162,28 +183,51 @@ def _make(export: Path, calibration: list[str], check: list[str]) -> Int8Check:
         ov.save_model(static, str(tmp / MODEL_XML), compress_to_fp16=False)
         dynamic = _compress_weights(core.read_model(str(export / MODEL_FILE)))
         ov.save_model(dynamic, str(tmp / WEIGHTS_XML), compress_to_fp16=False)
-        expected = reference.encode(check)
-        means, mins = {}, {}
-        for label, kind in KINDS.items():
-            try:
-                int8 = OpenVinoEncoder(export, precision=label, model_file=tmp / kind.model)
-                cos = (int8.encode(check) * expected).sum(1)
-            except Exception as e:  # noqa: BLE001 - a precision this CPU plugin refuses is simply not offered
-                log.info("%s could not run here (%s)", label, e)
-                continue
-            means[label], mins[label] = round(float(cos.mean()), 6), round(float(cos.min()), 6)
-        result = Int8Check(means, mins, len(calibration), len(check), round(time.perf_counter() - t, 1))
-        (tmp / CHECK_FILE).write_text(json.dumps(result.to_dict(), indent=1))
+        result = _check(export, tmp, check, t, len(calibration), reference)
         try:
             os.rename(tmp, int8_dir(export))
         except OSError:
-            if read_check(export) is None:  # a concurrent maker won only if it finished
+            if not (int8_dir(export) / WEIGHTS_XML).is_file():  # a concurrent maker won only if it finished
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    verdict = {r: ("kept" if result.passes(r) else "refused") for r in means}
-    log.info("int8 model of %s: mean cosine to fp32 %s (needs >= %s): %s, made in %.0fs",
-             export.name, means, MIN_COSINE, verdict, result.seconds)
+    return _save_check(export, result)
+
+
+def _check(export: Path, folder: Path, check: list[str], started: float, calibration_texts: int,
+           reference=None) -> Int8Check:
+    """How close each int8 precision's vectors in `folder` are to the fp32 export's, here."""
+    from flytegpt.ingest.openvino_runner import OpenVinoEncoder, openvino_bf16
+
+    reference = reference or OpenVinoEncoder(export, precision="fp32")
+    expected = reference.encode(check)
+    means, mins = {}, {}
+    for label in candidates(["fp32", "bf16"] if openvino_bf16() else ["fp32"]):  # what can run here
+        kind = KINDS[label]
+        try:
+            int8 = OpenVinoEncoder(export, precision=label, model_file=folder / kind.model)
+            cos = (int8.encode(check) * expected).sum(1)
+        except Exception as e:  # noqa: BLE001 - a precision this CPU plugin refuses is simply not offered
+            log.info("%s could not run here (%s)", label, e)
+            continue
+        means[label], mins[label] = round(float(cos.mean()), 6), round(float(cos.min()), 6)
+    return Int8Check(means, mins, calibration_texts, len(check), round(time.perf_counter() - started, 1))
+
+
+def _save_check(export: Path, result: Int8Check) -> Int8Check:
+    """Write this machine's check beside the models (atomically: a reader sees all of it or none)."""
+    path = check_file(export)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".check-", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only cache (an image): the check holds for this process
+        log.warning("could not save the int8 check in %s (%s): it is made again next time", path.parent, e)
+    verdict = {r: ("kept" if result.passes(r) else "refused") for r in result.mean_cosine}
+    log.info("int8 models of %s on this machine: mean cosine to fp32 %s (needs >= %s): %s (%.0fs)",
+             export.name, result.mean_cosine, MIN_COSINE, verdict, result.seconds)
     return result
 
 

@@ -154,7 +154,9 @@ def print_auto(embedder) -> None:
           f"{auto['reason']}" + (f"; rates {rates}" if rates else ""))
     int8 = info.get("int8")
     if int8:
-        print(f"int8 model ({int8['recipe']}, made in {int8['seconds']:.0f}s from {int8['calibration_texts']} chunks): "
+        made = (f"made and checked in {int8['seconds']:.0f}s from {int8['calibration_texts']} chunks"
+                if int8["calibration_texts"] else f"made on another machine, checked here in {int8['seconds']:.0f}s")
+        print(f"int8 model ({int8['recipe']}, {made}): "
               f"mean cosine to fp32 on {int8['check_texts']} other chunks {int8['mean_cosine']} "
               f"(min {int8['min_cosine']}; offered only where >= 0.999)")
 

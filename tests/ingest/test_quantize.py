@@ -16,7 +16,7 @@ from flytegpt.ingest import quantize
 from flytegpt.ingest.config import DEFAULT_MODEL, EmbeddingsConfig
 from flytegpt.ingest.embedding import Embedder, resolve_model_path
 from flytegpt.ingest.onnx_export import MODEL_FILE, ensure_export
-from flytegpt.ingest.quantize import CHECK_FILE, MODEL_XML, WEIGHTS_XML, ensure_int8, int8_dir, read_check, split_texts
+from flytegpt.ingest.quantize import MODEL_XML, WEIGHTS_XML, check_file, ensure_int8, int8_dir, read_check, split_texts
 
 PACKAGED = resolve_model_path(DEFAULT_MODEL)
 
@@ -70,7 +70,7 @@ def test_the_int8_model_is_made_once_checked_against_fp32_and_reused(
         assert 0.99 < check.mean_cosine[label] <= 1.0 and check.min_cosine[label] <= check.mean_cosine[label]
     assert (check.calibration_texts, check.check_texts) == (64, 64) and check.recipe == quantize.RECIPE
     folder = int8_dir(export)
-    assert (folder / MODEL_XML).is_file() and (folder / WEIGHTS_XML).is_file() and (folder / CHECK_FILE).is_file()
+    assert (folder / MODEL_XML).is_file() and (folder / WEIGHTS_XML).is_file() and check_file(export).is_file()
     assert not [p for p in export.iterdir() if p.name.startswith(".int8-")]  # no temp folder left
     # the graphs really are quantised: the static model's linear layers hold int8 weights (layers
     # 1-5 x q, k, v, ffn in); the dynamic one's all of them (6 x 6) and the embeddings, as unsigned
@@ -100,8 +100,33 @@ def _stand_in_int8(export: Path, mean_cosine: dict[str, float]) -> None:
     folder.mkdir()
     for name in (MODEL_XML, WEIGHTS_XML):
         ov.save_model(ov.Core().read_model(str(export / MODEL_FILE)), str(folder / name), compress_to_fp16=False)
-    (folder / CHECK_FILE).write_text(json.dumps({"mean_cosine": mean_cosine, "min_cosine": mean_cosine,
-                                                 "calibration_texts": 64, "check_texts": 64}))
+    check_file(export).write_text(json.dumps({"mean_cosine": mean_cosine, "min_cosine": mean_cosine,
+                                              "calibration_texts": 64, "check_texts": 64}))
+
+
+def test_int8_models_copied_to_another_machine_are_checked_there_not_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same int8 model gives other vectors on another CPU (0.9993 with AVX-512 VNNI, 0.9973
+    # with AVX2 only): a check travels with the export cache (an image, a volume) but holds only
+    # for the machine that made it.
+    export = ensure_export(DEFAULT_MODEL, PACKAGED, tmp_path / "onnx")
+    _stand_in_int8(export, {"int8": 0.99, "int8-bf16": 0.99, "int8-dq": 0.99})  # refused on the first machine
+    first = read_check(export)
+    assert first is not None and not first.passes("int8-dq")
+
+    monkeypatch.setattr(quantize, "machine_key", lambda: "another-cpu")
+    monkeypatch.setitem(sys.modules, "nncf", None)  # checked, never quantised again
+    assert read_check(export) is None
+    assert ensure_int8(export, ["too few texts to judge"]) is None  # no int8 here until a large embedding
+    texts = sample_texts()
+    here = ensure_int8(export, texts)
+    # the stand-in "int8" models are the fp32 graph: on this machine their vectors are fp32's
+    assert here is not None and here.passes("int8") and here.passes("int8-dq") and here.check_texts == 64
+    assert read_check(export) == here and len(list(int8_dir(export).glob("check-*.json"))) == 2
+
+    monkeypatch.undo()  # the first machine keeps its own verdict
+    assert read_check(export) == first
 
 
 def test_auto_measures_int8_only_where_its_check_passes(tmp_path: Path) -> None:
