@@ -34,16 +34,20 @@ def load(config_path: Path, store: str | None) -> Config:
 
 def open_searcher(config: Config) -> "HybridSearcher":
     """The store's LATEST index with its query embedder, or a message that says what is wrong."""
-    from flytegpt.ingest.artifact import ArtifactError, open_version
+    from flytegpt.ingest.artifact import ArtifactError, open_version, read_latest
     from flytegpt.ingest.embedding import Embedder
     from flytegpt.ingest.search import HybridSearcher
 
+    store = config.index.store
     try:
-        index = open_version(config.index.store, cache_dir=config.index.cache_dir)
+        index = open_version(store, cache_dir=config.index.cache_dir)
     except (ArtifactError, FileNotFoundError) as e:
-        raise click.ClickException(
-            f"{e}\nBuild an index first: flytegpt ingest --config ... --store {config.index.store}"
-        ) from None
+        try:
+            published = read_latest(store) is not None
+        except ArtifactError:  # a LATEST that is not a version id: publishing repairs it
+            published = True
+        todo = "Publish a sound version over it" if published else "Build an index first"
+        raise click.ClickException(f"{e}\n{todo}: flytegpt ingest --config ... --store {store}") from None
     model_id = index.model.model_id
     try:
         embedder = Embedder.for_index(model_id, config)

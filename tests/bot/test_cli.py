@@ -115,3 +115,17 @@ def test_search_without_an_index_says_how_to_build_one(corpus: Path, tmp_path: P
                                        "--store", str(tmp_path / "empty")])
     assert result.exit_code != 0
     assert "flytegpt ingest" in result.output and "Traceback" not in result.output
+
+
+def test_search_on_a_damaged_index_says_what_is_wrong_and_how_to_repair_it(corpus: Path, tmp_path: Path):
+    store = tmp_path / "store"
+    ingest_json(corpus, str(store))
+    version = (store / "LATEST").read_text().strip()
+    dense = store / version / "dense.faiss"
+    dense.write_bytes(dense.read_bytes()[:-100])  # a truncated upload, a disk error
+    result = CliRunner().invoke(main, ["search", "anything", "--config", str(corpus / "flytegpt.toml"),
+                                       "--store", str(store)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"version {version}" in result.output and "dense.faiss" in result.output
+    assert "Publish a sound version over it: flytegpt ingest" in result.output
+    assert "Build an index first" not in result.output  # there is one; it is damaged
