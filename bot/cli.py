@@ -117,7 +117,7 @@ def tune(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> No
 @click.argument("question")
 @config_option
 @store_option
-@click.option("--k", default=10, show_default=True, help="How many chunks to show.")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000), help="How many chunks to show.")
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "keyword"]), default="hybrid", show_default=True)
 def search(question: str, config_path: Path, store: str | None, k: int, mode: str) -> None:
     """Show the ranked chunks for a question: rank, score, source id, title, URL."""
@@ -125,6 +125,8 @@ def search(question: str, config_path: Path, store: str | None, k: int, mode: st
     from rich.markup import escape
     from rich.table import Table
 
+    if not question.strip():  # every chunk would "match" an empty query: its ranking means nothing
+        raise click.UsageError("the question is empty")
     searcher = open_searcher(load(config_path, store))
     fn = {"hybrid": searcher.search, "dense": searcher.dense_search, "keyword": searcher.keyword_search}[mode]
     table = Table(title=f"{mode} search, index {searcher.version}")
@@ -139,7 +141,8 @@ def search(question: str, config_path: Path, store: str | None, k: int, mode: st
 @click.argument("questions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @config_option
 @store_option
-@click.option("--k", default=10, show_default=True, help="Chunks retrieved per question (metrics use the top 10).")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000),
+              help="Chunks retrieved per question (metrics use the top 10).")
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "keyword"]), default="hybrid", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the metrics.")
 @click.option("--misses", is_flag=True, help="List the questions whose gold is not in the top 10.")

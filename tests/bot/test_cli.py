@@ -110,6 +110,16 @@ def test_config_errors_are_messages_not_tracebacks(tmp_path: Path):
     assert "Traceback" not in result.output
 
 
+def test_search_refuses_an_empty_question_and_a_k_out_of_range(corpus: Path, store: str):
+    ingest_json(corpus, store)
+    config = ["--config", str(corpus / "flytegpt.toml"), "--store", store]
+    for args in (["search", "   ", *config], ["search", "cache", "--k", "-5", *config],
+                 ["search", "cache", "--k", "0", *config]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, args  # a usage error, no table
+        assert "the question is empty" in result.output or "--k" in result.output, result.output
+
+
 def test_search_without_an_index_says_how_to_build_one(corpus: Path, tmp_path: Path):
     result = CliRunner().invoke(main, ["search", "anything", "--config", str(corpus / "flytegpt.toml"),
                                        "--store", str(tmp_path / "empty")])
