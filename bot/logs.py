@@ -144,7 +144,9 @@ def setup_logging(*, json_logs: bool = False, level: int | str = logging.INFO, s
     root.addHandler(handler)
     root.setLevel(level)
     _filter_every_handler(redacting)
-    for noisy in ("urllib3", "httpx", "httpcore", "openai", "websockets"):
+    # faiss.loader: "Could not load library with AVX2 support" at every import of a wheel that
+    # dispatches at run time (AVX2 is used); it reads as a fault where there is none
+    for noisy in ("urllib3", "httpx", "httpcore", "openai", "websockets", "faiss.loader"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # "skipped: maximum number of running instances" while a big version downloads is expected
     logging.getLogger("apscheduler").setLevel(max(logging.ERROR, root.level))
