@@ -209,7 +209,9 @@ def _safe_cut(text: str, limit: int) -> int:
             break
     open_lt, close_gt = text.rfind("<", 0, cut), text.rfind(">", 0, cut)
     if open_lt > close_gt and open_lt > 0:
-        cut = open_lt
+        end = text.find(">", open_lt)
+        if end == -1 or end - open_lt < limit // 2:  # a link that fits the next part moves there whole
+            cut = open_lt
     amp = text.rfind("&", max(0, cut - 6), cut)
     if amp != -1 and ";" not in text[amp:cut]:
         cut = amp if amp > 0 else cut
@@ -233,14 +235,21 @@ def split_text(text: str, limit: int, *, balance_code: bool = True) -> list[str]
     """
     out = []
     while len(text) > limit:
-        cut = _safe_cut(text, max(1, limit - 4))  # room to close a code mark
-        part, text = text[:cut].rstrip(), text[cut:].lstrip("\n ")
-        mark = _open_code(part) if balance_code else None
-        if mark == "```":
-            part, text = part + "\n```", "```\n" + text
-        elif mark == "`":
-            part, text = part + "`", "`" + text
-        out.append(part)
+        # room to close a code mark; without progress (a reopened mark in front of an unbreakable
+        # run, a tiny limit) the cut is made hard, and at last without balancing the code marks
+        hard = max(1, limit - 8)
+        for cut, balance in ((_safe_cut(text, max(1, limit - 4)), balance_code), (hard, balance_code), (hard, False)):
+            part, rest = text[:cut].rstrip(), text[cut:].lstrip("\n ")
+            mark = _open_code(part) if balance else None
+            if mark == "```":
+                part, rest = part + "\n```", "```\n" + rest
+            elif mark == "`":
+                part, rest = part + "`", "`" + rest
+            if len(rest) < len(text):
+                break
+        if part:
+            out.append(part)
+        text = rest
     if text:
         out.append(text)
     return out
