@@ -264,6 +264,8 @@ def _key_path(path: tuple[str, ...], type_path: dict[str, str]) -> tuple[str, st
 def _slack_chunks(doc: Document) -> list[Chunk]:
     channel = doc.meta.get("channel", "")
     prefix = f"{channel}: {doc.title}" if channel else doc.title
+    if not doc.text.strip():  # a thread of file uploads or deleted messages: nothing to cite
+        return []
     if len(doc.text) <= SLACK_MAX:
         return [Chunk(doc.source_id, "slack", doc.title, doc.url, doc.text, f"{prefix}\n\n{doc.text}")]
     merged = doc.text.split("\n\n")  # the loader separates messages with one blank line
@@ -272,6 +274,8 @@ def _slack_chunks(doc: Document) -> list[Chunk]:
     pieces: list[list[str]] = [[]]
     size = 0
     for m in merged:
+        if not m.strip():
+            continue
         if pieces[-1] and size + len(m) + 2 > SLACK_MAX:
             pieces.append([])
             size = 0

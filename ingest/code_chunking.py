@@ -79,12 +79,11 @@ def _python_chunks(doc: Document, tree: ast.Module) -> list[Chunk]:
     chunks: list[Chunk] = []
     for group in _merge(spans, lines):
         chunks.extend(_python_group_chunks(doc, lines, group, doc_line))
-    if len(chunks) > 1:
-        chunks.insert(0, _outline_chunk(doc, tree, lines, doc_line))
-    return chunks
+    outline = _outline_chunk(doc, tree, lines, doc_line) if len(chunks) > 1 else None
+    return [outline, *chunks] if outline else chunks
 
 
-def _outline_chunk(doc: Document, tree: ast.Module, lines: list[str], doc_line: str) -> Chunk:
+def _outline_chunk(doc: Document, tree: ast.Module, lines: list[str], doc_line: str) -> Chunk | None:
     """The module as a table of contents: its docstring, then each class and function.
 
     A question about a module as a whole ("how does flytekit derive a task's module name?")
@@ -105,6 +104,8 @@ def _outline_chunk(doc: Document, tree: ast.Module, lines: list[str], doc_line: 
                 entry += " (" + ", ".join(methods[:OUTLINE_METHODS]) + ")"
         entries.append(entry)
     text = "\n".join(e for e in entries if e)[:OUTLINE_MAX]
+    if not text:  # no docstring and nothing defined (one long statement cut in parts): no outline
+        return None
     return _chunk(doc, module + OUTLINE_SUFFIX, _header(doc, module, doc_line), text, 1, len(lines))
 
 
