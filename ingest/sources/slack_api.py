@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from flytegpt.ingest.config import ConfigError, Settings, SourceConfig
 from flytegpt.ingest.models import Document, LoadReport
-from flytegpt.ingest.sources.slack_export import Directory, is_noise, thread_document, ts_key
+from flytegpt.ingest.sources.slack_export import Directory, clean_message, is_noise, thread_document, ts_key
 from flytegpt.ingest.store import atomic_write, get_fs, join, read_bytes
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ def _activity(msg: dict) -> float:
 def _thread_document(
     source: SourceConfig, channel_id: str, channel: str, root: str, messages: list[dict], d: Directory
 ) -> Document | None:
-    msgs = [m for m in messages if not is_noise(m, d)]
+    msgs = [m for m in map(clean_message, messages) if not is_noise(m, d)]
     return thread_document(source, channel, channel_id, root, msgs, d) if msgs else None
 
 

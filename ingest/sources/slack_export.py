@@ -118,11 +118,12 @@ def display_name(user: dict) -> str | None:
     `user` is a users.list / users.json member or a message's `user_profile`; both the export
     and the Web API source name authors with this one rule.
     """
-    profile = user.get("profile") or {}
+    profile = user.get("profile")
+    profile = profile if isinstance(profile, dict) else {}
     for value in (profile.get("display_name"), profile.get("real_name"),
                   user.get("display_name"), user.get("real_name"), user.get("name")):
-        if value:
-            return str(value)
+        if value and isinstance(value, str):
+            return value
     return None
 
 
@@ -137,9 +138,9 @@ class Directory:
 
     def add_user(self, member: Any) -> None:
         """Remember a users.list / users.json member (entries without an id are ignored)."""
-        if not isinstance(member, dict) or not member.get("id"):
+        if not isinstance(member, dict) or not isinstance(member.get("id"), str) or not member["id"]:
             return
-        uid = str(member["id"])
+        uid = member["id"]
         self.users[uid] = display_name(member) or uid
         if member.get("is_bot") or member.get("is_app_user"):
             self.bots.add(uid)
@@ -173,7 +174,7 @@ def _directory(tree: _Tree, files: list[str], report: LoadReport) -> Directory:
             continue
         channels = _load_json(tree, meta_file, report)
         for c in channels if isinstance(channels, list) else []:
-            if isinstance(c, dict) and c.get("id") and c.get("name"):
+            if isinstance(c, dict) and _nonempty_str(c.get("id")) and _nonempty_str(c.get("name")):
                 d.channel_names[c["id"]] = c["name"]
                 d.channel_ids[c["name"]] = c["id"]
     return d
@@ -206,13 +207,33 @@ def render_markup(text: str, d: Directory) -> str:
     return html.unescape(_MARKUP.sub(sub, text))
 
 
+def _nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+_STR_FIELDS = ("text", "user", "thread_ts", "type", "subtype", "team", "bot_id")
+
+
+def clean_message(msg: dict) -> dict:
+    """The message with every field it is read by of the type Slack gives it: a number as text,
+    a list as user or a string as user_profile (a hand-edited or corrupt export) is dropped,
+    so the message reads as if the field were absent."""
+    out = {k: v for k, v in msg.items() if k not in _STR_FIELDS or isinstance(v, str)}
+    if not isinstance(out.get("user_profile"), dict):
+        out.pop("user_profile", None)
+    return out
+
+
 def ts_key(ts: str) -> tuple[int, int]:
     sec, _, frac = ts.partition(".")
     return int(sec or 0), int((frac or "0").ljust(6, "0")[:6])
 
 
+_MAX_TS = 2**33  # seconds: past the year 2200, and still a date on every platform
+
+
 def _valid_ts(ts: Any) -> bool:
-    return isinstance(ts, str) and re.fullmatch(r"\d+(\.\d+)?", ts) is not None
+    return isinstance(ts, str) and re.fullmatch(r"\d+(\.\d+)?", ts) is not None and ts_key(ts)[0] < _MAX_TS
 
 
 def is_noise(msg: dict, d: Directory) -> bool:
@@ -286,7 +307,7 @@ def _read_day(tree: _Tree, rel: str, report: LoadReport) -> list[dict] | None:
     if bad:
         report.skip(rel, f"{bad} of {len(data)} messages have no valid 'ts'")
         return None
-    return data
+    return [clean_message(m) for m in data]
 
 
 def _channel_documents(
