@@ -69,3 +69,19 @@ def test_any_source_file_chunks_with_real_line_ranges(text: str, language: str) 
 @example("question\n\n\n\n\n\n" + "answer " * 2000)
 def test_any_slack_thread_chunks(text: str) -> None:
     _check(Document("slack", "general/1.2", "slack", "A thread", "https://e.slack.com/p12", text))
+
+
+SETTING = st.builds(
+    lambda name, typ, underline, body: f"{name} ({typ})\n{underline * max(1, len(name) + len(typ) + 3)}\n\n{body}\n\n",
+    st.from_regex(r"[a-z][a-z0-9_.\-]{0,30}", fullmatch=True), st.sampled_from(["string", "int", "bool", "config.Duration",
+                                                                               "[]string", "map[string]string", ""]),
+    st.sampled_from(["-", "=", "^", "~", '"']), st.one_of(_text(DOC_FRAGMENTS), st.just("Default Value: ``x``")),
+)
+
+
+@PROPERTY
+@given(st.lists(SETTING, min_size=15, max_size=60).map("".join), st.sampled_from(["rst", "md"]))
+def test_any_generated_configuration_reference_chunks(text: str, fmt: str) -> None:
+    # a page of `name (type)` headings is cut per parent setting with key paths (chunking.py)
+    _check(Document("docs", f"config.{fmt}", "docs", "Flyte Propeller Configuration", "https://e.org/c", text,
+                    {"format": fmt}))
