@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from support.openai_server import OpenAIStandIn, Reply
 
 from flytegpt.bot.answering import Answerer, prompts
+from flytegpt.bot.answering.types import QuestionRejected
 from flytegpt.bot.cli_answer import ask, chat
 from flytegpt.ingest.config import Settings, load_config
 from support.paths import FIXTURES
@@ -180,3 +183,37 @@ def test_sample_corpus_offline_answers_are_deterministic(sample):
         assert first.citations[0].source_id in q["gold"], q["id"]
         for c in first.citations:
             assert f"[{c.n}]" in first.text
+
+
+_ODD = ["map_task", "cache", "how do I", "`", "```", "\x00", "😀", "<!channel>", "[1]", "[9]", "**", "retries",
+        "flytekit.core", "137", "\n", "<https://evil.example|click>", "x" * 1500]
+_QUESTIONS = st.one_of(st.text(max_size=300), st.lists(st.sampled_from(_ODD), max_size=30).map(" ".join))
+_REPLIES = st.lists(st.one_of(st.sampled_from(_ODD), st.text(max_size=40)), max_size=60).map("".join)
+
+
+def _slack_accepts(answer) -> None:
+    from slack_sdk.models.blocks import Block
+
+    from flytegpt.bot.slack import blocks
+
+    for m in blocks.render_answer(answer, feedback_id="fb"):
+        assert m.text and len(m.text) <= blocks.MAX_TEXT_CHARS and len(m.blocks) <= blocks.MAX_BLOCKS
+        assert all(Block.parse(b).to_dict() == b for b in m.blocks)
+
+
+@settings(derandomize=True, deadline=None, max_examples=60,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(question=_QUESTIONS, reply=_REPLIES)
+def test_any_question_and_any_model_reply_give_a_cited_answer_slack_accepts(server, sample, question, reply):
+    # what users type and what a model says back are both outside our control
+    config, searcher, _ = sample
+    for settings_ in (Settings(), Settings(OPENAI_API_KEY="k", OPENAI_BASE_URL=server.base_url)):
+        server.reset()
+        server.reply = reply or "?"
+        try:
+            answer = Answerer(config, settings_, lambda: searcher).answer(question)
+        except QuestionRejected as e:  # empty or too long: the asker is told so
+            assert str(e)
+            continue
+        assert answer.text.strip() and all(c.url and c.source_id for c in answer.citations)
+        _slack_accepts(answer)
