@@ -373,7 +373,7 @@ class Embedder:
 
         from flytegpt.ingest import autotune, quantize
         from flytegpt.ingest.onnx_export import ensure_export
-        from flytegpt.ingest.openvino_runner import OpenVinoEncoder, openvino_bf16
+        from flytegpt.ingest.openvino_runner import OpenVinoEncoder, float_precisions
 
         folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir)
         precision = resolve_precision(self._requested_precision, "openvino", "cpu")
@@ -384,8 +384,7 @@ class Embedder:
         if precision != "auto":
             encoder = OpenVinoEncoder(folder, precision=precision)
         else:
-            # bf16 is a candidate only where the CPU plugin computes it; elsewhere it means fp32.
-            precisions = ["fp32", "bf16"] if openvino_bf16() else ["fp32"]
+            precisions = float_precisions()
             if self.auto_int8:
                 # made only by a large embedding (a small one never waits for it); reused once made
                 texts = self._calibration if len(self._calibration) >= self.int8_min_texts else ()

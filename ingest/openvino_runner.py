@@ -47,6 +47,12 @@ def openvino_bf16() -> bool:
         return False
 
 
+def float_precisions() -> list[str]:
+    """The float precisions the CPU plugin computes here: bf16 only where it offers it (elsewhere
+    a bf16 hint means fp32)."""
+    return ["fp32", "bf16"] if openvino_bf16() else ["fp32"]
+
+
 class OpenVinoEncoder(ExportedGraph):
     """Texts -> L2-normalised float32 vectors with an export (fp32, or its int8 model) compiled for the CPU."""
 

@@ -32,6 +32,7 @@ is renamed into place whole) and one `check-<machine>.json` per machine that che
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -107,6 +108,7 @@ def int8_dir(export: Path) -> Path:
     return Path(export) / f"int8-{RECIPE}"
 
 
+@functools.lru_cache(maxsize=1)
 def machine_key() -> str:
     """Whose check a check file is: the vectors of one int8 model depend on the CPU's kernels."""
     import openvino as ov
@@ -197,12 +199,12 @@ def _make(export: Path, calibration: list[str], check: list[str]) -> Int8Check:
 def _check(export: Path, folder: Path, check: list[str], started: float, calibration_texts: int,
            reference=None) -> Int8Check:
     """How close each int8 precision's vectors in `folder` are to the fp32 export's, here."""
-    from flytegpt.ingest.openvino_runner import OpenVinoEncoder, openvino_bf16
+    from flytegpt.ingest.openvino_runner import OpenVinoEncoder, float_precisions
 
     reference = reference or OpenVinoEncoder(export, precision="fp32")
     expected = reference.encode(check)
     means, mins = {}, {}
-    for label in candidates(["fp32", "bf16"] if openvino_bf16() else ["fp32"]):  # what can run here
+    for label in candidates(float_precisions()):  # what can run here
         kind = KINDS[label]
         try:
             int8 = OpenVinoEncoder(export, precision=label, model_file=folder / kind.model)
@@ -224,7 +226,7 @@ def _save_check(export: Path, result: Int8Check) -> Int8Check:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as e:  # a read-only cache (an image): the check holds for this process
-        log.warning("could not save the int8 check in %s (%s): it is made again next time", path.parent, e)
+        log.warning("could not save the int8 check in %s (%s): it is checked again next time", path.parent, e)
     verdict = {r: ("kept" if result.passes(r) else "refused") for r in result.mean_cosine}
     log.info("int8 models of %s on this machine: mean cosine to fp32 %s (needs >= %s): %s (%.0fs)",
              export.name, result.mean_cosine, MIN_COSINE, verdict, result.seconds)

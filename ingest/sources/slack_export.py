@@ -138,7 +138,7 @@ class Directory:
 
     def add_user(self, member: Any) -> None:
         """Remember a users.list / users.json member (entries without an id are ignored)."""
-        if not isinstance(member, dict) or not isinstance(member.get("id"), str) or not member["id"]:
+        if not isinstance(member, dict) or not _nonempty_str(member.get("id")):
             return
         uid = member["id"]
         self.users[uid] = display_name(member) or uid

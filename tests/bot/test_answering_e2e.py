@@ -14,8 +14,10 @@ from support.openai_server import OpenAIStandIn, Reply
 from flytegpt.bot.answering import Answerer, prompts
 from flytegpt.bot.answering.types import QuestionRejected
 from flytegpt.bot.cli_answer import ask, chat
+from flytegpt.bot.slack import blocks
 from flytegpt.ingest.config import Settings, load_config
 from support.paths import FIXTURES
+from support.slack_checks import assert_slack_accepts
 
 pytestmark = pytest.mark.slow
 
@@ -191,16 +193,6 @@ _QUESTIONS = st.one_of(st.text(max_size=300), st.lists(st.sampled_from(_ODD), ma
 _REPLIES = st.lists(st.one_of(st.sampled_from(_ODD), st.text(max_size=40)), max_size=60).map("".join)
 
 
-def _slack_accepts(answer) -> None:
-    from slack_sdk.models.blocks import Block
-
-    from flytegpt.bot.slack import blocks
-
-    for m in blocks.render_answer(answer, feedback_id="fb"):
-        assert m.text and len(m.text) <= blocks.MAX_TEXT_CHARS and len(m.blocks) <= blocks.MAX_BLOCKS
-        assert all(Block.parse(b).to_dict() == b for b in m.blocks)
-
-
 @settings(derandomize=True, deadline=None, max_examples=60,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(question=_QUESTIONS, reply=_REPLIES)
@@ -216,4 +208,4 @@ def test_any_question_and_any_model_reply_give_a_cited_answer_slack_accepts(serv
             assert str(e)
             continue
         assert answer.text.strip() and all(c.url and c.source_id for c in answer.citations)
-        _slack_accepts(answer)
+        assert_slack_accepts(blocks.render_answer(answer, feedback_id="fb"))

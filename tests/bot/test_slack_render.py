@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 
-from slack_sdk.models.blocks import Block
-
 from flytegpt.bot import messages
 from flytegpt.bot.answering import Answer, Citation
 from flytegpt.bot.slack import blocks, render
 from flytegpt.bot.slack.render import markdown_to_mrkdwn as mrkdwn
+from support.slack_checks import assert_round_trips, assert_slack_accepts
 
 
 def _answer(text: str, citations: list[Citation] | None = None) -> Answer:
@@ -99,19 +98,6 @@ def test_share_button_and_question_context():
     assert msg.blocks[-1]["elements"][-1]["action_id"] == blocks.ACTION_SHARE
 
 
-def _check_limits(messages: list[blocks.SlackMessage]) -> None:
-    for m in messages:
-        assert m.text and len(m.text) <= blocks.MAX_TEXT_CHARS
-        assert len(m.blocks) <= blocks.MAX_BLOCKS
-        for b in m.blocks:
-            if b["type"] == "section":
-                assert len(b["text"]["text"]) <= render.MAX_SECTION_CHARS
-            for el in b.get("elements", []):
-                assert len(el.get("value", "")) <= blocks.MAX_BUTTON_VALUE
-                if isinstance(el.get("text"), str):
-                    assert len(el["text"]) <= render.MAX_SECTION_CHARS
-
-
 def test_long_answer_is_split_within_limits():
     para = ("Flyte caches task outputs keyed by inputs & cache_version. " * 40).strip()
     code = "\n".join(f"line_{i} = {i}  # <comment>" for i in range(600))
@@ -119,7 +105,7 @@ def test_long_answer_is_split_within_limits():
     cites = [Citation(i, f"Source {i} " + "t" * 300, f"https://e.org/{i}", f"s:{i}") for i in range(1, 40)]
     messages = blocks.render_answer(_answer(md, cites), feedback_id="abc")
     assert len(messages) > 1
-    _check_limits(messages)
+    assert_slack_accepts(messages)
     assert messages[-1].blocks[-1]["type"] == "actions"  # buttons under the end of the answer
     assert all(m.blocks[-1]["type"] != "actions" for m in messages[:-1])
     # split code blocks stay fenced
@@ -152,13 +138,6 @@ def test_apology_and_notices():
 # --- issue 14's rendering defects ------------------------------------------------------------------
 
 
-def _round_trips(messages: list[blocks.SlackMessage]) -> None:
-    """Every block is what slack_sdk's own Block Kit models make of it."""
-    for m in messages:
-        for b in m.blocks:
-            assert Block.parse(b).to_dict() == b
-
-
 def _code_marks_balanced(text: str) -> None:
     assert text.count("```") % 2 == 0, text[:80]
     assert text.replace("```", "").count("`") % 2 == 0, text[:80]
@@ -175,7 +154,7 @@ def test_long_table_splits_into_complete_code_blocks():
     table_rows = [ln for sec in sections for ln in sec.split("\n") if ln.startswith("task_")]
     assert len(table_rows) == 200  # every row, inside a fence (no Markdown pipes, no backticks)
     msgs = blocks.render_answer(_answer(md), feedback_id="fb")
-    _round_trips(msgs)
+    assert_round_trips(msgs)
 
 
 def test_huge_inline_code_span_never_leaves_a_backtick_open():
@@ -208,10 +187,10 @@ def test_only_links_to_given_sources_are_live():
     assert live == ["https://docs.flyte.org/caching#versions|the docs"]
     for words in ("https://evil.example/login", "mail us", "x@evil.example", "made up", "img"):
         assert words in text
-    _round_trips([msg])
+    assert_round_trips([msg])
 
 
 def test_usage_text_is_bold_not_italic():
     notice = blocks.render_markdown_notice(messages.USAGE)
     assert notice.text.startswith("*FlyteGPT* answers")
-    _round_trips([notice])
+    assert_round_trips([notice])
