@@ -95,26 +95,71 @@ def check_exportable(model_path: str) -> dict:
     return {"max_seq_length": max_len, "dimension": dimension}
 
 
-def weights_fingerprint(model_path: str) -> str:
-    """sha256 of the weight files: a changed model gets a new export folder."""
+FINGERPRINTS_FILE = "fingerprints.json"
+_MAX_FINGERPRINTS = 64
+
+
+def weights_fingerprint(model_path: str, cache_root: str | Path | None = None) -> str:
+    """sha256 of the weight files: a changed model gets a new export folder.
+
+    Hashing 90 MB of weights took ~0.25 s of every model load (each ingest, bot start and
+    `flytegpt search`), so the digest is remembered in `fingerprints.json` under the cache root,
+    keyed by each file's path, size, mtime and inode: a file rewritten in place gets a new key.
+    A cache that cannot be written only means hashing again next time.
+    """
     folder = Path(model_path)
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not files:
         raise NotExportable(f"{model_path}: no weight file (*.safetensors or pytorch_model*.bin)")
+    stats = [(str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino) for f in files for st in [f.stat()]]
+    key = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:32]
+    memo_file = (Path(cache_root) if cache_root else default_cache_root()) / FINGERPRINTS_FILE
+    memo = _read_json(memo_file)
+    if isinstance(memo.get(key), str):
+        return memo[key]
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    memo = {k: v for k, v in list(memo.items())[-(_MAX_FINGERPRINTS - 1):]}
+    memo[key] = digest
+    _write_json(memo_file, memo)
+    return digest
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Atomic (temporary file, then rename); a read-only or full cache is only logged."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as e:
+        log.debug("could not write %s: %s", path, e)
 
 
 def export_dir(model_id: str, model_path: str, cache_root: str | Path | None = None) -> Path:
     """The cache folder of the model's export."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "__", model_id).strip("_") or "model"
     root = Path(cache_root) if cache_root else default_cache_root()
-    return root / f"{slug}-{weights_fingerprint(model_path)[:12]}-fp32-v{EXPORT_VERSION}"
+    return root / f"{slug}-{weights_fingerprint(model_path, root)[:12]}-fp32-v{EXPORT_VERSION}"
 
 
 def _complete(folder: Path) -> bool:

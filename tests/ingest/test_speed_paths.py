@@ -264,3 +264,53 @@ def test_index_type_by_size_is_recorded(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / "store").iterdir() if p.name.startswith(".tmp-")]  # temp file moved
     with pytest.raises(ValueError, match="unknown index_type"):
         write_version(store, _chunks(50), _vectors(50), model, index_type="ivfpq")
+
+
+def _weights_folder(tmp_path: Path, content: bytes) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir(exist_ok=True)
+    (folder / "model.safetensors").write_bytes(content)
+    return folder
+
+
+def _sha(name: str, content: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(name.encode() + content).hexdigest()
+
+
+def test_weights_fingerprint_is_remembered_until_the_weights_change(tmp_path: Path) -> None:
+    """The export folder is named by the weights' sha256; hashing them on every model load cost
+    ~0.25 s, so the digest is remembered by file stat, and a rewritten file is hashed again."""
+    from flytegpt.ingest.onnx_export import FINGERPRINTS_FILE, weights_fingerprint
+
+    cache = tmp_path / "cache"
+    folder = _weights_folder(tmp_path, b"weights v1")
+    assert weights_fingerprint(str(folder), cache) == _sha("model.safetensors", b"weights v1")
+    memo = json.loads((cache / FINGERPRINTS_FILE).read_text())
+    assert list(memo.values()) == [_sha("model.safetensors", b"weights v1")]
+
+    # the remembered digest is what a second load uses (no re-hash): a planted one comes back
+    key = next(iter(memo))
+    (cache / FINGERPRINTS_FILE).write_text(json.dumps({key: "f" * 64}))
+    assert weights_fingerprint(str(folder), cache) == "f" * 64
+
+    # new weights (new size, mtime): hashed again
+    (folder / "model.safetensors").write_bytes(b"weights version 2")
+    assert weights_fingerprint(str(folder), cache) == _sha("model.safetensors", b"weights version 2")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "list", "unwritable"])
+def test_weights_fingerprint_survives_a_bad_memo(tmp_path: Path, damage: str) -> None:
+    from flytegpt.ingest.onnx_export import FINGERPRINTS_FILE, weights_fingerprint
+
+    folder = _weights_folder(tmp_path, b"weights")
+    cache = tmp_path / "cache"
+    if damage == "unwritable":
+        cache.write_text("a file where the cache folder should be")
+    else:
+        cache.mkdir()
+        (cache / FINGERPRINTS_FILE).write_text("{not json" if damage == "garbage" else "[1, 2]")
+    assert weights_fingerprint(str(folder), cache) == _sha("model.safetensors", b"weights")
+    if damage != "unwritable":  # repaired
+        assert list(json.loads((cache / FINGERPRINTS_FILE).read_text()).values()) == [_sha("model.safetensors", b"weights")]
