@@ -23,11 +23,12 @@ import logging
 import os
 import platform
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from flytegpt.ingest.json_files import read_json_dict, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -165,20 +166,11 @@ def read_cached(path: Path, key: str) -> Choice | None:
 
 def write_cached(path: Path, choice: Choice, facts: Mapping[str, Any]) -> None:
     """Add `choice` to the cache file (atomic rename); a file that cannot be written is only logged."""
+    entries = read_json_dict(path)
+    entries[choice.key] = {"choice": choice.choice, "reason": choice.reason, "rates": choice.rates,
+                           "facts": dict(facts), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            entries = json.loads(path.read_text())
-            if not isinstance(entries, dict):
-                entries = {}
-        except (OSError, ValueError):
-            entries = {}
-        entries[choice.key] = {"choice": choice.choice, "reason": choice.reason, "rates": choice.rates,
-                               "facts": dict(facts), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        fd, tmp = tempfile.mkstemp(prefix=".autotune-", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(entries, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_json_atomic(path, entries, indent=1, sort_keys=True)
     except OSError as e:
         log.warning("autotune: could not write %s (%s); the next run measures again", path, e)
 

@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from flytegpt.ingest.json_files import read_json_dict, write_json_atomic
+
 log = logging.getLogger(__name__)
 
 EXPORT_VERSION = 1  # bump when the export recipe changes: vectors may change with it
@@ -114,7 +116,7 @@ def weights_fingerprint(model_path: str, cache_root: str | Path | None = None) -
     stats = [(str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino) for f in files for st in [f.stat()]]
     key = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:32]
     memo_file = (Path(cache_root) if cache_root else default_cache_root()) / FINGERPRINTS_FILE
-    memo = _read_json(memo_file)
+    memo = read_json_dict(memo_file)
     if isinstance(memo.get(key), str):
         return memo[key]
     h = hashlib.sha256()
@@ -126,33 +128,11 @@ def weights_fingerprint(model_path: str, cache_root: str | Path | None = None) -
     digest = h.hexdigest()
     memo = {k: v for k, v in list(memo.items())[-(_MAX_FINGERPRINTS - 1):]}
     memo[key] = digest
-    _write_json(memo_file, memo)
-    return digest
-
-
-def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Atomic (temporary file, then rename); a read-only or full cache is only logged."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_json_atomic(memo_file, memo)
     except OSError as e:
-        log.debug("could not write %s: %s", path, e)
+        log.debug("could not remember the fingerprint in %s: %s", memo_file, e)
+    return digest
 
 
 def export_dir(model_id: str, model_path: str, cache_root: str | Path | None = None) -> Path:

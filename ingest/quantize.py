@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from flytegpt.ingest.json_files import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 RECIPE = "sq0.7-ffo-att-l0-v3+w8a-dq64"  # bump when a recipe changes
@@ -220,11 +222,7 @@ def _save_check(export: Path, result: Int8Check) -> Int8Check:
     """Write this machine's check beside the models (atomically: a reader sees all of it or none)."""
     path = check_file(export)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".check-", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(result.to_dict(), f, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_json_atomic(path, result.to_dict(), indent=1)
     except OSError as e:  # a read-only cache (an image): the check holds for this process
         log.warning("could not save the int8 check in %s (%s): it is checked again next time", path.parent, e)
     verdict = {r: ("kept" if result.passes(r) else "refused") for r in result.mean_cosine}
