@@ -36,14 +36,16 @@ def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> 
     """Build and publish a new index version from the configured sources."""
     from flytegpt.ingest.artifact import ArtifactError
     from flytegpt.ingest.pipeline import run_ingest
-    from flytegpt.ingest.store import StoreLockError
+    from flytegpt.ingest.store import StoreLockError, StoreWriteError
     from flytegpt.ingest.tuning import TuningError
 
     config = load(config_path, store)
     try:
         summary = run_ingest(config, progress=not quiet and not as_json)
-    except (ConfigError, ValueError, ArtifactError, StoreLockError, TuningError) as e:
+    except (ConfigError, ValueError, ArtifactError, StoreLockError, StoreWriteError, TuningError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # a disk that filled up, a volume gone: what and where, not a traceback
+        raise click.ClickException(f"ingest into {config.index.store} failed: {e}") from None
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
         return
@@ -97,13 +99,15 @@ def tune(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> No
     embeds with the result; run this to see the held-out figures first.
     """
     from flytegpt.ingest.pipeline import collect_chunks
+    from flytegpt.ingest.store import StoreWriteError, check_writable
     from flytegpt.ingest.tuning import TuningError, ensure_tuned
 
     config = load(config_path, store)
     try:
+        check_writable(config.index.store)  # the tuned model is stored there: know before training
         chunks, *_ = collect_chunks(config, progress=not quiet and not as_json)
         report = ensure_tuned(chunks, config, progress=not quiet and not as_json)
-    except (ConfigError, ValueError, TuningError) as e:
+    except (ConfigError, ValueError, TuningError, StoreWriteError) as e:
         raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(report.to_dict()))

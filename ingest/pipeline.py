@@ -285,7 +285,9 @@ def run_ingest(
 ) -> IngestSummary:
     """Run every stage in this process and publish the new version."""
     from flytegpt.ingest.keyword import KeywordIndex
+    from flytegpt.ingest.store import check_writable
 
+    check_writable(config.index.store)
     sources_read_at = datetime.now(timezone.utc)
     chunks, reports, _, timings = collect_chunks(config, progress=progress)
     if not chunks:

@@ -97,6 +97,28 @@ def atomic_writer(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[IO[bytes
         raise
 
 
+class StoreWriteError(RuntimeError):
+    """The store cannot be written to."""
+
+
+def check_writable(store: str) -> None:
+    """Write and remove an empty probe file at the store's root.
+
+    Run before an ingest reads and embeds anything: a path that cannot be created, a read-only
+    folder, a missing bucket or missing credentials then stop it in a second with a message,
+    not after an hour of embedding with a traceback.
+    """
+    try:
+        fs, root = get_fs(store)
+        if is_local(fs):
+            os.makedirs(root, exist_ok=True)
+        probe = join(root, f".write-check-{uuid.uuid4().hex}")
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except Exception as e:  # noqa: BLE001 - OSError, botocore's credential and bucket errors, ...
+        raise StoreWriteError(f"cannot write to the index store {store}: {e}") from e
+
+
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:
     """The file's content, or None if it does not exist."""
     try:

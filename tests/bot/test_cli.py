@@ -139,3 +139,35 @@ def test_search_on_a_damaged_index_says_what_is_wrong_and_how_to_repair_it(corpu
     assert f"version {version}" in result.output and "dense.faiss" in result.output
     assert "Publish a sound version over it: flytegpt ingest" in result.output
     assert "Build an index first" not in result.output  # there is one; it is damaged
+
+
+def test_ingest_into_a_store_that_cannot_be_written_stops_before_reading(corpus: Path, tmp_path: Path):
+    """A store path under a file (or a read-only mount, a missing bucket) is reported at the start,
+    with what and where, before an hour of embedding, and nothing is written."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file")
+    result = CliRunner().invoke(main, ["ingest", "--config", str(corpus / "flytegpt.toml"),
+                                       "--store", str(blocker / "store")])
+    assert result.exit_code == 1
+    assert "cannot write to the index store" in result.output and str(blocker / "store") in result.output
+    assert "Traceback" not in result.output and "embedding" not in result.output
+    assert blocker.read_text() == "a file"
+
+
+def test_ingest_that_fails_writing_midway_reports_it_without_a_traceback(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A disk that fills up while the version is written: one line naming the store, exit 1,
+    and LATEST (none yet here) untouched."""
+    from flytegpt.ingest import artifact
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(artifact, "write_version", full_disk)
+    store = tmp_path / "store"
+    result = CliRunner().invoke(main, ["ingest", "--config", str(corpus / "flytegpt.toml"),
+                                       "--store", str(store), "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert f"ingest into {store} failed" in result.output and "No space left on device" in result.output
+    assert not (store / "LATEST").exists()

@@ -194,3 +194,12 @@ def test_s3_old_work_files_are_pruned(endpoint: str) -> None:
     now = datetime.now(timezone.utc)
     assert prune_work_files(store, before=now - timedelta(hours=1)) == []
     assert prune_work_files(store, before=now + timedelta(minutes=5)) == [f"{root}/flyte-work/chunks/a.jsonl"]
+
+
+def test_s3_store_is_checked_writable_before_an_ingest(endpoint: str, s3) -> None:
+    from flytegpt.ingest.store import StoreWriteError, check_writable
+
+    check_writable(f"s3://{BUCKET}/probe/index")  # writable: passes and leaves nothing behind
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="probe/")
+    with pytest.raises(StoreWriteError, match="cannot write to the index store s3://no-such-bucket/index"):
+        check_writable("s3://no-such-bucket/index")
