@@ -25,13 +25,13 @@ def check_tokens(settings: "Settings", *, need_app_token: bool = True) -> tuple[
     def get(name: str, value: Any, prefix: str, what: str) -> str:
         token = value.get_secret_value().strip() if value is not None else ""
         if not token:
-            raise SlackTokenError(f"{name} is not set: export the {what} (it starts with '{prefix}')")
+            raise SlackTokenError(f"{name} is not set: export {what} (it starts with '{prefix}')")
         if not token.startswith(prefix):
-            raise SlackTokenError(f"{name} is malformed: a {what} starts with '{prefix}'")
+            raise SlackTokenError(f"{name} is malformed: {what} starts with '{prefix}'")
         return token
 
-    bot = get("SLACK_BOT_TOKEN", settings.slack_bot_token, "xoxb-", "bot token (OAuth & Permissions)")
-    app = (get("SLACK_APP_TOKEN", settings.slack_app_token, "xapp-", "app-level token with connections:write")
+    bot = get("SLACK_BOT_TOKEN", settings.slack_bot_token, "xoxb-", "the bot token (OAuth & Permissions)")
+    app = (get("SLACK_APP_TOKEN", settings.slack_app_token, "xapp-", "the app-level token with connections:write")
            if need_app_token else None)
     return bot, app
 
