@@ -86,12 +86,19 @@ class _Tree:
         return sorted(name[n:] for name in self._names if name.startswith(self.prefix) and not name.endswith("/"))
 
     def read(self, rel: str) -> bytes:
-        """A member's bytes; KeyError when missing, CorruptMember when its data is damaged."""
+        """A member's bytes; KeyError when missing, CorruptMember when its data is damaged or
+        larger than MAX_MEMBER_BYTES (a zip bomb's 10 GB of zeros is refused before inflating)."""
         if self._zip is None:
-            return (self.path / rel).read_bytes()
+            path = self.path / rel
+            if path.stat().st_size > MAX_MEMBER_BYTES:
+                raise CorruptMember(_too_large())
+            return path.read_bytes()
         try:
+            if self._zip.getinfo(self.prefix + rel).file_size > MAX_MEMBER_BYTES:
+                raise CorruptMember(_too_large())
+            # zipfile inflates at most the declared size (more fails its CRC check)
             return self._zip.read(self.prefix + rel)
-        except KeyError:
+        except (KeyError, CorruptMember):
             raise
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
             # bad CRC, a corrupt deflate stream, a truncated member, an unsupported method
@@ -104,7 +111,16 @@ class _Tree:
 
 
 class CorruptMember(Exception):
-    """One file of a zip export cannot be decompressed; the rest of the archive is fine."""
+    """One file of an export cannot be used (damaged, or too large); the rest of it is fine."""
+
+
+# One JSON file of an export: a channel's day, or users.json (~1.5 KB a member: a 100k-member
+# workspace's is ~150 MB). Larger is not a file Slack writes, and it would be held in memory whole.
+MAX_MEMBER_BYTES = 512 * 2**20
+
+
+def _too_large() -> str:
+    return f"larger than {MAX_MEMBER_BYTES // 2**20} MiB uncompressed: not a file of a Slack export"
 
 
 def _junk(name: str) -> bool:

@@ -231,3 +231,43 @@ def test_names_and_titles_from_the_corpus_are_printed_as_text(tmp_path: Path) ->
                            env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     assert "Closing [/b] tags" in result.output
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["zip", "folder"])
+def test_an_oversized_export_file_is_skipped_without_reading_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, packed: bool
+) -> None:
+    """A zip bomb (a member that inflates to gigabytes) or a huge file in an export folder is
+    refused by its size before it is read into memory; the rest of the export is indexed."""
+    from flytegpt.ingest.sources import slack_export
+
+    folder = tmp_path / "export"
+    shutil.copytree(FIXTURES / "sources" / "slack", folder)
+    big = folder / "general" / "2023-01-02.json"
+    big.write_text("[" + ",".join(['{"type": "message", "text": "x", "ts": "1672653600.000100"}'] * 2000) + "]")
+    monkeypatch.setattr(slack_export, "MAX_MEMBER_BYTES", 50_000)  # the file is ~120 KB, 1 KB zipped
+    source = folder
+    if packed:
+        source = tmp_path / "export.zip"
+        with zipfile.ZipFile(source, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    z.write(f, f.relative_to(folder).as_posix())
+        assert zipfile.ZipFile(source).getinfo("general/2023-01-02.json").compress_size < 50_000
+
+    # never inflated or read whole: its size alone refuses it
+    real_zip_read, real_read_bytes = zipfile.ZipFile.read, Path.read_bytes
+
+    def zip_read(self, name, *args, **kwargs):
+        assert not str(name).endswith("general/2023-01-02.json"), "the oversized member was inflated"
+        return real_zip_read(self, name, *args, **kwargs)
+
+    def read_bytes(self):
+        assert self != big, "the oversized file was read"
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(zipfile.ZipFile, "read", zip_read)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    docs, report = _load("slack_export", source)
+    assert "larger than" in dict(report.skipped)["general/2023-01-02.json"]
+    assert "help/1675245600.000100" in docs and "general/1672567200.000100" in docs
