@@ -64,13 +64,15 @@ class ThreadHistory:
         self.fetches += 1
         out: list[dict[str, Any]] = []
         cursor = None
+        seen: set[str] = set()  # a server that repeats its cursor would be paged forever
         try:
             while True:
                 resp = self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200, cursor=cursor)
                 out.extend(resp.get("messages") or [])
                 cursor = (resp.get("response_metadata") or {}).get("next_cursor")
-                if not cursor or len(out) >= self.max_messages:
+                if not cursor or cursor in seen or len(out) >= self.max_messages:
                     break
+                seen.add(cursor)
         except SlackApiError as e:  # thread deleted, no access: answer without history
             log.warning("conversations.replies failed", extra={"channel": channel, "error": e.response.get("error")})
         return out[-self.max_messages:]

@@ -34,6 +34,7 @@ from flytegpt.ingest.store import atomic_write, get_fs, join, read_bytes
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient
+    from slack_sdk.web import SlackResponse
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,26 @@ class _State:
         atomic_write(self.fs, self.cursor_path, json.dumps(cursor, indent=1, sort_keys=True).encode())
 
 
+def _pages(first: "SlackResponse", method: str, report: LoadReport) -> Iterator["SlackResponse"]:
+    """slack_sdk's cursor pagination, stopped when a cursor comes back a second time: a server
+    (a proxy, a stand-in, a bug) that repeats `next_cursor` would otherwise page forever."""
+    seen: set[str] = set()
+    for page in first:
+        yield page
+        cursor = (page.get("response_metadata") or {}).get("next_cursor") or ""
+        if cursor in seen:
+            report.skip(method, f"stopped paging: the server repeated the cursor {cursor[:40]!r}")
+            return
+        if cursor:
+            seen.add(cursor)
+
+
 def _directory(client: "WebClient", report: LoadReport) -> Directory:
     from slack_sdk.errors import SlackApiError
 
     d = Directory()
     try:
-        for page in client.users_list(limit=PAGE_LIMIT):
+        for page in _pages(client.users_list(limit=PAGE_LIMIT), "users.list", report):
             for u in page.get("members", []):
                 d.add_user(u)
     except SlackApiError as e:  # e.g. missing users:read: messages keep user ids, nothing else breaks
@@ -104,8 +119,8 @@ def _directory(client: "WebClient", report: LoadReport) -> Directory:
 def _channels(client: "WebClient", source: SourceConfig, d: Directory, report: LoadReport) -> list[tuple[str, str]]:
     """(id, name) of the channels to read: the configured ones, or every channel the bot is in."""
     listed: list[dict] = []
-    for page in client.conversations_list(types="public_channel,private_channel", exclude_archived=True,
-                                          limit=PAGE_LIMIT):
+    for page in _pages(client.conversations_list(types="public_channel,private_channel", exclude_archived=True,
+                                                 limit=PAGE_LIMIT), "conversations.list", report):
         listed.extend(page.get("channels", []))
     for c in listed:
         d.channel_names[c["id"]] = c.get("name", c["id"])
@@ -137,9 +152,10 @@ def _thread_document(
     return thread_document(source, channel, channel_id, root, msgs, d) if msgs else None
 
 
-def _replies(client: "WebClient", channel_id: str, root: str) -> list[dict]:
+def _replies(client: "WebClient", channel_id: str, root: str, report: LoadReport) -> list[dict]:
     messages: list[dict] = []
-    for page in client.conversations_replies(channel=channel_id, ts=root, limit=PAGE_LIMIT):
+    for page in _pages(client.conversations_replies(channel=channel_id, ts=root, limit=PAGE_LIMIT),
+                       "conversations.replies", report):
         messages.extend(page.get("messages", []))
     return messages
 
@@ -163,7 +179,8 @@ def load_slack_api(
         oldest = max(0.0, last - source.reply_lookback_days * 86400) if last is not None else 0.0
         newest = last or 0.0
         changed: list[dict] = []
-        for page in client.conversations_history(channel=channel_id, oldest=f"{oldest:.6f}", limit=PAGE_LIMIT):
+        history = client.conversations_history(channel=channel_id, oldest=f"{oldest:.6f}", limit=PAGE_LIMIT)
+        for page in _pages(history, "conversations.history", report):
             for msg in page.get("messages", []):
                 if msg.get("thread_ts") not in (None, msg.get("ts")):
                     continue  # a reply broadcast to the channel: its thread is read with the parent
@@ -173,7 +190,7 @@ def load_slack_api(
                     changed.append(msg)
         for msg in changed:
             root = msg["ts"]
-            thread = _replies(client, channel_id, root) if msg.get("reply_count") else [msg]
+            thread = _replies(client, channel_id, root, report) if msg.get("reply_count") else [msg]
             doc = _thread_document(source, channel_id, channel, root, thread, d)
             key = f"{channel_id}/{root}"
             if doc is None:

@@ -149,6 +149,25 @@ def test_thread_history_cache_and_turns():
         assert strip_mentions("<@UBOT>  hi <@U2>", "UBOT") == "hi <@U2>"
 
 
+def test_thread_history_stops_when_the_server_repeats_its_cursor(monkeypatch: pytest.MonkeyPatch):
+    """An empty page that always points to the same next cursor: the history read stops at the
+    repeat instead of asking forever, and the question is still answered with what came back."""
+    with SlackEmulator() as emu:
+        client = WebClient(token="xoxb-test", base_url=emu.api_url)
+        root = emu.seed_message("C0GENERAL", "<@UBOT> how do I cache?", user="U1")["ts"]
+        real_page = emu._page
+
+        def stuck(key: str, items: list, args: dict) -> dict:
+            page = real_page(key, items, args)
+            page["response_metadata"] = {"next_cursor": "dXNlcjo100"}
+            return page
+
+        monkeypatch.setattr(emu, "_page", stuck)
+        hist = ThreadHistory(client, ttl_s=60)
+        assert [m["text"] for m in hist.messages("C0GENERAL", root)] == ["<@UBOT> how do I cache?"]
+        assert len(emu.calls_to("conversations.replies")) == 2  # the first page, then the one that repeats its cursor
+
+
 def test_emulator_pagination_for_loaders():
     """conversations.list/history/replies page with cursors (helper E's slack_api source uses them)."""
     with SlackEmulator(page_size=2) as emu:

@@ -135,3 +135,23 @@ def test_the_pipeline_collects_it_with_the_index_store(emu: SlackEmulator, tmp_p
     docs, reports = collect(config, progress=False)
     assert len(docs) == 2 and reports["live"].documents == 2
     assert (tmp_path / "store" / "cursors" / "live.json").is_file()
+
+
+def test_a_server_that_repeats_its_cursor_does_not_page_forever(
+    emu: SlackEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in, proxy or bug that answers every page with the same `next_cursor`: slack_sdk
+    would follow it forever; the read stops at the repeat, says so, and keeps what it got."""
+    real_page = emu._page
+
+    def stuck(key: str, items: list, args: dict) -> dict:
+        page = real_page(key, items, args)
+        if key == "channels":
+            page["response_metadata"] = {"next_cursor": "dXNlcjo100"}
+        return page
+
+    monkeypatch.setattr(emu, "_page", stuck)
+    docs, report = read(source(tmp_path, ["flyte-support"]), tmp_path / "store")
+    assert "repeated the cursor" in dict(report.skipped)["conversations.list"]
+    assert len(emu.calls_to("conversations.list")) == 2  # the first page and the one repeat
+    assert {d.source_id for d in docs} == {f"live:flyte-support/{ts(0)}", f"live:flyte-support/{ts(3600)}"}
