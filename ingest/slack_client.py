@@ -13,7 +13,7 @@ at once.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from slack_sdk import WebClient
 from slack_sdk.http_retry import RetryHandler
@@ -21,6 +21,7 @@ from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, R
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 
 if TYPE_CHECKING:
+    from slack_sdk.web import SlackResponse
     from slack_sdk.http_retry.request import HttpRequest
     from slack_sdk.http_retry.response import HttpResponse
     from slack_sdk.http_retry.state import RetryState
@@ -89,3 +90,19 @@ def make_web_client(settings: "Settings", token: str, *, rate_limit_retries: int
                      retry_handlers=retry_handlers(rate_limit_retries=rate_limit_retries,
                                                    server_error_retries=server_error_retries,
                                                    backoff_factor_s=backoff_factor_s))
+
+
+def pages(first: "SlackResponse", on_repeat: Callable[[str], None] | None = None) -> Iterator["SlackResponse"]:
+    """slack_sdk's cursor pagination, stopped when a cursor comes back a second time: a server
+    (a proxy, a stand-in, a bug) that repeats `next_cursor` would otherwise be paged forever.
+    `on_repeat` gets the repeated cursor."""
+    seen: set[str] = set()
+    for page in first:
+        yield page
+        cursor = (page.get("response_metadata") or {}).get("next_cursor") or ""
+        if cursor in seen:
+            if on_repeat is not None:
+                on_repeat(cursor)
+            return
+        if cursor:
+            seen.add(cursor)

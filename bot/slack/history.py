@@ -62,17 +62,14 @@ class ThreadHistory:
         from slack_sdk.errors import SlackApiError
 
         self.fetches += 1
+        from flytegpt.ingest.slack_client import pages
+
         out: list[dict[str, Any]] = []
-        cursor = None
-        seen: set[str] = set()  # a server that repeats its cursor would be paged forever
         try:
-            while True:
-                resp = self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200, cursor=cursor)
-                out.extend(resp.get("messages") or [])
-                cursor = (resp.get("response_metadata") or {}).get("next_cursor")
-                if not cursor or cursor in seen or len(out) >= self.max_messages:
+            for page in pages(self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200)):
+                out.extend(page.get("messages") or [])
+                if len(out) >= self.max_messages:
                     break
-                seen.add(cursor)
         except SlackApiError as e:  # thread deleted, no access: answer without history
             log.warning("conversations.replies failed", extra={"channel": channel, "error": e.response.get("error")})
         return out[-self.max_messages:]

@@ -90,17 +90,10 @@ class _State:
 
 
 def _pages(first: "SlackResponse", method: str, report: LoadReport) -> Iterator["SlackResponse"]:
-    """slack_sdk's cursor pagination, stopped when a cursor comes back a second time: a server
-    (a proxy, a stand-in, a bug) that repeats `next_cursor` would otherwise page forever."""
-    seen: set[str] = set()
-    for page in first:
-        yield page
-        cursor = (page.get("response_metadata") or {}).get("next_cursor") or ""
-        if cursor in seen:
-            report.skip(method, f"stopped paging: the server repeated the cursor {cursor[:40]!r}")
-            return
-        if cursor:
-            seen.add(cursor)
+    """Every page; a repeated cursor ends the listing and is reported."""
+    from flytegpt.ingest.slack_client import pages
+
+    return pages(first, lambda cursor: report.skip(method, f"stopped paging: the server repeated the cursor {cursor[:40]!r}"))
 
 
 def _directory(client: "WebClient", report: LoadReport) -> Directory:
