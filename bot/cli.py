@@ -152,7 +152,7 @@ def search(question: str, config_path: Path, store: str | None, k: int, mode: st
 @click.option("--misses", is_flag=True, help="List the questions whose gold is not in the top 10.")
 def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: str, as_json: bool, misses: bool) -> None:
     """Retrieval metrics (recall@5/10, MRR@10, coverage@10, recall@8000c) on a JSONL question set."""
-    from flytegpt.ingest.evaluation import METRICS, QuestionFileError, evaluate, load_questions
+    from flytegpt.ingest.evaluation import METRICS, QuestionFileError, evaluate, load_questions, unknown_gold
 
     try:
         qs = load_questions(questions)
@@ -160,6 +160,11 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
         raise click.ClickException(str(e)) from None
     config = load(config_path, store)
     searcher = open_searcher(config)
+    missing = unknown_gold(qs, (c.source_id for c in searcher.chunks))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        click.echo(f"warning: {len(missing)} gold source id(s) are in no chunk of index {searcher.version}, "
+                   f"so they can never be found (a typo, or a source not ingested): {shown}", err=True)
     fn = {"hybrid": searcher.search, "dense": searcher.dense_search, "keyword": searcher.keyword_search}[mode]
 
     def retrieve(q: str) -> list:
@@ -191,11 +196,14 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
 @store_option
 def demo(config_path: Path, store: str | None) -> None:
     """Answer the sample questions that ship with the configuration's corpus."""
-    from flytegpt.ingest.evaluation import load_questions
+    from flytegpt.ingest.evaluation import QuestionFileError, load_questions
 
     config = load(config_path, store)
     questions_file = config_path.parent / "QUESTIONS.jsonl"
-    questions = [q.question for q in load_questions(questions_file)] if questions_file.exists() else []
+    try:
+        questions = [q.question for q in load_questions(questions_file)] if questions_file.exists() else []
+    except QuestionFileError as e:
+        raise click.ClickException(str(e)) from None
     if not questions:
         raise click.ClickException(f"no sample questions next to {config_path}")
     from flytegpt.bot.cli_answer import make_answerer, print_answer

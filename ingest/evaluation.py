@@ -33,21 +33,47 @@ class QuestionFileError(ValueError):
 
 
 def load_questions(path: str | Path) -> list[Question]:
-    """Read a JSONL question file; a bad line is an error naming the line, not a silent skip."""
+    """Read a JSONL question file; a bad line is an error naming the line, not a silent skip.
+
+    `gold` is a list of source ids; one id written as a plain string is taken as that one id
+    (iterating it would score the question against its characters, always 0).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise QuestionFileError(f"{path}: cannot read the question file: {e}") from None
     questions = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            d = json.loads(line)
-            questions.append(
-                Question(id=str(d.get("id", n)), question=d["question"], gold=tuple(d["gold"]), kind=d.get("kind", "all"))
-            )
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise QuestionFileError(f"{path}:{n}: not a question with 'question' and 'gold': {e}") from None
+            questions.append(_question(json.loads(line), n))
+        except json.JSONDecodeError as e:
+            raise QuestionFileError(f"{path}:{n}: not JSON: {e}") from None
+        except ValueError as e:
+            raise QuestionFileError(f"{path}:{n}: {e}") from None
     if not questions:
         raise QuestionFileError(f"{path}: no questions")
     return questions
+
+
+def _question(d: object, n: int) -> Question:
+    if not isinstance(d, dict):
+        raise ValueError(f"expected an object with 'question' and 'gold', got {type(d).__name__}")
+    question, gold = d.get("question"), d.get("gold")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("'question' must be a non-empty string")
+    if isinstance(gold, str):
+        gold = [gold]
+    if not isinstance(gold, list) or not gold or not all(isinstance(g, str) and g.strip() for g in gold):
+        raise ValueError("'gold' must be a list of source ids (\"<source name>:<locator>\"), at least one")
+    return Question(id=str(d.get("id", n)), question=question, gold=tuple(gold), kind=str(d.get("kind") or "all"))
+
+
+def unknown_gold(questions: Sequence[Question], source_ids: Iterable[str]) -> list[str]:
+    """Gold ids no chunk of the index carries: a typo or a source not ingested, never findable."""
+    known = set(source_ids)
+    return sorted({g for q in questions for g in q.gold if g not in known})
 
 
 def score_question(chunks: Sequence[Chunk], gold: Iterable[str]) -> dict[str, float]:

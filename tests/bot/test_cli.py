@@ -92,6 +92,28 @@ def test_eval_json_last_line(corpus: Path, store: str):
     assert report["n"] >= 3 and report["recall@5"] >= 0.75  # the sample questions are answerable
 
 
+def test_eval_names_gold_ids_the_index_does_not_have(corpus: Path, store: str, tmp_path: Path):
+    """A typo in a gold id would score 0 in silence; a gold id written as one string counts as that id."""
+    ingest_json(corpus, store)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(
+        json.dumps({"question": "How do I invalidate the cache?", "gold": "sample-docs:caching.md"}) + "\n"
+        + json.dumps({"question": "How do I invalidate the cache?", "gold": ["sample-docs:cachng.md"]}) + "\n")
+    result = run("eval", str(questions), "--config", str(corpus / "flytegpt.toml"), "--store", store, "--json")
+    assert result.exit_code == 0, result.output
+    assert "1 gold source id(s) are in no chunk" in result.stderr and "sample-docs:cachng.md" in result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["recall@5"] == 0.5  # the string gold is found; the typo cannot be
+
+
+def test_eval_question_file_errors_name_the_line(corpus: Path, tmp_path: Path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "fine", "gold": ["a:b"]}\n[1, 2]\n')
+    result = run("eval", str(questions), "--config", str(corpus / "flytegpt.toml"))
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "q.jsonl:2: expected an object" in result.output
+
+
 def test_demo_answers_the_sample_questions_offline(corpus: Path, store: str):
     ingest_json(corpus, store)
     result = run("demo", "--config", str(corpus / "flytegpt.toml"), "--store", store)

@@ -1,6 +1,13 @@
 import pytest
 
-from flytegpt.ingest.evaluation import Question, QuestionFileError, evaluate, load_questions, score_question
+from flytegpt.ingest.evaluation import (
+    Question,
+    QuestionFileError,
+    evaluate,
+    load_questions,
+    score_question,
+    unknown_gold,
+)
 from flytegpt.ingest.models import Chunk
 
 
@@ -44,6 +51,37 @@ def test_bad_question_file_names_the_line(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"question": "a", "gold": ["x:1"]}\n{"question": "b"}\n')
     with pytest.raises(QuestionFileError, match=r"q\.jsonl:2"):
+        load_questions(path)
+
+
+@pytest.mark.parametrize("line, error", [
+    ('{"question": 42, "gold": ["x:1"]}', "'question' must be a non-empty string"),
+    ('{"question": "  ", "gold": ["x:1"]}', "'question' must be a non-empty string"),
+    ('{"question": "a", "gold": []}', "'gold' must be a list of source ids"),
+    ('{"question": "a", "gold": [1]}', "'gold' must be a list of source ids"),
+    ('["a", "b"]', "expected an object"),
+    ("{not json", "not JSON"),
+])
+def test_malformed_questions_are_errors_naming_the_line(tmp_path, line: str, error: str):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question": "a", "gold": ["x:1"]}\n' + line + "\n")
+    with pytest.raises(QuestionFileError, match=r"q\.jsonl:2: ") as e:
+        load_questions(path)
+    assert error in str(e.value)
+
+
+def test_a_gold_id_written_as_a_string_is_one_id_and_unknown_ids_are_named(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"id": "a", "question": "q", "gold": "docs:page.md"}\n')
+    (q,) = load_questions(path)
+    assert q.gold == ("docs:page.md",)
+    assert unknown_gold([q], ["docs:other.md"]) == ["docs:page.md"] and unknown_gold([q], ["docs:page.md"]) == []
+
+
+def test_an_unreadable_question_file_is_an_error(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(b'{"question": "\xff"}\n')
+    with pytest.raises(QuestionFileError, match="cannot read"):
         load_questions(path)
 
 
