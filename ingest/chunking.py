@@ -156,14 +156,20 @@ def _outline_chunk(doc: Document, sections) -> Chunk | None:
     is about, which its title and headings say better than any one of its sections; a Slack
     thread or a function that shares a few words must not outrank it.
     """
-    lines: list[str] = []
-    for section in sections:
-        path = section.path[1:] if section.path and section.path[0] == doc.title else section.path
-        line = " > ".join(path)
-        if line and line not in lines:
-            lines.append(line)
     if not doc.title:
         return None
+    lines: list[str] = []
+    seen: set[str] = set()
+    size = len(doc.title)
+    for section in sections:
+        if size > OUTLINE_MAX:  # what follows is cut anyway (a page of thousands of headings)
+            break
+        path = section.path[1:] if section.path and section.path[0] == doc.title else section.path
+        line = " > ".join(path)
+        if line and line not in seen:
+            seen.add(line)
+            lines.append(line)
+            size += len(line) + 1
     intro = _intro(sections)
     text = "\n".join([doc.title, *([intro] if intro else []), *lines])[:OUTLINE_MAX]
     return _docs_chunk(doc, doc.title + OUTLINE_SUFFIX, text)

@@ -46,7 +46,8 @@ def chunk_code(doc: Document) -> list[Chunk]:
     if language == "python":
         try:
             tree = ast.parse(doc.text)
-        except (SyntaxError, ValueError):
+        # RecursionError/MemoryError: nesting deeper than the parser's stack (generated code)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
             return _splitter_chunks(doc, "python")
         return _python_chunks(doc, tree)
     return _splitter_chunks(doc, language)
@@ -207,7 +208,7 @@ def _python_group_chunks(doc: Document, lines: list[str], group: list[_Span], do
     for k, (a, b, piece) in enumerate(_pack_lines(_split_lines(text, "python", CODE_TARGET)), 1):
         start, end = span.start + a - 1, span.start + b - 1
         extra = [] if k == 1 else [sig]
-        piece = "\n".join(lines[start - 1 : end])  # whole lines, indentation kept
+        piece = _whole_lines(lines, start, end, piece)
         out.append(_chunk(doc, f"{title} (part {k})", header + extra, piece, start, end))
     return out
 
@@ -266,13 +267,21 @@ def _pack_lines(parts: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]
     return out
 
 
+def _whole_lines(lines: list[str], start: int, end: int, piece: str) -> str:
+    """The piece as whole lines (its indentation kept), unless its lines are far longer than
+    it: a splitter cuts one long line (minified or generated code) into many pieces, and each
+    piece grown back to the whole line would hold the whole file, once per piece."""
+    whole = "\n".join(lines[start - 1 : end])
+    return whole if len(whole) <= 2 * len(piece) + TINY else piece
+
+
 def _splitter_chunks(doc: Document, language: str) -> list[Chunk]:
     module = doc.meta.get("module")
     header = [doc.locator] + ([f"module {module}"] if module else [])
     chunks = []
     lines = doc.text.split("\n")
-    for start, end, _ in _pack_lines(_split_lines(doc.text, language, CODE_TARGET)):
-        piece = "\n".join(lines[start - 1 : end])  # whole lines, indentation kept
+    for start, end, piece in _pack_lines(_split_lines(doc.text, language, CODE_TARGET)):
+        piece = _whole_lines(lines, start, end, piece)
         if not piece.strip():
             continue
         title = f"{doc.locator} (lines {start}-{end})"

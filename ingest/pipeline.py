@@ -109,12 +109,16 @@ def collect(config: Config, *, progress: bool = True) -> tuple[list[Document], d
     return documents, reports
 
 
-def chunk_all(documents: Iterable[Document], store: str) -> tuple[list[Chunk], float]:
+def chunk_all(
+    documents: Iterable[Document], store: str, reports: dict[str, LoadReport] | None = None
+) -> tuple[list[Chunk], float]:
     """Every document's chunks, in order: (chunks, seconds spent chunking).
 
     A document that did not change since the last ingest into this store gets its chunks
     from the store's chunk cache (ingest/chunk_cache.py) instead of being chunked again.
     `documents` may be a stream that reads the sources: that time is not counted.
+    A document the chunkers fail on is skipped and listed in its source's report, like a
+    broken file: one pathological file never costs the whole ingest.
     """
     from flytegpt.ingest.chunk_cache import ChunkCache
     from flytegpt.ingest.chunking import chunk_document
@@ -126,7 +130,14 @@ def chunk_all(documents: Iterable[Document], store: str) -> tuple[list[Chunk], f
     for doc in documents:
         count += 1
         t = time.perf_counter()
-        chunks.extend(cache.chunks(doc, chunk_document))
+        try:
+            chunks.extend(cache.chunks(doc, chunk_document))
+        except Exception as e:  # noqa: BLE001 - whatever a parser raises on one file
+            reason = f"could not be chunked ({type(e).__name__}: {str(e)[:200]})"
+            if reports is not None and doc.source in reports:  # logged with the source's other skips
+                reports[doc.source].skipped.append((doc.locator, reason))
+            else:
+                log.warning("%s: skipped %s: %s", doc.source, doc.locator, reason)
         chunking += time.perf_counter() - t
     t = time.perf_counter()
     cache.save()
@@ -145,7 +156,7 @@ def collect_chunks(
     """
     reports: dict[str, LoadReport] = {}
     t = time.perf_counter()
-    chunks, chunking = chunk_all(iter_documents(config, reports, progress=progress), config.index.store)
+    chunks, chunking = chunk_all(iter_documents(config, reports, progress=progress), config.index.store, reports)
     total = time.perf_counter() - t
     doc_counts = Counter({name: r.documents for name, r in reports.items()})
     return chunks, reports, doc_counts, {"collect": total - chunking, "chunk": chunking}

@@ -246,6 +246,26 @@ def test_unparsable_python_and_other_languages_use_line_ranges():
         assert "def broken(:" in "".join(c.text for c in chunks) or locator.endswith(".go")
 
 
+def test_python_nested_deeper_than_the_parser_falls_back_to_line_ranges():
+    """ast.parse raises RecursionError on deeply nested generated code: one file must not end an ingest."""
+    text = "def ok():\n    return 1\n\nx = " + "(" * 5000 + "1" + ")" * 5000 + "\n"
+    doc = Document("c", "gen.py", "code", "gen.py", "", text, {"language": "python"})
+    chunks = chunk_document(doc)
+    assert chunks and "def ok():" in chunks[0].text
+    assert sum(len(c.text) for c in chunks) < 2 * len(text)
+
+
+def test_one_long_line_is_cut_into_pieces_not_repeated_in_each():
+    """A minified or generated file is one long line: each piece grown back to its whole line
+    held the whole file, 400 times for 400 KB (160 MB of chunk text)."""
+    text = "x = " + "+".join(["a"] * 100_000) + "\n"
+    for language, locator in (("python", "chain.py"), ("javascript", "bundle.min.js")):
+        chunks = chunk_document(Document("c", locator, "code", locator, "", text, {"language": language}))
+        assert len(chunks) > 10
+        assert sum(len(c.text) for c in chunks) <= len(text) + len(chunks)
+        assert max(len(c.embed_text) for c in chunks) < 2000
+
+
 def test_a_large_function_is_split_into_parts_with_its_signature():
     body = "\n".join(f"    total += step_{i}(x)  # a fairly long comment for step number {i}" for i in range(80))
     text = f'"""Mod."""\n\n\ndef big(x):\n    """Docstring."""\n    total = 0\n{body}\n    return total\n'

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from flytegpt.ingest.config import load_config, sample_config_path
 from flytegpt.ingest.chunking import chunk_documents
-from flytegpt.ingest.pipeline import collect, collect_chunks
+from flytegpt.ingest.models import Document, LoadReport
+from flytegpt.ingest.pipeline import chunk_all, collect, collect_chunks
 
 
 def test_collect_chunks_equals_collect_then_chunk(tmp_path: Path) -> None:
@@ -20,3 +21,15 @@ def test_collect_chunks_equals_collect_then_chunk(tmp_path: Path) -> None:
         n: (r.documents, r.skipped) for n, r in reports.items()
     }
     assert set(timings) == {"collect", "chunk"} and min(timings.values()) >= 0
+
+
+def test_a_document_the_chunkers_fail_on_is_skipped_and_reported(tmp_path: Path) -> None:
+    """A malformed document (here one read back from a broken documents file: no text) is listed
+    as skipped in its source's report; the others are chunked."""
+    good = Document("d", "good.md", "docs", "Good", "", "# Good\n\nSome text about caching.", {"format": "md"})
+    bad = Document("d", "bad.md", "docs", "Bad", "", None, {"format": "md"})  # type: ignore[arg-type]
+    reports = {"d": LoadReport()}
+    chunks, _ = chunk_all([bad, good], str(tmp_path / "store"), reports)
+    assert chunks and {c.source_id for c in chunks} == {"d:good.md"}
+    ((name, reason),) = reports["d"].skipped
+    assert name == "bad.md" and reason.startswith("could not be chunked (")
