@@ -35,8 +35,24 @@ REFERENCE_TARGET = 800  # characters of settings of one parent per chunk
 OUTLINE_SUFFIX = " (outline)"
 
 
+# Title chunks (a docs page's title alone) carry this one: a short how-to question is often
+# the page's title in other words ("How do I get the outputs of a finished execution?" ->
+# "Inspecting executions"), which the title's own vector says better than any chunk that
+# also holds the page's text. Evidence too: search.py scores pages with it, never serves it.
+TITLE_SUFFIX = " (title)"
+
+
 def is_outline(chunk: Chunk) -> bool:
     return chunk.title.endswith(OUTLINE_SUFFIX)
+
+
+def is_title(chunk: Chunk) -> bool:
+    return chunk.kind == "docs" and chunk.title.endswith(TITLE_SUFFIX)
+
+
+def is_evidence(chunk: Chunk) -> bool:
+    """An outline or a title: evidence of what a source is about, not a passage to quote."""
+    return is_outline(chunk) or is_title(chunk)
 
 
 def chunk_documents(docs: Iterable[Document]) -> list[Chunk]:
@@ -130,8 +146,9 @@ def _doc_title(doc: Document, path: tuple[str, ...]) -> str:
 def _doc_chunks(doc: Document) -> list[Chunk]:
     fmt = detect_format(doc.locator) if doc.meta.get("format") != "rst" else "rst"
     sections = parse_sections(doc.text, fmt)
+    page_title = _title_chunk(doc)
     if _is_reference(sections):
-        return _reference_chunks(doc, sections)
+        return _reference_chunks(doc, sections) + page_title
     chunks = []
     for group in _pack(_doc_pieces(doc, sections, fmt)):
         text = "\n\n".join(p.text for p in group).strip()
@@ -142,7 +159,12 @@ def _doc_chunks(doc: Document) -> list[Chunk]:
     if not chunks and doc.text.strip():  # a page that is all directives: keep its words anyway
         chunks.append(_docs_chunk(doc, doc.title, doc.text.strip()[:DOC_MAX]))
     outline = _outline_chunk(doc, sections)
-    return chunks + ([outline] if outline else [])
+    return chunks + ([outline] if outline else []) + (page_title if chunks else [])
+
+
+def _title_chunk(doc: Document) -> list[Chunk]:
+    title = " ".join(doc.title.split())
+    return [Chunk(doc.source_id, doc.kind, title + TITLE_SUFFIX, doc.url, title, title)] if title else []
 
 
 def _docs_chunk(doc: Document, title: str, text: str) -> Chunk:

@@ -142,6 +142,10 @@ class RetrievalConfig(_Strict):
     # while Slack threads and functions that share a word or two with it are about one case of it.
     # Not when the question names an identifier (snake_case, dotted) or a number: it asks about that.
     short_question_docs_bonus: float = Field(default=0.15, ge=0.0, le=10.0)
+    # ... and a docs page adds title_weight x how close its title alone is to the question
+    # (cosine, min-max over the candidate pages): "How do I get a GPU for my training task?" is
+    # the page "Configuring access to GPUs" in other words.
+    title_weight: float = Field(default=0.3, ge=0.0, le=10.0)
 
 
 class TuningConfig(_Strict):

@@ -7,7 +7,8 @@ the scores are fused, and at most `max_per_source` chunks of one source id are k
 so one long page or file can't crowd out the other sources. Sources (a page, a thread, a
 module) are ranked, not chunks: a source scores its best dense and best keyword match, its
 second best chunk, and for a short question its outline (chunking.py) and, for a docs page, a
-fixed bonus; an outline is never returned as a passage.
+fixed bonus and how close its title alone is to the question; outlines and titles are evidence,
+never returned as passages.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flytegpt.ingest.artifact import IndexVersion, open_version
-from flytegpt.ingest.chunking import is_outline
+from flytegpt.ingest.chunking import is_evidence, is_outline, is_title
 from flytegpt.ingest.config import Config, RetrievalConfig
 from flytegpt.ingest.keyword import names_exact_term, words
 from flytegpt.ingest.models import Chunk
@@ -142,6 +143,8 @@ class HybridSearcher:
         self.embedder = embedder
         self.retrieval = retrieval
         self._first: dict[str, int] | None = None  # source id -> its first passage, built on demand
+        self._title_rows: dict[str, int] | None = None  # docs source id -> its title chunk, on demand
+        self._title_mask: np.ndarray | None = None  # True for title chunks
 
     @property
     def version(self) -> str:
@@ -188,6 +191,43 @@ class HybridSearcher:
         keep = ids[0] >= 0
         return ids[0][keep].astype(np.int64), scores[0][keep]
 
+    def _titles(self) -> tuple[dict[str, int], np.ndarray | None]:
+        """Each docs page's title chunk and a mask of them (None: the index has none)."""
+        if self._title_rows is None:
+            rows = {c.source_id: i for i, c in enumerate(self.index.chunks) if is_title(c)}
+            mask = None
+            if rows:
+                mask = np.zeros(len(self.index.chunks), dtype=bool)
+                mask[list(rows.values())] = True
+            self._title_mask, self._title_rows = mask, rows
+        return self._title_rows, self._title_mask
+
+    def _dense_passages(self, qv: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best `n` chunks by cosine that are not titles: titles only score their pages."""
+        rows, mask = self._titles()
+        if mask is None:
+            return self._dense(qv, n)
+        ids, scores = self._dense(qv, n + min(len(rows), 3 * n))
+        keep = ~mask[ids]
+        return ids[keep][:n], scores[keep][:n]
+
+    def _keyword_scores(self, query: str) -> np.ndarray:
+        """BM25 of every chunk, 0 for titles (their words are in their page's chunks too)."""
+        scores = self.index.keyword.scores(query)
+        mask = self._titles()[1]
+        return scores if mask is None else np.where(mask, 0.0, scores)
+
+    def _title_scores(self, sources, qv: np.ndarray) -> dict[str, float]:
+        """Min-max normalised cosine of the question and each candidate page's title."""
+        rows = self._titles()[0]
+        pairs = [(sid, rows[sid]) for sid in sources if sid in rows]
+        if not pairs:
+            return {}
+        sims = self._dense_scores_for(np.array([r for _, r in pairs], dtype=np.int64), qv)
+        if sims is None:
+            return {}
+        return {sid: float(v) for (sid, _), v in zip(pairs, _minmax(np.asarray(sims, dtype=np.float64)))}
+
     def _dense_scores_for(self, ids: np.ndarray, qv: np.ndarray) -> np.ndarray | None:
         """Exact cosine for chunks the dense search did not propose (None if the index can't tell)."""
         if ids.size == 0:
@@ -218,7 +258,7 @@ class HybridSearcher:
         if self._first is None:
             first: dict[str, int] = {}
             for i, c in enumerate(self.index.chunks):
-                if not is_outline(c):
+                if not is_evidence(c):
                     first.setdefault(c.source_id, i)
             self._first = first
         return self._first.get(source_id)
@@ -233,13 +273,13 @@ class HybridSearcher:
         out: list[int] = []
         for i in picked:
             chunk = self.index.chunks[i]
-            if not is_outline(chunk):
+            if not is_evidence(chunk):
                 out.append(i)
                 continue
             sid = chunk.source_id
             best = next(
                 (j for j in order if j not in taken and self.index.chunks[j].source_id == sid
-                 and not is_outline(self.index.chunks[j])),
+                 and not is_evidence(self.index.chunks[j])),
                 None,
             )
             if best is None:
@@ -260,7 +300,7 @@ class HybridSearcher:
     def dense_search(self, query: str, k: int | None = None, *, max_per_source: int = 0) -> list[Hit]:
         """Dense retrieval alone (no per-source cap unless asked): the baseline for comparisons."""
         k = k or self.retrieval.k
-        ids, scores = self._dense(self.embedder.embed_query(query), self._pool(k, max_per_source))
+        ids, scores = self._dense_passages(self.embedder.embed_query(query), self._pool(k, max_per_source))
         by_id = {int(i): float(s) for i, s in zip(ids, scores)}
         picked = _cap([int(i) for i in ids], self.index.chunks, k, max_per_source)
         return self._hits(picked, by_id, by_id, {})
@@ -268,7 +308,7 @@ class HybridSearcher:
     def keyword_search(self, query: str, k: int | None = None, *, max_per_source: int = 0) -> list[Hit]:
         """BM25 alone (no per-source cap unless asked)."""
         k = k or self.retrieval.k
-        all_scores = self.index.keyword.scores(query)
+        all_scores = self._keyword_scores(query)
         ids = self._keyword_top(all_scores, self._pool(k, max_per_source))
         by_id = {int(i): float(all_scores[i]) for i in ids}
         picked = _cap([int(i) for i in ids], self.index.chunks, k, max_per_source)
@@ -282,8 +322,8 @@ class HybridSearcher:
         n = max(cfg.candidates, k)
         qv = self.embedder.embed_query(query)
 
-        d_ids, d_scores = self._dense(qv, n)
-        kw_all = self.index.keyword.scores(query)
+        d_ids, d_scores = self._dense_passages(qv, n)
+        kw_all = self._keyword_scores(query)
         k_ids = self._keyword_top(kw_all, n)
 
         dense = {int(i): float(s) for i, s in zip(d_ids, d_scores)}
@@ -308,6 +348,9 @@ class HybridSearcher:
         topic = short and not names_exact_term(query)
         source_score = _source_fused(union, dn, kn, w, self.index.chunks, cfg.outline_weight if short else 0.0,
                                      cfg.short_question_docs_bonus if topic else 0.0)
+        if short and cfg.title_weight:
+            for sid, v in self._title_scores(source_score, qv).items():
+                source_score[sid] += cfg.title_weight * v
         order = _by_source(union, fused, self.index.chunks, cfg.source_bonus, source_score)
         scores = dict(order)
         picked = self._passages(_cap([i for i, _ in order], self.index.chunks, k, cap), [i for i, _ in order], scores)

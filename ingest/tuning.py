@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from flytegpt.ingest.chunking import is_outline
+from flytegpt.ingest.chunking import is_evidence
 from flytegpt.ingest.config import Config, TuningConfig
 from flytegpt.ingest.models import Chunk
 from flytegpt.ingest.store import atomic_write, get_fs, is_local, join, list_dir, read_bytes
@@ -130,7 +130,7 @@ def _pair(chunk: Chunk) -> Pair | None:
     if chunk.kind == "docs":
         # the heading path stands for "how do I <what this section is about>"
         text = _HEADING_LINES.sub("", text).strip()  # the heading would give the answer away
-        if is_outline(chunk) or len(text) < 80 or not chunk.title.strip():
+        if is_evidence(chunk) or len(text) < 80 or not chunk.title.strip():
             return None
         return Pair(chunk.title.strip(), text, "docs")
     if chunk.kind == "slack":

@@ -250,7 +250,7 @@ def test_nightly_sources_git_and_slack_api_through_the_workflow(
 
         first = ingest_wf(config_path=str(config), store=str(store))
         index = open_version(str(store))
-        assert index.manifest["counts"] == {"community": 1, "upstream-docs": 2}  # the page and its outline
+        assert index.manifest["counts"] == {"community": 1, "upstream-docs": 3}  # the page, its outline and title
         git_chunk = next(c for c in index.chunks if c.source_id.startswith("upstream-docs:"))
         assert git_chunk.url.startswith(f"https://github.com/example/repo/blob/{commit}/docs/retries.md")
         assert "SLACK_BOT_TOKEN" not in os.environ  # the secret was only exposed during collect
@@ -258,5 +258,5 @@ def test_nightly_sources_git_and_slack_api_through_the_workflow(
         emu.seed_message("C0SUP", "Can I retry only on OOM?", user="U1", ts="1700000100.000100")
         second = ingest_wf(config_path=str(config), store=str(store))
         assert second != first and read_latest(str(store)) == second
-        assert open_version(str(store)).manifest["counts"] == {"community": 2, "upstream-docs": 2}
+        assert open_version(str(store)).manifest["counts"] == {"community": 2, "upstream-docs": 3}
         assert len(emu.calls_to("conversations.replies")) == 1  # the old thread was not re-read

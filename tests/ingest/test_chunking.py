@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from flytegpt.ingest.chunking import DOC_MAX, REFERENCE_TARGET, SLACK_MAX, chunk_document, chunk_documents, is_outline
+from flytegpt.ingest.chunking import (
+    DOC_MAX,
+    REFERENCE_TARGET,
+    SLACK_MAX,
+    chunk_document,
+    chunk_documents,
+    is_evidence,
+    is_outline,
+    is_title,
+)
 from flytegpt.ingest.config import SourceConfig, load_config, sample_config_path
 from flytegpt.ingest.models import Document, LoadReport
 from flytegpt.ingest.sources import load_source
@@ -23,8 +32,8 @@ def _docs(kind: str, path: Path, **kw) -> dict[str, Document]:
 
 
 def _passages(chunks):
-    """The chunks to quote: a docs page's outline is evidence for search, not a passage."""
-    return [c for c in chunks if not is_outline(c)]
+    """The chunks to quote: a docs page's outline and title are evidence for search, not passages."""
+    return [c for c in chunks if not is_evidence(c)]
 
 
 def _page(text: str, locator: str = "page.md", title: str = "Page") -> Document:
@@ -45,7 +54,7 @@ def test_markdown_heading_paths_and_noise():
     assert "the setup guide" in text and "{ref}" not in text
     assert "# not a heading inside code" in text
     for c in chunks:
-        assert c.embed_text.startswith(c.title + "\n\n")
+        assert c.embed_text.startswith(c.title + "\n\n") or is_title(c)
         assert c.title.startswith("Welcome")
 
 
@@ -107,12 +116,22 @@ def test_a_page_gets_an_outline_of_its_title_first_paragraph_and_headings():
             f"## Define a task\n\n{body}\n\n### Outputs\n\n{body}\n")
     chunks = chunk_document(_page(text, title="Shell tasks"))
     outlines = [c for c in chunks if is_outline(c)]
-    assert len(outlines) == 1 and chunks[-1] is outlines[0]
+    assert len(outlines) == 1 and chunks[-2] is outlines[0]
     assert outlines[0].title == "Shell tasks (outline)"
     assert outlines[0].text.split("\n") == [
         "Shell tasks", "Run bash scripts in a workflow with ShellTask.", "Define a task", "Define a task > Outputs"]
     assert outlines[0].source_id == chunks[0].source_id
-    assert not any(is_outline(c) for c in chunks[:-1])
+    assert not any(is_outline(c) for c in chunks[:-2])
+
+
+def test_a_page_gets_a_title_chunk_that_is_its_title_alone():
+    """The title's own vector scores the page for short questions (search.py); it is evidence, never quoted."""
+    chunks = chunk_document(_page("# Raw  containers\n\nRun any image as a task.\n", title="Raw  containers"))
+    (title,) = [c for c in chunks if is_title(c)]
+    assert chunks[-1] is title and is_evidence(title) and not is_outline(title)
+    assert title.title == "Raw containers (title)" and title.text == title.embed_text == "Raw containers"
+    assert title.source_id == chunks[0].source_id and len(_passages(chunks)) == 1
+    assert not [c for c in chunk_document(_page("", title="Empty")) if is_title(c)]  # no text: nothing to title
 
 
 def _reference_page(n: int = 24) -> str:
@@ -151,7 +170,7 @@ def test_a_configuration_reference_is_split_by_setting_with_key_paths():
 def test_a_page_with_a_few_setting_like_headings_is_prose():
     text = "# Tuning\n\n" + "".join(f"## workers (int)\n\nabout workers {i}.\n\n" for i in range(3))
     chunks = chunk_document(_page(text, title="Tuning"))
-    assert [c.title for c in chunks] == ["Tuning", "Tuning (outline)"]
+    assert [c.title for c in chunks] == ["Tuning", "Tuning (outline)", "Tuning (title)"]
 
 
 # --- code ---------------------------------------------------------------------------------

@@ -248,23 +248,30 @@ def page_searcher(tmp_path_factory: pytest.TempPathFactory, embedder) -> HybridS
 def test_a_short_how_to_question_finds_the_page_about_it_before_a_thread_sharing_its_words(
     page_searcher: HybridSearcher, tmp_path: Path, embedder
 ) -> None:
-    from flytegpt.ingest.chunking import chunk_documents, is_outline
+    from flytegpt.ingest.chunking import chunk_documents, is_evidence, is_outline, is_title
 
     question = "How do I run a bash script as a task?"
     hits = page_searcher.search(question, 5)
     assert [h.chunk.source_id for h in hits[:2]] == ["docs:shell_tasks.md", "slack:help/7.0"]
-    # the page is served by a passage to quote, never by its outline
-    assert not any(is_outline(h.chunk) for h in hits)
+    # the page is served by a passage to quote, never by its outline or its title
+    assert not any(is_evidence(h.chunk) for h in hits)
     assert "ShellTask" in hits[0].chunk.text
-    # page-level evidence puts it first: without outlines and without the docs bonus the thread wins
-    passages = [c for c in chunk_documents(_page_docs()) if not is_outline(c)]
+    # page-level evidence puts it first: without outlines, titles and the docs bonus the thread wins
+    chunks = chunk_documents(_page_docs())
+    passages = [c for c in chunks if not is_evidence(c)]
     plain = _searcher_over(passages, tmp_path / "plain", embedder, RetrievalConfig(short_question_docs_bonus=0.0))
     assert plain.search(question, 5)[0].chunk.source_id == "slack:help/7.0"
-    # ... and either one alone is enough
+    # ... and any one of them alone is enough
     bonus_only = HybridSearcher(plain.index, embedder, RetrievalConfig())
     assert bonus_only.search(question, 5)[0].chunk.source_id == "docs:shell_tasks.md"
-    outline_only = HybridSearcher(page_searcher.index, embedder, RetrievalConfig(short_question_docs_bonus=0.0))
+    outline_only = HybridSearcher(page_searcher.index, embedder,
+                                  RetrievalConfig(short_question_docs_bonus=0.0, title_weight=0.0))
     assert outline_only.search(question, 5)[0].chunk.source_id == "docs:shell_tasks.md"
+    with_titles = _searcher_over([c for c in chunks if not is_outline(c)], tmp_path / "titles", embedder,
+                                 RetrievalConfig(short_question_docs_bonus=0.0))
+    assert with_titles.search(question, 5)[0].chunk.source_id == "docs:shell_tasks.md"
+    assert not any(is_title(h.chunk) for h in with_titles.search(question, 10) + with_titles.dense_search(question, 10)
+                   + with_titles.keyword_search(question, 10))
 
 
 def test_the_docs_bonus_is_for_short_questions_about_a_topic_not_an_exact_term(store: str, embedder) -> None:
@@ -306,6 +313,18 @@ def test_a_short_question_weighs_a_sources_outline_a_long_one_does_not(page_sear
     assert page_score(page_searcher, short) > page_score(plain, short)
     long = "My bash script task fails on the cluster but the same script runs locally, why is that?"
     assert page_score(page_searcher, long) == pytest.approx(page_score(plain, long))
+
+
+def test_a_short_question_weighs_a_pages_title_a_long_one_does_not(page_searcher: HybridSearcher) -> None:
+    no_titles = HybridSearcher(page_searcher.index, page_searcher.embedder, RetrievalConfig(title_weight=0.0))
+
+    def page_score(searcher: HybridSearcher, question: str) -> float:
+        return next(h.score for h in searcher.search(question, 5) if h.chunk.source_id == "docs:shell_tasks.md")
+
+    short = "How do I run a bash script as a task?"
+    assert page_score(page_searcher, short) > page_score(no_titles, short)
+    long = "My bash script task fails on the cluster but the same script runs locally, why is that?"
+    assert page_score(page_searcher, long) == pytest.approx(page_score(no_titles, long))
 
 
 def test_an_outline_adds_its_weighted_score_to_its_source() -> None:
