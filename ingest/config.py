@@ -142,10 +142,12 @@ class RetrievalConfig(_Strict):
     # while Slack threads and functions that share a word or two with it are about one case of it.
     # Not when the question names an identifier (snake_case, dotted) or a number: it asks about that.
     short_question_docs_bonus: float = Field(default=0.15, ge=0.0, le=10.0)
-    # ... and a docs page adds title_weight x how close its title alone is to the question
-    # (cosine, min-max over the candidate pages): "How do I get a GPU for my training task?" is
-    # the page "Configuring access to GPUs" in other words.
+    # A question of at most `title_question_words` topic words (a little longer than a short
+    # one: a title is one phrase) adds, for each docs page, title_weight x how close the page's
+    # title alone is to it (cosine, min-max over the candidate pages): "How do I get a GPU for my
+    # training task?" is the page "Configuring access to GPUs" in other words.
     title_weight: float = Field(default=0.3, ge=0.0, le=10.0)
+    title_question_words: int = Field(default=6, ge=0, le=1000)
 
 
 class TuningConfig(_Strict):

@@ -348,7 +348,7 @@ class HybridSearcher:
         topic = short and not names_exact_term(query)
         source_score = _source_fused(union, dn, kn, w, self.index.chunks, cfg.outline_weight if short else 0.0,
                                      cfg.short_question_docs_bonus if topic else 0.0)
-        if short and cfg.title_weight:
+        if cfg.title_weight and len(words(query)) <= cfg.title_question_words:
             for sid, v in self._title_scores(source_score, qv).items():
                 source_score[sid] += cfg.title_weight * v
         order = _by_source(union, fused, self.index.chunks, cfg.source_bonus, source_score)
