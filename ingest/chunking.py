@@ -146,25 +146,23 @@ def _doc_title(doc: Document, path: tuple[str, ...]) -> str:
 def _doc_chunks(doc: Document) -> list[Chunk]:
     fmt = detect_format(doc.locator) if doc.meta.get("format") != "rst" else "rst"
     sections = parse_sections(doc.text, fmt)
-    page_title = _title_chunk(doc)
+    title = _title_chunk(doc)
     if _is_reference(sections):
-        return _reference_chunks(doc, sections) + page_title
+        return _reference_chunks(doc, sections) + ([title] if title else [])
     chunks = []
     for group in _pack(_doc_pieces(doc, sections, fmt)):
         text = "\n\n".join(p.text for p in group).strip()
-        if not text:
-            continue
-        title = _doc_title(doc, group[0].path)
-        chunks.append(_docs_chunk(doc, title, text))
+        if text:
+            chunks.append(_docs_chunk(doc, _doc_title(doc, group[0].path), text))
     if not chunks and doc.text.strip():  # a page that is all directives: keep its words anyway
         chunks.append(_docs_chunk(doc, doc.title, doc.text.strip()[:DOC_MAX]))
-    outline = _outline_chunk(doc, sections)
-    return chunks + ([outline] if outline else []) + (page_title if chunks else [])
+    evidence = [_outline_chunk(doc, sections), title if chunks else None]  # no title for an empty page
+    return chunks + [c for c in evidence if c is not None]
 
 
-def _title_chunk(doc: Document) -> list[Chunk]:
+def _title_chunk(doc: Document) -> Chunk | None:
     title = " ".join(doc.title.split())
-    return [Chunk(doc.source_id, doc.kind, title + TITLE_SUFFIX, doc.url, title, title)] if title else []
+    return Chunk(doc.source_id, doc.kind, title + TITLE_SUFFIX, doc.url, title, title) if title else None
 
 
 def _docs_chunk(doc: Document, title: str, text: str) -> Chunk:

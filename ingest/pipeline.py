@@ -135,7 +135,7 @@ def chunk_all(
         except Exception as e:  # noqa: BLE001 - whatever a parser raises on one file
             reason = f"could not be chunked ({type(e).__name__}: {str(e)[:200]})"
             if reports is not None and doc.source in reports:  # logged with the source's other skips
-                reports[doc.source].skipped.append((doc.locator, reason))
+                reports[doc.source].skip(doc.locator, reason)
             else:
                 log.warning("%s: skipped %s: %s", doc.source, doc.locator, reason)
         chunking += time.perf_counter() - t

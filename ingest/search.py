@@ -344,11 +344,12 @@ class HybridSearcher:
         # A short question names a topic ("how do I run a bash script?"): the page or module
         # that is about it, as its outline says, counts for more than one passage sharing words.
         # ... and a page about a topic is its canonical answer, unless the question names an exact term.
-        short = len(words(query)) <= cfg.short_question_words
+        n_words = len(words(query))
+        short = n_words <= cfg.short_question_words
         topic = short and not names_exact_term(query)
         source_score = _source_fused(union, dn, kn, w, self.index.chunks, cfg.outline_weight if short else 0.0,
                                      cfg.short_question_docs_bonus if topic else 0.0)
-        if cfg.title_weight and len(words(query)) <= cfg.title_question_words:
+        if cfg.title_weight and n_words <= cfg.title_question_words:
             for sid, v in self._title_scores(source_score, qv).items():
                 source_score[sid] += cfg.title_weight * v
         order = _by_source(union, fused, self.index.chunks, cfg.source_bonus, source_score)

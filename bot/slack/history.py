@@ -61,9 +61,9 @@ class ThreadHistory:
     def _fetch(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
         from slack_sdk.errors import SlackApiError
 
-        self.fetches += 1
         from flytegpt.ingest.slack_client import pages
 
+        self.fetches += 1
         out: list[dict[str, Any]] = []
         try:
             for page in pages(self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200)):
