@@ -57,7 +57,9 @@ IVF_NPROBE = 32
 IVF_TRAIN_PER_LIST = 40
 IVF_TRAIN_ITERATIONS = 10
 _CHUNKS_PER_WRITE = 1024  # chunks serialised per write to the gzip stream of chunks.jsonl.gz
-_GZIP_LEVEL = 6
+# 3, not gzip's 6: a third of the time (0.07 s vs 0.19 s for the eval corpus's 10 MB of chunks,
+# part of every re-ingest) for a file 17% bigger
+_GZIP_LEVEL = 3
 _GZIP_HEADER = gzip.compress(b"", compresslevel=_GZIP_LEVEL, mtime=0)[:10]  # gzip.compress's own header
 _VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 _FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # no separators, no leading dot
@@ -172,7 +174,7 @@ def build_dense_index(vectors: np.ndarray, index_type: str = "auto", approximate
 def _chunks_bytes(chunks: list[Chunk]) -> bytes:
     """chunks.jsonl.gz, compressed as it is serialised: only the compressed bytes are ever whole.
 
-    Byte for byte what gzip.compress(whole JSON Lines text, 6, mtime=0) gives (its header, one
+    Byte for byte what gzip.compress(whole JSON Lines text, _GZIP_LEVEL, mtime=0) gives (its header, one
     raw deflate stream, CRC-32 + size trailer), so a version's content hash does not depend on
     how it was written; mtime=0: the same chunks give the same bytes.
     """
@@ -274,7 +276,8 @@ def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: Keywor
     manifest = {
         "format_version": FORMAT_VERSION,
         "version": version,
-        "created_at": now.isoformat(timespec="seconds"),
+        # to the microsecond: orders versions made within the same second (list_versions)
+        "created_at": now.isoformat(timespec="microseconds"),
         "sources_read_at": (sources_read_at or now).astimezone(timezone.utc).isoformat(timespec="seconds"),
         "model": model.to_dict(),
         "index": index_info,
@@ -402,7 +405,24 @@ def list_versions(store: str) -> list[str]:
         for e in list_dir(fs, root)
         if e.get("type") == "directory"
     )
-    return [n for n in names if _VERSION_RE.match(n) and fs.exists(join(root, n, MANIFEST))]
+    complete = [n for n in names if _VERSION_RE.match(n) and fs.exists(join(root, n, MANIFEST))]
+    return _creation_order(store, complete)
+
+
+def _creation_order(store: str, versions: list[str]) -> list[str]:
+    """Versions (sorted by id) in the order they were made: an id names its second, then a
+    content hash, so versions of one second are ordered by their manifests' `created_at`."""
+    per_second = Counter(v[:16] for v in versions)
+
+    def made(version: str) -> tuple[str, str]:
+        if per_second[version[:16]] == 1:
+            return version[:16], ""
+        try:
+            return version[:16], str(read_manifest(store, version).get("created_at", ""))
+        except ArtifactError:
+            return version[:16], ""
+
+    return sorted(versions, key=made)  # stable: ties stay in id order
 
 
 def prune(store: str, keep: int = DEFAULT_KEEP_VERSIONS, *, protect: set[str] = frozenset()) -> list[str]:

@@ -9,6 +9,7 @@ which this gets right without a full parser for each dialect.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 # --- shared -------------------------------------------------------------------------------
@@ -65,19 +66,27 @@ def detect_format(name: str) -> str:
 
 
 def page_title(text: str, fmt: str) -> str | None:
-    """The page's first heading, or None."""
-    for section in parse_sections(text, fmt):
-        if section.path:
-            return section.path[0]
-    return None
+    """The page's first heading, or None.
+
+    Read up to that heading only: the loader asks for every page's title on every ingest,
+    unchanged pages included, and parsing whole pages for it was a fifth of a re-ingest."""
+    return next((s.path[0] for s in _scan(text, fmt) if s.path), None)
 
 
 def parse_sections(text: str, fmt: str) -> list[Section]:
     """The page cut at its headings, each section with its heading path and its blocks."""
+    sections = list(_scan(text, fmt))  # the scan fills each section's lines as it goes
+    blocks = _rst_blocks if fmt == "rst" else _md_blocks
+    for s in sections:
+        s.blocks = ([Block(s.heading)] if s.heading else []) + blocks(s.lines)
+    return [s for s in sections if s.blocks]
+
+
+def _scan(text: str, fmt: str) -> Iterator[Section]:
+    """Each section as soon as its heading is read (the part before the first heading has path
+    ()); a section's `lines` are complete once the next one is yielded."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if fmt == "rst":
-        return _rst_sections(lines)
-    return _md_sections(lines)
+    return _rst_scan(lines) if fmt == "rst" else _md_scan(lines)
 
 
 def _clean_title(title: str) -> str:
@@ -111,9 +120,10 @@ def _front_matter_end(lines: list[str]) -> int:
     return 0
 
 
-def _md_sections(lines: list[str]) -> list[Section]:
+def _md_scan(lines: list[str]) -> Iterator[Section]:
     start = _front_matter_end(lines)
-    sections = [Section(path=())]
+    current = Section(path=())
+    yield current
     stack: list[tuple[int, str]] = []
     i = start
     n = len(lines)
@@ -122,13 +132,14 @@ def _md_sections(lines: list[str]) -> list[Section]:
         fence = _FENCE.match(line)
         if fence:
             end = _fence_end(lines, i, fence.group(2))
-            sections[-1].lines.extend(lines[i : end + 1])
+            current.lines.extend(lines[i : end + 1])
             i = end + 1
             continue
         atx = _ATX.match(line)
         if atx and (atx.group(2) or "").strip():
             path = _push(stack, len(atx.group(1)), _clean_title(atx.group(2)))
-            sections.append(Section(path=path, heading=f"{atx.group(1)} {path[-1]}"))
+            current = Section(path=path, heading=f"{atx.group(1)} {path[-1]}")
+            yield current
             i += 1
             continue
         if (
@@ -141,14 +152,12 @@ def _md_sections(lines: list[str]) -> list[Section]:
         ):
             level = 1 if lines[i + 1].strip()[0] == "=" else 2
             path = _push(stack, level, _clean_title(line))
-            sections.append(Section(path=path, heading=f"{'#' * level} {path[-1]}"))
+            current = Section(path=path, heading=f"{'#' * level} {path[-1]}")
+            yield current
             i += 2
             continue
-        sections[-1].lines.append(line)
+        current.lines.append(line)
         i += 1
-    for s in sections:
-        s.blocks = ([Block(s.heading)] if s.heading else []) + _md_blocks(s.lines)
-    return [s for s in sections if s.blocks]
 
 
 def _fence_end(lines: list[str], i: int, opener: str) -> int:
@@ -237,8 +246,9 @@ _RST_TARGET = re.compile(r"^\s*\.\.\s+_[^:]*:.*$|^\s*__\s+\S+$")
 _RST_COMMENT = re.compile(r"^(\s*)\.\.(\s.*)?$")
 
 
-def _rst_sections(lines: list[str]) -> list[Section]:
-    sections = [Section(path=())]
+def _rst_scan(lines: list[str]) -> Iterator[Section]:
+    current = Section(path=())
+    yield current
     stack: list[tuple[int, str]] = []
     styles: list[tuple[str, bool]] = []
     n = len(lines)
@@ -264,7 +274,8 @@ def _rst_sections(lines: list[str]) -> list[Section]:
         ):
             lvl = level((line.strip()[0], True))
             path = _push(stack, lvl, _clean_title(lines[i + 1]))
-            sections.append(Section(path=path, heading=f"{'#' * min(lvl, 6)} {path[-1]}"))
+            current = Section(path=path, heading=f"{'#' * min(lvl, 6)} {path[-1]}")
+            yield current
             i += 3
             continue
         # title + underline
@@ -280,14 +291,12 @@ def _rst_sections(lines: list[str]) -> list[Section]:
         ):
             lvl = level((lines[i + 1].strip()[0], False))
             path = _push(stack, lvl, _clean_title(line))
-            sections.append(Section(path=path, heading=f"{'#' * min(lvl, 6)} {path[-1]}"))
+            current = Section(path=path, heading=f"{'#' * min(lvl, 6)} {path[-1]}")
+            yield current
             i += 2
             continue
-        sections[-1].lines.append(line)
+        current.lines.append(line)
         i += 1
-    for s in sections:
-        s.blocks = ([Block(s.heading)] if s.heading else []) + _rst_blocks(s.lines)
-    return [s for s in sections if s.blocks]
 
 
 def _indented_end(lines: list[str], i: int, indent: int) -> int:

@@ -237,15 +237,36 @@ def test_index_types(tmp_path: Path) -> None:
 def test_list_versions_and_prune_keep_latest(tmp_path: Path) -> None:
     store = str(tmp_path)
     versions = [build(store, seed=i, publish_it=False) for i in range(4)]
-    assert list_versions(store) == sorted(versions)
-    oldest = sorted(versions)[0]
+    assert list_versions(store) == versions  # in the order they were made
+    oldest, newest = versions[0], versions[-1]
     publish(store, oldest)
     (tmp_path / "20990101T000000Z-0000000f").mkdir()  # a version being written: no manifest yet
     removed = prune(store, keep=1)
-    assert set(list_versions(store)) == {oldest, sorted(versions)[-1]}
-    assert set(removed) == set(versions) - {oldest, sorted(versions)[-1]}
+    assert set(list_versions(store)) == {oldest, newest}
+    assert set(removed) == set(versions) - {oldest, newest}
     assert (tmp_path / "20990101T000000Z-0000000f").exists()
     assert read_latest(store) == oldest
+
+
+def test_versions_made_within_one_second_are_kept_newest_first(tmp_path: Path, monkeypatch) -> None:
+    """A version id names its second and then a content hash: within one second the hashes
+    must not decide which version is "the newest" that pruning keeps."""
+    from datetime import datetime, timezone
+
+    ticks = iter(range(1, 100))
+
+    class OneSecond(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 1, 12, 0, 0, next(ticks), tzinfo=timezone.utc)
+
+    monkeypatch.setattr(artifact, "datetime", OneSecond)
+    store = str(tmp_path)
+    versions = [build(store, seed=i, publish_it=False) for i in range(6)]
+    assert len({v[:16] for v in versions}) == 1 and versions != sorted(versions)  # hashes out of order
+    assert list_versions(store) == versions
+    publish(store, versions[-1], keep_versions=2)
+    assert list_versions(store) == versions[-2:]
 
 
 def test_chunks_file_is_gzip_compress_of_the_whole_text() -> None:
@@ -254,8 +275,8 @@ def test_chunks_file_is_gzip_compress_of_the_whole_text() -> None:
 
     chunks = make_chunks(2 * artifact._CHUNKS_PER_WRITE + 3, tag="é ✓")
     whole = "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in chunks).encode("utf-8")
-    assert artifact._chunks_bytes(chunks) == gzip.compress(whole, compresslevel=6, mtime=0)
-    assert artifact._chunks_bytes([]) == gzip.compress(b"", compresslevel=6, mtime=0)
+    assert artifact._chunks_bytes(chunks) == gzip.compress(whole, compresslevel=artifact._GZIP_LEVEL, mtime=0)
+    assert artifact._chunks_bytes([]) == gzip.compress(b"", compresslevel=artifact._GZIP_LEVEL, mtime=0)
 
 
 def test_non_finite_vectors_found_in_any_block() -> None:
