@@ -1,0 +1,112 @@
+"""The bot as Bolt's own tests drive an app: events handed to `App.dispatch` as socket-mode
+`BoltRequest`s, every Web API call answered by a stand-in that returns a bare `{"ok": true}`.
+
+The Socket Mode tests (test_slack_app.py, test_streaming.py) use the emulator, which answers like
+Slack. This is the other side: Slack's SDK test servers answer with no `ts`, no `messages`, no
+`channel`, and the bot must still ack at once and deliver an answer with its sources.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from slack_bolt.request import BoltRequest
+from slack_sdk import WebClient
+from support.canned_slack import AUTH_TEST, CannedSlack
+from support.slack_harness import CACHE_Q, open_sample, tuned
+
+from flytegpt.bot.answering import Answerer
+from flytegpt.bot.index_holder import IndexHolder
+from flytegpt.bot.slack.app import build_app
+from flytegpt.ingest.config import Settings
+
+pytestmark = pytest.mark.timeout(120)
+BOT = AUTH_TEST["user_id"]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory, embedder):
+    return open_sample(tmp_path_factory.mktemp("store"), embedder)
+
+
+@pytest.fixture(params=[False, True], ids=["posted", "streamed"])
+def bot(request, sample, tmp_path):
+    config, searcher = sample
+    config = tuned(config, feedback_db=tmp_path / "feedback.sqlite3", bot={"streaming": request.param})
+    with CannedSlack() as slack:
+        # no OpenAI key: the offline answerer, which quotes the sources
+        settings = Settings(SLACK_BOT_TOKEN="xoxb-canned", SLACK_APP_TOKEN="xapp-canned", SLACK_API_URL=slack.url,
+                            OPENAI_API_KEY=None)
+        holder = IndexHolder(searcher)
+        app = build_app(config, settings, Answerer(config, settings, holder.get), holder,
+                        client=WebClient(token="xoxb-canned", base_url=slack.url))
+        try:
+            yield app, slack
+        finally:
+            app.close(wait=False)
+
+
+def dispatch(app, body: dict):
+    return app.app.dispatch(BoltRequest(body=body, mode="socket_mode"))
+
+
+def wait_for(check, timeout: float = 30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if found := check():
+            return found
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def delivered_text(slack: CannedSlack) -> str:
+    """Everything the bot wrote as an answer: posted messages, stream parts, response_url posts."""
+    parts = []
+    for method in ("chat.postMessage", "chat.startStream", "chat.appendStream", "chat.stopStream", "webhook"):
+        for args in slack.called(method):
+            parts += [str(args.get("text") or ""), str(args.get("markdown_text") or ""), str(args.get("blocks") or "")]
+    return "\n".join(parts)
+
+
+def mention(text: str, ts: str = "1700000000.000100") -> dict:
+    return {
+        "token": "verification", "team_id": AUTH_TEST["team_id"], "api_app_id": "A0CANNED",
+        "type": "event_callback", "event_id": f"Ev{ts.replace('.', '')}", "event_time": 1700000000,
+        "authorizations": [{"team_id": AUTH_TEST["team_id"], "user_id": BOT, "is_bot": True}],
+        "event": {"type": "app_mention", "user": "U0ASKER", "text": f"<@{BOT}> {text}", "ts": ts,
+                  "channel": "C0CANNED", "event_ts": ts},
+    }
+
+
+def test_a_mention_is_acked_and_answered_with_its_sources(bot):
+    app, slack = bot
+    assert dispatch(app, mention(CACHE_Q)).status == 200
+    text = wait_for(lambda: "cache" in (t := delivered_text(slack)).lower() and "http" in t and t)
+    assert "cache_version" in text or "cache" in text.lower()
+    threads = {a.get("thread_ts") for m in ("chat.postMessage", "chat.startStream") for a in slack.called(m)}
+    assert threads == {"1700000000.000100"}  # in the asker's thread, never at channel level
+
+
+def test_the_slash_command_acks_within_its_response_and_answers_to_its_response_url(bot):
+    app, slack = bot
+    command = {
+        "token": "verification", "team_id": AUTH_TEST["team_id"], "team_domain": "canned",
+        "channel_id": "C0CANNED", "channel_name": "general", "user_id": "U0ASKER", "user_name": "asker",
+        "command": "/flytegpt", "text": CACHE_Q, "api_app_id": "A0CANNED",
+        "response_url": slack.url + "webhook", "trigger_id": "1.2.3",
+    }
+    ack = dispatch(app, command)
+    assert ack.status == 200 and "ephemeral" in ack.body  # Slack shows the ack within 3 s
+    [answer] = wait_for(lambda: slack.called("webhook"))
+    assert "cache" in str(answer).lower() and "http" in str(answer)
+
+
+def test_a_retried_event_is_answered_once(bot):
+    app, slack = bot
+    body = mention(CACHE_Q, ts="1700000001.000200")
+    for _ in range(3):  # Slack redelivers an event it thinks was not acked
+        assert dispatch(app, body).status == 200
+    wait_for(lambda: slack.called("chat.postMessage") or slack.called("chat.stopStream"))
+    time.sleep(1.0)
+    assert len(slack.called("chat.postMessage")) + len(slack.called("chat.startStream")) == 1
