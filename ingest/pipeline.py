@@ -8,9 +8,9 @@ runs last: a failure anywhere before it leaves the served version untouched.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterable, Iterator
@@ -315,25 +315,24 @@ def run_ingest(
     # BM25 hides behind loading the model and embedding the changed chunks. It still ends
     # before the vectors and FAISS's copy of them exist, so its transient token lists are
     # never on top of those.
-    with ThreadPoolExecutor(1, thread_name_prefix="flytegpt-bm25") as pool:
-        keyword_build = pool.submit(_build_keyword, [c.embed_text for c in chunks])
-        tuned = None
-        if embedder is None:
-            t = time.perf_counter()
-            tuned = tune(chunks, config, progress=progress)
-            if tuned is not None:
-                timings["tune"] = time.perf_counter() - t
+    keyword_build = _Background(_build_keyword, [c.embed_text for c in chunks])
+    tuned = None
+    if embedder is None:
         t = time.perf_counter()
-        embedder = embedder or embedder_for(config, tuned)
-        timings["load model"] = time.perf_counter() - t
+        tuned = tune(chunks, config, progress=progress)
+        if tuned is not None:
+            timings["tune"] = time.perf_counter() - t
+    t = time.perf_counter()
+    embedder = embedder or embedder_for(config, tuned)
+    timings["load model"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        vectors, embed_stats = embed_chunks(chunks, config, embedder=embedder, progress=progress)
-        timings["embed"] = time.perf_counter() - t
+    t = time.perf_counter()
+    vectors, embed_stats = embed_chunks(chunks, config, embedder=embedder, progress=progress)
+    timings["embed"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        keyword = keyword_build.result()
-        timings["build"] = time.perf_counter() - t  # only the wait: the rest overlapped
+    t = time.perf_counter()
+    keyword = keyword_build.result()
+    timings["build"] = time.perf_counter() - t  # only the wait: the rest overlapped
 
     stats = {
         "embeddings": {**embed_stats, **embedder.describe()},
@@ -364,6 +363,29 @@ def run_ingest(
         autotune=embedder.autotune.to_dict() if embedder.autotune else None,
         tuning=tuned.to_dict() if tuned is not None else None,
     )
+
+
+class _Background:
+    """`fn(*args)` on a daemon thread. Not a ThreadPoolExecutor: its threads are joined at exit,
+    so an ingest that fails or is interrupted while embedding would wait for the build first
+    (minutes of BM25 for a million chunks) before it could report the error."""
+
+    def __init__(self, fn, *args) -> None:
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name="flytegpt-bm25", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller by result()
+            self._error = e
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _build_keyword(texts: list[str]) -> "KeywordIndex":

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from flytegpt.ingest.config import load_config, sample_config_path
 from flytegpt.ingest.chunking import chunk_documents
 from flytegpt.ingest.models import Document, LoadReport
@@ -33,3 +35,27 @@ def test_a_document_the_chunkers_fail_on_is_skipped_and_reported(tmp_path: Path)
     assert chunks and {c.source_id for c in chunks} == {"d:good.md"}
     ((name, reason),) = reports["d"].skipped
     assert name == "bad.md" and reason.startswith("could not be chunked (")
+
+
+class _FailingEmbedder:
+    """The session's embedder, but its model stops half-way (out of memory, a killed GPU)."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def embed_documents(self, texts, **kwargs):
+        raise RuntimeError("CUDA out of memory (stand-in)")
+
+
+def test_an_ingest_that_fails_while_embedding_reports_it_and_leaves_latest_alone(tmp_path: Path, embedder) -> None:
+    from flytegpt.ingest.artifact import list_versions, read_latest
+    from flytegpt.ingest.pipeline import run_ingest
+
+    config = load_config(sample_config_path()).with_store(str(tmp_path / "store"))
+    first = run_ingest(config, progress=False, embedder=embedder).version
+    with pytest.raises(RuntimeError, match="out of memory"):  # BM25, building meanwhile, is not waited on
+        run_ingest(config, progress=False, embedder=_FailingEmbedder(embedder))
+    assert read_latest(config.index.store) == first and list_versions(config.index.store) == [first]
