@@ -34,6 +34,7 @@ import numpy as np
 
 from flytegpt.ingest.config import DEFAULT_MODEL, EmbeddingsConfig
 from flytegpt.ingest.heap import trim_heap
+from flytegpt.ingest.models import valid_unicode
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -533,4 +534,5 @@ class Embedder:
             self._load()
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self._encode([text])[0]
+        # a query from a command line (undecodable bytes) or a JSON body can hold lone surrogates
+        return self._encode([valid_unicode(text)])[0]

@@ -7,11 +7,33 @@ JSON-serialisable dataclasses so that Flyte tasks and the index artifact can car
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 DocKind = Literal["docs", "code", "slack"]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_unicode(text: str) -> str:
+    """`text` with lone surrogates replaced by U+FFFD.
+
+    JSON can spell half of an emoji's surrogate pair ("\\ud83d" alone: Slack exports and API
+    payloads have held such cut-off text), and Python decodes it to a str that cannot be
+    encoded as UTF-8: the tokenizer, SQLite and every HTTP body downstream fail on it."""
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+def valid_document(doc: "Document") -> "Document":
+    """The document with every text field valid Unicode (the same object when it already is)."""
+    fields = {k: valid_unicode(v) for k in ("locator", "title", "url", "text") if isinstance(v := getattr(doc, k), str)}
+    meta = {k: valid_unicode(v) if isinstance(v, str) else v for k, v in doc.meta.items()}
+    if all(fields[k] is getattr(doc, k) for k in fields) and all(meta[k] is doc.meta[k] for k in meta):
+        return doc
+    return dataclasses.replace(doc, **fields, meta=meta)
 
 
 @dataclass(frozen=True)

@@ -183,10 +183,18 @@ class Answerer:
                 yield self._too_late(question, standalone, sources, version)
                 return
             text, citations = clean_answer(e.partial, fitted)
+            if not text.strip():
+                yield self._too_late(question, standalone, sources, version)
+                return
             note = prompts.MODEL_STOPPED_NOTE if e.reason == "stopped" else prompts.MODEL_DEADLINE_PARTIAL_NOTE
             yield Answer(question, standalone, f"{text}\n\n{note}", citations, "llm", version, note=e.reason)
             return
         text, citations = clean_answer(raw, fitted)
+        if not text.strip():  # only characters cleaning removes (NULs, control codes): nothing said
+            log.warning("chat model's answer was empty once cleaned: offline passages")
+            text, citations = offline_answer(standalone, sources, header=prompts.MODEL_EMPTY_NOTE)
+            yield Answer(question, standalone, text, citations, "offline", version, note="empty model output")
+            return
         yield Answer(question, standalone, text, citations, "llm", version)
 
     def _too_late(self, question: str, standalone: str, sources: list[Source], version: str | None) -> Answer:

@@ -16,6 +16,9 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from flytegpt.ingest.models import valid_unicode
+from flytegpt.ingest.sources.slack_export import clean_message
+
 from .blocks import answer_text
 
 if TYPE_CHECKING:
@@ -67,7 +70,10 @@ class ThreadHistory:
         out: list[dict[str, Any]] = []
         try:
             for page in pages(self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200)):
-                out.extend(page.get("messages") or [])
+                messages = page.get("messages")
+                # fields of the wrong type read as absent, as for an export (slack_export.clean_message)
+                out.extend(clean_message(m) for m in (messages if isinstance(messages, list) else [])
+                           if isinstance(m, dict))
                 if len(out) >= self.max_messages:
                     break
         except SlackApiError as e:  # thread deleted, no access: answer without history
@@ -90,20 +96,30 @@ class ThreadHistory:
         from flytegpt.bot.answering import Turn
 
         turns: list[Turn] = []
+        before = _ts(before_ts)
         for m in self.messages(channel, thread_ts, must_include=before_ts):
-            if float(m.get("ts", 0)) >= float(before_ts):
+            ts = _ts(m.get("ts"))
+            if ts is None or (before is not None and ts >= before):
                 continue
             if self.is_bot_message(m, bot_user_id, bot_id):
                 text = answer_text(m)
                 if text:
-                    turns.append(Turn("assistant", text))
+                    turns.append(Turn("assistant", valid_unicode(text)))
             elif m.get("bot_id") or m.get("subtype") not in (None, "thread_broadcast", "file_share"):
                 continue  # other bots, joins, edits: not part of the conversation
             else:
                 text = strip_mentions(m.get("text", ""), bot_user_id)
                 if text:
-                    turns.append(Turn("user", text))
+                    turns.append(Turn("user", valid_unicode(text)))
         return turns[-max_turns:] if max_turns > 0 else []
+
+
+def _ts(value: Any) -> float | None:
+    """A Slack timestamp as a number, None when it is not one."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def strip_mentions(text: str, bot_user_id: str | None) -> str:

@@ -396,6 +396,15 @@ def test_empty_model_output_retried_once_then_offline_fallback(server):
     assert a.citations and all(c.url.startswith("https://") for c in a.citations)
 
 
+def test_a_reply_of_control_characters_only_is_an_empty_answer(server):
+    """A reply of NULs is not empty to the model client, but nothing is left once cleaned: the
+    answer was an empty message (found by the answering property test); now the passages."""
+    server.reply = "\x00\x00"
+    answerer, _ = make(server)
+    a = answerer.answer("how do I use ray?")
+    assert a.mode == "offline" and a.text.startswith(prompts.MODEL_EMPTY_NOTE) and a.citations
+
+
 def test_empty_then_text_is_an_answer(server):
     server.script(Reply(""))
     server.reply = "Install it [1]."

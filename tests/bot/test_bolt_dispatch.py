@@ -42,7 +42,7 @@ def bot(request, sample, tmp_path):
         app = build_app(config, settings, Answerer(config, settings, holder.get), holder,
                         client=WebClient(token="xoxb-canned", base_url=slack.url))
         try:
-            yield app, slack
+            yield app, slack, config
         finally:
             app.close(wait=False)
 
@@ -80,7 +80,7 @@ def mention(text: str, ts: str = "1700000000.000100") -> dict:
 
 
 def test_a_mention_is_acked_and_answered_with_its_sources(bot):
-    app, slack = bot
+    app, slack, _ = bot
     assert dispatch(app, mention(CACHE_Q)).status == 200
     text = wait_for(lambda: "cache" in (t := delivered_text(slack)).lower() and "http" in t and t)
     assert "cache_version" in text or "cache" in text.lower()
@@ -89,7 +89,7 @@ def test_a_mention_is_acked_and_answered_with_its_sources(bot):
 
 
 def test_the_slash_command_acks_within_its_response_and_answers_to_its_response_url(bot):
-    app, slack = bot
+    app, slack, _ = bot
     command = {
         "token": "verification", "team_id": AUTH_TEST["team_id"], "team_domain": "canned",
         "channel_id": "C0CANNED", "channel_name": "general", "user_id": "U0ASKER", "user_name": "asker",
@@ -103,10 +103,33 @@ def test_the_slash_command_acks_within_its_response_and_answers_to_its_response_
 
 
 def test_a_retried_event_is_answered_once(bot):
-    app, slack = bot
+    app, slack, _ = bot
     body = mention(CACHE_Q, ts="1700000001.000200")
     for _ in range(3):  # Slack redelivers an event it thinks was not acked
         assert dispatch(app, body).status == 200
     wait_for(lambda: slack.called("chat.postMessage") or slack.called("chat.stopStream"))
     time.sleep(1.0)
     assert len(slack.called("chat.postMessage")) + len(slack.called("chat.startStream")) == 1
+
+
+def test_half_an_emoji_in_a_question_and_garbage_in_its_thread_still_get_an_answer(bot):
+    """A lone surrogate ("\\ud83d", an emoji cut in half) failed the tokenizer and then the feedback
+    database ("surrogates not allowed"): the worker died after a generic error reply. Messages of
+    the wrong shape in the thread's history (a number, a list as user, a ts that is no number)
+    are read as absent."""
+    from flytegpt.bot.slack.feedback import FeedbackStore
+
+    app, slack, config = bot
+    root = "1700000002.000100"
+    slack.responses["conversations.replies"] = {"ok": True, "messages": [
+        5, "text", {"ts": "abc", "text": 7}, {"ts": root, "user": ["U0X"], "text": {"a": 1}},
+        {"ts": root, "user": "U0ASKER", "text": f"<@{BOT}> How do I cache a task \ud83d?"},
+        {"ts": "1700000002.000900", "user": "U0ASKER", "text": "and its version \udfff"},
+    ]}
+    event = mention("and the cache version \ud83d?", ts="1700000003.000100")
+    event["event"]["thread_ts"] = root
+    assert dispatch(app, event).status == 200
+    wait_for(lambda: "http" in delivered_text(slack))
+    app.close(wait=True)
+    [row] = [r for r in FeedbackStore(config.bot.feedback_db).questions() if "cache version" in r["question"]]
+    assert row["question"] == "and the cache version \ufffd?"

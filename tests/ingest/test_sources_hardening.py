@@ -271,3 +271,28 @@ def test_an_oversized_export_file_is_skipped_without_reading_it(
     docs, report = _load("slack_export", source)
     assert "larger than" in dict(report.skipped)["general/2023-01-02.json"]
     assert "help/1675245600.000100" in docs and "general/1672567200.000100" in docs
+
+
+def test_a_slack_export_with_half_an_emoji_is_ingested_and_searchable(tmp_path: Path) -> None:
+    """JSON can spell one half of a surrogate pair ("\\ud83d" alone, text cut mid-emoji); Python
+    reads it as a str no UTF-8 encoder accepts. It ended the whole ingest ("surrogates not
+    allowed") from the tokenizer; now it reads as U+FFFD, here and in a search of it."""
+    export = tmp_path / "export"
+    (export / "gen\\ud83d").mkdir(parents=True)
+    (export / "users.json").write_text('[{"id": "U1", "name": "ann\\udfff"}]')
+    (export / "channels.json").write_text('[{"id": "C1", "name": "gen\\ud83d"}]')
+    (export / "gen\\ud83d" / "2024-01-01.json").write_text(
+        '[{"type": "message", "user": "U1", "ts": "1700000000.000100", "thread_ts": "1700000000.000100",'
+        ' "text": "How do I cache a task \\ud83d?"},'
+        ' {"type": "message", "user": "U1", "ts": "1700000001.000100", "thread_ts": "1700000000.000100",'
+        ' "text": "Set cache=True and a cache_version \\udc00"}]')
+    config = tmp_path / "flytegpt.toml"
+    config.write_text('[[sources]]\nname = "s"\nkind = "slack_export"\npath = "export"\n')
+    store = str(tmp_path / "store")
+    runner = CliRunner()
+    result = runner.invoke(main, ["ingest", "--config", str(config), "--store", store, "--quiet"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["search", "cache a task \udcff", "--config", str(config), "--store", store],
+                           env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "How do I cache a task \ufffd?" in result.output

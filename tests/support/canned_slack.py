@@ -3,7 +3,8 @@
 The emulator (slack_emulator.py) answers like Slack; this one answers the way Bolt's and
 slack_sdk's own test servers do: `auth.test` with a bot identity, every other method a bare
 `{"ok": true}` (no `ts`, no `messages`, no `channel`). A bot that reads a field Slack usually
-sends, without a default, fails here and nowhere else. Records each call as (method, arguments).
+sends, without a default, fails here and nowhere else. Records each call as (method, arguments);
+`responses` sets a method's whole response (e.g. a thread of malformed messages).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ AUTH_TEST = {"ok": True, "url": "https://canned.slack.com/", "team": "Canned", "
 class CannedSlack:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict]] = []
+        self.responses: dict[str, dict] = {}  # method -> its whole response, instead of {"ok": true}
         self._lock = threading.Lock()
         stand_in = self
 
@@ -33,7 +35,8 @@ class CannedSlack:
                 method = self.path.strip("/")
                 with stand_in._lock:
                     stand_in.calls.append((method, args))
-                body = json.dumps(AUTH_TEST if method == "auth.test" else {"ok": True}).encode()
+                reply = AUTH_TEST if method == "auth.test" else stand_in.responses.get(method, {"ok": True})
+                body = json.dumps(reply).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
