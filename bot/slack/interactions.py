@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flytegpt.bot import messages
+from flytegpt.ingest.models import valid_unicode
 
 from . import blocks
 from .delivery import RESPONSE_URL_POSTS
@@ -21,10 +22,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _part(body: dict, key: str) -> dict:
+    value = body.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _who_and_where(body: dict) -> tuple[str, str | None]:
-    user = (body.get("user") or {}).get("id", "")
-    channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-    return user, channel
+    """(user, channel) of a click; a field of the wrong type reads as absent."""
+    user = _part(body, "user").get("id")
+    channel = _part(body, "channel").get("id") or _part(body, "container").get("channel_id")
+    return (user if isinstance(user, str) else ""), (channel if isinstance(channel, str) else None)
+
+
+def _answer_id(value: object) -> str:
+    """A button's value as an answer id to look up (one that is not ours is simply unknown)."""
+    return valid_unicode(value) if isinstance(value, str) else ""
 
 
 class Interactions:
@@ -34,7 +46,7 @@ class Interactions:
     def vote(self, body: dict, answer_id: str, vote: "Vote") -> None:
         """Store a vote and tell the voter whether it counted."""
         user, channel = _who_and_where(body)
-        result = self.recorder.record_vote(answer_id, vote, user=user, channel=channel)
+        result = self.recorder.record_vote(_answer_id(answer_id), vote, user=user, channel=channel)
         if result == "stored":
             self.metrics.feedback.labels(vote).inc()
         reply = {"stored": messages.THANKS, "unknown": messages.VOTE_UNKNOWN_ANSWER}.get(result,
@@ -44,6 +56,7 @@ class Interactions:
     def share(self, body: dict, answer_id: str) -> None:
         """Post a /flytegpt answer (ephemeral so far) for everyone in the channel."""
         user, channel = _who_and_where(body)
+        answer_id = _answer_id(answer_id)
         stored = self.recorder.get_answer(answer_id)
         if stored is None:
             self.delivery.respond(body, messages.SHARE_GONE, channel, user)

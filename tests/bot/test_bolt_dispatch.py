@@ -133,3 +133,24 @@ def test_half_an_emoji_in_a_question_and_garbage_in_its_thread_still_get_an_answ
     app.close(wait=True)
     [row] = [r for r in FeedbackStore(config.bot.feedback_db).questions() if "cache version" in r["question"]]
     assert row["question"] == "and the cache version \ufffd?"
+
+
+@pytest.mark.parametrize("value", ["", "no-such-answer", "x" * 3000 + "\ud800", 5])
+def test_a_click_on_an_answer_it_does_not_know_is_told_so(bot, value):
+    """Button values are the bot's own answer ids; one it does not know (a forged or a stale
+    payload, half an emoji, a number) is answered with a notice, never a failed worker."""
+    from flytegpt.bot import messages
+    from flytegpt.bot.slack import blocks
+
+    app, slack, _ = bot
+    for action_id, notice in ((blocks.ACTION_FEEDBACK_UP, messages.VOTE_UNKNOWN_ANSWER),
+                              (blocks.ACTION_SHARE, messages.SHARE_GONE)):
+        before = len(slack.called("chat.postEphemeral"))
+        body = {"type": "block_actions", "team": {"id": AUTH_TEST["team_id"]}, "user": {"id": "U0ASKER"},
+                "api_app_id": "A0CANNED", "token": "verification", "trigger_id": "1.2.3",
+                "channel": {"id": "C0CANNED"}, "container": {"type": "message", "channel_id": "C0CANNED"},
+                "actions": [{"action_id": action_id, "block_id": "b", "type": "button", "value": value,
+                             "action_ts": "1700000000.000100"}]}
+        assert dispatch(app, body).status == 200
+        [reply] = wait_for(lambda: slack.called("chat.postEphemeral")[before:])
+        assert reply["text"] == notice and reply["user"] == "U0ASKER"
