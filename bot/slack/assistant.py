@@ -66,17 +66,20 @@ class AssistantPanel:
         self.assistant.user_message(self.on_user_message)
 
     def on_thread_started(self, payload: dict, set_suggested_prompts: Callable[..., Any]) -> None:
-        thread = payload.get("assistant_thread") or {}
-        if thread.get("thread_ts"):
-            self.contexts.remember(thread["thread_ts"], thread.get("context") or {})
+        self._remember_context(payload)
         prompts = [{"title": p, "message": p} for p in self.config.bot.suggested_prompts]
         if prompts:
             self.side.submit(self._quietly, set_suggested_prompts, "suggested prompts", prompts=prompts)
 
     def on_context_changed(self, payload: dict) -> None:
-        thread = payload.get("assistant_thread") or {}
-        if thread.get("thread_ts"):
-            self.contexts.remember(thread["thread_ts"], thread.get("context") or {})
+        self._remember_context(payload)
+
+    def _remember_context(self, payload: dict) -> None:
+        """The channel the user is looking at, per panel thread (a field of the wrong type: ignored)."""
+        thread = payload.get("assistant_thread")
+        if isinstance(thread, dict) and isinstance(thread.get("thread_ts"), str):
+            context = thread.get("context")
+            self.contexts.remember(thread["thread_ts"], context if isinstance(context, dict) else {})
 
     def on_user_message(self, body: dict, payload: dict, set_title: Callable[..., Any]) -> None:
         event = payload
@@ -85,7 +88,8 @@ class AssistantPanel:
         if not (isinstance(channel, str) and isinstance(ts, str) and isinstance(thread, str) and user) \
                 or user == self.bot_user_id or event.get("subtype") not in (None, "file_share"):
             return
-        text = strip_mentions(event.get("text") or "", self.bot_user_id)
+        text = event.get("text")
+        text = strip_mentions(text if isinstance(text, str) else "", self.bot_user_id)
         q = Question("assistant", text, channel, user, ts, thread_ts=thread, history_root=thread,
                      team=event.get("user_team") or event.get("team"))
         if thread not in self._titled and text.strip():

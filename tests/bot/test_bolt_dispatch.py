@@ -154,3 +154,28 @@ def test_a_click_on_an_answer_it_does_not_know_is_told_so(bot, value):
         assert dispatch(app, body).status == 200
         [reply] = wait_for(lambda: slack.called("chat.postEphemeral")[before:])
         assert reply["text"] == notice and reply["user"] == "U0ASKER"
+
+
+def test_malformed_assistant_panel_events_are_ignored_or_answered_without_errors(bot, caplog):
+    """The panel's events with fields of the wrong type (an `assistant_thread` that is a string,
+    a `context` that is a number, a message `text` that is a number) made Bolt log a failed
+    listener; now they are read as absent."""
+    import logging
+
+    app, slack, _ = bot
+    thread = {"user_id": "U0ASKER", "channel_id": "D0PANEL", "thread_ts": "1700000010.000100",
+              "context": {"channel_id": "C0CANNED", "team_id": AUTH_TEST["team_id"]}}
+    events = [
+        {"type": "assistant_thread_started", "assistant_thread": "x", "event_ts": "1700000010.000200"},
+        {"type": "assistant_thread_context_changed", "assistant_thread": {**thread, "context": 5},
+         "event_ts": "1700000010.000300"},
+        {"type": "message", "channel": "D0PANEL", "channel_type": "im", "user": "U0ASKER", "text": 5,
+         "ts": "1700000011.000100", "thread_ts": thread["thread_ts"]},
+    ]
+    with caplog.at_level(logging.ERROR):
+        for i, event in enumerate(events):
+            body = {**mention("unused", ts=f"17000000{20 + i}.000100"), "event": event}
+            assert dispatch(app, body).status == 200
+        wait_for(lambda: slack.called("chat.postMessage"))  # the empty question is told what to ask
+        app.close(wait=True)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
