@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from flytegpt.ingest.models import Chunk
+from flytegpt.ingest.models import Chunk, valid_unicode
 
 METRICS = ("recall@5", "recall@10", "mrr@10", "coverage@10", "recall@8000c")
 CONTEXT_CHARS = 8000
@@ -67,7 +67,9 @@ def _question(d: object, n: int) -> Question:
         gold = [gold]
     if not isinstance(gold, list) or not gold or not all(isinstance(g, str) and g.strip() for g in gold):
         raise ValueError("'gold' must be a list of source ids (\"<source name>:<locator>\"), at least one")
-    return Question(id=str(d.get("id", n)), question=question, gold=tuple(gold), kind=str(d.get("kind") or "all"))
+    # valid Unicode like every document (a lone surrogate cannot even be printed)
+    return Question(id=valid_unicode(str(d.get("id", n))), question=valid_unicode(question),
+                    gold=tuple(valid_unicode(g) for g in gold), kind=valid_unicode(str(d.get("kind") or "all")))
 
 
 def unknown_gold(questions: Sequence[Question], source_ids: Iterable[str]) -> list[str]:

@@ -78,6 +78,15 @@ def test_a_gold_id_written_as_a_string_is_one_id_and_unknown_ids_are_named(tmp_p
     assert unknown_gold([q], ["docs:other.md"]) == ["docs:page.md"] and unknown_gold([q], ["docs:page.md"]) == []
 
 
+def test_a_question_file_with_half_an_emoji_loads_as_valid_text(tmp_path):
+    """JSON escapes can spell a lone surrogate; `flytegpt eval --misses` then failed to print it."""
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"id": "a\\ud800", "question": "cache \\ud83d", "gold": ["docs:p\\udfff.md"]}\n')
+    (q,) = load_questions(path)
+    assert (q.id, q.question, q.gold) == ("a\ufffd", "cache \ufffd", ("docs:p\ufffd.md",))
+    "".join((q.id, q.question, *q.gold)).encode("utf-8")  # printable
+
+
 def test_an_unreadable_question_file_is_an_error(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_bytes(b'{"question": "\xff"}\n')
