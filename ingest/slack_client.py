@@ -99,7 +99,8 @@ def pages(first: "SlackResponse", on_repeat: Callable[[str], None] | None = None
     seen: set[str] = set()
     for page in first:
         yield page
-        cursor = (page.get("response_metadata") or {}).get("next_cursor") or ""
+        meta = page.get("response_metadata")
+        cursor = str((meta.get("next_cursor") if isinstance(meta, dict) else None) or "")
         if cursor in seen:
             if on_repeat is not None:
                 on_repeat(cursor)

@@ -28,8 +28,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from flytegpt.ingest.config import ConfigError, Settings, SourceConfig
-from flytegpt.ingest.models import Document, LoadReport
-from flytegpt.ingest.sources.slack_export import Directory, clean_message, is_noise, thread_document, ts_key
+from flytegpt.ingest.models import Document, LoadReport, valid_document
+from flytegpt.ingest.sources.slack_export import (
+    Directory, clean_message, is_noise, thread_document, ts_key, valid_ts,
+)
 from flytegpt.ingest.store import atomic_write, get_fs, join, read_bytes
 
 if TYPE_CHECKING:
@@ -102,7 +104,7 @@ def _directory(client: "WebClient", report: LoadReport) -> Directory:
     d = Directory()
     try:
         for page in _pages(client.users_list(limit=PAGE_LIMIT), "users.list", report):
-            for u in page.get("members", []):
+            for u in _listed(page, "members"):
                 d.add_user(u)
     except SlackApiError as e:  # e.g. missing users:read: messages keep user ids, nothing else breaks
         report.skip("users.list", f"user names unavailable: {e.response.get('error')}")
@@ -114,7 +116,7 @@ def _channels(client: "WebClient", source: SourceConfig, d: Directory, report: L
     listed: list[dict] = []
     for page in _pages(client.conversations_list(types="public_channel,private_channel", exclude_archived=True,
                                                  limit=PAGE_LIMIT), "conversations.list", report):
-        listed.extend(page.get("channels", []))
+        listed.extend(c for c in _listed(page, "channels") if isinstance(c.get("id"), str))
     for c in listed:
         d.channel_names[c["id"]] = c.get("name", c["id"])
         d.channel_ids[c.get("name", c["id"])] = c["id"]
@@ -132,6 +134,18 @@ def _channels(client: "WebClient", source: SourceConfig, d: Directory, report: L
     return chosen
 
 
+def _listed(page: "SlackResponse", key: str) -> list[dict]:
+    """The objects of a response's list field: anything else in it (a number, a string) is skipped,
+    as a field of the wrong type is in an export."""
+    items = page.get(key)
+    return [x for x in items if isinstance(x, dict)] if isinstance(items, list) else []
+
+
+def _messages(page: "SlackResponse") -> list[dict]:
+    """A page's messages with their fields of Slack's types (clean_message) and a usable ts."""
+    return [m for m in map(clean_message, _listed(page, "messages")) if valid_ts(m.get("ts"))]
+
+
 def _activity(msg: dict) -> float:
     """When a thread last changed, as far as its parent in the history tells."""
     stamps = [msg.get("ts"), msg.get("latest_reply"), (msg.get("edited") or {}).get("ts")]
@@ -142,14 +156,15 @@ def _thread_document(
     source: SourceConfig, channel_id: str, channel: str, root: str, messages: list[dict], d: Directory
 ) -> Document | None:
     msgs = [m for m in map(clean_message, messages) if not is_noise(m, d)]
-    return thread_document(source, channel, channel_id, root, msgs, d) if msgs else None
+    # valid Unicode before the snapshot of threads is written (pipeline.iter_documents is later)
+    return valid_document(thread_document(source, channel, channel_id, root, msgs, d)) if msgs else None
 
 
 def _replies(client: "WebClient", channel_id: str, root: str, report: LoadReport) -> list[dict]:
     messages: list[dict] = []
     for page in _pages(client.conversations_replies(channel=channel_id, ts=root, limit=PAGE_LIMIT),
                        "conversations.replies", report):
-        messages.extend(page.get("messages", []))
+        messages.extend(_messages(page))
     return messages
 
 
@@ -174,7 +189,7 @@ def load_slack_api(
         changed: list[dict] = []
         history = client.conversations_history(channel=channel_id, oldest=f"{oldest:.6f}", limit=PAGE_LIMIT)
         for page in _pages(history, "conversations.history", report):
-            for msg in page.get("messages", []):
+            for msg in _messages(page):
                 if msg.get("thread_ts") not in (None, msg.get("ts")):
                     continue  # a reply broadcast to the channel: its thread is read with the parent
                 activity = _activity(msg)

@@ -248,7 +248,7 @@ def ts_key(ts: str) -> tuple[int, int]:
 _MAX_TS = 2**33  # seconds: past the year 2200, and still a date on every platform
 
 
-def _valid_ts(ts: Any) -> bool:
+def valid_ts(ts: Any) -> bool:
     return isinstance(ts, str) and re.fullmatch(r"\d+(\.\d+)?", ts) is not None and ts_key(ts)[0] < _MAX_TS
 
 
@@ -319,7 +319,7 @@ def _read_day(tree: _Tree, rel: str, report: LoadReport) -> list[dict] | None:
     if not isinstance(data, list):
         report.skip(rel, f"expected a list of messages, got {type(data).__name__}")
         return None
-    bad = sum(1 for m in data if not isinstance(m, dict) or not _valid_ts(m.get("ts")))
+    bad = sum(1 for m in data if not isinstance(m, dict) or not valid_ts(m.get("ts")))
     if bad:
         report.skip(rel, f"{bad} of {len(data)} messages have no valid 'ts'")
         return None
@@ -338,7 +338,7 @@ def _channel_documents(
                 messages.setdefault(msg["ts"], msg)
     threads: dict[str, list[dict]] = {}
     for msg in messages.values():
-        root = msg.get("thread_ts") if _valid_ts(msg.get("thread_ts")) else msg["ts"]
+        root = msg.get("thread_ts") if valid_ts(msg.get("thread_ts")) else msg["ts"]
         threads.setdefault(root, []).append(msg)
     channel_id = d.channel_ids.get(channel)
     for root in sorted(threads, key=ts_key):

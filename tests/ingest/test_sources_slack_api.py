@@ -155,3 +155,31 @@ def test_a_server_that_repeats_its_cursor_does_not_page_forever(
     assert "repeated the cursor" in dict(report.skipped)["conversations.list"]
     assert len(emu.calls_to("conversations.list")) == 2  # the first page and the one repeat
     assert {d.source_id for d in docs} == {f"live:flyte-support/{ts(0)}", f"live:flyte-support/{ts(3600)}"}
+
+
+def test_responses_of_the_wrong_shape_read_as_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second stand-in that answers with what Slack never sends: numbers and strings among
+    members, channels and messages, a channel id that is a number, a ts that is no number, a
+    cursor that is a number (and repeats), half an emoji in a name and a message. The ingest
+    read the whole source or nothing: it now keeps the one real thread."""
+    from support.canned_slack import CannedSlack
+
+    root = ts(0)
+    with CannedSlack() as slack:
+        slack.responses.update({
+            "users.list": {"ok": True, "members": [5, {"id": ["U"]}, {"id": "U1", "name": "ana\ud83d", "profile": "p"}]},
+            "conversations.list": {"ok": True, "channels": ["c", {"id": 5}, {"id": "C1", "name": "gen\ud83d",
+                                                                             "is_member": True}]},
+            "conversations.history": {"ok": True, "response_metadata": {"next_cursor": 5}, "messages": [
+                7, {"ts": "soon"}, {"ts": root, "user": "U1", "text": "How do I cache a task \ud83d?", "reply_count": 2}]},
+            "conversations.replies": {"ok": True, "messages": [
+                {"ts": root, "user": "U1", "text": "How do I cache a task \ud83d?"},
+                {"ts": ts(30), "user": "U1", "text": {"not": "text"}}, "x",
+                {"ts": ts(60), "user": "U1", "text": "Set cache=True and a cache_version."}]},
+        })
+        monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+        monkeypatch.setenv("SLACK_API_URL", slack.url)
+        docs, report = read(source(tmp_path), tmp_path / "store")
+    [doc] = docs
+    assert "How do I cache a task \ufffd?" in doc.text and "cache_version" in doc.text
+    assert any("repeated the cursor '5'" in reason for _, reason in report.skipped)
