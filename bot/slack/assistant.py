@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from slack_bolt import Assistant
 
-from .history import strip_mentions
+from .history import question_text
 from .question import Question
 
 if TYPE_CHECKING:
@@ -88,8 +88,7 @@ class AssistantPanel:
         if not (isinstance(channel, str) and isinstance(ts, str) and isinstance(thread, str) and user) \
                 or user == self.bot_user_id or event.get("subtype") not in (None, "file_share"):
             return
-        text = event.get("text")
-        text = strip_mentions(text if isinstance(text, str) else "", self.bot_user_id)
+        text = question_text(event.get("text"), self.bot_user_id)
         q = Question("assistant", text, channel, user, ts, thread_ts=thread, history_root=thread,
                      team=event.get("user_team") or event.get("team"))
         if thread not in self._titled and text.strip():

@@ -108,7 +108,7 @@ class ThreadHistory:
             elif m.get("bot_id") or m.get("subtype") not in (None, "thread_broadcast", "file_share"):
                 continue  # other bots, joins, edits: not part of the conversation
             else:
-                text = strip_mentions(m.get("text", ""), bot_user_id)
+                text = question_text(m.get("text"), bot_user_id)
                 if text:
                     turns.append(Turn("user", valid_unicode(text)))
         return turns[-max_turns:] if max_turns > 0 else []
@@ -120,6 +120,17 @@ def _ts(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def question_text(text: object, bot_user_id: str | None) -> str:
+    """What the user typed, from a message's `text`: the bot's mention removed, then Slack's
+    markup and escapes read as the indexed threads read them (`&lt;` -> `<`, `<url|label>` ->
+    "label (url)", `<@U1>` -> "@U1"), so a pasted error or link searches as written."""
+    from flytegpt.ingest.sources.slack_export import Directory, render_markup
+
+    if not isinstance(text, str):
+        return ""
+    return render_markup(strip_mentions(text, bot_user_id), Directory()).strip()
 
 
 def strip_mentions(text: str, bot_user_id: str | None) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 from flytegpt.bot import messages
 
 from . import blocks
-from .history import strip_mentions
+from .history import question_text
 from .question import Question
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class EventRouter:
         if event.get("channel_type") == "im":
             if not self._claim(event):
                 return
-            text = strip_mentions(event.get("text", ""), self.bot_user_id)
+            text = question_text(event.get("text"), self.bot_user_id)
             thread = event.get("thread_ts")
             self._dispatch(Question("dm", text, event["channel"], event["user"], event["ts"],
                                     thread_ts=thread, history_root=thread))
@@ -98,7 +98,7 @@ class EventRouter:
     def on_command(self, ack: Callable, command: dict) -> None:
         from .blocks import render_markdown_notice
 
-        text = (command.get("text") or "").strip()
+        text = question_text(command.get("text"), None)
         if not text or text.lower() in ("help", "-h", "--help", "?"):
             ack(text=render_markdown_notice(messages.USAGE).text, response_type="ephemeral")
             return
@@ -186,7 +186,7 @@ class EventRouter:
         if not self._claim(event):
             return
         thread = event.get("thread_ts") or event["ts"]
-        q = Question("mention" if mentioned else "followup", strip_mentions(event.get("text", ""), self.bot_user_id),
+        q = Question("mention" if mentioned else "followup", question_text(event.get("text"), self.bot_user_id),
                      channel, event["user"], event["ts"], thread_ts=thread, history_root=event.get("thread_ts"),
                      team=event.get("user_team") or event.get("team"))
         if mentioned:

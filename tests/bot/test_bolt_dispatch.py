@@ -179,3 +179,19 @@ def test_malformed_assistant_panel_events_are_ignored_or_answered_without_errors
         wait_for(lambda: slack.called("chat.postMessage"))  # the empty question is told what to ask
         app.close(wait=True)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_question_is_read_as_typed_not_as_slack_escapes_it(bot):
+    """Slack sends `<` as `&lt;` and links as `<url|label>`: a pasted error was searched, recorded
+    and shown to the model with the escapes in it (and shown back escaped twice)."""
+    from flytegpt.bot.slack.feedback import FeedbackStore
+
+    app, slack, config = bot
+    typed = ("Why `TypeError: '&lt;' not supported between 'str' &amp; 'int'` in "
+             "<https://docs.flyte.org/x|the caching docs> for <@U0OTHER>?")
+    assert dispatch(app, mention(typed, ts="1700000030.000100")).status == 200
+    wait_for(lambda: "http" in delivered_text(slack))
+    app.close(wait=True)
+    [row] = [r for r in FeedbackStore(config.bot.feedback_db).questions() if "TypeError" in r["question"]]
+    assert row["question"] == ("Why `TypeError: '<' not supported between 'str' & 'int'` in "
+                               "the caching docs (https://docs.flyte.org/x) for @U0OTHER?")
