@@ -313,9 +313,9 @@ def run_ingest(
 
     # BM25 is built on a thread while the model loads and embeds: tokenising is Python that
     # takes the GIL in short slices, the model runs outside it, so a re-ingest's second of
-    # BM25 hides behind loading the model and embedding the changed chunks. It still ends
-    # before the vectors and FAISS's copy of them exist, so its transient token lists are
-    # never on top of those.
+    # BM25 hides behind loading the model and embedding the changed chunks. It is waited for
+    # before the FAISS index is built, so its transient token lists are never on top of
+    # FAISS's copy of the vectors.
     keyword_build = _Background(_build_keyword, [c.embed_text for c in chunks])
     tuned = None
     if embedder is None:
