@@ -29,6 +29,17 @@ WORKFLOWS = {
 }
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors `flytegpt ingest` reports as one message (flytekit's local executor re-raises a
+    task's error as its own type, the task named in the message)."""
+    from flytegpt.ingest.artifact import ArtifactError
+    from flytegpt.ingest.config import ConfigError
+    from flytegpt.ingest.store import StoreLockError, StoreWriteError
+    from flytegpt.ingest.tuning import TuningError
+
+    return ConfigError, ArtifactError, StoreLockError, StoreWriteError, TuningError
+
+
 def _parse(value: str, annotation: Any) -> Any:
     """A command-line string as the workflow input type: lists as JSON, files as paths."""
     from flytekit.types.file import FlyteFile
@@ -54,7 +65,10 @@ def _command(name: str) -> click.Command:
         if overwrite_cache:
             os.environ["FLYTE_LOCAL_CACHE_OVERWRITE"] = "true"
         values = {k: _parse(v, inputs[k]) for k, v in kwargs.items() if v is not None}
-        result = workflow(**values)
+        try:
+            result = workflow(**values)
+        except _user_errors() as e:  # a config, store or index problem: what and where, not a traceback
+            raise click.ClickException(str(e).strip()) from None
         if isinstance(result, tuple):
             for field in getattr(result, "_fields", range(len(result))):
                 value = getattr(result, field) if isinstance(field, str) else result[field]

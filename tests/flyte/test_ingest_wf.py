@@ -260,3 +260,15 @@ def test_nightly_sources_git_and_slack_api_through_the_workflow(
         assert second != first and read_latest(str(store)) == second
         assert open_version(str(store)).manifest["counts"] == {"community": 2, "upstream-docs": 3}
         assert len(emu.calls_to("conversations.replies")) == 1  # the old thread was not re-read
+
+
+def test_a_local_run_with_a_missing_config_says_so_in_one_message(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "flytegpt.flyte", "ingest_wf", "--config_path", str(tmp_path / "missing.toml"),
+         "--store", str(tmp_path / "store")],
+        cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 1
+    assert "config file not found" in proc.stderr and str(tmp_path / "missing.toml") in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
