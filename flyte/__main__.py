@@ -37,7 +37,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from flytegpt.ingest.store import StoreLockError, StoreWriteError
     from flytegpt.ingest.tuning import TuningError
 
-    return ConfigError, ArtifactError, StoreLockError, StoreWriteError, TuningError
+    from flytekit.core.type_engine import TypeTransformerFailedError  # an input of the wrong type
+
+    return ConfigError, ArtifactError, StoreLockError, StoreWriteError, TuningError, TypeTransformerFailedError
 
 
 def _parse(value: str, annotation: Any) -> Any:
@@ -64,7 +66,10 @@ def _command(name: str) -> click.Command:
     def run(overwrite_cache: bool, **kwargs: str | None) -> None:
         if overwrite_cache:
             os.environ["FLYTE_LOCAL_CACHE_OVERWRITE"] = "true"
-        values = {k: _parse(v, inputs[k]) for k, v in kwargs.items() if v is not None}
+        try:
+            values = {k: _parse(v, inputs[k]) for k, v in kwargs.items() if v is not None}
+        except ValueError as e:  # JSON that does not parse, a number that is not one
+            raise click.BadParameter(str(e)) from None
         try:
             result = workflow(**values)
         except _user_errors() as e:  # a config, store or index problem: what and where, not a traceback

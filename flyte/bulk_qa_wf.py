@@ -65,11 +65,13 @@ def answer_questions(
     """Answer every question on one index version (LATEST unless `version` is given)."""
     from flytegpt.bot.answering import Answerer, write_report
     from flytegpt.ingest.config import Settings
+    from flytegpt.ingest.models import valid_unicode
     from flytegpt.ingest.search import HybridSearcher
 
     asked = [q.strip() for q in questions or [] if q.strip()]
     if questions_file is not None:
         asked += parse_questions(Path(questions_file.download()).read_text(encoding="utf-8"))
+    asked = [valid_unicode(q) for q in asked]  # half an emoji from a JSON escape: the reports are UTF-8
     if not asked:
         raise ValueError("no questions: pass --questions and/or --questions_file")
 

@@ -100,3 +100,29 @@ def test_no_questions_is_an_error(published: dict, local: None) -> None:
 
     with pytest.raises(Exception, match="no questions"):
         bulk_qa_wf(config_path=published["config"], store=published["store"], questions=["  "])
+
+
+def test_a_question_with_half_an_emoji_is_answered_in_utf8_reports(published: dict, local: None) -> None:
+    """A lone surrogate (a JSON "\\ud83d" cut from its pair) failed writing the UTF-8 reports."""
+    from flytegpt.flyte.bulk_qa_wf import bulk_qa_wf
+
+    reports = bulk_qa_wf(config_path=published["config"], store=published["store"],
+                         questions=["How do I cache a task \ud83d?"])
+    (result,) = json.loads(Path(reports.json_report.path).read_text(encoding="utf-8"))
+    assert result["question"] == "How do I cache a task \ufffd?" and result["citations"]
+
+
+@pytest.mark.parametrize("questions, error", [("[not json", "Invalid value"),
+                                              ("[5, null]", "Failed argument 'questions'")])
+def test_a_local_run_with_questions_that_do_not_parse_says_so(tmp_path: Path, questions: str, error: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "flytegpt.flyte", "bulk_qa_wf", "--config_path", str(sample_config_path()),
+         "--store", str(tmp_path / "store"), "--questions", questions],
+        cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode != 0 and error in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
