@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 from flytegpt.ingest.config import Config
 from flytegpt.ingest.heap import trim_heap
-from flytegpt.ingest.models import Chunk, Document, LoadReport, ModelInfo, valid_document
+from flytegpt.ingest.models import Chunk, Document, LoadReport, ModelInfo
 
 if TYPE_CHECKING:
     import numpy as np
@@ -86,8 +86,7 @@ def iter_documents(
 ) -> Iterator[Document]:
     """Every configured source's documents, one at a time; `reports` gets one entry per source.
 
-    A broken file is reported and skipped, never fatal; text that is not valid Unicode (a lone
-    surrogate from a JSON escape) is repaired here, for every source at once.
+    A broken file is reported and skipped, never fatal.
     """
     from flytegpt.ingest.sources import load_source
 
@@ -98,7 +97,7 @@ def iter_documents(
         docs = load_source(source, report, store=config.index.store)
         for doc in _progress(docs, enabled=progress, desc=f"reading {source.name}", unit="doc"):
             count += 1
-            yield valid_document(doc)
+            yield doc
         report.documents = count
         for name, reason in report.skipped:
             log.warning("%s: skipped %s: %s", source.name, name, reason)

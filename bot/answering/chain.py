@@ -175,8 +175,7 @@ class Answerer:
                 raw = self._invoke(self._chain(prompts.answer_prompt(), deadline), inputs, fitted,
                                    deadline=deadline)
         except _EmptyCompletion:
-            text, citations = offline_answer(standalone, sources, header=prompts.MODEL_EMPTY_NOTE)
-            yield Answer(question, standalone, text, citations, "offline", version, note="empty model output")
+            yield self._empty_output(question, standalone, sources, version)
             return
         except _NoAnswerInTime as e:
             if not e.partial.strip():
@@ -192,10 +191,13 @@ class Answerer:
         text, citations = clean_answer(raw, fitted)
         if not text.strip():  # only characters cleaning removes (NULs, control codes): nothing said
             log.warning("chat model's answer was empty once cleaned: offline passages")
-            text, citations = offline_answer(standalone, sources, header=prompts.MODEL_EMPTY_NOTE)
-            yield Answer(question, standalone, text, citations, "offline", version, note="empty model output")
+            yield self._empty_output(question, standalone, sources, version)
             return
         yield Answer(question, standalone, text, citations, "llm", version)
+
+    def _empty_output(self, question: str, standalone: str, sources: list[Source], version: str | None) -> Answer:
+        text, citations = offline_answer(standalone, sources, header=prompts.MODEL_EMPTY_NOTE)
+        return Answer(question, standalone, text, citations, "offline", version, note="empty model output")
 
     def _too_late(self, question: str, standalone: str, sources: list[Source], version: str | None) -> Answer:
         log.warning("no model answer within the deadline: offline passages",

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from flytegpt.ingest.models import valid_unicode
-from flytegpt.ingest.sources.slack_export import clean_message
+from flytegpt.ingest.sources.slack_export import Directory, clean_messages, render_markup, ts_key, valid_ts
 
 from .blocks import answer_text
 
@@ -70,10 +70,7 @@ class ThreadHistory:
         out: list[dict[str, Any]] = []
         try:
             for page in pages(self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200)):
-                messages = page.get("messages")
-                # fields of the wrong type read as absent, as for an export (slack_export.clean_message)
-                out.extend(clean_message(m) for m in (messages if isinstance(messages, list) else [])
-                           if isinstance(m, dict))
+                out.extend(clean_messages(page))  # fields of the wrong type read as absent
                 if len(out) >= self.max_messages:
                     break
         except SlackApiError as e:  # thread deleted, no access: answer without history
@@ -96,10 +93,9 @@ class ThreadHistory:
         from flytegpt.bot.answering import Turn
 
         turns: list[Turn] = []
-        before = _ts(before_ts)
+        before = ts_key(before_ts) if valid_ts(before_ts) else None
         for m in self.messages(channel, thread_ts, must_include=before_ts):
-            ts = _ts(m.get("ts"))
-            if ts is None or (before is not None and ts >= before):
+            if before is not None and ts_key(m["ts"]) >= before:
                 continue
             if self.is_bot_message(m, bot_user_id, bot_id):
                 text = answer_text(m)
@@ -110,27 +106,18 @@ class ThreadHistory:
             else:
                 text = question_text(m.get("text"), bot_user_id)
                 if text:
-                    turns.append(Turn("user", valid_unicode(text)))
+                    turns.append(Turn("user", text))
         return turns[-max_turns:] if max_turns > 0 else []
-
-
-def _ts(value: Any) -> float | None:
-    """A Slack timestamp as a number, None when it is not one."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def question_text(text: object, bot_user_id: str | None) -> str:
     """What the user typed, from a message's `text`: the bot's mention removed, then Slack's
     markup and escapes read as the indexed threads read them (`&lt;` -> `<`, `<url|label>` ->
-    "label (url)", `<@U1>` -> "@U1"), so a pasted error or link searches as written."""
-    from flytegpt.ingest.sources.slack_export import Directory, render_markup
-
+    "label (url)", `<@U1>` -> "@U1"), so a pasted error or link searches as written; and valid
+    Unicode (half an emoji would fail the tokenizer and the feedback database)."""
     if not isinstance(text, str):
         return ""
-    return render_markup(strip_mentions(text, bot_user_id), Directory()).strip()
+    return valid_unicode(render_markup(strip_mentions(text, bot_user_id), Directory()).strip())
 
 
 def strip_mentions(text: str, bot_user_id: str | None) -> str:

@@ -6,8 +6,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from flytegpt.ingest.models import valid_unicode
-
 Surface = Literal["mention", "dm", "followup", "command", "assistant"]
 
 
@@ -25,7 +23,3 @@ class Question:
     response_url: str | None = None  # slash commands
     team: str | None = None  # the asker's workspace (a streamed reply in a channel names its recipient)
     received: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
-        # a lone surrogate from Slack's JSON would fail the tokenizer and the feedback database
-        self.text = valid_unicode(self.text)

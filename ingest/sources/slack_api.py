@@ -28,9 +28,9 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from flytegpt.ingest.config import ConfigError, Settings, SourceConfig
-from flytegpt.ingest.models import Document, LoadReport, valid_document
+from flytegpt.ingest.models import Document, LoadReport
 from flytegpt.ingest.sources.slack_export import (
-    Directory, clean_message, is_noise, thread_document, ts_key, valid_ts,
+    Directory, clean_messages, is_noise, listed, thread_document, ts_key,
 )
 from flytegpt.ingest.store import atomic_write, get_fs, join, read_bytes
 
@@ -104,7 +104,7 @@ def _directory(client: "WebClient", report: LoadReport) -> Directory:
     d = Directory()
     try:
         for page in _pages(client.users_list(limit=PAGE_LIMIT), "users.list", report):
-            for u in _listed(page, "members"):
+            for u in listed(page, "members"):
                 d.add_user(u)
     except SlackApiError as e:  # e.g. missing users:read: messages keep user ids, nothing else breaks
         report.skip("users.list", f"user names unavailable: {e.response.get('error')}")
@@ -113,18 +113,18 @@ def _directory(client: "WebClient", report: LoadReport) -> Directory:
 
 def _channels(client: "WebClient", source: SourceConfig, d: Directory, report: LoadReport) -> list[tuple[str, str]]:
     """(id, name) of the channels to read: the configured ones, or every channel the bot is in."""
-    listed: list[dict] = []
+    channels: list[dict] = []
     for page in _pages(client.conversations_list(types="public_channel,private_channel", exclude_archived=True,
                                                  limit=PAGE_LIMIT), "conversations.list", report):
-        listed.extend(c for c in _listed(page, "channels") if isinstance(c.get("id"), str))
-    for c in listed:
+        channels.extend(c for c in listed(page, "channels") if isinstance(c.get("id"), str))
+    for c in channels:
         d.channel_names[c["id"]] = c.get("name", c["id"])
         d.channel_ids[c.get("name", c["id"])] = c["id"]
     if not source.channels:
-        return [(c["id"], c.get("name", c["id"])) for c in listed if c.get("is_member")]
+        return [(c["id"], c.get("name", c["id"])) for c in channels if c.get("is_member")]
     chosen = []
     for wanted in source.channels:
-        match = next((c for c in listed if wanted in (c["id"], c.get("name"), "#" + c.get("name", ""))), None)
+        match = next((c for c in channels if wanted in (c["id"], c.get("name"), "#" + c.get("name", ""))), None)
         if match is None:
             report.skip(wanted, "channel not found (archived, or private without the bot)")
         elif not match.get("is_member"):
@@ -132,18 +132,6 @@ def _channels(client: "WebClient", source: SourceConfig, d: Directory, report: L
         else:
             chosen.append((match["id"], match.get("name", match["id"])))
     return chosen
-
-
-def _listed(page: "SlackResponse", key: str) -> list[dict]:
-    """The objects of a response's list field: anything else in it (a number, a string) is skipped,
-    as a field of the wrong type is in an export."""
-    items = page.get(key)
-    return [x for x in items if isinstance(x, dict)] if isinstance(items, list) else []
-
-
-def _messages(page: "SlackResponse") -> list[dict]:
-    """A page's messages with their fields of Slack's types (clean_message) and a usable ts."""
-    return [m for m in map(clean_message, _listed(page, "messages")) if valid_ts(m.get("ts"))]
 
 
 def _activity(msg: dict) -> float:
@@ -155,16 +143,15 @@ def _activity(msg: dict) -> float:
 def _thread_document(
     source: SourceConfig, channel_id: str, channel: str, root: str, messages: list[dict], d: Directory
 ) -> Document | None:
-    msgs = [m for m in map(clean_message, messages) if not is_noise(m, d)]
-    # valid Unicode before the snapshot of threads is written (pipeline.iter_documents is later)
-    return valid_document(thread_document(source, channel, channel_id, root, msgs, d)) if msgs else None
+    msgs = [m for m in messages if not is_noise(m, d)]  # already cleaned (clean_messages)
+    return thread_document(source, channel, channel_id, root, msgs, d) if msgs else None
 
 
 def _replies(client: "WebClient", channel_id: str, root: str, report: LoadReport) -> list[dict]:
     messages: list[dict] = []
     for page in _pages(client.conversations_replies(channel=channel_id, ts=root, limit=PAGE_LIMIT),
                        "conversations.replies", report):
-        messages.extend(_messages(page))
+        messages.extend(clean_messages(page))
     return messages
 
 
@@ -189,7 +176,7 @@ def load_slack_api(
         changed: list[dict] = []
         history = client.conversations_history(channel=channel_id, oldest=f"{oldest:.6f}", limit=PAGE_LIMIT)
         for page in _pages(history, "conversations.history", report):
-            for msg in _messages(page):
+            for msg in clean_messages(page):
                 if msg.get("thread_ts") not in (None, msg.get("ts")):
                     continue  # a reply broadcast to the channel: its thread is read with the parent
                 activity = _activity(msg)

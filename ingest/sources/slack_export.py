@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from flytegpt.ingest.config import ConfigError, SourceConfig
-from flytegpt.ingest.models import Document, LoadReport
+from flytegpt.ingest.models import Document, LoadReport, valid_document
 from flytegpt.ingest.sources._files import inside, is_utf8_name, printable_name
 
 _DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.json$")
@@ -240,6 +240,18 @@ def clean_message(msg: dict) -> dict:
     return out
 
 
+def listed(response: Any, key: str) -> list[dict]:
+    """The objects of a Web API response's list field (`members`, `channels`, `messages`):
+    anything else in it (a number, a string) is skipped, as a field of the wrong type is."""
+    items = response.get(key)
+    return [x for x in items if isinstance(x, dict)] if isinstance(items, list) else []
+
+
+def clean_messages(response: Any) -> list[dict]:
+    """A Web API page's messages, each with its fields of Slack's types and a usable `ts`."""
+    return [m for m in map(clean_message, listed(response, "messages")) if valid_ts(m.get("ts"))]
+
+
 def ts_key(ts: str) -> tuple[int, int]:
     sec, _, frac = ts.partition(".")
     return int(sec or 0), int((frac or "0").ljust(6, "0")[:6])
@@ -362,7 +374,9 @@ def thread_document(
         body = re.sub(r"\n\s*\n", "\n", render_markup(m.get("text", ""), d).strip())
         lines.append(f"{author}: {body}")
     date = datetime.fromtimestamp(ts_key(root)[0], tz=timezone.utc).strftime("%Y-%m-%d")
-    return Document(
+    # valid Unicode: Slack's JSON can spell half an emoji ("\\ud83d" alone), which no UTF-8
+    # writer (the slack_api snapshot, the chunk cache, the tokenizer) accepts
+    return valid_document(Document(
         source=source.name,
         locator=f"{channel}/{root}",
         kind="slack",
@@ -371,4 +385,4 @@ def thread_document(
         text="\n\n".join(lines),
         meta={"channel": channel, "channel_id": channel_id, "thread_ts": root,
               "reply_count": len(msgs) - 1, "date": date},
-    )
+    ))
