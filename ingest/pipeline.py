@@ -382,10 +382,12 @@ class _Background:
             self._error = e
 
     def result(self):
+        """The value, handed over: the caller's `del` then frees it (publish runs after)."""
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._value
+        value, self._value = self._value, None
+        return value
 
 
 def _build_keyword(texts: list[str]) -> "KeywordIndex":

@@ -31,6 +31,24 @@ def build(store: str, n: int = 10, seed: int = 0, publish_it: bool = True, **kw)
     return version
 
 
+@pytest.mark.parametrize("rows", [0, 1, 7, 70_000])
+def test_the_flat_index_file_is_faiss_own_without_a_copy_of_the_vectors(tmp_path: Path, rows: int) -> None:
+    import faiss
+
+    vectors = np.random.default_rng(rows).standard_normal((rows, 24)).astype(np.float32)
+    path = tmp_path / "dense.faiss"
+    artifact.write_flat_index(vectors, str(path))
+    reference = faiss.IndexFlatIP(24)
+    if rows:
+        reference.add(vectors)
+    assert path.read_bytes() == faiss.serialize_index(reference).tobytes()
+    index = faiss.read_index(str(path))
+    assert isinstance(index, faiss.IndexFlatIP) and index.ntotal == rows
+    if rows:
+        _, ids = index.search(vectors[:5], 1)
+        assert (ids[:, 0] == np.arange(min(rows, 5))).all()
+
+
 def test_round_trip(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
     chunks, vectors = make_chunks(10), make_vectors(10)

@@ -173,6 +173,11 @@ def test_openvino_vectors_are_the_pytorch_vectors(ov_cache: str, embedder: Embed
     assert (many * np.tile(ours, (5, 1))).sum(1).min() >= floor
     folder = next(p for p in Path(ov_cache).iterdir() if p.name.endswith("-fp32-v1"))
     assert json.loads((folder / "meta.json").read_text())["quantization"] == "none"
+    # padded to a few widths (OpenVINO keeps state per input shape), never by a whole multiple
+    encoder = ov._load()
+    for _, ids, mask in encoder.batches(SENTENCES, 2):
+        assert ids.shape[1] % encoder.WIDTH_MULTIPLE == 0
+        assert 0 <= ids.shape[1] - mask.sum(1).max() < encoder.WIDTH_MULTIPLE
 
 
 @pytest.mark.slow
