@@ -15,6 +15,20 @@ from typing import Any, Literal
 
 DocKind = Literal["docs", "code", "slack"]
 
+# Code as the embedding model reads it: its words only, the first CODE_DENSE_WORDS of them.
+# WordPiece makes a token of every ".", "(", ":" and "_" (a third of a Python chunk's tokens),
+# which a sentence model trained on prose reads as noise and which pushed the words of long
+# functions past its 256-token window. Measured on the dev sets (README, "How well it
+# retrieves"): 128 words are ~20% fewer tokens for the whole eval corpus, with dev MRR@10 and
+# coverage@10 up and every other figure equal; BM25 still reads the whole embed_text.
+CODE_DENSE_WORDS = 128
+_NOT_A_WORD = re.compile(r"[\W_]+")
+
+
+def code_words(code: str, limit: int | None = None) -> str:
+    """The words of `code` (identifiers split at punctuation and underscores), the first `limit`."""
+    return " ".join(_NOT_A_WORD.sub(" ", code).split()[:limit])
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -65,7 +79,7 @@ class Chunk:
     title: str  # page title + heading path, "module.Class.method", thread title
     url: str  # code: with #Lstart-Lend
     text: str  # what is shown and cited
-    embed_text: str  # what is embedded and keyword-indexed (text plus its context)
+    embed_text: str  # what is keyword-indexed and, as dense_text, embedded (text plus its context)
     start_line: int | None = None
     end_line: int | None = None
 
@@ -74,12 +88,19 @@ class Chunk:
         """The configured name of the source this chunk came from."""
         return self.source_id.split(":", 1)[0]
 
+    @property
+    def dense_text(self) -> str:
+        """What the embedding model reads: the embed text, or a code chunk's first words."""
+        if self.kind != "code":
+            return self.embed_text
+        return code_words(self.embed_text, CODE_DENSE_WORDS)
+
     def content_key(self, model_id: str) -> str:
-        """Content address of this chunk's embedding: same model + same text = same vector."""
+        """Content address of this chunk's embedding: same model + same text read = same vector."""
         h = hashlib.sha256()
         h.update(model_id.encode())
         h.update(b"\0")
-        h.update(self.embed_text.encode())
+        h.update(self.dense_text.encode())
         return h.hexdigest()
 
     def to_dict(self) -> dict[str, Any]:

@@ -211,7 +211,7 @@ def embed_chunks(
             trim_heap()  # writing the shard copied its vectors once; don't keep that copy's pages
 
     fresh = embedder.embed_documents(
-        [chunks[i].embed_text for i in missing.values()], progress=progress, on_block=keep
+        [chunks[i].dense_text for i in missing.values()], progress=progress, on_block=keep
     )
     cache.flush()
     stats = {"computed": len(missing), "reused": len(chunks) - len(missing)}

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from flytegpt.ingest.chunking import is_evidence
 from flytegpt.ingest.config import Config, TuningConfig
-from flytegpt.ingest.models import Chunk
+from flytegpt.ingest.models import Chunk, code_words
 from flytegpt.ingest.store import atomic_write, get_fs, is_local, join, list_dir, read_bytes
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def _pair(chunk: Chunk) -> Pair | None:
         code = (text[: match.start()] + text[match.end():]).strip()
         if len(doc) < 30 or len(code) < 40:
             return None
-        return Pair(doc, code, "code")
+        return Pair(doc, code_words(code), "code")  # code as the index embeds it (Chunk.dense_text)
     return None
 
 

@@ -77,7 +77,7 @@ def main() -> int:
     args.backend = args.backend or config.embeddings.backend
     args.precision = args.precision or config.embeddings.precision
     documents, _ = collect(config, progress=False)
-    texts = sorted({c.embed_text for c in chunk_documents(documents)})
+    texts = sorted({c.dense_text for c in chunk_documents(documents)})  # what our pipeline embeds
     sample = random.Random(0).sample(texts, min(args.sample, len(texts)))
     halves = [sample[: len(sample) // 2], sample[len(sample) // 2 :]]
     print(f"corpus: {len(texts)} distinct chunks, mean {sum(map(len, texts)) / len(texts):.0f} chars; "
@@ -246,7 +246,7 @@ def end_to_end(args, config, seed_model) -> bool:
                     summary = run_ingest(cfg, progress=False)
                     wall = time.perf_counter() - t
                     if name not in facts:
-                        texts = [c.embed_text for c in open_version(tmp).chunks]
+                        texts = [c.dense_text for c in open_version(tmp).chunks]
                         label = f"{name} [{summary.backend} {summary.precision}]"
                         facts[name] = (label, summary.chunks, model_tokens(texts, tokenizer, max_len))
                 walls[name].append(wall)

@@ -234,6 +234,26 @@ def _chunk(text: str, i: int) -> Chunk:
     return Chunk(source_id=f"docs:{i}.md", kind="docs", title="t", url="u", text=text, embed_text=text)
 
 
+def test_code_is_embedded_as_its_first_words_everything_else_as_written() -> None:
+    from flytegpt.ingest.models import CODE_DENSE_WORDS
+
+    def code(embed_text: str) -> Chunk:
+        return Chunk(source_id="code:m.py", kind="code", title="m.f", url="u", text="x", embed_text=embed_text)
+
+    chunk = code("flytekit.core.task (module)\n\n@task(cache=True)\ndef with_overrides(self, **kw) -> \"Node\":  # données")
+    assert chunk.dense_text == "flytekit core task module task cache True def with overrides self kw Node données"
+    # punctuation is not read, so it does not make another vector
+    assert code("a.b(c)  -> d").content_key("m") == code("a b c d").content_key("m")
+    assert code("a.b(c)").content_key("m") != code("a.b(e)").content_key("m")
+    long = code(" ".join(f"name_{i}" for i in range(400)))
+    assert long.dense_text.split() == [w for i in range(CODE_DENSE_WORDS // 2) for w in ("name", str(i))]
+    assert long.embed_text.endswith("name_399")  # BM25 and the answer still have all of it
+    for kind in ("docs", "slack"):
+        prose = Chunk(source_id=f"{kind}:a", kind=kind, title="t", url="u", text="x",
+                      embed_text="Use `@task(cache=True)`: see flytekit.core.task.")
+        assert prose.dense_text is prose.embed_text
+
+
 def test_embed_chunks_matches_one_call_and_reuses_the_cache(tmp_path: Path, embedder: Embedder) -> None:
     from flytegpt.ingest.config import Config, IndexConfig
     from flytegpt.ingest.pipeline import embed_chunks
@@ -252,6 +272,13 @@ def test_embed_chunks_matches_one_call_and_reuses_the_cache(tmp_path: Path, embe
     assert stats == {"computed": 1, "reused": len(more) - 1}
     np.testing.assert_array_equal(np.delete(again, 2, axis=0), vectors)
     np.testing.assert_allclose(again[2], embedder.embed_query(more[2].embed_text), atol=1e-4)
+
+    # a code chunk is embedded as the words the model reads (Chunk.dense_text), keyed by them
+    code = Chunk(source_id="code:pkg/core.py", kind="code", title="pkg.core.register", url="u",
+                 text="def register(self, name: str) -> None:", embed_text="pkg.core.register\n\ndef register(self, name: str) -> None:")
+    [vector], stats = embed_chunks([code], config, embedder=embedder, progress=False)
+    assert stats == {"computed": 1, "reused": 0}
+    np.testing.assert_allclose(vector, embedder.embed_query("pkg core register def register self name str None"), atol=1e-4)
 
     # unchanged chunks: nothing computed, and the model is never loaded
     fresh = Embedder(embedder.model_id, device="cpu")

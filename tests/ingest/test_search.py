@@ -52,7 +52,7 @@ def _chunk(source_id: str, title: str, text: str) -> Chunk:
 def store(tmp_path_factory: pytest.TempPathFactory, embedder) -> str:
     store = str(tmp_path_factory.mktemp("search") / "store")
     chunks = [_chunk(*row) for row in CORPUS]
-    vectors = embedder.embed_documents([c.embed_text for c in chunks])
+    vectors = embedder.embed_documents([c.dense_text for c in chunks])
     version = write_version(store, chunks, vectors, ModelInfo(embedder.model_id, embedder.dimension, True))
     publish(store, version)
     return store

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from flytegpt.ingest import artifact, tuning
 from flytegpt.ingest.config import Config, TuningConfig, load_config, sample_config_path
 from flytegpt.ingest.embedding import Embedder
-from flytegpt.ingest.models import Chunk
+from flytegpt.ingest.models import Chunk, code_words
 from flytegpt.ingest.pipeline import collect_chunks, run_ingest
 from flytegpt.ingest.search import HybridSearcher
 
@@ -46,6 +46,7 @@ def test_the_corpus_gives_question_like_pairs_of_every_kind(sample_chunks: list[
         assert not p.anchor.split()[0].endswith(":"), p.anchor  # the speaker is not part of the question
     for p in by_kind["code"]:
         assert p.anchor not in p.positive  # the docstring is the question, the code without it the answer
+        assert p.positive == code_words(p.positive) and "(" not in p.positive  # as the index embeds code
     assert len({p.key for p in pairs}) == len(pairs)
 
 
