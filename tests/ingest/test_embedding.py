@@ -279,6 +279,11 @@ def test_embed_chunks_matches_one_call_and_reuses_the_cache(tmp_path: Path, embe
     [vector], stats = embed_chunks([code], config, embedder=embedder, progress=False)
     assert stats == {"computed": 1, "reused": 0}
     np.testing.assert_allclose(vector, embedder.embed_query("pkg core register def register self name str None"), atol=1e-4)
+    # code without a single word in it (a file of brackets) still gets a unit vector
+    brackets = Chunk(source_id="code:x.js", kind="code", title="}", url="u", text="})();", embed_text="})();\n]]}")
+    assert brackets.dense_text == ""
+    [vector], _ = embed_chunks([brackets], config, embedder=embedder, progress=False)
+    assert np.isfinite(vector).all() and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
 
     # unchanged chunks: nothing computed, and the model is never loaded
     fresh = Embedder(embedder.model_id, device="cpu")
