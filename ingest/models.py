@@ -19,15 +19,25 @@ DocKind = Literal["docs", "code", "slack"]
 # WordPiece makes a token of every ".", "(", ":" and "_" (a third of a Python chunk's tokens),
 # which a sentence model trained on prose reads as noise and which pushed the words of long
 # functions past its 256-token window. Measured on the dev sets (README, "How well it
-# retrieves"): 128 words are ~20% fewer tokens for the whole eval corpus, with dev MRR@10 and
-# coverage@10 up and every other figure equal; BM25 still reads the whole embed_text.
+# retrieves"): 128 words are ~20% fewer tokens for the whole eval corpus, dev MRR@10 and
+# coverage@10 up, dev_howto coverage@10 -0.004, the rest equal; BM25 reads the whole embed_text.
 CODE_DENSE_WORDS = 128
-_NOT_A_WORD = re.compile(r"[\W_]+")
+_WORD = re.compile(r"[^\W_]+")  # letters and digits: "_" and punctuation split identifiers
 
 
 def code_words(code: str, limit: int | None = None) -> str:
     """The words of `code` (identifiers split at punctuation and underscores), the first `limit`."""
-    return " ".join(_NOT_A_WORD.sub(" ", code).split()[:limit])
+    return " ".join(_WORD.findall(code)[:limit])
+
+
+def content_key(model_id: str, dense_text: str) -> str:
+    """Content address of an embedding: same model + same text read = same vector."""
+    h = hashlib.sha256()
+    h.update(model_id.encode())
+    h.update(b"\0")
+    h.update(dense_text.encode())
+    return h.hexdigest()
+
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -96,12 +106,8 @@ class Chunk:
         return code_words(self.embed_text, CODE_DENSE_WORDS)
 
     def content_key(self, model_id: str) -> str:
-        """Content address of this chunk's embedding: same model + same text read = same vector."""
-        h = hashlib.sha256()
-        h.update(model_id.encode())
-        h.update(b"\0")
-        h.update(self.dense_text.encode())
-        return h.hexdigest()
+        """Content address of this chunk's embedding (`content_key` of its dense text)."""
+        return content_key(model_id, self.dense_text)
 
     def to_dict(self) -> dict[str, Any]:
         # every field is a scalar: asdict's deep copy cost a re-ingest ~0.3 s per 10k chunks

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 from flytegpt.ingest.config import Config
 from flytegpt.ingest.heap import trim_heap
-from flytegpt.ingest.models import Chunk, Document, LoadReport, ModelInfo
+from flytegpt.ingest.models import Chunk, Document, LoadReport, ModelInfo, content_key
 
 if TYPE_CHECKING:
     import numpy as np
@@ -193,7 +193,8 @@ def embed_chunks(
     from flytegpt.ingest.embedding_cache import EmbeddingCache
 
     embedder = embedder or Embedder.from_config(config.embeddings)
-    keys = [c.content_key(embedder.model_id) for c in chunks]
+    texts = [c.dense_text for c in chunks]  # made once: code chunks' words cost a regex each
+    keys = [content_key(embedder.model_id, t) for t in texts]
     cache = EmbeddingCache(config.index.store, embedder.model_id, embedder.dimension)
     found = cache.lookup(keys)
     # One text may occur in several chunks (same boilerplate in two files): embed it once.
@@ -211,7 +212,7 @@ def embed_chunks(
             trim_heap()  # writing the shard copied its vectors once; don't keep that copy's pages
 
     fresh = embedder.embed_documents(
-        [chunks[i].dense_text for i in missing.values()], progress=progress, on_block=keep
+        [texts[i] for i in missing.values()], progress=progress, on_block=keep
     )
     cache.flush()
     stats = {"computed": len(missing), "reused": len(chunks) - len(missing)}
