@@ -274,7 +274,7 @@ def write_version(
             # The FAISS copy of the vectors is on disk now; drop it before BM25 builds its own arrays.
             del dense
         if keyword is None:
-            keyword = KeywordIndex.build([c.embed_text for c in chunks])
+            keyword = KeywordIndex.build([c.embed_text for c in chunks], store=store)
         return _write_files(fs, root, store, chunks, keyword, dense_tmp, model, index_info, stats,
                             sources_read_at)
     finally:

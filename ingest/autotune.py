@@ -175,6 +175,26 @@ def write_cached(path: Path, choice: Choice, facts: Mapping[str, Any]) -> None:
         log.warning("autotune: could not write %s (%s); the next run measures again", path, e)
 
 
+def choice_key(candidates: Sequence[str], baseline: str, facts: Mapping[str, Any], batch_size: int) -> str:
+    return cache_key({**facts, "candidates": sorted(candidates), "baseline": baseline, "batch_size": batch_size})
+
+
+def known_choice(
+    candidates: Sequence[str], baseline: str, *, facts: Mapping[str, Any], cache_file: Path, batch_size: int
+) -> Choice | None:
+    """The choice `choose` would make without measuring (the only candidate, or one measured
+    before on this machine), else None: a caller can then build just that candidate its own way."""
+    key = choice_key(candidates, baseline, facts, batch_size)
+    if len(candidates) == 1:
+        (label,) = candidates
+        return Choice(label, f"{label} is the only candidate on this machine", measured=False, key=key)
+    cached = read_cached(cache_file, key)
+    if cached is None or cached.choice not in candidates:
+        return None
+    log.info("embedding: auto chose %s (measured before on this machine: %s)", cached.choice, cached.reason)
+    return cached
+
+
 def choose(
     candidates: Mapping[str, Callable[[], Encoder]],
     baseline: str,
@@ -186,14 +206,10 @@ def choose(
 ) -> tuple[Choice, Encoder]:
     """The chosen candidate and its encoder: from the cache file when this machine and model were
     measured before (only that candidate is built), else measured now (every candidate built)."""
-    key = cache_key({**facts, "candidates": sorted(candidates), "baseline": baseline, "batch_size": batch_size})
-    if len(candidates) == 1:
-        (label, make), = candidates.items()
-        return Choice(label, f"{label} is the only candidate on this machine", measured=False, key=key), make()
-    cached = read_cached(cache_file, key)
-    if cached is not None and cached.choice in candidates:
-        log.info("embedding: auto chose %s (measured before on this machine: %s)", cached.choice, cached.reason)
+    cached = known_choice(candidates, baseline, facts=facts, cache_file=cache_file, batch_size=batch_size)
+    if cached is not None:
         return cached, candidates[cached.choice]()
+    key = choice_key(candidates, baseline, facts, batch_size)
     encoders: dict[str, Encoder] = {}
     for label, make in candidates.items():
         try:

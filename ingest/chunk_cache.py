@@ -6,27 +6,26 @@ page: 0.8 of the 2.7 s an unchanged re-ingest of the eval corpus took). A docume
 by everything chunking reads (its fields) and by the chunking code's version
 (ingest/code_version.py), so an edited page or an edited chunker is chunked afresh.
 
-Stored in the index store as `chunk-cache/<code version>.jsonl.gz`: one line per document,
-`{"key": ..., "chunks": [...]}`. Each ingest replaces the file atomically with the documents
-it saw, so deleted documents drop out, and files of other code versions are removed. It is
-only a cache: an unreadable file is logged and ignored.
+Stored in the index store as `chunk-cache/<code version>.jsonl.gz` (ingest/line_cache.py):
+one line per document, `{"key": ..., "chunks": [...]}`, holding the documents the last ingest
+saw. It is only a cache: an unreadable file or entry is logged and chunked afresh.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import logging
 
 from flytegpt.ingest.code_version import chunking_version
+from flytegpt.ingest.line_cache import LineFile
 from flytegpt.ingest.models import Chunk, Document
-from flytegpt.ingest.store import atomic_writer, get_fs, join, list_dir, read_bytes
 
 log = logging.getLogger(__name__)
 
 FOLDER = "chunk-cache"
+_KEY_PREFIX = '{"key": "'  # every line starts so: the key is read without decoding the line
+_KEY_LENGTH = 64
 
 
 def document_key(doc: Document) -> str:
@@ -41,59 +40,47 @@ class ChunkCache:
     """Chunks by document key, for one store and the current chunking code."""
 
     def __init__(self, store: str) -> None:
-        self.fs, root = get_fs(store)
-        self.folder = join(root, FOLDER)
-        self.path = join(self.folder, f"{chunking_version()}.jsonl.gz")
-        self._known: dict[str, list[dict]] | None = None  # the last ingest's, consumed as matched
-        # This ingest's documents, what save() writes: references to the chunks the caller
-        # keeps anyway, so the cache adds no copy of the corpus to an ingest's memory.
-        self._seen: dict[str, list[Chunk]] = {}
+        self._file = LineFile(store, FOLDER, chunking_version(), ".jsonl.gz", _line_key)
+        # The last ingest's lines by key, consumed as matched; a line is decoded when its
+        # document comes, and an unchanged document's line is written back as it was read
+        # (encoding every chunk again took a tenth of a small re-ingest).
+        self._known: dict[str, str] | None = None
+        # This ingest's documents, what save() writes: a line read, or references to the chunks
+        # the caller keeps anyway, so the cache adds no copy of the corpus to an ingest's memory.
+        self._seen: dict[str, str | list[Chunk]] = {}
         self.hits = 0
-
-    def _load(self) -> dict[str, list[dict]]:
-        if self._known is None:
-            self._known = {}
-            data = read_bytes(self.fs, self.path)
-            if data is not None:
-                try:
-                    with gzip.open(io.BytesIO(data), "rt", encoding="utf-8") as lines:
-                        for line in lines:
-                            entry = json.loads(line)
-                            self._known[entry["key"]] = entry["chunks"]
-                except (OSError, EOFError, ValueError, KeyError, TypeError) as e:
-                    log.warning("chunk cache %s is unreadable (%s): chunking every document", self.path, e)
-                    self._known = {}
-        return self._known
 
     def chunks(self, doc: Document, make) -> list[Chunk]:
         """`doc`'s chunks: the cached ones if it is unchanged, else `make(doc)` (and remembered)."""
         key = document_key(doc)
-        cached = self._load().pop(key, None)
-        chunks = None
-        if cached is not None:
+        if self._known is None:
+            self._known = self._file.read()
+        line = self._known.pop(key, None)
+        if line is not None:
             try:
-                chunks = [Chunk.from_dict(c) for c in cached]
+                chunks = [Chunk.from_dict(c) for c in json.loads(line)["chunks"]]
+            except (ValueError, KeyError, TypeError) as e:  # a damaged line, or chunks of another shape
+                log.debug("chunk cache entry of %s unusable (%s): chunking it", doc.locator, e)
+            else:
                 self.hits += 1
-            except TypeError:  # an entry of another shape: make it again
-                chunks = None
-        if chunks is None:
-            chunks = make(doc)
+                self._seen[key] = line
+                return chunks
+        chunks = make(doc)
         self._seen[key] = chunks
         return chunks
 
     def save(self) -> None:
         """Write this ingest's documents (only), then drop other code versions' files."""
-        try:
-            with atomic_writer(self.fs, self.path) as raw:
-                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
-                    text = io.TextIOWrapper(gz, encoding="utf-8")
-                    for key, chunks in self._seen.items():
-                        entry = {"key": key, "chunks": [c.to_dict() for c in chunks]}
-                        text.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                    text.flush()
-                    text.detach()
-            for entry in list_dir(self.fs, self.folder):
-                if entry["name"].rstrip("/") != self.path and entry["name"].endswith(".jsonl.gz"):
-                    self.fs.rm(entry["name"])
-        except OSError as e:  # a cache that cannot be written costs time next run, nothing else
-            log.warning("could not write the chunk cache %s: %s", self.path, e)
+        self._file.write(
+            entry if isinstance(entry, str)
+            else json.dumps({"key": key, "chunks": [c.to_dict() for c in entry]}, ensure_ascii=False) + "\n"
+            for key, entry in self._seen.items()
+        )
+
+
+def _line_key(line: str) -> str:
+    """The document key of a cache line: sliced when the line starts as save() writes it."""
+    end = len(_KEY_PREFIX) + _KEY_LENGTH
+    if line.startswith(_KEY_PREFIX) and line[end : end + 1] == '"':
+        return line[len(_KEY_PREFIX) : end]
+    return json.loads(line)["key"]

@@ -382,9 +382,8 @@ class Embedder:
             log.warning("embedding: no int8 model of %s that keeps the vectors here (%s); embedding in fp32",
                         self.model_id, self._int8_why())
             precision = "fp32"
-        if precision != "auto":
-            encoder = OpenVinoEncoder(folder, precision=precision)
-        else:
+        encoder = None
+        if precision == "auto":
             precisions = float_precisions()
             if self.auto_int8:
                 # made only by a large embedding (a small one never waits for it); reused once made
@@ -394,13 +393,18 @@ class Embedder:
             facts = {**autotune.machine_facts(), "openvino": openvino.get_version(), "export": meta["sha256"]}
             if any(p.startswith("int8") for p in precisions):
                 facts["int8"] = quantize.RECIPE
-            self.autotune, encoder = autotune.choose(
-                {f"openvino {p}": functools.partial(OpenVinoEncoder, folder, precision=p) for p in precisions},
-                "openvino fp32",
-                facts=facts,
-                cache_file=self._autotune_file(),
-                batch_size=self.batch_size,
-            )
+            labels = {f"openvino {p}": p for p in precisions}
+            tune = {"facts": facts, "cache_file": self._autotune_file(), "batch_size": self.batch_size}
+            known = autotune.known_choice(list(labels), "openvino fp32", **tune)
+            if known is not None:
+                self.autotune, precision = known, labels[known.choice]
+            else:  # the chosen model is kept compiled by the next process that loads it
+                self.autotune, encoder = autotune.choose(
+                    {label: functools.partial(OpenVinoEncoder, folder, precision=p) for label, p in labels.items()},
+                    "openvino fp32", **tune,
+                )
+        if encoder is None:
+            encoder = OpenVinoEncoder(folder, precision=precision, keep_compiled=True)
         self._precision = encoder.precision
         self._check_dimension(encoder.dimension)
         log.info("embedding model %s loaded from %s (OpenVINO, CPU, %s, batch %d)",
@@ -443,15 +447,14 @@ class Embedder:
 
             from flytegpt.ingest import autotune
 
+            labels = {f"torch {p}": p for p in ("fp32", "bf16")}
+            tune = {"facts": {**autotune.machine_facts(), "torch": torch.__version__,
+                              "threads": torch.get_num_threads(), "model": self.model_name},
+                    "cache_file": self._autotune_file(), "batch_size": self.batch_size}
             self.autotune, model = autotune.choose(
-                {f"torch {p}": functools.partial(self._torch_model, p) for p in ("fp32", "bf16")},
-                "torch fp32",
-                facts={**autotune.machine_facts(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                       "model": self.model_name},
-                cache_file=self._autotune_file(),
-                batch_size=self.batch_size,
+                {label: functools.partial(self._torch_model, p) for label, p in labels.items()}, "torch fp32", **tune
             )
-            precision = self.autotune.choice.split()[-1]
+            precision = labels[self.autotune.choice]
         self._precision = precision
         self._check_dimension(_model_dimension(model))
         log.info("embedding model %s loaded from %s on %s (PyTorch, %s, batch %d)",

@@ -316,7 +316,7 @@ def run_ingest(
     # BM25 hides behind loading the model and embedding the changed chunks. It is waited for
     # before the FAISS index is built, so its transient token lists are never on top of
     # FAISS's copy of the vectors.
-    keyword_build = _Background(_build_keyword, [c.embed_text for c in chunks])
+    keyword_build = _Background(_build_keyword, [c.embed_text for c in chunks], config.index.store)
     tuned = None
     if embedder is None:
         t = time.perf_counter()
@@ -391,10 +391,10 @@ class _Background:
         return value
 
 
-def _build_keyword(texts: list[str]) -> "KeywordIndex":
+def _build_keyword(texts: list[str], store: str) -> "KeywordIndex":
     from flytegpt.ingest.keyword import KeywordIndex
 
-    keyword = KeywordIndex.build(texts)
+    keyword = KeywordIndex.build(texts, store=store)
     trim_heap()
     return keyword
 

@@ -184,6 +184,10 @@ def test_the_embedder_runs_what_auto_chose(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(autotune, "choose", lambda *a, **k: pytest.fail("measured"))
     fixed = Embedder(DEFAULT_MODEL, device="cpu", precision="fp32")
     assert fixed.precision == "fp32" and fixed.autotune is None
+    # the next process reads the choice and builds only the chosen model (kept compiled)
+    again = Embedder(DEFAULT_MODEL, device="cpu")
+    assert again.precision == faster and not again.autotune.measured
+    assert again.autotune.choice == f"openvino {faster}"
 
 
 def test_choice_round_trips_as_json() -> None:

@@ -105,3 +105,28 @@ def test_document_key_of_a_name_that_is_not_utf8() -> None:
     name = os.fsdecode(b"caf\xe9.md")  # as os.walk gives a Latin-1 name: a lone surrogate
     key = document_key(Document("docs", name, "docs", "t", "u", "text"))
     assert len(key) == 64 and key != document_key(Document("docs", "caf.md", "docs", "t", "u", "text"))
+
+
+def test_an_unchanged_run_writes_the_same_cache(corpus) -> None:
+    config, _ = corpus
+    collect_chunks(config, progress=False)
+    [path] = (Path(config.index.store) / chunk_cache.FOLDER).glob("*.jsonl.gz")
+    before = gzip.decompress(path.read_bytes())
+    again, _, _, _ = collect_chunks(config, progress=False)  # every line written back as read
+    assert gzip.decompress(path.read_bytes()) == before
+    assert again == collect_chunks(config, progress=False)[0]
+
+
+def test_a_damaged_entry_costs_only_its_document(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, _ = corpus
+    first, _, _, _ = collect_chunks(config, progress=False)
+    [path] = (Path(config.index.store) / chunk_cache.FOLDER).glob("*.jsonl.gz")
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines(keepends=True)
+    entry = json.loads(lines[0])
+    damaged = lines[0][: lines[0].index('"chunks"')] + '"chunks": [{"not a chunk": 1}]}\n'
+    path.write_bytes(gzip.compress("".join([damaged, *lines[1:]]).encode()))
+    made = _counting(monkeypatch)
+    again, _, _, _ = collect_chunks(config, progress=False)
+    assert again == first
+    assert len(made) == 1 and made[0] == entry["chunks"][0]["source_id"]
+    assert _cache_lines(config.index.store)[0] == entry  # and written right

@@ -119,3 +119,54 @@ def test_a_question_names_an_exact_term_when_it_holds_an_identifier_or_a_number(
     for question in ("How do I query Google BigQuery?", "How do I wrap my tasks, e.g. to log?", "what is flytekit?",
                      "How do I use FlyteFile", "How do I get 1 GPU"):
         assert not names_exact_term(question), question
+
+
+def _token_files(store: Path) -> list[Path]:
+    from flytegpt.ingest.keyword import TOKENS_FOLDER
+
+    return sorted((store / TOKENS_FOLDER).glob("*.tsv.gz"))
+
+
+def test_a_rebuild_tokenises_only_new_texts_and_builds_the_same_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flytegpt.ingest import keyword
+
+    store = str(tmp_path / "store")
+    plain = KeywordIndex.build(CORPUS).to_files()
+    assert KeywordIndex.build(CORPUS, store=store).to_files() == plain
+    assert len(_token_files(tmp_path / "store")) == 1
+
+    tokenized: list[str] = []
+    real = keyword.tokenize
+    monkeypatch.setattr(keyword, "tokenize", lambda text: tokenized.append(text) or real(text))
+    changed = CORPUS[1:] + ["A new page about FlyteDirectory uploads."]
+    assert KeywordIndex.build(changed, store=store).to_files() == KeywordIndex.build(changed).to_files()
+    assert tokenized[0] == changed[-1]  # the build with the store tokenised the new text only
+    assert len(tokenized) == 1 + len(changed)
+    # the cache now holds this build's texts only: the dropped text is tokenised again
+    tokenized.clear()
+    KeywordIndex.build(CORPUS[:1], store=store)
+    assert tokenized == CORPUS[:1]
+
+
+def test_a_damaged_token_cache_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = tmp_path / "store"
+    KeywordIndex.build(CORPUS, store=str(store))
+    [path] = _token_files(store)
+    path.write_bytes(b"not gzip at all")
+    assert KeywordIndex.build(CORPUS, store=str(store)).to_files() == KeywordIndex.build(CORPUS).to_files()
+    assert "unreadable" in caplog.text
+    import gzip
+
+    assert len(gzip.decompress(path.read_bytes()).splitlines()) == len(CORPUS)
+
+
+def test_new_tokenizer_code_starts_a_new_token_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flytegpt.ingest import code_version
+
+    store = tmp_path / "store"
+    KeywordIndex.build(CORPUS, store=str(store))
+    monkeypatch.setattr(code_version, "code_version", lambda modules, **_: "feedfacefeedface")
+    KeywordIndex.build(CORPUS, store=str(store))
+    assert [p.name for p in _token_files(store)] == ["feedfacefeedface.tsv.gz"]

@@ -193,12 +193,58 @@ def test_export_is_cached_and_reused(ov_cache: str) -> None:
     assert meta["source_model"] == DEFAULT_MODEL and meta["max_seq_length"] == 256
 
 
+def _export_copy(ov_cache: str, where: Path) -> Path:
+    """A private copy of the export (without compiled models), as ensure_export names it."""
+    import shutil
+
+    from flytegpt.ingest.onnx_export import ensure_export
+    from flytegpt.ingest.openvino_runner import COMPILED_DIR
+
+    export = ensure_export(DEFAULT_MODEL, PACKAGED, ov_cache)
+    shutil.copytree(export, where / export.name, ignore=shutil.ignore_patterns(COMPILED_DIR))
+    return where / export.name
+
+
+@pytest.mark.slow
+def test_the_model_a_process_runs_is_kept_compiled(ov_cache: str, tmp_path: Path) -> None:
+    from flytegpt.ingest.openvino_runner import OpenVinoEncoder, compiled_dir
+
+    folder = _export_copy(ov_cache, tmp_path)
+    plain = OpenVinoEncoder(folder).encode(SENTENCES)
+    assert not compiled_dir(folder).exists()  # a candidate only measured costs no disk
+    kept = OpenVinoEncoder(folder, keep_compiled=True).encode(SENTENCES)
+    blobs = sorted(compiled_dir(folder).iterdir())
+    assert len(blobs) == 1 and blobs[0].stat().st_size > 1_000_000
+    again = OpenVinoEncoder(folder, keep_compiled=True).encode(SENTENCES)  # loaded from the kept one
+    assert sorted(compiled_dir(folder).iterdir()) == blobs
+    np.testing.assert_allclose(kept, plain, atol=1e-6)
+    np.testing.assert_allclose(again, plain, atol=1e-6)
+    # the Embedder keeps the model it runs
+    ov = Embedder(DEFAULT_MODEL, device="cpu", backend="openvino", precision="fp32", onnx_cache_dir=str(tmp_path))
+    np.testing.assert_allclose(ov.embed_documents(SENTENCES), plain, atol=1e-6)
+    assert ov._load().folder == folder and sorted(compiled_dir(folder).iterdir()) == blobs
+
+
+@pytest.mark.slow
+def test_a_compiled_model_folder_that_cannot_be_written_only_means_compiling(
+    tmp_path: Path, ov_cache: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flytegpt.ingest.openvino_runner import COMPILED_DIR, OpenVinoEncoder
+
+    folder = _export_copy(ov_cache, tmp_path)
+    (folder / COMPILED_DIR).write_text("a file where the folder would be")
+    with caplog.at_level(logging.INFO, logger="flytegpt.ingest.openvino_runner"):
+        vectors = OpenVinoEncoder(folder, keep_compiled=True).encode(SENTENCES)
+    np.testing.assert_allclose(vectors, OpenVinoEncoder(folder).encode(SENTENCES), atol=1e-6)
+    assert "not keeping the compiled model" in caplog.text
+
+
 def test_openvino_failure_falls_back_to_pytorch(
     ov_cache: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from flytegpt.ingest import openvino_runner
 
-    def broken(folder, *, precision):
+    def broken(folder, **_):
         raise RuntimeError("Exception from src/inference/src/cpp/core.cpp: unsupported CPU")
 
     monkeypatch.setattr(openvino_runner, "OpenVinoEncoder", broken)
