@@ -223,6 +223,11 @@ def test_the_model_a_process_runs_is_kept_compiled(ov_cache: str, tmp_path: Path
     ov = Embedder(DEFAULT_MODEL, device="cpu", backend="openvino", precision="fp32", onnx_cache_dir=str(tmp_path))
     np.testing.assert_allclose(ov.embed_documents(SENTENCES), plain, atol=1e-6)
     assert ov._load().folder == folder and sorted(compiled_dir(folder).iterdir()) == blobs
+    # a damaged file (a full disk, a crash while writing) is compiled and written again
+    blobs[0].chmod(0o644)
+    blobs[0].write_bytes(b"not a compiled model")
+    np.testing.assert_allclose(OpenVinoEncoder(folder, keep_compiled=True).encode(SENTENCES), plain, atol=1e-6)
+    assert blobs[0].stat().st_size > 1_000_000
 
 
 @pytest.mark.slow
