@@ -158,21 +158,18 @@ class TokenCache:
         known = self._file.read()
         vocab: dict[str, str] = {}
         out: list[list[str]] = []
-        rows: dict[str, str | int] = {}  # key -> the line read, or the row whose tokens are new
+        rows: dict[str, int] = {}  # key -> the first row of its text
         for text in texts:
             key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-            line = known.get(key)
-            if line is not None:
-                tokens = line[len(key) + 1 :].split()
-                rows[key] = line
-            else:
-                tokens = tokenize(text)
-                rows.setdefault(key, len(out))
+            if key in rows:
+                out.append(out[rows[key]])
+                continue
+            line = known.pop(key, None)  # popped: the lines read are freed as the token lists grow
+            tokens = line[len(key) + 1 :].split() if line is not None else tokenize(text)
+            rows[key] = len(out)
             out.append([vocab.setdefault(t, t) for t in tokens])
         del known
-        self._file.write(
-            row if isinstance(row, str) else f"{key}\t{' '.join(out[row])}\n" for key, row in rows.items()
-        )
+        self._file.write(f"{key}\t{' '.join(out[row])}\n" for key, row in rows.items())
         return out
 
 

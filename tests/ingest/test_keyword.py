@@ -148,6 +148,13 @@ def test_a_rebuild_tokenises_only_new_texts_and_builds_the_same_index(
     tokenized.clear()
     KeywordIndex.build(CORPUS[:1], store=store)
     assert tokenized == CORPUS[:1]
+    # a text repeated in several chunks is one entry, and every chunk gets its tokens
+    repeated = CORPUS + CORPUS[:2]
+    monkeypatch.setattr(keyword, "tokenize", real)
+    assert KeywordIndex.build(repeated, store=store).to_files() == KeywordIndex.build(repeated).to_files()
+    import gzip
+
+    assert len(gzip.decompress(_token_files(tmp_path / "store")[0].read_bytes()).splitlines()) == len(CORPUS)
 
 
 def test_a_damaged_token_cache_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
