@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flytegpt.ingest import embedding_cache
 from flytegpt.ingest.config import DEFAULT_MODEL
@@ -232,6 +234,18 @@ def test_failed_shard_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.M
 
 def _chunk(text: str, i: int) -> Chunk:
     return Chunk(source_id=f"docs:{i}.md", kind="docs", title="t", url="u", text=text, embed_text=text)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=300) | st.text(alphabet=st.characters(max_codepoint=127)),
+       st.one_of(st.none(), st.integers(0, 40)))
+def test_code_words_are_the_letters_and_digits_of_any_text(text: str, limit: int | None) -> None:
+    """The fast ASCII split gives what the definition (a regex over any Unicode) gives."""
+    import re
+
+    from flytegpt.ingest.models import code_words
+
+    assert code_words(text, limit) == " ".join(re.findall(r"[^\W_]+", text)[:limit])
 
 
 def test_code_is_embedded_as_its_first_words_everything_else_as_written() -> None:
