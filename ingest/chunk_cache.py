@@ -70,7 +70,12 @@ class ChunkCache:
         return chunks
 
     def save(self) -> None:
-        """Write this ingest's documents (only), then drop other code versions' files."""
+        """Write this ingest's documents (only), then drop other code versions' files. Nothing is
+        written when every document came from the file and none of the file's went unused: a
+        scheduled re-ingest of unchanged sources does not upload the same cache again."""
+        unchanged = self._known is not None and not self._known and all(isinstance(e, str) for e in self._seen.values())
+        if unchanged:
+            return
         self._file.write(
             entry if isinstance(entry, str)
             else json.dumps({"key": key, "chunks": [c.to_dict() for c in entry]}, ensure_ascii=False) + "\n"

@@ -159,6 +159,7 @@ class TokenCache:
         vocab: dict[str, str] = {}
         out: list[list[str]] = []
         rows: dict[str, int] = {}  # key -> the first row of its text
+        fresh = False  # a text the cache did not hold
         for text in texts:
             key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
             if key in rows:
@@ -166,10 +167,11 @@ class TokenCache:
                 continue
             line = known.pop(key, None)  # popped: the lines read are freed as the token lists grow
             tokens = line[len(key) + 1 :].split() if line is not None else tokenize(text)
+            fresh = fresh or line is None
             rows[key] = len(out)
             out.append([vocab.setdefault(t, t) for t in tokens])
-        del known
-        self._file.write(f"{key}\t{' '.join(out[row])}\n" for key, row in rows.items())
+        if fresh or known:  # else the file holds exactly these texts already
+            self._file.write(f"{key}\t{' '.join(out[row])}\n" for key, row in rows.items())
         return out
 
 

@@ -108,13 +108,19 @@ def test_document_key_of_a_name_that_is_not_utf8() -> None:
 
 
 def test_an_unchanged_run_writes_the_same_cache(corpus) -> None:
-    config, _ = corpus
+    config, root = corpus
     collect_chunks(config, progress=False)
     [path] = (Path(config.index.store) / chunk_cache.FOLDER).glob("*.jsonl.gz")
-    before = gzip.decompress(path.read_bytes())
-    again, _, _, _ = collect_chunks(config, progress=False)  # every line written back as read
-    assert gzip.decompress(path.read_bytes()) == before
+    before, written = gzip.decompress(path.read_bytes()), (path.stat().st_ino, path.stat().st_mtime_ns)
+    again, _, _, _ = collect_chunks(config, progress=False)
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == written  # nothing changed: nothing uploaded again
     assert again == collect_chunks(config, progress=False)[0]
+    # a changed document rewrites it, every unchanged line as it was read
+    page = root / "docs" / "caching.md"
+    page.write_text(page.read_text() + "\nOne more line.\n")
+    collect_chunks(config, progress=False)
+    after = gzip.decompress(path.read_bytes()).splitlines()
+    assert len(after) == len(before.splitlines()) and len(set(after) - set(before.splitlines())) == 1
 
 
 def test_a_damaged_entry_costs_only_its_document(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
