@@ -394,14 +394,14 @@ class Embedder:
             if any(p.startswith("int8") for p in precisions):
                 facts["int8"] = quantize.RECIPE
             labels = {f"openvino {p}": p for p in precisions}
-            tune = {"facts": facts, "cache_file": self._autotune_file(), "batch_size": self.batch_size}
-            known = autotune.known_choice(list(labels), "openvino fp32", **tune)
+            choice_args = {"facts": facts, "cache_file": self._autotune_file(), "batch_size": self.batch_size}
+            known = autotune.known_choice(list(labels), "openvino fp32", **choice_args)
             if known is not None:
                 self.autotune, precision = known, labels[known.choice]
             else:  # the chosen model is kept compiled by the next process that loads it
                 self.autotune, encoder = autotune.choose(
                     {label: functools.partial(OpenVinoEncoder, folder, precision=p) for label, p in labels.items()},
-                    "openvino fp32", **tune,
+                    "openvino fp32", **choice_args,
                 )
         if encoder is None:
             encoder = OpenVinoEncoder(folder, precision=precision, keep_compiled=True)
@@ -448,11 +448,12 @@ class Embedder:
             from flytegpt.ingest import autotune
 
             labels = {f"torch {p}": p for p in ("fp32", "bf16")}
-            tune = {"facts": {**autotune.machine_facts(), "torch": torch.__version__,
-                              "threads": torch.get_num_threads(), "model": self.model_name},
-                    "cache_file": self._autotune_file(), "batch_size": self.batch_size}
+            facts = {**autotune.machine_facts(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                     "model": self.model_name}
+            choice_args = {"facts": facts, "cache_file": self._autotune_file(), "batch_size": self.batch_size}
             self.autotune, model = autotune.choose(
-                {label: functools.partial(self._torch_model, p) for label, p in labels.items()}, "torch fp32", **tune
+                {label: functools.partial(self._torch_model, p) for label, p in labels.items()}, "torch fp32",
+                **choice_args,
             )
             precision = labels[self.autotune.choice]
         self._precision = precision

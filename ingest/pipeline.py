@@ -193,7 +193,7 @@ def embed_chunks(
     from flytegpt.ingest.embedding_cache import EmbeddingCache
 
     embedder = embedder or Embedder.from_config(config.embeddings)
-    texts = [c.dense_text for c in chunks]  # made once: code chunks' words cost a regex each
+    texts = [c.dense_text for c in chunks]  # made once: a code chunk's words are split from its text
     keys = [content_key(embedder.model_id, t) for t in texts]
     cache = EmbeddingCache(config.index.store, embedder.model_id, embedder.dimension)
     found = cache.lookup(keys)
