@@ -2,6 +2,7 @@
 
     python tests/bench/bench_embed.py [--sample 256] [--backend torch] [--precision auto] [--repeat 3]
                                       [--store .flytegpt/perf-store] [--end-to-end] [--with-torch] [--skip-quality]
+                                      [--questions FILE ...]
 
 1. Throughput on a fixed random sample of the eval corpus's chunks (seed 0): the seed's
    `SentenceTransformer.encode(texts, batch_size=32)` in fp32 and FlyteGPT's `Embedder` (the
@@ -10,8 +11,12 @@
    machine hits both; medians. Prints chunks/s, the ratio, and the cosine between the vectors.
 2. Quality: full ingests of the eval corpus with the fp32 reference and with ours, each in its
    own store under --store (vectors of one model id share the embedding cache, so they must
-   not share a store), then every retrieval metric on dev.jsonl, hybrid and dense, for both.
-   Target: recall@5 and MRR@10 no more than 0.01 below the fp32 reference.
+   not share a store), then every retrieval metric, hybrid and dense, for both, on each dev
+   question file (../shared/eval/dev.jsonl and tests/eval/dev_howto.jsonl) and on all of their
+   questions together. Target (issue 15): hybrid recall@5 and MRR@10, the retrieval the bot
+   runs, no more than 0.005 below the fp32 reference over all the dev questions. One file alone
+   is too coarse for that bar: on 70 questions one first hit moving from rank 1 to 2 is 0.007 of
+   MRR@10. The questions whose first gold rank differs are listed.
 3. --end-to-end: full ingests from empty stores, sources to a published index, alternating and
    repeated (--repeat): the seed pipeline as it was (LangChain loaders and splitters,
    sentence-transformers fp32, FAISS) and FlyteGPT as configured (--with-torch: also FlyteGPT on
@@ -43,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TARGET_RATIO = 2.0
-TARGET_DELTA = 0.01
+TARGET_DELTA = 0.005
 
 
 def variant(config, backend: str, precision: str, store: str | None = None):
@@ -54,7 +59,8 @@ def variant(config, backend: str, precision: str, store: str | None = None):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(SHARED / "eval" / "flytegpt.eval.toml"))
-    ap.add_argument("--questions", default=str(SHARED / "eval" / "dev.jsonl"))
+    ap.add_argument("--questions", nargs="+",
+                    default=[str(SHARED / "eval" / "dev.jsonl"), str(ROOT / "tests" / "eval" / "dev_howto.jsonl")])
     ap.add_argument("--store", default=str(ROOT / ".flytegpt" / "perf-store"))
     ap.add_argument("--sample", type=int, default=256, help="chunks timed per pipeline")
     ap.add_argument("--backend", default=None, help="ours: auto, openvino, torch (default: the config's)")
@@ -166,7 +172,8 @@ def quality(args, config) -> bool:
     from flytegpt.ingest.pipeline import run_ingest
     from flytegpt.ingest.search import HybridSearcher
 
-    questions = load_questions(args.questions)
+    files = {Path(f).name: load_questions(f) for f in args.questions}
+    pooled = [q for qs in files.values() for q in qs]
     results = {}
     for name, backend, precision in (("fp32", "torch", "fp32"), ("ours", args.backend, args.precision)):
         cfg = variant(config, backend, precision, str(Path(args.store) / f"{backend}-{precision}"))
@@ -180,21 +187,41 @@ def quality(args, config) -> bool:
                  if summary.embeddings_computed else ""))
         searcher = HybridSearcher.open(cfg)
         results[name] = {
-            "hybrid": evaluate(questions, lambda q: [h.chunk for h in searcher.search(q, 10)]),
-            "dense": evaluate(questions, lambda q: [h.chunk for h in searcher.dense_search(q, 10)]),
+            "hybrid": evaluate(pooled, lambda q: [h.chunk for h in searcher.search(q, 10)]),
+            "dense": evaluate(pooled, lambda q: [h.chunk for h in searcher.dense_search(q, 10)]),
         }
     ok = True
-    print(f"\n{len(questions)} questions; {'retriever':10}{'metric':>14}{'fp32':>8}{'ours':>8}{'delta':>8}")
-    for kind in ("hybrid", "dense"):
-        for metric in METRICS:
-            t, o = results["fp32"][kind][metric], results["ours"][kind][metric]
-            gated = metric in ("recall@5", "mrr@10")
-            below = gated and o < t - TARGET_DELTA - 1e-9
-            ok = ok and not below
-            print(f"{'':16}{kind:10}{metric:>14}{t:>8.3f}{o:>8.3f}{o - t:>+8.3f}"
-                  f"{'  MORE THAN 0.01 BELOW' if below else ''}")
-    print(f"recall@5 and MRR@10 within {TARGET_DELTA} of fp32: {'MET' if ok else 'MISSED'}")
+    print(f"\n{'questions':24}{'retriever':10}{'metric':>14}{'fp32':>8}{'ours':>8}{'delta':>8}")
+    groups, at = [], 0  # (label, the pooled rows it covers, gated): a file's questions are contiguous
+    for f, qs in files.items():
+        groups.append((f"{f} ({len(qs)})", slice(at, at + len(qs)), len(files) == 1))
+        at += len(qs)
+    if len(files) > 1:
+        groups.append((f"all ({len(pooled)})", slice(None), True))
+    for label, part, gated in groups:
+        for kind in ("hybrid", "dense"):
+            ref, ours = (_mean_of(results[n][kind]["questions"][part], METRICS) for n in ("fp32", "ours"))
+            for metric in METRICS:
+                t, o = ref[metric], ours[metric]
+                below = gated and kind == "hybrid" and metric in ("recall@5", "mrr@10") and o < t - TARGET_DELTA - 1e-9
+                ok = ok and not below
+                print(f"{label:24}{kind:10}{metric:>14}{t:>8.3f}{o:>8.3f}{o - t:>+8.3f}"
+                      f"{f'  MORE THAN {TARGET_DELTA} BELOW' if below else ''}")
+    moved = [(r["id"], _first(r), _first(o)) for r, o in zip(results["fp32"]["hybrid"]["questions"],
+                                                            results["ours"]["hybrid"]["questions"]) if _first(r) != _first(o)]
+    print("hybrid, first gold rank fp32 -> ours (None: not in the top 10): "
+          + (", ".join(f"{i} {a} -> {b}" for i, a, b in moved) or "the same for every question"))
+    print(f"hybrid recall@5 and MRR@10 over all {len(pooled)} dev questions within {TARGET_DELTA} of fp32: "
+          f"{'MET' if ok else 'MISSED'}")
     return ok
+
+
+def _mean_of(rows: list[dict], metrics) -> dict[str, float]:
+    return {m: sum(r[m] for r in rows) / len(rows) for m in metrics}
+
+
+def _first(row: dict) -> int | None:
+    return next((i for i, s in enumerate(row["top"], 1) if s in row["gold"]), None)
 
 
 def model_tokens(texts: list[str], tokenizer, max_len: int) -> int:
