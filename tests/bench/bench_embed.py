@@ -172,8 +172,8 @@ def quality(args, config) -> bool:
     from flytegpt.ingest.pipeline import run_ingest
     from flytegpt.ingest.search import HybridSearcher
 
-    files = {Path(f).name: load_questions(f) for f in args.questions}
-    pooled = [q for qs in files.values() for q in qs]
+    files = [(Path(f).name, load_questions(f)) for f in args.questions]
+    pooled = [q for _, qs in files for q in qs]
     results = {}
     for name, backend, precision in (("fp32", "torch", "fp32"), ("ours", args.backend, args.precision)):
         cfg = variant(config, backend, precision, str(Path(args.store) / f"{backend}-{precision}"))
@@ -193,7 +193,7 @@ def quality(args, config) -> bool:
     ok = True
     print(f"\n{'questions':24}{'retriever':10}{'metric':>14}{'fp32':>8}{'ours':>8}{'delta':>8}")
     groups, at = [], 0  # (label, the pooled rows it covers, gated): a file's questions are contiguous
-    for f, qs in files.items():
+    for f, qs in files:
         groups.append((f"{f} ({len(qs)})", slice(at, at + len(qs)), len(files) == 1))
         at += len(qs)
     if len(files) > 1:
@@ -211,7 +211,7 @@ def quality(args, config) -> bool:
                                                             results["ours"]["hybrid"]["questions"]) if _first(r) != _first(o)]
     print("hybrid, first gold rank fp32 -> ours (None: not in the top 10): "
           + (", ".join(f"{i} {a} -> {b}" for i, a, b in moved) or "the same for every question"))
-    print(f"hybrid recall@5 and MRR@10 over all {len(pooled)} dev questions within {TARGET_DELTA} of fp32: "
+    print(f"hybrid recall@5 and MRR@10 over all {len(pooled)} questions within {TARGET_DELTA} of fp32: "
           f"{'MET' if ok else 'MISSED'}")
     return ok
 
