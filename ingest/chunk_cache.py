@@ -70,16 +70,14 @@ class ChunkCache:
         return chunks
 
     def save(self) -> None:
-        """Write this ingest's documents (only), then drop other code versions' files. Nothing is
-        written when every document came from the file and none of the file's went unused: a
-        scheduled re-ingest of unchanged sources does not upload the same cache again."""
-        unchanged = self._known is not None and not self._known and all(isinstance(e, str) for e in self._seen.values())
-        if unchanged:
-            return
-        self._file.write(
-            entry if isinstance(entry, str)
-            else json.dumps({"key": key, "chunks": [c.to_dict() for c in entry]}, ensure_ascii=False) + "\n"
-            for key, entry in self._seen.items()
+        """Write this ingest's documents (only), then drop other code versions' files; nothing
+        when the file holds exactly them already."""
+        self._file.save(
+            self._seen.keys(),
+            (entry if isinstance(entry, str)
+             else json.dumps({"key": key, "chunks": [c.to_dict() for c in entry]}, ensure_ascii=False) + "\n"
+             for key, entry in self._seen.items()),
+            fresh=not all(isinstance(e, str) for e in self._seen.values()),
         )
 
 

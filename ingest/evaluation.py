@@ -78,11 +78,17 @@ def unknown_gold(questions: Sequence[Question], source_ids: Iterable[str]) -> li
     return sorted({g for q in questions for g in q.gold if g not in known})
 
 
+def first_gold_rank(source_ids: Sequence[str], gold: Iterable[str]) -> int | None:
+    """The 1-based rank of the first gold source among the top 10, None when none is there."""
+    gold = set(gold)
+    return next((i for i, s in enumerate(source_ids[:10], 1) if s in gold), None)
+
+
 def score_question(chunks: Sequence[Chunk], gold: Iterable[str]) -> dict[str, float]:
     """The five metrics for one question's ranked chunks."""
     gold = set(gold)
     ids = [c.source_id for c in chunks[:10]]
-    first = next((i for i, s in enumerate(ids, 1) if s in gold), None)
+    first = first_gold_rank(ids, gold)
     used, in_context = 0, False
     for i, chunk in enumerate(chunks[:10]):
         if i > 0 and used + len(chunk.text) > CONTEXT_CHARS:
@@ -100,7 +106,8 @@ def score_question(chunks: Sequence[Chunk], gold: Iterable[str]) -> dict[str, fl
     }
 
 
-def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over per-question rows (score_question's, or evaluate's "questions")."""
     return {m: round(sum(r[m] for r in rows) / len(rows), 4) for m in METRICS}
 
 
@@ -114,13 +121,13 @@ def evaluate(
         chunks = list(retrieve(q.question))
         row = score_question(chunks, q.gold)
         by_kind[q.kind].append(row)
-        per_question.append(
-            {"id": q.id, "kind": q.kind, **row, "top": [c.source_id for c in chunks[:10]], "gold": list(q.gold)}
-        )
+        top = [c.source_id for c in chunks[:10]]
+        per_question.append({"id": q.id, "kind": q.kind, **row, "first_gold_rank": first_gold_rank(top, q.gold),
+                             "top": top, "gold": list(q.gold)})
     rows = [r for rs in by_kind.values() for r in rs]
     return {
         "n": len(rows),
-        **_mean(rows),
-        "by_kind": {k: {"n": len(v), **_mean(v)} for k, v in sorted(by_kind.items())},
+        **mean_scores(rows),
+        "by_kind": {k: {"n": len(v), **mean_scores(v)} for k, v in sorted(by_kind.items())},
         "questions": per_question,
     }

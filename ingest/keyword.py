@@ -170,8 +170,7 @@ class TokenCache:
             fresh = fresh or line is None
             rows[key] = len(out)
             out.append([vocab.setdefault(t, t) for t in tokens])
-        if fresh or known:  # else the file holds exactly these texts already
-            self._file.write(f"{key}\t{' '.join(out[row])}\n" for key, row in rows.items())
+        self._file.save(rows.keys(), (f"{key}\t{' '.join(out[row])}\n" for key, row in rows.items()), fresh=fresh)
         return out
 
 

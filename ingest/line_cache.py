@@ -5,7 +5,9 @@ are both "what the last ingest computed, by content key, for this version of the
 `<folder>/<code version><suffix>` in the store, replaced atomically by each ingest with the
 lines it used (so entries of deleted content drop out), files of other code versions removed.
 A line is kept as read: an unchanged entry is written back without being decoded and encoded
-again. It is only a cache: a file that cannot be read or written is logged, never fatal.
+again, and a file that would come out the same is not written at all (a scheduled re-ingest
+of unchanged sources uploads nothing). It is only a cache: a file that cannot be read or
+written is logged, never fatal.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 from flytegpt.ingest.store import atomic_writer, get_fs, join, list_dir, read_bytes
 
@@ -21,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class LineFile:
-    """One cache file: `read()` gives {key: line}, `write(lines)` replaces it."""
+    """One cache file: `read()` gives {key: line}, `save(...)` replaces it when it changed."""
 
     def __init__(self, store: str, folder: str, version: str, suffix: str, key_of: Callable[[str], str]) -> None:
         self.fs, root = get_fs(store)
@@ -29,12 +31,14 @@ class LineFile:
         self.suffix = suffix
         self.path = join(self.folder, f"{version}{suffix}")
         self._key_of = key_of
+        self._read: frozenset[str] | None = None  # the keys of the file as read (None: not read, or unusable)
 
     def read(self) -> dict[str, str]:
         """Every line by its key (lines end with a newline); {} when there is no usable file."""
         known: dict[str, str] = {}
         data = read_bytes(self.fs, self.path)
         if data is None:
+            self._read = frozenset()
             return known
         try:
             with gzip.open(io.BytesIO(data), "rt", encoding="utf-8", newline="\n") as lines:
@@ -44,9 +48,17 @@ class LineFile:
         except (OSError, EOFError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
             log.warning("cache %s is unreadable (%s): computing every entry afresh", self.path, e)
             return {}
+        self._read = frozenset(known)
         return known
 
-    def write(self, lines: Iterable[str]) -> None:
+    def save(self, keys: Collection[str], lines: Iterable[str], *, fresh: bool) -> None:
+        """Replace the file with `lines` (one per key in `keys`), unless it holds them already:
+        nothing was computed afresh (`fresh`) and the keys are exactly those read."""
+        if not fresh and self._read is not None and self._read == frozenset(keys):
+            return
+        self._write(lines)
+
+    def _write(self, lines: Iterable[str]) -> None:
         """Replace the file with `lines` (each ending in a newline), then drop other versions' files."""
         try:
             with atomic_writer(self.fs, self.path) as raw:

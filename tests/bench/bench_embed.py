@@ -168,7 +168,7 @@ def print_auto(embedder) -> None:
 
 
 def quality(args, config) -> bool:
-    from flytegpt.ingest.evaluation import METRICS, evaluate, load_questions
+    from flytegpt.ingest.evaluation import METRICS, evaluate, load_questions, mean_scores
     from flytegpt.ingest.pipeline import run_ingest
     from flytegpt.ingest.search import HybridSearcher
 
@@ -200,28 +200,21 @@ def quality(args, config) -> bool:
         groups.append((f"all ({len(pooled)})", slice(None), True))
     for label, part, gated in groups:
         for kind in ("hybrid", "dense"):
-            ref, ours = (_mean_of(results[n][kind]["questions"][part], METRICS) for n in ("fp32", "ours"))
+            ref, ours = (mean_scores(results[n][kind]["questions"][part]) for n in ("fp32", "ours"))
             for metric in METRICS:
                 t, o = ref[metric], ours[metric]
                 below = gated and kind == "hybrid" and metric in ("recall@5", "mrr@10") and o < t - TARGET_DELTA - 1e-9
                 ok = ok and not below
                 print(f"{label:24}{kind:10}{metric:>14}{t:>8.3f}{o:>8.3f}{o - t:>+8.3f}"
                       f"{f'  MORE THAN {TARGET_DELTA} BELOW' if below else ''}")
-    moved = [(r["id"], _first(r), _first(o)) for r, o in zip(results["fp32"]["hybrid"]["questions"],
-                                                            results["ours"]["hybrid"]["questions"]) if _first(r) != _first(o)]
+    moved = [(r["id"], r["first_gold_rank"], o["first_gold_rank"])
+             for r, o in zip(results["fp32"]["hybrid"]["questions"], results["ours"]["hybrid"]["questions"])
+             if r["first_gold_rank"] != o["first_gold_rank"]]
     print("hybrid, first gold rank fp32 -> ours (None: not in the top 10): "
           + (", ".join(f"{i} {a} -> {b}" for i, a, b in moved) or "the same for every question"))
     print(f"hybrid recall@5 and MRR@10 over all {len(pooled)} questions within {TARGET_DELTA} of fp32: "
           f"{'MET' if ok else 'MISSED'}")
     return ok
-
-
-def _mean_of(rows: list[dict], metrics) -> dict[str, float]:
-    return {m: sum(r[m] for r in rows) / len(rows) for m in metrics}
-
-
-def _first(row: dict) -> int | None:
-    return next((i for i, s in enumerate(row["top"], 1) if s in row["gold"]), None)
 
 
 def model_tokens(texts: list[str], tokenizer, max_len: int) -> int:

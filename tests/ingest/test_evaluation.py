@@ -5,6 +5,7 @@ from flytegpt.ingest.evaluation import (
     QuestionFileError,
     evaluate,
     load_questions,
+    mean_scores,
     score_question,
     unknown_gold,
 )
@@ -45,6 +46,15 @@ def test_evaluate_reports_by_kind(tmp_path):
     report = evaluate(qs, lambda q: [chunk("g:1")] if q == "one" else [chunk("x:1")])
     assert report["n"] == 2 and report["recall@5"] == 0.5
     assert report["by_kind"]["docs"]["mrr@10"] == 1.0 and report["by_kind"]["code"]["mrr@10"] == 0.0
+    assert [q["first_gold_rank"] for q in report["questions"]] == [1, None]
+
+
+def test_the_first_gold_rank_is_where_a_reader_finds_it():
+    report = evaluate([Question("q", "q", ("g:2", "g:3"))],
+                      lambda q: [chunk(f"x:{i}") for i in range(4)] + [chunk("g:3"), chunk("g:2")])
+    [row] = report["questions"]
+    assert row["first_gold_rank"] == 5 and row["mrr@10"] == 0.2
+    assert mean_scores([row, {**row, "mrr@10": 1.0}])["mrr@10"] == 0.6
 
 
 def test_bad_question_file_names_the_line(tmp_path):
