@@ -331,11 +331,12 @@ def _read_day(tree: _Tree, rel: str, report: LoadReport) -> list[dict] | None:
     if not isinstance(data, list):
         report.skip(rel, f"expected a list of messages, got {type(data).__name__}")
         return None
-    bad = sum(1 for m in data if not isinstance(m, dict) or not valid_ts(m.get("ts")))
-    if bad:
-        report.skip(rel, f"{bad} of {len(data)} messages have no valid 'ts'")
-        return None
-    return [clean_message(m) for m in data]
+    # A message without a timestamp can't be placed in a thread or linked to; the others of
+    # the day still can, so only the odd ones are left out (and counted in the report).
+    good = [m for m in data if isinstance(m, dict) and valid_ts(m.get("ts"))]
+    if len(good) < len(data):
+        report.skip(rel, f"{len(data) - len(good)} of {len(data)} messages left out: no valid 'ts'")
+    return [clean_message(m) for m in good]
 
 
 def _channel_documents(

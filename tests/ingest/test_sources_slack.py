@@ -107,6 +107,23 @@ def test_malformed_day_files_are_reported_and_skipped():
     assert f"help/{T2}" in docs  # the rest of the channel is ingested
 
 
+def test_messages_without_a_timestamp_are_left_out_and_the_rest_of_their_day_kept(tmp_path):
+    export = tmp_path / "export"
+    shutil.copytree(FIXTURE, export)
+    day = export / "help" / "2023-02-04.json"
+    day.write_text(
+        '[{"type": "message", "user": "U1", "text": "Why does my map task retry forever?", "ts": "1675500000.000100"},'
+        ' "not a message", {"type": "message", "user": "U2", "text": "lost ts", "ts": {"n": 1}},'
+        ' {"type": "message", "user": "U2", "text": "Set retries=0 on the task.", "ts": "1675500060.000100",'
+        ' "thread_ts": "1675500000.000100"}]'
+    )
+    docs, report = _load(export)
+    thread = docs["help/1675500000.000100"]
+    assert "map task retry forever" in thread.text and "retries=0" in thread.text
+    assert "lost ts" not in thread.text
+    assert "2 of 4 messages left out" in dict(report.skipped)["help/2023-02-04.json"]
+
+
 def test_zip_and_folder_give_the_same_documents(tmp_path):
     folder_docs, folder_report = _load(FIXTURE)
     zip_docs, zip_report = _load(_zip(FIXTURE, tmp_path / "export.zip"))
