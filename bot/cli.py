@@ -218,9 +218,10 @@ def demo(config_path: Path, store: str | None) -> None:
 from flytegpt.bot.cli_answer import ask, chat  # noqa: E402  (commands that live beside their feature)
 from flytegpt.bot.cli_serve import feedback_group, serve_cmd  # noqa: E402
 from flytegpt.bot.cli_report import report_cmd, snapshot_cmd  # noqa: E402
+from flytegpt.bot.cli_index import publish_cmd, versions_cmd  # noqa: E402
 
 feedback_group.add_command(snapshot_cmd)  # `flytegpt feedback snapshot`
-for _command in (ask, chat, serve_cmd, feedback_group, report_cmd):
+for _command in (ask, chat, serve_cmd, feedback_group, report_cmd, versions_cmd, publish_cmd):
     main.add_command(_command)
 
 if __name__ == "__main__":

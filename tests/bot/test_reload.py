@@ -90,6 +90,27 @@ def test_reloader_swaps_and_refuses(config, embedder):
     assert b'flytegpt_index_info{version="%s"} 1.0' % v2.encode() in metrics.render()
 
 
+def test_a_rollback_with_flytegpt_publish_is_served_at_the_next_check(config, embedder):
+    from click.testing import CliRunner
+
+    from flytegpt.bot.cli import main
+    from flytegpt.ingest.config import sample_config_path
+
+    holder = IndexHolder()
+    reloader = Reloader(config, holder, embedder=embedder)
+    assert reloader.check_once()
+    v1 = holder.version
+    v2 = publish_variant(config.index.store, v1)
+    assert reloader.check_once() and holder.version == v2
+    n2 = len(holder.get().chunks)
+
+    result = CliRunner().invoke(main, ["publish", v1, "--store", config.index.store,
+                                       "--config", str(sample_config_path())])
+    assert result.exit_code == 0, result.output
+    assert reloader.check_once() and holder.version == v1  # an older version is swapped in like a new one
+    assert len(holder.get().chunks) == n2 + 1
+
+
 def test_new_version_published_while_questions_are_in_flight(config, embedder):
     holder, metrics = IndexHolder(), Metrics()
     reloader = Reloader(config, holder, metrics=metrics, embedder=embedder, interval_s=0.2)

@@ -1,0 +1,128 @@
+"""`flytegpt versions` and `flytegpt publish`: what an index store holds, and a deliberate rollback.
+
+A nightly ingest that publishes a worse index (a source that lost half its pages, a model
+change that answers badly) should be undone in one command, without a rebuild: every version
+the store keeps is complete and verified before LATEST moves to it, and a running bot swaps it
+in at its next reload check, as it does a new one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flytegpt.bot.cli_options import config_option, load, store_option
+
+
+def _row(store: str, version: str, latest: str | None) -> dict[str, Any]:
+    from flytegpt.ingest.artifact import ArtifactError, read_manifest
+
+    row: dict[str, Any] = {"version": version, "latest": version == latest}
+    try:
+        m = read_manifest(store, version)
+    except ArtifactError as e:  # listed, with why it cannot serve: it is what a rollback would meet
+        return {**row, "problem": str(e)}
+    return {**row, "created_at": m.get("created_at"), "sources_read_at": m.get("sources_read_at"),
+            "chunks": m["chunk_count"], "counts": m.get("counts", {}), "model": m["model"]["model_id"],
+            "index": m["index"]["type"]}
+
+
+def _store_state(store: str) -> tuple[list[str], str | None, str | None]:
+    """(versions oldest first, LATEST, why LATEST is unreadable), or a ClickException."""
+    from flytegpt.ingest.artifact import ArtifactError, list_versions, read_latest
+
+    try:
+        versions = list_versions(store)
+    except (OSError, ValueError) as e:  # a missing bucket, a refused listing
+        raise click.ClickException(f"cannot list the index store {store}: {e}") from None
+    try:
+        return versions, read_latest(store), None
+    except ArtifactError as e:
+        return versions, None, str(e)
+
+
+@click.command("versions")
+@config_option
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the store, LATEST and every version.")
+def versions_cmd(config_path: Path, store: str | None, as_json: bool) -> None:
+    """List the index versions in the store, newest first; * marks the one served (LATEST)."""
+    config = load(config_path, store)
+    where = config.index.store
+    versions, latest, latest_problem = _store_state(where)
+    rows = [_row(where, v, latest) for v in reversed(versions)]
+    if as_json:
+        click.echo(json.dumps({"store": where, "latest": latest, "latest_problem": latest_problem, "versions": rows}))
+        return
+    if not rows:
+        raise click.ClickException(f"no index versions in {where}: build one with flytegpt ingest --store {where}")
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"index versions in {escape(where)}")
+    table.add_column("", min_width=1)
+    for col in ("version", "created (UTC)", "chunks"):
+        table.add_column(col, no_wrap=True)  # ids and times stay whole; the rest is in --json
+    table.add_column("model", overflow="fold")
+    problems: list[str] = []
+    for r in rows:
+        mark = "*" if r["latest"] else ""
+        if "problem" in r:
+            problems.append(f"{r['version']}: {r['problem']}")
+            table.add_row(mark, r["version"], "[red]unreadable[/red]", "", "")
+            continue
+        table.add_row(mark, r["version"], _minutes(r["created_at"]), f"{r['chunks']:,}", escape(r["model"]))
+    console = Console()
+    console.print(table)
+    for p in problems:
+        console.print(f"[red]unreadable[/red] {escape(p)}")
+    if latest_problem:
+        console.print(f"[red]LATEST is unreadable[/red]: {escape(latest_problem)}")
+    elif latest is None:
+        console.print("Nothing is published yet (no LATEST): flytegpt publish VERSION serves one.")
+    elif latest not in versions:
+        console.print(f"[red]LATEST names {latest}, which is not in the store[/red]: publish one of the above.")
+
+
+def _minutes(stamp: Any) -> str:
+    """`2026-12-03T17:41:17.123456+00:00` -> `2026-12-03 17:41`: the listing is read by people."""
+    return str(stamp or "")[:16].replace("T", " ")
+
+
+@click.command("publish")
+@click.argument("version")
+@config_option
+@store_option
+def publish_cmd(version: str, config_path: Path, store: str | None) -> None:
+    """Serve VERSION: verify it and point LATEST at it (a rollback, or back again).
+
+    A running bot swaps it in at its next reload check. The next scheduled ingest publishes a
+    new version as usual: pause its launch plan while the cause is fixed.
+    """
+    from flytegpt.ingest.artifact import ArtifactError, check_version_id, publish
+    from flytegpt.ingest.store import StoreLockError, StoreWriteError
+
+    config = load(config_path, store)
+    where = config.index.store
+    try:
+        check_version_id(version.strip(), "flytegpt publish")
+    except ArtifactError as e:
+        raise click.UsageError(f"{e}; flytegpt versions lists them") from None
+    version = version.strip()
+    versions, latest, _ = _store_state(where)
+    if version not in versions:
+        recent = ", ".join(reversed(versions[-5:])) or "none"
+        raise click.ClickException(f"{version} is not a complete version in {where} (newest: {recent})")
+    if version == latest:
+        click.echo(f"{version} is already served (LATEST) in {where}")
+        return
+    try:
+        # force: moving LATEST to a version made from older sources is the point of a rollback
+        publish(where, version, keep_versions=config.index.keep_versions, force=True)
+    except (ArtifactError, StoreLockError, StoreWriteError, OSError) as e:
+        raise click.ClickException(f"not published, LATEST still names {latest}: {e}") from None
+    click.echo(f"LATEST -> {version} in {where} (was {latest}); a running bot serves it after its next reload check")

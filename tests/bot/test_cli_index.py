@@ -1,0 +1,88 @@
+"""`flytegpt versions` and `flytegpt publish` as an operator runs them on a store of real versions."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from support.index_data import MODEL, edit_manifest, make_chunks, make_vectors
+
+from flytegpt.bot.cli import main
+from flytegpt.ingest.artifact import CHUNKS_FILE, publish, read_latest, write_version
+
+
+def run(store: Path, *args: str):
+    return CliRunner().invoke(main, [*args, "--store", str(store)], env={"COLUMNS": "300"})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[Path, list[str]]:
+    """Three published versions, oldest first; the last is LATEST."""
+    versions = []
+    for i, n in enumerate((8, 12, 6)):
+        if i:
+            time.sleep(1.0)  # version ids carry the time in seconds
+        v = write_version(str(tmp_path), make_chunks(n, tag=str(i)), make_vectors(n, seed=i), MODEL)
+        publish(str(tmp_path), v)
+        versions.append(v)
+    return tmp_path, versions
+
+
+def test_versions_lists_newest_first_and_marks_latest(store):
+    path, (v1, v2, v3) = store
+    result = run(path, "versions")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    rows = [line for line in lines if any(v in line for v in (v1, v2, v3))]
+    assert [next(v for v in (v1, v2, v3) if v in r) for r in rows] == [v3, v2, v1]
+    assert "*" in rows[0] and "*" not in rows[1] + rows[2]
+    assert "test/model" in rows[0] and "12" in rows[1]
+
+    data = json.loads(run(path, "versions", "--json").output)
+    assert data["latest"] == v3
+    assert [(r["version"], r["chunks"], r["latest"]) for r in data["versions"]] == [(v3, 6, True), (v2, 12, False), (v1, 8, False)]
+    assert data["versions"][1]["counts"] == {"code": 3, "docs": 6, "slack": 3}
+
+
+def test_publish_rolls_back_and_forward(store):
+    path, (v1, v2, v3) = store
+    result = run(path, "publish", v1)
+    assert result.exit_code == 0, result.output
+    assert read_latest(str(path)) == v1
+    assert f"was {v3}" in result.output
+    assert run(path, "publish", v1).output.startswith(f"{v1} is already served")
+    assert run(path, "publish", v3).exit_code == 0 and read_latest(str(path)) == v3
+    assert set(json.loads(run(path, "versions", "--json").output)["versions"][i]["version"] for i in range(3)) == {v1, v2, v3}
+
+
+def test_publish_refuses_what_cannot_serve(store):
+    path, (v1, v2, v3) = store
+    (path / v2 / CHUNKS_FILE).write_bytes(b"not gzip")
+    result = run(path, "publish", v2)
+    assert result.exit_code == 1
+    assert f"not published, LATEST still names {v3}" in result.output and CHUNKS_FILE in result.output
+    assert read_latest(str(path)) == v3
+
+    unknown = "20200101T000000Z-00000000"
+    result = run(path, "publish", unknown)
+    assert result.exit_code == 1 and f"{unknown} is not a complete version" in result.output and v3 in result.output
+    result = run(path, "publish", "../LATEST")
+    assert result.exit_code == 2 and "not an index version id" in result.output
+    assert read_latest(str(path)) == v3
+
+
+def test_versions_shows_a_damaged_manifest_and_an_empty_store(store, tmp_path_factory):
+    path, (v1, v2, v3) = store
+    edit_manifest(path, v1, lambda m: m.update(chunk_count="many"))
+    data = json.loads(run(path, "versions", "--json").output)
+    assert "chunk_count" in data["versions"][2]["problem"]
+    result = run(path, "versions")
+    assert result.exit_code == 0 and "chunk_count" in result.output
+
+    empty = tmp_path_factory.mktemp("empty")
+    result = run(empty, "versions")
+    assert result.exit_code == 1 and "no index versions" in result.output and "flytegpt ingest" in result.output
+    assert json.loads(run(empty, "versions", "--json").output)["versions"] == []
