@@ -14,7 +14,7 @@ from flytegpt.bot.cli import main
 from flytegpt.ingest.artifact import CHUNKS_FILE, publish, read_latest, write_version
 
 
-def run(store: Path, *args: str):
+def run(store: "Path | str", *args: str):
     return CliRunner().invoke(main, [*args, "--store", str(store)], env={"COLUMNS": "300"})
 
 
@@ -86,3 +86,20 @@ def test_versions_shows_a_damaged_manifest_and_an_empty_store(store, tmp_path_fa
     result = run(empty, "versions")
     assert result.exit_code == 1 and "no index versions" in result.output and "flytegpt ingest" in result.output
     assert json.loads(run(empty, "versions", "--json").output)["versions"] == []
+
+
+def test_versions_and_rollback_on_an_s3_store():
+    from support.moto_s3 import moto_endpoint
+
+    with moto_endpoint("flytegpt-rollback"):
+        store = "s3://flytegpt-rollback/index"
+        v1 = write_version(store, make_chunks(5), make_vectors(5), MODEL)
+        publish(store, v1)
+        time.sleep(1.0)
+        v2 = write_version(store, make_chunks(7, tag="b"), make_vectors(7, seed=1), MODEL)
+        publish(store, v2)
+        data = json.loads(run(store, "versions", "--json").output)
+        assert [(r["version"], r["chunks"], r["latest"]) for r in data["versions"]] == [(v2, 7, True), (v1, 5, False)]
+        result = run(store, "publish", v1)
+        assert result.exit_code == 0, result.output
+        assert read_latest(store) == v1
