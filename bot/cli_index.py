@@ -113,7 +113,7 @@ def publish_cmd(version: str, config_path: Path, store: str | None) -> None:
     except ArtifactError as e:
         raise click.UsageError(f"{e}; flytegpt versions lists them") from None
     version = version.strip()
-    versions, latest, _ = _store_state(where)
+    versions, latest, latest_problem = _store_state(where)
     if version not in versions:
         recent = ", ".join(reversed(versions[-5:])) or "none"
         raise click.ClickException(f"{version} is not a complete version in {where} (newest: {recent})")
@@ -125,4 +125,5 @@ def publish_cmd(version: str, config_path: Path, store: str | None) -> None:
         publish(where, version, keep_versions=config.index.keep_versions, force=True)
     except (ArtifactError, StoreLockError, StoreWriteError, OSError) as e:
         raise click.ClickException(f"not published, LATEST still names {latest}: {e}") from None
-    click.echo(f"LATEST -> {version} in {where} (was {latest}); a running bot serves it after its next reload check")
+    was = latest or ("unreadable" if latest_problem else "nothing published")
+    click.echo(f"LATEST -> {version} in {where} (was {was}); a running bot serves it after its next reload check")

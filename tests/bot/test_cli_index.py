@@ -55,6 +55,11 @@ def test_publish_rolls_back_and_forward(store):
     assert f"was {v3}" in result.output
     assert run(path, "publish", v1).output.startswith(f"{v1} is already served")
     assert run(path, "publish", v3).exit_code == 0 and read_latest(str(path)) == v3
+
+    (path / "LATEST").write_bytes(b"\0garbage")  # a damaged LATEST: publishing repairs it
+    assert "NUL bytes" in json.loads(run(path, "versions", "--json").output)["latest_problem"]
+    result = run(path, "publish", v2)
+    assert result.exit_code == 0 and "(was unreadable)" in result.output and read_latest(str(path)) == v2
     assert set(json.loads(run(path, "versions", "--json").output)["versions"][i]["version"] for i in range(3)) == {v1, v2, v3}
 
 
