@@ -32,7 +32,9 @@ def main(verbose: int) -> None:
 @store_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> None:
+@click.option("--dry-run", is_flag=True,
+              help="Read and chunk the sources, show what would be indexed and skipped; embed and write nothing.")
+def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool, dry_run: bool) -> None:
     """Build and publish a new index version from the configured sources."""
     from flytegpt.ingest.artifact import ArtifactError
     from flytegpt.ingest.pipeline import run_ingest
@@ -40,6 +42,9 @@ def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> 
     from flytegpt.ingest.tuning import TuningError
 
     config = load(config_path, store)
+    if dry_run:
+        _dry_run(config, progress=not quiet and not as_json, as_json=as_json)
+        return
     try:
         summary = run_ingest(config, progress=not quiet and not as_json)
     except (ConfigError, ValueError, ArtifactError, StoreLockError, StoreWriteError, TuningError) as e:
@@ -52,22 +57,50 @@ def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> 
     _print_summary(summary)
 
 
-def _print_summary(summary) -> None:
+def _dry_run(config, *, progress: bool, as_json: bool) -> None:
     from rich.console import Console
+
+    from flytegpt.ingest.pipeline import dry_run
+
+    try:
+        sources, timings = dry_run(config, progress=progress)
+    except (ConfigError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"reading the sources failed: {e}") from None
+    if as_json:
+        click.echo(json.dumps({"dry_run": True, "chunks": sum(s.chunks for s in sources),
+                               "sources": [s.__dict__ for s in sources], "timings": timings}))
+        return
+    console = Console()
+    _print_sources(console, "Dry run: what an ingest would index (nothing embedded or written)", sources)
+    total = sum(s.chunks for s in sources)
+    console.print(f"{total:,} chunks in {sum(timings.values()):.1f}s"
+                  + ("" if total else ": an ingest would stop here, every source is empty or skipped"))
+
+
+def _print_sources(console, title: str, sources) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
-    table = Table(title=f"Published index version {summary.version}")
+    table = Table(title=title)
     for col in ("source", "kind", "documents", "chunks", "skipped"):
         table.add_column(col, justify="right" if col not in ("source", "kind") else "left")
-    for s in summary.sources:
-        table.add_row(s.name, s.kind, str(s.documents), str(s.chunks), str(len(s.skipped)))
+    for s in sources:
+        table.add_row(escape(s.name), s.kind, str(s.documents), str(s.chunks), str(len(s.skipped)))
     console.print(table)
-    for s in summary.sources:
+    for s in sources:
         for name, reason in s.skipped:
             # file names and reasons come from the corpus: printed as text, never as markup
             console.print(f"[yellow]skipped[/] {escape(s.name)}: {escape(name)}: {escape(reason)}")
+
+
+def _print_summary(summary) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console()
+    _print_sources(console, f"Published index version {summary.version}", summary.sources)
     total = summary.total_seconds
     embed = summary.timings.get("embed", 0.0)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.timings.items())

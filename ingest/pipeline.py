@@ -111,7 +111,7 @@ def collect(config: Config, *, progress: bool = True) -> tuple[list[Document], d
 
 
 def chunk_all(
-    documents: Iterable[Document], store: str, reports: dict[str, LoadReport] | None = None
+    documents: Iterable[Document], store: str, reports: dict[str, LoadReport] | None = None, *, save: bool = True
 ) -> tuple[list[Chunk], float]:
     """Every document's chunks, in order: (chunks, seconds spent chunking).
 
@@ -119,7 +119,8 @@ def chunk_all(
     from the store's chunk cache (ingest/chunk_cache.py) instead of being chunked again.
     `documents` may be a stream that reads the sources: that time is not counted.
     A document the chunkers fail on is skipped and listed in its source's report, like a
-    broken file: one pathological file never costs the whole ingest.
+    broken file: one pathological file never costs the whole ingest. `save=False` leaves the
+    chunk cache as it was (a dry run writes nothing).
     """
     from flytegpt.ingest.chunk_cache import ChunkCache
     from flytegpt.ingest.chunking import chunk_document
@@ -141,14 +142,15 @@ def chunk_all(
                 log.warning("%s: skipped %s: %s", doc.source, doc.locator, reason)
         chunking += time.perf_counter() - t
     t = time.perf_counter()
-    cache.save()
+    if save:
+        cache.save()
     chunking += time.perf_counter() - t
     log.info("chunked %d documents, %d unchanged ones from the chunk cache", count - cache.hits, cache.hits)
     return chunks, chunking
 
 
 def collect_chunks(
-    config: Config, *, progress: bool = True
+    config: Config, *, progress: bool = True, save: bool = True
 ) -> tuple[list[Chunk], dict[str, LoadReport], Counter, dict[str, float]]:
     """Read and chunk in one pass: (chunks, reports, documents per source, timings).
 
@@ -157,7 +159,8 @@ def collect_chunks(
     """
     reports: dict[str, LoadReport] = {}
     t = time.perf_counter()
-    chunks, chunking = chunk_all(iter_documents(config, reports, progress=progress), config.index.store, reports)
+    chunks, chunking = chunk_all(iter_documents(config, reports, progress=progress), config.index.store, reports,
+                                 save=save)
     total = time.perf_counter() - t
     doc_counts = Counter({name: r.documents for name, r in reports.items()})
     return chunks, reports, doc_counts, {"collect": total - chunking, "chunk": chunking}
@@ -305,11 +308,7 @@ def run_ingest(
     if not chunks:
         raise ValueError("no chunks: every source was empty or skipped; nothing to publish")
     per_source = source_stats(reports, chunks)
-    kinds = {s.name: s.kind for s in config.sources}
-    sources = [
-        SourceSummary(name, kinds[name], s["documents"], s["chunks"], list(reports[name].skipped))
-        for name, s in per_source.items()
-    ]
+    sources = _source_summaries(config, reports, per_source)
 
     # BM25 is built on a thread while the model loads and embeds: tokenising is Python that
     # takes the GIL in short slices, the model runs outside it, so a re-ingest's second of
@@ -364,6 +363,24 @@ def run_ingest(
         autotune=embedder.autotune.to_dict() if embedder.autotune else None,
         tuning=tuned.to_dict() if tuned is not None else None,
     )
+
+
+def _source_summaries(config: Config, reports: dict[str, LoadReport],
+                      per_source: dict[str, dict[str, int]]) -> list[SourceSummary]:
+    kinds = {s.name: s.kind for s in config.sources}
+    return [SourceSummary(name, kinds[name], s["documents"], s["chunks"], list(reports[name].skipped))
+            for name, s in per_source.items()]
+
+
+def dry_run(config: Config, *, progress: bool = True) -> tuple[list[SourceSummary], dict[str, float]]:
+    """Read and chunk every source as an ingest would, and stop there: what would be indexed
+    and what would be skipped, per source, without loading the model or writing to the store.
+
+    Checking a new configuration (paths, excludes, a Slack export) takes seconds this way,
+    where a first ingest spends minutes embedding before its summary says a folder was wrong.
+    """
+    chunks, reports, _, timings = collect_chunks(config, progress=progress, save=False)
+    return _source_summaries(config, reports, source_stats(reports, chunks)), timings
 
 
 class _Background:

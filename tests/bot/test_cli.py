@@ -69,6 +69,26 @@ def test_ingest_summary_names_a_malformed_day_file_and_keeps_the_rest(corpus: Pa
     assert len(slack["skipped"]) == 1 and slack["documents"] > 0
 
 
+def test_dry_run_shows_what_an_ingest_would_index_and_writes_nothing(corpus: Path, tmp_path: Path):
+    bad = tmp_path / "sample"
+    shutil.copytree(corpus, bad)
+    (bad / "slack" / "flyte-support" / "2024-05-01.json").write_text("[{not json")
+    fresh = tmp_path / "store"
+    result = run("ingest", "--config", str(bad / "flytegpt.toml"), "--store", str(fresh), "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    dry = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not fresh.exists()  # no chunk cache, no embeddings, no version, no LATEST
+
+    table = run("ingest", "--config", str(bad / "flytegpt.toml"), "--store", str(fresh), "--dry-run")
+    assert table.exit_code == 0 and "Dry run" in table.output and "2024-05-01.json" in table.output
+    assert f"{dry['chunks']:,} chunks" in table.output
+
+    real = ingest_json(bad, str(fresh))
+    assert dry["chunks"] == real["chunks"]
+    assert [(s["name"], s["documents"], s["chunks"], s["skipped"]) for s in dry["sources"]] == [
+        (s["name"], s["documents"], s["chunks"], s["skipped"]) for s in real["sources"]]
+
+
 def test_search_shows_ranked_chunks_with_source_ids_and_urls(corpus: Path, store: str):
     ingest_json(corpus, store)
     result = run("search", "how do I invalidate the cache", "--config", str(corpus / "flytegpt.toml"),
