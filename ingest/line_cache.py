@@ -36,7 +36,11 @@ class LineFile:
     def read(self) -> dict[str, str]:
         """Every line by its key (lines end with a newline); {} when there is no usable file."""
         known: dict[str, str] = {}
-        data = read_bytes(self.fs, self.path)
+        try:
+            data = read_bytes(self.fs, self.path)
+        except Exception as e:  # noqa: BLE001 - a store's client raises its own errors (botocore's are no OSError)
+            log.warning("cache %s cannot be read (%s): computing every entry afresh", self.path, e)
+            return known
         if data is None:
             self._read = frozenset()
             return known
@@ -72,5 +76,5 @@ class LineFile:
                 name = entry["name"].rstrip("/")
                 if name != self.path and name.endswith(self.suffix):
                     self.fs.rm(name)
-        except OSError as e:  # a cache that cannot be written costs time next run, nothing else
+        except Exception as e:  # noqa: BLE001 - a cache that cannot be written costs time next run, nothing else
             log.warning("could not write the cache %s: %s", self.path, e)

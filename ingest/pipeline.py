@@ -111,7 +111,7 @@ def collect(config: Config, *, progress: bool = True) -> tuple[list[Document], d
 
 
 def chunk_all(
-    documents: Iterable[Document], store: str, reports: dict[str, LoadReport] | None = None, *, save: bool = True
+    documents: Iterable[Document], store: str | None, reports: dict[str, LoadReport] | None = None
 ) -> tuple[list[Chunk], float]:
     """Every document's chunks, in order: (chunks, seconds spent chunking).
 
@@ -119,13 +119,13 @@ def chunk_all(
     from the store's chunk cache (ingest/chunk_cache.py) instead of being chunked again.
     `documents` may be a stream that reads the sources: that time is not counted.
     A document the chunkers fail on is skipped and listed in its source's report, like a
-    broken file: one pathological file never costs the whole ingest. `save=False` leaves the
-    chunk cache as it was (a dry run writes nothing).
+    broken file: one pathological file never costs the whole ingest. `store=None`: no chunk
+    cache at all (a dry run neither reads nor writes the store).
     """
     from flytegpt.ingest.chunk_cache import ChunkCache
     from flytegpt.ingest.chunking import chunk_document
 
-    cache = ChunkCache(store)
+    cache = ChunkCache(store) if store is not None else None
     chunks: list[Chunk] = []
     chunking = 0.0
     count = 0
@@ -133,7 +133,7 @@ def chunk_all(
         count += 1
         t = time.perf_counter()
         try:
-            chunks.extend(cache.chunks(doc, chunk_document))
+            chunks.extend(cache.chunks(doc, chunk_document) if cache is not None else chunk_document(doc))
         except Exception as e:  # noqa: BLE001 - whatever a parser raises on one file
             reason = f"could not be chunked ({type(e).__name__}: {str(e)[:200]})"
             if reports is not None and doc.source in reports:  # logged with the source's other skips
@@ -141,16 +141,17 @@ def chunk_all(
             else:
                 log.warning("%s: skipped %s: %s", doc.source, doc.locator, reason)
         chunking += time.perf_counter() - t
+    if cache is None:
+        return chunks, chunking
     t = time.perf_counter()
-    if save:
-        cache.save()
+    cache.save()
     chunking += time.perf_counter() - t
     log.info("chunked %d documents, %d unchanged ones from the chunk cache", count - cache.hits, cache.hits)
     return chunks, chunking
 
 
 def collect_chunks(
-    config: Config, *, progress: bool = True, save: bool = True
+    config: Config, *, progress: bool = True, cached: bool = True
 ) -> tuple[list[Chunk], dict[str, LoadReport], Counter, dict[str, float]]:
     """Read and chunk in one pass: (chunks, reports, documents per source, timings).
 
@@ -159,8 +160,8 @@ def collect_chunks(
     """
     reports: dict[str, LoadReport] = {}
     t = time.perf_counter()
-    chunks, chunking = chunk_all(iter_documents(config, reports, progress=progress), config.index.store, reports,
-                                 save=save)
+    store = config.index.store if cached else None  # cached=False: the store is not touched
+    chunks, chunking = chunk_all(iter_documents(config, reports, progress=progress), store, reports)
     total = time.perf_counter() - t
     doc_counts = Counter({name: r.documents for name, r in reports.items()})
     return chunks, reports, doc_counts, {"collect": total - chunking, "chunk": chunking}
@@ -374,12 +375,13 @@ def _source_summaries(config: Config, reports: dict[str, LoadReport],
 
 def dry_run(config: Config, *, progress: bool = True) -> tuple[list[SourceSummary], dict[str, float]]:
     """Read and chunk every source as an ingest would, and stop there: what would be indexed
-    and what would be skipped, per source, without loading the model or writing to the store.
+    and what would be skipped, per source, without loading the model or touching the store
+    (no chunk cache either: checking a config needs no store credentials).
 
     Checking a new configuration (paths, excludes, a Slack export) takes seconds this way,
     where a first ingest spends minutes embedding before its summary says a folder was wrong.
     """
-    chunks, reports, _, timings = collect_chunks(config, progress=progress, save=False)
+    chunks, reports, _, timings = collect_chunks(config, progress=progress, cached=False)
     return _source_summaries(config, reports, source_stats(reports, chunks)), timings
 
 

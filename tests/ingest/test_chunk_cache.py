@@ -98,6 +98,47 @@ def test_an_unreadable_cache_is_ignored(corpus, monkeypatch: pytest.MonkeyPatch,
     assert len(_cache_lines(config.index.store)) > 0  # and rewritten whole
 
 
+def test_a_store_that_cannot_be_reached_costs_the_cache_not_the_documents(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object store's client raises its own errors (botocore's EndpointConnectionError is no
+    OSError): the cache is read once, found unusable, and every document is chunked afresh.
+    Before, each document retried the read and was skipped as "could not be chunked"."""
+    from flytegpt.ingest import line_cache
+
+    config, _ = corpus
+    first, _, _, _ = collect_chunks(config, progress=False, cached=False)
+    calls: list[str] = []
+
+    class EndpointConnectionError(Exception):
+        pass
+
+    def unreachable(fs, path):
+        calls.append(path)
+        raise EndpointConnectionError(f"Could not connect to the endpoint URL: {path}")
+
+    def unwritable(*args, **kwargs):
+        raise EndpointConnectionError("Could not connect to the endpoint URL")
+
+    monkeypatch.setattr(line_cache, "read_bytes", unreachable)
+    monkeypatch.setattr(line_cache, "atomic_writer", unwritable)
+    chunks, reports, _, _ = collect_chunks(config, progress=False)
+    assert chunks == first
+    assert all(not r.skipped for r in reports.values())
+    assert len(calls) == 1
+
+
+def test_a_dry_run_neither_reads_nor_writes_the_store(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flytegpt.ingest.pipeline import dry_run
+
+    config, _ = corpus
+
+    def no_cache(store):
+        raise AssertionError(f"a dry run opened the chunk cache of {store}")
+
+    monkeypatch.setattr(chunk_cache, "ChunkCache", no_cache)
+    sources, _ = dry_run(config, progress=False)
+    assert sum(s.chunks for s in sources) > 0 and not Path(config.index.store).exists()
+
+
 def test_document_key_of_a_name_that_is_not_utf8() -> None:
     from flytegpt.ingest.chunk_cache import document_key
     from flytegpt.ingest.models import Document
