@@ -68,13 +68,13 @@ def _dry_run(config, *, progress: bool, as_json: bool) -> None:
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"reading the sources failed: {e}") from None
+    total = sum(s.chunks for s in sources)
     if as_json:
-        click.echo(json.dumps({"dry_run": True, "chunks": sum(s.chunks for s in sources),
-                               "sources": [s.__dict__ for s in sources], "timings": timings}))
+        click.echo(json.dumps({"dry_run": True, "chunks": total, "sources": [s.__dict__ for s in sources],
+                               "timings": timings}))
         return
     console = Console()
     _print_sources(console, "Dry run: what an ingest would index (nothing embedded or written)", sources)
-    total = sum(s.chunks for s in sources)
     console.print(f"{total:,} chunks in {sum(timings.values()):.1f}s"
                   + ("" if total else ": an ingest would stop here, every source is empty or skipped"))
 

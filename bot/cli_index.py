@@ -108,11 +108,11 @@ def publish_cmd(version: str, config_path: Path, store: str | None) -> None:
 
     config = load(config_path, store)
     where = config.index.store
+    version = version.strip()
     try:
-        check_version_id(version.strip(), "flytegpt publish")
+        check_version_id(version, "flytegpt publish")
     except ArtifactError as e:
         raise click.UsageError(f"{e}; flytegpt versions lists them") from None
-    version = version.strip()
     versions, latest, latest_problem = _store_state(where)
     if version not in versions:
         recent = ", ".join(reversed(versions[-5:])) or "none"

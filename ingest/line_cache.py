@@ -38,18 +38,13 @@ class LineFile:
         known: dict[str, str] = {}
         try:
             data = read_bytes(self.fs, self.path)
-        except Exception as e:  # noqa: BLE001 - a store's client raises its own errors (botocore's are no OSError)
-            log.warning("cache %s cannot be read (%s): computing every entry afresh", self.path, e)
-            return known
-        if data is None:
-            self._read = frozenset()
-            return known
-        try:
-            with gzip.open(io.BytesIO(data), "rt", encoding="utf-8", newline="\n") as lines:
-                for line in lines:
-                    if line.endswith("\n"):  # a last line without one was cut off
-                        known[self._key_of(line)] = line
-        except (OSError, EOFError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            if data is not None:
+                with gzip.open(io.BytesIO(data), "rt", encoding="utf-8", newline="\n") as lines:
+                    for line in lines:
+                        if line.endswith("\n"):  # a last line without one was cut off
+                            known[self._key_of(line)] = line
+        # a damaged file, or the store's client failing in its own way (botocore's errors are no OSError)
+        except Exception as e:  # noqa: BLE001
             log.warning("cache %s is unreadable (%s): computing every entry afresh", self.path, e)
             return {}
         self._read = frozenset(known)
