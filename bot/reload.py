@@ -62,7 +62,11 @@ class Reloader:
 
         model_id = index.model.model_id
         try:
-            return self.embedder(model_id)
+            embedder = self.embedder(model_id)
+            # Load it (and let precision "auto" measure) now, while the previous version still
+            # answers: not at the first question, which waited 45 s for it on a slow CPU.
+            embedder.embed_query("warm-up")
+            return embedder
         except Exception as e:  # noqa: BLE001 - whatever the model library raises
             raise ArtifactError(
                 f"version {index.version}: its embedding model {model_id!r} cannot be loaded "

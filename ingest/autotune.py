@@ -37,6 +37,9 @@ CACHE_FILE = "autotune.json"
 # shared 2-core machine differ by 5-10%.
 MARGIN = 0.10
 ROUNDS = 3  # timed passes per candidate at most, interleaved; the median counts
+# A candidate slower than the baseline by this factor in the middle of a pass is stopped: a
+# load spike does not make a candidate that would win 10% faster take 2.5x as long.
+HOPELESS = 2.5
 
 
 class Encoder(Protocol):
@@ -93,29 +96,64 @@ def measure(
 
     No separate warm-up: OpenVINO's first pass over these shapes measured within 0-17% of the
     next ones (slower, never faster), so at worst it plays against a candidate, never for one.
-    With `baseline`, the measurement stops after two rounds when each round alone leads to the
-    same decision (`decide`): a clear case costs two passes per candidate, a close one `rounds`.
+    With `baseline`, the baseline runs first and a pass goes batch by batch: a candidate that
+    has already taken `HOPELESS` times the baseline's pass is stopped there and measured no
+    more (it cannot win; bf16 emulated on a CPU without it ran 4.5x slower than fp32 and cost
+    the first answer of a bot 45 s). The measurement stops after two rounds when each round
+    alone leads to the same decision (`decide`): a clear case costs two passes per candidate, a
+    close one `rounds`.
     """
-    alive = dict(encoders)
+    order = list(encoders)
+    if baseline in encoders:
+        order.remove(baseline)
+        order.insert(0, baseline)
+    alive = {label: encoders[label] for label in order}
     times: dict[str, list[float]] = {label: [] for label in alive}
+    stopped: dict[str, float] = {}  # label -> its rate when it was stopped for being hopeless
     decisions: set[str] = set()
     for r in range(rounds):
         for label in list(alive) if r % 2 == 0 else list(reversed(alive)):
-            t = clock()
+            limit = None
+            if baseline is not None and label != baseline and times.get(baseline):
+                limit = HOPELESS * min(times[baseline])
             try:
-                alive[label].encode(texts, batch_size=batch_size)
+                elapsed, done = _timed_pass(alive[label], texts, batch_size, clock, limit)
             except Exception as e:  # noqa: BLE001 - a candidate this CPU cannot run is not chosen
                 if r > 0:
                     raise
                 log.warning("autotune: %s failed (%s); not a candidate", label, e)
                 del alive[label], times[label]
                 continue
-            times[label].append(clock() - t)
+            if done < len(texts):
+                stopped[label] = done / max(elapsed, 1e-9)
+                log.info("autotune: %s stopped after %.1fs, over %.1fx %s's pass: it cannot win",
+                         label, elapsed, HOPELESS, baseline)
+                del alive[label], times[label]
+                continue
+            times[label].append(elapsed)
         if baseline is not None and times:
             decisions.add(decide({label: len(texts) / max(ts[r], 1e-9) for label, ts in times.items()}, baseline)[0])
-            if r >= 1 and len(decisions) == 1:
+            if len(alive) <= 1 or (r >= 1 and len(decisions) == 1):
                 break
-    return {label: len(texts) / max(statistics.median(ts), 1e-9) for label, ts in times.items()}
+    rates = {label: len(texts) / max(statistics.median(ts), 1e-9) for label, ts in times.items()}
+    return {**rates, **stopped}
+
+
+def _timed_pass(
+    encoder: Encoder, texts: Sequence[str], batch_size: int, clock: Callable[[], float], limit: float | None
+) -> tuple[float, int]:
+    """(seconds, texts done) of one pass; with a `limit`, batch by batch, stopping once over it."""
+    t = clock()
+    if limit is None:
+        encoder.encode(texts, batch_size=batch_size)
+        return clock() - t, len(texts)
+    done = 0
+    while done < len(texts):
+        encoder.encode(texts[done:done + batch_size], batch_size=batch_size)
+        done += len(texts[done:done + batch_size])
+        if done < len(texts) and clock() - t > limit:
+            break
+    return clock() - t, done
 
 
 def sample_texts(tokens: Sequence[int] = (256, 192, 128, 64), per_length: int = 4) -> list[str]:

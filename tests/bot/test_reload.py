@@ -177,3 +177,26 @@ def test_swapping_in_a_version_drops_other_cached_copies(config, embedder, tmp_p
     (cache / v2).mkdir()
     assert reloader.check_once() and holder.version == v2
     assert sorted(p.name for p in cache.iterdir()) == sorted([v1, v2, "not-a-version"])
+
+
+def test_the_query_model_is_loaded_before_a_version_serves_not_at_the_first_question(config):
+    """Loading the model (and precision "auto" measuring) took 45 s of a first answer on a slow CPU."""
+    from flytegpt.ingest.config import EmbeddingsConfig
+    from flytegpt.ingest.embedding import Embedder
+
+    holder = IndexHolder()
+    cfg = config.model_copy(update={"embeddings": EmbeddingsConfig(device="cpu", backend="torch", precision="fp32")})
+    reloader = Reloader(cfg, holder)
+    assert reloader.check_once() and holder.ready
+    assert reloader.embedder().loaded
+
+    class Unusable(Embedder):
+        """A model that loads but cannot embed (a broken export, a runtime the CPU refuses)."""
+
+        def embed_query(self, text):
+            raise RuntimeError("illegal instruction in the model runtime")
+
+    v1 = holder.version
+    broken = Reloader(cfg, IndexHolder(), embedder=Unusable.from_config(cfg.embeddings))
+    assert not broken.check_once()
+    assert "cannot be loaded" in broken.refused[v1] and "illegal instruction" in broken.refused[v1]

@@ -136,14 +136,44 @@ def test_a_clear_case_stops_after_two_rounds_a_close_one_takes_three() -> None:
     clock = Clock()
     # bf16 twice as fast in every round: two rounds say the same, the third is not needed
     clear = _timed(clock, {"openvino fp32": [1.0], "openvino bf16": [0.5]})
-    rates = measure(clear, ["t"] * 10, batch_size=4, baseline="openvino fp32", clock=clock)
-    assert [e.calls for e in clear.values()] == [2, 2]  # 2 rounds
-    assert rates == {"openvino fp32": 10.0, "openvino bf16": 20.0}
+    rates = measure(clear, ["t"] * 4, batch_size=4, baseline="openvino fp32", clock=clock)
+    assert [e.calls for e in clear.values()] == [2, 2]  # 2 rounds of one batch
+    assert rates == {"openvino fp32": 4.0, "openvino bf16": 8.0}
     # round 1 says bf16, round 2 says fp32 (a load spike): a third round and the median decide
     close = _timed(clock, {"openvino fp32": [1.0, 1.0, 1.0], "openvino bf16": [0.5, 2.0, 0.5]})
-    rates = measure(close, ["t"] * 10, batch_size=4, baseline="openvino fp32", clock=clock)
+    rates = measure(close, ["t"] * 4, batch_size=4, baseline="openvino fp32", clock=clock)
     assert [e.calls for e in close.values()] == [3, 3]
     assert decide(rates, "openvino fp32")[0] == "openvino bf16"
+
+
+def _per_text(clock: Clock, seconds_per_text: dict[str, float]) -> dict[str, FakeEncoder]:
+    encoders = {}
+    for label, cost in seconds_per_text.items():
+        enc = FakeEncoder(label, [])
+
+        def encode(texts, batch_size=8, enc=enc, cost=cost):
+            clock.now += cost * len(texts)
+            enc.calls += 1
+            return [[0.0]] * len(texts)
+
+        enc.encode = encode
+        encoders[label] = enc
+    return encoders
+
+
+def test_a_hopeless_candidate_is_stopped_in_the_middle_of_its_first_pass() -> None:
+    """bf16 emulated on a CPU without it: 4.5x slower than fp32; measuring it in full cost 45 s."""
+    clock = Clock()
+    # 12 texts in batches of 4: fp32's pass takes 3 s; bf16 is over 2.5 x 3 s after 2 of its 3 batches
+    encoders = _per_text(clock, {"torch bf16": 1.25, "torch fp32": 0.25})  # the baseline runs first all the same
+    rates = measure(encoders, ["t"] * 12, batch_size=4, baseline="torch fp32", clock=clock)
+    assert encoders["torch bf16"].calls == 2  # 2 batches, then stopped; one round, no more
+    assert rates == {"torch fp32": 4.0, "torch bf16": 0.8}
+    assert decide(rates, "torch fp32")[0] == "torch fp32"
+    # merely slower (1.5x) is measured in full, two rounds
+    slower = _per_text(clock, {"torch fp32": 0.25, "torch bf16": 0.375})
+    rates = measure(slower, ["t"] * 12, batch_size=4, baseline="torch fp32", clock=clock)
+    assert slower["torch bf16"].calls == 6 and rates == {"torch fp32": 4.0, "torch bf16": 12 / 4.5}
 
 
 def test_an_unwritable_cache_only_costs_a_new_measurement(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
