@@ -183,7 +183,10 @@ def search(question: str, config_path: Path, store: str | None, k: int, mode: st
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "keyword"]), default="hybrid", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the metrics.")
 @click.option("--misses", is_flag=True, help="List the questions whose gold is not in the top 10.")
-def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: str, as_json: bool, misses: bool) -> None:
+@click.option("--ranks", is_flag=True,
+              help="List every question whose first gold source is not first, with its rank: where MRR@10 is lost.")
+def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: str, as_json: bool, misses: bool,
+          ranks: bool) -> None:
     """Retrieval metrics (recall@5/10, MRR@10, coverage@10, recall@8000c) on a JSONL question set."""
     from flytegpt.ingest.evaluation import METRICS, QuestionFileError, evaluate, load_questions, unknown_gold
 
@@ -216,12 +219,20 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
     rows = [("overall", report)] + list(report["by_kind"].items())
     for name, r in rows:
         click.echo(f"{name:12}{r['n']:>4}" + "".join(f"{r[m]:>14.3f}" for m in METRICS))
-    if misses:
-        for q in report["questions"]:
-            if not q["recall@10"]:
-                click.echo(f"miss {q['id']} ({q['kind']}): gold {q['gold']} top {q['top'][:5]}")
+    for q in report["questions"]:
+        rank = q["first_gold_rank"]
+        if ranks and rank != 1:
+            # a tuning loop reads where each first gold source sits and what stands above it
+            above = _distinct(q["top"])[: (rank or 10) - 1][:3]
+            click.echo(f"rank {rank or '>10'} {q['id']} ({q['kind']}): gold {q['gold']} above it {above}")
+        elif misses and not rank:
+            click.echo(f"miss {q['id']} ({q['kind']}): gold {q['gold']} top {q['top'][:5]}")
     if as_json:
         click.echo(json.dumps({k: v for k, v in report.items() if k != "questions"}))
+
+
+def _distinct(ids: list[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
 
 
 @main.command()

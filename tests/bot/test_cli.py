@@ -213,3 +213,21 @@ def test_ingest_that_fails_writing_midway_reports_it_without_a_traceback(
     assert result.exit_code == 1, result.output
     assert f"ingest into {store} failed" in result.output and "No space left on device" in result.output
     assert not (store / "LATEST").exists()
+
+
+def test_eval_ranks_lists_where_mrr_is_lost(corpus: Path, store: str, tmp_path: Path):
+    """--ranks: every question whose first gold source is not first, its rank and what stands above it."""
+    ingest_json(corpus, store)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(
+        json.dumps({"id": "first", "question": "How do I invalidate the cache?", "gold": ["sample-docs:caching.md"]}) + "\n"
+        + json.dumps({"id": "nowhere", "question": "How do I invalidate the cache?", "gold": ["sample-docs:none.md"]}) + "\n"
+        + json.dumps({"id": "lower", "question": "How do I invalidate the cache?",
+                      "gold": ["sample-docs:secrets.md"]}) + "\n")
+    result = run("eval", str(questions), "--config", str(corpus / "flytegpt.toml"), "--store", store, "--ranks")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("rank ")]
+    assert [line.split()[2] for line in lines] == ["nowhere", "lower"]  # the question answered first is not listed
+    assert lines[0].startswith("rank >10 nowhere") and "sample-docs:caching.md" in lines[0]
+    rank = int(lines[1].split()[1])
+    assert rank > 1 and lines[1].count("sample-") - 1 == min(rank - 1, 3)  # the sources above the gold one
