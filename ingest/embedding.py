@@ -26,7 +26,9 @@ import json
 import logging
 import os
 import platform
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -50,6 +52,13 @@ _PACKAGED_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 # bounds memory and drives the progress bar.
 _CALL_BATCHES = 8
 _CALL_TEXTS = 256
+
+
+def _notice(message: str) -> None:
+    """One line for the person watching the progress bars (stderr, not the log)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 def normalize_model_id(name: str) -> str:
@@ -218,6 +227,7 @@ class Embedder:
         self._dimension: int | None = None
         self._model: "SentenceTransformer | None" = None
         self.autotune: "Choice | None" = None  # what "auto" measured and chose, once loaded
+        self.load_seconds = 0.0  # loading, exporting, making the int8 model and measuring: the first load's time
         self._openvino = None  # an OpenVinoEncoder
         self.auto_int8 = auto_int8
         self.int8_min_texts = int8_min_texts
@@ -351,6 +361,7 @@ class Embedder:
 
     def _load(self):
         """The loaded model: an OpenVinoEncoder or a SentenceTransformer."""
+        started = time.perf_counter()
         with self._lock:
             if self.backend == "openvino" and self._openvino is None:
                 try:
@@ -361,6 +372,8 @@ class Embedder:
             if self.backend == "torch" and self._model is None:
                 self._model = self._load_torch()
             self._calibration = ()  # only a load makes the int8 model from them
+        if not self.load_seconds:
+            self.load_seconds = time.perf_counter() - started
         return self._model if self.backend == "torch" else self._openvino
 
     def _autotune_file(self) -> Path:
@@ -511,6 +524,14 @@ class Embedder:
             return out
         order = sorted(range(n), key=lambda i: -len(texts[i]))
         step = max(self.batch_size * _CALL_BATCHES, _CALL_TEXTS)
+        if not self.loaded:
+            # Before the bar: on a new machine preparing the model (export, int8 model, measuring
+            # which precision is fastest) took 60 s of an ingest, and inside the bar its rate and
+            # time left read as if embedding were that slow.
+            if progress:
+                _notice(f"loading {self.model_id} (on a new machine also exporting it, making its int8 "
+                        "model and measuring which precision is fastest here: a minute or two, once) ...")
+            self._load()
         bar = None
         if progress:
             from tqdm.auto import tqdm

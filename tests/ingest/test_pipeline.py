@@ -59,3 +59,23 @@ def test_an_ingest_that_fails_while_embedding_reports_it_and_leaves_latest_alone
     with pytest.raises(RuntimeError, match="out of memory"):  # BM25, building meanwhile, is not waited on
         run_ingest(config, progress=False, embedder=_FailingEmbedder(embedder))
     assert read_latest(config.index.store) == first and list_versions(config.index.store) == [first]
+
+
+def test_loading_the_model_is_told_and_timed_apart_from_embedding(tmp_path: Path, capsys) -> None:
+    """On a new machine preparing the model took a minute of an ingest, untold, and the summary
+    put that minute under "embed"."""
+    from flytegpt.ingest.config import EmbeddingsConfig
+    from flytegpt.ingest.embedding import Embedder
+    from flytegpt.ingest.pipeline import run_ingest
+
+    config = load_config(sample_config_path()).with_store(str(tmp_path / "store"))
+    fresh = Embedder.from_config(EmbeddingsConfig(device="cpu", backend="torch", precision="fp32"))
+    summary = run_ingest(config, progress=True, embedder=fresh)
+    err = capsys.readouterr().err
+    assert "loading sentence-transformers/all-MiniLM-L6-v2" in err
+    assert err.index("loading sentence-transformers") < err.index("embedding")  # told before the bar starts
+    assert 0 < fresh.load_seconds <= summary.timings["load model"] < fresh.load_seconds + 1.0
+    # an unchanged re-ingest embeds nothing, so it loads nothing
+    unloaded = Embedder.from_config(EmbeddingsConfig(device="cpu", backend="torch", precision="fp32"))
+    again = run_ingest(config, progress=False, embedder=unloaded)
+    assert again.embeddings_computed == 0 and not unloaded.loaded and again.timings["load model"] < 0.01
