@@ -41,6 +41,24 @@ def feedback_group() -> None:
     """Feedback collected from 👍/👎 in Slack."""
 
 
+@feedback_group.command("questions")
+@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
+              help="The feedback SQLite database ([bot].feedback_db).")
+@click.option("--out", "out_path", required=True, help="JSONL question file to write ('-' for stdout).")
+def questions_cmd(db_path: str, out_path: str) -> None:
+    """Write the questions users confirmed (more 👍 than 👎) as a question file for `flytegpt eval`,
+    the sources their answer cited as gold: real questions a new index must keep answering."""
+    from flytegpt.bot.slack.feedback import export_confirmed
+
+    try:
+        n = export_confirmed(db_path, out_path)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+    if out_path != "-":
+        click.echo(f"wrote {n} confirmed question(s) to {out_path}"
+                   + ("" if n else " (none yet: no answer has more 👍 than 👎)"), err=True)
+
+
 @feedback_group.command("export")
 @click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
               help="The feedback SQLite database ([bot].feedback_db).")

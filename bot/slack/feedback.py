@@ -294,6 +294,34 @@ class FeedbackStore:
             for r in rows
         ]
 
+    def confirmed_questions(self) -> list[dict[str, Any]]:
+        """Questions whose answer more users voted 👍 than 👎, as an eval question file's rows
+        (`flytegpt eval`): the question as it was searched (a follow-up rewritten to stand
+        alone) and, as its gold, the sources that answer cited. Real users' questions with
+        answers they confirmed: what a new index, model or setting must keep finding. One row
+        per distinct question text, oldest answer first; the gold of its confirmed answers merged."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT a.id, COALESCE(NULLIF(a.standalone_question, ''), a.question), a.sources, "
+                "SUM(v.vote = 'up'), SUM(v.vote = 'down') FROM answers a JOIN votes v ON v.answer_id = a.id "
+                "GROUP BY a.id HAVING SUM(v.vote = 'up') > SUM(v.vote = 'down') ORDER BY a.created_at, a.id"
+            ).fetchall()
+        out: dict[str, dict[str, Any]] = {}
+        for answer_id, question, sources, up, down in rows:
+            try:
+                cited = [s["source_id"] for s in json.loads(sources) if isinstance(s, dict) and s.get("source_id")]
+            except (ValueError, TypeError):
+                cited = []
+            question = " ".join(str(question or "").split())
+            if not question or not cited:
+                continue  # nothing to search for, or an answer without sources: no gold to check
+            row = out.setdefault(question.casefold(), {"id": answer_id, "question": question, "gold": [],
+                                                       "up": 0, "down": 0})
+            row["gold"] += [c for c in cited if c not in row["gold"]]
+            row["up"] += int(up)
+            row["down"] += int(down)
+        return list(out.values())
+
     def export_jsonl(self, out: IO[str]) -> int:
         """Write one JSON object per vote; returns how many."""
         rows = self.votes()
@@ -329,6 +357,27 @@ def export_feedback(db_path: str | Path, out_path: str | Path) -> int:
             return store.export_jsonl(f)
     finally:
         store.close()
+
+
+def export_confirmed(db_path: str | Path, out_path: str | Path) -> int:
+    """`flytegpt feedback questions`: the confirmed questions of `db_path` as an eval question
+    file in `out_path` ("-" = stdout); returns how many."""
+    if not Path(db_path).is_file():
+        raise FileNotFoundError(f"feedback database not found: {db_path}")
+    store = FeedbackStore(db_path)
+    try:
+        rows = store.confirmed_questions()
+    finally:
+        store.close()
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if str(out_path) == "-":
+        import sys
+
+        sys.stdout.write(text)
+    else:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_path).write_text(text, encoding="utf-8")
+    return len(rows)
 
 
 def export_snapshot(db_path: str | Path, target: str) -> int:

@@ -231,3 +231,25 @@ def test_eval_ranks_lists_where_mrr_is_lost(corpus: Path, store: str, tmp_path: 
     assert lines[0].startswith("rank >10 nowhere") and "sample-docs:caching.md" in lines[0]
     rank = int(lines[1].split()[1])
     assert rank > 1 and lines[1].count("sample-") - 1 == min(rank - 1, 3)  # the sources above the gold one
+
+
+def test_questions_users_confirmed_are_a_question_set_for_eval(corpus: Path, store: str, tmp_path: Path):
+    """The 👍 of real users as a regression set: `flytegpt feedback questions`, then `flytegpt eval`."""
+    from flytegpt.bot.answering.types import Answer, Citation
+    from flytegpt.bot.slack.feedback import FeedbackStore
+
+    ingest_json(corpus, store)
+    db = tmp_path / "feedback.sqlite3"
+    fb = FeedbackStore(db)
+    cited = [Citation(1, "Caching", "https://e.org/caching", "sample-docs:caching.md")]
+    fid = fb.record_answer(Answer("how do i bust the cache", "How do I invalidate the cache?", "Bump the version [1].",
+                                  cited, "llm", "v1"), surface="mention")
+    fb.record_vote(fid, "up", user="U1", channel="C1")
+    fb.close()
+    questions = tmp_path / "confirmed.jsonl"
+    result = run("feedback", "questions", "--db", str(db), "--out", str(questions))
+    assert result.exit_code == 0, result.output
+    result = run("eval", str(questions), "--config", str(corpus / "flytegpt.toml"), "--store", store, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["n"] == 1 and report["recall@5"] == 1.0

@@ -97,6 +97,51 @@ def test_feedback_store_and_export(tmp_path):
     assert missing.exit_code != 0 and "not found" in missing.output
 
 
+def test_confirmed_questions_become_an_eval_question_file(tmp_path):
+    """`flytegpt feedback questions`: answers with more 👍 than 👎, their cited sources as gold."""
+    from flytegpt.ingest.evaluation import load_questions
+
+    db = tmp_path / "feedback.sqlite3"
+    store = FeedbackStore(db)
+
+    def answered(question, standalone, *source_ids, votes=()):
+        cites = [Citation(n, f"t{n}", f"https://e.org/{n}", sid) for n, sid in enumerate(source_ids, 1)]
+        fid = store.record_answer(Answer(question, standalone, "text", cites, "llm", "v1"), surface="mention")
+        for user, vote in votes:
+            store.record_vote(fid, vote, user=user, channel="C1")
+        return fid
+
+    first = answered("how to cache?", "how to cache?", "docs:c.md", votes=[("U1", "up"), ("U2", "up")])
+    answered("and for map tasks?", "How do I cache map tasks?", "docs:m.md", "slack:C1/1.0",
+             votes=[("U1", "up"), ("U2", "up"), ("U3", "down")])
+    answered("  How TO  cache? ", "", "docs:c2.md", "docs:c.md", votes=[("U4", "up")])  # the same question again
+    answered("tie?", "tie?", "docs:t.md", votes=[("U1", "up"), ("U2", "down")])
+    answered("disliked?", "disliked?", "docs:d.md", votes=[("U1", "down")])
+    answered("no sources?", "no sources?", votes=[("U1", "up")])
+    answered("never voted on?", "never voted on?", "docs:n.md")
+    store.close()
+
+    out = tmp_path / "confirmed.jsonl"
+    result = CliRunner().invoke(feedback_group, ["questions", "--db", str(db), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 confirmed question(s)" in result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["question"], r["gold"], r["up"], r["down"]) for r in rows] == [
+        ("how to cache?", ["docs:c.md", "docs:c2.md"], 3, 0),
+        ("How do I cache map tasks?", ["docs:m.md", "slack:C1/1.0"], 2, 1),  # as it was searched
+    ]
+    assert rows[0]["id"] == first
+    questions = load_questions(out)  # what `flytegpt eval` reads
+    assert [q.gold for q in questions] == [("docs:c.md", "docs:c2.md"), ("docs:m.md", "slack:C1/1.0")]
+
+    empty = FeedbackStore(tmp_path / "empty.sqlite3")
+    empty.close()
+    none = CliRunner().invoke(feedback_group, ["questions", "--db", str(tmp_path / "empty.sqlite3"), "--out", str(out)])
+    assert none.exit_code == 0 and "none yet" in none.output and out.read_text() == ""
+    missing = CliRunner().invoke(feedback_group, ["questions", "--db", str(tmp_path / "x.db"), "--out", str(out)])
+    assert missing.exit_code != 0 and "not found" in missing.output
+
+
 def test_tokens_are_checked_by_name(monkeypatch):
     with pytest.raises(SlackTokenError, match="SLACK_BOT_TOKEN is not set"):
         check_tokens(Settings())
