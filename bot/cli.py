@@ -223,16 +223,12 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
         rank = q["first_gold_rank"]
         if ranks and rank != 1:
             # a tuning loop reads where each first gold source sits and what stands above it
-            above = _distinct(q["top"])[: (rank or 10) - 1][:3]
+            above = list(dict.fromkeys(q["top"][: (rank or 11) - 1]))[:3]
             click.echo(f"rank {rank or '>10'} {q['id']} ({q['kind']}): gold {q['gold']} above it {above}")
         elif misses and not rank:
             click.echo(f"miss {q['id']} ({q['kind']}): gold {q['gold']} top {q['top'][:5]}")
     if as_json:
         click.echo(json.dumps({k: v for k, v in report.items() if k != "questions"}))
-
-
-def _distinct(ids: list[str]) -> list[str]:
-    return list(dict.fromkeys(ids))
 
 
 @main.command()

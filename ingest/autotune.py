@@ -103,11 +103,7 @@ def measure(
     alone leads to the same decision (`decide`): a clear case costs two passes per candidate, a
     close one `rounds`.
     """
-    order = list(encoders)
-    if baseline in encoders:
-        order.remove(baseline)
-        order.insert(0, baseline)
-    alive = {label: encoders[label] for label in order}
+    alive = {baseline: encoders[baseline], **encoders} if baseline in encoders else dict(encoders)
     times: dict[str, list[float]] = {label: [] for label in alive}
     stopped: dict[str, float] = {}  # label -> its rate when it was stopped for being hopeless
     decisions: set[str] = set()
@@ -148,11 +144,10 @@ def _timed_pass(
         encoder.encode(texts, batch_size=batch_size)
         return clock() - t, len(texts)
     done = 0
-    while done < len(texts):
-        encoder.encode(texts[done:done + batch_size], batch_size=batch_size)
-        done += len(texts[done:done + batch_size])
-        if done < len(texts) and clock() - t > limit:
-            break
+    while done < len(texts) and (done == 0 or clock() - t <= limit):
+        batch = texts[done:done + batch_size]
+        encoder.encode(batch, batch_size=batch_size)
+        done += len(batch)
     return clock() - t, done
 
 

@@ -227,7 +227,7 @@ class Embedder:
         self._dimension: int | None = None
         self._model: "SentenceTransformer | None" = None
         self.autotune: "Choice | None" = None  # what "auto" measured and chose, once loaded
-        self.load_seconds = 0.0  # loading, exporting, making the int8 model and measuring: the first load's time
+        self.load_seconds = 0.0  # what loading took (export, int8 model, "auto" measuring included); 0 until loaded
         self._openvino = None  # an OpenVinoEncoder
         self.auto_int8 = auto_int8
         self.int8_min_texts = int8_min_texts
@@ -363,6 +363,7 @@ class Embedder:
         """The loaded model: an OpenVinoEncoder or a SentenceTransformer."""
         started = time.perf_counter()
         with self._lock:
+            loading = not self.loaded
             if self.backend == "openvino" and self._openvino is None:
                 try:
                     self._openvino = self._load_openvino()
@@ -372,8 +373,8 @@ class Embedder:
             if self.backend == "torch" and self._model is None:
                 self._model = self._load_torch()
             self._calibration = ()  # only a load makes the int8 model from them
-        if not self.load_seconds:
-            self.load_seconds = time.perf_counter() - started
+            if loading:
+                self.load_seconds = time.perf_counter() - started
         return self._model if self.backend == "torch" else self._openvino
 
     def _autotune_file(self) -> Path:
@@ -526,8 +527,7 @@ class Embedder:
         step = max(self.batch_size * _CALL_BATCHES, _CALL_TEXTS)
         if not self.loaded:
             # Before the bar: on a new machine preparing the model (export, int8 model, measuring
-            # which precision is fastest) took 60 s of an ingest, and inside the bar its rate and
-            # time left read as if embedding were that slow.
+            # which precision is fastest) takes a minute, which inside the bar read as slow embedding.
             if progress:
                 _notice(f"loading {self.model_id} (on a new machine also exporting it, making its int8 "
                         "model and measuring which precision is fastest here: a minute or two, once) ...")

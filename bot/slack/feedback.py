@@ -22,13 +22,14 @@ import json
 import os
 import secrets
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from flytegpt.bot import sqlite_files
 
@@ -322,13 +323,6 @@ class FeedbackStore:
             row["down"] += int(down)
         return list(out.values())
 
-    def export_jsonl(self, out: IO[str]) -> int:
-        """Write one JSON object per vote; returns how many."""
-        rows = self.votes()
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        return len(rows)
-
     # --- copies -----------------------------------------------------------------------
 
     def backup_to(self, dest: str | Path) -> None:
@@ -344,35 +338,27 @@ class FeedbackStore:
 
 def export_feedback(db_path: str | Path, out_path: str | Path) -> int:
     """`flytegpt feedback export`: the votes in `db_path` as JSONL in `out_path` ("-" = stdout)."""
-    if not Path(db_path).is_file():
-        raise FileNotFoundError(f"feedback database not found: {db_path}")
-    store = FeedbackStore(db_path)
-    try:
-        if str(out_path) == "-":
-            import sys
-
-            return store.export_jsonl(sys.stdout)
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(out_path, "w", encoding="utf-8") as f:
-            return store.export_jsonl(f)
-    finally:
-        store.close()
+    return _export_rows(db_path, out_path, FeedbackStore.votes)
 
 
 def export_confirmed(db_path: str | Path, out_path: str | Path) -> int:
     """`flytegpt feedback questions`: the confirmed questions of `db_path` as an eval question
     file in `out_path` ("-" = stdout); returns how many."""
+    return _export_rows(db_path, out_path, FeedbackStore.confirmed_questions)
+
+
+def _export_rows(db_path: str | Path, out_path: str | Path,
+                 rows_of: Callable[["FeedbackStore"], list[dict[str, Any]]]) -> int:
+    """Rows read from an existing database, one JSON object a line; returns how many."""
     if not Path(db_path).is_file():
         raise FileNotFoundError(f"feedback database not found: {db_path}")
     store = FeedbackStore(db_path)
     try:
-        rows = store.confirmed_questions()
+        rows = rows_of(store)
     finally:
         store.close()
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if str(out_path) == "-":
-        import sys
-
         sys.stdout.write(text)
     else:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)

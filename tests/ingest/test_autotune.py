@@ -117,13 +117,15 @@ class Clock:
         return self.now
 
 
-def _timed(clock: Clock, costs: dict[str, list[float]]) -> dict[str, FakeEncoder]:
+def _timed(clock: Clock, costs: dict[str, list[float]], *, per_text: bool = False) -> dict[str, FakeEncoder]:
+    """Fake encoders that move `clock`: the n-th call costs costs[n] seconds (the last one from
+    then on), or with `per_text` that many seconds per text it is given."""
     encoders = {}
     for label, cost in costs.items():
         enc = FakeEncoder(label, [])
 
         def encode(texts, batch_size=8, enc=enc, cost=cost):
-            clock.now += cost[min(enc.calls, len(cost) - 1)]
+            clock.now += cost[0] * len(texts) if per_text else cost[min(enc.calls, len(cost) - 1)]
             enc.calls += 1
             return [[0.0]] * len(texts)
 
@@ -146,32 +148,17 @@ def test_a_clear_case_stops_after_two_rounds_a_close_one_takes_three() -> None:
     assert decide(rates, "openvino fp32")[0] == "openvino bf16"
 
 
-def _per_text(clock: Clock, seconds_per_text: dict[str, float]) -> dict[str, FakeEncoder]:
-    encoders = {}
-    for label, cost in seconds_per_text.items():
-        enc = FakeEncoder(label, [])
-
-        def encode(texts, batch_size=8, enc=enc, cost=cost):
-            clock.now += cost * len(texts)
-            enc.calls += 1
-            return [[0.0]] * len(texts)
-
-        enc.encode = encode
-        encoders[label] = enc
-    return encoders
-
-
 def test_a_hopeless_candidate_is_stopped_in_the_middle_of_its_first_pass() -> None:
     """bf16 emulated on a CPU without it: 4.5x slower than fp32; measuring it in full cost 45 s."""
     clock = Clock()
     # 12 texts in batches of 4: fp32's pass takes 3 s; bf16 is over 2.5 x 3 s after 2 of its 3 batches
-    encoders = _per_text(clock, {"torch bf16": 1.25, "torch fp32": 0.25})  # the baseline runs first all the same
+    encoders = _timed(clock, {"torch bf16": [1.25], "torch fp32": [0.25]}, per_text=True)  # the baseline runs first all the same
     rates = measure(encoders, ["t"] * 12, batch_size=4, baseline="torch fp32", clock=clock)
     assert encoders["torch bf16"].calls == 2  # 2 batches, then stopped; one round, no more
     assert rates == {"torch fp32": 4.0, "torch bf16": 0.8}
     assert decide(rates, "torch fp32")[0] == "torch fp32"
     # merely slower (1.5x) is measured in full, two rounds
-    slower = _per_text(clock, {"torch fp32": 0.25, "torch bf16": 0.375})
+    slower = _timed(clock, {"torch fp32": [0.25], "torch bf16": [0.375]}, per_text=True)
     rates = measure(slower, ["t"] * 12, batch_size=4, baseline="torch fp32", clock=clock)
     assert slower["torch bf16"].calls == 6 and rates == {"torch fp32": 4.0, "torch bf16": 12 / 4.5}
 
