@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from flytegpt.ingest.doc_sections import detect_format, parse_sections
 from flytegpt.ingest.models import Chunk, Document
 
-# Sections of a page are merged up to ~1,500 characters (chosen on the dev sets; README), so a
-# chunk carries a whole topic and its heading path; dense search reads the first ~256 tokens,
-# BM25 reads all of it.
+# Sections of a page are merged up to ~1,500 characters (chosen on the dev sets:
+# tests/bench/RESULTS.md), so a chunk carries a whole topic and its heading path; dense search
+# reads the first ~256 tokens, BM25 reads all of it.
 DOC_TARGET = 1500  # characters per docs chunk
 DOC_MIN = 800  # smaller pieces are merged into a neighbour
 DOC_MAX = 2 * DOC_TARGET  # a code block up to this size stays whole

@@ -97,7 +97,7 @@ class EmbeddingsConfig(_Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # "auto" (default): OpenVINO on a CPU (an fp32 ONNX export of the model, same vectors as
     # PyTorch), PyTorch on a GPU or when OpenVINO is missing. "torch", "openvino": force one.
-    # Speeds: README "Performance"; see ingest/embedding.py.
+    # Speeds: tests/bench/RESULTS.md "Performance"; see ingest/embedding.py.
     backend: Literal["auto", "torch", "openvino"] = "auto"
     # "auto": fp16 on CUDA; on a CPU the fastest of fp32, bf16 and (auto_int8) int8, measured
     # (ingest/autotune.py). "int8"/"int8-bf16": OpenVINO's calibrated int8 model (ingest/quantize.py)
@@ -128,7 +128,7 @@ class RetrievalConfig(_Strict):
     # Tuned on ../shared/eval/dev.jsonl and tests/eval/dev_howto.jsonl (tests/bench/bench_retrieval.py):
     # min-max fusion with dense weighted 0.6, a source scored by its best dense and its best
     # keyword match (fused) + 0.1 x its second best chunk, one chunk per source in the results,
-    # 60 candidates from each retriever. The figures behind each choice: README, "How well it retrieves".
+    # 60 candidates from each retriever. The figures behind each choice: tests/bench/RESULTS.md, "Retrieval".
     dense_weight: float = Field(default=0.6, ge=0.0, le=1.0)  # fused score = w * dense + (1 - w) * keyword (min-max normalised)
     max_per_source: int = Field(default=1, ge=0, le=1000)  # at most this many chunks of one source id in the results (0: no cap)
     candidates: int = Field(default=60, ge=1, le=100_000)  # candidates taken from each retriever before fusion
@@ -151,7 +151,7 @@ class RetrievalConfig(_Strict):
 
 
 class TuningConfig(_Strict):
-    """Domain tuning of the embedding model (ingest/tuning.py; figures: README "How well it retrieves")."""
+    """Domain tuning of the embedding model (ingest/tuning.py; figures: tests/bench/RESULTS.md "Retrieval")."""
 
     # "auto": tune where the embedding runs on a GPU (seconds to minutes); on a CPU-only machine
     # it takes minutes per thousand pairs, so "on" asks for it there. "off": the base model.
@@ -182,7 +182,7 @@ class AnswerConfig(_Strict):
     history_turns: int = Field(default=6, ge=0, le=100)  # earlier turns a follow-up is read with
     # With a chat model: a thread's first question is searched together with the model's search terms
     # for it (one short extra call, at most a quarter of deadline_s; skipped when it fails). Off by
-    # default: retrieval's figures are measured without it (README "How well it retrieves").
+    # default: retrieval's figures are measured without it (tests/bench/RESULTS.md "Retrieval").
     rewrite_query: bool = False
     timeout_s: float = Field(default=60.0, gt=0, le=3600)  # one model call
     max_retries: int = Field(default=2, ge=0, le=20)  # model calls retried after a failure

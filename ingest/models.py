@@ -18,8 +18,8 @@ DocKind = Literal["docs", "code", "slack"]
 # Code as the embedding model reads it: its words only, the first CODE_DENSE_WORDS of them.
 # WordPiece makes a token of every ".", "(", ":" and "_" (a third of a Python chunk's tokens),
 # which a sentence model trained on prose reads as noise and which pushed the words of long
-# functions past its 256-token window. Measured on the dev sets (README, "How well it
-# retrieves"): 128 words are ~20% fewer tokens for the whole eval corpus, dev MRR@10 and
+# functions past its 256-token window. Measured on the dev sets (tests/bench/RESULTS.md,
+# "Retrieval"): 128 words are ~20% fewer tokens for the whole eval corpus, dev MRR@10 and
 # coverage@10 up, dev_howto coverage@10 -0.004, the rest equal; BM25 reads the whole embed_text.
 CODE_DENSE_WORDS = 128
 _WORD = re.compile(r"[^\W_]+")  # letters and digits: "_" and punctuation split identifiers

@@ -10,7 +10,7 @@ Post-training quantisation (NNCF, `ModelType.TRANSFORMER`) of the fp32 ONNX expo
   dev retrieval as fp32's);
 - calibration on 64 of the corpus's own chunks, one text per sample.
 On all-MiniLM-L6-v2 and the Flyte corpus that keeps a mean cosine of 0.9993 to the fp32 vectors
-and the dev retrieval figures within 0.005 of fp32's (README "Performance"). Whether
+and the dev retrieval figures within 0.005 of fp32's (tests/bench/RESULTS.md "Performance"). Whether
 it does for this model and corpus is checked when it is made, on 64 other chunks: only a model
 whose vectors keep a mean cosine of MIN_COSINE or more, in the precision it would run in, is
 ever used; it then shares the model id and the embedding cache. A refusal is remembered too, so

@@ -5,7 +5,7 @@ A small general model does not know that "how do I run a bash script" is what a 
 goes with its text, a Slack thread's question with its answers, a function's docstring with
 its code. One epoch of in-batch-negative training (sentence-transformers'
 MultipleNegativesRankingLoss) on those pairs lifts dense and hybrid retrieval on both dev
-question sets (README, "How well it retrieves").
+question sets (tests/bench/RESULTS.md, "Retrieval").
 
 - Held out: a tenth of the pairs (chosen by a hash of the pair, so stable from run to run) is
   never trained on; their MRR before and after is in the report, and a tuned model that ranks

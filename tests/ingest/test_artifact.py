@@ -247,7 +247,7 @@ def test_index_types(tmp_path: Path) -> None:
     assert (ids[:, 0] == np.arange(40)).all()
     auto = build(str(tmp_path / "auto"), n=40, seed=3, approximate_threshold=20, publish_it=False)
     assert open_version(str(tmp_path / "auto"), auto).manifest["index"]["type"] == "ivf"  # measured: bench_index.py
-    for unknown in ("ivfpq", "hnsw"):  # measured and left out (README, bench_index.py)
+    for unknown in ("ivfpq", "hnsw"):  # measured and left out (tests/bench/RESULTS.md, bench_index.py)
         with pytest.raises(ValueError, match=f"unknown index_type '{unknown}'"):
             build(store, index_type=unknown)
 
