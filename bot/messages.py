@@ -66,6 +66,13 @@ SHARE_FAILED = "Sorry, I couldn't share that answer."
 # --- labels in an answer's blocks ----------------------------------------------------------
 SOURCES_HEADING = "Sources"
 BEST_SOURCES_HEADING = "Best sources"
+
+
+def more_sources(n: int) -> str:
+    """The last line of a sources list cut to fit one Slack message."""
+    return f"… and {n} more source{'s' if n != 1 else ''} (too many to list here)"
+
+
 BUTTON_HELPFUL = "👍 Helpful"
 BUTTON_NOT_HELPFUL = "👎 Not helpful"
 BUTTON_SHARE = "Share in channel"

@@ -330,9 +330,12 @@ class Answerer:
                 if pieces is not None:
                     pieces.close()
             if live.raw.strip():
+                rest = live.flush()
+                if rest:
+                    yield Delta(rest)
                 return live.raw
             retries.empty()
-        raise retries.unavailable()
+        raise retries.unavailable(fitted)
 
     def _invoke(
         self,

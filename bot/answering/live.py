@@ -17,24 +17,48 @@ from .budget import Source
 from .citations import _split_code, process_citations
 from .types import Citation
 
+from flytegpt.ingest.models import valid_unicode
+
 Stage = Literal["searching", "writing"]
-_AUTOLINK = re.compile(r"<((?:https?|mailto):[^<>\s]+)>", re.I)
-_AUTOLINK_START = re.compile(r"<[A-Za-z][A-Za-z0-9+.-]*(?::[^<>\s]*)?")  # what may still become one
+# Slack's link forms <url> and <url|label> (a label may hold spaces), and bare URLs, which
+# Slack's Markdown makes live by itself; a bare URL starts after a space or punctuation that
+# is not part of a Markdown link, and does not end with the sentence's punctuation.
+_AUTOLINK = re.compile(r"<((?:https?|mailto):[^<>\s|]+)(?:\|([^<>]*))?>", re.I)
+_BARE_URL = re.compile(r"(?<![\w`<\[/@.:|-])(?<!\]\()(?:https?://|www\.)[^\s<>`()\[\]]*[^\s<>`()\[\].,;:!?'\"*_~]", re.I)
+# the end of a growing text that may still become a bare URL: "ht", "https:/", "www", "https://x.o"
+_URL_BEING_WRITTEN = re.compile(r"(?:^|[^\w])((?:h(?:t(?:t(?:p(?:s?(?::(?:/(?:/\S*)?)?)?)?)?)?)?|w(?:w(?:w(?:\.\S*)?)?)?))$", re.I)
+_AUTOLINK_START = re.compile(r"<(?:[A-Za-z][A-Za-z0-9+.-]*(?::[^<>]*)?)?")  # what may still become one
+# Control characters (but tab and newline) and the C1 set: a model echoing binary or terminal
+# escapes shows nothing useful with them, and an answer of nothing else is an empty answer.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def clean_answer(raw: str, sources: Sequence[Source]) -> tuple[str, list[Citation]]:
-    """The model's Markdown made safe to show: `process_citations`, and autolinks
-    (`<https://…>`, `<mailto:…>`) live only when they point at a given source; any other
-    is shown as code, which Slack never turns into a link. Code is left as written.
+    """The model's Markdown made safe to show: valid Unicode without control characters,
+    `process_citations`, and links (`<https://…>`, `<https://…|label>`, `<mailto:…>`, bare
+    `https://…` and `www.…`) live only when they point at a given source; any other is shown
+    as code (after its label), which Slack never turns into a link. Code is left as written.
     """
-    text, citations = process_citations(raw, sources)
-    known = {s.url.split("#", 1)[0].rstrip("/") for s in sources if s.url}
+    text, citations = process_citations(_CONTROL.sub("", valid_unicode(raw)), sources)
+    known = {_link_key(s.url) for s in sources if s.url}
 
     def unlink(m: re.Match) -> str:
-        url = m.group(1)
-        return m.group(0) if url.split("#", 1)[0].rstrip("/") in known else f"`{url}`"
+        url, label = m.group(1), (m.group(2) or "").strip()
+        if _link_key(url) in known:
+            return m.group(0)
+        return f"{label} (`{url}`)" if label else f"`{url}`"
 
-    return "".join(seg if code else _AUTOLINK.sub(unlink, seg) for code, seg in _split_code(text)), citations
+    def unlink_bare(m: re.Match) -> str:
+        return m.group(0) if _link_key(m.group(0)) in known else f"`{m.group(0)}`"
+
+    def safe(seg: str) -> str:
+        return _BARE_URL.sub(unlink_bare, _AUTOLINK.sub(unlink, seg))
+
+    return "".join(seg if code else safe(seg) for code, seg in _split_code(text)), citations
+
+
+def _link_key(url: str) -> str:
+    return url.split("#", 1)[0].rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -57,12 +81,15 @@ def _stable_end(raw: str) -> int:
 
     A trailing `[` that is not closed yet may become a citation (`[1]`), a citation
     range (`[1-3]`) or a link (`[x](url)`); a closed `[..]` at the very end may still
-    turn out to be a link label; an open `<` may become an autolink. They wait for the
-    next piece.
+    turn out to be a link label; an open `<` may become an autolink, and a last word that
+    starts like a URL may become a bare one. They wait for the next piece.
     """
     lt = raw.rfind("<")
     if lt != -1 and _AUTOLINK_START.fullmatch(raw[lt:]):
         raw = raw[:lt]
+    url = _URL_BEING_WRITTEN.search(raw)
+    if url:
+        raw = raw[: url.start(1)]
     start = raw.rfind("[")
     if start == -1:
         return len(raw)
@@ -95,6 +122,18 @@ class LiveCitations:
         if self.diverged:
             return ""
         text, _ = clean_answer(self.raw[: _stable_end(self.raw)], self.sources)
+        if not text.startswith(self.shown):
+            self.diverged = True
+            return ""
+        new, self.shown = text[len(self.shown):], text
+        return new
+
+    def flush(self) -> str:
+        """At the end of the stream: the rest of the final text, held back so far because it
+        might still have grown into a link or a citation ("" once diverged)."""
+        if self.diverged:
+            return ""
+        text, _ = clean_answer(self.raw, self.sources)
         if not text.startswith(self.shown):
             self.diverged = True
             return ""

@@ -25,7 +25,7 @@ from slack_sdk.errors import SlackApiError
 
 from .answer_job import AnswerJob
 from .assistant import AssistantPanel
-from .client import SlackTokenError, api_base_url, check_tokens, make_client
+from .client import SlackTokenError, SlackUnreachable, api_base_url, check_tokens, make_client
 from .dedupe import Deduper, seen_path_for
 from .delivery import Delivery
 from .feedback import FeedbackStore
@@ -66,6 +66,9 @@ class FlyteGPTBot:
             auth = self.client.auth_test()
         except SlackApiError as e:
             raise SlackTokenError(f"Slack rejected SLACK_BOT_TOKEN: {e.response.get('error')}") from None
+        except OSError as e:  # no network, a proxy, a wrong SLACK_API_URL (after the client's retries)
+            reason = getattr(e, "reason", None) or e.strerror or e
+            raise SlackUnreachable(f"cannot reach Slack's Web API at {self.client.base_url}: {reason}") from None
         self.bot_user_id: str = auth["user_id"]
         self.bot_id: str | None = auth.get("bot_id")
         self.metrics = metrics or Metrics()

@@ -37,6 +37,8 @@ MAX_TEXT_CHARS = 40000
 MAX_BUTTON_VALUE = 2000
 MESSAGE_TEXT_BUDGET = 36000  # headroom under MAX_TEXT_CHARS
 TITLE_CHARS = 150
+MAX_SOURCE_BLOCKS = 5  # context blocks of sources under an answer (up to ~14,000 characters)
+MAX_SOURCE_LINE = 1000  # a source line longer than this (a huge URL) shows its title unlinked
 
 ACTION_FEEDBACK_UP = "flytegpt_feedback_up"
 ACTION_FEEDBACK_DOWN = "flytegpt_feedback_down"
@@ -61,24 +63,32 @@ def _short(title: str, n: int = TITLE_CHARS) -> str:
 
 
 def source_lines(citations: Sequence["Citation"]) -> list[str]:
-    """`[n] <url|title>` per cited source, compact."""
+    """`[n] <url|title>` per cited source, compact (the title alone for a URL too long to link)."""
     lines = []
     for c in citations:
         title = _short(c.title or c.source_id)
-        lines.append(f"[{c.n}] {link(c.url, title) if c.url else escape(title)}")
+        linked = link(c.url, title) if c.url else ""
+        lines.append(f"[{c.n}] {linked if linked and len(linked) < MAX_SOURCE_LINE else escape(title)}")
     return lines
 
 
 def _sources_blocks(citations: Sequence["Citation"], heading: str) -> tuple[list[dict], str]:
+    """The sources list as context blocks of whole lines (a link is never cut in two), at most
+    MAX_SOURCE_BLOCKS of them, so the sources and the buttons always fit one message."""
     lines = source_lines(citations)
     if not lines:
         return [], ""
-    text = f"*{heading}*\n" + "\n".join(lines)
-    blocks = [
-        ContextBlock(elements=[MarkdownTextObject(text=part, verbatim=True)]).to_dict()
-        for part in split_text(text, SECTION_BUDGET)
-    ]
-    return blocks, text
+    parts: list[list[str]] = [[f"*{heading}*"]]
+    for i, line in enumerate(lines):
+        if sum(len(x) + 1 for x in parts[-1]) + len(line) > SECTION_BUDGET:
+            if len(parts) == MAX_SOURCE_BLOCKS:
+                parts[-1].append(escape(messages.more_sources(len(lines) - i)))
+                break
+            parts.append([])
+        parts[-1].append(line)
+    texts = ["\n".join(p) for p in parts]
+    blocks = [ContextBlock(elements=[MarkdownTextObject(text=t, verbatim=True)]).to_dict() for t in texts]
+    return blocks, "\n".join(texts)
 
 
 def _actions_block(feedback_id: str, *, share: bool) -> dict:

@@ -12,11 +12,15 @@ from flytegpt.ingest.slack_client import api_base_url, make_web_client
 if TYPE_CHECKING:
     from flytegpt.ingest.config import Settings
 
-__all__ = ["SlackTokenError", "api_base_url", "check_tokens", "make_client", "socket_mode_handler"]
+__all__ = ["SlackTokenError", "SlackUnreachable", "api_base_url", "check_tokens", "make_client", "socket_mode_handler"]
 
 
 class SlackTokenError(ConfigError):
     """A Slack token is missing or malformed; the message names the variable."""
+
+
+class SlackUnreachable(ConfigError):
+    """Slack's Web API could not be reached at start: nothing to serve, said in one line."""
 
 
 def check_tokens(settings: "Settings", *, need_app_token: bool = True) -> tuple[str, str | None]:

@@ -11,6 +11,7 @@ button clicks) are here too, so every Slack write of the bot is in this module.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from slack_sdk.errors import SlackApiError
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 PICKED_UP_REACTION = "eyes"
 RESPONSE_URL_POSTS = 4  # Slack allows 5 per response_url; keep one spare
 WEBHOOK_TIMEOUT_S = 15
+LANDED_CHECKS, LANDED_CHECK_S = 3, 1.0  # after a timed-out post: look for it this often, this far apart
+LANDED_LOOKBACK_S = 600  # ... among the thread's messages of the last ten minutes
 
 
 def _webhook(url: str) -> WebhookClient:
@@ -93,10 +96,32 @@ class Delivery:
             return
         for m in replies:
             where: dict[str, Any] = {"thread_ts": thread_ts, "reply_broadcast": False} if thread_ts else {}
-            self.client.chat_postMessage(channel=channel, unfurl_links=False, unfurl_media=False, **where,
-                                         **m.kwargs())
+            try:
+                self.client.chat_postMessage(channel=channel, unfurl_links=False, unfurl_media=False, **where,
+                                             **m.kwargs())
+            except TimeoutError:  # sent, but no answer in time: Slack may well have posted it
+                if not (thread_ts and self._landed(channel, thread_ts, m.text)):
+                    raise
+                log.warning("chat.postMessage timed out, but the message is in the thread",
+                            extra={"channel": channel})
         if thread_ts:
             self.history.invalidate(channel, thread_ts)
+
+    def _landed(self, channel: str, thread_ts: str, text: str) -> bool:
+        """Whether a message with this text reached the thread after all (a slow Slack posts it
+        late: looked for a few times, LANDED_CHECK_S apart), so a timeout does not make the asker
+        read the answer and "Slack did not accept my answer" under it."""
+        since = f"{time.time() - LANDED_LOOKBACK_S:.6f}"
+        for _ in range(LANDED_CHECKS):
+            time.sleep(LANDED_CHECK_S)
+            try:
+                resp = self.client.conversations_replies(channel=channel, ts=thread_ts, oldest=since, limit=200)
+            except Exception as e:  # noqa: BLE001 - unknown stays a failure
+                log.info("could not check the thread after a timeout", extra={"error": _slack_error(e)})
+                return False
+            if any(isinstance(msg, dict) and msg.get("text") == text for msg in resp.get("messages") or []):
+                return True
+        return False
 
     def delete_original(self, response_url: str) -> None:
         """Remove the ephemeral message a button was clicked in (after sharing it)."""

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 from flytegpt.bot import sqlite_files
+from flytegpt.ingest.models import valid_unicode
 
 Vote = Literal["up", "down"]
 # What became of a question. "answered" includes the offline answerer's quoted passages.
@@ -172,7 +173,9 @@ class FeedbackStore:
 
     def _insert(self, row: dict[str, Any], answer_id: str | None = None) -> str:
         answer_id = answer_id or new_answer_id()
-        row = {"id": answer_id, "created_at": time.time(), **row}
+        # half an emoji (a model's or Slack's cut-off text) cannot be stored as UTF-8
+        row = {"id": answer_id, "created_at": time.time(),
+               **{k: valid_unicode(v) if isinstance(v, str) else v for k, v in row.items()}}
         cols = ", ".join(row)
         with self._lock:
             self._conn.execute(f"INSERT INTO answers ({cols}) VALUES ({', '.join('?' * len(row))})",
@@ -298,14 +301,15 @@ class FeedbackStore:
     def confirmed_questions(self) -> list[dict[str, Any]]:
         """Questions whose answer more users voted 👍 than 👎, as an eval question file's rows
         (`flytegpt eval`): the question as it was searched (a follow-up rewritten to stand
-        alone) and, as its gold, the sources that answer cited. Real users' questions with
+        alone) and, as its gold, the sources that answer cited (a "not found" answer's closest
+        matches are no gold). Real users' questions with
         answers they confirmed: what a new index, model or setting must keep finding. One row
         per distinct question text, oldest answer first; the gold of its confirmed answers merged."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT a.id, COALESCE(NULLIF(a.standalone_question, ''), a.question), a.sources, "
                 "SUM(v.vote = 'up'), SUM(v.vote = 'down') FROM answers a JOIN votes v ON v.answer_id = a.id "
-                "GROUP BY a.id HAVING SUM(v.vote = 'up') > SUM(v.vote = 'down') ORDER BY a.created_at, a.id"
+                "WHERE a.outcome = 'answered' GROUP BY a.id HAVING SUM(v.vote = 'up') > SUM(v.vote = 'down') ORDER BY a.created_at, a.id"
             ).fetchall()
         out: dict[str, dict[str, Any]] = {}
         for answer_id, question, sources, up, down in rows:

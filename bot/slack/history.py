@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from flytegpt.bot.answering import Turn
 
 log = logging.getLogger(__name__)
+_USER_MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
 
 
 class ThreadHistory:
@@ -111,13 +112,15 @@ class ThreadHistory:
 
 
 def question_text(text: object, bot_user_id: str | None) -> str:
-    """What the user typed, from a message's `text`: the bot's mention removed, then Slack's
-    markup and escapes read as the indexed threads read them (`&lt;` -> `<`, `<url|label>` ->
-    "label (url)", `<@U1>` -> "@U1"), so a pasted error or link searches as written; and valid
-    Unicode (half an emoji would fail the tokenizer and the feedback database)."""
+    """What the user typed, from a message's `text`: the bot's mention removed, other people's
+    mentions made "@someone" (a question is stored for the maintainers' report: no user id or
+    name is kept), then Slack's markup and escapes read as the indexed threads read them
+    (`&lt;` -> `<`, `<url|label>` -> "label (url)"), so a pasted error or link searches as
+    written; and valid Unicode (half an emoji would fail the tokenizer and the feedback database)."""
     if not isinstance(text, str):
         return ""
-    return valid_unicode(render_markup(strip_mentions(text, bot_user_id), Directory()).strip())
+    text = _USER_MENTION.sub("@someone", strip_mentions(text, bot_user_id))
+    return valid_unicode(render_markup(text, Directory()).strip())
 
 
 def strip_mentions(text: str, bot_user_id: str | None) -> str:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VoteResult = Literal["stored", "unknown", "failed"]
-_FAILURES = (sqlite3.Error, OSError, FeedbackDatabaseError)
+_FAILURES = (sqlite3.Error, OSError, UnicodeError, FeedbackDatabaseError)
 MAX_UNSTORED = 10_000  # ids of answers that could not be stored, remembered to answer their votes
 REOPEN_EVERY_S = 60.0  # a database that could not be opened is tried again this often
 PENDING_WAIT_S = 15.0  # a vote waits at most this long for its answer to be stored

@@ -80,6 +80,9 @@ class EventRouter:
             return  # edits, deletions, joins ...
         if not self._well_formed(event):
             return
+        if event.get("subtype") == "file_share" and not self._mentions_me(event) \
+                and not question_text(event.get("text"), self.bot_user_id):
+            return  # a screenshot or a log file without words is no question (a mention still is)
         if event.get("channel_type") == "im":
             if not self._claim(event):
                 return

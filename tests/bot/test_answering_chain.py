@@ -209,6 +209,16 @@ def test_persistent_500_raises_model_unavailable_with_related_then_recovers(serv
     assert answerer.answer("how do I use ray?").text == "Now it works [1]."
 
 
+def test_a_streamed_answer_the_model_cannot_give_still_names_the_best_sources(server):
+    """Streaming (the bot's default) gave up with no sources: the asker got "try again later"
+    alone, where the same failure unstreamed lists the most relevant sources."""
+    server.script(Fail(500), Fail(500), Fail(500))
+    answerer, _ = make(server)
+    with pytest.raises(ModelUnavailable) as err:
+        _collect(answerer.stream("how do I use ray?"))
+    assert err.value.related and {c.url for c in err.value.related} <= {RAY_DOC.url, RAY_CODE.url, RAY_SLACK.url}
+
+
 def test_client_error_is_not_retried(server):
     server.script(Fail(401, message="bad key"))
     answerer, _ = make(server)
@@ -398,8 +408,9 @@ def test_empty_model_output_retried_once_then_offline_fallback(server):
 
 def test_a_reply_of_control_characters_only_is_an_empty_answer(server):
     """A reply of NULs is not empty to the model client, but nothing is left once cleaned: the
-    answer was an empty message (found by the answering property test); now the passages."""
-    server.reply = "\x00\x00"
+    answer was an empty message (found by the answering property test); now the passages. A
+    terminal escape (ESC) was kept and posted as the whole answer."""
+    server.reply = "\x00\x00\x1b\x7f"
     answerer, _ = make(server)
     a = answerer.answer("how do I use ray?")
     assert a.mode == "offline" and a.text.startswith(prompts.MODEL_EMPTY_NOTE) and a.citations
@@ -474,3 +485,31 @@ def test_only_source_autolinks_stay_links_live_and_final(server):
     for d in deltas:
         shown += d
         assert "<https://made.up/ray" not in shown and "<mailto:" not in shown
+
+
+@pytest.mark.parametrize("tokens", [7, 23, 61])
+def test_made_up_links_never_show_live_while_streamed_or_at_the_end(server, tokens):
+    """A labelled link (`<url|the login page>`), a bare URL and a `www.` host the model made up
+    reach the reader as code, in every prefix shown while streaming and in the final text; a
+    source's own URL stays a link, and half an emoji or a terminal escape never reaches Slack."""
+    from support.openai_server import Slow
+
+    reply = (f"Log in at <https://evil.example/login|the Flyte console login page> [1], or mail "
+             f"<mailto:x@evil.example|support>. Reset at https://evil.example/reset, www.evil.example or "
+             f"(https://evil.example/x). The docs: {RAY_DOC.url} and <{RAY_DOC.url}|Ray>. "
+             "Half \ud83d an emoji, \x1b[31mred\x1b[0m.")
+    server.script(Slow(reply, tokens=tokens, delay=0.0))
+    answerer, _ = make(server)
+    _, deltas, a = _collect(answerer.stream("how do I use ray?"))
+    assert "".join(deltas) == a.text  # shown as written, nothing rewritten at the end
+    assert "the Flyte console login page (`https://evil.example/login`)" in a.text
+    assert "support (`mailto:x@evil.example`)" in a.text
+    assert "`https://evil.example/reset`, `www.evil.example`" in a.text and "(`https://evil.example/x`)" in a.text
+    assert f"The docs: {RAY_DOC.url} and <{RAY_DOC.url}|Ray>." in a.text
+    assert "\ud83d" not in a.text and "\x1b" not in a.text and "Half \ufffd an emoji" in a.text
+    a.text.encode("utf-8")  # what Slack and the feedback database are given
+    shown = ""
+    for d in deltas:
+        shown += d
+        live = shown.replace("`https://evil.example", "").replace("`mailto:x@evil.example", "")
+        assert "evil.example" not in live.replace("`www.evil.example`", ""), shown

@@ -194,4 +194,4 @@ def test_a_question_is_read_as_typed_not_as_slack_escapes_it(bot):
     app.close(wait=True)
     [row] = [r for r in FeedbackStore(config.bot.feedback_db).questions() if "TypeError" in r["question"]]
     assert row["question"] == ("Why `TypeError: '<' not supported between 'str' & 'int'` in "
-                               "the caching docs (https://docs.flyte.org/x) for @U0OTHER?")
+                               "the caching docs (https://docs.flyte.org/x) for @someone?")  # no user id is stored

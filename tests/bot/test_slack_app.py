@@ -119,6 +119,24 @@ def test_direct_message_is_answered_in_the_dm(harness):
     assert emu.wait_ack(d.envelope_id).latency < 3.0
 
 
+def test_a_file_shared_without_words_is_not_taken_for_an_empty_question(harness):
+    """A screenshot dropped in a thread the bot answered, or in its DM, got "Please ask a
+    question: the message was empty."; a file with a question is still answered."""
+    emu = harness.emu
+    first = emu.mention(CACHE_Q)
+    harness.wait_answers(thread_ts=first.ts)
+    emu.add_channel("D0DIRECT01", "dm", is_im=True)
+    files = [{"id": "F1", "name": "screenshot.png"}]
+    for d in (emu.message("", thread_ts=first.ts, subtype="file_share", files=files),
+              emu.message("", channel="D0DIRECT01", channel_type="im", subtype="file_share", files=files)):
+        emu.wait_ack(d.envelope_id)
+    harness.idle()
+    assert len(harness.answers(thread_ts=first.ts)) == 1 and harness.answers(channel="D0DIRECT01") == []
+    emu.message(CACHE_Q, channel="D0DIRECT01", channel_type="im", subtype="file_share", files=files)
+    [answer] = harness.wait_answers(channel="D0DIRECT01")
+    assert "cache_version" in answer["text"]
+
+
 def test_slash_command_acks_then_answers_via_response_url(harness):
     emu = harness.emu
     d = emu.slash_command("how do I invalidate the cache?")
@@ -398,6 +416,26 @@ def test_slack_refusing_the_answer_tells_the_asker(make_harness):
     assert notice["text"] == messages.POST_FAILED
     assert len(emu.calls_to("chat.postMessage")) == 4 + 1  # the answer: 1 try + 3 retries; then the notice
     assert harness.bot.metrics.failures.labels("post_failed")._value.get() == 1
+
+
+def test_a_post_that_times_out_but_lands_is_one_answer_that_takes_votes(make_harness):
+    """Slack answering chat.postMessage after the client's timeout (it posted, slowly): the asker
+    read the answer and "Slack did not accept my answer" under it, and its buttons were dead."""
+    from flytegpt.bot.slack.client import make_client
+
+    harness = make_harness(bot={"streaming": False})
+    emu = harness.emu
+    harness.bot.delivery.client = make_client(harness.settings(), timeout_s=1)
+    emu.delays["chat.postMessage"] = 1.8
+    d = _say(harness, CACHE_Q)
+    [answer] = harness.wait_answers(thread_ts=d.ts)
+    harness.idle()
+    time.sleep(0.5)  # a notice would follow the check
+    assert [m["text"] for m in harness.answers(thread_ts=d.ts)] == [answer["text"]]
+    assert "cache_version" in answer["text"] and messages.POST_FAILED not in answer["text"]
+    assert harness.bot.metrics.failures.labels("post_failed")._value.get() == 0
+    value = _blocks(answer, "actions")[0]["elements"][0]["value"]
+    assert harness.bot.feedback.get_answer(value) is not None  # its 👍/👎 still count
 
 
 MALFORMED = [

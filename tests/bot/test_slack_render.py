@@ -118,6 +118,27 @@ def test_long_answer_is_split_within_limits():
     assert "line_599 = 599" in joined and "line_0 = 0" in joined
 
 
+def test_hundreds_of_sources_with_long_urls_fit_one_message_with_the_buttons():
+    """399 sources with 600-character URLs made 96 context blocks in one message: Slack refused
+    it (and the streamed answer's stopStream), so the asker got no sources and no buttons."""
+    cites = [Citation(i, f"Source {i}", f"https://e.org/{i}/" + "p" * 600, f"s:{i}") for i in range(1, 400)]
+    cites.append(Citation(400, "One huge URL", "https://e.org/" + "q" * 5000, "s:400"))
+    posted = blocks.render_answer(_answer("Short answer [1].", cites), feedback_id="abc")
+    assert_slack_accepts(posted)
+    assert len(posted) == 1 and posted[-1].blocks[-1]["type"] == "actions"
+    listed = "\n".join(b["elements"][0]["text"] for b in posted[0].blocks if b["type"] == "context")
+    assert "<https://e.org/1/" in listed and "more sources (too many to list here)" in listed
+    for b in posted[0].blocks:  # no link cut in two
+        if b["type"] == "context":
+            text = b["elements"][0]["text"]
+            assert text.count("<") == text.count(">")
+    tail = blocks.streamed_answer_tail(cites, "abc")
+    assert len(tail) <= blocks.MAX_SOURCE_BLOCKS + 1
+    assert_slack_accepts([blocks.SlackMessage("answer", tail)])
+    few = blocks.render_answer(_answer("x [1]", cites[-1:]), feedback_id="abc")
+    assert "One huge URL" in few[0].text and "qqqq" not in few[0].text  # a title instead of a 5,000-character link
+
+
 def test_one_huge_line_is_cut_without_breaking_entities():
     text = "a&b<c>" * 2000
     sections = render.markdown_sections(text)
