@@ -7,11 +7,16 @@ SAMPLE := ingest/sample/flytegpt.toml
 
 .PHONY: venv demo test browser bench eval clean
 
-# torch is installed first and pinned to the CPU build: an unpinned torch pulls several GB of CUDA.
+# torch is installed first, pinned: an unpinned torch pulls several GB of CUDA. torch==2.13.0 is
+# the CPU build where pip finds one first (this project's build machines keep it in their
+# find-links); elsewhere PyPI's Linux wheel is the CUDA one, so point pip at PyTorch's CPU index:
+#   make venv TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC     ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
 $(BIN)/flytegpt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 

@@ -36,8 +36,13 @@ def report_cmd(db: str, config_path: Path, store: str | None, since: str, out_pa
         report = build_report(db, store=None if no_store else config.index.store, options=options, config=config)
     except (ValueError, FileNotFoundError, FeedbackDatabaseError) as e:
         raise click.ClickException(str(e)) from None
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(render_page(report), encoding="utf-8")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(render_page(report), encoding="utf-8")
+    except OSError as e:
+        raise click.ClickException(f"cannot write {out_path}: {e.strerror or e}") from None
+    for note in report.notes:  # a wrong --store, channels left out: said here too, not only on the page
+        click.echo(f"note: {note}", err=True)
     t = report.totals
     click.echo(f"wrote {out_path}: {t['questions']} questions ({t['answered']} answered, {t['not_found']} not found, "
                f"{t['model_failed'] + t['failed']} failed), {len(report.topics)} gap topics", err=True)
@@ -60,4 +65,6 @@ def snapshot_cmd(db_path: str, target: str | None, config_path: Path) -> None:
         n = export_snapshot(db_path, target)
     except (FileNotFoundError, FeedbackDatabaseError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write {target}: {e.strerror or e}") from None
     click.echo(f"wrote {n:,} bytes to {target}", err=True)

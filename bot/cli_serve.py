@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 import click
 
@@ -36,6 +38,19 @@ def serve_cmd(config_path, store: str | None, port: int | None) -> None:
         raise click.ClickException(str(e)) from None
 
 
+@contextmanager
+def _export_errors(out_path: str) -> Iterator[None]:
+    """A database that is missing or is none, or an --out that cannot be written: one line, exit 1."""
+    from flytegpt.bot.slack.feedback import FeedbackDatabaseError
+
+    try:
+        yield
+    except (FileNotFoundError, FeedbackDatabaseError) as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write {out_path}: {e.strerror or e}") from None
+
+
 @click.group("feedback")
 def feedback_group() -> None:
     """Feedback collected from 👍/👎 in Slack."""
@@ -50,10 +65,8 @@ def questions_cmd(db_path: str, out_path: str) -> None:
     the sources their answer cited as gold: real questions a new index must keep answering."""
     from flytegpt.bot.slack.feedback import export_confirmed
 
-    try:
+    with _export_errors(out_path):
         n = export_confirmed(db_path, out_path)
-    except FileNotFoundError as e:
-        raise click.ClickException(str(e)) from None
     if out_path != "-":
         click.echo(f"wrote {n} confirmed question(s) to {out_path}"
                    + ("" if n else " (none yet: no answer has more 👍 than 👎)"), err=True)
@@ -67,10 +80,8 @@ def export_cmd(db_path: str, out_path: str) -> None:
     """Write every vote with its question, answer, sources and index version as JSONL."""
     from flytegpt.bot.slack.feedback import export_feedback
 
-    try:
+    with _export_errors(out_path):
         n = export_feedback(db_path, out_path)
-    except FileNotFoundError as e:
-        raise click.ClickException(str(e)) from None
     if out_path != "-":
         click.echo(f"wrote {n} feedback record(s) to {out_path}", err=True)
     else:

@@ -83,7 +83,14 @@ class BotServer:
         self.bot = build_app(self.config, self.settings, answerer, self.holder, client=client, metrics=self.metrics)
         self.reloader = Reloader(self.config, self.holder, metrics=self.metrics, embedder=self._embedder,
                                  interval_s=self._reload_interval)
-        self.http = self._start_http()
+        try:
+            self.http = self._start_http()
+        except OSError as e:  # the port is taken (another bot, a second `serve`) or not allowed
+            from flytegpt.ingest.config import ConfigError
+
+            self.stop()
+            raise ConfigError(f"cannot serve /healthz and /metrics on {self.host}:{self.port}: "
+                              f"{e.strerror or e} (choose another with --port or [bot] http_port)") from None
         self.handler = socket_mode_handler(self.bot.app, self.app_token, client, ping_interval=self.ping_interval)
         try:
             self.handler.connect()

@@ -509,13 +509,16 @@ class Embedder:
         *,
         progress: bool = False,
         on_block: Callable[[list[int], np.ndarray], None] | None = None,
+        max_block: int | None = None,
     ) -> np.ndarray:
         """Embed many texts, longest first, in the caller's order.
 
         Sorting the whole input by length (sentence-transformers only sorts inside one
         encode() call) keeps padding low in every batch: a cheap win on CPU.
-        `on_block(rows, vectors)` sees each encode call's rows as soon as they are done, so a
-        caller can persist work before the whole input is through.
+        `on_block(rows, vectors)` sees each encode call's rows as soon as they are done (at most
+        `max_block` of them), so a caller can persist work before the whole input is through.
+        The first call is one of _CALL_BATCHES batches: the longest texts come first, and on a
+        slow CPU a whole first call kept the progress bar at 0 for 15 s.
         """
         n = len(texts)
         if not self.loaded:
@@ -524,7 +527,10 @@ class Embedder:
         if n == 0:
             return out
         order = sorted(range(n), key=lambda i: -len(texts[i]))
-        step = max(self.batch_size * _CALL_BATCHES, _CALL_TEXTS)
+        first = self.batch_size * _CALL_BATCHES
+        step = max(first, _CALL_TEXTS)
+        if max_block is not None:
+            first, step = max(1, min(first, max_block)), max(1, min(step, max_block))
         if not self.loaded:
             # Before the bar: on a new machine preparing the model (export, int8 model, measuring
             # which precision is fastest) takes a minute, which inside the bar read as slow embedding.
@@ -538,8 +544,8 @@ class Embedder:
 
             bar = tqdm(total=n, desc="embedding", unit="chunk")
         try:
-            for start in range(0, n, step):
-                idx = order[start : start + step]
+            for start in [0, *range(first, n, step)]:
+                idx = order[start : start + (first if start == 0 else step)]
                 out[idx] = self._encode([texts[i] for i in idx])
                 trim_heap()  # this call's activations, before the next call's
                 if on_block is not None:

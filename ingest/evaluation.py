@@ -50,6 +50,8 @@ def load_questions(path: str | Path) -> list[Question]:
             questions.append(_question(json.loads(line), n))
         except json.JSONDecodeError as e:
             raise QuestionFileError(f"{path}:{n}: not JSON: {e}") from None
+        except RecursionError:
+            raise QuestionFileError(f"{path}:{n}: not a question: JSON nested too deeply") from None
         except ValueError as e:
             raise QuestionFileError(f"{path}:{n}: {e}") from None
     if not questions:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from flytegpt.ingest.config import Config
+from flytegpt.ingest.config import Config, SourceConfig
 from flytegpt.ingest.heap import trim_heap
 from flytegpt.ingest.models import Chunk, Document, LoadReport, ModelInfo, content_key
 
@@ -99,8 +99,21 @@ def iter_documents(
             count += 1
             yield doc
         report.documents = count
+        if not count and not report.skipped:  # a wrong path or include: said, not silently published
+            report.skip(str(source.path or source.package or source.name), _nothing_found(source))
         for name, reason in report.skipped:
             log.warning("%s: skipped %s: %s", source.name, name, reason)
+
+
+def _nothing_found(source: "SourceConfig") -> str:
+    """Why a source gave no document, as far as its settings tell."""
+    path = source.path
+    if path is not None and path.is_file() and source.kind != "slack_export":
+        return f"no documents: {path} is a file; a {source.kind} source reads a folder"
+    if source.include:
+        return f"no documents: no file matches include {source.include}" + (
+            f" (exclude {source.exclude})" if source.exclude else "")
+    return f"no documents found (kind {source.kind}): check its path and settings"
 
 
 def collect(config: Config, *, progress: bool = True) -> tuple[list[Document], dict[str, LoadReport]]:
@@ -215,9 +228,16 @@ def embed_chunks(
             cache.flush(compact=False)
             trim_heap()  # writing the shard copied its vectors once; don't keep that copy's pages
 
-    fresh = embedder.embed_documents(
-        [texts[i] for i in missing.values()], progress=progress, on_block=keep
-    )
+    try:
+        fresh = embedder.embed_documents(
+            [texts[i] for i in missing.values()], progress=progress, on_block=keep, max_block=shard_size
+        )
+    except BaseException:  # Ctrl-C, a failing batch: what was embedded is kept for the next run
+        try:
+            cache.flush(compact=False)
+        except Exception as e:  # noqa: BLE001 - the first error is the one to report
+            log.warning("could not keep the vectors embedded so far: %s", e)
+        raise
     cache.flush()
     stats = {"computed": len(missing), "reused": len(chunks) - len(missing)}
     if len(missing) == len(chunks):

@@ -82,6 +82,9 @@ def walk_files(root: Path, include: list[str], exclude: list[str], report: LoadR
             if not is_utf8_name(rel):
                 report.skip(printable_name(rel), "file name is not valid UTF-8")
                 continue
+            if path.is_symlink() and not path.exists():
+                report.skip(rel, "broken symbolic link (its target does not exist)")
+                continue
             if path.is_symlink() and not inside(path, real_root):
                 report.skip(rel, "symbolic link to a file outside the source root")
                 continue

@@ -178,6 +178,9 @@ def _load_json(tree: _Tree, rel: str, report: LoadReport) -> Any:
     except (ValueError, UnicodeDecodeError) as e:
         report.skip(rel, f"invalid JSON: {e}")
         return None
+    except RecursionError:  # `[[[[…]]]]` thousands deep: no export nests like that
+        report.skip(rel, "invalid JSON: nested too deeply")
+        return None
 
 
 def _directory(tree: _Tree, files: list[str], report: LoadReport) -> Directory:

@@ -89,6 +89,26 @@ def test_dry_run_shows_what_an_ingest_would_index_and_writes_nothing(corpus: Pat
         (s["name"], s["documents"], s["chunks"], s["skipped"]) for s in real["sources"]]
 
 
+def test_a_source_that_finds_nothing_is_named_with_the_likely_reason(corpus: Path, tmp_path: Path):
+    """A docs source pointed at a file, or an include that matches nothing, read 0 documents with
+    no word in the dry run or the ingest summary, which then published without it."""
+    bad = tmp_path / "sample"
+    shutil.copytree(corpus, bad)
+    (bad / "notes.md").write_text("# Notes\n\nA page.\n")
+    config = (bad / "flytegpt.toml").read_text() + (
+        '\n[[sources]]\nname = "a-file"\nkind = "docs"\npath = "notes.md"\n'
+        '\n[[sources]]\nname = "no-match"\nkind = "docs"\npath = "docs"\ninclude = ["*.txt"]\n')
+    (bad / "flytegpt.toml").write_text(config)
+    dry = run("ingest", "--config", str(bad / "flytegpt.toml"), "--store", str(tmp_path / "s"), "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    text = " ".join(dry.output.split())
+    assert f"a-file: {bad / 'notes.md'}: no documents: {bad / 'notes.md'} is a file; a docs source reads a folder" in text
+    assert "no-match:" in text and "no documents: no file matches include ['*.txt']" in text
+    summary = ingest_json(bad, str(tmp_path / "s"))
+    empty = {s["name"]: s for s in summary["sources"] if not s["documents"]}
+    assert set(empty) == {"a-file", "no-match"} and all(len(s["skipped"]) == 1 for s in empty.values())
+
+
 def test_search_shows_ranked_chunks_with_source_ids_and_urls(corpus: Path, store: str):
     ingest_json(corpus, store)
     result = run("search", "how do I invalidate the cache", "--config", str(corpus / "flytegpt.toml"),

@@ -22,7 +22,7 @@ from flytegpt.bot.cli_serve import serve_cmd
 from flytegpt.bot.logs import setup_logging
 from flytegpt.bot.serve import SHUTDOWN_OVERHEAD_S, BotServer
 from flytegpt.bot.slack.client import SlackTokenError
-from flytegpt.ingest.config import Config, Settings, load_config, sample_config_path
+from flytegpt.ingest.config import Config, ConfigError, Settings, load_config, sample_config_path
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,6 +72,34 @@ def test_tokens_slack_rejects_fail_at_start(tmp_path):
             with pytest.raises(SlackTokenError, match=f"Slack rejected {var}: invalid_auth"):
                 server.start()
             server.stop()
+
+
+def test_slack_out_of_reach_or_a_taken_port_is_one_line_at_start(tmp_path):
+    """A wrong SLACK_API_URL (or no network) printed ~100 lines of chained traceback after the
+    retries, and a health port already in use `OSError: [Errno 98]` with its traceback."""
+    import socket
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # a port nobody listens on
+    url = f"http://127.0.0.1:{dead.getsockname()[1]}/api/"
+    env = {"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_APP_TOKEN": "xapp-1", "SLACK_API_URL": url}
+    result = CliRunner().invoke(serve_cmd, ["--config", str(sample_config_path()), "--store", str(tmp_path),
+                                            "--port", "0"], env=env)
+    dead.close()
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"cannot reach Slack's Web API at {url}: " in result.output and "Connection refused" in result.output
+
+    config = load_config(sample_config_path()).with_store(str(tmp_path / "store"))
+    config = config.model_copy(update={"bot": config.bot.model_copy(update={"feedback_db": str(tmp_path / "f.db")})})
+    with SlackEmulator() as emu, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = BotServer(config, Settings(SLACK_BOT_TOKEN="xoxb-1", SLACK_APP_TOKEN="xapp-1",
+                                            SLACK_API_URL=emu.api_url), port=port, host="127.0.0.1")
+        with pytest.raises(ConfigError, match=f"cannot serve /healthz and /metrics on 127.0.0.1:{port}: "
+                                              "Address already in use"):
+            server.start()
 
 
 def test_serve_health_ready_metrics_and_late_index(built_store, embedder, tmp_path):

@@ -97,6 +97,46 @@ def test_feedback_store_and_export(tmp_path):
     assert missing.exit_code != 0 and "not found" in missing.output
 
 
+def test_feedback_and_report_commands_say_in_one_line_what_they_cannot_read_or_write(tmp_path):
+    """An --out that is a folder or under a file, a --db that is no database, a --store that holds
+    nothing: tracebacks (IsADirectoryError, FeedbackDatabaseError, OSError) or silence before."""
+    from flytegpt.bot.cli_report import report_cmd, snapshot_cmd
+
+    db = tmp_path / "feedback.sqlite3"
+    FeedbackStore(db).close()
+    (tmp_path / "file").write_text("x")
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_text("this is not a database" * 100)
+    runner = CliRunner()
+    for cmd in ("export", "questions"):
+        for out, said in ((tmp_path, f"cannot write {tmp_path}: Is a directory"),
+                          (tmp_path / "file" / "o.jsonl", f"cannot write {tmp_path / 'file' / 'o.jsonl'}: ")):
+            r = runner.invoke(feedback_group, [cmd, "--db", str(db), "--out", str(out)])
+            assert r.exit_code == 1 and said in r.output and "Traceback" not in r.output, r.output
+        r = runner.invoke(feedback_group, [cmd, "--db", str(garbage), "--out", str(tmp_path / "o.jsonl")])
+        assert r.exit_code == 1 and "is not a usable feedback database" in r.output, r.output
+    r = runner.invoke(snapshot_cmd, ["--db", str(db), "--to", str(tmp_path / "file" / "s.sqlite3")])
+    assert r.exit_code == 1 and "cannot write" in r.output and "Traceback" not in r.output, r.output
+    r = runner.invoke(report_cmd, ["--db", str(db), "--out", str(tmp_path / "file" / "r.html")])
+    assert r.exit_code == 1 and f"cannot write {tmp_path / 'file' / 'r.html'}: " in r.output, r.output
+    r = runner.invoke(report_cmd, ["--db", str(db), "--out", str(tmp_path / "r.html"),
+                                   "--store", str(tmp_path / "no-such-store")])
+    assert r.exit_code == 0 and f"note: No published index in {tmp_path / 'no-such-store'}" in r.output, r.output
+
+
+def test_an_answer_with_half_an_emoji_is_stored_and_can_be_voted_on(tmp_path):
+    """A model's text cut mid-emoji (a lone surrogate) failed the insert: the answer was not
+    stored and its 👍/👎 got "I couldn't find that answer"."""
+    store = FeedbackStore(tmp_path / "feedback.sqlite3")
+    cites = [Citation(1, "t\ud83d", "https://e.org/1", "docs:c.md")]
+    fid = store.record_answer(Answer("q \ud83d?", "q \ud83d?", "half \ud83d an emoji", cites, "llm", "v1"),
+                              surface="mention")
+    assert store.record_vote(fid, "up", user="U1", channel="C1")
+    rows = store.votes()
+    store.close()
+    assert rows[0]["answer"] == "half \ufffd an emoji" and rows[0]["question"] == "q \ufffd?"
+
+
 def test_confirmed_questions_become_an_eval_question_file(tmp_path):
     """`flytegpt feedback questions`: answers with more 👍 than 👎, their cited sources as gold."""
     from flytegpt.ingest.evaluation import load_questions
@@ -104,9 +144,9 @@ def test_confirmed_questions_become_an_eval_question_file(tmp_path):
     db = tmp_path / "feedback.sqlite3"
     store = FeedbackStore(db)
 
-    def answered(question, standalone, *source_ids, votes=()):
+    def answered(question, standalone, *source_ids, votes=(), mode="llm"):
         cites = [Citation(n, f"t{n}", f"https://e.org/{n}", sid) for n, sid in enumerate(source_ids, 1)]
-        fid = store.record_answer(Answer(question, standalone, "text", cites, "llm", "v1"), surface="mention")
+        fid = store.record_answer(Answer(question, standalone, "text", cites, mode, "v1"), surface="mention")
         for user, vote in votes:
             store.record_vote(fid, vote, user=user, channel="C1")
         return fid
@@ -119,6 +159,8 @@ def test_confirmed_questions_become_an_eval_question_file(tmp_path):
     answered("disliked?", "disliked?", "docs:d.md", votes=[("U1", "down")])
     answered("no sources?", "no sources?", votes=[("U1", "up")])
     answered("never voted on?", "never voted on?", "docs:n.md")
+    # "I couldn't find this" with its closest matches: a 👍 thanks the honesty, the matches are no gold
+    answered("capital of France?", "capital of France?", "docs:c.md", votes=[("U1", "up")], mode="not_found")
     store.close()
 
     out = tmp_path / "confirmed.jsonl"

@@ -71,6 +71,7 @@ def test_bad_question_file_names_the_line(tmp_path):
     ('{"question": "a", "gold": [1]}', "'gold' must be a list of source ids"),
     ('["a", "b"]', "expected an object"),
     ("{not json", "not JSON"),
+    ('{"question": "a", "gold": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
 ])
 def test_malformed_questions_are_errors_naming_the_line(tmp_path, line: str, error: str):
     path = tmp_path / "q.jsonl"

@@ -64,6 +64,17 @@ def test_docs_symlinks_out_of_the_root_are_skipped_and_reported(tmp_path: Path, 
     assert "outside the source root" in skipped["more"]
 
 
+def test_a_broken_symlink_is_reported_as_broken(tmp_path: Path) -> None:
+    """A link to nothing was reported as a "link to a file outside the source root"."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "page.md").write_text("# Page\n\nText.\n")
+    (root / "gone.md").symlink_to(root / "deleted.md")
+    docs, report = _load("docs", root)
+    assert set(docs) == {"page.md"}
+    assert dict(report.skipped) == {"gone.md": "broken symbolic link (its target does not exist)"}
+
+
 def test_code_symlinks_out_of_the_root_are_skipped_and_reported(tmp_path: Path, outside: Path) -> None:
     root = tmp_path / "src"
     (root / "pkg").mkdir(parents=True)
@@ -174,6 +185,19 @@ def test_corrupt_zip_member_is_reported_and_skipped(tmp_path: Path, method: int)
     assert "corrupt zip member" in skipped[damaged]
     assert "help/1675245600.000100" in docs  # the other channel is whole
     assert "general/1672567200.000100" in docs  # and the undamaged day of this one
+
+
+def test_json_nested_thousands_deep_is_one_skipped_file(tmp_path: Path) -> None:
+    """`[[[[…]]]]` 100,000 deep in one day file (or users.json) ended the whole ingest with a
+    RecursionError traceback; now that file is skipped and listed, the rest indexed."""
+    export = tmp_path / "export"
+    shutil.copytree(FIXTURES / "sources" / "slack", export)
+    (export / "general" / "2023-01-02.json").write_text("[" * 100_000 + "]" * 100_000)
+    (export / "users.json").write_text("[" * 5_000 + "]" * 5_000)
+    docs, report = _load("slack_export", export)
+    skipped = dict(report.skipped)
+    assert skipped["general/2023-01-02.json"] == skipped["users.json"] == "invalid JSON: nested too deeply"
+    assert "help/1675245600.000100" in docs and "general/1672567200.000100" in docs
 
 
 def test_not_a_zip_is_a_clear_error_naming_the_file(tmp_path: Path) -> None:
