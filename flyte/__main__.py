@@ -39,7 +39,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from flytekit.core.type_engine import TypeTransformerFailedError  # an input of the wrong type
 
-    return ConfigError, ArtifactError, StoreLockError, StoreWriteError, TuningError, TypeTransformerFailedError
+    # ValueError: no chunks, no questions, a period that is none; OSError: a store path that is a
+    # file or cannot be written, a database that is missing. flytekit names the task in the message.
+    return (ConfigError, ArtifactError, StoreLockError, StoreWriteError, TuningError, TypeTransformerFailedError,
+            ValueError, OSError)
 
 
 def _parse(value: str, annotation: Any) -> Any:
@@ -55,6 +58,8 @@ def _parse(value: str, annotation: Any) -> Any:
     if typing.get_origin(target) in (list, dict):
         return json.loads(value)
     if isinstance(target, type) and issubclass(target, FlyteFile):
+        if "://" not in value and not os.path.isfile(value):
+            raise ValueError(f"file not found: {value}")
         return FlyteFile(value)
     return value
 

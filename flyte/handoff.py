@@ -16,9 +16,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import os
 import tomllib
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from flytegpt.ingest.config import Config, ConfigError, load_config, parse_config
 from flytegpt.ingest.store import WORK_DIR, get_fs, is_local, join, read_bytes
@@ -26,6 +29,9 @@ from flytegpt.ingest.store import WORK_DIR, get_fs, is_local, join, read_bytes
 if TYPE_CHECKING:
     import numpy as np
     from flytekit.types.file import FlyteFile
+
+log = logging.getLogger(__name__)
+REFRESH_AFTER_S = 6 * 3600  # a work file read after this long is marked in use again (see read_work_file)
 
 
 def load_task_config(config_path: str, store: str = "") -> Config:
@@ -73,13 +79,36 @@ def write_work_file(store: str, stage: str, data: bytes, suffix: str) -> str:
 
 
 def read_work_file(ff: "FlyteFile | str") -> bytes:
-    """The content of a FlyteFile input (its original URI, read with the store's fsspec settings)."""
+    """The content of a FlyteFile input (its original URI, read with the store's fsspec settings).
+
+    A file read here is in use: a cached task made it, perhaps many nights ago, and publishing
+    prunes `flyte-work/` files older than the oldest version kept. So a file older than
+    REFRESH_AFTER_S is marked new again (its modification time; on an object store, which has
+    none to set, by writing the same bytes back), or an unchanged embedding shard, cached by
+    Flyte and never re-run, would be pruned under the nightly run that still reads it.
+    """
     uri = ff if isinstance(ff, str) else (ff.remote_source or str(ff.path))
     fs, path = get_fs(uri)
     data = read_bytes(fs, path)
     if data is None:
         raise FileNotFoundError(f"{uri} is missing from the index store (was {WORK_DIR}/ cleaned up?)")
+    _refresh(fs, path, data)
     return data
+
+
+def _refresh(fs: Any, path: str, data: bytes) -> None:
+    try:
+        modified = fs.modified(path)
+        if modified.tzinfo is None:
+            modified = modified.replace(tzinfo=timezone.utc)
+        if (datetime.now(timezone.utc) - modified).total_seconds() < REFRESH_AFTER_S:
+            return
+        if is_local(fs):
+            os.utime(path)
+        else:
+            fs.pipe_file(path, data)
+    except (OSError, NotImplementedError, ValueError) as e:  # read-only, no times: pruning may re-run it
+        log.info("could not mark %s as in use: %s", path, e)
 
 
 def to_jsonl(records: Iterable[dict]) -> bytes:

@@ -38,8 +38,10 @@ COLLECT = Resources(cpu="1", mem="2Gi")
 # Splitting text: CPU only, memory for the documents of a large corpus.
 CHUNK = Resources(cpu="2", mem="4Gi")
 # Embedding: one GPU; the CPUs feed it tokenised batches, the memory holds torch + the vectors.
-EMBED = Resources(cpu="4", mem="16Gi", gpu="1")
-EMBED_LIMITS = Resources(mem="16Gi", gpu="1")  # Kubernetes schedules GPUs by their limit
+# Sized to fit the smallest T4 nodes (AWS g4dn.xlarge: 4 vCPUs, 16 GiB; GKE n1-standard-4 + T4:
+# 15 GB), whose allocatable share is less than that once the kubelet and daemons take theirs.
+EMBED = Resources(cpu="3", mem="12Gi", gpu="1")
+EMBED_LIMITS = Resources(mem="12Gi", gpu="1")  # Kubernetes schedules GPUs by their limit
 # Building the FAISS + keyword index: CPU and memory, roughly 2 KiB per chunk plus the vectors.
 BUILD = Resources(cpu="2", mem="8Gi")
 # Moving LATEST: a single small write.

@@ -529,7 +529,8 @@ def prune_work_files(store: str, *, before: datetime) -> list[str]:
 
     The Flyte tasks (flyte/handoff.py) pass content-addressed intermediates through this
     folder; once the versions they were made for are pruned, nothing reads them (a cached
-    task whose file is gone says so and is re-run with the cache overwritten).
+    task whose file is gone says so and is re-run with the cache overwritten; a run that reads a
+    file marks it in use again, flyte/handoff.read_work_file).
     """
     fs, root = get_fs(store)
     folder = join(root, WORK_DIR)

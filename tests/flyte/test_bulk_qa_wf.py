@@ -112,15 +112,19 @@ def test_a_question_with_half_an_emoji_is_answered_in_utf8_reports(published: di
     assert result["question"] == "How do I cache a task \ufffd?" and result["citations"]
 
 
-@pytest.mark.parametrize("questions, error", [("[not json", "Invalid value"),
-                                              ("[5, null]", "Failed argument 'questions'")])
-def test_a_local_run_with_questions_that_do_not_parse_says_so(tmp_path: Path, questions: str, error: str) -> None:
+@pytest.mark.parametrize("args, error", [(["--questions", "[not json"], "Invalid value"),
+                                         (["--questions", "[5, null]"], "Failed argument 'questions'"),
+                                         # a ValueError and a missing file: 98-line tracebacks before
+                                         (["--questions", "[]"], "no questions"),
+                                         (["--questions_file", "/no/such/questions.txt"],
+                                          "file not found: /no/such/questions.txt")])
+def test_a_local_run_with_questions_that_do_not_parse_says_so(tmp_path: Path, args: list[str], error: str) -> None:
     import subprocess
     import sys
 
     proc = subprocess.run(
         [sys.executable, "-m", "flytegpt.flyte", "bulk_qa_wf", "--config_path", str(sample_config_path()),
-         "--store", str(tmp_path / "store"), "--questions", questions],
+         "--store", str(tmp_path / "store"), *args],
         cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"},
         capture_output=True, text=True, timeout=240,
     )

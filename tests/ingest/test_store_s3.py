@@ -196,6 +196,24 @@ def test_s3_old_work_files_are_pruned(endpoint: str) -> None:
     assert prune_work_files(store, before=now + timedelta(minutes=5)) == [f"{root}/flyte-work/chunks/a.jsonl"]
 
 
+def test_s3_work_file_read_by_a_run_is_marked_in_use(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object store has no modification time to set: a work file read after REFRESH_AFTER_S
+    is written back with the same bytes, so pruning does not delete it under the run reading it."""
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from flytegpt.flyte import handoff
+    from flytegpt.ingest.artifact import prune_work_files
+
+    store = f"s3://{BUCKET}/inuse/index"
+    uri = handoff.write_work_file(store, "vectors", b"unchanged shard", ".npy")
+    time.sleep(2.1)  # S3's LastModified has whole seconds
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=1)
+    monkeypatch.setattr(handoff, "REFRESH_AFTER_S", 0.5)
+    assert handoff.read_work_file(uri) == b"unchanged shard"
+    assert prune_work_files(store, before=cutoff) == []
+
+
 def test_s3_store_is_checked_writable_before_an_ingest(endpoint: str, s3) -> None:
     from flytegpt.ingest.store import StoreWriteError, check_writable
 
