@@ -57,9 +57,15 @@ def load_task_config(config_path: str, store: str = "") -> Config:
     return config
 
 
+# What the cached stages' output depends on: a task input is part of its cache key, so the index
+# settings that only publishing and the bot read (keep_versions, cache_dir) stay out of it, or
+# changing how many versions to keep would start the GPU tasks again for the same content.
+_STAGE_SETTINGS = {"index": {"store", "index_type", "approximate_threshold"}, "embeddings": True, "tuning": True}
+
+
 def settings_json(config: Config) -> str:
-    """The parts of the configuration later stages need (not the sources), as task-input text."""
-    return config.model_dump_json(include={"index", "embeddings", "tuning"})
+    """The parts of the configuration the cached stages need (not the sources), as task-input text."""
+    return config.model_dump_json(include=_STAGE_SETTINGS)
 
 
 def config_from_settings(settings: str) -> Config:

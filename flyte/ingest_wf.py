@@ -68,6 +68,7 @@ class Collected(NamedTuple):
     source_stats: str  # JSON: per source, its LoadReport (documents read, files skipped)
     read_at: str  # ISO time the sources were read: publish never moves LATEST back to older sources
     tuning: bool  # [tuning] enabled is not "off": the tune task runs (and decides "auto" on its GPU pod)
+    keep_versions: int  # [index] keep_versions, for publish (not in `settings`: no cache key depends on it)
 
 
 class Embedded(NamedTuple):
@@ -99,7 +100,7 @@ def collect(config_path: str, store: str) -> Collected:
         config.index.store, "documents", to_jsonl(d.to_dict() for d in documents), ".jsonl"
     )
     return Collected(FlyteFile(path), settings_json(config), config.index.store, json.dumps(stats), read_at,
-                     config.tuning.enabled != "off")
+                     config.tuning.enabled != "off", config.index.keep_versions)
 
 
 @task(
@@ -237,7 +238,7 @@ def build(
 
 
 @task(container_image=IMAGE, requests=resources.PUBLISH, retries=2)
-def publish(version: str, store: str, settings: str = "", sources_read_at: str = "") -> str:
+def publish(version: str, store: str, sources_read_at: str = "", keep_versions: int = 0) -> str:
     """Move LATEST to `version` after verifying it, then prune old versions ([index] keep_versions);
     the bots polling LATEST then hot-reload it.
 
@@ -256,7 +257,7 @@ def publish(version: str, store: str, settings: str = "", sources_read_at: str =
             f"index version {version} is not in {store} (pruned or deleted after it was built); "
             "re-run with the cache overwritten (python -m flytegpt.flyte ingest_wf --overwrite-cache, or `overwrite cache` in the UI)"
         )
-    keep = config_from_settings(settings).index.keep_versions if settings else IndexConfig().keep_versions
+    keep = keep_versions or IndexConfig().keep_versions
     read_at = datetime.fromisoformat(sources_read_at) if sources_read_at else None
     publish_version(store, version, keep_versions=keep, sources_read_at=read_at)
     log.info("published %s in %s", version, store)
@@ -291,8 +292,8 @@ def ingest_wf(config_path: str = NIGHTLY_CONFIG, store: str = "") -> str:
         embed_stats=embedded.embed_stats,
         sources_read_at=collected.read_at,
     )
-    return publish(version=version, store=collected.store, settings=collected.settings,
-                   sources_read_at=collected.read_at)
+    return publish(version=version, store=collected.store, sources_read_at=collected.read_at,
+                   keep_versions=collected.keep_versions)
 
 
 nightly_reingest = LaunchPlan.get_or_create(

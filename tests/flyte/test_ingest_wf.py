@@ -78,6 +78,12 @@ def test_local_run_publishes_then_caches_then_reembeds_only_changes(tmp_path: Pa
     assert log.count("Cache hit") == 5 and "Cache miss" not in log
     assert list_versions(str(store)) == [version]
 
+    # A setting that changes no stage's output (how many versions to keep): still every cache hit.
+    # The whole [index] table was in the stages' inputs: tune and embed ran again (GPU pods) for it.
+    config.write_text(config.read_text() + "\n[index]\nkeep_versions = 2\n")
+    again, log = pyflyte_run(config, store, home)
+    assert again == version and log.count("Cache hit") == 5 and "Cache miss" not in log
+
     # One page changes: the task cache misses, the embedding cache re-embeds only that page.
     page = sorted((config.parent / "docs").rglob("*.md"))[0]
     page.write_text(page.read_text() + "\n\n## Added tonight\n\nA brand-new paragraph about retries.\n")
