@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal, Sequence
 
@@ -17,12 +18,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from .chain import Answerer
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 30.0
 
 
 def answer_many(answerer: "Answerer", questions: Sequence[str]) -> list[dict]:
-    """JSON-ready dicts: question, answer, mode, citations [{n,title,url,source_id}], index_version[, error]."""
+    """JSON-ready dicts: question, answer, mode, citations [{n,title,url,source_id}], index_version[, error].
+
+    Progress is logged every PROGRESS_EVERY_S seconds (and at the end): a run of thousands of
+    questions takes hours with a chat model, and the task's log is all a Flyte user sees of it.
+    """
     results = []
-    for q in questions:
+    last = time.monotonic()
+    for i, q in enumerate(questions, start=1):
+        if time.monotonic() - last >= PROGRESS_EVERY_S:
+            last = time.monotonic()
+            failed = sum(1 for r in results if r["mode"] == "error")
+            log.info("bulk: %d of %d questions answered (%d failed)", i - 1, len(questions), failed)
         try:
             a = answerer.answer(q)
             results.append(
@@ -48,6 +59,7 @@ def answer_many(answerer: "Answerer", questions: Sequence[str]) -> list[dict]:
                     "error": str(e) or type(e).__name__,
                 }
             )
+    log.info("bulk: %d questions answered (%d failed)", len(results), sum(1 for r in results if r["mode"] == "error"))
     return results
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -450,11 +451,17 @@ def test_streaming_works_with_the_stand_in(server):
     assert server.requests[0].body.get("stream") is True
 
 
-def test_bulk_isolates_failures_and_writes_reports(server, tmp_path):
+def test_bulk_isolates_failures_and_writes_reports(server, tmp_path, caplog, monkeypatch):
+    from flytegpt.bot.answering import bulk
+
     server.script(Reply("Install it [1]."), Fail(500), Fail(500))
     answerer, _ = make(server, max_retries=1)
-    results = answer_many(answerer, ["how do I use ray?", "", "ray again?", "zebra"])
+    monkeypatch.setattr(bulk, "PROGRESS_EVERY_S", 0.0)  # a line before every question
+    with caplog.at_level(logging.INFO, logger="flytegpt.bot.answering.bulk"):
+        results = answer_many(answerer, ["how do I use ray?", "", "ray again?", "zebra"])
     assert [r["mode"] for r in results] == ["llm", "error", "error", "not_found"]
+    said = [r.getMessage() for r in caplog.records if r.name == "flytegpt.bot.answering.bulk"]
+    assert "bulk: 3 of 4 questions answered (2 failed)" in said and said[-1] == "bulk: 4 questions answered (2 failed)"
     assert results[0]["citations"][0]["url"] == RAY_DOC.url
     assert results[1]["error"] and results[2]["error"]
     assert results[2]["citations"]  # related sources even on error
