@@ -18,13 +18,16 @@ from flytegpt.bot.cli_options import config_option, load, store_option
 
 
 def _row(store: str, version: str, latest: str | None) -> dict[str, Any]:
-    from flytegpt.ingest.artifact import ArtifactError, read_manifest
+    from flytegpt.ingest.artifact import ArtifactError, file_problems, read_manifest
 
     row: dict[str, Any] = {"version": version, "latest": version == latest}
     try:
         m = read_manifest(store, version)
     except ArtifactError as e:  # listed, with why it cannot serve: it is what a rollback would meet
         return {**row, "problem": str(e)}
+    damaged = file_problems(store, version, m)  # a truncated file was listed as fine, even as LATEST
+    if damaged:
+        row["problem"] = "damaged: " + "; ".join(damaged)
     return {**row, "created_at": m.get("created_at"), "sources_read_at": m.get("sources_read_at"),
             "chunks": m["chunk_count"], "counts": m.get("counts", {}), "model": m["model"]["model_id"],
             "index": m["index"]["type"]}
@@ -73,13 +76,18 @@ def versions_cmd(config_path: Path, store: str | None, as_json: bool) -> None:
         mark = "*" if r["latest"] else ""
         if "problem" in r:
             problems.append(f"{r['version']}: {r['problem']}")
-            table.add_row(mark, r["version"], "[red]unreadable[/red]", "", "")
+            if "created_at" not in r:
+                table.add_row(mark, r["version"], "[red]unreadable[/red]", "", "")
+                continue
+        table_row = (mark, r["version"], _minutes(r["created_at"]), f"{r['chunks']:,}", escape(r["model"]))
+        if "problem" in r:
+            table.add_row(*table_row[:2], "[red]damaged[/red]", *table_row[3:])
             continue
-        table.add_row(mark, r["version"], _minutes(r["created_at"]), f"{r['chunks']:,}", escape(r["model"]))
+        table.add_row(*table_row)
     console = Console()
     console.print(table)
     for p in problems:
-        console.print(f"[red]unreadable[/red] {escape(p)}")
+        console.print(f"[red]cannot serve[/red] {escape(p)}")
     if latest_problem:
         console.print(f"[red]LATEST is unreadable[/red]: {escape(latest_problem)}")
     elif latest is None:

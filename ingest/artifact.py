@@ -674,6 +674,27 @@ def read_manifest(store: str, version: str) -> dict[str, Any]:
     return _read_manifest(fs, join(root, version), version, store)
 
 
+def file_problems(store: str, version: str, manifest: dict[str, Any]) -> list[str]:
+    """What one listing of a version's folder shows wrong with the files its manifest lists:
+    missing, or not the size recorded (a truncated upload, a disk that filled up). No hashing:
+    for listing versions (`flytegpt versions`); serving or publishing one verifies every byte."""
+    fs, root = get_fs(store)
+    folder = join(root, version)
+    try:
+        found = fs.find(folder, detail=True)
+    except (OSError, ValueError) as e:
+        return [f"cannot list its files: {e}"]
+    sizes = {path[len(folder):].lstrip("/"): info.get("size") for path, info in found.items()}
+    problems = []
+    for name, entry in sorted((manifest.get("files") or {}).items()):
+        size = sizes.get(name)
+        if size is None:
+            problems.append(f"{name} is missing")
+        elif isinstance(entry, dict) and entry.get("bytes") is not None and size != entry["bytes"]:
+            problems.append(f"{name} has {size:,} bytes, its manifest says {entry['bytes']:,}")
+    return problems
+
+
 def _check_model(manifest: dict, version: str, expect_model: str | None, expect_dimension: int | None) -> None:
     model = manifest["model"]
     if expect_model is not None and model["model_id"] != expect_model:

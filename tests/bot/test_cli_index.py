@@ -93,6 +93,22 @@ def test_versions_shows_a_damaged_manifest_and_an_empty_store(store, tmp_path_fa
     assert json.loads(run(empty, "versions", "--json").output)["versions"] == []
 
 
+def test_versions_shows_a_truncated_file_even_in_the_served_version(store):
+    """A truncated dense.faiss in LATEST was listed with its `*` like a good version; only `ask`
+    and `search` found out."""
+    path, (v1, v2, v3) = store
+    dense = path / v3 / "dense.faiss"
+    dense.write_bytes(dense.read_bytes()[:100])
+    (path / v2 / "chunks.jsonl.gz").unlink()
+    data = json.loads(run(path, "versions", "--json").output)
+    rows = {r["version"]: r for r in data["versions"]}
+    assert rows[v3]["problem"].startswith("damaged: dense.faiss has 100 bytes, its manifest says ")
+    assert rows[v2]["problem"] == "damaged: chunks.jsonl.gz is missing" and "problem" not in rows[v1]
+    result = run(path, "versions")
+    assert result.exit_code == 0 and "damaged" in result.output
+    assert f"cannot serve {v3}: damaged: dense.faiss has 100 bytes" in " ".join(result.output.split())
+
+
 def test_versions_and_rollback_on_an_s3_store():
     from support.moto_s3 import moto_endpoint
 
