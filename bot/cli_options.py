@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import click
 
@@ -58,3 +59,17 @@ def open_searcher(config: Config) -> "HybridSearcher":
             f"({type(e).__name__}: {e}).\nInstall or cache that model, or re-ingest with [embeddings] model set "
             "to one that is available."
         ) from None
+
+
+@contextmanager
+def file_errors(target: object) -> Iterator[None]:
+    """A feedback database that is missing or is none, or a `target` that cannot be written:
+    one line and exit 1, not a traceback (the feedback and report commands)."""
+    from flytegpt.bot.slack.feedback import FeedbackDatabaseError
+
+    try:
+        yield
+    except (FileNotFoundError, FeedbackDatabaseError) as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write {target}: {e.strerror or e}") from None

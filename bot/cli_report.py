@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from flytegpt.bot.cli_options import config_option, load, store_option
+from flytegpt.bot.cli_options import config_option, file_errors, load, store_option
 
 
 @click.command("report")
@@ -36,11 +36,9 @@ def report_cmd(db: str, config_path: Path, store: str | None, since: str, out_pa
         report = build_report(db, store=None if no_store else config.index.store, options=options, config=config)
     except (ValueError, FileNotFoundError, FeedbackDatabaseError) as e:
         raise click.ClickException(str(e)) from None
-    try:
+    with file_errors(out_path):
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(render_page(report), encoding="utf-8")
-    except OSError as e:
-        raise click.ClickException(f"cannot write {out_path}: {e.strerror or e}") from None
     for note in report.notes:  # a wrong --store, channels left out: said here too, not only on the page
         click.echo(f"note: {note}", err=True)
     t = report.totals
@@ -56,15 +54,11 @@ def report_cmd(db: str, config_path: Path, store: str | None, since: str, out_pa
 @config_option
 def snapshot_cmd(db_path: str, target: str | None, config_path: Path) -> None:
     """Copy the live database (consistent, while the bot runs) to where the weekly report reads it."""
-    from flytegpt.bot.slack.feedback import FeedbackDatabaseError, export_snapshot
+    from flytegpt.bot.slack.feedback import export_snapshot
 
     target = target or load(config_path, None).bot.feedback_snapshot
     if not target:
         raise click.ClickException("no target: pass --to or set [bot] feedback_snapshot")
-    try:
+    with file_errors(target):
         n = export_snapshot(db_path, target)
-    except (FileNotFoundError, FeedbackDatabaseError) as e:
-        raise click.ClickException(str(e)) from None
-    except OSError as e:
-        raise click.ClickException(f"cannot write {target}: {e.strerror or e}") from None
     click.echo(f"wrote {n:,} bytes to {target}", err=True)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
-from typing import Iterator
 
 import click
 
-from flytegpt.bot.cli_options import config_option, load, store_option
+from flytegpt.bot.cli_options import config_option, file_errors, load, store_option
 
 
 @click.command("serve")
@@ -38,19 +36,6 @@ def serve_cmd(config_path, store: str | None, port: int | None) -> None:
         raise click.ClickException(str(e)) from None
 
 
-@contextmanager
-def _export_errors(out_path: str) -> Iterator[None]:
-    """A database that is missing or is none, or an --out that cannot be written: one line, exit 1."""
-    from flytegpt.bot.slack.feedback import FeedbackDatabaseError
-
-    try:
-        yield
-    except (FileNotFoundError, FeedbackDatabaseError) as e:
-        raise click.ClickException(str(e)) from None
-    except OSError as e:
-        raise click.ClickException(f"cannot write {out_path}: {e.strerror or e}") from None
-
-
 @click.group("feedback")
 def feedback_group() -> None:
     """Feedback collected from 👍/👎 in Slack."""
@@ -65,7 +50,7 @@ def questions_cmd(db_path: str, out_path: str) -> None:
     the sources their answer cited as gold: real questions a new index must keep answering."""
     from flytegpt.bot.slack.feedback import export_confirmed
 
-    with _export_errors(out_path):
+    with file_errors(out_path):
         n = export_confirmed(db_path, out_path)
     if out_path != "-":
         click.echo(f"wrote {n} confirmed question(s) to {out_path}"
@@ -80,7 +65,7 @@ def export_cmd(db_path: str, out_path: str) -> None:
     """Write every vote with its question, answer, sources and index version as JSONL."""
     from flytegpt.bot.slack.feedback import export_feedback
 
-    with _export_errors(out_path):
+    with file_errors(out_path):
         n = export_feedback(db_path, out_path)
     if out_path != "-":
         click.echo(f"wrote {n} feedback record(s) to {out_path}", err=True)

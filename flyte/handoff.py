@@ -103,11 +103,11 @@ def read_work_file(ff: "FlyteFile | str") -> bytes:
 
 
 def _refresh(fs: Any, path: str, data: bytes) -> None:
+    from flytegpt.ingest.artifact import modified_time
+
     try:
-        modified = fs.modified(path)
-        if modified.tzinfo is None:
-            modified = modified.replace(tzinfo=timezone.utc)
-        if (datetime.now(timezone.utc) - modified).total_seconds() < REFRESH_AFTER_S:
+        modified = modified_time(fs, path)
+        if modified is not None and (datetime.now(timezone.utc) - modified).total_seconds() < REFRESH_AFTER_S:
             return
         if is_local(fs):
             os.utime(path)

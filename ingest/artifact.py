@@ -541,7 +541,7 @@ def prune_work_files(store: str, *, before: datetime) -> list[str]:
         return []
     removed = []
     for path, info in sorted(entries.items()):
-        modified = _modified(fs, path, info)
+        modified = modified_time(fs, path, info)
         if modified is not None and modified < before:
             try:
                 fs.rm_file(path)
@@ -553,11 +553,13 @@ def prune_work_files(store: str, *, before: datetime) -> list[str]:
     return removed
 
 
-def _modified(fs, path: str, info: dict[str, Any]) -> datetime | None:
+def modified_time(fs, path: str, info: dict[str, Any] | None = None) -> datetime | None:
+    """When `path` was last written (UTC), from a listing's `info` or asked of `fs`; None if unknown."""
+    info = info or {}
     stamp = info.get("LastModified") or info.get("mtime") or info.get("updated")
     if stamp is None:
         try:
-            return fs.modified(path)
+            stamp = fs.modified(path)
         except (NotImplementedError, OSError):
             return None
     if isinstance(stamp, (int, float)):

@@ -544,8 +544,9 @@ class Embedder:
 
             bar = tqdm(total=n, desc="embedding", unit="chunk")
         try:
-            for start in [0, *range(first, n, step)]:
-                idx = order[start : start + (first if start == 0 else step)]
+            bounds = [0, *range(first, n, step), n]
+            for lo, hi in zip(bounds, bounds[1:]):
+                idx = order[lo:hi]
                 out[idx] = self._encode([texts[i] for i in idx])
                 trim_heap()  # this call's activations, before the next call's
                 if on_block is not None:

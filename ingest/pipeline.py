@@ -105,7 +105,7 @@ def iter_documents(
             log.warning("%s: skipped %s: %s", source.name, name, reason)
 
 
-def _nothing_found(source: "SourceConfig") -> str:
+def _nothing_found(source: SourceConfig) -> str:
     """Why a source gave no document, as far as its settings tell."""
     path = source.path
     if path is not None and path.is_file() and source.kind != "slack_export":

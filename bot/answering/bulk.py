@@ -28,11 +28,11 @@ def answer_many(answerer: "Answerer", questions: Sequence[str]) -> list[dict]:
     questions takes hours with a chat model, and the task's log is all a Flyte user sees of it.
     """
     results = []
+    failed = 0
     last = time.monotonic()
     for i, q in enumerate(questions, start=1):
         if time.monotonic() - last >= PROGRESS_EVERY_S:
             last = time.monotonic()
-            failed = sum(1 for r in results if r["mode"] == "error")
             log.info("bulk: %d of %d questions answered (%d failed)", i - 1, len(questions), failed)
         try:
             a = answerer.answer(q)
@@ -48,6 +48,7 @@ def answer_many(answerer: "Answerer", questions: Sequence[str]) -> list[dict]:
         except Exception as e:  # noqa: BLE001 - isolate every question
             if not isinstance(e, (QuestionRejected, ModelUnavailable)):
                 log.exception("bulk: question failed: %r", q[:200])
+            failed += 1
             related = getattr(e, "related", [])
             results.append(
                 {
@@ -59,7 +60,7 @@ def answer_many(answerer: "Answerer", questions: Sequence[str]) -> list[dict]:
                     "error": str(e) or type(e).__name__,
                 }
             )
-    log.info("bulk: %d questions answered (%d failed)", len(results), sum(1 for r in results if r["mode"] == "error"))
+    log.info("bulk: %d questions answered (%d failed)", len(results), failed)
     return results
 
 

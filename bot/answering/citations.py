@@ -65,15 +65,15 @@ def _numbers(body: str) -> list[int]:
     return nums
 
 
-def _known_url(url: str, known: set[str]) -> bool:
-    base = url.split("#", 1)[0].rstrip("/")
-    return base in known
+def link_key(url: str) -> str:
+    """The form in which a model-written URL is compared with the given sources' URLs."""
+    return url.split("#", 1)[0].rstrip("/")
 
 
 def process_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[Citation]]:
     """Return (text with clean [n] markers, citations ordered by n)."""
     by_n = {s.n: s for s in sources}
-    known_urls = {s.url.split("#", 1)[0].rstrip("/") for s in sources if s.url}
+    known_urls = {link_key(s.url) for s in sources if s.url}
     renumber: dict[int, int] = {}
 
     def replace(m: re.Match) -> str:
@@ -88,7 +88,7 @@ def process_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[C
 
     def unlink(m: re.Match) -> str:
         # A link the model made up is a broken link waiting to happen: keep only its words.
-        return m.group(0) if _known_url(m.group(2), known_urls) else m.group(1)
+        return m.group(0) if link_key(m.group(2)) in known_urls else m.group(1)
 
     text = _TRAILING_SOURCES.sub("", text.rstrip())
     parts = []

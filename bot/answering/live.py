@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from .budget import Source
-from .citations import _split_code, process_citations
+from .citations import _split_code, link_key, process_citations
 from .types import Citation
 
 from flytegpt.ingest.models import valid_unicode
@@ -40,25 +40,21 @@ def clean_answer(raw: str, sources: Sequence[Source]) -> tuple[str, list[Citatio
     as code (after its label), which Slack never turns into a link. Code is left as written.
     """
     text, citations = process_citations(_CONTROL.sub("", valid_unicode(raw)), sources)
-    known = {_link_key(s.url) for s in sources if s.url}
+    known = {link_key(s.url) for s in sources if s.url}
 
     def unlink(m: re.Match) -> str:
         url, label = m.group(1), (m.group(2) or "").strip()
-        if _link_key(url) in known:
+        if link_key(url) in known:
             return m.group(0)
         return f"{label} (`{url}`)" if label else f"`{url}`"
 
     def unlink_bare(m: re.Match) -> str:
-        return m.group(0) if _link_key(m.group(0)) in known else f"`{m.group(0)}`"
+        return m.group(0) if link_key(m.group(0)) in known else f"`{m.group(0)}`"
 
     def safe(seg: str) -> str:
         return _BARE_URL.sub(unlink_bare, _AUTOLINK.sub(unlink, seg))
 
     return "".join(seg if code else safe(seg) for code, seg in _split_code(text)), citations
-
-
-def _link_key(url: str) -> str:
-    return url.split("#", 1)[0].rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -121,19 +117,15 @@ class LiveCitations:
         self.raw += piece
         if self.diverged:
             return ""
-        text, _ = clean_answer(self.raw[: _stable_end(self.raw)], self.sources)
-        if not text.startswith(self.shown):
-            self.diverged = True
-            return ""
-        new, self.shown = text[len(self.shown):], text
-        return new
+        return self._advance(self.raw[: _stable_end(self.raw)])
 
     def flush(self) -> str:
         """At the end of the stream: the rest of the final text, held back so far because it
         might still have grown into a link or a citation ("" once diverged)."""
-        if self.diverged:
-            return ""
-        text, _ = clean_answer(self.raw, self.sources)
+        return "" if self.diverged else self._advance(self.raw)
+
+    def _advance(self, raw: str) -> str:
+        text, _ = clean_answer(raw, self.sources)
         if not text.startswith(self.shown):
             self.diverged = True
             return ""

@@ -79,13 +79,16 @@ def _sources_blocks(citations: Sequence["Citation"], heading: str) -> tuple[list
     if not lines:
         return [], ""
     parts: list[list[str]] = [[f"*{heading}*"]]
+    size = len(heading) + 3
     for i, line in enumerate(lines):
-        if sum(len(x) + 1 for x in parts[-1]) + len(line) > SECTION_BUDGET:
+        if size + len(line) > SECTION_BUDGET:
             if len(parts) == MAX_SOURCE_BLOCKS:
                 parts[-1].append(escape(messages.more_sources(len(lines) - i)))
                 break
             parts.append([])
+            size = 0
         parts[-1].append(line)
+        size += len(line) + 1
     texts = ["\n".join(p) for p in parts]
     blocks = [ContextBlock(elements=[MarkdownTextObject(text=t, verbatim=True)]).to_dict() for t in texts]
     return blocks, "\n".join(texts)
