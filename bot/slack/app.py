@@ -50,6 +50,17 @@ log = logging.getLogger(__name__)
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 
 
+class _ClientTokenNotice(logging.Filter):
+    """Drops Bolt's start-up warning that SLACK_BOT_TOKEN "will be unused": Bolt reads that
+    variable itself, and we give it the client made from the same token, so the warning would
+    greet every operator with a problem that is not there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
+
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
 class FlyteGPTBot:
     """The Bolt app plus the parts it uses; `app` is what a Socket Mode handler runs."""
 
@@ -90,7 +101,10 @@ class FlyteGPTBot:
                                   pool=self.pool, side=self.side, history=self.history, delivery=self.delivery,
                                   interactions=self.interactions, metrics=self.metrics, submit=self.answer_job.submit,
                                   turned_away=self.answer_job.turned_away)
-        self.app = App(client=self.client, process_before_response=False, logger=logging.getLogger("slack_bolt"))
+        bolt_log = logging.getLogger("slack_bolt")
+        if not any(isinstance(f, _ClientTokenNotice) for f in bolt_log.filters):
+            bolt_log.addFilter(_ClientTokenNotice())
+        self.app = App(client=self.client, process_before_response=False, logger=bolt_log)
         self.router.register(self.app)
         self.panel = AssistantPanel(config, self.router, self.side, bot_user_id=self.bot_user_id)
         self.app.use(self.panel.assistant)

@@ -291,6 +291,8 @@ streaming = false
             rc = proc.wait(timeout=grace + SHUTDOWN_OVERHEAD_S)
             output = proc.stdout.read().decode(errors="replace")
             assert rc == 0, output
+            # Bolt reads SLACK_BOT_TOKEN itself and warned on every start that it "will be unused"
+            assert "will be unused" not in output, output
             [notice] = emu.bot_messages(thread_ts=d.ts)
             assert notice["text"] == messages.RESTARTED
         finally:

