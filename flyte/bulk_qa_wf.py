@@ -61,8 +61,10 @@ def answer_questions(
     questions_file: Optional[FlyteFile],
     openai_base_url: str,
     chat_model: str,
+    workers: int,
 ) -> Reports:
-    """Answer every question on one index version (LATEST unless `version` is given)."""
+    """Answer every question on one index version (LATEST unless `version` is given), `workers`
+    at a time (the chat model is remote: the task mostly waits for it)."""
     from flytegpt.bot.answering import Answerer, write_report
     from flytegpt.ingest.config import Settings
     from flytegpt.ingest.models import valid_unicode
@@ -74,6 +76,8 @@ def answer_questions(
     asked = [valid_unicode(q) for q in asked]  # half an emoji from a JSON escape: the reports are UTF-8
     if not asked:
         raise ValueError("no questions: pass --questions and/or --questions_file")
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {workers}")
 
     # Explicit values over the environment: nothing leaks into the process (local runs share it).
     overrides: dict[str, str | None] = {"OPENAI_API_KEY": credentials.secret_value(credentials.OPENAI_API_KEY)}
@@ -85,9 +89,9 @@ def answer_questions(
     config = load_task_config(config_path, store)
     searcher = HybridSearcher.open(config, version or None)
     answerer = Answerer(config, settings, lambda: searcher)
-    log.info("answering %d questions on index %s (%s)", len(asked), searcher.version,
-             "chat model" if answerer.llm_enabled else "offline")
-    results = answerer.answer_many(asked)
+    log.info("answering %d questions on index %s (%s, %d at a time)", len(asked), searcher.version,
+             "chat model" if answerer.llm_enabled else "offline", workers)
+    results = answerer.answer_many(asked, workers=workers)
 
     out = Path(current_context().working_directory) / "reports"
     out.mkdir(parents=True, exist_ok=True)
@@ -105,8 +109,10 @@ def bulk_qa_wf(
     version: str = "",
     openai_base_url: str = "",
     chat_model: str = "",
+    workers: int = 4,
 ) -> Reports:
-    """Answer a list of questions and/or a file of them (one per line, or JSONL with "question")."""
+    """Answer a list of questions and/or a file of them (one per line, or JSONL with "question"),
+    `workers` at a time (mind the chat model's rate limit)."""
     return answer_questions(
         config_path=config_path,
         store=store,
@@ -115,4 +121,5 @@ def bulk_qa_wf(
         questions_file=questions_file,
         openai_base_url=openai_base_url,
         chat_model=chat_model,
+        workers=workers,
     )

@@ -123,10 +123,10 @@ class Answerer:
         """
         return self._events(question, history, stream=True)
 
-    def answer_many(self, questions: Sequence[str]) -> list[dict]:
+    def answer_many(self, questions: Sequence[str], *, workers: int = 1) -> list[dict]:
         from .bulk import answer_many
 
-        return answer_many(self, questions)
+        return answer_many(self, questions, workers=workers)
 
     def _events(self, question: str, history: Sequence[Turn], *, stream: bool) -> Iterator[Event]:
         question = self.validate(question)

@@ -100,6 +100,8 @@ def test_no_questions_is_an_error(published: dict, local: None) -> None:
 
     with pytest.raises(Exception, match="no questions"):
         bulk_qa_wf(config_path=published["config"], store=published["store"], questions=["  "])
+    with pytest.raises(Exception, match="--workers must be at least 1"):
+        bulk_qa_wf(config_path=published["config"], store=published["store"], questions=["Why?"], workers=0)
 
 
 def test_a_question_with_half_an_emoji_is_answered_in_utf8_reports(published: dict, local: None) -> None:

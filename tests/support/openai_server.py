@@ -81,6 +81,7 @@ class OpenAIStandIn:
         self.token_delay: float = 0.0
         self.stream_tokens: int | None = None
         self._lock = threading.Lock()
+        self.in_flight = self.most_in_flight = 0  # requests being answered now / at most at once
         self._closing = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
@@ -103,6 +104,7 @@ class OpenAIStandIn:
             self.requests.clear()
             self.reply = "OK"
             self.token_delay, self.stream_tokens = 0.0, None
+            self.most_in_flight = 0
 
     def start(self) -> "OpenAIStandIn":
         self._thread.start()
@@ -160,6 +162,16 @@ class OpenAIStandIn:
                     self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
                     return
                 body = json.loads(raw or b"{}")
+                with server._lock:
+                    server.in_flight += 1
+                    server.most_in_flight = max(server.most_in_flight, server.in_flight)
+                try:
+                    self._answer(body)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _answer(self, body: dict) -> None:
                 rec, step = server._next(body, {k.lower(): v for k, v in self.headers.items()})
                 if isinstance(step, Hang):
                     server._closing.wait(step.seconds)
