@@ -235,8 +235,7 @@ def test_shutdown_fits_in_the_pods_grace_period():
     base = ROOT / "manifests" / "base"
     deployment = yaml.safe_load((base / "deployment.yaml").read_text())
     pod_grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    configmap = yaml.safe_load((base / "configmap.yaml").read_text())
-    configured = tomllib.loads(configmap["data"]["flytegpt.toml"])["bot"].get("shutdown_grace_s")
+    configured = tomllib.loads((base / "flytegpt.toml").read_text())["bot"].get("shutdown_grace_s")
     assert SHUTDOWN_OVERHEAD_S >= NOTICE_BUDGET_S + SOCKET_CLOSE_BUDGET_S
     for grace in (BotConfig().shutdown_grace_s, configured):
         assert grace is not None and grace + SHUTDOWN_OVERHEAD_S <= pod_grace

@@ -7,6 +7,7 @@ BotConfig.http_port, and the configuration parser itself.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -36,11 +37,31 @@ def _resources(path: Path) -> list[dict]:
     return [d for d in _docs(path) if d.get("kind") != "Kustomization"]
 
 
+def _generated_configmaps(folder: Path) -> list[dict]:
+    """The ConfigMaps a kustomization's configMapGenerator makes, before the hash suffix.
+
+    Read straight from the files (no kubectl) so the checks against the bot run everywhere;
+    test_generated_configmap_is_what_kustomize_renders keeps this in step with kustomize.
+    """
+    (kustomization,) = _docs(folder / "kustomization.yaml")
+    configmaps = []
+    for gen in kustomization.get("configMapGenerator", []):
+        data: dict[str, str] = {}
+        for entry in gen.get("files", []):
+            key, _, file = entry.rpartition("=")
+            data[key or Path(file).name] = (folder / file).read_text()
+        for literal in gen.get("literals", []):
+            key, _, value = literal.partition("=")
+            data[key] = value
+        configmaps.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data})
+    return configmaps
+
+
 def _base(kind: str, name: str | None = None) -> dict:
-    for path in (MANIFESTS / "base").glob("*.yaml"):
-        for doc in _resources(path):
-            if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name):
-                return doc
+    generated = _generated_configmaps(MANIFESTS / "base")
+    for doc in [d for path in (MANIFESTS / "base").glob("*.yaml") for d in _resources(path)] + generated:
+        if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name):
+            return doc
     raise AssertionError(f"no {kind} {name or ''} in manifests/base")
 
 
@@ -61,9 +82,9 @@ def _validate(doc: dict, where: str) -> None:
 
 
 def test_layout_has_every_part() -> None:
-    names = {p.name for p in (MANIFESTS / "base").glob("*.yaml")}
+    names = {p.name for p in (MANIFESTS / "base").iterdir()}
     for needed in ("kustomization.yaml", "deployment.yaml", "serviceaccount.yaml", "secret.example.yaml",
-                   "configmap.yaml", "service.yaml"):
+                   "flytegpt.toml", "service.yaml", "networkpolicy.yaml"):
         assert needed in names
 
 
@@ -74,7 +95,8 @@ def test_every_manifest_validates_against_kubernetes_schemas(path: Path) -> None
     for doc in docs:
         if doc.get("kind") == "Kustomization":
             # Every file a kustomization names must exist (kustomize would fail in the cluster).
-            for entry in doc.get("resources", []) + [p["path"] for p in doc.get("patches", [])]:
+            generated = [f.rpartition("=")[2] for g in doc.get("configMapGenerator", []) for f in g.get("files", [])]
+            for entry in doc.get("resources", []) + [p["path"] for p in doc.get("patches", [])] + generated:
                 assert (path.parent / entry).exists(), f"{path}: missing {entry}"
             continue
         _validate(doc, str(path.relative_to(MANIFESTS)))
@@ -84,17 +106,38 @@ def _kustomizations() -> list[Path]:
     return sorted(p.parent for p in MANIFESTS.rglob("kustomization.yaml"))
 
 
-@pytest.mark.parametrize("folder", _kustomizations(), ids=lambda p: str(p.relative_to(MANIFESTS)))
-def test_kustomize_renders_valid_resources(folder: Path) -> None:
-    """What `kubectl apply -k` would send: patches applied, images and namespace set."""
+def _kustomize(folder: Path) -> list[dict]:
+    """`kubectl kustomize folder`: what `kubectl apply -k` would send."""
     kubectl = find_executable("kubectl")
     if kubectl is None:
         missing_tool("kubectl (with built-in kustomize) is not installed")
     out = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def _rendered(docs: list[dict], kind: str) -> dict:
+    (doc,) = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+def _configmap_refs(deployment: dict) -> set[str]:
+    """Every ConfigMap name the Deployment's pods read: volumes, envFrom and configMapKeyRef."""
+    pod = deployment["spec"]["template"]["spec"]
+    names = {v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v}
+    for c in pod["containers"]:
+        names |= {e["configMapRef"]["name"] for e in c.get("envFrom", []) if "configMapRef" in e}
+        names |= {e["valueFrom"]["configMapKeyRef"]["name"] for e in c.get("env", [])
+                  if "configMapKeyRef" in e.get("valueFrom", {})}
+    return names
+
+
+@pytest.mark.parametrize("folder", _kustomizations(), ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_kustomize_renders_valid_resources(folder: Path) -> None:
+    """What `kubectl apply -k` would send: patches applied, images and namespace set."""
+    docs = _kustomize(folder)
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "ServiceAccount", "ConfigMap", "Service"} <= kinds
+    assert {"Deployment", "ServiceAccount", "ConfigMap", "Service", "NetworkPolicy"} <= kinds
     assert "Secret" not in kinds, "applying a placeholder Secret would overwrite the real tokens"
     for doc in docs:
         _validate(doc, f"kustomize {folder.relative_to(MANIFESTS)}")
@@ -156,6 +199,14 @@ def test_env_names_are_the_ones_settings_reads() -> None:
         assert str(default_cache_root()) == onnx_cache
 
 
+def _strings(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
 def test_no_setting_is_passed_as_an_empty_string() -> None:
     """Settings treats "" as configured (e.g. OPENAI_BASE_URL): leave keys out instead."""
     for path in _all_files():
@@ -164,6 +215,14 @@ def test_no_setting_is_passed_as_an_empty_string() -> None:
                 assert all(v != "" for v in doc["data"].values()), path
             for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
                 assert all(e.get("value") != "" for e in c.get("env", [])), path
+    for folder in _kustomizations():
+        for configmap in _generated_configmaps(folder):
+            for key, value in configmap["data"].items():
+                assert value != "", f"{folder.relative_to(MANIFESTS)}: {key} is empty"
+    tomls = sorted(MANIFESTS.rglob("*.toml"))
+    assert tomls
+    for path in tomls:
+        assert "" not in _strings(tomllib.loads(path.read_text())), path
 
 
 def test_example_secret_holds_no_real_tokens() -> None:
@@ -195,3 +254,101 @@ def test_pod_runs_non_root_with_a_read_only_root_filesystem() -> None:
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert _container()["resources"]["requests"]["memory"]
     assert "ingress" not in {d["kind"].lower() for p in _all_files() for d in _docs(p)}
+
+
+def test_generated_configmap_is_what_kustomize_renders() -> None:
+    """The checks above read base/flytegpt.toml and the generator literals directly; kustomize
+    must render exactly that, or they would be checking something the cluster never sees."""
+    rendered = _rendered(_kustomize(MANIFESTS / "base"), "ConfigMap")
+    assert rendered["data"] == _base("ConfigMap", "flytegpt-config")["data"]
+
+
+@pytest.mark.parametrize("folder", _kustomizations(), ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_deployment_reads_the_configmap_by_its_hashed_name(folder: Path) -> None:
+    """The ConfigMap's name carries a hash of its content and the pods read that very name: a
+    plain name would let `kubectl apply -k` change the config without restarting the bot, and a
+    reference kustomize did not rewrite would leave the pod waiting for a ConfigMap that never exists."""
+    docs = _kustomize(folder)
+    configmap = _rendered(docs, "ConfigMap")
+    name = configmap["metadata"]["name"]
+    assert name.startswith("flytegpt-config-") and len(name) > len("flytegpt-config-"), f"not hashed: {name}"
+    deployment = _rendered(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (config_volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
+    assert config_volume["configMap"]["name"] == name
+    (c,) = pod["containers"]
+    key_refs = [e["valueFrom"]["configMapKeyRef"] for e in c["env"] if "configMapKeyRef" in e.get("valueFrom", {})]
+    assert {r["key"] for r in key_refs} == {"OPENAI_BASE_URL", "FLYTEGPT_CHAT_MODEL"}
+    assert all(r["name"] == name for r in key_refs), key_refs
+    assert _configmap_refs(deployment) == {name}
+
+
+@pytest.mark.parametrize("folder", _kustomizations(), ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_a_changed_setting_rolls_the_bot(folder: Path, tmp_path: Path) -> None:
+    """Edit one setting in the folder's flytegpt.toml and re-render: the Deployment must then
+    name a different ConfigMap, which is what makes `kubectl apply -k` roll the pods onto the new
+    config. Unchanged files must render the same name (no rollout for nothing)."""
+    copy = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, copy)
+    where = copy / folder.relative_to(MANIFESTS)
+
+    def referenced() -> str:
+        docs = _kustomize(where)
+        (name,) = _configmap_refs(_rendered(docs, "Deployment"))
+        assert name == _rendered(docs, "ConfigMap")["metadata"]["name"]
+        return name
+
+    before = referenced()
+    assert referenced() == before
+    toml = where / "flytegpt.toml"
+    text = toml.read_text()
+    assert "reload_interval_s = 60" in text
+    toml.write_text(text.replace("reload_interval_s = 60", "reload_interval_s = 30"))
+    after = referenced()
+    assert after != before, "a changed config keeps the ConfigMap name: the bot would not restart"
+    rendered = _rendered(_kustomize(where), "ConfigMap")
+    assert tomllib.loads(rendered["data"]["flytegpt.toml"])["bot"]["reload_interval_s"] == 30
+
+
+def test_overlay_renders_one_configmap_with_its_own_store_and_the_chat_model() -> None:
+    """An overlay's flytegpt.toml takes the place of the base's (its store, not the placeholder)
+    without dropping the base's chat model setting, and without leaving a second ConfigMap."""
+    overlay = MANIFESTS / "overlays" / "example"
+    docs = _kustomize(overlay)
+    configmaps = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert len(configmaps) == 1, [d["metadata"]["name"] for d in configmaps]
+    data = configmaps[0]["data"]
+    assert configmaps[0]["metadata"]["name"].startswith("flytegpt-config-")
+    assert data["flytegpt.toml"] == (overlay / "flytegpt.toml").read_text()
+    store = parse_config(tomllib.loads(data["flytegpt.toml"]), Path("/")).index.store
+    assert store == "s3://example-bucket/flytegpt/store"
+    assert store != _configmap_config().index.store
+    base_data = _base("ConfigMap", "flytegpt-config")["data"]
+    assert data["FLYTEGPT_CHAT_MODEL"] == base_data["FLYTEGPT_CHAT_MODEL"] == "gpt-4o-mini"
+
+
+@pytest.mark.parametrize("folder", _kustomizations(), ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_network_policy_admits_only_the_bots_http_port(folder: Path) -> None:
+    """Inbound traffic reaches the bot's pods only on `http` (/metrics); outbound stays open,
+    as Socket Mode, the chat model and the store are all connections the bot makes."""
+    docs = _kustomize(folder)
+    policy = _rendered(docs, "NetworkPolicy")
+    deployment = _rendered(docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]
+    assert set(selector) == {"matchLabels"}, "a matchExpressions selector is not checked here"
+    assert selector["matchLabels"] and set(selector["matchLabels"].items()) <= set(pod_labels.items())
+    # It selects every pod the Deployment owns, not just some of them.
+    assert set(selector["matchLabels"].items()) <= set(deployment["spec"]["selector"]["matchLabels"].items())
+    assert policy.get("metadata", {}).get("namespace") == deployment["metadata"].get("namespace")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert "egress" not in policy["spec"]
+    rules = policy["spec"]["ingress"]
+    assert rules, "no ingress rule would also block Prometheus"
+    for rule in rules:
+        # A rule without ports admits every port.
+        assert rule.get("ports") == [{"port": "http", "protocol": "TCP"}], rule
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p for p in c["ports"]}
+    assert ports["http"]["containerPort"] == BotConfig().http_port
+    assert ports["http"].get("protocol", "TCP") == "TCP"
