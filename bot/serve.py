@@ -57,14 +57,24 @@ class BotServer:
         self._stop_lock = threading.Lock()
         self._stopping = False
         self.drained = True  # every answer finished before the stop deadline
+        self._lost_at: float | None = None  # when /healthz first saw the Slack connection down
 
     # --- health ---------------------------------------------------------------------
 
-    def healthy(self) -> bool:
-        """Process alive and the Socket Mode connection up."""
+    def health(self) -> tuple[bool, str]:
+        """Live: the Socket Mode connection is up, or was lost less than [bot] socket_grace_s ago
+        (slack_sdk is reconnecting; a restart would not bring Slack back sooner)."""
         connected = bool(self.handler is not None and self.handler.client.is_connected())
         self.metrics.socket_connected.set(1 if connected else 0)
-        return connected
+        if connected:
+            self._lost_at = None
+            return True, "ok"
+        now = time.monotonic()
+        lost_at = self._lost_at = self._lost_at if self._lost_at is not None else now
+        down = now - lost_at
+        if down < self.config.bot.socket_grace_s:
+            return True, f"ok: reconnecting to Slack for {down:.0f} s"
+        return False, f"socket not connected for {down:.0f} s"
 
     def ready(self) -> bool:
         """An index is loaded: questions get real answers."""
@@ -168,14 +178,14 @@ class BotServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
-                    ok = server.healthy()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"socket not connected\n")
+                    ok, why = server.health()
+                    self._send(200 if ok else 503, f"{why}\n".encode())
                 elif path == "/readyz":
                     ok = server.ready()
                     body = f"ok {server.holder.version}\n" if ok else "index not loaded\n"
                     self._send(200 if ok else 503, body.encode())
                 elif path == "/metrics":
-                    server.healthy()  # refresh the connection gauge
+                    server.health()  # refresh the connection gauge
                     if server.bot is not None:
                         server.metrics.pending.set(server.bot.pool.pending)
                     self._send(200, server.metrics.render(), CONTENT_TYPE_LATEST)

@@ -215,6 +215,11 @@ class BotConfig(_Strict):
     # ask again. Plus the bot's own shutdown steps (bot/serve.py SHUTDOWN_OVERHEAD_S) this must fit
     # in the pod's terminationGracePeriodSeconds (manifests/base/deployment.yaml: 30 s).
     shutdown_grace_s: float = Field(default=20.0, ge=0, le=3600)
+    # /healthz (the pod's liveness) stays ok this long after the Socket Mode connection is lost:
+    # slack_sdk reconnects by itself, and restarting the pod during a Slack outage only adds a
+    # cold start (and, repeated, a crash-loop back-off that outlasts the outage). A client that
+    # stopped trying is restarted once this has passed.
+    socket_grace_s: float = Field(default=180.0, ge=0, le=86_400)
     # Answers appear as the model writes them (chat.startStream/appendStream/stopStream);
     # false: one chat.postMessage when the answer is complete (also the automatic fallback
     # where Slack refuses streaming).

@@ -159,6 +159,38 @@ def test_serve_health_ready_metrics_and_late_index(built_store, embedder, tmp_pa
     assert "test-token" not in logs  # tokens never reach the logs, even at DEBUG
 
 
+def test_healthz_gives_slack_time_to_come_back_before_the_pod_is_restarted(built_store, embedder, tmp_path):
+    """/healthz is the pod's liveness: while slack_sdk reconnects after a lost connection it
+    stays ok for [bot] socket_grace_s (a restart would not bring Slack back sooner, and repeated
+    it ends in a crash-loop back-off), then fails so a client that stopped trying is restarted."""
+    base = load_config(sample_config_path()).with_store(str(built_store))
+    config = base.model_copy(update={"bot": base.bot.model_copy(update={
+        "feedback_db": str(tmp_path / "fb.sqlite3"), "socket_grace_s": 2.0})})
+    with SlackEmulator() as emu:
+        settings = Settings(SLACK_BOT_TOKEN="xoxb-test-token-1234", SLACK_APP_TOKEN="xapp-test-token-5678",
+                            SLACK_API_URL=emu.api_url)
+        server = BotServer(config, settings, port=0, host="127.0.0.1", ping_interval=1.0, embedder=embedder)
+        server.start()
+        try:
+            url = f"http://127.0.0.1:{server.http_port}"
+            emu.wait_connected()
+            assert _get(url + "/healthz") == (200, "ok\n")
+            emu.refuse_sockets = True  # Socket Mode is down: every reconnect is closed at once
+            emu.drop_connections()
+            emu.wait_for(lambda: emu.live_connections() == 0)
+            status, body = emu.wait_for(lambda: (r := _get(url + "/healthz"))[1] != "ok\n" and r)
+            assert status == 200 and body.startswith("ok: reconnecting to Slack"), body
+            assert "flytegpt_socket_connected 0.0" in _get(url + "/metrics")[1]
+            status, body = emu.wait_for(lambda: (r := _get(url + "/healthz"))[0] == 503 and r, timeout=10)
+            assert body.startswith("socket not connected for"), body
+            emu.refuse_sockets = False  # Slack is back: the client's own reconnect, no restart
+            emu.wait_for(lambda: _get(url + "/healthz") == (200, "ok\n"), timeout=30)
+            d = emu.mention(CACHE_Q)
+            assert emu.wait_for(lambda: emu.bot_messages(thread_ts=d.ts), timeout=20)
+        finally:
+            server.stop()
+
+
 # --- stopping: SIGTERM while answers are in flight -------------------------------------------------------------
 
 

@@ -137,6 +137,7 @@ class SlackEmulator:
         self._next_delivery: dict[str, str] = {}  # envelope id -> the envelope that re-sent its event
         self._timers: list[threading.Timer] = []
         self.lose_envelopes = 0  # the next n envelopes never reach the client (a connection dying under them)
+        self.refuse_sockets = False  # close every new websocket at once (Slack's Socket Mode down)
         self.delays: dict[str, float] = {}  # method -> seconds to sleep before answering
         self.response_failures = 0  # response_url posts answered with a scripted error
         self.rejected_tokens: set[str] = set()  # well-formed tokens Slack would refuse (revoked)
@@ -336,9 +337,12 @@ class SlackEmulator:
 
     def _ws_handler(self, conn: ServerConnection) -> None:
         with self._lock:
+            self.connects += 1
+            if self.refuse_sockets:
+                conn.close(code=1011, reason="socket mode unavailable")
+                return
             self._connections.append(conn)
             self._send_locks[id(conn)] = threading.Lock()
-            self.connects += 1
         try:
             self._ws_send(conn, {
                 "type": "hello", "num_connections": len(self._connections),
