@@ -33,11 +33,11 @@ IMAGE_NAME = "flytegpt"
 CUDA_BASE_IMAGE = "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"
 PYTHON_VERSION = "3.11"
 EXTRAS = ("gpu", "s3", "gcs")  # GPU faiss, and s3fs/gcsfs for an index store in a bucket
-# PyPI's Linux torch wheels bring their own CUDA: 12.4 (2.6), 12.6 (2.7), 12.8 (2.8 to 2.11), and
-# CUDA 13 after that, which needs an NVIDIA driver >= 580 that GPU nodes often lack; on an older
-# driver torch sees no GPU and the embed task silently runs on the CPU. A CUDA 12 build runs on
-# any driver >= 525 and matches the base image and faiss-gpu-cu12.
-IMAGE_TORCH = "torch>=2.6,<2.12"
+# PyPI's Linux torch wheels bring their own CUDA: 12.4 (2.6), 12.6 (2.7), 12.8 (2.8 to 2.10; read
+# from their metadata), and CUDA 13 from 2.11 on, which needs an NVIDIA driver >= 580 that GPU
+# nodes often lack; on an older driver torch sees no GPU and the embed task silently runs on the
+# CPU. A CUDA 12 build runs on any driver >= 525 and matches the base image and faiss-gpu-cu12.
+IMAGE_TORCH = "torch>=2.6,<2.11"
 # The bot's image: PyTorch's CPU wheels (a few hundred MB, not the CUDA build's gigabytes). uv takes
 # each package from the index with the best version, so torch resolves to the "+cpu" build, which
 # sorts above the same version without a local label, and everything else to PyPI's.
