@@ -58,17 +58,21 @@ class BotServer:
         self._stopping = False
         self.drained = True  # every answer finished before the stop deadline
         self._lost_at: float | None = None  # when /healthz first saw the Slack connection down
+        self._was_connected = False  # the grace is for a lost connection, not for a first one
 
     # --- health ---------------------------------------------------------------------
 
     def health(self) -> tuple[bool, str]:
         """Live: the Socket Mode connection is up, or was lost less than [bot] socket_grace_s ago
-        (slack_sdk is reconnecting; a restart would not bring Slack back sooner)."""
+        (slack_sdk is reconnecting; a restart would not bring Slack back sooner). Before the first
+        connection it is not: that is what the startup probe waits for."""
         connected = bool(self.handler is not None and self.handler.client.is_connected())
         self.metrics.socket_connected.set(1 if connected else 0)
         if connected:
-            self._lost_at = None
+            self._lost_at, self._was_connected = None, True
             return True, "ok"
+        if not self._was_connected:  # the startup probe waits for the first connection
+            return False, "connecting to Slack"
         now = time.monotonic()
         lost_at = self._lost_at = self._lost_at if self._lost_at is not None else now
         down = now - lost_at

@@ -38,15 +38,21 @@ EXTRAS = ("gpu", "s3", "gcs")  # GPU faiss, and s3fs/gcsfs for an index store in
 # nodes often lack; on an older driver torch sees no GPU and the embed task silently runs on the
 # CPU. A CUDA 12 build runs on any driver >= 525 and matches the base image and faiss-gpu-cu12.
 IMAGE_TORCH = "torch>=2.6,<2.11"
-# The bot's image: PyTorch's CPU wheels (a few hundred MB, not the CUDA build's gigabytes). uv takes
-# each package from the index with the best version, so torch resolves to the "+cpu" build, which
-# sorts above the same version without a local label, and everything else to PyPI's.
+# The bot's image: PyTorch's CPU wheels (a few hundred MB, not the CUDA build's gigabytes). torch
+# resolves to the "+cpu" build (uv looks in an extra index first, and "+cpu" sorts above the same
+# version without a local label); "unsafe-best-match" lets the other packages that index also
+# hosts (numpy, jinja2, ...) come from PyPI when PyPI has the newer version, instead of being held
+# to the PyTorch index's copies.
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 BOT_IMAGE_NAME = "flytegpt-bot"
 BOT_EXTRAS = ("s3", "gcs")  # faiss-cpu (a base dependency); the store in a bucket
-# The source folders copied to /root: removed once installed, so that `flyte` (the Flyte 2 SDK's
-# name), `bot` and `ingest` are not importable top-level from the image's PYTHONPATH.
-SOURCE_FOLDERS = ("bot", "ingest", "flyte", "tests", "manifests")
+# What the copy to /root leaves that must go once the project is installed: the source folders
+# (`flyte`, the Flyte 2 SDK's name, `bot` and `ingest` would be importable top-level from the
+# image's PYTHONPATH) and the install's build leftovers (a second `flytegpt` distribution there).
+# ingest/sample stays: the launch plans' default config_path is ingest/sample/flytegpt.toml,
+# relative to the task's working directory, /root.
+REMOVED_AFTER_INSTALL = ("bot", "flyte", "tests", "manifests", "build", "flytegpt.egg-info")
+KEPT_SAMPLE = "ingest/sample"
 
 
 def project_requirements(extras: tuple[str, ...] = EXTRAS) -> list[str]:
@@ -103,7 +109,9 @@ REGISTRY = os.environ.get("FLYTEGPT_IMAGE_REGISTRY", "localhost:30000")
 PROJECT_SOURCE = {
     "source_root": str(REPO_ROOT) if is_checkout() else None,
     "source_copy_mode": CopyFileDetection.ALL,
-    "commands": ["uv pip install --no-deps /root && rm -rf " + " ".join(f"/root/{d}" for d in SOURCE_FOLDERS)]
+    "commands": ["uv pip install --no-deps /root"
+                 " && rm -rf " + " ".join(f"/root/{d}" for d in REMOVED_AFTER_INSTALL)
+                 + f" && find /root/ingest -mindepth 1 -maxdepth 1 ! -name {Path(KEPT_SAMPLE).name} -exec rm -rf {{}} +"]
     if is_checkout() else [],
 }
 OFFLINE_MODEL_ENV = {
@@ -143,18 +151,32 @@ def main(argv: list[str]) -> int:
     """`python -m flytegpt.flyte.image [tasks|bot]`: build and push one image, print its name."""
     from flytekit.image_spec.image_spec import ImageBuildEngine
 
+    usage = ("usage: python -m flytegpt.flyte.image [tasks|bot]   (tasks: the Flyte tasks' CUDA image; "
+             "bot: the Slack bot's CPU image; the registry is $FLYTEGPT_IMAGE_REGISTRY)")
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
     which = argv[0] if argv else "tasks"
     images = {"tasks": IMAGE, "bot": BOT_IMAGE}
     if which not in images or len(argv) > 1:
-        print("usage: python -m flytegpt.flyte.image [tasks|bot]   (tasks: the Flyte tasks' CUDA image; "
-              "bot: the Slack bot's CPU image)", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     if not is_checkout():
         print(f"error: the image is built from a source checkout (with pyproject.toml); {REPO_ROOT} is an "
               "installed copy. Clone the repository and run this there.", file=sys.stderr)
         return 1
-    ImageBuildEngine.build(images[which])
-    print(images[which].image_name())
+    spec = images[which]
+    # Where neither Docker nor the registry can say whether the image exists, flytekit assumes it
+    # does and builds nothing: printing its name then would send a deploy after an image never
+    # pushed. Its own switch (FLYTE_IMG_FAST_FAIL, read when the spec was made) makes that an error.
+    spec._fast_fail = True
+    try:
+        ImageBuildEngine.build(spec)
+    except RuntimeError as e:
+        print(f"error: {spec.image_name()} was not built: {str(e).splitlines()[0]} "
+              "(is Docker running, and can it reach the registry?)", file=sys.stderr)
+        return 1
+    print(spec.image_name())
     return 0
 
 

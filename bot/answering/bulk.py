@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from itertools import islice
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal, Sequence
 
@@ -59,14 +60,22 @@ def answer_many(answerer: "Answerer", questions: Sequence[str], *, workers: int 
     results: list[dict | None] = [None] * len(questions)
     done = failed = 0
     last = time.monotonic()
+    asked = iter(enumerate(questions))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flytegpt-bulk") as pool:
-        pending = {pool.submit(answer_one, answerer, q): i for i, q in enumerate(questions)}
+        pending: dict = {}
+
+        def refill() -> None:  # a few per worker in flight: waiting on 100k futures at once is quadratic
+            for i, q in islice(asked, max(0, 2 * workers - len(pending))):
+                pending[pool.submit(answer_one, answerer, q)] = i
+
+        refill()
         while pending:
             finished, _ = wait(pending, timeout=PROGRESS_EVERY_S or None, return_when=FIRST_COMPLETED)
             for future in finished:
                 results[pending.pop(future)] = r = future.result()
                 done += 1
                 failed += r["mode"] == "error"
+            refill()
             if time.monotonic() - last >= PROGRESS_EVERY_S and pending:
                 last = time.monotonic()
                 log.info("bulk: %d of %d questions answered (%d failed)", done, len(questions), failed)

@@ -170,6 +170,8 @@ def test_healthz_gives_slack_time_to_come_back_before_the_pod_is_restarted(built
         settings = Settings(SLACK_BOT_TOKEN="xoxb-test-token-1234", SLACK_APP_TOKEN="xapp-test-token-5678",
                             SLACK_API_URL=emu.api_url)
         server = BotServer(config, settings, port=0, host="127.0.0.1", ping_interval=1.0, embedder=embedder)
+        # Not yet connected: not live, so the startup probe keeps waiting (no grace for a first connection)
+        assert server.health() == (False, "connecting to Slack")
         server.start()
         try:
             url = f"http://127.0.0.1:{server.http_port}"

