@@ -173,7 +173,7 @@ def main(argv: list[str]) -> int:
     try:
         ImageBuildEngine.build(spec)
     except RuntimeError as e:
-        print(f"error: {spec.image_name()} was not built: {str(e).splitlines()[0]} "
+        print(f"error: {spec.image_name()} was not built: {str(e).splitlines()[0].strip()} "
               "(is Docker running, and can it reach the registry?)", file=sys.stderr)
         return 1
     print(spec.image_name())
