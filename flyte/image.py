@@ -105,7 +105,7 @@ def is_checkout(root: Path = REPO_ROOT) -> bool:
 REGISTRY = os.environ.get("FLYTEGPT_IMAGE_REGISTRY", "localhost:30000")
 # The project itself (ingest/, bot/, flyte/, the bundled sample) goes to /root, then is installed
 # without touching the dependency layer. Outside a checkout there is nothing to copy (and
-# REPO_ROOT would be site-packages): see __main__ below.
+# REPO_ROOT would be site-packages): main() below says so.
 PROJECT_SOURCE = {
     "source_root": str(REPO_ROOT) if is_checkout() else None,
     "source_copy_mode": CopyFileDetection.ALL,
