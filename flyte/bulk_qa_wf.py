@@ -18,14 +18,20 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import List, NamedTuple, Optional
+from typing import TYPE_CHECKING, List, NamedTuple, Optional
 
 from flytekit import current_context, task, workflow
 from flytekit.types.file import FlyteFile
 
 from flytegpt.flyte import credentials, resources
+from flytegpt.flyte.bulk_checkpoint import BulkCheckpoint, task_checkpoint
 from flytegpt.flyte.handoff import load_task_config
 from flytegpt.flyte.image import IMAGE
+from flytegpt.flyte.task_logs import task_logging
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flytegpt.ingest.config import Config
+    from flytegpt.ingest.search import HybridSearcher
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +58,22 @@ def parse_questions(text: str) -> list[str]:
     return questions
 
 
-@task(container_image=IMAGE, requests=resources.ANSWER, secret_requests=[credentials.OPENAI_API_KEY])
+def _open_index(config: "Config", version: str, answered: dict[int, dict]) -> "HybridSearcher":
+    """`version`, else the version the previous attempt answered on (a retry must not mix two
+    indexes in one report), else LATEST."""
+    from flytegpt.ingest.artifact import ArtifactError
+    from flytegpt.ingest.search import HybridSearcher
+
+    earlier = next((r.get("index_version") for r in answered.values() if r.get("index_version")), None)
+    if not version and earlier:
+        try:
+            return HybridSearcher.open(config, earlier)
+        except ArtifactError as e:
+            log.warning("bulk: index %s of the previous attempt is gone (%s); answering again on LATEST", earlier, e)
+    return HybridSearcher.open(config, version or None)
+
+
+@task(container_image=IMAGE, requests=resources.ANSWER, secret_requests=[credentials.OPENAI_API_KEY], retries=2)
 def answer_questions(
     config_path: str,
     store: str,
@@ -64,11 +85,14 @@ def answer_questions(
     workers: int,
 ) -> Reports:
     """Answer every question on one index version (LATEST unless `version` is given), `workers`
-    at a time (the chat model is remote: the task mostly waits for it)."""
+    at a time (the chat model is remote: the task mostly waits for it).
+
+    A retried attempt (a preempted node, a killed pod) resumes from its predecessor's checkpoint
+    (flyte/bulk_checkpoint.py) on the index version that one used, when it is still there."""
+    task_logging()
     from flytegpt.bot.answering import Answerer, write_report
     from flytegpt.ingest.config import Settings
     from flytegpt.ingest.models import valid_unicode
-    from flytegpt.ingest.search import HybridSearcher
 
     asked = [q.strip() for q in questions or [] if q.strip()]
     if questions_file is not None:
@@ -87,11 +111,14 @@ def answer_questions(
         overrides["FLYTEGPT_CHAT_MODEL"] = chat_model
     settings = Settings(**overrides)
     config = load_task_config(config_path, store)
-    searcher = HybridSearcher.open(config, version or None)
+    checkpoint = BulkCheckpoint(task_checkpoint(), asked)
+    answered = checkpoint.restore()
+    searcher = _open_index(config, version, answered)
+    answered = {i: r for i, r in answered.items() if r.get("index_version") == searcher.version}
     answerer = Answerer(config, settings, lambda: searcher)
-    log.info("answering %d questions on index %s (%s, %d at a time)", len(asked), searcher.version,
-             "chat model" if answerer.llm_enabled else "offline", workers)
-    results = answerer.answer_many(asked, workers=workers)
+    log.info("answering %d questions on index %s (%s, %d at a time)", len(asked) - len(answered),
+             searcher.version, "chat model" if answerer.llm_enabled else "offline", workers)
+    results = answerer.answer_many(asked, workers=workers, answered=answered, on_progress=checkpoint.save)
 
     out = Path(current_context().working_directory) / "reports"
     out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ from flytekit.types.file import FlyteFile
 
 from flytegpt.flyte import cache, credentials, resources
 from flytegpt.flyte.image import IMAGE
+from flytegpt.flyte.task_logs import task_logging
 from flytegpt.flyte.handoff import (
     config_from_settings,
     from_jsonl,
@@ -85,6 +86,7 @@ class Embedded(NamedTuple):
 )
 def collect(config_path: str, store: str) -> Collected:
     """Read every source (git clones, Slack API since the last cursor, docs, code) into documents."""
+    task_logging()
     from datetime import datetime, timezone
 
     from flytegpt.ingest import pipeline
@@ -114,6 +116,7 @@ def chunk(documents: FlyteFile, store: str) -> FlyteFile:
 
     Unchanged documents take their chunks from the store's chunk cache, as `flytegpt ingest` does.
     """
+    task_logging()
     from flytegpt.ingest import pipeline
     from flytegpt.ingest.models import Document
 
@@ -133,6 +136,7 @@ def chunk(documents: FlyteFile, store: str) -> FlyteFile:
 )
 def shard(chunks: FlyteFile, settings: str) -> list[FlyteFile]:
     """The chunk table as the embed step's shards: itself when small, else consecutive pieces."""
+    task_logging()
     config = config_from_settings(settings)
     parts = split_jsonl(read_work_file(chunks), config.embeddings.fanout_above, config.embeddings.fanout_shard_size)
     if len(parts) == 1:
@@ -146,6 +150,7 @@ def tune(chunks: FlyteFile, settings: str) -> str:
     """Fine-tune the embedding model on the corpus's own pairs when `[tuning] enabled` asks ("auto":
     on a GPU, i.e. on this task's pod), store it, and return ingest.tuning's report as JSON ("" when
     not tuning). A stored model that still covers the corpus is reused (ingest/tuning.py)."""
+    task_logging()
     from flytegpt.ingest import pipeline
     from flytegpt.ingest.models import Chunk
 
@@ -161,6 +166,7 @@ def tune(chunks: FlyteFile, settings: str) -> str:
 @task(container_image=IMAGE, requests=resources.PUBLISH)
 def untuned() -> str:
     """The tune step's output when tuning is off: no report, the base model embeds."""
+    task_logging()
     return ""
 
 
@@ -171,6 +177,7 @@ def embed(chunks: FlyteFile, settings: str, tuned: str = "") -> str:
 
     Returns JSON (a mapped task has one output): the vectors' file, the model, the counts.
     """
+    task_logging()
     from flytegpt.ingest import pipeline
     from flytegpt.ingest.models import Chunk
     from flytegpt.ingest.tuning import TuneReport
@@ -188,6 +195,7 @@ def embed(chunks: FlyteFile, settings: str, tuned: str = "") -> str:
 @task(container_image=IMAGE, requests=resources.BUILD)
 def merge(parts: list[str], store: str) -> Embedded:
     """The shards' vectors as one matrix in chunk order, the model they share, and summed counts."""
+    task_logging()
     import numpy as np
 
     shards = [json.loads(p) for p in parts]
@@ -219,6 +227,7 @@ def build(
     sources_read_at: str,
 ) -> str:
     """Write a complete index version (dense + keyword + chunk table + manifest). Not yet served."""
+    task_logging()
     from datetime import datetime
 
     from flytegpt.ingest import pipeline
@@ -245,6 +254,7 @@ def publish(version: str, store: str, sources_read_at: str = "", keep_versions: 
     `sources_read_at`: when this run read its sources. A cached `build` returns the version an
     earlier run made of the same content; it is as new as tonight's sources.
     """
+    task_logging()
     from datetime import datetime
 
     from flytegpt.ingest.artifact import ArtifactError, list_versions

@@ -25,6 +25,7 @@ from flytekit import CronSchedule, Deck, LaunchPlan, task, workflow
 from flytegpt.flyte import resources
 from flytegpt.flyte.handoff import load_task_config
 from flytegpt.flyte.image import IMAGE
+from flytegpt.flyte.task_logs import task_logging
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def write_to_store(store: str, html: str, end_day: str) -> str:
 @task(container_image=IMAGE, requests=resources.ANSWER, enable_deck=True, retries=1)
 def weekly_report(config_path: str, store: str, db: str, since: str) -> str:
     """Render the report for the last `since` (7d, 30d ...) as a Deck and into the store; returns its path."""
+    task_logging()
     from flytegpt.bot.report import ReportOptions, build_report, render_body, render_page
 
     config = load_task_config(config_path, store)

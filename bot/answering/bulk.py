@@ -12,7 +12,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from itertools import islice
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal, Sequence
+from typing import IO, TYPE_CHECKING, Callable, Literal, Mapping, Sequence
 
 from .types import ModelUnavailable, QuestionRejected
 
@@ -47,20 +47,30 @@ def answer_one(answerer: "Answerer", question: str) -> dict:
     }
 
 
-def answer_many(answerer: "Answerer", questions: Sequence[str], *, workers: int = 1) -> list[dict]:
+def answer_many(answerer: "Answerer", questions: Sequence[str], *, workers: int = 1,
+                answered: Mapping[int, dict] | None = None,
+                on_progress: Callable[[Mapping[int, dict]], None] | None = None) -> list[dict]:
     """JSON-ready dicts, in the order asked: question, answer, mode, citations [{n,title,url,
     source_id}], index_version[, error].
 
     `workers` questions are answered at once: the chat model is a remote service, so a backlog
     of hundreds takes hours one by one. Progress is logged every PROGRESS_EVERY_S seconds (and
-    at the end): the task's log is all a Flyte user sees of a long run.
+    at the end): the task's log is all a Flyte user sees of a long run. At the same moments
+    `on_progress` gets every result so far by position, and `answered` (results a killed
+    earlier attempt saved that way, by position) is not asked again: a retried run resumes.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     results: list[dict | None] = [None] * len(questions)
-    done = failed = 0
+    for i, r in (answered or {}).items():
+        if 0 <= i < len(questions) and r.get("question") == questions[i]:
+            results[i] = r
+    done = resumed = sum(r is not None for r in results)
+    if resumed:
+        log.info("bulk: %d of %d questions answered by an earlier attempt", resumed, len(questions))
+    failed = 0
     last = time.monotonic()
-    asked = iter(enumerate(questions))
+    asked = ((i, q) for i, q in enumerate(questions) if results[i] is None)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flytegpt-bulk") as pool:
         pending: dict = {}
 
@@ -79,7 +89,10 @@ def answer_many(answerer: "Answerer", questions: Sequence[str], *, workers: int 
             if time.monotonic() - last >= PROGRESS_EVERY_S and pending:
                 last = time.monotonic()
                 log.info("bulk: %d of %d questions answered (%d failed)", done, len(questions), failed)
-    log.info("bulk: %d questions answered (%d failed)", done, failed)
+                if on_progress is not None:
+                    on_progress({i: r for i, r in enumerate(results) if r is not None})
+    log.info("bulk: %d questions answered (%d failed%s)", done, failed,
+             f", {resumed} by an earlier attempt" if resumed else "")
     return [r for r in results if r is not None]
 
 

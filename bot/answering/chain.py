@@ -123,10 +123,11 @@ class Answerer:
         """
         return self._events(question, history, stream=True)
 
-    def answer_many(self, questions: Sequence[str], *, workers: int = 1) -> list[dict]:
+    def answer_many(self, questions: Sequence[str], *, workers: int = 1, **resume: Any) -> list[dict]:
+        """bulk.answer_many on this answerer (`answered=`, `on_progress=`: resuming a killed run)."""
         from .bulk import answer_many
 
-        return answer_many(self, questions, workers=workers)
+        return answer_many(self, questions, workers=workers, **resume)
 
     def _events(self, question: str, history: Sequence[Turn], *, stream: bool) -> Iterator[Event]:
         question = self.validate(question)

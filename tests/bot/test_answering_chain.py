@@ -466,6 +466,24 @@ def test_bulk_answers_several_at_once_in_the_order_asked(server):
         answer_many(answerer, asked, workers=0)
 
 
+def test_bulk_resumes_from_earlier_answers_and_reports_progress(server, monkeypatch):
+    """A retried run hands in what its killed predecessor answered: only the rest goes to the
+    model; an earlier answer to a different question at that position is not taken."""
+    from flytegpt.bot.answering import bulk
+
+    monkeypatch.setattr(bulk, "PROGRESS_EVERY_S", 0.0)
+    server.reply = "Install it [1]."
+    answerer, _ = make(server)
+    asked = ["how do I use ray?", "ray on kubernetes?", "ray cluster size?"]
+    earlier = {0: {"question": asked[0], "answer": "From before.", "mode": "llm", "citations": []},
+               2: {"question": "a question since edited", "answer": "Stale.", "mode": "llm", "citations": []}}
+    seen: list[set[int]] = []
+    results = answer_many(answerer, asked, answered=earlier, on_progress=lambda r: seen.append(set(r)))
+    assert [r["answer"] for r in results] == ["From before.", "Install it [1].", "Install it [1]."]
+    assert len(server.requests) == 2  # questions 2 and 3 only
+    assert seen and all(0 in s for s in seen) and seen[-1] < {0, 1, 2}  # the last tick is before the end
+
+
 def test_bulk_isolates_failures_and_writes_reports(server, tmp_path, caplog, monkeypatch):
     from flytegpt.bot.answering import bulk
 

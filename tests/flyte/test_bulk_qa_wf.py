@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import typing
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,116 @@ def test_a_local_run_with_questions_that_do_not_parse_says_so(tmp_path: Path, ar
     )
     assert proc.returncode != 0 and error in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# --- a killed attempt and its retry, through flytekit's container entrypoint -----------------
+
+ENTRYPOINT = """\
+import sys
+
+from flytegpt.bot.answering import bulk
+from flytegpt.flyte import bulk_checkpoint
+
+bulk.PROGRESS_EVERY_S = 0.0  # a progress tick (and a checkpoint) after every answer
+bulk_checkpoint.EVERY_S = 0.0
+from flytekit.bin.entrypoint import execute_task_cmd
+
+execute_task_cmd.main(sys.argv[1:])
+"""
+
+
+def _attempt(published: dict, tmp: Path, n: int, server: OpenAIStandIn, prev: Path | None) -> "subprocess.Popen":
+    """Attempt `n` of the answer task as Flyte runs it in its container: `pyflyte-execute` with
+    the task's own command line, its checkpoint directory and the previous attempt's."""
+    import subprocess
+    import sys
+
+    from flytekit.configuration import ImageConfig, SerializationSettings
+
+    from flytegpt.flyte.bulk_qa_wf import answer_questions
+
+    command = answer_questions.get_default_command(SerializationSettings(image_config=ImageConfig.auto_default_image()))
+    values = {"{{.input}}": str(tmp / "inputs.pb"), "{{.outputPrefix}}": str(tmp / f"out{n}"),
+              "{{.rawOutputDataPrefix}}": str(tmp / f"raw{n}"), "{{.checkpointOutputPrefix}}": str(tmp / f"cp{n}"),
+              "{{.prevCheckpointPrefix}}": str(prev) if prev else ""}
+    args = [values.get(a, a) for a in command[1:]]
+    (tmp / "entrypoint.py").write_text(ENTRYPOINT)
+    env = {**os.environ, "HOME": str(tmp), "HF_HUB_OFFLINE": "1", "_FSEC_FLYTEGPT_OPENAI_API_KEY": "sk-test"}
+    return subprocess.Popen([sys.executable, str(tmp / "entrypoint.py"), *args], cwd=tmp, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _inputs(published: dict, path: Path, questions: list[str], base_url: str) -> None:
+    from flytekit import FlyteContextManager
+    from flytekit.core.type_engine import TypeEngine
+    from flytekit.types.file import FlyteFile
+
+    from flytegpt.flyte.bulk_qa_wf import answer_questions
+
+    values = {"config_path": published["config"], "store": published["store"], "version": "",
+              "questions": questions, "questions_file": None, "openai_base_url": base_url,
+              "chat_model": "", "workers": 1}
+    types = {k: v for k, v in answer_questions.python_interface.inputs.items()}
+    types["questions_file"] = typing.Optional[FlyteFile]
+    lm = TypeEngine.dict_to_literal_map(FlyteContextManager.current_context(), values, types)
+    path.write_bytes(lm.to_flyte_idl().SerializeToString())
+
+
+def _saved(cp: Path) -> int:
+    import gzip
+
+    files = list(cp.glob("*")) if cp.is_dir() else []
+    if not files:
+        return 0
+    try:
+        return len(json.loads(gzip.decompress(files[0].read_bytes()))["answered"])
+    except (OSError, ValueError, EOFError):
+        return 0  # caught half-written
+
+
+def test_a_killed_attempt_is_resumed_by_its_retry_from_the_checkpoint(published: dict, local: None,
+                                                                       tmp_path: Path) -> None:
+    """A preempted node or a killed pod must not lose the answers the run already paid for: the
+    retry asks the model only what is still unanswered, and the report has every question, in
+    order, on one index version."""
+    import signal
+    import time
+
+    from flytekit.core.context_manager import FlyteContextManager
+    from flytekit.models.literals import LiteralMap
+    from flyteidl.core import literals_pb2
+
+    questions = [f"How do I cache task number {i}?" for i in range(12)]
+    with OpenAIStandIn() as server:
+        _inputs(published, tmp_path / "inputs.pb", questions, server.base_url)
+        server.reply, server.token_delay, server.stream_tokens = "First attempt [1].", 0.15, 4
+        first = _attempt(published, tmp_path, 1, server, None)
+        deadline = time.monotonic() + 180
+        while _saved(tmp_path / "cp1") < 3:
+            assert first.poll() is None, first.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)  # no clean-up, no exit handler: a node that is gone
+        first.wait()
+        kept = _saved(tmp_path / "cp1")
+        assert 3 <= kept < len(questions)
+
+        server.reset()
+        server.reply = "Second attempt [1]."
+        second = _attempt(published, tmp_path, 2, server, tmp_path / "cp1")
+        output = second.communicate(timeout=240)[0]
+        assert second.returncode == 0 and not (tmp_path / "out2" / "error.pb").exists(), output
+        assert len(server.requests) == len(questions) - kept  # only the unanswered ones
+
+    pb = literals_pb2.LiteralMap()
+    pb.ParseFromString((tmp_path / "out2" / "outputs.pb").read_bytes())
+    outputs = LiteralMap.from_flyte_idl(pb)
+    uri = outputs.literals["json_report"].scalar.blob.uri
+    local_copy = tmp_path / "answers.json"
+    FlyteContextManager.current_context().file_access.get_data(uri, str(local_copy))
+    results = json.loads(local_copy.read_text())
+    assert [r["question"] for r in results] == questions
+    assert [r["answer"].split(" [")[0] for r in results] == ["First attempt"] * kept + ["Second attempt"] * (
+        len(questions) - kept)
+    assert {r["index_version"] for r in results} == {published["version"]}
+    assert f"{kept} of {len(questions)} questions answered by an earlier attempt" in output
