@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from flytegpt.bot.cli_options import config_option, load, open_searcher, store_option
+from flytegpt.bot.cli_options import TerminalSafeGroup, config_option, load, open_searcher, store_option, terminal_text
 from flytegpt.ingest.config import ConfigError
 
-@click.group()
+@click.group(cls=TerminalSafeGroup)
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """FlyteGPT: answers about an open-source project from its Slack history, docs and code."""
@@ -83,16 +83,20 @@ def _print_sources(console, title: str, sources) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    def text(value: str) -> str:  # names and reasons come from the corpus: text, never markup or escapes
+        return escape(terminal_text(value))
+
     table = Table(title=title)
     for col in ("source", "kind", "documents", "chunks", "skipped"):
         table.add_column(col, justify="right" if col not in ("source", "kind") else "left")
     for s in sources:
-        table.add_row(escape(s.name), s.kind, str(s.documents), str(s.chunks), str(len(s.skipped)))
+        table.add_row(text(s.name), s.kind, str(s.documents), str(s.chunks), str(len(s.skipped)))
     console.print(table)
     for s in sources:
         for name, reason in s.skipped:
-            # file names and reasons come from the corpus: printed as text, never as markup
-            console.print(f"[yellow]skipped[/] {escape(s.name)}: {escape(name)}: {escape(reason)}")
+            console.print(f"[yellow]skipped[/] {text(s.name)}: {text(name)}: {text(reason)}")
+        for name, reason in s.notes:  # read and indexed, but something the user should fix
+            console.print(f"[yellow]note[/] {text(s.name)}: {text(name)}: {text(reason)}")
 
 
 def _print_summary(summary) -> None:
@@ -114,7 +118,7 @@ def _print_summary(summary) -> None:
     if summary.tuning:
         from flytegpt.ingest.tuning import TuneReport
 
-        console.print(f"tuned model: {escape(TuneReport.from_dict(summary.tuning).describe())}")
+        console.print(f"tuned model: {escape(terminal_text(TuneReport.from_dict(summary.tuning).describe()))}")
     console.print(f"time: {total:.1f}s ({stages}); {summary.chunks / max(total, 1e-9):.0f} chunks/s, "
                   f"embedding {100 * embed / max(total, 1e-9):.0f}% of it")
     console.print(f"store: {summary.store}  LATEST -> {summary.version}")
@@ -170,7 +174,8 @@ def search(question: str, config_path: Path, store: str | None, k: int, mode: st
     for col in ("rank", "score", "source id", "title", "url"):
         table.add_column(col, overflow="fold")
     for hit in fn(question, k):
-        table.add_row(str(hit.rank), f"{hit.score:.3f}", *map(escape, (hit.chunk.source_id, hit.chunk.title, hit.chunk.url)))
+        shown = (escape(terminal_text(v)) for v in (hit.chunk.source_id, hit.chunk.title, hit.chunk.url))
+        table.add_row(str(hit.rank), f"{hit.score:.3f}", *shown)
     Console().print(table)
 
 
@@ -199,8 +204,9 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
     missing = unknown_gold(qs, (c.source_id for c in searcher.chunks))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        click.echo(f"warning: {len(missing)} gold source id(s) are in no chunk of index {searcher.version}, "
-                   f"so they can never be found (a typo, or a source not ingested): {shown}", err=True)
+        click.echo(terminal_text(f"warning: {len(missing)} gold source id(s) are in no chunk of index "
+                                 f"{searcher.version}, so they can never be found (a typo, or a source not "
+                                 f"ingested): {shown}"), err=True)
     fn = {"hybrid": searcher.search, "dense": searcher.dense_search, "keyword": searcher.keyword_search}[mode]
 
     def retrieve(q: str) -> list:
@@ -217,16 +223,16 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
     click.echo(f"{mode} retrieval, index {searcher.version}")
     click.echo(header)
     rows = [("overall", report)] + list(report["by_kind"].items())
-    for name, r in rows:
-        click.echo(f"{name:12}{r['n']:>4}" + "".join(f"{r[m]:>14.3f}" for m in METRICS))
+    for name, r in rows:  # `kind` is the question file's: printed as text
+        click.echo(terminal_text(f"{name:12}{r['n']:>4}" + "".join(f"{r[m]:>14.3f}" for m in METRICS)))
     for q in report["questions"]:
         rank = q["first_gold_rank"]
         if ranks and rank != 1:
             # a tuning loop reads where each first gold source sits and what stands above it
             above = list(dict.fromkeys(q["top"][: (rank or 11) - 1]))[:3]
-            click.echo(f"rank {rank or '>10'} {q['id']} ({q['kind']}): gold {q['gold']} above it {above}")
+            click.echo(terminal_text(f"rank {rank or '>10'} {q['id']} ({q['kind']}): gold {q['gold']} above it {above}"))
         elif misses and not rank:
-            click.echo(f"miss {q['id']} ({q['kind']}): gold {q['gold']} top {q['top'][:5]}")
+            click.echo(terminal_text(f"miss {q['id']} ({q['kind']}): gold {q['gold']} top {q['top'][:5]}"))
     if as_json:
         click.echo(json.dumps({k: v for k, v in report.items() if k != "questions"}))
 
@@ -250,7 +256,7 @@ def demo(config_path: Path, store: str | None) -> None:
 
     answerer = make_answerer(config)
     for q in questions:
-        click.echo(f"\n> {q}\n")
+        click.echo(f"\n> {terminal_text(q)}\n")
         print_answer(answerer.answer(q))
 
 

@@ -6,14 +6,13 @@ libraries load inside the commands so `flytegpt --help` stays instant.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import click
 
-from flytegpt.bot.cli_options import config_option, load, open_searcher, store_option
+from flytegpt.bot.cli_options import config_option, load, open_searcher, store_option, terminal_json, terminal_text
 from flytegpt.ingest.config import Config
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,18 +28,22 @@ def make_answerer(config: Config) -> "Answerer":
 
 
 def format_sources(citations: "list[Citation]") -> str:
-    return "\n".join(f"[{c.n}] {c.title} — {c.url}" for c in citations)
+    """One line per source; titles and URLs come from the corpus, so terminal-safe."""
+    return "\n".join(terminal_text(f"[{c.n}] {c.title} — {c.url}") for c in citations)
 
 
 def print_answer(answer: "Answer", echo: Callable[[str], None] | None = None) -> None:
-    """The answer as Markdown (rendered with rich on a terminal), then its sources, one per line."""
+    """The answer as Markdown (rendered with rich on a terminal), then its sources, one per line.
+
+    The text quotes Slack threads and the model's words: printed without terminal escapes."""
+    text = terminal_text(answer.text)
     if echo is None and sys.stdout.isatty():
         from rich.console import Console
         from rich.markdown import Markdown
 
-        Console().print(Markdown(answer.text))
+        Console().print(Markdown(text))
     else:
-        (echo or click.echo)(answer.text)
+        (echo or click.echo)(text)
     if answer.citations:
         (echo or click.echo)("\nSources:\n" + format_sources(answer.citations))
 
@@ -52,11 +55,11 @@ def _answer_or_explain(answerer: "Answerer", question: str, history=()) -> "Answ
     try:
         return answerer.answer(question, history)
     except QuestionRejected as e:
-        click.echo(str(e), err=True)
+        click.echo(terminal_text(e), err=True)
     except IndexNotReady as e:
-        click.echo(str(e), err=True)
-    except ModelUnavailable as e:
-        click.echo(str(e), err=True)
+        click.echo(terminal_text(e), err=True)
+    except ModelUnavailable as e:  # may quote the provider's reply
+        click.echo(terminal_text(e), err=True)
         if e.related:
             click.echo("\nThe most relevant sources I found:\n" + format_sources(e.related))
     return None
@@ -74,7 +77,7 @@ def ask(question: str, config_path: Path, store: str | None, as_json: bool) -> N
     if answer is None:
         sys.exit(1)
     if as_json:
-        click.echo(json.dumps(answer.to_dict(), ensure_ascii=False))
+        click.echo(terminal_json(answer.to_dict()))
     else:
         print_answer(answer)
 

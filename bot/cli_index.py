@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from flytegpt.bot.cli_options import config_option, load, store_option
+from flytegpt.bot.cli_options import config_option, load, store_option, terminal_text
 
 
 def _row(store: str, version: str, latest: str | None) -> dict[str, Any]:
@@ -61,12 +61,16 @@ def versions_cmd(config_path: Path, store: str | None, as_json: bool) -> None:
         click.echo(json.dumps({"store": where, "latest": latest, "latest_problem": latest_problem, "versions": rows}))
         return
     if not rows:
-        raise click.ClickException(f"no index versions in {where}: build one with flytegpt ingest --store {where}")
+        raise click.ClickException(f"no index versions in {where}{_latest_note(where, latest, latest_problem)}: "
+                                   f"build one with flytegpt ingest --store {where}")
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"index versions in {escape(where)}")
+    def text(value: Any) -> str:  # manifests and LATEST are files anyone with store access wrote
+        return escape(terminal_text(value))
+
+    table = Table(title=f"index versions in {text(where)}")
     table.add_column("", min_width=1)
     for col in ("version", "created (UTC)", "chunks"):
         table.add_column(col, no_wrap=True)  # ids and times stay whole; the rest is in --json
@@ -79,7 +83,7 @@ def versions_cmd(config_path: Path, store: str | None, as_json: bool) -> None:
             if "created_at" not in r:
                 table.add_row(mark, r["version"], "[red]unreadable[/red]", "", "")
                 continue
-        table_row = (mark, r["version"], _minutes(r["created_at"]), f"{r['chunks']:,}", escape(r["model"]))
+        table_row = (mark, r["version"], text(_minutes(r["created_at"])), f"{r['chunks']:,}", text(r["model"]))
         if "problem" in r:
             table.add_row(*table_row[:2], "[red]damaged[/red]", *table_row[3:])
             continue
@@ -87,13 +91,31 @@ def versions_cmd(config_path: Path, store: str | None, as_json: bool) -> None:
     console = Console()
     console.print(table)
     for p in problems:
-        console.print(f"[red]cannot serve[/red] {escape(p)}")
+        console.print(f"[red]cannot serve[/red] {text(p)}")
     if latest_problem:
-        console.print(f"[red]LATEST is unreadable[/red]: {escape(latest_problem)}")
+        console.print(f"[red]LATEST is unreadable[/red]: {text(latest_problem)}")
     elif latest is None:
-        console.print("Nothing is published yet (no LATEST): flytegpt publish VERSION serves one.")
+        console.print(f"Nothing is published yet ({text(_unpublished(where))}): flytegpt publish VERSION serves one.")
     elif latest not in versions:
         console.print(f"[red]LATEST names {latest}, which is not in the store[/red]: publish one of the above.")
+
+
+def _unpublished(store: str) -> str:
+    """`no LATEST` or `LATEST is empty`: the operator looks for the file either way."""
+    from flytegpt.ingest.artifact import unpublished_reason
+
+    reason = unpublished_reason(store)
+    return "no LATEST" if reason.endswith("not found") else reason
+
+
+def _latest_note(store: str, latest: str | None, latest_problem: str | None) -> str:
+    """What LATEST says in a store without a version: it may name one that was deleted (a
+    prune by hand, a half-copied store), which is why nothing serves."""
+    if latest_problem:
+        return f" and LATEST is unreadable ({latest_problem})"
+    if latest is not None:
+        return f", though LATEST names {latest}: that version's folder is gone or has no manifest"
+    return f" ({_unpublished(store)})"
 
 
 def _minutes(stamp: Any) -> str:

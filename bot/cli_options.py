@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import click
 
@@ -23,6 +25,55 @@ config_option = click.option(
     help="FlyteGPT TOML configuration.",
 )
 store_option = click.option("--store", default=None, help="Index store (folder or fsspec URL); overrides [index] store.")
+
+# What a terminal obeys instead of showing: string sequences (OSC: window title, OSC 52 clipboard
+# writes, hyperlinks; DCS, SOS, PM, APC) ended by BEL or ST, CSI sequences (colours, cursor moves,
+# clearing the screen), the other ESC sequences (ESC c resets the terminal), each in its 7-bit
+# (ESC-led) and 8-bit (C1) spelling. Removed whole, so no parameters are left behind as text.
+_TERMINAL_SEQUENCE = re.compile(
+    "(?:\x1b[\\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\\\|\x9c)"
+    "|(?:\x1b\\[|\x9b)[0-?]*[ -/]*[@-~]"
+    "|\x1b[ -/]*[0-~]"
+)
+
+
+def terminal_text(text: Any) -> str:
+    """`text` as a terminal shows it literally: every control sequence and control character
+    removed, lone surrogates as U+FFFD.
+
+    The one filter for whatever the CLI prints that it did not write itself: Slack threads,
+    docs and file names from the corpus, model answers, question files, store contents. A
+    community-written Slack message could otherwise retitle the operator's terminal, write its
+    clipboard (OSC 52) or clear the screen; click only strips colour codes, and only when the
+    output is not a terminal.
+    """
+    from flytegpt.ingest.models import strip_controls, valid_unicode
+
+    # what is left that a terminal would act on (a lone ESC, BEL, bidi overrides): ingest.models'
+    return strip_controls(_TERMINAL_SEQUENCE.sub("", valid_unicode(str(text))))
+
+
+def terminal_json(value: Any) -> str:
+    """`value` as one line of JSON that is safe on a terminal and keeps every character.
+
+    json.dumps escapes C0 controls itself; the C1 controls and bidi overrides it leaves raw
+    (with ensure_ascii=False, which keeps other languages readable) are written as \\uXXXX
+    escapes, which decode to the same text."""
+    from flytegpt.ingest.models import CONTROL_CHARS
+
+    return CONTROL_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False))
+
+
+class TerminalSafeGroup(click.Group):
+    """The `flytegpt` group: an error message (which often quotes a file name, a LATEST or a
+    provider's reply) is made terminal-safe before click prints it as `Error: ...`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as e:
+            e.message = terminal_text(e.message)
+            raise
 
 
 def load(config_path: Path, store: str | None) -> Config:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from flytegpt.bot.cli_options import config_option, file_errors, load, store_option
+from flytegpt.bot.cli_options import config_option, file_errors, load, store_option, terminal_text
 
 
 @click.command("report")
@@ -40,7 +40,7 @@ def report_cmd(db: str, config_path: Path, store: str | None, since: str, out_pa
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(render_page(report), encoding="utf-8")
     for note in report.notes:  # a wrong --store, channels left out: said here too, not only on the page
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {terminal_text(note)}", err=True)
     t = report.totals
     click.echo(f"wrote {out_path}: {t['questions']} questions ({t['answered']} answered, {t['not_found']} not found, "
                f"{t['model_failed'] + t['failed']} failed), {len(report.topics)} gap topics", err=True)

@@ -62,6 +62,7 @@ VOTE_UNKNOWN_ANSWER = "Sorry, I couldn't find that answer any more, so the vote 
 VOTE_NOT_STORED = "Sorry, I couldn't save your vote just now. Please try again later."
 SHARE_GONE = "Sorry, that answer is no longer available to share."
 SHARE_FAILED = "Sorry, I couldn't share that answer."
+SHARE_NOT_YOURS = "Only the person who asked can share this answer."
 
 # --- labels in an answer's blocks ----------------------------------------------------------
 SOURCES_HEADING = "Sources"

@@ -38,11 +38,12 @@ class BotServer:
                  answerer: Any = None, reload_interval_s: float | None = None) -> None:
         from flytegpt.bot.index_holder import IndexHolder
         from flytegpt.bot.metrics import Metrics
-        from flytegpt.bot.slack.client import check_tokens
+        from flytegpt.bot.slack.client import api_base_url, check_tokens
 
         self.config, self.settings = config, settings
         self.bot_token, self.app_token = check_tokens(settings)  # fail fast, before any connection
-        self.port = config.bot.http_port if port is None else port
+        api_base_url(settings)  # a malformed SLACK_API_URL: one line now, not a traceback from the first call
+        self.port = config.bot.http_port if port is None else _checked_port(port)
         self.host, self.ping_interval = host, ping_interval
         self.metrics = Metrics()
         self.holder = IndexHolder()
@@ -207,6 +208,17 @@ class BotServer:
         httpd.daemon_threads = True
         threading.Thread(target=httpd.serve_forever, daemon=True, name="flytegpt-http").start()
         return httpd
+
+
+def _checked_port(port: int) -> int:
+    """`port` if a TCP port can be bound to it, else a ConfigError. [bot] http_port is checked
+    with the config; an out-of-range --port failed only at bind, after Slack was connected,
+    as an OverflowError traceback."""
+    if not 0 <= port <= 65535:
+        from flytegpt.ingest.config import ConfigError
+
+        raise ConfigError(f"--port {port} is not a TCP port: use 0-65535 (0 takes any free port)")
+    return port
 
 
 def serve(config: "Config", settings: "Settings", *, port: int | None = None) -> None:

@@ -36,7 +36,8 @@ import numpy as np
 
 from flytegpt.ingest.keyword import KeywordIndex
 from flytegpt.ingest.models import Chunk, ModelInfo
-from flytegpt.ingest.store import WORK_DIR, atomic_write, get_fs, is_local, join, list_dir, read_bytes, store_lock
+from flytegpt.ingest.store import (WORK_DIR, atomic_write, create_temp, get_fs, is_local, join, list_dir, read_bytes,
+                                   store_lock)
 
 if TYPE_CHECKING:
     import faiss
@@ -260,7 +261,9 @@ def write_version(
     tmp_dir = root if is_local(fs) else None
     if tmp_dir:
         os.makedirs(tmp_dir, exist_ok=True)
-    fd, dense_tmp = tempfile.mkstemp(prefix=".tmp-dense-", suffix=".faiss", dir=tmp_dir)
+    # in the store it is renamed into the version: created like every store file (create_temp)
+    fd, dense_tmp = (create_temp(tmp_dir, ".tmp-dense-", ".faiss") if tmp_dir
+                     else tempfile.mkstemp(prefix=".tmp-dense-", suffix=".faiss"))
     os.close(fd)
     try:
         if kind == "flat":
@@ -423,6 +426,15 @@ def read_latest(store: str) -> str | None:
     if not version:
         return None
     return check_version_id(version, where)
+
+
+def unpublished_reason(store: str) -> str:
+    """Why `read_latest` found nothing published: no LATEST at all, or one that is empty (a
+    hand edit, a copy that failed). Told apart because "not found" sends the reader looking
+    for a file that is there."""
+    fs, root = get_fs(store)
+    data = read_bytes(fs, join(root, LATEST))
+    return f"{LATEST} not found" if data is None else f"{LATEST} is empty"
 
 
 def list_versions(store: str) -> list[str]:
@@ -775,7 +787,8 @@ def open_version(
     if version is None:
         version = read_latest(store)
         if version is None:
-            raise ArtifactError(f"no published index in {store}: {LATEST} not found (run `flytegpt ingest` first)")
+            raise ArtifactError(f"no published index in {store}: {unpublished_reason(store)} "
+                                "(run `flytegpt ingest` first, or `flytegpt publish VERSION`)")
     check_version_id(version, store)
     folder = join(root, version)
     manifest = _read_manifest(fs, folder, version, store)

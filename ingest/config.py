@@ -220,6 +220,12 @@ class BotConfig(_Strict):
     # cold start (and, repeated, a crash-loop back-off that outlasts the outage). A client that
     # stopped trying is restarted once this has passed.
     socket_grace_s: float = Field(default=180.0, ge=0, le=86_400)
+    # An answer Slack keeps refusing for a passing reason (429 rate limited, 5xx, its own
+    # internal_error, the network) after the client's own retries is kept and posted again in
+    # the background (Retry-After honoured, else 5 s, 10 s, 20 s ... at most 60 s apart) for up
+    # to this long; only then is the asker told Slack did not take it. 0: no second chance (the
+    # notice at once). /flytegpt answers stay within their response_url's 30 minutes.
+    deferred_post_s: float = Field(default=300.0, ge=0, le=3600)
     # Answers appear as the model writes them (chat.startStream/appendStream/stopStream);
     # false: one chat.postMessage when the answer is complete (also the automatic fallback
     # where Slack refuses streaming).
@@ -339,7 +345,7 @@ def load_config(path: str | Path) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM from a Windows editor
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
     except UnicodeDecodeError as e:

@@ -39,7 +39,8 @@ def load_questions(path: str | Path) -> list[Question]:
     (iterating it would score the question against its characters, always 0).
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # utf-8-sig: a file saved by a Windows editor starts with a BOM, which is no JSON
+        text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise QuestionFileError(f"{path}: cannot read the question file: {e}") from None
     questions = []

@@ -45,6 +45,17 @@ def content_key(model_id: str, dense_text: str) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Characters that act instead of showing: C0 and C1 controls but tab and newline (NUL, ESC, BEL,
+# a carriage return that overwrites the line) and the bidi embeddings, overrides and isolates
+# (U+202A-U+202E, U+2066-U+2069) that make text read in another order than it is written
+# ("Trojan Source"). One definition for answers, stored questions and the terminal.
+CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def strip_controls(text: str) -> str:
+    """`text` as valid Unicode without CONTROL_CHARS: what community-written or model-written
+    text may carry into Slack, the question log or a terminal."""
+    return CONTROL_CHARS.sub("", valid_unicode(text))
 
 
 def valid_unicode(text: str) -> str:
@@ -145,13 +156,22 @@ class LoadReport:
 
     documents: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
+    # (file name, what is wrong) for what was read and indexed but is not as it should be
+    # (a Slack export whose threads cannot be linked): shown beside the skipped files
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
     def skip(self, name: str, reason: str) -> None:
         self.skipped.append((name, reason))
 
+    def note(self, name: str, what: str) -> None:
+        """Something the user should fix, though nothing was left out because of it."""
+        self.notes.append((name, what))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"documents": self.documents, "skipped": [list(s) for s in self.skipped]}
+        return {"documents": self.documents, "skipped": [list(s) for s in self.skipped],
+                "notes": [list(n) for n in self.notes]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoadReport":
-        return cls(int(d["documents"]), [(str(n), str(r)) for n, r in d["skipped"]])
+        return cls(int(d["documents"]), [(str(n), str(r)) for n, r in d["skipped"]],
+                   [(str(n), str(w)) for n, w in d.get("notes", [])])

@@ -36,6 +36,7 @@ class SourceSummary:
     documents: int = 0
     chunks: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # indexed, but to be fixed (LoadReport.notes)
 
 
 @dataclass
@@ -103,6 +104,8 @@ def iter_documents(
             report.skip(str(source.path or source.package or source.name), _nothing_found(source))
         for name, reason in report.skipped:
             log.warning("%s: skipped %s: %s", source.name, name, reason)
+        for name, what in report.notes:
+            log.warning("%s: %s: %s", source.name, name, what)
 
 
 def _nothing_found(source: SourceConfig) -> str:
@@ -393,7 +396,8 @@ def run_ingest(
 def _source_summaries(config: Config, reports: dict[str, LoadReport],
                       per_source: dict[str, dict[str, int]]) -> list[SourceSummary]:
     kinds = {s.name: s.kind for s in config.sources}
-    return [SourceSummary(name, kinds[name], s["documents"], s["chunks"], list(reports[name].skipped))
+    return [SourceSummary(name, kinds[name], s["documents"], s["chunks"], list(reports[name].skipped),
+                          list(reports[name].notes))
             for name, s in per_source.items()]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 from slack_sdk import WebClient
 from slack_sdk.http_retry import RetryHandler
@@ -40,8 +41,18 @@ TRANSIENT_ERRORS = frozenset({"internal_error", "fatal_error", "ratelimited", "s
 
 
 def api_base_url(settings: "Settings") -> str:
-    """SLACK_API_URL (GovSlack, tests) or Slack's own, with the trailing slash WebClient needs."""
+    """SLACK_API_URL (GovSlack, tests) or Slack's own, with the trailing slash WebClient needs.
+
+    A value that is no http(s) URL is a ConfigError naming the variable: urllib would raise a
+    ValueError (`unknown url type`) from deep inside the first API call.
+    """
     url = (settings.slack_api_url or "").strip() or DEFAULT_API_URL
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        from flytegpt.ingest.config import ConfigError
+
+        raise ConfigError(f"SLACK_API_URL {url!r} is not an http(s) URL: unset it for Slack's own "
+                          f"({DEFAULT_API_URL}) or give a base URL such as https://slack-gov.com/api/")
     return url if url.endswith("/") else url + "/"
 
 

@@ -14,7 +14,6 @@ import logging
 import os
 import posixpath
 import socket
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -82,7 +81,7 @@ def atomic_writer(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[IO[bytes
         return
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="." + os.path.basename(path))
+    fd, tmp = create_temp(folder, ".tmp-", "." + os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -95,6 +94,22 @@ def atomic_writer(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[IO[bytes
         except FileNotFoundError:
             pass
         raise
+
+
+def create_temp(folder: str, prefix: str, suffix: str = "") -> tuple[int, str]:
+    """A new, empty file in `folder` opened for writing: (fd, path), for a rename into place.
+
+    Unlike tempfile.mkstemp (always 0600) its mode is 0666 less the process umask, as a
+    plain open() gives: the renamed file is the store's file, and a bot running as another
+    user (a local or NFS store written by an ingest job or cron) must be able to read it.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        path = os.path.join(folder, f"{prefix}{uuid.uuid4().hex}{suffix}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:  # pragma: no cover - 122 random bits
+            continue
 
 
 class StoreWriteError(RuntimeError):
@@ -200,7 +215,7 @@ def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> 
             return read_bytes(fs, path) == data
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-lock-")
+    fd, tmp = create_temp(folder, ".tmp-lock-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -17,7 +17,7 @@ from .budget import Source
 from .citations import _split_code, link_key, process_citations
 from .types import Citation
 
-from flytegpt.ingest.models import valid_unicode
+from flytegpt.ingest.models import strip_controls
 
 Stage = Literal["searching", "writing"]
 # Slack's link forms <url> and <url|label> (a label may hold spaces), and bare URLs, which
@@ -30,7 +30,6 @@ _URL_BEING_WRITTEN = re.compile(r"(?:^|[^\w])((?:h(?:t(?:t(?:p(?:s?(?::(?:/(?:/\
 _AUTOLINK_START = re.compile(r"<(?:[A-Za-z][A-Za-z0-9+.-]*(?::[^<>]*)?)?")  # what may still become one
 # Control characters (but tab and newline) and the C1 set: a model echoing binary or terminal
 # escapes shows nothing useful with them, and an answer of nothing else is an empty answer.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def clean_answer(raw: str, sources: Sequence[Source]) -> tuple[str, list[Citation]]:
@@ -39,7 +38,7 @@ def clean_answer(raw: str, sources: Sequence[Source]) -> tuple[str, list[Citatio
     `https://…` and `www.…`) live only when they point at a given source; any other is shown
     as code (after its label), which Slack never turns into a link. Code is left as written.
     """
-    text, citations = process_citations(_CONTROL.sub("", valid_unicode(raw)), sources)
+    text, citations = process_citations(strip_controls(raw), sources)
     known = {link_key(s.url) for s in sources if s.url}
 
     def unlink(m: re.Match) -> str:

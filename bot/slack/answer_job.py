@@ -3,7 +3,9 @@
 Runs on the answer pool. It reads the thread's history, asks the answerer, turns every
 way that can fail into a reply the user understands (rejected, index not ready, model
 down, anything else), hands the rendered messages to delivery and then stores the answer
-for feedback (best-effort: the database never costs a user their answer).
+for feedback (best-effort: the database never costs a user their answer). An answer Slack
+refuses for a while is posted later by delivery's queue, and stored when it lands there,
+so its 👍/👎 count like any other's; the worker has moved on to the next question.
 
 Every question between `submit` and its reply is tracked, so a shutdown can tell the
 askers it could not finish (`abandon_unfinished`); whichever of the job and the shutdown
@@ -132,15 +134,25 @@ class AnswerJob:
         replies = blocks.render_answer(answer, feedback_id=answer_id, share=command,
                                        question=q.text if command else None)
         tail = blocks.streamed_answer_tail(answer.citations, answer_id) if streamed is not None else None
-        if not self._reply(q, replies, streamed=streamed, final_text=answer.text, tail=tail):
-            self.recorder.forget(answer_id)
-            return
+        self._reply(q, replies, streamed=streamed, final_text=answer.text, tail=tail,
+                    landed=lambda: self._answered(q, answer, answer_id),
+                    lost=lambda: self._not_posted(q, answer, answer_id))
+
+    def _answered(self, q: "Question", answer: Any, answer_id: str) -> None:
+        """The answer is in Slack (now, or later from delivery's deferred queue): count it and
+        store it under the id its buttons carry, so votes on it are recorded."""
         seconds = time.monotonic() - q.received
         self.metrics.answers.labels(answer.mode).inc()
         self.metrics.latency.observe(seconds)
         log.info("answered", extra={"surface": q.surface, "mode": answer.mode, "answer_id": answer_id,
                                     "index_version": answer.index_version, "seconds": round(seconds, 3)})
         self.recorder.record_answer(answer_id, answer, **self._where(q, seconds))
+
+    def _not_posted(self, q: "Question", answer: Any, answer_id: str) -> None:
+        """Slack never took the answer: its id is released (its buttons were never shown) and the
+        question is logged as failed, so the report counts what Slack refused, not only what landed."""
+        self.recorder.forget(answer_id)
+        self._log_unanswered(q, "failed", "post_failed", related=answer.citations)
 
     # --- the question log (the maintainers' report reads it) ------------------------------
 
@@ -166,24 +178,32 @@ class AnswerJob:
                                       **self._where(q, time.monotonic() - q.received))
 
     def _reply(self, q: "Question", replies: Sequence[blocks.SlackMessage], *, streamed: "StreamedReply | None" = None,
-               final_text: str = "", tail: list[dict] | None = None) -> bool:
-        """Post unless a shutdown already told the asker to ask again; True when posted.
+               final_text: str = "", tail: list[dict] | None = None, landed: Callable[[], None] | None = None,
+               lost: Callable[[], None] | None = None) -> None:
+        """Post unless a shutdown already told the asker to ask again. Exactly one of `landed`
+        (the reply is in Slack) and `lost` runs, now or, when Slack refused the reply for a
+        while, once delivery's deferred post of it is settled.
 
         A streamed answer is finished in its stream; only when Slack refused streaming
         before anything was shown is it posted the ordinary way (one answer, never two).
         """
         with self._lock:
-            if id(q) in self._claimed:
-                log.info("finished after shutdown gave up on it: not posted", extra={"channel": q.channel})
-                return False
+            claimed_before = id(q) in self._claimed
             self._claimed.add(id(q))
+        if claimed_before:
+            log.info("finished after shutdown gave up on it: not posted", extra={"channel": q.channel})
+            if lost is not None:
+                lost()
+            return
         if streamed is not None:
             finished = streamed.finish(final_text, tail or [], replies)
             self.metrics.streamed.labels(streamed.outcome).inc()
             if finished:
                 self.history.invalidate(q.channel, streamed.thread_ts)
-                return True
-        return self.delivery.post(q, replies)
+                if landed is not None:
+                    landed()
+                return
+        self.delivery.post(q, replies, defer=True, landed=landed, lost=lost)
 
     # --- streaming ------------------------------------------------------------------------------
 

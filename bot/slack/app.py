@@ -16,12 +16,16 @@ Who does what (each its own module):
 from __future__ import annotations
 
 import logging
+import os
 import re
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-from slack_bolt import App
+from slack_bolt import App, BoltRequest, BoltResponse
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+
+from flytegpt.ingest.config import ConfigError
 
 from .answer_job import AnswerJob
 from .assistant import AssistantPanel
@@ -61,6 +65,31 @@ class _ClientTokenNotice(logging.Filter):
         return record.getMessage() != warning_client_prioritized_and_token_skipped()
 
 
+class _App(App):
+    """Bolt's App, acking and ignoring (counted as malformed) an Events API envelope whose `event`
+    is not an object before Bolt's own middleware reads it: its authorization step calls
+    `event.get(...)`, so each such envelope (Slack never sends one) logged a traceback."""
+
+    def __init__(self, *, on_malformed: Callable[[object], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._on_malformed = on_malformed
+
+    def dispatch(self, req: BoltRequest) -> BoltResponse:
+        body = req.body
+        if isinstance(body, dict) and body.get("type") == "event_callback" and not isinstance(body.get("event"), dict):
+            self._on_malformed(body.get("event"))
+            return BoltResponse(status=200, body="")
+        return super().dispatch(req)
+
+
+def check_feedback_db(path: str) -> None:
+    """[bot] feedback_db must name a file. A directory can never hold the database: the bot would
+    run with 👍/👎 buttons whose every click fails, "try again later", for as long as it runs."""
+    if path != ":memory:" and (path.endswith(("/", os.sep)) or Path(path).is_dir()):
+        raise ConfigError(f"[bot] feedback_db {path} is a directory, not a database file; "
+                          f"name a file, e.g. {Path(path) / 'feedback.sqlite3'}")
+
+
 class FlyteGPTBot:
     """The Bolt app plus the parts it uses; `app` is what a Socket Mode handler runs."""
 
@@ -72,6 +101,7 @@ class FlyteGPTBot:
 
         self.config, self.settings = config, settings
         self.answerer, self.holder = answerer, holder
+        check_feedback_db(config.bot.feedback_db)  # before any call to Slack: a config error is one line
         self.client = client or make_client(settings)
         try:
             auth = self.client.auth_test()
@@ -83,12 +113,13 @@ class FlyteGPTBot:
         self.bot_user_id: str = auth["user_id"]
         self.bot_id: str | None = auth.get("bot_id")
         self.metrics = metrics or Metrics()
-        self.feedback = AnswerRecorder(config.bot.feedback_db, self.metrics, store=feedback)
+        self.feedback = AnswerRecorder(config.bot.feedback_db, self.metrics, store=feedback,
+                                       max_question_chars=config.answer.max_question_chars)
         self.pool = WorkerPool(config.bot.workers, config.bot.queue_size)
         self.side = WorkerPool(side_workers, 512, name="flytegpt-side")
         self.history = ThreadHistory(self.client)
         self.deduper = Deduper(path=seen_path_for(config.bot.feedback_db))
-        self.delivery = Delivery(self.client, self.history, self.metrics)
+        self.delivery = Delivery(self.client, self.history, self.metrics, deferred_post_s=config.bot.deferred_post_s)
         self.answer_job = AnswerJob(config, answerer, history=self.history, delivery=self.delivery,
                                     recorder=self.feedback, metrics=self.metrics, pool=self.pool,
                                     bot_user_id=self.bot_user_id, bot_id=self.bot_id,
@@ -104,7 +135,8 @@ class FlyteGPTBot:
         bolt_log = logging.getLogger("slack_bolt")
         if not any(isinstance(f, _ClientTokenNotice) for f in bolt_log.filters):
             bolt_log.addFilter(_ClientTokenNotice())
-        self.app = App(client=self.client, process_before_response=False, logger=bolt_log)
+        self.app = _App(client=self.client, process_before_response=False, logger=bolt_log,
+                        on_malformed=self.router.malformed)
         self.router.register(self.app)
         self.panel = AssistantPanel(config, self.router, self.side, bot_user_id=self.bot_user_id)
         self.app.use(self.panel.assistant)
@@ -128,8 +160,10 @@ class FlyteGPTBot:
         return ids
 
     def close(self, wait: bool = True) -> None:
-        """Stop the pools; the databases are closed only when no answer still runs."""
+        """Stop the pools; the databases are closed only when no answer still runs. Answers
+        still waiting for Slack (a shutdown's drain gave them their last try) are dropped, logged."""
         self.pool.shutdown(wait=wait)
+        self.delivery.deferred.close()
         self.side.shutdown(wait=wait)
         if self.pool.pending == 0:
             self.feedback.close()

@@ -6,25 +6,36 @@ posted with chat.postMessage, in the thread when there is one) or from the slash
 one helper that knows both; `post` is what the answer job calls with a question and the
 rendered answer. The small notices around an answer (👀, ephemeral notices, replies to
 button clicks) are here too, so every Slack write of the bot is in this module.
+
+An answer Slack keeps refusing for a passing reason (429, 5xx, `internal_error`, the
+network) after the client's own retries is not lost: `DeferredPosts` keeps the replies not
+posted yet and posts them again from one background thread (Retry-After honoured, else
+growing waits) for up to [bot] deferred_post_s, while the answer workers go on to the next
+question. A refusal that will not pass (`channel_not_found`, `is_archived`, `invalid_blocks`,
+auth) is reported at once, as everything is with deferral off.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import threading
 import time
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.webhook import WebhookClient
 
 from flytegpt.bot import messages
-from flytegpt.ingest.slack_client import retry_handlers
+from flytegpt.ingest.slack_client import TRANSIENT_ERRORS, retry_handlers
 
 from .blocks import SlackMessage, render_notice
 
 if TYPE_CHECKING:
-    from slack_sdk import WebClient
-
     from flytegpt.bot.metrics import Metrics
 
     from .history import ThreadHistory
@@ -34,47 +45,371 @@ log = logging.getLogger(__name__)
 
 PICKED_UP_REACTION = "eyes"
 RESPONSE_URL_POSTS = 4  # Slack allows 5 per response_url; keep one spare
+RESPONSE_URL_LIFE_S = 30 * 60 - 60  # Slack takes posts to a response_url for 30 minutes; one kept spare
 WEBHOOK_TIMEOUT_S = 15
 LANDED_CHECKS, LANDED_CHECK_S = 3, 1.0  # after a timed-out post: look for it this often, this far apart
 LANDED_LOOKBACK_S = 600  # ... among the thread's messages of the last ten minutes
+MAX_DEFERRED = 100  # answers waiting for Slack at once; past this a refusal is reported at once
+DEFERRED_FIRST_WAIT_S = 5.0  # without Retry-After: 5, 10, 20, 40 s (plus up to 1 s jitter) ...
+DEFERRED_MAX_WAIT_S = 60.0  # ... and at most this between two tries
+DEFERRED_MIN_WAIT_S = 1.0  # even when Retry-After says 0: never a busy loop against a refusing Slack
+
+Callback = Callable[[], None]
 
 
-def _webhook(url: str) -> WebhookClient:
-    """A response_url client with the same retries as the Web API client."""
-    return WebhookClient(url, timeout=WEBHOOK_TIMEOUT_S, retry_handlers=retry_handlers())
+def _webhook(url: str, *, retries: bool = True) -> WebhookClient:
+    """A response_url client with the same retries as the Web API client (none for a deferred
+    try: the waits between those are the queue's)."""
+    return WebhookClient(url, timeout=WEBHOOK_TIMEOUT_S, retry_handlers=retry_handlers() if retries else [])
 
 
-def _slack_error(e: Exception) -> str:
+def _single_try(client: WebClient) -> WebClient:
+    """`client` without retries, for deferred tries: Slack's Retry-After is honoured by the
+    queue's schedule, not by sleeping on its one thread while other answers wait behind."""
+    return WebClient(token=client.token, base_url=client.base_url, timeout=client.timeout, ssl=client.ssl,
+                     proxy=client.proxy, headers=dict(client.headers), retry_handlers=[])
+
+
+def _slack_error(e: BaseException) -> str:
     if isinstance(e, SlackApiError):
         return str(e.response.get("error"))
+    if isinstance(e, DeliveryError):
+        return str(e)
     return f"{type(e).__name__}: {e}"
+
+
+def _where(q: "Question") -> dict[str, Any]:
+    """Where a question's reply goes, as `send` takes it. A slash command's answer is only for
+    its asker: through its response_url, or chat.postEphemeral when there is none (a proxy or
+    client that sends none must not make a private question's answer public)."""
+    return {"channel": q.channel, "thread_ts": q.thread_ts, "response_url": q.response_url,
+            "private_to": q.user if q.surface == "command" else None}
+
+
+def _privately(q: "Question") -> dict[str, Any]:
+    """Where a slash command's reply goes once its response_url refused it (expired, gone, or
+    refusing for longer than deferral waits): the same channel, seen by the asker only."""
+    return {"channel": q.channel, "thread_ts": q.thread_ts, "private_to": q.user}
+
+
+def _run(callback: Callback | None) -> None:
+    """A caller's follow-up (store the answer, forget its id); its failure is not the post's."""
+    if callback is None:
+        return
+    try:
+        callback()
+    except Exception:  # noqa: BLE001 - the reply's fate is settled either way
+        log.exception("the follow-up of a reply failed")
 
 
 class DeliveryError(RuntimeError):
     """Slack did not accept a reply (after the client's retries)."""
 
 
+class WebhookRefused(DeliveryError):
+    """A response_url answered something other than 200 (kept: the status and Retry-After)."""
+
+    def __init__(self, status: int, body: Any, headers: dict[str, Any] | None) -> None:
+        super().__init__(f"response_url answered {status}: {body}")
+        self.status, self.headers = status, dict(headers or {})
+
+
+class NotPosted(DeliveryError):
+    """Slack refused a reply: `unsent` is that reply and every one after it (those before it
+    are in Slack, so a later try starts at `unsent` and never posts one twice)."""
+
+    def __init__(self, unsent: list[SlackMessage], cause: BaseException) -> None:
+        super().__init__(_slack_error(cause))
+        self.unsent, self.cause = unsent, cause
+
+
+def _transient(e: BaseException, *, checked_thread: bool) -> bool:
+    """Whether Slack may take the reply later: rate limited, Slack's own trouble, the network.
+
+    A timeout is transient only where the reply was looked for in its thread and not found
+    (`checked_thread`); elsewhere Slack may have posted it, and a second try would show it twice.
+    """
+    if isinstance(e, SlackApiError):
+        status = getattr(e.response, "status_code", 200)
+        return status == 429 or status >= 500 or e.response.get("error") in TRANSIENT_ERRORS
+    if isinstance(e, WebhookRefused):
+        return e.status == 429 or e.status >= 500
+    if isinstance(e, TimeoutError):
+        return checked_thread
+    return isinstance(e, OSError)  # refused, reset, unreachable: nothing was posted
+
+
+def _retry_after(e: BaseException) -> float | None:
+    """Slack's Retry-After (seconds) from a refusal's response headers, if it sent one."""
+    if isinstance(e, SlackApiError):
+        headers = getattr(e.response, "headers", None) or {}
+    elif isinstance(e, WebhookRefused):
+        headers = e.headers
+    else:
+        return None
+    for key, value in headers.items():
+        if str(key).lower() == "retry-after":
+            value = value[0] if isinstance(value, (list, tuple)) and value else value
+            try:
+                return max(0.0, float(value))
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+@dataclass(eq=False)
+class _Deferred:
+    """An answer Slack refused for a while: what is left to post, where, and until when."""
+
+    q: "Question"
+    replies: list[SlackMessage]
+    landed: Callback | None
+    lost: Callback | None
+    since: float  # time.monotonic() when it was kept
+    until: float  # ... and after which it is given up
+    tries: int = 0  # deferred tries so far
+    settled: bool = False  # landed or lost has run (or is running)
+
+
+class DeferredPosts:
+    """Answers Slack refused for a passing reason, posted again from one background thread.
+
+    One thread, not a timer per answer: the queue is bounded (MAX_DEFERRED), tries go out one
+    at a time (Slack's limits are per app and channel: a burst would be refused again), and a
+    shutdown can give each one last try and account for the rest. A try is one request, no
+    client retries: the waits are the queue's, Slack's Retry-After when it sends one, else
+    slack_sdk's exponential backoff (5 s, 10 s, 20 s ... at most DEFERRED_MAX_WAIT_S).
+    """
+
+    def __init__(self, delivery: "Delivery", window_s: float, capacity: int = MAX_DEFERRED) -> None:
+        self.delivery, self.window_s, self.capacity = delivery, window_s, capacity
+        self._backoff = BackoffRetryIntervalCalculator(backoff_factor=DEFERRED_FIRST_WAIT_S)
+        self._cond = threading.Condition()  # over an RLock: `pending` is read with it held
+        self._queue: list[tuple[float, int, _Deferred]] = []  # a heap of (due, order, post)
+        self._order = itertools.count()
+        self._trying: _Deferred | None = None
+        self._dropped: list[_Deferred] = []  # refused again at a shutdown's last call
+        self._thread: threading.Thread | None = None  # runs while anything waits
+        self._last_call = False  # shutting down: nothing new, one more try each
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Answers waiting for Slack (queued or being tried)."""
+        with self._cond:
+            return len(self._queue) + (self._trying is not None)
+
+    def keep(self, q: "Question", error: BaseException, landed: Callback | None, lost: Callback | None) -> bool:
+        """Keep the replies Slack refused (`error`, a NotPosted) to post later; False when they
+        are not for later: deferral off, a refusal that will not pass, the queue full, stopping."""
+        if self.window_s <= 0 or not isinstance(error, NotPosted) or not error.unsent:
+            return False
+        if not _transient(error.cause, checked_thread=bool(q.thread_ts and not q.response_url)):
+            return False
+        now = time.monotonic()
+        until = now + self.window_s
+        if q.response_url:  # it takes posts for 30 minutes from the command
+            until = min(until, q.received + RESPONSE_URL_LIFE_S)
+        post = _Deferred(q, list(error.unsent), landed, lost, since=now, until=until)
+        due = self._due(post, error.cause, now)
+        with self._cond:
+            if self._last_call or self._closed or due is None:
+                return False
+            if self.pending >= self.capacity:
+                log.warning("too many answers waiting for Slack: this one is not kept for later",
+                            extra={"channel": q.channel, "waiting": self.pending})
+                return False
+            self._push(post, due)
+        log.warning("Slack refused the answer for now: posting it later",
+                    extra={"channel": q.channel, "error": _slack_error(error.cause), "unsent": len(post.replies),
+                           "retry_in_s": round(due - now, 1)})
+        return True
+
+    def last_call(self) -> None:
+        """Shutting down: keep nothing new, and try each waiting answer once more, now."""
+        with self._cond:
+            self._last_call = True
+            self._cond.notify_all()
+
+    def close(self, timeout_s: float = 0.0) -> list[str]:
+        """Last call, up to `timeout_s` for those tries, then drop what is left: counted
+        (post_failed) and logged with its channels, so no answer disappears silently.
+        Returns the channel ids of the dropped answers."""
+        self.last_call()
+        with self._cond:
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, timeout_s))
+        with self._cond:
+            self._closed = True
+            left = [p for _, _, p in self._queue] + self._dropped + ([self._trying] if self._trying else [])
+            self._queue.clear()
+            self._dropped = []
+            left = [p for p in left if not p.settled]
+            for p in left:
+                p.settled = True
+            self._cond.notify_all()
+        for p in left:
+            self.delivery.metrics.failures.labels("post_failed").inc()
+            _run(p.lost)
+        channels = [p.q.channel for p in left]
+        if left:
+            log.error("stopping: answers Slack had refused were dropped",
+                      extra={"dropped": len(left), "channels": channels})
+        return channels
+
+    # --- the queue's thread -------------------------------------------------------------
+
+    def _push(self, post: _Deferred, due: float) -> None:
+        """Queue `post` for `due` and make sure the thread runs (with the lock held)."""
+        heapq.heappush(self._queue, (due, next(self._order), post))
+        self._cond.notify_all()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, daemon=True, name="flytegpt-deferred-posts")
+            self._thread.start()
+
+    def _due(self, post: _Deferred, error: BaseException, now: float) -> float | None:
+        """When to try `post` next; None when that is past its window.
+
+        Slack's Retry-After is honoured as given (a try that Slack asked not to make before
+        the window ends is not made); a computed backoff is cut to one last try at the end."""
+        after = _retry_after(error)
+        wait = after if after is not None else min(DEFERRED_MAX_WAIT_S,
+                                                   self._backoff.calculate_sleep_duration(post.tries))
+        due = now + max(DEFERRED_MIN_WAIT_S, wait)
+        if after is None and now < post.until:
+            due = min(due, post.until)
+        return due if due <= post.until else None
+
+    def _work(self) -> None:
+        while (post := self._next()) is not None:
+            self._try(post)
+
+    def _next(self) -> _Deferred | None:
+        """The next answer due (all of them at once on a last call); None, and the thread
+        ends, when nothing is left."""
+        with self._cond:
+            while True:
+                if self._closed or not self._queue:
+                    self._thread = None
+                    return None
+                due = self._queue[0][0]
+                if self._last_call or due <= time.monotonic():
+                    self._trying = heapq.heappop(self._queue)[2]
+                    return self._trying
+                self._cond.wait(due - time.monotonic())
+
+    def _try(self, post: _Deferred) -> None:
+        post.tries += 1
+        try:
+            self.delivery._post_all(post.replies, retries=False, **_where(post.q))
+        except NotPosted as e:
+            post.replies = e.unsent
+            self._refused_again(post, e)
+        else:
+            self._landed(post)
+        finally:
+            with self._cond:
+                if self._trying is post:
+                    self._trying = None
+
+    def _landed(self, post: _Deferred) -> None:
+        with self._cond:
+            late, post.settled = post.settled, True
+        if late:  # a shutdown counted it as dropped while this try was on its way
+            log.warning("a deferred answer reached Slack after the shutdown had dropped it",
+                        extra={"channel": post.q.channel})
+            return
+        log.info("deferred answer posted", extra={"channel": post.q.channel, "tries": post.tries,
+                                                  "waited_s": round(time.monotonic() - post.since, 1)})
+        _run(post.landed)
+
+    def _refused_again(self, post: _Deferred, e: NotPosted) -> None:
+        """Queue the next try while the window lasts; else tell the asker, as an undeferred post would."""
+        transient = _transient(e.cause, checked_thread=bool(post.q.thread_ts and not post.q.response_url))
+        due = self._due(post, e.cause, time.monotonic()) if transient else None
+        with self._cond:
+            if post.settled:
+                return
+            if self._last_call or self._closed:
+                self._dropped.append(post)  # close() counts and logs it
+                return
+            if due is not None:
+                self._trying = None
+                self._push(post, due)
+                return
+            post.settled = True
+        log.error("Slack did not take a deferred answer: giving up",
+                  extra={"channel": post.q.channel, "tries": post.tries, "error": _slack_error(e.cause),
+                         "waited_s": round(time.monotonic() - post.since, 1)})
+        if self.delivery._give_up(post.q, e, tell=True, retries=False):
+            _run(post.landed)
+        else:
+            _run(post.lost)
+
+
 class Delivery:
-    def __init__(self, client: "WebClient", history: "ThreadHistory", metrics: "Metrics") -> None:
+    def __init__(self, client: WebClient, history: "ThreadHistory", metrics: "Metrics", *,
+                 deferred_post_s: float = 0.0) -> None:
         self.client, self.history, self.metrics = client, history, metrics
+        self.deferred = DeferredPosts(self, deferred_post_s)
 
     # --- answers ----------------------------------------------------------------------
 
-    def post(self, q: "Question", replies: Sequence[SlackMessage], *, tell_on_failure: bool = True) -> bool:
-        """Post replies where the question came from; False (logged, counted) when Slack refused.
+    def post(self, q: "Question", replies: Sequence[SlackMessage], *, tell_on_failure: bool = True,
+             defer: bool = False, landed: Callback | None = None, lost: Callback | None = None) -> bool:
+        """Post replies where the question came from; True when they are in Slack or (`defer`)
+        kept to be posted later, False (logged, counted) when Slack refused.
 
-        The client has already retried Slack's transient errors; when the post still fails the
-        asker gets a short notice instead of silence (if Slack takes that one).
+        The client has already retried Slack's transient errors. With `defer`, what Slack still
+        refuses for a passing reason waits in `deferred` (the caller, an answer worker, is free
+        for the next question); otherwise, and when that runs out too, the asker gets a short
+        notice instead of silence (if Slack takes that one). Exactly one of `landed` (the
+        replies are in Slack) and `lost` runs: before this returns, or when a deferred post is
+        settled (on the deferred queue's thread).
         """
         try:
-            self.send(replies, channel=q.channel, thread_ts=q.thread_ts, response_url=q.response_url)
-            return True
+            self.send(replies, **_where(q))
         except Exception as e:  # noqa: BLE001 - reported to the caller as False
-            self.metrics.failures.labels("post_failed").inc()
-            log.error("posting the answer failed", extra={"channel": q.channel, "error": _slack_error(e)})
-        if tell_on_failure:
-            self.post(q, [render_notice(messages.POST_FAILED)], tell_on_failure=False)
+            if defer and self.deferred.keep(q, e, landed, lost):
+                return True
+            if self._give_up(q, e, tell=tell_on_failure):
+                _run(landed)
+                return True
+            _run(lost)
+            return False
+        _run(landed)
+        return True
+
+    def _give_up(self, q: "Question", e: BaseException, *, tell: bool, retries: bool = True) -> bool:
+        """Slack did not take the replies where they were going. A slash command's go to its asker
+        with chat.postEphemeral instead (True: they arrived after all); else count, log and tell."""
+        if q.response_url:
+            unsent = e.unsent if isinstance(e, NotPosted) else []
+            try:
+                self._post_all(unsent, retries=retries, **_privately(q))
+            except Exception as e2:  # noqa: BLE001 - counted and logged below
+                log.info("chat.postEphemeral did not take it either", extra={"error": _slack_error(e2)})
+            else:
+                if unsent:
+                    log.warning("the response_url refused the answer: sent with chat.postEphemeral",
+                                extra={"channel": q.channel, "error": _slack_error(e)})
+                    return True
+        self._refused(q, e, tell=tell, retries=retries)
         return False
+
+    def _refused(self, q: "Question", e: BaseException, *, tell: bool, retries: bool = True) -> None:
+        """Count and log a reply Slack did not take; with `tell`, one notice to the asker (not
+        through a response_url that has just refused: chat.postEphemeral)."""
+        self.metrics.failures.labels("post_failed").inc()
+        log.error("posting the answer failed", extra={"channel": q.channel, "error": _slack_error(e)})
+        if tell:
+            where = _privately(q) if q.response_url else _where(q)
+            try:
+                self._post_all([render_notice(messages.POST_FAILED)], retries=retries, **where)
+            except Exception as e2:  # noqa: BLE001 - logged; nothing more to tell (one answer, counted once)
+                log.error("the notice did not reach the asker either",
+                          extra={"channel": q.channel, "error": _slack_error(e2)})
 
     def notice(self, q: "Question", text: str) -> bool:
         """A short plain-text notice where the answer would have gone."""
@@ -82,30 +417,57 @@ class Delivery:
 
     def send(self, replies: Sequence[SlackMessage], *, channel: str, thread_ts: str | None = None,
              response_url: str | None = None, response_type: Literal["ephemeral", "in_channel"] = "ephemeral",
-             max_url_posts: int = RESPONSE_URL_POSTS) -> None:
-        """Post to a response_url (at most `max_url_posts` posts) or with chat.postMessage; raises on refusal."""
-        if response_url:
-            replies = list(replies)
-            if len(replies) > max_url_posts:
-                replies = replies[:max_url_posts - 1] + [render_notice(messages.TRUNCATED)]
-            hook = _webhook(response_url)
+             max_url_posts: int = RESPONSE_URL_POSTS, private_to: str | None = None) -> None:
+        """Post to a response_url (at most `max_url_posts` posts) or with chat.postMessage; raises
+        NotPosted (a DeliveryError) on refusal."""
+        replies = list(replies)
+        if response_url and len(replies) > max_url_posts:
+            replies = replies[:max_url_posts - 1] + [render_notice(messages.TRUNCATED)]
+        self._post_all(replies, channel=channel, thread_ts=thread_ts, response_url=response_url,
+                       response_type=response_type, private_to=private_to)
+
+    def _post_all(self, replies: Sequence[SlackMessage], *, channel: str, thread_ts: str | None = None,
+                  response_url: str | None = None, response_type: Literal["ephemeral", "in_channel"] = "ephemeral",
+                  retries: bool = True, private_to: str | None = None) -> None:
+        """Post the replies in order (with the client's retries unless `retries` is off): to the
+        response_url, else only for `private_to` (chat.postEphemeral), else chat.postMessage.
+
+        The first one Slack refuses raises NotPosted with it and those after it: the ones
+        before are in Slack, and a later try must not post them again."""
+        replies = list(replies)
+        posted = 0
+        try:
+            if response_url:
+                hook = _webhook(response_url, retries=retries)
+                for m in replies:
+                    resp = hook.send(text=m.text, blocks=m.blocks, response_type=response_type,
+                                     replace_original=False)
+                    if resp.status_code != 200:
+                        raise WebhookRefused(resp.status_code, resp.body, resp.headers)
+                    posted += 1
+                return
+            client = self.client if retries else _single_try(self.client)
             for m in replies:
-                resp = hook.send(text=m.text, blocks=m.blocks, response_type=response_type, replace_original=False)
-                if resp.status_code != 200:
-                    raise DeliveryError(f"response_url answered {resp.status_code}: {resp.body}")
-            return
-        for m in replies:
-            where: dict[str, Any] = {"thread_ts": thread_ts, "reply_broadcast": False} if thread_ts else {}
-            try:
-                self.client.chat_postMessage(channel=channel, unfurl_links=False, unfurl_media=False, **where,
-                                             **m.kwargs())
-            except TimeoutError:  # sent, but no answer in time: Slack may well have posted it
-                if not (thread_ts and self._landed(channel, thread_ts, m.text)):
-                    raise
-                log.warning("chat.postMessage timed out, but the message is in the thread",
-                            extra={"channel": channel})
-        if thread_ts:
-            self.history.invalidate(channel, thread_ts)
+                if private_to:
+                    client.chat_postEphemeral(channel=channel, user=private_to, thread_ts=thread_ts, **m.kwargs())
+                else:
+                    self._post_message(client, m, channel, thread_ts)
+                posted += 1
+        except Exception as e:
+            raise NotPosted(replies[posted:], e) from e
+        finally:
+            if thread_ts and not response_url and not private_to and (posted or not replies):
+                self.history.invalidate(channel, thread_ts)
+
+    def _post_message(self, client: WebClient, m: SlackMessage, channel: str, thread_ts: str | None) -> None:
+        """One chat.postMessage; a timeout is a failure unless the message is in the thread after all."""
+        where: dict[str, Any] = {"thread_ts": thread_ts, "reply_broadcast": False} if thread_ts else {}
+        try:
+            client.chat_postMessage(channel=channel, unfurl_links=False, unfurl_media=False, **where, **m.kwargs())
+        except TimeoutError:  # sent, but no answer in time: Slack may well have posted it
+            if not (thread_ts and self._landed(channel, thread_ts, m.text)):
+                raise
+            log.warning("chat.postMessage timed out, but the message is in the thread", extra={"channel": channel})
 
     def _landed(self, channel: str, thread_ts: str, text: str) -> bool:
         """Whether a message with this text reached the thread after all (a slow Slack posts it

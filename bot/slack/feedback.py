@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterable, Literal
 from flytegpt.bot import sqlite_files
 from flytegpt.ingest.models import valid_unicode
 
+from .question import clean_question
+
 Vote = Literal["up", "down"]
 # What became of a question. "answered" includes the offline answerer's quoted passages.
 Outcome = Literal["answered", "not_found", "model_failed", "failed"]
@@ -317,7 +319,8 @@ class FeedbackStore:
                 cited = [s["source_id"] for s in json.loads(sources) if isinstance(s, dict) and s.get("source_id")]
             except (ValueError, TypeError):
                 cited = []
-            question = " ".join(str(question or "").split())
+            # cleaned again: rows of releases before 2026-12-04 kept NUL, ESC and bidi overrides
+            question = " ".join(clean_question(str(question or "")).split())
             if not question or not cited:
                 continue  # nothing to search for, or an answer without sources: no gold to check
             row = out.setdefault(question.casefold(), {"id": answer_id, "question": question, "gold": [],

@@ -20,6 +20,7 @@ from flytegpt.ingest.models import valid_unicode
 from flytegpt.ingest.sources.slack_export import Directory, clean_messages, render_markup, ts_key, valid_ts
 
 from .blocks import answer_text
+from .question import clean_question
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient
@@ -116,11 +117,12 @@ def question_text(text: object, bot_user_id: str | None) -> str:
     mentions made "@someone" (a question is stored for the maintainers' report: no user id or
     name is kept), then Slack's markup and escapes read as the indexed threads read them
     (`&lt;` -> `<`, `<url|label>` -> "label (url)"), so a pasted error or link searches as
-    written; and valid Unicode (half an emoji would fail the tokenizer and the feedback database)."""
+    written; and valid Unicode (half an emoji would fail the tokenizer and the feedback database),
+    cleaned of control characters, bidi overrides and invisible ends (`clean_question`)."""
     if not isinstance(text, str):
         return ""
     text = _USER_MENTION.sub("@someone", strip_mentions(text, bot_user_id))
-    return valid_unicode(render_markup(text, Directory()).strip())
+    return clean_question(valid_unicode(render_markup(text, Directory())))
 
 
 def strip_mentions(text: str, bot_user_id: str | None) -> str:

@@ -53,13 +53,26 @@ class Interactions:
                                                                                         messages.VOTE_NOT_STORED)
         self.delivery.respond(body, reply, channel, user)
 
+    def unknown_vote(self, body: dict) -> None:
+        """A feedback click whose value names no vote or no answer (not one the bot sent): the
+        clicker is told, as for any answer the bot does not know, instead of hearing nothing."""
+        user, channel = _who_and_where(body)
+        self.delivery.respond(body, messages.VOTE_UNKNOWN_ANSWER, channel, user)
+
     def share(self, body: dict, answer_id: str) -> None:
-        """Post a /flytegpt answer (ephemeral so far) for everyone in the channel."""
+        """Post a /flytegpt answer (ephemeral so far) for everyone in the channel.
+
+        Only its asker may: the button is on their private answer, and an answer id that reached
+        someone else (a DM answer's, a leaked one) must not put that answer in the clicker's channel."""
         user, channel = _who_and_where(body)
         answer_id = _answer_id(answer_id)
         stored = self.recorder.get_answer(answer_id)
         if stored is None:
             self.delivery.respond(body, messages.SHARE_GONE, channel, user)
+            return
+        if not user or stored.get("user") != user:
+            log.warning("share refused: not the asker's answer", extra={"answer_id": answer_id})
+            self.delivery.respond(body, messages.SHARE_NOT_YOURS, channel, user)
             return
         replies = blocks.render_answer(_StoredAnswer.from_row(stored), feedback_id=answer_id, share=False,
                                        question=stored["question"], shared_by=user or None)

@@ -35,3 +35,11 @@ class RateLimiter:
                 return max(0.1, self.window_s - (now - hits[0]))
             hits.append(now)
             return 0.0
+
+    def release(self, user: str) -> None:
+        """Give back the question `check` just counted: it was not taken after all (the answer
+        pool was full), and a refusal the user did not cause must not cost them a question."""
+        with self._lock:
+            hits = self._hits.get(user)
+            if hits:
+                hits.pop()

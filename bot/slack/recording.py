@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .feedback import FeedbackDatabaseError, FeedbackStore, new_answer_id
+from .question import clip_question
 
 if TYPE_CHECKING:
     from flytegpt.bot.metrics import Metrics
@@ -36,13 +37,16 @@ _FAILURES = (sqlite3.Error, OSError, UnicodeError, FeedbackDatabaseError)
 MAX_UNSTORED = 10_000  # ids of answers that could not be stored, remembered to answer their votes
 REOPEN_EVERY_S = 60.0  # a database that could not be opened is tried again this often
 PENDING_WAIT_S = 15.0  # a vote waits at most this long for its answer to be stored
+MAX_QUESTION_CHARS = 4000  # what is kept of a logged question: the bot's [answer] max_question_chars
 
 
 class AnswerRecorder:
     """The bot's view of the feedback store: every method returns, none raises."""
 
-    def __init__(self, path: str | Path, metrics: "Metrics", store: FeedbackStore | None = None) -> None:
+    def __init__(self, path: str | Path, metrics: "Metrics", store: FeedbackStore | None = None, *,
+                 max_question_chars: int = MAX_QUESTION_CHARS) -> None:
         self.path, self.metrics = str(path), metrics
+        self.max_question_chars = max_question_chars  # a longer question is turned down, and logged cut
         self._lock = threading.Lock()
         self._closed = False
         self.store: FeedbackStore | None = store
@@ -90,12 +94,15 @@ class AnswerRecorder:
             self._settle(answer_id)
 
     def record_question(self, question: str, **fields: Any) -> bool:
-        """Log a question that got no answer (for the maintainers' report); False when that failed."""
+        """Log a question that got no answer (for the maintainers' report); False when that failed.
+
+        A question longer than the bot accepts is kept cut to that length: it was turned down, and
+        whole it would let one user write ~450 KB a minute into the database."""
         store = self._current("question")
         if store is None:
             return False
         try:
-            store.record_question(question, **fields)
+            store.record_question(clip_question(question, self.max_question_chars), **fields)
             return True
         except _FAILURES as e:
             self._failed("question", e)

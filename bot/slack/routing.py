@@ -1,9 +1,9 @@
 """Event routing: which Slack events become questions, and which pool runs them.
 
-Listeners make no network calls: they ack at once (Slack's 3 s), de-duplicate (memory, then
-a local SQLite insert), filter and hand the work to pools. Bolt runs listeners on a small
-executor and waits for the ack there, so a listener that called Slack or the model would
-delay the acks of every other event.
+Listeners make no network calls: they ack at once (Slack's 3 s), filter, de-duplicate what
+may be answered (memory, then a local SQLite insert: not for every join, edit or chatter in a
+channel) and hand the work to pools. Bolt runs listeners on a small executor and waits for the
+ack there, so a listener that called Slack or the model would delay the acks of every other event.
 
 - the answer pool (config.bot.workers, config.bot.queue_size) runs the answer job; when
   it is full the user is told the bot is busy instead of waiting in an endless queue;
@@ -18,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Callable
 
 from flytegpt.bot import messages
+from flytegpt.ingest.sources.slack_export import valid_ts
 
 from . import blocks
 from .history import question_text
@@ -66,23 +67,25 @@ class EventRouter:
 
     def on_mention(self, ack: Callable, body: dict, event: dict) -> None:
         ack()
-        if not self._new_event(body) or self._from_bot(event):
+        if self._from_bot(event) or event.get("subtype") not in _ANSWERABLE_SUBTYPES:
             return
-        if event.get("subtype") not in _ANSWERABLE_SUBTYPES or not self._well_formed(event):
+        if not self._well_formed(event) or not self._new_event(body):
             return
         self._accept_channel_message(event, mentioned=True)
 
     def on_message(self, ack: Callable, body: dict, event: dict) -> None:
+        """Every message in the bot's channels arrives here; only those that may be for us are
+        recorded as seen (a SQLite write on this listener thread), after the cheap filters."""
         ack()
-        if not self._new_event(body) or self._from_bot(event):
-            return
-        if event.get("subtype") not in _ANSWERABLE_SUBTYPES:
-            return  # edits, deletions, joins ...
+        if self._from_bot(event) or event.get("subtype") not in _ANSWERABLE_SUBTYPES:
+            return  # other bots, edits, deletions, joins ...
         if not self._well_formed(event):
             return
         if event.get("subtype") == "file_share" and not self._mentions_me(event) \
                 and not question_text(event.get("text"), self.bot_user_id):
             return  # a screenshot or a log file without words is no question (a mention still is)
+        if not self._may_be_for_us(event) or not self._new_event(body):
+            return
         if event.get("channel_type") == "im":
             if not self._claim(event):
                 return
@@ -94,14 +97,12 @@ class EventRouter:
         if self._mentions_me(event):
             self._accept_channel_message(event, mentioned=True)  # the app_mention twin; first one wins
             return
-        thread = event.get("thread_ts")
-        if self.config.bot.thread_followups and thread and thread != event.get("ts"):
-            self._accept_channel_message(event, mentioned=False)
+        self._accept_channel_message(event, mentioned=False)  # a thread reply: triaged on the side pool
 
     def on_command(self, ack: Callable, command: dict) -> None:
         from .blocks import render_markdown_notice
 
-        text = question_text(command.get("text"), None)
+        text = question_text(command.get("text"), self.bot_user_id)  # "/flytegpt @FlyteGPT" is no question
         if not text or text.lower() in ("help", "-h", "--help", "?"):
             ack(text=render_markdown_notice(messages.USAGE).text, response_type="ephemeral")
             return
@@ -109,14 +110,17 @@ class EventRouter:
         if self.allowed and channel not in self.allowed and not channel.startswith("D"):
             ack(text=messages.only_in_channels(list(self.allowed)), response_type="ephemeral")
             return
-        wait = self.limiter.check(user)
+        q = Question("command", text, channel, user, response_url=command.get("response_url"))
+        counted = self._answerable_length(q)  # a question turned down at once costs no slot
+        wait = self.limiter.check(user) if counted else 0.0
         if wait:
             self.metrics.rate_limited.inc()
             ack(text=messages.rate_limited(wait), response_type="ephemeral")
-            self.side.submit(self.turned_away, Question("command", text, channel, user), "rate_limited")
+            self.side.submit(self.turned_away, q, "rate_limited")
             return
-        q = Question("command", text, channel, user, response_url=command.get("response_url"))
         if not self.submit(q):
+            if counted:
+                self.limiter.release(user)
             self.metrics.busy.inc()
             ack(text=self._refusal(), response_type="ephemeral")
             self.side.submit(self.turned_away, q, "busy")
@@ -135,6 +139,8 @@ class EventRouter:
         vote, _, answer_id = str(action.get("value", "")).partition(":")
         if vote in ("up", "down") and answer_id:
             self.side.submit(self.interactions.vote, body, answer_id, vote)
+        else:  # "sideways:<id>", "up:": a value we never sent, told like any answer we do not know
+            self.side.submit(self.interactions.unknown_vote, body)
 
     def accept_question(self, body: dict, event: dict, q: Question) -> None:
         """A question another listener built (the assistant panel): de-duplicated and dispatched like the rest."""
@@ -148,7 +154,11 @@ class EventRouter:
     # --- filters ------------------------------------------------------------------------
 
     def _new_event(self, body: dict) -> bool:
-        if self.deduper.new_event(body.get("event_id")):
+        event_id = body.get("event_id")
+        if event_id is not None and not isinstance(event_id, str):  # Slack's are strings: not from Slack
+            self.malformed(body.get("event"))
+            return False
+        if self.deduper.new_event(event_id):
             return True
         self.metrics.duplicates.labels("event").inc()
         log.info("duplicate event dropped", extra={"event_id": body.get("event_id")})
@@ -159,16 +169,29 @@ class EventRouter:
                     or event.get("user") == self.bot_user_id)
 
     def _well_formed(self, event: dict) -> bool:
-        """A message we could answer has a channel, a ts, a user and text (or none): else ignore and count."""
-        ids_ok = all(isinstance(event.get(k), str) and event.get(k) for k in ("channel", "ts", "user"))
+        """A message we could answer has a channel, a user, a ts that is a Slack timestamp ("abc" or
+        "1e30" would be posted to as a thread), and text (or none): else ignore and count."""
+        ids_ok = all(isinstance(event.get(k), str) and event.get(k) for k in ("channel", "user"))
         text_ok = isinstance(event.get("text", ""), str)
-        thread_ok = event.get("thread_ts") is None or isinstance(event["thread_ts"], str)
-        if ids_ok and text_ok and thread_ok:
+        ts_ok = valid_ts(event.get("ts")) and (event.get("thread_ts") is None or valid_ts(event["thread_ts"]))
+        if ids_ok and text_ok and ts_ok:
             return True
-        kind = str(event.get("type") or "unknown")[:40]
-        self.metrics.malformed_events.labels(kind).inc()
-        log.warning("malformed event ignored", extra={"event_type": kind, "keys": sorted(map(str, event))[:20]})
+        self.malformed(event)
         return False
+
+    def malformed(self, event: object) -> None:
+        """Count and log an event of a shape Slack does not send; it is ignored, never answered."""
+        kind = str(event.get("type") or "unknown")[:40] if isinstance(event, dict) else "unknown"
+        keys = sorted(map(str, event))[:20] if isinstance(event, dict) else [type(event).__name__]
+        self.metrics.malformed_events.labels(kind).inc()
+        log.warning("malformed event ignored", extra={"event_type": kind, "keys": keys})
+
+    def _may_be_for_us(self, event: dict) -> bool:
+        """A DM, a mention, or (with thread follow-ups on) a thread reply; any other channel message
+        is not ours to answer, so it is not even recorded as seen."""
+        thread = event.get("thread_ts")
+        return (event.get("channel_type") == "im" or self._mentions_me(event)
+                or bool(self.config.bot.thread_followups and thread and thread != event.get("ts")))
 
     def _mentions_me(self, event: dict) -> bool:
         return f"<@{self.bot_user_id}" in (event.get("text") or "")
@@ -200,14 +223,20 @@ class EventRouter:
     # --- dispatch -----------------------------------------------------------------------
 
     def _dispatch(self, q: Question) -> None:
-        """Rate limit, then the answer pool (or a busy notice); the 👀 shows it was picked up."""
-        wait = self.limiter.check(q.user)
+        """Rate limit, then the answer pool (or a busy notice); the 👀 shows it was picked up.
+
+        Only a question the answerer will take uses up one of the user's questions: one turned down
+        at once (empty, too long) costs no search or model call, and a busy refusal is given back."""
+        answerable = self._answerable_length(q)
+        wait = self.limiter.check(q.user) if answerable else 0.0
         if wait:
             self.metrics.rate_limited.inc()
             self.side.submit(self.delivery.ephemeral, q.channel, q.user, messages.rate_limited(wait), q.thread_ts)
             self.side.submit(self.turned_away, q, "rate_limited")
             return
         if not self.submit(q):
+            if answerable:
+                self.limiter.release(q.user)
             self.metrics.busy.inc()
             log.warning("worker queue full: busy reply", extra={"channel": q.channel})
             self.side.submit(self.delivery.notice, q, self._refusal())
@@ -215,7 +244,7 @@ class EventRouter:
             return
         self.metrics.questions.labels(q.surface).inc()
         self.metrics.pending.set(self.pool.pending)
-        if q.ts and q.surface != "assistant" and self._answerable_length(q):  # the panel shows a status instead
+        if q.ts and q.surface != "assistant" and answerable:  # the panel shows a status instead
             self.side.submit(self.delivery.react, q.channel, q.ts)
 
     def _refusal(self) -> str:

@@ -5,6 +5,8 @@ that window the bot stops taking questions, lets running answers finish until a 
 ([bot] shutdown_grace_s), and then tells everyone still waiting (running past the
 deadline, or queued) in their thread that the bot restarted and to ask again. A job that
 finishes after its asker was told does not post (AnswerJob's claim), so nobody gets both.
+Answers Slack had refused for a while (delivery's DeferredPosts) get one last try beside
+those notices; the ones Slack still refuses are logged with their channels, not lost silently.
 The feedback database stays open while any answer still runs.
 """
 
@@ -29,11 +31,14 @@ def drain(bot: "FlyteGPTBot", deadline: float) -> bool:
     """Finish what can finish by `deadline` (time.monotonic()); True when every answer did."""
     bot.pool.close_intake()
     finished = bot.pool.wait_idle(max(0.0, deadline - time.monotonic()))
+    bot.delivery.deferred.last_call()  # answers Slack refused for a while: one more try, beside the notices
+    notices_end = time.monotonic() + NOTICE_BUDGET_S
     left = bot.answer_job.abandon_unfinished()
     if left:
         log.warning("shutting down with unfinished answers: asking them to ask again",
                     extra={"unfinished": len(left)})
         _notify(bot, left)
+    bot.delivery.deferred.close(max(deadline, notices_end) - time.monotonic())
     bot.pool.shutdown(wait=False)  # cancels the queued ones (already told)
     return finished and not left
 

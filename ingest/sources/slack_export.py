@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from flytegpt.ingest.config import ConfigError, SourceConfig
 from flytegpt.ingest.models import Document, LoadReport, valid_document
@@ -27,6 +28,12 @@ _DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.json$")
 # pins, bot posts, tombstones ...) is channel noise.
 _KEPT_SUBTYPES = {None, "", "thread_broadcast", "file_share", "me_message"}
 _TITLE_CHARS = 90
+# What channels.json / groups.json must hold for a channel to be linked: Slack's ids are upper-case
+# letters and digits (C…, G…); names are letters, digits, `-`, `_` and `.` (80 at most), never a
+# path (`../../etc`) or markup. Entries of any other shape are left out and named.
+_CHANNEL_ID = re.compile(r"[A-Z0-9]{2,40}")
+_CHANNEL_NAME = re.compile(r"\w[\w.-]{0,79}")
+LINKS_LOST = "thread links cannot be built, so their Slack citations will not open the thread"
 
 
 class ExportError(ConfigError):
@@ -169,7 +176,7 @@ class Directory:
 
 def _load_json(tree: _Tree, rel: str, report: LoadReport) -> Any:
     try:
-        return json.loads(tree.read(rel).decode("utf-8"))
+        return json.loads(tree.read(rel).decode("utf-8-sig"))  # -sig: a channels.json edited on Windows
     except KeyError:
         return None
     except CorruptMember as e:
@@ -183,20 +190,46 @@ def _load_json(tree: _Tree, rel: str, report: LoadReport) -> Any:
         return None
 
 
-def _directory(tree: _Tree, files: list[str], report: LoadReport) -> Directory:
+def _directory(tree: _Tree, files: list[str], report: LoadReport) -> tuple[Directory, bool]:
+    """The export's users and channels, and whether any channel list was usable.
+
+    Without one every thread's URL is a bare `slack:<ts>`: the documents are still indexed
+    (their text is what is searched), and the report says why their links are dead.
+    """
     d = Directory()
     users = _load_json(tree, "users.json", report) if "users.json" in files else None
-    for u in users if isinstance(users, list) else []:
-        d.add_user(u)
+    if isinstance(users, list):
+        for u in users:
+            d.add_user(u)
+    else:
+        report.note("users.json", "missing or not a list of users: authors are shown by their user ids")
+    listed = False
     for meta_file in ("channels.json", "groups.json"):
-        if meta_file not in files:
-            continue
-        channels = _load_json(tree, meta_file, report)
-        for c in channels if isinstance(channels, list) else []:
-            if isinstance(c, dict) and _nonempty_str(c.get("id")) and _nonempty_str(c.get("name")):
-                d.channel_names[c["id"]] = c["name"]
-                d.channel_ids[c["name"]] = c["id"]
-    return d
+        channels = _load_json(tree, meta_file, report) if meta_file in files else None
+        if isinstance(channels, list):
+            listed = True
+            _add_channels(d, meta_file, channels, report)
+    if not listed:
+        report.note("channels.json", f"missing or not a list of channels: {LINKS_LOST}")
+    return d, listed
+
+
+def _add_channels(d: Directory, meta_file: str, channels: list, report: LoadReport) -> None:
+    """Remember the entries that are a channel id and a plain channel name; name the others
+    (their id would go into a URL, their name into the text)."""
+    bad = []
+    for c in channels:
+        if not isinstance(c, dict) or not (_nonempty_str(c.get("id")) and _nonempty_str(c.get("name"))):
+            continue  # a fragment of a channel: nothing to link it by
+        cid, name = c["id"], c["name"]
+        if _CHANNEL_ID.fullmatch(cid) and _CHANNEL_NAME.fullmatch(name):
+            d.channel_names[cid] = name
+            d.channel_ids[name] = cid
+        else:
+            bad.append(f"{name[:40]!r} (id {cid[:20]!r})")
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        report.note(meta_file, f"left out {shown}: not a channel name and id")
 
 
 _MARKUP = re.compile(r"<([^<>\n]+)>")
@@ -279,10 +312,12 @@ def is_noise(msg: dict, d: Directory) -> bool:
 
 def permalink(workspace_url: str | None, channel_id: str | None, ts: str, team: str | None = None) -> str:
     """The URL that opens a thread in Slack."""
+    # ids come from the export or the API: escaped, so an odd one can never change the URL's path
+    channel_id = quote(channel_id, safe="") if channel_id else None
     if workspace_url and channel_id:
         return f"{workspace_url.rstrip('/')}/archives/{channel_id}/p{ts.replace('.', '')}"
     if team and channel_id:
-        return f"https://app.slack.com/client/{team}/{channel_id}/thread/{channel_id}-{ts}"
+        return f"https://app.slack.com/client/{quote(team, safe='')}/{channel_id}/thread/{channel_id}-{ts}"
     if channel_id:
         return f"https://slack.com/app_redirect?channel={channel_id}"
     return f"slack:{ts}"
@@ -311,7 +346,7 @@ def load_slack_export(source: SourceConfig, report: LoadReport, *, store: str | 
         report.skip(name, why)
     try:
         files = tree.files()
-        d = _directory(tree, files, report)
+        d, listed = _directory(tree, files, report)
         by_channel: dict[str, list[str]] = {}
         for rel in files:
             parts = rel.split("/")
@@ -321,6 +356,9 @@ def load_slack_export(source: SourceConfig, report: LoadReport, *, store: str | 
                 report.skip(rel, "not a day file (<channel>/<YYYY-MM-DD>.json)")
                 continue
             by_channel.setdefault(parts[0], []).append(rel)
+        if listed:  # else channels.json's own note says it for every channel
+            for channel in sorted(set(by_channel) - set(d.channel_ids)):
+                report.note(f"{channel}/", f"not in channels.json or groups.json: {LINKS_LOST}")
         for channel in sorted(by_channel):
             yield from _channel_documents(source, report, tree, d, channel, by_channel[channel])
     finally:

@@ -273,3 +273,70 @@ def test_questions_users_confirmed_are_a_question_set_for_eval(corpus: Path, sto
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["n"] == 1 and report["recall@5"] == 1.0
+
+
+def test_eval_accepts_a_question_file_saved_with_a_utf8_bom(corpus: Path, store: str, tmp_path: Path):
+    """Windows editors start UTF-8 files with a BOM: it was `q.jsonl:1: not JSON: Unexpected UTF-8 BOM`."""
+    ingest_json(corpus, store)
+    questions = tmp_path / "q.jsonl"
+    questions.write_bytes(b"\xef\xbb\xbf" + (corpus / "QUESTIONS.jsonl").read_bytes())
+    result = run("eval", str(questions), "--config", str(corpus / "flytegpt.toml"), "--store", store, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["n"] >= 3
+
+
+def test_a_slack_export_without_channels_json_is_indexed_with_a_note_that_its_threads_cannot_be_linked(
+        corpus: Path, tmp_path: Path):
+    """Every Slack citation of such an index was a dead `slack:<ts>`, and the dry run and the
+    summary said `skipped 0` and nothing else."""
+    bad = tmp_path / "sample"
+    shutil.copytree(corpus, bad)
+    (bad / "slack" / "channels.json").unlink()
+    args = ["ingest", "--config", str(bad / "flytegpt.toml"), "--store", str(tmp_path / "s"), "--dry-run"]
+    table = run(*args)
+    assert table.exit_code == 0, table.output
+    assert ("note sample-slack: channels.json: missing or not a list of channels: thread links cannot be built"
+            in " ".join(table.output.split()))
+    sources = {s["name"]: s for s in json.loads(run(*args, "--json").stdout.strip().splitlines()[-1])["sources"]}
+    assert sources["sample-slack"]["documents"] > 0 and sources["sample-slack"]["skipped"] == []  # kept
+    assert [n for n, _ in sources["sample-slack"]["notes"]] == ["channels.json"]
+    assert sources["sample-docs"]["notes"] == []
+
+
+HOSTILE = "How do I configure zebra caching? \u001b[2J\u001b]0;PWNED\u0007\u001b[31mRED\u001b[0m zebra \u202eevil"
+
+
+def test_ask_chat_and_search_print_slack_text_without_terminal_control_sequences(corpus: Path, tmp_path: Path):
+    """CSI colour codes were removed (by click, off a terminal), but an OSC sequence (window
+    title; OSC 52 writes the clipboard) and a right-to-left override reached the terminal."""
+    hostile = tmp_path / "sample"
+    shutil.copytree(corpus, hostile)
+    (hostile / "slack" / "flyte-support" / "2024-06-01.json").write_text(json.dumps([
+        {"type": "message", "user": "U02", "text": HOSTILE, "ts": "1717200000.000100"},
+        {"type": "message", "user": "U03", "text": "\u001b]0;PWNED\u0007\u202eZebra caching notes\u001b[0m\u0007",
+         "ts": "1717200100.000100"}]))
+    store = str(tmp_path / "store")
+    ingest_json(hostile, store)
+    config = ["--config", str(hostile / "flytegpt.toml"), "--store", store]
+    outputs = {
+        "ask": run("ask", "zebra caching", *config),
+        "ask --json": run("ask", "zebra caching", "--json", *config),
+        "search": run("search", "zebra caching", *config),
+        "chat": CliRunner().invoke(main, ["chat", *config], input="zebra caching\nexit\n", env={"COLUMNS": "300"}),
+    }
+    for name, result in outputs.items():
+        assert result.exit_code == 0, (name, result.output)
+        for control in ("\x1b", "\x07", "\u202e", "\x9b"):
+            assert control not in result.output, (name, control, result.output)
+    for name in ("ask", "chat"):
+        assert "How do I configure zebra caching? RED zebra evil" in outputs[name].output and "PWNED" not in outputs[name].output
+    assert "Zebra caching notes" in outputs["search"].output and "PWNED" not in outputs["search"].output
+    answer = json.loads(outputs["ask --json"].output)  # --json keeps the text, every control escaped
+    assert HOSTILE in answer["answer"]
+
+
+def test_error_lines_are_printed_without_terminal_control_sequences(tmp_path: Path):
+    """An `Error:` line quotes file names and store contents: filtered like the rest."""
+    result = run("search", "x", "--config", str(tmp_path / "a\u001b]0;PWNED\u0007\u202eb.toml"))
+    assert result.exit_code == 1
+    assert result.output == f"Error: config file not found: {tmp_path / 'ab.toml'}\n"

@@ -124,3 +124,26 @@ def test_versions_and_rollback_on_an_s3_store():
         result = run(store, "publish", v1)
         assert result.exit_code == 0, result.output
         assert read_latest(store) == v1
+
+
+def test_versions_says_when_latest_names_a_version_that_is_gone_or_is_empty(tmp_path: Path):
+    """Both were `no index versions in STORE` or `no LATEST`, which sent the operator looking for
+    a file that is there."""
+    import shutil
+
+    v = write_version(str(tmp_path), make_chunks(4), make_vectors(4), MODEL)
+    publish(str(tmp_path), v)
+    (tmp_path / "LATEST").write_text("")
+    result = run(tmp_path, "versions")
+    assert result.exit_code == 0 and "Nothing is published yet (LATEST is empty)" in result.output
+
+    shutil.rmtree(tmp_path / v)
+    result = run(tmp_path, "versions")
+    assert result.exit_code == 1 and "no index versions in" in result.output and "(LATEST is empty)" in result.output
+
+    (tmp_path / "LATEST").write_text(v + "\n")
+    result = run(tmp_path, "versions")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.splitlines() == [
+        f"Error: no index versions in {tmp_path}, though LATEST names {v}: that version's folder is gone or has "
+        f"no manifest: build one with flytegpt ingest --store {tmp_path}"]

@@ -102,6 +102,25 @@ def test_slack_out_of_reach_or_a_taken_port_is_one_line_at_start(tmp_path):
             server.start()
 
 
+@pytest.mark.parametrize("args, env, message", [
+    (["--port", "-1"], {}, "Error: --port -1 is not a TCP port: use 0-65535 (0 takes any free port)"),
+    (["--port", "70000"], {}, "Error: --port 70000 is not a TCP port: use 0-65535 (0 takes any free port)"),
+    ([], {"SLACK_API_URL": "not a url"}, "Error: SLACK_API_URL 'not a url' is not an http(s) URL: unset it for "
+                                         "Slack's own (https://slack.com/api/) or give a base URL such as "
+                                         "https://slack-gov.com/api/"),
+], ids=["port -1", "port 70000", "malformed SLACK_API_URL"])
+def test_a_port_out_of_range_or_a_malformed_slack_api_url_is_one_line_before_connecting(tmp_path, args, env, message):
+    """`--port -1` ended in `OverflowError: bind(): port must be 0-65535` after Slack was connected,
+    `SLACK_API_URL="not a url"` in `ValueError: unknown url type`, each with a full traceback."""
+    with SlackEmulator() as emu:
+        env = {"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_APP_TOKEN": "xapp-1", "SLACK_API_URL": emu.api_url, **env}
+        result = CliRunner().invoke(serve_cmd, ["--config", str(sample_config_path()), "--store", str(tmp_path),
+                                                *args], env=env)
+        assert result.exit_code == 1
+        assert result.output.splitlines() == [message]
+        assert emu.calls == [], "Slack was called before the settings were checked"
+
+
 def test_serve_health_ready_metrics_and_late_index(built_store, embedder, tmp_path):
     store = tmp_path / "store"
     store.mkdir()

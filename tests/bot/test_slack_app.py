@@ -408,7 +408,8 @@ def test_slack_errors_on_posting_are_retried(make_harness, status, error):
 
 
 def test_slack_refusing_the_answer_tells_the_asker(make_harness):
-    harness = make_harness(bot={"streaming": False})
+    # without a deferred post ([bot] deferred_post_s = 0): test_delivery_deferred.py has the later tries
+    harness = make_harness(bot={"streaming": False, "deferred_post_s": 0})
     emu = harness.emu
     emu.script_error("chat.postMessage", status=500, error="internal_error", retry_after=None, times=4)
     d = _say(harness, CACHE_Q)

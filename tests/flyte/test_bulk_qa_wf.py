@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -122,9 +124,6 @@ def test_a_question_with_half_an_emoji_is_answered_in_utf8_reports(published: di
                                          (["--questions_file", "/no/such/questions.txt"],
                                           "file not found: /no/such/questions.txt")])
 def test_a_local_run_with_questions_that_do_not_parse_says_so(tmp_path: Path, args: list[str], error: str) -> None:
-    import subprocess
-    import sys
-
     proc = subprocess.run(
         [sys.executable, "-m", "flytegpt.flyte", "bulk_qa_wf", "--config_path", str(sample_config_path()),
          "--store", str(tmp_path / "store"), *args],
@@ -151,12 +150,9 @@ execute_task_cmd.main(sys.argv[1:])
 """
 
 
-def _attempt(published: dict, tmp: Path, n: int, server: OpenAIStandIn, prev: Path | None) -> "subprocess.Popen":
+def _attempt(published: dict, tmp: Path, n: int, server: OpenAIStandIn, prev: Path | None) -> subprocess.Popen:
     """Attempt `n` of the answer task as Flyte runs it in its container: `pyflyte-execute` with
     the task's own command line, its checkpoint directory and the previous attempt's."""
-    import subprocess
-    import sys
-
     from flytekit.configuration import ImageConfig, SerializationSettings
 
     from flytegpt.flyte.bulk_qa_wf import answer_questions

@@ -99,6 +99,13 @@ def test_sources_that_are_not_a_list_of_tables(tmp_path, body: str, message: str
         load_config(write(tmp_path, body))
 
 
+def test_a_config_saved_with_a_utf8_bom_loads(tmp_path) -> None:
+    """Windows editors start UTF-8 files with a BOM: it was `invalid TOML: Invalid statement (at line 1)`."""
+    path = write(tmp_path, "")
+    path.write_bytes(b"\xef\xbb\xbf" + b'[[sources]]\nname = "d"\nkind = "docs"\npath = "docs"\n')
+    assert load_config(path).sources[0].name == "d"
+
+
 def test_config_file_that_is_not_utf8(tmp_path) -> None:
     path = tmp_path / "flytegpt.toml"
     path.write_bytes('[index]\nstore = "caf\u00e9"\n'.encode("latin-1"))

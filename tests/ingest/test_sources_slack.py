@@ -156,3 +156,61 @@ def test_macos_junk_is_ignored(tmp_path, zipped):
     docs, report = _load(path)
     assert len(docs) == 4
     assert not any("__MACOSX" in name for name, _ in report.skipped)
+
+
+@pytest.mark.parametrize("channels", [None, '{"a": 1}', "[{not json", '"general"'],
+                         ids=["missing", "an object", "not JSON", "a string"])
+def test_an_export_without_a_usable_channels_json_keeps_its_threads_and_says_they_cannot_be_linked(
+        tmp_path, channels):
+    """Every thread's URL became a dead `slack:<ts>` with no word in the ingest report."""
+    export = tmp_path / "export"
+    shutil.copytree(FIXTURE, export)
+    if channels is None:
+        (export / "channels.json").unlink()
+    else:
+        (export / "channels.json").write_text(channels)
+    docs, report = _load(export)
+    assert len(docs) == 4 and docs[f"general/{T1}"].url == f"slack:{T1}"  # indexed all the same
+    notes = dict(report.notes)
+    assert notes["channels.json"].startswith("missing or not a list of channels: thread links cannot be built")
+    assert not any(name.endswith("/") for name in notes)  # said once, not once per channel
+
+
+def test_channel_entries_that_are_no_channel_name_and_id_are_left_out_and_named(tmp_path):
+    """A name like `../../etc` (or an id like `../x`) never reaches a URL, a title or a path."""
+    export = tmp_path / "export"
+    shutil.copytree(FIXTURE, export)
+    (export / "channels.json").write_text(
+        '[{"id": "C100", "name": "../../etc"}, {"id": "../x", "name": "help"}, {"id": "C300", "name": "ok-name"}]')
+    docs, report = _load(export)
+    assert len(docs) == 4
+    assert all(d.url.startswith("slack:") for d in docs.values())
+    assert not any("etc" in d.text + d.title or "../" in d.url for d in docs.values())
+    notes = dict(report.notes)
+    assert "'../../etc' (id 'C100')" in notes["channels.json"] and "'help' (id '../x')" in notes["channels.json"]
+    assert "not a channel name and id" in notes["channels.json"]
+    assert notes["general/"].startswith("not in channels.json or groups.json: thread links cannot be built")
+    assert "help/" in notes
+
+
+def test_metadata_files_saved_with_a_utf8_bom_are_read(tmp_path):
+    """A channels.json re-saved by a Windows editor was `invalid JSON: Unexpected UTF-8 BOM`."""
+    export = tmp_path / "export"
+    shutil.copytree(FIXTURE, export)
+    for name in ("channels.json", "users.json"):
+        (export / name).write_bytes(b"\xef\xbb\xbf" + (FIXTURE / name).read_bytes())
+    docs, report = _load(export)
+    assert docs[f"general/{T1}"].url == "https://acme.slack.com/archives/C100/p1672567200000100"
+    assert report.notes == [] and "channels.json" not in dict(report.skipped)
+
+
+def test_a_sound_export_has_no_notes():
+    _, report = _load(FIXTURE)
+    assert report.notes == []
+
+
+def test_ids_in_permalinks_are_escaped():
+    from flytegpt.ingest.sources.slack_export import permalink
+
+    assert permalink("https://acme.slack.com", "../../x", "1.2") == "https://acme.slack.com/archives/..%2F..%2Fx/p12"
+    assert permalink(None, "C1", "1.2", team="../T?x") == "https://app.slack.com/client/..%2FT%3Fx/C1/thread/C1-1.2"

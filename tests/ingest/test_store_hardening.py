@@ -78,6 +78,18 @@ def test_latest_with_nul_bytes_is_a_clear_error_and_publish_repairs_it(tmp_path:
     assert read_latest(str(store)) == version
 
 
+def test_an_empty_latest_is_called_empty_not_missing(tmp_path: Path) -> None:
+    """An empty LATEST (a hand edit, a failed copy) was reported as `LATEST not found`."""
+    store = tmp_path / "store"
+    _build(str(store), 1)
+    (store / "LATEST").write_text("\n")
+    with pytest.raises(ArtifactError, match="LATEST is empty"):
+        open_version(str(store))
+    result = _search(store)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"no published index in {store}: LATEST is empty" in result.output and "not found" not in result.output
+
+
 def test_explicit_version_argument_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="is not an index version id"):
         open_version(str(tmp_path), "../../etc")
@@ -321,3 +333,28 @@ def test_lock_on_a_filesystem_without_exclusive_create() -> None:
             with store_lock(fs, "/store/publish.lock", wait_s=0.3):
                 pass
     assert not fs.exists("/store/publish.lock")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_store_files_are_created_as_the_umask_says(tmp_path: Path, umask: int, mode: int) -> None:
+    """Every file of a store was 0600 whatever the umask (tempfile.mkstemp), so a bot running as
+    another user could not read a version an ingest job wrote to a local or NFS store."""
+    from flytegpt.ingest.store import atomic_writer
+
+    store = tmp_path / "store"
+    old = os.umask(umask)
+    try:
+        publish(str(store), _build(str(store), 1))
+        fs, root = get_fs(str(store))
+        with atomic_writer(fs, f"{root}/chunk-cache/x.jsonl.gz") as f:  # the streaming writer of the caches
+            f.write(b"x")
+        with store_lock(fs, f"{root}/publish.lock"):
+            lock_mode = (store / "publish.lock").stat().st_mode & 0o777
+    finally:
+        os.umask(old)
+    files = {p.relative_to(store).as_posix(): p.stat().st_mode & 0o777 for p in store.rglob("*") if p.is_file()}
+    assert {"LATEST", "chunk-cache/x.jsonl.gz"} <= set(files) and any(n.endswith("/dense.faiss") for n in files)
+    assert any(n.endswith("/manifest.json") for n in files) and any(n.endswith("/chunks.jsonl.gz") for n in files)
+    assert files == {name: mode for name in files}
+    assert lock_mode == mode
+    assert not [n for n in files if ".tmp-" in n]  # no temporary file left behind

@@ -84,6 +84,7 @@ class _Scripted:
     error: str
     retry_after: int | None
     times: int
+    match: Callable[[dict[str, Any]], bool] | None = None  # only calls whose args it accepts
 
 
 @dataclass
@@ -256,10 +257,12 @@ class SlackEmulator:
     # --- scripting -------------------------------------------------------------------
 
     def script_error(self, method: str, *, status: int = 429, error: str = "ratelimited",
-                     retry_after: int | None = 1, times: int = 1) -> None:
-        """The next `times` calls of `method` fail (429 + Retry-After by default)."""
+                     retry_after: int | None = 1, times: int = 1,
+                     match: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        """The next `times` calls of `method` fail (429 + Retry-After by default); with `match`,
+        only the calls whose arguments it accepts (e.g. one answer's text), the others succeed."""
         with self._lock:
-            self._scripted.setdefault(method, []).append(_Scripted(status, error, retry_after, times))
+            self._scripted.setdefault(method, []).append(_Scripted(status, error, retry_after, times, match))
 
     def fail_streaming(self, error: str | None = "not_allowed") -> None:
         """chat.startStream answers `{"ok": false, "error": error}` until called with None.
@@ -588,11 +591,12 @@ class SlackEmulator:
         token = auth[7:] if auth.startswith("Bearer ") else args.pop("token", None)
 
         if parsed.path.startswith("/response/"):
-            failure = self._take_scripted("response_url")  # script_error("response_url", status=500)
+            failure = self._take_scripted("response_url", args)  # script_error("response_url", status=500)
             if failure is not None:
                 with self._lock:
                     self.response_failures += 1
-                self._reply(req, failure.status, failure.error, "text/plain")
+                headers = {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
+                self._reply(req, failure.status, failure.error, "text/plain", headers)
                 return
             status, body = self._response_url(self.response_id(parsed.path), args)
             self._reply(req, status, body, "text/plain")
@@ -604,13 +608,7 @@ class SlackEmulator:
         with self._lock:
             self.calls.append(Call(method, args, token, time.monotonic()))
             self._changed.notify_all()
-            scripted = self._scripted.get(method)
-            script = None
-            if scripted:
-                script = scripted[0]
-                script.times -= 1
-                if script.times <= 0:
-                    scripted.pop(0)
+            script = self._take_scripted(method, args)
         if method in self.delays:
             time.sleep(self.delays[method])
         if script is not None:
@@ -638,15 +636,16 @@ class SlackEmulator:
         req.end_headers()
         req.wfile.write(data)
 
-    def _take_scripted(self, method: str) -> _Scripted | None:
+    def _take_scripted(self, method: str, args: dict[str, Any]) -> _Scripted | None:
+        """The first scripted failure of `method` that applies to this call (one use of it)."""
         with self._lock:
-            scripted = self._scripted.get(method)
-            if not scripted:
+            scripted = self._scripted.get(method) or []
+            script = next((s for s in scripted if s.match is None or s.match(args)), None)
+            if script is None:
                 return None
-            script = scripted[0]
             script.times -= 1
             if script.times <= 0:
-                scripted.pop(0)
+                scripted.remove(script)
             return script
 
     def _response_url(self, rid: str, args: dict[str, Any]) -> tuple[int, str]:
