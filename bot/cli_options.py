@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -26,17 +25,6 @@ config_option = click.option(
 )
 store_option = click.option("--store", default=None, help="Index store (folder or fsspec URL); overrides [index] store.")
 
-# What a terminal obeys instead of showing: string sequences (OSC: window title, OSC 52 clipboard
-# writes, hyperlinks; DCS, SOS, PM, APC) ended by BEL or ST, CSI sequences (colours, cursor moves,
-# clearing the screen), the other ESC sequences (ESC c resets the terminal), each in its 7-bit
-# (ESC-led) and 8-bit (C1) spelling. Removed whole, so no parameters are left behind as text.
-_TERMINAL_SEQUENCE = re.compile(
-    "(?:\x1b[\\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\\\|\x9c)"
-    "|(?:\x1b\\[|\x9b)[0-?]*[ -/]*[@-~]"
-    "|\x1b[ -/]*[0-~]"
-)
-
-
 def terminal_text(text: Any) -> str:
     """`text` as a terminal shows it literally: every control sequence and control character
     removed, lone surrogates as U+FFFD.
@@ -47,10 +35,9 @@ def terminal_text(text: Any) -> str:
     clipboard (OSC 52) or clear the screen; click only strips colour codes, and only when the
     output is not a terminal.
     """
-    from flytegpt.ingest.models import strip_controls, valid_unicode
+    from flytegpt.ingest.models import strip_terminal
 
-    # what is left that a terminal would act on (a lone ESC, BEL, bidi overrides): ingest.models'
-    return strip_controls(_TERMINAL_SEQUENCE.sub("", valid_unicode(str(text))))
+    return strip_terminal(str(text))
 
 
 def terminal_json(value: Any) -> str:

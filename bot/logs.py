@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from flytegpt.ingest.config import Settings
+from flytegpt.ingest.models import CONTROL_CHARS, strip_terminal
 
 # Known shapes: Slack bot/user/app tokens, OpenAI-style keys, bearer credentials.
 _TOKEN = re.compile(r"\b(xox[abposr]-|xapp-|sk-)[A-Za-z0-9_\-]{4,}")
@@ -91,7 +92,11 @@ class RedactingFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, extras, exception."""
+    """One JSON object per line: time, level, logger, message, extras, exception.
+
+    A log line quotes what users and the corpus wrote (a skipped file's name, a question):
+    json.dumps escapes C0 controls, and the C1 controls and bidi overrides it leaves raw are
+    escaped too, so no line can drive the terminal or log viewer that shows it."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -109,14 +114,16 @@ class JsonFormatter(logging.Formatter):
             out["exception"] = record.exc_text
         if record.stack_info:
             out["stack"] = record.stack_info
-        return json.dumps(out, ensure_ascii=False)
+        return CONTROL_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(out, ensure_ascii=False))
 
 
 class _ExtrasFormatter(logging.Formatter):
+    """Text lines with the extras appended, without terminal sequences or controls (see JsonFormatter)."""
+
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         extras = {k: v for k, v in vars(record).items() if k not in _STD_ATTRS and not k.startswith("_")}
-        return base + ("  " + " ".join(f"{k}={v}" for k, v in extras.items()) if extras else "")
+        return strip_terminal(base + ("  " + " ".join(f"{k}={v}" for k, v in extras.items()) if extras else ""))
 
 
 def setup_logging(*, json_logs: bool = False, level: int | str = logging.INFO, stream: Any = None,

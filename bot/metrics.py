@@ -34,6 +34,11 @@ class Metrics:
             "flytegpt_streamed_answers", "Answers meant to stream, by outcome: streamed; replaced (the final text "
             "rewrote the streamed one); refused (Slack refused streaming, the answer was posted whole)",
             ["outcome"], registry=r)
+        self.deferred_posts = Counter(
+            "flytegpt_deferred_posts", "Answers Slack refused for a while (bot/slack/delivery.py), by outcome: "
+            "kept (to be posted later); landed (posted later); given_up (the window ran out or Slack refused for "
+            "good); dropped (still waiting at shutdown)", ["outcome"], registry=r)
+        self.deferred_waiting = Gauge("flytegpt_deferred_waiting", "Answers waiting to be posted again", registry=r)
         self.pending = Gauge("flytegpt_worker_pending", "Answers running or queued", registry=r)
         self.index = Info("flytegpt_index", "The index version being served", registry=r)
         self.index_loaded = Gauge("flytegpt_index_loaded", "1 when an index is loaded", registry=r)

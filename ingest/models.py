@@ -52,10 +52,27 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
+# What a terminal obeys instead of showing: string sequences (OSC: window title, OSC 52 clipboard
+# writes, hyperlinks; DCS, SOS, PM, APC) ended by BEL or ST, CSI sequences (colours, cursor moves,
+# clearing the screen), the other ESC sequences (ESC c resets the terminal), each in its 7-bit
+# (ESC-led) and 8-bit (C1) spelling. Removed whole, so no parameters are left behind as text.
+TERMINAL_SEQUENCE = re.compile(
+    "(?:\x1b[\\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\\\|\x9c)"
+    "|(?:\x1b\\[|\x9b)[0-?]*[ -/]*[@-~]"
+    "|\x1b[ -/]*[0-~]"
+)
+
+
 def strip_controls(text: str) -> str:
     """`text` as valid Unicode without CONTROL_CHARS: what community-written or model-written
     text may carry into Slack, the question log or a terminal."""
     return CONTROL_CHARS.sub("", valid_unicode(text))
+
+
+def strip_terminal(text: str) -> str:
+    """`text` as a terminal or a log viewer shows it literally: TERMINAL_SEQUENCE removed whole,
+    then strip_controls (a lone ESC, BEL, bidi overrides)."""
+    return strip_controls(TERMINAL_SEQUENCE.sub("", valid_unicode(text)))
 
 
 def valid_unicode(text: str) -> str:

@@ -220,10 +220,15 @@ class DeferredPosts:
                             extra={"channel": q.channel, "waiting": self.pending})
                 return False
             self._push(post, due)
+        self._count("kept")
         log.warning("Slack refused the answer for now: posting it later",
                     extra={"channel": q.channel, "error": _slack_error(error.cause), "unsent": len(post.replies),
                            "retry_in_s": round(due - now, 1)})
         return True
+
+    def _count(self, outcome: str) -> None:
+        """flytegpt_deferred_posts_total{outcome}: how often Slack's refusals are waited out."""
+        self.delivery.metrics.deferred_posts.labels(outcome).inc()
 
     def last_call(self) -> None:
         """Shutting down: keep nothing new, and try each waiting answer once more, now."""
@@ -251,6 +256,7 @@ class DeferredPosts:
             self._cond.notify_all()
         for p in left:
             self.delivery.metrics.failures.labels("post_failed").inc()
+            self._count("dropped")
             _run(p.lost)
         channels = [p.q.channel for p in left]
         if left:
@@ -322,6 +328,7 @@ class DeferredPosts:
             return
         log.info("deferred answer posted", extra={"channel": post.q.channel, "tries": post.tries,
                                                   "waited_s": round(time.monotonic() - post.since, 1)})
+        self._count("landed")
         _run(post.landed)
 
     def _refused_again(self, post: _Deferred, e: NotPosted) -> None:
@@ -339,6 +346,7 @@ class DeferredPosts:
                 self._push(post, due)
                 return
             post.settled = True
+        self._count("given_up")
         log.error("Slack did not take a deferred answer: giving up",
                   extra={"channel": post.q.channel, "tries": post.tries, "error": _slack_error(e.cause),
                          "waited_s": round(time.monotonic() - post.since, 1)})
@@ -353,6 +361,7 @@ class Delivery:
                  deferred_post_s: float = 0.0) -> None:
         self.client, self.history, self.metrics = client, history, metrics
         self.deferred = DeferredPosts(self, deferred_post_s)
+        metrics.deferred_waiting.set_function(lambda: self.deferred.pending)
 
     # --- answers ----------------------------------------------------------------------
 

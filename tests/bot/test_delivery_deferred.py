@@ -73,6 +73,10 @@ def _settled(harness) -> bool:
     return harness.emu.wait_for(lambda: harness.bot.delivery.deferred.pending == 0, timeout=10)
 
 
+def _deferred(harness, outcome: str) -> float:
+    return harness.bot.metrics.deferred_posts.labels(outcome)._value.get()
+
+
 def _post_failed(harness) -> float:
     return harness.bot.metrics.failures.labels("post_failed")._value.get()
 
@@ -100,6 +104,8 @@ def test_rate_limited_answer_arrives_later_while_the_worker_answers_the_next_que
     assert not any(m["text"] == messages.POST_FAILED for m in harness.answers())
     assert _post_failed(harness) == 0 and _settled(harness)
     assert harness.bot.metrics.answers.labels("llm")._value.get() == 2
+    assert (_deferred(harness, "kept"), _deferred(harness, "landed"), _deferred(harness, "given_up")) == (1, 1, 0)
+    assert b"flytegpt_deferred_waiting 0.0" in harness.bot.metrics.render()  # an operator sees the queue
     # stored when it landed: its 👍 counts like any other answer's
     value = _button_value(answer)
     row = emu.wait_for(lambda: harness.bot.feedback.get_answer(value))
@@ -150,6 +156,7 @@ def test_answer_refused_for_the_whole_window_tells_the_asker(make_harness):
     [told] = [c for c in emu.calls_to("chat.postMessage") if c.args.get("text") == messages.POST_FAILED]
     assert told.at - tries[CLIENT_TRIES - 1].at >= 1.8  # ... for the window, Retry-After apart, then told
     assert _post_failed(harness) == 1 and _settled(harness)
+    assert (_deferred(harness, "kept"), _deferred(harness, "given_up")) == (1, 1)
     time.sleep(1.5)
     assert len(_posts(harness)) == len(tries)  # and then left alone
     assert [m["text"] for m in harness.answers(thread_ts=d.ts)] == [messages.POST_FAILED]
@@ -234,7 +241,7 @@ def test_shutdown_logs_the_answers_slack_still_refuses(make_harness, caplog):
     # (the redaction filter, once installed by an earlier test's logging set-up, writes extras as text)
     assert dropped.dropped in (1, "1") and str(dropped.channels) == str(["C0GENERAL"])
     assert len(_posts(harness)) == CLIENT_TRIES + 1  # the last try was made
-    assert _post_failed(harness) == 1 and _settled(harness)
+    assert _post_failed(harness) == 1 and _settled(harness) and _deferred(harness, "dropped") == 1
     assert harness.answers(thread_ts=d.ts) == []
 
 

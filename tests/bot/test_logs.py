@@ -155,3 +155,25 @@ def test_cli_inside_a_host_keeps_its_handlers_and_redacts_them(monkeypatch) -> N
     finally:
         root.removeHandler(host)
     assert "key is ***" in stream.getvalue()
+
+
+@pytest.mark.parametrize("json_logs", [True, False], ids=["json", "text"])
+def test_log_lines_quoting_corpus_text_carry_no_terminal_sequences(json_logs: bool) -> None:
+    """A skipped file's name or a question from Slack is quoted in log lines: a window title
+    (OSC), a clipboard write (OSC 52), a screen clear or a bidi override in it reached the
+    operator's terminal or log viewer as it was."""
+    stream = io.StringIO()
+    handler = setup_logging(json_logs=json_logs, level=logging.INFO, stream=stream, settings=Settings())
+    hostile = "docs/\x1b]0;PWNED\x07a\x1b[2J\x9b31m.md \u202eevil"
+    try:
+        logging.getLogger("flytegpt.t").warning("skipped %s", hostile, extra={"path": hostile})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    out = stream.getvalue()
+    for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert raw not in out
+    if json_logs:
+        line = json.loads(out.strip().splitlines()[-1])
+        assert line["message"] == f"skipped {hostile}"  # escaped, nothing lost
+    else:
+        assert "skipped docs/a.md evil" in out and "PWNED" not in out
