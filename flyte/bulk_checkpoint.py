@@ -66,7 +66,6 @@ class BulkCheckpoint:
         except Exception as e:  # noqa: BLE001 - a bad checkpoint costs time, never the run
             log.warning("bulk: the previous attempt's checkpoint is unreadable (%s); starting over", e)
             return {}
-        self._saved = len(answered)
         return answered
 
     def save(self, results: Mapping[int, dict], *, force: bool = False) -> bool:
@@ -78,7 +77,7 @@ class BulkCheckpoint:
         if not force and (since < self.every_s or since < 10 * self._write_cost):
             return False
         answered = [[i, r] for i, r in sorted(results.items()) if r.get("mode") != "error"]
-        if len(answered) == self._saved:
+        if len(answered) == self._saved and not force:
             return False
         started = time.monotonic()
         doc = {"format": FORMAT, "questions": self.fingerprint, "answered": answered}

@@ -115,6 +115,8 @@ def answer_questions(
     answered = checkpoint.restore()
     searcher = _open_index(config, version, answered)
     answered = {i: r for i, r in answered.items() if r.get("index_version") == searcher.version}
+    if answered:  # each attempt reads only its predecessor's checkpoint: carry the answers on at once
+        checkpoint.save(answered, force=True)
     answerer = Answerer(config, settings, lambda: searcher)
     log.info("answering %d questions on index %s (%s, %d at a time)", len(asked) - len(answered),
              searcher.version, "chat model" if answerer.llm_enabled else "offline", workers)

@@ -68,3 +68,15 @@ def test_a_store_that_refuses_the_write_does_not_stop_the_run(tmp_path: Path, ca
     with caplog.at_level(logging.WARNING, logger="flytegpt.flyte.bulk_checkpoint"):
         assert not cp.save({0: _answer(QUESTIONS[0])})
     assert "could not save the checkpoint" in caplog.text
+
+
+def test_answers_are_carried_on_through_every_retry(tmp_path: Path) -> None:
+    """Flyte hands each attempt only its predecessor's checkpoint: an attempt that restored
+    answers and died before saving anything new left its successor with nothing."""
+    first = BulkCheckpoint(_retry(tmp_path, 1), QUESTIONS, every_s=3600)
+    assert first.save({0: _answer(QUESTIONS[0]), 1: _answer(QUESTIONS[1])}, force=True)
+    second = BulkCheckpoint(_retry(tmp_path, 2), QUESTIONS, every_s=3600)
+    restored = second.restore()
+    assert second.save(restored, force=True)  # what the task does at once, before asking anything
+    third = BulkCheckpoint(_retry(tmp_path, 3), QUESTIONS, every_s=3600)
+    assert set(third.restore()) == {0, 1}
