@@ -41,14 +41,10 @@ def terminal_text(text: Any) -> str:
 
 
 def terminal_json(value: Any) -> str:
-    """`value` as one line of JSON that is safe on a terminal and keeps every character.
+    """`value` as one line of JSON that is safe on a terminal and keeps every character."""
+    from flytegpt.ingest.models import escape_controls
 
-    json.dumps escapes C0 controls itself; the C1 controls and bidi overrides it leaves raw
-    (with ensure_ascii=False, which keeps other languages readable) are written as \\uXXXX
-    escapes, which decode to the same text."""
-    from flytegpt.ingest.models import CONTROL_CHARS
-
-    return CONTROL_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False))
+    return escape_controls(json.dumps(value, ensure_ascii=False))
 
 
 class TerminalSafeGroup(click.Group):

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from flytegpt.ingest.config import Settings
-from flytegpt.ingest.models import CONTROL_CHARS, strip_terminal
+from flytegpt.ingest.models import escape_controls, strip_terminal
 
 # Known shapes: Slack bot/user/app tokens, OpenAI-style keys, bearer credentials.
 _TOKEN = re.compile(r"\b(xox[abposr]-|xapp-|sk-)[A-Za-z0-9_\-]{4,}")
@@ -114,7 +114,7 @@ class JsonFormatter(logging.Formatter):
             out["exception"] = record.exc_text
         if record.stack_info:
             out["stack"] = record.stack_info
-        return CONTROL_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(out, ensure_ascii=False))
+        return escape_controls(json.dumps(out, ensure_ascii=False))
 
 
 class _ExtrasFormatter(logging.Formatter):

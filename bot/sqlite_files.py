@@ -9,8 +9,16 @@ or event, so the journal's extra sync costs nothing a user notices.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
+
+
+def names_a_folder(path: str | Path) -> bool:
+    """Whether a configured database path is a folder (an existing one, or written with a
+    trailing slash): no database can live there, and a file named after it would land beside it."""
+    text = str(path)
+    return text != ":memory:" and (text.endswith(("/", os.sep)) or Path(text).is_dir())
 
 
 def connect(path: str | Path, *, timeout_s: float = 5.0) -> sqlite3.Connection:

@@ -69,6 +69,13 @@ def strip_controls(text: str) -> str:
     return CONTROL_CHARS.sub("", valid_unicode(text))
 
 
+def escape_controls(json_text: str) -> str:
+    """JSON text with CONTROL_CHARS written as \\uXXXX: json.dumps escapes the C0 controls but,
+    with ensure_ascii=False (which keeps other languages readable), leaves C1 controls and bidi
+    overrides raw. The text means the same; no terminal or log viewer acts on it."""
+    return CONTROL_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", json_text)
+
+
 def strip_terminal(text: str) -> str:
     """`text` as a terminal or a log viewer shows it literally: TERMINAL_SEQUENCE removed whole,
     then strip_controls (a lone ESC, BEL, bidi overrides)."""

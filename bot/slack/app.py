@@ -16,7 +16,6 @@ Who does what (each its own module):
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -25,6 +24,7 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from flytegpt.bot.sqlite_files import names_a_folder
 from flytegpt.ingest.config import ConfigError
 
 from .answer_job import AnswerJob
@@ -85,7 +85,7 @@ class _App(App):
 def check_feedback_db(path: str) -> None:
     """[bot] feedback_db must name a file. A directory can never hold the database: the bot would
     run with 👍/👎 buttons whose every click fails, "try again later", for as long as it runs."""
-    if path != ":memory:" and (path.endswith(("/", os.sep)) or Path(path).is_dir()):
+    if names_a_folder(path):
         raise ConfigError(f"[bot] feedback_db {path} is a directory, not a database file; "
                           f"name a file, e.g. {Path(path) / 'feedback.sqlite3'}")
 

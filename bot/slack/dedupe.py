@@ -16,7 +16,6 @@ the failure is logged: de-duplication never stops the bot from answering.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -106,7 +105,7 @@ def seen_path_for(feedback_db: str) -> str | None:
     """The de-dup file beside the feedback database, in its folder (None for an in-memory database,
     and for a path naming a folder: `/tmp` would have put `/tmp.seen-events.sqlite3` at the root;
     the bot refuses such a feedback_db at start, see app.check_feedback_db)."""
-    if feedback_db == ":memory:" or feedback_db.endswith(("/", os.sep)) or Path(feedback_db).is_dir():
+    if feedback_db == ":memory:" or sqlite_files.names_a_folder(feedback_db):
         return None
     db = Path(feedback_db)
     return str(db.with_name(db.stem + ".seen-events.sqlite3"))

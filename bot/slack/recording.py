@@ -22,6 +22,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from flytegpt.ingest.config import AnswerConfig
+
 from .feedback import FeedbackDatabaseError, FeedbackStore, new_answer_id
 from .question import clip_question
 
@@ -37,7 +39,8 @@ _FAILURES = (sqlite3.Error, OSError, UnicodeError, FeedbackDatabaseError)
 MAX_UNSTORED = 10_000  # ids of answers that could not be stored, remembered to answer their votes
 REOPEN_EVERY_S = 60.0  # a database that could not be opened is tried again this often
 PENDING_WAIT_S = 15.0  # a vote waits at most this long for its answer to be stored
-MAX_QUESTION_CHARS = 4000  # what is kept of a logged question: the bot's [answer] max_question_chars
+# what is kept of a logged question: the bot's [answer] max_question_chars (its default here)
+MAX_QUESTION_CHARS: int = AnswerConfig.model_fields["max_question_chars"].default
 
 
 class AnswerRecorder:

@@ -14,7 +14,7 @@ import pytest
 from slack_bolt.request import BoltRequest
 from slack_sdk import WebClient
 from support.canned_slack import AUTH_TEST, CannedSlack
-from support.slack_harness import CACHE_Q, open_sample, tuned
+from support.slack_harness import CACHE_Q, tuned
 
 from flytegpt.bot.answering import Answerer
 from flytegpt.bot.index_holder import IndexHolder
@@ -23,11 +23,6 @@ from flytegpt.ingest.config import Settings
 
 pytestmark = pytest.mark.timeout(120)
 BOT = AUTH_TEST["user_id"]
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory, embedder):
-    return open_sample(tmp_path_factory.mktemp("store"), embedder)
 
 
 @pytest.fixture(params=[False, True], ids=["posted", "streamed"])

@@ -12,7 +12,7 @@ import logging
 import time
 
 import pytest
-from support.slack_harness import ANSWER, CACHE_Q, STANDALONE, harness_factory, open_sample
+from support.slack_harness import ANSWER, CACHE_Q, STANDALONE, harness_factory
 
 from flytegpt.bot import messages
 from flytegpt.bot.slack import blocks
@@ -23,12 +23,6 @@ CLIENT_TRIES = 4  # the WebClient's first try and its 3 retries (ingest/slack_cl
 MAP_ANSWER = "Map tasks keep one cached result per element; change the task's version to refresh them [1]."
 LONG = "\n\n".join(f"Step {i}: set `cache_version` and keep the signature stable. " + "More detail here. " * 40
                    for i in range(120))  # ~100,000 characters: several messages
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory, embedder):
-    """(config, searcher) over an index of the sample corpus, built once."""
-    return open_sample(tmp_path_factory.mktemp("store"), embedder)
 
 
 @pytest.fixture
@@ -57,6 +51,27 @@ def _say(harness, text: str, **kw):
     d = harness.emu.mention(text, **kw)
     harness.emu.wait_ack(d.envelope_id)
     return d
+
+
+def _asked_and_told(harness, **script):
+    """Ask, have the answer refused as `script` says, and wait for the "Slack did not accept my
+    answer" notice in the thread; the question's delivery."""
+    harness.emu.script_error("chat.postMessage", match=_is_cache_answer, **script)
+    d = _say(harness, CACHE_Q)
+    [notice] = harness.wait_answers(thread_ts=d.ts, timeout=30)
+    assert notice["text"] == messages.POST_FAILED
+    return d
+
+
+def _logged_questions(harness) -> list[dict]:
+    """The question log's rows (what the maintainers' report reads), from the database itself."""
+    from flytegpt.bot.slack.feedback import FeedbackStore
+
+    store = FeedbackStore(harness.config.bot.feedback_db)
+    try:
+        return store.questions()
+    finally:
+        store.close()
 
 
 def _posts(harness, predicate=_is_cache_answer) -> list:
@@ -147,10 +162,7 @@ def test_answer_refused_half_way_goes_on_from_the_part_not_posted(make_harness):
 def test_answer_refused_for_the_whole_window_tells_the_asker(make_harness):
     harness = make_harness(bot={"deferred_post_s": 2.5})
     emu = harness.emu
-    emu.script_error("chat.postMessage", status=429, retry_after=1, times=1000, match=_is_cache_answer)
-    d = _say(harness, CACHE_Q)
-    [notice] = harness.wait_answers(thread_ts=d.ts, timeout=30)
-    assert notice["text"] == messages.POST_FAILED
+    d = _asked_and_told(harness, status=429, retry_after=1, times=1000)
     tries = _posts(harness)
     assert len(tries) >= CLIENT_TRIES + 1  # tried again after the client gave up ...
     [told] = [c for c in emu.calls_to("chat.postMessage") if c.args.get("text") == messages.POST_FAILED]
@@ -166,11 +178,7 @@ def test_answer_refused_for_the_whole_window_tells_the_asker(make_harness):
 @pytest.mark.parametrize("error", ["channel_not_found", "is_archived", "invalid_blocks", "invalid_auth"])
 def test_a_refusal_that_will_not_pass_is_not_deferred(make_harness, error):
     harness = make_harness(bot={"deferred_post_s": 30})
-    emu = harness.emu
-    emu.script_error("chat.postMessage", status=200, error=error, retry_after=None, times=1, match=_is_cache_answer)
-    d = _say(harness, CACHE_Q)
-    [notice] = harness.wait_answers(thread_ts=d.ts, timeout=30)
-    assert notice["text"] == messages.POST_FAILED
+    _asked_and_told(harness, status=200, error=error, retry_after=None, times=1)
     assert len(_posts(harness)) == 1 and _post_failed(harness) == 1  # not retried, told at once
     assert _settled(harness)
     time.sleep(1.5)
@@ -179,11 +187,7 @@ def test_a_refusal_that_will_not_pass_is_not_deferred(make_harness, error):
 
 def test_deferral_off_tells_the_asker_at_once(make_harness):
     harness = make_harness(bot={"deferred_post_s": 0})
-    emu = harness.emu
-    emu.script_error("chat.postMessage", status=429, retry_after=1, times=1000, match=_is_cache_answer)
-    d = _say(harness, CACHE_Q)
-    [notice] = harness.wait_answers(thread_ts=d.ts, timeout=30)
-    assert notice["text"] == messages.POST_FAILED
+    _asked_and_told(harness, status=429, retry_after=1, times=1000)
     assert len(_posts(harness)) == CLIENT_TRIES and _post_failed(harness) == 1
     assert _settled(harness)
     time.sleep(2.0)
@@ -270,8 +274,6 @@ def test_a_slash_answer_whose_response_url_is_gone_reaches_the_asker_privately(m
 def test_a_slash_answer_nobody_takes_is_logged_as_failed(make_harness):
     """Neither the response_url nor chat.postEphemeral (the bot is not in that channel): counted,
     and the question is in the log the maintainers' report reads, not missing from it."""
-    from flytegpt.bot.slack.feedback import FeedbackStore
-
     harness = make_harness(bot={"deferred_post_s": 30})
     emu = harness.emu
     emu.script_error("response_url", status=404, error="no_such_url", retry_after=None, times=100)
@@ -280,19 +282,13 @@ def test_a_slash_answer_nobody_takes_is_logged_as_failed(make_harness):
     emu.wait_ack(d.envelope_id)
     assert emu.wait_for(lambda: _post_failed(harness) == 1, timeout=30)
     harness.idle()
-    store = FeedbackStore(harness.config.bot.feedback_db)
-    try:
-        [row] = emu.wait_for(lambda: store.questions(), timeout=10)
-    finally:
-        store.close()
+    [row] = emu.wait_for(lambda: _logged_questions(harness), timeout=10)
     assert (row["question"], row["outcome"], row["failure"]) == ("how do I invalidate the cache?", "failed",
                                                                  "post_failed")
     assert not emu.calls_to("chat.postMessage")
 
 
 def test_an_answer_slack_refused_is_in_the_question_log(make_harness):
-    from flytegpt.bot.slack.feedback import FeedbackStore
-
     harness = make_harness(bot={"deferred_post_s": 30})
     emu = harness.emu
     emu.script_error("chat.postMessage", status=200, error="not_in_channel", retry_after=None, times=1,
@@ -301,11 +297,7 @@ def test_an_answer_slack_refused_is_in_the_question_log(make_harness):
     [notice] = harness.wait_answers(thread_ts=d.ts, timeout=30)
     assert notice["text"] == messages.POST_FAILED
     harness.idle()
-    store = FeedbackStore(harness.config.bot.feedback_db)
-    try:
-        [row] = store.questions()
-    finally:
-        store.close()
+    [row] = _logged_questions(harness)
     assert (row["question"], row["outcome"], row["failure"]) == (CACHE_Q, "failed", "post_failed")
     assert row["sources"] != "[]"  # the sources the answer would have cited
 

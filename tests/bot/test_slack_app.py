@@ -13,7 +13,7 @@ import time
 
 import pytest
 from support.openai_server import Fail, Reply
-from support.slack_harness import ANSWER, CACHE_Q, STANDALONE, harness_factory, open_sample
+from support.slack_harness import ANSWER, CACHE_Q, STANDALONE
 
 from slack_sdk.models.blocks import Block
 
@@ -21,19 +21,6 @@ from flytegpt.bot import messages
 from flytegpt.bot.slack import blocks
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory, embedder):
-    """(config, searcher) over an index of the sample corpus, built once."""
-    return open_sample(tmp_path_factory.mktemp("store"), embedder)
-
-
-@pytest.fixture
-def make_harness(sample, tmp_path):
-    """Start a bot: make_harness(bot={...}, answer={...}, empty=True) tunes it."""
-    with harness_factory(sample, tmp_path / "feedback.sqlite3") as make:
-        yield make
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from support.openai_server import Reply
 from support.slack_emulator import SlackEmulator
-from support.slack_harness import ANSWER, CACHE_Q, harness_factory, open_sample
+from support.slack_harness import ANSWER, CACHE_Q
 
 from flytegpt.bot import messages
 from flytegpt.bot.slack import blocks
@@ -26,18 +26,6 @@ from flytegpt.bot.slack.dedupe import seen_path_for
 pytestmark = pytest.mark.timeout(120)
 
 INVISIBLE = "\u200d\u200b \u2060 \ufeff"
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory, embedder):
-    """(config, searcher) over an index of the sample corpus, built once."""
-    return open_sample(tmp_path_factory.mktemp("store"), embedder)
-
-
-@pytest.fixture
-def make_harness(sample, tmp_path):
-    with harness_factory(sample, tmp_path / "feedback.sqlite3") as make:
-        yield make
 
 
 def _rows(harness) -> list[tuple]:

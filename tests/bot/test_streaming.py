@@ -121,17 +121,12 @@ def test_assistant_thread_methods(emu):
 import sqlite3  # noqa: E402
 
 from support.openai_server import Slow  # noqa: E402
-from support.slack_harness import ANSWER, CACHE_Q, BotHarness, harness_factory, llm_reply, open_sample  # noqa: E402
+from support.slack_harness import ANSWER, CACHE_Q, BotHarness, harness_factory, llm_reply  # noqa: E402
 
 from flytegpt.bot.slack import blocks  # noqa: E402
 from flytegpt.bot.slack.stream import MAX_MESSAGE_MARKDOWN  # noqa: E402
 
 LONG_ANSWER = ("Caching in Flyte keys a task's outputs by its inputs and its `cache_version` [1]. " * 18).strip()
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory, embedder):
-    return open_sample(tmp_path_factory.mktemp("store"), embedder)
 
 
 @pytest.fixture
