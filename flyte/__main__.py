@@ -14,6 +14,7 @@ local task cache the same as on a cluster.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -45,18 +46,45 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             ValueError, OSError)
 
 
+def _target(annotation: Any) -> Any:
+    """The input's type, Optional[...] unwrapped."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if typing.get_origin(annotation) is typing.Union and len(args) == 1 else annotation
+
+
 def _parse(value: str, annotation: Any) -> Any:
-    """A command-line string as the workflow input type: lists as JSON, files as paths."""
+    """A command-line string as the workflow input type: lists as JSON, files as paths.
+
+    Strict: `int(json.loads("1.5"))` and `int(True)` ran `--workers 1.5` as 1 and `--workers true`
+    as 1 at a time. ValueError says what was expected."""
     from flytekit.types.file import FlyteFile
 
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    target = args[0] if typing.get_origin(annotation) is typing.Union and len(args) == 1 else annotation
+    target = _target(annotation)
     if target is str:
         return value
-    if target in (int, float, bool):
-        return target(json.loads(value.lower() if target is bool else value))
-    if typing.get_origin(target) in (list, dict):
-        return json.loads(value)
+    if target is bool:
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"expected true or false, not {value!r}")
+        return value.lower() == "true"
+    if target in (int, float):
+        try:
+            number = json.loads(value)
+        except ValueError:
+            number = None
+        kinds = (int,) if target is int else (int, float)
+        if isinstance(number, bool) or not isinstance(number, kinds):
+            raise ValueError(f"expected {'a whole number' if target is int else 'a number'}, not {value!r}")
+        return target(number)
+    origin = typing.get_origin(target)
+    if origin in (list, dict):
+        kind = "list, such as '[\"How do I cache a task?\"]'" if origin is list else "object"
+        try:
+            parsed = json.loads(value)
+        except ValueError as e:
+            raise ValueError(f"expected a JSON {kind} ({e})") from None
+        if not isinstance(parsed, origin):
+            raise ValueError(f"expected a JSON {kind}, not {type(parsed).__name__}")
+        return parsed
     if isinstance(target, type) and issubclass(target, FlyteFile):
         if "://" not in value and not os.path.isfile(value):
             raise ValueError(f"file not found: {value}")
@@ -64,19 +92,46 @@ def _parse(value: str, annotation: Any) -> Any:
     return value
 
 
+class _Input(click.ParamType):
+    """A workflow input on the command line: parsed by `_parse`, its errors reported by click with
+    the option's name ("Invalid value for '--workers': expected a whole number, not '1.5'")."""
+
+    def __init__(self, annotation: Any) -> None:
+        self.annotation = annotation
+        target = _target(annotation)
+        origin = typing.get_origin(target)
+        if origin is list:
+            self.name = "json_list"
+        elif origin is dict:
+            self.name = "json_object"
+        elif target in (str, int, float, bool):
+            self.name = {str: "text", int: "integer", float: "number", bool: "true|false"}[target]
+        else:
+            self.name = "path"  # FlyteFile: a local path or a URI
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return _parse(value, self.annotation)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _summary(doc: str | None) -> str:
+    """The docstring's first paragraph as one line (its first line alone stopped mid-sentence)."""
+    return " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split())
+
+
 def _command(name: str) -> click.Command:
     workflow = getattr(importlib.import_module(WORKFLOWS[name]), name)
-    inputs = workflow.python_interface.inputs
+    inputs = workflow.python_interface.inputs_with_defaults
 
-    def run(overwrite_cache: bool, **kwargs: str | None) -> None:
+    def run(overwrite_cache: bool, **values: Any) -> None:
         if overwrite_cache:
             os.environ["FLYTE_LOCAL_CACHE_OVERWRITE"] = "true"
         try:
-            values = {k: _parse(v, inputs[k]) for k, v in kwargs.items() if v is not None}
-        except ValueError as e:  # JSON that does not parse, a number that is not one
-            raise click.BadParameter(str(e)) from None
-        try:
-            result = workflow(**values)
+            result = workflow(**{k: v for k, v in values.items() if v is not None})
         except _user_errors() as e:  # a config, store or index problem: what and where, not a traceback
             raise click.ClickException(str(e).strip()) from None
         if isinstance(result, tuple):
@@ -89,8 +144,9 @@ def _command(name: str) -> click.Command:
     params: list[click.Parameter] = [
         click.Option(["--overwrite-cache"], is_flag=True, help="Re-run cached tasks and replace their cache entries.")
     ]
-    params += [click.Option([f"--{k}"], type=str, default=None, help=f"{k} ({v})") for k, v in inputs.items()]
-    return click.Command(name, params=params, callback=run, help=(workflow.__doc__ or "").strip().splitlines()[0])
+    params += [click.Option([f"--{k}"], type=_Input(t), default=None,
+                            help=f"default: {d!r}" if d not in (None, "") else None) for k, (t, d) in inputs.items()]
+    return click.Command(name, params=params, callback=run, help=_summary(workflow.__doc__))
 
 
 class _Workflows(click.Group):

@@ -7,7 +7,8 @@ retry asks only what is still unanswered, on the same index version.
 
 The checkpoint is one gzipped JSON file: the questions' fingerprint (a checkpoint of other
 questions is ignored) and every answered question by position. Failed questions are not kept:
-a retry asks them again.
+a retry asks them again; nor are answers that fell back to quoted passages because the chat model
+did not answer in time or answered nothing (`final`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 
 FORMAT = "flytegpt-bulk-checkpoint/1"
 EVERY_S = 60.0  # at most this often; a slow store (a big backlog) stretches it, see `save`
+
+
+def final(result: Mapping) -> bool:
+    """Is this answer worth keeping, or should a retry ask the model again? Errors are asked again,
+    and so are the offline passages the answerer quotes when the model missed the deadline or
+    wrote nothing: mode "offline" with a `note` (bot/answering/chain.py). Offline answers without
+    a note (no chat model configured) are as good as a retry would give."""
+    return result.get("mode") != "error" and not (result.get("mode") == "offline" and result.get("note"))
 
 
 def _fingerprint(questions: Sequence[str]) -> str:
@@ -62,21 +71,23 @@ class BulkCheckpoint:
             if doc.get("format") != FORMAT or doc.get("questions") != self.fingerprint:
                 log.warning("bulk: the previous attempt's checkpoint is for other questions; starting over")
                 return {}
-            answered = {int(i): r for i, r in doc["answered"] if isinstance(r, dict) and 0 <= int(i) < self.count}
+            # `final` again: a checkpoint an earlier release wrote may hold fallback answers
+            answered = {int(i): r for i, r in doc["answered"]
+                        if isinstance(r, dict) and final(r) and 0 <= int(i) < self.count}
         except Exception as e:  # noqa: BLE001 - a bad checkpoint costs time, never the run
             log.warning("bulk: the previous attempt's checkpoint is unreadable (%s); starting over", e)
             return {}
         return answered
 
     def save(self, results: Mapping[int, dict], *, force: bool = False) -> bool:
-        """Write the answered questions (not the failed ones) when EVERY_S has passed and at least
+        """Write the answered questions (`final` ones only) when EVERY_S has passed and at least
         ten times the last write's time (uploading a big backlog must not be most of the work)."""
         if self.checkpoint is None:
             return False
         since = time.monotonic() - self._last_write
         if not force and (since < self.every_s or since < 10 * self._write_cost):
             return False
-        answered = [[i, r] for i, r in sorted(results.items()) if r.get("mode") != "error"]
+        answered = [[i, r] for i, r in sorted(results.items()) if final(r)]
         if len(answered) == self._saved and not force:
             return False
         started = time.monotonic()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, List, NamedTuple, Optional
 from flytekit import current_context, task, workflow
 from flytekit.types.file import FlyteFile
 
-from flytegpt.flyte import credentials, resources
+from flytegpt.flyte import credentials, deploy, resources
 from flytegpt.flyte.bulk_checkpoint import BulkCheckpoint, task_checkpoint
 from flytegpt.flyte.handoff import load_task_config
 from flytegpt.flyte.image import IMAGE
@@ -73,7 +73,8 @@ def _open_index(config: "Config", version: str, answered: dict[int, dict]) -> "H
     return HybridSearcher.open(config, version or None)
 
 
-@task(container_image=IMAGE, requests=resources.ANSWER, secret_requests=[credentials.OPENAI_API_KEY], retries=2)
+@task(container_image=IMAGE, requests=resources.ANSWER, secret_requests=[credentials.OPENAI_API_KEY], retries=2,
+      timeout=resources.ANSWER_TIMEOUT, interruptible=resources.INTERRUPTIBLE)
 def answer_questions(
     config_path: str,
     store: str,
@@ -91,17 +92,19 @@ def answer_questions(
     (flyte/bulk_checkpoint.py) on the index version that one used, when it is still there."""
     task_logging()
     from flytegpt.bot.answering import Answerer, write_report
+    from flytegpt.bot.answering.bulk import MAX_WORKERS
     from flytegpt.ingest.config import Settings
     from flytegpt.ingest.models import valid_unicode
 
+    # Checked here, not only by `python -m flytegpt.flyte`: a launch on a cluster does not pass through it.
+    if isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"--workers must be at least 1 and at most {MAX_WORKERS}, not {workers}")
     asked = [q.strip() for q in questions or [] if q.strip()]
     if questions_file is not None:
         asked += parse_questions(Path(questions_file.download()).read_text(encoding="utf-8"))
     asked = [valid_unicode(q) for q in asked]  # half an emoji from a JSON escape: the reports are UTF-8
     if not asked:
         raise ValueError("no questions: pass --questions and/or --questions_file")
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, not {workers}")
 
     # Explicit values over the environment: nothing leaks into the process (local runs share it).
     overrides: dict[str, str | None] = {"OPENAI_API_KEY": credentials.secret_value(credentials.OPENAI_API_KEY)}
@@ -121,6 +124,9 @@ def answer_questions(
     log.info("answering %d questions on index %s (%s, %d at a time)", len(asked) - len(answered),
              searcher.version, "chat model" if answerer.llm_enabled else "offline", workers)
     results = answerer.answer_many(asked, workers=workers, answered=answered, on_progress=checkpoint.save)
+    # Saved once more now: a failure writing or uploading the reports (retried by Flyte) must not
+    # ask again what was answered since the last periodic save, for a short backlog all of it.
+    checkpoint.save(dict(enumerate(results)), force=True)
 
     out = Path(current_context().working_directory) / "reports"
     out.mkdir(parents=True, exist_ok=True)
@@ -131,8 +137,8 @@ def answer_questions(
 
 @workflow
 def bulk_qa_wf(
-    config_path: str = "ingest/sample/flytegpt.toml",
-    store: str = "",
+    config_path: str = deploy.CONFIG,
+    store: str = deploy.STORE,
     questions: Optional[List[str]] = None,
     questions_file: Optional[FlyteFile] = None,
     version: str = "",
@@ -141,7 +147,10 @@ def bulk_qa_wf(
     workers: int = 4,
 ) -> Reports:
     """Answer a list of questions and/or a file of them (one per line, or JSONL with "question"),
-    `workers` at a time (mind the chat model's rate limit)."""
+    `workers` at a time (1 to 32, bot/answering/bulk.py MAX_WORKERS; mind the chat model's rate limit).
+
+    A question asked twice is asked of the model once; one with no letter or digit is not asked
+    (an error entry says so)."""
     return answer_questions(
         config_path=config_path,
         store=store,

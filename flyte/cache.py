@@ -37,7 +37,10 @@ def cache_version(modules: Iterable[str], *, model_id: str | None = None, root: 
     return code_version(modules, root=root, extra=_model_fingerprint(model_id) if model_id else "")
 
 
-CHUNK_VERSION = cache_version(CHUNK_MODULES)
+# The task's outputs are part of what a cache entry holds: a local cache (which keys on the version,
+# not on the interface) must not hand an entry of other outputs to new code.
+CHUNK_OUTPUTS = "chunks, skipped"
+CHUNK_VERSION = code_version(CHUNK_MODULES, extra=f"outputs: {CHUNK_OUTPUTS}")
 EMBED_VERSION = cache_version(EMBED_MODULES, model_id=DEFAULT_MODEL)
 BUILD_VERSION = cache_version(BUILD_MODULES)
 TUNE_VERSION = cache_version(TUNE_MODULES, model_id=DEFAULT_MODEL)

@@ -31,7 +31,7 @@ from typing import NamedTuple
 from flytekit import CronSchedule, LaunchPlan, conditional, map_task, task, workflow
 from flytekit.types.file import FlyteFile
 
-from flytegpt.flyte import cache, credentials, resources
+from flytegpt.flyte import cache, credentials, deploy, resources
 from flytegpt.flyte.image import IMAGE
 from flytegpt.flyte.task_logs import task_logging
 from flytegpt.flyte.handoff import (
@@ -49,16 +49,16 @@ from flytegpt.flyte.handoff import (
 
 log = logging.getLogger(__name__)
 
-# The launch plan's fixed inputs, set when the workflow is registered (see README "Run it on Flyte").
-NIGHTLY_CONFIG = os.environ.get("FLYTEGPT_CONFIG", "ingest/sample/flytegpt.toml")
-NIGHTLY_STORE = os.environ.get("FLYTEGPT_STORE", "s3://my-flytegpt-bucket/flytegpt/store")
+# The schedule, set when the workflow is registered (see README "Run it on Flyte"); its config and
+# store are flyte/deploy.py's.
 NIGHTLY_CRON = os.environ.get("FLYTEGPT_CRON", "0 3 * * *")  # daily, 03:00 UTC
 
 
 # The GPU tasks (tune, embed): a GPU of the chosen type (flyte/resources.py), cached by content.
 gpu_task = functools.partial(
     task, container_image=IMAGE, requests=resources.EMBED, limits=resources.EMBED_LIMITS,
-    accelerator=resources.embed_accelerator(), cache=True,
+    accelerator=resources.embed_accelerator(), cache=True, timeout=resources.GPU_TIMEOUT,
+    retries=resources.GPU_RETRIES, interruptible=resources.INTERRUPTIBLE,
 )
 
 
@@ -72,6 +72,11 @@ class Collected(NamedTuple):
     keep_versions: int  # [index] keep_versions, for publish (not in `settings`: no cache key depends on it)
 
 
+class Chunked(NamedTuple):
+    chunks: FlyteFile
+    skipped: str  # JSON: per source, [[document, reason], ...] the chunkers failed on
+
+
 class Embedded(NamedTuple):
     vectors: FlyteFile
     model: str  # JSON: ingest.models.ModelInfo of the embedder
@@ -82,6 +87,7 @@ class Embedded(NamedTuple):
     container_image=IMAGE,
     requests=resources.COLLECT,
     retries=2,
+    timeout=resources.COLLECT_TIMEOUT,
     secret_requests=[credentials.SLACK_BOT_TOKEN],
 )
 def collect(config_path: str, store: str) -> Collected:
@@ -110,22 +116,31 @@ def collect(config_path: str, store: str) -> Collected:
     requests=resources.CHUNK,
     cache=True,
     cache_version=cache.CHUNK_VERSION,
+    timeout=resources.CHUNK_TIMEOUT,
 )
-def chunk(documents: FlyteFile, store: str) -> FlyteFile:
+def chunk(documents: FlyteFile, store: str) -> Chunked:
     """Split documents into chunks (headings for prose, functions/classes for code, whole threads).
 
     Unchanged documents take their chunks from the store's chunk cache, as `flytegpt ingest` does.
+    A document the chunkers fail on is left out and returned in `skipped`, for the manifest's
+    per-source counts (as `flytegpt ingest` records it beside the files its sources skipped).
     """
     task_logging()
     from flytegpt.ingest import pipeline
-    from flytegpt.ingest.models import Document
+    from flytegpt.ingest.models import Document, LoadReport
 
-    docs = (Document.from_dict(d) for d in from_jsonl(read_work_file(documents)))
-    chunks, _ = pipeline.chunk_all(docs, store)
+    docs = [Document.from_dict(d) for d in from_jsonl(read_work_file(documents))]
+    reports = {d.source: LoadReport(0) for d in docs}
+    chunks, _ = pipeline.chunk_all(docs, store, reports)
+    skipped = {name: [list(s) for s in r.skipped] for name, r in reports.items() if r.skipped}
+    for name, items in skipped.items():
+        log.warning("%s: %d documents could not be chunked: %s", name, len(items),
+                    "; ".join(f"{n}: {why}" for n, why in items[:10]))
     if not chunks:
         raise ValueError("no chunks: every source was empty or skipped; nothing to publish")
     log.info("%d chunks", len(chunks))
-    return FlyteFile(write_work_file(store, "chunks", to_jsonl(c.to_dict() for c in chunks), ".jsonl"))
+    path = write_work_file(store, "chunks", to_jsonl(c.to_dict() for c in chunks), ".jsonl")
+    return Chunked(FlyteFile(path), json.dumps(skipped))
 
 
 @task(
@@ -133,6 +148,7 @@ def chunk(documents: FlyteFile, store: str) -> FlyteFile:
     requests=resources.CHUNK,
     cache=True,
     cache_version=cache.SHARD_VERSION,
+    timeout=resources.BUILD_TIMEOUT,
 )
 def shard(chunks: FlyteFile, settings: str) -> list[FlyteFile]:
     """The chunk table as the embed step's shards: itself when small, else consecutive pieces."""
@@ -163,7 +179,7 @@ def tune(chunks: FlyteFile, settings: str) -> str:
     return json.dumps(report.to_dict())
 
 
-@task(container_image=IMAGE, requests=resources.PUBLISH)
+@task(container_image=IMAGE, requests=resources.PUBLISH, timeout=resources.PUBLISH_TIMEOUT)
 def untuned() -> str:
     """The tune step's output when tuning is off: no report, the base model embeds."""
     task_logging()
@@ -192,7 +208,7 @@ def embed(chunks: FlyteFile, settings: str, tuned: str = "") -> str:
     return json.dumps({"vectors": path, "model": pipeline.model_info(embedder).to_dict(), "stats": {**stats, **how}})
 
 
-@task(container_image=IMAGE, requests=resources.BUILD)
+@task(container_image=IMAGE, requests=resources.BUILD, timeout=resources.BUILD_TIMEOUT)
 def merge(parts: list[str], store: str) -> Embedded:
     """The shards' vectors as one matrix in chunk order, the model they share, and summed counts."""
     task_logging()
@@ -219,12 +235,13 @@ def merge(parts: list[str], store: str) -> Embedded:
     requests=resources.BUILD,
     cache=True,
     cache_version=cache.BUILD_VERSION,
+    timeout=resources.BUILD_TIMEOUT,
     # Counters describe how the inputs were made, not what they are: they must not break a cache hit.
-    cache_ignore_input_vars=("source_stats", "embed_stats", "sources_read_at"),
+    cache_ignore_input_vars=("source_stats", "embed_stats", "sources_read_at", "chunk_skips"),
 )
 def build(
     chunks: FlyteFile, vectors: FlyteFile, model: str, settings: str, source_stats: str, embed_stats: str,
-    sources_read_at: str,
+    sources_read_at: str, chunk_skips: str = "{}",
 ) -> str:
     """Write a complete index version (dense + keyword + chunk table + manifest). Not yet served."""
     task_logging()
@@ -237,6 +254,10 @@ def build(
     items = [Chunk.from_dict(c) for c in from_jsonl(read_work_file(chunks))]
     matrix = npy_load(read_work_file(vectors))
     reports = {name: LoadReport.from_dict(r) for name, r in json.loads(source_stats).items()}
+    for name, failed in json.loads(chunk_skips).items():  # the documents the chunk task could not split
+        if name in reports:
+            for document, reason in failed:
+                reports[name].skip(document, reason)
     stats = {"embeddings": json.loads(embed_stats), "sources": pipeline.source_stats(reports, items)}
     version = pipeline.build_version(
         items, matrix, config, embedder_info=ModelInfo.from_dict(json.loads(model)), stats=stats,
@@ -246,7 +267,7 @@ def build(
     return version
 
 
-@task(container_image=IMAGE, requests=resources.PUBLISH, retries=2)
+@task(container_image=IMAGE, requests=resources.PUBLISH, retries=2, timeout=resources.PUBLISH_TIMEOUT)
 def publish(version: str, store: str, sources_read_at: str = "", keep_versions: int = 0) -> str:
     """Move LATEST to `version` after verifying it, then prune old versions ([index] keep_versions);
     the bots polling LATEST then hot-reload it.
@@ -275,14 +296,15 @@ def publish(version: str, store: str, sources_read_at: str = "", keep_versions: 
 
 
 @workflow
-def ingest_wf(config_path: str = NIGHTLY_CONFIG, store: str = "") -> str:
+def ingest_wf(config_path: str = deploy.CONFIG, store: str = deploy.STORE) -> str:
     """Rebuild the index from the configured sources and publish it; returns the version id.
 
     `config_path`: a FlyteGPT TOML file in the image (or an fsspec URL); `store`: the index
     store (a bucket URL on a cluster), overriding the config's [index] store when not empty.
     """
     collected = collect(config_path=config_path, store=store)
-    chunks = chunk(documents=collected.documents, store=collected.store)
+    chunked = chunk(documents=collected.documents, store=collected.store)
+    chunks = chunked.chunks
     tuned = (
         conditional("tuning")
         .if_(collected.tuning.is_true())
@@ -301,6 +323,7 @@ def ingest_wf(config_path: str = NIGHTLY_CONFIG, store: str = "") -> str:
         source_stats=collected.source_stats,
         embed_stats=embedded.embed_stats,
         sources_read_at=collected.read_at,
+        chunk_skips=chunked.skipped,
     )
     return publish(version=version, store=collected.store, sources_read_at=collected.read_at,
                    keep_versions=collected.keep_versions)
@@ -310,5 +333,5 @@ nightly_reingest = LaunchPlan.get_or_create(
     workflow=ingest_wf,
     name="nightly_reingest",
     schedule=CronSchedule(schedule=NIGHTLY_CRON),
-    fixed_inputs={"config_path": NIGHTLY_CONFIG, "store": NIGHTLY_STORE},
+    fixed_inputs={"config_path": deploy.CONFIG, "store": deploy.SCHEDULE_STORE},
 )

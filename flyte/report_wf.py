@@ -22,7 +22,7 @@ import os
 
 from flytekit import CronSchedule, Deck, LaunchPlan, task, workflow
 
-from flytegpt.flyte import resources
+from flytegpt.flyte import deploy, resources
 from flytegpt.flyte.handoff import load_task_config
 from flytegpt.flyte.image import IMAGE
 from flytegpt.flyte.task_logs import task_logging
@@ -31,9 +31,8 @@ log = logging.getLogger(__name__)
 
 REPORTS_DIR = "reports"  # <store>/reports/<end date>.html and latest.html, beside the index versions
 DECK_NAME = "FlyteGPT report"
-# The launch plan's fixed inputs, set when the workflow is registered (see README).
-REPORT_CONFIG = os.environ.get("FLYTEGPT_CONFIG", "ingest/sample/flytegpt.toml")
-REPORT_STORE = os.environ.get("FLYTEGPT_STORE", "s3://my-flytegpt-bucket/flytegpt/store")
+# The launch plan's fixed inputs, set when the workflow is registered (see README); the config and
+# the store are flyte/deploy.py's.
 REPORT_DB = os.environ.get("FLYTEGPT_REPORT_DB", "")  # empty: [bot] feedback_snapshot of the config
 REPORT_CRON = os.environ.get("FLYTEGPT_REPORT_CRON", "0 6 * * 1")  # Mondays, 06:00 UTC
 
@@ -50,7 +49,8 @@ def write_to_store(store: str, html: str, end_day: str) -> str:
     return dated if "://" not in store else f"{store.rstrip('/')}/{REPORTS_DIR}/{end_day}.html"
 
 
-@task(container_image=IMAGE, requests=resources.ANSWER, enable_deck=True, retries=1)
+@task(container_image=IMAGE, requests=resources.ANSWER, enable_deck=True, retries=1,
+      timeout=resources.REPORT_TIMEOUT)
 def weekly_report(config_path: str, store: str, db: str, since: str) -> str:
     """Render the report for the last `since` (7d, 30d ...) as a Deck and into the store; returns its path."""
     task_logging()
@@ -71,7 +71,7 @@ def weekly_report(config_path: str, store: str, db: str, since: str) -> str:
 
 
 @workflow
-def report_wf(config_path: str = REPORT_CONFIG, store: str = "", db: str = REPORT_DB, since: str = "7d") -> str:
+def report_wf(config_path: str = deploy.CONFIG, store: str = deploy.STORE, db: str = REPORT_DB, since: str = "7d") -> str:
     """The maintainers' report of the last `since`, as a Flyte Deck and an HTML page in the store."""
     return weekly_report(config_path=config_path, store=store, db=db, since=since)
 
@@ -80,5 +80,5 @@ weekly_report_lp = LaunchPlan.get_or_create(
     workflow=report_wf,
     name="weekly_report",
     schedule=CronSchedule(schedule=REPORT_CRON),
-    fixed_inputs={"config_path": REPORT_CONFIG, "store": REPORT_STORE, "db": REPORT_DB, "since": "7d"},
+    fixed_inputs={"config_path": deploy.CONFIG, "store": deploy.SCHEDULE_STORE, "db": REPORT_DB, "since": "7d"},
 )

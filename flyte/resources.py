@@ -1,13 +1,16 @@
 """What each task asks the cluster for. One place, so sizing is reviewed together.
 
 Registration-time settings (environment):
-  FLYTEGPT_GPU   the accelerator for the embed task: T4 (default), L4, A10G, A100, H100, V100,
-                 or "any" to take whatever GPU the cluster schedules
+  FLYTEGPT_GPU            the accelerator for the embed task: T4 (default), L4, A10G, A100, H100, V100,
+                          or "any" to take whatever GPU the cluster schedules
+  FLYTEGPT_INTERRUPTIBLE  "0" keeps the GPU tasks and bulk Q&A off preemptible (spot) nodes; by
+                          default they may run there, as the cluster's interruptible settings allow
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 from flytekit import Resources
 from flytekit.extras import accelerators
@@ -48,3 +51,20 @@ BUILD = Resources(cpu="2", mem="8Gi")
 PUBLISH = Resources(cpu="500m", mem="512Mi")
 # Bulk Q&A: loads the index and the query embedder; the chat model runs elsewhere.
 ANSWER = Resources(cpu="2", mem="4Gi")
+
+# Deadlines: a hung git clone, a stalled GPU or a chat endpoint that never answers must give the pod
+# (and the GPU) back, and the nightly run must end before the next night's starts. Each is several
+# times what a large corpus needs (tests/bench/RESULTS.md); a task past its deadline fails, and is
+# retried when it has retries.
+COLLECT_TIMEOUT = timedelta(hours=3)  # the first Slack crawl of a big workspace is rate-limited
+CHUNK_TIMEOUT = timedelta(hours=1)
+GPU_TIMEOUT = timedelta(hours=3)  # tune, and each embed shard
+BUILD_TIMEOUT = timedelta(hours=1)  # shard, merge, build
+PUBLISH_TIMEOUT = timedelta(minutes=15)
+ANSWER_TIMEOUT = timedelta(hours=8)  # a backlog of thousands at the chat model's pace; resumed on retry
+REPORT_TIMEOUT = timedelta(minutes=30)
+
+# Preemptible nodes for the tasks that lose little when preempted: tune and embed are cached per
+# shard, bulk Q&A resumes from its checkpoint. Flyte runs the last retry on an ordinary node.
+INTERRUPTIBLE = os.environ.get("FLYTEGPT_INTERRUPTIBLE", "1").strip().lower() not in ("0", "false", "no", "off")
+GPU_RETRIES = 2

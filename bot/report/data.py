@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from flytegpt.bot.slack.feedback import FeedbackStore
+from flytegpt.bot.slack.feedback import FeedbackDatabaseError, FeedbackStore
 
 log = logging.getLogger(__name__)
 
@@ -28,34 +28,77 @@ SURFACE_NAMES = {"command": "slash", "assistant": "panel"}  # the bot's names fo
 
 
 def load_questions(db: str, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
-    """The logged questions in [since, until) from a database file or URL (read only)."""
+    """The logged questions in [since, until) from a database file or URL (read only).
+
+    A file the bot never wrote is refused (ValueError, naming `db`) rather than read as an
+    empty log: opening the copy creates the bot's tables, so a half-written upload or some
+    other SQLite file would otherwise become a "0 questions" report over the last good one.
+    """
     with tempfile.TemporaryDirectory(prefix="flytegpt-report-") as tmp:
         copy = os.path.join(tmp, "feedback.sqlite3")
-        if "://" in db and not db.startswith("file://"):
-            from flytegpt.ingest.store import get_fs
-
-            fs, path = get_fs(db)
-            if not fs.exists(path):
-                raise FileNotFoundError(f"feedback database not found: {db}")
-            fs.get_file(path, copy)
-        else:
-            path = db.removeprefix("file://")
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"feedback database not found: {db}")
-            src = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
-            dst = sqlite3.connect(copy)
-            try:
-                src.backup(dst)
-            except sqlite3.DatabaseError as e:
-                raise ValueError(f"{db} is not an SQLite database: {e}") from None
-            finally:
-                dst.close()
-                src.close()
-        store = FeedbackStore(copy)
+        _copy_database(db, copy)
+        _check_written_by_the_bot(copy, db)
+        try:
+            store = FeedbackStore(copy)
+        except FeedbackDatabaseError as e:  # e.g. a newer schema: name the user's database, not the copy
+            raise ValueError(str(e).replace(copy, db)) from None
         try:
             return store.questions(since, until)
+        except sqlite3.DatabaseError as e:  # a damaged page past the header
+            raise ValueError(f"{db} is not a usable feedback database: {e}") from None
         finally:
             store.close()
+
+
+def _copy_database(db: str, copy: str) -> None:
+    """`db` (a path or an fsspec URL) copied to the local file `copy`. The bot's file is never opened
+    for writing; a local one is copied with SQLite's backup API (consistent while the bot writes)."""
+    if "://" in db and not db.startswith("file://"):
+        from flytegpt.ingest.store import get_fs
+
+        fs, path = get_fs(db)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"feedback database not found: {db}")
+        fs.get_file(path, copy)
+        if os.path.getsize(copy) == 0:
+            raise _empty(db)
+        return
+    path = db.removeprefix("file://")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"feedback database not found: {db}")
+    if Path(path).stat().st_size == 0:
+        raise _empty(db)
+    src = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+    dst = sqlite3.connect(copy)
+    try:
+        src.backup(dst)
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"{db} is not an SQLite database: {e}") from None
+    finally:
+        dst.close()
+        src.close()
+
+
+def _empty(db: str) -> ValueError:
+    """SQLite takes a zero-byte file for an empty database; for the report it is a failed copy."""
+    return ValueError(f"{db} is empty (0 bytes), not a FlyteGPT feedback database "
+                      "(a snapshot that was not written completely?)")
+
+
+def _check_written_by_the_bot(copy: str, db: str) -> None:
+    """Refuse a copy that is not SQLite or has no `answers` table (the bot creates it on its first
+    start), with errors that name `db`, the database the user gave, not the temporary copy."""
+    try:
+        conn = sqlite3.connect(copy)
+        try:
+            found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'answers'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"{db} is not an SQLite database: {e}") from None
+    if not found:
+        raise ValueError(f"{db} is not a FlyteGPT feedback database (no answers table): "
+                         "give the bot's [bot] feedback_db or a snapshot of it")
 
 
 def mask_mentions(text: str) -> str:

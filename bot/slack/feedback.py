@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 from flytegpt.bot import sqlite_files
+from flytegpt.bot.question_text import clean_question
 from flytegpt.ingest.models import valid_unicode
-
-from .question import clean_question
 
 Vote = Literal["up", "down"]
 # What became of a question. "answered" includes the offline answerer's quoted passages.

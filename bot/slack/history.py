@@ -16,11 +16,11 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from flytegpt.bot.question_text import clean_question
 from flytegpt.ingest.models import valid_unicode
 from flytegpt.ingest.sources.slack_export import Directory, clean_messages, render_markup, ts_key, valid_ts
 
 from .blocks import answer_text
-from .question import clean_question
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient

@@ -1,14 +1,11 @@
-"""A question on its way from a Slack event to its answer: who asked, where, and where to reply;
-and what of a user's text counts as the question (`clean_question`, `clip_question`)."""
+"""A question on its way from a Slack event to its answer: who asked, where, and where to reply.
+What of a user's text counts as the question is flytegpt.bot.question_text's."""
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Literal
-
-from flytegpt.ingest.models import strip_controls
 
 Surface = Literal["mention", "dm", "followup", "command", "assistant"]
 
@@ -27,23 +24,3 @@ class Question:
     response_url: str | None = None  # slash commands
     team: str | None = None  # the asker's workspace (a streamed reply in a channel names its recipient)
     received: float = field(default_factory=time.monotonic)
-
-
-# Characters that show nothing. A question made of these and spaces is empty. They are only
-# stripped at the ends: inside a word U+200D joins emoji (a family, a skin tone) and must stay.
-_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
-_BLANK_ENDS = re.compile(f"^[\\s{_INVISIBLE}]+|[\\s{_INVISIBLE}]+$")
-
-
-def clean_question(text: str) -> str:
-    """A user's question without what would hide or disguise it where it is searched, quoted back
-    and stored: control characters (NUL, ESC, BEL; tab and newline stay) by the same rule as the
-    model's answers, bidi overrides, and blank or invisible characters at either end ("" when
-    nothing else is left, so a question of zero-width spaces is the empty question)."""
-    return _BLANK_ENDS.sub("", strip_controls(text))
-
-
-def clip_question(text: str, limit: int) -> str:
-    """At most `limit` characters, a cut marked with "…": what the question log keeps of a question
-    turned down as too long (stored whole, a user could write ~450 KB a minute into the database)."""
-    return text if len(text) <= limit else text[:max(0, limit - 1)] + "\u2026"

@@ -22,10 +22,10 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from flytegpt.bot.question_text import clip_question
 from flytegpt.ingest.config import AnswerConfig
 
 from .feedback import FeedbackDatabaseError, FeedbackStore, new_answer_id
-from .question import clip_question
 
 if TYPE_CHECKING:
     from flytegpt.bot.metrics import Metrics

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from support.answering_support import ALL, EVIL_DOC, INJECTION, RAY_CODE, RAY_DOC, RAY_SLACK, WordSearcher
-from support.openai_server import Fail, Hang, OpenAIStandIn, Reply, Slow
+from support.openai_server import Fail, Hang, Reply, Slow
 
 from flytegpt.bot.answering import (
     Answerer,
@@ -23,18 +23,6 @@ from flytegpt.bot.answering import prompts
 from flytegpt.ingest.config import AnswerConfig, Config, Settings
 
 SECRET = "sk-test-secret-value-123"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with OpenAIStandIn() as s:
-        yield s
-
-
-@pytest.fixture(autouse=True)
-def _fresh(server):
-    server.reset()
-    yield
 
 
 def make(server, chunks=ALL, with_dense=False, **answer):

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.openai_server import OpenAIStandIn, Reply
+from support.openai_server import Reply
 
 from flytegpt.bot.answering import Answerer, prompts
 from flytegpt.bot.answering.types import QuestionRejected
@@ -22,17 +22,6 @@ from support.slack_checks import assert_slack_accepts
 pytestmark = pytest.mark.slow
 
 FIXTURE = FIXTURES / "answering" / "flytegpt.toml"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with OpenAIStandIn() as s:
-        yield s
-
-
-@pytest.fixture(autouse=True)
-def _fresh(server):
-    server.reset()
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -203,3 +205,131 @@ def test_feedback_snapshot_command(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["feedback", "snapshot", "--db", str(tmp_path / "none.sqlite3"),
                                        "--to", str(tmp_path / "x.sqlite3"), "--config", str(bare)])
     assert result.exit_code != 0 and "feedback database not found" in result.output
+
+
+# --- what the report refuses to read: files the bot never wrote -------------------------------
+
+
+def not_bot_databases(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
+    """A half-written snapshot, some other program's SQLite file, random bytes; with the reason
+    the report gives for each."""
+    other = tmp_path / "made-by-another-program.sqlite3"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE recipes (name TEXT, minutes INTEGER)")
+    conn.execute("INSERT INTO recipes VALUES ('soup', 40)")
+    conn.commit()
+    conn.close()
+    noise = bytes((i * 7919 + 13) % 251 for i in range(4096))  # fixed bytes, no SQLite header
+    return {
+        "zero-byte": (b"", "is empty (0 bytes), not a FlyteGPT feedback database"),
+        "other-sqlite": (other.read_bytes(), "is not a FlyteGPT feedback database (no answers table)"),
+        "corrupt": (noise, "is not an SQLite database: file is not a database"),
+    }
+
+
+KINDS = ("zero-byte", "other-sqlite", "corrupt")
+
+
+@pytest.fixture()
+def memory_fs() -> Iterator[Any]:
+    """fsspec's in-memory filesystem (global to the process), emptied after the test."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    yield fs
+    if fs.exists("/report-db-test"):
+        fs.rm("/report-db-test", recursive=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_local_file_the_bot_never_wrote_is_refused_naming_it(tmp_path: Path, kind: str) -> None:
+    from flytegpt.bot.report import build_report
+
+    data, reason = not_bot_databases(tmp_path)[kind]
+    db = tmp_path / f"{kind}.sqlite3"
+    db.write_bytes(data)
+    with pytest.raises(ValueError, match=re.escape(f"{db} {reason}")):
+        build_report(str(db))
+    assert db.read_bytes() == data  # the user's file is left as it was
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_url_the_bot_never_wrote_is_refused_naming_the_url(tmp_path: Path, memory_fs: Any, kind: str) -> None:
+    from flytegpt.bot.report import build_report
+
+    data, reason = not_bot_databases(tmp_path)[kind]
+    memory_fs.pipe_file(f"/report-db-test/{kind}.sqlite3", data)
+    url = f"memory://report-db-test/{kind}.sqlite3"
+    with pytest.raises(ValueError, match=re.escape(f"{url} {reason}")) as e:
+        build_report(url)
+    assert "flytegpt-report-" not in str(e.value)  # not the temporary copy's path
+    assert memory_fs.cat_file(f"/report-db-test/{kind}.sqlite3") == data
+
+
+def test_a_newer_database_behind_a_url_names_the_url(tmp_path: Path, memory_fs: Any) -> None:
+    from flytegpt.bot.report import build_report
+
+    newer = tmp_path / "newer.sqlite3"
+    FeedbackStore(newer).close()
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    memory_fs.pipe_file("/report-db-test/newer.sqlite3", newer.read_bytes())
+    url = "memory://report-db-test/newer.sqlite3"
+    with pytest.raises(ValueError, match=re.escape(f"{url} has schema version {SCHEMA_VERSION + 1}, newer")):
+        build_report(url)
+
+
+@pytest.mark.parametrize("where", ["local", "url"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_flytegpt_report_says_so_in_one_line_and_writes_nothing(tmp_path: Path, memory_fs: Any, kind: str,
+                                                                where: str) -> None:
+    from click.testing import CliRunner
+
+    from flytegpt.bot.cli import main
+
+    data, reason = not_bot_databases(tmp_path)[kind]
+    if where == "local":
+        db = str(tmp_path / f"{kind}.sqlite3")
+        Path(db).write_bytes(data)
+    else:
+        memory_fs.pipe_file(f"/report-db-test/{kind}.sqlite3", data)
+        db = f"memory://report-db-test/{kind}.sqlite3"
+    config = tmp_path / "flytegpt.toml"
+    config.write_text("")
+    out = tmp_path / "out" / "report.html"
+    result = CliRunner().invoke(main, ["report", "--db", db, "--config", str(config), "--no-store",
+                                       "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [result.output.strip()]  # one line
+    assert result.output.startswith(f"Error: {db} {reason}") and "Traceback" not in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["local", "url"])
+def test_a_bot_database_without_questions_in_the_period_is_an_empty_report(tmp_path: Path, memory_fs: Any,
+                                                                          where: str) -> None:
+    from click.testing import CliRunner
+
+    from flytegpt.bot.cli import main
+
+    live = tmp_path / "feedback.sqlite3"
+    first_release_db(live, answers=3)  # 2023: long before the last 30 days
+    FeedbackStore(live).close()  # and one the current bot has opened
+    db = str(live)
+    if where == "url":
+        memory_fs.pipe_file("/report-db-test/feedback.sqlite3", live.read_bytes())
+        db = "memory://report-db-test/feedback.sqlite3"
+    config = tmp_path / "flytegpt.toml"
+    config.write_text("")
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["report", "--db", db, "--config", str(config), "--no-store",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}: 0 questions" in result.output and out.read_text().startswith("<!")
+
+    new = tmp_path / "new.sqlite3"
+    FeedbackStore(new).close()  # a bot that has not been asked anything yet
+    result = CliRunner().invoke(main, ["report", "--db", str(new), "--config", str(config), "--no-store",
+                                       "--out", str(out)])
+    assert result.exit_code == 0 and "0 questions" in result.output, result.output

@@ -54,3 +54,13 @@ def test_the_snapshot_travels_through_s3_to_the_report(endpoint: str, tmp_path: 
 
     with pytest.raises(FileNotFoundError, match="feedback database not found: s3://"):
         build_report(f"s3://{BUCKET}/nothing/here.sqlite3")
+
+
+def test_a_half_written_or_foreign_snapshot_in_s3_is_refused_naming_the_url(endpoint: str, tmp_path: Path) -> None:
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    s3.put_object(Bucket=BUCKET, Key="flytegpt/empty.sqlite3", Body=b"")
+    s3.put_object(Bucket=BUCKET, Key="flytegpt/junk.sqlite3", Body=b"not sqlite " * 400)
+    with pytest.raises(ValueError, match=f"s3://{BUCKET}/flytegpt/empty.sqlite3 is empty \\(0 bytes\\)"):
+        build_report(f"s3://{BUCKET}/flytegpt/empty.sqlite3")
+    with pytest.raises(ValueError, match=f"s3://{BUCKET}/flytegpt/junk.sqlite3 is not an SQLite database"):
+        build_report(f"s3://{BUCKET}/flytegpt/junk.sqlite3")

@@ -80,3 +80,31 @@ def test_answers_are_carried_on_through_every_retry(tmp_path: Path) -> None:
     assert second.save(restored, force=True)  # what the task does at once, before asking anything
     third = BulkCheckpoint(_retry(tmp_path, 3), QUESTIONS, every_s=3600)
     assert set(third.restore()) == {0, 1}
+
+
+def _fallback(q: str, note: str) -> dict:
+    """What the answerer gives when the chat model missed the deadline or wrote nothing: quoted
+    passages, mode "offline", with a note (bot/answering/chain.py)."""
+    return {**_answer(q, mode="offline"), "note": note}
+
+
+def test_fallback_passages_are_asked_again_but_offline_answers_without_a_model_are_kept(tmp_path: Path) -> None:
+    """With a chat model configured, a model that timed out or answered nothing must be asked
+    again by the retry; without one (no note) the offline answer is all a retry could give."""
+    first = BulkCheckpoint(_retry(tmp_path, 1), QUESTIONS, every_s=0)
+    assert first.save({0: _fallback(QUESTIONS[0], "deadline"), 1: _answer(QUESTIONS[1], mode="offline"),
+                       2: _fallback(QUESTIONS[2], "empty model output")})
+    assert BulkCheckpoint(_retry(tmp_path, 2), QUESTIONS, every_s=0).restore() == {
+        1: _answer(QUESTIONS[1], mode="offline")}
+
+
+def test_fallback_passages_in_an_older_checkpoint_are_asked_again(tmp_path: Path) -> None:
+    import json
+
+    from flytegpt.flyte.bulk_checkpoint import FORMAT, _fingerprint
+
+    doc = {"format": FORMAT, "questions": _fingerprint(QUESTIONS),
+           "answered": [[0, _fallback(QUESTIONS[0], "deadline")], [1, _answer(QUESTIONS[1])]]}
+    (tmp_path / "cp1").mkdir()
+    (tmp_path / "cp1" / "_cp").write_bytes(gzip.compress(json.dumps(doc).encode()))
+    assert BulkCheckpoint(_retry(tmp_path, 2), QUESTIONS, every_s=0).restore() == {1: _answer(QUESTIONS[1])}

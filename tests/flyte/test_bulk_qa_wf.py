@@ -98,13 +98,42 @@ def test_the_chat_model_key_arrives_as_a_flyte_secret(
         assert server.requests[-1].headers.get("authorization") == "Bearer sk-from-the-secret"
 
 
+def test_the_same_question_twice_and_questions_of_nothing_cost_one_model_call(
+    published: dict, local: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from flytekit.types.file import FlyteFile
+
+    from flytegpt.flyte.bulk_qa_wf import bulk_qa_wf
+
+    monkeypatch.setenv("_FSEC_FLYTEGPT_OPENAI_API_KEY", "sk-from-the-secret")
+    qfile = tmp_path / "questions.txt"
+    qfile.write_text("How do I cache a task?\n\U0001f600\n\u200b\n?!\n", encoding="utf-8")
+    asked = ["How do I cache a task?", " How do I  cache a task? ", "\u200b", "\ud83d", "   "]
+    with OpenAIStandIn() as server:
+        server.reply = "Set `cache=True` [1]."
+        reports = bulk_qa_wf(config_path=published["config"], store=published["store"], questions=asked,
+                             questions_file=FlyteFile(str(qfile)), openai_base_url=server.base_url)
+        assert len(server.requests) == 1
+    results = json.loads(Path(reports.json_report.path).read_text(encoding="utf-8"))
+    assert [r["question"] for r in results] == [  # a blank entry is no question; the rest keep their place
+        "How do I cache a task?", "How do I  cache a task?", "\u200b", "\ufffd",
+        "How do I cache a task?", "\U0001f600", "\u200b", "?!"]
+    assert [r["mode"] for r in results] == ["llm", "llm", "error", "error", "llm", "error", "error", "error"]
+    assert {r["answer"] for r in results if r["mode"] == "llm"} == {"Set `cache=True` [1]."}
+    assert all("no letters or digits" in r["error"] for r in results if r["mode"] == "error")
+    markdown = Path(reports.markdown_report.path).read_text(encoding="utf-8")
+    assert markdown.count("Not asked: the question has no letters or digits") == 5
+
+
 def test_no_questions_is_an_error(published: dict, local: None) -> None:
     from flytegpt.flyte.bulk_qa_wf import bulk_qa_wf
 
     with pytest.raises(Exception, match="no questions"):
         bulk_qa_wf(config_path=published["config"], store=published["store"], questions=["  "])
-    with pytest.raises(Exception, match="--workers must be at least 1"):
-        bulk_qa_wf(config_path=published["config"], store=published["store"], questions=["Why?"], workers=0)
+    for workers in (0, 33, 1000):  # a launch on a cluster does not pass through `python -m flytegpt.flyte`
+        with pytest.raises(Exception, match="--workers must be at least 1 and at most 32, not"):
+            bulk_qa_wf(config_path=published["config"], store=published["store"], questions=["Why?"],
+                       workers=workers)
 
 
 def test_a_question_with_half_an_emoji_is_answered_in_utf8_reports(published: dict, local: None) -> None:
@@ -150,17 +179,19 @@ execute_task_cmd.main(sys.argv[1:])
 """
 
 
-def _attempt(published: dict, tmp: Path, n: int, server: OpenAIStandIn, prev: Path | None) -> subprocess.Popen:
+def _attempt(published: dict, tmp: Path, n: int, server: OpenAIStandIn, prev: Path | None,
+             raw: Path | None = None) -> subprocess.Popen:
     """Attempt `n` of the answer task as Flyte runs it in its container: `pyflyte-execute` with
-    the task's own command line, its checkpoint directory and the previous attempt's."""
+    the task's own command line, its checkpoint directory and the previous attempt's (`raw`: where
+    the reports are uploaded)."""
     from flytekit.configuration import ImageConfig, SerializationSettings
 
     from flytegpt.flyte.bulk_qa_wf import answer_questions
 
     command = answer_questions.get_default_command(SerializationSettings(image_config=ImageConfig.auto_default_image()))
     values = {"{{.input}}": str(tmp / "inputs.pb"), "{{.outputPrefix}}": str(tmp / f"out{n}"),
-              "{{.rawOutputDataPrefix}}": str(tmp / f"raw{n}"), "{{.checkpointOutputPrefix}}": str(tmp / f"cp{n}"),
-              "{{.prevCheckpointPrefix}}": str(prev) if prev else ""}
+              "{{.rawOutputDataPrefix}}": str(raw or tmp / f"raw{n}"),
+              "{{.checkpointOutputPrefix}}": str(tmp / f"cp{n}"), "{{.prevCheckpointPrefix}}": str(prev) if prev else ""}
     args = [values.get(a, a) for a in command[1:]]
     (tmp / "entrypoint.py").write_text(ENTRYPOINT)
     env = {**os.environ, "HOME": str(tmp), "HF_HUB_OFFLINE": "1", "_FSEC_FLYTEGPT_OPENAI_API_KEY": "sk-test"}
@@ -242,3 +273,50 @@ def test_a_killed_attempt_is_resumed_by_its_retry_from_the_checkpoint(published:
         len(questions) - kept)
     assert {r["index_version"] for r in results} == {published["version"]}
     assert f"{kept} of {len(questions)} questions answered by an earlier attempt" in output
+
+
+def _report(tmp: Path, out: str) -> list[dict]:
+    from flytekit.core.context_manager import FlyteContextManager
+    from flytekit.models.literals import LiteralMap
+    from flyteidl.core import literals_pb2
+
+    pb = literals_pb2.LiteralMap()
+    pb.ParseFromString((tmp / out / "outputs.pb").read_bytes())
+    uri = LiteralMap.from_flyte_idl(pb).literals["json_report"].scalar.blob.uri
+    FlyteContextManager.current_context().file_access.get_data(uri, str(tmp / "answers.json"))
+    return json.loads((tmp / "answers.json").read_text())
+
+
+def test_a_retry_after_a_failed_upload_asks_only_what_the_model_did_not_answer(published: dict, local: None,
+                                                                               tmp_path: Path) -> None:
+    """The reports cannot be uploaded (a blob-store error, which Flyte retries): the retry must not
+    ask again what was answered (the last answers were saved only by the periodic tick, i.e. never
+    for the last question), but must ask the model again where it wrote nothing and the answer fell
+    back to quoted passages."""
+    from flyteidl.core import errors_pb2
+
+    questions = ["How do I cache a task?", "How do I make a task retry?", "How can a task read an API token?"]
+    with OpenAIStandIn() as server:
+        _inputs(published, tmp_path / "inputs.pb", questions, server.base_url)
+        server.reply = lambda body: "" if questions[1] in json.dumps(body) else "First attempt [1]."
+        (tmp_path / "blob-store").write_text("a file, so nothing can be uploaded under it")
+        first = _attempt(published, tmp_path, 1, server, None, raw=tmp_path / "blob-store" / "raw")
+        output = first.communicate(timeout=240)[0]
+        assert not (tmp_path / "out1" / "outputs.pb").exists()
+        error = errors_pb2.ErrorDocument()
+        error.ParseFromString((tmp_path / "out1" / "error.pb").read_bytes())
+        assert "blob-store" in error.error.message, output  # the upload failed, after every answer
+        assert len(server.requests) == 4  # the second question twice (an empty answer is retried once)
+
+        server.reset()
+        server.reply = "Second attempt [1]."
+        second = _attempt(published, tmp_path, 2, server, tmp_path / "cp1")
+        output = second.communicate(timeout=240)[0]
+        assert second.returncode == 0 and not (tmp_path / "out2" / "error.pb").exists(), output
+        assert len(server.requests) == 1 and questions[1] in json.dumps(server.requests[0].body)
+
+    results = _report(tmp_path, "out2")
+    assert [r["question"] for r in results] == questions
+    assert [(r["mode"], r["answer"].split(" [")[0]) for r in results] == [
+        ("llm", "First attempt"), ("llm", "Second attempt"), ("llm", "First attempt")]
+    assert "2 of 3 questions answered by an earlier attempt" in output

@@ -278,3 +278,37 @@ def test_a_local_run_with_a_missing_config_says_so_in_one_message(tmp_path: Path
     assert proc.returncode == 1
     assert "config file not found" in proc.stderr and str(tmp_path / "missing.toml") in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_a_document_the_chunkers_fail_on_is_counted_as_flytegpt_ingest_counts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_local_cache: None, embedder
+) -> None:
+    """One page the chunkers cannot split (a parser bug on one file): the workflow publishes the
+    rest, and its manifest counts the page as skipped, as `flytegpt ingest` does."""
+    import flytegpt.ingest.chunking as chunking
+    from flytegpt.ingest.artifact import read_manifest
+    from flytegpt.ingest.config import load_config
+    from flytegpt.ingest.pipeline import run_ingest
+
+    from flytegpt.flyte.ingest_wf import ingest_wf
+
+    config = copy_sample(tmp_path)
+    page = sorted((config.parent / "docs").rglob("*.md"))[0]
+    real = chunking.chunk_document
+
+    def fails_on_one_page(doc, *args, **kwargs):
+        if doc.locator.endswith(page.name):
+            raise RecursionError("maximum recursion depth exceeded (stand-in)")
+        return real(doc, *args, **kwargs)
+
+    monkeypatch.setattr(chunking, "chunk_document", fails_on_one_page)
+    flyte_store, cli_store = tmp_path / "flyte-store", tmp_path / "cli-store"
+    version = ingest_wf(config_path=str(config), store=str(flyte_store))
+    cli = run_ingest(load_config(config).with_store(str(cli_store)), progress=False, embedder=embedder)
+
+    flyte_sources = read_manifest(str(flyte_store), version)["stats"]["sources"]
+    cli_sources = read_manifest(str(cli_store), cli.version)["stats"]["sources"]
+    assert flyte_sources == cli_sources
+    assert sum(s["skipped"] for s in flyte_sources.values()) >= 1
+    chunks = open_version(str(flyte_store), version).chunks
+    assert chunks and not any(c.source_id.endswith(page.name) for c in chunks)

@@ -133,7 +133,7 @@ def test_cache_settings_use_code_derived_versions(specs: dict) -> None:
     mapped = _mapped_embed(specs).template.metadata
     assert mapped.discoverable and mapped.discovery_version == cache.EMBED_VERSION
     assert list(specs["task"]["flytegpt.flyte.ingest_wf.build"].template.metadata.cache_ignore_input_vars) == [
-        "source_stats", "embed_stats", "sources_read_at"
+        "source_stats", "embed_stats", "sources_read_at", "chunk_skips"
     ]
     # Reading sources, merging shards (I/O only) and moving LATEST happen on every run.
     for name in ("collect", "merge", "publish"):
@@ -183,6 +183,56 @@ def test_nightly_launch_plan_is_a_daily_cron_with_fixed_inputs(specs: dict) -> N
     assert (dom, month, dow) == ("*", "*", "*") and minute.isdigit() and hour.isdigit()  # once a day
     fixed = {k: v.scalar.primitive.string_value for k, v in lp.spec.fixed_inputs.literals.items()}
     assert fixed == {"config_path": "ingest/sample/flytegpt.toml", "store": STORE}
+
+
+def test_every_task_has_a_deadline_and_the_gpu_tasks_retry_on_preemptible_nodes(specs: dict) -> None:
+    """A hung clone, GPU or chat endpoint gives the pod back; the cheap-to-redo tasks may use spot nodes."""
+    from flytegpt.flyte import resources
+
+    for name, task in specs["task"].items():
+        if name.startswith("flytegpt.flyte.workspace."):
+            continue  # the workspace has its own idle timeout
+        assert task.template.metadata.timeout.seconds > 0, f"{name} has no timeout"
+    meta = {n.rsplit(".", 1)[1]: t.template.metadata for n, t in specs["task"].items()}
+    assert meta["collect"].timeout.seconds == resources.COLLECT_TIMEOUT.total_seconds()
+    for name in ("embed", "tune", "answer_questions"):
+        assert meta[name].interruptible, name
+        assert meta[name].retries.retries >= 1, name
+    assert _mapped_embed(specs).template.metadata.interruptible
+    for name in ("collect", "build", "publish", "weekly_report"):
+        assert not meta[name].interruptible, name
+
+
+def test_a_launch_by_hand_defaults_to_the_registered_config_and_store(specs: dict) -> None:
+    """The UI's "Launch" (or `flytectl get launchplan --execFile`) of any workflow reads what the
+    schedules read, not the sample config and a folder inside the pod."""
+    for workflow in ("ingest_wf.ingest_wf", "bulk_qa_wf.bulk_qa_wf", "report_wf.report_wf"):
+        lp = specs["launch_plan"][f"flytegpt.flyte.{workflow}"]
+        defaults = {k: p.default.scalar.primitive.string_value for k, p in lp.spec.default_inputs.parameters.items()
+                    if k in ("config_path", "store")}
+        assert defaults == {"config_path": "ingest/sample/flytegpt.toml", "store": STORE}, workflow
+
+
+def _import_workflows(config: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLYTEGPT_CONFIG": config}
+    return subprocess.run([sys.executable, "-c", "import flytegpt.flyte.ingest_wf"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("config, says", [
+    ("deploy/no-such-flytegpt.toml", "is not a file in"),
+    ("manifests/base/flytegpt.toml", "removes manifests/"),  # a file of the checkout the image deletes
+])
+def test_registering_a_config_the_tasks_would_not_find_warns(config: str, says: str) -> None:
+    proc = _import_workflows(config)
+    assert proc.returncode == 0, proc.stderr  # a warning: registration tools must still import
+    assert f"warning: FLYTEGPT_CONFIG={config}" in proc.stderr and says in proc.stderr
+
+
+def test_a_config_the_image_keeps_registers_quietly() -> None:
+    for config in ("ingest/sample/flytegpt.toml", "s3://bucket/flytegpt.toml"):
+        proc = _import_workflows(config)
+        assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
 
 
 def _secrets(task) -> list[tuple[str, str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -99,3 +100,100 @@ def test_the_launch_plan_runs_weekly_with_fixed_inputs() -> None:
     assert weekly_report_lp.schedule.cron_schedule.schedule == REPORT_CRON == "0 6 * * 1"
     fixed = {k: v.scalar.primitive.string_value for k, v in weekly_report_lp.fixed_inputs.literals.items()}
     assert set(fixed) == {"config_path", "store", "db", "since"} and fixed["since"] == "7d"
+
+
+def _not_a_bot_database(tmp: Path, kind: str) -> tuple[bytes, str]:
+    """A half-written snapshot, another program's SQLite file, random bytes; and what the run says."""
+    import sqlite3
+
+    if kind == "zero-byte":
+        return b"", "is empty (0 bytes), not a FlyteGPT feedback database"
+    if kind == "other-sqlite":
+        other = tmp / "other-program.sqlite3"
+        conn = sqlite3.connect(other)
+        conn.execute("CREATE TABLE recipes (name TEXT)")
+        conn.commit()
+        conn.close()
+        return other.read_bytes(), "is not a FlyteGPT feedback database (no answers table)"
+    return bytes((i * 7919 + 13) % 251 for i in range(4096)), "is not an SQLite database: file is not a database"
+
+
+@pytest.fixture()
+def memory_fs():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    yield fs
+    if fs.exists("/report-wf-test"):
+        fs.rm("/report-wf-test", recursive=True)
+
+
+@pytest.mark.parametrize("where", ["local", "url"])
+@pytest.mark.parametrize("kind", ["zero-byte", "other-sqlite", "corrupt"])
+def test_weekly_report_refuses_a_database_the_bot_never_wrote_and_keeps_the_last_report(
+        local: None, tmp_path: Path, memory_fs, kind: str, where: str) -> None:
+    from flytegpt.flyte.report_wf import report_wf
+
+    data, reason = _not_a_bot_database(tmp_path, kind)
+    if where == "local":
+        db = str(tmp_path / "snapshot.sqlite3")
+        Path(db).write_bytes(data)
+    else:
+        memory_fs.pipe_file("/report-wf-test/feedback.sqlite3", data)
+        db = "memory://report-wf-test/feedback.sqlite3"
+    store = tmp_path / "store"
+    (store / "reports").mkdir(parents=True)
+    (store / "reports" / "latest.html").write_text("last week's report")
+    config = tmp_path / "flytegpt.toml"
+    config.write_text("[bot]\n")
+    with pytest.raises(ValueError, match=re.escape(f"{db} {reason}")) as e:
+        report_wf(config_path=str(config), store=str(store), db=db, since="7d")
+    assert "flytegpt-report-" not in str(e.value)  # the user's database, not a temporary copy
+    assert os.listdir(store / "reports") == ["latest.html"]
+    assert (store / "reports" / "latest.html").read_text() == "last week's report"
+
+
+@pytest.mark.parametrize("kind", ["zero-byte", "other-sqlite", "corrupt"])
+def test_the_local_runner_prints_one_error_and_writes_no_report(local: None, tmp_path: Path, memory_fs,
+                                                                kind: str) -> None:
+    from click.testing import CliRunner
+
+    from flytegpt.flyte.__main__ import main
+
+    data, reason = _not_a_bot_database(tmp_path, kind)
+    memory_fs.pipe_file("/report-wf-test/feedback.sqlite3", data)
+    db = "memory://report-wf-test/feedback.sqlite3"
+    config = tmp_path / "flytegpt.toml"
+    config.write_text("[bot]\n")
+    store = tmp_path / "store"
+    result = CliRunner().invoke(main, ["report_wf", "--config_path", str(config), "--store", str(store),
+                                       "--db", db])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # a click error, not an exception escaping
+    assert result.output.startswith("Error: ") and f"{db} {reason}" in result.output
+    assert "Traceback" not in result.output
+    assert not (store / "reports").exists()
+
+
+def test_weekly_report_of_a_bot_database_without_questions_in_the_period_is_written(local: None,
+                                                                                   tmp_path: Path) -> None:
+    from flytegpt.flyte.report_wf import report_wf
+
+    live = tmp_path / "bot" / "feedback.sqlite3"
+    store_db = FeedbackStore(live)
+    try:  # one question, a month ago: outside the last 7 days
+        store_db.record_question("an old question", outcome="failed", surface="mention", channel="C01ASK001")
+        store_db._conn.execute("UPDATE answers SET created_at = created_at - 30 * 86400")
+    finally:
+        store_db.close()
+    snapshot = tmp_path / "snapshots" / "feedback.sqlite3"
+    export_snapshot(live, str(snapshot))
+    store = tmp_path / "store"
+    (store / "reports").mkdir(parents=True)
+    (store / "reports" / "latest.html").write_text("last week's report")
+    config = tmp_path / "flytegpt.toml"
+    config.write_text("[bot]\n")
+    path = report_wf(config_path=str(config), store=str(store), db=str(snapshot), since="7d")
+    page = (store / "reports" / "latest.html").read_text(encoding="utf-8")
+    assert Path(path).read_text(encoding="utf-8") == page and page.startswith("<!")
+    assert '<div class="card"><b>0</b>questions</div>' in page and "an old question" not in page
