@@ -186,7 +186,8 @@ def search(question: str, config_path: Path, store: str | None, k: int, mode: st
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000),
               help="Chunks retrieved per question (metrics use the top 10).")
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "keyword"]), default="hybrid", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the metrics.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the metrics as one JSON object on stdout (the table goes to stderr).")
 @click.option("--misses", is_flag=True, help="List the questions whose gold is not in the top 10.")
 @click.option("--ranks", is_flag=True,
               help="List every question whose first gold source is not first, with its rank: where MRR@10 is lost.")
@@ -219,20 +220,24 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
         return context_chunks(hits, q, config.answer.token_budget, CharCounter())
 
     report = evaluate(qs, retrieve)
+
+    def echo(line: str) -> None:  # with --json, stdout is the one JSON document: the table goes to stderr
+        click.echo(line, err=as_json)
+
     header = f"{'':12}{'n':>4}" + "".join(f"{m:>14}" for m in METRICS)
-    click.echo(f"{mode} retrieval, index {searcher.version}")
-    click.echo(header)
+    echo(f"{mode} retrieval, index {searcher.version}")
+    echo(header)
     rows = [("overall", report)] + list(report["by_kind"].items())
     for name, r in rows:  # `kind` is the question file's: printed as text
-        click.echo(terminal_text(f"{name:12}{r['n']:>4}" + "".join(f"{r[m]:>14.3f}" for m in METRICS)))
+        echo(terminal_text(f"{name:12}{r['n']:>4}" + "".join(f"{r[m]:>14.3f}" for m in METRICS)))
     for q in report["questions"]:
         rank = q["first_gold_rank"]
         if ranks and rank != 1:
             # a tuning loop reads where each first gold source sits and what stands above it
             above = list(dict.fromkeys(q["top"][: (rank or 11) - 1]))[:3]
-            click.echo(terminal_text(f"rank {rank or '>10'} {q['id']} ({q['kind']}): gold {q['gold']} above it {above}"))
+            echo(terminal_text(f"rank {rank or '>10'} {q['id']} ({q['kind']}): gold {q['gold']} above it {above}"))
         elif misses and not rank:
-            click.echo(terminal_text(f"miss {q['id']} ({q['kind']}): gold {q['gold']} top {q['top'][:5]}"))
+            echo(terminal_text(f"miss {q['id']} ({q['kind']}): gold {q['gold']} top {q['top'][:5]}"))
     if as_json:
         click.echo(json.dumps({k: v for k, v in report.items() if k != "questions"}))
 

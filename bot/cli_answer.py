@@ -23,8 +23,13 @@ def make_answerer(config: Config) -> "Answerer":
     from flytegpt.bot.answering import Answerer
     from flytegpt.ingest.config import Settings
 
+    from flytegpt.ingest.config import ConfigError
+
     searcher = open_searcher(config)
-    return Answerer(config, Settings(), lambda: searcher)
+    try:
+        return Answerer(config, Settings(), lambda: searcher)
+    except ConfigError as e:  # e.g. a malformed OPENAI_BASE_URL: one line, not a traceback
+        raise click.ClickException(str(e)) from None
 
 
 def format_sources(citations: "list[Citation]") -> str:
@@ -48,21 +53,36 @@ def print_answer(answer: "Answer", echo: Callable[[str], None] | None = None) ->
         (echo or click.echo)("\nSources:\n" + format_sources(answer.citations))
 
 
-def _answer_or_explain(answerer: "Answerer", question: str, history=()) -> "Answer | None":
-    """One question; a user-facing message instead of a traceback for the expected failures."""
+def _answer_or_explain(answerer: "Answerer", question: str, history=(), *, as_json: bool = False) -> "Answer | None":
+    """One question; a user-facing message instead of a traceback for the expected failures.
+
+    With `as_json` the message is one JSON object on stdout ({"error": ..., "message": ...}), so
+    `ask --json | jq` sees a refusal as JSON too."""
     from flytegpt.bot.answering import IndexNotReady, ModelUnavailable, QuestionRejected
+    from flytegpt.bot.question_text import clean_question
 
     try:
-        return answerer.answer(question, history)
+        # the Slack bot's rule: a question of zero-width characters is the empty question
+        return answerer.answer(clean_question(question), history)
     except QuestionRejected as e:
-        click.echo(terminal_text(e), err=True)
+        _explain("question_rejected", e, as_json)
     except IndexNotReady as e:
-        click.echo(terminal_text(e), err=True)
+        _explain("index_not_ready", e, as_json)
     except ModelUnavailable as e:  # may quote the provider's reply
-        click.echo(terminal_text(e), err=True)
-        if e.related:
+        _explain("model_unavailable", e, as_json, e.related)
+        if e.related and not as_json:
             click.echo("\nThe most relevant sources I found:\n" + format_sources(e.related))
     return None
+
+
+def _explain(kind: str, e: Exception, as_json: bool, related=()) -> None:
+    if not as_json:
+        click.echo(terminal_text(e), err=True)
+        return
+    out: dict = {"error": kind, "message": str(e)}
+    if related:
+        out["related"] = [c.to_dict() for c in related]
+    click.echo(terminal_json(out))
 
 
 @click.command()
@@ -73,7 +93,7 @@ def _answer_or_explain(answerer: "Answerer", question: str, history=()) -> "Answ
 def ask(question: str, config_path: Path, store: str | None, as_json: bool) -> None:
     """Answer one question with numbered citations (offline quoting when no model is configured)."""
     answerer = make_answerer(load(config_path, store))
-    answer = _answer_or_explain(answerer, question)
+    answer = _answer_or_explain(answerer, question, as_json=as_json)
     if answer is None:
         sys.exit(1)
     if as_json:

@@ -147,13 +147,16 @@ def publish_cmd(version: str, config_path: Path, store: str | None) -> None:
     if version not in versions:
         recent = ", ".join(reversed(versions[-5:])) or "none"
         raise click.ClickException(f"{version} is not a complete version in {where} (newest: {recent})")
-    if version == latest:
-        click.echo(f"{version} is already served (LATEST) in {where}")
-        return
     try:
-        # force: moving LATEST to a version made from older sources is the point of a rollback
+        # force: moving LATEST to a version made from older sources is the point of a rollback.
+        # When LATEST already names it, it is verified and written again all the same: a bot that
+        # refused it (its files arrived after LATEST, a download cut short) retries it when LATEST changes.
         publish(where, version, keep_versions=config.index.keep_versions, force=True)
     except (ArtifactError, StoreLockError, StoreWriteError, OSError) as e:
         raise click.ClickException(f"not published, LATEST still names {latest}: {e}") from None
+    if version == latest:
+        click.echo(f"LATEST already names {version} in {where}; re-published so running bots retry it "
+                   "(a bot that refused it loads it at its next reload check; /readyz says what a bot serves)")
+        return
     was = latest or ("unreadable" if latest_problem else "nothing published")
     click.echo(f"LATEST -> {version} in {where} (was {was}); a running bot serves it after its next reload check")

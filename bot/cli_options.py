@@ -47,6 +47,9 @@ def terminal_json(value: Any) -> str:
     return escape_controls(json.dumps(value, ensure_ascii=False))
 
 
+STORE_META = "flytegpt.store"
+
+
 class TerminalSafeGroup(click.Group):
     """The `flytegpt` group: an error message (which often quotes a file name, a LATEST or a
     provider's reply) is made terminal-safe before click prints it as `Error: ...`."""
@@ -57,14 +60,75 @@ class TerminalSafeGroup(click.Group):
         except click.ClickException as e:
             e.message = terminal_text(e.message)
             raise
+        except Exception as e:  # noqa: BLE001 - only storage errors are turned into a message
+            message = storage_error_message(e)
+            if message is None:
+                raise
+            if ctx.params.get("verbose"):  # `flytegpt -v ...`: the traceback too, for a bug report
+                import traceback
+
+                traceback.print_exc()
+            store = ctx.meta.get(STORE_META)  # set by `load`: the store the command was working on
+            if store:
+                message = f"cannot read the index store {store}: {message}"
+            raise click.ClickException(terminal_text(message)) from None
+
+
+def _botocore_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # botocore is only there with s3fs
+        return ()
+    return (BotoCoreError, ClientError)
+
+
+def storage_error_message(e: BaseException) -> str | None:
+    """One line for an error reading or writing a file or a store (a folder that is a file, an
+    S3 endpoint that cannot be reached, missing credentials), None for any other exception.
+
+    Every command's last resort: `flytegpt versions`, `publish`, `ask`, `report` ... print
+    `Error: ...` instead of a traceback when the index store cannot be read."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno == errno.EPIPE:  # `| head`: click handles it
+        return None
+    if isinstance(e, NotADirectoryError) and e.filename:
+        path = Path(os.fsdecode(e.filename))
+        parent = next((p for p in path.parents if p.is_file()), None)
+        if parent is not None:
+            return f"{parent} is a file, not a folder ({type(e).__name__}: {e})"
+    if isinstance(e, IsADirectoryError) and e.filename:
+        return f"{os.fsdecode(e.filename)} is a folder, not a file ({type(e).__name__}: {e})"
+    if isinstance(e, OSError) or isinstance(e, _botocore_errors()):
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def refuse_same_file(db: object, out: object) -> None:
+    """Refuse an output that is the database being read (`--out` naming `--db`, perhaps by another
+    relative path or a link): writing it would destroy every vote and question."""
+    if db is None or out is None or str(out) == "-" or "://" in str(db) or "://" in str(out):
+        return
+    try:
+        same = os.path.samefile(db, out)
+    except (OSError, ValueError):  # one of them does not exist (yet): not the same file
+        return
+    if same:
+        raise click.ClickException(f"--out {out} is the database --db {db}: choose another output file "
+                                   "(writing it would destroy the database)")
 
 
 def load(config_path: Path, store: str | None) -> Config:
-    """Load the configuration, turning its errors into a clean CLI message."""
+    """Load the configuration, turning its errors into a clean CLI message. The store it names is
+    noted in the command's context, so a storage error anywhere later can name it."""
     try:
-        return load_config(config_path).with_store(store)
+        config = load_config(config_path).with_store(store)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[STORE_META] = config.index.store  # meta is shared by every context of one command line
+    return config
 
 
 def open_searcher(config: Config) -> "HybridSearcher":
@@ -81,8 +145,12 @@ def open_searcher(config: Config) -> "HybridSearcher":
             published = read_latest(store) is not None
         except ArtifactError:  # a LATEST that is not a version id: publishing repairs it
             published = True
+        except Exception as read_error:  # noqa: BLE001
+            _raise_unreadable(store, read_error)
         todo = "Publish a sound version over it" if published else "Build an index first"
         raise click.ClickException(f"{e}\n{todo}: flytegpt ingest --config ... --store {store}") from None
+    except Exception as e:  # noqa: BLE001 - an S3 endpoint down, no credentials, a file for a folder
+        _raise_unreadable(store, e)
     model_id = index.model.model_id
     try:
         embedder = Embedder.for_index(model_id, config)
@@ -95,15 +163,32 @@ def open_searcher(config: Config) -> "HybridSearcher":
         ) from None
 
 
+def _raise_unreadable(store: str, e: Exception) -> None:
+    message = storage_error_message(e)
+    if message is None:
+        raise e
+    raise click.ClickException(f"cannot read the index store {store}: {message}") from None
+
+
 @contextmanager
-def file_errors(target: object) -> Iterator[None]:
+def file_errors(target: object, db: object = None) -> Iterator[None]:
     """A feedback database that is missing or is none, or a `target` that cannot be written:
-    one line and exit 1, not a traceback (the feedback and report commands)."""
+    one line and exit 1, not a traceback (the feedback and report commands).
+
+    A `target` that is the database (`db`, by default the command's --db) is refused first."""
     from flytegpt.bot.slack.feedback import FeedbackDatabaseError
 
+    if db is None:
+        ctx = click.get_current_context(silent=True)
+        params = ctx.params if ctx is not None else {}
+        db = params.get("db_path", params.get("db"))
+    refuse_same_file(db, target)
     try:
         yield
-    except (FileNotFoundError, FeedbackDatabaseError) as e:
+    except FeedbackDatabaseError as e:
         raise click.ClickException(str(e)) from None
+    except FileNotFoundError as e:  # the database (its message names it), or the target's bucket or folder
+        named = any(str(p) in str(e) for p in (db, target) if p)
+        raise click.ClickException(str(e) if named else f"cannot write {target}: {e}") from None
     except OSError as e:
         raise click.ClickException(f"cannot write {target}: {e.strerror or e}") from None

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from flytegpt.bot.cli_options import config_option, file_errors, load, store_option, terminal_text
+from flytegpt.bot.cli_options import config_option, file_errors, load, refuse_same_file, store_option, terminal_text
+from flytegpt.ingest.store import atomic_write, get_fs
 
 
 @click.command("report")
@@ -30,20 +31,39 @@ def report_cmd(db: str, config_path: Path, store: str | None, since: str, out_pa
     from flytegpt.bot.report import ReportOptions, build_report, render_page
     from flytegpt.bot.slack.feedback import FeedbackDatabaseError
 
+    refuse_same_file(db, out_path)  # before anything is read or written: the database stays whole
     config = load(config_path, store)
     try:
+        _check_since(since)
         options = ReportOptions.from_config(config, since=since, eval_questions=eval_questions)
         report = build_report(db, store=None if no_store else config.index.store, options=options, config=config)
     except (ValueError, FileNotFoundError, FeedbackDatabaseError) as e:
         raise click.ClickException(str(e)) from None
-    with file_errors(out_path):
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(render_page(report), encoding="utf-8")
+    page = render_page(report)
+    with file_errors(out_path, db):  # through a temporary file: never a half-written report
+        fs, path = get_fs(str(out_path))
+        atomic_write(fs, path, page.encode("utf-8"))
     for note in report.notes:  # a wrong --store, channels left out: said here too, not only on the page
         click.echo(f"note: {terminal_text(note)}", err=True)
     t = report.totals
     click.echo(f"wrote {out_path}: {t['questions']} questions ({t['answered']} answered, {t['not_found']} not found, "
                f"{t['model_failed'] + t['failed']} failed), {len(report.topics)} gap topics", err=True)
+
+
+_MAX_SINCE_S = 100 * 365 * 86400
+
+
+def _check_since(since: str) -> None:
+    """A period the report can count back (`99999999d` reached before the year 1)."""
+    from flytegpt.bot.report import parse_since
+
+    try:
+        too_long = parse_since(since) > _MAX_SINCE_S
+    except OverflowError:
+        too_long = True
+    if too_long:
+        raise ValueError(f"--since must be a positive duration such as 30d, 2w or 12h (at most 100 years), "
+                         f"not {since!r}")
 
 
 @click.command("snapshot")

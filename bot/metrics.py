@@ -44,13 +44,28 @@ class Metrics:
         self.index_loaded = Gauge("flytegpt_index_loaded", "1 when an index is loaded", registry=r)
         self.reloads = Counter("flytegpt_index_reloads", "Index versions swapped in", registry=r)
         self.reloads_refused = Counter("flytegpt_index_reloads_refused",
-                                       "Index versions refused (failed verification or loading)", registry=r)
+                                       "Attempts to load an index version that were refused (failed verification "
+                                       "or loading; a refused version is tried again later)", registry=r)
+        self.latest = Info("flytegpt_index_latest", "The index version the store's LATEST names (empty when none)",
+                           registry=r)
+        self.latest_served = Gauge(
+            "flytegpt_index_latest_served", "1 when the version the store's LATEST names is the one served; 0 when "
+            "it differs (refused, still loading) or LATEST cannot be read", registry=r)
+        self.store_latest_ok = Gauge(
+            "flytegpt_store_latest_ok", "1 when the store's LATEST was read and names a version; 0 when it is "
+            "missing, empty or unreadable, or the version it names is gone from the store (the bot serves from "
+            "memory; a restart could not load an index)", registry=r)
         self.socket_connected = Gauge("flytegpt_socket_connected", "1 while the Socket Mode connection is up",
                                       registry=r)
 
     def set_index(self, version: str | None) -> None:
         self.index.info({"version": version or ""})
         self.index_loaded.set(1 if version else 0)
+
+    def set_latest(self, latest: str | None, *, served: bool, ok: bool) -> None:
+        self.latest.info({"version": latest or ""})
+        self.latest_served.set(1 if served else 0)
+        self.store_latest_ok.set(1 if ok else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,8 +4,18 @@ An APScheduler job polls the store's LATEST. A new version is opened and verifie
 background (checksums, model id, dimension: `ingest.artifact.open_version`), wrapped in a
 HybridSearcher and swapped into the IndexHolder in one assignment. Answers already
 running keep the searcher they took, and the old one is freed when they finish. A version
-that fails verification is refused, logged and counted, remembered so that it is not
-re-downloaded on every poll, and the current index keeps serving.
+that fails verification is refused, logged and counted, and the current index keeps serving.
+
+A refusal is not final: LATEST may have been written before the version's files arrived (a
+copy or sync in the wrong order), or a download may have been cut short. The version is
+tried again as soon as its manifest or LATEST changes (`flytegpt publish V` re-writes LATEST),
+and otherwise after a backoff (RETRY_FIRST_POLLS poll intervals, doubling up to RETRY_CAP_S),
+so that it is not re-downloaded on every poll. A refusal is logged once per distinct reason.
+
+What the store says is kept for /readyz and the metrics: the version LATEST names (and
+whether it is the one served), and whether LATEST can be read at all. A store whose LATEST
+disappeared (the store or the served version deleted) keeps the bot serving from memory, with
+one warning, since the next restart could not load an index.
 """
 
 from __future__ import annotations
@@ -13,7 +23,9 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 from flytegpt.ingest.heap import trim_heap
 
@@ -25,16 +37,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RETRY_FIRST_POLLS = 2  # a refused version is tried again after this many poll intervals...
+RETRY_CAP_S = 600.0  # ...doubling each time up to this (or one poll interval, if longer)
+_STAMP_KEYS = ("size", "mtime", "ino", "LastModified", "ETag", "etag", "updated", "md5Hash", "generation")
+
+
+@dataclass
+class _Refusal:
+    reason: str
+    stamp: Any  # (LATEST, manifest) as the store described them when the version was refused
+    attempts: int
+    retry_at: float
+
 
 class Reloader:
     def __init__(self, config: "Config", holder: "IndexHolder", *, metrics: "Metrics | None" = None,
                  embedder: "Embedder | None" = None,
-                 interval_s: float | None = None) -> None:
+                 interval_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.config, self.holder, self.metrics = config, holder, metrics
         self.interval_s = config.bot.reload_interval_s if interval_s is None else interval_s
         self._embedder = embedder
+        self._clock = clock
         self._lock = threading.Lock()  # one load at a time (poll job, manual calls)
-        self.refused: dict[str, str] = {}  # version -> why
+        self.refused: dict[str, str] = {}  # version -> why (the last refusal of each version)
+        self._refusals: dict[str, _Refusal] = {}
+        self.latest: str | None = None  # what LATEST named at the last check
+        self.store_problem: str | None = None  # why the store has no usable LATEST, None when it has
+        self._warned: tuple[str, str | None] | None = None  # the store problem last logged
         self._scheduler = None
 
     @property
@@ -75,17 +104,38 @@ class Reloader:
 
     def check_once(self) -> bool:
         """Load and swap in LATEST if it is new; True when a new version is now served."""
-        from flytegpt.ingest.artifact import ArtifactError, open_version, read_latest
+        from flytegpt.ingest.artifact import ArtifactError, open_version, read_latest, unpublished_reason
 
         with self._lock:
             try:
                 latest = read_latest(self.store)
-            except Exception as e:  # noqa: BLE001 - a store hiccup: try again next poll
-                log.warning("reading LATEST failed", extra={"store": self.store, "error": str(e)})
+            except Exception as e:  # noqa: BLE001 - a store hiccup or a garbage LATEST: try again next poll
+                self._store_state(None, f"reading LATEST in {self.store} failed: {e}")
                 return False
-            if latest is None or latest == self.holder.version or latest in self.refused:
+            if latest is None:
+                try:
+                    why = unpublished_reason(self.store)
+                except Exception as e:  # noqa: BLE001
+                    why = f"LATEST cannot be read ({e})"
+                self._store_state(None, f"{why} in {self.store}")
                 return False
-            log.info("new index version found, loading", extra={"version": latest})
+            if latest == self.holder.version:
+                gone = self._stamp(latest)[1] is None
+                self._store_state(latest, f"version {latest} named by LATEST is gone from {self.store}"
+                                  if gone else None)
+                return False
+            self._store_state(latest, None)
+            refusal = self._refusals.get(latest)
+            if refusal is not None:
+                stamp = self._stamp(latest)
+                if stamp == refusal.stamp and self._clock() < refusal.retry_at:
+                    return False
+                why = "its manifest or LATEST changed" if stamp != refusal.stamp else "backoff elapsed"
+                log.info("trying a refused index version again", extra={"version": latest, "why": why,
+                                                                         "attempt": refusal.attempts + 1})
+            else:
+                log.info("new index version found, loading", extra={"version": latest})
+            stamp = self._stamp(latest)  # before opening: a change while it loads is seen next time
             try:
                 index = open_version(self.store, latest, cache_dir=self.config.index.cache_dir)
                 from flytegpt.ingest.search import HybridSearcher
@@ -94,11 +144,7 @@ class Reloader:
                 # raises ValueError when the model's dimension does not match the index
                 searcher = HybridSearcher(index, embedder, self.config.retrieval)
             except (ArtifactError, ValueError) as e:
-                self.refused[latest] = str(e)
-                if self.metrics:
-                    self.metrics.reloads_refused.inc()
-                log.error("index version refused; still serving the previous one",
-                          extra={"version": latest, "serving": self.holder.version, "reason": str(e)})
+                self._refuse(latest, str(e), stamp)
                 return False
             except Exception as e:  # noqa: BLE001 - e.g. a network error: count it, retry next poll
                 if self.metrics:
@@ -106,9 +152,12 @@ class Reloader:
                 log.exception("loading index version failed", extra={"version": latest, "error": str(e)})
                 return False
             old = self.holder.swap(searcher)
+            self._refusals.pop(latest, None)
+            self.refused.pop(latest, None)
             if self.metrics:
                 self.metrics.reloads.inc()
                 self.metrics.set_index(latest)
+            self._publish_state()
             log.info("index version swapped in", extra={"version": latest,
                                                         "previous": getattr(old, "version", None),
                                                         "chunks": len(index.chunks)})
@@ -118,6 +167,82 @@ class Reloader:
             gc.collect()  # the old FAISS index and chunk table go as soon as no answer holds them
             trim_heap()  # so RSS shows the swap
             return True
+
+    def _refuse(self, version: str, reason: str, stamp: Any) -> None:
+        """Remember why `version` was refused and when to try it again; log a reason once."""
+        previous = self._refusals.get(version)
+        attempts = previous.attempts + 1 if previous else 1
+        base = max(self.interval_s, 1.0) * RETRY_FIRST_POLLS
+        delay = min(base * 2 ** (attempts - 1), max(RETRY_CAP_S, self.interval_s))
+        self._refusals[version] = _Refusal(reason, stamp, attempts, self._clock() + delay)
+        self.refused[version] = reason
+        if self.metrics:
+            self.metrics.reloads_refused.inc()
+        extra = {"version": version, "serving": self.holder.version, "reason": reason,
+                 "attempt": attempts, "retry_in_s": round(delay)}
+        if previous is None or previous.reason != reason:
+            log.error("index version refused; still serving the previous one "
+                      "(tried again when it changes, or later)", extra=extra)
+        else:
+            log.debug("index version refused again, same reason", extra=extra)
+        self._publish_state()
+
+    def _stamp(self, version: str) -> tuple[Any, Any]:
+        """How the store describes LATEST and `version`'s manifest (size, mtime, etag...), None
+        for a missing file: a change means the version is worth another try."""
+        from flytegpt.ingest.artifact import LATEST, MANIFEST
+        from flytegpt.ingest.store import get_fs, join
+
+        try:
+            fs, root = get_fs(self.store)
+        except Exception:  # noqa: BLE001 - read_latest worked, so this hardly fails
+            return (None, None)
+
+        def one(path: str) -> Any:
+            try:
+                fs.invalidate_cache(path.rsplit("/", 1)[0])
+                info = fs.info(path)
+            except Exception:  # noqa: BLE001 - missing, or the store is out of reach: "no file"
+                return None
+            return tuple((k, str(info[k])) for k in _STAMP_KEYS if info.get(k) is not None)
+
+        return one(join(root, LATEST)), one(join(root, version, MANIFEST))
+
+    def _store_state(self, latest: str | None, problem: str | None) -> None:
+        """Record what LATEST says; warn once (again only when it changes) when it is unusable."""
+        self.latest, self.store_problem = latest, problem
+        serving = self.holder.version
+        key = None if problem is None else (problem, serving)
+        if key != self._warned:
+            if problem is not None and serving is not None:
+                log.warning(f"{problem}; still serving {serving} from memory (a restart could not load it)",
+                            extra={"store": self.store, "serving": serving})
+            elif problem is not None:
+                log.warning(f"{problem}; no index to serve", extra={"store": self.store})
+            elif self._warned is not None:
+                log.info("LATEST in the index store is readable again", extra={"store": self.store,
+                                                                               "latest": latest})
+            self._warned = key
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        if self.metrics:
+            self.metrics.set_latest(self.latest, served=self.latest is not None and self.latest == self.holder.version,
+                                    ok=self.store_problem is None)
+
+    def status_note(self) -> str:
+        """What /readyz adds after `ok VERSION`: empty when LATEST names the version served."""
+        serving = self.holder.version
+        if self.store_problem is not None:
+            return f"; {self.store_problem} (serving from memory; a restart could not load an index)"
+        if self.latest is None or self.latest == serving:
+            return ""
+        refusal = self._refusals.get(self.latest)
+        if refusal is None:
+            return f"; LATEST names {self.latest}, not served yet (loading)"
+        wait = max(0, round(refusal.retry_at - self._clock()))
+        return (f"; LATEST names {self.latest}, which is not served: refused ({refusal.reason}); "
+                f"tried again when it changes or in {wait} s")
 
     def _prune_cache(self, serving: str, previous: str | None, models: set[str]) -> None:
         """Local copies of other versions, and of tuned models they alone used, go once a new

@@ -85,6 +85,16 @@ class BotServer:
         """An index is loaded: questions get real answers."""
         return self.holder.ready
 
+    def readiness_note(self) -> str:
+        """What /readyz adds after `ok VERSION` when the store disagrees with what is served: LATEST
+        names another version (refused, loading), or the store has no LATEST. Readiness stays 200:
+        the bot answers from the index it holds."""
+        try:
+            return self.reloader.status_note() if self.reloader is not None else ""
+        except Exception:  # noqa: BLE001 - a probe must answer
+            log.debug("readiness note failed", exc_info=True)
+            return ""
+
     def start(self) -> "BotServer":
         from slack_sdk.errors import SlackApiError
 
@@ -187,7 +197,7 @@ class BotServer:
                     self._send(200 if ok else 503, f"{why}\n".encode())
                 elif path == "/readyz":
                     ok = server.ready()
-                    body = f"ok {server.holder.version}\n" if ok else "index not loaded\n"
+                    body = f"ok {server.holder.version}{server.readiness_note()}\n" if ok else "index not loaded\n"
                     self._send(200 if ok else 503, body.encode())
                 elif path == "/metrics":
                     server.health()  # refresh the connection gauge

@@ -9,11 +9,13 @@ setting that silently does nothing.
 from __future__ import annotations
 
 import importlib.util
+import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SourceKind = Literal["docs", "code", "slack_export", "slack_api", "git"]
@@ -27,6 +29,26 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def is_http_url(value: str) -> bool:
+    """An absolute http(s) URL with a host (what a link in Slack or a model endpoint needs)."""
+    try:
+        parts = urlsplit(value)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # an invalid IPv6 literal, a bad port
+        return False
+
+
+# The placeholders a source's `url` template may hold, by kind (as the sources fill them:
+# ingest/sources/_files.py render_url / fill_lines, ingest/sources/git.py).
+_URL_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
+    "docs": ("path",),
+    "code": ("path", "start", "end"),
+    "git:docs": ("commit", "ref", "path"),
+    "git:code": ("commit", "ref", "path", "start", "end"),
+}
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
 class SourceConfig(_Strict):
@@ -61,6 +83,23 @@ class SourceConfig(_Strict):
             raise ValueError(f"source {self.name!r} (git) needs 'repo' and 'as_kind'")
         return self
 
+    @model_validator(mode="after")
+    def _checked_urls(self) -> "SourceConfig":
+        kind = f"git:{self.as_kind}" if self.kind == "git" else self.kind
+        allowed = _URL_PLACEHOLDERS.get(kind)
+        if self.url is not None and allowed is not None:
+            unknown = [p for p in _PLACEHOLDER.findall(self.url) if p not in allowed]
+            if unknown:
+                raise ValueError(
+                    f"url: unknown placeholder {{{unknown[0]}}} in {self.url!r} "
+                    f"(a {kind.replace(':', ' read as ')} source's url may use "
+                    + ", ".join(f"{{{p}}}" for p in allowed) + ")"
+                )
+        if self.workspace_url is not None and not is_http_url(self.workspace_url.strip()):
+            raise ValueError(f"workspace_url must be an http(s) URL such as https://example.slack.com, "
+                             f"not {self.workspace_url!r}")
+        return self
+
     def root(self) -> Path:
         """The folder (or zip) this source reads, checked to exist."""
         if self.package is not None and self.path is None:
@@ -78,6 +117,14 @@ class SourceConfig(_Strict):
 
 class IndexConfig(_Strict):
     store: str = ".flytegpt/store"  # a local folder or an fsspec URL (s3://, gs://)
+
+    @field_validator("store")
+    @classmethod
+    def _store_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty: give a folder or an fsspec URL (s3://, gs://), "
+                             "or leave the key out for .flytegpt/store")
+        return value
     # "auto": exact search (flat) below `approximate_threshold` chunks, IVF above it. IVF-PQ was
     # measured and left out: it missed recall@10 >= 0.95 at 1M without a flat re-rank, which
     # gives back the memory it saves (tests/bench/bench_index.py).
@@ -202,6 +249,14 @@ class AnswerConfig(_Strict):
 
 
 class BotConfig(_Strict):
+    @field_validator("allowed_channels", "suggested_prompts", "report_channels")
+    @classmethod
+    def _no_blank_entries(cls, value: list[str] | None) -> list[str] | None:
+        for i, item in enumerate(value or []):
+            if not item.strip():
+                raise ValueError(f"entry {i + 1} is empty: remove it or write the text")
+        return value
+
     thread_followups: bool = True
     allowed_channels: list[str] = []  # empty: every channel the bot is in
     workers: int = Field(default=4, ge=1, le=256)  # answers computed at once
@@ -270,6 +325,9 @@ class Config(_Strict):
     def with_store(self, store: str | None) -> "Config":
         if store is None:
             return self
+        if not store.strip():  # an unset shell variable: never the current folder by accident
+            raise ConfigError("--store is empty: give a folder or an fsspec URL (s3://, gs://), "
+                              "or leave --store out for the configured [index] store")
         return self.model_copy(update={"index": self.index.model_copy(update={"store": store})})
 
 
@@ -285,6 +343,28 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = Field(default=None, alias="SLACK_APP_TOKEN")
     slack_api_url: str | None = Field(default=None, alias="SLACK_API_URL")
 
+    @field_validator("openai_api_key", "openai_base_url", "chat_model", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any, info: Any) -> Any:
+        """`OPENAI_API_KEY=` (an empty secret, a blank .env line, a Helm value left empty) means
+        unset, as the manifest promises: the offline answerer, not a model call that fails."""
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return cls.model_fields[info.field_name].default  # None, or the default chat model
+        return value
+
+    def checked_openai_base_url(self) -> str | None:
+        """OPENAI_BASE_URL, or a ConfigError naming it when it is no http(s) URL with a host
+        (otherwise each answer retries a call that can never connect)."""
+        url = self.openai_base_url
+        if url is not None and not is_http_url(url):
+            raise ConfigError(f"OPENAI_BASE_URL {url!r} is not an http(s) URL: unset it for OpenAI's own "
+                              "or give a base URL such as http://localhost:11434/v1")
+        return url
+
 
 def _resolve_paths(raw: dict, base: Path) -> dict:
     for source in raw.get("sources", []) or []:
@@ -293,8 +373,9 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
     index = raw.get("index")
     if isinstance(index, dict):
         store = index.get("store")
-        if isinstance(store, str) and "://" not in store:
-            index["store"] = str((base / store).resolve())
+        if isinstance(store, str) and "://" not in store and store.strip():
+            # ~ as on the command line (never a folder literally named "~" beside the config)
+            index["store"] = str((base / Path(store).expanduser()).resolve())
     return raw
 
 
@@ -315,7 +396,8 @@ def _describe(error: ValidationError, raw: dict) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown key '{where}'")
         else:
-            lines.append(f"{where}: {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")  # our own validators' words, as written
+            lines.append(f"{where}: {msg}")
     return "; ".join(lines)
 
 

@@ -32,6 +32,12 @@ class QuestionFileError(ValueError):
     pass
 
 
+# what a question line may hold: the loaded fields, and what the shared dev sets and
+# `flytegpt feedback questions` write beside them. Anything else is a typo ("golds") that
+# would otherwise be ignored in silence, as the configuration file forbids unknown keys.
+QUESTION_KEYS = frozenset({"id", "question", "gold", "kind", "answer_facts", "origin", "up", "down"})
+
+
 def load_questions(path: str | Path) -> list[Question]:
     """Read a JSONL question file; a bad line is an error naming the line, not a silent skip.
 
@@ -63,6 +69,10 @@ def load_questions(path: str | Path) -> list[Question]:
 def _question(d: object, n: int) -> Question:
     if not isinstance(d, dict):
         raise ValueError(f"expected an object with 'question' and 'gold', got {type(d).__name__}")
+    unknown = sorted(str(k) for k in d if k not in QUESTION_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; a question line has "
+                         f"{', '.join(sorted(QUESTION_KEYS))}")
     question, gold = d.get("question"), d.get("gold")
     if not isinstance(question, str) or not question.strip():
         raise ValueError("'question' must be a non-empty string")

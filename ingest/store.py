@@ -126,12 +126,28 @@ def check_writable(store: str) -> None:
     try:
         fs, root = get_fs(store)
         if is_local(fs):
+            _not_a_file(store, root)
             os.makedirs(root, exist_ok=True)
         probe = join(root, f".write-check-{uuid.uuid4().hex}")
         fs.pipe_file(probe, b"")
         fs.rm_file(probe)
+    except StoreWriteError:
+        raise
     except Exception as e:  # noqa: BLE001 - OSError, botocore's credential and bucket errors, ...
         raise StoreWriteError(f"cannot write to the index store {store}: {e}") from e
+
+
+def _not_a_file(store: str, root: str) -> None:
+    """A local store path that is (or lies under) a file: said so, not `[Errno 17] File exists`."""
+    path = root
+    while True:
+        if os.path.isfile(path):
+            what = "is a file" if path == root else f"lies under {path}, which is a file"
+            raise StoreWriteError(f"cannot write to the index store {store}: {root} {what}, not a folder")
+        parent = os.path.dirname(path)
+        if not parent or parent == path:
+            return
+        path = parent
 
 
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:

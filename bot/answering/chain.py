@@ -101,7 +101,11 @@ class Answerer:
         self.config = config
         self.settings = settings
         self._searcher = searcher
-        self.llm_enabled: bool = settings.openai_api_key is not None or settings.openai_base_url is not None
+        # Settings reads a blank OPENAI_API_KEY / OPENAI_BASE_URL as unset; a malformed base URL is a
+        # ConfigError naming it now (`flytegpt serve`: one line at start), not retried connection failures.
+        base_url = settings.checked_openai_base_url()
+        key = settings.openai_api_key
+        self.llm_enabled: bool = (key is not None and bool(key.get_secret_value().strip())) or base_url is not None
         self._lock = threading.Lock()
         self._chat: Any = None
 

@@ -217,20 +217,31 @@ def version_rows(history: IndexHistory | None, rows: Sequence[dict]) -> list[dic
 
 
 def evaluate_versions(store: str, versions: list[dict], questions_file: str, config: "Config",
-                      embedder_for: Callable[[str], "Embedder"], newest: int) -> None:
-    """Retrieval metrics of the newest versions on an eval question file, into versions[i]["eval"]."""
+                      embedder_for: Callable[[str], "Embedder"], newest: int) -> list[str]:
+    """Retrieval metrics of the newest versions on an eval question file, into versions[i]["eval"].
+
+    A version that cannot be opened or searched (a damaged file, a model that won't load) is
+    left out on its own: the others are still evaluated. Returns one note per version left out.
+    An unreadable question file raises (no version can be evaluated)."""
     from flytegpt.ingest.artifact import open_version
     from flytegpt.ingest.evaluation import evaluate, load_questions as load_eval
     from flytegpt.ingest.search import HybridSearcher
 
     qs = load_eval(questions_file)
+    problems = []
     for v in versions[-newest:]:
-        index = open_version(store, v["version"])
-        searcher = HybridSearcher(index, embedder_for(index.model.model_id), config.retrieval)
-        result = evaluate(qs, lambda q: [h.chunk for h in searcher.search(q, 10)])
+        try:
+            index = open_version(store, v["version"])
+            searcher = HybridSearcher(index, embedder_for(index.model.model_id), config.retrieval)
+            result = evaluate(qs, lambda q: [h.chunk for h in searcher.search(q, 10)])
+        except Exception as e:  # noqa: BLE001 - whatever a damaged version raises: skip it, keep the rest
+            log.warning("report: index version %s left out of the evaluation: %s", v["version"], e)
+            problems.append(f"Index version {v['version']} left out of the evaluation: {e}")
+            continue
         v["eval"] = {k: result[k] for k in ("recall@5", "recall@10", "mrr@10") if k in result}
         v["eval"]["n"] = result.get("n", len(qs))
         del index, searcher
+    return problems
 
 
 def build_report(db: str, *, store: str | None = None, options: ReportOptions | None = None,
@@ -289,7 +300,8 @@ def build_report(db: str, *, store: str | None = None, options: ReportOptions | 
     versions = version_rows(history, rows)
     if options.eval_questions and store and versions:
         try:
-            evaluate_versions(store, versions, options.eval_questions, config, embedder_for, options.eval_versions)
+            notes.extend(evaluate_versions(store, versions, options.eval_questions, config, embedder_for,
+                                           options.eval_versions))
         except Exception as e:  # noqa: BLE001 - the metrics are optional; the rest of the report stands
             log.warning("report: evaluating index versions failed: %s", e)
             notes.append(f"Evaluating the index versions failed: {e}")

@@ -366,9 +366,11 @@ def _export_rows(db_path: str | Path, out_path: str | Path,
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if str(out_path) == "-":
         sys.stdout.write(text)
-    else:
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_path).write_text(text, encoding="utf-8")
+    else:  # through a temporary file: a failure half-way never leaves a truncated export
+        from flytegpt.ingest.store import atomic_write, get_fs
+
+        fs, path = get_fs(str(out_path))
+        atomic_write(fs, path, text.encode("utf-8"))
     return len(rows)
 
 

@@ -542,3 +542,43 @@ def test_made_up_links_never_show_live_while_streamed_or_at_the_end(server, toke
         shown += d
         live = shown.replace("`https://evil.example", "").replace("`mailto:x@evil.example", "")
         assert "evil.example" not in live.replace("`www.evil.example`", ""), shown
+
+
+# ---- audit19 A1 / A11: a blank key is no key; a malformed base URL is one error naming it ----------
+
+@pytest.mark.parametrize("key", ["", "   ", "\n"])
+def test_a_blank_openai_key_answers_offline(server, key):
+    searcher = WordSearcher(list(ALL))
+    answerer = Answerer(Config(answer=AnswerConfig(min_score=0.2)), Settings(OPENAI_API_KEY=key), lambda: searcher)
+    assert answerer.llm_enabled is False
+    a = answerer.answer("how do I use ray workers?")
+    assert a.mode == "offline" and a.citations
+    assert server.requests == []
+
+
+def test_flytegpt_ask_with_an_empty_openai_key_in_the_environment_answers_offline(monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from flytegpt.bot import cli_answer
+    from flytegpt.bot.cli import main
+
+    monkeypatch.setattr(cli_answer, "open_searcher", lambda config: WordSearcher(list(ALL)))
+    result = CliRunner().invoke(main, ["ask", "how do I use ray workers?", "--json"],
+                                env={"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "FLYTEGPT_CHAT_MODEL": " "})
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "Missing credentials" not in result.output
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["mode"] == "offline" and answer["citations"]
+
+
+@pytest.mark.parametrize("url", ["not a url", "localhost:11434/v1", "http://", "ftp://models.example.org/v1"])
+def test_a_malformed_openai_base_url_is_one_error_naming_it(server, url):
+    from flytegpt.ingest.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        Answerer(Config(), Settings(OPENAI_API_KEY=SECRET, OPENAI_BASE_URL=url), lambda: WordSearcher(list(ALL)))
+    assert "OPENAI_BASE_URL" in str(err.value) and repr(url) in str(err.value)
+    assert "not an http(s) URL" in str(err.value)
+    assert SECRET not in str(err.value) and server.requests == []

@@ -306,3 +306,27 @@ def test_a_damaged_index_version_is_a_note_not_a_failed_report(db: Path, embedde
     assert any("the published index cannot be read" in n and "chunks.jsonl.gz" in n for n in r.notes)
     assert r.catalog_size == 0 and len(r.versions) == 2 and r.totals["questions"] == 8
     assert r.topics  # still clustered, with the configured model
+
+
+@pytest.mark.slow
+def test_a_damaged_old_version_is_left_out_and_the_others_are_still_evaluated(db: Path, embedder,
+                                                                                tmp_path: Path) -> None:
+    from flytegpt.ingest.artifact import read_latest
+
+    store = _store_with_two_versions(tmp_path, embedder)
+    latest = read_latest(store)
+    old = next(p.name for p in Path(store).iterdir() if p.is_dir() and p.name[:8].isdigit() and p.name != latest)
+    chunks = Path(store) / old / "chunks.jsonl.gz"
+    chunks.write_bytes(chunks.read_bytes()[:100])  # truncated, as a failed copy leaves it
+    questions = tmp_path / "eval.jsonl"
+    questions.write_text('{"question": "How do I push my image to a container registry?", "gold": ["docs:registry.md"]}\n'
+                         '{"question": "hash of the inputs for the cache key", "gold": ["code:cache.py"]}\n')
+    r = build_report(str(db), store=store, options=ReportOptions(since_s=7 * DAY, eval_questions=str(questions)),
+                     embedder=embedder, now=NOW)
+    by_id = {v["version"]: v for v in r.versions}
+    assert by_id[old]["eval"] is None
+    assert by_id[latest]["eval"] is not None and by_id[latest]["eval"]["recall@10"] == 1.0
+    assert [n for n in r.notes if "left out of the evaluation" in n and old in n and "chunks.jsonl.gz" in n]
+    assert not any("Evaluating the index versions failed" in n for n in r.notes)
+    page = render_page(r)
+    assert "MRR@10" in page and f"{old} left out of the evaluation" in page

@@ -167,7 +167,24 @@ def test_serve_health_ready_metrics_and_late_index(built_store, embedder, tmp_pa
                 assert 'flytegpt_answers_total{mode="offline"} 1.0' in metrics
                 assert "flytegpt_answer_seconds_count 1.0" in metrics
                 assert "flytegpt_socket_connected 1.0" in metrics
+                assert "flytegpt_index_latest_served 1.0" in metrics and "flytegpt_store_latest_ok 1.0" in metrics
+                assert _get(url + "/readyz") == (200, f"ok {version}\n")
                 assert _get(url + "/nope")[0] == 404
+
+                # LATEST names a version the bot cannot load: still ready (it answers), and it says so
+                missing = "20990101T000000Z-0000abcd"
+                (store / "LATEST").write_text(missing + "\n")
+                emu.wait_for(lambda: "not served" in _get(url + "/readyz")[1], timeout=20)
+                status, body = _get(url + "/readyz")
+                assert status == 200 and body.startswith(f"ok {version}; LATEST names {missing}, which is not served")
+                metrics = _get(url + "/metrics")[1]
+                assert "flytegpt_index_latest_served 0.0" in metrics
+                assert f'flytegpt_index_latest_info{{version="{missing}"}} 1.0' in metrics
+                # the store loses LATEST: still ready, serving from memory, and it says so
+                (store / "LATEST").unlink()
+                emu.wait_for(lambda: "LATEST not found" in _get(url + "/readyz")[1], timeout=20)
+                assert _get(url + "/readyz")[0] == 200
+                assert "flytegpt_store_latest_ok 0.0" in _get(url + "/metrics")[1]
             finally:
                 server.stop()
             assert emu.violations == []
@@ -175,6 +192,7 @@ def test_serve_health_ready_metrics_and_late_index(built_store, embedder, tmp_pa
         logging.getLogger().removeHandler(handler)
     logs = log_stream.getvalue()
     assert "index version swapped in" in logs
+    assert logs.count("LATEST not found in") == 2  # once before the first index, once when it went
     assert "test-token" not in logs  # tokens never reach the logs, even at DEBUG
 
 
