@@ -285,6 +285,33 @@ def write_version(
             os.unlink(dense_tmp)
 
 
+def _content_hash(model_id: str, dimension: int, entries: dict) -> str:
+    """What a version holds (its model and every file's checksum), whatever its id and time."""
+    return hashlib.sha256(json.dumps([model_id, dimension, entries], sort_keys=True).encode()).hexdigest()
+
+
+def _latest_with_content(store: str, content: str) -> str | None:
+    """The version LATEST names when it holds exactly `content`, else None.
+
+    An ingest of unchanged sources then publishes nothing new: a new id for the same bytes
+    every night would push the last different version, the one a rollback needs, out of
+    `[index] keep_versions`.
+    """
+    try:
+        latest = read_latest(store)
+        if latest is None or not latest.endswith("-" + content[:8]):
+            return None
+        manifest = read_manifest(store, latest)
+        model = manifest["model"]
+        if _content_hash(model["model_id"], model["dimension"], manifest["files"]) != content:
+            return None
+        if file_problems(store, latest, manifest):  # a damaged LATEST is replaced, not published again
+            return None
+    except (ArtifactError, OSError, KeyError, TypeError):  # no usable LATEST: write a new version
+        return None
+    return latest
+
+
 def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: KeywordIndex, dense_tmp: str,
                  model: ModelInfo, index_info: dict, stats: dict | None,
                  sources_read_at: datetime | None) -> str:
@@ -294,16 +321,25 @@ def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: Keywor
     entries[DENSE_FILE] = {"sha256": _file_sha256(dense_tmp), "bytes": os.path.getsize(dense_tmp)}
     entries = dict(sorted(entries.items()))
 
-    content = hashlib.sha256(
-        json.dumps([model.model_id, model.dimension, entries], sort_keys=True).encode()
-    ).hexdigest()
+    content = _content_hash(model.model_id, model.dimension, entries)
+    unchanged = _latest_with_content(store, content)
+    if unchanged is not None:
+        log.info("the index is unchanged: LATEST names %s, of the same content; no new version", unchanged)
+        return unchanged
     now = datetime.now(timezone.utc)
     version = now.strftime("%Y%m%dT%H%M%SZ") + "-" + content[:8]
 
     folder = join(root, version)
-    if read_bytes(fs, join(folder, MANIFEST)) is not None:
-        log.info("index version %s already exists (same content)", version)
-        return version
+    existing = read_bytes(fs, join(folder, MANIFEST))
+    if existing is not None:  # made within the same second from the same content
+        try:
+            damaged = file_problems(store, version, json.loads(existing))
+        except ValueError:
+            damaged = ["an unreadable manifest"]
+        if not damaged:
+            log.info("index version %s already exists (same content)", version)
+            return version
+        log.warning("index version %s exists but is damaged (%s): writing it again", version, "; ".join(damaged))
 
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -14,6 +14,7 @@ import logging
 import os
 import posixpath
 import socket
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -185,7 +186,10 @@ def store_lock(fs: fsspec.AbstractFileSystem, path: str, *, stale_after_s: float
     The file is created whole and exclusively (a hard link of a written temporary file on a
     local store; `If-None-Match: *` on S3 through s3fs's "xb" mode) and holds who took it and when. A lock whose holder is gone is broken:
     on the same host when its process no longer exists, anywhere after `stale_after_s`.
-    Only the holder's own lock is removed at the end.
+    While the block runs, its time is renewed every third of `stale_after_s` (a publish that
+    downloads and verifies a large index on S3 may take longer than that, and must not have its
+    lock broken by a second publisher on another machine). Only the holder's own lock is removed
+    at the end.
     """
     me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "at": time.time()}
     mine = json.dumps(me).encode()
@@ -207,11 +211,30 @@ def store_lock(fs: fsspec.AbstractFileSystem, path: str, *, stale_after_s: float
                 f"publish is running (delete the file if that process is gone)"
             )
         time.sleep(poll_s)
+    stop = threading.Event()
+    renew = threading.Thread(target=_renew_lock, args=(fs, path, me, stale_after_s / 3, stop),
+                             name="flytegpt-store-lock", daemon=True)
+    renew.start()
     try:
         yield
     finally:
-        if read_bytes(fs, path) == mine:
+        stop.set()
+        renew.join()
+        if _lock_holder(read_bytes(fs, path)).get("token") == me["token"]:
             _remove(fs, path)
+
+
+def _renew_lock(fs: fsspec.AbstractFileSystem, path: str, me: dict[str, Any], every_s: float,
+                stop: threading.Event) -> None:
+    """Rewrite the lock with a new time every `every_s` while it is still ours."""
+    while not stop.wait(every_s):
+        try:
+            if _lock_holder(read_bytes(fs, path)).get("token") != me["token"]:
+                log.warning("the lock %s is no longer ours (broken as stale?); not renewing it", path)
+                return
+            atomic_write(fs, path, json.dumps({**me, "at": time.time()}).encode())
+        except Exception as e:  # noqa: BLE001 - a store hiccup: try again at the next beat
+            log.warning("renewing the lock %s failed: %s", path, e)
 
 
 def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:

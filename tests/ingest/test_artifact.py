@@ -302,3 +302,26 @@ def test_non_finite_vectors_found_in_any_block() -> None:
     assert artifact._all_finite(vectors, rows=3)
     vectors[9, 7] = np.inf  # in the last, partial block
     assert not artifact._all_finite(vectors, rows=3)
+
+
+def test_an_unchanged_index_is_not_written_again_so_rollback_targets_survive_pruning(tmp_path: Path) -> None:
+    """Nightly ingests of unchanged sources: each would be a new id for the same bytes, and a week
+    of them would prune the last *different* version, the one a rollback needs."""
+    store = str(tmp_path / "store")
+    older = build(store, seed=1)
+    current = build(store, seed=2)
+    for _ in range(3):
+        assert build(store, seed=2) == current  # the same content as LATEST: LATEST's version
+    assert list_versions(store) == [older, current] and read_latest(store) == current
+    changed = build(store, seed=3)
+    assert changed not in (older, current) and read_latest(store) == changed
+
+
+def test_a_damaged_latest_of_the_same_content_is_replaced_by_a_new_version(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    current = build(store, seed=2)
+    dense = tmp_path / "store" / current / "dense.faiss"
+    dense.write_bytes(dense.read_bytes()[:-8])  # a truncated upload
+    repaired = build(store, seed=2)  # within the same second it is the same id, written again
+    assert read_latest(store) == repaired
+    assert open_version(store).version == repaired  # every file verifies

@@ -226,6 +226,19 @@ def test_lock_waits_for_the_holder_and_breaks_a_stale_one(tmp_path: Path) -> Non
     assert not Path(lock).exists()
 
 
+def test_a_long_publish_keeps_its_lock_past_the_stale_age(tmp_path: Path) -> None:
+    """A publish that takes longer than the stale age (a large index verified on S3) renews its
+    lock: a second publisher waits and gives up instead of breaking a lock whose holder is alive."""
+    fs, root = get_fs(str(tmp_path))
+    lock = f"{root}/publish.lock"
+    with store_lock(fs, lock, stale_after_s=0.6):
+        time.sleep(0.9)  # past the stale age already
+        with pytest.raises(StoreLockError, match="is held by"):
+            with store_lock(fs, lock, stale_after_s=0.6, wait_s=1.0):
+                pass
+    assert not Path(lock).exists()
+
+
 def _hold(fs, lock: str, order: list[str]) -> None:
     with store_lock(fs, lock, wait_s=20):
         order.append("second")
