@@ -64,6 +64,7 @@ class Reloader:
         self.latest: str | None = None  # what LATEST named at the last check
         self.store_problem: str | None = None  # why the store has no usable LATEST, None when it has
         self._warned: tuple[str, str | None] | None = None  # the store problem last logged
+        self._load_failure: tuple[str, str] | None = None  # (version, error type) last logged with a traceback
         self._scheduler = None
 
     @property
@@ -149,9 +150,16 @@ class Reloader:
             except Exception as e:  # noqa: BLE001 - e.g. a network error: count it, retry next poll
                 if self.metrics:
                     self.metrics.reloads_refused.inc()
-                log.exception("loading index version failed", extra={"version": latest, "error": str(e)})
+                failure = (latest, type(e).__name__)
+                if failure != self._load_failure:  # the traceback once; a store outage is not one per poll
+                    log.exception("loading index version failed", extra={"version": latest, "error": str(e)})
+                else:
+                    log.warning("loading index version failed again; retrying at the next poll",
+                                extra={"version": latest, "error": str(e)})
+                self._load_failure = failure
                 return False
             old = self.holder.swap(searcher)
+            self._load_failure = None
             self._refusals.pop(latest, None)
             self.refused.pop(latest, None)
             if self.metrics:

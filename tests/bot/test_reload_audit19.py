@@ -248,3 +248,26 @@ def test_an_unreadable_latest_is_logged_once_per_reason(bot, config, caplog):
     assert len(warned) == 1 and "reading LATEST" in warned[0]
     assert metric(metrics, "flytegpt_store_latest_ok") == 0
     assert "reading LATEST" in reloader.status_note()
+
+
+def test_a_store_outage_while_loading_logs_its_traceback_once(bot, config, caplog, monkeypatch):
+    """S3 unreachable while a new version loads: retried every poll, but one traceback, not one a poll."""
+    import flytegpt.ingest.artifact as artifact
+    from flytegpt.ingest.artifact import publish
+
+    reloader, holder, metrics, clock = bot
+    v1 = holder.version
+    v2 = unpublished_variant(config.index.store, v1)
+    publish(config.index.store, v2)
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Could not connect to the endpoint URL (stand-in)")
+
+    monkeypatch.setattr(artifact, "open_version", unreachable)
+    caplog.set_level(logging.INFO, logger="flytegpt.bot.reload")
+    for _ in range(3):
+        assert not reloader.check_once() and holder.version == v1
+    failed = [r for r in caplog.records if "loading index version failed" in r.getMessage()]
+    assert [r.levelno for r in failed] == [logging.ERROR, logging.WARNING, logging.WARNING]  # the traceback once
+    monkeypatch.undo()
+    assert reloader.check_once() and holder.version == v2  # the store is back
