@@ -59,13 +59,17 @@ class Reloader:
         self._embedder = embedder
         self._clock = clock
         self._lock = threading.Lock()  # one load at a time (poll job, manual calls)
-        self.refused: dict[str, str] = {}  # version -> why (the last refusal of each version)
         self._refusals: dict[str, _Refusal] = {}
         self.latest: str | None = None  # what LATEST named at the last check
         self.store_problem: str | None = None  # why the store has no usable LATEST, None when it has
         self._warned: tuple[str, str | None] | None = None  # the store problem last logged
         self._load_failure: tuple[str, str] | None = None  # (version, error type) last logged with a traceback
         self._scheduler = None
+
+    @property
+    def refused(self) -> dict[str, str]:
+        """Each refused version and why (its last refusal)."""
+        return {version: r.reason for version, r in self._refusals.items()}
 
     @property
     def store(self) -> str:
@@ -127,8 +131,8 @@ class Reloader:
                 return False
             self._store_state(latest, None)
             refusal = self._refusals.get(latest)
+            stamp = self._stamp(latest)  # before opening: a change while it loads is seen next time
             if refusal is not None:
-                stamp = self._stamp(latest)
                 if stamp == refusal.stamp and self._clock() < refusal.retry_at:
                     return False
                 why = "its manifest or LATEST changed" if stamp != refusal.stamp else "backoff elapsed"
@@ -136,7 +140,6 @@ class Reloader:
                                                                          "attempt": refusal.attempts + 1})
             else:
                 log.info("new index version found, loading", extra={"version": latest})
-            stamp = self._stamp(latest)  # before opening: a change while it loads is seen next time
             try:
                 index = open_version(self.store, latest, cache_dir=self.config.index.cache_dir)
                 from flytegpt.ingest.search import HybridSearcher
@@ -161,7 +164,6 @@ class Reloader:
             old = self.holder.swap(searcher)
             self._load_failure = None
             self._refusals.pop(latest, None)
-            self.refused.pop(latest, None)
             if self.metrics:
                 self.metrics.reloads.inc()
                 self.metrics.set_index(latest)
@@ -183,7 +185,6 @@ class Reloader:
         base = max(self.interval_s, 1.0) * RETRY_FIRST_POLLS
         delay = min(base * 2 ** (attempts - 1), max(RETRY_CAP_S, self.interval_s))
         self._refusals[version] = _Refusal(reason, stamp, attempts, self._clock() + delay)
-        self.refused[version] = reason
         if self.metrics:
             self.metrics.reloads_refused.inc()
         extra = {"version": version, "serving": self.holder.version, "reason": reason,

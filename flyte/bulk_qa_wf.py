@@ -92,13 +92,12 @@ def answer_questions(
     (flyte/bulk_checkpoint.py) on the index version that one used, when it is still there."""
     task_logging()
     from flytegpt.bot.answering import Answerer, write_report
-    from flytegpt.bot.answering.bulk import MAX_WORKERS
+    from flytegpt.bot.answering.bulk import check_workers
     from flytegpt.ingest.config import Settings
     from flytegpt.ingest.models import valid_unicode
 
     # Checked here, not only by `python -m flytegpt.flyte`: a launch on a cluster does not pass through it.
-    if isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
-        raise ValueError(f"--workers must be at least 1 and at most {MAX_WORKERS}, not {workers}")
+    check_workers(workers, "--workers")
     asked = [q.strip() for q in questions or [] if q.strip()]
     if questions_file is not None:
         asked += parse_questions(Path(questions_file.download()).read_text(encoding="utf-8"))

@@ -32,6 +32,13 @@ NOT_ASKED = ("Not asked: the question has no letters or digits (only spaces, inv
              "emoji or punctuation).")
 
 
+def check_workers(workers: object, name: str = "workers") -> None:
+    """The one rule for how many questions go to the model at once (the Flyte task checks it
+    before loading the index; a cluster launch does not pass through the command line)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"{name} must be at least 1 and at most {MAX_WORKERS} (a whole number), not {workers!r}")
+
+
 def answer_one(answerer: "Answerer", question: str) -> dict:
     """One question as a JSON-ready dict; a failure is an entry with `error`, never an exception."""
     try:
@@ -82,8 +89,7 @@ def answer_many(answerer: "Answerer", questions: Sequence[str], *, workers: int 
     An error entry keeps at most the answerer's question limit of its question: a 5 MB "question"
     turned down as too long is not copied whole into the reports.
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
-        raise ValueError(f"workers must be at least 1 and at most {MAX_WORKERS} (a whole number), not {workers!r}")
+    check_workers(workers)
     config = getattr(answerer, "config", None)
     limit = config.answer.max_question_chars if config is not None else None
     first: dict[str, int] = {}

@@ -11,7 +11,7 @@ import weakref
 from pathlib import Path
 
 import pytest
-from support.slack_harness import ANSWER, CACHE_Q, BotHarness, build_sample_index, tuned
+from support.slack_harness import ANSWER, CACHE_Q, BotHarness
 
 from flytegpt.bot.index_holder import IndexHolder
 from flytegpt.bot.metrics import Metrics
@@ -20,22 +20,9 @@ from flytegpt.bot.reload import Reloader
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def built_store(tmp_path_factory, embedder) -> Path:
-    store = tmp_path_factory.mktemp("store-v1")
-    build_sample_index(store, embedder)
-    return store
-
-
 @pytest.fixture
-def config(built_store, tmp_path):
-    """A private copy of the store (tests publish into it) and a tuned config."""
-    from flytegpt.ingest.config import load_config, sample_config_path
-
-    store = tmp_path / "store"
-    shutil.copytree(built_store, store)
-    base = load_config(sample_config_path()).with_store(str(store))
-    return tuned(base, feedback_db=tmp_path / "feedback.sqlite3", bot={"workers": 4})
+def config(reload_config):
+    return reload_config(workers=4)
 
 
 def publish_variant(store: str, base: str, drop: int = 1) -> str:

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from support.slack_harness import build_sample_index, tuned
 
 from flytegpt.bot.index_holder import IndexHolder
 from flytegpt.bot.metrics import Metrics
@@ -28,21 +27,9 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(scope="module")
-def built_store(tmp_path_factory, embedder) -> Path:
-    store = tmp_path_factory.mktemp("store-a19")
-    build_sample_index(store, embedder)
-    return store
-
-
 @pytest.fixture
-def config(built_store, tmp_path):
-    from flytegpt.ingest.config import load_config, sample_config_path
-
-    store = tmp_path / "store"
-    shutil.copytree(built_store, store)
-    base = load_config(sample_config_path()).with_store(str(store))
-    return tuned(base, feedback_db=tmp_path / "feedback.sqlite3")
+def config(reload_config):
+    return reload_config()
 
 
 @pytest.fixture

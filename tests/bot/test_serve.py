@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from support.openai_server import Hang, OpenAIStandIn
 from support.paths import ROOT
 from support.slack_emulator import SlackEmulator
-from support.slack_harness import ANSWER, CACHE_Q, build_sample_index
+from support.slack_harness import ANSWER, CACHE_Q
 
 from flytegpt.bot import messages
 from flytegpt.bot.cli_serve import serve_cmd
@@ -25,13 +25,6 @@ from flytegpt.bot.slack.client import SlackTokenError
 from flytegpt.ingest.config import Config, ConfigError, Settings, load_config, sample_config_path
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def built_store(tmp_path_factory, embedder) -> Path:
-    store = tmp_path_factory.mktemp("store-built")
-    build_sample_index(store, embedder)
-    return store
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -131,7 +131,7 @@ def test_no_questions_is_an_error(published: dict, local: None) -> None:
     with pytest.raises(Exception, match="no questions"):
         bulk_qa_wf(config_path=published["config"], store=published["store"], questions=["  "])
     for workers in (0, 33, 1000):  # a launch on a cluster does not pass through `python -m flytegpt.flyte`
-        with pytest.raises(Exception, match="--workers must be at least 1 and at most 32, not"):
+        with pytest.raises(Exception, match=r"--workers must be at least 1 and at most 32 \(a whole number\), not"):
             bulk_qa_wf(config_path=published["config"], store=published["store"], questions=["Why?"],
                        workers=workers)
 

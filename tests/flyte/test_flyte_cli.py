@@ -37,7 +37,7 @@ def test_workers_that_are_not_a_whole_number_are_refused_by_name(tmp_path: Path,
 def test_more_workers_than_the_maximum_are_refused(tmp_path: Path) -> None:
     proc = bulk(tmp_path, "--questions", '["How do I cache a task?", "what is map_task"]', "--workers", "1000")
     assert proc.returncode == 1
-    assert "--workers must be at least 1 and at most 32, not 1000" in proc.stderr
+    assert "--workers must be at least 1 and at most 32 (a whole number), not 1000" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "store").exists()  # refused before the index is opened
 
