@@ -57,12 +57,23 @@ def weekly_report(config_path: str, store: str, db: str, since: str) -> str:
     from flytegpt.bot.report import ReportOptions, build_report, render_body, render_page
 
     config = load_task_config(config_path, store)
+    from_config = not db
     db = db or (config.bot.feedback_snapshot or "")
     if not db:
         raise ValueError("no feedback database: pass `db` or set [bot] feedback_snapshot in the config "
                          "(where `flytegpt feedback snapshot` writes the bot's database)")
-    report = build_report(db, store=config.index.store, options=ReportOptions.from_config(config, since=since),
-                          config=config)
+    try:
+        report = build_report(db, store=config.index.store, options=ReportOptions.from_config(config, since=since),
+                              config=config)
+    except FileNotFoundError as e:
+        if not from_config:
+            raise
+        # The bot copies its database to [bot] feedback_snapshot of *its* config (the ConfigMap);
+        # this task reads the setting from the registered config: two files that must agree.
+        raise FileNotFoundError(f"{e}. It is [bot] feedback_snapshot of {config_path}; the bot writes its "
+                                "snapshot to [bot] feedback_snapshot of its own config (its ConfigMap): both must "
+                                "name the same place, and the bot must have run for feedback_snapshot_interval_h "
+                                "since it was set") from None
     Deck(DECK_NAME, render_body(report))
     path = write_to_store(config.index.store, render_page(report), report.end)
     log.info("report of %d questions (%s to %s) written to %s", report.totals["questions"], report.start,

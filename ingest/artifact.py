@@ -505,10 +505,12 @@ def _creation_order(store: str, versions: list[str]) -> list[str]:
 def prune(store: str, keep: int = DEFAULT_KEEP_VERSIONS, *, protect: set[str] = frozenset()) -> list[str]:
     """Delete versions beyond the newest `keep`, oldest first; returns the deleted ids.
 
-    Never deleted: the version LATEST names and those in `protect` (publish passes the
+    Never deleted: the version LATEST names, those in `protect` (publish passes the
     version LATEST named before it, which running bots may still serve until their next
-    poll). Then `WORK_DIR` files older than the oldest version kept are deleted too: the
-    Flyte intermediates of versions that are gone.
+    poll), and those made from sources read after LATEST's: another ingest may have written
+    one and not published it yet (its build outran ours), and publish would take it. Then
+    `WORK_DIR` files older than the oldest version kept are deleted too: the Flyte
+    intermediates of versions that are gone.
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1, not {keep}")
@@ -518,9 +520,14 @@ def prune(store: str, keep: int = DEFAULT_KEEP_VERSIONS, *, protect: set[str] = 
     latest = _current_latest(store)
     if latest:
         keep_set.add(latest)
+    latest_time = _version_time(store, latest)
     removed = []
     for version in versions:
         if version in keep_set or _current_latest(store) == version:  # published meanwhile: keep it
+            continue
+        if _newer_than(_version_time(store, version), latest_time):
+            log.info("kept index version %s in %s: made from newer sources than %s, it may still be "
+                     "published", version, store, LATEST)
             continue
         fs.rm(join(root, version), recursive=True)
         removed.append(version)
@@ -536,6 +543,20 @@ def prune(store: str, keep: int = DEFAULT_KEEP_VERSIONS, *, protect: set[str] = 
     if removed:
         _prune_models(store, kept)
     return removed
+
+
+def _version_time(store: str, version: str | None) -> datetime | None:
+    """When `version`'s sources were read; None when there is no such version or it is unreadable."""
+    if version is None:
+        return None
+    try:
+        return _content_time(read_manifest(store, version))
+    except ArtifactError:
+        return None
+
+
+def _newer_than(made: datetime | None, than: datetime | None) -> bool:
+    return made is not None and than is not None and made > than
 
 
 def _prune_models(store: str, kept: list[str]) -> None:

@@ -131,7 +131,8 @@ class IndexConfig(_Strict):
     index_type: Literal["auto", "flat", "ivf"] = "auto"
     approximate_threshold: int = Field(default=200_000, ge=1, le=10_000_000_000)
     # Versions kept in the store after a publish (oldest deleted first), besides the one LATEST
-    # names and the one it named before (bots may still serve it until their next poll).
+    # names, the one it named before (bots may still serve it until their next poll) and those
+    # made from newer sources than LATEST's (not published yet, or rolled back from).
     keep_versions: int = Field(default=7, ge=1, le=1000)
     cache_dir: str | None = None  # local copy of remote versions (the bot downloads here)
 
@@ -366,16 +367,30 @@ class Settings(BaseSettings):
         return url
 
 
+# The settings that name a local file or folder (or, where a URL is allowed, a URL). Written in
+# a config file, a relative one is relative to that file, wherever the command is run from;
+# a default (`.flytegpt/...`, not written in the file) is relative to the working directory.
+_PATH_KEYS = {
+    "index": ("store", "cache_dir"),
+    "embeddings": ("onnx_cache_dir",),
+    "bot": ("feedback_db", "feedback_snapshot", "report_eval_questions"),
+}
+
+
 def _resolve_paths(raw: dict, base: Path) -> dict:
     for source in raw.get("sources", []) or []:
         if isinstance(source, dict) and source.get("path") is not None:
-            source["path"] = (base / str(source["path"])).resolve()
-    index = raw.get("index")
-    if isinstance(index, dict):
-        store = index.get("store")
-        if isinstance(store, str) and "://" not in store and store.strip():
-            # ~ as on the command line (never a folder literally named "~" beside the config)
-            index["store"] = str((base / Path(store).expanduser()).resolve())
+            source["path"] = (base / Path(str(source["path"])).expanduser()).resolve()
+    for table, keys in _PATH_KEYS.items():
+        values = raw.get(table)
+        if not isinstance(values, dict):
+            continue
+        values = raw[table] = dict(values)
+        for key in keys:
+            value = values.get(key)
+            if isinstance(value, str) and "://" not in value and value.strip():
+                # ~ as on the command line (never a folder literally named "~" beside the config)
+                values[key] = str((base / Path(value).expanduser()).resolve())
     return raw
 
 

@@ -55,9 +55,7 @@ class ReportOptions:
     @classmethod
     def from_config(cls, config: "Config", *, since: str = "30d", **overrides: Any) -> "ReportOptions":
         bot = config.bot
-        eval_q = bot.report_eval_questions
-        if eval_q and "://" not in eval_q:
-            eval_q = str((config.base_dir / eval_q).resolve())
+        eval_q = bot.report_eval_questions  # a path relative to the config file when written there
         workspace = next((s.workspace_url for s in config.sources if getattr(s, "workspace_url", None)), None)
         values: dict[str, Any] = dict(
             since_s=parse_since(since),
@@ -237,6 +235,7 @@ def evaluate_versions(store: str, versions: list[dict], questions_file: str, con
         except Exception as e:  # noqa: BLE001 - whatever a damaged version raises: skip it, keep the rest
             log.warning("report: index version %s left out of the evaluation: %s", v["version"], e)
             problems.append(f"Index version {v['version']} left out of the evaluation: {e}")
+            v["eval"] = {"left_out": True}
             continue
         v["eval"] = {k: result[k] for k in ("recall@5", "recall@10", "mrr@10") if k in result}
         v["eval"]["n"] = result.get("n", len(qs))

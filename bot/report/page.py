@@ -143,7 +143,10 @@ def _index(r: Report) -> str:
                f"{v['questions']:,}"]
         if has_eval:
             e = v["eval"] or {}
-            row += [f"{e[k]:.3f}" if k in e else "" for k in ("recall@5", "recall@10", "mrr@10")]
+            if e.get("left_out"):  # could not be opened or searched: the reason is among the notes
+                row += ['<span class="muted">left out (see notes)</span>', "", ""]
+            else:
+                row += [f"{e[k]:.3f}" if k in e else "" for k in ("recall@5", "recall@10", "mrr@10")]
         rows.append(row)
     html.append(_table(headers, rows, {2, 4, 5, 6, 7}))
     return "".join(html)

@@ -66,18 +66,18 @@ class _ClientTokenNotice(logging.Filter):
 
 
 class _App(App):
-    """Bolt's App, acking and ignoring (counted as malformed) an Events API envelope whose `event`
-    is not an object before Bolt's own middleware reads it: its authorization step calls
-    `event.get(...)`, so each such envelope (Slack never sends one) logged a traceback."""
+    """Bolt's App, acking and ignoring (counted as malformed, once per event_id) an Events API
+    envelope whose `event` is not an object before Bolt's own middleware reads it: its authorization
+    step calls `event.get(...)`, so each such envelope (Slack never sends one) logged a traceback."""
 
-    def __init__(self, *, on_malformed: Callable[[object], None], **kwargs: Any) -> None:
+    def __init__(self, *, on_malformed: Callable[[dict, object], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._on_malformed = on_malformed
 
     def dispatch(self, req: BoltRequest) -> BoltResponse:
         body = req.body
         if isinstance(body, dict) and body.get("type") == "event_callback" and not isinstance(body.get("event"), dict):
-            self._on_malformed(body.get("event"))
+            self._on_malformed(body, body.get("event"))
             return BoltResponse(status=200, body="")
         return super().dispatch(req)
 
@@ -136,7 +136,7 @@ class FlyteGPTBot:
         if not any(isinstance(f, _ClientTokenNotice) for f in bolt_log.filters):
             bolt_log.addFilter(_ClientTokenNotice())
         self.app = _App(client=self.client, process_before_response=False, logger=bolt_log,
-                        on_malformed=self.router.malformed)
+                        on_malformed=self.router.malformed_delivery)
         self.router.register(self.app)
         self.panel = AssistantPanel(config, self.router, self.side, bot_user_id=self.bot_user_id)
         self.app.use(self.panel.assistant)

@@ -10,6 +10,9 @@ ack there, so a listener that called Slack or the model would delay the acks of 
 - a small side pool does the cheap Slack calls (👀 reaction, busy and rate-limit notices,
   button clicks) and decides whether a thread reply is a follow-up for us (that needs the
   thread's history).
+
+Because the filters run first, a Slack retry of a malformed event reaches the filters again; it
+is de-duplicated there (`malformed_delivery`), so the malformed count is one per event.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from flytegpt.ingest.sources.slack_export import valid_ts
 from . import blocks
 from .history import question_text
 from .question import Question
+from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from slack_bolt import App
@@ -34,7 +38,6 @@ if TYPE_CHECKING:
     from .delivery import Delivery
     from .history import ThreadHistory
     from .interactions import Interactions
-    from .ratelimit import RateLimiter
     from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,9 @@ class EventRouter:
                  bot_id: str | None = None) -> None:
         self.config, self.bot_user_id, self.bot_id, self.allowed = config, bot_user_id, bot_id, allowed
         self.deduper, self.limiter, self.pool, self.side = deduper, limiter, pool, side
+        # Questions turned down at once (empty, too long) are counted apart, in the same window and
+        # with the same limit: they cannot use up a user's real questions, nor be replied to without end.
+        self.turn_downs = RateLimiter(limiter.limit, limiter.window_s)
         self.history, self.delivery, self.interactions = history, delivery, interactions
         self.metrics, self.submit = metrics, submit
         self.turned_away = turned_away  # logs a refused question for the report
@@ -69,7 +75,7 @@ class EventRouter:
         ack()
         if self._from_bot(event) or event.get("subtype") not in _ANSWERABLE_SUBTYPES:
             return
-        if not self._well_formed(event) or not self._new_event(body):
+        if not self._well_formed(body, event) or not self._new_event(body):
             return
         self._accept_channel_message(event, mentioned=True)
 
@@ -79,7 +85,7 @@ class EventRouter:
         ack()
         if self._from_bot(event) or event.get("subtype") not in _ANSWERABLE_SUBTYPES:
             return  # other bots, edits, deletions, joins ...
-        if not self._well_formed(event):
+        if not self._well_formed(body, event):
             return
         if event.get("subtype") == "file_share" and not self._mentions_me(event) \
                 and not question_text(event.get("text"), self.bot_user_id):
@@ -111,16 +117,15 @@ class EventRouter:
             ack(text=messages.only_in_channels(list(self.allowed)), response_type="ephemeral")
             return
         q = Question("command", text, channel, user, response_url=command.get("response_url"))
-        counted = self._answerable_length(q)  # a question turned down at once costs no slot
-        wait = self.limiter.check(user) if counted else 0.0
+        limiter = self._limiter_for(q)
+        wait = limiter.check(user)
         if wait:
             self.metrics.rate_limited.inc()
             ack(text=messages.rate_limited(wait), response_type="ephemeral")
             self.side.submit(self.turned_away, q, "rate_limited")
             return
         if not self.submit(q):
-            if counted:
-                self.limiter.release(user)
+            limiter.release(user)
             self.metrics.busy.inc()
             ack(text=self._refusal(), response_type="ephemeral")
             self.side.submit(self.turned_away, q, "busy")
@@ -168,7 +173,7 @@ class EventRouter:
         return bool(event.get("bot_id") or event.get("subtype") == "bot_message"
                     or event.get("user") == self.bot_user_id)
 
-    def _well_formed(self, event: dict) -> bool:
+    def _well_formed(self, body: dict, event: dict) -> bool:
         """A message we could answer has a channel, a user, a ts that is a Slack timestamp ("abc" or
         "1e30" would be posted to as a thread), and text (or none): else ignore and count."""
         ids_ok = all(isinstance(event.get(k), str) and event.get(k) for k in ("channel", "user"))
@@ -176,8 +181,18 @@ class EventRouter:
         ts_ok = valid_ts(event.get("ts")) and (event.get("thread_ts") is None or valid_ts(event["thread_ts"]))
         if ids_ok and text_ok and ts_ok:
             return True
-        self.malformed(event)
+        self.malformed_delivery(body, event)
         return False
+
+    def malformed_delivery(self, body: dict, event: object) -> None:
+        """A delivery of a malformed event: counted once per event, however often Slack delivers it.
+
+        The cheap filters run before de-duplication, so that channel chatter costs no seen-events
+        write; a retry of a malformed event (same event_id) therefore gets here again, and is
+        de-duplicated here: counted as a duplicate, not as a second bad event. Of the events the
+        filters drop only malformed ones are recorded as seen (Slack sends none): chatter writes nothing."""
+        if self._new_event(body):  # a non-string event_id is counted as malformed in there
+            self.malformed(event)
 
     def malformed(self, event: object) -> None:
         """Count and log an event of a shape Slack does not send; it is ignored, never answered."""
@@ -226,17 +241,18 @@ class EventRouter:
         """Rate limit, then the answer pool (or a busy notice); the 👀 shows it was picked up.
 
         Only a question the answerer will take uses up one of the user's questions: one turned down
-        at once (empty, too long) costs no search or model call, and a busy refusal is given back."""
+        at once (empty, too long) costs no search or model call, and a busy refusal is given back.
+        Turned-down questions have a count of their own (`_limiter_for`)."""
         answerable = self._answerable_length(q)
-        wait = self.limiter.check(q.user) if answerable else 0.0
+        limiter = self._limiter_for(q)
+        wait = limiter.check(q.user)
         if wait:
             self.metrics.rate_limited.inc()
             self.side.submit(self.delivery.ephemeral, q.channel, q.user, messages.rate_limited(wait), q.thread_ts)
             self.side.submit(self.turned_away, q, "rate_limited")
             return
         if not self.submit(q):
-            if answerable:
-                self.limiter.release(q.user)
+            limiter.release(q.user)
             self.metrics.busy.inc()
             log.warning("worker queue full: busy reply", extra={"channel": q.channel})
             self.side.submit(self.delivery.notice, q, self._refusal())
@@ -250,6 +266,16 @@ class EventRouter:
     def _refusal(self) -> str:
         """Why the answer pool said no: full, or closed because the bot is stopping."""
         return messages.RESTARTED if self.pool.closed else messages.BUSY
+
+    def _limiter_for(self, q: Question) -> RateLimiter:
+        """The count a question is checked against: the user's questions, or their turn-downs.
+
+        A question turned down at once (empty, too long) must not use up the user's real questions,
+        yet its reply is a message in the channel: uncounted, one user could make the bot post
+        "too long" without end. So turn-downs have their own per-user count, with the same limit
+        and window ([bot] user_rate_limit a minute); past it the user gets the rate-limit notice
+        (ephemeral) like any question over the limit, and the question is logged as rate_limited."""
+        return self.limiter if self._answerable_length(q) else self.turn_downs
 
     def _answerable_length(self, q: Question) -> bool:
         """No 👀 on a question the answerer will turn down as empty or too long (it says why)."""

@@ -40,7 +40,7 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.openai_server import OpenAIStandIn, Slow  # noqa: E402
+from support.openai_server import OpenAIStandIn  # noqa: E402
 from support.slack_emulator import SlackEmulator  # noqa: E402
 
 from flytegpt.ingest.config import Settings, load_config  # noqa: E402

@@ -3,7 +3,6 @@ against the OpenAI stand-in, and drive `flytegpt ask` / `flytegpt chat` through 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner

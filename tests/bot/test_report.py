@@ -324,9 +324,11 @@ def test_a_damaged_old_version_is_left_out_and_the_others_are_still_evaluated(db
     r = build_report(str(db), store=store, options=ReportOptions(since_s=7 * DAY, eval_questions=str(questions)),
                      embedder=embedder, now=NOW)
     by_id = {v["version"]: v for v in r.versions}
-    assert by_id[old]["eval"] is None
+    assert by_id[old]["eval"] == {"left_out": True}
     assert by_id[latest]["eval"] is not None and by_id[latest]["eval"]["recall@10"] == 1.0
     assert [n for n in r.notes if "left out of the evaluation" in n and old in n and "chunks.jsonl.gz" in n]
     assert not any("Evaluating the index versions failed" in n for n in r.notes)
     page = render_page(r)
     assert "MRR@10" in page and f"{old} left out of the evaluation" in page
+    row = next(tr for tr in page.split("<tr>") if old in tr and "left out (see notes)" in tr)
+    assert "1.000" not in row  # its row says why it has no figures; the served version's has them

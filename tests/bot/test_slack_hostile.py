@@ -128,8 +128,9 @@ def test_an_event_whose_ts_is_no_slack_timestamp_is_ignored_and_counted(make_har
 
 def test_questions_turned_down_at_once_do_not_use_up_the_rate_limit(make_harness):
     """A9: an empty mention, a too-long one and one of zero-width characters each used one of the
-    user's questions a minute, so their real questions after them were refused."""
-    harness = make_harness(bot={"user_rate_limit": 2}, answer={"max_question_chars": 200})
+    user's questions a minute, so their real questions after them were refused. (Four turn-downs: as
+    many as their own count allows, see test_turn_down_replies_to_one_user_are_rate_limited_...)"""
+    harness = make_harness(bot={"user_rate_limit": 4}, answer={"max_question_chars": 200})
     emu = harness.emu
     turned_down = [emu.mention(""), emu.mention("why " * 100), emu.mention(INVISIBLE)]
     for d in turned_down:
@@ -286,3 +287,68 @@ def test_channel_chatter_is_not_written_to_the_seen_events_file(make_harness):
     assert "event:Ev0QUESTION" in keys and f"message:C0GENERAL:{d.ts}" in keys
     assert not {f"event:{e}" for e in ("Ev0CHATTER", "Ev0JOIN", "Ev0EDIT", "Ev0BOT")} & keys
     assert harness.bot.metrics.duplicates.labels("event")._value.get() == 1
+
+
+def test_a_retried_malformed_event_is_counted_once(make_harness, caplog):
+    """Leftover of A8/A13: the filters run before de-duplication (so chatter costs no seen-events write),
+    and each Slack retry of a malformed event (same event_id, a new envelope, retry_attempt 1) was
+    counted and logged again: the operator's flytegpt_malformed_events_total doubled."""
+    harness = make_harness()
+    emu = harness.emu
+    bad_mention = {"type": "app_mention", "user": "U0USER", "text": f"<@{emu.bot_user_id}> how to cache?",
+                   "channel": "C0GENERAL", "ts": "abc"}
+    bad_dm = {"type": "message", "channel_type": "im", "user": "U0USER", "text": "how to cache?",
+              "channel": "D0DIRECT01", "ts": "1.5e9"}
+    junk = dict(emu.event_body({"type": "app_mention"}, "Ev0JUNK"), event="junk")  # `event` is a string
+    with caplog.at_level(logging.WARNING):
+        sent = []
+        for attempt in (0, 1):
+            sent += [emu.send_event(bad_mention, event_id="Ev0BADTS", retry_attempt=attempt).envelope_id,
+                     emu.send_event(bad_dm, event_id="Ev0BADDM", retry_attempt=attempt).envelope_id,
+                     emu.send_envelope("events_api", junk, retry_attempt=attempt)]
+        for envelope_id in sent:
+            emu.wait_ack(envelope_id)
+        counted, duplicates = harness.bot.metrics.malformed_events, harness.bot.metrics.duplicates
+        # every delivery is seen once: as a bad event, or as the duplicate of one
+        emu.wait_for(lambda: _metric(counted, "app_mention", "message", "unknown")
+                     + _metric(duplicates, "event") == len(sent))
+        harness.idle()
+    assert {kind: _metric(counted, kind) for kind in ("app_mention", "message", "unknown")} == {
+        "app_mention": 1, "message": 1, "unknown": 1}
+    assert _metric(duplicates, "event") == 3
+    assert len([r for r in caplog.records if r.getMessage() == "malformed event ignored"]) == 3
+    assert harness.answers() == [] and harness.llm.requests == []
+    d = emu.mention(CACHE_Q)  # and the next question is answered
+    harness.wait_answers(thread_ts=d.ts)
+
+
+def test_turn_down_replies_to_one_user_are_rate_limited_without_costing_real_questions(make_harness):
+    """Leftover of A9: questions turned down at once cost no rate-limit slot, so one user could make the
+    bot post "empty"/"too long" replies in the channel without end (one chat.postMessage each). They now
+    have their own count of `[bot] user_rate_limit` a minute: past it the user gets the rate-limit notice
+    (only they see it), the question is logged as rate_limited, and their real questions are untouched."""
+    harness = make_harness(bot={"user_rate_limit": 2}, answer={"max_question_chars": 200})
+    emu = harness.emu
+    spam = [emu.mention("" if i % 2 else "why " * 100, user="U0SPAM") for i in range(5)]
+    # every one is settled: a reply in its thread, or the rate-limit notice
+    emu.wait_for(lambda: len([d for d in spam if harness.answers(thread_ts=d.ts)]) + len(emu.ephemerals) == 5)
+    harness.idle()
+    replied = [d for d in spam if harness.answers(thread_ts=d.ts)]
+    assert len(replied) == 2  # two turn-down replies in the channel, no more
+    for d in replied:
+        [reply] = harness.answers(thread_ts=d.ts)
+        assert reply["text"] in (messages.EMPTY_QUESTION, messages.TOO_LONG_QUESTION.format(length=399, limit=200))
+    assert {(e["user"], e["text"][:40]) for e in emu.ephemerals} == {("U0SPAM", messages.rate_limited(1)[:40])}
+    assert harness.bot.metrics.rate_limited._value.get() == 3
+    assert harness.bot.metrics.questions.labels("mention")._value.get() == 2
+    other = emu.mention("", user="U0OTHER")  # the count is per user
+    [reply] = harness.wait_answers(thread_ts=other.ts)
+    assert reply["text"] == messages.EMPTY_QUESTION
+    asked = [emu.mention(CACHE_Q, user="U0SPAM"), emu.mention("how do I use secrets?", user="U0SPAM")]
+    for d in asked:
+        [answer] = harness.wait_answers(thread_ts=d.ts)
+        assert "cache_version" in answer["text"]
+    harness.idle()
+    assert [r for r in emu.reactions if r["timestamp"] in {d.ts for d in spam}] == []
+    failures = sorted(failure for _, _, _, failure in _rows(harness) if failure)
+    assert failures == ["rate_limited"] * 3 + ["rejected"] * 3

@@ -25,7 +25,6 @@ from flytegpt.ingest.config import sample_config_path
 
 pytestmark = pytest.mark.slow  # runs the workflow: embeds real text
 
-from support.paths import ROOT
 
 
 def copy_sample(tmp_path: Path) -> Path:

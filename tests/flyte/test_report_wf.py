@@ -92,6 +92,20 @@ def test_weekly_report_without_a_database_says_how_to_provide_one(local: None, t
     assert not os.path.exists(tmp_path / "store" / "reports")
 
 
+def test_a_snapshot_the_bot_never_wrote_names_both_configs(local: None, tmp_path: Path) -> None:
+    """The bot writes its snapshot where its own config says, the task reads where the
+    registered config says: when nothing is there, the error says the two must agree."""
+    from flytegpt.flyte.report_wf import report_wf
+
+    config = tmp_path / "flytegpt.toml"
+    missing = tmp_path / "snapshots" / "feedback.sqlite3"
+    config.write_text(f'[bot]\nfeedback_snapshot = "{missing}"\n')
+    with pytest.raises(Exception, match="feedback database not found") as e:
+        report_wf(config_path=str(config), store=str(tmp_path / "store"), db="", since="7d")
+    assert str(missing) in str(e.value) and "its own config (its ConfigMap)" in str(e.value)
+    assert not os.path.exists(tmp_path / "store" / "reports")
+
+
 def test_the_launch_plan_runs_weekly_with_fixed_inputs() -> None:
     from flytegpt.flyte.report_wf import REPORT_CRON, weekly_report, weekly_report_lp
 

@@ -13,7 +13,6 @@ import pytest
 from flytegpt.ingest import artifact
 from flytegpt.ingest.artifact import (
     ArtifactError,
-    ModelInfo,
     list_versions,
     open_version,
     prune,
@@ -21,7 +20,6 @@ from flytegpt.ingest.artifact import (
     read_latest,
     write_version,
 )
-from flytegpt.ingest.models import Chunk
 from support.index_data import MODEL, edit_manifest, make_chunks, make_vectors
 
 def build(store: str, n: int = 10, seed: int = 0, publish_it: bool = True, **kw) -> str:

@@ -58,6 +58,30 @@ def test_store_override_and_remote_store_untouched(tmp_path):
     assert config.with_store("/tmp/x").index.store == "/tmp/x"
 
 
+def test_every_path_written_in_the_file_is_relative_to_it_not_to_the_working_directory(tmp_path, monkeypatch):
+    """`flytegpt serve --config deploy/flytegpt.toml` from another folder must open the same
+    feedback database and cache as from beside the file, not new empty ones."""
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    path = write(folder, '[index]\nstore = "store"\ncache_dir = "cache"\n'
+                         '[embeddings]\nonnx_cache_dir = "~/onnx"\n'
+                         '[bot]\nfeedback_db = "data/fb.sqlite3"\nfeedback_snapshot = "s3://b/fb.sqlite3"\n'
+                         'report_eval_questions = "eval.jsonl"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(path)
+    root = folder.resolve()
+    assert config.index.store == str(root / "store")
+    assert config.index.cache_dir == str(root / "cache")
+    assert config.embeddings.onnx_cache_dir == str(Path("~/onnx").expanduser().resolve())
+    assert config.bot.feedback_db == str(root / "data" / "fb.sqlite3")
+    assert config.bot.feedback_snapshot == "s3://b/fb.sqlite3"  # a URL is left as written
+    assert config.bot.report_eval_questions == str(root / "eval.jsonl")
+    defaults = load_config(write(folder, ""))
+    assert (defaults.index.store, defaults.bot.feedback_db) == (".flytegpt/store", ".flytegpt/feedback.sqlite3")
+
+
 def test_secrets_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("SLACK_API_URL", "http://127.0.0.1:1/api/")

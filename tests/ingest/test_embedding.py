@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from flytegpt.ingest import embedding_cache
 from flytegpt.ingest.config import DEFAULT_MODEL
-from flytegpt.ingest.embedding import Embedder, normalize_model_id, resolve_model_path, select_device
+from flytegpt.ingest.embedding import Embedder, resolve_model_path, select_device
 from flytegpt.ingest.embedding_cache import EmbeddingCache, model_slug
 from flytegpt.ingest.models import Chunk
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from flytegpt.ingest.config import SourceConfig
 from flytegpt.ingest.models import LoadReport

@@ -290,13 +290,41 @@ def test_publish_keeps_the_last_versions_latest_and_the_previous_one(tmp_path: P
 
 def test_prune_deletes_oldest_first_never_latest_nor_protected(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
-    versions = [_build(store, i) for i in range(5)]  # oldest first
-    publish(store, versions[0], keep_versions=100)
+    versions = [_build(store, i) for i in range(6)]  # oldest first
+    publish(store, versions[4], keep_versions=100)
     removed = prune(store, 1, protect={versions[1]})
-    assert removed == versions[2:4]  # oldest first
-    assert set(list_versions(store)) == {versions[0], versions[1], versions[4]}
+    assert removed == [versions[0], versions[2], versions[3]]  # oldest first
+    assert set(list_versions(store)) == {versions[1], versions[4], versions[5]}
     with pytest.raises(ValueError, match="keep must be at least 1"):
         prune(store, 0)
+
+
+def test_a_version_another_ingest_has_not_published_yet_survives_a_publish(tmp_path: Path) -> None:
+    """Two ingests at once: A read its sources last but finished first, B published: A's
+    version is newer than LATEST and publishable, so B's pruning must leave it."""
+    store = str(tmp_path / "store")
+    now = datetime.now(timezone.utc)
+    old = _build(store, 0, sources_read_at=now - timedelta(days=1))
+    publish(store, old)
+    newest_sources = _build(store, 1, sources_read_at=now)  # ingest A, not published yet
+    older_sources = _build(store, 2, sources_read_at=now - timedelta(hours=1))  # ingest B
+    publish(store, older_sources, keep_versions=1)
+    assert set(list_versions(store)) == {newest_sources, older_sources, old}  # old: the previous LATEST
+    publish(store, newest_sources, keep_versions=1)  # A publishes: its version is there
+    assert read_latest(store) == newest_sources
+    assert set(list_versions(store)) == {newest_sources, older_sources}
+
+
+def test_a_rollback_keeps_the_newer_versions_until_latest_moves_past_them(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    now = datetime.now(timezone.utc)
+    versions = [_build(store, i, sources_read_at=now - timedelta(days=3 - i)) for i in range(3)]
+    publish(store, versions[2])
+    publish(store, versions[0], keep_versions=1, force=True)
+    assert set(list_versions(store)) == set(versions)  # a roll forward is still possible
+    newer = _build(store, 3, sources_read_at=now)
+    publish(store, newer, keep_versions=1)
+    assert set(list_versions(store)) == {versions[0], newer}
 
 
 def test_old_flyte_work_files_are_pruned_after_publish(tmp_path: Path) -> None:

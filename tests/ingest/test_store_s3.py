@@ -93,9 +93,9 @@ def test_s3_checksum_mismatch_and_bad_publish(endpoint: str, s3) -> None:
 def test_prune_on_s3(endpoint: str) -> None:
     store = f"s3://{BUCKET}/prune/index"
     versions = [write_version(store, make_chunks(3, str(i)), make_vectors(3, seed=i), MODEL) for i in range(3)]
-    publish(store, versions[0])
-    prune(store, keep=1)
-    assert list_versions(store) == [versions[0], versions[-1]]  # the published one and the newest
+    publish(store, versions[1])
+    assert prune(store, keep=1) == [versions[0]]
+    assert list_versions(store) == versions[1:]  # the published one and the newest
 
 
 def test_embedding_cache_on_s3(endpoint: str) -> None:
