@@ -13,10 +13,20 @@ import click
 from flytegpt.bot.cli_options import TerminalSafeGroup, config_option, load, open_searcher, store_option, terminal_text
 from flytegpt.ingest.config import ConfigError
 
+MODE_HELP = ("hybrid: dense and keyword (BM25) results fused, as the bot searches; "
+             "dense: embeddings only; keyword: BM25 only.")
+
+
 @click.group(cls=TerminalSafeGroup)
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True,
+              help="More logging: -v info, -vv debug (without it: warnings; serve always logs info).")
+@click.version_option(package_name="flytegpt", prog_name="flytegpt", message="%(prog)s %(version)s")
 def main(verbose: int) -> None:
-    """FlyteGPT: answers about an open-source project from its Slack history, docs and code."""
+    """FlyteGPT: answers about an open-source project from its Slack history, docs and code.
+
+    -v and --version are options of flytegpt itself: they come before the command
+    (flytegpt -v ingest ..., not flytegpt ingest -v ...).
+    """
     from flytegpt.bot.logs import setup_logging
 
     # redacting like the server's: a provider's error body can echo the API key
@@ -35,7 +45,13 @@ def main(verbose: int) -> None:
 @click.option("--dry-run", is_flag=True,
               help="Read and chunk the sources, show what would be indexed and skipped; embed and write nothing.")
 def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool, dry_run: bool) -> None:
-    """Build and publish a new index version from the configured sources."""
+    """Build and publish a new index version from the configured sources.
+
+    Without --config (and $FLYTEGPT_CONFIG unset) the configuration is the bundled sample
+    corpus's (ingest/sample/flytegpt.toml in the installed package): it is refused for a store
+    whose LATEST serves an index of other sources, which it would replace.
+    An index the same as the one LATEST names is not published again (nothing is pruned).
+    """
     from flytegpt.ingest.artifact import ArtifactError
     from flytegpt.ingest.pipeline import run_ingest
     from flytegpt.ingest.store import StoreLockError, StoreWriteError
@@ -45,6 +61,7 @@ def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool, dry
     if dry_run:
         _dry_run(config, progress=not quiet and not as_json, as_json=as_json)
         return
+    _refuse_sample_over_another_index(config_path, config)
     try:
         summary = run_ingest(config, progress=not quiet and not as_json)
     except (ConfigError, ValueError, ArtifactError, StoreLockError, StoreWriteError, TuningError) as e:
@@ -57,10 +74,45 @@ def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool, dry
     _print_summary(summary)
 
 
+def _implicit_config() -> bool:
+    """--config was not given and $FLYTEGPT_CONFIG is not set: the bundled sample is the config."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return ctx.get_parameter_source("config_path") is ParameterSource.DEFAULT and not os.environ.get("FLYTEGPT_CONFIG")
+
+
+def _refuse_sample_over_another_index(config_path: Path, config) -> None:
+    """`flytegpt ingest --store X` with the implicit sample config would publish the sample corpus
+    as X's LATEST: refused, before anything is read, when LATEST serves an index of other sources.
+
+    A new or empty store, or one already serving the sample, is fine (`make demo`, the README's
+    first command). A LATEST whose sources cannot be told is refused too: it may be anybody's."""
+    if not _implicit_config():
+        return
+    from flytegpt.ingest.artifact import ArtifactError, read_latest, read_manifest, source_names
+
+    where = config.index.store
+    sample = {s.name for s in config.sources}
+    try:
+        latest = read_latest(where)
+        if latest is None:  # nothing published: the sample's index is the first
+            return
+        served = source_names(read_manifest(where, latest))
+        if served <= sample:
+            return
+        what = f"an index of {', '.join(sorted(served))} (LATEST {latest})"
+    except ArtifactError as e:  # garbage in LATEST, a manifest that cannot be read
+        what = f"an index whose sources cannot be read ({e})"
+    raise click.ClickException(
+        f"the index store {where} serves {what}; without --config this would replace it with the bundled "
+        f"sample corpus: pass --config FILE (or --config {config_path} to do it on purpose)")
+
+
 def _dry_run(config, *, progress: bool, as_json: bool) -> None:
     from rich.console import Console
 
-    from flytegpt.ingest.pipeline import dry_run
+    from flytegpt.ingest.pipeline import dry_run, no_chunks_reason
 
     try:
         sources, timings = dry_run(config, progress=progress)
@@ -72,11 +124,12 @@ def _dry_run(config, *, progress: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"dry_run": True, "chunks": total, "sources": [s.__dict__ for s in sources],
                                "timings": timings}))
-        return
-    console = Console()
-    _print_sources(console, "Dry run: what an ingest would index (nothing embedded or written)", sources)
-    console.print(f"{total:,} chunks in {sum(timings.values()):.1f}s"
-                  + ("" if total else ": an ingest would stop here, every source is empty or skipped"))
+    else:
+        console = Console()
+        _print_sources(console, "Dry run: what an ingest would index (nothing embedded or written)", sources)
+        console.print(f"{total:,} chunks in {sum(timings.values()):.1f}s")
+    if not total:  # the ingest would fail here: so does its dry run
+        raise click.ClickException(f"no chunks: {no_chunks_reason(config)}; an ingest would stop here")
 
 
 def _print_sources(console, title: str, sources) -> None:
@@ -104,7 +157,9 @@ def _print_summary(summary) -> None:
     from rich.markup import escape
 
     console = Console()
-    _print_sources(console, f"Published index version {summary.version}", summary.sources)
+    title = (f"Unchanged: LATEST already names {summary.version} (no new version written)" if summary.unchanged
+             else f"Published index version {summary.version}")
+    _print_sources(console, title, summary.sources)
     total = summary.total_seconds
     embed = summary.timings.get("embed", 0.0)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.timings.items())
@@ -121,7 +176,11 @@ def _print_summary(summary) -> None:
         console.print(f"tuned model: {escape(terminal_text(TuneReport.from_dict(summary.tuning).describe()))}")
     console.print(f"time: {total:.1f}s ({stages}); {summary.chunks / max(total, 1e-9):.0f} chunks/s, "
                   f"embedding {100 * embed / max(total, 1e-9):.0f}% of it")
-    console.print(f"store: {summary.store}  LATEST -> {summary.version}")
+    if summary.unchanged:
+        console.print(f"store: {summary.store}  LATEST still names {summary.version} (unchanged: nothing "
+                      "published or pruned)")
+    else:
+        console.print(f"store: {summary.store}  LATEST -> {summary.version}")
 
 
 @main.command()
@@ -159,15 +218,21 @@ def tune(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> No
 @config_option
 @store_option
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000), help="How many chunks to show.")
-@click.option("--mode", type=click.Choice(["hybrid", "dense", "keyword"]), default="hybrid", show_default=True)
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "keyword"]), default="hybrid", show_default=True,
+              help=MODE_HELP)
 def search(question: str, config_path: Path, store: str | None, k: int, mode: str) -> None:
     """Show the ranked chunks for a question: rank, score, source id, title, URL."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    if not question.strip():  # every chunk would "match" an empty query: its ranking means nothing
-        raise click.UsageError("the question is empty")
+    from flytegpt.bot.question_text import clean_question
+
+    question = clean_question(question)  # the bot's rule: zero-width characters alone are the empty question
+    if not question:  # every chunk would "match" an empty query: its ranking means nothing
+        from flytegpt.bot.cli_answer import EMPTY_QUESTION
+
+        raise click.ClickException(EMPTY_QUESTION)
     searcher = open_searcher(load(config_path, store))
     fn = {"hybrid": searcher.search, "dense": searcher.dense_search, "keyword": searcher.keyword_search}[mode]
     table = Table(title=f"{mode} search, index {searcher.version}")
@@ -183,9 +248,12 @@ def search(question: str, config_path: Path, store: str | None, k: int, mode: st
 @click.argument("questions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @config_option
 @store_option
-@click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000),
-              help="Chunks retrieved per question (metrics use the top 10).")
-@click.option("--mode", type=click.Choice(["hybrid", "dense", "keyword"]), default="hybrid", show_default=True)
+@click.option("--k", default=10, show_default=True, type=click.IntRange(10, 1000),
+              help="Chunks retrieved per question, at least 10. Recall, MRR and coverage score the top 10; "
+                   "in hybrid mode a larger k also widens what the recall@8000c context is packed from (and, "
+                   "above [retrieval] candidates, the pool the top 10 are fused from).")
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "keyword"]), default="hybrid", show_default=True,
+              help=MODE_HELP)
 @click.option("--json", "as_json", is_flag=True,
               help="Print the metrics as one JSON object on stdout (the table goes to stderr).")
 @click.option("--misses", is_flag=True, help="List the questions whose gold is not in the top 10.")
@@ -211,7 +279,7 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
     fn = {"hybrid": searcher.search, "dense": searcher.dense_search, "keyword": searcher.keyword_search}[mode]
 
     def retrieve(q: str) -> list:
-        hits = fn(q, max(k, 10))
+        hits = fn(q, k)
         if mode != "hybrid":
             return [h.chunk for h in hits]
         # recall@8000c counts what the answerer's prompt holds of each source: 8,000 characters

@@ -18,6 +18,9 @@ from flytegpt.ingest.config import Config
 if TYPE_CHECKING:  # pragma: no cover
     from flytegpt.bot.answering import Answer, Answerer, Citation
 
+EMPTY_QUESTION = "the question is empty"  # `flytegpt search` says the same
+
+
 def make_answerer(config: Config) -> "Answerer":
     """An Answerer over the store's LATEST index, with the environment's model settings."""
     from flytegpt.bot.answering import Answerer
@@ -91,7 +94,17 @@ def _explain(kind: str, e: Exception, as_json: bool, related=()) -> None:
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as one JSON object.")
 def ask(question: str, config_path: Path, store: str | None, as_json: bool) -> None:
-    """Answer one question with numbered citations (offline quoting when no model is configured)."""
+    """Answer one question with numbered citations (offline quoting when no model is configured).
+
+    With OPENAI_API_KEY (and OPENAI_BASE_URL for another provider) a model writes the answer.
+    """
+    from flytegpt.bot.question_text import clean_question
+
+    if not clean_question(question):  # `search ""`'s error, before the index and model load
+        if as_json:  # --json: a refusal is one JSON object on stdout, as the answerer's are
+            click.echo(terminal_json({"error": "question_rejected", "message": EMPTY_QUESTION}))
+            sys.exit(1)
+        raise click.ClickException(EMPTY_QUESTION)
     answerer = make_answerer(load(config_path, store))
     answer = _answer_or_explain(answerer, question, as_json=as_json)
     if answer is None:
@@ -106,7 +119,10 @@ def ask(question: str, config_path: Path, store: str | None, as_json: bool) -> N
 @config_option
 @store_option
 def chat(config_path: Path, store: str | None) -> None:
-    """An interactive conversation: follow-up questions are read in the context of earlier ones."""
+    """An interactive conversation: follow-up questions are read in the context of earlier ones.
+
+    With OPENAI_API_KEY (and OPENAI_BASE_URL for another provider) a model writes the answers.
+    """
     from flytegpt.bot.answering import Turn
 
     config = load(config_path, store)

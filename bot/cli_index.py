@@ -9,6 +9,7 @@ in at its next reload check, as it does a new one.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +53,20 @@ def _store_state(store: str) -> tuple[list[str], str | None, str | None]:
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the store, LATEST and every version.")
 def versions_cmd(config_path: Path, store: str | None, as_json: bool) -> None:
-    """List the index versions in the store, newest first; * marks the one served (LATEST)."""
+    """List the index versions in the store, newest first; * marks the one served (LATEST).
+
+    Exits 1 when LATEST cannot be served (unreadable, a version that is gone or damaged),
+    after the listing: the versions a rollback (flytegpt publish VERSION) can choose from.
+    """
     config = load(config_path, store)
     where = config.index.store
     versions, latest, latest_problem = _store_state(where)
     rows = [_row(where, v, latest) for v in reversed(versions)]
+    broken = _latest_broken(rows, versions, latest, latest_problem)
     if as_json:
         click.echo(json.dumps({"store": where, "latest": latest, "latest_problem": latest_problem, "versions": rows}))
+        if broken:
+            sys.exit(1)
         return
     if not rows:
         raise click.ClickException(f"no index versions in {where}{_latest_note(where, latest, latest_problem)}: "
@@ -98,6 +106,22 @@ def versions_cmd(config_path: Path, store: str | None, as_json: bool) -> None:
         console.print(f"Nothing is published yet ({text(_unpublished(where))}): flytegpt publish VERSION serves one.")
     elif latest not in versions:
         console.print(f"[red]LATEST names {latest}, which is not in the store[/red]: publish one of the above.")
+    elif broken:
+        console.print(f"[red]LATEST names {latest}, which cannot be served[/red]: roll back with flytegpt publish "
+                      "VERSION (one of the above), or ingest a new one.")
+    if broken:
+        sys.exit(1)
+
+
+def _latest_broken(rows: list[dict[str, Any]], versions: list[str], latest: str | None,
+                   latest_problem: str | None) -> bool:
+    """LATEST is unreadable or names a version that is gone or cannot serve: a bot starting now
+    would serve nothing (nothing published at all is not broken: a new store)."""
+    if latest_problem:
+        return True
+    if latest is None:
+        return False
+    return latest not in versions or any(r["latest"] and "problem" in r for r in rows)
 
 
 def _unpublished(store: str) -> str:
@@ -130,6 +154,8 @@ def _minutes(stamp: Any) -> str:
 def publish_cmd(version: str, config_path: Path, store: str | None) -> None:
     """Serve VERSION: verify it and point LATEST at it (a rollback, or back again).
 
+    VERSION is an id that `flytegpt versions` lists (YYYYMMDDTHHMMSSZ-xxxxxxxx).
+
     A running bot swaps it in at its next reload check. The next scheduled ingest publishes a
     new version as usual: pause its launch plan while the cause is fixed.
     """
@@ -153,7 +179,9 @@ def publish_cmd(version: str, config_path: Path, store: str | None) -> None:
         # refused it (its files arrived after LATEST, a download cut short) retries it when LATEST changes.
         publish(where, version, keep_versions=config.index.keep_versions, force=True)
     except (ArtifactError, StoreLockError, StoreWriteError, OSError) as e:
-        raise click.ClickException(f"not published, LATEST still names {latest}: {e}") from None
+        still = (f"LATEST still names {latest}" if latest else
+                 "LATEST is still unreadable" if latest_problem else "LATEST still names no version")
+        raise click.ClickException(f"not published, {still}: {e}") from None
     if version == latest:
         click.echo(f"LATEST already names {version} in {where}; re-published so running bots retry it "
                    "(a bot that refused it loads it at its next reload check; /readyz says what a bot serves)")

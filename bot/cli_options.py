@@ -23,7 +23,12 @@ config_option = click.option(
     show_default="$FLYTEGPT_CONFIG or the bundled sample corpus",
     help="FlyteGPT TOML configuration.",
 )
-store_option = click.option("--store", default=None, help="Index store (folder or fsspec URL); overrides [index] store.")
+store_option = click.option(
+    "--store",
+    default=None,
+    help="Index store (folder or fsspec URL). Default: [index] store of the config, else .flytegpt/store in "
+         "the working directory.",
+)
 
 def terminal_text(text: Any) -> str:
     """`text` as a terminal shows it literally: every control sequence and control character
@@ -148,7 +153,14 @@ def open_searcher(config: Config) -> "HybridSearcher":
         except Exception as read_error:  # noqa: BLE001
             _raise_unreadable(store, read_error)
         todo = "Publish a sound version over it" if published else "Build an index first"
-        raise click.ClickException(f"{e}\n{todo}: flytegpt ingest --config ... --store {store}") from None
+        hint = f"{todo}: flytegpt ingest --config ... --store {store}"
+        target = _rollback_target(store) if published else None
+        if target:  # the README's remedy: back to the version before, in seconds, no rebuild
+            other, older = target
+            hint = (f"{'Roll back to an older version' if older else 'Serve another version'}: flytegpt publish "
+                    f"{other} --store {store} (flytegpt versions --store {store} lists them), "
+                    f"or {hint[0].lower()}{hint[1:]}")
+        raise click.ClickException(f"{e}\n{hint}") from None
     except Exception as e:  # noqa: BLE001 - an S3 endpoint down, no credentials, a file for a folder
         _raise_unreadable(store, e)
     model_id = index.model.model_id
@@ -161,6 +173,37 @@ def open_searcher(config: Config) -> "HybridSearcher":
             f"({type(e).__name__}: {e}).\nInstall or cache that model, or re-ingest with [embeddings] model set "
             "to one that is available."
         ) from None
+
+
+def _rollback_target(store: str, tries: int = 5) -> tuple[str, bool] | None:
+    """(version, made before LATEST's) for `flytegpt publish` to serve instead of the version LATEST
+    names: the newest one made before it whose files list as sound (else the newest other one)."""
+    from flytegpt.ingest.artifact import ArtifactError, file_problems, list_versions, read_manifest
+
+    try:
+        latest = _latest_or_none(store)
+        versions = list_versions(store)  # oldest first
+        cut = versions.index(latest) if latest in versions else len(versions)
+        candidates = ([(v, True) for v in reversed(versions[:cut])]
+                      + [(v, False) for v in reversed(versions[cut + 1:])])
+    except (ArtifactError, OSError, ValueError):  # the hint is a courtesy: never a second error
+        return None
+    for version, older in candidates[:tries]:
+        try:
+            if not file_problems(store, version, read_manifest(store, version)):
+                return version, older
+        except (ArtifactError, OSError, ValueError):  # that one cannot serve either: the next
+            continue
+    return None
+
+
+def _latest_or_none(store: str) -> str | None:
+    from flytegpt.ingest.artifact import ArtifactError, read_latest
+
+    try:
+        return read_latest(store)
+    except ArtifactError:
+        return None
 
 
 def _raise_unreadable(store: str, e: Exception) -> None:

@@ -11,7 +11,7 @@ from flytegpt.ingest.store import atomic_write, get_fs
 
 
 @click.command("report")
-@click.option("--db", "db", required=True,
+@click.option("--db", "db", required=True, metavar="PATH",
               help="The bot's feedback database ([bot] feedback_db), or a snapshot of it (a path or an fsspec URL).")
 @config_option
 @store_option
@@ -67,7 +67,7 @@ def _check_since(since: str) -> None:
 
 
 @click.command("snapshot")
-@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False), metavar="PATH",
               help="The feedback SQLite database ([bot] feedback_db).")
 @click.option("--to", "target", default=None,
               help="Where the copy goes (a path or an fsspec URL); default [bot] feedback_snapshot.")

@@ -13,7 +13,7 @@ from flytegpt.bot.cli_options import config_option, file_errors, load, store_opt
 @click.command("serve")
 @config_option
 @store_option
-@click.option("--port", type=int, default=None, help="Port of /healthz, /readyz, /metrics (default: [bot].http_port).")
+@click.option("--port", type=int, default=None, help="Port of /healthz, /readyz, /metrics (default: [bot] http_port).")
 def serve_cmd(config_path, store: str | None, port: int | None) -> None:
     """Run the Slack bot (Socket Mode) with hot index reload, health and metrics.
 
@@ -42,8 +42,8 @@ def feedback_group() -> None:
 
 
 @feedback_group.command("questions")
-@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
-              help="The feedback SQLite database ([bot].feedback_db).")
+@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False), metavar="PATH",
+              help="The feedback SQLite database ([bot] feedback_db).")
 @click.option("--out", "out_path", required=True, help="JSONL question file to write ('-' for stdout).")
 def questions_cmd(db_path: str, out_path: str) -> None:
     """Write the questions users confirmed (more 👍 than 👎) as a question file for `flytegpt eval`,
@@ -58,8 +58,8 @@ def questions_cmd(db_path: str, out_path: str) -> None:
 
 
 @feedback_group.command("export")
-@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
-              help="The feedback SQLite database ([bot].feedback_db).")
+@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False), metavar="PATH",
+              help="The feedback SQLite database ([bot] feedback_db).")
 @click.option("--out", "out_path", required=True, help="JSONL file to write ('-' for stdout).")
 def export_cmd(db_path: str, out_path: str) -> None:
     """Write every vote with its question, answer, sources and index version as JSONL."""

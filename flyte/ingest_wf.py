@@ -99,6 +99,8 @@ def collect(config_path: str, store: str) -> Collected:
 
     read_at = datetime.now(timezone.utc).isoformat()
     config = load_task_config(config_path, store)
+    if not config.sources:
+        raise ValueError(f"no chunks: {pipeline.no_chunks_reason(config)}; nothing to publish")
     with credentials.secrets_in_env(credentials.SLACK_BOT_TOKEN):  # for slack_api sources
         documents, reports = pipeline.collect(config, progress=False)
     stats = {name: r.to_dict() for name, r in reports.items()}
@@ -273,7 +275,9 @@ def publish(version: str, store: str, sources_read_at: str = "", keep_versions: 
     the bots polling LATEST then hot-reload it.
 
     `sources_read_at`: when this run read its sources. A cached `build` returns the version an
-    earlier run made of the same content; it is as new as tonight's sources.
+    earlier run made of the same content; it is as new as tonight's sources. When LATEST already
+    names `version` (an unchanged corpus), LATEST is written again and nothing is pruned
+    (ingest.artifact.publish): a no-op run never deletes the rollback target.
     """
     task_logging()
     from datetime import datetime

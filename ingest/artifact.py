@@ -376,7 +376,10 @@ def publish(store: str, version: str, *, keep_versions: int = DEFAULT_KEEP_VERSI
     for a deliberate rollback). `sources_read_at`: when this run read its sources, for a
     caller that publishes a version built earlier from the same content (a Flyte task-cache
     hit); the version's manifest says otherwise. Retention (`prune`) runs after the move; its
-    failures are logged, never fatal to the publish.
+    failures are logged, never fatal to the publish. When LATEST already named `version`, it is
+    written again (a bot that refused it retries it when LATEST changes) but nothing is pruned:
+    nothing changed, and with `keep_versions = 1` a prune would delete the version LATEST named
+    before, a rollback's target.
     """
     check_version_id(version, f"publish {store}")
     new_manifest = open_version(store, version).manifest
@@ -388,6 +391,9 @@ def publish(store: str, version: str, *, keep_versions: int = DEFAULT_KEEP_VERSI
         if previous not in (None, version) and not force:
             _refuse_older(store, previous, version, new_manifest)
         atomic_write(fs, join(root, LATEST), (version + "\n").encode())
+    if previous == version:
+        log.info("LATEST already named %s in %s: written again, nothing pruned", version, store)
+        return
     log.info("published index version %s in %s", version, store)
     try:
         prune(store, keep_versions, protect={previous} if previous else set())
@@ -745,6 +751,17 @@ def read_manifest(store: str, version: str) -> dict[str, Any]:
     return _read_manifest(fs, join(root, version), version, store)
 
 
+def source_names(manifest: dict[str, Any]) -> set[str]:
+    """The names of the sources a version was built from, as its manifest lists them: those that
+    gave chunks (`counts`) and those read without giving any (`stats.sources`)."""
+    names: set[str] = set()
+    stats = manifest.get("stats")
+    for listing in (manifest.get("counts"), stats.get("sources") if isinstance(stats, dict) else None):
+        if isinstance(listing, dict):
+            names.update(str(name) for name in listing)
+    return names
+
+
 def file_problems(store: str, version: str, manifest: dict[str, Any]) -> list[str]:
     """What one listing of a version's folder shows wrong with the files its manifest lists:
     missing, or not the size recorded (a truncated upload, a disk that filled up). No hashing:
@@ -905,7 +922,8 @@ def open_version(
 
 
 __all__ = [
-    "ArtifactError", "ModelInfo", "IndexVersion", "write_version", "publish", "read_latest",
+    "ArtifactError", "ModelInfo", "IndexVersion", "write_version", "publish",
+    "read_latest", "source_names",
     "list_versions", "open_version", "read_manifest", "prune", "FORMAT_VERSION", "check_version_id",
     "choose_index_type", "gpu_count", "ivf_nlist", "build_dense_index",
 ]

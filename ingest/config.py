@@ -153,7 +153,7 @@ class EmbeddingsConfig(_Strict):
     # quantised at run time. Where they can't be made, fp32 with a warning.
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8", "int8-bf16", "int8-dq"] = "auto"
     # "auto" on a CPU also measures the int8 models, made once per model from 64 of the corpus's
-    # chunks (NNCF, 15-35 s) and checked once per machine, each only when its vectors keep a mean
+    # chunks (NNCF, 15-45 s) and checked once per machine, each only when its vectors keep a mean
     # cosine >= 0.999 to fp32 on 64 others there.
     auto_int8: bool = True
     # ... made only by an embedding of at least this many texts: a small or incremental ingest

@@ -55,6 +55,8 @@ class IngestSummary:
     backend: str = ""  # what ran the model: openvino or torch ("" when nothing was embedded)
     autotune: dict | None = None  # what "auto" measured and chose (ingest/autotune.py), if it did
     tuning: dict | None = None  # ingest/tuning.py's TuneReport, when the model was tuned (or reused)
+    # the index is the one LATEST already named: no new version written, nothing published or pruned
+    unchanged: bool = False
 
     @property
     def chunks(self) -> int:
@@ -79,6 +81,7 @@ class IngestSummary:
             "backend": self.backend,
             "autotune": self.autotune,
             "tuning": self.tuning,
+            "unchanged": self.unchanged,
         }
 
 
@@ -323,14 +326,17 @@ def publish(config: Config, version: str) -> None:
 def run_ingest(
     config: Config, *, progress: bool = True, embedder: "Embedder | None" = None
 ) -> IngestSummary:
-    """Run every stage in this process and publish the new version."""
+    """Run every stage in this process and publish the new version: none when the index is the
+    one LATEST already names (`unchanged`: no new version written, published or pruned)."""
     from flytegpt.ingest.store import check_writable
 
+    if not config.sources:
+        raise ValueError(f"no chunks: {no_chunks_reason(config)}; nothing to publish")
     check_writable(config.index.store)
     sources_read_at = datetime.now(timezone.utc)
     chunks, reports, _, timings = collect_chunks(config, progress=progress)
     if not chunks:
-        raise ValueError("no chunks: every source was empty or skipped; nothing to publish")
+        raise ValueError(f"no chunks: {no_chunks_reason(config)}; nothing to publish")
     per_source = source_stats(reports, chunks)
     sources = _source_summaries(config, reports, per_source)
 
@@ -367,15 +373,19 @@ def run_ingest(
         "sources": per_source,
     }
     t = time.perf_counter()
+    latest = _latest_or_none(config.index.store)
     version = build_version(chunks, vectors, config, embedder_info=model_info(embedder), stats=stats,
                             keyword=keyword, sources_read_at=sources_read_at)
+    # write_version returns LATEST's own id only for the same content: nothing was written
+    unchanged = version == latest
     timings["build"] += time.perf_counter() - t
     # publish opens and verifies the whole version: free the build's copy of it first.
     del chunks, vectors, keyword
 
-    t = time.perf_counter()
-    publish(config, version)
-    timings["publish"] = time.perf_counter() - t
+    if not unchanged:  # LATEST already names this content: nothing to publish, nothing to prune
+        t = time.perf_counter()
+        publish(config, version)
+        timings["publish"] = time.perf_counter() - t
 
     return IngestSummary(
         version=version,
@@ -390,7 +400,22 @@ def run_ingest(
         backend=embedder.backend if embedder.loaded else "",
         autotune=embedder.autotune.to_dict() if embedder.autotune else None,
         tuning=tuned.to_dict() if tuned is not None else None,
+        unchanged=unchanged,
     )
+
+
+def _latest_or_none(store: str) -> str | None:
+    from flytegpt.ingest.artifact import ArtifactError, read_latest
+
+    try:
+        return read_latest(store)
+    except ArtifactError:  # unreadable: whatever is written now is not "unchanged"
+        return None
+
+
+def no_chunks_reason(config: Config) -> str:
+    """Why an ingest of `config` found nothing to index."""
+    return "the config has no [[sources]]" if not config.sources else "every source was empty or skipped"
 
 
 def _source_summaries(config: Config, reports: dict[str, LoadReport],

@@ -43,6 +43,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Sequence
 
 from flytegpt.ingest.json_files import write_json_atomic
@@ -86,6 +87,24 @@ def candidates(rests: Sequence[str]) -> list[str]:
 
 def nncf_available() -> bool:
     return importlib.util.find_spec("nncf") is not None
+
+
+def import_nncf() -> ModuleType:
+    """NNCF, with its usage reports to Google Analytics declined for this process.
+
+    On import NNCF starts openvino-telemetry, which counts a missing consent file as consent
+    (it asks no one outside a terminal) and writes a client id under ~/intel. FlyteGPT runs
+    unattended on maintainers' machines and pods and sends nothing anywhere: decline here,
+    without writing the machine-wide consent file that `opt_in_out --opt_out` would."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # no telemetry package: nothing to decline
+        pass
+    else:
+        OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+    import nncf
+
+    return nncf
 
 
 @dataclass(frozen=True)
@@ -167,7 +186,7 @@ def ensure_int8(export: Path, texts: Sequence[str] = ()) -> Int8Check | None:
 def _make(export: Path, calibration: list[str], check: list[str]) -> Int8Check:
     """Quantise and save into a temp folder, then rename it into place whole (a crash or a
     concurrent ingest never leaves half a model), then check it on this machine."""
-    import nncf  # noqa: F401 - imported first: importing it sets its logger to INFO
+    import_nncf()  # imported first: importing it sets its logger to INFO
     import openvino as ov
 
     from flytegpt.ingest.onnx_export import MODEL_FILE
@@ -232,7 +251,7 @@ def _save_check(export: Path, result: Int8Check) -> Int8Check:
 
 
 def _quantize(model, graph, calibration: list[str]):
-    import nncf
+    nncf = import_nncf()
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         AdvancedSmoothQuantParameters,
@@ -252,6 +271,6 @@ def _quantize(model, graph, calibration: list[str]):
 
 
 def _compress_weights(model):
-    import nncf
+    nncf = import_nncf()
 
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)

@@ -260,9 +260,9 @@ def build_report(db: str, *, store: str | None = None, options: ReportOptions | 
     all_rows = load_questions(db, since=start, until=now)
     rows, left_out = options.privacy.split(all_rows)
     notes = []
-    if options.privacy.ignored_names:
-        notes.append("report_channels entries that are not channel ids match nothing offline and were "
-                     f"ignored: {', '.join(options.privacy.ignored_names)} (use channel ids such as C0123ABCD)")
+    names_note = options.privacy.names_note()
+    if names_note:
+        notes.append(names_note)
 
     history = read_index_history(store) if store else None
     if history is None:

@@ -123,15 +123,32 @@ class PrivacyFilter:
     channels: set[str] | None
     dms: bool = False
     ignored_names: list[str] = field(default_factory=list)  # entries that are not channel ids
+    # the setting the channel entries came from: report_channels, or allowed_channels (its default)
+    names_from: str = "report_channels"
 
     @classmethod
     def from_config(cls, report_channels: list[str] | None, allowed_channels: list[str], dms: bool) -> "PrivacyFilter":
         entries = allowed_channels if report_channels is None else report_channels
+        names_from = "allowed_channels" if report_channels is None else "report_channels"
         if not entries:
-            return cls(None, dms)
+            return cls(None, dms, names_from=names_from)
         ids = {e for e in entries if _CHANNEL_ID.match(e)}
         # names need Slack to resolve; the report runs offline, so they match nothing (safe side)
-        return cls(ids, dms, sorted(e for e in entries if not _CHANNEL_ID.match(e)))
+        return cls(ids, dms, sorted(e for e in entries if not _CHANNEL_ID.match(e)), names_from)
+
+    def names_note(self) -> str | None:
+        """What the report says about channel names it was given: they match no question."""
+        if not self.ignored_names:
+            return None
+        names = ", ".join(self.ignored_names)
+        if self.names_from == "allowed_channels":
+            where = "[bot] allowed_channels (the default for report_channels, which is not set)"
+            fix = "give channel ids such as C0123ABCD in allowed_channels, or set report_channels to channel ids"
+        else:
+            where, fix = "[bot] report_channels", "give channel ids such as C0123ABCD instead"
+        shown = ("no channel question is shown" if not self.channels
+                 else "questions from those channels are left out")
+        return f"{where} names channels: {names}. Channel names cannot be matched offline, so {shown}; {fix}."
 
     def split(self, rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """(rows to show, how many were left out and why)."""

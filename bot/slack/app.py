@@ -3,6 +3,7 @@
 Who does what (each its own module):
 - client.py: token checks, the WebClient and the Socket Mode handler;
 - routing.py: events -> questions (ack, de-duplicate, filter, allow-list, rate limit, pools);
+  allowlist.py: [bot] allowed_channels resolved to channel ids at start (fail closed);
   dedupe.py: which events and messages were already seen (memory and a SQLite file);
 - answer_job.py: one question -> one reply, every failure turned into something the user reads;
 - delivery.py: every Slack write (answers via chat.postMessage or response_url, notices, 👀);
@@ -16,7 +17,6 @@ Who does what (each its own module):
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -27,6 +27,7 @@ from slack_sdk.errors import SlackApiError
 from flytegpt.bot.sqlite_files import names_a_folder
 from flytegpt.ingest.config import ConfigError
 
+from .allowlist import resolve_allowlist
 from .answer_job import AnswerJob
 from .assistant import AssistantPanel
 from .client import SlackTokenError, SlackUnreachable, api_base_url, check_tokens, make_client
@@ -50,8 +51,6 @@ __all__ = ["FlyteGPTBot", "Question", "SlackTokenError", "api_base_url", "build_
            "make_client"]
 
 log = logging.getLogger(__name__)
-
-_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 
 
 class _ClientTokenNotice(logging.Filter):
@@ -112,6 +111,8 @@ class FlyteGPTBot:
             raise SlackUnreachable(f"cannot reach Slack's Web API at {self.client.base_url}: {reason}") from None
         self.bot_user_id: str = auth["user_id"]
         self.bot_id: str | None = auth.get("bot_id")
+        # before any pool, thread or file exists: a name that does not resolve stops the start in one line
+        self.allowed = resolve_allowlist(self.client, config.bot.allowed_channels)
         self.metrics = metrics or Metrics()
         self.feedback = AnswerRecorder(config.bot.feedback_db, self.metrics, store=feedback,
                                        max_question_chars=config.answer.max_question_chars)
@@ -127,7 +128,7 @@ class FlyteGPTBot:
                                     index_version=lambda: holder.version if holder is not None else None)
         self.interactions = Interactions(self.feedback, self.delivery, self.metrics)
         self.router = EventRouter(config, bot_user_id=self.bot_user_id, bot_id=self.bot_id,
-                                  allowed=self._resolve_allowlist(config.bot.allowed_channels),
+                                  allowed=self.allowed,
                                   deduper=self.deduper, limiter=RateLimiter(config.bot.user_rate_limit, 60.0),
                                   pool=self.pool, side=self.side, history=self.history, delivery=self.delivery,
                                   interactions=self.interactions, metrics=self.metrics, submit=self.answer_job.submit,
@@ -140,24 +141,6 @@ class FlyteGPTBot:
         self.router.register(self.app)
         self.panel = AssistantPanel(config, self.router, self.side, bot_user_id=self.bot_user_id)
         self.app.use(self.panel.assistant)
-
-    def _resolve_allowlist(self, entries: list[str]) -> set[str]:
-        """Channel ids as given; names (with or without '#') looked up once at start."""
-        ids = {e for e in entries if _CHANNEL_ID.match(e)}
-        names = {e.lstrip("#") for e in entries if not _CHANNEL_ID.match(e)}
-        if names:
-            try:
-                cursor = None
-                while True:
-                    resp = self.client.conversations_list(types="public_channel,private_channel",
-                                                          limit=1000, cursor=cursor)
-                    ids |= {c["id"] for c in resp.get("channels", []) if c.get("name") in names}
-                    cursor = (resp.get("response_metadata") or {}).get("next_cursor")
-                    if not cursor:
-                        break
-            except SlackApiError as e:
-                log.warning("could not resolve allowed channel names", extra={"error": e.response.get("error")})
-        return ids
 
     def close(self, wait: bool = True) -> None:
         """Stop the pools; the databases are closed only when no answer still runs. Answers

@@ -46,12 +46,15 @@ _ANSWERABLE_SUBTYPES = (None, "file_share", "thread_broadcast")
 
 
 class EventRouter:
-    def __init__(self, config: "Config", *, bot_user_id: str, allowed: set[str], deduper: "Deduper",
-                 limiter: "RateLimiter", pool: "WorkerPool", side: "WorkerPool", history: "ThreadHistory",
-                 delivery: "Delivery", interactions: "Interactions", metrics: "Metrics",
+    def __init__(self, config: "Config", *, bot_user_id: str, allowed: "frozenset[str] | None",
+                 deduper: "Deduper", limiter: "RateLimiter", pool: "WorkerPool", side: "WorkerPool",
+                 history: "ThreadHistory", delivery: "Delivery", interactions: "Interactions", metrics: "Metrics",
                  submit: Callable[[Question], bool], turned_away: Callable[[Question, str], None],
                  bot_id: str | None = None) -> None:
-        self.config, self.bot_user_id, self.bot_id, self.allowed = config, bot_user_id, bot_id, allowed
+        self.config, self.bot_user_id, self.bot_id = config, bot_user_id, bot_id
+        # The channel ids questions are answered in (allowlist.py); None, and only None: every channel.
+        # An empty set allows none: names that did not resolve can never mean "everywhere".
+        self.allowed = None if allowed is None else frozenset(allowed)
         self.deduper, self.limiter, self.pool, self.side = deduper, limiter, pool, side
         # Questions turned down at once (empty, too long) are counted apart, in the same window and
         # with the same limit: they cannot use up a user's real questions, nor be replied to without end.
@@ -113,8 +116,8 @@ class EventRouter:
             ack(text=render_markdown_notice(messages.USAGE).text, response_type="ephemeral")
             return
         channel, user = command.get("channel_id", ""), command.get("user_id", "")
-        if self.allowed and channel not in self.allowed and not channel.startswith("D"):
-            ack(text=messages.only_in_channels(list(self.allowed)), response_type="ephemeral")
+        if not self._allowed(channel) and not channel.startswith("D"):
+            ack(text=messages.only_in_channels(sorted(self.allowed or ())), response_type="ephemeral")
             return
         q = Question("command", text, channel, user, response_url=command.get("response_url"))
         limiter = self._limiter_for(q)
@@ -208,6 +211,9 @@ class EventRouter:
         return (event.get("channel_type") == "im" or self._mentions_me(event)
                 or bool(self.config.bot.thread_followups and thread and thread != event.get("ts")))
 
+    def _allowed(self, channel: str) -> bool:
+        return self.allowed is None or channel in self.allowed
+
     def _mentions_me(self, event: dict) -> bool:
         return f"<@{self.bot_user_id}" in (event.get("text") or "")
 
@@ -219,10 +225,10 @@ class EventRouter:
 
     def _accept_channel_message(self, event: dict, *, mentioned: bool) -> None:
         channel = event["channel"]
-        if self.allowed and channel not in self.allowed:
+        if not self._allowed(channel):
             if mentioned and self._claim(event):
                 self.side.submit(self.delivery.ephemeral, channel, event["user"],
-                                 messages.only_in_channels(list(self.allowed)), event.get("thread_ts"), True)
+                                 messages.only_in_channels(sorted(self.allowed or ())), event.get("thread_ts"), True)
             return
         if not self._claim(event):
             return

@@ -105,8 +105,8 @@ def test_versions_shows_a_truncated_file_even_in_the_served_version(store):
     rows = {r["version"]: r for r in data["versions"]}
     assert rows[v3]["problem"].startswith("damaged: dense.faiss has 100 bytes, its manifest says ")
     assert rows[v2]["problem"] == "damaged: chunks.jsonl.gz is missing" and "problem" not in rows[v1]
-    result = run(path, "versions")
-    assert result.exit_code == 0 and "damaged" in result.output
+    result = run(path, "versions")  # listed all the same, and exit 1: the served version cannot serve
+    assert result.exit_code == 1 and "damaged" in result.output
     assert f"cannot serve {v3}: damaged: dense.faiss has 100 bytes" in " ".join(result.output.split())
 
 

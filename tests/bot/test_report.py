@@ -281,6 +281,41 @@ def test_the_assistant_panel_is_private_like_a_dm() -> None:
     assert len(shown) == 1 and left_out == {"dm": 1, "channel": 0}
 
 
+@pytest.mark.parametrize(("bot", "expected"), [
+    ('allowed_channels = ["#general"]',
+     "[bot] allowed_channels (the default for report_channels, which is not set) names channels: #general. "
+     "Channel names cannot be matched offline, so no channel question is shown; give channel ids such as "
+     "C0123ABCD in allowed_channels, or set report_channels to channel ids."),
+    ('allowed_channels = ["C01ASK001", "general"]',
+     "[bot] allowed_channels (the default for report_channels, which is not set) names channels: general. "
+     "Channel names cannot be matched offline, so questions from those channels are left out; give channel ids "
+     "such as C0123ABCD in allowed_channels, or set report_channels to channel ids."),
+    ('allowed_channels = ["C01ASK001"]\nreport_channels = ["general"]',
+     "[bot] report_channels names channels: general. Channel names cannot be matched offline, so no channel "
+     "question is shown; give channel ids such as C0123ABCD instead."),
+])
+def test_channel_names_in_the_config_are_named_in_a_note_with_where_they_came_from(db: Path, tmp_path: Path,
+                                                                                   bot: str, expected: str) -> None:
+    """Audit 20 #8: with `allowed_channels` given by name and report_channels not set, the report
+    showed no question and its note blamed report_channels, which the user never set ("...were
+    ignored: general"): the names had left every channel question out."""
+    from html import escape
+
+    from flytegpt.bot.cli import main
+
+    config = tmp_path / "flytegpt.toml"
+    config.write_text(f"[bot]\n{bot}\n")
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["report", "--db", str(db), "--config", str(config), "--no-store",
+                                       "--since", "3650d", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"note: {expected}" in result.output.splitlines()
+    assert escape(expected) in out.read_text()
+    from_ids = "C01ASK001" in bot and "report_channels" not in bot
+    shown = sum(q[2] == "C01ASK001" for q in QUESTIONS) if from_ids else 0  # DMs are left out too
+    assert f"wrote {out}: {shown} questions" in result.output
+
+
 class BrokenModel:
     model_id = "test/broken"
 

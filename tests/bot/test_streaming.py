@@ -373,10 +373,11 @@ def test_slack_app_manifest_matches_what_the_bot_handles():
     assert set(settings["event_subscriptions"]["bot_events"]) >= {
         "app_mention", "message.im", "message.channels", "assistant_thread_started",
         "assistant_thread_context_changed"}
-    # chat:write covers chat.postMessage and the streaming methods; assistant:write the panel
+    # chat:write covers chat.postMessage and the streaming methods; assistant:write the panel;
+    # channels:read and groups:read look up [bot] allowed_channels given by name (public, private)
     assert set(manifest["oauth_config"]["scopes"]["bot"]) >= {
         "app_mentions:read", "assistant:write", "chat:write", "reactions:write", "channels:history",
-        "im:history", "commands"}
+        "im:history", "commands", "channels:read", "groups:read"}
     [command] = features["slash_commands"]
     assert command["command"] == messages.COMMAND
     prompts = features["assistant_view"]["suggested_prompts"]

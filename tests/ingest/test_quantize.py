@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -185,3 +187,20 @@ def test_int8_that_cannot_be_made_means_fp32_with_a_reason(
         e = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=str(tmp_path / "other"), precision="int8"))
         e.embed_documents(texts)
     assert e.precision == "fp32" and "NNCF is not installed" in caplog.text
+
+
+@pytest.mark.skipif(not quantize.nncf_available(), reason="nncf is not installed")
+def test_nncf_sends_no_usage_reports_and_writes_nothing_under_home(tmp_path: Path) -> None:
+    """NNCF's openvino-telemetry takes a missing consent file as consent: an ingest that makes
+    the int8 model must not report to Google Analytics nor leave a client id in ~/intel."""
+    script = ("from flytegpt.ingest.quantize import import_nncf\n"
+              "import_nncf()\n"
+              "from nncf.telemetry.wrapper import telemetry\n"
+              "impl = getattr(telemetry, '_impl', None)\n"
+              "print('consent', getattr(impl, 'consent', None))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}  # as on a user's machine
+    env["HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "consent True" not in out.stdout, out.stdout
+    assert not (tmp_path / "intel").exists()

@@ -8,7 +8,10 @@ scripted to answer 429 + Retry-After, and can drop or refresh the websocket to t
 reconnects. Like Slack, it sends an `events_api` envelope nobody acked within `redeliver_after`
 seconds (e.g. one sent on a connection the client was just replacing) again, up to 3 times, with
 `retry_attempt` 1..3, `retry_reason` "timeout" and a new envelope id (None: never). It also
-checks Slack's message limits and records violations.
+checks Slack's message limits and records violations. `scopes` (None: every scope) makes
+`conversations.list` answer `missing_scope` (with `needed`/`provided`, as Slack does) for a
+channel type whose read scope the bot lacks; `max_page` caps how many items a page holds
+whatever `limit` asks (Slack may return fewer than asked), to make callers page.
 
 Streaming (`chat.startStream` / `appendStream` / `stopStream`) follows Slack's documented
 rules: both `recipient_*` ids outside a DM, 12,000 characters of markdown a call (and per
@@ -49,6 +52,9 @@ RESPONSE_URL_MAX_POSTS = 5
 MAX_MARKDOWN_TEXT = 12000  # chat.*Stream: markdown_text per call (Slack's documented limit)
 MAX_STREAM_MESSAGE = 12000  # markdown characters one streamed message holds in total
 MAX_SUGGESTED_PROMPTS = 4
+# conversations.list `types` -> the bot token scope Slack wants for it
+TYPE_SCOPES = {"public_channel": "channels:read", "private_channel": "groups:read", "im": "im:read",
+               "mpim": "mpim:read"}
 
 
 @dataclass
@@ -123,6 +129,8 @@ class SlackEmulator:
                  app_id: str = "AEMU", page_size: int = 100, redeliver_after: float | None = 5.0) -> None:
         self.team_id, self.bot_user_id, self.bot_id, self.app_id = team_id, bot_user_id, bot_id, app_id
         self.page_size = page_size
+        self.max_page: int | None = None  # most items a page holds, whatever `limit` asks
+        self.scopes: set[str] | None = None  # the bot token's scopes; None: every scope
         self.calls: list[Call] = []
         self.acks: dict[str, list[Ack]] = {}
         self.sent: dict[str, float] = {}
@@ -943,6 +951,11 @@ class SlackEmulator:
 
     def _api_conversations_list(self, args: dict) -> dict:
         types = set(str(args.get("types", "public_channel")).split(","))
+        if self.scopes is not None:
+            needed = sorted({TYPE_SCOPES[t] for t in types if t in TYPE_SCOPES} - self.scopes)
+            if needed:
+                return {"ok": False, "error": "missing_scope", "needed": ",".join(needed),
+                        "provided": ",".join(sorted(self.scopes))}
         exclude_archived = str(args.get("exclude_archived", "false")).lower() in ("true", "1")
         with self._lock:
             chans = []
@@ -955,6 +968,8 @@ class SlackEmulator:
     def _page(self, key: str, items: list, args: dict) -> dict:
         """Slack's cursor pagination: opaque `next_cursor`, empty on the last page."""
         limit = int(args.get("limit") or self.page_size) or self.page_size
+        if self.max_page is not None:
+            limit = min(limit, self.max_page)
         cursor = str(args.get("cursor") or "")
         start = int(cursor[len("dXNlcjo"):]) if cursor.startswith("dXNlcjo") else 0
         page = items[start:start + limit]

@@ -129,17 +129,25 @@ class BotHarness:
 @contextmanager
 def harness_factory(sample: tuple[Config, Any], feedback_db: Path, *,
                     bot_defaults: dict | None = None) -> Iterator[Callable[..., BotHarness]]:
-    """Yields make(bot=, answer=, empty=, answerer=) that starts a tuned bot; stops them all on exit
+    """Yields make(bot=, answer=, empty=, answerer=, setup=) that starts a tuned bot; stops them all on exit
     and checks the emulator saw no Slack API violations."""
     from flytegpt.bot.index_holder import IndexHolder
 
     running: list[BotHarness] = []
 
     def make(*, bot: dict | None = None, answer: dict | None = None, empty: bool = False,
-             answerer: Any = None) -> BotHarness:
+             answerer: Any = None, setup: Callable[[SlackEmulator], None] | None = None) -> BotHarness:
+        """`setup(emu)` runs before the bot starts (channels, scopes it must find at start)."""
         config, searcher = sample
         config = tuned(config, feedback_db=feedback_db, bot={**(bot_defaults or {}), **(bot or {})}, answer=answer)
-        h = BotHarness(config, IndexHolder(None if empty else searcher), answerer=answerer).start()
+        h = BotHarness(config, IndexHolder(None if empty else searcher), answerer=answerer)
+        if setup is not None:
+            setup(h.emu)
+        try:
+            h.start()
+        except BaseException:  # a bot that refuses to start: its stand-ins are stopped all the same
+            h.stop()
+            raise
         running.append(h)
         return h
 
