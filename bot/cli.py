@@ -314,7 +314,8 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
 @config_option
 @store_option
 def demo(config_path: Path, store: str | None) -> None:
-    """Answer the sample questions that ship with the configuration's corpus."""
+    """Answer the questions in QUESTIONS.jsonl beside the config file (the sample corpus ships
+    some), from the store's index, with the configured or the offline answerer."""
     from flytegpt.ingest.evaluation import QuestionFileError, load_questions
 
     config = load(config_path, store)
@@ -324,14 +325,14 @@ def demo(config_path: Path, store: str | None) -> None:
     except QuestionFileError as e:
         raise click.ClickException(str(e)) from None
     if not questions:
-        raise click.ClickException(f"no sample questions next to {config_path}")
+        raise click.ClickException(f"no questions in {questions_file}: demo answers the questions of a "
+                                   "QUESTIONS.jsonl beside the config (one JSON object a line with a \"question\")")
     from flytegpt.bot.cli_answer import make_answerer, print_answer
 
     answerer = make_answerer(config)
     for q in questions:
         click.echo(f"\n> {terminal_text(q)}\n")
         print_answer(answerer.answer(q))
-
 
 
 from flytegpt.bot.cli_answer import ask, chat  # noqa: E402  (commands that live beside their feature)

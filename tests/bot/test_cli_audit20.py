@@ -337,3 +337,12 @@ def test_eval_refuses_a_k_below_10_and_says_why(tmp_path: Path):
     assert result.exit_code == 2 and "--k" in result.output and "10<=x<=1000" in result.output
     text = " ".join(run("eval", "--help").output.split())
     assert "at least 10. Recall, MRR and coverage score the top 10" in text
+
+
+def test_demo_without_a_question_file_beside_the_config_says_what_it_needs(tmp_path: Path) -> None:
+    config = tmp_path / "flytegpt.toml"
+    config.write_text("")
+    line = one_error_line(run("demo", "--config", str(config), "--store", str(tmp_path / "store")),
+                          str(tmp_path / "QUESTIONS.jsonl"), "beside the config")
+    assert "question" in line
+    assert "QUESTIONS.jsonl beside the config file" in " ".join(run("demo", "--help").output.split())
