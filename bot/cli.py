@@ -140,10 +140,13 @@ def _print_sources(console, title: str, sources) -> None:
         return escape(terminal_text(value))
 
     table = Table(title=title)
-    for col in ("source", "kind", "documents", "chunks", "skipped"):
+    by_rules = any(s.left_out for s in sources)  # a column only when include/exclude/skip_tests left files out
+    columns = ("source", "kind", "documents", "chunks", "skipped") + (("left out by rules",) if by_rules else ())
+    for col in columns:
         table.add_column(col, justify="right" if col not in ("source", "kind") else "left")
     for s in sources:
-        table.add_row(text(s.name), s.kind, str(s.documents), str(s.chunks), str(len(s.skipped)))
+        row = [text(s.name), s.kind, str(s.documents), str(s.chunks), str(len(s.skipped))]
+        table.add_row(*row, *([str(s.left_out)] if by_rules else []))
     console.print(table)
     for s in sources:
         for name, reason in s.skipped:

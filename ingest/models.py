@@ -183,6 +183,9 @@ class LoadReport:
     # (file name, what is wrong) for what was read and indexed but is not as it should be
     # (a Slack export whose threads cannot be linked): shown beside the skipped files
     notes: list[tuple[str, str]] = field(default_factory=list)
+    # files the source's own rules left out (include, exclude, skip_tests): not problems, so not
+    # listed one by one, but counted, so a dry run shows that a rule is taking effect
+    left_out: int = 0
 
     def skip(self, name: str, reason: str) -> None:
         self.skipped.append((name, reason))
@@ -193,9 +196,9 @@ class LoadReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"documents": self.documents, "skipped": [list(s) for s in self.skipped],
-                "notes": [list(n) for n in self.notes]}
+                "notes": [list(n) for n in self.notes], "left_out": self.left_out}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoadReport":
         return cls(int(d["documents"]), [(str(n), str(r)) for n, r in d["skipped"]],
-                   [(str(n), str(w)) for n, w in d.get("notes", [])])
+                   [(str(n), str(w)) for n, w in d.get("notes", [])], int(d.get("left_out", 0)))

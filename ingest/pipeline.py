@@ -37,6 +37,7 @@ class SourceSummary:
     chunks: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)  # indexed, but to be fixed (LoadReport.notes)
+    left_out: int = 0  # files its include / exclude / skip_tests rules left out (LoadReport.left_out)
 
 
 @dataclass
@@ -422,7 +423,7 @@ def _source_summaries(config: Config, reports: dict[str, LoadReport],
                       per_source: dict[str, dict[str, int]]) -> list[SourceSummary]:
     kinds = {s.name: s.kind for s in config.sources}
     return [SourceSummary(name, kinds[name], s["documents"], s["chunks"], list(reports[name].skipped),
-                          list(reports[name].notes))
+                          list(reports[name].notes), reports[name].left_out)
             for name, s in per_source.items()]
 
 

@@ -75,9 +75,8 @@ def walk_files(root: Path, include: list[str], exclude: list[str], report: LoadR
                 continue
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
-            if include and not glob_match(rel, include):
-                continue
-            if exclude and glob_match(rel, exclude):
+            if (include and not glob_match(rel, include)) or (exclude and glob_match(rel, exclude)):
+                report.left_out += 1
                 continue
             if not is_utf8_name(rel):
                 report.skip(printable_name(rel), "file name is not valid UTF-8")

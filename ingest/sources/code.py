@@ -49,10 +49,9 @@ def load_code(source: SourceConfig, report: LoadReport, *, store: str | None = N
         if known is None:
             continue
         language = known.name
-        if source.skip_tests:
-            why = _skipped(rel)
-            if why:
-                continue
+        if source.skip_tests and _skipped(rel):
+            report.left_out += 1
+            continue
         text = read_text(path, rel, report, max_bytes=MAX_BYTES)
         if text is None:
             continue

@@ -346,3 +346,24 @@ def test_demo_without_a_question_file_beside_the_config_says_what_it_needs(tmp_p
                           str(tmp_path / "QUESTIONS.jsonl"), "beside the config")
     assert "question" in line
     assert "QUESTIONS.jsonl beside the config file" in " ".join(run("demo", "--help").output.split())
+
+
+def test_the_dry_run_counts_the_files_a_sources_rules_leave_out(tmp_path: Path) -> None:
+    """#13: skip_tests, include and exclude leave files out silently; the dry run counts them per
+    source (not listed one by one: they are rules taking effect, not problems)."""
+    result = run("ingest", "--config", SAMPLE, "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    left_out = {s["name"]: s["left_out"] for s in json.loads(result.stdout)["sources"]}
+    assert left_out["sample-code"] == 1  # code/tests/test_cache.py, by skip_tests
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("a.md", "b.md", "CHANGELOG.md"):
+        (docs / name).write_text(f"# {name}\n\nSome text about {name}.\n")
+    config = tmp_path / "flytegpt.toml"
+    config.write_text('[[sources]]\nname = "d"\nkind = "docs"\npath = "docs"\nexclude = ["CHANGELOG.md"]\n')
+    result = run("ingest", "--config", str(config), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "left out by rules" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.strip("│ ").startswith("d "))
+    cells = [c.strip() for c in row.split("│")[1:-1]]  # source, kind, documents, chunks, skipped, left out
+    assert (cells[2], cells[4], cells[5]) == ("2", "0", "1"), row
