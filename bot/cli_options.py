@@ -178,10 +178,10 @@ def open_searcher(config: Config) -> "HybridSearcher":
 def _rollback_target(store: str, tries: int = 5) -> tuple[str, bool] | None:
     """(version, made before LATEST's) for `flytegpt publish` to serve instead of the version LATEST
     names: the newest one made before it whose files list as sound (else the newest other one)."""
-    from flytegpt.ingest.artifact import ArtifactError, file_problems, list_versions, read_manifest
+    from flytegpt.ingest.artifact import ArtifactError, file_problems, latest_or_none, list_versions, read_manifest
 
     try:
-        latest = _latest_or_none(store)
+        latest = latest_or_none(store)
         versions = list_versions(store)  # oldest first
         cut = versions.index(latest) if latest in versions else len(versions)
         candidates = ([(v, True) for v in reversed(versions[:cut])]
@@ -195,15 +195,6 @@ def _rollback_target(store: str, tries: int = 5) -> tuple[str, bool] | None:
         except (ArtifactError, OSError, ValueError):  # that one cannot serve either: the next
             continue
     return None
-
-
-def _latest_or_none(store: str) -> str | None:
-    from flytegpt.ingest.artifact import ArtifactError, read_latest
-
-    try:
-        return read_latest(store)
-    except ArtifactError:
-        return None
 
 
 def _raise_unreadable(store: str, e: Exception) -> None:

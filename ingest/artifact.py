@@ -401,6 +401,14 @@ def publish(store: str, version: str, *, keep_versions: int = DEFAULT_KEEP_VERSI
         log.warning("pruning old index versions in %s failed: %s", store, e)
 
 
+def latest_or_none(store: str) -> str | None:
+    """The version LATEST names; None when nothing is published or LATEST cannot be read."""
+    try:
+        return read_latest(store)
+    except ArtifactError:
+        return None
+
+
 def _current_latest(store: str) -> str | None:
     """LATEST as it stands; an unreadable LATEST counts as none (publishing repairs it)."""
     try:
@@ -923,7 +931,7 @@ def open_version(
 
 __all__ = [
     "ArtifactError", "ModelInfo", "IndexVersion", "write_version", "publish",
-    "read_latest", "source_names",
+    "read_latest", "latest_or_none", "source_names",
     "list_versions", "open_version", "read_manifest", "prune", "FORMAT_VERSION", "check_version_id",
     "choose_index_type", "gpu_count", "ivf_nlist", "build_dense_index",
 ]

@@ -329,6 +329,7 @@ def run_ingest(
 ) -> IngestSummary:
     """Run every stage in this process and publish the new version: none when the index is the
     one LATEST already names (`unchanged`: no new version written, published or pruned)."""
+    from flytegpt.ingest.artifact import latest_or_none
     from flytegpt.ingest.store import check_writable
 
     if not config.sources:
@@ -374,7 +375,7 @@ def run_ingest(
         "sources": per_source,
     }
     t = time.perf_counter()
-    latest = _latest_or_none(config.index.store)
+    latest = latest_or_none(config.index.store)
     version = build_version(chunks, vectors, config, embedder_info=model_info(embedder), stats=stats,
                             keyword=keyword, sources_read_at=sources_read_at)
     # write_version returns LATEST's own id only for the same content: nothing was written
@@ -403,15 +404,6 @@ def run_ingest(
         tuning=tuned.to_dict() if tuned is not None else None,
         unchanged=unchanged,
     )
-
-
-def _latest_or_none(store: str) -> str | None:
-    from flytegpt.ingest.artifact import ArtifactError, read_latest
-
-    try:
-        return read_latest(store)
-    except ArtifactError:  # unreadable: whatever is written now is not "unchanged"
-        return None
 
 
 def no_chunks_reason(config: Config) -> str:
