@@ -144,7 +144,8 @@ def _command(name: str) -> click.Command:
     params: list[click.Parameter] = [
         click.Option(["--overwrite-cache"], is_flag=True, help="Re-run cached tasks and replace their cache entries.")
     ]
-    params += [click.Option([f"--{k}"], type=_Input(t), default=None,
+    # --config_path as the workflow names its input, and --config-path as every other CLI spells it
+    params += [click.Option([k, *dict.fromkeys((f"--{k}", f"--{k.replace('_', '-')}"))], type=_Input(t), default=None,
                             help=f"default: {d!r}" if d not in (None, "") else None) for k, (t, d) in inputs.items()]
     return click.Command(name, params=params, callback=run, help=_summary(workflow.__doc__))
 

@@ -54,6 +54,13 @@ def test_questions_that_are_not_a_json_list_name_the_option(tmp_path: Path, ques
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+def test_inputs_take_the_dashed_spelling_of_every_other_cli_too(tmp_path: Path) -> None:
+    proc = run(tmp_path, "bulk_qa_wf", "--config-path", str(sample_config_path()), "--store", str(tmp_path / "store"),
+               "--questions", '["How do I cache a task?"]', "--workers", "1000")
+    assert proc.returncode == 1, proc.stderr  # --config-path was taken: the run got as far as checking workers
+    assert "--workers must be at least 1 and at most 32" in proc.stderr
+
+
 def test_help_has_the_whole_summary_and_readable_types(tmp_path: Path) -> None:
     proc = run(tmp_path, "bulk_qa_wf", "--help")
     assert proc.returncode == 0, proc.stderr
@@ -63,7 +70,7 @@ def test_help_has_the_whole_summary_and_readable_types(tmp_path: Path) -> None:
     assert summary.endswith("mind the chat model's rate limit).")
     options = " ".join(proc.stdout.split("Options:")[1].split())
     assert "--workers INTEGER default: 4" in options
-    assert "--questions JSON_LIST" in options and "--questions_file PATH" in options
+    assert "--questions JSON_LIST" in options and "--questions_file, --questions-file PATH" in options
     assert "<class" not in proc.stdout and "typing." not in proc.stdout
 
 
