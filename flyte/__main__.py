@@ -118,6 +118,18 @@ class _Input(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+def _local_config() -> str:
+    """The workflows' default config for a local run. On a cluster the sample's path is relative
+    to the image's working directory; here, outside the checkout's root, it names the installed
+    package's copy (as `flytegpt`'s commands do), so a run works from any folder."""
+    from flytegpt.flyte import deploy
+    from flytegpt.ingest.config import sample_config_path
+
+    if deploy.CONFIG == deploy.SAMPLE_CONFIG and not os.path.isfile(deploy.CONFIG):
+        return str(sample_config_path())
+    return deploy.CONFIG
+
+
 def _summary(doc: str | None) -> str:
     """The docstring's first paragraph as one line (its first line alone stopped mid-sentence)."""
     return " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split())
@@ -130,8 +142,11 @@ def _command(name: str) -> click.Command:
     def run(overwrite_cache: bool, **values: Any) -> None:
         if overwrite_cache:
             os.environ["FLYTE_LOCAL_CACHE_OVERWRITE"] = "true"
+        given = {k: v for k, v in values.items() if v is not None}
+        if "config_path" in inputs and "config_path" not in given:
+            given["config_path"] = _local_config()
         try:
-            result = workflow(**{k: v for k, v in values.items() if v is not None})
+            result = workflow(**given)
         except _user_errors() as e:  # a config, store or index problem: what and where, not a traceback
             raise click.ClickException(str(e).strip()) from None
         if isinstance(result, tuple):

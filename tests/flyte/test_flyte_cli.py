@@ -61,6 +61,15 @@ def test_inputs_take_the_dashed_spelling_of_every_other_cli_too(tmp_path: Path) 
     assert "--workers must be at least 1 and at most 32" in proc.stderr
 
 
+def test_a_local_run_without_a_config_reads_the_installed_sample_from_any_folder(tmp_path: Path) -> None:
+    """The workflows' default config path is relative to the image's working directory; a local
+    run outside the checkout reads the installed package's sample, as `flytegpt` does."""
+    proc = run(tmp_path, "bulk_qa_wf", "--store", str(tmp_path / "store"), "--questions", '["How do I cache a task?"]')
+    assert proc.returncode == 1
+    assert "config file not found" not in proc.stderr
+    assert f"no published index in {tmp_path / 'store'}" in proc.stderr  # the config was read: the store is next
+
+
 def test_help_has_the_whole_summary_and_readable_types(tmp_path: Path) -> None:
     proc = run(tmp_path, "bulk_qa_wf", "--help")
     assert proc.returncode == 0, proc.stderr
