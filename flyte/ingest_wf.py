@@ -100,7 +100,7 @@ def collect(config_path: str, store: str) -> Collected:
     read_at = datetime.now(timezone.utc).isoformat()
     config = load_task_config(config_path, store)
     if not config.sources:
-        raise ValueError(f"no chunks: {pipeline.no_chunks_reason(config)}; nothing to publish")
+        raise pipeline.no_chunks_error(config)
     with credentials.secrets_in_env(credentials.SLACK_BOT_TOKEN):  # for slack_api sources
         documents, reports = pipeline.collect(config, progress=False)
     stats = {name: r.to_dict() for name, r in reports.items()}

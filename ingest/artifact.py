@@ -531,13 +531,13 @@ def prune(store: str, keep: int = DEFAULT_KEEP_VERSIONS, *, protect: set[str] = 
     fs, root = get_fs(store)
     versions = list_versions(store)
     keep_set = set(versions[-keep:]) | set(protect)
-    latest = _current_latest(store)
+    latest = latest_or_none(store)
     if latest:
         keep_set.add(latest)
     latest_time = _version_time(store, latest)
     removed = []
     for version in versions:
-        if version in keep_set or _current_latest(store) == version:  # published meanwhile: keep it
+        if version in keep_set or latest_or_none(store) == version:  # published meanwhile: keep it
             continue
         if _newer_than(_version_time(store, version), latest_time):
             log.info("kept index version %s in %s: made from newer sources than %s, it may still be "

@@ -49,6 +49,14 @@ _URL_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "git:code": ("commit", "ref", "path", "start", "end"),
 }
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+
+
+def channel_id(entry: str) -> str | None:
+    """The channel id a [bot] allowed_channels / report_channels entry gives (`C0123ABCD`, also
+    written `#C0123ABCD`); None for a channel name, which only Slack can resolve."""
+    bare = entry.strip().lstrip("#").strip()
+    return bare if _CHANNEL_ID.match(bare) else None
 
 
 class SourceConfig(_Strict):

@@ -332,13 +332,13 @@ def run_ingest(
     from flytegpt.ingest.artifact import latest_or_none
     from flytegpt.ingest.store import check_writable
 
-    if not config.sources:
-        raise ValueError(f"no chunks: {no_chunks_reason(config)}; nothing to publish")
+    if not config.sources:  # before the store is touched
+        raise no_chunks_error(config)
     check_writable(config.index.store)
     sources_read_at = datetime.now(timezone.utc)
     chunks, reports, _, timings = collect_chunks(config, progress=progress)
     if not chunks:
-        raise ValueError(f"no chunks: {no_chunks_reason(config)}; nothing to publish")
+        raise no_chunks_error(config)
     per_source = source_stats(reports, chunks)
     sources = _source_summaries(config, reports, per_source)
 
@@ -409,6 +409,10 @@ def run_ingest(
 def no_chunks_reason(config: Config) -> str:
     """Why an ingest of `config` found nothing to index."""
     return "the config has no [[sources]]" if not config.sources else "every source was empty or skipped"
+
+
+def no_chunks_error(config: Config) -> ValueError:
+    return ValueError(f"no chunks: {no_chunks_reason(config)}; nothing to publish")
 
 
 def _source_summaries(config: Config, reports: dict[str, LoadReport],

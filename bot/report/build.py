@@ -221,17 +221,13 @@ def evaluate_versions(store: str, versions: list[dict], questions_file: str, con
     A version that cannot be opened or searched (a damaged file, a model that won't load) is
     left out on its own: the others are still evaluated. Returns one note per version left out.
     An unreadable question file raises (no version can be evaluated)."""
-    from flytegpt.ingest.artifact import open_version
-    from flytegpt.ingest.evaluation import evaluate, load_questions as load_eval
-    from flytegpt.ingest.search import HybridSearcher
+    from flytegpt.ingest.evaluation import load_questions as load_eval
 
     qs = load_eval(questions_file)
     problems = []
     for v in versions[-newest:]:
         try:
-            index = open_version(store, v["version"])
-            searcher = HybridSearcher(index, embedder_for(index.model.model_id), config.retrieval)
-            result = evaluate(qs, lambda q: [h.chunk for h in searcher.search(q, 10)])
+            result = _evaluate_version(store, v["version"], qs, config, embedder_for)
         except Exception as e:  # noqa: BLE001 - whatever a damaged version raises: skip it, keep the rest
             log.warning("report: index version %s left out of the evaluation: %s", v["version"], e)
             problems.append(f"Index version {v['version']} left out of the evaluation: {e}")
@@ -239,8 +235,19 @@ def evaluate_versions(store: str, versions: list[dict], questions_file: str, con
             continue
         v["eval"] = {k: result[k] for k in ("recall@5", "recall@10", "mrr@10") if k in result}
         v["eval"]["n"] = result.get("n", len(qs))
-        del index, searcher
     return problems
+
+
+def _evaluate_version(store: str, version: str, qs: list, config: "Config",
+                      embedder_for: Callable[[str], "Embedder"]) -> dict:
+    """One version's metrics; its index is freed on return, before the next version is opened."""
+    from flytegpt.ingest.artifact import open_version
+    from flytegpt.ingest.evaluation import evaluate
+    from flytegpt.ingest.search import HybridSearcher
+
+    index = open_version(store, version)
+    searcher = HybridSearcher(index, embedder_for(index.model.model_id), config.retrieval)
+    return evaluate(qs, lambda q: [h.chunk for h in searcher.search(q, 10)])
 
 
 def build_report(db: str, *, store: str | None = None, options: ReportOptions | None = None,

@@ -20,7 +20,6 @@ from flytegpt.bot.slack.feedback import FeedbackDatabaseError, FeedbackStore
 
 log = logging.getLogger(__name__)
 
-_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 # <@U…>, <@W…|name>, <!subteam^S…>, and the "@U0ABC123" that older bots stored a mention as
 _MENTION = re.compile(r"<[@!](?:[UW][A-Z0-9]+|subteam\^[A-Z0-9]+)(?:\|[^>]*)?>|(?<![\w@])@[UW][A-Z0-9]{6,}\b")
 PRIVATE_SURFACES = ("dm", "panel")  # the assistant panel is a DM with the app
@@ -132,9 +131,11 @@ class PrivacyFilter:
         names_from = "allowed_channels" if report_channels is None else "report_channels"
         if not entries:
             return cls(None, dms, names_from=names_from)
-        ids = {e for e in entries if _CHANNEL_ID.match(e)}
+        from flytegpt.ingest.config import channel_id
+
+        ids = {channel_id(e) for e in entries} - {None}
         # names need Slack to resolve; the report runs offline, so they match nothing (safe side)
-        return cls(ids, dms, sorted(e for e in entries if not _CHANNEL_ID.match(e)), names_from)
+        return cls(ids, dms, sorted(e for e in entries if channel_id(e) is None), names_from)
 
     def names_note(self) -> str | None:
         """What the report says about channel names it was given: they match no question."""

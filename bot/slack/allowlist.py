@@ -14,12 +14,11 @@ resolves public channel names.
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from flytegpt.ingest.config import ConfigError
+from flytegpt.ingest.config import ConfigError, channel_id
 from flytegpt.ingest.slack_client import RATE_LIMIT_RETRIES, SERVER_ERROR_RETRIES, TRANSIENT_ERRORS, pages
 
 from .client import SlackUnreachable
@@ -27,11 +26,10 @@ from .client import SlackUnreachable
 if TYPE_CHECKING:
     from slack_sdk import WebClient
 
-__all__ = ["CHANNEL_ID", "AllowedChannelsError", "resolve_allowlist"]
+__all__ = ["AllowedChannelsError", "resolve_allowlist"]
 
 log = logging.getLogger(__name__)
 
-CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 # conversations.list `types`, in lookup order, with the bot scope each needs
 _KINDS = (("public_channel", "channels:read"), ("private_channel", "groups:read"))
 _IDS_HINT = "give channel ids such as C0123ABCD instead of names (they need no lookup)"
@@ -51,11 +49,10 @@ def resolve_allowlist(client: "WebClient", entries: list[str]) -> frozenset[str]
     ids: set[str] = set()
     wanted: dict[str, str] = {}  # name as Slack writes it (lower case) -> the entry as configured
     for e in entries:
-        bare = e.strip().lstrip("#").strip()
-        if CHANNEL_ID.match(bare):
-            ids.add(bare)
+        if (cid := channel_id(e)) is not None:
+            ids.add(cid)
         else:
-            wanted.setdefault(bare.lower(), e)
+            wanted.setdefault(e.strip().lstrip("#").strip().lower(), e)
     if not wanted:
         return frozenset(ids)
     found: dict[str, dict] = {}

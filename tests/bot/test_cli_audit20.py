@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from support.index_data import MODEL, make_chunks, make_vectors
+from support.index_data import MODEL, make_chunks, make_vectors, published_versions
 
 from flytegpt.bot.cli import main
 from flytegpt.ingest.artifact import (CHUNKS_FILE, DENSE_FILE, list_versions, publish, read_latest, write_version)
@@ -46,14 +46,7 @@ def store_state(store: Path) -> dict[str, bytes]:
 def production(tmp_path: Path) -> tuple[Path, list[str]]:
     """A store serving an index of other sources than the sample's (docs, slack, code), two versions."""
     store = tmp_path / "prod"
-    versions = []
-    for i, n in enumerate((8, 6)):
-        if i:
-            time.sleep(1.0)  # version ids carry the time in seconds
-        v = write_version(str(store), make_chunks(n, tag=str(i)), make_vectors(n, seed=i), MODEL)
-        publish(str(store), v)
-        versions.append(v)
-    return store, versions
+    return store, published_versions(store, (8, 6))
 
 
 # ---- #2: the implicit sample config never replaces another index ------------------------------

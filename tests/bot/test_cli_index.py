@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support.index_data import MODEL, edit_manifest, make_chunks, make_vectors
+from support.index_data import MODEL, edit_manifest, make_chunks, make_vectors, published_versions
 
 from flytegpt.bot.cli import main
 from flytegpt.ingest.artifact import CHUNKS_FILE, publish, read_latest, write_version
@@ -21,14 +21,7 @@ def run(store: "Path | str", *args: str):
 @pytest.fixture
 def store(tmp_path: Path) -> tuple[Path, list[str]]:
     """Three published versions, oldest first; the last is LATEST."""
-    versions = []
-    for i, n in enumerate((8, 12, 6)):
-        if i:
-            time.sleep(1.0)  # version ids carry the time in seconds
-        v = write_version(str(tmp_path), make_chunks(n, tag=str(i)), make_vectors(n, seed=i), MODEL)
-        publish(str(tmp_path), v)
-        versions.append(v)
-    return tmp_path, versions
+    return tmp_path, published_versions(tmp_path, (8, 12, 6))
 
 
 def test_versions_lists_newest_first_and_marks_latest(store):

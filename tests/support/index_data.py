@@ -41,3 +41,19 @@ def edit_manifest(store: Path, version: str, edit: Callable[[dict], object]) -> 
     manifest = json.loads(path.read_text())
     edit(manifest)
     path.write_text(json.dumps(manifest))
+
+
+def published_versions(store: str | Path, sizes: tuple[int, ...]) -> list[str]:
+    """One published version of `n` fake chunks per size, oldest first (the last is LATEST)."""
+    import time
+
+    from flytegpt.ingest.artifact import publish, write_version
+
+    versions = []
+    for i, n in enumerate(sizes):
+        if i:
+            time.sleep(1.0)  # version ids carry the time in seconds
+        version = write_version(str(store), make_chunks(n, tag=str(i)), make_vectors(n, seed=i), MODEL)
+        publish(str(store), version)
+        versions.append(version)
+    return versions
