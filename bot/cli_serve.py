@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -30,7 +31,8 @@ def serve_cmd(config_path, store: str | None, port: int | None) -> None:
 
     config = load(config_path, store)
     try:
-        setup_logging(json_logs=config.bot.json_logs)
+        verbose = click.get_current_context().find_root().params.get("verbose") or 0
+        setup_logging(json_logs=config.bot.json_logs, level=logging.DEBUG if verbose >= 2 else logging.INFO)
         serve(config, Settings(), port=port)
     except ConfigError as e:  # includes missing/malformed Slack tokens
         raise click.ClickException(str(e)) from None

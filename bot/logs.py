@@ -157,7 +157,27 @@ def setup_logging(*, json_logs: bool = False, level: int | str = logging.INFO, s
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # "skipped: maximum number of running instances" while a big version downloads is expected
     logging.getLogger("apscheduler").setLevel(max(logging.ERROR, root.level))
+    for name in _SLACK_HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, SlackRetryChatter)]:
+            logger.removeFilter(old)
+        if root.level > logging.DEBUG:
+            logger.addFilter(SlackRetryChatter())
     return handler
+
+
+_SLACK_HTTP_LOGGERS = ("slack_sdk.web.base_client", "slack_sdk.webhook.client")
+_RETRY_CHATTER = ("Failed to send a request to Slack API server", "A retry handler found",
+                  "Going to retry the same request")
+
+
+class SlackRetryChatter(logging.Filter):
+    """slack_sdk logs every failed try and retry of a request (an ERROR line for a connection
+    error that its next try gets through); the bot reports the outcome, once, with what it
+    meant (a deferred answer, "cannot reach Slack"). Those lines are shown with -v only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_RETRY_CHATTER)
 
 
 def _filter_every_handler(redacting: RedactingFilter) -> None:

@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_POLLS = 2  # a refused version is tried again after this many poll intervals...
 RETRY_CAP_S = 600.0  # ...doubling each time up to this (or one poll interval, if longer)
 _STAMP_KEYS = ("size", "mtime", "ino", "LastModified", "ETag", "etag", "updated", "md5Hash", "generation")
+UNKNOWN = "unknown"  # a stamp the store could not give (out of reach): neither "gone" nor "changed"
+
+
+def stamps_differ(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
+    """Whether the store describes LATEST or the manifest differently; a part it could not
+    describe either time is no evidence of a change (a flaky store must not trigger reloads)."""
+    return any(x != y for x, y in zip(a, b) if UNKNOWN not in (x, y))
 
 
 @dataclass
@@ -125,17 +132,20 @@ class Reloader:
                 self._store_state(None, f"{why} in {self.store}")
                 return False
             if latest == self.holder.version:
-                gone = self._stamp(latest)[1] is None
+                manifest = self._stamp(latest)[1]
+                if manifest == UNKNOWN:  # the look-up failed, not the version: what was said stands
+                    return False
                 self._store_state(latest, f"version {latest} named by LATEST is gone from {self.store}"
-                                  if gone else None)
+                                  if manifest is None else None)
                 return False
             self._store_state(latest, None)
             refusal = self._refusals.get(latest)
             stamp = self._stamp(latest)  # before opening: a change while it loads is seen next time
             if refusal is not None:
-                if stamp == refusal.stamp and self._clock() < refusal.retry_at:
+                changed = stamps_differ(stamp, refusal.stamp)
+                if not changed and self._clock() < refusal.retry_at:
                     return False
-                why = "its manifest or LATEST changed" if stamp != refusal.stamp else "backoff elapsed"
+                why = "its manifest or LATEST changed" if changed else "backoff elapsed"
                 log.info("trying a refused index version again", extra={"version": latest, "why": why,
                                                                          "attempt": refusal.attempts + 1})
             else:
@@ -198,21 +208,24 @@ class Reloader:
 
     def _stamp(self, version: str) -> tuple[Any, Any]:
         """How the store describes LATEST and `version`'s manifest (size, mtime, etag...), None
-        for a missing file: a change means the version is worth another try."""
+        for a missing file, UNKNOWN when the store could not be asked: a change means the
+        version is worth another try."""
         from flytegpt.ingest.artifact import LATEST, MANIFEST
         from flytegpt.ingest.store import get_fs, join
 
         try:
             fs, root = get_fs(self.store)
         except Exception:  # noqa: BLE001 - read_latest worked, so this hardly fails
-            return (None, None)
+            return (UNKNOWN, UNKNOWN)
 
         def one(path: str) -> Any:
             try:
                 fs.invalidate_cache(path.rsplit("/", 1)[0])
                 info = fs.info(path)
-            except Exception:  # noqa: BLE001 - missing, or the store is out of reach: "no file"
+            except FileNotFoundError:
                 return None
+            except Exception:  # noqa: BLE001 - out of reach, refused, timed out: nothing known
+                return UNKNOWN
             return tuple((k, str(info[k])) for k in _STAMP_KEYS if info.get(k) is not None)
 
         return one(join(root, LATEST)), one(join(root, version, MANIFEST))

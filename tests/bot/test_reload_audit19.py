@@ -224,6 +224,47 @@ def test_latest_gone_warns_once_keeps_serving_and_shows_in_metrics_and_readyz(bo
     assert holder.version == v1 and metric(metrics, "flytegpt_store_latest_ok") == 0
 
 
+def test_a_store_that_cannot_be_asked_about_the_manifest_says_nothing_is_gone(bot, config, caplog, monkeypatch):
+    """A flaky remote store: a look-up that fails (not "no such file") neither warns that the
+    served version is gone nor makes a refused version count as changed."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from flytegpt.ingest.artifact import DENSE_FILE, MANIFEST
+
+    reloader, holder, metrics, clock = bot
+    store = Path(config.index.store)
+    v1 = holder.version
+    caplog.set_level(logging.DEBUG, logger="flytegpt.bot.reload")
+    real_info = LocalFileSystem.info
+
+    def flaky_info(self, path, **kwargs):
+        if str(path).endswith(MANIFEST):
+            raise ConnectionError("Could not connect to the endpoint URL (stand-in)")
+        return real_info(self, path, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "info", flaky_info)
+    for _ in range(3):
+        assert not reloader.check_once()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert metric(metrics, "flytegpt_store_latest_ok") == 1 and reloader.status_note() == ""
+
+    monkeypatch.undo()  # a damaged v2 is refused; flaky look-ups afterwards are not "a change"
+    v2 = unpublished_variant(str(store), v1)
+    (store / v2 / DENSE_FILE).write_bytes(b"broken")
+    (store / "LATEST").write_text(v2 + "\n")
+    assert not reloader.check_once() and reloader.refused.keys() == {v2}
+    tries = len([r for r in caplog.records if "trying a refused index version again" in r.getMessage()])
+    monkeypatch.setattr(LocalFileSystem, "info", flaky_info)
+    for _ in range(3):
+        assert not reloader.check_once()
+    assert len([r for r in caplog.records if "trying a refused index version again" in r.getMessage()]) == tries
+    monkeypatch.undo()
+    clock.now += RETRY_FIRST_POLLS * INTERVAL + 1  # the backoff still brings it back
+    assert not reloader.check_once() and holder.version == v1
+    retried = [r for r in caplog.records if "trying a refused index version again" in r.getMessage()]
+    assert len(retried) == tries + 1 and retried[-1].why == "backoff elapsed"
+
+
 def test_an_unreadable_latest_is_logged_once_per_reason(bot, config, caplog):
     reloader, holder, metrics, clock = bot
     store = Path(config.index.store)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import logging
 import shutil
 import urllib.error
@@ -65,6 +66,35 @@ def test_tokens_slack_rejects_fail_at_start(tmp_path):
             with pytest.raises(SlackTokenError, match=f"Slack rejected {var}: invalid_auth"):
                 server.start()
             server.stop()
+
+
+def test_slack_out_of_reach_prints_only_the_error_line_unless_asked_for_debug(tmp_path):
+    """As a process: slack_sdk's ERROR/INFO line for every failed try and retry came before the
+    one Error line; -vv still shows them (with everything else at debug)."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # a port nobody listens on
+    url = f"http://127.0.0.1:{dead.getsockname()[1]}/api/"
+    env = dict(os.environ, SLACK_BOT_TOKEN="xoxb-1", SLACK_APP_TOKEN="xapp-1", SLACK_API_URL=url,
+               HF_HUB_OFFLINE="1")
+    try:
+        for verbose in ([], ["-vv"]):
+            out = subprocess.run([sys.executable, "-m", "flytegpt.bot.cli", *verbose, "serve", "--config",
+                                  str(sample_config_path()), "--store", str(tmp_path), "--port", "0"],
+                                 env=env, capture_output=True, text=True, timeout=120)
+            assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+            lines = [line for line in out.stderr.splitlines() if line.strip()]
+            assert lines[-1].startswith(f"Error: cannot reach Slack's Web API at {url}: "), out.stderr
+            retries = [line for line in lines if "retry" in line.lower() or "Failed to send a request" in line]
+            if verbose:
+                assert retries, out.stderr
+            else:
+                assert lines == lines[-1:], out.stderr
+    finally:
+        dead.close()
 
 
 def test_slack_out_of_reach_or_a_taken_port_is_one_line_at_start(tmp_path):

@@ -268,7 +268,8 @@ class SlackEmulator:
                      retry_after: int | None = 1, times: int = 1,
                      match: Callable[[dict[str, Any]], bool] | None = None) -> None:
         """The next `times` calls of `method` fail (429 + Retry-After by default); with `match`,
-        only the calls whose arguments it accepts (e.g. one answer's text), the others succeed."""
+        only the calls whose arguments it accepts (e.g. one answer's text), the others succeed.
+        `status=0`: the connection is closed without an answer (the network, a proxy)."""
         with self._lock:
             self._scripted.setdefault(method, []).append(_Scripted(status, error, retry_after, times, match))
 
@@ -619,6 +620,9 @@ class SlackEmulator:
             script = self._take_scripted(method, args)
         if method in self.delays:
             time.sleep(self.delays[method])
+        if script is not None and script.status == 0:  # dropped: no status line, no body
+            req.close_connection = True
+            return
         if script is not None:
             headers = {"Retry-After": str(script.retry_after)} if script.retry_after is not None else {}
             self._reply(req, script.status, json.dumps({"ok": False, "error": script.error}),
