@@ -22,7 +22,7 @@ DROP_DIRECTIVES = {
 # Directives whose body is code: kept whole when they fit.
 CODE_DIRECTIVES = {
     "code-block", "code", "sourcecode", "code-cell", "literalinclude", "prompt", "ipython",
-    "testcode", "doctest", "jupyter-execute", "eval-rst",
+    "testcode", "doctest", "jupyter-execute",
 }
 # Directive options worth keeping (they name what the block shows).
 KEEP_OPTIONS = {"caption", "pyobject", "language"}
@@ -194,6 +194,10 @@ def _md_blocks(lines: list[str]) -> list[Block]:
             name = directive.group(1) if directive else None
             body = lines[i + 1 : end]
             if name in DROP_DIRECTIVES:
+                i = end + 1
+                continue
+            if name == "eval-rst":  # reStructuredText inside MyST: read as such (`.. tags::` is dropped)
+                blocks.extend(_rst_blocks(body))
                 i = end + 1
                 continue
             if name is not None:

@@ -58,6 +58,20 @@ def test_markdown_heading_paths_and_noise():
         assert c.title.startswith("Welcome")
 
 
+def test_myst_eval_rst_blocks_are_read_as_restructured_text():
+    """Flyte's MyST pages open with an `{eval-rst}` block of `.. tags::`: it was kept as a code
+    block, so a page's first passage (what the offline answer quotes first) was its tag list."""
+    text = ("# Customizing task resources\n\n```{eval-rst}\n.. tags:: Deployment, Infrastructure, Basic\n```\n\n"
+            "Flytekit lets you declare CPU and memory requests close to the task.\n\n"
+            "```{eval-rst}\n.. note::\n\n   Limits are enforced by Kubernetes.\n\n"
+            ".. code-block:: python\n\n   @task(requests=Resources(cpu=\"1\"))\n   def t(): ...\n```\n")
+    chunks = _passages(chunk_document(_page(text, title="Customizing task resources")))
+    body = "\n".join(c.text for c in chunks)
+    assert "tags" not in body and "Infrastructure" not in body and "eval-rst" not in body
+    assert "Limits are enforced by Kubernetes." in body and ".. note::" not in body
+    assert "@task(requests=Resources(cpu=\"1\"))" in body
+
+
 def test_markdown_sections_become_separate_chunks_when_large():
     body = "word " * 200
     text = f"# Caching\n\nIntro {body}\n\n## Custom hashing\n\n{body}\n\n### Deep\n\n{body}\n\nSetext\n------\n\n{body}\n"
