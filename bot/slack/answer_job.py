@@ -5,7 +5,9 @@ way that can fail into a reply the user understands (rejected, index not ready, 
 down, anything else), hands the rendered messages to delivery and then stores the answer
 for feedback (best-effort: the database never costs a user their answer). An answer Slack
 refuses for a while is posted later by delivery's queue, and stored when it lands there,
-so its 👍/👎 count like any other's; the worker has moved on to the next question.
+so its 👍/👎 count like any other's; the worker has moved on to the next question. The
+same holds for a streamed answer that broke half-way: its rewrite into the final ordinary
+rendering goes through delivery, and it counts as answered once that is done.
 
 Every question between `submit` and its reply is tracked, so a shutdown can tell the
 askers it could not finish (`abandon_unfinished`); whichever of the job and the shutdown
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from flytegpt.bot import messages
@@ -186,6 +189,8 @@ class AnswerJob:
 
         A streamed answer is finished in its stream; only when Slack refused streaming
         before anything was shown is it posted the ordinary way (one answer, never two).
+        When the streamed messages have to be replaced (the stream broke, or the final text
+        differs), delivery rewrites them in place, later if Slack refuses for a while.
         """
         with self._lock:
             claimed_before = id(q) in self._claimed
@@ -200,6 +205,10 @@ class AnswerJob:
             self.metrics.streamed.labels(streamed.outcome).inc()
             if finished:
                 self.history.invalidate(q.channel, streamed.thread_ts)
+                if streamed.edits:  # rewritten in place, in the stream's thread (a DM's answer starts one)
+                    self.delivery.post(replace(q, thread_ts=streamed.thread_ts), streamed.posts,
+                                       edits=streamed.edits, defer=True, landed=landed, lost=lost)
+                    return
                 if landed is not None:
                     landed()
                 return

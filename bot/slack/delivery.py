@@ -13,6 +13,12 @@ posted yet and posts them again from one background thread (Retry-After honoured
 growing waits) for up to [bot] deferred_post_s, while the answer workers go on to the next
 question. A refusal that will not pass (`channel_not_found`, `is_archived`, `invalid_blocks`,
 auth) is reported at once, as everything is with deferral off.
+
+The same queue finishes the repair of a streamed answer that broke half-way (stream.py):
+rewriting the streamed messages into the final ordinary rendering is a list of `Edit`s
+(chat.update of each streamed message, chat.delete of any left over) made before the posts
+of the replies beyond them. What Slack refused for a passing reason is kept and done later,
+in order, each step once; the answer counts as answered when the last step is done.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 from slack_sdk import WebClient
@@ -114,13 +120,23 @@ class WebhookRefused(DeliveryError):
         self.status, self.headers = status, dict(headers or {})
 
 
-class NotPosted(DeliveryError):
-    """Slack refused a reply: `unsent` is that reply and every one after it (those before it
-    are in Slack, so a later try starts at `unsent` and never posts one twice)."""
+@dataclass(frozen=True)
+class Edit:
+    """A change to a message the bot has already shown: chat.update to `message`, or
+    chat.delete when `message` is None (a streamed answer rewritten into its final rendering)."""
 
-    def __init__(self, unsent: list[SlackMessage], cause: BaseException) -> None:
+    ts: str
+    message: SlackMessage | None
+
+
+class NotPosted(DeliveryError):
+    """Slack refused a reply or an edit: `edits` are the edits not made yet (the refused one
+    first) and `unsent` the replies not posted yet (those before are done, so a later try
+    starts there and never makes a step twice)."""
+
+    def __init__(self, unsent: list[SlackMessage], cause: BaseException, edits: Sequence[Edit] = ()) -> None:
         super().__init__(_slack_error(cause))
-        self.unsent, self.cause = unsent, cause
+        self.unsent, self.cause, self.edits = unsent, cause, list(edits)
 
 
 def _transient(e: BaseException, *, checked_thread: bool) -> bool:
@@ -137,6 +153,13 @@ def _transient(e: BaseException, *, checked_thread: bool) -> bool:
     if isinstance(e, TimeoutError):
         return checked_thread
     return isinstance(e, OSError)  # refused, reset, unreachable: nothing was posted
+
+
+def _passing(q: "Question", e: NotPosted) -> bool:
+    """Whether what Slack refused (`e`) may be taken later. A timed-out edit may be made again
+    (an update sets the same message, a delete finds it gone); a timed-out post only where
+    it was looked for in its thread (see _transient)."""
+    return _transient(e.cause, checked_thread=bool(e.edits) or bool(q.thread_ts and not q.response_url))
 
 
 def _retry_after(e: BaseException) -> float | None:
@@ -159,7 +182,7 @@ def _retry_after(e: BaseException) -> float | None:
 
 @dataclass(eq=False)
 class _Deferred:
-    """An answer Slack refused for a while: what is left to post, where, and until when."""
+    """An answer Slack refused for a while: what is left to edit and post, where, and until when."""
 
     q: "Question"
     replies: list[SlackMessage]
@@ -169,6 +192,7 @@ class _Deferred:
     until: float  # ... and after which it is given up
     tries: int = 0  # deferred tries so far
     settled: bool = False  # landed or lost has run (or is running)
+    edits: list[Edit] = field(default_factory=list)  # made before the replies are posted
 
 
 class DeferredPosts:
@@ -200,17 +224,17 @@ class DeferredPosts:
             return len(self._queue) + (self._trying is not None)
 
     def keep(self, q: "Question", error: BaseException, landed: Callback | None, lost: Callback | None) -> bool:
-        """Keep the replies Slack refused (`error`, a NotPosted) to post later; False when they
-        are not for later: deferral off, a refusal that will not pass, the queue full, stopping."""
-        if self.window_s <= 0 or not isinstance(error, NotPosted) or not error.unsent:
+        """Keep the edits and replies Slack refused (`error`, a NotPosted) for later; False when
+        they are not for later: deferral off, a refusal that will not pass, the queue full, stopping."""
+        if self.window_s <= 0 or not isinstance(error, NotPosted) or not (error.unsent or error.edits):
             return False
-        if not _transient(error.cause, checked_thread=bool(q.thread_ts and not q.response_url)):
+        if not _passing(q, error):
             return False
         now = time.monotonic()
         until = now + self.window_s
         if q.response_url:  # it takes posts for 30 minutes from the command
             until = min(until, q.received + RESPONSE_URL_LIFE_S)
-        post = _Deferred(q, list(error.unsent), landed, lost, since=now, until=until)
+        post = _Deferred(q, list(error.unsent), landed, lost, since=now, until=until, edits=list(error.edits))
         due = self._due(post, error.cause, now)
         with self._cond:
             if self._last_call or self._closed or due is None:
@@ -223,7 +247,7 @@ class DeferredPosts:
         self._count("kept")
         log.warning("Slack refused the answer for now: posting it later",
                     extra={"channel": q.channel, "error": _slack_error(error.cause), "unsent": len(post.replies),
-                           "retry_in_s": round(due - now, 1)})
+                           "edits": len(post.edits), "retry_in_s": round(due - now, 1)})
         return True
 
     def _count(self, outcome: str) -> None:
@@ -308,9 +332,9 @@ class DeferredPosts:
     def _try(self, post: _Deferred) -> None:
         post.tries += 1
         try:
-            self.delivery._post_all(post.replies, retries=False, **_where(post.q))
+            self.delivery._post_all(post.replies, edits=post.edits, retries=False, **_where(post.q))
         except NotPosted as e:
-            post.replies = e.unsent
+            post.replies, post.edits = e.unsent, e.edits
             self._refused_again(post, e)
         else:
             self._landed(post)
@@ -333,8 +357,7 @@ class DeferredPosts:
 
     def _refused_again(self, post: _Deferred, e: NotPosted) -> None:
         """Queue the next try while the window lasts; else tell the asker, as an undeferred post would."""
-        transient = _transient(e.cause, checked_thread=bool(post.q.thread_ts and not post.q.response_url))
-        due = self._due(post, e.cause, time.monotonic()) if transient else None
+        due = self._due(post, e.cause, time.monotonic()) if _passing(post.q, e) else None
         with self._cond:
             if post.settled:
                 return
@@ -365,10 +388,12 @@ class Delivery:
 
     # --- answers ----------------------------------------------------------------------
 
-    def post(self, q: "Question", replies: Sequence[SlackMessage], *, tell_on_failure: bool = True,
-             defer: bool = False, landed: Callback | None = None, lost: Callback | None = None) -> bool:
-        """Post replies where the question came from; True when they are in Slack or (`defer`)
-        kept to be posted later, False (logged, counted) when Slack refused.
+    def post(self, q: "Question", replies: Sequence[SlackMessage], *, edits: Sequence[Edit] = (),
+             tell_on_failure: bool = True, defer: bool = False, landed: Callback | None = None,
+             lost: Callback | None = None) -> bool:
+        """Post replies where the question came from (after `edits` to messages already shown, in
+        order); True when they are in Slack or (`defer`) kept to be posted later, False (logged,
+        counted) when Slack refused.
 
         The client has already retried Slack's transient errors. With `defer`, what Slack still
         refuses for a passing reason waits in `deferred` (the caller, an answer worker, is free
@@ -378,7 +403,7 @@ class Delivery:
         settled (on the deferred queue's thread).
         """
         try:
-            self.send(replies, **_where(q))
+            self.send(replies, edits=edits, **_where(q))
         except Exception as e:  # noqa: BLE001 - reported to the caller as False
             if defer and self.deferred.keep(q, e, landed, lost):
                 return True
@@ -426,26 +451,32 @@ class Delivery:
 
     def send(self, replies: Sequence[SlackMessage], *, channel: str, thread_ts: str | None = None,
              response_url: str | None = None, response_type: Literal["ephemeral", "in_channel"] = "ephemeral",
-             max_url_posts: int = RESPONSE_URL_POSTS, private_to: str | None = None) -> None:
-        """Post to a response_url (at most `max_url_posts` posts) or with chat.postMessage; raises
-        NotPosted (a DeliveryError) on refusal."""
+             max_url_posts: int = RESPONSE_URL_POSTS, private_to: str | None = None,
+             edits: Sequence[Edit] = ()) -> None:
+        """Make `edits` (Web API), then post to a response_url (at most `max_url_posts` posts) or
+        with chat.postMessage; raises NotPosted (a DeliveryError) on refusal."""
         replies = list(replies)
         if response_url and len(replies) > max_url_posts:
             replies = replies[:max_url_posts - 1] + [render_notice(messages.TRUNCATED)]
         self._post_all(replies, channel=channel, thread_ts=thread_ts, response_url=response_url,
-                       response_type=response_type, private_to=private_to)
+                       response_type=response_type, private_to=private_to, edits=edits)
 
     def _post_all(self, replies: Sequence[SlackMessage], *, channel: str, thread_ts: str | None = None,
                   response_url: str | None = None, response_type: Literal["ephemeral", "in_channel"] = "ephemeral",
-                  retries: bool = True, private_to: str | None = None) -> None:
-        """Post the replies in order (with the client's retries unless `retries` is off): to the
-        response_url, else only for `private_to` (chat.postEphemeral), else chat.postMessage.
+                  retries: bool = True, private_to: str | None = None, edits: Sequence[Edit] = ()) -> None:
+        """Make the edits, then post the replies, in order (with the client's retries unless
+        `retries` is off): to the response_url, else only for `private_to` (chat.postEphemeral),
+        else chat.postMessage.
 
-        The first one Slack refuses raises NotPosted with it and those after it: the ones
-        before are in Slack, and a later try must not post them again."""
-        replies = list(replies)
-        posted = 0
+        The first step Slack refuses raises NotPosted with it and those after it: the ones
+        before are done, and a later try must not make them again."""
+        replies, edits = list(replies), list(edits)
+        posted = edited = 0
+        client = self.client if retries else _single_try(self.client)
         try:
+            for edit in edits:
+                self._edit(client, channel, edit)
+                edited += 1
             if response_url:
                 hook = _webhook(response_url, retries=retries)
                 for m in replies:
@@ -455,7 +486,6 @@ class Delivery:
                         raise WebhookRefused(resp.status_code, resp.body, resp.headers)
                     posted += 1
                 return
-            client = self.client if retries else _single_try(self.client)
             for m in replies:
                 if private_to:
                     client.chat_postEphemeral(channel=channel, user=private_to, thread_ts=thread_ts, **m.kwargs())
@@ -463,10 +493,22 @@ class Delivery:
                     self._post_message(client, m, channel, thread_ts)
                 posted += 1
         except Exception as e:
-            raise NotPosted(replies[posted:], e) from e
+            raise NotPosted(replies[posted:], e, edits[edited:]) from e
         finally:
-            if thread_ts and not response_url and not private_to and (posted or not replies):
+            if thread_ts and not response_url and not private_to and (posted or edited or not replies):
                 self.history.invalidate(channel, thread_ts)
+
+    @staticmethod
+    def _edit(client: WebClient, channel: str, edit: Edit) -> None:
+        """One chat.update or chat.delete of a message already shown."""
+        if edit.message is not None:
+            client.chat_update(channel=channel, ts=edit.ts, **edit.message.kwargs())
+            return
+        try:
+            client.chat_delete(channel=channel, ts=edit.ts)
+        except SlackApiError as e:  # gone already: an earlier try Slack did but answered too late
+            if e.response.get("error") != "message_not_found":
+                raise
 
     def _post_message(self, client: WebClient, m: SlackMessage, channel: str, thread_ts: str | None) -> None:
         """One chat.postMessage; a timeout is a failure unless the message is in the thread after all."""

@@ -14,7 +14,11 @@ message that grows in place. `StreamedReply` is one answer on its way through th
 - `finish` appends what the model's final text adds and stops the stream with the
   sources and feedback buttons as blocks. When the final text is not a continuation
   of what was shown (a citation that only turned out invalid at the end), or the
-  stream broke half-way, the streamed messages are replaced with the final rendering;
+  stream broke half-way, the streamed messages are to be replaced with the final
+  rendering: `finish` stops the stream and leaves that repair to the caller as `edits`
+  (chat.update of each streamed message, chat.delete of any left over) and `posts`
+  (the replies beyond them), which delivery makes, later from its deferred queue while
+  Slack refuses them for a passing reason (a stream that broke is often a Slack in trouble);
 - exactly one answer: when Slack refuses streaming before anything was shown
   (`not_allowed`, `method_deprecated`, `unknown_method`, any error of the first call),
   `finish` says so and the caller posts the answer with chat.postMessage instead. Once
@@ -36,6 +40,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from slack_sdk.errors import SlackApiError
 
 from flytegpt.bot import messages
+
+from .delivery import Edit
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient
@@ -97,7 +103,9 @@ class StreamedReply:
         self.limit, self.min_chars = limit, min_chars
         self.min_interval_s, self.max_wait_s, self.clock = min_interval_s, max_wait_s, clock
         self.state = "new"  # new -> streaming -> done; or refused (nothing shown) / broken (half shown)
-        self.replaced = False  # the streamed messages were rewritten with the final rendering
+        self.replaced = False  # the streamed messages are to be rewritten with the final rendering ...
+        self.edits: list[Edit] = []  # ... by these edits of them (made by the caller, through delivery)
+        self.posts: list["SlackMessage"] = []  # ... and these replies after them
         self.messages: list[str] = []  # ts of every streamed message, in order
         self.shown = ""  # every text handed to append(): what the user sees or is about to
         self.calls = 0  # Slack calls made for this reply
@@ -217,8 +225,9 @@ class StreamedReply:
         """End the reply with `final_text` (Markdown) and `blocks` under it.
 
         False when nothing was shown because Slack refused streaming: the caller posts the
-        answer itself. True otherwise, also when the streamed messages had to be replaced
-        by `replacement` (the final answer rendered as ordinary messages).
+        answer itself. True otherwise, also when the streamed messages have to be replaced
+        by `replacement` (the final answer rendered as ordinary messages): then `edits` and
+        `posts` are that repair, for the caller to make.
         """
         with self._lock:
             return self._finish(final_text, blocks, replacement)
@@ -252,7 +261,9 @@ class StreamedReply:
                 self.state = "done"
 
     def _repair(self, replacement: Sequence["SlackMessage"]) -> bool:
-        """Replace the streamed messages with the final answer's ordinary rendering."""
+        """Stop the stream and set out how the final answer's ordinary rendering replaces the
+        streamed messages: each one updated in place (deleted when the rendering has fewer),
+        the rest of the rendering posted after them. Never a second full answer."""
         if self._open:
             try:
                 self._call(self.client.chat_stopStream, channel=self.channel, ts=self.messages[-1])
@@ -260,17 +271,8 @@ class StreamedReply:
                 log.info("stopping a broken stream failed", extra={"error": str(e)})
             self._open = False
         self.state, self.replaced = "done", True
-        try:
-            for i, ts in enumerate(self.messages):
-                if i < len(replacement):
-                    self._call(self.client.chat_update, channel=self.channel, ts=ts, **replacement[i].kwargs())
-                else:
-                    self._call(self.client.chat_delete, channel=self.channel, ts=ts)
-            for m in replacement[len(self.messages):]:
-                self._call(self.client.chat_postMessage, channel=self.channel, thread_ts=self.thread_ts,
-                           reply_broadcast=False, unfurl_links=False, unfurl_media=False, **m.kwargs())
-        except Exception:  # noqa: BLE001 - what was streamed stays; never a second full answer
-            log.exception("replacing a streamed answer failed")
+        self.edits = [Edit(ts, replacement[i] if i < len(replacement) else None) for i, ts in enumerate(self.messages)]
+        self.posts = list(replacement[len(self.messages):])
         return True
 
 

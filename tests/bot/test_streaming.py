@@ -446,6 +446,179 @@ def test_stream_that_slack_ends_half_way_is_replaced_in_place(bot):
     assert emu.calls_to("chat.postMessage") == []
 
 
+def test_a_stream_of_two_messages_that_breaks_becomes_one_answer(bot):
+    """The streamed messages hold 12,000 characters each, an ordinary message far more: the
+    repair of a long answer whose stream broke at its end updates the first message in place
+    and deletes the second."""
+    emu = bot.emu
+    para = "Flyte caches a task's outputs when `cache=True` and the `cache_version` is unchanged [1]. " * 12
+    text = "\n\n".join([para.strip()] * 17)
+    assert len(text) > MAX_MESSAGE_MARKDOWN + 2000
+    slow_model(bot, text=text, tokens=30, delay=0.01)
+    # the last stopStream (the one with the sources and buttons) finds the stream gone
+    emu.script_error("chat.stopStream", status=200, error="message_not_in_streaming_state", retry_after=None,
+                     match=lambda args: "blocks" in args)
+    d = emu.mention(CACHE_Q)
+    emu.wait_for(lambda: emu.calls_to("chat.delete"), timeout=30)
+    bot.idle()
+    assert len(emu.calls_to("chat.startStream")) == 2  # the answer had reached its second streamed message
+    [msg] = bot.answers(thread_ts=d.ts)
+    [deleted] = emu.calls_to("chat.delete")
+    assert deleted.args["ts"] != msg["ts"] and kinds(msg)[-2:] == ["context", "actions"]
+    assert msg["text"].count("cache_version") == text.count("cache_version")
+    assert emu.calls_to("chat.postMessage") == [] and streamed_count(bot, "replaced") == 1
+
+
+# --- a broken stream whose repair Slack refuses: delivery's deferred queue finishes it -------
+
+CLIENT_TRIES = 4  # the WebClient's first try and its 3 retries (ingest/slack_client.py)
+
+
+def _broken_stream(make_bot, **bot):
+    """A bot whose answer streams, then breaks at the second append (Slack ended the stream)."""
+    h = make_bot(bot=bot)
+    slow_model(h, tokens=20, delay=0.05)
+    h.emu.script_error("chat.appendStream", status=200, error="message_not_in_streaming_state", retry_after=None,
+                       times=1)
+    return h
+
+
+def _deferred(h: BotHarness, outcome: str) -> float:
+    return h.bot.metrics.deferred_posts.labels(outcome)._value.get()
+
+
+def _post_failed(h: BotHarness) -> float:
+    return h.bot.metrics.failures.labels("post_failed")._value.get()
+
+
+def _feedback_value(blocks_: list[dict]) -> str:
+    [actions] = [b for b in blocks_ if b["type"] == "actions"]
+    return actions["elements"][0]["value"]
+
+
+def _logged_questions(h: BotHarness) -> list[dict]:
+    from flytegpt.bot.slack.feedback import FeedbackStore
+
+    store = FeedbackStore(h.config.bot.feedback_db)
+    try:
+        return store.questions()
+    finally:
+        store.close()
+
+
+def _notices(h: BotHarness) -> list:
+    from flytegpt.bot import messages
+
+    return [c for c in h.emu.calls_to("chat.postMessage") if c.args.get("text") == messages.POST_FAILED]
+
+
+@pytest.mark.timeout(60)
+def test_broken_stream_whose_repair_slack_refuses_for_a_while_is_repaired_later(make_bot):
+    from flytegpt.bot import messages
+
+    h = _broken_stream(make_bot, deferred_post_s=30)
+    emu = h.emu
+    refused = CLIENT_TRIES + 2  # the client's tries, then two deferred tries (Retry-After: 1), then Slack takes it
+    emu.script_error("chat.update", status=503, error="internal_error", retry_after=1, times=refused)
+    d = emu.mention(CACHE_Q)
+    [msg] = emu.wait_for(lambda: (m := h.answers(thread_ts=d.ts)) and "actions" in kinds(m[0]) and m, timeout=40)
+    h.idle()
+    assert h.emu.wait_for(lambda: h.bot.delivery.deferred.pending == 0)
+    # the one streamed message, rewritten in place into the final ordinary rendering
+    [start] = emu.calls_to("chat.startStream")
+    updates = emu.calls_to("chat.update")
+    assert len(updates) == refused + 1 and {u.args["ts"] for u in updates} == {msg["ts"]}
+    deferred = updates[CLIENT_TRIES - 1:]
+    assert all(b.at - a.at >= 0.9 for a, b in zip(deferred, deferred[1:]))  # Retry-After honoured
+    assert [m["ts"] for m in h.answers(thread_ts=d.ts)] == [msg["ts"]] and start.args["thread_ts"] == d.ts
+    assert msg["text"].count("Caching in Flyte") == LONG_ANSWER.count("Caching in Flyte")
+    assert kinds(msg)[-2:] == ["context", "actions"] and "*Sources*" in str(msg["blocks"])
+    assert emu.calls_to("chat.postMessage") == []  # never a second answer
+    assert (_deferred(h, "kept"), _deferred(h, "landed"), _deferred(h, "given_up")) == (1, 1, 0)
+    assert _post_failed(h) == 0 and streamed_count(h, "replaced") == 1
+    # counted as answered once repaired: stored, and its 👍 is recorded
+    value = _feedback_value(msg["blocks"])
+    row = emu.wait_for(lambda: h.bot.feedback.get_answer(value))
+    assert row["question"] == CACHE_Q and h.bot.metrics.answers.labels("llm")._value.get() == 1
+    click = emu.block_action(blocks.ACTION_FEEDBACK_UP, value, message=msg, user="U0VOTER")
+    emu.wait_ack(click.envelope_id)
+    [thanks] = emu.wait_for(lambda: emu.response_posts[emu.response_id(click.response_url)])
+    assert thanks["text"] == messages.THANKS
+    db = sqlite3.connect(h.config.bot.feedback_db)
+    assert db.execute("SELECT v.vote, v.user, a.question FROM votes v JOIN answers a ON a.id = v.answer_id") \
+        .fetchall() == [("up", "U0VOTER", CACHE_Q)]
+
+
+@pytest.mark.timeout(60)
+def test_broken_stream_whose_repair_is_refused_for_the_whole_window_tells_the_asker(make_bot):
+    import time
+
+    from flytegpt.bot import messages
+
+    h = _broken_stream(make_bot, deferred_post_s=2.5)
+    emu = h.emu
+    emu.script_error("chat.update", status=429, retry_after=1, times=1000)
+    d = emu.mention(CACHE_Q)
+    [notice] = emu.wait_for(lambda: _notices(h), timeout=40)
+    updates = emu.calls_to("chat.update")
+    assert len(updates) >= CLIENT_TRIES + 1  # tried again after the client gave up ...
+    assert notice.at - updates[CLIENT_TRIES - 1].at >= 1.8  # ... for the window, then told
+    h.idle()
+    assert emu.wait_for(lambda: h.bot.delivery.deferred.pending == 0)
+    assert _post_failed(h) == 1 and (_deferred(h, "kept"), _deferred(h, "given_up"), _deferred(h, "landed")) == \
+        (1, 1, 0)
+    [row] = emu.wait_for(lambda: _logged_questions(h), timeout=10)
+    assert (row["question"], row["outcome"], row["failure"]) == (CACHE_Q, "failed", "post_failed")
+    assert h.bot.feedback.get_answer(_feedback_value(updates[0].args["blocks"])) is None  # never shown: not stored
+    time.sleep(1.5)
+    assert len(emu.calls_to("chat.update")) == len(updates) and len(_notices(h)) == 1  # then left alone
+    # the half-shown answer and the notice under it; no second answer
+    texts = [m["text"] for m in h.answers(thread_ts=d.ts)]
+    assert len(texts) == 2 and texts[1] == messages.POST_FAILED and LONG_ANSWER.startswith(texts[0])
+    assert len(emu.calls_to("chat.postMessage")) == 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("error", ["cant_update_message", "message_not_found"])
+def test_a_repair_refusal_that_will_not_pass_is_not_deferred(make_bot, error):
+    import time
+
+    h = _broken_stream(make_bot, deferred_post_s=30)
+    emu = h.emu
+    emu.script_error("chat.update", status=200, error=error, retry_after=None, times=1)
+    d = emu.mention(CACHE_Q)
+    emu.wait_for(lambda: _notices(h), timeout=40)
+    h.idle()
+    assert len(emu.calls_to("chat.update")) == 1 and _post_failed(h) == 1  # not retried, told at once
+    assert _deferred(h, "kept") == 0 and h.bot.delivery.deferred.pending == 0
+    time.sleep(1.0)
+    assert len(emu.calls_to("chat.update")) == 1 and len(_notices(h)) == 1
+    assert len(h.answers(thread_ts=d.ts)) == 2  # the half-shown answer, the notice
+    [row] = emu.wait_for(lambda: _logged_questions(h), timeout=10)
+    assert (row["outcome"], row["failure"]) == ("failed", "post_failed")
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_gives_a_waiting_repair_its_last_try(make_bot):
+    import time
+
+    from flytegpt.bot.slack.shutdown import drain
+
+    h = _broken_stream(make_bot, deferred_post_s=60)
+    emu = h.emu
+    # 500s: quick client retries, then a deferred wait of 5 s or more; Slack takes the next try
+    emu.script_error("chat.update", status=500, error="internal_error", retry_after=None, times=CLIENT_TRIES)
+    d = emu.mention(CACHE_Q)
+    emu.wait_for(lambda: h.bot.delivery.deferred.pending == 1, timeout=40)
+    kept = time.monotonic()
+    assert drain(h.bot, time.monotonic() + 5)
+    assert time.monotonic() - kept < 4.0  # not waiting for its scheduled try
+    [msg] = h.answers(thread_ts=d.ts)
+    assert kinds(msg)[-2:] == ["context", "actions"] and len(emu.calls_to("chat.update")) == CLIENT_TRIES + 1
+    assert _post_failed(h) == 0 and _deferred(h, "landed") == 1
+    assert h.bot.feedback.get_answer(_feedback_value(msg["blocks"])) is not None
+
+
 @pytest.mark.parametrize("first", [1, 60, 95, 100, 150])
 def test_messages_split_within_the_limit_with_balanced_fences(emu, first):
     """Wherever the first piece ends, every streamed message stays within its limit and

@@ -754,6 +754,18 @@ class SlackEmulator:
                     return {"ok": True, "channel": ch.id, "ts": m["ts"], "text": m["text"]}
         return {"ok": False, "error": "message_not_found"}
 
+    def _api_chat_delete(self, args: dict) -> dict:
+        """Only the app's own messages (a bot token deletes nothing else)."""
+        with self._lock:
+            ch = self.channels.get(args.get("channel", ""))
+            for m in ch.messages if ch else []:
+                if m["ts"] == args.get("ts"):
+                    if m.get("bot_id") != self.bot_id:
+                        return {"ok": False, "error": "cant_delete_message"}
+                    ch.messages.remove(m)
+                    return {"ok": True, "channel": ch.id, "ts": m["ts"]}
+        return {"ok": False, "error": "message_not_found"}
+
     def _api_chat_postEphemeral(self, args: dict) -> dict:
         error = self._check_message(args, "chat.postEphemeral")
         if error:
