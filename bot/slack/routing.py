@@ -18,6 +18,7 @@ is de-duplicated there (`malformed_delivery`), so the malformed count is one per
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Callable
 
 from flytegpt.bot import messages
@@ -43,6 +44,34 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ANSWERABLE_SUBTYPES = (None, "file_share", "thread_broadcast")
+# Someone else is addressed: a person (<@U…>), a user group (<!subteam^…>), or everyone here.
+_ADDRESSED = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>|<!subteam\^[^>]*>|<!(?:here|channel|everyone)(?:\|[^>]*)?>")
+_THANKS = {"thanks", "thank", "thx", "ty", "tysm", "cheers", "merci", "danke", "gracias", "kudos"}
+_ACK_ONLY = {"ok", "okay", "k", "great", "perfect", "awesome", "cool", "nice", "got", "it", "that", "this",
+             "worked", "works", "working", "lgtm", "yes", "yep", "yeah", "sure", "sounds", "good", "makes",
+             "sense", "+1", "all", "now", "fixed", "solved", "much", "so", "a", "lot", "you", "again"}
+_QUESTION_WORDS = {"how", "what", "why", "where", "when", "which", "who", "can", "could", "does", "do", "is",
+                   "are", "should", "would", "will", "but", "however", "though", "still"}
+
+
+def not_for_the_bot(text: str) -> bool:
+    """A thread reply (without the bot's mention) that is not a question for it: one addressed
+    to somebody else, or a thank-you or "that worked" to close the thread. Answering those made
+    the bot talk over people talking to each other."""
+    return bool(_ADDRESSED.search(text)) or closes_the_thread(text)
+
+
+def closes_the_thread(text: str) -> bool:
+    """A thank-you, "ok", "that worked" or an emoji: nothing to answer (the bot answered it with
+    quoted passages or "I couldn't find this"). A question mark or a question word keeps it a question."""
+    if "?" in text:
+        return False
+    words = re.findall(r"[+\w']+", re.sub(r":[a-z0-9_+-]+:", " ", text.lower()))  # :pray: and friends go
+    if not words:  # emoji or punctuation alone: a reaction in words
+        return bool(text.strip())
+    if len(words) > 12 or _QUESTION_WORDS & set(words):
+        return False
+    return words[0] in _THANKS or set(words) <= _ACK_ONLY
 
 
 class EventRouter:
@@ -96,7 +125,7 @@ class EventRouter:
         if not self._may_be_for_us(event) or not self._new_event(body):
             return
         if event.get("channel_type") == "im":
-            if not self._claim(event):
+            if closes_the_thread(event.get("text") or "") or not self._claim(event):
                 return
             text = question_text(event.get("text"), self.bot_user_id)
             thread = event.get("thread_ts")
@@ -230,6 +259,8 @@ class EventRouter:
                 self.side.submit(self.delivery.ephemeral, channel, event["user"],
                                  messages.only_in_channels(sorted(self.allowed or ())), event.get("thread_ts"), True)
             return
+        if not mentioned and not_for_the_bot(event.get("text") or ""):
+            return  # people talking to each other in a thread the bot answered in
         if not self._claim(event):
             return
         thread = event.get("thread_ts") or event["ts"]

@@ -85,6 +85,40 @@ def test_thread_reply_where_bot_did_not_answer_is_ignored(harness):
     assert harness.answers() == [] and emu.reactions == []
 
 
+@pytest.mark.parametrize("reply", ["<@U0OTHER> we hit the same thing last week, ping me if it still fails",
+                                   "thanks, that worked!", "ok", ":pray:", "<!here> heads up: cache bug above"])
+def test_a_thread_reply_for_someone_else_or_a_thank_you_is_not_answered(harness, reply):
+    """Audit 21 M1: once the bot had answered in a thread it answered everything there, another
+    user's remark to a colleague and the asker's "thanks, that worked!" included."""
+    emu = harness.emu
+    first = emu.mention(CACHE_Q)
+    harness.wait_answers(thread_ts=first.ts)
+    asked = len(harness.llm.requests)
+    d = emu.message(reply, thread_ts=first.ts, user="U0OTHER" if reply.startswith("<@") else "U0USER")
+    emu.wait_ack(d.envelope_id)
+    harness.idle()
+    assert len(harness.answers(thread_ts=first.ts)) == 1 and len(harness.llm.requests) == asked
+    assert [r for r in emu.reactions if r["timestamp"] == d.ts] == []
+    # a real follow-up, and a thank-you that asks more, are still answered; so is a mention
+    emu.message("thanks! and how do I do that for map tasks", thread_ts=first.ts)
+    harness.wait_answers(2, thread_ts=first.ts)
+    emu.mention("<@U0OTHER> said this fails for map tasks, why?", thread_ts=first.ts)
+    harness.wait_answers(3, thread_ts=first.ts)
+
+
+def test_a_thank_you_in_a_direct_message_is_not_answered(harness):
+    emu = harness.emu
+    emu.add_channel("D0DIRECT01", "dm", is_im=True)
+    emu.message(CACHE_Q, channel="D0DIRECT01", channel_type="im")
+    harness.wait_answers(channel="D0DIRECT01")
+    d = emu.message("thank you so much :pray:", channel="D0DIRECT01", channel_type="im")
+    emu.wait_ack(d.envelope_id)
+    harness.idle()
+    assert len(harness.answers(channel="D0DIRECT01")) == 1
+    emu.message("and for map tasks?", channel="D0DIRECT01", channel_type="im")
+    harness.wait_answers(2, channel="D0DIRECT01")
+
+
 def test_thread_followups_can_be_turned_off(make_harness):
     harness = make_harness(bot={"thread_followups": False})
     emu = harness.emu
