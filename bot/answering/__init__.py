@@ -2,7 +2,7 @@
 
 from .bulk import answer_many, write_report
 from .chain import Answerer
-from .types import Answer, Citation, IndexNotReady, ModelUnavailable, QuestionRejected, Turn
+from .types import Answer, Citation, IndexNotReady, ModelUnavailable, QuestionRejected, Turn, keep_turns
 
 __all__ = [
     "Answer",
@@ -13,5 +13,6 @@ __all__ = [
     "QuestionRejected",
     "Turn",
     "answer_many",
+    "keep_turns",
     "write_report",
 ]

@@ -23,7 +23,7 @@ from .budget import Source, dedupe_hits, pack_sources
 from .citations import source_citations
 from .live import Delta, LiveCitations, Progress, clean_answer
 from .offline import offline_answer
-from .types import Answer, Citation, IndexNotReady, ModelUnavailable, QuestionRejected, Turn
+from .types import Answer, Citation, IndexNotReady, ModelUnavailable, QuestionRejected, Turn, keep_turns
 
 Event = Progress | Delta | Answer
 
@@ -44,6 +44,15 @@ _MIN_CALL_S = 0.05  # a model call with less time than this left is not started
 
 class _EmptyCompletion(Exception):
     pass
+
+
+def with_thread_subject(question: str, history: Sequence[Turn]) -> str:
+    """A follow-up searched without a model to rewrite it: the thread's first question (what the
+    thread is about) and the last question before this one (what it moved on to), then the
+    follow-up. Only user turns that were for the bot are in `history` (see slack.history)."""
+    asked = [t.text.strip() for t in history if t.role == "user" and t.text.strip()]
+    context = list(dict.fromkeys(asked[:1] + asked[-1:]))  # one of each, in order
+    return " ".join([*context, question]).strip()
 
 
 class _NoAnswerInTime(Exception):
@@ -140,19 +149,19 @@ class Answerer:
             raise IndexNotReady()
         version = getattr(searcher, "version", None)
         deadline = _Deadline(self.config.answer.deadline_s)
-        history = list(history)[-self.config.answer.history_turns :] if self.config.answer.history_turns else []
+        history = keep_turns(history, self.config.answer.history_turns)
         yield Progress("searching")
 
-        standalone, late = question, False
+        standalone, late, condensed = question, False, ""
         if history and self.llm_enabled:
             try:
-                standalone = self._condense(question, history, searcher, deadline)
+                condensed = self._condense(question, history, searcher, deadline)
             except _NoAnswerInTime:
                 late = True
-        if history and standalone == question and (late or not self.llm_enabled):
-            # No model to rewrite with: the last user turn adds the missing subject.
-            last_user = next((t.text for t in reversed(history) if t.role == "user"), "")
-            standalone = f"{last_user.strip()} {question}".strip() if last_user else question
+        if condensed:
+            standalone = condensed
+        elif history:  # no model, no time for it, or it said nothing: the thread gives the subject
+            standalone = with_thread_subject(question, history)
 
         query = standalone
         if self.config.answer.rewrite_query and self.llm_enabled and not history:
@@ -246,17 +255,20 @@ class Answerer:
         return Answer(question, standalone, "\n".join(lines), citations, "not_found", version)
 
     def _condense(self, question: str, history: list[Turn], searcher: "HybridSearcher", deadline: _Deadline) -> str:
+        """The follow-up as a standalone question; "" when the model said nothing usable (some
+        local and reasoning models answer with empty content), so the caller falls back."""
         inputs = {"history": prompts.format_history(history), "question": question}
         try:
             out = self._invoke(self._chain(prompts.condense_prompt(), deadline), inputs,
                                related_for=(searcher, question), deadline=deadline)
         except _EmptyCompletion:
-            return question
+            log.warning("the condense step returned nothing: the thread's questions give the subject")
+            return ""
         out = out.strip().strip('"').strip()
         for prefix in ("Standalone question:", "Question:"):
             if out.lower().startswith(prefix.lower()):
                 out = out[len(prefix) :].strip()
-        return out[:_CONDENSED_MAX_CHARS] if out else question
+        return out[:_CONDENSED_MAX_CHARS]
 
     def _rewrite(self, question: str, deadline: _Deadline) -> str:
         """The question plus the model's search terms for it (`[answer] rewrite_query`): a vague

@@ -7,7 +7,7 @@ serialise them without knowing anything about LangChain.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from flytegpt.bot import messages
 
@@ -18,6 +18,20 @@ Mode = Literal["llm", "offline", "not_found"]
 class Turn:
     role: Literal["user", "assistant"]
     text: str
+
+
+def keep_turns(turns: Sequence[Turn], n: int) -> list[Turn]:
+    """The newest `n` turns of a conversation, its first question kept in place of the oldest
+    of them: a thread is about its first question, and a vague fifth follow-up ("and how do I
+    test it?") has no subject once that has scrolled out."""
+    turns = list(turns)
+    if n <= 0:
+        return []
+    if len(turns) <= n:
+        return turns
+    if n >= 2 and turns[0].role == "user":
+        return [turns[0], *turns[-(n - 1):]]
+    return turns[-n:]
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ is de-duplicated there (`malformed_delivery`), so the malformed count is one per
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, Callable
 
 from flytegpt.bot import messages
 from flytegpt.ingest.sources.slack_export import valid_ts
 
 from . import blocks
+from .addressing import closes_the_thread, not_for_the_bot
 from .history import question_text
 from .question import Question
 from .ratelimit import RateLimiter
@@ -44,36 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ANSWERABLE_SUBTYPES = (None, "file_share", "thread_broadcast")
-# Someone else is addressed: a person (<@U…>), a user group (<!subteam^…>), or everyone here.
-_ADDRESSED = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>|<!subteam\^[^>]*>|<!(?:here|channel|everyone)(?:\|[^>]*)?>")
-_THANKS = {"thanks", "thank", "thx", "ty", "tysm", "cheers", "merci", "danke", "gracias", "kudos"}
-_ACK_ONLY = {"ok", "okay", "k", "great", "perfect", "awesome", "cool", "nice", "got", "it", "that", "this",
-             "worked", "works", "working", "lgtm", "yes", "yep", "yeah", "sure", "sounds", "good", "makes",
-             "sense", "+1", "all", "now", "fixed", "solved", "much", "so", "a", "lot", "you", "again"}
-_QUESTION_WORDS = {"how", "what", "why", "where", "when", "which", "who", "can", "could", "does", "do", "is",
-                   "are", "should", "would", "will", "but", "however", "though", "still"}
-
-
-def not_for_the_bot(text: str) -> bool:
-    """A thread reply (without the bot's mention) that is not a question for it: one addressed
-    to somebody else, or a thank-you or "that worked" to close the thread. Answering those made
-    the bot talk over people talking to each other."""
-    return bool(_ADDRESSED.search(text)) or closes_the_thread(text)
-
-
-def closes_the_thread(text: str) -> bool:
-    """A thank-you, "ok", "that worked" or an emoji: nothing to answer (the bot answered it with
-    quoted passages or "I couldn't find this"). A question mark or a question word keeps it a question."""
-    if "?" in text:
-        return False
-    words = re.findall(r"[+\w']+", re.sub(r":[a-z0-9_+-]+:", " ", text.lower()))  # :pray: and friends go
-    if not words:  # emoji or punctuation alone: a reaction in words
-        return bool(text.strip())
-    if len(words) > 12 or _QUESTION_WORDS & set(words):
-        return False
-    return words[0] in _THANKS or set(words) <= _ACK_ONLY
-
-
 class EventRouter:
     def __init__(self, config: "Config", *, bot_user_id: str, allowed: "frozenset[str] | None",
                  deduper: "Deduper", limiter: "RateLimiter", pool: "WorkerPool", side: "WorkerPool",

@@ -254,6 +254,40 @@ def test_hung_condense_still_answers_from_passages(server):
     assert searcher.queries == ["how do I use ray on flyte? and the workers?"]
 
 
+def test_an_empty_condense_searches_the_follow_up_with_the_thread_s_question(server):
+    """Audit 21 M3: a model answering the condense step with empty content (some local and
+    reasoning models do) made the bot search "and the workers?" alone."""
+    server.script(Reply(""), Reply(""), Reply("Set replicas [1]."))
+    answerer, searcher = make(server)
+    history = [Turn("user", "how do I use ray on flyte?"), Turn("assistant", "Install flytekitplugins-ray [1].")]
+    a = answerer.answer("and the workers?", history)
+    assert searcher.queries == ["how do I use ray on flyte? and the workers?"]
+    assert a.mode == "llm" and a.standalone_question == "how do I use ray on flyte? and the workers?"
+    assert "Question: how do I use ray on flyte? and the workers?" in server.requests[-1].text_of("user")
+
+
+def test_without_a_model_a_later_follow_up_keeps_the_thread_s_subject():
+    """Audit 21 M4/L5: offline, the third follow-up was searched with the previous one only, and
+    a long thread's bound dropped its first question: the subject was gone."""
+    config = Config(answer=AnswerConfig(min_score=0.2, history_turns=4))
+    searcher = WordSearcher(list(ALL))
+    answerer = Answerer(config, Settings(OPENAI_API_KEY="", OPENAI_BASE_URL=""), lambda: searcher)  # no model
+    history = [Turn("user", "how do I use ray on flyte?"), Turn("assistant", "Install flytekitplugins-ray [1]."),
+               Turn("user", "and the workers?"), Turn("assistant", "Set replicas [1]."),
+               Turn("user", "what about GPUs for them?"), Turn("assistant", "Request a GPU [1].")]
+    answerer.answer("and how do I test it?", history)
+    assert searcher.queries == ["how do I use ray on flyte? what about GPUs for them? and how do I test it?"]
+
+
+def test_the_history_bound_keeps_the_thread_s_first_question():
+    from flytegpt.bot.answering import keep_turns
+
+    turns = [Turn("user" if i % 2 == 0 else "assistant", f"t{i}") for i in range(10)]
+    assert [t.text for t in keep_turns(turns, 4)] == ["t0", "t7", "t8", "t9"]
+    assert [t.text for t in keep_turns(turns[1:], 4)] == ["t6", "t7", "t8", "t9"]  # no question first: the newest
+    assert keep_turns(turns[:3], 4) == turns[:3] and keep_turns(turns, 0) == []
+
+
 def test_model_output_is_capped(server):
     server.reply = "Install it [1]."
     answerer, _ = make(server, max_tokens=300)

@@ -106,6 +106,19 @@ def test_a_thread_reply_for_someone_else_or_a_thank_you_is_not_answered(harness,
     harness.wait_answers(3, thread_ts=first.ts)
 
 
+def test_a_remark_to_someone_else_is_not_part_of_the_history_a_follow_up_is_read_with(harness):
+    emu = harness.emu
+    first = emu.mention(CACHE_Q)
+    harness.wait_answers(thread_ts=first.ts)
+    emu.message("<@U0USER> we had that too, restarting the propeller pod fixed it", thread_ts=first.ts,
+                user="U0OTHER")
+    emu.message("and for map tasks?", thread_ts=first.ts)
+    harness.wait_answers(2, thread_ts=first.ts)
+    [condense] = [r for r in harness.llm.requests if "standalone question" in r.text_of("system")]
+    convo = condense.text_of("user")
+    assert "invalidate the cache" in convo and "and for map tasks?" in convo and "propeller" not in convo
+
+
 def test_a_thank_you_in_a_direct_message_is_not_answered(harness):
     emu = harness.emu
     emu.add_channel("D0DIRECT01", "dm", is_im=True)
