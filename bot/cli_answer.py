@@ -53,7 +53,7 @@ def print_answer(answer: "Answer", echo: Callable[[str], None] | None = None) ->
     else:
         (echo or click.echo)(text)
     if answer.citations:
-        (echo or click.echo)("\nSources:\n" + format_sources(answer.citations))
+        (echo or click.echo)(f"\n{answer.sources_heading}:\n" + format_sources(answer.citations))
 
 
 def _answer_or_explain(answerer: "Answerer", question: str, history=(), *, as_json: bool = False) -> "Answer | None":

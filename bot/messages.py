@@ -67,6 +67,8 @@ SHARE_NOT_YOURS = "Only the person who asked can share this answer."
 # --- labels in an answer's blocks ----------------------------------------------------------
 SOURCES_HEADING = "Sources"
 BEST_SOURCES_HEADING = "Best sources"
+# a model answer that cites none of its sources: the ones it was given, so the reader can check it
+CONSULTED_HEADING = "Sources consulted (the answer cites none of them)"
 
 
 def more_sources(n: int) -> str:

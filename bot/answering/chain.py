@@ -23,7 +23,7 @@ from .budget import Source, dedupe_hits, pack_sources
 from .citations import source_citations
 from .live import Delta, LiveCitations, Progress, clean_answer
 from .offline import offline_answer
-from .types import Answer, Citation, IndexNotReady, ModelUnavailable, QuestionRejected, Turn, keep_turns
+from .types import Answer, Citation, IndexNotReady, ModelUnavailable, QuestionRejected, Turn, UNCITED, keep_turns
 
 Event = Progress | Delta | Answer
 
@@ -206,6 +206,11 @@ class Answerer:
         if not text.strip():  # only characters cleaning removes (NULs, control codes): nothing said
             log.warning("chat model's answer was empty once cleaned: offline passages")
             yield self._empty_output(question, standalone, sources, version)
+            return
+        if not citations:  # never an answer without a source to check it against
+            log.info("the model's answer cites no source: the sources it was given are listed")
+            yield Answer(question, standalone, text, source_citations(fitted[:_RELATED]), "llm", version,
+                         note=UNCITED)
             return
         yield Answer(question, standalone, text, citations, "llm", version)
 

@@ -12,6 +12,7 @@ from typing import Any, Literal, Sequence
 from flytegpt.bot import messages
 
 Mode = Literal["llm", "offline", "not_found"]
+UNCITED = "uncited"  # Answer.note of a model answer that cited no source: `citations` are those it was given
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,15 @@ class Answer:
     mode: Mode
     index_version: str | None
     note: str | None = field(default=None)  # e.g. why a model answer fell back to quoting
+
+    @property
+    def uncited(self) -> bool:
+        """The model cited nothing: an unsourced answer, or a "the sources do not say" in its words."""
+        return self.note == UNCITED
+
+    @property
+    def sources_heading(self) -> str:
+        return messages.CONSULTED_HEADING if self.uncited else messages.SOURCES_HEADING
 
     def to_dict(self) -> dict[str, Any]:
         return {

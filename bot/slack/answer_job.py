@@ -136,7 +136,8 @@ class AnswerJob:
         command = q.surface == "command"
         replies = blocks.render_answer(answer, feedback_id=answer_id, share=command,
                                        question=q.text if command else None)
-        tail = blocks.streamed_answer_tail(answer.citations, answer_id) if streamed is not None else None
+        tail = (blocks.streamed_answer_tail(answer.citations, answer_id, answer.sources_heading)
+                if streamed is not None else None)
         self._reply(q, replies, streamed=streamed, final_text=answer.text, tail=tail,
                     landed=lambda: self._answered(q, answer, answer_id),
                     lost=lambda: self._not_posted(q, answer, answer_id))

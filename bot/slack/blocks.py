@@ -164,19 +164,20 @@ def render_answer(answer: "Answer", *, feedback_id: str | None = None, share: bo
         head_blocks = [ContextBlock(elements=[MarkdownTextObject(text=head_text, verbatim=True)]).to_dict()]
     sources = [c.url for c in answer.citations if c.url]
     sections = markdown_sections(answer.text, links=sources) or [escape(messages.EMPTY_ANSWER)]
-    tail, tail_text = _sources_blocks(answer.citations, messages.SOURCES_HEADING)
+    tail, tail_text = _sources_blocks(answer.citations, answer.sources_heading)
     if feedback_id:
         tail.append(_actions_block(feedback_id, share=share))
     return _pack(sections, tail, tail_text, head_blocks, head_text)
 
 
-def streamed_answer_tail(citations: Sequence["Citation"], feedback_id: str | None) -> list[dict]:
+def streamed_answer_tail(citations: Sequence["Citation"], feedback_id: str | None,
+                         heading: str = messages.SOURCES_HEADING) -> list[dict]:
     """The blocks chat.stopStream puts under a streamed answer: sources, then 👍/👎.
 
     The buttons are Block Kit's `feedback_buttons` in a `context_actions` block, the
     form Slack gives AI answers; a click sends ACTION_FEEDBACK with "up:<id>"/"down:<id>".
     """
-    tail, _ = _sources_blocks(citations, messages.SOURCES_HEADING)
+    tail, _ = _sources_blocks(citations, heading)
     if feedback_id:
         if len(feedback_id) + 5 > MAX_BUTTON_VALUE:
             raise ValueError("feedback id too long for a button value")

@@ -190,15 +190,18 @@ class FeedbackStore:
         """Store an answer; returns the id its buttons carry (`answer_id` when the caller chose it,
         e.g. to post the answer before storing it).
 
-        A "not found" answer is logged with outcome not_found, any other as answered.
+        A "not found" answer is logged with outcome not_found, and so is a model answer that cites
+        no source (often "the sources do not say" in the model's words: a knowledge gap for the
+        report); any other as answered.
         """
         mode = getattr(answer, "mode", None)
+        gap = mode == "not_found" or bool(getattr(answer, "uncited", False))
         return self._insert({
             "surface": surface, "channel": channel, "thread_ts": thread_ts, "user": user,
             "question": answer.question, "standalone_question": getattr(answer, "standalone_question", None),
             "answer": answer.text, "sources": json.dumps(_source_dicts(getattr(answer, "citations", []))),
             "index_version": getattr(answer, "index_version", None), "mode": mode,
-            "outcome": "not_found" if mode == "not_found" else "answered",
+            "outcome": "not_found" if gap else "answered",
             "latency_s": latency_s, "permalink": permalink,
         }, answer_id)
 

@@ -10,6 +10,7 @@ import pytest
 from support.answering_support import ALL, EVIL_DOC, INJECTION, RAY_CODE, RAY_DOC, RAY_SLACK, WordSearcher
 from support.openai_server import Fail, Hang, Reply, Slow
 
+from flytegpt.bot import messages
 from flytegpt.bot.answering import (
     Answerer,
     IndexNotReady,
@@ -68,11 +69,17 @@ def test_bogus_citations_dropped_and_uncited_sources_not_listed(server):
     assert len(a.citations) == 1 and a.citations[0].n == 1
 
 
-def test_answer_without_citations_is_kept_with_no_links(server):
+def test_an_answer_without_citations_lists_the_sources_it_was_given(server):
+    """Audit 21 M2: an answer citing nothing went out with no sources at all (and was logged as
+    answered): now the sources the model was given are listed, under a heading that says so."""
     server.reply = "I don't know based on the sources."
-    answerer, _ = make(server)
+    answerer, searcher = make(server)
     a = answerer.answer("how do I use ray?")
-    assert a.mode == "llm" and a.citations == [] and a.text == "I don't know based on the sources."
+    assert a.mode == "llm" and a.text == "I don't know based on the sources." and a.uncited
+    given = [line.split('title="')[1].split('"')[0] for line in server.requests[0].text_of("user").splitlines()
+             if line.startswith("<source n=")]
+    assert [c.title for c in a.citations] == given[:3] and [c.n for c in a.citations] == [1, 2, 3][:len(given)]
+    assert a.sources_heading == messages.CONSULTED_HEADING
 
 
 def test_nothing_relevant_means_no_model_call(server):

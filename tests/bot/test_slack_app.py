@@ -58,6 +58,26 @@ def test_mention_is_answered_in_thread_with_sources(harness, sample):
     assert harness.bot.metrics.answers.labels("llm")._value.get() == 1
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_an_answer_citing_nothing_lists_the_sources_it_was_given_and_is_a_knowledge_gap(make_harness, streaming):
+    """Audit 21 M2: "I don't know: the sources do not cover this." went out with no sources and
+    was logged as answered, so the maintainers' knowledge-gap report never listed it."""
+    harness = make_harness(bot={"streaming": streaming})
+    emu = harness.emu
+    harness.llm.reply = "I don't know: the sources do not cover this."
+    d = emu.mention(CACHE_Q)
+    [answer] = emu.wait_for(lambda: (m := harness.answers(thread_ts=d.ts)) and not m[0].get("streaming")
+                            and m[0].get("blocks") and m, timeout=30)
+    context = [b for b in answer["blocks"] if b["type"] == "context"]
+    sources = context[0]["elements"][0]["text"]
+    assert sources.startswith(f"*{messages.CONSULTED_HEADING}*\n[1] "), sources
+    harness.idle()
+    from flytegpt.bot.slack.feedback import FeedbackStore
+
+    [row] = FeedbackStore(harness.config.bot.feedback_db).questions()
+    assert (row["outcome"], row["mode"], row["question"]) == ("not_found", "llm", CACHE_Q) and row["sources"]
+
+
 def test_followup_in_thread_uses_history(harness):
     emu = harness.emu
     first = emu.mention(CACHE_Q)
