@@ -17,13 +17,28 @@ from .types import Citation
 _FENCE = re.compile(r"(^|\n)(```|~~~)[^\n]*\n.*?(\n\2[^\n]*(?=\n|$)|$)", re.S)
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
 _NUM = r"\d{1,3}(?:\s*[-–]\s*\d{1,3})?"
-# [1]  [1, 2]  [1-3]  [1,3-4]  and the sometimes-seen [Source 1] / [source: 2]
-_MARKER = re.compile(rf"\[(?:(?:source|src)s?\s*:?\s*)?({_NUM}(?:\s*[,;]\s*{_NUM})*)\](?![(:])", re.I)
+# [1]  [1, 2]  [1-3]  [1,3-4], the footnote form [^1], and the sometimes-seen [Source 1] / [source: 2]
+_ONE_MARKER = rf"\[\^?(?:(?:source|src)s?\s*:?\s*)?({_NUM}(?:\s*[,;]\s*{_NUM})*)\](?![(:])"
+_MARKER = re.compile(_ONE_MARKER, re.I)
+# markers side by side ("[1][1]", "[2] [3]") are read as one, so a repeat shows once
+_MARKER_RUN = re.compile(rf"{_ONE_MARKER}(?:[ \t]*{_ONE_MARKER})*", re.I)
+# looks like a citation but names no source: [1a], [^2b]
+_ODD_MARKER = re.compile(r"[ \t]*\[\^?\d{1,3}[a-z]\](?![(:])", re.I)
+_SUPERSCRIPT_MARKER = re.compile(r"\[\^?([⁰¹²³⁴-⁹]{1,3})\](?![(:])")
+_SUPERSCRIPT_DIGITS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
 _MD_LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^)\s]+)\)")
+# A model's own list of sources at the end, under a Sources/References heading: numbered
+# items, bullets (a link or a bare title) or lines that are only a link. Our list replaces it.
+_EOL = r"[ \t]*(?=\n|\Z)"
+_LIST_ITEM = rf"[ \t]*(?:(?:\[?\^?\d{{1,3}}[\].:)]|[-*+•](?=\s|\Z)).*|\[[^\]\n]+\]\([^)\s]*\){_EOL}|<?https?://\S+>?{_EOL})"
 _TRAILING_SOURCES = re.compile(
-    r"\n+(?:#+\s*|\*\*)?(?:sources|references|citations)(?:\*\*)?:?\s*\n(?:\s*(?:[-*]\s*)?\[?\d+[\].:)].*(?:\n|$))+\s*$",
+    r"\n[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?:sources|references|citations)[ \t]*:?[ \t]*(?:\*\*|__)?:?"
+    rf"{_EOL}(?=(?:\n[ \t]*)*\n{_LIST_ITEM})(?:\n(?:{_LIST_ITEM}|[ \t]*))*\Z",
     re.I,
 )
+# Reference-style definitions ("[1]: https://…") and footnotes ("[^1]: …") at the end: left in,
+# Markdown would resolve "[1]" against them and show a link without its brackets.
+_DEFINITION_LINE = re.compile(r"\[\^?\d{1,3}\]:.*|\s*")
 _MAX_RANGE = 20
 
 
@@ -70,15 +85,37 @@ def link_key(url: str) -> str:
     return url.split("#", 1)[0].rstrip("/")
 
 
+def _drop_model_endings(text: str) -> str:
+    """Without the model's own source list and reference/footnote definitions at the end.
+
+    Our citation list replaces the model's; a definition left in would make Markdown turn
+    the matching "[1]" into a link and hide its brackets (and it streams as a raw line).
+    """
+    while True:
+        lines = text.rstrip().split("\n")
+        while len(lines) > 1 and _DEFINITION_LINE.fullmatch(lines[-1]):
+            lines.pop()
+        shorter = _TRAILING_SOURCES.sub("", "\n".join(lines)).rstrip()
+        if shorter == text:
+            return text
+        text = shorter
+
+
+def _normalize_markers(seg: str) -> str:
+    """Odd citation forms made plain: [¹] is [1]; [1a] names no source and goes."""
+    seg = _SUPERSCRIPT_MARKER.sub(lambda m: f"[{m.group(1).translate(_SUPERSCRIPT_DIGITS)}]", seg)
+    return _ODD_MARKER.sub("", seg)
+
+
 def process_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[Citation]]:
     """Return (text with clean [n] markers, citations ordered by n)."""
     by_n = {s.n: s for s in sources}
     known_urls = {link_key(s.url) for s in sources if s.url}
     renumber: dict[int, int] = {}
 
-    def replace(m: re.Match) -> str:
+    def replace(run: re.Match) -> str:
         new = []
-        for n in _numbers(m.group(1)):
+        for n in (n for m in _MARKER.finditer(run.group(0)) for n in _numbers(m.group(1))):
             if n in by_n:
                 if n not in renumber:
                     renumber[n] = len(renumber) + 1
@@ -90,14 +127,14 @@ def process_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[C
         # A link the model made up is a broken link waiting to happen: keep only its words.
         return m.group(0) if link_key(m.group(2)) in known_urls else m.group(1)
 
-    text = _TRAILING_SOURCES.sub("", text.rstrip())
+    text = _drop_model_endings(text)
     parts = []
     for is_code, seg in _split_code(text):
         if is_code:
             parts.append(seg)
             continue
         seg = _MD_LINK.sub(unlink, seg)
-        seg = _MARKER.sub(replace, seg)
+        seg = _MARKER_RUN.sub(replace, _normalize_markers(seg))
         seg = re.sub(r"[ \t]*\x00", "", seg)  # a dropped marker takes its leading space along
         parts.append(seg)
     clean = "".join(parts).strip()

@@ -22,6 +22,15 @@ _PROSE_CHARS = 500  # per passage: a few sentences
 _CODE_LINES = 12
 _FENCE_BLOCK = re.compile(r"^(```|~~~)[^\n]*\n.*?^\1[^\n]*$", re.S | re.M)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`\[(*_])")
+# reStructuredText's inline link `label <https://…>`_ (or __): the label is what a reader wants;
+# a link to a page that is not one of the sources would not stay live in Slack anyway
+_RST_LINK = re.compile(r"`([^`<\n]*?)[ \t]*<([^<>`\s]+)>`__?")
+# Markdown reference links [label][name] / [label][]: their definitions are rarely in the quote
+_REF_LINK = re.compile(r"\[([^\[\]\n]*[^\[\]\n\d][^\[\]\n]*)\]\[[^\[\]\n]*\]")
+_REF_DEFINITION = re.compile(r"^[ \t]*\[[^\]\n]+\]:[ \t]*<?(?:https?://|\.{0,2}/)\S*.*(?:\n|$)", re.M)
+_INLINE_CODE = re.compile(r"(`+)[^`\n].*?\1")
+_DIRECTIVE_OPTION = re.compile(r"[ \t]*:[\w-]+:.*")  # MyST/RST directive options (":caption: x.py")
+_MAX_CONTEXT = 160  # a Slack thread's question, shown as one line above the reply quoted
 _RST_CODE = re.compile(
     r"^([ \t]*)\.\. (?:code-block|code|sourcecode)::[ \t]*([\w+-]*)[ \t]*\n"
     r"(?:\1[ \t]+:[\w-]+:.*\n)*"  # directive options
@@ -38,6 +47,36 @@ def _rst_code_to_fences(text: str) -> str:
         return f"```{m.group(2)}\n{body}\n```\n\n"
 
     return _RST_CODE.sub(fence, text)
+
+
+def _plain_markup(prose: str) -> str:
+    """Prose as a reader wants it: RST inline links and Markdown reference links become their
+    labels, reference definitions go; inline code is left as written."""
+    prose = _RST_LINK.sub(lambda m: m.group(1).strip() or f"`{m.group(2)}`", prose)
+    prose = _REF_DEFINITION.sub("", prose)
+    out, pos = [], 0
+    for m in _INLINE_CODE.finditer(prose):
+        out += [_REF_LINK.sub(r"\1", prose[pos : m.start()]), m.group(0)]
+        pos = m.end()
+    return "".join([*out, _REF_LINK.sub(r"\1", prose[pos:])]).strip()
+
+
+def _code_lines(block: str) -> tuple[str, list[str], str]:
+    """A fenced block as (opener, body, closer), without a MyST directive's option lines,
+    which say how the docs build renders the block, not what it holds."""
+    lines = block.strip("\n").split("\n")
+    opener, body, closer = lines[0], lines[1:-1], lines[-1]
+    if opener.lstrip("`~").startswith("{"):
+        while body and _DIRECTIVE_OPTION.fullmatch(body[0]):
+            body = body[1:]
+    return opener, body, closer
+
+
+def _is_stub(block: str) -> bool:
+    """A `{literalinclude}` or a block of nothing but options: the code lives elsewhere, and
+    quoting the stub would show only a `:caption:` line."""
+    opener, body, _ = _code_lines(block)
+    return opener.lstrip("`~").startswith("{literalinclude}") or not any(line.strip() for line in body)
 
 
 def query_terms(question: str) -> set[str]:
@@ -57,7 +96,8 @@ def _units(text: str) -> list[tuple[bool, str]]:
     pos = 0
     for m in _FENCE_BLOCK.finditer(text):
         _prose_units(text[pos : m.start()], units)
-        units.append((True, m.group(0)))
+        if not _is_stub(m.group(0)):
+            units.append((True, m.group(0)))
         pos = m.end()
     _prose_units(text[pos:], units)
     return units
@@ -65,7 +105,7 @@ def _units(text: str) -> list[tuple[bool, str]]:
 
 def _prose_units(text: str, units: list[tuple[bool, str]]) -> None:
     for para in re.split(r"\n\s*\n", text):
-        para = para.strip()
+        para = _plain_markup(para)
         if not para or para == "[...]":
             continue
         if len(para) <= _PROSE_CHARS:
@@ -77,13 +117,11 @@ def _prose_units(text: str, units: list[tuple[bool, str]]) -> None:
 
 
 def _trim_code(block: str, terms: set[str], fence: tuple[str, str] | None = None) -> str:
-    lines = block.strip("\n").split("\n")
     if fence is None:
-        opener, closer = lines[0], lines[-1]
-        body = lines[1:-1]
+        opener, body, closer = _code_lines(block)
     else:
         opener, closer = fence
-        body = lines
+        body = block.strip("\n").split("\n")
     while body and not body[0].strip():
         body = body[1:]
     while body and not body[-1].strip():
@@ -103,10 +141,16 @@ def excerpt(source: Source, terms: set[str]) -> tuple[str, int]:
     if source.kind == "code":
         code = _trim_code(source.text, terms, fence=(f"```{source.language}", "```"))
         return code, _score(code, terms)
-    units = _units(source.text)
-    if not units:
-        return "", 0
-    best: tuple[int, int, int] = (-1, 0, 1)  # (score, start, end)
+    if source.kind == "slack":
+        thread = _thread_excerpt(source.text, terms)
+        if thread is not None:
+            return thread
+    return _passage(_units(source.text), terms)
+
+
+def _best_window(units: list[tuple[bool, str]], terms: set[str]) -> tuple[int, int, int]:
+    """(score, start, end) of the units that match the question best; a tie keeps the earlier."""
+    best: tuple[int, int, int] = (-1, 0, 1)
     for i in range(len(units)):
         # a window: prose up to _PROSE_CHARS plus at most one code block (trimmed later)
         size, code, j = 0, 0, i
@@ -120,17 +164,57 @@ def excerpt(source: Source, terms: set[str]) -> tuple[str, int]:
         s = _score(" ".join(u[1] for u in units[i:j]), terms)
         if s > best[0]:
             best = (s, i, j)
-    score, i, j = best
+    return best
+
+
+def _passage(units: list[tuple[bool, str]], terms: set[str]) -> tuple[str, int]:
+    """The best window of a document's units, rendered, and its overlap."""
+    if not units:
+        return "", 0
+    score, i, j = _best_window(units, terms)
     while j - i > 1 and not units[j - 1][0] and re.fullmatch(r"#+\s.*", units[j - 1][1]):
         j -= 1  # a heading with nothing under it is noise
+    return _render(units[i:j], terms), score
+
+
+def _render(units: list[tuple[bool, str]], terms: set[str]) -> str:
+    """Prose as a quote, code as (trimmed) code."""
     out = []
-    for is_code, text in units[i:j]:
+    for is_code, text in units:
         if is_code:
             out.append(_trim_code(text, terms))
         else:
             text = re.sub(r"^#+\s*(.*)$", r"**\1**", text, flags=re.M)  # headings read oddly in a quote
             out.append("\n".join("> " + line if line.strip() else ">" for line in text.split("\n")))
-    return "\n\n".join(out), score
+    return "\n\n".join(out)
+
+
+def _thread_excerpt(text: str, terms: set[str]) -> tuple[str, int] | None:
+    """A Slack thread quoted for its answer: the question's first line for context, then the
+    best-matching reply (the first when none matches better). None when there is no reply.
+
+    The question repeats the asker's words, so it would win a plain overlap window and leave
+    out the reply that answers it. The loader separates messages with a blank line; the
+    first is the question, and each starts with its author's name.
+    """
+    messages = [m for m in (p.strip() for p in re.split(r"\n\s*\n", text)) if m and m != "[...]"]
+    replies = [_units(m) for m in messages[1:]]
+    replies = [units for units in replies if units]
+    if not replies:
+        return None
+    best = max(replies, key=lambda units: _score(" ".join(u[1] for u in units), terms))  # first of equals
+    reply, _ = _passage(best, terms)
+    context = _render([(False, _first_line(messages[0]))], terms)
+    shown = f"{context}\n\n{reply}"
+    return shown, _score(shown, terms)
+
+
+def _first_line(message: str) -> str:
+    """A message's first line, cut at a word near _MAX_CONTEXT; "…" marks that it goes on."""
+    message = _plain_markup(message)
+    line = message.split("\n", 1)[0].strip()
+    cut = line if len(line) <= _MAX_CONTEXT else line[:_MAX_CONTEXT].rsplit(" ", 1)[0]
+    return cut if cut == message else f"{cut} …"
 
 
 def offline_answer(question: str, sources: Sequence[Source], header: str = prompts.OFFLINE_HEADER) -> tuple[str, list[Citation]]:

@@ -99,6 +99,11 @@ class _StoredAnswer:
     citations: list
     mode: str
     index_version: str | None
+    uncited: bool = False  # a model answer that cited none of its sources (stored as not found)
+
+    @property
+    def sources_heading(self) -> str:
+        return messages.CONSULTED_HEADING if self.uncited else messages.SOURCES_HEADING
 
     @classmethod
     def from_row(cls, row: dict) -> "_StoredAnswer":
@@ -106,4 +111,6 @@ class _StoredAnswer:
 
         cites = [Citation(int(s["n"]), s.get("title", ""), s.get("url", ""), s.get("source_id", ""))
                  for s in row["sources"]]
-        return cls(row["question"], row["answer"], cites, row.get("mode") or "", row.get("index_version"))
+        mode = row.get("mode") or ""
+        return cls(row["question"], row["answer"], cites, mode, row.get("index_version"),
+                   uncited=mode == "llm" and row.get("outcome") == "not_found")

@@ -123,3 +123,95 @@ def test_code_sources_are_fenced_with_the_language_table_names():
     assert (lang("web/app.js"), lang("web/app.TS"), lang("deploy.sh"), lang("api.proto")) == (
         "javascript", "typescript", "bash", "protobuf")
     assert lang("notes.txt") == ""
+
+
+# --- what a person sees of odd model endings and markers (audit21 L1-L3) ------------------
+
+def _posted(raw: str, given: list[Source]) -> tuple[str, str]:
+    """(the answer body as Slack shows it, the sources list under it), the way the bot posts."""
+    from flytegpt.bot.answering.live import clean_answer
+    from flytegpt.bot.answering.types import Answer
+    from flytegpt.bot.slack.blocks import render_answer
+
+    text, cits = clean_answer(raw, given)
+    body, tail = [], []
+    for m in render_answer(Answer("q", "q", text, cits, "llm", "v1")):
+        for b in m.blocks:
+            if b["type"] == "section":
+                body.append(b["text"]["text"])
+            elif b["type"] == "context":
+                tail.append(b["elements"][0]["text"])
+    return "\n".join(body), "\n".join(tail)
+
+
+def _streamed(raw: str, given: list[Source], step: int) -> tuple[str, bool]:
+    """What a streamed answer showed, fed `step` characters at a time, and whether it diverged."""
+    from flytegpt.bot.answering.live import LiveCitations
+
+    live = LiveCitations(given)
+    shown = "".join(live.feed(raw[i : i + step]) for i in range(0, len(raw), step)) + live.flush()
+    return shown, live.diverged
+
+
+@pytest.mark.parametrize("url", ["https://made.up/caching.html", "https://x.org/1"])
+def test_reference_definitions_at_the_end_do_not_turn_the_citation_into_a_link(url):
+    raw = f"Bump `cache_version` [1].\n\n[1]: {url}\n[2]: https://x.org/2"
+    body, tail = _posted(raw, sources(2))
+    assert body == "Bump `cache_version` [1]."  # brackets kept, no link, no definition line
+    assert "[1] <https://x.org/1|Title 1>" in tail
+    for step in (1, 4, 9):
+        shown, diverged = _streamed(raw, sources(2), step)
+        assert (shown, diverged) == ("Bump `cache_version` [1].", False)
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "**Sources:**\n- [Title 1](https://docs.made.up/1)\n- [Title 2](https://x.org/2)",
+        "Sources:\n\n* Title 1\n* Title 2",
+        "### References\n- Title 1 (docs)\n- https://x.org/2",
+        "References:\n[Title 1](https://x.org/1)\n1. Title 2",
+    ],
+)
+def test_a_model_written_sources_list_of_links_or_titles_is_removed(ending):
+    body, tail = _posted(f"Use `cache_version` [1].\n\n{ending}\n", sources(2))
+    assert body == "Use `cache_version` [1]."
+    assert tail.count("Title 1") == 1 and "Title 2" not in tail
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "Steps:\n\n- install it [1]\n- [Title 1](https://x.org/1)\n- read more",  # an ordinary list at the end
+        "See the references below.\n\nReferences:\n- Title 1\n\nThen run it [1].",  # not at the end
+    ],
+)
+def test_ordinary_bullet_lists_survive(raw):
+    out, _ = process_citations(raw, sources(2))
+    assert out == raw
+
+
+@pytest.mark.parametrize(
+    "raw, text, order",
+    [
+        ("Use cache_version[^1].\n\n[^1]: Title 1 docs", "Use cache_version[1].", [1]),
+        ("A [^2] and [^1].\n\n[^1]: one\n[^2]: two", "A [1] and [2].", [2, 1]),
+        ("See [¹] and [²³].", "See [1] and.", [1]),
+        ("Bump it [1a] or [2b] [2].", "Bump it or [1].", [2]),
+        ("C [1][1]. D [2] [2][1].", "C [1]. D [1][2].", [1, 2]),
+        ("E [2][^2] and [9][2].", "E [1] and [1].", [2]),
+    ],
+)
+def test_footnotes_superscripts_odd_and_repeated_markers(raw, text, order):
+    out, cits = process_citations(raw, sources(3))
+    assert out == text
+    assert [c.source_id for c in cits] == [f"s:{i}" for i in order]
+    body, _ = _posted(raw, sources(3))
+    assert body == text
+
+
+def test_code_optional_words_and_links_are_not_taken_for_odd_markers():
+    raw = "Use `xs[1a]` or [optional] args, [the docs](https://x.org/1) [1][1].\n\n```python\nys = xs[1][1]\nzs[^2]\n```"
+    out, cits = process_citations(raw, sources(2))
+    assert out == raw.replace("[1][1].", "[1].")
+    assert [c.source_id for c in cits] == ["s:1"]

@@ -78,6 +78,21 @@ def test_an_answer_citing_nothing_lists_the_sources_it_was_given_and_is_a_knowle
     assert (row["outcome"], row["mode"], row["question"]) == ("not_found", "llm", CACHE_Q) and row["sources"]
 
 
+def test_a_shared_answer_citing_nothing_keeps_its_consulted_heading(harness):
+    emu = harness.emu
+    harness.llm.reply = "I don't know: the sources do not cover this."
+    d = emu.slash_command("how do I invalidate the cache?", user="U0ASKER")
+    [post] = emu.wait_for(lambda: emu.response_posts[emu.response_id(d.response_url)])
+    share = [a for b in post["blocks"] if b["type"] == "actions" for a in b["elements"]
+             if a["action_id"] == blocks.ACTION_SHARE][0]
+    harness.idle()
+    click = emu.block_action(blocks.ACTION_SHARE, share["value"], ephemeral=True, user="U0ASKER")
+    posts = emu.wait_for(lambda: (p := emu.response_posts[emu.response_id(click.response_url)]) and p)
+    shared = posts[0]
+    assert shared["response_type"] == "in_channel" and "do not cover" in shared["text"]
+    assert f"*{messages.CONSULTED_HEADING}*" in str(shared["blocks"])
+
+
 def test_followup_in_thread_uses_history(harness):
     emu = harness.emu
     first = emu.mention(CACHE_Q)
