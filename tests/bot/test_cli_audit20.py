@@ -282,7 +282,8 @@ def test_version_option_prints_the_installed_version():
 def test_top_level_help_says_options_come_first_and_what_serve_logs():
     text = " ".join(run("--help").output.split())
     assert "they come before the command (flytegpt -v ingest ..., not flytegpt ingest -v ...)" in text
-    assert "-v info, -vv debug (without it: warnings; serve always logs info)" in text
+    assert ("-v info, -vv debug (without it: warnings; serve logs info, and with -vv debug, Slack's retries "
+            "among it)") in text
     assert run("ask", "-v", "x").exit_code == 2  # after the command it is not an option
 
 
