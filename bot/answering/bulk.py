@@ -14,10 +14,9 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Literal, Mapping, Sequence
 
-from flytegpt.bot import messages
 from flytegpt.bot.question_text import clean_question, clip_question
 
-from .types import UNCITED, ModelUnavailable, QuestionRejected
+from .types import UNCITED, ModelUnavailable, QuestionRejected, sources_heading
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chain import Answerer
@@ -156,8 +155,7 @@ def _markdown(results: Sequence[dict]) -> str:
         else:
             out += [r.get("answer") or "", ""]
         if r.get("citations"):
-            heading = messages.CONSULTED_HEADING if r.get("note") == UNCITED else messages.SOURCES_HEADING
-            out += [f"{heading}:", ""]
+            out += [f"{sources_heading(r.get('note') == UNCITED)}:", ""]
             out += [f"- [{c['n']}] [{c['title']}]({c['url']})" for c in r["citations"]]
             out.append("")
         note = f" ({r['note']})" if r.get("note") else ""

@@ -42,7 +42,7 @@ _DEFINITION_LINE = re.compile(r"\[\^?\d{1,3}\]:.*|\s*")
 _MAX_RANGE = 20
 
 
-def _split_code(text: str) -> list[tuple[bool, str]]:
+def split_code(text: str) -> list[tuple[bool, str]]:
     """Segments of (is_code, text): citations inside code are code, not citations."""
     out: list[tuple[bool, str]] = []
     pos = 0
@@ -129,7 +129,7 @@ def process_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[C
 
     text = _drop_model_endings(text)
     parts = []
-    for is_code, seg in _split_code(text):
+    for is_code, seg in split_code(text):
         if is_code:
             parts.append(seg)
             continue

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from .budget import Source
-from .citations import _split_code, link_key, process_citations
+from .citations import split_code, link_key, process_citations
 from .types import Citation
 
 from flytegpt.ingest.models import strip_controls
@@ -53,7 +53,7 @@ def clean_answer(raw: str, sources: Sequence[Source]) -> tuple[str, list[Citatio
     def safe(seg: str) -> str:
         return _BARE_URL.sub(unlink_bare, _AUTOLINK.sub(unlink, seg))
 
-    return "".join(seg if code else safe(seg) for code, seg in _split_code(text)), citations
+    return "".join(seg if code else safe(seg) for code, seg in split_code(text)), citations
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from flytegpt.ingest.keyword import words
 
 from . import prompts
 from .budget import Source
+from .citations import split_code
 from .types import Citation
 
 MAX_PASSAGES = 3
@@ -28,7 +29,6 @@ _RST_LINK = re.compile(r"`([^`<\n]*?)[ \t]*<([^<>`\s]+)>`__?")
 # Markdown reference links [label][name] / [label][]: their definitions are rarely in the quote
 _REF_LINK = re.compile(r"\[([^\[\]\n]*[^\[\]\n\d][^\[\]\n]*)\]\[[^\[\]\n]*\]")
 _REF_DEFINITION = re.compile(r"^[ \t]*\[[^\]\n]+\]:[ \t]*<?(?:https?://|\.{0,2}/)\S*.*(?:\n|$)", re.M)
-_INLINE_CODE = re.compile(r"(`+)[^`\n].*?\1")
 _DIRECTIVE_OPTION = re.compile(r"[ \t]*:[\w-]+:.*")  # MyST/RST directive options (":caption: x.py")
 _MAX_CONTEXT = 160  # a Slack thread's question, shown as one line above the reply quoted
 _RST_CODE = re.compile(
@@ -54,11 +54,7 @@ def _plain_markup(prose: str) -> str:
     labels, reference definitions go; inline code is left as written."""
     prose = _RST_LINK.sub(lambda m: m.group(1).strip() or f"`{m.group(2)}`", prose)
     prose = _REF_DEFINITION.sub("", prose)
-    out, pos = [], 0
-    for m in _INLINE_CODE.finditer(prose):
-        out += [_REF_LINK.sub(r"\1", prose[pos : m.start()]), m.group(0)]
-        pos = m.end()
-    return "".join([*out, _REF_LINK.sub(r"\1", prose[pos:])]).strip()
+    return "".join(seg if code else _REF_LINK.sub(r"\1", seg) for code, seg in split_code(prose)).strip()
 
 
 def _code_lines(block: str) -> tuple[str, list[str], str]:

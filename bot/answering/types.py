@@ -15,6 +15,11 @@ Mode = Literal["llm", "offline", "not_found"]
 UNCITED = "uncited"  # Answer.note of a model answer that cited no source: `citations` are those it was given
 
 
+def sources_heading(uncited: bool) -> str:
+    """The label over an answer's sources: those it cites, or (uncited) those it was given."""
+    return messages.CONSULTED_HEADING if uncited else messages.SOURCES_HEADING
+
+
 @dataclass(frozen=True)
 class Turn:
     role: Literal["user", "assistant"]
@@ -63,7 +68,7 @@ class Answer:
 
     @property
     def sources_heading(self) -> str:
-        return messages.CONSULTED_HEADING if self.uncited else messages.SOURCES_HEADING
+        return sources_heading(self.uncited)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -15,11 +15,13 @@ _QUESTION_WORDS = {"how", "what", "why", "where", "when", "which", "who", "can",
                    "are", "should", "would", "will", "but", "however", "though", "still"}
 
 
-def not_for_the_bot(text: str) -> bool:
-    """A thread reply (without the bot's mention) that is not a question for it: one addressed
-    to somebody else, or a thank-you or "that worked" to close the thread. Answering those made
-    the bot talk over people talking to each other."""
-    return bool(_ADDRESSED.search(text)) or closes_the_thread(text)
+def for_the_bot(text: str, bot_user_id: str | None) -> bool:
+    """Whether a message in a thread is said to the bot: it mentions the bot, or it is neither
+    addressed to somebody else nor a thank-you or "that worked" closing the thread. Answering
+    those made the bot talk over people talking to each other."""
+    if bot_user_id and f"<@{bot_user_id}" in text:
+        return True
+    return not _ADDRESSED.search(text) and not closes_the_thread(text)
 
 
 def closes_the_thread(text: str) -> bool:

@@ -20,7 +20,7 @@ from flytegpt.bot.question_text import clean_question
 from flytegpt.ingest.models import valid_unicode
 from flytegpt.ingest.sources.slack_export import Directory, clean_messages, render_markup, ts_key, valid_ts
 
-from .addressing import not_for_the_bot
+from .addressing import for_the_bot
 from .blocks import answer_text
 
 if TYPE_CHECKING:
@@ -106,20 +106,13 @@ class ThreadHistory:
                     turns.append(Turn("assistant", valid_unicode(text)))
             elif m.get("bot_id") or m.get("subtype") not in (None, "thread_broadcast", "file_share"):
                 continue  # other bots, joins, edits: not part of the conversation
-            elif not self._talks_to_the_bot(m.get("text"), bot_user_id):
+            elif not isinstance(m.get("text"), str) or not for_the_bot(m["text"], bot_user_id):
                 continue  # people talking to each other, a thank-you: not what a follow-up is about
             else:
                 text = question_text(m.get("text"), bot_user_id)
                 if text:
                     turns.append(Turn("user", text))
         return keep_turns(turns, max_turns)
-
-    @staticmethod
-    def _talks_to_the_bot(text: object, bot_user_id: str | None) -> bool:
-        """A user message of the conversation with the bot (routing's rule for what it answers)."""
-        if not isinstance(text, str):
-            return False
-        return bool(bot_user_id and f"<@{bot_user_id}" in text) or not not_for_the_bot(text)
 
 
 def question_text(text: object, bot_user_id: str | None) -> str:

@@ -103,7 +103,9 @@ class _StoredAnswer:
 
     @property
     def sources_heading(self) -> str:
-        return messages.CONSULTED_HEADING if self.uncited else messages.SOURCES_HEADING
+        from flytegpt.bot.answering.types import sources_heading
+
+        return sources_heading(self.uncited)
 
     @classmethod
     def from_row(cls, row: dict) -> "_StoredAnswer":

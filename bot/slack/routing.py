@@ -24,7 +24,7 @@ from flytegpt.bot import messages
 from flytegpt.ingest.sources.slack_export import valid_ts
 
 from . import blocks
-from .addressing import closes_the_thread, not_for_the_bot
+from .addressing import closes_the_thread, for_the_bot
 from .history import question_text
 from .question import Question
 from .ratelimit import RateLimiter
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ANSWERABLE_SUBTYPES = (None, "file_share", "thread_broadcast")
+
+
 class EventRouter:
     def __init__(self, config: "Config", *, bot_user_id: str, allowed: "frozenset[str] | None",
                  deduper: "Deduper", limiter: "RateLimiter", pool: "WorkerPool", side: "WorkerPool",
@@ -229,7 +231,7 @@ class EventRouter:
                 self.side.submit(self.delivery.ephemeral, channel, event["user"],
                                  messages.only_in_channels(sorted(self.allowed or ())), event.get("thread_ts"), True)
             return
-        if not mentioned and not_for_the_bot(event.get("text") or ""):
+        if not for_the_bot(event.get("text") or "", self.bot_user_id):
             return  # people talking to each other in a thread the bot answered in
         if not self._claim(event):
             return

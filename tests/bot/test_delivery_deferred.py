@@ -12,14 +12,13 @@ import logging
 import time
 
 import pytest
-from support.slack_harness import ANSWER, CACHE_Q, STANDALONE, harness_factory
+from support.slack_harness import ANSWER, CACHE_Q, CLIENT_TRIES, STANDALONE, harness_factory
 
 from flytegpt.bot import messages
 from flytegpt.bot.slack import blocks
 
 pytestmark = pytest.mark.timeout(120)
 
-CLIENT_TRIES = 4  # the WebClient's first try and its 3 retries (ingest/slack_client.py)
 MAP_ANSWER = "Map tasks keep one cached result per element; change the task's version to refresh them [1]."
 LONG = "\n\n".join(f"Step {i}: set `cache_version` and keep the signature stable. " + "More detail here. " * 40
                    for i in range(120))  # ~100,000 characters: several messages
@@ -63,17 +62,6 @@ def _asked_and_told(harness, **script):
     return d
 
 
-def _logged_questions(harness) -> list[dict]:
-    """The question log's rows (what the maintainers' report reads), from the database itself."""
-    from flytegpt.bot.slack.feedback import FeedbackStore
-
-    store = FeedbackStore(harness.config.bot.feedback_db)
-    try:
-        return store.questions()
-    finally:
-        store.close()
-
-
 def _posts(harness, predicate=_is_cache_answer) -> list:
     return [c for c in harness.emu.calls_to("chat.postMessage") if predicate(c.args)]
 
@@ -86,14 +74,6 @@ def _button_value(msg: dict) -> str:
 def _settled(harness) -> bool:
     """Nothing waits in the deferred queue (waited for: the post lands before its follow-up ends)."""
     return harness.emu.wait_for(lambda: harness.bot.delivery.deferred.pending == 0, timeout=10)
-
-
-def _deferred(harness, outcome: str) -> float:
-    return harness.bot.metrics.deferred_posts.labels(outcome)._value.get()
-
-
-def _post_failed(harness) -> float:
-    return harness.bot.metrics.failures.labels("post_failed")._value.get()
 
 
 def test_rate_limited_answer_arrives_later_while_the_worker_answers_the_next_question(make_harness):
@@ -117,9 +97,9 @@ def test_rate_limited_answer_arrives_later_while_the_worker_answers_the_next_que
     harness.idle()
     assert [m["text"] for m in harness.answers(thread_ts=first.ts)] == [answer["text"]]
     assert not any(m["text"] == messages.POST_FAILED for m in harness.answers())
-    assert _post_failed(harness) == 0 and _settled(harness)
+    assert harness.post_failed() == 0 and _settled(harness)
     assert harness.bot.metrics.answers.labels("llm")._value.get() == 2
-    assert (_deferred(harness, "kept"), _deferred(harness, "landed"), _deferred(harness, "given_up")) == (1, 1, 0)
+    assert (harness.deferred("kept"), harness.deferred("landed"), harness.deferred("given_up")) == (1, 1, 0)
     assert b"flytegpt_deferred_waiting 0.0" in harness.bot.metrics.render()  # an operator sees the queue
     # stored when it landed: its 👍 counts like any other answer's
     value = _button_value(answer)
@@ -154,7 +134,7 @@ def test_answer_refused_half_way_goes_on_from_the_part_not_posted(make_harness):
     second = _posts(harness, lambda a: str(a.get("text", "")).startswith(texts[1][:200]))
     assert len(second) == CLIENT_TRIES + 2  # refused 5 times, then posted
     assert second[-1].at - second[-2].at >= 0.9
-    assert not any(m["text"] == messages.POST_FAILED for m in answers) and _post_failed(harness) == 0
+    assert not any(m["text"] == messages.POST_FAILED for m in answers) and harness.post_failed() == 0
     value = _button_value(answers[-1])
     assert emu.wait_for(lambda: harness.bot.feedback.get_answer(value))
 
@@ -167,8 +147,8 @@ def test_answer_refused_for_the_whole_window_tells_the_asker(make_harness):
     assert len(tries) >= CLIENT_TRIES + 1  # tried again after the client gave up ...
     [told] = [c for c in emu.calls_to("chat.postMessage") if c.args.get("text") == messages.POST_FAILED]
     assert told.at - tries[CLIENT_TRIES - 1].at >= 1.8  # ... for the window, Retry-After apart, then told
-    assert _post_failed(harness) == 1 and _settled(harness)
-    assert (_deferred(harness, "kept"), _deferred(harness, "given_up")) == (1, 1)
+    assert harness.post_failed() == 1 and _settled(harness)
+    assert (harness.deferred("kept"), harness.deferred("given_up")) == (1, 1)
     time.sleep(1.5)
     assert len(_posts(harness)) == len(tries)  # and then left alone
     assert [m["text"] for m in harness.answers(thread_ts=d.ts)] == [messages.POST_FAILED]
@@ -179,7 +159,7 @@ def test_answer_refused_for_the_whole_window_tells_the_asker(make_harness):
 def test_a_refusal_that_will_not_pass_is_not_deferred(make_harness, error):
     harness = make_harness(bot={"deferred_post_s": 30})
     _asked_and_told(harness, status=200, error=error, retry_after=None, times=1)
-    assert len(_posts(harness)) == 1 and _post_failed(harness) == 1  # not retried, told at once
+    assert len(_posts(harness)) == 1 and harness.post_failed() == 1  # not retried, told at once
     assert _settled(harness)
     time.sleep(1.5)
     assert len(_posts(harness)) == 1
@@ -188,7 +168,7 @@ def test_a_refusal_that_will_not_pass_is_not_deferred(make_harness, error):
 def test_deferral_off_tells_the_asker_at_once(make_harness):
     harness = make_harness(bot={"deferred_post_s": 0})
     _asked_and_told(harness, status=429, retry_after=1, times=1000)
-    assert len(_posts(harness)) == CLIENT_TRIES and _post_failed(harness) == 1
+    assert len(_posts(harness)) == CLIENT_TRIES and harness.post_failed() == 1
     assert _settled(harness)
     time.sleep(2.0)
     assert len(_posts(harness)) == CLIENT_TRIES
@@ -206,7 +186,7 @@ def test_slash_command_answer_is_posted_later_through_its_response_url(make_harn
     harness.idle()
     time.sleep(0.5)
     assert len(emu.response_posts[rid]) == 1  # within Slack's 5 posts: the answer, once
-    assert _post_failed(harness) == 0 and _settled(harness)
+    assert harness.post_failed() == 0 and _settled(harness)
     value = _button_value(post)
     assert emu.wait_for(lambda: harness.bot.feedback.get_answer(value))
 
@@ -230,7 +210,7 @@ def test_shutdown_gives_a_waiting_answer_its_last_try(make_harness):
     assert drain(harness.bot, time.monotonic() + 5)
     assert time.monotonic() - kept < 4.0  # not waiting for its scheduled try (5 s or more away)
     [answer] = harness.answers(thread_ts=d.ts)
-    assert "cache_version" in answer["text"] and _post_failed(harness) == 0
+    assert "cache_version" in answer["text"] and harness.post_failed() == 0
     assert harness.bot.feedback.get_answer(_button_value(answer)) is not None
 
 
@@ -245,7 +225,7 @@ def test_shutdown_logs_the_answers_slack_still_refuses(make_harness, caplog):
     # (the redaction filter, once installed by an earlier test's logging set-up, writes extras as text)
     assert dropped.dropped in (1, "1") and str(dropped.channels) == str(["C0GENERAL"])
     assert len(_posts(harness)) == CLIENT_TRIES + 1  # the last try was made
-    assert _post_failed(harness) == 1 and _settled(harness) and _deferred(harness, "dropped") == 1
+    assert harness.post_failed() == 1 and _settled(harness) and harness.deferred("dropped") == 1
     assert harness.answers(thread_ts=d.ts) == []
 
 
@@ -267,7 +247,7 @@ def test_a_slash_answer_whose_response_url_is_gone_reaches_the_asker_privately(m
     [answer] = emu.wait_for(lambda: _ephemeral_answers(emu), timeout=30)
     assert (answer["channel"], answer["user"]) == ("C0GENERAL", "U0USER")  # for the asker only
     assert not emu.calls_to("chat.postMessage")  # never public
-    assert _post_failed(harness) == 0 and _settled(harness)
+    assert harness.post_failed() == 0 and _settled(harness)
     assert emu.wait_for(lambda: harness.bot.feedback.get_answer(_button_value(answer)))  # its 👍/👎 count
 
 
@@ -280,9 +260,9 @@ def test_a_slash_answer_nobody_takes_is_logged_as_failed(make_harness):
     emu.script_error("chat.postEphemeral", status=200, error="not_in_channel", retry_after=None, times=100)
     d = emu.slash_command("how do I invalidate the cache?")
     emu.wait_ack(d.envelope_id)
-    assert emu.wait_for(lambda: _post_failed(harness) == 1, timeout=30)
+    assert emu.wait_for(lambda: harness.post_failed() == 1, timeout=30)
     harness.idle()
-    [row] = emu.wait_for(lambda: _logged_questions(harness), timeout=10)
+    [row] = emu.wait_for(lambda: harness.logged_questions(), timeout=10)
     assert (row["question"], row["outcome"], row["failure"]) == ("how do I invalidate the cache?", "failed",
                                                                  "post_failed")
     assert not emu.calls_to("chat.postMessage")
@@ -297,7 +277,7 @@ def test_an_answer_slack_refused_is_in_the_question_log(make_harness):
     [notice] = harness.wait_answers(thread_ts=d.ts, timeout=30)
     assert notice["text"] == messages.POST_FAILED
     harness.idle()
-    [row] = _logged_questions(harness)
+    [row] = harness.logged_questions()
     assert (row["question"], row["outcome"], row["failure"]) == (CACHE_Q, "failed", "post_failed")
     assert row["sources"] != "[]"  # the sources the answer would have cited
 

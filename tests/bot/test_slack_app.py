@@ -72,9 +72,7 @@ def test_an_answer_citing_nothing_lists_the_sources_it_was_given_and_is_a_knowle
     sources = context[0]["elements"][0]["text"]
     assert sources.startswith(f"*{messages.CONSULTED_HEADING}*\n[1] "), sources
     harness.idle()
-    from flytegpt.bot.slack.feedback import FeedbackStore
-
-    [row] = FeedbackStore(harness.config.bot.feedback_db).questions()
+    [row] = harness.logged_questions()
     assert (row["outcome"], row["mode"], row["question"]) == ("not_found", "llm", CACHE_Q) and row["sources"]
 
 

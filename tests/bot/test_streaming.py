@@ -121,7 +121,7 @@ def test_assistant_thread_methods(emu):
 import sqlite3  # noqa: E402
 
 from support.openai_server import Slow  # noqa: E402
-from support.slack_harness import ANSWER, CACHE_Q, BotHarness, harness_factory, llm_reply  # noqa: E402
+from support.slack_harness import ANSWER, CACHE_Q, CLIENT_TRIES, BotHarness, harness_factory, llm_reply  # noqa: E402
 
 from flytegpt.bot.slack import blocks  # noqa: E402
 from flytegpt.bot.slack.stream import MAX_MESSAGE_MARKDOWN  # noqa: E402
@@ -471,9 +471,6 @@ def test_a_stream_of_two_messages_that_breaks_becomes_one_answer(bot):
 
 # --- a broken stream whose repair Slack refuses: delivery's deferred queue finishes it -------
 
-CLIENT_TRIES = 4  # the WebClient's first try and its 3 retries (ingest/slack_client.py)
-
-
 def _broken_stream(make_bot, **bot):
     """A bot whose answer streams, then breaks at the second append (Slack ended the stream)."""
     h = make_bot(bot=bot)
@@ -483,27 +480,9 @@ def _broken_stream(make_bot, **bot):
     return h
 
 
-def _deferred(h: BotHarness, outcome: str) -> float:
-    return h.bot.metrics.deferred_posts.labels(outcome)._value.get()
-
-
-def _post_failed(h: BotHarness) -> float:
-    return h.bot.metrics.failures.labels("post_failed")._value.get()
-
-
 def _feedback_value(blocks_: list[dict]) -> str:
     [actions] = [b for b in blocks_ if b["type"] == "actions"]
     return actions["elements"][0]["value"]
-
-
-def _logged_questions(h: BotHarness) -> list[dict]:
-    from flytegpt.bot.slack.feedback import FeedbackStore
-
-    store = FeedbackStore(h.config.bot.feedback_db)
-    try:
-        return store.questions()
-    finally:
-        store.close()
 
 
 def _notices(h: BotHarness) -> list:
@@ -534,8 +513,8 @@ def test_broken_stream_whose_repair_slack_refuses_for_a_while_is_repaired_later(
     assert msg["text"].count("Caching in Flyte") == LONG_ANSWER.count("Caching in Flyte")
     assert kinds(msg)[-2:] == ["context", "actions"] and "*Sources*" in str(msg["blocks"])
     assert emu.calls_to("chat.postMessage") == []  # never a second answer
-    assert (_deferred(h, "kept"), _deferred(h, "landed"), _deferred(h, "given_up")) == (1, 1, 0)
-    assert _post_failed(h) == 0 and streamed_count(h, "replaced") == 1
+    assert (h.deferred("kept"), h.deferred("landed"), h.deferred("given_up")) == (1, 1, 0)
+    assert h.post_failed() == 0 and streamed_count(h, "replaced") == 1
     # counted as answered once repaired: stored, and its 👍 is recorded
     value = _feedback_value(msg["blocks"])
     row = emu.wait_for(lambda: h.bot.feedback.get_answer(value))
@@ -565,9 +544,9 @@ def test_broken_stream_whose_repair_is_refused_for_the_whole_window_tells_the_as
     assert notice.at - updates[CLIENT_TRIES - 1].at >= 1.8  # ... for the window, then told
     h.idle()
     assert emu.wait_for(lambda: h.bot.delivery.deferred.pending == 0)
-    assert _post_failed(h) == 1 and (_deferred(h, "kept"), _deferred(h, "given_up"), _deferred(h, "landed")) == \
+    assert h.post_failed() == 1 and (h.deferred("kept"), h.deferred("given_up"), h.deferred("landed")) == \
         (1, 1, 0)
-    [row] = emu.wait_for(lambda: _logged_questions(h), timeout=10)
+    [row] = emu.wait_for(lambda: h.logged_questions(), timeout=10)
     assert (row["question"], row["outcome"], row["failure"]) == (CACHE_Q, "failed", "post_failed")
     assert h.bot.feedback.get_answer(_feedback_value(updates[0].args["blocks"])) is None  # never shown: not stored
     time.sleep(1.5)
@@ -589,12 +568,12 @@ def test_a_repair_refusal_that_will_not_pass_is_not_deferred(make_bot, error):
     d = emu.mention(CACHE_Q)
     emu.wait_for(lambda: _notices(h), timeout=40)
     h.idle()
-    assert len(emu.calls_to("chat.update")) == 1 and _post_failed(h) == 1  # not retried, told at once
-    assert _deferred(h, "kept") == 0 and h.bot.delivery.deferred.pending == 0
+    assert len(emu.calls_to("chat.update")) == 1 and h.post_failed() == 1  # not retried, told at once
+    assert h.deferred("kept") == 0 and h.bot.delivery.deferred.pending == 0
     time.sleep(1.0)
     assert len(emu.calls_to("chat.update")) == 1 and len(_notices(h)) == 1
     assert len(h.answers(thread_ts=d.ts)) == 2  # the half-shown answer, the notice
-    [row] = emu.wait_for(lambda: _logged_questions(h), timeout=10)
+    [row] = emu.wait_for(lambda: h.logged_questions(), timeout=10)
     assert (row["outcome"], row["failure"]) == ("failed", "post_failed")
 
 
@@ -615,7 +594,7 @@ def test_shutdown_gives_a_waiting_repair_its_last_try(make_bot):
     assert time.monotonic() - kept < 4.0  # not waiting for its scheduled try
     [msg] = h.answers(thread_ts=d.ts)
     assert kinds(msg)[-2:] == ["context", "actions"] and len(emu.calls_to("chat.update")) == CLIENT_TRIES + 1
-    assert _post_failed(h) == 0 and _deferred(h, "landed") == 1
+    assert h.post_failed() == 0 and h.deferred("landed") == 1
     assert h.bot.feedback.get_answer(_feedback_value(msg["blocks"])) is not None
 
 

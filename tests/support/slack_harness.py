@@ -21,6 +21,7 @@ from flytegpt.ingest.config import Config, Settings, load_config, sample_config_
 CACHE_Q = "I changed my task's code but the cached result is still returned. How do I invalidate the cache?"
 ANSWER = "Bump **`cache_version`** in the task decorator to invalidate the cache [1]."
 STANDALONE = "How do I invalidate the cache of a map task?"
+CLIENT_TRIES = 4  # the WebClient's first try and its 3 retries (ingest/slack_client.py)
 
 
 def build_sample_index(store: Path, embedder: Any) -> Config:
@@ -124,6 +125,24 @@ class BotHarness:
 
     def wait_answers(self, n: int = 1, timeout: float = 15.0, **kw: Any) -> list[dict]:
         return self.emu.wait_for(lambda: (a := self.answers(**kw)) and len(a) >= n and a, timeout)
+
+    def deferred(self, outcome: str) -> float:
+        """flytegpt_deferred_posts_total{outcome}: answers Slack refused for a while, and their fate."""
+        return self.bot.metrics.deferred_posts.labels(outcome)._value.get()
+
+    def post_failed(self) -> float:
+        """flytegpt_failures_total{reason="post_failed"}: answers Slack never took."""
+        return self.bot.metrics.failures.labels("post_failed")._value.get()
+
+    def logged_questions(self) -> list[dict]:
+        """The question log's rows (what the maintainers' report reads), from the database itself."""
+        from flytegpt.bot.slack.feedback import FeedbackStore
+
+        store = FeedbackStore(self.config.bot.feedback_db)
+        try:
+            return store.questions()
+        finally:
+            store.close()
 
 
 @contextmanager
