@@ -35,3 +35,27 @@ def closes_the_thread(text: str) -> bool:
     if len(words) > 12 or _QUESTION_WORDS & set(words):
         return False
     return words[0] in _THANKS or set(words) <= _ACK_ONLY
+
+
+# A message that leans on what was said before: it starts by continuing ("and for map tasks?",
+# "what about ...") or points back at it ("how do I do that remotely?", "does it work with spark?").
+_CONTINUES = ("and", "also", "but", "or", "so", "then", "same", "instead", "what about", "how about",
+              "what if", "why not", "and if", "ok so", "okay so")
+_POINTS_BACK = {"it", "its", "it's", "that", "this", "these", "those", "them", "they", "there", "above",
+                "previous", "earlier", "same", "instead", "else", "one", "ones", "example", "more"}
+_FOLLOWUP_MAX_WORDS, _FRAGMENT_WORDS = 12, 3
+
+
+def reads_as_followup(text: str) -> bool:
+    """Whether a message at the top of a DM continues the last exchange rather than asking anew.
+
+    A DM has no thread to tell the two apart, and reading a new question with the last one
+    mixes two subjects into its search; so only a short message that starts by continuing or
+    points back at what was said, or is a fragment of a few words ("why?", "for map tasks?"),
+    is read with the exchange before it."""
+    words = re.findall(r"[\w']+", text.lower())
+    if not words or len(words) > _FOLLOWUP_MAX_WORDS:
+        return False
+    head = " ".join(words[:2])
+    return (len(words) <= _FRAGMENT_WORDS or words[0] in _CONTINUES or head in _CONTINUES
+            or bool(_POINTS_BACK & set(words)))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from flytegpt.bot import messages
 
 from . import blocks
+from .addressing import reads_as_followup
 from .feedback import thread_permalink
 
 if TYPE_CHECKING:
@@ -269,7 +270,13 @@ class AnswerJob:
             self._streams.pop(id(q), None)
 
     def _history(self, q: "Question") -> list:
+        """What the question is read with: its thread so far, or for a follow-up written at the top
+        of a DM ("and for map tasks?"), the exchange before it (a DM's top level is no thread)."""
+        turns = self.config.answer.history_turns
+        if q.surface == "dm" and q.history_root is None and q.ts and turns and reads_as_followup(q.text):
+            return self.history.dm_turns(q.channel, before_ts=q.ts, bot_user_id=self.bot_user_id,
+                                         bot_id=self.bot_id, max_turns=turns)
         if not (q.history_root and q.ts):
             return []
         return self.history.turns(q.channel, q.history_root, before_ts=q.ts, bot_user_id=self.bot_user_id,
-                                  bot_id=self.bot_id, max_turns=self.config.answer.history_turns)
+                                  bot_id=self.bot_id, max_turns=turns)

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _USER_MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
+# A follow-up at the top of a DM is read with the exchange of the past quarter hour (dm_turns);
+# older than that, the asker has moved on. One page of the DM's history covers it.
+DM_CONTEXT_S, _DM_PAGE = 900.0, 20
 
 
 class ThreadHistory:
@@ -93,13 +96,58 @@ class ThreadHistory:
     def turns(self, channel: str, thread_ts: str, *, before_ts: str, bot_user_id: str | None,
               bot_id: str | None, max_turns: int) -> list["Turn"]:
         """The conversation before `before_ts` as Turns (the bot's answers as assistant turns)."""
-        from flytegpt.bot.answering import Turn, keep_turns
+        from flytegpt.bot.answering import keep_turns
+
+        before = ts_key(before_ts) if valid_ts(before_ts) else None
+        msgs = [m for m in self.messages(channel, thread_ts, must_include=before_ts)
+                if before is None or ts_key(m["ts"]) < before]
+        return keep_turns(self._turns(msgs, bot_user_id, bot_id), max_turns)
+
+    def dm_turns(self, channel: str, *, before_ts: str, bot_user_id: str | None, bot_id: str | None,
+                 max_turns: int, window_s: float = DM_CONTEXT_S) -> list["Turn"]:
+        """The exchange a follow-up written at the top of a DM continues: the asker's last question
+        to the bot of the past `window_s` with its thread (a streamed answer and the follow-ups
+        there), and the bot's answers posted after it at the top (answers posted whole).
+
+        A DM's top-level messages are not a thread, so `turns` cannot read them; one history
+        page, newest first, is enough to find the last question. Not read: nothing is lost but
+        the context (a failed read is logged, the question answered alone)."""
+        from slack_sdk.errors import SlackApiError
+
+        from flytegpt.bot.answering import keep_turns
+
+        if not valid_ts(before_ts):
+            return []
+        sec, frac = ts_key(before_ts)
+        self.fetches += 1
+        try:
+            page = self.client.conversations_history(channel=channel, latest=before_ts, limit=_DM_PAGE,
+                                                     oldest=f"{max(0.0, sec - window_s):.0f}.{frac:06d}")
+        except SlackApiError as e:
+            log.warning("conversations.history failed", extra={"channel": channel, "error": e.response.get("error")})
+            return []
+        answers_after: list[dict[str, Any]] = []
+        for m in clean_messages(page):  # newest first
+            if self.is_bot_message(m, bot_user_id, bot_id):
+                answers_after.append(m)
+            elif self._turns([m], bot_user_id, bot_id):
+                asked = m
+                break
+        else:
+            return []
+        thread = (self.turns(channel, asked["ts"], before_ts=before_ts, bot_user_id=bot_user_id, bot_id=bot_id,
+                             max_turns=max_turns)
+                  if asked.get("reply_count") or asked.get("thread_ts") == asked["ts"] else [])
+        if not thread:  # no thread read, or it is gone: the question as the history page has it
+            thread = self._turns([asked], bot_user_id, bot_id)
+        return keep_turns([*thread, *self._turns(answers_after[::-1], bot_user_id, bot_id)], max_turns)
+
+    def _turns(self, msgs: list[dict[str, Any]], bot_user_id: str | None, bot_id: str | None) -> list["Turn"]:
+        """Messages as Turns: the bot's answers, and what people said to the bot."""
+        from flytegpt.bot.answering import Turn
 
         turns: list[Turn] = []
-        before = ts_key(before_ts) if valid_ts(before_ts) else None
-        for m in self.messages(channel, thread_ts, must_include=before_ts):
-            if before is not None and ts_key(m["ts"]) >= before:
-                continue
+        for m in msgs:
             if self.is_bot_message(m, bot_user_id, bot_id):
                 text = answer_text(m)
                 if text:
@@ -112,7 +160,7 @@ class ThreadHistory:
                 text = question_text(m.get("text"), bot_user_id)
                 if text:
                     turns.append(Turn("user", text))
-        return keep_turns(turns, max_turns)
+        return turns
 
 
 def question_text(text: object, bot_user_id: str | None) -> str:

@@ -165,6 +165,24 @@ def test_a_thank_you_in_a_direct_message_is_not_answered(harness):
     harness.wait_answers(2, channel="D0DIRECT01")
 
 
+def test_a_follow_up_at_the_top_of_a_dm_is_understood_with_the_question_before_it(harness):
+    """Audit 21 L6: DM answers posted whole sit at the DM's top level, and so do the asker's next
+    messages; "and for map tasks?" there was answered without the question it continues, while a
+    new question is still answered on its own."""
+    emu = harness.emu
+    emu.add_channel("D0DIRECT01", "dm", is_im=True)
+    emu.message(CACHE_Q, channel="D0DIRECT01", channel_type="im")
+    harness.wait_answers(channel="D0DIRECT01")
+    emu.message("and for map tasks?", channel="D0DIRECT01", channel_type="im")
+    harness.wait_answers(2, channel="D0DIRECT01")
+    [condense] = [r for r in harness.llm.requests if "standalone question" in r.text_of("system")]
+    convo = condense.text_of("user")
+    assert CACHE_Q in convo and "and for map tasks?" in convo and "cache_version" in convo
+    emu.message("what is a launch plan?", channel="D0DIRECT01", channel_type="im")
+    harness.wait_answers(3, channel="D0DIRECT01")
+    assert len([r for r in harness.llm.requests if "standalone question" in r.text_of("system")]) == 1
+
+
 def test_thread_followups_can_be_turned_off(make_harness):
     harness = make_harness(bot={"thread_followups": False})
     emu = harness.emu

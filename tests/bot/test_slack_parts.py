@@ -18,6 +18,7 @@ from flytegpt.bot.logs import RedactingFilter, redact, setup_logging
 from flytegpt.bot.slack.client import SlackTokenError, api_base_url, check_tokens, make_client
 from flytegpt.bot.slack.dedupe import Deduper, SeenCache
 from flytegpt.bot.slack.feedback import FeedbackStore
+from flytegpt.bot.slack.addressing import reads_as_followup
 from flytegpt.bot.slack.history import ThreadHistory, strip_mentions
 from flytegpt.bot.slack.ratelimit import RateLimiter
 from flytegpt.bot.slack.workers import WorkerPool
@@ -234,6 +235,59 @@ def test_thread_history_cache_and_turns():
         assert hist.turns("C0GENERAL", root, before_ts=later, bot_user_id="UBOT", bot_id="BBOT",
                           max_turns=1) == [Turn("user", "and for map tasks?")]
         assert strip_mentions("<@UBOT>  hi <@U2>", "UBOT") == "hi <@U2>"
+
+
+@pytest.mark.parametrize("text", ["and for map tasks?", "what about map tasks", "how do I do that remotely?",
+                                  "does it work with spark?", "why?", "can you show an example", "also on GCP?"])
+def test_a_short_message_that_continues_reads_as_a_follow_up(text):
+    assert reads_as_followup(text)
+
+
+@pytest.mark.parametrize("text", ["how do I cache a task?", "what is a launch plan in flyte",
+                                  "and " + "word " * 12, ""])
+def test_a_new_question_or_a_long_message_does_not_read_as_a_follow_up(text):
+    assert not reads_as_followup(text)
+
+
+def _dm_exchange(emu: SlackEmulator, *, streamed: bool, at: float) -> tuple[str, str]:
+    """A DM question and the bot's answer: in the question's thread (streamed) or at the top."""
+    asked = emu.seed_message("D0DM", "how do I cache?", user="U1", ts=f"{at:.6f}")["ts"]
+    emu.seed_message("D0DM", "Use cache=True [1].", user="UBOT", bot_id="BBOT", ts=f"{at + 5:.6f}",
+                     **({"thread_ts": asked} if streamed else {}))
+    return asked, f"{at + 60:.6f}"
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_a_follow_up_at_the_top_of_a_dm_is_read_with_the_exchange_before_it(streamed):
+    """Audit 21 L6: a DM's top level is no thread, so "and for map tasks?" written there was
+    answered as if nothing had been asked before."""
+    with SlackEmulator() as emu:
+        emu.add_channel("D0DM", "dm", is_im=True)
+        client = WebClient(token="xoxb-test", base_url=emu.api_url)
+        now = time.time() - 120
+        emu.seed_message("D0DM", "what is a launch plan?", user="U1", ts=f"{now - 5:.6f}")  # the one before
+        _, later = _dm_exchange(emu, streamed=streamed, at=now)
+        emu.seed_message("D0DM", "thanks!", user="U1", ts=f"{now + 30:.6f}")  # not a question: passed over
+        hist = ThreadHistory(client)
+        turns = hist.dm_turns("D0DM", before_ts=later, bot_user_id="UBOT", bot_id="BBOT", max_turns=6)
+        assert turns == [Turn("user", "how do I cache?"), Turn("assistant", "Use cache=True [1].")]
+        assert hist.dm_turns("D0DM", before_ts=later, bot_user_id="UBOT", bot_id="BBOT", max_turns=1) == \
+            [Turn("assistant", "Use cache=True [1].")]
+
+
+def test_a_dm_exchange_of_long_ago_or_an_unreadable_history_gives_no_context(caplog):
+    with SlackEmulator() as emu:
+        emu.add_channel("D0DM", "dm", is_im=True)
+        client = WebClient(token="xoxb-test", base_url=emu.api_url)
+        _, later = _dm_exchange(emu, streamed=False, at=time.time() - 3600)
+        hist = ThreadHistory(client)
+        long_after = f"{float(later) + 1800:.6f}"
+        assert hist.dm_turns("D0DM", before_ts=long_after, bot_user_id="UBOT", bot_id="BBOT", max_turns=6) == []
+        assert hist.dm_turns("D0DM", before_ts=later, bot_user_id="UBOT", bot_id="BBOT", max_turns=6)
+        emu.script_error("conversations.history", status=200, error="missing_scope", retry_after=None)
+        with caplog.at_level(logging.WARNING):
+            assert hist.dm_turns("D0DM", before_ts=later, bot_user_id="UBOT", bot_id="BBOT", max_turns=6) == []
+        assert "conversations.history failed" in caplog.text
 
 
 def test_thread_history_stops_when_the_server_repeats_its_cursor(monkeypatch: pytest.MonkeyPatch):

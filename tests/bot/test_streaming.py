@@ -228,6 +228,11 @@ def test_direct_message_streams_as_a_reply_without_recipients(bot):
     assert msg["channel"] == "D0DIRECT01" and msg["text"] == ANSWER
     start = emu.calls_to("chat.startStream")[0].args
     assert "recipient_user_id" not in start and start["thread_ts"] == d.ts
+    # a follow-up written at the DM's top level, not in that thread, still continues it
+    follow = emu.message("and for map tasks?", channel="D0DIRECT01", channel_type="im")
+    finished(bot, follow.ts)
+    condense = [r for r in bot.llm.requests if "standalone question" in str(r.messages[0]["content"])]
+    assert condense and CACHE_Q in condense[-1].text_of("user")
 
 
 def test_assistant_panel(bot):
