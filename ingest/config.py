@@ -234,6 +234,10 @@ class AnswerConfig(_Strict):
     # question's best cosine is >= 0.37 (0.33 with the earlier, smaller docs chunks), and 9 of 12
     # off-topic questions score below 0.25.
     min_similarity: float = Field(default=0.25, ge=-1.0, le=1.0)
+    # Then "I couldn't find this" lists as closest matches only sources at least this similar: 12
+    # off-topic questions' best cosine on the eval corpus is 0.10-0.28 (8 below 0.2); Flyte
+    # questions it has no answer to ("can flyte tasks be written in rust?") score 0.56-0.74.
+    closest_min_similarity: float = Field(default=0.2, ge=-1.0, le=1.0)
     max_question_chars: int = Field(default=4000, ge=1, le=1_000_000)
     history_turns: int = Field(default=6, ge=0, le=100)  # earlier turns a follow-up is read with
     # With a chat model: a thread's first question is searched together with the model's search terms

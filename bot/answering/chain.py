@@ -169,7 +169,7 @@ class Answerer:
         hits = searcher.search(query, self.config.retrieval.k)
         sources = dedupe_hits(hits, self.config.answer.max_sources)
         if not self._relevant(hits):
-            yield self._not_found(question, standalone, sources, version)
+            yield self._not_found(question, standalone, sources, version, hits)
             return
         if not self.llm_enabled:
             text, citations = offline_answer(standalone, sources)
@@ -250,8 +250,18 @@ class Answerer:
         dense = [d for d in (getattr(h, "dense_score", None) for h in hits) if d is not None]
         return not dense or max(dense) >= cfg.min_similarity
 
-    def _not_found(self, question: str, standalone: str, sources: list[Source], version: str | None) -> Answer:
-        closest = sources[:_RELATED]
+    def _not_found(self, question: str, standalone: str, sources: list[Source], version: str | None,
+                   hits: Sequence[Any] = ()) -> Answer:
+        """"I couldn't find this", with the closest sources that are still near the question (a
+        knowledge gap's neighbours help; "Hello, World!" for "who won the world cup" does not)."""
+        floor = self.config.answer.closest_min_similarity
+        best: dict[str, float] = {}
+        for h in hits:
+            if getattr(h, "dense_score", None) is not None:
+                sid = h.chunk.source_id
+                best[sid] = max(best.get(sid, -1.0), h.dense_score)
+        near = [s for s in sources if not best or best.get(s.source_id, -1.0) >= floor]
+        closest = near[:_RELATED]
         lines = [prompts.NOT_FOUND]
         if closest:
             lines += ["", prompts.NOT_FOUND_CLOSEST]

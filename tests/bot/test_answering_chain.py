@@ -106,6 +106,16 @@ def test_low_similarity_means_no_model_call(server):
     assert answerer.answer("ray plugin").mode == "llm"
 
 
+def test_not_found_lists_only_closest_sources_near_the_question(server):
+    """An off-topic question listed the index's least unrelated pages as "closest matches"."""
+    answerer, _ = make(server, with_dense=True, min_score=0.0, min_similarity=0.9, closest_min_similarity=0.3)
+    near = answerer.answer("ray zebra")  # shares one word of two with the Ray sources
+    assert near.mode == "not_found" and near.citations and "closest matches" in near.text
+    far = answerer.answer("ray zebra giraffe elephant")  # one word of four
+    assert far.mode == "not_found" and far.citations == [] and far.text == prompts.NOT_FOUND
+    assert server.requests == []
+
+
 def test_condensed_question_is_used_for_retrieval(server):
     server.script(Reply("How many Ray workers can a Flyte task use?"), Reply("Set replicas [1]."))
     answerer, searcher = make(server)
