@@ -4,9 +4,11 @@
 
 The question files are ../shared/eval/dev.jsonl (the shared dev set), tests/eval/dev_howto.jsonl
 (short how-to questions answered by a whole docs page, pasted errors and settings answered by a
-configuration reference entry or a Slack thread) and tests/eval/check_faq.jsonl (FAQ headings and
-issue titles written blind after the retriever was tuned, and never tuned on: it says whether a
-change tuned on the first two generalises); every figure is printed for each, overall, per kind
+configuration reference entry or a Slack thread), and two check sets written blind after the
+retriever was tuned and never tuned on, which say whether a change tuned on the first two
+generalises: tests/eval/check_faq.jsonl (FAQ headings and issue titles) and tests/eval/check_chat.jsonl
+(questions as people post them in Slack: context first, lowercase and abbreviations, a pasted
+error or snippet, a concept described without its name); every figure is printed for each, overall, per kind
 and (where the file says) per origin.
 
 The seed pipeline is rebuilt as it was: LangChain's SlackDirectoryLoader (one document per
@@ -44,6 +46,7 @@ DEFAULT_QUESTIONS = [
     str(SHARED / "eval" / "dev.jsonl"),
     str(ROOT / "tests" / "eval" / "dev_howto.jsonl"),
     str(ROOT / "tests" / "eval" / "check_faq.jsonl"),
+    str(ROOT / "tests" / "eval" / "check_chat.jsonl"),
 ]
 
 

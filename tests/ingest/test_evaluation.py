@@ -105,7 +105,8 @@ def test_an_unreadable_question_file_is_an_error(tmp_path):
         load_questions(path)
 
 
-@pytest.mark.parametrize("name, at_least", [("dev_howto.jsonl", 40), ("check_faq.jsonl", 30)])
+@pytest.mark.parametrize("name, at_least", [("dev_howto.jsonl", 40), ("check_faq.jsonl", 30),
+                                              ("check_chat.jsonl", 36)])
 def test_the_project_question_files_are_well_formed(name: str, at_least: int):
     """tests/eval/*.jsonl: the format of ../shared/eval/dev.jsonl, ids unique, kinds matching the
     gold ids' sources, and (when the eval corpus is beside the checkout) every gold document
@@ -133,7 +134,13 @@ def test_the_project_question_files_are_well_formed(name: str, at_least: int):
             for name in z.namelist() if name.count("/") == 1 and name.endswith(".json")
             for m in json.loads(z.read(name))
         }
+    from pathlib import Path
+
+    import flytekit
+
+    folders = {"flytekit": Path(flytekit.__file__).parent}  # the code source: the installed package
     for r in rows:
         for gold in r["gold"]:
             source, locator = gold.split(":", 1)
-            assert (locator in threads) if source == "flyte-slack" else (corpus / source / locator).is_file(), gold
+            assert (locator in threads) if source == "flyte-slack" else \
+                (folders.get(source, corpus / source) / locator).is_file(), gold
