@@ -31,9 +31,21 @@ _MD_LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^)\s]+)\)")
 # items, bullets (a link or a bare title) or lines that are only a link. Our list replaces it.
 _EOL = r"[ \t]*(?=\n|\Z)"
 _LIST_ITEM = rf"[ \t]*(?:(?:\[?\^?\d{{1,3}}[\].:)]|[-*+•](?=\s|\Z)).*|\[[^\]\n]+\]\([^)\s]*\){_EOL}|<?https?://\S+>?{_EOL})"
+_HEADING_WORDS = ("sources", "references", "citations")
+_HEAD_START = r"\n[ \t]*(?:#{1,6}[ \t]*)?"
+_SOURCES_HEADING = rf"{_HEAD_START}(?:\*\*|__)?[ \t]*(?:{'|'.join(_HEADING_WORDS)})[ \t]*:?[ \t]*(?:\*\*|__)?:?"
 _TRAILING_SOURCES = re.compile(
-    r"\n[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?:sources|references|citations)[ \t]*:?[ \t]*(?:\*\*|__)?:?"
-    rf"{_EOL}(?=(?:\n[ \t]*)*\n{_LIST_ITEM})(?:\n(?:{_LIST_ITEM}|[ \t]*))*\Z",
+    rf"{_SOURCES_HEADING}{_EOL}(?=(?:\n[ \t]*)*\n{_LIST_ITEM})(?:\n(?:{_LIST_ITEM}|[ \t]*))*\Z",
+    re.I,
+)
+# While streaming: such a list being written (its heading, maybe half its bold, then only list
+# items so far, the last line maybe unfinished), or a last line that may still become its heading
+# ("\n**Sour"). Held back until it is done or turns out to be text, it is never shown and taken back.
+_WORD_BEING_WRITTEN = "|".join("".join(f"{c}(?:" for c in w) + ")?" * len(w) for w in _HEADING_WORDS)
+_SOURCES_BEING_WRITTEN = re.compile(
+    rf"{_HEAD_START}(?:\*\*?|__?)?[ \t]*(?:{'|'.join(_HEADING_WORDS)})[ \t]*:?[ \t]*(?:\*\*?|__?)?:?[ \t]*"
+    rf"(?:\n(?:{_LIST_ITEM}|[ \t]*))*(?:\n[^\n]*)?\Z"
+    rf"|{_HEAD_START}(?:\*\*?|__?)?[ \t]*(?:{_WORD_BEING_WRITTEN})?\Z",
     re.I,
 )
 # Reference-style definitions ("[1]: https://…") and footnotes ("[^1]: …") at the end: left in,
@@ -56,6 +68,14 @@ def split_code(text: str) -> list[tuple[bool, str]]:
         pos = end
     _split_inline(text[pos:], out)
     return out
+
+
+def sources_list_start(text: str) -> int:
+    """Where a source list of the model's own may be being written at the end of a growing
+    answer (len(text): none). A streamed answer holds it back: the final answer drops the list
+    (`_drop_model_endings`), so showing it would mean taking it back."""
+    m = _SOURCES_BEING_WRITTEN.search(text)
+    return m.start() if m else len(text)
 
 
 def _split_inline(text: str, out: list[tuple[bool, str]]) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from .budget import Source
-from .citations import split_code, link_key, process_citations
+from .citations import link_key, process_citations, sources_list_start, split_code
 from .types import Citation
 
 from flytegpt.ingest.models import strip_controls
@@ -77,8 +77,10 @@ def _stable_end(raw: str) -> int:
     A trailing `[` that is not closed yet may become a citation (`[1]`), a citation
     range (`[1-3]`) or a link (`[x](url)`); a closed `[..]` at the very end may still
     turn out to be a link label; an open `<` may become an autolink, and a last word that
-    starts like a URL may become a bare one. They wait for the next piece.
+    starts like a URL may become a bare one; a source list of the model's own waits for the
+    end. They wait for the next piece.
     """
+    raw = raw[: sources_list_start(raw)]
     lt = raw.rfind("<")
     if lt != -1 and _AUTOLINK_START.fullmatch(raw[lt:]):
         raw = raw[:lt]

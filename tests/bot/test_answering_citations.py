@@ -177,6 +177,9 @@ def test_a_model_written_sources_list_of_links_or_titles_is_removed(ending):
     body, tail = _posted(f"Use `cache_version` [1].\n\n{ending}\n", sources(2))
     assert body == "Use `cache_version` [1]."
     assert tail.count("Title 1") == 1 and "Title 2" not in tail
+    for step in (1, 3, 7):  # streamed, it is held back and never shown: nothing to take back
+        assert _streamed(f"Use `cache_version` [1].\n\n{ending}\n", sources(2), step) == \
+            ("Use `cache_version` [1].", False)
 
 
 @pytest.mark.parametrize(
@@ -189,6 +192,8 @@ def test_a_model_written_sources_list_of_links_or_titles_is_removed(ending):
 def test_ordinary_bullet_lists_survive(raw):
     out, _ = process_citations(raw, sources(2))
     assert out == raw
+    for step in (1, 5):  # streamed whole, never taken back
+        assert _streamed(raw, sources(2), step) == (raw, False)
 
 
 @pytest.mark.parametrize(
