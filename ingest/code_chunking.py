@@ -29,6 +29,7 @@ CODE_MAX = 2500  # a single function larger than this is split into parts
 OUTLINE_DOC = 600  # characters of the module docstring in a file's outline chunk
 OUTLINE_METHODS = 12  # method names listed per class in the outline
 OUTLINE_MAX = 2000  # characters of a file's outline chunk
+_SHORT_DOCSTRING = 300  # a module docstring up to this long is said by every chunk's header line
 
 
 @dataclass
@@ -77,6 +78,8 @@ def _python_chunks(doc: Document, tree: ast.Module) -> list[Chunk]:
             spans.extend(rest)
         else:
             spans.append(span)
+    if any(s.name != "module" for s in spans):  # a module that defines something: its import
+        spans = [s for s in spans if not _imports_only(tree, s)]  # lines are no passage to quote
     chunks: list[Chunk] = []
     for group in _merge(spans, lines):
         chunks.extend(_python_group_chunks(doc, lines, group, doc_line))
@@ -134,6 +137,37 @@ def _level_spans(
     if pos <= hi and _has_code(lines, pos, hi):
         out.append((_Span(pos, hi, "module" if cls is None else cls, cls, cls_sig), None))
     return [(_trim(s, lines), n) for s, n in out]
+
+
+def _imports_only(tree: ast.Module, span: _Span) -> bool:
+    """A top-level span of nothing but imports (and a short module docstring, `__all__`, guarded
+    imports): quoted as an answer it says nothing, and its names already match the module's
+    other chunks and outline (audit 22: a tenth of a package's chunks were such headers)."""
+    if span.cls is not None or span.name != "module":
+        return False
+    body = [n for n in tree.body if span.start <= n.lineno <= span.end]
+    return bool(body) and all(_is_import(n) for n in body)
+
+
+def _is_import(node: ast.stmt) -> bool:
+    if isinstance(node, (ast.Import, ast.ImportFrom, ast.Pass)):
+        return True
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+        return len(node.value.value) <= _SHORT_DOCSTRING  # a long module docstring is worth quoting
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return all(isinstance(t, ast.Name) and t.id == "__all__" for t in targets)
+    if isinstance(node, ast.If):  # `if TYPE_CHECKING:` imports
+        return all(_is_import(n) for n in node.body + node.orelse)
+    if isinstance(node, ast.Try):  # `try: import x` / `except ImportError: x = None`
+        handled = [n for h in node.handlers for n in h.body]
+        return all(_is_import(n) or _is_fallback(n) for n in node.body + handled + node.orelse)
+    return False
+
+
+def _is_fallback(node: ast.stmt) -> bool:
+    """`x = None` in an `except ImportError:`: part of an optional import."""
+    return isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value is None
 
 
 def _has_code(lines: list[str], a: int, b: int) -> bool:

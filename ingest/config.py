@@ -74,8 +74,12 @@ class SourceConfig(_Strict):
     repo: str | None = None
     ref: str = "HEAD"
     as_kind: Literal["docs", "code"] | None = None
-    # slack_api: channel names or ids to read (empty: every channel the bot is in)
+    # slack_api: channel names or ids to read (empty: every channel the bot is in);
+    # slack_export: channel names to read (empty: every public channel of the export)
     channels: list[str] = []
+    # slack_export / slack_api: also read private channels (groups.json; those the bot was
+    # invited to). Direct messages are never read: the bot quotes what it indexed to anyone.
+    private_channels: bool = False
     # slack_api: threads started up to this many days before the last ingest are re-checked
     # for new replies (Slack's history lists thread parents, not replies, by time)
     reply_lookback_days: float = Field(default=30.0, ge=0, le=3650)

@@ -121,17 +121,27 @@ def _channels(client: "WebClient", source: SourceConfig, d: Directory, report: L
         d.channel_names[c["id"]] = c.get("name", c["id"])
         d.channel_ids[c.get("name", c["id"])] = c["id"]
     if not source.channels:
-        return [(c["id"], c.get("name", c["id"])) for c in channels if c.get("is_member")]
-    chosen = []
+        chosen = [c for c in channels if c.get("is_member") and _may_read(c, source, report, c.get("name", c["id"]))]
+        return [(c["id"], c.get("name", c["id"])) for c in chosen]
+    picked = []
     for wanted in source.channels:
         match = next((c for c in channels if wanted in (c["id"], c.get("name"), "#" + c.get("name", ""))), None)
         if match is None:
             report.skip(wanted, "channel not found (archived, or private without the bot)")
         elif not match.get("is_member"):
             report.skip(wanted, "the bot is not a member of this channel (invite it)")
-        else:
-            chosen.append((match["id"], match.get("name", match["id"])))
-    return chosen
+        elif _may_read(match, source, report, wanted):
+            picked.append((match["id"], match.get("name", match["id"])))
+    return picked
+
+
+def _may_read(channel: dict, source: SourceConfig, report: LoadReport, shown: str) -> bool:
+    """A private channel the bot was invited to is indexed only when the config says so: the bot
+    quotes what it indexed to anyone, in public channels too (as the export source)."""
+    if channel.get("is_private") and not source.private_channels:
+        report.skip(shown, "a private channel: indexed only with private_channels = true")
+        return False
+    return True
 
 
 def _activity(msg: dict) -> float:

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from flytegpt.ingest.config import ConfigError, SourceConfig
 from flytegpt.ingest.models import Document, LoadReport, valid_document
-from flytegpt.ingest.sources._files import inside, is_utf8_name, printable_name
+from flytegpt.ingest.sources._files import glob_match, inside, is_utf8_name, printable_name
 
 _DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.json$")
 # Subtypes that carry what a person wrote; everything else (joins, leaves, topic changes,
@@ -190,6 +190,53 @@ def _load_json(tree: _Tree, rel: str, report: LoadReport) -> Any:
         return None
 
 
+@dataclass
+class _Kinds:
+    """Which channel folders of the export are private channels and which are direct messages,
+    as groups.json, dms.json and mpims.json say (Business+ and Enterprise exports have them)."""
+
+    private: set[str] = field(default_factory=set)
+    direct: set[str] = field(default_factory=set)
+
+
+# A folder named like a DM (its id) or a group DM ("mpdm-a--b-1"), whether or not dms.json lists it.
+_DM_FOLDER = re.compile(r"D[A-Z0-9]{6,}|mpdm-.*")
+
+
+def _channel_kinds(tree: _Tree, files: list[str], report: LoadReport) -> _Kinds:
+    kinds = _Kinds()
+    for meta_file, key, into in (("groups.json", "name", kinds.private), ("dms.json", "id", kinds.direct),
+                                 ("mpims.json", "name", kinds.direct)):
+        entries = _load_json(tree, meta_file, report) if meta_file in files else None
+        for e in entries if isinstance(entries, list) else ():
+            if isinstance(e, dict) and _nonempty_str(e.get(key)):
+                into.add(e[key])
+    return kinds
+
+
+def _readable_channels(source: SourceConfig, report: LoadReport, d: Directory, kinds: _Kinds,
+                       folders: list[str]) -> set[str]:
+    """The channel folders this source may index: never a direct message, a private channel only
+    with `private_channels = true`, and of those only the `channels` named, when any are.
+
+    The bot quotes what it indexed to anyone who asks in a public channel; an export made by a
+    workspace owner holds every private channel and DM, and none of that is the community's."""
+    wanted = {c.strip().lstrip("#") for c in source.channels}
+    readable = set()
+    for folder in folders:
+        if folder in kinds.direct or _DM_FOLDER.fullmatch(folder):
+            report.skip(f"{folder}/", "a direct message: never indexed")
+        elif folder in kinds.private and not source.private_channels:
+            report.skip(f"{folder}/", "a private channel (groups.json): indexed only with private_channels = true")
+        elif wanted and folder not in wanted and d.channel_ids.get(folder) not in wanted:
+            report.left_out += 1
+        else:
+            readable.add(folder)
+    for name in sorted(wanted - set(folders) - {d.channel_ids.get(f) for f in folders}):
+        report.skip(name, "in `channels` but not a channel folder of the export")
+    return readable
+
+
 def _directory(tree: _Tree, files: list[str], report: LoadReport) -> tuple[Directory, bool]:
     """The export's users and channels, and whether any channel list was usable.
 
@@ -337,7 +384,8 @@ def _title(first_text: str, channel: str, date: str) -> str:
 
 
 def load_slack_export(source: SourceConfig, report: LoadReport, *, store: str | None = None) -> Iterator[Document]:
-    """Documents for every thread of every channel in the export, in channel and time order."""
+    """Documents for every thread of every channel the source may read (`_readable_channels`),
+    in channel and time order; `include`/`exclude` globs match `<channel>/<date>.json`."""
     try:
         tree = _Tree(source.root())
     except ExportError as e:
@@ -347,13 +395,19 @@ def load_slack_export(source: SourceConfig, report: LoadReport, *, store: str | 
     try:
         files = tree.files()
         d, listed = _directory(tree, files, report)
+        folders = sorted({rel.split("/")[0] for rel in files if rel.count("/") == 1})
+        readable = _readable_channels(source, report, d, _channel_kinds(tree, files, report), folders)
         by_channel: dict[str, list[str]] = {}
         for rel in files:
             parts = rel.split("/")
-            if len(parts) != 2 or not parts[1].endswith(".json"):
+            if len(parts) != 2 or not parts[1].endswith(".json") or parts[0] not in readable:
                 continue
             if not _DAY_FILE.match(parts[1]):
                 report.skip(rel, "not a day file (<channel>/<YYYY-MM-DD>.json)")
+                continue
+            if (source.include and not glob_match(rel, source.include)) or \
+                    (source.exclude and glob_match(rel, source.exclude)):
+                report.left_out += 1
                 continue
             by_channel.setdefault(parts[0], []).append(rel)
         if listed:  # else channels.json's own note says it for every channel

@@ -214,3 +214,53 @@ def test_ids_in_permalinks_are_escaped():
 
     assert permalink("https://acme.slack.com", "../../x", "1.2") == "https://acme.slack.com/archives/..%2F..%2Fx/p12"
     assert permalink(None, "C1", "1.2", team="../T?x") == "https://app.slack.com/client/..%2FT%3Fx/C1/thread/C1-1.2"
+
+
+def _with_private_parts(tmp_path: Path) -> Path:
+    """The fixture export as a Business+ export has it: a private channel, a DM and a group DM."""
+    import json
+
+    root = tmp_path / "export"
+    shutil.copytree(FIXTURE, root)
+    day = [{"type": "message", "user": "U1", "text": "our prod signing secret leaked, rotate it", "ts": T1}]
+    for folder in ("security-incidents", "D0PRIVATE1", "mpdm-alice--bob-1"):
+        (root / folder).mkdir()
+        (root / folder / "2023-01-01.json").write_text(json.dumps(day))
+    (root / "groups.json").write_text(json.dumps([{"id": "G0SEC", "name": "security-incidents"}]))
+    (root / "dms.json").write_text(json.dumps([{"id": "D0PRIVATE1", "members": ["U1", "U2"]}]))
+    (root / "mpims.json").write_text(json.dumps([{"id": "G0MP", "name": "mpdm-alice--bob-1"}]))
+    return root
+
+
+def _channels_of(root: Path, **settings) -> tuple[set[str], LoadReport]:
+    source = SourceConfig(name="s", kind="slack_export", path=root, **settings)
+    report = LoadReport()
+    return {d.meta["channel"] for d in load_source(source, report)}, report
+
+
+def test_private_channels_and_direct_messages_are_not_indexed(tmp_path):
+    """Audit 22 H2: an owner's export holds private channels and DMs, and they were indexed and
+    quoted to anyone; `channels`, `include` and `exclude` were accepted and did nothing."""
+    root = _with_private_parts(tmp_path)
+    channels, report = _channels_of(root)
+    assert channels == {"general", "help"}
+    skipped = dict(report.skipped)
+    assert skipped["D0PRIVATE1/"] == skipped["mpdm-alice--bob-1/"] == "a direct message: never indexed"
+    assert "private_channels = true" in skipped["security-incidents/"]
+
+    channels, _ = _channels_of(root, private_channels=True)
+    assert channels == {"general", "help", "security-incidents"}  # DMs still never
+
+    channels, report = _channels_of(root, channels=["help", "#nope"])
+    assert channels == {"help"} and "not a channel folder" in dict(report.skipped)["nope"]
+    assert _channels_of(root, channels=["C100"])[0] == {"general"}  # by id too
+    assert _channels_of(root, exclude=["help"])[0] == {"general"}
+    channels, report = _channels_of(root, include=["general/2023-01-0[12].json"])
+    assert channels == {"general"} and report.left_out >= 3
+
+
+def test_a_dm_folder_without_dms_json_is_still_never_indexed(tmp_path):
+    root = _with_private_parts(tmp_path)
+    (root / "dms.json").unlink()
+    (root / "mpims.json").unlink()
+    assert _channels_of(root)[0] == {"general", "help"}

@@ -110,6 +110,19 @@ def test_unknown_or_unjoined_channels_are_reported(emu: SlackEmulator, tmp_path:
     assert [name for name, _ in report.skipped] == ["random", "no-such-channel"]
 
 
+def test_a_private_channel_the_bot_is_in_is_read_only_when_the_config_says_so(emu: SlackEmulator,
+                                                                             tmp_path: Path) -> None:
+    """Audit 22 H2: invited to a private channel, the bot indexed it and quoted it in public."""
+    emu.add_channel("G0SEC", "security-incidents", is_private=True)
+    emu.seed_message("G0SEC", "our prod signing secret leaked", user="U1", ts=ts(30))
+    for channels in (None, ["security-incidents"]):
+        docs, report = read(source(tmp_path, channels), None)
+        assert "security-incidents" not in {d.meta["channel"] for d in docs}
+        assert dict(report.skipped)["security-incidents"].endswith("private_channels = true")
+    src = source(tmp_path).model_copy(update={"private_channels": True})
+    assert "security-incidents" in {d.meta["channel"] for d in read(src, None)[0]}
+
+
 def test_rate_limits_are_waited_out(emu: SlackEmulator, tmp_path: Path) -> None:
     emu.script_error("conversations.history", status=429, error="ratelimited", retry_after=1, times=1)
     emu.script_error("conversations.replies", status=429, error="ratelimited", retry_after=1, times=1)
