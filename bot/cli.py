@@ -223,7 +223,9 @@ def tune(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> No
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000), help="How many chunks to show.")
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "keyword"]), default="hybrid", show_default=True,
               help=MODE_HELP)
-def search(question: str, config_path: Path, store: str | None, k: int, mode: str) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object a line per chunk (rank, score, source_id, title, url, text), for scripts.")
+def search(question: str, config_path: Path, store: str | None, k: int, mode: str, as_json: bool) -> None:
     """Show the ranked chunks for a question: rank, score, source id, title, URL."""
     from rich.console import Console
     from rich.markup import escape
@@ -238,6 +240,12 @@ def search(question: str, config_path: Path, store: str | None, k: int, mode: st
         raise click.ClickException(EMPTY_QUESTION)
     searcher = open_searcher(load(config_path, store))
     fn = {"hybrid": searcher.search, "dense": searcher.dense_search, "keyword": searcher.keyword_search}[mode]
+    if as_json:  # whole URLs and texts, which a terminal table folds
+        for hit in fn(question, k):
+            c = hit.chunk
+            click.echo(json.dumps({"rank": hit.rank, "score": round(hit.score, 6), "source_id": c.source_id,
+                                   "title": c.title, "url": c.url, "text": c.text}, ensure_ascii=False))
+        return
     table = Table(title=f"{mode} search, index {searcher.version}")
     for col in ("rank", "score", "source id", "title", "url"):
         table.add_column(col, overflow="fold")

@@ -122,6 +122,18 @@ def test_search_shows_ranked_chunks_with_source_ids_and_urls(corpus: Path, store
         assert column in result.output
 
 
+def test_search_json_gives_whole_urls_a_line_per_chunk(corpus: Path, store: str):
+    """Audit 22 L7: the table folds long URLs, so a citation's URL could not be checked there."""
+    ingest_json(corpus, store)
+    result = run("search", "how do I invalidate the cache", "--config", str(corpus / "flytegpt.toml"),
+                 "--store", store, "--k", "3", "--json")
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.output.splitlines()]
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    caching = next(h for h in hits if h["source_id"] == "sample-docs:caching.md")
+    assert caching["url"].endswith("caching.md") and "cache_version" in caching["text"]
+
+
 def test_eval_json_last_line(corpus: Path, store: str):
     ingest_json(corpus, store)
     result = run("eval", str(corpus / "QUESTIONS.jsonl"), "--config", str(corpus / "flytegpt.toml"),
