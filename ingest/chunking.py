@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from flytegpt.ingest.doc_sections import detect_format, parse_sections
+from flytegpt.ingest.doc_sections import detect_format, front_matter, parse_sections, strip_front_matter
 from flytegpt.ingest.models import Chunk, Document
 
 # Sections of a page are merged up to ~1,500 characters (chosen on the dev sets:
@@ -102,6 +102,8 @@ def _doc_pieces(doc: Document, sections, fmt: str) -> list[_Piece]:
             limit = DOC_MAX if block.is_code else DOC_TARGET
             if len(block.text) <= limit:
                 parts = [block.text]
+            elif block.is_code:
+                parts = _split_code_block(block.text, DOC_TARGET)
             else:
                 splitter = splitter or _text_splitter(fmt, DOC_TARGET)
                 parts = splitter.split_text(block.text)
@@ -109,6 +111,75 @@ def _doc_pieces(doc: Document, sections, fmt: str) -> list[_Piece]:
                 pieces.append(_Piece(part, section.path, block.is_code, first))
                 first = False
     return pieces
+
+
+_CODE_FENCE = re.compile(r"^\s{0,3}(`{3,}|~{3,}|:{3,})")
+
+
+def _split_code_block(text: str, size: int) -> list[str]:
+    """A code block too long for one chunk, cut between lines into pieces of about `size`
+    characters, each a block of its own: a fenced block's pieces are each opened with its opening
+    line (language and all) and closed, so a quoted piece never leaves a fence open; a directive's
+    pieces (`.. code-block:: python`) each start with the directive line.
+
+    Cut at a blank line where there is one in the second half of a piece.
+    """
+    lines = text.split("\n")
+    opener = lines[0]
+    fence = _CODE_FENCE.match(opener)
+    closer = None
+    if fence:
+        closer = lines[-1] if len(lines) > 1 and lines[-1].strip().startswith(fence.group(1)) else fence.group(1)
+        body = lines[1:-1] if len(lines) > 1 and lines[-1] == closer else lines[1:]
+    elif re.match(r"^\s*\.\.\s+[\w:-]+::", opener):
+        body = lines[1:]
+    else:  # a literal block after "::": no line to repeat
+        opener, body = None, lines
+    frame = (len(opener) + 1 if opener is not None else 0) + (len(closer) + 1 if closer is not None else 0)
+    budget = max(size - frame, 200)
+    pieces: list[list[str]] = []
+    cur: list[str] = []
+    used = 0
+    for line in _cut_long_lines(body, budget):
+        if cur and used + len(line) + 1 > budget:
+            blank = max((k for k, ln in enumerate(cur) if not ln.strip() and k >= len(cur) // 2), default=None)
+            if blank is not None and blank > 0:
+                pieces.append(cur[:blank])
+                cur = cur[blank + 1 :]
+            else:
+                pieces.append(cur)
+                cur = []
+            used = sum(len(ln) + 1 for ln in cur)
+        cur.append(line)
+        used += len(line) + 1
+    if cur:
+        pieces.append(cur)
+    out: list[str] = []
+    for piece in pieces:
+        if out:  # a later piece starts at its first line of code
+            while piece and not piece[0].strip():
+                piece = piece[1:]
+        while piece and not piece[-1].strip():
+            piece = piece[:-1]
+        if not piece:
+            continue
+        if opener is None:
+            framed = piece
+        elif closer is not None:
+            framed = [opener, *piece, closer]
+        else:  # a directive: a later piece's code starts after a blank line, as the directive's did
+            framed = [opener, *piece] if not out else [opener, "", *piece]
+        out.append("\n".join(framed))
+    return out or [text]
+
+
+def _cut_long_lines(lines: list[str], width: int) -> Iterable[str]:
+    """Lines, one longer than `width` cut into pieces of `width` (a minified line)."""
+    for line in lines:
+        while len(line) > width:
+            yield line[:width]
+            line = line[width:]
+        yield line
 
 
 def _pack(pieces: list[_Piece]) -> list[list[_Piece]]:
@@ -154,8 +225,12 @@ def _doc_chunks(doc: Document) -> list[Chunk]:
         text = "\n\n".join(p.text for p in group).strip()
         if text:
             chunks.append(_docs_chunk(doc, _doc_title(doc, group[0].path), text))
-    if not chunks and doc.text.strip():  # a page that is all directives: keep its words anyway
-        chunks.append(_docs_chunk(doc, doc.title, doc.text.strip()[:DOC_MAX]))
+    if not chunks:  # a page that is all directives: keep its words anyway (not its front matter)
+        body = doc.text.strip() if fmt == "rst" else strip_front_matter(doc.text).strip()
+        if not body and fmt != "rst":  # only front matter: its description is what the page says
+            body = front_matter(doc.text).get("description", "")
+        if body:
+            chunks.append(_docs_chunk(doc, doc.title, body[:DOC_MAX]))
     evidence = [_outline_chunk(doc, sections), title if chunks else None]  # no title for an empty page
     return chunks + [c for c in evidence if c is not None]
 

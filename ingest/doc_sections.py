@@ -66,11 +66,65 @@ def detect_format(name: str) -> str:
 
 
 def page_title(text: str, fmt: str) -> str | None:
-    """The page's first heading, or None.
+    """The page's title: its H1 when the page opens with one, else the front matter's `title`
+    (or `sidebar_label`), else its first heading at any level; None without any of them.
 
-    Read up to that heading only: the loader asks for every page's title on every ingest,
+    Docusaurus, MkDocs, Hugo and Jekyll take a page's title from its front matter and show it
+    above a page that has no H1 of its own: a page that opens with `#### Prerequisites` is the
+    "Quickstart guide", not "Prerequisites". A page whose first heading is an H1 shows that H1
+    (Docusaurus adds the front matter title only "if it does not contain any Markdown title").
+    MyST front matter (jupytext, kernelspec) has no title: those pages keep their first heading.
+
+    Read up to the first heading only: the loader asks for every page's title on every ingest,
     unchanged pages included, and parsing whole pages for it was a fifth of a re-ingest."""
-    return next((s.path[0] for s in _scan(text, fmt) if s.path), None)
+    first = next((s for s in _scan(text, fmt) if s.path), None)
+    if fmt != "rst" and not (first is not None and (first.heading or "").startswith("# ")):
+        meta = front_matter(text)
+        for key in ("title", "sidebar_label"):
+            title = _clean_title(meta.get(key, ""))
+            if title:
+                return title
+    return first.path[0] if first is not None else None
+
+
+def front_matter(text: str) -> dict[str, str]:
+    """The top-level scalar keys of a Markdown page's YAML front matter (`title`, `description`).
+
+    Nested keys (MyST's `kernelspec:` block) and lists are not read; quoted values are unquoted
+    and folded (`>`) or literal (`|`) block values are joined into one line. {} without any.
+    """
+    if not text.startswith("---"):
+        return {}
+    lines = _lines(text)
+    end = _front_matter_end(lines)
+    meta: dict[str, str] = {}
+    i = 1
+    while i < end - 1:
+        m = _FM_KEY.match(lines[i])
+        i += 1
+        if not m:
+            continue
+        key, value = m.group(1), (m.group(2) or "").strip()
+        if value[:1] in ("|", ">"):  # a block scalar: the indented lines that follow
+            parts = []
+            while i < end - 1 and (not lines[i].strip() or lines[i][:1].isspace()):
+                parts.append(lines[i].strip())
+                i += 1
+            value = " ".join(p for p in parts if p)
+        elif len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1].replace("''", "'") if value[0] == "'" else value[1:-1].replace('\\"', '"')
+        else:
+            value = re.sub(r"(^|\s+)#.*$", "", value)  # a YAML comment
+        meta.setdefault(key, value)
+    return meta
+
+
+def strip_front_matter(text: str) -> str:
+    """The page without its YAML front matter."""
+    if not text.startswith("---"):
+        return text
+    lines = _lines(text)
+    return "\n".join(lines[_front_matter_end(lines):])
 
 
 def parse_sections(text: str, fmt: str) -> list[Section]:
@@ -85,13 +139,17 @@ def parse_sections(text: str, fmt: str) -> list[Section]:
 def _scan(text: str, fmt: str) -> Iterator[Section]:
     """Each section as soon as its heading is read (the part before the first heading has path
     ()); a section's `lines` are complete once the next one is yielded."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = _lines(text)
     return _rst_scan(lines) if fmt == "rst" else _md_scan(lines)
+
+
+def _lines(text: str) -> list[str]:
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def _clean_title(title: str) -> str:
     title = re.sub(r"\s*\{#[^}]*\}\s*$", "", title)  # MyST/pandoc anchors
-    title = clean_roles(title)
+    title = clean_roles(strip_tags(title))
     return re.sub(r"\s+", " ", title.replace("`", "").replace("**", "")).strip()
 
 
@@ -110,6 +168,8 @@ _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _MYST_TARGET = re.compile(r"^\s*\(\s*[^()\s]+\s*\)=\s*$")
 _OPTION = re.compile(r"^\s*:([\w-]+):(\s.*)?$")
 _DIRECTIVE_INFO = re.compile(r"^\{([\w:-]+)\}")
+_DOCUSAURUS_ADMONITION = re.compile(r"^([A-Za-z]+)(?:\[(.*)\]|\s+(.*))?$")
+_FM_KEY = re.compile(r"^([A-Za-z_][\w-]*):(?:\s+(.*))?$")
 
 
 def _front_matter_end(lines: list[str]) -> int:
@@ -169,12 +229,193 @@ def _fence_end(lines: list[str], i: int, opener: str) -> int:
     return len(lines) - 1
 
 
-def _flush(para: list[str], blocks: list[Block]) -> None:
-    """Close the paragraph being collected (if it holds any text) as a prose block."""
+def _flush(para: list[str], blocks: list[Block], *, markdown: bool = False) -> None:
+    """Close the paragraph being collected (if it holds any text) as a prose block.
+
+    `markdown`: its HTML/JSX tags and comments go too (their text stays)."""
     text = "\n".join(para).strip("\n")
+    if markdown and text.strip():
+        text = strip_tags(text)
     if text.strip():
         blocks.append(Block(clean_roles(text)))
     para.clear()
+
+
+# --- MDX and HTML in Markdown ---------------------------------------------------------------
+# Docusaurus pages are MDX, also when they are named .md: ES imports and exports, JSX
+# components (<Tabs>, <TabItem label="...">), {/* comments */} and HTML (<details>, <div
+# className=...>) sit between the paragraphs. None of it is words a reader sees (Slack shows
+# it as "&lt;Tabs ...&gt;"); the text inside the components is. Code is never touched: fenced
+# blocks are not paragraphs, and inline code spans are skipped.
+
+_MDX_IMPORT = re.compile(r"""^import\s+(?:[\w$*{}\s,]+?\s+from\s+)?(['"])[^'"\n]+\1\s*;?\s*$""")
+_MDX_IMPORT_OPEN = re.compile(r"^import\s+(?:[\w$]+\s*,\s*)?\{[^}]*$")  # import {\n  A,\n} from "x"
+_MDX_IMPORT_CLOSE = re.compile(r"""\}\s*from\s+(['"])[^'"]+\1\s*;?\s*$""")
+_MDX_EXPORT = re.compile(r"^export\s+(?:default\b|const\b|let\b|var\b|function\b|async\b|class\b|\{|\*)")
+_COMMENT_OPEN = re.compile(r"\{/\*|<!--")  # MDX's and HTML's comments
+_COMMENT_CLOSE = {"{/*": "*/}", "<!--": "-->"}
+_CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
+# HTML elements written in Markdown pages. A lowercase name that is none of them is a
+# placeholder (`--project <project>`, `<your-app-id>`) unless it has attributes.
+HTML_TAGS = frozenset(
+    "a abbr b big blockquote br center cite code dd del details div dl dt em figcaption figure font "
+    "footer h1 h2 h3 h4 h5 h6 header hr html i iframe img ins kbd li mark nav ol p picture pre q s "
+    "samp small span strong sub summary sup svg table tbody td tfoot th thead tr tt u ul video".split()
+)
+_TAG_START = re.compile(r"(?<!\\)<(/?)([A-Za-z][\w.-]*)(?=[\s/>])")
+_TAG_MAX = 10_000  # characters of one tag with its attributes (a JSX component's props)
+_ATTRIBUTE = re.compile(r"""[\w-]+\s*=""")
+_LABEL = re.compile(r"""(?<![\w-])label\s*=\s*(?:"([^"]*)"|'([^']*)'|\{\s*["'`]([^"'`]*)["'`]\s*\})""")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s")
+_MARK = "\x01"  # where a tag was: spaces around it are settled once all tags are gone
+
+
+def strip_tags(text: str) -> str:
+    """Markdown prose without its HTML/JSX tags and MDX/HTML comments, their text kept.
+
+    A tab's label stays as a line of its own ("Slack CLI:"). Inline code is left as it is.
+    """
+    if "<" not in text and "{/*" not in text:
+        return text
+    out: list[str] = []
+    last = 0
+    for m in _CODE_SPAN.finditer(text):
+        out.append(_strip_tags_outside_code(text[last : m.start()]))
+        out.append(m.group(0))
+        last = m.end()
+    out.append(_strip_tags_outside_code(text[last:]))
+    joined = "".join(out)
+    if _MARK not in joined:
+        return joined
+    joined = re.sub(rf"[ \t]*(?:{_MARK}[ \t]*)+", _join_around_tag, joined)
+    lines = [ln for ln in joined.replace(_MARK, "").split("\n") if ln.strip()]
+    if not any(_LIST_ITEM.match(ln) for ln in lines):  # the indentation was the markup's nesting
+        lines = [ln.strip() for ln in lines]
+    return "\n".join(lines)
+
+
+def _strip_comments(text: str) -> str:
+    """Text without its {/* MDX */} and <!-- HTML --> comments (one left open stays)."""
+    out: list[str] = []
+    last = 0
+    while (m := _COMMENT_OPEN.search(text, last)) is not None:
+        close = text.find(_COMMENT_CLOSE[m.group(0)], m.end())
+        if close < 0:
+            break
+        out.append(text[last : m.start()])
+        out.append(_MARK)
+        last = close + len(_COMMENT_CLOSE[m.group(0)])
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _strip_tags_outside_code(text: str) -> str:
+    text = _strip_comments(text)
+    out: list[str] = []
+    last = 0
+    budget = 4 * len(text) + _TAG_MAX  # characters scanned for tag ends: linear, whatever the text
+    for m in _TAG_START.finditer(text):
+        if m.start() < last:  # inside a tag just removed (a prop holding "<b>")
+            continue
+        if budget <= 0:
+            break
+        stop = min(len(text), m.end() + _TAG_MAX, m.end() + budget)
+        end = _tag_end(text, m.end(), stop)
+        budget -= (end or stop) - m.end()
+        if end is None:
+            continue
+        replacement = _tag_replacement(text, m.start(), m.group(1), m.group(2), text[m.end() : end - 1])
+        if replacement is not None:
+            out.append(text[last : m.start()])
+            out.append(replacement)
+            last = end
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _tag_end(text: str, i: int, stop: int) -> int | None:
+    """The index after the `>` closing a tag whose attributes start at `i` (before `stop`), or
+    None when what follows is no tag's attributes. Quoted values and JSX {expressions}, nested
+    to any depth (`steps={[{title: 'a > b'}]}`), are skipped whole."""
+    depth = 0
+    quote = None
+    for k in range(i, stop):
+        ch = text[k]
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "\"'" or (ch == "`" and depth):
+            quote = ch
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif depth == 0 and ch == ">":
+            return k + 1
+        elif depth == 0 and ch == "<":
+            return None
+    return None
+
+
+def _tag_replacement(text: str, start: int, closing: str, name: str, attrs: str) -> str | None:
+    """What a tag becomes (a mark where it was, a tab's label), None for what is no markup."""
+    html = name in HTML_TAGS
+    if not closing and not html and start and (text[start - 1].isalnum() or text[start - 1] == "_"):
+        return None  # a generic type in prose: List<String>, Promise<Response>
+    markup = (
+        bool(closing)
+        or html
+        or bool(re.match(r"[A-Z][a-z]", name))  # a JSX component: <Tabs>, <TabItem>, <QuickstartGuide />
+        or bool(_ATTRIBUTE.search(attrs))
+    )
+    if not markup:
+        return None
+    label = _LABEL.search(attrs) if name == "TabItem" and not closing else None
+    if label:
+        value = next(g for g in label.groups() if g is not None).strip()
+        if value:
+            return f"{_MARK}\n{value}:\n{_MARK}"
+    return _MARK
+
+
+def _join_around_tag(m: re.Match) -> str:
+    """A space where tags stood between two words ("foo<br>bar"), nothing next to punctuation,
+    a line's start or end."""
+    before = m.string[m.start() - 1] if m.start() else "\n"
+    after = m.string[m.end()] if m.end() < len(m.string) else "\n"
+    space = not before.isspace() and not after.isspace() and before not in "([{" and after not in ".,;:!?)]}"
+    return " " if space else ""
+
+
+def _mdx_statement(lines: list[str], i: int) -> tuple[int, str]:
+    """(how many lines from `i` are an MDX import/export statement or a comment opened on its
+    own line that runs over several lines ({/* ... */}, <!-- ... -->), the text after the
+    comment on its closing line); (0, "") when none starts at `i`."""
+    line = lines[i]
+    if _MDX_IMPORT.match(line):
+        return 1, ""
+    if _MDX_IMPORT_OPEN.match(line):
+        for j in range(i + 1, min(len(lines), i + 60)):
+            if _MDX_IMPORT_CLOSE.search(lines[j]):
+                return j - i + 1, ""
+        return 0, ""
+    if _MDX_EXPORT.match(line):
+        depth = 0
+        for j in range(i, len(lines)):
+            depth += sum(lines[j].count(c) for c in "{[(") - sum(lines[j].count(c) for c in "}])")
+            if depth <= 0:
+                return j - i + 1, ""
+        return len(lines) - i, ""
+    stripped = line.lstrip()
+    for opener, closer in (("{/*", "*/}"), ("<!--", "-->")):
+        if stripped.startswith(opener) and closer not in stripped:
+            for j in range(i + 1, len(lines)):
+                if closer in lines[j]:
+                    return j - i + 1, lines[j].split(closer, 1)[1]
+            return len(lines) - i, ""
+    return 0, ""
 
 
 def _md_blocks(lines: list[str]) -> list[Block]:
@@ -188,7 +429,7 @@ def _md_blocks(lines: list[str]) -> list[Block]:
         fence = _FENCE.match(line)
         if fence:
             end = _fence_end(lines, i, fence.group(2))
-            _flush(para, blocks)
+            _flush(para, blocks, markdown=True)
             info = fence.group(3).strip()
             directive = _DIRECTIVE_INFO.match(info)
             name = directive.group(1) if directive else None
@@ -206,23 +447,43 @@ def _md_blocks(lines: list[str]) -> list[Block]:
                 # admonitions, notes, cards: their body is prose
                 inner = _md_blocks(body)
                 head = info if name is None else re.sub(r"^\{[\w:-]+\}\s*", "", info)
-                if head and name in (None, "admonition", "note", "tip", "important", "warning", "seealso"):
+                admonition = _DOCUSAURUS_ADMONITION.match(info) if name is None and fence.group(2)[0] == ":" else None
+                if admonition:  # Docusaurus: ":::tip[Title]" / ":::warning Title" / ":::note"
+                    label = admonition.group(1).capitalize()
+                    title = strip_tags((admonition.group(2) or admonition.group(3) or "").strip())
+                    if title:
+                        inner.insert(0, Block(clean_roles(f"{label}: {title}")))
+                    elif inner and not inner[0].is_code:
+                        inner[0] = Block(f"{label}: {inner[0].text}")
+                    else:
+                        inner.insert(0, Block(f"{label}:"))
+                elif head and name in (None, "admonition", "note", "tip", "important", "warning", "seealso"):
                     inner.insert(0, Block(clean_roles(head)))
                 blocks.extend(inner)
             else:
-                closing = lines[end] if end > i and _FENCE.match(lines[end]) else fence.group(2)
+                closed = end > i and _FENCE.match(lines[end]) is not None
+                closing = lines[end] if closed else fence.group(2)
+                if end > i and not closed:  # never closed: its last line is code too
+                    body = lines[i + 1 : end + 1]
                 blocks.append(Block("\n".join([line, *body, closing]), is_code=True))
             i = end + 1
             continue
         if _MYST_TARGET.match(line) or re.match(r"^\s*<!--.*-->\s*$", line):
             i += 1
             continue
+        mdx = line.startswith(("import", "export")) or "{/*" in line or "<!--" in line
+        skip, rest = _mdx_statement(lines, i) if mdx else (0, "")
+        if skip:
+            if rest.strip():  # text after a comment, on the comment's closing line
+                para.append(rest)
+            i += skip
+            continue
         if not line.strip():
-            _flush(para, blocks)
+            _flush(para, blocks, markdown=True)
         else:
             para.append(line)
         i += 1
-    _flush(para, blocks)
+    _flush(para, blocks, markdown=True)
     return blocks
 
 

@@ -117,10 +117,32 @@ def _nothing_found(source: SourceConfig) -> str:
     path = source.path
     if path is not None and path.is_file() and source.kind != "slack_export":
         return f"no documents: {path} is a file; a {source.kind} source reads a folder"
+    if source.kind == "docs" and (found := _docs_found(source)):
+        return found
     if source.include:
         return f"no documents: no file matches include {source.include}" + (
             f" (exclude {source.exclude})" if source.exclude else "")
     return f"no documents found (kind {source.kind}): check its path and settings"
+
+
+def _docs_found(source: SourceConfig) -> str | None:
+    """What a docs folder holds when none of it is a page: the file types it found (a folder of
+    `.html` or `.ipynb` files is not a wrong path), or that every file was left out by default."""
+    from flytegpt.ingest.sources.docs import SKIPPED_DIRS, describe_types, readable_types, unread_files
+
+    try:
+        other, left_out = unread_files(source)
+    except (OSError, ValueError):
+        return None
+    if other:
+        n = sum(other.values())
+        return (f"no documents: found {n} file{'s' if n != 1 else ''}, none of a page type "
+                f"({describe_types(other)}); a docs source reads {readable_types()}")
+    if left_out:
+        return (f"no documents: its {left_out} file{'s are' if left_out != 1 else ' is'} in folders a docs "
+                f"source leaves out ({', '.join(SKIPPED_DIRS)}) or not prose (requirements.txt, robots.txt, "
+                "...); name the folder in include to read it")
+    return None
 
 
 def collect(config: Config, *, progress: bool = True) -> tuple[list[Document], dict[str, LoadReport]]:
