@@ -141,7 +141,18 @@ def excerpt(source: Source, terms: set[str]) -> tuple[str, int]:
         thread = _thread_excerpt(source.text, terms)
         if thread is not None:
             return thread
-    return _passage(_units(source.text), terms)
+    return _passage(_without_title(_units(source.text), source.title), terms)
+
+
+def _without_title(units: list[tuple[bool, str]], title: str) -> list[tuple[bool, str]]:
+    """A page's chunk opens with its heading, which the answer already shows in bold above the
+    quote ("**Caching** [1]" then "> **Caching**"): the quote starts under it."""
+    if len(units) > 1 and not units[0][0]:
+        heading = re.fullmatch(r"#+\s*(.+?)\s*#*", units[0][1].strip())
+        names = {title.strip(), title.rsplit(" > ", 1)[-1].strip()}
+        if heading and heading.group(1).strip("*_ ") in names:
+            return units[1:]
+    return units
 
 
 def _best_window(units: list[tuple[bool, str]], terms: set[str]) -> tuple[int, int, int]:

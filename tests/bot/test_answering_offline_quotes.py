@@ -130,3 +130,11 @@ def test_a_myst_code_block_keeps_its_code_without_its_options():
     out, _ = offline_answer("How do I set cache_version on a task?", [_source(doc)])
     assert '@task(cache=True, cache_version="1")' in out
     assert ":caption:" not in out and ":linenos:" not in out
+
+
+def test_a_quote_does_not_repeat_the_title_shown_above_it():
+    """Audit 22 L7: "**Caching** [1]" was followed by "> **Caching**", the chunk's own heading."""
+    text = "# Caching\n\nSet cache_version on the task to invalidate its cached outputs.\n"
+    doc = Document("docs", "caching.md", "docs", "Caching", "https://docs.example.org/caching", text, {"format": "md"})
+    out, _ = offline_answer("How do I invalidate cached outputs?", [_source(doc)])
+    assert "**Caching** [1]\n\n> Set cache_version on the task" in out and out.count("Caching**") == 1
