@@ -224,6 +224,14 @@ def test_dependency_and_build_folders_are_left_out_and_counted(website: Path, tm
     assert "left out by rules" in out and re.search(r"│ w │ docs │ 8 │ \d+ │ 1 │ 8 │", out), out
 
 
+def test_a_docs_section_named_build_below_the_top_is_read(website: Path):
+    """Deeper down, "build" and "dist" are as likely sections of the docs as output."""
+    page = website / "deployment" / "build" / "images.md"
+    page.parent.mkdir(parents=True)
+    page.write_text("# Building images\n\nBuild the task image with ImageSpec.\n")
+    assert "deployment/build/images.md" in _load(website)[0]
+
+
 def test_an_include_that_names_a_build_folder_reads_it(website: Path):
     docs, _ = _load(website, include=["build/*"])
     assert set(docs) == {"build/docs/getting-started.md"}
