@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import click
 
 from flytegpt.bot.cli_options import TerminalSafeGroup, config_option, load, open_searcher, store_option, terminal_text
 from flytegpt.ingest.config import ConfigError
+
+if TYPE_CHECKING:
+    from flytegpt.ingest.config import Config
 
 MODE_HELP = ("hybrid: dense and keyword (BM25) results fused, as the bot searches; "
              "dense: embeddings only; keyword: BM25 only.")
@@ -52,12 +57,17 @@ def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool, dry
     whose LATEST serves an index of other sources, which it would replace.
     An index the same as the one LATEST names is not published again (nothing is pruned).
     """
+    config = load(config_path, store)
+    with _report_once():
+        _ingest(config, config_path, quiet, as_json, dry_run)
+
+
+def _ingest(config: "Config", config_path: Path, quiet: bool, as_json: bool, dry_run: bool) -> None:
     from flytegpt.ingest.artifact import ArtifactError
     from flytegpt.ingest.pipeline import run_ingest
     from flytegpt.ingest.store import StoreLockError, StoreWriteError
     from flytegpt.ingest.tuning import TuningError
 
-    config = load(config_path, store)
     if dry_run:
         _dry_run(config, progress=not quiet and not as_json, as_json=as_json)
         return
@@ -72,6 +82,25 @@ def ingest(config_path: Path, store: str | None, quiet: bool, as_json: bool, dry
         click.echo(json.dumps(summary.to_dict()))
         return
     _print_summary(summary)
+
+
+@contextlib.contextmanager
+def _report_once() -> Iterator[None]:
+    """The summary lists every skipped file and note: their log lines (kept for Flyte tasks'
+    logs) would print each twice. With -v they stay."""
+    from flytegpt.ingest.pipeline import IN_REPORT
+
+    def once(record: logging.LogRecord) -> bool:
+        return not getattr(record, IN_REPORT, False)
+
+    logger = logging.getLogger("flytegpt.ingest.pipeline")
+    quiet = logging.getLogger().getEffectiveLevel() > logging.INFO
+    if quiet:
+        logger.addFilter(once)
+    try:
+        yield
+    finally:
+        logger.removeFilter(once)
 
 
 def _implicit_config() -> bool:

@@ -106,10 +106,14 @@ def iter_documents(
         report.documents = count
         if not count and not report.skipped:  # a wrong path or include: said, not silently published
             report.skip(str(source.path or source.package or source.name), _nothing_found(source))
-        for name, reason in report.skipped:
-            log.warning("%s: skipped %s: %s", source.name, name, reason)
+        for name, reason in report.skipped:  # for a Flyte task's log; the CLI prints its own summary
+            log.warning("%s: skipped %s: %s", source.name, name, reason, extra={IN_REPORT: True})
         for name, what in report.notes:
-            log.warning("%s: %s: %s", source.name, name, what)
+            log.warning("%s: %s: %s", source.name, name, what, extra={IN_REPORT: True})
+
+
+# A log record whose content is also in the sources' LoadReport (what was skipped and why).
+IN_REPORT = "in_load_report"
 
 
 def _nothing_found(source: SourceConfig) -> str:

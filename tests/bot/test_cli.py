@@ -89,7 +89,7 @@ def test_dry_run_shows_what_an_ingest_would_index_and_writes_nothing(corpus: Pat
         (s["name"], s["documents"], s["chunks"], s["skipped"]) for s in real["sources"]]
 
 
-def test_a_source_that_finds_nothing_is_named_with_the_likely_reason(corpus: Path, tmp_path: Path):
+def test_a_source_that_finds_nothing_is_named_with_the_likely_reason(corpus: Path, tmp_path: Path, caplog):
     """A docs source pointed at a file, or an include that matches nothing, read 0 documents with
     no word in the dry run or the ingest summary, which then published without it."""
     bad = tmp_path / "sample"
@@ -104,6 +104,8 @@ def test_a_source_that_finds_nothing_is_named_with_the_likely_reason(corpus: Pat
     text = " ".join(dry.output.split())
     assert f"a-file: {bad / 'notes.md'}: no documents: {bad / 'notes.md'} is a file; a docs source reads a folder" in text
     assert "no-match:" in text and "no documents: no file matches include ['*.txt']" in text
+    # in the summary, not also as a log line before it (audit 22 L7: every skip printed twice)
+    assert not [r for r in caplog.records if "no file matches include" in r.getMessage()]
     summary = ingest_json(bad, str(tmp_path / "s"))
     empty = {s["name"]: s for s in summary["sources"] if not s["documents"]}
     assert set(empty) == {"a-file", "no-match"} and all(len(s["skipped"]) == 1 for s in empty.values())
