@@ -7,16 +7,32 @@ plain text (the Slack layer escapes them); those marked mrkdwn/Markdown are sent
 
 from __future__ import annotations
 
-COMMAND = "/flytegpt"
+from flytegpt.ingest.config import BotConfig, ProjectConfig
+
+COMMAND = BotConfig().command  # the default; the bot answers [bot] command
 
 # --- the usage text (Markdown: rendered with the answer converter, so **bold** is bold) ---
-USAGE = f"""**FlyteGPT** answers questions about Flyte from the docs, the code and Slack history, with sources.
+_USAGE = """{who} questions about {project} from the docs, the code and Slack history, with sources.
 
-• `{COMMAND} how do I cache a task with a custom hash?` (only you see the answer; you can share it)
-• mention me in a channel: `@FlyteGPT your question` (I answer in the thread; follow-ups there keep the context)
+• `{command} {example}` (only you see the answer; you can share it)
+• {mention} (I answer in the thread; follow-ups there keep the context)
 • or send me a direct message.
 
 Use 👍/👎 under an answer to tell us whether it helped."""
+_FLYTE_EXAMPLE = "how do I cache a task with a custom hash?"
+
+
+def usage(project: ProjectConfig, command: str) -> str:
+    """The help `[bot] command` gives alone or with "help": the project's name and the command as
+    configured, so another project's bot never says it answers about Flyte or shows /flytegpt."""
+    name = project.assistant_name
+    return _USAGE.format(
+        who=f"**{name}** answers" if name else "I answer", project=project.name, command=command,
+        example=_FLYTE_EXAMPLE if project.is_flyte else "your question",
+        mention=f"mention me in a channel: `@{name} your question`" if name else "mention me in a channel with your question")
+
+
+USAGE = usage(ProjectConfig(), COMMAND)  # Flyte's
 
 # --- while and instead of answering ---------------------------------------------------
 LOOKING = "Looking into it…"

@@ -41,14 +41,42 @@ def is_http_url(value: str) -> bool:
 
 
 # The placeholders a source's `url` template may hold, by kind (as the sources fill them:
-# ingest/sources/_files.py render_url / fill_lines, ingest/sources/git.py).
+# ingest/sources/_files.py render_url / fill_lines, ingest/sources/git.py). A docs page's
+# {path_noext} and {page} point at a published site rather than at the Markdown file.
+_DOC_PAGE = ("path", "path_noext", "page")
 _URL_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
-    "docs": ("path",),
+    "docs": _DOC_PAGE,
     "code": ("path", "start", "end"),
-    "git:docs": ("commit", "ref", "path"),
+    "git:docs": ("commit", "ref", *_DOC_PAGE),
     "git:code": ("commit", "ref", "path", "start", "end"),
 }
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+# The [[sources]] keys each kind reads (beside name and kind), so a key another kind reads is an
+# error rather than a setting that does nothing. "git:code" is a git source read as code: its
+# checkout goes through the code loader, which reads skip_tests. Slack exports read
+# include/exclude/channels/private_channels (ingest/sources/slack_export.py).
+_KEY_KINDS: dict[str, tuple[str, ...]] = {
+    "path": ("docs", "code", "slack_export"),
+    "package": ("code",),
+    "include": ("docs", "code", "git", "slack_export"),
+    "exclude": ("docs", "code", "git", "slack_export"),
+    "url": ("docs", "code", "git"),
+    "workspace_url": ("slack_export", "slack_api"),
+    "repo": ("git",),
+    "ref": ("git",),
+    "as_kind": ("git",),
+    "channels": ("slack_export", "slack_api"),
+    "private_channels": ("slack_export", "slack_api"),
+    "reply_lookback_days": ("slack_api",),
+    "skip_tests": ("code", "git:code"),
+}
+# what to write instead, where a key is a common slip for another
+_KEY_HINTS = {
+    ("url", "slack"): "a Slack thread's link comes from workspace_url",
+    ("workspace_url", "files"): "a page's link comes from url",
+    ("path", "git"): "a git source reads repo at ref; narrow it with include",
+}
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 
 
@@ -86,6 +114,29 @@ class SourceConfig(_Strict):
     skip_tests: bool = True  # code: skip tests, vendored and binary files
 
     @model_validator(mode="after")
+    def _keys_apply(self) -> "SourceConfig":
+        """A key this kind never reads (`channels` on a docs source, `skip_tests` on a Slack
+        export) is an error naming the kinds that do read it: silently ignored, it would look
+        like a filter or a link that works."""
+        kinds = {self.kind, f"git:{self.as_kind}"} if self.kind == "git" else {self.kind}
+        unused = [k for k in _KEY_KINDS if k in self.model_fields_set and not kinds & set(_KEY_KINDS[k])]
+        what = f"a git source read as {self.as_kind}" if self.kind == "git" and self.as_kind else f"a {self.kind} source"
+        if len(unused) == 1:
+            raise ValueError(f"{unused[0]!r} has no effect on {what}: {self._readers(unused[0])}; remove it")
+        if unused:
+            raise ValueError(f"these keys have no effect on {what}, remove them: "
+                             + ", ".join(f"{k!r} ({self._readers(k)})" for k in unused))
+        return self
+
+    def _readers(self, key: str) -> str:
+        """"only code and git (as_kind = "code") sources read it", with a hint where there is one."""
+        readers = [k.replace("git:code", 'git (as_kind = "code")') for k in _KEY_KINDS[key]]
+        listed = readers[0] if len(readers) == 1 else ", ".join(readers[:-1]) + " and " + readers[-1]
+        family = "slack" if self.kind.startswith("slack") else "git" if self.kind == "git" else "files"
+        hint = _KEY_HINTS.get((key, family))
+        return f"only {listed} sources read it" + (f"; {hint}" if hint else "")
+
+    @model_validator(mode="after")
     def _needs_location(self) -> "SourceConfig":
         if self.kind in ("docs", "slack_export") and self.path is None:
             raise ValueError(f"source {self.name!r} ({self.kind}) needs 'path'")
@@ -107,6 +158,10 @@ class SourceConfig(_Strict):
                     f"(a {kind.replace(':', ' read as ')} source's url may use "
                     + ", ".join(f"{{{p}}}" for p in allowed) + ")"
                 )
+            # a link Slack and a terminal can open; "docs/{path}" would make every citation a bare label
+            if not is_http_url(_PLACEHOLDER.sub("x", self.url.strip())):
+                raise ValueError(f"url must be an http(s) URL template such as "
+                                 f"https://example.org/docs/{{path}}, not {self.url!r}")
         if self.workspace_url is not None and not is_http_url(self.workspace_url.strip()):
             raise ValueError(f"workspace_url must be an http(s) URL such as https://example.slack.com, "
                              f"not {self.workspace_url!r}")
@@ -265,6 +320,67 @@ class AnswerConfig(_Strict):
     max_tokens: int = Field(default=1024, ge=16, le=32_768)
 
 
+FLYTE = "Flyte"
+# Flyte's parts as the prompts named them before the project was configurable (bot/answering/prompts.py)
+FLYTE_DESCRIPTION = "flytekit, flytectl, FlytePropeller, FlyteAdmin"
+FLYTE_ASSISTANT = "FlyteGPT"
+FLYTE_SUGGESTED_PROMPTS = (
+    "How do I cache a task's outputs?",
+    "How do I run a map task over a list of inputs?",
+    "How do I request a GPU for a task?",
+)
+
+
+def is_flyte(name: object) -> bool:
+    """Is this project name Flyte's (whose defaults are the Flyte wording)?"""
+    return isinstance(name, str) and name.strip().casefold() == FLYTE.casefold()
+
+
+class ProjectConfig(_Strict):
+    """The project the bot answers about. The model's prompts and the usage text name it, so a
+    question about another project is never framed as one about Flyte. Left out: Flyte, as before."""
+
+    name: str = Field(default=FLYTE, max_length=100)  # as people write it: "Bolt for Python"
+    # A few words the prompts add after the name, in parentheses: its parts, packages or tools
+    # ("slack_bolt, its adapters, the Slack Web API"). Left out: Flyte's for Flyte, none otherwise;
+    # "" drops it.
+    description: str | None = Field(default=None, max_length=300)
+    # What the assistant calls itself in the prompts and the usage text: the Slack app's display
+    # name. Left out: "FlyteGPT" for Flyte; otherwise none, and it says "I" and "@ me".
+    assistant_name: str | None = Field(default=None, max_length=80)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flyte_defaults(cls, data: Any) -> Any:
+        """Flyte's wording for the Flyte project (the default), so its prompts stay what they were."""
+        if isinstance(data, dict) and is_flyte(data.get("name", FLYTE)):
+            return {"description": FLYTE_DESCRIPTION, "assistant_name": FLYTE_ASSISTANT, **data}
+        return data
+
+    @field_validator("name", "description", "assistant_name")
+    @classmethod
+    def _one_line(cls, value: str | None, info: Any) -> str | None:
+        """Each goes into a sentence of a prompt: one line, no blank name."""
+        if value is None:
+            return None
+        value = value.strip()
+        if "\n" in value or "\r" in value:
+            raise ValueError("must be one line")
+        if not value:
+            if info.field_name == "name":
+                raise ValueError("is empty: write the project's name, e.g. \"Bolt for Python\"")
+            return None  # an empty description or assistant name: none
+        return value
+
+    @property
+    def is_flyte(self) -> bool:
+        return is_flyte(self.name)
+
+
+# Slack's rule for a slash command: a slash, then lowercase letters, digits, "-" or "_" (32 in all)
+_SLASH_COMMAND = re.compile(r"^/[a-z0-9_-]{1,31}$")
+
+
 class BotConfig(_Strict):
     @field_validator("allowed_channels", "suggested_prompts", "report_channels")
     @classmethod
@@ -302,12 +418,12 @@ class BotConfig(_Strict):
     # false: one chat.postMessage when the answer is complete (also the automatic fallback
     # where Slack refuses streaming).
     streaming: bool = True
-    # Offered when someone opens the assistant panel (Slack shows at most 4).
-    suggested_prompts: list[str] = Field(default=[
-        "How do I cache a task's outputs?",
-        "How do I run a map task over a list of inputs?",
-        "How do I request a GPU for a task?",
-    ], max_length=4)
+    # The slash command the bot answers: the Slack app manifest's features.slash_commands command
+    # (manifests/slack-app-manifest.json), which Slack sends with each use. The usage text names it.
+    command: str = "/flytegpt"
+    # Offered when someone opens the assistant panel (Slack shows at most 4). Left out: three
+    # Flyte questions for the Flyte project ([project] name), none for another project.
+    suggested_prompts: list[str] = Field(default_factory=lambda: list(FLYTE_SUGGESTED_PROMPTS), max_length=4)
     # The maintainers' report (`flytegpt report`, the weekly_report Flyte task). Channels whose
     # questions it shows, by id; None: the allowed channels (empty: every channel).
     report_channels: list[str] | None = None
@@ -320,8 +436,18 @@ class BotConfig(_Strict):
     report_topic_similarity: float = Field(default=0.4, ge=0.0, le=1.0)
     report_eval_questions: str | None = None  # JSONL eval questions: metrics per index version
 
+    @field_validator("command")
+    @classmethod
+    def _slash_command(cls, value: str) -> str:
+        """The command Bolt matches exactly: a name Slack would refuse could never be answered."""
+        if not _SLASH_COMMAND.match(value):
+            raise ValueError(f"{value!r} is not a Slack slash command: a \"/\" then up to 31 lowercase "
+                             "letters, digits, \"-\" or \"_\", e.g. \"/boltbot\" (the same as in the app's manifest)")
+        return value
+
 
 class Config(_Strict):
+    project: ProjectConfig = ProjectConfig()
     sources: list[SourceConfig] = []
     index: IndexConfig = IndexConfig()
     embeddings: EmbeddingsConfig = EmbeddingsConfig()
@@ -330,6 +456,26 @@ class Config(_Strict):
     answer: AnswerConfig = AnswerConfig()
     bot: BotConfig = BotConfig()
     base_dir: Path = Path(".")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompts_of_the_project(cls, data: Any) -> Any:
+        """Another project than Flyte offers no suggested prompts unless it writes its own: the
+        Flyte questions would only find unrelated passages in its index."""
+        if not isinstance(data, dict):
+            return data
+        project = data.get("project")
+        name = project.name if isinstance(project, ProjectConfig) else \
+            project.get("name", FLYTE) if isinstance(project, dict) else FLYTE
+        if is_flyte(name):
+            return data
+        bot = data.get("bot")
+        if isinstance(bot, BotConfig):
+            if "suggested_prompts" not in bot.model_fields_set:
+                data = {**data, "bot": bot.model_copy(update={"suggested_prompts": []})}
+        elif bot is None or isinstance(bot, dict):
+            data = {**data, "bot": {"suggested_prompts": [], **(bot or {})}}
+        return data
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Config":

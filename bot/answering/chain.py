@@ -186,7 +186,7 @@ class Answerer:
             if stream:
                 raw = yield from self._stream_answer(inputs, fitted, deadline)
             else:
-                raw = self._invoke(self._chain(prompts.answer_prompt(), deadline), inputs, fitted,
+                raw = self._invoke(self._chain(prompts.answer_prompt(self.config.project), deadline), inputs, fitted,
                                    deadline=deadline)
         except _EmptyCompletion:
             yield self._empty_output(question, standalone, sources, version)
@@ -274,7 +274,7 @@ class Answerer:
         local and reasoning models answer with empty content), so the caller falls back."""
         inputs = {"history": prompts.format_history(history), "question": question}
         try:
-            out = self._invoke(self._chain(prompts.condense_prompt(), deadline), inputs,
+            out = self._invoke(self._chain(prompts.condense_prompt(self.config.project), deadline), inputs,
                                related_for=(searcher, question), deadline=deadline)
         except _EmptyCompletion:
             log.warning("the condense step returned nothing: the thread's questions give the subject")
@@ -291,7 +291,7 @@ class Answerer:
         most a quarter of the answer's time and no answer-breaking error, else the question alone."""
         budget = _Deadline(min(deadline.remaining() / 4, self.config.answer.timeout_s))
         try:
-            out = self._invoke(self._chain(prompts.rewrite_prompt(), budget), {"question": question},
+            out = self._invoke(self._chain(prompts.rewrite_prompt(self.config.project), budget), {"question": question},
                                related=[], deadline=budget)
         except Exception as e:  # noqa: BLE001 - the rewrite only helps; the answer must not depend on it
             log.info("query rewrite skipped: %s", type(e).__name__)
@@ -337,7 +337,7 @@ class Answerer:
         """
         import openai
 
-        chain = self._chain(prompts.answer_prompt(), deadline)
+        chain = self._chain(prompts.answer_prompt(self.config.project), deadline)
         retries = _Retries(self.config.answer, deadline)
         while True:
             live = LiveCitations(fitted)

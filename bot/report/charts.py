@@ -17,7 +17,7 @@ COLOURS = {
 }
 _PALETTE = ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#00838f", "#ad1457", "#6d4c41", "#558b2f", "#c62828")
 LABELS = {"not_found": "not found", "model_failed": "model failed", "up": "voted up", "down": "voted down",
-          "followup": "thread follow-up", "dm": "DM", "slash": "/flytegpt"}
+          "followup": "thread follow-up", "dm": "DM", "slash": "slash command"}
 
 
 def colour(name: str, i: int = 0) -> str:

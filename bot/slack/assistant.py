@@ -3,7 +3,7 @@
 Bolt's `Assistant` middleware recognises the panel's events and hands them here:
 
 - `assistant_thread_started`: the user opened the panel; it offers the suggested prompts
-  of `[bot] suggested_prompts`;
+  of `[bot] suggested_prompts` (none by default for a project other than Flyte);
 - a user message in the panel's thread (a DM thread): a question like any other
   (de-duplicated, rate limited, answered on the answer pool, streamed), with a status line
   ("is searching the docs…") instead of the 👀 reaction and the first question as the

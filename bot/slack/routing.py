@@ -67,7 +67,7 @@ class EventRouter:
     def register(self, app: "App") -> None:
         app.event("app_mention")(self.on_mention)
         app.event("message")(self.on_message)
-        app.command(messages.COMMAND)(self.on_command)
+        app.command(self.config.bot.command)(self.on_command)  # [bot] command, as in the app's manifest
         app.action(blocks.ACTION_FEEDBACK_UP)(self.on_feedback)
         app.action(blocks.ACTION_FEEDBACK_DOWN)(self.on_feedback)
         app.action(blocks.ACTION_SHARE)(self.on_share)
@@ -114,7 +114,8 @@ class EventRouter:
 
         text = question_text(command.get("text"), self.bot_user_id)  # "/flytegpt @FlyteGPT" is no question
         if not text or text.lower() in ("help", "-h", "--help", "?"):
-            ack(text=render_markdown_notice(messages.USAGE).text, response_type="ephemeral")
+            usage = messages.usage(self.config.project, self.config.bot.command)
+            ack(text=render_markdown_notice(usage).text, response_type="ephemeral")
             return
         channel, user = command.get("channel_id", ""), command.get("user_id", "")
         if not self._allowed(channel) and not channel.startswith("D"):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
+import re
+import tokenize
 from collections.abc import Iterable, Iterator
 from fnmatch import fnmatch
 from pathlib import Path
@@ -90,14 +94,47 @@ def walk_files(root: Path, include: list[str], exclude: list[str], report: LoadR
             yield path, rel
 
 
-def render_url(template: str | None, rel: str, path: Path) -> str:
-    """The page URL from the source's template ({path} filled), or a file:// URI without one.
+# The page names static site generators serve at their folder's address (Docusaurus, MkDocs,
+# Hugo, Jekyll and GitHub all serve docs/setup/index.md, or README.md, as docs/setup/).
+_FOLDER_PAGES = ("index", "README", "readme", "_index")
 
+
+def path_noext(rel: str) -> str:
+    """`concepts/acknowledge.md` -> `concepts/acknowledge`: a published page's address, where the
+    site keeps the file's path and drops its extension (or gives it another, `{path_noext}.html`)."""
+    folder, _, name = rel.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return f"{folder}/{stem}" if folder else stem
+
+
+def page_path(rel: str) -> str:
+    """{path_noext}, but an index or README page is its folder (`setup/index.md` -> `setup`, the
+    top `index.md` -> ""): the address a docs site gives a page. A front-matter `slug` is not read."""
+    folder, _, stem = path_noext(rel).rpartition("/")
+    return folder if stem in _FOLDER_PAGES else path_noext(rel)
+
+
+def _squeeze_slashes(url: str) -> str:
+    """`https://site/{page}/` for the top index page is `https://site//`: one slash in the path."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    return f"{scheme}://{re.sub(r'/{2,}', '/', rest[:cut])}{rest[cut:]}"
+
+
+def render_url(template: str | None, rel: str, path: Path) -> str:
+    """The page URL from the source's template, or a file:// URI without one.
+
+    {path} is the file's path under the source root (`concepts/acknowledge.md`), {path_noext}
+    the same without its extension, {page} that with index/README pages at their folder.
     {start}/{end} stay in place: chunks fill them once they know their line range.
     """
-    if template:
-        return template.replace("{path}", quote(rel, safe="/"))
-    return path.resolve().as_uri()
+    if not template:
+        return path.resolve().as_uri()
+    values = {"path": rel, "path_noext": path_noext(rel), "page": page_path(rel)}
+    url = re.sub(r"\{(path|path_noext|page)\}", lambda m: quote(values[m.group(1)], safe="/"), template)
+    return _squeeze_slashes(url) if "{page}" in template else url
 
 
 def fill_lines(url: str, start: int, end: int) -> str:
@@ -127,13 +164,33 @@ def read_text(path: Path, rel: str, report: LoadReport, *, max_bytes: int) -> st
         return None
     if size == 0:
         return None
-    with path.open("rb") as f:
-        if b"\0" in f.read(8192):
-            report.skip(rel, "binary file")
-            return None
+    data = path.read_bytes()
+    encoding = _declared_encoding(data, rel)
+    if encoding is None and b"\0" in data[:8192]:
+        report.skip(rel, "binary file")
+        return None
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        report.skip(rel, "not UTF-8 text")
+        text = data.decode(encoding or "utf-8-sig")  # -sig: a byte-order mark is no text
+    except (UnicodeDecodeError, LookupError):
+        report.skip(rel, f"not {encoding or 'UTF-8'} text")
         return None
     return text if text.strip() else None
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _declared_encoding(data: bytes, rel: str) -> str | None:
+    """The encoding a file says it has: a UTF-16/32 byte-order mark (Windows editors save pages
+    so), or a Python file's PEP 263 coding line (`# -*- coding: latin-1 -*-`). None: UTF-8."""
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            return name
+    if rel.endswith((".py", ".pyi")):
+        try:
+            found, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        except SyntaxError:  # a coding line naming no codec
+            return None
+        return None if found in ("utf-8", "utf-8-sig") else found
+    return None

@@ -106,9 +106,9 @@ def with_batch(config: Path, batch: int, out: Path) -> None:
 
     cfg = load_config(config)
     lines = []
-    for source in cfg.model_dump(mode="json")["sources"]:
+    for source in cfg.sources:  # the keys the config wrote: one a source's kind does not read is an error
         lines.append("[[sources]]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in source.items() if v not in (None, [], "")]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in source.model_dump(mode="json", exclude_unset=True).items()]
         lines.append("")
     embeddings = {**cfg.embeddings.model_dump(mode="json"), "batch_size": batch}
     lines.append("[embeddings]")
