@@ -429,14 +429,23 @@ class SlackEmulator:
             self.redeliveries.append(again)
 
     def drop_connections(self) -> None:
-        """Close every websocket from the server side (a network drop as the client sees it)."""
+        """Close every websocket from the server side (a network drop as the client sees it).
+
+        A dropped connection is no longer live at once, as for Slack: closing waits for the
+        client's side of the closing handshake, which a client that already abandoned the
+        connection (slack_sdk opens a second one when the first looks stale at start) never
+        sends, and the connection would count as live for websockets' whole close timeout."""
         with self._lock:
-            conns = list(self._connections)
+            conns, self._connections = list(self._connections), []
         for conn in conns:
-            try:
-                conn.close(code=1001, reason="going away")
-            except Exception:  # already closed
-                pass
+            threading.Thread(target=self._close, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _close(conn: ServerConnection) -> None:
+        try:
+            conn.close(code=1001, reason="going away")
+        except Exception:  # already closed
+            pass
 
     def send_disconnect(self, reason: str = "refresh_requested") -> None:
         """Slack's `disconnect` message: the client must open a new connection."""
