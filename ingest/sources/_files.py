@@ -7,7 +7,7 @@ import io
 import os
 import re
 import tokenize
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from fnmatch import fnmatch
 from pathlib import Path
 from urllib.parse import quote
@@ -107,10 +107,16 @@ def path_noext(rel: str) -> str:
     return f"{folder}/{stem}" if folder else stem
 
 
-def page_path(rel: str) -> str:
+def page_path(rel: str, slug: str | None = None, doc_id: str | None = None) -> str:
     """{path_noext}, but an index or README page is its folder (`setup/index.md` -> `setup`, the
-    top `index.md` -> ""): the address a docs site gives a page. A front-matter `slug` is not read."""
+    top `index.md` -> ""): the address a docs site gives a page. A front-matter `slug` (Docusaurus:
+    "/x" from the docs' root, "x" beside the page) or `id` (the page's own name) replaces it."""
     folder, _, stem = path_noext(rel).rpartition("/")
+    if slug and slug.strip():
+        slug = slug.strip()
+        return slug.strip("/") if slug.startswith("/") else "/".join(p for p in (folder, slug.strip("/")) if p)
+    if doc_id and doc_id.strip() and "/" not in doc_id:
+        return "/".join(p for p in (folder, doc_id.strip()) if p)
     return folder if stem in _FOLDER_PAGES else path_noext(rel)
 
 
@@ -123,16 +129,18 @@ def _squeeze_slashes(url: str) -> str:
     return f"{scheme}://{re.sub(r'/{2,}', '/', rest[:cut])}{rest[cut:]}"
 
 
-def render_url(template: str | None, rel: str, path: Path) -> str:
+def render_url(template: str | None, rel: str, path: Path, meta: Mapping[str, str] | None = None) -> str:
     """The page URL from the source's template, or a file:// URI without one.
 
     {path} is the file's path under the source root (`concepts/acknowledge.md`), {path_noext}
-    the same without its extension, {page} that with index/README pages at their folder.
+    the same without its extension, {page} that with index/README pages at their folder, or
+    where the page's front matter (`meta`) moves it (`slug`, `id`).
     {start}/{end} stay in place: chunks fill them once they know their line range.
     """
     if not template:
         return path.resolve().as_uri()
-    values = {"path": rel, "path_noext": path_noext(rel), "page": page_path(rel)}
+    meta = meta or {}
+    values = {"path": rel, "path_noext": path_noext(rel), "page": page_path(rel, meta.get("slug"), meta.get("id"))}
     url = re.sub(r"\{(path|path_noext|page)\}", lambda m: quote(values[m.group(1)], safe="/"), template)
     return _squeeze_slashes(url) if "{page}" in template else url
 

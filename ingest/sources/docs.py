@@ -64,7 +64,7 @@ def load_docs(source: SourceConfig, report: LoadReport, *, store: str | None = N
             locator=rel,
             kind="docs",
             title=title,
-            url=render_url(source.url, rel, path),
+            url=render_url(source.url, rel, path, front_matter(text) if page_format != "rst" else None),
             text=text,
             meta={"format": fmt},
         )

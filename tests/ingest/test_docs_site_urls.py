@@ -44,6 +44,26 @@ def test_page_gives_the_published_sites_addresses(tmp_path):
     }
 
 
+def test_page_follows_a_front_matter_slug_or_id(tmp_path):
+    """Docusaurus moves a page with its front matter: `slug: /x` from the docs' root, `slug: x`
+    beside the page, `id: x` renames the page; {path} and {path_noext} stay the file's."""
+    PAGES.update({
+        "concepts/ack-long-name.md": "---\nslug: /acknowledge\n---\n# Acknowledging\n\nack() it.\n",
+        "concepts/listeners.md": "---\nslug: event-listening\n---\n# Listening\n\nUse app.event.\n",
+        "concepts/03-errors.md": "---\nid: errors\ntitle: Errors\n---\nHandle them.\n",
+    })
+    try:
+        got = urls(tmp_path, "https://docs.example.org/{page}")
+        noext = urls(tmp_path, "https://github.example.org/{path_noext}")
+    finally:
+        for rel in ("concepts/ack-long-name.md", "concepts/listeners.md", "concepts/03-errors.md"):
+            PAGES.pop(rel)
+    assert got["concepts/ack-long-name.md"] == "https://docs.example.org/acknowledge"
+    assert got["concepts/listeners.md"] == "https://docs.example.org/concepts/event-listening"
+    assert got["concepts/03-errors.md"] == "https://docs.example.org/concepts/errors"
+    assert noext["concepts/ack-long-name.md"] == "https://github.example.org/concepts/ack-long-name"
+
+
 def test_a_trailing_slash_site_has_no_double_slash_at_its_top_page(tmp_path):
     """MkDocs' directory URLs: `https://site/{page}/` is `https://site/` for the top index.md."""
     got = urls(tmp_path, "https://bolt.example.org/{page}/")
