@@ -141,12 +141,12 @@ def _level_spans(
 
 def _imports_only(tree: ast.Module, span: _Span) -> bool:
     """A top-level span of nothing but imports (and a short module docstring, `__all__`, guarded
-    imports): quoted as an answer it says nothing, and its names already match the module's
+    imports, comments): quoted as an answer it says nothing, and its names already match the module's
     other chunks and outline (audit 22: a tenth of a package's chunks were such headers)."""
     if span.cls is not None or span.name != "module":
         return False
     body = [n for n in tree.body if span.start <= n.lineno <= span.end]
-    return bool(body) and all(_is_import(n) for n in body)
+    return all(_is_import(n) for n in body)  # none: comments alone ("# ------"), no passage either
 
 
 def _is_import(node: ast.stmt) -> bool:

@@ -108,8 +108,8 @@ def path_noext(rel: str) -> str:
 
 
 def page_path(rel: str, slug: str | None = None, doc_id: str | None = None) -> str:
-    """{path_noext}, but an index or README page is its folder (`setup/index.md` -> `setup`, the
-    top `index.md` -> ""): the address a docs site gives a page. A front-matter `slug` (Docusaurus:
+    """{path_noext}, but an index or README page, or one named like its folder, is its folder
+    (`setup/index.md` -> `setup`, the top `index.md` -> ""): the address a docs site gives a page. A front-matter `slug` (Docusaurus:
     "/x" from the docs' root, "x" beside the page) or `id` (the page's own name) replaces it."""
     folder, _, stem = path_noext(rel).rpartition("/")
     if slug and slug.strip():
@@ -117,7 +117,8 @@ def page_path(rel: str, slug: str | None = None, doc_id: str | None = None) -> s
         return slug.strip("/") if slug.startswith("/") else "/".join(p for p in (folder, slug.strip("/")) if p)
     if doc_id and doc_id.strip() and "/" not in doc_id:
         return "/".join(p for p in (folder, doc_id.strip()) if p)
-    return folder if stem in _FOLDER_PAGES else path_noext(rel)
+    # `guide/index.md`, and Docusaurus' `tutorial/ai-chatbot/ai-chatbot.md`, are their folder's page
+    return folder if stem in _FOLDER_PAGES or (folder and stem == folder.rsplit("/", 1)[-1]) else path_noext(rel)
 
 
 def _squeeze_slashes(url: str) -> str:

@@ -192,9 +192,11 @@ def _load_json(tree: _Tree, rel: str, report: LoadReport) -> Any:
 
 @dataclass
 class _Kinds:
-    """Which channel folders of the export are private channels and which are direct messages,
-    as groups.json, dms.json and mpims.json say (Business+ and Enterprise exports have them)."""
+    """Which channel folders of the export are public channels (channels.json; None: it is
+    missing or unusable), private channels and direct messages (groups.json, dms.json and
+    mpims.json: Business+ and Enterprise exports have them)."""
 
+    public: set[str] | None = None
     private: set[str] = field(default_factory=set)
     direct: set[str] = field(default_factory=set)
 
@@ -205,6 +207,9 @@ _DM_FOLDER = re.compile(r"D[A-Z0-9]{6,}|mpdm-.*")
 
 def _channel_kinds(tree: _Tree, files: list[str], report: LoadReport) -> _Kinds:
     kinds = _Kinds()
+    listed = _load_json(tree, "channels.json", report) if "channels.json" in files else None
+    if isinstance(listed, list):
+        kinds.public = {c["name"] for c in listed if isinstance(c, dict) and _nonempty_str(c.get("name"))}
     for meta_file, key, into in (("groups.json", "name", kinds.private), ("dms.json", "id", kinds.direct),
                                  ("mpims.json", "name", kinds.direct)):
         entries = _load_json(tree, meta_file, report) if meta_file in files else None
@@ -230,6 +235,10 @@ def _readable_channels(source: SourceConfig, report: LoadReport, d: Directory, k
             report.skip(f"{folder}/", "a private channel (groups.json): indexed only with private_channels = true")
         elif wanted and folder not in wanted and d.channel_ids.get(folder) not in wanted:
             report.left_out += 1
+        elif kinds.public is not None and folder not in kinds.public | kinds.private and not wanted:
+            # an export lists every public channel; one it does not list may be private (groups.json lost)
+            report.skip(f"{folder}/", "not in channels.json, so not known to be public: name it in channels "
+                                      "to index it")
         else:
             readable.add(folder)
     for name in sorted(wanted - set(folders) - {d.channel_ids.get(f) for f in folders}):

@@ -36,3 +36,13 @@ def test_a_module_of_imports_alone_is_kept():
     """A package's __init__ that only re-exports: its imports are all there is to find."""
     assert _passages('"""The package."""\nfrom .core import App\nfrom .adapter import handler\n') == \
         ['"""The package."""\nfrom .core import App\nfrom .adapter import handler']
+
+
+def test_a_span_of_comments_alone_is_no_passage():
+    """Audit 22 re-check N4: "# -------------------------" between definitions was served as an answer."""
+    big = "def first(event):\n" + "".join(f"    step_{i} = event.get('key_{i}')\n" for i in range(90))
+    rule = "# " + "-" * 60 + "\n# helpers below\n# " + "-" * 60 + "\n"
+    last = "def last():\n" + "".join(f"    v{i} = {i}\n" for i in range(60))
+    passages = _passages(f"import os\nLIMIT = 3\n\n\n{big}\n\n{rule}\n\n{last}")
+    assert any(p.startswith("def last") for p in passages)
+    assert not [p for p in passages if p.lstrip().startswith("# ---")]

@@ -64,6 +64,17 @@ def test_page_follows_a_front_matter_slug_or_id(tmp_path):
     assert noext["concepts/ack-long-name.md"] == "https://github.example.org/concepts/ack-long-name"
 
 
+def test_a_page_named_like_its_folder_is_the_folders_page(tmp_path):
+    """Audit 22 re-check N1: Docusaurus serves `tutorial/ai-chatbot/ai-chatbot.md` at `tutorial/ai-chatbot`."""
+    PAGES["tutorial/ai-chatbot/ai-chatbot.md"] = "# AI chatbot\n\nBuild one.\n"
+    try:
+        got = urls(tmp_path, "https://docs.example.org/{page}")
+    finally:
+        PAGES.pop("tutorial/ai-chatbot/ai-chatbot.md")
+    assert got["tutorial/ai-chatbot/ai-chatbot.md"] == "https://docs.example.org/tutorial/ai-chatbot"
+    assert got["concepts/acknowledge.md"] == "https://docs.example.org/concepts/acknowledge"
+
+
 def test_a_trailing_slash_site_has_no_double_slash_at_its_top_page(tmp_path):
     """MkDocs' directory URLs: `https://site/{page}/` is `https://site/` for the top index.md."""
     got = urls(tmp_path, "https://bolt.example.org/{page}/")
