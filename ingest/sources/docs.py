@@ -41,9 +41,12 @@ def load_docs(source: SourceConfig, report: LoadReport, *, store: str | None = N
     """Every prose page under the source root that the include/exclude globs admit."""
     root = source.root()
     other: Counter[str] = Counter()
+    by_default: Counter[str] = Counter()
     for path, rel in walk_files(root, source.include, source.exclude, report):
-        if _left_out(rel, source.include):
+        why = _left_out(rel, source.include)
+        if why:
             report.left_out += 1
+            by_default[why] += 1
             continue
         fmt = DOC_EXTENSIONS.get(path.suffix.lower())
         if fmt is None:
@@ -68,21 +71,28 @@ def load_docs(source: SourceConfig, report: LoadReport, *, store: str | None = N
             text=text,
             meta={"format": fmt},
         )
+    if by_default:  # "left out by rules" counts them with the config's own excludes: say which
+        shown = ", ".join(f"{n} in {why}" for why, n in by_default.most_common(_TYPES_SHOWN))
+        report.note(f"{sum(by_default.values())} files left out by default",
+                    f"{shown} (an include naming the folder reads it)")
     if other and report.documents:  # without any page, the "no documents" message names them
         report.note(f"{sum(other.values())} files of other types", f"not read: {describe_types(other)} "
                     f"(a docs source reads {readable_types()})")
 
 
-def _left_out(rel: str, include: list[str]) -> bool:
-    """True for a file in a dependency or build folder, or a `.txt` that is not prose."""
+def _left_out(rel: str, include: list[str]) -> str | None:
+    """Why a file is left out by default ("node_modules/", "non-prose .txt files"): a file in a
+    dependency or build folder, or a `.txt` that is not prose. None: read it."""
     parts = rel.split("/")
     for depth, folder in enumerate(parts[:-1]):
         if depth and folder in _TOP_ONLY:
             continue
         if glob_match(folder, SKIPPED_DIRS) and not any(folder in pattern for pattern in include):
-            return True
+            return f"{folder}/"
     name = parts[-1].lower()
-    return name.endswith(".txt") and any(fnmatch(name, pattern) for pattern in NOT_PROSE_TXT)
+    if name.endswith(".txt") and any(fnmatch(name, pattern) for pattern in NOT_PROSE_TXT):
+        return "non-prose .txt files"
+    return None
 
 
 def _file_type(rel: str) -> str:

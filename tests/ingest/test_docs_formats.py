@@ -219,6 +219,9 @@ def test_dependency_and_build_folders_are_left_out_and_counted(website: Path, tm
     assert not [d for d in docs if d.split("/")[0] in ("node_modules", "build", "_build", "_templates")]
     assert "guides/build-a-widget.md" in docs  # "build" in a file name is no build folder
     assert report.left_out == 5 + 3  # the five above, and requirements, constraints and robots.txt
+    # and which default says so (audit 22 re-check N5: "left out by rules: 8" named no rule)
+    note = dict(report.notes)["8 files left out by default"]
+    assert "2 in non-prose .txt files" in note and "2 in node_modules/" in note and "1 in build/" in note
     result, out = _dry_run(tmp_path, f'[[sources]]\nname = "w"\nkind = "docs"\npath = "{website}"\n')
     assert result.exit_code == 0
     assert "left out by rules" in out and re.search(r"│ w │ docs │ 8 │ \d+ │ 1 │ 8 │", out), out
