@@ -199,6 +199,9 @@ class _Kinds:
     public: set[str] | None = None
     private: set[str] = field(default_factory=set)
     direct: set[str] = field(default_factory=set)
+    # An export of private conversations too (it has groups.json, dms.json or mpims.json): there,
+    # a folder channels.json does not list may be one of them whose listing was lost.
+    has_private: bool = False
 
 
 # A folder named like a DM (its id) or a group DM ("mpdm-a--b-1"), whether or not dms.json lists it.
@@ -207,6 +210,7 @@ _DM_FOLDER = re.compile(r"D[A-Z0-9]{6,}|mpdm-.*")
 
 def _channel_kinds(tree: _Tree, files: list[str], report: LoadReport) -> _Kinds:
     kinds = _Kinds()
+    kinds.has_private = any(f in files for f in ("groups.json", "dms.json", "mpims.json"))
     listed = _load_json(tree, "channels.json", report) if "channels.json" in files else None
     if isinstance(listed, list):
         kinds.public = {c["name"] for c in listed if isinstance(c, dict) and _nonempty_str(c.get("name"))}
@@ -235,8 +239,9 @@ def _readable_channels(source: SourceConfig, report: LoadReport, d: Directory, k
             report.skip(f"{folder}/", "a private channel (groups.json): indexed only with private_channels = true")
         elif wanted and folder not in wanted and d.channel_ids.get(folder) not in wanted:
             report.left_out += 1
-        elif kinds.public is not None and folder not in kinds.public | kinds.private and not wanted:
-            # an export lists every public channel; one it does not list may be private (groups.json lost)
+        elif kinds.has_private and kinds.public is not None and folder not in kinds.public | kinds.private \
+                and not wanted:
+            # such an export lists every public channel; one it does not list may be private (groups.json lost)
             report.skip(f"{folder}/", "not in channels.json, so not known to be public: name it in channels "
                                       "to index it")
         else:

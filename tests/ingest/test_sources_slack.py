@@ -24,12 +24,6 @@ def _load(path: Path, workspace_url: str | None = "https://acme.slack.com"):
     return {d.locator: d for d in load_source(source, report)}, report
 
 
-def _load_channels(path: Path, channels: list[str]):
-    source = SourceConfig(name="s", kind="slack_export", path=path, channels=channels)
-    report = LoadReport()
-    return {d.locator: d for d in load_source(source, report)}, report
-
-
 def _zip(folder: Path, target: Path, top: str = "") -> Path:
     with zipfile.ZipFile(target, "w") as z:
         for f in sorted(folder.rglob("*")):
@@ -189,16 +183,14 @@ def test_channel_entries_that_are_no_channel_name_and_id_are_left_out_and_named(
     (export / "channels.json").write_text(
         '[{"id": "C100", "name": "../../etc"}, {"id": "../x", "name": "help"}, {"id": "C300", "name": "ok-name"}]')
     docs, report = _load(export)
-    assert set(docs) == {f"help/{T2}"}  # "general" is listed by no entry: not known to be public
-    assert "not known to be public" in dict(report.skipped)["general/"]
+    assert len(docs) == 4
     assert all(d.url.startswith("slack:") for d in docs.values())
     assert not any("etc" in d.text + d.title or "../" in d.url for d in docs.values())
     notes = dict(report.notes)
     assert "'../../etc' (id 'C100')" in notes["channels.json"] and "'help' (id '../x')" in notes["channels.json"]
     assert "not a channel name and id" in notes["channels.json"]
-    assert notes["help/"].startswith("not in channels.json or groups.json: thread links cannot be built")
-    docs, _ = _load_channels(export, ["general", "help"])  # named, an unlisted folder is read
-    assert len(docs) == 4
+    assert notes["general/"].startswith("not in channels.json or groups.json: thread links cannot be built")
+    assert "help/" in notes
 
 
 def test_metadata_files_saved_with_a_utf8_bom_are_read(tmp_path):
@@ -275,10 +267,15 @@ def test_a_dm_folder_without_dms_json_is_still_never_indexed(tmp_path):
 
 
 def test_a_channel_folder_channels_json_does_not_list_is_not_indexed_unless_named(tmp_path):
-    """Audit 22 re-check N3: with groups.json gone, a private channel's folder was indexed."""
+    """Audit 22 re-check N3: with groups.json gone, a private channel's folder was indexed. In an
+    export of private conversations (dms.json, mpims.json or groups.json beside channels.json) an
+    unlisted folder is left out unless named; an export of public channels alone reads it."""
     root = _with_private_parts(tmp_path)
     (root / "groups.json").unlink()
     channels, report = _channels_of(root)
     assert channels == {"general", "help"}
     assert "not known to be public" in dict(report.skipped)["security-incidents/"]
     assert _channels_of(root, channels=["security-incidents"])[0] == {"security-incidents"}
+    for meta in ("dms.json", "mpims.json"):
+        (root / meta).unlink()
+    assert "security-incidents" in _channels_of(root)[0]
