@@ -457,25 +457,13 @@ class Config(_Strict):
     bot: BotConfig = BotConfig()
     base_dir: Path = Path(".")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _prompts_of_the_project(cls, data: Any) -> Any:
+    @model_validator(mode="after")
+    def _prompts_of_the_project(self) -> "Config":
         """Another project than Flyte offers no suggested prompts unless it writes its own: the
         Flyte questions would only find unrelated passages in its index."""
-        if not isinstance(data, dict):
-            return data
-        project = data.get("project")
-        name = project.name if isinstance(project, ProjectConfig) else \
-            project.get("name", FLYTE) if isinstance(project, dict) else FLYTE
-        if is_flyte(name):
-            return data
-        bot = data.get("bot")
-        if isinstance(bot, BotConfig):
-            if "suggested_prompts" not in bot.model_fields_set:
-                data = {**data, "bot": bot.model_copy(update={"suggested_prompts": []})}
-        elif bot is None or isinstance(bot, dict):
-            data = {**data, "bot": {"suggested_prompts": [], **(bot or {})}}
-        return data
+        if not self.project.is_flyte and "suggested_prompts" not in self.bot.model_fields_set:
+            object.__setattr__(self, "bot", self.bot.model_copy(update={"suggested_prompts": []}))  # frozen
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Config":

@@ -55,9 +55,9 @@ def load_docs(source: SourceConfig, report: LoadReport, *, store: str | None = N
         text = read_text(path, rel, report, max_bytes=MAX_BYTES)
         if text is None:
             continue
-        text = text.removeprefix("\ufeff")  # a byte order mark: the page's first heading starts after it
-        page_format = detect_format(rel)
-        if page_format != "rst" and not strip_front_matter(text).strip() and not front_matter(text).get("description"):
+        page_format = detect_format(rel)  # (read_text drops a byte-order mark)
+        meta = front_matter(text) if page_format != "rst" else {}
+        if page_format != "rst" and not strip_front_matter(text).strip() and not meta.get("description"):
             report.skip(rel, "only front matter, no text")
             continue
         title = page_title(text, page_format) or path.stem.replace("_", " ")
@@ -67,7 +67,7 @@ def load_docs(source: SourceConfig, report: LoadReport, *, store: str | None = N
             locator=rel,
             kind="docs",
             title=title,
-            url=render_url(source.url, rel, path, front_matter(text) if page_format != "rst" else None),
+            url=render_url(source.url, rel, path, meta),
             text=text,
             meta={"format": fmt},
         )

@@ -208,15 +208,23 @@ class _Kinds:
 _DM_FOLDER = re.compile(r"D[A-Z0-9]{6,}|mpdm-.*")
 
 
-def _channel_kinds(tree: _Tree, files: list[str], report: LoadReport) -> _Kinds:
+_META_FILES = ("users.json", "channels.json", "groups.json", "dms.json", "mpims.json")
+
+
+def _metadata(tree: _Tree, files: list[str], report: LoadReport) -> dict[str, Any]:
+    """The export's metadata files, each read once (a broken one is reported once)."""
+    return {name: _load_json(tree, name, report) for name in _META_FILES if name in files}
+
+
+def _channel_kinds(meta: dict[str, Any]) -> _Kinds:
     kinds = _Kinds()
-    kinds.has_private = any(f in files for f in ("groups.json", "dms.json", "mpims.json"))
-    listed = _load_json(tree, "channels.json", report) if "channels.json" in files else None
+    kinds.has_private = any(f in meta for f in ("groups.json", "dms.json", "mpims.json"))
+    listed = meta.get("channels.json")
     if isinstance(listed, list):
         kinds.public = {c["name"] for c in listed if isinstance(c, dict) and _nonempty_str(c.get("name"))}
     for meta_file, key, into in (("groups.json", "name", kinds.private), ("dms.json", "id", kinds.direct),
                                  ("mpims.json", "name", kinds.direct)):
-        entries = _load_json(tree, meta_file, report) if meta_file in files else None
+        entries = meta.get(meta_file)
         for e in entries if isinstance(entries, list) else ():
             if isinstance(e, dict) and _nonempty_str(e.get(key)):
                 into.add(e[key])
@@ -251,14 +259,14 @@ def _readable_channels(source: SourceConfig, report: LoadReport, d: Directory, k
     return readable
 
 
-def _directory(tree: _Tree, files: list[str], report: LoadReport) -> tuple[Directory, bool]:
+def _directory(meta: dict[str, Any], report: LoadReport) -> tuple[Directory, bool]:
     """The export's users and channels, and whether any channel list was usable.
 
     Without one every thread's URL is a bare `slack:<ts>`: the documents are still indexed
     (their text is what is searched), and the report says why their links are dead.
     """
     d = Directory()
-    users = _load_json(tree, "users.json", report) if "users.json" in files else None
+    users = meta.get("users.json")
     if isinstance(users, list):
         for u in users:
             d.add_user(u)
@@ -266,7 +274,7 @@ def _directory(tree: _Tree, files: list[str], report: LoadReport) -> tuple[Direc
         report.note("users.json", "missing or not a list of users: authors are shown by their user ids")
     listed = False
     for meta_file in ("channels.json", "groups.json"):
-        channels = _load_json(tree, meta_file, report) if meta_file in files else None
+        channels = meta.get(meta_file)
         if isinstance(channels, list):
             listed = True
             _add_channels(d, meta_file, channels, report)
@@ -408,9 +416,10 @@ def load_slack_export(source: SourceConfig, report: LoadReport, *, store: str | 
         report.skip(name, why)
     try:
         files = tree.files()
-        d, listed = _directory(tree, files, report)
+        meta = _metadata(tree, files, report)
+        d, listed = _directory(meta, report)
         folders = sorted({rel.split("/")[0] for rel in files if rel.count("/") == 1})
-        readable = _readable_channels(source, report, d, _channel_kinds(tree, files, report), folders)
+        readable = _readable_channels(source, report, d, _channel_kinds(meta), folders)
         by_channel: dict[str, list[str]] = {}
         for rel in files:
             parts = rel.split("/")

@@ -174,6 +174,7 @@ def test_an_export_without_a_usable_channels_json_keeps_its_threads_and_says_the
     notes = dict(report.notes)
     assert notes["channels.json"].startswith("missing or not a list of channels: thread links cannot be built")
     assert not any(name.endswith("/") for name in notes)  # said once, not once per channel
+    assert [name for name, _ in report.skipped].count("channels.json") <= 1  # a broken file read once
 
 
 def test_channel_entries_that_are_no_channel_name_and_id_are_left_out_and_named(tmp_path):
