@@ -181,7 +181,7 @@ class Answerer:
 
         fitted = pack_sources(sources, standalone, self.config.answer.token_budget)
         yield Progress("writing", len(fitted))
-        inputs = {"sources": prompts.format_sources(fitted), "question": standalone}
+        inputs = {"sources": prompts.format_sources(fitted), "question": prompts.asked_question(question, standalone)}
         try:
             if stream:
                 raw = yield from self._stream_answer(inputs, fitted, deadline)

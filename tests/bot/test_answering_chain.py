@@ -129,8 +129,18 @@ def test_condensed_question_is_used_for_retrieval(server):
     assert "and how many workers?" in condense.text_of("user")
     assert searcher.queries == ["How many Ray workers can a Flyte task use?"]
     assert "Question: How many Ray workers can a Flyte task use?" in answer.text_of("user")
+    # the model also reads the asker's own words (their language, the details condensing dropped)
+    assert "the user's own words: \"and how many workers?\"" in answer.text_of("user")
     assert a.standalone_question == "How many Ray workers can a Flyte task use?"
     assert a.question == "and how many workers?"
+
+
+def test_a_question_asked_without_a_thread_is_given_to_the_model_once(server):
+    server.reply = "Install it [1]."
+    answerer, _ = make(server)
+    answerer.answer("how do I use ray?")
+    user = server.requests[0].text_of("user")
+    assert user.endswith("Question: how do I use ray?") and "own words" not in user
 
 
 def test_no_condense_call_without_history(server):
