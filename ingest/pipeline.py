@@ -210,7 +210,29 @@ def collect_chunks(
     chunks, chunking = chunk_all(iter_documents(config, reports, progress=progress), store, reports)
     total = time.perf_counter() - t
     doc_counts = Counter({name: r.documents for name, r in reports.items()})
+    hint = project_hint(config, chunks)
+    if hint:
+        log.warning(hint)
     return chunks, reports, doc_counts, {"collect": total - chunking, "chunk": chunking}
+
+
+_HINT_SAMPLE = 2000
+
+
+def project_hint(config: Config, chunks: list[Chunk]) -> str | None:
+    """A config without [project] says "these are Flyte's docs": the prompts frame every question
+    as Flyte's. When the corpus hardly names Flyte, that default was likely not meant (another
+    project's docs with a copied sample config), and the answers would say "Flyte" about Bolt."""
+    if "project" in config.model_fields_set or not config.project.is_flyte or not chunks:
+        return None
+    sample = chunks[:: max(1, len(chunks) // _HINT_SAMPLE)]
+    name = config.project.name.casefold()
+    naming = sum(name in c.text.casefold() for c in sample)
+    if naming * 50 >= len(sample):  # 2% or more of the passages name it
+        return None
+    return (f"the config has no [project] table, so questions are framed as {config.project.name}'s, "
+            f"but {naming} of {len(sample):,} sampled passages name {config.project.name}: if these are "
+            "another project's sources, set [project] name = \"...\" (README \"Another project than Flyte\")")
 
 
 def source_stats(reports: dict[str, LoadReport], chunks: Iterable[Chunk]) -> dict[str, dict[str, int]]:

@@ -149,3 +149,39 @@ def test_another_projects_panel_offers_no_flyte_prompts(make_bolt_bot):
 
 def test_the_default_project_is_flyte():
     assert ProjectConfig().is_flyte and Config().bot.command == "/flytegpt"
+
+
+def _docs_config(tmp_path, page: str, project: str = "") -> str:
+    docs = tmp_path / "docs"
+    docs.mkdir(exist_ok=True)
+    (docs / "socket-mode.md").write_text(page)
+    config = tmp_path / "flytegpt.toml"
+    config.write_text(f'{project}[[sources]]\nname = "docs"\nkind = "docs"\npath = "docs"\n')
+    return str(config)
+
+
+BOLT_PAGE = "# Socket Mode\n\nUse SocketModeHandler with an app-level token to receive events over a WebSocket.\n"
+
+
+@pytest.mark.parametrize("project, page, warned", [
+    ("", BOLT_PAGE, True),  # another project's docs under the default: said
+    ('[project]\nname = "Bolt for Python"\n\n', BOLT_PAGE, False),
+    ('[project]\nname = "Flyte"\n\n', BOLT_PAGE, False),  # written on purpose
+    ("", "# Caching\n\nFlyte caches a task's outputs when `cache=True`.\n", False),
+])
+def test_a_config_without_project_over_another_projects_sources_is_told_so(tmp_path, caplog, project, page, warned):
+    """Audit 22 N2: without [project] every question is framed as Flyte's; a copied sample config
+    over Bolt's docs gave Bolt answers that called it Flyte, without a word at ingest time."""
+    from click.testing import CliRunner
+
+    from flytegpt.bot.cli import main
+
+    config = _docs_config(tmp_path, page, project)
+    result = CliRunner().invoke(main, ["ingest", "--config", config, "--dry-run"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "[project]" in r.getMessage()]
+    assert bool(said) is warned
+    if warned:
+        assert said[0].startswith("the config has no [project] table, so questions are framed as Flyte's, "
+                                  "but 0 of 3 sampled passages name Flyte")
+        assert 'set [project] name = "..."' in said[0]
