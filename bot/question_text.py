@@ -4,6 +4,7 @@ bulk Q&A, so a question the bot would answer is the question bulk Q&A asks."""
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from flytegpt.ingest.models import strip_controls
 
@@ -25,3 +26,16 @@ def clip_question(text: str, limit: int) -> str:
     """At most `limit` characters, a cut marked with "…": what the question log keeps of a question
     turned down as too long (stored whole, a user could write ~450 KB a minute into the database)."""
     return text if len(text) <= limit else text[:max(0, limit - 1)] + "\u2026"
+
+
+def mostly_another_script(text: str) -> bool:
+    """Is a third or more of the question's letters in a script other than Latin (Chinese,
+    Japanese, Cyrillic, ...)? The packaged embedding model and BM25 read English: such a question
+    finds nothing it means, so it is searched with the model's English search terms instead. A
+    question in Spanish or German shares enough words with the docs ("caché", "Tasks") to be
+    searched as written."""
+    letters = [c for c in text if c.isalpha()]
+    if len(letters) < 2:
+        return False
+    other = sum(not unicodedata.name(c, "LATIN").startswith("LATIN") for c in letters)
+    return other * 3 >= len(letters)

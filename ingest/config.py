@@ -348,6 +348,10 @@ class ProjectConfig(_Strict):
     # What the assistant calls itself in the prompts and the usage text: the Slack app's display
     # name. Left out: "FlyteGPT" for Flyte; otherwise none, and it says "I" and "@ me".
     assistant_name: str | None = Field(default=None, max_length=80)
+    # The language the sources are written in. With a chat model, a question written mostly in
+    # another script (Chinese, Cyrillic, ...) is searched with the model's search terms in this
+    # language: the packaged embedding model and the keyword index read English only.
+    language: str = Field(default="English", max_length=40)
 
     @model_validator(mode="before")
     @classmethod
@@ -357,7 +361,7 @@ class ProjectConfig(_Strict):
             return {"description": FLYTE_DESCRIPTION, "assistant_name": FLYTE_ASSISTANT, **data}
         return data
 
-    @field_validator("name", "description", "assistant_name")
+    @field_validator("name", "description", "assistant_name", "language")
     @classmethod
     def _one_line(cls, value: str | None, info: Any) -> str | None:
         """Each goes into a sentence of a prompt: one line, no blank name."""
@@ -369,12 +373,18 @@ class ProjectConfig(_Strict):
         if not value:
             if info.field_name == "name":
                 raise ValueError("is empty: write the project's name, e.g. \"Bolt for Python\"")
+            if info.field_name == "language":
+                raise ValueError("is empty: write the language of the sources, e.g. \"English\"")
             return None  # an empty description or assistant name: none
         return value
 
     @property
     def is_flyte(self) -> bool:
         return is_flyte(self.name)
+
+    @property
+    def in_english(self) -> bool:
+        return self.language.casefold() == "english"
 
 
 # Slack's rule for a slash command: a slash, then lowercase letters, digits, "-" or "_" (32 in all)

@@ -18,6 +18,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from flytegpt.bot.question_text import mostly_another_script
+
 from . import prompts
 from .budget import Source, dedupe_hits, pack_sources
 from .citations import source_citations
@@ -164,8 +166,11 @@ class Answerer:
             standalone = with_thread_subject(question, history)
 
         query = standalone
-        if self.config.answer.rewrite_query and self.llm_enabled and not history:
-            query = self._rewrite(standalone, deadline)
+        # a question the index cannot read (Chinese over English docs) is searched with the
+        # model's search terms alone; [answer] rewrite_query adds them to any thread's first question
+        unreadable = self.llm_enabled and self.config.project.in_english and mostly_another_script(standalone)
+        if unreadable or (self.config.answer.rewrite_query and self.llm_enabled and not history):
+            query = self._rewrite(standalone, deadline, terms_alone=unreadable)
         hits = searcher.search(query, self.config.retrieval.k)
         sources = dedupe_hits(hits, self.config.answer.max_sources)
         if not self._relevant(hits):
@@ -285,7 +290,7 @@ class Answerer:
                 out = out[len(prefix) :].strip()
         return out[:_CONDENSED_MAX_CHARS]
 
-    def _rewrite(self, question: str, deadline: _Deadline) -> str:
+    def _rewrite(self, question: str, deadline: _Deadline, *, terms_alone: bool = False) -> str:
         """The question plus the model's search terms for it (`[answer] rewrite_query`): a vague
         question or a pasted error names the feature or setting it is about. Best-effort: with at
         most a quarter of the answer's time and no answer-breaking error, else the question alone."""
@@ -297,7 +302,9 @@ class Answerer:
             log.info("query rewrite skipped: %s", type(e).__name__)
             return question
         terms = " ".join(out.split())[:_REWRITE_MAX_CHARS]
-        return f"{question}\n{terms}" if terms else question
+        if not terms:
+            return question
+        return terms if terms_alone else f"{question}\n{terms}"
 
     def _model(self) -> Any:
         with self._lock:

@@ -21,15 +21,15 @@ from flytegpt.bot.answering import (
     write_report,
 )
 from flytegpt.bot.answering import prompts
-from flytegpt.ingest.config import AnswerConfig, Config, Settings
+from flytegpt.ingest.config import AnswerConfig, Config, ProjectConfig, Settings
 
 SECRET = "sk-test-secret-value-123"
 
 
-def make(server, chunks=ALL, with_dense=False, **answer):
+def make(server, chunks=ALL, with_dense=False, project=None, **answer):
     opts = dict(timeout_s=2.0, max_retries=2, retry_backoff_s=0.05, retry_max_wait_s=3.0, min_score=0.2)
     opts.update(answer)
-    config = Config(answer=AnswerConfig(**opts))
+    config = Config(answer=AnswerConfig(**opts), project=project or ProjectConfig())
     settings = Settings(OPENAI_API_KEY=SECRET, OPENAI_BASE_URL=server.base_url, FLYTEGPT_CHAT_MODEL="stand-in-model")
     searcher = WordSearcher(list(chunks), with_dense=with_dense)
     return Answerer(config, settings, lambda: searcher), searcher
@@ -173,6 +173,28 @@ def test_a_failed_query_rewrite_searches_the_question_alone(server, failure):
     assert searcher.queries == ["how do I use ray workers?"]
     assert a.mode == "llm" and "replicas" in a.text
     assert server.requests[-1].messages[0]["content"] == prompts.ANSWER_SYSTEM
+
+
+def test_a_question_in_another_script_is_searched_with_the_models_english_terms(server):
+    """The packaged model and BM25 read English: "如何使用 ray 的 workers？" found nothing it means.
+    With a model, it is searched with the search terms the model names, in English, without
+    [answer] rewrite_query; the model still answers the question as asked (in its language)."""
+    server.script(Reply("Ray workers RayJobConfig replicas"), Reply("设置 replicas [1]。"))
+    answerer, searcher = make(server)
+    a = answerer.answer("如何设置 ray 的 workers 数量？")
+    rewrite, answer = server.requests
+    assert rewrite.messages[0]["content"] == prompts.REWRITE_SYSTEM
+    assert "Write the query in English, the language of the sources" in prompts.REWRITE_SYSTEM
+    assert searcher.queries == ["Ray workers RayJobConfig replicas"]
+    assert "Question: 如何设置 ray 的 workers 数量？" in answer.text_of("user")
+    assert a.mode == "llm" and a.citations
+
+
+def test_a_question_in_another_script_is_searched_as_written_over_sources_in_its_language(server):
+    server.reply = "Установите плагин [1]."
+    answerer, searcher = make(server, project=ProjectConfig(language="Russian"))
+    answerer.answer("Как использовать ray?")
+    assert searcher.queries == ["Как использовать ray?"] and len(server.requests) == 1
 
 
 def test_no_rewrite_for_a_follow_up_or_by_default(server):
