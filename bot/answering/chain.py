@@ -184,7 +184,7 @@ class Answerer:
             yield self._too_late(question, standalone, sources, version)
             return
 
-        fitted = pack_sources(sources, standalone, self.config.answer.token_budget)
+        fitted = pack_sources(sources, query, self.config.answer.token_budget)  # with the search terms
         yield Progress("writing", len(fitted))
         inputs = {"sources": prompts.format_sources(fitted), "question": prompts.asked_question(question, standalone)}
         try:

@@ -7,7 +7,7 @@ import re
 import time
 
 import pytest
-from support.answering_support import ALL, EVIL_DOC, INJECTION, RAY_CODE, RAY_DOC, RAY_SLACK, WordSearcher
+from support.answering_support import ALL, EVIL_DOC, INJECTION, RAY_CODE, RAY_DOC, RAY_SLACK, WordSearcher, chunk
 from support.openai_server import Fail, Hang, Reply, Slow
 
 from flytegpt.bot import messages
@@ -188,6 +188,18 @@ def test_a_question_in_another_script_is_searched_with_the_models_english_terms(
     assert searcher.queries == ["Ray workers RayJobConfig replicas"]
     assert "Question: 如何设置 ray 的 workers 数量？" in answer.text_of("user")
     assert a.mode == "llm" and a.citations
+
+
+def test_a_question_in_another_script_is_given_the_passages_its_search_terms_match(server):
+    """Sources cut to fit the budget keep the passages matching the question's words: for a
+    Chinese question those are the model's English search terms, not the question's."""
+    filler = "\n\n".join(f"Paragraph {i} about logging, retries and timeouts in general." for i in range(60))
+    page = chunk("docs:ray.md", "docs", "Ray", "https://docs.example.org/ray",
+                 f"{filler}\n\nSet replicas on WorkerNodeConfig to choose how many Ray workers run.\n\n{filler}")
+    server.script(Reply("Ray workers replicas WorkerNodeConfig"), Reply("设置 replicas [1]。"))
+    answerer, _ = make(server, chunks=[page], token_budget=300)
+    answerer.answer("如何设置分布式训练的工作节点数量？")  # no Latin word to match a passage with
+    assert "Set replicas on WorkerNodeConfig" in server.requests[-1].text_of("user")
 
 
 def test_a_question_in_another_script_is_searched_as_written_over_sources_in_its_language(server):
