@@ -11,7 +11,7 @@ import pytest
 from support.answering_support import ALL, WordSearcher
 from support.openai_server import Reply
 
-from flytegpt.bot.answering import Answerer, answer_many, write_report
+from flytegpt.bot.answering import Answerer, answer_many, prompts, write_report
 from flytegpt.ingest.config import AnswerConfig, Config, Settings
 
 RAY = "how do I use ray?"
@@ -61,7 +61,9 @@ def test_letters_and_digits_of_any_script_are_asked(server) -> None:
     server.reply = "Install the plugin [1]."
     asked = ["ray \u3067\u3059\u304b\uff1f", "\u0440\u0435\u0439?", "42"]
     results = answer_many(make(server, min_score=0.0), asked)
-    assert len(server.requests) + sum(r["mode"] == "not_found" for r in results) == 3
+    # (a question mostly in another script is searched with the model's search terms first)
+    answered = [r for r in server.requests if r.messages[0]["content"] == prompts.ANSWER_SYSTEM]
+    assert len(answered) + sum(r["mode"] == "not_found" for r in results) == 3
     assert not any(r["mode"] == "error" for r in results)
 
 
