@@ -3,7 +3,6 @@ bulk Q&A, so a question the bot would answer is the question bulk Q&A asks."""
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
 from flytegpt.ingest.models import strip_controls
@@ -11,7 +10,6 @@ from flytegpt.ingest.models import strip_controls
 # Characters that show nothing. A question made of these and spaces is empty. They are only
 # stripped at the ends: inside a word U+200D joins emoji (a family, a skin tone) and must stay.
 _INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
-_BLANK_ENDS = re.compile(f"^[\\s{_INVISIBLE}]+|[\\s{_INVISIBLE}]+$")
 
 
 def clean_question(text: str) -> str:
@@ -19,7 +17,12 @@ def clean_question(text: str) -> str:
     and stored: control characters (NUL, ESC, BEL; tab and newline stay) by the same rule as the
     model's answers, bidi overrides, and blank or invisible characters at either end ("" when
     nothing else is left, so a question of zero-width spaces is the empty question)."""
-    return _BLANK_ENDS.sub("", strip_controls(text))
+    text = strip_controls(text)
+    while True:  # str.strip, not a regex: "a" + 40,000 spaces + "b" took a regex 5 s (audit 23 F3)
+        stripped = text.strip().strip(_INVISIBLE)
+        if stripped == text:
+            return text
+        text = stripped
 
 
 def clip_question(text: str, limit: int) -> str:

@@ -23,10 +23,17 @@ _MARKER = re.compile(_ONE_MARKER, re.I)
 # markers side by side ("[1][1]", "[2] [3]") are read as one, so a repeat shows once
 _MARKER_RUN = re.compile(rf"{_ONE_MARKER}(?:[ \t]*{_ONE_MARKER})*", re.I)
 # looks like a citation but names no source: [1a], [^2b]
-_ODD_MARKER = re.compile(r"[ \t]*\[\^?\d{1,3}[a-z]\](?![(:])", re.I)
+# (?<![ \t]): a match starts where a run of spaces starts, so a long run is scanned once, not once
+# per space (audit 23 F3: 40,000 spaces took 2.7 s)
+_ODD_MARKER = re.compile(r"(?<![ \t])[ \t]*\[\^?\d{1,3}[a-z]\](?![(:])", re.I)
+_DROPPED = re.compile(r"(?<![ \t])[ \t]*\x00")
 _SUPERSCRIPT_MARKER = re.compile(r"\[\^?([⁰¹²³⁴-⁹]{1,3})\](?![(:])")
 _SUPERSCRIPT_DIGITS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
-_MD_LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^)\s]+)\)")
+# [label](url), [label](<url>), [label](url "title"), any case of the scheme, or //host. The label
+# holds no bracket and the URL none either: "[[[[..." or "[x](http://[x](http://..." is scanned
+# once, not once per bracket (audit 23 F3). What this misses, clean_answer's last pass defuses.
+_MD_LINK = re.compile(
+    r"\[([^\[\]\n]+)\]\(\s*<?((?:https?:)?//[^\s()<>\[\]]+)>?(?:\s+(?:\"[^\"\n]*\"|'[^'\n]*'))?\s*\)", re.I)
 # A model's own list of sources at the end, under a Sources/References heading: numbered
 # items, bullets (a link or a bare title) or lines that are only a link. Our list replaces it.
 _EOL = r"[ \t]*(?=\n|\Z)"
@@ -155,7 +162,7 @@ def process_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[C
             continue
         seg = _MD_LINK.sub(unlink, seg)
         seg = _MARKER_RUN.sub(replace, _normalize_markers(seg))
-        seg = re.sub(r"[ \t]*\x00", "", seg)  # a dropped marker takes its leading space along
+        seg = _DROPPED.sub("", seg)  # a dropped marker takes its leading space along
         parts.append(seg)
     clean = "".join(parts).strip()
     old_by_new = {v: k for k, v in renumber.items()}

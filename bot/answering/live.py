@@ -23,11 +23,18 @@ Stage = Literal["searching", "writing"]
 # Slack's link forms <url> and <url|label> (a label may hold spaces), and bare URLs, which
 # Slack's Markdown makes live by itself; a bare URL starts after a space or punctuation that
 # is not part of a Markdown link, and does not end with the sentence's punctuation.
-_AUTOLINK = re.compile(r"<((?:https?|mailto):[^<>\s|]+)(?:\|([^<>]*))?>", re.I)
+_AUTOLINK = re.compile(r"<([a-z][a-z0-9+.-]{1,31}:[^<>\s|]+|[^<>\s@|!#]+@[^<>\s|]+)(?:\|([^<>]*))?>", re.I)
 _BARE_URL = re.compile(r"(?<![\w`<\[/@.:|-])(?<!\]\()(?:https?://|www\.)[^\s<>`()\[\]]*[^\s<>`()\[\].,;:!?'\"*_~]", re.I)
 # the end of a growing text that may still become a bare URL: "ht", "https:/", "www", "https://x.o"
 _URL_BEING_WRITTEN = re.compile(r"(?:^|[^\w])((?:h(?:t(?:t(?:p(?:s?(?::(?:/(?:/\S*)?)?)?)?)?)?)?|w(?:w(?:w(?:\.\S*)?)?)?))$", re.I)
-_AUTOLINK_START = re.compile(r"<(?:[A-Za-z][A-Za-z0-9+.-]*(?::[^<>]*)?)?")  # what may still become one
+# what may still become one: "<", "<https:", "<security@evil"
+_AUTOLINK_START = re.compile(r"<(?:[A-Za-z][A-Za-z0-9+.-]*(?::[^<>]*)?|[^<>\s@|!#]+(?:@[^<>\s|]*)?)?")
+# Markdown link syntax left after the rules above ([x](HTTPS://…) over two lines, [[x]](…), a
+# reference definition "[x]: https://…"): "](" and "]:" get a zero-width space between them, so no
+# Markdown reader makes a link of it, unless the "](" leads to a given source's URL.
+_LINK_TARGET = re.compile(r"\]\(\s*<?([^\s()<>]*)")
+_LINK_DEFINITION = re.compile(r"\](?=:)")
+_ZWSP = "\u200b"
 # Control characters (but tab and newline) and the C1 set: a model echoing binary or terminal
 # escapes shows nothing useful with them, and an answer of nothing else is an empty answer.
 
@@ -50,8 +57,13 @@ def clean_answer(raw: str, sources: Sequence[Source]) -> tuple[str, list[Citatio
     def unlink_bare(m: re.Match) -> str:
         return m.group(0) if link_key(m.group(0)) in known else f"`{m.group(0)}`"
 
+    def defuse(m: re.Match) -> str:
+        target = m.group(1)
+        return m.group(0) if target and link_key(target) in known else "]" + _ZWSP + m.group(0)[1:]
+
     def safe(seg: str) -> str:
-        return _BARE_URL.sub(unlink_bare, _AUTOLINK.sub(unlink, seg))
+        seg = _LINK_DEFINITION.sub("]" + _ZWSP, _LINK_TARGET.sub(defuse, _AUTOLINK.sub(unlink, seg)))
+        return _BARE_URL.sub(unlink_bare, seg)
 
     return "".join(seg if code else safe(seg) for code, seg in split_code(text)), citations
 

@@ -639,6 +639,36 @@ def test_made_up_links_never_show_live_while_streamed_or_at_the_end(server, toke
         assert "evil.example" not in live.replace("`www.evil.example`", ""), shown
 
 
+def _hrefs(markdown: str) -> list[str]:
+    """Every link a CommonMark reader makes of the text (bare URLs: the test above)."""
+    from markdown_it import MarkdownIt
+
+    return re.findall(r'href="([^"]*)"', MarkdownIt("commonmark").render(markdown))
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 1000])
+def test_no_markdown_link_form_makes_a_live_link_to_a_url_that_is_no_source(server, tokens):
+    """Audit 23 F1: links the model writes (or a prompt-injected passage makes it write) in forms
+    the link rules missed reached Slack live in the streamed text: an upper-case scheme, a title,
+    a label over two lines, nested brackets, an e-mail autolink, //host, a reference definition,
+    any scheme in <...>. A CommonMark reader of every prefix shown finds only the sources' links."""
+    from support.openai_server import Slow
+
+    reply = ("Sign in at [docs.flyte.org](HTTPS://evil.example/a) [1], or [the console](https://evil.example/b "
+             "\"Flyte\"). Mail <security@evil.example>. See [docs.flyte.org\nconsole](https://evil.example/c), "
+             "[[docs.flyte.org]](https://evil.example/d), [d](//evil.example/e), [r1][r] and "
+             f"<ftp://evil.example/f>. The page: [Ray]({RAY_DOC.url}).\n\n[r]: https://evil.example/g\n")
+    server.script(Slow(reply, tokens=tokens, delay=0.0))
+    answerer, _ = make(server)
+    _, deltas, a = _collect(answerer.stream("how do I use ray?"))
+    shown = ""
+    for d in deltas:
+        shown += d
+        assert all(h.startswith(RAY_DOC.url) for h in _hrefs(shown)), shown
+    assert _hrefs(a.text) == [RAY_DOC.url]
+    assert "docs.flyte.org" in a.text and "[1]" in a.text
+
+
 # ---- audit19 A1 / A11: a blank key is no key; a malformed base URL is one error naming it ----------
 
 @pytest.mark.parametrize("key", ["", "   ", "\n"])
