@@ -21,7 +21,7 @@ from flytegpt.bot.slack.feedback import FeedbackDatabaseError, FeedbackStore
 log = logging.getLogger(__name__)
 
 # <@U…>, <@W…|name>, <!subteam^S…>, and the "@U0ABC123" that older bots stored a mention as
-_MENTION = re.compile(r"<[@!](?:[UW][A-Z0-9]+|subteam\^[A-Z0-9]+)(?:\|[^>]*)?>|(?<![\w@])@[UW][A-Z0-9]{6,}\b")
+_MENTION = re.compile(r"<[@!](?:[UW][A-Z0-9]+|subteam\^[A-Z0-9]+)(?:\|[^<>]*)?>|(?<![\w@])@[UW][A-Z0-9]{6,}\b")
 PRIVATE_SURFACES = ("dm", "panel")  # the assistant panel is a DM with the app
 SURFACE_NAMES = {"command": "slash", "assistant": "panel"}  # the bot's names for /flytegpt and the panel
 

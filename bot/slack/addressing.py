@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 # Someone else is addressed: a person (<@U…>), a user group (<!subteam^…>), or everyone here.
-_ADDRESSED = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>|<!subteam\^[^>]*>|<!(?:here|channel|everyone)(?:\|[^>]*)?>")
+_ADDRESSED = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^<>]*)?>|<!subteam\^[^<>]*>|<!(?:here|channel|everyone)(?:\|[^<>]*)?>")
 _THANKS = {"thanks", "thank", "thx", "ty", "tysm", "cheers", "merci", "danke", "gracias", "kudos"}
 _ACK_ONLY = {"ok", "okay", "k", "great", "perfect", "awesome", "cool", "nice", "got", "it", "that", "this",
              "worked", "works", "working", "lgtm", "yes", "yep", "yeah", "sure", "sounds", "good", "makes",

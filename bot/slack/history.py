@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from flytegpt.bot.answering import Turn
 
 log = logging.getLogger(__name__)
-_USER_MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
+_USER_MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^<>]*)?>")
 # A follow-up at the top of a DM is read with the exchange of the past quarter hour (dm_turns);
 # older than that, the asker has moved on. One page of the DM's history covers it.
 DM_CONTEXT_S, _DM_PAGE = 900.0, 20
@@ -179,5 +179,5 @@ def question_text(text: object, bot_user_id: str | None) -> str:
 def strip_mentions(text: str, bot_user_id: str | None) -> str:
     """Remove the bot's own mention(s) from a question; other mentions stay."""
     if bot_user_id:
-        text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", " ", text)
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^<>]*)?>", " ", text)
     return re.sub(r"[ \t]{2,}", " ", text).strip()

@@ -16,6 +16,8 @@ from flytegpt.bot.answering.citations import process_citations, sources_list_sta
 from flytegpt.bot.answering.live import LiveCitations, clean_answer
 from flytegpt.bot.question_text import clean_question
 from flytegpt.bot.slack import render
+from flytegpt.bot.slack.addressing import closes_the_thread, for_the_bot, reads_as_followup
+from flytegpt.bot.slack.history import question_text
 from flytegpt.bot.slack.stream import neutralize
 
 N = 200_000
@@ -55,3 +57,23 @@ def test_a_streamed_answer_of_long_whitespace_runs_is_cleaned_piece_by_piece_in_
     for _ in range(200):
         live.feed(" " * 200 + "[1a]" + "\t" * 200)
     assert live.flush() is not None
+
+
+SLACK_HOSTILE = {
+    "open mentions": "<@U1|" * (N // 5),
+    "open bot mentions": "<@UBOT|" * (N // 7),
+    "open user groups": "<!subteam^" * (N // 10),
+    "open here": "<!here|" * (N // 7),
+    "open links": "<http://x|" * (N // 10),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(SLACK_HOSTILE))
+def test_a_message_is_read_and_triaged_in_time_linear_in_its_length(name):
+    """What the listener does with a message before anything else: who it is for, its question."""
+    text = SLACK_HOSTILE[name]
+    assert question_text(text, "UBOT")
+    for_the_bot(text, "UBOT")
+    closes_the_thread(text)
+    reads_as_followup(text)
