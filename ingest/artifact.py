@@ -366,8 +366,20 @@ def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: Keywor
     return version
 
 
+class SupersededError(ArtifactError):
+    """LATEST names a version made from newer sources: another ingest published meanwhile."""
+
+
+class ShrunkError(ArtifactError):
+    """The version lost a source or much of the index against LATEST: likely a broken source."""
+
+
+DEFAULT_MAX_SHRINK = 0.25
+_SHRINK_MIN_CHUNKS = 50  # a source smaller than this is judged only on giving nothing at all
+
+
 def publish(store: str, version: str, *, keep_versions: int = DEFAULT_KEEP_VERSIONS, force: bool = False,
-            sources_read_at: datetime | None = None) -> None:
+            sources_read_at: datetime | None = None, max_shrink: float = DEFAULT_MAX_SHRINK) -> None:
     """Point LATEST at `version` after opening and verifying it, then prune old versions.
 
     A bad version leaves LATEST alone. Two ingests into one store are serialised by a lock
@@ -379,7 +391,9 @@ def publish(store: str, version: str, *, keep_versions: int = DEFAULT_KEEP_VERSI
     failures are logged, never fatal to the publish. When LATEST already named `version`, it is
     written again (a bot that refused it retries it when LATEST changes) but nothing is pruned:
     nothing changed, and with `keep_versions = 1` a prune would delete the version LATEST named
-    before, a rollback's target.
+    before, a rollback's target. A version that lost more than `max_shrink` of LATEST's chunks, or
+    every chunk of a source, is refused too (`_refuse_shrunk`): a source that broke quietly (an
+    include pattern that stopped matching, a renamed channel) must not replace a good index.
     """
     check_version_id(version, f"publish {store}")
     new_manifest = open_version(store, version).manifest
@@ -390,6 +404,7 @@ def publish(store: str, version: str, *, keep_versions: int = DEFAULT_KEEP_VERSI
         previous = _current_latest(store)
         if previous not in (None, version) and not force:
             _refuse_older(store, previous, version, new_manifest)
+            _refuse_shrunk(store, previous, version, new_manifest, max_shrink)
         atomic_write(fs, join(root, LATEST), (version + "\n").encode())
     if previous == version:
         log.info("LATEST already named %s in %s: written again, nothing pruned", version, store)
@@ -435,11 +450,44 @@ def _refuse_older(store: str, current: str, version: str, new_manifest: dict[str
         return  # LATEST names a version that is gone or broken: anything verified is better
     now_time, new_time = _content_time(current_manifest), _content_time(new_manifest)
     if now_time is not None and new_time is not None and new_time < now_time:
-        raise ArtifactError(
+        raise SupersededError(
             f"not published: {LATEST} in {store} names {current}, made from sources read at "
             f"{now_time.isoformat()}, newer than {version} ({new_time.isoformat()}); another ingest "
             f"published meanwhile. {version} stays in the store unpublished."
         )
+
+
+def _refuse_shrunk(store: str, current: str, version: str, new_manifest: dict[str, Any], max_shrink: float) -> None:
+    """Raise when `version` holds much less than LATEST's version of the sources both were built
+    from. A source left out of the config is no loss; one still configured that gave nothing is."""
+    if max_shrink >= 1:
+        return
+    try:
+        before = read_manifest(store, current).get("counts")
+    except ArtifactError:
+        return
+    after = new_manifest.get("counts") or {}
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return
+    common = [name for name in before if name in source_names(new_manifest)]
+    had = {name: _count(before[name]) for name in common}
+    has = {name: _count(after.get(name)) for name in common}
+    losses = [f"{name} gave no chunks (it had {had[name]:,})" for name in common if had[name] and not has[name]]
+    losses += [f"{name} has {has[name]:,} chunks (it had {had[name]:,})" for name in common
+               if has[name] and had[name] >= _SHRINK_MIN_CHUNKS and has[name] < (1 - max_shrink) * had[name]]
+    total_before, total_after = sum(had.values()), sum(has.values())
+    if total_after < (1 - max_shrink) * total_before:
+        losses.append(f"the index has {total_after:,} chunks of these sources (it had {total_before:,})")
+    if losses:
+        raise ShrunkError(
+            f"not published: against {current}, which {LATEST} in {store} names, {'; '.join(losses)}. "
+            f"A source that broke (a path, an include pattern, a renamed channel) would replace a good "
+            f"index. Check the ingest's summary; if the loss is meant, `flytegpt publish {version}` "
+            f"publishes it, or set [index] max_shrink (now {max_shrink:g}; 1 turns this off).")
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 # ---------------------------------------------------------------- reading

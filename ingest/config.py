@@ -201,6 +201,11 @@ class IndexConfig(_Strict):
     # names, the one it named before (bots may still serve it until their next poll) and those
     # made from newer sources than LATEST's (not published yet, or rolled back from).
     keep_versions: int = Field(default=7, ge=1, le=1000)
+    # A new version is not published when a source that gave chunks gives none, or when the index
+    # (or a source of 50 chunks or more) has lost more than this fraction of what LATEST holds, as
+    # when an include pattern stopped matching or a Slack channel was renamed: the run fails and the
+    # bots keep the good index. 1 turns it off; `flytegpt publish VERSION` publishes one anyway.
+    max_shrink: float = Field(default=0.25, ge=0, le=1)
     cache_dir: str | None = None  # local copy of remote versions (the bot downloads here)
 
 

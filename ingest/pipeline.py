@@ -369,7 +369,8 @@ def publish(config: Config, version: str) -> None:
     """Move LATEST (guarded against a concurrent ingest), then keep `[index] keep_versions`."""
     from flytegpt.ingest.artifact import publish as _publish
 
-    _publish(config.index.store, version, keep_versions=config.index.keep_versions)
+    _publish(config.index.store, version, keep_versions=config.index.keep_versions,
+             max_shrink=config.index.max_shrink)
 
 
 def run_ingest(

@@ -323,3 +323,57 @@ def test_a_damaged_latest_of_the_same_content_is_replaced_by_a_new_version(tmp_p
     repaired = build(store, seed=2)  # within the same second it is the same id, written again
     assert read_latest(store) == repaired
     assert open_version(store).version == repaired  # every file verifies
+
+
+# ---- audit 24 F1: a source that broke quietly does not replace a good index ---------------------
+
+def _version_of(store: str, counts: dict[str, int], seed: int, configured: tuple[str, ...] = ()) -> str:
+    """A version whose chunks come from sources named like `counts` (source id "<name>:<i>"), with
+    `configured` sources read without giving any chunk (the manifest's stats.sources)."""
+    import time
+
+    time.sleep(1.0)  # version ids and sources_read_at carry the time in seconds
+    from dataclasses import replace
+
+    chunks = [replace(c, source_id=f"{name}:{c.source_id}") for name, n in counts.items()
+              for c in make_chunks(n, f"{name} {seed}")]
+    stats = {"sources": {name: {"documents": 1, "chunks": counts.get(name, 0), "skipped": 0}
+                         for name in (*counts, *configured)}}
+    return write_version(store, chunks, make_vectors(len(chunks), seed=seed), MODEL, stats=stats)
+
+
+def test_a_source_that_gives_nothing_is_not_published_over_one_that_gave_chunks(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    good = _version_of(store, {"docs": 15, "code": 10, "slack": 6}, seed=1)
+    publish(store, good)
+    empty_docs = _version_of(store, {"code": 10, "slack": 6}, seed=2, configured=("docs",))
+    with pytest.raises(artifact.ShrunkError) as e:
+        publish(store, empty_docs)
+    assert read_latest(store) == good  # the bots keep the good index
+    message = str(e.value)
+    assert "docs gave no chunks (it had 15)" in message and f"flytegpt publish {empty_docs}" in message
+    assert "[index] max_shrink" in message
+    publish(store, empty_docs, force=True)  # `flytegpt publish VERSION`: meant
+    assert read_latest(store) == empty_docs
+
+
+def test_an_index_that_lost_more_than_max_shrink_is_not_published(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    publish(store, good := _version_of(store, {"docs": 100, "code": 100}, seed=1))
+    smaller = _version_of(store, {"docs": 60, "code": 100}, seed=2)  # docs -40%, the index -20%
+    with pytest.raises(artifact.ShrunkError, match=r"docs has 60 chunks \(it had 100\)"):
+        publish(store, smaller)
+    assert read_latest(store) == good
+    publish(store, smaller, max_shrink=0.5)
+    assert read_latest(store) == smaller
+    much_smaller = _version_of(store, {"docs": 10, "code": 10}, seed=3)
+    publish(store, much_smaller, max_shrink=1.0)  # 1 turns the guard off
+    assert read_latest(store) == much_smaller
+
+
+def test_a_source_taken_out_of_the_config_or_a_small_one_shrinking_is_no_loss(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    publish(store, _version_of(store, {"docs": 100, "slack": 40, "old": 300}, seed=1))
+    fewer_sources = _version_of(store, {"docs": 90, "slack": 20}, seed=2)  # "old" is no longer configured
+    publish(store, fewer_sources)  # slack (< 50 chunks) halved: judged only on giving nothing
+    assert read_latest(store) == fewer_sources

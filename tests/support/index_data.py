@@ -54,6 +54,6 @@ def published_versions(store: str | Path, sizes: tuple[int, ...]) -> list[str]:
         if i:
             time.sleep(1.0)  # version ids carry the time in seconds
         version = write_version(str(store), make_chunks(n, tag=str(i)), make_vectors(n, seed=i), MODEL)
-        publish(str(store), version)
+        publish(str(store), version, max_shrink=1.0)  # sizes go down as well as up here
         versions.append(version)
     return versions
