@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from flytegpt.ingest.chunking import is_evidence
@@ -191,8 +191,25 @@ def _settings(cfg: TuningConfig) -> dict:
                                    "max_pairs", "seed"})
 
 
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
 def _slug(model_id: str) -> str:
-    return model_id.removeprefix(TUNED_PREFIX)
+    """The tuned model's folder name. It comes from a manifest in the store, and is joined to the
+    store's and the cache's paths: a name like "../../elsewhere" is refused (audit 23 F2)."""
+    slug = model_id.removeprefix(TUNED_PREFIX)
+    if not _SLUG.fullmatch(slug) or ".." in slug:
+        raise TuningError(f"{model_id!r} is not a tuned model id ({TUNED_PREFIX}<name>, letters, digits, . _ -)")
+    return slug
+
+
+def _safe_relative(rel: str, model_id: str) -> PurePosixPath:
+    """A file of a model folder in the store as a path under the local copy: every object key is
+    the store's to choose, and "a/../../x" or "/x" would write outside it."""
+    path = PurePosixPath(rel)
+    if not rel or path.is_absolute() or any(part in ("", ".", "..") for part in rel.split("/")):
+        raise TuningError(f"tuned model {model_id}: the store holds a file named {rel!r}; refused")
+    return path
 
 
 # ------------------------------------------------------------------ training
@@ -311,10 +328,24 @@ def stored_models(store: str) -> list[dict]:
         if raw is None:
             continue  # being written, or a crashed upload
         try:
-            out.append(json.loads(raw))
+            info = json.loads(raw)
         except ValueError:
             log.warning("tuned model %s: unreadable %s; ignored", entry["name"], REPORT_FILE)
+            continue
+        if not _names_its_folder(info, entry["name"]):
+            log.warning("tuned model %s: its %s names another folder; ignored", entry["name"], REPORT_FILE)
+            continue
+        out.append(info)
     return out
+
+
+def _names_its_folder(info: object, folder: str) -> bool:
+    """A tune.json is used (reused, pruned by its model id) only when its id is the folder it is
+    in: prune deletes the folder an id names, and the id is the store's to write."""
+    try:
+        return isinstance(info, dict) and _slug(str(info.get("model_id", ""))) == folder.rstrip("/").rsplit("/", 1)[-1]
+    except TuningError:
+        return False
 
 
 def _reusable(store: str, base_model: str, cfg: TuningConfig, keys: set[str]) -> dict | None:
@@ -388,10 +419,13 @@ def local_model(store: str, model_id: str, cache_dir: str | None = None) -> Path
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
     try:
         for entry in fs.find(source, detail=False):
-            rel = entry[len(source):].lstrip("/")
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_bytes(fs.cat_file(entry))
+            dest = tmp / _safe_relative(entry[len(source):].removeprefix("/"), model_id)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(fs.cat_file(entry))
         tmp.rename(target)
+    except TuningError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if not (target / REPORT_FILE).is_file():
@@ -416,7 +450,7 @@ def prune_models(store: str, keep: set[str]) -> list[str]:
 def prune_local_models(cache_dir: str | None, keep: set[str]) -> list[str]:
     """Delete the local copies (`local_model`'s) of tuned models not in `keep`."""
     folder = _cache_root(cache_dir)
-    slugs = {_slug(m) for m in keep if is_tuned(m)}
+    slugs = {m.removeprefix(TUNED_PREFIX) for m in keep if is_tuned(m)}  # only compared with folder names
     removed = []
     for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
         if entry.is_dir() and entry.name not in slugs:

@@ -243,3 +243,41 @@ def test_flytegpt_tune_prints_the_held_out_figures(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace("min_pairs = 5", "min_pairs = 10000"))
     small = CliRunner().invoke(main, ["tune", "--config", str(config), "--store", str(tmp_path / "s2")])
     assert small.exit_code == 1 and "training pairs" in small.output and "Traceback" not in small.output
+
+
+# ---- audit 23 F2: a store's names never place a file outside the model's folder -----------------
+
+@pytest.mark.parametrize("model_id", ["flytegpt-tuned/../../elsewhere/m", "flytegpt-tuned//tmp/x",
+                                      "flytegpt-tuned/", "flytegpt-tuned/m/../../x", "flytegpt-tuned/.."])
+def test_a_tuned_model_id_that_leaves_the_models_folder_is_refused(tmp_path: Path, model_id: str) -> None:
+    with pytest.raises(tuning.TuningError, match="is not a tuned model id"):
+        tuning.local_model(str(tmp_path / "store"), model_id, str(tmp_path / "cache"))
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_model_file_whose_key_climbs_out_of_the_folder_is_not_written(tmp_path: Path) -> None:
+    """S3 keys are opaque strings: models/m-1/../../../x is a key like any other."""
+    import fsspec
+
+    store = "memory://tuning-traversal/store"
+    _fake_model(store, "flytegpt-tuned/m-1", "2026-01-01T00:00:00Z")
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/tuning-traversal/store/models/m-1/../../../../planted", b"x")
+    if not any(".." in p for p in fs.find("/tuning-traversal/store/models/m-1")):
+        pytest.skip("this fsspec normalises '..' in keys (nothing to refuse)")
+    with pytest.raises(tuning.TuningError, match="refused"):
+        tuning.local_model(store, "flytegpt-tuned/m-1", str(tmp_path / "cache"))
+    assert not list(tmp_path.rglob("planted"))
+    assert not (tmp_path / "cache" / "models" / "m-1").exists()
+
+
+def test_a_tune_json_naming_another_folder_is_neither_reused_nor_pruned_by_that_name(tmp_path: Path) -> None:
+    store = f"memory://tuning-names/{tmp_path.name}"
+    _fake_model(store, "flytegpt-tuned/m-1", "2026-01-01T00:00:00Z")
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file(f"/tuning-names/{tmp_path.name}/models/evil/tune.json",
+                 json.dumps({"model_id": "flytegpt-tuned/../../victim", "created_at": "2026-02-01"}).encode())
+    assert [i["model_id"] for i in tuning.stored_models(store)] == ["flytegpt-tuned/m-1"]
+    assert tuning.prune_models(store, set()) == []  # the newest valid model stays; "evil" is left alone
