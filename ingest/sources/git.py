@@ -43,8 +43,19 @@ class GitSourceError(ConfigError):
     """The repository could not be fetched at the ref (the message carries git's own error)."""
 
 
+_USERINFO = re.compile(r"^(https?://)[^/@\s]*@", re.I)  # ssh's "git@" is a user name, no secret
+
+
+def public_repo(repo: str) -> str:
+    """`repo` without the credentials a clone URL may carry (https://x-access-token:ghp_…@host/…):
+    what citations, the index and messages show. The clone alone uses the URL as written
+    (a credential helper or GIT_ASKPASS keeps the token out of the config altogether)."""
+    return _USERINFO.sub(r"\1", repo)
+
+
 def default_url_template(repo: str) -> str:
     """A commit-pinned web URL for well-known hosts, else a pinned pseudo-URL."""
+    repo = public_repo(repo)
     m = re.match(r"^(?:ssh://)?git@([^:/]+)[:/](.+?)(?:\.git)?/?$", repo)
     if m:
         base = f"https://{m.group(1)}/{m.group(2)}"
@@ -120,11 +131,13 @@ def load_git(
         try:
             commit = shallow_checkout(source.repo, source.ref, checkout)
         except GitSourceError as e:
-            raise GitSourceError(f"source {source.name!r}: cannot fetch {source.repo} at {source.ref!r}: {e}") from None
+            shown = public_repo(source.repo)
+            raise GitSourceError(f"source {source.name!r}: cannot fetch {shown} at {source.ref!r}: "
+                                 f"{str(e).replace(source.repo, shown)}") from None
 
         template = source.url or default_url_template(source.repo)
         template = template.replace("{commit}", commit).replace("{ref}", source.ref)
         as_source = source.model_copy(update={"kind": source.as_kind, "path": checkout, "url": template})
         for doc in loader(as_source, report, store=store):
-            meta = {**doc.meta, "repo": source.repo, "ref": source.ref, "commit": commit}
+            meta = {**doc.meta, "repo": public_repo(source.repo), "ref": source.ref, "commit": commit}
             yield dataclasses.replace(doc, meta=meta)

@@ -142,3 +142,28 @@ def test_unknown_ref_or_repo_fails_loudly_with_gits_reason(tmp_path: Path, bare_
 )
 def test_default_url_template(repo: str, expected: str) -> None:
     assert default_url_template(repo) == expected
+
+
+# ---- audit 23 F10: a token in the clone URL is used to fetch, and shown nowhere -----------------
+
+TOKEN_REPO = "https://x-access-token:ghp_SECRET123@github.example/acme/private.git"
+
+
+def test_a_token_in_the_repo_url_fetches_but_never_reaches_citations_or_the_index(
+        tmp_path: Path, bare_repo: dict, monkeypatch) -> None:
+    # git's own url.<base>.insteadOf sends the credentialed https URL to the local bare repository
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", f"url.{bare_repo['url']}.insteadOf")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", TOKEN_REPO)
+    source = _source(tmp_path, TOKEN_REPO, as_kind="docs")
+    docs = list(load_git(source, LoadReport()))
+    assert docs and all("ghp_SECRET123" not in d.url and "x-access-token" not in d.url for d in docs)
+    assert docs[0].url.startswith(f"https://github.example/acme/private/blob/{bare_repo['second']}/")
+    assert all(d.meta["repo"] == "https://github.example/acme/private.git" for d in docs)
+
+
+def test_a_failed_fetch_with_a_token_in_the_url_does_not_say_the_token(tmp_path: Path) -> None:
+    source = _source(tmp_path, "https://user:ghp_SECRET123@127.0.0.1:9/acme/private.git", as_kind="docs")
+    with pytest.raises(GitSourceError) as e:
+        list(load_git(source, LoadReport()))
+    assert "ghp_SECRET123" not in str(e.value) and "https://127.0.0.1:9/acme/private.git" in str(e.value)
