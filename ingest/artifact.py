@@ -196,6 +196,27 @@ def write_flat_index(vectors: np.ndarray, path: str) -> None:
             f.write(memoryview(np.ascontiguousarray(vectors[start : start + _ROWS_PER_WRITE], dtype="<f4")))
 
 
+def _check_flat_file(path: str, count: int, dimension: int, version: str) -> None:
+    """A flat index file is exactly its header and count x dimension floats, before FAISS reads it.
+
+    FAISS trusts the lengths a file states and allocates them before it finds the file short: a
+    109-byte file claiming 2^30 floats took 4 GiB (audit 23 F6), an OOM-killed bot that loads the
+    same LATEST again after its restart. The checksums are the store's own, so they cannot tell."""
+    with open(path, "rb") as f:
+        head = f.read(_FLAT_HEADER.size)
+    if len(head) < _FLAT_HEADER.size or head[:4] != _FLAT_IP_FOURCC:
+        raise ArtifactError(f"version {version}: {DENSE_FILE} is not a FAISS flat inner-product index")
+    _, d, n, *_, floats = _FLAT_HEADER.unpack(head)
+    if d != dimension:
+        raise ArtifactError(f"version {version}: {DENSE_FILE} dimension: expected {dimension} (manifest), found {d}")
+    if n != count:
+        raise ArtifactError(f"version {version}: {DENSE_FILE} ntotal: expected {count} (chunk_count), found {n}")
+    size, expected = os.path.getsize(path), _FLAT_HEADER.size + 4 * count * dimension
+    if floats != count * dimension or size != expected:
+        raise ArtifactError(f"version {version}: {DENSE_FILE} holds {size:,} bytes and says it holds {floats:,} "
+                            f"floats: {count} vectors of {dimension} are {expected:,} bytes")
+
+
 def _chunks_bytes(chunks: list[Chunk]) -> bytes:
     """chunks.jsonl.gz, compressed as it is serialised: only the compressed bytes are ever whole.
 
@@ -948,6 +969,8 @@ def open_version(
 
         dimension = int(manifest["model"]["dimension"])
         count = int(manifest["chunk_count"])
+        if manifest["index"]["type"] == "flat":
+            _check_flat_file(os.path.join(base, DENSE_FILE), count, dimension, version)
         try:
             dense = faiss.read_index(os.path.join(base, DENSE_FILE))
         except RuntimeError as e:

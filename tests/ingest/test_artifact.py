@@ -377,3 +377,29 @@ def test_a_source_taken_out_of_the_config_or_a_small_one_shrinking_is_no_loss(tm
     fewer_sources = _version_of(store, {"docs": 90, "slack": 20}, seed=2)  # "old" is no longer configured
     publish(store, fewer_sources)  # slack (< 50 chunks) halved: judged only on giving nothing
     assert read_latest(store) == fewer_sources
+
+
+@pytest.mark.parametrize("claim", ["floats", "vectors"])
+def test_a_flat_index_file_that_claims_more_than_it_holds_is_refused_before_faiss_reads_it(
+        tmp_path: Path, claim: str) -> None:
+    """Audit 23 F6: a 109-byte dense.faiss (85 here) saying it holds 2^30 floats, with checksums to match
+    (they are the store's own), made FAISS allocate 4 GiB: an OOM-killed bot, again at restart."""
+    import hashlib
+    import resource
+
+    version = build(str(tmp_path))
+    path = tmp_path / version / "dense.faiss"
+    fields = list(artifact._FLAT_HEADER.unpack(path.read_bytes()[: artifact._FLAT_HEADER.size]))
+    if claim == "floats":
+        fields[7] = 1 << 30
+    else:  # a manifest and a header agreeing on 2^27 vectors, over a short file
+        fields[2], fields[7] = 1 << 27, (1 << 27) * 8
+    hostile = artifact._FLAT_HEADER.pack(*fields) + b"\0" * 40
+    path.write_bytes(hostile)
+    edit_manifest(tmp_path, version, lambda m: (
+        m["files"]["dense.faiss"].update(sha256=hashlib.sha256(hostile).hexdigest(), bytes=len(hostile)),
+        m.update(chunk_count=fields[2])))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ArtifactError, match="dense.faiss holds 85 bytes and says it holds"):
+        open_version(str(tmp_path))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 512 * 1024  # KiB: nothing near 4 GiB
