@@ -114,9 +114,13 @@ TOO_LONG_QUESTION = messages.TOO_LONG_QUESTION
 _HISTORY_TURN_CHARS = 1200
 
 
+_BLOCK_TAG = re.compile(r"<(\s*/?\s*)(sources?|conversation)\b", re.I)
+
+
 def _escape_block(text: str) -> str:
-    """Keep a source from closing its own block or opening a fake one."""
-    return text.replace("</source", "&lt;/source").replace("<source", "&lt;source")
+    """Keep a source (or a turn of the conversation) from closing its own block or opening a fake
+    one, in any case or spacing a model may read as the tag: </SOURCE>, < /Source>, <sources >."""
+    return _BLOCK_TAG.sub(lambda m: "&lt;" + m.group(1) + m.group(2), text)
 
 
 def _attr(value: str) -> str:
@@ -154,7 +158,7 @@ def format_history(history: Sequence["Turn"]) -> str:
         if len(text) > _HISTORY_TURN_CHARS:
             text = text[:_HISTORY_TURN_CHARS] + " [...]"
         lines.append(f"{who}: {_escape_block(text)}")
-    return "\n".join(lines).replace("</conversation", "&lt;/conversation")
+    return "\n".join(lines)
 
 
 def _template(system: str, human: str) -> "ChatPromptTemplate":
