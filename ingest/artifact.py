@@ -29,7 +29,7 @@ import tempfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -623,8 +623,33 @@ def prune(store: str, keep: int = DEFAULT_KEEP_VERSIONS, *, protect: set[str] = 
             oldest = None
         if oldest is not None:
             prune_work_files(store, before=oldest)
+    _prune_unfinished(fs, root, store)
     if removed:
         _prune_models(store, kept)
+    return removed
+
+
+UNFINISHED_AFTER = timedelta(days=2)  # far longer than any build runs (the Flyte build task's timeout)
+
+
+def _prune_unfinished(fs, root: str, store: str, now: datetime | None = None) -> list[str]:
+    """Delete version folders that never got their manifest and are older than UNFINISHED_AFTER.
+
+    The manifest is written last, so a build killed before it (an OOM-killed pod) leaves a folder
+    no listing shows and no prune deleted: on S3, a whole index of objects every time. The
+    version id holds the time it was made, which every store keeps the same."""
+    now = now or datetime.now(timezone.utc)
+    removed = []
+    for entry in list_dir(fs, root):
+        name = os.path.basename(entry["name"].rstrip("/"))
+        if entry.get("type") != "directory" or not _VERSION_RE.fullmatch(name):
+            continue
+        made = datetime.strptime(name[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        if now - made < UNFINISHED_AFTER or fs.exists(join(root, name, MANIFEST)):
+            continue
+        fs.rm(join(root, name), recursive=True)
+        removed.append(name)
+        log.info("removed %s from %s: a build that never finished (no %s)", name, store, MANIFEST)
     return removed
 
 

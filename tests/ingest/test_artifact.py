@@ -403,3 +403,19 @@ def test_a_flat_index_file_that_claims_more_than_it_holds_is_refused_before_fais
     with pytest.raises(ArtifactError, match="dense.faiss holds 85 bytes and says it holds"):
         open_version(str(tmp_path))
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 512 * 1024  # KiB: nothing near 4 GiB
+
+
+def test_a_build_killed_before_its_manifest_is_pruned_once_it_is_old(tmp_path: Path) -> None:
+    """Audit 24 F8: the manifest is written last; a folder without one was never listed, never pruned."""
+    store = str(tmp_path)
+    build(store, seed=1)
+    old = "20200101T000000Z-0badf00d"
+    (tmp_path / old).mkdir()
+    (tmp_path / old / "dense.faiss").write_bytes(b"x" * 100)
+    recent = artifact.datetime.now(artifact.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-0000beef"
+    (tmp_path / recent).mkdir()  # a build still running: left alone
+    (tmp_path / recent / "chunks.jsonl.gz").write_bytes(b"x")
+    (tmp_path / "not-a-version").mkdir()
+    build(store, seed=2)  # publishing prunes
+    assert not (tmp_path / old).exists()
+    assert (tmp_path / recent).exists() and (tmp_path / "not-a-version").exists()
