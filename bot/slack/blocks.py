@@ -26,6 +26,7 @@ from slack_sdk.models.blocks import (
 )
 
 from flytegpt.bot import messages
+from flytegpt.ingest.models import strip_controls
 
 from .render import SECTION_BUDGET, split_text, escape, link, markdown_sections
 
@@ -66,7 +67,7 @@ def source_lines(citations: Sequence["Citation"]) -> list[str]:
     """`[n] <url|title>` per cited source, compact (the title alone for a URL too long to link)."""
     lines = []
     for c in citations:
-        title = _short(c.title or c.source_id)
+        title = _short(strip_controls(c.title or c.source_id))  # a page's own bidi override or BEL
         linked = link(c.url, title) if c.url else ""
         lines.append(f"[{c.n}] {linked if linked and len(linked) < MAX_SOURCE_LINE else escape(title)}")
     return lines
@@ -163,7 +164,9 @@ def render_answer(answer: "Answer", *, feedback_id: str | None = None, share: bo
             head_text += "\n_" + messages.SHARED_BY.format(user=f"<@{escape(shared_by)}>") + "_"
         head_blocks = [ContextBlock(elements=[MarkdownTextObject(text=head_text, verbatim=True)]).to_dict()]
     sources = [c.url for c in answer.citations if c.url]
-    sections = markdown_sections(answer.text, links=sources) or [escape(messages.EMPTY_ANSWER)]
+    # quoted passages come from indexed pages and threads: their control characters and bidi
+    # overrides ("run \u202etxt.exe" shows as "run exe.txt") are not shown (a model's were cleaned)
+    sections = markdown_sections(strip_controls(answer.text), links=sources) or [escape(messages.EMPTY_ANSWER)]
     tail, tail_text = _sources_blocks(answer.citations, answer.sources_heading)
     if feedback_id:
         tail.append(_actions_block(feedback_id, share=share))

@@ -215,3 +215,17 @@ def test_usage_text_is_bold_not_italic():
     notice = blocks.render_markdown_notice(messages.USAGE)
     assert notice.text.startswith("*FlyteGPT* answers")
     assert_round_trips([notice])
+
+
+def test_an_indexed_passages_control_characters_and_bidi_overrides_are_not_shown():
+    """Audit 23 L9: a Slack thread whose first line is "run \\u202etxt.exe\\u202c installer" showed
+    as "run exe.txt installer" in an offline quote and its source title; a BEL or an OSC too."""
+    hostile = "run \u202etxt.exe\u202c \x1b]0;PWNED\x07 installer"
+    answer = Answer("q", "q", f"> {hostile} [1]", [Citation(1, hostile, "https://x.org/t", "slack:t")],
+                    "offline", "v1")
+    msgs = blocks.render_answer(answer)
+    assert_slack_accepts(msgs)
+    shown = str([m.blocks for m in msgs]) + msgs[0].text
+    for c in ("\u202e", "\u202c", "\x1b", "\x07"):
+        assert c not in shown
+    assert "run txt.exe" in shown
