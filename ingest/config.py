@@ -40,6 +40,30 @@ def is_http_url(value: str) -> bool:
         return False
 
 
+_WARNED_PLAIN_HTTP: set[str] = set()
+
+
+def warn_if_plain_http(name: str, url: str) -> None:
+    """Once per URL: a secret (the API key, the bot token) sent over plain http to a host that is
+    not this machine travels readable on the way. An in-cluster model server over http is common,
+    so it is said, not refused."""
+    import ipaddress
+    import logging
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost" or host.endswith(".localhost")
+    if parts.scheme != "http" or loopback or url in _WARNED_PLAIN_HTTP:
+        return
+    _WARNED_PLAIN_HTTP.add(url)
+    logging.getLogger(__name__).warning(
+        "%s is plain http to %s: the credentials sent with each call can be read on the way; use "
+        "https, or keep such a server on this machine or behind a TLS proxy", name, host)
+
+
 # The placeholders a source's `url` template may hold, by kind (as the sources fill them:
 # ingest/sources/_files.py render_url / fill_lines, ingest/sources/git.py). A docs page's
 # {path_noext} and {page} point at a published site rather than at the Markdown file.
@@ -529,6 +553,8 @@ class Settings(BaseSettings):
         if url is not None and not is_http_url(url):
             raise ConfigError(f"OPENAI_BASE_URL {url!r} is not an http(s) URL: unset it for OpenAI's own "
                               "or give a base URL such as http://localhost:11434/v1")
+        if url is not None and self.openai_api_key is not None:
+            warn_if_plain_http("OPENAI_BASE_URL", url)
         return url
 
 

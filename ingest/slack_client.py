@@ -53,6 +53,9 @@ def api_base_url(settings: "Settings") -> str:
 
         raise ConfigError(f"SLACK_API_URL {url!r} is not an http(s) URL: unset it for Slack's own "
                           f"({DEFAULT_API_URL}) or give a base URL such as https://slack-gov.com/api/")
+    from flytegpt.ingest.config import warn_if_plain_http
+
+    warn_if_plain_http("SLACK_API_URL", url)
     return url if url.endswith("/") else url + "/"
 
 

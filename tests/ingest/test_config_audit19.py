@@ -148,3 +148,22 @@ def test_non_blank_bot_lists_load(tmp_path):
     config = load_config(write(tmp_path, '[bot]\nsuggested_prompts = ["How do I cache?"]\n'
                                          'allowed_channels = ["C0123ABCD", "general"]\n'))
     assert config.bot.allowed_channels == ["C0123ABCD", "general"]
+
+
+@pytest.mark.parametrize("url, warned", [("http://llm.internal:8000/v1", True), ("https://llm.example/v1", False),
+                                         ("http://127.0.0.1:8000/v1", False), ("http://localhost:11434/v1", False),
+                                         ("http://[::1]:8000/v1", False)])
+def test_a_model_endpoint_over_plain_http_to_another_host_is_warned_about(caplog, url, warned):
+    """Audit 23 L5: the API key went over plain http to any host without a word."""
+    from flytegpt.ingest import config as config_module
+    from flytegpt.ingest.config import Settings
+
+    config_module._WARNED_PLAIN_HTTP.clear()
+    settings = Settings(OPENAI_API_KEY="sk-x", OPENAI_BASE_URL=url)
+    with caplog.at_level("WARNING"):
+        assert settings.checked_openai_base_url() == url
+        settings.checked_openai_base_url()  # once per URL
+    said = [r.getMessage() for r in caplog.records if "plain http" in r.getMessage()]
+    assert len(said) == int(warned)
+    if warned:
+        assert said[0].startswith("OPENAI_BASE_URL is plain http to llm.internal") and "sk-x" not in said[0]
