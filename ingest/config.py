@@ -93,6 +93,8 @@ _KEY_KINDS: dict[str, tuple[str, ...]] = {
     "channels": ("slack_export", "slack_api"),
     "private_channels": ("slack_export", "slack_api"),
     "reply_lookback_days": ("slack_api",),
+    "refresh_after_days": ("slack_api",),
+    "refresh_per_run": ("slack_api",),
     "skip_tests": ("code", "git:code"),
 }
 # what to write instead, where a key is a common slip for another
@@ -135,6 +137,11 @@ class SourceConfig(_Strict):
     # slack_api: threads started up to this many days before the last ingest are re-checked
     # for new replies (Slack's history lists thread parents, not replies, by time)
     reply_lookback_days: float = Field(default=30.0, ge=0, le=3650)
+    # slack_api: a thread not read for this many days is read again (what the history cannot show:
+    # an edited reply, a deletion older than reply_lookback_days), at most refresh_per_run of them
+    # per run (one conversations.replies call each), longest unread first
+    refresh_after_days: float = Field(default=30.0, ge=0, le=3650)
+    refresh_per_run: int = Field(default=50, ge=0, le=100_000)
     skip_tests: bool = True  # code: skip tests, vendored and binary files
 
     @model_validator(mode="after")

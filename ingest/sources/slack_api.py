@@ -1,16 +1,26 @@
 """`slack_api` sources: channels read live through the Web API, incrementally, one Document per thread.
 
 The nightly re-ingest should cost what changed since yesterday, not a re-read of years of
-history, yet every thread ever seen must stay in the index. So the source keeps two files in
-the index store (fsspec, like everything else there):
+history, yet every thread still in Slack must stay in the index, and none that is gone. So the
+source keeps two files in the index store (fsspec, like everything else there):
     <store>/cursors/<source name>.json          per channel: the newest activity ts seen
-    <store>/sources/<source name>/threads.jsonl  the thread documents built so far
+    <store>/sources/<source name>/threads.jsonl  per thread: its document (none for noise), its
+                                                 parent as last listed, when it was last read
 A run lists thread parents (`conversations.history`) from the cursor minus
 `reply_lookback_days` (history is ordered by a thread's *first* message, so recent replies to
-older threads are only found by looking back), fetches `conversations.replies` only for
-threads with activity after the cursor (or never seen), updates the snapshot, moves the
-cursor, and emits every thread of the snapshot: unchanged threads without any API call.
-The snapshot is written before the cursor, so a crash in between only re-fetches.
+older threads are only found by looking back). In that window:
+  - a parent without replies is its whole thread: rebuilt from the listing, no further call;
+  - a thread with replies is fetched (`conversations.replies`) when it is new, or when its parent
+    differs from the snapshot's copy in any way: `reply_count` (fewer = a reply was deleted),
+    `latest_reply` (back = the last reply was deleted), `edited`, `subtype` (`tombstone`: the
+    parent was deleted and its replies kept);
+  - a snapshot thread whose parent is no longer listed was deleted: it leaves the snapshot
+    (only when the listing was read to its end).
+What the listing cannot show (a reply edited, anything changed before the window) is caught by a
+slow refresh: each run re-reads the `refresh_per_run` threads read longest ago, among those not
+read for `refresh_after_days`; one whose parent is gone (`thread_not_found`) is dropped.
+Then the cursor moves and every thread of the snapshot is emitted: unchanged threads without any
+API call. The snapshot is written before the cursor, so a crash in between only re-fetches.
 
 Rate limits and Slack's transient errors: the shared client's retry handlers (ingest/slack_client.py).
 Needs SLACK_BOT_TOKEN (scopes channels:history, groups:history, channels:read, groups:read,
@@ -23,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -43,6 +54,11 @@ log = logging.getLogger(__name__)
 PAGE_LIMIT = 200  # Slack's recommended page size for history and lists
 RATE_LIMIT_RETRIES = 8
 CURSOR_FORMAT = 1
+_GONE = ("thread_not_found", "message_not_found")  # conversations.replies of a deleted parent
+
+
+def _now() -> float:
+    return time.time()
 
 
 def make_client(settings: Settings) -> "WebClient":
@@ -61,7 +77,10 @@ class _State:
     def __init__(self, store: str | None, name: str) -> None:
         self.store = store
         self.cursors: dict[str, dict[str, Any]] = {}  # channel id -> {"name", "latest"}
-        self.threads: dict[str, dict[str, Any]] = {}  # "<channel id>/<thread ts>" -> Document dict
+        # "<channel id>/<thread ts>" -> {"document": Document dict, or None for a thread of noise,
+        #  "parent": _parent(...) as last listed (None in a snapshot written before it was kept),
+        #  "read_at": when the thread was last read (None: never recorded, read first by the refresh)}
+        self.threads: dict[str, dict[str, Any]] = {}
         if store is None:
             return
         self.fs, root = get_fs(store)
@@ -74,16 +93,20 @@ class _State:
         for line in (data or b"").decode("utf-8").splitlines():
             if line.strip():
                 row = json.loads(line)
-                self.threads[row["key"]] = row["document"]
+                self.threads[row["key"]] = {"document": row.get("document"), "parent": row.get("parent"),
+                                            "read_at": row.get("read_at")}
         if self.threads and not self.cursors:
             self.threads = {}  # a snapshot without its cursor cannot be trusted: read everything
+
+    def put(self, key: str, doc: Document | None, parent: dict[str, Any], now: float) -> None:
+        self.threads[key] = {"document": None if doc is None else doc.to_dict(), "parent": parent, "read_at": now}
 
     def save(self) -> None:
         if self.store is None:
             return
         rows = "".join(
-            json.dumps({"key": k, "document": d}, ensure_ascii=False, sort_keys=True) + "\n"
-            for k, d in sorted(self.threads.items())
+            json.dumps({"key": k, **row}, ensure_ascii=False, sort_keys=True) + "\n"
+            for k, row in sorted(self.threads.items())
         )
         atomic_write(self.fs, self.snapshot_path, rows.encode())  # snapshot first, then the cursor
         cursor = {"format": CURSOR_FORMAT, "channels": self.cursors,
@@ -91,11 +114,17 @@ class _State:
         atomic_write(self.fs, self.cursor_path, json.dumps(cursor, indent=1, sort_keys=True).encode())
 
 
-def _pages(first: "SlackResponse", method: str, report: LoadReport) -> Iterator["SlackResponse"]:
-    """Every page; a repeated cursor ends the listing and is reported."""
+def _pages(first: "SlackResponse", method: str, report: LoadReport,
+           cut: list[str] | None = None) -> Iterator["SlackResponse"]:
+    """Every page; a repeated cursor ends the listing, is reported, and noted in `cut`."""
     from flytegpt.ingest.slack_client import pages
 
-    return pages(first, lambda cursor: report.skip(method, f"stopped paging: the server repeated the cursor {cursor[:40]!r}"))
+    def stopped(cursor: str) -> None:
+        report.skip(method, f"stopped paging: the server repeated the cursor {cursor[:40]!r}")
+        if cut is not None:
+            cut.append(cursor)
+
+    return pages(first, stopped)
 
 
 def _directory(client: "WebClient", report: LoadReport) -> Directory:
@@ -146,8 +175,29 @@ def _may_read(channel: dict, source: SourceConfig, report: LoadReport, shown: st
 
 def _activity(msg: dict) -> float:
     """When a thread last changed, as far as its parent in the history tells."""
-    stamps = [msg.get("ts"), msg.get("latest_reply"), (msg.get("edited") or {}).get("ts")]
+    edited = msg.get("edited") if isinstance(msg.get("edited"), dict) else {}
+    stamps = [msg.get("ts"), msg.get("latest_reply"), edited.get("ts")]
     return max(float(s) for s in stamps if s and re.fullmatch(r"\d+(\.\d+)?", str(s)))
+
+
+def _parent(msg: dict) -> dict[str, Any]:
+    """What a thread's parent tells of the thread: any change in it means the thread changed."""
+    count = msg.get("reply_count")
+    edited = msg.get("edited") if isinstance(msg.get("edited"), dict) else {}
+    return {"reply_count": count if isinstance(count, int) and not isinstance(count, bool) else 0,
+            "latest_reply": str(msg.get("latest_reply") or ""), "edited": str(edited.get("ts") or ""),
+            "subtype": str(msg.get("subtype") or "")}
+
+
+def _stale(row: dict[str, Any], parent: dict[str, Any], activity: float, last: float) -> bool:
+    """Whether a thread listed again (with replies) must be read again."""
+    if row["parent"] is not None:
+        return row["parent"] != parent or activity > last
+    # a snapshot from before parents were kept: re-read what shows a change, take the rest as it
+    # is (the refresh reads those rows first), so the first run after the upgrade costs no more
+    doc = row["document"] or {}
+    return (activity > last or parent["subtype"] == "tombstone"
+            or (doc.get("meta") or {}).get("reply_count", 0) > parent["reply_count"])
 
 
 def _thread_document(
@@ -157,12 +207,20 @@ def _thread_document(
     return thread_document(source, channel, channel_id, root, msgs, d) if msgs else None
 
 
-def _replies(client: "WebClient", channel_id: str, root: str, report: LoadReport) -> list[dict]:
+def _replies(client: "WebClient", channel_id: str, root: str, report: LoadReport) -> list[dict] | None:
+    """The thread's messages, or None when its parent is gone (deleted since it was listed)."""
+    from slack_sdk.errors import SlackApiError
+
     messages: list[dict] = []
-    for page in _pages(client.conversations_replies(channel=channel_id, ts=root, limit=PAGE_LIMIT),
-                       "conversations.replies", report):
-        messages.extend(clean_messages(page))
-    return messages
+    try:
+        for page in _pages(client.conversations_replies(channel=channel_id, ts=root, limit=PAGE_LIMIT),
+                           "conversations.replies", report):
+            messages.extend(clean_messages(page))
+    except SlackApiError as e:
+        if e.response.get("error") in _GONE:
+            return None
+        raise
+    return messages if any(m["ts"] == root for m in messages) else None
 
 
 def load_slack_api(
@@ -177,39 +235,77 @@ def load_slack_api(
     state = _State(store, source.name)
     d = _directory(client, report)
     channels = _channels(client, source, d, report)
-    fetched = 0
+    names = dict(channels)
+    now = _now()
+    fetched = dropped = 0
+    read_now: set[str] = set()
     for channel_id, channel in channels:
         seen = state.cursors.get(channel_id, {})
         last = float(seen["latest"]) if seen.get("latest") else None
-        oldest = max(0.0, last - source.reply_lookback_days * 86400) if last is not None else 0.0
+        oldest = f"{max(0.0, last - source.reply_lookback_days * 86400) if last is not None else 0.0:.6f}"
         newest = last or 0.0
+        listed_keys: set[str] = set()
         changed: list[dict] = []
-        history = client.conversations_history(channel=channel_id, oldest=f"{oldest:.6f}", limit=PAGE_LIMIT)
-        for page in _pages(history, "conversations.history", report):
+        cut: list[str] = []
+        history = client.conversations_history(channel=channel_id, oldest=oldest, limit=PAGE_LIMIT)
+        for page in _pages(history, "conversations.history", report, cut):
             for msg in clean_messages(page):
                 if msg.get("thread_ts") not in (None, msg.get("ts")):
                     continue  # a reply broadcast to the channel: its thread is read with the parent
+                key = f"{channel_id}/{msg['ts']}"
+                listed_keys.add(key)
                 activity = _activity(msg)
                 newest = max(newest, activity)
-                if last is None or activity > last or f"{channel_id}/{msg['ts']}" not in state.threads:
+                parent = _parent(msg)
+                row = state.threads.get(key)
+                if not parent["reply_count"]:  # the parent is the whole thread: no call needed
+                    state.put(key, _thread_document(source, channel_id, channel, msg["ts"], [msg], d), parent, now)
+                    read_now.add(key)
+                elif row is None or _stale(row, parent, activity, last or 0.0):
                     changed.append(msg)
+                elif row["parent"] is None:
+                    row["parent"] = parent  # an older snapshot's row, unchanged: compared from now on
         for msg in changed:
             root = msg["ts"]
-            thread = _replies(client, channel_id, root, report) if msg.get("reply_count") else [msg]
-            doc = _thread_document(source, channel_id, channel, root, thread, d)
             key = f"{channel_id}/{root}"
-            if doc is None:
-                state.threads.pop(key, None)  # only noise (joins, bot posts): not a document
-            else:
-                state.threads[key] = doc.to_dict()
+            thread = _replies(client, channel_id, root, report)
             fetched += 1
+            read_now.add(key)
+            if thread is None:
+                dropped += state.threads.pop(key, None) is not None
+            else:
+                state.put(key, _thread_document(source, channel_id, channel, root, thread, d), _parent(msg), now)
+        if not cut:  # the listing is complete: a thread it covers and does not list was deleted
+            for key in [k for k in state.threads if k.split("/", 1)[0] == channel_id]:
+                if key not in listed_keys and ts_key(key.split("/", 1)[1]) > ts_key(oldest):
+                    del state.threads[key]
+                    dropped += 1
         state.cursors[channel_id] = {"name": channel, "latest": f"{newest:.6f}"}
+
+    # The slow refresh: threads not read for a while, longest unread first, a bounded number per run.
+    after_days, per_run = source.refresh_after_days, source.refresh_per_run
+    due = sorted(
+        (row["read_at"] or 0.0, key) for key, row in state.threads.items()
+        if key.split("/", 1)[0] in names and key not in read_now
+        and (row["read_at"] or 0.0) <= now - after_days * 86400
+    )
+    for _, key in due[:max(0, per_run)]:
+        channel_id, root = key.split("/", 1)
+        thread = _replies(client, channel_id, root, report)
+        if thread is None:
+            del state.threads[key]
+            dropped += 1
+            continue
+        parent = next(m for m in thread if m["ts"] == root)
+        state.put(key, _thread_document(source, channel_id, names[channel_id], root, thread, d), _parent(parent), now)
     state.save()
 
-    wanted = {cid for cid, _ in channels}
-    docs = [Document.from_dict(v) for k, v in state.threads.items() if k.split("/", 1)[0] in wanted]
+    docs = [Document.from_dict(row["document"]) for k, row in state.threads.items()
+            if row["document"] is not None and k.split("/", 1)[0] in names]
     docs.sort(key=lambda doc: (doc.meta.get("channel", ""), ts_key(doc.meta["thread_ts"])))
-    log.info("%s: %d threads, %d fetched since the last ingest", source.name, len(docs), fetched)
+    log.info("%s: %d threads, %d fetched since the last ingest, %d refreshed (%d more due), %d deleted in Slack",
+             source.name, len(docs), fetched, min(len(due), max(0, per_run)), max(0, len(due) - max(0, per_run)),
+             dropped)
     for doc in docs:
         report.documents += 1
         yield doc
