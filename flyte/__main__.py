@@ -39,11 +39,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from flytegpt.ingest.tuning import TuningError
 
     from flytekit.core.type_engine import TypeTransformerFailedError  # an input of the wrong type
+    from flytekit.exceptions.user import FlyteRecoverableException  # a transient failure (flyte/retry.py)
 
     # ValueError: no chunks, no questions, a period that is none; OSError: a store path that is a
     # file or cannot be written, a database that is missing. flytekit names the task in the message.
     return (ConfigError, ArtifactError, StoreLockError, StoreWriteError, TuningError, TypeTransformerFailedError,
-            ValueError, OSError)
+            FlyteRecoverableException, ValueError, OSError)
 
 
 def _target(annotation: Any) -> Any:

@@ -27,6 +27,7 @@ from flytegpt.flyte import credentials, deploy, resources
 from flytegpt.flyte.bulk_checkpoint import BulkCheckpoint, task_checkpoint
 from flytegpt.flyte.handoff import load_task_config
 from flytegpt.flyte.image import IMAGE
+from flytegpt.flyte.retry import recoverable_errors
 from flytegpt.flyte.task_logs import task_logging
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,8 +90,17 @@ def answer_questions(
     at a time (the chat model is remote: the task mostly waits for it).
 
     A retried attempt (a preempted node, a killed pod) resumes from its predecessor's checkpoint
-    (flyte/bulk_checkpoint.py) on the index version that one used, when it is still there."""
+    (flyte/bulk_checkpoint.py) on the index version that one used, when it is still there; so does
+    one after a transient failure (the store unreachable for a moment), which Flyte retries."""
     task_logging()
+    with recoverable_errors():
+        return _answer_questions(config_path, store, version, questions, questions_file, openai_base_url,
+                                 chat_model, workers)
+
+
+def _answer_questions(config_path: str, store: str, version: str, questions: Optional[List[str]],
+                      questions_file: Optional[FlyteFile], openai_base_url: str, chat_model: str,
+                      workers: int) -> Reports:
     from flytegpt.bot.answering import Answerer, write_report
     from flytegpt.bot.answering.bulk import check_workers
     from flytegpt.ingest.config import Settings

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from flytegpt.ingest.config import Config, ConfigError, load_config, parse_config
-from flytegpt.ingest.store import WORK_DIR, get_fs, is_local, join, read_bytes
+from flytegpt.ingest.store import WORK_DIR, get_fs, is_local, join, make_dirs, read_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -78,8 +78,9 @@ def write_work_file(store: str, stage: str, data: bytes, suffix: str) -> str:
     digest = hashlib.sha256(data).hexdigest()
     path = join(root, WORK_DIR, stage, digest + suffix)
     if not fs.exists(path):
-        # Content-addressed: a concurrent writer can only write the same bytes.
-        fs.makedirs(join(root, WORK_DIR, stage), exist_ok=True)
+        # Content-addressed: a concurrent writer can only write the same bytes. A folder only on a
+        # local store: s3fs's makedirs would create a missing bucket (ingest.store.make_dirs).
+        make_dirs(fs, join(root, WORK_DIR, stage))
         fs.pipe_file(path, data)
     return path if is_local(fs) else fs.unstrip_protocol(path)
 

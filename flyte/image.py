@@ -16,9 +16,13 @@ Registration-time settings (environment):
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -103,17 +107,80 @@ def is_checkout(root: Path = REPO_ROOT) -> bool:
 
 
 REGISTRY = os.environ.get("FLYTEGPT_IMAGE_REGISTRY", "localhost:30000")
-# The project itself (ingest/, bot/, flyte/, the bundled sample) goes to /root, then is installed
-# without touching the dependency layer. Outside a checkout there is nothing to copy (and
-# REPO_ROOT would be site-packages): main() below says so.
-PROJECT_SOURCE = {
-    "source_root": str(REPO_ROOT) if is_checkout() else None,
-    "source_copy_mode": CopyFileDetection.ALL,
-    "commands": ["uv pip install --no-deps /root"
-                 " && rm -rf " + " ".join(f"/root/{d}" for d in REMOVED_AFTER_INSTALL)
-                 + f" && find /root/ingest -mindepth 1 -maxdepth 1 ! -name {Path(KEPT_SAMPLE).name} -exec rm -rf {{}} +"]
-    if is_checkout() else [],
-}
+# Tracked folders the image has no use for: neither installed nor read by a task.
+NOT_COPIED = ("tests", "manifests")
+
+
+def git_tracked(root: Path = REPO_ROOT) -> list[str] | None:
+    """The files of the checkout that git tracks and the work tree has (posix paths relative to
+    `root`, sorted), or None where git cannot say (no git, not a repository)."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--cached"], cwd=root, capture_output=True, check=True,
+                             timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sorted(p for p in out.stdout.decode("utf-8", "surrogateescape").split("\0")
+                  if p and (root / p).is_file())
+
+
+def image_files(root: Path = REPO_ROOT) -> list[str] | None:
+    """What the image copies of the checkout: its tracked files (the code, pyproject.toml and
+    README.md it names, a committed deploy config) but NOT_COPIED; None without git."""
+    tracked = git_tracked(root)
+    if tracked is None:
+        return None
+    return [p for p in tracked if p.split("/", 1)[0] not in NOT_COPIED]
+
+
+def staged_source(root: Path = REPO_ROOT) -> Path | None:
+    """A temporary folder holding a copy of `image_files(root)`, the ImageSpec's source root.
+
+    flytekit's copy modes are "every file not ignored" and "the loaded modules". The first made
+    the image tag hash every untracked file: a run.yaml left in the repository root by the README's
+    `flytectl ... --execFile run.yaml` changed the tag, and a later `pyflyte package` named an
+    image never built. The tag now follows the committed code (its current content: an edit to a
+    tracked file still changes it). None without git: then the checkout itself is the root.
+    """
+    files = image_files(root)
+    if files is None:
+        return None
+    dest = Path(tempfile.mkdtemp(prefix="flytegpt-image-src-"))
+    atexit.register(shutil.rmtree, dest, True)
+    for rel in files:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, dest / rel)
+    return dest
+
+
+def untracked_code(root: Path = REPO_ROOT) -> list[str]:
+    """Files under the package folders that git does not track (and does not ignore): a module
+    added but never `git add`ed is not in the image, so packaging warns (flyte/deploy.py)."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--others", "--exclude-standard", "--", "bot", "ingest",
+                              "flyte"], cwd=root, capture_output=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted(p for p in out.stdout.decode("utf-8", "surrogateescape").split("\0") if p)
+
+
+def project_source(root: Path = REPO_ROOT) -> dict:
+    """The ImageSpec arguments that put the project into the image: `root`'s committed files go to
+    /root (staged_source), then are installed without touching the dependency layer. Outside a
+    checkout there is nothing to copy (and REPO_ROOT would be site-packages): main() below says so."""
+    if not is_checkout(root):
+        return {"source_root": None, "source_copy_mode": CopyFileDetection.ALL, "commands": []}
+    staged = staged_source(root)
+    return {
+        "source_root": str(staged or root),
+        "source_copy_mode": CopyFileDetection.ALL,
+        "commands": ["uv pip install --no-deps /root"
+                     " && rm -rf " + " ".join(f"/root/{d}" for d in REMOVED_AFTER_INSTALL)
+                     + f" && find /root/ingest -mindepth 1 -maxdepth 1 ! -name {Path(KEPT_SAMPLE).name}"
+                     " -exec rm -rf {} +"],
+    }
+
+
+PROJECT_SOURCE = project_source()
 OFFLINE_MODEL_ENV = {
     "HF_HUB_OFFLINE": "1",  # the embedding model ships as a package: never reach a model hub
     "TRANSFORMERS_OFFLINE": "1",

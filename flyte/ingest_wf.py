@@ -33,6 +33,7 @@ from flytekit.types.file import FlyteFile
 
 from flytegpt.flyte import cache, credentials, deploy, resources
 from flytegpt.flyte.image import IMAGE
+from flytegpt.flyte.retry import recoverable_errors
 from flytegpt.flyte.task_logs import task_logging
 from flytegpt.flyte.handoff import (
     config_from_settings,
@@ -91,16 +92,30 @@ class Embedded(NamedTuple):
     secret_requests=[credentials.SLACK_BOT_TOKEN],
 )
 def collect(config_path: str, store: str) -> Collected:
-    """Read every source (git clones, Slack API since the last cursor, docs, code) into documents."""
+    """Read every source (git clones, Slack API since the last cursor, docs, code) into documents.
+
+    The store is checked first, as `flytegpt ingest` does: the schedules' placeholder is refused,
+    and a store that cannot be written (a missing or mistyped bucket, no credentials) stops the run
+    before any source is read, and without creating a bucket (ingest.store.check_writable).
+    Transient failures (a git server that hung up, Slack's 5xx, a store hiccup) are retried by Flyte.
+    """
     task_logging()
+    with recoverable_errors():
+        return _collect(config_path, store)
+
+
+def _collect(config_path: str, store: str) -> Collected:
     from datetime import datetime, timezone
 
     from flytegpt.ingest import pipeline
+    from flytegpt.ingest.store import check_writable
 
     read_at = datetime.now(timezone.utc).isoformat()
     config = load_task_config(config_path, store)
+    deploy.check_store(config.index.store)
     if not config.sources:
         raise pipeline.no_chunks_error(config)
+    check_writable(config.index.store)
     with credentials.secrets_in_env(credentials.SLACK_BOT_TOKEN):  # for slack_api sources
         documents, reports = pipeline.collect(config, progress=False)
     stats = {name: r.to_dict() for name, r in reports.items()}
@@ -169,6 +184,11 @@ def tune(chunks: FlyteFile, settings: str) -> str:
     on a GPU, i.e. on this task's pod), store it, and return ingest.tuning's report as JSON ("" when
     not tuning). A stored model that still covers the corpus is reused (ingest/tuning.py)."""
     task_logging()
+    with recoverable_errors():  # a store hiccup reading the chunks or saving the model: retried
+        return _tune(chunks, settings)
+
+
+def _tune(chunks: FlyteFile, settings: str) -> str:
     from flytegpt.ingest import pipeline
     from flytegpt.ingest.models import Chunk
 
@@ -181,7 +201,7 @@ def tune(chunks: FlyteFile, settings: str) -> str:
     return json.dumps(report.to_dict())
 
 
-@task(container_image=IMAGE, requests=resources.PUBLISH, timeout=resources.PUBLISH_TIMEOUT)
+@task(container_image=IMAGE, requests=resources.NOOP, timeout=resources.PUBLISH_TIMEOUT)
 def untuned() -> str:
     """The tune step's output when tuning is off: no report, the base model embeds."""
     task_logging()
@@ -196,6 +216,11 @@ def embed(chunks: FlyteFile, settings: str, tuned: str = "") -> str:
     Returns JSON (a mapped task has one output): the vectors' file, the model, the counts.
     """
     task_logging()
+    with recoverable_errors():  # a store hiccup (work files, the embedding cache): retried
+        return _embed(chunks, settings, tuned)
+
+
+def _embed(chunks: FlyteFile, settings: str, tuned: str) -> str:
     from flytegpt.ingest import pipeline
     from flytegpt.ingest.models import Chunk
     from flytegpt.ingest.tuning import TuneReport
@@ -269,20 +294,32 @@ def build(
     return version
 
 
-@task(container_image=IMAGE, requests=resources.PUBLISH, retries=2, timeout=resources.PUBLISH_TIMEOUT)
+@task(container_image=IMAGE, requests=resources.PUBLISH, retries=resources.PUBLISH_RETRIES,
+      timeout=resources.PUBLISH_TIMEOUT)
 def publish(version: str, store: str, sources_read_at: str = "", keep_versions: int = 0) -> str:
     """Move LATEST to `version` after verifying it, then prune old versions ([index] keep_versions);
-    the bots polling LATEST then hot-reload it.
+    the bots polling LATEST then hot-reload it. Returns the version LATEST names.
 
     `sources_read_at`: when this run read its sources. A cached `build` returns the version an
     earlier run made of the same content; it is as new as tonight's sources. When LATEST already
     names `version` (an unchanged corpus), LATEST is written again and nothing is pruned
     (ingest.artifact.publish): a no-op run never deletes the rollback target.
+
+    A run overlapping another (the schedule and a manual launch) whose sources are older than those
+    LATEST names was superseded: it succeeds, returning LATEST's version, rather than failing a run
+    nothing is wrong with (`flytegpt ingest` keeps the error). Every successful publish, changed or
+    not, writes `<store>/last-run.json` (ingest.store.LAST_RUN), so a stale index can be told from a
+    quiet week. A publish lock left by a killed pod is retried by Flyte: see PUBLISH_RETRIES.
     """
     task_logging()
+    with recoverable_errors():
+        return _publish(version, store, sources_read_at, keep_versions)
+
+
+def _publish(version: str, store: str, sources_read_at: str, keep_versions: int) -> str:
     from datetime import datetime
 
-    from flytegpt.ingest.artifact import ArtifactError, list_versions
+    from flytegpt.ingest.artifact import ArtifactError, SupersededError, latest_or_none, list_versions
     from flytegpt.ingest.artifact import publish as publish_version
     from flytegpt.ingest.config import IndexConfig
 
@@ -294,9 +331,36 @@ def publish(version: str, store: str, sources_read_at: str = "", keep_versions: 
         )
     keep = keep_versions or IndexConfig().keep_versions
     read_at = datetime.fromisoformat(sources_read_at) if sources_read_at else None
-    publish_version(store, version, keep_versions=keep, sources_read_at=read_at)
+    before = latest_or_none(store)
+    try:
+        publish_version(store, version, keep_versions=keep, sources_read_at=read_at)
+    except SupersededError as e:
+        latest = latest_or_none(store)
+        if latest is None:  # LATEST vanished meanwhile: nothing to hand on, the refusal stands
+            raise
+        log.warning("superseded: another run published %s from newer sources while this one ran; %s stays "
+                    "unpublished and the run returns %s (%s)", latest, version, latest, e)
+        write_last_run(store, latest, sources_read_at, changed=False)
+        return latest
     log.info("published %s in %s", version, store)
+    write_last_run(store, version, sources_read_at, changed=before != version)
     return version
+
+
+def write_last_run(store: str, version: str, sources_read_at: str, *, changed: bool) -> None:
+    """Record a successful publish in `<store>/last-run.json` (format: ingest.store.LAST_RUN).
+
+    Written after LATEST moved; when the write fails the task fails and is retried (a store
+    hiccup), and the retry, finding LATEST already moved, records `changed: false`.
+    """
+    from datetime import datetime, timezone
+
+    from flytegpt.ingest.store import LAST_RUN, atomic_write, get_fs, join
+
+    fs, root = get_fs(store)
+    record = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": version,
+              "sources_read_at": sources_read_at, "changed": changed}
+    atomic_write(fs, join(root, LAST_RUN), (json.dumps(record, indent=1) + "\n").encode())
 
 
 @workflow
@@ -338,4 +402,5 @@ nightly_reingest = LaunchPlan.get_or_create(
     name="nightly_reingest",
     schedule=CronSchedule(schedule=NIGHTLY_CRON),
     fixed_inputs={"config_path": deploy.CONFIG, "store": deploy.SCHEDULE_STORE},
+    notifications=deploy.notifications(),  # FLYTEGPT_NOTIFY: a failed night is heard of
 )

@@ -57,6 +57,7 @@ def weekly_report(config_path: str, store: str, db: str, since: str) -> str:
     from flytegpt.bot.report import ReportOptions, build_report, render_body, render_page
 
     config = load_task_config(config_path, store)
+    deploy.check_store(config.index.store)  # the schedules' placeholder: refused, never written to
     from_config = not db
     db = db or (config.bot.feedback_snapshot or "")
     if not db:
@@ -92,4 +93,5 @@ weekly_report_lp = LaunchPlan.get_or_create(
     name="weekly_report",
     schedule=CronSchedule(schedule=REPORT_CRON),
     fixed_inputs={"config_path": deploy.CONFIG, "store": deploy.SCHEDULE_STORE, "db": REPORT_DB, "since": "7d"},
+    notifications=deploy.notifications(),  # FLYTEGPT_NOTIFY, as the nightly ingest
 )

@@ -47,8 +47,22 @@ EMBED = Resources(cpu="3", mem="12Gi", gpu="1")
 EMBED_LIMITS = Resources(mem="12Gi", gpu="1")  # Kubernetes schedules GPUs by their limit
 # Building the FAISS + keyword index: CPU and memory, roughly 2 KiB per chunk plus the vectors.
 BUILD = Resources(cpu="2", mem="8Gi")
-# Moving LATEST: a single small write.
-PUBLISH = Resources(cpu="500m", mem="512Mi")
+# Publishing: not "a single small write". ingest.artifact.publish opens the version to verify it
+# before moving LATEST: every file is downloaded to a temporary folder and FAISS, the chunk table
+# and the keyword index are loaded whole (peak RSS measured at 413 MiB for 50k chunks and 1.09 GiB
+# for 150k, ~7.5 KiB a chunk; the files ~4.5 KB a chunk on disk). Flyte makes the limit equal to
+# the request when only requests are set, so 512Mi was an OOM-kill past ~50k chunks, every night.
+# Sized like BUILD, which holds the same index in memory, plus scratch disk for the download.
+PUBLISH = Resources(cpu="1", mem=BUILD.mem, ephemeral_storage="16Gi")
+# A publish lock left by a killed pod is only broken once it is LOCK_STALE_AFTER_S old
+# (ingest/store.py; pods have their own hostnames, so the pid check cannot tell), and each attempt
+# waits LOCK_WAIT_S for it before a StoreLockError, which flyte/retry.py makes recoverable: the
+# attempts together must outwait the stale time, or the last retry fails on a lock nobody holds.
+# (Waiting longer inside the task would need ingest.artifact.publish to pass a wait; this keeps the
+# CLI's two-minute answer for a person at a terminal.) tests/flyte/test_recoverable.py checks it.
+PUBLISH_RETRIES = 2
+# A task that does next to nothing (the no-tuning branch's placeholder).
+NOOP = Resources(cpu="100m", mem="256Mi")
 # Bulk Q&A: loads the index and the query embedder; the chat model runs elsewhere.
 ANSWER = Resources(cpu="2", mem="4Gi")
 

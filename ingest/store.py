@@ -122,7 +122,8 @@ def check_writable(store: str) -> None:
 
     Run before an ingest reads and embeds anything: a path that cannot be created, a read-only
     folder, a missing bucket or missing credentials then stop it in a second with a message,
-    not after an hour of embedding with a traceback.
+    not after an hour of embedding with a traceback. Only a local store's folder is created:
+    on an object store the probe is one PUT, which fails on a missing bucket and never makes one.
     """
     try:
         fs, root = get_fs(store)
@@ -151,6 +152,17 @@ def _not_a_file(store: str, root: str) -> None:
         path = parent
 
 
+def make_dirs(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Create the folder `path` on a local store; nothing on an object store.
+
+    Object stores have no folders to make, and s3fs's makedirs on a path whose bucket does not
+    exist creates the bucket: a mistyped store would then receive the corpus (Slack threads
+    included) in a new bucket, or in somebody else's of that name, instead of failing.
+    """
+    if is_local(fs):
+        os.makedirs(path, exist_ok=True)
+
+
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:
     """The file's content, or None if it does not exist."""
     try:
@@ -173,6 +185,11 @@ class StoreLockError(RuntimeError):
 
 
 WORK_DIR = "flyte-work"  # the Flyte tasks' intermediates (flyte/handoff.py), pruned with old versions (artifact.prune)
+# <store>/last-run.json: when the ingest workflow last finished a publish, changed or not (flyte/ingest_wf.py
+# writes it; the bot reads it for an index-freshness metric). An unchanged night writes no new version, so
+# LATEST alone cannot tell a quiet week from a week of failed runs. JSON: {"finished_at": ISO time,
+# "version": the version LATEST names, "sources_read_at": ISO time or "", "changed": LATEST moved}.
+LAST_RUN = "last-run.json"
 
 LOCK_STALE_AFTER_S = 300.0  # a holder that died without removing its lock: how long until it is broken
 LOCK_WAIT_S = 120.0  # how long a second publisher waits for the first

@@ -169,3 +169,40 @@ def test_the_image_is_named_in_one_place() -> None:
     root = ROOT / "flyte"
     defining = [p.name for p in root.glob("*.py") if "ImageSpec(" in p.read_text()]
     assert defining == ["image.py"]
+
+
+def test_the_image_tag_follows_the_committed_code_not_stray_files(tmp_path: Path) -> None:
+    """README step 3 leaves run.yaml / qa.yaml in the checkout: the tag (what `pyflyte package`
+    names) must not change for them, or the launch plans point at an image never built. An edit
+    to a tracked file still changes it."""
+    import subprocess
+
+    from flytekit import ImageSpec
+
+    from flytegpt.flyte.image import project_source
+
+    root = tmp_path / "checkout"
+    (root / "ingest" / "sample").mkdir(parents=True)
+    (root / "pyproject.toml").write_text('[project]\nname = "flytegpt"\n')
+    (root / "ingest" / "pipeline.py").write_text("STAGES = 1\n")
+    (root / "ingest" / "sample" / "flytegpt.toml").write_text("")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+
+    def tag() -> str:
+        return ImageSpec(name="flytegpt", registry="registry.example.com", **project_source(root)).image_name()
+
+    before = tag()
+    (root / "run.yaml").write_text("inputs: {}\n")
+    (root / "ingest" / "scratch.py").write_text("x = 1\n")  # never added: not copied, a warning at packaging
+    assert tag() == before
+    (root / "ingest" / "pipeline.py").write_text("STAGES = 2\n")
+    assert tag() != before
+
+
+def test_the_image_copies_tracked_files_only(context: Path) -> None:
+    from flytegpt.flyte.image import REPO_ROOT, image_files
+
+    copied = sorted(str(p.relative_to(context / "src")) for p in (context / "src").rglob("*") if p.is_file())
+    assert copied == image_files(REPO_ROOT)
+    assert not any(p.startswith(("tests/", "manifests/")) for p in copied)

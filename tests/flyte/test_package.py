@@ -23,7 +23,10 @@ STORE = "s3://example-bucket/flytegpt/store"
 SECRETISH = re.compile(r"key|token|secret|password|credential", re.I)
 
 
-def _package(tmp_path: Path, extra_pythonpath: str | None = None) -> dict:
+NOTIFY = "email:oncall@example.org,ml@example.org;slack:alerts-x1y2@example.slack.com"
+
+
+def _package(tmp_path: Path, extra_pythonpath: str | None = None, env_overrides: dict | None = None) -> dict:
     from flyteidl.admin import launch_plan_pb2, task_pb2, workflow_pb2
 
     out = tmp_path / "flytegpt.tgz"
@@ -37,8 +40,14 @@ def _package(tmp_path: Path, extra_pythonpath: str | None = None) -> dict:
         "FLYTEGPT_STORE": STORE,
         "FLYTE_IMG_FAST_FAIL": "false",
         "DOCKER_HOST": "unix:///nonexistent.sock",  # the image-exists probe must not find a daemon
+        "FLYTEGPT_NOTIFY": NOTIFY,
     }
     env.pop("FLYTEGPT_CRON", None)
+    for name, value in (env_overrides or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     if extra_pythonpath:
         env["PYTHONPATH"] = extra_pythonpath
     pyflyte = str(Path(sys.executable).parent / "pyflyte")
@@ -47,7 +56,7 @@ def _package(tmp_path: Path, extra_pythonpath: str | None = None) -> dict:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    entities: dict = {"task": {}, "workflow": {}, "launch_plan": {}}
+    entities: dict = {"task": {}, "workflow": {}, "launch_plan": {}, "stderr": proc.stderr}
     with tarfile.open(out) as tar:
         for member in tar.getmembers():
             data = tar.extractfile(member).read()
@@ -284,3 +293,46 @@ def test_dev_workspace_is_absent_without_the_extra() -> None:
     import flytegpt.flyte.workspace
 
     assert flytegpt.flyte.workspace.dev_workspace is None
+
+
+def _notifications(lp) -> list[tuple[str, list[str], list[str]]]:
+    from flyteidl.core import execution_pb2
+
+    phases = execution_pb2.WorkflowExecution.Phase
+    return [(n.WhichOneof("type"), sorted(phases.Name(p) for p in n.phases),
+             list(getattr(n, n.WhichOneof("type")).recipients_email)) for n in lp.spec.entity_metadata.notifications]
+
+
+def test_scheduled_runs_notify_on_failure_when_asked(specs: dict) -> None:
+    """FLYTEGPT_NOTIFY at registration: a failed, timed-out or aborted scheduled run is heard of."""
+    expected = [("email", ["ABORTED", "FAILED", "TIMED_OUT"], ["oncall@example.org", "ml@example.org"]),
+                ("slack", ["ABORTED", "FAILED", "TIMED_OUT"], ["alerts-x1y2@example.slack.com"])]
+    for name in ("nightly_reingest", "weekly_report"):
+        assert _notifications(specs["launch_plan"][name]) == expected, name
+    assert "FLYTEGPT_STORE" not in specs["stderr"] and "FLYTEGPT_IMAGE_REGISTRY" not in specs["stderr"]  # both set
+
+
+def test_packaging_without_the_deploy_variables_warns_and_adds_no_notifications(tmp_path: Path) -> None:
+    """Without FLYTEGPT_STORE the schedules get the placeholder (which their runs refuse), without
+    FLYTEGPT_IMAGE_REGISTRY the sandbox's registry: packaging says so. No FLYTEGPT_NOTIFY: none."""
+    specs = _package(tmp_path, env_overrides={"FLYTEGPT_STORE": None, "FLYTEGPT_IMAGE_REGISTRY": None,
+                                              "FLYTEGPT_NOTIFY": None})
+    assert "warning: FLYTEGPT_STORE is not set" in specs["stderr"]
+    assert "warning: FLYTEGPT_IMAGE_REGISTRY is not set" in specs["stderr"]
+    for name in ("nightly_reingest", "weekly_report"):
+        assert _notifications(specs["launch_plan"][name]) == [], name
+
+
+def test_a_malformed_notify_setting_fails_the_import() -> None:
+    env = {**os.environ, "FLYTEGPT_NOTIFY": "mail:oncall"}
+    proc = subprocess.run([sys.executable, "-c", "import flytegpt.flyte.ingest_wf"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "FLYTEGPT_NOTIFY entry 'mail:oncall'" in proc.stderr
+
+
+def test_publish_has_the_memory_and_disk_to_verify_a_large_index(specs: dict) -> None:
+    """publish opens the whole version to verify it (413 MiB at 50k chunks, 1.09 GiB at 150k):
+    it gets what build gets, and scratch disk for the download."""
+    publish, build = (specs["task"][f"flytegpt.flyte.ingest_wf.{n}"] for n in ("publish", "build"))
+    assert _requests(publish)["MEMORY"] == _requests(build)["MEMORY"] == "8Gi"
+    assert _requests(publish)["EPHEMERAL_STORAGE"] == "16Gi"

@@ -221,3 +221,21 @@ def test_s3_store_is_checked_writable_before_an_ingest(endpoint: str, s3) -> Non
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="probe/")
     with pytest.raises(StoreWriteError, match="cannot write to the index store s3://no-such-bucket/index"):
         check_writable("s3://no-such-bucket/index")
+    assert "no-such-bucket" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}  # refused, not created
+
+
+def test_no_write_to_a_missing_bucket_creates_it(endpoint: str, s3) -> None:
+    """s3fs's makedirs/mkdir on a bucket path creates the bucket: a mistyped store must fail, not
+    receive the corpus in a new bucket (or in somebody else's of that name)."""
+    from flytegpt.flyte import handoff
+    from flytegpt.ingest.store import get_fs, make_dirs
+
+    fs, root = get_fs("s3://typo-bucket/flytegpt/store")
+    make_dirs(fs, f"{root}/flyte-work/documents")  # nothing to make on an object store
+    with pytest.raises(OSError):
+        handoff.write_work_file("s3://typo-bucket/flytegpt/store", "documents", b"{}\n", ".jsonl")
+    assert {b["Name"] for b in s3.list_buckets()["Buckets"]} == {BUCKET}
+    # an existing bucket needs no folders either: the work file is written and read back
+    uri = handoff.write_work_file(f"s3://{BUCKET}/nodirs/store", "documents", b"{}\n", ".jsonl")
+    assert uri.startswith(f"s3://{BUCKET}/nodirs/store/flyte-work/documents/")
+    assert handoff.read_work_file(uri) == b"{}\n"
