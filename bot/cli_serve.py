@@ -20,6 +20,9 @@ def serve_cmd(config_path, store: str | None, port: int | None) -> None:
 
     Needs SLACK_BOT_TOKEN (xoxb-) and SLACK_APP_TOKEN (xapp-); OPENAI_API_KEY /
     OPENAI_BASE_URL for model answers (without them the bot quotes passages).
+
+    flytegpt -vv serve logs at debug, but not the Slack libraries' debug lines: they quote
+    every event and request, users' messages and DMs included. FLYTEGPT_DEBUG_SLACK=1 adds them.
     """
     # The bot runs many single-query searches at once on its worker pool: one OpenMP thread per
     # query beats intra-op parallelism fighting over the cores (p95 under a 50-question burst on

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -135,7 +136,8 @@ def setup_logging(*, json_logs: bool = False, level: int | str = logging.INFO, s
     and the redaction filter is put on every handler already configured anywhere, so a
     library's own handler cannot print what ours would hide. `replace=False` (the CLI): when
     the process has logging set up already (a host application, a test runner), only the
-    filter is added and None is returned.
+    filter is added and None is returned. Even at DEBUG, slack_bolt and slack_sdk log at INFO
+    and above (their debug lines quote users' messages) unless FLYTEGPT_DEBUG_SLACK=1.
     """
     register_secrets(settings_secrets(settings if settings is not None else Settings()))
     redacting = RedactingFilter()
@@ -144,6 +146,7 @@ def setup_logging(*, json_logs: bool = False, level: int | str = logging.INFO, s
         return None
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(redacting)
+    handler.addFilter(SlackPayloadFilter())
     handler.setFormatter(JsonFormatter() if json_logs else _ExtrasFormatter(fmt))
     root = logging.getLogger()
     for old in list(root.handlers):  # the process's logging has one owner: one handler
@@ -157,6 +160,9 @@ def setup_logging(*, json_logs: bool = False, level: int | str = logging.INFO, s
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # "skipped: maximum number of running instances" while a big version downloads is expected
     logging.getLogger("apscheduler").setLevel(max(logging.ERROR, root.level))
+    slack_debug = slack_debug_enabled()
+    for name in _SLACK_PAYLOAD_LOGGERS:  # cheaper than formatting each debug line to drop it
+        logging.getLogger(name).setLevel(logging.NOTSET if slack_debug else max(logging.INFO, root.level))
     for name in _SLACK_HTTP_LOGGERS:
         logger = logging.getLogger(name)
         for old in [f for f in logger.filters if isinstance(f, SlackRetryChatter)]:
@@ -166,6 +172,11 @@ def setup_logging(*, json_logs: bool = False, level: int | str = logging.INFO, s
     return handler
 
 
+# slack_bolt and slack_sdk log at debug every event's payload and every request's body: users'
+# messages, DMs included (audit 23 L4). -vv is for debugging the bot, not for reading them:
+# those lines are shown only with FLYTEGPT_DEBUG_SLACK=1.
+SLACK_DEBUG_ENV = "FLYTEGPT_DEBUG_SLACK"
+_SLACK_PAYLOAD_LOGGERS = ("slack_bolt", "slack_sdk")
 _SLACK_HTTP_LOGGERS = ("slack_sdk.web.base_client", "slack_sdk.webhook.client")
 _RETRY_CHATTER = ("Failed to send a request to Slack API server", "A retry handler found",
                   "Going to retry the same request")
@@ -178,6 +189,26 @@ class SlackRetryChatter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(_RETRY_CHATTER)
+
+
+def slack_debug_enabled() -> bool:
+    """FLYTEGPT_DEBUG_SLACK is set to something other than empty or 0: the operator opted in."""
+    return os.environ.get(SLACK_DEBUG_ENV, "").strip() not in ("", "0")
+
+
+class SlackPayloadFilter(logging.Filter):
+    """Drops slack_bolt's and slack_sdk's debug lines unless FLYTEGPT_DEBUG_SLACK opts in (read when
+    the filter is made). Their loggers are set to INFO too, but Bolt copies the root logger's level
+    onto the loggers it makes, so a level alone would let some through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = slack_debug_enabled()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.enabled or record.levelno > logging.DEBUG:
+            return True
+        return not any(record.name == n or record.name.startswith(n + ".") for n in _SLACK_PAYLOAD_LOGGERS)
 
 
 def _filter_every_handler(redacting: RedactingFilter) -> None:

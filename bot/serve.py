@@ -28,6 +28,15 @@ SOCKET_CLOSE_BUDGET_S = 3.0  # waited for slack_sdk's socket close beyond the dr
 # (shutdown.NOTICE_BUDGET_S), the socket close and the HTTP server. shutdown_grace_s plus this
 # must fit in the pod's terminationGracePeriodSeconds (tests/bot/test_serve.py checks the manifest).
 SHUTDOWN_OVERHEAD_S = 8.0
+# The health/metrics port (audit 23 F7): a connection had a thread for as long as its client kept
+# it open, sending nothing (500 idle connections: 517 threads, then none left for Socket Mode
+# reconnects or the probes). A client that sends nothing for HTTP_TIMEOUT_S is dropped (a socket
+# timeout per read: one that trickles a byte every few seconds keeps its one slot of the bound
+# below), and past HTTP_MAX_CONNECTIONS a new connection is closed at once. The kubelet's probes and
+# a Prometheus scrape are a few requests of milliseconds each: far below the bound.
+HTTP_TIMEOUT_S = 5.0
+HTTP_MAX_CONNECTIONS = 32
+_FULL_WARNING_EVERY_S = 60.0  # a flood of connections is one warning a minute, not one line each
 
 
 class BotServer:
@@ -35,7 +44,8 @@ class BotServer:
 
     def __init__(self, config: "Config", settings: "Settings", *, port: int | None = None,
                  host: str = "0.0.0.0", ping_interval: float = 5.0, embedder: "Embedder | None" = None,
-                 answerer: Any = None, reload_interval_s: float | None = None) -> None:
+                 answerer: Any = None, reload_interval_s: float | None = None,
+                 http_timeout_s: float = HTTP_TIMEOUT_S, http_max_connections: int = HTTP_MAX_CONNECTIONS) -> None:
         from flytegpt.bot.index_holder import IndexHolder
         from flytegpt.bot.metrics import Metrics
         from flytegpt.bot.slack.client import api_base_url, check_tokens
@@ -45,6 +55,7 @@ class BotServer:
         api_base_url(settings)  # a malformed SLACK_API_URL: one line now, not a traceback from the first call
         self.port = config.bot.http_port if port is None else _checked_port(port)
         self.host, self.ping_interval = host, ping_interval
+        self.http_timeout_s, self.http_max_connections = http_timeout_s, http_max_connections
         self.metrics = Metrics()
         self.holder = IndexHolder()
         self._embedder, self._answerer = embedder, answerer
@@ -53,7 +64,7 @@ class BotServer:
         self.handler: Any = None
         self.reloader: Any = None
         self.snapshots: Any = None  # copies of the feedback database for the weekly report
-        self.http: ThreadingHTTPServer | None = None
+        self.http: HealthHTTPServer | None = None
         self._stopped = threading.Event()  # set when stop() has finished
         self._stop_lock = threading.Lock()
         self._stopping = False
@@ -182,11 +193,15 @@ class BotServer:
         assert self.http is not None
         return self.http.server_address[1]
 
-    def _start_http(self) -> ThreadingHTTPServer:
+    def _start_http(self) -> "HealthHTTPServer":
         server = self
         from flytegpt.bot.metrics import CONTENT_TYPE_LATEST
 
         class Handler(BaseHTTPRequestHandler):
+            # Socket timeout of every read and write: an idle or slow client is dropped, its thread
+            # freed. HTTP/1.0 (the default protocol_version): one request a connection, no keep-alive.
+            timeout = server.http_timeout_s
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -214,10 +229,70 @@ class BotServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        httpd = ThreadingHTTPServer((self.host, self.port), Handler)
-        httpd.daemon_threads = True
+        httpd = HealthHTTPServer((self.host, self.port), Handler, max_connections=self.http_max_connections)
         threading.Thread(target=httpd.serve_forever, daemon=True, name="flytegpt-http").start()
         return httpd
+
+
+class HealthHTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer that serves at most `max_connections` connections at once.
+
+    One thread per connection, as before, but a connection past the bound is closed at once
+    instead of getting a thread: a flood of connections (with the handler's timeout, each held
+    for seconds at most) makes a probe fail and be retried, rather than leaving the process
+    without threads for Slack, the workers and every later probe.
+    """
+
+    daemon_threads = True  # a connection being served never holds up the process's exit
+    # listen() backlog (socketserver's default is 5): in a burst of connections a probe's SYN past
+    # the backlog is dropped and retried a second later; accepted ones past the bound close at once
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
+                 max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.connections = 0  # being served now (read by tests and the "full" warning)
+        self._count_lock = threading.Lock()
+        self._warned_at: float | None = None
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """On serve_forever's thread: take a slot and start the connection's thread, or close it."""
+        with self._count_lock:
+            full = self.connections >= self.max_connections
+            if not full:
+                self.connections += 1
+        if full:
+            self._warn_full(client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                             daemon=True, name="flytegpt-http-conn").start()
+        except BaseException:  # no thread to be had: serve_forever closes the request
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self.connections -= 1
+
+    def _warn_full(self, client_address: Any) -> None:
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= _FULL_WARNING_EVERY_S:
+            self._warned_at = now
+            log.warning("health/metrics port: connection closed, too many open at once",
+                        extra={"max_connections": self.max_connections, "client": str(client_address[0])})
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away or stalled mid-response: one debug line, not a traceback on stderr."""
+        log.debug("health/metrics request failed", exc_info=True)
 
 
 def _checked_port(port: int) -> int:

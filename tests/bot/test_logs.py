@@ -177,3 +177,63 @@ def test_log_lines_quoting_corpus_text_carry_no_terminal_sequences(json_logs: bo
         assert line["message"] == f"skipped {hostile}"  # escaped, nothing lost
     else:
         assert "skipped docs/a.md evil" in out and "PWNED" not in out
+
+
+def _debug_lines_from_slack_libraries(monkeypatch, opt_in: str | None) -> str:
+    """setup_logging at DEBUG (`flytegpt -vv serve`), then the debug lines slack_bolt and slack_sdk
+    write for an incoming DM: what reaches the log."""
+    if opt_in is None:
+        monkeypatch.delenv(logs.SLACK_DEBUG_ENV, raising=False)
+    else:
+        monkeypatch.setenv(logs.SLACK_DEBUG_ENV, opt_in)
+    stream = io.StringIO()
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    handler = setup_logging(level=logging.DEBUG, stream=stream, settings=Settings())
+    # Bolt copies the root's level onto the loggers it makes (get_bolt_logger): DEBUG here
+    from slack_bolt.logger import get_bolt_logger
+
+    class Listener:
+        pass
+
+    try:
+        dm = '{"type": "message", "channel_type": "im", "text": "my private DM: PRIVATE-MARKER"}'
+        logging.getLogger("slack_bolt").debug("on_message invoked: (message: %s)", dm)
+        get_bolt_logger(Listener).debug("Running listener with %s", dm)
+        logging.getLogger("slack_sdk.socket_mode.websocket_client").debug("on_message invoked: %s", dm)
+        logging.getLogger("slack_sdk.web.base_client").debug("Sending a request - body_params: %s", dm)
+        logging.getLogger("slack_sdk.web.base_client").info("Going to retry the same request: POST x")
+        logging.getLogger("flytegpt.bot.t").debug("our own debug line")
+    finally:
+        root.removeHandler(handler)
+        for old in before[0]:
+            root.addHandler(old)
+        root.setLevel(before[1])
+        for name in ("slack_bolt", "slack_sdk"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize("opt_in", [None, "", "0"], ids=["unset", "empty", "zero"])
+def test_debug_logging_leaves_out_slack_payloads_with_users_messages(monkeypatch, opt_in) -> None:
+    """`flytegpt -vv serve` logged every Slack event's text, DMs included, through slack_bolt's and
+    slack_sdk's debug lines (audit 23 L4): they stay out; Slack's retries and our debug stay in."""
+    out = _debug_lines_from_slack_libraries(monkeypatch, opt_in)
+    assert "PRIVATE-MARKER" not in out, out
+    assert "our own debug line" in out
+    assert "Going to retry the same request" in out
+
+
+def test_slack_payload_debug_lines_are_logged_when_asked_for(monkeypatch) -> None:
+    out = _debug_lines_from_slack_libraries(monkeypatch, "1")
+    assert out.count("PRIVATE-MARKER") == 4, out
+
+
+def test_serve_help_says_what_debug_logging_leaves_out() -> None:
+    from click.testing import CliRunner
+
+    from flytegpt.bot.cli_serve import serve_cmd
+
+    text = " ".join(CliRunner().invoke(serve_cmd, ["--help"]).output.split())
+    assert ("flytegpt -vv serve logs at debug, but not the Slack libraries' debug lines: they quote every "
+            "event and request, users' messages and DMs included. FLYTEGPT_DEBUG_SLACK=1 adds them.") in text

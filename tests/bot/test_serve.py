@@ -392,3 +392,113 @@ streaming = false
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# --- the health/metrics port under idle connections (audit 23 F7) ------------------------------------------------
+
+
+def _http_only(tmp_path: Path, **kwargs) -> BotServer:
+    """A BotServer with only its health/metrics server started (no Slack): /healthz says 503
+    "connecting to Slack", which is an answer all the same."""
+    config = load_config(sample_config_path()).with_store(str(tmp_path))
+    server = BotServer(config, Settings(SLACK_BOT_TOKEN="xoxb-1", SLACK_APP_TOKEN="xapp-1"), port=0,
+                       host="127.0.0.1", **kwargs)
+    server.http = server._start_http()
+    return server
+
+
+def _until(condition, guard_s: float = 30.0) -> None:
+    """Poll `condition` (a guard against hanging, not a timing assertion)."""
+    import time
+
+    deadline = time.monotonic() + guard_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.01)
+
+
+def _idle(port: int, n: int) -> list:
+    """`n` connections that never send a byte (recv waits up to 20 s for the server to close them)."""
+    import socket
+
+    socks = []
+    for _ in range(n):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        socks.append(sock)
+    return socks
+
+
+def _closed_by_server(sock) -> bool:
+    """True when the server closed the connection (EOF or reset); waits up to the socket's timeout."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _connection_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "flytegpt-http-conn")
+
+
+def _served_at_once(server: BotServer) -> int:
+    assert server.http is not None
+    return server.http.connections
+
+
+def test_idle_connections_are_dropped_after_the_timeout_and_probes_still_answer(tmp_path):
+    """50 clients that connect and send nothing held 50 threads forever (500 held 517 threads,
+    then a pod out of threads): each is now closed by the server after the handler's timeout,
+    and /healthz and /metrics answer while they are open."""
+    server = _http_only(tmp_path, http_timeout_s=0.5, http_max_connections=64)
+    socks = _idle(server.http_port, 50)
+    try:
+        url = f"http://127.0.0.1:{server.http_port}"
+        assert _get(url + "/healthz") == (503, "connecting to Slack\n")
+        assert _get(url + "/metrics")[0] == 200
+        assert all(_closed_by_server(s) for s in socks), "an idle connection stayed open"
+        _until(lambda: _served_at_once(server) == 0)  # their threads have ended too
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()
+
+
+def test_connections_past_the_bound_are_closed_at_once_and_probes_come_back(tmp_path):
+    """With max_connections held by idle clients (and a timeout far away), a new connection is
+    closed at once instead of getting a thread; once they go, probes are answered again."""
+    server = _http_only(tmp_path, http_timeout_s=600, http_max_connections=4)
+    threads_before = _connection_threads()
+    held = _idle(server.http_port, 4)
+    try:
+        _until(lambda: _served_at_once(server) == 4)
+        extra = _idle(server.http_port, 46)
+        try:
+            assert all(_closed_by_server(s) for s in extra), "a connection past the bound was kept"
+        finally:
+            for s in extra:
+                s.close()
+        assert _served_at_once(server) == 4
+        assert _connection_threads() <= threads_before + 4  # not one thread per connection
+        for s in held:  # still open: closed by the bound, not by the timeout
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(1)
+        for s in held:
+            s.close()
+        _until(lambda: _served_at_once(server) == 0)
+        url = f"http://127.0.0.1:{server.http_port}"
+        assert _get(url + "/healthz") == (503, "connecting to Slack\n")
+        assert _get(url + "/metrics")[0] == 200
+    finally:
+        for s in held:
+            s.close()
+        server.stop()
+
+
+def test_the_default_timeout_and_bound_protect_the_port():
+    """The defaults the pod runs with: a timeout of seconds, a bound well above what probes and a
+    scrape need and well below a pod's thread limit."""
+    from flytegpt.bot.serve import HTTP_MAX_CONNECTIONS, HTTP_TIMEOUT_S
+
+    assert 1 <= HTTP_TIMEOUT_S <= 10
+    assert 8 <= HTTP_MAX_CONNECTIONS <= 100

@@ -327,10 +327,20 @@ def test_overlay_renders_one_configmap_with_its_own_store_and_the_chat_model() -
     assert data["FLYTEGPT_CHAT_MODEL"] == base_data["FLYTEGPT_CHAT_MODEL"] == "gpt-4o-mini"
 
 
+_DNS_AND_HTTPS = {(53, "UDP"), (53, "TCP"), (443, "TCP")}
+
+
+def _peer_pod_selectors(policy: dict) -> list[dict]:
+    """The podSelectors of the policy's `from` and `to` peers (not the policy's own)."""
+    peers = [p for r in policy["spec"].get("ingress", []) for p in r.get("from", [])]
+    peers += [p for r in policy["spec"].get("egress", []) for p in r.get("to", [])]
+    return [p["podSelector"] for p in peers if "podSelector" in p]
+
+
 @pytest.mark.parametrize("folder", _kustomizations(), ids=lambda p: str(p.relative_to(MANIFESTS)))
-def test_network_policy_admits_only_the_bots_http_port(folder: Path) -> None:
-    """Inbound traffic reaches the bot's pods only on `http` (/metrics); outbound stays open,
-    as Socket Mode, the chat model and the store are all connections the bot makes."""
+def test_network_policy_admits_only_the_bots_http_port_from_monitoring(folder: Path) -> None:
+    """Inbound traffic reaches the bot's pods only on `http` (/metrics) and only from the
+    monitoring namespace, not from any pod in the cluster (audit 23 F7)."""
     docs = _kustomize(folder)
     policy = _rendered(docs, "NetworkPolicy")
     deployment = _rendered(docs, "Deployment")
@@ -341,14 +351,83 @@ def test_network_policy_admits_only_the_bots_http_port(folder: Path) -> None:
     # It selects every pod the Deployment owns, not just some of them.
     assert set(selector["matchLabels"].items()) <= set(deployment["spec"]["selector"]["matchLabels"].items())
     assert policy.get("metadata", {}).get("namespace") == deployment["metadata"].get("namespace")
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
-    assert "egress" not in policy["spec"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     rules = policy["spec"]["ingress"]
     assert rules, "no ingress rule would also block Prometheus"
     for rule in rules:
-        # A rule without ports admits every port.
+        # A rule without ports admits every port; one without `from`, every pod in the cluster.
         assert rule.get("ports") == [{"port": "http", "protocol": "TCP"}], rule
+        assert rule.get("from"), f"admits any pod: {rule}"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer, peer
+            assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
     (c,) = deployment["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p for p in c["ports"]}
     assert ports["http"]["containerPort"] == BotConfig().http_port
     assert ports["http"].get("protocol", "TCP") == "TCP"
+
+
+@pytest.mark.parametrize("folder", _kustomizations(), ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_network_policy_lets_out_only_dns_and_https(folder: Path) -> None:
+    """Outbound: DNS and TCP 443 (Slack, the model API, the store), nothing else (audit 23 L7),
+    and no peer selector that kustomize's labels turned into one selecting the bot itself."""
+    policy = _rendered(_kustomize(folder), "NetworkPolicy")
+    rules = policy["spec"]["egress"]
+    allowed = set()
+    for rule in rules:
+        assert rule.get("ports"), f"an egress rule without ports lets out every port: {rule}"
+        allowed |= {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}
+    assert allowed == _DNS_AND_HTTPS
+    assert _peer_pod_selectors(policy) == []
+
+
+def _documented_overlay_patch() -> str:
+    """The overlay patch networkpolicy.yaml's comment tells operators to add (a store's port, only
+    Prometheus's pods), as YAML: the lines after `#   patches:`, comment marks taken off."""
+    lines = (MANIFESTS / "base" / "networkpolicy.yaml").read_text().splitlines()
+    start = lines.index("#   patches:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#  "):
+            break
+        block.append(line[1:])
+    return "\n".join(block) + "\n"
+
+
+def test_the_documented_overlay_patch_opens_one_port_and_narrows_ingress(tmp_path: Path) -> None:
+    """What the policy's comment says to paste into an overlay renders, adds the MinIO rule and
+    a Prometheus podSelector the base's labels leave alone (one written into the base would
+    have been rewritten to select the bot's own labels, and so no Prometheus pod)."""
+    copy = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, copy)
+    overlay = copy / "overlays" / "example" / "kustomization.yaml"
+    kustomization = yaml.safe_load(overlay.read_text())
+    kustomization["patches"] += yaml.safe_load(_documented_overlay_patch())["patches"]
+    overlay.write_text(yaml.safe_dump(kustomization))
+    docs = _kustomize(overlay.parent)
+    policy = _rendered(docs, "NetworkPolicy")
+    _validate(policy, "documented overlay patch")
+    *base_rules, added = policy["spec"]["egress"]
+    assert added == {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "minio"}}}],
+                     "ports": [{"port": 9000, "protocol": "TCP"}]}
+    assert {(p["port"], p["protocol"]) for r in base_rules for p in r["ports"]} == _DNS_AND_HTTPS
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+
+
+def test_example_secret_is_not_selected_by_a_prune_on_the_bots_labels() -> None:
+    """`kubectl apply -k ... --prune -l app.kubernetes.io/name=flytegpt` deletes every applied
+    object carrying the label that the kustomize output lacks: the Secret is never in that output,
+    so the example must carry none of the labels kustomize gives the bot's objects, and must not
+    be created with `kubectl apply` (audit 24 F6)."""
+    example_path = MANIFESTS / "base" / "secret.example.yaml"
+    (example,) = _docs(example_path)
+    (kustomization,) = _docs(MANIFESTS / "base" / "kustomization.yaml")
+    bot_labels = {(k, v) for entry in kustomization["labels"] for k, v in entry["pairs"].items()}
+    assert ("app.kubernetes.io/name", "flytegpt") in bot_labels
+    assert not set(example["metadata"].get("labels", {}).items()) & bot_labels
+    instructions = [line for line in example_path.read_text().splitlines() if line.startswith("#")]
+    assert any("kubectl -n flytegpt create secret generic flytegpt-secrets" in line for line in instructions)
+    assert not any("apply -f` it" in line for line in instructions)
