@@ -24,7 +24,7 @@ MODE_HELP = ("hybrid: dense and keyword (BM25) results fused, as the bot searche
 
 @click.group(cls=TerminalSafeGroup)
 @click.option("-v", "--verbose", count=True,
-              help="More logging: -v info, -vv debug (without it: warnings; serve logs info, and with -vv debug, Slack's retries among it).")
+              help="More logging: -v info, -vv debug (without it: warnings; serve logs info, and with -vv debug, Slack's retries among it; Slack's event payloads only with FLYTEGPT_DEBUG_SLACK=1).")
 @click.version_option(package_name="flytegpt", prog_name="flytegpt", message="%(prog)s %(version)s")
 def main(verbose: int) -> None:
     """FlyteGPT: answers about an open-source project from its Slack history, docs and code.

@@ -283,7 +283,7 @@ def test_top_level_help_says_options_come_first_and_what_serve_logs():
     text = " ".join(run("--help").output.split())
     assert "they come before the command (flytegpt -v ingest ..., not flytegpt ingest -v ...)" in text
     assert ("-v info, -vv debug (without it: warnings; serve logs info, and with -vv debug, Slack's retries "
-            "among it)") in text
+            "among it; Slack's event payloads only with FLYTEGPT_DEBUG_SLACK=1)") in text
     assert run("ask", "-v", "x").exit_code == 2  # after the command it is not an option
 
 
