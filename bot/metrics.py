@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -55,12 +57,23 @@ class Metrics:
             "flytegpt_store_latest_ok", "1 when the store's LATEST was read and names a version; 0 when it is "
             "missing, empty or unreadable, or the version it names is gone from the store (the bot serves from "
             "memory; a restart could not load an index)", registry=r)
+        self.index_sources_read = Gauge(
+            "flytegpt_index_sources_read_timestamp_seconds", "When the sources of the index served were read "
+            "(Unix time; 0 when unknown): how old the answers' knowledge is", registry=r)
+        self.store_last_run = Gauge(
+            "flytegpt_store_last_run_timestamp_seconds", "When an ingest last finished a publish into the store, "
+            "changed or not (<store>/last-run.json; 0 when none is recorded): alert when it is over a day or two "
+            "old, as a quiet night writes no new version", registry=r)
         self.socket_connected = Gauge("flytegpt_socket_connected", "1 while the Socket Mode connection is up",
                                       registry=r)
 
-    def set_index(self, version: str | None) -> None:
+    def set_index(self, version: str | None, sources_read_at: datetime | None = None) -> None:
         self.index.info({"version": version or ""})
         self.index_loaded.set(1 if version else 0)
+        self.index_sources_read.set(sources_read_at.timestamp() if sources_read_at else 0)
+
+    def set_last_run(self, finished_at: datetime | None) -> None:
+        self.store_last_run.set(finished_at.timestamp() if finished_at else 0)
 
     def set_latest(self, latest: str | None, *, served: bool, ok: bool) -> None:
         self.latest.info({"version": latest or ""})

@@ -116,9 +116,10 @@ class Reloader:
 
     def check_once(self) -> bool:
         """Load and swap in LATEST if it is new; True when a new version is now served."""
-        from flytegpt.ingest.artifact import ArtifactError, open_version, read_latest, unpublished_reason
+        from flytegpt.ingest.artifact import ArtifactError, content_time, open_version, read_latest, unpublished_reason
 
         with self._lock:
+            self._read_last_run()
             try:
                 latest = read_latest(self.store)
             except Exception as e:  # noqa: BLE001 - a store hiccup or a garbage LATEST: try again next poll
@@ -176,7 +177,7 @@ class Reloader:
             self._refusals.pop(latest, None)
             if self.metrics:
                 self.metrics.reloads.inc()
-                self.metrics.set_index(latest)
+                self.metrics.set_index(latest, content_time(index.manifest))
             self._publish_state()
             log.info("index version swapped in", extra={"version": latest,
                                                         "previous": getattr(old, "version", None),
@@ -229,6 +230,17 @@ class Reloader:
             return tuple((k, str(info[k])) for k in _STAMP_KEYS if info.get(k) is not None)
 
         return one(join(root, LATEST)), one(join(root, version, MANIFEST))
+
+    def _read_last_run(self) -> None:
+        """The store's last-run.json for the freshness gauge: one small read per poll."""
+        if not self.metrics:
+            return
+        from flytegpt.ingest.artifact import last_run_time
+
+        try:
+            self.metrics.set_last_run(last_run_time(self.store))
+        except Exception as e:  # noqa: BLE001 - a store hiccup: the gauge keeps its value
+            log.debug("reading last-run.json failed: %s", e)
 
     def _store_state(self, latest: str | None, problem: str | None) -> None:
         """Record what LATEST says; warn once (again only when it changes) when it is unusable."""

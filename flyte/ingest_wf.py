@@ -308,7 +308,7 @@ def publish(version: str, store: str, sources_read_at: str = "", keep_versions: 
     A run overlapping another (the schedule and a manual launch) whose sources are older than those
     LATEST names was superseded: it succeeds, returning LATEST's version, rather than failing a run
     nothing is wrong with (`flytegpt ingest` keeps the error). Every successful publish, changed or
-    not, writes `<store>/last-run.json` (ingest.store.LAST_RUN), so a stale index can be told from a
+    not, writes `<store>/last-run.json` (ingest.artifact.LAST_RUN), so a stale index can be told from a
     quiet week. A publish lock left by a killed pod is retried by Flyte: see PUBLISH_RETRIES.
     """
     task_logging()
@@ -319,7 +319,8 @@ def publish(version: str, store: str, sources_read_at: str = "", keep_versions: 
 def _publish(version: str, store: str, sources_read_at: str, keep_versions: int) -> str:
     from datetime import datetime
 
-    from flytegpt.ingest.artifact import ArtifactError, SupersededError, latest_or_none, list_versions
+    from flytegpt.ingest.artifact import (ArtifactError, SupersededError, latest_or_none, list_versions,
+                                          record_last_run)
     from flytegpt.ingest.artifact import publish as publish_version
     from flytegpt.ingest.config import IndexConfig
 
@@ -340,27 +341,11 @@ def _publish(version: str, store: str, sources_read_at: str, keep_versions: int)
             raise
         log.warning("superseded: another run published %s from newer sources while this one ran; %s stays "
                     "unpublished and the run returns %s (%s)", latest, version, latest, e)
-        write_last_run(store, latest, sources_read_at, changed=False)
+        record_last_run(store, latest, sources_read_at, changed=False)
         return latest
     log.info("published %s in %s", version, store)
-    write_last_run(store, version, sources_read_at, changed=before != version)
+    record_last_run(store, version, sources_read_at, changed=before != version)
     return version
-
-
-def write_last_run(store: str, version: str, sources_read_at: str, *, changed: bool) -> None:
-    """Record a successful publish in `<store>/last-run.json` (format: ingest.store.LAST_RUN).
-
-    Written after LATEST moved; when the write fails the task fails and is retried (a store
-    hiccup), and the retry, finding LATEST already moved, records `changed: false`.
-    """
-    from datetime import datetime, timezone
-
-    from flytegpt.ingest.store import LAST_RUN, atomic_write, get_fs, join
-
-    fs, root = get_fs(store)
-    record = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": version,
-              "sources_read_at": sources_read_at, "changed": changed}
-    atomic_write(fs, join(root, LAST_RUN), (json.dumps(record, indent=1) + "\n").encode())
 
 
 @workflow

@@ -437,6 +437,33 @@ def publish(store: str, version: str, *, keep_versions: int = DEFAULT_KEEP_VERSI
         log.warning("pruning old index versions in %s failed: %s", store, e)
 
 
+# <store>/last-run.json: when an ingest last finished a publish, changed or not. An unchanged night
+# writes no new version, so LATEST alone cannot tell a quiet week from a week of failed runs (the
+# bot's flytegpt_store_last_run_timestamp_seconds reads it). {"finished_at": ISO time, "version":
+# the version LATEST names, "sources_read_at": ISO time or "", "changed": this run moved LATEST}.
+LAST_RUN = "last-run.json"
+
+
+def record_last_run(store: str, version: str, sources_read_at: str, *, changed: bool) -> None:
+    """Write LAST_RUN after a successful publish (or a run superseded by a newer one)."""
+    fs, root = get_fs(store)
+    record = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": version,
+              "sources_read_at": sources_read_at, "changed": changed}
+    atomic_write(fs, join(root, LAST_RUN), (json.dumps(record, indent=1) + "\n").encode())
+
+
+def last_run_time(store: str) -> datetime | None:
+    """When the last ingest finished (LAST_RUN's finished_at); None when none is recorded or the
+    file cannot be read: a store written before it existed, or a damaged file."""
+    fs, root = get_fs(store)
+    try:
+        raw = read_bytes(fs, join(root, LAST_RUN))
+        stamp = datetime.fromisoformat(str(json.loads(raw or b"null")["finished_at"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+
+
 def latest_or_none(store: str) -> str | None:
     """The version LATEST names; None when nothing is published or LATEST cannot be read."""
     try:
@@ -454,7 +481,8 @@ def _current_latest(store: str) -> str | None:
         return None
 
 
-def _content_time(manifest: dict[str, Any]) -> datetime | None:
+def content_time(manifest: dict[str, Any]) -> datetime | None:
+    """When a version's sources were read (its build time for a version older than that field)."""
     stamp = manifest.get("sources_read_at") or manifest.get("created_at")
     try:
         parsed = datetime.fromisoformat(str(stamp))
@@ -469,7 +497,7 @@ def _refuse_older(store: str, current: str, version: str, new_manifest: dict[str
         current_manifest = read_manifest(store, current)
     except ArtifactError:
         return  # LATEST names a version that is gone or broken: anything verified is better
-    now_time, new_time = _content_time(current_manifest), _content_time(new_manifest)
+    now_time, new_time = content_time(current_manifest), content_time(new_manifest)
     if now_time is not None and new_time is not None and new_time < now_time:
         raise SupersededError(
             f"not published: {LATEST} in {store} names {current}, made from sources read at "
@@ -618,7 +646,7 @@ def prune(store: str, keep: int = DEFAULT_KEEP_VERSIONS, *, protect: set[str] = 
     kept = [v for v in versions if v not in removed]
     if kept:
         try:
-            oldest = _content_time(read_manifest(store, kept[0]))
+            oldest = content_time(read_manifest(store, kept[0]))
         except ArtifactError:
             oldest = None
         if oldest is not None:
@@ -658,7 +686,7 @@ def _version_time(store: str, version: str | None) -> datetime | None:
     if version is None:
         return None
     try:
-        return _content_time(read_manifest(store, version))
+        return content_time(read_manifest(store, version))
     except ArtifactError:
         return None
 

@@ -378,7 +378,7 @@ def run_ingest(
 ) -> IngestSummary:
     """Run every stage in this process and publish the new version: none when the index is the
     one LATEST already names (`unchanged`: no new version written, published or pruned)."""
-    from flytegpt.ingest.artifact import latest_or_none
+    from flytegpt.ingest.artifact import latest_or_none, record_last_run
     from flytegpt.ingest.store import check_writable
 
     if not config.sources:  # before the store is touched
@@ -437,6 +437,7 @@ def run_ingest(
         t = time.perf_counter()
         publish(config, version)
         timings["publish"] = time.perf_counter() - t
+    record_last_run(config.index.store, version, sources_read_at.isoformat(), changed=not unchanged)
 
     return IngestSummary(
         version=version,

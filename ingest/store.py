@@ -185,11 +185,6 @@ class StoreLockError(RuntimeError):
 
 
 WORK_DIR = "flyte-work"  # the Flyte tasks' intermediates (flyte/handoff.py), pruned with old versions (artifact.prune)
-# <store>/last-run.json: when the ingest workflow last finished a publish, changed or not (flyte/ingest_wf.py
-# writes it; the bot reads it for an index-freshness metric). An unchanged night writes no new version, so
-# LATEST alone cannot tell a quiet week from a week of failed runs. JSON: {"finished_at": ISO time,
-# "version": the version LATEST names, "sources_read_at": ISO time or "", "changed": LATEST moved}.
-LAST_RUN = "last-run.json"
 
 LOCK_STALE_AFTER_S = 300.0  # a holder that died without removing its lock: how long until it is broken
 LOCK_WAIT_S = 120.0  # how long a second publisher waits for the first

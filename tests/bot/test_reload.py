@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 import weakref
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,26 @@ def test_the_query_model_is_loaded_before_a_version_serves_not_at_the_first_ques
     broken = Reloader(cfg, IndexHolder(), embedder=Unusable.from_config(cfg.embeddings))
     assert not broken.check_once()
     assert "cannot be loaded" in broken.refused[v1] and "illegal instruction" in broken.refused[v1]
+
+
+def test_the_index_age_and_the_last_ingest_are_metrics(config, embedder):
+    """Audit 24 F4: a quiet night writes no new version, so only <store>/last-run.json tells a
+    quiet week from a week of failed nightly runs; the served index's sources have an age too."""
+    from flytegpt.ingest.artifact import LAST_RUN, content_time, open_version, record_last_run
+
+    holder, metrics = IndexHolder(), Metrics()
+    reloader = Reloader(config, holder, metrics=metrics, embedder=embedder)
+    store = Path(config.index.store)
+    (store / LAST_RUN).unlink(missing_ok=True)
+    assert reloader.check_once()
+    read_at = content_time(open_version(str(store)).manifest)
+    assert metrics.index_sources_read._value.get() == read_at.timestamp() > 0
+    assert metrics.store_last_run._value.get() == 0  # none recorded
+    record_last_run(str(store), holder.version, read_at.isoformat(), changed=False)  # an unchanged night
+    reloader.check_once()
+    finished = json.loads((store / LAST_RUN).read_text())["finished_at"]
+    assert metrics.store_last_run._value.get() == datetime.fromisoformat(finished).timestamp()
+    assert b"flytegpt_store_last_run_timestamp_seconds" in metrics.render()
+    (store / LAST_RUN).write_text("{not json")  # damaged: unknown, not an error
+    reloader.check_once()
+    assert metrics.store_last_run._value.get() == 0 and holder.version

@@ -18,7 +18,7 @@ from support.moto_s3 import moto_endpoint
 
 from flytegpt.ingest.artifact import read_latest, write_version
 from flytegpt.ingest.config import sample_config_path
-from flytegpt.ingest.store import LAST_RUN
+from flytegpt.ingest.artifact import LAST_RUN
 
 
 @pytest.fixture()
