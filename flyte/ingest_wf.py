@@ -71,6 +71,7 @@ class Collected(NamedTuple):
     read_at: str  # ISO time the sources were read: publish never moves LATEST back to older sources
     tuning: bool  # [tuning] enabled is not "off": the tune task runs (and decides "auto" on its GPU pod)
     keep_versions: int  # [index] keep_versions, for publish (not in `settings`: no cache key depends on it)
+    max_shrink: float  # [index] max_shrink, for publish, likewise
 
 
 class Chunked(NamedTuple):
@@ -125,7 +126,7 @@ def _collect(config_path: str, store: str) -> Collected:
         config.index.store, "documents", to_jsonl(d.to_dict() for d in documents), ".jsonl"
     )
     return Collected(FlyteFile(path), settings_json(config), config.index.store, json.dumps(stats), read_at,
-                     config.tuning.enabled != "off", config.index.keep_versions)
+                     config.tuning.enabled != "off", config.index.keep_versions, config.index.max_shrink)
 
 
 @task(
@@ -296,7 +297,8 @@ def build(
 
 @task(container_image=IMAGE, requests=resources.PUBLISH, retries=resources.PUBLISH_RETRIES,
       timeout=resources.PUBLISH_TIMEOUT)
-def publish(version: str, store: str, sources_read_at: str = "", keep_versions: int = 0) -> str:
+def publish(version: str, store: str, sources_read_at: str = "", keep_versions: int = 0,
+            max_shrink: float = -1.0) -> str:
     """Move LATEST to `version` after verifying it, then prune old versions ([index] keep_versions);
     the bots polling LATEST then hot-reload it. Returns the version LATEST names.
 
@@ -313,10 +315,10 @@ def publish(version: str, store: str, sources_read_at: str = "", keep_versions: 
     """
     task_logging()
     with recoverable_errors():
-        return _publish(version, store, sources_read_at, keep_versions)
+        return _publish(version, store, sources_read_at, keep_versions, max_shrink)
 
 
-def _publish(version: str, store: str, sources_read_at: str, keep_versions: int) -> str:
+def _publish(version: str, store: str, sources_read_at: str, keep_versions: int, max_shrink: float) -> str:
     from datetime import datetime
 
     from flytegpt.ingest.artifact import (ArtifactError, SupersededError, latest_or_none, list_versions,
@@ -334,7 +336,8 @@ def _publish(version: str, store: str, sources_read_at: str, keep_versions: int)
     read_at = datetime.fromisoformat(sources_read_at) if sources_read_at else None
     before = latest_or_none(store)
     try:
-        publish_version(store, version, keep_versions=keep, sources_read_at=read_at)
+        publish_version(store, version, keep_versions=keep, sources_read_at=read_at,
+                        max_shrink=max_shrink if max_shrink >= 0 else IndexConfig().max_shrink)
     except SupersededError as e:
         latest = latest_or_none(store)
         if latest is None:  # LATEST vanished meanwhile: nothing to hand on, the refusal stands
@@ -379,7 +382,7 @@ def ingest_wf(config_path: str = deploy.CONFIG, store: str = deploy.STORE) -> st
         chunk_skips=chunked.skipped,
     )
     return publish(version=version, store=collected.store, sources_read_at=collected.read_at,
-                   keep_versions=collected.keep_versions)
+                   keep_versions=collected.keep_versions, max_shrink=collected.max_shrink)
 
 
 nightly_reingest = LaunchPlan.get_or_create(

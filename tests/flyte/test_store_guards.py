@@ -16,9 +16,8 @@ import pytest
 from support.index_data import MODEL, make_chunks, make_vectors
 from support.moto_s3 import moto_endpoint
 
-from flytegpt.ingest.artifact import read_latest, write_version
+from flytegpt.ingest.artifact import LAST_RUN, read_latest, write_version
 from flytegpt.ingest.config import sample_config_path
-from flytegpt.ingest.artifact import LAST_RUN
 
 
 @pytest.fixture()
@@ -107,3 +106,24 @@ def test_a_run_superseded_by_an_overlapping_one_succeeds_with_latest(local: None
     # the CLI's publish keeps the refusal
     with pytest.raises(ArtifactError, match="another ingest published meanwhile"):
         publish_version(str(store), slow, sources_read_at=early)
+
+
+def test_a_run_whose_source_gave_nothing_fails_and_leaves_the_good_index(local: None, tmp_path: Path) -> None:
+    """Audit 24 F1: a source reachable but empty (an include that stopped matching) published a
+    smaller index and the run went green; [index] max_shrink = 1 lets it through on purpose."""
+    import shutil
+
+    from flytegpt.flyte.ingest_wf import ingest_wf
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(sample_config_path().parent, corpus)
+    store = tmp_path / "store"
+    good = ingest_wf(config_path=str(corpus / "flytegpt.toml"), store=str(store))
+    shutil.rmtree(corpus / "docs")
+    (corpus / "docs").mkdir()
+    with pytest.raises(Exception, match="sample-docs gave no chunks"):
+        ingest_wf(config_path=str(corpus / "flytegpt.toml"), store=str(store))
+    assert read_latest(str(store)) == good
+    config = corpus / "flytegpt.toml"
+    config.write_text(config.read_text() + "\n[index]\nmax_shrink = 1.0\n")
+    assert ingest_wf(config_path=str(config), store=str(store)) != good
