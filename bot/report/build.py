@@ -270,6 +270,9 @@ def build_report(db: str, *, store: str | None = None, options: ReportOptions | 
     names_note = options.privacy.names_note()
     if names_note:
         notes.append(names_note)
+    untyped_note = PrivacyFilter.untyped_note(left_out)
+    if untyped_note:
+        notes.append(untyped_note)
 
     history = read_index_history(store) if store else None
     if history is None:

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 # <@U…>, <@W…|name>, <!subteam^S…>, and the "@U0ABC123" that older bots stored a mention as
 _MENTION = re.compile(r"<[@!](?:[UW][A-Z0-9]+|subteam\^[A-Z0-9]+)(?:\|[^<>]*)?>|(?<![\w@])@[UW][A-Z0-9]{6,}\b")
 PRIVATE_SURFACES = ("dm", "panel")  # the assistant panel is a DM with the app
+# What the bot logs as a question's channel_type (bot/slack/history.py): only "channel" is public.
+PRIVATE_CHANNEL_TYPES = ("group", "mpim", "im", "unknown")
 SURFACE_NAMES = {"command": "slash", "assistant": "panel"}  # the bot's names for /flytegpt and the panel
 
 
@@ -115,9 +117,38 @@ def is_private(row: dict[str, Any]) -> bool:
     return surface_of(row) in PRIVATE_SURFACES or (row.get("channel") or "").startswith("D")
 
 
+def privacy_of(row: dict[str, Any]) -> str:
+    """Where a question was asked, as the report's privacy rules see it:
+
+    - "dm": a 1:1 DM, the assistant panel, /flytegpt in a DM;
+    - "private": a private channel or a group DM (mpim), as logged with the question, or a channel
+      Slack would not describe ("unknown"); rows logged before channel types were recorded with a
+      G id too (legacy private channels and group DMs);
+    - "untyped": a C id logged before channel types were recorded. Private channels and group
+      DMs have C ids nowadays, so such a row cannot be told apart from a public channel's;
+    - "public": a public channel.
+    """
+    if is_private(row):
+        return "dm"
+    kind = row.get("channel_type")
+    if kind:
+        return "public" if kind == "channel" else "private"
+    channel = row.get("channel") or ""
+    if channel.startswith("G"):
+        return "private"
+    return "untyped" if channel else "public"  # no channel at all: nothing to hide (a hand-made row)
+
+
 @dataclass
 class PrivacyFilter:
-    """Which questions the report may show: channels in `channels` (None: all), DMs if `dms`."""
+    """Which questions the report may show: channels in `channels` (None: all), DMs if `dms`.
+
+    Questions from private channels and group DMs, and channel questions logged before the bot
+    recorded channel types (which cannot be told apart from them), are shown only when their
+    channel is listed in [bot] report_channels: a report is read by people who are not members of
+    those channels (the weekly task publishes it as a Flyte Deck and in the store). Listing a
+    channel in allowed_channels lets the bot answer there; it does not publish its questions.
+    """
 
     channels: set[str] | None
     dms: bool = False
@@ -151,19 +182,40 @@ class PrivacyFilter:
                  else "questions from those channels are left out")
         return f"{where} names channels: {names}. Channel names cannot be matched offline, so {shown}; {fix}."
 
+    @property
+    def listed(self) -> set[str]:
+        """The channels named in report_channels itself: the private ones the report may show."""
+        return set(self.channels or ()) if self.names_from == "report_channels" else set()
+
     def split(self, rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """(rows to show, how many were left out and why)."""
-        shown, left_out = [], {"dm": 0, "channel": 0}
+        """(rows to show, how many were left out and why: "dm", "private", "untyped", "channel")."""
+        shown, left_out = [], {"dm": 0, "private": 0, "untyped": 0, "channel": 0}
+        listed = self.listed
         for r in rows:
-            if is_private(r):
+            where = privacy_of(r)
+            if where == "dm":
                 if not self.dms:
                     left_out["dm"] += 1
                     continue
             elif self.channels is not None and r.get("channel") not in self.channels:
                 left_out["channel"] += 1
                 continue
+            elif where in ("private", "untyped") and r.get("channel") not in listed:
+                left_out[where] += 1
+                continue
             shown.append(r)
         return shown, left_out
+
+    @staticmethod
+    def untyped_note(left_out: dict[str, int]) -> str | None:
+        """What the report says of the channel questions it left out for being logged without a
+        channel type (by an older FlyteGPT): it cannot tell whether their channels are private."""
+        n = left_out.get("untyped", 0)
+        if not n:
+            return None
+        return (f"{n:,} channel question{'s' if n != 1 else ''} logged before the bot recorded whether a channel "
+                "is private (private channels and group DMs have C ids like public channels) "
+                f"{'were' if n != 1 else 'was'} left out; list a channel in [bot] report_channels to show its questions.")
 
 
 @dataclass

@@ -55,9 +55,12 @@ def _summary(r: Report) -> str:
         kinds = ", ".join(f"{n:,} {escape(k.replace('_', ' '))}" for k, n in r.failures.items())
         html += f'<p class="muted">Questions without an answer, by cause: {kinds}.</p>'
     left = r.left_out
-    if left.get("dm") or left.get("channel"):
+    if any(left.values()):
         html += (f'<p class="muted">Left out for privacy: {left.get("dm", 0):,} questions in DMs or the assistant '
-                 f'panel, {left.get("channel", 0):,} from channels outside <code>[bot] report_channels</code>.</p>')
+                 f'panel, {left.get("private", 0):,} from private channels and group DMs and '
+                 f'{left.get("untyped", 0):,} from channels that may be private (see the notes) not named in '
+                 f'<code>[bot] report_channels</code>, {left.get("channel", 0):,} from channels outside '
+                 '<code>[bot] report_channels</code>.</p>')
     return html
 
 

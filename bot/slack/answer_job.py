@@ -162,8 +162,11 @@ class AnswerJob:
     # --- the question log (the maintainers' report reads it) ------------------------------
 
     def _where(self, q: "Question", seconds: float) -> dict[str, Any]:
-        """Where and how fast a question was handled: the columns every logged question has."""
+        """Where and how fast a question was handled: the columns every logged question has.
+        The channel's type tells the report which questions are private (an app_mention or a slash
+        command does not carry it: asked of Slack, cached per channel)."""
         return {"surface": q.surface, "channel": q.channel, "thread_ts": q.thread_ts, "user": q.user,
+                "channel_type": q.channel_type or self.history.channel_type(q.channel),
                 "latency_s": round(seconds, 3),
                 "permalink": thread_permalink(self.workspace_url, q.channel, q.thread_ts or q.ts)}
 

@@ -11,6 +11,11 @@ answered again. The ids are therefore also kept in a small SQLite file next to t
 feedback database, for an hour (Slack stops retrying after minutes); the first process
 to insert a key wins. If that file cannot be used, the in-memory check still works and
 the failure is logged: de-duplication never stops the bot from answering.
+
+The same file keeps the threads the bot answered in (`threads`, for THREAD_TTL_S after its
+last answer there). A thread reply without a mention is a follow-up only in such a thread;
+without the record, every reply by people talking to each other would cost a read of the
+thread from Slack (audit 23 F4), and a restart would forget which threads are the bot's.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ log = logging.getLogger(__name__)
 
 SEEN_TTL_S = 3600.0
 _PRUNE_EVERY = 500  # inserts between deletions of expired keys
+# A thread the bot answered in stays its own this long after its last answer there; at most
+# MAX_THREADS are kept (the oldest go first): ~100 bytes a row, a few MB at most.
+THREAD_TTL_S = 90 * 86400.0
+MAX_THREADS = 50_000
 
 
 class SeenCache:
@@ -79,6 +88,8 @@ class SeenStore:
         with self._lock:
             self._conn.execute("PRAGMA synchronous=NORMAL")  # fewer syncs per event; survives a process crash
             self._conn.execute("CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, at REAL NOT NULL)")
+            self._conn.execute("CREATE TABLE IF NOT EXISTS threads (channel TEXT NOT NULL, thread_ts TEXT NOT NULL, "
+                               "at REAL NOT NULL, PRIMARY KEY (channel, thread_ts))")
             self._prune()
 
     def first(self, key: str) -> bool:
@@ -93,12 +104,31 @@ class SeenStore:
                 self._prune()
             return cur.rowcount == 1
 
+    def add_thread(self, channel: str, thread_ts: str) -> None:
+        """Record that the bot answers in this thread (again: its time is renewed)."""
+        with self._lock:
+            self._conn.execute("INSERT INTO threads VALUES (?, ?, ?) ON CONFLICT(channel, thread_ts) "
+                               "DO UPDATE SET at = excluded.at", (channel, thread_ts, time.time()))
+            self._inserts += 1
+            if self._inserts % _PRUNE_EVERY == 0:
+                self._prune()
+
+    def has_thread(self, channel: str, thread_ts: str) -> bool:
+        with self._lock:
+            return self._conn.execute(
+                "SELECT 1 FROM threads WHERE channel = ? AND thread_ts = ? AND at >= ?",
+                (channel, thread_ts, time.time() - THREAD_TTL_S)).fetchone() is not None
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
     def _prune(self) -> None:
-        self._conn.execute("DELETE FROM seen WHERE at < ?", (time.time() - self.ttl_s,))
+        now = time.time()
+        self._conn.execute("DELETE FROM seen WHERE at < ?", (now - self.ttl_s,))
+        self._conn.execute("DELETE FROM threads WHERE at < ?", (now - THREAD_TTL_S,))
+        self._conn.execute("DELETE FROM threads WHERE rowid IN "
+                           "(SELECT rowid FROM threads ORDER BY at DESC LIMIT -1 OFFSET ?)", (MAX_THREADS,))
 
 
 def seen_path_for(feedback_db: str) -> str | None:
@@ -112,11 +142,13 @@ def seen_path_for(feedback_db: str) -> str | None:
 
 
 class Deduper:
-    """The two checks the bot needs: per delivery (event_id) and per message (channel, ts)."""
+    """The two checks the bot needs: per delivery (event_id) and per message (channel, ts);
+    and the threads the bot answered in (`remember_thread`, `bot_thread`)."""
 
     def __init__(self, max_items: int = 10_000, ttl_s: float = SEEN_TTL_S, *, path: str | None = None) -> None:
         self.events = SeenCache(max_items, ttl_s)
         self.messages = SeenCache(max_items, ttl_s)
+        self.threads = SeenCache(max_items, THREAD_TTL_S)  # the file's most recent threads, in memory
         self.store: SeenStore | None = None
         if path:
             try:
@@ -134,6 +166,32 @@ class Deduper:
     def claim_message(self, channel: str, ts: str) -> bool:
         """True for the one handler (in any process sharing the file) that gets to answer this message."""
         return self.messages.first((channel, ts)) and self._first_stored(f"message:{channel}:{ts}")
+
+    def remember_thread(self, channel: str, thread_ts: str) -> None:
+        """The bot answers in this thread: a later reply there without a mention may be for it.
+        Written to the file once per process and thread (a listener-thread write, like a claim)."""
+        if not self.threads.first((channel, thread_ts)) or self.store is None:
+            return
+        try:
+            self.store.add_thread(channel, thread_ts)
+        except sqlite3.Error as e:  # memory still knows it until the next restart
+            log.warning("seen-events database failed: thread kept in memory only", extra={"error": str(e)})
+
+    def bot_thread(self, channel: str, thread_ts: str) -> bool:
+        """Whether the bot answered in this thread: in this process, or in any process sharing
+        the file (a restart, another replica), within THREAD_TTL_S. Reads no Slack API."""
+        if (channel, thread_ts) in self.threads:
+            return True
+        if self.store is None:
+            return False
+        try:
+            known = self.store.has_thread(channel, thread_ts)
+        except sqlite3.Error as e:
+            log.warning("seen-events database failed: thread looked up in memory only", extra={"error": str(e)})
+            return False
+        if known:
+            self.threads.first((channel, thread_ts))
+        return known
 
     def close(self) -> None:
         if self.store is not None:

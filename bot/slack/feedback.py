@@ -40,7 +40,7 @@ Vote = Literal["up", "down"]
 Outcome = Literal["answered", "not_found", "model_failed", "failed"]
 OUTCOMES: tuple[str, ...] = ("answered", "not_found", "model_failed", "failed")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Version 0: the schema of the first release, created as it was then; migrations take it on.
 _SCHEMA_V0 = """
@@ -79,6 +79,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE answers ADD COLUMN failure TEXT;
     UPDATE answers SET outcome = 'not_found' WHERE mode = 'not_found';
     CREATE INDEX IF NOT EXISTS answers_created_at ON answers(created_at);
+    """,
+    # 1 -> 2: the kind of conversation a question was asked in (Slack's channel_type: channel, group,
+    # mpim, im; "unknown"), so the report can leave out private channels and group DMs. Older rows
+    # keep NULL: the report cannot tell their private channels from public ones (report/data.py).
+    """
+    ALTER TABLE answers ADD COLUMN channel_type TEXT;
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -186,7 +192,7 @@ class FeedbackStore:
     def record_answer(self, answer: Any, *, surface: str, channel: str | None = None,
                       thread_ts: str | None = None, user: str | None = None,
                       latency_s: float | None = None, permalink: str | None = None,
-                      answer_id: str | None = None) -> str:
+                      answer_id: str | None = None, channel_type: str | None = None) -> str:
         """Store an answer; returns the id its buttons carry (`answer_id` when the caller chose it,
         e.g. to post the answer before storing it).
 
@@ -202,13 +208,14 @@ class FeedbackStore:
             "answer": answer.text, "sources": json.dumps(_source_dicts(getattr(answer, "citations", []))),
             "index_version": getattr(answer, "index_version", None), "mode": mode,
             "outcome": "not_found" if gap else "answered",
-            "latency_s": latency_s, "permalink": permalink,
+            "latency_s": latency_s, "permalink": permalink, "channel_type": channel_type,
         }, answer_id)
 
     def record_question(self, question: str, *, outcome: Outcome, surface: str, channel: str | None = None,
                         thread_ts: str | None = None, user: str | None = None, latency_s: float | None = None,
                         index_version: str | None = None, related: Iterable[Any] = (),
-                        failure: str | None = None, reply: str = "", permalink: str | None = None) -> str:
+                        failure: str | None = None, reply: str = "", permalink: str | None = None,
+                        channel_type: str | None = None) -> str:
         """Log a question that got no answer (the model or something else failed).
 
         `related`: sources offered instead of an answer (not citations); `failure`: a short
@@ -220,7 +227,7 @@ class FeedbackStore:
             "surface": surface, "channel": channel, "thread_ts": thread_ts, "user": user,
             "question": question, "answer": reply, "sources": json.dumps(_source_dicts(related)),
             "index_version": index_version, "outcome": outcome, "latency_s": latency_s,
-            "failure": failure, "permalink": permalink,
+            "failure": failure, "permalink": permalink, "channel_type": channel_type,
         })
 
     def record_vote(self, answer_id: str, vote: Vote, *, user: str, channel: str | None) -> bool:
@@ -266,7 +273,7 @@ class FeedbackStore:
             args.append(until)
         sql = ("SELECT a.id, a.created_at, a.surface, a.channel, a.thread_ts, a.user, a.question, "
                "a.standalone_question, a.sources, a.index_version, a.mode, a.outcome, a.latency_s, "
-               "a.permalink, a.failure, "
+               "a.permalink, a.failure, a.channel_type, "
                "(SELECT COUNT(*) FROM votes v WHERE v.answer_id = a.id AND v.vote = 'up'), "
                "(SELECT COUNT(*) FROM votes v WHERE v.answer_id = a.id AND v.vote = 'down') "
                "FROM answers a" + (" WHERE " + " AND ".join(where) if where else "")
@@ -274,7 +281,8 @@ class FeedbackStore:
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
         keys = ("id", "created_at", "surface", "channel", "thread_ts", "user", "question", "standalone_question",
-                "sources", "index_version", "mode", "outcome", "latency_s", "permalink", "failure", "up", "down")
+                "sources", "index_version", "mode", "outcome", "latency_s", "permalink", "failure", "channel_type",
+                "up", "down")
         out = []
         for r in rows:
             d = dict(zip(keys, r))

@@ -5,6 +5,11 @@ a restart or a second replica answers a follow-up just as well. Reads are cached
 thread (bounded LRU with a TTL) because a busy thread would otherwise cost one API call
 per message; an entry is refreshed when it does not yet contain the message being
 answered, and dropped when the bot posts in the thread.
+
+A thread is read whole only for an answer's history. Whether a reply without a mention is
+for the bot at all is decided from the threads the bot answered in (dedupe.py) and, for
+other threads, from the parent message alone (`bot_replied`): people talking to each other
+in a long thread must not cost five `conversations.replies` pages per message (audit 23 F4).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from flytegpt.ingest.sources.slack_export import Directory, clean_messages, rend
 
 from .addressing import for_the_bot
 from .blocks import answer_text
+from .dedupe import SeenCache
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient
@@ -33,6 +39,25 @@ _USER_MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^<>]*)?>")
 # A follow-up at the top of a DM is read with the exchange of the past quarter hour (dm_turns);
 # older than that, the asker has moved on. One page of the DM's history covers it.
 DM_CONTEXT_S, _DM_PAGE = 900.0, 20
+# A thread found not to be the bot's is not read again for this long: the bot enters a thread only
+# by answering there, which routing records before the answer is posted (Deduper.remember_thread).
+NOT_OURS_TTL_S = 3600.0
+# What kind of conversation a channel is (the question log's channel_type) is read once an hour at most:
+# a public channel can be made private.
+CHANNEL_TYPE_TTL_S = 3600.0
+CHANNEL_TYPES = ("channel", "group", "mpim", "im")  # Slack's channel_type of message events
+
+
+def channel_type_of(info: dict[str, Any]) -> str:
+    """conversations.info's `channel` as a message event's channel_type: a multi-person DM is
+    "mpim", any other private conversation "group" (private channels have C ids nowadays)."""
+    if info.get("is_im"):
+        return "im"
+    if info.get("is_mpim"):
+        return "mpim"
+    if info.get("is_private") or info.get("is_group") or not info.get("is_channel", True):
+        return "group"
+    return "channel"
 
 
 class ThreadHistory:
@@ -43,6 +68,8 @@ class ThreadHistory:
         self._cache: OrderedDict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = OrderedDict()
         self._lock = threading.Lock()
         self.fetches = 0  # API reads, for tests and metrics
+        self._not_ours = SeenCache(4096, NOT_OURS_TTL_S)  # (channel, thread_ts) the bot is not in
+        self._types: OrderedDict[str, tuple[float, str]] = OrderedDict()  # channel -> (read at, type)
 
     def messages(self, channel: str, thread_ts: str, *, must_include: str | None = None) -> list[dict[str, Any]]:
         """The thread's messages, oldest first (cached)."""
@@ -87,11 +114,60 @@ class ThreadHistory:
     def is_bot_message(msg: dict[str, Any], bot_user_id: str | None, bot_id: str | None) -> bool:
         return bool((bot_id and msg.get("bot_id") == bot_id) or (bot_user_id and msg.get("user") == bot_user_id))
 
-    def bot_participated(self, channel: str, thread_ts: str, bot_user_id: str | None, bot_id: str | None,
-                         *, current_ts: str | None = None) -> bool:
-        """Whether the bot has posted in this thread (a follow-up there is for the bot)."""
-        return any(self.is_bot_message(m, bot_user_id, bot_id)
-                   for m in self.messages(channel, thread_ts, must_include=current_ts))
+    def bot_replied(self, channel: str, thread_ts: str, bot_user_id: str | None, bot_id: str | None) -> bool:
+        """Whether the bot wrote this thread's parent or replied in it, from one read of the parent
+        (`conversations.history` for that one message): Slack lists the repliers in the parent's
+        `reply_users` (user ids, sometimes bot ids), so the replies themselves are not read.
+
+        For threads the bot answered in before they were recorded (routing asks the record first).
+        A "no" is kept for NOT_OURS_TTL_S, so a busy thread of people talking to each other costs
+        one call an hour. Slack may list only some of a crowded thread's repliers: such an old
+        thread's follow-ups then need a mention, as does any thread where the parent cannot be read."""
+        from slack_sdk.errors import SlackApiError
+
+        key = (channel, thread_ts)
+        if key in self._not_ours:
+            return False
+        self.fetches += 1
+        try:
+            page = self.client.conversations_history(channel=channel, latest=thread_ts, inclusive=True, limit=1)
+        except SlackApiError as e:  # no access, deleted: not known to be ours (a mention still works)
+            log.warning("conversations.history failed", extra={"channel": channel, "error": e.response.get("error")})
+            page = None
+        parent = next((m for m in clean_messages(page) if m.get("ts") == thread_ts), None) if page else None
+        repliers = parent.get("reply_users") if parent else None
+        ours = parent is not None and (self.is_bot_message(parent, bot_user_id, bot_id) or (
+            isinstance(repliers, list) and any(u and u in (bot_user_id, bot_id) for u in repliers)))
+        if not ours:
+            self._not_ours.first(key)
+        return ours
+
+    def channel_type(self, channel: str) -> str:
+        """What kind of conversation `channel` is ("channel", "group", "mpim", "im"; "unknown" when
+        Slack would not say), for the question log: the report leaves out private ones. An
+        `app_mention` event, unlike a `message` event, does not carry its channel_type.
+        One `conversations.info` per channel and CHANNEL_TYPE_TTL_S; DMs (D ids) need none."""
+        from slack_sdk.errors import SlackApiError
+
+        if channel.startswith("D"):
+            return "im"
+        now = time.monotonic()
+        with self._lock:
+            hit = self._types.get(channel)
+            if hit and now - hit[0] <= CHANNEL_TYPE_TTL_S:
+                return hit[1]
+        try:
+            info = self.client.conversations_info(channel=channel).get("channel")
+        except SlackApiError as e:  # e.g. a group DM without mpim:read: private as far as we know
+            log.warning("conversations.info failed", extra={"channel": channel, "error": e.response.get("error")})
+            return "unknown"
+        kind = channel_type_of(info) if isinstance(info, dict) else "unknown"
+        with self._lock:
+            self._types[channel] = (now, kind)
+            self._types.move_to_end(channel)
+            while len(self._types) > self.max_threads:
+                self._types.popitem(last=False)
+        return kind
 
     def turns(self, channel: str, thread_ts: str, *, before_ts: str, bot_user_id: str | None,
               bot_id: str | None, max_turns: int) -> list["Turn"]:

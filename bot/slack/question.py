@@ -23,4 +23,7 @@ class Question:
     history_root: str | None = None  # the thread whose messages are the history
     response_url: str | None = None  # slash commands
     team: str | None = None  # the asker's workspace (a streamed reply in a channel names its recipient)
+    # Slack's channel_type ("channel", "group", "mpim", "im") when the event told it; None: the answer
+    # job asks Slack (ThreadHistory.channel_type). The report leaves out questions of private ones.
+    channel_type: str | None = None
     received: float = field(default_factory=time.monotonic)

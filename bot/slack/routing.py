@@ -8,8 +8,13 @@ ack there, so a listener that called Slack or the model would delay the acks of 
 - the answer pool (config.bot.workers, config.bot.queue_size) runs the answer job; when
   it is full the user is told the bot is busy instead of waiting in an endless queue;
 - a small side pool does the cheap Slack calls (👀 reaction, busy and rate-limit notices,
-  button clicks) and decides whether a thread reply is a follow-up for us (that needs the
-  thread's history).
+  button clicks) and decides whether a thread reply is a follow-up for us: only in a thread
+  the bot answered in, which the bot records (Deduper.remember_thread, kept across restarts)
+  when it takes a question there; a thread it has no record of costs one read of its parent
+  message an hour (ThreadHistory.bot_replied), never a read of the whole thread.
+
+A thread reply without a mention is recorded as seen (event id and claim) only once its thread
+is known to be the bot's: people talking to each other write nothing to the seen-events file.
 
 Because the filters run first, a Slack retry of a malformed event reaches the filters again; it
 is de-duplicated there (`malformed_delivery`), so the malformed count is one per event.
@@ -94,7 +99,14 @@ class EventRouter:
         if event.get("subtype") == "file_share" and not self._mentions_me(event) \
                 and not question_text(event.get("text"), self.bot_user_id):
             return  # a screenshot or a log file without words is no question (a mention still is)
-        if not self._may_be_for_us(event) or not self._new_event(body):
+        if not self._may_be_for_us(event):
+            return
+        if event.get("channel_type") != "im" and not self._mentions_me(event):
+            # a thread reply: triaged on the side pool, recorded as seen only if the thread is ours
+            if self._valid_event_id(body):
+                self._accept_channel_message(event, mentioned=False, event_id=body.get("event_id"))
+            return
+        if not self._new_event(body):
             return
         if event.get("channel_type") == "im":
             if closes_the_thread(event.get("text") or "") or not self._claim(event):
@@ -102,12 +114,9 @@ class EventRouter:
             text = question_text(event.get("text"), self.bot_user_id)
             thread = event.get("thread_ts")
             self._dispatch(Question("dm", text, event["channel"], event["user"], event["ts"],
-                                    thread_ts=thread, history_root=thread))
+                                    thread_ts=thread, history_root=thread, channel_type="im"))
             return
-        if self._mentions_me(event):
-            self._accept_channel_message(event, mentioned=True)  # the app_mention twin; first one wins
-            return
-        self._accept_channel_message(event, mentioned=False)  # a thread reply: triaged on the side pool
+        self._accept_channel_message(event, mentioned=True)  # the app_mention twin; first one wins
 
     def on_command(self, ack: Callable, command: dict) -> None:
         from .blocks import render_markdown_notice
@@ -164,14 +173,21 @@ class EventRouter:
     # --- filters ------------------------------------------------------------------------
 
     def _new_event(self, body: dict) -> bool:
+        return self._valid_event_id(body) and self._first_delivery(body.get("event_id"))
+
+    def _valid_event_id(self, body: dict) -> bool:
+        """Slack's event ids are strings: any other is not from Slack (counted as malformed)."""
         event_id = body.get("event_id")
-        if event_id is not None and not isinstance(event_id, str):  # Slack's are strings: not from Slack
+        if event_id is not None and not isinstance(event_id, str):
             self.malformed(body.get("event"))
             return False
+        return True
+
+    def _first_delivery(self, event_id: str | None) -> bool:
         if self.deduper.new_event(event_id):
             return True
         self.metrics.duplicates.labels("event").inc()
-        log.info("duplicate event dropped", extra={"event_id": body.get("event_id")})
+        log.info("duplicate event dropped", extra={"event_id": event_id})
         return False
 
     def _from_bot(self, event: dict) -> bool:
@@ -220,12 +236,17 @@ class EventRouter:
         return f"<@{self.bot_user_id}" in (event.get("text") or "")
 
     def _claim(self, event: dict) -> bool:
-        if self.deduper.claim_message(event["channel"], event["ts"]):
+        return self._claim_message(event["channel"], event["ts"])
+
+    def _claim_message(self, channel: str, ts: str) -> bool:
+        if self.deduper.claim_message(channel, ts):
             return True
         self.metrics.duplicates.labels("message").inc()
         return False
 
-    def _accept_channel_message(self, event: dict, *, mentioned: bool) -> None:
+    def _accept_channel_message(self, event: dict, *, mentioned: bool, event_id: str | None = None) -> None:
+        """A mention (claimed and dispatched here), or a thread reply without one (`event_id` is
+        its delivery's, de-duplicated by the triage once the thread is known to be ours)."""
         channel = event["channel"]
         if not self._allowed(channel):
             if mentioned and self._claim(event):
@@ -234,15 +255,17 @@ class EventRouter:
             return
         if not for_the_bot(event.get("text") or "", self.bot_user_id):
             return  # people talking to each other in a thread the bot answered in
-        if not self._claim(event):
+        if mentioned and not self._claim(event):
             return
         thread = event.get("thread_ts") or event["ts"]
+        kind = event.get("channel_type")  # an app_mention has none: the answer job asks Slack
         q = Question("mention" if mentioned else "followup", question_text(event.get("text"), self.bot_user_id),
                      channel, event["user"], event["ts"], thread_ts=thread, history_root=event.get("thread_ts"),
-                     team=event.get("user_team") or event.get("team"))
+                     team=event.get("user_team") or event.get("team"),
+                     channel_type=kind if isinstance(kind, str) else None)
         if mentioned:
             self._dispatch(q)
-        elif not self.side.submit(self._triage_followup, q):
+        elif not self.side.submit(self._triage_followup, q, event_id):
             log.warning("side pool full: thread reply not checked", extra={"channel": channel})
 
     # --- dispatch -----------------------------------------------------------------------
@@ -261,6 +284,7 @@ class EventRouter:
             self.side.submit(self.delivery.ephemeral, q.channel, q.user, messages.rate_limited(wait), q.thread_ts)
             self.side.submit(self.turned_away, q, "rate_limited")
             return
+        self._remember_thread(q)  # the answer or the busy notice goes there
         if not self.submit(q):
             limiter.release(q.user)
             self.metrics.busy.inc()
@@ -291,9 +315,27 @@ class EventRouter:
         """No 👀 on a question the answerer will turn down as empty or too long (it says why)."""
         return 0 < len(q.text.strip()) <= self.config.answer.max_question_chars
 
-    def _triage_followup(self, q: Question) -> None:
-        """A thread reply without a mention is for us only where we already answered."""
-        assert q.history_root is not None
-        if self.history.bot_participated(q.channel, q.history_root, self.bot_user_id, self.bot_id,
-                                         current_ts=q.ts):
+    def _remember_thread(self, q: Question) -> None:
+        """Record a channel thread the bot is about to reply in: later replies there without a
+        mention are then triaged without reading anything from Slack, after a restart too."""
+        if q.surface in ("mention", "followup") and q.thread_ts:
+            self.deduper.remember_thread(q.channel, q.thread_ts)
+
+    def _triage_followup(self, q: Question, event_id: str | None) -> None:
+        """A thread reply without a mention is for us only where we already answered. Only then is
+        the delivery de-duplicated and the message claimed (both written to the seen-events file)."""
+        assert q.history_root is not None and q.ts is not None
+        if not self._bot_thread(q.channel, q.history_root):
+            return
+        if self._first_delivery(event_id) and self._claim_message(q.channel, q.ts):
             self._dispatch(q)
+
+    def _bot_thread(self, channel: str, thread_ts: str) -> bool:
+        """The bot's record of the threads it answered in first; for a thread not in it (answered
+        before the record was kept, or by a process on another volume), one read of its parent."""
+        if self.deduper.bot_thread(channel, thread_ts):
+            return True
+        if self.history.bot_replied(channel, thread_ts, self.bot_user_id, self.bot_id):
+            self.deduper.remember_thread(channel, thread_ts)
+            return True
+        return False

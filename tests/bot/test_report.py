@@ -43,15 +43,16 @@ def make_db(path: Path) -> Path:
     store = FeedbackStore(path)
     ids = []
     for ago, surface, channel, question, mode, cited, latency, votes in QUESTIONS:
+        kind = "im" if channel.startswith("D") else "channel"  # as the bot logs them
         if mode == "model_failed":
             qid = store.record_question(question, outcome="model_failed", surface=surface, channel=channel,
                                         thread_ts="1764500000.000100", user="U0ASKER1", latency_s=latency,
-                                        failure="model_unavailable")
+                                        failure="model_unavailable", channel_type=kind)
         else:
             cites = [Citation(i + 1, sid.split(":")[1], f"https://d/{sid}#L1-L2", sid) for i, sid in enumerate(cited)]
             answer = Answer(question, question, "text", cites, mode, "20261101T000000Z-00000001")  # type: ignore[arg-type]
             qid = store.record_answer(answer, surface=surface, channel=channel, thread_ts=f"17645{len(ids)}.000200",
-                                      user=f"U0ASKER{len(ids) % 3}", latency_s=latency)
+                                      user=f"U0ASKER{len(ids) % 3}", latency_s=latency, channel_type=kind)
         for n, vote in enumerate(votes):
             store.record_vote(qid, vote, user=f"U0VOTER{n}", channel=channel)
         ids.append((qid, NOW - ago * DAY))
@@ -94,7 +95,7 @@ def test_figures_per_day_outcome_surface_and_vote(db: Path) -> None:
     assert r.days[0] == "2026-11-23" and r.days[-1] == "2026-11-30" and len(r.days) == 8
     assert r.totals == {"questions": 7, "answered": 2, "not_found": 4, "model_failed": 1, "failed": 0,
                         "up": 1, "down": 1, "askers": 3}
-    assert r.left_out == {"dm": 2, "channel": 1}  # the 40-day-old question is outside the period
+    assert r.left_out == {"dm": 2, "private": 0, "untyped": 0, "channel": 1}  # the 40-day-old question is outside the period
     assert r.failures == {"model_unavailable": 1}
     assert "by cause: 1 model unavailable" in render_page(r)
     day = {d: i for i, d in enumerate(r.days)}
@@ -119,7 +120,7 @@ def test_figures_per_day_outcome_surface_and_vote(db: Path) -> None:
 def test_dms_and_other_channels_are_shown_only_when_configured(db: Path) -> None:
     everything = PrivacyFilter.from_config(None, [], dms=True)
     r = build_report(str(db), options=ReportOptions(since_s=7 * DAY, privacy=everything), now=NOW)
-    assert r.totals["questions"] == 10 and r.left_out == {"dm": 0, "channel": 0}
+    assert r.totals["questions"] == 10 and r.left_out == {"dm": 0, "private": 0, "untyped": 0, "channel": 0}
     assert sum(r.per_day_surface["dm"]) == 1
     # report_channels defaults to the allowed channels; names cannot be resolved offline: left out
     allowed = PrivacyFilter.from_config(None, ["C02OFF002", "#flyte-support"], dms=False)
@@ -150,7 +151,7 @@ def test_a_question_as_the_bot_stores_it_keeps_no_user_id_or_name(tmp_path: Path
     assert asked == "@someone says caching is broken, ask @someone. Is `@task(cache=True)` enough? cc @here"
     store = FeedbackStore(tmp_path / "fb.sqlite3")
     store.record_answer(Answer(asked, asked, "text", [], "not_found", "v1"), surface="mention", channel="C1",
-                        user="U0ASKER")
+                        user="U0ASKER", channel_type="channel")
     store.close()
     page = render_page(build_report(str(tmp_path / "fb.sqlite3"),
                                     options=ReportOptions(since_s=7 * DAY, privacy=PrivacyFilter(None, True))))
@@ -277,8 +278,9 @@ def test_the_assistant_panel_is_private_like_a_dm() -> None:
 
     panel = {"surface": "assistant", "channel": "D01DM0001"}
     assert surface_of(panel) == "panel" and is_private(panel)
-    shown, left_out = PrivacyFilter(None, False).split([panel, {"surface": "mention", "channel": "C01ASK001"}])
-    assert len(shown) == 1 and left_out == {"dm": 1, "channel": 0}
+    shown, left_out = PrivacyFilter(None, False).split([panel, {"surface": "mention", "channel": "C01ASK001",
+                                                                               "channel_type": "channel"}])
+    assert len(shown) == 1 and left_out == {"dm": 1, "private": 0, "untyped": 0, "channel": 0}
 
 
 @pytest.mark.parametrize(("bot", "expected"), [

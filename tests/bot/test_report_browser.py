@@ -134,12 +134,12 @@ def _page(tmp: Path, embedder) -> Path:
         cites = [Citation(n + 1, s, f"https://d/{s}", s) for n, s in enumerate(cited)]
         qid = db.record_answer(Answer(q, q, "text", cites, mode, "v"), surface=surface,  # type: ignore[arg-type]
                                channel="C01ASK001", thread_ts=f"1764500000.{i:06d}", user=f"U0ASKER{i % 4}",
-                               latency_s=0.5 + i * 0.3)
+                               latency_s=0.5 + i * 0.3, channel_type="channel")
         for n, v in enumerate(votes):
             db.record_vote(qid, v, user=f"U0VOTER{n}", channel="C01ASK001")
         ids.append((qid, now - (i % 6) * 86400 - 60))
     db.record_question("Why is my workflow stuck?", outcome="model_failed", surface="mention", channel="C01ASK001",
-                       latency_s=30.0, failure="model_unavailable")
+                       latency_s=30.0, failure="model_unavailable", channel_type="channel")
     db._conn.executemany("UPDATE answers SET created_at = ? WHERE id = ?", [(t, i) for i, t in ids])
     db.close()
     report = build_report(str(tmp / "feedback.sqlite3"), store=store,

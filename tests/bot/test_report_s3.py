@@ -39,11 +39,13 @@ def test_the_snapshot_travels_through_s3_to_the_report(endpoint: str, tmp_path: 
         for i in range(3):
             answer = Answer(f"question {i}", f"question {i}", "text", [Citation(1, "Caching", "u", "docs:caching.md")],
                             "llm", "v1")
-            store.record_answer(answer, surface="mention", channel="C01ASK001", user=f"U0ASKER{i}", latency_s=1.0 + i)
+            store.record_answer(answer, surface="mention", channel="C01ASK001", user=f"U0ASKER{i}", latency_s=1.0 + i,
+                                channel_type="channel")
         url = f"s3://{BUCKET}/flytegpt/feedback.sqlite3"
         job = SnapshotJob(Config.model_validate({"bot": {"feedback_db": str(db), "feedback_snapshot": url}}))
         assert job.run_once()
-        store.record_question("after the copy", outcome="failed", surface="mention", channel="C01ASK001")
+        store.record_question("after the copy", outcome="failed", surface="mention", channel="C01ASK001",
+                              channel_type="channel")
     finally:
         store.close()
 

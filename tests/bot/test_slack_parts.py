@@ -227,7 +227,7 @@ def test_thread_history_cache_and_turns():
         hist = ThreadHistory(client, ttl_s=60)
         turns = hist.turns("C0GENERAL", root, before_ts=follow, bot_user_id="UBOT", bot_id="BBOT", max_turns=6)
         assert turns == [Turn("user", "how do I cache?"), Turn("assistant", "Use cache=True [1].")]
-        assert hist.bot_participated("C0GENERAL", root, "UBOT", "BBOT", current_ts=follow)
+        assert len(hist.messages("C0GENERAL", root, must_include=follow)) == 4
         assert hist.fetches == 1  # cached
         later = emu.seed_message("C0GENERAL", "one more", user="U1", thread_ts=root)["ts"]
         hist.turns("C0GENERAL", root, before_ts=later, bot_user_id="UBOT", bot_id="BBOT", max_turns=6)
@@ -392,3 +392,67 @@ def test_deduper_without_a_usable_file_uses_memory(tmp_path):
     d = Deduper(path=str(blocker / "seen.sqlite3"))  # its folder cannot be created
     assert d.store is None
     assert d.new_event("Ev1") and not d.new_event("Ev1")
+
+
+def test_the_threads_the_bot_answered_in_are_kept_across_restarts_and_bounded(tmp_path, monkeypatch):
+    """Audit 23 F4: which threads are the bot's is read from its own record, not from Slack."""
+    from flytegpt.bot.slack import dedupe
+
+    path = str(tmp_path / "fb.seen-events.sqlite3")
+    first = Deduper(path=path)
+    assert not first.bot_thread("C1", "1.0")
+    first.remember_thread("C1", "1.0")
+    first.remember_thread("C1", "1.0")  # once per process: no second write
+    assert first.bot_thread("C1", "1.0") and not first.bot_thread("C1", "2.0") and not first.bot_thread("C2", "1.0")
+    first.close()
+    restarted = Deduper(path=path)
+    assert restarted.bot_thread("C1", "1.0")
+    assert restarted.new_event("Ev1")  # the seen keys are a table of their own
+    monkeypatch.setattr(dedupe, "MAX_THREADS", 3)
+    for i in range(5):
+        restarted.store.add_thread("C9", f"{i}.0")
+        time.sleep(0.002)  # distinct times: the oldest go first
+    restarted.store._prune()
+    kept = [ts for ts in ("0.0", "1.0", "2.0", "3.0", "4.0") if restarted.store.has_thread("C9", ts)]
+    assert kept == ["2.0", "3.0", "4.0"] and not restarted.store.has_thread("C1", "1.0")
+    restarted.close()
+    memory_only = Deduper()  # an in-memory feedback database: the record lives as long as the process
+    memory_only.remember_thread("C1", "1.0")
+    assert memory_only.bot_thread("C1", "1.0")
+
+
+def test_whether_the_bot_replied_in_a_thread_is_read_from_its_parent_alone():
+    with SlackEmulator() as emu:
+        client = WebClient(token="xoxb-test", base_url=emu.api_url)
+        ours = emu.seed_message("C0GENERAL", "how do I cache?", user="U1")["ts"]
+        emu.seed_message("C0GENERAL", "Use cache=True [1].", user="UBOT", bot_id="BBOT", thread_ts=ours)
+        theirs = emu.seed_message("C0GENERAL", "lunch?", user="U1")["ts"]
+        for i in range(30):
+            emu.seed_message("C0GENERAL", f"reply {i}", user=f"U{i % 4}", thread_ts=theirs)
+        posted = emu.seed_message("C0GENERAL", "an answer shared in the channel", user="UBOT", bot_id="BBOT")["ts"]
+        emu.seed_message("C0GENERAL", "thanks", user="U1", thread_ts=posted)
+        hist = ThreadHistory(client)
+        assert hist.bot_replied("C0GENERAL", ours, "UBOT", "BBOT")
+        assert hist.bot_replied("C0GENERAL", posted, "UBOT", "BBOT")  # the bot wrote the parent
+        for _ in range(5):
+            assert not hist.bot_replied("C0GENERAL", theirs, "UBOT", "BBOT")  # "no" is remembered
+        assert not hist.bot_replied("C0GONE", theirs, "UBOT", "BBOT")  # unreadable: not known to be ours
+        calls = emu.calls_to("conversations.history")
+        assert len(calls) == 4 and all(c.args["limit"] in (1, "1") for c in calls)
+        assert emu.calls_to("conversations.replies") == []
+
+
+def test_a_channel_type_is_read_once_per_channel():
+    from flytegpt.bot.slack.history import channel_type_of
+
+    assert [channel_type_of(info) for info in (
+        {"is_channel": True, "is_private": False}, {"is_channel": True, "is_private": True},
+        {"is_group": True}, {"is_mpim": True, "is_private": True}, {"is_im": True})] == [
+        "channel", "group", "group", "mpim", "im"]
+    with SlackEmulator() as emu:
+        emu.add_channel("C0PUBLIC", "general")
+        emu.add_channel("C0SECRET", "secret", is_private=True)
+        hist = ThreadHistory(WebClient(token="xoxb-test", base_url=emu.api_url))
+        assert [hist.channel_type(c) for c in ("C0PUBLIC", "C0SECRET", "C0PUBLIC", "D0DM", "C0MISSING")] == [
+            "channel", "group", "channel", "im", "unknown"]
+        assert [c.args["channel"] for c in emu.calls_to("conversations.info")] == ["C0PUBLIC", "C0SECRET", "C0MISSING"]

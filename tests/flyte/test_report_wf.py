@@ -41,10 +41,11 @@ def _db(path: Path) -> Path:
         a = Answer("How do I cache a task?", "How do I cache a task?", "Use cache=True [1].",
                    [Citation(1, "Caching", "https://d/caching", "docs:caching.md")], "llm", "v")
         s.record_answer(a, surface="mention", channel="C01ASK001", thread_ts="1764500000.000100", user="U0ASKER1",
-                        latency_s=1.5)
+                        latency_s=1.5, channel_type="channel")
         for q in ("How do I use a private docker registry?", "Can I pull images from a private registry?"):
             s.record_answer(Answer(q, q, "I couldn't find this.", [], "not_found", "v"), surface="mention",
-                            channel="C01ASK001", thread_ts="1764500000.000200", user="U0ASKER2", latency_s=0.5)
+                            channel="C01ASK001", thread_ts="1764500000.000200", user="U0ASKER2", latency_s=0.5,
+                            channel_type="channel")
     finally:
         s.close()
     return path
@@ -196,7 +197,8 @@ def test_weekly_report_of_a_bot_database_without_questions_in_the_period_is_writ
     live = tmp_path / "bot" / "feedback.sqlite3"
     store_db = FeedbackStore(live)
     try:  # one question, a month ago: outside the last 7 days
-        store_db.record_question("an old question", outcome="failed", surface="mention", channel="C01ASK001")
+        store_db.record_question("an old question", outcome="failed", surface="mention", channel="C01ASK001",
+                                 channel_type="channel")
         store_db._conn.execute("UPDATE answers SET created_at = created_at - 30 * 86400")
     finally:
         store_db.close()
