@@ -23,8 +23,10 @@ from typing import Any
 from flytegpt.ingest.config import Settings
 from flytegpt.ingest.models import escape_controls, strip_terminal
 
-# Known shapes: Slack bot/user/app tokens, OpenAI-style keys, bearer credentials.
-_TOKEN = re.compile(r"\b(xox[abposr]-|xapp-|sk-)[A-Za-z0-9_\-]{4,}")
+# Known shapes: Slack bot/user/app tokens, OpenAI-style keys, GitHub and GitLab access tokens,
+# bearer credentials, and the user:password (or token) part of a URL (a git source's clone URL).
+_TOKEN = re.compile(r"\b(xox[abposr]-|xapp-|sk-|gh[pousr]_|github_pat_|glpat-)[A-Za-z0-9_\-]{4,}")
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9_\-.~+/=]{8,}")
 _MIN_SECRET_CHARS = 8  # shorter "secrets" (a test's "x") would blank out ordinary words
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -58,6 +60,7 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "***")
     text = _TOKEN.sub(lambda m: m.group(1) + "***", text)
+    text = _URL_CREDENTIALS.sub(lambda m: m.group(1) + "***@", text)
     return _BEARER.sub(lambda m: m.group(1) + "***", text)
 
 

@@ -237,3 +237,20 @@ def test_serve_help_says_what_debug_logging_leaves_out() -> None:
     text = " ".join(CliRunner().invoke(serve_cmd, ["--help"]).output.split())
     assert ("flytegpt -vv serve logs at debug, but not the Slack libraries' debug lines: they quote every "
             "event and request, users' messages and DMs included. FLYTEGPT_DEBUG_SLACK=1 adds them.") in text
+
+
+@pytest.mark.parametrize("line, kept", [
+    ("cannot fetch https://x-access-token:ghp_SECRET1234@github.com/a/b.git", "https://***@github.com/a/b.git"),
+    ("cannot fetch https://ghp_SECRET1234@github.com/a/b.git", "https://ghp_***@github.com/a/b.git"),
+    ("a token github_pat_11SECRET1234_abc in a message", "github_pat_***"),
+    ("GitLab glpat-SECRET1234 too", "glpat-***"),
+    ("a store s3://key:SECRET1234@bucket/x", "s3://***@bucket/x"),
+])
+def test_access_tokens_and_url_credentials_are_redacted(line, kept):
+    """Audit 23 F10: a git source's clone URL with a token was logged as written."""
+    from flytegpt.bot.logs import redact
+
+    out = redact(line)
+    assert "SECRET1234" not in out and kept in out
+    assert redact("ssh://git@github.com/a/b and https://docs.flyte.org/x") == \
+        "ssh://git@github.com/a/b and https://docs.flyte.org/x"
