@@ -30,15 +30,21 @@ def serve_cmd(config_path, store: str | None, port: int | None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from flytegpt.bot.logs import setup_logging
     from flytegpt.bot.serve import serve
+    from flytegpt.bot.slack.feedback import RetentionJob
     from flytegpt.ingest.config import ConfigError, Settings
 
     config = load(config_path, store)
+    # [bot] retention_days: old question text leaves the feedback database at start, then daily
+    retention = RetentionJob(config.bot.feedback_db, config.bot.retention_days)
     try:
         verbose = click.get_current_context().find_root().params.get("verbose") or 0
         setup_logging(json_logs=config.bot.json_logs, level=logging.DEBUG if verbose >= 2 else logging.INFO)
+        retention.start()
         serve(config, Settings(), port=port)
     except ConfigError as e:  # includes missing/malformed Slack tokens
         raise click.ClickException(str(e)) from None
+    finally:
+        retention.stop()
 
 
 @click.group("feedback")
@@ -50,16 +56,36 @@ def feedback_group() -> None:
 @click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False), metavar="PATH",
               help="The feedback SQLite database ([bot] feedback_db).")
 @click.option("--out", "out_path", required=True, help="JSONL question file to write ('-' for stdout).")
-def questions_cmd(db_path: str, out_path: str) -> None:
-    """Write the questions users confirmed (more 👍 than 👎) as a question file for `flytegpt eval`,
-    the sources their answer cited as gold: real questions a new index must keep answering."""
+@click.option("--include-private", is_flag=True,
+              help="Also questions from DMs, the assistant panel, private channels and group DMs "
+                   "(left out by default: the file is meant to be shared).")
+def questions_cmd(db_path: str, out_path: str, include_private: bool) -> None:
+    """Write the questions their askers confirmed (the asker's own 👍) as a question file for
+    `flytegpt eval`, the sources their answer cited as gold: real questions a new index must keep
+    answering. Only questions from public channels unless --include-private."""
     from flytegpt.bot.slack.feedback import export_confirmed
 
+    left_out: dict[str, int] = {}
     with file_errors(out_path):
-        n = export_confirmed(db_path, out_path)
+        n = export_confirmed(db_path, out_path, include_private=include_private, left_out=left_out)
+    note = _left_out_note(left_out)
+    if note:
+        click.echo(f"note: {note}", err=True)
     if out_path != "-":
         click.echo(f"wrote {n} confirmed question(s) to {out_path}"
-                   + ("" if n else " (none yet: no answer has more 👍 than 👎)"), err=True)
+                   + ("" if n or left_out else " (none yet: no asker has 👍 an answer that cited sources)"), err=True)
+
+
+def _left_out_note(left_out: dict[str, int]) -> str | None:
+    """What `feedback questions` says of the confirmed answers its privacy rule left out."""
+    why = {"dm": "from DMs or the assistant panel", "private": "from private channels or group DMs",
+           "untyped": "from channels logged before the bot recorded whether a channel is private"}
+    parts = [f"{left_out[k]} {text}" for k, text in why.items() if left_out.get(k)]
+    if not parts:
+        return None
+    total = sum(left_out.get(k, 0) for k in why)
+    return (f"left out {total} confirmed answer(s) asked in private or possibly private conversations "
+            f"({'; '.join(parts)}); pass --include-private to include them (then check the file before sharing it)")
 
 
 @feedback_group.command("export")

@@ -60,6 +60,8 @@ MODEL_UNREACHABLE = ("Sorry, I couldn't reach the language model to write an ans
 
 # --- limits ------------------------------------------------------------------------------
 ONLY_IN_CHANNELS = "I only answer questions in {channels}, or in a direct message."  # mrkdwn: <#C…> links
+ONLY_IN_SOME_CHANNELS = "I only answer questions in certain channels, or in a direct message."
+IN_FLIGHT = "I'm still answering your earlier questions; ask this one again when they're done."
 
 
 def rate_limited(wait_s: float) -> str:
@@ -68,7 +70,11 @@ def rate_limited(wait_s: float) -> str:
 
 
 def only_in_channels(channel_ids: list[str]) -> str:
-    """mrkdwn: the allowed channels as Slack channel links."""
+    """mrkdwn: the allowed channels as Slack channel links. The caller passes public channels only:
+    anyone who mentions the bot anywhere reads this, and a private channel's link tells them it
+    exists. None to show: the sentence without links."""
+    if not channel_ids:
+        return ONLY_IN_SOME_CHANNELS
     return ONLY_IN_CHANNELS.format(channels=", ".join(f"<#{c}>" for c in sorted(channel_ids)))
 
 

@@ -441,6 +441,10 @@ class BotConfig(_Strict):
     workers: int = Field(default=4, ge=1, le=256)  # answers computed at once
     queue_size: int = Field(default=32, ge=1, le=100_000)  # questions waiting for a worker
     user_rate_limit: int = Field(default=10, ge=0, le=10_000)  # questions per user per minute; 0: no limit
+    # Questions one user may have running or queued at once; one more is refused with a notice
+    # (not queued, not counted against user_rate_limit). The per-minute limit alone let one
+    # user's burst fill the shared queue ahead of everyone (audit 23, F8).
+    user_in_flight: int = Field(default=2, ge=1, le=10_000)
     reload_interval_s: float = Field(default=60.0, gt=0, le=86_400)  # LATEST polled this often
     feedback_db: str = ".flytegpt/feedback.sqlite3"
     http_port: int = Field(default=8080, ge=0, le=65535)  # /healthz, /readyz, /metrics; 0: any free port
@@ -481,6 +485,10 @@ class BotConfig(_Strict):
     # Knowledge gaps: two questions share a topic above this cosine similarity (average linkage)
     report_topic_similarity: float = Field(default=0.4, ge=0.0, le=1.0)
     report_eval_questions: str | None = None  # JSONL eval questions: metrics per index version
+    # Days a logged question's text (and its answer's) is kept in the feedback database; the bot
+    # blanks older ones at start and daily, keeping what the report counts (times, outcomes,
+    # sources, votes). 0: keep the text forever.
+    retention_days: int = Field(default=365, ge=0, le=36_500)
 
     @field_validator("command")
     @classmethod

@@ -9,6 +9,11 @@ says what to do. An allow list that could not be resolved never becomes "every c
 Public channels are looked up first (scope channels:read); only names not found there are
 looked for among private channels (groups:read), so an app installed without groups:read still
 resolves public channel names.
+
+The result also says which channels are known to be public: the "only in these channels" notice
+links those only, as anyone who mentions the bot elsewhere reads it (a private channel's link
+tells a non-member it exists, audit 23 L6). A name found among public channels is public; a
+name found among private ones is not, nor is an id given as it is (nothing was asked about it).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from .client import SlackUnreachable
 if TYPE_CHECKING:
     from slack_sdk import WebClient
 
-__all__ = ["AllowedChannelsError", "resolve_allowlist"]
+__all__ = ["AllowedChannels", "AllowedChannelsError", "resolve_allowlist"]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +44,20 @@ class AllowedChannelsError(ConfigError):
     """[bot] allowed_channels could not be resolved to channel ids: the bot does not start."""
 
 
-def resolve_allowlist(client: "WebClient", entries: list[str]) -> frozenset[str] | None:
+class AllowedChannels(frozenset):
+    """The channel ids the bot answers in (a frozenset of them), plus `public`: those of them known
+    to be public channels, the only ones a notice to anyone may name."""
+
+    public: frozenset[str]
+
+    def __new__(cls, ids: "frozenset[str] | set[str]", public: "frozenset[str] | set[str]" = frozenset()
+                ) -> "AllowedChannels":
+        self = super().__new__(cls, ids)
+        self.public = frozenset(public) & frozenset(ids)
+        return self
+
+
+def resolve_allowlist(client: "WebClient", entries: list[str]) -> AllowedChannels | None:
     """The channel ids the bot may answer in; None when `entries` is empty (every channel).
 
     Raises AllowedChannelsError (or SlackUnreachable) when a name cannot be resolved: never an
@@ -54,13 +72,17 @@ def resolve_allowlist(client: "WebClient", entries: list[str]) -> frozenset[str]
         else:
             wanted.setdefault(e.strip().lstrip("#").strip().lower(), e)
     if not wanted:
-        return frozenset(ids)
+        return AllowedChannels(ids)  # no lookup: nothing is known to be public
     found: dict[str, dict] = {}
+    public: set[str] = set()
     for kind, scope in _KINDS:
         missing = set(wanted) - set(found)
         if not missing:
             break
-        found.update(_look_up(client, kind, scope, missing, [wanted[n] for n in wanted if n in missing]))
+        got = _look_up(client, kind, scope, missing, [wanted[n] for n in wanted if n in missing])
+        found.update(got)
+        if kind == "public_channel":
+            public.update(c["id"] for c in got.values() if c.get("is_private") is not True)
     unresolved = [wanted[n] for n in wanted if n not in found]
     if unresolved:
         raise AllowedChannelsError(
@@ -73,7 +95,7 @@ def resolve_allowlist(client: "WebClient", entries: list[str]) -> frozenset[str]
                     "(/invite @FlyteGPT)", extra={"channels": outside})
     resolved = {n: c["id"] for n, c in found.items()}
     log.info("allowed channels resolved", extra={"channels": resolved})
-    return frozenset(ids | set(resolved.values()))
+    return AllowedChannels(ids | set(resolved.values()), public)
 
 
 def _look_up(client: "WebClient", kind: str, scope: str, names: set[str], as_given: list[str]) -> dict[str, dict]:

@@ -14,11 +14,18 @@ The schema is versioned with SQLite's `PRAGMA user_version`. Version 0 is the fi
 release's schema (no version set); opening a database applies the missing migrations in
 one transaction, so an existing database keeps every row and gains the new columns.
 A database written by a newer FlyteGPT is refused rather than guessed at.
+
+Retention ([bot] retention_days, audit 23 L3): the text of a question older than that (what was
+asked, the question as searched, the answer) is blanked by `prune`, which the running bot applies
+at start and then daily (`RetentionJob`). What the report counts and charts stays: time, surface,
+channel and its type, outcome, latency, index version, cited sources and votes. The file is only
+readable by the bot's user (bot/sqlite_files.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -35,12 +42,17 @@ from flytegpt.bot import sqlite_files
 from flytegpt.bot.question_text import clean_question
 from flytegpt.ingest.models import valid_unicode
 
+log = logging.getLogger(__name__)
+
 Vote = Literal["up", "down"]
 # What became of a question. "answered" includes the offline answerer's quoted passages.
 Outcome = Literal["answered", "not_found", "model_failed", "failed"]
 OUTCOMES: tuple[str, ...] = ("answered", "not_found", "model_failed", "failed")
 
 SCHEMA_VERSION = 2
+
+DAY_S = 86400.0
+PRUNE_BATCH = 500  # rows blanked per write transaction: the bot's own writes wait at most for one batch
 
 # Version 0: the schema of the first release, created as it was then; migrations take it on.
 _SCHEMA_V0 = """
@@ -310,35 +322,94 @@ class FeedbackStore:
             for r in rows
         ]
 
-    def confirmed_questions(self) -> list[dict[str, Any]]:
-        """Questions whose answer more users voted 👍 than 👎, as an eval question file's rows
+    def confirmed_questions(self, *, include_private: bool = False,
+                            left_out: dict[str, int] | None = None) -> list[dict[str, Any]]:
+        """Questions whose asker confirmed the answer with 👍, as an eval question file's rows
         (`flytegpt eval`): the question as it was searched (a follow-up rewritten to stand
         alone) and, as its gold, the sources that answer cited (a "not found" answer's closest
-        matches are no gold). Real users' questions with
-        answers they confirmed: what a new index, model or setting must keep finding. One row
-        per distinct question text, oldest answer first; the gold of its confirmed answers merged."""
+        matches are no gold). Real users' questions with answers they confirmed: what a new
+        index, model or setting must keep finding. One row per distinct question text, oldest
+        answer first; the gold of its confirmed answers merged; `up`/`down` count every voter.
+
+        Only the asker's vote confirms (audit 23 L2). The asker is the one person who knows whether
+        the answer answered the question; anyone else's 👍 says only that it looked right to them.
+        Votes are one per user but anyone may vote on any answer, so with "more 👍 than 👎" a single
+        person (or "two distinct voters": one person with a second account, which an open community
+        workspace hands out freely) could put someone else's question into a file meant to be
+        committed. With the asker's 👍 no one can add a question they did not ask themselves.
+        Another user's 👍 or 👎 does not change the asker's verdict; the asker's own 👎 (a second
+        click replaces the first) takes the question out. Rows without a logged asker never count.
+
+        Privacy: by default only questions asked in public channels are kept, by the report's rule
+        (bot/report/data.py `PrivacyFilter`, nothing listed): DMs, the assistant panel, private
+        channels, group DMs, and channel questions an older bot logged without a channel type are
+        left out. [bot] report_channels and report_dms are not consulted: they let the maintainers'
+        report show those questions, and this file is meant for a repository. `include_private`
+        keeps them all. `left_out`, when given, receives how many confirmed answers were left out
+        and why ("dm", "private", "untyped").
+        """
+        from flytegpt.bot.report.data import PrivacyFilter  # imports this module: not at the top
+
         with self._lock:
             rows = self._conn.execute(
                 "SELECT a.id, COALESCE(NULLIF(a.standalone_question, ''), a.question), a.sources, "
-                "SUM(v.vote = 'up'), SUM(v.vote = 'down') FROM answers a JOIN votes v ON v.answer_id = a.id "
-                "WHERE a.outcome = 'answered' GROUP BY a.id HAVING SUM(v.vote = 'up') > SUM(v.vote = 'down') ORDER BY a.created_at, a.id"
+                "a.surface, a.channel, a.channel_type, SUM(v.vote = 'up'), SUM(v.vote = 'down') "
+                "FROM answers a JOIN votes v ON v.answer_id = a.id "
+                "WHERE a.outcome = 'answered' AND a.user IS NOT NULL AND a.user != '' AND EXISTS "
+                "(SELECT 1 FROM votes w WHERE w.answer_id = a.id AND w.user = a.user AND w.vote = 'up') "
+                "GROUP BY a.id ORDER BY a.created_at, a.id"
             ).fetchall()
+        keys = ("id", "question", "sources", "surface", "channel", "channel_type", "up", "down")
+        confirmed = [dict(zip(keys, r)) for r in rows]
+        if not include_private:
+            confirmed, dropped = PrivacyFilter(None, dms=False).split(confirmed)
+            if left_out is not None:
+                left_out.update({k: n for k, n in dropped.items() if n})
         out: dict[str, dict[str, Any]] = {}
-        for answer_id, question, sources, up, down in rows:
+        for r in confirmed:
             try:
-                cited = [s["source_id"] for s in json.loads(sources) if isinstance(s, dict) and s.get("source_id")]
+                cited = [s["source_id"] for s in json.loads(r["sources"])
+                         if isinstance(s, dict) and s.get("source_id")]
             except (ValueError, TypeError):
                 cited = []
             # cleaned again: rows of releases before 2026-12-04 kept NUL, ESC and bidi overrides
-            question = " ".join(clean_question(str(question or "")).split())
+            question = " ".join(clean_question(str(r["question"] or "")).split())
             if not question or not cited:
-                continue  # nothing to search for, or an answer without sources: no gold to check
-            row = out.setdefault(question.casefold(), {"id": answer_id, "question": question, "gold": [],
+                continue  # nothing to search for (or its text was pruned), or no gold to check
+            row = out.setdefault(question.casefold(), {"id": r["id"], "question": question, "gold": [],
                                                        "up": 0, "down": 0})
             row["gold"] += [c for c in cited if c not in row["gold"]]
-            row["up"] += int(up)
-            row["down"] += int(down)
+            row["up"] += int(r["up"])
+            row["down"] += int(r["down"])
         return list(out.values())
+
+    # --- retention --------------------------------------------------------------------
+
+    def prune(self, retention_days: float, *, now: float | None = None) -> int:
+        """Blank the text of questions logged more than `retention_days` ago (0: keep everything);
+        returns how many rows lost their text.
+
+        The question, the question as searched and the answer become empty; everything the
+        report counts stays (time, surface, channel, outcome, latency, index version, cited
+        sources, votes). With SQLite's secure_delete the old text is overwritten in the file,
+        not only unlinked from its rows (a snapshot copies free pages too). In batches of
+        PRUNE_BATCH rows, each its own transaction: the bot keeps writing meanwhile.
+        """
+        if not retention_days or retention_days <= 0:
+            return 0
+        cutoff = (time.time() if now is None else now) - retention_days * DAY_S
+        blanked = 0
+        with self._lock:
+            self._conn.execute("PRAGMA secure_delete = ON")
+            while True:
+                n = self._conn.execute(
+                    "UPDATE answers SET question = '', standalone_question = NULL, answer = '' WHERE id IN "
+                    "(SELECT id FROM answers WHERE created_at < ? AND (question != '' OR answer != '' "
+                    "OR standalone_question IS NOT NULL) LIMIT ?)", (cutoff, PRUNE_BATCH)).rowcount
+                blanked += max(n, 0)
+                if n < PRUNE_BATCH:
+                    break
+        return blanked
 
     # --- copies -----------------------------------------------------------------------
 
@@ -358,10 +429,13 @@ def export_feedback(db_path: str | Path, out_path: str | Path) -> int:
     return _export_rows(db_path, out_path, FeedbackStore.votes)
 
 
-def export_confirmed(db_path: str | Path, out_path: str | Path) -> int:
+def export_confirmed(db_path: str | Path, out_path: str | Path, *, include_private: bool = False,
+                     left_out: dict[str, int] | None = None) -> int:
     """`flytegpt feedback questions`: the confirmed questions of `db_path` as an eval question
-    file in `out_path` ("-" = stdout); returns how many."""
-    return _export_rows(db_path, out_path, FeedbackStore.confirmed_questions)
+    file in `out_path` ("-" = stdout); returns how many. Public channels' questions only unless
+    `include_private`; `left_out` receives what the privacy rule left out (confirmed_questions)."""
+    return _export_rows(db_path, out_path, lambda store: store.confirmed_questions(
+        include_private=include_private, left_out=left_out))
 
 
 def _export_rows(db_path: str | Path, out_path: str | Path,
@@ -409,3 +483,57 @@ def export_snapshot(db_path: str | Path, target: str) -> int:
     finally:
         store.close()
         os.unlink(tmp)
+
+
+def prune_database(db_path: str | Path, retention_days: float, *, now: float | None = None) -> int:
+    """`FeedbackStore.prune` on an existing database file; 0 when there is none (yet) or retention is off."""
+    if not retention_days or str(db_path) == ":memory:" or not Path(db_path).is_file():
+        return 0
+    store = FeedbackStore(db_path)
+    try:
+        return store.prune(retention_days, now=now)
+    finally:
+        store.close()
+
+
+class RetentionJob:
+    """The running bot's retention: `prune_database` at start, then every `interval_s` (a day).
+
+    Its own connection on a daemon thread: the bot's writes wait at most for one batch, and a
+    failure (a locked or damaged file) is logged and tried again at the next run, never raised.
+    """
+
+    def __init__(self, db_path: str | Path, retention_days: float, *, interval_s: float = DAY_S) -> None:
+        self.db_path, self.retention_days, self.interval_s = str(db_path), retention_days, interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.retention_days) and self.db_path != ":memory:"
+
+    def run_once(self) -> int | None:
+        """Prune now: how many rows lost their text, None (logged) when it failed."""
+        try:
+            n = prune_database(self.db_path, self.retention_days)
+        except Exception as e:  # noqa: BLE001 - retention must never stop the bot
+            log.error("feedback retention failed", extra={"path": self.db_path, "error": str(e)})
+            return None
+        if n:
+            log.info("feedback retention: question text removed",
+                     extra={"rows": n, "retention_days": self.retention_days})
+        return n
+
+    def start(self) -> None:
+        if not self.enabled or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, daemon=True, name="flytegpt-retention")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.run_once()
+            self._stop.wait(self.interval_s)

@@ -43,3 +43,49 @@ class RateLimiter:
             hits = self._hits.get(user)
             if hits:
                 hits.pop()
+
+
+class InFlightLimit:
+    """At most `limit` questions per user in flight (running or queued on the answer pool).
+
+    The per-minute limit counts questions but not how many wait at once: one user's burst of
+    [bot] user_rate_limit questions sat in the shared FIFO queue ahead of everyone else's, and a
+    few accounts filled it (audit 23, F8). Each question taken holds a slot, keyed by the question
+    (its `id`), until its answer job ends however it ends; `release` of a key not held is a no-op,
+    so a slot is given back exactly once. Memory is bounded by the questions in flight.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._held: dict[int, str] = {}  # question key -> its user
+        self._per_user: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, user: str, key: int) -> bool:
+        """True when the user had fewer than `limit` in flight (the slot is now held under `key`)."""
+        with self._lock:
+            if key in self._held:
+                return True
+            n = self._per_user.get(user, 0)
+            if n >= self.limit:
+                return False
+            self._held[key] = user
+            self._per_user[user] = n + 1
+            return True
+
+    def release(self, key: int) -> None:
+        """Give back the slot held under `key` (the job ended, or the question was not queued)."""
+        with self._lock:
+            user = self._held.pop(key, None)
+            if user is None:
+                return
+            n = self._per_user.get(user, 1) - 1
+            if n > 0:
+                self._per_user[user] = n
+            else:
+                self._per_user.pop(user, None)
+
+    def in_flight(self, user: str) -> int:
+        """The user's questions running or queued now."""
+        with self._lock:
+            return self._per_user.get(user, 0)

@@ -6,7 +6,9 @@ channel) and hand the work to pools. Bolt runs listeners on a small executor and
 ack there, so a listener that called Slack or the model would delay the acks of every other event.
 
 - the answer pool (config.bot.workers, config.bot.queue_size) runs the answer job; when
-  it is full the user is told the bot is busy instead of waiting in an endless queue;
+  it is full the user is told the bot is busy instead of waiting in an endless queue; one user
+  has at most config.bot.user_in_flight questions in it at once (running or queued), so a burst
+  from a few accounts cannot fill the shared queue ahead of everyone (audit 23, F8);
 - a small side pool does the cheap Slack calls (👀 reaction, busy and rate-limit notices,
   button clicks) and decides whether a thread reply is a follow-up for us: only in a thread
   the bot answered in, which the bot records (Deduper.remember_thread, kept across restarts)
@@ -32,7 +34,7 @@ from . import blocks
 from .addressing import closes_the_thread, for_the_bot
 from .history import question_text
 from .question import Question
-from .ratelimit import RateLimiter
+from .ratelimit import InFlightLimit, RateLimiter
 
 if TYPE_CHECKING:
     from slack_bolt import App
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from flytegpt.bot.metrics import Metrics
     from flytegpt.ingest.config import Config
 
+    from .allowlist import AllowedChannels
     from .dedupe import Deduper
     from .delivery import Delivery
     from .history import ThreadHistory
@@ -52,7 +55,7 @@ _ANSWERABLE_SUBTYPES = (None, "file_share", "thread_broadcast")
 
 
 class EventRouter:
-    def __init__(self, config: "Config", *, bot_user_id: str, allowed: "frozenset[str] | None",
+    def __init__(self, config: "Config", *, bot_user_id: str, allowed: "AllowedChannels | frozenset[str] | None",
                  deduper: "Deduper", limiter: "RateLimiter", pool: "WorkerPool", side: "WorkerPool",
                  history: "ThreadHistory", delivery: "Delivery", interactions: "Interactions", metrics: "Metrics",
                  submit: Callable[[Question], bool], turned_away: Callable[[Question, str], None],
@@ -61,10 +64,15 @@ class EventRouter:
         # The channel ids questions are answered in (allowlist.py); None, and only None: every channel.
         # An empty set allows none: names that did not resolve can never mean "everywhere".
         self.allowed = None if allowed is None else frozenset(allowed)
+        # The ones the "only in these channels" notice may name: known to be public (allowlist.py).
+        self.public_allowed: frozenset[str] = frozenset(getattr(allowed, "public", ()))
         self.deduper, self.limiter, self.pool, self.side = deduper, limiter, pool, side
         # Questions turned down at once (empty, too long) are counted apart, in the same window and
         # with the same limit: they cannot use up a user's real questions, nor be replied to without end.
         self.turn_downs = RateLimiter(limiter.limit, limiter.window_s)
+        # A question holds one of its user's slots from dispatch until its answer job ends.
+        self.in_flight = InFlightLimit(config.bot.user_in_flight)
+        pool.on_task_end(self._job_ended)
         self.history, self.delivery, self.interactions = history, delivery, interactions
         self.metrics, self.submit = metrics, submit
         self.turned_away = turned_away  # logs a refused question for the report
@@ -128,7 +136,7 @@ class EventRouter:
             return
         channel, user = command.get("channel_id", ""), command.get("user_id", "")
         if not self._allowed(channel) and not channel.startswith("D"):
-            ack(text=messages.only_in_channels(sorted(self.allowed or ())), response_type="ephemeral")
+            ack(text=self._where_to_ask(), response_type="ephemeral")
             return
         q = Question("command", text, channel, user, response_url=command.get("response_url"))
         limiter = self._limiter_for(q)
@@ -138,8 +146,12 @@ class EventRouter:
             ack(text=messages.rate_limited(wait), response_type="ephemeral")
             self.side.submit(self.turned_away, q, "rate_limited")
             return
+        if not self._take_slot(q, limiter):
+            ack(text=messages.IN_FLIGHT, response_type="ephemeral")
+            return
         if not self.submit(q):
             limiter.release(user)
+            self.in_flight.release(id(q))
             self.metrics.busy.inc()
             ack(text=self._refusal(), response_type="ephemeral")
             self.side.submit(self.turned_away, q, "busy")
@@ -251,7 +263,7 @@ class EventRouter:
         if not self._allowed(channel):
             if mentioned and self._claim(event):
                 self.side.submit(self.delivery.ephemeral, channel, event["user"],
-                                 messages.only_in_channels(sorted(self.allowed or ())), event.get("thread_ts"), True)
+                                 self._where_to_ask(), event.get("thread_ts"), True)
             return
         if not for_the_bot(event.get("text") or "", self.bot_user_id):
             return  # people talking to each other in a thread the bot answered in
@@ -274,7 +286,8 @@ class EventRouter:
         """Rate limit, then the answer pool (or a busy notice); the 👀 shows it was picked up.
 
         Only a question the answerer will take uses up one of the user's questions: one turned down
-        at once (empty, too long) costs no search or model call, and a busy refusal is given back.
+        at once (empty, too long) costs no search or model call, and a busy refusal is given back,
+        as is one refused because the user already has their share in flight (`_take_slot`).
         Turned-down questions have a count of their own (`_limiter_for`)."""
         answerable = self._answerable_length(q)
         limiter = self._limiter_for(q)
@@ -284,9 +297,13 @@ class EventRouter:
             self.side.submit(self.delivery.ephemeral, q.channel, q.user, messages.rate_limited(wait), q.thread_ts)
             self.side.submit(self.turned_away, q, "rate_limited")
             return
+        if not self._take_slot(q, limiter):
+            self.side.submit(self.delivery.ephemeral, q.channel, q.user, messages.IN_FLIGHT, q.thread_ts)
+            return
         self._remember_thread(q)  # the answer or the busy notice goes there
         if not self.submit(q):
             limiter.release(q.user)
+            self.in_flight.release(id(q))
             self.metrics.busy.inc()
             log.warning("worker queue full: busy reply", extra={"channel": q.channel})
             self.side.submit(self.delivery.notice, q, self._refusal())
@@ -296,6 +313,35 @@ class EventRouter:
         self.metrics.pending.set(self.pool.pending)
         if q.ts and q.surface != "assistant" and answerable:  # the panel shows a status instead
             self.side.submit(self.delivery.react, q.channel, q.ts)
+
+    def _take_slot(self, q: Question, limiter: RateLimiter) -> bool:
+        """One of the user's [bot] user_in_flight slots for `q`, held until its answer job ends.
+
+        Without a free slot the question is refused, not queued: the rate limit counts questions
+        a minute, not how many one user has waiting at once, and a burst queued in the shared FIFO
+        made everyone else wait behind it (or read "busy"). The refusal gives back the question
+        `limiter` counted, as a busy one does: the user did nothing wrong but ask early. Counted as
+        failures{reason="in_flight"} and logged for the report."""
+        if self.in_flight.take(q.user, id(q)):
+            return True
+        limiter.release(q.user)
+        self.metrics.failures.labels("in_flight").inc()
+        log.info("user has questions in flight: refused", extra={"channel": q.channel,
+                                                                  "in_flight": self.in_flight.limit})
+        self.side.submit(self.turned_away, q, "in_flight")
+        return False
+
+    def _job_ended(self, args: tuple) -> None:
+        """The answer pool ended a task (answered, failed, timed out, cancelled at shutdown): its
+        question's slot is free again. Other tasks hold no slot (release is a no-op for them)."""
+        if args and isinstance(args[0], Question):
+            self.in_flight.release(id(args[0]))
+
+    def _where_to_ask(self) -> str:
+        """The "only in these channels" notice: it goes to anyone who mentions the bot elsewhere,
+        so it links only the allowed channels known to be public; a private one's link would tell
+        a non-member it exists (audit 23, L6). None known: the sentence without links."""
+        return messages.only_in_channels(sorted(self.public_allowed))
 
     def _refusal(self) -> str:
         """Why the answer pool said no: full, or closed because the bot is stopping."""

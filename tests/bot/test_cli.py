@@ -278,8 +278,8 @@ def test_questions_users_confirmed_are_a_question_set_for_eval(corpus: Path, sto
     fb = FeedbackStore(db)
     cited = [Citation(1, "Caching", "https://e.org/caching", "sample-docs:caching.md")]
     fid = fb.record_answer(Answer("how do i bust the cache", "How do I invalidate the cache?", "Bump the version [1].",
-                                  cited, "llm", "v1"), surface="mention")
-    fb.record_vote(fid, "up", user="U1", channel="C1")
+                                  cited, "llm", "v1"), surface="mention", user="U1")
+    fb.record_vote(fid, "up", user="U1", channel="C1")  # the asker's 👍 confirms (audit 23 L2)
     fb.close()
     questions = tmp_path / "confirmed.jsonl"
     result = run("feedback", "questions", "--db", str(db), "--out", str(questions))

@@ -20,6 +20,7 @@ from support.paths import ROOT
 from support.slack_emulator import SlackEmulator
 from support.slack_harness import CACHE_Q
 
+from flytegpt.bot import messages
 from flytegpt.ingest.config import sample_config_path
 
 pytestmark = pytest.mark.timeout(120)
@@ -149,7 +150,9 @@ def test_with_the_shipped_manifests_scopes_public_and_private_names_resolve(make
     harness = make_harness(bot={"allowed_channels": ["#flyte-support", "Flyte-Internal"]},
                            setup=_manifest_workspace(MANIFEST_SCOPES))
     notice = _refused_in_general(harness)
-    assert "<#C0SUPPORT>" in notice["text"] and "<#G0INTERNAL>" in notice["text"]
+    # audit 23 L6: the notice goes to anyone, so it names the public channel only
+    assert notice["text"] == messages.only_in_channels(["C0SUPPORT"])
+    assert "G0INTERNAL" not in notice["text"] and "internal" not in notice["text"]
     d = harness.emu.mention(CACHE_Q, channel="G0INTERNAL")
     harness.wait_answers(channel="G0INTERNAL", thread_ts=d.ts)
     assert harness.bot.router.allowed == {"C0SUPPORT", "G0INTERNAL"}
@@ -161,7 +164,23 @@ def test_an_app_without_groups_read_still_resolves_public_names(make_harness):
     harness = make_harness(bot={"allowed_channels": ["flyte-support", "C0ALLOWED1"]},
                            setup=_manifest_workspace(MANIFEST_SCOPES - {"groups:read"}))
     notice = _refused_in_general(harness)
-    assert "<#C0ALLOWED1>" in notice["text"] and "<#C0SUPPORT>" in notice["text"]
+    # an id is taken as it is, so nothing says it is public: only the name looked up is linked
+    assert notice["text"] == messages.only_in_channels(["C0SUPPORT"])
     assert {c.args.get("types") for c in harness.emu.calls_to("conversations.list")} == {"public_channel"}
     d = harness.emu.mention(CACHE_Q, channel="C0SUPPORT")
     harness.wait_answers(channel="C0SUPPORT", thread_ts=d.ts)
+
+
+def test_with_no_public_channel_known_the_notice_names_none(make_harness):
+    """Audit 23 L6: the "only in these channels" notice reached anyone who mentioned the bot
+    elsewhere with links to every allowed channel, private ones included. With a private channel
+    by name and a channel id (nothing says it is public), it names none, for a mention and for
+    /flytegpt alike."""
+    harness = make_harness(bot={"allowed_channels": ["flyte-internal", "C0ALLOWED1"]},
+                           setup=_manifest_workspace(MANIFEST_SCOPES))
+    assert harness.bot.router.allowed == {"G0INTERNAL", "C0ALLOWED1"}
+    notice = _refused_in_general(harness)
+    assert notice["text"] == messages.ONLY_IN_SOME_CHANNELS and "<#" not in notice["text"]
+    c = harness.emu.slash_command(CACHE_Q)  # in #general
+    ack = harness.emu.wait_ack(c.envelope_id)
+    assert ack.payload == {"text": messages.ONLY_IN_SOME_CHANNELS, "response_type": "ephemeral"}

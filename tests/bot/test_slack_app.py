@@ -276,7 +276,9 @@ def test_feedback_is_recorded_and_acknowledged(harness, tmp_path):
     assert version and abs(at - time.time()) < 60
 
 
-def test_each_message_is_answered_once(harness):
+def test_each_message_is_answered_once(make_harness):
+    # three questions from one user at once: each may be in flight (a duplicate must not take a slot)
+    harness = make_harness(bot={"user_in_flight": 3})
     emu = harness.emu
     # the same event delivered again (a Socket Mode retry) ...
     d = emu.mention(CACHE_Q, event_id="Ev0DUPLICATE")
@@ -402,7 +404,8 @@ def test_channel_allowlist(make_harness):
     emu.add_channel("C0ALLOWED1", "flyte-help")
     emu.mention(CACHE_Q)  # in #general: not allowed
     emu.wait_for(lambda: emu.ephemerals)
-    assert "<#C0ALLOWED1>" in emu.ephemerals[0]["text"]
+    # an id given as it is may be a private channel: not named to whoever mentions the bot (audit 23 L6)
+    assert emu.ephemerals[0]["text"] == messages.ONLY_IN_SOME_CHANNELS
     d = emu.mention(CACHE_Q, channel="C0ALLOWED1")
     harness.wait_answers(thread_ts=d.ts)
     assert harness.answers(channel="C0GENERAL") == []

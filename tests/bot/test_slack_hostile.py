@@ -65,7 +65,7 @@ def test_a_question_is_logged_without_control_characters_and_a_rejected_one_cut(
     assert outcome == ("failed", "rejected") and len(cut) == 200 and cut.endswith("\u2026")
     assert cut.startswith("how do I cache how do I cache")
     value = [b for b in answer["blocks"] if b["type"] == "actions"][0]["elements"][0]["value"]
-    click = emu.block_action(blocks.ACTION_FEEDBACK_UP, value, message=answer, user="U0VOTER")
+    click = emu.block_action(blocks.ACTION_FEEDBACK_UP, value, message=answer, user="U0USER")  # the asker
     emu.wait_for(lambda: emu.response_posts[emu.response_id(click.response_url)])
     out = tmp_path / "confirmed.jsonl"
     assert export_confirmed(harness.config.bot.feedback_db, out) == 1
@@ -130,7 +130,8 @@ def test_questions_turned_down_at_once_do_not_use_up_the_rate_limit(make_harness
     """A9: an empty mention, a too-long one and one of zero-width characters each used one of the
     user's questions a minute, so their real questions after them were refused. (Four turn-downs: as
     many as their own count allows, see test_turn_down_replies_to_one_user_are_rate_limited_...)"""
-    harness = make_harness(bot={"user_rate_limit": 4}, answer={"max_question_chars": 200})
+    # the turn-downs are sent at once: as many in flight as there are (user_in_flight is not tested here)
+    harness = make_harness(bot={"user_rate_limit": 4, "user_in_flight": 4}, answer={"max_question_chars": 200})
     emu = harness.emu
     turned_down = [emu.mention(""), emu.mention("why " * 100), emu.mention(INVISIBLE)]
     for d in turned_down:

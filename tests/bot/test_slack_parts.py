@@ -139,15 +139,16 @@ def test_an_answer_with_half_an_emoji_is_stored_and_can_be_voted_on(tmp_path):
 
 
 def test_confirmed_questions_become_an_eval_question_file(tmp_path):
-    """`flytegpt feedback questions`: answers with more 👍 than 👎, their cited sources as gold."""
+    """`flytegpt feedback questions`: answers their asker (U1 unless said) 👍, cited sources as gold."""
     from flytegpt.ingest.evaluation import load_questions
 
     db = tmp_path / "feedback.sqlite3"
     store = FeedbackStore(db)
 
-    def answered(question, standalone, *source_ids, votes=(), mode="llm"):
+    def answered(question, standalone, *source_ids, votes=(), mode="llm", asker="U1"):
         cites = [Citation(n, f"t{n}", f"https://e.org/{n}", sid) for n, sid in enumerate(source_ids, 1)]
-        fid = store.record_answer(Answer(question, standalone, "text", cites, mode, "v1"), surface="mention")
+        fid = store.record_answer(Answer(question, standalone, "text", cites, mode, "v1"), surface="mention",
+                                  user=asker)
         for user, vote in votes:
             store.record_vote(fid, vote, user=user, channel="C1")
         return fid
@@ -155,9 +156,11 @@ def test_confirmed_questions_become_an_eval_question_file(tmp_path):
     first = answered("how to cache?", "how to cache?", "docs:c.md", votes=[("U1", "up"), ("U2", "up")])
     answered("and for map tasks?", "How do I cache map tasks?", "docs:m.md", "slack:C1/1.0",
              votes=[("U1", "up"), ("U2", "up"), ("U3", "down")])
-    answered("  How TO  cache? ", "", "docs:c2.md", "docs:c.md", votes=[("U4", "up")])  # the same question again
-    answered("tie?", "tie?", "docs:t.md", votes=[("U1", "up"), ("U2", "down")])
+    answered("  How TO  cache? ", "", "docs:c2.md", "docs:c.md", votes=[("U4", "up")],
+             asker="U4")  # the same question again
+    answered("tie?", "tie?", "docs:t.md", votes=[("U1", "up"), ("U2", "down")], asker="U2")  # the asker's 👎
     answered("disliked?", "disliked?", "docs:d.md", votes=[("U1", "down")])
+    answered("others liked?", "others liked?", "docs:o.md", votes=[("U2", "up"), ("U3", "up")])  # not the asker
     answered("no sources?", "no sources?", votes=[("U1", "up")])
     answered("never voted on?", "never voted on?", "docs:n.md")
     # "I couldn't find this" with its closest matches: a 👍 thanks the honesty, the matches are no gold
