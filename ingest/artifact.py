@@ -453,13 +453,14 @@ def record_last_run(store: str, version: str, sources_read_at: str, *, changed: 
 
 
 def last_run_time(store: str) -> datetime | None:
-    """When the last ingest finished (LAST_RUN's finished_at); None when none is recorded or the
-    file cannot be read: a store written before it existed, or a damaged file."""
+    """When the last ingest finished (LAST_RUN's finished_at); None when none is recorded (a store
+    written before it existed) or the file is damaged. A failed read (a store hiccup) raises: the
+    caller keeps what it knew, rather than report "never" and page someone."""
     fs, root = get_fs(store)
+    raw = read_bytes(fs, join(root, LAST_RUN))
     try:
-        raw = read_bytes(fs, join(root, LAST_RUN))
         stamp = datetime.fromisoformat(str(json.loads(raw or b"null")["finished_at"]))
-    except (OSError, ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError):
         return None
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 

@@ -190,7 +190,7 @@ def test_the_query_model_is_loaded_before_a_version_serves_not_at_the_first_ques
     assert "cannot be loaded" in broken.refused[v1] and "illegal instruction" in broken.refused[v1]
 
 
-def test_the_index_age_and_the_last_ingest_are_metrics(config, embedder):
+def test_the_index_age_and_the_last_ingest_are_metrics(config, embedder, monkeypatch):
     """Audit 24 F4: a quiet night writes no new version, so only <store>/last-run.json tells a
     quiet week from a week of failed nightly runs; the served index's sources have an age too."""
     from flytegpt.ingest.artifact import LAST_RUN, content_time, open_version, record_last_run
@@ -208,6 +208,15 @@ def test_the_index_age_and_the_last_ingest_are_metrics(config, embedder):
     finished = json.loads((store / LAST_RUN).read_text())["finished_at"]
     assert metrics.store_last_run._value.get() == datetime.fromisoformat(finished).timestamp()
     assert b"flytegpt_store_last_run_timestamp_seconds" in metrics.render()
+    import flytegpt.ingest.artifact as artifact
+
+    def slow_down(fs, path):  # the store's hiccup: the gauge keeps what it knew (a 0 would page someone)
+        raise OSError("503 Slow Down")
+
+    with monkeypatch.context() as m:
+        m.setattr(artifact, "read_bytes", slow_down)
+        reloader._read_last_run()
+    assert metrics.store_last_run._value.get() == datetime.fromisoformat(finished).timestamp()
     (store / LAST_RUN).write_text("{not json")  # damaged: unknown, not an error
     reloader.check_once()
     assert metrics.store_last_run._value.get() == 0 and holder.version
