@@ -9,9 +9,10 @@ but rare cases, the start of the final text, and the caller can tell when it is 
 
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 from .budget import Source
 from .citations import link_key, process_citations, sources_list_start, split_code
@@ -62,10 +63,59 @@ def clean_answer(raw: str, sources: Sequence[Source]) -> tuple[str, list[Citatio
         return m.group(0) if target and link_key(target) in known else "]" + _ZWSP + m.group(0)[1:]
 
     def safe(seg: str) -> str:
+        # "https&#58;//x" is a URL to a Markdown reader, not to the rules below: entities decoded first
+        seg = html.unescape(seg) if "&" in seg else seg
         seg = _LINK_DEFINITION.sub("]" + _ZWSP, _LINK_TARGET.sub(defuse, _AUTOLINK.sub(unlink, seg)))
         return _BARE_URL.sub(unlink_bare, seg)
 
-    return "".join(seg if code else safe(seg) for code, seg in split_code(text)), citations
+    parts = split_code(text)
+    shown = "".join(seg if code else safe(seg) for code, seg in parts)
+    # What was taken for code is left as written. Where it holds link syntax, a CommonMark reader
+    # has the last word: text that only looked like code to split_code (an escaped backtick, a
+    # fence closed by an indented line) must not carry a live link (audit 23 re-check N1).
+    if any(code and _LINK_SYNTAX.search(seg) for code, seg in parts) and _foreign_links(shown, known):
+        shown = _defuse_everywhere(shown, known)
+    return shown, citations
+
+
+# What a link needs: "](" (inline), "]:" (a reference definition), "<scheme:" or "<x@y" (autolink),
+# a bare "://" or "www." (GFM's autolinks)
+_LINK_SYNTAX = re.compile(r"\]\(|\]:|<[A-Za-z]|<[^<>\s@]+@|://|www\.", re.I)
+_ANY_URL = re.compile(r"(?:[a-z][a-z0-9+.-]*://|www\.)[^\s<>()\[\]`]*", re.I)
+_AUTOLINK_OPEN = re.compile(r"<(?=[A-Za-z][A-Za-z0-9+.-]{1,31}:|[^<>\s@]+@)")
+
+
+def _foreign_links(markdown: str, known: set[str]) -> bool:
+    """Does a CommonMark reader (plus GFM's bare-URL autolinks, in its text) find a link that is
+    not a given source's? markdown-it, as the posted path renders (bot/slack/render.py)."""
+    from markdown_it import MarkdownIt
+
+    def targets(tokens) -> Iterator[str]:
+        for tok in tokens:
+            if tok.type in ("link_open", "image"):
+                yield str(tok.attrs.get("href") or tok.attrs.get("src") or "")
+            elif tok.type == "text":
+                yield from (m.group(0) for m in _ANY_URL.finditer(tok.content))
+            if tok.children:
+                yield from targets(tok.children)
+
+    parser = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
+    return any(link_key(t) not in known for t in targets(parser.parse(markdown)))
+
+
+def _defuse_everywhere(markdown: str, known: set[str]) -> str:
+    """Every link form split by a zero-width space, code included, but the sources' own links: the
+    last resort for text whose code a CommonMark reader reads otherwise than split_code."""
+    def target(m: re.Match) -> str:
+        return m.group(0) if m.group(1) and link_key(m.group(1)) in known else "]" + _ZWSP + m.group(0)[1:]
+
+    def url(m: re.Match) -> str:
+        if link_key(m.group(0)) in known:
+            return m.group(0)
+        return m.group(0).replace("://", ":" + _ZWSP + "//", 1).replace("www.", "www" + _ZWSP + ".", 1)
+
+    markdown = _LINK_DEFINITION.sub("]" + _ZWSP, _LINK_TARGET.sub(target, markdown))
+    return _ANY_URL.sub(url, _AUTOLINK_OPEN.sub("<" + _ZWSP, markdown))
 
 
 @dataclass(frozen=True)

@@ -654,10 +654,19 @@ def test_made_up_links_never_show_live_while_streamed_or_at_the_end(server, toke
 
 
 def _hrefs(markdown: str) -> list[str]:
-    """Every link a CommonMark reader makes of the text (bare URLs: the test above)."""
+    """Every link a CommonMark reader makes of the text, and the bare URLs of its text (GFM's
+    autolinks), images too."""
     from markdown_it import MarkdownIt
 
-    return re.findall(r'href="([^"]*)"', MarkdownIt("commonmark").render(markdown))
+    def walk(tokens):
+        for t in tokens:
+            if t.type in ("link_open", "image"):
+                yield t.attrs.get("href") or t.attrs.get("src")
+            elif t.type == "text":
+                yield from re.findall(r"(?:https?://|www\.)[^\s<>()]*", t.content, re.I)
+            yield from walk(t.children or [])
+
+    return list(walk(MarkdownIt("commonmark").parse(markdown)))
 
 
 @pytest.mark.parametrize("tokens", [1, 3, 1000])
@@ -681,6 +690,42 @@ def test_no_markdown_link_form_makes_a_live_link_to_a_url_that_is_no_source(serv
         assert all(h.startswith(RAY_DOC.url) for h in _hrefs(shown)), shown
     assert _hrefs(a.text) == [RAY_DOC.url]
     assert "docs.flyte.org" in a.text and "[1]" in a.text
+
+
+EVIL = "https://evil.example/login"
+
+
+@pytest.mark.parametrize("reply", [
+    f"Log in at \\`[docs.flyte.org]({EVIL})\\` [1].",  # escaped backticks: no code span
+    f"Use `` ` `` then [docs.flyte.org]({EVIL}) `x [1].",  # a two-backtick span before the link
+    f"```a`b\n[docs.flyte.org]({EVIL})\n``` [1]",  # a backtick in the info string: no fence
+    f"Run:\n```\nflyte run x\n  ```\nThen sign in at [docs.flyte.org]({EVIL}) [1].",  # closed, indented
+    f"```\na\n``` x\nb\n```\nSign in at [docs.flyte.org]({EVIL}) [1].",  # "``` x" closes nothing
+    "Sign in at [docs](https&#58;//evil.example/login) [1].",  # an entity in the scheme
+    f"See \\`{EVIL}\\` [1].",  # a bare URL between escaped backticks
+], ids=["escaped-backticks", "double-backtick-span", "backtick-info", "indented-closer", "closer-with-text",
+        "entity", "bare-url"])
+def test_what_only_looks_like_code_carries_no_live_link(server, reply):
+    """Audit 23 re-check N1: text the code rules took for code was left as written, but a
+    CommonMark reader does not read it as code: its links were live in the streamed answer."""
+    from support.openai_server import Slow
+
+    server.script(Slow(reply, tokens=len(reply) // 3, delay=0.0))
+    answerer, _ = make(server)
+    _, deltas, a = _collect(answerer.stream("how do I use ray?"))
+    shown = ""
+    for d in deltas:
+        shown += d
+        assert not _hrefs(shown), shown
+    assert not _hrefs(a.text) and "[1]" in a.text
+
+
+def test_real_code_with_urls_and_brackets_is_left_as_written(server):
+    code = "```python\nurl = 'https://x.org/a'\nhandlers[name](1)\n```"
+    server.reply = f"Use `http://localhost:30080` [1] and\n{code}"
+    answerer, _ = make(server)
+    a = answerer.answer("how do I use ray?")
+    assert code in a.text and "`http://localhost:30080`" in a.text
 
 
 # ---- audit19 A1 / A11: a blank key is no key; a malformed base URL is one error naming it ----------
