@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
+from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +34,7 @@ SHUTDOWN_OVERHEAD_S = 8.0
 # it open, sending nothing (500 idle connections: 517 threads, then none left for Socket Mode
 # reconnects or the probes). A client that sends nothing for HTTP_TIMEOUT_S is dropped (a socket
 # timeout per read: one that trickles a byte every few seconds keeps its one slot of the bound
-# below), and past HTTP_MAX_CONNECTIONS a new connection is closed at once. The kubelet's probes and
+# below), and past HTTP_MAX_CONNECTIONS the oldest connection is closed. The kubelet's probes and
 # a Prometheus scrape are a few requests of milliseconds each: far below the bound.
 HTTP_TIMEOUT_S = 5.0
 HTTP_MAX_CONNECTIONS = 32
@@ -237,57 +239,65 @@ class BotServer:
 class HealthHTTPServer(ThreadingHTTPServer):
     """ThreadingHTTPServer that serves at most `max_connections` connections at once.
 
-    One thread per connection, as before, but a connection past the bound is closed at once
-    instead of getting a thread: a flood of connections (with the handler's timeout, each held
-    for seconds at most) makes a probe fail and be retried, rather than leaving the process
-    without threads for Slack, the workers and every later probe.
+    One thread per connection, as before, but a connection past the bound makes the oldest one
+    be closed (its read fails, its thread ends): a flood of idle connections cannot leave the
+    process without threads for Slack and the workers, and cannot keep a probe out either, as
+    refusing the new connection did (audit 23 re-check N2): a probe is served in milliseconds,
+    long before the flood's newer connections reach it.
     """
 
     daemon_threads = True  # a connection being served never holds up the process's exit
     # listen() backlog (socketserver's default is 5): in a burst of connections a probe's SYN past
-    # the backlog is dropped and retried a second later; accepted ones past the bound close at once
+    # the backlog is dropped and retried a second later
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
                  max_connections: int) -> None:
         self.max_connections = max_connections
         self.connections = 0  # being served now (read by tests and the "full" warning)
+        self._open: OrderedDict[int, Any] = OrderedDict()  # the connections' sockets, oldest first
         self._count_lock = threading.Lock()
         self._warned_at: float | None = None
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """On serve_forever's thread: take a slot and start the connection's thread, or close it."""
+        """On serve_forever's thread: start the connection's thread, closing the oldest one first
+        when the bound is reached."""
+        oldest = None
         with self._count_lock:
-            full = self.connections >= self.max_connections
-            if not full:
-                self.connections += 1
-        if full:
+            if len(self._open) >= self.max_connections:
+                _, oldest = self._open.popitem(last=False)
+            self.connections += 1
+            self._open[id(request)] = request
+        if oldest is not None:
             self._warn_full(client_address)
-            self.shutdown_request(request)
-            return
+            try:
+                oldest.shutdown(socket.SHUT_RDWR)  # its handler's read or write fails; its thread ends
+            except OSError:
+                pass
         try:
             threading.Thread(target=self.process_request_thread, args=(request, client_address),
                              daemon=True, name="flytegpt-http-conn").start()
         except BaseException:  # no thread to be had: serve_forever closes the request
-            self._release()
+            self._release(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._release()
+            self._release(request)
 
-    def _release(self) -> None:
+    def _release(self, request: Any) -> None:
         with self._count_lock:
             self.connections -= 1
+            self._open.pop(id(request), None)
 
     def _warn_full(self, client_address: Any) -> None:
         now = time.monotonic()
         if self._warned_at is None or now - self._warned_at >= _FULL_WARNING_EVERY_S:
             self._warned_at = now
-            log.warning("health/metrics port: connection closed, too many open at once",
+            log.warning("health/metrics port: the oldest connection closed, too many open at once",
                         extra={"max_connections": self.max_connections, "client": str(client_address[0])})
 
     def handle_error(self, request: Any, client_address: Any) -> None:
