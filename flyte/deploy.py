@@ -117,6 +117,9 @@ def registration_warnings() -> list[str]:
 
         problems.append(f"FLYTEGPT_IMAGE_REGISTRY is not set: the tasks' image is {REGISTRY}/..., the Flyte "
                         "sandbox's registry; a cluster elsewhere cannot pull it")
+    if not os.environ.get("FLYTEGPT_NOTIFY", "").strip():
+        problems.append("FLYTEGPT_NOTIFY is not set: a failed scheduled run is seen only in the Flyte console; "
+                        "set it (e.g. email:oncall@example.org) for failure notifications")
     from flytegpt.flyte.image import untracked_code
 
     if untracked := untracked_code():

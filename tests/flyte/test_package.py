@@ -309,7 +309,7 @@ def test_scheduled_runs_notify_on_failure_when_asked(specs: dict) -> None:
                 ("slack", ["ABORTED", "FAILED", "TIMED_OUT"], ["alerts-x1y2@example.slack.com"])]
     for name in ("nightly_reingest", "weekly_report"):
         assert _notifications(specs["launch_plan"][name]) == expected, name
-    assert "FLYTEGPT_STORE" not in specs["stderr"] and "FLYTEGPT_IMAGE_REGISTRY" not in specs["stderr"]  # both set
+    assert not any(v in specs["stderr"] for v in ("FLYTEGPT_STORE", "FLYTEGPT_IMAGE_REGISTRY", "FLYTEGPT_NOTIFY"))
 
 
 def test_packaging_without_the_deploy_variables_warns_and_adds_no_notifications(tmp_path: Path) -> None:
@@ -319,6 +319,8 @@ def test_packaging_without_the_deploy_variables_warns_and_adds_no_notifications(
                                               "FLYTEGPT_NOTIFY": None})
     assert "warning: FLYTEGPT_STORE is not set" in specs["stderr"]
     assert "warning: FLYTEGPT_IMAGE_REGISTRY is not set" in specs["stderr"]
+    assert "warning: FLYTEGPT_NOTIFY is not set: a failed scheduled run is seen only in the Flyte console" \
+        in specs["stderr"]
     for name in ("nightly_reingest", "weekly_report"):
         assert _notifications(specs["launch_plan"][name]) == [], name
 
