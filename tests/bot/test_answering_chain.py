@@ -388,7 +388,7 @@ def test_streamed_deltas_are_clean_and_add_up_to_the_answer(server):
     answerer, _ = make(server)
     progress, deltas, a = _collect(answerer.stream("How do I use ray workers with RayJobConfig?"))
     assert progress == ["searching", "writing"]
-    assert len(deltas) > 3 and "".join(deltas) == a.text
+    assert len(deltas) >= 3 and "".join(deltas) == a.text  # the first text at once, then every CLEAN_EVERY chars
     assert a.text == ("Install the plugin [1]. Bogus claim. Configure `RayJobConfig` [2] with workers [1]. "
                       "See the guide.")
     assert server.requests[0].body["stream"] is True

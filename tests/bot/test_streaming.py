@@ -123,6 +123,7 @@ import sqlite3  # noqa: E402
 from support.openai_server import Slow  # noqa: E402
 from support.slack_harness import ANSWER, CACHE_Q, CLIENT_TRIES, BotHarness, harness_factory, llm_reply  # noqa: E402
 
+from flytegpt.bot.answering.live import CLEAN_EVERY  # noqa: E402
 from flytegpt.bot.slack import blocks  # noqa: E402
 from flytegpt.bot.slack.stream import MAX_MESSAGE_MARKDOWN  # noqa: E402
 
@@ -318,12 +319,14 @@ def test_streamed_text_is_fixed_when_the_final_answer_differs(bot):
     emu = bot.emu
     # a code span still open reads "[9]" as a citation of no source (dropped from the stream);
     # once it closes, "[9]" is code and stays: the shown text changed, so it is replaced
-    slow_model(bot, text=LONG_ANSWER + " Or set `settings [9] of the decorator, and a few more of them`.",
-               tokens=200, delay=0.005)
+    # (longer than live.CLEAN_EVERY, so a cleaning pass sees the span open)
+    span = "`settings [9] of the decorator, and a few more of them, written out in full so the span stays open a while`"
+    assert span.index("`", 1) - span.index("[9]") > CLEAN_EVERY + 20
+    slow_model(bot, text=LONG_ANSWER + f" Or set {span}.", tokens=200, delay=0.005)
     d = emu.mention(CACHE_Q)
     [update] = emu.wait_for(lambda: emu.calls_to("chat.update"), timeout=30)
     [msg] = finished(bot, d.ts)
-    assert "`settings [9] of the decorator, and a few more of them`" in msg["text"]
+    assert span in msg["text"]
     assert "context" in kinds(msg) and ("context_actions" in kinds(msg) or "actions" in kinds(msg))
     bot.idle()  # the outcome is counted right after the last Slack call: wait for the job to end
     assert streamed_count(bot, "replaced") == 1
