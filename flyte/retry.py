@@ -71,12 +71,12 @@ def _slack_transient(error: BaseException) -> bool:
         return False
     if not isinstance(error, SlackApiError):
         return False
-    from flytegpt.ingest.slack_client import TRANSIENT_ERRORS
+    from flytegpt.ingest.slack_client import server_trouble
 
     response = error.response
     status = getattr(response, "status_code", 0) or 0
     code = response.get("error") if hasattr(response, "get") else None
-    return status == 429 or status >= 500 or code in TRANSIENT_ERRORS
+    return status == 429 or server_trouble(status, code)
 
 
 def _botocore_transient(error: BaseException) -> bool:

@@ -66,11 +66,14 @@ class ServerTroubleRetryHandler(RetryHandler):
                    response: "HttpResponse | None" = None, error: Exception | None = None) -> bool:
         if response is None:
             return False
-        if response.status_code >= 500:
-            return True
         if response.status_code == 429:
             return False  # RateLimitErrorRetryHandler's, with Retry-After
-        return _error_code(response) in TRANSIENT_ERRORS
+        return server_trouble(response.status_code, _error_code(response))
+
+
+def server_trouble(status: int, error: str | None) -> bool:
+    """An HTTP 5xx, or an `ok: false` answer whose error is in TRANSIENT_ERRORS: Slack's side."""
+    return status >= 500 or error in TRANSIENT_ERRORS
 
 
 def _error_code(response: "HttpResponse") -> str | None:

@@ -9,6 +9,7 @@ but rare cases, the start of the final text, and the caller can tell when it is 
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from dataclasses import dataclass
@@ -88,8 +89,6 @@ _AUTOLINK_OPEN = re.compile(r"<(?=[A-Za-z][A-Za-z0-9+.-]{1,31}:|[^<>\s@]+@)")
 def _foreign_links(markdown: str, known: set[str]) -> bool:
     """Does a CommonMark reader (plus GFM's bare-URL autolinks, in its text) find a link that is
     not a given source's? markdown-it, as the posted path renders (bot/slack/render.py)."""
-    from markdown_it import MarkdownIt
-
     def targets(tokens) -> Iterator[str]:
         for tok in tokens:
             if tok.type in ("link_open", "image"):
@@ -99,8 +98,15 @@ def _foreign_links(markdown: str, known: set[str]) -> bool:
             if tok.children:
                 yield from targets(tok.children)
 
-    parser = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
-    return any(link_key(t) not in known for t in targets(parser.parse(markdown)))
+    return any(link_key(t) not in known for t in targets(_markdown_reader().parse(markdown)))
+
+
+@functools.cache
+def _markdown_reader():
+    """markdown-it as the posted path reads answers (bot/slack/render.py): made once, not per check."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
 
 
 def _defuse_everywhere(markdown: str, known: set[str]) -> str:

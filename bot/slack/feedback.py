@@ -497,16 +497,16 @@ def prune_database(db_path: str | Path, retention_days: float, *, now: float | N
 
 
 class RetentionJob:
-    """The running bot's retention: `prune_database` at start, then every `interval_s` (a day).
+    """The running bot's retention: `prune_database` at start, then every `interval_s` (a day),
+    on an apscheduler job as the index reloader polls (bot/reload.py).
 
-    Its own connection on a daemon thread: the bot's writes wait at most for one batch, and a
-    failure (a locked or damaged file) is logged and tried again at the next run, never raised.
+    Its own connection: the bot's writes wait at most for one batch, and a failure (a locked or
+    damaged file) is logged and tried again at the next run, never raised.
     """
 
     def __init__(self, db_path: str | Path, retention_days: float, *, interval_s: float = DAY_S) -> None:
         self.db_path, self.retention_days, self.interval_s = str(db_path), retention_days, interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._scheduler: Any = None
 
     @property
     def enabled(self) -> bool:
@@ -525,15 +525,18 @@ class RetentionJob:
         return n
 
     def start(self) -> None:
-        if not self.enabled or self._thread is not None:
+        if not self.enabled or self._scheduler is not None:
             return
-        self._thread = threading.Thread(target=self._run, daemon=True, name="flytegpt-retention")
-        self._thread.start()
+        from datetime import datetime
+
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self._scheduler = BackgroundScheduler(daemon=True)
+        self._scheduler.add_job(self.run_once, "interval", seconds=self.interval_s, id="flytegpt-retention",
+                                max_instances=1, coalesce=True, next_run_time=datetime.now())
+        self._scheduler.start()
 
     def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.run_once()
-            self._stop.wait(self.interval_s)
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
