@@ -87,6 +87,29 @@ def resolve_model_path(name: str) -> str:
         return name
 
 
+def _is_local_path(model_id: str) -> bool:
+    """A model id that names a folder on this machine rather than a hub repository ("org/name")."""
+    parts = model_id.replace("\\", "/").split("/")
+    return (model_id.startswith(("/", "~", ".")) or len(parts) > 2 or ".." in parts
+            or (len(model_id) > 1 and model_id[1] == ":") or os.path.isdir(os.path.expanduser(model_id)))
+
+
+def _refuse_foreign_local_model(model_id: str, configured: str) -> None:
+    """A manifest is data from the store: the model folder it names is loaded only when this
+    machine's own config names that folder too, so whoever writes the store cannot make the bot
+    load (and trust) an arbitrary folder of the pod. Hub ids and tuned ids have their own rules."""
+    from flytegpt.ingest import tuning
+
+    if tuning.is_tuned(model_id) or not _is_local_path(model_id):
+        return
+    if normalize_model_id(model_id) == normalize_model_id(configured):
+        return
+    raise ValueError(
+        f"the index was embedded with the local model folder {model_id!r}, which this config does not "
+        f"name ([embeddings] model = {configured!r}): set [embeddings] model = {model_id!r} to serve it, "
+        "or re-ingest with the configured model")
+
+
 def select_device(requested: str = "auto") -> str:
     """'auto' prefers CUDA, then Apple's MPS, then CPU; an explicit device is kept."""
     if requested != "auto":
@@ -263,7 +286,9 @@ class Embedder:
                 f"model id {model_id!r}: the index was embedded by a backend this FlyteGPT does not have; "
                 "re-ingest to rebuild it"
             )
-        cfg = (cfg or EmbeddingsConfig()).model_copy(update={"model": model_id})
+        cfg = cfg or EmbeddingsConfig()
+        _refuse_foreign_local_model(model_id, cfg.model)
+        cfg = cfg.model_copy(update={"model": model_id})
         from flytegpt.ingest import tuning
 
         if not tuning.is_tuned(model_id):
