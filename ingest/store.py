@@ -192,7 +192,7 @@ LOCK_WAIT_S = 120.0  # how long a second publisher waits for the first
 
 @contextmanager
 def store_lock(fs: fsspec.AbstractFileSystem, path: str, *, stale_after_s: float = LOCK_STALE_AFTER_S,
-               wait_s: float = LOCK_WAIT_S, poll_s: float = 0.2) -> Iterator[None]:
+               wait_s: float = LOCK_WAIT_S, poll_s: float = 0.2, activity: str = "publish") -> Iterator[None]:
     """Hold the lock file `path` while the block runs: one holder at a time, across machines.
 
     The file is created whole and exclusively (a hard link of a written temporary file on a
@@ -201,11 +201,13 @@ def store_lock(fs: fsspec.AbstractFileSystem, path: str, *, stale_after_s: float
     While the block runs, its time is renewed every third of `stale_after_s` (a publish that
     downloads and verifies a large index on S3 may take longer than that, and must not have its
     lock broken by a second publisher on another machine). Only the holder's own lock is removed
-    at the end.
+    at the end. `activity` names what the lock guards ("publish", "collect of ..."), in the log
+    line a waiter writes once and in the error it raises after `wait_s`.
     """
     me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "at": time.time()}
     mine = json.dumps(me).encode()
     deadline = time.monotonic() + wait_s
+    waiting = False
     while True:
         if _create_exclusive(fs, path, mine):
             break
@@ -216,12 +218,15 @@ def store_lock(fs: fsspec.AbstractFileSystem, path: str, *, stale_after_s: float
                 log.warning("breaking a stale lock %s held by %s", path, holder or held[:200])
                 _remove(fs, path)
             continue
+        who = (f"{holder.get('host', '?')} pid {holder.get('pid', '?')} since "
+               f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(holder.get('at', 0)))}")
         if time.monotonic() >= deadline:
             raise StoreLockError(
-                f"{path} is held by {holder.get('host', '?')} pid {holder.get('pid', '?')} since "
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(holder.get('at', 0)))}: another "
-                f"publish is running (delete the file if that process is gone)"
+                f"{path} is held by {who}: another {activity} is running (delete the file if that process is gone)"
             )
+        if not waiting and held is not None:  # a command that seems to hang says what it waits for
+            log.warning("waiting up to %g s for another %s: %s is held by %s", wait_s, activity, path, who)
+            waiting = True
         time.sleep(poll_s)
     stop = threading.Event()
     renew = threading.Thread(target=_renew_lock, args=(fs, path, me, stale_after_s / 3, stop),

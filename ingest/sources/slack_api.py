@@ -22,6 +22,16 @@ read for `refresh_after_days`; one whose parent is gone (`thread_not_found`) is 
 Then the cursor moves and every thread of the snapshot is emitted: unchanged threads without any
 API call. The snapshot is written before the cursor, so a crash in between only re-fetches.
 
+Two collects of one source on one store (a manual `flytegpt ingest` beside the nightly Flyte run)
+take turns: the read of the snapshot and cursor, the Slack calls and the writes happen under
+`<store>/sources/<source name>/collect.lock` (ingest.store.store_lock: local paths and object
+stores alike). Unlocked, one run's snapshot could be saved with the other's cursor, a cursor past
+threads that snapshot never had: never listed again, lost. The second run waits, saying so in
+the log, and then reads what the first wrote (so it re-fetches nothing the first fetched); past
+COLLECT_LOCK_WAIT_S it fails with a StoreLockError that names the holder. A holder that died
+(a killed pod) does not block: its lock is broken once its process is gone (same host) or its
+time is LOCK_STALE_AFTER_S old (the holder renews it while it runs, however long its crawl).
+
 Rate limits and Slack's transient errors: the shared client's retry handlers (ingest/slack_client.py).
 Needs SLACK_BOT_TOKEN (scopes channels:history, groups:history, channels:read, groups:read,
 users:read) and optionally SLACK_API_URL (another Web API base URL), via ingest.config.Settings.
@@ -35,6 +45,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +54,7 @@ from flytegpt.ingest.models import Document, LoadReport
 from flytegpt.ingest.sources.slack_export import (
     Directory, clean_messages, is_noise, listed, thread_document, ts_key,
 )
-from flytegpt.ingest.store import atomic_write, get_fs, join, read_bytes
+from flytegpt.ingest.store import LOCK_STALE_AFTER_S, atomic_write, get_fs, join, read_bytes, store_lock
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient
@@ -55,6 +66,12 @@ PAGE_LIMIT = 200  # Slack's recommended page size for history and lists
 RATE_LIMIT_RETRIES = 8
 CURSOR_FORMAT = 1
 _GONE = ("thread_not_found", "message_not_found")  # conversations.replies of a deleted parent
+COLLECT_LOCK = "collect.lock"  # in the source's folder of the store, beside its snapshot
+# How long a second collect of a source waits for the first: an incremental nightly collect takes
+# minutes, so this outwaits it; a first crawl of a big workspace (hours) is not waited out, the
+# second run fails and says why. More than LOCK_STALE_AFTER_S: a lock left by a killed collect on
+# another machine is broken within one wait.
+COLLECT_LOCK_WAIT_S = 3 * LOCK_STALE_AFTER_S
 
 
 def _now() -> float:
@@ -232,6 +249,28 @@ def load_slack_api(
 ) -> Iterator[Document]:
     """Every thread of the source's channels; only threads with new activity cost API calls."""
     client = client or make_client(Settings())
+    with _collect_lock(store, source.name):  # read, fetch and save: one collect of this source at a time
+        docs, fetched, refreshed, due, dropped = _collect(source, report, store, client)
+    log.info("%s: %d threads, %d fetched since the last ingest, %d refreshed (%d more due), %d deleted in Slack",
+             source.name, len(docs), fetched, refreshed, due, dropped)
+    for doc in docs:
+        report.documents += 1
+        yield doc
+
+
+def _collect_lock(store: str | None, name: str) -> AbstractContextManager[None]:
+    """The store's lock of this source's snapshot and cursor (nothing to lock without a store)."""
+    if store is None:
+        return nullcontext()
+    fs, root = get_fs(store)
+    return store_lock(fs, join(root, "sources", name, COLLECT_LOCK), wait_s=COLLECT_LOCK_WAIT_S,
+                      activity=f"collect of the slack_api source {name!r}")
+
+
+def _collect(source: SourceConfig, report: LoadReport, store: str | None,
+             client: "WebClient") -> tuple[list[Document], int, int, int, int]:
+    """Read the snapshot and cursor, bring them up to date from Slack, save them: (the source's
+    documents, threads fetched, refreshed, still due for a refresh, deleted in Slack)."""
     state = _State(store, source.name)
     d = _directory(client, report)
     channels = _channels(client, source, d, report)
@@ -303,9 +342,4 @@ def load_slack_api(
     docs = [Document.from_dict(row["document"]) for k, row in state.threads.items()
             if row["document"] is not None and k.split("/", 1)[0] in names]
     docs.sort(key=lambda doc: (doc.meta.get("channel", ""), ts_key(doc.meta["thread_ts"])))
-    log.info("%s: %d threads, %d fetched since the last ingest, %d refreshed (%d more due), %d deleted in Slack",
-             source.name, len(docs), fetched, min(len(due), max(0, per_run)), max(0, len(due) - max(0, per_run)),
-             dropped)
-    for doc in docs:
-        report.documents += 1
-        yield doc
+    return (docs, fetched, min(len(due), max(0, per_run)), max(0, len(due) - max(0, per_run)), dropped)

@@ -239,6 +239,26 @@ def test_a_long_publish_keeps_its_lock_past_the_stale_age(tmp_path: Path) -> Non
     assert not Path(lock).exists()
 
 
+def test_a_waiter_says_once_what_it_waits_for_and_the_error_names_the_activity(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A second publish (or slack_api collect) that waits looked hung: it logs what it waits for,
+    once, and its error after the wait names what holds the lock (`activity`)."""
+    fs, root = get_fs(str(tmp_path))
+    lock = f"{root}/sources/live/collect.lock"
+    with store_lock(fs, lock, activity="collect of the slack_api source 'live'"):
+        with pytest.raises(StoreLockError, match=r"collect\.lock is held by .* pid \d+ since \S+Z: another "
+                                                 r"collect of the slack_api source 'live' is running"):
+            with store_lock(fs, lock, wait_s=0.5, activity="collect of the slack_api source 'live'"):
+                pass
+    waits = [r for r in caplog.records if "waiting up to" in r.getMessage()]
+    assert len(waits) == 1 and waits[0].levelname == "WARNING"
+    assert "waiting up to 0.5 s for another collect of the slack_api source 'live'" in waits[0].getMessage()
+    caplog.clear()
+    with store_lock(fs, lock):  # free: no wait, no log line
+        pass
+    assert not [r for r in caplog.records if "waiting up to" in r.getMessage()]
+
+
 def _hold(fs, lock: str, order: list[str]) -> None:
     with store_lock(fs, lock, wait_s=20):
         order.append("second")
