@@ -1,7 +1,8 @@
 """The index artifact: the one owner of its format (ingest writes it, the bot reads it).
 
     <store>/<version>/manifest.json   format, model id + dimension + normalisation, index type,
-                                      chunk count, counts per source, stats, sha256 + size of every file
+                                      chunk count, counts per source, per Slack channel and per
+                                      top-level folder, stats, sha256 + size of every file
     <store>/<version>/dense.faiss     faiss.serialize_index bytes (inner product on normalised vectors)
     <store>/<version>/chunks.jsonl.gz one Chunk.to_dict() per line, row i = FAISS id i = BM25 doc i
     <store>/<version>/keyword/...     bm25s arrays (.npy, allow_pickle=False) + JSON
@@ -372,6 +373,7 @@ def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: Keywor
         "index": index_info,
         "chunk_count": len(chunks),
         "counts": dict(sorted(Counter(c.source for c in chunks).items())),
+        **part_counts(chunks),
         "stats": stats or {},
         "files": entries,
     }
@@ -387,6 +389,39 @@ def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: Keywor
     return version
 
 
+# A Slack chunk's URL is its thread's permalink (ingest/sources/slack_export.py `permalink`), which
+# holds the channel id in each of its forms: /archives/<id>/p<ts>, /client/<team>/<id>/thread/...,
+# app_redirect?channel=<id>. Only a thread without any channel id ("slack:<ts>") has none.
+_CHANNEL_IN_URL = re.compile(r"/archives/([^/?#]+)/p|/client/[^/?#]+/([^/?#]+)/thread/|[?&]channel=([^&#]+)")
+
+
+def part_counts(chunks: list[Chunk]) -> dict[str, dict[str, dict]]:
+    """The manifest's finer counts, for `_refuse_shrunk`: per source, its chunks per Slack channel
+    (`channels`: {channel id: {"name", "chunks"}}, keyed by id so that a renamed channel read by
+    id is the same channel) and per top-level folder of a docs or code source (`folders`: {folder:
+    chunks}; files at the source's root are in no folder). A channel renamed, archived or left by
+    the bot, or an include pattern that stopped matching one folder, empties one part of a source
+    that still gives chunks: the per-source counts alone cannot tell."""
+    channels: dict[tuple[str, str], Counter] = {}
+    folders: Counter = Counter()
+    for c in chunks:
+        source, _, locator = c.source_id.partition(":")
+        if c.kind == "slack":
+            name = locator.rpartition("/")[0] or locator  # "<channel name>/<thread ts>"
+            found = _CHANNEL_IN_URL.search(c.url)
+            key = next((g for g in found.groups() if g), "") if found else ""
+            channels.setdefault((source, key or f"#{name}"), Counter())[name] += 1
+        elif "/" in locator:
+            folders[(source, locator.split("/", 1)[0])] += 1
+    out: dict[str, dict[str, dict]] = {"channels": {}, "folders": {}}
+    for (source, key), names in sorted(channels.items()):
+        out["channels"].setdefault(source, {})[key] = {"name": names.most_common(1)[0][0],
+                                                      "chunks": sum(names.values())}
+    for (source, folder), n in sorted(folders.items()):
+        out["folders"].setdefault(source, {})[folder] = n
+    return out
+
+
 class SupersededError(ArtifactError):
     """LATEST names a version made from newer sources: another ingest published meanwhile."""
 
@@ -397,6 +432,10 @@ class ShrunkError(ArtifactError):
 
 DEFAULT_MAX_SHRINK = 0.25
 _SHRINK_MIN_CHUNKS = 50  # a source smaller than this is judged only on giving nothing at all
+# A Slack channel or a top-level folder with at least this many chunks that now gives none is a loss
+# (`part_counts`): below _SHRINK_MIN_CHUNKS, as a channel of a few dozen threads matters, and it is
+# all or nothing, so threads deleted one by one or a folder trimmed never trip it.
+_PART_MIN_CHUNKS = 20
 
 
 def publish(store: str, version: str, *, keep_versions: int = DEFAULT_KEEP_VERSIONS, force: bool = False,
@@ -413,8 +452,9 @@ def publish(store: str, version: str, *, keep_versions: int = DEFAULT_KEEP_VERSI
     written again (a bot that refused it retries it when LATEST changes) but nothing is pruned:
     nothing changed, and with `keep_versions = 1` a prune would delete the version LATEST named
     before, a rollback's target. A version that lost more than `max_shrink` of LATEST's chunks, or
-    every chunk of a source, is refused too (`_refuse_shrunk`): a source that broke quietly (an
-    include pattern that stopped matching, a renamed channel) must not replace a good index.
+    every chunk of a source, of one of its Slack channels or of one of its top-level folders, is
+    refused too (`_refuse_shrunk`): a source that broke quietly (an include pattern that stopped
+    matching, a renamed channel) must not replace a good index.
     """
     check_version_id(version, f"publish {store}")
     new_manifest = open_version(store, version).manifest
@@ -509,13 +549,16 @@ def _refuse_older(store: str, current: str, version: str, new_manifest: dict[str
 
 def _refuse_shrunk(store: str, current: str, version: str, new_manifest: dict[str, Any], max_shrink: float) -> None:
     """Raise when `version` holds much less than LATEST's version of the sources both were built
-    from. A source left out of the config is no loss; one still configured that gave nothing is."""
+    from. A source left out of the config is no loss; one still configured that gave nothing is,
+    and so is a Slack channel or a top-level folder of one that had _PART_MIN_CHUNKS and gave none
+    (`_part_losses`)."""
     if max_shrink >= 1:
         return
     try:
-        before = read_manifest(store, current).get("counts")
+        old_manifest = read_manifest(store, current)
     except ArtifactError:
         return
+    before = old_manifest.get("counts")
     after = new_manifest.get("counts") or {}
     if not isinstance(before, dict) or not isinstance(after, dict):
         return
@@ -525,6 +568,7 @@ def _refuse_shrunk(store: str, current: str, version: str, new_manifest: dict[st
     losses = [f"{name} gave no chunks (it had {had[name]:,})" for name in common if had[name] and not has[name]]
     losses += [f"{name} has {has[name]:,} chunks (it had {had[name]:,})" for name in common
                if has[name] and had[name] >= _SHRINK_MIN_CHUNKS and has[name] < (1 - max_shrink) * had[name]]
+    losses += _part_losses(old_manifest, new_manifest, [name for name in common if has[name]], had, has)
     total_before, total_after = sum(had.values()), sum(has.values())
     if total_after < (1 - max_shrink) * total_before:
         losses.append(f"the index has {total_after:,} chunks of these sources (it had {total_before:,})")
@@ -532,12 +576,50 @@ def _refuse_shrunk(store: str, current: str, version: str, new_manifest: dict[st
         raise ShrunkError(
             f"not published: against {current}, which {LATEST} in {store} names, {'; '.join(losses)}. "
             f"A source that broke (a path, an include pattern, a renamed channel) would replace a good "
-            f"index. Check the ingest's summary; if the loss is meant, `flytegpt publish {version}` "
-            f"publishes it, or set [index] max_shrink (now {max_shrink:g}; 1 turns this off).")
+            f"index. Check the ingest's summary; if the loss is meant (a source, channel or folder taken "
+            f"out on purpose), `flytegpt publish {version}` publishes it, or set [index] max_shrink "
+            f"(now {max_shrink:g}; 1 turns this off).")
+
+
+def _part_losses(old: dict[str, Any], new: dict[str, Any], sources: list[str], had: dict[str, int],
+                 has: dict[str, int]) -> list[str]:
+    """The channels and top-level folders (`part_counts`) of `sources` that had _PART_MIN_CHUNKS
+    chunks in `old` and have none in `new`. A channel id never moves, so a channel gone is a loss; a folder's files
+    can (an upstream restructure, `docs/` to `site/docs/`), so a folder gone counts only when its
+    source shrank by at least half of what the folder held: its chunks did not turn up elsewhere.
+    The manifest does not say which channels the config names, so a channel taken out of the
+    config on purpose is refused like a renamed one: `flytegpt publish V` once. Either manifest
+    written before these counts (no `channels`/`folders`): nothing is compared."""
+    losses: list[str] = []
+    if not all(isinstance(new.get(field_name), dict) for field_name in ("channels", "folders")):
+        return losses  # a version written before these counts (`flytegpt publish` of an old one)
+    for name in sources:
+        before, after = _part(old, "channels", name), _part(new, "channels", name)
+        for key, entry in sorted(before.items()):
+            n = _count(entry.get("chunks")) if isinstance(entry, dict) else 0
+            label = str((entry.get("name") if isinstance(entry, dict) else None) or key).lstrip("#")
+            now = after.get(key)
+            if n >= _PART_MIN_CHUNKS and not (isinstance(now, dict) and _count(now.get("chunks"))):
+                shown = f"#{label}" if key.startswith("#") else f"#{label} ({key})"
+                losses.append(f"{name}: channel {shown} gave no chunks (it had {n:,}; renamed, archived, "
+                              f"or the bot removed from it)")
+        before, after = _part(old, "folders", name), _part(new, "folders", name)
+        for folder, value in sorted(before.items()):
+            n = _count(value)
+            if n >= _PART_MIN_CHUNKS and not _count(after.get(folder)) and had[name] - has[name] >= n / 2:
+                losses.append(f"{name}: folder {folder}/ gave no chunks (it had {n:,})")
+    return losses
+
+
+def _part(manifest: dict[str, Any], field_name: str, source: str) -> dict[str, Any]:
+    """One source's `part_counts` entry in a manifest; {} when it has none or it is not an object."""
+    parts = manifest.get(field_name)
+    entry = parts.get(source) if isinstance(parts, dict) else None
+    return entry if isinstance(entry, dict) else {}
 
 
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) and value > 0 else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 # ---------------------------------------------------------------- reading

@@ -379,6 +379,119 @@ def test_a_source_taken_out_of_the_config_or_a_small_one_shrinking_is_no_loss(tm
     assert read_latest(store) == fewer_sources
 
 
+# ---- audit 24 F1 re-check: one channel or folder lost inside a source that still gives chunks ----
+
+def _part_version(store: str, parts: dict[str, int], seed: int, *, source: str = "community",
+                  kind: str = "slack") -> str:
+    """A version of one source whose chunks come from `parts`: Slack channels ("<id> <name>",
+    permalinks as the Slack sources make them) or top-level folders of a docs source."""
+    import time
+
+    from flytegpt.ingest.models import Chunk
+    from flytegpt.ingest.sources.slack_export import permalink
+
+    time.sleep(1.0)  # version ids and sources_read_at carry the time in seconds
+    chunks = []
+    for part, n in parts.items():
+        for i in range(n):
+            if kind == "slack":
+                channel_id, name = part.split()
+                root = f"{1_700_000_000 + i}.000100"
+                chunks.append(Chunk(f"{source}:{name}/{root}", "slack", f"thread {i}",
+                                    permalink("https://flyte-org.slack.com", channel_id, root),
+                                    f"{name} {i} {seed}", f"{name} {i} {seed}"))
+            else:
+                chunks.append(Chunk(f"{source}:{part}/page{i}.md", "docs", f"page {i}", f"https://docs/{part}/{i}",
+                                    f"{part} {i} {seed}", f"{part} {i} {seed}"))
+    stats = {"sources": {source: {"documents": len(chunks), "chunks": len(chunks), "skipped": 0}}}
+    return write_version(store, chunks, make_vectors(len(chunks), seed=seed), MODEL, stats=stats)
+
+
+def test_the_manifest_counts_chunks_per_slack_channel_by_id_and_per_top_level_folder(tmp_path: Path) -> None:
+    from flytegpt.ingest.models import Chunk
+    from flytegpt.ingest.sources.slack_export import permalink
+
+    chunks = [
+        Chunk("s:general/1.0", "slack", "t", permalink("https://x.slack.com", "C1", "1.0"), "a", "a"),
+        Chunk("s:old-name/2.0", "slack", "t", permalink(None, "C1", "2.0", team="T1"), "b", "b"),
+        Chunk("s:general/3.0", "slack", "t", permalink(None, "C1", "3.0"), "c", "c"),
+        Chunk("s:lost/4.0", "slack", "t", permalink(None, None, "4.0"), "d", "d"),  # no channel id at all
+        Chunk("d:guide/intro.md", "docs", "t", "u", "e", "e"),
+        Chunk("d:guide/deep/more.md", "docs", "t", "u", "f", "f"),
+        Chunk("d:README.md", "docs", "t", "u", "g", "g"),  # at the root: in no folder
+    ]
+    assert artifact.part_counts(chunks) == {
+        "channels": {"s": {"#lost": {"name": "lost", "chunks": 1}, "C1": {"name": "general", "chunks": 3}}},
+        "folders": {"d": {"guide": 2}},
+    }
+    manifest = artifact.read_manifest(str(tmp_path), write_version(str(tmp_path), chunks, make_vectors(7), MODEL))
+    assert manifest["channels"]["s"]["C1"] == {"name": "general", "chunks": 3}
+    assert manifest["folders"] == {"d": {"guide": 2}}
+
+
+def test_a_slack_channel_that_gives_nothing_is_not_published(tmp_path: Path) -> None:
+    """One renamed channel of three: 16% of the source, under max_shrink, published silently before."""
+    store = str(tmp_path)
+    publish(store, good := _part_version(store, {"C1 general": 30, "C2 deploy": 25, "C3 support": 100}, seed=1))
+    renamed = _part_version(store, {"C1 general": 30, "C3 support": 100}, seed=2)
+    with pytest.raises(artifact.ShrunkError) as e:
+        publish(store, renamed)
+    assert read_latest(store) == good  # the bots keep the good index
+    message = str(e.value)
+    assert ("community: channel #deploy (C2) gave no chunks (it had 25; renamed, archived, or the bot "
+            "removed from it)") in message
+    assert "general" not in message and "support" not in message
+    assert f"`flytegpt publish {renamed}` publishes it" in message and "taken out on purpose" in message
+    publish(store, renamed, force=True)  # `flytegpt publish VERSION`: meant
+    assert read_latest(store) == renamed
+
+
+def test_a_channel_renamed_but_read_by_id_or_a_small_one_gone_is_no_loss(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    publish(store, _part_version(store, {"C1 general": 30, "C2 deploy": 25, "C4 tiny": 19, "C3 support": 100},
+                                 seed=1))
+    # C2 renamed (configured by id: still read, its threads under the new name), C4 (< 20 chunks) gone
+    publish(store, later := _part_version(store, {"C1 general": 30, "C2 deployment": 25, "C3 support": 100},
+                                          seed=2))
+    assert read_latest(store) == later
+
+
+def test_a_top_level_folder_that_gives_nothing_is_not_published_unless_it_moved(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    parts = {"guide": 30, "api": 30, "tutorials": 100}
+    publish(store, good := _part_version(store, parts, seed=1, source="docs", kind="docs"))
+    # an include pattern that stopped matching api/ after an upstream restructure: -19%
+    lost = _part_version(store, {"guide": 30, "tutorials": 100}, seed=2, source="docs", kind="docs")
+    with pytest.raises(artifact.ShrunkError, match=r"docs: folder api/ gave no chunks \(it had 30\)"):
+        publish(store, lost)
+    assert read_latest(store) == good
+    # the same pages moved to reference/: nothing was lost
+    moved = _part_version(store, {"guide": 30, "reference": 31, "tutorials": 100}, seed=3, source="docs",
+                          kind="docs")
+    publish(store, moved)
+    assert read_latest(store) == moved
+
+
+def test_manifests_without_channel_and_folder_counts_still_load_and_publish(tmp_path: Path) -> None:
+    """Versions written before the counts existed: LATEST's, and one published over a newer LATEST."""
+    store = str(tmp_path)
+    old = _part_version(store, {"C1 general": 30, "C2 deploy": 25, "C3 support": 100}, seed=1)
+    edit_manifest(tmp_path, old, lambda m: (m.pop("channels"), m.pop("folders")))
+    publish(store, old)
+    assert len(open_version(store)) == 155  # loads and verifies as before
+    newer = _part_version(store, {"C1 general": 30, "C3 support": 100}, seed=2)
+    publish(store, newer)  # nothing to compare the channels with: judged per source only, as before
+    assert read_latest(store) == newer
+    # from then on, LATEST has the counts
+    again = _part_version(store, {"C3 support": 100, "C5 new": 30}, seed=3)
+    with pytest.raises(artifact.ShrunkError, match=r"channel #general \(C1\) gave no chunks \(it had 30;"):
+        publish(store, again)
+    # a version without them published over a LATEST with them (an old version, on purpose)
+    edit_manifest(tmp_path, again, lambda m: (m.pop("channels"), m.pop("folders")))
+    publish(store, again)
+    assert read_latest(store) == again
+
+
 @pytest.mark.parametrize("claim", ["floats", "vectors"])
 def test_a_flat_index_file_that_claims_more_than_it_holds_is_refused_before_faiss_reads_it(
         tmp_path: Path, claim: str) -> None:
