@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Iterator
 
 import click
 
-from flytegpt.bot.cli_options import TerminalSafeGroup, config_option, load, open_searcher, store_option, terminal_text
+from flytegpt.bot.cli_options import (TerminalSafeGroup, config_option, implicit_config, load, open_searcher,
+                                      store_option, terminal_text)
 from flytegpt.ingest.config import ConfigError
 
 if TYPE_CHECKING:
@@ -103,21 +104,17 @@ def _report_once() -> Iterator[None]:
         logger.removeFilter(once)
 
 
-def _implicit_config() -> bool:
-    """--config was not given and $FLYTEGPT_CONFIG is not set: the bundled sample is the config."""
-    from click.core import ParameterSource
-
-    ctx = click.get_current_context()
-    return ctx.get_parameter_source("config_path") is ParameterSource.DEFAULT and not os.environ.get("FLYTEGPT_CONFIG")
-
-
-def _refuse_sample_over_another_index(config_path: Path, config) -> None:
+def _refuse_sample_over_another_index(config_path: Path, config,
+                                      would: str = "replace it with the bundled sample corpus") -> None:
     """`flytegpt ingest --store X` with the implicit sample config would publish the sample corpus
     as X's LATEST: refused, before anything is read, when LATEST serves an index of other sources.
+    `flytegpt tune --store X` likewise (`would` says what it would do): it serves nothing, but it
+    replaces X's chunk cache with the sample's (the next real ingest chunks every document again)
+    and trains on a corpus that is not X's, which is never what was meant.
 
     A new or empty store, or one already serving the sample, is fine (`make demo`, the README's
     first command). A LATEST whose sources cannot be told is refused too: it may be anybody's."""
-    if not _implicit_config():
+    if not implicit_config():
         return
     from flytegpt.ingest.artifact import ArtifactError, read_latest, read_manifest, source_names
 
@@ -134,8 +131,8 @@ def _refuse_sample_over_another_index(config_path: Path, config) -> None:
     except ArtifactError as e:  # garbage in LATEST, a manifest that cannot be read
         what = f"an index whose sources cannot be read ({e})"
     raise click.ClickException(
-        f"the index store {where} serves {what}; without --config this would replace it with the bundled "
-        f"sample corpus: pass --config FILE (or --config {config_path} to do it on purpose)")
+        f"the index store {where} serves {what}; without --config this would {would}: "
+        f"pass --config FILE (or --config {config_path} to do it on purpose)")
 
 
 def _dry_run(config, *, progress: bool, as_json: bool) -> None:
@@ -225,12 +222,17 @@ def tune(config_path: Path, store: str | None, quiet: bool, as_json: bool) -> No
 
     `flytegpt ingest` with `[tuning] enabled = "on"` (or "auto" on a GPU) does this itself and
     embeds with the result; run this to see the held-out figures first.
+    Without --config (and $FLYTEGPT_CONFIG unset) it is refused, as `flytegpt ingest` is, for a
+    store whose LATEST serves an index of other sources than the bundled sample corpus's.
     """
     from flytegpt.ingest.pipeline import collect_chunks
     from flytegpt.ingest.store import StoreWriteError, check_writable
     from flytegpt.ingest.tuning import TuningError, ensure_tuned
 
     config = load(config_path, store)
+    _refuse_sample_over_another_index(
+        config_path, config, would="tune on the bundled sample corpus and replace the store's chunk cache with "
+                                   "the sample's")
     try:
         check_writable(config.index.store)  # the tuned model is stored there: know before training
         chunks, *_ = collect_chunks(config, progress=not quiet and not as_json)

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from flytegpt.bot.cli_options import config_option, load, store_option, terminal_text
+from flytegpt.bot.cli_options import config_option, implicit_config, load, store_option, terminal_text
 
 
 def _row(store: str, version: str, latest: str | None) -> dict[str, Any]:
@@ -156,10 +156,12 @@ def publish_cmd(version: str, config_path: Path, store: str | None) -> None:
 
     VERSION is an id that `flytegpt versions` lists (YYYYMMDDTHHMMSSZ-xxxxxxxx).
 
-    A running bot swaps it in at its next reload check. The next scheduled ingest publishes a
+    Older versions are pruned as the config's [index] keep_versions says; without --config (and
+    $FLYTEGPT_CONFIG unset) nothing is pruned. A running bot swaps it in at its next reload check. The next scheduled ingest publishes a
     new version as usual: pause its launch plan while the cause is fixed.
     """
     from flytegpt.ingest.artifact import ArtifactError, check_version_id, publish
+    from flytegpt.ingest.config import MAX_KEEP_VERSIONS
     from flytegpt.ingest.store import StoreLockError, StoreWriteError
 
     config = load(config_path, store)
@@ -177,7 +179,10 @@ def publish_cmd(version: str, config_path: Path, store: str | None) -> None:
         # force: moving LATEST to a version made from older sources is the point of a rollback.
         # When LATEST already names it, it is verified and written again all the same: a bot that
         # refused it (its files arrived after LATEST, a download cut short) retries it when LATEST changes.
-        publish(where, version, keep_versions=config.index.keep_versions, force=True)
+        # Without --config the bundled sample's keep_versions is not the store's own: a rollback
+        # must not prune versions the store's config keeps, so nothing is pruned.
+        keep = MAX_KEEP_VERSIONS if implicit_config() else config.index.keep_versions
+        publish(where, version, keep_versions=keep, force=True)
     except (ArtifactError, StoreLockError, StoreWriteError, OSError) as e:
         still = (f"LATEST still names {latest}" if latest else
                  "LATEST is still unreadable" if latest_problem else "LATEST still names no version")

@@ -23,6 +23,17 @@ config_option = click.option(
     show_default="$FLYTEGPT_CONFIG or the bundled sample corpus",
     help="FlyteGPT TOML configuration.",
 )
+
+
+def implicit_config() -> bool:
+    """--config was not given and $FLYTEGPT_CONFIG is not set: the bundled sample is the config,
+    whose store settings ([index] keep_versions, ...) are not the store's own."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return ctx.get_parameter_source("config_path") is ParameterSource.DEFAULT and not os.environ.get("FLYTEGPT_CONFIG")
+
+
 store_option = click.option(
     "--store",
     default=None,

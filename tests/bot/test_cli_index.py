@@ -141,3 +141,27 @@ def test_versions_says_when_latest_names_a_version_that_is_gone_or_is_empty(tmp_
     assert result.output.splitlines() == [
         f"Error: no index versions in {tmp_path}, though LATEST names {v}: that version's folder is gone or has "
         f"no manifest: build one with flytegpt ingest --store {tmp_path}"]
+
+
+def test_publish_without_config_prunes_nothing_and_with_config_as_it_says(tmp_path: Path, monkeypatch) -> None:
+    # the bundled sample's keep_versions (7) is not the store's own: a rollback typed without
+    # --config must not delete versions that the store's config (here 20) keeps
+    monkeypatch.delenv("FLYTEGPT_CONFIG", raising=False)
+    versions = []
+    for i in range(10):
+        time.sleep(1.0 if i else 0)  # version ids carry the time in seconds
+        versions.append(write_version(str(tmp_path), make_chunks(6, tag=str(i)), make_vectors(6, seed=i), MODEL))
+        publish(str(tmp_path), versions[-1], keep_versions=20)
+    listed = lambda: {r["version"] for r in json.loads(run(tmp_path, "versions", "--json").output)["versions"]}  # noqa: E731
+    assert listed() == set(versions)
+    result = run(tmp_path, "publish", versions[-2])  # 8 older versions: the sample's 7 would prune one
+    assert result.exit_code == 0, result.output
+    assert listed() == set(versions)
+
+    config = tmp_path / "keep1.toml"
+    config.write_text('[index]\nkeep_versions = 1\n\n[[sources]]\nname = "docs"\nkind = "docs"\npath = "."\n')
+    result = run(tmp_path, "publish", versions[-3], "--config", str(config))
+    assert result.exit_code == 0, result.output
+    # kept: LATEST (the one version kept_versions = 1 asks for), the one it named before and the
+    # newer one rolled back from; the 7 older ones pruned
+    assert listed() == set(versions[-3:])
