@@ -44,6 +44,12 @@ CHUNK_VERSION = code_version(CHUNK_MODULES, extra=f"outputs: {CHUNK_OUTPUTS}")
 EMBED_VERSION = cache_version(EMBED_MODULES, model_id=DEFAULT_MODEL)
 BUILD_VERSION = cache_version(BUILD_MODULES)
 TUNE_VERSION = cache_version(TUNE_MODULES, model_id=DEFAULT_MODEL)
-# shard: flyte/handoff.py splits by the [embeddings] fan-out knobs of ingest/config.py
+# The content shards (flyte/handoff.py) follow the [embeddings] fan-out knobs of ingest/config.py
 SHARD_VERSION = code_version(("handoff.py",), root=Path(__file__).resolve().parent,
                              extra=cache_version(("config.py",)))
+# plan and merge (flyte/ingest_wf.py, flyte/handoff.py): the content shards, the layout, the fan-out
+# settings, and what makes a content key and reads the embedding cache (EMBED_VERSION, with the model).
+# Both run on a CPU: a new version costs no GPU pod, since plan then finds the vectors in the store's
+# embedding cache.
+PLAN_VERSION = code_version(("ingest_wf.py", "handoff.py"), root=Path(__file__).resolve().parent,
+                            extra=f"{SHARD_VERSION} {EMBED_VERSION}")

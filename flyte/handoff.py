@@ -21,7 +21,7 @@ import os
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from flytegpt.ingest.config import Config, ConfigError, load_config, parse_config
 from flytegpt.ingest.store import WORK_DIR, get_fs, is_local, join, make_dirs, read_bytes
@@ -126,12 +126,67 @@ def from_jsonl(data: bytes) -> list[dict]:
     return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
-def split_jsonl(data: bytes, above: int, size: int) -> list[bytes]:
-    """`data` (JSON lines) as one piece when it has at most `above` lines, else pieces of `size` lines."""
-    lines = data.splitlines(keepends=True)
-    if len(lines) <= above:
-        return [data]
-    return [b"".join(lines[i : i + size]) for i in range(0, len(lines), size)]
+def content_shards(keys: Iterable[str], above: int, size: int) -> list[list[str]]:
+    """Content keys (hex sha256) to embed, as the embed step's shards: all in one when there are at
+    most `above` of them, else shards of `size` keys on average, cut by content.
+
+    The keys are sorted, and a shard ends after each key whose last 12 hex digits are 0 modulo
+    `size`. Where a shard ends depends on the key at the cut, not on how many keys come before it
+    (cutting the chunk table every `size` rows moved every later cut when one page was inserted
+    near the start). A key more or fewer changes the one shard it falls in (splits it, or joins two,
+    when it is a cut) and every other shard keeps its exact content: the same file, the same Flyte
+    cache key for its embed task, so a re-run after a crash finds the shards that finished in
+    Flyte's cache. Sizes vary around `size` (geometrically: 1 shard in 20 is over 3 * `size`, 1 in
+    20,000 over 10 *); no cap, since a cut by count would move again with every insertion.
+    """
+    ordered = sorted(set(keys))
+    if len(ordered) <= above:
+        return [ordered] if ordered else []
+    shards: list[list[str]] = []
+    current: list[str] = []
+    for key in ordered:
+        current.append(key)
+        if int(key[-12:], 16) % size == 0:
+            shards.append(current)
+            current = []
+    if current:
+        shards.append(current)
+    return shards
+
+
+def layout_rows(keys: Sequence[str], found: Sequence[str], shards: Sequence[Sequence[str]]) -> "np.ndarray":
+    """For each chunk's key in `keys` (chunk order, repeats allowed), the row holding its vector
+    when the cached vectors (`found`'s order) and then each shard's new vectors (its keys' order)
+    are stacked: how `assemble` puts the vectors back in chunk order. Every key must be in one."""
+    import numpy as np
+
+    row: dict[str, int] = {key: i for i, key in enumerate(found)}
+    offset = len(found)
+    for shard in shards:
+        row.update((key, offset + i) for i, key in enumerate(shard))
+        offset += len(shard)
+    return np.fromiter((row[key] for key in keys), dtype=np.int64, count=len(keys))
+
+
+def assemble(rows: "np.ndarray", blocks: Sequence["np.ndarray"]) -> "np.ndarray":
+    """The matrix whose row i is row `rows[i]` of `blocks` stacked, without stacking them first (at
+    a million chunks each copy of the vectors is 1.5 GB). Raises ValueError when a row is beyond
+    the blocks: a shard's vectors are missing."""
+    import numpy as np
+
+    dims = {b.shape[1] for b in blocks if b.ndim == 2 and len(b)}
+    if len(dims) > 1:
+        raise ValueError(f"vectors of different dimensions: {sorted(dims)}")
+    total = sum(len(b) for b in blocks)
+    if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= total):
+        raise ValueError(f"the vectors are incomplete: row {int(rows.max())} asked for, {total} given")
+    out = np.empty((len(rows), dims.pop() if dims else 0), dtype=np.float32)
+    start = 0
+    for block in blocks:
+        mine = (rows >= start) & (rows < start + len(block))
+        out[mine] = block[rows[mine] - start]
+        start += len(block)
+    return out
 
 
 def npy_bytes(vectors: "np.ndarray") -> bytes:
@@ -146,3 +201,19 @@ def npy_load(data: bytes) -> "np.ndarray":
     import numpy as np
 
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def npz_bytes(**arrays: "np.ndarray") -> bytes:
+    """Named arrays as one .npz file's bytes (plain dtypes: loaded with allow_pickle=False)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def npz_load(data: bytes) -> dict[str, "np.ndarray"]:
+    import numpy as np
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}

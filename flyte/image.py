@@ -132,8 +132,12 @@ def image_files(root: Path = REPO_ROOT) -> list[str] | None:
     return [p for p in tracked if p.split("/", 1)[0] not in NOT_COPIED]
 
 
+STAGING_PREFIX = "flytegpt-image-src-"
+
+
 def staged_source(root: Path = REPO_ROOT) -> Path | None:
-    """A temporary folder holding a copy of `image_files(root)`, the ImageSpec's source root.
+    """A temporary folder holding a copy of `image_files(root)`, the ImageSpec's source root
+    (removed when the process exits).
 
     flytekit's copy modes are "every file not ignored" and "the loaded modules". The first made
     the image tag hash every untracked file: a run.yaml left in the repository root by the README's
@@ -144,12 +148,65 @@ def staged_source(root: Path = REPO_ROOT) -> Path | None:
     files = image_files(root)
     if files is None:
         return None
-    dest = Path(tempfile.mkdtemp(prefix="flytegpt-image-src-"))
+    dest = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))
     atexit.register(shutil.rmtree, dest, True)
     for rel in files:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, dest / rel)
     return dest
+
+
+class StagedSource(os.PathLike):
+    """The ImageSpecs' `source_root`: `staged_source(root)`, made the first time flytekit reads the
+    path, i.e. when an image's tag is computed (`pyflyte package`, `python -m flytegpt.flyte.image`)
+    or its build context written.
+
+    Staging at import copied the checkout into /tmp for every `import flytegpt.flyte...`: every
+    local run and test, none of which builds an image, and a killed process left its copy behind
+    (audit 24 N2). flytekit reads the field as a path (str(), os.fspath(), os.walk, subprocess's
+    cwd), so a path-like object defers the copy until then. Its repr, which ImageSpec.id hashes,
+    names the checkout: the id no longer changes with the temp folder's random name. A deep copy
+    (ImageSpec.tag copies the spec) is the same object: one copy per process.
+    """
+
+    def __init__(self, root: Path = REPO_ROOT) -> None:
+        self.root = Path(root)
+        self._path: Path | None = None
+
+    @property
+    def staged(self) -> bool:
+        """Whether the copy exists (the path was asked for, and not cleaned up since)."""
+        return self._path is not None
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = staged_source(self.root) or self.root
+        return self._path
+
+    def cleanup(self) -> None:
+        """Remove the copy now rather than at exit; the next use of the path copies again."""
+        if self._path is not None and self._path != self.root:
+            shutil.rmtree(self._path, ignore_errors=True)
+        self._path = None
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
+
+    def __deepcopy__(self, memo: dict) -> "StagedSource":
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StagedSource) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
 
 
 def untracked_code(root: Path = REPO_ROOT) -> list[str]:
@@ -165,13 +222,13 @@ def untracked_code(root: Path = REPO_ROOT) -> list[str]:
 
 def project_source(root: Path = REPO_ROOT) -> dict:
     """The ImageSpec arguments that put the project into the image: `root`'s committed files go to
-    /root (staged_source), then are installed without touching the dependency layer. Outside a
-    checkout there is nothing to copy (and REPO_ROOT would be site-packages): main() below says so."""
+    /root (StagedSource: copied when first needed), then are installed without touching the
+    dependency layer. Outside a checkout there is nothing to copy (and REPO_ROOT would be
+    site-packages): main() below says so."""
     if not is_checkout(root):
         return {"source_root": None, "source_copy_mode": CopyFileDetection.ALL, "commands": []}
-    staged = staged_source(root)
     return {
-        "source_root": str(staged or root),
+        "source_root": StagedSource(root),
         "source_copy_mode": CopyFileDetection.ALL,
         "commands": ["uv pip install --no-deps /root"
                      " && rm -rf " + " ".join(f"/root/{d}" for d in REMOVED_AFTER_INSTALL)
@@ -237,13 +294,18 @@ def main(argv: list[str]) -> int:
     # does and builds nothing: printing its name then would send a deploy after an image never
     # pushed. Its own switch (FLYTE_IMG_FAST_FAIL, read when the spec was made) makes that an error.
     spec._fast_fail = True
+    source = spec.source_root
     try:
         ImageBuildEngine.build(spec)
+        name = spec.image_name()
     except RuntimeError as e:
         print(f"error: {spec.image_name()} was not built: {str(e).splitlines()[0].strip()} "
               "(is Docker running, and can it reach the registry?)", file=sys.stderr)
         return 1
-    print(spec.image_name())
+    finally:
+        if isinstance(source, StagedSource):
+            source.cleanup()  # tagged and built: the staged copy is done with
+    print(name)
     return 0
 
 

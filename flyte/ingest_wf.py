@@ -1,17 +1,21 @@
-"""The re-ingest workflow: collect -> chunk -> tune (GPU) -> shard -> embed (GPU, one task per shard) -> merge
--> build -> publish, and its nightly schedule. With `[tuning] enabled = "off"` the tune task is
-skipped (a workflow conditional), so no GPU pod is held for it.
+"""The re-ingest workflow: collect -> chunk -> tune (GPU) -> plan -> embed (GPU, one task per shard of what
+is not embedded yet; none when nothing is new) -> merge -> build -> publish, and its nightly schedule.
+With `[tuning] enabled = "off"` the tune task is skipped (a workflow conditional), so no GPU pod is
+held for it.
 
 Each task calls one stage of ingest.pipeline, so `flytegpt ingest` and this workflow build
 the same index. Caching works in two layers:
-- Flyte's task cache: chunk, tune, embed and build are `cache=True`, their inputs are
+- Flyte's task cache: chunk, tune, plan, embed, merge and build are `cache=True`, their inputs are
   content-addressed files (flyte/handoff.py), and their cache versions hash the code and model
-  they depend on (flyte/cache.py). An unchanged corpus skips all four.
-- the store's embedding cache, inside the embed task: a changed corpus embeds only the chunks
-  whose text is new.
-A corpus of more than `[embeddings] fanout_above` chunks is embedded in shards of
-`fanout_shard_size` chunks, each its own GPU task (`map_task`), cached by the shard's content;
-`merge` puts the vectors back in chunk order. A smaller corpus is one shard: one embed task.
+  they depend on (flyte/cache.py). An unchanged corpus skips all of them.
+- the store's embedding cache, read by `plan` on a CPU: only the chunks whose text has no vector
+  yet go to the GPU. A changed night that only removed or moved text starts no GPU embed task at
+  all (a workflow conditional), one that added a page embeds that page's chunks.
+What is to embed is cut into shards by content (handoff.content_shards): one shard up to
+`[embeddings] fanout_above` chunks, else shards of about `fanout_shard_size`, each its own GPU
+task (`map_task`) cached by its content, so a new page changes one shard, not every later one,
+and a re-run after a failed shard finds the others in Flyte's cache. `merge` puts the cached and
+the new vectors together in chunk order.
 `collect` is never cached: reading the sources is how the nightly run sees new material.
 `publish` is never cached either and runs last: if anything before it fails, LATEST still
 names the previous, complete version.
@@ -36,14 +40,18 @@ from flytegpt.flyte.image import IMAGE
 from flytegpt.flyte.retry import recoverable_errors
 from flytegpt.flyte.task_logs import task_logging
 from flytegpt.flyte.handoff import (
+    assemble,
     config_from_settings,
+    content_shards,
     from_jsonl,
+    layout_rows,
     load_task_config,
     npy_bytes,
     npy_load,
+    npz_bytes,
+    npz_load,
     read_work_file,
     settings_json,
-    split_jsonl,
     to_jsonl,
     write_work_file,
 )
@@ -77,6 +85,13 @@ class Collected(NamedTuple):
 class Chunked(NamedTuple):
     chunks: FlyteFile
     skipped: str  # JSON: per source, [[document, reason], ...] the chunkers failed on
+
+
+class Planned(NamedTuple):
+    layout: FlyteFile  # .npz: the cached vectors, and where each chunk's vector is (handoff.layout_rows)
+    shards: list[FlyteFile]  # the chunks to embed, one JSON-lines file per shard (none: all cached)
+    model: str  # JSON: ingest.models.ModelInfo of the model the vectors are for
+    to_embed: int  # chunks (distinct texts) the GPU embeds: 0 skips the embed step
 
 
 class Embedded(NamedTuple):
@@ -161,24 +176,6 @@ def chunk(documents: FlyteFile, store: str) -> Chunked:
     return Chunked(FlyteFile(path), json.dumps(skipped))
 
 
-@task(
-    container_image=IMAGE,
-    requests=resources.CHUNK,
-    cache=True,
-    cache_version=cache.SHARD_VERSION,
-    timeout=resources.BUILD_TIMEOUT,
-)
-def shard(chunks: FlyteFile, settings: str) -> list[FlyteFile]:
-    """The chunk table as the embed step's shards: itself when small, else consecutive pieces."""
-    task_logging()
-    config = config_from_settings(settings)
-    parts = split_jsonl(read_work_file(chunks), config.embeddings.fanout_above, config.embeddings.fanout_shard_size)
-    if len(parts) == 1:
-        return [chunks]
-    log.info("%d shards of up to %d chunks", len(parts), config.embeddings.fanout_shard_size)
-    return [FlyteFile(write_work_file(config.index.store, "chunk-shards", part, ".jsonl")) for part in parts]
-
-
 @gpu_task(cache_version=cache.TUNE_VERSION)
 def tune(chunks: FlyteFile, settings: str) -> str:
     """Fine-tune the embedding model on the corpus's own pairs when `[tuning] enabled` asks ("auto":
@@ -209,10 +206,77 @@ def untuned() -> str:
     return ""
 
 
+@task(
+    container_image=IMAGE,
+    requests=resources.BUILD,
+    cache=True,
+    cache_version=cache.PLAN_VERSION,
+    retries=2,
+    timeout=resources.BUILD_TIMEOUT,
+)
+def plan(chunks: FlyteFile, settings: str, tuned: str = "") -> Planned:
+    """On a CPU: which chunks the store's embedding cache has vectors for (with the tuned model when
+    `tuned` names one), and the rest cut into shards by content for the GPU embed step.
+
+    The cached vectors are copied into the plan's layout file: merge takes them from there, so a plan
+    served from Flyte's cache stays whole even if the embedding cache changes meanwhile. A text that
+    occurs in several chunks is embedded once.
+    """
+    task_logging()
+    with recoverable_errors():  # a store hiccup (work files, the embedding cache): retried
+        return _plan(chunks, settings, tuned)
+
+
+def _plan(chunks: FlyteFile, settings: str, tuned: str) -> Planned:
+    import numpy as np
+
+    from flytegpt.ingest.embedding import Embedder
+    from flytegpt.ingest.embedding_cache import EmbeddingCache
+    from flytegpt.ingest.models import Chunk, ModelInfo
+    from flytegpt.ingest.tuning import TuneReport
+
+    config = config_from_settings(settings)
+    items = [Chunk.from_dict(c) for c in from_jsonl(read_work_file(chunks))]
+    # The model the embed task will load (pipeline.embedder_for), without loading it here. A tuned
+    # model is the base model trained in place (ingest/tuning.py): the same dimension, which the base
+    # model's folder says. merge checks it against what the GPU tasks report.
+    base = Embedder.from_config(config.embeddings)
+    report = TuneReport.from_dict(json.loads(tuned)) if tuned else None
+    model = ModelInfo(model_id=report.model_id if report and not report.refused else base.model_id,
+                      dimension=base.dimension, normalized=base.normalized)
+    keys = [c.content_key(model.model_id) for c in items]
+    found, vectors = EmbeddingCache(config.index.store, model.model_id, model.dimension).gather(keys)
+    cached = set(found)
+    first: dict[str, Chunk] = {}  # content key -> the first chunk with that text, for what is not cached
+    for key, item in zip(keys, items):
+        if key not in cached:
+            first.setdefault(key, item)
+    embeddings = config.embeddings
+    groups = content_shards(first, embeddings.fanout_above, embeddings.fanout_shard_size)
+    shards = [FlyteFile(write_work_file(config.index.store, "chunk-shards",
+                                        to_jsonl(first[key].to_dict() for key in group), ".jsonl"))
+              for group in groups]
+    rows = layout_rows(keys, found, groups)
+    sizes = np.array([len(found), *map(len, groups)], dtype=np.int64)
+    layout = write_work_file(config.index.store, "embed-plans", npz_bytes(found=vectors, rows=rows, sizes=sizes),
+                             ".npz")
+    log.info("%d chunks: %d distinct texts cached, %d to embed in %d shard(s)", len(items), len(found),
+             len(first), len(groups))
+    return Planned(FlyteFile(layout), shards, json.dumps(model.to_dict()), len(first))
+
+
+@task(container_image=IMAGE, requests=resources.NOOP, timeout=resources.PUBLISH_TIMEOUT)
+def all_cached() -> list[str]:
+    """The embed step's output when the plan found every vector cached: no shard, no GPU pod."""
+    task_logging()
+    return []
+
+
 @gpu_task(cache_version=cache.EMBED_VERSION)
 def embed(chunks: FlyteFile, settings: str, tuned: str = "") -> str:
-    """Embed one shard on the GPU when the pod has one (device "auto"), reusing cached vectors,
-    with the tuned model when `tuned` (the tune task's report) names one.
+    """Embed one shard (chunks `plan` found no vector for) on the GPU when the pod has one (device
+    "auto"), with the tuned model when `tuned` (the tune task's report) names one. The new vectors
+    go to the store's embedding cache as they are made (pipeline.embed_chunks).
 
     Returns JSON (a mapped task has one output): the vectors' file, the model, the counts.
     """
@@ -236,26 +300,40 @@ def _embed(chunks: FlyteFile, settings: str, tuned: str) -> str:
     return json.dumps({"vectors": path, "model": pipeline.model_info(embedder).to_dict(), "stats": {**stats, **how}})
 
 
-@task(container_image=IMAGE, requests=resources.BUILD, timeout=resources.BUILD_TIMEOUT)
-def merge(parts: list[str], store: str) -> Embedded:
-    """The shards' vectors as one matrix in chunk order, the model they share, and summed counts."""
+@task(
+    container_image=IMAGE,
+    requests=resources.BUILD,
+    cache=True,
+    cache_version=cache.PLAN_VERSION,
+    timeout=resources.BUILD_TIMEOUT,
+)
+def merge(layout: FlyteFile, parts: list[str], model: str, store: str) -> Embedded:
+    """The vectors of every chunk in chunk order: the cached ones from the plan, the new ones from the
+    shards' embed tasks (`parts`, in shard order; none when all were cached). Counts: `computed` is
+    what the GPU tasks embedded, `reused` the rest."""
     task_logging()
-    import numpy as np
-
+    planned = npz_load(read_work_file(layout))
+    sizes = planned["sizes"].tolist()
     shards = [json.loads(p) for p in parts]
-    models = {json.dumps(s["model"], sort_keys=True) for s in shards}
-    if len(models) != 1:
-        raise ValueError(f"the shards were embedded with different models: {sorted(models)}")
-    if len(shards) == 1:
-        vectors = FlyteFile(shards[0]["vectors"])
-    else:
-        matrix = np.concatenate([npy_load(read_work_file(s["vectors"])) for s in shards])
-        vectors = FlyteFile(write_work_file(store, "vectors", npy_bytes(matrix), ".npy"))
-    stats = dict(shards[0]["stats"])
-    for key in ("computed", "reused"):
-        stats[key] = sum(s["stats"][key] for s in shards)
-    stats["shards"] = len(shards)
-    return Embedded(vectors, json.dumps(shards[0]["model"]), json.dumps(stats))
+    if len(shards) != len(sizes) - 1:
+        raise ValueError(f"{len(shards)} embedded shards for a plan of {len(sizes) - 1}")
+    for shard in shards:
+        if shard["model"] != json.loads(model):
+            raise ValueError(f"a shard was embedded with {shard['model']}, the plan is for {model}")
+    blocks = [planned.pop("found")]
+    for size, shard in zip(sizes[1:], shards):
+        block = npy_load(read_work_file(shard["vectors"]))
+        if len(block) != size:
+            raise ValueError(f"a shard of {size} chunks came back with {len(block)} vectors")
+        blocks.append(block)
+    rows = planned["rows"]
+    matrix = assemble(rows, blocks)
+    del blocks
+    vectors = FlyteFile(write_work_file(store, "vectors", npy_bytes(matrix), ".npy"))
+    computed = sum(s["stats"]["computed"] for s in shards)
+    stats = {**(shards[0]["stats"] if shards else {}), "computed": computed, "reused": len(rows) - computed,
+             "shards": len(shards), "cached": sizes[0], "to_embed": sum(sizes[1:])}
+    return Embedded(vectors, model, json.dumps(stats))
 
 
 @task(
@@ -368,9 +446,16 @@ def ingest_wf(config_path: str = deploy.CONFIG, store: str = deploy.STORE) -> st
         .else_()
         .then(untuned())
     )
-    shards = shard(chunks=chunks, settings=collected.settings)
-    parts = map_task(functools.partial(embed, settings=collected.settings, tuned=tuned))(chunks=shards)
-    embedded = merge(parts=parts, store=collected.store)
+    planned = plan(chunks=chunks, settings=collected.settings, tuned=tuned)
+    # Only what the embedding cache lacks goes to the GPU; with nothing to embed no GPU pod starts.
+    parts = (
+        conditional("embedding")
+        .if_(planned.to_embed > 0)
+        .then(map_task(functools.partial(embed, settings=collected.settings, tuned=tuned))(chunks=planned.shards))
+        .else_()
+        .then(all_cached())
+    )
+    embedded = merge(layout=planned.layout, parts=parts, model=planned.model, store=collected.store)
     version = build(
         chunks=chunks,
         vectors=embedded.vectors,

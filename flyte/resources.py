@@ -73,7 +73,7 @@ ANSWER = Resources(cpu="2", mem="4Gi")
 COLLECT_TIMEOUT = timedelta(hours=3)  # the first Slack crawl of a big workspace is rate-limited
 CHUNK_TIMEOUT = timedelta(hours=1)
 GPU_TIMEOUT = timedelta(hours=3)  # tune, and each embed shard
-BUILD_TIMEOUT = timedelta(hours=1)  # shard, merge, build
+BUILD_TIMEOUT = timedelta(hours=1)  # plan, merge, build
 PUBLISH_TIMEOUT = timedelta(minutes=15)
 ANSWER_TIMEOUT = timedelta(hours=8)  # a backlog of thousands at the chat model's pace; resumed on retry
 REPORT_TIMEOUT = timedelta(minutes=30)

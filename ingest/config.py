@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SourceKind = Literal["docs", "code", "slack_export", "slack_api", "git"]
 
+MAX_KEEP_VERSIONS = 1000  # [index] keep_versions at most; `flytegpt publish` without --config prunes nothing
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -231,7 +232,7 @@ class IndexConfig(_Strict):
     # Versions kept in the store after a publish (oldest deleted first), besides the one LATEST
     # names, the one it named before (bots may still serve it until their next poll) and those
     # made from newer sources than LATEST's (not published yet, or rolled back from).
-    keep_versions: int = Field(default=7, ge=1, le=1000)
+    keep_versions: int = Field(default=7, ge=1, le=MAX_KEEP_VERSIONS)
     # A new version is not published when a source that gave chunks gives none, or when the index
     # (or a source of 50 chunks or more) has lost more than this fraction of what LATEST holds, as
     # when an include pattern stopped matching or a Slack channel was renamed: the run fails and the
@@ -268,8 +269,9 @@ class EmbeddingsConfig(_Strict):
     # new vectors per embedding-cache shard written while an ingest embeds: a killed ingest
     # loses at most this many, and each shard costs one file in the store
     cache_shard_size: int = Field(default=1024, ge=1, le=1_000_000)
-    # The Flyte workflow embeds a corpus of more than `fanout_above` chunks in shards of
-    # `fanout_shard_size` chunks, one GPU task each (map_task), cached by the shard's content.
+    # The Flyte workflow embeds only the chunks the store's embedding cache has no vector for; more
+    # than `fanout_above` of them go in shards of about `fanout_shard_size` chunks (cut by content,
+    # so a new page changes one shard), one GPU task each (map_task), cached by the shard's content.
     fanout_above: int = Field(default=200_000, ge=1, le=1_000_000_000)
     fanout_shard_size: int = Field(default=100_000, ge=1, le=1_000_000_000)
 

@@ -54,17 +54,19 @@ class EmbeddingCache:
     def _load(self) -> dict[str, np.ndarray]:
         if self._vectors is None:
             self._vectors = {}
-            paths = sorted(
-                e["name"] for e in list_dir(self.fs, self.folder)
-                if e["name"].endswith(".npz") and e.get("type") == "file"
-            )
-            for path in paths:
+            for path in self._shard_paths():
                 shard = self._read_shard(path)
                 if shard is not None:
                     keys, vectors = shard
                     self._vectors.update(zip(keys, vectors))
                     self._shards.append(path)
         return self._vectors
+
+    def _shard_paths(self) -> list[str]:
+        return sorted(
+            e["name"] for e in list_dir(self.fs, self.folder)
+            if e["name"].endswith(".npz") and e.get("type") == "file"
+        )
 
     def _read_shard(self, path: str) -> tuple[list[str], np.ndarray] | None:
         try:
@@ -88,6 +90,37 @@ class EmbeddingCache:
         """The cached vectors among `keys` (missing keys are simply absent)."""
         known = self._load()
         return {k: known[k] for k in keys if k in known}
+
+    def gather(self, keys: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """The stored vectors among `keys`: (the keys found, unique, in the order of `keys`; their
+        vectors as one float32 array). The keys not found are the ones still to embed.
+
+        Read one shard at a time, keeping only the rows asked for: a caller that plans the
+        embedding on a CPU (the Flyte workflow's `plan` task) needs the vectors of one corpus,
+        not every vector the store ever cached for the model, in memory at once. What this
+        instance added but did not flush is not seen: it reads the store.
+        """
+        wanted = dict.fromkeys(keys)  # unique, in order
+        row_of: dict[str, int] = {}  # a found key -> its row in the blocks stacked
+        blocks: list[np.ndarray] = []
+        for path in self._shard_paths():
+            shard = self._read_shard(path)
+            if shard is None:
+                continue
+            shard_keys, vectors = shard
+            rows = []
+            for i, key in enumerate(shard_keys):
+                if key in wanted and key not in row_of:
+                    row_of[key] = len(row_of)
+                    rows.append(i)
+            if rows:
+                blocks.append(vectors[rows])  # a copy: the shard itself is not kept
+        if not row_of:
+            return [], np.empty((0, self.dimension), dtype=np.float32)
+        stacked = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        del blocks
+        found = [key for key in wanted if key in row_of]
+        return found, stacked[[row_of[key] for key in found]]
 
     def add(self, keys: Sequence[str], vectors: np.ndarray, *, hold: bool = True) -> None:
         """Remember new vectors; the block is kept as given (no per-row copies) until `flush`.

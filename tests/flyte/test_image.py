@@ -206,3 +206,47 @@ def test_the_image_copies_tracked_files_only(context: Path) -> None:
     copied = sorted(str(p.relative_to(context / "src")) for p in (context / "src").rglob("*") if p.is_file())
     assert copied == image_files(REPO_ROOT)
     assert not any(p.startswith(("tests/", "manifests/")) for p in copied)
+
+
+def test_the_checkout_is_copied_only_when_an_image_tag_is_needed_and_removed_after(tmp_path: Path) -> None:
+    """Audit 24 N2: every `import flytegpt.flyte...` (each local run, each test) copied the tracked
+    files to a temp folder, and a killed process left it behind. Importing the workflows copies
+    nothing; the tag (what `pyflyte package` and the image build compute) copies once per process,
+    gives the same tag from another process and another working directory, and is removed at exit."""
+    import os
+    import subprocess
+    import sys
+
+    from flytegpt.flyte.image import STAGING_PREFIX
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    probe = (
+        "import os, sys\n"
+        "import flytegpt.flyte.ingest_wf, flytegpt.flyte.bulk_qa_wf\n"
+        "from flytegpt.flyte.image import BOT_IMAGE, IMAGE, STAGING_PREFIX, WORKSPACE_IMAGE\n"
+        "staged = lambda: sorted(p for p in os.listdir(sys.argv[1]) if p.startswith(STAGING_PREFIX))\n"
+        "print(len(staged()))\n"
+        "print(IMAGE.image_name(), BOT_IMAGE.image_name(), WORKSPACE_IMAGE.image_name())\n"
+        "print(len(staged()))\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp), "FLYTEGPT_IMAGE_REGISTRY": "registry.example.com"}
+    runs = [subprocess.run([sys.executable, "-c", probe, str(tmp)], cwd=cwd, env=env, capture_output=True,
+                           text=True, timeout=120, check=True).stdout.split("\n")
+            for cwd in (ROOT, tmp_path)]
+    for before, _names, after, _ in runs:
+        assert (before, after) == ("0", "1")  # nothing at import; one copy for all three images
+    assert runs[0][1] == runs[1][1] and runs[0][1].startswith("registry.example.com/flytegpt:")
+    assert not [p for p in tmp.iterdir() if p.name.startswith(STAGING_PREFIX)]  # removed at exit
+
+
+def test_building_removes_the_staged_copy_when_done(monkeypatch, capsys) -> None:
+    """`python -m flytegpt.flyte.image` stages the checkout to tag and build the image, then removes it."""
+    from flytegpt.flyte import image
+
+    source = image.BOT_IMAGE.source_root
+    assert isinstance(source, image.StagedSource) and source == image.IMAGE.source_root
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    assert image.main(["bot"]) == 1  # no Docker here: the tag was computed, the build refused
+    assert "was not built" in capsys.readouterr().err
+    assert not source.staged

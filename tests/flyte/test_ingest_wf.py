@@ -3,6 +3,9 @@
 - `python -m flytegpt.flyte ingest_wf` (a subprocess, as a maintainer runs it) publishes a version; the same inputs
   again are served from flytekit's local cache (per-test $HOME); a changed document misses the
   task cache but re-embeds only its own chunks (the store's embedding cache).
+- Only what the store's embedding cache lacks goes to the GPU embed step, in shards cut by content:
+  a page added at the front of the docs is one GPU task of its own chunks, a night with nothing
+  new to embed starts none (audit 24 F9).
 - A run whose build fails half-way (the disk fills up while the version is written) leaves
   LATEST on the previous, complete version.
 """
@@ -35,10 +38,16 @@ def copy_sample(tmp_path: Path) -> Path:
 
 
 def pyflyte_run(config: Path, store: Path, home: Path, *args: str) -> tuple[str, str]:
-    """(the workflow's output, the full log) of `python -m flytegpt.flyte ingest_wf ...`."""
+    """(the workflow's output, the full log) of `python -m flytegpt.flyte ingest_wf ...`.
+
+    Its temporary files go to `home`/tmp, which must then hold no copy of the checkout: a local
+    run never builds the task image, so it never stages its source (audit 24 N2)."""
+    tmp = home / "tmp"
+    tmp.mkdir(exist_ok=True)
     env = {
         **os.environ,
         "HOME": str(home),
+        "TMPDIR": str(tmp),
         "FLYTE_SDK_LOGGING_LEVEL": "20",  # INFO: flytekit logs "Cache hit" / "Cache miss" per task
         "HF_HUB_OFFLINE": "1",
     }
@@ -49,7 +58,13 @@ def pyflyte_run(config: Path, store: Path, home: Path, *args: str) -> tuple[str,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
+    assert not list(tmp.glob("flytegpt-image-src-*"))
     return proc.stdout.strip().splitlines()[-1].strip(), log
+
+
+def gpu_embeds(log: str) -> list[int]:
+    """The chunks each GPU `embed` task of a run embedded (one entry per task that ran)."""
+    return [int(n) for n in re.findall(r"embedded (\d+) chunks", log)]
 
 
 def test_local_run_publishes_then_caches_then_reembeds_only_changes(tmp_path: Path) -> None:
@@ -67,35 +82,41 @@ def test_local_run_publishes_then_caches_then_reembeds_only_changes(tmp_path: Pa
     auto = stats["embeddings"]["autotune"]
     assert auto["choice"] == f"openvino {stats['embeddings']['precision']}" and auto["reason"]
     assert stats["sources"]["sample-docs"]["documents"] > 0
-    assert log.count("Cache miss") == 5 and "Cache hit" not in log  # chunk, tune, shard, embed (mapped), build
+    # chunk, tune, plan, embed (mapped), merge, build
+    assert log.count("Cache miss") == 6 and "Cache hit" not in log
     assert re.search(r"ingest_wf\.tune\b", log) and "ingest_wf.untuned" not in log  # "auto": the GPU pod decides
     assert (home / ".flyte" / "local-cache").is_dir()  # the per-test cache, not the developer's
 
-    # Same inputs: chunk, tune, shard, embed and build come from the local cache; collect, merge and publish run.
+    # Same inputs: chunk, tune, plan, embed, merge and build come from the local cache; collect and publish run.
     again, log = pyflyte_run(config, store, home)
     assert again == version and read_latest(str(store)) == version
-    assert log.count("Cache hit") == 5 and "Cache miss" not in log
+    assert log.count("Cache hit") == 6 and "Cache miss" not in log and gpu_embeds(log) == []
     assert list_versions(str(store)) == [version]
 
     # A setting that changes no stage's output (how many versions to keep): still every cache hit.
     # The whole [index] table was in the stages' inputs: tune and embed ran again (GPU pods) for it.
     config.write_text(config.read_text() + "\n[index]\nkeep_versions = 2\n")
     again, log = pyflyte_run(config, store, home)
-    assert again == version and log.count("Cache hit") == 5 and "Cache miss" not in log
+    assert again == version and log.count("Cache hit") == 6 and "Cache miss" not in log
 
     # One page changes: the task cache misses, the embedding cache re-embeds only that page.
     page = sorted((config.parent / "docs").rglob("*.md"))[0]
     page.write_text(page.read_text() + "\n\n## Added tonight\n\nA brand-new paragraph about retries.\n")
     changed, log = pyflyte_run(config, store, home)
     assert changed != version and read_latest(str(store)) == changed
-    assert log.count("Cache miss") == 5
+    assert log.count("Cache miss") == 6
     embeddings = open_version(str(store)).manifest["stats"]["embeddings"]
     assert 0 < embeddings["computed"] <= 3 < embeddings["reused"], embeddings
+    assert gpu_embeds(log) == [embeddings["computed"]]  # one GPU task, for the changed page's chunks only
 
 
-def test_a_large_corpus_is_embedded_in_shards_and_merged_in_order(tmp_path: Path) -> None:
-    """More chunks than fanout_above: one embed task per shard (map_task), vectors merged in chunk order;
-    the same index as one embed task makes. Run as a maintainer would, with a tiny shard size."""
+def test_only_uncached_chunks_go_to_the_gpu_in_shards_cut_by_content(tmp_path: Path) -> None:
+    """Audit 24 F9, its scenario: a small fan-out, a run, the same run again, one small page added at
+    the front of the docs, a run. Shards were consecutive slices of the chunk table, so the page
+    shifted every later shard and every shard's GPU task ran again (5 of 5, 4 embedding nothing
+    new). Now a CPU step looks the chunks up in the store's embedding cache, and only what it
+    lacks goes to the GPU: one task, for the page's chunks. A night with nothing new to embed
+    starts no GPU embed task at all. Every index is the one a fresh build of its corpus makes."""
     import numpy as np
 
     home = tmp_path / "home"
@@ -106,27 +127,63 @@ def test_a_large_corpus_is_embedded_in_shards_and_merged_in_order(tmp_path: Path
 
     sharded = tmp_path / "sharded.toml"
     sharded.write_text(whole.read_text().replace('path = "', f'path = "{whole.parent}/')
-                       + "\n[embeddings]\nfanout_above = 10\nfanout_shard_size = 8\n"
+                       + "\n[embeddings]\nfanout_above = 8\nfanout_shard_size = 8\n"
                        + '\n[tuning]\nenabled = "off"\n')
+
+    def same_index(version: str, store: Path, expected) -> None:
+        index = open_version(str(store), version)
+        assert [c.to_dict() for c in index.chunks] == [c.to_dict() for c in expected.chunks]
+        n = len(index.chunks)
+        ours = np.stack([index.dense.reconstruct(i) for i in range(n)])
+        theirs = np.stack([expected.dense.reconstruct(i) for i in range(n)])
+        assert (ours * theirs).sum(1).min() >= 0.999  # row i is chunk i's vector in both
+
+    # Run 1: nothing is cached; more than fanout_above chunks to embed: shards, one GPU task each.
     store = tmp_path / "store-sharded"
     version, log = pyflyte_run(sharded, store, home)
     # tuning off: the GPU tune task is skipped (the conditional takes the CPU branch)
     assert "ingest_wf.untuned" in log and not re.search(r"ingest_wf\.tune\b", log)
     index = open_version(str(store), version)
     n = len(index.chunks)
-    shards = -(-n // 8)
-    assert n > 10 and shards >= 2
-    assert len(list((store / "flyte-work" / "chunk-shards").iterdir())) == shards
+    tasks = gpu_embeds(log)
+    assert n > 8 and len(tasks) >= 2 and sum(tasks) == n  # the sample has no repeated text
+    assert len(list((store / "flyte-work" / "chunk-shards").iterdir())) == len(tasks)
     embeddings = index.manifest["stats"]["embeddings"]
-    assert embeddings["shards"] == shards and embeddings["computed"] + embeddings["reused"] == n
-    assert [c.to_dict() for c in index.chunks] == [c.to_dict() for c in reference.chunks]
-    ours = np.stack([index.dense.reconstruct(i) for i in range(n)])
-    ref = np.stack([reference.dense.reconstruct(i) for i in range(n)])
-    assert (ours * ref).sum(1).min() >= 0.999  # row i is chunk i's vector in both
+    assert embeddings["shards"] == len(tasks) and (embeddings["computed"], embeddings["reused"]) == (n, 0)
+    same_index(version, store, reference)
 
-    # the same shards again: the mapped embed step is a cache hit
+    # Run 2, unchanged: every cached task is a hit, no GPU task runs.
     again, log = pyflyte_run(sharded, store, home)
-    assert again == version and "map_embed" in log and "Cache miss" not in log
+    assert again == version and "map_embed" in log and "Cache miss" not in log and gpu_embeds(log) == []
+
+    # Run 3: one small page, first in the docs' order. One GPU task, embedding that page's chunks only.
+    (whole.parent / "docs" / "aaa.md").write_text(
+        "# Aaa\n\nA short new page about FlyteFile and FlyteDirectory inputs, added at the front of the docs.\n")
+    changed, log = pyflyte_run(sharded, store, home)
+    index = open_version(str(store), changed)
+    new = [c for c in index.chunks if c.source_id.startswith("sample-docs:") and "aaa.md" in c.source_id]
+    assert changed != version and new and len(index.chunks) == n + len(new)
+    assert gpu_embeds(log) == [len(new)]
+    embeddings = index.manifest["stats"]["embeddings"]
+    assert (embeddings["computed"], embeddings["reused"], embeddings["shards"]) == (len(new), n, 1)
+    fresh_store = tmp_path / "store-fresh"
+    fresh, log = pyflyte_run(sharded, fresh_store, home)  # the same corpus into an empty store
+    assert sum(gpu_embeds(log)) == n + len(new)
+    same_index(changed, store, open_version(str(fresh_store), fresh))
+
+    # Run 4: a page deleted; what is left was all embedded before. The plan finds every vector in
+    # the store's cache: the conditional takes the CPU branch, no GPU embed task starts.
+    gone = sorted((whole.parent / "docs").rglob("*.md"))[-1]
+    gone.unlink()
+    fewer, log = pyflyte_run(sharded, store, home)
+    assert "ingest_wf.all_cached" in log and gpu_embeds(log) == [] and "map_embed" not in log
+    index = open_version(str(store), fewer)
+    assert fewer != changed and 0 < len(index.chunks) < n + len(new)
+    embeddings = index.manifest["stats"]["embeddings"]
+    assert (embeddings["computed"], embeddings["reused"], embeddings["shards"]) == (0, len(index.chunks), 0)
+    fresh_store = tmp_path / "store-fresh-2"
+    fresh, _ = pyflyte_run(sharded, fresh_store, home)
+    same_index(fewer, store, open_version(str(fresh_store), fresh))
 
 
 def test_the_workflow_tunes_the_model_then_embeds_with_it(tmp_path: Path) -> None:

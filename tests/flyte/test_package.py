@@ -32,9 +32,12 @@ def _package(tmp_path: Path, extra_pythonpath: str | None = None, env_overrides:
     out = tmp_path / "flytegpt.tgz"
     home = tmp_path / "home"
     home.mkdir()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     env = {
         **os.environ,
         "HOME": str(home),
+        "TMPDIR": str(tmp),  # where the image's source is staged to compute its tag
         "FLYTEGPT_IMAGE_REGISTRY": REGISTRY,
         "FLYTEGPT_GPU": "L4",
         "FLYTEGPT_STORE": STORE,
@@ -56,6 +59,7 @@ def _package(tmp_path: Path, extra_pythonpath: str | None = None, env_overrides:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not list(tmp.glob("flytegpt-image-src-*"))  # the staged copy is removed when packaging ends
     entities: dict = {"task": {}, "workflow": {}, "launch_plan": {}, "stderr": proc.stderr}
     with tarfile.open(out) as tar:
         for member in tar.getmembers():
@@ -100,9 +104,9 @@ def _limits(task) -> dict[str, str]:
 
 def test_everything_is_packaged(specs: dict) -> None:
     assert set(specs["task"]) >= {
-        "flytegpt.flyte.ingest_wf.collect", "flytegpt.flyte.ingest_wf.chunk", "flytegpt.flyte.ingest_wf.shard",
+        "flytegpt.flyte.ingest_wf.collect", "flytegpt.flyte.ingest_wf.chunk", "flytegpt.flyte.ingest_wf.plan",
         "flytegpt.flyte.ingest_wf.embed", "flytegpt.flyte.ingest_wf.merge", "flytegpt.flyte.ingest_wf.build",
-        "flytegpt.flyte.ingest_wf.tune",
+        "flytegpt.flyte.ingest_wf.tune", "flytegpt.flyte.ingest_wf.all_cached",
         "flytegpt.flyte.ingest_wf.publish", "flytegpt.flyte.bulk_qa_wf.answer_questions",
     }
     assert _mapped_embed(specs)  # the embed step over shards
@@ -123,7 +127,7 @@ def test_embed_task_requests_a_gpu_of_the_chosen_type(specs: dict) -> None:
         assert _requests(embed)["GPU"] == "1"
         assert _limits(embed)["GPU"] == "1"
         assert embed.template.extended_resources.gpu_accelerator.device == "nvidia-l4"  # FLYTEGPT_GPU=L4
-    for name in ("collect", "chunk", "shard", "merge", "build", "publish"):
+    for name in ("collect", "chunk", "plan", "all_cached", "merge", "build", "publish"):
         task = specs["task"][f"flytegpt.flyte.ingest_wf.{name}"]
         assert "GPU" not in _requests(task), f"{name} should not hold a GPU"
         assert not task.template.extended_resources.HasField("gpu_accelerator")
@@ -132,8 +136,8 @@ def test_embed_task_requests_a_gpu_of_the_chosen_type(specs: dict) -> None:
 def test_cache_settings_use_code_derived_versions(specs: dict) -> None:
     from flytegpt.flyte import cache
 
-    expected = {"chunk": cache.CHUNK_VERSION, "shard": cache.SHARD_VERSION, "embed": cache.EMBED_VERSION,
-                "build": cache.BUILD_VERSION, "tune": cache.TUNE_VERSION}
+    expected = {"chunk": cache.CHUNK_VERSION, "plan": cache.PLAN_VERSION, "embed": cache.EMBED_VERSION,
+                "merge": cache.PLAN_VERSION, "build": cache.BUILD_VERSION, "tune": cache.TUNE_VERSION}
     for name, version in expected.items():
         meta = specs["task"][f"flytegpt.flyte.ingest_wf.{name}"].template.metadata
         assert meta.discoverable, name
@@ -144,8 +148,8 @@ def test_cache_settings_use_code_derived_versions(specs: dict) -> None:
     assert list(specs["task"]["flytegpt.flyte.ingest_wf.build"].template.metadata.cache_ignore_input_vars) == [
         "source_stats", "embed_stats", "sources_read_at", "chunk_skips"
     ]
-    # Reading sources, merging shards (I/O only) and moving LATEST happen on every run.
-    for name in ("collect", "merge", "publish"):
+    # Reading sources and moving LATEST happen on every run.
+    for name in ("collect", "publish"):
         assert not specs["task"][f"flytegpt.flyte.ingest_wf.{name}"].template.metadata.discoverable
 
 
@@ -165,23 +169,39 @@ def test_publish_runs_after_build(specs: dict) -> None:
     assert publish_inputs["version"] == node_of["build"].id  # LATEST can only name what build wrote
 
 
-def test_embed_fans_out_over_the_shards(specs: dict) -> None:
+def test_only_the_planned_shards_go_to_the_gpu_and_none_when_all_are_cached(specs: dict) -> None:
+    """plan (CPU) -> a conditional: the GPU map task over the shards of what is not embedded yet, or
+    a CPU no-op when that is nothing -> merge (audit 24 F9)."""
     wf = specs["workflow"]["flytegpt.flyte.ingest_wf.ingest_wf"].template
-    (mapped,) = [n for n in wf.nodes if n.HasField("array_node")]
     node_of = {n.task_node.reference_id.name.rsplit(".", 1)[1]: n for n in wf.nodes if n.HasField("task_node")}
+    branches = {n.metadata.name: n for n in wf.nodes if n.HasField("branch_node")}
+    assert not [n for n in wf.nodes if n.HasField("array_node")]  # only inside the branch
+    embedding = branches["embedding"]
+    ifelse = embedding.branch_node.if_else
+    from flyteidl.core import condition_pb2
+
+    condition = ifelse.case.condition.comparison
+    assert condition.left_value.var == f"{node_of['plan'].id}.to_embed"
+    assert condition.operator == condition_pb2.ComparisonExpression.GT and condition.right_value.primitive.integer == 0
+    assert node_of["plan"].id in embedding.upstream_node_ids
+    mapped = ifelse.case.then_node
     assert mapped.array_node.node.task_node.reference_id.name.startswith("flytegpt.flyte.ingest_wf.map_embed_")
     # the same settings and the same (tuned) model for every shard
     assert sorted(mapped.array_node.bound_inputs) == ["settings", "tuned"]
     assert mapped.array_node.min_success_ratio == 1  # every shard, or no index
-    inputs = {b.var: b.binding.promise.node_id for b in mapped.inputs}
+    inputs = {b.var: b.binding.promise for b in mapped.inputs}
+    assert (inputs["chunks"].node_id, inputs["chunks"].var) == (node_of["plan"].id, "shards")
+    assert ifelse.else_node.task_node.reference_id.name == "flytegpt.flyte.ingest_wf.all_cached"
     # the model comes from the "tuning" branch: the GPU tune task when tuning is not "off", else a CPU no-op
-    (branch,) = [n for n in wf.nodes if n.HasField("branch_node")]
-    assert inputs["chunks"] == node_of["shard"].id and inputs["tuned"] == branch.id
-    ifelse = branch.branch_node.if_else
-    assert ifelse.case.then_node.task_node.reference_id.name == "flytegpt.flyte.ingest_wf.tune"
-    assert ifelse.else_node.task_node.reference_id.name == "flytegpt.flyte.ingest_wf.untuned"
+    tuning = branches["tuning"].branch_node.if_else
+    assert tuning.case.then_node.task_node.reference_id.name == "flytegpt.flyte.ingest_wf.tune"
+    assert tuning.else_node.task_node.reference_id.name == "flytegpt.flyte.ingest_wf.untuned"
+    plan_inputs = {b.var: b.binding.promise.node_id for b in node_of["plan"].inputs}
+    assert plan_inputs["tuned"] == inputs["tuned"].node_id == branches["tuning"].id
     merge_inputs = {b.var: b.binding.promise.node_id for b in node_of["merge"].inputs}
-    assert merge_inputs["parts"] == mapped.id
+    assert merge_inputs["parts"] == embedding.id and merge_inputs["layout"] == node_of["plan"].id
+    build_inputs = {b.var: b.binding.promise.node_id for b in node_of["build"].inputs}
+    assert build_inputs["vectors"] == node_of["merge"].id
 
 
 def test_nightly_launch_plan_is_a_daily_cron_with_fixed_inputs(specs: dict) -> None:
