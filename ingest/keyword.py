@@ -85,13 +85,15 @@ def words(text: str) -> list[str]:
 
 
 _EXACT_NAME = re.compile(r"\w_\w|[A-Za-z_]\w+\.[A-Za-z_]\w+|^\d{2,}$")
+# A command-line flag (`--resource-requests`): _TOKEN drops the dashes, so it is found in the text.
+_CLI_FLAG = re.compile(r"(?<![\w-])--[A-Za-z]\w*(?:-\w+)*")
 
 
 def names_exact_term(text: str) -> bool:
-    """Whether `text` names a snake_case or dotted identifier or a number (`map_task`,
-    `FLYTE_AWS_ENDPOINT`, `flytekit.core`, exit code `137`): such a question asks about that
-    exact term, wherever it is written, more than about a topic."""
-    return any(_EXACT_NAME.search(m.group()) for m in _TOKEN.finditer(text))
+    """Whether `text` names a snake_case or dotted identifier, a command-line flag or a number
+    (`map_task`, `FLYTE_AWS_ENDPOINT`, `flytekit.core`, `--resource-requests`, exit code `137`):
+    such a question asks about that exact term, wherever it is written, more than about a topic."""
+    return bool(_CLI_FLAG.search(text)) or any(_EXACT_NAME.search(m.group()) for m in _TOKEN.finditer(text))
 
 
 @lru_cache(maxsize=200_000)

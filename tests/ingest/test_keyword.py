@@ -113,11 +113,13 @@ def test_a_question_names_an_exact_term_when_it_holds_an_identifier_or_a_number(
     from flytegpt.ingest.keyword import names_exact_term
 
     for question in ("where do I set FLYTE_AWS_ENDPOINT", "How do I use map_task?", "what is flytekit.core.task",
-                     "what does exit code 137 mean", "Received message larger than max (4194304)"):
+                     "what does exit code 137 mean", "Received message larger than max (4194304)",
+                     "pyflyte run --resource-requests", "what does --copy all do"):
         assert names_exact_term(question), question
     # product names and abbreviations are words, not exact terms
     for question in ("How do I query Google BigQuery?", "How do I wrap my tasks, e.g. to log?", "what is flytekit?",
-                     "How do I use FlyteFile", "How do I get 1 GPU"):
+                     "How do I use FlyteFile", "How do I get 1 GPU", "a built-in type -- or not?",
+                     "multi-node training"):
         assert not names_exact_term(question), question
 
 
