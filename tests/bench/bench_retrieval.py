@@ -6,9 +6,10 @@ The question files are ../shared/eval/dev.jsonl (the shared dev set), tests/eval
 (short how-to questions answered by a whole docs page, pasted errors and settings answered by a
 configuration reference entry or a Slack thread), and two check sets written blind after the
 retriever was tuned and never tuned on, which say whether a change tuned on the first two
-generalises: tests/eval/check_faq.jsonl (FAQ headings and issue titles) and tests/eval/check_chat.jsonl
+generalises: tests/eval/check_faq.jsonl (FAQ headings and issue titles), tests/eval/check_chat.jsonl
 (questions as people post them in Slack: context first, lowercase and abbreviations, a pasted
-error or snippet, a concept described without its name); every figure is printed for each, overall, per kind
+error or snippet, a concept described without its name) and tests/eval/check_issues.jsonl (GitHub
+issues with a body, a version, a snippet or a traceback; terse search-box keywords); every figure is printed for each, overall, per kind
 and (where the file says) per origin.
 
 The seed pipeline is rebuilt as it was: LangChain's SlackDirectoryLoader (one document per
@@ -47,6 +48,7 @@ DEFAULT_QUESTIONS = [
     str(ROOT / "tests" / "eval" / "dev_howto.jsonl"),
     str(ROOT / "tests" / "eval" / "check_faq.jsonl"),
     str(ROOT / "tests" / "eval" / "check_chat.jsonl"),
+    str(ROOT / "tests" / "eval" / "check_issues.jsonl"),
 ]
 
 
