@@ -87,11 +87,12 @@ class IngestSummary:
 
 
 def iter_documents(
-    config: Config, reports: dict[str, LoadReport], *, progress: bool = True
+    config: Config, reports: dict[str, LoadReport], *, progress: bool = True, save: bool = True
 ) -> Iterator[Document]:
     """Every configured source's documents, one at a time; `reports` gets one entry per source.
 
-    A broken file is reported and skipped, never fatal.
+    A broken file is reported and skipped, never fatal. `save=False`: a source's state in the
+    store (slack_api's cursor) is read but not moved (a dry run).
     """
     from flytegpt.ingest.sources import load_source
 
@@ -99,7 +100,7 @@ def iter_documents(
         report = LoadReport()
         reports[source.name] = report
         count = 0
-        docs = load_source(source, report, store=config.index.store)
+        docs = load_source(source, report, store=config.index.store, save=save)
         for doc in _progress(docs, enabled=progress, desc=f"reading {source.name}", unit="doc"):
             count += 1
             yield doc
@@ -206,8 +207,8 @@ def collect_chunks(
     """
     reports: dict[str, LoadReport] = {}
     t = time.perf_counter()
-    store = config.index.store if cached else None  # cached=False: the store is not touched
-    chunks, chunking = chunk_all(iter_documents(config, reports, progress=progress), store, reports)
+    store = config.index.store if cached else None  # cached=False: the store is not written
+    chunks, chunking = chunk_all(iter_documents(config, reports, progress=progress, save=cached), store, reports)
     total = time.perf_counter() - t
     doc_counts = Counter({name: r.documents for name, r in reports.items()})
     hint = project_hint(config, chunks)

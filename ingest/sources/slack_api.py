@@ -115,6 +115,19 @@ class _State:
         if self.threads and not self.cursors:
             self.threads = {}  # a snapshot without its cursor cannot be trusted: read everything
 
+    @classmethod
+    def read_only(cls, store: str | None, name: str) -> "_State":
+        """The store's state for a dry run: never saved, and, when the store cannot be read (no
+        credentials for it where a config is checked), empty: every thread is read from Slack."""
+        try:
+            state = cls(store, name)
+        except Exception as e:  # noqa: BLE001 - whatever the store's filesystem raises
+            log.warning("%s: the store's thread snapshot cannot be read (%s): every thread is read from Slack",
+                        name, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            state = cls(None, name)
+        state.store = None  # save() writes nothing
+        return state
+
     def put(self, key: str, doc: Document | None, parent: dict[str, Any], now: float) -> None:
         self.threads[key] = {"document": None if doc is None else doc.to_dict(), "parent": parent, "read_at": now}
 
@@ -246,11 +259,16 @@ def load_slack_api(
     *,
     store: str | None = None,
     client: "WebClient | None" = None,
+    save: bool = True,
 ) -> Iterator[Document]:
-    """Every thread of the source's channels; only threads with new activity cost API calls."""
+    """Every thread of the source's channels; only threads with new activity cost API calls.
+
+    `save=False` (a dry run): the store's snapshot and cursor are read when they can be, and
+    nothing is written or locked, so checking a config leaves the store as it was."""
     client = client or make_client(Settings())
-    with _collect_lock(store, source.name):  # read, fetch and save: one collect of this source at a time
-        docs, fetched, refreshed, due, dropped = _collect(source, report, store, client)
+    lock = _collect_lock(store, source.name) if save else nullcontext()
+    with lock:  # read, fetch and save: one collect of this source at a time
+        docs, fetched, refreshed, due, dropped = _collect(source, report, store, client, save)
     log.info("%s: %d threads, %d fetched since the last ingest, %d refreshed (%d more due), %d deleted in Slack",
              source.name, len(docs), fetched, refreshed, due, dropped)
     for doc in docs:
@@ -268,10 +286,11 @@ def _collect_lock(store: str | None, name: str) -> AbstractContextManager[None]:
 
 
 def _collect(source: SourceConfig, report: LoadReport, store: str | None,
-             client: "WebClient") -> tuple[list[Document], int, int, int, int]:
-    """Read the snapshot and cursor, bring them up to date from Slack, save them: (the source's
-    documents, threads fetched, refreshed, still due for a refresh, deleted in Slack)."""
-    state = _State(store, source.name)
+             client: "WebClient", save: bool = True) -> tuple[list[Document], int, int, int, int]:
+    """Read the snapshot and cursor, bring them up to date from Slack, save them (unless `save`
+    is False): (the source's documents, threads fetched, refreshed, still due for a refresh,
+    deleted in Slack)."""
+    state = _State(store, source.name) if save else _State.read_only(store, source.name)
     d = _directory(client, report)
     channels = _channels(client, source, d, report)
     names = dict(channels)

@@ -196,3 +196,33 @@ def test_responses_of_the_wrong_shape_read_as_absent(tmp_path: Path, monkeypatch
     [doc] = docs
     assert "How do I cache a task \ufffd?" in doc.text and "cache_version" in doc.text
     assert any("repeated the cursor '5'" in reason for _, reason in report.skipped)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_dry_run_reads_the_snapshot_and_writes_nothing(emu: SlackEmulator, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from flytegpt.bot.cli import main
+
+    store = tmp_path / "store"
+    config = tmp_path / "flytegpt.toml"
+    config.write_text('[[sources]]\nname = "live"\nkind = "slack_api"\nchannels = ["flyte-support"]\n')
+    args = ["ingest", "--config", str(config), "--store", str(store), "--dry-run", "--json"]
+
+    fresh = CliRunner().invoke(main, args)  # nothing in the store yet: every thread read from Slack
+    assert fresh.exit_code == 0, fresh.output
+    assert json.loads(fresh.stdout.strip().splitlines()[-1])["chunks"] >= 2
+    assert not store.exists() or not _tree(store)
+
+    read(source(tmp_path, ["flyte-support"]), store)  # a real collect: snapshot and cursor
+    before = _tree(store)
+    replies_before = len(emu.calls_to("conversations.replies"))
+    emu.seed_message("C0SUP", "Can a launch plan take a default for a nested dataclass?", user="U1", ts=ts(7200))
+    dry = CliRunner().invoke(main, args)
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout.strip().splitlines()[-1])["sources"][0]["documents"] == 3  # the new thread too
+    assert _tree(store) == before  # no cursor moved, no snapshot or lock written
+    assert len(emu.calls_to("conversations.replies")) == replies_before  # the snapshot's threads were not re-read
