@@ -259,12 +259,15 @@ def write_version(
     stats: dict | None = None,
     keyword: KeywordIndex | None = None,
     sources_read_at: datetime | None = None,
+    configured_channels: dict[str, list[str]] | None = None,
 ) -> str:
     """Write a complete version folder (manifest last) and return its id. Does not publish.
 
     `keyword`: the chunks' BM25 index, when the caller built it already (built here otherwise).
     `sources_read_at`: when the ingest began reading its sources; `publish` refuses to move
     LATEST from a version made of newer sources to this one (defaults to the write time).
+    `configured_channels`: per Slack source, the channels its config names (a source reading
+    every channel it can is left out): a channel taken out of that list is no loss to `publish`.
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape != (len(chunks), model.dimension):
@@ -301,7 +304,7 @@ def write_version(
         if keyword is None:
             keyword = KeywordIndex.build([c.embed_text for c in chunks], store=store)
         return _write_files(fs, root, store, chunks, keyword, dense_tmp, model, index_info, stats,
-                            sources_read_at)
+                            configured_channels or {}, sources_read_at)
     finally:
         if os.path.exists(dense_tmp):
             os.unlink(dense_tmp)
@@ -336,7 +339,7 @@ def _latest_with_content(store: str, content: str) -> str | None:
 
 def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: KeywordIndex, dense_tmp: str,
                  model: ModelInfo, index_info: dict, stats: dict | None,
-                 sources_read_at: datetime | None) -> str:
+                 configured_channels: dict[str, list[str]], sources_read_at: datetime | None) -> str:
     files: dict[str, bytes] = {CHUNKS_FILE: _chunks_bytes(chunks)}
     files.update({f"{KEYWORD_DIR}/{name}": data for name, data in keyword.to_files().items()})
     entries = {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in files.items()}
@@ -374,6 +377,7 @@ def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: Keywor
         "chunk_count": len(chunks),
         "counts": dict(sorted(Counter(c.source for c in chunks).items())),
         **part_counts(chunks),
+        "configured_channels": {name: list(channels) for name, channels in sorted(configured_channels.items())},
         "stats": stats or {},
         "files": entries,
     }
@@ -587,18 +591,23 @@ def _part_losses(old: dict[str, Any], new: dict[str, Any], sources: list[str], h
     chunks in `old` and have none in `new`. A channel id never moves, so a channel gone is a loss; a folder's files
     can (an upstream restructure, `docs/` to `site/docs/`), so a folder gone counts only when its
     source shrank by at least half of what the folder held: its chunks did not turn up elsewhere.
-    The manifest does not say which channels the config names, so a channel taken out of the
-    config on purpose is refused like a renamed one: `flytegpt publish V` once. Either manifest
-    written before these counts (no `channels`/`folders`): nothing is compared."""
+    A channel that the new version's config no longer names (`configured_channels`) was taken out
+    on purpose: no loss. Where the config names no channels (every channel the bot is in) or the
+    manifest predates that record, a channel taken out is refused like a renamed one: `flytegpt
+    publish V` once. Either manifest written before these counts (no `channels`/`folders`):
+    nothing is compared."""
     losses: list[str] = []
     if not all(isinstance(new.get(field_name), dict) for field_name in ("channels", "folders")):
         return losses  # a version written before these counts (`flytegpt publish` of an old one)
     for name in sources:
         before, after = _part(old, "channels", name), _part(new, "channels", name)
+        named = _configured(new, name)
         for key, entry in sorted(before.items()):
             n = _count(entry.get("chunks")) if isinstance(entry, dict) else 0
             label = str((entry.get("name") if isinstance(entry, dict) else None) or key).lstrip("#")
             now = after.get(key)
+            if named is not None and not {key.lstrip("#").casefold(), label.casefold()} & named:
+                continue  # the config stopped naming it
             if n >= _PART_MIN_CHUNKS and not (isinstance(now, dict) and _count(now.get("chunks"))):
                 shown = f"#{label}" if key.startswith("#") else f"#{label} ({key})"
                 losses.append(f"{name}: channel {shown} gave no chunks (it had {n:,}; renamed, archived, "
@@ -609,6 +618,16 @@ def _part_losses(old: dict[str, Any], new: dict[str, Any], sources: list[str], h
             if n >= _PART_MIN_CHUNKS and not _count(after.get(folder)) and had[name] - has[name] >= n / 2:
                 losses.append(f"{name}: folder {folder}/ gave no chunks (it had {n:,})")
     return losses
+
+
+def _configured(manifest: dict[str, Any], source: str) -> set[str] | None:
+    """The channels (ids and names, casefolded, without '#') the manifest's config named for
+    `source`; None when it named none (every channel) or the manifest does not say."""
+    named = manifest.get("configured_channels")
+    entry = named.get(source) if isinstance(named, dict) else None
+    if not isinstance(entry, list) or not entry:
+        return None
+    return {str(c).strip().lstrip("#").casefold() for c in entry}
 
 
 def _part(manifest: dict[str, Any], field_name: str, source: str) -> dict[str, Any]:

@@ -363,6 +363,8 @@ def build_version(
         stats=stats,
         keyword=keyword,
         sources_read_at=sources_read_at,
+        configured_channels={s.name: list(s.channels) for s in config.sources
+                             if s.kind in ("slack_api", "slack_export") and s.channels},
     )
 
 

@@ -61,3 +61,18 @@ def test_a_renamed_channel_is_not_published_away(emu: SlackEmulator, tmp_path: P
     forced = CliRunner().invoke(main, ["publish", smaller, "--config", str(config), "--store", str(store)])
     assert forced.exit_code == 0, forced.output
     assert read_latest(str(store)) == smaller
+
+
+def test_a_channel_taken_out_of_the_config_is_published(emu: SlackEmulator, tmp_path: Path) -> None:
+    config, store = tmp_path / "flytegpt.toml", tmp_path / "store"
+    head = '[[sources]]\nname = "live"\nkind = "slack_api"\nworkspace_url = "https://flyte-org.slack.com"\n'
+    config.write_text(head + f'channels = {json.dumps([name for name, _ in CHANNELS.values()])}\n')
+    assert ingest(config, store).exit_code == 0
+    good = read_latest(str(store))
+
+    config.write_text(head + 'channels = ["flyte-support", "community"]\n')  # #deploy is no longer wanted
+    second = ingest(config, store)
+    assert second.exit_code == 0, second.output
+    latest = read_latest(str(store))
+    assert latest != good and "C0DEP" not in read_manifest(str(store), latest)["channels"]["live"]
+    assert read_manifest(str(store), latest)["configured_channels"] == {"live": ["flyte-support", "community"]}
