@@ -120,7 +120,15 @@ def registration_warnings() -> list[str]:
     if not os.environ.get("FLYTEGPT_NOTIFY", "").strip():
         problems.append("FLYTEGPT_NOTIFY is not set: a failed scheduled run is seen only in the Flyte console; "
                         "set it (e.g. email:oncall@example.org) for failure notifications")
-    from flytegpt.flyte.image import untracked_code
+    from flytegpt.flyte.image import IMAGE, built_images_file, untracked_code, was_built
+
+    # pyflyte package never builds an image: it registers the tag the committed code gives, built or
+    # not. One never pushed fails the 03:00 run with ImagePullBackOff, hours after the deploy.
+    if not was_built(name := IMAGE.image_name()):
+        problems.append(f"the task image {name} was not built from this code on this machine "
+                        "(python -m flytegpt.flyte.image, which records it in "
+                        f"{built_images_file()}): unless CI built and pushed it, the scheduled runs "
+                        "will fail to pull it")
 
     if untracked := untracked_code():
         problems.append(f"not in the task image (the image copies tracked files only): {', '.join(untracked[:10])}"

@@ -271,6 +271,33 @@ BOT_IMAGE = ImageSpec(
 WORKSPACE_IMAGE = IMAGE.with_packages(["flytekitplugins-flyteinteractive"])
 
 
+def built_images_file() -> Path:
+    """Where `main` records each image it built and pushed, for packaging to check (per user, like
+    flytekit's own config: the tag follows the committed code, so a file in the checkout would go
+    stale with every commit anyway)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flytegpt" / "built-images.txt"
+
+
+def record_built(name: str) -> None:
+    """Remember that `name` was built and pushed from this machine (best effort: a read-only home
+    only costs the packaging check its answer)."""
+    path = built_images_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(name + "\n")
+    except OSError:
+        pass
+
+
+def was_built(name: str) -> bool:
+    """Whether `main` built and pushed `name` from this machine."""
+    try:
+        return name in built_images_file().read_text(encoding="utf-8").split()
+    except OSError:
+        return False
+
+
 def main(argv: list[str]) -> int:
     """`python -m flytegpt.flyte.image [tasks|bot]`: build and push one image, print its name."""
     from flytekit.image_spec.image_spec import ImageBuildEngine
@@ -305,6 +332,7 @@ def main(argv: list[str]) -> int:
     finally:
         if isinstance(source, StagedSource):
             source.cleanup()  # tagged and built: the staged copy is done with
+    record_built(name)
     print(name)
     return 0
 

@@ -250,3 +250,22 @@ def test_building_removes_the_staged_copy_when_done(monkeypatch, capsys) -> None
     assert image.main(["bot"]) == 1  # no Docker here: the tag was computed, the build refused
     assert "was not built" in capsys.readouterr().err
     assert not source.staged
+
+
+def test_a_built_image_is_recorded_for_packaging_and_a_failed_one_is_not(monkeypatch, capsys, tmp_path: Path) -> None:
+    from flytekit.image_spec.image_spec import ImageBuildEngine
+
+    from flytegpt.flyte import image
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    assert image.main(["bot"]) == 1  # no Docker: nothing was built, nothing recorded
+    assert not image.built_images_file().exists()
+    capsys.readouterr()
+
+    # flytekit's builder standing in for a Docker that built and pushed the image
+    monkeypatch.setattr(ImageBuildEngine, "build", classmethod(lambda cls, spec: None))
+    assert image.main(["bot"]) == 0
+    name = capsys.readouterr().out.strip()
+    assert name == image.BOT_IMAGE.image_name() and image.was_built(name)
+    assert image.built_images_file() == tmp_path / "cache" / "flytegpt" / "built-images.txt"

@@ -31,9 +31,9 @@ def _package(tmp_path: Path, extra_pythonpath: str | None = None, env_overrides:
 
     out = tmp_path / "flytegpt.tgz"
     home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(exist_ok=True)
     tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    tmp.mkdir(exist_ok=True)
     env = {
         **os.environ,
         "HOME": str(home),
@@ -46,6 +46,7 @@ def _package(tmp_path: Path, extra_pythonpath: str | None = None, env_overrides:
         "FLYTEGPT_NOTIFY": NOTIFY,
     }
     env.pop("FLYTEGPT_CRON", None)
+    env.pop("XDG_CACHE_HOME", None)  # images built are recorded under $HOME/.cache
     for name, value in (env_overrides or {}).items():
         if value is None:
             env.pop(name, None)
@@ -358,3 +359,21 @@ def test_publish_has_the_memory_and_disk_to_verify_a_large_index(specs: dict) ->
     publish, build = (specs["task"][f"flytegpt.flyte.ingest_wf.{n}"] for n in ("publish", "build"))
     assert _requests(publish)["MEMORY"] == _requests(build)["MEMORY"] == "8Gi"
     assert _requests(publish)["EPHEMERAL_STORAGE"] == "16Gi"
+
+
+def test_packaging_warns_about_a_task_image_not_built_here(specs: dict, tmp_path: Path) -> None:
+    """pyflyte package registers the image tag the code gives without building it: packaging says
+    when `python -m flytegpt.flyte.image` did not build that tag on this machine, and is quiet once it did."""
+    assert "was not built from this code on this machine" in specs["stderr"]
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path / "tmp"),
+           "FLYTEGPT_IMAGE_REGISTRY": REGISTRY}
+    env.pop("XDG_CACHE_HOME", None)
+    (tmp_path / "tmp").mkdir()
+    name = subprocess.run([sys.executable, "-c", "from flytegpt.flyte.image import IMAGE; print(IMAGE.image_name())"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    assert name.startswith(f"{REGISTRY}/flytegpt:") and name in specs["stderr"]
+    built = tmp_path / "home" / ".cache" / "flytegpt" / "built-images.txt"
+    built.parent.mkdir(parents=True)
+    built.write_text(f"{REGISTRY}/flytegpt:older-tag\n{name}\n")  # what the image command records
+    quiet = _package(tmp_path)
+    assert "was not built" not in quiet["stderr"], quiet["stderr"]
