@@ -8,13 +8,17 @@ a bot answers only from what fits into its prompt.
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections import defaultdict
+import logging
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from flytegpt.ingest.models import Chunk, valid_unicode
+
+log = logging.getLogger(__name__)
 
 METRICS = ("recall@5", "recall@10", "mrr@10", "coverage@10", "recall@8000c")
 CONTEXT_CHARS = 8000
@@ -32,10 +36,12 @@ class QuestionFileError(ValueError):
     pass
 
 
-# what a question line may hold: the loaded fields, and what the shared dev sets and
-# `flytegpt feedback questions` write beside them. Anything else is a typo ("golds") that
-# would otherwise be ignored in silence, as the configuration file forbids unknown keys.
+# What a question line is read for, and what the shared dev sets and `flytegpt feedback questions`
+# write beside them. Other keys (a question set's own notes, urls, difficulty) are left aside with
+# one warning per file; a key that looks like a misspelt "question" or "gold" while that one is
+# missing ("golds") is an error naming it, since the line could not be scored.
 QUESTION_KEYS = frozenset({"id", "question", "gold", "kind", "answer_facts", "origin", "up", "down"})
+_REQUIRED = ("question", "gold")
 
 
 def load_questions(path: str | Path) -> list[Question]:
@@ -50,11 +56,12 @@ def load_questions(path: str | Path) -> list[Question]:
     except (OSError, UnicodeDecodeError) as e:
         raise QuestionFileError(f"{path}: cannot read the question file: {e}") from None
     questions = []
+    ignored: Counter[str] = Counter()
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            questions.append(_question(json.loads(line), n))
+            questions.append(_question(json.loads(line), n, ignored))
         except json.JSONDecodeError as e:
             raise QuestionFileError(f"{path}:{n}: not JSON: {e}") from None
         except RecursionError:
@@ -63,16 +70,26 @@ def load_questions(path: str | Path) -> list[Question]:
             raise QuestionFileError(f"{path}:{n}: {e}") from None
     if not questions:
         raise QuestionFileError(f"{path}: no questions")
+    if ignored:
+        shown = ", ".join(f"{valid_unicode(k)!r}" for k, _ in ignored.most_common(8))
+        log.warning("%s: key(s) %s%s left aside (a question is scored by its id, question, gold and kind)",
+                    path, shown, f" and {len(ignored) - 8} more" if len(ignored) > 8 else "")
     return questions
 
 
-def _question(d: object, n: int) -> Question:
+def _question(d: object, n: int, ignored: Counter[str] | None = None) -> Question:
     if not isinstance(d, dict):
         raise ValueError(f"expected an object with 'question' and 'gold', got {type(d).__name__}")
-    unknown = sorted(str(k) for k in d if k not in QUESTION_KEYS)
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; a question line has "
-                         f"{', '.join(sorted(QUESTION_KEYS))}")
+    unknown = [str(k) for k in d if k not in QUESTION_KEYS]
+    for key in _REQUIRED:
+        if key in d:
+            continue
+        close = difflib.get_close_matches(key, [k.casefold() for k in unknown], n=1, cutoff=0.6)
+        if close:
+            raise ValueError(f"no {key!r}: is {next(k for k in unknown if k.casefold() == close[0])!r} "
+                             f"meant to be {key!r}?")
+    if ignored is not None:
+        ignored.update(unknown)
     question, gold = d.get("question"), d.get("gold")
     if not isinstance(question, str) or not question.strip():
         raise ValueError("'question' must be a non-empty string")

@@ -144,3 +144,21 @@ def test_the_project_question_files_are_well_formed(name: str, at_least: int):
             source, locator = gold.split(":", 1)
             assert (locator in threads) if source == "flyte-slack" else \
                 (folders.get(source, corpus / source) / locator).is_file(), gold
+
+
+def test_a_question_sets_own_keys_are_left_aside_and_a_misspelt_gold_is_named(tmp_path, caplog):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"id": "h1", "question": "a", "gold": ["x:1"], "notes": "from issue #12", "url": "u"}\n'
+                    '{"id": "h2", "question": "b", "gold": "x:2", "difficulty": 3}\n')
+    with caplog.at_level("WARNING"):
+        questions = load_questions(path)
+    assert [(q.id, q.gold) for q in questions] == [("h1", ("x:1",)), ("h2", ("x:2",))]
+    warned = [r.getMessage() for r in caplog.records if "left aside" in r.getMessage()]
+    assert len(warned) == 1 and all(k in warned[0] for k in ("'notes'", "'url'", "'difficulty'"))
+
+    path.write_text('{"question": "a", "gold": ["x:1"]}\n{"question": "b", "golds": ["x:2"]}\n')
+    with pytest.raises(QuestionFileError, match=r"q\.jsonl:2: no 'gold': is 'golds' meant to be 'gold'\?"):
+        load_questions(path)
+    path.write_text('{"Question": "a", "gold": ["x:1"]}\n')
+    with pytest.raises(QuestionFileError, match=r"q\.jsonl:1: no 'question': is 'Question' meant"):
+        load_questions(path)
