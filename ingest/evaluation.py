@@ -38,10 +38,9 @@ class QuestionFileError(ValueError):
 
 # What a question line is read for, and what the shared dev sets and `flytegpt feedback questions`
 # write beside them. Other keys (a question set's own notes, urls, difficulty) are left aside with
-# one warning per file; a key that looks like a misspelt "question" or "gold" while that one is
-# missing ("golds") is an error naming it, since the line could not be scored.
+# one warning per file; a key that looks like a misspelt one of these ("golds", "Question") is an
+# error naming it, since the line would be scored without what it meant.
 QUESTION_KEYS = frozenset({"id", "question", "gold", "kind", "answer_facts", "origin", "up", "down"})
-_REQUIRED = ("question", "gold")
 
 
 def load_questions(path: str | Path) -> list[Question]:
@@ -81,13 +80,10 @@ def _question(d: object, n: int, ignored: Counter[str] | None = None) -> Questio
     if not isinstance(d, dict):
         raise ValueError(f"expected an object with 'question' and 'gold', got {type(d).__name__}")
     unknown = [str(k) for k in d if k not in QUESTION_KEYS]
-    for key in _REQUIRED:
-        if key in d:
-            continue
-        close = difflib.get_close_matches(key, [k.casefold() for k in unknown], n=1, cutoff=0.6)
-        if close:
-            raise ValueError(f"no {key!r}: is {next(k for k in unknown if k.casefold() == close[0])!r} "
-                             f"meant to be {key!r}?")
+    for key in unknown:
+        close = difflib.get_close_matches(key.casefold(), sorted(QUESTION_KEYS), n=1, cutoff=0.8)
+        if close:  # "golds", "Question": a typo would score the line without what it meant
+            raise ValueError(f"unknown key {key!r}: is it meant to be {close[0]!r}?")
     if ignored is not None:
         ignored.update(unknown)
     question, gold = d.get("question"), d.get("gold")

@@ -157,8 +157,10 @@ def test_a_question_sets_own_keys_are_left_aside_and_a_misspelt_gold_is_named(tm
     assert len(warned) == 1 and all(k in warned[0] for k in ("'notes'", "'url'", "'difficulty'"))
 
     path.write_text('{"question": "a", "gold": ["x:1"]}\n{"question": "b", "golds": ["x:2"]}\n')
-    with pytest.raises(QuestionFileError, match=r"q\.jsonl:2: no 'gold': is 'golds' meant to be 'gold'\?"):
+    with pytest.raises(QuestionFileError, match=r"q\.jsonl:2: unknown key 'golds': is it meant to be 'gold'\?"):
         load_questions(path)
-    path.write_text('{"Question": "a", "gold": ["x:1"]}\n')
-    with pytest.raises(QuestionFileError, match=r"q\.jsonl:1: no 'question': is 'Question' meant"):
+    path.write_text('{"Question": "a", "gold": ["x:1"], "answer": "use cache=True"}\n')
+    with pytest.raises(QuestionFileError, match=r"q\.jsonl:1: unknown key 'Question': is it meant to be 'question'"):
         load_questions(path)
+    path.write_text('{"question": "a", "gold": ["x:1"], "answer": "use cache=True", "sources": ["u"]}\n')
+    assert load_questions(path)[0].gold == ("x:1",)  # an answer text is no misspelt answer_facts
