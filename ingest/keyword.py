@@ -96,10 +96,24 @@ def names_exact_term(text: str) -> bool:
     return bool(_CLI_FLAG.search(text)) or any(_EXACT_NAME.search(m.group()) for m in _TOKEN.finditer(text))
 
 
-@lru_cache(maxsize=200_000)
+# A run longer than this is expanded without the cache: the cache holds the corpus's identifiers
+# (few, short, repeated), and a pasted log or a 4,000-character dotted run would otherwise stay in a
+# running bot for good, ~70 KB an entry (audit 25 F1).
+CACHED_RUN_CHARS = 64
+
+
 def _expand(raw: str) -> tuple[str, ...]:
     """Tokens of one identifier-ish run: its parts, then its joined form; stemmed once per
-    distinct run (an ingest tokenises ~100 runs per chunk, few of them distinct)."""
+    distinct short run (an ingest tokenises ~100 runs per chunk, few of them distinct)."""
+    return _expand_cached(raw) if len(raw) <= CACHED_RUN_CHARS else _expand_run(raw)
+
+
+@lru_cache(maxsize=200_000)
+def _expand_cached(raw: str) -> tuple[str, ...]:
+    return _expand_run(raw)
+
+
+def _expand_run(raw: str) -> tuple[str, ...]:
     parts = identifier_parts(raw)
     words = [p.lower() for p in parts if len(p) > 1 and p.lower() not in STOPWORDS]
     if len(parts) > 1:

@@ -182,3 +182,19 @@ def test_new_tokenizer_code_starts_a_new_token_cache(tmp_path: Path, monkeypatch
     monkeypatch.setattr(code_version, "code_version", lambda modules, **_: "feedfacefeedface")
     KeywordIndex.build(CORPUS, store=str(store))
     assert [p.name for p in _token_files(store)] == ["feedfacefeedface.tsv.gz"]
+
+
+def test_long_identifier_runs_are_tokenised_without_growing_the_cache() -> None:
+    """A running bot tokenises every question: a pasted 4,000-character dotted run must not stay
+    in memory for good (audit 25 F1: ~70 KB an entry, 200,000 entries allowed)."""
+    from flytegpt.ingest import keyword
+
+    keyword.tokenize("why does fail")  # the short words are cached, as every corpus word is
+    before = keyword._expand_cached.cache_info().currsize
+    for n in range(1000):
+        run = ".".join(f"part{n}x{i}" for i in range(400))[:4000]
+        tokens = keyword.tokenize(f"why does {run} fail")
+        assert f"part{n}x1" in tokens and run.lower() in tokens  # its parts and its whole, as before
+    assert keyword._expand_cached.cache_info().currsize == before
+    assert keyword.tokenize("with_overrides") == keyword.tokenize("with_overrides")  # short runs still cached
+    assert keyword._expand_cached.cache_info().currsize >= 1
