@@ -254,3 +254,27 @@ def test_access_tokens_and_url_credentials_are_redacted(line, kept):
     assert "SECRET1234" not in out and kept in out
     assert redact("ssh://git@github.com/a/b and https://docs.flyte.org/x") == \
         "ssh://git@github.com/a/b and https://docs.flyte.org/x"
+
+
+def test_a_model_answer_at_info_logs_no_line_per_http_request() -> None:
+    """The OpenAI client logged "HTTP Request: POST .../chat/completions" at INFO for every model
+    call (openai 3.x through httpx2): 45% of a soak's log lines (audit 25 F9)."""
+    from flytegpt.bot.answering import Answerer
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    handler = setup_logging(level=logging.INFO, stream=stream, settings=Settings())
+    try:
+        with OpenAIStandIn() as llm:
+            answerer = Answerer(load_config(sample_config_path()),
+                                Settings(OPENAI_API_KEY=API_KEY, OPENAI_BASE_URL=llm.base_url),
+                                lambda: WordSearcher(ALL))
+            answerer.answer("how do I use ray with flyte?")
+            assert llm.requests
+    finally:
+        root.removeHandler(handler)
+        for old in before[0]:
+            root.addHandler(old)
+        root.setLevel(before[1])
+    assert "HTTP Request" not in stream.getvalue()
