@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
@@ -14,6 +14,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_resident_memory_bytes, open fds, CPU: what an alert on memory growth (a hot reload
+        # leaves a few MB behind, audit 25 F5) or an fd leak needs, without a sidecar
+        ProcessCollector(registry=r)
         self.questions = Counter("flytegpt_questions", "Questions accepted for answering", ["surface"], registry=r)
         self.answers = Counter("flytegpt_answers", "Answers posted", ["mode"], registry=r)
         self.failures = Counter("flytegpt_failures", "Questions that got no regular answer", ["reason"], registry=r)

@@ -263,7 +263,7 @@ BOT_IMAGE = ImageSpec(
     packages=image_requirements(BOT_EXTRAS),
     pip_extra_index_url=[TORCH_CPU_INDEX],
     pip_extra_args="--index-strategy unsafe-best-match",
-    env=OFFLINE_MODEL_ENV,
+    env={**OFFLINE_MODEL_ENV, "MALLOC_ARENA_MAX": "2"},  # hot reloads fragment fewer arenas (manifests/)
     **PROJECT_SOURCE,
 )
 

@@ -190,6 +190,7 @@ def test_serve_health_ready_metrics_and_late_index(built_store, embedder, tmp_pa
                 assert 'flytegpt_answers_total{mode="offline"} 1.0' in metrics
                 assert "flytegpt_answer_seconds_count 1.0" in metrics
                 assert "flytegpt_socket_connected 1.0" in metrics
+                assert "process_resident_memory_bytes " in metrics and "process_open_fds " in metrics
                 assert "flytegpt_index_latest_served 1.0" in metrics and "flytegpt_store_latest_ok 1.0" in metrics
                 assert _get(url + "/readyz") == (200, f"ok {version}\n")
                 assert _get(url + "/nope")[0] == 404

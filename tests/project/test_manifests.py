@@ -189,6 +189,10 @@ def test_env_names_are_the_ones_settings_reads() -> None:
         ref = env[name]["valueFrom"]["secretKeyRef"]
         assert ref["name"] == example["metadata"]["name"]
         assert ref["key"] in example["stringData"]
+    # Hot reloads of the index fragment glibc's arenas: two keep RSS level (audit 25 F5), as the bot's image says.
+    from flytegpt.flyte.image import BOT_IMAGE
+
+    assert env["MALLOC_ARENA_MAX"]["value"] == BOT_IMAGE.env["MALLOC_ARENA_MAX"] == "2"
     # The config file the bot reads is the mounted ConfigMap.
     mounts = {m["name"]: m["mountPath"] for m in _container()["volumeMounts"]}
     assert env["FLYTEGPT_CONFIG"]["value"] == f"{mounts['config']}/flytegpt.toml"
