@@ -10,7 +10,9 @@ A refusal is not final: LATEST may have been written before the version's files 
 copy or sync in the wrong order), or a download may have been cut short. The version is
 tried again as soon as its manifest or LATEST changes (`flytegpt publish V` re-writes LATEST),
 and otherwise after a backoff (RETRY_FIRST_POLLS poll intervals, doubling up to RETRY_CAP_S),
-so that it is not re-downloaded on every poll. A refusal is logged once per distinct reason.
+so that it is not re-downloaded on every poll, RETRY_MAX_UNCHANGED times in all: a version still
+refused then is damaged for good, and each try re-hashes (on S3 re-downloads) its files, 144 times
+a day at the cap for a version nobody fixes. A refusal is logged once per distinct reason.
 
 What the store says is kept for /readyz and the metrics: the version LATEST names (and
 whether it is the one served), and whether LATEST can be read at all. A store whose LATEST
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST_POLLS = 2  # a refused version is tried again after this many poll intervals...
 RETRY_CAP_S = 600.0  # ...doubling each time up to this (or one poll interval, if longer)
+RETRY_MAX_UNCHANGED = 6  # tries of a version whose LATEST and manifest never changed (about 30 min at a 60 s poll)
 _STAMP_KEYS = ("size", "mtime", "ino", "LastModified", "ETag", "etag", "updated", "md5Hash", "generation")
 UNKNOWN = "unknown"  # a stamp the store could not give (out of reach): neither "gone" nor "changed"
 
@@ -144,7 +147,7 @@ class Reloader:
             stamp = self._stamp(latest)  # before opening: a change while it loads is seen next time
             if refusal is not None:
                 changed = stamps_differ(stamp, refusal.stamp)
-                if not changed and self._clock() < refusal.retry_at:
+                if not changed and (self._clock() < refusal.retry_at or refusal.attempts >= RETRY_MAX_UNCHANGED):
                     return False
                 why = "its manifest or LATEST changed" if changed else "backoff elapsed"
                 log.info("trying a refused index version again", extra={"version": latest, "why": why,
@@ -274,6 +277,9 @@ class Reloader:
         refusal = self._refusals.get(self.latest)
         if refusal is None:
             return f"; LATEST names {self.latest}, not served yet (loading)"
+        if refusal.attempts >= RETRY_MAX_UNCHANGED:
+            return (f"; LATEST names {self.latest}, which is not served: refused {refusal.attempts} times "
+                    f"({refusal.reason}); tried again when LATEST or its manifest changes (flytegpt publish)")
         wait = max(0, round(refusal.retry_at - self._clock()))
         return (f"; LATEST names {self.latest}, which is not served: refused ({refusal.reason}); "
                 f"tried again when it changes or in {wait} s")

@@ -124,7 +124,7 @@ def test_a_checksum_failure_is_tried_again_after_a_growing_backoff(bot, config, 
 
 def test_the_backoff_is_capped(bot, config):
     from flytegpt.ingest.artifact import DENSE_FILE
-    from flytegpt.bot.reload import RETRY_CAP_S
+    from flytegpt.bot.reload import RETRY_CAP_S, RETRY_MAX_UNCHANGED
 
     reloader, holder, metrics, clock = bot
     store = Path(config.index.store)
@@ -134,7 +134,13 @@ def test_the_backoff_is_capped(bot, config):
     for _ in range(12):
         assert not reloader.check_once()
         clock.now += RETRY_CAP_S
-    assert metric(metrics, "flytegpt_index_reloads_refused_total") == 12  # tried at every cap interval
+    # tried at every cap interval, RETRY_MAX_UNCHANGED times in all: each try re-hashes (on S3
+    # re-downloads) the version's files, and nothing said it changed (audit 25 F6)
+    assert metric(metrics, "flytegpt_index_reloads_refused_total") == RETRY_MAX_UNCHANGED
+    assert f"refused {RETRY_MAX_UNCHANGED} times" in reloader.status_note()
+    (store / "LATEST").write_text(v2 + "\n\n")  # written again (flytegpt publish): tried at once
+    assert not reloader.check_once()
+    assert metric(metrics, "flytegpt_index_reloads_refused_total") == RETRY_MAX_UNCHANGED + 1
 
 
 def test_publish_of_the_refused_latest_rewrites_it_and_the_bot_retries_at_once(bot, config):
