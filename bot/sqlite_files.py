@@ -10,6 +10,15 @@ Only the bot's user may read them (audit 23 L3): they hold every question asked,
 A file is created 0600 (SQLite gives its rollback journal the database file's mode), a folder
 the bot creates for it 0700, and an existing file (or journal) readable by others is narrowed
 to its owner's bits when it is opened. Folders that already exist are left as they are.
+
+Space (audit 25 F7). SQLite never gives pages back to the filesystem by itself: a file only grows.
+A database created with `incremental=True` uses `auto_vacuum = INCREMENTAL`, so the pages a large
+delete freed can be returned later in small steps (`give_back_free_pages`), each a short write
+transaction, while the bot keeps writing. An existing file made without it (auto_vacuum NONE) can
+only be switched by one VACUUM, which rewrites the file under an exclusive lock (`compact`): that
+is for a moment when nothing else writes, such as start-up before the bot serves. VACUUM rewrites
+the file in place (same inode) under a rollback journal, so the file keeps its 0600 mode and the
+journal gets the file's mode as always; `compact` narrows both again afterwards all the same.
 """
 
 from __future__ import annotations
@@ -18,6 +27,9 @@ import logging
 import os
 import sqlite3
 import stat
+import threading
+import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -36,8 +48,14 @@ def names_a_folder(path: str | Path) -> bool:
     return text != ":memory:" and (text.endswith(("/", os.sep)) or Path(text).is_dir())
 
 
-def connect(path: str | Path, *, timeout_s: float = 5.0) -> sqlite3.Connection:
-    """An autocommit connection shared by threads, with a rollback journal (never memory-mapped)."""
+def connect(path: str | Path, *, timeout_s: float = 5.0, incremental: bool = False) -> sqlite3.Connection:
+    """An autocommit connection shared by threads, with a rollback journal (never memory-mapped).
+
+    `timeout_s`: how long a statement waits for another connection's lock (SQLite's busy handler)
+    before it fails with "database is locked". `incremental`: a database that has no page yet
+    (a new file) is created with auto_vacuum = INCREMENTAL (see `give_back_free_pages`); an
+    existing one keeps its mode (changing it needs a VACUUM: `compact`).
+    """
     path = str(path)
     if path != ":memory:":
         make_private_folder(Path(path).parent)
@@ -47,6 +65,10 @@ def connect(path: str | Path, *, timeout_s: float = 5.0) -> sqlite3.Connection:
         if path != ":memory:":
             conn.execute("PRAGMA journal_mode=TRUNCATE")
         conn.execute("PRAGMA mmap_size=0")
+        if incremental and conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # applies when the first table is created; two processes creating the file at once
+            # both ask for it, and whichever creates the tables writes it into the header
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     except BaseException:
         conn.close()
         raise
@@ -107,3 +129,80 @@ def _narrow(path: str, fd: int) -> None:
     else:
         log.info("database file was readable by others: made private",
                  extra={"path": path, "was": oct(mode), "now": oct(mode & 0o700)})
+
+
+# --- space ------------------------------------------------------------------------------------
+
+AUTO_VACUUM_MODES = {0: "none", 1: "full", 2: "incremental"}
+GIVE_BACK_STEP_PAGES = 1024  # pages returned per write transaction (4 MiB at SQLite's 4 KiB pages; ~10 ms)
+GIVE_BACK_PAUSE_S = 0.01  # least pause between two steps (another writer's turn)
+
+
+def auto_vacuum_mode(conn: sqlite3.Connection) -> str:
+    """"none" (SQLite's default: a file never shrinks), "full" or "incremental"."""
+    return AUTO_VACUUM_MODES.get(int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]), "none")
+
+
+def free_bytes(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(bytes of free pages inside the file, bytes of all its pages)."""
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    return free * page_size, pages * page_size
+
+
+def give_back_free_pages(conn: sqlite3.Connection, *, step_pages: int = GIVE_BACK_STEP_PAGES,
+                         pause_s: float = GIVE_BACK_PAUSE_S,
+                         lock: AbstractContextManager[object] | None = None,
+                         stop: threading.Event | None = None) -> int:
+    """Return the file's free pages to the filesystem, `step_pages` at a time; returns the bytes
+    the file shrank by (0 for a database not in incremental mode: nothing can be returned there
+    without a VACUUM, and its free pages are reused by later rows).
+
+    Each step is one short write transaction (SQLite moves the last pages into free ones and
+    truncates the file), followed by a pause at least as long as the step took, so other
+    connections' writes get the lock in between instead of waiting for all of it. `lock`, when
+    given, is held around each step (the thread lock of a connection shared by threads); `stop`,
+    when set, ends it after the current step.
+    """
+    if auto_vacuum_mode(conn) != "incremental":
+        return 0
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    given = 0
+    while True:
+        with lock if lock is not None else nullcontext():
+            before = int(conn.execute("PRAGMA page_count").fetchone()[0])
+            if not int(conn.execute("PRAGMA freelist_count").fetchone()[0]):
+                break
+            t0 = time.monotonic()
+            # executescript steps the pragma to its end: it yields one (column-less) row per page
+            # freed, and execute() would stop after the first, returning one page a call
+            conn.executescript(f"PRAGMA incremental_vacuum({int(step_pages)});")
+            took = time.monotonic() - t0
+            after = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        if after >= before:
+            break  # no progress: stop rather than loop
+        given += (before - after) * page_size
+        if stop is not None:
+            if stop.wait(max(pause_s, took)):
+                break
+        else:
+            time.sleep(max(pause_s, took))
+    return given
+
+
+def compact(conn: sqlite3.Connection, path: str | Path, *, incremental: bool = True) -> tuple[int, int]:
+    """VACUUM the database (optionally switching it to auto_vacuum = INCREMENTAL first): the file
+    is rewritten without its free and half-empty pages. Returns (bytes before, bytes after).
+
+    Holds an exclusive lock for as long as it takes (about the time to read the file and write
+    what it holds): only for a moment when no one else needs to write. It needs room for a
+    temporary copy of what the database holds (SQLite's temp directory) and for the journal.
+    """
+    path = str(path)
+    before = os.path.getsize(path)
+    if incremental:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with the VACUUM
+    conn.execute("VACUUM")
+    create_private_file(path)  # VACUUM keeps the inode and its mode; narrowed again all the same
+    return before, os.path.getsize(path)

@@ -1,12 +1,17 @@
-"""The bot's SQLite files never memory-map: a full disk is an error the bot survives, not SIGBUS."""
+"""The bot's SQLite files never memory-map: a full disk is an error the bot survives, not SIGBUS; and they
+can give space back (audit 25 F7) without losing their private modes."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
+import threading
 from pathlib import Path
 
 import pytest
 
+from flytegpt.bot import sqlite_files
 from flytegpt.bot.answering import Citation
 from flytegpt.bot.answering.types import Answer
 from flytegpt.bot.slack.dedupe import SeenStore
@@ -57,3 +62,55 @@ def test_a_full_database_is_an_error_not_a_crash(tmp_path: Path) -> None:
                 store.record_answer(_answer(i), surface="mention", channel="C1", user="U1")
     finally:
         store.close()
+
+
+# ---- space (audit 25 F7) ----------------------------------------------------------------------------
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _filled(path: Path, *, incremental: bool, rows: int = 2_000) -> sqlite3.Connection:
+    conn = sqlite_files.connect(path, incremental=incremental)
+    conn.execute("CREATE TABLE IF NOT EXISTS t (x TEXT)")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO t VALUES (?)", [("x" * 3000,) for _ in range(rows)])
+    conn.execute("COMMIT")
+    return conn
+
+
+def test_a_new_database_can_give_pages_back_an_existing_one_keeps_its_mode(tmp_path: Path) -> None:
+    conn = _filled(tmp_path / "new.db", incremental=True)
+    assert sqlite_files.auto_vacuum_mode(conn) == "incremental"
+    conn.execute("DELETE FROM t")
+    size = (tmp_path / "new.db").stat().st_size
+    stop = threading.Event()
+    stop.set()  # one step, then stop
+    one = sqlite_files.give_back_free_pages(conn, step_pages=100, stop=stop)
+    assert one == 100 * 4096 and (tmp_path / "new.db").stat().st_size == size - one
+    rest = sqlite_files.give_back_free_pages(conn, pause_s=0)
+    assert (tmp_path / "new.db").stat().st_size == size - one - rest < size / 10
+    conn.close()
+
+    old = _filled(tmp_path / "old.db", incremental=False)
+    old.close()
+    conn = sqlite_files.connect(tmp_path / "old.db", incremental=True)  # not new: left as it is
+    assert sqlite_files.auto_vacuum_mode(conn) == "none"
+    conn.execute("DELETE FROM t")
+    assert sqlite_files.give_back_free_pages(conn) == 0  # nothing can go back without a VACUUM
+    conn.close()
+
+
+def test_a_vacuum_keeps_the_files_private(tmp_path: Path) -> None:
+    folder = tmp_path / "made-by-the-bot"
+    db = folder / "f.db"
+    conn = _filled(db, incremental=False)
+    conn.execute("DELETE FROM t WHERE rowid % 2 = 0")
+    assert (_mode(folder), _mode(db), _mode(Path(f"{db}-journal"))) == (0o700, 0o600, 0o600)
+    before, after = sqlite_files.compact(conn, db)
+    assert after < before * 0.6
+    assert sqlite_files.auto_vacuum_mode(conn) == "incremental"
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 1_000
+    conn.close()
+    assert (_mode(folder), _mode(db), _mode(Path(f"{db}-journal"))) == (0o700, 0o600, 0o600)
+    assert sorted(p.name for p in folder.iterdir()) == ["f.db", "f.db-journal"]  # no copy left beside it
