@@ -7,7 +7,10 @@ which a Slack user will not), and because an empty completion is a failure we re
 Every answer has one deadline (`[answer] deadline_s`) that covers condensing, retries,
 waits and the model's writing: each model call gets what is left of it as its timeout.
 Past the deadline the asker gets the best passages, with a note that the model did not
-answer, instead of a worker held for (retries + 1) x timeout.
+answer, instead of a worker held for (retries + 1) x timeout. The deadline counts from
+when the question was asked (`asked_at`: the Slack bot passes its event's arrival), so time
+spent waiting for a worker is part of it: with a slow model and a queue, an answer no longer
+comes minutes after the question (audit 25 F4). Without `asked_at` (CLI, bulk) it starts now.
 """
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ class _NoAnswerInTime(Exception):
 
 
 class _Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
+    def __init__(self, seconds: float, start: float | None = None) -> None:
+        """`seconds` from `start` (a time.monotonic() in the past: the question's arrival), else from now."""
+        self.end = (time.monotonic() if start is None else start) + seconds
 
     def remaining(self) -> float:
         return self.end - time.monotonic()
@@ -121,22 +125,27 @@ class Answerer:
         self._chat: Any = None
 
     # ---- public API -------------------------------------------------------------
-    def answer(self, question: str, history: Sequence[Turn] = ()) -> Answer:
-        """The whole answer at once (CLI, bulk Q&A, Slack without streaming)."""
-        for event in self._events(question, history, stream=False):
+    def answer(self, question: str, history: Sequence[Turn] = (), *, asked_at: float | None = None) -> Answer:
+        """The whole answer at once (CLI, bulk Q&A, Slack without streaming).
+
+        `asked_at` (time.monotonic()) is when the question was asked: the deadline counts from
+        it, so a question that waited for a worker has only what is left. None: from now."""
+        for event in self._events(question, history, stream=False, asked_at=asked_at):
             if isinstance(event, Answer):
                 return event
         raise AssertionError("the answer path ended without an answer")  # pragma: no cover
 
-    def stream(self, question: str, history: Sequence[Turn] = ()) -> Iterator[Event]:
+    def stream(self, question: str, history: Sequence[Turn] = (), *,
+               asked_at: float | None = None) -> Iterator[Event]:
         """The answer as it is written: Progress steps, Delta texts, then the final Answer.
 
         The deltas are cleaned as they come (LiveCitations), so their concatenation is the
         start of Answer.text unless the model's later text changed an earlier marker's
         meaning; the final Answer is authoritative. Answers without a model (offline,
-        not found) come as one Answer with no deltas. Errors raise as in `answer`.
+        not found) come as one Answer with no deltas. Errors raise as in `answer`, and
+        `asked_at` is read as there.
         """
-        return self._events(question, history, stream=True)
+        return self._events(question, history, stream=True, asked_at=asked_at)
 
     def answer_many(self, questions: Sequence[str], *, workers: int = 1, **resume: Any) -> list[dict]:
         """bulk.answer_many on this answerer (`answered=`, `on_progress=`: resuming a killed run)."""
@@ -144,13 +153,14 @@ class Answerer:
 
         return answer_many(self, questions, workers=workers, **resume)
 
-    def _events(self, question: str, history: Sequence[Turn], *, stream: bool) -> Iterator[Event]:
+    def _events(self, question: str, history: Sequence[Turn], *, stream: bool,
+                asked_at: float | None = None) -> Iterator[Event]:
         question = self.validate(question)
         searcher = self._searcher()
         if searcher is None:
             raise IndexNotReady()
         version = getattr(searcher, "version", None)
-        deadline = _Deadline(self.config.answer.deadline_s)
+        deadline = _Deadline(self.config.answer.deadline_s, start=asked_at)
         history = keep_turns(history, self.config.answer.history_turns)
         yield Progress("searching")
 
@@ -312,11 +322,18 @@ class Answerer:
                 self._chat = self._chat_model()
             return self._chat
 
-    def _chain(self, prompt: Any, deadline: _Deadline) -> Callable[[], Any]:
-        """prompt | model | parser, built per attempt so each call's timeout is what the deadline leaves."""
+    def _chain(self, prompt: Any, deadline: _Deadline, *, parsed: bool = True) -> Callable[[], Any]:
+        """prompt | model | parser, built per attempt so each call's timeout is what the deadline leaves.
+
+        `parsed=False` leaves the parser out (prompt | model: message chunks), for streaming: closing
+        a stream of a sequence that ends in a parser reads the rest of the model's reply first
+        (langchain_core keeps the parser's whole input for its trace), so a slow model held the
+        worker until it had written everything, long past the deadline (audit 25 F4)."""
         from langchain_core.output_parsers import StrOutputParser
 
         model = self._model()
+        if not parsed:
+            return lambda: prompt | model.bind(timeout=deadline.timeout(self.config.answer.timeout_s))
         return lambda: prompt | model.bind(timeout=deadline.timeout(self.config.answer.timeout_s)) | StrOutputParser()
 
     def _chat_model(self) -> Any:
@@ -340,18 +357,22 @@ class Answerer:
         Retried like `_invoke` while nothing was shown; once text was shown a failure
         cannot be retried without showing it twice, so it ends the answer (_NoAnswerInTime
         with the partial text). A stall is bounded by the call's timeout (what the deadline
-        left when the call started); the deadline itself is checked at every piece.
+        left when the call started); the deadline itself is checked at every piece, and a
+        stream ended there is closed at once (the rest of the model's reply is not read).
         """
         import openai
 
-        chain = self._chain(prompts.answer_prompt(self.config.project), deadline)
+        from langchain_core.outputs import ChatGenerationChunk
+
+        chain = self._chain(prompts.answer_prompt(self.config.project), deadline, parsed=False)
         retries = _Retries(self.config.answer, deadline)
         while True:
             live = LiveCitations(fitted)
             pieces = None
             try:
                 pieces = chain().stream(inputs)
-                for piece in pieces:
+                for chunk in pieces:
+                    piece = ChatGenerationChunk(message=chunk).text  # what StrOutputParser makes of it
                     new = live.feed(piece) if piece else ""
                     if new:
                         yield Delta(new)

@@ -12,6 +12,13 @@ rendering goes through delivery, and it counts as answered once that is done.
 Every question between `submit` and its reply is tracked, so a shutdown can tell the
 askers it could not finish (`abandon_unfinished`); whichever of the job and the shutdown
 claims a question first is the one that replies, so nobody gets both.
+
+The answer's deadline (`[answer] deadline_s`) counts from the question's arrival, not from
+when a worker took it (audit 25 F4): the answerer gets what is left of it, and a question
+whose deadline passed while it waited in the queue gets the busy notice ("ask again in a
+minute") at once, without a search or a model call, instead of an answer minutes late. That
+is also what lets the bot catch up after a slow model recovers: the stale part of the queue
+is cleared in moments, not answered one by one.
 """
 
 from __future__ import annotations
@@ -40,6 +47,14 @@ if TYPE_CHECKING:
     from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
+
+
+class _WaitedTooLong(Exception):
+    """The question's deadline passed before answering could start (it waited in the queue)."""
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(f"waited {waited_s:.1f} s")
+        self.waited_s = waited_s
 
 
 class AnswerJob:
@@ -99,12 +114,22 @@ class AnswerJob:
         from flytegpt.bot.answering import IndexNotReady, ModelUnavailable, QuestionRejected
 
         self.metrics.pending.set(self.pool.pending)
+        queued_s = time.monotonic() - q.received  # waiting for a worker: part of the answer's deadline
         streamed = self._streamed_reply(q)
         if streamed is not None:
             with self._lock:
                 self._streams[id(q)] = streamed
         try:
             answer = self._get_answer(q, streamed)
+        except _WaitedTooLong as e:
+            q.refused_late = True  # routing gives the asker's question back when this job ends
+            self.metrics.failures.labels("queue_timeout").inc()
+            log.warning("waited past the answer's deadline: busy reply",
+                        extra={"surface": q.surface, "waited_s": round(e.waited_s, 3),
+                               "deadline_s": self.config.answer.deadline_s})
+            self._reply(q, [blocks.render_notice(messages.BUSY)])
+            self._log_unanswered(q, "failed", "queue_timeout")
+            return
         except QuestionRejected as e:
             self.metrics.failures.labels("rejected").inc()
             self._reply(q, [blocks.render_notice(str(e))])
@@ -140,17 +165,19 @@ class AnswerJob:
         tail = (blocks.streamed_answer_tail(answer.citations, answer_id, answer.sources_heading)
                 if streamed is not None else None)
         self._reply(q, replies, streamed=streamed, final_text=answer.text, tail=tail,
-                    landed=lambda: self._answered(q, answer, answer_id),
+                    landed=lambda: self._answered(q, answer, answer_id, queued_s),
                     lost=lambda: self._not_posted(q, answer, answer_id))
 
-    def _answered(self, q: "Question", answer: Any, answer_id: str) -> None:
+    def _answered(self, q: "Question", answer: Any, answer_id: str, queued_s: float = 0.0) -> None:
         """The answer is in Slack (now, or later from delivery's deferred queue): count it and
-        store it under the id its buttons carry, so votes on it are recorded."""
+        store it under the id its buttons carry, so votes on it are recorded. The log line says how
+        much of the time was spent waiting for a worker (`queued_s`)."""
         seconds = time.monotonic() - q.received
         self.metrics.answers.labels(answer.mode).inc()
         self.metrics.latency.observe(seconds)
         log.info("answered", extra={"surface": q.surface, "mode": answer.mode, "answer_id": answer_id,
-                                    "index_version": answer.index_version, "seconds": round(seconds, 3)})
+                                    "index_version": answer.index_version, "seconds": round(seconds, 3),
+                                    "queued_s": round(queued_s, 3)})
         self.recorder.record_answer(answer_id, answer, **self._where(q, seconds))
 
     def _not_posted(self, q: "Question", answer: Any, answer_id: str) -> None:
@@ -239,17 +266,22 @@ class AnswerJob:
                              is_dm=q.surface in ("dm", "assistant"))
 
     def _get_answer(self, q: "Question", streamed: "StreamedReply | None") -> Any:
-        """The answer; while it is written, its text goes into the stream and the panel shows a status."""
+        """The answer; while it is written, its text goes into the stream and the panel shows a status.
+
+        The answerer's deadline counts from the question's arrival (`q.received`); _WaitedTooLong
+        when nothing of it is left once the thread's history is read (a busy notice, no answer)."""
+        self._check_waited(q)
         history = self._history(q)
+        self._check_waited(q)
         panel = q.surface == "assistant" and q.thread_ts is not None
         if streamed is None and not (panel and hasattr(self.answerer, "stream")):
-            return self.answerer.answer(q.text, history)
+            return self.answerer.answer(q.text, history, asked_at=q.received)
         from flytegpt.bot.answering.live import Delta, Progress
 
         from .stream import assistant_status
 
         answer = None
-        for event in self.answerer.stream(q.text, history):
+        for event in self.answerer.stream(q.text, history, asked_at=q.received):
             if isinstance(event, Delta):
                 if streamed is not None and not self._given_up(q):  # told to ask again: show no more
                     streamed.append(event.text)
@@ -259,6 +291,12 @@ class AnswerJob:
             else:
                 answer = event
         return answer
+
+    def _check_waited(self, q: "Question") -> None:
+        """_WaitedTooLong when the question's deadline ([answer] deadline_s from its arrival) has passed."""
+        waited = time.monotonic() - q.received
+        if waited >= self.config.answer.deadline_s:
+            raise _WaitedTooLong(waited)
 
     def _given_up(self, q: "Question") -> bool:
         """A shutdown has told this asker to ask again (before the job replied)."""

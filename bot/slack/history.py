@@ -6,6 +6,10 @@ thread (bounded LRU with a TTL) because a busy thread would otherwise cost one A
 per message; an entry is refreshed when it does not yet contain the message being
 answered, and dropped when the bot posts in the thread.
 
+The bot's notices (busy, restarted, the model-unavailable apology ...: what it posts instead
+of an answer) are not earlier answers: the history leaves them out (`is_notice`), and a
+half-streamed answer that a notice ended keeps its text without the notice (audit 25 F8).
+
 A thread is read whole only for an answer's history. Whether a reply without a mention is
 for the bot at all is decided from the threads the bot answered in (dedupe.py) and, for
 other threads, from the parent message alone (`bot_replied`): people talking to each other
@@ -21,6 +25,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from flytegpt.bot import messages
 from flytegpt.bot.question_text import clean_question
 from flytegpt.ingest.models import valid_unicode
 from flytegpt.ingest.sources.slack_export import Directory, clean_messages, render_markup, ts_key, valid_ts
@@ -28,6 +33,7 @@ from flytegpt.ingest.sources.slack_export import Directory, clean_messages, rend
 from .addressing import for_the_bot
 from .blocks import answer_text
 from .dedupe import SeenCache
+from .render import escape
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient
@@ -46,6 +52,39 @@ NOT_OURS_TTL_S = 3600.0
 # a public channel can be made private.
 CHANNEL_TYPE_TTL_S = 3600.0
 CHANNEL_TYPES = ("channel", "group", "mpim", "im")  # Slack's channel_type of message events
+
+# What the bot posts in a thread or a DM instead of an answer (bot/messages.py); "{...}" stands for
+# any text. An answer that a notice ended half-way (a stream stopped by a failure or a restart)
+# is its text, "\n\n", then the notice.
+NOTICES = (messages.BUSY, messages.INDEX_NOT_READY, messages.FAILED, messages.RESTARTED, messages.POST_FAILED,
+           messages.EMPTY_QUESTION, messages.TOO_LONG_QUESTION, messages.NO_ANSWER_WRITTEN,
+           messages.MODEL_UNREACHABLE, messages.MODEL_UNREACHABLE_WITH_SOURCES, messages.IN_FLIGHT)
+
+
+def _notice_pattern(notices: tuple[str, ...]) -> re.Pattern[str]:
+    """One pattern for the notices, as Slack gives them back (plain text escaped for mrkdwn)."""
+    alternatives = []
+    for notice in notices:
+        parts = re.split(r"\{[^{}]*\}", escape(notice))
+        alternatives.append("(?s:.+?)".join(re.escape(p) for p in parts))
+    return re.compile("(?:" + "|".join(alternatives) + ")")
+
+
+_NOTICE = _notice_pattern(NOTICES)
+_ENDED_BY_NOTICE = re.compile(r"(?s)(.*\S)\s*\n\n(?:" + _NOTICE.pattern + r")\s*")
+
+
+def is_notice(text: str) -> bool:
+    """Whether a message of the bot (its text as `answer_text` reads it) is a notice, not an answer."""
+    return _NOTICE.fullmatch(text.strip()) is not None
+
+
+def without_notice(text: str) -> str:
+    """An answer's text without the notice that ended it half-way; "" for a notice alone."""
+    if is_notice(text):
+        return ""
+    ended = _ENDED_BY_NOTICE.fullmatch(text)
+    return ended.group(1) if ended else text
 
 
 def channel_type_of(info: dict[str, Any]) -> str:
@@ -219,14 +258,14 @@ class ThreadHistory:
         return keep_turns([*thread, *self._turns(answers_after[::-1], bot_user_id, bot_id)], max_turns)
 
     def _turns(self, msgs: list[dict[str, Any]], bot_user_id: str | None, bot_id: str | None) -> list["Turn"]:
-        """Messages as Turns: the bot's answers, and what people said to the bot."""
+        """Messages as Turns: the bot's answers (not its notices), and what people said to the bot."""
         from flytegpt.bot.answering import Turn
 
         turns: list[Turn] = []
         for m in msgs:
             if self.is_bot_message(m, bot_user_id, bot_id):
-                text = answer_text(m)
-                if text:
+                text = without_notice(answer_text(m))
+                if text.strip():
                     turns.append(Turn("assistant", valid_unicode(text)))
             elif m.get("bot_id") or m.get("subtype") not in (None, "thread_broadcast", "file_share"):
                 continue  # other bots, joins, edits: not part of the conversation

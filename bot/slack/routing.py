@@ -122,7 +122,8 @@ class EventRouter:
             text = question_text(event.get("text"), self.bot_user_id)
             thread = event.get("thread_ts")
             self._dispatch(Question("dm", text, event["channel"], event["user"], event["ts"],
-                                    thread_ts=thread, history_root=thread, channel_type="im"))
+                                    thread_ts=self._dm_reply_thread(event), history_root=thread,
+                                    channel_type="im"))
             return
         self._accept_channel_message(event, mentioned=True)  # the app_mention twin; first one wins
 
@@ -205,6 +206,19 @@ class EventRouter:
     def _from_bot(self, event: dict) -> bool:
         return bool(event.get("bot_id") or event.get("subtype") == "bot_message"
                     or event.get("user") == self.bot_user_id)
+
+    def _dm_reply_thread(self, event: dict) -> str | None:
+        """Where every reply to a DM goes: its thread; for a message at the DM's top level, a thread
+        under it when answers stream ([bot] streaming, the default: Slack streams only replies), else
+        the top level, where an answer posted whole goes.
+
+        The notices (busy, rate limit, apology, restart) go with the answer: posted at the top of
+        the DM beside a streamed answer's thread, they showed no reply under the 👀'd question and a
+        stray message below it, which a later top-level follow-up read as an earlier answer (audit 25 F8)."""
+        thread = event.get("thread_ts")
+        if thread:
+            return thread
+        return event["ts"] if self.config.bot.streaming else None
 
     def _well_formed(self, body: dict, event: dict) -> bool:
         """A message we could answer has a channel, a user, a ts that is a Slack timestamp ("abc" or
@@ -333,9 +347,16 @@ class EventRouter:
 
     def _job_ended(self, args: tuple) -> None:
         """The answer pool ended a task (answered, failed, timed out, cancelled at shutdown): its
-        question's slot is free again. Other tasks hold no slot (release is a no-op for them)."""
+        question's slot is free again. Other tasks hold no slot (release is a no-op for them).
+
+        A question that waited in the queue past its deadline and got the busy notice instead of an
+        answer (`refused_late`) also gives back the question it counted a minute, as one refused at
+        the door does: the asker did nothing wrong but ask while the bot was behind."""
         if args and isinstance(args[0], Question):
-            self.in_flight.release(id(args[0]))
+            q = args[0]
+            self.in_flight.release(id(q))
+            if q.refused_late:
+                self._limiter_for(q).release(q.user)
 
     def _where_to_ask(self) -> str:
         """The "only in these channels" notice: it goes to anyone who mentions the bot elsewhere,

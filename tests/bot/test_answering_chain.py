@@ -304,6 +304,45 @@ def test_hung_model_gives_offline_passages_at_the_deadline(server):
     assert elapsed < 2.0 + 1.5  # the deadline, plus generous slack for a loaded machine
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_deadline_counts_from_when_the_question_was_asked(server, stream):
+    """Audit 25 F4: a question that waited 2 s for a worker has 1 s of its 3 s deadline left, not 3 s
+    more: the hung model's call gets that second as its timeout, then the passages come."""
+    server.script(*[Hang(30)] * 4)
+    answerer, _ = make(server, timeout_s=10.0, deadline_s=3.0, max_retries=3, retry_backoff_s=0.05)
+    start = time.monotonic()
+    asked_at = start - 2.0
+    if stream:
+        _, deltas, a = _collect(answerer.stream("how do I use ray?", asked_at=asked_at))
+        assert deltas == []
+    else:
+        a = answerer.answer("how do I use ray?", asked_at=asked_at)
+    elapsed = time.monotonic() - start
+    assert a.mode == "offline" and a.note == "deadline" and a.text.startswith(prompts.MODEL_DEADLINE_NOTE)
+    assert len(server.requests) == 1 and 0.8 < elapsed < 1.0 + 1.0  # what was left, plus slack for a loaded machine
+
+
+def test_a_stream_cut_at_the_deadline_does_not_read_the_rest_of_the_reply(server):
+    """Audit 25 F4: a model writing slowly (40 pieces, 0.25 s apart: 10 s) past a 3 s deadline. The
+    answer ended at the deadline, but closing the stream read the model's whole reply first (the
+    parser step of the chain keeps its input for the trace): the worker was held the 10 s."""
+    server.script(Slow("Install the plugin with pip [1]. " * 8, tokens=40, delay=0.25))
+    answerer, _ = make(server, timeout_s=10.0, deadline_s=3.0)
+    start = time.monotonic()
+    _, deltas, a = _collect(answerer.stream("how do I use ray?"))
+    elapsed = time.monotonic() - start
+    assert a.mode == "llm" and a.note == "deadline" and a.text.endswith(prompts.MODEL_DEADLINE_PARTIAL_NOTE)
+    assert "".join(deltas) and a.text.startswith("Install the plugin")
+    assert elapsed < 3.0 + 1.5 and server.requests[0].done_at is None  # the model was still writing
+
+
+def test_a_question_asked_just_now_has_the_whole_deadline(server):
+    server.reply = "Install the plugin [1]."
+    answerer, _ = make(server, deadline_s=3.0)
+    a = answerer.answer("how do I use ray?", asked_at=time.monotonic())
+    assert a.mode == "llm" and a.text == "Install the plugin [1]."
+
+
 def test_hung_condense_still_answers_from_passages(server):
     server.script(Hang(30), Hang(30), Hang(30))
     answerer, searcher = make(server, timeout_s=1.0, deadline_s=1.5, max_retries=5, retry_backoff_s=0.05)
