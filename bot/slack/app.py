@@ -157,5 +157,6 @@ class FlyteGPTBot:
 
 def build_app(config: "Config", settings: "Settings", answerer: Any, holder: "IndexHolder | None" = None,
               **kwargs: Any) -> FlyteGPTBot:
-    """The FlyteGPT Slack app. `answerer` is anything with `.answer(question, history) -> Answer`."""
+    """The FlyteGPT Slack app. `answerer` is anything with `.answer(question, history, *, asked_at=None) -> Answer`
+    (and `.stream(...)` alike, when answers stream): `asked_at` is the event's arrival, where the deadline starts."""
     return FlyteGPTBot(config, settings, answerer, holder, **kwargs)
