@@ -350,11 +350,13 @@ class SlackEmulator:
     def _ws_handler(self, conn: ServerConnection) -> None:
         with self._lock:
             self.connects += 1
-            if self.refuse_sockets:
-                conn.close(code=1011, reason="socket mode unavailable")
-                return
-            self._connections.append(conn)
-            self._send_locks[id(conn)] = threading.Lock()
+            refused = self.refuse_sockets
+            if not refused:
+                self._connections.append(conn)
+                self._send_locks[id(conn)] = threading.Lock()
+        if refused:  # outside the lock: closing waits for the client, and the Web API must not
+            conn.close(code=1011, reason="socket mode unavailable")
+            return
         try:
             self._ws_send(conn, {
                 "type": "hello", "num_connections": len(self._connections),
@@ -452,8 +454,11 @@ class SlackEmulator:
         with self._lock:
             conns = list(self._connections)
         for conn in conns:
-            self._ws_send(conn, {"type": "disconnect", "reason": reason,
-                                 "debug_info": {"host": "emulator"}})
+            try:
+                self._ws_send(conn, {"type": "disconnect", "reason": reason,
+                                     "debug_info": {"host": "emulator"}})
+            except ConnectionClosed:  # the client was closing it meanwhile: it needs no notice
+                pass
 
     # --- event helpers ---------------------------------------------------------------
 
