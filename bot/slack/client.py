@@ -55,7 +55,6 @@ def make_client(settings: "Settings", **kwargs: Any) -> WebClient:
     return make_web_client(settings, token, **kwargs)
 
 
-
 # --- Socket Mode -------------------------------------------------------------------------------------
 
 # How long a new connection may take to open and receive Slack's `hello`.
