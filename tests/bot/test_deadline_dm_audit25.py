@@ -25,7 +25,7 @@ import pytest
 from slack_sdk import WebClient
 from support.openai_server import Fail
 from support.slack_emulator import SlackEmulator
-from support.slack_harness import ANSWER, CACHE_Q, STANDALONE, llm_reply
+from support.slack_harness import ANSWER, CACHE_Q, held_reply, llm_reply
 
 from flytegpt.bot import messages
 from flytegpt.bot.answering import Turn
@@ -52,16 +52,6 @@ def _replied_at(emu: SlackEmulator, thread_ts: str) -> float:
     return max(c.at for c in emu.calls
                if (c.method in ("chat.postMessage", "chat.startStream") and c.args.get("thread_ts") == thread_ts)
                or (c.method in ("chat.appendStream", "chat.stopStream", "chat.update") and c.args.get("ts") in mine))
-
-
-def _held_until(gate: threading.Event):
-    """The stand-in model, answering only once `gate` is set (condensing follow-ups at once)."""
-    def reply(body: dict) -> str:
-        if "standalone question" in str(body["messages"][0].get("content", "")):
-            return STANDALONE
-        gate.wait(60)
-        return ANSWER
-    return reply
 
 
 def _top_level(emu: SlackEmulator, channel: str) -> list[dict]:
@@ -146,7 +136,7 @@ def test_busy_notices_in_a_dm_and_the_panel_go_in_the_questions_thread(make_harn
     emu, gate = h.emu, threading.Event()
     emu.add_channel(DM, "dm", is_im=True)
     opened = emu.open_assistant_thread(user="U0PANEL")
-    h.llm.reply = _held_until(gate)
+    h.llm.reply = held_reply(gate)
     try:
         running = emu.mention(CACHE_Q, user="U0ASK1")
         waiting = emu.mention(CACHE_Q, user="U0ASK2")
@@ -175,7 +165,7 @@ def test_apology_and_restart_notices_in_a_dm_go_in_the_questions_thread(make_har
     assert apology["text"].startswith(APOLOGY_START)
     h.idle()
 
-    h.llm.reply = _held_until(gate)  # a shutdown while the next answer is still being written
+    h.llm.reply = held_reply(gate)  # a shutdown while the next answer is still being written
     try:
         d = emu.message("how do I cache a workflow?", channel=DM, channel_type="im")
         emu.wait_for(lambda: len(h.llm.requests) == 2)
@@ -191,7 +181,7 @@ def test_rate_limit_and_in_flight_notices_in_a_dm_go_in_the_questions_thread(mak
     h = make_harness(bot={"streaming": True, "user_in_flight": 1, "user_rate_limit": 2})
     emu, gate = h.emu, threading.Event()
     emu.add_channel(DM, "dm", is_im=True)
-    h.llm.reply = _held_until(gate)
+    h.llm.reply = held_reply(gate)
     try:
         first = emu.message(CACHE_Q, channel=DM, channel_type="im")
         emu.wait_for(lambda: h.llm.requests)

@@ -19,7 +19,7 @@ import time
 
 import pytest
 from support.openai_server import Fail, Hang
-from support.slack_harness import ANSWER, STANDALONE
+from support.slack_harness import held_reply
 
 from flytegpt.bot import messages
 from flytegpt.bot.slack.shutdown import drain
@@ -27,16 +27,6 @@ from flytegpt.bot.slack.shutdown import drain
 pytestmark = pytest.mark.timeout(120)
 
 FLOOD, VICTIM = "U0FLOOD", "U0VICTIM"
-
-
-def _held_until(gate: threading.Event):
-    """The stand-in model, answering only once `gate` is set (condensing follow-ups at once)."""
-    def reply(body: dict) -> str:
-        if "standalone question" in str(body["messages"][0].get("content", "")):
-            return STANDALONE
-        gate.wait(60)
-        return ANSWER
-    return reply
 
 
 def _answered(harness, d) -> bool:
@@ -51,7 +41,7 @@ def test_one_user_cannot_queue_more_than_user_in_flight_questions(make_harness):
     """F8: 5 questions at once from one user (within the rate limit); a slow model, one worker."""
     harness = make_harness(bot={"workers": 1, "queue_size": 32, "user_in_flight": 2, "user_rate_limit": 4})
     emu, gate = harness.emu, threading.Event()
-    harness.llm.reply = _held_until(gate)
+    harness.llm.reply = held_reply(gate)
     try:
         flood = [emu.mention(f"how do I cache a task, variant {i}?", user=FLOOD) for i in range(5)]
         # three are refused at once, while the model still holds the first answer
@@ -93,7 +83,7 @@ def test_a_slash_command_beyond_the_cap_is_told_in_its_ack(make_harness):
     """/flytegpt acks at once: over the cap, the ack is the notice, and nothing is queued."""
     harness = make_harness(bot={"user_in_flight": 1})
     emu, gate = harness.emu, threading.Event()
-    harness.llm.reply = _held_until(gate)
+    harness.llm.reply = held_reply(gate)
     try:
         d = emu.mention("how do I cache a task?")
         emu.wait_for(lambda: harness.llm.requests)
@@ -134,7 +124,7 @@ def test_the_slots_are_free_again_after_a_shutdown(make_harness):
     frees its slot when its job ends."""
     harness = make_harness(bot={"workers": 1, "user_in_flight": 2})
     emu, gate = harness.emu, threading.Event()
-    harness.llm.reply = _held_until(gate)
+    harness.llm.reply = held_reply(gate)
     try:
         for i in range(2):
             emu.mention(f"how do I cache a task, take {i}?")

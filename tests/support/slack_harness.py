@@ -61,6 +61,17 @@ def llm_reply(body: dict) -> str:
     return STANDALONE if "standalone question" in system else ANSWER
 
 
+def held_reply(gate: threading.Event, timeout_s: float = 60.0) -> Callable[[dict], str]:
+    """The stand-in model answering only once `gate` is set (condensing follow-ups at once): a
+    model that is slow exactly as long as a test needs."""
+    def reply(body: dict) -> str:
+        if "standalone question" in str(body["messages"][0].get("content", "")):
+            return STANDALONE
+        gate.wait(timeout_s)
+        return ANSWER
+    return reply
+
+
 class BotHarness:
     """Emulator + model stand-in + the bot connected over Socket Mode."""
 
