@@ -25,6 +25,7 @@ from flytegpt.ingest.store import atomic_writer, get_fs, join, list_dir
 log = logging.getLogger(__name__)
 
 COMPACT_ABOVE = 16  # shards; more than this and flush() merges them into one
+READ_BLOCK_ROWS = 4096  # rows of a shard read at once by gather() (6 MB at 384 float32)
 
 
 def model_slug(model_id: str) -> str:
@@ -95,26 +96,27 @@ class EmbeddingCache:
         """The stored vectors among `keys`: (the keys found, unique, in the order of `keys`; their
         vectors as one float32 array). The keys not found are the ones still to embed.
 
-        Read one shard at a time, keeping only the rows asked for: a caller that plans the
-        embedding on a CPU (the Flyte workflow's `plan` task) needs the vectors of one corpus,
-        not every vector the store ever cached for the model, in memory at once. What this
-        instance added but did not flush is not seen: it reads the store.
+        Read one shard at a time, keeping only the rows asked for: an ingest (and the Flyte
+        workflow's `plan` and `embed` tasks) needs the vectors of one corpus, not every vector
+        the store ever cached for the model (every page and thread as it read on every night),
+        in memory at once. What this instance added but did not flush is not seen: it reads
+        the store.
         """
         wanted = dict.fromkeys(keys)  # unique, in order
         row_of: dict[str, int] = {}  # a found key -> its row in the blocks stacked
         blocks: list[np.ndarray] = []
         for path in self._shard_paths():
-            shard = self._read_shard(path)
-            if shard is None:
+            try:
+                found_here = self._read_rows(path, wanted, row_of)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+                log.warning("embedding cache: skipping unreadable shard %s (%s)", path, e)
                 continue
-            shard_keys, vectors = shard
-            rows = []
-            for i, key in enumerate(shard_keys):
-                if key in wanted and key not in row_of:
-                    row_of[key] = len(row_of)
-                    rows.append(i)
-            if rows:
-                blocks.append(vectors[rows])  # a copy: the shard itself is not kept
+            for key, _ in found_here:
+                row_of[key] = len(row_of)
+            if found_here:
+                blocks.append(np.stack([v for _, v in found_here]))
+            if path not in self._shards:
+                self._shards.append(path)  # read this run: a later flush may merge it
         if not row_of:
             return [], np.empty((0, self.dimension), dtype=np.float32)
         stacked = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
@@ -122,11 +124,53 @@ class EmbeddingCache:
         found = [key for key in wanted if key in row_of]
         return found, stacked[[row_of[key] for key in found]]
 
+    def _read_rows(self, path: str, wanted: dict[str, None], taken: dict[str, int]) -> list[tuple[str, np.ndarray]]:
+        """The rows of one shard whose keys are wanted and not taken yet, read block by block.
+
+        A compacted shard holds every vector the model ever cached (GBs after months of nightly
+        ingests): its `vectors` member is read `READ_BLOCK_ROWS` rows at a time, so memory follows
+        what is asked for, not the shard's size. Raises what a damaged shard raises.
+        """
+        with self.fs.open(path, "rb") as f, zipfile.ZipFile(f) as npz:
+            with npz.open("keys.npy") as member:
+                keys = np.lib.format.read_array(member, allow_pickle=False)
+            names = [k.decode("ascii") for k in keys.tolist()]
+            rows = [i for i, key in enumerate(names) if key in wanted and key not in taken]
+            with npz.open("vectors.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read_header(member)
+                if shape != (len(names), self.dimension) or fortran or dtype.kind != "f":
+                    raise ValueError(f"shape {shape} ({dtype}), expected ({len(names)}, {self.dimension})")
+                row_bytes = self.dimension * dtype.itemsize
+                out: list[tuple[str, np.ndarray]] = []
+                seen: set[str] = set()
+                # Read to the end, in blocks, even past the last row asked for: the zip's CRC of
+                # the member is checked once it is read whole, so a damaged shard is not served.
+                i = 0
+                for first in range(0, len(names), READ_BLOCK_ROWS):
+                    count = min(READ_BLOCK_ROWS, len(names) - first)
+                    data = member.read(count * row_bytes)
+                    if len(data) != count * row_bytes:
+                        raise EOFError(f"vectors end at row {first + len(data) // row_bytes}")
+                    array = np.frombuffer(data, dtype=dtype).reshape(count, self.dimension)
+                    while i < len(rows) and rows[i] < first + count:
+                        r = rows[i]
+                        if names[r] not in seen:
+                            seen.add(names[r])
+                            out.append((names[r], array[r - first].astype(np.float32)))  # a copy
+                        i += 1
+                if member.read(1):
+                    raise ValueError("more data than the header says")
+        return out
+
     def add(self, keys: Sequence[str], vectors: np.ndarray, *, hold: bool = True) -> None:
         """Remember new vectors; the block is kept as given (no per-row copies) until `flush`.
 
         `hold=False`: after the flush only the keys are remembered, not the vectors (a caller
-        that keeps its own copy, such as an ingest's output array, needs no second one).
+        that keeps its own copy, such as an ingest's output array, needs no second one); and
+        the cache is not loaded to check the keys against it: such a caller adds what `gather`
+        did not find (a key another run cached meanwhile is stored twice, which reads the same).
         """
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(keys), self.dimension):
@@ -134,7 +178,7 @@ class EmbeddingCache:
                 f"embedding cache: got vectors of shape {vectors.shape} for {len(keys)} keys, "
                 f"dimension {self.dimension}"
             )
-        known = self._load()
+        known = self._load() if hold else (self._vectors or {})
         # First occurrence of each key not cached yet: the same text may come twice in `keys`.
         first: dict[str, int] = {}
         for i, key in enumerate(keys):

@@ -269,7 +269,7 @@ def embed_chunks(
     texts = [c.dense_text for c in chunks]  # made once: a code chunk's words are split from its text
     keys = [content_key(embedder.model_id, t) for t in texts]
     cache = EmbeddingCache(config.index.store, embedder.model_id, embedder.dimension)
-    found = cache.lookup(keys)
+    found = dict(zip(*cache.gather(keys)))  # this corpus's vectors only, one shard at a time
     # One text may occur in several chunks (same boilerplate in two files): embed it once.
     missing: dict[str, int] = {}  # content key -> its first row
     for i, key in enumerate(keys):

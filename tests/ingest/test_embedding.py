@@ -179,6 +179,36 @@ def test_corrupt_shard_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert set(EmbeddingCache(store, "test/model", 8).lookup(keys)) == set(keys)
 
 
+def test_gather_streams_a_big_shard_and_skips_damaged_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """gather() reads a shard's vectors a block of rows at a time; what it returns is the same."""
+    monkeypatch.setattr(embedding_cache, "READ_BLOCK_ROWS", 3)
+    store = str(tmp_path)
+    keys, vectors = _keys(20), _vectors(20)
+    cache = EmbeddingCache(store, "test/model", 8)
+    cache.add(keys[:17], vectors[:17])
+    cache.flush()
+    other = EmbeddingCache(store, "test/model", 8)  # another run: keys[2] is stored twice
+    other.add(keys[17:] + [keys[2]], np.concatenate([vectors[17:], vectors[2:3]]), hold=False)
+    other.flush()
+    asked = [keys[19], keys[0], "missing", keys[5], keys[6], keys[16], keys[0], keys[2], keys[11]]
+    found, got = EmbeddingCache(store, "test/model", 8).gather(asked)
+    expected = [keys[19], keys[0], keys[5], keys[6], keys[16], keys[2], keys[11]]
+    assert found == expected
+    np.testing.assert_array_equal(got, vectors[[19, 0, 5, 6, 16, 2, 11]])
+
+    folder = tmp_path / "embeddings" / model_slug("test/model")
+    shard = max(folder.glob("*.npz"), key=lambda p: p.stat().st_size)  # the 17-row one
+    data = bytearray(shard.read_bytes())
+    at = data.index(b"vectors.npy") + 300  # a byte of a vector flipped on disk: the CRC says so
+    data[at] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="flytegpt.ingest.embedding_cache"):
+        found, _ = EmbeddingCache(store, "test/model", 8).gather(asked)
+    assert found == [keys[19], keys[2]] and shard.name in caplog.text
+
+
 def test_cache_rejects_wrong_shape(tmp_path: Path) -> None:
     cache = EmbeddingCache(str(tmp_path), "test/model", 8)
     with pytest.raises(ValueError, match="dimension 8"):
@@ -393,3 +423,35 @@ def test_vectors_added_without_holding_are_written_once_and_survive_compaction(
     (shard,) = (tmp_path / "embeddings").rglob("*.npz")
     found = EmbeddingCache(store, "test/model", 8).lookup(keys)
     np.testing.assert_array_equal(np.stack([found[k] for k in keys]), vectors)
+
+
+def test_an_ingest_holds_the_vectors_of_its_own_chunks_not_the_whole_cache(tmp_path: Path, embedder: Embedder) -> None:
+    """The cache keeps every vector ever made for the model (each night's edited pages and
+    threads); an ingest of one corpus must not hold all of them in memory (audit 24)."""
+    import tracemalloc
+
+    from flytegpt.ingest.config import Config, IndexConfig
+    from flytegpt.ingest.pipeline import embed_chunks
+
+    config = Config(index=IndexConfig(store=str(tmp_path / "store")))
+    chunks = [_chunk(t, i) for i, t in enumerate(TEXTS)]
+    vectors, _ = embed_chunks(chunks, config, embedder=embedder, progress=False)
+    old = EmbeddingCache(config.index.store, embedder.model_id, embedder.dimension)  # 60 MB of old text
+    rng = np.random.default_rng(0)
+    for n in range(2):
+        old.add([f"old-{n}-{i:06d}" for i in range(20_000)], rng.random((20_000, embedder.dimension), dtype=np.float32))
+        old.flush(compact=False)
+    del old
+
+    new = _chunk("Launch plans schedule workflows with cron expressions.", 99)
+    tracemalloc.start()
+    try:
+        again, stats = embed_chunks(chunks + [new], config, embedder=embedder, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert stats == {"computed": 1, "reused": len(TEXTS)}
+    np.testing.assert_array_equal(again[:-1], vectors)
+    assert peak < 20_000_000, f"peak {peak / 1e6:.0f} MB: the whole cache was loaded"
+    # and the new vector is in the cache for the next run
+    assert len(EmbeddingCache(config.index.store, embedder.model_id, embedder.dimension).gather([new.content_key(embedder.model_id)])[0]) == 1
