@@ -9,8 +9,10 @@ retriever was tuned and never tuned on, which say whether a change tuned on the 
 generalises: tests/eval/check_faq.jsonl (FAQ headings and issue titles), tests/eval/check_chat.jsonl
 (questions as people post them in Slack: context first, lowercase and abbreviations, a pasted
 error or snippet, a concept described without its name) and tests/eval/check_issues.jsonl (GitHub
-issues with a body, a version, a snippet or a traceback; terse search-box keywords); every figure is printed for each, overall, per kind
-and (where the file says) per origin.
+issues with a body, a version, a snippet or a traceback; terse search-box keywords) and
+tests/eval/check_heldout.jsonl (50 questions in dev.jsonl's own style and mix of kinds, about other
+documents: an estimate for a private held-out set written like dev.jsonl); every figure is
+printed for each, overall, per kind and (where the file says) per origin.
 
 The seed pipeline is rebuilt as it was: LangChain's SlackDirectoryLoader (one document per
 message), CharacterTextSplitter() defaults for docs, PythonCodeTextSplitter for code, the same
@@ -49,6 +51,7 @@ DEFAULT_QUESTIONS = [
     str(ROOT / "tests" / "eval" / "check_faq.jsonl"),
     str(ROOT / "tests" / "eval" / "check_chat.jsonl"),
     str(ROOT / "tests" / "eval" / "check_issues.jsonl"),
+    str(ROOT / "tests" / "eval" / "check_heldout.jsonl"),
 ]
 
 

@@ -106,7 +106,8 @@ def test_an_unreadable_question_file_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("name, at_least", [("dev_howto.jsonl", 40), ("check_faq.jsonl", 30),
-                                              ("check_chat.jsonl", 36)])
+                                              ("check_chat.jsonl", 36), ("check_issues.jsonl", 40),
+                                              ("check_heldout.jsonl", 50)])
 def test_the_project_question_files_are_well_formed(name: str, at_least: int):
     """tests/eval/*.jsonl: the format of ../shared/eval/dev.jsonl, ids unique, kinds matching the
     gold ids' sources, and (when the eval corpus is beside the checkout) every gold document
