@@ -1,4 +1,5 @@
-"""`flytegpt serve` and `flytegpt feedback export` (the lead adds them to the main group)."""
+"""`flytegpt serve` and the `flytegpt feedback` group: questions, export, compact (the lead adds them
+to the main group)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 import click
 
-from flytegpt.bot.cli_options import config_option, file_errors, load, store_option
+from flytegpt.bot.cli_options import config_option, file_errors, implicit_config, load, store_option
 
 
 @click.command("serve")
@@ -102,3 +103,39 @@ def export_cmd(db_path: str, out_path: str) -> None:
         click.echo(f"wrote {n} feedback record(s) to {out_path}", err=True)
     else:
         sys.stdout.flush()
+
+
+@feedback_group.command("compact")
+@click.option("--db", "db_path", default=None, type=click.Path(dir_okay=False), metavar="PATH",
+              help="The feedback SQLite database (default: [bot] feedback_db of --config).")
+@config_option
+def compact_cmd(db_path: str | None, config_path) -> None:
+    """Shrink the feedback database to what it holds (one SQLite VACUUM) and switch it to
+    incremental auto_vacuum, so that retention gives space back from then on.
+
+    For a database of an earlier release too big for the bot to switch at start (over 512 MB:
+    the bot's start-up warning names this command). Run it with the bot stopped: a VACUUM locks
+    the file while it rewrites it, so it is refused while another process has the file open or
+    holds a lock on it, and then nothing is changed. It needs free disk space for a copy of what
+    the database holds. Prints the file's size before and after.
+    """
+    from flytegpt.bot.slack.feedback import FeedbackDatabaseError, compact_database
+
+    if db_path is None:
+        if implicit_config():
+            raise click.ClickException("which database? pass --db PATH, or --config FILE to use its [bot] feedback_db")
+        db_path = load(config_path, None).bot.feedback_db
+    try:
+        done = compact_database(db_path)
+    except FeedbackDatabaseError as e:
+        raise click.ClickException(str(e)) from None
+    freed = done.bytes_before - done.bytes_after
+    click.echo(f"compacted {done.path}: {_size(done.bytes_before)} before, {_size(done.bytes_after)} after "
+               f"({_size(max(freed, 0))} given back)")
+    if done.auto_vacuum_before != "incremental":
+        click.echo(f"auto_vacuum: incremental (was {done.auto_vacuum_before}): retention now gives space back by itself")
+
+
+def _size(n: int) -> str:
+    """Bytes as an operator reads them (MB with one decimal; KB below 1 MB)."""
+    return f"{n / 2**20:,.1f} MB" if n >= 2**20 else f"{n / 2**10:,.1f} KB"

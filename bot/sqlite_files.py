@@ -191,6 +191,47 @@ def give_back_free_pages(conn: sqlite3.Connection, *, step_pages: int = GIVE_BAC
     return given
 
 
+def processes_with_open(path: str | Path) -> list[tuple[int, str]]:
+    """Other processes that have the file open right now, as (pid, command line), read from
+    /proc (Linux). Empty where there is no /proc, and it cannot see processes of other users
+    (their fds are not readable) or in another PID namespace (another pod).
+
+    Why: an idle SQLite connection holds no lock, so SQLite itself cannot tell whether the bot has
+    the file open between two questions; its open file descriptor can. A VACUUM then would lock
+    the bot's writes out for as long as it takes (`compact`)."""
+    try:
+        target = os.stat(path)
+    except OSError:
+        return []
+    me = os.getpid()
+    found: list[tuple[int, str]] = []
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            fds = list(os.scandir(f"/proc/{entry.name}/fd"))
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(fd.path)  # follows the link to the open file
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                try:
+                    with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                        cmd = " ".join(f.read().replace(b"\0", b" ").decode("utf-8", "replace").split())
+                except OSError:
+                    cmd = ""
+                found.append((int(entry.name), cmd[:120] or "?"))
+                break
+    return found
+
+
 def compact(conn: sqlite3.Connection, path: str | Path, *, incremental: bool = True) -> tuple[int, int]:
     """VACUUM the database (optionally switching it to auto_vacuum = INCREMENTAL first): the file
     is rewritten without its free and half-empty pages. Returns (bytes before, bytes after).

@@ -115,6 +115,7 @@ class AnswerJob:
 
         self.metrics.pending.set(self.pool.pending)
         queued_s = time.monotonic() - q.received  # waiting for a worker: part of the answer's deadline
+        self.metrics.queue_wait.observe(queued_s)
         streamed = self._streamed_reply(q)
         if streamed is not None:
             with self._lock:

@@ -1,17 +1,28 @@
 """The bot's Slack credentials (token checks that name the variable), its WebClient, and its
-Socket Mode connection (a hand-over to a new connection that never leaves the app unreachable)."""
+Socket Mode connection (a hand-over to a new connection that never leaves the app unreachable).
+
+The hand-over is built on internals of slack_sdk's websocket-client Socket Mode client that no
+release promises to keep. Each construction checks them (`handover_problems`); a slack_sdk that
+moved them gets its own client instead, with one warning: the bot keeps working, without the
+hand-over. Measured to work with slack_sdk 3.37.0 to 3.48.0 (the project needs 3.37 anyway: its
+Block Kit and streaming calls), tests/bot/test_socket_sdk_versions.py checks the installed one.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
+import websocket
 from slack_bolt.adapter.socket_mode.websocket_client import SocketModeHandler as _BoltSocketModeHandler
 from slack_sdk import WebClient
 from slack_sdk.socket_mode.websocket_client import SocketModeClient
+from slack_sdk.version import __version__ as SLACK_SDK_VERSION
 from websocket import WebSocketApp
 
 from flytegpt.ingest.config import ConfigError
@@ -20,8 +31,10 @@ from flytegpt.ingest.slack_client import api_base_url, make_web_client
 if TYPE_CHECKING:
     from flytegpt.ingest.config import Settings
 
-__all__ = ["HandoverSocketModeClient", "SlackTokenError", "SlackUnreachable", "api_base_url", "check_tokens",
-           "make_client", "socket_mode_handler"]
+__all__ = ["HandoverSocketModeClient", "HandoverUnsupported", "SlackTokenError", "SlackUnreachable", "api_base_url",
+           "check_tokens", "handover_problems", "make_client", "socket_mode_handler"]
+
+log = logging.getLogger(__name__)
 
 
 class SlackTokenError(ConfigError):
@@ -81,6 +94,86 @@ class _Connection:
     socket: Any = None  # websocket-client's WebSocket, kept to close its TCP socket when reading ends
 
 
+# --- what the hand-over relies on in slack_sdk --------------------------------------------------------
+
+
+class HandoverUnsupported(Exception):
+    """The installed slack_sdk's Socket Mode client lacks what HandoverSocketModeClient relies on."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _accepts(fn: Any, *args: Any, **kwargs: Any) -> bool:
+    """Whether `fn` can be called with these arguments (its signature, not a call)."""
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def handover_problems(client: SocketModeClient) -> list[str]:
+    """What a constructed slack_sdk websocket-client SocketModeClient (and websocket-client's
+    WebSocketApp) lacks of what HandoverSocketModeClient relies on; [] when the hand-over can run.
+
+    Why a check: the hand-over replaces the SDK's connection handling but keeps its acks,
+    listeners, monitor and close, so it leans on internals no slack_sdk release promises. Above
+    all, the SDK's runner thread must call `_run_current_session` (the hand-over makes it a
+    no-op): a runner that read connections through another method would read each socket beside
+    the hand-over's own reader. Everything else named here is read or called by the hand-over or
+    by the SDK methods it keeps. Checked at each construction (cheap: attribute and signature
+    look-ups), so a slack_sdk that moved any of it falls back to its own client."""
+    problems: list[str] = []
+
+    def runner(name: str, runs: str, *, needs: tuple[str, ...]) -> None:
+        r = getattr(client, name, None)
+        if r is None:
+            problems.append(f"no {name}")
+            return
+        missing = [m for m in needs if not callable(getattr(r, m, None))]
+        if missing:
+            problems.append(f"{name} has no {', '.join(missing)}()")
+        method = getattr(client, runs, None)
+        if method is None:
+            problems.append(f"no {runs}()")
+        elif getattr(r, "target", None) != method:
+            problems.append(f"{name} does not run {runs}()")
+
+    runner("current_session_runner", "_run_current_session", needs=("shutdown",))
+    runner("current_app_monitor", "_monitor_current_session", needs=("start", "shutdown"))
+    lock = getattr(client, "connect_operation_lock", None)
+    if not all(callable(getattr(lock, m, None)) for m in ("acquire", "release", "__enter__", "__exit__")):
+        problems.append("no connect_operation_lock")
+    for name in ("auto_reconnect_enabled", "default_auto_reconnect_enabled", "current_app_monitor_started", "closed"):
+        if not isinstance(getattr(client, name, None), bool):
+            problems.append(f"no {name} (a bool)")
+    for name in ("current_session", "wss_uri"):
+        if not hasattr(client, name):
+            problems.append(f"no {name}")
+    for name in ("on_open_listeners", "on_message_listeners", "on_error_listeners", "on_close_listeners",
+                 "socket_mode_request_listeners"):
+        if not isinstance(getattr(client, name, None), list):
+            problems.append(f"no {name} (a list)")
+    for name in ("ping_interval", "http_proxy_host", "http_proxy_port", "http_proxy_auth", "proxy_type", "logger",
+                 "message_processor", "message_workers"):
+        if not hasattr(client, name):
+            problems.append(f"no {name}")
+    calls: dict[str, tuple[Any, ...]] = {"issue_new_wss_url": (), "connect_to_new_endpoint": (), "is_connected": (),
+                                         "enqueue_message": ("{}",), "send_message": ("{}",), "close": ()}
+    for name, args in calls.items():
+        method = getattr(client, name, None)
+        if not callable(method) or not _accepts(method, *args):
+            problems.append(f"no {name}({', '.join('message' for _ in args)})")
+    if not _accepts(WebSocketApp, "ws://x", on_open=None, on_message=None, on_error=None, on_close=None):
+        problems.append("websocket-client's WebSocketApp takes other callbacks")
+    if not _accepts(WebSocketApp.run_forever, None, ping_interval=1, http_proxy_host=None, http_proxy_port=None,
+                    http_proxy_auth=None, proxy_type=None):
+        problems.append("websocket-client's WebSocketApp.run_forever takes other options")
+    return problems
+
+
 def _message_type(raw: str) -> str | None:
     """The `type` of a Socket Mode message, or None if it is not a JSON object."""
     try:
@@ -115,11 +208,40 @@ class HandoverSocketModeClient(SocketModeClient):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """The SDK's client, checked (`handover_problems`): HandoverUnsupported, with the threads
+        the SDK started stopped again, when the installed slack_sdk moved what the hand-over needs."""
         super().__init__(*args, **kwargs)
+        problems = handover_problems(self)
+        if problems:
+            self._stop_sdk_threads()
+            raise HandoverUnsupported(problems)
         self._connections: dict[WebSocketApp, _Connection] = {}
         self._lock = threading.Lock()
         self._last_attempt = 0.0
         self.current_session_runner.shutdown()  # connections are read on their own threads (_read)
+
+    def _stop_sdk_threads(self) -> None:
+        """Stop what the SDK's __init__ started (as far as it can be found): a client that is not
+        used must not leave threads behind. Not waited for: its message processor's loop only
+        notices `closed` after its queue's 1 s wait."""
+        self.closed = True
+        self.auto_reconnect_enabled = False
+        stoppers: list[Callable[[], Any] | None] = [
+            getattr(getattr(self, name, None), "shutdown", None)
+            for name in ("current_session_runner", "message_processor", "current_app_monitor")]
+        workers = getattr(self, "message_workers", None)
+
+        def stop() -> None:
+            for shutdown in stoppers:
+                try:
+                    if callable(shutdown):
+                        shutdown()
+                except Exception:  # noqa: BLE001 - best effort on a client that is thrown away
+                    pass
+            if workers is not None:
+                workers.shutdown(wait=False)
+
+        threading.Thread(target=stop, daemon=True, name="socket-mode-discarded").start()
 
     def _run_current_session(self) -> None:
         """The SDK's single runner thread is not used: see _read."""
@@ -325,18 +447,24 @@ class HandoverSocketModeClient(SocketModeClient):
 
 
 class _SocketModeHandler(_BoltSocketModeHandler):
-    """Bolt's websocket-client adapter (its `handle` runs the app and acks) on HandoverSocketModeClient."""
+    """Bolt's websocket-client adapter (its `handle` runs the app and acks) on a client built here."""
 
-    def __init__(self, app: Any, app_token: str, *, web_client: WebClient, ping_interval: float) -> None:
+    def __init__(self, app: Any, app_token: str, client: SocketModeClient) -> None:
         # not Bolt's __init__: it would build, and start the threads of, the SDK's client; this sets what it sets
         self.app, self.app_token = app, app_token
-        self.client = HandoverSocketModeClient(app_token=app_token, logger=app.logger, web_client=web_client,
-                                               ping_interval=ping_interval)
+        self.client = client
         self.client.socket_mode_request_listeners.append(self.handle)  # type: ignore[arg-type]
 
 
-def socket_mode_handler(app: Any, app_token: str, client: WebClient, *,
-                        ping_interval: float = 5.0) -> _BoltSocketModeHandler:
+def _handover_on(sdk_client: type[SocketModeClient]) -> type[HandoverSocketModeClient]:
+    """HandoverSocketModeClient over a subclass of the SDK's client (its methods between ours and the SDK's)."""
+    if sdk_client is SocketModeClient:
+        return HandoverSocketModeClient
+    return type(f"Handover{sdk_client.__name__}", (HandoverSocketModeClient, sdk_client), {})
+
+
+def socket_mode_handler(app: Any, app_token: str, client: WebClient, *, ping_interval: float = 5.0,
+                        sdk_client: type[SocketModeClient] = SocketModeClient) -> _BoltSocketModeHandler:
     """The Socket Mode connection for a Bolt app: slack_sdk's websocket-client based client, with
     HandoverSocketModeClient's hand-over.
 
@@ -345,5 +473,22 @@ def socket_mode_handler(app: Any, app_token: str, client: WebClient, *,
     only once the old one has closed (~3 s in tests/bench/bench_socket_handover.py, Slack's limit
     for an ack); this one acks at once (a few ms). Why the hand-over: the SDK's own version of
     this client left the app without a connection for ~10.5 s after one refresh in three.
+
+    A slack_sdk whose client lacks what the hand-over relies on (`handover_problems`) gets its
+    own client, with one warning naming the version: the bot answers, without the hand-over.
+    `sdk_client` is the SDK's client class to build on: slack_sdk's, or in tests a subclass that
+    moves an internal as a later release might.
     """
-    return _SocketModeHandler(app, app_token, web_client=client, ping_interval=ping_interval)
+    options: dict[str, Any] = {"app_token": app_token, "logger": app.logger, "web_client": client,
+                               "ping_interval": ping_interval}
+    try:
+        socket_client: SocketModeClient = _handover_on(sdk_client)(**options)
+    except HandoverUnsupported as e:
+        log.warning(
+            "slack_sdk %s (websocket-client %s) lacks what FlyteGPT's Socket Mode hand-over relies on (%s): using "
+            "slack_sdk's own Socket Mode client. The bot answers as usual, but after Slack's `disconnect` "
+            "(refresh_requested, every few hours) it can be unreachable for ~10 s. The hand-over was measured with "
+            "slack_sdk 3.37.0 to 3.48.0: pin slack-sdk to one of those to get it back",
+            SLACK_SDK_VERSION, websocket.__version__, "; ".join(e.problems))
+        socket_client = sdk_client(**options)
+    return _SocketModeHandler(app, app_token, socket_client)

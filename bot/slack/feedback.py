@@ -26,7 +26,8 @@ in short transactions with a pause after each, so the bot's own writes get the l
 and it gives the space back. A new database is created with SQLite's incremental auto_vacuum,
 and after a prune that left many free pages they are returned to the filesystem in small steps.
 A database from an earlier release (auto_vacuum off) is switched by one VACUUM when the bot
-starts, before it serves, if it is small enough to be rewritten in seconds (`RetentionJob.start`).
+starts, before it serves, if it is small enough to be rewritten in seconds (`RetentionJob.start`);
+a bigger one by `flytegpt feedback compact` with the bot stopped (`compact_database`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import sqlite3
 import sys
 import tempfile
@@ -77,6 +79,9 @@ GIVE_BACK_MIN_BYTES = 1 << 20
 # rewrites what it holds (a 636 MB file of pruned rows: 0.4 s here; a full one a few seconds on a
 # local disk); a bigger one is left as it is, with a log line saying how to do it with the bot stopped.
 COMPACT_AT_START_MAX_BYTES = 512 << 20
+# How long `flytegpt feedback compact` waits for another connection's lock before it gives up with
+# a clear error: nothing should hold one (the bot is stopped), so a lock means someone writes.
+COMPACT_LOCK_TIMEOUT_S = 2.0
 _TEXT_COLUMNS = ("question", "standalone_question", "answer")
 _HAS_TEXT = "(question != '' OR answer != '' OR standalone_question IS NOT NULL)"
 
@@ -130,6 +135,10 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 class FeedbackDatabaseError(RuntimeError):
     """The database cannot be used: not SQLite, or written by a newer FlyteGPT."""
+
+
+class FeedbackDatabaseBusy(FeedbackDatabaseError):
+    """Another process has the database open, or holds a lock on it: `compact_database` changed nothing."""
 
 
 @dataclass
@@ -615,6 +624,67 @@ def export_snapshot(db_path: str | Path, target: str) -> int:
         os.unlink(tmp)
 
 
+@dataclass(frozen=True)
+class CompactResult:
+    """What `compact_database` did: the file's size before and after, and its auto_vacuum mode before."""
+
+    path: str
+    bytes_before: int
+    bytes_after: int
+    auto_vacuum_before: str  # "none" (an earlier release's file), "full" or "incremental"
+
+
+def compact_database(db_path: str | Path, *, lock_timeout_s: float = COMPACT_LOCK_TIMEOUT_S) -> CompactResult:
+    """`flytegpt feedback compact`: one VACUUM that rewrites the file without its free and
+    half-empty pages and switches it to incremental auto_vacuum (retention then gives space back
+    by itself). For a file too big for the bot to switch at start (COMPACT_AT_START_MAX_BYTES).
+
+    A VACUUM locks the whole file for as long as it takes, so it is refused while another process
+    has the file open (the bot, between two questions, holds no lock SQLite could see: its open
+    file is what tells, sqlite_files.processes_with_open), and a lock someone holds makes it give
+    up after `lock_timeout_s`: FeedbackDatabaseBusy, and the file is as it was (SQLite's VACUUM is
+    one transaction). The schema is not migrated: only the file's layout changes."""
+    path = str(db_path)
+    if path == ":memory:" or not Path(path).is_file():  # never creates one
+        raise FeedbackDatabaseError(f"no feedback database at {path}")
+    holders = sqlite_files.processes_with_open(path)
+    if holders:
+        who = "; ".join(f"pid {pid}: {cmd}" for pid, cmd in holders[:3])
+        raise FeedbackDatabaseBusy(
+            f"{path} is open in another process right now ({who}): stop the bot first. A VACUUM locks "
+            "the file for as long as it takes and the bot's writes would fail meanwhile; nothing was changed")
+    try:
+        conn = sqlite_files.connect(path, timeout_s=lock_timeout_s)
+    except sqlite3.DatabaseError as e:
+        raise _compact_error(path, e) from None
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "answers" not in tables:
+            raise FeedbackDatabaseError(f"{path} is not a feedback database (it has no answers table)")
+        was = sqlite_files.auto_vacuum_mode(conn)
+        before, after = sqlite_files.compact(conn, path)
+    except sqlite3.DatabaseError as e:
+        raise _compact_error(path, e) from None
+    finally:
+        conn.close()
+    return CompactResult(path, before, after, was)
+
+
+def _compact_error(path: str, e: sqlite3.DatabaseError) -> FeedbackDatabaseError:
+    """SQLite's error of a VACUUM said as what to do about it."""
+    text = str(e)
+    if "locked" in text or "busy" in text:
+        return FeedbackDatabaseBusy(
+            f"{path} is locked by another connection ({text}): is the bot, or another command, writing to it? "
+            "Stop it and try again; nothing was changed")
+    if "full" in text:
+        return FeedbackDatabaseError(
+            f"not enough disk space to compact {path} ({text}): a VACUUM needs room for a copy of what the "
+            "database holds (in SQLite's temporary folder, $SQLITE_TMPDIR or /tmp) and for its journal beside "
+            "the file; nothing was changed")
+    return FeedbackDatabaseError(f"{path} is not a usable feedback database: {text}")
+
+
 def prune_database(db_path: str | Path, retention_days: float, *, now: float | None = None,
                    progress: PruneProgress | None = None, stop: threading.Event | None = None) -> int:
     """`FeedbackStore.prune` on an existing database file, then the freed space given back
@@ -703,9 +773,8 @@ class RetentionJob:
                 if size > COMPACT_AT_START_MAX_BYTES:
                     log.warning(
                         "the feedback database file never gives space back (made by an earlier release) and is "
-                        "too big to switch at start; with the bot stopped, run: python -c \"import sqlite3; "
-                        f"c = sqlite3.connect({self.db_path!r}); c.execute('PRAGMA auto_vacuum = INCREMENTAL'); "
-                        "c.execute('VACUUM')\"", extra={"path": self.db_path, "mb": round(size / 2**20, 1)})
+                        "too big to switch at start; with the bot stopped, run: flytegpt feedback compact --db "
+                        f"{shlex.quote(self.db_path)}", extra={"path": self.db_path, "mb": round(size / 2**20, 1)})
                     return False
                 t0 = time.monotonic()
                 before, after = store.compact()

@@ -274,7 +274,7 @@ def test_a_big_database_of_an_earlier_release_is_left_as_it_is_with_a_hint(tmp_p
     _old_release_database(db, 10, 10, time.time())
     monkeypatch.setattr(feedback, "COMPACT_AT_START_MAX_BYTES", 1024)
     assert RetentionJob(db, 365).compact_at_start() is False
-    assert "too big to switch at start" in caplog.text and f"sqlite3.connect({str(db)!r})" in caplog.text
+    assert "too big to switch at start" in caplog.text and f"run: flytegpt feedback compact --db {db}" in caplog.text
     assert sqlite3.connect(db).execute("PRAGMA auto_vacuum").fetchone()[0] == 0  # not rewritten
     assert RetentionJob(db, 365).run_once() == 10  # and retention works on it as before
 
