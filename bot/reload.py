@@ -206,6 +206,9 @@ class Reloader:
         if previous is None or previous.reason != reason:
             log.error("index version refused; still serving the previous one "
                       "(tried again when it changes, or later)", extra=extra)
+        elif attempts >= RETRY_MAX_UNCHANGED:  # said once: the log must not go quiet for good without a word
+            log.warning("index version refused %d times for the same reason; no more tries until LATEST or its "
+                        "manifest changes (flytegpt publish)", attempts, extra=extra)
         else:
             log.debug("index version refused again, same reason", extra=extra)
         self._publish_state()

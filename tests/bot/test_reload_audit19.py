@@ -122,11 +122,12 @@ def test_a_checksum_failure_is_tried_again_after_a_growing_backoff(bot, config, 
     assert metric(metrics, "flytegpt_index_latest_served") == 1
 
 
-def test_the_backoff_is_capped(bot, config):
+def test_the_backoff_is_capped(bot, config, caplog):
     from flytegpt.ingest.artifact import DENSE_FILE
     from flytegpt.bot.reload import RETRY_CAP_S, RETRY_MAX_UNCHANGED
 
     reloader, holder, metrics, clock = bot
+    caplog.set_level(logging.INFO, logger="flytegpt.bot.reload")
     store = Path(config.index.store)
     v2 = unpublished_variant(str(store), holder.version)
     (store / v2 / DENSE_FILE).write_bytes(b"broken")
@@ -138,6 +139,9 @@ def test_the_backoff_is_capped(bot, config):
     # re-downloads) the version's files, and nothing said it changed (audit 25 F6)
     assert metric(metrics, "flytegpt_index_reloads_refused_total") == RETRY_MAX_UNCHANGED
     assert f"refused {RETRY_MAX_UNCHANGED} times" in reloader.status_note()
+    # the log says once that the tries stopped (the audit 25 re-check found it silent)
+    stopped = [r for r in caplog.records if "no more tries" in r.getMessage()]
+    assert len(stopped) == 1 and stopped[0].levelno == logging.WARNING
     (store / "LATEST").write_text(v2 + "\n\n")  # written again (flytegpt publish): tried at once
     assert not reloader.check_once()
     assert metric(metrics, "flytegpt_index_reloads_refused_total") == RETRY_MAX_UNCHANGED + 1

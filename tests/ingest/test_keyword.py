@@ -198,3 +198,24 @@ def test_long_identifier_runs_are_tokenised_without_growing_the_cache() -> None:
     assert keyword._expand_cached.cache_info().currsize == before
     assert keyword.tokenize("with_overrides") == keyword.tokenize("with_overrides")  # short runs still cached
     assert keyword._expand_cached.cache_info().currsize >= 1
+
+
+def test_distinct_runs_sent_on_purpose_hold_a_bounded_amount_of_memory() -> None:
+    """Questions made of ever new 64-character runs (pasted logs, or on purpose) fill the cache;
+    what it holds must stay tens of MB, not grow with the number of questions (audit 25 re-check:
+    +176 MB at 200,000 entries)."""
+    import tracemalloc
+
+    from flytegpt.ingest import keyword
+
+    keyword._expand_cached.cache_clear()
+    tracemalloc.start()
+    try:
+        for n in range(3 * keyword.EXPAND_CACHE_ENTRIES // 2):
+            keyword.tokenize(f"{n:08d}_" + "ab_cd." * 9)  # 63 characters, new every time
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        keyword._expand_cached.cache_clear()
+    assert keyword._expand_cached.cache_info().currsize <= keyword.EXPAND_CACHE_ENTRIES
+    assert held < 40_000_000, f"{held / 1e6:.0f} MB held"
