@@ -245,7 +245,11 @@ def _plan(chunks: FlyteFile, settings: str, tuned: str) -> Planned:
     model = ModelInfo(model_id=report.model_id if report and not report.refused else base.model_id,
                       dimension=base.dimension, normalized=base.normalized)
     keys = [c.content_key(model.model_id) for c in items]
-    found, vectors = EmbeddingCache(config.index.store, model.model_id, model.dimension).gather(keys)
+    cache = EmbeddingCache(config.index.store, model.model_id, model.dimension)
+    found, vectors = cache.gather(keys)
+    # This task sees the whole corpus (the embed tasks one shard each): past COMPACT_ABOVE shards it
+    # merges them, leaving out month-old vectors of text no longer in it.
+    cache.flush(keep=keys)
     cached = set(found)
     first: dict[str, Chunk] = {}  # content key -> the first chunk with that text, for what is not cached
     for key, item in zip(keys, items):
@@ -293,7 +297,7 @@ def _embed(chunks: FlyteFile, settings: str, tuned: str) -> str:
     config = config_from_settings(settings)
     items = [Chunk.from_dict(c) for c in from_jsonl(read_work_file(chunks))]
     embedder = pipeline.embedder_for(config, TuneReport.from_dict(json.loads(tuned)) if tuned else None)
-    vectors, stats = pipeline.embed_chunks(items, config, embedder=embedder, progress=False)
+    vectors, stats = pipeline.embed_chunks(items, config, embedder=embedder, progress=False, whole_corpus=False)
     how = {"device": embedder.device, **embedder.describe()}
     log.info("embedded %d chunks: %s, %s", len(items), stats, how)
     path = write_work_file(config.index.store, "vectors", npy_bytes(vectors), ".npy")

@@ -807,8 +807,11 @@ def _prune_models(store: str, kept: list[str]) -> None:
             names.add(str(read_manifest(store, version)["model"]["model_id"]))
         except (ArtifactError, KeyError, TypeError):
             return  # a manifest that can't be read: keep every model rather than guess
+    from flytegpt.ingest.embedding_cache import remove_model
+
     for model_id in prune_models(store, names):
-        log.info("pruned tuned model %s from %s", model_id, store)
+        vectors = remove_model(store, model_id)  # a new tuned model is a new cache: the old one is never read
+        log.info("pruned tuned model %s%s from %s", model_id, " and its cached vectors" if vectors else "", store)
 
 
 def prune_cache(cache_dir: str, keep: set[str]) -> list[str]:

@@ -7,6 +7,12 @@ corrupt each other, and a shard that does not load is skipped: it is only a cach
 An ingest flushes a shard every `[embeddings] cache_shard_size` new vectors while it embeds,
 so a killed ingest loses at most the vectors of one shard and the next run continues.
 No pickle: arrays are plain dtypes and loading uses allow_pickle=False.
+
+A shard also holds `days` (uint32, days since 1970 UTC): when each vector was stored (a shard
+written before that member existed counts from the time in its name). Merging keeps them, and a
+merge told which keys the corpus has now (`compact(keep=...)`, only by a run that saw the whole
+corpus) drops the vectors of text the corpus no longer has once they are EVICT_AFTER_DAYS old:
+without that the cache kept every page and thread as it read on every night, for good.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import re
 import secrets
 import time
 import zipfile
+from collections.abc import Collection, Iterator
+from datetime import datetime, timezone
 from typing import Sequence
 
 import numpy as np
@@ -25,7 +33,22 @@ from flytegpt.ingest.store import atomic_writer, get_fs, join, list_dir
 log = logging.getLogger(__name__)
 
 COMPACT_ABOVE = 16  # shards; more than this and flush() merges them into one
-READ_BLOCK_ROWS = 4096  # rows of a shard read at once by gather() (6 MB at 384 float32)
+READ_BLOCK_ROWS = 4096  # rows of a shard read at once by gather() and compact() (6 MB at 384 float32)
+EVICT_AFTER_DAYS = 30  # a vector of text the corpus no longer has is dropped by a merge after this
+_SHARD_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError)
+
+
+def _today() -> int:
+    return int(time.time() // 86400)
+
+
+def _shard_day(path: str) -> int:
+    """The day a shard's name says it was written (its vectors' day when it has no `days`)."""
+    name = path.rsplit("/", 1)[-1]
+    try:
+        return int(datetime.strptime(name[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp() // 86400)
+    except ValueError:
+        return _today()
 
 
 def model_slug(model_id: str) -> str:
@@ -35,6 +58,17 @@ def model_slug(model_id: str) -> str:
 def _shard_name() -> str:
     # sortable by time, unique across concurrent writers
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{secrets.token_hex(4)}.npz"
+
+
+def remove_model(store: str, model_id: str) -> bool:
+    """Delete every cached vector of `model_id` (a tuned model pruned with the versions that used
+    it: its vectors would never be read again). Returns whether there was anything."""
+    fs, root = get_fs(store)
+    folder = join(root, "embeddings", model_slug(model_id))
+    if not fs.exists(folder):
+        return False
+    fs.rm(folder, recursive=True)
+    return True
 
 
 class EmbeddingCache:
@@ -96,73 +130,80 @@ class EmbeddingCache:
         """The stored vectors among `keys`: (the keys found, unique, in the order of `keys`; their
         vectors as one float32 array). The keys not found are the ones still to embed.
 
-        Read one shard at a time, keeping only the rows asked for: an ingest (and the Flyte
-        workflow's `plan` and `embed` tasks) needs the vectors of one corpus, not every vector
-        the store ever cached for the model (every page and thread as it read on every night),
-        in memory at once. What this instance added but did not flush is not seen: it reads
-        the store.
+        Read one shard at a time, `READ_BLOCK_ROWS` rows at a time, keeping only the rows asked
+        for: an ingest (and the Flyte workflow's `plan` and `embed` tasks) needs the vectors of
+        one corpus, not every vector the store cached for the model, in memory at once. What
+        this instance added but did not flush is not seen: it reads the store.
         """
         wanted = dict.fromkeys(keys)  # unique, in order
         row_of: dict[str, int] = {}  # a found key -> its row in the blocks stacked
         blocks: list[np.ndarray] = []
         for path in self._shard_paths():
             try:
-                found_here = self._read_rows(path, wanted, row_of)
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+                names, _ = self._read_keys(path)
+                rows, here = [], set()
+                for i, key in enumerate(names):
+                    if key in wanted and key not in row_of and key not in here:
+                        here.add(key)
+                        rows.append(i)
+                found = [(names[r], block) for r, block in self._rows(path, rows)]
+            except _SHARD_ERRORS as e:
                 log.warning("embedding cache: skipping unreadable shard %s (%s)", path, e)
                 continue
-            for key, _ in found_here:
+            for key, _ in found:
                 row_of[key] = len(row_of)
-            if found_here:
-                blocks.append(np.stack([v for _, v in found_here]))
+            if found:
+                blocks.append(np.stack([v for _, v in found]))
             if path not in self._shards:
                 self._shards.append(path)  # read this run: a later flush may merge it
         if not row_of:
             return [], np.empty((0, self.dimension), dtype=np.float32)
         stacked = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         del blocks
-        found = [key for key in wanted if key in row_of]
-        return found, stacked[[row_of[key] for key in found]]
+        found_keys = [key for key in wanted if key in row_of]
+        return found_keys, stacked[[row_of[key] for key in found_keys]]
 
-    def _read_rows(self, path: str, wanted: dict[str, None], taken: dict[str, int]) -> list[tuple[str, np.ndarray]]:
-        """The rows of one shard whose keys are wanted and not taken yet, read block by block.
-
-        A compacted shard holds every vector the model ever cached (GBs after months of nightly
-        ingests): its `vectors` member is read `READ_BLOCK_ROWS` rows at a time, so memory follows
-        what is asked for, not the shard's size. Raises what a damaged shard raises.
-        """
+    def _read_keys(self, path: str) -> tuple[list[str], np.ndarray]:
+        """A shard's keys and the day each vector was stored, without its vectors."""
         with self.fs.open(path, "rb") as f, zipfile.ZipFile(f) as npz:
             with npz.open("keys.npy") as member:
                 keys = np.lib.format.read_array(member, allow_pickle=False)
-            names = [k.decode("ascii") for k in keys.tolist()]
-            rows = [i for i, key in enumerate(names) if key in wanted and key not in taken]
-            with npz.open("vectors.npy") as member:
-                version = np.lib.format.read_magic(member)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape, fortran, dtype = read_header(member)
-                if shape != (len(names), self.dimension) or fortran or dtype.kind != "f":
-                    raise ValueError(f"shape {shape} ({dtype}), expected ({len(names)}, {self.dimension})")
-                row_bytes = self.dimension * dtype.itemsize
-                out: list[tuple[str, np.ndarray]] = []
-                seen: set[str] = set()
-                # Read to the end, in blocks, even past the last row asked for: the zip's CRC of
-                # the member is checked once it is read whole, so a damaged shard is not served.
-                i = 0
-                for first in range(0, len(names), READ_BLOCK_ROWS):
-                    count = min(READ_BLOCK_ROWS, len(names) - first)
-                    data = member.read(count * row_bytes)
-                    if len(data) != count * row_bytes:
-                        raise EOFError(f"vectors end at row {first + len(data) // row_bytes}")
-                    array = np.frombuffer(data, dtype=dtype).reshape(count, self.dimension)
-                    while i < len(rows) and rows[i] < first + count:
-                        r = rows[i]
-                        if names[r] not in seen:
-                            seen.add(names[r])
-                            out.append((names[r], array[r - first].astype(np.float32)))  # a copy
-                        i += 1
-                if member.read(1):
-                    raise ValueError("more data than the header says")
-        return out
+            if "days.npy" in npz.namelist():
+                with npz.open("days.npy") as member:
+                    days = np.lib.format.read_array(member, allow_pickle=False).astype(np.int64)
+                if days.shape != keys.shape:
+                    raise ValueError(f"{len(days)} days for {len(keys)} keys")
+            else:
+                days = np.full(len(keys), _shard_day(path), dtype=np.int64)
+        return [k.decode("ascii") for k in keys.tolist()], days
+
+    def _rows(self, path: str, rows: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """(row, its vector as a float32 copy) for the ascending `rows` of a shard, reading its
+        `vectors` member READ_BLOCK_ROWS rows at a time and always to its end: the zip's CRC of
+        the member is checked once it has been read whole, so a damaged shard raises at the end,
+        and the caller drops what it was given (gather skips the shard, a merge writes nothing).
+        """
+        with self.fs.open(path, "rb") as f, zipfile.ZipFile(f) as npz, npz.open("vectors.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(member)
+            if len(shape) != 2 or shape[1] != self.dimension or fortran or dtype.kind != "f":
+                raise ValueError(f"shape {shape} ({dtype}), expected (n, {self.dimension})")
+            n, row_bytes = shape[0], self.dimension * dtype.itemsize
+            i = 0
+            for first in range(0, n, READ_BLOCK_ROWS):
+                count = min(READ_BLOCK_ROWS, n - first)
+                data = member.read(count * row_bytes)
+                if len(data) != count * row_bytes:
+                    raise EOFError(f"vectors end at row {first + len(data) // row_bytes}")
+                array = np.frombuffer(data, dtype=dtype).reshape(count, self.dimension)
+                while i < len(rows) and rows[i] < first + count:
+                    yield rows[i], array[rows[i] - first].astype(np.float32)  # a copy
+                    i += 1
+            if member.read(1):
+                raise ValueError("more data than the header says")
+            if i < len(rows):
+                raise ValueError(f"row {rows[i]} asked of a shard of {n}")
 
     def add(self, keys: Sequence[str], vectors: np.ndarray, *, hold: bool = True) -> None:
         """Remember new vectors; the block is kept as given (no per-row copies) until `flush`.
@@ -195,11 +236,41 @@ class EmbeddingCache:
         self._pending.append((list(keys), vectors))
 
     def _write_shard(self, keys: Sequence[str], vectors: np.ndarray) -> str:
-        """Write one shard; on a local store the arrays stream to the file (no in-memory copy)."""
+        """Write one shard of vectors stored today; on a local store the arrays stream to the file."""
         key_array = np.array([k.encode("ascii") for k in keys], dtype=f"S{max(map(len, keys))}")
         path = join(self.folder, _shard_name())
         with atomic_writer(self.fs, path) as f:
-            np.savez(f, keys=key_array, vectors=np.ascontiguousarray(vectors, dtype=np.float32))
+            np.savez(f, keys=key_array, vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+                     days=np.full(len(keys), _today(), dtype="<u4"))
+        return path
+
+    def _write_merged(self, keys: list[str], days: list[int], rows: Iterator[np.ndarray]) -> str:
+        """Write one shard from `rows` (a vector each, in the order of `keys`) as they come: a
+        merge of a cache bigger than memory holds one block of them, not the whole cache. The
+        same .npz layout np.savez writes (zip of .npy members, stored), so np.load reads it."""
+        key_array = np.array([k.encode("ascii") for k in keys], dtype=f"S{max(map(len, keys))}")
+        path = join(self.folder, _shard_name())
+        with atomic_writer(self.fs, path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            with z.open("keys.npy", "w") as member:
+                np.lib.format.write_array(member, key_array, allow_pickle=False)
+            with z.open("days.npy", "w") as member:
+                np.lib.format.write_array(member, np.asarray(days, dtype="<u4"), allow_pickle=False)
+            with z.open("vectors.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array_header_2_0(member, {"descr": "<f4", "fortran_order": False,
+                                                              "shape": (len(keys), self.dimension)})
+                block = np.empty((min(READ_BLOCK_ROWS, len(keys)), self.dimension), dtype="<f4")
+                written = filled = 0
+                for vector in rows:
+                    block[filled] = vector
+                    filled += 1
+                    if filled == len(block):
+                        member.write(memoryview(block))
+                        written, filled = written + filled, 0
+                if filled:
+                    member.write(memoryview(block[:filled]))
+                    written += filled
+                if written != len(keys):
+                    raise ValueError(f"merged {written} vectors for {len(keys)} keys")
         return path
 
     @property
@@ -215,47 +286,74 @@ class EmbeddingCache:
         self._pending = []
         return len(keys)
 
-    def flush(self, *, compact: bool = True) -> None:
+    def flush(self, *, compact: bool = True, keep: Collection[str] | None = None) -> None:
         """Persist what was added since the last flush as one new shard; merge if many.
 
         `compact=False` while an ingest is still embedding: merging rewrites every shard, so it
-        waits for the last flush.
+        waits for the last flush. `keep`: every key of the whole corpus, from a run that saw it
+        all (see compact); never a part of it, such as one Flyte embed task's shard.
         """
         if self._pending:
             log.info("embedding cache: stored %d new vectors", self._write_pending())
         if compact and len(self._shards) > COMPACT_ABOVE:
-            self.compact()
+            self.compact(keep=keep)
 
-    def compact(self) -> None:
+    def compact(self, *, keep: Collection[str] | None = None) -> None:
         """Merge every shard this run has read or written into one, then delete the old ones.
 
-        The shards are read back from the store (vectors added with hold=False are not in
-        memory). The merged shard is written before anything is deleted, so a crash loses nothing.
+        With `keep` (the keys of the whole corpus now), a vector whose key is not in it and that
+        was stored more than EVICT_AFTER_DAYS ago is left out: the text it was made for left the
+        corpus (an edited page's old section, a thread's old last chunk) long enough ago that a
+        version rolled back to does not need it either (a version holds its own vectors).
+        Two passes over the shards, keys first, then the vectors streamed into the merged shard;
+        it is written before anything is deleted, so a crash (or a shard a concurrent merge
+        deleted meanwhile) loses nothing.
         """
         if self._pending:
             self._write_pending()
         if len(self._shards) <= 1:
             return
         old = list(self._shards)
+        wanted = set(keep) if keep is not None else None
+        today = _today()
         keys: list[str] = []
-        blocks: list[np.ndarray] = []
+        days: list[int] = []
+        plan: list[tuple[str, list[int]]] = []
         seen: set[str] = set()
+        dropped = 0
         for path in old:
-            shard = self._read_shard(path)
-            if shard is None:
+            try:
+                names, stored = self._read_keys(path)
+            except _SHARD_ERRORS as e:
+                log.warning("embedding cache: skipping unreadable shard %s (%s)", path, e)
                 continue
-            rows = [i for i, key in enumerate(shard[0]) if key not in seen]
-            seen.update(shard[0][i] for i in rows)
-            keys.extend(shard[0][i] for i in rows)
-            blocks.append(shard[1][rows])
-        if not keys:
-            return
-        merged = self._write_shard(keys, np.concatenate(blocks))
-        del blocks
+            rows = []
+            for i, key in enumerate(names):
+                if key in seen:
+                    continue
+                seen.add(key)
+                if wanted is not None and key not in wanted and today - int(stored[i]) > EVICT_AFTER_DAYS:
+                    dropped += 1
+                    continue
+                rows.append(i)
+                keys.append(key)
+                days.append(int(stored[i]))
+            if rows:
+                plan.append((path, rows))
+        if keys:
+            vectors = (vector for path, rows in plan for _, vector in self._rows(path, rows))
+            try:
+                merged = [self._write_merged(keys, days, vectors)]
+            except _SHARD_ERRORS as e:  # a shard damaged or gone meanwhile: keep them all as they are
+                log.warning("embedding cache: merging %d shards failed, kept as they are (%s)", len(old), e)
+                return
+        else:
+            merged = []
         for path in old:
             try:
                 self.fs.rm_file(path)
             except FileNotFoundError:
                 pass
-        self._shards = [merged]
-        log.info("embedding cache: merged %d shards into one (%d vectors)", len(old), len(keys))
+        self._shards = merged
+        log.info("embedding cache: merged %d shards into one (%d vectors, %d of text no longer in the corpus "
+                 "dropped)", len(old), len(keys), dropped)

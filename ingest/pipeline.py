@@ -251,8 +251,13 @@ def embed_chunks(
     *,
     embedder: "Embedder | None" = None,
     progress: bool = True,
+    whole_corpus: bool = True,
 ) -> tuple["np.ndarray", dict]:
     """Embed chunks, reusing every vector the store's content-addressed cache already holds.
+
+    `whole_corpus`: `chunks` are every chunk of the index being built, so the cache may drop
+    old vectors of text that is no longer among them (EmbeddingCache.compact); False for a
+    part of it, such as one of the Flyte workflow's embed shards.
 
     New vectors go to the cache while embedding goes, a shard every `cache_shard_size` of
     them: a killed ingest keeps what it embedded (but one shard) and the next run continues.
@@ -294,7 +299,7 @@ def embed_chunks(
         except Exception as e:  # noqa: BLE001 - the first error is the one to report
             log.warning("could not keep the vectors embedded so far: %s", e)
         raise
-    cache.flush()
+    cache.flush(keep=keys if whole_corpus else None)
     stats = {"computed": len(missing), "reused": len(chunks) - len(missing)}
     if len(missing) == len(chunks):
         return fresh, stats

@@ -455,3 +455,97 @@ def test_an_ingest_holds_the_vectors_of_its_own_chunks_not_the_whole_cache(tmp_p
     assert peak < 20_000_000, f"peak {peak / 1e6:.0f} MB: the whole cache was loaded"
     # and the new vector is in the cache for the next run
     assert len(EmbeddingCache(config.index.store, embedder.model_id, embedder.dimension).gather([new.content_key(embedder.model_id)])[0]) == 1
+
+
+def _old_shard(folder: Path, name: str, keys: list[str], vectors: np.ndarray) -> None:
+    """A shard as an earlier release wrote it: no `days` member, its day in its name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / name, keys=np.array([k.encode() for k in keys]), vectors=vectors)
+
+
+def test_a_merge_drops_month_old_vectors_of_text_the_corpus_no_longer_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache must not keep every version of every page for good: a merge told the corpus's
+    keys leaves out vectors of other text once they are EVICT_AFTER_DAYS old, and nothing else."""
+    monkeypatch.setattr(embedding_cache, "COMPACT_ABOVE", 2)
+    store = str(tmp_path)
+    folder = tmp_path / "embeddings" / model_slug("test/model")
+    keys, vectors = _keys(8), _vectors(8)
+    _old_shard(folder, "20200101T000000Z-00000001.npz", keys[:3], vectors[:3])  # years old, no `days`
+    day = embedding_cache._today()
+    monkeypatch.setattr(embedding_cache, "_today", lambda: day - embedding_cache.EVICT_AFTER_DAYS - 5)
+    cache = EmbeddingCache(store, "test/model", 8)
+    cache.add(keys[3:5], vectors[3:5])
+    cache.flush(compact=False)  # stored 35 days ago, with `days`
+    monkeypatch.setattr(embedding_cache, "_today", lambda: day)
+    cache = EmbeddingCache(store, "test/model", 8)
+    cache.add(keys[5:7], vectors[5:7])
+    cache.flush(compact=False)  # today
+
+    corpus = [keys[0], keys[3], keys[5], keys[7]]  # keys[7]: new text, not embedded yet
+    run = EmbeddingCache(store, "test/model", 8)
+    found, _ = run.gather(corpus)
+    assert found == [keys[0], keys[3], keys[5]]
+    run.flush(keep=corpus)  # 3 shards > COMPACT_ABOVE: merged
+    (merged,) = folder.glob("*.npz")
+    with np.load(merged, allow_pickle=False) as npz:  # what np.savez would have written
+        stored = [k.decode() for k in npz["keys"]]
+        rows = [keys.index(k) for k in stored]
+        assert sorted(rows) == [0, 3, 5, 6]  # 1, 2 (years old) and 4 (35 days) left the corpus; 6 is recent
+        np.testing.assert_array_equal(npz["vectors"], vectors[rows])
+        assert npz["days"][rows.index(0)] == embedding_cache._shard_day("20200101T000000Z-x.npz")  # its first day
+    # a merge without `keep` (one Flyte embed shard's run) drops nothing
+    other = EmbeddingCache(store, "test/model", 8)
+    other.add(keys[7:], vectors[7:])
+    other.flush(compact=False)
+    _old_shard(folder, "20200101T000001Z-00000002.npz", keys[1:2], vectors[1:2])
+    everything = EmbeddingCache(store, "test/model", 8)
+    everything.gather(keys)
+    everything.flush()
+    found, got = EmbeddingCache(store, "test/model", 8).gather(keys)
+    assert found == [keys[0], keys[1], keys[3], keys[5], keys[6], keys[7]]
+    np.testing.assert_array_equal(got, vectors[[0, 1, 3, 5, 6, 7]])
+
+
+def test_a_merge_streams_and_a_damaged_shard_stops_it_without_losing_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import tracemalloc
+
+    monkeypatch.setattr(embedding_cache, "COMPACT_ABOVE", 2)
+    store = str(tmp_path)
+    folder = tmp_path / "embeddings" / model_slug("test/model")
+    rng = np.random.default_rng(0)
+    for n in range(3):  # 3 x 20,000 vectors of 384 floats: 92 MB
+        cache = EmbeddingCache(store, "test/model", 384)
+        cache.add([f"k-{n}-{i:06d}" for i in range(20_000)], rng.random((20_000, 384), dtype=np.float32), hold=False)
+        cache.flush(compact=False)
+    before = sorted(folder.glob("*.npz"))
+    run = EmbeddingCache(store, "test/model", 384)
+    run.gather(["k-0-000001"])
+    tracemalloc.start()
+    try:
+        run.flush()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    (merged,) = folder.glob("*.npz")
+    assert peak < 92_000_000 / 2.5, f"peak {peak / 1e6:.0f} MB: the merge held the 92 MB cache"
+    with np.load(merged, allow_pickle=False) as npz:
+        assert npz["vectors"].shape == (60_000, 384) and npz["keys"][-1] == b"k-2-019999"
+    assert not any(p.exists() for p in before)
+
+    extra = EmbeddingCache(store, "test/model", 384)
+    extra.add(["x"], rng.random((1, 384), dtype=np.float32))
+    extra.flush(compact=False)
+    data = bytearray(merged.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte in the middle of the vectors
+    merged.write_bytes(bytes(data))
+    shards = sorted(folder.glob("*.npz"))
+    run = EmbeddingCache(store, "test/model", 384)
+    with caplog.at_level(logging.WARNING, logger="flytegpt.ingest.embedding_cache"):
+        run._shards = [str(p) for p in shards]
+        run.compact()
+    assert sorted(folder.glob("*.npz")) == shards  # nothing deleted, nothing half-written left
+    assert "merging 2 shards failed" in caplog.text

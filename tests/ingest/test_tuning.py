@@ -211,10 +211,15 @@ def test_a_model_tuned_for_a_remote_store_is_uploaded_from_its_local_copy(tmp_pa
 
 
 def test_pruning_versions_prunes_the_models_only_they_used(tmp_path: Path) -> None:
+    from flytegpt.ingest.embedding_cache import EmbeddingCache
+
     store = str(tmp_path / "store")
     chunks, vectors = make_chunks(4), make_vectors(4)
     for i, model_id in enumerate(["flytegpt-tuned/m-old", "flytegpt-tuned/m-kept"]):
         _fake_model(store, model_id, f"2026-01-0{i + 1}T00:00:00Z")
+        cache = EmbeddingCache(store, model_id, 8)  # what an ingest with the model cached
+        cache.add([c.content_key(model_id) for c in chunks], vectors)
+        cache.flush()
         version = artifact.write_version(store, chunks, vectors, artifact.ModelInfo(model_id, 8, True))
         artifact.publish(store, version, keep_versions=5)
     _fake_model(store, "flytegpt-tuned/m-newest", "2026-01-03T00:00:00Z")  # tuned, not yet published
@@ -223,6 +228,8 @@ def test_pruning_versions_prunes_the_models_only_they_used(tmp_path: Path) -> No
     left = sorted(p.name for p in (tmp_path / "store" / "models").iterdir())
     # m-old's version is gone; m-kept's is the one LATEST named before (kept for running bots)
     assert left == ["m-kept", "m-newest"]
+    # and so are m-old's cached vectors: a retrained model never reads them (each is the corpus's size)
+    assert sorted(p.name for p in (tmp_path / "store" / "embeddings").iterdir()) == ["flytegpt-tuned__m-kept"]
 
 
 def test_flytegpt_tune_prints_the_held_out_figures(tmp_path: Path) -> None:
