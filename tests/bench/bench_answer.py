@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
+from eval_corpus import SHARED, require  # noqa: E402  (the evaluation corpus beside the checkout)
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -43,6 +43,7 @@ def main() -> int:
     ap.add_argument("--questions", default=str(SHARED / "eval" / "dev.jsonl"))
     ap.add_argument("--repeat", type=int, default=1, help="passes over the questions")
     args = ap.parse_args()
+    require(args.config, args.questions)
 
     from support.openai_server import OpenAIStandIn
 

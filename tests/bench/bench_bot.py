@@ -36,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # as `flytegpt serve` sets it
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
+from eval_corpus import SHARED, require  # noqa: E402  (the evaluation corpus beside the checkout)
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -187,6 +187,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
     parser.add_argument("--publish-from", help=argparse.SUPPRESS)  # internal: the publishing subprocess
     args = parser.parse_args()
+    require(args.config, args.questions)
     if args.publish_from:
         print(publish_new_version(args.store, args.publish_from))
         return

@@ -43,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
+from eval_corpus import SHARED, require  # noqa: E402  (the evaluation corpus beside the checkout)
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -70,6 +70,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="rounds of the throughput and end-to-end comparisons")
     ap.add_argument("--with-torch", action="store_true", help="end to end: also FlyteGPT on PyTorch fp32")
     args = ap.parse_args()
+    require(args.config, *([] if args.skip_quality else args.questions))
 
     import numpy as np
     import torch

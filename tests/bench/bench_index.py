@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
+from eval_corpus import SHARED, require  # noqa: E402  (the evaluation corpus beside the checkout)
 sys.path.insert(0, str(ROOT))
 
 K = 20
@@ -171,6 +171,7 @@ def main() -> int:
                     help="instead: write a version of N chunks and measure the RSS of opening it")
     ap.add_argument("--threshold", type=int, default=200_000, help="approximate_threshold for --bot-rss")
     args = ap.parse_args()
+    require(args.config, args.questions)
     if args.bot_rss:
         return bot_rss(args)
 

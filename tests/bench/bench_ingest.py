@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
+from eval_corpus import SHARED, require  # noqa: E402  (the evaluation corpus beside the checkout)
 
 
 def run_ingest(config: str, store: str) -> tuple[dict, float, float]:
@@ -43,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(SHARED / "eval" / "flytegpt.eval.toml"))
     args = parser.parse_args()
+    require(args.config)
     with tempfile.TemporaryDirectory() as tmp:
         store = str(Path(tmp) / "store")
         first, wall1, rss1 = run_ingest(args.config, store)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
+from eval_corpus import SHARED, require  # noqa: E402  (the evaluation corpus beside the checkout)
 TARGET = 0.05
 
 
@@ -80,6 +80,7 @@ def main() -> int:
     ap.add_argument("--change", type=float, default=0.01, help="share of documents changed")
     ap.add_argument("--backend", default="auto")
     args = ap.parse_args()
+    require(args.config)
 
     sys.path.insert(0, str(ROOT))
     from flytegpt.ingest.config import load_config

@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
+from eval_corpus import SHARED, require  # noqa: E402  (the evaluation corpus beside the checkout)
 sys.path.insert(0, str(ROOT))
 
 from flytegpt.ingest.config import load_config  # noqa: E402
@@ -176,6 +176,7 @@ def main() -> None:
                         help="skip the domain-tuned model's rows (ingest/tuning.py; minutes on a CPU the first time)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
     args = parser.parse_args()
+    require(args.config, *args.questions)
 
     from flytegpt.ingest.embedding import Embedder
 
