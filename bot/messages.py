@@ -42,6 +42,10 @@ FAILED = "Sorry, something went wrong while answering. Please try again."
 RESTARTED = ("Sorry, I was restarted before I could finish answering your question. "
              "Please ask it again.")
 POST_FAILED = "Sorry, Slack did not accept my answer just now. Please ask again in a minute."
+# Slack refused the answer for what it holds (too long, or blocks it would not take), also as plain
+# text: asking the same again gets the same refusal, so this does not suggest it.
+POST_REFUSED = ("Sorry, Slack refused my answer as too long or malformed to show here, also as plain text. "
+                "A narrower question may get an answer Slack takes.")
 TRUNCATED = "(The answer was too long to show completely here.)"
 EMPTY_ANSWER = "(empty answer)"
 

@@ -11,8 +11,17 @@ An answer Slack keeps refusing for a passing reason (429, 5xx, `internal_error`,
 network) after the client's own retries is not lost: `DeferredPosts` keeps the replies not
 posted yet and posts them again from one background thread (Retry-After honoured, else
 growing waits) for up to [bot] deferred_post_s, while the answer workers go on to the next
-question. A refusal that will not pass (`channel_not_found`, `is_archived`, `invalid_blocks`,
-auth) is reported at once, as everything is with deferral off.
+question. A refusal that will not pass (`channel_not_found`, `is_archived`, auth) is reported
+at once, as everything is with deferral off.
+
+A post whose outcome Slack left open (a timeout, a connection lost after the request went
+out, HTTP 5xx, `internal_error`, `fatal_error`: "possibly succeeded") is looked for in its
+thread before it is called failed or made again (`_post_message`, by the message's `metadata`
+marker, audit 26 F2); the WebClient does not retry those for chat.postMessage
+(ingest/slack_client.py). A reply Slack refuses for what it holds (`msg_too_long`,
+`invalid_blocks`, `msg_blocks_too_long`: CONTENT_ERRORS) gets one more try as plain text
+(blocks.plain_text), and if that is refused too, a notice that does not promise a retry will
+work (audit 26 F3).
 
 The same queue finishes the repair of a streamed answer that broke half-way (stream.py):
 rewriting the streamed messages into the final ordinary rendering is a list of `Edit`s
@@ -37,9 +46,9 @@ from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryInterv
 from slack_sdk.webhook import WebhookClient
 
 from flytegpt.bot import messages
-from flytegpt.ingest.slack_client import TRANSIENT_ERRORS, retry_handlers
+from flytegpt.ingest.slack_client import SERVER_ERROR_RETRIES, TRANSIENT_ERRORS, outcome_unknown, retry_handlers
 
-from .blocks import SlackMessage, render_notice
+from .blocks import SlackMessage, marker_of, plain_text, render_notice
 
 if TYPE_CHECKING:
     from flytegpt.bot.metrics import Metrics
@@ -53,8 +62,11 @@ PICKED_UP_REACTION = "eyes"
 RESPONSE_URL_POSTS = 4  # Slack allows 5 per response_url; keep one spare
 RESPONSE_URL_LIFE_S = 30 * 60 - 60  # Slack takes posts to a response_url for 30 minutes; one kept spare
 WEBHOOK_TIMEOUT_S = 15
-LANDED_CHECKS, LANDED_CHECK_S = 3, 1.0  # after a timed-out post: look for it this often, this far apart
-LANDED_LOOKBACK_S = 600  # ... among the thread's messages of the last ten minutes
+LANDED_CHECKS, LANDED_CHECK_S = 3, 1.0  # after a timed-out or cut-off post: look for it this often, this far apart
+ANSWERED_CHECKS = 1  # ... after Slack answered "possibly done" (5xx, internal_error): what was done is done
+LANDED_SKEW_S = 60.0  # ... among the messages from this long before the post on (Slack's clock is not ours)
+# Slack refused what a reply holds, not the moment: the same reply is refused again, whenever.
+CONTENT_ERRORS = frozenset({"msg_too_long", "invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long"})
 MAX_DEFERRED = 100  # answers waiting for Slack at once; past this a refusal is reported at once
 DEFERRED_FIRST_WAIT_S = 5.0  # without Retry-After: 5, 10, 20, 40 s (plus up to 1 s jitter) ...
 DEFERRED_MAX_WAIT_S = 60.0  # ... and at most this between two tries
@@ -113,11 +125,34 @@ class DeliveryError(RuntimeError):
 
 
 class WebhookRefused(DeliveryError):
-    """A response_url answered something other than 200 (kept: the status and Retry-After)."""
+    """A response_url answered something other than 200 (kept: the status, body and Retry-After)."""
 
     def __init__(self, status: int, body: Any, headers: dict[str, Any] | None) -> None:
         super().__init__(f"response_url answered {status}: {body}")
-        self.status, self.headers = status, dict(headers or {})
+        self.status, self.body, self.headers = status, str(body or ""), dict(headers or {})
+
+
+class NotLanded(DeliveryError):
+    """A chat.postMessage whose outcome Slack left open (`cause`), looked for in its thread and
+    not there: another try shows it once."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(_slack_error(cause))
+        self.cause = cause
+
+
+class MaybeLanded(NotLanded):
+    """... and the thread could not be read to look: it may be there. Another try looks first
+    (DeferredPosts: `_Deferred.unsure_since`), so it is not shown twice."""
+
+
+def _unsure_since(e: BaseException, before: float | None) -> float | None:
+    """Since when (epoch seconds) the first reply of a refused post (`e`, a NotPosted) may be in
+    its thread unseen: kept across tries until a look settles it (`before`), None when it cannot be."""
+    if isinstance(e, NotPosted) and isinstance(e.cause, MaybeLanded):
+        now = time.time() - LANDED_SKEW_S
+        return now if before is None else min(before, now)
+    return None
 
 
 @dataclass(frozen=True)
@@ -134,17 +169,22 @@ class NotPosted(DeliveryError):
     first) and `unsent` the replies not posted yet (those before are done, so a later try
     starts there and never makes a step twice)."""
 
-    def __init__(self, unsent: list[SlackMessage], cause: BaseException, edits: Sequence[Edit] = ()) -> None:
+    def __init__(self, unsent: list[SlackMessage], cause: BaseException, edits: Sequence[Edit] = (),
+                 posted: int = 0) -> None:
         super().__init__(_slack_error(cause))
         self.unsent, self.cause, self.edits = unsent, cause, list(edits)
+        self.posted = posted  # replies this try posted before the refusal
 
 
 def _transient(e: BaseException, *, checked_thread: bool) -> bool:
     """Whether Slack may take the reply later: rate limited, Slack's own trouble, the network.
 
-    A timeout is transient only where the reply was looked for in its thread and not found
-    (`checked_thread`); elsewhere Slack may have posted it, and a second try would show it twice.
+    A post whose outcome was left open is transient only where it was looked for in its thread
+    and not found (NotLanded, or a timeout with `checked_thread`); elsewhere Slack may have
+    posted it, and a second try would show it twice.
     """
+    if isinstance(e, NotLanded):  # a MaybeLanded too: the next try looks before it posts
+        return True
     if isinstance(e, SlackApiError):
         status = getattr(e.response, "status_code", 200)
         return status == 429 or status >= 500 or e.response.get("error") in TRANSIENT_ERRORS
@@ -162,8 +202,54 @@ def _passing(q: "Question", e: NotPosted) -> bool:
     return _transient(e.cause, checked_thread=bool(e.edits) or bool(q.thread_ts and not q.response_url))
 
 
+def content_refused(e: BaseException) -> bool:
+    """Whether Slack refused a reply for what it holds (CONTENT_ERRORS): trying the same again
+    can never pass; a smaller or plainer form may."""
+    cause = e.cause if isinstance(e, NotPosted) else e
+    if isinstance(cause, SlackApiError):
+        return cause.response.get("error") in CONTENT_ERRORS
+    if isinstance(cause, WebhookRefused):
+        return 400 <= cause.status < 500 and any(code in cause.body for code in CONTENT_ERRORS)
+    return False
+
+
+def look_for(client: WebClient, channel: str, thread_ts: str | None, match: Callable[[dict], bool], *,
+             oldest: float, checks: int) -> list[dict] | None:
+    """The messages `match` accepts in a thread (or, without `thread_ts`, at a channel's top
+    level) from `oldest` (epoch seconds) on, read with their `metadata`; looked for `checks`
+    times LANDED_CHECK_S apart until one is there. None when Slack could not be asked.
+
+    The one way the bot finds out whether a write whose outcome Slack left open was done: a
+    post (Delivery._post_message) and a stream's start (stream.py)."""
+    since = f"{max(0.0, oldest):.6f}"
+    for _ in range(max(1, checks)):
+        time.sleep(LANDED_CHECK_S)
+        try:
+            if thread_ts:
+                resp = client.conversations_replies(channel=channel, ts=thread_ts, oldest=since, limit=200,
+                                                    include_all_metadata=True)
+            else:
+                resp = client.conversations_history(channel=channel, oldest=since, limit=200,
+                                                    include_all_metadata=True)
+        except Exception as e:  # noqa: BLE001 - unknown stays unknown
+            log.info("could not read the thread to look for a message", extra={"error": _slack_error(e)})
+            return None
+        found = [msg for msg in resp.get("messages") or [] if isinstance(msg, dict) and match(msg)]
+        if found:
+            return found
+    return []
+
+
+def checks_for(error: BaseException) -> int:
+    """How often to look for a write whose outcome `error` left open: Slack answered (5xx,
+    `internal_error`): once; no answer (a timeout, a lost connection): Slack may still be at it."""
+    return ANSWERED_CHECKS if isinstance(error, SlackApiError) else LANDED_CHECKS
+
+
 def _retry_after(e: BaseException) -> float | None:
     """Slack's Retry-After (seconds) from a refusal's response headers, if it sent one."""
+    if isinstance(e, NotLanded):
+        return _retry_after(e.cause)
     if isinstance(e, SlackApiError):
         headers = getattr(e.response, "headers", None) or {}
     elif isinstance(e, WebhookRefused):
@@ -193,6 +279,7 @@ class _Deferred:
     tries: int = 0  # deferred tries so far
     settled: bool = False  # landed or lost has run (or is running)
     edits: list[Edit] = field(default_factory=list)  # made before the replies are posted
+    unsure_since: float | None = None  # the first reply may be in the thread unseen: looked for first
 
 
 class DeferredPosts:
@@ -234,7 +321,8 @@ class DeferredPosts:
         until = now + self.window_s
         if q.response_url:  # it takes posts for 30 minutes from the command
             until = min(until, q.received + RESPONSE_URL_LIFE_S)
-        post = _Deferred(q, list(error.unsent), landed, lost, since=now, until=until, edits=list(error.edits))
+        post = _Deferred(q, list(error.unsent), landed, lost, since=now, until=until, edits=list(error.edits),
+                         unsure_since=_unsure_since(error, None))
         due = self._due(post, error.cause, now)
         with self._cond:
             if self._last_call or self._closed or due is None:
@@ -332,8 +420,10 @@ class DeferredPosts:
     def _try(self, post: _Deferred) -> None:
         post.tries += 1
         try:
-            self.delivery._post_all(post.replies, edits=post.edits, retries=False, **_where(post.q))
+            self.delivery._post_all(post.replies, edits=post.edits, retries=False, look_since=post.unsure_since,
+                                    **_where(post.q))
         except NotPosted as e:
+            post.unsure_since = _unsure_since(e, post.unsure_since if e.posted == 0 else None)
             post.replies, post.edits = e.unsent, e.edits
             self._refused_again(post, e)
         else:
@@ -416,9 +506,15 @@ class Delivery:
         return True
 
     def _give_up(self, q: "Question", e: BaseException, *, tell: bool, retries: bool = True) -> bool:
-        """Slack did not take the replies where they were going. A slash command's go to its asker
-        with chat.postEphemeral instead (True: they arrived after all); else count, log and tell."""
-        if q.response_url:
+        """Slack did not take the replies where they were going. Refused for what they hold, they
+        are tried once more as plain text; a slash command's go to its asker with
+        chat.postEphemeral instead (True: they arrived after all); else count, log and tell."""
+        if content_refused(e):
+            again = self._as_plain_text(q, e, retries=retries)
+            if again is None:
+                return True
+            e = again
+        if q.response_url and not content_refused(e):
             unsent = e.unsent if isinstance(e, NotPosted) else []
             try:
                 self._post_all(unsent, retries=retries, **_privately(q))
@@ -432,15 +528,42 @@ class Delivery:
         self._refused(q, e, tell=tell, retries=retries)
         return False
 
+    def _as_plain_text(self, q: "Question", e: BaseException, *, retries: bool) -> BaseException | None:
+        """One more try of what Slack refused for its content (`e`): the edits and replies not
+        made yet, as plain text (blocks.plain_text). None when Slack took it, else its refusal."""
+        unsent = list(e.unsent) if isinstance(e, NotPosted) else []
+        edits = list(e.edits) if isinstance(e, NotPosted) else []
+        plain = plain_text([ed.message for ed in edits if ed.message is not None] + unsent)
+        plain_edits = [ed if ed.message is None else Edit(ed.ts, plain.pop(0) if plain else None) for ed in edits]
+        if q.response_url:  # within Slack's 5 posts: those made before the refusal count
+            room = max(1, RESPONSE_URL_POSTS - (e.posted if isinstance(e, NotPosted) else 0))
+            if len(plain) > room:
+                plain = plain[:room - 1] + [render_notice(messages.TRUNCATED)]
+        log.warning("Slack refused the answer for what it holds: trying it as plain text",
+                    extra={"channel": q.channel, "error": _slack_error(e), "messages": len(plain),
+                           "edits": len(plain_edits)})
+        try:
+            self._post_all(plain, edits=plain_edits, retries=retries, **_where(q))
+        except Exception as again:  # noqa: BLE001 - the caller reports it
+            return again
+        log.info("the answer was posted as plain text", extra={"channel": q.channel})
+        return None
+
     def _refused(self, q: "Question", e: BaseException, *, tell: bool, retries: bool = True) -> None:
         """Count and log a reply Slack did not take; with `tell`, one notice to the asker (not
-        through a response_url that has just refused: chat.postEphemeral)."""
-        self.metrics.failures.labels("post_failed").inc()
+        through a response_url that has just refused: chat.postEphemeral).
+
+        Refused for what it holds (also as plain text), it is counted apart (`post_refused`: a
+        bug of ours or a limit Slack changed, not a passing refusal) and the notice says so instead
+        of asking to try again in a minute: the same question would be refused the same way."""
+        refused = content_refused(e)
+        self.metrics.failures.labels("post_refused" if refused else "post_failed").inc()
         log.error("posting the answer failed", extra={"channel": q.channel, "error": _slack_error(e)})
         if tell:
             where = _privately(q) if q.response_url else _where(q)
+            notice = messages.POST_REFUSED if refused else messages.POST_FAILED
             try:
-                self._post_all([render_notice(messages.POST_FAILED)], retries=retries, **where)
+                self._post_all([render_notice(notice)], retries=retries, **where)
             except Exception as e2:  # noqa: BLE001 - logged; nothing more to tell (one answer, counted once)
                 log.error("the notice did not reach the asker either",
                           extra={"channel": q.channel, "error": _slack_error(e2)})
@@ -463,13 +586,16 @@ class Delivery:
 
     def _post_all(self, replies: Sequence[SlackMessage], *, channel: str, thread_ts: str | None = None,
                   response_url: str | None = None, response_type: Literal["ephemeral", "in_channel"] = "ephemeral",
-                  retries: bool = True, private_to: str | None = None, edits: Sequence[Edit] = ()) -> None:
+                  retries: bool = True, private_to: str | None = None, edits: Sequence[Edit] = (),
+                  look_since: float | None = None) -> None:
         """Make the edits, then post the replies, in order (with the client's retries unless
         `retries` is off): to the response_url, else only for `private_to` (chat.postEphemeral),
         else chat.postMessage.
 
         The first step Slack refuses raises NotPosted with it and those after it: the ones
-        before are done, and a later try must not make them again."""
+        before are done, and a later try must not make them again. `look_since`: the first
+        reply may have been posted since then by a try whose outcome was never known; it is
+        looked for before it is posted."""
         replies, edits = list(replies), list(edits)
         posted = edited = 0
         client = self.client if retries else _single_try(self.client)
@@ -490,10 +616,11 @@ class Delivery:
                 if private_to:
                     client.chat_postEphemeral(channel=channel, user=private_to, thread_ts=thread_ts, **m.kwargs())
                 else:
-                    self._post_message(client, m, channel, thread_ts)
+                    self._post_message(client, m, channel, thread_ts, tries=1 + SERVER_ERROR_RETRIES if retries else 1,
+                                       look_since=look_since if posted == 0 else None)
                 posted += 1
         except Exception as e:
-            raise NotPosted(replies[posted:], e, edits[edited:]) from e
+            raise NotPosted(replies[posted:], e, edits[edited:], posted=posted) from e
         finally:
             if thread_ts and not response_url and not private_to and (posted or edited or not replies):
                 self.history.invalidate(channel, thread_ts)
@@ -501,8 +628,8 @@ class Delivery:
     @staticmethod
     def _edit(client: WebClient, channel: str, edit: Edit) -> None:
         """One chat.update or chat.delete of a message already shown."""
-        if edit.message is not None:
-            client.chat_update(channel=channel, ts=edit.ts, **edit.message.kwargs())
+        if edit.message is not None:  # `blocks` always: [] clears a message's blocks (plain text)
+            client.chat_update(channel=channel, ts=edit.ts, text=edit.message.text, blocks=edit.message.blocks)
             return
         try:
             client.chat_delete(channel=channel, ts=edit.ts)
@@ -510,31 +637,63 @@ class Delivery:
             if e.response.get("error") != "message_not_found":
                 raise
 
-    def _post_message(self, client: WebClient, m: SlackMessage, channel: str, thread_ts: str | None) -> None:
-        """One chat.postMessage; a timeout is a failure unless the message is in the thread after all."""
-        where: dict[str, Any] = {"thread_ts": thread_ts, "reply_broadcast": False} if thread_ts else {}
-        try:
-            client.chat_postMessage(channel=channel, unfurl_links=False, unfurl_media=False, **where, **m.kwargs())
-        except TimeoutError:  # sent, but no answer in time: Slack may well have posted it
-            if not (thread_ts and self._landed(channel, thread_ts, m.text)):
-                raise
-            log.warning("chat.postMessage timed out, but the message is in the thread", extra={"channel": channel})
+    def _post_message(self, client: WebClient, m: SlackMessage, channel: str, thread_ts: str | None, *,
+                      tries: int = 1, look_since: float | None = None) -> None:
+        """One chat.postMessage, marked with the message's `metadata`, up to `tries` times.
 
-    def _landed(self, channel: str, thread_ts: str, text: str) -> bool:
-        """Whether a message with this text reached the thread after all (a slow Slack posts it
-        late: looked for a few times, LANDED_CHECK_S apart), so a timeout does not make the asker
-        read the answer and "Slack did not accept my answer" under it."""
-        since = f"{time.time() - LANDED_LOOKBACK_S:.6f}"
-        for _ in range(LANDED_CHECKS):
-            time.sleep(LANDED_CHECK_S)
+        An outcome Slack leaves open (a timeout, a connection lost after the request went out,
+        HTTP 5xx, `internal_error`, `fatal_error`) is no failure if the message is in the thread
+        after all (looked for by its marker); it is tried again only when it is not there (a
+        timeout not at once: that try would wait as long again), and raises NotLanded when it
+        still is not, MaybeLanded when the thread could not be read. A blind second try showed
+        the asker the answer twice (audit 26 F2). With `look_since` (an earlier try's outcome
+        was never known) it is looked for before the first try."""
+        where: dict[str, Any] = {"thread_ts": thread_ts, "reply_broadcast": False} if thread_ts else {}
+        if look_since is not None:
+            landed = self._landed(channel, thread_ts, m, look_since, checks=ANSWERED_CHECKS)
+            if landed:
+                log.warning("an earlier try of chat.postMessage had posted the message", extra={"channel": channel})
+                return
+            if landed is None:
+                raise MaybeLanded(DeliveryError("the thread could not be read to look for an earlier try"))
+        since = time.time()
+        for attempt in range(1, max(1, tries) + 1):
             try:
-                resp = self.client.conversations_replies(channel=channel, ts=thread_ts, oldest=since, limit=200)
-            except Exception as e:  # noqa: BLE001 - unknown stays a failure
-                log.info("could not check the thread after a timeout", extra={"error": _slack_error(e)})
-                return False
-            if any(isinstance(msg, dict) and msg.get("text") == text for msg in resp.get("messages") or []):
-                return True
-        return False
+                client.chat_postMessage(channel=channel, unfurl_links=False, unfurl_media=False,
+                                        metadata=m.metadata(), **where, **m.kwargs())
+                return
+            except Exception as e:
+                if not outcome_unknown(e):
+                    raise
+                landed = self._landed(channel, thread_ts, m, since, checks=checks_for(e))
+                if landed:
+                    log.warning("chat.postMessage failed, but the message is in the thread",
+                                extra={"channel": channel, "error": _slack_error(e)})
+                    return
+                if landed is None:
+                    raise MaybeLanded(e) from e
+                if attempt >= tries or isinstance(e, TimeoutError):
+                    raise NotLanded(e) from e
+                log.info("chat.postMessage failed and the message is not in the thread: trying again",
+                         extra={"channel": channel, "error": _slack_error(e), "attempt": attempt})
+
+    def _landed(self, channel: str, thread_ts: str | None, m: SlackMessage, since: float, *,
+                checks: int = LANDED_CHECKS) -> bool | None:
+        """Whether `m` reached the thread (or the channel's top level) after all: a message with
+        its marker, or, read back without metadata, with its text and posted since `since`. A slow
+        Slack posts late: looked for `checks` times, LANDED_CHECK_S apart. None: could not look."""
+        def same(msg: dict) -> bool:
+            marker = marker_of(msg)
+            if marker is not None:
+                return marker == m.marker
+            try:
+                recent = float(msg.get("ts") or 0) >= since - LANDED_SKEW_S
+            except (TypeError, ValueError):
+                recent = False
+            return recent and msg.get("text") == m.text
+
+        found = look_for(self.client, channel, thread_ts, same, oldest=since - LANDED_SKEW_S, checks=checks)
+        return None if found is None else bool(found)
 
     def delete_original(self, response_url: str) -> None:
         """Remove the ephemeral message a button was clicked in (after sharing it)."""

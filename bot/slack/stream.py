@@ -24,6 +24,16 @@ message that grows in place. `StreamedReply` is one answer on its way through th
   `finish` says so and the caller posts the answer with chat.postMessage instead. Once
   something was shown, nothing is ever posted a second time.
 
+- a `chat.startStream` whose outcome Slack left open (HTTP 5xx, `internal_error`,
+  `fatal_error`, a connection lost after the request went out: "possibly succeeded") is not
+  retried (ingest/slack_client.py: each retry was one more streaming message, audit 26 F2);
+  the message it may have made is looked for in the thread (delivery.look_for). Found, it
+  joins this reply's messages and the reply counts as broken: `finish` stops it and rewrites it
+  in place with the final answer, as for any broken stream. Not found, nothing was shown: the
+  answer is posted whole (or, for a later message of a long answer, the repair posts the rest).
+  An `appendStream` whose outcome is open is not retried either (its text would show twice):
+  the stream counts as broken and is rewritten in place.
+
 slack_sdk's `ChatStream` helper buffers by size only and restarts a stream on `stop()`
 after a failed start, which is the double answer this module exists to prevent; so the
 three methods are called directly, through the same WebClient (and its retry policy).
@@ -40,8 +50,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from slack_sdk.errors import SlackApiError
 
 from flytegpt.bot import messages
+from flytegpt.ingest.slack_client import outcome_unknown
 
-from .delivery import Edit
+from .delivery import Edit, checks_for, look_for
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient
@@ -60,6 +71,16 @@ _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 _SLACK_SPECIAL = re.compile(r"<(?=[!@#])")  # <!here>, <@U…>, <#C…>: never a live mention from model text
 _ZWSP = "\u200b"
 _FENCE_ROOM = 16  # characters kept free at a message's end for closing an open code fence
+# a half-made stream is a bot message in the thread from this long before its chat.startStream
+# on (Slack's clock is not ours), not one of this reply's, that begins with the text it was sent
+START_SKEW_S = 5.0
+_WORDS = re.compile(r"[0-9A-Za-z]+")
+
+
+def _fingerprint(text: str) -> str:
+    """Letters and digits only, lower case: the same for the Markdown sent and however Slack
+    shows it back (mrkdwn, escaped, with zero-width spaces)."""
+    return "".join(_WORDS.findall(text or "")).lower()
 
 
 def neutralize(markdown: str) -> str:
@@ -196,8 +217,14 @@ class StreamedReply:
             last = not text
             md = part or None
             if not self._open:
-                resp = self._call(self.client.chat_startStream, channel=self.channel, thread_ts=self.thread_ts,
-                                  markdown_text=md, **self.recipient)
+                started = time.time()
+                try:
+                    resp = self._call(self.client.chat_startStream, channel=self.channel, thread_ts=self.thread_ts,
+                                      markdown_text=md, **self.recipient)
+                except Exception as e:
+                    if outcome_unknown(e):
+                        self._find_half_started(e, started, part)
+                    raise
                 self.messages.append(resp["ts"])
                 self.state, self._open, self._message_text = "streaming", True, part
                 if last and stop:
@@ -218,6 +245,36 @@ class StreamedReply:
             # this message is full: stop it, the rest goes into the next one
             self._call(self.client.chat_stopStream, channel=self.channel, ts=self.messages[-1])
             self._open, self._message_text = False, ""
+
+    def _find_half_started(self, error: BaseException, started: float, sent: str) -> None:
+        """chat.startStream failed with its outcome open (`error`): if the message it may have
+        made is in the thread, it becomes this reply's last message, still streaming, so the
+        caller's failure handling stops it and rewrites it (never a fragment left over)."""
+        want = _fingerprint(sent)
+
+        def half_made(msg: dict) -> bool:
+            ts = str(msg.get("ts") or "")
+            try:
+                recent = float(ts) >= started - START_SKEW_S
+            except ValueError:
+                return False
+            seen = _fingerprint(str(msg.get("text") or ""))
+            return (bool(msg.get("bot_id")) and recent and ts != self.thread_ts and ts not in self.messages
+                    and (not want or seen.startswith(want) or (bool(seen) and want.startswith(seen))))
+
+        found = look_for(self.client, self.channel, self.thread_ts, half_made, oldest=started - START_SKEW_S,
+                         checks=checks_for(error))
+        if found is None:
+            log.warning("chat.startStream failed and the thread could not be read: a half-made stream may be left",
+                        extra={"channel": self.channel})
+        elif len(found) == 1:
+            log.warning("chat.startStream failed, but made its message: it is stopped and rewritten",
+                        extra={"channel": self.channel})
+            self.messages.append(str(found[0]["ts"]))
+            self._open, self._message_text = True, sent
+        elif found:  # more than one: not telling which is this reply's, none is touched
+            log.warning("chat.startStream failed and several messages could be its own: left alone",
+                        extra={"channel": self.channel, "found": len(found)})
 
     # --- the end ------------------------------------------------------------------------
 

@@ -357,21 +357,56 @@ def test_web_client_retries_slack_server_trouble_then_gives_up(monkeypatch):
         monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
         monkeypatch.setenv("SLACK_API_URL", emu.api_url)
         client = make_client(Settings(), backoff_factor_s=0.01)
-        emu.script_error("chat.postMessage", status=503, error="service_unavailable", retry_after=None, times=1)
-        emu.script_error("chat.postMessage", status=200, error="internal_error", retry_after=None, times=1)
-        assert client.chat_postMessage(channel="C0GENERAL", text="hi")["ok"]
-        assert len(emu.calls_to("chat.postMessage")) == 3
-        emu.script_error("chat.postMessage", status=200, error="fatal_error", retry_after=None, times=4)
+        emu.script_error("conversations.history", status=503, error="service_unavailable", retry_after=None, times=1)
+        emu.script_error("conversations.history", status=200, error="internal_error", retry_after=None, times=1)
+        assert client.conversations_history(channel="C0GENERAL")["ok"]
+        assert len(emu.calls_to("conversations.history")) == 3
+        emu.script_error("chat.update", status=200, error="fatal_error", retry_after=None, times=4)
         with pytest.raises(SlackApiError, match="fatal_error"):
-            client.chat_postMessage(channel="C0GENERAL", text="hi")
-        assert len(emu.calls_to("chat.postMessage")) == 3 + 4  # the first try and 3 retries
+            client.chat_update(channel="C0GENERAL", ts="1.0", text="hi")
+        assert len(emu.calls_to("chat.update")) == 4  # the first try and 3 retries
         with pytest.raises(SlackApiError, match="channel_not_found"):
             client.chat_postMessage(channel="", text="hi")
-        assert len(emu.calls_to("chat.postMessage")) == 3 + 4 + 1  # not retried
+        assert len(emu.calls_to("chat.postMessage")) == 1  # not retried
         # the ingest source gets the same client (base URL, retry policy)
         ingested = ingest_client(Settings())
         assert ingested.base_url == client.base_url
         assert [type(h) for h in ingested.retry_handlers] == [type(h) for h in client.retry_handlers]
+
+
+@pytest.mark.parametrize("status,error,retried", [
+    (503, "service_unavailable", False), (500, "internal_error", False), (200, "internal_error", False),
+    (200, "fatal_error", False), (0, "", False),  # "possibly succeeded": the message may be there
+    (200, "service_unavailable", True), (200, "request_timeout", True), (429, "ratelimited", True)])
+def test_web_client_does_not_retry_a_post_slack_may_have_made(monkeypatch, status, error, retried):
+    """Audit 26 F2: chat.postMessage and chat.startStream are not retried blindly after an outcome
+    Slack documents as possibly done; each retry was one more copy of the answer in the thread.
+    Slack's "not done" answers and 429 are still retried; reads and idempotent writes keep theirs."""
+    from slack_sdk.errors import SlackApiError
+
+    with SlackEmulator() as emu:
+        monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+        monkeypatch.setenv("SLACK_API_URL", emu.api_url)
+        client = make_client(Settings(), backoff_factor_s=0.01)
+        for method in ("chat.postMessage", "chat.startStream", "conversations.replies"):
+            emu.script_error(method, status=status, error=error, retry_after=0, times=1, after=not retried)
+        root = emu.seed_message("C0GENERAL", "q?")["ts"]
+        calls = [
+            ("chat.postMessage", lambda: client.chat_postMessage(channel="C0GENERAL", text="hi", thread_ts=root)),
+            ("chat.startStream", lambda: client.chat_startStream(channel="C0GENERAL", thread_ts=root,
+                                                                 markdown_text="hi", recipient_team_id="T0EMU",
+                                                                 recipient_user_id="U0USER")),
+        ]
+        for method, call in calls:
+            if retried:
+                assert call()["ok"]
+            else:
+                with pytest.raises((SlackApiError, OSError)):
+                    call()
+            assert len(emu.calls_to(method)) == (2 if retried else 1)
+        # a read is retried whatever happened (nothing to show twice)
+        assert client.conversations_replies(channel="C0GENERAL", ts=root)["ok"]
+        assert len(emu.calls_to("conversations.replies")) == 2
 
 
 def test_deduper_remembers_across_processes_and_expires(tmp_path):

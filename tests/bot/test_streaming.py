@@ -470,9 +470,11 @@ def test_stream_that_slack_ends_half_way_is_replaced_in_place(bot):
 
 
 def test_a_stream_of_two_messages_that_breaks_becomes_one_answer(bot):
-    """The streamed messages hold 12,000 characters each, an ordinary message far more: the
-    repair of a long answer whose stream broke at its end updates the first message in place
-    and deletes the second."""
+    """A long answer whose stream broke at its end is rewritten into its ordinary rendering:
+    each streamed message updated in place, and what the rendering holds beyond them posted
+    after them (an ordinary message keeps its blocks to 10,000 characters of text, Slack's
+    `msg_blocks_too_long`, a streamed one holds 12,000 of Markdown), never a second answer.
+    (Before audit 26 one ordinary message took it all and the second streamed one was deleted.)"""
     emu = bot.emu
     para = "Flyte caches a task's outputs when `cache=True` and the `cache_version` is unchanged [1]. " * 12
     text = "\n\n".join([para.strip()] * 17)
@@ -482,14 +484,16 @@ def test_a_stream_of_two_messages_that_breaks_becomes_one_answer(bot):
     emu.script_error("chat.stopStream", status=200, error="message_not_in_streaming_state", retry_after=None,
                      match=lambda args: "blocks" in args)
     d = emu.mention(CACHE_Q)
-    emu.wait_for(lambda: emu.calls_to("chat.delete"), timeout=30)
+    msgs = emu.wait_for(lambda: (m := bot.answers(thread_ts=d.ts)) and "actions" in kinds(m[-1]) and m, timeout=30)
     bot.idle()
-    assert len(emu.calls_to("chat.startStream")) == 2  # the answer had reached its second streamed message
-    [msg] = bot.answers(thread_ts=d.ts)
-    [deleted] = emu.calls_to("chat.delete")
-    assert deleted.args["ts"] != msg["ts"] and kinds(msg)[-2:] == ["context", "actions"]
-    assert msg["text"].count("cache_version") == text.count("cache_version")
-    assert emu.calls_to("chat.postMessage") == [] and streamed_count(bot, "replaced") == 1
+    msgs = bot.answers(thread_ts=d.ts)
+    streamed = [c.args for c in emu.calls_to("chat.startStream")]
+    assert len(streamed) == 2  # the answer had reached its second streamed message
+    updated = [c.args["ts"] for c in emu.calls_to("chat.update")]
+    assert updated == [m["ts"] for m in msgs[:2]] and set(updated) == set(emu.streams)  # in place, in order
+    assert emu.calls_to("chat.delete") == [] and len(emu.calls_to("chat.postMessage")) == len(msgs) - 2
+    assert "".join(m["text"] for m in msgs).count("cache_version") == text.count("cache_version")
+    assert kinds(msgs[-1])[-2:] == ["context", "actions"] and streamed_count(bot, "replaced") == 1
 
 
 # --- a broken stream whose repair Slack refuses: delivery's deferred queue finishes it -------

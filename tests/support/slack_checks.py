@@ -24,6 +24,7 @@ def assert_slack_accepts(messages: list[blocks.SlackMessage]) -> None:
     for m in messages:
         assert m.text and len(m.text) <= blocks.MAX_TEXT_CHARS
         assert len(m.blocks) <= blocks.MAX_BLOCKS
+        assert blocks.block_text_size(m.blocks) <= blocks.MESSAGE_BLOCKS_BUDGET  # Slack: msg_blocks_too_long
         for b in m.blocks:
             if b["type"] == "section":
                 assert 0 < len(b["text"]["text"]) <= render.MAX_SECTION_CHARS

@@ -8,10 +8,16 @@ scripted to answer 429 + Retry-After, and can drop or refresh the websocket to t
 reconnects. Like Slack, it sends an `events_api` envelope nobody acked within `redeliver_after`
 seconds (e.g. one sent on a connection the client was just replacing) again, up to 3 times, with
 `retry_attempt` 1..3, `retry_reason` "timeout" and a new envelope id (None: never). It also
-checks Slack's message limits and records violations. `scopes` (None: every scope) makes
-`conversations.list` answer `missing_scope` (with `needed`/`provided`, as Slack does) for a
-channel type whose read scope the bot lacks; `max_page` caps how many items a page holds
-whatever `limit` asks (Slack may return fewer than asked), to make callers page.
+checks Slack's message limits and records violations, and refuses, as Slack does, a message
+whose blocks hold more than 12,000 characters of text in all (`msg_blocks_too_long`; not in
+Slack's reference, reported in slackapi/bolt-js#2509 and #2867). A scripted failure can come
+`after` the method did its work (Slack's "possibly succeeded": a message posted, then HTTP 5xx,
+`fatal_error` or a dropped connection). Messages keep the `metadata` they were posted with;
+`conversations.replies/history` return it only with `include_all_metadata`, as Slack does.
+`scopes` (None: every scope) makes `conversations.list` answer `missing_scope` (with
+`needed`/`provided`, as Slack does) for a channel type whose read scope the bot lacks;
+`max_page` caps how many items a page holds whatever `limit` asks (Slack may return fewer
+than asked), to make callers page.
 
 Streaming (`chat.startStream` / `appendStream` / `stopStream`) follows Slack's documented
 rules: both `recipient_*` ids outside a DM, 12,000 characters of markdown a call (and per
@@ -50,6 +56,7 @@ MAX_TEXT = 40000
 MAX_BUTTON_VALUE = 2000
 RESPONSE_URL_MAX_POSTS = 5
 MAX_MARKDOWN_TEXT = 12000  # chat.*Stream: markdown_text per call (Slack's documented limit)
+MAX_BLOCKS_TEXT = 12000  # characters of text in all the blocks of one message (msg_blocks_too_long)
 MAX_STREAM_MESSAGE = 12000  # markdown characters one streamed message holds in total
 MAX_SUGGESTED_PROMPTS = 4
 # conversations.list `types` -> the bot token scope Slack wants for it
@@ -91,6 +98,7 @@ class _Scripted:
     retry_after: int | None
     times: int
     match: Callable[[dict[str, Any]], bool] | None = None  # only calls whose args it accepts
+    after: bool = False  # the method does its work first, then the failure is answered
 
 
 @dataclass
@@ -266,12 +274,14 @@ class SlackEmulator:
 
     def script_error(self, method: str, *, status: int = 429, error: str = "ratelimited",
                      retry_after: int | None = 1, times: int = 1,
-                     match: Callable[[dict[str, Any]], bool] | None = None) -> None:
+                     match: Callable[[dict[str, Any]], bool] | None = None, after: bool = False) -> None:
         """The next `times` calls of `method` fail (429 + Retry-After by default); with `match`,
         only the calls whose arguments it accepts (e.g. one answer's text), the others succeed.
-        `status=0`: the connection is closed without an answer (the network, a proxy)."""
+        `status=0`: the connection is closed without an answer (the network, a proxy). `after`:
+        the method is done first (a message is posted), then the failure answered, as Slack's
+        `fatal_error`/`internal_error`/5xx may ("possibly succeeded")."""
         with self._lock:
-            self._scripted.setdefault(method, []).append(_Scripted(status, error, retry_after, times, match))
+            self._scripted.setdefault(method, []).append(_Scripted(status, error, retry_after, times, match, after))
 
     def fail_streaming(self, error: str | None = "not_allowed") -> None:
         """chat.startStream answers `{"ok": false, "error": error}` until called with None.
@@ -634,6 +644,10 @@ class SlackEmulator:
             script = self._take_scripted(method, args)
         if method in self.delays:
             time.sleep(self.delays[method])
+        if script is not None and script.after:  # done, whatever the client is told
+            handler = getattr(self, "_api_" + method.replace(".", "_"), None)
+            if handler is not None:
+                handler(args)
         if script is not None and script.status == 0:  # dropped: no status line, no body
             req.close_connection = True
             return
@@ -682,7 +696,9 @@ class SlackEmulator:
             if len(posts) >= RESPONSE_URL_MAX_POSTS:
                 self.violations.append(f"response_url {rid} used more than {RESPONSE_URL_MAX_POSTS} times")
                 return 404, "used_url"
-            self._check_message(args, "response_url")
+            error = self._check_message(args, "response_url")
+            if error:  # Slack answers a response_url it refuses with 400 and the error
+                return 400, error
             posts.append(dict(args, _at=time.monotonic()))
             self._changed.notify_all()
             return 200, "ok"
@@ -700,6 +716,10 @@ class SlackEmulator:
             problems.append(f"text of {len(text)} chars")
         if len(blocks) > MAX_BLOCKS:
             problems.append(f"{len(blocks)} blocks")
+        in_blocks = self.block_text_size(blocks)
+        if in_blocks > MAX_BLOCKS_TEXT:
+            self.violations.append(f"{where}: {in_blocks} characters of text in the blocks")
+            return "msg_blocks_too_long"
         for b in blocks:
             t = (b.get("text") or {}).get("text", "")
             if len(t) > MAX_SECTION_TEXT:
@@ -714,6 +734,16 @@ class SlackEmulator:
             self.violations.append(f"{where}: " + "; ".join(problems))
             return "invalid_blocks" if blocks else "msg_too_long"
         return None
+
+    @staticmethod
+    def block_text_size(blocks: Any) -> int:
+        """Every `text` string in a block tree, summed: what bolt-js#2867 measured Slack refusing."""
+        if isinstance(blocks, dict):
+            return sum(len(v) if k == "text" and isinstance(v, str) else SlackEmulator.block_text_size(v)
+                       for k, v in blocks.items())
+        if isinstance(blocks, list):
+            return sum(SlackEmulator.block_text_size(v) for v in blocks)
+        return 0
 
     @staticmethod
     def _round_trip_problems(block: Any) -> list[str]:
@@ -1027,7 +1057,7 @@ class SlackEmulator:
                                 reply_users=sorted({r.get("user", "") for r in replies}))
                 top.append(item)
             top.reverse()  # newest first, as Slack returns them
-        return self._page("messages", top, args)
+        return self._page("messages", self._with_metadata(top, args), args)
 
     def _api_conversations_replies(self, args: dict) -> dict:
         with self._lock:
@@ -1041,4 +1071,11 @@ class SlackEmulator:
             parent = thread[0]
             if len(thread) > 1 and parent["ts"] == root:
                 parent.update(thread_ts=root, reply_count=len(thread) - 1, latest_reply=thread[-1]["ts"])
-        return self._page("messages", thread, args)
+        return self._page("messages", self._with_metadata(thread, args), args)
+
+    @staticmethod
+    def _with_metadata(msgs: list[dict[str, Any]], args: dict) -> list[dict[str, Any]]:
+        """Slack returns a message's `metadata` only to a read with `include_all_metadata`."""
+        if str(args.get("include_all_metadata", "")).lower() in ("1", "true"):
+            return msgs
+        return [{k: v for k, v in m.items() if k != "metadata"} for m in msgs]
