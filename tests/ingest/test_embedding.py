@@ -533,7 +533,7 @@ def test_a_merge_streams_and_a_damaged_shard_stops_it_without_losing_anything(
     (merged,) = folder.glob("*.npz")
     assert peak < 92_000_000 / 2.5, f"peak {peak / 1e6:.0f} MB: the merge held the 92 MB cache"
     with np.load(merged, allow_pickle=False) as npz:
-        assert npz["vectors"].shape == (60_000, 384) and npz["keys"][-1] == b"k-2-019999"
+        assert npz["vectors"].shape == (60_000, 384) and len(set(npz["keys"].tolist())) == 60_000
     assert not any(p.exists() for p in before)
 
     extra = EmbeddingCache(store, "test/model", 384)
