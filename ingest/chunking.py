@@ -12,8 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
 
-from flytegpt.ingest.doc_sections import detect_format, front_matter, parse_sections, strip_front_matter
+from flytegpt.ingest.doc_sections import (
+    detect_format, front_matter, github_anchors, parse_sections, strip_front_matter,
+)
 from flytegpt.ingest.models import Chunk, Document
 
 # Sections of a page are merged up to ~1,500 characters (chosen on the dev sets:
@@ -83,6 +86,7 @@ class _Piece:
     path: tuple[str, ...]
     is_code: bool
     starts_section: bool
+    section: int = 0  # index of its section in the page's sections
 
 
 def _text_splitter(fmt: str, size: int):
@@ -96,7 +100,7 @@ def _doc_pieces(doc: Document, sections, fmt: str) -> list[_Piece]:
     """Blocks of every section, long prose split, long code split, in page order."""
     pieces: list[_Piece] = []
     splitter = None
-    for section in sections:
+    for index, section in enumerate(sections):
         first = True
         for block in section.blocks:
             limit = DOC_MAX if block.is_code else DOC_TARGET
@@ -108,7 +112,7 @@ def _doc_pieces(doc: Document, sections, fmt: str) -> list[_Piece]:
                 splitter = splitter or _text_splitter(fmt, DOC_TARGET)
                 parts = splitter.split_text(block.text)
             for part in parts:
-                pieces.append(_Piece(part, section.path, block.is_code, first))
+                pieces.append(_Piece(part, section.path, block.is_code, first, index))
                 first = False
     return pieces
 
@@ -220,11 +224,13 @@ def _doc_chunks(doc: Document) -> list[Chunk]:
     title = _title_chunk(doc)
     if _is_reference(sections):
         return _reference_chunks(doc, sections) + ([title] if title else [])
+    anchors = _anchors(doc, sections)
     chunks = []
     for group in _pack(_doc_pieces(doc, sections, fmt)):
         text = "\n\n".join(p.text for p in group).strip()
         if text:
-            chunks.append(_docs_chunk(doc, _doc_title(doc, group[0].path), text))
+            named = _doc_title(doc, group[0].path)  # "Page > Section": linked to that section
+            chunks.append(_docs_chunk(doc, named, text, _section_url(doc, anchors, group[0].section, named)))
     if not chunks:  # a page that is all directives: keep its words anyway (not its front matter)
         body = doc.text.strip() if fmt == "rst" else strip_front_matter(doc.text).strip()
         if not body and fmt != "rst":  # only front matter: its description is what the page says
@@ -240,8 +246,33 @@ def _title_chunk(doc: Document) -> Chunk | None:
     return Chunk(doc.source_id, doc.kind, title + TITLE_SUFFIX, doc.url, title, title) if title else None
 
 
-def _docs_chunk(doc: Document, title: str, text: str) -> Chunk:
-    return Chunk(doc.source_id, doc.kind, title, doc.url, text, f"{title}\n\n{text}")
+def _docs_chunk(doc: Document, title: str, text: str, url: str | None = None) -> Chunk:
+    return Chunk(doc.source_id, doc.kind, title, url or doc.url, text, f"{title}\n\n{text}")
+
+
+# GitHub renders these page formats (the loader's meta "format"): .md/.markdown and .rst. Not
+# .mdx, .myst or .txt, which it shows as text.
+_GITHUB_RENDERED = ("md", "rst")
+
+
+def _section_url(doc: Document, anchors: list[str | None] | None, section: int, title: str) -> str:
+    """The doc's URL, at the section a chunk's title names (its first section) where known."""
+    anchor = anchors[section] if anchors and title != doc.title else None
+    return f"{doc.url}#{quote(anchor, safe='-_')}" if anchor else doc.url
+
+
+def _anchors(doc: Document, sections) -> list[str | None] | None:
+    """The anchor of each section on the page the doc's URL opens, where the renderer is known:
+    a file on github.com (doc_sections.github_anchors). None elsewhere: a docs site's ids depend
+    on its generator (Sphinx, MkDocs, Docusaurus ...), which the URL template does not say, and a
+    wrong anchor is worse than none (the page opens at its top either way, but a title promising
+    a section that the link does not reach is what audit 27 F6 found)."""
+    parts = urlsplit(doc.url)
+    if parts.hostname != "github.com" or "/blob/" not in parts.path or parts.fragment or parts.query:
+        return None
+    if doc.meta.get("format") not in _GITHUB_RENDERED:
+        return None
+    return github_anchors(sections, detect_format(doc.locator))
 
 
 def _outline_chunk(doc: Document, sections) -> Chunk | None:
@@ -303,22 +334,26 @@ def _reference_chunks(doc: Document, sections) -> list[Chunk]:
     """
     type_path: dict[str, str] = {}
     chunks: list[Chunk] = []
-    group: list[tuple[str, str]] = []  # (key path, entry text) of one parent
+    group: list[tuple[str, str, int]] = []  # (key path, entry text, section index) of one parent
     parent = None
+    # linked to the first entry's heading, where the page's renderer gives it an id for sure (a
+    # generated reference repeats "type (string)" under every parent: those get none)
+    anchors = _anchors(doc, sections)
 
     def flush() -> None:
         if not group:
             return
-        keys = [k for k, _ in group]
+        keys = [k for k, _, _ in group]
         head = keys[0].rsplit(".", 1)[0] if "." in keys[0] else ""
         names = ", ".join(k.rsplit(".", 1)[-1] for k in keys)
         title = f"{doc.title} > {head}: {names}" if head else f"{doc.title} > {names}"
-        text = "\n\n".join(t for _, t in group)
-        chunks.append(Chunk(doc.source_id, doc.kind, title, doc.url, text, f"{title}\n{' '.join(keys)}\n\n{text}"))
+        text = "\n\n".join(t for _, t, _ in group)
+        url = _section_url(doc, anchors, group[0][2], title)
+        chunks.append(Chunk(doc.source_id, doc.kind, title, url, text, f"{title}\n{' '.join(keys)}\n\n{text}"))
         group.clear()
 
     size = 0
-    for section in sections:
+    for index, section in enumerate(sections):
         path = section.path[1:] if section.path and section.path[0] == doc.title else section.path
         key = _key_path(path, type_path)
         body = section.text if not section.heading else "\n\n".join(b.text for b in section.blocks[1:])
@@ -326,7 +361,8 @@ def _reference_chunks(doc: Document, sections) -> list[Chunk]:
             continue  # a section or type heading with nothing of its own
         if key is None:
             flush()
-            chunks.append(_docs_chunk(doc, _doc_title(doc, section.path), section.text[:DOC_MAX]))
+            named = _doc_title(doc, section.path)
+            chunks.append(_docs_chunk(doc, named, section.text[:DOC_MAX], _section_url(doc, anchors, index, named)))
             continue
         name = key[0]
         this_parent = name.rsplit(".", 1)[0] if "." in name else ""
@@ -335,7 +371,7 @@ def _reference_chunks(doc: Document, sections) -> list[Chunk]:
             flush()
             size = 0
         parent = this_parent
-        group.append((name, text))
+        group.append((name, text, index))
         size += len(text) + 2
     flush()
     return chunks
@@ -370,24 +406,33 @@ def _slack_chunks(doc: Document) -> list[Chunk]:
     if len(doc.text) <= SLACK_MAX:
         return [Chunk(doc.source_id, "slack", doc.title, doc.url, doc.text, f"{prefix}\n\n{doc.text}")]
     merged = doc.text.split("\n\n")  # the loader separates messages with one blank line
+    # each message's own link (the loader's meta, in text order): a later part links the message it
+    # starts with, in the thread (audit 27 F4); a document without them (an older slack_api
+    # snapshot) links the thread
+    urls = doc.meta.get("message_urls")
+    if not (isinstance(urls, list) and len(urls) == len(merged)):
+        urls = [doc.url] * len(merged)
     question = merged[0]
     context = question if len(question) <= 600 else question[:600].rsplit(" ", 1)[0] + " ..."
     pieces: list[list[str]] = [[]]
+    starts: list[str] = []  # the link of each piece's first message
     size = 0
-    for m in merged:
+    for m, url in zip(merged, urls):
         if not m.strip():
             continue
         if pieces[-1] and size + len(m) + 2 > SLACK_MAX:
             pieces.append([])
             size = 0
+        if not pieces[-1]:
+            starts.append(url)
         pieces[-1].append(m)
         size += len(m) + 2
     chunks = []
-    for i, part in enumerate(pieces):
+    for i, (part, url) in enumerate(zip(pieces, starts)):
         text = "\n\n".join(part)
         if len(text) > 2 * SLACK_MAX:  # one enormous message: cut it, it is still one thread
             text = text[: 2 * SLACK_MAX]
         embed = f"{prefix}\n\n{text}" if i == 0 else f"{prefix}\n\n{context}\n\n...\n\n{text}"
         title = doc.title if i == 0 else f"{doc.title} (part {i + 1})"
-        chunks.append(Chunk(doc.source_id, "slack", title, doc.url, text, embed))
+        chunks.append(Chunk(doc.source_id, "slack", title, url, text, embed))
     return chunks

@@ -30,6 +30,10 @@ OUTLINE_DOC = 600  # characters of the module docstring in a file's outline chun
 OUTLINE_METHODS = 12  # method names listed per class in the outline
 OUTLINE_MAX = 2000  # characters of a file's outline chunk
 _SHORT_DOCSTRING = 300  # a module docstring up to this long is said by every chunk's header line
+# Names in a chunk's title. A chunk of several small definitions named only after its first
+# ones hid the others from a reader of the citation list; past this many the title names the
+# first TITLE_NAMES - 1, the last, and the count ("m.a, b, c ... z (14 definitions)").
+TITLE_NAMES = 4
 
 
 @dataclass
@@ -223,8 +227,11 @@ def _python_group_chunks(doc: Document, lines: list[str], group: list[_Span], do
     prefix = f"{module}.{cls}" if cls else module
     if not names:
         title = prefix if cls else f"{module} (module)"
-    else:
-        title = f"{prefix}.{names[0]}" + "".join(f", {n}" for n in names[1:4]) + (" ..." if len(names) > 4 else "")
+    elif len(names) <= TITLE_NAMES:
+        title = f"{prefix}.{names[0]}" + "".join(f", {n}" for n in names[1:])
+    else:  # the first ones, the last one and how many: the range's end is named too (audit 27 F8)
+        title = (f"{prefix}.{names[0]}" + "".join(f", {n}" for n in names[1:TITLE_NAMES - 1])
+                 + f" ... {names[-1]} ({len(names)} definitions)")
     header = _header(doc, module, doc_line)
     if cls and first.cls_sig and first.name != cls:
         header.append(first.cls_sig)

@@ -67,11 +67,13 @@ def warn_if_plain_http(name: str, url: str) -> None:
 
 # The placeholders a source's `url` template may hold, by kind (as the sources fill them:
 # ingest/sources/_files.py render_url / fill_lines, ingest/sources/git.py). A docs page's
-# {path_noext} and {page} point at a published site rather than at the Markdown file.
+# {path_noext} and {page} point at a published site rather than at the Markdown file. A code
+# source's {version} is the installed package's version or the commit of the checkout holding its
+# path (ingest/sources/code.py source_version): line ranges are of that copy, so its links must be.
 _DOC_PAGE = ("path", "path_noext", "page")
 _URL_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "docs": _DOC_PAGE,
-    "code": ("path", "start", "end"),
+    "code": ("path", "start", "end", "version"),
     "git:docs": ("commit", "ref", *_DOC_PAGE),
     "git:code": ("commit", "ref", "path", "start", "end"),
 }
@@ -123,7 +125,7 @@ class SourceConfig(_Strict):
     package: str | None = None  # code: the folder of an installed Python package
     include: list[str] = []
     exclude: list[str] = []
-    url: str | None = None  # template with {path}, {start}, {end}
+    url: str | None = None  # template with {path}, {start}, {end} (code: also {version})
     workspace_url: str | None = None  # slack: permalinks are built from it
     # git: a repository URL and a ref, then read as `as_kind` (docs or code)
     repo: str | None = None
@@ -641,6 +643,10 @@ def parse_config(raw: dict, base_dir: Path) -> Config:
             source.path is not None or source.package is not None
         ):
             source.root()  # raises ConfigError naming the missing path or package
+        if source.kind == "code" and "{version}" in (source.url or ""):
+            from flytegpt.ingest.sources.code import source_version
+
+            source_version(source)  # raises ConfigError when the version cannot be known, saying what to write
     return config
 
 

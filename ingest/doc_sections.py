@@ -8,7 +8,10 @@ which this gets right without a full parser for each dialect.
 
 from __future__ import annotations
 
+import functools
+import html
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -54,6 +57,8 @@ class Section:
     heading: str | None = None  # the heading as a Markdown line ("## Custom hashing")
     lines: list[str] = field(default_factory=list)  # the section's body lines
     blocks: list[Block] = field(default_factory=list)
+    raw: str | None = None  # the heading's text as written (markup and all): what renderers slug
+    labels: tuple[str, ...] = ()  # RST targets right above it (".. _caching:"): ids of the section
 
     @property
     def text(self) -> str:
@@ -75,16 +80,34 @@ def page_title(text: str, fmt: str) -> str | None:
     (Docusaurus adds the front matter title only "if it does not contain any Markdown title").
     MyST front matter (jupytext, kernelspec) has no title: those pages keep their first heading.
 
+    A Markdown page without a Markdown H1 whose top is HTML (`<h1 align="center">Flyte tutorials
+    ...</h1>`, as GitHub READMEs often are) is titled by that `<h1>`: GitHub shows it as the
+    page's title, and the file's name ("README") names nothing (audit 27 F8).
+
     Read up to the first heading only: the loader asks for every page's title on every ingest,
     unchanged pages included, and parsing whole pages for it was a fifth of a re-ingest."""
-    first = next((s for s in _scan(text, fmt) if s.path), None)
+    sections = _scan(text, fmt)
+    preamble = next(sections)  # the text before the first heading, complete once that is read
+    first = next((s for s in sections if s.path), None)
     if fmt != "rst" and not (first is not None and (first.heading or "").startswith("# ")):
         meta = front_matter(text)
         for key in ("title", "sidebar_label"):
             title = _clean_title(meta.get(key, ""))
             if title:
                 return title
+        title = _html_h1(preamble.lines)
+        if title:
+            return title
     return first.path[0] if first is not None else None
+
+
+_HTML_H1 = re.compile(r"<h1\b[^>]*>(.*?)</h1\s*>", re.S | re.I)
+
+
+def _html_h1(lines: list[str]) -> str | None:
+    """The text of the first HTML `<h1>` in lines before any Markdown heading, if it has any."""
+    m = _HTML_H1.search("\n".join(lines))
+    return (_clean_title(html.unescape(m.group(1))) or None) if m else None
 
 
 def front_matter(text: str) -> dict[str, str]:
@@ -160,6 +183,117 @@ def _push(stack: list[tuple[int, str]], level: int, title: str) -> tuple[str, ..
     return tuple(t for _, t in stack)
 
 
+# --- where a section is on the rendered page -------------------------------------------------
+# Only where the renderer is known and its rule is documented: a page on github.com (a `blob`
+# URL) as GitHub renders Markdown and reStructuredText. A docs site ({page} templates) may be
+# Sphinx, MkDocs or Docusaurus, each with its own ids: no anchor is guessed there.
+
+
+def github_anchors(sections: list[Section], fmt: str) -> list[str | None]:
+    """Each section's anchor on GitHub's rendering of the page (None: the page's top, or not
+    known for sure), for sections in page order as parse_sections gives them.
+
+    Markdown: GitHub's rule for heading ids (docs.github.com "Section links", as github-slugger
+    emulates it): the heading's rendered text, lowercased, every character that is not a letter,
+    digit, "_", "-" or space dropped, spaces made "-"; a repeated id gets "-1", "-2", ... in page
+    order. reStructuredText: GitHub renders it with docutils (github/markup's rest2html, which
+    writes an `<a name>` for every id of a section): a section's explicit target (".. _caching:")
+    is its id for sure; else the id docutils makes of the title (`_docutils_id`), unless the title
+    holds roles or substitutions (rendered otherwise outside Sphinx) or an earlier title made the
+    same id (docutils numbers the later one "id1", "id2", ... by its own count)."""
+    return _markdown_anchors(sections) if fmt != "rst" else _rst_anchors(sections)
+
+
+def _markdown_anchors(sections: list[Section]) -> list[str | None]:
+    seen: dict[str, int] = {}
+    out: list[str | None] = []
+    for s in sections:
+        if s.raw is None:
+            out.append(None)
+            continue
+        slug = re.sub(r"[^\w\- ]", "", _rendered_heading(s.raw).strip().lower()).replace(" ", "-")
+        n = seen.get(slug)
+        seen[slug] = 0 if n is None else n + 1
+        out.append((slug if n is None else f"{slug}-{n + 1}") or None)
+    return out
+
+
+def _rendered_heading(raw: str) -> str:
+    """A Markdown heading's text as GitHub shows it: emphasis and link syntax gone, code spans'
+    text kept, inline HTML dropped (markdown-it's inline tokens of the heading)."""
+
+    def text(tokens) -> str:
+        out = []
+        for t in tokens:
+            if t.type in ("text", "code_inline"):
+                out.append(t.content)
+            elif t.type in ("softbreak", "hardbreak"):
+                out.append(" ")
+            elif t.children and t.type != "image":
+                out.append(text(t.children))
+        return "".join(out)
+
+    return text(_inline_reader().parseInline(raw)[0].children or [])
+
+
+@functools.cache
+def _inline_reader():
+    """CommonMark with inline HTML, made once (imported only when a page is anchored)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": True})
+
+
+_RST_MARKUP = re.compile(r"(?<![\w`]):[\w:+.-]+:`|\|[^|\s][^|]*\||\[[#*\d][^\]]*\]_")
+
+
+def _rst_anchors(sections: list[Section]) -> list[str | None]:
+    taken: set[str] = set()
+    out: list[str | None] = []
+    for s in sections:
+        label_ids = [i for i in (_docutils_id(" ".join(label.strip("`").lower().split())) for label in s.labels) if i]
+        title_id = None
+        if s.raw is not None and not _RST_MARKUP.search(s.raw):
+            title_id = _docutils_id(_rst_text(s.raw)) or None
+        if label_ids:
+            out.append(label_ids[0])
+        elif title_id and title_id not in taken:
+            out.append(title_id)
+        else:
+            out.append(None)
+        taken.update(label_ids)
+        if title_id:
+            taken.add(title_id)
+    return out
+
+
+def _rst_text(raw: str) -> str:
+    """An RST title's text as docutils reads it: ``literals``, *emphasis*, `links <url>`_ and
+    `references`_ reduced to their words."""
+    text = re.sub(r"`([^`<]*?)\s*<[^`>]*>`__?", r"\1", raw)  # `label <target>`_
+    text = re.sub(r"`([^`]+)`__?", r"\1", text)  # `reference`_
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    return re.sub(r"(\*\*?)([^*]+)\1", r"\2", text).replace("`", "")
+
+
+# docutils.nodes.make_id's tables (public domain): letters NFKD does not reduce to ASCII
+_ID_DIGRAPHS = {0x00DF: "sz", 0x00E6: "ae", 0x0153: "oe", 0x0238: "db", 0x0239: "qp"}
+_ID_LETTERS = {0x00F8: "o", 0x0111: "d", 0x0127: "h", 0x0131: "i", 0x0142: "l", 0x0167: "t", 0x0180: "b",
+               0x0183: "b", 0x0188: "c", 0x018C: "d", 0x0192: "f", 0x0199: "k", 0x019A: "l", 0x019E: "n",
+               0x01A5: "p", 0x01AB: "t", 0x01AD: "t", 0x01B4: "y", 0x01B6: "z", 0x01E5: "g", 0x0225: "z",
+               0x0234: "l", 0x0235: "n", 0x0236: "t", 0x0237: "j", 0x023C: "c", 0x023F: "s", 0x0240: "z",
+               0x0247: "e", 0x0249: "j", 0x024B: "q", 0x024D: "r", 0x024F: "y"}
+
+
+def _docutils_id(text: str) -> str:
+    """docutils.nodes.make_id: lowercase, letters made ASCII, every run of other characters one
+    "-", no leading digits or hyphens and no trailing hyphen ("" when nothing is left)."""
+    text = text.lower().translate(_ID_DIGRAPHS).translate(_ID_LETTERS)
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    text = re.sub(r"[^a-z0-9]+", "-", " ".join(text.split()))
+    return re.sub(r"^[-0-9]+|-+$", "", text)
+
+
 # --- Markdown / MyST ----------------------------------------------------------------------
 
 _FENCE = re.compile(r"^(\s{0,3})(`{3,}|~{3,}|:{3,})\s*(.*)$")
@@ -198,7 +332,7 @@ def _md_scan(lines: list[str]) -> Iterator[Section]:
         atx = _ATX.match(line)
         if atx and (atx.group(2) or "").strip():
             path = _push(stack, len(atx.group(1)), _clean_title(atx.group(2)))
-            current = Section(path=path, heading=f"{atx.group(1)} {path[-1]}")
+            current = Section(path=path, heading=f"{atx.group(1)} {path[-1]}", raw=atx.group(2))
             yield current
             i += 1
             continue
@@ -212,7 +346,7 @@ def _md_scan(lines: list[str]) -> Iterator[Section]:
         ):
             level = 1 if lines[i + 1].strip()[0] == "=" else 2
             path = _push(stack, level, _clean_title(line))
-            current = Section(path=path, heading=f"{'#' * level} {path[-1]}")
+            current = Section(path=path, heading=f"{'#' * level} {path[-1]}", raw=line)
             yield current
             i += 2
             continue
@@ -509,6 +643,8 @@ _ADORN = re.compile(r"^([=\-`:'\"~^_*+#<>.!$%&(),/;?@\[\]\\{|}])\1{2,}\s*$")
 _RST_DIRECTIVE = re.compile(r"^(\s*)\.\.\s+([\w:-]+)::(.*)$")
 _RST_TARGET = re.compile(r"^\s*\.\.\s+_[^:]*:.*$|^\s*__\s+\S+$")
 _RST_COMMENT = re.compile(r"^(\s*)\.\.(\s.*)?$")
+# an internal target (".. _caching:", nothing after the colon): docutils gives its id to what follows
+_RST_SECTION_TARGET = re.compile(r"^\.\.\s+_((?:[^:`\\]|\\.)+|`[^`]+`):\s*$")
 
 
 def _rst_scan(lines: list[str]) -> Iterator[Section]:
@@ -524,6 +660,7 @@ def _rst_scan(lines: list[str]) -> Iterator[Section]:
             styles.append(style)
         return styles.index(style) + 1
 
+    labels: list[str] = []  # ".. _name:" targets since the last text: they name the next section
     while i < n:
         line = lines[i]
         prev_blank = i == 0 or not lines[i - 1].strip()
@@ -539,7 +676,9 @@ def _rst_scan(lines: list[str]) -> Iterator[Section]:
         ):
             lvl = level((line.strip()[0], True))
             path = _push(stack, lvl, _clean_title(lines[i + 1]))
-            current = Section(path=path, heading=f"{'#' * min(lvl, 6)} {path[-1]}")
+            current = Section(path=path, heading=f"{'#' * min(lvl, 6)} {path[-1]}", raw=lines[i + 1].strip(),
+                              labels=tuple(labels))
+            labels = []
             yield current
             i += 3
             continue
@@ -556,10 +695,17 @@ def _rst_scan(lines: list[str]) -> Iterator[Section]:
         ):
             lvl = level((lines[i + 1].strip()[0], False))
             path = _push(stack, lvl, _clean_title(line))
-            current = Section(path=path, heading=f"{'#' * min(lvl, 6)} {path[-1]}")
+            current = Section(path=path, heading=f"{'#' * min(lvl, 6)} {path[-1]}", raw=line.strip(),
+                              labels=tuple(labels))
+            labels = []
             yield current
             i += 2
             continue
+        target = _RST_SECTION_TARGET.match(line)
+        if target:
+            labels.append(target.group(1))
+        elif line.strip():
+            labels = []
         current.lines.append(line)
         i += 1
 

@@ -8,26 +8,29 @@ own records, so every number shown resolves to a real title and URL.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import re
-from typing import Sequence
+from typing import Literal, Sequence
 
 from .budget import Source
 from .types import Citation
 
-_FENCE = re.compile(r"(^|\n)(```|~~~)[^\n]*\n.*?(\n\2[^\n]*(?=\n|$)|$)", re.S)
-_INLINE_CODE = re.compile(r"`[^`\n]+`")
 _NUM = r"\d{1,3}(?:\s*[-–]\s*\d{1,3})?"
 # [1]  [1, 2]  [1-3]  [1,3-4], the footnote form [^1], and the sometimes-seen [Source 1] / [source: 2]
-_ONE_MARKER = rf"\[\^?(?:(?:source|src)s?\s*:?\s*)?({_NUM}(?:\s*[,;]\s*{_NUM})*)\](?![(:])"
+# Not before "(": "[1](https://…)" is a link. A "[1]:" that Markdown reads as a reference definition
+# is never looked at (`_segments`); any other "[1]:" is a citation followed by a colon ("Here is an
+# example [3]:", audit 27 F1).
+_ONE_MARKER = rf"\[(\^|(?:source|src)s?\s*:?\s*)?({_NUM}(?:\s*[,;]\s*{_NUM})*)\](?!\()"
 _MARKER = re.compile(_ONE_MARKER, re.I)
 # markers side by side ("[1][1]", "[2] [3]") are read as one, so a repeat shows once
 _MARKER_RUN = re.compile(rf"{_ONE_MARKER}(?:[ \t]*{_ONE_MARKER})*", re.I)
 # looks like a citation but names no source: [1a], [^2b]
 # (?<![ \t]): a match starts where a run of spaces starts, so a long run is scanned once, not once
 # per space (audit 23 F3: 40,000 spaces took 2.7 s)
-_ODD_MARKER = re.compile(r"(?<![ \t])[ \t]*\[\^?\d{1,3}[a-z]\](?![(:])", re.I)
+_ODD_MARKER = re.compile(r"(?<![ \t])[ \t]*\[\^?\d{1,3}[a-z]\](?!\()", re.I)
 _DROPPED = re.compile(r"(?<![ \t])[ \t]*\x00")
-_SUPERSCRIPT_MARKER = re.compile(r"\[\^?([⁰¹²³⁴-⁹]{1,3})\](?![(:])")
+_SUPERSCRIPT_MARKER = re.compile(r"\[\^?([⁰¹²³⁴-⁹]{1,3})\](?!\()")
 _SUPERSCRIPT_DIGITS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
 # [label](url), [label](<url>), [label](url "title"), any case of the scheme, or //host. The label
 # holds no bracket and the URL none either: "[[[[..." or "[x](http://[x](http://..." is scanned
@@ -61,20 +64,105 @@ _DEFINITION_LINE = re.compile(r"\[\^?\d{1,3}\]:.*|\s*")
 _MAX_RANGE = 20
 
 
-def split_code(text: str) -> list[tuple[bool, str]]:
-    """Segments of (is_code, text): citations inside code are code, not citations."""
-    out: list[tuple[bool, str]] = []
+Kind = Literal["prose", "code", "definition"]
+# Line breaks as markdown-it counts lines (its "normalize" rule): its line maps index these lines.
+_LINE_BREAK = re.compile(r"\r\n?|\n")
+_BACKTICKS = re.compile(r"`+")
+# what code and reference definitions cannot do without; an answer without any is not parsed
+_MAY_HOLD_CODE = re.compile(r"`|~~~|\]:|^(?: {4}| {0,3}\t)", re.M)
+
+
+@functools.cache
+def _block_reader():
+    """markdown-it as the posted answer is read (bot/slack/render.py: CommonMark, tables), for
+    its block structure only: fenced and indented code blocks wherever CommonMark puts them (in
+    list items, in quotes), reference definitions (`inline_definitions` makes tokens of them),
+    and the lines of each paragraph, heading and table row. Inline parsing is off: its tokens
+    carry no positions, and code spans are found by CommonMark's own rule (`_code_spans`)."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False, "inline_definitions": True}).enable(["table", "strikethrough"])
+    return md.disable("inline")
+
+
+def _segments(text: str) -> list[tuple[Kind, str]]:
+    """The text cut into prose, code (blocks and spans) and reference definitions, in order.
+
+    What a CommonMark reader shows as code is code, so a subscript in it (`x = data[2]`) is
+    never read as a citation (audit 27 F2: a fence indented in a list item, a 4-space block); a
+    reference definition ("[1]: https://…", at a line's start where Markdown reads one) is not
+    a citation followed by a colon (audit 27 F1)."""
+    if not text:
+        return []
+    if not _MAY_HOLD_CODE.search(text):  # no backtick, tilde fence, indented line or "]:": all prose
+        return [("prose", text)]
+    starts = [0] + [m.end() for m in _LINE_BREAK.finditer(text)]
+    starts.append(len(text) + 1)  # past the last line, as if it ended with a line break
+
+    def span(lines: list[int]) -> tuple[int, int]:  # a token's map [first, last) as offsets
+        return starts[lines[0]], min(len(text), max(starts[lines[0]], starts[lines[1]] - 1))
+
+    marked: list[tuple[int, int, Kind]] = []
+    units: dict[tuple[int, int], None] = {}  # the lines of each paragraph, heading, table row
+    for tok in _block_reader().parse(text):
+        if not tok.map:
+            continue
+        if tok.type in ("fence", "code_block"):
+            marked.append((*span(tok.map), "code"))
+        elif tok.type == "definition":
+            marked.append((*span(tok.map), "definition"))
+        elif tok.type == "inline":
+            units[span(tok.map)] = None
+    for a, b in units:
+        marked.extend((x, y, "code") for x, y in _code_spans(text, a, b))
+    marked.sort()
+    out: list[tuple[Kind, str]] = []
     pos = 0
-    spans = []
-    for m in _FENCE.finditer(text):
-        start = m.start() + len(m.group(1))
-        spans.append((start, m.end()))
-    for start, end in spans:
-        _split_inline(text[pos:start], out)
-        out.append((True, text[start:end]))
-        pos = end
-    _split_inline(text[pos:], out)
+    for a, b, kind in marked:
+        if a < pos:  # inside what is already marked (never, but a map is the parser's word)
+            continue
+        if a > pos:
+            out.append(("prose", text[pos:a]))
+        out.append((kind, text[a:b]))
+        pos = b
+    if pos < len(text):
+        out.append(("prose", text[pos:]))
     return out
+
+
+def _code_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """CommonMark code spans in text[start:end] (one paragraph, heading or table row): a run of
+    n backticks up to the next run of exactly n; a run without its match is literal text.
+    Linear: each run is looked up once among the later runs of its length.
+
+    One departure: a backslash-escaped backtick ("\\`") still opens a span. What lies between
+    escaped backticks is then left as written, and clean_answer's CommonMark check has the last
+    word on its links (bot/answering/live.py, audit 23 N1); read as prose, a URL right after a
+    literal backtick would pass live.py's bare-URL rule, which takes that backtick for code."""
+    runs = [(m.start(), m.end()) for m in _BACKTICKS.finditer(text, start, end)]
+    by_length: dict[int, list[int]] = {}
+    for i, (a, b) in enumerate(runs):
+        by_length.setdefault(b - a, []).append(i)
+    spans = []
+    i = 0
+    while i < len(runs):
+        a, b = runs[i]
+        later = by_length[b - a]
+        k = bisect.bisect_right(later, i)
+        if k < len(later):
+            j = later[k]
+            spans.append((a, runs[j][1]))
+            i = j + 1
+        else:
+            i += 1
+    return spans
+
+
+def split_code(text: str) -> list[tuple[bool, str]]:
+    """Segments of (is_code, text): citations inside code are code, not citations. Code is what
+    markdown-it (as the Slack renderer reads the answer) shows as code: fenced and indented
+    blocks, also inside list items and quotes, and inline code spans."""
+    return [(kind == "code", seg) for kind, seg in _segments(text)]
 
 
 def sources_list_start(text: str) -> int:
@@ -83,15 +171,6 @@ def sources_list_start(text: str) -> int:
     (`_drop_model_endings`), so showing it would mean taking it back."""
     m = _SOURCES_BEING_WRITTEN.search(text)
     return m.start() if m else len(text)
-
-
-def _split_inline(text: str, out: list[tuple[bool, str]]) -> None:
-    pos = 0
-    for m in _INLINE_CODE.finditer(text):
-        out.append((False, text[pos : m.start()]))
-        out.append((True, m.group(0)))
-        pos = m.end()
-    out.append((False, text[pos:]))
 
 
 def _numbers(body: str) -> list[int]:
@@ -134,15 +213,73 @@ def _normalize_markers(seg: str) -> str:
     return _ODD_MARKER.sub("", seg)
 
 
+# A bracket of several numbers ("[1, 2]", "[1-3]") is also how a list is written ("map over the
+# inputs [1, 2, 3]", audit 27 F5), and the prompt asks for "[2][3]". Such a bracket is read as
+# citations only when it names given sources only, does not stand where a value stands (after
+# "=", ":", "(", "[", "{", ","), and closes what it supports: what follows it is the end of a line
+# or of the answer, punctuation, or another marker. One that is followed by more words ("[1, 2]
+# and ...") is a citation only in an answer whose other lists are (the model's own style); else
+# it is left as written. "[^1, 2]" and "[Source 1, 2]" say they cite and are always read so.
+_VALUE_BEFORE = frozenset("=:([{,")
+_CLOSES = frozenset(".,;:!?)]}\"'*_~|\u2019\u201d\n")
+_LIST_BODY = re.compile(r"[,;\-–]")
+Reading = Literal["cite", "data", "cite_in_style"]
+
+
+def _names_sources_only(body: str, by_n: dict[int, Source]) -> bool:
+    """Every number of a list or range ("1, 3-4") is a given source's."""
+    for part in re.split(r"\s*[,;]\s*", body.strip()):
+        m = re.fullmatch(r"(\d+)\s*[-–]\s*(\d+)", part)
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            nums = range(a, b + 1) if a <= b and b - a <= _MAX_RANGE else range(0)
+        else:
+            nums = range(int(part), int(part) + 1) if part.isdigit() else range(0)
+        if not nums or any(n not in by_n for n in nums):
+            return False
+    return True
+
+
+def _is_list(m: re.Match) -> bool:
+    """A marker of several numbers that does not say it cites ("[1, 2]", "[1-3]"; not "[^1, 2]")."""
+    return not m.group(1) and _LIST_BODY.search(m.group(2)) is not None
+
+
+def _reading(run: str, before: str, after: str, by_n: dict[int, Source]) -> Reading:
+    """How a run of markers is read (see _VALUE_BEFORE): `before` is the last character before
+    it but spaces ("" at the start), `after` the first after it but spaces ("" at the end)."""
+    lists = [m for m in _MARKER.finditer(run) if _is_list(m)]
+    if not lists:
+        return "cite"
+    if before in _VALUE_BEFORE or not all(_names_sources_only(m.group(2), by_n) for m in lists):
+        return "data"
+    return "cite" if after == "" or after in _CLOSES else "cite_in_style"
+
+
+def _char_before(text: str, i: int) -> str:
+    """The last character of text[:i] that is no space or tab ("" if none). Each run of spaces is
+    walked by the one marker run after it: linear in the text, however many markers."""
+    while i > 0 and text[i - 1] in " \t":
+        i -= 1
+    return text[i - 1] if i > 0 else ""
+
+
+def _char_after(text: str, i: int) -> str:
+    """The first character of text[i:] that is no space or tab ("" if none)."""
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    return text[i] if i < len(text) else ""
+
+
 def process_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[Citation]]:
     """Return (text with clean [n] markers, citations ordered by n)."""
     by_n = {s.n: s for s in sources}
     known_urls = {link_key(s.url) for s in sources if s.url}
     renumber: dict[int, int] = {}
 
-    def replace(run: re.Match) -> str:
+    def cite(markers: str) -> str:
         new = []
-        for n in (n for m in _MARKER.finditer(run.group(0)) for n in _numbers(m.group(1))):
+        for n in (n for m in _MARKER.finditer(markers) for n in _numbers(m.group(2))):
             if n in by_n:
                 if n not in renumber:
                     renumber[n] = len(renumber) + 1
@@ -150,21 +287,47 @@ def process_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[C
                     new.append(renumber[n])
         return "".join(f"[{k}]" for k in sorted(new)) if new else "\x00"
 
+    def as_data(run: str) -> str:
+        # its lists stay as written; a single marker beside one is still a citation
+        return _MARKER.sub(lambda m: m.group(0) if _is_list(m) else cite(m.group(0)), run)
+
     def unlink(m: re.Match) -> str:
         # A link the model made up is a broken link waiting to happen: keep only its words.
         return m.group(0) if link_key(m.group(2)) in known_urls else m.group(1)
 
     text = _drop_model_endings(text)
-    parts = []
-    for is_code, seg in split_code(text):
-        if is_code:
-            parts.append(seg)
+    parts = [(kind, seg if kind != "prose" else _normalize_markers(_MD_LINK.sub(unlink, seg)))
+             for kind, seg in _segments(text)]
+    # every run's reading first: whether a list inside a sentence cites depends on the others
+    readings: dict[int, list[Reading]] = {}
+    in_style = False  # a list that closes a statement was read as citations
+    for i, (kind, seg) in enumerate(parts):
+        if kind != "prose":
             continue
-        seg = _MD_LINK.sub(unlink, seg)
-        seg = _MARKER_RUN.sub(replace, _normalize_markers(seg))
-        seg = _DROPPED.sub("", seg)  # a dropped marker takes its leading space along
-        parts.append(seg)
-    clean = "".join(parts).strip()
+        before_seg = parts[i - 1][1] if i else ""
+        after_seg = parts[i + 1][1] if i + 1 < len(parts) else ""
+        readings[i] = []
+        for m in _MARKER_RUN.finditer(seg):
+            reading = _reading(m.group(0), _char_before(seg, m.start()) or _char_before(before_seg, len(before_seg)),
+                               _char_after(seg, m.end()) or _char_after(after_seg, 0), by_n)
+            in_style = in_style or (reading == "cite" and any(map(_is_list, _MARKER.finditer(m.group(0)))))
+            readings[i].append(reading)
+    out = []
+    for i, (kind, seg) in enumerate(parts):
+        if kind != "prose":
+            out.append(seg)
+            continue
+        order = iter(readings[i])
+
+        def replace(run: re.Match) -> str:
+            reading = next(order)
+            if reading == "cite" or (reading == "cite_in_style" and in_style):
+                return cite(run.group(0))
+            return as_data(run.group(0))
+
+        seg = _MARKER_RUN.sub(replace, seg)
+        out.append(_DROPPED.sub("", seg))  # a dropped marker takes its leading space along
+    clean = "".join(out).strip()
     old_by_new = {v: k for k, v in renumber.items()}
     citations = [
         Citation(n=new, title=by_n[old].title, url=by_n[old].url, source_id=by_n[old].source_id)

@@ -60,7 +60,7 @@ def load_docs(source: SourceConfig, report: LoadReport, *, store: str | None = N
         if page_format != "rst" and not strip_front_matter(text).strip() and not meta.get("description"):
             report.skip(rel, "only front matter, no text")
             continue
-        title = page_title(text, page_format) or path.stem.replace("_", " ")
+        title = page_title(text, page_format) or _name_of(rel)
         report.documents += 1
         yield Document(
             source=source.name,
@@ -78,6 +78,21 @@ def load_docs(source: SourceConfig, report: LoadReport, *, store: str | None = N
     if other and report.documents:  # without any page, the "no documents" message names them
         report.note(f"{sum(other.values())} files of other types", f"not read: {describe_types(other)} "
                     f"(a docs source reads {readable_types()})")
+
+
+# pages a folder is served by: without a heading, such a page is named after its folder
+_FOLDER_PAGE_STEMS = ("readme", "index", "_index")
+
+
+def _name_of(rel: str) -> str:
+    """A title for a page with no heading: its file's name ("setup_guide.md" -> "setup guide"),
+    or for a README/index page its folder's ("examples/basics/README.md" -> "basics"), which says
+    what the page is about where "README" does not (audit 27 F8)."""
+    folder, _, name = rel.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    if stem.lower() in _FOLDER_PAGE_STEMS and folder:
+        stem = folder.rsplit("/", 1)[-1]
+    return stem.replace("_", " ")
 
 
 def _left_out(rel: str, include: list[str]) -> str | None:

@@ -379,17 +379,23 @@ def is_noise(msg: dict, d: Directory) -> bool:
     return not (msg.get("text") or "").strip()
 
 
-def permalink(workspace_url: str | None, channel_id: str | None, ts: str, team: str | None = None) -> str:
-    """The URL that opens a thread in Slack."""
+def permalink(workspace_url: str | None, channel_id: str | None, ts: str, team: str | None = None,
+              thread_ts: str | None = None) -> str:
+    """The URL that opens a message in Slack: a thread's parent, or, with the parent's `thread_ts`,
+    a reply, in the form chat.getPermalink gives a reply (`.../p<reply ts>?thread_ts=<parent
+    ts>&cid=<channel id>`), which opens the thread at that reply. Without a workspace URL, the
+    thread (app.slack.com) or the channel is the nearest a link can get."""
     # ids come from the export or the API: escaped, so an odd one can never change the URL's path
     channel_id = quote(channel_id, safe="") if channel_id else None
+    root = thread_ts or ts
     if workspace_url and channel_id:
-        return f"{workspace_url.rstrip('/')}/archives/{channel_id}/p{ts.replace('.', '')}"
+        url = f"{workspace_url.rstrip('/')}/archives/{channel_id}/p{ts.replace('.', '')}"
+        return url if root == ts else f"{url}?thread_ts={root}&cid={channel_id}"
     if team and channel_id:
-        return f"https://app.slack.com/client/{quote(team, safe='')}/{channel_id}/thread/{channel_id}-{ts}"
+        return f"https://app.slack.com/client/{quote(team, safe='')}/{channel_id}/thread/{channel_id}-{root}"
     if channel_id:
         return f"https://slack.com/app_redirect?channel={channel_id}"
-    return f"slack:{ts}"
+    return f"slack:{root}"
 
 
 def _title(first_text: str, channel: str, date: str) -> str:
@@ -493,15 +499,23 @@ def thread_document(
         body = re.sub(r"\n\s*\n", "\n", render_markup(m.get("text", ""), d).strip())
         lines.append(f"{author}: {body}")
     date = datetime.fromtimestamp(ts_key(root)[0], tz=timezone.utc).strftime("%Y-%m-%d")
+    # Each message's own link, in text order: a chunk of a long thread links the message it starts
+    # with, and a thread whose parent is deleted (a tombstone) or missing links its first reply,
+    # never a message that is gone (audit 27 F4). The chunker reads them (ingest/chunking.py).
+    urls = [permalink(source.workspace_url, channel_id, m["ts"], msgs[0].get("team"), root) for m in msgs]
+    title = _title(render_markup(msgs[0].get("text", ""), d), channel, date)
+    thread = f"#{channel} thread, {date}"
+    if msgs[0]["ts"] != root and title != thread:  # a reply is first: not the question, nor its title
+        title = f"{thread}: {title}"
     # valid Unicode: Slack's JSON can spell half an emoji ("\\ud83d" alone), which no UTF-8
     # writer (the slack_api snapshot, the chunk cache, the tokenizer) accepts
     return valid_document(Document(
         source=source.name,
         locator=f"{channel}/{root}",
         kind="slack",
-        title=_title(render_markup(msgs[0].get("text", ""), d), channel, date),
-        url=permalink(source.workspace_url, channel_id, root, msgs[0].get("team")),
+        title=title,
+        url=urls[0],
         text="\n\n".join(lines),
         meta={"channel": channel, "channel_id": channel_id, "thread_ts": root,
-              "reply_count": len(msgs) - 1, "date": date},
+              "reply_count": len(msgs) - 1, "date": date, "message_urls": urls},
     ))

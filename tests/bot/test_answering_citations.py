@@ -26,7 +26,7 @@ def sources(n: int) -> list[Source]:
         ("A [1-3].", "A [1][2][3].", [1, 2, 3]),
         ("A [2–3].", "A [1][2].", [2, 3]),
         ("A [Source 2].", "A [1].", [2]),
-        ("A [9]. B [2, 9].", "A. B [1].", [2]),
+        ("A [9]. B [2, 9]. C [2].", "A. B [2, 9]. C [1].", [2]),  # a list naming no source is data (audit 27 F5)
         ("A [2] and [2] again.", "A [1] and [1] again.", [2]),
     ],
 )
