@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol, Sequence
 
@@ -183,7 +183,29 @@ def dedupe_hits(hits: Sequence["Hit"], max_sources: int) -> list[Source]:
                 kind=best.chunk.kind,
             )
         )
-    return sources
+    return distinct_titles(sources)
+
+
+def distinct_titles(sources: list[Source]) -> list[Source]:
+    """Sources that share a title, told apart by the name of their source ("Basics
+    (flytesnacks-docs)"), then by where they are in it.
+
+    Two projects' docs often share page titles (the Flyte user guide's "Basics" and the
+    flytesnacks example README's): "[1] Basics, [2] Basics" lets neither the reader nor the model
+    tell them apart before following the link (audit 27 F7).
+    """
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(sources):
+        groups.setdefault(s.title.casefold(), []).append(i)
+    titles = [s.title for s in sources]
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        names = [sources[i].source_id.split(":", 1)[0] for i in rows]
+        labels = names if len(set(names)) == len(names) else [sources[i].source_id for i in rows]
+        for i, label in zip(rows, labels):
+            titles[i] = f"{sources[i].title} ({label})"
+    return [s if t == s.title else replace(s, title=t) for s, t in zip(sources, titles)]
 
 
 def pack_sources(

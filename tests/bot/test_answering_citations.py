@@ -220,3 +220,18 @@ def test_code_optional_words_and_links_are_not_taken_for_odd_markers():
     out, cits = process_citations(raw, sources(2))
     assert out == raw.replace("[1][1].", "[1].")
     assert [c.source_id for c in cits] == ["s:1"]
+
+
+def test_sources_that_share_a_title_are_told_apart():
+    """Two projects' docs share page titles: "[1] Basics, [2] Basics" says nothing (audit 27 F7)."""
+    guide = chunk("flyte-docs:user_guide/basics/index.md", "docs", "Basics", "https://a/1", "The user guide's basics.")
+    readme = chunk("flytesnacks-docs:examples/basics/README.md", "docs", "Basics", "https://a/2", "The example's basics.")
+    tasks = chunk("flyte-docs:user_guide/basics/tasks.md", "docs", "Tasks", "https://a/3", "Tasks.")
+    tasks_too = chunk("flyte-docs:concepts/tasks.rst", "docs", "tasks", "https://a/4", "More tasks.")
+    out = dedupe_hits([Hit(guide, 0.9, 1), Hit(readme, 0.8, 2), Hit(tasks, 0.7, 3), Hit(tasks_too, 0.6, 4), Hit(RAY_DOC, 0.5, 5)],
+                      max_sources=5)
+    assert [s.title for s in out] == [
+        "Basics (flyte-docs)", "Basics (flytesnacks-docs)",
+        "Tasks (flyte-docs:user_guide/basics/tasks.md)", "tasks (flyte-docs:concepts/tasks.rst)",
+        RAY_DOC.title,
+    ]
