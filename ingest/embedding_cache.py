@@ -79,23 +79,10 @@ class EmbeddingCache:
         self.dimension = dimension
         self.fs, root = get_fs(store)
         self.folder = join(root, "embeddings", model_slug(model_id))
-        self._vectors: dict[str, np.ndarray] | None = None  # everything known, loaded once per run
-        self._shards: list[str] = []  # shard paths read into _vectors
         # Added since the last flush, as the caller's blocks (keys, vectors): a shard is written
         # from them without stacking one small array per row into a second copy.
         self._pending: list[tuple[list[str], np.ndarray]] = []
-        self._written: set[str] = set()  # keys added with hold=False: in a shard, not in _vectors
-
-    def _load(self) -> dict[str, np.ndarray]:
-        if self._vectors is None:
-            self._vectors = {}
-            for path in self._shard_paths():
-                shard = self._read_shard(path)
-                if shard is not None:
-                    keys, vectors = shard
-                    self._vectors.update(zip(keys, vectors))
-                    self._shards.append(path)
-        return self._vectors
+        self._added: set[str] = set()  # keys this instance added (pending or written): stored once
 
     def _shard_paths(self) -> list[str]:
         return sorted(
@@ -103,28 +90,15 @@ class EmbeddingCache:
             if e["name"].endswith(".npz") and e.get("type") == "file"
         )
 
-    def _read_shard(self, path: str) -> tuple[list[str], np.ndarray] | None:
-        try:
-            # Opened, not read whole: np.load reads the members from the file (no bytes copy).
-            with self.fs.open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-                keys = npz["keys"]
-                vectors = npz["vectors"]
-            if vectors.ndim != 2 or vectors.shape != (len(keys), self.dimension):
-                raise ValueError(
-                    f"shape {vectors.shape}, expected ({len(keys)}, {self.dimension})"
-                )
-            return [k.decode("ascii") for k in keys.tolist()], vectors.astype(np.float32, copy=False)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-            log.warning("embedding cache: skipping unreadable shard %s (%s)", path, e)
-            return None
-
-    def __len__(self) -> int:
-        return len(self._load())
-
     def lookup(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        """The cached vectors among `keys` (missing keys are simply absent)."""
-        known = self._load()
-        return {k: known[k] for k in keys if k in known}
+        """The vectors among `keys` the store holds or this instance added (missing keys are absent)."""
+        found = dict(zip(*self.gather(keys)))
+        wanted = set(keys)
+        for block_keys, block in self._pending:
+            for key, vector in zip(block_keys, block):
+                if key in wanted:
+                    found.setdefault(key, vector)
+        return found
 
     def gather(self, keys: Sequence[str]) -> tuple[list[str], np.ndarray]:
         """The stored vectors among `keys`: (the keys found, unique, in the order of `keys`; their
@@ -154,8 +128,6 @@ class EmbeddingCache:
                 row_of[key] = len(row_of)
             if found:
                 blocks.append(np.stack([v for _, v in found]))
-            if path not in self._shards:
-                self._shards.append(path)  # read this run: a later flush may merge it
         if not row_of:
             return [], np.empty((0, self.dimension), dtype=np.float32)
         stacked = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
@@ -205,34 +177,28 @@ class EmbeddingCache:
             if i < len(rows):
                 raise ValueError(f"row {rows[i]} asked of a shard of {n}")
 
-    def add(self, keys: Sequence[str], vectors: np.ndarray, *, hold: bool = True) -> None:
-        """Remember new vectors; the block is kept as given (no per-row copies) until `flush`.
-
-        `hold=False`: after the flush only the keys are remembered, not the vectors (a caller
-        that keeps its own copy, such as an ingest's output array, needs no second one); and
-        the cache is not loaded to check the keys against it: such a caller adds what `gather`
-        did not find (a key another run cached meanwhile is stored twice, which reads the same).
-        """
+    def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Remember new vectors until `flush`; the block is kept as given (no per-row copies) and
+        no copy is kept after it (the caller, an ingest's output array, has its own). Each key is
+        stored once per instance; the store is not read to check the keys: a caller adds what
+        `gather` did not find (a key another run cached meanwhile is stored twice, which reads
+        the same)."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(keys), self.dimension):
             raise ValueError(
                 f"embedding cache: got vectors of shape {vectors.shape} for {len(keys)} keys, "
                 f"dimension {self.dimension}"
             )
-        known = self._load() if hold else (self._vectors or {})
-        # First occurrence of each key not cached yet: the same text may come twice in `keys`.
+        # First occurrence of each key not added yet: the same text may come twice in `keys`.
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
-            if key not in known and key not in self._written and key not in first:
+            if key not in self._added and key not in first:
                 first[key] = i
         if not first:
             return
         if len(first) < len(keys):
             keys, vectors = list(first), vectors[list(first.values())]
-        if hold:
-            known.update(zip(keys, vectors))
-        else:
-            self._written.update(keys)
+        self._added.update(keys)
         self._pending.append((list(keys), vectors))
 
     def _write_shard(self, keys: Sequence[str], vectors: np.ndarray) -> str:
@@ -282,7 +248,7 @@ class EmbeddingCache:
         keys = [k for block_keys, _ in self._pending for k in block_keys]
         blocks = [v for _, v in self._pending]
         vectors = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-        self._shards.append(self._write_shard(keys, vectors))
+        self._write_shard(keys, vectors)
         self._pending = []
         return len(keys)
 
@@ -295,11 +261,11 @@ class EmbeddingCache:
         """
         if self._pending:
             log.info("embedding cache: stored %d new vectors", self._write_pending())
-        if compact and len(self._shards) > COMPACT_ABOVE:
+        if compact and len(self._shard_paths()) > COMPACT_ABOVE:
             self.compact(keep=keep)
 
     def compact(self, *, keep: Collection[str] | None = None) -> None:
-        """Merge every shard this run has read or written into one, then delete the old ones.
+        """Merge every shard of the model's folder into one, then delete the old ones.
 
         With `keep` (the keys of the whole corpus now), a vector whose key is not in it and that
         was stored more than EVICT_AFTER_DAYS ago is left out: the text it was made for left the
@@ -311,9 +277,9 @@ class EmbeddingCache:
         """
         if self._pending:
             self._write_pending()
-        if len(self._shards) <= 1:
+        old = self._shard_paths()  # a shard another run writes meanwhile is neither merged nor deleted
+        if len(old) <= 1:
             return
-        old = list(self._shards)
         wanted = set(keep) if keep is not None else None
         today = _today()
         keys: list[str] = []
@@ -343,17 +309,14 @@ class EmbeddingCache:
         if keys:
             vectors = (vector for path, rows in plan for _, vector in self._rows(path, rows))
             try:
-                merged = [self._write_merged(keys, days, vectors)]
+                self._write_merged(keys, days, vectors)
             except _SHARD_ERRORS as e:  # a shard damaged or gone meanwhile: keep them all as they are
                 log.warning("embedding cache: merging %d shards failed, kept as they are (%s)", len(old), e)
                 return
-        else:
-            merged = []
         for path in old:
             try:
                 self.fs.rm_file(path)
             except FileNotFoundError:
                 pass
-        self._shards = merged
         log.info("embedding cache: merged %d shards into one (%d vectors, %d of text no longer in the corpus "
                  "dropped)", len(old), len(keys), dropped)

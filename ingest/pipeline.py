@@ -284,7 +284,7 @@ def embed_chunks(
     shard_size = config.embeddings.cache_shard_size
 
     def keep(rows: list[int], vectors: "np.ndarray") -> None:
-        cache.add([missing_keys[r] for r in rows], vectors, hold=False)  # `fresh` holds them
+        cache.add([missing_keys[r] for r in rows], vectors)  # `fresh` holds them: the cache keeps no copy
         if cache.pending >= shard_size:
             cache.flush(compact=False)
             trim_heap()  # writing the shard copied its vectors once; don't keep that copy's pages
