@@ -72,17 +72,23 @@ _BACKTICKS = re.compile(r"`+")
 _MAY_HOLD_CODE = re.compile(r"`|~~~|\]:|^(?: {4}| {0,3}\t)", re.M)
 
 
-@functools.cache
-def _block_reader():
-    """markdown-it as the posted answer is read (bot/slack/render.py: CommonMark, tables), for
-    its block structure only: fenced and indented code blocks wherever CommonMark puts them (in
-    list items, in quotes), reference definitions (`inline_definitions` makes tokens of them),
-    and the lines of each paragraph, heading and table row. Inline parsing is off: its tokens
-    carry no positions, and code spans are found by CommonMark's own rule (`_code_spans`)."""
+def answer_reader(**options: object):
+    """markdown-it as the posted answer is read (bot/slack/render.py's settings: CommonMark,
+    tables, strikethrough, no HTML), with `options` on top: what the answering code checks an
+    answer with must read it as the renderer will."""
     from markdown_it import MarkdownIt
 
-    md = MarkdownIt("commonmark", {"html": False, "inline_definitions": True}).enable(["table", "strikethrough"])
-    return md.disable("inline")
+    return MarkdownIt("commonmark", {"html": False, **options}).enable(["table", "strikethrough"])
+
+
+@functools.cache
+def _block_reader():
+    """answer_reader for the block structure only: fenced and indented code blocks wherever
+    CommonMark puts them (in list items, in quotes), reference definitions (`inline_definitions`
+    makes tokens of them), and the lines of each paragraph, heading and table row. Inline parsing
+    is off: its tokens carry no positions, and code spans are found by CommonMark's own rule
+    (`_code_spans`)."""
+    return answer_reader(inline_definitions=True).disable("inline")
 
 
 def _segments(text: str) -> list[tuple[Kind, str]]:

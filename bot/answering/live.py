@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Iterator, Literal, Sequence
 
 from .budget import Source
-from .citations import link_key, process_citations, sources_list_start, split_code
+from .citations import answer_reader, link_key, process_citations, sources_list_start, split_code
 from .types import Citation
 
 from flytegpt.ingest.models import strip_controls
@@ -103,10 +103,8 @@ def _foreign_links(markdown: str, known: set[str]) -> bool:
 
 @functools.cache
 def _markdown_reader():
-    """markdown-it as the posted path reads answers (bot/slack/render.py): made once, not per check."""
-    from markdown_it import MarkdownIt
-
-    return MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
+    """The answer's reader (citations.answer_reader), made once, not per check."""
+    return answer_reader()
 
 
 def _defuse_everywhere(markdown: str, known: set[str]) -> str:

@@ -23,7 +23,7 @@ MAX_SECTION_CHARS = 3000
 # Headroom under the hard limit: the fallback text joins sections with separators.
 SECTION_BUDGET = 2900
 
-_md = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
+_md = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])  # bot/answering/citations.py answer_reader reads answers the same way
 _SAFE_SCHEMES = ("http://", "https://", "mailto:")
 
 
