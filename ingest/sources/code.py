@@ -7,9 +7,7 @@ code; binaries and huge generated files carry no words to retrieve.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,7 +46,6 @@ _PIN_HELP = ("write the version into the url (.../blob/v1.2.3/{path}#L{start}-L{
              "with a git source, whose {commit} pins every link to the commit read")
 # A URL naming a branch ("/blob/master/", "/tree/main/"): it moves, the indexed lines do not
 _BRANCH_URL = re.compile(r"/(?:blob|tree|-/blob)/(master|main|develop|trunk|HEAD)/")
-_GIT_TIMEOUT_S = 30
 
 
 def source_version(source: SourceConfig) -> str:
@@ -109,12 +106,12 @@ def _under(dist: importlib.metadata.Distribution, file: importlib.metadata.Packa
 
 def _git(args: list[str], cwd: Path) -> str | None:
     """git's output, or None when git is missing or says no (not a checkout)."""
+    from flytegpt.ingest.sources.git import GitSourceError, run_git
+
     try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=_GIT_TIMEOUT_S,
-                             env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
-    except (OSError, subprocess.TimeoutExpired):
+        return run_git(args, cwd)
+    except GitSourceError:
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _checkout_commit(folder: Path) -> str | None:

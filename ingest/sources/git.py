@@ -66,7 +66,8 @@ def default_url_template(repo: str) -> str:
     return base + "/blob/{commit}/{path}"
 
 
-def _git(args: list[str], cwd: Path) -> str:
+def run_git(args: list[str], cwd: Path) -> str:
+    """git's output (stripped); GitSourceError naming what failed: git missing, a timeout, git's own error."""
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": os.environ.get("GIT_ASKPASS", "true")}
     try:
         out = subprocess.run(
@@ -90,11 +91,11 @@ def shallow_checkout(repo: str, ref: str, dest: Path) -> str:
     if ref.startswith("-"):
         raise GitSourceError(f"invalid ref {ref!r}")
     dest.mkdir(parents=True, exist_ok=True)
-    _git(["init", "--quiet"], dest)
-    _git(["remote", "add", "origin", repo], dest)
-    _git(["fetch", "--quiet", "--depth", "1", "--no-tags", "origin", ref], dest)
-    _git(["-c", "advice.detachedHead=false", "checkout", "--quiet", "FETCH_HEAD"], dest)
-    return _git(["rev-parse", "HEAD"], dest)
+    run_git(["init", "--quiet"], dest)
+    run_git(["remote", "add", "origin", repo], dest)
+    run_git(["fetch", "--quiet", "--depth", "1", "--no-tags", "origin", ref], dest)
+    run_git(["-c", "advice.detachedHead=false", "checkout", "--quiet", "FETCH_HEAD"], dest)
+    return run_git(["rev-parse", "HEAD"], dest)
 
 
 def _repo_dir_name(repo: str) -> str:
