@@ -390,6 +390,7 @@ class Answerer:
                 if pieces is not None:
                     pieces.close()
             if live.raw.strip():
+                retries.succeeded()
                 rest = live.flush()
                 if rest:
                     yield Delta(rest)
@@ -417,6 +418,7 @@ class Answerer:
                     continue
                 break
             if out and out.strip():
+                retries.succeeded()
                 return out
             retries.empty()
         if related is None and related_for is not None:
@@ -435,6 +437,13 @@ class _Retries:
         self.cfg, self.deadline = cfg, deadline
         self.failures = self.empties = 0
         self.reason, self.detail = "no answer", ""
+        self.reasons: list[str] = []  # one per failed call, for the one line that reports them
+
+    def succeeded(self) -> None:
+        """After a call that answered: one line when it took retries (a flaky model shows in the log)."""
+        if self.failures:
+            log.info("chat model answered after %d failed %s (%s)", self.failures,
+                     "call" if self.failures == 1 else "calls", ", ".join(self.reasons))
 
     def empty(self) -> None:
         """An empty completion: retried once, then _EmptyCompletion."""
@@ -470,14 +479,18 @@ class _Retries:
         if delay >= self.deadline.remaining() - _MIN_CALL_S:
             raise _NoAnswerInTime() from None
         self.failures += 1
-        log.warning("chat model failed (%s); retry %d/%d in %.1fs", self.reason, self.failures,
-                    self.cfg.max_retries, delay)
+        self.reasons.append(self.reason)
+        # debug: an outage would cost a line per retry per question; succeeded()/unavailable() report them
+        log.debug("chat model failed (%s); retry %d/%d in %.1fs", self.reason, self.failures,
+                  self.cfg.max_retries, delay)
         time.sleep(delay)
         return True
 
     def unavailable(self, related: Sequence[Source] | None = None) -> ModelUnavailable:
         """The error to raise after giving up; its message never holds the provider's raw text."""
-        log.error("chat model unavailable after %d attempts: %s %s", self.failures + 1, self.reason, self.detail)
+        earlier = f" (before: {', '.join(self.reasons)})" if self.reasons else ""
+        log.error("chat model unavailable after %d %s: %s%s %s", self.failures + 1,
+                  "attempt" if self.failures == 0 else "attempts", self.reason, earlier, self.detail)
         return ModelUnavailable(
             prompts.MODEL_UNAVAILABLE.format(reason=self.reason),
             related=source_citations(list(related or [])[:_RELATED]),

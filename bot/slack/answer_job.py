@@ -143,7 +143,8 @@ class AnswerJob:
             return
         except ModelUnavailable as e:
             self.metrics.failures.labels("model_unavailable").inc()
-            log.warning("model unavailable: apology with sources", extra={"related": len(e.related)})
+            # debug: the chain's "chat model unavailable" error line already says so, once a question
+            log.debug("model unavailable: apology with sources", extra={"related": len(e.related)})
             reason = messages.NO_ANSWER_WRITTEN.format(reason=e)
             if e.related:
                 reason += messages.MEANWHILE_SOURCES

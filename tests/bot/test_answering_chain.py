@@ -260,6 +260,28 @@ def test_persistent_500_raises_model_unavailable_with_related_then_recovers(serv
     assert answerer.answer("how do I use ray?").text == "Now it works [1]."
 
 
+def test_a_model_outage_costs_one_log_line_per_question_and_a_flaky_call_one_too(server, caplog):
+    """Audit 25 F9: each failed question logged every retry and the outcome (4 lines a question
+    during an outage). Now the outcome line names the earlier failures; a call that answered after
+    failing says so once."""
+    answerer, _ = make(server)
+    server.script(Fail(503), Fail(500), Fail(503))
+    with caplog.at_level(logging.INFO, logger="flytegpt"), pytest.raises(ModelUnavailable):
+        answerer.answer("how do I use ray?")
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("flytegpt")]
+    assert len(said) == 1, said
+    level, text = said[0]
+    assert level == "ERROR" and "after 3 attempts: HTTP 503 (before: HTTP 503, HTTP 500)" in text
+
+    caplog.clear()
+    server.script(Fail(503))
+    server.reply = "Install it [1]."
+    with caplog.at_level(logging.INFO, logger="flytegpt"):
+        assert answerer.answer("how do I use ray?").mode == "llm"
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("flytegpt")]
+    assert said == [("INFO", "chat model answered after 1 failed call (HTTP 503)")]
+
+
 def test_a_streamed_answer_the_model_cannot_give_still_names_the_best_sources(server):
     """Streaming (the bot's default) gave up with no sources: the asker got "try again later"
     alone, where the same failure unstreamed lists the most relevant sources."""
