@@ -10,6 +10,7 @@ import pytest
 
 from flytegpt.ingest.chunking import (
     DOC_MAX,
+    OUTLINE_MAX,
     REFERENCE_TARGET,
     SLACK_MAX,
     chunk_document,
@@ -136,6 +137,18 @@ def test_a_page_gets_an_outline_of_its_title_first_paragraph_and_headings():
         "Shell tasks", "Run bash scripts in a workflow with ShellTask.", "Define a task", "Define a task > Outputs"]
     assert outlines[0].source_id == chunks[0].source_id
     assert not any(is_outline(c) for c in chunks[:-2])
+
+
+def test_a_page_of_fifty_thousand_headings_gets_an_outline_of_bounded_size():
+    """A generated page with a heading per entry: the outline is cut at its size (it once looked
+    every heading up in a list, 24 s for such a page), and every section is still a passage."""
+    text = "# Huge\n\nA generated reference of every entry and its value.\n\n" + "".join(f"## entry{i}\n\nvalue {i}\n\n" for i in range(50_000))
+    chunks = chunk_document(_page(text, title="Huge"))
+    outlines = [c for c in chunks if is_outline(c)]
+    assert len(outlines) == 1 and len(outlines[0].text) <= OUTLINE_MAX
+    assert outlines[0].text.startswith("Huge\nA generated reference of every entry and its value.\nentry0\nentry1\n")
+    passages = "\n".join(c.text for c in _passages(chunks))
+    assert "entry49999" in passages and "value 49999" in passages
 
 
 def test_a_page_gets_a_title_chunk_that_is_its_title_alone():
