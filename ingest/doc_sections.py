@@ -170,8 +170,14 @@ def _lines(text: str) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
+# A link in a heading reads as its label in a citation: RST's `label <url>`_ (or __), Markdown's [label](url).
+_RST_TITLE_LINK = re.compile(r"`([^`<\n]*?)\s*<[^<>`\s]+>`__?")
+_MD_TITLE_LINK = re.compile(r"(?<!!)\[([^\]\n]+)\]\([^)\s]+(?:\s+\"[^\"]*\")?\)")
+
+
 def _clean_title(title: str) -> str:
     title = re.sub(r"\s*\{#[^}]*\}\s*$", "", title)  # MyST/pandoc anchors
+    title = _MD_TITLE_LINK.sub(r"\1", _RST_TITLE_LINK.sub(r"\1", title))
     title = clean_roles(strip_tags(title))
     return re.sub(r"\s+", " ", title.replace("`", "").replace("**", "")).strip()
 

@@ -306,6 +306,20 @@ def test_a_readme_headed_in_html_is_titled_by_its_h1(tmp_path):
                                          "Flyte tutorials and integrations examples (title)"}
 
 
+def test_a_heading_with_a_link_is_titled_by_the_links_label(tmp_path):
+    """Audit 29 F10: a citation read "Abide by the LF's Code of Conduct <https://...>__"."""
+    rst = ("Community\n=========\n\n" + _para("the community") + "\n\n"
+           "Abide by the `LF's Code of Conduct <https://lfprojects.org/policies/code-of-conduct/>`__\n"
+           "-------------------------------------------------------------------------------------\n\n"
+           + _para("conduct") + "\n")
+    md = f"# Files\n\n{_para('files')}\n\n## Reading a [FlyteFile](https://docs.flyte.org/x) in a task\n\n{_para('reading')}\n"
+    titles = {c.title for c in _docs(tmp_path / "a", "index.rst", rst, GITHUB)}
+    titles |= {c.title for c in _docs(tmp_path / "b", "files.md", md, GITHUB)}
+    assert "Community > Abide by the LF's Code of Conduct" in titles
+    assert "Files > Reading a FlyteFile in a task" in titles
+    assert not any("http" in t or "](" in t for t in titles)
+
+
 def test_a_readme_without_any_heading_is_named_after_its_folder(tmp_path):
     (tmp_path / "docs" / "examples" / "basics").mkdir(parents=True)
     (tmp_path / "docs" / "examples" / "basics" / "README.md").write_text(_para("the basics") + "\n")
@@ -340,10 +354,16 @@ def test_an_answer_cites_the_section_the_reply_and_the_pinned_code(tmp_path, emb
     (docs / "caching.md").write_text(
         f"# Caching\n\n{_para('caching in general')}\n\n## Zebracorn cache versions\n\n"
         + " ".join(["Bump the zebracorn cache version whenever the zebracorn task body changes."] * 12) + "\n")
+    asked = "1700000500.000100"  # a thread with its question: the offline answer quotes its reply
     folder = _export(tmp_path / "slack", [
         {"type": "message", "subtype": "tombstone", "user": "USLACKBOT", "ts": ROOT, "thread_ts": ROOT,
          "text": "This message was deleted."},
         _reply(1, "For platypus retries set platypus_mode=strict in the platypus config."),
+        {"type": "message", "user": "U1", "ts": asked, "thread_ts": asked,
+         "text": "How do I make the wombat executor keep its pods?"},
+        {"type": "message", "user": "U2", "ts": "1700000600.000100", "thread_ts": asked,
+         "text": "Set wombat_keep_pods=true on the wombat executor."},
+        {"type": "message", "user": "U1", "ts": "1700000700.000100", "thread_ts": asked, "text": "Thanks!"},
     ])
     config = load_config(write_config(tmp_path, f"""
         [[sources]]
@@ -384,6 +404,9 @@ def test_an_answer_cites_the_section_the_reply_and_the_pinned_code(tmp_path, emb
             "?thread_ts=1700000000.000100&amp;cid=C0HELP0001"
             "|#help thread, 2023-11-14: For platypus retries set platypus_mode=strict in the platypus config.>"
             in listed("How do I fix platypus retries with platypus_mode?"))
+    assert ("https://acme.slack.com/archives/C0HELP0001/p1700000600000100"  # the reply quoted, in its thread
+            f"?thread_ts={asked}&amp;cid=C0HELP0001|How do I make the wombat executor keep its pods?>"
+            in listed("How do I keep the pods of the wombat executor?"))
     version = importlib.metadata.version("flytekit")
     assert f"https://github.com/flyteorg/flytekit/blob/v{version}/flytekit/core/resources.py#L" in \
         listed("How do I set Resources for cpu and memory in flytekit?")
