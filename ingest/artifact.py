@@ -5,6 +5,7 @@
                                       top-level folder, stats, sha256 + size of every file
     <store>/<version>/dense.faiss     faiss.serialize_index bytes (inner product on normalised vectors)
     <store>/<version>/chunks.jsonl.gz one Chunk.to_dict() per line, row i = FAISS id i = BM25 doc i
+                                      (but message_urls, which go to message-urls.json.gz)
     <store>/<version>/keyword/...     bm25s arrays (.npy, allow_pickle=False) + JSON
     <store>/LATEST                    the published version id, written last, atomically
 
@@ -17,6 +18,7 @@ and the same content written in the same second is the same version.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -50,6 +52,11 @@ MANIFEST = "manifest.json"
 LATEST = "LATEST"
 DENSE_FILE = "dense.faiss"
 CHUNKS_FILE = "chunks.jsonl.gz"
+# Slack chunks' per-message permalinks ({"<row>": [url, ...]}), beside the chunk table rather than in
+# its rows: a reader that predates them builds Chunk(**row) and would refuse a row with a key it does
+# not know, while it verifies and ignores a file it does not read. So a bot rolled back to an older
+# release still serves a version written by this one (its quotes then link the thread).
+MESSAGE_URLS_FILE = "message-urls.json.gz"
 KEYWORD_DIR = "keyword"
 INDEX_TYPES = ("flat", "ivf")
 PUBLISH_LOCK = "publish.lock"
@@ -218,6 +225,40 @@ def _check_flat_file(path: str, count: int, dimension: int, version: str) -> Non
                             f"floats: {count} vectors of {dimension} are {expected:,} bytes")
 
 
+def _row(chunk: Chunk) -> dict:
+    """A chunk's row in chunks.jsonl.gz: its fields but message_urls (see MESSAGE_URLS_FILE)."""
+    d = chunk.to_dict()
+    d.pop("message_urls", None)
+    return d
+
+
+def _message_urls_bytes(chunks: list[Chunk]) -> bytes | None:
+    urls = {str(i): list(c.message_urls) for i, c in enumerate(chunks) if c.message_urls}
+    if not urls:
+        return None
+    return gzip.compress(json.dumps(urls, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+                         _GZIP_LEVEL, mtime=0)
+
+
+def _with_message_urls(chunks: list[Chunk], path: str, version: str) -> list[Chunk]:
+    """The chunks with the links MESSAGE_URLS_FILE gives their rows; a file that cannot be read
+    refuses the version (it passed its checksum, so it was written so)."""
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            urls = json.load(f)
+        if not isinstance(urls, dict):
+            raise ValueError("not an object of rows")
+        out = list(chunks)
+        for row, links in urls.items():
+            i = int(row)
+            if not (0 <= i < len(out)) or not isinstance(links, list) or not all(isinstance(u, str) for u in links):
+                raise ValueError(f"row {row!r:.40}: expected a chunk row and a list of links")
+            out[i] = dataclasses.replace(out[i], message_urls=tuple(links))
+        return out
+    except (OSError, ValueError, EOFError) as e:
+        raise ArtifactError(f"version {version}: {MESSAGE_URLS_FILE} cannot be read ({e})") from None
+
+
 def _chunks_bytes(chunks: list[Chunk]) -> bytes:
     """chunks.jsonl.gz, compressed as it is serialised: only the compressed bytes are ever whole.
 
@@ -231,7 +272,7 @@ def _chunks_bytes(chunks: list[Chunk]) -> bytes:
     crc = size = 0
     for start in range(0, len(chunks), _CHUNKS_PER_WRITE):
         part = chunks[start : start + _CHUNKS_PER_WRITE]
-        data = "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in part).encode("utf-8")
+        data = "".join(json.dumps(_row(c), ensure_ascii=False) + "\n" for c in part).encode("utf-8")
         crc, size = zlib.crc32(data, crc), size + len(data)
         out.write(deflate.compress(data))
     out.write(deflate.flush())
@@ -341,6 +382,9 @@ def _write_files(fs, root: str, store: str, chunks: list[Chunk], keyword: Keywor
                  model: ModelInfo, index_info: dict, stats: dict | None,
                  configured_channels: dict[str, list[str]], sources_read_at: datetime | None) -> str:
     files: dict[str, bytes] = {CHUNKS_FILE: _chunks_bytes(chunks)}
+    message_urls = _message_urls_bytes(chunks)
+    if message_urls is not None:
+        files[MESSAGE_URLS_FILE] = message_urls
     files.update({f"{KEYWORD_DIR}/{name}": data for name, data in keyword.to_files().items()})
     entries = {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in files.items()}
     entries[DENSE_FILE] = {"sha256": _file_sha256(dense_tmp), "bytes": os.path.getsize(dense_tmp)}
@@ -924,10 +968,12 @@ def _read_manifest(fs, folder: str, version: str, store: str) -> dict[str, Any]:
         raise ArtifactError(f"version {version}: {MANIFEST} is not a valid manifest ({e})") from None
     if not isinstance(manifest, dict):
         raise ArtifactError(f"version {version}: {MANIFEST} is not a valid manifest (not a JSON object)")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    found = manifest.get("format_version")
+    if found != FORMAT_VERSION or isinstance(found, bool):
+        newer = isinstance(found, int) and not isinstance(found, bool) and found > FORMAT_VERSION
         raise ArtifactError(
-            f"version {version}: {MANIFEST} format_version: expected {FORMAT_VERSION}, "
-            f"found {manifest.get('format_version')}"
+            f"version {version}: {MANIFEST} format_version: expected {FORMAT_VERSION}, found {found!r}"
+            + (" (written by a newer FlyteGPT: upgrade this one)" if newer else "")
         )
     if manifest.get("version") != version:
         raise ArtifactError(f"version {version}: {MANIFEST} version: expected {version}, found {manifest.get('version')}")
@@ -1141,6 +1187,8 @@ def open_version(
         chunks = _load_chunks(os.path.join(base, CHUNKS_FILE), version)
         if len(chunks) != count:
             raise ArtifactError(f"version {version}: {CHUNKS_FILE} rows: expected {count} (chunk_count), found {len(chunks)}")
+        if MESSAGE_URLS_FILE in entries:
+            chunks = _with_message_urls(chunks, os.path.join(base, MESSAGE_URLS_FILE), version)
         try:
             keyword = KeywordIndex.load(os.path.join(base, KEYWORD_DIR))
         except (OSError, ValueError, KeyError) as e:

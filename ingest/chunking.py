@@ -403,36 +403,40 @@ def _slack_chunks(doc: Document) -> list[Chunk]:
     prefix = f"{channel}: {doc.title}" if channel else doc.title
     if not doc.text.strip():  # a thread of file uploads or deleted messages: nothing to cite
         return []
-    if len(doc.text) <= SLACK_MAX:
-        return [Chunk(doc.source_id, "slack", doc.title, doc.url, doc.text, f"{prefix}\n\n{doc.text}")]
     merged = doc.text.split("\n\n")  # the loader separates messages with one blank line
     # each message's own link (the loader's meta, in text order): a later part links the message it
-    # starts with, in the thread (audit 27 F4); a document without them (an older slack_api
-    # snapshot) links the thread
+    # starts with, in the thread, and a chunk keeps the links of its messages, so a quote of a reply
+    # links the reply (audit 27 F4); a document without them (an older slack_api snapshot) links
+    # the thread
     urls = doc.meta.get("message_urls")
-    if not (isinstance(urls, list) and len(urls) == len(merged)):
+    known = isinstance(urls, list) and len(urls) == len(merged) and all(isinstance(u, str) for u in urls)
+    if len(doc.text) <= SLACK_MAX:
+        return [Chunk(doc.source_id, "slack", doc.title, doc.url, doc.text, f"{prefix}\n\n{doc.text}",
+                      message_urls=tuple(urls) if known else None)]
+    if not known:
         urls = [doc.url] * len(merged)
     question = merged[0]
     context = question if len(question) <= 600 else question[:600].rsplit(" ", 1)[0] + " ..."
     pieces: list[list[str]] = [[]]
-    starts: list[str] = []  # the link of each piece's first message
+    links: list[list[str]] = [[]]  # the link of each piece's messages
     size = 0
     for m, url in zip(merged, urls):
         if not m.strip():
             continue
         if pieces[-1] and size + len(m) + 2 > SLACK_MAX:
             pieces.append([])
+            links.append([])
             size = 0
-        if not pieces[-1]:
-            starts.append(url)
         pieces[-1].append(m)
+        links[-1].append(url)
         size += len(m) + 2
     chunks = []
-    for i, (part, url) in enumerate(zip(pieces, starts)):
+    for i, (part, own) in enumerate(zip(pieces, links)):
         text = "\n\n".join(part)
         if len(text) > 2 * SLACK_MAX:  # one enormous message: cut it, it is still one thread
             text = text[: 2 * SLACK_MAX]
         embed = f"{prefix}\n\n{text}" if i == 0 else f"{prefix}\n\n{context}\n\n...\n\n{text}"
         title = doc.title if i == 0 else f"{doc.title} (part {i + 1})"
-        chunks.append(Chunk(doc.source_id, "slack", title, url, text, embed))
+        own_urls = tuple(own[: text.count("\n\n") + 1]) if known else None  # a cut text: its messages'
+        chunks.append(Chunk(doc.source_id, "slack", title, own[0], text, embed, message_urls=own_urls))
     return chunks

@@ -132,6 +132,10 @@ class Chunk:
     embed_text: str  # what is keyword-indexed and, as dense_text, embedded (text plus its context)
     start_line: int | None = None
     end_line: int | None = None
+    # Slack: each message's own permalink, in the order of `text`'s messages (the loader separates
+    # them with a blank line), so a quote of one reply can link that reply, not only the thread
+    # (audit 27 F4). None elsewhere, and for a thread whose links are not known (an older snapshot).
+    message_urls: tuple[str, ...] | None = None
 
     @property
     def source(self) -> str:
@@ -150,11 +154,19 @@ class Chunk:
         return content_key(model_id, self.dense_text)
 
     def to_dict(self) -> dict[str, Any]:
-        # every field is a scalar: asdict's deep copy cost a re-ingest ~0.3 s per 10k chunks
-        return {name: getattr(self, name) for name in self.__slots__}  # the fields, in order
+        # every field is a scalar or a tuple of strings: asdict's deep copy cost a re-ingest ~0.3 s
+        # per 10k chunks. message_urls only where there are some: the rows of docs and code chunks
+        # are as before, so an index of them reads with a reader that predates the field.
+        d = {name: getattr(self, name) for name in self.__slots__}  # the fields, in order
+        if d["message_urls"] is None:
+            del d["message_urls"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Chunk":
+        urls = d.get("message_urls")
+        if urls is not None:  # JSON gives a list: a tuple keeps chunks hashable and equal to the ones made
+            d = {**d, "message_urls": tuple(urls)}
         return cls(**d)
 
 

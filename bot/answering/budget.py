@@ -131,6 +131,10 @@ class Source:
     text: str
     score: float
     kind: str  # "docs" | "code" | "slack"
+    # Slack: each message's permalink, in the order of `text`'s messages (split at blank lines; ""
+    # for the "[...]" between two chunks), so the offline answer links the reply it quotes (audit
+    # 27 F4). Empty when not known; an excerpt (pack_sources) has none.
+    message_urls: tuple[str, ...] = ()
 
     @property
     def language(self) -> str:
@@ -142,6 +146,7 @@ MERGE_PER_SOURCE = 2  # chunks of one document merged into one numbered source
 _MIN_USEFUL_TOKENS = 48  # a truncated source shorter than this is noise, not context
 RANK_DECAY = 0.1  # the source at rank r gets a budget share weighted 1 / (1 + RANK_DECAY x r)
 _GAP = "\n\n[...]\n\n"
+_BLANK_LINE = re.compile(r"\n\s*\n")  # between two messages of a Slack chunk (offline.py splits the same way)
 
 
 def dedupe_hits(hits: Sequence["Hit"], max_sources: int) -> list[Source]:
@@ -168,10 +173,16 @@ def dedupe_hits(hits: Sequence["Hit"], max_sources: int) -> list[Source]:
         if len(parts) > 1 and all(p.chunk.start_line is not None for p in parts):
             parts = sorted(parts, key=lambda p: p.chunk.start_line)  # code reads top to bottom
         texts = []
+        urls: list[str] | None = []
         for p in parts:
             t = p.chunk.text.strip()
             if t and t not in texts:
                 texts.append(t)
+                own = p.chunk.message_urls
+                if urls is not None and own and len(own) == len(_BLANK_LINE.split(t)):
+                    urls.extend([""] * (len(texts) > 1) + list(own))  # "" for the "[...]" between them
+                else:
+                    urls = None
         sources.append(
             Source(
                 n=i,
@@ -181,6 +192,7 @@ def dedupe_hits(hits: Sequence["Hit"], max_sources: int) -> list[Source]:
                 text="\n\n[...]\n\n".join(texts),
                 score=float(best.score),
                 kind=best.chunk.kind,
+                message_urls=tuple(urls or ()),
             )
         )
     return distinct_titles(sources)

@@ -132,16 +132,20 @@ def _trim_code(block: str, terms: set[str], fence: tuple[str, str] | None = None
     return "\n".join([opener, *body, closer])
 
 
-def excerpt(source: Source, terms: set[str]) -> tuple[str, int]:
-    """The few lines of a source that best match the question, as Markdown, and their overlap."""
+def excerpt(source: Source, terms: set[str]) -> tuple[str, int, str]:
+    """The few lines of a source that best match the question, as Markdown, their overlap, and
+    the link to what they quote: a Slack reply's own permalink where the index has it (the
+    thread's link opens its first message, and the reply may be one of dozens: audit 27 F4),
+    else the source's."""
     if source.kind == "code":
         code = _trim_code(source.text, terms, fence=(f"```{source.language}", "```"))
-        return code, _score(code, terms)
+        return code, _score(code, terms), source.url
     if source.kind == "slack":
-        thread = _thread_excerpt(source.text, terms)
+        thread = _thread_excerpt(source.text, terms, source.message_urls)
         if thread is not None:
-            return thread
-    return _passage(_without_title(_units(source.text), source.title), terms)
+            shown, score, url = thread
+            return shown, score, url or source.url
+    return *_passage(_without_title(_units(source.text), source.title), terms), source.url
 
 
 def _without_title(units: list[tuple[bool, str]], title: str) -> list[tuple[bool, str]]:
@@ -196,24 +200,27 @@ def _render(units: list[tuple[bool, str]], terms: set[str]) -> str:
     return "\n\n".join(out)
 
 
-def _thread_excerpt(text: str, terms: set[str]) -> tuple[str, int] | None:
+def _thread_excerpt(text: str, terms: set[str], urls: Sequence[str] = ()) -> tuple[str, int, str] | None:
     """A Slack thread quoted for its answer: the question's first line for context, then the
-    best-matching reply (the first when none matches better). None when there is no reply.
+    best-matching reply (the first when none matches better), and that reply's link ("" when
+    `urls`, one per message of `text`, does not say). None when there is no reply.
 
     The question repeats the asker's words, so it would win a plain overlap window and leave
     out the reply that answers it. The loader separates messages with a blank line; the
     first is the question, and each starts with its author's name.
     """
-    messages = [m for m in (p.strip() for p in re.split(r"\n\s*\n", text)) if m and m != "[...]"]
-    replies = [_units(m) for m in messages[1:]]
-    replies = [units for units in replies if units]
+    parts = [p.strip() for p in re.split(r"\n\s*\n", text)]
+    links = urls if len(urls) == len(parts) else [""] * len(parts)
+    messages = [(m, url) for m, url in zip(parts, links) if m and m != "[...]"]
+    replies = [(_units(m), url) for m, url in messages[1:]]
+    replies = [(units, url) for units, url in replies if units]
     if not replies:
         return None
-    best = max(replies, key=lambda units: _score(" ".join(u[1] for u in units), terms))  # first of equals
+    best, url = max(replies, key=lambda r: _score(" ".join(u[1] for u in r[0]), terms))  # first of equals
     reply, _ = _passage(best, terms)
-    context = _render([(False, _first_line(messages[0]))], terms)
+    context = _render([(False, _first_line(messages[0][0]))], terms)
     shown = f"{context}\n\n{reply}"
-    return shown, _score(shown, terms)
+    return shown, _score(shown, terms), url
 
 
 def _first_line(message: str) -> str:
@@ -232,11 +239,11 @@ def offline_answer(question: str, sources: Sequence[Source], header: str = promp
     bar = 0
     for s in list(sources)[:MAX_PASSAGES]:
         n = len(citations) + 1
-        body, overlap = excerpt(s, terms)
+        body, overlap, url = excerpt(s, terms)
         if not body or (citations and terms and overlap < bar):
             continue  # after the best source, only passages about as close to the question
         if not citations:
             bar = max(1, (overlap + 1) // 2)
         parts.append(f"**{s.title}** [{n}]\n\n{body}")
-        citations.append(Citation(n=n, title=s.title, url=s.url, source_id=s.source_id))
+        citations.append(Citation(n=n, title=s.title, url=url, source_id=s.source_id))
     return "\n\n".join(parts), citations

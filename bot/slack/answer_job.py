@@ -168,7 +168,7 @@ class AnswerJob:
                 if streamed is not None else None)
         self._reply(q, replies, streamed=streamed, final_text=answer.text, tail=tail,
                     landed=lambda: self._answered(q, answer, answer_id, queued_s),
-                    lost=lambda: self._not_posted(q, answer, answer_id))
+                    lost=lambda failure: self._not_posted(q, answer, answer_id, failure))
 
     def _answered(self, q: "Question", answer: Any, answer_id: str, queued_s: float = 0.0) -> None:
         """The answer is in Slack (now, or later from delivery's deferred queue): count it and
@@ -182,11 +182,13 @@ class AnswerJob:
                                     "queued_s": round(queued_s, 3)})
         self.recorder.record_answer(answer_id, answer, **self._where(q, seconds))
 
-    def _not_posted(self, q: "Question", answer: Any, answer_id: str) -> None:
+    def _not_posted(self, q: "Question", answer: Any, answer_id: str, failure: str) -> None:
         """Slack never took the answer: its id is released (its buttons were never shown) and the
-        question is logged as failed, so the report counts what Slack refused, not only what landed."""
+        question is logged as failed, so the report counts what Slack refused, not only what landed.
+        `failure` is what delivery counted: post_refused (refused for what the answer holds, also as
+        plain text: asking again gets the same refusal) or post_failed (refused where it was going)."""
         self.recorder.forget(answer_id)
-        self._log_unanswered(q, "failed", "post_failed", related=answer.citations)
+        self._log_unanswered(q, "failed", failure, related=answer.citations)
 
     # --- the question log (the maintainers' report reads it) ------------------------------
 
@@ -216,7 +218,7 @@ class AnswerJob:
 
     def _reply(self, q: "Question", replies: Sequence[blocks.SlackMessage], *, streamed: "StreamedReply | None" = None,
                final_text: str = "", tail: list[dict] | None = None, landed: Callable[[], None] | None = None,
-               lost: Callable[[], None] | None = None) -> None:
+               lost: Callable[[str], None] | None = None) -> None:
         """Post unless a shutdown already told the asker to ask again. Exactly one of `landed`
         (the reply is in Slack) and `lost` runs, now or, when Slack refused the reply for a
         while, once delivery's deferred post of it is settled.
@@ -232,7 +234,7 @@ class AnswerJob:
         if claimed_before:
             log.info("finished after shutdown gave up on it: not posted", extra={"channel": q.channel})
             if lost is not None:
-                lost()
+                lost("post_failed")  # not logged again: the shutdown logged the question
             return
         if streamed is not None:
             finished = streamed.finish(final_text, tail or [], replies)

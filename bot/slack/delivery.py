@@ -73,6 +73,10 @@ DEFERRED_MAX_WAIT_S = 60.0  # ... and at most this between two tries
 DEFERRED_MIN_WAIT_S = 1.0  # even when Retry-After says 0: never a busy loop against a refusing Slack
 
 Callback = Callable[[], None]
+# Told why the replies never reached Slack: the failure counted for them, "post_failed" (Slack refused
+# where they were going, or for longer than deferral waited) or "post_refused" (for what they hold,
+# also as plain text), so the question log records the same cause as flytegpt_failures_total.
+Lost = Callable[[str], None]
 
 
 def _webhook(url: str, *, retries: bool = True) -> WebhookClient:
@@ -110,12 +114,12 @@ def _privately(q: "Question") -> dict[str, Any]:
     return {"channel": q.channel, "thread_ts": q.thread_ts, "private_to": q.user}
 
 
-def _run(callback: Callback | None) -> None:
+def _run(callback: Callable[..., None] | None, *args: Any) -> None:
     """A caller's follow-up (store the answer, forget its id); its failure is not the post's."""
     if callback is None:
         return
     try:
-        callback()
+        callback(*args)
     except Exception:  # noqa: BLE001 - the reply's fate is settled either way
         log.exception("the follow-up of a reply failed")
 
@@ -273,7 +277,7 @@ class _Deferred:
     q: "Question"
     replies: list[SlackMessage]
     landed: Callback | None
-    lost: Callback | None
+    lost: Lost | None
     since: float  # time.monotonic() when it was kept
     until: float  # ... and after which it is given up
     tries: int = 0  # deferred tries so far
@@ -310,7 +314,7 @@ class DeferredPosts:
         with self._cond:
             return len(self._queue) + (self._trying is not None)
 
-    def keep(self, q: "Question", error: BaseException, landed: Callback | None, lost: Callback | None) -> bool:
+    def keep(self, q: "Question", error: BaseException, landed: Callback | None, lost: Lost | None) -> bool:
         """Keep the edits and replies Slack refused (`error`, a NotPosted) for later; False when
         they are not for later: deferral off, a refusal that will not pass, the queue full, stopping."""
         if self.window_s <= 0 or not isinstance(error, NotPosted) or not (error.unsent or error.edits):
@@ -369,7 +373,7 @@ class DeferredPosts:
         for p in left:
             self.delivery.metrics.failures.labels("post_failed").inc()
             self._count("dropped")
-            _run(p.lost)
+            _run(p.lost, "post_failed")
         channels = [p.q.channel for p in left]
         if left:
             log.error("stopping: answers Slack had refused were dropped",
@@ -463,10 +467,11 @@ class DeferredPosts:
         log.error("Slack did not take a deferred answer: giving up",
                   extra={"channel": post.q.channel, "tries": post.tries, "error": _slack_error(e.cause),
                          "waited_s": round(time.monotonic() - post.since, 1)})
-        if self.delivery._give_up(post.q, e, tell=True, retries=False):
+        failure = self.delivery._give_up(post.q, e, tell=True, retries=False)
+        if failure is None:
             _run(post.landed)
         else:
-            _run(post.lost)
+            _run(post.lost, failure)
 
 
 class Delivery:
@@ -480,7 +485,7 @@ class Delivery:
 
     def post(self, q: "Question", replies: Sequence[SlackMessage], *, edits: Sequence[Edit] = (),
              tell_on_failure: bool = True, defer: bool = False, landed: Callback | None = None,
-             lost: Callback | None = None) -> bool:
+             lost: Lost | None = None) -> bool:
         """Post replies where the question came from (after `edits` to messages already shown, in
         order); True when they are in Slack or (`defer`) kept to be posted later, False (logged,
         counted) when Slack refused.
@@ -489,30 +494,32 @@ class Delivery:
         refuses for a passing reason waits in `deferred` (the caller, an answer worker, is free
         for the next question); otherwise, and when that runs out too, the asker gets a short
         notice instead of silence (if Slack takes that one). Exactly one of `landed` (the
-        replies are in Slack) and `lost` runs: before this returns, or when a deferred post is
-        settled (on the deferred queue's thread).
+        replies are in Slack) and `lost` (given the failure counted) runs: before this returns, or
+        when a deferred post is settled (on the deferred queue's thread).
         """
         try:
             self.send(replies, edits=edits, **_where(q))
         except Exception as e:  # noqa: BLE001 - reported to the caller as False
             if defer and self.deferred.keep(q, e, landed, lost):
                 return True
-            if self._give_up(q, e, tell=tell_on_failure):
+            failure = self._give_up(q, e, tell=tell_on_failure)
+            if failure is None:
                 _run(landed)
                 return True
-            _run(lost)
+            _run(lost, failure)
             return False
         _run(landed)
         return True
 
-    def _give_up(self, q: "Question", e: BaseException, *, tell: bool, retries: bool = True) -> bool:
+    def _give_up(self, q: "Question", e: BaseException, *, tell: bool, retries: bool = True) -> str | None:
         """Slack did not take the replies where they were going. Refused for what they hold, they
         are tried once more as plain text; a slash command's go to its asker with
-        chat.postEphemeral instead (True: they arrived after all); else count, log and tell."""
+        chat.postEphemeral instead (None: they arrived after all); else count, log and tell, and
+        return the failure counted (see _refused)."""
         if content_refused(e):
             again = self._as_plain_text(q, e, retries=retries)
             if again is None:
-                return True
+                return None
             e = again
         if q.response_url and not content_refused(e):
             unsent = e.unsent if isinstance(e, NotPosted) else []
@@ -524,9 +531,8 @@ class Delivery:
                 if unsent:
                     log.warning("the response_url refused the answer: sent with chat.postEphemeral",
                                 extra={"channel": q.channel, "error": _slack_error(e)})
-                    return True
-        self._refused(q, e, tell=tell, retries=retries)
-        return False
+                    return None
+        return self._refused(q, e, tell=tell, retries=retries)
 
     def _as_plain_text(self, q: "Question", e: BaseException, *, retries: bool) -> BaseException | None:
         """One more try of what Slack refused for its content (`e`): the edits and replies not
@@ -549,15 +555,17 @@ class Delivery:
         log.info("the answer was posted as plain text", extra={"channel": q.channel})
         return None
 
-    def _refused(self, q: "Question", e: BaseException, *, tell: bool, retries: bool = True) -> None:
+    def _refused(self, q: "Question", e: BaseException, *, tell: bool, retries: bool = True) -> str:
         """Count and log a reply Slack did not take; with `tell`, one notice to the asker (not
-        through a response_url that has just refused: chat.postEphemeral).
+        through a response_url that has just refused: chat.postEphemeral). Returns the failure
+        counted, which the caller logs the question with.
 
         Refused for what it holds (also as plain text), it is counted apart (`post_refused`: a
         bug of ours or a limit Slack changed, not a passing refusal) and the notice says so instead
         of asking to try again in a minute: the same question would be refused the same way."""
         refused = content_refused(e)
-        self.metrics.failures.labels("post_refused" if refused else "post_failed").inc()
+        failure = "post_refused" if refused else "post_failed"
+        self.metrics.failures.labels(failure).inc()
         log.error("posting the answer failed", extra={"channel": q.channel, "error": _slack_error(e)})
         if tell:
             where = _privately(q) if q.response_url else _where(q)
@@ -567,6 +575,7 @@ class Delivery:
             except Exception as e2:  # noqa: BLE001 - logged; nothing more to tell (one answer, counted once)
                 log.error("the notice did not reach the asker either",
                           extra={"channel": q.channel, "error": _slack_error(e2)})
+        return failure
 
     def notice(self, q: "Question", text: str) -> bool:
         """A short plain-text notice where the answer would have gone."""

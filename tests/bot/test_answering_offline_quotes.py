@@ -7,15 +7,18 @@ with the real loaders and chunker, so their text is laid out as in an index.
 
 from __future__ import annotations
 
+import json
+
 from support.paths import FIXTURES
 
 from flytegpt.bot.answering import Answer
-from flytegpt.bot.answering.budget import Source
+from flytegpt.bot.answering.budget import Source, dedupe_hits
 from flytegpt.bot.answering.offline import offline_answer
 from flytegpt.bot.slack.blocks import render_answer
 from flytegpt.ingest.chunking import chunk_document
 from flytegpt.ingest.config import SourceConfig
-from flytegpt.ingest.models import Document, LoadReport
+from flytegpt.ingest.models import Chunk, Document, LoadReport
+from flytegpt.ingest.search import Hit
 from flytegpt.ingest.sources import load_source
 from flytegpt.ingest.sources.slack_export import Directory, thread_document
 
@@ -32,11 +35,24 @@ def _fixture_thread(locator: str) -> Source:
     return _source(docs[locator])
 
 
-def _thread(*messages: tuple[str, str]) -> Source:
-    """A thread as the Slack loader renders it: (user id, text), the first is the question."""
+def _thread_document(*messages: tuple[str, str]) -> Document:
+    """A thread as the Slack loader renders it: (user id, text), the first is the question; message
+    i (from 1) has ts 1700000000.00000i."""
     names = Directory(users={"U1": "asker", "U2": "helper", "U3": "other"})
     msgs = [{"ts": f"1700000000.{i:06d}", "user": u, "text": t} for i, (u, t) in enumerate(messages, 1)]
-    return _source(thread_document(SLACK, "help", "C2", msgs[0]["ts"], msgs, names))
+    return thread_document(SLACK, "help", "C2", msgs[0]["ts"], msgs, names)
+
+
+def _thread(*messages: tuple[str, str]) -> Source:
+    return _source(_thread_document(*messages))
+
+
+def _retrieved(doc: Document) -> Source:
+    """A document as the answerer gets it from a search: its chunks as the index stores them
+    (through Chunk.to_dict/from_dict and JSON), its best two merged into one numbered source."""
+    chunks = [Chunk.from_dict(json.loads(json.dumps(c.to_dict()))) for c in chunk_document(doc)]
+    [source] = dedupe_hits([Hit(c, 1.0 - i / 100, i + 1) for i, c in enumerate(chunks)], 5)
+    return source
 
 
 def _shown(question: str, sources: list[Source]) -> str:
@@ -84,6 +100,55 @@ def test_the_first_reply_is_shown_when_no_reply_matches_better():
     tied = _thread(("U1", "Why does my task fail?"), ("U2", "Look at the pod logs first."), ("U3", "Check the events too."))
     text, _ = offline_answer("zebra migration", [tied])
     assert "> helper: Look at the pod logs first." in text and "Check the events" not in text
+
+
+# --- audit 27 F4: a quoted reply links that reply, not the thread's first message ------------
+
+def _reply_url(ts: str, channel: str = "C2", root: str = "1700000000.000001") -> str:
+    return f"https://acme.slack.com/archives/{channel}/p{ts.replace('.', '')}?thread_ts={root}&cid={channel}"
+
+
+def _sources_line(question: str, sources: list[Source]) -> str:
+    """The sources the Slack bot lists under the offline answer (context blocks)."""
+    text, cits = offline_answer(question, sources)
+    answer = Answer(question, question, text, cits, "offline", "v1")
+    return "\n".join(e["text"] for m in render_answer(answer) for b in m.blocks if b["type"] == "context"
+                     for e in b["elements"])
+
+
+def test_a_quoted_reply_of_the_fixture_thread_links_that_reply():
+    docs = {d.locator: d for d in load_source(SLACK, LoadReport())}
+    thread = _retrieved(docs["general/1672567200.000100"])
+    assert thread.url == "https://acme.slack.com/archives/C100/p1672567200000100"  # the thread: its question
+    text, [cit] = offline_answer("How do I cache a task?", [thread])
+    assert "> Bob B: Use cache=True <and> a cache_version" in text  # the reply quoted ...
+    reply = _reply_url("1672567300.000200", "C100", "1672567200.000100")
+    assert cit.url == reply  # ... is the message the link opens, in its thread
+    assert cit.source_id == "slack:general/1672567200.000100" and cit.title == thread.title
+    assert f"<{reply.replace('&', '&amp;')}|" in _sources_line("How do I cache a task?", [thread])
+
+
+def test_a_quoted_reply_in_a_later_part_of_a_long_thread_links_that_reply():
+    filler = "the map task retries each failed element again after a pause. " * 15
+    doc = _thread_document(("U1", "Why do my map tasks retry so often?"),
+                           *[("U3", f"Reply {i}: {filler}") for i in range(6)],
+                           ("U2", "Set the zebracorn retry budget to 2 in the task decorator."),
+                           *[("U3", f"Later {i}: {filler}") for i in range(3)])
+    thread = _retrieved(doc)
+    assert "[...]" in thread.text and len(thread.message_urls) == thread.text.count("\n\n") + 1  # two chunks
+    text, [cit] = offline_answer("how do I set the zebracorn retry budget?", [thread])
+    assert "> helper: Set the zebracorn retry budget to 2" in text
+    assert cit.url == _reply_url("1700000000.000008")  # the 8th message: the reply quoted
+
+
+def test_a_quote_links_the_thread_where_the_reply_links_are_not_known():
+    answered = _thread_document(("U1", "How do I pin a cache version?"), ("U2", "Set cache_version='1.0'."))
+    assert offline_answer("pin a cache version", [_retrieved(answered)])[1][0].url == _reply_url("1700000000.000002")
+    older = Document(**{**answered.to_dict(), "meta": {k: v for k, v in answered.meta.items() if k != "message_urls"}})
+    [cit] = offline_answer("pin a cache version", [_retrieved(older)])[1]  # an index from before the links
+    assert cit.url == answered.url == "https://acme.slack.com/archives/C2/p1700000000000001"
+    lone = _thread_document(("U1", "Is there a way to cache a map task?"))  # no reply: the question is quoted
+    assert offline_answer("cache a map task", [_retrieved(lone)])[1][0].url == lone.url
 
 
 def test_a_thread_without_replies_is_still_quoted_whole():

@@ -340,6 +340,17 @@ def test_an_answer_slack_refuses_in_every_form_gets_a_notice_that_does_not_say_t
     tries = [c for c in h.emu.calls_to("chat.postMessage") if "cache_version" in str(c.args.get("text"))]
     assert len(tries) == 2 and tries[0].args.get("blocks") and not tries[1].args.get("blocks")
     assert _refused_metric(h) == 1 and h.post_failed() == 0 and h.deferred("kept") == 0
+    # the question log says what the metric says (it said post_failed), and the report shows it
+    [row] = h.logged_questions()
+    assert (row["question"], row["outcome"], row["failure"]) == (CACHE_Q, "failed", "post_refused")
+    assert row["sources"] != "[]"  # the sources the refused answer would have cited
+    from flytegpt.bot.report import ReportOptions, build_report, render_page
+    from flytegpt.bot.report.data import PrivacyFilter
+
+    report = build_report(str(h.config.bot.feedback_db),
+                          options=ReportOptions(privacy=PrivacyFilter.from_config(["C0GENERAL"], [], dms=False)))
+    assert report.totals["failed"] == 1 and report.failures == {"post_refused": 1}
+    assert "by cause: 1 post refused." in render_page(report)
 
 
 def test_a_slash_answer_its_response_url_refuses_for_its_blocks_arrives_as_plain_text(make_bot):

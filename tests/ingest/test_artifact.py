@@ -151,8 +151,41 @@ def test_manifest_disagreeing_with_files(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match=r"dense\.faiss ntotal: expected 11 \(chunk_count\), found 10"):
         open_version(str(tmp_path))
     edit_manifest(tmp_path, version, lambda m: m.update(chunk_count=10, format_version=99))
-    with pytest.raises(ArtifactError, match="format_version: expected 1, found 99"):
+    with pytest.raises(ArtifactError, match=r"format_version: expected 1, found 99 \(written by a newer FlyteGPT: upgrade this one\)"):
         open_version(str(tmp_path))
+
+
+def test_slack_message_links_travel_beside_the_chunk_table_so_older_readers_still_serve(tmp_path: Path) -> None:
+    """A Slack chunk's per-message links (offline quotes link the reply they quote) are kept in
+    message-urls.json.gz, not in chunks.jsonl.gz's rows: a reader that predates them builds
+    Chunk(**row) from the fields it knows, so a row with a new key would make a bot rolled back
+    to an older release refuse every new index (audit 30 F3)."""
+    import dataclasses
+    import gzip
+
+    chunks = make_chunks(6)
+    links = ("https://s/archives/C1/p1", "https://s/archives/C1/p2?thread_ts=1&cid=C1")
+    chunks[2] = dataclasses.replace(chunks[2], kind="slack", message_urls=links)
+    store = str(tmp_path / "store")
+    version = write_version(store, chunks, make_vectors(6), MODEL)
+    folder = tmp_path / "store" / version
+    older_fields = {"source_id", "kind", "title", "url", "text", "embed_text", "start_line", "end_line"}
+    with gzip.open(folder / "chunks.jsonl.gz", "rt") as f:
+        assert all(set(json.loads(line)) == older_fields for line in f)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and "message-urls.json.gz" in manifest["files"]
+    opened = open_version(store, version)
+    assert opened.chunks[2].message_urls == links and opened.chunks == chunks
+
+    no_links = write_version(str(tmp_path / "plain"), make_chunks(6), make_vectors(6), MODEL)
+    assert not (tmp_path / "plain" / no_links / "message-urls.json.gz").exists()
+
+    (folder / "message-urls.json.gz").write_bytes(gzip.compress(b'{"99": ["x"]}', mtime=0))
+    edit_manifest(tmp_path / "store", version, lambda m: m["files"]["message-urls.json.gz"].update(
+        sha256=artifact._sha256((folder / "message-urls.json.gz").read_bytes()),
+        bytes=(folder / "message-urls.json.gz").stat().st_size))
+    with pytest.raises(ArtifactError, match="message-urls.json.gz cannot be read"):
+        open_version(store, version)
 
 
 def test_missing_latest(tmp_path: Path) -> None:
