@@ -104,7 +104,7 @@ def read_work_file(ff: "FlyteFile | str") -> bytes:
 
 
 def _refresh(fs: Any, path: str, data: bytes) -> None:
-    from flytegpt.ingest.artifact import modified_time
+    from flytegpt.ingest.store import modified_time
 
     try:
         modified = modified_time(fs, path)

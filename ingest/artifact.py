@@ -39,8 +39,8 @@ import numpy as np
 
 from flytegpt.ingest.keyword import KeywordIndex
 from flytegpt.ingest.models import Chunk, ModelInfo
-from flytegpt.ingest.store import (WORK_DIR, atomic_write, create_temp, get_fs, is_local, join, list_dir, read_bytes,
-                                   store_lock)
+from flytegpt.ingest.store import (WORK_DIR, atomic_write, create_temp, get_fs, is_local, join, list_dir, modified_time,
+                                   read_bytes, store_lock)
 
 if TYPE_CHECKING:
     import faiss
@@ -905,22 +905,6 @@ def prune_work_files(store: str, *, before: datetime) -> list[str]:
     if removed:
         log.info("pruned %d intermediate files from %s", len(removed), folder)
     return removed
-
-
-def modified_time(fs, path: str, info: dict[str, Any] | None = None) -> datetime | None:
-    """When `path` was last written (UTC), from a listing's `info` or asked of `fs`; None if unknown."""
-    info = info or {}
-    stamp = info.get("LastModified") or info.get("mtime") or info.get("updated")
-    if stamp is None:
-        try:
-            stamp = fs.modified(path)
-        except (NotImplementedError, OSError):
-            return None
-    if isinstance(stamp, (int, float)):
-        return datetime.fromtimestamp(stamp, tz=timezone.utc)
-    if isinstance(stamp, str):
-        stamp = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 
 
 def _file_sha256(path: str) -> str:

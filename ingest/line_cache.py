@@ -3,7 +3,10 @@
 The chunk cache (ingest/chunk_cache.py) and the keyword tokens cache (ingest/keyword.py)
 are both "what the last ingest computed, by content key, for this version of the code":
 `<folder>/<code version><suffix>` in the store, replaced atomically by each ingest with the
-lines it used (so entries of deleted content drop out), files of other code versions removed.
+lines it used (so entries of deleted content drop out). Of other code versions' files the
+newest is kept (two releases ingesting into one store during an upgrade, the old nightly beside
+a new manual run, would otherwise delete each other's and chunk everything at every run), older
+ones removed.
 A line is kept as read: an unchanged entry is written back without being decoded and encoded
 again, and a file that would come out the same is not written at all (a scheduled re-ingest
 of unchanged sources uploads nothing). It is only a cache: a file that cannot be read or
@@ -17,9 +20,11 @@ import io
 import logging
 from typing import Callable, Collection, Iterable
 
-from flytegpt.ingest.store import atomic_writer, get_fs, join, list_dir, read_bytes
+from flytegpt.ingest.store import atomic_writer, get_fs, join, list_dir, modified_time, read_bytes
 
 log = logging.getLogger(__name__)
+
+KEEP_OTHER_VERSIONS = 1  # files of other code versions kept (the newest), see above
 
 
 class LineFile:
@@ -58,7 +63,8 @@ class LineFile:
         self._write(lines)
 
     def _write(self, lines: Iterable[str]) -> None:
-        """Replace the file with `lines` (each ending in a newline), then drop other versions' files."""
+        """Replace the file with `lines` (each ending in a newline), then drop other versions' files
+        but the newest."""
         try:
             with atomic_writer(self.fs, self.path) as raw:
                 with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
@@ -67,9 +73,13 @@ class LineFile:
                         text.write(line)
                     text.flush()
                     text.detach()
+            others = []
             for entry in list_dir(self.fs, self.folder):
                 name = entry["name"].rstrip("/")
                 if name != self.path and name.endswith(self.suffix):
-                    self.fs.rm(name)
+                    when = modified_time(self.fs, name, entry)
+                    others.append((when.timestamp() if when else 0.0, name))
+            for _, name in sorted(others)[:-KEEP_OTHER_VERSIONS]:
+                self.fs.rm(name)
         except Exception as e:  # noqa: BLE001 - a cache that cannot be written costs time next run, nothing else
             log.warning("could not write the cache %s: %s", self.path, e)

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import IO, Any, Iterator
 
 import fsspec
@@ -310,3 +311,19 @@ def _remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
         fs.rm_file(path)
     except FileNotFoundError:
         pass
+
+
+def modified_time(fs, path: str, info: dict[str, Any] | None = None) -> datetime | None:
+    """When `path` was last written (UTC), from a listing's `info` or asked of `fs`; None if unknown."""
+    info = info or {}
+    stamp = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    if stamp is None:
+        try:
+            stamp = fs.modified(path)
+        except (NotImplementedError, OSError):
+            return None
+    if isinstance(stamp, (int, float)):
+        return datetime.fromtimestamp(stamp, tz=timezone.utc)
+    if isinstance(stamp, str):
+        stamp = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)

@@ -38,8 +38,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _cache_lines(store: str) -> list[dict]:
-    files = list((Path(store) / chunk_cache.FOLDER).glob("*.jsonl.gz"))
-    assert len(files) == 1, files
+    files = [(Path(store) / chunk_cache.FOLDER / f"{chunk_cache.chunking_version()}.jsonl.gz")]
     return [json.loads(line) for line in gzip.decompress(files[0].read_bytes()).decode().splitlines()]
 
 
@@ -77,12 +76,32 @@ def test_the_cache_holds_this_ingests_documents_only(corpus) -> None:
 def test_new_chunking_code_starts_afresh(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
     config, _ = corpus
     collect_chunks(config, progress=False)
+    folder = Path(config.index.store) / chunk_cache.FOLDER
+    [old] = [p.name for p in folder.iterdir()]
     monkeypatch.setattr(chunk_cache, "chunking_version", lambda: "0123456789abcdef")
     made = _counting(monkeypatch)
     collect_chunks(config, progress=False)
     assert made  # the old code's chunks are not trusted
-    files = [p.name for p in (Path(config.index.store) / chunk_cache.FOLDER).iterdir()]
-    assert files == ["0123456789abcdef.jsonl.gz"]  # and the old file is gone
+    assert sorted(p.name for p in folder.iterdir()) == sorted([old, "0123456789abcdef.jsonl.gz"])
+    os.utime(folder / old, (1, 1))  # the oldest of the three, below
+    monkeypatch.setattr(chunk_cache, "chunking_version", lambda: "fedcba9876543210")
+    collect_chunks(config, progress=False)
+    # the newest other version's file stays, older ones go
+    assert sorted(p.name for p in folder.iterdir()) == ["0123456789abcdef.jsonl.gz", "fedcba9876543210.jsonl.gz"]
+
+
+def test_two_releases_ingesting_into_one_store_keep_each_others_cache(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Audit 30 F5: during an upgrade the old nightly and a new manual ingest share the store;
+    each deleted the other's file, so every run chunked the whole corpus again."""
+    config, _ = corpus
+    collect_chunks(config, progress=False)  # the new release
+    release = chunk_cache.chunking_version
+    monkeypatch.setattr(chunk_cache, "chunking_version", lambda: "0123456789abcdef")
+    collect_chunks(config, progress=False)  # the old release's nightly
+    monkeypatch.setattr(chunk_cache, "chunking_version", release)
+    made = _counting(monkeypatch)
+    collect_chunks(config, progress=False)  # the new release again: its own cache is still there
+    assert made == []
 
 
 def test_an_unreadable_cache_is_ignored(corpus, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -179,9 +180,15 @@ def test_new_tokenizer_code_starts_a_new_token_cache(tmp_path: Path, monkeypatch
 
     store = tmp_path / "store"
     KeywordIndex.build(CORPUS, store=str(store))
+    [first] = _token_files(store)
     monkeypatch.setattr(code_version, "code_version", lambda modules, **_: "feedfacefeedface")
     KeywordIndex.build(CORPUS, store=str(store))
-    assert [p.name for p in _token_files(store)] == ["feedfacefeedface.tsv.gz"]
+    # the newest other version's file is kept (an older release ingesting into the same store)
+    assert sorted(p.name for p in _token_files(store)) == sorted([first.name, "feedfacefeedface.tsv.gz"])
+    os.utime(first, (1, 1))
+    monkeypatch.setattr(code_version, "code_version", lambda modules, **_: "0123456789abcdef")
+    KeywordIndex.build(CORPUS, store=str(store))
+    assert sorted(p.name for p in _token_files(store)) == ["0123456789abcdef.tsv.gz", "feedfacefeedface.tsv.gz"]
 
 
 def test_long_identifier_runs_are_tokenised_without_growing_the_cache() -> None:
