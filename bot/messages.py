@@ -34,6 +34,18 @@ def usage(project: ProjectConfig, command: str) -> str:
 
 USAGE = usage(ProjectConfig(), COMMAND)  # Flyte's
 
+
+def greeting(project: ProjectConfig, command: str) -> str:
+    """The reply to a message that only greets the bot ("hi", "hello @FlyteGPT"): a hello and the
+    usage, instead of passages about whatever "hi" matched (Spark, MPI: audit 29 F5)."""
+    return f"Hi! 👋 {usage(project, command)}"
+
+
+# A thank-you (or "ok", "that worked") said to the bot: acknowledged with this reaction on it, no
+# message: another set of passages in the thread was the bot not listening (audit 29 F6).
+THANKS_REACTION = "hugging_face"  # 🤗
+WELCOME = "You're welcome! 🤗"  # the same, said to the slash command (its reply is only the asker's)
+
 # --- while and instead of answering ---------------------------------------------------
 LOOKING = "Looking into it…"
 BUSY = "I'm answering a lot of questions right now. Please ask again in a minute."
@@ -51,7 +63,11 @@ EMPTY_ANSWER = "(empty answer)"
 
 # --- questions the answerer refuses ------------------------------------------------------
 EMPTY_QUESTION = "Please ask a question: the message was empty."
-TOO_LONG_QUESTION = "That question is too long ({length} characters; the limit is {limit}). Please shorten it."
+# Says what to keep (audit 29 F4): a pasted traceback or log is read up to Slack's 40,000 characters
+# (its first lines and its error, bot/pasted.py), so what is too long here is the asker's own text.
+TOO_LONG_QUESTION = ("That question is too long ({length} characters; the limit is {limit}). Please ask it again "
+                     "shorter: your question in a few sentences, with only the code or config it is about. "
+                     "For an error, paste the error message (the last lines of the traceback or log).")
 
 # --- when the model cannot answer -------------------------------------------------------
 MODEL_UNAVAILABLE = "The language model is not available right now ({reason}). Please try again in a few minutes."

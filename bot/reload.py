@@ -118,7 +118,16 @@ class Reloader:
             ) from None
 
     def check_once(self) -> bool:
-        """Load and swap in LATEST if it is new; True when a new version is now served."""
+        """Load and swap in LATEST if it is new; True when a new version is now served.
+
+        However it ends, the holder's first load is then over (`IndexHolder.settle`): questions
+        waiting for the first index are answered, or told there is none, at once."""
+        try:
+            return self._check()
+        finally:
+            self.holder.settle()
+
+    def _check(self) -> bool:
         from flytegpt.ingest.artifact import ArtifactError, content_time, open_version, read_latest, unpublished_reason
 
         with self._lock:
@@ -303,11 +312,14 @@ class Reloader:
             log.warning("pruning the index cache failed", extra={"error": str(e)})
 
     def start(self, *, run_now: bool = True) -> None:
-        """Poll in the background every interval (and once right away)."""
+        """Poll in the background every interval (and once right away: the holder then expects
+        that first load, and questions asked meanwhile wait for it)."""
         from datetime import datetime
 
         from apscheduler.schedulers.background import BackgroundScheduler
 
+        if run_now:
+            self.holder.expect_load()
         self._scheduler = BackgroundScheduler(daemon=True)
         first: dict[str, Any] = {"next_run_time": datetime.now()} if run_now else {}
         self._scheduler.add_job(self.check_once, "interval", seconds=self.interval_s, id="flytegpt-reload",

@@ -2,8 +2,11 @@
 
 Start-up order is chosen so that the bot is useful as early as possible and never blocks
 on the index: tokens are checked first (a clear error naming the variable), the Socket
-Mode connection opens, and the index loads in the background. Until it is loaded the bot
-answers "index not ready" and /readyz says 503.
+Mode connection opens, and the index loads in the background; /readyz says 503 until it is
+loaded. A question asked meanwhile (after a restart: the questions asked or redelivered
+during it) waits for that first load, within its answer's deadline, and is answered; only
+when the deadline passes first, or the store has no index to load, is the asker told the
+index is not ready (routing's `wait_for_index`, audit 29 F7).
 """
 
 from __future__ import annotations
@@ -119,6 +122,7 @@ class BotServer:
         client = make_client(self.settings)
         answerer = self._answerer or Answerer(self.config, self.settings, self.holder.get)
         self.bot = build_app(self.config, self.settings, answerer, self.holder, client=client, metrics=self.metrics)
+        self.bot.router.wait_for_index(self.holder)
         self.reloader = Reloader(self.config, self.holder, metrics=self.metrics, embedder=self._embedder,
                                  interval_s=self._reload_interval)
         try:
@@ -130,6 +134,7 @@ class BotServer:
             raise ConfigError(f"cannot serve /healthz and /metrics on {self.host}:{self.port}: "
                               f"{e.strerror or e} (choose another with --port or [bot] http_port)") from None
         self.handler = socket_mode_handler(self.bot.app, self.app_token, client, ping_interval=self.ping_interval)
+        self.holder.expect_load()  # before the first event can arrive: it waits for the load started below
         try:
             self.handler.connect()
         except SlackApiError as e:
@@ -166,6 +171,9 @@ class BotServer:
         closing.start()  # no new events; slack_sdk's close can take seconds, so beside the drain
         if self.reloader is not None:
             self.reloader.stop()
+        # questions still waiting for the first index go to the answer pool before its intake
+        # closes: they are told (not ready, or the restart) like every question in flight
+        self.holder.settle()
         if self.snapshots is not None:
             self.snapshots.stop()
         if self.bot is not None:

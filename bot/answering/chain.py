@@ -21,7 +21,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from flytegpt.bot.question_text import mostly_another_script
+from flytegpt.bot.pasted import fit_question, read_paste, search_text
+from flytegpt.bot.question_text import mostly_another_script, reads_as_another_language, reads_as_followup
 
 from . import prompts
 from .budget import Source, dedupe_hits, pack_sources
@@ -54,10 +55,20 @@ class _EmptyCompletion(Exception):
 def with_thread_subject(question: str, history: Sequence[Turn]) -> str:
     """A follow-up searched without a model to rewrite it: the thread's first question (what the
     thread is about) and the last question before this one (what it moved on to), then the
-    follow-up. Only user turns that were for the bot are in `history` (see slack.history)."""
-    asked = [t.text.strip() for t in history if t.role == "user" and t.text.strip()]
+    follow-up. Only user turns that were for the bot are in `history` (see slack.history).
+    Only for a message that reads as a follow-up (`reads_as_followup`): a new question asked in
+    the thread is searched alone (audit 29 F3). A question that pasted a traceback gives its
+    words and its error (`pasted.search_text`), not its frames."""
+    asked = [search_text(t.text.strip()) for t in history if t.role == "user" and t.text.strip()]
     context = list(dict.fromkeys(asked[:1] + asked[-1:]))  # one of each, in order
     return " ".join([*context, question]).strip()
+
+
+def _own_words(question: str) -> str:
+    """The asker's words around a pasted traceback or log: what tells a follow-up ("still getting
+    this:" and a trace) from a new question; the question itself when it holds no paste."""
+    pasted = read_paste(question)
+    return pasted.prose if pasted is not None else question
 
 
 class _NoAnswerInTime(Exception):
@@ -155,7 +166,10 @@ class Answerer:
 
     def _events(self, question: str, history: Sequence[Turn], *, stream: bool,
                 asked_at: float | None = None) -> Iterator[Event]:
-        question = self.validate(question)
+        # what the model reads (a long pasted trace cut to its head and its error), and what is
+        # searched: the asker's words with a pasted trace's error, not its frames (audit 29 F4)
+        asked = self.validate(question)
+        searched = search_text(question.strip())  # validated: of at most pasted.PASTE_MAX_CHARS
         searcher = self._searcher()
         if searcher is None:
             raise IndexNotReady()
@@ -164,25 +178,30 @@ class Answerer:
         history = keep_turns(history, self.config.answer.history_turns)
         yield Progress("searching")
 
-        standalone, late, condensed = question, False, ""
+        standalone, late, condensed, followup = searched, False, "", False
         if history and self.llm_enabled:
             try:
-                condensed = self._condense(question, history, searcher, deadline)
+                condensed = self._condense(asked, history, searcher, deadline)
             except _NoAnswerInTime:
                 late = True
         if condensed:
-            standalone = condensed
-        elif history:  # no model, no time for it, or it said nothing: the thread gives the subject
-            standalone = with_thread_subject(question, history)
+            standalone, followup = condensed, True
+        elif history and reads_as_followup(_own_words(asked)):
+            # no model, no time for it, or it said nothing: the thread gives a follow-up its subject;
+            # a new question asked in the thread is searched alone (audit 29 F3)
+            standalone, followup = with_thread_subject(searched, history), True
 
         query = standalone
-        # a question the index cannot read (Chinese over English docs) is searched with the
-        # model's search terms alone; [answer] rewrite_query adds them to any thread's first question
-        unreadable = self.llm_enabled and self.config.project.in_english and mostly_another_script(standalone)
+        # a question the index cannot read (Chinese over English docs; Spanish or German, whose words
+        # find false friends: audit 29 F2) is searched with the model's search terms alone;
+        # [answer] rewrite_query adds them to any thread's first question
+        unreadable = self.llm_enabled and self.config.project.in_english and (
+            mostly_another_script(standalone) or reads_as_another_language(standalone))
         if unreadable or (self.config.answer.rewrite_query and self.llm_enabled and not history):
             query = self._rewrite(standalone, deadline, terms_alone=unreadable)
         hits = searcher.search(query, self.config.retrieval.k)
         sources = dedupe_hits(hits, self.config.answer.max_sources)
+        question = asked  # the question as answered and logged: within [answer] max_question_chars
         if not self._relevant(hits):
             yield self._not_found(question, standalone, sources, version, hits)
             return
@@ -196,7 +215,9 @@ class Answerer:
 
         fitted = pack_sources(sources, query, self.config.answer.token_budget)  # with the search terms
         yield Progress("writing", len(fitted))
-        inputs = {"sources": prompts.format_sources(fitted), "question": prompts.asked_question(question, standalone)}
+        # the model reads the question as asked; a follow-up also as the thread made it
+        told = prompts.asked_question(asked, standalone) if followup else asked
+        inputs = {"sources": prompts.format_sources(fitted), "question": told}
         try:
             if stream:
                 raw = yield from self._stream_answer(inputs, fitted, deadline)
@@ -240,14 +261,18 @@ class Answerer:
         return Answer(question, standalone, text, citations, "offline", version, note="deadline")
 
     def validate(self, question: str) -> str:
-        """The question, stripped; QuestionRejected before any search or model call."""
+        """The question, stripped, as the model may read it; QuestionRejected before any search or
+        model call. A question over `[answer] max_question_chars` that holds a pasted traceback or
+        log is kept with that paste cut to its first lines and its error (`pasted.fit_question`):
+        pasting the error is how people ask (audit 29 F4). Any other is refused as too long."""
         q = (question or "").strip()
         if not q:
             raise QuestionRejected(prompts.EMPTY_QUESTION)
         limit = self.config.answer.max_question_chars
-        if len(q) > limit:
+        fitted = fit_question(q, limit)
+        if fitted is None:
             raise QuestionRejected(prompts.TOO_LONG_QUESTION.format(length=len(q), limit=limit))
-        return q
+        return fitted
 
     # ---- steps -----------------------------------------------------------------
     def _relevant(self, hits: Sequence[Any]) -> bool:

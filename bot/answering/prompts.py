@@ -15,6 +15,7 @@ import re
 from typing import TYPE_CHECKING, Sequence
 
 from flytegpt.bot import messages
+from flytegpt.bot.pasted import fit_question
 from flytegpt.ingest.config import ProjectConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -141,22 +142,28 @@ def format_sources(sources: Sequence["Source"]) -> str:
 def asked_question(asked: str, standalone: str) -> str:
     """The question the model answers, with the asker's own words when a thread's follow-up was
     rewritten: the standalone form alone loses the language, tone and details the condense step
-    dropped ("that gave me a 403 on S3 though")."""
+    dropped ("that gave me a 403 on S3 though").
+
+    The words are kept as typed, newlines and indentation too: a follow-up's pasted YAML or Python
+    means its nesting (audit 29 F1). They are not cut either: the answerer took them within
+    `[answer] max_question_chars`, a pasted trace already cut to its head and its error."""
     if " ".join(asked.split()).casefold() == " ".join(standalone.split()).casefold():
         return standalone
-    words = " ".join(asked.split())
-    if len(words) > _HISTORY_TURN_CHARS:
-        words = words[:_HISTORY_TURN_CHARS] + " [...]"
+    words = asked.strip()
     return f"{standalone}\n(A follow-up in a conversation; the user's own words: \"{_escape_block(words)}\")"
 
 
 def format_history(history: Sequence["Turn"]) -> str:
+    """The conversation for the condense step, each turn at most ~_HISTORY_TURN_CHARS: a question
+    that pasted a traceback or log keeps its words, the paste's first lines and its error
+    (`pasted.fit_question`), the rest is cut from the end."""
     lines = []
     for turn in history:
         who = "User" if turn.role == "user" else "Assistant"
         text = turn.text.strip()
         if len(text) > _HISTORY_TURN_CHARS:
-            text = text[:_HISTORY_TURN_CHARS] + " [...]"
+            fitted = fit_question(text, _HISTORY_TURN_CHARS) if turn.role == "user" else None
+            text = fitted if fitted is not None else text[:_HISTORY_TURN_CHARS] + " [...]"
         lines.append(f"{who}: {_escape_block(text)}")
     return "\n".join(lines)
 

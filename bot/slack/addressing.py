@@ -1,9 +1,11 @@
 """Which messages in a conversation are for the bot: one rule for answering thread replies
-(routing) and for the thread history a follow-up is understood with (history)."""
+(routing) and for the thread history a follow-up is understood with (history); and which of
+those are small talk (help, a greeting, a thank-you) that gets no search (audit 29 F5, F6)."""
 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 # Someone else is addressed: a person (<@U…>), a user group (<!subteam^…>), or everyone here.
 _ADDRESSED = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^<>]*)?>|<!subteam\^[^<>]*>|<!(?:here|channel|everyone)(?:\|[^<>]*)?>")
@@ -16,12 +18,13 @@ _QUESTION_WORDS = {"how", "what", "why", "where", "when", "which", "who", "can",
 
 
 def for_the_bot(text: str, bot_user_id: str | None) -> bool:
-    """Whether a message in a thread is said to the bot: it mentions the bot, or it is neither
-    addressed to somebody else nor a thank-you or "that worked" closing the thread. Answering
-    those made the bot talk over people talking to each other."""
+    """Whether a message in a thread is a question said to the bot: it mentions the bot, or it is
+    not addressed to somebody else; and either way it is no small talk (`small_talk`: a thank-you,
+    "that worked", a greeting, a call for help). Answering those made the bot talk over people
+    talking to each other, and they are not what a follow-up is about (the thread history)."""
     if bot_user_id and f"<@{bot_user_id}" in text:
-        return True
-    return not _ADDRESSED.search(text) and not closes_the_thread(text)
+        return small_talk(_without_mention(text, bot_user_id)) is None
+    return not _ADDRESSED.search(text) and small_talk(text) is None
 
 
 def closes_the_thread(text: str) -> bool:
@@ -37,25 +40,56 @@ def closes_the_thread(text: str) -> bool:
     return words[0] in _THANKS or set(words) <= _ACK_ONLY
 
 
-# A message that leans on what was said before: it starts by continuing ("and for map tasks?",
-# "what about ...") or points back at it ("how do I do that remotely?", "does it work with spark?").
-_CONTINUES = ("and", "also", "but", "or", "so", "then", "same", "instead", "what about", "how about",
-              "what if", "why not", "and if", "ok so", "okay so")
-_POINTS_BACK = {"it", "its", "it's", "that", "this", "these", "those", "them", "they", "there", "above",
-                "previous", "earlier", "same", "instead", "else", "one", "ones", "example", "more"}
-_FOLLOWUP_MAX_WORDS, _FRAGMENT_WORDS = 12, 3
+SmallTalk = Literal["help", "greeting", "thanks"]
+# Small talk: greetings (and what may come with one), the ways to ask what the bot does.
+_GREETINGS = {"hi", "hii", "hiya", "hello", "hey", "heya", "hay", "howdy", "yo", "greetings", "hallo", "hola",
+              "bonjour", "salut", "ciao", "hej", "moin", "servus", "gm", "wave"}
+_GREETING_EXTRAS = {"there", "all", "everyone", "everybody", "folks", "team", "guys", "yall", "y'all", "friend",
+                    "bot", "again", "good", "morning", "afternoon", "evening", "day", "oh"}
+_HOW_ARE_YOU = {"how are you", "how are you doing", "how's it going", "hows it going", "what's up", "whats up",
+                "sup", "how do you do"}
+_HELP = {"help", "help me", "help please", "please help", "usage", "what can you do", "what do you do",
+         "what are you", "who are you", "who are you and what can you do", "what can i ask",
+         "what can i ask you", "how do i use you", "how can you help", "how can you help me"}
+_SMALL_TALK_MAX_CHARS = 200  # past this it is a question (and the checks stay cheap on any input)
 
 
-def reads_as_followup(text: str) -> bool:
-    """Whether a message at the top of a DM continues the last exchange rather than asking anew.
+def small_talk(text: str, name: str | None = None) -> SmallTalk | None:
+    """What a message addressed to the bot is when it is no question, None when it is one.
 
-    A DM has no thread to tell the two apart, and reading a new question with the last one
-    mixes two subjects into its search; so only a short message that starts by continuing or
-    points back at what was said, or is a fragment of a few words ("why?", "for map tasks?"),
-    is read with the exchange before it."""
-    words = re.findall(r"[\w']+", text.lower())
-    if not words or len(words) > _FOLLOWUP_MAX_WORDS:
-        return False
-    head = " ".join(words[:2])
-    return (len(words) <= _FRAGMENT_WORDS or words[0] in _CONTINUES or head in _CONTINUES
-            or bool(_POINTS_BACK & set(words)))
+    "help" (nothing at all, "help", "?", "what can you do?"): the usage, as `/flytegpt help`
+    shows it; "greeting" ("hi", "hello there!", "hey, how are you?"): a short hello and the usage;
+    "thanks" (`closes_the_thread`): acknowledged, not answered. Searching these found Spark and
+    MPI pages for "hi", and logged each as a knowledge gap (audit 29 F5). Narrow on purpose: only
+    the whole message counts, so "hi, how do I cache a task?" is a question. `name` is the bot's
+    (the assistant name), which a greeting may carry in words ("hello FlyteGPT")."""
+    stripped = text.strip()
+    if not stripped:
+        return "help"
+    if len(stripped) > _SMALL_TALK_MAX_CHARS:
+        return "thanks" if closes_the_thread(stripped) else None
+    lowered = stripped.lower()
+    if lowered in ("?", "-h", "--help"):
+        return "help"
+    words = re.findall(r"[\w']+", re.sub(r"👋|:wave:", " wave ", lowered))  # the emoji is a greeting too
+    names = set(re.findall(r"[\w']+", name.lower())) if name else set()
+    greeted, i = False, 0
+    while i < len(words) and (words[i] in _GREETINGS or words[i] in _GREETING_EXTRAS or words[i] in names):
+        greeted = greeted or words[i] in _GREETINGS or " ".join(words[i:i + 2]) in (
+            "good morning", "good afternoon", "good evening", "good day")
+        i += 1
+    rest = [w for w in words[i:] if w not in names]
+    phrase = " ".join(rest)
+    if phrase in _HELP:
+        return "help"
+    if greeted and (not rest or phrase in _HOW_ARE_YOU):
+        return "greeting"
+    if closes_the_thread(stripped) or (greeted and rest and closes_the_thread(phrase)):
+        return "thanks"
+    return None
+
+
+def _without_mention(text: str, bot_user_id: str) -> str:
+    """`text` without the bot's own mention(s), `<@UBOT>` or `<@UBOT|name>`."""
+    return re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^<>]*)?>", " ", text)
+

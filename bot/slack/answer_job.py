@@ -30,9 +30,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from flytegpt.bot import messages
+from flytegpt.bot.question_text import reads_as_followup
 
 from . import blocks
-from .addressing import reads_as_followup
 from .feedback import thread_permalink
 
 if TYPE_CHECKING:

@@ -20,18 +20,30 @@ is known to be the bot's: people talking to each other write nothing to the seen
 
 Because the filters run first, a Slack retry of a malformed event reaches the filters again; it
 is de-duplicated there (`malformed_delivery`), so the malformed count is one per event.
+
+Small talk said to the bot gets no search (audit 29 F5, F6; addressing.small_talk): "help" or a
+bare mention gets the usage, as `/flytegpt help` does; a message that only greets gets a hello and
+the usage; a thank-you gets a 🤗 reaction and no message. None of them is logged as a question.
+
+A question asked while the first index loads (`flytegpt serve` connects before it loads: after
+every restart) waits for it, parked here rather than on a worker, until the index is served (then
+it is queued, with its 👀) or until its answer's deadline passes (then the not-ready notice, no 👀)
+(audit 29 F7; `wait_for_index`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import TYPE_CHECKING, Callable
 
 from flytegpt.bot import messages
+from flytegpt.bot.question_text import answerable_length
 from flytegpt.ingest.sources.slack_export import valid_ts
 
 from . import blocks
-from .addressing import closes_the_thread, for_the_bot
+from .addressing import SmallTalk, closes_the_thread, for_the_bot, small_talk
 from .history import question_text
 from .question import Question
 from .ratelimit import InFlightLimit, RateLimiter
@@ -39,6 +51,7 @@ from .ratelimit import InFlightLimit, RateLimiter
 if TYPE_CHECKING:
     from slack_bolt import App
 
+    from flytegpt.bot.index_holder import IndexHolder
     from flytegpt.bot.metrics import Metrics
     from flytegpt.ingest.config import Config
 
@@ -76,6 +89,20 @@ class EventRouter:
         self.history, self.delivery, self.interactions = history, delivery, interactions
         self.metrics, self.submit = metrics, submit
         self.turned_away = turned_away  # logs a refused question for the report
+        self.index: "IndexHolder | None" = None  # set by wait_for_index; None: questions never wait for one
+        self._parked: dict[int, tuple[Question, threading.Timer]] = {}  # waiting for the first index
+        self._parked_lock = threading.Lock()
+
+    def wait_for_index(self, holder: "IndexHolder") -> None:
+        """Questions asked while `holder` loads its first index wait for it (audit 29 F7).
+
+        `flytegpt serve` connects to Slack first and loads the index in the background (0.6 s warm,
+        10 s on a cold model cache): with one replica, exactly the questions asked or redelivered
+        during a restart were told "not ready, try again in a minute". Now such a question is held
+        until the index is served, for at most its answer's deadline ([answer] deadline_s from its
+        arrival, as everywhere); only when that passes, or when the load ends without an index,
+        is the asker told it is not ready. The 👀 goes only on questions that will be answered."""
+        self.index = holder
 
     def register(self, app: "App") -> None:
         app.event("app_mention")(self.on_mention)
@@ -128,12 +155,13 @@ class EventRouter:
         self._accept_channel_message(event, mentioned=True)  # the app_mention twin; first one wins
 
     def on_command(self, ack: Callable, command: dict) -> None:
-        from .blocks import render_markdown_notice
-
         text = question_text(command.get("text"), self.bot_user_id)  # "/flytegpt @FlyteGPT" is no question
-        if not text or text.lower() in ("help", "-h", "--help", "?"):
-            usage = messages.usage(self.config.project, self.config.bot.command)
-            ack(text=render_markdown_notice(usage).text, response_type="ephemeral")
+        talk = small_talk(text, self.config.project.assistant_name)
+        if talk == "thanks":
+            ack(text=messages.WELCOME, response_type="ephemeral")
+            return
+        if talk is not None:  # "", "help", "hi": the usage (with a hello)
+            ack(text=blocks.render_markdown_notice(self._small_talk_reply(talk)).text, response_type="ephemeral")
             return
         channel, user = command.get("channel_id", ""), command.get("user_id", "")
         if not self._allowed(channel) and not channel.startswith("D"):
@@ -149,6 +177,10 @@ class EventRouter:
             return
         if not self._take_slot(q, limiter):
             ack(text=messages.IN_FLIGHT, response_type="ephemeral")
+            return
+        if self._waits_for_index(q):
+            self._park(q)
+            ack(text=messages.LOOKING, response_type="ephemeral")
             return
         if not self.submit(q):
             limiter.release(user)
@@ -279,8 +311,8 @@ class EventRouter:
                 self.side.submit(self.delivery.ephemeral, channel, event["user"],
                                  self._where_to_ask(), event.get("thread_ts"), True)
             return
-        if not for_the_bot(event.get("text") or "", self.bot_user_id):
-            return  # people talking to each other in a thread the bot answered in
+        if not mentioned and not for_the_bot(event.get("text") or "", self.bot_user_id):
+            return  # people talking to each other in a thread the bot answered in, a thank-you
         if mentioned and not self._claim(event):
             return
         thread = event.get("thread_ts") or event["ts"]
@@ -302,7 +334,12 @@ class EventRouter:
         Only a question the answerer will take uses up one of the user's questions: one turned down
         at once (empty, too long) costs no search or model call, and a busy refusal is given back,
         as is one refused because the user already has their share in flight (`_take_slot`).
-        Turned-down questions have a count of their own (`_limiter_for`)."""
+        Turned-down questions have a count of their own (`_limiter_for`). Small talk is replied to
+        here (`_small_talk`); a question asked while the first index loads waits for it (`_park`)."""
+        talk = small_talk(q.text, self.config.project.assistant_name) if q.surface != "followup" else None
+        if talk is not None:  # a thread reply without a mention is small talk only to people (for_the_bot)
+            self._small_talk(q, talk)
+            return
         answerable = self._answerable_length(q)
         limiter = self._limiter_for(q)
         wait = limiter.check(q.user)
@@ -315,8 +352,15 @@ class EventRouter:
             self.side.submit(self.delivery.ephemeral, q.channel, q.user, messages.IN_FLIGHT, q.thread_ts)
             return
         self._remember_thread(q)  # the answer or the busy notice goes there
+        if self._waits_for_index(q):
+            self._park(q)
+            return
+        self._enqueue(q)
+
+    def _enqueue(self, q: Question) -> None:
+        """Onto the answer pool, with its 👀 (or the busy notice, its question given back)."""
         if not self.submit(q):
-            limiter.release(q.user)
+            self._limiter_for(q).release(q.user)
             self.in_flight.release(id(q))
             self.metrics.busy.inc()
             log.warning("worker queue full: busy reply", extra={"channel": q.channel})
@@ -325,8 +369,93 @@ class EventRouter:
             return
         self.metrics.questions.labels(q.surface).inc()
         self.metrics.pending.set(self.pool.pending)
-        if q.ts and q.surface != "assistant" and answerable:  # the panel shows a status instead
+        # the panel shows a status instead; no 👀 on a question the answerer turns down (empty, too
+        # long) or that has no index to be answered from (it is told it is not ready)
+        if q.ts and q.surface != "assistant" and self._answerable_length(q) and self._index_ready():
             self.side.submit(self.delivery.react, q.channel, q.ts)
+
+    # --- small talk (audit 29 F5, F6) ----------------------------------------------------
+
+    def _small_talk(self, q: Question, talk: SmallTalk) -> None:
+        """Help, a greeting or a thank-you: replied to without a search or a 👀, and not logged as a
+        question (each was a "knowledge gap" in the maintainers' report). A thank-you gets a 🤗 and
+        no message. The usage replies are messages in the channel, so they count against the
+        user's turn-downs a minute (`turn_downs`), like the empty and too-long notices."""
+        log.info("small talk: replied without a search", extra={"surface": q.surface, "kind": talk})
+        if talk == "thanks":
+            if q.ts:
+                self.side.submit(self._react, q.channel, q.ts, messages.THANKS_REACTION)
+            return
+        wait = self.turn_downs.check(q.user)
+        if wait:
+            self.metrics.rate_limited.inc()
+            self.side.submit(self.delivery.ephemeral, q.channel, q.user, messages.rate_limited(wait), q.thread_ts)
+            return
+        self.side.submit(self.delivery.post, q, [blocks.render_markdown_notice(self._small_talk_reply(talk))])
+
+    def _small_talk_reply(self, talk: SmallTalk) -> str:
+        """The usage, as the project and the command are configured; after a hello for a greeting."""
+        say = messages.greeting if talk == "greeting" else messages.usage
+        return say(self.config.project, self.config.bot.command)
+
+    def _react(self, channel: str, ts: str, name: str) -> None:
+        """A reaction other than the 👀 (delivery.react's): best-effort, a failure is logged."""
+        from slack_sdk.errors import SlackApiError
+
+        try:
+            self.delivery.client.reactions_add(channel=channel, timestamp=ts, name=name)
+        except SlackApiError as e:
+            if e.response.get("error") != "already_reacted":
+                log.info("reaction failed", extra={"error": e.response.get("error")})
+
+    # --- waiting for the first index (audit 29 F7) -----------------------------------------
+
+    def _index_ready(self) -> bool:
+        return self.index is None or self.index.ready
+
+    def _waits_for_index(self, q: Question) -> bool:
+        """A question the answerer would take, asked while the first index is loading."""
+        return (self.index is not None and not self.index.ready and self.index.loading
+                and self._answerable_length(q))
+
+    def _park(self, q: Question) -> None:
+        """Hold `q` (it keeps its rate-limit count and in-flight slot) until the first index is
+        served, then queue it (`_index_settled`), or until its deadline passes (`_index_too_late`).
+        Parked here, not on a worker: no worker is held, and the 👀 goes on only once it is queued."""
+        left = max(0.0, self.config.answer.deadline_s - (time.monotonic() - q.received))
+        timer = threading.Timer(left, self._index_too_late, (q,))
+        timer.daemon = True
+        with self._parked_lock:
+            self._parked[id(q)] = (q, timer)
+        log.info("question waits for the first index", extra={"surface": q.surface, "wait_s": round(left, 1)})
+        timer.start()
+        assert self.index is not None
+        if not self.index.when_settled(self._index_settled):
+            self._index_settled()  # loaded (or given up) meanwhile
+
+    def _index_settled(self) -> None:
+        """The first load is over (on the loading thread): every parked question is queued, in the
+        order asked. With an index they are answered (the answer job's deadline still counts from
+        their arrival); without one the answer job tells them it is not ready, with no 👀."""
+        with self._parked_lock:
+            parked, self._parked = list(self._parked.values()), {}
+        for q, timer in parked:
+            timer.cancel()
+            self._enqueue(q)
+
+    def _index_too_late(self, q: Question) -> None:
+        """`q`'s deadline passed before the first index was served: the not-ready notice (no 👀),
+        its slot given back, logged as index_not_ready for the report."""
+        with self._parked_lock:
+            if self._parked.pop(id(q), None) is None:
+                return  # the index came first: queued
+        self.in_flight.release(id(q))
+        self.metrics.questions.labels(q.surface).inc()
+        self.metrics.failures.labels("index_not_ready").inc()
+        log.warning("no index within the answer's deadline: not-ready notice",
+                    extra={"surface": q.surface, "deadline_s": self.config.answer.deadline_s})
+        self.side.submit(self.delivery.notice, q, messages.INDEX_NOT_READY)
+        self.side.submit(self.turned_away, q, "index_not_ready")
 
     def _take_slot(self, q: Question, limiter: RateLimiter) -> bool:
         """One of the user's [bot] user_in_flight slots for `q`, held until its answer job ends.
@@ -380,7 +509,7 @@ class EventRouter:
 
     def _answerable_length(self, q: Question) -> bool:
         """No 👀 on a question the answerer will turn down as empty or too long (it says why)."""
-        return 0 < len(q.text.strip()) <= self.config.answer.max_question_chars
+        return answerable_length(q.text, self.config.answer.max_question_chars)  # a pasted trace is cut to fit
 
     def _remember_thread(self, q: Question) -> None:
         """Record a channel thread the bot is about to reply in: later replies there without a

@@ -16,7 +16,8 @@ from flytegpt.bot.answering.citations import process_citations, sources_list_sta
 from flytegpt.bot.answering.live import LiveCitations, clean_answer
 from flytegpt.bot.question_text import clean_question
 from flytegpt.bot.slack import render
-from flytegpt.bot.slack.addressing import closes_the_thread, for_the_bot, reads_as_followup
+from flytegpt.bot.question_text import reads_as_followup
+from flytegpt.bot.slack.addressing import closes_the_thread, for_the_bot
 from flytegpt.bot.slack.history import question_text
 from flytegpt.bot.slack.stream import neutralize
 

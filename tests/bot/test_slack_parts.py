@@ -18,7 +18,7 @@ from flytegpt.bot.logs import RedactingFilter, redact, setup_logging
 from flytegpt.bot.slack.client import SlackTokenError, api_base_url, check_tokens, make_client
 from flytegpt.bot.slack.dedupe import Deduper, SeenCache
 from flytegpt.bot.slack.feedback import FeedbackStore
-from flytegpt.bot.slack.addressing import reads_as_followup
+from flytegpt.bot.question_text import reads_as_followup
 from flytegpt.bot.slack.history import ThreadHistory, strip_mentions
 from flytegpt.bot.slack.ratelimit import RateLimiter
 from flytegpt.bot.slack.workers import WorkerPool
