@@ -73,7 +73,12 @@ def _check_since(since: str) -> None:
               help="Where the copy goes (a path or an fsspec URL); default [bot] feedback_snapshot.")
 @config_option
 def snapshot_cmd(db_path: str, target: str | None, config_path: Path) -> None:
-    """Copy the live database (consistent, while the bot runs) to where the weekly report reads it."""
+    """Copy the feedback database as it is (consistent, while the bot runs) to where the weekly report
+    reads it, or as a backup before an upgrade.
+
+    The database is only read: its schema, journal mode and file mode stay as they are, and the copy
+    has the same schema version, so the release that wrote it can still open the copy.
+    """
     from flytegpt.bot.slack.feedback import export_snapshot
 
     target = target or load(config_path, None).bot.feedback_snapshot

@@ -63,7 +63,10 @@ def feedback_group() -> None:
 def questions_cmd(db_path: str, out_path: str, include_private: bool) -> None:
     """Write the questions their askers confirmed (the asker's own 👍) as a question file for
     `flytegpt eval`, the sources their answer cited as gold: real questions a new index must keep
-    answering. Only questions from public channels unless --include-private."""
+    answering. Only questions from public channels unless --include-private.
+
+    The database is only read (through a temporary copy): it is not upgraded, so an older bot can
+    still use it."""
     from flytegpt.bot.slack.feedback import export_confirmed
 
     left_out: dict[str, int] = {}
@@ -94,7 +97,10 @@ def _left_out_note(left_out: dict[str, int]) -> str | None:
               help="The feedback SQLite database ([bot] feedback_db).")
 @click.option("--out", "out_path", required=True, help="JSONL file to write ('-' for stdout).")
 def export_cmd(db_path: str, out_path: str) -> None:
-    """Write every vote with its question, answer, sources and index version as JSONL."""
+    """Write every vote with its question, answer, sources and index version as JSONL.
+
+    The database is only read (through a temporary copy): it is not upgraded, so an older bot can
+    still use it."""
     from flytegpt.bot.slack.feedback import export_feedback
 
     with file_errors(out_path):

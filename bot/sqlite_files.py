@@ -11,6 +11,11 @@ A file is created 0600 (SQLite gives its rollback journal the database file's mo
 the bot creates for it 0700, and an existing file (or journal) readable by others is narrowed
 to its owner's bits when it is opened. Folders that already exist are left as they are.
 
+Reading without changing (audit 30 F1). The commands that only read a database (a snapshot, an
+export) never open it with `connect`: `backup_read_only` copies it through a `mode=ro` connection,
+so its bytes, journal mode and mode bits stay as they were, for the bot that owns it and for an
+older release that may still use it.
+
 Space (audit 25 F7). SQLite never gives pages back to the filesystem by itself: a file only grows.
 A database created with `incremental=True` uses `auto_vacuum = INCREMENTAL`, so the pages a large
 delete freed can be returned later in small steps (`give_back_free_pages`), each a short write
@@ -31,6 +36,7 @@ import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from urllib.parse import quote
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,55 @@ def connect(path: str | Path, *, timeout_s: float = 5.0, incremental: bool = Fal
         conn.close()
         raise
     return conn
+
+
+def read_only_uri(path: str | Path) -> str:
+    """The `file:` URI that opens `path` read only (`mode=ro`), its characters escaped: a `?`, `#` or
+    `%` in a folder name would otherwise end the path or start the URI's parameters."""
+    return f"file:{quote(str(Path(path).resolve()))}?mode=ro"
+
+
+def backup_read_only(path: str | Path, dest: str | Path, *, timeout_s: float = 5.0) -> None:
+    """Copy the database at `path` into the file `dest` as it is (its schema, user_version and journal
+    mode in the file header), through SQLite's backup API from a read-only connection.
+
+    Why read only: a command that only reads (a snapshot, an export) must leave the file exactly as
+    it was, for the bot that owns it and for an older release that may still use it (audit 30 F1):
+    `connect` would switch its journal mode and narrow its mode bits, and opening it as a store
+    would migrate its schema. The copy is one consistent point in time while others write: one
+    backup step under one read transaction; a database in WAL mode (an older bot) is read beside
+    its writer without waiting for it, WAL content included. A read-only connection cannot
+    checkpoint, so a WAL database's `-wal` and `-shm` files are left as they were (SQLite creates
+    them, empty and with the database file's mode, if the database had none open).
+
+    `timeout_s`: how long to wait for another connection's write lock (a rollback-journal writer,
+    or a VACUUM) before SQLite's "database is locked".
+    """
+    src = sqlite3.connect(read_only_uri(path), uri=True, timeout=timeout_s, isolation_level=None)
+    try:
+        # The read transaction first, under the busy timeout: the backup API retries a lock forever
+        # (Python's backup() sleeps and steps again while SQLite says busy); inside the transaction
+        # the backup reads the same snapshot without asking for the lock again.
+        src.execute("BEGIN")
+        src.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        dst = sqlite3.connect(str(dest))
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+        src.execute("COMMIT")
+    finally:
+        src.close()
+
+
+def is_busy(e: BaseException) -> bool:
+    """Whether SQLite's error says another connection holds a lock (SQLITE_BUSY, SQLITE_LOCKED), as
+    opposed to a file that is damaged or not a database."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (5, 6)
+    text = str(e)
+    return "database is locked" in text or "database table is locked" in text or "busy" in text
 
 
 def make_private_folder(folder: Path) -> None:

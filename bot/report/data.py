@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from flytegpt.bot import sqlite_files
 from flytegpt.bot.slack.feedback import FeedbackDatabaseError, FeedbackStore
 
 log = logging.getLogger(__name__)
@@ -69,15 +70,13 @@ def _copy_database(db: str, copy: str) -> None:
         raise FileNotFoundError(f"feedback database not found: {db}")
     if Path(path).stat().st_size == 0:
         raise _empty(db)
-    src = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
-    dst = sqlite3.connect(copy)
     try:
-        src.backup(dst)
+        sqlite_files.backup_read_only(path, copy)
     except sqlite3.DatabaseError as e:
+        if sqlite_files.is_busy(e):  # a lock someone holds, not a damaged file (audit 30 F4)
+            raise ValueError(f"{db} is in use by another process that holds a lock on it: try again, or copy "
+                             f"the file first; SQLite said: {e}") from None
         raise ValueError(f"{db} is not an SQLite database: {e}") from None
-    finally:
-        dst.close()
-        src.close()
 
 
 def _empty(db: str) -> ValueError:

@@ -13,13 +13,31 @@ latency, index version and cited sources of every question.
 The schema is versioned with SQLite's `PRAGMA user_version`. Version 0 is the first
 release's schema (no version set); opening a database applies the missing migrations in
 one transaction, so an existing database keeps every row and gains the new columns.
-A database written by a newer FlyteGPT is refused rather than guessed at.
+A database written by a newer FlyteGPT is refused rather than guessed at. The migration is one
+way: a release of an older schema refuses the file afterwards. So only the bot (and
+`flytegpt feedback compact`, which changes the layout, not the schema) opens the original; the
+commands that read it (`feedback export`, `questions`, `snapshot`, and the report) leave it exactly
+as it was (audit 30 F1): the snapshot copies it as it is, from a read-only connection, and the
+exports read a migrated temporary copy (`read_copy`).
+
+A small `meta` table (key, value) keeps what the database must remember about itself: when this
+release created it, and retention's state (below). It is not counted in `user_version`: a release
+of the same schema without it only checks the version and names its columns, so it still opens the
+file; a release of an older schema refuses a version-2 file whatever its tables.
 
 Retention ([bot] retention_days, audit 23 L3): the text of a question older than that (what was
 asked, the question as searched, the answer) is blanked by `prune`, which the running bot applies
 at start and then daily (`RetentionJob`). What the report counts and charts stays: time, surface,
 channel and its type, outcome, latency, index version, cited sources and votes. The file is only
 readable by the bot's user (bot/sqlite_files.py).
+
+Retention on an upgrade (audit 30 F2): a database from a release without retention holds history
+its operator never agreed to lose. The first time the retention job finds text to remove in a
+database that retention has never pruned (and that this release did not create: all of such a
+database's rows were logged under retention), it removes nothing: it logs a WARNING saying how many
+questions, since when, the setting and how to keep them, records the moment in `meta`, and prunes
+only after RETENTION_GRACE_S (7 days) from then, warning at every run meanwhile. Later prunes run
+as before.
 
 Retention on a large backlog (audit 25 F3, F7): the prune walks the old rows once, in time order,
 in short transactions with a pause after each, so the bot's own writes get the lock in between;
@@ -42,10 +60,11 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from flytegpt.bot import sqlite_files
 from flytegpt.bot.question_text import clean_question
@@ -82,6 +101,17 @@ COMPACT_AT_START_MAX_BYTES = 512 << 20
 # How long `flytegpt feedback compact` waits for another connection's lock before it gives up with
 # a clear error: nothing should hold one (the bot is stopped), so a lock means someone writes.
 COMPACT_LOCK_TIMEOUT_S = 2.0
+# How long the first prune of a database retention has never pruned waits after the job first found
+# text to remove in it (audit 30 F2): the warning's time to be read, and retention_days set to 0.
+RETENTION_GRACE_S = 7 * DAY_S
+# How long the read-only commands (export, questions, snapshot) wait for another connection's write
+# lock before they say the database is in use.
+READ_LOCK_TIMEOUT_S = 5.0
+# `meta` keys: when this release created the database; when the retention job first found text to
+# remove in a database it had never pruned; when retention first removed text.
+META_CREATED_AT = "created_at"
+META_RETENTION_PENDING_SINCE = "retention_pending_since"
+META_RETENTION_FIRST_PRUNED_AT = "retention_first_pruned_at"
 _TEXT_COLUMNS = ("question", "standalone_question", "answer")
 _HAS_TEXT = "(question != '' OR answer != '' OR standalone_question IS NOT NULL)"
 
@@ -132,13 +162,18 @@ MIGRATIONS: tuple[str, ...] = (
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
+# Not a migration: `user_version` stays, so releases of the same schema that do not know the table
+# still open the file (see the module's docstring). Created when a key is first written.
+_META_TABLE = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
 
 class FeedbackDatabaseError(RuntimeError):
     """The database cannot be used: not SQLite, or written by a newer FlyteGPT."""
 
 
 class FeedbackDatabaseBusy(FeedbackDatabaseError):
-    """Another process has the database open, or holds a lock on it: `compact_database` changed nothing."""
+    """Another process has the database open, or holds a lock on it: nothing was read or changed.
+    Not a damaged file (audit 30 F4): the message says who may hold it and what to do."""
 
 
 @dataclass
@@ -155,6 +190,20 @@ class PruneProgress:
     blanked: int = 0  # rows whose text was removed
     writes: int = 0  # write transactions
     given_back: int = 0  # bytes returned to the filesystem afterwards (prune_database)
+    held: "RetentionHold | None" = None  # a first prune waiting for its grace period: nothing was blanked
+
+
+@dataclass(frozen=True)
+class RetentionHold:
+    """Text retention would remove from a database it never pruned, kept until `prune_after`
+    (audit 30 F2): what the retention job's warning says."""
+
+    rows: int  # questions older than retention_days that still have their text
+    oldest: float  # when the oldest of them was logged
+    newest: float  # and the newest
+    retention_days: float
+    pending_since: float  # when the job first found them
+    prune_after: float  # pending_since + the grace period
 
 
 def new_answer_id() -> str:
@@ -164,6 +213,11 @@ def new_answer_id() -> str:
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat()
+
+
+def _day(t: float) -> str:
+    """A moment as an operator reads it in a log line: 2026-12-12 11:05 UTC."""
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def thread_permalink(workspace_url: str | None, channel: str | None, thread_ts: str | None) -> str | None:
@@ -186,6 +240,7 @@ def migrate(conn: sqlite3.Connection, path: str = "") -> int:
     conn.execute("BEGIN IMMEDIATE")
     try:
         before = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        created = before == 0 and not _has_table(conn, "answers")
         if before > SCHEMA_VERSION:
             raise FeedbackDatabaseError(
                 f"{path or 'the feedback database'} has schema version {before}, newer than this FlyteGPT "
@@ -197,11 +252,46 @@ def migrate(conn: sqlite3.Connection, path: str = "") -> int:
                 for statement in _statements(step):
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if created:  # every row this database will hold is logged under retention (RetentionJob)
+            _set_meta(conn, META_CREATED_AT, time.time())
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     return before
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def _get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    """A `meta` value, None when unset (or the table is not there yet: an earlier release's file)."""
+    if not _has_table(conn, "meta"):
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
+    """Write a `meta` value, kept when already set (the first time something happened is what counts);
+    the table is created on first use."""
+    conn.execute(_META_TABLE)
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                 (key, repr(value) if isinstance(value, float) else str(value)))
+
+
+def _unusable(path: str, e: sqlite3.DatabaseError) -> FeedbackDatabaseError:
+    """SQLite's error on opening or reading a feedback database, said as what it means for the user:
+    a lock someone holds (audit 30 F4: an older bot keeps its WAL database open, and switching the
+    journal mode needs it alone) is not a damaged file."""
+    if sqlite_files.is_busy(e):
+        holders = sqlite_files.processes_with_open(path) if path != ":memory:" else []
+        who = f" ({'; '.join(f'pid {pid}: {cmd}' for pid, cmd in holders[:3])})" if holders else ""
+        return FeedbackDatabaseBusy(
+            f"{path} is in use by another process{who} (an older FlyteGPT bot in WAL mode?): stop it, or copy the "
+            f"file first; SQLite said: {e}")
+    return FeedbackDatabaseError(f"{path} is not a usable feedback database: {e}")
 
 
 def _statements(script: str) -> list[str]:
@@ -220,14 +310,14 @@ class FeedbackStore:
         try:
             self._conn = sqlite_files.connect(self.path, timeout_s=timeout_s, incremental=True)
         except sqlite3.DatabaseError as e:
-            raise FeedbackDatabaseError(f"{self.path} is not a usable feedback database: {e}") from None
+            raise _unusable(self.path, e) from None
         self._lock = threading.Lock()
         try:
             with self._lock:
                 self.migrated_from = migrate(self._conn, self.path)
         except sqlite3.DatabaseError as e:
             self._conn.close()
-            raise FeedbackDatabaseError(f"{self.path} is not a usable feedback database: {e}") from None
+            raise _unusable(self.path, e) from None
         except BaseException:
             self._conn.close()
             raise
@@ -501,7 +591,42 @@ class FeedbackStore:
                     stop.wait(pause)
                 else:
                     time.sleep(pause)
+        if blanked:  # from now on the database is one retention has pruned: no grace (retention_hold)
+            with self._lock:
+                _set_meta(self._conn, META_RETENTION_FIRST_PRUNED_AT, time.time() if now is None else now)
         return blanked
+
+    def meta(self, key: str) -> str | None:
+        """A value of the database's `meta` table (META_* keys), None when unset."""
+        with self._lock:
+            return _get_meta(self._conn, key)
+
+    def retention_hold(self, retention_days: float, *, now: float | None = None,
+                       grace_s: float = RETENTION_GRACE_S) -> RetentionHold | None:
+        """Whether the first prune of this database must wait (audit 30 F2); None: prune as usual.
+
+        It waits when retention has never removed text here, this release did not create the
+        database (an earlier release's history, logged before retention existed), and there is text
+        to remove: from the first time that is found (recorded in `meta`, so a restart does not
+        start the wait again) until `grace_s` later. A database this release created, or one
+        retention already pruned, never waits; nor does one with nothing old enough yet, until it has.
+        """
+        if not retention_days or retention_days <= 0:
+            return None
+        now = time.time() if now is None else now
+        with self._lock:
+            if _get_meta(self._conn, META_CREATED_AT) or _get_meta(self._conn, META_RETENTION_FIRST_PRUNED_AT):
+                return None
+            rows, oldest, newest = self._conn.execute(
+                "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM answers "
+                f"WHERE created_at < ? AND {_HAS_TEXT}", (now - retention_days * DAY_S,)).fetchone()
+            if not rows:
+                return None
+            _set_meta(self._conn, META_RETENTION_PENDING_SINCE, now)  # kept when already set
+            since = float(_get_meta(self._conn, META_RETENTION_PENDING_SINCE) or now)
+        if now >= since + grace_s:
+            return None
+        return RetentionHold(int(rows), float(oldest), float(newest), retention_days, since, since + grace_s)
 
     def _blank(self, rowids: list[int], kept: list[str]) -> int:
         """One write transaction: the rows among `rowids` that still have text, inserted again
@@ -550,18 +675,6 @@ class FeedbackStore:
         with self._lock:
             return sqlite_files.compact(self._conn, self.path)
 
-    # --- copies -----------------------------------------------------------------------
-
-    def backup_to(self, dest: str | Path) -> None:
-        """A consistent copy of the database in `dest` (SQLite's online backup: the bot keeps
-        writing meanwhile, the copy is one point in time, WAL content included)."""
-        target = sqlite3.connect(str(dest))
-        try:
-            with self._lock:
-                self._conn.backup(target)
-        finally:
-            target.close()
-
 
 def export_feedback(db_path: str | Path, out_path: str | Path) -> int:
     """`flytegpt feedback export`: the votes in `db_path` as JSONL in `out_path` ("-" = stdout)."""
@@ -579,14 +692,13 @@ def export_confirmed(db_path: str | Path, out_path: str | Path, *, include_priva
 
 def _export_rows(db_path: str | Path, out_path: str | Path,
                  rows_of: Callable[["FeedbackStore"], list[dict[str, Any]]]) -> int:
-    """Rows read from an existing database, one JSON object a line; returns how many."""
-    if not Path(db_path).is_file():
-        raise FileNotFoundError(f"feedback database not found: {db_path}")
-    store = FeedbackStore(db_path)
-    try:
-        rows = rows_of(store)
-    finally:
-        store.close()
+    """Rows read from an existing database (through `read_copy`: the original is not changed), one
+    JSON object a line; returns how many."""
+    with read_copy(db_path) as store:
+        try:
+            rows = rows_of(store)
+        except sqlite3.DatabaseError as e:  # a damaged page past the header
+            raise _unusable(str(db_path), e) from None
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if str(out_path) == "-":
         sys.stdout.write(text)
@@ -598,30 +710,73 @@ def _export_rows(db_path: str | Path, out_path: str | Path,
     return len(rows)
 
 
-def export_snapshot(db_path: str | Path, target: str) -> int:
+@contextmanager
+def read_copy(db_path: str | Path, *, timeout_s: float = READ_LOCK_TIMEOUT_S) -> Iterator[FeedbackStore]:
+    """The feedback database at `db_path`, opened as a store over a temporary copy, migrated there:
+    what the commands that only read it use (`feedback export`, `feedback questions`), so that the
+    original keeps its schema version, journal mode, mode bits and bytes (audit 30 F1: migrated in
+    place, an older release refuses it). The copy is consistent while a bot writes, and reading it
+    waits for no WAL writer (an older bot: audit 30 F4); see sqlite_files.backup_read_only.
+
+    Errors name `db_path`, never the copy: FileNotFoundError when there is no file;
+    FeedbackDatabaseBusy when another process holds a lock past `timeout_s`; FeedbackDatabaseError
+    when it is not a FlyteGPT feedback database or was written by a newer release.
+    """
+    path = str(db_path)
+    with tempfile.TemporaryDirectory(prefix="flytegpt-feedback-") as tmp:
+        copy = os.path.join(tmp, "feedback.sqlite3")
+        _copy_read_only(path, copy, timeout_s)
+        try:
+            store = FeedbackStore(copy)
+        except FeedbackDatabaseError as e:  # e.g. a newer schema: name the user's database, not the copy
+            raise type(e)(str(e).replace(copy, path)) from None
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+def _copy_read_only(path: str, copy: str, timeout_s: float) -> None:
+    """The database at `path` copied as it is into the new file `copy` (sqlite_files.backup_read_only),
+    refused when it is not a FlyteGPT feedback database: the errors of `read_copy` and `export_snapshot`."""
+    if path == ":memory:" or not Path(path).is_file():
+        raise FileNotFoundError(f"feedback database not found: {path}")
+    try:
+        sqlite_files.backup_read_only(path, copy, timeout_s=timeout_s)
+        conn = sqlite3.connect(copy)
+        try:
+            found = _has_table(conn, "answers")
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise _unusable(path, e) from None
+    if not found:  # another program's SQLite file, or an empty one: not read as an empty log
+        raise FeedbackDatabaseError(f"{path} is not a FlyteGPT feedback database (no answers table): "
+                                    "give the bot's [bot] feedback_db or a snapshot of it")
+
+
+def export_snapshot(db_path: str | Path, target: str, *, timeout_s: float = READ_LOCK_TIMEOUT_S) -> int:
     """Copy the live database to `target` (a local path or an fsspec URL such as
     s3://bucket/flytegpt/feedback.sqlite3), atomically; returns the bytes written.
 
     This is how the database reaches the weekly report task, which cannot open the bot's
-    volume: the bot (or a cron job beside it) exports a snapshot, the task reads it.
+    volume: the bot (or a cron job beside it) exports a snapshot, the task reads it. It is also the
+    operator's backup before an upgrade, so the copy is the database as it is (audit 30 F1): its
+    schema version and journal mode are the original's, which an older release can still open, and
+    the original is only read (a read-only connection: not migrated, its journal mode and mode bits
+    untouched). Consistent while a bot writes, an older one in WAL mode included (audit 30 F4).
     """
     from flytegpt.ingest.store import atomic_writer, get_fs
 
-    if not Path(db_path).is_file():
-        raise FileNotFoundError(f"feedback database not found: {db_path}")
-    store = FeedbackStore(db_path)
-    fd, tmp = tempfile.mkstemp(prefix="flytegpt-feedback-", suffix=".sqlite3")
-    os.close(fd)
-    try:
-        store.backup_to(tmp)
-        data = Path(tmp).read_bytes()
-        fs, path = get_fs(target)
-        with atomic_writer(fs, path) as f:
-            f.write(data)
-        return len(data)
-    finally:
-        store.close()
-        os.unlink(tmp)
+    path = str(db_path)
+    with tempfile.TemporaryDirectory(prefix="flytegpt-feedback-") as tmp:
+        copy = os.path.join(tmp, "feedback.sqlite3")
+        _copy_read_only(path, copy, timeout_s)
+        data = Path(copy).read_bytes()
+    fs, dest = get_fs(target)
+    with atomic_writer(fs, dest) as f:
+        f.write(data)
+    return len(data)
 
 
 @dataclass(frozen=True)
@@ -686,16 +841,25 @@ def _compact_error(path: str, e: sqlite3.DatabaseError) -> FeedbackDatabaseError
 
 
 def prune_database(db_path: str | Path, retention_days: float, *, now: float | None = None,
-                   progress: PruneProgress | None = None, stop: threading.Event | None = None) -> int:
+                   progress: PruneProgress | None = None, stop: threading.Event | None = None,
+                   grace_s: float | None = None) -> int:
     """`FeedbackStore.prune` on an existing database file, then the freed space given back
     (`give_back_space`); how many rows lost their text, 0 when there is no file (yet) or retention
     is off. Its own connection, more patient for the lock than the bot's (PRUNE_TIMEOUT_S);
-    `progress` resumes a walk and records the work; `stop` ends it between two steps."""
+    `progress` resumes a walk and records the work; `stop` ends it between two steps.
+
+    `grace_s` (the retention job's): a database retention never pruned is left alone until that long
+    after its old text was first found (`FeedbackStore.retention_hold`); then `progress.held` says
+    what waits, and 0 rows lost their text. None: prune now (a caller that chose to)."""
     if not retention_days or str(db_path) == ":memory:" or not Path(db_path).is_file():
         return 0
     progress = progress if progress is not None else PruneProgress()
     store = FeedbackStore(db_path, timeout_s=PRUNE_TIMEOUT_S)
     try:
+        if grace_s is not None:
+            progress.held = store.retention_hold(retention_days, now=now, grace_s=grace_s)
+            if progress.held is not None:
+                return 0
         n = store.prune(retention_days, now=now, progress=progress, stop=stop)
         if not (stop is not None and stop.is_set()):
             progress.given_back += store.give_back_space(stop=stop)
@@ -713,10 +877,16 @@ class RetentionJob:
     It remembers how far the walk got (PruneProgress.cursor) while the file stays the same file,
     so a daily run reads only the rows that aged past retention since the last one. `stop()`
     ends a run in progress between two steps (a shutdown does not wait for a long prune).
+
+    A database from a release without retention is not pruned at once (audit 30 F2): the first run
+    that finds text to remove in it logs a WARNING and the job waits `grace_s` (RETENTION_GRACE_S)
+    before its first prune (`FeedbackStore.retention_hold`). `clock`: the time the job runs at.
     """
 
-    def __init__(self, db_path: str | Path, retention_days: float, *, interval_s: float = DAY_S) -> None:
+    def __init__(self, db_path: str | Path, retention_days: float, *, interval_s: float = DAY_S,
+                 grace_s: float = RETENTION_GRACE_S, clock: Callable[[], float] = time.time) -> None:
         self.db_path, self.retention_days, self.interval_s = str(db_path), retention_days, interval_s
+        self.grace_s, self._clock = grace_s, clock
         self._scheduler: Any = None
         self._stop = threading.Event()
         self._cursor: tuple[float, int] | None = None
@@ -731,17 +901,33 @@ class RetentionJob:
         """Prune now: how many rows lost their text, None (logged) when it failed."""
         progress = PruneProgress(cursor=self._resume_from())
         try:
-            n = prune_database(self.db_path, self.retention_days, progress=progress, stop=self._stop)
+            n = prune_database(self.db_path, self.retention_days, now=self._clock(), progress=progress,
+                               stop=self._stop, grace_s=self.grace_s)
         except Exception as e:  # noqa: BLE001 - retention must never stop the bot
             log.error("feedback retention failed", extra={"path": self.db_path, "error": str(e)})
             return None
         finally:  # rows up to the cursor have no text, even when a later step failed
             self._cursor, self.last_run = progress.cursor, progress
+        if progress.held is not None:
+            self._warn_held(progress.held)
         if n or progress.given_back:
             log.info("feedback retention: question text removed",
                      extra={"rows": n, "retention_days": self.retention_days, "rows_read": progress.visited,
                             "transactions": progress.writes, "mb_given_back": round(progress.given_back / 2**20, 1)})
         return n
+
+    def _warn_held(self, held: RetentionHold) -> None:
+        """The warning of a first prune that waits: before anything is removed, at every run until then."""
+        days = f"{held.retention_days:g}"
+        log.warning(
+            f"feedback retention: {held.rows:,} question(s) in {self.db_path}, logged from {_day(held.oldest)} to "
+            f"{_day(held.newest)}, are older than [bot] retention_days = {days}, and retention has never pruned this "
+            "database (its history comes from a release without retention). Nothing is removed before "
+            f"{_day(held.prune_after)}; from then on their text is. Set [bot] retention_days = 0 to keep them "
+            "(a backup first: flytegpt feedback snapshot)",
+            extra={"path": self.db_path, "rows": held.rows, "oldest": _iso(held.oldest), "newest": _iso(held.newest),
+                   "retention_days": held.retention_days, "pending_since": _iso(held.pending_since),
+                   "prune_after": _iso(held.prune_after)})
 
     def _resume_from(self) -> tuple[float, int] | None:
         """Where the last walk ended, if the path still names the file it walked (a file deleted,
