@@ -319,8 +319,10 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
                                  f"{searcher.version}, so they can never be found (a typo, or a source not "
                                  f"ingested): {shown}"), err=True)
     fn = {"hybrid": searcher.search, "dense": searcher.dense_search, "keyword": searcher.keyword_search}[mode]
+    from flytegpt.bot.pasted import search_text
 
     def retrieve(q: str) -> list:
+        q = search_text(q.strip())  # what the bot searches: a pasted traceback by its error (bot/pasted.py)
         hits = fn(q, k)
         if mode != "hybrid":
             return [h.chunk for h in hits]

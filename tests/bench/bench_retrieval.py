@@ -119,10 +119,16 @@ def dense_retriever(chunks: list[Chunk], embedder):
 
 
 def packed_retriever(searcher, token_budget: int = 2000):
-    """Hybrid retrieval, each hit's text replaced by what the prompt holds of its source."""
+    """Hybrid retrieval of what the bot searches (a pasted traceback by its error: bot/pasted.py),
+    each hit's text replaced by what the prompt holds of its source."""
     from flytegpt.bot.answering.budget import CharCounter, context_chunks
+    from flytegpt.bot.pasted import search_text
 
-    return lambda question: context_chunks(searcher.search(question, 10), question, token_budget, CharCounter())
+    def retrieve(question: str) -> list:
+        query = search_text(question.strip())
+        return context_chunks(searcher.search(query, 10), query, token_budget, CharCounter())
+
+    return retrieve
 
 
 def _origins(path: str) -> dict[str, str]:

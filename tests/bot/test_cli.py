@@ -300,6 +300,24 @@ def test_eval_accepts_a_question_file_saved_with_a_utf8_bom(corpus: Path, store:
     assert json.loads(result.stdout.strip().splitlines()[-1])["n"] >= 3
 
 
+def test_eval_searches_a_pasted_traceback_as_the_bot_does(corpus: Path, store: str, tmp_path: Path):
+    """A question file of pasted errors (issue 13's style) is measured as the bot searches it: the
+    asker's words, the error and their own frames, not the library frames that fill the trace."""
+    ingest_json(corpus, store)
+    frames = "".join(f'  File "/usr/lib/python3.11/site-packages/minikit/secrets.py", line {100 + i}, in read_{i}\n'
+                     "    return current_context().secrets.get(group=group, key=key)\n" for i in range(20))
+    # searched whole, the 20 library frames about secrets put the secrets page first (MRR@10 0.25)
+    trace = ("my workflow fails:\nTraceback (most recent call last):\n" + frames
+             + '  File "/home/me/wf.py", line 12, in train\n    return cached_train(data, version=cache_version)\n'
+             "ValueError: task 'train': caching needs a non-empty cache version")
+    questions = tmp_path / "q.jsonl"
+    gold = ["sample-docs:caching.md", "sample-code:minikit/cache.py"]  # the page, the code raising it
+    questions.write_text(json.dumps({"id": "t1", "question": trace, "gold": gold}) + "\n")
+    result = run("eval", str(questions), "--config", str(corpus / "flytegpt.toml"), "--store", store, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["mrr@10"] == 1.0
+
+
 def test_a_slack_export_without_channels_json_is_indexed_with_a_note_that_its_threads_cannot_be_linked(
         corpus: Path, tmp_path: Path):
     """Every Slack citation of such an index was a dead `slack:<ts>`, and the dry run and the
