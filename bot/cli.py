@@ -322,7 +322,7 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
     from flytegpt.bot.pasted import search_text
 
     def retrieve(q: str) -> list:
-        q = search_text(q.strip())  # what the bot searches: a pasted traceback by its error (bot/pasted.py)
+        q = search_text(q.strip(), config.answer.max_question_chars)  # what the bot searches: a pasted traceback by its error (bot/pasted.py)
         hits = fn(q, k)
         if mode != "hybrid":
             return [h.chunk for h in hits]

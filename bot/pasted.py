@@ -10,7 +10,9 @@ So a question holding a pasted traceback (or a block of log lines) is read in tw
 
 - searched (`search_text`): the asker's own words, the error at the trace's end (the exception
   line(s); of a chained trace also the first exception, its cause) and the frames of the
-  asker's own code (not site-packages or the standard library), which name what failed;
+  asker's own code (not site-packages or the standard library), which name what failed; all of
+  it within `[answer] max_question_chars`, and of a paste where none of that was found, its
+  first and last lines (`clip_ends`), never the whole 40,000 characters (audit 31 F2);
 - read by the model (`fit_question`): the question as typed when it fits the limit; else the
   asker's words as typed with each pasted block cut to its head and its last lines (the error),
   plus the asker's own frames, and a marker saying how many lines were cut.
@@ -24,10 +26,16 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
+
+from flytegpt.ingest.config import AnswerConfig
 
 # The longest paste read at all: Slack keeps at most this much of a message's text, so no asker can
 # send more; a longer "question" (bulk Q&A, the CLI) is refused like any question over the limit.
 PASTE_MAX_CHARS = 40_000
+# What a question is searched with at most when the caller names no limit: `[answer] max_question_chars`'s
+# default. The searched text is logged (`standalone_question`) and may go to the model (the rewrite).
+SEARCH_MAX_CHARS: int = AnswerConfig.model_fields["max_question_chars"].default
 # Room a pasted block needs at least: its error and a few lines. A question whose own words leave
 # less is refused as too long (it needs the asker to shorten their words, not the trace).
 _MIN_BLOCK_CHARS = 500
@@ -114,18 +122,65 @@ def read_paste(text: str) -> Pasted | None:
     return pasted if pasted.blocks else None
 
 
-def search_text(text: str) -> str:
-    """What a question is searched with: its own words, and of each pasted traceback or log its
-    error and the asker's frames (`def train(...)` in `/home/me/wf.py`), not the library frames
-    that fill most of a trace. The question itself when it holds no paste."""
+def search_text(text: str, limit: int = SEARCH_MAX_CHARS) -> str:
+    """What a question is searched with, within `limit` characters (`[answer] max_question_chars`): its
+    own words, and of each pasted traceback or log its error and the asker's frames (`def train(...)`
+    in `/home/me/wf.py`), not the library frames that fill most of a trace. The question itself when it
+    holds no paste. A paste where nothing of that is found (Slack cut the trace's error off, a one-line
+    "Traceback ... xxxx") is searched by its first and last lines, not whole: 40,000 characters cost
+    seconds to search and were logged as the question (audit 31 F2).
+
+    Over `limit`, each part keeps what a fair share leaves it (a short error or frame stays whole, the
+    longest part is cut to its first and last lines): the asker's words, the error and the frames all
+    stay searched."""
     pasted = read_paste(text)
     if pasted is None:
-        return text
+        return clip_ends(text, limit)
     pieces = [pasted.prose] if pasted.prose else []
     for block in pasted.blocks:
         pieces.append(_clip("\n".join(_short(block.lines[i]).strip() for i in block.errors), _ERROR_CHARS))
         pieces.extend(_frame_words(block.lines[i]) for i in block.own)
-    return "\n".join(dict.fromkeys(p for p in pieces if p)) or text
+    found = list(dict.fromkeys(p for p in pieces if p))
+    return fit_pieces(found, limit) if found else clip_ends(text, limit)
+
+
+def clip_ends(text: str, limit: int, gap: str = "\n") -> str:
+    """`text` within `limit` characters: as it is when it fits, else its first and its last lines with
+    `gap` between them (a line too long for its half is cut to its start or its end). What a paste
+    nothing in which was recognised most likely says sits at its ends: the command, the error."""
+    if len(text) <= limit:
+        return text
+    room = limit - len(gap)
+    if room < 2:
+        return text[:max(limit, 0)]
+    end = room // 2
+    if text[end:end + 1] != "\n":  # the first half ends mid-line: back to its last line end, if any
+        cut = text.rfind("\n", 0, end)
+        end = cut if cut > 0 else end
+    start = len(text) - (room - end)  # > end: the text is longer than the room
+    if text[start - 1] != "\n":  # the second half starts mid-line: on to the next line, if any
+        cut = text.find("\n", start, len(text) - 1)
+        start = cut + 1 if cut >= 0 else start
+    head, tail = text[:end].strip(), text[start:].strip()
+    return f"{head}{gap}{tail}" if head and tail else head or tail
+
+
+def fit_pieces(pieces: Sequence[str], limit: int, sep: str = "\n") -> str:
+    """`pieces` joined with `sep`, within `limit` characters: a piece shorter than its fair share of the
+    room stays whole, the longer ones share what is left, each cut to its first and last lines
+    (`clip_ends`). A search query made of parts (the asker's words, an error, frames; a thread's
+    questions and a follow-up) keeps all of them rather than the first ones alone."""
+    pieces = [p for p in pieces if p]
+    joined = sep.join(pieces)
+    if len(joined) <= limit:
+        return joined
+    while pieces and limit - len(sep) * (len(pieces) - 1) < len(pieces):
+        pieces.pop()  # a limit of a few characters: fewer parts
+    left, count, share = limit - len(sep) * (len(pieces) - 1), len(pieces), {}
+    for i in sorted(range(len(pieces)), key=lambda i: len(pieces[i])):
+        share[i] = min(len(pieces[i]), left // count)
+        left, count = left - share[i], count - 1
+    return sep.join(c for c in (clip_ends(p, share[i]) for i, p in enumerate(pieces)) if c)
 
 
 def _frame_words(line: str) -> str:

@@ -84,7 +84,13 @@ def words(text: str) -> list[str]:
     ]
 
 
-_EXACT_NAME = re.compile(r"\w_\w|[A-Za-z_]\w+\.[A-Za-z_]\w+|^\d{2,}$")
+# Matched against one _TOKEN run (word pieces joined by `.`, `-` or `/`): a snake_case name, a dotted
+# name (a piece with a letter or `_` before its last character, a dot, then a letter or `_` and another
+# word character: `flytekit.core`, `v1.types`, not `1.12` or `e.g`), or a number of two digits or more.
+# The dotted name is tried only where a piece starts (the run's start or just after a separator), so a
+# 40,000-character run without a dot is read once: `[A-Za-z_]\w+\.` tried at every character of it was
+# quadratic (2.9 s for a pasted one-line "Traceback … xxxx", audit 31 F2). Same matches as that pattern.
+_EXACT_NAME = re.compile(r"\w_\w|(?:^|[.\-/])(?=\d*[A-Za-z_]\w)\w+\.[A-Za-z_]\w|^\d{2,}$")
 # A command-line flag (`--resource-requests`): _TOKEN drops the dashes, so it is found in the text.
 _CLI_FLAG = re.compile(r"(?<![\w-])--[A-Za-z]\w*(?:-\w+)*")
 

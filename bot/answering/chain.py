@@ -21,7 +21,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from flytegpt.bot.pasted import fit_question, read_paste, search_text
+from flytegpt.bot.pasted import SEARCH_MAX_CHARS, fit_pieces, fit_question, read_paste, search_text
 from flytegpt.bot.question_text import mostly_another_script, reads_as_another_language, reads_as_followup
 
 from . import prompts
@@ -52,16 +52,31 @@ class _EmptyCompletion(Exception):
     pass
 
 
-def with_thread_subject(question: str, history: Sequence[Turn]) -> str:
+def with_thread_subject(question: str, history: Sequence[Turn], limit: int = SEARCH_MAX_CHARS) -> str:
     """A follow-up searched without a model to rewrite it: the thread's first question (what the
     thread is about) and the last question before this one (what it moved on to), then the
     follow-up. Only user turns that were for the bot are in `history` (see slack.history).
     Only for a message that reads as a follow-up (`reads_as_followup`): a new question asked in
     the thread is searched alone (audit 29 F3). A question that pasted a traceback gives its
-    words and its error (`pasted.search_text`), not its frames."""
-    asked = [search_text(t.text.strip()) for t in history if t.role == "user" and t.text.strip()]
-    context = list(dict.fromkeys(asked[:1] + asked[-1:]))  # one of each, in order
-    return " ".join([*context, question]).strip()
+    words and its error (`pasted.search_text`), not its frames.
+
+    Within `limit` characters (`[answer] max_question_chars`), the follow-up's words whole when they
+    are short: it is searched, logged as the question searched, and may go to the model (the rewrite).
+    An earlier question the bot refused as too long (`fit_question` finds no way to fit it) was never
+    answered, so it is no subject: two refused 40,000-character messages made "why?" an 80,000-character
+    search of 6 s (audit 31 F2)."""
+    asked = [t.text.strip() for t in history if t.role == "user" and t.text.strip()]
+    answered = [next((q for q in turns if fit_question(q, limit) is not None), None)
+                for turns in (asked, reversed(asked))]  # the first and the last, each read once at most
+    turns = dict.fromkeys(q for q in answered if q is not None)  # one of each, in order
+    context = list(dict.fromkeys(search_text(q, limit) for q in turns))
+    return fit_pieces([*context, question.strip()], limit, sep=" ").strip()
+
+
+def answered_turns(history: Sequence[Turn], limit: int) -> list[Turn]:
+    """`history` without the user turns the bot refused as too long for `limit` (no paste in them to cut
+    to fit: `pasted.fit_question`); their notice is not in `history` either (slack.history)."""
+    return [t for t in history if t.role != "user" or fit_question(t.text.strip(), limit) is not None]
 
 
 def _own_words(question: str) -> str:
@@ -169,13 +184,20 @@ class Answerer:
         # what the model reads (a long pasted trace cut to its head and its error), and what is
         # searched: the asker's words with a pasted trace's error, not its frames (audit 29 F4)
         asked = self.validate(question)
-        searched = search_text(question.strip())  # validated: of at most pasted.PASTE_MAX_CHARS
+        # what is searched is what is logged as the question searched (standalone_question) and what the
+        # rewrite step reads: within [answer] max_question_chars like what the model answers (audit 31 F2)
+        limit = self.config.answer.max_question_chars
+        searched = search_text(question.strip(), limit)
         searcher = self._searcher()
         if searcher is None:
             raise IndexNotReady()
         version = getattr(searcher, "version", None)
         deadline = _Deadline(self.config.answer.deadline_s, start=asked_at)
-        history = keep_turns(history, self.config.answer.history_turns)
+        # a question the bot turned down as too long was never answered: it is no part of the thread's
+        # subject, in the condense prompt or the search (a refused 40,000-character first message was
+        # what a thread's follow-ups were searched with, audit 31 F2); of the kept turns only, each
+        # read once: a thread can hold many 40,000-character messages
+        history = answered_turns(keep_turns(history, self.config.answer.history_turns), limit)
         yield Progress("searching")
 
         standalone, late, condensed, followup = searched, False, "", False
@@ -189,7 +211,7 @@ class Answerer:
         elif history and reads_as_followup(_own_words(asked)):
             # no model, no time for it, or it said nothing: the thread gives a follow-up its subject;
             # a new question asked in the thread is searched alone (audit 29 F3)
-            standalone, followup = with_thread_subject(searched, history), True
+            standalone, followup = with_thread_subject(searched, history, limit), True
 
         query = standalone
         # a question the index cannot read (Chinese over English docs; Spanish or German, whose words
@@ -323,7 +345,7 @@ class Answerer:
         for prefix in ("Standalone question:", "Question:"):
             if out.lower().startswith(prefix.lower()):
                 out = out[len(prefix) :].strip()
-        return out[:_CONDENSED_MAX_CHARS]
+        return out[:min(_CONDENSED_MAX_CHARS, self.config.answer.max_question_chars)]
 
     def _rewrite(self, question: str, deadline: _Deadline, *, terms_alone: bool = False) -> str:
         """The question plus the model's search terms for it (`[answer] rewrite_query`): a vague

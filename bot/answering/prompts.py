@@ -15,7 +15,7 @@ import re
 from typing import TYPE_CHECKING, Sequence
 
 from flytegpt.bot import messages
-from flytegpt.bot.pasted import fit_question
+from flytegpt.bot.pasted import clip_ends, fit_question
 from flytegpt.ingest.config import ProjectConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -113,6 +113,7 @@ EMPTY_QUESTION = messages.EMPTY_QUESTION
 TOO_LONG_QUESTION = messages.TOO_LONG_QUESTION
 
 _HISTORY_TURN_CHARS = 1200
+_HISTORY_CUT = "\n[...]\n"  # where the middle of a long question was left out
 
 
 _BLOCK_TAG = re.compile(r"<(\s*/?\s*)(sources?|conversation)\b", re.I)
@@ -156,14 +157,17 @@ def asked_question(asked: str, standalone: str) -> str:
 def format_history(history: Sequence["Turn"]) -> str:
     """The conversation for the condense step, each turn at most ~_HISTORY_TURN_CHARS: a question
     that pasted a traceback or log keeps its words, the paste's first lines and its error
-    (`pasted.fit_question`), the rest is cut from the end."""
+    (`pasted.fit_question`); another long question its first and last lines (what it asks is often
+    at its end, after what it quotes: `pasted.clip_ends`); an answer is cut from the end."""
     lines = []
     for turn in history:
         who = "User" if turn.role == "user" else "Assistant"
         text = turn.text.strip()
-        if len(text) > _HISTORY_TURN_CHARS:
-            fitted = fit_question(text, _HISTORY_TURN_CHARS) if turn.role == "user" else None
-            text = fitted if fitted is not None else text[:_HISTORY_TURN_CHARS] + " [...]"
+        if len(text) > _HISTORY_TURN_CHARS and turn.role == "user":
+            fitted = fit_question(text, _HISTORY_TURN_CHARS)
+            text = fitted if fitted is not None else clip_ends(text, _HISTORY_TURN_CHARS, gap=_HISTORY_CUT)
+        elif len(text) > _HISTORY_TURN_CHARS:
+            text = text[:_HISTORY_TURN_CHARS] + " [...]"
         lines.append(f"{who}: {_escape_block(text)}")
     return "\n".join(lines)
 

@@ -118,14 +118,14 @@ def dense_retriever(chunks: list[Chunk], embedder):
     return retrieve
 
 
-def packed_retriever(searcher, token_budget: int = 2000):
+def packed_retriever(searcher, token_budget: int = 2000, limit: int = 4000):
     """Hybrid retrieval of what the bot searches (a pasted traceback by its error: bot/pasted.py),
     each hit's text replaced by what the prompt holds of its source."""
     from flytegpt.bot.answering.budget import CharCounter, context_chunks
     from flytegpt.bot.pasted import search_text
 
     def retrieve(question: str) -> list:
-        query = search_text(question.strip())
+        query = search_text(question.strip(), limit)
         return context_chunks(searcher.search(query, 10), query, token_budget, CharCounter())
 
     return retrieve
@@ -219,7 +219,8 @@ def main() -> None:
                     questions, lambda q: [h.chunk for h in searcher.keyword_search(q, 10)])
             results[f"{name} hybrid, whole chunks"] = evaluate(
                 questions, lambda q: [h.chunk for h in searcher.search(q, 10)])
-            results[f"{name} hybrid"] = evaluate(questions, packed_retriever(searcher, config.answer.token_budget))
+            results[f"{name} hybrid"] = evaluate(questions, packed_retriever(searcher, config.answer.token_budget,
+                                                                                   config.answer.max_question_chars))
         _print(path, len(questions), results)
         ours = results["flytegpt tuned hybrid" if args.tuned else "flytegpt hybrid"]
         print("targets (overall): " + ", ".join(
