@@ -77,7 +77,10 @@ def snapshot_cmd(db_path: str, target: str | None, config_path: Path) -> None:
     reads it, or as a backup before an upgrade.
 
     The database is only read: its schema, journal mode and file mode stay as they are, and the copy
-    has the same schema version, so the release that wrote it can still open the copy.
+    has the same schema version, so the release that wrote it can still open the copy. A database the
+    bot was killed in the middle of writing is copied as its committed rows, from a read-only place too.
+    A URL is uploaded from a temporary copy, made beside the database when its folder has room, else in
+    $TMPDIR (a TMPDIR that is set comes first).
     """
     from flytegpt.bot.slack.feedback import export_snapshot
 

@@ -14,7 +14,15 @@ to its owner's bits when it is opened. Folders that already exist are left as th
 Reading without changing (audit 30 F1). The commands that only read a database (a snapshot, an
 export) never open it with `connect`: `backup_read_only` copies it through a `mode=ro` connection,
 so its bytes, journal mode and mode bits stay as they were, for the bot that owns it and for an
-older release that may still use it.
+older release that may still use it. A database a read-only connection cannot read although it is
+sound (a hot journal left by a writer killed mid-transaction, a WAL file in a read-only place:
+audit 31 F4) is copied with its journal or WAL under SQLite's own read lock and recovered in the
+copy (`recovered_copy`); the original is still only read.
+
+Temporary copies (audit 31 F9). A copy is as big as the database: `scratch_place` puts it beside
+the database (the volume that holds it already, where the manifests' 1 GiB /tmp is not at risk)
+when that folder is writable with room to spare, else in the temporary folder ($TMPDIR, tried
+first when it is set), and says so before copying when neither has room.
 
 Space (audit 25 F7). SQLite never gives pages back to the filesystem by itself: a file only grows.
 A database created with `incremental=True` uses `auto_vacuum = INCREMENTAL`, so the pages a large
@@ -28,14 +36,18 @@ journal gets the file's mode as always; `compact` narrows both again afterwards 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import sqlite3
 import stat
+import tempfile
 import threading
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import quote
 
 log = logging.getLogger(__name__)
@@ -100,6 +112,10 @@ def backup_read_only(path: str | Path, dest: str | Path, *, timeout_s: float = 5
     checkpoint, so a WAL database's `-wal` and `-shm` files are left as they were (SQLite creates
     them, empty and with the database file's mode, if the database had none open).
 
+    A sound database a read-only connection cannot read (audit 31 F4: a hot journal, which only a
+    writer may roll back; a WAL file without its `-shm` in a read-only place, which it cannot
+    create) is copied with its journal or WAL and recovered in `dest` instead: `recovered_copy`.
+
     `timeout_s`: how long to wait for another connection's write lock (a rollback-journal writer,
     or a VACUUM) before SQLite's "database is locked".
     """
@@ -109,7 +125,14 @@ def backup_read_only(path: str | Path, dest: str | Path, *, timeout_s: float = 5
         # (Python's backup() sleeps and steps again while SQLite says busy); inside the transaction
         # the backup reads the same snapshot without asking for the lock again.
         src.execute("BEGIN")
-        src.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        try:
+            src.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as e:
+            if not needs_a_writer(e):
+                raise
+            src.close()  # before the file is opened again (see recovered_copy: this process's locks)
+            recovered_copy(path, dest, timeout_s=timeout_s, why=e)
+            return
         dst = sqlite3.connect(str(dest))
         try:
             src.backup(dst)
@@ -118,6 +141,256 @@ def backup_read_only(path: str | Path, dest: str | Path, *, timeout_s: float = 5
         src.execute("COMMIT")
     finally:
         src.close()
+
+
+# SQLite's extended result codes of a sound database that a read-only connection cannot open or read:
+# a hot journal to roll back (READONLY_ROLLBACK), a WAL to recover or a -shm to create or initialise
+# (READONLY_RECOVERY, READONLY_CANTINIT, READONLY_CANTLOCK, and CANTOPEN for a -shm it cannot create).
+_READONLY_ROLLBACK, _READONLY_RECOVERY, _READONLY_CANTLOCK, _READONLY_CANTINIT = 776, 264, 520, 1288
+_CANTOPEN = 14
+# SQLite's lock bytes in a database file (unix VFS, os_unix.c): every reader holds a read lock on the
+# SHARED range; a writer needs a write lock on the whole range to change the file (EXCLUSIVE), and so
+# does the connection that rolls back a hot journal.
+_PENDING_BYTE = 0x40000000
+_SHARED_FIRST = _PENDING_BYTE + 2
+_SHARED_SIZE = 510
+_COPY_CHUNK = 1 << 20
+
+
+class NotReadableAsIs(sqlite3.OperationalError):
+    """A sound database that neither a read-only connection nor a copy of its files could read: it
+    needs its interrupted write rolled back by a writer (the bot, at its next start)."""
+
+
+def needs_a_writer(e: BaseException) -> bool:
+    """Whether SQLite's error says a read-only connection cannot do what any writer would do first
+    (roll back a hot journal, recover a WAL, create its -shm), as opposed to a damaged file or a lock."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code in (_READONLY_ROLLBACK, _READONLY_RECOVERY, _READONLY_CANTLOCK, _READONLY_CANTINIT) \
+            or code & 0xFF == _CANTOPEN
+    text = str(e)  # Python 3.10: no error codes
+    return "attempt to write a readonly database" in text or "unable to open database file" in text
+
+
+def recovered_copy(path: str | Path, dest: str | Path, *, timeout_s: float = 5.0,
+                   why: BaseException | None = None) -> None:
+    """Copy the database at `path` with its `-journal` and `-wal` into the new file `dest` and open
+    the copy as a writer, so SQLite rolls back the interrupted write (or recovers the WAL) there:
+    `dest` then holds the committed rows only, in the original's schema, user_version and journal
+    mode. For a database a read-only connection cannot read (audit 31 F4).
+
+    Why a copy and not a writable connection to the original, which would roll the journal back too
+    (as the bot does at its next start): the command promised to only read; a read-only place (a
+    mounted backup, another user's file) cannot be written at all; and a journal that is not the
+    file's own (a database restored from a backup beside a stale `-journal`) would be "rolled back"
+    into the original and damage it, where here it can only damage the copy. The `-shm` is never
+    copied: SQLite rebuilds it from the `-wal`.
+
+    Consistent while others may start writing: the original is opened once and holds a read lock on
+    SQLite's SHARED range while its files are copied, so no connection can roll the hot journal back
+    or commit to a rollback-journal database meanwhile (both need the EXCLUSIVE lock). The journal
+    and WAL are copied before the database file, and every file's identity (inode, size, mtime and,
+    for the -shm, whether it exists) is compared after: a change (a WAL writer, which does not take
+    that lock, would first have to create the -shm) makes it copy again, until `timeout_s`, then
+    "database is locked". Even without the lock (a filesystem without POSIX locks), an unchanged
+    journal means no rollback finished while the file was copied, and replaying that journal over
+    a half rolled-back page restores it.
+
+    The lock is a POSIX lock, which closing any descriptor of the file drops for the whole process:
+    when this process has the file open elsewhere (an SQLite connection of its own, whose locks that
+    would drop), nothing is copied and NotReadableAsIs says what to do.
+    """
+    path, dest = str(path), str(dest)
+    reason = f" ({why})" if why is not None else ""
+    if _open_in_this_process(path):
+        raise NotReadableAsIs(
+            f"{path} needs an interrupted write rolled back before it can be read{reason}, and this process "
+            "has it open: run the command on its own, or start the bot once (it rolls the write back)")
+    deadline = time.monotonic() + timeout_s
+    while not _copy_files(path, dest):
+        if time.monotonic() >= deadline:
+            raise sqlite3.OperationalError("database is locked (a writer kept changing it while it was copied)")
+        time.sleep(0.05)
+    conn = sqlite3.connect(dest, isolation_level=None)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # rolls back, or recovers the WAL
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the copy is one file: nothing left in its -wal
+    finally:
+        conn.close()
+    for suffix in _COMPANIONS:  # rolled back and checkpointed: empty, or already gone
+        try:
+            os.unlink(dest + suffix)
+        except FileNotFoundError:
+            pass
+
+
+def _copy_files(path: str, dest: str) -> bool:
+    """One attempt of `recovered_copy`: the companions, then the database file, under a read lock on the
+    SHARED range; False when the lock is held by a writer or a file changed meanwhile."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:  # closing `fd` releases the lock
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, _SHARED_SIZE, _SHARED_FIRST)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EAGAIN):
+                return False  # a writer holds EXCLUSIVE: wait for it
+            if e.errno not in (errno.ENOLCK, errno.EINVAL, errno.ENOTSUP):
+                raise
+            # a filesystem without POSIX locks: the comparison below is what is left
+        before = _identities(path, fd)
+        for suffix in ("-journal", "-wal"):
+            if before[suffix] is not None:
+                shutil.copyfile(path + suffix, dest + suffix)
+            else:
+                try:
+                    os.unlink(dest + suffix)
+                except FileNotFoundError:
+                    pass
+        with open(dest, "wb") as out:
+            offset = 0
+            while True:
+                chunk = os.pread(fd, _COPY_CHUNK, offset)
+                if not chunk:
+                    break
+                out.write(chunk)
+                offset += len(chunk)
+        return _identities(path, fd) == before
+    finally:
+        os.close(fd)
+
+
+def _identities(path: str, fd: int) -> dict[str, tuple[int, int, int] | None]:
+    """(inode, size, mtime in ns) of the database file and of each companion (None: not there)."""
+    st = os.fstat(fd)
+    found: dict[str, tuple[int, int, int] | None] = {"": (st.st_ino, st.st_size, st.st_mtime_ns)}
+    for suffix in _COMPANIONS:
+        try:
+            st = os.stat(path + suffix)
+        except FileNotFoundError:
+            found[suffix] = None
+        else:
+            found[suffix] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def _open_in_this_process(path: str) -> bool:
+    """Whether a descriptor of this process has the file open (read from /proc: False where there is none)."""
+    try:
+        target = os.stat(path)
+        fds = list(os.scandir("/proc/self/fd"))
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            st = os.stat(fd.path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            return True
+    return False
+
+
+# --- temporary copies -------------------------------------------------------------------------
+
+SCRATCH_PREFIX = ".flytegpt-copy-"
+# Room left free beside the database after a copy: the bot keeps writing there.
+SCRATCH_RESERVE_BYTES = 64 << 20
+
+
+class NoRoomForCopy(OSError):
+    """Neither beside the database nor in the temporary folder is there room for a copy of it."""
+
+
+def database_bytes(path: str | Path) -> int:
+    """The bytes a copy of the database at `path` may need: the file, its WAL and its journal."""
+    total = 0
+    for suffix in ("", "-wal", "-journal"):
+        try:
+            total += os.path.getsize(f"{path}{suffix}")
+        except OSError:
+            pass
+    return total
+
+
+def scratch_place(beside: str | Path | None, needed: int) -> Path:
+    """The folder for a temporary copy of `needed` bytes (audit 31 F9).
+
+    Beside the database `beside` when its folder is writable and keeps SCRATCH_RESERVE_BYTES free
+    after the copy: that volume holds the database already, while a pod's /tmp is often a small
+    emptyDir (the manifests': 1 GiB, and going over it evicts the pod, where a full volume is an
+    error). Else the temporary folder (Python's `tempfile`: $TMPDIR, /tmp), tried first when $TMPDIR
+    is set, since that is the operator's choice. NoRoomForCopy, naming both, when neither has room:
+    before anything is copied, rather than a full disk half-way.
+    """
+    places: list[tuple[Path, int]] = []
+    if beside is not None and str(beside) != ":memory:":
+        places.append((Path(beside).resolve().parent, SCRATCH_RESERVE_BYTES))
+    system = (Path(tempfile.gettempdir()), 0)
+    places.insert(0 if os.environ.get("TMPDIR") else len(places), system)
+    seen = []
+    for folder, reserve in places:
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        seen.append(f"{folder} ({free / 2**20:,.0f} MB free)")
+        if os.access(folder, os.W_OK | os.X_OK) and free >= needed + reserve:
+            return folder
+    raise NoRoomForCopy(
+        errno.ENOSPC, f"no room for a temporary copy of the feedback database ({needed / 2**20:,.1f} MB) in "
+        f"{' or '.join(seen) or 'any folder'}: set TMPDIR to a folder with room")
+
+
+@contextmanager
+def scratch_folder(place: Path) -> Iterator[Path]:
+    """A new private folder in `place` (scratch_place) for temporary copies, removed afterwards.
+
+    A process killed meanwhile leaves it behind, a database-sized file on the bot's volume: each
+    folder holds a `lock` file locked (flock) while its owner lives, and a new one removes the
+    folders of earlier owners whose lock is free, i.e. who have died."""
+    import fcntl
+
+    _sweep(place)
+    folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=place))
+    try:
+        lock = open(folder / "lock.new", "wb")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            os.replace(folder / "lock.new", folder / "lock")  # only a locked `lock` is ever seen
+            yield folder
+        finally:
+            lock.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _sweep(place: Path) -> None:
+    """Remove the scratch folders in `place` whose owner died (their `lock` is not locked)."""
+    import fcntl
+
+    try:
+        leftovers = [p for p in place.iterdir() if p.name.startswith(SCRATCH_PREFIX)]
+    except OSError:
+        return
+    for folder in leftovers:
+        try:
+            lock = open(folder / "lock", "rb")
+        except OSError:  # being created, not ours, or gone
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue  # its owner is copying
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed a temporary copy left by a process that died", extra={"path": str(folder)})
+        finally:
+            lock.close()
 
 
 def is_busy(e: BaseException) -> bool:

@@ -1,7 +1,9 @@
 """What the report reads: the question log (privacy-filtered) and the index store.
 
 The bot's database is never written by the report: it is copied with SQLite's backup API
-into a temporary file, and that copy is opened (and migrated, when an older bot wrote it).
+into a temporary file, and that copy is opened (and migrated, when an older bot wrote it). The copy
+goes beside a local database when its volume has room, else in $TMPDIR (sqlite_files.scratch_place),
+and a database left with an interrupted write is read as its committed rows (audit 31 F4).
 A database may be a local file or an fsspec URL (the snapshot the bot exports).
 """
 
@@ -11,7 +13,6 @@ import logging
 import os
 import re
 import sqlite3
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,7 +37,7 @@ def load_questions(db: str, since: float | None = None, until: float | None = No
     empty log: opening the copy creates the bot's tables, so a half-written upload or some
     other SQLite file would otherwise become a "0 questions" report over the last good one.
     """
-    with tempfile.TemporaryDirectory(prefix="flytegpt-report-") as tmp:
+    with sqlite_files.scratch_folder(_copy_place(db)) as tmp:
         copy = os.path.join(tmp, "feedback.sqlite3")
         _copy_database(db, copy)
         _check_written_by_the_bot(copy, db)
@@ -50,6 +51,25 @@ def load_questions(db: str, since: float | None = None, until: float | None = No
             raise ValueError(f"{db} is not a usable feedback database: {e}") from None
         finally:
             store.close()
+
+
+def _copy_place(db: str) -> Path:
+    """Where the temporary copy of `db` goes: beside a local database when its volume has room, else
+    in $TMPDIR (sqlite_files.scratch_place: audit 31 F9); a ValueError when neither has room."""
+    try:
+        if "://" in db and not db.startswith("file://"):
+            from flytegpt.ingest.store import get_fs
+
+            fs, path = get_fs(db)
+            try:
+                size = int(fs.size(path) or 0)
+            except Exception:  # noqa: BLE001 - a missing object or bucket: said by _copy_database, naming `db`
+                size = 0
+            return sqlite_files.scratch_place(None, size)
+        path = db.removeprefix("file://")
+        return sqlite_files.scratch_place(path if Path(path).is_file() else None, sqlite_files.database_bytes(path))
+    except sqlite_files.NoRoomForCopy as e:
+        raise ValueError(str(e)) from None
 
 
 def _copy_database(db: str, copy: str) -> None:
@@ -73,6 +93,8 @@ def _copy_database(db: str, copy: str) -> None:
     try:
         sqlite_files.backup_read_only(path, copy)
     except sqlite3.DatabaseError as e:
+        if isinstance(e, sqlite_files.NotReadableAsIs):  # sound, but needs a writer first (audit 31 F4)
+            raise ValueError(str(e)) from None
         if sqlite_files.is_busy(e):  # a lock someone holds, not a damaged file (audit 30 F4)
             raise ValueError(f"{db} is in use by another process that holds a lock on it: try again, or copy "
                              f"the file first; SQLite said: {e}") from None

@@ -37,7 +37,8 @@ database that retention has never pruned (and that this release did not create: 
 database's rows were logged under retention), it removes nothing: it logs a WARNING saying how many
 questions, since when, the setting and how to keep them, records the moment in `meta`, and prunes
 only after RETENTION_GRACE_S (7 days) from then, warning at every run meanwhile. Later prunes run
-as before.
+as before. A clock that was wrong when the moment was recorded does not use the wait up (audit 31
+F8): a moment later than now, or a last warning run more than the whole wait ago, starts it again.
 
 Retention on a large backlog (audit 25 F3, F7): the prune walks the old rows once, in time order,
 in short transactions with a pause after each, so the bot's own writes get the lock in between;
@@ -50,6 +51,7 @@ a bigger one by `flytegpt feedback compact` with the bot stopped (`compact_datab
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -57,7 +59,6 @@ import secrets
 import shlex
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -112,6 +113,8 @@ READ_LOCK_TIMEOUT_S = 5.0
 META_CREATED_AT = "created_at"
 META_RETENTION_PENDING_SINCE = "retention_pending_since"
 META_RETENTION_FIRST_PRUNED_AT = "retention_first_pruned_at"
+# the last run of the retention job that held that first prune back (and warned): audit 31 F8
+META_RETENTION_CHECKED_AT = "retention_checked_at"
 _TEXT_COLUMNS = ("question", "standalone_question", "answer")
 _HAS_TEXT = "(question != '' OR answer != '' OR standalone_question IS NOT NULL)"
 
@@ -273,18 +276,27 @@ def _get_meta(conn: sqlite3.Connection, key: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
-    """Write a `meta` value, kept when already set (the first time something happened is what counts);
-    the table is created on first use."""
+def _set_meta(conn: sqlite3.Connection, key: str, value: object, *, replace: bool = False) -> None:
+    """Write a `meta` value, kept when already set (the first time something happened is what counts)
+    unless `replace`; the table is created on first use."""
     conn.execute(_META_TABLE)
-    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+    conn.execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO meta (key, value) VALUES (?, ?)",
                  (key, repr(value) if isinstance(value, float) else str(value)))
+
+
+def _float_or_none(value: str | None) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except ValueError:  # not a number: as if unset
+        return None
 
 
 def _unusable(path: str, e: sqlite3.DatabaseError) -> FeedbackDatabaseError:
     """SQLite's error on opening or reading a feedback database, said as what it means for the user:
     a lock someone holds (audit 30 F4: an older bot keeps its WAL database open, and switching the
     journal mode needs it alone) is not a damaged file."""
+    if isinstance(e, sqlite_files.NotReadableAsIs):  # a sound file that needs a writer first (audit 31 F4)
+        return FeedbackDatabaseError(str(e))
     if sqlite_files.is_busy(e):
         holders = sqlite_files.processes_with_open(path) if path != ":memory:" else []
         who = f" ({'; '.join(f'pid {pid}: {cmd}' for pid, cmd in holders[:3])})" if holders else ""
@@ -610,6 +622,14 @@ class FeedbackStore:
         to remove: from the first time that is found (recorded in `meta`, so a restart does not
         start the wait again) until `grace_s` later. A database this release created, or one
         retention already pruned, never waits; nor does one with nothing old enough yet, until it has.
+
+        A wrong clock must not use the wait up (audit 31 F8). Each run that waits records its time.
+        The wait starts again from now when the moment recorded is later than now (the clock was
+        ahead then, or was set back since), and when the last run that waited is more than `grace_s`
+        ago: a clock that was behind and has been corrected, or a bot that was stopped for longer than
+        the whole wait; either way no one has been warned for the grace period since that run, so the
+        first run after such a jump never prunes. A clock behind by less than `grace_s` shortens the
+        wait by at most its error.
         """
         if not retention_days or retention_days <= 0:
             return None
@@ -622,8 +642,20 @@ class FeedbackStore:
                 f"WHERE created_at < ? AND {_HAS_TEXT}", (now - retention_days * DAY_S,)).fetchone()
             if not rows:
                 return None
-            _set_meta(self._conn, META_RETENTION_PENDING_SINCE, now)  # kept when already set
-            since = float(_get_meta(self._conn, META_RETENTION_PENDING_SINCE) or now)
+            since = _float_or_none(_get_meta(self._conn, META_RETENTION_PENDING_SINCE))
+            # a database a release of 26e9b24 held has no record of its runs: its first is the last
+            checked = _float_or_none(_get_meta(self._conn, META_RETENTION_CHECKED_AT))
+            checked = since if checked is None else checked
+            if since is None or since > now or (checked is not None and now - checked > grace_s):
+                since = now
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                _set_meta(self._conn, META_RETENTION_PENDING_SINCE, since, replace=True)
+                _set_meta(self._conn, META_RETENTION_CHECKED_AT, now, replace=True)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
         if now >= since + grace_s:
             return None
         return RetentionHold(int(rows), float(oldest), float(newest), retention_days, since, since + grace_s)
@@ -716,15 +748,21 @@ def read_copy(db_path: str | Path, *, timeout_s: float = READ_LOCK_TIMEOUT_S) ->
     what the commands that only read it use (`feedback export`, `feedback questions`), so that the
     original keeps its schema version, journal mode, mode bits and bytes (audit 30 F1: migrated in
     place, an older release refuses it). The copy is consistent while a bot writes, and reading it
-    waits for no WAL writer (an older bot: audit 30 F4); see sqlite_files.backup_read_only.
+    waits for no WAL writer (an older bot: audit 30 F4); a database left with an interrupted write
+    (a hot journal) is read as its committed rows (audit 31 F4); see sqlite_files.backup_read_only.
+
+    The copy goes beside the database when that volume has room, else in $TMPDIR (audit 31 F9:
+    sqlite_files.scratch_place), and is removed afterwards.
 
     Errors name `db_path`, never the copy: FileNotFoundError when there is no file;
     FeedbackDatabaseBusy when another process holds a lock past `timeout_s`; FeedbackDatabaseError
-    when it is not a FlyteGPT feedback database or was written by a newer release.
+    when it is not a FlyteGPT feedback database, was written by a newer release, or there is no
+    room for the copy.
     """
     path = str(db_path)
-    with tempfile.TemporaryDirectory(prefix="flytegpt-feedback-") as tmp:
-        copy = os.path.join(tmp, "feedback.sqlite3")
+    _check_exists(path)
+    with _scratch(path) as folder:
+        copy = str(folder / "feedback.sqlite3")
         _copy_read_only(path, copy, timeout_s)
         try:
             store = FeedbackStore(copy)
@@ -736,11 +774,26 @@ def read_copy(db_path: str | Path, *, timeout_s: float = READ_LOCK_TIMEOUT_S) ->
             store.close()
 
 
+def _check_exists(path: str) -> None:
+    if path == ":memory:" or not Path(path).is_file():
+        raise FileNotFoundError(f"feedback database not found: {path}")
+
+
+@contextmanager
+def _scratch(path: str) -> Iterator[Path]:
+    """A temporary folder with room for a copy of the database at `path` (sqlite_files.scratch_place)."""
+    try:
+        place = sqlite_files.scratch_place(path, sqlite_files.database_bytes(path))
+    except sqlite_files.NoRoomForCopy as e:
+        raise FeedbackDatabaseError(str(e)) from None
+    with sqlite_files.scratch_folder(place) as folder:
+        yield folder
+
+
 def _copy_read_only(path: str, copy: str, timeout_s: float) -> None:
     """The database at `path` copied as it is into the new file `copy` (sqlite_files.backup_read_only),
     refused when it is not a FlyteGPT feedback database: the errors of `read_copy` and `export_snapshot`."""
-    if path == ":memory:" or not Path(path).is_file():
-        raise FileNotFoundError(f"feedback database not found: {path}")
+    _check_exists(path)
     try:
         sqlite_files.backup_read_only(path, copy, timeout_s=timeout_s)
         conn = sqlite3.connect(copy)
@@ -748,11 +801,26 @@ def _copy_read_only(path: str, copy: str, timeout_s: float) -> None:
             found = _has_table(conn, "answers")
         finally:
             conn.close()
-    except sqlite3.DatabaseError as e:
+    except (sqlite3.DatabaseError, OSError) as e:
+        if _is_full(e):  # the folder of the copy, not the database
+            scratch = Path(copy).parent.name.startswith(sqlite_files.SCRATCH_PREFIX)
+            raise FeedbackDatabaseError(
+                f"no room to copy {path} into {os.path.dirname(copy)} ({e}): free some space"
+                + (", or set TMPDIR to a folder with room" if scratch else "")) from None
+        if isinstance(e, OSError):
+            raise
         raise _unusable(path, e) from None
     if not found:  # another program's SQLite file, or an empty one: not read as an empty log
         raise FeedbackDatabaseError(f"{path} is not a FlyteGPT feedback database (no answers table): "
                                     "give the bot's [bot] feedback_db or a snapshot of it")
+
+
+def _is_full(e: BaseException) -> bool:
+    """A full disk, as an OSError or as SQLite's SQLITE_FULL."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(e, "sqlite_errorcode", None)
+    return code == 13 if isinstance(code, int) else "database or disk is full" in str(e)
 
 
 def export_snapshot(db_path: str | Path, target: str, *, timeout_s: float = READ_LOCK_TIMEOUT_S) -> int:
@@ -764,19 +832,48 @@ def export_snapshot(db_path: str | Path, target: str, *, timeout_s: float = READ
     operator's backup before an upgrade, so the copy is the database as it is (audit 30 F1): its
     schema version and journal mode are the original's, which an older release can still open, and
     the original is only read (a read-only connection: not migrated, its journal mode and mode bits
-    untouched). Consistent while a bot writes, an older one in WAL mode included (audit 30 F4).
+    untouched). Consistent while a bot writes, an older one in WAL mode included (audit 30 F4); a
+    database a writer was killed in the middle of is copied as its committed rows (audit 31 F4).
+
+    Never held in memory (audit 31 F9: a 200 MB database took 238 MB of RSS, inside the bot for its
+    periodic snapshot): a local target is written by SQLite into a temporary file beside it, renamed
+    into place; an object store gets the file uploaded from a temporary copy (fsspec's put_file,
+    streamed; the object appears when the upload completes), made beside the database or in $TMPDIR
+    (sqlite_files.scratch_place).
     """
-    from flytegpt.ingest.store import atomic_writer, get_fs
+    from flytegpt.ingest.store import create_temp, get_fs, is_local
 
     path = str(db_path)
-    with tempfile.TemporaryDirectory(prefix="flytegpt-feedback-") as tmp:
-        copy = os.path.join(tmp, "feedback.sqlite3")
-        _copy_read_only(path, copy, timeout_s)
-        data = Path(copy).read_bytes()
+    _check_exists(path)
     fs, dest = get_fs(target)
-    with atomic_writer(fs, dest) as f:
-        f.write(data)
-    return len(data)
+    if is_local(fs):
+        folder = os.path.dirname(dest)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = create_temp(folder, ".tmp-", "." + os.path.basename(dest))
+        os.close(fd)
+        try:
+            _copy_read_only(path, tmp, timeout_s)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            size = os.path.getsize(tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            for leftover in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
+                try:
+                    os.unlink(leftover)
+                except FileNotFoundError:
+                    pass
+            raise
+        return size
+    with _scratch(path) as scratch:
+        copy = str(scratch / "feedback.sqlite3")
+        _copy_read_only(path, copy, timeout_s)
+        size = os.path.getsize(copy)
+        fs.put_file(copy, dest)
+    return size
 
 
 @dataclass(frozen=True)
