@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from flytegpt.bot.pasted import SEARCH_MAX_CHARS, fit_pieces, fit_question, read_paste, search_text
-from flytegpt.bot.question_text import mostly_another_script, reads_as_another_language, reads_as_followup
+from flytegpt.bot.question_text import code_identifiers, mostly_another_script, reads_as_another_language, stands_alone
 
 from . import prompts
 from .budget import Source, dedupe_hits, pack_sources
@@ -56,9 +56,10 @@ def with_thread_subject(question: str, history: Sequence[Turn], limit: int = SEA
     """A follow-up searched without a model to rewrite it: the thread's first question (what the
     thread is about) and the last question before this one (what it moved on to), then the
     follow-up. Only user turns that were for the bot are in `history` (see slack.history).
-    Only for a message that reads as a follow-up (`reads_as_followup`): a new question asked in
-    the thread is searched alone (audit 29 F3). A question that pasted a traceback gives its
-    words and its error (`pasted.search_text`), not its frames.
+    Only for a message that does not stand alone (`stands_alone`): in a thread most messages to
+    the bot follow up (audit 31 F3); a new question asked there ("separate question: …", a long
+    question that points back at nothing) is searched alone (audit 29 F3). A question that
+    pasted a traceback gives its words and its error (`pasted.search_text`), not its frames.
 
     Within `limit` characters (`[answer] max_question_chars`), the follow-up's words whole when they
     are short: it is searched, logged as the question searched, and may go to the model (the rewrite).
@@ -208,9 +209,10 @@ class Answerer:
                 late = True
         if condensed:
             standalone, followup = condensed, True
-        elif history and reads_as_followup(_own_words(asked)):
-            # no model, no time for it, or it said nothing: the thread gives a follow-up its subject;
-            # a new question asked in the thread is searched alone (audit 29 F3)
+        elif history and not stands_alone(_own_words(asked)):
+            # no model, no time for it, or it said nothing: the thread gives a message its subject unless
+            # it stands alone (audit 31 F3; a DM's top-level message has a history only when it reads as
+            # a follow-up: answer_job, reads_as_followup)
             standalone, followup = with_thread_subject(searched, history, limit), True
 
         query = standalone
@@ -220,7 +222,9 @@ class Answerer:
         unreadable = self.llm_enabled and self.config.project.in_english and (
             mostly_another_script(standalone) or reads_as_another_language(standalone))
         if unreadable or (self.config.answer.rewrite_query and self.llm_enabled and not history):
-            query = self._rewrite(standalone, deadline, terms_alone=unreadable)
+            # the model's terms alone, unless the asker names code (map_task, ContainerTask, a path): the
+            # docs and the code hold those as written, in any language (audit 31 F6)
+            query = self._rewrite(standalone, deadline, terms_alone=unreadable and not code_identifiers(standalone))
         hits = searcher.search(query, self.config.retrieval.k)
         sources = dedupe_hits(hits, self.config.answer.max_sources)
         question = asked  # the question as answered and logged: within [answer] max_question_chars

@@ -16,8 +16,8 @@ from flytegpt.bot.answering.citations import process_citations, sources_list_sta
 from flytegpt.bot.answering.live import LiveCitations, clean_answer
 from flytegpt.bot.question_text import clean_question
 from flytegpt.bot.slack import render
-from flytegpt.bot.question_text import reads_as_followup
-from flytegpt.bot.slack.addressing import closes_the_thread, for_the_bot
+from flytegpt.bot.question_text import code_identifiers, reads_as_another_language, reads_as_followup, stands_alone
+from flytegpt.bot.slack.addressing import closes_the_thread, for_the_bot, small_talk
 from flytegpt.bot.slack.history import question_text
 from flytegpt.bot.slack.stream import neutralize
 
@@ -77,7 +77,11 @@ def test_a_message_is_read_and_triaged_in_time_linear_in_its_length(name):
     assert question_text(text, "UBOT")
     for_the_bot(text, "UBOT")
     closes_the_thread(text)
+    small_talk(text, "FlyteGPT")
     reads_as_followup(text)
+    stands_alone(text)
+    reads_as_another_language(text)
+    code_identifiers(text)
 
 
 def test_a_streamed_answer_is_cleaned_once_per_stretch_of_text_not_per_token():

@@ -26,7 +26,8 @@ from support.slack_harness import ANSWER, CACHE_Q, STANDALONE, llm_reply
 from flytegpt.bot import messages
 from flytegpt.bot.answering import Answerer, Turn, prompts
 from flytegpt.bot.pasted import PASTE_MAX_CHARS, fit_question, read_paste, search_text
-from flytegpt.bot.question_text import answerable_length, reads_as_another_language, reads_as_followup
+from flytegpt.bot.question_text import (answerable_length, code_identifiers, reads_as_another_language,
+                                         reads_as_followup, stands_alone)
 from flytegpt.bot.slack.history import question_text, strip_mentions
 from flytegpt.ingest.config import AnswerConfig, Config, Settings
 
@@ -209,14 +210,16 @@ def test_without_a_model_a_new_question_in_a_thread_is_searched_alone(make_harne
 
 
 @pytest.mark.parametrize("text", ["separate question: how do I run a workflow on a schedule?",
-                                  "how do I use secrets in a task?", "how do I cache a task?"])
-def test_a_self_contained_question_does_not_read_as_a_follow_up(text):
-    assert not reads_as_followup(text)
+                                  "how do I use secrets in a task?"])
+def test_a_self_contained_question_stands_alone_in_a_thread(text):
+    assert stands_alone(text)  # in a thread (audit 31 F3: short ones are read with the subject)
+    assert not reads_as_followup(text)  # and at the top of a DM
 
 
 @pytest.mark.parametrize("text", ["can you show code?", "what about for map tasks?", "any idea?",
                                   "and in a workflow?", "how do I fix this?", "could you explain more please"])
 def test_a_message_that_leans_on_the_thread_reads_as_a_follow_up(text):
+    assert not stands_alone(text)
     assert reads_as_followup(text)
 
 
@@ -306,6 +309,8 @@ def test_reading_a_paste_is_linear_in_a_messages_length(text):
     fit_question(text, 4000)
     reads_as_another_language(text)
     reads_as_followup(text)
+    stands_alone(text)
+    code_identifiers(text)
     assert time.perf_counter() - start < 2.0
 
 
