@@ -28,11 +28,15 @@ the usage; a thank-you gets a 🤗 reaction and no message. None of them is logg
 A question asked while the first index loads (`flytegpt serve` connects before it loads: after
 every restart) waits for it, parked here rather than on a worker, until the index is served (then
 it is queued, with its 👀) or until its answer's deadline passes (then the not-ready notice, no 👀)
-(audit 29 F7; `wait_for_index`).
+(audit 29 F7; `wait_for_index`). Once the index is served the parked questions go to the answer
+pool in the order asked, each as soon as the pool has room: a cold start's backlog is answered,
+not told the bot is busy (audit 31 F7). One thread watches all of them (`_watch_parked`).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -65,6 +69,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ANSWERABLE_SUBTYPES = (None, "file_share", "thread_broadcast")
+# How often the parked questions' thread looks for room in a full answer pool, besides being woken
+# when an answer ends (the pool tells its task's end just before the task's place is free).
+_ROOM_POLL_S = 0.05
+# How long an ending answer waits for the parked questions' mover, at shutdown, to tell them itself.
+_MOVER_WAIT_S = 1.0
 
 
 class EventRouter:
@@ -90,8 +99,17 @@ class EventRouter:
         self.metrics, self.submit = metrics, submit
         self.turned_away = turned_away  # logs a refused question for the report
         self.index: "IndexHolder | None" = None  # set by wait_for_index; None: questions never wait for one
-        self._parked: dict[int, tuple[Question, threading.Timer]] = {}  # waiting for the first index
+        # Questions waiting for the first index, then for room in the answer pool: a heap by arrival
+        # (q.received, a tie-breaker, q), so its head is both the next to queue and the next whose
+        # deadline passes. One thread (`_watch_parked`) waits for all of them; it runs only while
+        # the line is not empty.
+        self._line: list[tuple[float, int, Question]] = []
+        self._line_seq = itertools.count()
         self._parked_lock = threading.Lock()
+        self._line_changed = threading.Condition(self._parked_lock)
+        self._watcher: threading.Thread | None = None
+        self._hooked = False  # _index_settled is registered with the holder's load under way
+        self._moving = threading.Lock()  # one mover out of the line at a time: the order asked is kept
 
     def wait_for_index(self, holder: "IndexHolder") -> None:
         """Questions asked while `holder` loads its first index wait for it (audit 29 F7).
@@ -101,7 +119,12 @@ class EventRouter:
         during a restart were told "not ready, try again in a minute". Now such a question is held
         until the index is served, for at most its answer's deadline ([answer] deadline_s from its
         arrival, as everywhere); only when that passes, or when the load ends without an index,
-        is the asker told it is not ready. The 👀 goes only on questions that will be answered."""
+        is the asker told it is not ready. The 👀 goes only on questions that will be answered.
+
+        When the index is served, the waiting questions go to the answer pool in the order asked;
+        one that finds the pool full keeps waiting for room, within the same deadline (audit 31 F7:
+        a cold start's 50 questions were queued in one burst and 14 of them told the bot was busy,
+        although an answer took 40 ms)."""
         self.index = holder
 
     def register(self, app: "App") -> None:
@@ -359,20 +382,25 @@ class EventRouter:
 
     def _enqueue(self, q: Question) -> None:
         """Onto the answer pool, with its 👀 (or the busy notice, its question given back)."""
-        if not self.submit(q):
+        if not self._submitted(q):
             self._limiter_for(q).release(q.user)
             self.in_flight.release(id(q))
             self.metrics.busy.inc()
             log.warning("worker queue full: busy reply", extra={"channel": q.channel})
             self.side.submit(self.delivery.notice, q, self._refusal())
             self.side.submit(self.turned_away, q, "busy")
-            return
+
+    def _submitted(self, q: Question) -> bool:
+        """Onto the answer pool, with its 👀; False, and nothing done, when the pool is full or closed."""
+        if not self.submit(q):
+            return False
         self.metrics.questions.labels(q.surface).inc()
         self.metrics.pending.set(self.pool.pending)
         # the panel shows a status instead; no 👀 on a question the answerer turns down (empty, too
         # long) or that has no index to be answered from (it is told it is not ready)
         if q.ts and q.surface != "assistant" and self._answerable_length(q) and self._index_ready():
             self.side.submit(self.delivery.react, q.channel, q.ts)
+        return True
 
     # --- small talk (audit 29 F5, F6) ----------------------------------------------------
 
@@ -414,48 +442,143 @@ class EventRouter:
         return self.index is None or self.index.ready
 
     def _waits_for_index(self, q: Question) -> bool:
-        """A question the answerer would take, asked while the first index is loading."""
-        return (self.index is not None and not self.index.ready and self.index.loading
-                and self._answerable_length(q))
+        """A question the answerer would take, asked while the first index is loading, or while
+        questions that waited for it still wait for room in the answer pool (it queues behind
+        them: the order asked is kept, and a newcomer cannot take the place one of them waits for)."""
+        if self.index is None or not self._answerable_length(q):
+            return False
+        return (not self.index.ready and self.index.loading) or bool(self._line)
 
     def _park(self, q: Question) -> None:
         """Hold `q` (it keeps its rate-limit count and in-flight slot) until the first index is
-        served, then queue it (`_index_settled`), or until its deadline passes (`_index_too_late`).
-        Parked here, not on a worker: no worker is held, and the 👀 goes on only once it is queued."""
+        served and the answer pool has room for it (`_move_parked`), or until its deadline passes
+        (`_parked_too_late`). Parked here, not on a worker: no worker is held, and the 👀 goes on
+        only once it is queued. One thread waits for every parked question (`_watch_parked`):
+        a timer each held one thread per question (74 at a cold start with 50 questions)."""
         left = max(0.0, self.config.answer.deadline_s - (time.monotonic() - q.received))
-        timer = threading.Timer(left, self._index_too_late, (q,))
-        timer.daemon = True
-        with self._parked_lock:
-            self._parked[id(q)] = (q, timer)
-        log.info("question waits for the first index", extra={"surface": q.surface, "wait_s": round(left, 1)})
-        timer.start()
-        assert self.index is not None
-        if not self.index.when_settled(self._index_settled):
-            self._index_settled()  # loaded (or given up) meanwhile
+        with self._line_changed:
+            heapq.heappush(self._line, (q.received, next(self._line_seq), q))
+            assert self.index is not None
+            hook = not self._hooked and self.index.loading  # told once when the load is over
+            self._hooked = self._hooked or hook
+            watcher = None
+            if self._watcher is None:
+                watcher = self._watcher = threading.Thread(target=self._watch_parked, daemon=True,
+                                                           name="flytegpt-parked")
+            self._line_changed.notify()
+        if watcher is not None:
+            watcher.start()
+        log.info("question waits for the first index" if self.index.loading
+                 else "question waits for room in the answer queue",
+                 extra={"surface": q.surface, "wait_s": round(left, 1)})
+        # Otherwise the parked questions' thread (woken above) queues it: a listener thread never
+        # waits for a mover (which, when the bot stops, posts the restart notices itself).
+        if hook and not self.index.when_settled(self._index_settled):
+            with self._line_changed:  # loaded (or given up) meanwhile: nothing will tell the thread
+                self._hooked = False
+                self._line_changed.notify()
 
     def _index_settled(self) -> None:
-        """The first load is over (on the loading thread): every parked question is queued, in the
-        order asked. With an index they are answered (the answer job's deadline still counts from
-        their arrival); without one the answer job tells them it is not ready, with no 👀."""
+        """The first load is over (on the loading thread): the parked questions are queued in the
+        order asked, as many as the answer pool takes now, before this returns (a stop settles the
+        load and then closes the pool: every one queued meanwhile is told, as every question in
+        flight). The rest wait for room on the parked questions' thread. With an index they are
+        answered (the answer job's deadline still counts from their arrival); without one the answer
+        job tells them it is not ready, with no 👀."""
         with self._parked_lock:
-            parked, self._parked = list(self._parked.values()), {}
-        for q, timer in parked:
-            timer.cancel()
-            self._enqueue(q)
+            self._hooked = False  # a later first load (expect_load) is waited for again
+        self._move_parked()
+        with self._line_changed:
+            self._line_changed.notify()
 
-    def _index_too_late(self, q: Question) -> None:
-        """`q`'s deadline passed before the first index was served: the not-ready notice (no 👀),
-        its slot given back, logged as index_not_ready for the report."""
-        with self._parked_lock:
-            if self._parked.pop(id(q), None) is None:
-                return  # the index came first: queued
+    def _watch_parked(self) -> None:
+        """The one thread for all parked questions: it sleeps until the earliest deadline (the
+        line's head: deadlines pass in the order of arrival), or until woken (a question parked,
+        an answer ended), and then moves what it can (`_move_parked`). While questions wait for
+        room it also looks every _ROOM_POLL_S. It ends when no question is parked."""
+        deadline_s = self.config.answer.deadline_s
+        while True:
+            with self._line_changed:
+                if not self._line:
+                    self._watcher = None
+                    return
+                left = self._line[0][0] + deadline_s - time.monotonic()
+                if left > 0:
+                    loading = self.index is not None and self.index.loading
+                    self._line_changed.wait(left if loading else min(left, _ROOM_POLL_S))
+            self._move_parked()
+
+    def _move_parked(self, *, wait_s: float = -1) -> None:
+        """Out of the line, in the order asked: a question whose deadline passed is told so
+        (`_parked_too_late`); once the first load is over, the others are queued while the pool
+        takes them. One the pool refuses as full stays first in line; once the pool is closed
+        (stopping), each is told the bot restarted. `wait_s`: how long to wait for another mover
+        (-1: as long as it takes); past it, that mover is left to do it."""
+        deadline_s = self.config.answer.deadline_s
+        if not self._moving.acquire(timeout=wait_s):
+            return
+        try:
+            while True:
+                with self._parked_lock:
+                    if not self._line:
+                        return
+                    entry = self._line[0]
+                    q = entry[2]
+                    expired = time.monotonic() - q.received >= deadline_s
+                    if not expired and self.index is not None and self.index.loading:
+                        return
+                    heapq.heappop(self._line)
+                if expired:
+                    self._parked_too_late(q)
+                elif self._submitted(q):
+                    continue
+                elif self.pool.closed:
+                    self._parked_at_stop(q)
+                else:
+                    with self._parked_lock:
+                        heapq.heappush(self._line, entry)  # still the first: its place is kept
+                    return
+        finally:
+            self._moving.release()
+
+    def _parked_too_late(self, q: Question) -> None:
+        """`q`'s deadline passed while it was parked: before the first index was served, the
+        not-ready notice; after, behind a full answer pool, the busy notice a question that waited
+        too long in the queue gets (its question given back, as there). No 👀 either way; its slot
+        is given back, and it is logged for the report (index_not_ready, queue_timeout)."""
+        if self.pool.closed:
+            self._parked_at_stop(q)
+            return
         self.in_flight.release(id(q))
         self.metrics.questions.labels(q.surface).inc()
+        if self._index_ready():
+            self._limiter_for(q).release(q.user)
+            self.metrics.failures.labels("queue_timeout").inc()
+            log.warning("no room in the answer queue within the answer's deadline: busy reply",
+                        extra={"surface": q.surface, "deadline_s": self.config.answer.deadline_s})
+            self.side.submit(self.delivery.notice, q, messages.BUSY)
+            self.side.submit(self.turned_away, q, "queue_timeout")
+            return
         self.metrics.failures.labels("index_not_ready").inc()
         log.warning("no index within the answer's deadline: not-ready notice",
                     extra={"surface": q.surface, "deadline_s": self.config.answer.deadline_s})
         self.side.submit(self.delivery.notice, q, messages.INDEX_NOT_READY)
         self.side.submit(self.turned_away, q, "index_not_ready")
+
+    def _parked_at_stop(self, q: Question) -> None:
+        """The bot is stopping and `q` never reached the answer pool: told the bot restarted, as the
+        questions in the pool are (shutdown.drain), and logged as failed/shutdown. Posted here, not
+        on the side pool, which a stop closes with what it still holds."""
+        self.in_flight.release(id(q))
+        self._limiter_for(q).release(q.user)
+        self.metrics.questions.labels(q.surface).inc()
+        self.metrics.restart_notices.inc()
+        log.warning("stopping: a parked question is asked to ask again", extra={"surface": q.surface})
+        try:
+            self.delivery.notice(q, messages.RESTARTED)
+        except Exception:  # noqa: BLE001 - the others parked must still be told
+            log.exception("restart notice failed")
+        self.turned_away(q, "shutdown")
 
     def _take_slot(self, q: Question, limiter: RateLimiter) -> bool:
         """One of the user's [bot] user_in_flight slots for `q`, held until its answer job ends.
@@ -486,6 +609,20 @@ class EventRouter:
             self.in_flight.release(id(q))
             if q.refused_late:
                 self._limiter_for(q).release(q.user)
+        if self._line:
+            self._room_made()
+
+    def _room_made(self) -> None:
+        """An answer ended while questions wait in the line: wake their thread to queue the next.
+        When the pool is closed (stopping), they are told here, on the ending answer's thread:
+        shutdown.drain waits for it, so the notices are posted before the bot exits."""
+        if not self.pool.closed:
+            with self._line_changed:
+                self._line_changed.notify()
+            return
+        # a mover under way tells them itself; waiting for it is bounded, as the pool's shutdown
+        # may call this while a mover waits on the pool
+        self._move_parked(wait_s=_MOVER_WAIT_S)
 
     def _where_to_ask(self) -> str:
         """The "only in these channels" notice: it goes to anyone who mentions the bot elsewhere,
