@@ -146,7 +146,13 @@ MERGE_PER_SOURCE = 2  # chunks of one document merged into one numbered source
 _MIN_USEFUL_TOKENS = 48  # a truncated source shorter than this is noise, not context
 RANK_DECAY = 0.1  # the source at rank r gets a budget share weighted 1 / (1 + RANK_DECAY x r)
 _GAP = "\n\n[...]\n\n"
-_BLANK_LINE = re.compile(r"\n\s*\n")  # between two messages of a Slack chunk (offline.py splits the same way)
+_BLANK_LINE = re.compile(r"\n\s*\n")  # between two messages of a Slack chunk
+
+
+def slack_messages(text: str) -> list[str]:
+    """A Slack source's text as its messages (the loader separates them with a blank line), in the
+    order `Source.message_urls` gives their links."""
+    return _BLANK_LINE.split(text)
 
 
 def dedupe_hits(hits: Sequence["Hit"], max_sources: int) -> list[Source]:
@@ -179,7 +185,7 @@ def dedupe_hits(hits: Sequence["Hit"], max_sources: int) -> list[Source]:
             if t and t not in texts:
                 texts.append(t)
                 own = p.chunk.message_urls
-                if urls is not None and own and len(own) == len(_BLANK_LINE.split(t)):
+                if urls is not None and own and len(own) == len(slack_messages(t)):
                     urls.extend([""] * (len(texts) > 1) + list(own))  # "" for the "[...]" between them
                 else:
                     urls = None

@@ -63,14 +63,11 @@ def with_thread_subject(question: str, history: Sequence[Turn], limit: int = SEA
 
     Within `limit` characters (`[answer] max_question_chars`), the follow-up's words whole when they
     are short: it is searched, logged as the question searched, and may go to the model (the rewrite).
-    An earlier question the bot refused as too long (`fit_question` finds no way to fit it) was never
-    answered, so it is no subject: two refused 40,000-character messages made "why?" an 80,000-character
-    search of 6 s (audit 31 F2)."""
+    `history` holds answered turns only (`answered_turns`): a question refused as too long is no
+    subject (two refused 40,000-character messages made "why?" an 80,000-character search of 6 s,
+    audit 31 F2)."""
     asked = [t.text.strip() for t in history if t.role == "user" and t.text.strip()]
-    answered = [next((q for q in turns if fit_question(q, limit) is not None), None)
-                for turns in (asked, reversed(asked))]  # the first and the last, each read once at most
-    turns = dict.fromkeys(q for q in answered if q is not None)  # one of each, in order
-    context = list(dict.fromkeys(search_text(q, limit) for q in turns))
+    context = list(dict.fromkeys(search_text(q, limit) for q in asked[:1] + asked[-1:]))  # one of each
     return fit_pieces([*context, question.strip()], limit, sep=" ").strip()
 
 

@@ -14,7 +14,7 @@ from typing import Sequence
 from flytegpt.ingest.keyword import words
 
 from . import prompts
-from .budget import Source
+from .budget import Source, slack_messages
 from .citations import split_code
 from .types import Citation
 
@@ -209,7 +209,7 @@ def _thread_excerpt(text: str, terms: set[str], urls: Sequence[str] = ()) -> tup
     out the reply that answers it. The loader separates messages with a blank line; the
     first is the question, and each starts with its author's name.
     """
-    parts = [p.strip() for p in re.split(r"\n\s*\n", text)]
+    parts = [p.strip() for p in slack_messages(text)]
     links = urls if len(urls) == len(parts) else [""] * len(parts)
     messages = [(m, url) for m, url in zip(parts, links) if m and m != "[...]"]
     replies = [(_units(m), url) for m, url in messages[1:]]

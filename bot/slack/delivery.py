@@ -710,10 +710,10 @@ class Delivery:
 
     # --- small notices ----------------------------------------------------------------
 
-    def react(self, channel: str, ts: str) -> None:
-        """👀 on the question: it was picked up."""
+    def react(self, channel: str, ts: str, name: str = PICKED_UP_REACTION) -> None:
+        """👀 on the question (it was picked up), or another reaction (a thank-you's 🤗); best-effort."""
         try:
-            self.client.reactions_add(channel=channel, timestamp=ts, name=PICKED_UP_REACTION)
+            self.client.reactions_add(channel=channel, timestamp=ts, name=name)
         except SlackApiError as e:
             if e.response.get("error") != "already_reacted":
                 log.info("reaction failed", extra={"error": e.response.get("error")})

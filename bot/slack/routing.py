@@ -412,7 +412,7 @@ class EventRouter:
         log.info("small talk: replied without a search", extra={"surface": q.surface, "kind": talk})
         if talk == "thanks":
             if q.ts:
-                self.side.submit(self._react, q.channel, q.ts, messages.THANKS_REACTION)
+                self.side.submit(self.delivery.react, q.channel, q.ts, messages.THANKS_REACTION)
             return
         wait = self.turn_downs.check(q.user)
         if wait:
@@ -425,16 +425,6 @@ class EventRouter:
         """The usage, as the project and the command are configured; after a hello for a greeting."""
         say = messages.greeting if talk == "greeting" else messages.usage
         return say(self.config.project, self.config.bot.command)
-
-    def _react(self, channel: str, ts: str, name: str) -> None:
-        """A reaction other than the 👀 (delivery.react's): best-effort, a failure is logged."""
-        from slack_sdk.errors import SlackApiError
-
-        try:
-            self.delivery.client.reactions_add(channel=channel, timestamp=ts, name=name)
-        except SlackApiError as e:
-            if e.response.get("error") != "already_reacted":
-                log.info("reaction failed", extra={"error": e.response.get("error")})
 
     # --- waiting for the first index (audit 29 F7) -----------------------------------------
 

@@ -34,6 +34,8 @@ import pytest
 from click.testing import CliRunner, Result
 from fsspec.implementations.memory import MemoryFileSystem
 
+from support.feedback_dbs import SOURCES, header, older_release_db
+
 from flytegpt.bot import sqlite_files
 from flytegpt.bot.cli import main
 from flytegpt.bot.report.data import load_questions
@@ -49,18 +51,11 @@ from flytegpt.bot.slack.feedback import (
     read_copy,
 )
 
-SOURCES = json.dumps([{"n": 1, "title": "Caching", "url": "https://d/caching", "source_id": "docs:caching.md"}])
 ROWS = 60
 
 
 def run(*args: str) -> Result:
     return CliRunner().invoke(main, list(args))
-
-
-def header(path: Path) -> tuple[int, str]:
-    """(user_version, journal kind) from the file's first 100 bytes, without opening it with SQLite."""
-    head = path.read_bytes()[:100]
-    return int.from_bytes(head[60:64], "big"), "wal" if head[18] == 2 else "rollback"
 
 
 def files_of(db: Path) -> dict[str, tuple[str, int]]:
@@ -81,22 +76,6 @@ def bot_database(db: Path, rows: int = ROWS) -> None:
             assert store.record_vote(answer_id, "up", user="U1", channel="C0GENERAL")
     finally:
         store.close()
-
-
-def older_release_wal_db(db: Path) -> None:
-    """A question log as a release of schema version 1 in WAL mode left it, closed cleanly (no -wal, no -shm)."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.executescript(feedback._SCHEMA_V0 + feedback.MIGRATIONS[0] + "PRAGMA user_version = 1;")
-    now = time.time()
-    for i in range(ROWS):
-        conn.execute("INSERT INTO answers (id, created_at, surface, channel, thread_ts, user, question, answer, "
-                     "sources, index_version, mode, outcome) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                     (f"a{i}", now - 3600 + i, "mention", "C0GENERAL", "1.0", "U1", f"how do I cache task {i}?",
-                      "an answer", SOURCES, "v1", "llm", "answered"))
-        conn.execute("INSERT INTO votes VALUES (?,?,?,?,?)", (f"a{i}", "U1", "up", "C0GENERAL", now))
-    conn.close()
-    assert not Path(f"{db}-wal").exists() and not Path(f"{db}-shm").exists()
 
 
 # A writer that opens the database as the bot does, changes every row and adds one in a transaction
@@ -267,7 +246,9 @@ def test_the_commands_read_a_database_in_a_read_only_place(tmp_path: Path, case:
         crash_mid_write(db)
         expected = (feedback.SCHEMA_VERSION, "rollback")
     else:
-        older_release_wal_db(db)
+        now = time.time()
+        older_release_db(db, rows=[(f"a{i}", now - 3600 + i, f"how do I cache task {i}?") for i in range(ROWS)])
+        assert not Path(f"{db}-wal").exists() and not Path(f"{db}-shm").exists()  # closed cleanly
         expected = (1, "wal")
     before = files_of(db)
     out = tmp_path / "out"

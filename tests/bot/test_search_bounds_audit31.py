@@ -20,7 +20,7 @@ from support.openai_server import Reply
 
 from flytegpt.bot import messages
 from flytegpt.bot.answering import Answerer, Turn, prompts
-from flytegpt.bot.answering.chain import with_thread_subject
+from flytegpt.bot.answering.chain import answered_turns, with_thread_subject
 from flytegpt.bot.pasted import clip_ends, fit_pieces, fit_question, search_text
 from flytegpt.ingest.config import AnswerConfig, Config, Settings
 from flytegpt.ingest.keyword import names_exact_term, tokenize, words
@@ -143,7 +143,8 @@ def test_a_short_question_and_a_fitting_paste_are_searched_as_before():
 def test_a_thread_follow_up_is_searched_within_the_limit_and_without_a_refused_message():
     refused = [Turn("user", "a" * N), Turn("user", "b" * N)]  # notices are not part of history
     assert fit_question("a" * N, 4000) is None
-    assert with_thread_subject("why?", refused, 4000) == "why?"  # was 79,986 characters
+    assert answered_turns(refused, 4000) == []
+    assert with_thread_subject("why?", answered_turns(refused, 4000), 4000) == "why?"  # was 79,986 characters
     answered = [Turn("user", CUT_TRACE), Turn("assistant", "answer"), Turn("user", NOVEL[:3000] + "\nwhy?")]
     searched = with_thread_subject("and then?", answered, 4000)
     assert len(searched) <= 4000 and searched.endswith(" and then?")
