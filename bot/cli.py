@@ -262,7 +262,7 @@ def search(question: str, config_path: Path, store: str | None, k: int, mode: st
     from rich.markup import escape
     from rich.table import Table
 
-    from flytegpt.bot.question_text import clean_question
+    from flytegpt.bot.question_text import clean_question, separate_questions
 
     question = clean_question(question)  # the bot's rule: zero-width characters alone are the empty question
     if not question:  # every chunk would "match" an empty query: its ranking means nothing
@@ -270,7 +270,11 @@ def search(question: str, config_path: Path, store: str | None, k: int, mode: st
 
         raise click.ClickException(EMPTY_QUESTION)
     searcher = open_searcher(load(config_path, store))
-    fn = {"hybrid": searcher.search, "dense": searcher.dense_search, "keyword": searcher.keyword_search}[mode]
+
+    def hybrid(q: str, k: int) -> list:  # as the bot searches: each of several questions too
+        return searcher.search(q, k, questions=separate_questions(q))
+
+    fn = {"hybrid": hybrid, "dense": searcher.dense_search, "keyword": searcher.keyword_search}[mode]
     if as_json:  # whole URLs and texts, which a terminal table folds
         for hit in fn(question, k):
             c = hit.chunk
@@ -320,12 +324,12 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
                                  f"ingested): {shown}"), err=True)
     fn = {"hybrid": searcher.search, "dense": searcher.dense_search, "keyword": searcher.keyword_search}[mode]
     from flytegpt.bot.pasted import search_text
+    from flytegpt.bot.question_text import search_as_asked
 
     def retrieve(q: str) -> list:
-        q = search_text(q.strip(), config.answer.max_question_chars)  # what the bot searches: a pasted traceback by its error (bot/pasted.py)
-        hits = fn(q, k)
-        if mode != "hybrid":
-            return [h.chunk for h in hits]
+        if mode != "hybrid":  # what the bot searches: a pasted traceback by its error (bot/pasted.py)
+            return [h.chunk for h in fn(search_text(q.strip(), config.answer.max_question_chars), k)]
+        q, hits = search_as_asked(searcher, q, k, config.answer.max_question_chars)
         # recall@8000c counts what the answerer's prompt holds of each source: 8,000 characters
         from flytegpt.bot.answering.budget import CharCounter, context_chunks
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Any
 
-from flytegpt.bot.pasted import fit_question
+from flytegpt.bot.pasted import fit_question, search_text
 from flytegpt.ingest.models import strip_controls
 
 # Characters that show nothing. A question made of these and spaces is empty. They are only
@@ -138,15 +139,51 @@ def stands_alone(text: str) -> bool:
         return False
     if _NEW_TOPIC.search(" ".join(words[:_NEW_TOPIC_WORDS])):
         return True
-    if len(words) < _STANDS_ALONE_WORDS or words[0] in _CONTINUES_THREAD \
-            or " ".join(words[:2]) in _CONTINUES_THREAD:
-        return False
+    return len(words) >= _STANDS_ALONE_WORDS and not _leans_back(words)
+
+
+def _leans_back(words: list[str]) -> bool:
+    """Whether words (lowercased) continue what was said before ("and ...", "what about ...") or
+    point back at it ("it", "that", "the error", "still", "your suggestion")."""
+    if words[0] in _CONTINUES_THREAD or " ".join(words[:2]) in _CONTINUES_THREAD:
+        return True
+    return _points_back(words, _REFERS_BACK)
+
+
+def _points_back(words: list[str], refers: set[str]) -> bool:
     for i, word in enumerate(words):
         if word == "there" and ((i and words[i - 1] in _EXISTS) or words[i + 1:i + 2] and words[i + 1] in _EXISTS):
             continue
-        if word in _REFERS_BACK or (word == "the" and words[i + 1:i + 2] and words[i + 1] in _THE_NAMED):
-            return False
-    return True
+        if word in refers or (word == "the" and words[i + 1:i + 2] and words[i + 1] in _THE_NAMED):
+            return True
+    return False
+
+
+_AFTER_QUESTION_MARK = re.compile(r"(?<=\?)\s+")
+_QUESTION_TOPIC_WORDS = 2  # "How do I cache a task?" has two (cache, task); "Is that a bug?" none
+# Inside one message "And ..." or "Also, ..." starts the next question ("Also, how do I set GPU
+# resources?"); what makes a question part of the one before is a word pointing back at it.
+_PART_REFERS_BACK = _REFERS_BACK - {"also", "too", "again", "still", "now", "either", "anymore"}
+
+
+def separate_questions(text: str) -> list[str]:
+    """The questions of a message that asks several of its own ("How do I cache a task? Also, how do
+    I set GPU resources? And can I run a workflow on a schedule?"), for the searcher to look each up
+    too (ingest/search.py; audit 29 F8). A question that points back at the one before ("Does it also
+    work locally?", "Which plugin setting is it?", "Does that work with the flyte-binary chart?") is
+    part of it, not a question of its own, and one of fewer than two topic words ("Why?", "Any
+    workaround?") names nothing to look up. Fewer than two such questions: none (the message is
+    searched whole)."""
+    from flytegpt.ingest.keyword import words as topic_words
+
+    questions = []
+    for n, part in enumerate(p.strip() for p in _AFTER_QUESTION_MARK.split(text)):
+        said = re.findall(r"[\w']+", part.lower().replace("\u2019", "'"))
+        if not part.endswith("?") or len(topic_words(part)) < _QUESTION_TOPIC_WORDS \
+                or (n and _points_back(said, _PART_REFERS_BACK)):
+            continue
+        questions.append(part)
+    return questions if len(questions) > 1 else []
 
 
 # --- written in another language ---------------------------------------------------------------
@@ -279,3 +316,12 @@ def code_identifiers(text: str) -> list[str]:
             if len(token) > 2 and _IDENTIFIER.fullmatch(token) and "://" not in token:
                 found.append(token)
     return list(dict.fromkeys(found))
+
+
+def search_as_asked(searcher: Any, question: str, k: int, limit: int) -> tuple[str, list]:
+    """(what is searched, the hits) for a question asked on its own, as the bot searches it: a pasted
+    traceback by its error (bot/pasted.py), a message of several questions each of them too. What
+    `flytegpt eval`, the maintainers' report and bench_retrieval measure, so their figures are the
+    bot's."""
+    query = search_text(question.strip(), limit)
+    return query, searcher.search(query, k, questions=separate_questions(query))

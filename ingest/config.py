@@ -303,6 +303,10 @@ class RetrievalConfig(_Strict):
     # training task?" is the page "Configuring access to GPUs" in other words.
     title_weight: float = Field(default=0.3, ge=0.0, le=10.0)
     title_question_words: int = Field(default=6, ge=0, le=1000)
+    # A message of several questions ("How do I cache a task? And how do I set GPU resources?") is
+    # also searched one question at a time, up to this many (0: never): the results start with the
+    # whole message's best source, then each question's best source (ingest/search.py).
+    split_questions: int = Field(default=4, ge=0, le=20)
 
 
 class TuningConfig(_Strict):

@@ -13,8 +13,8 @@ never returned as passages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -314,8 +314,39 @@ class HybridSearcher:
         picked = _cap([int(i) for i in ids], self.index.chunks, k, max_per_source)
         return self._hits(picked, by_id, {}, by_id)
 
-    def search(self, query: str, k: int | None = None, *, max_per_source: int | None = None) -> list[Hit]:
-        """Hybrid retrieval: the answerer's and the eval's entry point."""
+    def search(self, query: str, k: int | None = None, *, max_per_source: int | None = None,
+               questions: Sequence[str] = ()) -> list[Hit]:
+        """Hybrid retrieval: the answerer's and the eval's entry point.
+
+        A message that asks several questions (`questions`, bot/question_text.separate_questions)
+        is searched whole, then each question alone: in one search the questions compete, and the
+        one whose words are rarer or whose topic has fewer chunks can lose all its sources to the
+        others (audit 29 F8: "cache? GPU? schedule?" had no scheduling source in the top 10). So the
+        results start with the whole message's best source and then each question's best source,
+        in the order asked, then the rest of the whole message's results: the first few sources,
+        which the offline answer quotes and the model reads first, hold one for each question.
+        """
+        hits = self._search(query, k, max_per_source)
+        parts = list(questions)[: self.retrieval.split_questions]
+        if len(parts) < 2 or not hits:
+            return hits
+        lead = [hits[0]]
+        for part in parts:
+            best = self._search(part, 1, max_per_source)
+            if not best or any(h.chunk.source_id == best[0].chunk.source_id for h in lead):
+                continue
+            sid = best[0].chunk.source_id
+            # the whole message's passage of that source where it has one, else the question's
+            lead.append(next((h for h in hits if h.chunk.source_id == sid), best[0]))
+        rest = [h for h in hits if all(h is not x for x in lead)]
+        floor = rest[0].score if rest else 0.0
+        top = [lead[0]]
+        for h in lead[1:]:  # scored between its neighbours: the answerer orders sources by score, then rank
+            top.append(replace(h, score=min(top[-1].score, max(h.score, floor))))
+        merged = (top + rest)[: k or self.retrieval.k]
+        return [replace(h, rank=r) for r, h in enumerate(merged, start=1)]
+
+    def _search(self, query: str, k: int | None, max_per_source: int | None) -> list[Hit]:
         cfg = self.retrieval
         k = k or cfg.k
         cap = cfg.max_per_source if max_per_source is None else max_per_source

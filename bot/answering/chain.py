@@ -22,7 +22,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from flytegpt.bot.pasted import SEARCH_MAX_CHARS, fit_pieces, fit_question, read_paste, search_text
-from flytegpt.bot.question_text import code_identifiers, mostly_another_script, reads_as_another_language, stands_alone
+from flytegpt.bot.question_text import (code_identifiers, mostly_another_script, reads_as_another_language,
+                                        separate_questions, stands_alone)
 
 from . import prompts
 from .budget import Source, dedupe_hits, pack_sources
@@ -222,7 +223,8 @@ class Answerer:
             # the model's terms alone, unless the asker names code (map_task, ContainerTask, a path): the
             # docs and the code hold those as written, in any language (audit 31 F6)
             query = self._rewrite(standalone, deadline, terms_alone=unreadable and not code_identifiers(standalone))
-        hits = searcher.search(query, self.config.retrieval.k)
+        # a message of several questions: each one's best source among the first (audit 29 F8)
+        hits = searcher.search(query, self.config.retrieval.k, questions=separate_questions(query))
         sources = dedupe_hits(hits, self.config.answer.max_sources)
         question = asked  # the question as answered and logged: within [answer] max_question_chars
         if not self._relevant(hits):

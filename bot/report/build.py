@@ -245,9 +245,12 @@ def _evaluate_version(store: str, version: str, qs: list, config: "Config",
     from flytegpt.ingest.evaluation import evaluate
     from flytegpt.ingest.search import HybridSearcher
 
+    from flytegpt.bot.question_text import search_as_asked
+
     index = open_version(store, version)
     searcher = HybridSearcher(index, embedder_for(index.model.model_id), config.retrieval)
-    return evaluate(qs, lambda q: [h.chunk for h in searcher.search(q, 10)])
+    limit = config.answer.max_question_chars
+    return evaluate(qs, lambda q: [h.chunk for h in search_as_asked(searcher, q, 10, limit)[1]])
 
 
 def build_report(db: str, *, store: str | None = None, options: ReportOptions | None = None,

@@ -122,11 +122,11 @@ def packed_retriever(searcher, token_budget: int = 2000, limit: int = 4000):
     """Hybrid retrieval of what the bot searches (a pasted traceback by its error: bot/pasted.py),
     each hit's text replaced by what the prompt holds of its source."""
     from flytegpt.bot.answering.budget import CharCounter, context_chunks
-    from flytegpt.bot.pasted import search_text
+    from flytegpt.bot.question_text import search_as_asked
 
     def retrieve(question: str) -> list:
-        query = search_text(question.strip(), limit)
-        return context_chunks(searcher.search(query, 10), query, token_budget, CharCounter())
+        query, hits = search_as_asked(searcher, question, 10, limit)
+        return context_chunks(hits, query, token_budget, CharCounter())
 
     return retrieve
 

@@ -1,12 +1,13 @@
 """Shared pieces of the answering tests: a tiny searcher and a few chunks.
 
 The searcher satisfies the HybridSearcher interface the Answerer uses (`.version`,
-`.search(query, k)`), scoring by word overlap so tests can predict what is found.
+`.search(query, k, questions=...)`), scoring by word overlap so tests can predict what is found.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Sequence
 
 from flytegpt.ingest.models import Chunk
 from flytegpt.ingest.search import Hit
@@ -25,9 +26,11 @@ class WordSearcher:
         self.with_dense = with_dense
         self.version = version
         self.queries: list[str] = []
+        self.questions: list[list[str]] = []  # the separate questions the answerer found in each query
 
-    def search(self, query: str, k: int | None = None) -> list[Hit]:
+    def search(self, query: str, k: int | None = None, *, questions: Sequence[str] = ()) -> list[Hit]:
         self.queries.append(query)
+        self.questions.append(list(questions))
         q = words(query)
         scored = []
         for c in self.chunks:
