@@ -15,10 +15,8 @@ comes minutes after the question (audit 25 F4). Without `asked_at` (CLI, bulk) i
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from flytegpt.bot.pasted import SEARCH_MAX_CHARS, fit_pieces, fit_question, read_paste, search_text
@@ -29,8 +27,9 @@ from . import prompts
 from .budget import Source, dedupe_hits, pack_sources
 from .citations import source_citations
 from .live import Delta, LiveCitations, Progress, clean_answer
+from .model_calls import MIN_CALL_S, RELATED as _RELATED, Deadline, EmptyCompletion, NoAnswerInTime, Retries
 from .offline import offline_answer
-from .types import Answer, Citation, IndexNotReady, ModelUnavailable, QuestionRejected, Turn, UNCITED, keep_turns
+from .types import Answer, Citation, IndexNotReady, QuestionRejected, Turn, UNCITED, keep_turns
 
 Event = Progress | Delta | Answer
 
@@ -40,17 +39,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE_STATUS = {408, 409, 429}
-_RELATED = 3
 _CONDENSED_MAX_CHARS = 1000
 _REWRITE_MAX_CHARS = 300  # the search terms a rewrite may add
 
 
-_MIN_CALL_S = 0.05  # a model call with less time than this left is not started
 
-
-class _EmptyCompletion(Exception):
-    pass
 
 
 def with_thread_subject(question: str, history: Sequence[Turn], limit: int = SEARCH_MAX_CHARS) -> str:
@@ -83,46 +76,6 @@ def _own_words(question: str) -> str:
     this:" and a trace) from a new question; the question itself when it holds no paste."""
     pasted = read_paste(question)
     return pasted.prose if pasted is not None else question
-
-
-class _NoAnswerInTime(Exception):
-    """The deadline passed, or the model stopped mid-answer; `partial` is what it wrote."""
-
-    def __init__(self, partial: str = "", reason: str = "deadline") -> None:
-        super().__init__(reason)
-        self.partial, self.reason = partial, reason
-
-
-class _Deadline:
-    def __init__(self, seconds: float, start: float | None = None) -> None:
-        """`seconds` from `start` (a time.monotonic() in the past: the question's arrival), else from now."""
-        self.end = (time.monotonic() if start is None else start) + seconds
-
-    def remaining(self) -> float:
-        return self.end - time.monotonic()
-
-    def timeout(self, per_call: float) -> float:
-        """The timeout for the next model call; _NoAnswerInTime when nothing is left."""
-        left = self.remaining()
-        if left < _MIN_CALL_S:
-            raise _NoAnswerInTime()
-        return min(per_call, left)
-
-
-def _retry_after(headers: Any) -> float | None:
-    if headers is None:
-        return None
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value) / divisor)
-        except ValueError:
-            parsed = email.utils.parsedate_tz(value)
-            if parsed is not None:
-                return max(0.0, email.utils.mktime_tz(parsed) - time.time())
-    return None
 
 
 class Answerer:
@@ -191,7 +144,7 @@ class Answerer:
         if searcher is None:
             raise IndexNotReady()
         version = getattr(searcher, "version", None)
-        deadline = _Deadline(self.config.answer.deadline_s, start=asked_at)
+        deadline = Deadline(self.config.answer.deadline_s, start=asked_at)
         # a question the bot turned down as too long was never answered: it is no part of the thread's
         # subject, in the condense prompt or the search (a refused 40,000-character first message was
         # what a thread's follow-ups were searched with, audit 31 F2); of the kept turns only, each
@@ -203,7 +156,7 @@ class Answerer:
         if history and self.llm_enabled:
             try:
                 condensed = self._condense(asked, history, searcher, deadline)
-            except _NoAnswerInTime:
+            except NoAnswerInTime:
                 late = True
         if condensed:
             standalone, followup = condensed, True
@@ -249,10 +202,10 @@ class Answerer:
             else:
                 raw = self._invoke(self._chain(prompts.answer_prompt(self.config.project), deadline), inputs, fitted,
                                    deadline=deadline)
-        except _EmptyCompletion:
+        except EmptyCompletion:
             yield self._empty_output(question, standalone, sources, version)
             return
-        except _NoAnswerInTime as e:
+        except NoAnswerInTime as e:
             if not e.partial.strip():
                 yield self._too_late(question, standalone, sources, version)
                 return
@@ -334,14 +287,14 @@ class Answerer:
         citations = [Citation(i, s.title, s.url, s.source_id) for i, s in enumerate(closest, start=1)]
         return Answer(question, standalone, "\n".join(lines), citations, "not_found", version)
 
-    def _condense(self, question: str, history: list[Turn], searcher: "HybridSearcher", deadline: _Deadline) -> str:
+    def _condense(self, question: str, history: list[Turn], searcher: "HybridSearcher", deadline: Deadline) -> str:
         """The follow-up as a standalone question; "" when the model said nothing usable (some
         local and reasoning models answer with empty content), so the caller falls back."""
         inputs = {"history": prompts.format_history(history), "question": question}
         try:
             out = self._invoke(self._chain(prompts.condense_prompt(self.config.project), deadline), inputs,
                                related_for=(searcher, question), deadline=deadline)
-        except _EmptyCompletion:
+        except EmptyCompletion:
             log.warning("the condense step returned nothing: the thread's questions give the subject")
             return ""
         out = out.strip().strip('"').strip()
@@ -350,11 +303,11 @@ class Answerer:
                 out = out[len(prefix) :].strip()
         return out[:min(_CONDENSED_MAX_CHARS, self.config.answer.max_question_chars)]
 
-    def _rewrite(self, question: str, deadline: _Deadline, *, terms_alone: bool = False) -> str:
+    def _rewrite(self, question: str, deadline: Deadline, *, terms_alone: bool = False) -> str:
         """The question plus the model's search terms for it (`[answer] rewrite_query`): a vague
         question or a pasted error names the feature or setting it is about. Best-effort: with at
         most a quarter of the answer's time and no answer-breaking error, else the question alone."""
-        budget = _Deadline(min(deadline.remaining() / 4, self.config.answer.timeout_s))
+        budget = Deadline(min(deadline.remaining() / 4, self.config.answer.timeout_s))
         try:
             out = self._invoke(self._chain(prompts.rewrite_prompt(self.config.project), budget), {"question": question},
                                related=[], deadline=budget)
@@ -372,7 +325,7 @@ class Answerer:
                 self._chat = self._chat_model()
             return self._chat
 
-    def _chain(self, prompt: Any, deadline: _Deadline, *, parsed: bool = True) -> Callable[[], Any]:
+    def _chain(self, prompt: Any, deadline: Deadline, *, parsed: bool = True) -> Callable[[], Any]:
         """prompt | model | parser, built per attempt so each call's timeout is what the deadline leaves.
 
         `parsed=False` leaves the parser out (prompt | model: message chunks), for streaming: closing
@@ -401,11 +354,11 @@ class Answerer:
             max_tokens=self.config.answer.max_tokens,
         )
 
-    def _stream_answer(self, inputs: dict, fitted: list[Source], deadline: _Deadline) -> Iterator[Event]:
+    def _stream_answer(self, inputs: dict, fitted: list[Source], deadline: Deadline) -> Iterator[Event]:
         """Stream the answer: yields Deltas, returns the raw text (for `yield from`).
 
         Retried like `_invoke` while nothing was shown; once text was shown a failure
-        cannot be retried without showing it twice, so it ends the answer (_NoAnswerInTime
+        cannot be retried without showing it twice, so it ends the answer (NoAnswerInTime
         with the partial text). A stall is bounded by the call's timeout (what the deadline
         left when the call started); the deadline itself is checked at every piece, and a
         stream ended there is closed at once (the rest of the model's reply is not read).
@@ -415,7 +368,7 @@ class Answerer:
         from langchain_core.outputs import ChatGenerationChunk
 
         chain = self._chain(prompts.answer_prompt(self.config.project), deadline, parsed=False)
-        retries = _Retries(self.config.answer, deadline)
+        retries = Retries(self.config.answer, deadline)
         while True:
             live = LiveCitations(fitted)
             pieces = None
@@ -427,12 +380,12 @@ class Answerer:
                     if new:
                         yield Delta(new)
                     if deadline.remaining() <= 0:
-                        raise _NoAnswerInTime(live.raw)
+                        raise NoAnswerInTime(live.raw)
             except (openai.APIStatusError, openai.APIConnectionError) as e:
                 if live.raw.strip():
-                    late = deadline.remaining() < _MIN_CALL_S
+                    late = deadline.remaining() < MIN_CALL_S
                     log.warning("chat model stopped mid-answer", extra={"error": type(e).__name__})
-                    raise _NoAnswerInTime(live.raw, "deadline" if late else "stopped") from None
+                    raise NoAnswerInTime(live.raw, "deadline" if late else "stopped") from None
                 if retries.failed(e):
                     continue
                 break
@@ -454,12 +407,12 @@ class Answerer:
         inputs: dict,
         related: list[Source] | None = None,
         related_for: tuple["HybridSearcher", str] | None = None,
-        deadline: _Deadline | None = None,
+        deadline: Deadline | None = None,
     ) -> str:
         """Run a chain with bounded retries; ModelUnavailable (with related sources) at the end."""
         import openai
 
-        retries = _Retries(self.config.answer, deadline or _Deadline(self.config.answer.deadline_s))
+        retries = Retries(self.config.answer, deadline or Deadline(self.config.answer.deadline_s))
         while True:
             try:
                 out = chain().invoke(inputs)
@@ -478,71 +431,3 @@ class Answerer:
             except Exception:  # noqa: BLE001 - the model error is the one to report
                 related = []
         raise retries.unavailable(related)
-
-
-class _Retries:
-    """The retry policy of one model call: bounded attempts, a capped Retry-After, all within the deadline."""
-
-    def __init__(self, cfg: Any, deadline: _Deadline) -> None:
-        self.cfg, self.deadline = cfg, deadline
-        self.failures = self.empties = 0
-        self.reason, self.detail = "no answer", ""
-        self.reasons: list[str] = []  # one per failed call, for the one line that reports them
-
-    def succeeded(self) -> None:
-        """After a call that answered: one line when it took retries (a flaky model shows in the log)."""
-        if self.failures:
-            log.info("chat model answered after %d failed %s (%s)", self.failures,
-                     "call" if self.failures == 1 else "calls", ", ".join(self.reasons))
-
-    def empty(self) -> None:
-        """An empty completion: retried once, then _EmptyCompletion."""
-        self.empties += 1
-        if self.empties >= 2:
-            raise _EmptyCompletion()
-        log.warning("chat model returned an empty answer; retrying once")
-
-    def failed(self, e: Exception) -> bool:
-        """After a failed call: wait and return True to try again, False to give up.
-
-        _NoAnswerInTime when the deadline leaves no room for another call.
-        """
-        import openai
-
-        wait: float | None = None
-        if isinstance(e, openai.APIStatusError):
-            status = e.status_code
-            self.reason, self.detail = f"HTTP {status}", str(e)
-            if status not in _RETRYABLE_STATUS and status < 500:
-                return False  # 400/401/404: retrying cannot help
-            wait = _retry_after(getattr(e.response, "headers", None))
-        elif isinstance(e, openai.APITimeoutError):
-            self.reason, self.detail = "timed out", str(e)
-            if self.deadline.remaining() < _MIN_CALL_S:
-                raise _NoAnswerInTime() from None
-        else:
-            self.reason, self.detail = "connection failed", str(e)
-        if self.failures >= self.cfg.max_retries:
-            return False
-        delay = self.cfg.retry_backoff_s * (2**self.failures) if wait is None else wait
-        delay = min(delay, self.cfg.retry_max_wait_s)
-        if delay >= self.deadline.remaining() - _MIN_CALL_S:
-            raise _NoAnswerInTime() from None
-        self.failures += 1
-        self.reasons.append(self.reason)
-        # debug: an outage would cost a line per retry per question; succeeded()/unavailable() report them
-        log.debug("chat model failed (%s); retry %d/%d in %.1fs", self.reason, self.failures,
-                  self.cfg.max_retries, delay)
-        time.sleep(delay)
-        return True
-
-    def unavailable(self, related: Sequence[Source] | None = None) -> ModelUnavailable:
-        """The error to raise after giving up; its message never holds the provider's raw text."""
-        earlier = f" (before: {', '.join(self.reasons)})" if self.reasons else ""
-        log.error("chat model unavailable after %d %s: %s%s %s", self.failures + 1,
-                  "attempt" if self.failures == 0 else "attempts", self.reason, earlier, self.detail)
-        return ModelUnavailable(
-            prompts.MODEL_UNAVAILABLE.format(reason=self.reason),
-            related=source_citations(list(related or [])[:_RELATED]),
-            detail=self.detail,
-        )
