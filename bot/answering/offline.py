@@ -11,7 +11,7 @@ import re
 import textwrap
 from typing import Sequence
 
-from flytegpt.ingest.keyword import words
+from flytegpt.ingest.keyword import tokenize, words
 
 from . import prompts
 from .budget import Source, slack_messages
@@ -73,6 +73,37 @@ def _is_stub(block: str) -> bool:
     quoting the stub would show only a `:caption:` line."""
     opener, body, _ = _code_lines(block)
     return opener.lstrip("`~").startswith("{literalinclude}") or not any(line.strip() for line in body)
+
+
+# A name the asker capitalised mid-sentence ("on IBM Cloud", "a Haskell SDK", "in Cosmos DB"): a product,
+# a language, a place. The first word of a sentence is capitalised whatever it is, so it is left out.
+_NAME = re.compile(r"(?<![.!?:]\s)(?<![.!?:])(?<!^)\b([A-Z][A-Za-z]{2,}|[A-Z]{3,})\b", re.M)
+_MAX_UNMENTIONED = 3
+_PYTHON_CONSTANTS = {"None", "True", "False"}  # "when version is None": a value, not a name
+UNMENTIONED_NOTE = "_None of the passages found mention {names}._"
+
+
+def unmentioned_names(question: str, sources: Sequence[Source]) -> list[str]:
+    """The names in a question that no source found mentions, as the asker wrote them.
+
+    Without a model nothing else tells the asker that the passages quoted may not answer: "Is there a
+    Haskell SDK?" got passages about the Python SDK and "What's the weather in Berlin?" a weather
+    tutorial, each under "the most relevant passages" (audit 29 F9). A capitalised name the corpus has
+    nowhere near the question is the plainest sign; every-day words ("huge", "went") would say it about
+    a quarter of good answers, capitalised names about one in twenty, and then truthfully ("EKS" when
+    the passages are about GPU nodes in general)."""
+    named = list(dict.fromkeys(m.group(1) for m in _NAME.finditer(question) if m.group(1) not in _PYTHON_CONSTANTS))
+    if not named or not sources:
+        return []
+    found: set[str] = set()
+    for s in sources:
+        found.update(tokenize(f"{s.title}\n{s.text}"))
+    missing = [n for n in named if (t := tokenize(n)) and not any(x in found for x in t)]
+    return missing[:_MAX_UNMENTIONED]
+
+
+def _or_list(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def query_terms(question: str) -> set[str]:
@@ -235,6 +266,9 @@ def offline_answer(question: str, sources: Sequence[Source], header: str = promp
     """Quote the best 2-3 sources. Returns (Markdown text, citations)."""
     terms = query_terms(question)
     parts = [header]
+    unmentioned = unmentioned_names(question, sources)
+    if unmentioned:
+        parts[0] += "\n" + UNMENTIONED_NOTE.format(names=_or_list(unmentioned))
     citations = []
     bar = 0
     for s in list(sources)[:MAX_PASSAGES]:
