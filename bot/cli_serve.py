@@ -31,7 +31,7 @@ def serve_cmd(config_path, store: str | None, port: int | None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from flytegpt.bot.logs import setup_logging
     from flytegpt.bot.serve import serve
-    from flytegpt.bot.slack.feedback import RetentionJob
+    from flytegpt.bot.slack.retention import RetentionJob
     from flytegpt.ingest.config import ConfigError, Settings
 
     config = load(config_path, store)

@@ -3,13 +3,15 @@
 Who does what (each its own module):
 - client.py: token checks, the WebClient and the Socket Mode handler;
 - routing.py: events -> questions (ack, de-duplicate, filter, allow-list, rate limit, pools);
+  parking.py: questions asked while the first index loads, held until it is served;
   allowlist.py: [bot] allowed_channels resolved to channel ids at start (fail closed);
   dedupe.py: which events and messages were already seen (memory and a SQLite file);
 - answer_job.py: one question -> one reply, every failure turned into something the user reads;
 - delivery.py: every Slack write (answers via chat.postMessage or response_url, notices, 👀);
   stream.py: answers streamed as the model writes them; assistant.py: the assistant panel;
 - interactions.py: 👍/👎 votes and "Share in channel";
-- recording.py: the feedback database, best-effort (feedback.py is the database itself);
+- recording.py: the feedback database, best-effort (feedback.py is the database itself,
+  retention.py its daily prune);
 - shutdown.py: what SIGTERM does to questions in flight;
 - blocks.py / render.py: how replies look (Block Kit layout, Markdown -> mrkdwn).
 """

@@ -21,32 +21,17 @@ as it was (audit 30 F1): the snapshot copies it as it is, from a read-only conne
 exports read a migrated temporary copy (`read_copy`).
 
 A small `meta` table (key, value) keeps what the database must remember about itself: when this
-release created it, and retention's state (below). It is not counted in `user_version`: a release
-of the same schema without it only checks the version and names its columns, so it still opens the
-file; a release of an older schema refuses a version-2 file whatever its tables.
+release created it, and retention's state (retention.py). It is not counted in `user_version`: a
+release of the same schema without it only checks the version and names its columns, so it still
+opens the file; a release of an older schema refuses a version-2 file whatever its tables.
 
-Retention ([bot] retention_days, audit 23 L3): the text of a question older than that (what was
-asked, the question as searched, the answer) is blanked by `prune`, which the running bot applies
-at start and then daily (`RetentionJob`). What the report counts and charts stays: time, surface,
-channel and its type, outcome, latency, index version, cited sources and votes. The file is only
-readable by the bot's user (bot/sqlite_files.py).
-
-Retention on an upgrade (audit 30 F2): a database from a release without retention holds history
-its operator never agreed to lose. The first time the retention job finds text to remove in a
-database that retention has never pruned (and that this release did not create: all of such a
-database's rows were logged under retention), it removes nothing: it logs a WARNING saying how many
-questions, since when, the setting and how to keep them, records the moment in `meta`, and prunes
-only after RETENTION_GRACE_S (7 days) from then, warning at every run meanwhile. Later prunes run
-as before. A clock that was wrong when the moment was recorded does not use the wait up (audit 31
-F8): a moment later than now, or a last warning run more than the whole wait ago, starts it again.
-
-Retention on a large backlog (audit 25 F3, F7): the prune walks the old rows once, in time order,
-in short transactions with a pause after each, so the bot's own writes get the lock in between;
-and it gives the space back. A new database is created with SQLite's incremental auto_vacuum,
-and after a prune that left many free pages they are returned to the filesystem in small steps.
-A database from an earlier release (auto_vacuum off) is switched by one VACUUM when the bot
-starts, before it serves, if it is small enough to be rewritten in seconds (`RetentionJob.start`);
-a bigger one by `flytegpt feedback compact` with the bot stopped (`compact_database`).
+Retention ([bot] retention_days, audit 23 L3): the text of old questions is blanked by `prune`,
+which the running bot's retention job applies (retention.py: when, and the grace period of an
+earlier release's database). What the report counts and charts stays. A new database is created
+with SQLite's incremental auto_vacuum, so that the space a prune frees can be given back
+(`give_back_space`); an earlier release's file is switched by one VACUUM (`compact`: at start when
+it is small, else `flytegpt feedback compact` with the bot stopped). The file is only readable by
+the bot's user (bot/sqlite_files.py).
 """
 
 from __future__ import annotations
@@ -56,7 +41,6 @@ import json
 import logging
 import os
 import secrets
-import shlex
 import sqlite3
 import sys
 import threading
@@ -65,11 +49,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal
 
 from flytegpt.bot import sqlite_files
 from flytegpt.bot.question_text import clean_question
 from flytegpt.ingest.models import valid_unicode
+
+if TYPE_CHECKING:
+    from .retention import RetentionHold
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +73,6 @@ PRUNE_BATCH = 500  # rows read per step, and at most blanked per write transacti
 # writers, polling in SQLite's busy handler (sleeps of 1 ms growing to 100 ms, 5 s in all), find
 # the lock free about half of the time instead of almost never (audit 25 F3: 9 of 10 failed).
 PRUNE_PAUSE_S = 0.01
-# How long retention's own connection waits for the lock: longer than the bot's writers (5 s), so
-# that when both wait it is the prune that gives way, and a busy moment does not abort it.
-PRUNE_TIMEOUT_S = 30.0
 # After a prune, free pages are returned to the filesystem when they are at least this share of
 # the file and at least GIVE_BACK_MIN_BYTES: a day's prune frees about a day of text, which the
 # next day's rows reuse; a backlog or a lowered retention_days frees much more (audit 25 F7).
@@ -102,19 +86,13 @@ COMPACT_AT_START_MAX_BYTES = 512 << 20
 # How long `flytegpt feedback compact` waits for another connection's lock before it gives up with
 # a clear error: nothing should hold one (the bot is stopped), so a lock means someone writes.
 COMPACT_LOCK_TIMEOUT_S = 2.0
-# How long the first prune of a database retention has never pruned waits after the job first found
-# text to remove in it (audit 30 F2): the warning's time to be read, and retention_days set to 0.
-RETENTION_GRACE_S = 7 * DAY_S
 # How long the read-only commands (export, questions, snapshot) wait for another connection's write
 # lock before they say the database is in use.
 READ_LOCK_TIMEOUT_S = 5.0
-# `meta` keys: when this release created the database; when the retention job first found text to
-# remove in a database it had never pruned; when retention first removed text.
+# `meta` keys: when this release created the database; when retention first removed text (the
+# retention job's own keys are in retention.py).
 META_CREATED_AT = "created_at"
-META_RETENTION_PENDING_SINCE = "retention_pending_since"
 META_RETENTION_FIRST_PRUNED_AT = "retention_first_pruned_at"
-# the last run of the retention job that held that first prune back (and warned): audit 31 F8
-META_RETENTION_CHECKED_AT = "retention_checked_at"
 _TEXT_COLUMNS = ("question", "standalone_question", "answer")
 _HAS_TEXT = "(question != '' OR answer != '' OR standalone_question IS NOT NULL)"
 
@@ -192,21 +170,8 @@ class PruneProgress:
     visited: int = 0  # old rows read (each once per walk)
     blanked: int = 0  # rows whose text was removed
     writes: int = 0  # write transactions
-    given_back: int = 0  # bytes returned to the filesystem afterwards (prune_database)
+    given_back: int = 0  # bytes returned to the filesystem afterwards (retention.prune_database)
     held: "RetentionHold | None" = None  # a first prune waiting for its grace period: nothing was blanked
-
-
-@dataclass(frozen=True)
-class RetentionHold:
-    """Text retention would remove from a database it never pruned, kept until `prune_after`
-    (audit 30 F2): what the retention job's warning says."""
-
-    rows: int  # questions older than retention_days that still have their text
-    oldest: float  # when the oldest of them was logged
-    newest: float  # and the newest
-    retention_days: float
-    pending_since: float  # when the job first found them
-    prune_after: float  # pending_since + the grace period
 
 
 def new_answer_id() -> str:
@@ -216,11 +181,6 @@ def new_answer_id() -> str:
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat()
-
-
-def _day(t: float) -> str:
-    """A moment as an operator reads it in a log line: 2026-12-12 11:05 UTC."""
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def thread_permalink(workspace_url: str | None, channel: str | None, thread_ts: str | None) -> str | None:
@@ -255,7 +215,7 @@ def migrate(conn: sqlite3.Connection, path: str = "") -> int:
                 for statement in _statements(step):
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        if created:  # every row this database will hold is logged under retention (RetentionJob)
+        if created:  # every row this database will hold is logged under retention (retention.py)
             _set_meta(conn, META_CREATED_AT, time.time())
         conn.execute("COMMIT")
     except BaseException:
@@ -282,13 +242,6 @@ def _set_meta(conn: sqlite3.Connection, key: str, value: object, *, replace: boo
     conn.execute(_META_TABLE)
     conn.execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO meta (key, value) VALUES (?, ?)",
                  (key, repr(value) if isinstance(value, float) else str(value)))
-
-
-def _float_or_none(value: str | None) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except ValueError:  # not a number: as if unset
-        return None
 
 
 def _unusable(path: str, e: sqlite3.DatabaseError) -> FeedbackDatabaseError:
@@ -565,7 +518,7 @@ class FeedbackStore:
         updated rows leave every page they were on mostly empty and nothing is freed (160,000
         pruned rows: 161,000 pages, 615 MB of them unused), while a delete that leaves a page
         mostly empty merges it with its neighbours and frees pages, which the file can give back
-        (`prune_database`) or later rows reuse.
+        (`retention.prune_database`) or later rows reuse.
         """
         if not retention_days or retention_days <= 0:
             return 0
@@ -603,7 +556,7 @@ class FeedbackStore:
                     stop.wait(pause)
                 else:
                     time.sleep(pause)
-        if blanked:  # from now on the database is one retention has pruned: no grace (retention_hold)
+        if blanked:  # from now on retention has pruned this database: no grace (retention.retention_hold)
             with self._lock:
                 _set_meta(self._conn, META_RETENTION_FIRST_PRUNED_AT, time.time() if now is None else now)
         return blanked
@@ -613,52 +566,27 @@ class FeedbackStore:
         with self._lock:
             return _get_meta(self._conn, key)
 
-    def retention_hold(self, retention_days: float, *, now: float | None = None,
-                       grace_s: float = RETENTION_GRACE_S) -> RetentionHold | None:
-        """Whether the first prune of this database must wait (audit 30 F2); None: prune as usual.
-
-        It waits when retention has never removed text here, this release did not create the
-        database (an earlier release's history, logged before retention existed), and there is text
-        to remove: from the first time that is found (recorded in `meta`, so a restart does not
-        start the wait again) until `grace_s` later. A database this release created, or one
-        retention already pruned, never waits; nor does one with nothing old enough yet, until it has.
-
-        A wrong clock must not use the wait up (audit 31 F8). Each run that waits records its time.
-        The wait starts again from now when the moment recorded is later than now (the clock was
-        ahead then, or was set back since), and when the last run that waited is more than `grace_s`
-        ago: a clock that was behind and has been corrected, or a bot that was stopped for longer than
-        the whole wait; either way no one has been warned for the grace period since that run, so the
-        first run after such a jump never prunes. A clock behind by less than `grace_s` shortens the
-        wait by at most its error.
-        """
-        if not retention_days or retention_days <= 0:
-            return None
-        now = time.time() if now is None else now
+    def set_meta(self, values: dict[str, object]) -> None:
+        """Write `meta` values (META_* keys), replacing what they were, in one transaction: the
+        retention job's record of its grace period (retention.retention_hold)."""
         with self._lock:
-            if _get_meta(self._conn, META_CREATED_AT) or _get_meta(self._conn, META_RETENTION_FIRST_PRUNED_AT):
-                return None
-            rows, oldest, newest = self._conn.execute(
-                "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM answers "
-                f"WHERE created_at < ? AND {_HAS_TEXT}", (now - retention_days * DAY_S,)).fetchone()
-            if not rows:
-                return None
-            since = _float_or_none(_get_meta(self._conn, META_RETENTION_PENDING_SINCE))
-            # a database a release of 26e9b24 held has no record of its runs: its first is the last
-            checked = _float_or_none(_get_meta(self._conn, META_RETENTION_CHECKED_AT))
-            checked = since if checked is None else checked
-            if since is None or since > now or (checked is not None and now - checked > grace_s):
-                since = now
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                _set_meta(self._conn, META_RETENTION_PENDING_SINCE, since, replace=True)
-                _set_meta(self._conn, META_RETENTION_CHECKED_AT, now, replace=True)
+                for key, value in values.items():
+                    _set_meta(self._conn, key, value, replace=True)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-        if now >= since + grace_s:
-            return None
-        return RetentionHold(int(rows), float(oldest), float(newest), retention_days, since, since + grace_s)
+
+    def text_older_than(self, cutoff: float) -> tuple[int, float | None, float | None]:
+        """How many questions logged before `cutoff` still have their text, and when the oldest and
+        the newest of them were logged (None, None when there are none): what a prune would blank."""
+        with self._lock:
+            rows, oldest, newest = self._conn.execute(
+                "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM answers "
+                f"WHERE created_at < ? AND {_HAS_TEXT}", (cutoff,)).fetchone()
+        return int(rows), oldest, newest
 
     def _blank(self, rowids: list[int], kept: list[str]) -> int:
         """One write transaction: the rows among `rowids` that still have text, inserted again
@@ -687,7 +615,7 @@ class FeedbackStore:
         """Return free pages to the filesystem when they are at least `min_share` of the file and
         `min_bytes` (after a prune that removed much text); returns the bytes the file shrank by.
         In small steps the bot's writes get in between (sqlite_files.give_back_free_pages); 0 for a
-        database without incremental auto_vacuum (an earlier release's: RetentionJob.start)."""
+        database without incremental auto_vacuum (an earlier release's: retention.RetentionJob.start)."""
         with self._lock:
             free, total = sqlite_files.free_bytes(self._conn)
         if free < min_bytes or free < min_share * total:
@@ -703,7 +631,7 @@ class FeedbackStore:
     def compact(self) -> tuple[int, int]:
         """One VACUUM that switches the file to incremental auto_vacuum and drops its free and
         half-empty pages; (bytes before, bytes after). Locks the file for as long as it takes:
-        only before the bot serves (RetentionJob.compact_at_start) or with the bot stopped."""
+        only before the bot serves (retention.RetentionJob.compact_at_start) or with the bot stopped."""
         with self._lock:
             return sqlite_files.compact(self._conn, self.path)
 
@@ -935,161 +863,3 @@ def _compact_error(path: str, e: sqlite3.DatabaseError) -> FeedbackDatabaseError
             "database holds (in SQLite's temporary folder, $SQLITE_TMPDIR or /tmp) and for its journal beside "
             "the file; nothing was changed")
     return FeedbackDatabaseError(f"{path} is not a usable feedback database: {text}")
-
-
-def prune_database(db_path: str | Path, retention_days: float, *, now: float | None = None,
-                   progress: PruneProgress | None = None, stop: threading.Event | None = None,
-                   grace_s: float | None = None) -> int:
-    """`FeedbackStore.prune` on an existing database file, then the freed space given back
-    (`give_back_space`); how many rows lost their text, 0 when there is no file (yet) or retention
-    is off. Its own connection, more patient for the lock than the bot's (PRUNE_TIMEOUT_S);
-    `progress` resumes a walk and records the work; `stop` ends it between two steps.
-
-    `grace_s` (the retention job's): a database retention never pruned is left alone until that long
-    after its old text was first found (`FeedbackStore.retention_hold`); then `progress.held` says
-    what waits, and 0 rows lost their text. None: prune now (a caller that chose to)."""
-    if not retention_days or str(db_path) == ":memory:" or not Path(db_path).is_file():
-        return 0
-    progress = progress if progress is not None else PruneProgress()
-    store = FeedbackStore(db_path, timeout_s=PRUNE_TIMEOUT_S)
-    try:
-        if grace_s is not None:
-            progress.held = store.retention_hold(retention_days, now=now, grace_s=grace_s)
-            if progress.held is not None:
-                return 0
-        n = store.prune(retention_days, now=now, progress=progress, stop=stop)
-        if not (stop is not None and stop.is_set()):
-            progress.given_back += store.give_back_space(stop=stop)
-        return n
-    finally:
-        store.close()
-
-
-class RetentionJob:
-    """The running bot's retention: `prune_database` at start, then every `interval_s` (a day),
-    on an apscheduler job as the index reloader polls (bot/reload.py).
-
-    Its own connection: the bot's writes get the lock between its short transactions, and a
-    failure (a locked or damaged file) is logged and tried again at the next run, never raised.
-    It remembers how far the walk got (PruneProgress.cursor) while the file stays the same file,
-    so a daily run reads only the rows that aged past retention since the last one. `stop()`
-    ends a run in progress between two steps (a shutdown does not wait for a long prune).
-
-    A database from a release without retention is not pruned at once (audit 30 F2): the first run
-    that finds text to remove in it logs a WARNING and the job waits `grace_s` (RETENTION_GRACE_S)
-    before its first prune (`FeedbackStore.retention_hold`). `clock`: the time the job runs at.
-    """
-
-    def __init__(self, db_path: str | Path, retention_days: float, *, interval_s: float = DAY_S,
-                 grace_s: float = RETENTION_GRACE_S, clock: Callable[[], float] = time.time) -> None:
-        self.db_path, self.retention_days, self.interval_s = str(db_path), retention_days, interval_s
-        self.grace_s, self._clock = grace_s, clock
-        self._scheduler: Any = None
-        self._stop = threading.Event()
-        self._cursor: tuple[float, int] | None = None
-        self._file: tuple[int, int] | None = None
-        self.last_run: PruneProgress | None = None  # the work the last run did
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.retention_days) and self.db_path != ":memory:"
-
-    def run_once(self) -> int | None:
-        """Prune now: how many rows lost their text, None (logged) when it failed."""
-        progress = PruneProgress(cursor=self._resume_from())
-        try:
-            n = prune_database(self.db_path, self.retention_days, now=self._clock(), progress=progress,
-                               stop=self._stop, grace_s=self.grace_s)
-        except Exception as e:  # noqa: BLE001 - retention must never stop the bot
-            log.error("feedback retention failed", extra={"path": self.db_path, "error": str(e)})
-            return None
-        finally:  # rows up to the cursor have no text, even when a later step failed
-            self._cursor, self.last_run = progress.cursor, progress
-        if progress.held is not None:
-            self._warn_held(progress.held)
-        if n or progress.given_back:
-            log.info("feedback retention: question text removed",
-                     extra={"rows": n, "retention_days": self.retention_days, "rows_read": progress.visited,
-                            "transactions": progress.writes, "mb_given_back": round(progress.given_back / 2**20, 1)})
-        return n
-
-    def _warn_held(self, held: RetentionHold) -> None:
-        """The warning of a first prune that waits: before anything is removed, at every run until then."""
-        days = f"{held.retention_days:g}"
-        log.warning(
-            f"feedback retention: {held.rows:,} question(s) in {self.db_path}, logged from {_day(held.oldest)} to "
-            f"{_day(held.newest)}, are older than [bot] retention_days = {days}, and retention has never pruned this "
-            "database (its history comes from a release without retention). Nothing is removed before "
-            f"{_day(held.prune_after)}; from then on their text is. Set [bot] retention_days = 0 to keep them "
-            "(a backup first: flytegpt feedback snapshot)",
-            extra={"path": self.db_path, "rows": held.rows, "oldest": _iso(held.oldest), "newest": _iso(held.newest),
-                   "retention_days": held.retention_days, "pending_since": _iso(held.pending_since),
-                   "prune_after": _iso(held.prune_after)})
-
-    def _resume_from(self) -> tuple[float, int] | None:
-        """Where the last walk ended, if the path still names the file it walked (a file deleted,
-        replaced or restored from a backup is walked from the start)."""
-        try:
-            st = os.stat(self.db_path)
-            identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except OSError:
-            identity = None
-        if identity != self._file:
-            self._file, self._cursor = identity, None
-        return self._cursor
-
-    def compact_at_start(self) -> bool:
-        """Switch a database of an earlier release (auto_vacuum off: its file never shrinks) to
-        incremental auto_vacuum with one VACUUM, when the file is at most COMPACT_AT_START_MAX_BYTES;
-        True when it did. Runs in `start()`, before the bot serves: a VACUUM locks the file for as
-        long as it takes, and nothing of the bot writes yet. A bigger file is left as it is (its
-        freed pages are reused by later rows), with a warning saying how to switch it with the bot
-        stopped. A failure (another process holding the file, no room for the copy) is logged."""
-        if not self.enabled or not Path(self.db_path).is_file():
-            return False
-        try:
-            store = FeedbackStore(self.db_path)
-            try:
-                if store.auto_vacuum != "none":
-                    return False
-                size = os.path.getsize(self.db_path)
-                if size > COMPACT_AT_START_MAX_BYTES:
-                    log.warning(
-                        "the feedback database file never gives space back (made by an earlier release) and is "
-                        "too big to switch at start; with the bot stopped, run: flytegpt feedback compact --db "
-                        f"{shlex.quote(self.db_path)}", extra={"path": self.db_path, "mb": round(size / 2**20, 1)})
-                    return False
-                t0 = time.monotonic()
-                before, after = store.compact()
-            finally:
-                store.close()
-        except Exception as e:  # noqa: BLE001 - the bot starts all the same
-            log.warning("feedback database not switched to incremental auto_vacuum",
-                        extra={"path": self.db_path, "error": str(e)})
-            return False
-        log.info("feedback database switched to incremental auto_vacuum (one VACUUM at start)",
-                 extra={"path": self.db_path, "mb_before": round(before / 2**20, 1),
-                        "mb_after": round(after / 2**20, 1), "seconds": round(time.monotonic() - t0, 2)})
-        return True
-
-    def start(self) -> None:
-        """Compact an earlier release's file (`compact_at_start`, before returning: call it before
-        the bot serves), then prune now and every `interval_s` in the background."""
-        if not self.enabled or self._scheduler is not None:
-            return
-        from datetime import datetime
-
-        from apscheduler.schedulers.background import BackgroundScheduler
-
-        self.compact_at_start()
-        self._stop.clear()
-        self._scheduler = BackgroundScheduler(daemon=True)
-        self._scheduler.add_job(self.run_once, "interval", seconds=self.interval_s, id="flytegpt-retention",
-                                max_instances=1, coalesce=True, next_run_time=datetime.now())
-        self._scheduler.start()
-
-    def stop(self) -> None:
-        if self._scheduler is not None:
-            self._stop.set()  # a run in progress ends after its current step
-            self._scheduler.shutdown(wait=True)
-            self._scheduler = None

@@ -26,20 +26,14 @@ bare mention gets the usage, as `/flytegpt help` does; a message that only greet
 the usage; a thank-you gets a 🤗 reaction and no message. None of them is logged as a question.
 
 A question asked while the first index loads (`flytegpt serve` connects before it loads: after
-every restart) waits for it, parked here rather than on a worker, until the index is served (then
-it is queued, with its 👀) or until its answer's deadline passes (then the not-ready notice, no 👀)
-(audit 29 F7; `wait_for_index`). Once the index is served the parked questions go to the answer
-pool in the order asked, each as soon as the pool has room: a cold start's backlog is answered,
-not told the bot is busy (audit 31 F7). One thread watches all of them (`_watch_parked`).
+every restart) waits for it in the parking line (parking.py, `wait_for_index`), then goes to the
+answer pool in the order asked; what it holds meanwhile and what it is told when it waits too long
+or the bot stops is decided here (`_parked_too_late`, `_parked_at_stop`).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import threading
-import time
 from typing import TYPE_CHECKING, Callable
 
 from flytegpt.bot import messages
@@ -49,6 +43,7 @@ from flytegpt.ingest.sources.slack_export import valid_ts
 from . import blocks
 from .addressing import SmallTalk, closes_the_thread, for_the_bot, small_talk
 from .history import question_text
+from .parking import ParkingLine
 from .question import Question
 from .ratelimit import InFlightLimit, RateLimiter
 
@@ -69,11 +64,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ANSWERABLE_SUBTYPES = (None, "file_share", "thread_broadcast")
-# How often the parked questions' thread looks for room in a full answer pool, besides being woken
-# when an answer ends (the pool tells its task's end just before the task's place is free).
-_ROOM_POLL_S = 0.05
-# How long an ending answer waits for the parked questions' mover, at shutdown, to tell them itself.
-_MOVER_WAIT_S = 1.0
 
 
 class EventRouter:
@@ -99,33 +89,20 @@ class EventRouter:
         self.metrics, self.submit = metrics, submit
         self.turned_away = turned_away  # logs a refused question for the report
         self.index: "IndexHolder | None" = None  # set by wait_for_index; None: questions never wait for one
-        # Questions waiting for the first index, then for room in the answer pool: a heap by arrival
-        # (q.received, a tie-breaker, q), so its head is both the next to queue and the next whose
-        # deadline passes. One thread (`_watch_parked`) waits for all of them; it runs only while
-        # the line is not empty.
-        self._line: list[tuple[float, int, Question]] = []
-        self._line_seq = itertools.count()
-        self._parked_lock = threading.Lock()
-        self._line_changed = threading.Condition(self._parked_lock)
-        self._watcher: threading.Thread | None = None
-        self._hooked = False  # _index_settled is registered with the holder's load under way
-        self._moving = threading.Lock()  # one mover out of the line at a time: the order asked is kept
+        # Questions waiting for the first index, then for room in the answer pool (parking.py).
+        self.parked: ParkingLine | None = None
 
     def wait_for_index(self, holder: "IndexHolder") -> None:
-        """Questions asked while `holder` loads its first index wait for it (audit 29 F7).
-
-        `flytegpt serve` connects to Slack first and loads the index in the background (0.6 s warm,
-        10 s on a cold model cache): with one replica, exactly the questions asked or redelivered
-        during a restart were told "not ready, try again in a minute". Now such a question is held
-        until the index is served, for at most its answer's deadline ([answer] deadline_s from its
-        arrival, as everywhere); only when that passes, or when the load ends without an index,
-        is the asker told it is not ready. The 👀 goes only on questions that will be answered.
-
-        When the index is served, the waiting questions go to the answer pool in the order asked;
-        one that finds the pool full keeps waiting for room, within the same deadline (audit 31 F7:
-        a cold start's 50 questions were queued in one burst and 14 of them told the bot was busy,
-        although an answer took 40 ms)."""
+        """Questions asked while `holder` loads its first index wait for it (audit 29 F7), in the
+        parking line (parking.py says why), for at most their answer's deadline ([answer]
+        deadline_s from their arrival, as everywhere); then they go to the answer pool in the order
+        asked, each as soon as it has room (audit 31 F7). Only when the deadline passes, or the load
+        ends without an index, is the asker told it is not ready; the 👀 goes only on questions
+        that will be answered."""
         self.index = holder
+        self.parked = ParkingLine(holder, deadline_s=self.config.answer.deadline_s, pool=self.pool,
+                                  submit=self._submitted, too_late=self._parked_too_late,
+                                  at_stop=self._parked_at_stop)
 
     def register(self, app: "App") -> None:
         app.event("app_mention")(self.on_mention)
@@ -201,8 +178,9 @@ class EventRouter:
         if not self._take_slot(q, limiter):
             ack(text=messages.IN_FLIGHT, response_type="ephemeral")
             return
-        if self._waits_for_index(q):
-            self._park(q)
+        parking = self._parking_for(q)
+        if parking is not None:
+            parking.park(q)
             ack(text=messages.LOOKING, response_type="ephemeral")
             return
         if not self.submit(q):
@@ -358,7 +336,7 @@ class EventRouter:
         at once (empty, too long) costs no search or model call, and a busy refusal is given back,
         as is one refused because the user already has their share in flight (`_take_slot`).
         Turned-down questions have a count of their own (`_limiter_for`). Small talk is replied to
-        here (`_small_talk`); a question asked while the first index loads waits for it (`_park`)."""
+        here (`_small_talk`); a question asked while the first index loads waits for it (`ParkingLine.park`)."""
         talk = small_talk(q.text, self.config.project.assistant_name) if q.surface != "followup" else None
         if talk is not None:  # a thread reply without a mention is small talk only to people (for_the_bot)
             self._small_talk(q, talk)
@@ -375,8 +353,9 @@ class EventRouter:
             self.side.submit(self.delivery.ephemeral, q.channel, q.user, messages.IN_FLIGHT, q.thread_ts)
             return
         self._remember_thread(q)  # the answer or the busy notice goes there
-        if self._waits_for_index(q):
-            self._park(q)
+        parking = self._parking_for(q)
+        if parking is not None:
+            parking.park(q)
             return
         self._enqueue(q)
 
@@ -431,105 +410,13 @@ class EventRouter:
     def _index_ready(self) -> bool:
         return self.index is None or self.index.ready
 
-    def _waits_for_index(self, q: Question) -> bool:
-        """A question the answerer would take, asked while the first index is loading, or while
-        questions that waited for it still wait for room in the answer pool (it queues behind
-        them: the order asked is kept, and a newcomer cannot take the place one of them waits for)."""
-        if self.index is None or not self._answerable_length(q):
-            return False
-        return (not self.index.ready and self.index.loading) or bool(self._line)
-
-    def _park(self, q: Question) -> None:
-        """Hold `q` (it keeps its rate-limit count and in-flight slot) until the first index is
-        served and the answer pool has room for it (`_move_parked`), or until its deadline passes
-        (`_parked_too_late`). Parked here, not on a worker: no worker is held, and the 👀 goes on
-        only once it is queued. One thread waits for every parked question (`_watch_parked`):
-        a timer each held one thread per question (74 at a cold start with 50 questions)."""
-        left = max(0.0, self.config.answer.deadline_s - (time.monotonic() - q.received))
-        with self._line_changed:
-            heapq.heappush(self._line, (q.received, next(self._line_seq), q))
-            assert self.index is not None
-            hook = not self._hooked and self.index.loading  # told once when the load is over
-            self._hooked = self._hooked or hook
-            watcher = None
-            if self._watcher is None:
-                watcher = self._watcher = threading.Thread(target=self._watch_parked, daemon=True,
-                                                           name="flytegpt-parked")
-            self._line_changed.notify()
-        if watcher is not None:
-            watcher.start()
-        log.info("question waits for the first index" if self.index.loading
-                 else "question waits for room in the answer queue",
-                 extra={"surface": q.surface, "wait_s": round(left, 1)})
-        # Otherwise the parked questions' thread (woken above) queues it: a listener thread never
-        # waits for a mover (which, when the bot stops, posts the restart notices itself).
-        if hook and not self.index.when_settled(self._index_settled):
-            with self._line_changed:  # loaded (or given up) meanwhile: nothing will tell the thread
-                self._hooked = False
-                self._line_changed.notify()
-
-    def _index_settled(self) -> None:
-        """The first load is over (on the loading thread): the parked questions are queued in the
-        order asked, as many as the answer pool takes now, before this returns (a stop settles the
-        load and then closes the pool: every one queued meanwhile is told, as every question in
-        flight). The rest wait for room on the parked questions' thread. With an index they are
-        answered (the answer job's deadline still counts from their arrival); without one the answer
-        job tells them it is not ready, with no 👀."""
-        with self._parked_lock:
-            self._hooked = False  # a later first load (expect_load) is waited for again
-        self._move_parked()
-        with self._line_changed:
-            self._line_changed.notify()
-
-    def _watch_parked(self) -> None:
-        """The one thread for all parked questions: it sleeps until the earliest deadline (the
-        line's head: deadlines pass in the order of arrival), or until woken (a question parked,
-        an answer ended), and then moves what it can (`_move_parked`). While questions wait for
-        room it also looks every _ROOM_POLL_S. It ends when no question is parked."""
-        deadline_s = self.config.answer.deadline_s
-        while True:
-            with self._line_changed:
-                if not self._line:
-                    self._watcher = None
-                    return
-                left = self._line[0][0] + deadline_s - time.monotonic()
-                if left > 0:
-                    loading = self.index is not None and self.index.loading
-                    self._line_changed.wait(left if loading else min(left, _ROOM_POLL_S))
-            self._move_parked()
-
-    def _move_parked(self, *, wait_s: float = -1) -> None:
-        """Out of the line, in the order asked: a question whose deadline passed is told so
-        (`_parked_too_late`); once the first load is over, the others are queued while the pool
-        takes them. One the pool refuses as full stays first in line; once the pool is closed
-        (stopping), each is told the bot restarted. `wait_s`: how long to wait for another mover
-        (-1: as long as it takes); past it, that mover is left to do it."""
-        deadline_s = self.config.answer.deadline_s
-        if not self._moving.acquire(timeout=wait_s):
-            return
-        try:
-            while True:
-                with self._parked_lock:
-                    if not self._line:
-                        return
-                    entry = self._line[0]
-                    q = entry[2]
-                    expired = time.monotonic() - q.received >= deadline_s
-                    if not expired and self.index is not None and self.index.loading:
-                        return
-                    heapq.heappop(self._line)
-                if expired:
-                    self._parked_too_late(q)
-                elif self._submitted(q):
-                    continue
-                elif self.pool.closed:
-                    self._parked_at_stop(q)
-                else:
-                    with self._parked_lock:
-                        heapq.heappush(self._line, entry)  # still the first: its place is kept
-                    return
-        finally:
-            self._moving.release()
+    def _parking_for(self, q: Question) -> ParkingLine | None:
+        """The parking line, for a question the answerer would take asked while the first index is
+        loading, or while questions that waited for it still wait for room in the answer pool
+        (`ParkingLine.must_wait`); None: it goes to the answer pool now."""
+        if self.parked is None or not self._answerable_length(q) or not self.parked.must_wait():
+            return None
+        return self.parked
 
     def _parked_too_late(self, q: Question) -> None:
         """`q`'s deadline passed while it was parked: before the first index was served, the
@@ -599,20 +486,8 @@ class EventRouter:
             self.in_flight.release(id(q))
             if q.refused_late:
                 self._limiter_for(q).release(q.user)
-        if self._line:
-            self._room_made()
-
-    def _room_made(self) -> None:
-        """An answer ended while questions wait in the line: wake their thread to queue the next.
-        When the pool is closed (stopping), they are told here, on the ending answer's thread:
-        shutdown.drain waits for it, so the notices are posted before the bot exits."""
-        if not self.pool.closed:
-            with self._line_changed:
-                self._line_changed.notify()
-            return
-        # a mover under way tells them itself; waiting for it is bounded, as the pool's shutdown
-        # may call this while a mover waits on the pool
-        self._move_parked(wait_s=_MOVER_WAIT_S)
+        if self.parked is not None:
+            self.parked.room_made()  # a question waiting for room may take its place
 
     def _where_to_ask(self) -> str:
         """The "only in these channels" notice: it goes to anyone who mentions the bot elsewhere,

@@ -27,7 +27,12 @@ import threading
 import time
 from pathlib import Path
 
-from flytegpt.bot.slack.feedback import DAY_S, FeedbackStore, prune_database
+from flytegpt.bot.slack.feedback import DAY_S, FeedbackStore
+
+try:
+    from flytegpt.bot.slack.retention import prune_database
+except ImportError:  # an older checkout (the "before" figures): prune_database was in feedback.py
+    from flytegpt.bot.slack.feedback import prune_database
 
 QUESTION = "How do I cache a task? " * 20
 ANSWER = "Bump cache_version in the task decorator [1]. " * 25

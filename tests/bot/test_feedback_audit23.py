@@ -18,7 +18,8 @@ from flytegpt.bot.answering import Answer, Citation
 from flytegpt.bot.cli_serve import feedback_group
 from flytegpt.bot.report.data import load_questions
 from flytegpt.bot.slack.dedupe import Deduper, seen_path_for
-from flytegpt.bot.slack.feedback import DAY_S, FeedbackStore, RetentionJob, export_confirmed, prune_database
+from flytegpt.bot.slack.feedback import DAY_S, FeedbackStore, export_confirmed
+from flytegpt.bot.slack.retention import RetentionJob, prune_database
 from flytegpt.ingest.config import BotConfig
 
 
@@ -241,7 +242,7 @@ def test_a_retention_failure_is_logged_not_raised(tmp_path: Path, caplog):
 
 def test_serve_runs_retention_with_the_configured_days(tmp_path: Path, monkeypatch):
     from flytegpt.bot import cli_serve
-    from flytegpt.bot.slack import feedback
+    from flytegpt.bot.slack import retention
 
     started: list[tuple[str, float]] = []
 
@@ -249,7 +250,7 @@ def test_serve_runs_retention_with_the_configured_days(tmp_path: Path, monkeypat
         def start(self) -> None:
             started.append((self.db_path, self.retention_days))
 
-    monkeypatch.setattr(feedback, "RetentionJob", Recording)
+    monkeypatch.setattr(retention, "RetentionJob", Recording)
     monkeypatch.setattr("flytegpt.bot.serve.serve", lambda *a, **k: None)
     config = tmp_path / "flytegpt.toml"
     config.write_text(f'[bot]\nfeedback_db = "{tmp_path / "f.sqlite3"}"\nretention_days = 30\n')

@@ -34,15 +34,13 @@ from flytegpt.bot.cli import main
 from flytegpt.bot.slack import feedback
 from flytegpt.bot.slack.feedback import (
     DAY_S,
-    META_RETENTION_PENDING_SINCE,
-    RETENTION_GRACE_S,
     FeedbackDatabaseBusy,
     FeedbackDatabaseError,
     FeedbackStore,
-    RetentionJob,
     export_snapshot,
     read_copy,
 )
+from flytegpt.bot.slack.retention import META_RETENTION_PENDING_SINCE, RETENTION_GRACE_S, RetentionJob
 
 def state(path: Path) -> tuple[str, int, str, int]:
     """What must not change: the bytes (sha256), user_version, journal kind and mode bits."""

@@ -42,14 +42,12 @@ from flytegpt.bot.report.data import load_questions
 from flytegpt.bot.slack import feedback
 from flytegpt.bot.slack.feedback import (
     DAY_S,
-    META_RETENTION_PENDING_SINCE,
-    RETENTION_GRACE_S,
     FeedbackDatabaseError,
     FeedbackStore,
-    RetentionJob,
     export_snapshot,
     read_copy,
 )
+from flytegpt.bot.slack.retention import META_RETENTION_PENDING_SINCE, RETENTION_GRACE_S, RetentionJob
 
 ROWS = 60
 

@@ -22,7 +22,8 @@ from click.testing import CliRunner
 
 from flytegpt.bot.cli import main
 from flytegpt.bot.slack import feedback
-from flytegpt.bot.slack.feedback import COMPACT_LOCK_TIMEOUT_S, FeedbackStore, RetentionJob
+from flytegpt.bot.slack.feedback import COMPACT_LOCK_TIMEOUT_S, FeedbackStore
+from flytegpt.bot.slack.retention import RetentionJob
 
 ENV = {"FLYTEGPT_CONFIG": None, "COLUMNS": "300"}
 TEXT = "How do I cache a task with a custom hash? " * 12  # ~500 characters a row

@@ -17,14 +17,8 @@ from pathlib import Path
 
 from flytegpt.bot.metrics import Metrics
 from flytegpt.bot.slack import feedback
-from flytegpt.bot.slack.feedback import (
-    DAY_S,
-    PRUNE_BATCH,
-    FeedbackStore,
-    PruneProgress,
-    RetentionJob,
-    prune_database,
-)
+from flytegpt.bot.slack.feedback import DAY_S, PRUNE_BATCH, FeedbackStore, PruneProgress
+from flytegpt.bot.slack.retention import RetentionJob, prune_database
 from flytegpt.bot.slack.recording import AnswerRecorder
 
 QUESTION = "How do I cache a task with a custom hash? " * 10  # ~430 characters
