@@ -362,6 +362,10 @@ class AnswerConfig(_Strict):
     # Cap on the model's answer (tokens), so a runaway answer cannot fill a thread. ~1,000
     # tokens is ~4,000 characters, longer than any good chat answer.
     max_tokens: int = Field(default=1024, ge=16, le=32_768)
+    # The request field max_tokens is sent as. "auto": max_completion_tokens to OpenAI (no base URL,
+    # api.openai.com, *.openai.azure.com), whose reasoning models refuse max_tokens; max_tokens to any
+    # other server (Ollama's /v1 reads only that). Set it for a proxy in front of OpenAI (LiteLLM).
+    max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
 
 
 FLYTE = "Flyte"

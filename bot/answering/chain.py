@@ -16,7 +16,9 @@ comes minutes after the question (audit 25 F4). Without `asked_at` (CLI, bulk) i
 from __future__ import annotations
 
 import logging
+import re
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from flytegpt.bot.pasted import SEARCH_MAX_CHARS, fit_pieces, fit_question, read_paste, search_text
@@ -29,6 +31,7 @@ from .citations import source_citations
 from .live import Delta, LiveCitations, Progress, clean_answer
 from .model_calls import MIN_CALL_S, RELATED as _RELATED, Deadline, EmptyCompletion, NoAnswerInTime, Retries
 from .offline import offline_answer
+from .reasoning import ReasoningFilter, closes_unopened, strip_reasoning
 from .types import Answer, Citation, IndexNotReady, QuestionRejected, Turn, UNCITED, keep_turns
 
 Event = Progress | Delta | Answer
@@ -41,6 +44,44 @@ log = logging.getLogger(__name__)
 
 _CONDENSED_MAX_CHARS = 1000
 _REWRITE_MAX_CHARS = 300  # the search terms a rewrite may add
+# finish reasons that end a reply before the model meant to: retrying an empty one does the same again
+_CUT_SHORT = ("length", "content_filter")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """What one model call said: its answer text (any thinking removed) and why it stopped
+    (`finish_reason`: "stop", "length", "content_filter"; None when the server never said)."""
+
+    text: str
+    finish: str | None = None
+
+
+def _text_of(message: Any) -> str:
+    """A message's (or chunk's) text, as StrOutputParser makes it."""
+    from langchain_core.outputs import ChatGeneration
+
+    return message if isinstance(message, str) else ChatGeneration(message=message).text
+
+
+def _finish_of(message: Any) -> str | None:
+    return (getattr(message, "response_metadata", None) or {}).get("finish_reason")
+
+
+def close_fence(markdown: str) -> str:
+    """`markdown` with a code fence it leaves open closed: an answer cut at `[answer] max_tokens`
+    often stops inside a code block, which would swallow the note after it."""
+    opened: str | None = None
+    for line in markdown.splitlines():
+        m = _FENCE.match(line)
+        if m is None:
+            continue
+        if opened is None:
+            opened = m.group(1)
+        elif m.group(1)[0] == opened[0] and len(m.group(1)) >= len(opened) and not m.group(2).strip():
+            opened = None
+    return markdown if opened is None else f"{markdown.rstrip()}\n{opened}"
 
 
 
@@ -101,6 +142,7 @@ class Answerer:
         self.llm_enabled: bool = (key is not None and bool(key.get_secret_value().strip())) or base_url is not None
         self._lock = threading.Lock()
         self._chat: Any = None
+        self._thinking_opens_in_prompt = False  # learnt from a reply: see _read
 
     # ---- public API -------------------------------------------------------------
     def answer(self, question: str, history: Sequence[Turn] = (), *, asked_at: float | None = None) -> Answer:
@@ -150,6 +192,8 @@ class Answerer:
         # what a thread's follow-ups were searched with, audit 31 F2); of the kept turns only, each
         # read once: a thread can hold many 40,000-character messages
         history = answered_turns(keep_turns(history, self.config.answer.history_turns), limit)
+        # an answer posted before thinking was told apart (audit 32 F1) is read without it
+        history = [Turn(t.role, strip_reasoning(t.text)) if t.role == "assistant" else t for t in history]
         yield Progress("searching")
 
         standalone, late, condensed, followup = searched, False, "", False
@@ -198,10 +242,10 @@ class Answerer:
         inputs = {"sources": prompts.format_sources(fitted), "question": told}
         try:
             if stream:
-                raw = yield from self._stream_answer(inputs, fitted, deadline)
+                reply = yield from self._stream_answer(inputs, fitted, deadline)
             else:
-                raw = self._invoke(self._chain(prompts.answer_prompt(self.config.project), deadline), inputs, fitted,
-                                   deadline=deadline)
+                reply = self._invoke(self._chain(prompts.answer_prompt(self.config.project), deadline), inputs, fitted,
+                                     deadline=deadline)
         except EmptyCompletion:
             yield self._empty_output(question, standalone, sources, version)
             return
@@ -216,17 +260,49 @@ class Answerer:
             note = prompts.MODEL_STOPPED_NOTE if e.reason == "stopped" else prompts.MODEL_DEADLINE_PARTIAL_NOTE
             yield Answer(question, standalone, f"{text}\n\n{note}", citations, "llm", version, note=e.reason)
             return
-        text, citations = clean_answer(raw, fitted)
+        if not reply.text.strip():  # cut short before any answer (a reasoning model's thinking, a filter)
+            yield self._cut_short(question, standalone, sources, version, reply.finish)
+            return
+        cut = reply.finish in _CUT_SHORT
+        text, citations = clean_answer(close_fence(reply.text) if cut else reply.text, fitted)
         if not text.strip():  # only characters cleaning removes (NULs, control codes): nothing said
             log.warning("chat model's answer was empty once cleaned: offline passages")
             yield self._empty_output(question, standalone, sources, version)
             return
+        note: str | None = None
+        if cut:  # posted with a note: the asker knows the answer is not all the model meant to say
+            note = reply.finish
+            text = f"{text}\n\n{self._finish_note(reply.finish)}"
         if not citations:  # never an answer without a source to check it against
             log.info("the model's answer cites no source: the sources it was given are listed")
             yield Answer(question, standalone, text, source_citations(fitted[:_RELATED]), "llm", version,
-                         note=UNCITED)
+                         note=UNCITED)  # the heading over the sources depends on it; a cut shows in the text
             return
-        yield Answer(question, standalone, text, citations, "llm", version)
+        yield Answer(question, standalone, text, citations, "llm", version, note=note)
+
+    def _finish_note(self, finish: str | None) -> str:
+        """The note under an answer the model did not finish, and the operator's log line for it."""
+        if finish == "length":
+            log.warning("chat model's answer was cut at [answer] max_tokens (%d)", self.config.answer.max_tokens,
+                        extra={"finish_reason": finish})
+            return prompts.MODEL_LENGTH_NOTE
+        log.warning("the model provider's content filter stopped the answer", extra={"finish_reason": finish})
+        return prompts.MODEL_FILTERED_NOTE
+
+    def _cut_short(self, question: str, standalone: str, sources: list[Source], version: str | None,
+                   finish: str | None) -> Answer:
+        """The passages, when the model stopped before writing any answer: a reasoning model that spent
+        `[answer] max_tokens` thinking (a retry would think as long again), or a content filter."""
+        if finish == "length":
+            log.warning("chat model used all max_tokens (%d) before answering: raise [answer] max_tokens",
+                        self.config.answer.max_tokens, extra={"finish_reason": finish})
+            header = prompts.MODEL_LENGTH_EMPTY_NOTE
+        else:
+            log.warning("the model provider's content filter stopped the answer before any text",
+                        extra={"finish_reason": finish})
+            header = prompts.MODEL_FILTERED_EMPTY_NOTE
+        text, citations = offline_answer(standalone, sources, header=header)
+        return Answer(question, standalone, text, citations, "offline", version, note=finish)
 
     def _empty_output(self, question: str, standalone: str, sources: list[Source], version: str | None) -> Answer:
         text, citations = offline_answer(standalone, sources, header=prompts.MODEL_EMPTY_NOTE)
@@ -292,9 +368,15 @@ class Answerer:
         local and reasoning models answer with empty content), so the caller falls back."""
         inputs = {"history": prompts.format_history(history), "question": question}
         try:
-            out = self._invoke(self._chain(prompts.condense_prompt(self.config.project), deadline), inputs,
-                               related_for=(searcher, question), deadline=deadline)
+            reply = self._invoke(self._chain(prompts.condense_prompt(self.config.project), deadline), inputs,
+                                 related_for=(searcher, question), deadline=deadline)
         except EmptyCompletion:
+            reply = _Reply("")
+        out = reply.text
+        if not out.strip():
+            if reply.finish == "length":  # a reasoning model that thought until max_tokens
+                log.warning("the condense step used all max_tokens (%d) before answering: raise [answer] max_tokens",
+                            self.config.answer.max_tokens)
             log.warning("the condense step returned nothing: the thread's questions give the subject")
             return ""
         out = out.strip().strip('"').strip()
@@ -310,7 +392,7 @@ class Answerer:
         budget = Deadline(min(deadline.remaining() / 4, self.config.answer.timeout_s))
         try:
             out = self._invoke(self._chain(prompts.rewrite_prompt(self.config.project), budget), {"question": question},
-                               related=[], deadline=budget)
+                               related=[], deadline=budget).text
         except Exception as e:  # noqa: BLE001 - the rewrite only helps; the answer must not depend on it
             log.info("query rewrite skipped: %s", type(e).__name__)
             return question
@@ -325,24 +407,25 @@ class Answerer:
                 self._chat = self._chat_model()
             return self._chat
 
-    def _chain(self, prompt: Any, deadline: Deadline, *, parsed: bool = True) -> Callable[[], Any]:
-        """prompt | model | parser, built per attempt so each call's timeout is what the deadline leaves.
+    def _chain(self, prompt: Any, deadline: Deadline) -> Callable[[], Any]:
+        """prompt | model, built per attempt so each call's timeout is what the deadline leaves.
 
-        `parsed=False` leaves the parser out (prompt | model: message chunks), for streaming: closing
-        a stream of a sequence that ends in a parser reads the rest of the model's reply first
-        (langchain_core keeps the parser's whole input for its trace), so a slow model held the
-        worker until it had written everything, long past the deadline (audit 25 F4)."""
-        from langchain_core.output_parsers import StrOutputParser
-
+        No output parser: the message itself carries the finish reason ("length", "content_filter"),
+        which StrOutputParser drops (audit 32 F2); and closing a stream of a sequence that ends in a
+        parser reads the rest of the model's reply first (langchain_core keeps the parser's whole
+        input for its trace), so a slow model held the worker until it had written everything, long
+        past the deadline (audit 25 F4)."""
         model = self._model()
-        if not parsed:
-            return lambda: prompt | model.bind(timeout=deadline.timeout(self.config.answer.timeout_s))
-        return lambda: prompt | model.bind(timeout=deadline.timeout(self.config.answer.timeout_s)) | StrOutputParser()
+        return lambda: prompt | model.bind(timeout=deadline.timeout(self.config.answer.timeout_s))
 
     def _chat_model(self) -> Any:
         from langchain_openai import ChatOpenAI
 
         key = self.settings.openai_api_key
+        cap = self.config.answer.max_tokens
+        # langchain-openai sends `max_tokens` as `max_completion_tokens`, which Ollama's /v1 ignores (audit
+        # 32 F6); OpenAI refuses `max_tokens` for its reasoning models. The other name goes as extra_body.
+        plain = max_tokens_field(self.config.answer.max_tokens_field, self.settings.openai_base_url) == "max_tokens"
         return ChatOpenAI(
             model=self.settings.chat_model,
             base_url=self.settings.openai_base_url,
@@ -351,37 +434,59 @@ class Answerer:
             timeout=self.config.answer.timeout_s,
             max_retries=0,  # our loop below retries, with a capped Retry-After
             temperature=self.config.answer.temperature,
-            max_tokens=self.config.answer.max_tokens,
+            max_tokens=None if plain else cap,
+            extra_body={"max_tokens": cap} if plain else None,
         )
 
+    def _read(self, message: Any) -> _Reply:
+        """A whole reply: its answer without thinking, and its finish reason. A reply that closes a
+        thinking block it never opened (R1's templates open it in the prompt) teaches the streams
+        that follow to hold such text back from the start."""
+        text = _text_of(message)
+        if closes_unopened(text):
+            self._learn_thinking_opens_in_prompt()
+        return _Reply(strip_reasoning(text), _finish_of(message))
+
+    def _learn_thinking_opens_in_prompt(self) -> None:
+        if not self._thinking_opens_in_prompt:
+            log.info("the chat model's replies start inside a thinking block (a closing tag, no opening one): "
+                     "streamed answers are held back until it closes")
+            self._thinking_opens_in_prompt = True
+
     def _stream_answer(self, inputs: dict, fitted: list[Source], deadline: Deadline) -> Iterator[Event]:
-        """Stream the answer: yields Deltas, returns the raw text (for `yield from`).
+        """Stream the answer: yields Deltas, returns the _Reply (for `yield from`).
 
         Retried like `_invoke` while nothing was shown; once text was shown a failure
         cannot be retried without showing it twice, so it ends the answer (NoAnswerInTime
         with the partial text). A stall is bounded by the call's timeout (what the deadline
         left when the call started); the deadline itself is checked at every piece, and a
         stream ended there is closed at once (the rest of the model's reply is not read).
+        A reasoning model's thinking is held back (ReasoningFilter): nothing is shown while it
+        thinks, and its time counts against the deadline like any other. A stream that ends with
+        text but without a finish reason was cut (a proxy timing out upstream): "stopped".
         """
-        import openai
-
-        from langchain_core.outputs import ChatGenerationChunk
-
-        chain = self._chain(prompts.answer_prompt(self.config.project), deadline, parsed=False)
+        chain = self._chain(prompts.answer_prompt(self.config.project), deadline)
         retries = Retries(self.config.answer, deadline)
         while True:
             live = LiveCitations(fitted)
-            pieces = None
+            thinking = ReasoningFilter(starts_inside=self._thinking_opens_in_prompt)
+            pieces, finish = None, None
             try:
                 pieces = chain().stream(inputs)
                 for chunk in pieces:
-                    piece = ChatGenerationChunk(message=chunk).text  # what StrOutputParser makes of it
+                    finish = _finish_of(chunk) or finish  # on the last chunks only
+                    piece = thinking.feed(_text_of(chunk))
+                    if thinking.restarted and not live.diverged:
+                        live = self._thinking_was_shown(fitted)
                     new = live.feed(piece) if piece else ""
                     if new:
                         yield Delta(new)
                     if deadline.remaining() <= 0:
                         raise NoAnswerInTime(live.raw)
-            except (openai.APIStatusError, openai.APIConnectionError) as e:
+                rest = thinking.flush()
+                if rest:
+                    live.feed(rest)
+            except _model_errors() as e:
                 if live.raw.strip():
                     late = deadline.remaining() < MIN_CALL_S
                     log.warning("chat model stopped mid-answer", extra={"error": type(e).__name__})
@@ -394,12 +499,26 @@ class Answerer:
                     pieces.close()
             if live.raw.strip():
                 retries.succeeded()
+                if finish is None:
+                    log.warning("chat model's stream ended without a finish reason: the answer was cut")
+                    raise NoAnswerInTime(live.raw, "stopped")
                 rest = live.flush()
                 if rest:
                     yield Delta(rest)
-                return live.raw
+                return _Reply(live.raw, finish)
+            if finish in _CUT_SHORT:  # nothing but thinking, or filtered: a retry would do the same
+                return _Reply("", finish)
             retries.empty()
         raise retries.unavailable(fitted)
+
+    def _thinking_was_shown(self, fitted: list[Source]) -> LiveCitations:
+        """A reply that closed a thinking block it never opened, after its thinking was shown: the
+        answer from the closing tag on is collected but not streamed (the final answer replaces what
+        was shown), and the streams that follow hold such text back from the start."""
+        self._learn_thinking_opens_in_prompt()
+        live = LiveCitations(fitted)
+        live.diverged = True
+        return live
 
     def _invoke(
         self,
@@ -408,21 +527,24 @@ class Answerer:
         related: list[Source] | None = None,
         related_for: tuple["HybridSearcher", str] | None = None,
         deadline: Deadline | None = None,
-    ) -> str:
-        """Run a chain with bounded retries; ModelUnavailable (with related sources) at the end."""
-        import openai
+    ) -> _Reply:
+        """Run a chain with bounded retries; ModelUnavailable (with related sources) at the end.
 
+        An empty reply is retried once (EmptyCompletion after that), but not one the model ended
+        with "length" or "content_filter": that comes back empty, for the caller to tell apart."""
         retries = Retries(self.config.answer, deadline or Deadline(self.config.answer.deadline_s))
         while True:
             try:
-                out = chain().invoke(inputs)
-            except (openai.APIStatusError, openai.APIConnectionError) as e:
+                reply = self._read(chain().invoke(inputs))
+            except _model_errors() as e:
                 if retries.failed(e):
                     continue
                 break
-            if out and out.strip():
+            if reply.text.strip():
                 retries.succeeded()
-                return out
+                return reply
+            if reply.finish in _CUT_SHORT:
+                return reply
             retries.empty()
         if related is None and related_for is not None:
             searcher, q = related_for
@@ -431,3 +553,28 @@ class Answerer:
             except Exception:  # noqa: BLE001 - the model error is the one to report
                 related = []
         raise retries.unavailable(related)
+
+
+def _model_errors() -> tuple[type[BaseException], ...]:
+    """What a model call raises when the model (or what stands in front of it) failed: the openai
+    client's errors, and a reply it cannot read. A 200 page that is not JSON (an SSO sign-in page
+    from a proxy) is a ValueError in langchain-openai ("Unexpected response type…", "No generation
+    chunks were returned" when streamed) or a JSON decode error: the asker gets the model-unavailable
+    answer with its sources, not a traceback (audit 32 F5)."""
+    import openai
+
+    return (openai.APIStatusError, openai.APIConnectionError, openai.APIResponseValidationError, ValueError)
+
+
+def max_tokens_field(setting: str, base_url: str | None) -> str:
+    """The request field `[answer] max_tokens` goes out as (`[answer] max_tokens_field`). "auto":
+    `max_completion_tokens` for OpenAI itself (no base URL, api.openai.com, Azure OpenAI), which
+    refuses `max_tokens` for its reasoning models; `max_tokens` for any other server: Ollama's /v1
+    reads only that, and vLLM, llama.cpp, LM Studio and LiteLLM read it too."""
+    if setting != "auto":
+        return setting
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(base_url).hostname or "").lower() if base_url else "api.openai.com"
+    openai_itself = host == "api.openai.com" or host.endswith(".openai.azure.com")
+    return "max_completion_tokens" if openai_itself else "max_tokens"

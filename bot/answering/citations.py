@@ -32,6 +32,56 @@ _ODD_MARKER = re.compile(r"(?<![ \t])[ \t]*\[\^?\d{1,3}[a-z]\](?!\()", re.I)
 _DROPPED = re.compile(r"(?<![ \t])[ \t]*\x00")
 _SUPERSCRIPT_MARKER = re.compile(r"\[\^?([⁰¹²³⁴-⁹]{1,3})\](?!\()")
 _SUPERSCRIPT_DIGITS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
+# Other models' citation habits (audit 32 F7), read as [n] where they cannot mean anything else:
+# 【1】 and 【1†source】 (DeepSeek, Qwen, models trained on ChatGPT's browsing format), [doc1] (Azure
+# "on your data"), [S1], [#1], [^1^], [1†source], [1: Caching], (Source 1), [Source 1, Source 2],
+# each also as a list ("【1, 2】", "[doc1][doc2]", "(Sources 1 and 3)"). A list becomes markers side
+# by side ("[1][3]"), which always cite: these forms say they cite, unlike "[1, 2]" (see _reading).
+# Bare "(1)" is left as written: it is as often a list item ("(1) bump the version, (2) re-register"),
+# a call or a tuple. Bare superscripts ("cache¹") only in an answer with no bracket citation
+# (`_superscripts`): "n²", "km²" and "10⁶" are powers.
+_ITEM_NUM = r"\d{1,3}(?:[ \t]*[-–][ \t]*\d{1,3})?"
+
+
+def _cite_form(opening: str, prefix: str, closing: str, tail: str = "") -> re.Pattern:
+    """`opening` `prefix` 1 [, `prefix` 2 ...] `tail` `closing`, its numbers in group "body". No two
+    optional spaces side by side (a long run of spaces is scanned once per start, not squared)."""
+    lead = rf"[ \t]*{prefix}[ \t]*" if prefix else r"[ \t]*"
+    item = rf"(?:{prefix}[ \t]*)?{_ITEM_NUM}" if prefix else _ITEM_NUM
+    body = rf"(?P<body>{_ITEM_NUM}(?:[ \t]*(?:[,;&]|and\b)[ \t]*{item})*)"
+    return re.compile(rf"{opening}{lead}{body}[ \t]*{tail}{closing}(?!\()", re.I)
+
+
+_SOURCE_WORD = r"(?:sources?|src|ref(?:erence)?s?)(?:[ \t]*:)?"
+_CITE_FORMS = (
+    _cite_form("【", "", "】", tail=r"(?:†[^【】\n]{0,80})?"),
+    _cite_form(r"\[", r"doc(?:ument)?s?", r"\]"),
+    _cite_form(r"\[", r"s", r"\]"),
+    _cite_form(r"\[", r"\#", r"\]"),
+    _cite_form(r"\[\^", "", r"\^\]"),
+    _cite_form(r"\[", "", r"\]", tail=r"†[^\]\n]{0,80}"),
+    _cite_form(r"\[", _SOURCE_WORD, r"\]"),
+    _cite_form(r"\(", _SOURCE_WORD, r"\)"),
+)
+# [1: Caching]: a number, a colon, then a title's word (not "a[1:3]" or "xs[1:end]", which are slices)
+_TITLED_MARKER = re.compile(r"(?<![\w\])])\[[ \t]*(\d{1,3})[ \t]*:[ \t]*(?=[^\W\d_])[^\[\]\n]{1,100}\](?!\()")
+# what is left of ChatGPT's browsing form ("【3:1†source】": a message index, not a source's number)
+_ODD_FULLWIDTH = re.compile(r"【[^【】\n†]{0,80}†[^【】\n]{0,80}】")
+# A bare superscript after a word of three letters or more, or after closing punctuation or code
+_BARE_SUPERSCRIPT = re.compile(r"(?:(?<=[^\W\d_]{3})|(?<=[.,;:!?)\]\"'’”*_`]))([⁰¹²³⁴-⁹]{1,3})(?![\w⁰¹²³⁴-⁹])")
+_SUPERSCRIPT_AT_START = re.compile(r"([⁰¹²³⁴-⁹]{1,3})(?![\w⁰¹²³⁴-⁹])")
+# While streaming, the start of one of those forms at the very end: held back until it is closed
+# ("【1", "(Sour", "(Source 1, Sou", "(Sources 2 a"). One character class after the word, so a run of
+# spaces is not split many ways: "(source code of the …" waits at most 60 characters.
+def _prefixes(*words: str) -> str:
+    """A regex for any non-empty start of any of `words` ("s", "so", … "sources")."""
+    return "|".join("".join(f"{c}(?:" for c in w) + ")?" * len(w) for w in words)
+
+
+_CITE_FORM_BEING_WRITTEN = re.compile(
+    rf"【[^【】\n]{{0,80}}\Z|\((?:{_prefixes('sources', 'src', 'references')})?\Z"
+    r"|\((?:sources?|src|ref(?:erence)?s?)[\d \t,;:&a-z–-]{0,60}\Z",
+    re.I)
 # [label](url), [label](<url>), [label](url "title"), any case of the scheme, or //host. The label
 # holds no bracket and the URL none either: "[[[[..." or "[x](http://[x](http://..." is scanned
 # once, not once per bracket (audit 23 F3). What this misses, clean_answer's last pass defuses.
@@ -40,7 +90,7 @@ _MD_LINK = re.compile(
 # A model's own list of sources at the end, under a Sources/References heading: numbered
 # items, bullets (a link or a bare title) or lines that are only a link. Our list replaces it.
 _EOL = r"[ \t]*(?=\n|\Z)"
-_LIST_ITEM = rf"[ \t]*(?:(?:\[?\^?\d{{1,3}}[\].:)]|[-*+•](?=\s|\Z)).*|\[[^\]\n]+\]\([^)\s]*\){_EOL}|<?https?://\S+>?{_EOL})"
+_LIST_ITEM = rf"[ \t]*(?:(?:\[?\^?\d{{1,3}}[\].:)]|\[(?:doc|s|\#)\d{{1,3}}\]|【[^】\n]{{1,40}}】|[-*+•](?=\s|\Z)).*|\[[^\]\n]+\]\([^)\s]*\){_EOL}|<?https?://\S+>?{_EOL})"
 _HEADING_WORDS = ("sources", "references", "citations")
 _HEAD_START = r"\n[ \t]*(?:#{1,6}[ \t]*)?"
 _SOURCES_HEADING = rf"{_HEAD_START}(?:\*\*|__)?[ \t]*(?:{'|'.join(_HEADING_WORDS)})[ \t]*:?[ \t]*(?:\*\*|__)?:?"
@@ -172,11 +222,15 @@ def split_code(text: str) -> list[tuple[bool, str]]:
 
 
 def sources_list_start(text: str) -> int:
-    """Where a source list of the model's own may be being written at the end of a growing
-    answer (len(text): none). A streamed answer holds it back: the final answer drops the list
-    (`_drop_model_endings`), so showing it would mean taking it back."""
+    """Where a growing answer's end must wait for more text (len(text): nowhere): a source list of
+    the model's own may be being written there, which the final answer drops (`_drop_model_endings`),
+    or a citation in another form than [n] that is not closed yet ("【1", "(Source 2"), which the
+    final answer reads as [n] (`_normalize_markers`). A streamed answer holds them back, so
+    what it showed never has to be taken back. (An open "[" the stream holds back by itself.)"""
     m = _SOURCES_BEING_WRITTEN.search(text)
-    return m.start() if m else len(text)
+    end = m.start() if m else len(text)
+    cite = _CITE_FORM_BEING_WRITTEN.search(text, max(0, end - 120), end) if end else None
+    return cite.start() if cite else end
 
 
 def _numbers(body: str) -> list[int]:
@@ -213,10 +267,51 @@ def _drop_model_endings(text: str) -> str:
         text = shorter
 
 
+def _as_markers(body: str) -> str:
+    """"1, 3-4" as "[1][3][4]"; a mark to drop ("\x00") when it names no number."""
+    nums = _numbers(",".join(re.findall(_ITEM_NUM, body)))
+    return "".join(f"[{n}]" for n in dict.fromkeys(nums)) if nums else "\x00"
+
+
 def _normalize_markers(seg: str) -> str:
-    """Odd citation forms made plain: [¹] is [1]; [1a] names no source and goes."""
+    """Odd citation forms made plain: [¹] is [1], 【1】, [doc1], (Source 1) and the other forms of
+    _CITE_FORMS are [1]; [1a] and 【3:1†source】 name no source and go."""
     seg = _SUPERSCRIPT_MARKER.sub(lambda m: f"[{m.group(1).translate(_SUPERSCRIPT_DIGITS)}]", seg)
+    if "【" in seg or "[" in seg or "(" in seg:
+        for form in _CITE_FORMS:
+            seg = form.sub(lambda m: _as_markers(m.group("body")), seg)
+        seg = _TITLED_MARKER.sub(lambda m: f"[{m.group(1)}]", seg)
+        seg = _ODD_FULLWIDTH.sub("\x00", seg)
     return _ODD_MARKER.sub("", seg)
+
+
+def _superscripts(parts: list[tuple[Kind, str]], by_n: dict[int, Source]) -> list[tuple[Kind, str]]:
+    """Bare superscripts read as citations ("the cache¹." is "the cache[1]."), in an answer that
+    cites no other way: beside [n] markers a superscript is a power or a footnote of its own. Only
+    after a word of three letters or more, closing punctuation or code ("n²", "km²" and "10⁶" stay),
+    and only when its number (or each of its digits: "¹²" is [1][2] with fewer than 12 sources)
+    names a given source; else it is left as written."""
+    if any(_MARKER.search(seg) for kind, seg in parts if kind == "prose"):
+        return parts
+    if not any(c in seg for kind, seg in parts if kind == "prose" for c in "⁰¹²³⁴⁵⁶⁷⁸⁹"):
+        return parts
+
+    def cite(m: re.Match) -> str:
+        digits = m.group(1).translate(_SUPERSCRIPT_DIGITS)
+        if int(digits) in by_n:
+            return f"[{int(digits)}]"
+        if all(int(d) in by_n for d in digits):
+            return "".join(f"[{d}]" for d in digits)
+        return m.group(0)
+
+    out = []
+    for i, (kind, seg) in enumerate(parts):
+        if kind == "prose":
+            seg = _BARE_SUPERSCRIPT.sub(cite, seg)
+            if i and parts[i - 1][0] == "code":  # right after a code span: "`cache_version`¹"
+                seg = _SUPERSCRIPT_AT_START.sub(cite, seg, count=1) if _SUPERSCRIPT_AT_START.match(seg) else seg
+        out.append((kind, seg))
+    return out
 
 
 # A bracket of several numbers ("[1, 2]", "[1-3]") is also how a list is written ("map over the
@@ -304,6 +399,7 @@ def process_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[C
     text = _drop_model_endings(text)
     parts = [(kind, seg if kind != "prose" else _normalize_markers(_MD_LINK.sub(unlink, seg)))
              for kind, seg in _segments(text)]
+    parts = _superscripts(parts, by_n)
     # every run's reading first: whether a list inside a sentence cites depends on the others
     readings: dict[int, list[Reading]] = {}
     in_style = False  # a list that closes a statement was read as citations

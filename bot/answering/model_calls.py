@@ -1,13 +1,23 @@
 """One model call's bounds: the deadline it must finish within, the retries it may take, and how it
 is reported when it gives up (one log line per failed question, never the provider's raw text to
-the asker)."""
+the asker).
+
+A failure is classified once (`classify`): one that passes (a 5xx, a short rate limit, a timeout)
+is retried and told to the asker as "try again in a few minutes"; one that asking again cannot fix
+(a wrong model name, key or base URL, a used-up quota, a prompt over the model's context window, a
+provider's prompt filter, an endpoint that does not speak the OpenAI API) is not retried, is told to
+the asker as a setup problem, and its log line names the cause and the setting to change (audit 32
+F3, F5, F10)."""
 
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
+import re
 import time
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
 
 from . import prompts
 from .budget import Source
@@ -19,6 +29,8 @@ log = logging.getLogger(__name__)
 RETRYABLE_STATUS = {408, 409, 429}
 RELATED = 3  # sources offered beside "the model is not available"
 MIN_CALL_S = 0.05  # a model call with less time than this left is not started
+TIMEOUT_RETRIES = 1  # a call that timed out is tried once more at most (see Retries.failed)
+_DETAIL_MAX_CHARS = 600  # of the provider's text in the log line (an HTML page is not worth more)
 
 
 class EmptyCompletion(Exception):
@@ -65,13 +77,130 @@ def retry_after(headers: Any) -> float | None:
     return None
 
 
+Kind = Literal["transient", "setup", "context", "filtered"]
+
+# What providers write for a prompt over the model's window: OpenAI ("maximum context length",
+# code context_length_exceeded), vLLM ("maximum context length is 4096 tokens"), llama.cpp
+# ("exceeds the available context size", type exceed_context_size_error), Anthropic-style and
+# TGI proxies ("prompt is too long", "Input validation error: `inputs` tokens + `max_new_tokens`").
+_CONTEXT_WORDS = re.compile(
+    r"context[ _-]?(?:length|window|size)|maximum context|max_model_len|prompt is too long|input is too long"
+    r"|too many (?:input )?tokens|tokens \+ `?max_new_tokens", re.I)
+_CONTEXT_CODES = {"context_length_exceeded", "exceed_context_size_error", "string_above_max_length"}
+# A model name the server does not know: OpenAI ("The model `x` does not exist", model_not_found),
+# Ollama ('model "x" not found, try pulling it first'), LiteLLM (400 "Invalid model name passed in model=x")
+_MODEL_WORDS = re.compile(r"\bmodel\b.{0,80}?(?:not found|does not exist|not exist|unknown|not available|"
+                          r"not supported|no such)|(?:invalid|unknown|no such) model", re.I | re.S)
+_FILTER_WORDS = re.compile(r"content[ _]?(?:management )?(?:filter|policy)|content_filter", re.I)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What one failed model call was, for the retry policy, the operator and the asker.
+
+    `cause` is the log's words (may name the model and base URL, never the key); `told` is the
+    asker's (no provider text, no URL); `retry` whether another call can help; `wait` the
+    server's Retry-After, if it gave one."""
+
+    kind: Kind
+    cause: str
+    told: str
+    retry: bool
+    wait: float | None = None
+
+
+def _error_text(e: Any) -> str:
+    """The provider's own message: the JSON error's "message" when there is one, else the body."""
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("error") or body.get("detail")
+        if message:
+            return str(message)
+    return str(body) if isinstance(body, str) else str(e)
+
+
+def _endpoint(e: Any) -> tuple[str, str]:
+    """(the base URL the call went to, the model it asked for), read from the failed request: the
+    URL without its query (a proxy may take a key there) or user info, the path without the
+    /chat/completions the client adds; the model from the request body. ("", "") when unknown."""
+    request = getattr(e, "request", None)
+    if request is None:
+        return "", ""
+    try:
+        url = request.url
+        port = f":{url.port}" if url.port else ""
+        path = re.sub(r"/chat/completions/?$", "", url.path)
+        base = f"{url.scheme}://{url.host}{port}{path}"
+    except Exception:  # noqa: BLE001 - only words for a log line
+        base = ""
+    try:
+        model = str(json.loads(request.content or b"{}").get("model") or "")
+    except Exception:  # noqa: BLE001 - a streamed or unread body: the model stays unnamed
+        model = ""
+    return base, model
+
+
+def classify(e: Exception) -> Failure:
+    """What a failed model call means. A non-JSON reply (langchain-openai's ValueError "Unexpected
+    response type from OpenAI-compatible endpoint", "No generation chunks were returned" for a
+    stream of no events, a JSON decode error, openai's APIResponseValidationError) is an endpoint
+    that is no OpenAI-compatible API: an HTML page from a proxy or a login, not something a retry
+    changes."""
+    import openai
+
+    not_openai = ("the endpoint did not answer like an OpenAI-compatible API (an HTML page from a proxy "
+                  "or login?): check OPENAI_BASE_URL")
+    if isinstance(e, (openai.APIResponseValidationError, ValueError)):
+        return Failure("setup", not_openai, "the model endpoint did not answer like an OpenAI-compatible API",
+                       retry=False)
+    if isinstance(e, openai.APITimeoutError):
+        return Failure("transient", "timed out", "timed out", retry=True)
+    if isinstance(e, openai.APIConnectionError):
+        return Failure("transient", "connection failed", "connection failed", retry=True)
+    if not isinstance(e, openai.APIStatusError):
+        name = type(e).__name__
+        return Failure("transient", f"failed ({name})", "an unexpected error", retry=False)
+
+    status = e.status_code
+    code = {str(x).lower() for x in (getattr(e, "code", None), getattr(e, "type", None)) if x}
+    text = _error_text(e)
+    http = f"HTTP {status}"
+    base, model = _endpoint(e)
+    at = f" at {base}" if base else ""
+    named = f"model '{model}'" if model else "the model"
+    if status in (400, 413, 422) and (code & _CONTEXT_CODES or _CONTEXT_WORDS.search(text)):
+        return Failure("context", "prompt too long for the model's context window: lower [answer] token_budget or "
+                       f"max_question_chars (or max_tokens, which the window also holds; {http})", http, retry=False)
+    if status == 400 and ("content_filter" in code or _FILTER_WORDS.search(text)):
+        return Failure("filtered", f"the provider's content filter refused the prompt ({http}; the question or "
+                       "one of its sources)", http, retry=False)
+    if status == 404 or (status == 400 and _MODEL_WORDS.search(text)):
+        if "model_not_found" in code or "model" in text.lower():
+            return Failure("setup", f"{named} not found{at} ({http}): check FLYTEGPT_CHAT_MODEL and OPENAI_BASE_URL",
+                           f"model not found, {http}", retry=False)
+        return Failure("setup", f"no chat-completions endpoint{at} ({http}): check OPENAI_BASE_URL",
+                       f"endpoint not found, {http}", retry=False)
+    if status in (401, 403):
+        return Failure("setup", f"API key rejected{at} ({http}): check OPENAI_API_KEY",
+                       f"API key rejected, {http}", retry=False)
+    if status == 429 and ("insufficient_quota" in code or re.search(r"exceeded your current quota|billing", text, re.I)):
+        return Failure("setup", f"quota exhausted{at} ({http}): the account's plan or billing needs attention",
+                       f"quota used up, {http}", retry=False)
+    wait = retry_after(getattr(getattr(e, "response", None), "headers", None))
+    if status in RETRYABLE_STATUS or status >= 500:
+        return Failure("transient", http, http, retry=True, wait=wait)
+    return Failure("setup", f"the endpoint{at} refused the request ({http})", f"request refused, {http}",
+                   retry=False)
+
+
 class Retries:
     """The retry policy of one model call: bounded attempts, a capped Retry-After, all within the deadline."""
 
     def __init__(self, cfg: Any, deadline: Deadline) -> None:
         self.cfg, self.deadline = cfg, deadline
-        self.failures = self.empties = 0
+        self.failures = self.empties = self.timeouts = 0
         self.reason, self.detail = "no answer", ""
+        self.last: Failure | None = None  # what the last failed call was (its kind picks the asker's words)
         self.reasons: list[str] = []  # one per failed call, for the one line that reports them
 
     def succeeded(self) -> None:
@@ -90,26 +219,34 @@ class Retries:
     def failed(self, e: Exception) -> bool:
         """After a failed call: wait and return True to try again, False to give up.
 
-        NoAnswerInTime when the deadline leaves no room for another call.
+        Not retried: what `classify` says a retry cannot fix; a Retry-After beyond `[answer]
+        retry_max_wait_s` or beyond what the deadline leaves (the server said it will still refuse:
+        retrying at the cap only adds to its load and fails again, audit 32 F10); a second timeout
+        (a single local GPU server does not always cancel an abandoned request, so each retry queued
+        behind the last one and it computed all three). NoAnswerInTime when the deadline leaves no
+        room for another call.
         """
         import openai
 
-        wait: float | None = None
-        if isinstance(e, openai.APIStatusError):
-            status = e.status_code
-            self.reason, self.detail = f"HTTP {status}", str(e)
-            if status not in RETRYABLE_STATUS and status < 500:
-                return False  # 400/401/404: retrying cannot help
-            wait = retry_after(getattr(e.response, "headers", None))
-        elif isinstance(e, openai.APITimeoutError):
-            self.reason, self.detail = "timed out", str(e)
+        failure = self.last = classify(e)
+        self.reason, self.detail = failure.cause, str(e)
+        if not failure.retry:
+            return False
+        if isinstance(e, openai.APITimeoutError):
             if self.deadline.remaining() < MIN_CALL_S:
                 raise NoAnswerInTime() from None
-        else:
-            self.reason, self.detail = "connection failed", str(e)
+            self.timeouts += 1
+            if self.timeouts > TIMEOUT_RETRIES:
+                return False
+        if failure.wait is not None and (failure.wait > self.cfg.retry_max_wait_s
+                                         or failure.wait >= self.deadline.remaining() - MIN_CALL_S):
+            status, wait = getattr(e, "status_code", 0), failure.wait
+            said = f"{wait:.0f}" if wait >= 1 else f"{wait:.1f}"
+            self.reason = f"rate limited for {said} s" if status == 429 else f"{failure.cause}, busy for {said} s"
+            return False
         if self.failures >= self.cfg.max_retries:
             return False
-        delay = self.cfg.retry_backoff_s * (2**self.failures) if wait is None else wait
+        delay = self.cfg.retry_backoff_s * (2**self.failures) if failure.wait is None else failure.wait
         delay = min(delay, self.cfg.retry_max_wait_s)
         if delay >= self.deadline.remaining() - MIN_CALL_S:
             raise NoAnswerInTime() from None
@@ -122,12 +259,25 @@ class Retries:
         return True
 
     def unavailable(self, related: Sequence[Source] | None = None) -> ModelUnavailable:
-        """The error to raise after giving up; its message never holds the provider's raw text."""
+        """The error to raise after giving up; its message never holds the provider's raw text.
+
+        A failure that asking again cannot fix is told as a setup problem for the bot's maintainers,
+        not as "try again in a few minutes"; the log line names its cause and what to change."""
         earlier = f" (before: {', '.join(self.reasons)})" if self.reasons else ""
-        log.error("chat model unavailable after %d %s: %s%s %s", self.failures + 1,
-                  "attempt" if self.failures == 0 else "attempts", self.reason, earlier, self.detail)
-        return ModelUnavailable(
-            prompts.MODEL_UNAVAILABLE.format(reason=self.reason),
-            related=source_citations(list(related or [])[:RELATED]),
-            detail=self.detail,
-        )
+        detail = self.detail if len(self.detail) <= _DETAIL_MAX_CHARS else self.detail[:_DETAIL_MAX_CHARS] + " […]"
+        log.error("chat model unavailable after %d %s: %s%s | %s", self.failures + 1,
+                  "attempt" if self.failures == 0 else "attempts", self.reason, earlier, detail)
+        return ModelUnavailable(self.told(), related=source_citations(list(related or [])[:RELATED]),
+                                detail=self.detail)
+
+    def told(self) -> str:
+        """The asker's sentence for the last failure."""
+        last = self.last
+        if last is None or last.kind == "transient":  # "HTTP 503", "timed out", "rate limited for 40 s"
+            reason = last.told if last is not None and self.reason == last.cause else self.reason
+            return prompts.MODEL_UNAVAILABLE.format(reason=reason)
+        if last.kind == "context":
+            return prompts.MODEL_PROMPT_TOO_LONG
+        if last.kind == "filtered":
+            return prompts.MODEL_PROMPT_FILTERED
+        return prompts.MODEL_MISCONFIGURED.format(reason=last.told)

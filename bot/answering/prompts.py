@@ -190,3 +190,28 @@ def condense_prompt(project: ProjectConfig = _FLYTE) -> "ChatPromptTemplate":
 
 def rewrite_prompt(project: ProjectConfig = _FLYTE) -> "ChatPromptTemplate":
     return _template(rewrite_system(project), REWRITE_HUMAN)
+
+
+# audit 32: model errors
+# What the asker reads when the model failed in a way that asking again cannot fix (model_calls.classify:
+# a wrong model name, key or base URL, a used-up quota, a prompt over the model's context window, a
+# provider's prompt filter, an endpoint that is no OpenAI-compatible API): not "try again in a few
+# minutes" (MODEL_UNAVAILABLE), which sent askers back for an error that stays until someone fixes the
+# setup. Never the provider's text (it may echo a key) or a URL: the log line names those.
+MODEL_MISCONFIGURED = ("The language model cannot answer with its current setup ({reason}). This is a setup problem "
+                       "the bot's maintainers need to fix; asking again will not help until they do.")
+MODEL_PROMPT_TOO_LONG = ("The question and its sources are longer than the language model can read at once. This is "
+                         "a setup problem the bot's maintainers need to fix; a shorter question may work meanwhile.")
+MODEL_PROMPT_FILTERED = ("The language model provider's content filter refused this question together with its "
+                         "sources. Rewording the question may help; if it keeps happening, the bot's maintainers "
+                         "need to look at the filter's settings.")
+
+# audit 32: finish reasons
+# under an answer the model ended before it meant to (its finish_reason), like MODEL_STOPPED_NOTE
+MODEL_LENGTH_NOTE = "_(This answer was cut off at the length limit set for answers.)_"
+MODEL_FILTERED_NOTE = "_(The language model's provider stopped this answer before it was finished.)_"
+# over the passages when the model stopped before writing any answer
+MODEL_LENGTH_EMPTY_NOTE = ("_The language model reached the length limit set for answers before it started answering, "
+                           "so here are the most relevant passages instead:_")
+MODEL_FILTERED_EMPTY_NOTE = ("_The language model's provider stopped the answer, so here are the most relevant "
+                             "passages instead:_")

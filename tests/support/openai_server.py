@@ -27,6 +27,18 @@ from typing import Any, Callable
 @dataclass
 class Reply:
     text: str | Callable[[dict], str]
+    # the reply's finish_reason ("length", "content_filter"); None: a stream that ends without one
+    # (and without `data: [DONE]`), as a proxy that cut its upstream sends; whole replies say "stop" then
+    finish: str | None = "stop"
+
+
+@dataclass
+class Page:
+    """A reply that is not the API's: `body` with `content_type` (an SSO sign-in page from a proxy)."""
+
+    body: str = "<!DOCTYPE html><html><head><title>Sign in</title></head><body><form>Sign in</form></body></html>"
+    status: int = 200
+    content_type: str = "text/html"
 
 
 @dataclass
@@ -54,6 +66,7 @@ class Slow:
     tokens: int = 40
     delay: float = 0.1
     hang_after: int | None = None
+    finish: str | None = "stop"  # as Reply.finish
 
 
 @dataclass
@@ -93,7 +106,7 @@ class OpenAIStandIn:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
 
-    def script(self, *steps: Reply | Fail | Hang | Slow) -> None:
+    def script(self, *steps: Reply | Fail | Hang | Slow | Page) -> None:
         """Behaviours for the next requests, in order; afterwards `reply` answers."""
         with self._lock:
             self._script.extend(steps)
@@ -121,13 +134,13 @@ class OpenAIStandIn:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _next(self, body: dict, headers: dict[str, str]) -> tuple[Recorded, Reply | Fail | Hang | Slow]:
+    def _next(self, body: dict, headers: dict[str, str]) -> tuple[Recorded, Reply | Fail | Hang | Slow | Page]:
         with self._lock:
             rec = Recorded(body, headers)
             self.requests.append(rec)
             return rec, self._step()
 
-    def _step(self) -> Reply | Fail | Hang | Slow:
+    def _step(self) -> Reply | Fail | Hang | Slow | Page:
         """The next behaviour (called with the lock held)."""
         if self._script:
             return self._script.popleft()
@@ -180,6 +193,14 @@ class OpenAIStandIn:
                     except OSError:
                         pass
                     return
+                if isinstance(step, Page):
+                    data = step.body.encode()
+                    self.send_response(step.status)
+                    self.send_header("Content-Type", step.content_type)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if isinstance(step, Fail):
                     extra = {}
                     if step.retry_after is not None:
@@ -189,12 +210,12 @@ class OpenAIStandIn:
                 text = step.text(body) if callable(step.text) else step.text
                 model = body.get("model", "stand-in")
                 if isinstance(step, Slow) and body.get("stream"):
-                    self._stream(text, model, step, rec)
+                    self._stream(text, model, step, rec, finish=step.finish)
                     return
                 if isinstance(step, Slow):
                     server._closing.wait(step.tokens * step.delay)
                 if body.get("stream"):
-                    self._stream(text, model)
+                    self._stream(text, model, finish=step.finish)
                 else:
                     self._json(
                         200,
@@ -207,14 +228,15 @@ class OpenAIStandIn:
                                 {
                                     "index": 0,
                                     "message": {"role": "assistant", "content": text},
-                                    "finish_reason": "stop",
+                                    "finish_reason": step.finish or "stop",
                                 }
                             ],
                             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                         },
                     )
 
-            def _stream(self, text: str, model: str, slow: Slow | None = None, rec: Recorded | None = None) -> None:
+            def _stream(self, text: str, model: str, slow: Slow | None = None, rec: Recorded | None = None,
+                        finish: str | None = "stop") -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
@@ -253,10 +275,11 @@ class OpenAIStandIn:
                     "object": "chat.completion.chunk",
                     "created": int(time.time()),
                     "model": model,
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
                 }
-                self.wfile.write(f"data: {json.dumps(end)}\n\n".encode())
-                self.wfile.write(b"data: [DONE]\n\n")
+                if finish is not None:
+                    self.wfile.write(f"data: {json.dumps(end)}\n\n".encode())
+                    self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
                 if rec is not None:
                     rec.done_at = time.monotonic()
