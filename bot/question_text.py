@@ -7,7 +7,7 @@ import re
 import unicodedata
 from typing import Any
 
-from flytegpt.bot.pasted import fit_question, search_text
+from flytegpt.bot.pasted import fit_question, read_paste, search_text
 from flytegpt.ingest.models import strip_controls
 
 # Characters that show nothing. A question made of these and spaces is empty. They are only
@@ -159,11 +159,29 @@ def _points_back(words: list[str], refers: set[str]) -> bool:
     return False
 
 
-_AFTER_QUESTION_MARK = re.compile(r"(?<=\?)\s+")
+# The end of a question: "?" (or the full-width "？"), with any "!" or "?" after it ("really?!"), then
+# white space or the capital letter of the next ("cache?How do I ...").
+_AFTER_QUESTION_MARK = re.compile(r"(?<=[?\uff1f])[!?\uff1f]*(?:\s+|(?=[A-Z]))")
 _QUESTION_TOPIC_WORDS = 2  # "How do I cache a task?" has two (cache, task); "Is that a bug?" none
 # Inside one message "And ..." or "Also, ..." starts the next question ("Also, how do I set GPU
 # resources?"); what makes a question part of the one before is a word pointing back at it.
 _PART_REFERS_BACK = _REFERS_BACK - {"also", "too", "again", "still", "now", "either", "anymore"}
+
+
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
+
+
+def _asked(text: str) -> str:
+    """`text` where only the asker's own sentences can end a question: a "?" in pasted code or a
+    log, in a quoted line or a quote, goes with it ("is the path correct?" in a warning), and one in
+    inline code is dropped while the code stays, for the question to be searched with (a regex's
+    "(\w+)?", SQL's placeholders: audit 33 F2)."""
+    pasted = read_paste(text)
+    prose = pasted.prose if pasted is not None else text
+    prose = "".join(prose.split("```")[::2])
+    prose = _INLINE_CODE.sub(lambda m: m.group().replace("?", "").replace("\uff1f", ""), prose)
+    prose = _QUOTED.sub(" ", prose)
+    return "\n".join(line for line in prose.splitlines() if not _NOT_SAID.match(line))
 
 
 def separate_questions(text: str) -> list[str]:
@@ -176,10 +194,11 @@ def separate_questions(text: str) -> list[str]:
     searched whole)."""
     from flytegpt.ingest.keyword import words as topic_words
 
+    own = _asked(text)
     questions = []
-    for n, part in enumerate(p.strip() for p in _AFTER_QUESTION_MARK.split(text)):
+    for n, part in enumerate(p.strip() for p in _AFTER_QUESTION_MARK.split(own)):
         said = re.findall(r"[\w']+", part.lower().replace("\u2019", "'"))
-        if not part.endswith("?") or len(topic_words(part)) < _QUESTION_TOPIC_WORDS \
+        if not part.endswith(("?", "\uff1f")) or len(topic_words(part)) < _QUESTION_TOPIC_WORDS \
                 or (n and _points_back(said, _PART_REFERS_BACK)):
             continue
         questions.append(part)

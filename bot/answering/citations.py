@@ -56,7 +56,7 @@ _SOURCE_WORD = r"(?:sources?|src|ref(?:erence)?s?)(?:[ \t]*:)?"
 _CITE_FORMS = (
     _cite_form("【", "", "】", tail=r"(?:†[^【】\n]{0,80})?"),
     _cite_form(r"\[", r"doc(?:ument)?s?", r"\]"),
-    _cite_form(r"\[", r"s", r"\]"),
+    _cite_form(r"\[(?!S3\])", r"s", r"\]"),  # "[S3]" alone is Amazon's storage (audit 33 F5), "[S1, S3]" cites
     _cite_form(r"\[", r"\#", r"\]"),
     _cite_form(r"\[\^", "", r"\^\]"),
     _cite_form(r"\[", "", r"\]", tail=r"†[^\]\n]{0,80}"),

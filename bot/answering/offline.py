@@ -76,10 +76,16 @@ def _is_stub(block: str) -> bool:
 
 
 # A name the asker capitalised mid-sentence ("on IBM Cloud", "a Haskell SDK", "in Cosmos DB"): a product,
-# a language, a place. The first word of a sentence is capitalised whatever it is, so it is left out.
-_NAME = re.compile(r"(?<![.!?:]\s)(?<![.!?:])(?<!^)\b([A-Z][A-Za-z]{2,}|[A-Z]{3,})\b", re.M)
+# a language, a place. Only after a word and one space: the first word of a sentence, of a clause after
+# a comma, a dash or a bracket, of a bullet or a quote is capitalised whatever it is ("Sorry, Weirdly",
+# audit 33 F4). Names written one after another are one name ("Apple Silicon", "Google Dataflow").
+_NAME = re.compile(r"(?<=[A-Za-z0-9] )(?:[A-Z][A-Za-z]{2,}|[A-Z]{3,})(?: (?:[A-Z][A-Za-z]+|[A-Z]{2,}))*\b")
 _MAX_UNMENTIONED = 3
-_PYTHON_CONSTANTS = {"None", "True", "False"}  # "when version is None": a value, not a name
+# capitalised, and no names of anything the corpus could hold: Python's constants ("when version is
+# None"), chat's acronyms ("need this ASAP"), days and months
+_NOT_NAMES = frozenset("""None True False ASAP URGENT IMO IMHO PTAL FYI TIA BTW TLDR LGTM WIP ETA EOD AFAIK
+    IIRC TBH PLS THX OOO Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February March April
+    June July August September October November December""".split())
 UNMENTIONED_NOTE = "_None of the passages found mention {names}._"
 
 
@@ -91,15 +97,29 @@ def unmentioned_names(question: str, sources: Sequence[Source]) -> list[str]:
     tutorial, each under "the most relevant passages" (audit 29 F9). A capitalised name the corpus has
     nowhere near the question is the plainest sign; every-day words ("huge", "went") would say it about
     a quarter of good answers, capitalised names about one in twenty, and then truthfully ("EKS" when
-    the passages are about GPU nodes in general)."""
-    named = list(dict.fromkeys(m.group(1) for m in _NAME.finditer(question) if m.group(1) not in _PYTHON_CONSTANTS))
-    if not named or not sources:
+    the passages are about GPU nodes in general). Of a name of several words, the words nowhere in the
+    sources are named ("Haskell" of "Haskell SDK", "Apple Silicon" whole). Not for a question in another language, whose nouns
+    German and Spanish capitalise or start sentences with."""
+    from flytegpt.bot.question_text import reads_as_another_language
+
+    named = list(dict.fromkeys(" ".join(w for w in m.group().split() if w not in _NOT_NAMES)
+                               for m in _NAME.finditer(question)))
+    named = [n for n in named if n]
+    if not named or not sources or reads_as_another_language(question):
         return []
     found: set[str] = set()
     for s in sources:
         found.update(tokenize(f"{s.title}\n{s.text}"))
-    missing = [n for n in named if (t := tokenize(n)) and not any(x in found for x in t)]
-    return missing[:_MAX_UNMENTIONED]
+    missing: list[str] = []
+    for name in named:  # of a name of several words, the runs of words the sources lack ("Cosmos" of "Cosmos DB")
+        run: list[str] = []
+        for word in [*name.split(), ""]:
+            if word and (t := tokenize(word)) and not any(x in found for x in t):
+                run.append(word)
+            elif run:
+                missing.append(" ".join(run))
+                run = []
+    return list(dict.fromkeys(missing))[:_MAX_UNMENTIONED]
 
 
 def _or_list(names: list[str]) -> str:

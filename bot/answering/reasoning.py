@@ -12,7 +12,8 @@ The rule, owned here and used wherever model text enters (chain.py):
 - blocks at the start of the reply (after white space) are thinking, one or several;
 - an opening tag at the start that is never closed: the whole reply is thinking (a model cut by
   `max_tokens` while still thinking): the answer is empty;
-- a closing tag with no opening tag before it, outside code: everything up to it was thinking;
+- a closing tag with no opening tag before it, at the start of a line and outside code: everything
+  up to it was thinking (mid-sentence or in code it is an answer about the tag: audit 33 F3);
 - tags later in the text (an answer explaining a prompt format, code) are left as written: models
   think first, and an answer may well be about these tags.
 
@@ -46,10 +47,20 @@ def _in_code(text: str, at: int) -> bool:
     return len(_FENCE_LINE.findall(before)) % 2 == 1 or before.endswith("`")
 
 
+def _starts_line(text: str, at: int) -> bool:
+    """Does position `at` start its line (after at most three spaces: four make indented code)?"""
+    line = text[text.rfind("\n", 0, at) + 1:at]
+    return not line.strip() and len(line.expandtabs(4)) < 4
+
+
 def _stray_close(text: str) -> re.Match | None:
-    """The first closing tag of a reply that did not open one (R1 templates open it in the prompt)."""
+    """The first closing tag of a reply that did not open one (R1 templates open it in the prompt),
+    when it is thinking's: at the start of a line, outside code. R1 ends its thinking with the tag on
+    a line of its own; an answer that is about the tag writes it mid-sentence or in code ("split the
+    reply at `</think>`"), and cutting there lost the answer's first half (audit 33 F3)."""
     close = _CLOSE.search(text)
-    if close is None or _OPEN.search(text, 0, close.start()) or _in_code(text, close.start()):
+    if close is None or _OPEN.search(text, 0, close.start()) or _in_code(text, close.start()) \
+            or not _starts_line(text, close.start()):
         return None
     return close
 

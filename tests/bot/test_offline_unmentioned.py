@@ -23,7 +23,7 @@ CACHING = Source(2, "docs:caching.md", "Caching", "https://example.org/caching",
 
 @pytest.mark.parametrize("question, expected", [
     ("Is there a flytekit Haskell SDK?", ["Haskell"]),
-    ("Can I deploy Flyte on IBM Cloud or in Cosmos DB, like on EKS?", ["IBM", "Cloud", "Cosmos"]),
+    ("Can I deploy Flyte on IBM Cloud or in Cosmos DB, like on EKS?", ["IBM Cloud", "Cosmos DB"]),
     # named in a source (any case, any form): not missing
     ("Does the Python SDK run on EKS and GKE?", []),
     ("Can I use Caching?", []),
@@ -32,8 +32,17 @@ CACHING = Source(2, "docs:caching.md", "Caching", "https://example.org/caching",
     ("how do I cache a task?\nWindows is what I use.", []),
     ("how do i cache a task", []),
     ("What does fetch_workflow pick when version is None or False?", []),
-    # at most three, in the order asked
-    ("Is there a Go, Haskell, Rust, Scala or Julia SDK?", ["Haskell", "Rust", "Scala"]),
+    # a name of several words: the words no source has, together ("Haskell" of "Haskell SDK")
+    ("Does it run on Apple Silicon or in Cosmos DB?", ["Apple Silicon", "Cosmos DB"]),
+    # at most three, in the order asked; a list's names after commas start clauses as far as this
+    # rule can tell ("Sorry, Weirdly ..."): only the one after "or" is read
+    ("Is there a Go, Haskell, Rust, Scala or Julia SDK?", ["Julia"]),
+    ("Is there a Haskell SDK or a Rust SDK or a Scala SDK or a Julia SDK?", ["Haskell", "Rust", "Scala"]),
+    # clause starts, chat acronyms, days: no names
+    ("Sorry, Weirdly the cache misses (Newbie here) - Apologies ASAP on Monday", []),
+    ("> Why does the cache miss?\n* Newbie question", []),
+    # another language capitalises its nouns
+    ("Wie kann ich eine Aufgabe mit der Tarea zwischenspeichern und die Daten im Speicher behalten?", []),
 ])
 def test_names_no_source_mentions(question: str, expected: list[str]) -> None:
     assert unmentioned_names(question, [PYTHON_SDK, CACHING]) == expected
@@ -46,7 +55,7 @@ def test_the_offline_answer_says_so_under_its_header_and_only_then() -> None:
     assert citations and "Python SDK" in rest  # the passages are still quoted
     text, _ = offline_answer("How do I cache a task with Caching?", [PYTHON_SDK, CACHING])
     assert "None of the passages" not in text
-    text, _ = offline_answer("Is there a Go, Haskell or Rust SDK?", [PYTHON_SDK])
+    text, _ = offline_answer("Is there a Haskell SDK or a Rust SDK?", [PYTHON_SDK])
     assert "_None of the passages found mention Haskell or Rust._" in text
 
 
@@ -59,4 +68,4 @@ def test_on_the_sample_corpus_its_questions_get_no_such_note_and_an_outside_name
         a = answerer.answer(q)
         assert a.mode == "offline" and "None of the passages" not in a.text, (q, a.text[:300])
     a = answerer.answer("How do I cache a task's outputs in Cosmos DB?")
-    assert a.mode == "offline" and "_None of the passages found mention Cosmos._" in a.text
+    assert a.mode == "offline" and "_None of the passages found mention Cosmos DB._" in a.text

@@ -1,0 +1,71 @@
+"""Audit 33: a hostile re-check of the day's answering changes (several questions in one message,
+reasoning models' thinking, other models' citation forms)."""
+
+from __future__ import annotations
+
+import pytest
+
+from flytegpt.bot.answering.budget import Source
+from flytegpt.bot.answering.citations import process_citations
+from flytegpt.bot.answering.reasoning import ReasoningFilter, strip_reasoning
+from flytegpt.bot.question_text import separate_questions
+
+SOURCES = [Source(i, f"docs:{i}.md", f"Page {i}", f"https://example.org/{i}", "text", 1.0, "docs")
+           for i in range(1, 5)]
+
+
+@pytest.mark.parametrize("text, expected", [
+    # a "?" in pasted code, a log, inline code or a quote ends no question (F2)
+    ("my log says:\n```\nWARNING: is the path correct? retrying\n```\nHow do I fix the upload path?", []),
+    ("Why does `re.compile(r'(\\w+)?')` fail in my task? How do I register a workflow remotely?",
+     ["Why does `re.compile(r'(\\w+)')` fail in my task?", "How do I register a workflow remotely?"]),
+    ('The error says "is the bucket public?" How do I set the bucket policy?', []),
+    ("> is the bucket public?\nHow do I set the bucket policy?", []),
+    ("Traceback (most recent call last):\n  File \"wf.py\", line 3, in <module>\nValueError: is x set?\n"
+     "How do I cache a task?", []),
+    # other ways a question ends (F7)
+    ("How do I cache a task?How do I set GPU resources?", ["How do I cache a task?", "How do I set GPU resources?"]),
+    ("How do I cache a task?! And how do I set GPU resources?",
+     ["How do I cache a task?", "And how do I set GPU resources?"]),
+    ("How do I cache a task\uff1fHow do I set GPU resources\uff1f",
+     ["How do I cache a task\uff1f", "How do I set GPU resources\uff1f"]),
+    # a "?" in a link ends nothing
+    ("See https://example.org/docs?page=2 for caching", []),
+])
+def test_only_the_askers_own_sentences_end_a_question(text: str, expected: list[str]) -> None:
+    assert separate_questions(text) == expected
+
+
+ABOUT_THE_TAG = [
+    'Use `answer = reply.split("</think>")[-1]` to drop the reasoning [1].',
+    "Drop the reasoning [1]:\n\n    answer = reply.split('</think>')[-1]\n",
+    "Everything before the closing </think> tag is reasoning; drop it [1].",
+    "See `x` </think> then the answer [1].",
+]
+
+
+@pytest.mark.parametrize("reply", ABOUT_THE_TAG)
+def test_an_answer_about_the_closing_tag_comes_out_whole(reply: str) -> None:
+    """A closing tag mid-sentence or in code is the answer's subject, not the end of thinking (F3):
+    the answer lost its first half, and the bot held back every later stream."""
+    assert strip_reasoning(reply) == reply
+    for size in (1, 3, 7):
+        f = ReasoningFilter()
+        shown = "".join(f.feed(reply[i:i + size]) for i in range(0, len(reply), size)) + f.flush()
+        assert shown == reply and not f.restarted
+
+
+def test_thinking_that_ends_with_the_tag_on_its_own_line_is_still_removed() -> None:
+    reply = "Okay, the user wants caching; the sources say cache=True.\n</think>\n\nSet `cache=True` [1]."
+    assert strip_reasoning(reply) == "Set `cache=True` [1]."
+    f = ReasoningFilter()
+    for i in range(0, len(reply), 4):
+        f.feed(reply[i:i + 4])
+    f.flush()
+    assert f.restarted and f.answer == "Set `cache=True` [1]."
+
+
+def test_an_s3_bucket_in_brackets_is_no_citation_but_a_list_of_s_markers_is() -> None:
+    assert process_citations("Store it in an [S3] bucket [1].", SOURCES)[0] == "Store it in an [S3] bucket [1]."
+    text, cited = process_citations("Cache it [S1], retry it [S1, S3].", SOURCES)
+    assert text == "Cache it [1], retry it [1][2]." and [c.source_id for c in cited] == ["docs:1.md", "docs:3.md"]
