@@ -76,6 +76,7 @@ class BotServer:
         self.drained = True  # every answer finished before the stop deadline
         self._lost_at: float | None = None  # when /healthz first saw the Slack connection down
         self._was_connected = False  # the grace is for a lost connection, not for a first one
+        self.model_check: threading.Thread | None = None  # the start-up check of the chat model, if one runs
 
     # --- health ---------------------------------------------------------------------
 
@@ -146,10 +147,24 @@ class BotServer:
 
         self.snapshots = SnapshotJob(self.config)
         self.snapshots.start()
+        # which chat model at which host ("gpt-4o-mini at api.openai.com"), never the key
+        label = getattr(answerer, "model_label", None)
+        llm = label() if callable(label) else getattr(answerer, "llm_enabled", None)
         log.info("FlyteGPT is running", extra={"http_port": self.http.server_address[1],
-                                               "store": self.config.index.store,
-                                               "llm": getattr(answerer, "llm_enabled", None)})
+                                               "store": self.config.index.store, "llm": llm})
+        self._check_model(answerer)
         return self
+
+    def _check_model(self, answerer: Any) -> None:
+        """[bot] check_model: ask the model endpoint once, in the background, whether it serves the chat
+        model (Answerer.check_model logs one warning naming what is wrong): a wrong model name, key or
+        base URL shows in the log at start instead of in the first askers' replies (audit 32 F4). Never
+        waited for: the index load and the Slack connection go on whatever it finds. No model, no call."""
+        check = getattr(answerer, "check_model", None)
+        if not (self.config.bot.check_model and callable(check) and getattr(answerer, "llm_enabled", False)):
+            return
+        self.model_check = threading.Thread(target=check, daemon=True, name="flytegpt-model-check")
+        self.model_check.start()
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM): no new questions, running answers until [bot] shutdown_grace_s,

@@ -328,6 +328,11 @@ class TuningConfig(_Strict):
     seed: int = 0
 
 
+# [answer] context_window must leave at least this many tokens after max_tokens: the instructions
+# (~300 tokens), a question and one excerpt of a source
+MIN_PROMPT_TOKENS = 512
+
+
 class AnswerConfig(_Strict):
     token_budget: int = Field(default=2000, ge=100, le=1_000_000)  # tokens of sources in the prompt
     min_score: float = Field(default=0.0, ge=0.0, le=10.0)  # below this fused score nothing counts as relevant
@@ -366,6 +371,22 @@ class AnswerConfig(_Strict):
     # api.openai.com, *.openai.azure.com), whose reasoning models refuse max_tokens; max_tokens to any
     # other server (Ollama's /v1 reads only that). Set it for a proxy in front of OpenAI (LiteLLM).
     max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+    # The chat model's context window in tokens (what vLLM calls max_model_len, Ollama num_ctx); 0:
+    # unknown. Set, each question's sources are cut so that the prompt (instructions, sources,
+    # question) plus max_tokens fits it, with a small margin (the bot counts with its own tokenizer,
+    # not the model's): a 4k or 2k local model answers long questions instead of failing them (audit
+    # 32 F8). A question too long to fit even without sources gets the passages, not a model call.
+    context_window: int = Field(default=0, ge=0, le=100_000_000)
+
+    @model_validator(mode="after")
+    def _window_holds_an_answer(self) -> "AnswerConfig":
+        """A window that max_tokens alone fills could never hold a prompt: every question would get
+        the passages. Said at start, naming both settings."""
+        if self.context_window and self.context_window < self.max_tokens + MIN_PROMPT_TOKENS:
+            raise ValueError(f"context_window ({self.context_window}) leaves less than {MIN_PROMPT_TOKENS} tokens "
+                             f"for the prompt after max_tokens ({self.max_tokens}): write the model's window "
+                             "(e.g. 4096, 8192) or lower max_tokens")
+        return self
 
 
 FLYTE = "Flyte"
@@ -480,6 +501,11 @@ class BotConfig(_Strict):
     # false: one chat.postMessage when the answer is complete (also the automatic fallback
     # where Slack refuses streaming).
     streaming: bool = True
+    # `flytegpt serve` asks the chat model endpoint once at start, in the background, whether it serves
+    # FLYTEGPT_CHAT_MODEL with this key (its model list, else a 1-token completion) and logs one warning
+    # naming what is wrong (model not found, key rejected, not an OpenAI API), instead of the first
+    # askers finding out. It never holds up the start. false: no call (an endpoint billed per request).
+    check_model: bool = True
     # The slash command the bot answers: the Slack app manifest's features.slash_commands command
     # (manifests/slack-app-manifest.json), which Slack sends with each use. The usage text names it.
     command: str = "/flytegpt"
@@ -580,9 +606,37 @@ class Settings(BaseSettings):
         if url is not None and not is_http_url(url):
             raise ConfigError(f"OPENAI_BASE_URL {url!r} is not an http(s) URL: unset it for OpenAI's own "
                               "or give a base URL such as http://localhost:11434/v1")
+        if url is not None:
+            _check_no_deployment_url(url)
         if url is not None and self.openai_api_key is not None:
             warn_if_plain_http("OPENAI_BASE_URL", url)
         return url
+
+
+_AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/?#]+)", re.I)
+
+
+def _check_no_deployment_url(url: str) -> None:
+    """A ConfigError for a base URL the OpenAI client cannot call: one with a query string (the client
+    appends "/chat/completions" after it: `…?api-version=2024-10-21chat/completions`) and Azure
+    OpenAI's classic deployment URL (`/openai/deployments/<name>`, which also wants an `api-version`
+    and an `api-key` header). Azure's v1 endpoint, `https://<resource>.openai.azure.com/openai/v1/`,
+    takes the plain client with the key as a Bearer token and the deployment name as the model
+    (learn.microsoft.com, "Azure OpenAI API version lifecycle"), so that is what the error says to
+    write (audit 32 F9). The query's value is never repeated: a proxy may carry a key there."""
+    parts = urlsplit(url)
+    bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    deployment = _AZURE_DEPLOYMENT.search(parts.path)
+    if deployment is not None:
+        root = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path[:deployment.start()]}/openai/v1/"
+        raise ConfigError(f"OPENAI_BASE_URL {bare!r} is an Azure OpenAI deployment URL, which the OpenAI client "
+                          f"cannot call: use Azure's v1 endpoint, OPENAI_BASE_URL={root} with "
+                          f"FLYTEGPT_CHAT_MODEL={deployment.group(1)} (the deployment's name) and the resource's "
+                          "key as OPENAI_API_KEY; no api-version is needed")
+    if parts.query:
+        raise ConfigError(f"OPENAI_BASE_URL {bare!r} has a query string (?…), which the OpenAI client cannot keep "
+                          "(it appends /chat/completions after it): give the base URL alone, such as "
+                          "https://host/v1 (for Azure OpenAI: https://<resource>.openai.azure.com/openai/v1/)")
 
 
 # The settings that name a local file or folder (or, where a URL is allowed, a URL). Written in

@@ -19,7 +19,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from flytegpt.ingest.keyword import tokenize
 from flytegpt.ingest.languages import language_of_path
@@ -250,6 +250,39 @@ def pack_sources(
         if text.strip():
             kept.append(Source(len(kept) + 1, s.source_id, s.title, s.url, text, s.score, s.kind))
     return kept
+
+
+# [answer] context_window: what the bot's count may miss of the model's (another tokenizer; the chat
+# template's role markers), kept free besides max_tokens. WordPiece counts English at ~3.6 characters a
+# token, more tokens than Llama's or Qwen's tokenizers (~4+), so 5% errs on the safe side (audit 32 F8).
+WINDOW_MARGIN = 0.05
+MESSAGE_TOKENS = 8  # a chat template's markers around one message (<|im_start|>system ... <|im_end|>)
+MIN_SOURCE_TOKENS = _MIN_USEFUL_TOKENS  # less room than this for sources: no source fits, none is sent
+
+
+def prompt_room(context_window: int, max_tokens: int, fixed_tokens: int, messages: int = 2) -> int:
+    """Tokens left for the sources in a window of `context_window` once the answer's `max_tokens`, the
+    prompt's other text (`fixed_tokens`: instructions, question) and a margin are set aside."""
+    margin = int(context_window * WINDOW_MARGIN) + MESSAGE_TOKENS * messages
+    return context_window - max_tokens - fixed_tokens - margin
+
+
+def pack_within(sources: Sequence[Source], question: str, token_budget: int, room: int,
+                render: Callable[[list[Source]], str], counter: TokenCounter | None = None) -> list[Source]:
+    """`pack_sources` whose rendered block (`render`: their tags and titles too, which the budget does
+    not count: ~2,000-2,300 tokens for a budget of 2,000) takes at most `room` tokens."""
+    counter = counter or token_counter()
+    budget = min(token_budget, room)
+    fitted = pack_sources(sources, question, budget, counter)
+    for _ in range(4):  # each pass takes off what the last one was over by: two passes in practice
+        over = counter.count(render(fitted)) - room
+        if over <= 0 or budget <= MIN_SOURCE_TOKENS:
+            break
+        budget = max(MIN_SOURCE_TOKENS, budget - over - MESSAGE_TOKENS)
+        fitted = pack_sources(sources, question, budget, counter)
+    while fitted and counter.count(render(fitted)) > room:  # still over (many short sources' tags): the last go
+        fitted = fitted[:-1]
+    return fitted
 
 
 def context_chunks(

@@ -26,10 +26,11 @@ from flytegpt.bot.question_text import (code_identifiers, mostly_another_script,
                                         separate_questions, stands_alone)
 
 from . import prompts
-from .budget import Source, dedupe_hits, pack_sources
+from .budget import MIN_SOURCE_TOKENS, Source, dedupe_hits, pack_sources, pack_within, prompt_room, token_counter
 from .citations import source_citations
 from .live import Delta, LiveCitations, Progress, clean_answer
-from .model_calls import MIN_CALL_S, RELATED as _RELATED, Deadline, EmptyCompletion, NoAnswerInTime, Retries
+from .model_calls import (MIN_CALL_S, RELATED as _RELATED, Deadline, EmptyCompletion, NoAnswerInTime, PromptTooLong,
+                          Retries, check_model, clipped, endpoint_host)
 from .offline import offline_answer
 from .reasoning import ReasoningFilter, closes_unopened, strip_reasoning
 from .types import Answer, Citation, IndexNotReady, QuestionRejected, Turn, UNCITED, keep_turns
@@ -65,8 +66,19 @@ def _text_of(message: Any) -> str:
     return message if isinstance(message, str) else ChatGeneration(message=message).text
 
 
+# Finish reasons other servers give for the same two stops (Gemini's and Anthropic's OpenAI-compatible
+# endpoints, proxies passing theirs through: audit 33 F6)
+_FINISH_ALIASES = {"max_tokens": "length", "max_output_tokens": "length", "model_length": "length",
+                   "safety": "content_filter", "recitation": "content_filter", "blocklist": "content_filter",
+                   "prohibited_content": "content_filter", "spii": "content_filter", "refusal": "content_filter"}
+
+
 def _finish_of(message: Any) -> str | None:
-    return (getattr(message, "response_metadata", None) or {}).get("finish_reason")
+    finish = (getattr(message, "response_metadata", None) or {}).get("finish_reason")
+    if not isinstance(finish, str) or not finish:
+        return None
+    finish = finish.lower()
+    return _FINISH_ALIASES.get(finish, finish)
 
 
 def close_fence(markdown: str) -> str:
@@ -142,7 +154,8 @@ class Answerer:
         self.llm_enabled: bool = (key is not None and bool(key.get_secret_value().strip())) or base_url is not None
         self._lock = threading.Lock()
         self._chat: Any = None
-        self._thinking_opens_in_prompt = False  # learnt from a reply: see _read
+        self._thinking_opens_in_prompt = False  # learnt from replies: see _saw_thinking_open_in_prompt
+        self._unopened_closes = 0  # replies in a row that closed a thinking block they never opened
 
     # ---- public API -------------------------------------------------------------
     def answer(self, question: str, history: Sequence[Turn] = (), *, asked_at: float | None = None) -> Answer:
@@ -172,6 +185,47 @@ class Answerer:
         from .bulk import answer_many
 
         return answer_many(self, questions, workers=workers, **resume)
+
+    def model_label(self) -> str:
+        """The chat model and where it is, for the "FlyteGPT is running" line: "gpt-4o-mini at
+        api.openai.com", "qwen3:8b at ollama:11434" (the base URL's host, never its path, query or the
+        key); "none (quoting passages)" without a model."""
+        if not self.llm_enabled:
+            return "none (quoting passages)"
+        return f"{self.settings.chat_model} at {endpoint_host(self.settings.openai_base_url)}"
+
+    def check_model(self) -> bool:
+        """Ask the endpoint once whether it serves the chat model with this key (`model_calls.check_model`:
+        its model list, else a 1-token completion); one log line either way, a warning naming the
+        problem when it does not. Never raises: `flytegpt serve` runs it beside its start, which goes
+        on whatever it finds (a model still loading, a key fixed later). True when the model answered."""
+        if not self.llm_enabled:
+            return False
+        key = self.settings.openai_api_key
+        model, where = self.settings.chat_model, self.settings.openai_base_url or "https://api.openai.com/v1"
+        try:
+            failure = check_model(self.settings.openai_base_url,
+                                  key.get_secret_value() if key is not None else "not-needed", model,
+                                  timeout=self.config.answer.timeout_s,
+                                  max_tokens_field=max_tokens_field(self.config.answer.max_tokens_field,
+                                                                    self.settings.openai_base_url))
+        except Exception as e:  # noqa: BLE001 - a check must not take the bot down
+            log.warning("chat model check at start could not run (%s): the first answers will tell", type(e).__name__)
+            return False
+        if failure is None:
+            log.info("chat model check at start: '%s' answers at %s", model, where)
+            return True
+        cause = failure.cause
+        if where.rstrip("/") not in cause:  # classify names the endpoint of a 404 or 401, not of the others
+            cause += f" (model '{model}' at {where})"
+        said = f" | {failure.detail}" if failure.detail else ""
+        if failure.kind == "transient":  # "connection failed", "timed out", "HTTP 503": may pass by itself
+            log.warning("chat model check at start: %s; while it lasts, askers get the best passages instead of "
+                        "answers%s", cause, said)
+        else:
+            log.warning("chat model check at start: %s; until this is fixed, askers get the best passages and "
+                        "a note that the model is misconfigured%s", cause, said)
+        return False
 
     def _events(self, question: str, history: Sequence[Turn], *, stream: bool,
                 asked_at: float | None = None) -> Iterator[Event]:
@@ -220,32 +274,60 @@ class Answerer:
             # the model's terms alone, unless the asker names code (map_task, ContainerTask, a path): the
             # docs and the code hold those as written, in any language (audit 31 F6)
             query = self._rewrite(standalone, deadline, terms_alone=unreadable and not code_identifiers(standalone))
-        # a message of several questions: each one's best source among the first (audit 29 F8)
-        hits = searcher.search(query, self.config.retrieval.k, questions=separate_questions(query))
+        # a message of several questions: each one's best source among the first (audit 29 F8); not a
+        # thread's subject joined with a follow-up offline, which would search the old question and the
+        # bare follow-up alone (audit 33 F1)
+        joined = followup and not condensed
+        hits = searcher.search(query, self.config.retrieval.k,
+                               questions=() if joined else separate_questions(query))
         sources = dedupe_hits(hits, self.config.answer.max_sources)
         question = asked  # the question as answered and logged: within [answer] max_question_chars
         if not self._relevant(hits):
             yield self._not_found(question, standalone, sources, version, hits)
             return
         if not self.llm_enabled:
-            text, citations = offline_answer(standalone, sources)
+            text, citations = offline_answer(standalone, sources, asked=question)
             yield Answer(question, standalone, text, citations, "offline", version)
             return
         if late:
             yield self._too_late(question, standalone, sources, version)
             return
 
-        fitted = pack_sources(sources, query, self.config.answer.token_budget)  # with the search terms
-        yield Progress("writing", len(fitted))
         # the model reads the question as asked; a follow-up also as the thread made it
         told = prompts.asked_question(asked, standalone) if followup else asked
-        inputs = {"sources": prompts.format_sources(fitted), "question": told}
+        room = self._sources_room(told)
+        if room is None:  # the question alone fills [answer] context_window: a call could only fail
+            yield self._question_fills_window(question, standalone, sources, version, told)
+            return
+        budget = min(self.config.answer.token_budget, room)
+        fitted = self._pack(sources, query, budget, room)  # with the search terms
+        if sources and not fitted:  # not even one source's excerpt fits beside the question: as above
+            yield self._question_fills_window(question, standalone, sources, version, told)
+            return
+        yield Progress("writing", len(fitted))
+        prompt, shrunk = prompts.answer_prompt(self.config.project), False
         try:
-            if stream:
-                reply = yield from self._stream_answer(inputs, fitted, deadline)
-            else:
-                reply = self._invoke(self._chain(prompts.answer_prompt(self.config.project), deadline), inputs, fitted,
-                                     deadline=deadline)
+            while True:
+                inputs = {"sources": prompts.format_sources(fitted), "question": told}
+                try:
+                    if stream:
+                        reply = yield from self._stream_answer(inputs, fitted, deadline, shrink_next=not shrunk)
+                    else:
+                        reply = self._invoke(self._chain(prompt, deadline), inputs, fitted, deadline=deadline,
+                                             shrink_next=not shrunk)
+                    break
+                except PromptTooLong as e:
+                    # over the model's context window (no text was shown: the refusal comes first): once
+                    # more with about half the sources' budget, within the same deadline (audit 32 F3, F8)
+                    smaller = [] if shrunk else self._pack(sources, query, budget // 2, room)
+                    if not smaller:
+                        if not shrunk:
+                            log.error("chat model unavailable: prompt too long for the model's context window | %s",
+                                      clipped(e.detail))
+                        raise
+                    log.info("the prompt was too long for the chat model's context window: trying once more with "
+                             "half the sources' tokens (%d) | %s", budget // 2, clipped(e.detail, 300))
+                    budget, fitted, shrunk = budget // 2, smaller, True
         except EmptyCompletion:
             yield self._empty_output(question, standalone, sources, version)
             return
@@ -260,6 +342,10 @@ class Answerer:
             note = prompts.MODEL_STOPPED_NOTE if e.reason == "stopped" else prompts.MODEL_DEADLINE_PARTIAL_NOTE
             yield Answer(question, standalone, f"{text}\n\n{note}", citations, "llm", version, note=e.reason)
             return
+        if shrunk:  # answered, but every question this long pays a refused call first
+            log.warning("answered with half the sources' tokens (%d) after the prompt was too long for the chat "
+                        "model's context window: set [answer] context_window to the model's window (or lower "
+                        "token_budget or max_tokens)", budget)
         if not reply.text.strip():  # cut short before any answer (a reasoning model's thinking, a filter)
             yield self._cut_short(question, standalone, sources, version, reply.finish)
             return
@@ -279,6 +365,40 @@ class Answerer:
                          note=UNCITED)  # the heading over the sources depends on it; a cut shows in the text
             return
         yield Answer(question, standalone, text, citations, "llm", version, note=note)
+
+    def _sources_room(self, told: str) -> int | None:
+        """Tokens the sources may take in the answer prompt: any number (the budget decides) without
+        `[answer] context_window`; with it, what the window leaves after max_tokens, the instructions,
+        the question as sent and a margin (budget.prompt_room). None when that is too little for any
+        source: the question alone (a long paste) fills the window."""
+        cfg = self.config.answer
+        if not cfg.context_window:
+            return cfg.token_budget
+        counter = token_counter()
+        fixed = (counter.count(prompts.answer_system(self.config.project))
+                 + counter.count(prompts.ANSWER_HUMAN.format(sources="", question=told)))
+        room = prompt_room(cfg.context_window, cfg.max_tokens, fixed)
+        return room if room >= MIN_SOURCE_TOKENS else None
+
+    def _pack(self, sources: list[Source], query: str, budget: int, room: int) -> list[Source]:
+        """The sources within `budget` tokens of text and, with `[answer] context_window`, `room`
+        tokens as the prompt renders them (tags and titles too)."""
+        if not self.config.answer.context_window:
+            return pack_sources(sources, query, budget)
+        return pack_within(sources, query, budget, min(budget, room), prompts.format_sources)
+
+    def _question_fills_window(self, question: str, standalone: str, sources: list[Source], version: str | None,
+                               told: str) -> Answer:
+        """The passages, when the question leaves no room for a source in `[answer] context_window`: the
+        search found them for it; a call could only be refused, and a refusal ("too long") tells the
+        asker less than the passages do."""
+        cfg = self.config.answer
+        log.warning("the question (%d tokens) leaves no room for sources in [answer] context_window (%d) after "
+                    "max_tokens (%d): passages instead of a model call; lower [answer] max_question_chars or "
+                    "max_tokens, or use a model with a larger window", token_counter().count(told),
+                    cfg.context_window, cfg.max_tokens)
+        text, citations = offline_answer(standalone, sources, header=prompts.MODEL_QUESTION_TOO_LONG_NOTE, asked=question)
+        return Answer(question, standalone, text, citations, "offline", version, note="context")
 
     def _finish_note(self, finish: str | None) -> str:
         """The note under an answer the model did not finish, and the operator's log line for it."""
@@ -301,17 +421,17 @@ class Answerer:
             log.warning("the model provider's content filter stopped the answer before any text",
                         extra={"finish_reason": finish})
             header = prompts.MODEL_FILTERED_EMPTY_NOTE
-        text, citations = offline_answer(standalone, sources, header=header)
+        text, citations = offline_answer(standalone, sources, header=header, asked=question)
         return Answer(question, standalone, text, citations, "offline", version, note=finish)
 
     def _empty_output(self, question: str, standalone: str, sources: list[Source], version: str | None) -> Answer:
-        text, citations = offline_answer(standalone, sources, header=prompts.MODEL_EMPTY_NOTE)
+        text, citations = offline_answer(standalone, sources, header=prompts.MODEL_EMPTY_NOTE, asked=question)
         return Answer(question, standalone, text, citations, "offline", version, note="empty model output")
 
     def _too_late(self, question: str, standalone: str, sources: list[Source], version: str | None) -> Answer:
         log.warning("no model answer within the deadline: offline passages",
                     extra={"deadline_s": self.config.answer.deadline_s})
-        text, citations = offline_answer(standalone, sources, header=prompts.MODEL_DEADLINE_NOTE)
+        text, citations = offline_answer(standalone, sources, header=prompts.MODEL_DEADLINE_NOTE, asked=question)
         return Answer(question, standalone, text, citations, "offline", version, note="deadline")
 
     def validate(self, question: str) -> str:
@@ -366,12 +486,20 @@ class Answerer:
     def _condense(self, question: str, history: list[Turn], searcher: "HybridSearcher", deadline: Deadline) -> str:
         """The follow-up as a standalone question; "" when the model said nothing usable (some
         local and reasoning models answer with empty content), so the caller falls back."""
+        history = self._history_within_window(history, question)
+        if not history:
+            log.info("the thread does not fit [answer] context_window with the follow-up: not condensed")
+            return ""
         inputs = {"history": prompts.format_history(history), "question": question}
         try:
             reply = self._invoke(self._chain(prompts.condense_prompt(self.config.project), deadline), inputs,
-                                 related_for=(searcher, question), deadline=deadline)
+                                 related_for=(searcher, question), deadline=deadline, shrink_next=True)
         except EmptyCompletion:
             reply = _Reply("")
+        except PromptTooLong as e:  # the thread is longer than the model reads: its questions give the subject
+            log.warning("the thread was too long for the chat model's context window to condense the follow-up; "
+                        "set [answer] context_window to the model's window | %s", clipped(e.detail, 300))
+            return ""
         out = reply.text
         if not out.strip():
             if reply.finish == "length":  # a reasoning model that thought until max_tokens
@@ -384,6 +512,21 @@ class Answerer:
             if out.lower().startswith(prefix.lower()):
                 out = out[len(prefix) :].strip()
         return out[:min(_CONDENSED_MAX_CHARS, self.config.answer.max_question_chars)]
+
+    def _history_within_window(self, history: list[Turn], question: str) -> list[Turn]:
+        """The thread's latest turns that fit the condense prompt in `[answer] context_window` (all of
+        them without it); [] when not even the last one does."""
+        cfg = self.config.answer
+        if not cfg.context_window:
+            return history
+        counter = token_counter()
+        fixed = (counter.count(prompts.condense_system(self.config.project))
+                 + counter.count(prompts.CONDENSE_HUMAN.format(history="", question=question)))
+        room = prompt_room(cfg.context_window, cfg.max_tokens, fixed)
+        kept = list(history)
+        while kept and counter.count(prompts.format_history(kept)) > room:
+            kept = kept[1:]  # the oldest turn first: the follow-up reads the latest ones
+        return kept
 
     def _rewrite(self, question: str, deadline: Deadline, *, terms_alone: bool = False) -> str:
         """The question plus the model's search terms for it (`[answer] rewrite_query`): a vague
@@ -443,17 +586,27 @@ class Answerer:
         thinking block it never opened (R1's templates open it in the prompt) teaches the streams
         that follow to hold such text back from the start."""
         text = _text_of(message)
-        if closes_unopened(text):
-            self._learn_thinking_opens_in_prompt()
+        self._saw_thinking_open_in_prompt(closes_unopened(text))
         return _Reply(strip_reasoning(text), _finish_of(message))
 
-    def _learn_thinking_opens_in_prompt(self) -> None:
-        if not self._thinking_opens_in_prompt:
+    def _saw_thinking_open_in_prompt(self, seen: bool) -> None:
+        """After each reply: did it close a thinking block it never opened? Two replies in a row that
+        did make streams hold such text back from the start; one that did not ends it. One reply
+        never decides for the process: an answer could hold the tag on a line of its own (audit 33 F3)."""
+        with self._lock:
+            self._unopened_closes = self._unopened_closes + 1 if seen else 0
+            learnt = self._unopened_closes >= 2
+            if learnt == self._thinking_opens_in_prompt:
+                return
+            self._thinking_opens_in_prompt = learnt
+        if learnt:
             log.info("the chat model's replies start inside a thinking block (a closing tag, no opening one): "
                      "streamed answers are held back until it closes")
-            self._thinking_opens_in_prompt = True
+        else:
+            log.info("the chat model's replies no longer start inside a thinking block: answers stream again")
 
-    def _stream_answer(self, inputs: dict, fitted: list[Source], deadline: Deadline) -> Iterator[Event]:
+    def _stream_answer(self, inputs: dict, fitted: list[Source], deadline: Deadline, *,
+                       shrink_next: bool = False) -> Iterator[Event]:
         """Stream the answer: yields Deltas, returns the _Reply (for `yield from`).
 
         Retried like `_invoke` while nothing was shown; once text was shown a failure
@@ -497,6 +650,7 @@ class Answerer:
             finally:
                 if pieces is not None:
                     pieces.close()
+            self._saw_thinking_open_in_prompt(thinking.closed_unopened)
             if live.raw.strip():
                 retries.succeeded()
                 if finish is None:
@@ -509,13 +663,12 @@ class Answerer:
             if finish in _CUT_SHORT:  # nothing but thinking, or filtered: a retry would do the same
                 return _Reply("", finish)
             retries.empty()
-        raise retries.unavailable(fitted)
+        raise retries.unavailable(fitted, shrink_next=shrink_next)
 
     def _thinking_was_shown(self, fitted: list[Source]) -> LiveCitations:
         """A reply that closed a thinking block it never opened, after its thinking was shown: the
         answer from the closing tag on is collected but not streamed (the final answer replaces what
-        was shown), and the streams that follow hold such text back from the start."""
-        self._learn_thinking_opens_in_prompt()
+        was shown)."""
         live = LiveCitations(fitted)
         live.diverged = True
         return live
@@ -527,6 +680,7 @@ class Answerer:
         related: list[Source] | None = None,
         related_for: tuple["HybridSearcher", str] | None = None,
         deadline: Deadline | None = None,
+        shrink_next: bool = False,
     ) -> _Reply:
         """Run a chain with bounded retries; ModelUnavailable (with related sources) at the end.
 
@@ -552,7 +706,7 @@ class Answerer:
                 related = dedupe_hits(searcher.search(q, self.config.retrieval.k), _RELATED)
             except Exception:  # noqa: BLE001 - the model error is the one to report
                 related = []
-        raise retries.unavailable(related)
+        raise retries.unavailable(related, shrink_next=shrink_next)
 
 
 def _model_errors() -> tuple[type[BaseException], ...]:

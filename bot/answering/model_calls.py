@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Sequence
 
 from . import prompts
@@ -35,6 +35,11 @@ _DETAIL_MAX_CHARS = 600  # of the provider's text in the log line (an HTML page 
 
 class EmptyCompletion(Exception):
     pass
+
+
+class PromptTooLong(ModelUnavailable):
+    """The model refused the prompt as longer than its context window (`classify` kind "context"):
+    the chain tries once more with about half the sources (chain.Answerer), then tells the asker."""
 
 
 class NoAnswerInTime(Exception):
@@ -91,6 +96,11 @@ _CONTEXT_CODES = {"context_length_exceeded", "exceed_context_size_error", "strin
 # Ollama ('model "x" not found, try pulling it first'), LiteLLM (400 "Invalid model name passed in model=x")
 _MODEL_WORDS = re.compile(r"\bmodel\b.{0,80}?(?:not found|does not exist|not exist|unknown|not available|"
                           r"not supported|no such)|(?:invalid|unknown|no such) model", re.I | re.S)
+# "Unsupported parameter: 'max_tokens' ... Use 'max_completion_tokens' instead" (OpenAI's reasoning
+# models behind a proxy) and the other way round: [answer] max_tokens_field picks the name
+_TOKENS_FIELD_WORDS = re.compile(r"max_(?:completion_)?tokens.{0,120}(?:not supported|unsupported|unrecognized|"
+                                 r"unknown|extra|use\b)|(?:unsupported|unrecognized|unknown)[^.]{0,40}max_"
+                                 r"(?:completion_)?tokens", re.I | re.S)
 _FILTER_WORDS = re.compile(r"content[ _]?(?:management )?(?:filter|policy)|content_filter", re.I)
 
 
@@ -107,6 +117,7 @@ class Failure:
     told: str
     retry: bool
     wait: float | None = None
+    detail: str = ""  # the provider's own words (check_model fills it in for its log line)
 
 
 def _error_text(e: Any) -> str:
@@ -129,7 +140,7 @@ def _endpoint(e: Any) -> tuple[str, str]:
     try:
         url = request.url
         port = f":{url.port}" if url.port else ""
-        path = re.sub(r"/chat/completions/?$", "", url.path)
+        path = re.sub(r"/(?:chat/completions|models)/?$", "", url.path)  # the answer call, or the start check
         base = f"{url.scheme}://{url.host}{port}{path}"
     except Exception:  # noqa: BLE001 - only words for a log line
         base = ""
@@ -170,7 +181,8 @@ def classify(e: Exception) -> Failure:
     named = f"model '{model}'" if model else "the model"
     if status in (400, 413, 422) and (code & _CONTEXT_CODES or _CONTEXT_WORDS.search(text)):
         return Failure("context", "prompt too long for the model's context window: lower [answer] token_budget or "
-                       f"max_question_chars (or max_tokens, which the window also holds; {http})", http, retry=False)
+                       "max_question_chars (or max_tokens, which the window also holds), or set [answer] "
+                       f"context_window to the model's window ({http})", http, retry=False)
     if status == 400 and ("content_filter" in code or _FILTER_WORDS.search(text)):
         return Failure("filtered", f"the provider's content filter refused the prompt ({http}; the question or "
                        "one of its sources)", http, retry=False)
@@ -180,9 +192,17 @@ def classify(e: Exception) -> Failure:
                            f"model not found, {http}", retry=False)
         return Failure("setup", f"no chat-completions endpoint{at} ({http}): check OPENAI_BASE_URL",
                        f"endpoint not found, {http}", retry=False)
-    if status in (401, 403):
+    if status == 401:
         return Failure("setup", f"API key rejected{at} ({http}): check OPENAI_API_KEY",
                        f"API key rejected, {http}", retry=False)
+    if status == 403:  # a key without access to this model, a region or an IP the provider refuses
+        return Failure("setup", f"access denied{at} ({http}): check OPENAI_API_KEY and the account's access to "
+                       f"{named} (a region or network the provider refuses says so below)",
+                       f"access denied, {http}", retry=False)
+    if status == 400 and _TOKENS_FIELD_WORDS.search(text):
+        return Failure("setup", f"the endpoint{at} refused the answer-length field ({http}): set [answer] "
+                       "max_tokens_field to the name it asks for (max_tokens or max_completion_tokens)",
+                       f"request refused, {http}", retry=False)
     if status == 429 and ("insufficient_quota" in code or re.search(r"exceeded your current quota|billing", text, re.I)):
         return Failure("setup", f"quota exhausted{at} ({http}): the account's plan or billing needs attention",
                        f"quota used up, {http}", retry=False)
@@ -258,17 +278,23 @@ class Retries:
         time.sleep(delay)
         return True
 
-    def unavailable(self, related: Sequence[Source] | None = None) -> ModelUnavailable:
+    def unavailable(self, related: Sequence[Source] | None = None, *, shrink_next: bool = False) -> ModelUnavailable:
         """The error to raise after giving up; its message never holds the provider's raw text.
 
         A failure that asking again cannot fix is told as a setup problem for the bot's maintainers,
-        not as "try again in a few minutes"; the log line names its cause and what to change."""
+        not as "try again in a few minutes"; the log line names its cause and what to change. A prompt
+        over the model's window is a PromptTooLong; with `shrink_next` (the caller will try once more
+        with fewer sources) it is logged by the caller, not as an error here."""
+        too_long = self.last is not None and self.last.kind == "context"
+        related_citations = source_citations(list(related or [])[:RELATED])
+        if too_long and shrink_next:
+            log.debug("chat model refused the prompt as too long: %s", self.detail)
+            return PromptTooLong(self.told(), related=related_citations, detail=self.detail)
         earlier = f" (before: {', '.join(self.reasons)})" if self.reasons else ""
-        detail = self.detail if len(self.detail) <= _DETAIL_MAX_CHARS else self.detail[:_DETAIL_MAX_CHARS] + " […]"
         log.error("chat model unavailable after %d %s: %s%s | %s", self.failures + 1,
-                  "attempt" if self.failures == 0 else "attempts", self.reason, earlier, detail)
-        return ModelUnavailable(self.told(), related=source_citations(list(related or [])[:RELATED]),
-                                detail=self.detail)
+                  "attempt" if self.failures == 0 else "attempts", self.reason, earlier, clipped(self.detail))
+        kind = PromptTooLong if too_long else ModelUnavailable
+        return kind(self.told(), related=related_citations, detail=self.detail)
 
     def told(self) -> str:
         """The asker's sentence for the last failure."""
@@ -281,3 +307,70 @@ class Retries:
         if last.kind == "filtered":
             return prompts.MODEL_PROMPT_FILTERED
         return prompts.MODEL_MISCONFIGURED.format(reason=last.told)
+
+
+def clipped(detail: str, limit: int = _DETAIL_MAX_CHARS) -> str:
+    """A provider's text for a log line: an HTML page or a long body is not worth more than `limit`."""
+    return detail if len(detail) <= limit else detail[:limit] + " […]"
+
+
+# ---- the start-up check (`flytegpt serve`, [bot] check_model) --------------------------------------------
+
+def endpoint_host(base_url: str | None) -> str:
+    """Where the chat model is, as the "FlyteGPT is running" line names it: the base URL's host and
+    port ("ollama:11434"), api.openai.com without one. Never its path, query or user info (a proxy
+    may carry a key there), never the key."""
+    if not base_url:
+        return "api.openai.com"
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    host = parts.hostname or "?"
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def _listed(model: str, ids: Sequence[str]) -> bool:
+    """Is `model` among the served ones? Ollama lists "qwen3:latest" for what is asked as "qwen3"."""
+    return model in ids or (":" not in model and f"{model}:latest" in ids)
+
+
+def check_model(base_url: str | None, api_key: str, model: str, *, timeout: float,
+                max_tokens_field: str = "max_tokens") -> Failure | None:
+    """Does the endpoint answer for `model` with this key? None when it does, else what `classify`
+    makes of the failure. At most two requests, never retried:
+
+    1. `GET {base}/models` (free: no tokens, no model load): a model it lists is served. A 401/403 is
+       the key, a connection failure or timeout the URL: no need to ask further.
+    2. Else (a list without the model, or no list at all) a 1-token completion, the call answers make:
+       llama.cpp lists one name and answers to any; Azure's v1 lists base models, not deployments;
+       some proxies pass only /chat/completions. Its error, if any, is the answers' error too."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+    try:
+        page = client.models.list()
+        ids = [str(getattr(m, "id", "")) for m in (getattr(page, "data", None) or [])]
+    except (openai.AuthenticationError, openai.PermissionDeniedError, openai.APIConnectionError) as e:
+        return replace(classify(e), detail=_said(e))
+    except Exception:  # noqa: BLE001 - no list (404, 405, an HTML page, a body of another shape): ask
+        ids = []
+    if _listed(model, ids):
+        return None
+    try:
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say OK."}],
+                                               **{max_tokens_field: 1})
+    except Exception as e:  # noqa: BLE001 - any failure is the check's finding
+        return replace(classify(e), detail=_said(e))
+    if not hasattr(reply, "choices"):  # a 200 the client could not read as a completion (an HTML page)
+        return classify(ValueError(f"unexpected response type {type(reply).__name__}"))
+    return None
+
+
+def _said(e: Exception) -> str:
+    """What the provider said, for the log (not an HTML page: classify names that case)."""
+    import openai
+
+    if not isinstance(e, openai.APIStatusError):  # "Connection error.", an HTML page: classify said it
+        return ""
+    return clipped(_error_text(e), 300)

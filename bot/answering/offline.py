@@ -282,11 +282,16 @@ def _first_line(message: str) -> str:
     return cut if cut == message else f"{cut} …"
 
 
-def offline_answer(question: str, sources: Sequence[Source], header: str = prompts.OFFLINE_HEADER) -> tuple[str, list[Citation]]:
-    """Quote the best 2-3 sources. Returns (Markdown text, citations)."""
+def offline_answer(question: str, sources: Sequence[Source], header: str = prompts.OFFLINE_HEADER,
+                   asked: str | None = None) -> tuple[str, list[Citation]]:
+    """Quote the best 2-3 sources. Returns (Markdown text, citations).
+
+    `question` is what was searched (in a thread, with the thread's subject); `asked` the asker's own
+    message, whose names the note reads (a thread's first question's names said again under every
+    follow-up: audit 33 F4)."""
     terms = query_terms(question)
     parts = [header]
-    unmentioned = unmentioned_names(question, sources)
+    unmentioned = unmentioned_names(question if asked is None else asked, sources)
     if unmentioned:
         parts[0] += "\n" + UNMENTIONED_NOTE.format(names=_or_list(unmentioned))
     citations = []

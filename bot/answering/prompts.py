@@ -215,3 +215,10 @@ MODEL_LENGTH_EMPTY_NOTE = ("_The language model reached the length limit set for
                            "so here are the most relevant passages instead:_")
 MODEL_FILTERED_EMPTY_NOTE = ("_The language model's provider stopped the answer, so here are the most relevant "
                              "passages instead:_")
+
+# audit 32: context window
+# over the passages when the question alone fills the model's window ([answer] context_window): no
+# model call that could only fail; the search still found these for the question as asked
+MODEL_QUESTION_TOO_LONG_NOTE = ("_This question is too long for the language model to read together with any "
+                                "sources, so here are the most relevant passages instead (a shorter question "
+                                "gets a written answer):_")

@@ -126,6 +126,7 @@ class ReasoningFilter:
         self.answer = ""  # everything handed out so far (after a restart: since the closing tag)
         self.thinking_chars = 0
         self.restarted = False
+        self.closed_unopened = False  # a closing tag with no opening one ended thinking (R1's templates)
         self._held = ""  # text not handed out yet
         self._state = "presumed" if starts_inside else "start"
         self._found = False  # a block was removed: a later closing tag is the answer's, not thinking's
@@ -180,6 +181,7 @@ class ReasoningFilter:
                 close = _CLOSE.search(self._held, max(0, self._scanned - _LONGEST_TAG))
                 self._scanned = len(self._held)
                 if close is not None and close is _first(_stray_close(self._held), close):
+                    self.closed_unopened = True
                     self.thinking_chars += close.end()
                     self._held, self._found, self._state = self._held[close.end():], True, "start"
                     continue
@@ -195,7 +197,7 @@ class ReasoningFilter:
                 self._found = True  # the first closing tag decides, as in strip_reasoning
                 if close is not None:
                     self.thinking_chars += close.end()
-                    self.restarted = True
+                    self.restarted = self.closed_unopened = True
                     self.answer, self._held, self._state = "", seen[close.end():], "start"
                     out = ""
                     continue

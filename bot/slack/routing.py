@@ -341,7 +341,6 @@ class EventRouter:
         if talk is not None:  # a thread reply without a mention is small talk only to people (for_the_bot)
             self._small_talk(q, talk)
             return
-        answerable = self._answerable_length(q)
         limiter = self._limiter_for(q)
         wait = limiter.check(q.user)
         if wait:

@@ -28,7 +28,7 @@ from typing import Iterator
 import pytest
 from click.testing import CliRunner, Result
 
-from support.feedback_dbs import SOURCES, header, older_release_db
+from support.feedback_dbs import header, older_release_db
 
 from flytegpt.bot.cli import main
 from flytegpt.bot.slack import feedback

@@ -130,18 +130,25 @@ def test_thinking_is_not_shown_cited_or_searched(server, caplog):
 
 
 def test_a_model_that_opens_its_thinking_in_the_prompt(server, caplog):
-    """R1's template: the reply holds only the closing tag. The first streamed answer showed its
-    first words of thinking, so the final one replaces it; from then on nothing of it is shown."""
+    """R1's template: the reply holds only the closing tag. A streamed answer shows its first words
+    of thinking, so the final one replaces it; after two such replies in a row nothing of it is shown,
+    and a reply with no tag at all ends that (one reply never decides for the process: audit 33 F3)."""
     server.reply = THINK_NO_OPEN
     server.stream_tokens, server.token_delay = 30, 0.0
     answerer, _ = make(server)
-    with caplog.at_level(logging.INFO, logger="flytegpt.bot.answering.chain"):
+    caplog.set_level(logging.INFO, logger="flytegpt.bot.answering.chain")
+    for _ in range(2):
         shown, final = streamed(answerer, "how do I use ray?")
-    assert final.text == "Install the plugin and use `RayJobConfig` [1]." and not final.text.startswith(shown)
+        assert final.text == "Install the plugin and use `RayJobConfig` [1]." and not final.text.startswith(shown)
     assert "replies start inside a thinking block" in caplog.text
     shown, final = streamed(answerer, "how do I use ray?")
     no_thinking(shown)
     assert shown == final.text == "Install the plugin and use `RayJobConfig` [1]."
+    server.reply = REPLY  # the model (or its template) changed: answers stream again
+    streamed(answerer, "how do I use ray?")
+    assert "no longer start inside a thinking block" in caplog.text
+    shown, final = streamed(answerer, "how do I use ray?")
+    assert shown == final.text
 
 
 def test_a_reply_of_nothing_but_thinking_cut_at_max_tokens_is_not_retried(server, caplog):

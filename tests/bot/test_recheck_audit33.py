@@ -69,3 +69,63 @@ def test_an_s3_bucket_in_brackets_is_no_citation_but_a_list_of_s_markers_is() ->
     assert process_citations("Store it in an [S3] bucket [1].", SOURCES)[0] == "Store it in an [S3] bucket [1]."
     text, cited = process_citations("Cache it [S1], retry it [S1, S3].", SOURCES)
     assert text == "Cache it [1], retry it [1][2]." and [c.source_id for c in cited] == ["docs:1.md", "docs:3.md"]
+
+
+# ---- in the answerer --------------------------------------------------------------------------
+
+def _offline(chunks=None):
+    from support.answering_support import ALL, WordSearcher
+
+    from flytegpt.bot.answering import Answerer
+    from flytegpt.ingest.config import AnswerConfig, Config, Settings
+
+    searcher = WordSearcher(list(chunks or ALL))
+    answerer = Answerer(Config(answer=AnswerConfig(min_score=0.0)), Settings(OPENAI_API_KEY="", OPENAI_BASE_URL=""),
+                        lambda: searcher)
+    return answerer, searcher
+
+
+def test_offline_a_follow_up_joined_with_the_threads_subject_is_not_split_again() -> None:
+    """F1: "How do I use ray on Flyte? in the helm chart?" was split back into the old question and the
+    bare follow-up, each searched alone: "in the helm chart?" brought the Roadmap."""
+    from flytegpt.bot.answering import Turn
+
+    answerer, searcher = _offline()
+    history = [Turn("user", "How do I use ray on Flyte workers?"), Turn("assistant", "Install the plugin [1].")]
+    answerer.answer("what about the ray head node?", history)
+    assert searcher.queries[-1] == "How do I use ray on Flyte workers? what about the ray head node?"
+    assert searcher.questions[-1] == []
+    answerer.answer("How do I use ray on Flyte workers? And how do I cache a task output?")  # no thread: split
+    assert len(searcher.questions[-1]) == 2
+
+
+def test_offline_a_follow_ups_note_names_only_what_its_asker_wrote() -> None:
+    """F4: the thread's first question's names were said again under every follow-up."""
+    from flytegpt.bot.answering import Turn
+
+    answerer, _ = _offline()
+    first = answerer.answer("How do I run ray on Flyte from Haskell?")
+    assert "mention Haskell" in first.text
+    history = [Turn("user", "How do I run ray on Flyte from Haskell?"), Turn("assistant", first.text)]
+    follow_up = answerer.answer("and the ray workers?", history)
+    assert "None of the passages" not in follow_up.text
+
+
+@pytest.mark.parametrize("finish, note", [("MAX_TOKENS", "length"), ("max_tokens", "length"), ("LENGTH", "length"),
+                                          ("SAFETY", "content_filter"), ("recitation", "content_filter")])
+def test_other_servers_names_for_the_two_early_stops_carry_their_notes(finish: str, note: str) -> None:
+    """F6: only "length" and "content_filter" were read; Gemini's and others' names left a cut answer
+    without its note and its code block open."""
+    from support.answering_support import ALL, WordSearcher
+    from support.openai_server import OpenAIStandIn, Reply
+
+    from flytegpt.bot.answering import Answerer
+    from flytegpt.ingest.config import AnswerConfig, Config, Settings
+
+    with OpenAIStandIn() as server:
+        server.script(Reply("Use `RayJobConfig` [1]. For example\n\n```python\n@task(", finish=finish))
+        settings = Settings(OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=server.base_url)
+        searcher = WordSearcher(list(ALL))
+        answer = Answerer(Config(answer=AnswerConfig(min_score=0.0, timeout_s=3.0)), settings,
+                          lambda: searcher).answer("how do I use ray?")
+    assert answer.note == note and answer.text.count("```") == 2

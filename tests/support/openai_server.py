@@ -6,6 +6,11 @@ a fixed reply, a reply computed from the request, HTTP errors (500, 429 + Retry-
 or hanging past the client's timeout. Plain and streaming (SSE) responses; `Slow` streams a
 reply token by token with a delay (and can hang half-way), as a real model writes.
 
+`GET /v1/models` lists `models` (by default the model a Settings() without FLYTEGPT_CHAT_MODEL
+asks for), or answers with `models_step` (a Fail, a Page); those requests are kept apart in
+`listings`, so `requests` stays the chat completions. `context_window` (tokens, counted by
+`count_tokens`) makes it refuse a prompt plus max_tokens over it as vLLM does (HTTP 400).
+
     with OpenAIStandIn() as server:
         server.reply = "Use RayJobConfig [1]."
         server.script(Fail(500), Reply("ok"))     # next two requests, then `reply` again
@@ -46,6 +51,9 @@ class Fail:
     status: int = 500
     retry_after: float | None = None
     message: str = "stand-in failure"
+    type: str = "server_error"  # the error's "type" ("invalid_request_error", "model_not_found")
+    code: str | None = None  # the error's "code" ("context_length_exceeded"); None: left out
+    delay: float = 0.0  # seconds before the error is sent (a server that read the whole prompt first)
 
 
 @dataclass
@@ -86,6 +94,8 @@ class Recorded:
 
 
 class OpenAIStandIn:
+    LISTED = ("gpt-4o-mini",)  # Settings' default chat model, as OpenAI lists it
+
     def __init__(self) -> None:
         self.reply: str | Callable[[dict], str] = "OK"
         self.requests: list[Recorded] = []
@@ -95,6 +105,14 @@ class OpenAIStandIn:
         self.stream_tokens: int | None = None
         self._lock = threading.Lock()
         self.in_flight = self.most_in_flight = 0  # requests being answered now / at most at once
+        # GET /models: the ids it lists, or what answers instead; every such request is in `listings`
+        self.models: list[str] = list(self.LISTED)
+        self.models_step: Fail | Page | None = None
+        self.listings: list[Recorded] = []
+        # a server-side context window: a prompt (its messages' text, counted by `count_tokens`) plus
+        # the request's max_tokens over it is refused with vLLM's HTTP 400 (not a scripted step)
+        self.context_window: int | None = None
+        self.count_tokens: Callable[[str], int] = lambda text: (len(text) + 3) // 4
         self._closing = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
@@ -118,6 +136,9 @@ class OpenAIStandIn:
             self.reply = "OK"
             self.token_delay, self.stream_tokens = 0.0, None
             self.most_in_flight = 0
+            self.models, self.models_step = list(self.LISTED), None
+            self.listings.clear()
+            self.context_window = None
 
     def start(self) -> "OpenAIStandIn":
         self._thread.start()
@@ -138,7 +159,21 @@ class OpenAIStandIn:
         with self._lock:
             rec = Recorded(body, headers)
             self.requests.append(rec)
-            return rec, self._step()
+            too_long = self._over_window(body)
+            return rec, too_long if too_long is not None else self._step()
+
+    def _over_window(self, body: dict) -> Fail | None:
+        """vLLM's refusal of a prompt that, with the completion's max_tokens, exceeds the window."""
+        if self.context_window is None:
+            return None
+        prompt = sum(self.count_tokens(str(m.get("content") or "")) for m in body.get("messages", []))
+        completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+        if prompt + completion <= self.context_window:
+            return None
+        return Fail(400, type="BadRequestError", message=(
+            f"This model's maximum context length is {self.context_window} tokens. However, you requested "
+            f"{prompt + completion} tokens ({prompt} in the messages, {completion} in the completion). "
+            "Please reduce the length of the messages or completion."))
 
     def _step(self) -> Reply | Fail | Hang | Slow | Page:
         """The next behaviour (called with the lock held)."""
@@ -168,6 +203,38 @@ class OpenAIStandIn:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_GET(self) -> None:  # noqa: N802
+                if not self.path.split("?", 1)[0].rstrip("/").endswith("/models"):
+                    self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+                    return
+                with server._lock:
+                    server.listings.append(Recorded({}, {k.lower(): v for k, v in self.headers.items()}))
+                    step, models = server.models_step, list(server.models)
+                if isinstance(step, Page):
+                    self._page(step)
+                elif isinstance(step, Fail):
+                    self._fail(step)
+                else:
+                    self._json(200, {"object": "list", "data": [
+                        {"id": m, "object": "model", "created": 0, "owned_by": "stand-in"} for m in models]})
+
+            def _page(self, step: Page) -> None:
+                data = step.body.encode()
+                self.send_response(step.status)
+                self.send_header("Content-Type", step.content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _fail(self, step: Fail) -> None:
+                extra = {}
+                if step.retry_after is not None:
+                    extra["Retry-After"] = f"{step.retry_after:g}"
+                error: dict[str, Any] = {"message": step.message, "type": step.type}
+                if step.code is not None:
+                    error["code"] = step.code
+                self._json(step.status, {"error": error}, extra)
+
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b"{}"
@@ -194,18 +261,12 @@ class OpenAIStandIn:
                         pass
                     return
                 if isinstance(step, Page):
-                    data = step.body.encode()
-                    self.send_response(step.status)
-                    self.send_header("Content-Type", step.content_type)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                    self._page(step)
                     return
                 if isinstance(step, Fail):
-                    extra = {}
-                    if step.retry_after is not None:
-                        extra["Retry-After"] = f"{step.retry_after:g}"
-                    self._json(step.status, {"error": {"message": step.message, "type": "server_error"}}, extra)
+                    if step.delay:
+                        server._closing.wait(step.delay)
+                    self._fail(step)
                     return
                 text = step.text(body) if callable(step.text) else step.text
                 model = body.get("model", "stand-in")
