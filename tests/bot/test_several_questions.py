@@ -73,6 +73,13 @@ def _top(hits, n: int = 5) -> list[str]:
     ("Can one Flyte control plane send executions to several clusters? Does that work with the binary chart?", []),
     ("If I put @vscode on a task, how long does code-server keep the pod? Does it also start locally?", []),
     ("Which plugin setting gives the Spark history link? How do I get it in the console?", []),
+    ("How do I cache a task with a custom hash? Is there a doc page for it?", []),
+    ("How does map_task handle failures? Can I require an absolute number of successes instead?", []),
+    # past its first words, "that" and "it" are a question's own (audit 33 F7)
+    ("How do I cache a task? How do I run a launch plan that lives in another project?",
+     ["How do I cache a task?", "How do I run a launch plan that lives in another project?"]),
+    ("How do I cache a task? When would I use eager workflows instead of @dynamic?",
+     ["How do I cache a task?", "When would I use eager workflows instead of @dynamic?"]),
     # too few words to look up on their own
     ("How do I cache a task? Why?", []),
     ("Is that a bug? Any workaround?", []),
