@@ -409,11 +409,11 @@ class Embedder:
         return Path(self.onnx_cache_dir or default_cache_root()) / CACHE_FILE
 
     def _load_openvino(self):
-        import openvino
-
         from flytegpt.ingest import autotune, quantize
         from flytegpt.ingest.onnx_export import ensure_export
-        from flytegpt.ingest.openvino_runner import OpenVinoEncoder, float_precisions
+        from flytegpt.ingest.openvino_runner import OpenVinoEncoder, float_precisions, import_openvino
+
+        openvino = import_openvino()
 
         folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir)
         precision = resolve_precision(self._requested_precision, "openvino", "cpu")

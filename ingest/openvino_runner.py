@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import threading
 from pathlib import Path
+from types import ModuleType
 from typing import Sequence
 
 import numpy as np
@@ -38,6 +39,29 @@ RUNTIME_CACHE_SHAPES = 32
 COMPILED_DIR = "compiled"
 
 
+def decline_telemetry() -> None:
+    """OpenVINO's usage reports to Google Analytics declined for this process, before anything of
+    OpenVINO loads (its converter and NNCF start openvino-telemetry, which counts a missing consent
+    file as consent and forks a sender: in `flytegpt serve` that child once deadlocked on an
+    OpenSSL lock another thread held at the fork, and outlived the bot: audit 34 F7). FlyteGPT runs
+    unattended and sends nothing anywhere; the machine-wide consent file (`opt_in_out
+    --opt_out`) is left alone."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # no telemetry package: nothing to decline
+        return
+    OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+
+
+def import_openvino() -> ModuleType:
+    """`openvino`, its telemetry declined first (`decline_telemetry`): every use of OpenVINO here
+    imports it through this."""
+    decline_telemetry()
+    import openvino
+
+    return openvino
+
+
 def openvino_available() -> bool:
     """OpenVINO and the tokenizers library are installed (checked without importing them)."""
     return all(importlib.util.find_spec(m) is not None for m in ("openvino", "tokenizers"))
@@ -45,7 +69,7 @@ def openvino_available() -> bool:
 
 def openvino_bf16() -> bool:
     """True when OpenVINO's CPU plugin computes in bf16 here (it says so in its capabilities)."""
-    import openvino as ov
+    ov = import_openvino()
 
     try:
         return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -71,7 +95,7 @@ class OpenVinoEncoder(ExportedGraph):
         `keep_compiled`: load the compiled model from the export's `compiled/` folder, compiling
         and saving it there the first time (for the model a process runs, not for candidates
         that are only measured: each saved model costs disk)."""
-        import openvino as ov
+        ov = import_openvino()
 
         if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO runs {', '.join(PRECISIONS)}, not {precision!r}")

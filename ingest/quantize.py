@@ -96,12 +96,9 @@ def import_nncf() -> ModuleType:
     (it asks no one outside a terminal) and writes a client id under ~/intel. FlyteGPT runs
     unattended on maintainers' machines and pods and sends nothing anywhere: decline here,
     without writing the machine-wide consent file that `opt_in_out --opt_out` would."""
-    try:
-        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
-    except ImportError:  # no telemetry package: nothing to decline
-        pass
-    else:
-        OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+    from flytegpt.ingest.openvino_runner import decline_telemetry
+
+    decline_telemetry()
     import nncf
 
     return nncf
@@ -132,9 +129,10 @@ def int8_dir(export: Path) -> Path:
 @functools.lru_cache(maxsize=1)
 def machine_key() -> str:
     """Whose check a check file is: the vectors of one int8 model depend on the CPU's kernels."""
-    import openvino as ov
-
     from flytegpt.ingest.autotune import cache_key, machine_facts
+    from flytegpt.ingest.openvino_runner import import_openvino
+
+    ov = import_openvino()
 
     return cache_key({**machine_facts(), "openvino": ov.get_version()})
 
@@ -187,7 +185,7 @@ def _make(export: Path, calibration: list[str], check: list[str]) -> Int8Check:
     """Quantise and save into a temp folder, then rename it into place whole (a crash or a
     concurrent ingest never leaves half a model), then check it on this machine."""
     import_nncf()  # imported first: importing it sets its logger to INFO
-    import openvino as ov
+    import openvino as ov  # telemetry declined by import_nncf
 
     from flytegpt.ingest.onnx_export import MODEL_FILE
     from flytegpt.ingest.openvino_runner import OpenVinoEncoder
