@@ -329,8 +329,10 @@ class TuningConfig(_Strict):
 
 
 # [answer] context_window must leave at least this many tokens after max_tokens: the instructions
-# (~300 tokens), a question and one excerpt of a source
-MIN_PROMPT_TOKENS = 512
+# (~270-300 tokens), the margin, a question and an excerpt of a source or two (at 512, a window of
+# 1,024 with max_tokens 512 answered no question: audit 34 F1)
+MIN_PROMPT_TOKENS = 768
+MIN_ANSWER_TOKENS = 16  # max_tokens' own floor
 
 
 class AnswerConfig(_Strict):
@@ -383,9 +385,14 @@ class AnswerConfig(_Strict):
         """A window that max_tokens alone fills could never hold a prompt: every question would get
         the passages. Said at start, naming both settings."""
         if self.context_window and self.context_window < self.max_tokens + MIN_PROMPT_TOKENS:
+            if self.context_window < MIN_ANSWER_TOKENS + MIN_PROMPT_TOKENS:
+                raise ValueError(f"context_window ({self.context_window}) is too small for a prompt and an answer: "
+                                 f"FlyteGPT needs a model with a window of at least "
+                                 f"{MIN_ANSWER_TOKENS + MIN_PROMPT_TOKENS} tokens (2,048 or more to answer well)")
             raise ValueError(f"context_window ({self.context_window}) leaves less than {MIN_PROMPT_TOKENS} tokens "
                              f"for the prompt after max_tokens ({self.max_tokens}): write the model's window "
-                             "(e.g. 4096, 8192) or lower max_tokens")
+                             f"(e.g. 4096, 8192) or lower max_tokens to {self.context_window - MIN_PROMPT_TOKENS} "
+                             "or less")
         return self
 
 
@@ -627,7 +634,11 @@ def _check_no_deployment_url(url: str) -> None:
     parts = urlsplit(url)
     bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
     deployment = _AZURE_DEPLOYMENT.search(parts.path)
-    if deployment is not None:
+    host = (parts.hostname or "").lower()
+    # only on Azure's own hosts: LiteLLM serves an Azure-compatible /openai/deployments/<model> route that
+    # the plain client calls well, and so may a gateway in front of Azure (audit 34 F8)
+    on_azure = host.endswith((".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"))
+    if deployment is not None and on_azure:
         root = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path[:deployment.start()]}/openai/v1/"
         raise ConfigError(f"OPENAI_BASE_URL {bare!r} is an Azure OpenAI deployment URL, which the OpenAI client "
                           f"cannot call: use Azure's v1 endpoint, OPENAI_BASE_URL={root} with "

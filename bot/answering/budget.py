@@ -54,25 +54,63 @@ class _TiktokenCounter:
 
 
 class _WordPieceCounter:
+    """MiniLM's WordPiece, counting as a chat model's BPE tokenizer would at least: WordPiece reads a
+    run of over 100 characters (a long URL, base64, a JWT) as one [UNK] and line breaks as nothing, where
+    a BPE tokenizer spends a token on every 1.5-4 characters of such a run and one on a line break.
+    Counted as WordPiece does, a prompt that fitted `[answer] context_window` by the bot's count was
+    refused by the model (a 1,074-character link: 26 tokens here, 211-699 in BPE; audit 34 F2)."""
+
+    UNK_CHARS_PER_TOKEN = 1.5  # a [UNK] run as the harshest BPE reads it
+
     def __init__(self, tok) -> None:
         self._tok = tok
         self._lock = threading.Lock()  # a Rust tokenizer object is not meant to be shared mid-call
         self.name = "wordpiece:all-MiniLM-L6-v2"
+        self._unk = tok.token_to_id("[UNK]")
 
     def _encode(self, text: str):
         with self._lock:
             return self._tok.encode(text, add_special_tokens=False)
 
     def count(self, text: str) -> int:
-        return len(self._encode(text).ids)
+        enc = self._encode(text)
+        n = len(enc.ids) + text.count("\n")
+        if self._unk is not None and self._unk in enc.ids:
+            for i, token in enumerate(enc.ids):
+                if token == self._unk:
+                    start, end = enc.offsets[i]
+                    n += int((end - start) / self.UNK_CHARS_PER_TOKEN)
+        return n
 
     def truncate(self, text: str, max_tokens: int) -> str:
+        """The longest start of `text` that `count` says takes at most `max_tokens`."""
         if max_tokens <= 0:
             return ""
-        enc = self._encode(text)
-        if len(enc.ids) <= max_tokens:
+        if self.count(text) <= max_tokens:
             return text
-        return text[: enc.offsets[max_tokens - 1][1]]
+        enc = self._encode(text)
+        used, end = 0, 0
+        for token, (start, stop) in zip(enc.ids, enc.offsets):
+            cost = 1 + text.count("\n", end, start)
+            long_run = token == self._unk and self._unk is not None
+            if long_run:
+                cost += int((stop - start) / self.UNK_CHARS_PER_TOKEN)
+            if used + cost > max_tokens:
+                if long_run:  # the start of a long run, as far as the tokens left pay for it
+                    end = start + max(0, int((max_tokens - used - 2) * self.UNK_CHARS_PER_TOKEN))
+                break
+            used, end = used + cost, stop
+        cut = text[:end]
+        if self.count(cut) <= max_tokens:
+            return cut
+        lo, hi = 0, len(cut)  # a cut piece counts otherwise than within its word: the longest start that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.count(cut[:mid]) <= max_tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        return cut[:lo]
 
 
 class CharCounter:
@@ -258,6 +296,7 @@ def pack_sources(
 WINDOW_MARGIN = 0.05
 MESSAGE_TOKENS = 8  # a chat template's markers around one message (<|im_start|>system ... <|im_end|>)
 MIN_SOURCE_TOKENS = _MIN_USEFUL_TOKENS  # less room than this for sources: no source fits, none is sent
+SOURCE_SHARE_TOKENS = 120  # in a small room, a source for each this many tokens of it (at least one)
 
 
 def prompt_room(context_window: int, max_tokens: int, fixed_tokens: int, messages: int = 2) -> int:
@@ -273,6 +312,9 @@ def pack_within(sources: Sequence[Source], question: str, token_budget: int, roo
     not count: ~2,000-2,300 tokens for a budget of 2,000) takes at most `room` tokens."""
     counter = counter or token_counter()
     budget = min(token_budget, room)
+    # a small room shared by all ten sources gave each less than a useful excerpt, and none was sent
+    # (audit 34 F1): the best few then, each with room for a passage
+    sources = list(sources)[:max(1, budget // SOURCE_SHARE_TOKENS)]
     fitted = pack_sources(sources, question, budget, counter)
     for _ in range(4):  # each pass takes off what the last one was over by: two passes in practice
         over = counter.count(render(fitted)) - room

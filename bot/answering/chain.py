@@ -26,7 +26,7 @@ from flytegpt.bot.question_text import (code_identifiers, mostly_another_script,
                                         separate_questions, stands_alone)
 
 from . import prompts
-from .budget import MIN_SOURCE_TOKENS, Source, dedupe_hits, pack_sources, pack_within, prompt_room, token_counter
+from .budget import SOURCE_SHARE_TOKENS, Source, dedupe_hits, pack_sources, pack_within, prompt_room, token_counter
 from .citations import source_citations
 from .live import Delta, LiveCitations, Progress, clean_answer
 from .model_calls import (MIN_CALL_S, RELATED as _RELATED, Deadline, EmptyCompletion, NoAnswerInTime, PromptTooLong,
@@ -213,7 +213,7 @@ class Answerer:
             log.warning("chat model check at start could not run (%s): the first answers will tell", type(e).__name__)
             return False
         if failure is None:
-            log.info("chat model check at start: '%s' answers at %s", model, where)
+            log.info("chat model check at start: '%s' is served at %s", model, where)
             return True
         cause = failure.cause
         if where.rstrip("/") not in cause:  # classify names the endpoint of a 404 or 401, not of the others
@@ -344,8 +344,7 @@ class Answerer:
             return
         if shrunk:  # answered, but every question this long pays a refused call first
             log.warning("answered with half the sources' tokens (%d) after the prompt was too long for the chat "
-                        "model's context window: set [answer] context_window to the model's window (or lower "
-                        "token_budget or max_tokens)", budget)
+                        "model's context window: %s", budget, self._window_advice())
         if not reply.text.strip():  # cut short before any answer (a reasoning model's thinking, a filter)
             yield self._cut_short(question, standalone, sources, version, reply.finish)
             return
@@ -366,6 +365,15 @@ class Answerer:
             return
         yield Answer(question, standalone, text, citations, "llm", version, note=note)
 
+    def _window_advice(self) -> str:
+        """What to change after a prompt the model found too long: its window, unless it is set already
+        (then the model's tokenizer counts more than the bot's: leave more room; audit 34 F3)."""
+        cfg = self.config.answer
+        if not cfg.context_window:
+            return "set [answer] context_window to the model's window (or lower token_budget or max_tokens)"
+        return (f"[answer] context_window ({cfg.context_window}) is set, so the model counts more tokens than the "
+                "bot does (long URLs, base64, YAML): set it a tenth lower, or lower token_budget or max_tokens")
+
     def _sources_room(self, told: str) -> int | None:
         """Tokens the sources may take in the answer prompt: any number (the budget decides) without
         `[answer] context_window`; with it, what the window leaves after max_tokens, the instructions,
@@ -378,7 +386,7 @@ class Answerer:
         fixed = (counter.count(prompts.answer_system(self.config.project))
                  + counter.count(prompts.ANSWER_HUMAN.format(sources="", question=told)))
         room = prompt_room(cfg.context_window, cfg.max_tokens, fixed)
-        return room if room >= MIN_SOURCE_TOKENS else None
+        return room if room >= SOURCE_SHARE_TOKENS else None  # less: not even one passage worth reading
 
     def _pack(self, sources: list[Source], query: str, budget: int, room: int) -> list[Source]:
         """The sources within `budget` tokens of text and, with `[answer] context_window`, `room`
@@ -498,7 +506,7 @@ class Answerer:
             reply = _Reply("")
         except PromptTooLong as e:  # the thread is longer than the model reads: its questions give the subject
             log.warning("the thread was too long for the chat model's context window to condense the follow-up; "
-                        "set [answer] context_window to the model's window | %s", clipped(e.detail, 300))
+                        "%s | %s", self._window_advice(), clipped(e.detail, 300))
             return ""
         out = reply.text
         if not out.strip():

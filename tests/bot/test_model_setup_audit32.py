@@ -92,7 +92,7 @@ def test_a_listed_model_is_checked_with_one_free_request(server, caplog):
     assert ok and said == []
     assert len(server.listings) == 1 and server.requests == []
     assert server.listings[0].headers["authorization"] == f"Bearer {KEY}"
-    assert any(f"chat model check at start: 'gpt-4o-mini' answers at {server.base_url}" in line
+    assert any(f"chat model check at start: 'gpt-4o-mini' is served at {server.base_url}" in line
                for line in lines(caplog, logging.INFO))
 
 
@@ -308,9 +308,26 @@ def window_server(server: OpenAIStandIn, window: int) -> OpenAIStandIn:
 def test_context_window_is_off_by_default_and_must_hold_more_than_max_tokens(tmp_path):
     assert AnswerConfig().context_window == 0
     assert parse_config({"answer": {"context_window": 4096}}, tmp_path).answer.context_window == 4096
-    with pytest.raises(ConfigError, match=r"answer: context_window \(1024\) leaves less than 512 tokens for the "
-                                          r"prompt after max_tokens \(1024\): write the model's window"):
+    with pytest.raises(ConfigError, match=r"answer: context_window \(1024\) leaves less than 768 tokens for the "
+                                          r"prompt after max_tokens \(1024\): write the model's window .* or lower "
+                                          r"max_tokens to 256 or less"):
         parse_config({"answer": {"context_window": 1024}}, tmp_path)
+    # lowering max_tokens cannot help a window this small: it says so (audit 34 F9)
+    with pytest.raises(ConfigError, match=r"context_window \(512\) is too small for a prompt and an answer"):
+        parse_config({"answer": {"context_window": 512, "max_tokens": 16}}, tmp_path)
+
+
+@pytest.mark.parametrize("window, max_tokens", [(1024, 256), (1536, 768), (2048, 1024)])
+def test_the_smallest_windows_allowed_still_answer_a_short_question_with_a_source(server, window, max_tokens):
+    """Audit 34 F1: the sources' room was split over all ten, each share under a useful excerpt was
+    dropped, and below ~370 tokens of room no source was sent: every question got the passages."""
+    window_server(server, window)
+    answer = make(server.base_url, chunks=PAGES, context_window=window, max_tokens=max_tokens).answer(
+        "how do I configure ray workers?")
+    assert answer.mode == "llm", answer.text[:200]
+    [request] = server.requests
+    assert prompt_tokens(request.body) + max_tokens <= window
+    assert "<source n=\"1\"" in request.text_of("user")
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -420,6 +437,14 @@ def test_azure_s_deployment_url_is_refused_with_the_v1_url_to_use(url):
         "client cannot call: use Azure's v1 endpoint, OPENAI_BASE_URL=https://myres.openai.azure.com/openai/v1/ "
         "with FLYTEGPT_CHAT_MODEL=gpt4o (the deployment's name) and the resource's key as OPENAI_API_KEY; no "
         "api-version is needed")
+
+
+@pytest.mark.parametrize("url", ["http://litellm.internal:4000/openai/deployments/gpt-4o",
+                                 "https://apim.corp.example/openai/deployments/gpt4o", "http://[::1]:8000/v1"])
+def test_a_deployment_path_off_azures_hosts_is_accepted(url):
+    """LiteLLM serves an Azure-compatible /openai/deployments/<model> route the plain client calls well,
+    and so may a gateway in front of Azure (audit 34 F8)."""
+    assert Settings(OPENAI_BASE_URL=url).checked_openai_base_url() == url
 
 
 def test_a_base_url_with_a_query_is_refused_without_repeating_it():
