@@ -129,3 +129,22 @@ def test_other_servers_names_for_the_two_early_stops_carry_their_notes(finish: s
         answer = Answerer(Config(answer=AnswerConfig(min_score=0.0, timeout_s=3.0)), settings,
                           lambda: searcher).answer("how do I use ray?")
     assert answer.note == note and answer.text.count("```") == 2
+
+
+def test_a_long_link_or_base64_counts_as_a_chat_models_tokenizer_would_at_least() -> None:
+    """Audit 34 F2: WordPiece reads a run of over 100 characters as one [UNK], so a prompt with a
+    1,074-character link fitted [answer] context_window by the bot's count (26 tokens) and the model
+    (211-699 tokens in BPE) refused it."""
+    import base64
+
+    from flytegpt.bot.answering.budget import token_counter
+
+    counter = token_counter()
+    if not counter.name.startswith("wordpiece"):
+        pytest.skip("the packaged WordPiece tokenizer is not the counter here")
+    link = "https://mermaid.live/edit#pako:" + "eNqVkU1PwzAMhv9K5HM3tBYG" * 42
+    blob = base64.b64encode(bytes(range(256)) * 3).decode()
+    assert counter.count(link) >= len(link) / 1.5 and counter.count(blob) >= len(blob) / 1.5
+    assert counter.count("a\nb\nc") == counter.count("a b c") + 2  # a line break is a token
+    cut = counter.truncate(f"see {link} for the diagram", 100)
+    assert cut.startswith("see https://mermaid.live") and counter.count(cut) <= 100
