@@ -320,10 +320,11 @@ class Answerer:
                     # over the model's context window (no text was shown: the refusal comes first): once
                     # more with about half the sources' budget, within the same deadline (audit 32 F3, F8)
                     smaller = [] if shrunk else self._pack(sources, query, budget // 2, room)
+                    if smaller == fitted:  # short sources, a long question: the same prompt again (audit 34 F4)
+                        smaller = []
                     if not smaller:
                         if not shrunk:
-                            log.error("chat model unavailable: prompt too long for the model's context window | %s",
-                                      clipped(e.detail))
+                            log.error("chat model unavailable after 1 attempt: %s | %s", e.cause, clipped(e.detail))
                         raise
                     log.info("the prompt was too long for the chat model's context window: trying once more with "
                              "half the sources' tokens (%d) | %s", budget // 2, clipped(e.detail, 300))

@@ -41,6 +41,8 @@ class PromptTooLong(ModelUnavailable):
     """The model refused the prompt as longer than its context window (`classify` kind "context"):
     the chain tries once more with about half the sources (chain.Answerer), then tells the asker."""
 
+    cause = "prompt too long for the model's context window"
+
 
 class NoAnswerInTime(Exception):
     """The deadline passed, or the model stopped mid-answer; `partial` is what it wrote."""
@@ -289,7 +291,9 @@ class Retries:
         related_citations = source_citations(list(related or [])[:RELATED])
         if too_long and shrink_next:
             log.debug("chat model refused the prompt as too long: %s", self.detail)
-            return PromptTooLong(self.told(), related=related_citations, detail=self.detail)
+            err = PromptTooLong(self.told(), related=related_citations, detail=self.detail)
+            err.cause = self.reason  # the log's words, for the caller's line when it does not try again
+            return err
         earlier = f" (before: {', '.join(self.reasons)})" if self.reasons else ""
         log.error("chat model unavailable after %d %s: %s%s | %s", self.failures + 1,
                   "attempt" if self.failures == 0 else "attempts", self.reason, earlier, clipped(self.detail))
