@@ -270,7 +270,11 @@ class Answerer:
         # [answer] rewrite_query adds them to any thread's first question
         unreadable = self.llm_enabled and self.config.project.in_english and (
             mostly_another_script(standalone) or reads_as_another_language(standalone))
-        if unreadable or (self.config.answer.rewrite_query and self.llm_enabled and not history):
+        # not for a question that alone fills [answer] context_window: it gets the passages, and the
+        # rewrite call could only be refused (audit 34 F5)
+        fills_window = self._sources_room(prompts.asked_question(asked, standalone) if followup else asked) is None
+        if not fills_window and (unreadable or (self.config.answer.rewrite_query and self.llm_enabled
+                                                and not history)):
             # the model's terms alone, unless the asker names code (map_task, ContainerTask, a path): the
             # docs and the code hold those as written, in any language (audit 31 F6)
             query = self._rewrite(standalone, deadline, terms_alone=unreadable and not code_identifiers(standalone))

@@ -398,11 +398,14 @@ def test_a_question_that_fills_the_window_alone_gets_the_passages_without_a_call
     assert "lower [answer] max_question_chars or max_tokens" in line
 
 
-def test_a_question_that_leaves_room_for_no_source_is_not_sent_without_sources(server):
+@pytest.mark.parametrize("rewrite_query", [False, True])
+def test_a_question_that_leaves_room_for_no_source_is_not_sent_without_sources(server, rewrite_query):
     """A 2k window, max_tokens 512 and a ~1,000-token question: a few dozen tokens are left, less than any
-    source takes with its tags. The model is not asked to answer from nothing."""
+    source takes with its tags. The model is not asked to answer from nothing, nor to rewrite the
+    question first (a call that could only be refused: audit 34 F5)."""
     window_server(server, 2048)
-    answer = make(server.base_url, chunks=PAGES, context_window=2048, max_tokens=512).answer(LONG_Q)
+    answer = make(server.base_url, chunks=PAGES, context_window=2048, max_tokens=512,
+                  rewrite_query=rewrite_query).answer(LONG_Q)
     assert server.requests == [] and answer.mode == "offline" and answer.note == "context"
 
 
