@@ -270,10 +270,12 @@ class Answerer:
         # [answer] rewrite_query adds them to any thread's first question
         unreadable = self.llm_enabled and self.config.project.in_english and (
             mostly_another_script(standalone) or reads_as_another_language(standalone))
-        # not for a question that alone fills [answer] context_window: it gets the passages, and the
-        # rewrite call could only be refused (audit 34 F5)
-        fills_window = self._sources_room(prompts.asked_question(asked, standalone) if followup else asked) is None
-        if not fills_window and (unreadable or (self.config.answer.rewrite_query and self.llm_enabled
+        # the model reads the question as asked; a follow-up also as the thread made it. Not rewritten when
+        # it alone fills [answer] context_window: it gets the passages, and the call could only be refused
+        # (audit 34 F5)
+        told = prompts.asked_question(asked, standalone) if followup else asked
+        room = self._sources_room(told)
+        if room is not None and (unreadable or (self.config.answer.rewrite_query and self.llm_enabled
                                                 and not history)):
             # the model's terms alone, unless the asker names code (map_task, ContainerTask, a path): the
             # docs and the code hold those as written, in any language (audit 31 F6)
@@ -297,9 +299,6 @@ class Answerer:
             yield self._too_late(question, standalone, sources, version)
             return
 
-        # the model reads the question as asked; a follow-up also as the thread made it
-        told = prompts.asked_question(asked, standalone) if followup else asked
-        room = self._sources_room(told)
         if room is None:  # the question alone fills [answer] context_window: a call could only fail
             yield self._question_fills_window(question, standalone, sources, version, told)
             return
