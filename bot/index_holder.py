@@ -6,7 +6,7 @@ in flight; the previous searcher is freed when the last answer using it finishes
 
 It also says whether the first index is still on its way (`loading`): `flytegpt serve`
 connects to Slack before the index is loaded (bot/serve.py), and a question asked in that
-window waits for it (routing) instead of being told to come back in a minute (audit 29 F7).
+window waits for it (routing) instead of being told to come back in a minute.
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ def setup_logging(*, json_logs: bool = False, level: int | str = logging.INFO, s
 
 
 # slack_bolt and slack_sdk log at debug every event's payload and every request's body: users'
-# messages, DMs included (audit 23 L4). -vv is for debugging the bot, not for reading them:
+# messages, DMs included. -vv is for debugging the bot, not for reading them:
 # those lines are shown only with FLYTEGPT_DEBUG_SLACK=1.
 SLACK_DEBUG_ENV = "FLYTEGPT_DEBUG_SLACK"
 _SLACK_PAYLOAD_LOGGERS = ("slack_bolt", "slack_sdk")

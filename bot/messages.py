@@ -37,12 +37,12 @@ USAGE = usage(ProjectConfig(), COMMAND)  # Flyte's
 
 def greeting(project: ProjectConfig, command: str) -> str:
     """The reply to a message that only greets the bot ("hi", "hello @FlyteGPT"): a hello and the
-    usage, instead of passages about whatever "hi" matched (Spark, MPI: audit 29 F5)."""
+    usage, instead of passages about whatever "hi" matched (searched, "hi" found Spark and MPI)."""
     return f"Hi! 👋 {usage(project, command)}"
 
 
 # A thank-you (or "ok", "that worked") said to the bot: acknowledged with this reaction on it, no
-# message: another set of passages in the thread was the bot not listening (audit 29 F6).
+# message: another set of passages in the thread was the bot not listening.
 THANKS_REACTION = "hugging_face"  # 🤗
 WELCOME = "You're welcome! 🤗"  # the same, said to the slash command (its reply is only the asker's)
 
@@ -63,7 +63,7 @@ EMPTY_ANSWER = "(empty answer)"
 
 # --- questions the answerer refuses ------------------------------------------------------
 EMPTY_QUESTION = "Please ask a question: the message was empty."
-# Says what to keep (audit 29 F4): a pasted traceback or log is read up to Slack's 40,000 characters
+# Says what to keep: a pasted traceback or log is read up to Slack's 40,000 characters
 # (its first lines and its error, bot/pasted.py), so what is too long here is the asker's own text.
 TOO_LONG_QUESTION = ("That question is too long ({length} characters; the limit is {limit}). Please ask it again "
                      "shorter: your question in a few sentences, with only the code or config it is about. "

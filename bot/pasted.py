@@ -1,6 +1,6 @@
 """A traceback or a log pasted into a question: what of it is searched, and what the model reads.
 
-Pasting the error is how people ask in Flyte's support channels (audit 29 F4). A Python traceback
+Pasting the error is how people ask in Flyte's support channels. A Python traceback
 is mostly frames of flytekit's own code (`site-packages/flytekit/core/promise.py ... __call__`):
 searched as written, those frames found the functions they name (`Task.sandbox_execute`,
 `entrypoint._dispatch_execute`), not the error. And a 300-line trace is far over
@@ -12,7 +12,7 @@ So a question holding a pasted traceback (or a block of log lines) is read in tw
   line(s); of a chained trace also the first exception, its cause) and the frames of the
   asker's own code (not site-packages or the standard library), which name what failed; all of
   it within `[answer] max_question_chars`, and of a paste where none of that was found, its
-  first and last lines (`clip_ends`), never the whole 40,000 characters (audit 31 F2);
+  first and last lines (`clip_ends`), never the whole 40,000 characters;
 - read by the model (`fit_question`): the question as typed when it fits the limit; else the
   asker's words as typed with each pasted block cut to its head and its last lines (the error),
   plus the asker's own frames, and a marker saying how many lines were cut.
@@ -128,7 +128,7 @@ def search_text(text: str, limit: int = SEARCH_MAX_CHARS) -> str:
     in `/home/me/wf.py`), not the library frames that fill most of a trace. The question itself when it
     holds no paste. A paste where nothing of that is found (Slack cut the trace's error off, a one-line
     "Traceback ... xxxx") is searched by its first and last lines, not whole: 40,000 characters cost
-    seconds to search and were logged as the question (audit 31 F2).
+    seconds to search and were logged as the question.
 
     Over `limit`, each part keeps what a fair share leaves it (a short error or frame stays whole, the
     longest part is cut to its first and last lines): the asker's words, the error and the frames all

@@ -21,7 +21,7 @@ def clean_question(text: str) -> str:
     model's answers, bidi overrides, and blank or invisible characters at either end ("" when
     nothing else is left, so a question of zero-width spaces is the empty question)."""
     text = strip_controls(text)
-    while True:  # str.strip, not a regex: "a" + 40,000 spaces + "b" took a regex 5 s (audit 23 F3)
+    while True:  # str.strip, not a regex: "a" + 40,000 spaces + "b" took a regex 5 s
         stripped = text.strip().strip(_INVISIBLE)
         if stripped == text:
             return text
@@ -37,7 +37,7 @@ def clip_question(text: str, limit: int) -> str:
 def answerable_length(text: str, limit: int) -> bool:
     """Whether the answerer takes a question of this length rather than turning it down at once:
     not empty, and within `limit` ([answer] max_question_chars) or holding a pasted traceback or
-    log that it cuts to fit (`pasted.fit_question`, audit 29 F4). What the Slack layer asks before
+    log that it cuts to fit (`pasted.fit_question`). What the Slack layer asks before
     it shows 👀 and counts the question against the asker's rate limit: a pasted trace is a question."""
     text = text.strip()
     return bool(text) and fit_question(text, limit) is not None
@@ -113,10 +113,10 @@ _THE_NAMED = {"error", "errors", "exception", "issue", "problem", "default", "de
 _CONTINUES_THREAD = (*_CONTINUES, "hmm", "ok and", "okay and")
 _EXISTS = {"is", "are", "was", "were", "be", "a", "an", "any", "some"}  # "is there a way", not "there"
 # A thread's message of fewer words than this is read with the thread's subject, even when it
-# names nothing from before. Measured (audit 31 F3): 45 of the audit's 49 follow-ups continue or
+# names nothing from before. Measured on 49 follow-ups written as users write them: 45 continue or
 # point back; the other 4 have 2 to 5 words ("any workaround?", "in the helm chart?", "could you
 # give an example?"), and a 6-word one is easy to write ("what version of flytekit is needed?"). The
-# tests' and the audits' 9 new questions have 5 to 9 words. At 7, all 49 follow-ups get the subject
+# 9 new questions written beside them have 5 to 9 words. At 7, all 49 follow-ups get the subject
 # and 7 of the 9 new questions are searched alone (not "how do I cache a task?", 6 words, nor "what
 # is a launch plan?", 5); at 6, 49 and 8; at 5, 48 and 9; at 8, 49 and 5.
 _STANDS_ALONE_WORDS = 7
@@ -129,7 +129,7 @@ def stands_alone(text: str) -> bool:
 
     In a thread most messages to the bot are follow-ups, and one searched alone loses its subject
     silently ("what does the error mean?" under a trace found the Troubleshooting Guide, "in the
-    helm chart?" the Roadmap: audit 31 F3); so only a message that says it is new ("separate
+    helm chart?" the Roadmap); so only a message that says it is new ("separate
     question: ...", "unrelated: ...") or a question of `_STANDS_ALONE_WORDS` words or more that does
     not continue ("and ...", "what about ...") and points back at nothing ("it", "that", "the
     error", "still", "your suggestion") stands alone. Code in fences is not counted."""
@@ -167,10 +167,10 @@ _QUESTION_TOPIC_WORDS = 2  # "How do I cache a task?" has two (cache, task); "Is
 # resources?"); what makes a question part of the one before is a word pointing back at it, among its
 # first five or last two words ("Does that work with ...", "How does flytekit serialize it, ...", "is
 # there a doc page for it?"): between them, "it", "that" and "them" are the question's own ("a launch
-# plan that lives in another project", "... cache it across executions?": audit 33 F7); "instead"
+# plan that lives in another project", "... cache it across executions?"); "instead"
 # (not "instead of"), "previous" and "earlier" wherever they are. Two eval questions joined into one
 # message, 60 pairs, each question's gold in the top 3 (of 120, two seeds): 76 / 89 with the words
-# anywhere, 86 / 95 now; of audit 31's 49 thread follow-ups written after a question in one message,
+# anywhere, 86 / 95 now; of the 49 thread follow-ups above written after a question in one message,
 # 7 are split either way (the first five words alone: 12); the six eval files' figures do not move.
 _PART_REFERS_BACK = _REFERS_BACK - {"also", "too", "again", "still", "now", "either", "anymore"}
 _PART_REFERS_BACK_WORDS = 5
@@ -181,16 +181,12 @@ _INLINE_CODE = re.compile(r"`[^`\n]*`")
 
 
 def _asked(text: str) -> str:
-    """`text` where only the asker's own sentences can end a question: a "?" in pasted code or a
+    r"""`text` where only the asker's own sentences can end a question: a "?" in pasted code or a
     log, in a quoted line or a quote, goes with it ("is the path correct?" in a warning), and one in
     inline code is dropped while the code stays, for the question to be searched with (a regex's
-    "(\w+)?", SQL's placeholders: audit 33 F2)."""
+    "(\w+)?", SQL's placeholders)."""
     pasted = read_paste(text)
-    prose = pasted.prose if pasted is not None else text
-    prose = "".join(prose.split("```")[::2])
-    prose = _INLINE_CODE.sub(lambda m: m.group().replace("?", "").replace("\uff1f", ""), prose)
-    prose = _QUOTED.sub(" ", prose)
-    return "\n".join(line for line in prose.splitlines() if not _NOT_SAID.match(line))
+    return "\n".join(_own_lines(pasted.prose if pasted is not None else text, keep_inline_code=True))
 
 
 def _without_instead_of(words: list[str]) -> list[str]:
@@ -201,7 +197,7 @@ def _without_instead_of(words: list[str]) -> list[str]:
 def separate_questions(text: str) -> list[str]:
     """The questions of a message that asks several of its own ("How do I cache a task? Also, how do
     I set GPU resources? And can I run a workflow on a schedule?"), for the searcher to look each up
-    too (ingest/search.py; audit 29 F8). A question that points back at the one before ("Does it also
+    too (ingest/search.py). A question that points back at the one before ("Does it also
     work locally?", "Which plugin setting is it?", "Does that work with the flyte-binary chart?") is
     part of it, not a question of its own, and one of fewer than two topic words ("Why?", "Any
     workaround?") names nothing to look up. Fewer than two such questions: none (the message is
@@ -255,7 +251,7 @@ _ENGLISH_FUNCTION_WORDS = frozenset("""
 """.split())
 _LETTERS = re.compile(r"[^\W\d_]+")
 _NOT_PROSE = re.compile(r"[/\\@<>=_|]|\w\.\w")
-# What an English question quotes rather than says (audit 31 F6): "…" and '…' (not an apostrophe:
+# What an English question quotes rather than says: "…" and '…' (not an apostrophe:
 # "l'option", "don't"), a quoted line (Slack's "> " arrives as "&gt; "), and a log line (a time stamp, a
 # level, "Error:" or an exception's name at its start).
 _QUOTED = re.compile(r"\"[^\"\n]{1,400}\"|\u201c[^\u201d\n]{1,400}\u201d|\u201e[^\u201c\u201d\n]{1,400}[\u201c\u201d]"
@@ -271,16 +267,24 @@ _QUOTE_INTRO = re.compile(r"\b(?:error|exception|warning|message|msg|log|logs|sa
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 
 
-def _said(text: str) -> str:
-    """The asker's own sentences of `text`: without code (fences and `inline code`), quotes, quoted
-    lines, log lines and what follows "log says:" or "my code:" to the end of its sentence."""
+def _own_lines(text: str, keep_inline_code: bool) -> list[str]:
+    """The lines of `text` the asker wrote themself: without fenced code, quotes ("…", '…'), quoted
+    lines and log lines. Inline code is dropped, or kept without its "?" (`keep_inline_code`): a
+    name in it is worth searching for, but no "?" in it ends the asker's question."""
     prose = "".join(text.split("```")[::2])  # outside fenced code (split: linear in the text)
-    prose = "".join(prose.split("`")[::2])  # and outside inline code
+    if keep_inline_code:
+        prose = _INLINE_CODE.sub(lambda m: m.group().replace("?", "").replace("\uff1f", ""), prose)
+    else:
+        prose = "".join(prose.split("`")[::2])
     prose = _QUOTED.sub(" ", prose)
+    return [line for line in prose.splitlines() if not _NOT_SAID.match(line)]
+
+
+def _said(text: str) -> str:
+    """The asker's own sentences of `text`: `_own_lines` without inline code, and without what
+    follows "log says:" or "my code:" to the end of its sentence."""
     said = []
-    for line in prose.splitlines():
-        if _NOT_SAID.match(line):
-            continue
+    for line in _own_lines(text, keep_inline_code=False):
         intro = _QUOTE_INTRO.search(line)
         if intro and not _count(line[:intro.start()])[0]:
             end = _SENTENCE_END.search(line, intro.end())
@@ -305,18 +309,18 @@ def reads_as_another_language(text: str) -> bool:
     """Is the question written in another language than English, in Latin script (Spanish, German,
     Portuguese, French, Italian, Dutch)? The packaged embedding model and BM25 read English, and
     "¿Cómo programo un workflow para que se ejecute cada día?" found no schedule page, German
-    "plane" (schedule) found "Component Architecture > Planes" (audit 29 F2).
+    "plane" (schedule) found "Component Architecture > Planes".
 
     Decided by the words every sentence has, whatever it is about: at least two function words of
     those languages, and more than twice as many as English ones, in what the asker says: not in
     code (fences and `inline code`), quotes, quoted or log lines, nor what "the log says:" (an
     English question quoting a Spanish log line read as Spanish, and with a model it was searched
-    without its words: audit 31 F6). No download, and no topic word decides it, so a Flyte term
-    unknown to the docs does not make a question foreign. Measured (audits 29 and 31): none of the
+    without its words). No download, and no topic word decides it, so a Flyte term
+    unknown to the docs does not make a question foreign. Measured: none of the
     299 English eval questions, the 298 messages of the eval Slack export and the 16 English
-    questions with foreign words, quotes or log lines of audit 31 and its tests reads as another
-    language; all 21 Spanish, German, Portuguese, French, Italian and Dutch questions of the audits
-    and the tests do."""
+    questions with foreign words, quotes or log lines written to test it reads as another
+    language; all 21 Spanish, German, Portuguese, French, Italian and Dutch questions written to
+    test it do."""
     foreign, english = _count(_said(text))
     return foreign >= 2 and foreign > 2 * english
 
@@ -332,7 +336,7 @@ def code_identifiers(text: str) -> list[str]:
     (`map_task`), CamelCase (`ContainerTask`, `OOMKilled`), dotted names (`values.yaml`), paths,
     --flags and calls (`open()`). Words the docs and the code hold as written whatever language
     the question is in: a question rewritten into English search terms (`reads_as_another_language`)
-    keeps its own words too when it names any (audit 31 F6)."""
+    keeps its own words too when it names any."""
     found: list[str] = []
     prose = "".join(text.split("```")[::2])
     for i, part in enumerate(prose.split("`")):

@@ -6,7 +6,7 @@ Mode connection opens, and the index loads in the background; /readyz says 503 u
 loaded. A question asked meanwhile (after a restart: the questions asked or redelivered
 during it) waits for that first load, within its answer's deadline, and is answered; only
 when the deadline passes first, or the store has no index to load, is the asker told the
-index is not ready (routing's `wait_for_index`, audit 29 F7).
+index is not ready (routing's `wait_for_index`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SOCKET_CLOSE_BUDGET_S = 3.0  # waited for slack_sdk's socket close beyond the dr
 # (shutdown.NOTICE_BUDGET_S), the socket close and the HTTP server. shutdown_grace_s plus this
 # must fit in the pod's terminationGracePeriodSeconds (tests/bot/test_serve.py checks the manifest).
 SHUTDOWN_OVERHEAD_S = 8.0
-# The health/metrics port (audit 23 F7): a connection had a thread for as long as its client kept
+# The health/metrics port: a connection had a thread for as long as its client kept
 # it open, sending nothing (500 idle connections: 517 threads, then none left for Socket Mode
 # reconnects or the probes). A client that sends nothing for HTTP_TIMEOUT_S is dropped (a socket
 # timeout per read: one that trickles a byte every few seconds keeps its one slot of the bound
@@ -158,7 +158,7 @@ class BotServer:
     def _check_model(self, answerer: Any) -> None:
         """[bot] check_model: ask the model endpoint once, in the background, whether it serves the chat
         model (Answerer.check_model logs one warning naming what is wrong): a wrong model name, key or
-        base URL shows in the log at start instead of in the first askers' replies (audit 32 F4). Never
+        base URL shows in the log at start instead of in the first askers' replies. Never
         waited for: the index load and the Slack connection go on whatever it finds. No model, no call."""
         check = getattr(answerer, "check_model", None)
         if not (self.config.bot.check_model and callable(check) and getattr(answerer, "llm_enabled", False)):
@@ -265,7 +265,7 @@ class HealthHTTPServer(ThreadingHTTPServer):
     One thread per connection, as before, but a connection past the bound makes the oldest one
     be closed (its read fails, its thread ends): a flood of idle connections cannot leave the
     process without threads for Slack and the workers, and cannot keep a probe out either, as
-    refusing the new connection did (audit 23 re-check N2): a probe is served in milliseconds,
+    refusing the new connection did: a probe is served in milliseconds,
     long before the flood's newer connections reach it.
     """
 

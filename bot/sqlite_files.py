@@ -6,25 +6,25 @@ bot's rule is that a failing database is logged and survived, so it uses a rollb
 where the same faults are `sqlite3.OperationalError`s. Writes are one small row per question
 or event, so the journal's extra sync costs nothing a user notices.
 
-Only the bot's user may read them (audit 23 L3): they hold every question asked, DMs included.
+Only the bot's user may read them: they hold every question asked, DMs included.
 A file is created 0600 (SQLite gives its rollback journal the database file's mode), a folder
 the bot creates for it 0700, and an existing file (or journal) readable by others is narrowed
 to its owner's bits when it is opened. Folders that already exist are left as they are.
 
-Reading without changing (audit 30 F1). The commands that only read a database (a snapshot, an
+Reading without changing. The commands that only read a database (a snapshot, an
 export) never open it with `connect`: `backup_read_only` copies it through a `mode=ro` connection,
 so its bytes, journal mode and mode bits stay as they were, for the bot that owns it and for an
 older release that may still use it. A database a read-only connection cannot read although it is
-sound (a hot journal left by a writer killed mid-transaction, a WAL file in a read-only place:
-audit 31 F4) is copied with its journal or WAL under SQLite's own read lock and recovered in the
+sound (a hot journal left by a writer killed mid-transaction, a WAL file in a read-only place)
+is copied with its journal or WAL under SQLite's own read lock and recovered in the
 copy (`recovered_copy`); the original is still only read.
 
-Temporary copies (audit 31 F9). A copy is as big as the database: `scratch_place` puts it beside
+Temporary copies. A copy is as big as the database: `scratch_place` puts it beside
 the database (the volume that holds it already, where the manifests' 1 GiB /tmp is not at risk)
 when that folder is writable with room to spare, else in the temporary folder ($TMPDIR, tried
 first when it is set), and says so before copying when neither has room.
 
-Space (audit 25 F7). SQLite never gives pages back to the filesystem by itself: a file only grows.
+Space. SQLite never gives pages back to the filesystem by itself: a file only grows.
 A database created with `incremental=True` uses `auto_vacuum = INCREMENTAL`, so the pages a large
 delete freed can be returned later in small steps (`give_back_free_pages`), each a short write
 transaction, while the bot keeps writing. An existing file made without it (auto_vacuum NONE) can
@@ -104,7 +104,7 @@ def backup_read_only(path: str | Path, dest: str | Path, *, timeout_s: float = 5
     mode in the file header), through SQLite's backup API from a read-only connection.
 
     Why read only: a command that only reads (a snapshot, an export) must leave the file exactly as
-    it was, for the bot that owns it and for an older release that may still use it (audit 30 F1):
+    it was, for the bot that owns it and for an older release that may still use it:
     `connect` would switch its journal mode and narrow its mode bits, and opening it as a store
     would migrate its schema. The copy is one consistent point in time while others write: one
     backup step under one read transaction; a database in WAL mode (an older bot) is read beside
@@ -112,7 +112,7 @@ def backup_read_only(path: str | Path, dest: str | Path, *, timeout_s: float = 5
     checkpoint, so a WAL database's `-wal` and `-shm` files are left as they were (SQLite creates
     them, empty and with the database file's mode, if the database had none open).
 
-    A sound database a read-only connection cannot read (audit 31 F4: a hot journal, which only a
+    A sound database a read-only connection cannot read (a hot journal, which only a
     writer may roll back; a WAL file without its `-shm` in a read-only place, which it cannot
     create) is copied with its journal or WAL and recovered in `dest` instead: `recovered_copy`.
 
@@ -178,7 +178,7 @@ def recovered_copy(path: str | Path, dest: str | Path, *, timeout_s: float = 5.0
     """Copy the database at `path` with its `-journal` and `-wal` into the new file `dest` and open
     the copy as a writer, so SQLite rolls back the interrupted write (or recovers the WAL) there:
     `dest` then holds the committed rows only, in the original's schema, user_version and journal
-    mode. For a database a read-only connection cannot read (audit 31 F4).
+    mode. For a database a read-only connection cannot read.
 
     Why a copy and not a writable connection to the original, which would roll the journal back too
     (as the bot does at its next start): the command promised to only read; a read-only place (a
@@ -317,7 +317,7 @@ def database_bytes(path: str | Path) -> int:
 
 
 def scratch_place(beside: str | Path | None, needed: int) -> Path:
-    """The folder for a temporary copy of `needed` bytes (audit 31 F9).
+    """The folder for a temporary copy of `needed` bytes.
 
     Beside the database `beside` when its folder is writable and keeps SCRATCH_RESERVE_BYTES free
     after the copy: that volume holds the database already, while a pod's /tmp is often a small

@@ -162,8 +162,8 @@ class StagedSource(os.PathLike):
     or its build context written.
 
     Staging at import copied the checkout into /tmp for every `import flytegpt.flyte...`: every
-    local run and test, none of which builds an image, and a killed process left its copy behind
-    (audit 24 N2). flytekit reads the field as a path (str(), os.fspath(), os.walk, subprocess's
+    local run and test, none of which builds an image, and a killed process left its copy behind.
+    flytekit reads the field as a path (str(), os.fspath(), os.walk, subprocess's
     cwd), so a path-like object defers the copy until then. Its repr, which ImageSpec.id hashes,
     names the checkout: the id no longer changes with the temp folder's random name. A deep copy
     (ImageSpec.tag copies the spec) is the same object: one copy per process.

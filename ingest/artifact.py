@@ -208,7 +208,7 @@ def _check_flat_file(path: str, count: int, dimension: int, version: str) -> Non
     """A flat index file is exactly its header and count x dimension floats, before FAISS reads it.
 
     FAISS trusts the lengths a file states and allocates them before it finds the file short: a
-    109-byte file claiming 2^30 floats took 4 GiB (audit 23 F6), an OOM-killed bot that loads the
+    109-byte file claiming 2^30 floats took 4 GiB, an OOM-killed bot that loads the
     same LATEST again after its restart. The checksums are the store's own, so they cannot tell."""
     with open(path, "rb") as f:
         head = f.read(_FLAT_HEADER.size)

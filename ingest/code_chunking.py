@@ -146,7 +146,7 @@ def _level_spans(
 def _imports_only(tree: ast.Module, span: _Span) -> bool:
     """A top-level span of nothing but imports (and a short module docstring, `__all__`, guarded
     imports, comments): quoted as an answer it says nothing, and its names already match the module's
-    other chunks and outline (audit 22: a tenth of a package's chunks were such headers)."""
+    other chunks and outline (measured: a tenth of a package's chunks were such headers)."""
     if span.cls is not None or span.name != "module":
         return False
     body = [n for n in tree.body if span.start <= n.lineno <= span.end]
@@ -229,7 +229,7 @@ def _python_group_chunks(doc: Document, lines: list[str], group: list[_Span], do
         title = prefix if cls else f"{module} (module)"
     elif len(names) <= TITLE_NAMES:
         title = f"{prefix}.{names[0]}" + "".join(f", {n}" for n in names[1:])
-    else:  # the first ones, the last one and how many: the range's end is named too (audit 27 F8)
+    else:  # the first ones, the last one and how many: the range's end is named too
         title = (f"{prefix}.{names[0]}" + "".join(f", {n}" for n in names[1:TITLE_NAMES - 1])
                  + f" ... {names[-1]} ({len(names)} definitions)")
     header = _header(doc, module, doc_line)

@@ -82,7 +82,7 @@ def page_title(text: str, fmt: str) -> str | None:
 
     A Markdown page without a Markdown H1 whose top is HTML (`<h1 align="center">Flyte tutorials
     ...</h1>`, as GitHub READMEs often are) is titled by that `<h1>`: GitHub shows it as the
-    page's title, and the file's name ("README") names nothing (audit 27 F8).
+    page's title, and the file's name ("README") names nothing.
 
     Read up to the first heading only: the loader asks for every page's title on every ingest,
     unchanged pages included, and parsing whole pages for it was a fifth of a re-ingest."""

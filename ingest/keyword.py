@@ -89,7 +89,7 @@ def words(text: str) -> list[str]:
 # word character: `flytekit.core`, `v1.types`, not `1.12` or `e.g`), or a number of two digits or more.
 # The dotted name is tried only where a piece starts (the run's start or just after a separator), so a
 # 40,000-character run without a dot is read once: `[A-Za-z_]\w+\.` tried at every character of it was
-# quadratic (2.9 s for a pasted one-line "Traceback … xxxx", audit 31 F2). Same matches as that pattern.
+# quadratic (2.9 s for a pasted one-line "Traceback … xxxx"). Same matches as that pattern.
 _EXACT_NAME = re.compile(r"\w_\w|(?:^|[.\-/])(?=\d*[A-Za-z_]\w)\w+\.[A-Za-z_]\w|^\d{2,}$")
 # A command-line flag (`--resource-requests`): _TOKEN drops the dashes, so it is found in the text.
 _CLI_FLAG = re.compile(r"(?<![\w-])--[A-Za-z]\w*(?:-\w+)*")
@@ -104,7 +104,7 @@ def names_exact_term(text: str) -> bool:
 
 # A run longer than this is expanded without the cache: the cache holds the corpus's identifiers
 # (few, short, repeated), and a pasted log or a 4,000-character dotted run would otherwise stay in a
-# running bot for good, ~70 KB an entry (audit 25 F1).
+# running bot for good, ~70 KB an entry.
 CACHED_RUN_CHARS = 64
 
 
@@ -115,7 +115,7 @@ def _expand(raw: str) -> tuple[str, ...]:
 
 
 # Entries, not bytes: at most ~900 bytes each (a 64-character run and its tokens), so a bot fed
-# distinct runs on purpose holds at most ~30 MB (200,000 entries: +176 MB, audit 25 re-check). The
+# distinct runs on purpose holds at most ~30 MB (measured with 200,000 entries: +176 MB). The
 # eval corpus (4,498 chunks) has 29,218 distinct short runs; tokenising it all takes 0.32 s with a
 # 20,000-entry cache and 0.34 s with 200,000 (AMD EPYC family 25 model 17): hits come from the
 # same few identifiers, so a smaller cache costs an ingest nothing measurable.

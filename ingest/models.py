@@ -133,8 +133,8 @@ class Chunk:
     start_line: int | None = None
     end_line: int | None = None
     # Slack: each message's own permalink, in the order of `text`'s messages (the loader separates
-    # them with a blank line), so a quote of one reply can link that reply, not only the thread
-    # (audit 27 F4). None elsewhere, and for a thread whose links are not known (an older snapshot).
+    # them with a blank line), so a quote of one reply can link that reply, not only the thread.
+    # None elsewhere, and for a thread whose links are not known (an older snapshot).
     message_urls: tuple[str, ...] | None = None
 
     @property

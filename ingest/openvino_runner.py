@@ -43,7 +43,7 @@ def decline_telemetry() -> None:
     """OpenVINO's usage reports to Google Analytics declined for this process, before anything of
     OpenVINO loads (its converter and NNCF start openvino-telemetry, which counts a missing consent
     file as consent and forks a sender: in `flytegpt serve` that child once deadlocked on an
-    OpenSSL lock another thread held at the fork, and outlived the bot: audit 34 F7). FlyteGPT runs
+    OpenSSL lock another thread held at the fork, and outlived the bot). FlyteGPT runs
     unattended and sends nothing anywhere; the machine-wide consent file (`opt_in_out
     --opt_out`) is left alone."""
     try:

@@ -321,7 +321,7 @@ class HybridSearcher:
         A message that asks several questions (`questions`, bot/question_text.separate_questions)
         is searched whole, then each question alone: in one search the questions compete, and the
         one whose words are rarer or whose topic has fewer chunks can lose all its sources to the
-        others (audit 29 F8: "cache? GPU? schedule?" had no scheduling source in the top 10). So the
+        others (searched whole, "cache? GPU? schedule?" had no scheduling source in the top 10). So the
         results start with the whole message's best source and then each question's best source,
         in the order asked, then the rest of the whole message's results: the first few sources,
         which the offline answer quotes and the model reads first, hold one for each question.

@@ -12,7 +12,7 @@ at once.
 Except for the writes a repeat of which shows twice (UNREPEATABLE_WRITES: a new message, or
 more text in a streamed one): after an outcome Slack documents as "possibly succeeded" (HTTP
 5xx, `internal_error`, `fatal_error`, a connection lost after the request was sent) they are
-not retried here (audit 26 F2: each blind retry was one more copy of the answer in the
+not retried here (each blind retry was one more copy of the answer in the
 thread). The bot looks for the message first (bot/slack/delivery.py) and tries again only
 when it is not there. A 429, a connection that failed before the request went out, and
 Slack's "not done" answers (`ratelimited`, `service_unavailable`, `request_timeout` with

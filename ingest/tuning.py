@@ -196,7 +196,7 @@ _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 def _slug(model_id: str) -> str:
     """The tuned model's folder name. It comes from a manifest in the store, and is joined to the
-    store's and the cache's paths: a name like "../../elsewhere" is refused (audit 23 F2)."""
+    store's and the cache's paths: a name like "../../elsewhere" is refused."""
     slug = model_id.removeprefix(TUNED_PREFIX)
     if not _SLUG.fullmatch(slug) or ".." in slug:
         raise TuningError(f"{model_id!r} is not a tuned model id ({TUNED_PREFIX}<name>, letters, digits, . _ -)")

@@ -73,7 +73,7 @@ def clean_answer(raw: str, sources: Sequence[Source]) -> tuple[str, list[Citatio
     shown = "".join(seg if code else safe(seg) for code, seg in parts)
     # What was taken for code is left as written. Where it holds link syntax, a CommonMark reader
     # has the last word: text that only looked like code to split_code (an escaped backtick, a
-    # fence closed by an indented line) must not carry a live link (audit 23 re-check N1).
+    # fence closed by an indented line) must not carry a live link.
     if any(code and _LINK_SYNTAX.search(seg) for code, seg in parts) and _foreign_links(shown, known):
         shown = _defuse_everywhere(shown, known)
     return shown, citations
@@ -191,7 +191,7 @@ class LiveCitations:
         if self.diverged:
             return ""
         # Each pass cleans the whole text so far: once per model token, a 12,000-character answer
-        # took 4 s of CPU (audit 23 L8). The first text goes out at once; then a pass per
+        # took 4 s of CPU when measured. The first text goes out at once; then a pass per
         # CLEAN_EVERY characters, or per 48th of the text (250 characters at 12,000), both at most
         # what the stream sends per Slack call (stream.MIN_CHARS, 256): the passes' cost grows
         # with the text's length, not its square (1.05 -> 0.48 s of CPU at 12,000 characters, AMD EPYC).

@@ -4,7 +4,7 @@ Reasoning models served without a reasoning parser (DeepSeek-R1 and its distills
 vLLM without `--reasoning-parser`, older Ollama and llama.cpp) write their thinking into the reply's
 `content`, between `<think>` and `</think>` (some `<thinking>` or `<reasoning>`), before the answer.
 Shown, the thinking is a monologue the asker never asked for, its `[n]`s become citations, and in the
-condense and rewrite steps it replaces the question that is searched (audit 32 F1). R1's newer chat
+condense and rewrite steps it replaces the question that is searched. R1's newer chat
 templates open the block in the prompt, so the reply starts inside it and holds only `</think>`.
 
 The rule, owned here and used wherever model text enters (chain.py):
@@ -13,7 +13,7 @@ The rule, owned here and used wherever model text enters (chain.py):
 - an opening tag at the start that is never closed: the whole reply is thinking (a model cut by
   `max_tokens` while still thinking): the answer is empty;
 - a closing tag with no opening tag before it, at the start of a line and outside code: everything
-  up to it was thinking (mid-sentence or in code it is an answer about the tag: audit 33 F3);
+  up to it was thinking (mid-sentence or in code it is an answer about the tag);
 - tags later in the text (an answer explaining a prompt format, code) are left as written: models
   think first, and an answer may well be about these tags.
 
@@ -57,7 +57,7 @@ def _stray_close(text: str) -> re.Match | None:
     """The first closing tag of a reply that did not open one (R1 templates open it in the prompt),
     when it is thinking's: at the start of a line, outside code. R1 ends its thinking with the tag on
     a line of its own; an answer that is about the tag writes it mid-sentence or in code ("split the
-    reply at `</think>`"), and cutting there lost the answer's first half (audit 33 F3)."""
+    reply at `</think>`"), and cutting there lost the answer's first half."""
     close = _CLOSE.search(text)
     if close is None or _OPEN.search(text, 0, close.start()) or _in_code(text, close.start()) \
             or not _starts_line(text, close.start()):

@@ -3,7 +3,7 @@
 The bot's database is never written by the report: it is copied with SQLite's backup API
 into a temporary file, and that copy is opened (and migrated, when an older bot wrote it). The copy
 goes beside a local database when its volume has room, else in $TMPDIR (sqlite_files.scratch_place),
-and a database left with an interrupted write is read as its committed rows (audit 31 F4).
+and a database left with an interrupted write is read as its committed rows.
 A database may be a local file or an fsspec URL (the snapshot the bot exports).
 """
 
@@ -55,7 +55,7 @@ def load_questions(db: str, since: float | None = None, until: float | None = No
 
 def _copy_place(db: str) -> Path:
     """Where the temporary copy of `db` goes: beside a local database when its volume has room, else
-    in $TMPDIR (sqlite_files.scratch_place: audit 31 F9); a ValueError when neither has room."""
+    in $TMPDIR (sqlite_files.scratch_place); a ValueError when neither has room."""
     try:
         if "://" in db and not db.startswith("file://"):
             from flytegpt.ingest.store import get_fs
@@ -93,9 +93,9 @@ def _copy_database(db: str, copy: str) -> None:
     try:
         sqlite_files.backup_read_only(path, copy)
     except sqlite3.DatabaseError as e:
-        if isinstance(e, sqlite_files.NotReadableAsIs):  # sound, but needs a writer first (audit 31 F4)
+        if isinstance(e, sqlite_files.NotReadableAsIs):  # sound, but needs a writer first
             raise ValueError(str(e)) from None
-        if sqlite_files.is_busy(e):  # a lock someone holds, not a damaged file (audit 30 F4)
+        if sqlite_files.is_busy(e):  # a lock someone holds, not a damaged file
             raise ValueError(f"{db} is in use by another process that holds a lock on it: try again, or copy "
                              f"the file first; SQLite said: {e}") from None
         raise ValueError(f"{db} is not an SQLite database: {e}") from None

@@ -1,6 +1,6 @@
 """Which messages in a conversation are for the bot: one rule for answering thread replies
 (routing) and for the thread history a follow-up is understood with (history); and which of
-those are small talk (help, a greeting, a thank-you) that gets no search (audit 29 F5, F6)."""
+those are small talk (help, a greeting, a thank-you) that gets no search."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Literal
 _ADDRESSED = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^<>]*)?>|<!subteam\^[^<>]*>|<!(?:here|channel|everyone)(?:\|[^<>]*)?>")
 # A thank-you is a message made only of these words (and the bot's name, and approving emoji):
 # thanks in a few languages, what comes with them ("thank you so much", "many thanks", "appreciate
-# it") and the ways to say it worked ("that fixed it", "awesome", "all good now"). Narrow on purpose
-# (audit 31 F1): any other word ("didn't", "still", "but", "same", "error", "1.12", "retries") makes
+# it") and the ways to say it worked ("that fixed it", "awesome", "all good now"). Narrow on purpose:
+# any other word ("didn't", "still", "but", "same", "error", "1.12", "retries") makes
 # the message a question, as does a question mark or code; a question not answered is the worse mistake.
 _THANKS = {"thanks", "thank", "thankyou", "thanx", "thnx", "thks", "thx", "tx", "ty", "tysm", "tyvm", "cheers",
            "kudos", "appreciate", "appreciated", "merci", "danke", "dank", "gracias", "grazie", "obrigado",
@@ -31,7 +31,7 @@ _CLOSING_FILLER = {"you", "u", "so", "much", "very", "many", "a", "lot", "lots",
 _CLOSING_MAX_CHARS = 400  # 20 words of thanks and their emoji; past this it is something else
 _SUCCESS = {"works", "worked", "working", "fixed", "solved", "resolved", "good", "fine", "runs", "running"}
 # Slack's emoji names (":pray:", ":+1::skin-tone-2:") and the emoji themselves that say thanks or
-# approve; an emoji of distress or doubt (😭, 🤔, 😕) is no thank-you (audit 31 F5).
+# approve; an emoji of distress or doubt (😭, 🤔, 😕) is no thank-you.
 _APPROVING_NAMES = {
     "+1", "thumbsup", "thumbs_up", "pray", "folded_hands", "tada", "heart", "hearts", "heart_eyes", "blue_heart",
     "green_heart", "purple_heart", "yellow_heart", "orange_heart", "sparkling_heart", "heart_hands", "smile",
@@ -50,7 +50,7 @@ def for_the_bot(text: str, bot_user_id: str | None) -> bool:
     not addressed to somebody else; and either way it is no small talk (`small_talk`: a thank-you,
     "that worked", a greeting, a call for help). Answering those made the bot talk over people
     talking to each other, and they are not what a follow-up is about (the thread history).
-    Without the bot's name at hand, a greeting may name anyone ("Hi FlyteGPT!!", "hey Sam": audit 31 F5)."""
+    Without the bot's name at hand, a greeting may name anyone ("Hi FlyteGPT!!", "hey Sam")."""
     if bot_user_id and f"<@{bot_user_id}" in text:
         return _small_talk(_without_mention(text, bot_user_id), set(), any_name=True) is None
     return not _ADDRESSED.search(text) and _small_talk(text, set(), any_name=True) is None
@@ -72,7 +72,7 @@ def _approving(emoji: str) -> bool:
 def closes_the_thread(text: str, name: str | None = None) -> bool:
     """A thank-you or "that worked" (or an approving emoji) and nothing else: nothing to answer
     (the bot answered it with quoted passages or "I couldn't find this"). Only the whole message
-    counts (audit 31 F1): "thanks, that didn't work", "ty, same error on 1.12" or "thanks, now I get
+    counts: "thanks, that didn't work", "ty, same error on 1.12" or "thanks, now I get
     this error: ```…```" are questions, as is anything with a question mark or code; so is an emoji
     of distress or doubt alone (😭, 🤔). `name`: the bot's, which a thank-you may carry ("thanks FlyteGPT")."""
     return _closes(text, set(re.findall(r"[\w']+", name.lower())) if name else set())
@@ -121,8 +121,8 @@ def small_talk(text: str, name: str | None = None) -> SmallTalk | None:
     usage, as `/flytegpt help` shows it; "greeting" ("hi", "hello there!", "hey, how are you?"): a
     short hello and the usage; "thanks" (`closes_the_thread`: all of it thanks or "that worked"):
     acknowledged, not answered. Searching these found Spark and MPI pages for "hi", and logged each
-    as a knowledge gap (audit 29 F5). Narrow on purpose: only the whole message counts, so "hi, how
-    do I cache a task?" and "thanks, that didn't work" are questions (audit 31 F1). `name` is the
+    as a knowledge gap. Narrow on purpose: only the whole message counts, so "hi, how
+    do I cache a task?" and "thanks, that didn't work" are questions. `name` is the
     bot's (the assistant name), which a greeting or a thank-you may carry in words ("hello FlyteGPT")."""
     return _small_talk(text, set(re.findall(r"[\w']+", name.lower())) if name else set())
 

@@ -12,7 +12,7 @@ resolves public channel names.
 
 The result also says which channels are known to be public: the "only in these channels" notice
 links those only, as anyone who mentions the bot elsewhere reads it (a private channel's link
-tells a non-member it exists, audit 23 L6). A name found among public channels is public; a
+tells a non-member it exists). A name found among public channels is public; a
 name found among private ones is not, nor is an id given as it is (nothing was asked about it).
 """
 

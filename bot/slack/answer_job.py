@@ -14,7 +14,7 @@ askers it could not finish (`abandon_unfinished`); whichever of the job and the 
 claims a question first is the one that replies, so nobody gets both.
 
 The answer's deadline (`[answer] deadline_s`) counts from the question's arrival, not from
-when a worker took it (audit 25 F4): the answerer gets what is left of it, and a question
+when a worker took it: the answerer gets what is left of it, and a question
 whose deadline passed while it waited in the queue gets the busy notice ("ask again in a
 minute") at once, without a search or a model call, instead of an answer minutes late. That
 is also what lets the bot catch up after a slow model recovers: the stale part of the queue

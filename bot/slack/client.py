@@ -193,7 +193,7 @@ class HandoverSocketModeClient(SocketModeClient):
     until websocket-client's 10 s read timeout, and the new connection cannot start before it
     returns, while the SDK's monitor (every ping_interval) replaces the idle new connection by
     others that cannot start either: about one refresh in three left the app with no connection
-    for ~10.5 s (soak audit F2), and events could not be delivered. The other refreshes cost 0.5 s
+    for ~10.5 s (measured in a soak test), and events could not be delivered. The other refreshes cost 0.5 s
     (the runner's pause) and a second `apps.connections.open` (the old connection's on_close
     replaced the new one once more).
 

@@ -15,7 +15,7 @@ the failure is logged: de-duplication never stops the bot from answering.
 The same file keeps the threads the bot answered in (`threads`, for THREAD_TTL_S after its
 last answer there). A thread reply without a mention is a follow-up only in such a thread;
 without the record, every reply by people talking to each other would cost a read of the
-thread from Slack (audit 23 F4), and a restart would forget which threads are the bot's.
+thread from Slack, and a restart would forget which threads are the bot's.
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ at once, as everything is with deferral off.
 A post whose outcome Slack left open (a timeout, a connection lost after the request went
 out, HTTP 5xx, `internal_error`, `fatal_error`: "possibly succeeded") is looked for in its
 thread before it is called failed or made again (`_post_message`, by the message's `metadata`
-marker, audit 26 F2); the WebClient does not retry those for chat.postMessage
+marker); the WebClient does not retry those for chat.postMessage
 (ingest/slack_client.py). A reply Slack refuses for what it holds (`msg_too_long`,
 `invalid_blocks`, `msg_blocks_too_long`: CONTENT_ERRORS) gets one more try as plain text
 (blocks.plain_text), and if that is refused too, a notice that does not promise a retry will
-work (audit 26 F3).
+work.
 
 The same queue finishes the repair of a streamed answer that broke half-way (stream.py):
 rewriting the streamed messages into the final ordinary rendering is a list of `Edit`s
@@ -655,7 +655,7 @@ class Delivery:
         after all (looked for by its marker); it is tried again only when it is not there (a
         timeout not at once: that try would wait as long again), and raises NotLanded when it
         still is not, MaybeLanded when the thread could not be read. A blind second try showed
-        the asker the answer twice (audit 26 F2). With `look_since` (an earlier try's outcome
+        the asker the answer twice. With `look_since` (an earlier try's outcome
         was never known) it is looked for before the first try."""
         where: dict[str, Any] = {"thread_ts": thread_ts, "reply_broadcast": False} if thread_ts else {}
         if look_since is not None:

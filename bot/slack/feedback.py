@@ -17,7 +17,7 @@ A database written by a newer FlyteGPT is refused rather than guessed at. The mi
 way: a release of an older schema refuses the file afterwards. So only the bot (and
 `flytegpt feedback compact`, which changes the layout, not the schema) opens the original; the
 commands that read it (`feedback export`, `questions`, `snapshot`, and the report) leave it exactly
-as it was (audit 30 F1): the snapshot copies it as it is, from a read-only connection, and the
+as it was: the snapshot copies it as it is, from a read-only connection, and the
 exports read a migrated temporary copy (`read_copy`).
 
 A small `meta` table (key, value) keeps what the database must remember about itself: when this
@@ -25,7 +25,7 @@ release created it, and retention's state (retention.py). It is not counted in `
 release of the same schema without it only checks the version and names its columns, so it still
 opens the file; a release of an older schema refuses a version-2 file whatever its tables.
 
-Retention ([bot] retention_days, audit 23 L3): the text of old questions is blanked by `prune`,
+Retention ([bot] retention_days): the text of old questions is blanked by `prune`,
 which the running bot's retention job applies (retention.py: when, and the grace period of an
 earlier release's database). What the report counts and charts stays. A new database is created
 with SQLite's incremental auto_vacuum, so that the space a prune frees can be given back
@@ -71,11 +71,12 @@ DAY_S = 86400.0
 PRUNE_BATCH = 500  # rows read per step, and at most blanked per write transaction (~25 ms of work)
 # The pause after each write transaction: at least as long as the transaction took, so the bot's
 # writers, polling in SQLite's busy handler (sleeps of 1 ms growing to 100 ms, 5 s in all), find
-# the lock free about half of the time instead of almost never (audit 25 F3: 9 of 10 failed).
+# the lock free about half of the time instead of almost never (before the pause, 9 of 10 of the
+# bot's question-log writes failed while a 160,000-row prune ran).
 PRUNE_PAUSE_S = 0.01
 # After a prune, free pages are returned to the filesystem when they are at least this share of
 # the file and at least GIVE_BACK_MIN_BYTES: a day's prune frees about a day of text, which the
-# next day's rows reuse; a backlog or a lowered retention_days frees much more (audit 25 F7).
+# next day's rows reuse; a backlog or a lowered retention_days frees much more.
 GIVE_BACK_MIN_SHARE = 0.10
 GIVE_BACK_MIN_BYTES = 1 << 20
 # A database of an earlier release (auto_vacuum off) is switched to incremental by one VACUUM at
@@ -154,7 +155,7 @@ class FeedbackDatabaseError(RuntimeError):
 
 class FeedbackDatabaseBusy(FeedbackDatabaseError):
     """Another process has the database open, or holds a lock on it: nothing was read or changed.
-    Not a damaged file (audit 30 F4): the message says who may hold it and what to do."""
+    Not a damaged file: the message says who may hold it and what to do."""
 
 
 @dataclass
@@ -246,9 +247,9 @@ def _set_meta(conn: sqlite3.Connection, key: str, value: object, *, replace: boo
 
 def _unusable(path: str, e: sqlite3.DatabaseError) -> FeedbackDatabaseError:
     """SQLite's error on opening or reading a feedback database, said as what it means for the user:
-    a lock someone holds (audit 30 F4: an older bot keeps its WAL database open, and switching the
+    a lock someone holds (an older bot keeps its WAL database open, and switching the
     journal mode needs it alone) is not a damaged file."""
-    if isinstance(e, sqlite_files.NotReadableAsIs):  # a sound file that needs a writer first (audit 31 F4)
+    if isinstance(e, sqlite_files.NotReadableAsIs):  # a sound file that needs a writer first
         return FeedbackDatabaseError(str(e))
     if sqlite_files.is_busy(e):
         holders = sqlite_files.processes_with_open(path) if path != ":memory:" else []
@@ -439,7 +440,7 @@ class FeedbackStore:
         index, model or setting must keep finding. One row per distinct question text, oldest
         answer first; the gold of its confirmed answers merged; `up`/`down` count every voter.
 
-        Only the asker's vote confirms (audit 23 L2). The asker is the one person who knows whether
+        Only the asker's vote confirms. The asker is the one person who knows whether
         the answer answered the question; anyone else's 👍 says only that it looked right to them.
         Votes are one per user but anyone may vote on any answer, so with "more 👍 than 👎" a single
         person (or "two distinct voters": one person with a second account, which an open community
@@ -504,7 +505,7 @@ class FeedbackStore:
         sources, votes). With SQLite's secure_delete the old text is overwritten in the file,
         not only unlinked from its rows (a snapshot copies free pages too).
 
-        Linear in the old rows, and the bot keeps writing meanwhile (audit 25 F3). The rows are
+        Linear in the old rows, and the bot keeps writing meanwhile. The rows are
         read in (created_at, rowid) order along the created_at index, PRUNE_BATCH at a time, each
         read starting after the last row of the one before: no row is read twice (the first
         release re-read every blanked row at every batch: 160,000 rows took 54 s). Reads take no
@@ -674,13 +675,13 @@ def _export_rows(db_path: str | Path, out_path: str | Path,
 def read_copy(db_path: str | Path, *, timeout_s: float = READ_LOCK_TIMEOUT_S) -> Iterator[FeedbackStore]:
     """The feedback database at `db_path`, opened as a store over a temporary copy, migrated there:
     what the commands that only read it use (`feedback export`, `feedback questions`), so that the
-    original keeps its schema version, journal mode, mode bits and bytes (audit 30 F1: migrated in
+    original keeps its schema version, journal mode, mode bits and bytes (migrated in
     place, an older release refuses it). The copy is consistent while a bot writes, and reading it
-    waits for no WAL writer (an older bot: audit 30 F4); a database left with an interrupted write
-    (a hot journal) is read as its committed rows (audit 31 F4); see sqlite_files.backup_read_only.
+    waits for no WAL writer (an older bot); a database left with an interrupted write
+    (a hot journal) is read as its committed rows; see sqlite_files.backup_read_only.
 
-    The copy goes beside the database when that volume has room, else in $TMPDIR (audit 31 F9:
-    sqlite_files.scratch_place), and is removed afterwards.
+    The copy goes beside the database when that volume has room, else in $TMPDIR
+    (sqlite_files.scratch_place), and is removed afterwards.
 
     Errors name `db_path`, never the copy: FileNotFoundError when there is no file;
     FeedbackDatabaseBusy when another process holds a lock past `timeout_s`; FeedbackDatabaseError
@@ -757,13 +758,13 @@ def export_snapshot(db_path: str | Path, target: str, *, timeout_s: float = READ
 
     This is how the database reaches the weekly report task, which cannot open the bot's
     volume: the bot (or a cron job beside it) exports a snapshot, the task reads it. It is also the
-    operator's backup before an upgrade, so the copy is the database as it is (audit 30 F1): its
+    operator's backup before an upgrade, so the copy is the database as it is: its
     schema version and journal mode are the original's, which an older release can still open, and
     the original is only read (a read-only connection: not migrated, its journal mode and mode bits
-    untouched). Consistent while a bot writes, an older one in WAL mode included (audit 30 F4); a
-    database a writer was killed in the middle of is copied as its committed rows (audit 31 F4).
+    untouched). Consistent while a bot writes, an older one in WAL mode included; a
+    database a writer was killed in the middle of is copied as its committed rows.
 
-    Never held in memory (audit 31 F9: a 200 MB database took 238 MB of RSS, inside the bot for its
+    Never held in memory (when it was, a 200 MB database took 238 MB of RSS, inside the bot for its
     periodic snapshot): a local target is written by SQLite into a temporary file beside it, renamed
     into place; an object store gets the file uploaded from a temporary copy (fsspec's put_file,
     streamed; the object appears when the upload completes), made beside the database or in $TMPDIR

@@ -8,12 +8,12 @@ answered, and dropped when the bot posts in the thread.
 
 The bot's notices (busy, restarted, the model-unavailable apology ...: what it posts instead
 of an answer) are not earlier answers: the history leaves them out (`is_notice`), and a
-half-streamed answer that a notice ended keeps its text without the notice (audit 25 F8).
+half-streamed answer that a notice ended keeps its text without the notice.
 
 A thread is read whole only for an answer's history. Whether a reply without a mention is
 for the bot at all is decided from the threads the bot answered in (dedupe.py) and, for
 other threads, from the parent message alone (`bot_replied`): people talking to each other
-in a long thread must not cost five `conversations.replies` pages per message (audit 23 F4).
+in a long thread must not cost five `conversations.replies` pages per message.
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ def strip_mentions(text: str, bot_user_id: str | None) -> str:
     """Remove the bot's own mention(s) from a question; other mentions stay. Only the gap a mention
     leaves is tidied (the mention and the spaces after it; one space where it stood between two
     words): the rest is kept as typed, since pasted YAML and Python mean their indentation, and
-    flattening every run of spaces sent the model `defaults:` beside `cpu:` (audit 29 F1)."""
+    flattening every run of spaces sent the model `defaults:` beside `cpu:`."""
     if bot_user_id:
         mention = re.compile(rf"<@{re.escape(bot_user_id)}(?:\|[^<>]*)?>[ \t]*")  # anchored at "<@": linear
         text = mention.sub(_mention_gap, text)

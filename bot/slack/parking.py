@@ -2,11 +2,11 @@
 
 Why this exists: `flytegpt serve` connects to Slack before it loads the index (after every
 restart: 0.6 s warm, 10 s or more on a cold model cache), so the questions asked or redelivered
-meanwhile would otherwise be told "not ready, try again in a minute" (audit 29 F7). Such a
+meanwhile would otherwise be told "not ready, try again in a minute". Such a
 question waits here, not on a worker, until the index is served (then it is queued, with its 👀)
 or until its answer's deadline passes (then the not-ready notice, no 👀). Once the index is served
 the waiting questions go to the answer pool in the order asked, each as soon as the pool has room:
-a cold start's backlog is answered, not told the bot is busy (audit 31 F7: 50 questions queued in
+a cold start's backlog is answered, not told the bot is busy (without it, 50 questions queued in
 one burst got 14 busy notices although an answer took 40 ms). One thread watches all of them
 (`ParkingLine._watch`): a timer each held one thread per question (74 at a cold start with 50).
 

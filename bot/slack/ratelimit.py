@@ -50,7 +50,7 @@ class InFlightLimit:
 
     The per-minute limit counts questions but not how many wait at once: one user's burst of
     [bot] user_rate_limit questions sat in the shared FIFO queue ahead of everyone else's, and a
-    few accounts filled it (audit 23, F8). Each question taken holds a slot, keyed by the question
+    few accounts filled it. Each question taken holds a slot, keyed by the question
     (its `id`), until its answer job ends however it ends; `release` of a key not held is a no-op,
     so a slot is given back exactly once. Memory is bounded by the questions in flight.
     """

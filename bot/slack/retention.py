@@ -5,23 +5,23 @@ commands read); this is the policy the running bot applies to it, when and how f
 tells the operator. The store's own steps (`FeedbackStore.prune`, `give_back_space`, `compact`) run
 on its connection under its lock and stay there; this module decides when they run.
 
-Retention ([bot] retention_days, audit 23 L3): the text of a question older than that (what was
+Retention ([bot] retention_days): the text of a question older than that (what was
 asked, the question as searched, the answer) is blanked by `FeedbackStore.prune`, which the running
 bot applies at start and then daily (`RetentionJob`). What the report counts and charts stays: time,
 surface, channel and its type, outcome, latency, index version, cited sources and votes. The file is
 only readable by the bot's user (bot/sqlite_files.py).
 
-Retention on an upgrade (audit 30 F2): a database from a release without retention holds history
+Retention on an upgrade: a database from a release without retention holds history
 its operator never agreed to lose. The first time the retention job finds text to remove in a
 database that retention has never pruned (and that this release did not create: all of such a
 database's rows were logged under retention), it removes nothing: it logs a WARNING saying how many
 questions, since when, the setting and how to keep them, records the moment in `meta`, and prunes
 only after RETENTION_GRACE_S (7 days) from then, warning at every run meanwhile (`retention_hold`).
 Later prunes run as before. A clock that was wrong when the moment was recorded does not use the
-wait up (audit 31 F8): a moment later than now, or a last warning run more than the whole wait ago,
+wait up: a moment later than now, or a last warning run more than the whole wait ago,
 starts it again.
 
-Retention on a large backlog (audit 25 F3, F7): the prune walks the old rows once, in time order,
+Retention on a large backlog: the prune walks the old rows once, in time order,
 in short transactions with a pause after each, so the bot's own writes get the lock in between;
 and it gives the space back. A new database is created with SQLite's incremental auto_vacuum,
 and after a prune that left many free pages they are returned to the filesystem in small steps.
@@ -53,18 +53,19 @@ log = logging.getLogger("flytegpt.bot.slack.feedback")
 # that when both wait it is the prune that gives way, and a busy moment does not abort it.
 PRUNE_TIMEOUT_S = 30.0
 # How long the first prune of a database retention has never pruned waits after the job first found
-# text to remove in it (audit 30 F2): the warning's time to be read, and retention_days set to 0.
+# text to remove in it: the warning's time to be read, and retention_days set to 0.
 RETENTION_GRACE_S = 7 * feedback.DAY_S
 # `meta` keys: when the retention job first found text to remove in a database it had never pruned;
-# the last run of the job that held that first prune back (and warned): audit 31 F8.
+# the last run of the job that held that first prune back (and warned), so a wrong clock cannot
+# use the wait up.
 META_RETENTION_PENDING_SINCE = "retention_pending_since"
 META_RETENTION_CHECKED_AT = "retention_checked_at"
 
 
 @dataclass(frozen=True)
 class RetentionHold:
-    """Text retention would remove from a database it never pruned, kept until `prune_after`
-    (audit 30 F2): what the retention job's warning says."""
+    """Text retention would remove from a database it never pruned, kept until `prune_after`:
+    what the retention job's warning says."""
 
     rows: int  # questions older than retention_days that still have their text
     oldest: float  # when the oldest of them was logged
@@ -92,7 +93,7 @@ def _float_or_none(value: str | None) -> float | None:
 
 def retention_hold(store: "feedback.FeedbackStore", retention_days: float, *, now: float | None = None,
                    grace_s: float = RETENTION_GRACE_S) -> RetentionHold | None:
-    """Whether the first prune of `store`'s database must wait (audit 30 F2); None: prune as usual.
+    """Whether the first prune of `store`'s database must wait; None: prune as usual.
 
     It waits when retention has never removed text there, this release did not create the
     database (an earlier release's history, logged before retention existed), and there is text
@@ -100,7 +101,7 @@ def retention_hold(store: "feedback.FeedbackStore", retention_days: float, *, no
     start the wait again) until `grace_s` later. A database this release created, or one
     retention already pruned, never waits; nor does one with nothing old enough yet, until it has.
 
-    A wrong clock must not use the wait up (audit 31 F8). Each run that waits records its time.
+    A wrong clock must not use the wait up. Each run that waits records its time.
     The wait starts again from now when the moment recorded is later than now (the clock was
     ahead then, or was set back since), and when the last run that waited is more than `grace_s`
     ago: a clock that was behind and has been corrected, or a bot that was stopped for longer than
@@ -166,7 +167,7 @@ class RetentionJob:
     so a daily run reads only the rows that aged past retention since the last one. `stop()`
     ends a run in progress between two steps (a shutdown does not wait for a long prune).
 
-    A database from a release without retention is not pruned at once (audit 30 F2): the first run
+    A database from a release without retention is not pruned at once: the first run
     that finds text to remove in it logs a WARNING and the job waits `grace_s` (RETENTION_GRACE_S)
     before its first prune (`retention_hold`). `clock`: the time the job runs at.
     """

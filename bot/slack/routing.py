@@ -8,7 +8,7 @@ ack there, so a listener that called Slack or the model would delay the acks of 
 - the answer pool (config.bot.workers, config.bot.queue_size) runs the answer job; when
   it is full the user is told the bot is busy instead of waiting in an endless queue; one user
   has at most config.bot.user_in_flight questions in it at once (running or queued), so a burst
-  from a few accounts cannot fill the shared queue ahead of everyone (audit 23, F8);
+  from a few accounts cannot fill the shared queue ahead of everyone;
 - a small side pool does the cheap Slack calls (👀 reaction, busy and rate-limit notices,
   button clicks) and decides whether a thread reply is a follow-up for us: only in a thread
   the bot answered in, which the bot records (Deduper.remember_thread, kept across restarts)
@@ -21,7 +21,7 @@ is known to be the bot's: people talking to each other write nothing to the seen
 Because the filters run first, a Slack retry of a malformed event reaches the filters again; it
 is de-duplicated there (`malformed_delivery`), so the malformed count is one per event.
 
-Small talk said to the bot gets no search (audit 29 F5, F6; addressing.small_talk): "help" or a
+Small talk said to the bot gets no search (addressing.small_talk): "help" or a
 bare mention gets the usage, as `/flytegpt help` does; a message that only greets gets a hello and
 the usage; a thank-you gets a 🤗 reaction and no message. None of them is logged as a question.
 
@@ -93,10 +93,10 @@ class EventRouter:
         self.parked: ParkingLine | None = None
 
     def wait_for_index(self, holder: "IndexHolder") -> None:
-        """Questions asked while `holder` loads its first index wait for it (audit 29 F7), in the
+        """Questions asked while `holder` loads its first index wait for it, in the
         parking line (parking.py says why), for at most their answer's deadline ([answer]
         deadline_s from their arrival, as everywhere); then they go to the answer pool in the order
-        asked, each as soon as it has room (audit 31 F7). Only when the deadline passes, or the load
+        asked, each as soon as it has room. Only when the deadline passes, or the load
         ends without an index, is the asker told it is not ready; the 👀 goes only on questions
         that will be answered."""
         self.index = holder
@@ -247,7 +247,7 @@ class EventRouter:
 
         The notices (busy, rate limit, apology, restart) go with the answer: posted at the top of
         the DM beside a streamed answer's thread, they showed no reply under the 👀'd question and a
-        stray message below it, which a later top-level follow-up read as an earlier answer (audit 25 F8)."""
+        stray message below it, which a later top-level follow-up read as an earlier answer."""
         thread = event.get("thread_ts")
         if thread:
             return thread
@@ -380,7 +380,7 @@ class EventRouter:
             self.side.submit(self.delivery.react, q.channel, q.ts)
         return True
 
-    # --- small talk (audit 29 F5, F6) ----------------------------------------------------
+    # --- small talk ---------------------------------------------------------------------
 
     def _small_talk(self, q: Question, talk: SmallTalk) -> None:
         """Help, a greeting or a thank-you: replied to without a search or a 👀, and not logged as a
@@ -404,7 +404,7 @@ class EventRouter:
         say = messages.greeting if talk == "greeting" else messages.usage
         return say(self.config.project, self.config.bot.command)
 
-    # --- waiting for the first index (audit 29 F7) -----------------------------------------
+    # --- waiting for the first index ----------------------------------------------------
 
     def _index_ready(self) -> bool:
         return self.index is None or self.index.ready
@@ -491,7 +491,7 @@ class EventRouter:
     def _where_to_ask(self) -> str:
         """The "only in these channels" notice: it goes to anyone who mentions the bot elsewhere,
         so it links only the allowed channels known to be public; a private one's link would tell
-        a non-member it exists (audit 23, L6). None known: the sentence without links."""
+        a non-member it exists. None known: the sentence without links."""
         return messages.only_in_channels(sorted(self.public_allowed))
 
     def _refusal(self) -> str:

@@ -26,7 +26,7 @@ message that grows in place. `StreamedReply` is one answer on its way through th
 
 - a `chat.startStream` whose outcome Slack left open (HTTP 5xx, `internal_error`,
   `fatal_error`, a connection lost after the request went out: "possibly succeeded") is not
-  retried (ingest/slack_client.py: each retry was one more streaming message, audit 26 F2);
+  retried (ingest/slack_client.py: each retry was one more streaming message);
   the message it may have made is looked for in the thread (delivery.look_for). Found, it
   joins this reply's messages and the reply counts as broken: `finish` stops it and rewrites it
   in place with the final answer, as for any broken stream. Not found, nothing was shown: the

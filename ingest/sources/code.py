@@ -54,7 +54,7 @@ def source_version(source: SourceConfig) -> str:
     `path`, the commit of the git checkout that holds it.
 
     Line ranges come from the copy read; a link at a branch (`blob/master`) shows other lines
-    as soon as the branch moves on (audit 27 F3), a link at the copy's version shows the lines
+    as soon as the branch moves on, a link at the copy's version shows the lines
     read. A ConfigError that says what to write instead when neither can be known."""
     if source.path is None:
         assert source.package is not None  # the config validator ensures one of them

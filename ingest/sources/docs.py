@@ -87,7 +87,7 @@ _FOLDER_PAGE_STEMS = ("readme", "index", "_index")
 def _name_of(rel: str) -> str:
     """A title for a page with no heading: its file's name ("setup_guide.md" -> "setup guide"),
     or for a README/index page its folder's ("examples/basics/README.md" -> "basics"), which says
-    what the page is about where "README" does not (audit 27 F8)."""
+    what the page is about where "README" does not."""
     folder, _, name = rel.rpartition("/")
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
     if stem.lower() in _FOLDER_PAGE_STEMS and folder:

@@ -8,8 +8,8 @@ store a `flytegpt ingest --config ../shared/eval/flytegpt.eval.toml` wrote to /t
 of five with the expansion cache cleared each time: the cost of a keyword index build without its
 token cache. Then, for pathological messages of Slack's 40,000 characters (one long run, dotted and
 underscored runs, a trace whose error was cut off), the CPU time of `tokenize`, `names_exact_term`
-(what a search reads a query with) and `search_text`, and the length of what is searched (audit 31
-F2: one run took 2.9 s in `names_exact_term`, and a paste with nothing recognisable was searched whole).
+(what a search reads a query with) and `search_text`, and the length of what is searched (before
+that was bounded, one run took 2.9 s in `names_exact_term`, and a paste with nothing recognisable was searched whole).
 """
 
 from __future__ import annotations

@@ -1,18 +1,18 @@
-"""Retention on a large backlog (audit 25 F3, F7): how long `prune_database` (what the bot's
+"""Retention on a large backlog: how long `prune_database` (what the bot's
 RetentionJob runs at start and daily) takes, what happens to the bot's own writes meanwhile, and
 whether the file gives its space back.
 
     python tests/bench/bench_retention.py [--rows 40000,160000] [--new 1000] [--dir /tmp]
 
 For each size: a fresh feedback database with that many questions older than a year (~2 KB of
-text each, as the audit's script) plus `--new` recent ones; then the prune with a writer beside
+text each: a long question and its answer) plus `--new` recent ones; then the prune with a writer beside
 it that stores a question every 0.2 s through its own FeedbackStore (the running bot's 5 s busy
 timeout), as the bot's `record_answer`. Prints one JSON line per size: the prune's seconds, the
 writer's inserts, failures ("database is locked") and longest wait, the file's MB before and
 after, and the next day's prune (nothing left to blank).
 
 It only uses what every release has (FeedbackStore, prune_database), so the same file measures an
-older checkout: run it with that checkout's interpreter (e.g. the audit's clone at e4f519a) for
+older checkout: run it with that checkout's interpreter (e.g. a clone at e4f519a, before the prune was batched) for
 the "before" figures. Takes minutes at 160,000 rows on the old code (and ~650 MB of disk).
 """
 

@@ -26,7 +26,7 @@ def sources(n: int) -> list[Source]:
         ("A [1-3].", "A [1][2][3].", [1, 2, 3]),
         ("A [2–3].", "A [1][2].", [2, 3]),
         ("A [Source 2].", "A [1].", [2]),
-        ("A [9]. B [2, 9]. C [2].", "A. B [2, 9]. C [1].", [2]),  # a list naming no source is data (audit 27 F5)
+        ("A [9]. B [2, 9]. C [2].", "A. B [2, 9]. C [1].", [2]),  # a list naming no source is data, not citations
         ("A [2] and [2] again.", "A [1] and [1] again.", [2]),
     ],
 )
@@ -125,7 +125,7 @@ def test_code_sources_are_fenced_with_the_language_table_names():
     assert lang("notes.txt") == ""
 
 
-# --- what a person sees of odd model endings and markers (audit21 L1-L3) ------------------
+# --- what a person sees of odd model endings and markers ---------------------------------
 
 def _posted(raw: str, given: list[Source]) -> tuple[str, str]:
     """(the answer body as Slack shows it, the sources list under it), the way the bot posts."""
@@ -223,7 +223,7 @@ def test_code_optional_words_and_links_are_not_taken_for_odd_markers():
 
 
 def test_sources_that_share_a_title_are_told_apart():
-    """Two projects' docs share page titles: "[1] Basics, [2] Basics" says nothing (audit 27 F7)."""
+    """Two projects' docs share page titles: "[1] Basics, [2] Basics" says nothing."""
     guide = chunk("flyte-docs:user_guide/basics/index.md", "docs", "Basics", "https://a/1", "The user guide's basics.")
     readme = chunk("flytesnacks-docs:examples/basics/README.md", "docs", "Basics", "https://a/2", "The example's basics.")
     tasks = chunk("flyte-docs:user_guide/basics/tasks.md", "docs", "Tasks", "https://a/3", "Tasks.")

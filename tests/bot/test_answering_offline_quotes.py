@@ -1,7 +1,7 @@
 """What the offline answerer (no chat model) quotes, as a person reads it in Slack.
 
-Slack threads are quoted for their answer, not their question (audit21 M5), and the docs'
-reStructuredText/MyST markup does not show raw in a quote (audit21 L4). Sources are built
+Slack threads are quoted for their answer, not their question, and the docs'
+reStructuredText/MyST markup does not show raw in a quote. Sources are built
 with the real loaders and chunker, so their text is laid out as in an index.
 """
 
@@ -102,7 +102,7 @@ def test_the_first_reply_is_shown_when_no_reply_matches_better():
     assert "> helper: Look at the pod logs first." in text and "Check the events" not in text
 
 
-# --- audit 27 F4: a quoted reply links that reply, not the thread's first message ------------
+# --- a quoted reply links that reply, not the thread's first message ------------------------
 
 def _reply_url(ts: str, channel: str = "C2", root: str = "1700000000.000001") -> str:
     return f"https://acme.slack.com/archives/{channel}/p{ts.replace('.', '')}?thread_ts={root}&cid={channel}"
@@ -198,7 +198,7 @@ def test_a_myst_code_block_keeps_its_code_without_its_options():
 
 
 def test_a_quote_does_not_repeat_the_title_shown_above_it():
-    """Audit 22 L7: "**Caching** [1]" was followed by "> **Caching**", the chunk's own heading."""
+    """Before, "**Caching** [1]" was followed by "> **Caching**", the chunk's own heading."""
     text = "# Caching\n\nSet cache_version on the task to invalidate its cached outputs.\n"
     doc = Document("docs", "caching.md", "docs", "Caching", "https://docs.example.org/caching", text, {"format": "md"})
     out, _ = offline_answer("How do I invalidate cached outputs?", [_source(doc)])

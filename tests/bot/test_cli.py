@@ -104,7 +104,7 @@ def test_a_source_that_finds_nothing_is_named_with_the_likely_reason(corpus: Pat
     text = " ".join(dry.output.split())
     assert f"a-file: {bad / 'notes.md'}: no documents: {bad / 'notes.md'} is a file; a docs source reads a folder" in text
     assert "no-match:" in text and "no documents: no file matches include ['*.txt']" in text
-    # in the summary, not also as a log line before it (audit 22 L7: every skip printed twice)
+    # in the summary, not also as a log line before it (every skip used to print twice)
     assert not [r for r in caplog.records if "no file matches include" in r.getMessage()]
     summary = ingest_json(bad, str(tmp_path / "s"))
     empty = {s["name"]: s for s in summary["sources"] if not s["documents"]}
@@ -125,7 +125,7 @@ def test_search_shows_ranked_chunks_with_source_ids_and_urls(corpus: Path, store
 
 
 def test_search_json_gives_whole_urls_a_line_per_chunk(corpus: Path, store: str):
-    """Audit 22 L7: the table folds long URLs, so a citation's URL could not be checked there."""
+    """The table folds long URLs, so a citation's URL could not be checked there."""
     ingest_json(corpus, store)
     result = run("search", "how do I invalidate the cache", "--config", str(corpus / "flytegpt.toml"),
                  "--store", store, "--k", "3", "--json")
@@ -279,7 +279,7 @@ def test_questions_users_confirmed_are_a_question_set_for_eval(corpus: Path, sto
     cited = [Citation(1, "Caching", "https://e.org/caching", "sample-docs:caching.md")]
     fid = fb.record_answer(Answer("how do i bust the cache", "How do I invalidate the cache?", "Bump the version [1].",
                                   cited, "llm", "v1"), surface="mention", user="U1")
-    fb.record_vote(fid, "up", user="U1", channel="C1")  # the asker's 👍 confirms (audit 23 L2)
+    fb.record_vote(fid, "up", user="U1", channel="C1")  # the asker's 👍 confirms
     fb.close()
     questions = tmp_path / "confirmed.jsonl"
     result = run("feedback", "questions", "--db", str(db), "--out", str(questions))

@@ -1,5 +1,5 @@
 """`flytegpt tune --store X` without --config: the bundled sample config, as for `flytegpt ingest`
-(tests/bot/test_cli_audit20.py), is refused over a store whose LATEST serves another index. Before,
+(tests/bot/test_cli_ingest_versions_help.py), is refused over a store whose LATEST serves another index. Before,
 it replaced X's chunk cache with the sample's (so the next real ingest chunked everything again)
 and then failed anyway: the sample has too few training pairs to tune on."""
 

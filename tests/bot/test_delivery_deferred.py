@@ -156,7 +156,7 @@ def test_answer_refused_for_the_whole_window_tells_the_asker(make_harness):
 
 
 # (`invalid_blocks` and the other refusals of what a reply holds get one more try as plain text:
-# test_slack_audit26.py)
+# test_slack_post_failures.py)
 @pytest.mark.parametrize("error", ["channel_not_found", "is_archived", "invalid_auth"])
 def test_a_refusal_that_will_not_pass_is_not_deferred(make_harness, error):
     harness = make_harness(bot={"deferred_post_s": 30})

@@ -1,6 +1,6 @@
 """`flytegpt feedback compact`: one VACUUM that gives a feedback database's free pages back and
-switches it to incremental auto_vacuum, for the files the bot does not switch at start (> 512 MB,
-audit 25 F7). What an operator sees: the size before and after, the same rows, and a clear
+switches it to incremental auto_vacuum, for the files the bot does not switch at start (> 512 MB).
+What an operator sees: the size before and after, the same rows, and a clear
 one-line refusal, with the file left as it was, while the bot has it open or someone holds a lock.
 """
 

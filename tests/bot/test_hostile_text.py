@@ -1,4 +1,4 @@
-"""Audit 23 F3: text a user or a model writes is cleaned in time proportional to its length.
+"""Text a user or a model writes is cleaned in time proportional to its length.
 
 A regex that backtracks over a run of spaces, brackets or zero-width characters took seconds
 for Slack's 40,000-character limit on a Bolt listener thread (one user stalled every answer),
@@ -85,7 +85,7 @@ def test_a_message_is_read_and_triaged_in_time_linear_in_its_length(name):
 
 
 def test_a_streamed_answer_is_cleaned_once_per_stretch_of_text_not_per_token():
-    """Audit 23 L8: the whole answer so far was cleaned again for every model token (a 12,000-
+    """Before, the whole answer so far was cleaned again for every model token (a 12,000-
     character answer: 3,000 passes, 4 s of CPU); now the first text at once, then one pass per
     CLEAN_EVERY characters, and the same text in the end."""
     from flytegpt.bot.answering.live import CLEAN_EVERY

@@ -217,7 +217,7 @@ def _debug_lines_from_slack_libraries(monkeypatch, opt_in: str | None) -> str:
 @pytest.mark.parametrize("opt_in", [None, "", "0"], ids=["unset", "empty", "zero"])
 def test_debug_logging_leaves_out_slack_payloads_with_users_messages(monkeypatch, opt_in) -> None:
     """`flytegpt -vv serve` logged every Slack event's text, DMs included, through slack_bolt's and
-    slack_sdk's debug lines (audit 23 L4): they stay out; Slack's retries and our debug stay in."""
+    slack_sdk's debug lines: they stay out; Slack's retries and our debug stay in."""
     out = _debug_lines_from_slack_libraries(monkeypatch, opt_in)
     assert "PRIVATE-MARKER" not in out, out
     assert "our own debug line" in out
@@ -247,7 +247,7 @@ def test_serve_help_says_what_debug_logging_leaves_out() -> None:
     ("a store s3://key:SECRET1234@bucket/x", "s3://***@bucket/x"),
 ])
 def test_access_tokens_and_url_credentials_are_redacted(line, kept):
-    """Audit 23 F10: a git source's clone URL with a token was logged as written."""
+    """Before, a git source's clone URL with a token was logged as written."""
     from flytegpt.bot.logs import redact
 
     out = redact(line)
@@ -258,7 +258,7 @@ def test_access_tokens_and_url_credentials_are_redacted(line, kept):
 
 def test_a_model_answer_at_info_logs_no_line_per_http_request() -> None:
     """The OpenAI client logged "HTTP Request: POST .../chat/completions" at INFO for every model
-    call (openai 3.x through httpx2): 45% of a soak's log lines (audit 25 F9)."""
+    call (openai 3.x through httpx2): 45% of a soak's log lines."""
     from flytegpt.bot.answering import Answerer
 
     stream = io.StringIO()

@@ -1,4 +1,4 @@
-"""Offline, an answer says which names in the question no passage found mentions (audit 29 F9).
+"""Offline, an answer says which names in the question no passage found mentions.
 
 Without a model, "Is there a flytekit Haskell SDK?" got passages about the Python SDK under "here are
 the most relevant passages", and nothing told the asker they might not answer.

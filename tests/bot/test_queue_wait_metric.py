@@ -1,5 +1,5 @@
 """/metrics shows how long questions wait for a worker (`flytegpt_queue_wait_seconds`), beside
-`flytegpt_answer_seconds`: with a slow model the wait is where the minutes went (audit 25 F4).
+`flytegpt_answer_seconds`: with a slow model the wait is where the minutes went.
 
 The real `serve` path (BotServer: the Bolt app over Socket Mode, the worker pool, the answerer with
 ChatOpenAI, the health and metrics server), scraped over HTTP as Prometheus does, against the

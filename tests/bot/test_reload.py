@@ -191,7 +191,7 @@ def test_the_query_model_is_loaded_before_a_version_serves_not_at_the_first_ques
 
 
 def test_the_index_age_and_the_last_ingest_are_metrics(config, embedder, monkeypatch):
-    """Audit 24 F4: a quiet night writes no new version, so only <store>/last-run.json tells a
+    """A quiet night writes no new version, so only <store>/last-run.json tells a
     quiet week from a week of failed nightly runs; the served index's sources have an age too."""
     from flytegpt.ingest.artifact import LAST_RUN, content_time, open_version, record_last_run
 

@@ -298,7 +298,7 @@ def test_the_assistant_panel_is_private_like_a_dm() -> None:
 ])
 def test_channel_names_in_the_config_are_named_in_a_note_with_where_they_came_from(db: Path, tmp_path: Path,
                                                                                    bot: str, expected: str) -> None:
-    """Audit 20 #8: with `allowed_channels` given by name and report_channels not set, the report
+    """Before, with `allowed_channels` given by name and report_channels not set, the report
     showed no question and its note blamed report_channels, which the user never set ("...were
     ignored: general"): the names had left every channel question out."""
     from html import escape

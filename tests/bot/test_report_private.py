@@ -1,4 +1,4 @@
-"""Audit 23 F5: questions from private channels and group DMs stay out of the maintainers' report.
+"""Questions from private channels and group DMs stay out of the maintainers' report.
 
 End to end: the real Bolt app over Socket Mode against the Slack emulator logs the questions it is
 asked (with the kind of conversation each was asked in), and the report built from that database

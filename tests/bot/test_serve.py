@@ -395,7 +395,7 @@ streaming = false
                 proc.wait()
 
 
-# --- the health/metrics port under idle connections (audit 23 F7) ------------------------------------------------
+# --- the health/metrics port under idle connections ------------------------------------------------------------
 
 
 def _http_only(tmp_path: Path, **kwargs) -> BotServer:
@@ -466,7 +466,7 @@ def test_idle_connections_are_dropped_after_the_timeout_and_probes_still_answer(
 
 def test_past_the_bound_the_oldest_connections_are_closed_and_probes_are_answered(tmp_path):
     """With max_connections held by idle clients (and a timeout far away), a new connection closes
-    the oldest one instead of getting no answer: closing the new one (audit 23 re-check N2) let
+    the oldest one instead of getting no answer: closing the new one instead let
     a few idle connections keep every probe out, and the kubelet restart a healthy pod."""
     server = _http_only(tmp_path, http_timeout_s=600, http_max_connections=4)
     threads_before = _connection_threads()

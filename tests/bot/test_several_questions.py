@@ -1,4 +1,4 @@
-"""A message that asks several questions gets a source for each of them (audit 29 F8).
+"""A message that asks several questions gets a source for each of them.
 
 "How do I cache a task? Also, how do I set GPU resources? And can I run a workflow on a
 schedule?" was searched as one query: the GPU question's many matching chunks filled the results
@@ -43,7 +43,7 @@ CORPUS = [
 ]
 THREE = ("How do I request a GPU for my task and set its resources? How do I cache the task outputs? "
          "Can a workflow run on a schedule?")
-AUDIT = "How do I cache a task? Also, how do I set GPU resources? And can I run a workflow on a schedule?"
+CACHE_GPU_SCHEDULE = "How do I cache a task? Also, how do I set GPU resources? And can I run a workflow on a schedule?"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def _top(hits, n: int = 5) -> list[str]:
 
 
 @pytest.mark.parametrize("text, expected", [
-    (AUDIT, ["How do I cache a task?", "Also, how do I set GPU resources?",
+    (CACHE_GPU_SCHEDULE, ["How do I cache a task?", "Also, how do I set GPU resources?",
              "And can I run a workflow on a schedule?"]),
     (THREE, ["How do I request a GPU for my task and set its resources?", "How do I cache the task outputs?",
              "Can a workflow run on a schedule?"]),
@@ -75,7 +75,7 @@ def _top(hits, n: int = 5) -> list[str]:
     ("Which plugin setting gives the Spark history link? How do I get it in the console?", []),
     ("How do I cache a task with a custom hash? Is there a doc page for it?", []),
     ("How does map_task handle failures? Can I require an absolute number of successes instead?", []),
-    # past its first words, "that" and "it" are a question's own (audit 33 F7)
+    # past its first words, "that" and "it" are a question's own, not a pointer back
     ("How do I cache a task? How do I run a launch plan that lives in another project?",
      ["How do I cache a task?", "How do I run a launch plan that lives in another project?"]),
     ("How do I cache a task? When would I use eager workflows instead of @dynamic?",
@@ -132,7 +132,7 @@ def test_offline_the_answer_quotes_a_source_for_each_question(store: str, embedd
     config = Config(index=IndexConfig(store=store), answer=AnswerConfig(max_sources=3))
     searcher = _searcher(store, embedder)
     answerer = Answerer(config, Settings(OPENAI_API_KEY="", OPENAI_BASE_URL=""), lambda: searcher)
-    answer = answerer.answer(AUDIT)
+    answer = answerer.answer(CACHE_GPU_SCHEDULE)
     cited = {c.source_id for c in answer.citations}
     assert answer.mode == "offline"
     assert "docs:caching.md" in cited and "docs:schedules.md" in cited, cited

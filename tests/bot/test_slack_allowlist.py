@@ -1,5 +1,4 @@
-"""`[bot] allowed_channels` by name, found by the outside audit of 2026-12-04 (audit 20, findings 1
-and S1): a misspelt name, or a name lookup Slack refused, left the allow list empty, and an empty
+"""`[bot] allowed_channels` by name: a misspelt name, or a name lookup Slack refused, left the allow list empty, and an empty
 allow list meant "every channel". Now a name that does not resolve, or a lookup that fails, stops
 `flytegpt serve` with one `Error:` line; and the shipped manifest's scopes resolve public and
 private channel names.
@@ -66,7 +65,7 @@ def _refused_at_start(result, tmp_path: Path, emu: SlackEmulator) -> str:
 
 
 def test_a_misspelt_channel_name_stops_serve_with_one_error_line(tmp_path):
-    """Audit 20 #1: `allowed_channels = ["flyte-suport"]` started a bot that answered in every
+    """Before, `allowed_channels = ["flyte-suport"]` started a bot that answered in every
     channel, and logged nothing."""
     with SlackEmulator() as emu:
         _workspace(emu)
@@ -102,7 +101,7 @@ def test_a_misspelt_channel_name_stops_serve_with_one_error_line(tmp_path):
                        f"retries; start again later, {IDS_HINT}"),
 ])
 def test_a_failed_channel_name_lookup_stops_serve_with_one_error_line(tmp_path, case, expected):
-    """Audit 20 #1 and S1: conversations.list answering missing_scope (the shipped manifest had no
+    """Before, conversations.list answering missing_scope (the shipped manifest had no
     groups:read, the lookup asked for private channels too) started a bot that answered in every
     channel, with one warning in its log."""
     with SlackEmulator() as emu:
@@ -145,12 +144,12 @@ def _refused_in_general(harness) -> dict:
 
 
 def test_with_the_shipped_manifests_scopes_public_and_private_names_resolve(make_harness):
-    """S1: with the manifest's scopes, names of public and private channels resolve (over several
+    """With the manifest's scopes, names of public and private channels resolve (over several
     pages) and the bot answers there and nowhere else."""
     harness = make_harness(bot={"allowed_channels": ["#flyte-support", "Flyte-Internal"]},
                            setup=_manifest_workspace(MANIFEST_SCOPES))
     notice = _refused_in_general(harness)
-    # audit 23 L6: the notice goes to anyone, so it names the public channel only
+    # the notice goes to anyone, so it names the public channel only
     assert notice["text"] == messages.only_in_channels(["C0SUPPORT"])
     assert "G0INTERNAL" not in notice["text"] and "internal" not in notice["text"]
     d = harness.emu.mention(CACHE_Q, channel="G0INTERNAL")
@@ -172,7 +171,7 @@ def test_an_app_without_groups_read_still_resolves_public_names(make_harness):
 
 
 def test_with_no_public_channel_known_the_notice_names_none(make_harness):
-    """Audit 23 L6: the "only in these channels" notice reached anyone who mentioned the bot
+    """Before, the "only in these channels" notice reached anyone who mentioned the bot
     elsewhere with links to every allowed channel, private ones included. With a private channel
     by name and a channel id (nothing says it is public), it names none, for a mention and for
     /flytegpt alike."""

@@ -45,8 +45,9 @@ def test_mention_is_answered_in_thread_with_sources(harness, sample):
     section = _blocks(answer, "section")[0]["text"]["text"]
     assert section == "Bump *`cache_version`* in the task decorator to invalidate the cache [1]."
     sources = _blocks(answer, "context")[0]["elements"][0]["text"]
-    # [1] is a link for web URLs; the sample docs live on disk (file://), which Slack can't open
-    assert re.fullmatch(r"\*Sources\*\n\[1\] (<https?://[^|>]+\|[^>]+>|[^<>\n]+)", sources), sources
+    # [1] is a link for web URLs; the sample docs live on disk (file://), which Slack can't open; a
+    # Slack thread says the day it was started (tests/bot/test_slack_source_dates.py)
+    assert re.fullmatch(r"\*Sources\*\n\[1\] (<https?://[^|>]+\|[^>]+>|[^<>\n]+)( \(\d{4}-\d\d-\d\d\))?", sources), sources
     buttons = _blocks(answer, "actions")[0]["elements"]
     assert {b["action_id"] for b in buttons} == {blocks.ACTION_FEEDBACK_UP, blocks.ACTION_FEEDBACK_DOWN}
     # the model saw the retrieved sources
@@ -60,7 +61,7 @@ def test_mention_is_answered_in_thread_with_sources(harness, sample):
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_an_answer_citing_nothing_lists_the_sources_it_was_given_and_is_a_knowledge_gap(make_harness, streaming):
-    """Audit 21 M2: "I don't know: the sources do not cover this." went out with no sources and
+    """Before, "I don't know: the sources do not cover this." went out with no sources and
     was logged as answered, so the maintainers' knowledge-gap report never listed it."""
     harness = make_harness(bot={"streaming": streaming})
     emu = harness.emu
@@ -121,7 +122,7 @@ def test_thread_reply_where_bot_did_not_answer_is_ignored(harness):
 @pytest.mark.parametrize("reply", ["<@U0OTHER> we hit the same thing last week, ping me if it still fails",
                                    "thanks, that worked!", "ok", ":pray:", "<!here> heads up: cache bug above"])
 def test_a_thread_reply_for_someone_else_or_a_thank_you_is_not_answered(harness, reply):
-    """Audit 21 M1: once the bot had answered in a thread it answered everything there, another
+    """Before, once the bot had answered in a thread it answered everything there, another
     user's remark to a colleague and the asker's "thanks, that worked!" included."""
     emu = harness.emu
     first = emu.mention(CACHE_Q)
@@ -166,7 +167,7 @@ def test_a_thank_you_in_a_direct_message_is_not_answered(harness):
 
 
 def test_a_follow_up_at_the_top_of_a_dm_is_understood_with_the_question_before_it(harness):
-    """Audit 21 L6: DM answers posted whole sit at the DM's top level, and so do the asker's next
+    """DM answers posted whole sit at the DM's top level, and so do the asker's next
     messages; "and for map tasks?" there was answered without the question it continues, while a
     new question is still answered on its own."""
     emu = harness.emu
@@ -404,7 +405,7 @@ def test_channel_allowlist(make_harness):
     emu.add_channel("C0ALLOWED1", "flyte-help")
     emu.mention(CACHE_Q)  # in #general: not allowed
     emu.wait_for(lambda: emu.ephemerals)
-    # an id given as it is may be a private channel: not named to whoever mentions the bot (audit 23 L6)
+    # an id given as it is may be a private channel: not named to whoever mentions the bot
     assert emu.ephemerals[0]["text"] == messages.ONLY_IN_SOME_CHANNELS
     d = emu.mention(CACHE_Q, channel="C0ALLOWED1")
     harness.wait_answers(thread_ts=d.ts)

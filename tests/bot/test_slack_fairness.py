@@ -1,4 +1,4 @@
-"""One user's share of the answer pool: the outside audit of 2026-12 (audit 23, F8).
+"""One user's share of the answer pool.
 
 `[bot] user_rate_limit` counts questions a minute, but one user could have all 10 in flight at
 once, and the answer pool is one FIFO queue for everyone: a burst from one account was answered
@@ -38,7 +38,7 @@ def _in_flight(harness, user: str) -> int:
 
 
 def test_one_user_cannot_queue_more_than_user_in_flight_questions(make_harness):
-    """F8: 5 questions at once from one user (within the rate limit); a slow model, one worker."""
+    """5 questions at once from one user (within the rate limit); a slow model, one worker."""
     harness = make_harness(bot={"workers": 1, "queue_size": 32, "user_in_flight": 2, "user_rate_limit": 4})
     emu, gate = harness.emu, threading.Event()
     harness.llm.reply = held_reply(gate)

@@ -1,4 +1,4 @@
-"""Hostile input found by the outside audit of 2026-12-04 (audit 18), end to end: the real Bolt app
+"""Hostile input, end to end: the real Bolt app
 over Socket Mode against the Slack emulator, real answering over the sample index.
 
 Each test sends what a user (or something that is not Slack) can send and checks what the user
@@ -47,7 +47,7 @@ def _metric(counter, *labels: str) -> float:
 
 
 def test_a_question_is_logged_without_control_characters_and_a_rejected_one_cut(make_harness, tmp_path):
-    """A5: the question log (and `flytegpt feedback questions`) kept NUL, ESC, BEL and U+202E as typed,
+    """Before, the question log (and `flytegpt feedback questions`) kept NUL, ESC, BEL and U+202E as typed,
     and a question turned down as too long was stored whole (45 KB a row)."""
     from flytegpt.bot.slack.feedback import export_confirmed
 
@@ -74,8 +74,8 @@ def test_a_question_is_logged_without_control_characters_and_a_rejected_one_cut(
 
 
 def test_a_question_of_invisible_characters_is_the_empty_question(make_harness):
-    """A6: zero-width spaces and joiners were searched (👀, "I couldn't find this ...") and logged as a
-    knowledge gap (not_found); now it is told what an empty mention is told: the usage (audit 29 F5)."""
+    """Before, zero-width spaces and joiners were searched (👀, "I couldn't find this ...") and logged as a
+    knowledge gap (not_found); now it is told what an empty mention is told: the usage."""
     harness = make_harness()
     emu = harness.emu
     d = emu.mention(INVISIBLE)
@@ -91,7 +91,7 @@ def test_a_question_of_invisible_characters_is_the_empty_question(make_harness):
 
 
 def test_the_slash_command_with_only_the_bots_mention_gets_the_usage(make_harness):
-    """A7: `/flytegpt @FlyteGPT` was searched as the question "@someone" (the bot's own mention was
+    """Before, `/flytegpt @FlyteGPT` was searched as the question "@someone" (the bot's own mention was
     stripped from events only); a mention before a question is dropped as in a channel."""
     harness = make_harness()
     emu = harness.emu
@@ -108,7 +108,7 @@ def test_the_slash_command_with_only_the_bots_mention_gets_the_usage(make_harnes
 
 
 def test_an_event_whose_ts_is_no_slack_timestamp_is_ignored_and_counted(make_harness):
-    """A8: `ts: "abc"`, `"1e30"` and `thread_ts: "nope"` were answered, posting to thread_ts="abc"."""
+    """Before, `ts: "abc"`, `"1e30"` and `thread_ts: "nope"` were answered, posting to thread_ts="abc"."""
     harness = make_harness()
     emu = harness.emu
     bot = emu.bot_user_id
@@ -127,14 +127,14 @@ def test_an_event_whose_ts_is_no_slack_timestamp_is_ignored_and_counted(make_har
 
 
 def test_questions_turned_down_at_once_do_not_use_up_the_rate_limit(make_harness):
-    """A9: an empty mention, a too-long one and one of zero-width characters each used one of the
+    """Before, an empty mention, a too-long one and one of zero-width characters each used one of the
     user's questions a minute, so their real questions after them were refused. (Four turn-downs: as
     many as their own count allows, see test_turn_down_replies_to_one_user_are_rate_limited_...)"""
     # the turn-downs are sent at once: as many in flight as there are (user_in_flight is not tested here)
     harness = make_harness(bot={"user_rate_limit": 4, "user_in_flight": 4}, answer={"max_question_chars": 200})
     emu = harness.emu
     turned_down = [emu.mention(""), emu.mention("why " * 100), emu.mention(INVISIBLE)]
-    for d in turned_down:  # the usage for the empty ones (audit 29 F5), the length limit for the long one
+    for d in turned_down:  # the usage for the empty ones, the length limit for the long one
         [reply] = harness.wait_answers(thread_ts=d.ts)
         assert "/flytegpt" in reply["text"] or reply["text"] == messages.TOO_LONG_QUESTION.format(length=399, limit=200)
     cmd = emu.slash_command("why " * 100)
@@ -149,7 +149,7 @@ def test_questions_turned_down_at_once_do_not_use_up_the_rate_limit(make_harness
 
 
 def test_a_busy_refusal_does_not_use_up_the_rate_limit(make_harness):
-    """B4: a question refused because the answer pool was full still counted against its asker."""
+    """Before, a question refused because the answer pool was full still counted against its asker."""
     harness = make_harness(bot={"workers": 1, "queue_size": 1, "user_rate_limit": 2})
     gate = threading.Event()
     harness.llm.script(*[Reply(lambda body: (gate.wait(20), ANSWER)[1]) for _ in range(2)])
@@ -173,7 +173,7 @@ def test_a_busy_refusal_does_not_use_up_the_rate_limit(make_harness):
 
 
 def test_a_feedback_db_that_is_a_directory_is_refused_at_start(tmp_path):
-    """A11: `[bot] feedback_db = "/tmp"` started a bot whose every 👍/👎 failed ("try again later"),
+    """Before, `[bot] feedback_db = "/tmp"` started a bot whose every 👍/👎 failed ("try again later"),
     and wrote its de-dup file beside the directory: `/tmp.seen-events.sqlite3` at the root."""
     from flytegpt.bot.answering import Answerer
     from flytegpt.bot.cli_serve import serve_cmd
@@ -205,7 +205,7 @@ def test_a_feedback_db_that_is_a_directory_is_refused_at_start(tmp_path):
 
 @pytest.mark.parametrize("value", ["sideways:abc", "up:", "down", ""])
 def test_a_feedback_click_with_a_value_the_bot_never_sent_is_told_so(make_harness, value):
-    """A13: a streamed answer's feedback_buttons click whose value is not "up:<id>"/"down:<id>" got no
+    """Before, a streamed answer's feedback_buttons click whose value is not "up:<id>"/"down:<id>" got no
     reply at all (the other tampered values are told the answer is unknown)."""
     harness = make_harness()
     emu = harness.emu
@@ -215,7 +215,7 @@ def test_a_feedback_click_with_a_value_the_bot_never_sent_is_told_so(make_harnes
 
 
 def test_envelopes_not_from_slack_are_acked_and_ignored_without_a_traceback(make_harness, caplog):
-    """A13: an `event_id` that is a list raised `TypeError: unhashable type` in the de-dup, and an
+    """Before, an `event_id` that is a list raised `TypeError: unhashable type` in the de-dup, and an
     `event` that is a string a traceback in Bolt's authorization middleware."""
     harness = make_harness()
     emu = harness.emu
@@ -237,7 +237,7 @@ def test_envelopes_not_from_slack_are_acked_and_ignored_without_a_traceback(make
 
 
 def test_only_the_asker_may_share_a_slash_command_answer(make_harness):
-    """B2: "Share in channel" posted any stored answer to the clicker's channel, whoever clicked;
+    """Before, "Share in channel" posted any stored answer to the clicker's channel, whoever clicked;
     another user with the answer's id could put someone's private (or DM) answer in a channel."""
     harness = make_harness()
     emu = harness.emu
@@ -260,7 +260,7 @@ def test_only_the_asker_may_share_a_slash_command_answer(make_harness):
 
 
 def test_channel_chatter_is_not_written_to_the_seen_events_file(make_harness):
-    """B3: every message in the bot's channels (joins, edits, other bots, talk without a mention)
+    """Before, every message in the bot's channels (joins, edits, other bots, talk without a mention)
     cost an INSERT and a commit in the seen-events file on Bolt's listener thread; now only events
     the bot may answer are recorded, and the twin and the retry of a question still are caught."""
     harness = make_harness()
@@ -291,8 +291,8 @@ def test_channel_chatter_is_not_written_to_the_seen_events_file(make_harness):
 
 
 def test_a_retried_malformed_event_is_counted_once(make_harness, caplog):
-    """Leftover of A8/A13: the filters run before de-duplication (so chatter costs no seen-events write),
-    and each Slack retry of a malformed event (same event_id, a new envelope, retry_attempt 1) was
+    """The filters run before de-duplication (so chatter costs no seen-events write); before,
+    each Slack retry of a malformed event (same event_id, a new envelope, retry_attempt 1) was
     counted and logged again: the operator's flytegpt_malformed_events_total doubled."""
     harness = make_harness()
     emu = harness.emu
@@ -324,7 +324,7 @@ def test_a_retried_malformed_event_is_counted_once(make_harness, caplog):
 
 
 def test_turn_down_replies_to_one_user_are_rate_limited_without_costing_real_questions(make_harness):
-    """Leftover of A9: questions turned down at once cost no rate-limit slot, so one user could make the
+    """Before, questions turned down at once cost no rate-limit slot, so one user could make the
     bot post "empty"/"too long" replies in the channel without end (one chat.postMessage each). They now
     have their own count of `[bot] user_rate_limit` a minute: past it the user gets the rate-limit notice
     (only they see it), the question is logged as rate_limited, and their real questions are untouched."""
@@ -336,7 +336,7 @@ def test_turn_down_replies_to_one_user_are_rate_limited_without_costing_real_que
     harness.idle()
     replied = [d for d in spam if harness.answers(thread_ts=d.ts)]
     assert len(replied) == 2  # two turn-down replies in the channel, no more
-    for d in replied:  # the usage for an empty mention (audit 29 F5), the length limit for the long one
+    for d in replied:  # the usage for an empty mention, the length limit for the long one
         [reply] = harness.answers(thread_ts=d.ts)
         assert "/flytegpt" in reply["text"] or reply["text"] == messages.TOO_LONG_QUESTION.format(length=399, limit=200)
     assert {(e["user"], e["text"][:40]) for e in emu.ephemerals} == {("U0SPAM", messages.rate_limited(1)[:40])}

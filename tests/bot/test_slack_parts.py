@@ -262,7 +262,7 @@ def _dm_exchange(emu: SlackEmulator, *, streamed: bool, at: float) -> tuple[str,
 
 @pytest.mark.parametrize("streamed", [True, False])
 def test_a_follow_up_at_the_top_of_a_dm_is_read_with_the_exchange_before_it(streamed):
-    """Audit 21 L6: a DM's top level is no thread, so "and for map tasks?" written there was
+    """A DM's top level is no thread, so "and for map tasks?" written there used to be
     answered as if nothing had been asked before."""
     with SlackEmulator() as emu:
         emu.add_channel("D0DM", "dm", is_im=True)
@@ -379,7 +379,7 @@ def test_web_client_retries_slack_server_trouble_then_gives_up(monkeypatch):
     (200, "fatal_error", False), (0, "", False),  # "possibly succeeded": the message may be there
     (200, "service_unavailable", True), (200, "request_timeout", True), (429, "ratelimited", True)])
 def test_web_client_does_not_retry_a_post_slack_may_have_made(monkeypatch, status, error, retried):
-    """Audit 26 F2: chat.postMessage and chat.startStream are not retried blindly after an outcome
+    """chat.postMessage and chat.startStream are not retried blindly after an outcome
     Slack documents as possibly done; each retry was one more copy of the answer in the thread.
     Slack's "not done" answers and 429 are still retried; reads and idempotent writes keep theirs."""
     from slack_sdk.errors import SlackApiError
@@ -433,7 +433,7 @@ def test_deduper_without_a_usable_file_uses_memory(tmp_path):
 
 
 def test_the_threads_the_bot_answered_in_are_kept_across_restarts_and_bounded(tmp_path, monkeypatch):
-    """Audit 23 F4: which threads are the bot's is read from its own record, not from Slack."""
+    """Which threads are the bot's is read from its own record, not from Slack."""
     from flytegpt.bot.slack import dedupe
 
     path = str(tmp_path / "fb.seen-events.sqlite3")

@@ -218,7 +218,7 @@ def test_usage_text_is_bold_not_italic():
 
 
 def test_an_indexed_passages_control_characters_and_bidi_overrides_are_not_shown():
-    """Audit 23 L9: a Slack thread whose first line is "run \\u202etxt.exe\\u202c installer" showed
+    """Before, a Slack thread whose first line is "run \\u202etxt.exe\\u202c installer" showed
     as "run exe.txt installer" in an offline quote and its source title; a BEL or an OSC too."""
     hostile = "run \u202etxt.exe\u202c \x1b]0;PWNED\x07 installer"
     answer = Answer("q", "q", f"> {hostile} [1]", [Citation(1, hostile, "https://x.org/t", "slack:t")],

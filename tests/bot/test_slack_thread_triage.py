@@ -1,4 +1,4 @@
-"""Audit 23 F4: people talking to each other in a thread cost the bot nothing but a look at its own record.
+"""People talking to each other in a thread cost the bot nothing but a look at its own record.
 
 The real Bolt app over Socket Mode against the Slack emulator ([bot] thread_followups on, the
 default). A thread reply without a mention is a follow-up only in a thread the bot answered in;

@@ -3,7 +3,7 @@ and nobody asking right then waits: the real bot over the real slack_sdk client 
 emulator on 127.0.0.1.
 
 slack_sdk's websocket-client client as it is left the app without any connection for ~10.5 s after
-about one refresh in three (soak audit F2); bot/slack/client.py opens the new connection, waits for
+about one refresh in three in a soak test; bot/slack/client.py opens the new connection, waits for
 Slack's hello on it, and only then closes the old one.
 """
 

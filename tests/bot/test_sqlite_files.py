@@ -1,5 +1,5 @@
 """The bot's SQLite files never memory-map: a full disk is an error the bot survives, not SIGBUS; and they
-can give space back (audit 25 F7) without losing their private modes."""
+can give space back without losing their private modes."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_a_full_database_is_an_error_not_a_crash(tmp_path: Path) -> None:
         store.close()
 
 
-# ---- space (audit 25 F7) ----------------------------------------------------------------------------
+# ---- space ---------------------------------------------------------------------------------------------
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)

@@ -474,7 +474,7 @@ def test_a_stream_of_two_messages_that_breaks_becomes_one_answer(bot):
     each streamed message updated in place, and what the rendering holds beyond them posted
     after them (an ordinary message keeps its blocks to 10,000 characters of text, Slack's
     `msg_blocks_too_long`, a streamed one holds 12,000 of Markdown), never a second answer.
-    (Before audit 26 one ordinary message took it all and the second streamed one was deleted.)"""
+    (Before, one ordinary message took it all and the second streamed one was deleted.)"""
     emu = bot.emu
     para = "Flyte caches a task's outputs when `cache=True` and the `cache_version` is unchanged [1]. " * 12
     text = "\n\n".join([para.strip()] * 17)

@@ -1,5 +1,5 @@
 """What the workflow's `plan` task reads on a CPU: the store's embedding cache, one shard at a time
-(EmbeddingCache.gather), to send only the chunks without a vector to the GPU (audit 24 F9)."""
+(EmbeddingCache.gather), to send only the chunks without a vector to the GPU."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def _keys(n: int, salt: str = "") -> list[str]:
 
 
 def test_shards_are_cut_by_content_so_one_new_text_changes_one_shard() -> None:
-    """Audit 24 F9: consecutive slices of the chunk table moved every cut after an inserted page, so
+    """When shards were consecutive slices of the chunk table, an inserted page moved every later cut, so
     every later shard's GPU task missed Flyte's cache. Cut by content, a new key changes the shard it
     falls in (or splits one, when it is itself a cut), and every other shard keeps its exact keys."""
     keys = _keys(400)

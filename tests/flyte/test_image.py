@@ -209,7 +209,7 @@ def test_the_image_copies_tracked_files_only(context: Path) -> None:
 
 
 def test_the_checkout_is_copied_only_when_an_image_tag_is_needed_and_removed_after(tmp_path: Path) -> None:
-    """Audit 24 N2: every `import flytegpt.flyte...` (each local run, each test) copied the tracked
+    """Before, every `import flytegpt.flyte...` (each local run, each test) copied the tracked
     files to a temp folder, and a killed process left it behind. Importing the workflows copies
     nothing; the tag (what `pyflyte package` and the image build compute) copies once per process,
     gives the same tag from another process and another working directory, and is removed at exit."""

@@ -5,7 +5,7 @@
   task cache but re-embeds only its own chunks (the store's embedding cache).
 - Only what the store's embedding cache lacks goes to the GPU embed step, in shards cut by content:
   a page added at the front of the docs is one GPU task of its own chunks, a night with nothing
-  new to embed starts none (audit 24 F9).
+  new to embed starts none.
 - A run whose build fails half-way (the disk fills up while the version is written) leaves
   LATEST on the previous, complete version.
 """
@@ -41,7 +41,7 @@ def pyflyte_run(config: Path, store: Path, home: Path, *args: str) -> tuple[str,
     """(the workflow's output, the full log) of `python -m flytegpt.flyte ingest_wf ...`.
 
     Its temporary files go to `home`/tmp, which must then hold no copy of the checkout: a local
-    run never builds the task image, so it never stages its source (audit 24 N2)."""
+    run never builds the task image, so it never stages its source."""
     tmp = home / "tmp"
     tmp.mkdir(exist_ok=True)
     env = {
@@ -111,7 +111,7 @@ def test_local_run_publishes_then_caches_then_reembeds_only_changes(tmp_path: Pa
 
 
 def test_only_uncached_chunks_go_to_the_gpu_in_shards_cut_by_content(tmp_path: Path) -> None:
-    """Audit 24 F9, its scenario: a small fan-out, a run, the same run again, one small page added at
+    """A small fan-out, a run, the same run again, one small page added at
     the front of the docs, a run. Shards were consecutive slices of the chunk table, so the page
     shifted every later shard and every shard's GPU task ran again (5 of 5, 4 embedding nothing
     new). Now a CPU step looks the chunks up in the store's embedding cache, and only what it

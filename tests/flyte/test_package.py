@@ -172,7 +172,7 @@ def test_publish_runs_after_build(specs: dict) -> None:
 
 def test_only_the_planned_shards_go_to_the_gpu_and_none_when_all_are_cached(specs: dict) -> None:
     """plan (CPU) -> a conditional: the GPU map task over the shards of what is not embedded yet, or
-    a CPU no-op when that is nothing -> merge (audit 24 F9)."""
+    a CPU no-op when that is nothing -> merge, so a night with nothing new starts no GPU task."""
     wf = specs["workflow"]["flytegpt.flyte.ingest_wf.ingest_wf"].template
     node_of = {n.task_node.reference_id.name.rsplit(".", 1)[1]: n for n in wf.nodes if n.HasField("task_node")}
     branches = {n.metadata.name: n for n in wf.nodes if n.HasField("branch_node")}

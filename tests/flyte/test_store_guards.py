@@ -36,7 +36,8 @@ def test_the_schedules_placeholder_store_is_refused_naming_the_variable(local: N
 
 
 def test_a_run_into_a_missing_bucket_stops_before_reading_and_creates_no_bucket(local: None, tmp_path: Path) -> None:
-    """The audit's run created `my-flytegpt-bucket` and wrote the corpus there; now the store is
+    """A run with the example store (`my-flytegpt-bucket`, which anyone may own) created that bucket
+    and wrote the corpus there; now the store is
     checked as `flytegpt ingest` checks it, before any source is read, without making a bucket."""
     import boto3
 
@@ -109,7 +110,7 @@ def test_a_run_superseded_by_an_overlapping_one_succeeds_with_latest(local: None
 
 
 def test_a_run_whose_source_gave_nothing_fails_and_leaves_the_good_index(local: None, tmp_path: Path) -> None:
-    """Audit 24 F1: a source reachable but empty (an include that stopped matching) published a
+    """A source reachable but empty (an include that stopped matching) published a
     smaller index and the run went green; [index] max_shrink = 1 lets it through on purpose."""
     import shutil
 

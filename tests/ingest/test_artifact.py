@@ -159,7 +159,7 @@ def test_slack_message_links_travel_beside_the_chunk_table_so_older_readers_stil
     """A Slack chunk's per-message links (offline quotes link the reply they quote) are kept in
     message-urls.json.gz, not in chunks.jsonl.gz's rows: a reader that predates them builds
     Chunk(**row) from the fields it knows, so a row with a new key would make a bot rolled back
-    to an older release refuse every new index (audit 30 F3)."""
+    to an older release refuse every new index."""
     import dataclasses
     import gzip
 
@@ -358,7 +358,7 @@ def test_a_damaged_latest_of_the_same_content_is_replaced_by_a_new_version(tmp_p
     assert open_version(store).version == repaired  # every file verifies
 
 
-# ---- audit 24 F1: a source that broke quietly does not replace a good index ---------------------
+# ---- a source that broke quietly does not replace a good index ---------------------------------
 
 def _version_of(store: str, counts: dict[str, int], seed: int, configured: tuple[str, ...] = ()) -> str:
     """A version whose chunks come from sources named like `counts` (source id "<name>:<i>"), with
@@ -412,7 +412,7 @@ def test_a_source_taken_out_of_the_config_or_a_small_one_shrinking_is_no_loss(tm
     assert read_latest(store) == fewer_sources
 
 
-# ---- audit 24 F1 re-check: one channel or folder lost inside a source that still gives chunks ----
+# ---- one channel or folder lost inside a source that still gives chunks -------------------------
 
 def _part_version(store: str, parts: dict[str, int], seed: int, *, source: str = "community",
                   kind: str = "slack") -> str:
@@ -528,7 +528,7 @@ def test_manifests_without_channel_and_folder_counts_still_load_and_publish(tmp_
 @pytest.mark.parametrize("claim", ["floats", "vectors"])
 def test_a_flat_index_file_that_claims_more_than_it_holds_is_refused_before_faiss_reads_it(
         tmp_path: Path, claim: str) -> None:
-    """Audit 23 F6: a 109-byte dense.faiss (85 here) saying it holds 2^30 floats, with checksums to match
+    """Before, a 109-byte dense.faiss (85 here) saying it holds 2^30 floats, with checksums to match
     (they are the store's own), made FAISS allocate 4 GiB: an OOM-killed bot, again at restart."""
     import hashlib
     import resource
@@ -552,7 +552,7 @@ def test_a_flat_index_file_that_claims_more_than_it_holds_is_refused_before_fais
 
 
 def test_a_build_killed_before_its_manifest_is_pruned_once_it_is_old(tmp_path: Path) -> None:
-    """Audit 24 F8: the manifest is written last; a folder without one was never listed, never pruned."""
+    """The manifest is written last; a folder without one was never listed, and so never pruned."""
     store = str(tmp_path)
     build(store, seed=1)
     old = "20200101T000000Z-0badf00d"

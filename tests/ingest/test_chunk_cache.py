@@ -91,8 +91,8 @@ def test_new_chunking_code_starts_afresh(corpus, monkeypatch: pytest.MonkeyPatch
 
 
 def test_two_releases_ingesting_into_one_store_keep_each_others_cache(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Audit 30 F5: during an upgrade the old nightly and a new manual ingest share the store;
-    each deleted the other's file, so every run chunked the whole corpus again."""
+    """During an upgrade the old nightly and a new manual ingest share the store; each used to
+    delete the other's file, so every run chunked the whole corpus again."""
     config, _ = corpus
     collect_chunks(config, progress=False)  # the new release
     release = chunk_cache.chunking_version

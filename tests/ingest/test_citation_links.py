@@ -1,9 +1,9 @@
-"""Audit 27: where a citation's link goes, and what its title says.
+"""Where a citation's link goes, and what its title says.
 
-F3: code links named a branch (`blob/master`) while their line ranges came from the installed
-package; `{version}` pins them to the copy read. F4: a Slack citation opened the thread's first
+Before, code links named a branch (`blob/master`) while their line ranges came from the installed
+package; `{version}` pins them to the copy read. A Slack citation opened the thread's first
 message, also when the text cited is a later part of a long thread or when the parent is gone.
-F6: docs citations titled "Page > Section" opened the page's top. F8: a README whose heading
+Docs citations titled "Page > Section" opened the page's top. A README whose heading
 is HTML was titled "README"; a chunk of many small functions was titled after its first few.
 Asserted on the chunks a citation is made of (title and URL), on the dry run's notes, and, end
 to end, on the citations of an answer as the Slack bot lists them.
@@ -37,7 +37,7 @@ def write_config(folder: Path, body: str) -> Path:
     return path
 
 
-# --- F3: {version} -------------------------------------------------------------------------
+# --- {version} -----------------------------------------------------------------------------
 
 def test_a_package_source_links_the_installed_version_at_the_lines_read(tmp_path):
     config = load_config(write_config(tmp_path, """
@@ -158,7 +158,7 @@ def test_the_sample_config_shows_a_pinned_code_source():
     assert not re.search(r'url = ".*/blob/(master|main)/', text)
 
 
-# --- F4: Slack links -----------------------------------------------------------------------
+# --- Slack links ---------------------------------------------------------------------------
 
 ROOT = "1700000000.000100"
 
@@ -220,7 +220,7 @@ def test_a_thread_without_its_question_links_its_first_reply_and_says_so_in_its_
     assert chunk.title == "#help thread, 2023-11-14: Try the platypus flag: set platypus_mode=strict in the config."
 
 
-# --- F6: anchors -----------------------------------------------------------------------------
+# --- anchors ---------------------------------------------------------------------------------
 
 def _para(topic: str) -> str:
     return " ".join([f"This paragraph explains {topic} in enough words to stand as a chunk of its own."] * 12)
@@ -294,7 +294,7 @@ def test_no_anchor_where_the_renderer_is_not_known(tmp_path, name, url):
     assert not any("#" in c.url for c in chunks)
 
 
-# --- F8: titles ------------------------------------------------------------------------------
+# --- titles ----------------------------------------------------------------------------------
 
 def test_a_readme_headed_in_html_is_titled_by_its_h1(tmp_path):
     readme = ('<html>\n    <p align="center">\n        <img src="logo.png" alt="Flyte Logo">\n    </p>\n'
@@ -307,7 +307,7 @@ def test_a_readme_headed_in_html_is_titled_by_its_h1(tmp_path):
 
 
 def test_a_heading_with_a_link_is_titled_by_the_links_label(tmp_path):
-    """Audit 29 F10: a citation read "Abide by the LF's Code of Conduct <https://...>__"."""
+    """Before, a citation read "Abide by the LF's Code of Conduct <https://...>__"."""
     rst = ("Community\n=========\n\n" + _para("the community") + "\n\n"
            "Abide by the `LF's Code of Conduct <https://lfprojects.org/policies/code-of-conduct/>`__\n"
            "-------------------------------------------------------------------------------------\n\n"

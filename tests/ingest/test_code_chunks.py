@@ -16,7 +16,7 @@ def _passages(text: str) -> list[str]:
 
 
 def test_a_header_of_imports_alone_is_no_passage():
-    """Audit 22 L4: a tenth of a package's chunks were its modules' import lines, served and
+    """Before, a tenth of a package's chunks were its modules' import lines, served and
     quoted as answers ("How do I run the app on AWS Lambda?" quoted 11 import lines)."""
     header = ('"""Lambda adapter."""\nimport logging\nfrom typing import TYPE_CHECKING\n\n'
               "try:\n    import boto3\nexcept ImportError:\n    boto3 = None\n"
@@ -39,7 +39,7 @@ def test_a_module_of_imports_alone_is_kept():
 
 
 def test_a_span_of_comments_alone_is_no_passage():
-    """Audit 22 re-check N4: "# -------------------------" between definitions was served as an answer."""
+    """Before, "# -------------------------" between definitions was served as an answer."""
     big = "def first(event):\n" + "".join(f"    step_{i} = event.get('key_{i}')\n" for i in range(90))
     rule = "# " + "-" * 60 + "\n# helpers below\n# " + "-" * 60 + "\n"
     last = "def last():\n" + "".join(f"    v{i} = {i}\n" for i in range(60))

@@ -1,4 +1,4 @@
-"""Audit 22 L6, M5, H1: a [[sources]] key its kind never reads, and a docs/code `url` that is no
+"""A [[sources]] key its kind never reads, and a docs/code `url` that is no
 http(s) URL, are errors naming the key; the [project] table and `[bot] command` are checked and
 defaulted as the README says. Everything through load_config, as a user's file is read."""
 
@@ -34,7 +34,7 @@ def error(path) -> str:
     return str(err.value)
 
 
-def test_the_audits_irrelevant_keys_on_a_docs_source_are_each_named(tmp_path):
+def test_irrelevant_keys_on_a_docs_source_are_each_named(tmp_path):
     """bad/irrelevant.toml: a docs source with channels, workspace_url, repo and skip_tests = false
     had a clean dry run; now each key is named with the kinds that read it."""
     message = error(source(tmp_path, DOCS, 'channels = ["general"]\nworkspace_url = "https://x.slack.com"\n'
@@ -91,7 +91,7 @@ def test_every_key_a_kind_reads_is_accepted(tmp_path, kind, extra):
 
 
 @pytest.mark.parametrize(("kind", "url"), [
-    (DOCS, "docs/{path}"),            # the audit's: every citation would be a bare label
+    (DOCS, "docs/{path}"),            # a relative path: every citation would be a bare label
     (DOCS, "file:///srv/docs/{path}"),
     (DOCS, "{path}"),
     (DOCS, "https:///{path}"),

@@ -1,4 +1,4 @@
-"""Docs sites other than Flyte's (audit 22: a Docusaurus site adopting FlyteGPT): front-matter
+"""Docs sites other than Flyte's (such as a Docusaurus site adopting FlyteGPT): front-matter
 titles, MDX/JSX and admonitions, .mdx pages, what is not read and why, dependency and build
 folders, split code blocks, byte-order marks, front-matter-only pages and non-prose .txt files.
 
@@ -76,7 +76,7 @@ def website(tmp_path: Path) -> Path:
     return root
 
 
-# --- M1: front matter titles ---------------------------------------------------------------
+# --- front matter titles -------------------------------------------------------------------
 
 
 def test_front_matter_title_names_a_page_without_an_h1_and_its_chunks():
@@ -116,7 +116,7 @@ def test_myst_front_matter_without_a_title_keeps_the_first_heading(tmp_path: Pat
     assert "kernelspec" not in text and "python3" not in text and "There are many ways" in text
 
 
-# --- M2: MDX, JSX and admonitions -------------------------------------------------------
+# --- MDX, JSX and admonitions -----------------------------------------------------------
 
 
 def test_mdx_imports_jsx_tags_and_comments_are_not_in_the_indexed_text():
@@ -186,7 +186,7 @@ def test_generic_types_and_placeholders_in_prose_stay():
     assert "Promise<Response>" in text and "<project>" in text and "<YOUR_TOKEN>" in text
 
 
-# --- M3: .mdx pages, files that are not read ------------------------------------------------
+# --- .mdx pages, files that are not read ----------------------------------------------------
 
 
 def test_mdx_pages_are_read_as_markdown():
@@ -211,7 +211,7 @@ def test_no_documents_names_the_types_it_found(tmp_path: Path):
     assert "check its path" not in out
 
 
-# --- M6: dependency and build folders ----------------------------------------------------
+# --- dependency and build folders --------------------------------------------------------
 
 
 def test_dependency_and_build_folders_are_left_out_and_counted(website: Path, tmp_path: Path):
@@ -219,7 +219,7 @@ def test_dependency_and_build_folders_are_left_out_and_counted(website: Path, tm
     assert not [d for d in docs if d.split("/")[0] in ("node_modules", "build", "_build", "_templates")]
     assert "guides/build-a-widget.md" in docs  # "build" in a file name is no build folder
     assert report.left_out == 5 + 3  # the five above, and requirements, constraints and robots.txt
-    # and which default says so (audit 22 re-check N5: "left out by rules: 8" named no rule)
+    # and which default says so (a bare "left out by rules: 8" named no rule)
     note = dict(report.notes)["8 files left out by default"]
     assert "2 in non-prose .txt files" in note and "2 in node_modules/" in note and "1 in build/" in note
     result, out = _dry_run(tmp_path, f'[[sources]]\nname = "w"\nkind = "docs"\npath = "{website}"\n')
@@ -248,7 +248,7 @@ def test_a_folder_of_only_dependencies_says_so(tmp_path: Path):
     assert "no documents: its 1 file is in folders a docs source leaves out (node_modules" in out
 
 
-# --- L1: long code blocks ------------------------------------------------------------------
+# --- long code blocks ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fence", ["```", "~~~~"])
@@ -278,7 +278,7 @@ def test_a_long_rst_code_block_repeats_its_directive():
         assert all(ln.startswith("   key_") for ln in c.text.split("\n") if "key_" in ln)  # indentation kept
 
 
-# --- L2: byte-order mark ----------------------------------------------------------------
+# --- byte-order mark --------------------------------------------------------------------
 
 
 def test_a_byte_order_mark_is_not_part_of_the_page():
@@ -290,7 +290,7 @@ def test_a_byte_order_mark_is_not_part_of_the_page():
     assert all("\ufeff" not in c.text for c in chunk_document(page))
 
 
-# --- L3: pages of only front matter ------------------------------------------------------
+# --- pages of only front matter ----------------------------------------------------------
 
 
 def test_a_page_of_only_front_matter_is_skipped_with_a_reason():
@@ -307,7 +307,7 @@ def test_a_page_of_only_front_matter_with_a_description_is_its_description():
     assert all("---" not in c.text and "description:" not in c.text for c in chunk_document(docs["described.md"]))
 
 
-# --- L5: .txt files that are not prose ------------------------------------------------------
+# --- .txt files that are not prose ----------------------------------------------------------
 
 
 def test_txt_files_that_are_not_prose_are_not_pages_but_prose_txt_is():

@@ -1,4 +1,4 @@
-"""Audit 22 M4: a docs source's citations can point at the published docs site, not only at the
+"""A docs source's citations can point at the published docs site, not only at the
 Markdown file on GitHub: {path_noext} (the path without its extension) and {page} (that, with
 an index or README page at its folder's address), beside {path} as before."""
 
@@ -65,7 +65,7 @@ def test_page_follows_a_front_matter_slug_or_id(tmp_path):
 
 
 def test_a_page_named_like_its_folder_is_the_folders_page(tmp_path):
-    """Audit 22 re-check N1: Docusaurus serves `tutorial/ai-chatbot/ai-chatbot.md` at `tutorial/ai-chatbot`."""
+    """Docusaurus serves `tutorial/ai-chatbot/ai-chatbot.md` at `tutorial/ai-chatbot`."""
     PAGES["tutorial/ai-chatbot/ai-chatbot.md"] = "# AI chatbot\n\nBuild one.\n"
     try:
         got = urls(tmp_path, "https://docs.example.org/{page}")
@@ -100,7 +100,7 @@ def test_path_is_unchanged(tmp_path):
 @pytest.mark.parametrize(("kind", "placeholder"), [
     ('kind = "code"\npath = "code"', "{page}"),
     ('kind = "code"\npath = "code"', "{path_noext}"),
-    ('kind = "docs"\npath = "code"', "{slug}"),  # the audit's try: a front-matter slug is not read
+    ('kind = "docs"\npath = "code"', "{slug}"),  # a natural guess: a front-matter slug is not read
 ])
 def test_the_new_placeholders_are_for_docs_pages_only(tmp_path, kind, placeholder):
     (tmp_path / "code").mkdir()

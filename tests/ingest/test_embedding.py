@@ -427,7 +427,7 @@ def test_added_vectors_are_written_once_and_survive_compaction(
 
 def test_an_ingest_holds_the_vectors_of_its_own_chunks_not_the_whole_cache(tmp_path: Path, embedder: Embedder) -> None:
     """The cache keeps every vector ever made for the model (each night's edited pages and
-    threads); an ingest of one corpus must not hold all of them in memory (audit 24)."""
+    threads); an ingest of one corpus must not hold all of them in memory."""
     import tracemalloc
 
     from flytegpt.ingest.config import Config, IndexConfig

@@ -16,7 +16,7 @@ def _read(tmp_path: Path, name: str, data: bytes) -> tuple[str | None, LoadRepor
 
 
 def test_a_python_file_with_a_coding_line_is_read_in_its_encoding(tmp_path):
-    """Audit 22 L7: a valid latin-1 module with a PEP 263 coding line was skipped as "not UTF-8"."""
+    """Before, a valid latin-1 module with a PEP 263 coding line was skipped as "not UTF-8"."""
     source = "# -*- coding: latin-1 -*-\n\ndef greet():\n    return 'Grüße'\n"
     text, report = _read(tmp_path, "greet.py", source.encode("latin-1"))
     assert text == source and report.skipped == []

@@ -1,5 +1,6 @@
 """A manifest's model id is data from the store: a local model folder it names is loaded only when
-this machine's config names the same folder (audit 23 F2 residual)."""
+this machine's config names the same folder, so a store's manifest cannot make the bot load
+another folder of this machine."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 OpenVINO's converter (which the query embedder's load runs) and NNCF start openvino-telemetry, which
 counts a missing consent file as consent, writes a client id under ~/intel and forks a sender to
 Google Analytics. In `flytegpt serve` that child once deadlocked on an OpenSSL lock and outlived
-the bot, holding its files open (audit 34 F7).
+the bot, holding its files open.
 """
 
 from __future__ import annotations

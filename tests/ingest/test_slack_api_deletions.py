@@ -1,4 +1,4 @@
-"""The `slack_api` source forgets what was deleted or edited in Slack (audit 23 F9), at a bounded API cost.
+"""The `slack_api` source forgets what was deleted or edited in Slack, at a bounded API cost.
 
 Against the Slack emulator (real slack_sdk over HTTP on 127.0.0.1). Deleting and editing are done
 on the emulator's channel state, as Slack's own clients would (a bot token deletes nothing else).

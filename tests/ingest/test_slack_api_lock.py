@@ -1,4 +1,4 @@
-"""Audit 24 S1: two collects of one `slack_api` source on one store (a manual `flytegpt ingest`
+"""Two collects of one `slack_api` source on one store (a manual `flytegpt ingest`
 beside the nightly Flyte run) take turns, so neither saves its snapshot under the other's cursor
 and loses threads; a lock left by a killed collect does not block the next one.
 

@@ -1,5 +1,5 @@
-"""Audit 24 F1 re-check, end to end: one renamed channel among several of a `slack_api` source, a
-loss under `[index] max_shrink`, made `flytegpt ingest` publish a smaller index with exit 0. Now
+"""End to end: one renamed channel among several of a `slack_api` source, a loss under
+`[index] max_shrink`, used to make `flytegpt ingest` publish a smaller index with exit 0. Now
 the publish is refused, naming the channel, until `flytegpt publish VERSION` says it is meant.
 
 The real CLI, the real embedding model, real slack_sdk against the Slack emulator on 127.0.0.1.

@@ -144,7 +144,7 @@ def test_default_url_template(repo: str, expected: str) -> None:
     assert default_url_template(repo) == expected
 
 
-# ---- audit 23 F10: a token in the clone URL is used to fetch, and shown nowhere -----------------
+# ---- a token in the clone URL is used to fetch, and shown nowhere -------------------------------
 
 TOKEN_REPO = "https://x-access-token:ghp_SECRET123@github.example/acme/private.git"
 

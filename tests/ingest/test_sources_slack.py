@@ -240,8 +240,8 @@ def _channels_of(root: Path, **settings) -> tuple[set[str], LoadReport]:
 
 
 def test_private_channels_and_direct_messages_are_not_indexed(tmp_path):
-    """Audit 22 H2: an owner's export holds private channels and DMs, and they were indexed and
-    quoted to anyone; `channels`, `include` and `exclude` were accepted and did nothing."""
+    """An owner's export holds private channels and DMs; before, they were indexed and quoted to
+    anyone, and `channels`, `include` and `exclude` were accepted and did nothing."""
     root = _with_private_parts(tmp_path)
     channels, report = _channels_of(root)
     assert channels == {"general", "help"}
@@ -268,7 +268,7 @@ def test_a_dm_folder_without_dms_json_is_still_never_indexed(tmp_path):
 
 
 def test_a_channel_folder_channels_json_does_not_list_is_not_indexed_unless_named(tmp_path):
-    """Audit 22 re-check N3: with groups.json gone, a private channel's folder was indexed. In an
+    """Before, with groups.json gone, a private channel's folder was indexed. In an
     export of private conversations (dms.json, mpims.json or groups.json beside channels.json) an
     unlisted folder is left out unless named; an export of public channels alone reads it."""
     root = _with_private_parts(tmp_path)

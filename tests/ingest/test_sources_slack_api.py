@@ -112,7 +112,7 @@ def test_unknown_or_unjoined_channels_are_reported(emu: SlackEmulator, tmp_path:
 
 def test_a_private_channel_the_bot_is_in_is_read_only_when_the_config_says_so(emu: SlackEmulator,
                                                                              tmp_path: Path) -> None:
-    """Audit 22 H2: invited to a private channel, the bot indexed it and quoted it in public."""
+    """Before, invited to a private channel, the bot indexed it and quoted it in public."""
     emu.add_channel("G0SEC", "security-incidents", is_private=True)
     emu.seed_message("G0SEC", "our prod signing secret leaked", user="U1", ts=ts(30))
     for channels in (None, ["security-incidents"]):

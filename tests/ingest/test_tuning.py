@@ -252,7 +252,7 @@ def test_flytegpt_tune_prints_the_held_out_figures(tmp_path: Path) -> None:
     assert small.exit_code == 1 and "training pairs" in small.output and "Traceback" not in small.output
 
 
-# ---- audit 23 F2: a store's names never place a file outside the model's folder -----------------
+# ---- a store's names never place a file outside the model's folder -----------------------------
 
 @pytest.mark.parametrize("model_id", ["flytegpt-tuned/../../elsewhere/m", "flytegpt-tuned//tmp/x",
                                       "flytegpt-tuned/", "flytegpt-tuned/m/../../x", "flytegpt-tuned/.."])

@@ -189,7 +189,7 @@ def test_env_names_are_the_ones_settings_reads() -> None:
         ref = env[name]["valueFrom"]["secretKeyRef"]
         assert ref["name"] == example["metadata"]["name"]
         assert ref["key"] in example["stringData"]
-    # Hot reloads of the index fragment glibc's arenas: two keep RSS level (audit 25 F5), as the bot's image says.
+    # Hot reloads of the index fragment glibc's arenas: two keep RSS level, as the bot's image says.
     from flytegpt.flyte.image import BOT_IMAGE
 
     assert env["MALLOC_ARENA_MAX"]["value"] == BOT_IMAGE.env["MALLOC_ARENA_MAX"] == "2"
@@ -344,7 +344,7 @@ def _peer_pod_selectors(policy: dict) -> list[dict]:
 @pytest.mark.parametrize("folder", _kustomizations(), ids=lambda p: str(p.relative_to(MANIFESTS)))
 def test_network_policy_admits_only_the_bots_http_port_from_monitoring(folder: Path) -> None:
     """Inbound traffic reaches the bot's pods only on `http` (/metrics) and only from the
-    monitoring namespace, not from any pod in the cluster (audit 23 F7)."""
+    monitoring namespace, not from any pod in the cluster."""
     docs = _kustomize(folder)
     policy = _rendered(docs, "NetworkPolicy")
     deployment = _rendered(docs, "Deployment")
@@ -373,7 +373,7 @@ def test_network_policy_admits_only_the_bots_http_port_from_monitoring(folder: P
 
 @pytest.mark.parametrize("folder", _kustomizations(), ids=lambda p: str(p.relative_to(MANIFESTS)))
 def test_network_policy_lets_out_only_dns_and_https(folder: Path) -> None:
-    """Outbound: DNS and TCP 443 (Slack, the model API, the store), nothing else (audit 23 L7),
+    """Outbound: DNS and TCP 443 (Slack, the model API, the store), nothing else,
     and no peer selector that kustomize's labels turned into one selecting the bot itself."""
     policy = _rendered(_kustomize(folder), "NetworkPolicy")
     rules = policy["spec"]["egress"]
@@ -425,7 +425,7 @@ def test_example_secret_is_not_selected_by_a_prune_on_the_bots_labels() -> None:
     """`kubectl apply -k ... --prune -l app.kubernetes.io/name=flytegpt` deletes every applied
     object carrying the label that the kustomize output lacks: the Secret is never in that output,
     so the example must carry none of the labels kustomize gives the bot's objects, and must not
-    be created with `kubectl apply` (audit 24 F6)."""
+    be created with `kubectl apply`."""
     example_path = MANIFESTS / "base" / "secret.example.yaml"
     (example,) = _docs(example_path)
     (kustomization,) = _docs(MANIFESTS / "base" / "kustomization.yaml")

@@ -1,4 +1,5 @@
-"""Feedback databases as earlier releases left them, for the upgrade tests (audits 30 and 31)."""
+"""Feedback databases as earlier releases left them, for the upgrade tests
+(tests/bot/test_feedback_upgrade.py, tests/bot/test_feedback_hot_journal_and_clock.py)."""
 
 from __future__ import annotations
 

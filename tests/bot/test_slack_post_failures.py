@@ -1,12 +1,12 @@
-"""Audit 26: what the asker sees when Slack refuses a message's block text, answers a post with
+"""What the asker sees when Slack refuses a message's block text, answers a post with
 "possibly succeeded", or refuses what a reply holds.
 
-F1: Slack refuses a message whose blocks hold more than ~12,000 characters of text
+Slack refuses a message whose blocks hold more than ~12,000 characters of text
 (`msg_blocks_too_long`, slackapi/bolt-js#2509 and #2867); the emulator now refuses it too, so
 every answer posted whole (streaming off, streaming refused, a broken stream's repair, the slash
-command) must keep each message under it. F2: after HTTP 5xx, `internal_error`, `fatal_error` or
+command) must keep each message under it. After HTTP 5xx, `internal_error`, `fatal_error` or
 a connection lost once the request was sent, Slack may have posted the message: it must be looked
-for before it is posted again, and a half-made stream must not be left behind. F3: a refusal for
+for before it is posted again, and a half-made stream must not be left behind. A refusal for
 what a reply holds gets one try as plain text, then a notice that does not say "ask again".
 
 End to end: the real Bolt app over Socket Mode, the Slack emulator, real answering over the
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.timeout(120)
 PARA = ("Flyte caches a task's outputs when `cache=True` and `cache_version` is set; changing the version "
         "invalidates old entries & forces a re-run <see docs> [1]. ")
 LONG = "\n\n".join(f"Step {i}: " + PARA * 3 for i in range(100))  # ~37,000 characters: many messages
-MEDIUM = "\n\n".join([PARA * 2] * 55)  # ~15,700 characters: the audit's "medium_14k"
+MEDIUM = "\n\n".join([PARA * 2] * 55)  # ~15,700 characters: a medium answer, over one message's limit
 
 
 def _answer_with(text: str):
@@ -70,7 +70,7 @@ def _refused_metric(h: BotHarness) -> float:
     return h.bot.metrics.failures.labels("post_refused")._value.get()
 
 
-# --- F1: every message posted whole keeps its blocks under Slack's cumulative limit ------------
+# --- every message posted whole keeps its blocks under Slack's cumulative limit ----------------
 
 def test_the_emulator_refuses_a_message_whose_blocks_hold_too_much_text():
     """The stand-in the suite stands on refuses as Slack does (chat.postMessage, chat.update,
@@ -94,7 +94,7 @@ def test_the_emulator_refuses_a_message_whose_blocks_hold_too_much_text():
 
 
 def test_a_long_answer_posted_whole_is_spread_over_messages_slack_takes(make_bot):
-    """Audit 26 F1: a message carried up to ~34,000 characters of block text; Slack refused it and
+    """Before, a message carried up to ~34,000 characters of block text; Slack refused it and
     the asker read "Slack did not accept my answer just now" instead of the answer."""
     h = make_bot()
     h.llm.reply = _answer_with(LONG)
@@ -192,12 +192,12 @@ def test_block_text_is_measured_as_slack_counts_it():
         assert blocks.block_text_size(m.blocks) == SlackEmulator.block_text_size(m.blocks) <= MAX_BLOCKS_TEXT
 
 
-# --- F2: a post Slack may have made is looked for before it is made again ------------------------
+# --- a post Slack may have made is looked for before it is made again ----------------------------
 
 @pytest.mark.parametrize("status,error", [(200, "fatal_error"), (200, "internal_error"), (503, "service_unavailable"),
                                           (500, "internal_error"), (0, "")])
 def test_a_post_slack_made_before_failing_is_one_answer(make_bot, status, error):
-    """Audit 26 F2: Slack posted the answer, then answered fatal_error / 5xx / nothing at all; the
+    """Slack posted the answer, then answered fatal_error / 5xx / nothing at all; the
     client retried and the thread showed the answer twice."""
     h = make_bot(bot={"deferred_post_s": 30})
     h.emu.script_error("chat.postMessage", status=status, error=error, retry_after=None, times=1, after=True,
@@ -247,20 +247,20 @@ def test_a_post_at_the_top_of_a_dm_is_looked_for_in_the_dm(make_bot):
     """An answer posted whole to a top-level DM question goes to the DM's top level: it is looked
     for there (conversations.history), not in a thread."""
     h = make_bot()
-    h.emu.add_channel("D0AUDIT26", "dm", is_im=True)
+    h.emu.add_channel("D0POSTDM", "dm", is_im=True)
     h.emu.script_error("chat.postMessage", status=200, error="fatal_error", retry_after=None, times=1, after=True)
-    d = h.emu.message(CACHE_Q, channel="D0AUDIT26", channel_type="im")
+    d = h.emu.message(CACHE_Q, channel="D0POSTDM", channel_type="im")
     h.emu.wait_ack(d.envelope_id)
-    [answer] = h.emu.wait_for(lambda: h.answers(channel="D0AUDIT26"), timeout=30)
+    [answer] = h.emu.wait_for(lambda: h.answers(channel="D0POSTDM"), timeout=30)
     h.idle()
     time.sleep(1.5)
-    assert [m["text"] for m in h.answers(channel="D0AUDIT26")] == [answer["text"]] and "thread_ts" not in answer
+    assert [m["text"] for m in h.answers(channel="D0POSTDM")] == [answer["text"]] and "thread_ts" not in answer
     assert h.emu.calls_to("conversations.history") and h.post_failed() == 0
 
 
 def test_a_stream_slack_started_before_failing_is_rewritten_not_left_behind(sample, tmp_path):
-    """Audit 26 F2: chat.startStream made the streaming message, then answered fatal_error; the
-    retries left four never-stopped fragments above the posted answer."""
+    """chat.startStream made the streaming message, then answered fatal_error; the client's
+    retries used to leave four never-stopped fragments above the posted answer."""
     with harness_factory(sample, tmp_path / "fb.sqlite3", bot_defaults={"streaming": True}) as make:
         h = make()
         h.llm.reply = _answer_with(MEDIUM[:3000])
@@ -310,7 +310,7 @@ def test_an_append_slack_made_before_failing_shows_its_text_once(sample, tmp_pat
         assert h.emu.calls_to("chat.postMessage") == [] and h.post_failed() == 0
 
 
-# --- F3: a refusal for what a reply holds: plain text once, then an honest notice ----------------
+# --- a refusal for what a reply holds: plain text once, then an honest notice --------------------
 
 @pytest.mark.parametrize("error", ["msg_blocks_too_long", "invalid_blocks", "msg_too_long"])
 def test_an_answer_refused_for_its_blocks_arrives_as_plain_text(make_bot, error):

@@ -1,4 +1,4 @@
-"""Audit 19 (A3, A4, A8, A9, A11): what a user sees when `--out` names the database, when the index
+"""What a user sees when `--out` names the database, when the index
 store cannot be read, and from `ask`/`eval --json`: one `Error:` line or one JSON document, never a
 traceback, and the database untouched."""
 
@@ -49,7 +49,7 @@ def feedback_db(tmp_path: Path) -> Path:
     return db
 
 
-# ---- A3: --out naming --db ------------------------------------------------------------------------
+# ---- --out naming --db ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", [["feedback", "export"], ["feedback", "questions"],
                                      ["report", "--config", SAMPLE, "--no-store"]])
@@ -87,7 +87,7 @@ def test_a_report_is_still_written(feedback_db: Path, tmp_path: Path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["report.html"]
 
 
-# ---- A4: store read errors are one line --------------------------------------------------------
+# ---- store read errors are one line ------------------------------------------------------------
 
 @pytest.mark.parametrize("command", [["versions"], ["publish", "20990101T000000Z-00000000"], ["ask", "hi"],
                                      ["search", "hi"], ["chat"]])
@@ -165,7 +165,7 @@ def test_botocore_errors_become_a_message_and_other_errors_stay_errors():
     assert storage_error_message(BrokenPipeError(errno.EPIPE, "Broken pipe")) is None
 
 
-# ---- A11 ----------------------------------------------------------------------------------------
+# ---- odd input: a --since past the calendar, a missing bucket, unknown keys in eval questions ----
 
 def test_report_since_beyond_the_calendar_gets_the_since_message(feedback_db: Path, tmp_path: Path):
     """It was `Error: year -271764 is out of range`."""
@@ -204,7 +204,7 @@ def test_the_readme_lists_the_s3_endpoint_variable():
     assert any(line.startswith("|") and "FLYTEGPT_S3_ENDPOINT_URL" in line for line in readme.splitlines())
 
 
-# ---- A8, A9: with an index ----------------------------------------------------------------------
+# ---- with an index ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory) -> tuple[str, str]:

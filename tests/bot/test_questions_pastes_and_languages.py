@@ -1,11 +1,11 @@
-"""Audit 29: how questions are read and searched, as the asker sees it.
+"""How questions are read and searched, as the asker sees it.
 
-F1: pasted YAML and Python kept their words but lost their indentation before search, the model
-and the question log; a follow-up's words reached the model on one line. F2: Spanish, German and
+Before, pasted YAML and Python kept their words but lost their indentation before search, the model
+and the question log; a follow-up's words reached the model on one line. Spanish, German and
 Portuguese questions were searched as written and found false friends ("plane" -> Planes); with a
-model they are now searched with its English search terms, and no English question is. F3: without
+model they are now searched with its English search terms, and no English question is. Without
 a model, every message of a thread was searched with the thread's first question, so a new
-question asked there found the old subject's pages. F4: a pasted traceback over
+question asked there found the old subject's pages. A pasted traceback over
 `[answer] max_question_chars` was refused, and a shorter one was searched by its library frames.
 
 End to end where the asker is in Slack: the real Bolt app over Socket Mode with the Slack emulator,
@@ -88,7 +88,7 @@ def question_part(request) -> str:
     return human(request).split("</sources>", 1)[1].split("Question: ", 1)[1]
 
 
-# --- F1: the snippet as pasted ----------------------------------------------------------------------
+# --- the snippet as pasted --------------------------------------------------------------------------
 
 def test_pasted_yaml_reaches_the_model_and_the_question_log_with_its_indentation(make_harness):
     h = make_harness()
@@ -124,9 +124,9 @@ def test_only_the_gap_a_removed_mention_leaves_is_tidied():
         assert question_text(empty, "UBOT") == ""  # still the empty question
 
 
-# --- F2: Latin-script questions in another language --------------------------------------------------
+# --- Latin-script questions in another language ------------------------------------------------------
 
-AUDIT_NOT_ENGLISH = [  # audit 29 F2 and its q1.json
+NOT_ENGLISH = [  # questions askers wrote in Spanish, German, Portuguese and French
     "¿Cómo programo un workflow para que se ejecute cada día?",
     "Wie plane ich einen Workflow, der jeden Tag läuft?",
     "Como faço para reexecutar uma tarefa que falhou automaticamente?",
@@ -143,11 +143,11 @@ def english_eval_questions() -> list[str]:
             for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def test_no_english_eval_question_reads_as_another_language_and_the_audits_questions_all_do():
+def test_no_english_eval_question_reads_as_another_language_and_the_foreign_ones_all_do():
     english = english_eval_questions()
     assert len(english) >= 200
     assert [q for q in english if reads_as_another_language(q)] == []
-    assert [q for q in AUDIT_NOT_ENGLISH if not reads_as_another_language(q)] == []
+    assert [q for q in NOT_ENGLISH if not reads_as_another_language(q)] == []
     # English with a foreign word or a link in it, or foreign words in code, stays English
     for q in ("How do I set la_liga=True in `el un de la config`?", "Our nodes expose amd.com/gpu, how do I use it?",
               "see https://docs.flyte.org/en/latest/de/la/index.html, how do I cache?",
@@ -189,7 +189,7 @@ def test_an_english_question_gets_no_rewrite_and_without_a_model_nothing_changes
     assert searcher.queries[-1] == "¿Cómo uso los workers de ray en Flyte?" and len(server.requests) == 1
 
 
-# --- F3: a new question in a thread, without a model --------------------------------------------------
+# --- a new question in a thread, without a model ------------------------------------------------------
 
 def test_without_a_model_a_new_question_in_a_thread_is_searched_alone(make_harness, sample):
     h = make_harness(answerer=offline_answerer(sample))
@@ -212,7 +212,7 @@ def test_without_a_model_a_new_question_in_a_thread_is_searched_alone(make_harne
 @pytest.mark.parametrize("text", ["separate question: how do I run a workflow on a schedule?",
                                   "how do I use secrets in a task?"])
 def test_a_self_contained_question_stands_alone_in_a_thread(text):
-    assert stands_alone(text)  # in a thread (audit 31 F3: short ones are read with the subject)
+    assert stands_alone(text)  # in a thread (a shorter one would be read with the subject)
     assert not reads_as_followup(text)  # and at the top of a DM
 
 
@@ -223,7 +223,7 @@ def test_a_message_that_leans_on_the_thread_reads_as_a_follow_up(text):
     assert reads_as_followup(text)
 
 
-# --- F4: a pasted traceback -----------------------------------------------------------------------
+# --- a pasted traceback ---------------------------------------------------------------------------
 
 def test_a_pasted_traceback_over_the_limit_is_answered_from_its_error(make_harness):
     long_trace = f"{PROSE}\n```\n{trace(200)}\n```"

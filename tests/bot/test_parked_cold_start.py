@@ -1,4 +1,4 @@
-"""Audit 31 F7: questions asked while the first index loads, once it is served.
+"""Questions asked while the first index loads, once it is served.
 
 A cold start (the embedding model loading from a cold cache, ~14 s) with 50 questions asked
 meanwhile queued them all at once when the index arrived: 14 mentions and the slash command were
@@ -9,7 +9,7 @@ for all of them.
 
 Checked as a Slack user sees it: the real `BotServer` of `flytegpt serve` (real app, real offline
 answerer, real index) against the Slack emulator, the first load held as in
-tests/bot/test_slack_audit29.py.
+tests/bot/test_slack_small_talk_and_first_load.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Config findings of audit19: blank settings, the store, url templates, blank list entries."""
+"""Configuration a user can get wrong: blank settings, the store, url templates, blank list entries,
+a model endpoint over plain http. Each is refused naming what to fix, warned about, or read as meant."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-# ---- A1: an empty OPENAI_API_KEY (and friends) is unset ------------------------------------
+# ---- an empty OPENAI_API_KEY (and friends) is unset ----------------------------------------
 
 @pytest.mark.parametrize("value", ["", "  ", "\t\n"])
 def test_blank_openai_settings_are_unset(value):
@@ -35,7 +36,7 @@ def test_a_blank_key_from_the_environment_is_unset(monkeypatch):
     assert Settings().openai_api_key.get_secret_value() == "sk-real"
 
 
-# ---- A11: OPENAI_BASE_URL must be an http(s) URL with a host ----------------------------------
+# ---- OPENAI_BASE_URL must be an http(s) URL with a host ---------------------------------------
 
 @pytest.mark.parametrize("url", ["not a url", "localhost:8000/v1", "https://", "file:///tmp/x"])
 def test_a_malformed_openai_base_url_names_the_variable(url):
@@ -48,7 +49,7 @@ def test_good_openai_base_urls_pass(url):
     assert Settings(OPENAI_BASE_URL=url).checked_openai_base_url() == url
 
 
-# ---- A6: the index store ----------------------------------------------------------------------
+# ---- the index store --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("store", ["", "   "])
 def test_an_empty_store_in_the_file_is_an_error_naming_index_store(tmp_path, store):
@@ -83,7 +84,7 @@ def test_the_cli_refuses_an_empty_store_flag(tmp_path, monkeypatch):
     assert "Traceback" not in result.output and list(tmp_path.iterdir()) == []
 
 
-# ---- A7: url templates and workspace_url ------------------------------------------------------
+# ---- url templates and workspace_url ----------------------------------------------------------
 
 @pytest.mark.parametrize(("source", "bad", "allowed"), [
     ('kind = "docs"\npath = "docs"', "{pth}", "{path}"),
@@ -130,7 +131,7 @@ def test_every_shipped_config_still_loads():
         load_config(path)
 
 
-# ---- B5: blank entries in [bot] lists ----------------------------------------------------------
+# ---- blank entries in [bot] lists --------------------------------------------------------------
 
 @pytest.mark.parametrize(("key", "value"), [
     ("suggested_prompts", '["", " "]'),
@@ -154,7 +155,7 @@ def test_non_blank_bot_lists_load(tmp_path):
                                          ("http://127.0.0.1:8000/v1", False), ("http://localhost:11434/v1", False),
                                          ("http://[::1]:8000/v1", False)])
 def test_a_model_endpoint_over_plain_http_to_another_host_is_warned_about(caplog, url, warned):
-    """Audit 23 L5: the API key went over plain http to any host without a word."""
+    """Before, the API key went over plain http to any host without a word."""
     from flytegpt.ingest import config as config_module
     from flytegpt.ingest.config import Settings
 

@@ -1,4 +1,4 @@
-"""Audit 19 (A2, A5, B3): a refused index version is tried again, LATEST that differs from what is
+"""A refused index version is tried again, LATEST that differs from what is
 served or that disappeared is shown in the metrics and /readyz, and logged once."""
 
 from __future__ import annotations
@@ -136,10 +136,10 @@ def test_the_backoff_is_capped(bot, config, caplog):
         assert not reloader.check_once()
         clock.now += RETRY_CAP_S
     # tried at every cap interval, RETRY_MAX_UNCHANGED times in all: each try re-hashes (on S3
-    # re-downloads) the version's files, and nothing said it changed (audit 25 F6)
+    # re-downloads) the version's files, and nothing said it changed
     assert metric(metrics, "flytegpt_index_reloads_refused_total") == RETRY_MAX_UNCHANGED
     assert f"refused {RETRY_MAX_UNCHANGED} times" in reloader.status_note()
-    # the log says once that the tries stopped (the audit 25 re-check found it silent)
+    # the log says once that the tries stopped (it used to stop silently)
     stopped = [r for r in caplog.records if "no more tries" in r.getMessage()]
     assert len(stopped) == 1 and stopped[0].levelno == logging.WARNING
     (store / "LATEST").write_text(v2 + "\n\n")  # written again (flytegpt publish): tried at once

@@ -1,4 +1,4 @@
-"""Audit 25 F3 and F7: the retention prune reads each old row once and lets the bot's own writes in
+"""The retention prune reads each old row once and lets the bot's own writes in
 between its short transactions; the space it frees goes back to the filesystem; a database of an
 earlier release (no incremental auto_vacuum) keeps working and is switched at start when small.
 
@@ -119,7 +119,7 @@ def test_a_stopped_prune_ends_after_one_step_and_the_next_one_goes_on_from_there
 
 
 def test_the_bots_writes_get_in_between_and_none_fails_during_a_large_prune(tmp_path: Path) -> None:
-    """Audit 25 F3: while a 160,000-row prune ran, 9 of 10 of the bot's question-log writes failed with
+    """Before, while a 160,000-row prune ran, 9 of 10 of the bot's question-log writes failed with
     "database is locked". Here the bot's own recorder writes continuously beside a prune."""
     db = tmp_path / "feedback.sqlite3"
     now = time.time()
@@ -156,7 +156,7 @@ def test_the_bots_writes_get_in_between_and_none_fails_during_a_large_prune(tmp_
 
 
 def test_the_file_shrinks_after_a_prune_of_many_rows_and_stays_private(tmp_path: Path) -> None:
-    """Audit 25 F7: a 636 MB file stayed 636 MB after its prune."""
+    """Before, a 636 MB file stayed 636 MB after its prune."""
     folder = tmp_path / "data"
     db = folder / "feedback.sqlite3"
     now = time.time()
@@ -237,7 +237,7 @@ def test_an_earlier_releases_database_is_switched_at_start_before_the_bot_serves
     db = folder / "feedback.sqlite3"
     now = time.time()
     _old_release_database(db, 1_000, 10, now)
-    os.chmod(db, 0o644)  # as a release before audit 23 left it
+    os.chmod(db, 0o644)  # as a release before the database was made private left it
     conn = sqlite3.connect(db)  # pruned as the earlier release did: half-empty pages, none of them free
     conn.execute("UPDATE answers SET question = '', standalone_question = NULL, answer = '' WHERE created_at < ?",
                  (now - 365 * DAY_S,))
@@ -271,7 +271,7 @@ def test_a_big_database_of_an_earlier_release_is_left_as_it_is_with_a_hint(tmp_p
     assert "too big to switch at start" in caplog.text and f"run: flytegpt feedback compact --db {db}" in caplog.text
     assert sqlite3.connect(db).execute("PRAGMA auto_vacuum").fetchone()[0] == 0  # not rewritten
     # and retention works on it as before (grace_s=0: the wait before the first prune of an earlier
-    # release's history, audit 30 F2, is tested in test_feedback_audit30.py)
+    # release's history is tested in test_feedback_upgrade.py)
     assert RetentionJob(db, 365, grace_s=0).run_once() == 10
 
 

@@ -1,15 +1,15 @@
-"""Audit 32 F4, F8, F9: the chat model's setup, checked where an operator sees it.
+"""The chat model's setup, checked where an operator sees it.
 
-F4: a wrong FLYTEGPT_CHAT_MODEL, key or base URL showed only when the first users asked, and the
+A wrong FLYTEGPT_CHAT_MODEL, key or base URL showed only when the first users asked, and the
 "FlyteGPT is running" line said `llm=True`. Now the line names the model and the endpoint's host, and
 `flytegpt serve` asks the endpoint once, in the background (its model list, else a 1-token
 completion), logging one warning that names the problem; the start goes on whatever it finds.
 
-F8: small context windows. `[answer] context_window` bounds the sources so that the prompt plus
+Small context windows: `[answer] context_window` bounds the sources so that the prompt plus
 max_tokens fits; a question that fills the window alone gets the passages, with no model call. Without
 the setting, a prompt the model refuses as too long is tried once more with half the sources.
 
-F9: Azure OpenAI's classic deployment URL (and any base URL with a query string) is a configuration
+Azure OpenAI's classic deployment URL (and any base URL with a query string) is a configuration
 error at start that says what to write instead: Azure's v1 endpoint, which the plain client calls
 with the key as a Bearer token.
 
@@ -43,7 +43,8 @@ KEY = "sk-setup-secret-value-4242"
 
 def make(base_url: str | None, model: str = "gpt-4o-mini", key: str | None = KEY, chunks: list | None = None,
          **answer: Any) -> Answerer:
-    opts: dict[str, Any] = dict(timeout_s=5.0, max_retries=0, retry_backoff_s=0.01, min_score=0.0)
+    # the windows and token counts below are sized for sources of 2,000 tokens (the default is larger)
+    opts: dict[str, Any] = dict(timeout_s=5.0, max_retries=0, retry_backoff_s=0.01, min_score=0.0, token_budget=2000)
     opts.update(answer)
     config = Config(answer=AnswerConfig(**opts), project=ProjectConfig())
     env: dict[str, Any] = {"FLYTEGPT_CHAT_MODEL": model, "OPENAI_BASE_URL": base_url or ""}
@@ -63,7 +64,7 @@ def check(answerer: Answerer, caplog) -> tuple[bool, list[str]]:
     return ok, lines(caplog)
 
 
-# ---- F4: the running line ----------------------------------------------------------------------------
+# ---- the running line --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("base_url, model, said", [
@@ -82,7 +83,7 @@ def test_without_a_model_the_label_says_passages():
     assert make(None, key=None).model_label() == "none (quoting passages)"
 
 
-# ---- F4: the check, against each kind of server --------------------------------------------------------
+# ---- the check, against each kind of server ------------------------------------------------------------
 
 
 def test_a_listed_model_is_checked_with_one_free_request(server, caplog):
@@ -172,7 +173,7 @@ def test_without_a_model_nothing_is_checked(server, caplog):
     assert not ok and said == [] and server.listings == [] and server.requests == []
 
 
-# ---- F4: `flytegpt serve` runs the check beside its start ------------------------------------------------
+# ---- `flytegpt serve` runs the check beside its start ----------------------------------------------------
 
 
 def _serve_config(store, tmp_path, **bot: Any) -> Config:
@@ -276,7 +277,7 @@ def test_check_model_is_a_bot_setting_that_defaults_on(tmp_path):
     assert parse_config({"bot": {"check_model": False}}, tmp_path).bot.check_model is False
 
 
-# ---- F8: [answer] context_window --------------------------------------------------------------------------
+# ---- [answer] context_window ------------------------------------------------------------------------------
 
 # eight pages about Ray workers, ~1,300 characters each: more than the 2,000 tokens of token_budget together
 PAGES = [chunk(f"docs:ray/page{i}.md", "docs", f"Ray workers, part {i}", f"https://docs.example.org/ray/{i}",
@@ -312,14 +313,14 @@ def test_context_window_is_off_by_default_and_must_hold_more_than_max_tokens(tmp
                                           r"prompt after max_tokens \(1024\): write the model's window .* or lower "
                                           r"max_tokens to 256 or less"):
         parse_config({"answer": {"context_window": 1024}}, tmp_path)
-    # lowering max_tokens cannot help a window this small: it says so (audit 34 F9)
+    # lowering max_tokens cannot help a window this small: it says so
     with pytest.raises(ConfigError, match=r"context_window \(512\) is too small for a prompt and an answer"):
         parse_config({"answer": {"context_window": 512, "max_tokens": 16}}, tmp_path)
 
 
 @pytest.mark.parametrize("window, max_tokens", [(1024, 256), (1536, 768), (2048, 1024)])
 def test_the_smallest_windows_allowed_still_answer_a_short_question_with_a_source(server, window, max_tokens):
-    """Audit 34 F1: the sources' room was split over all ten, each share under a useful excerpt was
+    """Before, the sources' room was split over all ten, each share under a useful excerpt was
     dropped, and below ~370 tokens of room no source was sent: every question got the passages."""
     window_server(server, window)
     answer = make(server.base_url, chunks=PAGES, context_window=window, max_tokens=max_tokens).answer(
@@ -402,7 +403,7 @@ def test_a_question_that_fills_the_window_alone_gets_the_passages_without_a_call
 def test_a_question_that_leaves_room_for_no_source_is_not_sent_without_sources(server, rewrite_query):
     """A 2k window, max_tokens 512 and a ~1,000-token question: a few dozen tokens are left, less than any
     source takes with its tags. The model is not asked to answer from nothing, nor to rewrite the
-    question first (a call that could only be refused: audit 34 F5)."""
+    question first (a call that could only be refused)."""
     window_server(server, 2048)
     answer = make(server.base_url, chunks=PAGES, context_window=2048, max_tokens=512,
                   rewrite_query=rewrite_query).answer(LONG_Q)
@@ -423,7 +424,7 @@ def test_a_thread_too_long_for_the_window_is_condensed_from_its_latest_turns(ser
     assert "answer 5" in condense.text_of("user") and "question 0" not in condense.text_of("user")
 
 
-# ---- F9: Azure OpenAI's URLs ---------------------------------------------------------------------------
+# ---- Azure OpenAI's URLs -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("url", [
@@ -446,7 +447,7 @@ def test_azure_s_deployment_url_is_refused_with_the_v1_url_to_use(url):
                                  "https://apim.corp.example/openai/deployments/gpt4o", "http://[::1]:8000/v1"])
 def test_a_deployment_path_off_azures_hosts_is_accepted(url):
     """LiteLLM serves an Azure-compatible /openai/deployments/<model> route the plain client calls well,
-    and so may a gateway in front of Azure (audit 34 F8)."""
+    and so may a gateway in front of Azure."""
     assert Settings(OPENAI_BASE_URL=url).checked_openai_base_url() == url
 
 

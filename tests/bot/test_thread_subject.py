@@ -1,9 +1,9 @@
-"""Audit 31 F3 and F6, in the answerer: what a thread's message and a rewritten question are searched with.
+"""In the answerer: what a thread's message and a rewritten question are searched with.
 
-F3: without a model, "what does the error mean?", "is the default 3?", "in the helm chart?" and
+Before, without a model, "what does the error mean?", "is the default 3?", "in the helm chart?" and
 "ok and for map tasks" were searched alone in their thread and found pages about something else
 (Troubleshooting Guide, propeller's default-cpus, the Roadmap). A thread's message now gets the
-thread's subject unless it stands alone (`question_text.stands_alone`). F6: a question in another
+thread's subject unless it stands alone (`question_text.stands_alone`). A question in another
 language was searched with the model's English terms alone, dropping the names of code it held.
 """
 

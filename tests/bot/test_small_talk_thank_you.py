@@ -1,11 +1,11 @@
-"""Audit 31 F1 and F5: what counts as a thank-you, as the asker sees it.
+"""What counts as a thank-you, as the asker sees it.
 
-F1: a mention, `/flytegpt` command, DM or thread reply that *started* with a thank-you was taken
+Before, a mention, `/flytegpt` command, DM or thread reply that *started* with a thank-you was taken
 for one whatever followed: "@FlyteGPT thanks, that didn't work", "ty, same error on 1.12" and
 "thanks, now I get this error: ```ValueError…```" got a 🤗 and no answer. Now a message is a
 thank-you only when all of it is thanks and closing words ("awesome, thanks", "that worked, thank
 you", "🙏"); a negation, "still", "but", "now", an error, a version, code or a question mark makes
-it a question. F5: "awesome, thanks" and "many thanks!" were answered with passages, a lone 😭 or
+it a question. "awesome, thanks" and "many thanks!" were answered with passages, a lone 😭 or
 🤔 got the 🤗, and "Hi FlyteGPT!!" as a thread reply without the mention was searched.
 
 End to end: the real Bolt app over Socket Mode against the Slack emulator (`make_harness`), with
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 
 DM = "D0DIRECT01"
 
-# Each of these starts with a thank-you and goes on to say or ask more: a question (audit 31 F1).
+# Each of these starts with a thank-you and goes on to say or ask more: a question.
 THANKS_THEN_MORE = [
     "thanks, that didn't work",
     "thanks that does not work",
@@ -52,7 +52,7 @@ THANKS_THEN_MORE = [
     "danke, aber es klappt nicht",
     "merci mais ça ne marche pas",
 ]
-# All of these are thanks and closing words (or approving emoji): a 🤗, no answer (audit 31 F5).
+# All of these are thanks and closing words (or approving emoji): a 🤗, no answer.
 WHOLE_THANKS = [
     "thanks!", "thank you!", "thx", "ty", "thanks a lot!", "thank you very much", "many thanks!",
     "thank you so much, that fixed it 🎉", "awesome, thanks", "perfect, thanks!", "that worked, thank you",
@@ -61,7 +61,7 @@ WHOLE_THANKS = [
     "merci beaucoup", "danke schön", "gracias!", "🙏", "👍", ":+1::skin-tone-2:", ":pray:", "it works",
     "all good now, thanks 🙌",
 ]
-# Neither a question nor a thank-you: an emoji of distress or doubt gets the usage, not a 🤗 (F5).
+# Neither a question nor a thank-you: an emoji of distress or doubt gets the usage, not a 🤗.
 NO_THANKS_EMOJI = ["😭", ":sob:", "🤔", ":thinking_face:", "😕"]
 
 

@@ -1,13 +1,13 @@
-"""Audit 30: upgrading from older releases, the feedback database's side.
+"""Upgrading from older releases, the feedback database's side.
 
-F1: `feedback export`, `feedback questions` and `feedback snapshot` only read the database: an older
+`feedback export`, `feedback questions` and `feedback snapshot` only read the database: an older
 release's file keeps its bytes, schema version, journal mode and mode bits, and the snapshot is the
-database as it was (the older release can still open it). F2: the first `serve` after an upgrade
-does not blank an older release's history at once: a warning, then a grace period. F4: a database
+database as it was (the older release can still open it). The first `serve` after an upgrade
+does not blank an older release's history at once: a warning, then a grace period. A database
 another process holds is "in use", not "not usable", and the snapshot works beside it.
 
 The older release's database is built here as that release made it (its schema, `user_version` 1,
-WAL for releases before eb20010, a rollback journal after, mode 0644 before audit 23). Its header
+WAL for releases before eb20010, a rollback journal after, mode 0644 before the bot made it private). Its header
 is read from the bytes, so checking the file never opens (and so never changes) it.
 """
 
@@ -51,7 +51,7 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(main, list(args))
 
 
-# --- F1: the read-only commands leave an older release's file as it was ------------------------------
+# --- the read-only commands leave an older release's file as it was ----------------------------------
 
 
 @pytest.mark.parametrize("journal", ["wal", "delete"])
@@ -135,7 +135,7 @@ def test_a_database_in_a_folder_with_uri_characters_in_its_name_is_read(tmp_path
     assert state(db) == before
 
 
-# --- F4: another process holds the database ------------------------------------------------------
+# --- another process holds the database ----------------------------------------------------------
 
 HOLDER = r"""
 import sqlite3, sys, time
@@ -222,7 +222,7 @@ def test_a_lock_held_past_the_wait_is_reported_as_in_use(tmp_path: Path) -> None
     assert not (tmp_path / "copy.sqlite3").exists()
 
 
-# --- F2: retention on the first start after an upgrade -------------------------------------------
+# --- retention on the first start after an upgrade -----------------------------------------------
 
 
 def texts(db: Path) -> dict[str, str]:

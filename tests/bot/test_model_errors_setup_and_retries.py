@@ -1,4 +1,4 @@
-"""Audit 32 F3, F5 (classification), F10: model errors that asking again cannot fix.
+"""Model errors that asking again cannot fix.
 
 A wrong model name, key or base URL, a used-up quota, a prompt over the model's context window, a
 provider's prompt filter: each reached the asker as "The language model is not available right now
@@ -161,7 +161,7 @@ def test_an_error_asking_again_cannot_fix_is_told_as_a_setup_problem(provider, c
         ask(answerer, stream)
     said = str(err.value)
     # not retried; a prompt too long is tried once more with half the sources' budget only when that makes
-    # it shorter: these sources are short and fit half the budget too, so no second, identical call (audit 34 F4)
+    # it shorter: these sources are short and fit half the budget too, so no second, identical call
     assert len(provider.requests) == 1
     # the asker: what kind of failure, that the maintainers must fix it; no "try again", no provider text
     assert told in said and TRY_AGAIN not in said
@@ -193,7 +193,7 @@ def test_the_asker_in_slack_reads_the_setup_problem_with_the_sources(make_harnes
 
 
 def test_a_page_that_is_not_the_api_is_named_and_not_retried(provider, caplog):
-    """Audit 32 F5's classification: a 200 sign-in page from a proxy in front of the model. The real
+    """A 200 sign-in page from a proxy in front of the model. The real
     ChatOpenAI raises a ValueError for it (chain.py hands that to Retries.failed)."""
     from langchain_openai import ChatOpenAI
 
@@ -220,7 +220,7 @@ def test_a_page_that_is_not_the_api_is_named_and_not_retried(provider, caplog):
 
 
 def test_a_sign_in_page_through_the_answerer_gives_the_sources_and_one_line(provider, caplog):
-    """End to end (needs chain.py to pass the ValueError to Retries.failed, audit 32 F5)."""
+    """End to end (needs chain.py to pass the ValueError to Retries.failed)."""
     provider.reply = (200, "<!DOCTYPE html><html><body>Sign in</body></html>", {}, "text/html")
     provider.requests.clear()
     for stream in (False, True):
@@ -232,7 +232,7 @@ def test_a_sign_in_page_through_the_answerer_gives_the_sources_and_one_line(prov
     assert len(provider.requests) == 2  # one call a question
 
 
-# ---- F10: retries that cannot succeed ----------------------------------------------------------------
+# ---- retries that cannot succeed ---------------------------------------------------------------------
 
 
 def test_a_rate_limit_longer_than_the_wait_cap_gives_up_at_once(provider, caplog):

@@ -1,9 +1,9 @@
-"""Audit 27: what a reader sees of citations next to colons, code and lists of numbers.
+"""What a reader sees of citations next to colons, code and lists of numbers.
 
-F1: "Here is an example [3]:" was read as a reference definition and posted with the model's
-own number while the other markers were renumbered. F2: code that the citation parser did not
+Before, "Here is an example [3]:" was read as a reference definition and posted with the model's
+own number while the other markers were renumbered. Code that the citation parser did not
 see as code (a fence indented in a list item, a 4-space block) had its subscripts rewritten as
-citations. F5: a list written in prose ("the inputs [1, 2, 3]") became citations. Every case is
+citations. A list written in prose ("the inputs [1, 2, 3]") became citations. Every case is
 checked as posted to Slack (body and sources line), streamed piece by piece, and, end to end,
 through the answerer against the OpenAI stand-in on the sample index.
 """
@@ -107,7 +107,7 @@ def test_a_reference_definition_mid_answer_is_not_a_citation():
     assert [c.title for c in cits] == ["Page 2", "Page 1"]
 
 
-# --- F5: lists of numbers --------------------------------------------------------------------
+# --- lists of numbers ------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
     "raw, shown, titles",

@@ -1,4 +1,4 @@
-"""Audit 23 L2 and L3: `flytegpt feedback questions` keeps private conversations out and counts only
+"""`flytegpt feedback questions` keeps private conversations out and counts only
 the asker's 👍; the feedback database and the seen-events file are private to the bot's user, and
 question text older than [bot] retention_days is removed while what the report counts stays."""
 
@@ -40,7 +40,7 @@ def _answered(store: FeedbackStore, question: str, *, asker: str | None = "U1", 
     return fid
 
 
-# ---- L2: which questions are "confirmed" ------------------------------------------------------------
+# ---- which questions are "confirmed" ----------------------------------------------------------------
 
 def test_only_the_askers_thumbs_up_confirms_a_question(tmp_path: Path):
     """Anyone could 👍 any answer: one vote put someone else's question into the eval set."""
@@ -58,7 +58,7 @@ def test_only_the_askers_thumbs_up_confirms_a_question(tmp_path: Path):
     ]
 
 
-# ---- L2: privacy ------------------------------------------------------------------------------------
+# ---- privacy ----------------------------------------------------------------------------------------
 
 def _mixed_db(tmp_path: Path) -> Path:
     db = tmp_path / "feedback.sqlite3"
@@ -120,7 +120,7 @@ def test_a_question_asked_in_public_and_in_a_dm_is_kept_with_only_the_public_gol
     assert row["gold"] == ["docs:public.md"]
 
 
-# ---- L3: file modes ---------------------------------------------------------------------------------
+# ---- file modes -------------------------------------------------------------------------------------
 
 def test_the_database_the_seen_events_file_and_their_folder_are_private(tmp_path: Path):
     old = os.umask(0o022)  # the usual umask: SQLite alone created 0644 files
@@ -157,7 +157,7 @@ def test_an_existing_world_readable_database_is_made_private_when_opened(tmp_pat
     assert _mode(db) == 0o600
 
 
-# ---- L3: retention ----------------------------------------------------------------------------------
+# ---- retention --------------------------------------------------------------------------------------
 
 def test_retention_days_defaults_to_a_year_and_zero_keeps_everything():
     assert BotConfig().retention_days == 365

@@ -1,4 +1,4 @@
-"""Audit 31 F2: what a question is searched with is bounded, and reading it is linear.
+"""What a question is searched with is bounded, and reading it is linear.
 
 A paste in which nothing was recognised (no error line, no frame of the asker's own, no words of
 theirs) was searched whole, up to Slack's 40,000 characters, and a thread's follow-up carried its
@@ -60,9 +60,10 @@ HTTPServerError kebab-case-name a.b.c/d-e_f XMLHttpRequest getHTTPResponseCode _
 
 
 def test_the_tokens_of_a_text_are_the_ones_the_keyword_index_was_built_with():
-    """The keyword index and its token cache hold these tokens: written by the tokenizer before audit 31.
-    (All 4,498 chunks of the eval corpus gave the same tokens, words and exact terms before and after the
-    audit 31 change, and tokenising them took as long: tests/bench/bench_keyword.py times it.)"""
+    """The keyword index and its token cache hold these tokens: written by the tokenizer before its exact-name
+    pattern was made linear.
+    (All 4,498 chunks of the eval corpus gave the same tokens, words and exact terms before and after that
+    change, and tokenising them took as long: tests/bench/bench_keyword.py times it.)"""
     assert tokenize(FIXTURE) == [
         'overrid', 'with_overrides', 'flyte', 'file', 'flytefil', 'flytekit', 'core', 'task', 'flytekit.core.task',
         'pyflyt', 'run', 'resourc', 'request', 'resource-requests', 'cpu', 'exit', 'code', '137', 'oom', 'kill',

@@ -1,4 +1,4 @@
-"""Audit 20 (#2, #9-#12, #14-#16): what `flytegpt` says and does when an ingest has no --config,
+"""What `flytegpt` says and does when an ingest has no --config,
 when nothing changed, when the served version is damaged, when a config has no sources, and
 what its --help promises."""
 
@@ -49,7 +49,7 @@ def production(tmp_path: Path) -> tuple[Path, list[str]]:
     return store, published_versions(store, (8, 6))
 
 
-# ---- #2: the implicit sample config never replaces another index ------------------------------
+# ---- the implicit sample config never replaces another index ----------------------------------
 
 def test_ingest_without_config_refuses_to_replace_another_index(production):
     """It published the bundled sample as the store's LATEST, exit 0, not a word."""
@@ -100,7 +100,7 @@ def test_make_demo_and_the_readme_first_ingest_pass_the_config():
     assert ingest_lines and all("--config" in line for line in ingest_lines)
 
 
-# ---- #2 with #10: the sample into a new store, then again (unchanged) ---------------------------
+# ---- the sample into a new store, then again (unchanged) ----------------------------------------
 
 @pytest.fixture(scope="module")
 def sample_store(tmp_path_factory) -> Path:
@@ -135,7 +135,7 @@ def test_an_unchanged_ingest_says_so_and_publishes_nothing(sample_store: Path):
     assert list_versions(str(sample_store)) == [version]
 
 
-# ---- #11: a no-op never prunes the rollback target ----------------------------------------------
+# ---- a no-op never prunes the rollback target ---------------------------------------------------
 
 def test_an_unchanged_ingest_with_keep_versions_1_keeps_the_rollback_target(tmp_path: Path, embedder):
     """With keep_versions = 1 the unchanged ingest deleted the previous, different version."""
@@ -179,7 +179,7 @@ def test_publishing_the_version_latest_names_rewrites_latest_and_prunes_nothing(
     assert list_versions(str(store)) == [v2, v3]
 
 
-# ---- #12: a damaged served version --------------------------------------------------------------
+# ---- a damaged served version -------------------------------------------------------------------
 
 def test_versions_exits_1_when_the_served_version_is_damaged_and_still_lists(production):
     store, (v1, v2) = production
@@ -241,7 +241,7 @@ def test_the_rollback_hint_never_names_a_version_that_cannot_serve_either(produc
     assert f"Publish a sound version over it: flytegpt ingest --config ... --store {store}" in text
 
 
-# ---- #14: a config without sources ---------------------------------------------------------------
+# ---- a config without sources --------------------------------------------------------------------
 
 @pytest.fixture
 def no_sources(tmp_path: Path) -> Path:
@@ -272,7 +272,7 @@ def test_a_dry_run_whose_sources_give_nothing_exits_1(tmp_path: Path):
     assert "no documents found" in " ".join(result.output.split())
 
 
-# ---- #15: --version, where -v goes, what the log level is ---------------------------------------
+# ---- --version, where -v goes, what the log level is --------------------------------------------
 
 def test_version_option_prints_the_installed_version():
     result = run("--version")
@@ -287,7 +287,7 @@ def test_top_level_help_says_options_come_first_and_what_serve_logs():
     assert run("ask", "-v", "x").exit_code == 2  # after the command it is not an option
 
 
-# ---- #16: --help consistency, the empty question ------------------------------------------------
+# ---- --help consistency, the empty question -----------------------------------------------------
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
     for name, command in group.commands.items():
@@ -322,7 +322,7 @@ def test_ask_and_search_refuse_an_empty_question_alike(question: str, tmp_path: 
                                                                    "message": "the question is empty"}
 
 
-# ---- #9: eval --k -------------------------------------------------------------------------------
+# ---- eval --k -----------------------------------------------------------------------------------
 
 def test_eval_refuses_a_k_below_10_and_says_why(tmp_path: Path):
     """--k 1 gave the k=10 metrics."""
@@ -343,7 +343,7 @@ def test_demo_without_a_question_file_beside_the_config_says_what_it_needs(tmp_p
 
 
 def test_the_dry_run_counts_the_files_a_sources_rules_leave_out(tmp_path: Path) -> None:
-    """#13: skip_tests, include and exclude leave files out silently; the dry run counts them per
+    """skip_tests, include and exclude used to leave files out silently; the dry run counts them per
     source (not listed one by one: they are rules taking effect, not problems)."""
     result = run("ingest", "--config", SAMPLE, "--dry-run", "--json")
     assert result.exit_code == 0, result.output

@@ -1,5 +1,5 @@
-"""Audit 33: a hostile re-check of the day's answering changes (several questions in one message,
-reasoning models' thinking, other models' citation forms)."""
+"""Corner cases of answering: several questions in one message, reasoning models' thinking, other
+models' citation forms, offline follow-ups, other servers' early stops, and counting tokens."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ SOURCES = [Source(i, f"docs:{i}.md", f"Page {i}", f"https://example.org/{i}", "t
 
 
 @pytest.mark.parametrize("text, expected", [
-    # a "?" in pasted code, a log, inline code or a quote ends no question (F2)
+    # a "?" in pasted code, a log, inline code or a quote ends no question
     ("my log says:\n```\nWARNING: is the path correct? retrying\n```\nHow do I fix the upload path?", []),
     ("Why does `re.compile(r'(\\w+)?')` fail in my task? How do I register a workflow remotely?",
      ["Why does `re.compile(r'(\\w+)')` fail in my task?", "How do I register a workflow remotely?"]),
@@ -23,7 +23,7 @@ SOURCES = [Source(i, f"docs:{i}.md", f"Page {i}", f"https://example.org/{i}", "t
     ("> is the bucket public?\nHow do I set the bucket policy?", []),
     ("Traceback (most recent call last):\n  File \"wf.py\", line 3, in <module>\nValueError: is x set?\n"
      "How do I cache a task?", []),
-    # other ways a question ends (F7)
+    # other ways a question ends
     ("How do I cache a task?How do I set GPU resources?", ["How do I cache a task?", "How do I set GPU resources?"]),
     ("How do I cache a task?! And how do I set GPU resources?",
      ["How do I cache a task?", "And how do I set GPU resources?"]),
@@ -46,8 +46,8 @@ ABOUT_THE_TAG = [
 
 @pytest.mark.parametrize("reply", ABOUT_THE_TAG)
 def test_an_answer_about_the_closing_tag_comes_out_whole(reply: str) -> None:
-    """A closing tag mid-sentence or in code is the answer's subject, not the end of thinking (F3):
-    the answer lost its first half, and the bot held back every later stream."""
+    """A closing tag mid-sentence or in code is the answer's subject, not the end of thinking;
+    read as the end, it cost the answer its first half, and the bot held back every later stream."""
     assert strip_reasoning(reply) == reply
     for size in (1, 3, 7):
         f = ReasoningFilter()
@@ -86,7 +86,7 @@ def _offline(chunks=None):
 
 
 def test_offline_a_follow_up_joined_with_the_threads_subject_is_not_split_again() -> None:
-    """F1: "How do I use ray on Flyte? in the helm chart?" was split back into the old question and the
+    """Before, "How do I use ray on Flyte? in the helm chart?" was split back into the old question and the
     bare follow-up, each searched alone: "in the helm chart?" brought the Roadmap."""
     from flytegpt.bot.answering import Turn
 
@@ -100,7 +100,7 @@ def test_offline_a_follow_up_joined_with_the_threads_subject_is_not_split_again(
 
 
 def test_offline_a_follow_ups_note_names_only_what_its_asker_wrote() -> None:
-    """F4: the thread's first question's names were said again under every follow-up."""
+    """Before, the thread's first question's names were said again under every follow-up."""
     from flytegpt.bot.answering import Turn
 
     answerer, _ = _offline()
@@ -114,7 +114,7 @@ def test_offline_a_follow_ups_note_names_only_what_its_asker_wrote() -> None:
 @pytest.mark.parametrize("finish, note", [("MAX_TOKENS", "length"), ("max_tokens", "length"), ("LENGTH", "length"),
                                           ("SAFETY", "content_filter"), ("recitation", "content_filter")])
 def test_other_servers_names_for_the_two_early_stops_carry_their_notes(finish: str, note: str) -> None:
-    """F6: only "length" and "content_filter" were read; Gemini's and others' names left a cut answer
+    """Before, only "length" and "content_filter" were read; Gemini's and others' names left a cut answer
     without its note and its code block open."""
     from support.answering_support import ALL, WordSearcher
     from support.openai_server import OpenAIStandIn, Reply
@@ -132,7 +132,7 @@ def test_other_servers_names_for_the_two_early_stops_carry_their_notes(finish: s
 
 
 def test_a_long_link_or_base64_counts_as_a_chat_models_tokenizer_would_at_least() -> None:
-    """Audit 34 F2: WordPiece reads a run of over 100 characters as one [UNK], so a prompt with a
+    """WordPiece reads a run of over 100 characters as one [UNK], so a prompt with a
     1,074-character link fitted [answer] context_window by the bot's count (26 tokens) and the model
     (211-699 tokens in BPE) refused it."""
     import base64

@@ -1,13 +1,13 @@
-"""Audit 31 F3 and F6: how a thread's message and a question quoting another language are read.
+"""How a thread's message and a question quoting another language are read.
 
-F3: without a model, a thread's message was searched with the thread's subject only when it
+Before, without a model, a thread's message was searched with the thread's subject only when it
 matched a few word lists, so 11 of 49 real follow-ups ("what does the error mean?", "is the
 default 3?", "in the helm chart?", "ok and for map tasks") were searched alone and lost their
 subject. In a thread most messages to the bot follow up: now a thread's message is read with the
 subject unless it stands alone (`stands_alone`: "separate question: …", or a question of 7 words
 or more that points back at nothing). A DM's top level keeps its own rule (`reads_as_followup`).
 
-F6: an English question quoting a Spanish log line ("Our log says: El pod no tiene recursos…")
+An English question quoting a Spanish log line ("Our log says: El pod no tiene recursos…")
 read as Spanish, so with a model it was searched by the model's terms without the asker's words;
 "Comment planifier un workflow chaque jour?" was missed.
 """
@@ -27,11 +27,11 @@ pytestmark = pytest.mark.timeout(120)
 
 EVAL = Path(__file__).resolve().parents[1] / "eval"
 
-# --- F3 -------------------------------------------------------------------------------------------------
+# --- a thread's message: a follow-up, or a new question ----------------------------------------------
 
-# The audit's 49 follow-ups (scripts/followup.py), asked in a thread after a question about caching,
+# 49 real follow-ups, asked in a thread after a question about caching,
 # resources or a pasted trace: each is searched with the thread's subject.
-AUDIT_FOLLOW_UPS = [
+REAL_FOLLOW_UPS = [
     "does that work for map tasks too?", "what if I use a launch plan?", "same error on 1.12",
     "could you give an example?", "does this also apply to dynamic workflows?", "how about with a launch plan?",
     "and with pyflyte run --remote?", "can I do the same with ImageSpec?", "is that possible with the flytectl CLI?",
@@ -51,7 +51,7 @@ AUDIT_FOLLOW_UPS = [
     "that gives me KeyError: 'cache_version'", "tried your suggestion, the cache is still not hit",
     "didn't help, still a cache miss",
 ]
-# New questions asked in a thread, from the audits and the tests: searched alone.
+# New questions asked in a thread, from trial runs and the tests: searched alone.
 SELF_CONTAINED = [
     "separate question: how do I run a workflow on a schedule?", "how do I run a workflow on a schedule?",
     "how do I set GPU limits for a task?", "how do I install flytectl on mac?", "how do I use secrets in a task?",
@@ -64,14 +64,14 @@ MARKED_NEW = [
     "different question, how do I set retries?", "new question - what is flytectl?",
     "also, unrelated: does flyte run on GKE?", "different topic: map tasks", "Unrelated, but what is a launch plan?",
 ]
-# Short new questions (6 words or fewer) read with the thread's subject: measured, the audit's short
+# Short new questions (6 words or fewer) read with the thread's subject: measured, the real short
 # follow-ups are as short and name nothing from before either ("in the helm chart?", "is the default 3?").
 SHORT_NEW = ["what is a launch plan?", "how do I cache a task?"]
 
 
-def test_the_audits_49_follow_ups_all_get_the_threads_subject():
-    assert len(AUDIT_FOLLOW_UPS) == 49
-    assert [q for q in AUDIT_FOLLOW_UPS if stands_alone(q)] == []
+def test_every_real_follow_up_gets_the_threads_subject():
+    assert len(REAL_FOLLOW_UPS) == 49
+    assert [q for q in REAL_FOLLOW_UPS if stands_alone(q)] == []
 
 
 @pytest.mark.parametrize("text", SELF_CONTAINED + MARKED_NEW)
@@ -101,9 +101,9 @@ def test_a_dms_top_level_keeps_its_own_rule():
     assert reads_as_followup("and for map tasks?") and reads_as_followup("can you show code?")
 
 
-# --- F6 -------------------------------------------------------------------------------------------------
+# --- a question quoting another language -------------------------------------------------------------
 
-ENGLISH_QUOTING = [  # audit 31 F6 and its lang.py: English questions with foreign words, quotes or logs
+ENGLISH_QUOTING = [  # English questions with foreign words, quotes or logs
     "Our log says: El pod no tiene recursos suficientes para ejecutar la tarea. Why?",
     "Our log says: El pod no tiene recursos suficientes para ejecutar la tarea, en el nodo. How do I fix it?",
     "Error: 'no se puede encontrar el archivo de configuración' when running pyflyte",

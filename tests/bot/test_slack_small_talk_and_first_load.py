@@ -1,14 +1,14 @@
-"""Audit 29 F5-F7: what the bot does with small talk, and with questions asked while it starts.
+"""What the bot does with small talk, and with questions asked while it starts.
 
-F5: "help", a bare mention and a greeting got "I couldn't find this" with closest matches about
+Before, "help", a bare mention and a greeting got "I couldn't find this" with closest matches about
 Spark and MPI, and each was logged as a knowledge gap; they now get the usage (with a hello for a
-greeting), with no search, no 👀 and nothing logged. F6: "@FlyteGPT thanks!" in a thread got a new
-set of passages; it now gets a 🤗 reaction and nothing else. F7: a question asked after Socket Mode
+greeting), with no search, no 👀 and nothing logged. "@FlyteGPT thanks!" in a thread got a new
+set of passages; it now gets a 🤗 reaction and nothing else. A question asked after Socket Mode
 connected but before the first index was loaded was told "not ready, try again in a minute" (and
 got a 👀); it now waits for the index within its answer's deadline and is answered.
 
 Everything is checked as a Slack user sees it: the real app over Socket Mode against the emulator
-(`make_harness`), and for F7 the real `BotServer` of `flytegpt serve`.
+(`make_harness`), and for the first load the real `BotServer` of `flytegpt serve`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _mention_at_the_end(emu: SlackEmulator, text: str, **kw: Any) -> Any:
     return emu.send_event({**{k: v for k, v in msg.items() if k != "channel_type"}, "type": "app_mention"})
 
 
-# --- F5: help, a bare mention, greetings ----------------------------------------------------------------
+# --- help, a bare mention, greetings --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("text, kind", [
@@ -124,7 +124,7 @@ def test_usage_replies_count_against_the_turn_down_limit(make_harness):
     assert "cache_version" in answer["text"]
 
 
-# --- F6: a thank-you said to the bot ------------------------------------------------------------------
+# --- a thank-you said to the bot ----------------------------------------------------------------------
 
 
 def test_a_thank_you_mentioning_the_bot_gets_a_reaction_not_an_answer(harness):
@@ -151,12 +151,12 @@ def test_a_thank_you_mentioning_the_bot_gets_a_reaction_not_an_answer(harness):
     assert [r["name"] for r in emu.reactions if r["timestamp"] == more.ts] == ["eyes"]
 
 
-# --- F7: questions asked while the first index loads --------------------------------------------------
+# --- questions asked while the first index loads ------------------------------------------------------
 
 
 class _SlowFirstLoad:
     """The real query embedder, whose warm-up at the first load waits for `gate`: the model
-    loading from a cold cache (9.5-10.9 s in audit 29), for as long as a test needs."""
+    loading from a cold cache (9.5-10.9 s when measured), for as long as a test needs."""
 
     def __init__(self, inner: Any, gate: threading.Event) -> None:
         self._inner, self._gate = inner, gate

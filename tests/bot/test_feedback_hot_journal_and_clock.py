@@ -1,10 +1,10 @@
-"""Audit 31: the feedback database's read-only commands and retention, re-checked.
+"""The feedback database's read-only commands and retention, in the harder cases.
 
-F4: `feedback snapshot`, `export` and `questions` read a sound database that a read-only connection
+`feedback snapshot`, `export` and `questions` read a sound database that a read-only connection
 cannot: one left with a hot journal (the bot killed in the middle of a write) and an older release's
 WAL file in a read-only place. The copies hold the committed rows only, and the original is left as
-it was (its hot journal included: the bot rolls it back at its next start). F8: a clock that was
-behind when retention first found old text does not use the grace period up. F9: the snapshot is
+it was (its hot journal included: the bot rolls it back at its next start). A clock that was
+behind when retention first found old text does not use the grace period up. The snapshot is
 uploaded from a file, never from bytes in memory, and the temporary copies go where there is room.
 
 The hot journal is made the way it happens: a writer process opens the database as the bot does,
@@ -103,7 +103,7 @@ def crash_mid_write(db: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
     journal = Path(f"{db}-journal")
     assert journal.exists() and journal.stat().st_size > 0
-    # what made audit 31 F4: a read-only connection cannot roll it back
+    # why the commands used to fail on such a file: a read-only connection cannot roll it back
     conn = sqlite3.connect(sqlite_files.read_only_uri(db), uri=True)
     try:
         with pytest.raises(sqlite3.OperationalError, match="attempt to write a readonly database"):
@@ -254,7 +254,7 @@ def test_the_commands_read_a_database_in_a_read_only_place(tmp_path: Path, case:
 
     results = run_in_read_only_place(folder, db, out)
     assert results["writable"] is False
-    # what a read-only connection says there (audit 31 F4)
+    # what a read-only connection says there (what the commands used to fail with)
     assert results["plain"] == ("attempt to write a readonly database" if case == "hot journal"
                                 else "unable to open database file")
     for name in ("snapshot", "export", "questions"):
@@ -263,7 +263,7 @@ def test_the_commands_read_a_database_in_a_read_only_place(tmp_path: Path, case:
     assert files_of(db) == before
 
 
-# --- F9: never in memory, and where there is room --------------------------------------------------
+# --- never in memory, and where there is room ------------------------------------------------------
 
 
 class UploadOnlyFileSystem(MemoryFileSystem):
@@ -353,7 +353,7 @@ def test_a_copy_left_by_a_killed_process_is_removed_by_the_next_one(tmp_path: Pa
         assert not dead.exists() and live.exists()
 
 
-# --- F8: retention's grace period and a wrong clock ------------------------------------------------
+# --- retention's grace period and a wrong clock ----------------------------------------------------
 
 
 def history(db: Path, t0: float) -> None:

@@ -1,12 +1,11 @@
-"""The answer's deadline counts from the question's arrival, and a DM's notices go where its answer goes
-(the outside audit of 2027-01, audit 25: F4 and F8).
+"""The answer's deadline counts from the question's arrival, and a DM's notices go where its answer goes.
 
-F4: `[answer] deadline_s` started when a worker picked a question up, so with a slow model and a
+`[answer] deadline_s` used to start when a worker picked a question up, so with a slow model and a
 queue the last askers waited minutes for an answer. Now a question that waited gets what is left
 of its deadline, and one whose deadline passed while it waited gets the busy notice ("ask again in
 a minute") at once, without a search or a model call.
 
-F8: a DM's streamed answer is a thread reply under the question, but the busy, apology and restart
+A DM's streamed answer is a thread reply under the question, but the busy, apology and restart
 notices (and the rate-limit ones) were posted at the DM's top level, where a later top-level
 follow-up read them as earlier answers. Now every reply to a DM question goes to the answer's
 thread, and no notice is read back as an answer (in a DM, a channel thread or the panel).
@@ -58,7 +57,7 @@ def _top_level(emu: SlackEmulator, channel: str) -> list[dict]:
     return [m for m in emu.bot_messages(channel=channel) if not m.get("thread_ts")]
 
 
-# --- F4: the deadline counts from the question's arrival ---------------------------------------
+# --- the deadline counts from the question's arrival -------------------------------------------
 
 
 def test_a_slow_model_with_a_backlog_answers_nobody_past_the_deadline_from_arrival(make_harness):
@@ -128,7 +127,7 @@ def test_a_prompt_question_is_answered_as_before(make_harness):
     assert msg["text"] == ANSWER and "context_actions" in [b["type"] for b in msg["blocks"]]
 
 
-# --- F8: a DM's notices go in the question's thread, and are never read back as answers --------
+# --- a DM's notices go in the question's thread, and are never read back as answers ------------
 
 
 def test_busy_notices_in_a_dm_and_the_panel_go_in_the_questions_thread(make_harness):
