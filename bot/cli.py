@@ -308,7 +308,7 @@ def search(question: str, config_path: Path, store: str | None, k: int, mode: st
 def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: str, as_json: bool, misses: bool,
           ranks: bool) -> None:
     """Retrieval metrics (recall@5/10, MRR@10, coverage@10, recall@8000c) on a JSONL question set."""
-    from flytegpt.ingest.evaluation import METRICS, QuestionFileError, evaluate, load_questions, unknown_gold
+    from flytegpt.ingest.evaluation import CONTEXT_CHARS, METRICS, QuestionFileError, evaluate, load_questions, unknown_gold
 
     try:
         qs = load_questions(questions)
@@ -330,10 +330,11 @@ def eval_(questions: Path, config_path: Path, store: str | None, k: int, mode: s
         if mode != "hybrid":  # what the bot searches: a pasted traceback by its error (bot/pasted.py)
             return [h.chunk for h in fn(search_text(q.strip(), config.answer.max_question_chars), k)]
         q, hits = search_as_asked(searcher, q, k, config.answer.max_question_chars)
-        # recall@8000c counts what the answerer's prompt holds of each source: 8,000 characters
+        # recall@8000c counts what a prompt of 8,000 characters of sources holds of each source, packed
+        # as the answerer packs (a metric of a fixed size: not [answer] token_budget, which is larger)
         from flytegpt.bot.answering.budget import CharCounter, context_chunks
 
-        return context_chunks(hits, q, config.answer.token_budget, CharCounter())
+        return context_chunks(hits, q, CONTEXT_CHARS // 4, CharCounter())
 
     report = evaluate(qs, retrieve)
 

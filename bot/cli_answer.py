@@ -36,8 +36,10 @@ def make_answerer(config: Config) -> "Answerer":
 
 
 def format_sources(citations: "list[Citation]") -> str:
-    """One line per source; titles and URLs come from the corpus, so terminal-safe."""
-    return "\n".join(terminal_text(f"[{c.n}] {c.title} — {c.url}") for c in citations)
+    """One line per source, a Slack thread's with the day it was started
+    (`[2] How can I cap parallel nodes? (2023-10-21) — <url>`: an old thread reads as dated);
+    titles and URLs come from the corpus, so terminal-safe."""
+    return "\n".join(terminal_text(f"[{c.n}] {c.title}{c.date_note} — {c.url}") for c in citations)
 
 
 def print_answer(answer: "Answer", echo: Callable[[str], None] | None = None) -> None:

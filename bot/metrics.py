@@ -7,7 +7,16 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST", "MADE_UP_CITATIONS"]
+
+# Counted where answers are written (bot/answering/citations.report_made_up), which holds no Metrics:
+# one counter for the process, registered on every Metrics registry, as the process figures are. A high
+# rate against flytegpt_answers_total{mode="llm"} means the model does not follow the prompt's numbering
+# (a weak model, or a prompt it does not follow), not a bad answer now and then.
+MADE_UP_CITATIONS = Counter(
+    "flytegpt_made_up_citations", "Citation markers in the model's answers that named a source number it was "
+    "not given ([7] with 5 sources; [6-9]; the 6-7 of [4-7]): dropped from the text, counted once per answer",
+    registry=None)
 
 
 class Metrics:
@@ -15,8 +24,10 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         # process_resident_memory_bytes, open fds, CPU: what an alert on memory growth (a hot reload
-        # leaves a few MB behind, audit 25 F5) or an fd leak needs, without a sidecar
+        # was measured to leave a few MB behind) or an fd leak needs, without a sidecar
         ProcessCollector(registry=r)
+        r.register(MADE_UP_CITATIONS)
+        self.made_up_citations = MADE_UP_CITATIONS
         self.questions = Counter("flytegpt_questions", "Questions accepted for answering", ["surface"], registry=r)
         self.answers = Counter("flytegpt_answers", "Answers posted", ["mode"], registry=r)
         self.failures = Counter("flytegpt_failures", "Questions that got no regular answer", ["reason"], registry=r)
@@ -26,7 +37,7 @@ class Metrics:
         )
         # From the event arriving to a worker starting on it, for every question a worker took (also
         # those whose deadline passed in the queue: they get the busy notice): how long askers wait
-        # for a free worker (audit 25 F4). [answer] deadline_s (45 s) counts from the arrival, so
+        # for a free worker. [answer] deadline_s (45 s) counts from the arrival, so
         # the 30, 45 and 60 s buckets show how many waited through most or all of it.
         self.queue_wait = Histogram(
             "flytegpt_queue_wait_seconds", "From the event arriving to a worker starting to answer it",

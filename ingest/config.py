@@ -329,14 +329,18 @@ class TuningConfig(_Strict):
 
 
 # [answer] context_window must leave at least this many tokens after max_tokens: the instructions
-# (~270-300 tokens), the margin, a question and an excerpt of a source or two (at 512, a window of
-# 1,024 with max_tokens 512 answered no question: audit 34 F1)
+# (~400-470 tokens), the margin, a question and an excerpt of a source or two (at 512, a window of
+# 1,024 with max_tokens 512 answered no question)
 MIN_PROMPT_TOKENS = 768
 MIN_ANSWER_TOKENS = 16  # max_tokens' own floor
 
 
 class AnswerConfig(_Strict):
-    token_budget: int = Field(default=2000, ge=100, le=1_000_000)  # tokens of sources in the prompt
+    # Tokens of sources in the prompt. 6,000 sends the ten sources of every one of the 299 eval
+    # questions whole (median 3,200 tokens, at most 4,700); at 2,000, 68% of them were cut to
+    # excerpts, and 20 questions lost the lines that answer them (a CI login's client id and secret,
+    # a Slack thread's reply). A small local model's window bounds it further (context_window).
+    token_budget: int = Field(default=6000, ge=100, le=1_000_000)
     min_score: float = Field(default=0.0, ge=0.0, le=10.0)  # below this fused score nothing counts as relevant
     # Below this best cosine similarity (question vs any retrieved chunk) nothing counts as
     # relevant. The fused score is min-max normalised per query, so it is high even for
@@ -376,8 +380,8 @@ class AnswerConfig(_Strict):
     # The chat model's context window in tokens (what vLLM calls max_model_len, Ollama num_ctx); 0:
     # unknown. Set, each question's sources are cut so that the prompt (instructions, sources,
     # question) plus max_tokens fits it, with a small margin (the bot counts with its own tokenizer,
-    # not the model's): a 4k or 2k local model answers long questions instead of failing them (audit
-    # 32 F8). A question too long to fit even without sources gets the passages, not a model call.
+    # not the model's): a 4k or 2k local model answers long questions instead of failing them.
+    # A question too long to fit even without sources gets the passages, not a model call.
     context_window: int = Field(default=0, ge=0, le=100_000_000)
 
     @model_validator(mode="after")
@@ -400,6 +404,9 @@ FLYTE = "Flyte"
 # Flyte's parts as the prompts named them before the project was configurable (bot/answering/prompts.py)
 FLYTE_DESCRIPTION = "flytekit, flytectl, FlytePropeller, FlyteAdmin"
 FLYTE_ASSISTANT = "FlyteGPT"
+# What a Flyte index holds (flytekit and the Flyte 1 docs and Slack): a question about the Flyte 2 SDK,
+# whose `flyte` package is no flytekit, must not get a flytekit answer
+FLYTE_SOURCES_DESCRIBE = "Flyte 1.x and flytekit, not the Flyte 2 SDK (`import flyte`, `TaskEnvironment`, `flyte.run`)"
 FLYTE_SUGGESTED_PROMPTS = (
     "How do I cache a task's outputs?",
     "How do I run a map task over a list of inputs?",
@@ -428,16 +435,22 @@ class ProjectConfig(_Strict):
     # another script (Chinese, Cyrillic, ...) is searched with the model's search terms in this
     # language: the packaged embedding model and the keyword index read English only.
     language: str = Field(default="English", max_length=40)
+    # What the sources cover, product and version, as the answer prompt states it: "The sources
+    # describe {this}." ("Bolt for Python 1.x, not Bolt for JavaScript"). With it the model can tell an
+    # asker on another major version or SDK that the sources do not cover it, instead of carrying their
+    # APIs over. Left out: Flyte 1's for Flyte (FLYTE_SOURCES_DESCRIBE), none otherwise; "" drops it.
+    sources_describe: str | None = Field(default=None, max_length=200)
 
     @model_validator(mode="before")
     @classmethod
     def _flyte_defaults(cls, data: Any) -> Any:
         """Flyte's wording for the Flyte project (the default), so its prompts stay what they were."""
         if isinstance(data, dict) and is_flyte(data.get("name", FLYTE)):
-            return {"description": FLYTE_DESCRIPTION, "assistant_name": FLYTE_ASSISTANT, **data}
+            return {"description": FLYTE_DESCRIPTION, "assistant_name": FLYTE_ASSISTANT,
+                    "sources_describe": FLYTE_SOURCES_DESCRIBE, **data}
         return data
 
-    @field_validator("name", "description", "assistant_name", "language")
+    @field_validator("name", "description", "assistant_name", "language", "sources_describe")
     @classmethod
     def _one_line(cls, value: str | None, info: Any) -> str | None:
         """Each goes into a sentence of a prompt: one line, no blank name."""
@@ -451,7 +464,7 @@ class ProjectConfig(_Strict):
                 raise ValueError("is empty: write the project's name, e.g. \"Bolt for Python\"")
             if info.field_name == "language":
                 raise ValueError("is empty: write the language of the sources, e.g. \"English\"")
-            return None  # an empty description or assistant name: none
+            return None  # an empty description, assistant name or sources_describe: none
         return value
 
     @property
@@ -483,7 +496,7 @@ class BotConfig(_Strict):
     user_rate_limit: int = Field(default=10, ge=0, le=10_000)  # questions per user per minute; 0: no limit
     # Questions one user may have running or queued at once; one more is refused with a notice
     # (not queued, not counted against user_rate_limit). The per-minute limit alone let one
-    # user's burst fill the shared queue ahead of everyone (audit 23, F8).
+    # user's burst fill the shared queue ahead of everyone.
     user_in_flight: int = Field(default=2, ge=1, le=10_000)
     reload_interval_s: float = Field(default=60.0, gt=0, le=86_400)  # LATEST polled this often
     feedback_db: str = ".flytegpt/feedback.sqlite3"
@@ -630,13 +643,13 @@ def _check_no_deployment_url(url: str) -> None:
     and an `api-key` header). Azure's v1 endpoint, `https://<resource>.openai.azure.com/openai/v1/`,
     takes the plain client with the key as a Bearer token and the deployment name as the model
     (learn.microsoft.com, "Azure OpenAI API version lifecycle"), so that is what the error says to
-    write (audit 32 F9). The query's value is never repeated: a proxy may carry a key there."""
+    write. The query's value is never repeated: a proxy may carry a key there."""
     parts = urlsplit(url)
     bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
     deployment = _AZURE_DEPLOYMENT.search(parts.path)
     host = (parts.hostname or "").lower()
     # only on Azure's own hosts: LiteLLM serves an Azure-compatible /openai/deployments/<model> route that
-    # the plain client calls well, and so may a gateway in front of Azure (audit 34 F8)
+    # the plain client calls well, and so may a gateway in front of Azure
     on_azure = host.endswith((".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"))
     if deployment is not None and on_azure:
         root = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path[:deployment.start()]}/openai/v1/"

@@ -58,7 +58,7 @@ class _WordPieceCounter:
     run of over 100 characters (a long URL, base64, a JWT) as one [UNK] and line breaks as nothing, where
     a BPE tokenizer spends a token on every 1.5-4 characters of such a run and one on a line break.
     Counted as WordPiece does, a prompt that fitted `[answer] context_window` by the bot's count was
-    refused by the model (a 1,074-character link: 26 tokens here, 211-699 in BPE; audit 34 F2)."""
+    refused by the model (measured on a 1,074-character link: 26 tokens here, 211-699 in BPE)."""
 
     UNK_CHARS_PER_TOKEN = 1.5  # a [UNK] run as the harshest BPE reads it
 
@@ -170,8 +170,8 @@ class Source:
     score: float
     kind: str  # "docs" | "code" | "slack"
     # Slack: each message's permalink, in the order of `text`'s messages (split at blank lines; ""
-    # for the "[...]" between two chunks), so the offline answer links the reply it quotes (audit
-    # 27 F4). Empty when not known; an excerpt (pack_sources) has none.
+    # for the "[...]" between two chunks), so the offline answer links the reply it quotes.
+    # Empty when not known; an excerpt (pack_sources) has none.
     message_urls: tuple[str, ...] = ()
 
     @property
@@ -248,7 +248,7 @@ def distinct_titles(sources: list[Source]) -> list[Source]:
 
     Two projects' docs often share page titles (the Flyte user guide's "Basics" and the
     flytesnacks example README's): "[1] Basics, [2] Basics" lets neither the reader nor the model
-    tell them apart before following the link (audit 27 F7).
+    tell them apart before following the link.
     """
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(sources):
@@ -284,7 +284,7 @@ def pack_sources(
     for s, cost, share in zip(sources, costs, shares):
         if share < min(cost, _MIN_USEFUL_TOKENS):
             continue
-        text = s.text if cost <= share else _excerpt(s.text, terms, share, counter)
+        text = s.text if cost <= share else _excerpt(s.text, terms, share, counter, s.kind)
         if text.strip():
             kept.append(Source(len(kept) + 1, s.source_id, s.title, s.url, text, s.score, s.kind))
     return kept
@@ -292,7 +292,7 @@ def pack_sources(
 
 # [answer] context_window: what the bot's count may miss of the model's (another tokenizer; the chat
 # template's role markers), kept free besides max_tokens. WordPiece counts English at ~3.6 characters a
-# token, more tokens than Llama's or Qwen's tokenizers (~4+), so 5% errs on the safe side (audit 32 F8).
+# token, more tokens than Llama's or Qwen's tokenizers (~4+), so 5% errs on the safe side.
 WINDOW_MARGIN = 0.05
 MESSAGE_TOKENS = 8  # a chat template's markers around one message (<|im_start|>system ... <|im_end|>)
 MIN_SOURCE_TOKENS = _MIN_USEFUL_TOKENS  # less room than this for sources: no source fits, none is sent
@@ -312,8 +312,8 @@ def pack_within(sources: Sequence[Source], question: str, token_budget: int, roo
     not count: ~2,000-2,300 tokens for a budget of 2,000) takes at most `room` tokens."""
     counter = counter or token_counter()
     budget = min(token_budget, room)
-    # a small room shared by all ten sources gave each less than a useful excerpt, and none was sent
-    # (audit 34 F1): the best few then, each with room for a passage
+    # a small room shared by all ten sources gave each less than a useful excerpt, and none was sent:
+    # the best few then, each with room for a passage
     sources = list(sources)[:max(1, budget // SOURCE_SHARE_TOKENS)]
     fitted = pack_sources(sources, question, budget, counter)
     for _ in range(4):  # each pass takes off what the last one was over by: two passes in practice
@@ -364,38 +364,101 @@ def _shares(costs: list[int], budget: int) -> list[int]:
 
 
 _FENCE_LINE = re.compile(r"^\s*(```|~~~)")
+# A line that opens an indented block: an RST directive (".. code-block:: yaml", ".. testcode::") or a
+# literal block's "::". The block runs while its lines are indented deeper, blank lines and all.
+_BLOCK_OPENER = re.compile(r"^\s*\.\.\s+[\w:-]+::|::\s*$")
 
 
-def _passages(text: str) -> list[str]:
-    """Paragraphs and code blocks (a fenced block stays one passage), in order."""
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _passages(text: str, kind: str = "docs") -> list[str]:
+    """Paragraphs and blocks, in order: what an excerpt keeps or leaves out as a whole.
+
+    A blank line ends a passage, except inside what would be cut in two: a fenced block, an RST
+    directive's or literal block's indented body (".. code-block:: yaml" without its YAML told the
+    model nothing), and a sentence ending in ":" and the block it introduces. Code and Slack threads
+    are split at every blank line: a function's docstring paragraphs and body lines, a thread's
+    messages, are each worth keeping or leaving out on their own."""
+    lines = text.split("\n")
+    following: list[str | None] = [None] * len(lines)  # the next line with text after each line
+    upcoming = None
+    for i in range(len(lines) - 1, -1, -1):
+        following[i] = upcoming
+        if lines[i].strip():
+            upcoming = lines[i]
     out: list[str] = []
     cur: list[str] = []
     fenced = False
-    for line in text.split("\n"):
+    block_indent: int | None = None  # the opener's indent while inside an indented block
+    for i, line in enumerate(lines):
         if _FENCE_LINE.match(line):
             fenced = not fenced
-        if not line.strip() and not fenced:
-            if cur:
-                out.append("\n".join(cur))
-                cur = []
+        if line.strip() or fenced:
+            if line.strip():
+                if block_indent is not None and _indent(line) <= block_indent and not _BLOCK_OPENER.search(line):
+                    block_indent = None
+                if kind not in ("code", "slack") and _BLOCK_OPENER.search(line):
+                    block_indent = _indent(line)
+            cur.append(line)
             continue
-        cur.append(line)
+        nxt = following[i]
+        if cur and nxt is not None and _continues(cur, nxt, block_indent, kind):
+            cur.append(line)
+            continue
+        if cur:
+            out.append("\n".join(cur).rstrip("\n"))
+            cur = []
+        block_indent = None
     if cur:
-        out.append("\n".join(cur))
+        out.append("\n".join(cur).rstrip("\n"))
     return out
 
 
-def _excerpt(text: str, terms: set[str], budget: int, counter: TokenCounter) -> str:
-    """The passages of `text` that best match `terms`, nearest the best one next, within `budget`."""
-    passages = _passages(text)
+def _continues(cur: list[str], following: str, block_indent: int | None, kind: str) -> bool:
+    """Whether the passage `cur` goes on past a blank line to the line `following`."""
+    if kind in ("code", "slack"):
+        return False
+    if block_indent is not None:
+        return _indent(following) > block_indent
+    last = next(line for line in reversed(cur) if line.strip())
+    opens_block = (_FENCE_LINE.match(following) is not None or _BLOCK_OPENER.search(following) is not None
+                   or _indent(following) > _indent(last))
+    return last.rstrip().endswith(":") and opens_block
+
+
+_THREAD_QUESTION_TOKENS = 80  # what an excerpt of a Slack thread keeps of its first message at most
+
+
+def _excerpt(text: str, terms: set[str], budget: int, counter: TokenCounter, kind: str = "docs") -> str:
+    """The passages of `text` that best match `terms`, nearest the best one next, within `budget`.
+
+    A Slack thread is the exception: its first message is the question, which shares the most words
+    with the asker's (it is a paraphrase of it), and its answer is in the replies, in other words.
+    Ranked like any passage, the question was kept and the reply dropped in 41 of 65 threads cut; so
+    the question's beginning comes first, then the replies that best match."""
+    passages = _passages(text, kind)
     if not passages:
         return ""
     scores = [len(terms & set(tokenize(p))) for p in passages]
-    best = max(range(len(passages)), key=lambda j: (scores[j], -j))
-    order = sorted(range(len(passages)), key=lambda j: (-scores[j], abs(j - best), j))
-    chosen: set[int] = set()
     gap = counter.count(_GAP) + 1  # every passage may need a "[...]" before it, one more may follow
     left = budget - gap
+    chosen: set[int] = set()
+    first = 0
+    if kind == "slack" and len(passages) > 1:
+        question = passages[0]
+        room = min(_THREAD_QUESTION_TOKENS, left // 3)
+        if counter.count(question) > room:
+            question = counter.truncate(question, max(0, room - gap)).rstrip()
+            question = f"{question} [...]" if question else ""
+        if question:
+            passages[0] = question
+            chosen.add(0)
+            left -= counter.count(question) + gap
+        first = 1
+    best = max(range(first, len(passages)), key=lambda j: (scores[j], -j))
+    order = sorted(range(first, len(passages)), key=lambda j: (-scores[j], abs(j - best), j))
     for j in order:
         cost = counter.count(passages[j]) + gap
         if cost <= left:

@@ -1,24 +1,22 @@
 """The answering chain: condense -> retrieve -> fit sources -> prompt -> model -> citations.
 
-LangChain runnables do the prompt/model/parser plumbing; the retry loop is ours because
-it has to honour Retry-After with a cap (the openai client would wait up to minutes,
-which a Slack user will not), and because an empty completion is a failure we retry too.
+This module is the flow: what is searched, what the model is asked and what the asker gets back
+(with the events the Slack layer shows). Talking to the chat model (the client, retries, streaming,
+reading a reply) is model.ChatModel's.
 
 Every answer has one deadline (`[answer] deadline_s`) that covers condensing, retries,
 waits and the model's writing: each model call gets what is left of it as its timeout.
 Past the deadline the asker gets the best passages, with a note that the model did not
 answer, instead of a worker held for (retries + 1) x timeout. The deadline counts from
 when the question was asked (`asked_at`: the Slack bot passes its event's arrival), so time
-spent waiting for a worker is part of it: with a slow model and a queue, an answer no longer
-comes minutes after the question (audit 25 F4). Without `asked_at` (CLI, bulk) it starts now.
+spent waiting for a worker is part of it: with a slow model and a queue, an answer must not
+come minutes after the question. Without `asked_at` (CLI, bulk) it starts now.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from flytegpt.bot.pasted import SEARCH_MAX_CHARS, fit_pieces, fit_question, read_paste, search_text
@@ -27,13 +25,13 @@ from flytegpt.bot.question_text import (code_identifiers, mostly_another_script,
 
 from . import prompts
 from .budget import SOURCE_SHARE_TOKENS, Source, dedupe_hits, pack_sources, pack_within, prompt_room, token_counter
-from .citations import source_citations
-from .live import Delta, LiveCitations, Progress, clean_answer
-from .model_calls import (MIN_CALL_S, RELATED as _RELATED, Deadline, EmptyCompletion, NoAnswerInTime, PromptTooLong,
-                          Retries, check_model, clipped, endpoint_host)
+from .citations import cite_source, report_made_up, source_citations
+from .live import Delta, Progress, clean_answer
+from .model import CUT_SHORT, ChatModel, Reply
+from .model_calls import RELATED as _RELATED, Deadline, EmptyCompletion, NoAnswerInTime, PromptTooLong, clipped
 from .offline import offline_answer
-from .reasoning import ReasoningFilter, closes_unopened, strip_reasoning
-from .types import Answer, Citation, IndexNotReady, QuestionRejected, Turn, UNCITED, keep_turns
+from .reasoning import strip_reasoning
+from .types import Answer, IndexNotReady, QuestionRejected, Turn, UNCITED, keep_turns
 
 Event = Progress | Delta | Answer
 
@@ -45,40 +43,7 @@ log = logging.getLogger(__name__)
 
 _CONDENSED_MAX_CHARS = 1000
 _REWRITE_MAX_CHARS = 300  # the search terms a rewrite may add
-# finish reasons that end a reply before the model meant to: retrying an empty one does the same again
-_CUT_SHORT = ("length", "content_filter")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
-
-
-@dataclass(frozen=True)
-class _Reply:
-    """What one model call said: its answer text (any thinking removed) and why it stopped
-    (`finish_reason`: "stop", "length", "content_filter"; None when the server never said)."""
-
-    text: str
-    finish: str | None = None
-
-
-def _text_of(message: Any) -> str:
-    """A message's (or chunk's) text, as StrOutputParser makes it."""
-    from langchain_core.outputs import ChatGeneration
-
-    return message if isinstance(message, str) else ChatGeneration(message=message).text
-
-
-# Finish reasons other servers give for the same two stops (Gemini's and Anthropic's OpenAI-compatible
-# endpoints, proxies passing theirs through: audit 33 F6)
-_FINISH_ALIASES = {"max_tokens": "length", "max_output_tokens": "length", "model_length": "length",
-                   "safety": "content_filter", "recitation": "content_filter", "blocklist": "content_filter",
-                   "prohibited_content": "content_filter", "spii": "content_filter", "refusal": "content_filter"}
-
-
-def _finish_of(message: Any) -> str | None:
-    finish = (getattr(message, "response_metadata", None) or {}).get("finish_reason")
-    if not isinstance(finish, str) or not finish:
-        return None
-    finish = finish.lower()
-    return _FINISH_ALIASES.get(finish, finish)
 
 
 def close_fence(markdown: str) -> str:
@@ -96,23 +61,21 @@ def close_fence(markdown: str) -> str:
     return markdown if opened is None else f"{markdown.rstrip()}\n{opened}"
 
 
-
-
-
 def with_thread_subject(question: str, history: Sequence[Turn], limit: int = SEARCH_MAX_CHARS) -> str:
     """A follow-up searched without a model to rewrite it: the thread's first question (what the
     thread is about) and the last question before this one (what it moved on to), then the
     follow-up. Only user turns that were for the bot are in `history` (see slack.history).
     Only for a message that does not stand alone (`stands_alone`): in a thread most messages to
-    the bot follow up (audit 31 F3); a new question asked there ("separate question: …", a long
-    question that points back at nothing) is searched alone (audit 29 F3). A question that
-    pasted a traceback gives its words and its error (`pasted.search_text`), not its frames.
+    the bot follow up; a new question asked there ("separate question: …", a long question that
+    points back at nothing) is searched alone, or the old subject would pull in its sources. A
+    question that pasted a traceback gives its words and its error (`pasted.search_text`), not its
+    frames.
 
     Within `limit` characters (`[answer] max_question_chars`), the follow-up's words whole when they
     are short: it is searched, logged as the question searched, and may go to the model (the rewrite).
     `history` holds answered turns only (`answered_turns`): a question refused as too long is no
-    subject (two refused 40,000-character messages made "why?" an 80,000-character search of 6 s,
-    audit 31 F2)."""
+    subject (two refused 40,000-character messages would make "why?" an 80,000-character search of
+    6 s)."""
     asked = [t.text.strip() for t in history if t.role == "user" and t.text.strip()]
     context = list(dict.fromkeys(search_text(q, limit) for q in asked[:1] + asked[-1:]))  # one of each
     return fit_pieces([*context, question.strip()], limit, sep=" ").strip()
@@ -147,15 +110,8 @@ class Answerer:
         self.config = config
         self.settings = settings
         self._searcher = searcher
-        # Settings reads a blank OPENAI_API_KEY / OPENAI_BASE_URL as unset; a malformed base URL is a
-        # ConfigError naming it now (`flytegpt serve`: one line at start), not retried connection failures.
-        base_url = settings.checked_openai_base_url()
-        key = settings.openai_api_key
-        self.llm_enabled: bool = (key is not None and bool(key.get_secret_value().strip())) or base_url is not None
-        self._lock = threading.Lock()
-        self._chat: Any = None
-        self._thinking_opens_in_prompt = False  # learnt from replies: see _saw_thinking_open_in_prompt
-        self._unopened_closes = 0  # replies in a row that closed a thinking block they never opened
+        self.model = ChatModel(config, settings)  # a malformed OPENAI_BASE_URL is a ConfigError here
+        self.llm_enabled: bool = self.model.enabled
 
     # ---- public API -------------------------------------------------------------
     def answer(self, question: str, history: Sequence[Turn] = (), *, asked_at: float | None = None) -> Answer:
@@ -187,53 +143,23 @@ class Answerer:
         return answer_many(self, questions, workers=workers, **resume)
 
     def model_label(self) -> str:
-        """The chat model and where it is, for the "FlyteGPT is running" line: "gpt-4o-mini at
-        api.openai.com", "qwen3:8b at ollama:11434" (the base URL's host, never its path, query or the
-        key); "none (quoting passages)" without a model."""
-        if not self.llm_enabled:
-            return "none (quoting passages)"
-        return f"{self.settings.chat_model} at {endpoint_host(self.settings.openai_base_url)}"
+        """The chat model and where it is, for the "FlyteGPT is running" line (ChatModel.model_label)."""
+        return self.model.model_label()
 
     def check_model(self) -> bool:
-        """Ask the endpoint once whether it serves the chat model with this key (`model_calls.check_model`:
-        its model list, else a 1-token completion); one log line either way, a warning naming the
-        problem when it does not. Never raises: `flytegpt serve` runs it beside its start, which goes
-        on whatever it finds (a model still loading, a key fixed later). True when the model answered."""
-        if not self.llm_enabled:
-            return False
-        key = self.settings.openai_api_key
-        model, where = self.settings.chat_model, self.settings.openai_base_url or "https://api.openai.com/v1"
-        try:
-            failure = check_model(self.settings.openai_base_url,
-                                  key.get_secret_value() if key is not None else "not-needed", model,
-                                  timeout=self.config.answer.timeout_s,
-                                  max_tokens_field=max_tokens_field(self.config.answer.max_tokens_field,
-                                                                    self.settings.openai_base_url))
-        except Exception as e:  # noqa: BLE001 - a check must not take the bot down
-            log.warning("chat model check at start could not run (%s): the first answers will tell", type(e).__name__)
-            return False
-        if failure is None:
-            log.info("chat model check at start: '%s' is served at %s", model, where)
-            return True
-        cause = failure.cause
-        if where.rstrip("/") not in cause:  # classify names the endpoint of a 404 or 401, not of the others
-            cause += f" (model '{model}' at {where})"
-        said = f" | {failure.detail}" if failure.detail else ""
-        if failure.kind == "transient":  # "connection failed", "timed out", "HTTP 503": may pass by itself
-            log.warning("chat model check at start: %s; while it lasts, askers get the best passages instead of "
-                        "answers%s", cause, said)
-        else:
-            log.warning("chat model check at start: %s; until this is fixed, askers get the best passages and "
-                        "a note that the model is misconfigured%s", cause, said)
-        return False
+        """Ask the endpoint once whether it serves the chat model (ChatModel.check_model): one log line,
+        never raises; True when the model answered."""
+        return self.model.check_model()
 
     def _events(self, question: str, history: Sequence[Turn], *, stream: bool,
                 asked_at: float | None = None) -> Iterator[Event]:
         # what the model reads (a long pasted trace cut to its head and its error), and what is
-        # searched: the asker's words with a pasted trace's error, not its frames (audit 29 F4)
+        # searched: the asker's words with a pasted trace's error, not the library frames that fill most
+        # of it and match code the question is not about
         asked = self.validate(question)
         # what is searched is what is logged as the question searched (standalone_question) and what the
-        # rewrite step reads: within [answer] max_question_chars like what the model answers (audit 31 F2)
+        # rewrite step reads: within [answer] max_question_chars like what the model answers (a longer
+        # text costs seconds to search and would fill the log line)
         limit = self.config.answer.max_question_chars
         searched = search_text(question.strip(), limit)
         searcher = self._searcher()
@@ -242,11 +168,12 @@ class Answerer:
         version = getattr(searcher, "version", None)
         deadline = Deadline(self.config.answer.deadline_s, start=asked_at)
         # a question the bot turned down as too long was never answered: it is no part of the thread's
-        # subject, in the condense prompt or the search (a refused 40,000-character first message was
-        # what a thread's follow-ups were searched with, audit 31 F2); of the kept turns only, each
+        # subject, in the condense prompt or the search (else a refused 40,000-character first message
+        # would be what a thread's follow-ups are searched with); of the kept turns only, each
         # read once: a thread can hold many 40,000-character messages
         history = answered_turns(keep_turns(history, self.config.answer.history_turns), limit)
-        # an answer posted before thinking was told apart (audit 32 F1) is read without it
+        # an answer posted by an older version that did not yet tell a model's thinking from its answer
+        # is read without that thinking
         history = [Turn(t.role, strip_reasoning(t.text)) if t.role == "assistant" else t for t in history]
         yield Progress("searching")
 
@@ -260,29 +187,29 @@ class Answerer:
             standalone, followup = condensed, True
         elif history and not stands_alone(_own_words(asked)):
             # no model, no time for it, or it said nothing: the thread gives a message its subject unless
-            # it stands alone (audit 31 F3; a DM's top-level message has a history only when it reads as
-            # a follow-up: answer_job, reads_as_followup)
+            # it stands alone (in a thread most messages to the bot follow up; a DM's top-level message
+            # has a history only when it reads as a follow-up: answer_job, reads_as_followup)
             standalone, followup = with_thread_subject(searched, history, limit), True
 
         query = standalone
         # a question the index cannot read (Chinese over English docs; Spanish or German, whose words
-        # find false friends: audit 29 F2) is searched with the model's search terms alone;
+        # find false friends) is searched with the model's search terms alone;
         # [answer] rewrite_query adds them to any thread's first question
         unreadable = self.llm_enabled and self.config.project.in_english and (
             mostly_another_script(standalone) or reads_as_another_language(standalone))
         # the model reads the question as asked; a follow-up also as the thread made it. Not rewritten when
         # it alone fills [answer] context_window: it gets the passages, and the call could only be refused
-        # (audit 34 F5)
         told = prompts.asked_question(asked, standalone) if followup else asked
         room = self._sources_room(told)
         if room is not None and (unreadable or (self.config.answer.rewrite_query and self.llm_enabled
                                                 and not history)):
             # the model's terms alone, unless the asker names code (map_task, ContainerTask, a path): the
-            # docs and the code hold those as written, in any language (audit 31 F6)
+            # docs and the code hold those as written, in any language
             query = self._rewrite(standalone, deadline, terms_alone=unreadable and not code_identifiers(standalone))
-        # a message of several questions: each one's best source among the first (audit 29 F8); not a
-        # thread's subject joined with a follow-up offline, which would search the old question and the
-        # bare follow-up alone (audit 33 F1)
+        # a message of several questions: each one's best source among the first (searched whole, the
+        # questions compete and one can lose all its sources to the others); not a thread's subject
+        # joined with a follow-up offline, which would search the old question and the bare follow-up
+        # alone
         joined = followup and not condensed
         hits = searcher.search(query, self.config.retrieval.k,
                                questions=() if joined else separate_questions(query))
@@ -314,16 +241,18 @@ class Answerer:
                 inputs = {"sources": prompts.format_sources(fitted), "question": told}
                 try:
                     if stream:
-                        reply = yield from self._stream_answer(inputs, fitted, deadline, shrink_next=not shrunk)
+                        reply = yield from self.model.stream_answer(self.model.chain(prompt, deadline), inputs,
+                                                                    fitted, deadline, shrink_next=not shrunk)
                     else:
-                        reply = self._invoke(self._chain(prompt, deadline), inputs, fitted, deadline=deadline,
-                                             shrink_next=not shrunk)
+                        reply = self.model.invoke(self.model.chain(prompt, deadline), inputs, fitted,
+                                                  deadline=deadline, shrink_next=not shrunk)
                     break
                 except PromptTooLong as e:
                     # over the model's context window (no text was shown: the refusal comes first): once
-                    # more with about half the sources' budget, within the same deadline (audit 32 F3, F8)
+                    # more with about half the sources' budget, within the same deadline: a shorter prompt
+                    # often fits, and the asker gets an answer instead of a setup notice
                     smaller = [] if shrunk else self._pack(sources, query, budget // 2, room)
-                    if smaller == fitted:  # short sources, a long question: the same prompt again (audit 34 F4)
+                    if smaller == fitted:  # short sources, a long question: the same prompt, refused again
                         smaller = []
                     if not smaller:
                         if not shrunk:
@@ -340,6 +269,7 @@ class Answerer:
                 yield self._too_late(question, standalone, sources, version)
                 return
             text, citations = clean_answer(e.partial, fitted)
+            report_made_up(e.partial, fitted)
             if not text.strip():
                 yield self._too_late(question, standalone, sources, version)
                 return
@@ -352,8 +282,10 @@ class Answerer:
         if not reply.text.strip():  # cut short before any answer (a reasoning model's thinking, a filter)
             yield self._cut_short(question, standalone, sources, version, reply.finish)
             return
-        cut = reply.finish in _CUT_SHORT
-        text, citations = clean_answer(close_fence(reply.text) if cut else reply.text, fitted)
+        cut = reply.finish in CUT_SHORT
+        raw = close_fence(reply.text) if cut else reply.text
+        text, citations = clean_answer(raw, fitted)
+        report_made_up(raw, fitted)  # once per answer: the streamed pieces are not counted
         if not text.strip():  # only characters cleaning removes (NULs, control codes): nothing said
             log.warning("chat model's answer was empty once cleaned: offline passages")
             yield self._empty_output(question, standalone, sources, version)
@@ -371,7 +303,7 @@ class Answerer:
 
     def _window_advice(self) -> str:
         """What to change after a prompt the model found too long: its window, unless it is set already
-        (then the model's tokenizer counts more than the bot's: leave more room; audit 34 F3)."""
+        (then the model's tokenizer counts more than the bot's: leave more room)."""
         cfg = self.config.answer
         if not cfg.context_window:
             return "set [answer] context_window to the model's window (or lower token_budget or max_tokens)"
@@ -450,7 +382,7 @@ class Answerer:
         """The question, stripped, as the model may read it; QuestionRejected before any search or
         model call. A question over `[answer] max_question_chars` that holds a pasted traceback or
         log is kept with that paste cut to its first lines and its error (`pasted.fit_question`):
-        pasting the error is how people ask (audit 29 F4). Any other is refused as too long."""
+        pasting the error is how people ask. Any other is refused as too long."""
         q = (question or "").strip()
         if not q:
             raise QuestionRejected(prompts.EMPTY_QUESTION)
@@ -488,11 +420,10 @@ class Answerer:
                 best[sid] = max(best.get(sid, -1.0), h.dense_score)
         near = [s for s in sources if not best or best.get(s.source_id, -1.0) >= floor]
         closest = near[:_RELATED]
+        citations = [cite_source(i, s) for i, s in enumerate(closest, start=1)]
         lines = [prompts.NOT_FOUND]
         if closest:
-            lines += ["", prompts.NOT_FOUND_CLOSEST]
-            lines += [f"- {s.title} [{i}]" for i, s in enumerate(closest, start=1)]
-        citations = [Citation(i, s.title, s.url, s.source_id) for i, s in enumerate(closest, start=1)]
+            lines += ["", prompts.NOT_FOUND_CLOSEST, *(f"- {c.title}{c.date_note} [{c.n}]" for c in citations)]
         return Answer(question, standalone, "\n".join(lines), citations, "not_found", version)
 
     def _condense(self, question: str, history: list[Turn], searcher: "HybridSearcher", deadline: Deadline) -> str:
@@ -504,10 +435,10 @@ class Answerer:
             return ""
         inputs = {"history": prompts.format_history(history), "question": question}
         try:
-            reply = self._invoke(self._chain(prompts.condense_prompt(self.config.project), deadline), inputs,
-                                 related_for=(searcher, question), deadline=deadline, shrink_next=True)
+            reply = self.model.invoke(self.model.chain(prompts.condense_prompt(self.config.project), deadline),
+                                      inputs, related_for=(searcher, question), deadline=deadline, shrink_next=True)
         except EmptyCompletion:
-            reply = _Reply("")
+            reply = Reply("")
         except PromptTooLong as e:  # the thread is longer than the model reads: its questions give the subject
             log.warning("the thread was too long for the chat model's context window to condense the follow-up; "
                         "%s | %s", self._window_advice(), clipped(e.detail, 300))
@@ -546,8 +477,8 @@ class Answerer:
         most a quarter of the answer's time and no answer-breaking error, else the question alone."""
         budget = Deadline(min(deadline.remaining() / 4, self.config.answer.timeout_s))
         try:
-            out = self._invoke(self._chain(prompts.rewrite_prompt(self.config.project), budget), {"question": question},
-                               related=[], deadline=budget).text
+            out = self.model.invoke(self.model.chain(prompts.rewrite_prompt(self.config.project), budget),
+                                    {"question": question}, related=[], deadline=budget).text
         except Exception as e:  # noqa: BLE001 - the rewrite only helps; the answer must not depend on it
             log.info("query rewrite skipped: %s", type(e).__name__)
             return question
@@ -555,192 +486,3 @@ class Answerer:
         if not terms:
             return question
         return terms if terms_alone else f"{question}\n{terms}"
-
-    def _model(self) -> Any:
-        with self._lock:
-            if self._chat is None:
-                self._chat = self._chat_model()
-            return self._chat
-
-    def _chain(self, prompt: Any, deadline: Deadline) -> Callable[[], Any]:
-        """prompt | model, built per attempt so each call's timeout is what the deadline leaves.
-
-        No output parser: the message itself carries the finish reason ("length", "content_filter"),
-        which StrOutputParser drops (audit 32 F2); and closing a stream of a sequence that ends in a
-        parser reads the rest of the model's reply first (langchain_core keeps the parser's whole
-        input for its trace), so a slow model held the worker until it had written everything, long
-        past the deadline (audit 25 F4)."""
-        model = self._model()
-        return lambda: prompt | model.bind(timeout=deadline.timeout(self.config.answer.timeout_s))
-
-    def _chat_model(self) -> Any:
-        from langchain_openai import ChatOpenAI
-
-        key = self.settings.openai_api_key
-        cap = self.config.answer.max_tokens
-        # langchain-openai sends `max_tokens` as `max_completion_tokens`, which Ollama's /v1 ignores (audit
-        # 32 F6); OpenAI refuses `max_tokens` for its reasoning models. The other name goes as extra_body.
-        plain = max_tokens_field(self.config.answer.max_tokens_field, self.settings.openai_base_url) == "max_tokens"
-        return ChatOpenAI(
-            model=self.settings.chat_model,
-            base_url=self.settings.openai_base_url,
-            # Local OpenAI-compatible servers (Ollama, vLLM) accept any key; the client needs one.
-            api_key=key.get_secret_value() if key is not None else "not-needed",
-            timeout=self.config.answer.timeout_s,
-            max_retries=0,  # our loop below retries, with a capped Retry-After
-            temperature=self.config.answer.temperature,
-            max_tokens=None if plain else cap,
-            extra_body={"max_tokens": cap} if plain else None,
-        )
-
-    def _read(self, message: Any) -> _Reply:
-        """A whole reply: its answer without thinking, and its finish reason. A reply that closes a
-        thinking block it never opened (R1's templates open it in the prompt) teaches the streams
-        that follow to hold such text back from the start."""
-        text = _text_of(message)
-        self._saw_thinking_open_in_prompt(closes_unopened(text))
-        return _Reply(strip_reasoning(text), _finish_of(message))
-
-    def _saw_thinking_open_in_prompt(self, seen: bool) -> None:
-        """After each reply: did it close a thinking block it never opened? Two replies in a row that
-        did make streams hold such text back from the start; one that did not ends it. One reply
-        never decides for the process: an answer could hold the tag on a line of its own (audit 33 F3)."""
-        with self._lock:
-            self._unopened_closes = self._unopened_closes + 1 if seen else 0
-            learnt = self._unopened_closes >= 2
-            if learnt == self._thinking_opens_in_prompt:
-                return
-            self._thinking_opens_in_prompt = learnt
-        if learnt:
-            log.info("the chat model's replies start inside a thinking block (a closing tag, no opening one): "
-                     "streamed answers are held back until it closes")
-        else:
-            log.info("the chat model's replies no longer start inside a thinking block: answers stream again")
-
-    def _stream_answer(self, inputs: dict, fitted: list[Source], deadline: Deadline, *,
-                       shrink_next: bool = False) -> Iterator[Event]:
-        """Stream the answer: yields Deltas, returns the _Reply (for `yield from`).
-
-        Retried like `_invoke` while nothing was shown; once text was shown a failure
-        cannot be retried without showing it twice, so it ends the answer (NoAnswerInTime
-        with the partial text). A stall is bounded by the call's timeout (what the deadline
-        left when the call started); the deadline itself is checked at every piece, and a
-        stream ended there is closed at once (the rest of the model's reply is not read).
-        A reasoning model's thinking is held back (ReasoningFilter): nothing is shown while it
-        thinks, and its time counts against the deadline like any other. A stream that ends with
-        text but without a finish reason was cut (a proxy timing out upstream): "stopped".
-        """
-        chain = self._chain(prompts.answer_prompt(self.config.project), deadline)
-        retries = Retries(self.config.answer, deadline)
-        while True:
-            live = LiveCitations(fitted)
-            thinking = ReasoningFilter(starts_inside=self._thinking_opens_in_prompt)
-            pieces, finish = None, None
-            try:
-                pieces = chain().stream(inputs)
-                for chunk in pieces:
-                    finish = _finish_of(chunk) or finish  # on the last chunks only
-                    piece = thinking.feed(_text_of(chunk))
-                    if thinking.restarted and not live.diverged:
-                        live = self._thinking_was_shown(fitted)
-                    new = live.feed(piece) if piece else ""
-                    if new:
-                        yield Delta(new)
-                    if deadline.remaining() <= 0:
-                        raise NoAnswerInTime(live.raw)
-                rest = thinking.flush()
-                if rest:
-                    live.feed(rest)
-            except _model_errors() as e:
-                if live.raw.strip():
-                    late = deadline.remaining() < MIN_CALL_S
-                    log.warning("chat model stopped mid-answer", extra={"error": type(e).__name__})
-                    raise NoAnswerInTime(live.raw, "deadline" if late else "stopped") from None
-                if retries.failed(e):
-                    continue
-                break
-            finally:
-                if pieces is not None:
-                    pieces.close()
-            self._saw_thinking_open_in_prompt(thinking.closed_unopened)
-            if live.raw.strip():
-                retries.succeeded()
-                if finish is None:
-                    log.warning("chat model's stream ended without a finish reason: the answer was cut")
-                    raise NoAnswerInTime(live.raw, "stopped")
-                rest = live.flush()
-                if rest:
-                    yield Delta(rest)
-                return _Reply(live.raw, finish)
-            if finish in _CUT_SHORT:  # nothing but thinking, or filtered: a retry would do the same
-                return _Reply("", finish)
-            retries.empty()
-        raise retries.unavailable(fitted, shrink_next=shrink_next)
-
-    def _thinking_was_shown(self, fitted: list[Source]) -> LiveCitations:
-        """A reply that closed a thinking block it never opened, after its thinking was shown: the
-        answer from the closing tag on is collected but not streamed (the final answer replaces what
-        was shown)."""
-        live = LiveCitations(fitted)
-        live.diverged = True
-        return live
-
-    def _invoke(
-        self,
-        chain: Callable[[], Any],
-        inputs: dict,
-        related: list[Source] | None = None,
-        related_for: tuple["HybridSearcher", str] | None = None,
-        deadline: Deadline | None = None,
-        shrink_next: bool = False,
-    ) -> _Reply:
-        """Run a chain with bounded retries; ModelUnavailable (with related sources) at the end.
-
-        An empty reply is retried once (EmptyCompletion after that), but not one the model ended
-        with "length" or "content_filter": that comes back empty, for the caller to tell apart."""
-        retries = Retries(self.config.answer, deadline or Deadline(self.config.answer.deadline_s))
-        while True:
-            try:
-                reply = self._read(chain().invoke(inputs))
-            except _model_errors() as e:
-                if retries.failed(e):
-                    continue
-                break
-            if reply.text.strip():
-                retries.succeeded()
-                return reply
-            if reply.finish in _CUT_SHORT:
-                return reply
-            retries.empty()
-        if related is None and related_for is not None:
-            searcher, q = related_for
-            try:
-                related = dedupe_hits(searcher.search(q, self.config.retrieval.k), _RELATED)
-            except Exception:  # noqa: BLE001 - the model error is the one to report
-                related = []
-        raise retries.unavailable(related, shrink_next=shrink_next)
-
-
-def _model_errors() -> tuple[type[BaseException], ...]:
-    """What a model call raises when the model (or what stands in front of it) failed: the openai
-    client's errors, and a reply it cannot read. A 200 page that is not JSON (an SSO sign-in page
-    from a proxy) is a ValueError in langchain-openai ("Unexpected response type…", "No generation
-    chunks were returned" when streamed) or a JSON decode error: the asker gets the model-unavailable
-    answer with its sources, not a traceback (audit 32 F5)."""
-    import openai
-
-    return (openai.APIStatusError, openai.APIConnectionError, openai.APIResponseValidationError, ValueError)
-
-
-def max_tokens_field(setting: str, base_url: str | None) -> str:
-    """The request field `[answer] max_tokens` goes out as (`[answer] max_tokens_field`). "auto":
-    `max_completion_tokens` for OpenAI itself (no base URL, api.openai.com, Azure OpenAI), which
-    refuses `max_tokens` for its reasoning models; `max_tokens` for any other server: Ollama's /v1
-    reads only that, and vLLM, llama.cpp, LM Studio and LiteLLM read it too."""
-    if setting != "auto":
-        return setting
-    from urllib.parse import urlsplit
-
-    host = (urlsplit(base_url).hostname or "").lower() if base_url else "api.openai.com"
-    openai_itself = host == "api.openai.com" or host.endswith(".openai.azure.com")
-    return "max_completion_tokens" if openai_itself else "max_tokens"

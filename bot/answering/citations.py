@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import bisect
 import functools
+import logging
 import re
 from typing import Literal, Sequence
 
+from flytegpt.bot.metrics import MADE_UP_CITATIONS
+from flytegpt.ingest.models import strip_controls
+from flytegpt.ingest.sources.slack_export import thread_date
+
 from .budget import Source
 from .types import Citation
+
+log = logging.getLogger(__name__)
 
 _NUM = r"\d{1,3}(?:\s*[-–]\s*\d{1,3})?"
 # [1]  [1, 2]  [1-3]  [1,3-4], the footnote form [^1], and the sometimes-seen [Source 1] / [source: 2]
@@ -32,14 +39,21 @@ _ODD_MARKER = re.compile(r"(?<![ \t])[ \t]*\[\^?\d{1,3}[a-z]\](?!\()", re.I)
 _DROPPED = re.compile(r"(?<![ \t])[ \t]*\x00")
 _SUPERSCRIPT_MARKER = re.compile(r"\[\^?([⁰¹²³⁴-⁹]{1,3})\](?!\()")
 _SUPERSCRIPT_DIGITS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
-# Other models' citation habits (audit 32 F7), read as [n] where they cannot mean anything else:
+# Other models' citation habits, read as [n] where they cannot mean anything else:
 # 【1】 and 【1†source】 (DeepSeek, Qwen, models trained on ChatGPT's browsing format), [doc1] (Azure
-# "on your data"), [S1], [#1], [^1^], [1†source], [1: Caching], (Source 1), [Source 1, Source 2],
+# "on your data"), [S1], [#1], [^1^], [1†source], [1: Caching], [ref 1], (Source 1), [Source 1, Source 2],
 # each also as a list ("【1, 2】", "[doc1][doc2]", "(Sources 1 and 3)"). A list becomes markers side
 # by side ("[1][3]"), which always cite: these forms say they cite, unlike "[1, 2]" (see _reading).
 # Bare "(1)" is left as written: it is as often a list item ("(1) bump the version, (2) re-register"),
 # a call or a tuple. Bare superscripts ("cache¹") only in an answer with no bracket citation
 # (`_superscripts`): "n²", "km²" and "10⁶" are powers.
+# Where the same forms mean something else, they stay as written:
+# - 【1】 that numbers a list ("步骤：【1】安装 flytekit；【2】配置 cache=True"; `_is_numbering`);
+# - [#5] that names a pull request or an issue ("PR [#5]", "fixed in flytekit [#5]", or any [#n] in an
+#   answer that writes GitHub numbers another way: "#1234", "PR 1234", ".../pull/1234"; `_names_github`);
+# - "(ref 2)" and "(reference 2)": in prose "ref" and "reference" are everyday words here (a git ref,
+#   pass by reference, Flyte's reference tasks), while the prompt calls the passages sources, so only
+#   "(source 2)" / "(src 2)" in parentheses, in any case, cites; "[ref 2]" in square brackets still does.
 _ITEM_NUM = r"\d{1,3}(?:[ \t]*[-–][ \t]*\d{1,3})?"
 
 
@@ -52,17 +66,41 @@ def _cite_form(opening: str, prefix: str, closing: str, tail: str = "") -> re.Pa
     return re.compile(rf"{opening}{lead}{body}[ \t]*{tail}{closing}(?!\()", re.I)
 
 
-_SOURCE_WORD = r"(?:sources?|src|ref(?:erence)?s?)(?:[ \t]*:)?"
+_SOURCE_WORD = r"(?:sources?|src)(?:[ \t]*:)?"
+_BRACKET_SOURCE_WORD = r"(?:sources?|src|ref(?:erence)?s?)(?:[ \t]*:)?"
+_FULLWIDTH_FORM = _cite_form("【", "", "】", tail=r"(?P<tail>†[^【】\n]{0,80})?")
+_HASH_FORM = _cite_form(r"\[", r"\#", r"\]")
 _CITE_FORMS = (
-    _cite_form("【", "", "】", tail=r"(?:†[^【】\n]{0,80})?"),
     _cite_form(r"\[", r"doc(?:ument)?s?", r"\]"),
-    _cite_form(r"\[(?!S3\])", r"s", r"\]"),  # "[S3]" alone is Amazon's storage (audit 33 F5), "[S1, S3]" cites
-    _cite_form(r"\[", r"\#", r"\]"),
+    _cite_form(r"\[(?!S3\])", r"s", r"\]"),  # "[S3]" alone is Amazon's storage, "[S1, S3]" cites
     _cite_form(r"\[\^", "", r"\^\]"),
     _cite_form(r"\[", "", r"\]", tail=r"†[^\]\n]{0,80}"),
-    _cite_form(r"\[", _SOURCE_WORD, r"\]"),
+    _cite_form(r"\[", _BRACKET_SOURCE_WORD, r"\]"),
     _cite_form(r"\(", _SOURCE_WORD, r"\)"),
 )
+# A 【n】 numbers a list where a list item starts: at the start of a line (after spaces, a quote's ">"
+# or a bullet), or after a colon, semicolon or comma (full or half width, or "、"); and a 【n+1】 after
+# a sentence's end continues such a list. It is followed by the item's words, where a citation is
+# followed by punctuation, the line's end or more of the sentence.
+_ITEM_START_BEFORE = frozenset(":;,：；，、")
+_SENTENCE_END_BEFORE = frozenset(".!?。！？")
+_LINE_LEAD = re.compile(r"[ \t]*(?:>[ \t]*)*(?:[-*+•][ \t]+)?")
+# [#n] after the words that name a pull request or an issue ("PR [#5]", "pull requests [#5]",
+# "issue no. [#5]"), or after "fixed/landed/merged ... in/by" and at most one name ("landed in
+# flytekit [#5]"): that is the number of a PR or issue, not a source's. Read on a bounded window
+# before the marker, so a long text costs no more than a short one.
+_GITHUB_BEFORE = re.compile(
+    r"(?:\b(?:PRs?|pull[ \t]+requests?|issues?|tickets?|MRs?|merge[ \t]+requests?)(?:[ \t]+(?:no\.?|number))?"
+    r"|\b(?:fixed|landed|merged|closed|resolved|reverted|tracked)[ \t]+(?:in|by|via|with)(?:[ \t]+[\w./-]{1,60})?)"
+    r"[ \t]*\Z", re.I)
+_GITHUB_JOIN = re.compile(r"[ \t]*(?:[,/&]|and\b|or\b)?[ \t]*\Z", re.I)  # "PRs [#5] and [#6]"
+# GitHub numbers written another way than [#n]: "#1234" (not "[#1]", "&#39;", "page#2"),
+# "flyteorg/flytekit#1234", "PR 1234", "issue #56", ".../pull/1234", "GH-1234". An answer that writes
+# them is about PRs and issues, and its [#n] are more of them.
+_GITHUB_NUMBER = re.compile(
+    r"(?<![\w\[&#/])#\d{1,6}\b|/[\w.-]{1,100}#\d{1,6}\b"
+    r"|\b(?:PRs?|pull[ \t]+requests?|issues?|tickets?|MRs?)[ \t]*(?:#|no\.?[ \t]*)?\d{1,6}\b"
+    r"|/(?:pull|issues)/\d{1,6}\b|\bGH-\d{1,6}\b", re.I)
 # [1: Caching]: a number, a colon, then a title's word (not "a[1:3]" or "xs[1:end]", which are slices)
 _TITLED_MARKER = re.compile(r"(?<![\w\])])\[[ \t]*(\d{1,3})[ \t]*:[ \t]*(?=[^\W\d_])[^\[\]\n]{1,100}\](?!\()")
 # what is left of ChatGPT's browsing form ("【3:1†source】": a message index, not a source's number)
@@ -70,6 +108,17 @@ _ODD_FULLWIDTH = re.compile(r"【[^【】\n†]{0,80}†[^【】\n]{0,80}】")
 # A bare superscript after a word of three letters or more, or after closing punctuation or code
 _BARE_SUPERSCRIPT = re.compile(r"(?:(?<=[^\W\d_]{3})|(?<=[.,;:!?)\]\"'’”*_`]))([⁰¹²³⁴-⁹]{1,3})(?![\w⁰¹²³⁴-⁹])")
 _SUPERSCRIPT_AT_START = re.compile(r"([⁰¹²³⁴-⁹]{1,3})(?![\w⁰¹²³⁴-⁹])")
+# A square or cube (a lone ² or ³) is a power, not a citation, after a measure or a unit ("width²",
+# "size²", "meters²"), after a parenthesis around a sum or product ("(a + b)²"), and anywhere in an
+# answer that writes math: a superscript after a digit or a one- or two-letter name ("n²", "10⁶",
+# "km²"), a caret power ("n^2") or big-O ("O(n log n)"). Other digits stay citations ("cache¹"):
+# they are rarely powers in prose.
+_MEASURE_BEFORE = re.compile(
+    r"(?<![^\W\d_])(?:size|width|height|length|depth|area|side|edge|radius|diameter|distance|dimension|volume"
+    r"|time|speed|velocity|acceleration|frequency|pixel|meter|metre|kilometer|kilometre|centimeter|centimetre"
+    r"|millimeter|millimetre|inch|foot|feet|yard|mile|second|unit)(?:s|es)?\Z", re.I)
+_SUM_IN_PARENTHESES = re.compile(r"\([^()\n]{0,80}[-+*/^×·−][^()\n]{0,80}\)\Z")
+_MATH = re.compile(r"(?:\d|(?<![^\W\d_])[^\W\d_]{1,2})[⁰¹²³⁴-⁹]|[\w)]\^[ \t]*\(?\d|\bO\([^()\n]{0,40}\)")
 # While streaming, the start of one of those forms at the very end: held back until it is closed
 # ("【1", "(Sour", "(Source 1, Sou", "(Sources 2 a"). One character class after the word, so a run of
 # spaces is not split many ways: "(source code of the …" waits at most 60 characters.
@@ -79,8 +128,8 @@ def _prefixes(*words: str) -> str:
 
 
 _CITE_FORM_BEING_WRITTEN = re.compile(
-    rf"【[^【】\n]{{0,80}}\Z|\((?:{_prefixes('sources', 'src', 'references')})?\Z"
-    r"|\((?:sources?|src|ref(?:erence)?s?)[\d \t,;:&a-z–-]{0,60}\Z",
+    rf"【[^【】\n]{{0,80}}(?:】[ \t]*)?\Z|\((?:{_prefixes('sources', 'src')})?\Z"
+    r"|\((?:sources?|src)[\d \t,;:&a-z–-]{0,60}\Z",
     re.I)
 # [label](url), [label](<url>), [label](url "title"), any case of the scheme, or //host. The label
 # holds no bracket and the URL none either: "[[[[..." or "[x](http://[x](http://..." is scanned
@@ -224,13 +273,21 @@ def split_code(text: str) -> list[tuple[bool, str]]:
 def sources_list_start(text: str) -> int:
     """Where a growing answer's end must wait for more text (len(text): nowhere): a source list of
     the model's own may be being written there, which the final answer drops (`_drop_model_endings`),
-    or a citation in another form than [n] that is not closed yet ("【1", "(Source 2"), which the
-    final answer reads as [n] (`_normalize_markers`). A streamed answer holds them back, so
-    what it showed never has to be taken back. (An open "[" the stream holds back by itself.)"""
+    a citation in another form than [n] that is not closed yet ("【1", "(Source 2"), which the
+    final answer reads as [n] (`_normalize_markers`), or a bracket of several numbers followed by
+    nothing yet but spaces and maybe an unfinished word ("[1, 2] an"): whether it cites depends on
+    what follows it (`_reading`: punctuation or "and" cite, "answers" after "over" does not). A
+    streamed answer holds them back, so what it showed never has to be taken back. (An open "[" the
+    stream holds back by itself.)"""
     m = _SOURCES_BEING_WRITTEN.search(text)
     end = m.start() if m else len(text)
     cite = _CITE_FORM_BEING_WRITTEN.search(text, max(0, end - 120), end) if end else None
-    return cite.start() if cite else end
+    if cite:
+        return cite.start()
+    run = _LIST_BEING_READ.search(text, max(0, end - 200), end) if end else None
+    if run and any(map(_is_list, _MARKER.finditer(run.group("run")))):
+        return run.start()
+    return end
 
 
 def _numbers(body: str) -> list[int]:
@@ -273,14 +330,68 @@ def _as_markers(body: str) -> str:
     return "".join(f"[{n}]" for n in dict.fromkeys(nums)) if nums else "\x00"
 
 
-def _normalize_markers(seg: str) -> str:
+def _is_numbering(m: re.Match, line_start: bool, last_item: int | None) -> bool:
+    """Does the 【n】 at `m` number a list item rather than cite (see _ITEM_START_BEFORE)? Only a
+    single number without "†" can; `line_start`: the text searched starts a line; `last_item`: the
+    number of the list item before it in this text, if any."""
+    seg = m.string
+    if m.group("tail") or not m.group("body").isdigit():
+        return False
+    nxt = seg[m.end():m.end() + 40].lstrip(" \t")[:1]
+    if not (nxt.isalnum() or nxt in "`*_\"'“‘(（"):
+        return False  # punctuation, the line's end or another marker: what follows a citation
+    window_start = max(0, m.start() - 40)  # a list item's lead is short: a bounded look back stays linear
+    line_begin = seg.rfind("\n", window_start, m.start()) + 1
+    if ((line_begin or (line_start and window_start == 0))
+            and _LINE_LEAD.fullmatch(seg, line_begin, m.start())):
+        return True
+    before = seg[window_start:m.start()].rstrip(" \t")[-1:]
+    if before in _ITEM_START_BEFORE:
+        return True
+    return before in _SENTENCE_END_BEFORE and last_item is not None and int(m.group("body")) == last_item + 1
+
+
+def _names_github(prose: str) -> bool:
+    """Does this prose write PR or issue numbers the way GitHub does (see _GITHUB_NUMBER), besides
+    any [#n]? Then its [#n] are read as more of them, not as citations."""
+    return _GITHUB_NUMBER.search(_HASH_FORM.sub(" ", prose)) is not None
+
+
+def _normalize_markers(seg: str, *, line_start: bool = True, github: bool = False) -> str:
     """Odd citation forms made plain: [¹] is [1], 【1】, [doc1], (Source 1) and the other forms of
-    _CITE_FORMS are [1]; [1a] and 【3:1†source】 name no source and go."""
+    _CITE_FORMS are [1]; [1a] and 【3:1†source】 name no source and go. What only looks like one
+    of them stays as written: a 【1】 that numbers a list item (`line_start`: `seg` starts a line),
+    a [#5] that names a PR or issue (`github`: the answer writes GitHub numbers elsewhere)."""
     seg = _SUPERSCRIPT_MARKER.sub(lambda m: f"[{m.group(1).translate(_SUPERSCRIPT_DIGITS)}]", seg)
-    if "【" in seg or "[" in seg or "(" in seg:
+    if "【" in seg:
+        last_item: int | None = None
+
+        def fullwidth(m: re.Match) -> str:
+            nonlocal last_item
+            if _is_numbering(m, line_start, last_item):
+                last_item = int(m.group("body"))
+                return m.group(0)
+            return _as_markers(m.group("body"))
+
+        seg = _FULLWIDTH_FORM.sub(fullwidth, seg)
+    if "[#" in seg:
+        kept_end = -1  # where the last [#n] left as a PR or issue number ends
+
+        def hashed(m: re.Match) -> str:
+            nonlocal kept_end
+            window = m.string[max(0, m.start() - 80):m.start()]
+            if (github or _GITHUB_BEFORE.search(window)
+                    or (kept_end >= 0 and _GITHUB_JOIN.fullmatch(m.string, kept_end, m.start()))):
+                kept_end = m.end()
+                return m.group(0)
+            return _as_markers(m.group("body"))
+
+        seg = _HASH_FORM.sub(hashed, seg)
+    if "[" in seg or "(" in seg:
         for form in _CITE_FORMS:
             seg = form.sub(lambda m: _as_markers(m.group("body")), seg)
         seg = _TITLED_MARKER.sub(lambda m: f"[{m.group(1)}]", seg)
+    if "【" in seg:
         seg = _ODD_FULLWIDTH.sub("\x00", seg)
     return _ODD_MARKER.sub("", seg)
 
@@ -289,14 +400,24 @@ def _superscripts(parts: list[tuple[Kind, str]], by_n: dict[int, Source]) -> lis
     """Bare superscripts read as citations ("the cache¹." is "the cache[1]."), in an answer that
     cites no other way: beside [n] markers a superscript is a power or a footnote of its own. Only
     after a word of three letters or more, closing punctuation or code ("n²", "km²" and "10⁶" stay),
-    and only when its number (or each of its digits: "¹²" is [1][2] with fewer than 12 sources)
-    names a given source; else it is left as written."""
+    not a square or cube where it reads as a power (see _MEASURE_BEFORE), and only when its number
+    (or each of its digits: "¹²" is [1][2] with fewer than 12 sources) names a given source; else it
+    is left as written."""
     if any(_MARKER.search(seg) for kind, seg in parts if kind == "prose"):
         return parts
     if not any(c in seg for kind, seg in parts if kind == "prose" for c in "⁰¹²³⁴⁵⁶⁷⁸⁹"):
         return parts
+    math = any(_MATH.search(seg) for kind, seg in parts if kind == "prose")
+
+    def power(m: re.Match) -> bool:
+        if m.group(1) not in ("²", "³"):
+            return False
+        before = m.string[max(0, m.start() - 200):m.start()]
+        return math or bool(_MEASURE_BEFORE.search(before[-20:]) or _SUM_IN_PARENTHESES.search(before))
 
     def cite(m: re.Match) -> str:
+        if power(m):
+            return m.group(0)
         digits = m.group(1).translate(_SUPERSCRIPT_DIGITS)
         if int(digits) in by_n:
             return f"[{int(digits)}]"
@@ -316,15 +437,46 @@ def _superscripts(parts: list[tuple[Kind, str]], by_n: dict[int, Source]) -> lis
 
 # A bracket of several numbers ("[1, 2]", "[1-3]") is also how a list is written ("map over the
 # inputs [1, 2, 3]", audit 27 F5), and the prompt asks for "[2][3]". Such a bracket is read as
-# citations only when it names given sources only, does not stand where a value stands (after
-# "=", ":", "(", "[", "{", ","), and closes what it supports: what follows it is the end of a line
-# or of the answer, punctuation, or another marker. One that is followed by more words ("[1, 2]
-# and ...") is a citation only in an answer whose other lists are (the model's own style); else
-# it is left as written. "[^1, 2]" and "[Source 1, 2]" say they cite and are always read so.
+# citations only when it names given sources only (or is a lone range from 1: `_cites_as_range`),
+# does not stand where a value stands (after "=", ":", "(", "[", "{", ","), and closes what it
+# supports: what follows it is the end of a line or of the answer, punctuation, or another marker.
+# One that is followed by more words ("[1, 2] and ...") is a citation only in an answer whose other
+# lists are (the model's own style), and not as a preposition's object ("over [1, 2, 3] inputs":
+# `_is_object`); else it is left as written. "[^1, 2]" and "[Source 1, 2]" say they cite and are
+# always read so.
 _VALUE_BEFORE = frozenset("=:([{,")
 _CLOSES = frozenset(".,;:!?)]}\"'*_~|\u2019\u201d\n")
 _LIST_BODY = re.compile(r"[,;\-–]")
 Reading = Literal["cite", "data", "cite_in_style"]
+
+
+_RANGE_BODY = re.compile(r"(\d+)\s*[-–]\s*(\d+)")
+# "Map over [1, 2, 3] inputs": a list after a preposition and before a word that goes on with the
+# phrase is that preposition's object, a value, even in an answer that cites with lists elsewhere;
+# before "and", "but", "which", ... it may still cite ("described in [1, 2] and tested in [3, 4].").
+_OBJECT_BEFORE = re.compile(r"(?<![\w-])(?:over|of|with|as|in|into|from|like|between|across)[ \t]*\Z", re.I)
+_CLAUSE_AFTER = re.compile(
+    r"[ \t]*(?:and|or|but|so|then|also|which|while|whereas|where|when|because|since|although|though|if|unless)\b",
+    re.I)
+# While streaming: a run of markers at the end, followed by spaces and maybe a word not finished yet
+_LIST_BEING_READ = re.compile(rf"(?P<run>{_ONE_MARKER}(?:[ \t]*{_ONE_MARKER})*)[ \t]*\w*\Z", re.I)
+
+
+def _is_object(text: str, start: int, end: int) -> bool:
+    """Is the run of markers text[start:end], followed by more words, a preposition's object (see
+    _OBJECT_BEFORE)? Read on bounded windows, so a long text costs no more than a short one."""
+    return (_OBJECT_BEFORE.search(text, max(0, start - 40), start) is not None
+            and _CLAUSE_AFTER.match(text, end, end + 40) is None)
+
+
+def _cites_as_range(body: str) -> bool:
+    """A lone range from 1 up ("6-9", "4–7"), at most _MAX_RANGE wide, is a citation range where a
+    citation stands, even with numbers that name no given source: those are made up and dropped
+    ("[6-9]" with 5 sources goes like "[7]"; "[4-7]" keeps [4][5]). Prose writes a range of values
+    "1 to 10", and "[0-9]" (a digit class) starts at 0. A list with commas naming no source ("[2, 9]")
+    stays as written: that is how prose writes values."""
+    m = _RANGE_BODY.fullmatch(body.strip())
+    return m is not None and 1 <= int(m.group(1)) <= int(m.group(2)) <= int(m.group(1)) + _MAX_RANGE
 
 
 def _names_sources_only(body: str, by_n: dict[int, Source]) -> bool:
@@ -352,7 +504,8 @@ def _reading(run: str, before: str, after: str, by_n: dict[int, Source]) -> Read
     lists = [m for m in _MARKER.finditer(run) if _is_list(m)]
     if not lists:
         return "cite"
-    if before in _VALUE_BEFORE or not all(_names_sources_only(m.group(2), by_n) for m in lists):
+    if before in _VALUE_BEFORE or not all(_names_sources_only(m.group(2), by_n) or _cites_as_range(m.group(2))
+                                          for m in lists):
         return "data"
     return "cite" if after == "" or after in _CLOSES else "cite_in_style"
 
@@ -372,20 +525,27 @@ def _char_after(text: str, i: int) -> str:
     return text[i] if i < len(text) else ""
 
 
-def process_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[Citation]]:
-    """Return (text with clean [n] markers, citations ordered by n)."""
+def process_citations(text: str, sources: Sequence[Source], *,
+                      made_up: list[list[int]] | None = None) -> tuple[str, list[Citation]]:
+    """Return (text with clean [n] markers, citations ordered by n). `made_up`, when given, gets
+    the numbers that name no given source of each marker read as a citation ([7] -> [7], [4-7]
+    with 5 sources -> [6, 7]): they are dropped from the text (`report_made_up`)."""
     by_n = {s.n: s for s in sources}
     known_urls = {link_key(s.url) for s in sources if s.url}
     renumber: dict[int, int] = {}
 
     def cite(markers: str) -> str:
         new = []
-        for n in (n for m in _MARKER.finditer(markers) for n in _numbers(m.group(2))):
-            if n in by_n:
-                if n not in renumber:
-                    renumber[n] = len(renumber) + 1
-                if renumber[n] not in new:
-                    new.append(renumber[n])
+        for m in _MARKER.finditer(markers):
+            nums = _numbers(m.group(2))
+            if made_up is not None and any(n not in by_n for n in nums):
+                made_up.append([n for n in nums if n not in by_n])
+            for n in nums:
+                if n in by_n:
+                    if n not in renumber:
+                        renumber[n] = len(renumber) + 1
+                    if renumber[n] not in new:
+                        new.append(renumber[n])
         return "".join(f"[{k}]" for k in sorted(new)) if new else "\x00"
 
     def as_data(run: str) -> str:
@@ -397,8 +557,12 @@ def process_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[C
         return m.group(0) if link_key(m.group(2)) in known_urls else m.group(1)
 
     text = _drop_model_endings(text)
-    parts = [(kind, seg if kind != "prose" else _normalize_markers(_MD_LINK.sub(unlink, seg)))
-             for kind, seg in _segments(text)]
+    segments = _segments(text)
+    prose = [seg for kind, seg in segments if kind == "prose"]
+    github = any("[#" in seg for seg in prose) and _names_github("\n".join(prose))
+    parts = [(kind, seg if kind != "prose" else _normalize_markers(
+                 _MD_LINK.sub(unlink, seg), line_start=i == 0 or segments[i - 1][1].endswith("\n"), github=github))
+             for i, (kind, seg) in enumerate(segments)]
     parts = _superscripts(parts, by_n)
     # every run's reading first: whether a list inside a sentence cites depends on the others
     readings: dict[int, list[Reading]] = {}
@@ -412,6 +576,8 @@ def process_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[C
         for m in _MARKER_RUN.finditer(seg):
             reading = _reading(m.group(0), _char_before(seg, m.start()) or _char_before(before_seg, len(before_seg)),
                                _char_after(seg, m.end()) or _char_after(after_seg, 0), by_n)
+            if reading == "cite_in_style" and _is_object(seg, m.start(), m.end()):
+                reading = "data"
             in_style = in_style or (reading == "cite" and any(map(_is_list, _MARKER.finditer(m.group(0)))))
             readings[i].append(reading)
     out = []
@@ -432,11 +598,47 @@ def process_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[C
     clean = "".join(out).strip()
     old_by_new = {v: k for k, v in renumber.items()}
     citations = [
-        Citation(n=new, title=by_n[old].title, url=by_n[old].url, source_id=by_n[old].source_id)
+        cite_source(new, by_n[old])
         for new, old in sorted(old_by_new.items())
     ]
     return clean, citations
 
 
+def report_made_up(raw: str, sources: Sequence[Source]) -> int:
+    """How many citation markers of the model's answer `raw` named a source number it was not given
+    (`process_citations` drops those numbers), logged and counted in /metrics
+    (`flytegpt_made_up_citations_total`). Call it once per answer, on the whole text the answer was
+    cleaned from, never on a streamed piece: a marker counts once.
+
+    A warning, with the numbers but never the answer's text: one made-up number costs the asker
+    a citation, not the answer; many, answer after answer, mean the model does not follow the
+    prompt's numbering (a weak model, a prompt it does not follow, or sources numbered otherwise
+    than the prompt shows them), which only the operator can fix."""
+    made_up: list[list[int]] = []
+    process_citations(strip_controls(raw), sources, made_up=made_up)
+    if made_up:
+        numbers = sorted({n for nums in made_up for n in nums})
+        shown = ", ".join(map(str, numbers[:20])) + (", …" if len(numbers) > 20 else "")
+        log.warning("%d citation marker(s) in the model's answer named a source number it was not given (it was "
+                    "given %d sources); dropped from the answer: %s", len(made_up), len(sources), shown,
+                    extra={"made_up_citations": len(made_up), "made_up_numbers": shown, "sources": len(sources)})
+        MADE_UP_CITATIONS.inc(len(made_up))
+    return len(made_up)
+
+
+def source_date(source: Source) -> str | None:
+    """The day a Slack thread source was started ("2023-10-21"), read from its id; None for docs and
+    code, whose ids can look like a thread's (a docs page `releases/1.10`)."""
+    return thread_date(source.source_id) if source.kind == "slack" else None
+
+
+def cite_source(n: int, source: Source, url: str | None = None) -> Citation:
+    """The citation `[n]` of a source, dated when it is a Slack thread (`Citation.date`), so every
+    list of sources (Slack, the CLI, `--json`, the feedback store) can say how old a thread is.
+    `url`: a more precise link than the source's own (the offline answer's quoted reply)."""
+    return Citation(n=n, title=source.title, url=source.url if url is None else url,
+                    source_id=source.source_id, date=source_date(source))
+
+
 def source_citations(sources: Sequence[Source]) -> list[Citation]:
-    return [Citation(n=s.n, title=s.title, url=s.url, source_id=s.source_id) for s in sources]
+    return [cite_source(s.n, s) for s in sources]

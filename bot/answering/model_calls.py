@@ -14,6 +14,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, replace
@@ -68,9 +69,37 @@ class Deadline:
         return min(per_call, left)
 
 
-def retry_after(headers: Any) -> float | None:
-    if headers is None:
+# How providers say when to come back in an error's text, for a proxy or server that sends no
+# Retry-After header: OpenAI ("Please try again in 40s", "in 1.5s", "in 20ms", "in 1m30s", "in 6h0m0s"),
+# Groq ("Please try again in 7.66s"), Azure ("Please retry after 6 seconds"), Gemini ("Please retry in 36.5s").
+_WAIT_SAID = re.compile(r"\b(?:try[ \t]+again|retry)[ \t]+(?:in|after)[ \t]+((?:\d{1,6}(?:\.\d{1,6})?[ \t]*[a-z]{1,12}"
+                        r"[ \t,]*(?:and[ \t]+)?){1,4})", re.I)
+_WAIT_PART = re.compile(r"(\d{1,6}(?:\.\d{1,6})?)[ \t]*"
+                        r"(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hrs?|hours?)(?![a-z])", re.I)
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def wait_in_message(text: str) -> float | None:
+    """The wait a provider's error text asks for ("Please try again in 1m30s." is 90 s), or None
+    when it names none. Used only when the reply has no Retry-After header: OpenAI's rate-limit
+    replies say it in words too, and a proxy in front of a model may drop the header."""
+    said = _WAIT_SAID.search(text)
+    if said is None:
         return None
+    seconds, found = 0.0, False
+    for number, unit in _WAIT_PART.findall(said.group(1)):
+        unit = unit.lower()
+        key = "ms" if unit == "ms" or unit.startswith("milli") else unit[0]
+        seconds += float(number) * _UNIT_S[key]
+        found = True
+    return seconds if found else None
+
+
+def retry_after(headers: Any, message: str = "") -> float | None:
+    """The seconds the server asks to wait: its Retry-After-Ms or Retry-After header (seconds or an
+    HTTP date), else the wait its error `message` names (`wait_in_message`), else None."""
+    if headers is None:
+        return wait_in_message(message) if message else None
     for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(name)
         if value is None:
@@ -81,7 +110,7 @@ def retry_after(headers: Any) -> float | None:
             parsed = email.utils.parsedate_tz(value)
             if parsed is not None:
                 return max(0.0, email.utils.mktime_tz(parsed) - time.time())
-    return None
+    return wait_in_message(message) if message else None
 
 
 Kind = Literal["transient", "setup", "context", "filtered"]
@@ -112,7 +141,8 @@ class Failure:
 
     `cause` is the log's words (may name the model and base URL, never the key); `told` is the
     asker's (no provider text, no URL); `retry` whether another call can help; `wait` the
-    server's Retry-After, if it gave one."""
+    seconds the server asked to wait (its Retry-After, else its error text's "try again in 40s"),
+    if it named any."""
 
     kind: Kind
     cause: str
@@ -208,7 +238,7 @@ def classify(e: Exception) -> Failure:
     if status == 429 and ("insufficient_quota" in code or re.search(r"exceeded your current quota|billing", text, re.I)):
         return Failure("setup", f"quota exhausted{at} ({http}): the account's plan or billing needs attention",
                        f"quota used up, {http}", retry=False)
-    wait = retry_after(getattr(getattr(e, "response", None), "headers", None))
+    wait = retry_after(getattr(getattr(e, "response", None), "headers", None), text)
     if status in RETRYABLE_STATUS or status >= 500:
         return Failure("transient", http, http, retry=True, wait=wait)
     return Failure("setup", f"the endpoint{at} refused the request ({http})", f"request refused, {http}",
@@ -241,8 +271,9 @@ class Retries:
     def failed(self, e: Exception) -> bool:
         """After a failed call: wait and return True to try again, False to give up.
 
-        Not retried: what `classify` says a retry cannot fix; a Retry-After beyond `[answer]
-        retry_max_wait_s` or beyond what the deadline leaves (the server said it will still refuse:
+        Not retried: what `classify` says a retry cannot fix; a Retry-After (or, without one, the
+        error text's "try again in 40s") beyond `[answer] retry_max_wait_s` or beyond what the
+        deadline leaves (the server said it will still refuse:
         retrying at the cap only adds to its load and fails again, audit 32 F10); a second timeout
         (a single local GPU server does not always cancel an abandoned request, so each retry queued
         behind the last one and it computed all three). NoAnswerInTime when the deadline leaves no
@@ -263,7 +294,7 @@ class Retries:
         if failure.wait is not None and (failure.wait > self.cfg.retry_max_wait_s
                                          or failure.wait >= self.deadline.remaining() - MIN_CALL_S):
             status, wait = getattr(e, "status_code", 0), failure.wait
-            said = f"{wait:.0f}" if wait >= 1 else f"{wait:.1f}"
+            said = f"{math.ceil(wait)}" if wait >= 1 else f"{wait:.1f}"  # 6.5 s is "7 s": not sooner than said
             self.reason = f"rate limited for {said} s" if status == 429 else f"{failure.cause}, busy for {said} s"
             return False
         if self.failures >= self.cfg.max_retries:

@@ -15,7 +15,7 @@ from flytegpt.ingest.keyword import tokenize, words
 
 from . import prompts
 from .budget import Source, slack_messages
-from .citations import split_code
+from .citations import cite_source, split_code
 from .types import Citation
 
 MAX_PASSAGES = 3
@@ -77,8 +77,8 @@ def _is_stub(block: str) -> bool:
 
 # A name the asker capitalised mid-sentence ("on IBM Cloud", "a Haskell SDK", "in Cosmos DB"): a product,
 # a language, a place. Only after a word and one space: the first word of a sentence, of a clause after
-# a comma, a dash or a bracket, of a bullet or a quote is capitalised whatever it is ("Sorry, Weirdly",
-# audit 33 F4). Names written one after another are one name ("Apple Silicon", "Google Dataflow").
+# a comma, a dash or a bracket, of a bullet or a quote is capitalised whatever it is ("Sorry, Weirdly").
+# Names written one after another are one name ("Apple Silicon", "Google Dataflow").
 _NAME = re.compile(r"(?<=[A-Za-z0-9] )(?:[A-Z][A-Za-z]{2,}|[A-Z]{3,})(?: (?:[A-Z][A-Za-z]+|[A-Z]{2,}))*\b")
 _MAX_UNMENTIONED = 3
 # capitalised, and no names of anything the corpus could hold: Python's constants ("when version is
@@ -94,7 +94,7 @@ def unmentioned_names(question: str, sources: Sequence[Source]) -> list[str]:
 
     Without a model nothing else tells the asker that the passages quoted may not answer: "Is there a
     Haskell SDK?" got passages about the Python SDK and "What's the weather in Berlin?" a weather
-    tutorial, each under "the most relevant passages" (audit 29 F9). A capitalised name the corpus has
+    tutorial, each under "the most relevant passages". A capitalised name the corpus has
     nowhere near the question is the plainest sign; every-day words ("huge", "went") would say it about
     a quarter of good answers, capitalised names about one in twenty, and then truthfully ("EKS" when
     the passages are about GPU nodes in general). Of a name of several words, the words nowhere in the
@@ -186,7 +186,7 @@ def _trim_code(block: str, terms: set[str], fence: tuple[str, str] | None = None
 def excerpt(source: Source, terms: set[str]) -> tuple[str, int, str]:
     """The few lines of a source that best match the question, as Markdown, their overlap, and
     the link to what they quote: a Slack reply's own permalink where the index has it (the
-    thread's link opens its first message, and the reply may be one of dozens: audit 27 F4),
+    thread's link opens its first message, and the reply may be one of dozens),
     else the source's."""
     if source.kind == "code":
         code = _trim_code(source.text, terms, fence=(f"```{source.language}", "```"))
@@ -288,7 +288,7 @@ def offline_answer(question: str, sources: Sequence[Source], header: str = promp
 
     `question` is what was searched (in a thread, with the thread's subject); `asked` the asker's own
     message, whose names the note reads (a thread's first question's names said again under every
-    follow-up: audit 33 F4)."""
+    follow-up)."""
     terms = query_terms(question)
     parts = [header]
     unmentioned = unmentioned_names(question if asked is None else asked, sources)
@@ -303,6 +303,8 @@ def offline_answer(question: str, sources: Sequence[Source], header: str = promp
             continue  # after the best source, only passages about as close to the question
         if not citations:
             bar = max(1, (overlap + 1) // 2)
-        parts.append(f"**{s.title}** [{n}]\n\n{body}")
-        citations.append(Citation(n=n, title=s.title, url=url, source_id=s.source_id))
+        citation = cite_source(n, s, url)
+        # a Slack thread's day beside its title: a 2021 answer quoted as is may be out of date
+        parts.append(f"**{s.title}**{citation.date_note} [{n}]\n\n{body}")
+        citations.append(citation)
     return "\n\n".join(parts), citations

@@ -46,6 +46,19 @@ class Citation:
     title: str
     url: str
     source_id: str
+    # The UTC day a Slack thread was started ("2023-10-21"), None for docs and code: an answer
+    # resting on a 2021 thread may describe behaviour that changed since, so every place a user
+    # sees the source shows it (citations.cite_source sets it; `--json` and the feedback store keep it).
+    date: str | None = None
+
+    @property
+    def date_note(self) -> str:
+        """What goes after the title wherever the source is listed: " (2023-10-21)"; "" for a source
+        without a date and for a thread whose title holds the day already ("#help thread,
+        2023-10-21", the title of a thread whose first message has no words), never shown twice."""
+        if not self.date or self.date in (self.title or ""):
+            return ""
+        return f" ({self.date})"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

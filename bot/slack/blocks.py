@@ -47,7 +47,7 @@ MAX_BUTTON_VALUE = 2000
 # blocks). The markdown block's documented 12,000 is the same figure. Every message the bot
 # posts whole (chat.postMessage, chat.update, response_url) keeps the text of its blocks
 # (block_text_size) to 10,000: under the lowest refusal reported, with room for what Slack
-# counts that we cannot see (the "block containers"). Before audit 26 only the 40,000 of the
+# counts that we cannot see (the "block containers"). Before this, only the 40,000 of the
 # fallback text was budgeted, and a long answer's messages of up to ~34,000 were refused.
 MESSAGE_BLOCKS_BUDGET = 10_000
 # The sources list's share of it: one section (2,900), the sources and the buttons always fit one
@@ -114,12 +114,15 @@ def _short(title: str, n: int = TITLE_CHARS) -> str:
 
 
 def source_lines(citations: Sequence["Citation"]) -> list[str]:
-    """`[n] <url|title>` per cited source, compact (the title alone for a URL too long to link)."""
+    """`[n] <url|title>` per cited source, compact (the title alone for a URL too long to link);
+    a Slack thread's with the day it was started after the link, `[n] <url|title> (2023-10-21)`,
+    unless its title says it already (Citation.date_note): a 2021 answer reads as dated."""
     lines = []
     for c in citations:
         title = _short(strip_controls(c.title or c.source_id))  # a page's own bidi override or BEL
         linked = link(c.url, title) if c.url else ""
-        lines.append(f"[{c.n}] {linked if linked and len(linked) < MAX_SOURCE_LINE else escape(title)}")
+        shown = linked if linked and len(linked) < MAX_SOURCE_LINE else escape(title)
+        lines.append(f"[{c.n}] {shown}{escape(c.date_note)}")
     return lines
 
 

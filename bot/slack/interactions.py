@@ -111,7 +111,7 @@ class _StoredAnswer:
     def from_row(cls, row: dict) -> "_StoredAnswer":
         from flytegpt.bot.answering import Citation
 
-        cites = [Citation(int(s["n"]), s.get("title", ""), s.get("url", ""), s.get("source_id", ""))
+        cites = [Citation(int(s["n"]), s.get("title", ""), s.get("url", ""), s.get("source_id", ""), s.get("date"))
                  for s in row["sources"]]
         mode = row.get("mode") or ""
         return cls(row["question"], row["answer"], cites, mode, row.get("index_version"),

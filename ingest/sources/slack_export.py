@@ -483,6 +483,21 @@ def _channel_documents(
         yield thread_document(source, channel, channel_id, root, threads[root], d)
 
 
+def thread_date(source_id: str) -> str | None:
+    """The UTC day a Slack thread was started ("2023-10-21"), read from its source id
+    (`<source name>:<channel>/<root ts>`, as thread_document makes it for the slack_export and the
+    slack_api sources alike); None for an id of another shape.
+
+    The answer prompt dates each Slack source with it, so the model can weigh a 2020 answer against
+    the current docs; the id is enough, so an index built before needs no re-ingest. The shape alone
+    cannot tell a docs page `releases/1.10` from a thread: ask only for a source of kind "slack"."""
+    _, sep, locator = source_id.partition(":")
+    channel, slash, root = locator.rpartition("/")
+    if not (sep and slash and channel) or "/" in channel or not valid_ts(root):
+        return None
+    return datetime.fromtimestamp(ts_key(root)[0], tz=timezone.utc).strftime("%Y-%m-%d")
+
+
 def thread_document(
     source: SourceConfig, channel: str, channel_id: str | None, root: str, messages: list[dict], d: "Directory"
 ) -> Document:
@@ -501,7 +516,7 @@ def thread_document(
     date = datetime.fromtimestamp(ts_key(root)[0], tz=timezone.utc).strftime("%Y-%m-%d")
     # Each message's own link, in text order: a chunk of a long thread links the message it starts
     # with, and a thread whose parent is deleted (a tombstone) or missing links its first reply,
-    # never a message that is gone (audit 27 F4). The chunker reads them (ingest/chunking.py).
+    # never a message that is gone. The chunker reads them (ingest/chunking.py).
     urls = [permalink(source.workspace_url, channel_id, m["ts"], msgs[0].get("team"), root) for m in msgs]
     title = _title(render_markup(msgs[0].get("text", ""), d), channel, date)
     thread = f"#{channel} thread, {date}"

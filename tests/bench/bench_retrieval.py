@@ -41,7 +41,7 @@ from eval_corpus import SHARED, require  # noqa: E402  (the evaluation corpus be
 sys.path.insert(0, str(ROOT))
 
 from flytegpt.ingest.config import load_config  # noqa: E402
-from flytegpt.ingest.evaluation import METRICS, evaluate, load_questions  # noqa: E402
+from flytegpt.ingest.evaluation import CONTEXT_CHARS, METRICS, evaluate, load_questions  # noqa: E402
 from flytegpt.ingest.models import Chunk  # noqa: E402
 
 TARGETS = {"recall@5": 0.90, "mrr@10": 0.80, "coverage@10": 0.80, "recall@8000c": 0.92}
@@ -118,7 +118,7 @@ def dense_retriever(chunks: list[Chunk], embedder):
     return retrieve
 
 
-def packed_retriever(searcher, token_budget: int = 2000, limit: int = 4000):
+def packed_retriever(searcher, token_budget: int = CONTEXT_CHARS // 4, limit: int = 4000):
     """Hybrid retrieval of what the bot searches (a pasted traceback by its error: bot/pasted.py),
     each hit's text replaced by what the prompt holds of its source."""
     from flytegpt.bot.answering.budget import CharCounter, context_chunks
@@ -219,7 +219,7 @@ def main() -> None:
                     questions, lambda q: [h.chunk for h in searcher.keyword_search(q, 10)])
             results[f"{name} hybrid, whole chunks"] = evaluate(
                 questions, lambda q: [h.chunk for h in searcher.search(q, 10)])
-            results[f"{name} hybrid"] = evaluate(questions, packed_retriever(searcher, config.answer.token_budget,
+            results[f"{name} hybrid"] = evaluate(questions, packed_retriever(searcher, CONTEXT_CHARS // 4,
                                                                                    config.answer.max_question_chars))
         _print(path, len(questions), results)
         ours = results["flytegpt tuned hybrid" if args.tuned else "flytegpt hybrid"]

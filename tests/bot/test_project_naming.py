@@ -1,4 +1,4 @@
-"""Audit 22 H1 and M5: a bot over another project's index (slackapi/bolt-python) names that
+"""A bot over another project's index (slackapi/bolt-python) names that
 project, never Flyte: in every prompt the model is sent (answer, condense, query rewrite), in
 the slash command it answers and in its usage text, and in the assistant panel's prompts."""
 
@@ -32,7 +32,7 @@ def systems(server) -> list[str]:
 
 
 def test_every_prompt_names_the_configured_project_and_never_flyte(server, tmp_path):
-    """The audit's two runs: `ask` with a rewrite, then a follow-up that is condensed."""
+    """Two runs that reach every prompt: `ask` with a rewrite, then a follow-up that is condensed."""
     bot, _ = answerer(server, tmp_path, {"project": BOLT, "answer": {"rewrite_query": True}})
     server.script(Reply("Socket Mode app token"), Reply("Use SocketModeHandler [1]."))
     bot.answer("How do I use ray workers?")
@@ -69,7 +69,8 @@ def test_the_flyte_project_keeps_its_prompts(server, tmp_path):
     assert systems(server) == [prompts.REWRITE_SYSTEM, prompts.ANSWER_SYSTEM]
     assert prompts.ANSWER_SYSTEM.startswith(
         "You are FlyteGPT, an assistant that answers questions about Flyte (flytekit, flytectl, FlytePropeller, "
-        "FlyteAdmin).\n\nRules:\n1. Answer only from the numbered sources")
+        "FlyteAdmin). The sources describe Flyte 1.x and flytekit, not the Flyte 2 SDK (`import flyte`, "
+        "`TaskEnvironment`, `flyte.run`).\n\nRules:\n1. Answer only from the numbered sources")
     assert prompts.REWRITE_SYSTEM.startswith(
         "You turn a question about Flyte (flytekit, flytectl, FlytePropeller, FlyteAdmin, the Flyte docs) into a "
         "search query for its documentation, source code and Slack history. Name the Flyte features, ")
@@ -170,7 +171,7 @@ BOLT_PAGE = "# Socket Mode\n\nUse SocketModeHandler with an app-level token to r
     ("", "# Caching\n\nFlyte caches a task's outputs when `cache=True`.\n", False),
 ])
 def test_a_config_without_project_over_another_projects_sources_is_told_so(tmp_path, caplog, project, page, warned):
-    """Audit 22 N2: without [project] every question is framed as Flyte's; a copied sample config
+    """Without [project] every question is framed as Flyte's; a copied sample config
     over Bolt's docs gave Bolt answers that called it Flyte, without a word at ingest time."""
     from click.testing import CliRunner
 

@@ -76,3 +76,25 @@ EVIL_DOC = chunk(
 )
 
 ALL = [RAY_DOC, RAY_CODE, RAY_SLACK, CACHE_DOC]
+
+
+def posted(raw: str, given: list) -> tuple[str, str]:
+    """(the answer as Slack shows it, the heading and list under it), the way the bot posts a model's
+    answer `raw` written over the sources `given`."""
+    from flytegpt.bot.answering.citations import process_citations
+    from flytegpt.bot.answering.live import clean_answer
+    from flytegpt.bot.answering.types import Answer
+    from flytegpt.bot.slack.blocks import render_answer
+
+    text, cits = clean_answer(raw, given)
+    uncited = not cits
+    if uncited:  # the chain lists the sources it gave, under "consulted"
+        cits = process_citations("".join(f"[{s.n}]" for s in given[:3]), given)[1]
+    body, tail = [], []
+    for m in render_answer(Answer("q", "q", text, cits, "llm", "v1", note="uncited" if uncited else None)):
+        for b in m.blocks:
+            if b["type"] == "section":
+                body.append(b["text"]["text"])
+            elif b["type"] == "context":
+                tail.append(b["elements"][0]["text"])
+    return "\n".join(body), "\n".join(tail)

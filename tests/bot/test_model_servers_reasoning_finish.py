@@ -1,8 +1,6 @@
-"""Audit 32: OpenAI-compatible servers that are not OpenAI.
-
-F1 a reasoning model's <think> block in the reply, F2 finish reasons ("length", "content_filter", a
-stream that ends without one), F5 a 200 reply that is not JSON, F6 the field the answer-length cap goes
-out as. The real ChatOpenAI over HTTP against the stand-in; Slack through the emulator; the CLI through
+"""OpenAI-compatible servers that are not OpenAI: a reasoning model's <think> block in the reply,
+finish reasons ("length", "content_filter", a stream that ends without one), a 200 reply that is not
+JSON, and the field the answer-length cap goes out as. The real ChatOpenAI over HTTP against the stand-in; Slack through the emulator; the CLI through
 click. What is asserted is what the asker sees (text, sources, notes) and what the operator reads.
 """
 
@@ -18,7 +16,8 @@ from support.openai_server import Page, Reply, Slow
 from support.slack_harness import ANSWER, CACHE_Q, STANDALONE, harness_factory, llm_reply
 
 from flytegpt.bot.answering import Answerer, ModelUnavailable, Turn, prompts
-from flytegpt.bot.answering.chain import close_fence, max_tokens_field
+from flytegpt.bot.answering.chain import close_fence
+from flytegpt.bot.answering.model import max_tokens_field
 from flytegpt.bot.answering.live import Delta
 from flytegpt.bot.answering.reasoning import ReasoningFilter, closes_unopened, strip_reasoning
 from flytegpt.ingest.config import AnswerConfig, Config, Settings
@@ -51,7 +50,7 @@ def no_thinking(text: str) -> None:
         assert word not in text
 
 
-# ---- the rule itself ------------------------------------------------------------------------
+# ---- the rule itself -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("reply,answer", [
     (THINK, REPLY),
@@ -94,7 +93,7 @@ def test_a_stream_shows_nothing_while_thinking_and_the_answer_as_it_comes():
     assert f.feed(REPLY) == "" and f.flush() == REPLY
 
 
-# ---- F1: the answer, its citations, the condensed and rewritten question ---------------------
+# ---- thinking: the answer, its citations, the condensed and rewritten question -------------------
 
 def test_thinking_is_not_shown_cited_or_searched(server, caplog):
     server.reply = THINK
@@ -132,11 +131,11 @@ def test_thinking_is_not_shown_cited_or_searched(server, caplog):
 def test_a_model_that_opens_its_thinking_in_the_prompt(server, caplog):
     """R1's template: the reply holds only the closing tag. A streamed answer shows its first words
     of thinking, so the final one replaces it; after two such replies in a row nothing of it is shown,
-    and a reply with no tag at all ends that (one reply never decides for the process: audit 33 F3)."""
+    and a reply with no tag at all ends that (one reply never decides for the process)."""
     server.reply = THINK_NO_OPEN
     server.stream_tokens, server.token_delay = 30, 0.0
     answerer, _ = make(server)
-    caplog.set_level(logging.INFO, logger="flytegpt.bot.answering.chain")
+    caplog.set_level(logging.INFO, logger="flytegpt.bot.answering.model")
     for _ in range(2):
         shown, final = streamed(answerer, "how do I use ray?")
         assert final.text == "Install the plugin and use `RayJobConfig` [1]." and not final.text.startswith(shown)
@@ -152,7 +151,7 @@ def test_a_model_that_opens_its_thinking_in_the_prompt(server, caplog):
 
 
 def test_a_reply_of_nothing_but_thinking_cut_at_max_tokens_is_not_retried(server, caplog):
-    """F2: a reasoning model that spent [answer] max_tokens thinking: the passages, one call, and a
+    """A reasoning model that spent [answer] max_tokens thinking: the passages, one call, and a
     log line that says what to change (not "empty answer; retrying once")."""
     answerer, _ = make(server, max_tokens=256)
     for stream in (False, True):
@@ -169,7 +168,7 @@ def test_a_reply_of_nothing_but_thinking_cut_at_max_tokens_is_not_retried(server
         assert "retrying once" not in caplog.text
 
 
-# ---- F2: finish reasons -----------------------------------------------------------------------
+# ---- finish reasons ------------------------------------------------------------------------------
 
 CUT = "Use `RayJobConfig` [2]. For example\n\n```python\n@task(task_config=RayJobConfig("
 
@@ -213,7 +212,7 @@ def test_close_fence():
     assert close_fence("a\n```\nx\n```\nb") == "a\n```\nx\n```\nb"
 
 
-# ---- F5: a reply that is not JSON ------------------------------------------------------------
+# ---- a reply that is not JSON --------------------------------------------------------------------
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_html_page_with_status_200_is_a_model_failure_with_sources(server, stream):
@@ -238,7 +237,7 @@ def test_cli_ask_against_a_sign_in_page_prints_the_sources_not_a_traceback(serve
     assert "[1]" in result.output and "Sign in" not in result.output
 
 
-# ---- F6: the answer-length cap reaches servers that read only max_tokens ----------------------
+# ---- the answer-length cap reaches servers that read only max_tokens -----------------------------
 
 def test_the_cap_goes_out_as_max_tokens_to_other_servers_and_max_completion_tokens_to_openai(server):
     answerer, _ = make(server, max_tokens=300)
@@ -259,7 +258,7 @@ def test_the_cap_goes_out_as_max_tokens_to_other_servers_and_max_completion_toke
     assert max_tokens_field("max_tokens", None) == "max_tokens"
 
 
-# ---- Slack: what the asker sees, and what the question log keeps --------------------------------
+# ---- Slack: what the asker sees, and what the question log keeps ---------------------------------
 
 @pytest.fixture
 def make_bot(sample, tmp_path):

@@ -1,4 +1,4 @@
-"""Audit 32 F7: models that are not OpenAI's cite in other forms than [n] (【1】, 【1†source】, [doc1],
+"""Models that are not OpenAI's cite in other forms than [n] (【1】, 【1†source】, [doc1],
 [S1], [^1^], [1: Caching], [#1], (Source 1), superscripts). They were left as written and the answer
 was labelled "Sources consulted (the answer cites none of them)"; now each unambiguous form is read as
 [n]: renumbered, linked to the source it names, and listed under "Sources". What the asker sees is
@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from support.answering_support import ALL, RAY_CODE, RAY_DOC, WordSearcher
+from support.answering_support import ALL, RAY_CODE, RAY_DOC, WordSearcher, posted
 from support.openai_server import Reply
 
 from flytegpt.bot import messages
@@ -19,28 +19,12 @@ from flytegpt.bot.answering.budget import Source
 from flytegpt.bot.answering.citations import process_citations
 from flytegpt.bot.answering.live import LiveCitations, _stable_end, clean_answer
 from flytegpt.bot.answering.types import Answer
-from flytegpt.bot.slack.blocks import render_answer
 from flytegpt.ingest.config import AnswerConfig, Config, ProjectConfig, Settings
 
 
 def sources(n: int) -> list[Source]:
     return [Source(i, f"s:{i}", f"Title {i}", f"https://x.org/{i}", "text", 1.0, "docs") for i in range(1, n + 1)]
 
-
-def posted(raw: str, given: list[Source]) -> tuple[str, str]:
-    """(the answer as Slack shows it, the heading and list under it), the way the bot posts it."""
-    text, cits = clean_answer(raw, given)
-    uncited = not cits
-    if uncited:  # the chain lists the sources it gave, under "consulted" (chain._events)
-        cits = process_citations("".join(f"[{s.n}]" for s in given[:3]), given)[1]
-    body, tail = [], []
-    for m in render_answer(Answer("q", "q", text, cits, "llm", "v1", note="uncited" if uncited else None)):
-        for b in m.blocks:
-            if b["type"] == "section":
-                body.append(b["text"]["text"])
-            elif b["type"] == "context":
-                tail.append(b["elements"][0]["text"])
-    return "\n".join(body), "\n".join(tail)
 
 
 def shown_while_streaming(raw: str, given: list[Source]) -> list[str]:
