@@ -214,28 +214,31 @@ def _pack(pieces: list[_Piece]) -> list[list[_Piece]]:
 
 def _group_heading(sections, group: list[_Piece]) -> tuple[tuple[str, ...], int | None]:
     """The heading path that names a packed chunk to the model and in the user's citation, and
-    the index of that heading's section (its link): the first piece's, when that section (its
-    subsections included) holds more than half of the chunk's characters; else the deepest
-    heading whose section does.
+    the index of that heading's section (its link): the deepest heading whose section (its
+    subsections included) holds more than half of the chunk's characters. Not the first piece's
+    because it opens the chunk: a chunk of a page's intro and then almost all of one of its
+    sections ("Debugging common execution errors" and 96% "Error: Cannot connect to the Docker
+    daemon") is about that section. A chunk that opens the page is named by the page: a short
+    page is one chunk, whatever its longest section.
 
     Packing starts a chunk wherever the previous one filled up, so its first piece can be the
     tail of a section whose heading says nothing about the rest: a chunk holding the last line
     of "An error occurred (AccessDenied) ..." and then the whole Spark and x509 sections was
-    shown and cited as "AccessDenied ...". A chunk that opens its section keeps that heading and
-    links where its text starts; one spread evenly over sibling sections is named by their parent.
+    shown and cited as "AccessDenied ...". One spread evenly over sibling sections is named by
+    their parent.
 
-    The embedded text keeps the first piece's heading path (_doc_chunks), so retrieval is as it
-    was measured. Embedding the new title too (164 of the eval corpus's 1,824 docs chunks) moved
-    MRR@10 both ways on the six eval files (dev 0.836 either way, dev_howto +0.003, check_chat
-    +0.017, check_heldout +0.010, check_faq -0.002: one question from rank 4 to 5); naming the
-    other sections' headings, in the title or in the embedded text only, lowered dev MRR@10.
+    The chunk is embedded with that title too (209 of the eval corpus's 1,320 docs passages changed):
+    MRR@10 dev 0.836 either way, dev_howto +0.003 (the files tuned on), and on the blind ones
+    check_chat +0.017, check_heldout +0.010, check_faq -0.002 (one question from rank 4 to 5).
+    Naming the other sections' headings, in the title or in the embedded text only, lowered dev
+    MRR@10.
     """
     weight: dict[tuple[str, ...], int] = {}
     for p in group:
         for depth in range(len(p.path) + 1):
             weight[p.path[:depth]] = weight.get(p.path[:depth], 0) + len(p.text)
     total = sum(len(p.text) for p in group)
-    if 2 * weight[group[0].path] > total:
+    if group[0].section == 0 and group[0].starts_section:  # the page's start: the page names it
         return group[0].path, group[0].section
     # nested sections only: two sections that are not nested cannot both hold more than half
     path = max((k for k, w in weight.items() if 2 * w > total), key=len, default=group[0].path)
@@ -270,7 +273,7 @@ def _doc_chunks(doc: Document) -> list[Chunk]:
             named = _doc_title(doc, path)  # "Page > Section": linked to that section
             url = _section_url(doc, anchors, section, named)
             # embedded under its first piece's heading path, as before: see _group_heading
-            chunks.append(_docs_chunk(doc, named, text, url, embed_title=_doc_title(doc, group[0].path)))
+            chunks.append(_docs_chunk(doc, named, text, url))
     if not chunks:  # a page that is all directives: keep its words anyway (not its front matter)
         body = doc.text.strip() if fmt == "rst" else strip_front_matter(doc.text).strip()
         if not body and fmt != "rst":  # only front matter: its description is what the page says
@@ -286,10 +289,9 @@ def _title_chunk(doc: Document) -> Chunk | None:
     return Chunk(doc.source_id, doc.kind, title + TITLE_SUFFIX, doc.url, title, title) if title else None
 
 
-def _docs_chunk(doc: Document, title: str, text: str, url: str | None = None, *,
-                embed_title: str | None = None) -> Chunk:
-    """A docs chunk, embedded with its title (or `embed_title`) as context."""
-    return Chunk(doc.source_id, doc.kind, title, url or doc.url, text, f"{embed_title or title}\n\n{text}")
+def _docs_chunk(doc: Document, title: str, text: str, url: str | None = None) -> Chunk:
+    """A docs chunk, embedded with its title as context."""
+    return Chunk(doc.source_id, doc.kind, title, url or doc.url, text, f"{title}\n\n{text}")
 
 
 # GitHub renders these page formats (the loader's meta "format"): .md/.markdown and .rst. Not

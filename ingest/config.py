@@ -329,9 +329,10 @@ class TuningConfig(_Strict):
 
 
 # [answer] context_window must leave at least this many tokens after max_tokens: the instructions
-# (~400-470 tokens), the margin, a question and an excerpt of a source or two (at 512, a window of
-# 1,024 with max_tokens 512 answered no question)
-MIN_PROMPT_TOKENS = 768
+# (~400-470 tokens), the margin (5%), a question and an excerpt of a source or two. At 768, once the
+# instructions grew to ~470 tokens, a window of 1,792 with max_tokens 1,024 sent a question of 36
+# tokens no source (at 512, a window of 1,024 with max_tokens 512 answered no question)
+MIN_PROMPT_TOKENS = 1024
 MIN_ANSWER_TOKENS = 16  # max_tokens' own floor
 
 

@@ -76,9 +76,9 @@ class _WordPieceCounter:
         enc = self._encode(text)
         n = len(enc.ids) + text.count("\n")
         if self._unk is not None and self._unk in enc.ids:
-            for i, token in enumerate(enc.ids):
+            # `offsets` builds a new list on every read: once, or Chinese text took seconds to count
+            for token, (start, end) in zip(enc.ids, enc.offsets):
                 if token == self._unk:
-                    start, end = enc.offsets[i]
                     n += int((end - start) / self.UNK_CHARS_PER_TOKEN)
         return n
 

@@ -12,7 +12,7 @@ import bisect
 import functools
 import logging
 import re
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 from flytegpt.bot.metrics import MADE_UP_CITATIONS
 from flytegpt.ingest.models import strip_controls
@@ -49,8 +49,10 @@ _SUPERSCRIPT_DIGITS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
 # (`_superscripts`): "n²", "km²" and "10⁶" are powers.
 # Where the same forms mean something else, they stay as written:
 # - 【1】 that numbers a list ("步骤：【1】安装 flytekit；【2】配置 cache=True"; `_is_numbering`);
-# - [#5] that names a pull request or an issue ("PR [#5]", "fixed in flytekit [#5]", or any [#n] in an
-#   answer that writes GitHub numbers another way: "#1234", "PR 1234", ".../pull/1234"; `_names_github`);
+# - [#5] that names a pull request or an issue ("PR [#5]", "fixed in flytekit [#5]", or any [#n] in a
+#   sentence that writes GitHub numbers another way: "#1234", "PR 1234", ".../pull/1234"; `_names_github`).
+#   Its own sentence decides, never another one: one "issue #4512" in the last sentence made every [#n]
+#   of the answer plain text, an answer citing nothing, and a stream took back the citations it showed;
 # - "(ref 2)" and "(reference 2)": in prose "ref" and "reference" are everyday words here (a git ref,
 #   pass by reference, Flyte's reference tasks), while the prompt calls the passages sources, so only
 #   "(source 2)" / "(src 2)" in parentheses, in any case, cites; "[ref 2]" in square brackets still does.
@@ -95,10 +97,12 @@ _GITHUB_BEFORE = re.compile(
     r"[ \t]*\Z", re.I)
 _GITHUB_JOIN = re.compile(r"[ \t]*(?:[,/&]|and\b|or\b)?[ \t]*\Z", re.I)  # "PRs [#5] and [#6]"
 # GitHub numbers written another way than [#n]: "#1234" (not "[#1]", "&#39;", "page#2"),
-# "flyteorg/flytekit#1234", "PR 1234", "issue #56", ".../pull/1234", "GH-1234". An answer that writes
-# them is about PRs and issues, and its [#n] are more of them.
+# "flyteorg/flytekit#1234", "PR 1234", "issue #56", "github.com/.../pull/1234", "GH-1234". A sentence
+# that writes them is about PRs and issues, and its [#n] are more of them. A web page's fragment
+# ("https://docs.flyte.org/page#2", ".../index.html#3") is no GitHub number: "owner/repo#n" counts only
+# where no URL's host or path runs into it (GitHub's owner names hold no dot).
 _GITHUB_NUMBER = re.compile(
-    r"(?<![\w\[&#/])#\d{1,6}\b|/[\w.-]{1,100}#\d{1,6}\b"
+    r"(?<![\w\[&#/])#\d{1,6}\b|(?<![\w./:@%~-])[A-Za-z0-9][A-Za-z0-9-]{0,38}/[\w.-]{1,100}#\d{1,6}\b"
     r"|\b(?:PRs?|pull[ \t]+requests?|issues?|tickets?|MRs?)[ \t]*(?:#|no\.?[ \t]*)?\d{1,6}\b"
     r"|/(?:pull|issues)/\d{1,6}\b|\bGH-\d{1,6}\b", re.I)
 # [1: Caching]: a number, a colon, then a title's word (not "a[1:3]" or "xs[1:end]", which are slices)
@@ -109,10 +113,11 @@ _ODD_FULLWIDTH = re.compile(r"【[^【】\n†]{0,80}†[^【】\n]{0,80}】")
 _BARE_SUPERSCRIPT = re.compile(r"(?:(?<=[^\W\d_]{3})|(?<=[.,;:!?)\]\"'’”*_`]))([⁰¹²³⁴-⁹]{1,3})(?![\w⁰¹²³⁴-⁹])")
 _SUPERSCRIPT_AT_START = re.compile(r"([⁰¹²³⁴-⁹]{1,3})(?![\w⁰¹²³⁴-⁹])")
 # A square or cube (a lone ² or ³) is a power, not a citation, after a measure or a unit ("width²",
-# "size²", "meters²"), after a parenthesis around a sum or product ("(a + b)²"), and anywhere in an
-# answer that writes math: a superscript after a digit or a one- or two-letter name ("n²", "10⁶",
-# "km²"), a caret power ("n^2") or big-O ("O(n log n)"). Other digits stay citations ("cache¹"):
-# they are rarely powers in prose.
+# "size²", "meters²"), after a parenthesis around a sum or product ("(a + b)²"), and anywhere in a
+# sentence that writes math: a superscript after a digit or a one- or two-letter name ("n²", "10⁶",
+# "km²"), a caret power ("n^2") or big-O ("O(n log n)"). Its own sentence, not the answer: an "O(n)"
+# at the end must not turn an earlier "requests²" (a citation the stream already showed) into a power.
+# Other digits stay citations ("cache¹"): they are rarely powers in prose.
 _MEASURE_BEFORE = re.compile(
     r"(?<![^\W\d_])(?:size|width|height|length|depth|area|side|edge|radius|diameter|distance|dimension|volume"
     r"|time|speed|velocity|acceleration|frequency|pixel|meter|metre|kilometer|kilometre|centimeter|centimetre"
@@ -125,6 +130,37 @@ _MATH = re.compile(r"(?:\d|(?<![^\W\d_])[^\W\d_]{1,2})[⁰¹²³⁴-⁹]|[\w)]\^
 def _prefixes(*words: str) -> str:
     """A regex for any non-empty start of any of `words` ("s", "so", … "sources")."""
     return "|".join("".join(f"{c}(?:" for c in w) + ")?" * len(w) for w in words)
+
+
+# Where a sentence ends, for the readings that look at a marker's own sentence ([#n], a lone ² or ³):
+# ".", "!" or "?" before a space or a line break, "。", "！", "？", or a line break. Each is decided by
+# the character after it at most, so an end found in a stream's text is an end in the final text.
+_SENTENCE_END = re.compile(r"[.!?](?=[ \t\r\n])|[。！？\r\n]")
+# What a sentence still being written holds that its end may change (see sources_list_start)
+_READ_BY_SENTENCE = re.compile(r"\[#|[²³]")
+
+
+def _by_sentence(text: str, shown: str, test: Callable[[str], bool]) -> Callable[[int], bool]:
+    """`test` of the sentence holding position i of `text`, as a function of i. The sentences are
+    cut where `text` ends one (`_SENTENCE_END`, code included: a stream reads the same ends before
+    it knows what is code); `test` reads the same stretch of `shown`, a text as long as `text` (with
+    its code blanked out). Each sentence is tested once, when first asked: linear in the text."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    tested: dict[int, bool] = {}
+
+    def at(i: int) -> bool:
+        k = bisect.bisect_right(ends, i)
+        if k not in tested:
+            tested[k] = test(shown[ends[k - 1] if k else 0:ends[k] if k < len(ends) else len(shown)])
+        return tested[k]
+
+    return at
+
+
+def _blank_code(parts: Sequence[tuple[Kind, str]]) -> str:
+    """The parts joined, code replaced by spaces (but its line breaks): what only code writes ("#12"
+    in `gh pr view #12`, "O(n)" in a snippet) says nothing about the prose around it."""
+    return "".join(seg if kind == "prose" else re.sub(r"[^\r\n]", " ", seg) for kind, seg in parts)
 
 
 _CITE_FORM_BEING_WRITTEN = re.compile(
@@ -276,11 +312,22 @@ def sources_list_start(text: str) -> int:
     a citation in another form than [n] that is not closed yet ("【1", "(Source 2"), which the
     final answer reads as [n] (`_normalize_markers`), or a bracket of several numbers followed by
     nothing yet but spaces and maybe an unfinished word ("[1, 2] an"): whether it cites depends on
-    what follows it (`_reading`: punctuation or "and" cite, "answers" after "over" does not). A
-    streamed answer holds them back, so what it showed never has to be taken back. (An open "[" the
-    stream holds back by itself.)"""
+    what follows it (`_reading`: punctuation or "and" cite, "answers" after "over" does not), or,
+    in a sentence not ended yet, a [#n], a lone ² or ³ or a bracket of several numbers: the rest of
+    its sentence may write a GitHub number ("[#3] came with #4512") or math ("requests² at O(n)"),
+    which makes it no citation, or a list that closes it ("described in [1, 2] and tested in [3, 4]."),
+    which makes the lists before it citations. A streamed answer holds them back, so what it showed
+    never has to be taken back. (An open "[" the stream holds back by itself.)"""
     m = _SOURCES_BEING_WRITTEN.search(text)
     end = m.start() if m else len(text)
+    if "[" in text or "²" in text or "³" in text:
+        sentence = 0
+        for sentence_end in _SENTENCE_END.finditer(text, 0, end):
+            sentence = sentence_end.end()
+        open_reading = _READ_BY_SENTENCE.search(text, sentence, end)
+        end = open_reading.start() if open_reading else end
+        first_list = next((mk for mk in _MARKER.finditer(text, sentence, end) if _is_list(mk)), None)
+        end = first_list.start() if first_list else end
     cite = _CITE_FORM_BEING_WRITTEN.search(text, max(0, end - 120), end) if end else None
     if cite:
         return cite.start()
@@ -357,11 +404,26 @@ def _names_github(prose: str) -> bool:
     return _GITHUB_NUMBER.search(_HASH_FORM.sub(" ", prose)) is not None
 
 
-def _normalize_markers(seg: str, *, line_start: bool = True, github: bool = False) -> str:
+def _normalize_markers(seg: str, *, line_start: bool = True,
+                       github: Callable[[int], bool] | None = None) -> str:
     """Odd citation forms made plain: [¹] is [1], 【1】, [doc1], (Source 1) and the other forms of
     _CITE_FORMS are [1]; [1a] and 【3:1†source】 name no source and go. What only looks like one
     of them stays as written: a 【1】 that numbers a list item (`line_start`: `seg` starts a line),
-    a [#5] that names a PR or issue (`github`: the answer writes GitHub numbers elsewhere)."""
+    a [#5] that names a PR or issue (`github(i)`: the sentence at position i of `seg` writes
+    GitHub numbers another way)."""
+    if "[#" in seg:  # first, while positions in `seg` are still those `github` is asked about
+        kept_end = -1  # where the last [#n] left as a PR or issue number ends
+
+        def hashed(m: re.Match) -> str:
+            nonlocal kept_end
+            window = m.string[max(0, m.start() - 80):m.start()]
+            if ((github is not None and github(m.start())) or _GITHUB_BEFORE.search(window)
+                    or (kept_end >= 0 and _GITHUB_JOIN.fullmatch(m.string, kept_end, m.start()))):
+                kept_end = m.end()
+                return m.group(0)
+            return _as_markers(m.group("body"))
+
+        seg = _HASH_FORM.sub(hashed, seg)
     seg = _SUPERSCRIPT_MARKER.sub(lambda m: f"[{m.group(1).translate(_SUPERSCRIPT_DIGITS)}]", seg)
     if "【" in seg:
         last_item: int | None = None
@@ -374,19 +436,6 @@ def _normalize_markers(seg: str, *, line_start: bool = True, github: bool = Fals
             return _as_markers(m.group("body"))
 
         seg = _FULLWIDTH_FORM.sub(fullwidth, seg)
-    if "[#" in seg:
-        kept_end = -1  # where the last [#n] left as a PR or issue number ends
-
-        def hashed(m: re.Match) -> str:
-            nonlocal kept_end
-            window = m.string[max(0, m.start() - 80):m.start()]
-            if (github or _GITHUB_BEFORE.search(window)
-                    or (kept_end >= 0 and _GITHUB_JOIN.fullmatch(m.string, kept_end, m.start()))):
-                kept_end = m.end()
-                return m.group(0)
-            return _as_markers(m.group("body"))
-
-        seg = _HASH_FORM.sub(hashed, seg)
     if "[" in seg or "(" in seg:
         for form in _CITE_FORMS:
             seg = form.sub(lambda m: _as_markers(m.group("body")), seg)
@@ -400,20 +449,22 @@ def _superscripts(parts: list[tuple[Kind, str]], by_n: dict[int, Source]) -> lis
     """Bare superscripts read as citations ("the cache¹." is "the cache[1]."), in an answer that
     cites no other way: beside [n] markers a superscript is a power or a footnote of its own. Only
     after a word of three letters or more, closing punctuation or code ("n²", "km²" and "10⁶" stay),
-    not a square or cube where it reads as a power (see _MEASURE_BEFORE), and only when its number
-    (or each of its digits: "¹²" is [1][2] with fewer than 12 sources) names a given source; else it
-    is left as written."""
+    not a square or cube where it reads as a power (see _MEASURE_BEFORE; math in its own sentence),
+    and only when its number (or each of its digits: "¹²" is [1][2] with fewer than 12 sources) names
+    a given source; else it is left as written."""
     if any(_MARKER.search(seg) for kind, seg in parts if kind == "prose"):
         return parts
     if not any(c in seg for kind, seg in parts if kind == "prose" for c in "⁰¹²³⁴⁵⁶⁷⁸⁹"):
         return parts
-    math = any(_MATH.search(seg) for kind, seg in parts if kind == "prose")
+    math = _by_sentence("".join(seg for _, seg in parts), _blank_code(parts), lambda s: _MATH.search(s) is not None)
+    offset = 0  # where the part being read starts in the whole text
 
     def power(m: re.Match) -> bool:
         if m.group(1) not in ("²", "³"):
             return False
         before = m.string[max(0, m.start() - 200):m.start()]
-        return math or bool(_MEASURE_BEFORE.search(before[-20:]) or _SUM_IN_PARENTHESES.search(before))
+        return (math(offset + m.start())
+                or bool(_MEASURE_BEFORE.search(before[-20:]) or _SUM_IN_PARENTHESES.search(before)))
 
     def cite(m: re.Match) -> str:
         if power(m):
@@ -428,18 +479,23 @@ def _superscripts(parts: list[tuple[Kind, str]], by_n: dict[int, Source]) -> lis
     out = []
     for i, (kind, seg) in enumerate(parts):
         if kind == "prose":
-            seg = _BARE_SUPERSCRIPT.sub(cite, seg)
+            new = _BARE_SUPERSCRIPT.sub(cite, seg)
             if i and parts[i - 1][0] == "code":  # right after a code span: "`cache_version`¹"
-                seg = _SUPERSCRIPT_AT_START.sub(cite, seg, count=1) if _SUPERSCRIPT_AT_START.match(seg) else seg
-        out.append((kind, seg))
+                new = _SUPERSCRIPT_AT_START.sub(cite, new, count=1) if _SUPERSCRIPT_AT_START.match(new) else new
+        else:
+            new = seg
+        offset += len(seg)
+        out.append((kind, new))
     return out
 
 
 # A bracket of several numbers ("[1, 2]", "[1-3]") is also how a list is written ("map over the
 # inputs [1, 2, 3]", audit 27 F5), and the prompt asks for "[2][3]". Such a bracket is read as
-# citations only when it names given sources only (or is a lone range from 1: `_cites_as_range`),
-# does not stand where a value stands (after "=", ":", "(", "[", "{", ","), and closes what it
-# supports: what follows it is the end of a line or of the answer, punctuation, or another marker.
+# citations only when it names given sources only (or is a range of made-up numbers only:
+# `_cites_as_range`), does not stand where a value stands (after "=", ":", "(", "[", "{", ",", or a
+# verb that takes a value: "returns [1, 2, 3].", "The default is [1, 2]."; `_VALUE_VERB_BEFORE`), and
+# closes what it supports: what follows it is the end of a line or of the answer, punctuation, or
+# another marker.
 # One that is followed by more words ("[1, 2] and ...") is a citation only in an answer whose other
 # lists are (the model's own style), and not as a preposition's object ("over [1, 2, 3] inputs":
 # `_is_object`); else it is left as written. "[^1, 2]" and "[Source 1, 2]" say they cite and are
@@ -455,6 +511,13 @@ _RANGE_BODY = re.compile(r"(\d+)\s*[-–]\s*(\d+)")
 # phrase is that preposition's object, a value, even in an answer that cites with lists elsewhere;
 # before "and", "but", "which", ... it may still cite ("described in [1, 2] and tested in [3, 4].").
 _OBJECT_BEFORE = re.compile(r"(?<![\w-])(?:over|of|with|as|in|into|from|like|between|across)[ \t]*\Z", re.I)
+# "`my_task` returns [1, 2, 3].", "The default is [1, 2].", "Indices are [1-3].", "retries defaults to
+# [1, 2]": after a verb that takes a value, a bracket of several numbers is that value. A bare "to" is
+# not one of them ("refer to [1, 2]", "according to [1, 2]" cite); "set/defaults/equal ... to" is.
+_VALUE_VERB_BEFORE = re.compile(
+    r"(?<![\w-])(?:is|are|was|were|be|equals?|becomes?|became|returns?|returned|yields?"
+    r"|(?:set|sets|defaults?|defaulted|equal|evaluates?|evaluated|changes?|changed|resolves?|resolved)[ \t]+to)"
+    r"[ \t]*\Z", re.I)
 _CLAUSE_AFTER = re.compile(
     r"[ \t]*(?:and|or|but|so|then|also|which|while|whereas|where|when|because|since|although|though|if|unless)\b",
     re.I)
@@ -469,14 +532,20 @@ def _is_object(text: str, start: int, end: int) -> bool:
             and _CLAUSE_AFTER.match(text, end, end + 40) is None)
 
 
-def _cites_as_range(body: str) -> bool:
-    """A lone range from 1 up ("6-9", "4–7"), at most _MAX_RANGE wide, is a citation range where a
-    citation stands, even with numbers that name no given source: those are made up and dropped
-    ("[6-9]" with 5 sources goes like "[7]"; "[4-7]" keeps [4][5]). Prose writes a range of values
-    "1 to 10", and "[0-9]" (a digit class) starts at 0. A list with commas naming no source ("[2, 9]")
-    stays as written: that is how prose writes values."""
+def _cites_as_range(body: str, by_n: dict[int, Source]) -> bool:
+    """A lone range from 1 up ("6-9", "6–9"), at most _MAX_RANGE wide, none of whose numbers is a
+    given source, is a citation range where a citation stands: the model made up its numbers, which
+    are dropped and counted ("[6-9]" with 5 sources goes like "[7]"). A range that starts among the
+    sources and runs past them ("[1-10]", "[4-7]" with 5) is far more often a value's interval ("set
+    `priority` to a value in [1-10]."): read as citations, it cited every source for a claim none
+    made and counted numbers the model never meant as sources; it stays as written. "[0-9]" (a digit
+    class) starts at 0. A list with commas naming no source ("[2, 9]") stays as written too: that is
+    how prose writes values."""
     m = _RANGE_BODY.fullmatch(body.strip())
-    return m is not None and 1 <= int(m.group(1)) <= int(m.group(2)) <= int(m.group(1)) + _MAX_RANGE
+    if m is None:
+        return False
+    a, b = int(m.group(1)), int(m.group(2))
+    return 1 <= a <= b <= a + _MAX_RANGE and not any(n in by_n for n in range(a, b + 1))
 
 
 def _names_sources_only(body: str, by_n: dict[int, Source]) -> bool:
@@ -504,10 +573,16 @@ def _reading(run: str, before: str, after: str, by_n: dict[int, Source]) -> Read
     lists = [m for m in _MARKER.finditer(run) if _is_list(m)]
     if not lists:
         return "cite"
-    if before in _VALUE_BEFORE or not all(_names_sources_only(m.group(2), by_n) or _cites_as_range(m.group(2))
+    if before in _VALUE_BEFORE or not all(_names_sources_only(m.group(2), by_n) or _cites_as_range(m.group(2), by_n)
                                           for m in lists):
         return "data"
     return "cite" if after == "" or after in _CLOSES else "cite_in_style"
+
+
+def _after_value_verb(text: str, start: int) -> bool:
+    """Does a verb that takes a value (`_VALUE_VERB_BEFORE`) end just before text[start]? Read on a
+    bounded window, so a long text costs no more than a short one."""
+    return _VALUE_VERB_BEFORE.search(text, max(0, start - 40), start) is not None
 
 
 def _char_before(text: str, i: int) -> str:
@@ -556,13 +631,36 @@ def process_citations(text: str, sources: Sequence[Source], *,
         # A link the model made up is a broken link waiting to happen: keep only its words.
         return m.group(0) if link_key(m.group(2)) in known_urls else m.group(1)
 
+    def unlinked(seg: str, at: int) -> tuple[str, Callable[[int], int]]:
+        """`seg` (at offset `at` of the text) without made-up links, and where a position of the
+        result was in the text: a [#n]'s sentence is read as the model wrote it, links and all."""
+        shifts = [(0, at)]  # (a position in the result, what to add to it from there on)
+
+        def repl(m: re.Match) -> str:
+            new = unlink(m)
+            dropped = shifts[-1][1] - at + len(m.group(0)) - len(new)  # characters dropped so far
+            shifts.append((m.end() - dropped, at + dropped))
+            return new
+
+        out = _MD_LINK.sub(repl, seg)
+        starts = [p for p, _ in shifts]
+        return out, lambda i: i + shifts[bisect.bisect_right(starts, i) - 1][1]
+
     text = _drop_model_endings(text)
     segments = _segments(text)
-    prose = [seg for kind, seg in segments if kind == "prose"]
-    github = any("[#" in seg for seg in prose) and _names_github("\n".join(prose))
-    parts = [(kind, seg if kind != "prose" else _normalize_markers(
-                 _MD_LINK.sub(unlink, seg), line_start=i == 0 or segments[i - 1][1].endswith("\n"), github=github))
-             for i, (kind, seg) in enumerate(segments)]
+    # A [#n] stays as written where its own sentence writes GitHub numbers another way (`_names_github`)
+    github = _by_sentence(text, _blank_code(segments), _names_github) if "[#" in text else None
+    parts: list[tuple[Kind, str]] = []
+    at = 0
+    for i, (kind, seg) in enumerate(segments):
+        if kind == "prose":
+            plain, where = unlinked(seg, at)
+            seg_github = None if github is None else (lambda j, where=where: github(where(j)))
+            parts.append((kind, _normalize_markers(plain, line_start=i == 0 or segments[i - 1][1].endswith("\n"),
+                                                   github=seg_github)))
+        else:
+            parts.append((kind, seg))
+        at += len(segments[i][1])
     parts = _superscripts(parts, by_n)
     # every run's reading first: whether a list inside a sentence cites depends on the others
     readings: dict[int, list[Reading]] = {}
@@ -576,6 +674,9 @@ def process_citations(text: str, sources: Sequence[Source], *,
         for m in _MARKER_RUN.finditer(seg):
             reading = _reading(m.group(0), _char_before(seg, m.start()) or _char_before(before_seg, len(before_seg)),
                                _char_after(seg, m.end()) or _char_after(after_seg, 0), by_n)
+            if (reading != "data" and _LIST_BODY.search(m.group(0)) and _after_value_verb(seg, m.start())
+                    and any(map(_is_list, _MARKER.finditer(m.group(0))))):
+                reading = "data"  # "returns [1, 2, 3].": the verb's value
             if reading == "cite_in_style" and _is_object(seg, m.start(), m.end()):
                 reading = "data"
             in_style = in_style or (reading == "cite" and any(map(_is_list, _MARKER.finditer(m.group(0)))))

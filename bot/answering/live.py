@@ -195,7 +195,11 @@ class LiveCitations:
         # CLEAN_EVERY characters, or per 48th of the text (250 characters at 12,000), both at most
         # what the stream sends per Slack call (stream.MIN_CHARS, 256): the passes' cost grows
         # with the text's length, not its square (1.05 -> 0.48 s of CPU at 12,000 characters, AMD EPYC).
-        if self.shown and len(self.raw) - self._cleaned < max(CLEAN_EVERY, len(self.raw) // CLEAN_FRACTION):
+        # Nothing shown yet (an answer that opens with a marker its sentence's end decides, "[#2] ...",
+        # held back until then): a pass per piece only for the first CLEAN_EVERY characters, so a
+        # long first sentence is not cleaned once per token.
+        if ((self.shown or len(self.raw) > CLEAN_EVERY)
+                and len(self.raw) - self._cleaned < max(CLEAN_EVERY, len(self.raw) // CLEAN_FRACTION)):
             return ""
         self._cleaned = len(self.raw)
         return self._advance(self.raw[: _stable_end(self.raw)])

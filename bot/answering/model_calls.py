@@ -95,22 +95,33 @@ def wait_in_message(text: str) -> float | None:
     return seconds if found else None
 
 
+# A server's wait beyond this reads as "a day": no retry waits that long, and the asker is told a number
+# they can read (a Retry-After of 1e300 was printed with all its 301 digits)
+_LONGEST_WAIT_S = 86400.0
+
+
 def retry_after(headers: Any, message: str = "") -> float | None:
     """The seconds the server asks to wait: its Retry-After-Ms or Retry-After header (seconds or an
     HTTP date), else the wait its error `message` names (`wait_in_message`), else None."""
+    said = wait_in_message(message) if message else None
+    said = None if said is None else min(said, _LONGEST_WAIT_S)
     if headers is None:
-        return wait_in_message(message) if message else None
+        return said
     for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(name)
         if value is None:
             continue
         try:
-            return max(0.0, float(value) / divisor)
+            seconds = float(value) / divisor
         except ValueError:
             parsed = email.utils.parsedate_tz(value)
-            if parsed is not None:
-                return max(0.0, email.utils.mktime_tz(parsed) - time.time())
-    return wait_in_message(message) if message else None
+            if parsed is None:
+                continue
+            seconds = email.utils.mktime_tz(parsed) - time.time()
+        if not math.isfinite(seconds):  # "inf", "1e309", "nan": no wait anyone could keep
+            seconds = _LONGEST_WAIT_S
+        return min(max(0.0, seconds), _LONGEST_WAIT_S)
+    return said
 
 
 Kind = Literal["transient", "setup", "context", "filtered"]

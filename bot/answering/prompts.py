@@ -139,7 +139,13 @@ _CONTROL_TOKEN = re.compile(
     r"<(?=[|\uff5c][^\s<>]{1,80}?[|\uff5c]>)"  # <|im_start|>, <|eot_id|>, <|endoftext|>, DeepSeek's <｜User｜>
     r"|<(?=</?SYS>>)"  # Llama 2's <<SYS>>, <</SYS>>
     r"|<(?=/?(?:s|think|bos|eos|start_of_turn|end_of_turn|tool_call|tool_response)>)"  # <s>, </think>, Gemma's
-    r"|\[(?=/?(?:INST|SYSTEM_PROMPT|TOOL_CALLS|AVAILABLE_TOOLS|TOOL_RESULTS|THINK)\])"  # Llama 2's, Mistral's
+    r"|\[(?=/?(?:INST|SYSTEM_PROMPT|TOOL_CALLS|AVAILABLE_TOOLS|TOOL_RESULTS|TOOL_CONTENT|ARGS|CALL_ID|THINK)\])"
+    r"|\[(?=\|[^\s\[\]|]{1,40}\|\])"  # LG EXAONE's [|system|], [|endofturn|]
+    r"|\[(?=unused\d{1,3}\])"  # Pangu's [unused9]
+    r"|<(?=/?seed:[a-z_]{1,20}>)"  # ByteDance Seed-OSS's <seed:bos>, <seed:think>
+    r"|<(?=extra_id_\d{1,3}>)"  # NVIDIA NeMo's <extra_id_0>System
+    r"|<(?=/?(?:beginning_of_sentence|end_of_sentence|sop|eop)>)"  # MiniMax-Text's, GLM's
+    r"|\](?=~b\])|\[(?=e~\[)"  # MiniMax-M2's ]~b]system, [e~[
 )
 
 
@@ -157,7 +163,9 @@ def _escape_block(text: str) -> str:
 
 
 def _attr(value: str) -> str:
-    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace("\n", " ")
+    """A title as an attribute value: quoted, one line, with no tag and no control token in it."""
+    return break_control_tokens(value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+                                .replace("\n", " "))
 
 
 def format_sources(sources: Sequence["Source"]) -> str:

@@ -42,7 +42,7 @@ AS_WRITTEN = [
     "PRs [#5] and [#6] changed the cache key.",
     "PR [#4, #5] changed how the cache key is computed.",
     "It is tracked in [#4].",
-    # an answer that writes GitHub numbers another way: its [#n] are more of them
+    # a sentence that writes GitHub numbers another way: its [#n] are more of them
     "The regression came with #4512; see [#2] for the follow-up.",
     "It was reverted in flyteorg/flytekit#2345 and reapplied in [#3].",
     "GH-1234 describes it; the workaround is in [#1].",
@@ -53,7 +53,7 @@ AS_WRITTEN = [
     "Steps:\n【1】 Install flytekit\n【2】 Set cache=True\n【3】 Register the workflow",
     "- 【1】 Install flytekit\n- 【2】 Register the workflow",
     "【1】 Bump the version, 【2】 re-register.",
-    # squares and cubes: after a measure or unit, after a sum in parentheses, or in an answer with math
+    # squares and cubes: after a measure or unit, after a sum in parentheses, or in a sentence with math
     "Area is width² pixels.",
     "The memory grows as size² and the time as n².",
     "The table takes 10⁶ rows, and the join grows as rows².",
@@ -106,10 +106,10 @@ def test_real_citations_in_those_forms_still_cite(raw, text, order):
         assert f"[{new}] <https://x.org/{old}|Title {old}>" in tail
 
 
-# What the text before it decides streams without taking anything back. (Where only a later sentence
-# decides, as "n²" after "size²", the stream's text is replaced by the final one: see the last test.)
-LOCAL = [raw for raw in AS_WRITTEN if "#4512" not in raw and "GH-" not in raw and "n²" not in raw
-         and "10⁶" not in raw and "O(n" not in raw] + [raw for raw, _, _ in STILL_CITES]
+# Each streams without taking anything back. What decides a [#n] or a lone ² or ³ lies in its own
+# sentence, before or after it ("size²" is read with the "n²" that follows it): a stream holds the marker
+# back until its sentence ends.
+LOCAL = AS_WRITTEN + [raw for raw, _, _ in STILL_CITES]
 
 
 @pytest.mark.parametrize("raw", LOCAL)
@@ -152,8 +152,8 @@ def test_a_numbered_list_and_a_pr_number_beside_real_citations(server, stream):
 
 
 def test_a_square_that_later_math_decides_is_not_a_citation_in_the_posted_answer(server):
-    """While streaming, "size²" is read before "n²" shows that the answer writes math: the final answer
-    (the one posted) leaves both as written and cites nothing."""
+    """"size²" comes before the "n²" that shows its sentence writes math: streamed, the answer posted
+    leaves both as written and cites nothing."""
     raw = "The memory grows as size² and the time as n²."
     server.script(Reply(raw))
     a = list(make(server).stream("how do I use ray workers with RayJobConfig?"))[-1]

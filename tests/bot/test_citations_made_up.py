@@ -3,9 +3,11 @@
 Before, a made-up "[7]" (5 sources given) was dropped without a trace, so an operator could not tell
 a model that ignores the prompt's numbering from one that follows it; a made-up range "[6-9]" stayed
 in the answer as raw text while "[7]" went; and "Map over [1, 2, 3] inputs" became three citations
-because another list in the answer closed a sentence. Each case is checked as the reader gets it
-(text and the sources listed), as a stream shows it at any cleaning pass, and as the operator sees
-it (one warning per answer, `flytegpt_made_up_citations_total` in /metrics).
+because another list in the answer closed a sentence. A range that starts among the sources and runs
+past them ("a value in [1-10]." with 5 sources) is a value and stays as written, uncounted. Each case
+is checked as the reader gets it (text and the sources listed), as a stream shows it at any cleaning
+pass, and as the operator sees it (one warning per answer, `flytegpt_made_up_citations_total` in
+/metrics).
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ CASES = [
     # a made-up range goes like a made-up number, with either dash
     ("A [1–5]. B [6-9].", "A [1][2][3][4][5]. B.", ["Page 1", "Page 2", "Page 3", "Page 4", "Page 5"]),
     ("A [2]. B [6–9].", "A [1]. B.", ["Page 2"]),
-    # a range partly made up keeps the numbers that are given sources
-    ("Cache it [4-7].", "Cache it [1][2].", ["Page 4", "Page 5"]),
+    # separate markers, one made up: the given one stays (a range partly made up: see below)
     ("Cache it [4][7].", "Cache it [1].", ["Page 4"]),
     # a range mid-sentence cites in an answer that cites with lists, made up or not
     ("Caching [2-3] and versions [4-7] differ.", "Caching [2-3] and versions [4-7] differ.", []),
-    ("Caching [2-3] and versions [4-7] differ [1, 2].", "Caching [1][2] and versions [3][4] differ [1][5].",
+    ("Caching [2-3] and versions [4-5] differ [1, 2].", "Caching [1][2] and versions [3][4] differ [1][5].",
      ["Page 2", "Page 3", "Page 4", "Page 5", "Page 1"]),
+    ("Caching [2-3] and versions [6-9] differ [1, 2].", "Caching [1][2] and versions differ [1][3].",
+     ["Page 2", "Page 3", "Page 1"]),
     # a prose list after a preposition, followed by the words it goes with, stays as written
     ("Map over [1, 2, 3] inputs and cache each run. Also see [4-5].",
      "Map over [1, 2, 3] inputs and cache each run. Also see [1][2].", ["Page 4", "Page 5"]),
@@ -70,20 +73,38 @@ def test_what_the_reader_gets(raw, shown, titles):
     assert [c.n for c in cits] == list(range(1, len(cits) + 1))
 
 
-# a mid-sentence list before the answer's first list citation: shown as written until that citation
-# tells the answer's style, then the streamed text is replaced by the final one (LiveCitations.diverged)
-STYLE_TOLD_LATER = ("Caching [2-3] and versions [4-7] differ [1, 2].",
-                    "Caching is described in [1, 2] and tested in [3, 4].")
+# A range that starts among the given sources and runs past them: (what the model wrote, sources given)
+RUNS_PAST = [
+    ("Cache it [4-7].", 5),
+    ("Set `priority` to a value in [1-10].", 5),
+    ("Retries must be in the range [1-20].", 5),
+    ("Versions [2-3] differ [3-8].", 5),
+]
 
 
-@pytest.mark.parametrize("raw", [raw for raw, _, _ in CASES if raw not in STYLE_TOLD_LATER] + [
+@pytest.mark.parametrize("raw, given", RUNS_PAST)
+def test_a_range_running_past_the_sources_is_a_value_left_as_written(raw, given, caplog):
+    """A bracketed range that starts among the sources and runs past them ("[1-10]", "[4-7]" with 5
+    sources) is far more often a value's interval than a citation: read as one, "a value in [1-10]."
+    cited every source for a claim none of them made and counted 6..10 as made up, noise in the
+    metric that is meant to show a model ignoring the numbering. It stays as written and counts
+    nothing; a range none of whose numbers is a source ("[6-9]") is still dropped like a "[7]"."""
+    text, cits = clean_answer(raw, pages(given))
+    assert (text, cits) == (raw, [])
+    with caplog.at_level(logging.INFO, logger="flytegpt.bot.answering.citations"):
+        assert report_made_up(raw, pages(given)) == 0
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("raw", [raw for raw, _, _ in CASES] + [raw for raw, _ in RUNS_PAST] + [
     "It is cached [1, 2]. Loop over [1, 2] someday.",  # "so" is a clause's word, "someday" is not
     "It is cached [1, 2]. Loop over [1, 2] items.",
     "It is cached [1, 2]. Caching [3, 4] and more.",
 ])
 def test_a_stream_never_shows_what_the_final_answer_takes_back(raw):
     """At whichever point of the model's text a streamed answer is cleaned, what it shows is the start
-    of the final answer (but STYLE_TOLD_LATER)."""
+    of the final answer. A mid-sentence list whose reading a later list of the same sentence decides
+    ("described in [1, 2] and tested in [3, 4].") is held back until its sentence ends."""
     final, _ = clean_answer(raw, pages(5))
     for i in range(1, len(raw) + 1):
         live = LiveCitations(pages(5))
@@ -96,7 +117,8 @@ def test_a_stream_never_shows_what_the_final_answer_takes_back(raw):
 def test_made_up_numbers_are_one_warning_per_answer_and_counted_in_metrics(caplog):
     metrics = Metrics()
     before = made_up_total(metrics)
-    raw = "Use the secret store [7]. Cache it [4-7]. Data [0-9] stays. See [6–9] and [2]."
+    # "[4-7]" runs past the 5 sources from inside them: a value, not counted (see RUNS_PAST)
+    raw = "Use the secret store [7]. Cache it [4-7]. Data [0-9] stays. See [2] and [6–9]. Use [5][8]."
     with caplog.at_level(logging.INFO, logger="flytegpt.bot.answering.citations"):
         assert report_made_up(raw, pages(5)) == 3
     [record] = [r for r in caplog.records if r.name == "flytegpt.bot.answering.citations"]
@@ -110,7 +132,8 @@ def test_made_up_numbers_are_one_warning_per_answer_and_counted_in_metrics(caplo
     assert made_up_total(Metrics()) == before + 3  # one count per process, whichever bot's /metrics shows it
 
 
-@pytest.mark.parametrize("raw", ["Cache it [1][2]. Versions [3-5].", "Values [2, 9] and [0-9].", "No citation."])
+@pytest.mark.parametrize("raw", ["Cache it [1][2]. Versions [3-5].", "Values [2, 9] and [0-9].", "No citation.",
+                                 "Set `priority` to a value in [1-10]."])
 def test_an_answer_without_made_up_numbers_logs_and_counts_nothing(raw, caplog):
     metrics = Metrics()
     before = made_up_total(metrics)

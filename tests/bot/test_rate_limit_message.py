@@ -137,3 +137,17 @@ def test_the_asker_in_slack_is_told_the_wait_with_the_sources(make_harness):
     sources = [b["elements"][0]["text"] for b in reply["blocks"] if b["type"] == "context"]
     assert sources and sources[0].startswith(f"*{messages.BEST_SOURCES_HEADING}*") and "<http" in sources[0]
     assert len(h.llm.requests) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("header", [float("inf"), 1e300, 10_000_000.0])
+def test_a_wait_no_one_could_keep_is_told_as_a_day_with_the_sources(server, stream, header):
+    """A Retry-After of "inf" crashed the answer (the asker read "something went wrong" without the
+    sources), and one of 1e300 was printed to the asker with its 301 digits."""
+    step = openai_429("40s")
+    step.retry_after = header
+    server.script(step)
+    with pytest.raises(ModelUnavailable) as err:
+        ask(make(server), stream)
+    assert str(err.value) == messages.MODEL_UNAVAILABLE.format(reason="rate limited for 86400 s")
+    assert err.value.related and len(server.requests) == 1

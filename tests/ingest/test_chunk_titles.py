@@ -56,11 +56,22 @@ def test_a_chunk_of_one_section_keeps_its_title_and_link():
     assert chunk.embed_text == f"Page > Use\n\n{chunk.text}"
 
 
-def test_a_chunk_that_opens_its_section_keeps_that_heading_over_a_subsection():
-    """A section holds its subsections: the link opens where the chunk's text starts."""
+def test_a_chunk_of_a_sections_intro_and_mostly_its_subsection_is_named_by_the_subsection():
+    """Its first heading opens the chunk, but the text is about the subsection (a page's intro and 96%
+    "Error: Cannot connect to the Docker daemon" was titled "Debugging common execution errors")."""
     text = "\n\n".join([
         "# Page", "## Install", _paragraph("pip", 1500),
         "## Setup", _paragraph("intro", 300), "### Requirements", _paragraph("python", 900),
+    ])
+    chunk = _holding(_chunks(text), "python0")
+    assert chunk.text.startswith("## Setup")
+    assert chunk.title == "Page > Setup > Requirements" and chunk.url == URL + "#requirements"
+
+
+def test_a_chunk_mostly_of_its_sections_own_text_keeps_that_heading():
+    text = "\n\n".join([
+        "# Page", "## Install", _paragraph("pip", 1500),
+        "## Setup", _paragraph("intro", 900), "### Requirements", _paragraph("python", 300),
     ])
     chunk = _holding(_chunks(text), "python0")
     assert chunk.text.startswith("## Setup")
@@ -79,9 +90,8 @@ def test_a_chunk_spread_over_sibling_sections_is_named_by_their_parent():
     assert chunk.url == URL + "#steps"  # its heading is in the chunk before: the link still reaches it
 
 
-def test_the_embedded_text_keeps_the_first_heading_path_as_measured():
-    """Retrieval is unchanged (only what is read and cited changes): embedding the new titles moved the
-    eval files' MRR@10 both ways (ingest/chunking.py _group_heading)."""
+def test_the_chunk_is_embedded_under_the_title_it_is_cited_by():
+    """What is searched names the section the text is about, as the citation does."""
     text = "\n\n".join([
         "# Page", "## Access denied",
         _paragraph("alpha", 480), _paragraph("beta", 480), _paragraph("gamma", 480), _paragraph("denied", 120),
@@ -89,7 +99,7 @@ def test_the_embedded_text_keeps_the_first_heading_path_as_measured():
     ])
     chunk = _holding(_chunks(text), "tls0")
     assert chunk.title == "Page > Fake certificate"
-    assert chunk.embed_text == f"Page > Access denied\n\n{chunk.text}"
+    assert chunk.embed_text == f"Page > Fake certificate\n\n{chunk.text}"
 
 
 @pytest.mark.skipif(not (SHARED / "corpus" / "flyte-docs" / "community" / "troubleshoot.rst").exists(),
@@ -100,8 +110,8 @@ def test_the_x509_fix_in_the_troubleshooting_guide_is_cited_as_the_x509_section(
                           include=["troubleshoot.rst"], url=base + "{path}")
     (doc,) = list(load_source(source, LoadReport()))
     chunk = _holding([c for c in chunk_document(doc) if not is_evidence(c)], "separateGrpcIngress")
-    assert "AccessDenied" in chunk.embed_text.split("\n\n", 1)[0]  # it opens with that section's tail
-    assert "AccessDenied" not in chunk.title
+    assert "flyte-the-hard-way" in chunk.text.split("\n\n", 1)[0]  # it opens with the AccessDenied section's tail
+    assert "AccessDenied" not in chunk.title and chunk.embed_text.startswith(chunk.title)
     assert chunk.title.endswith('x509: "Kubernetes Ingress Controller Fake Certificate" certificate is not trusted" '
                                 "when deploying flyte-core to your own kubernetes cluster")
     assert chunk.url.startswith(base + "troubleshoot.rst#authentication-handshake-failed-x509-")
