@@ -133,9 +133,14 @@ def _prefixes(*words: str) -> str:
 
 
 # Where a sentence ends, for the readings that look at a marker's own sentence ([#n], a lone ² or ³):
-# ".", "!" or "?" before a space or a line break, "。", "！", "？", or a line break. Each is decided by
-# the character after it at most, so an end found in a stream's text is an end in the final text.
-_SENTENCE_END = re.compile(r"[.!?](?=[ \t\r\n])|[。！？\r\n]")
+# ".", "!" or "?" before a space or a line break, also with the sentence's citations right after it
+# ("... the cache.[1, 2] Then", "requests.² Then": else no sentence ended until the next line break and
+# a stream held a paragraph back), "。", "！", "？", or a line break. Each is decided by the
+# characters after it, so an end found in a stream's text is an end in the final text.
+_SENTENCE_END = re.compile(r"[.!?](?:\[[^\[\]\n]{1,40}\]|[⁰¹²³⁴-⁹]{1,3})*(?=[ \t\r\n])|[。！？\r\n]")
+# A stream holds a marker its sentence may still change back at most this far: a sentence that never
+# ends (a paragraph of clauses, a list in inline code) is shown, at the risk of a rewrite, not stalled
+_HOLD_MAX_CHARS = 400
 # What a sentence still being written holds that its end may change (see sources_list_start)
 _READ_BY_SENTENCE = re.compile(r"\[#|[²³]")
 
@@ -324,6 +329,7 @@ def sources_list_start(text: str) -> int:
         sentence = 0
         for sentence_end in _SENTENCE_END.finditer(text, 0, end):
             sentence = sentence_end.end()
+        sentence = max(sentence, end - _HOLD_MAX_CHARS)
         open_reading = _READ_BY_SENTENCE.search(text, sentence, end)
         end = open_reading.start() if open_reading else end
         first_list = next((mk for mk in _MARKER.finditer(text, sentence, end) if _is_list(mk)), None)
@@ -501,7 +507,7 @@ def _superscripts(parts: list[tuple[Kind, str]], by_n: dict[int, Source]) -> lis
 # `_is_object`); else it is left as written. "[^1, 2]" and "[Source 1, 2]" say they cite and are
 # always read so.
 _VALUE_BEFORE = frozenset("=:([{,")
-_CLOSES = frozenset(".,;:!?)]}\"'*_~|\u2019\u201d\n")
+_CLOSES = frozenset(".,;:!?)]}\"'*_~|\u2019\u201d\n。，；：！？）」』、")
 _LIST_BODY = re.compile(r"[,;\-–]")
 Reading = Literal["cite", "data", "cite_in_style"]
 
@@ -512,10 +518,13 @@ _RANGE_BODY = re.compile(r"(\d+)\s*[-–]\s*(\d+)")
 # before "and", "but", "which", ... it may still cite ("described in [1, 2] and tested in [3, 4].").
 _OBJECT_BEFORE = re.compile(r"(?<![\w-])(?:over|of|with|as|in|into|from|like|between|across)[ \t]*\Z", re.I)
 # "`my_task` returns [1, 2, 3].", "The default is [1, 2].", "Indices are [1-3].", "retries defaults to
-# [1, 2]": after a verb that takes a value, a bracket of several numbers is that value. A bare "to" is
-# not one of them ("refer to [1, 2]", "according to [1, 2]" cite); "set/defaults/equal ... to" is.
+# [1, 2]": after a verb that takes a value, a bracket of several numbers is that value. "is" and "are"
+# only after a word naming a value ("The recommended approach is [1, 2].", "Yes, it is [1, 2]." cite),
+# and not "returned" ("... is returned [2, 3]." cites). A bare "to" is not one of them ("refer to
+# [1, 2]", "according to [1, 2]" cite); "set/defaults/equal ... to" is.
 _VALUE_VERB_BEFORE = re.compile(
-    r"(?<![\w-])(?:is|are|was|were|be|equals?|becomes?|became|returns?|returned|yields?"
+    r"(?<![\w-])(?:(?:defaults?|values?|results?|outputs?|inputs?|indices|indexes|index|ids|sizes?|shapes?"
+    r"|ranges?|lists?|arrays?|elements?|items?)[ \t]+(?:is|are|was|were)|equals?|becomes?|became|returns?|yields?"
     r"|(?:set|sets|defaults?|defaulted|equal|evaluates?|evaluated|changes?|changed|resolves?|resolved)[ \t]+to)"
     r"[ \t]*\Z", re.I)
 _CLAUSE_AFTER = re.compile(
