@@ -3,7 +3,8 @@
 Models cite sources that don't exist, cite ranges ("[1-3]"), lists ("[1, 2]"), and
 sometimes add their own link lists. We keep only markers that point at a source that
 was in the prompt, renumber them by first use, and build the citation list from our
-own records, so every number shown resolves to a real title and URL.
+own records, so every number shown resolves to a real title and URL. The forms other models
+cite in (【1】, [doc1], (Source 1), superscripts, ...) are first made [n] by citation_forms.py.
 """
 
 from __future__ import annotations
@@ -19,125 +20,15 @@ from flytegpt.ingest.models import strip_controls
 from flytegpt.ingest.sources.slack_export import thread_date
 
 from .budget import Source
+from .citation_forms import (CITE_FORM_BEING_WRITTEN, MARKER, MAX_RANGE, ONE_MARKER, SENTENCE_END, Kind,
+                             blank_code, by_sentence, names_github, normalize_markers, numbers, superscripts)
 from .types import Citation
 
 log = logging.getLogger(__name__)
 
-_NUM = r"\d{1,3}(?:\s*[-–]\s*\d{1,3})?"
-# [1]  [1, 2]  [1-3]  [1,3-4], the footnote form [^1], and the sometimes-seen [Source 1] / [source: 2]
-# Not before "(": "[1](https://…)" is a link. A "[1]:" that Markdown reads as a reference definition
-# is never looked at (`_segments`); any other "[1]:" is a citation followed by a colon ("Here is an
-# example [3]:", audit 27 F1).
-_ONE_MARKER = rf"\[(\^|(?:source|src)s?\s*:?\s*)?({_NUM}(?:\s*[,;]\s*{_NUM})*)\](?!\()"
-_MARKER = re.compile(_ONE_MARKER, re.I)
 # markers side by side ("[1][1]", "[2] [3]") are read as one, so a repeat shows once
-_MARKER_RUN = re.compile(rf"{_ONE_MARKER}(?:[ \t]*{_ONE_MARKER})*", re.I)
-# looks like a citation but names no source: [1a], [^2b]
-# (?<![ \t]): a match starts where a run of spaces starts, so a long run is scanned once, not once
-# per space (audit 23 F3: 40,000 spaces took 2.7 s)
-_ODD_MARKER = re.compile(r"(?<![ \t])[ \t]*\[\^?\d{1,3}[a-z]\](?!\()", re.I)
+_MARKER_RUN = re.compile(rf"{ONE_MARKER}(?:[ \t]*{ONE_MARKER})*", re.I)
 _DROPPED = re.compile(r"(?<![ \t])[ \t]*\x00")
-_SUPERSCRIPT_MARKER = re.compile(r"\[\^?([⁰¹²³⁴-⁹]{1,3})\](?!\()")
-_SUPERSCRIPT_DIGITS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
-# Other models' citation habits, read as [n] where they cannot mean anything else:
-# 【1】 and 【1†source】 (DeepSeek, Qwen, models trained on ChatGPT's browsing format), [doc1] (Azure
-# "on your data"), [S1], [#1], [^1^], [1†source], [1: Caching], [ref 1], (Source 1), [Source 1, Source 2],
-# each also as a list ("【1, 2】", "[doc1][doc2]", "(Sources 1 and 3)"). A list becomes markers side
-# by side ("[1][3]"), which always cite: these forms say they cite, unlike "[1, 2]" (see _reading).
-# Bare "(1)" is left as written: it is as often a list item ("(1) bump the version, (2) re-register"),
-# a call or a tuple. Bare superscripts ("cache¹") only in an answer with no bracket citation
-# (`_superscripts`): "n²", "km²" and "10⁶" are powers.
-# Where the same forms mean something else, they stay as written:
-# - 【1】 that numbers a list ("步骤：【1】安装 flytekit；【2】配置 cache=True"; `_is_numbering`);
-# - [#5] that names a pull request or an issue ("PR [#5]", "fixed in flytekit [#5]", or any [#n] in a
-#   sentence that writes GitHub numbers another way: "#1234", "PR 1234", ".../pull/1234"; `_names_github`).
-#   Its own sentence decides, never another one: one "issue #4512" in the last sentence made every [#n]
-#   of the answer plain text, an answer citing nothing, and a stream took back the citations it showed;
-# - "(ref 2)" and "(reference 2)": in prose "ref" and "reference" are everyday words here (a git ref,
-#   pass by reference, Flyte's reference tasks), while the prompt calls the passages sources, so only
-#   "(source 2)" / "(src 2)" in parentheses, in any case, cites; "[ref 2]" in square brackets still does.
-_ITEM_NUM = r"\d{1,3}(?:[ \t]*[-–][ \t]*\d{1,3})?"
-
-
-def _cite_form(opening: str, prefix: str, closing: str, tail: str = "") -> re.Pattern:
-    """`opening` `prefix` 1 [, `prefix` 2 ...] `tail` `closing`, its numbers in group "body". No two
-    optional spaces side by side (a long run of spaces is scanned once per start, not squared)."""
-    lead = rf"[ \t]*{prefix}[ \t]*" if prefix else r"[ \t]*"
-    item = rf"(?:{prefix}[ \t]*)?{_ITEM_NUM}" if prefix else _ITEM_NUM
-    body = rf"(?P<body>{_ITEM_NUM}(?:[ \t]*(?:[,;&]|and\b)[ \t]*{item})*)"
-    return re.compile(rf"{opening}{lead}{body}[ \t]*{tail}{closing}(?!\()", re.I)
-
-
-_SOURCE_WORD = r"(?:sources?|src)(?:[ \t]*:)?"
-_BRACKET_SOURCE_WORD = r"(?:sources?|src|ref(?:erence)?s?)(?:[ \t]*:)?"
-_FULLWIDTH_FORM = _cite_form("【", "", "】", tail=r"(?P<tail>†[^【】\n]{0,80})?")
-_HASH_FORM = _cite_form(r"\[", r"\#", r"\]")
-_CITE_FORMS = (
-    _cite_form(r"\[", r"doc(?:ument)?s?", r"\]"),
-    _cite_form(r"\[(?!S3\])", r"s", r"\]"),  # "[S3]" alone is Amazon's storage, "[S1, S3]" cites
-    _cite_form(r"\[\^", "", r"\^\]"),
-    _cite_form(r"\[", "", r"\]", tail=r"†[^\]\n]{0,80}"),
-    _cite_form(r"\[", _BRACKET_SOURCE_WORD, r"\]"),
-    _cite_form(r"\(", _SOURCE_WORD, r"\)"),
-)
-# A 【n】 numbers a list where a list item starts: at the start of a line (after spaces, a quote's ">"
-# or a bullet), or after a colon, semicolon or comma (full or half width, or "、"); and a 【n+1】 after
-# a sentence's end continues such a list. It is followed by the item's words, where a citation is
-# followed by punctuation, the line's end or more of the sentence.
-_ITEM_START_BEFORE = frozenset(":;,：；，、")
-_SENTENCE_END_BEFORE = frozenset(".!?。！？")
-_LINE_LEAD = re.compile(r"[ \t]*(?:>[ \t]*)*(?:[-*+•][ \t]+)?")
-# [#n] after the words that name a pull request or an issue ("PR [#5]", "pull requests [#5]",
-# "issue no. [#5]"), or after "fixed/landed/merged ... in/by" and at most one name ("landed in
-# flytekit [#5]"): that is the number of a PR or issue, not a source's. Read on a bounded window
-# before the marker, so a long text costs no more than a short one.
-_GITHUB_BEFORE = re.compile(
-    r"(?:\b(?:PRs?|pull[ \t]+requests?|issues?|tickets?|MRs?|merge[ \t]+requests?)(?:[ \t]+(?:no\.?|number))?"
-    r"|\b(?:fixed|landed|merged|closed|resolved|reverted|tracked)[ \t]+(?:in|by|via|with)(?:[ \t]+[\w./-]{1,60})?)"
-    r"[ \t]*\Z", re.I)
-_GITHUB_JOIN = re.compile(r"[ \t]*(?:[,/&]|and\b|or\b)?[ \t]*\Z", re.I)  # "PRs [#5] and [#6]"
-# GitHub numbers written another way than [#n]: "#1234" (not "[#1]", "&#39;", "page#2"),
-# "flyteorg/flytekit#1234", "PR 1234", "issue #56", "github.com/.../pull/1234", "GH-1234". A sentence
-# that writes them is about PRs and issues, and its [#n] are more of them. A web page's fragment
-# ("https://docs.flyte.org/page#2", ".../index.html#3") is no GitHub number: "owner/repo#n" counts only
-# where no URL's host or path runs into it (GitHub's owner names hold no dot).
-_GITHUB_NUMBER = re.compile(
-    r"(?<![\w\[&#/])#\d{1,6}\b|(?<![\w./:@%~-])[A-Za-z0-9][A-Za-z0-9-]{0,38}/[\w.-]{1,100}#\d{1,6}\b"
-    r"|\b(?:PRs?|pull[ \t]+requests?|issues?|tickets?|MRs?)[ \t]*(?:#|no\.?[ \t]*)?\d{1,6}\b"
-    r"|/(?:pull|issues)/\d{1,6}\b|\bGH-\d{1,6}\b", re.I)
-# [1: Caching]: a number, a colon, then a title's word (not "a[1:3]" or "xs[1:end]", which are slices)
-_TITLED_MARKER = re.compile(r"(?<![\w\])])\[[ \t]*(\d{1,3})[ \t]*:[ \t]*(?=[^\W\d_])[^\[\]\n]{1,100}\](?!\()")
-# what is left of ChatGPT's browsing form ("【3:1†source】": a message index, not a source's number)
-_ODD_FULLWIDTH = re.compile(r"【[^【】\n†]{0,80}†[^【】\n]{0,80}】")
-# A bare superscript after a word of three letters or more, or after closing punctuation or code
-_BARE_SUPERSCRIPT = re.compile(r"(?:(?<=[^\W\d_]{3})|(?<=[.,;:!?)\]\"'’”*_`]))([⁰¹²³⁴-⁹]{1,3})(?![\w⁰¹²³⁴-⁹])")
-_SUPERSCRIPT_AT_START = re.compile(r"([⁰¹²³⁴-⁹]{1,3})(?![\w⁰¹²³⁴-⁹])")
-# A square or cube (a lone ² or ³) is a power, not a citation, after a measure or a unit ("width²",
-# "size²", "meters²"), after a parenthesis around a sum or product ("(a + b)²"), and anywhere in a
-# sentence that writes math: a superscript after a digit or a one- or two-letter name ("n²", "10⁶",
-# "km²"), a caret power ("n^2") or big-O ("O(n log n)"). Its own sentence, not the answer: an "O(n)"
-# at the end must not turn an earlier "requests²" (a citation the stream already showed) into a power.
-# Other digits stay citations ("cache¹"): they are rarely powers in prose.
-_MEASURE_BEFORE = re.compile(
-    r"(?<![^\W\d_])(?:size|width|height|length|depth|area|side|edge|radius|diameter|distance|dimension|volume"
-    r"|time|speed|velocity|acceleration|frequency|pixel|meter|metre|kilometer|kilometre|centimeter|centimetre"
-    r"|millimeter|millimetre|inch|foot|feet|yard|mile|second|unit)(?:s|es)?\Z", re.I)
-_SUM_IN_PARENTHESES = re.compile(r"\([^()\n]{0,80}[-+*/^×·−][^()\n]{0,80}\)\Z")
-_MATH = re.compile(r"(?:\d|(?<![^\W\d_])[^\W\d_]{1,2})[⁰¹²³⁴-⁹]|[\w)]\^[ \t]*\(?\d|\bO\([^()\n]{0,40}\)")
-# While streaming, the start of one of those forms at the very end: held back until it is closed
-# ("【1", "(Sour", "(Source 1, Sou", "(Sources 2 a"). One character class after the word, so a run of
-# spaces is not split many ways: "(source code of the …" waits at most 60 characters.
-def _prefixes(*words: str) -> str:
-    """A regex for any non-empty start of any of `words` ("s", "so", … "sources")."""
-    return "|".join("".join(f"{c}(?:" for c in w) + ")?" * len(w) for w in words)
-
-
-# Where a sentence ends, for the readings that look at a marker's own sentence ([#n], a lone ² or ³):
-# ".", "!" or "?" before a space or a line break, also with the sentence's citations right after it
-# ("... the cache.[1, 2] Then", "requests.² Then": else no sentence ended until the next line break and
-# a stream held a paragraph back), "。", "！", "？", or a line break. Each is decided by the
-# characters after it, so an end found in a stream's text is an end in the final text.
-_SENTENCE_END = re.compile(r"[.!?](?:\[[^\[\]\n]{1,40}\]|[⁰¹²³⁴-⁹]{1,3})*(?=[ \t\r\n])|[。！？\r\n]")
 # A stream holds a marker its sentence may still change back at most this far: a sentence that never
 # ends (a paragraph of clauses, a list in inline code) is shown, at the risk of a rewrite, not stalled
 _HOLD_MAX_CHARS = 400
@@ -145,33 +36,6 @@ _HOLD_MAX_CHARS = 400
 _READ_BY_SENTENCE = re.compile(r"\[#|[²³]")
 
 
-def _by_sentence(text: str, shown: str, test: Callable[[str], bool]) -> Callable[[int], bool]:
-    """`test` of the sentence holding position i of `text`, as a function of i. The sentences are
-    cut where `text` ends one (`_SENTENCE_END`, code included: a stream reads the same ends before
-    it knows what is code); `test` reads the same stretch of `shown`, a text as long as `text` (with
-    its code blanked out). Each sentence is tested once, when first asked: linear in the text."""
-    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
-    tested: dict[int, bool] = {}
-
-    def at(i: int) -> bool:
-        k = bisect.bisect_right(ends, i)
-        if k not in tested:
-            tested[k] = test(shown[ends[k - 1] if k else 0:ends[k] if k < len(ends) else len(shown)])
-        return tested[k]
-
-    return at
-
-
-def _blank_code(parts: Sequence[tuple[Kind, str]]) -> str:
-    """The parts joined, code replaced by spaces (but its line breaks): what only code writes ("#12"
-    in `gh pr view #12`, "O(n)" in a snippet) says nothing about the prose around it."""
-    return "".join(seg if kind == "prose" else re.sub(r"[^\r\n]", " ", seg) for kind, seg in parts)
-
-
-_CITE_FORM_BEING_WRITTEN = re.compile(
-    rf"【[^【】\n]{{0,80}}(?:】[ \t]*)?\Z|\((?:{_prefixes('sources', 'src')})?\Z"
-    r"|\((?:sources?|src)[\d \t,;:&a-z–-]{0,60}\Z",
-    re.I)
 # [label](url), [label](<url>), [label](url "title"), any case of the scheme, or //host. The label
 # holds no bracket and the URL none either: "[[[[..." or "[x](http://[x](http://..." is scanned
 # once, not once per bracket (audit 23 F3). What this misses, clean_answer's last pass defuses.
@@ -201,10 +65,8 @@ _SOURCES_BEING_WRITTEN = re.compile(
 # Reference-style definitions ("[1]: https://…") and footnotes ("[^1]: …") at the end: left in,
 # Markdown would resolve "[1]" against them and show a link without its brackets.
 _DEFINITION_LINE = re.compile(r"\[\^?\d{1,3}\]:.*|\s*")
-_MAX_RANGE = 20
 
 
-Kind = Literal["prose", "code", "definition"]
 # Line breaks as markdown-it counts lines (its "normalize" rule): its line maps index these lines.
 _LINE_BREAK = re.compile(r"\r\n?|\n")
 _BACKTICKS = re.compile(r"`+")
@@ -315,7 +177,7 @@ def sources_list_start(text: str) -> int:
     """Where a growing answer's end must wait for more text (len(text): nowhere): a source list of
     the model's own may be being written there, which the final answer drops (`_drop_model_endings`),
     a citation in another form than [n] that is not closed yet ("【1", "(Source 2"), which the
-    final answer reads as [n] (`_normalize_markers`), or a bracket of several numbers followed by
+    final answer reads as [n] (`normalize_markers`), or a bracket of several numbers followed by
     nothing yet but spaces and maybe an unfinished word ("[1, 2] an"): whether it cites depends on
     what follows it (`_reading`: punctuation or "and" cite, "answers" after "over" does not), or,
     in a sentence not ended yet, a [#n], a lone ² or ³ or a bracket of several numbers: the rest of
@@ -327,33 +189,20 @@ def sources_list_start(text: str) -> int:
     end = m.start() if m else len(text)
     if "[" in text or "²" in text or "³" in text:
         sentence = 0
-        for sentence_end in _SENTENCE_END.finditer(text, 0, end):
+        for sentence_end in SENTENCE_END.finditer(text, 0, end):
             sentence = sentence_end.end()
         sentence = max(sentence, end - _HOLD_MAX_CHARS)
         open_reading = _READ_BY_SENTENCE.search(text, sentence, end)
         end = open_reading.start() if open_reading else end
-        first_list = next((mk for mk in _MARKER.finditer(text, sentence, end) if _is_list(mk)), None)
+        first_list = next((mk for mk in MARKER.finditer(text, sentence, end) if _is_list(mk)), None)
         end = first_list.start() if first_list else end
-    cite = _CITE_FORM_BEING_WRITTEN.search(text, max(0, end - 120), end) if end else None
+    cite = CITE_FORM_BEING_WRITTEN.search(text, max(0, end - 120), end) if end else None
     if cite:
         return cite.start()
     run = _LIST_BEING_READ.search(text, max(0, end - 200), end) if end else None
-    if run and any(map(_is_list, _MARKER.finditer(run.group("run")))):
+    if run and any(map(_is_list, MARKER.finditer(run.group("run")))):
         return run.start()
     return end
-
-
-def _numbers(body: str) -> list[int]:
-    nums: list[int] = []
-    for part in re.split(r"\s*[,;]\s*", body.strip()):
-        m = re.fullmatch(r"(\d+)\s*[-–]\s*(\d+)", part)
-        if m:
-            a, b = int(m.group(1)), int(m.group(2))
-            if a <= b and b - a <= _MAX_RANGE:
-                nums.extend(range(a, b + 1))
-        elif part.isdigit():
-            nums.append(int(part))
-    return nums
 
 
 def link_key(url: str) -> str:
@@ -375,124 +224,6 @@ def _drop_model_endings(text: str) -> str:
         if shorter == text:
             return text
         text = shorter
-
-
-def _as_markers(body: str) -> str:
-    """"1, 3-4" as "[1][3][4]"; a mark to drop ("\x00") when it names no number."""
-    nums = _numbers(",".join(re.findall(_ITEM_NUM, body)))
-    return "".join(f"[{n}]" for n in dict.fromkeys(nums)) if nums else "\x00"
-
-
-def _is_numbering(m: re.Match, line_start: bool, last_item: int | None) -> bool:
-    """Does the 【n】 at `m` number a list item rather than cite (see _ITEM_START_BEFORE)? Only a
-    single number without "†" can; `line_start`: the text searched starts a line; `last_item`: the
-    number of the list item before it in this text, if any."""
-    seg = m.string
-    if m.group("tail") or not m.group("body").isdigit():
-        return False
-    nxt = seg[m.end():m.end() + 40].lstrip(" \t")[:1]
-    if not (nxt.isalnum() or nxt in "`*_\"'“‘(（"):
-        return False  # punctuation, the line's end or another marker: what follows a citation
-    window_start = max(0, m.start() - 40)  # a list item's lead is short: a bounded look back stays linear
-    line_begin = seg.rfind("\n", window_start, m.start()) + 1
-    if ((line_begin or (line_start and window_start == 0))
-            and _LINE_LEAD.fullmatch(seg, line_begin, m.start())):
-        return True
-    before = seg[window_start:m.start()].rstrip(" \t")[-1:]
-    if before in _ITEM_START_BEFORE:
-        return True
-    return before in _SENTENCE_END_BEFORE and last_item is not None and int(m.group("body")) == last_item + 1
-
-
-def _names_github(prose: str) -> bool:
-    """Does this prose write PR or issue numbers the way GitHub does (see _GITHUB_NUMBER), besides
-    any [#n]? Then its [#n] are read as more of them, not as citations."""
-    return _GITHUB_NUMBER.search(_HASH_FORM.sub(" ", prose)) is not None
-
-
-def _normalize_markers(seg: str, *, line_start: bool = True,
-                       github: Callable[[int], bool] | None = None) -> str:
-    """Odd citation forms made plain: [¹] is [1], 【1】, [doc1], (Source 1) and the other forms of
-    _CITE_FORMS are [1]; [1a] and 【3:1†source】 name no source and go. What only looks like one
-    of them stays as written: a 【1】 that numbers a list item (`line_start`: `seg` starts a line),
-    a [#5] that names a PR or issue (`github(i)`: the sentence at position i of `seg` writes
-    GitHub numbers another way)."""
-    if "[#" in seg:  # first, while positions in `seg` are still those `github` is asked about
-        kept_end = -1  # where the last [#n] left as a PR or issue number ends
-
-        def hashed(m: re.Match) -> str:
-            nonlocal kept_end
-            window = m.string[max(0, m.start() - 80):m.start()]
-            if ((github is not None and github(m.start())) or _GITHUB_BEFORE.search(window)
-                    or (kept_end >= 0 and _GITHUB_JOIN.fullmatch(m.string, kept_end, m.start()))):
-                kept_end = m.end()
-                return m.group(0)
-            return _as_markers(m.group("body"))
-
-        seg = _HASH_FORM.sub(hashed, seg)
-    seg = _SUPERSCRIPT_MARKER.sub(lambda m: f"[{m.group(1).translate(_SUPERSCRIPT_DIGITS)}]", seg)
-    if "【" in seg:
-        last_item: int | None = None
-
-        def fullwidth(m: re.Match) -> str:
-            nonlocal last_item
-            if _is_numbering(m, line_start, last_item):
-                last_item = int(m.group("body"))
-                return m.group(0)
-            return _as_markers(m.group("body"))
-
-        seg = _FULLWIDTH_FORM.sub(fullwidth, seg)
-    if "[" in seg or "(" in seg:
-        for form in _CITE_FORMS:
-            seg = form.sub(lambda m: _as_markers(m.group("body")), seg)
-        seg = _TITLED_MARKER.sub(lambda m: f"[{m.group(1)}]", seg)
-    if "【" in seg:
-        seg = _ODD_FULLWIDTH.sub("\x00", seg)
-    return _ODD_MARKER.sub("", seg)
-
-
-def _superscripts(parts: list[tuple[Kind, str]], by_n: dict[int, Source]) -> list[tuple[Kind, str]]:
-    """Bare superscripts read as citations ("the cache¹." is "the cache[1]."), in an answer that
-    cites no other way: beside [n] markers a superscript is a power or a footnote of its own. Only
-    after a word of three letters or more, closing punctuation or code ("n²", "km²" and "10⁶" stay),
-    not a square or cube where it reads as a power (see _MEASURE_BEFORE; math in its own sentence),
-    and only when its number (or each of its digits: "¹²" is [1][2] with fewer than 12 sources) names
-    a given source; else it is left as written."""
-    if any(_MARKER.search(seg) for kind, seg in parts if kind == "prose"):
-        return parts
-    if not any(c in seg for kind, seg in parts if kind == "prose" for c in "⁰¹²³⁴⁵⁶⁷⁸⁹"):
-        return parts
-    math = _by_sentence("".join(seg for _, seg in parts), _blank_code(parts), lambda s: _MATH.search(s) is not None)
-    offset = 0  # where the part being read starts in the whole text
-
-    def power(m: re.Match) -> bool:
-        if m.group(1) not in ("²", "³"):
-            return False
-        before = m.string[max(0, m.start() - 200):m.start()]
-        return (math(offset + m.start())
-                or bool(_MEASURE_BEFORE.search(before[-20:]) or _SUM_IN_PARENTHESES.search(before)))
-
-    def cite(m: re.Match) -> str:
-        if power(m):
-            return m.group(0)
-        digits = m.group(1).translate(_SUPERSCRIPT_DIGITS)
-        if int(digits) in by_n:
-            return f"[{int(digits)}]"
-        if all(int(d) in by_n for d in digits):
-            return "".join(f"[{d}]" for d in digits)
-        return m.group(0)
-
-    out = []
-    for i, (kind, seg) in enumerate(parts):
-        if kind == "prose":
-            new = _BARE_SUPERSCRIPT.sub(cite, seg)
-            if i and parts[i - 1][0] == "code":  # right after a code span: "`cache_version`¹"
-                new = _SUPERSCRIPT_AT_START.sub(cite, new, count=1) if _SUPERSCRIPT_AT_START.match(new) else new
-        else:
-            new = seg
-        offset += len(seg)
-        out.append((kind, new))
-    return out
 
 
 # A bracket of several numbers ("[1, 2]", "[1-3]") is also how a list is written ("map over the
@@ -531,7 +262,7 @@ _CLAUSE_AFTER = re.compile(
     r"[ \t]*(?:and|or|but|so|then|also|which|while|whereas|where|when|because|since|although|though|if|unless)\b",
     re.I)
 # While streaming: a run of markers at the end, followed by spaces and maybe a word not finished yet
-_LIST_BEING_READ = re.compile(rf"(?P<run>{_ONE_MARKER}(?:[ \t]*{_ONE_MARKER})*)[ \t]*\w*\Z", re.I)
+_LIST_BEING_READ = re.compile(rf"(?P<run>{ONE_MARKER}(?:[ \t]*{ONE_MARKER})*)[ \t]*\w*\Z", re.I)
 
 
 def _is_object(text: str, start: int, end: int) -> bool:
@@ -542,7 +273,7 @@ def _is_object(text: str, start: int, end: int) -> bool:
 
 
 def _cites_as_range(body: str, by_n: dict[int, Source]) -> bool:
-    """A lone range from 1 up ("6-9", "6–9"), at most _MAX_RANGE wide, none of whose numbers is a
+    """A lone range from 1 up ("6-9", "6–9"), at most MAX_RANGE wide, none of whose numbers is a
     given source, is a citation range where a citation stands: the model made up its numbers, which
     are dropped and counted ("[6-9]" with 5 sources goes like "[7]"). A range that starts among the
     sources and runs past them ("[1-10]", "[4-7]" with 5) is far more often a value's interval ("set
@@ -554,7 +285,7 @@ def _cites_as_range(body: str, by_n: dict[int, Source]) -> bool:
     if m is None:
         return False
     a, b = int(m.group(1)), int(m.group(2))
-    return 1 <= a <= b <= a + _MAX_RANGE and not any(n in by_n for n in range(a, b + 1))
+    return 1 <= a <= b <= a + MAX_RANGE and not any(n in by_n for n in range(a, b + 1))
 
 
 def _names_sources_only(body: str, by_n: dict[int, Source]) -> bool:
@@ -563,7 +294,7 @@ def _names_sources_only(body: str, by_n: dict[int, Source]) -> bool:
         m = re.fullmatch(r"(\d+)\s*[-–]\s*(\d+)", part)
         if m:
             a, b = int(m.group(1)), int(m.group(2))
-            nums = range(a, b + 1) if a <= b and b - a <= _MAX_RANGE else range(0)
+            nums = range(a, b + 1) if a <= b and b - a <= MAX_RANGE else range(0)
         else:
             nums = range(int(part), int(part) + 1) if part.isdigit() else range(0)
         if not nums or any(n not in by_n for n in nums):
@@ -579,7 +310,7 @@ def _is_list(m: re.Match) -> bool:
 def _reading(run: str, before: str, after: str, by_n: dict[int, Source]) -> Reading:
     """How a run of markers is read (see _VALUE_BEFORE): `before` is the last character before
     it but spaces ("" at the start), `after` the first after it but spaces ("" at the end)."""
-    lists = [m for m in _MARKER.finditer(run) if _is_list(m)]
+    lists = [m for m in MARKER.finditer(run) if _is_list(m)]
     if not lists:
         return "cite"
     if before in _VALUE_BEFORE or not all(_names_sources_only(m.group(2), by_n) or _cites_as_range(m.group(2), by_n)
@@ -620,8 +351,8 @@ def process_citations(text: str, sources: Sequence[Source], *,
 
     def cite(markers: str) -> str:
         new = []
-        for m in _MARKER.finditer(markers):
-            nums = _numbers(m.group(2))
+        for m in MARKER.finditer(markers):
+            nums = numbers(m.group(2))
             if made_up is not None and any(n not in by_n for n in nums):
                 made_up.append([n for n in nums if n not in by_n])
             for n in nums:
@@ -634,7 +365,7 @@ def process_citations(text: str, sources: Sequence[Source], *,
 
     def as_data(run: str) -> str:
         # its lists stay as written; a single marker beside one is still a citation
-        return _MARKER.sub(lambda m: m.group(0) if _is_list(m) else cite(m.group(0)), run)
+        return MARKER.sub(lambda m: m.group(0) if _is_list(m) else cite(m.group(0)), run)
 
     def unlink(m: re.Match) -> str:
         # A link the model made up is a broken link waiting to happen: keep only its words.
@@ -657,20 +388,20 @@ def process_citations(text: str, sources: Sequence[Source], *,
 
     text = _drop_model_endings(text)
     segments = _segments(text)
-    # A [#n] stays as written where its own sentence writes GitHub numbers another way (`_names_github`)
-    github = _by_sentence(text, _blank_code(segments), _names_github) if "[#" in text else None
+    # A [#n] stays as written where its own sentence writes GitHub numbers another way (`names_github`)
+    github = by_sentence(text, blank_code(segments), names_github) if "[#" in text else None
     parts: list[tuple[Kind, str]] = []
     at = 0
     for i, (kind, seg) in enumerate(segments):
         if kind == "prose":
             plain, where = unlinked(seg, at)
             seg_github = None if github is None else (lambda j, where=where: github(where(j)))
-            parts.append((kind, _normalize_markers(plain, line_start=i == 0 or segments[i - 1][1].endswith("\n"),
-                                                   github=seg_github)))
+            parts.append((kind, normalize_markers(plain, line_start=i == 0 or segments[i - 1][1].endswith("\n"),
+                                                  github=seg_github)))
         else:
             parts.append((kind, seg))
         at += len(segments[i][1])
-    parts = _superscripts(parts, by_n)
+    parts = superscripts(parts, by_n)
     # every run's reading first: whether a list inside a sentence cites depends on the others
     readings: dict[int, list[Reading]] = {}
     in_style = False  # a list that closes a statement was read as citations
@@ -684,11 +415,11 @@ def process_citations(text: str, sources: Sequence[Source], *,
             reading = _reading(m.group(0), _char_before(seg, m.start()) or _char_before(before_seg, len(before_seg)),
                                _char_after(seg, m.end()) or _char_after(after_seg, 0), by_n)
             if (reading != "data" and _LIST_BODY.search(m.group(0)) and _after_value_verb(seg, m.start())
-                    and any(map(_is_list, _MARKER.finditer(m.group(0))))):
+                    and any(map(_is_list, MARKER.finditer(m.group(0))))):
                 reading = "data"  # "returns [1, 2, 3].": the verb's value
             if reading == "cite_in_style" and _is_object(seg, m.start(), m.end()):
                 reading = "data"
-            in_style = in_style or (reading == "cite" and any(map(_is_list, _MARKER.finditer(m.group(0)))))
+            in_style = in_style or (reading == "cite" and any(map(_is_list, MARKER.finditer(m.group(0)))))
             readings[i].append(reading)
     out = []
     for i, (kind, seg) in enumerate(parts):
@@ -727,8 +458,8 @@ def report_made_up(raw: str, sources: Sequence[Source]) -> int:
     made_up: list[list[int]] = []
     process_citations(strip_controls(raw), sources, made_up=made_up)
     if made_up:
-        numbers = sorted({n for nums in made_up for n in nums})
-        shown = ", ".join(map(str, numbers[:20])) + (", …" if len(numbers) > 20 else "")
+        invented = sorted({n for nums in made_up for n in nums})
+        shown = ", ".join(map(str, invented[:20])) + (", …" if len(invented) > 20 else "")
         log.warning("%d citation marker(s) in the model's answer named a source number it was not given (it was "
                     "given %d sources); dropped from the answer: %s", len(made_up), len(sources), shown,
                     extra={"made_up_citations": len(made_up), "made_up_numbers": shown, "sources": len(sources)})
