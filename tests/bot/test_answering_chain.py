@@ -7,7 +7,7 @@ import re
 import time
 
 import pytest
-from support.answering_support import ALL, EVIL_DOC, INJECTION, RAY_CODE, RAY_DOC, RAY_SLACK, WordSearcher, chunk
+from support.answering_support import ALL, EVIL_DOC, INJECTION, RAY_CODE, RAY_DOC, RAY_SLACK, WordSearcher, chunk, given_titles
 from support.openai_server import Fail, Hang, Reply, Slow
 
 from flytegpt.bot import messages
@@ -76,8 +76,7 @@ def test_an_answer_without_citations_lists_the_sources_it_was_given(server):
     answerer, searcher = make(server)
     a = answerer.answer("how do I use ray?")
     assert a.mode == "llm" and a.text == "I don't know based on the sources." and a.uncited
-    given = [line.split('title="')[1].split('"')[0] for line in server.requests[0].text_of("user").splitlines()
-             if line.startswith("<source n=")]
+    given = given_titles(server.requests[0])
     assert [c.title for c in a.citations] == given[:3] and [c.n for c in a.citations] == [1, 2, 3][:len(given)]
     assert a.sources_heading == messages.CONSULTED_HEADING
 

@@ -10,16 +10,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from support.answering_support import ALL, RAY_CODE, RAY_DOC, WordSearcher, posted
+from support.answering_support import ALL, RAY_CODE, RAY_DOC, RAY_QUESTION, ask, given_titles, posted, standin_answerer
 from support.openai_server import Reply
 
 from flytegpt.bot import messages
-from flytegpt.bot.answering import Answerer
 from flytegpt.bot.answering.budget import Source
 from flytegpt.bot.answering.citations import process_citations
 from flytegpt.bot.answering.live import LiveCitations, _stable_end, clean_answer
-from flytegpt.bot.answering.types import Answer
-from flytegpt.ingest.config import AnswerConfig, Config, ProjectConfig, Settings
 
 
 def sources(n: int) -> list[Source]:
@@ -139,30 +136,11 @@ def test_reading_other_forms_stays_linear_in_the_text(text):
 
 # ---- through the real Answerer and ChatOpenAI, against the OpenAI stand-in ------------------------------
 
-def make(server):
-    config = Config(answer=AnswerConfig(timeout_s=2.0, max_retries=0, min_score=0.2), project=ProjectConfig())
-    settings = Settings(OPENAI_API_KEY="sk-x", OPENAI_BASE_URL=server.base_url, FLYTEGPT_CHAT_MODEL="stand-in-model")
-    searcher = WordSearcher(list(ALL))
-    return Answerer(config, settings, lambda: searcher)
-
-
-def given_titles(server) -> list[str]:
-    human = server.requests[-1].text_of("user")
-    return [line.split('title="')[1].split('"')[0] for line in human.splitlines() if line.startswith("<source n=")]
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_answer_citing_in_fullwidth_brackets_lists_what_it_cites(server, stream):
     server.script(Reply("Install the plugin 【2】 and set the workers with `RayJobConfig`【1†source】."))
-    answerer = make(server)
-    if stream:
-        events = list(answerer.stream("how do I use ray workers with RayJobConfig?"))
-        a = events[-1]
-        shown = "".join(e.text for e in events if hasattr(e, "text") and not isinstance(e, Answer))
-        assert shown == a.text
-    else:
-        a = answerer.answer("how do I use ray workers with RayJobConfig?")
-    titles = given_titles(server)
+    a = ask(standin_answerer(server.base_url), RAY_QUESTION, stream)
+    titles = given_titles(server.requests[-1])
     assert a.mode == "llm" and not a.uncited
     assert a.text == "Install the plugin [1] and set the workers with `RayJobConfig`[2]."
     assert [c.title for c in a.citations] == [titles[1], titles[0]]

@@ -9,16 +9,13 @@ Slack blocks), whole and streamed, and once through the real Answerer against th
 from __future__ import annotations
 
 import pytest
-from support.answering_support import ALL, WordSearcher, posted
+from support.answering_support import RAY_QUESTION, ask, given_titles, posted, standin_answerer
 from support.openai_server import Reply
 
 from flytegpt.bot import messages
-from flytegpt.bot.answering import Answerer
 from flytegpt.bot.answering.budget import Source
 from flytegpt.bot.answering.citations import process_citations
 from flytegpt.bot.answering.live import LiveCitations, _stable_end, clean_answer
-from flytegpt.bot.answering.types import Answer
-from flytegpt.ingest.config import AnswerConfig, Config, ProjectConfig, Settings
 
 
 def sources(n: int = 6) -> list[Source]:
@@ -125,29 +122,14 @@ def test_a_stream_shows_the_final_reading_from_the_start(raw, step):
 
 # ---- through the real Answerer and ChatOpenAI, against the OpenAI stand-in ------------------------------
 
-def make(server) -> Answerer:
-    config = Config(answer=AnswerConfig(timeout_s=2.0, max_retries=0, min_score=0.2), project=ProjectConfig())
-    settings = Settings(OPENAI_API_KEY="sk-x", OPENAI_BASE_URL=server.base_url, FLYTEGPT_CHAT_MODEL="stand-in-model")
-    searcher = WordSearcher(list(ALL))
-    return Answerer(config, settings, lambda: searcher)
-
-
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_a_numbered_list_and_a_pr_number_beside_real_citations(server, stream):
     raw = "步骤：【1】安装插件【2】；【2】用 `RayJobConfig` 设置 workers【1】。This changed in PR [#2]."
     server.script(Reply(raw))
-    answerer = make(server)
-    if stream:
-        events = list(answerer.stream("how do I use ray workers with RayJobConfig?"))
-        a = events[-1]
-        shown = "".join(e.text for e in events if hasattr(e, "text") and not isinstance(e, Answer))
-        assert shown == a.text
-    else:
-        a = answerer.answer("how do I use ray workers with RayJobConfig?")
+    a = ask(standin_answerer(server.base_url), RAY_QUESTION, stream)
     assert a.mode == "llm" and not a.uncited
     assert a.text == "步骤：【1】安装插件[1]；【2】用 `RayJobConfig` 设置 workers[2]。This changed in PR [#2]."
-    human = server.requests[-1].text_of("user")
-    titles = [line.split('title="')[1].split('"')[0] for line in human.splitlines() if line.startswith("<source n=")]
+    titles = given_titles(server.requests[-1])
     assert [c.title for c in a.citations] == [titles[1], titles[0]]
 
 
@@ -156,5 +138,5 @@ def test_a_square_that_later_math_decides_is_not_a_citation_in_the_posted_answer
     leaves both as written and cites nothing."""
     raw = "The memory grows as size² and the time as n²."
     server.script(Reply(raw))
-    a = list(make(server).stream("how do I use ray workers with RayJobConfig?"))[-1]
+    a = list(standin_answerer(server.base_url).stream(RAY_QUESTION))[-1]
     assert a.mode == "llm" and a.text == raw and a.uncited

@@ -14,17 +14,14 @@ from __future__ import annotations
 import logging
 
 import pytest
-from support.answering_support import ALL, WordSearcher, posted
+from support.answering_support import RAY_QUESTION, ask, given_titles, posted, standin_answerer
 from support.openai_server import Reply
 
 from flytegpt.bot import messages
-from flytegpt.bot.answering import Answerer
 from flytegpt.bot.answering import live as live_module
 from flytegpt.bot.answering.budget import Source
 from flytegpt.bot.answering.citations import process_citations, report_made_up
 from flytegpt.bot.answering.live import LiveCitations, clean_answer
-from flytegpt.bot.answering.types import Answer
-from flytegpt.ingest.config import AnswerConfig, Config, ProjectConfig, Settings
 
 
 def sources(n: int = 5) -> list[Source]:
@@ -155,31 +152,16 @@ def test_reading_by_sentence_stays_linear_in_the_text(text):
 
 # ---- through the real Answerer and ChatOpenAI, against the OpenAI stand-in ------------------------------
 
-def make(server) -> Answerer:
-    config = Config(answer=AnswerConfig(timeout_s=2.0, max_retries=0, min_score=0.2), project=ProjectConfig())
-    settings = Settings(OPENAI_API_KEY="sk-x", OPENAI_BASE_URL=server.base_url, FLYTEGPT_CHAT_MODEL="stand-in-model")
-    searcher = WordSearcher(list(ALL))
-    return Answerer(config, settings, lambda: searcher)
-
-
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_an_issue_number_in_one_sentence_keeps_the_other_sentences_citations(server, stream):
     raw = ("Use `RayJobConfig` for the workers [#2]. Install the plugin first [#1]. "
            "Worker counts changed in issue #4512 [#3].")
     server.script(Reply(raw))
-    answerer = make(server)
-    if stream:
-        events = list(answerer.stream("how do I use ray workers with RayJobConfig?"))
-        a = events[-1]
-        shown = "".join(e.text for e in events if hasattr(e, "text") and not isinstance(e, Answer))
-        assert shown == a.text  # nothing shown was taken back
-    else:
-        a = answerer.answer("how do I use ray workers with RayJobConfig?")
+    a = ask(standin_answerer(server.base_url), RAY_QUESTION, stream)  # streamed: nothing shown taken back
     assert a.mode == "llm" and not a.uncited
     assert a.text == ("Use `RayJobConfig` for the workers [1]. Install the plugin first [2]. "
                       "Worker counts changed in issue #4512 [#3].")
-    human = server.requests[-1].text_of("user")
-    titles = [line.split('title="')[1].split('"')[0] for line in human.splitlines() if line.startswith("<source n=")]
+    titles = given_titles(server.requests[-1])
     assert [c.title for c in a.citations] == [titles[1], titles[0]]
 
 

@@ -98,3 +98,38 @@ def posted(raw: str, given: list) -> tuple[str, str]:
             elif b["type"] == "context":
                 tail.append(b["elements"][0]["text"])
     return "\n".join(body), "\n".join(tail)
+
+
+RAY_QUESTION = "how do I use ray workers with RayJobConfig?"
+
+
+def standin_answerer(base_url: str, chunks: Sequence[Chunk] = tuple(ALL)):
+    """The real Answerer over `chunks`, its chat model the OpenAI stand-in at `base_url`: no retries,
+    so a test's scripted reply is the only one."""
+    from flytegpt.bot.answering import Answerer
+    from flytegpt.ingest.config import AnswerConfig, Config, ProjectConfig, Settings
+
+    config = Config(answer=AnswerConfig(timeout_s=2.0, max_retries=0, min_score=0.2), project=ProjectConfig())
+    settings = Settings(OPENAI_API_KEY="sk-x", OPENAI_BASE_URL=base_url, FLYTEGPT_CHAT_MODEL="stand-in-model")
+    searcher = WordSearcher(list(chunks))
+    return Answerer(config, settings, lambda: searcher)
+
+
+def ask(answerer, question: str, stream: bool):
+    """The Answer to `question`, asked whole or streamed; streamed, what the deltas showed must be
+    exactly the final text (nothing shown was taken back)."""
+    from flytegpt.bot.answering.types import Answer
+
+    if not stream:
+        return answerer.answer(question)
+    events = list(answerer.stream(question))
+    final = events[-1]
+    shown = "".join(e.text for e in events if hasattr(e, "text") and not isinstance(e, Answer))
+    assert shown == final.text
+    return final
+
+
+def given_titles(request) -> list[str]:
+    """The titles of the sources a recorded chat request gave the model, in prompt order."""
+    human = request.text_of("user")
+    return [line.split('title="')[1].split('"')[0] for line in human.splitlines() if line.startswith("<source n=")]
