@@ -32,6 +32,7 @@ _DROPPED = re.compile(r"(?<![ \t])[ \t]*\x00")
 # A stream holds a marker its sentence may still change back at most this far: a sentence that never
 # ends (a paragraph of clauses, a list in inline code) is shown, at the risk of a rewrite, not stalled
 _HOLD_MAX_CHARS = 400
+_SENTENCE_END_MARGIN = 200
 # What a sentence still being written holds that its end may change (see sources_list_start)
 _READ_BY_SENTENCE = re.compile(r"\[#|[²³]")
 
@@ -188,10 +189,11 @@ def sources_list_start(text: str) -> int:
     m = _SOURCES_BEING_WRITTEN.search(text)
     end = m.start() if m else len(text)
     if "[" in text or "²" in text or "³" in text:
-        sentence = 0
-        for sentence_end in SENTENCE_END.finditer(text, 0, end):
-            sentence = sentence_end.end()
-        sentence = max(sentence, end - _HOLD_MAX_CHARS)
+        # only the last sentence end within the hold's reach counts: scanning from there (less a
+        # margin for an end whose citations straddle it) keeps each stream pass short
+        sentence = max(0, end - _HOLD_MAX_CHARS)
+        for sentence_end in SENTENCE_END.finditer(text, max(0, sentence - _SENTENCE_END_MARGIN), end):
+            sentence = max(sentence, sentence_end.end())
         open_reading = _READ_BY_SENTENCE.search(text, sentence, end)
         end = open_reading.start() if open_reading else end
         first_list = next((mk for mk in MARKER.finditer(text, sentence, end) if _is_list(mk)), None)
@@ -235,7 +237,7 @@ def _drop_model_endings(text: str) -> str:
 # another marker.
 # One that is followed by more words ("[1, 2] and ...") is a citation only in an answer whose other
 # lists are (the model's own style), and not as a preposition's object ("over [1, 2, 3] inputs":
-# `_is_object`); else it is left as written. "[^1, 2]" and "[Source 1, 2]" say they cite and are
+# `_written_as_value`); else it is left as written. "[^1, 2]" and "[Source 1, 2]" say they cite and are
 # always read so.
 _VALUE_BEFORE = frozenset("=:([{,")
 _CLOSES = frozenset(".,;:!?)]}\"'*_~|\u2019\u201d\n。，；：！？）」』、")
@@ -265,10 +267,15 @@ _CLAUSE_AFTER = re.compile(
 _LIST_BEING_READ = re.compile(rf"(?P<run>{ONE_MARKER}(?:[ \t]*{ONE_MARKER})*)[ \t]*\w*\Z", re.I)
 
 
-def _is_object(text: str, start: int, end: int) -> bool:
-    """Is the run of markers text[start:end], followed by more words, a preposition's object (see
-    _OBJECT_BEFORE)? Read on bounded windows, so a long text costs no more than a short one."""
-    return (_OBJECT_BEFORE.search(text, max(0, start - 40), start) is not None
+def _written_as_value(text: str, start: int, end: int, reading: Reading) -> bool:
+    """Do the words around the run of markers text[start:end], which holds a list, make it a value:
+    it follows a verb that takes one ("returns [1, 2, 3].": `_VALUE_VERB_BEFORE`) or, read as a
+    citation only in the answer's style, it is a preposition's object ("over [1, 2, 3] inputs":
+    `_OBJECT_BEFORE`, no `_CLAUSE_AFTER`)? Read on bounded windows, so a long text costs no more
+    than a short one."""
+    if _VALUE_VERB_BEFORE.search(text, max(0, start - 40), start) is not None:
+        return True
+    return (reading == "cite_in_style" and _OBJECT_BEFORE.search(text, max(0, start - 40), start) is not None
             and _CLAUSE_AFTER.match(text, end, end + 40) is None)
 
 
@@ -317,12 +324,6 @@ def _reading(run: str, before: str, after: str, by_n: dict[int, Source]) -> Read
                                           for m in lists):
         return "data"
     return "cite" if after == "" or after in _CLOSES else "cite_in_style"
-
-
-def _after_value_verb(text: str, start: int) -> bool:
-    """Does a verb that takes a value (`_VALUE_VERB_BEFORE`) end just before text[start]? Read on a
-    bounded window, so a long text costs no more than a short one."""
-    return _VALUE_VERB_BEFORE.search(text, max(0, start - 40), start) is not None
 
 
 def _char_before(text: str, i: int) -> str:
@@ -414,10 +415,8 @@ def process_citations(text: str, sources: Sequence[Source], *,
         for m in _MARKER_RUN.finditer(seg):
             reading = _reading(m.group(0), _char_before(seg, m.start()) or _char_before(before_seg, len(before_seg)),
                                _char_after(seg, m.end()) or _char_after(after_seg, 0), by_n)
-            if (reading != "data" and _LIST_BODY.search(m.group(0)) and _after_value_verb(seg, m.start())
-                    and any(map(_is_list, MARKER.finditer(m.group(0))))):
-                reading = "data"  # "returns [1, 2, 3].": the verb's value
-            if reading == "cite_in_style" and _is_object(seg, m.start(), m.end()):
+            if (reading != "data" and _LIST_BODY.search(m.group(0)) and any(map(_is_list, MARKER.finditer(m.group(0))))
+                    and _written_as_value(seg, m.start(), m.end(), reading)):
                 reading = "data"
             in_style = in_style or (reading == "cite" and any(map(_is_list, MARKER.finditer(m.group(0)))))
             readings[i].append(reading)
