@@ -329,9 +329,11 @@ class TuningConfig(_Strict):
 
 
 # [answer] context_window must leave at least this many tokens after max_tokens: the instructions
-# (~400-470 tokens), the margin (5%), a question and an excerpt of a source or two. At 768, once the
-# instructions grew to ~470 tokens, a window of 1,792 with max_tokens 1,024 sent a question of 36
-# tokens no source (at 512, a window of 1,024 with max_tokens 512 answered no question)
+# (~470-510 tokens with the default [project], by the bot's counter or tiktoken's), the margin (5%), a
+# question and an excerpt of a source or two. At 768 a window of 1,792 with max_tokens 1,024 sent a
+# question of 36 tokens no source (at 512, a window of 1,024 with max_tokens 512 answered no question).
+# Kept a constant (the prompts live in bot/, which this module may not import): tests/bot/
+# test_model_setup.py checks that the smallest windows it allows still send a source.
 MIN_PROMPT_TOKENS = 1024
 MIN_ANSWER_TOKENS = 16  # max_tokens' own floor
 
