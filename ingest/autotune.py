@@ -26,7 +26,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
 
 from flytegpt.ingest.json_files import read_json_dict, write_json_atomic
 
@@ -36,6 +36,11 @@ CACHE_FILE = "autotune.json"
 # A candidate must beat the baseline by this much to be chosen: two runs of one candidate on a
 # shared 2-core machine differ by 5-10%.
 MARGIN = 0.10
+# A candidate whose vectors differ more from fp32's ("lossy": the int8 models, mean cosine ~0.9993
+# where bf16 keeps 0.9999+) must beat the best of the others by this much. Its ranking differs too:
+# on an Intel Xeon with AMX, int8-bf16 at 1.08x bf16's speed scored dev MRR@10 0.815 against
+# bf16's and fp32's 0.834; where int8 is the only way past fp32 (no bf16), it is 1.5-1.6x faster.
+LOSSY_MARGIN = 0.25
 ROUNDS = 3  # timed passes per candidate at most, interleaved; the median counts
 # A candidate slower than the baseline by this factor in the middle of a pass is stopped: a
 # load spike does not make a candidate that would win 10% faster take 2.5x as long.
@@ -60,14 +65,31 @@ class Choice:
         return asdict(self)
 
 
-def decide(rates: Mapping[str, float], baseline: str, margin: float = MARGIN) -> tuple[str, str]:
-    """(label, reason): the fastest candidate if it beats `baseline` by `margin`, else `baseline`.
+def decide(rates: Mapping[str, float], baseline: str, margin: float = MARGIN, *,
+           lossy: Collection[str] = (), lossy_margin: float = LOSSY_MARGIN) -> tuple[str, str]:
+    """(label, reason): the fastest candidate if it beats `baseline` by `margin`, else `baseline`;
+    a `lossy` candidate only if it also beats that choice by `lossy_margin`.
 
     A candidate that could not be measured is absent from `rates`; if the baseline is absent,
     the fastest of the others wins.
     """
     if not rates:
         raise ValueError("no candidate could be measured")
+    exact = {k: v for k, v in rates.items() if k not in lossy}
+    if not exact or len(exact) == len(rates):
+        return _decide(rates, baseline, margin)
+    label, reason = _decide(exact, baseline, margin)
+    best = max((k for k in rates if k in lossy), key=lambda k: rates[k])
+    ratio = rates[best] / max(rates[label], 1e-9)
+    if ratio >= 1 + lossy_margin and rates[best] >= rates.get(baseline, 0.0) * (1 + margin):
+        return best, f"{best} {rates[best]:.1f} texts/s = {ratio:.2f}x {label} ({rates[label]:.1f})"
+    if ratio > 1:
+        reason += (f"; {best} {rates[best]:.1f} texts/s is not {lossy_margin:.0%} faster, "
+                   "not enough for its less exact vectors")
+    return label, reason
+
+
+def _decide(rates: Mapping[str, float], baseline: str, margin: float) -> tuple[str, str]:
     best = max(rates, key=lambda k: rates[k])
     if baseline not in rates:
         return best, f"{best}: {rates[best]:.1f} texts/s ({baseline} could not run)"
@@ -89,6 +111,7 @@ def measure(
     rounds: int = ROUNDS,
     *,
     baseline: str | None = None,
+    lossy: Collection[str] = (),
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Texts per second of each encoder: up to `rounds` timed passes, interleaved (the order
@@ -128,7 +151,8 @@ def measure(
                 continue
             times[label].append(elapsed)
         if baseline is not None and times:
-            decisions.add(decide({label: len(texts) / max(ts[r], 1e-9) for label, ts in times.items()}, baseline)[0])
+            round_rates = {label: len(texts) / max(ts[r], 1e-9) for label, ts in times.items()}
+            decisions.add(decide(round_rates, baseline, lossy=lossy)[0])
             if len(alive) <= 1 or (r >= 1 and len(decisions) == 1):
                 break
     rates = {label: len(texts) / max(statistics.median(ts), 1e-9) for label, ts in times.items()}
@@ -208,16 +232,20 @@ def write_cached(path: Path, choice: Choice, facts: Mapping[str, Any]) -> None:
         log.warning("autotune: could not write %s (%s); the next run measures again", path, e)
 
 
-def choice_key(candidates: Sequence[str], baseline: str, facts: Mapping[str, Any], batch_size: int) -> str:
-    return cache_key({**facts, "candidates": sorted(candidates), "baseline": baseline, "batch_size": batch_size})
+def choice_key(candidates: Sequence[str], baseline: str, facts: Mapping[str, Any], batch_size: int,
+               lossy: Collection[str] = ()) -> str:
+    rule = {"lossy": sorted(lossy), "lossy_margin": LOSSY_MARGIN} if lossy else {}
+    return cache_key({**facts, "candidates": sorted(candidates), "baseline": baseline, "batch_size": batch_size,
+                      **rule})
 
 
 def known_choice(
-    candidates: Sequence[str], baseline: str, *, facts: Mapping[str, Any], cache_file: Path, batch_size: int
+    candidates: Sequence[str], baseline: str, *, facts: Mapping[str, Any], cache_file: Path, batch_size: int,
+    lossy: Collection[str] = (),
 ) -> Choice | None:
     """The choice `choose` would make without measuring (the only candidate, or one measured
     before on this machine), else None: a caller can then build just that candidate its own way."""
-    key = choice_key(candidates, baseline, facts, batch_size)
+    key = choice_key(candidates, baseline, facts, batch_size, lossy)
     if len(candidates) == 1:
         (label,) = candidates
         return Choice(label, f"{label} is the only candidate on this machine", measured=False, key=key)
@@ -236,13 +264,16 @@ def choose(
     cache_file: Path,
     batch_size: int,
     texts: Sequence[str] | None = None,
+    lossy: Collection[str] = (),
 ) -> tuple[Choice, Encoder]:
     """The chosen candidate and its encoder: from the cache file when this machine and model were
-    measured before (only that candidate is built), else measured now (every candidate built)."""
-    cached = known_choice(candidates, baseline, facts=facts, cache_file=cache_file, batch_size=batch_size)
+    measured before (only that candidate is built), else measured now (every candidate built).
+    `lossy`: candidates whose vectors differ more from the baseline's (see LOSSY_MARGIN)."""
+    cached = known_choice(candidates, baseline, facts=facts, cache_file=cache_file, batch_size=batch_size,
+                          lossy=lossy)
     if cached is not None:
         return cached, candidates[cached.choice]()
-    key = choice_key(candidates, baseline, facts, batch_size)
+    key = choice_key(candidates, baseline, facts, batch_size, lossy)
     encoders: dict[str, Encoder] = {}
     for label, make in candidates.items():
         try:
@@ -250,8 +281,8 @@ def choose(
         except Exception as e:  # noqa: BLE001 - e.g. a precision this CPU plugin refuses
             log.warning("autotune: %s could not be loaded (%s); not a candidate", label, e)
     t = time.perf_counter()
-    rates = measure(encoders, texts or sample_texts(), batch_size, baseline=baseline)
-    label, reason = decide(rates, baseline)
+    rates = measure(encoders, texts or sample_texts(), batch_size, baseline=baseline, lossy=lossy)
+    label, reason = decide(rates, baseline, lossy=lossy)
     choice = Choice(label, reason, {k: round(v, 2) for k, v in rates.items()}, measured=True, key=key)
     log.info("embedding: auto chose %s after measuring for %.1fs: %s", label, time.perf_counter() - t, reason)
     write_cached(cache_file, choice, facts)

@@ -412,6 +412,7 @@ class Embedder:
         from flytegpt.ingest import autotune, quantize
         from flytegpt.ingest.onnx_export import ensure_export
         from flytegpt.ingest.openvino_runner import OpenVinoEncoder, float_precisions, import_openvino
+        from flytegpt.ingest.openvino_trial import survives
 
         openvino = import_openvino()
 
@@ -421,9 +422,12 @@ class Embedder:
             log.warning("embedding: no int8 model of %s that keeps the vectors here (%s); embedding in fp32",
                         self.model_id, self._int8_why())
             precision = "fp32"
+        floats = float_precisions()
+        if precision in floats and not survives(folder, precision):
+            precision = "fp32"  # survives() said why
         encoder = None
         if precision == "auto":
-            precisions = float_precisions()
+            precisions = [p for p in floats if survives(folder, p)]
             if self.auto_int8:
                 # made only by a large embedding (a small one never waits for it); reused once made
                 texts = self._calibration if len(self._calibration) >= self.int8_min_texts else ()
@@ -433,7 +437,8 @@ class Embedder:
             if any(p.startswith("int8") for p in precisions):
                 facts["int8"] = quantize.RECIPE
             labels = {f"openvino {p}": p for p in precisions}
-            choice_args = {"facts": facts, "cache_file": self._autotune_file(), "batch_size": self.batch_size}
+            choice_args = {"facts": facts, "cache_file": self._autotune_file(), "batch_size": self.batch_size,
+                           "lossy": [label for label, p in labels.items() if p in quantize.KINDS]}
             known = autotune.known_choice(list(labels), "openvino fp32", **choice_args)
             if known is not None:
                 self.autotune, precision = known, labels[known.choice]

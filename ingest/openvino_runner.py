@@ -114,7 +114,11 @@ class OpenVinoEncoder(ExportedGraph):
             # same speed (tests/bench/bench_memory.py).
             "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_SHAPES,
         }
-        self.compiled = _compile(ov.Core(), Path(model), config, self.folder if keep_compiled else None)
+        # A bf16 graph is compiled afresh each time: through the compiled-model cache, on an Intel
+        # Xeon with AMX (OpenVINO 2026.4.1), 4 of 5 processes segfaulted, aborted or hung; none of 11
+        # without it, nor fp32 or int8 with it (ingest/openvino_trial.py). It costs 0.4-0.7 s a process.
+        keep = keep_compiled and precision != "bf16"
+        self.compiled = _compile(ov.Core(), Path(model), config, self.folder if keep else None)
         requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._queue = ov.AsyncInferQueue(self.compiled, max(1, requests))
         self._single = self.compiled.create_infer_request()

@@ -69,7 +69,10 @@ def test_the_int8_model_is_made_once_checked_against_fp32_and_reused(
     assert "INFO:nncf" not in out + err and "ignored nodes" not in out + err  # NNCF's per-layer chatter stays quiet
     assert check is not None and {"int8", "int8-dq"} <= set(check.mean_cosine)  # int8-bf16 where the CPU has bf16
     for label in check.mean_cosine:
-        assert 0.99 < check.mean_cosine[label] <= 1.0 and check.min_cosine[label] <= check.mean_cosine[label]
+        assert 0.0 < check.min_cosine[label] <= check.mean_cosine[label] <= 1.0
+    for label in ("int8", "int8-dq"):  # int8-bf16 kept 0.982 of this corpus on an Intel Xeon with AMX: refused there
+        assert check.mean_cosine[label] > 0.99, label
+    assert all(check.passes(label) == (check.mean_cosine[label] >= quantize.MIN_COSINE) for label in check.mean_cosine)
     assert (check.calibration_texts, check.check_texts) == (64, 64) and check.recipe == quantize.RECIPE
     folder = int8_dir(export)
     assert (folder / MODEL_XML).is_file() and (folder / WEIGHTS_XML).is_file() and check_file(export).is_file()

@@ -1,0 +1,101 @@
+"""A precision that crashes OpenVINO on this CPU is refused instead of ending the ingest (ingest/openvino_trial.py).
+
+On an Intel Xeon with AMX a bf16 model loaded through OpenVINO's compiled-model cache segfaulted
+in most processes: the ingest died with "Segmentation fault", and so did the next one. Each
+precision other than fp32 now runs first in a child process. The children here crash or hang for
+real (a `sitecustomize` module on their path does it at start-up, the way a native crash would),
+and the real model runs where they do not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from flytegpt.ingest import openvino_runner
+from flytegpt.ingest.config import DEFAULT_MODEL
+from flytegpt.ingest.embedding import Embedder, resolve_model_path
+from flytegpt.ingest.onnx_export import ensure_export
+from flytegpt.ingest.openvino_trial import survives, trials_file
+
+SITECUSTOMIZE = '''
+import os, signal, time
+what = os.environ.get("FLYTEGPT_TEST_CHILD")
+if what == "segfault":
+    os.kill(os.getpid(), signal.SIGSEGV)
+elif what == "hang":
+    time.sleep(600)
+'''
+
+
+@pytest.fixture()
+def export(tmp_path: Path) -> Path:
+    return ensure_export(DEFAULT_MODEL, resolve_model_path(DEFAULT_MODEL), tmp_path / "onnx")
+
+
+@pytest.fixture()
+def child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Make the next child processes crash or hang at start-up: child("segfault"), child("hang")."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    monkeypatch.syspath_prepend(str(folder))
+    return lambda what: monkeypatch.setenv("FLYTEGPT_TEST_CHILD", what)
+
+
+def test_a_precision_that_crashes_is_refused_and_remembered_on_this_machine(
+    export: Path, child, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    child("segfault")
+    with caplog.at_level(logging.WARNING):
+        assert survives(export, "bf16") is False
+    assert "OpenVINO bf16 crashed (SIGSEGV) on this CPU" in caplog.text
+    verdict = json.loads(trials_file(export).read_text())["bf16"]
+    assert verdict["ok"] is False and verdict["why"] == "crashed (SIGSEGV)"
+    # the verdict is read back: a crash costs one child process per machine, not one per ingest
+    monkeypatch.delenv("FLYTEGPT_TEST_CHILD")
+    assert survives(export, "bf16") is False
+
+
+def test_a_trial_that_hangs_is_stopped(export: Path, child) -> None:
+    child("hang")
+    assert survives(export, "int8-dq", timeout_s=3) is False
+    assert "did not finish in 3 s" in json.loads(trials_file(export).read_text())["int8-dq@" + _recipe()]["why"]
+
+
+def test_a_precision_that_runs_is_offered_and_fp32_is_never_tried(export: Path) -> None:
+    assert survives(export, "bf16") is True  # the real model in a child (bf16 means fp32 on a CPU without it)
+    assert json.loads(trials_file(export).read_text())["bf16"]["why"] == "ran"
+    assert survives(export / "missing", "fp32") is True  # what everything falls back to: no child
+
+
+@pytest.mark.parametrize("precision", ["bf16", "auto"])
+def test_the_embedder_falls_back_to_fp32_where_bf16_crashes(
+    tmp_path: Path, child, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, precision: str
+) -> None:
+    monkeypatch.setattr(openvino_runner, "openvino_bf16", lambda: True)  # a CPU that offers bf16
+    child("segfault")
+    embedder = Embedder(DEFAULT_MODEL, device="cpu", precision=precision, onnx_cache_dir=str(tmp_path / "onnx"))
+    with caplog.at_level(logging.WARNING):
+        assert embedder.embed_query("how do I cache a task?").shape == (384,)  # the embedding goes on
+    assert embedder.precision == "fp32" and embedder.describe()["precision"] == "fp32"
+    assert "OpenVINO bf16 crashed (SIGSEGV)" in caplog.text
+
+
+def _recipe() -> str:
+    from flytegpt.ingest.quantize import RECIPE
+
+    return RECIPE
+
+
+def test_a_bf16_model_is_never_loaded_from_the_compiled_model_cache(export: Path) -> None:
+    """The cache is what crashed bf16 (4 of 5 processes); fp32 and int8 models keep using it."""
+    from flytegpt.ingest.openvino_runner import OpenVinoEncoder, compiled_dir
+
+    OpenVinoEncoder(export, precision="bf16", keep_compiled=True).encode(["flyte"])
+    assert not any(compiled_dir(export).glob("*.blob"))
+    OpenVinoEncoder(export, precision="fp32", keep_compiled=True).encode(["flyte"])
+    assert any(compiled_dir(export).glob("*.blob"))
