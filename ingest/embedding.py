@@ -460,6 +460,7 @@ class Embedder:
         cosine >= 0.999 to fp32 here; the int8 model is made now from `texts` (the corpus's chunks
         being embedded) when it never was. A failure only means no int8."""
         from flytegpt.ingest import quantize
+        from flytegpt.ingest.openvino_trial import survives
 
         try:
             self.int8_check = quantize.ensure_int8(folder, texts)
@@ -469,7 +470,8 @@ class Embedder:
         check = self.int8_check
         if check is None:
             return []
-        return [p for p in wanted if check.passes(p)]
+        # a check kept before trials existed (or copied with the export) ran no trial here
+        return [p for p in wanted if check.passes(p) and survives(folder, p)]
 
     def _int8_why(self) -> str:
         from flytegpt.ingest import quantize

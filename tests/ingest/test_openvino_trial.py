@@ -3,8 +3,7 @@
 On an Intel Xeon with AMX a bf16 model loaded through OpenVINO's compiled-model cache segfaulted
 in most processes: the ingest died with "Segmentation fault", and so did the next one. Each
 precision other than fp32 now runs first in a child process. The children here crash or hang for
-real (a `sitecustomize` module on their path does it at start-up, the way a native crash would),
-and the real model runs where they do not.
+real (tests/support/child_crash.py), and the real model runs where they do not.
 """
 
 from __future__ import annotations
@@ -14,22 +13,13 @@ import logging
 from pathlib import Path
 
 import pytest
+from support.child_crash import make_children
 
 from flytegpt.ingest import openvino_runner
 from flytegpt.ingest.config import DEFAULT_MODEL
 from flytegpt.ingest.embedding import Embedder, resolve_model_path
 from flytegpt.ingest.onnx_export import ensure_export
 from flytegpt.ingest.openvino_trial import survives, trials_file
-
-SITECUSTOMIZE = '''
-import os, signal, time
-what = os.environ.get("FLYTEGPT_TEST_CHILD")
-if what == "segfault":
-    os.kill(os.getpid(), signal.SIGSEGV)
-elif what == "hang":
-    time.sleep(600)
-'''
-
 
 @pytest.fixture()
 def export(tmp_path: Path) -> Path:
@@ -39,11 +29,7 @@ def export(tmp_path: Path) -> Path:
 @pytest.fixture()
 def child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Make the next child processes crash or hang at start-up: child("segfault"), child("hang")."""
-    folder = tmp_path / "site"
-    folder.mkdir()
-    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    monkeypatch.syspath_prepend(str(folder))
-    return lambda what: monkeypatch.setenv("FLYTEGPT_TEST_CHILD", what)
+    return lambda what: make_children(what, tmp_path / "site", monkeypatch)
 
 
 def test_a_precision_that_crashes_is_refused_and_remembered_on_this_machine(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.child_crash import make_children
 
 from flytegpt.ingest import quantize
 from flytegpt.ingest.config import DEFAULT_MODEL, EmbeddingsConfig
@@ -155,6 +156,25 @@ def test_auto_measures_int8_only_where_its_check_passes(tmp_path: Path) -> None:
     for label in ("int8", "int8-dq"):
         explicit = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=str(cache), precision=label))
         assert explicit.embed_documents(sentences).shape == (2, 384) and explicit.precision == label
+
+
+def test_int8_that_passes_its_check_but_crashes_here_is_not_offered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A check kept before trials existed (or copied with the export) says nothing about crashes:
+    OpenVINO reports int8 models segfaulting on Intel CPUs with AMX. The trial runs before use."""
+    cache = tmp_path / "onnx"
+    export = ensure_export(DEFAULT_MODEL, PACKAGED, cache)
+    _stand_in_int8(export, {"int8": 0.9995, "int8-bf16": 0.9995, "int8-dq": 0.9993})
+    make_children("segfault", tmp_path / "site", monkeypatch)
+    sentences = ["How do I cache a Flyte task?", "FlyteFile uploads a file to the blob store."]
+    with caplog.at_level(logging.WARNING):
+        explicit = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=str(cache), precision="int8-dq"))
+        assert explicit.embed_documents(sentences).shape == (2, 384)
+    assert explicit.precision == "fp32" and "OpenVINO int8-dq crashed (SIGSEGV)" in caplog.text
+    auto = Embedder.from_config(EmbeddingsConfig(device="cpu", onnx_cache_dir=str(cache)))
+    auto.embed_documents(sentences)
+    assert auto.precision == "fp32" and not [label for label in auto.autotune.rates if "int8" in label]
 
 
 def test_int8_that_cannot_be_made_means_fp32_with_a_reason(
