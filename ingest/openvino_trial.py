@@ -57,7 +57,8 @@ def survives(export: Path, precision: str, *, model_file: Path | None = None, ti
     ok, why, seconds = _run_child(Path(export), precision, model_file, timeout_s)
     if not ok:
         log.warning("embedding: OpenVINO %s %s on this CPU (a trial in a child process); it is not used on this "
-                    "machine, the embedding runs in fp32 or another precision that ran (%s)", precision, why, path)
+                    "machine, the embedding runs in fp32 or another precision that ran (the verdict is kept in %s: "
+                    "delete it to try again)", precision, why, path)
     entries = read_json_dict(path)
     entries[key] = {"ok": ok, "why": why, "seconds": seconds,
                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
