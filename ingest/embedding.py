@@ -419,8 +419,8 @@ class Embedder:
         folder = ensure_export(self.model_name, self.model_path, self.onnx_cache_dir)
         precision = resolve_precision(self._requested_precision, "openvino", "cpu")
         if precision.startswith("int8") and not self._int8_precisions(folder, [precision], self._calibration):
-            log.warning("embedding: no int8 model of %s that keeps the vectors here (%s); embedding in fp32",
-                        self.model_id, self._int8_why())
+            log.warning("embedding: no int8 model of %s that runs and keeps the vectors here (%s); embedding in fp32",
+                        self.model_id, self._int8_why(precision))
             precision = "fp32"
         floats = float_precisions()
         if precision in floats and not survives(folder, precision):
@@ -473,10 +473,12 @@ class Embedder:
         # a check kept before trials existed (or copied with the export) ran no trial here
         return [p for p in wanted if check.passes(p) and survives(folder, p)]
 
-    def _int8_why(self) -> str:
+    def _int8_why(self, precision: str) -> str:
         from flytegpt.ingest import quantize
 
         check = self.int8_check
+        if check is not None and check.passes(precision):
+            return f"{precision} kept a mean cosine of {check.mean_cosine[precision]} but failed its trial: see above"
         if check is not None:
             return f"mean cosine to fp32 {check.mean_cosine}, needs >= {quantize.MIN_COSINE}"
         if not quantize.nncf_available():

@@ -219,7 +219,7 @@ def _check(export: Path, folder: Path, check: list[str], started: float, calibra
            reference=None) -> Int8Check:
     """How close each int8 precision's vectors in `folder` are to the fp32 export's, here."""
     from flytegpt.ingest.openvino_runner import OpenVinoEncoder, float_precisions
-    from flytegpt.ingest.openvino_trial import survives
+    from flytegpt.ingest.openvino_trial import survives, tried
 
     reference = reference or OpenVinoEncoder(export, precision="fp32")
     expected = reference.encode(check)
@@ -227,6 +227,8 @@ def _check(export: Path, folder: Path, check: list[str], started: float, calibra
     for label in candidates(float_precisions()):  # what can run here
         kind = KINDS[label]
         if not survives(export, label, model_file=folder / kind.model):  # a crash here would end the ingest
+            if not tried(export, label, model_file=folder / kind.model):  # not a verdict: keep no check either
+                raise RuntimeError(f"OpenVINO {label} could not be tried in a child process here (see above)")
             continue
         try:
             int8 = OpenVinoEncoder(export, precision=label, model_file=folder / kind.model)

@@ -19,7 +19,7 @@ from flytegpt.ingest import openvino_runner
 from flytegpt.ingest.config import DEFAULT_MODEL
 from flytegpt.ingest.embedding import Embedder, resolve_model_path
 from flytegpt.ingest.onnx_export import ensure_export
-from flytegpt.ingest.openvino_trial import survives, trials_file
+from flytegpt.ingest.openvino_trial import survives, trials_file, tried
 
 @pytest.fixture()
 def export(tmp_path: Path) -> Path:
@@ -52,10 +52,31 @@ def test_a_trial_that_hangs_is_stopped(export: Path, child) -> None:
     assert "did not finish in 3 s" in json.loads(trials_file(export).read_text())["int8-dq@" + _recipe()]["why"]
 
 
-def test_a_precision_that_runs_is_offered_and_fp32_is_never_tried(export: Path) -> None:
+def test_a_precision_that_runs_is_offered_and_fp32_is_never_tried(export: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # run from a folder holding a stray numpy.py: `python -m` would import it in the child (not here)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "numpy.py").write_text("raise ImportError('the wrong numpy')\n")
+    monkeypatch.chdir(tmp_path / "work")
     assert survives(export, "bf16") is True  # the real model in a child (bf16 means fp32 on a CPU without it)
     assert json.loads(trials_file(export).read_text())["bf16"]["why"] == "ran"
     assert survives(export / "missing", "fp32") is True  # what everything falls back to: no child
+
+
+@pytest.mark.parametrize("what, why", [("terminated", "stopped from outside (SIGTERM)"),
+                                       ("no-op", "exited without embedding")])
+def test_a_child_that_could_not_run_says_nothing_lasting_about_the_machine(
+    export: Path, child, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, what: str, why: str
+) -> None:
+    """Ctrl-C or the OOM killer ending a trial, or a child that never embedded, is no verdict on the CPU:
+    the precision is left out of this process only, and the next one tries again."""
+    child(what)
+    with caplog.at_level(logging.WARNING):
+        assert survives(export, "bf16") is False
+    assert f"OpenVINO bf16 could not be tried in a child process ({why})" in caplog.text
+    assert "crashed" not in caplog.text and not tried(export, "bf16")
+    monkeypatch.delenv("FLYTEGPT_TEST_CHILD")
+    assert survives(export, "bf16") is True and tried(export, "bf16")
 
 
 @pytest.mark.parametrize("precision", ["bf16", "auto"])

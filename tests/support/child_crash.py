@@ -18,11 +18,16 @@ if what == "segfault":
     os.kill(os.getpid(), signal.SIGSEGV)
 elif what == "hang":
     time.sleep(600)
+elif what == "terminated":  # Ctrl-C, a stop, the OOM killer: from outside, not the CPU
+    os.kill(os.getpid(), signal.SIGTERM)
+elif what == "no-op":  # exits cleanly without embedding anything
+    os._exit(0)
 '''
 
 
 def make_children(what: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """From now on, new Python processes started with this one's path "segfault" or "hang"."""
+    """From now on, new Python processes started with this one's path "segfault", "hang", are
+    "terminated" from outside, or exit cleanly at once ("no-op")."""
     folder.mkdir(exist_ok=True)
     (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
     monkeypatch.syspath_prepend(str(folder))
