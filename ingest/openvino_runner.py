@@ -114,10 +114,11 @@ class OpenVinoEncoder(ExportedGraph):
             # same speed (tests/bench/bench_memory.py).
             "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_SHAPES,
         }
-        # A bf16 graph is compiled afresh each time: through the compiled-model cache, on an Intel
-        # Xeon with AMX (OpenVINO 2026.4.1), 4 of 5 processes segfaulted, aborted or hung; none of 11
-        # without it, nor fp32 or int8 with it (ingest/openvino_trial.py). It costs 0.4-0.7 s a process.
-        keep = keep_compiled and precision != "bf16"
+        # A graph that computes in bf16 (bf16, int8-bf16) is compiled afresh each time: loaded through
+        # the compiled-model cache on an Intel Xeon with AMX (OpenVINO 2026.4.1), bf16 crashed 4 of 5
+        # processes and int8-bf16 10 of 10 (segfault, abort, bus error or a hang); none of 21 without
+        # it, nor fp32, int8 or int8-dq with it in 38 (ingest/openvino_trial.py). It costs 0.4-0.7 s.
+        keep = keep_compiled and config["INFERENCE_PRECISION_HINT"] != "bf16"
         self.compiled = _compile(ov.Core(), Path(model), config, self.folder if keep else None)
         requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._queue = ov.AsyncInferQueue(self.compiled, max(1, requests))
