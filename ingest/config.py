@@ -256,7 +256,9 @@ class EmbeddingsConfig(_Strict):
     # "auto": fp16 on CUDA; on a CPU the fastest of fp32, bf16 and (auto_int8) int8, measured
     # (ingest/autotune.py). "int8"/"int8-bf16": OpenVINO's calibrated int8 model (ingest/quantize.py)
     # with the layers it keeps out of int8 in fp32/bf16; "int8-dq": int8 weights, activations
-    # quantised at run time. Where they can't be made, fp32 with a warning.
+    # quantised at run time. Where they can't be made, fp32 with a warning. Each precision but fp32
+    # first runs in a child process, once per machine: one that crashes OpenVINO here is not used
+    # (ingest/openvino_trial.py); "auto" takes int8 only at 25% over fp32 and bf16 (ingest/autotune.py).
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8", "int8-bf16", "int8-dq"] = "auto"
     # "auto" on a CPU also measures the int8 models, made once per model from 64 of the corpus's
     # chunks (NNCF, 15-45 s) and checked once per machine, each only when its vectors keep a mean
