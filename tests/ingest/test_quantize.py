@@ -19,6 +19,7 @@ from flytegpt.ingest import quantize
 from flytegpt.ingest.config import DEFAULT_MODEL, EmbeddingsConfig
 from flytegpt.ingest.embedding import Embedder, resolve_model_path
 from flytegpt.ingest.onnx_export import MODEL_FILE, ensure_export
+from flytegpt.ingest.openvino_trial import tried
 from flytegpt.ingest.quantize import MODEL_XML, WEIGHTS_XML, check_file, ensure_int8, int8_dir, read_check, split_texts
 
 PACKAGED = resolve_model_path(DEFAULT_MODEL)
@@ -67,6 +68,10 @@ def test_the_int8_model_is_made_once_checked_against_fp32_and_reused(
     assert len(set(texts)) >= quantize.CALIBRATION_TEXTS + quantize.CHECK_TEXTS
     check = ensure_int8(export, texts)
     out, err = capfd.readouterr()
+    crashed = [label for label in ("int8", "int8-dq") if label not in check.mean_cosine
+               and tried(export, label, model_file=int8_dir(export) / quantize.KINDS[label].model)]
+    if crashed:  # the in-process encodes below would end the test run there
+        pytest.skip(f"OpenVINO's {crashed} crashed in its trial on this CPU (openvinotoolkit/openvino#37577)")
     assert "INFO:nncf" not in out + err and "ignored nodes" not in out + err  # NNCF's per-layer chatter stays quiet
     assert check is not None and {"int8", "int8-dq"} <= set(check.mean_cosine)  # int8-bf16 where the CPU has bf16
     for label in check.mean_cosine:
