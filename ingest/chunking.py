@@ -272,7 +272,7 @@ def _doc_chunks(doc: Document) -> list[Chunk]:
             path, section = _group_heading(sections, group)
             named = _doc_title(doc, path)  # "Page > Section": linked to that section
             url = _section_url(doc, anchors, section, named)
-            # embedded under its first piece's heading path, as before: see _group_heading
+            # named and embedded under the section holding most of its text: see _group_heading
             chunks.append(_docs_chunk(doc, named, text, url))
     if not chunks:  # a page that is all directives: keep its words anyway (not its front matter)
         body = doc.text.strip() if fmt == "rst" else strip_front_matter(doc.text).strip()
